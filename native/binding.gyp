@@ -1,0 +1,19 @@
+{
+  "targets": [{
+    "target_name": "rnode_native",
+    "sources": [
+      "src/addon.cc",
+      "src/io_error.cc",
+      "src/raw_io.cc",
+      "src/buffers.cc"
+    ],
+    "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+    "defines": [
+      "NAPI_VERSION=8",
+      "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS",
+      "_FILE_OFFSET_BITS=64"
+    ],
+    "cflags_cc": ["-O2", "-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    "libraries": ["-ldl"]
+  }]
+}

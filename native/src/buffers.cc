@@ -1,0 +1,86 @@
+#include "buffers.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cstdint>
+
+#include "io_error.h"
+
+namespace rnode {
+namespace {
+
+// memcmp against a zero page uses glibc's SIMD memcmp and stops at the first non-zero byte.
+alignas(64) const uint8_t kZeroPage[4096] = {};
+
+bool AllZero(const uint8_t* p, size_t n) {
+  while (n >= sizeof kZeroPage) {
+    if (memcmp(p, kZeroPage, sizeof kZeroPage) != 0) return false;
+    p += sizeof kZeroPage;
+    n -= sizeof kZeroPage;
+  }
+  return n == 0 || memcmp(p, kZeroPage, n) == 0;
+}
+
+// One napi call, no handle allocations: isZero sits on the per-chunk hot path.
+bool GetBytes(const Napi::Value& v, const uint8_t** data, size_t* length) {
+  napi_typedarray_type type;
+  void* ptr = nullptr;
+  if (napi_get_typedarray_info(v.Env(), v, &type, length, &ptr, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array) {
+    return false;
+  }
+  *data = static_cast<const uint8_t*>(ptr);  // already includes the view's byteOffset
+  return true;
+}
+
+// isZero(u8: Uint8Array): boolean
+Napi::Value IsZero(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint8_t* data = nullptr;
+  size_t length = 0;
+  if (!GetBytes(info[0], &data, &length)) {
+    Napi::TypeError::New(env, "isZero: expected a Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Boolean::New(env, AllZero(data, length));
+}
+
+// allocAligned(size: number, alignment: number): Buffer — arguments validated in TS.
+Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "allocAligned: expected (size, alignment) numbers").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const size_t size = static_cast<size_t>(info[0].As<Napi::Number>().Int64Value());
+  size_t alignment = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());
+  if (alignment < sizeof(void*)) alignment = sizeof(void*);  // posix_memalign's minimum
+
+  void* mem = nullptr;
+  const int rc = posix_memalign(&mem, alignment, size > 0 ? size : 1);
+  if (rc != 0) {
+    MakeIoError(env, rc, "posix_memalign", "").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // Zeroed like Buffer.alloc, so a short direct read never exposes stale heap bytes.
+  memset(mem, 0, size);
+  auto data = static_cast<uint8_t*>(mem);
+  Napi::Buffer<uint8_t> buf =
+      Napi::Buffer<uint8_t>::New(env, data, size, [](Napi::Env, uint8_t* d) { free(d); });
+  if (env.IsExceptionPending()) {
+    free(mem);  // node-addon-api drops the finalizer when creation fails
+    return env.Undefined();
+  }
+  return buf;
+}
+
+}  // namespace
+
+void InitBuffers(Napi::Env env, Napi::Object exports) {
+  exports.Set("isZero", Napi::Function::New(env, IsZero, "isZero"));
+  exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
+}
+
+}  // namespace rnode

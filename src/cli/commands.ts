@@ -1,0 +1,169 @@
+// The rnode commands: parse, validate, call the library, print. No policy lives here.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { codecByName } from '../format/codecs.js';
+import { validateDiskId } from '../format/layout.js';
+import { validateChunkSize } from '../pipeline/grid.js';
+import { listPoints } from '../recovery/points.js';
+import { prune } from '../recovery/prune.js';
+import { replicate } from '../recovery/replicate.js';
+import { recover } from '../recovery/restore.js';
+import { verify } from '../recovery/verify.js';
+import { openSource } from '../source/index.js';
+import { openStore } from '../store/index.js';
+import { parse, required, str, type Options } from './args.js';
+import { bytes, rate, secs } from './format.js';
+import path from 'node:path';
+
+export interface Io {
+  out: (line: string) => void;
+  err: (line: string) => void;
+}
+
+export interface Command {
+  summary: string;
+  usage: string;
+  options: Options;
+  run(values: Record<string, string | boolean | undefined>, io: Io): Promise<number>;
+}
+
+const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
+  if (json) io.out(JSON.stringify(obj));
+  else for (const l of human()) io.out(l);
+};
+
+async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>): Promise<T> {
+  const store = await openStore(location);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+const replicateCmd: Command = {
+  summary: 'create one recovery point of a disk',
+  usage: 'rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4|none] [--full] [--json]',
+  options: {
+    source: { type: 'string' }, target: { type: 'string' }, disk: { type: 'string' },
+    'chunk-size': { type: 'string' }, compression: { type: 'string' }, full: { type: 'boolean' },
+    concurrency: { type: 'string' },
+  },
+  async run(v, io) {
+    required(v, 'replicate', 'source', 'target');
+    const sourceArg = str(v, 'source')!;
+    const disk = validateDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
+    const chunkSize = v['chunk-size'] !== undefined ? validateChunkSize(str(v, 'chunk-size')!) : undefined;
+    const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;
+    const concurrency = v.concurrency !== undefined ? positiveInt(str(v, 'concurrency')!, 'concurrency') : undefined;
+    const source = await openSource(sourceArg);
+    try {
+      const r = await withStore(str(v, 'target')!, (store) =>
+        replicate({ store, source, disk, chunkSize, codec, concurrency, forceFull: v.full === true }));
+      print(io, v.json === true, r, () => [
+        `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
+          (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
+        `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
+        `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
+        `  stored   ${bytes(r.bytesWritten)}`,
+      ]);
+    } finally {
+      await source.close();
+    }
+    return 0;
+  },
+};
+
+const pointsCmd: Command = {
+  summary: 'list the committed points of a disk, oldest first',
+  usage: 'rnode points --store <store> --disk <id> [--json]',
+  options: { store: { type: 'string' }, disk: { type: 'string' } },
+  async run(v, io) {
+    required(v, 'points', 'store', 'disk');
+    const disk = validateDiskId(str(v, 'disk')!);
+    const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk));
+    const rows = points.map((m) => ({
+      point: m.point, parent: m.parent, full: m.full, createdAt: m.createdAt, diskSize: m.diskSize, chunkSize: m.chunkSize,
+      chunksChanged: m.stats.chunksChanged, bytesWritten: m.stats.bytesWritten, source: m.source,
+    }));
+    print(io, v.json === true, { disk, points: rows }, () => rows.length === 0 ? [`disk ${disk} has no points`] : [
+      'point  parent  kind         created                   disk size   changed  stored',
+      ...rows.map((r) => `${String(r.point).padEnd(6)} ${String(r.parent ?? '-').padEnd(7)} ${(r.full ? 'full' : 'incremental').padEnd(12)} ` +
+        `${r.createdAt.padEnd(25)} ${bytes(r.diskSize).padEnd(11)} ${String(r.chunksChanged).padEnd(8)} ${bytes(r.bytesWritten)}`),
+    ]);
+    return 0;
+  },
+};
+
+const recoverCmd: Command = {
+  summary: 'write a disk as it was at a point, verified and byte-exact',
+  usage: 'rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path> [--json]',
+  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' } },
+  async run(v, io) {
+    required(v, 'recover', 'store', 'disk', 'out');
+    const disk = validateDiskId(str(v, 'disk')!);
+    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')! }));
+    print(io, v.json === true, r, () => [
+      `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
+      `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros left sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,
+    ]);
+    return 0;
+  },
+};
+
+const verifyCmd: Command = {
+  summary: 'check that points and every chunk they reference are intact',
+  usage: 'rnode verify --store <store> --disk <id> [--point <n>|latest|all] [--json]',
+  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' } },
+  async run(v, io) {
+    required(v, 'verify', 'store', 'disk');
+    const disk = validateDiskId(str(v, 'disk')!);
+    const r = await withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point') }));
+    print(io, v.json === true, r, () => [
+      `${r.ok ? 'ok' : 'FAILED'}: point${r.points.length > 1 ? 's' : ''} ${r.points.join(', ')} of disk ${r.disk}, ${r.chunksChecked} chunks (${bytes(r.bytesChecked)}) checked in ${secs(r.seconds)}`,
+      ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
+    ]);
+    if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
+    return r.ok ? 0 : 1;
+  },
+};
+
+const pruneCmd: Command = {
+  summary: 'keep the newest points, delete older ones and the chunks only they used',
+  usage: 'rnode prune --store <store> --disk <id> --keep <n> [--json]',
+  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' } },
+  async run(v, io) {
+    required(v, 'prune', 'store', 'disk', 'keep');
+    const disk = validateDiskId(str(v, 'disk')!);
+    const keep = positiveInt(str(v, 'keep')!, 'keep');
+    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep }));
+    print(io, v.json === true, r, () => [
+      `kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
+      `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`,
+    ]);
+    return 0;
+  },
+};
+
+export const commands: Record<string, Command> = {
+  replicate: replicateCmd,
+  points: pointsCmd,
+  recover: recoverCmd,
+  verify: verifyCmd,
+  prune: pruneCmd,
+};
+
+export function positiveInt(text: string, flag: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1) {
+    throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a whole number of at least 1 (got "${text}")`);
+  }
+  return n;
+}
+
+/** The source file's base name, made into a valid disk id. */
+export function defaultDiskId(source: string): string {
+  const base = path.basename(source.replace(/[?#].*$/, '').replace(/\/+$/, '')).replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[._-]+/, '');
+  return base.slice(0, 128) || 'disk';
+}
+
+export { parse };

@@ -1,0 +1,48 @@
+// rnode's entry: pick the command, run it, map errors to one line and an exit code
+// (0 success, 1 operational failure, 2 usage error). Stacks only with --debug.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { commands, parse, type Io } from './commands.js';
+import { runDemo } from './demo.js';
+
+const VERSION = '0.1.0';
+
+function help(io: Io): void {
+  io.out(`rnode ${VERSION}: the data-plane node of a disaster-recovery platform`);
+  io.out('');
+  io.out('usage: rnode <command> [flags]      (no command: run the built-in demo job)');
+  io.out('');
+  for (const [name, c] of Object.entries(commands)) io.out(`  ${name.padEnd(10)} ${c.summary}`);
+  io.out('');
+  io.out('Every command takes --json (machine-readable output), --debug (stack traces) and --help.');
+}
+
+export async function main(argv: string[], io: Io = { out: (l) => console.log(l), err: (l) => console.error(l) }): Promise<number> {
+  const debug = argv.includes('--debug');
+  const json = argv.includes('--json');
+  try {
+    const [name, ...rest] = argv;
+    if (name === undefined || name === 'demo') return await runDemo(rest, io);
+    if (name === '--help' || name === '-h' || name === 'help') { help(io); return 0; }
+    if (name === '--version' || name === 'version') { io.out(VERSION); return 0; }
+    const cmd = commands[name];
+    if (!cmd) throw new RnodeError(ErrorCodes.USAGE, `unknown command "${name}"; run "rnode --help" for the list`);
+    const values = parse(name, rest, cmd.options);
+    if (values.help) { io.out(`usage: ${cmd.usage}`); io.out(`  ${cmd.summary}`); return 0; }
+    return await cmd.run(values, io);
+  } catch (err) {
+    return report(err, io, debug, json);
+  }
+}
+
+function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
+  if (err instanceof RnodeError) {
+    if (json) io.out(JSON.stringify({ error: { code: err.code, message: err.message, ...err.details } }));
+    io.err(`rnode: ${err.code}: ${err.message}`);
+    if (debug && err.stack) io.err(err.stack);
+    return err.isUsage ? 2 : 1;
+  }
+  const e = err as Error;
+  io.err(`rnode: ${ErrorCodes.INTERNAL}: ${e?.message ?? String(err)}; this is a bug, please report it with --debug output`);
+  if (debug && e?.stack) io.err(e.stack);
+  return 1;
+}

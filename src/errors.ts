@@ -1,0 +1,72 @@
+// Every error a user can see carries a stable code and a sentence that says what to do.
+// Codes never change meaning once released; the CLI maps them to exit codes.
+
+export const ErrorCodes = {
+  // usage (exit 2)
+  USAGE: 'RNODE_USAGE',
+  BAD_CHUNK_SIZE: 'RNODE_BAD_CHUNK_SIZE',
+  BAD_DISK_ID: 'RNODE_BAD_DISK_ID',
+  BAD_STORE_URL: 'RNODE_BAD_STORE_URL',
+  BAD_SOURCE: 'RNODE_BAD_SOURCE',
+  // source (exit 1)
+  SOURCE_NOT_FOUND: 'RNODE_SOURCE_NOT_FOUND',
+  SOURCE_IO: 'RNODE_SOURCE_IO',
+  SOURCE_CHANGED: 'RNODE_SOURCE_CHANGED',
+  CHANGE_MARKER_INVALID: 'RNODE_CHANGE_MARKER_INVALID',
+  // store (exit 1)
+  STORE_NOT_FOUND: 'RNODE_STORE_NOT_FOUND',
+  STORE_PRECONDITION: 'RNODE_STORE_PRECONDITION',
+  STORE_IO: 'RNODE_STORE_IO',
+  STORE_AUTH: 'RNODE_STORE_AUTH',
+  STORE_THROTTLED: 'RNODE_STORE_THROTTLED',
+  STORE_UNAVAILABLE: 'RNODE_STORE_UNAVAILABLE',
+  // data integrity (exit 1)
+  FORMAT_VERSION: 'RNODE_FORMAT_VERSION',
+  FORMAT_CODEC: 'RNODE_FORMAT_CODEC',
+  FORMAT_CORRUPT: 'RNODE_FORMAT_CORRUPT',
+  CHUNK_MISSING: 'RNODE_CHUNK_MISSING',
+  CHUNK_CORRUPT: 'RNODE_CHUNK_CORRUPT',
+  MANIFEST_CORRUPT: 'RNODE_MANIFEST_CORRUPT',
+  POINT_NOT_FOUND: 'RNODE_POINT_NOT_FOUND',
+  DISK_NOT_FOUND: 'RNODE_DISK_NOT_FOUND',
+  // output
+  OUTPUT_IO: 'RNODE_OUTPUT_IO',
+  // concurrency
+  LEASE_HELD: 'RNODE_LEASE_HELD',
+  LEASE_LOST: 'RNODE_LEASE_LOST',
+  CANCELLED: 'RNODE_CANCELLED',
+  INTERNAL: 'RNODE_INTERNAL',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+const USAGE_CODES: ReadonlySet<string> = new Set([
+  ErrorCodes.USAGE, ErrorCodes.BAD_CHUNK_SIZE, ErrorCodes.BAD_DISK_ID,
+  ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE,
+]);
+
+export class RnodeError extends Error {
+  readonly code: string;
+  /** True when trying the same call again may succeed (throttling, 5xx, resets, timeouts). */
+  readonly retryable: boolean;
+  /** Extra machine-readable facts (chunk index, offset, key...). */
+  readonly details: Record<string, unknown>;
+
+  constructor(code: string, message: string, opts: { cause?: unknown; retryable?: boolean; details?: Record<string, unknown> } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'RnodeError';
+    this.code = code;
+    this.retryable = opts.retryable ?? false;
+    this.details = opts.details ?? {};
+  }
+
+  get isUsage(): boolean { return USAGE_CODES.has(this.code); }
+}
+
+export function usageError(message: string, code: string = ErrorCodes.USAGE): RnodeError {
+  return new RnodeError(code, message);
+}
+
+export function isRnodeError(err: unknown, code?: string): err is RnodeError {
+  return err instanceof RnodeError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,28 @@
+// Content digests: xxh64 (fast, every chunk and every metadata object) and BLAKE3 (strong; confirms identity
+// where a 64-bit hash would otherwise be trusted to be unique, e.g. change detection by content).
+import xxhash from 'xxhash-wasm';
+import { blake3 } from '@napi-rs/blake-hash';
+
+let h64Raw: ((input: Uint8Array, seed?: bigint) => bigint) | undefined;
+
+/** Must be awaited once before xxh64() is used (the wasm module loads asynchronously). */
+export async function initChecksums(): Promise<void> {
+  if (!h64Raw) h64Raw = (await xxhash()).h64Raw;
+}
+
+export function xxh64(data: Uint8Array): bigint {
+  if (!h64Raw) throw new Error('initChecksums() was not awaited');
+  return h64Raw(data);
+}
+
+export function xxh64Hex(data: Uint8Array): string {
+  return xxh64(data).toString(16).padStart(16, '0');
+}
+
+/** 128-bit prefix of BLAKE3: collision-resistant at 2^64 work, enough to confirm identity. */
+export const STRONG_DIGEST_BYTES = 16;
+
+export function strongDigest(data: Uint8Array): Buffer {
+  return blake3(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength))
+    .subarray(0, STRONG_DIGEST_BYTES);
+}

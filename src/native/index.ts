@@ -1,0 +1,212 @@
+// The only module that loads the rnode_native addon: raw block I/O and buffer helpers.
+// Arguments are validated here; the addon gets plain values and does blocking work on the libuv pool.
+
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { constants as bufferConstants } from 'node:buffer';
+
+export interface Extent { offset: number; length: number }
+
+export interface RawOpenOptions {
+  /** Open with O_DIRECT. There is no fallback: a filesystem that refuses it rejects with EINVAL. */
+  direct?: boolean;
+}
+
+export interface RawHandle {
+  readonly path: string;
+  /** Regular file: st_size at open; block device: BLKGETSIZE64. */
+  readonly size: number;
+  readonly blockDevice: boolean;
+  /** Required alignment of buffer address, offset and length when direct; 1 otherwise. */
+  readonly alignment: number;
+  readonly direct: boolean;
+  /** Positional read into buf[0..length) at file offset; returns bytes read (< length only at EOF). */
+  read(buf: Buffer, offset: number, length?: number): Promise<number>;
+  /** Allocated (data) extents within [start, end), at most maxCount, sorted; end is clamped to size. */
+  allocatedExtents(start: number, end: number, maxCount: number): Promise<Extent[]>;
+  /** Idempotent; waits for reads in flight, then releases the fd. */
+  close(): Promise<void>;
+}
+
+/** An errno from the addon. errno is positive, as in os.constants.errno (Node's own fs errors use negative). */
+export class NativeIoError extends Error {
+  errno: number;
+  code: string;
+  syscall: string;
+  path: string;
+
+  constructor(message: string, fields: { errno: number; code: string; syscall: string; path: string }) {
+    super(message);
+    this.name = 'NativeIoError';
+    this.errno = fields.errno;
+    this.code = fields.code;
+    this.syscall = fields.syscall;
+    this.path = fields.path;
+  }
+}
+
+// ---- the addon's surface (plain values only) ----
+
+interface NativeFile {
+  read(buf: Uint8Array, position: number, length: number, alignment: number): Promise<number>;
+  allocatedExtents(start: number, end: number, maxCount: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}
+
+interface NativeOpenResult {
+  file: NativeFile;
+  type: 'file' | 'block' | 'directory' | 'char' | 'other';
+  size: number;
+  logicalBlockSize: number;
+}
+
+interface NativeBinding {
+  open(path: string, direct: boolean): Promise<NativeOpenResult>;
+  isZero(buf: Uint8Array): boolean;
+  allocAligned(size: number, alignment: number): Buffer;
+}
+
+const ADDON = 'native/build/Release/rnode_native.node';
+
+// src/native (tap runs .ts) and dist/native sit two levels below the package root; dist/src/native
+// (tsc with rootDir '.') sits three. Probe rather than guess so either layout works.
+function loadBinding(): NativeBinding {
+  const require = createRequire(import.meta.url);
+  const candidates = ['../../', '../../../'].map((up) => fileURLToPath(new URL(up + ADDON, import.meta.url)));
+  const found = candidates.find((p) => existsSync(p));
+  if (found === undefined) {
+    throw new Error(`rnode_native addon not built (looked for ${candidates.join(', ')}); run \`npm run build:native\``);
+  }
+  return require(found) as NativeBinding;
+}
+
+const binding = loadBinding();
+
+/** Page size assumed for O_DIRECT on regular files (the common logical block size of the backing device). */
+const FILE_DIRECT_ALIGNMENT = 4096;
+
+function isNativeErrorShape(err: unknown): err is Error & { errno: number; code: string; syscall: string; path: string } {
+  return err instanceof Error && typeof (err as { errno?: unknown }).errno === 'number' &&
+    typeof (err as { code?: unknown }).code === 'string';
+}
+
+// Re-created here (after the await) so the error carries the caller's async stack, not an empty native one.
+function wrapError(err: unknown): unknown {
+  if (!isNativeErrorShape(err)) return err;
+  return new NativeIoError(err.message, { errno: err.errno, code: err.code, syscall: err.syscall, path: err.path });
+}
+
+function errnoError(code: 'EISDIR' | 'EINVAL', syscall: string, path: string, what: string): NativeIoError {
+  return new NativeIoError(`${code}: ${what}, ${syscall} '${path}'`, {
+    errno: osConstants.errno[code], code, syscall, path,
+  });
+}
+
+function checkOffset(name: string, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`${name} must be a non-negative safe integer, got ${value}`);
+  }
+}
+
+class RawFile implements RawHandle {
+  readonly path: string;
+  readonly size: number;
+  readonly blockDevice: boolean;
+  readonly alignment: number;
+  readonly direct: boolean;
+  readonly #file: NativeFile;
+
+  constructor(path: string, opened: NativeOpenResult, direct: boolean) {
+    this.path = path;
+    this.size = opened.size;
+    this.blockDevice = opened.type === 'block';
+    this.direct = direct;
+    this.alignment = !direct ? 1 : this.blockDevice ? opened.logicalBlockSize : FILE_DIRECT_ALIGNMENT;
+    this.#file = opened.file;
+  }
+
+  async read(buf: Buffer, offset: number, length: number = buf?.byteLength): Promise<number> {
+    if (!(buf instanceof Uint8Array)) throw new TypeError('read: buf must be a Buffer or Uint8Array');
+    checkOffset('offset', offset);
+    if (!Number.isSafeInteger(length) || length < 0 || length > buf.byteLength) {
+      throw new RangeError(`read: length must be an integer in [0, ${buf.byteLength}], got ${length}`);
+    }
+    if (offset + length > Number.MAX_SAFE_INTEGER) throw new RangeError('read: offset + length exceeds 2^53');
+    // The buffer address is left to the kernel (EINVAL); offset and length are cheap to check here.
+    if (this.direct && (offset % this.alignment !== 0 || length % this.alignment !== 0)) {
+      throw new RangeError(`read: direct I/O needs offset and length aligned to ${this.alignment} bytes (offset ${offset}, length ${length})`);
+    }
+    try {
+      return await this.#file.read(buf, offset, length, this.alignment);
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  async allocatedExtents(start: number, end: number, maxCount: number): Promise<Extent[]> {
+    checkOffset('start', start);
+    checkOffset('end', end);
+    if (end < start) throw new RangeError(`allocatedExtents: end (${end}) is before start (${start})`);
+    if (!Number.isSafeInteger(maxCount) || maxCount < 1) {
+      throw new RangeError(`allocatedExtents: maxCount must be a positive integer, got ${maxCount}`);
+    }
+    try {
+      return await this.#file.allocatedExtents(start, Math.max(start, Math.min(end, this.size)), maxCount);
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.#file.close();
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+}
+
+/** Opens a regular file or block device O_RDONLY|O_CLOEXEC (+O_DIRECT). */
+export async function openRaw(path: string, opts: RawOpenOptions = {}): Promise<RawHandle> {
+  if (typeof path !== 'string' || path.length === 0) throw new TypeError('openRaw: path must be a non-empty string');
+  if (path.includes('\0')) throw new TypeError('openRaw: path must not contain NUL bytes');
+  const direct = opts.direct ?? false;
+  if (typeof direct !== 'boolean') throw new TypeError('openRaw: opts.direct must be a boolean');
+
+  let opened: NativeOpenResult;
+  try {
+    opened = await binding.open(path, direct);
+  } catch (err) {
+    throw wrapError(err);
+  }
+  if (opened.type !== 'file' && opened.type !== 'block') {
+    await opened.file.close();
+    throw opened.type === 'directory'
+      ? errnoError('EISDIR', 'open', path, 'is a directory')
+      : errnoError('EINVAL', 'open', path, 'not a regular file or block device');
+  }
+  return new RawFile(path, opened, direct);
+}
+
+/** True if every byte of buf is zero. Synchronous, no copy. */
+export function isZero(buf: Uint8Array): boolean {
+  if (!(buf instanceof Uint8Array)) throw new TypeError('isZero: buf must be a Buffer or Uint8Array');
+  return binding.isZero(buf);
+}
+
+/** A zero-filled Buffer whose address is aligned to `alignment` (a power of two), for O_DIRECT. Freed by GC. */
+export function allocAligned(size: number, alignment: number): Buffer {
+  if (!Number.isSafeInteger(size) || size < 0 || size > bufferConstants.MAX_LENGTH) {
+    throw new RangeError(`allocAligned: size must be an integer in [0, ${bufferConstants.MAX_LENGTH}], got ${size}`);
+  }
+  if (!Number.isSafeInteger(alignment) || alignment < 1 || alignment > 2 ** 30 || (alignment & (alignment - 1)) !== 0) {
+    throw new RangeError(`allocAligned: alignment must be a power of two up to 2^30, got ${alignment}`);
+  }
+  try {
+    return binding.allocAligned(size, alignment);
+  } catch (err) {
+    throw wrapError(err);
+  }
+}

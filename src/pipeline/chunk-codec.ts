@@ -1,0 +1,63 @@
+// Turns a chunk's plaintext into a stored chunk object and back. Decoding checks everything the table and
+// the header promise (index, writer, lengths, both digests), so a wrong or damaged chunk never restores.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { strongDigest, xxh64 } from '../format/checksum.js';
+import { CHUNK_HEADER_BYTES, decodeChunkHeader, encodeChunkHeader } from '../format/chunk.js';
+import { type CodecId, decodeChunk, encodeChunk } from '../format/codecs.js';
+import type { ChunkEntry } from '../format/table.js';
+
+export interface ChunkDigests {
+  xxh64: bigint;
+  strong: Buffer;
+}
+
+export function digestChunk(plain: Buffer): ChunkDigests {
+  return { xxh64: xxh64(plain), strong: strongDigest(plain) };
+}
+
+/** Encodes plaintext (already digested) as the object stored for (writer, index). */
+export async function encodeStoredChunk(plain: Buffer, digests: ChunkDigests, index: number, writer: number, codec: CodecId):
+    Promise<{ object: Buffer; entry: ChunkEntry }> {
+  const enc = await encodeChunk(codec, plain);
+  const header = encodeChunkHeader({
+    codec: enc.codec, flags: 0, plainLength: plain.length, payloadLength: enc.payload.length,
+    plainXxh64: digests.xxh64, payloadXxh64: xxh64(enc.payload), index, writer,
+  });
+  const object = Buffer.concat([header, enc.payload], CHUNK_HEADER_BYTES + enc.payload.length);
+  return {
+    object,
+    entry: {
+      index, xxh64: digests.xxh64, strong: digests.strong, writer, plainLength: plain.length,
+      storedLength: object.length, flags: 0, codec: enc.codec,
+    },
+  };
+}
+
+/** Checks a stored object against its table entry and returns the plaintext. */
+export async function decodeStoredChunk(object: Buffer, expect: ChunkEntry, where: string): Promise<Buffer> {
+  const fail = (why: string) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: ${why}`,
+    { details: { index: expect.index, writer: expect.writer } });
+  let h;
+  try {
+    h = decodeChunkHeader(object);
+  } catch (err) {
+    if (err instanceof RnodeError && err.code === ErrorCodes.FORMAT_VERSION) throw err;
+    throw fail((err as Error).message);
+  }
+  if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
+  if (h.plainLength !== expect.plainLength) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
+  if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  const payload = object.subarray(CHUNK_HEADER_BYTES);
+  if (xxh64(payload) !== h.payloadXxh64) throw fail('payload checksum mismatch');
+  let plain: Buffer;
+  try {
+    plain = await decodeChunk(h.codec, payload, h.plainLength);
+  } catch (err) {
+    if (err instanceof RnodeError && err.code === ErrorCodes.FORMAT_CODEC) throw err;
+    throw fail((err as Error).message);
+  }
+  if (plain.length !== expect.plainLength) throw fail(`decoded to ${plain.length} bytes, expected ${expect.plainLength}`);
+  if (xxh64(plain) !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail('plaintext xxh64 mismatch');
+  if (!strongDigest(plain).equals(expect.strong)) throw fail('plaintext BLAKE3 mismatch');
+  return plain;
+}

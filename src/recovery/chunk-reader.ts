@@ -1,0 +1,49 @@
+// Fetches a chunk named by a table entry and returns its verified plaintext, with errors that name the
+// chunk, its disk offset and its object key.
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { layout } from '../format/layout.js';
+import type { ChunkEntry } from '../format/table.js';
+import { decodeStoredChunk } from '../pipeline/chunk-codec.js';
+import type { ObjectStore } from '../store/types.js';
+
+export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number): Promise<Buffer> {
+  const key = layout.chunk(disk, e.writer, e.index);
+  const where = `${e.index} (disk offset ${e.index * chunkSize}, object ${key}) of point ${point}`;
+  let object: Buffer;
+  try {
+    object = await store.get(key);
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) {
+      throw new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${where} is missing from the store; restore another point or re-replicate`,
+        { details: { index: e.index, offset: e.index * chunkSize, key, point } });
+    }
+    throw err;
+  }
+  try {
+    return await decodeStoredChunk(object, e, where);
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) {
+      throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${err.message}; restore another point or re-replicate`,
+        { details: { index: e.index, offset: e.index * chunkSize, key, point } });
+    }
+    throw err;
+  }
+}
+
+/** Runs fn over items with at most `limit` in flight, stopping at the first failure; back-pressures the producer. */
+export async function forEachBounded<T>(items: AsyncIterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const inflight = new Set<Promise<void>>();
+  let failure: unknown;
+  try {
+    for await (const item of items) {
+      if (failure) break;
+      const p: Promise<void> = fn(item).catch((err) => { failure ??= err; }).finally(() => inflight.delete(p));
+      inflight.add(p);
+      if (inflight.size >= limit) await Promise.race(inflight);
+    }
+  } catch (err) {
+    failure ??= err;
+  }
+  await Promise.all(inflight);
+  if (failure) throw failure;
+}

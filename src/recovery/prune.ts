@@ -1,0 +1,132 @@
+// Retention: keep the newest N points, delete the rest and every chunk no kept point references.
+// Order makes every crash safe to re-run: (1) the oldest kept point K is rebased onto a standalone table,
+// (2) older manifests are deleted newest first, (3) chunk objects older than K that K's view does not use are
+// swept, (4) stale tables and checkpoints go. Kept points never need a pruned point's data.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { initChecksums } from '../format/checksum.js';
+import { layout, parseChunkKey, validateDiskId } from '../format/layout.js';
+import { encodeManifest, type PointManifest, type SegmentRef } from '../format/manifest.js';
+import { encodeSegment, isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
+import type { ObjectStore } from '../store/types.js';
+import { forEachBounded } from './chunk-reader.js';
+import { listPointSeqs, loadChain, loadPoint } from './points.js';
+import { chainView, Cursor, tableEntries } from './view.js';
+
+export interface PruneResult {
+  disk: string;
+  kept: number[];
+  deleted: number[];
+  chunksDeleted: number;
+  objectsDeleted: number;
+  seconds: number;
+}
+
+export async function prune(opts: { store: ObjectStore; disk: string; keep: number; concurrency?: number }): Promise<PruneResult> {
+  const started = performance.now();
+  await initChecksums();
+  const { store } = opts;
+  const disk = validateDiskId(opts.disk);
+  if (!Number.isSafeInteger(opts.keep) || opts.keep < 1) {
+    throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${opts.keep})`);
+  }
+  const seqs = await listPointSeqs(store, disk);
+  if (seqs.length === 0) {
+    throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
+  }
+  const kept = seqs.slice(-opts.keep);
+  const deleted = seqs.slice(0, seqs.length - kept.length);
+  const oldest = kept[0];
+  const latest = seqs[seqs.length - 1];
+
+  // (1) Rebase: the oldest kept point gets a table that needs no ancestor.
+  let k = await loadPoint(store, disk, oldest);
+  if (k.parent !== null) k = await rebase(store, k, await loadChain(store, disk, oldest));
+
+  // (2) Older manifests, newest first, so a crash never leaves a point whose parent is gone.
+  for (const s of [...deleted].reverse()) await store.delete(layout.point(disk, s));
+
+  // (3) Sweep chunk objects. Below K a chunk lives only if K's view points at it; from K on, chunks of
+  // committed points live, and so do those of the point that may be being written now (seq latest+1).
+  let chunksDeleted = 0;
+  const committed = new Set(kept);
+  const doomed = async function* () {
+    let writer = -1;
+    let view: Cursor<ChunkEntry> | undefined;
+    try {
+      for await (const o of store.list(layout.chunksPrefix(disk))) {
+        const c = parseChunkKey(o.key);
+        if (!c) continue;
+        if (c.writer >= oldest) {
+          if (!committed.has(c.writer) && c.writer <= latest) yield o.key; // a dead attempt
+          continue;
+        }
+        if (c.writer !== writer) {
+          // Keys list in (writer, index) order: restart K's view for each older writer.
+          await view?.close();
+          writer = c.writer;
+          view = new Cursor(tableEntries(store, k));
+          await view.next();
+        }
+        while (view!.current && view!.current.index < c.index) await view!.next();
+        const e = view!.current;
+        if (!e || e.index !== c.index || e.writer !== c.writer || isZeroEntry(e)) yield o.key;
+      }
+    } finally {
+      await view?.close();
+    }
+  };
+  await forEachBounded(doomed(), opts.concurrency ?? 16, async (key) => {
+    await store.delete(key);
+    chunksDeleted++;
+  });
+
+  // (4) Tables of deleted points and superseded generations, and checkpoints nobody can resume.
+  let objectsDeleted = 0;
+  const liveSegments = new Set<string>();
+  for (const s of kept) for (const ref of (await loadPoint(store, disk, s)).table.segments) liveSegments.add(ref.key);
+  const staleTables = async function* () {
+    for await (const o of store.list(`disks/${disk}/tables/`)) if (!liveSegments.has(o.key) && !isPendingTable(o.key, latest)) yield o.key;
+    for await (const o of store.list(layout.pendingPrefix(disk))) {
+      const m = /\/(\d{10})\.json$/.exec(o.key);
+      if (m && Number(m[1]) <= latest) yield o.key;
+    }
+  };
+  await forEachBounded(staleTables(), opts.concurrency ?? 16, async (key) => {
+    await store.delete(key);
+    objectsDeleted++;
+  });
+
+  return { disk, kept, deleted, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
+}
+
+function isPendingTable(key: string, latest: number): boolean {
+  const m = /\/tables\/(\d{10})\//.exec(key);
+  return m !== null && Number(m[1]) > latest;
+}
+
+/** Writes the chain's merged view as the point's own table (next generation) and commits it. */
+async function rebase(store: ObjectStore, k: PointManifest, chain: PointManifest[]): Promise<PointManifest> {
+  const gen = k.table.generation + 1;
+  const segments: SegmentRef[] = [];
+  let batch: ChunkEntry[] = [];
+  let records = 0;
+  const flush = async () => {
+    const ref: SegmentRef = {
+      key: layout.segment(k.disk, k.point, gen, segments.length), records: batch.length,
+      first: batch.length ? batch[0].index : -1, last: batch.length ? batch[batch.length - 1].index : -1,
+    };
+    await store.put(ref.key, encodeSegment(batch));
+    segments.push(ref);
+    records += batch.length;
+    batch = [];
+  };
+  for await (const e of chainView(store, chain)) {
+    if (isZeroEntry(e)) continue; // a standalone table leaves zeros out
+    batch.push(e);
+    if (batch.length >= TABLE_SEGMENT_RECORDS) await flush();
+  }
+  if (batch.length > 0 || segments.length === 0) await flush();
+  const rebased: PointManifest = { ...k, parent: null, table: { generation: gen, records, segments } };
+  await store.put(layout.point(k.disk, k.point), encodeManifest(rebased));
+  return rebased;
+}

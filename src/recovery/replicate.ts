@@ -1,0 +1,381 @@
+// Writes one recovery point: reads the chunks the source says may have changed, stores the ones that did,
+// then commits the manifest last. A crash at any step leaves the old set of points intact; the pending
+// checkpoint lets the next run continue where this one stopped.
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
+import { initChecksums } from '../format/checksum.js';
+import { Codec, type CodecId } from '../format/codecs.js';
+import { layout, validateDiskId } from '../format/layout.js';
+import { encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest, type SegmentRef } from '../format/manifest.js';
+import { encodeSegment, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
+import { isZero } from '../native/index.js';
+import { BufferPool } from '../pipeline/buffer-pool.js';
+import { digestChunk, encodeStoredChunk } from '../pipeline/chunk-codec.js';
+import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
+import type { BlockSource } from '../source/types.js';
+import type { ObjectStore } from '../store/types.js';
+import { listPointSeqs, loadChain, loadPoint } from './points.js';
+import { chainView, Cursor } from './view.js';
+
+export interface ReplicateOptions {
+  store: ObjectStore;
+  source: BlockSource;
+  disk: string;
+  /** Defaults to the previous point's chunk size, or 1 MiB for the first point. */
+  chunkSize?: number;
+  codec?: CodecId;
+  /** Chunks in flight (read, hashed, compressed or being stored) at once. */
+  concurrency?: number;
+  /** Read every allocated chunk even if the source tracks changes. */
+  forceFull?: boolean;
+  /** Continue a pending point left by an interrupted run (default true). */
+  resume?: boolean;
+  /** Records per table segment and checkpoint. */
+  checkpointRecords?: number;
+  /** Also checkpoint at least this often while records are buffered. */
+  checkpointMillis?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: ReplicateProgress) => void;
+  /** Called right before the manifest is written; a lease check lives here. */
+  beforeCommit?: () => Promise<void>;
+}
+
+export interface ReplicateProgress {
+  phase: 'scan' | 'commit';
+  bytesRead: number;
+  bytesWritten: number;
+  chunksDone: number;
+  /** Disk offset reached by the scan. */
+  position: number;
+  diskSize: number;
+}
+
+export interface ReplicateResult {
+  disk: string;
+  point: number;
+  parent: number | null;
+  full: boolean;
+  fullReason?: string;
+  /** Why a change-tracking source was read in full (tracking reset, no marker...). */
+  rescanReason?: string;
+  resumed: boolean;
+  diskSize: number;
+  chunkSize: number;
+  bytesRead: number;
+  bytesWritten: number;
+  chunksTotal: number;
+  chunksChanged: number;
+  chunksZero: number;
+  seconds: number;
+}
+
+interface Checkpoint {
+  format: 'rnode-pending';
+  point: number;
+  parent: number | null;
+  scan: boolean;
+  diskSize: number;
+  chunkSize: number;
+  source: { kind: string; location: string };
+  segments: SegmentRef[];
+  records: number;
+  nextIndex: number;
+  stats: { bytesRead: number; bytesWritten: number; chunksChanged: number; chunksZero: number; chunksData: number };
+}
+
+/** A candidate chunk: read it, or (when only the parent knows it) decide without reading. */
+interface Candidate {
+  index: number;
+  read: boolean;
+  parent?: ChunkEntry;
+}
+
+export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
+  const started = performance.now();
+  await initChecksums();
+  const { store, source } = opts;
+  const disk = validateDiskId(opts.disk);
+  const codec = opts.codec ?? Codec.LZ4;
+
+  const seqs = await listPointSeqs(store, disk);
+  const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1]) : undefined;
+  const chunkSize = validateChunkSize(opts.chunkSize ?? latest?.chunkSize ?? DEFAULT_CHUNK_SIZE);
+  const grid = new ChunkGrid(source.size, chunkSize);
+  const seq = (latest?.point ?? 0) + 1;
+
+  // The table is a delta against the latest point whenever the geometry matches; otherwise it stands alone.
+  let parent: PointManifest | undefined = latest;
+  let fullReason: string | undefined;
+  if (!latest) fullReason = 'first point of the disk';
+  else if (latest.diskSize !== source.size) { parent = undefined; fullReason = `disk size changed from ${latest.diskSize} to ${source.size}`; }
+  else if (latest.chunkSize !== chunkSize) { parent = undefined; fullReason = `chunk size changed from ${latest.chunkSize} to ${chunkSize}`; }
+
+  // What to read: changed extents when the source tracks changes and has a usable marker, else allocated areas.
+  let changed: AsyncIterable<number> | undefined;
+  if (parent && !opts.forceFull && source.tracksChanges) {
+    if (!parent.source.marker || parent.source.kind !== source.kind) {
+      fullReason = 'previous point has no change marker from this source';
+    } else {
+      const peeked = await peekChanged(source, parent.source.marker, grid);
+      if (peeked.error) fullReason = `change tracking unusable: ${peeked.error.message}`;
+      else changed = peeked.indexes;
+    }
+  } else if (parent && opts.forceFull) fullReason = 'full sync requested';
+  else if (parent && !source.tracksChanges) fullReason = undefined; // raw: every point is a scan, compared by content
+  // A point is full when its table stands alone; it is a scan when every allocated chunk is read.
+  const full = parent === undefined;
+  const scan = changed === undefined;
+  const rescanReason = scan && !full ? fullReason : undefined;
+  if (!full) fullReason = undefined;
+  const toRead = changed ?? chunksOf(source.allocatedExtents(), grid);
+  // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
+  const unreadIsZero = scan;
+
+  const ck = await openCheckpoint(opts, store, disk, seq, parent?.point ?? null, scan, grid, source);
+  const stats = { ...ck.stats };
+  const segments: SegmentRef[] = [...ck.segments];
+  let records = ck.records;
+  const marker = await source.changeMarker();
+
+  const checkpointRecords = opts.checkpointRecords ?? TABLE_SEGMENT_RECORDS;
+  const checkpointMillis = opts.checkpointMillis ?? 15_000;
+  let pendingEntries: ChunkEntry[] = [];
+  let lastCheckpoint = Date.now();
+  let flushedNextIndex = ck.nextIndex;
+  let segmentChain: Promise<void> = Promise.resolve();
+
+  const flushSegment = (nextIndex: number) => {
+    const entries = pendingEntries;
+    pendingEntries = [];
+    lastCheckpoint = Date.now();
+    const ref: SegmentRef = {
+      key: layout.segment(disk, seq, 0, segments.length),
+      records: entries.length,
+      first: entries.length ? entries[0].index : -1,
+      last: entries.length ? entries[entries.length - 1].index : -1,
+    };
+    segments.push(ref);
+    records += entries.length;
+    const snapshot: Checkpoint = {
+      format: 'rnode-pending', point: seq, parent: parent?.point ?? null, scan, diskSize: grid.diskSize, chunkSize,
+      source: { kind: source.kind, location: source.location }, segments: [...segments], records, nextIndex,
+      stats: { ...stats },
+    };
+    const bytes = encodeSegment(entries);
+    segmentChain = segmentChain.then(async () => {
+      await store.put(ref.key, bytes);
+      stats.bytesWritten += bytes.length;
+      await store.put(layout.pending(disk, seq), Buffer.from(JSON.stringify(snapshot)));
+    });
+  };
+
+  const pool = new BufferPool(chunkSize, Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize)), source.alignment);
+  // Results complete out of order; the table needs them in index order, so they wait here (bounded by the pool).
+  const done = new Map<number, ChunkEntry | null>();
+  const candidateIndex = new Map<number, number>();
+  let nextOrdinal = 0;
+  let flushOrdinal = 0;
+  let failure: unknown;
+  const inflight = new Set<Promise<void>>();
+
+  const settle = (ordinal: number, entry: ChunkEntry | null) => {
+    done.set(ordinal, entry);
+    while (done.has(flushOrdinal)) {
+      const e = done.get(flushOrdinal)!;
+      done.delete(flushOrdinal);
+      flushedNextIndex = candidateIndex.get(flushOrdinal)! + 1;
+      candidateIndex.delete(flushOrdinal);
+      flushOrdinal++;
+      if (e) pendingEntries.push(e);
+      if (pendingEntries.length >= checkpointRecords ||
+          (pendingEntries.length > 0 && Date.now() - lastCheckpoint >= checkpointMillis)) {
+        flushSegment(flushedNextIndex);
+      }
+    }
+  };
+
+  const processChunk = async (c: Candidate, buf: Buffer): Promise<ChunkEntry | null> => {
+    const offset = grid.offset(c.index);
+    const length = grid.length(c.index);
+    const n = await source.read(offset, buf, length);
+    if (n !== length) {
+      throw new RnodeError(ErrorCodes.SOURCE_CHANGED, `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`);
+    }
+    stats.bytesRead += n;
+    const plain = buf.subarray(0, length);
+    if (isZero(plain)) {
+      if (!scan) stats.chunksZero++;
+      if (!c.parent || isZeroEntry(c.parent)) return null;
+      stats.chunksChanged++;
+      return zeroEntry(c.index, length);
+    }
+    stats.chunksData++;
+    const digests = digestChunk(plain);
+    if (c.parent && !isZeroEntry(c.parent) && c.parent.plainLength === length &&
+        c.parent.xxh64 === digests.xxh64 && c.parent.strong.equals(digests.strong)) {
+      return null; // unchanged: both digests agree, not only the 64-bit one
+    }
+    const { object, entry } = await encodeStoredChunk(plain, digests, c.index, seq, codec);
+    await store.put(layout.chunk(disk, seq, c.index), object);
+    stats.bytesWritten += object.length;
+    stats.chunksChanged++;
+    return entry;
+  };
+
+  const parentView = parent ? new Cursor(chainView(store, await loadChain(store, disk, parent.point))) : undefined;
+  let position = ck.nextIndex * chunkSize;
+  try {
+    for await (const c of candidates(toRead, parentView)) {
+      if (failure) break;
+      if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed');
+      if (c.index < ck.nextIndex) continue; // already in the checkpoint
+      position = grid.offset(c.index);
+      const ordinal = nextOrdinal++;
+      candidateIndex.set(ordinal, c.index);
+      if (!c.read) {
+        let e: ChunkEntry | null = null;
+        if (unreadIsZero && c.parent && !isZeroEntry(c.parent)) {
+          e = zeroEntry(c.index, grid.length(c.index));
+          stats.chunksChanged++;
+        }
+        settle(ordinal, e);
+        continue;
+      }
+      const buf = await pool.acquire();
+      if (failure) { pool.release(buf); break; }
+      const p: Promise<void> = processChunk(c, buf).then(
+        (e) => settle(ordinal, e),
+        (err) => { failure ??= err; },
+      ).finally(() => { pool.release(buf); inflight.delete(p); });
+      inflight.add(p);
+      opts.onProgress?.({ phase: 'scan', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position, diskSize: grid.diskSize });
+    }
+  } catch (err) {
+    failure ??= err;
+  } finally {
+    await Promise.all(inflight);
+    await parentView?.close();
+  }
+  if (failure) {
+    await segmentChain.catch(() => undefined);
+    throw failure;
+  }
+  if (pendingEntries.length > 0 || segments.length === 0) flushSegment(grid.count);
+  await segmentChain;
+
+  // On a scan every chunk not read as data is zero, holes included.
+  if (scan) stats.chunksZero = grid.count - stats.chunksData;
+  // Every chunk and table segment is durable: commit.
+  opts.onProgress?.({ phase: 'commit', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position: grid.diskSize, diskSize: grid.diskSize });
+  await opts.beforeCommit?.();
+  failpoint('before-commit');
+  const seconds = (performance.now() - started) / 1000;
+  const manifest: PointManifest = {
+    format: MANIFEST_FORMAT, version: MANIFEST_VERSION, disk, point: seq, parent: parent?.point ?? null, full,
+    createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize,
+    source: { kind: source.kind, location: source.location, ...(marker ? { marker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
+    table: { generation: 0, records, segments },
+    stats: {
+      chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
+      bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, seconds,
+    },
+  };
+  const mbytes = encodeManifest(manifest);
+  try {
+    await store.put(layout.point(disk, seq), mbytes, { ifNoneMatch: true });
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION)) {
+      throw new RnodeError(ErrorCodes.LEASE_LOST, `point ${seq} of disk ${disk} was committed by another writer; run again to write the next point`);
+    }
+    throw err;
+  }
+  failpoint('after-commit');
+  await store.delete(layout.pending(disk, seq)).catch(() => undefined);
+  return {
+    disk, point: seq, parent: manifest.parent, full, ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}), resumed: ck.resumed,
+    diskSize: grid.diskSize, chunkSize, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + mbytes.length,
+    chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero, seconds,
+  };
+}
+
+function defaultConcurrency(chunkSize: number): number {
+  // Enough chunks in flight to keep two cores and the store busy, capped at ~64 MiB of buffers.
+  return Math.max(2, Math.min(8, Math.floor((64 * 1024 * 1024) / chunkSize)));
+}
+
+function zeroEntry(index: number, length: number): ChunkEntry {
+  return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength: length, storedLength: 0, flags: TableFlag.ZERO, codec: 0 };
+}
+
+/** Merges the ascending indexes to read with the parent's view, so each index is decided once, in order. */
+async function* candidates(toRead: AsyncIterable<number>, parentView: Cursor<ChunkEntry> | undefined): AsyncIterable<Candidate> {
+  const reads = new Cursor(toRead);
+  await reads.next();
+  if (parentView) await parentView.next();
+  try {
+    for (;;) {
+      const r = reads.current;
+      const p = parentView?.current;
+      if (r === undefined && p === undefined) return;
+      if (p === undefined || (r !== undefined && r < p.index)) {
+        yield { index: r!, read: true };
+        await reads.next();
+      } else if (r === undefined || p.index < r) {
+        yield { index: p.index, read: false, parent: p };
+        await parentView!.next();
+      } else {
+        yield { index: r, read: true, parent: p };
+        await reads.next();
+        await parentView!.next();
+      }
+    }
+  } finally {
+    await reads.close();
+  }
+}
+
+async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid):
+    Promise<{ indexes?: AsyncIterable<number>; error?: RnodeError }> {
+  // The first page is where a tracking reset shows up; ask for it before committing to an incremental.
+  const it = source.changedExtentsSince(marker)[Symbol.asyncIterator]();
+  let first: IteratorResult<{ offset: number; length: number }>;
+  try {
+    first = await it.next();
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.CHANGE_MARKER_INVALID)) return { error: err };
+    throw err;
+  }
+  async function* rest() {
+    if (first.done) return;
+    yield first.value;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  }
+  return { indexes: chunksOf(rest(), grid) };
+}
+
+async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, disk: string, seq: number, parent: number | null,
+    scan: boolean, grid: ChunkGrid, source: BlockSource) {
+  const fresh = {
+    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0,
+    stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0 },
+  };
+  if (opts.resume === false) return fresh;
+  let ck: Checkpoint;
+  try {
+    ck = JSON.parse((await store.get(layout.pending(disk, seq))).toString('utf8'));
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND) || err instanceof SyntaxError) return fresh;
+    throw err;
+  }
+  // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
+  if (ck.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
+      ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
+      ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments)) {
+    return fresh;
+  }
+  return { resumed: true, segments: ck.segments, records: ck.records, nextIndex: ck.nextIndex, stats: ck.stats };
+}

@@ -1,0 +1,78 @@
+// A point's view of the disk: the newest entry for every chunk index along its chain of deltas, produced by
+// a streaming k-way merge of the chain's tables. Memory holds one segment per point, whatever the disk size.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import type { PointManifest } from '../format/manifest.js';
+import { decodeSegment, type ChunkEntry } from '../format/table.js';
+import type { ObjectStore } from '../store/types.js';
+
+/** Streams one point's own table, a segment at a time, checking order across segments. */
+export async function* tableEntries(store: ObjectStore, m: PointManifest): AsyncIterable<ChunkEntry> {
+  let prev = -1;
+  let total = 0;
+  for (const ref of m.table.segments) {
+    let bytes: Buffer;
+    try {
+      bytes = await store.get(ref.key);
+    } catch (err) {
+      if (err instanceof RnodeError && err.code === ErrorCodes.STORE_NOT_FOUND) {
+        throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} of point ${m.point} is missing; restore from another point`);
+      }
+      throw err;
+    }
+    const entries = decodeSegment(bytes, ref.key);
+    if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
+      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; restore from another point`);
+    }
+    for (const e of entries) {
+      if (e.index <= prev || e.index * m.chunkSize >= m.diskSize) {
+        throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table of point ${m.point} has an out-of-order or out-of-range index ${e.index}`);
+      }
+      prev = e.index;
+      total++;
+      yield e;
+    }
+  }
+  if (total !== m.table.records) {
+    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} lists ${m.table.records} chunk records but its tables hold ${total}`);
+  }
+}
+
+/** Pull-based cursor over an async iterable, so merges can peek. */
+export class Cursor<T> {
+  private readonly it: AsyncIterator<T>;
+  current: T | undefined;
+  constructor(src: AsyncIterable<T>) { this.it = src[Symbol.asyncIterator](); }
+  async next(): Promise<T | undefined> {
+    const r = await this.it.next();
+    this.current = r.done ? undefined : r.value;
+    return this.current;
+  }
+  async close(): Promise<void> { await this.it.return?.(); }
+}
+
+/**
+ * Effective entries of a chain (newest first, as loadChain returns it), ascending by index. An index absent
+ * from the result is zero in that point; zero entries are yielded as such (callers may skip them).
+ */
+export async function* chainView(store: ObjectStore, chain: PointManifest[]): AsyncIterable<ChunkEntry> {
+  const cursors = chain.map((m) => new Cursor(tableEntries(store, m)));
+  try {
+    await Promise.all(cursors.map((c) => c.next()));
+    for (;;) {
+      let min = Infinity;
+      for (const c of cursors) if (c.current && c.current.index < min) min = c.current.index;
+      if (min === Infinity) return;
+      let winner: ChunkEntry | undefined;
+      // Cursors are newest first: the first one holding `min` wins, the others are shadowed.
+      for (const c of cursors) {
+        if (c.current && c.current.index === min) {
+          if (!winner) winner = c.current;
+          await c.next();
+        }
+      }
+      yield winner!;
+    }
+  } finally {
+    await Promise.all(cursors.map((c) => c.close()));
+  }
+}

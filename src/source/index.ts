@@ -1,0 +1,28 @@
+// Opens the source named on the command line or in a job: a path (raw image or block device) for now;
+// nbd:// and vddk:// sources register here as they land.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { RawSource } from './raw.js';
+import type { BlockSource } from './types.js';
+
+export type { BlockSource, Extent } from './types.js';
+export { RawSource } from './raw.js';
+
+export type SourceFactory = (location: string, opts: Record<string, unknown>) => Promise<BlockSource>;
+const schemes = new Map<string, SourceFactory>();
+
+export function registerSourceScheme(scheme: string, factory: SourceFactory): void {
+  schemes.set(scheme, factory);
+}
+
+export async function openSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
+  const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(location);
+  if (!m) return RawSource.open(location, opts as { direct?: boolean });
+  const scheme = m[1].toLowerCase();
+  if (scheme === 'file') return RawSource.open(decodeURIComponent(new URL(location).pathname), opts as { direct?: boolean });
+  const factory = schemes.get(scheme);
+  if (!factory) {
+    throw new RnodeError(ErrorCodes.BAD_SOURCE,
+      `source scheme "${scheme}://" is not supported; use a file or block device path${[...schemes.keys()].map((s) => `, ${s}://`).join('')}`);
+  }
+  return factory(location, opts);
+}

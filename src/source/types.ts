@@ -1,0 +1,37 @@
+// BlockSource: what the pipeline needs from anything that holds a disk (raw image or device, NBD export,
+// VMware disk through VDDK). Sources with change tracking report changed extents; the raw source does not,
+// and the pipeline then finds changes by comparing each chunk with the previous point.
+
+export interface Extent {
+  offset: number;
+  length: number;
+}
+
+export interface BlockSource {
+  /** 'raw' | 'nbd' | 'vddk' */
+  readonly kind: string;
+  /** Where the data comes from, for messages and manifests; never contains secrets. */
+  readonly location: string;
+  /** Disk size in bytes. */
+  readonly size: number;
+  /** Reads must start and end on multiples of this (except at the end of the disk). */
+  readonly alignment: number;
+  /** True when changedExtentsSince() can be used. */
+  readonly tracksChanges: boolean;
+  /** Largest single read the source accepts; the pipeline splits larger reads. */
+  readonly maxReadBytes: number;
+
+  /** Areas that may hold data, sorted and non-overlapping; everything else reads as zeros. */
+  allocatedExtents(): AsyncIterable<Extent>;
+  /**
+   * Areas changed since `marker` (a value returned by changeMarker() of an earlier run), sorted and
+   * non-overlapping. Throws RnodeError CHANGE_MARKER_INVALID when the marker is unusable (tracking reset,
+   * disk resized...), and the caller falls back to a full sync.
+   */
+  changedExtentsSince(marker: string): AsyncIterable<Extent>;
+  /** The marker to save with the point being written, or undefined if the source has none. */
+  changeMarker(): Promise<string | undefined>;
+  /** Fill buf[0..length) from disk offset; returns the bytes read (short only at the end of the disk). */
+  read(offset: number, buf: Buffer, length: number): Promise<number>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,268 @@
+// ObjectStore on a local or mounted directory: one file per key, '/' in keys = subdirectories.
+// Atomic puts by temp file + fsync + rename; ifNoneMatch by link(2), which fails if the key exists.
+
+import { randomBytes } from 'node:crypto';
+import { constants as fsc, promises as fsp, type Dirent } from 'node:fs';
+import path from 'node:path';
+import { ErrorCodes, RnodeError } from '../../errors.js';
+import {
+  checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix,
+} from '../common.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
+
+/**
+ * Temp files carry a backslash, which assertValidKey forbids in keys, so no key can ever collide with
+ * a temp file and list/get can skip them (e.g. the ones a crash left behind) by name alone.
+ */
+const TEMP_MARK = '.tmp\\';
+
+export interface FsStoreOptions {
+  /** fsync file and directory on put (default true). Off only for throwaway test data. */
+  fsync?: boolean;
+}
+
+/**
+ * Limits (documented in docs/stores.md):
+ *  - ifNoneMatch is atomic across processes (link(2)); ifMatch is checked under an in-process per-key
+ *    lock, so two *processes* doing ifMatch on the same key can both succeed.
+ *  - a key cannot be both an object and a prefix of other keys ('a' and 'a/b'): a file cannot be a
+ *    directory. Such a put fails with STORE_IO.
+ */
+export class FsStore implements ObjectStore {
+  readonly location: string;
+  readonly capabilities: StoreCapabilities = { conditionalPut: true };
+  private readonly root: string;
+  private readonly fsync: boolean;
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(rootDir: string, opts: FsStoreOptions = {}) {
+    this.root = path.resolve(rootDir);
+    this.location = this.root;
+    this.fsync = opts.fsync ?? true;
+  }
+
+  private pathOf(key: string): string {
+    checkKey(key);
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
+    const file = this.pathOf(key);
+    // Serialize writers of one key in this process: ifMatch's compare-then-rename must not interleave.
+    return this.withLock(key, async () => {
+      const tmp = await this.writeTemp(file, data);
+      try {
+        if (opts.ifNoneMatch) {
+          try {
+            await fsp.link(tmp, file);
+          } catch (err) {
+            if (errno(err) === 'EEXIST' && await this.statFile(file)) {
+              throw preconditionFailed(this.location, key, 'the key already exists', err);
+            }
+            throw err;
+          }
+          await fsp.unlink(tmp);
+        } else {
+          if (opts.ifMatch !== undefined) {
+            const cur = await this.statFile(file);
+            if (!cur) throw preconditionFailed(this.location, key, 'the key does not exist');
+            if (cur.etag !== opts.ifMatch) throw preconditionFailed(this.location, key, `etag is ${cur.etag}, not ${opts.ifMatch}`);
+          }
+          await fsp.rename(tmp, file);
+        }
+      } catch (err) {
+        await fsp.rm(tmp, { force: true }).catch(() => {});
+        throw this.mapError(err, 'put', key);
+      }
+      if (this.fsync) await syncDir(path.dirname(file));
+      const info = await this.statFile(file);
+      if (!info) throw notFound(this.location, key); // deleted right after our put
+      return { ...info, key };
+    });
+  }
+
+  /** Writes data to a fresh temp file beside `file` (same filesystem, so rename/link are atomic). */
+  private async writeTemp(file: string, data: Uint8Array): Promise<string> {
+    const dir = path.dirname(file);
+    const tmp = path.join(dir, `${TEMP_MARK}${path.basename(file)}.${randomBytes(6).toString('hex')}`);
+    // A concurrent delete may remove the (empty) directory between mkdir and open: try again.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await fsp.mkdir(dir, { recursive: true });
+        const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+        try {
+          await fh.writeFile(data);
+          if (this.fsync) await fh.sync();
+        } finally {
+          await fh.close();
+        }
+        return tmp;
+      } catch (err) {
+        await fsp.rm(tmp, { force: true }).catch(() => {});
+        if (errno(err) === 'ENOENT' && attempt < 5) continue;
+        throw this.mapError(err, 'put', path.relative(this.root, file));
+      }
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    const file = this.pathOf(key);
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(file, 'r');
+    } catch (err) {
+      throw this.mapError(err, 'get', key);
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw notFound(this.location, key);
+      const { start, end } = clipRange(st.size, range);
+      const buf = Buffer.allocUnsafe(end - start);
+      let done = 0;
+      while (done < buf.length) {
+        const { bytesRead } = await fh.read(buf, done, buf.length - done, start + done);
+        if (bytesRead === 0) break; // cannot shrink (puts replace the inode), but never loop forever
+        done += bytesRead;
+      }
+      return done === buf.length ? buf : buf.subarray(0, done);
+    } catch (err) {
+      throw this.mapError(err, 'get', key);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo> {
+    const info = await this.statFile(this.pathOf(key)).catch((err) => { throw this.mapError(err, 'head', key); });
+    if (!info) throw notFound(this.location, key);
+    return { ...info, key };
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const { dir, rest } = splitPrefix(prefix);
+    yield* this.walk(dir, rest);
+  }
+
+  /** Depth-first walk in key byte order: a directory 'a' sorts as 'a/' among its siblings. */
+  private async *walk(dirKey: string, namePrefix: string): AsyncGenerator<ObjectInfo> {
+    const dirPath = dirKey === '' ? this.root : path.join(this.root, ...dirKey.split('/'));
+    let entries: Dirent[];
+    try {
+      entries = await fsp.readdir(dirPath, { withFileTypes: true });
+    } catch (err) {
+      if (errno(err) === 'ENOENT' || errno(err) === 'ENOTDIR') return;
+      throw this.mapError(err, 'list', dirKey);
+    }
+    const sorted = entries
+      .filter((e) => e.name.startsWith(namePrefix) && !e.name.includes('\\') && (e.isFile() || e.isDirectory()))
+      .map((e) => ({ e, sortName: e.isDirectory() ? `${e.name}/` : e.name }))
+      .sort((a, b) => compareKeys(a.sortName, b.sortName));
+    for (const { e } of sorted) {
+      const key = dirKey === '' ? e.name : `${dirKey}/${e.name}`;
+      if (e.isDirectory()) {
+        yield* this.walk(key, '');
+      } else {
+        const info = await this.statFile(path.join(dirPath, e.name)).catch((err) => { throw this.mapError(err, 'list', key); });
+        if (info) yield { ...info, key }; // gone meanwhile: a concurrent delete
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    const file = this.pathOf(key);
+    await this.withLock(key, async () => {
+      try {
+        await fsp.unlink(file);
+      } catch (err) {
+        const code = errno(err);
+        if (code === 'ENOENT' || code === 'ENOTDIR') return;
+        if (code === 'EISDIR' || code === 'EPERM') { // a prefix, not an object: nothing to delete
+          const st = await fsp.stat(file).catch(() => undefined);
+          if (st?.isDirectory()) return;
+        }
+        throw this.mapError(err, 'delete', key);
+      }
+      await this.removeEmptyParents(path.dirname(file));
+    });
+  }
+
+  /** Best effort: a racing put recreates what it needs (see writeTemp). */
+  private async removeEmptyParents(dir: string): Promise<void> {
+    while (dir.length > this.root.length && dir.startsWith(this.root + path.sep)) {
+      try {
+        await fsp.rmdir(dir);
+      } catch {
+        return; // not empty (ENOTEMPTY/EEXIST) or already gone
+      }
+      dir = path.dirname(dir);
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  private async statFile(file: string): Promise<Omit<ObjectInfo, 'key'> | undefined> {
+    try {
+      const st = await fsp.stat(file, { bigint: true });
+      if (!st.isFile()) return undefined;
+      // Every put renames a fresh inode into place, so ino alone changes on each put; mtime and size
+      // guard against inode reuse after a delete.
+      return { size: Number(st.size), etag: `${st.mtimeNs}-${st.size}-${st.ino}` };
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+      throw err;
+    }
+  }
+
+  private mapError(err: unknown, op: string, key: string): RnodeError {
+    if (err instanceof RnodeError) return err;
+    switch (errno(err)) {
+      case 'ENOENT':
+      case 'ENOTDIR':
+      case 'EISDIR':
+        if (op === 'get' || op === 'head') return notFound(this.location, key, err);
+        break;
+      case 'EACCES':
+      case 'EPERM':
+        return new RnodeError(ErrorCodes.STORE_AUTH,
+          `${op} ${key} in ${this.location} was denied; check the directory's owner and permissions`,
+          { cause: err, details: { key, location: this.location } });
+      case 'EAGAIN':
+      case 'EBUSY':
+      case 'EINTR':
+      case 'EMFILE':
+      case 'ENFILE':
+        return ioError(this.location, op, key, err, true);
+    }
+    if (op === 'put' && (errno(err) === 'EISDIR' || errno(err) === 'ENOTDIR' || errno(err) === 'EEXIST')) {
+      return ioError(this.location, op, key, new Error(
+        'a key cannot be both an object and a prefix of other keys in a filesystem store'), false);
+    }
+    return ioError(this.location, op, key, err);
+  }
+
+  private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(key) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const tail = run.catch(() => {});
+    this.locks.set(key, tail);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(key) === tail) this.locks.delete(key);
+    }
+  }
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,5 @@
+// placeholder (stage 2)
+import type { StoreFactoryContext } from '../registry.js';
+import type { ObjectStore } from '../types.js';
+import { badStoreUrl } from '../registry.js';
+export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<ObjectStore> { throw badStoreUrl(ctx.location, 'is not supported yet'); }

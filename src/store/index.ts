@@ -1,0 +1,16 @@
+// Public API of the storage layer: the ObjectStore contract, openStore by URL, the wrappers,
+// and the backends that tests and other modules construct directly.
+
+export * from './types.js';
+export { collect, compareKeys } from './common.js';
+export {
+  openStore, openBackend, registerStoreScheme, registeredSchemes, badStoreUrl,
+  type OpenStoreOptions, type StoreFactory, type StoreFactoryContext,
+} from './registry.js';
+export { wrapStore, DEFAULT_CONCURRENCY, type WrapOptions, type WrappedStore } from './wrap.js';
+export { FsStore, type FsStoreOptions } from './fs/fs-store.js';
+export { MemoryStore } from './memory/memory-store.js';
+export { FaultyStore, type Fault } from './wrappers/faulty.js';
+export { RetryingStore, isRetryable, type RetryOptions } from './wrappers/retrying.js';
+export { LimitedStore } from './wrappers/limited.js';
+export { MetricsStore, type StoreMetrics, type OpMetrics, type StoreOp } from './wrappers/metrics.js';

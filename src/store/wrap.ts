@@ -1,0 +1,44 @@
+// The one place the store wrappers are assembled, outermost first: retry -> concurrency limit ->
+// metrics -> backend. Retry sits outside the limit so that a backoff sleep does not hold a slot.
+
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from './types.js';
+import { LimitedStore } from './wrappers/limited.js';
+import { MetricsStore, type StoreMetrics } from './wrappers/metrics.js';
+import { RetryingStore, type RetryOptions } from './wrappers/retrying.js';
+
+export interface WrapOptions {
+  /** Retry policy; false: no retries (tests of the raw backend). */
+  retry?: RetryOptions | false;
+  /** Calls in flight to this backend (default 16); false: unlimited. */
+  concurrency?: number | false;
+}
+
+export const DEFAULT_CONCURRENCY = 16;
+
+/** A wrapped store: the ObjectStore contract plus the metrics of every attempt made on the backend. */
+export interface WrappedStore extends ObjectStore {
+  metrics(): StoreMetrics;
+  /** The backend under the wrappers (for its own extra methods and for tests). */
+  readonly backend: ObjectStore;
+}
+
+export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): WrappedStore {
+  const measured = new MetricsStore(backend);
+  let outer: ObjectStore = measured;
+  const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
+  if (concurrency !== false) outer = new LimitedStore(outer, concurrency);
+  if (opts.retry !== false) outer = new RetryingStore(outer, opts.retry ?? {});
+  const top = outer;
+  return {
+    location: backend.location,
+    capabilities: backend.capabilities,
+    backend,
+    put: (key: string, data: Uint8Array, o?: PutOptions): Promise<ObjectInfo> => top.put(key, data, o),
+    get: (key: string, range?: ByteRange): Promise<Buffer> => top.get(key, range),
+    head: (key: string): Promise<ObjectInfo> => top.head(key),
+    list: (prefix: string): AsyncIterable<ObjectInfo> => top.list(prefix),
+    delete: (key: string): Promise<void> => top.delete(key),
+    close: (): Promise<void> => top.close(),
+    metrics: (): StoreMetrics => measured.metrics(),
+  };
+}

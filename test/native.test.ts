@@ -1,0 +1,258 @@
+// Tests for the rnode_native addon through its TS wrapper: positional reads, sparse-file extents,
+// zero detection, aligned buffers with O_DIRECT, error shape, and fd lifetime (close, finalizer).
+
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { setImmediate as tick } from 'node:timers/promises';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+
+import { allocAligned, isZero, NativeIoError, openRaw, type Extent } from '../src/native/index.js';
+
+const MiB = 1024 * 1024;
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-native-'));
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function writeFile(name: string, data: Uint8Array): string {
+  const p = path.join(dir, name);
+  fs.writeFileSync(p, data);
+  return p;
+}
+
+function openFds(target: string): number {
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${fd}`) === target) n++;
+    } catch { /* fd closed while listing */ }
+  }
+  return n;
+}
+
+t.test('reads at odd offsets and lengths match the file bytes', async (t) => {
+  const data = randomBytes(3 * MiB + 777);
+  const p = writeFile('data.bin', data);
+  const h = await openRaw(p);
+  t.equal(h.path, p);
+  t.equal(h.size, data.length);
+  t.equal(h.blockDevice, false);
+  t.equal(h.direct, false);
+  t.equal(h.alignment, 1);
+
+  for (const [offset, length] of [[0, 1], [1, 4095], [4097, 65537], [MiB - 3, MiB + 7], [0, data.length], [data.length - 1, 1]]) {
+    const buf = Buffer.alloc(length);
+    t.equal(await h.read(buf, offset, length), length, `count at ${offset}+${length}`);
+    t.ok(buf.equals(data.subarray(offset, offset + length)), `bytes at ${offset}+${length}`);
+  }
+
+  // length defaults to buf.length; a shorter length leaves the rest of buf untouched
+  const whole = Buffer.alloc(100);
+  t.equal(await h.read(whole, 12345), 100);
+  t.ok(whole.equals(data.subarray(12345, 12445)));
+  const partial = Buffer.alloc(10, 0xee);
+  t.equal(await h.read(partial, 5, 4), 4);
+  t.same([...partial], [...data.subarray(5, 9), 0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
+
+  // a view at a non-zero byteOffset is written at its own start
+  const backing = Buffer.alloc(64, 0xaa);
+  const view = backing.subarray(7, 23);
+  t.equal(await h.read(view, 1000), 16);
+  t.ok(backing.subarray(7, 23).equals(data.subarray(1000, 1016)));
+  t.equal(backing[6], 0xaa);
+  t.equal(backing[23], 0xaa);
+
+  t.equal(await h.read(Buffer.alloc(0), 0), 0, 'zero-length read does not throw');
+  t.equal(await h.read(Buffer.alloc(8), 10, 0), 0);
+
+  await t.rejects(h.read(Buffer.alloc(4), -1), RangeError);
+  await t.rejects(h.read(Buffer.alloc(4), 1.5), RangeError);
+  await t.rejects(h.read(Buffer.alloc(4), 0, 5), RangeError);
+  await h.close();
+});
+
+t.test('read past EOF returns a short count', async (t) => {
+  const data = randomBytes(10_000);
+  const h = await openRaw(writeFile('short.bin', data));
+  const buf = Buffer.alloc(4096, 0xff);
+  t.equal(await h.read(buf, 8192), 10_000 - 8192);
+  t.ok(buf.subarray(0, 10_000 - 8192).equals(data.subarray(8192)));
+  t.equal(await h.read(buf, 10_000), 0, 'at EOF');
+  t.equal(await h.read(buf, 2 ** 40), 0, 'far past EOF (64-bit offset)');
+  await h.close();
+});
+
+t.test('allocated extents of a sparse file', async (t) => {
+  const size = 64 * MiB;
+  const p = path.join(dir, 'sparse.bin');
+  fs.writeFileSync(p, '');
+  fs.truncateSync(p, size);
+  const fd = fs.openSync(p, 'r+');
+  fs.writeSync(fd, Buffer.alloc(100, 1), 0, 100, 0);
+  fs.writeSync(fd, Buffer.alloc(10, 2), 0, 10, 5 * MiB);
+  fs.writeSync(fd, Buffer.alloc(50, 3), 0, 50, size - 100);
+  fs.closeSync(fd);
+  const block = fs.statSync(p).blksize;
+  const down = (n: number) => Math.floor(n / block) * block;
+  const up = (n: number) => Math.ceil(n / block) * block;
+  const expected: Extent[] = [
+    { offset: 0, length: up(100) },
+    { offset: down(5 * MiB), length: up(5 * MiB + 10) - down(5 * MiB) },
+    { offset: down(size - 100), length: size - down(size - 100) },
+  ];
+
+  const h = await openRaw(p);
+  t.same(await h.allocatedExtents(0, size, 100), expected, 'whole file');
+  t.same(await h.allocatedExtents(0, size * 4, 100), expected, 'end past EOF is clamped');
+
+  const paged: Extent[] = [];
+  for (let start = 0; ;) {
+    const page = await h.allocatedExtents(start, size, 1);
+    t.ok(page.length <= 1, 'maxCount respected');
+    if (page.length === 0) break;
+    paged.push(page[0]!);
+    start = page[0]!.offset + page[0]!.length;
+  }
+  t.same(paged, expected, 'paging with maxCount=1');
+
+  // ranges that start or end inside an extent are clipped to the range
+  t.same(await h.allocatedExtents(50, 5 * MiB + 5, 100), [
+    { offset: 50, length: up(100) - 50 },
+    { offset: 5 * MiB, length: 5 },
+  ]);
+  t.same(await h.allocatedExtents(MiB, 2 * MiB, 100), [], 'range inside a hole');
+  t.same(await h.allocatedExtents(size - 10, size - 10, 100), [], 'empty range');
+  t.same(await h.allocatedExtents(size + 10, size + 20, 100), [], 'range past EOF');
+
+  await t.rejects(h.allocatedExtents(10, 5, 1), RangeError);
+  await t.rejects(h.allocatedExtents(0, 10, 0), RangeError);
+  await h.close();
+});
+
+t.test('an all-hole file has no allocated extents', async (t) => {
+  const p = path.join(dir, 'hole.bin');
+  fs.writeFileSync(p, '');
+  fs.truncateSync(p, 16 * MiB);
+  const h = await openRaw(p);
+  t.equal(h.size, 16 * MiB);
+  t.same(await h.allocatedExtents(0, h.size, 10), []);
+  await h.close();
+});
+
+t.test('isZero', async (t) => {
+  for (const n of [0, 1, 7, 8, 63, 4095, 4096, 4097, 65_535, MiB + 3]) {
+    const buf = Buffer.alloc(n);
+    t.equal(isZero(buf), true, `zero ${n}`);
+    if (n === 0) continue;
+    for (const at of new Set([0, n >> 1, n - 1])) {
+      buf[at] = 1;
+      t.equal(isZero(buf), false, `non-zero byte at ${at} of ${n}`);
+      buf[at] = 0;
+    }
+  }
+  const high = Buffer.alloc(4099);
+  high[4098] = 0x80;
+  t.equal(isZero(high), false, 'high bit in the last byte');
+
+  // only the view's bytes count, not its backing ArrayBuffer
+  const backing = Buffer.alloc(4099, 0xff);
+  backing.fill(0, 3, 4098);
+  t.equal(isZero(backing.subarray(3, 4098)), true);
+  t.equal(isZero(backing.subarray(2, 4098)), false);
+  t.equal(isZero(new Uint8Array(9)), true, 'plain Uint8Array');
+  t.throws(() => isZero('000' as unknown as Uint8Array), TypeError);
+});
+
+t.test('allocAligned gives aligned memory usable with O_DIRECT', async (t) => {
+  const buf = allocAligned(3 * 4096, 4096);
+  t.equal(buf.length, 3 * 4096);
+  t.ok(Buffer.isBuffer(buf));
+  t.equal(isZero(buf), true, 'zero-filled');
+  t.equal(allocAligned(0, 512).length, 0);
+  t.throws(() => allocAligned(10, 3), RangeError);
+  t.throws(() => allocAligned(-1, 4096), RangeError);
+
+  const data = randomBytes(64 * 1024 + 100);
+  const p = writeFile('direct.bin', data);
+  let h;
+  try {
+    h = await openRaw(p, { direct: true });
+  } catch (err) {
+    // No silent fallback: a filesystem without O_DIRECT must say so.
+    t.ok(err instanceof NativeIoError, 'NativeIoError');
+    t.equal((err as NativeIoError).code, 'EINVAL');
+    t.equal((err as NativeIoError).syscall, 'open');
+    return;
+  }
+  t.equal(h.direct, true);
+  t.equal(h.alignment, 4096);
+  t.equal(await h.read(buf, 8192), buf.length);
+  t.ok(buf.equals(data.subarray(8192, 8192 + buf.length)));
+  const tail = allocAligned(8192, 4096);
+  t.equal(await h.read(tail, 64 * 1024), 100, 'short direct read at EOF');
+  t.ok(tail.subarray(0, 100).equals(data.subarray(64 * 1024)));
+  const sub = allocAligned(16384, 4096).subarray(4096, 8192);
+  t.equal(await h.read(sub, 4096), 4096, 'aligned subarray');
+  t.ok(sub.equals(data.subarray(4096, 8192)));
+
+  await t.rejects(h.read(buf, 100, 4096), RangeError, 'unaligned offset');
+  await t.rejects(h.read(buf, 0, 100), RangeError, 'unaligned length');
+  // The kernel checks the buffer address; its EINVAL comes back as a NativeIoError from pread.
+  const misaligned = allocAligned(8192 + 1, 4096).subarray(1, 4097);
+  await t.rejects(h.read(misaligned, 0), { name: 'NativeIoError', code: 'EINVAL', syscall: 'pread', path: p });
+  await h.close();
+});
+
+t.test('errors carry errno, code, syscall and path', async (t) => {
+  const missing = path.join(dir, 'does-not-exist');
+  await t.rejects(openRaw(missing), {
+    name: 'NativeIoError', code: 'ENOENT', errno: os.constants.errno.ENOENT, syscall: 'open', path: missing,
+  });
+  const err = await openRaw(missing).catch((e: unknown) => e);
+  t.ok(err instanceof NativeIoError);
+  t.match((err as Error).message, /^ENOENT: .*, open '.*does-not-exist'$/);
+  t.match((err as Error).stack, /native\.test\.ts/, 'stack reaches the caller');
+
+  await t.rejects(openRaw(dir), { code: 'EISDIR', path: dir });
+  await t.rejects(openRaw('/dev/null'), { code: 'EINVAL' }, 'char device is not a raw source');
+  await t.rejects(openRaw(''), TypeError);
+  await t.rejects(openRaw('a\0b'), TypeError);
+});
+
+t.test('close is idempotent, waits for reads in flight, then reads reject EBADF', async (t) => {
+  const data = randomBytes(4 * MiB);
+  const p = writeFile('close.bin', data);
+  const h = await openRaw(p);
+  t.equal(openFds(p), 1);
+
+  const bufs = Array.from({ length: 8 }, () => Buffer.alloc(MiB / 2));
+  const reads = bufs.map((b, i) => h.read(b, i * (MiB / 2)));
+  const closed = h.close();
+  t.same(await Promise.all(reads), bufs.map((b) => b.length), 'reads in flight complete');
+  bufs.forEach((b, i) => t.ok(b.equals(data.subarray(i * b.length, (i + 1) * b.length)), `read ${i} bytes`));
+  await closed;
+  await h.close();
+  t.equal(openFds(p), 0, 'fd released');
+
+  await t.rejects(h.read(Buffer.alloc(4), 0), { name: 'NativeIoError', code: 'EBADF', syscall: 'pread', path: p });
+  await t.rejects(h.read(Buffer.alloc(0), 0), { code: 'EBADF' }, 'even zero-length');
+  await t.rejects(h.allocatedExtents(0, 10, 1), { code: 'EBADF' });
+});
+
+t.test('a leaked handle has its fd closed by the GC finalizer', async (t) => {
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const p = writeFile('leak.bin', randomBytes(4096));
+  await (async () => {
+    const h = await openRaw(p);
+    t.equal(await h.read(Buffer.alloc(16), 0), 16);
+  })();
+  t.equal(openFds(p), 1);
+  for (let i = 0; i < 10 && openFds(p) > 0; i++) {
+    gc();
+    await tick();
+  }
+  t.equal(openFds(p), 0);
+});

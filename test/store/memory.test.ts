@@ -1,0 +1,32 @@
+// MemoryStore against the conformance suite, bare and through openStore's wrappers, plus the
+// registry's scheme handling (mem:// names, unknown schemes, registered schemes).
+
+import t from 'tap';
+import { ErrorCodes } from '../../src/errors.js';
+import { MemoryStore, openStore, registerStoreScheme } from '../../src/store/index.js';
+import { runConformance } from './conformance.js';
+
+runConformance(t, 'memory', async () => ({ store: new MemoryStore(), cleanup: async () => {} }));
+
+let n = 0;
+runConformance(t, 'memory via openStore (retry, limit, metrics wrappers)', async () => ({
+  store: await openStore(`mem://conformance-${++n}`, { wrap: { concurrency: 4 } }),
+  cleanup: async () => {},
+}));
+
+t.test('registry', async (t) => {
+  const a = await openStore('mem://shared');
+  await a.put('k', Buffer.from('v'));
+  const b = await openStore('mem://shared');
+  t.equal((await b.get('k')).toString(), 'v', 'same mem:// name, same store');
+  await t.rejects((await openStore('mem://other')).get('k'), { code: ErrorCodes.STORE_NOT_FOUND });
+
+  await t.rejects(openStore('ftp://host/x'), { code: ErrorCodes.BAD_STORE_URL, message: /s3:\/\/bucket/ });
+  await t.rejects(openStore(''), { code: ErrorCodes.BAD_STORE_URL });
+  await t.rejects(openStore('file://remote-host/x'), { code: ErrorCodes.BAD_STORE_URL });
+
+  registerStoreScheme('test-remote', async (url) => new MemoryStore(`test-remote://${url.host}`));
+  const r = await openStore('test-remote://h1/p');
+  t.equal(r.location, 'test-remote://h1');
+  await t.rejects(openStore('nope://x'), { message: /test-remote:\/\// }, 'message lists registered schemes');
+});
