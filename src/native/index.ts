@@ -68,18 +68,13 @@ interface NativeBinding {
   allocAligned(size: number, alignment: number): Buffer;
 }
 
-const ADDON = 'native/build/Release/rnode_native.node';
+// Two levels below the package root both as src/native (tap runs .ts) and as dist/native (tsc rootDir 'src').
+const ADDON_URL = new URL('../../native/build/Release/rnode_native.node', import.meta.url);
 
-// src/native (tap runs .ts) and dist/native sit two levels below the package root; dist/src/native
-// (tsc with rootDir '.') sits three. Probe rather than guess so either layout works.
 function loadBinding(): NativeBinding {
-  const require = createRequire(import.meta.url);
-  const candidates = ['../../', '../../../'].map((up) => fileURLToPath(new URL(up + ADDON, import.meta.url)));
-  const found = candidates.find((p) => existsSync(p));
-  if (found === undefined) {
-    throw new Error(`rnode_native addon not built (looked for ${candidates.join(', ')}); run \`npm run build:native\``);
-  }
-  return require(found) as NativeBinding;
+  const file = fileURLToPath(ADDON_URL);
+  if (!existsSync(file)) throw new Error(`rnode_native addon not built (no ${file}); run \`npm run build:native\``);
+  return createRequire(import.meta.url)(file) as NativeBinding;
 }
 
 const binding = loadBinding();

@@ -3,8 +3,9 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { strongDigest, xxh64 } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader, encodeChunkHeader } from '../format/chunk.js';
-import { type CodecId, decodeChunk, encodeChunk } from '../format/codecs.js';
+import { Codec, type CodecId, decodeChunk, encodeChunk } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
+import { codecWorkers, maxObjectBytes, sharedBuffer } from './codec-workers.js';
 
 export interface ChunkDigests {
   xxh64: bigint;
@@ -15,13 +16,32 @@ export function digestChunk(plain: Buffer): ChunkDigests {
   return { xxh64: xxh64(plain), strong: strongDigest(plain) };
 }
 
-/** Encodes plaintext (already digested) as the object stored for (writer, index). */
+/**
+ * Digests and encodes a chunk on the codec workers. plain and out are SharedArrayBuffer views; the object is
+ * built in out (header, then payload) and returned as a view of it, valid until out is reused.
+ */
+export async function encodeChunkInto(plain: Buffer, out: Buffer, index: number, writer: number, codec: CodecId):
+    Promise<{ object: Buffer; entry: ChunkEntry }> {
+  const r = await codecWorkers().encode(plain, out, codec);
+  encodeChunkHeader({
+    codec: r.codec, flags: 0, plainLength: plain.length, payloadLength: r.payloadLength,
+    plainXxh64: r.xxh64, payloadXxh64: r.payloadXxh64, index, writer,
+  }).copy(out, 0);
+  const object = out.subarray(0, CHUNK_HEADER_BYTES + r.payloadLength);
+  return {
+    object,
+    entry: { index, xxh64: r.xxh64, strong: r.strong, writer, plainLength: plain.length, storedLength: object.length, flags: 0, codec: r.codec },
+  };
+}
+
+/** Encodes plaintext (already digested) as the object stored for (writer, index), on the calling thread. */
 export async function encodeStoredChunk(plain: Buffer, digests: ChunkDigests, index: number, writer: number, codec: CodecId):
     Promise<{ object: Buffer; entry: ChunkEntry }> {
   const enc = await encodeChunk(codec, plain);
   const header = encodeChunkHeader({
     codec: enc.codec, flags: 0, plainLength: plain.length, payloadLength: enc.payload.length,
-    plainXxh64: digests.xxh64, payloadXxh64: xxh64(enc.payload), index, writer,
+    // An uncompressed payload is the plaintext: its digest is already known.
+    plainXxh64: digests.xxh64, payloadXxh64: enc.codec === Codec.NONE ? digests.xxh64 : xxh64(enc.payload), index, writer,
   });
   const object = Buffer.concat([header, enc.payload], CHUNK_HEADER_BYTES + enc.payload.length);
   return {
@@ -60,4 +80,47 @@ export async function decodeStoredChunk(object: Buffer, expect: ChunkEntry, wher
   if (xxh64(plain) !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail('plaintext xxh64 mismatch');
   if (!strongDigest(plain).equals(expect.strong)) throw fail('plaintext BLAKE3 mismatch');
   return plain;
+}
+
+/** Buffers a verified read works in: the stored object and the decoded plaintext (both shared with workers). */
+export interface ReadSlot {
+  object: Buffer;
+  plain: Buffer;
+}
+
+export function newReadSlot(chunkSize: number): ReadSlot {
+  return { object: sharedBuffer(maxObjectBytes(chunkSize)), plain: sharedBuffer(chunkSize) };
+}
+
+/**
+ * Checks a stored object (already copied into slot.object[0..length)) against its table entry and decodes it
+ * on the codec workers; returns a view of slot.plain holding the verified plaintext.
+ */
+export async function decodeChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string): Promise<Buffer> {
+  const fail = (why: string) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: ${why}`,
+    { details: { index: expect.index, writer: expect.writer } });
+  const object = slot.object.subarray(0, length);
+  let h;
+  try {
+    h = decodeChunkHeader(object);
+  } catch (err) {
+    if (err instanceof RnodeError && err.code === ErrorCodes.FORMAT_VERSION) throw err;
+    throw fail((err as Error).message);
+  }
+  if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
+  if (h.plainLength !== expect.plainLength || h.plainLength > slot.plain.length) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
+  if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  if (h.codec !== Codec.NONE && h.codec !== Codec.LZ4) {
+    throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${h.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`);
+  }
+  let r;
+  try {
+    r = await codecWorkers().decode(object.subarray(CHUNK_HEADER_BYTES), h.codec, h.plainLength, slot.plain);
+  } catch (err) {
+    throw fail((err as Error).message);
+  }
+  if (r.payloadXxh64 !== h.payloadXxh64) throw fail('payload checksum mismatch');
+  if (r.xxh64 !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail('plaintext xxh64 mismatch');
+  if (!r.strong.equals(expect.strong)) throw fail('plaintext BLAKE3 mismatch');
+  return slot.plain.subarray(0, h.plainLength);
 }

@@ -3,10 +3,11 @@
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
 import type { ChunkEntry } from '../format/table.js';
-import { decodeStoredChunk } from '../pipeline/chunk-codec.js';
+import { decodeChunkInto, type ReadSlot } from '../pipeline/chunk-codec.js';
 import type { ObjectStore } from '../store/types.js';
 
-export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number): Promise<Buffer> {
+/** Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused. */
+export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot): Promise<Buffer> {
   const key = layout.chunk(disk, e.writer, e.index);
   const where = `${e.index} (disk offset ${e.index * chunkSize}, object ${key}) of point ${point}`;
   let object: Buffer;
@@ -19,8 +20,13 @@ export async function readChunk(store: ObjectStore, disk: string, chunkSize: num
     }
     throw err;
   }
+  if (object.length > slot.object.length) {
+    throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: object is ${object.length} bytes, more than a chunk can take; restore another point or re-replicate`,
+      { details: { index: e.index, offset: e.index * chunkSize, key, point } });
+  }
+  object.copy(slot.object, 0);
   try {
-    return await decodeStoredChunk(object, e, where);
+    return await decodeChunkInto(slot, object.length, e, where);
   } catch (err) {
     if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) {
       throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${err.message}; restore another point or re-replicate`,

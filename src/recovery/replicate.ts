@@ -10,7 +10,8 @@ import { encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest, 
 import { encodeSegment, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { digestChunk, encodeStoredChunk } from '../pipeline/chunk-codec.js';
+import { encodeChunkInto } from '../pipeline/chunk-codec.js';
+import { maxObjectBytes, sharedBuffer } from '../pipeline/codec-workers.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
@@ -81,6 +82,12 @@ interface Checkpoint {
   records: number;
   nextIndex: number;
   stats: { bytesRead: number; bytesWritten: number; chunksChanged: number; chunksZero: number; chunksData: number };
+}
+
+/** A chunk's plaintext buffer and the buffer its stored object is built in (both shared with the workers). */
+interface Slot {
+  plain: Buffer;
+  out: Buffer;
 }
 
 /** A candidate chunk: read it, or (when only the parent knows it) decide without reading. */
@@ -169,7 +176,8 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
     });
   };
 
-  const pool = new BufferPool(chunkSize, Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize)), source.alignment);
+  const pool = new BufferPool(Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize)),
+    () => ({ plain: sharedBuffer(chunkSize), out: sharedBuffer(maxObjectBytes(chunkSize)) }));
   // Results complete out of order; the table needs them in index order, so they wait here (bounded by the pool).
   const done = new Map<number, ChunkEntry | null>();
   const candidateIndex = new Map<number, number>();
@@ -194,15 +202,15 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
     }
   };
 
-  const processChunk = async (c: Candidate, buf: Buffer): Promise<ChunkEntry | null> => {
+  const processChunk = async (c: Candidate, slot: Slot): Promise<ChunkEntry | null> => {
     const offset = grid.offset(c.index);
     const length = grid.length(c.index);
-    const n = await source.read(offset, buf, length);
+    const n = await source.read(offset, slot.plain, length);
     if (n !== length) {
       throw new RnodeError(ErrorCodes.SOURCE_CHANGED, `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`);
     }
     stats.bytesRead += n;
-    const plain = buf.subarray(0, length);
+    const plain = slot.plain.subarray(0, length);
     if (isZero(plain)) {
       if (!scan) stats.chunksZero++;
       if (!c.parent || isZeroEntry(c.parent)) return null;
@@ -210,12 +218,11 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
       return zeroEntry(c.index, length);
     }
     stats.chunksData++;
-    const digests = digestChunk(plain);
-    if (c.parent && !isZeroEntry(c.parent) && c.parent.plainLength === length &&
-        c.parent.xxh64 === digests.xxh64 && c.parent.strong.equals(digests.strong)) {
+    const { object, entry } = await encodeChunkInto(plain, slot.out, c.index, seq, codec);
+    const p = c.parent;
+    if (p && !isZeroEntry(p) && p.plainLength === length && p.xxh64 === entry.xxh64 && p.strong.equals(entry.strong)) {
       return null; // unchanged: both digests agree, not only the 64-bit one
     }
-    const { object, entry } = await encodeStoredChunk(plain, digests, c.index, seq, codec);
     await store.put(layout.chunk(disk, seq, c.index), object);
     stats.bytesWritten += object.length;
     stats.chunksChanged++;
@@ -241,12 +248,12 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
         settle(ordinal, e);
         continue;
       }
-      const buf = await pool.acquire();
-      if (failure) { pool.release(buf); break; }
-      const p: Promise<void> = processChunk(c, buf).then(
+      const slot = await pool.acquire();
+      if (failure) { pool.release(slot); break; }
+      const p: Promise<void> = processChunk(c, slot).then(
         (e) => settle(ordinal, e),
         (err) => { failure ??= err; },
-      ).finally(() => { pool.release(buf); inflight.delete(p); });
+      ).finally(() => { pool.release(slot); inflight.delete(p); });
       inflight.add(p);
       opts.onProgress?.({ phase: 'scan', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position, diskSize: grid.diskSize });
     }
@@ -299,8 +306,8 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
 }
 
 function defaultConcurrency(chunkSize: number): number {
-  // Enough chunks in flight to keep two cores and the store busy, capped at ~64 MiB of buffers.
-  return Math.max(2, Math.min(8, Math.floor((64 * 1024 * 1024) / chunkSize)));
+  // Enough chunks in flight to keep the cores and the store busy, capped at ~32 MiB of plaintext buffers.
+  return Math.max(2, Math.min(8, Math.floor((32 * 1024 * 1024) / chunkSize)));
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {

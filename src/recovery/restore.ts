@@ -10,6 +10,8 @@ import { isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded, readChunk } from './chunk-reader.js';
+import { BufferPool } from '../pipeline/buffer-pool.js';
+import { newReadSlot } from '../pipeline/chunk-codec.js';
 import { loadChain, resolvePoint } from './points.js';
 import { chainView } from './view.js';
 
@@ -54,10 +56,17 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     const nonZero = async function* () {
       for await (const e of chainView(store, chain)) if (!isZeroEntry(e)) yield e;
     };
-    await forEachBounded(nonZero(), opts.concurrency ?? 8, async (e) => {
-      const plain = await readChunk(store, disk, chunkSize, e, seq);
-      bytesFetched += e.storedLength;
-      bytesWritten += await writeSparse(target.fh, plain, e.index * chunkSize, target.sparse);
+    const concurrency = opts.concurrency ?? 8;
+    const slots = new BufferPool(concurrency, () => newReadSlot(chunkSize));
+    await forEachBounded(nonZero(), concurrency, async (e) => {
+      const slot = await slots.acquire();
+      try {
+        const plain = await readChunk(store, disk, chunkSize, e, seq, slot);
+        bytesFetched += e.storedLength;
+        bytesWritten += await writeSparse(target.fh, plain, e.index * chunkSize, target.sparse);
+      } finally {
+        slots.release(slot);
+      }
       chunksRestored++;
       opts.onProgress?.({ bytesWritten, chunksDone: chunksRestored, diskSize });
     });

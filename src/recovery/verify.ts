@@ -7,6 +7,8 @@ import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded, readChunk } from './chunk-reader.js';
+import { BufferPool } from '../pipeline/buffer-pool.js';
+import { newReadSlot } from '../pipeline/chunk-codec.js';
 import { listPointSeqs, loadChain, resolvePoint } from './points.js';
 import { chainView, tableEntries } from './view.js';
 
@@ -48,6 +50,9 @@ export async function verify(opts: { store: ObjectStore; disk: string; point?: s
       problems.push({ code: err.code, message: err.message, point, ...(err.details.index !== undefined ? { index: err.details.index as number, offset: err.details.offset as number } : {}) });
     }
   };
+  const concurrency = opts.concurrency ?? 8;
+  let slots: BufferPool<ReturnType<typeof newReadSlot>> | undefined;
+  let slotSize = 0;
   let chunksChecked = 0;
   let bytesChecked = 0;
   for (const seq of seqs) {
@@ -69,14 +74,22 @@ export async function verify(opts: { store: ObjectStore; disk: string; point?: s
         report(err, seq);
       }
     };
-    await forEachBounded(nonZero(), opts.concurrency ?? 8, async (e) => {
+    if (!slots || slots.count === 0 || m.chunkSize !== slotSize) {
+      slotSize = m.chunkSize;
+      slots = new BufferPool(concurrency, () => newReadSlot(m.chunkSize));
+    }
+    const pool = slots;
+    await forEachBounded(nonZero(), concurrency, async (e) => {
+      const slot = await pool.acquire();
       try {
-        await readChunk(store, disk, m.chunkSize, e, seq);
+        await readChunk(store, disk, m.chunkSize, e, seq, slot);
         chunksChecked++;
         bytesChecked += e.plainLength;
         opts.onProgress?.({ chunksChecked });
       } catch (err) {
         report(err, seq);
+      } finally {
+        pool.release(slot);
       }
     });
   }

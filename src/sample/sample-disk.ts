@@ -38,15 +38,36 @@ export class Prng {
   }
 }
 
-/** One MiB of the mixed pattern: [random | text | zeros]. */
+let textPool: Buffer | undefined;
+
+/** 256 KiB of words, made once; text thirds are slices of it at random offsets (fast, still compressible). */
+function wordText(): Buffer {
+  if (textPool) return textPool;
+  const prng = new Prng(12345);
+  const parts: string[] = [];
+  let n = 0;
+  while (n < 256 * 1024) {
+    const w = WORDS[prng.int(WORDS.length)] + (prng.int(12) === 0 ? '\n' : ' ');
+    parts.push(w);
+    n += w.length;
+  }
+  textPool = Buffer.from(parts.join(''), 'latin1');
+  return textPool;
+}
+
+/** One chunk of the mixed pattern: [random | text | zeros]. */
 export function fillMixed(buf: Buffer, prng: Prng): void {
   const third = Math.floor(buf.length / 3);
-  prng.fill(new Uint8Array(buf.buffer, buf.byteOffset, third & ~3));
-  let p = third & ~3;
+  const r = third & ~3;
+  prng.fill(new Uint8Array(buf.buffer, buf.byteOffset, r));
+  const text = wordText();
+  let p = r;
   const end = 2 * third;
   while (p < end) {
-    const w = WORDS[prng.int(WORDS.length)] + ' ';
-    p += buf.write(w, p, Math.min(w.length, end - p), 'latin1');
+    const from = prng.int(text.length - 4096);
+    const n = Math.min(512 + prng.int(3584), end - p);
+    text.copy(buf, p, from, from + n);
+    p += n;
   }
   buf.fill(0, end);
 }

@@ -67,3 +67,73 @@ export async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   for await (const x of it) out.push(x);
   return out;
 }
+
+/** What a cloud SDK error says, pulled out by each backend (status, service code, errno). */
+export interface CloudFailure {
+  status?: number;
+  /** Service error code ('NoSuchKey', 'BlobNotFound', ...) or errno ('ECONNRESET'). */
+  code?: string;
+}
+
+const NETWORK_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH',
+  'ENOTFOUND', 'TimeoutError', 'AbortError', 'RequestTimeout', 'RequestTimeoutException', 'ERR_STREAM_PREMATURE_CLOSE',
+  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'REQUEST_SEND_ERROR',
+]);
+const THROTTLE_CODES = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'TooManyRequests', 'ServerBusy',
+  'RequestLimitExceeded', 'rateLimitExceeded']);
+const AUTH_CODES = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken',
+  'AuthenticationFailed', 'AuthorizationFailure', 'AuthorizationPermissionMismatch', 'CredentialsProviderError']);
+
+/**
+ * The one mapping from cloud failures to STORE_* codes (kopia's translateError): not-found and
+ * precondition are answers; throttling, 5xx, resets and timeouts are retryable; the rest is not.
+ */
+export function cloudError(location: string, op: string, key: string, cause: unknown, f: CloudFailure): RnodeError {
+  if (cause instanceof RnodeError) return cause;
+  const why = `${f.code ?? ''}${f.status ? ` (HTTP ${f.status})` : ''} ${cause instanceof Error ? cause.message : String(cause)}`.trim();
+  const details = { key, location, op, status: f.status, serviceCode: f.code };
+  const mk = (code: string, msg: string, retryable = false) => new RnodeError(code, msg, { cause, retryable, details });
+  if (f.status === 404) return notFound(location, key, cause);
+  if (f.status === 412) return preconditionFailed(location, key, why, cause);
+  if (f.status === 401 || f.status === 403 || (f.code && AUTH_CODES.has(f.code))) {
+    return mk(ErrorCodes.STORE_AUTH, `${op} ${key} in ${location} was denied: ${why}; check the credentials and their permissions`);
+  }
+  if (f.status === 429 || f.status === 503 || (f.code && THROTTLE_CODES.has(f.code))) {
+    return mk(ErrorCodes.STORE_THROTTLED, `${op} ${key} in ${location} was throttled: ${why}`, true);
+  }
+  if ((f.status !== undefined && f.status >= 500) || f.status === 408 || (f.code && NETWORK_CODES.has(f.code))) {
+    return mk(ErrorCodes.STORE_UNAVAILABLE, `${op} ${key} in ${location} failed: ${why}; the service or network is unavailable`, true);
+  }
+  return ioError(location, op, key, new Error(why), false);
+}
+
+/** Bucket/container missing: a setup problem, never to be read as "this object is missing". */
+export function containerMissing(location: string, what: string, cause: unknown): RnodeError {
+  return new RnodeError(ErrorCodes.STORE_IO,
+    `${what} of ${location} does not exist; create it or fix the store URL`, { cause, details: { location } });
+}
+
+/** Normalizes the path part of a store URL into a key prefix: '' or 'a/b/'. */
+export function urlPrefix(pathname: string): string {
+  const p = decodeURIComponent(pathname).replace(/^\/+|\/+$/g, '');
+  if (p !== '') checkKey(p);
+  return p === '' ? '' : `${p}/`;
+}
+
+/** `?name=on|off|true|false` query flags. */
+export function queryFlag(url: URL, name: string, dflt: boolean): boolean {
+  const v = url.searchParams.get(name);
+  if (v === null) return dflt;
+  return !/^(off|false|0|no)$/i.test(v);
+}
+
+export function queryInt(url: URL, name: string): number | undefined {
+  const v = url.searchParams.get(name);
+  if (v === null) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new RnodeError(ErrorCodes.BAD_STORE_URL, `store URL parameter ${name}=${v} must be a positive integer`);
+  }
+  return n;
+}

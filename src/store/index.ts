@@ -14,3 +14,8 @@ export { FaultyStore, type Fault } from './wrappers/faulty.js';
 export { RetryingStore, isRetryable, type RetryOptions } from './wrappers/retrying.js';
 export { LimitedStore } from './wrappers/limited.js';
 export { MetricsStore, type StoreMetrics, type OpMetrics, type StoreOp } from './wrappers/metrics.js';
+// Cloud backends load lazily through openStore; their classes are exported as types only so that
+// importing this module never loads an SDK.
+export type { S3Store, S3StoreOptions } from './s3/s3-store.js';
+export type { AzureBlobStore, AzureBlobStoreOptions } from './azure/azure-store.js';
+export type { GcsStore, GcsStoreOptions } from './gcs/gcs-store.js';

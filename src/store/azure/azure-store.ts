@@ -1,5 +1,190 @@
-// placeholder (stage 2)
-import type { StoreFactoryContext } from '../registry.js';
-import type { ObjectStore } from '../types.js';
-import { badStoreUrl } from '../registry.js';
-export async function azureStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<ObjectStore> { throw badStoreUrl(ctx.location, 'is not supported yet'); }
+// ObjectStore on Azure Blob Storage with @azure/storage-blob: one block blob per key under an optional
+// prefix; large puts are staged as blocks and committed at once, so a blob still appears atomically.
+
+import { randomBytes } from 'node:crypto';
+import {
+  BlobServiceClient, StorageSharedKeyCredential, type BlobRequestConditions, type ContainerClient,
+  type StoragePipelineOptions,
+} from '@azure/storage-blob';
+import { ErrorCodes, RnodeError } from '../../errors.js';
+import {
+  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, splitPrefix, urlPrefix,
+} from '../common.js';
+import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
+
+export interface AzureBlobStoreOptions {
+  container: ContainerClient;
+  /** Key prefix inside the container ('' or ending in '/'). */
+  prefix?: string;
+  /** Puts larger than this are staged as blocks (default 32 MiB). */
+  singleUploadMax?: number;
+  /** Block size of staged uploads (default 8 MiB). */
+  blockSize?: number;
+  /** Azure and Azurite both enforce conditions; an override exists for other emulators. */
+  conditionalPut?: boolean;
+}
+
+const MiB = 1024 * 1024;
+/** One retry policy, in the retry wrapper; the per-try timeout turns a dead connection into a retryable error. */
+export const AZURE_PIPELINE: StoragePipelineOptions = { retryOptions: { maxTries: 1, tryTimeoutInMs: 120_000 } };
+
+export class AzureBlobStore implements ObjectStore {
+  readonly location: string;
+  readonly capabilities: StoreCapabilities;
+  readonly container: ContainerClient;
+  private readonly prefix: string;
+  private readonly singleUploadMax: number;
+  private readonly blockSize: number;
+
+  constructor(opts: AzureBlobStoreOptions) {
+    this.container = opts.container;
+    this.prefix = opts.prefix ?? '';
+    this.location = `azblob://${this.container.containerName}/${this.prefix}`;
+    this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
+    this.singleUploadMax = opts.singleUploadMax ?? 32 * MiB;
+    this.blockSize = opts.blockSize ?? 8 * MiB;
+  }
+
+  private blob(key: string) {
+    checkKey(key);
+    return this.container.getBlockBlobClient(this.prefix + key);
+  }
+
+  async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
+    const blob = this.blob(key);
+    const conditions: BlobRequestConditions = {};
+    if (opts.ifNoneMatch) conditions.ifNoneMatch = '*';
+    if (opts.ifMatch !== undefined) conditions.ifMatch = opts.ifMatch;
+    const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    try {
+      let etag: string | undefined;
+      if (body.length <= this.singleUploadMax) {
+        etag = (await blob.upload(body, body.length, { conditions })).etag;
+      } else {
+        // Staged blocks are invisible until the commit; the condition is checked at the commit.
+        const run = randomBytes(8).toString('hex');
+        const ids: string[] = [];
+        for (let off = 0, i = 0; off < body.length; off += this.blockSize, i++) {
+          ids.push(Buffer.from(`${run}-${String(i).padStart(6, '0')}`).toString('base64'));
+        }
+        let next = 0;
+        await Promise.all(Array.from({ length: Math.min(4, ids.length) }, async () => {
+          for (let i = next++; i < ids.length; i = next++) {
+            const part = body.subarray(i * this.blockSize, (i + 1) * this.blockSize);
+            await blob.stageBlock(ids[i], part, part.length);
+          }
+        }));
+        etag = (await blob.commitBlockList(ids, { conditions })).etag;
+      }
+      return { key, size: body.length, etag };
+    } catch (err) {
+      const f = failure(err);
+      if (f.code === 'BlobAlreadyExists' || (opts.ifMatch !== undefined && f.code === 'BlobNotFound')) {
+        throw preconditionFailed(this.location, key, f.code, err);
+      }
+      throw this.error('put', key, err);
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    const blob = this.blob(key);
+    const { start, end } = clipRange(Number.MAX_SAFE_INTEGER, range);
+    // count 0 means "to the end" to the SDK: a zero-length range asks for one byte (it still proves the key exists).
+    const count = range?.length === undefined ? undefined : Math.max(1, end - start);
+    try {
+      const res = await blob.download(start, count);
+      const buf = await readAll(res.readableStreamBody!);
+      return end === start ? Buffer.alloc(0) : buf;
+    } catch (err) {
+      if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
+      throw this.error('get', key, err);
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo> {
+    try {
+      const p = await this.blob(key).getProperties();
+      return { key, size: p.contentLength ?? 0, etag: p.etag };
+    } catch (err) {
+      throw this.error('head', key, err);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    splitPrefix(prefix);
+    const pages = this.container.listBlobsFlat({ prefix: this.prefix + prefix }).byPage({ maxPageSize: 5000 });
+    while (true) {
+      let page;
+      try {
+        page = await pages.next();
+      } catch (err) {
+        throw this.error('list', prefix, err);
+      }
+      if (page.done) return;
+      for (const b of page.value.segment.blobItems) {
+        yield { key: b.name.slice(this.prefix.length), size: b.properties.contentLength ?? 0, etag: b.properties.etag };
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.blob(key).delete();
+    } catch (err) {
+      if (failure(err).code === 'BlobNotFound') return;
+      throw this.error('delete', key, err);
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  private error(op: string, key: string, err: unknown): RnodeError {
+    const f = failure(err);
+    if (f.code === 'ContainerNotFound') return containerMissing(this.location, `container ${this.container.containerName}`, err);
+    return cloudError(this.location, op, key, err, f);
+  }
+}
+
+function failure(err: unknown): { status?: number; code?: string } {
+  const e = err as { statusCode?: number; code?: string; name?: string; details?: { errorCode?: string } };
+  return { status: e?.statusCode, code: e?.details?.errorCode ?? e?.code ?? e?.name };
+}
+
+async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+}
+
+/**
+ * azblob://container/prefix?conditional=off&singleUploadMax=..&blockSize=..
+ * Credentials from env, first match wins: AZURE_STORAGE_CONNECTION_STRING; AZURE_STORAGE_ACCOUNT_URL (or
+ * https://$AZURE_STORAGE_ACCOUNT.blob.core.windows.net) with AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_KEY.
+ */
+export async function azureStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<AzureBlobStore> {
+  if (!url.hostname) throw badStoreUrl(ctx.location, 'has no container (azblob://container/prefix)');
+  const env = ctx.env;
+  let service: BlobServiceClient;
+  const accountUrl = env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, '') ??
+    (env.AZURE_STORAGE_ACCOUNT ? `https://${env.AZURE_STORAGE_ACCOUNT}.blob.core.windows.net` : undefined);
+  if (env.AZURE_STORAGE_CONNECTION_STRING) {
+    service = BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING, AZURE_PIPELINE);
+  } else if (accountUrl && env.AZURE_STORAGE_SAS_TOKEN) {
+    service = new BlobServiceClient(`${accountUrl}?${env.AZURE_STORAGE_SAS_TOKEN.replace(/^\?/, '')}`, undefined, AZURE_PIPELINE);
+  } else if (accountUrl && env.AZURE_STORAGE_ACCOUNT && env.AZURE_STORAGE_KEY) {
+    const cred = new StorageSharedKeyCredential(env.AZURE_STORAGE_ACCOUNT, env.AZURE_STORAGE_KEY);
+    service = new BlobServiceClient(accountUrl, cred, AZURE_PIPELINE);
+  } else {
+    throw new RnodeError(ErrorCodes.STORE_AUTH,
+      `no Azure credentials for ${url.protocol}//${url.hostname}: set AZURE_STORAGE_CONNECTION_STRING, or ` +
+      'AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY');
+  }
+  return new AzureBlobStore({
+    container: service.getContainerClient(url.hostname),
+    prefix: urlPrefix(url.pathname),
+    conditionalPut: queryFlag(url, 'conditional', true),
+    singleUploadMax: queryInt(url, 'singleUploadMax'),
+    blockSize: queryInt(url, 'blockSize'),
+  });
+}

@@ -1,5 +1,159 @@
-// placeholder (stage 2)
-import type { StoreFactoryContext } from '../registry.js';
-import type { ObjectStore } from '../types.js';
-import { badStoreUrl } from '../registry.js';
-export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<ObjectStore> { throw badStoreUrl(ctx.location, 'is not supported yet'); }
+// ObjectStore on Google Cloud Storage with @google-cloud/storage: one object per key under an optional
+// prefix, each put a single request; etag = generation, so conditions are ifGenerationMatch.
+
+import { Storage, type Bucket, type StorageOptions } from '@google-cloud/storage';
+import {
+  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, splitPrefix, urlPrefix,
+} from '../common.js';
+import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
+import type { RnodeError } from '../../errors.js';
+
+export interface GcsStoreOptions {
+  bucket: Bucket;
+  /** Key prefix inside the bucket ('' or ending in '/'). */
+  prefix?: string;
+  /** False when the server ignores ifGenerationMatch (the firebase emulator); real GCS enforces it. */
+  conditionalPut?: boolean;
+}
+
+export class GcsStore implements ObjectStore {
+  readonly location: string;
+  readonly capabilities: StoreCapabilities;
+  readonly bucket: Bucket;
+  private readonly prefix: string;
+
+  constructor(opts: GcsStoreOptions) {
+    this.bucket = opts.bucket;
+    this.prefix = opts.prefix ?? '';
+    this.location = `gs://${this.bucket.name}/${this.prefix}`;
+    this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
+  }
+
+  private file(key: string) {
+    checkKey(key);
+    return this.bucket.file(this.prefix + key);
+  }
+
+  async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
+    const file = this.file(key);
+    const preconditionOpts: { ifGenerationMatch?: number } = {};
+    if (opts.ifNoneMatch) preconditionOpts.ifGenerationMatch = 0; // generation 0: "does not exist"
+    if (opts.ifMatch !== undefined) {
+      const gen = Number(opts.ifMatch);
+      if (!Number.isSafeInteger(gen) || gen <= 0) throw preconditionFailed(this.location, key, `etag ${opts.ifMatch} is not a generation`);
+      preconditionOpts.ifGenerationMatch = gen;
+    }
+    try {
+      // resumable:false = one request, so the object appears whole or not at all (and the emulator
+      // breaks multi-chunk resumable uploads). Size limit: 5 TiB on GCS, ~130 MB on the emulator.
+      await file.save(Buffer.from(data.buffer, data.byteOffset, data.byteLength), {
+        resumable: false, preconditionOpts, contentType: 'application/octet-stream',
+      });
+      return { key, size: data.byteLength, etag: String(file.metadata.generation) };
+    } catch (err) {
+      throw this.error('put', key, err);
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    const file = this.file(key);
+    const { start, end } = clipRange(Number.MAX_SAFE_INTEGER, range);
+    const ranged = range !== undefined && (start > 0 || range.length !== undefined);
+    // A zero-length range still asks for one byte: the answer tells whether the key exists.
+    const opts = !ranged ? {} : range!.length === undefined ? { start } : { start, end: Math.max(start, end - 1) };
+    let status: number | undefined;
+    try {
+      const chunks: Buffer[] = [];
+      await new Promise<void>((resolve, reject) => {
+        file.createReadStream({ ...opts, validation: ranged ? false : 'crc32c', decompress: false })
+          .on('response', (res: { statusCode?: number }) => { status = res.statusCode; })
+          .on('data', (c: Buffer) => chunks.push(c))
+          .on('end', resolve)
+          .on('error', reject);
+      });
+      const buf = Buffer.concat(chunks);
+      // The emulator ignores a range starting past the end and answers 200 with the whole object.
+      if (ranged && status === 200) return Buffer.from(buf.subarray(start, end));
+      return end === start ? Buffer.alloc(0) : buf;
+    } catch (err) {
+      if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
+      throw this.error('get', key, err);
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo> {
+    try {
+      const [m] = await this.file(key).getMetadata();
+      return { key, size: Number(m.size ?? 0), etag: String(m.generation) };
+    } catch (err) {
+      throw this.error('head', key, err);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    splitPrefix(prefix);
+    let pageToken: string | undefined;
+    do {
+      let files;
+      let next: { pageToken?: string } | null | undefined;
+      try {
+        [files, next] = await this.bucket.getFiles({ prefix: this.prefix + prefix, autoPaginate: false, maxResults: 1000, pageToken });
+      } catch (err) {
+        throw this.error('list', prefix, err);
+      }
+      for (const f of files) {
+        yield { key: f.name.slice(this.prefix.length), size: Number(f.metadata.size ?? 0), etag: String(f.metadata.generation) };
+      }
+      pageToken = next?.pageToken;
+    } while (pageToken);
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.file(key).delete({ ignoreNotFound: true });
+    } catch (err) {
+      throw this.error('delete', key, err);
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  private error(op: string, key: string, err: unknown): RnodeError {
+    const f = failure(err);
+    if (f.status === 404 && /bucket/i.test((err as Error)?.message ?? '')) {
+      return containerMissing(this.location, `bucket ${this.bucket.name}`, err);
+    }
+    return cloudError(this.location, op, key, err, f);
+  }
+}
+
+/** GCS errors carry the HTTP status in `code` (a number); network errors carry an errno string. */
+function failure(err: unknown): { status?: number; code?: string } {
+  const e = err as { code?: number | string; name?: string; response?: { status?: number } };
+  if (typeof e?.code === 'number') return { status: e.code };
+  return { status: e?.response?.status, code: e?.code ?? e?.name };
+}
+
+/**
+ * gs://bucket/prefix?project=..&conditional=off
+ * STORAGE_EMULATOR_HOST (host:port or URL) points the client at an emulator; the project comes from
+ * the URL or GOOGLE_CLOUD_PROJECT; credentials from Application Default Credentials.
+ */
+export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<GcsStore> {
+  if (!url.hostname) throw badStoreUrl(ctx.location, 'has no bucket (gs://bucket/prefix)');
+  const env = ctx.env;
+  const opts: StorageOptions = {
+    retryOptions: { autoRetry: false }, // one retry policy, in the retry wrapper
+    timeout: 120_000,
+  };
+  const projectId = url.searchParams.get('project') ?? env.GOOGLE_CLOUD_PROJECT ?? env.GCLOUD_PROJECT;
+  if (projectId) opts.projectId = projectId;
+  const emulator = env.STORAGE_EMULATOR_HOST;
+  if (emulator) opts.apiEndpoint = /^https?:\/\//.test(emulator) ? emulator : `http://${emulator}`;
+  return new GcsStore({
+    bucket: new Storage(opts).bucket(url.hostname),
+    prefix: urlPrefix(url.pathname),
+    conditionalPut: queryFlag(url, 'conditional', true),
+  });
+}

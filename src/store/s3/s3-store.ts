@@ -1,5 +1,189 @@
-// placeholder (stage 2)
-import type { StoreFactoryContext } from '../registry.js';
-import type { ObjectStore } from '../types.js';
-import { badStoreUrl } from '../registry.js';
-export async function s3StoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<ObjectStore> { throw badStoreUrl(ctx.location, 'is not supported yet'); }
+// ObjectStore on Amazon S3 (and S3-compatible servers) with @aws-sdk/client-s3: one object per key
+// under an optional prefix, multipart above a size threshold, conditions as If-None-Match / If-Match.
+
+import {
+  DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client,
+  type PutObjectCommandInput, type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import {
+  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, splitPrefix, urlPrefix,
+} from '../common.js';
+import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
+
+export interface S3StoreOptions {
+  bucket: string;
+  /** Key prefix inside the bucket ('' or ending in '/'). */
+  prefix?: string;
+  /** Client settings: region, endpoint, forcePathStyle, credentials... Retries stay off (the wrapper retries). */
+  client?: S3ClientConfig;
+  /** Puts larger than this go multipart (default 32 MiB). */
+  multipartThreshold?: number;
+  /** Part size of multipart uploads (default 8 MiB, S3 minimum 5 MiB). */
+  partSize?: number;
+  /** False when the server ignores If-None-Match / If-Match (s3rver); real S3 enforces them. */
+  conditionalPut?: boolean;
+}
+
+const MiB = 1024 * 1024;
+
+export class S3Store implements ObjectStore {
+  readonly location: string;
+  readonly capabilities: StoreCapabilities;
+  /** The SDK client, for callers that need more of S3 (bucket setup, tests counting requests). */
+  readonly client: S3Client;
+  private readonly bucket: string;
+  private readonly prefix: string;
+  private readonly multipartThreshold: number;
+  private readonly partSize: number;
+
+  constructor(opts: S3StoreOptions) {
+    this.bucket = opts.bucket;
+    this.prefix = opts.prefix ?? '';
+    this.location = `s3://${this.bucket}/${this.prefix}`;
+    this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
+    this.multipartThreshold = opts.multipartThreshold ?? 32 * MiB;
+    this.partSize = Math.max(5 * MiB, opts.partSize ?? 8 * MiB);
+    this.client = new S3Client({
+      maxAttempts: 1, // one retry policy, in the retry wrapper
+      requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
+      ...opts.client,
+    });
+  }
+
+  private objectKey(key: string): string {
+    checkKey(key);
+    return this.prefix + key;
+  }
+
+  async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
+    const input: PutObjectCommandInput = { Bucket: this.bucket, Key: this.objectKey(key), Body: data };
+    if (opts.ifNoneMatch) input.IfNoneMatch = '*';
+    if (opts.ifMatch !== undefined) input.IfMatch = opts.ifMatch;
+    try {
+      let etag: string | undefined;
+      if (data.length > this.multipartThreshold) {
+        // The conditions ride on CompleteMultipartUpload, so the object still appears atomically.
+        const up = new Upload({ client: this.client, params: input, partSize: this.partSize, queueSize: 4 });
+        etag = (await up.done()).ETag;
+      } else {
+        input.ContentLength = data.length;
+        etag = (await this.client.send(new PutObjectCommand(input))).ETag;
+      }
+      return { key, size: data.length, etag };
+    } catch (err) {
+      const f = failure(err);
+      // S3 answers a conditional put on a missing key with 404, and racing conditional puts with 409.
+      if ((opts.ifMatch !== undefined && f.status === 404 && f.code !== 'NoSuchBucket') ||
+          ((opts.ifNoneMatch || opts.ifMatch !== undefined) && f.code === 'ConditionalRequestConflict')) {
+        throw preconditionFailed(this.location, key, f.code ?? 'conflict', err);
+      }
+      throw this.error('put', key, err);
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    const Key = this.objectKey(key);
+    const { start, end } = clipRange(Number.MAX_SAFE_INTEGER, range);
+    let Range: string | undefined;
+    if (range?.length !== undefined) {
+      // A zero-length range still asks for a byte: the answer tells whether the key exists.
+      Range = `bytes=${start}-${Math.max(start, end - 1)}`;
+    } else if (start > 0) {
+      Range = `bytes=${start}-`;
+    }
+    try {
+      const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, Range }));
+      const bytes = await res.Body!.transformToByteArray();
+      const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      // A server that ignores Range answers 200 with the whole object: cut the range out here.
+      if (Range && res.$metadata.httpStatusCode === 200) return Buffer.from(buf.subarray(start, end));
+      return end === start ? Buffer.alloc(0) : buf;
+    } catch (err) {
+      if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
+      throw this.error('get', key, err);
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo> {
+    try {
+      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+      return { key, size: res.ContentLength ?? 0, etag: res.ETag };
+    } catch (err) {
+      throw this.error('head', key, err);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    splitPrefix(prefix);
+    let ContinuationToken: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.client.send(new ListObjectsV2Command({
+          Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken,
+        }));
+      } catch (err) {
+        throw this.error('list', prefix, err);
+      }
+      for (const o of page.Contents ?? []) {
+        yield { key: o.Key!.slice(this.prefix.length), size: o.Size ?? 0, etag: o.ETag };
+      }
+      ContinuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (ContinuationToken);
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+    } catch (err) {
+      if (failure(err).status === 404 && failure(err).code !== 'NoSuchBucket') return;
+      throw this.error('delete', key, err);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+
+  private error(op: string, key: string, err: unknown) {
+    const f = failure(err);
+    if (f.code === 'NoSuchBucket') return containerMissing(this.location, `bucket ${this.bucket}`, err);
+    return cloudError(this.location, op, key, err, f);
+  }
+}
+
+function failure(err: unknown): { status?: number; code?: string } {
+  const e = err as { name?: string; code?: string; Code?: string; $metadata?: { httpStatusCode?: number } };
+  return { status: e?.$metadata?.httpStatusCode, code: e?.Code ?? e?.code ?? e?.name };
+}
+
+/**
+ * s3://bucket/prefix?region=..&endpoint=..&forcePathStyle=true&conditional=off&multipartThreshold=..&partSize=..
+ * Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY(/AWS_SESSION_TOKEN) from the given env, else the
+ * SDK's default provider chain (profiles, SSO, instance roles...).
+ */
+export async function s3StoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<S3Store> {
+  if (!url.hostname) throw badStoreUrl(ctx.location, 'has no bucket (s3://bucket/prefix)');
+  const env = ctx.env;
+  const client: S3ClientConfig = {
+    region: url.searchParams.get('region') ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1',
+  };
+  const endpoint = url.searchParams.get('endpoint') ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+  if (endpoint) client.endpoint = endpoint;
+  if (queryFlag(url, 'forcePathStyle', false)) client.forcePathStyle = true;
+  if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
+    client.credentials = {
+      accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN,
+    };
+  }
+  return new S3Store({
+    bucket: url.hostname,
+    prefix: urlPrefix(url.pathname),
+    client,
+    conditionalPut: queryFlag(url, 'conditional', true),
+    multipartThreshold: queryInt(url, 'multipartThreshold'),
+    partSize: queryInt(url, 'partSize'),
+  });
+}

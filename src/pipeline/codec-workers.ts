@@ -1,0 +1,203 @@
+// The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check) on a few worker threads, so the
+// main thread only moves data. Chunk buffers are SharedArrayBuffers: workers read and write them in place.
+// Workers also bound native memory: the LZ4 library keeps per-thread heaps, so few threads means few heaps.
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import v8 from 'node:v8';
+import { Worker } from 'node:worker_threads';
+import { STRONG_DIGEST_BYTES } from '../format/checksum.js';
+import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
+import { Codec } from '../format/codecs.js';
+
+export interface EncodeResult {
+  xxh64: bigint;
+  strong: Buffer;
+  codec: number;
+  payloadLength: number;
+  payloadXxh64: bigint;
+}
+
+export interface DecodeCheck {
+  /** The plaintext's xxh64 and BLAKE3-128 as computed by the worker. */
+  xxh64: bigint;
+  strong: Buffer;
+  /** Payload xxh64 as computed. */
+  payloadXxh64: bigint;
+  plainLength: number;
+}
+
+// Plain JS as a string: runs the same from src/ under the test loader and from dist/.
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+// LZ4 results live outside the JS heap, invisible to the GC's accounting: collect every few dozen MiB so
+// native memory stays bounded instead of growing until the heap happens to fill.
+const collect = globalThis.gc ?? (() => {});
+let produced = 0;
+const track = (n) => { produced += n; if (produced > workerData.gcEvery) { produced = 0; collect(); } };
+const { blake3 } = require(workerData.blake);
+const { compressSync, uncompressSync } = require(workerData.lz4);
+require(workerData.xxhash)().then(({ h64Raw }) => {
+  const HDR = ${CHUNK_HEADER_BYTES};
+  // One message per event-loop turn: native buffers are freed by finalizers that run between turns, and a
+  // port drains its whole queue in one turn, so handling messages directly would let garbage pile up.
+  const queue = [];
+  let scheduled = false;
+  const pump = () => {
+    scheduled = false;
+    const m = queue.shift();
+    if (m) handle(m);
+    if (queue.length && !scheduled) { scheduled = true; setImmediate(pump); }
+  };
+  parentPort.on('message', (m) => {
+    queue.push(m);
+    if (!scheduled) { scheduled = true; setImmediate(pump); }
+  });
+  const handle = (m) => {
+    try {
+      if (m.op === 'encode') {
+        const plain = Buffer.from(m.in, m.inOff, m.len);
+        const out = Buffer.from(m.out, m.outOff, m.outCap);
+        const xxh64 = h64Raw(plain);
+        const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
+        let codec = ${Codec.NONE}, payloadLength = plain.length, payloadXxh64 = xxh64;
+        if (m.codec === ${Codec.LZ4}) {
+          const packed = compressSync(plain);
+          track(packed.length);
+          if (packed.length < plain.length && HDR + packed.length <= out.length) {
+            packed.copy(out, HDR);
+            codec = ${Codec.LZ4}; payloadLength = packed.length; payloadXxh64 = h64Raw(packed);
+          }
+        }
+        if (codec === ${Codec.NONE}) plain.copy(out, HDR);
+        parentPort.postMessage({ id: m.id, xxh64, strong, codec, payloadLength, payloadXxh64 });
+      } else if (m.op === 'decode') {
+        // m.in holds the payload; the plaintext goes to m.out.
+        const payload = Buffer.from(m.in, m.inOff, m.len);
+        const payloadXxh64 = h64Raw(payload);
+        let plain;
+        if (m.codec === ${Codec.NONE}) plain = payload;
+        else {
+          if (payload.length < 4 || payload.readUInt32LE(0) !== m.plainLength) throw new Error('lz4 size prefix does not match the chunk header');
+          plain = uncompressSync(payload);
+          track(plain.length);
+        }
+        if (plain.length !== m.plainLength || plain.length > m.outCap) throw new Error('decoded to ' + plain.length + ' bytes, expected ' + m.plainLength);
+        const out = Buffer.from(m.out, m.outOff, plain.length);
+        if (plain !== payload) plain.copy(out); else payload.copy(out);
+        const strong = new Uint8Array(blake3(out).subarray(0, ${STRONG_DIGEST_BYTES}));
+        parentPort.postMessage({ id: m.id, xxh64: h64Raw(out), strong, payloadXxh64, plainLength: plain.length });
+      }
+    } catch (err) {
+      parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) });
+    }
+  };
+});
+`;
+
+interface Pending {
+  resolve: (v: any) => void;
+  reject: (e: Error) => void;
+  worker: number;
+}
+
+export class CodecWorkers {
+  private readonly workers: Worker[] = [];
+  private readonly load: number[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 0;
+
+  constructor(readonly size = defaultWorkers()) {
+    const require = createRequire(import.meta.url);
+    const workerData = {
+      blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
+      gcEvery: 8 * 1024 * 1024,
+    };
+    // Isolates created after this flag expose gc(); the workers use it (see WORKER_SOURCE).
+    v8.setFlagsFromString('--expose-gc');
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(WORKER_SOURCE, { eval: true, workerData });
+      w.unref(); // idle workers never keep the process alive
+      w.on('message', (m) => this.onMessage(m));
+      w.on('error', (err) => this.fail(i, err));
+      w.on('exit', (code) => this.fail(i, new Error(`codec worker exited with code ${code}`)));
+      this.workers.push(w);
+      this.load.push(0);
+    }
+  }
+
+  /**
+   * Hashes plain (a view of a SharedArrayBuffer) and writes the stored payload into out at CHUNK_HEADER_BYTES
+   * (out must be a SharedArrayBuffer view with room for the worst case).
+   */
+  encode(plain: Uint8Array, out: Uint8Array, codec: number): Promise<EncodeResult> {
+    return this.send({
+      op: 'encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
+      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec,
+    }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
+  }
+
+  /** Decodes payload (a SharedArrayBuffer view) into out and returns the digests to check. */
+  decode(payload: Uint8Array, codec: number, plainLength: number, out: Uint8Array): Promise<DecodeCheck> {
+    return this.send({
+      op: 'decode', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength, codec, plainLength,
+      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength,
+    }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
+  }
+
+  private send(msg: Record<string, unknown>): Promise<any> {
+    const id = this.nextId++;
+    let i = 0;
+    for (let j = 1; j < this.workers.length; j++) if (this.load[j] < this.load[i]) i = j;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, worker: i });
+      if (this.load[i]++ === 0) this.workers[i].ref();
+      this.workers[i].postMessage({ ...msg, id });
+    });
+  }
+
+  private onMessage(m: { id: number; error?: string }): void {
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    this.pending.delete(m.id);
+    if (--this.load[p.worker] === 0) this.workers[p.worker].unref();
+    if (m.error !== undefined) p.reject(new Error(m.error));
+    else p.resolve(m);
+  }
+
+  private fail(worker: number, err: Error): void {
+    for (const [id, p] of this.pending) {
+      if (p.worker === worker) { this.pending.delete(id); p.reject(err); }
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+function shared(v: Uint8Array): SharedArrayBuffer {
+  if (!(v.buffer instanceof SharedArrayBuffer)) throw new TypeError('codec workers need SharedArrayBuffer-backed buffers');
+  return v.buffer;
+}
+
+function defaultWorkers(): number {
+  return Math.max(1, Math.min(4, os.availableParallelism()));
+}
+
+let instance: CodecWorkers | undefined;
+
+/** The process-wide workers, started on first use. */
+export function codecWorkers(): CodecWorkers {
+  instance ??= new CodecWorkers();
+  return instance;
+}
+
+/** Worst-case stored object size for a chunk of `chunkSize` bytes. */
+export function maxObjectBytes(chunkSize: number): number {
+  return CHUNK_HEADER_BYTES + chunkSize + Math.ceil(chunkSize / 255) + 16 + 4;
+}
+
+/** A SharedArrayBuffer-backed Buffer. */
+export function sharedBuffer(size: number): Buffer {
+  return Buffer.from(new SharedArrayBuffer(size));
+}
