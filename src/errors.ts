@@ -40,9 +40,10 @@ export const ErrorCodes = {
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
+// A source path that does not exist is a mistake on the command line, not a failed run: exit 2 like a bad flag.
 const USAGE_CODES: ReadonlySet<string> = new Set([
   ErrorCodes.USAGE, ErrorCodes.BAD_CHUNK_SIZE, ErrorCodes.BAD_DISK_ID,
-  ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE,
+  ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE, ErrorCodes.SOURCE_NOT_FOUND,
 ]);
 
 export class RnodeError extends Error {

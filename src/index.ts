@@ -1,1 +1,13 @@
-export {};
+// replication-node's library API: what the CLI, the agent, the benchmarks and embedders use.
+export * from './errors.js';
+export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateProgress } from './recovery/replicate.js';
+export { recover, type RecoverOptions, type RecoverResult } from './recovery/restore.js';
+export { verify, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
+export { prune, type PruneResult } from './recovery/prune.js';
+export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './recovery/points.js';
+export { openSource, registerSourceScheme, RawSource, type BlockSource, type Extent } from './source/index.js';
+export * from './store/index.js';
+export { Codec, type CodecId } from './format/codecs.js';
+export type { PointManifest } from './format/manifest.js';
+export { ChunkGrid, parseSize, validateChunkSize, DEFAULT_CHUNK_SIZE } from './pipeline/grid.js';
+export { generateSampleDisk, scatterWrites, fillMixed, Prng } from './sample/sample-disk.js';

@@ -37,6 +37,8 @@ export interface PointManifest {
   chunkSize: number;
   source: { kind: string; location: string; marker?: string; fullReason?: string; rescanReason?: string };
   table: { generation: number; records: number; segments: SegmentRef[] };
+  /** Fencing token of the writer's lease when it committed. */
+  fence?: number;
   stats: PointStats;
 }
 

@@ -11,6 +11,7 @@ import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from './chunk-reader.js';
 import { listPointSeqs, loadChain, loadPoint } from './points.js';
 import { chainView, Cursor, tableEntries } from './view.js';
+import { Lease, type LeaseOptions } from './lease.js';
 
 export interface PruneResult {
   disk: string;
@@ -21,14 +22,34 @@ export interface PruneResult {
   seconds: number;
 }
 
-export async function prune(opts: { store: ObjectStore; disk: string; keep: number; concurrency?: number }): Promise<PruneResult> {
-  const started = performance.now();
-  await initChecksums();
-  const { store } = opts;
+export interface PruneOptions {
+  store: ObjectStore;
+  disk: string;
+  keep: number;
+  concurrency?: number;
+  /** Prune writes (rebases, deletes): it takes the disk's write lease unless the caller holds it (false). */
+  lease?: LeaseOptions | false;
+}
+
+export async function prune(opts: PruneOptions): Promise<PruneResult> {
   const disk = validateDiskId(opts.disk);
   if (!Number.isSafeInteger(opts.keep) || opts.keep < 1) {
     throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${opts.keep})`);
   }
+  if (opts.lease === false) return pruneLeased(opts);
+  const lease = await Lease.acquire(opts.store, disk, opts.lease);
+  try {
+    return await pruneLeased(opts);
+  } finally {
+    await lease.release();
+  }
+}
+
+async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
+  const started = performance.now();
+  await initChecksums();
+  const { store } = opts;
+  const disk = validateDiskId(opts.disk);
   const seqs = await listPointSeqs(store, disk);
   if (seqs.length === 0) {
     throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);

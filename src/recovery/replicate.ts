@@ -17,6 +17,7 @@ import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
 import { listPointSeqs, loadChain, loadPoint } from './points.js';
 import { chainView, Cursor } from './view.js';
+import { Lease, type LeaseOptions } from './lease.js';
 
 export interface ReplicateOptions {
   store: ObjectStore;
@@ -37,8 +38,10 @@ export interface ReplicateOptions {
   checkpointMillis?: number;
   signal?: AbortSignal;
   onProgress?: (p: ReplicateProgress) => void;
-  /** Called right before the manifest is written; a lease check lives here. */
+  /** Called right before the manifest is written (after the lease check). */
   beforeCommit?: () => Promise<void>;
+  /** The one-writer-per-disk lease: options, or false to skip it (the caller holds it). */
+  lease?: LeaseOptions | false;
 }
 
 export interface ReplicateProgress {
@@ -98,6 +101,17 @@ interface Candidate {
 }
 
 export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
+  const disk = validateDiskId(opts.disk);
+  if (opts.lease === false) return replicateLeased(opts, undefined);
+  const lease = await Lease.acquire(opts.store, disk, opts.lease);
+  try {
+    return await replicateLeased(opts, lease);
+  } finally {
+    await lease.release();
+  }
+}
+
+async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined): Promise<ReplicateResult> {
   const started = performance.now();
   await initChecksums();
   const { store, source } = opts;
@@ -235,6 +249,7 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
     for await (const c of candidates(toRead, parentView)) {
       if (failure) break;
       if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed');
+      if (lease?.signal.aborted) throw lease.signal.reason;
       if (c.index < ck.nextIndex) continue; // already in the checkpoint
       position = grid.offset(c.index);
       const ordinal = nextOrdinal++;
@@ -274,6 +289,7 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   if (scan) stats.chunksZero = grid.count - stats.chunksData;
   // Every chunk and table segment is durable: commit.
   opts.onProgress?.({ phase: 'commit', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position: grid.diskSize, diskSize: grid.diskSize });
+  await lease?.check();
   await opts.beforeCommit?.();
   failpoint('before-commit');
   const seconds = (performance.now() - started) / 1000;
@@ -282,6 +298,7 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
     createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize,
     source: { kind: source.kind, location: source.location, ...(marker ? { marker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
     table: { generation: 0, records, segments },
+    ...(lease ? { fence: lease.token } : {}),
     stats: {
       chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
       bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, seconds,

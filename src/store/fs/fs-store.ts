@@ -50,7 +50,7 @@ export class FsStore implements ObjectStore {
     const file = this.pathOf(key);
     // Serialize writers of one key in this process: ifMatch's compare-then-rename must not interleave.
     return this.withLock(key, async () => {
-      const tmp = await this.writeTemp(file, data);
+      const { tmp, newDir } = await this.writeTemp(file, data);
       try {
         if (opts.ifNoneMatch) {
           try {
@@ -74,21 +74,32 @@ export class FsStore implements ObjectStore {
         await fsp.rm(tmp, { force: true }).catch(() => {});
         throw this.mapError(err, 'put', key);
       }
-      if (this.fsync) await syncDir(path.dirname(file));
+      if (this.fsync) {
+        // The new entry lives in its directory; directories this put created live in their parents.
+        const dir = path.dirname(file);
+        for (let d = dir; ; d = path.dirname(d)) {
+          await syncDir(d);
+          if (!newDir || d === path.dirname(newDir) || d === path.dirname(d)) break;
+        }
+      }
       const info = await this.statFile(file);
       if (!info) throw notFound(this.location, key); // deleted right after our put
       return { ...info, key };
     });
   }
 
-  /** Writes data to a fresh temp file beside `file` (same filesystem, so rename/link are atomic). */
-  private async writeTemp(file: string, data: Uint8Array): Promise<string> {
+  /**
+   * Writes data to a fresh temp file beside `file` (same filesystem, so rename/link are atomic).
+   * newDir: the topmost directory this call created, if any.
+   */
+  private async writeTemp(file: string, data: Uint8Array): Promise<{ tmp: string; newDir?: string }> {
     const dir = path.dirname(file);
     const tmp = path.join(dir, `${TEMP_MARK}${path.basename(file)}.${randomBytes(6).toString('hex')}`);
+    let newDir: string | undefined;
     // A concurrent delete may remove the (empty) directory between mkdir and open: try again.
     for (let attempt = 0; ; attempt++) {
       try {
-        await fsp.mkdir(dir, { recursive: true });
+        newDir = (await fsp.mkdir(dir, { recursive: true })) ?? newDir;
         const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
         try {
           await fh.writeFile(data);
@@ -96,7 +107,7 @@ export class FsStore implements ObjectStore {
         } finally {
           await fh.close();
         }
-        return tmp;
+        return { tmp, newDir };
       } catch (err) {
         await fsp.rm(tmp, { force: true }).catch(() => {});
         if (errno(err) === 'ENOENT' && attempt < 5) continue;

@@ -2,7 +2,7 @@
 // assertAllFired() fails a test whose scripted fault never fired, so a test cannot pass by missing it.
 
 import { ErrorCodes, RnodeError } from '../../errors.js';
-import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from '../types.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 import type { StoreOp } from './metrics.js';
 
 export interface Fault {
@@ -49,7 +49,7 @@ function prng(seed: number): () => number {
 
 export class FaultyStore implements ObjectStore {
   readonly location: string;
-  readonly capabilities;
+  readonly capabilities: StoreCapabilities;
   /** Calls per method, faulted or not. */
   readonly calls: Record<StoreOp, number> = { put: 0, get: 0, head: 0, list: 0, delete: 0 };
   private readonly faults: ArmedFault[] = [];

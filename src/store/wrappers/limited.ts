@@ -2,11 +2,11 @@
 // list is not limited: an open listing would hold a slot for as long as its consumer iterates.
 
 import pLimit, { type LimitFunction } from 'p-limit';
-import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from '../types.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
 export class LimitedStore implements ObjectStore {
   readonly location: string;
-  readonly capabilities;
+  readonly capabilities: StoreCapabilities;
   private readonly limit: LimitFunction;
 
   constructor(private readonly inner: ObjectStore, concurrency: number) {

@@ -2,7 +2,7 @@
 // Placed under the retry wrapper, it sees every attempt: retried throttling shows up in `errors`.
 
 import { isRnodeError } from '../../errors.js';
-import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from '../types.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
 export type StoreOp = 'put' | 'get' | 'head' | 'list' | 'delete';
 
@@ -27,7 +27,7 @@ function emptyOp(): OpMetrics {
 
 export class MetricsStore implements ObjectStore {
   readonly location: string;
-  readonly capabilities;
+  readonly capabilities: StoreCapabilities;
   private readonly ops: Record<StoreOp, OpMetrics> = {
     put: emptyOp(), get: emptyOp(), head: emptyOp(), list: emptyOp(), delete: emptyOp(),
   };

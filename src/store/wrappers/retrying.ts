@@ -3,7 +3,7 @@
 
 import { ErrorCodes, isRnodeError } from '../../errors.js';
 import { compareKeys } from '../common.js';
-import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from '../types.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
 export interface RetryOptions {
   /** Total attempts including the first (default 5). */
@@ -32,7 +32,7 @@ export function isRetryable(err: unknown): boolean {
  */
 export class RetryingStore implements ObjectStore {
   readonly location: string;
-  readonly capabilities;
+  readonly capabilities: StoreCapabilities;
   private readonly attempts: number;
   private readonly baseDelayMs: number;
   private readonly maxDelayMs: number;

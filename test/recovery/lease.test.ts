@@ -1,0 +1,81 @@
+// One writer per disk: concurrent writers, takeover after expiry, and a writer that lost its lease
+// must not commit.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import t from 'tap';
+import { Lease } from '../../src/recovery/lease.js';
+import { replicate } from '../../src/recovery/replicate.js';
+import { listPointSeqs } from '../../src/recovery/points.js';
+import { openSource } from '../../src/source/index.js';
+import { FsStore, MemoryStore } from '../../src/store/index.js';
+import { generateSampleDisk } from '../../src/sample/sample-disk.js';
+import { layout } from '../../src/format/layout.js';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-lease-'));
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+const image = path.join(dir, 'disk.img');
+
+t.before(async () => {
+  await generateSampleDisk(image, { size: 4 * 1024 * 1024 + 123, seed: 3 });
+});
+
+async function run(store: FsStore | MemoryStore, disk: string) {
+  const source = await openSource(image);
+  try {
+    return await replicate({ store, source, disk, chunkSize: 64 * 1024 });
+  } finally {
+    await source.close();
+  }
+}
+
+for (const [name, make] of [
+  ['fs', () => new FsStore(fs.mkdtempSync(path.join(dir, 'store-')))],
+  ['memory', () => new MemoryStore()],
+] as const) {
+  t.test(`${name}: two concurrent writers, exactly one commits`, async (t) => {
+    const store = make();
+    const results = await Promise.allSettled([run(store, 'd'), run(store, 'd')]);
+    const ok = results.filter((r) => r.status === 'fulfilled');
+    const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    t.equal(ok.length, 1, 'one writer commits');
+    t.equal(failed.length, 1, 'the other fails');
+    t.equal(failed[0].reason.code, 'RNODE_LEASE_HELD');
+    t.match(failed[0].reason.message, /only one node may write a disk/);
+    t.same(await listPointSeqs(store, 'd'), [1]);
+    // The lease is released: the next run takes it with a higher fencing token.
+    const next = await run(store, 'd');
+    t.equal(next.point, 2);
+  });
+}
+
+t.test('an expired lease is taken over with a higher token; the old holder cannot renew', async (t) => {
+  const store = new MemoryStore();
+  let now = 1_000_000;
+  const a = await Lease.acquire(store, 'x', { ttlMs: 1000, now: () => now });
+  now += 5000; // a stalls past its expiry
+  const b = await Lease.acquire(store, 'x', { ttlMs: 1000, now: () => now });
+  t.ok(b.token > a.token, 'fencing token grows');
+  await t.rejects(a.check(), { code: 'RNODE_LEASE_LOST' });
+  t.ok(a.signal.aborted, 'the old holder is told to stop');
+  await b.release();
+  await a.release();
+});
+
+t.test('a writer that lost its lease stops before committing', async (t) => {
+  const store = new MemoryStore();
+  const source = await openSource(image);
+  t.teardown(() => source.close());
+  // Steal the lease (as a node would after expiry) and check the victim's commit is refused.
+  const stolen = async () => {
+    const cur = JSON.parse((await store.get(layout.lease('z'))).toString());
+    const info = await store.head(layout.lease('z'));
+    await store.put(layout.lease('z'), Buffer.from(JSON.stringify({ ...cur, holder: 'thief', token: cur.token + 1 })), { ifMatch: info.etag });
+  };
+  let stole = false;
+  await t.rejects(replicate({
+    store, source, disk: 'z', chunkSize: 64 * 1024,
+    onProgress: (p) => { if (!stole && p.chunksDone > 2) { stole = true; void stolen(); } },
+  }), { code: 'RNODE_LEASE_LOST' });
+  t.same(await listPointSeqs(store, 'z'), [], 'no point committed');
+});
