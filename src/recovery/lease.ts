@@ -54,6 +54,12 @@ export class Lease {
         format: 'rnode-lease', disk, holder, token: (cur?.record.token ?? 0) + 1,
         acquiredAt: new Date(t).toISOString(), expiresAt: new Date(t + ttlMs).toISOString(),
       };
+      if (cur && cur.record.holder === holder) {
+        // Our own write, landed by an attempt that reported failure (a retried conditional put).
+        const lease = new Lease(store, cur.record, cur.etag, ttlMs, now);
+        lease.startRenewing();
+        return lease;
+      }
       if (cur && Date.parse(cur.record.expiresAt) > t) {
         if (t < deadline) {
           await sleep(Math.min(1000, deadline - t));

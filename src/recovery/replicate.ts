@@ -164,6 +164,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   let lastCheckpoint = Date.now();
   let flushedNextIndex = ck.nextIndex;
   let segmentChain: Promise<void> = Promise.resolve();
+  let failure: unknown;
 
   const flushSegment = (nextIndex: number) => {
     const entries = pendingEntries;
@@ -184,10 +185,11 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     };
     const bytes = encodeSegment(entries);
     segmentChain = segmentChain.then(async () => {
+      if (failure) return;
       await store.put(ref.key, bytes);
       stats.bytesWritten += bytes.length;
       await store.put(layout.pending(disk, seq), Buffer.from(JSON.stringify(snapshot)));
-    });
+    }).catch((err) => { failure ??= err; }); // stops the scan; surfaced after in-flight chunks settle
   };
 
   const pool = new BufferPool(Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize)),
@@ -197,7 +199,6 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const candidateIndex = new Map<number, number>();
   let nextOrdinal = 0;
   let flushOrdinal = 0;
-  let failure: unknown;
   const inflight = new Set<Promise<void>>();
 
   const settle = (ordinal: number, entry: ChunkEntry | null) => {
@@ -278,12 +279,11 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     await Promise.all(inflight);
     await parentView?.close();
   }
-  if (failure) {
-    await segmentChain.catch(() => undefined);
-    throw failure;
-  }
+  await segmentChain;
+  if (failure) throw failure;
   if (pendingEntries.length > 0 || segments.length === 0) flushSegment(grid.count);
   await segmentChain;
+  if (failure) throw failure;
 
   // On a scan every chunk not read as data is zero, holes included.
   if (scan) stats.chunksZero = grid.count - stats.chunksData;
@@ -308,10 +308,12 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   try {
     await store.put(layout.point(disk, seq), mbytes, { ifNoneMatch: true });
   } catch (err) {
-    if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION)) {
+    if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION)) throw err;
+    // A retried create can fail because its first attempt landed: the commit is ours if the bytes are.
+    const existing = await store.get(layout.point(disk, seq)).catch(() => undefined);
+    if (!existing?.equals(mbytes)) {
       throw new RnodeError(ErrorCodes.LEASE_LOST, `point ${seq} of disk ${disk} was committed by another writer; run again to write the next point`);
     }
-    throw err;
   }
   failpoint('after-commit');
   await store.delete(layout.pending(disk, seq)).catch(() => undefined);

@@ -4,6 +4,7 @@
 import t from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { collect, FaultyStore, MemoryStore, RetryingStore, wrapStore, type RetryOptions } from '../../src/store/index.js';
+import { runConformance } from './conformance.js';
 
 const UNAVAILABLE = { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true };
 const noSleep = (delays: number[] = []): RetryOptions => ({ sleep: async (ms) => { delays.push(ms); }, random: () => 1 });
@@ -98,4 +99,23 @@ t.test('wrapStore: concurrency limit and metrics', async (t) => {
   t.same(m.errorsByCode, { [ErrorCodes.STORE_UNAVAILABLE]: 1, [ErrorCodes.STORE_NOT_FOUND]: 1 });
   t.ok(m.ops.put.totalMs > 0 && m.ops.put.maxMs > 0);
   t.equal(s.backend, f);
+});
+
+// The whole contract still holds through retries when a fifth of all calls fail retryably before
+// reaching the backend (faults after the call would make conditional puts ambiguous, see RetryingStore).
+runConformance(t, 'memory behind 20% retryable faults, through wrapStore', async () => {
+  const faulty = new FaultyStore(new MemoryStore(), { seed: 2024 });
+  for (const m of ['put', 'get', 'head', 'list', 'delete'] as const) {
+    faulty.addFault(m, { probability: 0.2, times: Infinity, error: UNAVAILABLE });
+  }
+  const store = wrapStore(faulty, { retry: { attempts: 12, sleep: async () => {} } });
+  return {
+    store,
+    cleanup: async () => {
+      const m = store.metrics();
+      if (m.errorsByCode[ErrorCodes.STORE_UNAVAILABLE] === undefined && m.ops.put.calls > 20) {
+        throw new Error('no fault fired: the test did not exercise retries');
+      }
+    },
+  };
 });

@@ -33,6 +33,13 @@ export class FsStore implements ObjectStore {
   readonly capabilities: StoreCapabilities = { conditionalPut: true };
   private readonly root: string;
   private readonly fsync: boolean;
+  /** Directories this process created or saw; bounded so a huge store does not grow it without end. */
+  private readonly knownDirs = new Set<string>();
+
+  private rememberDir(dir: string): void {
+    if (this.knownDirs.size >= 4096) this.knownDirs.clear();
+    this.knownDirs.add(dir);
+  }
   private readonly locks = new Map<string, Promise<unknown>>();
 
   constructor(rootDir: string, opts: FsStoreOptions = {}) {
@@ -50,7 +57,7 @@ export class FsStore implements ObjectStore {
     const file = this.pathOf(key);
     // Serialize writers of one key in this process: ifMatch's compare-then-rename must not interleave.
     return this.withLock(key, async () => {
-      const { tmp, newDir } = await this.writeTemp(file, data);
+      const { tmp, newDir, info } = await this.writeTemp(file, data);
       try {
         if (opts.ifNoneMatch) {
           try {
@@ -82,8 +89,6 @@ export class FsStore implements ObjectStore {
           if (!newDir || d === path.dirname(newDir) || d === path.dirname(d)) break;
         }
       }
-      const info = await this.statFile(file);
-      if (!info) throw notFound(this.location, key); // deleted right after our put
       return { ...info, key };
     });
   }
@@ -92,24 +97,34 @@ export class FsStore implements ObjectStore {
    * Writes data to a fresh temp file beside `file` (same filesystem, so rename/link are atomic).
    * newDir: the topmost directory this call created, if any.
    */
-  private async writeTemp(file: string, data: Uint8Array): Promise<{ tmp: string; newDir?: string }> {
+  private async writeTemp(file: string, data: Uint8Array): Promise<{ tmp: string; newDir?: string; info: Omit<ObjectInfo, 'key'> }> {
     const dir = path.dirname(file);
     const tmp = path.join(dir, `${TEMP_MARK}${path.basename(file)}.${randomBytes(6).toString('hex')}`);
     let newDir: string | undefined;
     // A concurrent delete may remove the (empty) directory between mkdir and open: try again.
     for (let attempt = 0; ; attempt++) {
       try {
-        newDir = (await fsp.mkdir(dir, { recursive: true })) ?? newDir;
+        // Directories seen in this process are assumed to exist; ENOENT below sends us back to mkdir.
+        if (!this.knownDirs.has(dir)) {
+          newDir = (await fsp.mkdir(dir, { recursive: true })) ?? newDir;
+          this.rememberDir(dir);
+        }
         const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+        let info: Omit<ObjectInfo, 'key'>;
         try {
           await fh.writeFile(data);
-          if (this.fsync) await fh.sync();
+          // fdatasync: the data and the size, without an extra journal write for timestamps.
+          if (this.fsync) await fh.datasync();
+          // rename and link keep the inode and its mtime: this is the etag the key will have.
+          const st = await fh.stat({ bigint: true });
+          info = { size: Number(st.size), etag: `${st.mtimeNs}-${st.size}-${st.ino}` };
         } finally {
           await fh.close();
         }
-        return { tmp, newDir };
+        return { tmp, newDir, info };
       } catch (err) {
         await fsp.rm(tmp, { force: true }).catch(() => {});
+        this.knownDirs.delete(dir);
         if (errno(err) === 'ENOENT' && attempt < 5) continue;
         throw this.mapError(err, 'put', path.relative(this.root, file));
       }
@@ -201,6 +216,7 @@ export class FsStore implements ObjectStore {
   private async removeEmptyParents(dir: string): Promise<void> {
     while (dir.length > this.root.length && dir.startsWith(this.root + path.sep)) {
       try {
+        this.knownDirs.delete(dir);
         await fsp.rmdir(dir);
       } catch {
         return; // not empty (ENOTEMPTY/EEXIST) or already gone
@@ -269,11 +285,41 @@ function errno(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
 }
 
-async function syncDir(dir: string): Promise<void> {
+async function fsyncDir(dir: string): Promise<void> {
   const fh = await fsp.open(dir, 'r');
   try {
     await fh.sync();
   } finally {
     await fh.close();
+  }
+}
+
+// Group commit for directory fsyncs: many puts into one directory (a point's chunks) share one fsync.
+// A caller is covered only by an fsync that starts after its rename, so callers arriving while one runs
+// wait for the next one, which all of them share.
+const dirSyncs = new Map<string, { running: Promise<void>; next?: Promise<void> }>();
+
+function syncDir(dir: string): Promise<void> {
+  const state = dirSyncs.get(dir);
+  if (!state) {
+    const running = fsyncDir(dir).finally(() => advance(dir));
+    dirSyncs.set(dir, { running });
+    return running;
+  }
+  state.next ??= new Promise<void>((resolve, reject) => {
+    state.running.then(() => undefined, () => undefined).then(() => fsyncDir(dir)).then(resolve, reject);
+  });
+  return state.next;
+}
+
+function advance(dir: string): void {
+  const state = dirSyncs.get(dir);
+  if (!state) return;
+  if (state.next) {
+    const running = state.next.finally(() => advance(dir));
+    running.catch(() => undefined);
+    dirSyncs.set(dir, { running });
+  } else {
+    dirSyncs.delete(dir);
   }
 }

@@ -10,7 +10,7 @@ export interface Fault {
   nth?: number;
   /** How many consecutive matching calls it fires on, from the first one (default 1; Infinity: all). */
   times?: number;
-  /** Fire on each matching call with this probability (seeded PRNG). Not checked by assertAllFired. */
+  /** Fire on each matching call with this probability (seeded PRNG; nth/times ignored). Not checked by assertAllFired. */
   probability?: number;
   /** Only calls on keys (list: prefixes) this accepts count and fire. */
   match?: (key: string) => boolean;

@@ -1,0 +1,120 @@
+// Typed control messages and the meta blocks of PUT/DATA frames, each validated field by field before
+// use (a peer's JSON is untrusted). Pure: parse*(meta) returns a typed message or throws PROTOCOL.
+import { protocolError } from './errors.js';
+
+export interface ObjectInfoWire { key: string; size: number; etag?: string }
+
+/** Client → node. */
+export type ClientMessage =
+  | { op: 'hello'; token?: string; client?: string; resumeOf?: string }
+  | { op: 'get'; key: string; offset?: number; length?: number }
+  | { op: 'head'; key: string }
+  | { op: 'list'; prefix: string; after?: string }
+  | { op: 'listNext' }
+  | { op: 'listCancel' }
+  | { op: 'delete'; key: string };
+
+/** Node → client. */
+export type NodeMessage =
+  | { op: 'welcome'; session: string; window: number; maxFrame: number; maxInflight: number; node: string }
+  | { op: 'ack'; info?: ObjectInfoWire; credit?: number }
+  | { op: 'error'; code: string; message: string; retryable?: boolean; details?: Record<string, unknown>; credit?: number }
+  | { op: 'credit'; bytes: number }
+  | { op: 'listPage'; items: ObjectInfoWire[]; more: boolean };
+
+export interface PutMeta { key: string; ifMatch?: string }
+export interface DataMeta { size: number; etag?: string }
+
+const MAX_KEY = 1024;
+const MAX_TEXT = 4096;
+
+function str(m: Record<string, unknown>, name: string, max = MAX_KEY): string {
+  const v = m[name];
+  if (typeof v !== 'string' || v.length > max) throw protocolError(`field "${name}" must be a string of at most ${max} characters`);
+  return v;
+}
+function optStr(m: Record<string, unknown>, name: string, max = MAX_KEY): string | undefined {
+  return m[name] === undefined ? undefined : str(m, name, max);
+}
+function int(m: Record<string, unknown>, name: string): number {
+  const v = m[name];
+  if (!Number.isSafeInteger(v) || (v as number) < 0) throw protocolError(`field "${name}" must be a non-negative integer`);
+  return v as number;
+}
+function optInt(m: Record<string, unknown>, name: string): number | undefined {
+  return m[name] === undefined ? undefined : int(m, name);
+}
+function bool(m: Record<string, unknown>, name: string): boolean {
+  if (typeof m[name] !== 'boolean') throw protocolError(`field "${name}" must be true or false`);
+  return m[name] as boolean;
+}
+function obj(v: unknown, what: string): Record<string, unknown> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw protocolError(`${what} must be a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+function info(v: unknown): ObjectInfoWire {
+  const m = obj(v, 'object info');
+  const etag = optStr(m, 'etag', MAX_TEXT);
+  return { key: str(m, 'key'), size: int(m, 'size'), ...(etag !== undefined ? { etag } : {}) };
+}
+
+export function parseClientMessage(meta: Record<string, unknown>): ClientMessage {
+  switch (meta.op) {
+    case 'hello': {
+      const token = optStr(meta, 'token', MAX_TEXT);
+      const client = optStr(meta, 'client', 256);
+      const resumeOf = optStr(meta, 'resumeOf', 256);
+      return { op: 'hello', ...(token !== undefined ? { token } : {}), ...(client !== undefined ? { client } : {}), ...(resumeOf !== undefined ? { resumeOf } : {}) };
+    }
+    case 'get': {
+      const offset = optInt(meta, 'offset');
+      const length = optInt(meta, 'length');
+      return { op: 'get', key: str(meta, 'key'), ...(offset !== undefined ? { offset } : {}), ...(length !== undefined ? { length } : {}) };
+    }
+    case 'head': return { op: 'head', key: str(meta, 'key') };
+    case 'delete': return { op: 'delete', key: str(meta, 'key') };
+    case 'list': {
+      const after = optStr(meta, 'after');
+      return { op: 'list', prefix: str(meta, 'prefix'), ...(after !== undefined ? { after } : {}) };
+    }
+    case 'listNext': return { op: 'listNext' };
+    case 'listCancel': return { op: 'listCancel' };
+    default: throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
+  }
+}
+
+export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
+  switch (meta.op) {
+    case 'welcome':
+      return { op: 'welcome', session: str(meta, 'session', 256), window: int(meta, 'window'), maxFrame: int(meta, 'maxFrame'),
+        maxInflight: int(meta, 'maxInflight'), node: str(meta, 'node', 256) };
+    case 'ack': {
+      const credit = optInt(meta, 'credit');
+      return { op: 'ack', ...(meta.info !== undefined ? { info: info(meta.info) } : {}), ...(credit !== undefined ? { credit } : {}) };
+    }
+    case 'error': {
+      const credit = optInt(meta, 'credit');
+      const details = meta.details === undefined ? undefined : obj(meta.details, 'error details');
+      return { op: 'error', code: str(meta, 'code', 64), message: str(meta, 'message', MAX_TEXT),
+        ...(meta.retryable !== undefined ? { retryable: bool(meta, 'retryable') } : {}),
+        ...(details ? { details } : {}), ...(credit !== undefined ? { credit } : {}) };
+    }
+    case 'credit': return { op: 'credit', bytes: int(meta, 'bytes') };
+    case 'listPage': {
+      if (!Array.isArray(meta.items) || meta.items.length > 10_000) throw protocolError('listPage items must be an array of at most 10000');
+      return { op: 'listPage', items: meta.items.map(info), more: bool(meta, 'more') };
+    }
+    default: throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
+  }
+}
+
+export function parsePutMeta(meta: Record<string, unknown>): PutMeta {
+  const ifMatch = optStr(meta, 'ifMatch', MAX_TEXT);
+  return { key: str(meta, 'key'), ...(ifMatch !== undefined ? { ifMatch } : {}) };
+}
+
+export function parseDataMeta(meta: Record<string, unknown>): DataMeta {
+  const etag = optStr(meta, 'etag', MAX_TEXT);
+  return { size: int(meta, 'size'), ...(etag !== undefined ? { etag } : {}) };
+}

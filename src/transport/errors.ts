@@ -1,0 +1,34 @@
+// Stable error codes of the peer link (RNODE_TRANSPORT_*), each with a sentence that says what to do.
+// They reuse RnodeError, so the CLI maps them like every other operational failure (exit 1).
+import { RnodeError } from '../errors.js';
+
+export const TransportErrorCodes = {
+  /** Missing or wrong bearer token: nothing was accepted. */
+  AUTH: 'RNODE_TRANSPORT_AUTH',
+  /** The peer sent bytes that are not a valid frame or message (or broke the credit/sequence rules). */
+  PROTOCOL: 'RNODE_TRANSPORT_PROTOCOL',
+  /** The peer speaks a protocol version this node does not. */
+  VERSION: 'RNODE_TRANSPORT_VERSION',
+  /** TLS failed: untrusted certificate, pin mismatch, unreadable cert/key files. */
+  TLS: 'RNODE_TRANSPORT_TLS',
+  /** The receiving node could not be reached (or stayed unreachable past the reconnect budget). */
+  UNREACHABLE: 'RNODE_TRANSPORT_UNREACHABLE',
+  /** A handshake, request or idle connection took longer than allowed. */
+  TIMEOUT: 'RNODE_TRANSPORT_TIMEOUT',
+  /** The receiving node is at --max-sessions. */
+  BUSY: 'RNODE_TRANSPORT_BUSY',
+  /** The receiving node validated an object and refused to store it (bad chunk, bad table, unknown key). */
+  REJECTED: 'RNODE_TRANSPORT_REJECTED',
+  /** The store was closed while requests were pending. */
+  CLOSED: 'RNODE_TRANSPORT_CLOSED',
+} as const;
+
+export function transportError(code: string, message: string,
+    opts: { cause?: unknown; retryable?: boolean; details?: Record<string, unknown> } = {}): RnodeError {
+  return new RnodeError(code, message, opts);
+}
+
+export function protocolError(why: string, details: Record<string, unknown> = {}): RnodeError {
+  return new RnodeError(TransportErrorCodes.PROTOCOL,
+    `peer sent an invalid frame: ${why}; check that both nodes run compatible rnode versions`, { details });
+}

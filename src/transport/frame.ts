@@ -1,0 +1,147 @@
+// Wire frames of the peer protocol, pure encode/decode with no I/O (docs/wire-protocol.md). One WebSocket
+// binary message carries exactly one frame: a fixed 40-byte header, a JSON meta block, then the payload.
+//
+//   off size field
+//    0   4   magic "RNWF" (u32 LE 0x46574e52)
+//    4   1   protocol version (PROTOCOL_VERSION)
+//    5   1   frame type (FrameType)
+//    6   2   flags (FrameFlag), u16 LE
+//    8   4   stream id, u32 LE (0: the connection itself)
+//   12   4   sequence: frames sent so far on this connection by this side, u32 LE
+//   16   8   disk offset of a chunk frame, u64 LE (NO_OFFSET otherwise)
+//   24   4   meta length, u32 LE (UTF-8 JSON object)
+//   28   4   payload length, u32 LE
+//   32   8   xxh64 of the chunk plaintext (chunk frames; 0 otherwise), u64 LE
+import { protocolError, transportError, TransportErrorCodes } from './errors.js';
+
+export const FRAME_MAGIC = 0x46574e52; // "RNWF" read as u32 LE
+export const PROTOCOL_VERSION = 1;
+export const FRAME_HEADER_BYTES = 40;
+/** Largest meta block: keys, ranges, list pages. */
+export const MAX_META_BYTES = 1024 * 1024;
+/** Largest object payload: a 16 MiB chunk at its LZ4 worst case, with room to spare. */
+export const MAX_PAYLOAD_BYTES = 16 * 1024 * 1024 + 128 * 1024;
+export const MAX_FRAME_BYTES = FRAME_HEADER_BYTES + MAX_META_BYTES + MAX_PAYLOAD_BYTES;
+const NO_OFFSET_BIG = 0xffff_ffff_ffff_ffffn;
+
+export const FrameType = {
+  /** A typed control message; all of it is in the meta block, no payload. */
+  CONTROL: 1,
+  /** Client → node: store the payload under meta.key. */
+  PUT: 2,
+  /** Node → client: the bytes of a get (meta: size, etag). */
+  DATA: 3,
+} as const;
+export type FrameTypeId = (typeof FrameType)[keyof typeof FrameType];
+
+export const FrameFlag = {
+  /** Chunk payload: the chunk is all zeros (reserved: zero chunks are never stored today). */
+  ZERO: 1,
+  /** Chunk payload is compressed (codec != none). */
+  COMPRESSED: 2,
+  /** Chunk payload is encrypted. */
+  ENCRYPTED: 4,
+  /** PUT: fail with STORE_PRECONDITION when the key exists. */
+  IF_NONE_MATCH: 8,
+  /** PUT: the payload is a chunk object (the receiver checks it as one). */
+  CHUNK: 16,
+} as const;
+const KNOWN_FLAGS = 31;
+
+export interface Frame {
+  version: number;
+  type: FrameTypeId;
+  flags: number;
+  stream: number;
+  seq: number;
+  /** Disk offset of the chunk a PUT carries; null when not a chunk frame. */
+  diskOffset: number | null;
+  plainXxh64: bigint;
+  /** Parsed meta block (always an object). */
+  meta: Record<string, unknown>;
+  payload: Buffer;
+}
+
+export type FrameInit = Omit<Frame, 'version' | 'payload' | 'plainXxh64' | 'diskOffset' | 'flags'> & {
+  flags?: number;
+  diskOffset?: number | null;
+  plainXxh64?: bigint;
+  payload?: Uint8Array;
+};
+
+/** Builds one frame as a single buffer (header + meta + payload copied in). */
+export function encodeFrame(f: FrameInit): Buffer {
+  const meta = Buffer.from(JSON.stringify(f.meta), 'utf8');
+  const payload = f.payload ?? new Uint8Array(0);
+  if (meta.length > MAX_META_BYTES) throw transportError(TransportErrorCodes.PROTOCOL, `frame meta of ${meta.length} bytes exceeds ${MAX_META_BYTES}`);
+  if (payload.length > MAX_PAYLOAD_BYTES) throw transportError(TransportErrorCodes.PROTOCOL, `frame payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
+  const b = Buffer.allocUnsafe(FRAME_HEADER_BYTES + meta.length + payload.length);
+  b.writeUInt32LE(FRAME_MAGIC, 0);
+  b.writeUInt8(PROTOCOL_VERSION, 4);
+  b.writeUInt8(f.type, 5);
+  b.writeUInt16LE(f.flags ?? 0, 6);
+  b.writeUInt32LE(f.stream >>> 0, 8);
+  b.writeUInt32LE(f.seq >>> 0, 12);
+  b.writeBigUInt64LE(f.diskOffset === null || f.diskOffset === undefined ? NO_OFFSET_BIG : BigInt(f.diskOffset), 16);
+  b.writeUInt32LE(meta.length, 24);
+  b.writeUInt32LE(payload.length, 28);
+  b.writeBigUInt64LE(f.plainXxh64 ?? 0n, 32);
+  meta.copy(b, FRAME_HEADER_BYTES);
+  b.set(payload, FRAME_HEADER_BYTES + meta.length);
+  return b;
+}
+
+/** The version byte of a message, if it is long enough and has the magic (to answer a wrong version clearly). */
+export function peekVersion(b: Uint8Array): number | undefined {
+  if (b.length < 5) return undefined;
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  return buf.readUInt32LE(0) === FRAME_MAGIC ? buf.readUInt8(4) : undefined;
+}
+
+/**
+ * Parses one message into a frame. Pure and total: any input gives a Frame or throws an RnodeError
+ * (RNODE_TRANSPORT_PROTOCOL, or RNODE_TRANSPORT_VERSION for another protocol version); it never reads
+ * past the input and never allocates more than the input's size.
+ */
+export function decodeFrame(input: Uint8Array, maxFrameBytes = MAX_FRAME_BYTES): Frame {
+  const b = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength);
+  if (b.length > maxFrameBytes) throw protocolError(`frame of ${b.length} bytes exceeds the limit of ${maxFrameBytes}`);
+  if (b.length < FRAME_HEADER_BYTES) throw protocolError(`frame of ${b.length} bytes is shorter than its ${FRAME_HEADER_BYTES}-byte header`);
+  if (b.readUInt32LE(0) !== FRAME_MAGIC) throw protocolError('bad magic (not an rnode peer frame)');
+  const version = b.readUInt8(4);
+  if (version !== PROTOCOL_VERSION) {
+    throw transportError(TransportErrorCodes.VERSION,
+      `peer speaks wire protocol version ${version}, this node speaks version ${PROTOCOL_VERSION}; run the same rnode release on both nodes`,
+      { details: { peerVersion: version, version: PROTOCOL_VERSION } });
+  }
+  const type = b.readUInt8(5);
+  if (type !== FrameType.CONTROL && type !== FrameType.PUT && type !== FrameType.DATA) throw protocolError(`unknown frame type ${type}`);
+  const flags = b.readUInt16LE(6);
+  if ((flags & ~KNOWN_FLAGS) !== 0) throw protocolError(`unknown flags 0x${flags.toString(16)}`);
+  const stream = b.readUInt32LE(8);
+  const seq = b.readUInt32LE(12);
+  const off = b.readBigUInt64LE(16);
+  let diskOffset: number | null = null;
+  if (off !== NO_OFFSET_BIG) {
+    if (off > BigInt(Number.MAX_SAFE_INTEGER)) throw protocolError('disk offset out of range');
+    diskOffset = Number(off);
+  }
+  const metaLength = b.readUInt32LE(24);
+  const payloadLength = b.readUInt32LE(28);
+  if (metaLength > MAX_META_BYTES) throw protocolError(`meta length ${metaLength} exceeds ${MAX_META_BYTES}`);
+  if (payloadLength > MAX_PAYLOAD_BYTES) throw protocolError(`payload length ${payloadLength} exceeds ${MAX_PAYLOAD_BYTES}`);
+  if (FRAME_HEADER_BYTES + metaLength + payloadLength !== b.length) {
+    throw protocolError(`frame is ${b.length} bytes but its header says ${FRAME_HEADER_BYTES + metaLength + payloadLength}`);
+  }
+  if (type === FrameType.CONTROL && payloadLength !== 0) throw protocolError('control frame with a payload');
+  const plainXxh64 = b.readBigUInt64LE(32);
+  let meta: unknown;
+  try {
+    meta = JSON.parse(b.toString('utf8', FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + metaLength));
+  } catch {
+    throw protocolError('meta block is not valid JSON');
+  }
+  if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw protocolError('meta block is not a JSON object');
+  const payload = b.subarray(FRAME_HEADER_BYTES + metaLength);
+  return { version, type: type as FrameTypeId, flags, stream, seq, diskOffset, plainXxh64, meta: meta as Record<string, unknown>, payload };
+}

@@ -1,0 +1,585 @@
+// RemoteStore: the ObjectStore for ws:// and wss:// locations. Every call becomes a request on one shared
+// WebSocket (multiplexed by stream id) to a receiving node (`rnode serve`). PUT frames are sent only within
+// the byte credit the node granted and while the socket's bufferedAmount is under a high-water mark; acks
+// arrive once the node's store has the object. A cut connection is re-opened (backoff with jitter, bounded)
+// and only the requests not yet answered are sent again, so re-sent bytes never exceed one credit window.
+import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import WebSocket from 'ws';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { initChecksums } from '../format/checksum.js';
+import { ChunkFlag, CHUNK_HEADER_BYTES, decodeChunkHeader } from '../format/chunk.js';
+import { Codec } from '../format/codecs.js';
+import { parseChunkKey } from '../format/layout.js';
+import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
+import { checkKey } from '../store/common.js';
+import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
+import { TransportErrorCodes, transportError } from './errors.js';
+import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
+import { TokenBucket } from './throttle.js';
+
+export interface RemoteStoreOptions {
+  /** ws://host:port or wss://host:port (a path is ignored). */
+  url: string;
+  /** Bearer token (read from a file by the caller; never logged). */
+  token?: string;
+  /** PEM CA bundle that signs the node's certificate (wss). */
+  ca?: string | Buffer;
+  /** SHA-256 fingerprint of the node's certificate (hex, colons optional): trust exactly that certificate. */
+  pinSha256?: string;
+  /** Sender-side limit in bytes/s on everything this store sends. */
+  bandwidth?: number;
+  /** Pause sending while the socket holds more than this many bytes (default 4 MiB). */
+  highWaterMark?: number;
+  /** One connection attempt may take this long (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Before the first session: keep trying to connect this long (default 5 s). */
+  initialBudgetMs?: number;
+  /** After a session was cut: keep trying to reconnect this long (default 60 s). */
+  reconnectBudgetMs?: number;
+  /** Backoff: full jitter over base * 2^attempt, capped (defaults 100 ms, 5 s). */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  /** Ping this often; a connection silent for twice as long is dropped and re-opened (default 10 s). */
+  heartbeatMs?: number;
+  /** Name sent in the hello, for the node's log. */
+  clientName?: string;
+}
+
+export interface RemoteCounters {
+  /** Sessions opened; reconnects = connects - 1. */
+  connects: number;
+  framesSent: number;
+  bytesSent: number;
+  /** PUT frames (and their bytes) sent again after a reconnect. */
+  resentFrames: number;
+  resentBytes: number;
+  /** Highest PUT bytes sent and not yet acknowledged (never above the window). */
+  maxUnackedBytes: number;
+  /** The credit window of the current (or last) session. */
+  window: number;
+}
+
+interface Req {
+  stream: number;
+  frame: Buffer;
+  isPut: boolean;
+  /** Connection generation it was last sent on (0: never sent). */
+  sentOn: number;
+  paid: boolean;
+  resolve: (f: Frame) => void;
+  reject: (err: unknown) => void;
+  /** Rebuilds the frame before it is sent again on a new connection (listings restart after the last key). */
+  rebuild?: () => Buffer;
+}
+
+const FATAL_CONNECT = new Set<string>([TransportErrorCodes.AUTH, TransportErrorCodes.VERSION, TransportErrorCodes.TLS, TransportErrorCodes.PROTOCOL]);
+const TLS_ERRNO = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|SSL|EPROTO/;
+
+export class RemoteStore implements ObjectStore {
+  readonly location: string;
+  readonly capabilities: StoreCapabilities = { conditionalPut: true };
+  readonly counters: RemoteCounters = { connects: 0, framesSent: 0, bytesSent: 0, resentFrames: 0, resentBytes: 0, maxUnackedBytes: 0, window: 0 };
+  private readonly url: string;
+  private readonly bucket?: TokenBucket;
+  private readonly hwm: number;
+  private ws?: WebSocket;
+  private state: 'idle' | 'connecting' | 'ready' | 'closed' = 'idle';
+  private gen = 0;
+  private session?: string;
+  private credit = 0;
+  private unacked = 0;
+  private sendSeq = 0;
+  private recvSeq = 0;
+  private nextStream = 1;
+  private readonly queue: Req[] = [];
+  private readonly sent = new Map<number, Req>();
+  private pumping = false;
+  private drainWaiters: Array<() => void> = [];
+  private heartbeat?: NodeJS.Timeout;
+  private lastHeard = 0;
+  private everConnected = false;
+  private maxFrame = MAX_FRAME_BYTES;
+  /** Chunk size seen per disk, for the informational disk offset of chunk frames. */
+  private readonly chunkSizes = new Map<string, number>();
+
+  constructor(private readonly opts: RemoteStoreOptions) {
+    let u: URL;
+    try {
+      u = new URL(opts.url);
+    } catch {
+      throw new RnodeError(ErrorCodes.BAD_STORE_URL, `store location ${JSON.stringify(opts.url)} is not a valid ws:// or wss:// URL`);
+    }
+    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') {
+      throw new RnodeError(ErrorCodes.BAD_STORE_URL, `store location ${JSON.stringify(opts.url)} must start with ws:// or wss://`);
+    }
+    if (u.username || u.password) {
+      throw new RnodeError(ErrorCodes.BAD_STORE_URL, 'a ws:// store location must not carry credentials; pass the token with --token-file');
+    }
+    if (!u.port) throw new RnodeError(ErrorCodes.BAD_STORE_URL, `store location ${opts.url} needs a port, e.g. ws://host:7070`);
+    this.url = `${u.protocol}//${u.host}/rnode`;
+    this.location = `${u.protocol}//${u.host}`;
+    this.hwm = opts.highWaterMark ?? 4 * 1024 * 1024;
+    if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
+  }
+
+  // ---- ObjectStore ----
+
+  async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
+    checkKey(key);
+    const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    let flags = opts.ifNoneMatch ? FrameFlag.IF_NONE_MATCH : 0;
+    let diskOffset: number | null = null;
+    let plainXxh64 = 0n;
+    const ck = parseChunkKey(key);
+    if (ck && buf.length >= CHUNK_HEADER_BYTES) {
+      try {
+        const h = decodeChunkHeader(buf);
+        flags |= FrameFlag.CHUNK | (h.codec !== Codec.NONE ? FrameFlag.COMPRESSED : 0) | ((h.flags & ChunkFlag.ENCRYPTED) ? FrameFlag.ENCRYPTED : 0);
+        plainXxh64 = h.plainXxh64;
+        diskOffset = h.index * this.chunkSizeHint(key, h.plainLength);
+      } catch {
+        flags |= FrameFlag.CHUNK; // the node rejects it with its own reason
+      }
+    } else if (ck) flags |= FrameFlag.CHUNK;
+    this.learnChunkSize(key, buf);
+    const stream = this.allocStream();
+    const frame = encodeFrame({
+      type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64,
+      meta: { key, ...(opts.ifMatch !== undefined ? { ifMatch: opts.ifMatch } : {}) }, payload: buf,
+    });
+    if (frame.length > this.maxFrame) {
+      throw new RnodeError(ErrorCodes.STORE_IO, `put ${key} in ${this.location}: object of ${buf.length} bytes exceeds the node's frame limit`);
+    }
+    let resent = false;
+    try {
+      const f = await this.request(frame, true, stream, () => { resent = true; });
+      return infoOf(key, f);
+    } catch (err) {
+      // A conditional put whose first attempt landed before the cut comes back "already exists": it is ours
+      // when the stored bytes are exactly these.
+      if (resent && opts.ifNoneMatch && isRnodeError(err, ErrorCodes.STORE_PRECONDITION)) {
+        const stored = await this.get(key).catch(() => undefined);
+        if (stored && stored.equals(buf)) return this.head(key);
+      }
+      throw err;
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    checkKey(key);
+    const f = await this.control({ op: 'get', key, ...(range ? { offset: range.offset, ...(range.length !== undefined ? { length: range.length } : {}) } : {}) });
+    if (f.type !== FrameType.DATA) throw this.unexpected('get', f);
+    const meta = parseDataMeta(f.meta);
+    if (meta.size !== f.payload.length) throw transportError(TransportErrorCodes.PROTOCOL, `get ${key}: DATA frame says ${meta.size} bytes but carries ${f.payload.length}`);
+    // The frame buffer is the whole WebSocket message: hand out exactly the object's bytes.
+    return f.payload;
+  }
+
+  async head(key: string): Promise<ObjectInfo> {
+    checkKey(key);
+    return infoOf(key, await this.control({ op: 'head', key }));
+  }
+
+  async delete(key: string): Promise<void> {
+    checkKey(key);
+    await this.control({ op: 'delete', key });
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    let last: string | undefined;
+    let stream = this.allocStream();
+    let first = true;
+    let done = false;
+    try {
+      for (;;) {
+        const meta: ClientMessage = first ? { op: 'list', prefix, ...(last !== undefined ? { after: last } : {}) } : { op: 'listNext' };
+        // A page lost with its connection is asked again as a fresh listing after the last key yielded.
+        const rebuild = () => {
+          stream = stream; // same stream id: the node dropped its listing with the old connection
+          return encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: { op: 'list', prefix, ...(last !== undefined ? { after: last } : {}) } });
+        };
+        const f = await this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta }), false, stream, undefined, rebuild);
+        first = false;
+        const m = this.nodeMessage(f);
+        if (m.op !== 'listPage') throw this.unexpected('list', f);
+        for (const it of m.items) {
+          last = it.key;
+          yield { key: it.key, size: it.size, ...(it.etag !== undefined ? { etag: it.etag } : {}) };
+        }
+        if (!m.more) { done = true; return; }
+      }
+    } finally {
+      if (!done && this.state === 'ready' && this.ws) {
+        // Fire and forget: the node closes the listing.
+        this.sendNow(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: { op: 'listCancel' } }));
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.failAll(transportError(TransportErrorCodes.CLOSED, `the connection to ${this.location} was closed while requests were pending`));
+    clearInterval(this.heartbeat);
+    const ws = this.ws;
+    this.ws = undefined;
+    if (ws) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => { ws.terminate(); resolve(); }, 1000);
+        ws.once('close', () => { clearTimeout(t); resolve(); });
+        try { ws.close(1000); } catch { ws.terminate(); }
+      });
+    }
+  }
+
+  // ---- requests ----
+
+  private allocStream(): number {
+    const s = this.nextStream;
+    this.nextStream = this.nextStream >= 0xffff_fffe ? 1 : this.nextStream + 1;
+    return s;
+  }
+
+  private control(m: ClientMessage): Promise<Frame> {
+    const stream = this.allocStream();
+    return this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: m as unknown as Record<string, unknown> }), false, stream)
+      .then((f) => {
+        if (f.type === FrameType.CONTROL) this.nodeMessage(f); // throws the node's error
+        return f;
+      });
+  }
+
+  private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer): Promise<Frame> {
+    if (this.state === 'closed') return Promise.reject(transportError(TransportErrorCodes.CLOSED, `the store ${this.location} is closed`));
+    return new Promise<Frame>((resolve, reject) => {
+      const req: Req = {
+        stream, frame, isPut, sentOn: 0, paid: false, reject,
+        resolve: (f) => {
+          if (f.type === FrameType.CONTROL) {
+            try { this.nodeMessage(f); } catch (err) { reject(err); return; }
+          }
+          resolve(f);
+        },
+        rebuild: () => { onResend?.(); return rebuild ? rebuild() : Buffer.from(req.frame); },
+      };
+      this.queue.push(req);
+      if (this.state === 'idle') void this.connectLoop();
+      else void this.pump();
+    });
+  }
+
+  private nodeMessage(f: Frame): NodeMessage {
+    const m = parseNodeMessage(f.meta);
+    if (m.op === 'error') {
+      throw new RnodeError(m.code, m.message, { retryable: m.retryable ?? false, details: { ...(m.details ?? {}), remote: this.location } });
+    }
+    return m;
+  }
+
+  private unexpected(op: string, f: Frame): RnodeError {
+    return transportError(TransportErrorCodes.PROTOCOL, `${op}: the node answered with an unexpected frame (type ${f.type}); check that both nodes run the same rnode release`);
+  }
+
+  /** Sends queued requests while credit, the socket's buffer and the bandwidth limit allow. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.state === 'ready' && this.queue.length > 0) {
+        const ws = this.ws!;
+        const r = this.queue[0];
+        if (r.isPut && this.credit < r.frame.length) break; // an ack's credit grant calls pump again
+        if (ws.bufferedAmount >= this.hwm) {
+          await new Promise<void>((res) => this.drainWaiters.push(res));
+          continue;
+        }
+        if (this.bucket && !r.paid) {
+          await this.bucket.take(r.frame.length);
+          r.paid = true;
+          continue;
+        }
+        this.queue.shift();
+        if (r.sentOn !== 0) {
+          r.frame = r.rebuild ? r.rebuild() : r.frame;
+          if (r.isPut) { this.counters.resentFrames++; this.counters.resentBytes += r.frame.length; }
+        }
+        if (r.isPut) {
+          this.credit -= r.frame.length;
+          this.unacked += r.frame.length;
+          if (this.unacked > this.counters.maxUnackedBytes) this.counters.maxUnackedBytes = this.unacked;
+        }
+        r.sentOn = this.gen;
+        r.paid = false;
+        this.sent.set(r.stream, r);
+        this.sendNow(r.frame);
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private sendNow(frame: Buffer): void {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    frame.writeUInt32LE(this.sendSeq++ >>> 0, 12);
+    this.counters.framesSent++;
+    this.counters.bytesSent += frame.length;
+    ws.send(frame, { binary: true }, () => this.onWritten());
+  }
+
+  private onWritten(): void {
+    if (!this.ws || this.ws.bufferedAmount < this.hwm) for (const w of this.drainWaiters.splice(0)) w();
+  }
+
+  // ---- connection ----
+
+  private async connectLoop(): Promise<void> {
+    if (this.state !== 'idle') return;
+    this.state = 'connecting';
+    const started = Date.now();
+    const budget = this.everConnected ? (this.opts.reconnectBudgetMs ?? 60_000) : (this.opts.initialBudgetMs ?? 5_000);
+    const base = this.opts.backoffBaseMs ?? 100;
+    const cap = this.opts.backoffMaxMs ?? 5_000;
+    let lastErr: unknown;
+    for (let attempt = 0; ; attempt++) {
+      if (this.state !== 'connecting') return;
+      try {
+        await this.connectOnce();
+        return;
+      } catch (err) {
+        lastErr = err;
+        if (isRnodeError(err) && FATAL_CONNECT.has(err.code)) break;
+        if (isRnodeError(err, TransportErrorCodes.BUSY) && Date.now() - started > budget) break;
+      }
+      const delay = Math.round(Math.random() * Math.min(cap, base * 2 ** attempt));
+      if (Date.now() - started + delay > budget) break;
+      await new Promise((r) => setTimeout(r, delay));
+    }
+    if (this.state !== 'connecting') return;
+    this.state = 'idle';
+    const err = isRnodeError(lastErr) && lastErr.code !== TransportErrorCodes.TIMEOUT && lastErr.code !== TransportErrorCodes.UNREACHABLE
+      ? lastErr
+      : transportError(TransportErrorCodes.UNREACHABLE,
+        `cannot reach the receiving node at ${this.location} (${(lastErr as Error)?.message ?? 'no answer'}); check that "rnode serve" runs there and the address and port are right`,
+        { cause: lastErr, details: { remote: this.location } });
+    this.failAll(err);
+  }
+
+  /** Opens a socket, verifies TLS pinning, says hello and waits for the welcome. */
+  private connectOnce(): Promise<void> {
+    const pin = this.opts.pinSha256 ? normalizeFingerprint(this.opts.pinSha256) : undefined;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const ws = new WebSocket(this.url, {
+        perMessageDeflate: false,
+        maxPayload: MAX_FRAME_BYTES,
+        handshakeTimeout: this.opts.connectTimeoutMs ?? 10_000,
+        // Both ends are rnode and the link is ours (or TLS): an all-zero mask lets ws send our buffers as is.
+        generateMask: (mask: Buffer) => { mask.fill(0); },
+        ...(this.opts.ca ? { ca: this.opts.ca } : {}),
+        // With a pin the chain is not what we trust: the exact certificate is, checked before the hello.
+        ...(pin ? { rejectUnauthorized: false } : {}),
+      });
+      const fail = (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        ws.removeAllListeners();
+        ws.on('error', () => undefined);
+        ws.terminate();
+        reject(err);
+      };
+      const timer = setTimeout(() => fail(transportError(TransportErrorCodes.TIMEOUT,
+        `the receiving node at ${this.location} did not complete the handshake in time`, { retryable: true })), (this.opts.connectTimeoutMs ?? 10_000) + 1000);
+      ws.on('upgrade', (res: IncomingMessage) => {
+        if (!pin) return;
+        const cert = (res.socket as TLSSocket).getPeerCertificate?.();
+        const got = cert?.fingerprint256 ? normalizeFingerprint(cert.fingerprint256) : '';
+        if (got !== pin) {
+          fail(transportError(TransportErrorCodes.TLS, `the certificate of ${this.location} has SHA-256 fingerprint ${got || '(none)'}, not the pinned one; check --pin-sha256 (nothing was sent)`));
+        }
+      });
+      ws.on('error', (err: Error & { code?: string }) => {
+        const code = err.code ?? '';
+        if (TLS_ERRNO.test(code) || /certificate|ssl|tls/i.test(err.message)) {
+          fail(transportError(TransportErrorCodes.TLS, `TLS to ${this.location} failed: ${err.message}; pass --ca <file> with the CA that signed the node's certificate, or --pin-sha256 <fingerprint>`, { cause: err }));
+        } else {
+          fail(transportError(TransportErrorCodes.UNREACHABLE, `${err.message}`, { cause: err, retryable: true }));
+        }
+      });
+      ws.on('close', (code: number, reason: Buffer) => {
+        fail(transportError(TransportErrorCodes.UNREACHABLE, `the node closed the connection during the handshake (${code} ${reason.toString()})`, { retryable: true }));
+      });
+      ws.on('open', () => {
+        this.recvSeq = 0;
+        this.sendSeq = 0;
+        const hello: ClientMessage = {
+          op: 'hello', ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),
+          client: this.opts.clientName ?? `rnode-${process.pid}`, ...(this.session ? { resumeOf: this.session } : {}),
+        };
+        ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: hello as unknown as Record<string, unknown> }), { binary: true });
+      });
+      ws.on('message', (data: Buffer) => {
+        if (settled) return;
+        try {
+          const f = decodeFrame(data);
+          this.recvSeq++;
+          const m = parseNodeMessage(f.meta);
+          if (m.op === 'error') {
+            fail(new RnodeError(m.code, m.message, { retryable: m.retryable ?? false, details: { remote: this.location } }));
+            return;
+          }
+          if (m.op !== 'welcome') throw transportError(TransportErrorCodes.PROTOCOL, `expected a welcome from ${this.location}, got ${m.op}`);
+          settled = true;
+          clearTimeout(timer);
+          ws.removeAllListeners();
+          this.onSession(ws, m);
+          resolve();
+        } catch (err) {
+          fail(err);
+        }
+      });
+    });
+  }
+
+  private onSession(ws: WebSocket, w: Extract<NodeMessage, { op: 'welcome' }>): void {
+    this.ws = ws;
+    this.gen++;
+    this.session = w.session;
+    this.credit = w.window;
+    this.unacked = 0;
+    this.maxFrame = Math.min(MAX_FRAME_BYTES, w.maxFrame);
+    this.counters.window = w.window;
+    this.counters.connects++;
+    this.everConnected = true;
+    this.state = 'ready';
+    this.lastHeard = Date.now();
+    ws.on('message', (data: Buffer) => this.onMessage(ws, data));
+    ws.on('pong', () => { this.lastHeard = Date.now(); });
+    ws.on('error', () => undefined);
+    ws.on('close', () => this.onDisconnect(ws));
+    const beat = this.opts.heartbeatMs ?? 10_000;
+    clearInterval(this.heartbeat);
+    this.heartbeat = setInterval(() => {
+      if (Date.now() - this.lastHeard > 2 * beat) { ws.terminate(); return; }
+      try { ws.ping(); } catch { /* closing */ }
+    }, beat);
+    this.heartbeat.unref();
+    void this.pump();
+  }
+
+  private onMessage(ws: WebSocket, data: Buffer): void {
+    if (ws !== this.ws) return;
+    this.lastHeard = Date.now();
+    let f: Frame;
+    try {
+      f = decodeFrame(data);
+      if (f.seq !== (this.recvSeq >>> 0)) throw transportError(TransportErrorCodes.PROTOCOL, `node frame sequence ${f.seq}, expected ${this.recvSeq >>> 0}`);
+      this.recvSeq++;
+    } catch (err) {
+      // A node that sends garbage is cut; the requests go again on a fresh connection.
+      ws.terminate();
+      return;
+    }
+    try {
+      if (f.stream === 0) {
+        const m = parseNodeMessage(f.meta);
+        if (m.op === 'credit') { this.grant(m.bytes); return; }
+        if (m.op === 'error') {
+          const err = new RnodeError(m.code, m.message, { retryable: m.retryable ?? false, details: { ...(m.details ?? {}), remote: this.location } });
+          if (FATAL_CONNECT.has(m.code)) { this.fatal = err; }
+        }
+        return;
+      }
+      const req = this.sent.get(f.stream);
+      if (!req) return; // a reply for a request already answered (cancelled listing)
+      if (f.type === FrameType.CONTROL) {
+        const m = parseNodeMessage(f.meta);
+        if ((m.op === 'ack' || m.op === 'error') && m.credit !== undefined) this.grant(m.credit);
+        if (req.isPut) this.unacked -= req.frame.length;
+      }
+      this.sent.delete(f.stream);
+      req.resolve(f);
+    } catch (err) {
+      const req = this.sent.get(f.stream);
+      if (req) { this.sent.delete(f.stream); req.reject(err); }
+    }
+  }
+
+  private fatal?: RnodeError;
+
+  private grant(bytes: number): void {
+    this.credit += bytes;
+    void this.pump();
+  }
+
+  private onDisconnect(ws: WebSocket): void {
+    if (ws !== this.ws) return;
+    this.ws = undefined;
+    clearInterval(this.heartbeat);
+    for (const w of this.drainWaiters.splice(0)) w();
+    if (this.state === 'closed') return;
+    // Unanswered requests go first again, in the order they were sent.
+    const again = [...this.sent.values()].sort((a, b) => a.stream - b.stream);
+    this.sent.clear();
+    this.queue.unshift(...again);
+    this.state = 'idle';
+    const fatal = this.fatal;
+    this.fatal = undefined;
+    if (fatal) { this.failAll(fatal); return; }
+    if (this.queue.length > 0) void this.connectLoop();
+  }
+
+  private failAll(err: unknown): void {
+    const reqs = [...this.sent.values(), ...this.queue];
+    this.sent.clear();
+    this.queue.length = 0;
+    for (const r of reqs) r.reject(err);
+  }
+
+  // ---- chunk offsets (informational) ----
+
+  private chunkSizeHint(key: string, plainLength: number): number {
+    const disk = key.split('/')[1];
+    const known = this.chunkSizes.get(disk);
+    if (known !== undefined && known >= plainLength) return known;
+    this.chunkSizes.set(disk, plainLength);
+    return plainLength;
+  }
+
+  /** Manifests and checkpoints name the chunk size of their disk. */
+  private learnChunkSize(key: string, buf: Buffer): void {
+    if (!/\/(points|pending)\/\d{10}\.json$/.test(key) || buf.length > 64 * 1024 * 1024) return;
+    try {
+      const cs = JSON.parse(buf.toString('utf8'))?.chunkSize;
+      if (Number.isSafeInteger(cs) && cs > 0) this.chunkSizes.set(key.split('/')[1], cs);
+    } catch { /* not ours to judge */ }
+  }
+}
+
+function infoOf(key: string, f: Frame): ObjectInfo {
+  const m = parseNodeMessage(f.meta);
+  const i: ObjectInfoWire | undefined = m.op === 'ack' ? m.info : undefined;
+  if (!i) return { key, size: 0 };
+  return { key: i.key, size: i.size, ...(i.etag !== undefined ? { etag: i.etag } : {}) };
+}
+
+/** "AB:CD:..." or "abcd..." (SHA-256, 64 hex digits) → lowercase hex without separators. */
+export function normalizeFingerprint(fp: string): string {
+  const hex = fp.replace(/^sha256[:/]+/i, '').replace(/[:\s]/g, '').toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(hex)) {
+    throw new RnodeError(ErrorCodes.USAGE, `--pin-sha256 must be the certificate's SHA-256 fingerprint as 64 hex digits (colons allowed), e.g. from "openssl x509 -noout -fingerprint -sha256 -in cert.pem"`);
+  }
+  return hex;
+}
+
+/** SHA-256 fingerprint of a PEM certificate in the same form (for tests and `rnode serve` output). */
+export function certificateFingerprint(pem: string | Buffer): string {
+  const b64 = pem.toString().replace(/-----(BEGIN|END) CERTIFICATE-----/g, '').replace(/\s+/g, '');
+  return createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');
+}
+
+// initChecksums is not needed for sending (no hashing here); kept so callers of the module can warm it.
+export { initChecksums };

@@ -1,0 +1,440 @@
+// The receiving node: accepts peer connections (ws or wss), authenticates them in the hello, and maps their
+// requests onto its own ObjectStore after validating every object. Each session gets a byte-credit window:
+// PUT frames received but not yet durable never exceed it, so memory stays bounded whatever the peer does.
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import type { ObjectStore } from '../store/types.js';
+import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
+import { parseClientMessage, parsePutMeta } from './control.js';
+import { TransportErrorCodes, protocolError } from './errors.js';
+import { decodeFrame, encodeFrame, FrameFlag, FrameType, FRAME_HEADER_BYTES, MAX_FRAME_BYTES, peekVersion, PROTOCOL_VERSION, type Frame } from './frame.js';
+import { TokenBucket } from './throttle.js';
+import { ObjectValidator } from './validate.js';
+
+export interface ServeOptions {
+  store: ObjectStore;
+  host?: string;
+  /** 0: any free port (read it from server.port). */
+  port?: number;
+  /** Bearer token every hello must carry (compared in constant time). Undefined: no authentication. */
+  token?: string;
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Authenticated connections at once (default 16). */
+  maxSessions?: number;
+  /** Byte credit per session: PUT bytes received and not yet acknowledged (default 32 MiB). */
+  windowBytes?: number;
+  /** Requests a session may have outstanding (default 256). */
+  maxInflight?: number;
+  /** Store calls one session runs at once (default 16). */
+  opConcurrency?: number;
+  /** Node-wide limit on bytes received and sent per second (undefined: none). */
+  bandwidth?: number;
+  /** A connection must say hello within this (default 10 s). */
+  handshakeMs?: number;
+  /** A connection that answers neither data nor pings for this long is dropped (default 60 s). */
+  idleMs?: number;
+  /** Events for the log; never carries the token. */
+  log?: (event: string, fields?: Record<string, unknown>) => void;
+}
+
+export interface ServerStats {
+  sessions: number;
+  sessionsTotal: number;
+  authFailures: number;
+  puts: number;
+  putBytes: number;
+  rejected: number;
+  gets: number;
+  getBytes: number;
+  protocolErrors: number;
+  /** Highest PUT bytes held by one session at once (never above windowBytes). */
+  peakSessionBytes: number;
+}
+
+const WRITE_HIGH_WATER = 4 * 1024 * 1024;
+const LIST_PAGE_ITEMS = 1000;
+const MAX_OPEN_LISTS = 16;
+
+export class ReplicationServer {
+  readonly stats: ServerStats = {
+    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
+    protocolErrors: 0, peakSessionBytes: 0,
+  };
+  readonly validator: ObjectValidator;
+  readonly windowBytes: number;
+  readonly maxFrameBytes: number;
+  readonly bucket?: TokenBucket;
+  private readonly tokenDigest?: Buffer;
+  private readonly sessions = new Set<Session>();
+  private http!: http.Server | https.Server;
+  private wss!: WebSocketServer;
+  private readonly nodeName = `rnode-${randomBytes(4).toString('hex')}`;
+
+  private constructor(readonly opts: ServeOptions) {
+    this.validator = new ObjectValidator(opts.store);
+    this.windowBytes = opts.windowBytes ?? 32 * 1024 * 1024;
+    if (this.windowBytes < 64 * 1024) throw new RangeError('windowBytes must be at least 64 KiB');
+    this.maxFrameBytes = Math.min(MAX_FRAME_BYTES, this.windowBytes);
+    if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
+    if (opts.token !== undefined) this.tokenDigest = createHash('sha256').update(opts.token).digest();
+  }
+
+  static async start(opts: ServeOptions): Promise<ReplicationServer> {
+    const s = new ReplicationServer(opts);
+    await s.listen();
+    return s;
+  }
+
+  get port(): number { return (this.http.address() as AddressInfo).port; }
+  get url(): string {
+    const host = this.opts.host ?? '127.0.0.1';
+    return `${this.opts.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${this.port}`;
+  }
+
+  log(event: string, fields?: Record<string, unknown>): void {
+    try { this.opts.log?.(event, fields); } catch { /* a logger never takes the node down */ }
+  }
+
+  private async listen(): Promise<void> {
+    this.http = this.opts.tls ? https.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }) : http.createServer();
+    this.http.on('request', (_req, res) => { res.writeHead(426, { 'content-type': 'text/plain' }); res.end('rnode peer endpoint: use a WebSocket client (rnode replicate --target ws://...)\n'); });
+    this.http.on('tlsClientError', (err) => this.log('tls-error', { message: err.message }));
+    this.wss = new WebSocketServer({ server: this.http, maxPayload: this.maxFrameBytes, perMessageDeflate: false });
+    this.wss.on('connection', (ws, req) => {
+      try {
+        const s = new Session(this, ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+        this.sessions.add(s);
+        ws.on('close', () => { this.sessions.delete(s); });
+      } catch (err) {
+        this.log('internal-error', { message: (err as Error).message });
+        ws.terminate();
+      }
+    });
+    this.wss.on('error', (err) => this.log('server-error', { message: err.message }));
+    await new Promise<void>((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(this.opts.port ?? 0, this.opts.host ?? '127.0.0.1', () => { this.http.off('error', reject); resolve(); });
+    });
+  }
+
+  authenticated(): number {
+    let n = 0;
+    for (const s of this.sessions) if (s.ready) n++;
+    return n;
+  }
+
+  checkToken(token: string | undefined): boolean {
+    if (!this.tokenDigest) return true;
+    // Hash both sides so the comparison is constant-time whatever the lengths.
+    const got = createHash('sha256').update(token ?? '').digest();
+    return token !== undefined && timingSafeEqual(got, this.tokenDigest);
+  }
+
+  get name(): string { return this.nodeName; }
+
+  /** Stops accepting, drops every connection (in-flight puts still finish in the store). */
+  async close(): Promise<void> {
+    for (const s of this.sessions) s.terminate();
+    await new Promise<void>((r) => this.wss.close(() => r()));
+    this.http.closeAllConnections?.();
+    await new Promise<void>((r) => this.http.close(() => r()));
+  }
+}
+
+class Session {
+  ready = false;
+  private closed = false;
+  private recvSeq = 0;
+  private sendSeq = 0;
+  private held = 0;
+  private readonly streams = new Set<number>();
+  private readonly lists = new Map<number, { it: AsyncIterator<{ key: string; size: number; etag?: string }>; busy: boolean }>();
+  private readonly waiters: Array<() => void> = [];
+  private running = 0;
+  private readonly queue: Array<() => Promise<void>> = [];
+  private alive = true;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly id = randomBytes(6).toString('hex');
+
+  constructor(private readonly node: ReplicationServer, private readonly ws: WebSocket, private readonly peer: string) {
+    const o = node.opts;
+    this.timers.push(setTimeout(() => {
+      if (!this.ready && !this.closed) this.fail(new RnodeError(TransportErrorCodes.TIMEOUT, 'no hello within the handshake timeout; the connection was closed'), 1008);
+    }, o.handshakeMs ?? 10_000));
+    const idle = o.idleMs ?? 60_000;
+    const beat = setInterval(() => {
+      if (!this.alive) { this.node.log('session-stalled', { session: this.id, peer }); this.terminate(); return; }
+      this.alive = false;
+      try { ws.ping(); } catch { /* closing */ }
+    }, Math.max(50, idle / 2));
+    this.timers.push(beat);
+    ws.on('pong', () => { this.alive = true; });
+    ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+    ws.on('error', (err) => this.node.log('session-error', { session: this.id, message: err.message }));
+    ws.on('close', () => this.onClose());
+    node.log('connection', { session: this.id, peer });
+  }
+
+  terminate(): void {
+    this.closed = true;
+    try { this.ws.terminate(); } catch { /* already gone */ }
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    for (const t of this.timers) clearTimeout(t);
+    for (const { it } of this.lists.values()) it.return?.().catch(() => undefined);
+    this.lists.clear();
+    for (const w of this.waiters.splice(0)) w();
+    if (this.ready) { this.node.stats.sessions--; this.node.log('session-closed', { session: this.id, peer: this.peer }); }
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    this.alive = true;
+    if (this.closed) return;
+    try {
+      if (!isBinary) throw protocolError('text message (frames are binary)');
+      const f = decodeFrame(data, this.node.maxFrameBytes);
+      if (f.seq !== (this.recvSeq >>> 0)) throw protocolError(`frame sequence ${f.seq}, expected ${this.recvSeq >>> 0} (a frame was lost or reordered)`);
+      this.recvSeq++;
+      if (!this.ready) this.onHello(f);
+      else this.onFrame(f, data.length);
+    } catch (err) {
+      this.node.stats.protocolErrors++;
+      // An unknown version is answered in this node's version so the peer can read why.
+      if (isRnodeError(err, TransportErrorCodes.VERSION) || peekVersion(data) !== undefined && peekVersion(data) !== PROTOCOL_VERSION) {
+        this.fail(err, 1002);
+      } else {
+        this.fail(err, 1002);
+      }
+    }
+  }
+
+  private onHello(f: Frame): void {
+    if (f.type !== FrameType.CONTROL) throw protocolError('the first frame must be a hello');
+    const m = parseClientMessage(f.meta);
+    if (m.op !== 'hello') throw protocolError(`the first message must be a hello, not ${m.op}`);
+    if (!this.node.checkToken(m.token)) {
+      this.node.stats.authFailures++;
+      this.node.log('auth-failed', { session: this.id, peer: this.peer, tokenGiven: m.token !== undefined });
+      this.fail(new RnodeError(TransportErrorCodes.AUTH, m.token === undefined
+        ? 'the receiving node requires a bearer token; pass --token-file with the token the node was started with'
+        : 'the receiving node refused the bearer token; check that --token-file holds the same token as the node\'s --token-file'), 1008);
+      return;
+    }
+    const max = this.node.opts.maxSessions ?? 16;
+    if (this.node.authenticated() >= max) {
+      this.node.log('busy', { session: this.id, peer: this.peer, maxSessions: max });
+      this.fail(new RnodeError(TransportErrorCodes.BUSY, `the receiving node already serves ${max} sessions (--max-sessions); retry later or raise the limit`,
+        { retryable: true }), 1013);
+      return;
+    }
+    this.ready = true;
+    clearTimeout(this.timers[0]);
+    this.node.stats.sessions++;
+    this.node.stats.sessionsTotal++;
+    this.node.log('session', { session: this.id, peer: this.peer, client: m.client, resumeOf: m.resumeOf });
+    this.send(0, {
+      op: 'welcome', session: this.id, window: this.node.windowBytes, maxFrame: this.node.maxFrameBytes,
+      maxInflight: this.node.opts.maxInflight ?? 256, node: this.node.name,
+    });
+  }
+
+  private onFrame(f: Frame, size: number): void {
+    if (f.type === FrameType.DATA) throw protocolError('DATA frames flow from the node only');
+    if (f.stream === 0) throw protocolError('requests need a stream id other than 0');
+    if (f.type === FrameType.CONTROL) {
+      const m = parseClientMessage(f.meta);
+      if (m.op === 'hello') throw protocolError('hello after the session started');
+      if (m.op === 'listNext' || m.op === 'listCancel') return this.onListMore(f.stream, m.op);
+      this.open(f.stream);
+      this.schedule(() => this.onRequest(f.stream, m));
+      return;
+    }
+    // PUT: the bytes count against the window until the store has them.
+    const meta = parsePutMeta(f.meta);
+    if (this.held + size > this.node.windowBytes) {
+      throw protocolError(`PUT of ${size} bytes exceeds the credit granted (${this.node.windowBytes - this.held} bytes left)`);
+    }
+    this.open(f.stream);
+    this.held += size;
+    this.node.stats.peakSessionBytes = Math.max(this.node.stats.peakSessionBytes, this.held);
+    this.schedule(async () => {
+      try {
+        await this.node.bucket?.take(size);
+        await this.node.validator.checkPut({ key: meta.key, data: f.payload, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
+        const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
+        const info = await this.node.opts.store.put(meta.key, f.payload, opts);
+        this.node.stats.puts++;
+        this.node.stats.putBytes += f.payload.length;
+        this.held -= size;
+        this.reply(f.stream, { op: 'ack', info: wireInfo(info), credit: size });
+      } catch (err) {
+        if (isRnodeError(err, TransportErrorCodes.REJECTED)) {
+          this.node.stats.rejected++;
+          this.node.log('rejected', { session: this.id, ...err.details, message: err.message });
+        }
+        this.held -= size;
+        this.reply(f.stream, { ...errorMessage(err), credit: size });
+      }
+    });
+  }
+
+  private open(stream: number): void {
+    if (this.streams.has(stream)) throw protocolError(`stream ${stream} is already in use`);
+    if (this.streams.size >= (this.node.opts.maxInflight ?? 256)) throw protocolError('too many requests in flight');
+    this.streams.add(stream);
+  }
+
+  /** Runs store calls at most opConcurrency at once; the queue is bounded by maxInflight. */
+  private schedule(fn: () => Promise<void>): void {
+    this.queue.push(fn);
+    this.drainQueue();
+  }
+
+  private drainQueue(): void {
+    const limit = this.node.opts.opConcurrency ?? 16;
+    while (this.running < limit && this.queue.length > 0) {
+      const fn = this.queue.shift()!;
+      this.running++;
+      fn().catch((err) => this.node.log('internal-error', { session: this.id, message: (err as Error)?.message }))
+        .finally(() => { this.running--; this.drainQueue(); });
+    }
+  }
+
+  private async onRequest(stream: number, m: ClientMessage): Promise<void> {
+    const store = this.node.opts.store;
+    try {
+      switch (m.op) {
+        case 'get': {
+          await this.writable();
+          const range = m.offset !== undefined ? { offset: m.offset, ...(m.length !== undefined ? { length: m.length } : {}) } : undefined;
+          const data = await store.get(m.key, range);
+          await this.node.bucket?.take(data.length);
+          this.node.stats.gets++;
+          this.node.stats.getBytes += data.length;
+          this.streams.delete(stream);
+          this.sendFrame(encodeFrame({ type: FrameType.DATA, stream, seq: this.sendSeq++, meta: { size: data.length }, payload: data }));
+          return;
+        }
+        case 'head':
+          this.reply(stream, { op: 'ack', info: wireInfo(await store.head(m.key)) });
+          return;
+        case 'delete':
+          this.node.validator.checkDelete(m.key);
+          await store.delete(m.key);
+          this.reply(stream, { op: 'ack' });
+          return;
+        case 'list': {
+          if (this.lists.size >= MAX_OPEN_LISTS) throw protocolError(`more than ${MAX_OPEN_LISTS} listings open at once`);
+          const it = store.list(m.prefix)[Symbol.asyncIterator]();
+          const entry = { it, busy: true };
+          this.lists.set(stream, entry);
+          await this.page(stream, entry, m.after);
+          return;
+        }
+        default:
+          throw protocolError(`unexpected ${m.op}`);
+      }
+    } catch (err) {
+      if (isRnodeError(err, TransportErrorCodes.PROTOCOL)) { this.fail(err, 1002); return; }
+      const l = this.lists.get(stream);
+      if (l) { this.lists.delete(stream); l.it.return?.().catch(() => undefined); }
+      this.reply(stream, errorMessage(err));
+    }
+  }
+
+  private onListMore(stream: number, op: 'listNext' | 'listCancel'): void {
+    const l = this.lists.get(stream);
+    if (op === 'listCancel') {
+      if (l) { this.lists.delete(stream); this.streams.delete(stream); l.it.return?.().catch(() => undefined); }
+      return;
+    }
+    if (!l || l.busy) throw protocolError(`listNext on stream ${stream}, which has no listing waiting`);
+    l.busy = true;
+    this.schedule(async () => {
+      try {
+        await this.page(stream, l);
+      } catch (err) {
+        this.lists.delete(stream);
+        this.reply(stream, errorMessage(err));
+      }
+    });
+  }
+
+  private async page(stream: number, l: { it: AsyncIterator<{ key: string; size: number; etag?: string }>; busy: boolean }, after?: string): Promise<void> {
+    const items: ObjectInfoWire[] = [];
+    let bytes = 0;
+    let more = true;
+    while (items.length < LIST_PAGE_ITEMS && bytes < 256 * 1024) {
+      const r = await l.it.next();
+      if (r.done) { more = false; break; }
+      if (after !== undefined && Buffer.compare(Buffer.from(r.value.key), Buffer.from(after)) <= 0) continue;
+      items.push(wireInfo(r.value));
+      bytes += r.value.key.length + 40;
+    }
+    l.busy = false;
+    if (!more) { this.lists.delete(stream); }
+    this.reply(stream, { op: 'listPage', items, more }, more);
+  }
+
+  /** Waits while the socket has more than WRITE_HIGH_WATER bytes queued (ws's bufferedAmount). */
+  private async writable(): Promise<void> {
+    while (!this.closed && this.ws.bufferedAmount >= WRITE_HIGH_WATER) await new Promise<void>((r) => this.waiters.push(r));
+  }
+
+  private reply(stream: number, m: NodeMessage, keepOpen = false): void {
+    if (!keepOpen) this.streams.delete(stream);
+    this.send(stream, m);
+  }
+
+  private send(stream: number, m: NodeMessage): void {
+    this.sendFrame(encodeFrame({ type: FrameType.CONTROL, stream, seq: this.sendSeq++, meta: m as unknown as Record<string, unknown> }));
+  }
+
+  private sendFrame(b: Buffer): void {
+    if (this.closed) return;
+    this.ws.send(b, { binary: true }, () => {
+      if (this.ws.bufferedAmount < WRITE_HIGH_WATER) for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  /** Tells the peer why (when the socket still takes it), then closes. */
+  private fail(err: unknown, closeCode: number): void {
+    if (this.closed) return;
+    const m = errorMessage(err);
+    this.node.log('session-failed', { session: this.id, peer: this.peer, code: m.code, message: m.message });
+    try {
+      this.ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: m as unknown as Record<string, unknown> }), { binary: true });
+      this.ws.close(closeCode, m.code);
+    } catch {
+      this.ws.terminate();
+    }
+    this.closed = true;
+    // A peer that does not finish the close handshake is cut.
+    setTimeout(() => { try { this.ws.terminate(); } catch { /* gone */ } }, 2000).unref();
+  }
+}
+
+function wireInfo(i: { key: string; size: number; etag?: string }): ObjectInfoWire {
+  return { key: i.key, size: i.size, ...(i.etag !== undefined ? { etag: i.etag } : {}) };
+}
+
+function errorMessage(err: unknown): Extract<NodeMessage, { op: 'error' }> {
+  if (err instanceof RnodeError) {
+    return { op: 'error', code: err.code, message: err.message.slice(0, 4000), retryable: err.retryable, details: safeDetails(err.details) };
+  }
+  return { op: 'error', code: ErrorCodes.INTERNAL, message: `the receiving node failed: ${(err as Error)?.message ?? String(err)}`.slice(0, 4000), retryable: false };
+}
+
+function safeDetails(d: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(d)) if (v === null || ['string', 'number', 'boolean'].includes(typeof v)) out[k] = v;
+  return out;
+}
+
+export { FRAME_HEADER_BYTES };

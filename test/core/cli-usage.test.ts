@@ -1,0 +1,110 @@
+// Bad CLI input gives exit 2 and exactly one clear line on stderr with a stable RNODE_ code and no stack trace:
+// missing flags, a missing source file (the issue lists it among the exit-2 cases), chunk sizes that are not a
+// power of two from 64KiB to 16MiB, unknown flags and commands, bad disk ids and other bad values.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { KiB, randomData, tmpDir } from '../helpers/images.js';
+import { lines, runCli, type CliResult } from '../helpers/cli.js';
+
+const dir = tmpDir(t, 'usage');
+const img = path.join(dir, 'disk.img');
+fs.writeFileSync(img, randomData(256 * KiB, 1));
+const store = path.join(dir, 'store');
+const out = path.join(dir, 'out.img');
+const missing = path.join(dir, 'no-such-disk.img');
+
+interface Case { name: string; args: string[]; code?: RegExp }
+
+const cases: Case[] = [
+  // missing flags
+  { name: 'replicate with no flags', args: ['replicate'], code: /RNODE_USAGE/ },
+  { name: 'replicate without --target', args: ['replicate', '--source', img], code: /RNODE_USAGE/ },
+  { name: 'replicate without --source', args: ['replicate', '--target', store], code: /RNODE_USAGE/ },
+  { name: 'replicate --source without its value', args: ['replicate', '--target', store, '--source'], code: /RNODE_USAGE/ },
+  { name: 'points without --disk', args: ['points', '--store', store], code: /RNODE_USAGE/ },
+  { name: 'points with no flags', args: ['points'], code: /RNODE_USAGE/ },
+  { name: 'recover without --out', args: ['recover', '--store', store, '--disk', 'd'], code: /RNODE_USAGE/ },
+  { name: 'recover without --store', args: ['recover', '--disk', 'd', '--out', out], code: /RNODE_USAGE/ },
+  { name: 'verify without --store', args: ['verify', '--disk', 'd'], code: /RNODE_USAGE/ },
+  { name: 'prune without --keep', args: ['prune', '--store', store, '--disk', 'd'], code: /RNODE_USAGE/ },
+  // missing source
+  { name: 'replicate of a missing source file', args: ['replicate', '--source', missing, '--target', store] },
+  // chunk size not a power of two (or out of range, or not a size)
+  ...['100000', '3MiB', '32KiB', '32MiB', 'abc', '0', '65535', '1.5MiB', '-1', '', '64KiBs'].map((cs) => ({
+    name: `--chunk-size ${JSON.stringify(cs)}`, args: ['replicate', '--source', img, '--target', store, `--chunk-size=${cs}`], code: /RNODE_BAD_CHUNK_SIZE/,
+  })),
+  // unknown flag, unknown command, stray argument
+  { name: 'unknown flag', args: ['replicate', '--source', img, '--target', store, '--bogus'], code: /RNODE_USAGE/ },
+  { name: 'unknown flag on verify', args: ['verify', '--store', store, '--disk', 'd', '--pointt', '1'], code: /RNODE_USAGE/ },
+  { name: 'unknown command', args: ['frobnicate', '--store', store], code: /RNODE_USAGE/ },
+  { name: 'a flag where the command goes', args: ['--bogus'], code: /RNODE_USAGE/ },
+  { name: 'stray positional argument', args: ['replicate', '--source', img, '--target', store, 'extra'], code: /RNODE_USAGE/ },
+  // bad disk ids
+  ...['bad/id', '.hidden', '../up', 'a b', '', 'x'.repeat(129), '-dash'].map((d) => ({
+    name: `--disk ${JSON.stringify(d.length > 20 ? `${d.slice(0, 8)}...(${d.length})` : d)} on replicate`,
+    args: ['replicate', '--source', img, '--target', store, `--disk=${d}`], code: /RNODE_BAD_DISK_ID/,
+  })),
+  { name: 'bad disk id on points', args: ['points', '--store', store, '--disk', 'a/b'], code: /RNODE_BAD_DISK_ID/ },
+  { name: 'bad disk id on recover', args: ['recover', '--store', store, '--disk', '../x', '--out', out], code: /RNODE_BAD_DISK_ID/ },
+  { name: 'bad disk id on verify', args: ['verify', '--store', store, '--disk', 'a b'], code: /RNODE_BAD_DISK_ID/ },
+  { name: 'bad disk id on prune', args: ['prune', '--store', store, '--disk', '/abs', '--keep', '1'], code: /RNODE_BAD_DISK_ID/ },
+  // other bad values
+  ...['0', 'abc', '1.5', '-1'].map((k) => ({ name: `prune --keep ${k}`, args: ['prune', '--store', store, '--disk', 'd', `--keep=${k}`], code: /RNODE_USAGE/ })),
+  { name: '--compression zstd', args: ['replicate', '--source', img, '--target', store, '--compression', 'zstd'], code: /RNODE_USAGE/ },
+  { name: '--concurrency 0', args: ['replicate', '--source', img, '--target', store, '--concurrency', '0'], code: /RNODE_USAGE/ },
+  { name: 'a directory as --source', args: ['replicate', '--source', dir, '--target', store], code: /RNODE_BAD_SOURCE/ },
+  { name: 'an unknown source scheme', args: ['replicate', '--source', 'ftp://host/disk', '--target', store], code: /RNODE_BAD_SOURCE/ },
+  { name: 'an unknown store scheme', args: ['replicate', '--source', img, '--target', 'bogus://x'], code: /RNODE_BAD_STORE_URL/ },
+  { name: '--out is a directory', args: ['recover', '--store', store, '--disk', 'd', '--out', dir], code: /RNODE_USAGE/ },
+];
+
+function checkUsage(t: Parameters<Parameters<typeof t.test>[1]>[0], r: CliResult, c: Case): void {
+  t.equal(r.code, 2, `exit code 2 (stderr: ${r.stderr.trim()})`);
+  const errLines = lines(r.stderr);
+  t.equal(errLines.length, 1, 'exactly one line on stderr');
+  t.match(r.stderr, c.code ?? /RNODE_[A-Z_]+/, 'stderr carries the stable code');
+  t.notMatch(r.stderr, /^\s+at /m, 'no stack trace');
+  t.notMatch(r.stderr, /RNODE_INTERNAL/, 'not an internal error');
+  t.equal(r.stdout, '', 'nothing on stdout');
+}
+
+// A store with one point, so that "recover --out <dir>" and friends get past the store lookups.
+t.before(async () => {
+  const r = await runCli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--chunk-size', '64KiB']);
+  if (r.code !== 0) throw new Error(`setup replicate failed: ${r.stderr}`);
+});
+
+// Children run four at a time: each is a fresh node process.
+const BATCH = 4;
+for (let i = 0; i < cases.length; i += BATCH) {
+  const batch = cases.slice(i, i + BATCH);
+  let results: Promise<CliResult[]> | undefined;
+  for (const c of batch) {
+    t.test(c.name, async (t) => {
+      results ??= Promise.all(batch.map((b) => runCli(b.args)));
+      checkUsage(t, (await results)[batch.indexOf(c)], c);
+    });
+  }
+}
+
+t.test('with --json a usage error is also one JSON object on stdout', async (t) => {
+  const r = await runCli(['replicate', '--source', img, '--target', store, '--chunk-size', '100000', '--json']);
+  t.equal(r.code, 2);
+  t.equal(lines(r.stderr).length, 1);
+  const j = JSON.parse(r.stdout);
+  t.equal(j.error.code, 'RNODE_BAD_CHUNK_SIZE');
+  t.match(j.error.message, /power of two/);
+});
+
+t.test('--debug adds the stack trace (and only then)', async (t) => {
+  const r = await runCli(['replicate', '--source', img, '--target', store, '--chunk-size', '100000', '--debug']);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /^\s+at /m, 'a stack with --debug');
+});
+
+t.test('a non-numeric --point is a bad value: exit 2', async (t) => {
+  const r = await runCli(['recover', '--store', store, '--disk', 'd', '--point', 'abc', '--out', out]);
+  checkUsage(t, r, { name: '--point abc', args: [] });
+  t.notOk(fs.existsSync(out));
+});

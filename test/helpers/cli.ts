@@ -1,0 +1,115 @@
+// Runs the compiled CLI (node dist/cli.js) as a child process and returns its exit code, signal and output.
+// Builds dist/ with tsc first when it is missing or older than src/ (once, under a lock shared by parallel
+// test processes), and the native addon when it is missing; RNODE_TEST_NO_BUILD=1 skips the rebuild.
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const CLI = path.join(ROOT, 'dist', 'cli.js');
+const ADDON = path.join(ROOT, 'native', 'build', 'Release', 'rnode_native.node');
+
+export interface CliResult {
+  /** Exit code; null when the process died of a signal. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+let built = false;
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) newest = Math.max(newest, newestMtime(p));
+    else if (e.name.endsWith('.ts')) newest = Math.max(newest, fs.statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+function needsBuild(): boolean {
+  if (!fs.existsSync(CLI)) return true;
+  if (process.env.RNODE_TEST_NO_BUILD === '1') return false;
+  return newestMtime(path.join(ROOT, 'src')) > fs.statSync(CLI).mtimeMs;
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Builds what the CLI needs, once per process; parallel test processes wait on one lock directory. */
+export function ensureBuilt(): void {
+  if (built) return;
+  const lock = path.join(os.tmpdir(), `rnode-test-build-${Buffer.from(ROOT).toString('hex').slice(-24)}.lock`);
+  const deadline = Date.now() + 180_000;
+  for (;;) {
+    try {
+      fs.mkdirSync(lock);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      // A lock older than two minutes belongs to a build that died.
+      const age = Date.now() - (fs.statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (age > 120_000) fs.rmSync(lock, { recursive: true, force: true });
+      if (Date.now() > deadline) throw new Error(`timed out waiting for the build lock ${lock}`);
+      sleepSync(100);
+    }
+  }
+  try {
+    if (!fs.existsSync(ADDON)) {
+      execFileSync('npx', ['node-gyp', 'rebuild', '--directory', 'native', '--nodedir=/usr'], { cwd: ROOT, stdio: 'pipe' });
+    }
+    if (needsBuild()) {
+      const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+      try {
+        execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'pipe' });
+      } catch (err) {
+        // tsc still emits on type errors (src may be mid-edit); only a missing output is fatal.
+        if (!fs.existsSync(CLI)) throw err;
+        const out = String((err as { stdout?: Buffer }).stdout ?? '');
+        process.stderr.write(`# tsc reported errors while building dist/ for the CLI tests:\n${out.replace(/^/gm, '#   ')}\n`);
+      }
+    }
+  } finally {
+    fs.rmSync(lock, { recursive: true, force: true });
+  }
+  built = true;
+}
+
+/** Runs `node dist/cli.js ...args`; never rejects for a non-zero exit. */
+export function runCli(args: string[], opts: { env?: Record<string, string | undefined>; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
+  ensureBuilt();
+  const env = { ...process.env, ...opts.env };
+  // Failpoints and coverage hooks of the test runner must not leak into children unless asked for.
+  if (!opts.env || !('RNODE_FAILPOINT' in opts.env)) delete env.RNODE_FAILPOINT;
+  delete env.NODE_OPTIONS;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: opts.cwd ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    child.on('error', (e) => { clearTimeout(timer); reject(e); });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+    });
+  });
+}
+
+/** Non-empty lines of a stream's text. */
+export function lines(text: string): string[] {
+  return text.split('\n').filter((l) => l.trim() !== '');
+}
+
+/** The single JSON object a --json command printed on stdout. */
+export function json(r: CliResult): any {
+  const ls = lines(r.stdout);
+  if (ls.length !== 1) throw new Error(`expected one JSON line on stdout, got ${ls.length}: ${r.stdout.slice(0, 500)}\nstderr: ${r.stderr}`);
+  return JSON.parse(ls[0]);
+}

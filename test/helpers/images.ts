@@ -1,0 +1,213 @@
+// Helpers for the core tests: temp dirs, deterministic disk images (random, text, zeros, holes), byte-exact
+// comparison by size + SHA-256, and one-call replicate/recover through the library on an FsStore.
+import { createCipheriv, createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { FsStore } from '../../src/store/index.js';
+import type { ObjectStore } from '../../src/store/index.js';
+import { openSource, type BlockSource } from '../../src/source/index.js';
+import { replicate, type ReplicateOptions, type ReplicateResult } from '../../src/recovery/replicate.js';
+import { recover, type RecoverResult } from '../../src/recovery/restore.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * 1024;
+
+interface Teardown { teardown(fn: () => void | Promise<void>): void }
+
+/** A fresh temp dir removed when the test ends. */
+export function tmpDir(t: Teardown, tag = 'core'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `rnode-${tag}-`));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Deterministic incompressible bytes (AES-CTR keystream of the seed). */
+export function randomData(length: number, seed: number): Buffer {
+  const key = createHash('sha256').update(`rnode-test-${seed}`).digest().subarray(0, 16);
+  return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(length));
+}
+
+/** Deterministic compressible text. */
+export function textData(length: number, seed: number): Buffer {
+  const words = ['chunk', 'point', 'store', 'replica', 'disk', 'extent', 'manifest', 'verify', 'lz4', `s${seed}`];
+  const parts: string[] = [];
+  let n = 0;
+  for (let i = 0; n < length; i++) {
+    const w = words[(i * 7 + seed) % words.length] + (i % 13 === 0 ? '\n' : ' ');
+    parts.push(w);
+    n += w.length;
+  }
+  return Buffer.from(parts.join(''), 'latin1').subarray(0, length);
+}
+
+/** Writes a whole image of random bytes. */
+export function writeRandomImage(file: string, size: number, seed = 1): void {
+  fs.writeFileSync(file, randomData(size, seed));
+}
+
+/** Creates a file of `size` bytes that is one hole (no block allocated). */
+export function writeHoleImage(file: string, size: number): void {
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.ftruncateSync(fd, size);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Overwrites bytes at an offset without truncating. */
+export function writeAt(file: string, offset: number, data: Uint8Array): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    let done = 0;
+    while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, offset + done);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Flips one byte (xor 0xff) of a file in place. */
+export function flipByte(file: string, offset: number): void {
+  const b = fs.readFileSync(file);
+  if (offset >= b.length) throw new Error(`flipByte: offset ${offset} beyond ${file} (${b.length} bytes)`);
+  b[offset] ^= 0xff;
+  fs.writeFileSync(file, b);
+}
+
+export function sha256File(file: string): string {
+  const h = createHash('sha256');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(4 * MiB);
+    let pos = 0;
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, pos);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+/** Size and digest of a file as it is now, to compare a restore against later. */
+export interface Fingerprint { size: number; sha256: string }
+export function fingerprint(file: string): Fingerprint {
+  return { size: fs.statSync(file).size, sha256: sha256File(file) };
+}
+
+/** First offset where two files differ (-1 when equal), for failure messages. */
+export function firstDifference(a: string, b: string): number {
+  const x = fs.readFileSync(a);
+  const y = fs.readFileSync(b);
+  const n = Math.min(x.length, y.length);
+  for (let i = 0; i < n; i++) if (x[i] !== y[i]) return i;
+  return x.length === y.length ? -1 : n;
+}
+
+/** Bytes the filesystem has allocated for a file (st_blocks is in 512-byte units). */
+export function allocatedBytes(file: string): number {
+  return fs.statSync(file).blocks * 512;
+}
+
+/** Every file under dir, as '/'-joined paths relative to it, sorted. Missing dir: []. */
+export function listFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  const out: string[] = [];
+  const walk = (d: string, rel: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(path.join(d, e.name), r);
+      else out.push(r);
+    }
+  };
+  walk(dir, '');
+  return out.sort();
+}
+
+/** Chunk objects of a disk in an fs store, as "<writer>/<index>" with numbers unpadded, sorted. */
+export function chunkObjects(storeDir: string, disk: string): string[] {
+  return listFiles(path.join(storeDir, 'disks', disk, 'chunks'))
+    .filter((f) => !f.includes('\\'))
+    .map((f) => f.split('/').map((p) => String(Number(p))).join('/'))
+    .sort();
+}
+
+/** Path of a chunk object file in an fs store. */
+export function chunkFile(storeDir: string, disk: string, writer: number, index: number): string {
+  return path.join(storeDir, 'disks', disk, 'chunks', String(writer).padStart(10, '0'), String(index).padStart(12, '0'));
+}
+
+/** An FsStore without fsync: the tests do not crash the machine, only processes. */
+export function fsStore(dir: string): FsStore {
+  return new FsStore(dir, { fsync: false });
+}
+
+/** Replicates an image file as one point through the library. */
+export async function snap(store: ObjectStore, image: string, disk: string,
+    opts: Partial<Omit<ReplicateOptions, 'store' | 'source' | 'disk'>> & { wrapSource?: (s: BlockSource) => BlockSource } = {}): Promise<ReplicateResult> {
+  const { wrapSource, ...rest } = opts;
+  const raw = await openSource(image);
+  const source = wrapSource ? wrapSource(raw) : raw;
+  try {
+    return await replicate({ store, source, disk, ...rest });
+  } finally {
+    await raw.close();
+  }
+}
+
+/** Restores a point (number or 'latest') to out through the library. */
+export function restore(store: ObjectStore, disk: string, point: number | string, out: string): Promise<RecoverResult> {
+  return recover({ store, disk, point: String(point), out });
+}
+
+/** A BlockSource wrapper that counts the bytes actually read from the underlying source. */
+export function countingSource(inner: BlockSource): BlockSource & { bytes: number; reads: number } {
+  const c = {
+    bytes: 0,
+    reads: 0,
+    get kind() { return inner.kind; },
+    get location() { return inner.location; },
+    get size() { return inner.size; },
+    get alignment() { return inner.alignment; },
+    get tracksChanges() { return inner.tracksChanges; },
+    get maxReadBytes() { return inner.maxReadBytes; },
+    allocatedExtents: () => inner.allocatedExtents(),
+    changedExtentsSince: (m: string) => inner.changedExtentsSince(m),
+    changeMarker: () => inner.changeMarker(),
+    async read(offset: number, buf: Buffer, length: number) {
+      const n = await inner.read(offset, buf, length);
+      c.bytes += n;
+      c.reads++;
+      return n;
+    },
+    close: () => inner.close(),
+  };
+  return c;
+}
+
+interface Asserts extends Teardown {
+  equal(found: unknown, wanted: unknown, message?: string): boolean;
+}
+
+/** Asserts that file holds exactly the bytes fingerprinted in `want` (size and SHA-256; first diff offset on failure). */
+export function assertSameBytes(t: Asserts, file: string, want: Fingerprint, what: string, original?: string): boolean {
+  const got = fingerprint(file);
+  const ok = t.equal(got.size, want.size, `${what}: size`) && t.equal(got.sha256, want.sha256, `${what}: SHA-256 of every byte`);
+  if (!ok && original && fs.existsSync(original)) {
+    t.equal(firstDifference(file, original), -1, `${what}: first differing offset`);
+  }
+  return ok;
+}
+
+/** Restores a point into dir and asserts it is byte-exact; returns the restored path. */
+export async function expectRestore(t: Asserts, store: ObjectStore, disk: string, point: number | string, want: Fingerprint,
+    dir: string, what = `point ${point}`): Promise<string> {
+  const out = path.join(dir, `restored-${disk}-${point}-${Math.random().toString(36).slice(2, 8)}.img`);
+  await restore(store, disk, point, out);
+  assertSameBytes(t, out, want, `${what} restores byte-exact`);
+  return out;
+}

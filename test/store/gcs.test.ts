@@ -1,0 +1,50 @@
+// GcsStore against firebase-tools' storage emulator through the conformance suite. The emulator does
+// not enforce ifGenerationMatch, so the store is opened with conditional=off (real GCS enforces it).
+
+import t from 'tap';
+import { ErrorCodes } from '../../src/errors.js';
+import { collect, openBackend } from '../../src/store/index.js';
+import { runConformance } from './conformance.js';
+import { startGcsEmulator, type RunningServer } from './servers.js';
+
+let server: RunningServer;
+let env: NodeJS.ProcessEnv;
+let n = 0;
+
+// Emulator start plus 1100-key listings on 2 shared cores: more than tap's default 30 s per file.
+t.setTimeout(180_000);
+
+t.before(async () => {
+  server = await startGcsEmulator();
+  env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: 'demo-test' };
+});
+t.teardown(() => server?.stop());
+
+runConformance(t, 'gcs (firebase emulator)', async () => ({
+  store: await openBackend(`gs://rnode-test/run-${++n}?conditional=off`, env),
+  cleanup: async () => {},
+}));
+
+t.test('gcs: etag is the generation and changes on each put', async (t) => {
+  const store = await openBackend('gs://rnode-test/gen?conditional=off', env);
+  const a = await store.put('k', Buffer.from('x'));
+  const b = await store.put('k', Buffer.from('x'));
+  t.match(a.etag, /^\d+$/);
+  t.not(a.etag, b.etag);
+  t.same((await collect(store.list(''))).map((i) => i.etag), [b.etag], 'list gives the generation too');
+  await t.rejects(store.put('k', Buffer.from('y'), { ifMatch: 'not-a-generation' }), { code: ErrorCodes.STORE_PRECONDITION });
+});
+
+t.test('gcs: the emulator really does not enforce ifGenerationMatch (keep conditional=off honest)', async (t) => {
+  const store = await openBackend('gs://rnode-test/cond', env);
+  t.equal(store.capabilities.conditionalPut, true, 'default: real GCS enforces conditions');
+  await store.put('k', Buffer.from('1'), { ifNoneMatch: true });
+  const second = await store.put('k', Buffer.from('2'), { ifNoneMatch: true }).then(() => 'written', (e) => e.code);
+  t.equal(second, 'written', 'if this fails, the emulator now enforces conditions: drop conditional=off');
+});
+
+t.test('gcs: errors map to STORE_* codes', async (t) => {
+  const dead = await openBackend('gs://rnode-test/x', { STORAGE_EMULATOR_HOST: '127.0.0.1:1', GOOGLE_CLOUD_PROJECT: 'demo-test' });
+  await t.rejects(dead.head('k'), { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true }, 'connection refused is retryable');
+  await t.rejects(openBackend('gs:///x', env), { code: ErrorCodes.BAD_STORE_URL });
+});
