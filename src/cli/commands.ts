@@ -11,6 +11,7 @@ import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
 import { openStore } from '../store/index.js';
 import { parse, required, str, type Options } from './args.js';
+import { isRemoteLocation, REMOTE_CHECKPOINT, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv, serveCmd } from './serve.js';
 import { bytes, rate, secs } from './format.js';
 import path from 'node:path';
 
@@ -31,8 +32,10 @@ const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
   else for (const l of human()) io.out(l);
 };
 
-async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>): Promise<T> {
-  const store = await openStore(location);
+async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>,
+    v?: Record<string, string | boolean | undefined>): Promise<T> {
+  // ws:// and wss:// stores take their token file, CA or pin and bandwidth from the flags (see serve.ts).
+  const store = await openStore(location, v && isRemoteLocation(location) ? { env: remoteEnv(v) } : {});
   try {
     return await fn(store);
   } finally {
@@ -42,11 +45,11 @@ async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typ
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
-  usage: 'rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4|none] [--full] [--json]',
+  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--full] [--bandwidth <bytes/s>] ${REMOTE_USAGE} [--json]`,
   options: {
     source: { type: 'string' }, target: { type: 'string' }, disk: { type: 'string' },
     'chunk-size': { type: 'string' }, compression: { type: 'string' }, full: { type: 'boolean' },
-    concurrency: { type: 'string' },
+    concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...REMOTE_OPTIONS,
   },
   async run(v, io) {
     required(v, 'replicate', 'source', 'target');
@@ -57,8 +60,10 @@ const replicateCmd: Command = {
     const concurrency = v.concurrency !== undefined ? positiveInt(str(v, 'concurrency')!, 'concurrency') : undefined;
     const source = await openSource(sourceArg);
     try {
-      const r = await withStore(str(v, 'target')!, (store) =>
-        replicate({ store, source, disk, chunkSize, codec, concurrency, forceFull: v.full === true }));
+      const target = str(v, 'target')!;
+      const r = await withStore(target, (store) =>
+        replicate({ store, source, disk, chunkSize, codec, concurrency, forceFull: v.full === true,
+          ...(isRemoteLocation(target) ? REMOTE_CHECKPOINT : {}) }), v);
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
@@ -75,12 +80,12 @@ const replicateCmd: Command = {
 
 const pointsCmd: Command = {
   summary: 'list the committed points of a disk, oldest first',
-  usage: 'rnode points --store <store> --disk <id> [--json]',
-  options: { store: { type: 'string' }, disk: { type: 'string' } },
+  usage: `rnode points --store <store> --disk <id> ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'points', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
-    const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk));
+    const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk), v);
     const rows = points.map((m) => ({
       point: m.point, parent: m.parent, full: m.full, createdAt: m.createdAt, diskSize: m.diskSize, chunkSize: m.chunkSize,
       chunksChanged: m.stats.chunksChanged, bytesWritten: m.stats.bytesWritten, source: m.source,
@@ -96,12 +101,12 @@ const pointsCmd: Command = {
 
 const recoverCmd: Command = {
   summary: 'write a disk as it was at a point, verified and byte-exact',
-  usage: 'rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path> [--json]',
-  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' } },
+  usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path> ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'recover', 'store', 'disk', 'out');
     const disk = validateDiskId(str(v, 'disk')!);
-    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')! }));
+    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')! }), v);
     print(io, v.json === true, r, () => [
       `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
       `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros left sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,
@@ -112,12 +117,12 @@ const recoverCmd: Command = {
 
 const verifyCmd: Command = {
   summary: 'check that points and every chunk they reference are intact',
-  usage: 'rnode verify --store <store> --disk <id> [--point <n>|latest|all] [--json]',
-  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' } },
+  usage: `rnode verify --store <store> --disk <id> [--point <n>|latest|all] ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'verify', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
-    const r = await withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point') }));
+    const r = await withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point') }), v);
     print(io, v.json === true, r, () => [
       `${r.ok ? 'ok' : 'FAILED'}: point${r.points.length > 1 ? 's' : ''} ${r.points.join(', ')} of disk ${r.disk}, ${r.chunksChecked} chunks (${bytes(r.bytesChecked)}) checked in ${secs(r.seconds)}`,
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
@@ -150,6 +155,8 @@ export const commands: Record<string, Command> = {
   recover: recoverCmd,
   verify: verifyCmd,
   prune: pruneCmd,
+  agent: (await import('./agent.js')).agentCommand, // lazy-registered by the agent work; the lead may make it a static import
+  serve: serveCmd,
 };
 
 export function positiveInt(text: string, flag: string): number {

@@ -1,17 +1,30 @@
 // Codec and flag ids of stored chunks, in one place. Ids are written to disk and on the wire:
-// never renumber, only add.
-import { compress, uncompress } from 'lz4-napi';
+// never renumber, only add. The encoders themselves live in codec-kernel.cjs, shared with worker threads.
+//
+//   0 none        the payload is the plaintext
+//   1 lz4         one LZ4 block with a 4-byte little-endian plaintext-size prefix (lz4-napi `compress`)
+//   2 lz4-blocks  u32 sub-block size (64 KiB), then per sub-block a u32 tag (bits 31-30: 0 raw, 1 lz4, 2 zero;
+//                 bits 29-0: stored length) and its bytes. Zero and noisy sub-blocks skip the compressor.
+import { createRequire } from 'node:module';
+import { compressSync, uncompressSync } from 'lz4-napi';
 import { ErrorCodes, RnodeError } from '../errors.js';
 
 export const Codec = {
-  /** Payload is the plaintext as is (used when compression would not shrink the chunk). */
   NONE: 0,
-  /** LZ4 block with a 4-byte little-endian plaintext-size prefix (lz4-napi `compress`). */
   LZ4: 1,
+  LZ4_BLOCKS: 2,
 } as const;
 export type CodecId = (typeof Codec)[keyof typeof Codec];
 
-export const CODEC_NAMES: Record<number, string> = { [Codec.NONE]: 'none', [Codec.LZ4]: 'lz4' };
+export const CODEC_NAMES: Record<number, string> = { [Codec.NONE]: 'none', [Codec.LZ4]: 'lz4', [Codec.LZ4_BLOCKS]: 'lz4-blocks' };
+
+/** What new chunks are written with unless a policy says otherwise. */
+export const DEFAULT_CODEC: CodecId = Codec.LZ4_BLOCKS;
+
+/** Bytes a payload may take beyond the plaintext, in the worst case, for any codec that encoders choose. */
+export function payloadOverhead(plainLength: number): number {
+  return Math.ceil(plainLength / 255) + 16 + 4 + 4 * Math.ceil(plainLength / 4096);
+}
 
 export function codecByName(name: string): CodecId {
   const id = Object.entries(CODEC_NAMES).find(([, n]) => n === name)?.[0];
@@ -21,34 +34,39 @@ export function codecByName(name: string): CodecId {
   return Number(id) as CodecId;
 }
 
+export function isKnownCodec(id: number): boolean {
+  return CODEC_NAMES[id] !== undefined;
+}
+
+interface Kernel {
+  encodeInto(plain: Buffer, codec: number, out: Buffer, offset: number): { codec: number; length: number };
+  decodeInto(codec: number, payload: Buffer, plainLength: number, out: Buffer): number;
+}
+
+const require = createRequire(import.meta.url);
+export const KERNEL_PATH: string = require.resolve('./codec-kernel.cjs');
+const kernel: Kernel = require(KERNEL_PATH).makeKernel({ compressSync, uncompressSync });
+
 /**
- * Encode plaintext with the preferred codec; falls back to NONE when the encoded form would not be
- * smaller, so incompressible data is stored once and restores without a decode pass.
+ * Encodes plaintext on the calling thread (the pipeline uses the codec workers instead). Falls back to NONE
+ * when the encoded form would not be smaller.
  */
 export async function encodeChunk(codec: CodecId, plain: Buffer): Promise<{ codec: CodecId; payload: Buffer }> {
-  if (codec === Codec.LZ4) {
-    const packed = await compress(plain);
-    if (packed.length < plain.length) return { codec: Codec.LZ4, payload: packed };
-  }
-  return { codec: Codec.NONE, payload: plain };
+  if (!isKnownCodec(codec)) throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${codec}`);
+  const out = Buffer.allocUnsafe(plain.length + payloadOverhead(plain.length));
+  const r = kernel.encodeInto(plain, codec, out, 0);
+  return { codec: r.codec as CodecId, payload: out.subarray(0, r.length) };
 }
 
 export async function decodeChunk(codec: number, payload: Buffer, plainLength: number): Promise<Buffer> {
-  switch (codec) {
-    case Codec.NONE:
-      return payload;
-    case Codec.LZ4: {
-      // The size prefix is ours to check before the decoder allocates: a hostile length must not balloon memory.
-      if (payload.length < 4 || payload.readUInt32LE(0) !== plainLength) {
-        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, 'lz4 payload size prefix does not match the chunk header');
-      }
-      try {
-        return await uncompress(payload);
-      } catch (err) {
-        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `lz4 payload does not decode: ${(err as Error).message}`);
-      }
-    }
-    default:
-      throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${codec}; this chunk was written by a newer rnode, upgrade to read it`);
+  if (!isKnownCodec(codec)) {
+    throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${codec}; this chunk was written by a newer rnode, upgrade to read it`);
   }
+  const out = Buffer.alloc(plainLength);
+  try {
+    kernel.decodeInto(codec, payload, plainLength, out);
+  } catch (err) {
+    throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${CODEC_NAMES[codec]} payload does not decode: ${(err as Error).message}`);
+  }
+  return out;
 }

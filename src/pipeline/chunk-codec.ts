@@ -3,7 +3,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { strongDigest, xxh64 } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader, encodeChunkHeader } from '../format/chunk.js';
-import { Codec, type CodecId, decodeChunk, encodeChunk } from '../format/codecs.js';
+import { Codec, type CodecId, decodeChunk, encodeChunk, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
 import { codecWorkers, maxObjectBytes, sharedBuffer } from './codec-workers.js';
 
@@ -110,7 +110,7 @@ export async function decodeChunkInto(slot: ReadSlot, length: number, expect: Ch
   if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
   if (h.plainLength !== expect.plainLength || h.plainLength > slot.plain.length) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
   if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
-  if (h.codec !== Codec.NONE && h.codec !== Codec.LZ4) {
+  if (!isKnownCodec(h.codec)) {
     throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${h.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`);
   }
   let r;

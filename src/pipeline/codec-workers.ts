@@ -7,7 +7,7 @@ import v8 from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import { STRONG_DIGEST_BYTES } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
-import { Codec } from '../format/codecs.js';
+import { Codec, KERNEL_PATH, payloadOverhead } from '../format/codecs.js';
 
 export interface EncodeResult {
   xxh64: bigint;
@@ -35,7 +35,7 @@ const collect = globalThis.gc ?? (() => {});
 let produced = 0;
 const track = (n) => { produced += n; if (produced > workerData.gcEvery) { produced = 0; collect(); } };
 const { blake3 } = require(workerData.blake);
-const { compressSync, uncompressSync } = require(workerData.lz4);
+const kernel = require(workerData.kernel).makeKernel(require(workerData.lz4), track);
 require(workerData.xxhash)().then(({ h64Raw }) => {
   const HDR = ${CHUNK_HEADER_BYTES};
   // One message per event-loop turn: native buffers are freed by finalizers that run between turns, and a
@@ -59,33 +59,19 @@ require(workerData.xxhash)().then(({ h64Raw }) => {
         const out = Buffer.from(m.out, m.outOff, m.outCap);
         const xxh64 = h64Raw(plain);
         const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
-        let codec = ${Codec.NONE}, payloadLength = plain.length, payloadXxh64 = xxh64;
-        if (m.codec === ${Codec.LZ4}) {
-          const packed = compressSync(plain);
-          track(packed.length);
-          if (packed.length < plain.length && HDR + packed.length <= out.length) {
-            packed.copy(out, HDR);
-            codec = ${Codec.LZ4}; payloadLength = packed.length; payloadXxh64 = h64Raw(packed);
-          }
-        }
-        if (codec === ${Codec.NONE}) plain.copy(out, HDR);
-        parentPort.postMessage({ id: m.id, xxh64, strong, codec, payloadLength, payloadXxh64 });
+        const r = kernel.encodeInto(plain, m.codec, out, HDR);
+        // A raw payload is the plaintext: its digest is already known.
+        const payloadXxh64 = r.codec === ${Codec.NONE} ? xxh64 : h64Raw(out.subarray(HDR, HDR + r.length));
+        parentPort.postMessage({ id: m.id, xxh64, strong, codec: r.codec, payloadLength: r.length, payloadXxh64 });
       } else if (m.op === 'decode') {
         // m.in holds the payload; the plaintext goes to m.out.
         const payload = Buffer.from(m.in, m.inOff, m.len);
         const payloadXxh64 = h64Raw(payload);
-        let plain;
-        if (m.codec === ${Codec.NONE}) plain = payload;
-        else {
-          if (payload.length < 4 || payload.readUInt32LE(0) !== m.plainLength) throw new Error('lz4 size prefix does not match the chunk header');
-          plain = uncompressSync(payload);
-          track(plain.length);
-        }
-        if (plain.length !== m.plainLength || plain.length > m.outCap) throw new Error('decoded to ' + plain.length + ' bytes, expected ' + m.plainLength);
-        const out = Buffer.from(m.out, m.outOff, plain.length);
-        if (plain !== payload) plain.copy(out); else payload.copy(out);
-        const strong = new Uint8Array(blake3(out).subarray(0, ${STRONG_DIGEST_BYTES}));
-        parentPort.postMessage({ id: m.id, xxh64: h64Raw(out), strong, payloadXxh64, plainLength: plain.length });
+        const out = Buffer.from(m.out, m.outOff, m.outCap);
+        kernel.decodeInto(m.codec, payload, m.plainLength, out);
+        const plain = out.subarray(0, m.plainLength);
+        const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
+        parentPort.postMessage({ id: m.id, xxh64: h64Raw(plain), strong, payloadXxh64, plainLength: m.plainLength });
       }
     } catch (err) {
       parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) });
@@ -110,6 +96,7 @@ export class CodecWorkers {
     const require = createRequire(import.meta.url);
     const workerData = {
       blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
+      kernel: KERNEL_PATH,
       gcEvery: 8 * 1024 * 1024,
     };
     // Isolates created after this flag expose gc(); the workers use it (see WORKER_SOURCE).
@@ -194,7 +181,7 @@ export function codecWorkers(): CodecWorkers {
 
 /** Worst-case stored object size for a chunk of `chunkSize` bytes. */
 export function maxObjectBytes(chunkSize: number): number {
-  return CHUNK_HEADER_BYTES + chunkSize + Math.ceil(chunkSize / 255) + 16 + 4;
+  return CHUNK_HEADER_BYTES + chunkSize + payloadOverhead(chunkSize);
 }
 
 /** A SharedArrayBuffer-backed Buffer. */

@@ -4,7 +4,7 @@
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { initChecksums } from '../format/checksum.js';
-import { Codec, type CodecId } from '../format/codecs.js';
+import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
 import { layout, validateDiskId } from '../format/layout.js';
 import { encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { encodeSegment, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
@@ -116,7 +116,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   await initChecksums();
   const { store, source } = opts;
   const disk = validateDiskId(opts.disk);
-  const codec = opts.codec ?? Codec.LZ4;
+  const codec = opts.codec ?? DEFAULT_CODEC;
 
   const seqs = await listPointSeqs(store, disk);
   const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1]) : undefined;
