@@ -1,0 +1,241 @@
+// Full replicate, incremental (~1% of chunks changed) and recover through the real CLI, each next to the same
+// image through `lz4 -1` / `lz4 -d` and `restic backup`, all in this run, contenders interleaved round by round.
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { ReplicateResult, RecoverResult } from 'replication-node';
+import { cachedFraction, type RnodeRun, type Section, type SectionContext } from '../lib/context.js';
+import { changeChunks, firstDifference } from '../lib/images.js';
+import { syncAll, type RunResult } from '../lib/measure.js';
+import { fmt, human, median, ratioOf, spread, type Row } from '../lib/report.js';
+
+const MB = 1e6;
+const DISK = 'bench';
+const CHANGE_FRACTION = 0.01;
+
+/** Throughput in MB/s of disk size for each run, and its median. */
+function rates(size: number, runs: { seconds: number }[]): { all: number[]; median: number | null } {
+  const all = runs.map((r) => size / MB / r.seconds);
+  return { all, median: all.length ? median(all) : null };
+}
+
+function peakRss(runs: RunResult[]): number | null {
+  const xs = runs.map((r) => r.peakRss).filter((x): x is number => x !== undefined);
+  return xs.length === runs.length && xs.length > 0 ? Math.max(...xs) / MB : null;
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<number> {
+  const t = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t) / 1e9;
+}
+
+export const throughput: Section = {
+  name: 'throughput',
+  title: 'full replicate, incremental and recover (rnode CLI) against lz4 -1 and restic on one mixed image',
+  // At its peak: store + lz4 file + restored file (or restic repo, or lz4 -d output), each at most the image size.
+  spaceNeeded: (s) => 3 * s.size,
+
+  async run(ctx: SectionContext): Promise<Row[]> {
+    const { settings, tools } = ctx;
+    const size = settings.size;
+    const img = await ctx.mixedImage();
+    const n = settings.repeat;
+    const lz4File = path.join(ctx.dir, 'mixed.img.lz4');
+    const resticEnv = {
+      ...process.env,
+      // A throwaway repository's password: only ever in the child's environment, never printed.
+      RESTIC_PASSWORD: crypto.randomBytes(24).toString('hex'),
+      RESTIC_CACHE_DIR: path.join(ctx.dir, 'restic-cache'),
+    };
+    const cached = await cachedFraction(tools.fincore, img);
+    ctx.say(`image: ${human(size)} mixed (per MiB 1/3 random, 1/3 text, 1/3 zero), no holes, read from page cache by every contender` +
+      (cached === undefined ? '' : ` (${(cached * 100).toFixed(0)}% resident after warming)`));
+    ctx.say(`rnode store, lz4 output, restic repo and restored files are all in ${ctx.dir} (${ctx.fsType}): the same filesystem`);
+    ctx.say(`each figure: median of ${n} run(s), contenders interleaved; wall time from spawn to exit (process start included);`);
+    ctx.say('MB/s = 10^6 bytes of disk size per second; `sync` (untimed) and a page-cache read of the image before every run');
+    ctx.say('rnode fsyncs every stored object and the restored file; lz4 does not fsync (see the "+ sync" rows)');
+    if (!tools.lz4) ctx.say('lz4 is not installed: its baselines are skipped (apt-get install lz4)');
+    if (!tools.restic) ctx.say('restic is not installed: its baseline is skipped (apt-get install restic)');
+
+    // Round by round: rnode full, lz4 -1 to a file (then sync, timed apart), lz4 -1 to /dev/null, restic backup.
+    const full: RunResult[] = [];
+    const fullResults: ReplicateResult[] = [];
+    const lzFile: RunResult[] = [];
+    const lzFileSync: { seconds: number }[] = [];
+    const lzNull: RunResult[] = [];
+    const restic: RunResult[] = [];
+    let store = '';
+    for (let i = 0; i < n; i++) {
+      if (store) await fsp.rm(store, { recursive: true, force: true });
+      store = path.join(ctx.dir, `store-${i}`);
+      ctx.log(`round ${i + 1}/${n}: rnode replicate (full)`);
+      await ctx.settle(img);
+      const r = await ctx.rnode<ReplicateResult>(['replicate', '--source', img, '--target', store, '--disk', DISK]);
+      if (!r.result.full) throw new Error(`the first point into a fresh store was not full: ${JSON.stringify(r.result)}`);
+      full.push(r);
+      fullResults.push(r.result);
+      if (tools.lz4) {
+        ctx.log(`round ${i + 1}/${n}: lz4 -1 to a file, then to /dev/null`);
+        await ctx.settle(img);
+        const l = await ctx.tool(tools.lz4, ['-1', '-f', img, lz4File]);
+        lzFile.push(l);
+        lzFileSync.push({ seconds: l.seconds + await timed(syncAll) });
+        await ctx.settle(img);
+        lzNull.push(await ctx.tool(tools.lz4, ['-1', '-c', img], { stdout: 'discard' }));
+      }
+      if (tools.restic) {
+        ctx.log(`round ${i + 1}/${n}: restic backup`);
+        const repo = path.join(ctx.dir, 'restic-repo');
+        await fsp.rm(repo, { recursive: true, force: true });
+        await ctx.tool(tools.restic, ['-r', repo, 'init', '--quiet'], { env: resticEnv });
+        await ctx.settle(img);
+        restic.push(await ctx.tool(tools.restic, ['-r', repo, 'backup', '--quiet', img], { env: resticEnv }));
+        await fsp.rm(repo, { recursive: true, force: true });
+      }
+    }
+    const last = fullResults[fullResults.length - 1];
+    const chunkSize = last.chunkSize;
+
+    // Incremental points on the last round's store, each after its own ~1% change.
+    const incr: RnodeRun<ReplicateResult>[] = [];
+    const incrNotes: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const touched = await changeChunks(img, size, chunkSize, CHANGE_FRACTION, 100 + i);
+      ctx.log(`incremental ${i + 1}/${n}: ${touched} chunks changed`);
+      await ctx.settle(img);
+      const r = await ctx.rnode<ReplicateResult>(['replicate', '--source', img, '--target', store, '--disk', DISK]);
+      if (r.result.full) throw new Error(`the point after a ~1% change was full: ${JSON.stringify(r.result)}`);
+      incr.push(r);
+      incrNotes.push(`${r.result.chunksChanged}/${touched}` + (r.result.chunksChanged === touched ? '' : ' (MISMATCH)'));
+    }
+    const lastIncr = incr[incr.length - 1].result;
+
+    // Recover of the latest point (it needs chunks of the full point and of every incremental), against lz4 -d.
+    const restored = path.join(ctx.dir, 'restored.img');
+    const lzOut = path.join(ctx.dir, 'lz4-decompressed.img');
+    const rec: RunResult[] = [];
+    let recResult: RecoverResult | undefined;
+    const lzDec: RunResult[] = [];
+    const lzDecSync: { seconds: number }[] = [];
+    let exact = true;
+    for (let i = 0; i < n; i++) {
+      ctx.log(`round ${i + 1}/${n}: rnode recover latest`);
+      await fsp.rm(restored, { force: true });
+      await ctx.settle();
+      const r = await ctx.rnode<RecoverResult>(['recover', '--store', store, '--disk', DISK, '--point', 'latest', '--out', restored]);
+      rec.push(r);
+      recResult = r.result;
+      if (i === n - 1) {
+        const at = await firstDifference(img, restored);
+        exact = at < 0;
+        if (!exact) ctx.say(`RECOVER IS NOT BYTE-EXACT: first difference at offset ${at}`);
+      }
+      if (tools.lz4) {
+        ctx.log(`round ${i + 1}/${n}: lz4 -d to a file`);
+        await fsp.rm(lzOut, { force: true });
+        await ctx.settle();
+        const l = await ctx.tool(tools.lz4, ['-d', '-f', lz4File, lzOut]);
+        lzDec.push(l);
+        lzDecSync.push({ seconds: l.seconds + await timed(syncAll) });
+        await fsp.rm(lzOut, { force: true });
+      }
+    }
+
+    const fullR = rates(size, full);
+    const lzFileR = rates(size, lzFile);
+    const lzFileSyncR = rates(size, lzFileSync);
+    const lzNullR = rates(size, lzNull);
+    const resticR = rates(size, restic);
+    const incrR = rates(size, incr);
+    const recR = rates(size, rec);
+    const lzDecR = rates(size, lzDec);
+    const lzDecSyncR = rates(size, lzDecSync);
+    const lz4Size = tools.lz4 ? (await fsp.stat(lz4File)).size : 0;
+    const cliSeconds = median(fullResults.map((r) => r.seconds));
+
+    const target = (text: string, ratio: number | undefined, min: number) =>
+      ({ text, pass: ratio === undefined ? undefined : ratio >= min });
+    const rssTarget = (mb: number | null) => ({ text: '< 200 MB', pass: mb === null ? undefined : mb < 200 });
+    const fullRss = peakRss(full);
+    const rows: Row[] = [];
+    const push = (r: Row) => rows.push(r);
+
+    const r1 = ratioOf(fullR.median, lzFileR.median);
+    push({
+      name: 'full replicate', value: fullR.median, unit: 'MB/s',
+      baseline: tools.lz4 ? { name: 'lz4 -1 to file', value: lzFileR.median! } : undefined, ratio: r1,
+      target: target('>= 2.0x lz4 -1 (file)', r1, 2),
+      note: [
+        spread(fullR.all, 'MB/s') && `rnode ${spread(fullR.all, 'MB/s')}`,
+        `${fmt(cliSeconds, 's')} inside the CLI vs ${fmt(median(full.map((r) => r.seconds)), 's')} wall`,
+        `stored ${human(last.bytesWritten)} in ${last.chunksChanged} chunks of ${human(chunkSize)}`,
+        tools.lz4 ? `lz4 file ${human(lz4Size)}${spread(lzFileR.all, 'MB/s') && `, ${spread(lzFileR.all, 'MB/s')}`}` : 'lz4 not installed',
+      ].filter(Boolean).join('; '),
+    });
+    const r2 = ratioOf(fullR.median, resticR.median);
+    push({
+      name: 'full replicate', value: fullR.median, unit: 'MB/s',
+      baseline: tools.restic ? { name: 'restic backup', value: resticR.median! } : undefined, ratio: r2,
+      target: target('>= 5.0x restic', r2, 5),
+      note: tools.restic
+        ? ['restic: a fresh local repo each run (init untimed), default compression', spread(resticR.all, 'MB/s')].filter(Boolean).join('; ')
+        : 'restic not installed: skipped',
+    });
+    if (tools.lz4) {
+      push({
+        name: 'full replicate', value: fullR.median, unit: 'MB/s',
+        baseline: { name: 'lz4 -1 to file + sync', value: lzFileSyncR.median! }, ratio: ratioOf(fullR.median, lzFileSyncR.median),
+        note: 'lz4 made durable like the store is: its wall time plus a following `sync`',
+      });
+      push({
+        name: 'full replicate', value: fullR.median, unit: 'MB/s',
+        baseline: { name: 'lz4 -1 -c > /dev/null', value: lzNullR.median! }, ratio: ratioOf(fullR.median, lzNullR.median),
+        note: ['compute-only reference, nothing written', spread(lzNullR.all, 'MB/s')].filter(Boolean).join('; '),
+      });
+    }
+    push({
+      name: `incremental (~${CHANGE_FRACTION * 100}% chunks changed)`, value: incrR.median, unit: 'MB/s',
+      baseline: { name: 'rnode full replicate', value: fullR.median! }, ratio: ratioOf(incrR.median, fullR.median),
+      note: [
+        `chunks found changed/touched per run: ${incrNotes.join(', ')}`,
+        `stored ${human(lastIncr.bytesWritten)} (last run)`,
+        'the raw source reads the whole disk to find changes',
+        spread(incrR.all, 'MB/s'),
+      ].filter(Boolean).join('; '),
+    });
+    const r3 = ratioOf(recR.median, lzDecR.median);
+    push({
+      name: 'recover latest point', value: recR.median, unit: 'MB/s',
+      baseline: tools.lz4 ? { name: 'lz4 -d to file', value: lzDecR.median! } : undefined, ratio: r3,
+      note: `point ${recResult?.point} (full + ${n} incremental), ${exact ? 'byte-exact' : 'NOT BYTE-EXACT'}, output sparse and fsynced` +
+        (tools.lz4 ? `; lz4 -d output sparse, not fsynced${spread(lzDecR.all, 'MB/s') && `; rnode ${spread(recR.all, 'MB/s')}, lz4 -d ${spread(lzDecR.all, 'MB/s')}`}` : ''),
+    });
+    if (tools.lz4) {
+      push({
+        name: 'recover latest point', value: recR.median, unit: 'MB/s',
+        baseline: { name: 'lz4 -d to file + sync', value: lzDecSyncR.median! }, ratio: ratioOf(recR.median, lzDecSyncR.median),
+      });
+    }
+    const lzRss = peakRss(lzFile);
+    const resticRss = peakRss(restic);
+    const rssBase = resticRss !== null ? { name: 'restic backup', value: resticRss } : lzRss !== null ? { name: 'lz4 -1', value: lzRss } : undefined;
+    push({
+      name: 'peak RSS, full replicate', value: fullRss, unit: 'MB', baseline: rssBase, ratio: ratioOf(fullRss, rssBase?.value),
+      target: rssTarget(fullRss), note: `max over ${full.length} run(s)`,
+    });
+    const incrRss = peakRss(incr);
+    push({
+      name: 'peak RSS, incremental', value: incrRss, unit: 'MB', baseline: fullRss !== null ? { name: 'rnode full', value: fullRss } : undefined,
+      ratio: ratioOf(incrRss, fullRss), target: rssTarget(incrRss),
+    });
+    const recRss = peakRss(rec);
+    const lzDecRss = peakRss(lzDec);
+    push({
+      name: 'peak RSS, recover', value: recRss, unit: 'MB', baseline: lzDecRss !== null ? { name: 'lz4 -d', value: lzDecRss } : undefined,
+      ratio: ratioOf(recRss, lzDecRss), target: rssTarget(recRss),
+    });
+    if (!exact) throw Object.assign(new Error('recover was not byte-exact'), { rows });
+    return rows;
+  },
+};
