@@ -5,7 +5,8 @@
       "src/addon.cc",
       "src/io_error.cc",
       "src/raw_io.cc",
-      "src/buffers.cc"
+      "src/buffers.cc",
+      "src/vddk.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": [

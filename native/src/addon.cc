@@ -5,6 +5,7 @@
 #include "addon.h"
 #include "buffers.h"
 #include "raw_io.h"
+#include "vddk.h"
 
 namespace {
 
@@ -12,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new rnode::AddonData());
   rnode::InitRawIo(env, exports);
   rnode::InitBuffers(env, exports);
+  rnode::InitVddk(env, exports);
   return exports;
 }
 

@@ -70,7 +70,7 @@ export const defs: Record<string, JsonSchema> = {
       retention: { type: 'object', required: ['keep'], additionalProperties: false, properties: { keep: { type: 'integer', minimum: 1 } } },
       bandwidth: { ...uint, description: 'bytes/s read from the source per run; 0 or absent: unlimited' },
       concurrency: { type: 'integer', minimum: 1, maximum: 64 },
-      compression: { enum: ['lz4', 'none'] },
+      compression: { enum: ['lz4-blocks', 'lz4', 'none'], description: 'chunk codec (default: the library default, lz4-blocks)' },
       encryption: { $ref: '#/$defs/encryption' },
       chunkSize: { type: 'integer', minimum: 65536, maximum: 16777216 },
       checkpointSeconds: { type: 'number', exclusiveMinimum: 0 },
@@ -88,7 +88,7 @@ export const defs: Record<string, JsonSchema> = {
           jobId: { $ref: '#/$defs/id' }, kind: { const: 'replicate' }, group: { $ref: '#/$defs/id' }, attempt: { type: 'integer', minimum: 1 },
           vm: str(256), store: { $ref: '#/$defs/store' }, disks: { type: 'array', minItems: 1, maxItems: 256, items: { $ref: '#/$defs/diskSource' } },
           forceFull: { type: 'boolean' },
-          bandwidth: uint, concurrency: { type: 'integer', minimum: 1, maximum: 64 }, compression: { enum: ['lz4', 'none'] },
+          bandwidth: uint, concurrency: { type: 'integer', minimum: 1, maximum: 64 }, compression: { enum: ['lz4-blocks', 'lz4', 'none'], description: 'chunk codec (default: the library default, lz4-blocks)' },
           encryption: { $ref: '#/$defs/encryption' }, chunkSize: { type: 'integer', minimum: 65536, maximum: 16777216 },
           checkpointSeconds: { type: 'number', exclusiveMinimum: 0 }, leaseTtlSeconds: { type: 'number', minimum: 1 },
         },
@@ -126,7 +126,9 @@ export const defs: Record<string, JsonSchema> = {
       disk: { $ref: '#/$defs/diskId' },
       point: { type: 'integer', minimum: 1 }, parent: { type: ['integer', 'null'] }, full: { type: 'boolean' },
       resumed: { type: 'boolean' }, marker: { type: ['string', 'null'], description: 'source change marker saved with the point' },
-      diskSize: uint, bytesRead: uint, bytesWritten: uint, chunksChanged: uint, chunksZero: uint,
+      diskSize: uint, bytesRead: { ...uint, description: 'source bytes read for the whole point (a resumed point counts the earlier runs too)' },
+      sourceBytesRead: { ...uint, description: 'source bytes this run read (less than bytesRead when resumed)' },
+      bytesWritten: uint, chunksChanged: uint, chunksZero: uint,
       seconds: { type: 'number', minimum: 0 },
       ok: { type: 'boolean' }, problems: uint, kept: { type: 'array', items: uint }, deleted: { type: 'array', items: uint },
       out: { type: 'string' },
@@ -237,7 +239,7 @@ export interface SourceDef { location: string; options?: Record<string, unknown>
 export interface DiskSource { disk: string; source: SourceDef }
 export interface EncryptionDef { mode: 'none' | 'aes-256-gcm'; key?: SecretRef }
 export interface Tuning {
-  bandwidth?: number; concurrency?: number; compression?: 'lz4' | 'none'; encryption?: EncryptionDef;
+  bandwidth?: number; concurrency?: number; compression?: 'lz4-blocks' | 'lz4' | 'none'; encryption?: EncryptionDef;
   chunkSize?: number; checkpointSeconds?: number; leaseTtlSeconds?: number;
 }
 export interface Policy extends Tuning {
@@ -254,7 +256,7 @@ export type Job = ReplicateJob | RecoverJob | VerifyJob | PruneJob;
 
 export interface DiskResult {
   disk: string; point?: number; parent?: number | null; full?: boolean; resumed?: boolean; marker?: string | null;
-  diskSize?: number; bytesRead?: number; bytesWritten?: number; chunksChanged?: number; chunksZero?: number; seconds?: number;
+  diskSize?: number; bytesRead?: number; sourceBytesRead?: number; bytesWritten?: number; chunksChanged?: number; chunksZero?: number; seconds?: number;
   ok?: boolean; problems?: number; kept?: number[]; deleted?: number[]; out?: string;
 }
 
@@ -331,7 +333,8 @@ export function decode<T>(text: string, table: Record<string, JsonSchema>): Deco
 export function checkOutgoing(msg: Record<string, unknown>, table: Record<string, JsonSchema>): void {
   const schema = table[String(msg.type)];
   if (!schema) throw new Error(`no schema for outgoing message type ${String(msg.type)}`);
-  const errors = validate(schema, msg, defs);
+  // What goes on the wire: JSON drops undefined members.
+  const errors = validate(schema, JSON.parse(JSON.stringify(msg)), defs);
   if (errors.length) throw new Error(`outgoing ${String(msg.type)} does not match its schema: ${errors.map((e) => `${e.path}: ${e.message}`).join('; ')}`);
 }
 

@@ -32,8 +32,10 @@ export function cancelled(): RnodeError {
 }
 
 /** A BlockSource whose reads pass every bucket first and stop when the signal aborts. */
-export function pacedSource(inner: BlockSource, buckets: TokenBucket[], signal?: AbortSignal): BlockSource {
-  return {
+export function pacedSource(inner: BlockSource, buckets: TokenBucket[], signal?: AbortSignal): BlockSource & { bytesRead: number } {
+  const paced = {
+    /** Bytes this wrapper read from the source (a resumed run reads less than the point's bytesRead). */
+    bytesRead: 0,
     get kind() { return inner.kind; },
     get location() { return inner.location; },
     get size() { return inner.size; },
@@ -46,8 +48,11 @@ export function pacedSource(inner: BlockSource, buckets: TokenBucket[], signal?:
     async read(offset: number, buf: Buffer, length: number) {
       if (signal?.aborted) throw cancelled();
       for (const b of buckets) await b.take(length, signal);
-      return inner.read(offset, buf, length);
+      const n = await inner.read(offset, buf, length);
+      paced.bytesRead += n;
+      return n;
     },
     close: () => inner.close(),
   };
+  return paced;
 }

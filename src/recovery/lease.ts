@@ -30,6 +30,7 @@ export class Lease {
   private etag: string;
   private timer: NodeJS.Timeout | undefined;
   private lostError: RnodeError | undefined;
+  private renewing: Promise<void> | undefined;
   private readonly controller = new AbortController();
 
   private constructor(private readonly store: ObjectStore, readonly record: LeaseRecord, etag: string,
@@ -87,8 +88,22 @@ export class Lease {
     this.timer.unref();
   }
 
-  /** Extends the lease; marks it lost (and aborts `signal`) if another holder took over. */
-  async renew(): Promise<void> {
+  /**
+   * Extends the lease; marks it lost (and aborts `signal`) if another holder took over. Renewals run one at
+   * a time: two overlapping conditional puts with one etag would make the loser think the lease was stolen.
+   */
+  renew(): Promise<void> {
+    const prev = this.renewing;
+    const run = (async () => {
+      await prev?.catch(() => undefined);
+      await this.renewOnce();
+    })();
+    this.renewing = run;
+    void run.catch(() => undefined).finally(() => { if (this.renewing === run) this.renewing = undefined; });
+    return run;
+  }
+
+  private async renewOnce(): Promise<void> {
     if (this.lostError) throw this.lostError;
     const t = this.now();
     const next: LeaseRecord = { ...this.record, expiresAt: new Date(t + this.ttlMs).toISOString() };

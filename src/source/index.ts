@@ -2,6 +2,7 @@
 // nbd:// and vddk:// sources register here as they land.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { RawSource } from './raw.js';
+import { openNbdSource } from './nbd/index.js';
 import type { BlockSource } from './types.js';
 
 export type { BlockSource, Extent } from './types.js';
@@ -13,6 +14,7 @@ const schemes = new Map<string, SourceFactory>();
 export function registerSourceScheme(scheme: string, factory: SourceFactory): void {
   schemes.set(scheme, factory);
 }
+for (const scheme of ['nbd', 'nbd+unix']) registerSourceScheme(scheme, openNbdSource);
 
 export async function openSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
   const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(location);
@@ -26,3 +28,4 @@ export async function openSource(location: string, opts: Record<string, unknown>
   }
   return factory(location, opts);
 }
+registerSourceScheme('vddk', async (location, opts) => (await import('./vddk/index.js')).openVddkSource(location, opts));

@@ -8,7 +8,6 @@ import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { initChecksums } from '../format/checksum.js';
 import { ChunkFlag, CHUNK_HEADER_BYTES, decodeChunkHeader } from '../format/chunk.js';
 import { Codec } from '../format/codecs.js';
 import { parseChunkKey } from '../format/layout.js';
@@ -84,6 +83,7 @@ export class RemoteStore implements ObjectStore {
   private readonly url: string;
   private readonly bucket?: TokenBucket;
   private readonly hwm: number;
+  private readonly pin?: string;
   private ws?: WebSocket;
   private state: 'idle' | 'connecting' | 'ready' | 'closed' = 'idle';
   private gen = 0;
@@ -101,6 +101,8 @@ export class RemoteStore implements ObjectStore {
   private lastHeard = 0;
   private everConnected = false;
   private maxFrame = MAX_FRAME_BYTES;
+  /** A connection-level refusal (auth, version) the node sent before closing: fails everything pending. */
+  private fatal?: RnodeError;
   /** Chunk size seen per disk, for the informational disk offset of chunk frames. */
   private readonly chunkSizes = new Map<string, number>();
 
@@ -122,6 +124,8 @@ export class RemoteStore implements ObjectStore {
     this.location = `${u.protocol}//${u.host}`;
     this.hwm = opts.highWaterMark ?? 4 * 1024 * 1024;
     if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
+    this.pin = opts.pinSha256 ? normalizeFingerprint(opts.pinSha256) : undefined;
+    if (this.pin && u.protocol !== 'wss:') throw new RnodeError(ErrorCodes.USAGE, 'a pinned certificate needs a wss:// location');
   }
 
   // ---- ObjectStore ----
@@ -189,15 +193,15 @@ export class RemoteStore implements ObjectStore {
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     let last: string | undefined;
-    let stream = this.allocStream();
+    const stream = this.allocStream();
     let first = true;
     let done = false;
     try {
       for (;;) {
         const meta: ClientMessage = first ? { op: 'list', prefix, ...(last !== undefined ? { after: last } : {}) } : { op: 'listNext' };
         // A page lost with its connection is asked again as a fresh listing after the last key yielded.
+        // Same stream id: the node dropped its listing together with the old connection.
         const rebuild = () => {
-          stream = stream; // same stream id: the node dropped its listing with the old connection
           return encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: { op: 'list', prefix, ...(last !== undefined ? { after: last } : {}) } });
         };
         const f = await this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta }), false, stream, undefined, rebuild);
@@ -244,11 +248,7 @@ export class RemoteStore implements ObjectStore {
 
   private control(m: ClientMessage): Promise<Frame> {
     const stream = this.allocStream();
-    return this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: m as unknown as Record<string, unknown> }), false, stream)
-      .then((f) => {
-        if (f.type === FrameType.CONTROL) this.nodeMessage(f); // throws the node's error
-        return f;
-      });
+    return this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: m as unknown as Record<string, unknown> }), false, stream);
   }
 
   private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer): Promise<Frame> {
@@ -369,7 +369,7 @@ export class RemoteStore implements ObjectStore {
 
   /** Opens a socket, verifies TLS pinning, says hello and waits for the welcome. */
   private connectOnce(): Promise<void> {
-    const pin = this.opts.pinSha256 ? normalizeFingerprint(this.opts.pinSha256) : undefined;
+    const pin = this.pin;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       const ws = new WebSocket(this.url, {
@@ -497,8 +497,9 @@ export class RemoteStore implements ObjectStore {
       if (!req) return; // a reply for a request already answered (cancelled listing)
       if (f.type === FrameType.CONTROL) {
         const m = parseNodeMessage(f.meta);
-        if ((m.op === 'ack' || m.op === 'error') && m.credit !== undefined) this.grant(m.credit);
+        // Settle the books before the grant: grant() may send at once.
         if (req.isPut) this.unacked -= req.frame.length;
+        if ((m.op === 'ack' || m.op === 'error') && m.credit !== undefined) this.grant(m.credit);
       }
       this.sent.delete(f.stream);
       req.resolve(f);
@@ -507,8 +508,6 @@ export class RemoteStore implements ObjectStore {
       if (req) { this.sent.delete(f.stream); req.reject(err); }
     }
   }
-
-  private fatal?: RnodeError;
 
   private grant(bytes: number): void {
     this.credit += bytes;
@@ -580,6 +579,3 @@ export function certificateFingerprint(pem: string | Buffer): string {
   const b64 = pem.toString().replace(/-----(BEGIN|END) CERTIFICATE-----/g, '').replace(/\s+/g, '');
   return createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');
 }
-
-// initChecksums is not needed for sending (no hashing here); kept so callers of the module can warm it.
-export { initChecksums };

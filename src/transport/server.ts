@@ -11,7 +11,7 @@ import type { ObjectStore } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta } from './control.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
-import { decodeFrame, encodeFrame, FrameFlag, FrameType, FRAME_HEADER_BYTES, MAX_FRAME_BYTES, peekVersion, PROTOCOL_VERSION, type Frame } from './frame.js';
+import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from './throttle.js';
 import { ObjectValidator } from './validate.js';
 
@@ -205,12 +205,8 @@ class Session {
       else this.onFrame(f, data.length);
     } catch (err) {
       this.node.stats.protocolErrors++;
-      // An unknown version is answered in this node's version so the peer can read why.
-      if (isRnodeError(err, TransportErrorCodes.VERSION) || peekVersion(data) !== undefined && peekVersion(data) !== PROTOCOL_VERSION) {
-        this.fail(err, 1002);
-      } else {
-        this.fail(err, 1002);
-      }
+      // Answered in this node's own version (also for an unknown version), so the peer can read why.
+      this.fail(err, 1002);
     }
   }
 
@@ -437,4 +433,3 @@ function safeDetails(d: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
-export { FRAME_HEADER_BYTES };

@@ -4,7 +4,7 @@
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { initChecksums } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES, ChunkFlag, decodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
-import { Codec } from '../format/codecs.js';
+import { Codec, isKnownCodec } from '../format/codecs.js';
 import { layout } from '../format/layout.js';
 import { decodeManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
@@ -112,7 +112,7 @@ export class ObjectValidator {
     if (p.data.length !== CHUNK_HEADER_BYTES + h.payloadLength) {
       throw fail(`object is ${p.data.length} bytes, its header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
     }
-    if (h.codec !== Codec.NONE && h.codec !== Codec.LZ4) throw fail(`unknown codec id ${h.codec}`);
+    if (!isKnownCodec(h.codec)) throw fail(`unknown codec id ${h.codec} (is the sender a newer rnode? upgrade this node)`);
     if (h.codec === Codec.NONE && h.payloadLength !== h.plainLength) throw fail('uncompressed payload length differs from the plaintext length');
     if (((p.flags & FrameFlag.COMPRESSED) !== 0) !== (h.codec !== Codec.NONE)) throw fail('frame compressed flag disagrees with the chunk codec');
     const encrypted = (h.flags & ChunkFlag.ENCRYPTED) !== 0;

@@ -5,8 +5,10 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  KiB, MiB, chunkObjects, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt,
+  KiB, MiB, chunkObjects, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
 
 const CHUNK = 64 * KiB;
 

@@ -2,6 +2,7 @@
 // missing flags, a missing source file (the issue lists it among the exit-2 cases), chunk sizes that are not a
 // power of two from 64KiB to 16MiB, unknown flags and commands, bad disk ids and other bad values.
 import t from 'tap';
+import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { KiB, randomData, tmpDir } from '../helpers/images.js';
@@ -59,7 +60,7 @@ const cases: Case[] = [
   { name: '--out is a directory', args: ['recover', '--store', store, '--disk', 'd', '--out', dir], code: /RNODE_USAGE/ },
 ];
 
-function checkUsage(t: Parameters<Parameters<typeof t.test>[1]>[0], r: CliResult, c: Case): void {
+function checkUsage(t: Test, r: CliResult, c: Case): void {
   t.equal(r.code, 2, `exit code 2 (stderr: ${r.stderr.trim()})`);
   const errLines = lines(r.stderr);
   t.equal(errLines.length, 1, 'exactly one line on stderr');

@@ -5,6 +5,7 @@
 // and a table entry whose BLAKE3 disagrees are all caught; a table entry with a colliding xxh64 does not make
 // replicate skip a changed chunk. Damaged manifests and tables are reported too.
 import t from 'tap';
+import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
@@ -13,9 +14,11 @@ import { decodeSegment, encodeSegment } from '../../src/format/table.js';
 import { verify } from '../../src/recovery/verify.js';
 import {
   KiB, MiB, chunkFile, chunkObjects, expectRestore, fingerprint, flipByte, fsStore, listFiles, randomData, restore, snap,
-  textData, tmpDir, writeAt, type Fingerprint,
+  textData, tmpDir, writeAt, type Fingerprint, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 import { json, lines, runCli } from '../helpers/cli.js';
+
+stopCodecWorkersAtEnd(t);
 
 const CHUNK = 64 * KiB;
 const SIZE = MiB + 1000; // 17 chunks
@@ -23,7 +26,7 @@ const SIZE = MiB + 1000; // 17 chunks
 interface Fixture { dir: string; storeDir: string; img: string; fps: Fingerprint[] }
 
 /** Two points: a full one of mixed data, and one where chunk 7 changed. */
-async function twoPoints(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<Fixture> {
+async function twoPoints(t: Test): Promise<Fixture> {
   const dir = tmpDir(t, 'corrupt');
   const storeDir = path.join(dir, 'store');
   const img = path.join(dir, 'disk.img');
@@ -41,7 +44,7 @@ async function twoPoints(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promis
 const noStack = (s: string) => !/^\s+at /m.test(s);
 
 /** `rnode verify` fails naming the chunk (with --json: the problem carries code, index and offset). */
-async function expectVerifyFails(t: Parameters<Parameters<typeof t.test>[1]>[0], f: Fixture, point: string, code: string, index: number,
+async function expectVerifyFails(t: Test, f: Fixture, point: string, code: string, index: number,
     asJson = false) {
   const offset = index * CHUNK;
   const r = await runCli(['verify', '--store', f.storeDir, '--disk', 'd', '--point', point, ...(asJson ? ['--json'] : [])]);
@@ -62,7 +65,7 @@ async function expectVerifyFails(t: Parameters<Parameters<typeof t.test>[1]>[0],
 }
 
 /** The library's verify finds the same problem for a point. */
-async function expectLibVerifyFails(t: Parameters<Parameters<typeof t.test>[1]>[0], f: Fixture, point: string, code: string, index: number) {
+async function expectLibVerifyFails(t: Test, f: Fixture, point: string, code: string, index: number) {
   const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point });
   t.equal(v.ok, false, `verify(point ${point}) is not ok`);
   t.ok(v.problems.some((p) => p.code === code && p.index === index && p.offset === index * CHUNK),
@@ -70,7 +73,7 @@ async function expectLibVerifyFails(t: Parameters<Parameters<typeof t.test>[1]>[
 }
 
 /** recover fails naming the chunk and leaves no output (nor a partial file) behind. */
-async function expectRecoverFails(t: Parameters<Parameters<typeof t.test>[1]>[0], f: Fixture, point: string, code: string, index: number) {
+async function expectRecoverFails(t: Test, f: Fixture, point: string, code: string, index: number) {
   const outDir = fs.mkdtempSync(path.join(f.dir, 'out-'));
   const out = path.join(outDir, 'restored.img');
   const r = await runCli(['recover', '--store', f.storeDir, '--disk', 'd', '--point', point, '--out', out]);

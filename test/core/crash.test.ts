@@ -3,6 +3,7 @@
 // verify is ok, the older point still restores, and the next run succeeds and restores byte-exact. Also the
 // first point of a disk crashing, and RNODE_FAILPOINT=after-commit (the point is visible, the next run is fine).
 import t from 'tap';
+import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listPointSeqs } from '../../src/recovery/points.js';
@@ -13,7 +14,7 @@ import { json, runCli } from '../helpers/cli.js';
 
 const SIZE = 2 * MiB + 333;
 
-function setup(t: Parameters<Parameters<typeof t.test>[1]>[0]) {
+function setup(t: Test) {
   const dir = tmpDir(t, 'crash');
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, Buffer.concat([randomData(MiB, 1), textData(SIZE - MiB, 1)]));
@@ -27,7 +28,7 @@ const replicateArgs = (img: string, storeDir: string) => ['replicate', '--source
  * the issue wants this run to succeed. When it fails with LEASE_HELD, that is recorded as a failure, and the
  * lease is aged as if its TTL had passed so the rest of the test can still check the data path.
  */
-async function nextRun(t: Parameters<Parameters<typeof t.test>[1]>[0], img: string, storeDir: string) {
+async function nextRun(t: Test, img: string, storeDir: string) {
   let r = await runCli(replicateArgs(img, storeDir));
   t.equal(r.code, 0, `the next run right after the crash succeeds: ${r.stderr.trim()}`);
   if (r.code !== 0 && /RNODE_LEASE_HELD/.test(r.stderr)) {

@@ -1,10 +1,11 @@
-// Format tests: checksums match their reference values; every codec round-trips (zeros shrink with lz4, random
+// Format tests: checksums match their reference values; every codec round-trips (zeros shrink when compressed, random
 // data does not grow: it falls back to codec none; no codec decodes another's output); stored chunks carry
 // version, codec, lengths, digests, index and writer, and an unknown codec id or version is RNODE_FORMAT_CODEC /
 // RNODE_FORMAT_VERSION on both decode paths (main thread and codec workers); the chunk header rejects truncated
 // and garbled input with a clear error; table segments round-trip and reject checksum mismatches; manifests
 // reject tampering.
 import t from 'tap';
+import type { Test } from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { initChecksums, strongDigest, xxh64, xxh64Hex } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION, MAX_CHUNK_BYTES, decodeChunkHeader, encodeChunkHeader } from '../../src/format/chunk.js';
@@ -15,7 +16,9 @@ import {
   decodeChunkInto, decodeStoredChunk, digestChunk, encodeChunkInto, encodeStoredChunk, newReadSlot,
 } from '../../src/pipeline/chunk-codec.js';
 import { maxObjectBytes, sharedBuffer } from '../../src/pipeline/codec-workers.js';
-import { KiB, randomData, textData } from '../helpers/images.js';
+import { KiB, randomData, textData, stopCodecWorkersAtEnd } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
 
 await initChecksums();
 
@@ -30,7 +33,7 @@ const SAMPLES: Record<string, Buffer> = {
 };
 
 /** Runs fn and returns the RnodeError it threw (or fails the test). */
-async function rnodeErr(t: Parameters<Parameters<typeof t.test>[1]>[0], fn: () => unknown, code: string, what: string): Promise<RnodeError | undefined> {
+async function rnodeErr(t: Test, fn: () => unknown, code: string, what: string): Promise<RnodeError | undefined> {
   try {
     await fn();
   } catch (err) {
@@ -52,13 +55,17 @@ t.test('checksums match reference values (xxhsum -H1, BLAKE3)', async (t) => {
 });
 
 t.test('codec ids and names are one table', async (t) => {
-  t.same(CODECS.sort(), [0, 1], 'none = 0, lz4 = 1 (written to disk: never renumbered)');
+  t.equal(new Set(CODECS).size, CODECS.length, 'ids are unique');
+  t.same(CODECS.map((id) => CODEC_NAMES[id]).filter((n) => typeof n !== 'string'), [], 'every id has a name');
+  t.equal(new Set(CODECS.map((id) => CODEC_NAMES[id])).size, CODECS.length, 'names are unique');
+  t.equal(Codec.NONE, 0, 'none is 0 (written to disk: never renumbered)');
+  t.equal(Codec.LZ4, 1, 'lz4 is 1 (written to disk: never renumbered)');
   for (const id of CODECS) t.equal(codecByName(CODEC_NAMES[id]), id);
   await rnodeErr(t, () => codecByName('zstd'), ErrorCodes.USAGE, 'unknown codec name');
 });
 
 for (const id of CODECS) {
-  t.test(`codec ${CODEC_NAMES[id]}: round-trips; zeros shrink with lz4, random data does not grow`, async (t) => {
+  t.test(`codec ${CODEC_NAMES[id]}: round-trips; zeros and text shrink, random data does not grow`, async (t) => {
     for (const [name, plain] of Object.entries(SAMPLES)) {
       const enc = await encodeChunk(id, plain);
       const back = await decodeChunk(enc.codec, enc.payload, plain.length);
@@ -68,27 +75,42 @@ for (const id of CODECS) {
     }
     const zeros = await encodeChunk(id, SAMPLES.zeros);
     const random = await encodeChunk(id, SAMPLES.random);
-    if (id === Codec.LZ4) {
-      t.equal(zeros.codec, Codec.LZ4);
+    if (id !== Codec.NONE) {
+      t.equal(zeros.codec, id, 'zeros are stored with the compressing codec');
       t.ok(zeros.payload.length < SAMPLES.zeros.length / 100, `zeros shrink (${zeros.payload.length} bytes)`);
+      const text = await encodeChunk(id, SAMPLES.text);
+      t.ok(text.payload.length < SAMPLES.text.length / 2, `text shrinks (${text.payload.length} bytes)`);
       t.equal(random.codec, Codec.NONE, 'random data falls back to codec none');
     }
     t.equal(random.payload.length, SAMPLES.random.length, 'random data does not grow');
   });
 }
 
-t.test('no codec decodes another codec\'s output', async (t) => {
-  const text = SAMPLES.text;
-  const lz4 = await encodeChunk(Codec.LZ4, text);
-  t.equal(lz4.codec, Codec.LZ4);
-  const asNone = await decodeChunk(Codec.NONE, lz4.payload, text.length);
-  t.notOk(asNone.equals(text), 'an lz4 payload read as none is not the plaintext');
-  await rnodeErr(t, () => decodeChunk(Codec.LZ4, text, text.length), ErrorCodes.CHUNK_CORRUPT, 'plaintext read as lz4');
-  await rnodeErr(t, () => decodeChunk(Codec.LZ4, SAMPLES.random, SAMPLES.random.length), ErrorCodes.CHUNK_CORRUPT, 'random read as lz4');
-  // A valid lz4 block for a different plaintext length must not pass for this one.
-  await rnodeErr(t, () => decodeChunk(Codec.LZ4, lz4.payload, text.length - 1), ErrorCodes.CHUNK_CORRUPT, 'lz4 with the wrong length');
-  for (const bad of [2, 7, 255]) {
-    await rnodeErr(t, () => decodeChunk(bad, lz4.payload, text.length), ErrorCodes.FORMAT_CODEC, `unknown codec id ${bad}`);
+/** Ids no codec has (so they must be rejected as unknown). */
+const UNKNOWN_CODECS = [Math.max(...CODECS) + 1, 9, 200, 255].filter((id) => !CODECS.includes(id as CodecId));
+
+t.test('no codec decodes another codec\'s output; unknown codec ids are FORMAT_CODEC', async (t) => {
+  for (const [name, plain] of Object.entries({ text: SAMPLES.text, zeros: SAMPLES.zeros, random: SAMPLES.random })) {
+    for (const a of CODECS) {
+      const enc = await encodeChunk(a, plain);
+      if (enc.codec !== a) continue; // fell back to another codec: nothing of a's to misread
+      for (const b of CODECS) {
+        if (b === a) continue;
+        let misread = false;
+        try {
+          misread = (await decodeChunk(b, enc.payload, plain.length)).equals(plain);
+        } catch (e) {
+          t.ok(e instanceof RnodeError && e.code === ErrorCodes.CHUNK_CORRUPT, `${name}: ${CODEC_NAMES[a]} read as ${CODEC_NAMES[b]} is CHUNK_CORRUPT`);
+          continue;
+        }
+        t.notOk(misread, `${name}: ${CODEC_NAMES[a]} output read as ${CODEC_NAMES[b]} does not give the plaintext`);
+      }
+    }
+  }
+  const lz4 = await encodeChunk(Codec.LZ4, SAMPLES.text);
+  await rnodeErr(t, () => decodeChunk(Codec.LZ4, lz4.payload, SAMPLES.text.length - 1), ErrorCodes.CHUNK_CORRUPT, 'lz4 with the wrong length');
+  for (const bad of UNKNOWN_CODECS) {
+    await rnodeErr(t, () => decodeChunk(bad, lz4.payload, SAMPLES.text.length), ErrorCodes.FORMAT_CODEC, `unknown codec id ${bad}`);
   }
 });
 
@@ -133,7 +155,7 @@ t.test('stored chunks carry version, codec, lengths, digests, index and writer, 
 
 t.test('a stored chunk with an unknown codec id or version is a clear error on both decode paths', async (t) => {
   const { object, entry } = await stored(SAMPLES.text);
-  for (const codec of [2, 9, 255]) {
+  for (const codec of UNKNOWN_CODECS) {
     const bad = Buffer.from(object);
     bad[5] = codec;
     await rnodeErr(t, () => decodeStoredChunk(bad, entry, 'x'), ErrorCodes.FORMAT_CODEC, `codec ${codec} (main thread)`);

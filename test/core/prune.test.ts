@@ -3,6 +3,7 @@
 // be restored, verify of all points is ok, and the chunk objects left are exactly those the kept points
 // reference (checked against a model of which point wrote which chunk), as are the tables.
 import t from 'tap';
+import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
@@ -12,8 +13,10 @@ import { verify } from '../../src/recovery/verify.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
   KiB, MiB, chunkObjects, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
-  type Fingerprint,
+  type Fingerprint, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
 
 const CHUNK = 64 * KiB;
 const SIZE = 2 * MiB + 5000; // 33 chunks, the last one partial
@@ -39,7 +42,7 @@ class Model {
 
 interface Disk { dir: string; storeDir: string; img: string; store: ObjectStore; model: Model; next: number }
 
-async function newDisk(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<Disk> {
+async function newDisk(t: Test): Promise<Disk> {
   const dir = tmpDir(t, 'prune');
   const d: Disk = { dir, storeDir: path.join(dir, 'store'), img: path.join(dir, 'disk.img'), store: fsStore(path.join(dir, 'store')), model: new Model(), next: 1 };
   const all = new Map<number, 'data' | 'zero'>();
@@ -50,7 +53,7 @@ async function newDisk(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<
 }
 
 /** Applies changes to the image (random data or zeros per chunk), replicates, and records the model. */
-async function point(t: { equal: (a: unknown, b: unknown, m?: string) => boolean }, d: Disk, changes: Map<number, 'data' | 'zero'>, first = false): Promise<void> {
+async function point(t: Test, d: Disk, changes: Map<number, 'data' | 'zero'>, first = false): Promise<void> {
   if (!first) {
     for (const [i, kind] of changes) {
       const len = Math.min(CHUNK, SIZE - i * CHUNK);
@@ -66,7 +69,7 @@ async function point(t: { equal: (a: unknown, b: unknown, m?: string) => boolean
 
 const ch = (entries: Array<[number, 'data' | 'zero']>) => new Map(entries);
 
-async function fourPoints(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<Disk> {
+async function fourPoints(t: Test): Promise<Disk> {
   const d = await newDisk(t);
   await point(t, d, ch([[3, 'data'], [4, 'data'], [10, 'zero']]));
   await point(t, d, ch([[3, 'data'], [32, 'data'], [20, 'zero']]));
@@ -77,7 +80,7 @@ async function fourPoints(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promi
   return d;
 }
 
-async function checkAfterPrune(t: Parameters<Parameters<typeof t.test>[1]>[0], d: Disk, kept: number[], gone: number[]): Promise<void> {
+async function checkAfterPrune(t: Test, d: Disk, kept: number[], gone: number[]): Promise<void> {
   t.same(await listPointSeqs(d.store, 'vm'), kept, `points now ${kept.join(', ')}`);
   for (const p of kept) await expectRestore(t, d.store, 'vm', p, d.model.fps.get(p)!, d.dir, `kept point ${p}`);
   for (const p of gone) {

@@ -5,6 +5,7 @@
 // point is pending, with resume: false, and when the disk changed between the two runs (the point must still
 // be the disk at one moment, not a mix of two).
 import t from 'tap';
+import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
@@ -14,8 +15,10 @@ import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
 import {
   KiB, MiB, chunkObjects, countingSource, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, sha256File,
-  snap, tmpDir, writeAt,
+  snap, tmpDir, writeAt, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
 
 const CHUNK = 64 * KiB;
 const SIZE = 3 * MiB; // 48 chunks
@@ -33,7 +36,7 @@ function pendingOf(storeDir: string, disk: string): { file: string; ck: any }[] 
   return listFiles(dir).map((f) => ({ file: f, ck: JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) }));
 }
 
-function setup(t: Parameters<Parameters<typeof t.test>[1]>[0]) {
+function setup(t: Test) {
   const dir = tmpDir(t, 'resume');
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, randomData(SIZE, 42));

@@ -7,8 +7,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   KiB, MiB, allocatedBytes, assertSameBytes, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap,
-  textData, tmpDir, writeAt, writeHoleImage,
+  textData, tmpDir, writeAt, writeHoleImage, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
 
 const CHUNK = 64 * KiB;
 

@@ -80,15 +80,29 @@ export function ensureBuilt(): void {
   built = true;
 }
 
+type RunOptions = { env?: Record<string, string | undefined>; cwd?: string; timeoutMs?: number };
+
 /** Runs `node dist/cli.js ...args`; never rejects for a non-zero exit. */
-export function runCli(args: string[], opts: { env?: Record<string, string | undefined>; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
+export function runCli(args: string[], opts: RunOptions = {}): Promise<CliResult> {
   ensureBuilt();
+  return runNode([CLI, ...args], opts);
+}
+
+/** Runs an ES module script in a fresh node process (import the library from DIST_INDEX). */
+export function runScript(source: string, opts: RunOptions = {}): Promise<CliResult> {
+  ensureBuilt();
+  return runNode(['--input-type=module', '-e', source], opts);
+}
+
+export const DIST_INDEX = path.join(ROOT, 'dist', 'index.js');
+
+function runNode(argv: string[], opts: RunOptions): Promise<CliResult> {
   const env = { ...process.env, ...opts.env };
   // Failpoints and coverage hooks of the test runner must not leak into children unless asked for.
   if (!opts.env || !('RNODE_FAILPOINT' in opts.env)) delete env.RNODE_FAILPOINT;
   delete env.NODE_OPTIONS;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: opts.cwd ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, argv, { cwd: opts.cwd ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));

@@ -4,16 +4,18 @@ import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Test } from 'tap';
 import { FsStore } from '../../src/store/index.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { openSource, type BlockSource } from '../../src/source/index.js';
 import { replicate, type ReplicateOptions, type ReplicateResult } from '../../src/recovery/replicate.js';
 import { recover, type RecoverResult } from '../../src/recovery/restore.js';
+import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
 
-interface Teardown { teardown(fn: () => void | Promise<void>): void }
+type Teardown = Pick<Test, 'teardown'>;
 
 /** A fresh temp dir removed when the test ends. */
 export function tmpDir(t: Teardown, tag = 'core'): string {
@@ -189,9 +191,7 @@ export function countingSource(inner: BlockSource): BlockSource & { bytes: numbe
   return c;
 }
 
-interface Asserts extends Teardown {
-  equal(found: unknown, wanted: unknown, message?: string): boolean;
-}
+type Asserts = Pick<Test, 'equal' | 'teardown'>;
 
 /** Asserts that file holds exactly the bytes fingerprinted in `want` (size and SHA-256; first diff offset on failure). */
 export function assertSameBytes(t: Asserts, file: string, want: Fingerprint, what: string, original?: string): boolean {
@@ -210,4 +210,13 @@ export async function expectRestore(t: Asserts, store: ObjectStore, disk: string
   await restore(store, disk, point, out);
   assertSameBytes(t, out, want, `${what} restores byte-exact`);
   return out;
+}
+
+/**
+ * Stops the process-wide codec worker threads when the test file ends. A worker that never got a message keeps
+ * the process alive (src/pipeline/codec-workers.ts re-refs it by adding its 'message' listener after unref();
+ * shown by test/core/cli.test.ts), which would stall a test file until tap's timeout.
+ */
+export function stopCodecWorkersAtEnd(t: Teardown): void {
+  t.teardown(() => codecWorkers().close());
 }

@@ -1,0 +1,161 @@
+// The control agent: a node under a Management Server. It registers, runs the jobs the server sends, runs the
+// policies it holds on their schedule (also while the server is away), reports what happened, and serves
+// /metrics, /healthz and /readyz. `rnode agent` is a thin wrapper around Agent.start().
+import fs from 'node:fs';
+import os from 'node:os';
+import { isRnodeError } from '../errors.js';
+import { CODEC_NAMES } from '../format/codecs.js';
+import { registeredSchemes } from '../store/index.js';
+import { serveHttp, type HttpEndpoint } from './http.js';
+import { JobRunner } from './jobs.js';
+import { ServerLink } from './link.js';
+import { Logger, type Level } from './log.js';
+import { AgentMetrics } from './metrics.js';
+import type { AgentReport, Health, JobProgress, ServerMessage } from './protocol.js';
+import { ProtoErrors } from './protocol.js';
+import { Scheduler } from './scheduler.js';
+import { StateDir } from './state.js';
+
+export interface AgentOptions {
+  /** ws:// or wss:// URL of the Management Server. */
+  server: string;
+  tokenFile: string;
+  /** PEM file of the CA that signed the server's certificate. */
+  caFile?: string;
+  nodeName?: string;
+  stateDir: string;
+  /** host:port for /metrics, /healthz, /readyz (port 0: any free port). */
+  metrics?: { host: string; port: number };
+  slots?: number;
+  /** Node-wide source bytes/s over all runs; 0: unlimited. */
+  bandwidth?: number;
+  log?: Logger;
+  logLevel?: Level;
+  backoff?: { initialMs?: number; maxMs?: number };
+  progressMs?: number;
+  tickMs?: number;
+}
+
+export const AGENT_VERSION = readVersion();
+
+function readVersion(): string {
+  try {
+    return JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+export class Agent {
+  readonly metrics: AgentMetrics;
+  private http: HttpEndpoint | undefined;
+  private readonly startedAt = Date.now();
+
+  private constructor(readonly opts: AgentOptions, readonly nodeId: string, readonly nodeName: string, readonly log: Logger,
+    readonly state: StateDir, readonly link: ServerLink, readonly runner: JobRunner, readonly scheduler: Scheduler, metrics: AgentMetrics) {
+    this.metrics = metrics;
+  }
+
+  static async start(opts: AgentOptions): Promise<Agent> {
+    if (!/^wss?:\/\//i.test(opts.server)) throw new Error(`--server must be a ws:// or wss:// URL (got ${opts.server})`);
+    const state = await StateDir.open(opts.stateDir);
+    const { nodeId } = await state.identity();
+    const nodeName = opts.nodeName ?? os.hostname();
+    const log = (opts.log ?? Logger.create({ level: opts.logLevel })).child({ nodeId, node: nodeName });
+    let scheduler: Scheduler | undefined;
+    const metrics = new AgentMetrics((g) => {
+      for (const l of scheduler?.lags() ?? []) g.set({ group: l.group, disk: l.disk }, l.lag);
+    });
+    metrics.info.set({ node_id: nodeId, name: nodeName, version: AGENT_VERSION }, 1);
+    const slots = opts.slots ?? 2;
+    const link = new ServerLink({
+      url: opts.server, tokenFile: opts.tokenFile, ca: opts.caFile ? fs.readFileSync(opts.caFile) : undefined, state, log, metrics,
+      backoff: opts.backoff,
+      hello: () => ({
+        node: { id: nodeId, name: nodeName, version: AGENT_VERSION, hostname: os.hostname(), pid: process.pid },
+        capabilities: {
+          // Registered source schemes are not listable yet (src/source/index.ts keeps them private).
+          sources: ['raw', 'file'],
+          stores: ['dir', ...registeredSchemes()],
+          codecs: Object.values(CODEC_NAMES),
+          jobs: ['replicate', 'recover', 'verify', 'prune'],
+          encryption: ['none'],
+        },
+        capacity: { slots, bandwidth: opts.bandwidth ?? 0 },
+      }),
+    });
+    const report = (r: AgentReport) => link.report(r);
+    const progress = (p: JobProgress) => { link.send({ type: 'job.progress', ...p }); };
+    const runner = new JobRunner({
+      nodeName, slots, bandwidth: opts.bandwidth ?? 0, state, log, metrics, report, progress, progressMs: opts.progressMs,
+      onPoint: (group, storeUrl, r, at) => scheduler?.recordPoint(group, storeUrl, r, at),
+    });
+    scheduler = new Scheduler({ state, runner, log, metrics, report, tickMs: opts.tickMs });
+    await scheduler.load();
+    const agent = new Agent(opts, nodeId, nodeName, log, state, link, runner, scheduler, metrics);
+    link.heartbeat = () => agent.health();
+    link.on('message', (m: ServerMessage) => { agent.onMessage(m).catch((err) => log.error('message handling failed', { err })); });
+    if (opts.metrics) {
+      agent.http = await serveHttp(opts.metrics, {
+        metrics: () => metrics.registry.render(),
+        readiness: () => agent.readiness(),
+      });
+      log.info('serving /metrics, /healthz, /readyz', { listen: `${agent.http.host}:${agent.http.port}` });
+    }
+    log.info('agent starting', { server: opts.server, stateDir: opts.stateDir, slots, policies: scheduler.list().length, version: AGENT_VERSION });
+    scheduler.start();
+    await link.start();
+    return agent;
+  }
+
+  get metricsPort(): number | undefined { return this.http?.port; }
+
+  readiness(): { ready: boolean; checks: Record<string, boolean> } {
+    const checks = { registered: this.link.wasRegistered, connected: this.link.isRegistered, stateWritable: this.state.writable() };
+    return { ready: checks.registered && checks.stateWritable, checks };
+  }
+
+  health(): Health {
+    return {
+      ready: this.readiness().ready, inFlight: this.runner.inFlight, queued: this.runner.queued, slots: this.runner.capacity,
+      load1: os.loadavg()[0], rssBytes: process.memoryUsage().rss, uptimeSeconds: (Date.now() - this.startedAt) / 1000,
+      reportsQueued: this.link.queuedReports, policies: this.scheduler.list().length, disks: this.scheduler.diskCount,
+    };
+  }
+
+  private async onMessage(m: ServerMessage): Promise<void> {
+    switch (m.type) {
+      case 'policy.update': return this.scheduler.update(m.policy);
+      case 'policy.remove': return this.scheduler.remove(m.group);
+      case 'policy.sync': return this.scheduler.sync(m.policies);
+      case 'job.start': {
+        try {
+          this.log.info('job received', { jobId: m.job.jobId, kind: m.job.kind, attempt: m.job.attempt });
+          this.runner.start(m.job).catch((err) => this.log.error('job crashed', { jobId: m.job.jobId, err }));
+        } catch (err) {
+          this.link.refuse(m.id, isRnodeError(err) ? err.code : ProtoErrors.INVALID, (err as Error).message);
+        }
+        return;
+      }
+      case 'job.cancel':
+        if (!this.runner.cancel(m.jobId)) this.link.refuse(m.id, ProtoErrors.UNKNOWN_JOB, `job ${m.jobId} is not running on this node`);
+        else this.log.info('job cancel requested', { jobId: m.jobId });
+        return;
+      case 'error':
+        this.metrics.protocolErrors.inc({ direction: 'out', code: m.code });
+        this.log.warn('the server refused a message of this node', { code: m.code, message: m.message, replyTo: m.replyTo });
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Stops scheduling, cancels running jobs (nothing half-committed), says goodbye, closes the endpoints. */
+  async stop(): Promise<void> {
+    this.scheduler.stop();
+    await this.runner.cancelAll();
+    await this.link.stop();
+    await this.http?.close();
+    this.log.info('agent stopped');
+  }
+}

@@ -1,0 +1,50 @@
+// The node's local HTTP endpoints: /metrics (Prometheus text), /healthz (the process answers) and /readyz
+// (registered with the server at least once, and the state directory is writable).
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { PROMETHEUS_CONTENT_TYPE } from '../metrics/registry.js';
+
+export interface HttpHandlers {
+  metrics(): string;
+  readiness(): { ready: boolean; checks: Record<string, boolean> };
+}
+
+export interface HttpEndpoint { server: http.Server; host: string; port: number; close(): Promise<void> }
+
+/** Parses "host:port", "[v6]:port" or ":port". */
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new Error(`"${text}" is not host:port`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+export async function serveHttp(listen: { host: string; port: number }, h: HttpHandlers): Promise<HttpEndpoint> {
+  const server = http.createServer((req, res) => {
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      return;
+    }
+    if (url === '/metrics') {
+      res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE }).end(h.metrics());
+    } else if (url === '/healthz') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}\n');
+    } else if (url === '/readyz') {
+      const r = h.readiness();
+      res.writeHead(r.ready ? 200 : 503, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ status: r.ready ? 'ready' : 'not ready', checks: r.checks }) + '\n');
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /readyz\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listen.port, listen.host, () => { server.off('error', reject); resolve(); });
+  });
+  const addr = server.address() as AddressInfo;
+  return {
+    server, host: addr.address, port: addr.port,
+    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}

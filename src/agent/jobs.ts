@@ -1,0 +1,341 @@
+// Runs jobs (from the server or the scheduler) on the library: a fixed number of slots, one run per disk at a
+// time on this node (the store lease keeps it to one across nodes), cancellation, progress, metrics and the
+// reports that say how each job ended.
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { codecByName } from '../format/codecs.js';
+import { prune } from '../recovery/prune.js';
+import { replicate, type ReplicateProgress, type ReplicateResult } from '../recovery/replicate.js';
+import { recover } from '../recovery/restore.js';
+import { verify } from '../recovery/verify.js';
+import { openSource } from '../source/index.js';
+import { openStore, type WrappedStore } from '../store/index.js';
+import type { Logger } from './log.js';
+import type { AgentMetrics } from './metrics.js';
+import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef } from './protocol.js';
+import { storeEnv } from './secrets.js';
+import type { StateDir } from './state.js';
+import { abortableSleep, cancelled, pacedSource, TokenBucket } from './throttle.js';
+
+export interface JobContext {
+  scheduled?: boolean;
+  group?: string;
+  /** Scheduled replicate runs prune to this many points after committing. */
+  retentionKeep?: number;
+}
+
+export interface RunnerOptions {
+  nodeName: string;
+  slots: number;
+  /** Node-wide bytes/s over all runs; 0: unlimited. */
+  bandwidth: number;
+  state: StateDir;
+  log: Logger;
+  metrics: AgentMetrics;
+  report: (r: AgentReport) => void;
+  progress: (p: JobProgress) => void;
+  progressMs?: number;
+  /** Called after every committed point (the scheduler records it). */
+  onPoint?: (group: string | undefined, storeUrl: string, result: ReplicateResult, startedAt: Date) => void;
+}
+
+interface Running { job: Job; controller: AbortController; ctx: JobContext }
+
+/** FIFO slots; waiting is abortable. */
+class Slots {
+  private used = 0;
+  private readonly waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  constructor(readonly size: number) {}
+  get inUse(): number { return this.used; }
+  get waiting(): number { return this.waiters.length; }
+  async acquire(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) throw cancelled();
+    if (this.used < this.size) { this.used++; return; }
+    await new Promise<void>((resolve, reject) => {
+      const w = { resolve: () => { signal.removeEventListener('abort', onAbort); resolve(); }, reject };
+      const onAbort = () => { this.waiters.splice(this.waiters.indexOf(w), 1); reject(cancelled()); };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(w);
+    });
+  }
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next.resolve(); // the slot passes straight to the next waiter
+    else this.used--;
+  }
+}
+
+/** One run per disk on this node: a per-key chain of holders. */
+export class DiskLocks {
+  private readonly held = new Map<string, Promise<void>>();
+  isBusy(key: string): boolean { return this.held.has(key); }
+  async acquire(key: string, signal: AbortSignal): Promise<() => void> {
+    for (;;) {
+      const cur = this.held.get(key);
+      if (!cur) break;
+      await Promise.race([cur, new Promise((_, reject) => {
+        if (signal.aborted) reject(cancelled());
+        signal.addEventListener('abort', () => reject(cancelled()), { once: true });
+      })]);
+    }
+    let release!: () => void;
+    this.held.set(key, new Promise<void>((r) => { release = r; }));
+    return () => { this.held.delete(key); release(); };
+  }
+}
+
+export const diskKey = (store: StoreDef, disk: string) => `${store.url}#${disk}`;
+
+export class JobRunner {
+  private readonly slots: Slots;
+  readonly locks = new DiskLocks();
+  private readonly running = new Map<string, Running>();
+  private readonly nodeBucket: TokenBucket | undefined;
+
+  constructor(private readonly o: RunnerOptions) {
+    this.slots = new Slots(o.slots);
+    this.nodeBucket = o.bandwidth > 0 ? new TokenBucket(o.bandwidth) : undefined;
+  }
+
+  get inFlight(): number { return this.slots.inUse; }
+  get queued(): number { return this.running.size - this.slots.inUse < 0 ? 0 : this.running.size - this.slots.inUse; }
+  get capacity(): number { return this.slots.size; }
+  has(jobId: string): boolean { return this.running.has(jobId); }
+  jobIds(): string[] { return [...this.running.keys()]; }
+
+  /** Starts a job in the background; job.accepted now, job.completed/failed at the end. */
+  start(job: Job, ctx: JobContext = {}): Promise<void> {
+    if (this.running.has(job.jobId)) {
+      throw new RnodeError(ProtoErrors.DUPLICATE_JOB, `job ${job.jobId} is already running on this node`);
+    }
+    const controller = new AbortController();
+    this.running.set(job.jobId, { job, controller, ctx });
+    this.updateGauges();
+    const disks = job.kind === 'replicate' ? job.disks.map((d) => d.disk) : [job.disk];
+    this.o.report({ type: 'job.accepted', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), disks });
+    return this.execute(job, ctx, controller.signal).finally(() => {
+      this.running.delete(job.jobId);
+      this.updateGauges();
+    });
+  }
+
+  cancel(jobId: string): boolean {
+    const r = this.running.get(jobId);
+    if (!r) return false;
+    r.controller.abort(cancelled());
+    return true;
+  }
+
+  /** Cancels everything and waits for the runs to stop (shutdown). */
+  async cancelAll(): Promise<void> {
+    for (const r of this.running.values()) r.controller.abort(cancelled());
+    while (this.running.size > 0) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  private updateGauges(): void {
+    this.o.metrics.jobsInFlight.set({}, this.slots.inUse);
+    this.o.metrics.jobsQueued.set({}, Math.max(0, this.running.size - this.slots.inUse));
+  }
+
+  private async execute(job: Job, ctx: JobContext, signal: AbortSignal): Promise<void> {
+    const log = this.o.log.child({ jobId: job.jobId, kind: job.kind, ...(ctx.group ? { group: ctx.group } : {}) });
+    const started = performance.now();
+    const results: DiskResult[] = [];
+    let failure: { err: unknown; disk?: string } | undefined;
+    try {
+      if (job.kind === 'replicate') checkEncryption(job);
+      const units: { disk: string; run: () => Promise<DiskResult> }[] = job.kind === 'replicate'
+        ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk })) }))
+        : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk })) }];
+      // The disks of a VM run one after another, each under its disk lock and in a slot of its own.
+      for (const u of units) {
+        if (signal.aborted) { failure ??= { err: cancelled(), disk: u.disk }; break; }
+        try {
+          results.push(await this.locked(job, u.disk, signal, u.run));
+        } catch (err) {
+          failure ??= { err, disk: u.disk };
+          if (isRnodeError(err, ErrorCodes.CANCELLED)) break;
+          log.warn('disk failed; continuing with the other disks of the job', { disk: u.disk, err });
+        }
+      }
+    } catch (err) {
+      failure = { err };
+    }
+    const seconds = (performance.now() - started) / 1000;
+    this.o.metrics.jobDuration.observe({ kind: job.kind }, seconds);
+    if (!failure) {
+      this.o.metrics.jobs.inc({ kind: job.kind, result: 'completed' });
+      log.info('job completed', { seconds: round(seconds), results });
+      this.o.report({ type: 'job.completed', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), seconds, results });
+      return;
+    }
+    const err = failure.err;
+    const code = isRnodeError(err) ? err.code : ErrorCodes.INTERNAL;
+    const isCancel = code === ErrorCodes.CANCELLED;
+    const message = err instanceof Error ? err.message : String(err);
+    this.o.metrics.jobs.inc({ kind: job.kind, result: isCancel ? 'cancelled' : 'failed' });
+    this.o.metrics.errors.inc({ code });
+    log[isCancel ? 'info' : 'error'](isCancel ? 'job cancelled' : 'job failed', { code, err: message, disk: failure.disk });
+    this.o.report({
+      type: 'job.failed', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx),
+      ...(failure.disk ? { disk: failure.disk } : {}), code, message: message.slice(0, 4000) || code, cancelled: isCancel,
+      retryable: isRnodeError(err) ? err.retryable : false, ...(results.length ? { results } : {}),
+    });
+  }
+
+  /** Disk lock, then a slot: a job waiting for its disk does not hold a slot others could use. */
+  private async locked<T>(job: Job, disk: string, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+    const key = diskKey(job.store, disk);
+    if (this.locks.isBusy(key) || this.slots.inUse >= this.slots.size) this.o.progress({ jobId: job.jobId, disk, phase: 'queued' });
+    const unlock = await this.locks.acquire(key, signal);
+    try {
+      await this.slots.acquire(signal);
+      this.updateGauges();
+      try {
+        return await fn();
+      } finally {
+        this.slots.release();
+        this.updateGauges();
+      }
+    } finally {
+      unlock();
+    }
+  }
+
+  private async openStore(def: StoreDef, log: Logger): Promise<WrappedStore> {
+    return openStore(def.url, { env: await storeEnv(def, this.o.state, log) });
+  }
+
+  private async replicateDisk(job: ReplicateJob, ds: DiskSource, ctx: JobContext, signal: AbortSignal, log: Logger): Promise<DiskResult> {
+    const startedAt = new Date();
+    const store = await this.openStore(job.store, log);
+    const m = this.o.metrics;
+    const labels = { disk: ds.disk };
+    let sentBase = 0;
+    const sent = () => { const b = store.metrics().ops.put.bytes; m.bytesSent.inc({}, b - sentBase); sentBase = b; };
+    try {
+      const raw = await openSource(ds.source.location, ds.source.options ?? {});
+      try {
+        const buckets = [...(job.bandwidth ? [new TokenBucket(job.bandwidth)] : []), ...(this.nodeBucket ? [this.nodeBucket] : [])];
+        const source = pacedSource(raw, buckets, signal);
+        const ttlMs = (job.leaseTtlSeconds ?? 60) * 1000;
+        const t0 = performance.now();
+        let last = { bytesRead: 0, bytesWritten: 0 };
+        let lastSent = 0;
+        let firstPosition: number | undefined;
+        const onProgress = (p: ReplicateProgress) => {
+          m.bytesRead.inc({}, Math.max(0, p.bytesRead - last.bytesRead));
+          last = { bytesRead: p.bytesRead, bytesWritten: p.bytesWritten };
+          firstPosition ??= p.position;
+          const now = performance.now();
+          if (now - lastSent < (this.o.progressMs ?? 1000) && p.phase === 'scan') return;
+          lastSent = now;
+          sent();
+          const elapsed = (now - t0) / 1000;
+          const rate = elapsed > 0 ? (p.position - firstPosition) / elapsed : 0;
+          this.o.progress({
+            jobId: job.jobId, disk: ds.disk, phase: p.phase, bytesRead: p.bytesRead, bytesWritten: p.bytesWritten,
+            diskSize: p.diskSize, position: p.position, rate: round(rate),
+            etaSeconds: rate > 0 ? round((p.diskSize - p.position) / rate) : null,
+          });
+        };
+        // Another writer (a node that died, whose lease has not expired yet) holds the disk: wait for it,
+        // abortably, up to a few lease lifetimes.
+        const deadline = Date.now() + 3 * ttlMs + 5000;
+        let r: ReplicateResult;
+        let leaseRetries = 2;
+        for (;;) {
+          try {
+            r = await replicate({
+              store, source, disk: ds.disk, chunkSize: job.chunkSize, concurrency: job.concurrency, signal, onProgress,
+              codec: job.compression ? codecByName(job.compression) : undefined, forceFull: job.forceFull,
+              checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
+              lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },
+            });
+            break;
+          } catch (err) {
+            // LEASE_LOST: renewals of src/recovery/lease.ts can race each other under load and drop a lease
+            // nobody else took. Trying again is safe: the lease is re-acquired through conditional puts (a real
+            // new holder shows up as LEASE_HELD) and the point continues from its checkpoint.
+            if (isRnodeError(err, ErrorCodes.LEASE_LOST) && leaseRetries-- > 0 && !signal.aborted) {
+              log.warn('lost the disk lease mid-run; acquiring it again and continuing from the checkpoint', { err: err.message });
+              continue;
+            }
+            if (!isRnodeError(err, ErrorCodes.LEASE_HELD) || Date.now() > deadline) throw err;
+            this.o.progress({ jobId: job.jobId, disk: ds.disk, phase: 'lease' });
+            log.info('disk is leased by another writer; waiting', { holder: err.details.holder, expiresAt: err.details.expiresAt });
+            await abortableSleep(Math.min(1000, ttlMs / 4), signal);
+          }
+        }
+        m.bytesRead.inc({}, Math.max(0, r.bytesRead - last.bytesRead));
+        sent();
+        m.bytesStored.inc({}, r.bytesWritten);
+        m.chunksStored.inc({}, r.chunksChanged);
+        m.chunksZero.inc({}, r.chunksZero);
+        if (r.bytesWritten > 0) m.compressionRatio.set(labels, round(Math.min(r.chunksChanged * r.chunkSize, r.diskSize) / r.bytesWritten));
+        m.throughput.set(labels, round(r.diskSize / Math.max(r.seconds, 1e-6)));
+        const point = await pointMarker(store, ds.disk, r.point);
+        log.info('point committed', { point: r.point, parent: r.parent, resumed: r.resumed, bytesRead: r.bytesRead, bytesWritten: r.bytesWritten, seconds: round(r.seconds) });
+        this.o.onPoint?.(ctx.group, job.store.url, r, startedAt);
+        const result: DiskResult = {
+          disk: ds.disk, point: r.point, parent: r.parent, full: r.full, resumed: r.resumed, marker: point,
+          diskSize: r.diskSize, bytesRead: r.bytesRead, sourceBytesRead: source.bytesRead, bytesWritten: r.bytesWritten, chunksChanged: r.chunksChanged,
+          chunksZero: r.chunksZero, seconds: round(r.seconds),
+        };
+        if (ctx.retentionKeep) {
+          const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs } });
+          if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
+          result.deleted = pr.deleted;
+        }
+        return result;
+      } finally {
+        await raw.close();
+      }
+    } finally {
+      await store.close();
+    }
+  }
+
+  private async otherJob(job: Exclude<Job, ReplicateJob>, signal: AbortSignal, log: Logger): Promise<DiskResult> {
+    if (signal.aborted) throw cancelled();
+    const store = await this.openStore(job.store, log);
+    try {
+      this.o.progress({ jobId: job.jobId, disk: job.disk, phase: job.kind });
+      switch (job.kind) {
+        case 'recover': {
+          const r = await recover({ store, disk: job.disk, point: job.point, out: job.out });
+          return { disk: job.disk, point: r.point, diskSize: r.diskSize, bytesWritten: r.bytesWritten, seconds: round(r.seconds), out: r.out };
+        }
+        case 'verify': {
+          const r = await verify({ store, disk: job.disk, point: job.point });
+          if (!r.ok) {
+            throw new RnodeError(r.problems[0].code, `verify found ${r.problems.length} problem(s); first: ${r.problems[0].message}`);
+          }
+          return { disk: job.disk, ok: r.ok, problems: r.problems.length, seconds: round(r.seconds) };
+        }
+        case 'prune': {
+          const r = await prune({ store, disk: job.disk, keep: job.keep, lease: { holder: this.o.nodeName, ttlMs: 60_000, waitMs: 60_000 } });
+          return { disk: job.disk, kept: r.kept, deleted: r.deleted, seconds: round(r.seconds) };
+        }
+      }
+    } finally {
+      await store.close();
+    }
+  }
+}
+
+function checkEncryption(job: ReplicateJob): void {
+  if (job.encryption && job.encryption.mode !== 'none') {
+    throw new RnodeError(ProtoErrors.UNSUPPORTED,
+      `this node cannot encrypt (${job.encryption.mode}) yet; it advertises encryption: ["none"] in its hello`);
+  }
+}
+
+async function pointMarker(store: WrappedStore, disk: string, point: number): Promise<string | null> {
+  const { loadPoint } = await import('../recovery/points.js');
+  const m = await loadPoint(store, disk, point).catch(() => undefined);
+  return m?.source.marker ?? null;
+}
+
+const attemptOf = (job: Job) => (job.attempt ? { attempt: job.attempt } : {});
+const ctxFields = (ctx: JobContext) => ({ ...(ctx.scheduled !== undefined ? { scheduled: ctx.scheduled } : {}), ...(ctx.group ? { group: ctx.group } : {}) });
+const round = (n: number) => Math.round(n * 1000) / 1000;

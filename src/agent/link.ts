@@ -1,0 +1,230 @@
+// The node's one connection to its Management Server: dialled outbound (works through NAT), hello with the
+// token, heartbeats, reconnect with capped exponential backoff and jitter. Reports go through a persisted
+// outbox with sequence numbers: they survive disconnects and restarts, and are dropped only once acknowledged.
+import fs from 'node:fs';
+import { EventEmitter } from 'node:events';
+import WebSocket from 'ws';
+import type { Logger } from './log.js';
+import type { AgentMetrics } from './metrics.js';
+import {
+  agentMessages, checkOutgoing, decode, messageId, PROTOCOL_VERSION, ProtoErrors, serverMessages, SUBPROTOCOL,
+  CloseCodes, type AgentReport, type Hello, type ServerMessage,
+} from './protocol.js';
+import type { StateDir, StoredReport } from './state.js';
+
+export interface LinkOptions {
+  url: string;
+  tokenFile: string;
+  /** PEM CA bundle for wss:// servers with a private CA. */
+  ca?: Buffer;
+  state: StateDir;
+  log: Logger;
+  metrics: AgentMetrics;
+  hello: () => Omit<Hello, 'token' | 'protocols' | 'lastSeq'>;
+  backoff?: { initialMs?: number; maxMs?: number };
+  /** Drop the oldest reports beyond this many (a server gone for weeks must not fill the disk). */
+  maxQueued?: number;
+}
+
+export class ServerLink extends EventEmitter {
+  private ws: WebSocket | undefined;
+  private registered = false;
+  private everRegistered = false;
+  private stopped = false;
+  private attempt = 0;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private outbox: { nextSeq: number; reports: StoredReport[] } = { nextSeq: 1, reports: [] };
+  private saving: Promise<void> = Promise.resolve();
+  private missedPongs = 0;
+  heartbeat: () => object = () => ({});
+
+  constructor(private readonly o: LinkOptions) {
+    super();
+  }
+
+  get isRegistered(): boolean { return this.registered; }
+  get wasRegistered(): boolean { return this.everRegistered; }
+  get queuedReports(): number { return this.outbox.reports.length; }
+
+  async start(): Promise<void> {
+    this.outbox = await this.o.state.loadOutbox();
+    this.o.metrics.reportsQueued.set({}, this.outbox.reports.length);
+    this.connect();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.heartbeatTimer);
+    const ws = this.ws;
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.close(1000, 'node shutting down');
+      await new Promise((r) => { ws.once('close', r); setTimeout(r, 1000).unref(); });
+    }
+    ws?.terminate();
+    await this.saving;
+  }
+
+  /** Queues a report (persisted) and sends it now when connected. */
+  report(r: AgentReport): void {
+    const msg = { v: PROTOCOL_VERSION, id: messageId('r'), seq: this.outbox.nextSeq++, at: new Date().toISOString(), ...r };
+    if (!this.conforms(msg)) return;
+    this.outbox.reports.push({ seq: msg.seq, msg });
+    const max = this.o.maxQueued ?? 10_000;
+    if (this.outbox.reports.length > max) {
+      const dropped = this.outbox.reports.splice(0, this.outbox.reports.length - max);
+      this.o.log.warn('report queue full; dropped the oldest reports', { dropped: dropped.length });
+    }
+    this.persist();
+    if (this.registered) this.sendRaw(msg);
+  }
+
+  /** Sends a best-effort message (progress, heartbeat, error) if registered; dropped otherwise. */
+  send(msg: Record<string, unknown>): boolean {
+    if (!this.registered) return false;
+    const full = { v: PROTOCOL_VERSION, id: messageId(), ...msg };
+    return this.conforms(full) && this.sendRaw(full);
+  }
+
+  /** Our own messages are checked too; one that does not conform is a bug, logged, never sent (nor fatal). */
+  private conforms(msg: Record<string, unknown>): boolean {
+    try {
+      checkOutgoing(msg, agentMessages);
+      return true;
+    } catch (err) {
+      this.o.log.error('bug: an outgoing message does not match the protocol; not sent', { type: msg.type, err: (err as Error).message });
+      return false;
+    }
+  }
+
+  private sendRaw(msg: Record<string, unknown>): boolean {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  private persist(): void {
+    const snapshot = { nextSeq: this.outbox.nextSeq, reports: [...this.outbox.reports] };
+    this.o.metrics.reportsQueued.set({}, snapshot.reports.length);
+    this.saving = this.saving.then(() => this.o.state.saveOutbox(snapshot)).catch((err) => this.o.log.error('could not persist the report queue', { err }));
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    let token: string;
+    try {
+      token = fs.readFileSync(this.o.tokenFile, 'utf8').trim();
+      if (!token) throw new Error('the file is empty');
+    } catch (err) {
+      // Re-read on every attempt: an operator may fix the file without restarting the node.
+      this.o.log.error('cannot read the token file; will retry', { tokenFile: this.o.tokenFile, err: (err as Error).message });
+      this.scheduleReconnect();
+      return;
+    }
+    this.o.log.addSecret(token);
+    const ws = new WebSocket(this.o.url, SUBPROTOCOL, { ca: this.o.ca, handshakeTimeout: 10_000, maxPayload: 16 * 1024 * 1024 });
+    this.ws = ws;
+    let welcomeTimer: NodeJS.Timeout | undefined;
+    ws.on('open', () => {
+      this.missedPongs = 0;
+      const hello = { v: PROTOCOL_VERSION, type: 'hello', id: messageId('h'), token, protocols: [PROTOCOL_VERSION], lastSeq: this.outbox.nextSeq - 1, ...this.o.hello() };
+      checkOutgoing(hello, agentMessages);
+      ws.send(JSON.stringify(hello));
+      welcomeTimer = setTimeout(() => {
+        this.o.log.warn('no welcome from the server within 10 s; reconnecting');
+        ws.terminate();
+      }, 10_000);
+    });
+    ws.on('pong', () => { this.missedPongs = 0; });
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) { this.refuse(undefined, ProtoErrors.INVALID, 'binary frames are not part of the control protocol'); return; }
+      const d = decode<ServerMessage>(data.toString(), serverMessages);
+      if (!d.ok) { this.refuse(d.replyTo, d.code, d.message); return; }
+      const msg = d.msg;
+      if (!this.registered) {
+        if (msg.type === 'error') { this.o.log.error('server refused the node', { code: msg.code, message: msg.message }); return; }
+        if (msg.type !== 'welcome') { this.refuse(msg.id, ProtoErrors.INVALID, `expected welcome before ${msg.type}`); return; }
+        clearTimeout(welcomeTimer);
+        this.onWelcome(msg as Extract<ServerMessage, { type: 'welcome' }>);
+        return;
+      }
+      if (msg.type === 'ack') { this.onAck(msg.seq); return; }
+      if (msg.type === 'welcome') { this.refuse(msg.id, ProtoErrors.INVALID, 'welcome was already received on this connection'); return; }
+      this.emit('message', msg);
+    });
+    ws.on('close', (code, reason) => {
+      clearTimeout(welcomeTimer);
+      clearInterval(this.heartbeatTimer);
+      const was = this.registered;
+      this.registered = false;
+      this.o.metrics.connected.set({}, 0);
+      if (this.ws === ws) this.ws = undefined;
+      const why = reason.toString();
+      if (code === CloseCodes.AUTH) this.o.log.error('the server refused the token; fix the token file (it is re-read on every attempt)', { code });
+      else if (code === CloseCodes.VERSION) this.o.log.error('the server does not speak this node\'s protocol version', { code, reason: why });
+      else this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', { code, reason: why });
+      if (was) this.emit('disconnected');
+      this.scheduleReconnect();
+    });
+    ws.on('error', (err) => {
+      this.o.log.debug('connection error', { err: err.message });
+    });
+  }
+
+  private onWelcome(w: Extract<ServerMessage, { type: 'welcome' }>): void {
+    this.registered = true;
+    this.everRegistered = true;
+    this.attempt = 0;
+    this.o.metrics.connected.set({}, 1);
+    this.o.log.info('registered with the server', { heartbeatMs: w.heartbeatMs, ackedSeq: w.ackedSeq, queued: this.outbox.reports.length });
+    this.onAck(w.ackedSeq);
+    // What the server does not have yet, in order; it acks as it stores them.
+    for (const r of this.outbox.reports) this.sendRaw(r.msg);
+    this.heartbeatTimer = setInterval(() => this.beat(), w.heartbeatMs);
+    this.beat();
+    this.emit('registered');
+  }
+
+  private beat(): void {
+    const ws = this.ws;
+    if (!ws || !this.registered) return;
+    // A half-open connection shows as pings without pongs: give up on it after three.
+    if (++this.missedPongs > 3) {
+      this.o.log.warn('the server stopped answering pings; reconnecting');
+      ws.terminate();
+      return;
+    }
+    ws.ping();
+    this.send({ type: 'heartbeat', health: this.heartbeat() });
+  }
+
+  private onAck(seq: number): void {
+    const before = this.outbox.reports.length;
+    this.outbox.reports = this.outbox.reports.filter((r) => r.seq > seq);
+    if (this.outbox.reports.length !== before) this.persist();
+  }
+
+  /** Answers a message we cannot take with an error, and carries on. */
+  refuse(replyTo: string | undefined, code: string, message: string): void {
+    this.o.metrics.protocolErrors.inc({ direction: 'in', code });
+    this.o.metrics.errors.inc({ code });
+    this.o.log.warn('refused a message from the server', { code, message, replyTo });
+    const msg = { v: PROTOCOL_VERSION, type: 'error', id: messageId('e'), code, message: message.slice(0, 4000), ...(replyTo ? { replyTo } : {}) };
+    this.sendRaw(msg);
+  }
+
+  private scheduleReconnect(): void {
+    if (this.stopped) return;
+    const initial = this.o.backoff?.initialMs ?? 500;
+    const max = this.o.backoff?.maxMs ?? 30_000;
+    const ceiling = Math.min(max, initial * 2 ** Math.min(this.attempt, 20));
+    // Equal jitter: at least half the ceiling, so a fleet restarting together spreads out but never hammers.
+    const delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
+    this.attempt++;
+    this.o.metrics.reconnects.inc();
+    this.o.log.debug('reconnecting', { inMs: delay, attempt: this.attempt });
+    this.reconnectTimer = setTimeout(() => this.connect(), delay);
+  }
+}

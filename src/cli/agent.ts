@@ -1,0 +1,88 @@
+// `rnode agent`: run this node under a Management Server until SIGINT/SIGTERM. Parses and checks flags, then
+// hands over to src/agent. The token is only ever read from a file.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Agent } from '../agent/agent.js';
+import { parseListen } from '../agent/http.js';
+import type { Level } from '../agent/log.js';
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { parseSize } from '../pipeline/grid.js';
+import { required, str } from './args.js';
+import type { Command } from './commands.js';
+
+function defaultStateDir(): string {
+  const base = process.env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state');
+  return path.join(base, 'rnode-agent');
+}
+
+function usage(message: string): RnodeError {
+  return new RnodeError(ErrorCodes.USAGE, message);
+}
+
+export const agentCommand: Command = {
+  summary: 'run this node under a Management Server (registers, runs jobs and schedules, serves /metrics)',
+  usage: 'rnode agent --server ws[s]://<host>:<port> --token-file <f> [--ca <f>] [--node-name <n>] [--state-dir <d>] ' +
+    '[--metrics <host:port>] [--slots <n>] [--bandwidth <bytes/s>] [--log-level debug|info|warn|error] [--reconnect-max-ms <ms>]',
+  options: {
+    server: { type: 'string' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'node-name': { type: 'string' },
+    'state-dir': { type: 'string' }, metrics: { type: 'string' }, slots: { type: 'string' }, bandwidth: { type: 'string' },
+    'log-level': { type: 'string' }, 'reconnect-max-ms': { type: 'string' },
+  },
+  async run(v) {
+    required(v, 'agent', 'server', 'token-file');
+    const server = str(v, 'server')!;
+    if (!/^wss?:\/\/[^/]+/i.test(server)) throw usage(`--server must be ws://host:port or wss://host:port (got "${server}")`);
+    const tokenFile = str(v, 'token-file')!;
+    if (!fs.existsSync(tokenFile)) throw usage(`--token-file ${tokenFile} does not exist; put the node's token in it (one line)`);
+    const ca = str(v, 'ca');
+    if (ca !== undefined && !fs.existsSync(ca)) throw usage(`--ca ${ca} does not exist; pass the PEM file of the CA that signed the server's certificate`);
+    let metrics: { host: string; port: number } | undefined;
+    if (v.metrics !== undefined) {
+      try {
+        metrics = parseListen(str(v, 'metrics')!);
+      } catch {
+        throw usage(`--metrics must be host:port, e.g. 0.0.0.0:9464 (got "${str(v, 'metrics')}")`);
+      }
+    }
+    const slots = v.slots !== undefined ? wholeNumber(str(v, 'slots')!, 'slots', 1) : undefined;
+    const bandwidth = v.bandwidth !== undefined ? bytesPerSecond(str(v, 'bandwidth')!) : undefined;
+    const level = str(v, 'log-level') ?? 'info';
+    if (!['debug', 'info', 'warn', 'error'].includes(level)) throw usage(`--log-level must be debug, info, warn or error (got "${level}")`);
+    const maxMs = v['reconnect-max-ms'] !== undefined ? wholeNumber(str(v, 'reconnect-max-ms')!, 'reconnect-max-ms', 100) : undefined;
+
+    const agent = await Agent.start({
+      server, tokenFile, caFile: ca, nodeName: str(v, 'node-name'), stateDir: str(v, 'state-dir') ?? defaultStateDir(),
+      metrics, slots, bandwidth, logLevel: level as Level, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
+    });
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string) => {
+        agent.log.info('signal received; stopping', { signal: sig });
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
+        agent.stop().then(resolve, resolve);
+      };
+      const onInt = () => stop('SIGINT');
+      const onTerm = () => stop('SIGTERM');
+      process.on('SIGINT', onInt);
+      process.on('SIGTERM', onTerm);
+    });
+    return 0;
+  },
+};
+
+function wholeNumber(text: string, flag: string, min: number): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < min) throw usage(`--${flag} must be a whole number of at least ${min} (got "${text}")`);
+  return n;
+}
+
+function bytesPerSecond(text: string): number {
+  try {
+    const n = parseSize(text.replace(/\/s$/, ''));
+    if (n === undefined || n < 0) throw new Error();
+    return n;
+  } catch {
+    throw usage(`--bandwidth must be bytes per second, e.g. 100MiB or 0 for unlimited (got "${text}")`);
+  }
+}

@@ -1,0 +1,115 @@
+// `rnode serve`: the receiving node, and the flags every command shares for ws:// and wss:// stores
+// (--token-file, --ca, --pin-sha256, --bandwidth), which reach the RemoteStore through the store environment.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { openStore } from '../store/index.js';
+import {
+  certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, RemoteEnv, ReplicationServer,
+} from '../transport/index.js';
+import { required, str, type Options } from './args.js';
+import type { Command, Io } from './commands.js';
+
+/** Flags of commands that take a store, for ws:// and wss:// locations. */
+export const REMOTE_OPTIONS: Options = {
+  'token-file': { type: 'string' }, ca: { type: 'string' }, 'pin-sha256': { type: 'string' },
+};
+
+export const REMOTE_USAGE = '[--token-file <f>] [--ca <f> | --pin-sha256 <fingerprint>]';
+
+export function isRemoteLocation(location: string): boolean {
+  return /^wss?:\/\//i.test(location);
+}
+
+/** The environment openStore hands the ws(s):// factory: file paths and settings, never the token. */
+export function remoteEnv(v: Record<string, string | boolean | undefined>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  const set = (name: string, flag: string) => { const x = str(v, flag); if (x !== undefined) env[name] = x; };
+  set(RemoteEnv.TOKEN_FILE, 'token-file');
+  set(RemoteEnv.CA_FILE, 'ca');
+  set(RemoteEnv.PIN_SHA256, 'pin-sha256');
+  set(RemoteEnv.BANDWIDTH, 'bandwidth');
+  if (env[RemoteEnv.CA_FILE] && env[RemoteEnv.PIN_SHA256] && v.ca !== undefined && v['pin-sha256'] !== undefined) {
+    throw new RnodeError(ErrorCodes.USAGE, 'pass either --ca or --pin-sha256, not both');
+  }
+  return env;
+}
+
+/** Checkpoints of points written to a remote node: frequent, so a restarted sender re-sends little. */
+export const REMOTE_CHECKPOINT = { checkpointRecords: 64, checkpointMillis: 2000 } as const;
+
+function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new RnodeError(ErrorCodes.USAGE, `--listen must be host:port, e.g. 0.0.0.0:7070 or 127.0.0.1:0 (got "${text}")`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+function positive(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1) throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a whole number of at least 1 (got "${text}")`);
+  return n;
+}
+
+export const serveCmd: Command = {
+  summary: 'run the receiving node: accept points from peers and serve recovery reads',
+  usage: 'rnode serve --listen <host:port> --store <store> [--token-file <f>] [--tls-cert <f> --tls-key <f>] [--max-sessions <n>] [--bandwidth <bytes/s>] [--window <bytes>] [--json]',
+  options: {
+    listen: { type: 'string' }, store: { type: 'string' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' }, 'max-sessions': { type: 'string' }, bandwidth: { type: 'string' }, window: { type: 'string' },
+  },
+  async run(v, io) {
+    required(v, 'serve', 'listen', 'store');
+    const { host, port } = parseListen(str(v, 'listen')!);
+    if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) {
+      throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
+    }
+    const tls = v['tls-cert'] !== undefined
+      ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') } : undefined;
+    const token = v['token-file'] !== undefined ? readTokenFile(str(v, 'token-file')!) : undefined;
+    const bandwidth = v.bandwidth !== undefined ? parseBandwidth(str(v, 'bandwidth')!) : undefined;
+    const windowText = str(v, 'window');
+    const windowBytes = windowText !== undefined ? parseBandwidth(windowText, '--window') : undefined;
+    const maxSessions = positive(str(v, 'max-sessions'), 'max-sessions');
+    const json = v.json === true;
+    const store = await openStore(str(v, 'store')!);
+    const log = (event: string, fields: Record<string, unknown> = {}) => logLine(io, json, event, fields);
+    let server: ReplicationServer;
+    try {
+      server = await ReplicationServer.start({ store, host, port, token, tls, maxSessions, bandwidth, windowBytes, log });
+    } catch (err) {
+      await store.close();
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
+        throw new RnodeError(ErrorCodes.USAGE, `cannot listen on ${host}:${port} (${e.code}); pick another --listen address or port`);
+      }
+      if (tls && /key|cert|pem|asn1/i.test(e.message ?? '')) {
+        throw new RnodeError('RNODE_TRANSPORT_TLS', `cannot use the TLS certificate/key: ${e.message}; pass a PEM certificate and its private key`);
+      }
+      throw err;
+    }
+    const info = {
+      listening: server.url, store: store.location, tls: !!tls, auth: token !== undefined,
+      ...(tls ? { fingerprint: certificateFingerprint(tls.cert) } : {}),
+    };
+    if (json) io.out(JSON.stringify(info));
+    else {
+      io.out(`listening on ${info.listening}, storing into ${info.store}${token ? ', token required' : ', NO token required'}`);
+      if (info.fingerprint) io.out(`  certificate SHA-256 ${info.fingerprint} (clients: --pin-sha256 ${info.fingerprint})`);
+    }
+    await new Promise<void>((resolve) => {
+      const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+    log('stopping', { sessions: server.stats.sessions });
+    await server.close();
+    await store.close();
+    return 0;
+  },
+};
+
+function logLine(io: Io, json: boolean, event: string, fields: Record<string, unknown>): void {
+  const at = new Date().toISOString();
+  if (json) io.err(JSON.stringify({ at, event, ...fields }));
+  else io.err(`${at} ${event}${Object.entries(fields).filter(([, x]) => x !== undefined).map(([k, x]) => ` ${k}=${typeof x === 'string' ? x : JSON.stringify(x)}`).join('')}`);
+}

@@ -1,0 +1,47 @@
+// The VMware source: vSphere CBT for what changed, VDDK for the data. `vddk://` opens one disk as a
+// BlockSource that owns its own session and snapshot; replicateVm() replicates all disks of a VM at once.
+import { ErrorCodes, RnodeError } from '../../errors.js';
+import type { BlockSource } from '../types.js';
+import { loadVmwareConfig, parseVddkUrl, type VmwareSourceConfig } from './config.js';
+import { VmwareSession } from './session.js';
+
+export { loadVmwareConfig, parseVddkUrl, validateVmwareConfig, redactUrl, type VmwareSourceConfig } from './config.js';
+export { VmwareSession, VmSnapshot, type SessionOptions } from './session.js';
+export { VddkSource, parseChangeId } from './source.js';
+export { replicateVm, vmDiskId, type ReplicateVmOptions, type ReplicateVmResult, type ReplicateVmDiskResult } from './replicate-vm.js';
+
+/**
+ * openSource('vddk://host/vm-42?disk=2000&...', { sourceConfig?: file, ...settings }): one disk of a fresh snapshot.
+ * Closing the source closes VDDK, removes the snapshot and logs out.
+ */
+export async function openVddkSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
+  const { sourceConfig, log, ...rest } = opts as { sourceConfig?: string; log?: (l: string) => void } & Partial<VmwareSourceConfig>;
+  const defaults = sourceConfig ? loadVmwareConfig(sourceConfig) : rest;
+  const config = parseVddkUrl(location, defaults);
+  if (config.disks && config.disks.length > 1) {
+    throw new RnodeError(ErrorCodes.BAD_SOURCE, 'a vddk:// source opened as one disk takes one disk=<key>; replicate all disks of a VM with --source-config');
+  }
+  const session = await VmwareSession.open(config, { log });
+  try {
+    await session.ensureChangeTracking();
+    const snap = await session.createSnapshot({ disks: config.disks });
+    const first = snap.disks[0];
+    if (snap.disks.length > 1) {
+      await snap.remove().catch(() => undefined);
+      throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM ${config.vm} has ${snap.disks.length} disks; name one with ?disk=<key> (${snap.disks.map((d) => d.key).join(', ')})`);
+    }
+    const source = snap.source(first.key);
+    // The source's close() also ends what it opened: the snapshot and the session.
+    source.afterClose(async () => {
+      try {
+        await snap.remove();
+      } finally {
+        await session.close();
+      }
+    });
+    return source;
+  } catch (err) {
+    await session.close().catch(() => undefined);
+    throw err;
+  }
+}

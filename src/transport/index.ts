@@ -1,0 +1,80 @@
+// The peer transport: wire frames, the RemoteStore client (registered for ws:// and wss://) and the
+// receiving node's server. Importing this module registers the schemes with the store registry.
+import fs from 'node:fs';
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { parseSize } from '../pipeline/grid.js';
+import { registerStoreScheme, type StoreFactoryContext } from '../store/registry.js';
+import { RemoteStore, type RemoteStoreOptions } from './remote-store.js';
+
+export * from './errors.js';
+export * from './frame.js';
+export * from './control.js';
+export { RemoteStore, normalizeFingerprint, certificateFingerprint, type RemoteStoreOptions, type RemoteCounters } from './remote-store.js';
+export { ReplicationServer, type ServeOptions, type ServerStats } from './server.js';
+export { ObjectValidator, classifyKey, type KeyInfo, type ObjectKind } from './validate.js';
+export { TokenBucket } from './throttle.js';
+
+/**
+ * Environment names the ws(s):// factory reads (the CLI fills them from its flags). They hold file paths and
+ * settings, never the token itself.
+ */
+export const RemoteEnv = {
+  TOKEN_FILE: 'RNODE_TOKEN_FILE',
+  CA_FILE: 'RNODE_CA_FILE',
+  PIN_SHA256: 'RNODE_PIN_SHA256',
+  BANDWIDTH: 'RNODE_BANDWIDTH',
+} as const;
+
+/** Reads a bearer token file: the whole file, surrounding whitespace trimmed; empty is an error. */
+export function readTokenFile(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new RnodeError(ErrorCodes.USAGE, `cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file <file holding the token>`);
+  }
+  const token = text.trim();
+  if (token === '') throw new RnodeError(ErrorCodes.USAGE, `the token file ${file} is empty; write the shared token into it`);
+  return token;
+}
+
+export function readPemFile(file: string, what: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new RnodeError(ErrorCodes.USAGE, `cannot read the ${what} file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+export function parseBandwidth(text: string, flag = '--bandwidth'): number {
+  const n = parseSize(text);
+  if (n === undefined || n < 1) {
+    throw new RnodeError(ErrorCodes.USAGE, `${flag} must be bytes per second, e.g. 50MiB or 10000000 (got "${text}")`);
+  }
+  return n;
+}
+
+/** RemoteStore options from a ws(s):// URL and the environment (see RemoteEnv). */
+export function remoteOptionsFrom(url: URL, env: NodeJS.ProcessEnv): RemoteStoreOptions {
+  const tokenFile = env[RemoteEnv.TOKEN_FILE];
+  const caFile = env[RemoteEnv.CA_FILE];
+  const pin = env[RemoteEnv.PIN_SHA256];
+  const bw = env[RemoteEnv.BANDWIDTH];
+  if ((caFile || pin) && url.protocol !== 'wss:') {
+    throw new RnodeError(ErrorCodes.USAGE, '--ca and --pin-sha256 only apply to wss:// targets; use wss://host:port');
+  }
+  return {
+    url: url.href,
+    ...(tokenFile ? { token: readTokenFile(tokenFile) } : {}),
+    ...(caFile ? { ca: readPemFile(caFile, 'CA') } : {}),
+    ...(pin ? { pinSha256: pin } : {}),
+    ...(bw ? { bandwidth: parseBandwidth(bw) } : {}),
+  };
+}
+
+async function factory(url: URL, ctx: StoreFactoryContext): Promise<RemoteStore> {
+  return new RemoteStore(remoteOptionsFrom(url, ctx.env));
+}
+
+registerStoreScheme('ws', factory);
+registerStoreScheme('wss', factory);

@@ -1,0 +1,110 @@
+// Helpers for the agent tests: a reference Management Server on 127.0.0.1, in-process agents with captured JSON
+// logs, agent child processes (node dist/cli.js agent), sample disks, and HTTP scrapes.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Agent, type AgentOptions } from '../../src/agent/agent.js';
+import { Logger } from '../../src/agent/log.js';
+import { ReferenceMs, type ReferenceMsOptions } from '../../src/agent/reference-ms.js';
+import { generateSampleDisk } from '../../src/sample/sample-disk.js';
+import { CLI, ensureBuilt } from '../helpers/cli.js';
+import { tmpDir } from '../helpers/images.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * 1024;
+export const TOKEN = 'test-token-0123456789abcdef';
+
+interface T { teardown(fn: () => void | Promise<void>): void }
+
+export async function startMs(t: T, o: Partial<ReferenceMsOptions> = {}): Promise<ReferenceMs> {
+  const ms = await ReferenceMs.start({ token: TOKEN, heartbeatMs: 200, nodeTimeoutMs: 1500, ...o });
+  t.teardown(() => ms.close());
+  return ms;
+}
+
+export function writeToken(dir: string, token = TOKEN): string {
+  const f = path.join(dir, 'token');
+  fs.writeFileSync(f, `${token}\n`, { mode: 0o600 });
+  return f;
+}
+
+export interface TestAgent { agent: Agent; logs: string[]; stateDir: string }
+
+/** An agent in this process with fast timings, its JSON log lines captured. */
+export async function startAgent(t: T, ms: ReferenceMs, dir: string, o: Partial<AgentOptions> & { name?: string } = {}): Promise<TestAgent> {
+  const logs: string[] = [];
+  const stateDir = o.stateDir ?? path.join(dir, `state-${o.name ?? 'a'}`);
+  const agent = await Agent.start({
+    server: ms.url, tokenFile: o.tokenFile ?? writeToken(dir), stateDir, nodeName: o.name ?? 'a',
+    metrics: { host: '127.0.0.1', port: 0 }, backoff: { initialMs: 50, maxMs: 300 }, progressMs: 100, tickMs: 50, slots: 2,
+    log: Logger.create({ sink: { write: (l) => { logs.push(l); } }, level: 'debug' }), ...o,
+  });
+  let stopped = false;
+  t.teardown(async () => { if (!stopped) await agent.stop(); });
+  const stop = agent.stop.bind(agent);
+  agent.stop = async () => { stopped = true; await stop(); };
+  return { agent, logs, stateDir };
+}
+
+export async function makeDisk(dir: string, name: string, size: number, seed: number): Promise<string> {
+  const f = path.join(dir, `${name}.img`);
+  await generateSampleDisk(f, { size, seed });
+  return f;
+}
+
+export async function get(port: number, p: string): Promise<{ status: number; body: string; type: string | null }> {
+  const r = await fetch(`http://127.0.0.1:${port}${p}`);
+  return { status: r.status, body: await r.text(), type: r.headers.get('content-type') };
+}
+
+export function waitUntil<T>(fn: () => T | undefined | null | false, timeoutMs = 20_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const poll = () => {
+      let v: T | undefined | null | false;
+      try { v = fn(); } catch (err) { reject(err); return; }
+      if (v) resolve(v);
+      else if (Date.now() > deadline) reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
+      else setTimeout(poll, 25);
+    };
+    poll();
+  });
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface AgentProcess { child: ChildProcess; name: string; stderr: string[]; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }
+
+/** Runs `node dist/cli.js agent ...` (building dist first when needed). */
+export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = []): AgentProcess {
+  ensureBuilt();
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  const child = spawn(process.execPath, [CLI, 'agent', '--server', ms.url, '--token-file', writeToken(dir),
+    '--node-name', name, '--state-dir', path.join(dir, `state-${name}`), '--reconnect-max-ms', '300', ...extra],
+  { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const stderr: string[] = [];
+  let buf = '';
+  child.stderr!.on('data', (b: Buffer) => {
+    buf += b.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) { stderr.push(buf.slice(0, i)); buf = buf.slice(i + 1); }
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+  });
+  return { child, name, stderr, exited };
+}
+
+/** The parsed JSON log lines of an agent. */
+export function parsedLogs(lines: string[]): Record<string, any>[] {
+  return lines.filter((l) => l.trim().startsWith('{')).map((l) => JSON.parse(l));
+}
+
+export { tmpDir };

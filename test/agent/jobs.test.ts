@@ -1,0 +1,107 @@
+// Server-sent jobs: cancel mid-replicate stops cleanly (job.failed cancelled, no point, lease released, the
+// next run completes byte-exact); a VM job replicates all its disks; recover, verify and prune jobs report
+// their outcome; an encryption the node cannot do is refused with a clear code.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { listPoints } from '../../src/recovery/points.js';
+import { layout } from '../../src/format/layout.js';
+import { expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
+import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
+
+t.test('cancel mid-job: clean stop, no half point, the next run completes', async (t) => {
+  const dir = tmpDir(t, 'agent-cancel');
+  const img = await makeDisk(dir, 'd0', 2 * MiB, 11);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const storeUrl = path.join(dir, 'store');
+  const job = { jobId: 'j-cancel', kind: 'replicate' as const, store: { url: storeUrl }, disks: [{ disk: 'd0', source: { location: img } }],
+    chunkSize: 64 * KiB, bandwidth: 512 * KiB, checkpointSeconds: 0.2 };
+  ms.startJob(job);
+  await ms.waitFor(() => ms.progress.some((p) => p.msg.jobId === 'j-cancel' && p.msg.phase === 'scan' && Number(p.msg.bytesRead) > 256 * KiB), 10_000, 'progress');
+  const p = ms.progress.filter((x) => x.msg.jobId === 'j-cancel').at(-1)!.msg;
+  t.ok(Number(p.rate) > 0 && (p.etaSeconds === null || Number(p.etaSeconds) >= 0), 'progress carries rate and ETA');
+  const cancelAt = Date.now();
+  ms.cancelJob('j-cancel');
+  const failed = await ms.waitFor(() => ms.jobs.get('j-cancel')?.failed, 5000, 'job.failed');
+  t.ok(Date.now() - cancelAt < 2000, `stopped promptly (${Date.now() - cancelAt} ms)`);
+  t.match(failed, { code: 'RNODE_CANCELLED', cancelled: true, disk: 'd0' });
+  const store = fsStore(storeUrl);
+  t.same(await listPoints(store, 'd0'), [], 'no point committed');
+  const lease = JSON.parse((await store.get(layout.lease('d0'))).toString());
+  t.ok(Date.parse(lease.expiresAt) <= Date.now(), 'the lease was released');
+  t.equal(agent.metrics.errors.get({ code: 'RNODE_CANCELLED' }), 1, 'counted by code');
+
+  ms.startJob({ ...job, jobId: 'j-again', bandwidth: undefined });
+  const done = await ms.waitFor(() => ms.jobs.get('j-again')?.completed, 10_000, 'the second run');
+  const r = (done.results as any[])[0];
+  t.match(r, { point: 1, resumed: true }, 'continued from the checkpoint the cancelled run left');
+  t.ok(r.sourceBytesRead < 2 * MiB && r.sourceBytesRead > 0, `read less than the disk (${r.sourceBytesRead} of ${2 * MiB})`);
+  await expectRestore(t, store, 'd0', 1, fingerprint(img), dir);
+
+  ms.cancelJob('j-again'); // no longer running
+  const err = await ms.waitFor(() => ms.errors.find((e) => e.msg.code === 'RNODE_AGENT_UNKNOWN_JOB'), 5000, 'error reply');
+  t.ok(err, 'cancelling a finished job is answered with an error');
+});
+
+t.test('VM job, recover, verify, prune; unsupported encryption refused', async (t) => {
+  const dir = tmpDir(t, 'agent-jobs');
+  const imgs = [await makeDisk(dir, 'vm1-a', 1 * MiB, 21), await makeDisk(dir, 'vm1-b', 512 * KiB + 4096, 22)];
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const store = { url: path.join(dir, 'store') };
+  const disks = imgs.map((img, i) => ({ disk: `vm1-${'ab'[i]}`, source: { location: img } }));
+  ms.startJob({ jobId: 'vm1-1', kind: 'replicate', vm: 'vm1', store, disks, chunkSize: 64 * KiB });
+  const c1 = await ms.waitFor(() => ms.jobs.get('vm1-1')?.completed, 10_000, 'VM job');
+  t.same((c1.results as any[]).map((r) => [r.disk, r.point]), [['vm1-a', 1], ['vm1-b', 1]], 'one point per disk');
+  ms.startJob({ jobId: 'vm1-2', kind: 'replicate', vm: 'vm1', store, disks });
+  await ms.waitFor(() => ms.jobs.get('vm1-2')?.completed, 10_000, 'second VM job');
+
+  const out = path.join(dir, 'restored-b.img');
+  ms.startJob({ jobId: 'rec', kind: 'recover', store, disk: 'vm1-b', point: '1', out });
+  const rec = await ms.waitFor(() => ms.jobs.get('rec')?.completed, 10_000, 'recover');
+  t.match((rec.results as any[])[0], { disk: 'vm1-b', point: 1, out });
+  t.equal(sha256File(out), sha256File(imgs[1]), 'recover job restored byte-exact');
+
+  ms.startJob({ jobId: 'ver', kind: 'verify', store, disk: 'vm1-a', point: 'all' });
+  const ver = await ms.waitFor(() => ms.jobs.get('ver')?.completed, 10_000, 'verify');
+  t.match((ver.results as any[])[0], { ok: true, problems: 0 });
+
+  ms.startJob({ jobId: 'pr', kind: 'prune', store, disk: 'vm1-a', keep: 1 });
+  const pr = await ms.waitFor(() => ms.jobs.get('pr')?.completed, 10_000, 'prune');
+  t.match((pr.results as any[])[0], { kept: [2], deleted: [1] });
+
+  // A verify that finds damage fails the job with the problem's code.
+  const chunkDir = path.join(dir, 'store', 'disks', 'vm1-b', 'chunks');
+  const victim = fs.readdirSync(chunkDir, { recursive: true }).map(String).find((f) => fs.statSync(path.join(chunkDir, f)).isFile())!;
+  fs.rmSync(path.join(chunkDir, victim));
+  ms.startJob({ jobId: 'ver2', kind: 'verify', store, disk: 'vm1-b', point: 'all' });
+  const vf = await ms.waitFor(() => ms.jobs.get('ver2')?.failed, 10_000, 'failed verify');
+  t.equal(vf.code, 'RNODE_CHUNK_MISSING');
+
+  ms.startJob({ jobId: 'enc', kind: 'replicate', store, disks: [disks[0]], encryption: { mode: 'aes-256-gcm', key: { secretRef: 'env:NOPE' } } });
+  const enc = await ms.waitFor(() => ms.jobs.get('enc')?.failed, 10_000, 'refused encryption');
+  t.equal(enc.code, 'RNODE_AGENT_UNSUPPORTED');
+  t.equal((await listPoints(fsStore(store.url), 'vm1-a')).length, 1, 'nothing written for it');
+});
+
+t.test('store credentials by reference: resolved on the node, never reported or logged', async (t) => {
+  const dir = tmpDir(t, 'agent-secret');
+  const img = await makeDisk(dir, 'd0', 256 * KiB, 31);
+  const ms = await startMs(t);
+  const { agent, logs, stateDir } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const secret = 'super-secret-access-key-value';
+  fs.writeFileSync(path.join(stateDir, 'secrets', 'fake-key'), secret);
+  ms.startJob({ jobId: 'sec', kind: 'replicate', store: { url: path.join(dir, 'store'), env: { FAKE_SECRET_KEY: { secretRef: 'file:fake-key' } } },
+    disks: [{ disk: 'd0', source: { location: img } }] });
+  await ms.waitFor(() => ms.jobs.get('sec')?.completed, 10_000, 'job');
+  ms.startJob({ jobId: 'sec2', kind: 'replicate', store: { url: path.join(dir, 'store'), env: { X: { secretRef: 'env:RNODE_TEST_UNSET_SECRET' } } },
+    disks: [{ disk: 'd0', source: { location: img } }] });
+  const f = await ms.waitFor(() => ms.jobs.get('sec2')?.failed, 10_000, 'missing secret');
+  t.match(f, { code: 'RNODE_AGENT_SECRET', message: /RNODE_TEST_UNSET_SECRET/ });
+  t.notOk(logs.some((l) => l.includes(secret)), 'the secret is in no log line');
+  t.notOk(JSON.stringify(ms.reports).includes(secret), 'nor in any report');
+});

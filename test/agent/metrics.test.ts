@@ -1,0 +1,64 @@
+// /metrics: after a scheduled point and a cancelled job, a scrape in the Prometheus text format shows bytes
+// read/sent/stored, chunks, zero chunks, compression ratio, throughput, in-flight, errors by code, the job
+// duration histogram and the RPO lag of the disk; every metric docs/grafana-dashboard.json charts exists.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseExposition } from '../../src/metrics/registry.js';
+import { get, KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
+
+t.test('metrics scraped and checked', async (t) => {
+  const dir = tmpDir(t, 'agent-metrics');
+  const img = await makeDisk(dir, 'd0', 1 * MiB, 3);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const store = { url: path.join(dir, 'store') };
+  ms.setPolicy({ group: 'gm', revision: 1, rpoSeconds: 60, store, chunkSize: 64 * KiB, disks: [{ disk: 'd0', source: { location: img } }] });
+  await ms.waitFor(() => ms.reportsOf('job.completed').length === 1, 10_000, 'a scheduled point');
+  ms.startJob({ jobId: 'c1', kind: 'replicate', store, disks: [{ disk: 'd1', source: { location: img } }], bandwidth: 256 * KiB, chunkSize: 64 * KiB });
+  await ms.waitFor(() => ms.jobs.get('c1')?.state === 'accepted', 5000, 'accepted');
+  const mid = parseExposition((await get(agent.metricsPort!, '/metrics')).body);
+  t.equal(mid.get('rnode_jobs_in_flight'), 1, 'one job in flight during the run');
+  ms.cancelJob('c1');
+  await ms.waitFor(() => ms.jobs.get('c1')?.failed, 5000, 'cancelled');
+
+  const res = await get(agent.metricsPort!, '/metrics');
+  t.equal(res.status, 200);
+  t.match(res.type, /^text\/plain; version=0\.0\.4/);
+  const m = parseExposition(res.body);
+  const v = (k: string) => m.get(k);
+  t.ok(v('rnode_bytes_read_total')! >= MiB, `bytes read ${v('rnode_bytes_read_total')}`);
+  t.ok(v('rnode_bytes_stored_total')! > 0 && v('rnode_bytes_stored_total')! < MiB, 'bytes stored: compressed, zeros skipped');
+  t.ok(v('rnode_bytes_sent_total')! >= v('rnode_bytes_stored_total')!, 'bytes sent >= stored (checkpoints, lease)');
+  t.ok(v('rnode_zero_chunks_total')! > 0, `zero chunks (${v('rnode_zero_chunks_total')}: the sample's zero thirds)`);
+  t.equal(v('rnode_chunks_stored_total')! + v('rnode_zero_chunks_total')!, 16, 'stored + zero = the 16 chunks of the disk');
+  t.ok(v('rnode_compression_ratio{disk="d0"}')! > 1, `compression ratio ${v('rnode_compression_ratio{disk="d0"}')}`);
+  t.ok(v('rnode_throughput_bytes_per_second{disk="d0"}')! > 0, 'throughput');
+  t.equal(v('rnode_jobs_in_flight'), 0, 'nothing in flight now');
+  t.equal(v('rnode_errors_total{code="RNODE_CANCELLED"}'), 1, 'errors by code');
+  t.equal(v('rnode_jobs_total{kind="replicate",result="completed"}'), 1);
+  t.equal(v('rnode_jobs_total{kind="replicate",result="cancelled"}'), 1);
+  t.equal(v('rnode_job_duration_seconds_count{kind="replicate"}'), 2, 'duration histogram');
+  t.equal(v('rnode_job_duration_seconds_bucket{kind="replicate",le="+Inf"}'), 2);
+  const lag = v('rnode_rpo_lag_seconds{disk="d0",group="gm"}');
+  t.ok(lag !== undefined && lag >= 0 && lag < 60, `RPO lag of the disk (${lag} s)`);
+  t.equal(v('rnode_rpo_seconds{disk="d0",group="gm"}'), 60);
+  t.equal(v('rnode_server_connected'), 1);
+  t.equal(v('rnode_reports_queued'), 0);
+  t.ok([...m.keys()].some((k) => k.startsWith('rnode_node_info{') && k.includes(agent.nodeId)), 'node info');
+  t.match(res.body, /# TYPE rnode_job_duration_seconds histogram/);
+  t.equal((await get(agent.metricsPort!, '/nope')).status, 404);
+
+  // The dashboard charts only metrics that exist.
+  const dash = JSON.parse(fs.readFileSync(fileURLToPath(new URL('../../docs/grafana-dashboard.json', import.meta.url)), 'utf8'));
+  const exprs: string[] = dash.panels.flatMap((p: any) => (p.targets ?? []).map((x: any) => x.expr));
+  t.ok(exprs.length >= 8, `${exprs.length} queries in the dashboard`);
+  const names = new Set([...m.keys()].map((k) => k.replace(/\{.*$/, '').replace(/_(bucket|sum|count)$/, '')));
+  for (const e of exprs) {
+    for (const name of e.match(/rnode_[a-z_]+/g) ?? []) {
+      t.ok(names.has(name) || names.has(name.replace(/_(bucket|sum|count)$/, '')), `dashboard metric ${name} is served`);
+    }
+  }
+});

@@ -1,0 +1,99 @@
+// Scheduling: a policy with a 1 s interval (4 s RPO) produces a point about every second, with retention
+// applied; with the server down the points keep coming and their reports arrive after it is back; a run that
+// takes longer than the RPO is never overlapped by the next one, and the missed RPO is reported.
+import t from 'tap';
+import path from 'node:path';
+import { listPoints } from '../../src/recovery/points.js';
+import type { Policy } from '../../src/agent/protocol.js';
+import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
+import { KiB, MiB, makeDisk, sleep, startAgent, startMs, tmpDir, waitUntil } from './helpers.js';
+
+function policy(dir: string, img: string, o: Partial<Policy> = {}): Policy {
+  return {
+    group: 'g1', revision: 1, rpoSeconds: 2, store: { url: path.join(dir, 'store') }, chunkSize: 64 * KiB,
+    disks: [{ disk: 'd0', source: { location: img } }], checkpointSeconds: 0.2, leaseTtlSeconds: 5, ...o,
+  };
+}
+
+t.test('a short-interval policy produces points on schedule, with retention', async (t) => {
+  const dir = tmpDir(t, 'agent-sched');
+  const img = await makeDisk(dir, 'd0', 1 * MiB, 7);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  ms.setPolicy(policy(dir, img, { retention: { keep: 3 }, rpoSeconds: 4, intervalSeconds: 1 }));
+  const reports = await ms.waitFor(() => {
+    const r = ms.reportsOf('job.completed', (m) => m.scheduled === true);
+    return r.length >= 5 && r;
+  }, 20_000, 'five scheduled points');
+  const points = reports.map((r) => (r.msg.results as any[])[0].point as number);
+  t.same(points, [...points].sort((a, b) => a - b), 'points increase');
+  // The schedule is by start time (a point holds the disk as of its start): runs start about every second.
+  const starts = ms.reportsOf('job.accepted', (m) => m.scheduled === true).slice(0, 5).map((r) => Date.parse(String(r.msg.at)));
+  const gaps = starts.slice(1).map((x, i) => (x - starts[i]) / 1000);
+  const median = [...gaps].sort((a, b) => a - b)[Math.floor(gaps.length / 2)];
+  t.ok(gaps.every((g) => g > 0.9), `no run starts before its interval (gaps ${gaps.map((g) => g.toFixed(2)).join(', ')} s)`);
+  t.ok(median < 1.6, `runs start about every second (median gap ${median.toFixed(2)} s; a slow run delays only the next one)`);
+  t.equal(ms.reportsOf('rpo.missed').length, 0, 'no RPO miss');
+  const store = fsStore(path.join(dir, 'store'));
+  const kept = await listPoints(store, 'd0');
+  t.ok(kept.length <= 4 && kept.length >= 3, `retention keeps 3 (+1 being written): ${kept.map((m) => m.point)}`);
+  const full = (reports[0].msg.results as any[])[0];
+  t.match(full, { disk: 'd0', point: 1, full: true, resumed: false, marker: null }, 'completed report carries point, marker');
+  await expectRestore(t, store, 'd0', 'latest', fingerprint(img), dir, 'latest scheduled point');
+  t.ok(agent.metrics.lastPoint.get({ group: 'g1', disk: 'd0' })! > 0, 'last point timestamp metric');
+});
+
+t.test('server down: points keep coming, reports arrive after reconnect', async (t) => {
+  const dir = tmpDir(t, 'agent-offline');
+  const img = await makeDisk(dir, 'd0', 1 * MiB, 8);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  ms.setPolicy(policy(dir, img));
+  await ms.waitFor(() => ms.reportsOf('job.completed').length >= 1, 10_000, 'a first point');
+  await ms.stopListening();
+  const store = fsStore(path.join(dir, 'store'));
+  const before = (await listPoints(store, 'd0')).length;
+  const heardBefore = ms.reportsOf('job.completed').length;
+  await sleep(3500);
+  const during = (await listPoints(store, 'd0')).length;
+  t.ok(during >= before + 2, `points kept coming while the server was down (${before} -> ${during})`);
+  t.ok(agent.link.queuedReports >= 2, `reports queued (${agent.link.queuedReports}), persisted in the state dir`);
+  t.equal(ms.reportsOf('job.completed').length, heardBefore, 'the server heard nothing meanwhile');
+  await ms.listen();
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 're-registration');
+  await waitUntil(() => agent.link.queuedReports === 0, 10_000, 'the queue to drain');
+  const reported = new Set(ms.reportsOf('job.completed').map((r) => (r.msg.results as any[])[0].point));
+  const missing = (await listPoints(store, 'd0')).map((m) => m.point).filter((p) => !reported.has(p) && p <= during);
+  t.same(missing, [], 'every point made during the outage was reported after reconnect');
+  const seqs = ms.reports.filter((r) => r.nodeId === agent.nodeId).map((r) => Number(r.msg.seq));
+  t.same(seqs, [...new Set(seqs)].sort((a, b) => a - b), 'reports stored once each, in order');
+});
+
+t.test('a run longer than the RPO: no overlap, the miss is reported', async (t) => {
+  const dir = tmpDir(t, 'agent-rpo');
+  const img = await makeDisk(dir, 'd0', 1 * MiB, 9);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  // 1 MiB at 512 KiB/s: each run takes ~2 s against a 1 s RPO.
+  ms.setPolicy(policy(dir, img, { rpoSeconds: 1, bandwidth: 512 * KiB }));
+  const missed = await ms.waitFor(() => ms.reportsOf('rpo.missed')[0], 10_000, 'rpo.missed');
+  t.match(missed.msg, { group: 'g1', disk: 'd0', rpoSeconds: 1 });
+  t.ok(Number(missed.msg.lagSeconds) > 1, 'lag above the RPO');
+  await ms.waitFor(() => ms.reportsOf('job.completed').length >= 2, 15_000, 'two runs');
+  const runs = new Map<string, { start?: number; end?: number }>();
+  for (const r of ms.reports) {
+    const id = String(r.msg.jobId ?? '');
+    if (!id) continue;
+    const e = runs.get(id) ?? {};
+    if (r.msg.type === 'job.accepted') e.start = Date.parse(String(r.msg.at));
+    if (r.msg.type === 'job.completed' || r.msg.type === 'job.failed') e.end = Date.parse(String(r.msg.at));
+    runs.set(id, e);
+  }
+  const spans = [...runs.values()].filter((s) => s.start && s.end).sort((a, b) => a.start! - b.start!);
+  t.ok(spans.every((s, i) => i === 0 || s.start! >= spans[i - 1].end!), 'no two runs of the disk overlap');
+  t.ok(agent.metrics.overlapSkipped.get({ group: 'g1', disk: 'd0', reason: 'busy' }) >= 1, 'skipped runs counted');
+  t.ok(agent.metrics.rpoMissed.get({ group: 'g1', disk: 'd0' }) >= 1, 'miss counted');
+});

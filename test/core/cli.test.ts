@@ -1,0 +1,183 @@
+// The CLI happy path through `node dist/cli.js`: replicate --json (every field the issue lists, with types and
+// values), --disk defaulting to the source's base name, points --json (oldest first), recover --point latest
+// and a number (byte-exact), verify --point all, prune --keep 1; help and version; the built-in demo on a small
+// disk; and every command exiting on its own (no process left running) for a one-chunk disk.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  KiB, MiB, fingerprint, fsStore, randomData, sha256File, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt, writeHoleImage,
+} from '../helpers/images.js';
+import { DIST_INDEX, json, lines, runCli, runScript } from '../helpers/cli.js';
+
+stopCodecWorkersAtEnd(t);
+
+const FIELDS: Record<string, string> = {
+  disk: 'string', point: 'number', full: 'boolean', diskSize: 'number', chunkSize: 'number', bytesRead: 'number',
+  bytesWritten: 'number', chunksTotal: 'number', chunksChanged: 'number', chunksZero: 'number', seconds: 'number',
+};
+
+t.test('replicate --json, points, recover, verify, prune through the CLI', async (t) => {
+  const dir = tmpDir(t, 'cli');
+  const img = path.join(dir, 'vm-01.img');
+  const store = path.join(dir, 'store');
+  const size = 2 * MiB + 4321;
+  writeHoleImage(img, size);
+  writeAt(img, 0, randomData(MiB, 1));
+  writeAt(img, MiB + 64 * KiB, textData(300 * KiB, 1)); // then a hole up to the end, except the last bytes
+  writeAt(img, size - 100, randomData(100, 2));
+  const fp1 = fingerprint(img);
+
+  // No --disk: it defaults to the source's base name.
+  const r1 = await runCli(['replicate', '--source', img, '--target', store, '--chunk-size', '64KiB', '--json']);
+  t.equal(r1.code, 0, `replicate exits 0 (${r1.stderr.trim()})`);
+  t.equal(r1.stderr, '', 'nothing on stderr');
+  const j1 = json(r1);
+  for (const [k, type] of Object.entries(FIELDS)) t.equal(typeof j1[k], type, `--json has ${k} (${type})`);
+  t.ok('parent' in j1, '--json has parent');
+  t.equal(j1.disk, 'vm-01.img', '--disk defaults to the base name of the source');
+  t.equal(j1.point, 1);
+  t.equal(j1.parent, null);
+  t.equal(j1.full, true);
+  t.equal(j1.diskSize, size);
+  t.equal(j1.chunkSize, 64 * KiB);
+  t.equal(j1.chunksTotal, Math.ceil(size / (64 * KiB)));
+  t.equal(j1.chunksChanged, 16 + 5 + 1, 'the data chunks: 16 random, 5 text, the last one');
+  t.equal(j1.chunksZero, j1.chunksTotal - j1.chunksChanged, 'the rest are zero');
+  t.equal(j1.bytesRead, 21 * 64 * KiB + (size - 32 * 64 * KiB), 'bytesRead: the chunks holding data only (holes are not read)');
+  t.ok(j1.bytesWritten > MiB && j1.bytesWritten < MiB + 300 * KiB, `bytesWritten ${j1.bytesWritten}: random stored as is, text compressed`);
+  t.ok(j1.seconds >= 0 && j1.seconds < 60);
+
+  writeAt(img, 3 * 64 * KiB + 1, Buffer.from('changed'));
+  const fp2 = fingerprint(img);
+  const r2 = await runCli(['replicate', '--source', img, '--target', store, '--json']);
+  t.equal(r2.code, 0, `second replicate exits 0 (${r2.stderr.trim()})`);
+  const j2 = json(r2);
+  t.match(j2, { disk: 'vm-01.img', point: 2, parent: 1, full: false, chunkSize: 64 * KiB, diskSize: size, chunksChanged: 1 });
+
+  // Human output, explicit --disk equal to the default.
+  const r3 = await runCli(['replicate', '--source', img, '--target', store, '--disk', 'vm-01.img']);
+  t.equal(r3.code, 0);
+  t.match(r3.stdout, /point 3 of disk vm-01\.img: incremental on point 2/);
+  t.equal(r3.stderr, '');
+
+  const pts = await runCli(['points', '--store', store, '--disk', 'vm-01.img', '--json']);
+  t.equal(pts.code, 0, `points --json exits 0 (${pts.stderr.trim()})`);
+  if (pts.code === 0) {
+    const jp = json(pts);
+    t.equal(jp.disk, 'vm-01.img');
+    t.same(jp.points.map((p: any) => [p.point, p.parent, p.full]), [[1, null, true], [2, 1, false], [3, 2, false]], 'oldest first');
+  }
+  const ptsHuman = await runCli(['points', '--store', store, '--disk', 'vm-01.img']);
+  t.equal(ptsHuman.code, 0, `points exits 0 (${ptsHuman.stderr.trim()})`);
+  t.equal(lines(ptsHuman.stdout).length, 4, 'a header and three rows');
+
+  const outLatest = path.join(dir, 'latest.img');
+  const rl = await runCli(['recover', '--store', store, '--disk', 'vm-01.img', '--point', 'latest', '--out', outLatest, '--json']);
+  t.equal(rl.code, 0, `recover --point latest exits 0 (${rl.stderr.trim()})`);
+  t.match(json(rl), { disk: 'vm-01.img', point: 3, diskSize: size, chunkSize: 64 * KiB });
+  t.equal(sha256File(outLatest), fp2.sha256, 'latest restores byte-exact');
+  t.equal(fs.statSync(outLatest).size, size);
+  t.ok(fs.statSync(outLatest).blocks * 512 < size, 'sparse');
+  const out1 = path.join(dir, 'one.img');
+  const rr1 = await runCli(['recover', '--store', store, '--disk', 'vm-01.img', '--point', '1', '--out', out1]);
+  t.equal(rr1.code, 0);
+  t.match(rr1.stdout, /recovered point 1/);
+  t.equal(sha256File(out1), fp1.sha256, 'point 1 restores byte-exact');
+  // Restoring over an existing file replaces it.
+  const rr1b = await runCli(['recover', '--store', store, '--disk', 'vm-01.img', '--point', '2', '--out', out1]);
+  t.equal(rr1b.code, 0);
+  t.equal(sha256File(out1), fp2.sha256, 'an existing output is replaced by the restore');
+
+  const v = await runCli(['verify', '--store', store, '--disk', 'vm-01.img', '--point', 'all']);
+  t.equal(v.code, 0, 'verify --point all exits 0');
+  t.match(v.stdout, /^ok: points 1, 2, 3 of disk vm-01\.img/);
+  const vj = await runCli(['verify', '--store', store, '--disk', 'vm-01.img', '--point', 'all', '--json']);
+  t.match(json(vj), { ok: true, points: [1, 2, 3], problems: [] });
+  t.ok(json(vj).chunksChecked >= j1.chunksChanged, 'every data chunk was checked');
+
+  const p = await runCli(['prune', '--store', store, '--disk', 'vm-01.img', '--keep', '1', '--json']);
+  t.equal(p.code, 0, `prune --keep 1 exits 0 (${p.stderr.trim()})`);
+  t.match(json(p), { kept: [3], deleted: [1, 2] });
+  const pts2 = await runCli(['points', '--store', store, '--disk', 'vm-01.img', '--json']);
+  t.equal(pts2.code, 0, `points after prune exits 0 (${pts2.stderr.trim()})`);
+  if (pts2.code === 0) t.same(json(pts2).points.map((x: any) => x.point), [3], 'only point 3 is left');
+  const gone = await runCli(['recover', '--store', store, '--disk', 'vm-01.img', '--point', '1', '--out', path.join(dir, 'gone.img')]);
+  t.equal(gone.code, 1, 'a pruned point is an operational failure');
+  t.match(gone.stderr, /RNODE_POINT_NOT_FOUND/);
+  t.notOk(fs.existsSync(path.join(dir, 'gone.img')));
+  const out3 = path.join(dir, 'three.img');
+  t.equal((await runCli(['recover', '--store', store, '--disk', 'vm-01.img', '--out', out3])).code, 0, '--point defaults to latest');
+  t.equal(sha256File(out3), fp2.sha256, 'the kept point restores byte-exact after prune');
+  t.equal((await runCli(['verify', '--store', store, '--disk', 'vm-01.img', '--point', 'all'])).code, 0, 'verify all after prune');
+});
+
+t.test('--disk defaults to a valid id made from the base name', async (t) => {
+  const dir = tmpDir(t, 'cli');
+  const img = path.join(dir, 'my disk (copy).raw');
+  fs.writeFileSync(img, randomData(100 * KiB, 3));
+  const r = await runCli(['replicate', '--source', img, '--target', path.join(dir, 'store'), '--chunk-size', '64KiB', '--json']);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(json(r).disk, 'my_disk__copy_.raw');
+});
+
+t.test('help and version', async (t) => {
+  const h = await runCli(['--help']);
+  t.equal(h.code, 0);
+  for (const c of ['replicate', 'points', 'recover', 'verify', 'prune']) t.match(h.stdout, c);
+  const rh = await runCli(['replicate', '--help']);
+  t.equal(rh.code, 0);
+  t.match(rh.stdout, /--source/);
+  const v = await runCli(['--version']);
+  t.equal(v.code, 0);
+  t.match(v.stdout.trim(), /^\d+\.\d+\.\d+/);
+});
+
+t.test('the built-in demo on a small disk restores both points byte-exact', async (t) => {
+  const r = await runCli(['demo', '--size', '6MiB', '--json'], { timeoutMs: 120_000 });
+  t.equal(r.code, 0, `demo exits 0 (${r.stderr.trim()})`);
+  const j = json(r);
+  t.equal(j.points.length, 2);
+  t.same(j.restores.map((x: any) => x.byteExact), [true, true]);
+  t.equal(j.verify.ok, true);
+  t.notOk(fs.existsSync(j.workdir), 'the demo removes its files');
+});
+
+t.test('every command exits on its own for a one-chunk disk (no process left running)', async (t) => {
+  const dir = tmpDir(t, 'cli');
+  const img = path.join(dir, 'tiny.img');
+  const storeDir = path.join(dir, 'store');
+  fs.writeFileSync(img, Buffer.from('x'));
+  await snap(fsStore(storeDir), img, 'tiny'); // point 1, written in-process
+  const out = path.join(dir, 'out.img');
+  const timeoutMs = 8_000; // each of these takes well under a second
+  const steps: Array<[string, string[]]> = [
+    ['replicate', ['replicate', '--source', img, '--target', storeDir, '--disk', 'tiny']],
+    ['verify', ['verify', '--store', storeDir, '--disk', 'tiny', '--point', '1']],
+    ['recover', ['recover', '--store', storeDir, '--disk', 'tiny', '--point', '1', '--out', out]],
+  ];
+  const results = await Promise.all(steps.map(([, args]) => runCli(args, { timeoutMs })));
+  steps.forEach(([what], i) => {
+    const r = results[i];
+    t.equal(r.signal, null, `${what}: exits by itself within ${timeoutMs / 1000} s${r.signal ? ` (was killed; stdout: ${r.stdout.trim().split('\n')[0]})` : ''}`);
+    t.equal(r.code, r.signal ? null : 0, `${what}: exit code 0 ${r.stderr.trim()}`);
+  });
+  t.equal(fs.existsSync(out) ? fs.readFileSync(out).toString() : '', 'x', 'the one byte restores');
+});
+
+t.test('the exported library works in a fresh process: listPoints/loadPoint need no prior call', async (t) => {
+  const dir = tmpDir(t, 'cli');
+  const img = path.join(dir, 'disk.img');
+  const storeDir = path.join(dir, 'store');
+  fs.writeFileSync(img, randomData(200 * KiB, 5));
+  await snap(fsStore(storeDir), img, 'lib', { chunkSize: 64 * KiB });
+  const r = await runScript(`
+    const { listPoints, loadPoint, FsStore } = await import(${JSON.stringify(DIST_INDEX)});
+    const store = new FsStore(${JSON.stringify(storeDir)});
+    const pts = await listPoints(store, 'lib');
+    const one = await loadPoint(store, 'lib', 1);
+    console.log(JSON.stringify({ points: pts.map((p) => p.point), diskSize: one.diskSize }));
+  `, { timeoutMs: 20_000 });
+  t.equal(r.code, 0, `exits 0 (${r.stderr.trim().split('\n')[0]})`);
+  if (r.code === 0) t.same(json(r), { points: [1], diskSize: 200 * KiB });
+});

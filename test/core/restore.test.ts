@@ -1,0 +1,64 @@
+// recover's result and output handling: bytesWritten, chunksRestored and bytesFetched count what the restore
+// did (with several chunks in flight, so concurrent updates must not be lost); a point restores over an
+// existing file; an output in a missing directory is RNODE_OUTPUT_IO and leaves nothing behind; unknown disks
+// and points are RNODE_DISK_NOT_FOUND / RNODE_POINT_NOT_FOUND.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ErrorCodes } from '../../src/errors.js';
+import { recover } from '../../src/recovery/restore.js';
+import {
+  KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir, writeAt,
+} from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
+
+const CHUNK = 64 * KiB;
+
+t.test('recover counts the bytes it wrote, the chunks it restored and the bytes it fetched', async (t) => {
+  const dir = tmpDir(t, 'restore');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  const size = 2 * MiB + 777;
+  fs.writeFileSync(img, randomData(size, 1)); // no zero 4 KiB block anywhere: every byte is written
+  const p = await snap(store, img, 'd', { chunkSize: CHUNK });
+  const storedBytes = listFiles(path.join(dir, 'store', 'disks', 'd', 'chunks'))
+    .reduce((n, f) => n + fs.statSync(path.join(dir, 'store', 'disks', 'd', 'chunks', f)).size, 0);
+  for (const concurrency of [1, 8]) {
+    const out = path.join(dir, `out-${concurrency}.img`);
+    const r = await recover({ store, disk: 'd', out, concurrency });
+    t.equal(r.point, 1);
+    t.equal(r.diskSize, size);
+    t.equal(r.chunkSize, CHUNK);
+    t.equal(r.chunksRestored, p.chunksChanged, `concurrency ${concurrency}: chunksRestored`);
+    t.equal(r.bytesFetched, storedBytes, `concurrency ${concurrency}: bytesFetched is the size of the chunk objects`);
+    t.equal(r.bytesWritten, size, `concurrency ${concurrency}: bytesWritten is every byte of a disk without zero blocks`);
+    t.equal(fingerprint(out).sha256, fingerprint(img).sha256);
+  }
+});
+
+t.test('a point restores over an existing file, and a restore into a missing directory leaves nothing', async (t) => {
+  const dir = tmpDir(t, 'restore');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  fs.writeFileSync(img, randomData(MiB, 2));
+  const fp1 = fingerprint(img);
+  await snap(store, img, 'd', { chunkSize: CHUNK });
+  writeAt(img, 5, Buffer.from('x'));
+  await snap(store, img, 'd');
+
+  const out = path.join(dir, 'out.img');
+  fs.writeFileSync(out, randomData(3 * MiB, 9)); // larger than the disk, other bytes
+  await restore(store, 'd', 1, out);
+  t.equal(fingerprint(out).sha256, fp1.sha256, 'the existing file now holds point 1 exactly (and its size)');
+
+  const missing = path.join(dir, 'no', 'such', 'dir', 'out.img');
+  await t.rejects(restore(store, 'd', 1, missing), { code: ErrorCodes.OUTPUT_IO });
+  t.notOk(fs.existsSync(path.join(dir, 'no')), 'nothing was created');
+
+  await t.rejects(restore(store, 'nope', 1, path.join(dir, 'x.img')), { code: ErrorCodes.DISK_NOT_FOUND });
+  await t.rejects(restore(store, 'd', 3, path.join(dir, 'x.img')), { code: ErrorCodes.POINT_NOT_FOUND });
+  await t.rejects(restore(store, 'd', 'first', path.join(dir, 'x.img')), { code: ErrorCodes.POINT_NOT_FOUND });
+  t.same(fs.readdirSync(dir).sort(), ['disk.img', 'out.img', 'store'], 'failed restores leave no files');
+  await expectRestore(t, store, 'd', 'latest', fingerprint(img), dir);
+});

@@ -1,0 +1,148 @@
+// The node's defences: TLS with a certificate generated here (trusted by --ca, by a pinned fingerprint, refused
+// without either and with a wrong pin, before the token is sent); a wrong or missing token closes the session
+// with RNODE_TRANSPORT_AUTH and writes nothing; a corrupted chunk is rejected with its disk offset and not
+// stored; keys outside the layout are refused; garbage frames, a newer protocol version, a silent peer and a
+// session over --max-sessions are each refused cleanly while the node keeps serving everyone else.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import WebSocket from 'ws';
+import { listPointSeqs } from '../../src/recovery/points.js';
+import { FRAME_HEADER_BYTES, PROTOCOL_VERSION, TransportErrorCodes, certificateFingerprint, decodeFrame, encodeFrame, FrameType } from '../../src/transport/index.js';
+import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, tmpDir } from '../helpers/images.js';
+import { remote, startNode } from './helpers.js';
+
+const CHUNK = 64 * KiB;
+
+function makeCert(dir: string, cn = '127.0.0.1'): { cert: string; key: string; certFile: string } {
+  const certFile = path.join(dir, `${cn}.crt`);
+  const keyFile = path.join(dir, `${cn}.key`);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
+    '-subj', `/CN=${cn}`, '-addext', `subjectAltName=IP:127.0.0.1,DNS:localhost`, '-keyout', keyFile, '-out', certFile], { stdio: 'pipe' });
+  return { cert: fs.readFileSync(certFile, 'utf8'), key: fs.readFileSync(keyFile, 'utf8'), certFile };
+}
+
+let haveOpenssl = true;
+try { execFileSync('openssl', ['version'], { stdio: 'pipe' }); } catch { haveOpenssl = false; }
+
+t.test('TLS: --ca and --pin-sha256 connect; no trust or a wrong pin is RNODE_TRANSPORT_TLS', { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' }, async (t) => {
+  const dir = tmpDir(t, 'ws-tls');
+  const { cert, key } = makeCert(dir);
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(MiB, 3));
+  const { url, server, storeDir } = await startNode(t, dir, { tls: { cert, key }, token: 'tls-token' });
+  t.match(url, /^wss:\/\//);
+
+  const byCa = remote(t, url, { ca: cert, token: 'tls-token' });
+  await snap(byCa, img, 'd', { chunkSize: CHUNK });
+  await expectRestore(t, byCa, 'd', 1, fingerprint(img), dir, 'wss with --ca');
+
+  const pinned = remote(t, url, { pinSha256: certificateFingerprint(cert).replace(/(..)(?!$)/g, '$1:').toUpperCase(), token: 'tls-token' });
+  t.same(await listPointSeqs(pinned, 'd'), [1], 'wss with a pinned fingerprint (colon form)');
+
+  const before = server.stats.sessionsTotal;
+  const untrusted = remote(t, url, { token: 'tls-token' });
+  await t.rejects(listPointSeqs(untrusted, 'd'), { code: TransportErrorCodes.TLS, message: /--ca/ }, 'self-signed without --ca');
+  const other = makeCert(dir, 'other');
+  const wrongPin = remote(t, url, { pinSha256: certificateFingerprint(other.cert), token: 'tls-token' });
+  await t.rejects(listPointSeqs(wrongPin, 'd'), { code: TransportErrorCodes.TLS, message: /pinned/ }, 'a wrong pin');
+  t.equal(server.stats.sessionsTotal, before, 'neither reached a session (the token was never sent)');
+  t.equal(server.stats.authFailures, 0);
+  t.ok(listFiles(storeDir).length > 0);
+});
+
+t.test('a wrong or missing token: RNODE_TRANSPORT_AUTH, connection closed, nothing written', async (t) => {
+  const dir = tmpDir(t, 'ws-auth');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 4));
+  const { url, storeDir, server } = await startNode(t, dir, { token: 'right' });
+  for (const [what, token] of [['missing', undefined], ['wrong', 'wrong'], ['prefix', 'righ'], ['longer', 'right-and-more']] as const) {
+    const rs = remote(t, url, token === undefined ? {} : { token });
+    const started = Date.now();
+    await t.rejects(snap(rs, img, 'd', { chunkSize: CHUNK }), { code: TransportErrorCodes.AUTH }, `${what} token`);
+    t.ok(Date.now() - started < 1500, `${what} token fails at once (no reconnect loop)`);
+    t.equal(rs.counters.connects, 0, 'no session');
+  }
+  t.same(listFiles(storeDir), [], 'nothing was written');
+  t.equal(server.stats.authFailures, 4);
+  t.equal(server.stats.puts, 0);
+});
+
+t.test('a corrupted chunk is rejected with its disk offset and not stored; keys outside the layout are refused', async (t) => {
+  const dir = tmpDir(t, 'ws-reject');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(512 * KiB, 5));
+  const { url, storeDir, server } = await startNode(t, dir);
+  const rs = remote(t, url);
+  await snap(rs, img, 'd', { chunkSize: CHUNK });
+  // Chunk 3 of point 1, relabelled as written by point 2 (the header has no checksum of its own).
+  const good = fs.readFileSync(path.join(storeDir, 'disks/d/chunks/0000000001/000000000003'));
+  good.writeUInt32LE(2, 40);
+  const key = 'disks/d/chunks/0000000002/000000000003';
+  const cases: Array<[string, Buffer, RegExp]> = [];
+  const flipped = Buffer.from(good); flipped[good.length - 5] ^= 0x40;
+  const header = Buffer.from(good); header.writeUInt32LE(9, 40); // writer 9 in a key of point 2
+  cases.push(['a flipped payload byte', flipped, /xxh64 mismatch/]);
+  cases.push(['a header naming another point', header, /names chunk 3 of point 9/]);
+  cases.push(['a truncated object', good.subarray(0, good.length - 100), /header says/]);
+  t.same((await rs.put(key, good)).key, key, 'the relabelled chunk itself is valid');
+  await fsStore(storeDir).delete(key);
+  for (const [what, bytes, why] of cases) {
+    await t.rejects(rs.put(key, bytes), { code: TransportErrorCodes.REJECTED, message: why, details: { index: 3, offset: 3 * CHUNK } }, what);
+  }
+  t.notOk(fs.existsSync(path.join(storeDir, key)), 'no rejected chunk was stored');
+  await t.rejects(rs.put('notes/readme.txt', Buffer.from('hi')), { code: TransportErrorCodes.REJECTED, message: /not an rnode object/ });
+  await t.rejects(rs.put('disks/d/tables/0000000002/g0000-00000000', Buffer.from('not a table')), { code: TransportErrorCodes.REJECTED, message: /segment/ });
+  await t.rejects(rs.put('disks/d/points/0000000009.json', Buffer.from('{}'), { ifNoneMatch: true }), { code: TransportErrorCodes.REJECTED });
+  await t.rejects(rs.delete('disks/d/points/0000000001.json'), { code: TransportErrorCodes.REJECTED, message: /prune/ });
+  t.equal(server.stats.rejected >= 6, true);
+  t.same(await listPointSeqs(rs, 'd'), [1], 'the node still serves this session');
+});
+
+/** A raw peer: sends whatever it is given, collects frames until the node closes. */
+async function rawPeer(url: string, send: (ws: WebSocket) => void): Promise<{ frames: ReturnType<typeof decodeFrame>[]; closeCode: number }> {
+  const ws = new WebSocket(url);
+  const frames: ReturnType<typeof decodeFrame>[] = [];
+  ws.on('message', (b: Buffer) => { try { frames.push(decodeFrame(b)); } catch { /* ignore */ } });
+  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  send(ws);
+  const closeCode = await new Promise<number>((r) => ws.once('close', (c) => r(c)));
+  return { frames, closeCode };
+}
+
+t.test('garbage, a newer protocol version, silence and --max-sessions are refused; the node keeps serving', async (t) => {
+  const dir = tmpDir(t, 'ws-hostile');
+  const { url, server } = await startNode(t, dir, { handshakeMs: 300, maxSessions: 1 });
+  const garbage = await rawPeer(url, (ws) => ws.send(Buffer.from('GET / HTTP/1.1\r\n\r\n')));
+  t.equal(garbage.frames[0]?.meta.code, TransportErrorCodes.PROTOCOL, 'garbage: a protocol error frame');
+  t.equal(garbage.closeCode, 1002);
+
+  const v2 = encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: 0, meta: { op: 'hello' } });
+  v2[4] = PROTOCOL_VERSION + 1;
+  const newer = await rawPeer(url, (ws) => ws.send(v2));
+  t.equal(newer.frames[0]?.meta.code, TransportErrorCodes.VERSION, 'newer version: refused');
+  t.match(String(newer.frames[0]?.meta.message), /version 2, this node speaks version 1/);
+  t.equal(newer.frames[0]?.version, PROTOCOL_VERSION, 'answered in this node\'s version');
+
+  const silent = await rawPeer(url, () => undefined);
+  t.equal(silent.frames[0]?.meta.code, TransportErrorCodes.TIMEOUT, 'no hello: handshake timeout');
+
+  const huge = await rawPeer(url, (ws) => ws.send(Buffer.alloc(server.maxFrameBytes + 10)));
+  t.not(huge.closeCode, 1000, `a message over the frame limit is cut (close ${huge.closeCode}) before it is buffered`);
+
+  // Session limit: one session is in use, the second is refused as busy.
+  const first = remote(t, url);
+  t.same(await listPointSeqs(first, 'd'), []);
+  const second = remote(t, url, { initialBudgetMs: 300 });
+  await t.rejects(listPointSeqs(second, 'd'), { code: TransportErrorCodes.BUSY, message: /--max-sessions/ });
+  await first.close();
+  await new Promise((r) => setTimeout(r, 50));
+  const third = remote(t, url);
+  t.same(await listPointSeqs(third, 'd'), [], 'a slot frees when a session ends');
+
+  // A peer that breaks the credit rule is cut: a PUT frame without a session is a protocol error.
+  const rude = await rawPeer(url, (ws) => ws.send(encodeFrame({ type: FrameType.PUT, stream: 1, seq: 0, meta: { key: 'a' }, payload: Buffer.alloc(FRAME_HEADER_BYTES) })));
+  t.equal(rude.frames[0]?.meta.code, TransportErrorCodes.PROTOCOL);
+  t.ok(server.stats.protocolErrors >= 3);
+});

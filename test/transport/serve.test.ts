@@ -1,0 +1,103 @@
+// Points through a receiving node: full and incremental points written over ws:// restore byte-exact both
+// through the link and from the node's own directory; the CLI path (`rnode serve` + replicate/points/recover/
+// verify with --store ws://) works end to end; a sender writes two disks in parallel over one RemoteStore.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { listPointSeqs } from '../../src/recovery/points.js';
+import { verify } from '../../src/recovery/verify.js';
+import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt } from '../helpers/images.js';
+import { remote, startNode } from './helpers.js';
+
+const CHUNK = 64 * KiB;
+
+t.test('full and incremental points over ws:// restore byte-exact, over the link and on the node', async (t) => {
+  const dir = tmpDir(t, 'ws-serve');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, Buffer.concat([randomData(MiB, 1), textData(MiB, 2), Buffer.alloc(512 * KiB), randomData(300 * KiB, 3)]));
+  const fp1 = fingerprint(img);
+  const { storeDir, server, url } = await startNode(t, dir, { token: 'tok' });
+  const rs = remote(t, url, { token: 'tok' });
+
+  const r1 = await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8 });
+  t.equal(r1.point, 1);
+  t.equal(r1.full, true);
+  for (const i of [2, 5, 17, 40]) writeAt(img, i * CHUNK + 11, randomData(100, i));
+  const fp2 = fingerprint(img);
+  const r2 = await snap(rs, img, 'd', { checkpointRecords: 8 });
+  t.equal(r2.point, 2);
+  t.equal(r2.full, false, 'the second point is an incremental');
+  t.equal(r2.chunksChanged, 4);
+
+  await expectRestore(t, rs, 'd', 1, fp1, dir, 'point 1 over ws://');
+  await expectRestore(t, rs, 'd', 2, fp2, dir, 'point 2 over ws://');
+  const local = fsStore(storeDir);
+  await expectRestore(t, local, 'd', 1, fp1, dir, 'point 1 from the node\'s own directory');
+  await expectRestore(t, local, 'd', 2, fp2, dir, 'point 2 from the node\'s own directory');
+  t.same(await listPointSeqs(rs, 'd'), [1, 2], 'points listed over the link');
+  t.equal((await verify({ store: rs, disk: 'd', point: 'all' })).ok, true, 'verify over the link');
+  t.equal(fs.existsSync(path.join(storeDir, 'disks', 'd', 'pending')) ? fs.readdirSync(path.join(storeDir, 'disks', 'd', 'pending')).length : 0, 0,
+    'no pending checkpoint is left');
+  t.equal(rs.counters.connects, 1, 'one connection carried everything');
+  t.equal(server.stats.rejected, 0);
+  t.ok(server.stats.peakSessionBytes <= server.windowBytes, 'the node never held more than the window');
+});
+
+t.test('two disks in parallel over one RemoteStore', async (t) => {
+  const dir = tmpDir(t, 'ws-parallel');
+  const a = path.join(dir, 'a.img');
+  const b = path.join(dir, 'b.img');
+  fs.writeFileSync(a, randomData(2 * MiB, 7));
+  fs.writeFileSync(b, textData(2 * MiB, 8));
+  const { url, storeDir } = await startNode(t, dir);
+  const rs = remote(t, url);
+  const [ra, rb] = await Promise.all([snap(rs, a, 'a', { chunkSize: CHUNK }), snap(rs, b, 'b', { chunkSize: CHUNK })]);
+  t.equal(ra.point, 1);
+  t.equal(rb.point, 1);
+  await expectRestore(t, fsStore(storeDir), 'a', 1, fingerprint(a), dir);
+  await expectRestore(t, fsStore(storeDir), 'b', 1, fingerprint(b), dir);
+  t.equal(rs.counters.connects, 1);
+});
+
+t.test('CLI: rnode serve, then replicate/points/verify/recover with ws://', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'ws-cli');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, Buffer.concat([randomData(MiB, 4), textData(MiB, 5)]));
+  const tok = path.join(dir, 'token');
+  fs.writeFileSync(tok, 'cli-secret\n');
+  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'recv'), '--token-file', tok, '--json'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { child.kill('SIGKILL'); });
+  let err = '';
+  child.stderr.on('data', (b) => { err += b; });
+  const first = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (b) => { out += b; if (out.includes('\n')) resolve(out.split('\n')[0]); });
+    child.on('exit', () => reject(new Error(`serve exited: ${err}`)));
+  });
+  const { listening } = JSON.parse(first);
+  t.match(listening, /^ws:\/\/127\.0\.0\.1:\d+$/);
+  const auth = ['--token-file', tok];
+  const r = await runCli(['replicate', '--source', img, '--target', listening, '--disk', 'c', '--chunk-size', '64KiB', '--json', ...auth]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(json(r).point, 1);
+  const p = await runCli(['points', '--store', listening, '--disk', 'c', '--json', ...auth]);
+  t.equal(p.code, 0, p.stderr);
+  t.equal(json(p).points.length, 1);
+  const v = await runCli(['verify', '--store', listening, '--disk', 'c', '--json', ...auth]);
+  t.equal(v.code, 0, v.stderr);
+  const out = path.join(dir, 'out.img');
+  const rc = await runCli(['recover', '--store', listening, '--disk', 'c', '--out', out, '--json', ...auth]);
+  t.equal(rc.code, 0, rc.stderr);
+  t.same(fingerprint(out), fingerprint(img), 'recovered over ws:// byte-exact');
+  const noTok = await runCli(['points', '--store', listening, '--disk', 'c']);
+  t.equal(noTok.code, 1, 'missing token: exit 1');
+  t.match(noTok.stderr, /RNODE_TRANSPORT_AUTH/);
+  t.notMatch(err, /cli-secret/, 'the token never appears in the node log');
+  child.kill('SIGTERM');
+  const code = await new Promise((r) => child.on('exit', (c) => r(c)));
+  t.equal(code, 0, 'serve stops cleanly on SIGTERM');
+});

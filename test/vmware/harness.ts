@@ -1,0 +1,94 @@
+// Wiring for the VMware tests: one stand-in VDDK per test process (VDDK is process-global, so its libdir
+// and config file are fixed at the first InitEx), a vSphere simulator per test, and one-call runs.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { FsStore } from '../../src/store/index.js';
+import { recover } from '../../src/recovery/restore.js';
+import { VmwareSession, replicateVm, vmDiskId, type ReplicateVmOptions, type ReplicateVmResult, type VmwareSourceConfig } from '../../src/source/vddk/index.js';
+import { buildDummyVddk, readDummyLog, bytesReadInLog, type DummyCall } from './build-dummy.js';
+import { VSphereSim, type SimDiskSpec, type SimOptions } from './vsphere-sim.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * 1024;
+export const USER = 'backup@vsphere.local';
+export const PASSWORD = 'S3cret-p&ss<word>';
+
+let shared: { dir: string; libdir: string; dummyConfig: string; dummyLog: string } | undefined;
+function sharedVddk() {
+  if (!shared) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-vddk-'));
+    const libdir = path.join(dir, 'vmware-vix-disklib-distrib');
+    buildDummyVddk(libdir);
+    shared = { dir, libdir, dummyConfig: path.join(dir, 'vixDiskLib.conf'), dummyLog: path.join(dir, 'vddk-calls.log') };
+    process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  }
+  return shared;
+}
+
+interface Teardown { teardown(fn: () => void | Promise<void>): void }
+
+export interface VmwareEnv {
+  dir: string;
+  sim: VSphereSim;
+  store: FsStore;
+  config: VmwareSourceConfig;
+  dummyLog: string;
+  /** Dummy VDDK calls since the last clearLog(). */
+  calls(): DummyCall[];
+  clearLog(): void;
+  /** Bytes the dummy VDDK delivered since the last clearLog(). */
+  vddkBytes(): number;
+  run(opts?: Partial<Omit<ReplicateVmOptions, 'session' | 'store'>> & { config?: Partial<VmwareSourceConfig>; log?: string[] }): Promise<ReplicateVmResult>;
+}
+
+export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: SimDiskSpec[]; cbt?: boolean }>,
+    simOpts: Partial<Pick<SimOptions, 'maxExtentsPerAnswer' | 'cbtBlock'>> = {}): Promise<VmwareEnv> {
+  const vddk = sharedVddk();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-vmware-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const sim = await VSphereSim.start({ dir, user: USER, password: PASSWORD, dummyConfig: vddk.dummyConfig, dummyLog: vddk.dummyLog, ...simOpts });
+  t.teardown(() => sim.stop());
+  for (const vm of vms) sim.addVm(vm.moref, vm.disks, { cbt: vm.cbt });
+  sim.writeDummyConfig();
+  const passwordFile = path.join(dir, 'password');
+  fs.writeFileSync(passwordFile, `${PASSWORD}\n`, { mode: 0o600 });
+  const config: VmwareSourceConfig = {
+    host: '127.0.0.1', port: sim.port, user: USER, passwordFile, thumbprint: sim.thumbprint, vm: vms[0].moref,
+    transports: ['nbdssl', 'nbd'], libdir: vddk.libdir, vddkConfig: vddk.dummyConfig,
+  };
+  const store = new FsStore(path.join(dir, 'store'), { fsync: false });
+  fs.rmSync(vddk.dummyLog, { force: true });
+  const env: VmwareEnv = {
+    dir, sim, store, config, dummyLog: vddk.dummyLog,
+    calls: () => readDummyLog(vddk.dummyLog),
+    clearLog: () => fs.rmSync(vddk.dummyLog, { force: true }),
+    vddkBytes: () => bytesReadInLog(readDummyLog(vddk.dummyLog)),
+    async run(opts = {}) {
+      const { config: override, log, ...rest } = opts;
+      const session = await VmwareSession.open({ ...config, ...override }, { log: (l) => log?.push(l) });
+      try {
+        return await replicateVm({ session, store, chunkSize: 64 * KiB, ...rest });
+      } finally {
+        await session.close();
+      }
+    },
+  };
+  return env;
+}
+
+/** Restores every committed point of every disk in `runs` and compares it with the sim's image at snapshot time. */
+export async function expectRestores(t: { equal: (a: unknown, b: unknown, m?: string) => unknown }, env: VmwareEnv, runs: ReplicateVmResult[]): Promise<void> {
+  for (const run of runs) {
+    const record = env.sim.history.find((h) => h.snapshot === run.snapshot);
+    if (!record) throw new Error(`no sim record of ${run.snapshot}`);
+    for (const d of run.disks) {
+      const out = path.join(env.dir, `restore-${d.disk}-${d.point}.img`);
+      await recover({ store: env.store, disk: vmDiskId(run.vm, d.deviceKey), point: String(d.point), out });
+      const want = record.disks.get(d.deviceKey)!;
+      const got = { size: fs.statSync(out).size, sha256: (await import('node:crypto')).createHash('sha256').update(fs.readFileSync(out)).digest('hex') };
+      t.equal(`${got.size}:${got.sha256}`, `${want.size}:${want.sha256}`, `point ${d.point} of ${d.disk} restores byte-exact to the disk at ${run.snapshot}`);
+      fs.rmSync(out);
+    }
+  }
+}
