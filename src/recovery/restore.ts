@@ -63,7 +63,9 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
       try {
         const plain = await readChunk(store, disk, chunkSize, e, seq, slot);
         bytesFetched += e.storedLength;
-        bytesWritten += await writeSparse(target.fh, plain, e.index * chunkSize, target.sparse);
+        // Not `bytesWritten += await ...`: that reads the total before the await and loses concurrent updates.
+        const written = await writeSparse(target.fh, plain, e.index * chunkSize, target.sparse);
+        bytesWritten += written;
       } finally {
         slots.release(slot);
       }
