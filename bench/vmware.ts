@@ -106,6 +106,10 @@ function mib(n: number): string {
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const r = await runVmwareBench();
+  if (process.argv.includes('--json')) {
+    console.log('RESULT ' + JSON.stringify(r)); // read by bench/sections/extras.ts
+    process.exit(0);
+  }
   const rows = [
     ['path', 'bytes read', 'of disk', 'seconds'],
     ['vddk (CBT changed extents)', mib(r.vddk.bytesRead), `${((100 * r.vddk.bytesRead) / r.diskBytes).toFixed(2)}%`, r.vddk.seconds.toFixed(3)],

@@ -1,0 +1,51 @@
+// Sections that wrap benchmarks living beside the code they measure: the VMware path (bench/vmware.ts,
+// which drives the vSphere simulator and stand-in VDDK from test/ and so runs under the TS loader) and the
+// agent's 1/2/3-node runs (bench/agent.ts).
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import type { Section } from '../lib/context.js';
+import type { Row } from '../lib/report.js';
+
+const execFileP = promisify(execFile);
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+export const vmware: Section = {
+  name: 'vmware',
+  title: 'VMware path: incremental through vSphere CBT + VDDK (simulator, stand-in VDDK) against a raw scan of the same change',
+  spaceNeeded: () => 512 * 1024 * 1024,
+  async run(ctx) {
+    const loader = path.join(root, 'node_modules/@tapjs/typescript/dist/esm/import.mjs');
+    const { stdout } = await execFileP(process.execPath, [`--import=${pathToFileURL(loader).href}`, path.join(root, 'bench/vmware.ts'), '--json'],
+      { cwd: root, maxBuffer: 16 << 20, timeout: 600_000 });
+    const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
+    if (!line) throw new Error('the VMware bench printed no result');
+    const r = JSON.parse(line.slice(7));
+    ctx.say(`disk ${(r.diskBytes / 2 ** 20).toFixed(0)} MiB, ${(r.changedBytes / 2 ** 20).toFixed(2)} MiB changed in scattered 4 KiB writes`);
+    const rows: Row[] = [
+      { name: 'incremental bytes read, CBT+VDDK', value: r.vddk.bytesRead / 1e6, unit: 'MB',
+        baseline: { name: 'raw scan', value: r.raw.bytesRead / 1e6, unit: 'MB' }, ratio: r.vddk.bytesRead / Math.max(1, r.raw.bytesRead),
+        note: `${((100 * r.vddk.bytesRead) / r.diskBytes).toFixed(1)}% of the disk; the raw scan reads every allocated chunk` },
+      { name: 'incremental time, CBT+VDDK', value: r.vddk.seconds, unit: 's',
+        baseline: { name: 'raw scan', value: r.raw.seconds, unit: 's' }, ratio: r.vddk.seconds / Math.max(1e-9, r.raw.seconds),
+        note: `the whole run incl. login, snapshot and its removal: ${r.vddk.runSeconds.toFixed(2)} s` },
+    ];
+    return rows;
+  },
+};
+
+export const agent: Section = {
+  name: 'agent',
+  title: 'agent: aggregate throughput of 1, 2 and 3 node processes on one store (2 cores: overhead, not scale)',
+  spaceNeeded: () => 2 * 1024 * 1024 * 1024,
+  async run(ctx) {
+    const { benchAgent } = await import(pathToFileURL(path.join(root, 'dist/bench/agent.js')).href);
+    const r = await benchAgent({ log: (l: string) => ctx.log(l) });
+    ctx.say(r.note);
+    return r.rows.map((row: { nodes: number; mbPerSecond: number; ratioToBaseline: number; jobs: number }) => ({
+      name: `${row.nodes} node${row.nodes > 1 ? 's' : ''}, ${row.jobs} jobs`, value: row.mbPerSecond, unit: 'MB/s',
+      baseline: { name: 'library, disks one after another', value: r.baselineMbPerSecond, unit: 'MB/s' }, ratio: row.ratioToBaseline,
+    }));
+  },
+};

@@ -1,0 +1,214 @@
+// Peer streaming benchmark: replicate over ws:// on 127.0.0.1 to a receiving node (`rnode serve` in a child
+// process, with a local fs store) next to replicate into a local fs store, same image, same run; and how close
+// the token-bucket throttle (sender-side --bandwidth, node-side serve --bandwidth) holds its setting.
+// Exported for bench/run.ts (benchWs); `node dist/bench/ws.js [image] [sizeMiB]` runs it alone.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { ObjectStore, ReplicateResult } from 'replication-node';
+import type { RemoteStore } from '../dist/transport/index.js';
+
+export interface WsBenchOptions {
+  /** The disk image to replicate (read from page cache ideally; the caller warms it). */
+  image: string;
+  /** A scratch directory on the filesystem to measure (stores are created and removed in it). */
+  workdir: string;
+  /** Chunk size (default 1 MiB, the CLI default). */
+  chunkSize?: number;
+  /** Full replicate runs per contender, interleaved; the median counts (default 3). */
+  repeat?: number;
+  /** Throttle setting in bytes/s (default 40 MB/s); 0 skips the throttle measurements. */
+  bandwidth?: number;
+  /** How long each throttled transfer should take at the setting (default 4 s): sets its size. */
+  throttleSeconds?: number;
+  log?: (line: string) => void;
+}
+
+export interface ThrottleFigure {
+  /** bytes/s asked for. */
+  setting: number;
+  /** Wire bytes/s while data flowed (slope between 10% and 90% of the bytes sent). */
+  measured: number;
+  /** (measured - setting) / setting, in percent. */
+  errorPct: number;
+  bytes: number;
+  seconds: number;
+  /** bytes / seconds of the whole replicate() call, setup and commit included. */
+  endToEnd: number;
+}
+
+export interface WsBenchResult {
+  imageBytes: number;
+  chunkSize: number;
+  /** MB/s = 10^6 bytes of disk size per second of replicate() (in this process, process start excluded). */
+  local: { seconds: number[]; mbPerSec: number };
+  ws: { seconds: number[]; mbPerSec: number; wireBytes: number; reconnects: number };
+  /** ws MB/s over local MB/s (target >= 0.6 on 2 cores, both ends sharing them). */
+  ratio: number;
+  /** Sender-side and node-side throttle: measured wire rate vs the setting (target within 5%). */
+  throttle?: {
+    sender: ThrottleFigure;
+    node: ThrottleFigure;
+  };
+}
+
+const DIST = new URL('../', import.meta.url); // dist/ when compiled to dist/bench/ws.js
+const MB = 1e6;
+
+async function lib() {
+  const core = await import(new URL('index.js', DIST).href) as typeof import('replication-node');
+  const transport = await import(new URL('transport/index.js', DIST).href) as typeof import('../dist/transport/index.js');
+  return { ...core, ...transport };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** `node dist/cli.js serve` on 127.0.0.1:0 with a local fs store; resolves with its ws:// URL. */
+async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string }> {
+  const cli = fileURLToPath(new URL('cli.js', DIST));
+  const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
+    { stdio: ['ignore', 'pipe', 'ignore'] });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (b) => { out += b; if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]).listening); });
+    child.on('exit', (c) => reject(new Error(`rnode serve exited with ${c} before listening`)));
+  });
+  return { child, url };
+}
+
+async function stopServe(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await done;
+}
+
+export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
+  const L = await lib();
+  const log = opts.log ?? (() => undefined);
+  const chunkSize = opts.chunkSize ?? 1024 * 1024;
+  const repeat = opts.repeat ?? 3;
+  const imageBytes = fs.statSync(opts.image).size;
+  const dir = await fsp.mkdtemp(path.join(opts.workdir, 'ws-bench-'));
+  try {
+    const once = async (store: ObjectStore, concurrency?: number): Promise<{ seconds: number; r: ReplicateResult }> => {
+      const source = await L.openSource(opts.image);
+      try {
+        const t0 = performance.now();
+        const r = await L.replicate({ store, source, disk: 'bench', chunkSize, forceFull: true, checkpointRecords: 64, checkpointMillis: 2000,
+          ...(concurrency ? { concurrency } : {}) });
+        return { seconds: (performance.now() - t0) / 1000, r };
+      } finally {
+        await source.close();
+      }
+    };
+    const local: number[] = [];
+    const wsSecs: number[] = [];
+    let wireBytes = 0;
+    let reconnects = 0;
+    for (let i = 0; i < repeat; i++) {
+      // A fresh store each time, so every run writes every chunk (a full point into an empty store).
+      const localDir = path.join(dir, `local-${i}`);
+      const ls = await L.openStore(localDir);
+      local.push((await once(ls)).seconds);
+      await ls.close();
+      await fsp.rm(localDir, { recursive: true, force: true });
+
+      const nodeDir = path.join(dir, `node-${i}`);
+      const { child, url } = await startServe(nodeDir);
+      try {
+        const rs = await L.openStore(url);
+        // As the CLI does for ws(s):// targets (src/cli/serve.ts remoteReplicateOptions): 16 chunks in flight.
+        const run = await once(rs, Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || 16);
+        wsSecs.push(run.seconds);
+        const counters = (rs.backend as RemoteStore).counters;
+        wireBytes = counters.bytesSent;
+        reconnects += counters.connects - 1;
+        await rs.close();
+      } finally {
+        await stopServe(child);
+        await fsp.rm(nodeDir, { recursive: true, force: true });
+      }
+      log(`run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s`);
+    }
+    const localRate = imageBytes / MB / median(local);
+    const wsRate = imageBytes / MB / median(wsSecs);
+    const result: WsBenchResult = {
+      imageBytes, chunkSize,
+      local: { seconds: local, mbPerSec: localRate },
+      ws: { seconds: wsSecs, mbPerSec: wsRate, wireBytes, reconnects },
+      ratio: wsRate / localRate,
+    };
+
+    const bandwidth = opts.bandwidth ?? 40 * MB;
+    if (bandwidth > 0) {
+      // Incompressible data, so wire bytes ~ disk bytes and the transfer lasts ~throttleSeconds at the setting.
+      const tImage = path.join(dir, 'throttle.img');
+      const tBytes = Math.ceil((bandwidth * (opts.throttleSeconds ?? 4)) / chunkSize) * chunkSize;
+      const fh = await fsp.open(tImage, 'w');
+      const block = Buffer.alloc(chunkSize);
+      for (let off = 0; off < tBytes; off += chunkSize) {
+        for (let j = 0; j < block.length; j += 4) block.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, j);
+        await fh.write(block, 0, block.length, off);
+      }
+      await fh.close();
+      const measure = async (which: 'sender' | 'node') => {
+        const nodeDir = path.join(dir, `throttle-${which}`);
+        const { child, url } = await startServe(nodeDir, which === 'node' ? ['--bandwidth', String(bandwidth)] : []);
+        try {
+          const store = new L.RemoteStore({ url, ...(which === 'sender' ? { bandwidth } : {}) });
+          const source = await L.openSource(tImage);
+          // Samples of bytes sent over time: the rate is the slope between 10% and 90% of the transfer, so the
+          // setup round trips (listing, lease, commit) do not count against the throttle.
+          const samples: Array<[number, number]> = [];
+          const t0 = performance.now();
+          const timer = setInterval(() => samples.push([performance.now(), store.counters.bytesSent]), 20);
+          await L.replicate({ store, source, disk: 'throttle', chunkSize, checkpointRecords: 64, checkpointMillis: 2000 });
+          clearInterval(timer);
+          const seconds = (performance.now() - t0) / 1000;
+          await source.close();
+          const bytes = store.counters.bytesSent;
+          await store.close();
+          const at = (f: number) => samples.find(([, b]) => b >= f * bytes) ?? samples[samples.length - 1];
+          const [ta, ba] = at(0.1);
+          const [tb, bb] = at(0.9);
+          const measured = (bb - ba) / ((tb - ta) / 1000);
+          return { setting: bandwidth, measured, errorPct: ((measured - bandwidth) / bandwidth) * 100, bytes, seconds,
+            endToEnd: bytes / seconds };
+        } finally {
+          await stopServe(child);
+        }
+      };
+      result.throttle = { sender: await measure('sender'), node: await measure('node') };
+      log(`throttle at ${(bandwidth / MB).toFixed(1)} MB/s: sender ${(result.throttle.sender.measured / MB).toFixed(2)} MB/s ` +
+        `(${result.throttle.sender.errorPct.toFixed(1)}%), node ${(result.throttle.node.measured / MB).toFixed(2)} MB/s (${result.throttle.node.errorPct.toFixed(1)}%)`);
+    }
+    return result;
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
+// Standalone: node dist/bench/ws.js [image] [sizeMiB]
+if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  const L = await lib();
+  const workdir = process.env.RNODE_BENCH_DIR ?? os.tmpdir();
+  let image = process.argv[2];
+  let made: string | undefined;
+  if (!image) {
+    made = image = path.join(workdir, `ws-bench-image-${process.pid}.img`);
+    await L.generateSampleDisk(image, { size: Number(process.argv[3] ?? 256) * 1024 * 1024, seed: 1, holeEvery: 0 });
+  }
+  try {
+    const r = await benchWs({ image, workdir, log: (l) => console.log(l) });
+    console.log(JSON.stringify(r, null, 1));
+  } finally {
+    if (made) await fsp.rm(made, { force: true });
+  }
+}
