@@ -92,9 +92,12 @@ export class CodecWorkers {
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
 
+  private readonly workerData: Record<string, unknown>;
+  private closed = false;
+
   constructor(readonly size = defaultWorkers()) {
     const require = createRequire(import.meta.url);
-    const workerData = {
+    this.workerData = {
       blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
       kernel: KERNEL_PATH,
       gcEvery: 8 * 1024 * 1024,
@@ -102,14 +105,18 @@ export class CodecWorkers {
     // Isolates created after this flag expose gc(); the workers use it (see WORKER_SOURCE).
     v8.setFlagsFromString('--expose-gc');
     for (let i = 0; i < size; i++) {
-      const w = new Worker(WORKER_SOURCE, { eval: true, workerData });
-      w.unref(); // idle workers never keep the process alive
-      w.on('message', (m) => this.onMessage(m));
-      w.on('error', (err) => this.fail(i, err));
-      w.on('exit', (code) => this.fail(i, new Error(`codec worker exited with code ${code}`)));
-      this.workers.push(w);
+      this.workers.push(this.spawn(i));
       this.load.push(0);
     }
+  }
+
+  private spawn(i: number): Worker {
+    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: this.workerData });
+    w.unref(); // idle workers never keep the process alive
+    w.on('message', (m) => this.onMessage(m));
+    w.on('error', (err) => this.fail(i, w, err));
+    w.on('exit', (code) => this.fail(i, w, new Error(`codec worker exited with code ${code}`)));
+    return w;
   }
 
   /**
@@ -151,14 +158,20 @@ export class CodecWorkers {
     else p.resolve(m);
   }
 
-  private fail(worker: number, err: Error): void {
+  /** A dead worker fails what it held and is replaced, so later chunks never wait on it forever. */
+  private fail(worker: number, w: Worker, err: Error): void {
+    if (this.workers[worker] !== w) return; // already replaced
     for (const [id, p] of this.pending) {
       if (p.worker === worker) { this.pending.delete(id); p.reject(err); }
     }
+    this.load[worker] = 0;
+    if (!this.closed) this.workers[worker] = this.spawn(worker);
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await Promise.all(this.workers.map((w) => w.terminate()));
+    if (instance === this) instance = undefined;
   }
 }
 
