@@ -49,3 +49,34 @@ export const agent: Section = {
     }));
   },
 };
+
+export const ws: Section = {
+  name: 'ws',
+  title: 'peer streaming: full replicate over ws:// on 127.0.0.1 to a receiving node with a local store, and the throttle',
+  spaceNeeded: () => 2 * 1024 * 1024 * 1024,
+  async run(ctx) {
+    const { benchWs } = await import(pathToFileURL(path.join(root, 'dist/bench/ws.js')).href);
+    const { generateSampleDisk } = await import(pathToFileURL(path.join(root, 'dist/index.js')).href);
+    const image = path.join(ctx.dir, 'ws-image.img');
+    const size = Math.min(ctx.settings.size, 512 * 1024 * 1024);
+    await generateSampleDisk(image, { size, seed: 21 });
+    await ctx.settle(image);
+    ctx.say(`image ${(size / 2 ** 20).toFixed(0)} MiB mixed; both ends of the link share the machine's cores`);
+    const r = await benchWs({ image, workdir: ctx.dir, log: (l: string) => ctx.log(l) });
+    const rows: Row[] = [{
+      name: 'full replicate over ws://', value: r.ws.mbPerSec, unit: 'MB/s',
+      baseline: { name: 'local store, same run', value: r.local.mbPerSec, unit: 'MB/s' }, ratio: r.ratio,
+      target: { text: '>= 0.6x local', pass: r.ratio >= 0.6 },
+    }];
+    if (r.throttle) {
+      for (const [name, f] of Object.entries(r.throttle) as Array<[string, { setting: number; measured: number; errorPct: number }]>) {
+        rows.push({
+          name: `throttle (${name})`, value: f.measured / 1e6, unit: 'MB/s',
+          baseline: { name: 'setting', value: f.setting / 1e6, unit: 'MB/s' }, ratio: f.measured / f.setting,
+          target: { text: 'within 5%', pass: Math.abs(f.errorPct) <= 5 },
+        });
+      }
+    }
+    return rows;
+  },
+};

@@ -12,8 +12,10 @@ import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
 import { openStore } from '../store/index.js';
 import { parse, required, str, type Options } from './args.js';
-import { isRemoteLocation, REMOTE_CHECKPOINT, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv, serveCmd } from './serve.js';
+import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv, remoteReplicateOptions, serveCmd } from './serve.js';
 import { bytes, rate, secs } from './format.js';
+import { ProgressBar } from './progress.js';
+import { isVmwareSource, replicateVmwareCommand, vmwareReplicateOptions, VMWARE_REPLICATE_USAGE } from './vmware.js';
 import path from 'node:path';
 
 export interface Io {
@@ -46,13 +48,14 @@ async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typ
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
-  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--full] [--bandwidth <bytes/s>] ${REMOTE_USAGE} [--json]`,
+  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--full] [--bandwidth <bytes/s>] ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
   options: {
     source: { type: 'string' }, target: { type: 'string' }, disk: { type: 'string' },
     'chunk-size': { type: 'string' }, compression: { type: 'string' }, full: { type: 'boolean' },
-    concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...REMOTE_OPTIONS,
+    concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...REMOTE_OPTIONS, ...vmwareReplicateOptions,
   },
   async run(v, io) {
+    if (isVmwareSource(v)) return replicateVmwareCommand(v, io);
     required(v, 'replicate', 'source', 'target');
     const sourceArg = str(v, 'source')!;
     const disk = validateDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
@@ -62,9 +65,11 @@ const replicateCmd: Command = {
     const source = await openSource(sourceArg);
     try {
       const target = str(v, 'target')!;
+      const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
       const r = await withStore(target, (store) =>
         replicate({ store, source, disk, chunkSize, codec, concurrency, forceFull: v.full === true,
-          ...(isRemoteLocation(target) ? REMOTE_CHECKPOINT : {}) }), v);
+          onProgress: (p) => bar.update(p.position, p.diskSize),
+          ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v).finally(() => bar.done());
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
@@ -108,7 +113,9 @@ const recoverCmd: Command = {
   async run(v, io) {
     required(v, 'recover', 'store', 'disk', 'out');
     const disk = validateDiskId(str(v, 'disk')!);
-    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')! }), v);
+    const bar = new ProgressBar({ label: `recover ${disk}`, enabled: v.json !== true });
+    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!,
+      onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v).finally(() => bar.done());
     print(io, v.json === true, r, () => [
       `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
       `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros left sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,

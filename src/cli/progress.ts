@@ -8,6 +8,8 @@ export interface ProgressBarOptions {
   stream?: NodeJS.WriteStream;
   /** Minimum time between redraws. */
   intervalMs?: number;
+  /** false: never draw (e.g. with --json). */
+  enabled?: boolean;
 }
 
 export class ProgressBar {
@@ -19,7 +21,7 @@ export class ProgressBar {
 
   constructor(private readonly o: ProgressBarOptions) {
     this.stream = o.stream ?? process.stderr;
-    this.enabled = this.stream.isTTY === true;
+    this.enabled = o.enabled !== false && this.stream.isTTY === true;
   }
 
   /** done/total in bytes (or any unit; the rate is shown as bytes/s). */

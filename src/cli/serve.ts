@@ -36,6 +36,17 @@ export function remoteEnv(v: Record<string, string | boolean | undefined>): Node
 /** Checkpoints of points written to a remote node: frequent, so a restarted sender re-sends little. */
 export const REMOTE_CHECKPOINT = { checkpointRecords: 64, checkpointMillis: 2000 } as const;
 
+/** Chunks in flight for a remote target (unless --concurrency): each put waits for a round trip and the node. */
+export const REMOTE_CONCURRENCY = 16;
+
+/** replicate() options for a ws(s):// target: frequent checkpoints, a deeper pipeline for chunks up to 2 MiB. */
+export function remoteReplicateOptions(concurrency: number | undefined, chunkSize: number | undefined):
+    { checkpointRecords: number; checkpointMillis: number; concurrency?: number } {
+  const deep = chunkSize === undefined || chunkSize <= 2 * 1024 * 1024;
+  const c = concurrency ?? (deep ? REMOTE_CONCURRENCY : undefined);
+  return { ...REMOTE_CHECKPOINT, ...(c !== undefined ? { concurrency: c } : {}) };
+}
+
 function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;

@@ -61,7 +61,7 @@ export class Lease {
         lease.startRenewing();
         return lease;
       }
-      if (cur && Date.parse(cur.record.expiresAt) > t) {
+      if (cur && Date.parse(cur.record.expiresAt) > t && !holderIsDead(cur.record.holder)) {
         if (t < deadline) {
           await sleep(Math.min(1000, deadline - t));
           continue;
@@ -139,6 +139,22 @@ export class Lease {
     // Expire it rather than delete it, so the fencing token keeps growing across holders.
     const done: LeaseRecord = { ...this.record, expiresAt: new Date(0).toISOString() };
     await this.store.put(layout.lease(this.record.disk), encode(done), { ifMatch: this.etag }).catch(() => undefined);
+  }
+}
+
+/**
+ * A holder on this host whose process is gone (a crash, SIGKILL) cannot renew: its lease is stale now, not at
+ * expiry, as restic treats a stale lock. A reused pid only makes us wait for the expiry, the safe direction.
+ */
+function holderIsDead(holder: string): boolean {
+  const [host, pidText] = holder.split('/');
+  const pid = Number(pidText);
+  if (host !== os.hostname() || !Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }
 

@@ -71,11 +71,24 @@ export type FrameInit = Omit<Frame, 'version' | 'payload' | 'plainXxh64' | 'disk
 
 /** Builds one frame as a single buffer (header + meta + payload copied in). */
 export function encodeFrame(f: FrameInit): Buffer {
-  const meta = Buffer.from(JSON.stringify(f.meta), 'utf8');
   const payload = f.payload ?? new Uint8Array(0);
+  const head = encodeFrameHead(f, payload.length);
+  if (payload.length === 0) return head;
+  const b = Buffer.allocUnsafe(head.length + payload.length);
+  head.copy(b, 0);
+  b.set(payload, head.length);
+  return b;
+}
+
+/**
+ * Header and meta of a frame whose payloadLength bytes follow separately (sent as the next WebSocket fragment
+ * of the same message, so a chunk is never copied into a frame buffer).
+ */
+export function encodeFrameHead(f: Omit<FrameInit, 'payload'>, payloadLength: number): Buffer {
+  const meta = Buffer.from(JSON.stringify(f.meta), 'utf8');
   if (meta.length > MAX_META_BYTES) throw transportError(TransportErrorCodes.PROTOCOL, `frame meta of ${meta.length} bytes exceeds ${MAX_META_BYTES}`);
-  if (payload.length > MAX_PAYLOAD_BYTES) throw transportError(TransportErrorCodes.PROTOCOL, `frame payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
-  const b = Buffer.allocUnsafe(FRAME_HEADER_BYTES + meta.length + payload.length);
+  if (payloadLength > MAX_PAYLOAD_BYTES) throw transportError(TransportErrorCodes.PROTOCOL, `frame payload of ${payloadLength} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
+  const b = Buffer.allocUnsafe(FRAME_HEADER_BYTES + meta.length);
   b.writeUInt32LE(FRAME_MAGIC, 0);
   b.writeUInt8(PROTOCOL_VERSION, 4);
   b.writeUInt8(f.type, 5);
@@ -84,10 +97,9 @@ export function encodeFrame(f: FrameInit): Buffer {
   b.writeUInt32LE(f.seq >>> 0, 12);
   b.writeBigUInt64LE(f.diskOffset === null || f.diskOffset === undefined ? NO_OFFSET_BIG : BigInt(f.diskOffset), 16);
   b.writeUInt32LE(meta.length, 24);
-  b.writeUInt32LE(payload.length, 28);
+  b.writeUInt32LE(payloadLength, 28);
   b.writeBigUInt64LE(f.plainXxh64 ?? 0n, 32);
   meta.copy(b, FRAME_HEADER_BYTES);
-  b.set(payload, FRAME_HEADER_BYTES + meta.length);
   return b;
 }
 

@@ -15,7 +15,7 @@ import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities 
 import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
 import { TransportErrorCodes, transportError } from './errors.js';
-import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
+import { decodeFrame, encodeFrame, encodeFrameHead, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from './throttle.js';
 
 export interface RemoteStoreOptions {
@@ -62,7 +62,11 @@ export interface RemoteCounters {
 
 interface Req {
   stream: number;
+  /** The frame, or for a PUT its header and meta: the payload follows as a second fragment, not copied. */
   frame: Buffer;
+  payload?: Buffer;
+  /** Bytes on the wire (frame + payload): what the credit counts. */
+  size: number;
   isPut: boolean;
   /** Connection generation it was last sent on (0: never sent). */
   sentOn: number;
@@ -149,16 +153,18 @@ export class RemoteStore implements ObjectStore {
     } else if (ck) flags |= FrameFlag.CHUNK;
     this.learnChunkSize(key, buf);
     const stream = this.allocStream();
-    const frame = encodeFrame({
+    // The payload is the caller's buffer, held (never copied) until the put resolves: the ObjectStore contract
+    // lets callers reuse it only after that.
+    const head = encodeFrameHead({
       type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64,
-      meta: { key, ...(opts.ifMatch !== undefined ? { ifMatch: opts.ifMatch } : {}) }, payload: buf,
-    });
-    if (frame.length > this.maxFrame) {
+      meta: { key, ...(opts.ifMatch !== undefined ? { ifMatch: opts.ifMatch } : {}) },
+    }, buf.length);
+    if (head.length + buf.length > this.maxFrame) {
       throw new RnodeError(ErrorCodes.STORE_IO, `put ${key} in ${this.location}: object of ${buf.length} bytes exceeds the node's frame limit`);
     }
     let resent = false;
     try {
-      const f = await this.request(frame, true, stream, () => { resent = true; });
+      const f = await this.request(head, true, stream, () => { resent = true; }, undefined, buf);
       return infoOf(key, f);
     } catch (err) {
       // A conditional put whose first attempt landed before the cut comes back "already exists": it is ours
@@ -251,11 +257,11 @@ export class RemoteStore implements ObjectStore {
     return this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: m as unknown as Record<string, unknown> }), false, stream);
   }
 
-  private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer): Promise<Frame> {
+  private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer, payload?: Buffer): Promise<Frame> {
     if (this.state === 'closed') return Promise.reject(transportError(TransportErrorCodes.CLOSED, `the store ${this.location} is closed`));
     return new Promise<Frame>((resolve, reject) => {
       const req: Req = {
-        stream, frame, isPut, sentOn: 0, paid: false, reject,
+        stream, frame, payload, size: frame.length + (payload?.length ?? 0), isPut, sentOn: 0, paid: false, reject,
         resolve: (f) => {
           if (f.type === FrameType.CONTROL) {
             try { this.nodeMessage(f); } catch (err) { reject(err); return; }
@@ -290,43 +296,49 @@ export class RemoteStore implements ObjectStore {
       while (this.state === 'ready' && this.queue.length > 0) {
         const ws = this.ws!;
         const r = this.queue[0];
-        if (r.isPut && this.credit < r.frame.length) break; // an ack's credit grant calls pump again
+        if (r.isPut && this.credit < r.size) break; // an ack's credit grant calls pump again
         if (ws.bufferedAmount >= this.hwm) {
           await new Promise<void>((res) => this.drainWaiters.push(res));
           continue;
         }
         if (this.bucket && !r.paid) {
-          await this.bucket.take(r.frame.length);
+          await this.bucket.take(r.size);
           r.paid = true;
           continue;
         }
         this.queue.shift();
         if (r.sentOn !== 0) {
           r.frame = r.rebuild ? r.rebuild() : r.frame;
-          if (r.isPut) { this.counters.resentFrames++; this.counters.resentBytes += r.frame.length; }
+          if (r.isPut) { this.counters.resentFrames++; this.counters.resentBytes += r.size; }
         }
         if (r.isPut) {
-          this.credit -= r.frame.length;
-          this.unacked += r.frame.length;
+          this.credit -= r.size;
+          this.unacked += r.size;
           if (this.unacked > this.counters.maxUnackedBytes) this.counters.maxUnackedBytes = this.unacked;
         }
         r.sentOn = this.gen;
         r.paid = false;
         this.sent.set(r.stream, r);
-        this.sendNow(r.frame);
+        this.sendNow(r.frame, r.payload);
       }
     } finally {
       this.pumping = false;
     }
   }
 
-  private sendNow(frame: Buffer): void {
+  private sendNow(frame: Buffer, payload?: Buffer): void {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
     frame.writeUInt32LE(this.sendSeq++ >>> 0, 12);
     this.counters.framesSent++;
-    this.counters.bytesSent += frame.length;
-    ws.send(frame, { binary: true }, () => this.onWritten());
+    this.counters.bytesSent += frame.length + (payload?.length ?? 0);
+    if (payload && payload.length > 0) {
+      // Two fragments of one WebSocket message, queued back to back (ws.send never interleaves them).
+      ws.send(frame, { binary: true, fin: false });
+      ws.send(payload, { binary: true, fin: true }, () => this.onWritten());
+    } else {
+      ws.send(frame, { binary: true }, () => this.onWritten());
+    }
   }
 
   private onWritten(): void {
@@ -445,6 +457,7 @@ export class RemoteStore implements ObjectStore {
   }
 
   private onSession(ws: WebSocket, w: Extract<NodeMessage, { op: 'welcome' }>): void {
+    if (this.state === 'closed') { ws.on('error', () => undefined); ws.close(1000); return; } // closed while connecting
     this.ws = ws;
     this.gen++;
     this.session = w.session;
@@ -498,7 +511,7 @@ export class RemoteStore implements ObjectStore {
       if (f.type === FrameType.CONTROL) {
         const m = parseNodeMessage(f.meta);
         // Settle the books before the grant: grant() may send at once.
-        if (req.isPut) this.unacked -= req.frame.length;
+        if (req.isPut) this.unacked -= req.size;
         if ((m.op === 'ack' || m.op === 'error') && m.credit !== undefined) this.grant(m.credit);
       }
       this.sent.delete(f.stream);

@@ -46,6 +46,8 @@ export interface ServerStats {
   sessionsTotal: number;
   authFailures: number;
   puts: number;
+  /** Of which chunk objects. */
+  chunkPuts: number;
   putBytes: number;
   rejected: number;
   gets: number;
@@ -61,7 +63,7 @@ const MAX_OPEN_LISTS = 16;
 
 export class ReplicationServer {
   readonly stats: ServerStats = {
-    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
+    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
     protocolErrors: 0, peakSessionBytes: 0,
   };
   readonly validator: ObjectValidator;
@@ -262,10 +264,11 @@ class Session {
     this.schedule(async () => {
       try {
         await this.node.bucket?.take(size);
-        await this.node.validator.checkPut({ key: meta.key, data: f.payload, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
+        const kind = await this.node.validator.checkPut({ key: meta.key, data: f.payload, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
         const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
         const info = await this.node.opts.store.put(meta.key, f.payload, opts);
         this.node.stats.puts++;
+        if (kind.kind === 'chunk') this.node.stats.chunkPuts++;
         this.node.stats.putBytes += f.payload.length;
         this.held -= size;
         this.reply(f.stream, { op: 'ack', info: wireInfo(info), credit: size });

@@ -79,3 +79,21 @@ t.test('a writer that lost its lease stops before committing', async (t) => {
   }), { code: 'RNODE_LEASE_LOST' });
   t.same(await listPointSeqs(store, 'z'), [], 'no point committed');
 });
+
+// Regression: after a writer was SIGKILLed, the next run failed with RNODE_LEASE_HELD until the lease expired.
+t.test('a live-looking lease whose holder process on this host is gone is taken over at once', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  const store = new MemoryStore();
+  const record = {
+    format: 'rnode-lease', disk: 'k', holder: `${os.hostname()}/${dead}/deadbeef`, token: 7,
+    acquiredAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+  };
+  await store.put(layout.lease('k'), Buffer.from(JSON.stringify(record)));
+  const lease = await Lease.acquire(store, 'k');
+  t.equal(lease.token, 8, 'taken over with the next fencing token');
+  await lease.release();
+  // A holder on another host is never presumed dead: its lease holds until it expires.
+  await store.put(layout.lease('k'), Buffer.from(JSON.stringify({ ...record, holder: `elsewhere/${dead}/x`, token: 9 })));
+  await t.rejects(Lease.acquire(store, 'k'), { code: 'RNODE_LEASE_HELD' });
+});

@@ -96,7 +96,7 @@ export async function negotiate(io: HandshakeIo, req: HandshakeRequest, where: s
       if (r.type === Rep.META_CONTEXT) {
         const c = decodeMetaContext(r.data);
         if (!req.contexts.includes(c.name)) throw new NbdProtocolError(`server selected meta context "${cleanMessage(c.name)}" that was not asked for`);
-        if ([...contexts.values()].includes(c.id)) throw new NbdProtocolError(`server gave meta context id ${c.id} twice`);
+        if (contexts.has(c.name) || [...contexts.values()].includes(c.id)) throw new NbdProtocolError(`server selected meta context "${c.name}" (id ${c.id}) twice`);
         contexts.set(c.name, c.id);
         continue;
       }
