@@ -112,10 +112,11 @@ export class CodecWorkers {
 
   private spawn(i: number): Worker {
     const w = new Worker(WORKER_SOURCE, { eval: true, workerData: this.workerData });
-    w.unref(); // idle workers never keep the process alive
     w.on('message', (m) => this.onMessage(m));
     w.on('error', (err) => this.fail(i, w, err));
     w.on('exit', (code) => this.fail(i, w, new Error(`codec worker exited with code ${code}`)));
+    // Idle workers never keep the process alive. After the listeners: adding a 'message' listener refs the port.
+    w.unref();
     return w;
   }
 

@@ -12,7 +12,7 @@ import { loadPoint } from '../../src/recovery/points.js';
 import {
   addBitmap, collect, createImage, dirtyRanges, KiB, MiB, qemuImg, qemuWrite, rawSnapshot, sha256File, startExport, tmpDir,
   type Write,
-} from './qemu.js';
+} from './fixtures/qemu.js';
 
 const SIZE = 32 * MiB;
 const CHUNK = 64 * KiB;

@@ -10,7 +10,7 @@ import { NbdSource } from '../../src/source/nbd/index.js';
 import {
   addBitmap, collect, createImage, dirtyRanges, GRANULE, KiB, merge, MiB, nbdinfoMap, qemuWrite, rawSnapshot,
   sharedBuffer, startExport, tmpDir, type Write,
-} from './qemu.js';
+} from './fixtures/qemu.js';
 
 const SIZE = 32 * MiB;
 // Inside one granule, across a granule boundary, unaligned, at the very start and the very end.
@@ -179,4 +179,25 @@ t.test('the server going away fails reads with a clear error, no hang', async (t
   t.match(err?.message, /lost the connection to NBD server .*run again/);
   await t.rejects(src.read(0, buf, 4096), { code: ErrorCodes.SOURCE_IO }, 'later reads fail at once');
   await src.close();
+});
+
+t.test('default 1 GiB status windows on a 3 GiB sparse qcow2 (a few MiB on disk): runs merge across window edges', async (t) => {
+  const dir = tmpDir(t);
+  const img = path.join(dir, 'big.qcow2');
+  const GiB = 1024 * MiB;
+  createImage(img, 3 * GiB, ['b0']);
+  const writes: Write[] = [
+    { offset: GiB - 1 * MiB, length: 2 * MiB, seed: 31 }, // straddles the first window edge
+    { offset: 2 * GiB - 1 * MiB, length: 64 * KiB, seed: 32 },
+    { offset: 3 * GiB - 1 * MiB, length: 1 * MiB, seed: 33 }, // ends at the end of the disk
+  ];
+  qemuWrite(img, writes, dir);
+  const exp = await startExport(t, dir, img, ['b0']);
+  const src = await openSource(exp.url('bitmap=b0'));
+  t.teardown(() => src.close());
+  const expected = writes.map(({ offset, length }) => ({ offset, length }));
+  t.same(await collect(src.allocatedExtents()), expected, 'allocation: one extent per write, the straddling one merged');
+  t.same(await collect(src.changedExtentsSince('b0')), expected, 'dirty bitmap: the same');
+  const map = nbdinfoMap(exp.url());
+  if (map) t.same(await collect(src.allocatedExtents()), merge(map.filter((e) => (e.type & 2) === 0)), 'matches nbdinfo --map');
 });

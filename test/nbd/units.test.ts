@@ -5,7 +5,7 @@ import { ErrorCodes } from '../../src/errors.js';
 import {
   CoveredRanges, nbdProtocol as P, parseNbdUrl, ReplyParser, statusRuns, type ReplySink,
 } from '../../src/source/nbd/index.js';
-import { collect, randomData } from './qemu.js';
+import { collect, randomData } from './fixtures/qemu.js';
 
 /** Records what the parser reports; simple replies for even handles carry `simplePayload` bytes. */
 function recorder(simplePayload = 0) {
@@ -20,7 +20,7 @@ function recorder(simplePayload = 0) {
   return { sink, events };
 }
 
-function simple(handle: bigint, error: number, data = Buffer.alloc(0)): Buffer {
+function simple(handle: bigint, error: number, data: Buffer = Buffer.alloc(0)): Buffer {
   const h = Buffer.alloc(16);
   h.writeUInt32BE(P.SIMPLE_REPLY_MAGIC, 0);
   h.writeUInt32BE(error, 4);
