@@ -146,3 +146,18 @@ t.test('garbage, a newer protocol version, silence and --max-sessions are refuse
   t.equal(rude.frames[0]?.meta.code, TransportErrorCodes.PROTOCOL);
   t.ok(server.stats.protocolErrors >= 3);
 });
+
+t.test('a stalled peer (reads nothing, answers no ping) is dropped after the idle timeout', async (t) => {
+  const dir = tmpDir(t, 'ws-stall');
+  const { url, server } = await startNode(t, dir, { idleMs: 300 });
+  const ws = new WebSocket(url);
+  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: 0, meta: { op: 'hello' } }));
+  await new Promise((r) => ws.once('message', r)); // welcome
+  t.equal(server.stats.sessions, 1);
+  (ws as unknown as { _socket: import('node:net').Socket })._socket.pause(); // a hung peer: nothing is read
+  const t0 = Date.now();
+  while (server.stats.sessions > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
+  t.equal(server.stats.sessions, 0, `the stalled session was dropped after ${Date.now() - t0} ms`);
+  ws.terminate();
+});
