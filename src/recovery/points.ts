@@ -46,8 +46,11 @@ export async function resolvePoint(store: ObjectStore, disk: string, which: stri
     throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
   }
   if (which === undefined || which === 'latest') return seqs[seqs.length - 1];
+  if (!/^\d+$/.test(which)) {
+    throw new RnodeError(ErrorCodes.USAGE, `--point "${which}" is not a point number; pass a number from "rnode points" or "latest"`);
+  }
   const n = Number(which);
-  if (!/^\d+$/.test(which) || !seqs.includes(n)) {
+  if (!seqs.includes(n)) {
     throw new RnodeError(ErrorCodes.POINT_NOT_FOUND,
       `point ${which} of disk ${disk} does not exist; existing points: ${seqs.join(', ')} (or "latest")`);
   }

@@ -80,11 +80,19 @@ interface Checkpoint {
   scan: boolean;
   diskSize: number;
   chunkSize: number;
-  source: { kind: string; location: string };
+  source: { kind: string; location: string; identity?: string };
   segments: SegmentRef[];
   records: number;
   nextIndex: number;
   stats: { bytesRead: number; bytesWritten: number; chunksChanged: number; chunksZero: number; chunksData: number };
+}
+
+type Delta = Partial<Record<'bytesRead' | 'bytesWritten' | 'chunksChanged' | 'chunksZero' | 'chunksData', number>>;
+
+/** What one candidate chunk became: its table record (null: nothing to record) and what it cost. */
+interface Outcome {
+  entry: ChunkEntry | null;
+  delta: Delta;
 }
 
 /** A chunk's plaintext buffer and the buffer its stored object is built in (both shared with the workers). */
@@ -152,8 +160,12 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
   const unreadIsZero = scan;
 
-  const ck = await openCheckpoint(opts, store, disk, seq, parent?.point ?? null, scan, grid, source);
+  const identity = await source.identity?.();
+  const ck = await openCheckpoint(opts, store, disk, seq, parent?.point ?? null, scan, grid, source, identity);
+  // Stats of the chunks settled in index order, so a checkpoint holds exactly the work it covers.
   const stats = { ...ck.stats };
+  // Live figures for progress only (chunks still in flight included).
+  const live = { bytesRead: ck.stats.bytesRead, bytesWritten: ck.stats.bytesWritten };
   const segments: SegmentRef[] = [...ck.segments];
   let records = ck.records;
   const marker = await source.changeMarker();
@@ -165,9 +177,11 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   let flushedNextIndex = ck.nextIndex;
   let segmentChain: Promise<void> = Promise.resolve();
   let failure: unknown;
+  let checkpointFailure: unknown;
 
   const flushSegment = (nextIndex: number) => {
     const entries = pendingEntries;
+    const bytes = encodeSegment(entries);
     pendingEntries = [];
     lastCheckpoint = Date.now();
     const ref: SegmentRef = {
@@ -180,32 +194,37 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     records += entries.length;
     const snapshot: Checkpoint = {
       format: 'rnode-pending', point: seq, parent: parent?.point ?? null, scan, diskSize: grid.diskSize, chunkSize,
-      source: { kind: source.kind, location: source.location }, segments: [...segments], records, nextIndex,
-      stats: { ...stats },
+      source: { kind: source.kind, location: source.location, ...(identity ? { identity } : {}) }, segments: [...segments], records, nextIndex,
+      stats: { ...stats, bytesWritten: stats.bytesWritten + bytes.length },
     };
-    const bytes = encodeSegment(entries);
+    stats.bytesWritten += bytes.length;
+    // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
     segmentChain = segmentChain.then(async () => {
-      if (failure) return;
+      if (checkpointFailure) return;
       await store.put(ref.key, bytes);
-      stats.bytesWritten += bytes.length;
       await store.put(layout.pending(disk, seq), Buffer.from(JSON.stringify(snapshot)));
-    }).catch((err) => { failure ??= err; }); // stops the scan; surfaced after in-flight chunks settle
+    }).catch((err) => { checkpointFailure ??= err; failure ??= err; }); // stops the scan
   };
 
   const pool = new BufferPool(Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize)),
     () => ({ plain: sharedBuffer(chunkSize), out: sharedBuffer(maxObjectBytes(chunkSize)) }));
   // Results complete out of order; the table needs them in index order, so they wait here (bounded by the pool).
-  const done = new Map<number, ChunkEntry | null>();
+  const done = new Map<number, Outcome>();
   const candidateIndex = new Map<number, number>();
   let nextOrdinal = 0;
   let flushOrdinal = 0;
   const inflight = new Set<Promise<void>>();
 
-  const settle = (ordinal: number, entry: ChunkEntry | null) => {
-    done.set(ordinal, entry);
+  // Finished chunks wait here for a slower, earlier one; the reader may run at most this far ahead of it.
+  const reorderWindow = 2 * pool.count;
+  let windowWaiter: (() => void) | undefined;
+  const wake = () => { const w = windowWaiter; windowWaiter = undefined; w?.(); };
+  const settle = (ordinal: number, outcome: Outcome) => {
+    done.set(ordinal, outcome);
     while (done.has(flushOrdinal)) {
-      const e = done.get(flushOrdinal)!;
+      const { entry: e, delta } = done.get(flushOrdinal)!;
       done.delete(flushOrdinal);
+      for (const k of Object.keys(delta) as Array<keyof Delta>) stats[k] += delta[k] ?? 0;
       flushedNextIndex = candidateIndex.get(flushOrdinal)! + 1;
       candidateIndex.delete(flushOrdinal);
       flushOrdinal++;
@@ -215,33 +234,31 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
         flushSegment(flushedNextIndex);
       }
     }
+    wake();
   };
 
-  const processChunk = async (c: Candidate, slot: Slot): Promise<ChunkEntry | null> => {
+  const processChunk = async (c: Candidate, slot: Slot): Promise<Outcome> => {
     const offset = grid.offset(c.index);
     const length = grid.length(c.index);
     const n = await source.read(offset, slot.plain, length);
     if (n !== length) {
       throw new RnodeError(ErrorCodes.SOURCE_CHANGED, `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`);
     }
-    stats.bytesRead += n;
+    live.bytesRead += n;
     const plain = slot.plain.subarray(0, length);
     if (isZero(plain)) {
-      if (!scan) stats.chunksZero++;
-      if (!c.parent || isZeroEntry(c.parent)) return null;
-      stats.chunksChanged++;
-      return zeroEntry(c.index, length);
+      const delta: Delta = { bytesRead: n, chunksZero: scan ? 0 : 1 };
+      if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
+      return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
     }
-    stats.chunksData++;
     const { object, entry } = await encodeChunkInto(plain, slot.out, c.index, seq, codec);
     const p = c.parent;
     if (p && !isZeroEntry(p) && p.plainLength === length && p.xxh64 === entry.xxh64 && p.strong.equals(entry.strong)) {
-      return null; // unchanged: both digests agree, not only the 64-bit one
+      return { entry: null, delta: { bytesRead: n, chunksData: 1 } }; // unchanged: both digests agree, not only the 64-bit one
     }
     await store.put(layout.chunk(disk, seq, c.index), object);
-    stats.bytesWritten += object.length;
-    stats.chunksChanged++;
-    return entry;
+    live.bytesWritten += object.length;
+    return { entry, delta: { bytesRead: n, chunksData: 1, bytesWritten: object.length, chunksChanged: 1 } };
   };
 
   const parentView = parent ? new Cursor(chainView(store, await loadChain(store, disk, parent.point))) : undefined;
@@ -256,22 +273,19 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       const ordinal = nextOrdinal++;
       candidateIndex.set(ordinal, c.index);
       if (!c.read) {
-        let e: ChunkEntry | null = null;
-        if (unreadIsZero && c.parent && !isZeroEntry(c.parent)) {
-          e = zeroEntry(c.index, grid.length(c.index));
-          stats.chunksChanged++;
-        }
-        settle(ordinal, e);
+        const zeroNow = unreadIsZero && c.parent && !isZeroEntry(c.parent);
+        settle(ordinal, zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 } } : { entry: null, delta: {} });
         continue;
       }
+      while (nextOrdinal - flushOrdinal > reorderWindow && !failure) await new Promise<void>((r) => { windowWaiter = r; });
       const slot = await pool.acquire();
       if (failure) { pool.release(slot); break; }
       const p: Promise<void> = processChunk(c, slot).then(
         (e) => settle(ordinal, e),
-        (err) => { failure ??= err; },
+        (err) => { failure ??= err; wake(); },
       ).finally(() => { pool.release(slot); inflight.delete(p); });
       inflight.add(p);
-      opts.onProgress?.({ phase: 'scan', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position, diskSize: grid.diskSize });
+      opts.onProgress?.({ phase: 'scan', bytesRead: live.bytesRead, bytesWritten: live.bytesWritten, chunksDone: flushOrdinal, position, diskSize: grid.diskSize });
     }
   } catch (err) {
     failure ??= err;
@@ -280,7 +294,14 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     await parentView?.close();
   }
   await segmentChain;
-  if (failure) throw failure;
+  if (failure) {
+    // Keep what was stored in order: the next run resumes after it instead of redoing it.
+    if (pendingEntries.length > 0 && !checkpointFailure) {
+      flushSegment(flushedNextIndex);
+      await segmentChain;
+    }
+    throw failure;
+  }
   if (pendingEntries.length > 0 || segments.length === 0) flushSegment(grid.count);
   await segmentChain;
   if (failure) throw failure;
@@ -384,7 +405,7 @@ async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid)
 }
 
 async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, disk: string, seq: number, parent: number | null,
-    scan: boolean, grid: ChunkGrid, source: BlockSource) {
+    scan: boolean, grid: ChunkGrid, source: BlockSource, identity: string | undefined) {
   const fresh = {
     resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0,
     stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0 },
@@ -400,7 +421,9 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, disk: 
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
   if (ck.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
       ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
-      ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments)) {
+      ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments) ||
+      // The data read before the cut must be the data now; a source that cannot tell is never resumed.
+      identity === undefined || ck.source?.identity !== identity) {
     return fresh;
   }
   return { resumed: true, segments: ck.segments, records: ck.records, nextIndex: ck.nextIndex, stats: ck.stats };

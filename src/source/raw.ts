@@ -1,5 +1,6 @@
 // The raw source: a disk image file or a block device, read through the native addon. It has no change
 // tracking; holes (SEEK_DATA/SEEK_HOLE) tell it what a full sync can skip.
+import fsp from 'node:fs/promises';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { openRaw, type RawHandle, NativeIoError } from '../native/index.js';
 import type { BlockSource, Extent } from './types.js';
@@ -45,6 +46,17 @@ export class RawSource implements BlockSource {
   // eslint-disable-next-line require-yield
   async *changedExtentsSince(_marker: string): AsyncIterable<Extent> {
     throw new RnodeError(ErrorCodes.CHANGE_MARKER_INVALID, 'raw sources do not track changes');
+  }
+
+  /** Regular files: inode, size and mtime (writes move it). Block devices cannot tell, so they never resume. */
+  async identity(): Promise<string | undefined> {
+    if (this.handle.blockDevice) return undefined;
+    try {
+      const st = await fsp.stat(this.location, { bigint: true });
+      return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+    } catch {
+      return undefined;
+    }
   }
 
   async changeMarker(): Promise<string | undefined> {

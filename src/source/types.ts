@@ -31,6 +31,11 @@ export interface BlockSource {
   changedExtentsSince(marker: string): AsyncIterable<Extent>;
   /** The marker to save with the point being written, or undefined if the source has none. */
   changeMarker(): Promise<string | undefined>;
+  /**
+   * A token that changes whenever the data may have changed (a snapshot id; a file's mtime, size and inode).
+   * An interrupted point is resumed only if the token is the same; undefined means "cannot tell": never resume.
+   */
+  identity?(): Promise<string | undefined>;
   /** Fill buf[0..length) from disk offset; returns the bytes read (short only at the end of the disk). */
   read(offset: number, buf: Buffer, length: number): Promise<number>;
   close(): Promise<void>;

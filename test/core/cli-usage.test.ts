@@ -1,12 +1,16 @@
 // Bad CLI input gives exit 2 and exactly one clear line on stderr with a stable RNODE_ code and no stack trace:
 // missing flags, a missing source file (the issue lists it among the exit-2 cases), chunk sizes that are not a
-// power of two from 64KiB to 16MiB, unknown flags and commands, bad disk ids and other bad values.
+// power of two from 64KiB to 16MiB, unknown flags and commands, bad disk ids and other bad values. Every case
+// runs through the CLI's main() in-process; one of each kind also through the binary (node dist/cli.js).
 import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { KiB, randomData, tmpDir } from '../helpers/images.js';
+import { KiB, fsStore, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { main } from '../../src/cli/main.js';
 import { lines, runCli, type CliResult } from '../helpers/cli.js';
+
+stopCodecWorkersAtEnd(t);
 
 const dir = tmpDir(t, 'usage');
 const img = path.join(dir, 'disk.img');
@@ -72,17 +76,37 @@ function checkUsage(t: Test, r: CliResult, c: Case): void {
 
 // A store with one point, so that "recover --out <dir>" and friends get past the store lookups.
 t.before(async () => {
-  const r = await runCli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--chunk-size', '64KiB']);
-  if (r.code !== 0) throw new Error(`setup replicate failed: ${r.stderr}`);
+  await snap(fsStore(store), img, 'd', { chunkSize: 64 * KiB });
 });
 
-// Children run four at a time: each is a fresh node process.
+/** Runs the CLI's main() in this process (same parsing and exit-code mapping as the binary, no spawn). */
+async function inProcess(args: string[]): Promise<CliResult> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await main(args, { out: (l) => out.push(l), err: (l) => err.push(l) });
+  return { code, signal: null, stdout: out.map((l) => `${l}\n`).join(''), stderr: err.map((l) => `${l}\n`).join('') };
+}
+
+// Every case through main() in-process: cheap, and the same code path as the binary.
+for (const c of cases) t.test(`main(): ${c.name}`, async (t) => checkUsage(t, await inProcess(c.args), c));
+
+// One case of each kind through the real binary (a fresh node process each, four at a time): what only a
+// process shows (exit status, uncaught errors, stack traces printed by node).
+const SPAWNED = [
+  'replicate with no flags', 'recover without --out', 'replicate of a missing source file', '--chunk-size "100000"',
+  '--chunk-size "3MiB"', '--chunk-size "32KiB"', '--chunk-size "32MiB"', '--chunk-size "abc"', 'unknown flag',
+  'unknown command', '--disk "bad/id" on replicate', 'prune --keep 0', 'a directory as --source', 'an unknown store scheme',
+].map((n) => {
+  const c = cases.find((x) => x.name === n);
+  if (!c) throw new Error(`no case named ${n}`);
+  return c;
+});
 const BATCH = 4;
-for (let i = 0; i < cases.length; i += BATCH) {
-  const batch = cases.slice(i, i + BATCH);
+for (let i = 0; i < SPAWNED.length; i += BATCH) {
+  const batch = SPAWNED.slice(i, i + BATCH);
   let results: Promise<CliResult[]> | undefined;
   for (const c of batch) {
-    t.test(c.name, async (t) => {
+    t.test(`rnode ${c.name}`, async (t) => {
       results ??= Promise.all(batch.map((b) => runCli(b.args)));
       checkUsage(t, (await results)[batch.indexOf(c)], c);
     });
@@ -105,7 +129,7 @@ t.test('--debug adds the stack trace (and only then)', async (t) => {
 });
 
 t.test('a non-numeric --point is a bad value: exit 2', async (t) => {
-  const r = await runCli(['recover', '--store', store, '--disk', 'd', '--point', 'abc', '--out', out]);
+  const r = await inProcess(['recover', '--store', store, '--disk', 'd', '--point', 'abc', '--out', out]);
   checkUsage(t, r, { name: '--point abc', args: [] });
   t.notOk(fs.existsSync(out));
 });

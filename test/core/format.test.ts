@@ -114,6 +114,39 @@ t.test('no codec decodes another codec\'s output; unknown codec ids are FORMAT_C
   }
 });
 
+t.test('decoders survive damaged payloads: an RnodeError or wrong bytes, never a crash or a hang', async (t) => {
+  const plain = Buffer.concat([textData(70 * KiB, 8), Buffer.alloc(70 * KiB), randomData(10 * KiB, 8)]);
+  for (const id of CODECS) {
+    const enc = await encodeChunk(id, plain);
+    if (enc.codec !== id) continue;
+    let odd = 0;
+    const step = Math.max(1, Math.floor(enc.payload.length / 400));
+    for (let i = 0; i < enc.payload.length; i += step) {
+      for (const mask of [0x01, 0xff]) {
+        const bad = Buffer.from(enc.payload);
+        bad[i] ^= mask;
+        try {
+          const out = await decodeChunk(id, bad, plain.length);
+          if (out.length !== plain.length) odd++;
+        } catch (e) {
+          if (!(e instanceof RnodeError) || e.code !== ErrorCodes.CHUNK_CORRUPT) odd++;
+        }
+      }
+    }
+    for (let i = 0; i < 300; i++) {
+      const junk = randomData(1 + (i * 37) % 5000, 5000 + i);
+      if (i % 2 === 0 && junk.length >= 8) { junk.writeUInt32LE(64 * KiB, 0); junk.writeUInt32LE(plain.length, 0); }
+      try {
+        const out = await decodeChunk(id, junk, plain.length);
+        if (out.length !== plain.length) odd++;
+      } catch (e) {
+        if (!(e instanceof RnodeError) || e.code !== ErrorCodes.CHUNK_CORRUPT) odd++;
+      }
+    }
+    t.equal(odd, 0, `${CODEC_NAMES[id]}: every damaged payload is CHUNK_CORRUPT or decodes to ${plain.length} bytes`);
+  }
+});
+
 /** A stored chunk object (header + payload) for plain. */
 async function stored(plain: Buffer, codec: CodecId = Codec.LZ4, index = 7, writer = 3) {
   return encodeStoredChunk(plain, digestChunk(plain), index, writer, codec);

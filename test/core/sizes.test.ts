@@ -115,3 +115,29 @@ t.test('default 1 MiB chunks on a 3 MiB + 1234 byte disk of mixed text and rando
   await expectRestore(t, store, 'mixed', 1, fp1, dir);
   await expectRestore(t, store, 'mixed', 2, fp2, dir);
 });
+
+t.test('the largest chunk size (16 MiB) on a disk of 2.5 chunks + 1234 bytes of mixed data', async (t) => {
+  const dir = tmpDir(t, 'sizes');
+  const img = path.join(dir, 'big.img');
+  const store = fsStore(path.join(dir, 'store'));
+  const big = 16 * MiB;
+  const size = 2 * big + big / 2 + 1234;
+  const fd = fs.openSync(img, 'w');
+  fs.ftruncateSync(fd, size);
+  fs.writeSync(fd, textData(5 * MiB, 7), 0, 5 * MiB, 0);
+  fs.writeSync(fd, randomData(3 * MiB, 7), 0, 3 * MiB, 17 * MiB);
+  fs.writeSync(fd, Buffer.alloc(2 * MiB), 0, 2 * MiB, 20 * MiB); // allocated zeros
+  fs.writeSync(fd, randomData(big / 2 + 1234, 8), 0, big / 2 + 1234, 2 * big);
+  fs.closeSync(fd);
+  const fp1 = fingerprint(img);
+  const p1 = await snap(store, img, 'big', { chunkSize: big });
+  t.equal(p1.chunksTotal, 3);
+  t.equal(p1.chunksChanged, 3);
+  writeAt(img, big - 1, Buffer.from('!'));
+  const fp2 = fingerprint(img);
+  const p2 = await snap(store, img, 'big');
+  t.equal(p2.chunkSize, big);
+  t.equal(p2.chunksChanged, 1);
+  await expectRestore(t, store, 'big', 1, fp1, dir);
+  await expectRestore(t, store, 'big', 2, fp2, dir);
+});

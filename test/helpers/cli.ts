@@ -1,6 +1,6 @@
 // Runs the compiled CLI (node dist/cli.js) as a child process and returns its exit code, signal and output.
-// Builds dist/ with tsc first when it is missing or older than src/ (once, under a lock shared by parallel
-// test processes), and the native addon when it is missing; RNODE_TEST_NO_BUILD=1 skips the rebuild.
+// Builds dist/ with tsc first when it is missing or older than src/ (once per test run, under a lock shared by
+// parallel test processes), and the native addon when it is missing; RNODE_TEST_NO_BUILD=1 skips the rebuild.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -31,9 +31,15 @@ function newestMtime(dir: string): number {
   return newest;
 }
 
+/**
+ * Marks that dist/ was checked in this test run: test files are processes of one runner (same parent pid),
+ * and once one of them has built, the others must not rebuild under CLI children that are running.
+ */
+const RUN_MARK = path.join(os.tmpdir(), `rnode-test-built-${Buffer.from(ROOT).toString('hex').slice(-24)}-${process.ppid}`);
+
 function needsBuild(): boolean {
   if (!fs.existsSync(CLI)) return true;
-  if (process.env.RNODE_TEST_NO_BUILD === '1') return false;
+  if (process.env.RNODE_TEST_NO_BUILD === '1' || fs.existsSync(RUN_MARK)) return false;
   return newestMtime(path.join(ROOT, 'src')) > fs.statSync(CLI).mtimeMs;
 }
 
@@ -74,6 +80,7 @@ export function ensureBuilt(): void {
         process.stderr.write(`# tsc reported errors while building dist/ for the CLI tests:\n${out.replace(/^/gm, '#   ')}\n`);
       }
     }
+    fs.writeFileSync(RUN_MARK, '');
   } finally {
     fs.rmSync(lock, { recursive: true, force: true });
   }

@@ -180,6 +180,7 @@ export function countingSource(inner: BlockSource): BlockSource & { bytes: numbe
     allocatedExtents: () => inner.allocatedExtents(),
     changedExtentsSince: (m: string) => inner.changedExtentsSince(m),
     changeMarker: () => inner.changeMarker(),
+    identity: () => inner.identity?.() ?? Promise.resolve(undefined),
     async read(offset: number, buf: Buffer, length: number) {
       const n = await inner.read(offset, buf, length);
       c.bytes += n;
@@ -213,9 +214,9 @@ export async function expectRestore(t: Asserts, store: ObjectStore, disk: string
 }
 
 /**
- * Stops the process-wide codec worker threads when the test file ends. A worker that never got a message keeps
- * the process alive (src/pipeline/codec-workers.ts re-refs it by adding its 'message' listener after unref();
- * shown by test/core/cli.test.ts), which would stall a test file until tap's timeout.
+ * Stops the process-wide codec worker threads when the test file ends, so that a worker kept alive by mistake
+ * (as happened when a 'message' listener was added after unref()) cannot stall a test file until tap's
+ * timeout; test/core/cli.test.ts checks separately that the binary exits on its own.
  */
 export function stopCodecWorkersAtEnd(t: Teardown): void {
   t.teardown(() => codecWorkers().close());
