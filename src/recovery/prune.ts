@@ -6,11 +6,11 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { initChecksums } from '../format/checksum.js';
 import { layout, parseChunkKey, validateDiskId } from '../format/layout.js';
 import { encodeManifest, type PointManifest, type SegmentRef } from '../format/manifest.js';
-import { encodeSegment, isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
+import { decodeSegment, encodeSegment, isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from './chunk-reader.js';
 import { listPointSeqs, loadChain, loadPoint } from './points.js';
-import { chainView, Cursor, tableEntries } from './view.js';
+import { chainView } from './view.js';
 import { Lease, type LeaseOptions } from './lease.js';
 
 export interface PruneResult {
@@ -70,30 +70,19 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   // committed points live, and so do those of the point that may be being written now (seq latest+1).
   let chunksDeleted = 0;
   const committed = new Set(kept);
+  // Liveness is looked up in K's table by index, so it holds whatever order the backend lists keys in
+  // (s3rver, for one, does not list in byte order); memory holds one table segment.
+  const lookup = new TableLookup(store, k);
   const doomed = async function* () {
-    let writer = -1;
-    let view: Cursor<ChunkEntry> | undefined;
-    try {
-      for await (const o of store.list(layout.chunksPrefix(disk))) {
-        const c = parseChunkKey(o.key);
-        if (!c) continue;
-        if (c.writer >= oldest) {
-          if (!committed.has(c.writer) && c.writer <= latest) yield o.key; // a dead attempt
-          continue;
-        }
-        if (c.writer !== writer) {
-          // Keys list in (writer, index) order: restart K's view for each older writer.
-          await view?.close();
-          writer = c.writer;
-          view = new Cursor(tableEntries(store, k));
-          await view.next();
-        }
-        while (view!.current && view!.current.index < c.index) await view!.next();
-        const e = view!.current;
-        if (!e || e.index !== c.index || e.writer !== c.writer || isZeroEntry(e)) yield o.key;
+    for await (const o of store.list(layout.chunksPrefix(disk))) {
+      const c = parseChunkKey(o.key);
+      if (!c) continue;
+      if (c.writer >= oldest) {
+        if (!committed.has(c.writer) && c.writer <= latest) yield o.key; // a dead attempt
+        continue;
       }
-    } finally {
-      await view?.close();
+      const e = await lookup.find(c.index);
+      if (!e || e.writer !== c.writer || isZeroEntry(e)) yield o.key;
     }
   };
   await forEachBounded(doomed(), opts.concurrency ?? 16, async (key) => {
@@ -150,4 +139,47 @@ async function rebase(store: ObjectStore, k: PointManifest, chain: PointManifest
   const rebased: PointManifest = { ...k, parent: null, table: { generation: gen, records, segments } };
   await store.put(layout.point(k.disk, k.point), encodeManifest(rebased));
   return rebased;
+}
+
+/** Finds a standalone point's table record by chunk index: binary search over segments, then within one. */
+class TableLookup {
+  private cachedKey: string | undefined;
+  private cached: ChunkEntry[] = [];
+
+  private readonly refs: SegmentRef[];
+
+  constructor(private readonly store: ObjectStore, m: PointManifest) {
+    this.refs = m.table.segments.filter((r) => r.records > 0);
+  }
+
+  async find(index: number): Promise<ChunkEntry | undefined> {
+    const refs = this.refs;
+    let lo = 0;
+    let hi = refs.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = refs[mid];
+      if (index < r.first) hi = mid - 1;
+      else if (index > r.last) lo = mid + 1;
+      else return this.inSegment(r.key, index);
+    }
+    return undefined;
+  }
+
+  private async inSegment(key: string, index: number): Promise<ChunkEntry | undefined> {
+    if (this.cachedKey !== key) {
+      this.cached = decodeSegment(await this.store.get(key), key);
+      this.cachedKey = key;
+    }
+    let lo = 0;
+    let hi = this.cached.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const e = this.cached[mid];
+      if (e.index === index) return e;
+      if (e.index < index) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return undefined;
+  }
 }
