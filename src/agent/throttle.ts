@@ -45,6 +45,7 @@ export function pacedSource(inner: BlockSource, buckets: TokenBucket[], signal?:
     allocatedExtents: () => inner.allocatedExtents(),
     changedExtentsSince: (m: string) => inner.changedExtentsSince(m),
     changeMarker: () => inner.changeMarker(),
+    identity: () => inner.identity?.() ?? Promise.resolve(undefined),
     async read(offset: number, buf: Buffer, length: number) {
       if (signal?.aborted) throw cancelled();
       for (const b of buckets) await b.take(length, signal);
