@@ -1,7 +1,7 @@
 // recover's result and output handling: bytesWritten, chunksRestored and bytesFetched count what the restore
 // did (with several chunks in flight, so concurrent updates must not be lost); a point restores over an
 // existing file; an output in a missing directory is RNODE_OUTPUT_IO and leaves nothing behind; unknown disks
-// and points are RNODE_DISK_NOT_FOUND / RNODE_POINT_NOT_FOUND.
+// and points are RNODE_DISK_NOT_FOUND / RNODE_POINT_NOT_FOUND, a point that is not a number RNODE_USAGE.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -58,7 +58,7 @@ t.test('a point restores over an existing file, and a restore into a missing dir
 
   await t.rejects(restore(store, 'nope', 1, path.join(dir, 'x.img')), { code: ErrorCodes.DISK_NOT_FOUND });
   await t.rejects(restore(store, 'd', 3, path.join(dir, 'x.img')), { code: ErrorCodes.POINT_NOT_FOUND });
-  await t.rejects(restore(store, 'd', 'first', path.join(dir, 'x.img')), { code: ErrorCodes.POINT_NOT_FOUND });
+  await t.rejects(restore(store, 'd', 'first', path.join(dir, 'x.img')), { code: ErrorCodes.USAGE }, 'a non-numeric point is a usage error');
   t.same(fs.readdirSync(dir).sort(), ['disk.img', 'out.img', 'store'], 'failed restores leave no files');
   await expectRestore(t, store, 'd', 'latest', fingerprint(img), dir);
 });

@@ -35,11 +35,19 @@ function newestMtime(dir: string): number {
  * Marks that dist/ was checked in this test run: test files are processes of one runner (same parent pid),
  * and once one of them has built, the others must not rebuild under CLI children that are running.
  */
-const RUN_MARK = path.join(os.tmpdir(), `rnode-test-built-${Buffer.from(ROOT).toString('hex').slice(-24)}-${process.ppid}`);
+const RUN_MARK = path.join(os.tmpdir(), `rnode-test-built-${Buffer.from(ROOT).toString('hex').slice(-24)}`);
+
+function builtInThisRun(): boolean {
+  try {
+    return fs.readFileSync(RUN_MARK, 'utf8') === String(process.ppid);
+  } catch {
+    return false;
+  }
+}
 
 function needsBuild(): boolean {
   if (!fs.existsSync(CLI)) return true;
-  if (process.env.RNODE_TEST_NO_BUILD === '1' || fs.existsSync(RUN_MARK)) return false;
+  if (process.env.RNODE_TEST_NO_BUILD === '1' || builtInThisRun()) return false;
   return newestMtime(path.join(ROOT, 'src')) > fs.statSync(CLI).mtimeMs;
 }
 
@@ -80,7 +88,7 @@ export function ensureBuilt(): void {
         process.stderr.write(`# tsc reported errors while building dist/ for the CLI tests:\n${out.replace(/^/gm, '#   ')}\n`);
       }
     }
-    fs.writeFileSync(RUN_MARK, '');
+    fs.writeFileSync(RUN_MARK, String(process.ppid));
   } finally {
     fs.rmSync(lock, { recursive: true, force: true });
   }
