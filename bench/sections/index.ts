@@ -1,8 +1,9 @@
 // The benchmark's sections, in run order. A new one (peer streaming over ws://, cloud emulators, the VMware
 // path...) is a module exporting a Section, added to this list; RNODE_BENCH_ONLY selects by name.
 import type { Section } from '../lib/context.js';
+import { clouds } from './clouds.js';
 import { agent, vmware, ws } from './extras.js';
 import { memory } from './memory.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, memory, ws, vmware, agent];
+export const sections: Section[] = [throughput, memory, ws, clouds, vmware, agent];

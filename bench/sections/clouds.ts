@@ -1,0 +1,235 @@
+// Replicate and recover a 256 MiB mixed image into each cloud emulator (s3rver, Azurite, the firebase GCS
+// emulator), each started here on 127.0.0.1 in a child process, as ratios to the same replicate/recover into a
+// local fs store measured in this section. Library calls in this process, stores opened through openStore (the
+// wrappers in the path), so the figures are the cloud backends plus their emulator, not the CLI.
+// The emulators are not the clouds: their speed says little about S3/Azure/GCS; the ratio shows what the
+// protocol path (HTTP, SDK, per-object requests) costs against local files on this machine.
+import { spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { generateSampleDisk, openSource, openStore, recover, replicate, type ObjectStore } from 'replication-node';
+import type { Section, SectionContext } from '../lib/context.js';
+import { fmt, ratioOf, type Row } from '../lib/report.js';
+
+const require = createRequire(import.meta.url);
+const MiB = 1024 * 1024;
+const MB = 1e6;
+const IMAGE_SIZE = 256 * MiB;
+const DISK = 'bench';
+const STARTUP_TIMEOUT_MS = 60_000;
+const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
+
+interface Server {
+  endpoint: string;
+  stop(): Promise<void>;
+}
+
+/** `node args...` until a stdout line matches `ready` (first group: the port); killed on stop or exit. */
+async function startChild(name: string, args: string[], ready: RegExp, env: NodeJS.ProcessEnv): Promise<Server> {
+  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  const stop = async () => {
+    process.removeListener('exit', killOnExit);
+    await killChild(child);
+  };
+  let output = '';
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${name} did not start within ${STARTUP_TIMEOUT_MS} ms:\n${output}`)), STARTUP_TIMEOUT_MS);
+      child.stdout!.on('data', (d: Buffer) => {
+        output += d.toString();
+        const m = ready.exec(output);
+        if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+      });
+      child.stderr!.on('data', (d: Buffer) => { output += d.toString(); });
+      child.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`${name} exited (${code ?? sig}) before it was ready:\n${output}`)); });
+      child.once('error', (err) => { clearTimeout(timer); reject(err); });
+    });
+    child.stdout!.resume();
+    child.stderr!.resume();
+    return { endpoint: `http://127.0.0.1:${port}`, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+async function killChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+  await exited;
+  clearTimeout(timer);
+}
+
+function startS3rver(dir: string): Promise<Server> {
+  const script = `
+    const S3rver = require(${JSON.stringify(require.resolve('s3rver'))});
+    new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: ${JSON.stringify(dir)} })
+      .run().then(({ port }) => console.log('S3RVER_PORT=' + port), (e) => { console.error(e); process.exit(1); });`;
+  // Paged listings in s3rver need the legacy OpenSSL provider in its process.
+  return startChild('s3rver', ['-e', script], /S3RVER_PORT=(\d+)/, { ...process.env, NODE_OPTIONS: '--openssl-legacy-provider' });
+}
+
+function startAzurite(dir: string): Promise<Server> {
+  const main = path.join(path.dirname(require.resolve('azurite/package.json')), 'dist/src/blob/main.js');
+  return startChild('azurite', [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir,
+    '--skipApiVersionCheck', '--silent', '--disableTelemetry'], /successfully listens on http:\/\/127\.0\.0\.1:(\d+)/, process.env);
+}
+
+function startGcsEmulator(dir: string): Promise<Server> {
+  const lib = path.join(path.dirname(require.resolve('firebase-tools/package.json')), 'lib/emulator');
+  const script = `
+    const net = require('net');
+    const srv = net.createServer().listen(0, '127.0.0.1', async () => {
+      const port = srv.address().port;
+      srv.close(async () => {
+        try {
+          const { StorageEmulator } = require(${JSON.stringify(path.join(lib, 'storage'))});
+          const { EmulatorRegistry } = require(${JSON.stringify(path.join(lib, 'registry'))});
+          const emu = new StorageEmulator({ projectId: 'demo-bench', host: '127.0.0.1', port, auto_download: false });
+          for (const o of [emu._rulesRuntime, emu._rulesManager]) { if (o) { o.start = async () => {}; o.stop = async () => {}; } }
+          await EmulatorRegistry.start(emu);
+          console.log('GCS_PORT=' + port);
+        } catch (e) { console.error(e); process.exit(1); }
+      });
+    });`;
+  return startChild('gcs emulator', ['-e', script], /GCS_PORT=(\d+)/, { ...process.env, HOME: dir });
+}
+
+interface Target {
+  name: string;
+  /** Starts the server (if any) and opens the store; `done` stops and cleans up. */
+  open(dir: string): Promise<{ store: ObjectStore; done(): Promise<void> }>;
+}
+
+const targets: Target[] = [
+  {
+    name: 'local fs',
+    async open(dir) {
+      const store = await openStore(path.join(dir, 'store'));
+      return { store, done: () => store.close() };
+    },
+  },
+  {
+    name: 's3rver',
+    async open(dir) {
+      const server = await startS3rver(dir);
+      const c = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1',
+        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+      await c.send(new CreateBucketCommand({ Bucket: 'rnode-bench' }));
+      c.destroy();
+      // s3rver does not enforce conditional puts (docs/stores.md).
+      const store = await openStore(`s3://rnode-bench/b?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`,
+        { env: { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' } });
+      return { store, done: async () => { await store.close(); await server.stop(); } };
+    },
+  },
+  {
+    name: 'Azurite',
+    async open(dir) {
+      const server = await startAzurite(dir);
+      const conn = `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${AZURITE_KEY};` +
+        `BlobEndpoint=${server.endpoint}/devstoreaccount1;`;
+      await BlobServiceClient.fromConnectionString(conn).getContainerClient('rnode-bench').create();
+      const store = await openStore('azblob://rnode-bench/b', { env: { AZURE_STORAGE_CONNECTION_STRING: conn } });
+      return { store, done: async () => { await store.close(); await server.stop(); } };
+    },
+  },
+  {
+    name: 'GCS emulator',
+    async open(dir) {
+      const server = await startGcsEmulator(dir);
+      // The emulator does not enforce ifGenerationMatch (docs/stores.md).
+      const store = await openStore('gs://rnode-bench/b?conditional=off',
+        { env: { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: 'demo-bench' } });
+      return { store, done: async () => { await store.close(); await server.stop(); } };
+    },
+  },
+];
+
+async function sha256(file: string): Promise<string> {
+  const h = crypto.createHash('sha256');
+  for await (const piece of fs.createReadStream(file, { highWaterMark: 8 * MiB })) h.update(piece as Buffer);
+  return h.digest('hex');
+}
+
+interface Measured {
+  replicate: number | null;
+  recover: number | null;
+  note: string;
+}
+
+export const clouds: Section = {
+  name: 'clouds',
+  title: 'replicate and recover of a 256 MiB mixed image into s3rver, Azurite and the GCS emulator, against a local fs store',
+  // Image + one target's stored objects (at most the image) + the restored file; each target is removed after it.
+  spaceNeeded: () => 3 * IMAGE_SIZE,
+
+  async run(ctx: SectionContext): Promise<Row[]> {
+    const image = path.join(ctx.dir, 'mixed-256m.img');
+    await generateSampleDisk(image, { size: IMAGE_SIZE, seed: 1 });
+    const want = await sha256(image);
+    ctx.say(`image: ${IMAGE_SIZE / MiB} MiB mixed (generateSampleDisk), library calls in-process, default chunk size; ` +
+      'emulators on 127.0.0.1 in child processes; s3rver and the GCS emulator with conditional=off');
+
+    const results = new Map<string, Measured>();
+    for (const target of targets) {
+      const dir = path.join(ctx.dir, target.name.replace(/\W+/g, '-'));
+      await fsp.mkdir(dir, { recursive: true });
+      const m: Measured = { replicate: null, recover: null, note: '' };
+      results.set(target.name, m);
+      let opened: Awaited<ReturnType<Target['open']>> | undefined;
+      try {
+        opened = await target.open(dir);
+        await ctx.settle(image);
+        const source = await openSource(image);
+        let rep;
+        try {
+          rep = await replicate({ store: opened.store, source, disk: DISK });
+        } finally {
+          await source.close();
+        }
+        m.replicate = IMAGE_SIZE / MB / rep.seconds;
+        const out = path.join(ctx.dir, 'restored.img');
+        const rec = await recover({ store: opened.store, disk: DISK, out });
+        m.recover = IMAGE_SIZE / MB / rec.seconds;
+        const exact = (await sha256(out)) === want;
+        await fsp.rm(out, { force: true });
+        m.note = `stored ${fmt(rep.bytesWritten / MB, 'MB')} in ${rep.chunksChanged} chunks; restore ${exact ? 'byte-exact' : 'MISMATCH'}`;
+        if (!exact) throw new Error(`${target.name}: restored image differs from the source`);
+        ctx.log(`clouds: ${target.name}: replicate ${fmt(m.replicate, 'MB/s')}, recover ${fmt(m.recover, 'MB/s')}`);
+      } catch (err) {
+        m.note = `failed: ${(err as Error).message.split('\n')[0]}`;
+        ctx.log(`clouds: ${target.name}: ${m.note}`);
+      } finally {
+        await opened?.done().catch(() => undefined);
+        await fsp.rm(dir, { recursive: true, force: true });
+      }
+    }
+
+    const local = results.get('local fs')!;
+    const rows: Row[] = [];
+    for (const op of ['replicate', 'recover'] as const) {
+      for (const target of targets.slice(1)) {
+        const m = results.get(target.name)!;
+        rows.push({
+          name: `${op} → ${target.name}`,
+          value: m[op],
+          unit: 'MB/s',
+          baseline: local[op] === null ? undefined : { name: `${op} → local fs`, value: local[op]!, unit: 'MB/s' },
+          ratio: ratioOf(m[op], local[op]),
+          note: m.note,
+        });
+      }
+    }
+    return rows;
+  },
+};
