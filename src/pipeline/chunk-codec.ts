@@ -2,7 +2,7 @@
 // the header promise (index, writer, lengths, both digests), so a wrong or damaged chunk never restores.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { strongDigest, xxh64 } from '../format/checksum.js';
-import { CHUNK_HEADER_BYTES, decodeChunkHeader, encodeChunkHeader } from '../format/chunk.js';
+import { CHUNK_HEADER_BYTES, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { Codec, type CodecId, decodeChunk, encodeChunk, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
 import { codecWorkers, maxObjectBytes, sharedBuffer } from './codec-workers.js';
@@ -55,18 +55,8 @@ export async function encodeStoredChunk(plain: Buffer, digests: ChunkDigests, in
 
 /** Checks a stored object against its table entry and returns the plaintext. */
 export async function decodeStoredChunk(object: Buffer, expect: ChunkEntry, where: string): Promise<Buffer> {
-  const fail = (why: string) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: ${why}`,
-    { details: { index: expect.index, writer: expect.writer } });
-  let h;
-  try {
-    h = decodeChunkHeader(object);
-  } catch (err) {
-    if (err instanceof RnodeError && err.code === ErrorCodes.FORMAT_VERSION) throw err;
-    throw fail((err as Error).message);
-  }
-  if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
-  if (h.plainLength !== expect.plainLength) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
-  if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  const fail = corruption(expect, where);
+  const h = checkHeader(object, expect, where, Infinity);
   const payload = object.subarray(CHUNK_HEADER_BYTES);
   if (xxh64(payload) !== h.payloadXxh64) throw fail('payload checksum mismatch');
   let plain: Buffer;
@@ -97,19 +87,9 @@ export function newReadSlot(chunkSize: number): ReadSlot {
  * on the codec workers; returns a view of slot.plain holding the verified plaintext.
  */
 export async function decodeChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string): Promise<Buffer> {
-  const fail = (why: string) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: ${why}`,
-    { details: { index: expect.index, writer: expect.writer } });
+  const fail = corruption(expect, where);
   const object = slot.object.subarray(0, length);
-  let h;
-  try {
-    h = decodeChunkHeader(object);
-  } catch (err) {
-    if (err instanceof RnodeError && err.code === ErrorCodes.FORMAT_VERSION) throw err;
-    throw fail((err as Error).message);
-  }
-  if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
-  if (h.plainLength !== expect.plainLength || h.plainLength > slot.plain.length) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
-  if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  const h = checkHeader(object, expect, where, slot.plain.length);
   if (!isKnownCodec(h.codec)) {
     throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${h.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`);
   }
@@ -123,4 +103,25 @@ export async function decodeChunkInto(slot: ReadSlot, length: number, expect: Ch
   if (r.xxh64 !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail('plaintext xxh64 mismatch');
   if (!r.strong.equals(expect.strong)) throw fail('plaintext BLAKE3 mismatch');
   return slot.plain.subarray(0, h.plainLength);
+}
+
+function corruption(expect: ChunkEntry, where: string): (why: string) => RnodeError {
+  return (why) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: ${why}`,
+    { details: { index: expect.index, writer: expect.writer } });
+}
+
+/** The header checks both decode paths share: it must name this chunk and agree on every length. */
+function checkHeader(object: Buffer, expect: ChunkEntry, where: string, maxPlain: number): ChunkHeader {
+  const fail = corruption(expect, where);
+  let h: ChunkHeader;
+  try {
+    h = decodeChunkHeader(object);
+  } catch (err) {
+    if (err instanceof RnodeError && err.code === ErrorCodes.FORMAT_VERSION) throw err;
+    throw fail((err as Error).message);
+  }
+  if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
+  if (h.plainLength !== expect.plainLength || h.plainLength > maxPlain) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
+  if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  return h;
 }
