@@ -20,9 +20,10 @@ export function digestChunk(plain: Buffer): ChunkDigests {
  * Digests and encodes a chunk on the codec workers. plain and out are SharedArrayBuffer views; the object is
  * built in out (header, then payload) and returned as a view of it, valid until out is reused.
  */
-export async function encodeChunkInto(plain: Buffer, out: Buffer, index: number, writer: number, codec: CodecId):
-    Promise<{ object: Buffer; entry: ChunkEntry }> {
-  const r = await codecWorkers().encode(plain, out, codec);
+export async function encodeChunkInto(plain: Buffer, out: Buffer, index: number, writer: number, codec: CodecId,
+    unchangedIf?: { xxh64: bigint; strong: Buffer }): Promise<{ object: Buffer; entry: ChunkEntry } | undefined> {
+  const r = await codecWorkers().encode(plain, out, codec, unchangedIf);
+  if (r.unchanged) return undefined; // same xxh64 and BLAKE3 as unchangedIf: nothing to store
   encodeChunkHeader({
     codec: r.codec, flags: 0, plainLength: plain.length, payloadLength: r.payloadLength,
     plainXxh64: r.xxh64, payloadXxh64: r.payloadXxh64, index, writer,

@@ -10,6 +10,8 @@ import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { Codec, KERNEL_PATH, payloadOverhead } from '../format/codecs.js';
 
 export interface EncodeResult {
+  /** True when the digests matched `unchangedIf`: nothing was encoded. */
+  unchanged?: boolean;
   xxh64: bigint;
   strong: Buffer;
   codec: number;
@@ -59,6 +61,11 @@ require(workerData.xxhash)().then(({ h64Raw }) => {
         const out = Buffer.from(m.out, m.outOff, m.outCap);
         const xxh64 = h64Raw(plain);
         const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
+        // Same content as the previous point (both digests): skip the compressor, the chunk is not stored.
+        if (m.unchangedIf && m.unchangedIf.xxh64 === xxh64 && Buffer.from(m.unchangedIf.strong).equals(strong)) {
+          parentPort.postMessage({ id: m.id, xxh64, strong, unchanged: true });
+          return;
+        }
         const r = kernel.encodeInto(plain, m.codec, out, HDR);
         // A raw payload is the plaintext: its digest is already known.
         const payloadXxh64 = r.codec === ${Codec.NONE} ? xxh64 : h64Raw(out.subarray(HDR, HDR + r.length));
@@ -124,10 +131,11 @@ export class CodecWorkers {
    * Hashes plain (a view of a SharedArrayBuffer) and writes the stored payload into out at CHUNK_HEADER_BYTES
    * (out must be a SharedArrayBuffer view with room for the worst case).
    */
-  encode(plain: Uint8Array, out: Uint8Array, codec: number): Promise<EncodeResult> {
+  encode(plain: Uint8Array, out: Uint8Array, codec: number, unchangedIf?: { xxh64: bigint; strong: Uint8Array }): Promise<EncodeResult> {
     return this.send({
       op: 'encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
       out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec,
+      ...(unchangedIf ? { unchangedIf: { xxh64: unchangedIf.xxh64, strong: new Uint8Array(unchangedIf.strong) } } : {}),
     }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
   }
 

@@ -251,11 +251,12 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
       return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
     }
-    const { object, entry } = await encodeChunkInto(plain, slot.out, c.index, seq, codec);
     const p = c.parent;
-    if (p && !isZeroEntry(p) && p.plainLength === length && p.xxh64 === entry.xxh64 && p.strong.equals(entry.strong)) {
-      return { entry: null, delta: { bytesRead: n, chunksData: 1 } }; // unchanged: both digests agree, not only the 64-bit one
-    }
+    // Unchanged when both digests agree, not only the 64-bit one; the workers then skip the compressor.
+    const same = p && !isZeroEntry(p) && p.plainLength === length ? { xxh64: p.xxh64, strong: p.strong } : undefined;
+    const encoded = await encodeChunkInto(plain, slot.out, c.index, seq, codec, same);
+    if (!encoded) return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
+    const { object, entry } = encoded;
     await store.put(layout.chunk(disk, seq, c.index), object);
     live.bytesWritten += object.length;
     return { entry, delta: { bytesRead: n, chunksData: 1, bytesWritten: object.length, chunksChanged: 1 } };

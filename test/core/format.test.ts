@@ -179,7 +179,7 @@ t.test('stored chunks carry version, codec, lengths, digests, index and writer, 
       // The worker encoder makes objects the main-thread decoder accepts, and the other way round.
       const plainShared = sharedBuffer(plain.length);
       plain.copy(plainShared);
-      const w = await encodeChunkInto(plainShared, sharedBuffer(maxObjectBytes(64 * KiB)), 42, 9, codec);
+      const w = (await encodeChunkInto(plainShared, sharedBuffer(maxObjectBytes(64 * KiB)), 42, 9, codec))!;
       t.same({ ...w.entry, strong: w.entry.strong.toString('hex') }, { ...entry, strong: entry.strong.toString('hex') }, 'both encoders agree on the entry');
       t.ok((await decodeStoredChunk(Buffer.from(w.object), w.entry, 'x')).equals(plain), 'worker-encoded object decodes');
     }
