@@ -6,6 +6,7 @@ export { verify, type VerifyResult, type VerifyProblem } from './recovery/verify
 export { prune, type PruneResult } from './recovery/prune.js';
 export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './recovery/points.js';
 export { openSource, registerSourceScheme, RawSource, type BlockSource, type Extent } from './source/index.js';
+export { delegatingSource } from './source/types.js';
 export * from './store/index.js';
 export { Codec, type CodecId } from './format/codecs.js';
 export type { PointManifest } from './format/manifest.js';

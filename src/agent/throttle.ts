@@ -1,7 +1,7 @@
 // Bandwidth limits as token buckets: a run's own limit (policy/job) and the node's (--bandwidth capacity) both
 // pace the bytes read from the source. Waiting is abortable, so a cancelled job stops at once.
 import { ErrorCodes, RnodeError } from '../errors.js';
-import type { BlockSource } from '../source/types.js';
+import { delegatingSource, type BlockSource } from '../source/types.js';
 
 export class TokenBucket {
   /** The moment (ms, monotonic) the bucket is paid up to. */
@@ -33,19 +33,9 @@ export function cancelled(): RnodeError {
 
 /** A BlockSource whose reads pass every bucket first and stop when the signal aborts. */
 export function pacedSource(inner: BlockSource, buckets: TokenBucket[], signal?: AbortSignal): BlockSource & { bytesRead: number } {
-  const paced = {
+  const paced = delegatingSource(inner, {
     /** Bytes this wrapper read from the source (a resumed run reads less than the point's bytesRead). */
     bytesRead: 0,
-    get kind() { return inner.kind; },
-    get location() { return inner.location; },
-    get size() { return inner.size; },
-    get alignment() { return inner.alignment; },
-    get tracksChanges() { return inner.tracksChanges; },
-    get maxReadBytes() { return inner.maxReadBytes; },
-    allocatedExtents: () => inner.allocatedExtents(),
-    changedExtentsSince: (m: string) => inner.changedExtentsSince(m),
-    changeMarker: () => inner.changeMarker(),
-    identity: () => inner.identity?.() ?? Promise.resolve(undefined),
     async read(offset: number, buf: Buffer, length: number) {
       if (signal?.aborted) throw cancelled();
       for (const b of buckets) await b.take(length, signal);
@@ -53,7 +43,6 @@ export function pacedSource(inner: BlockSource, buckets: TokenBucket[], signal?:
       paced.bytesRead += n;
       return n;
     },
-    close: () => inner.close(),
-  };
+  });
   return paced;
 }

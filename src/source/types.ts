@@ -40,3 +40,25 @@ export interface BlockSource {
   read(offset: number, buf: Buffer, length: number): Promise<number>;
   close(): Promise<void>;
 }
+
+/**
+ * A source that forwards everything to `inner` except what `over` replaces or adds. Wrappers (throttling,
+ * counting) built on it stay complete as the interface grows; hand-written ones silently dropped identity().
+ */
+export function delegatingSource<T extends object>(inner: BlockSource, over: T & Partial<BlockSource>): BlockSource & T {
+  const base: BlockSource = {
+    get kind() { return inner.kind; },
+    get location() { return inner.location; },
+    get size() { return inner.size; },
+    get alignment() { return inner.alignment; },
+    get tracksChanges() { return inner.tracksChanges; },
+    get maxReadBytes() { return inner.maxReadBytes; },
+    allocatedExtents: () => inner.allocatedExtents(),
+    changedExtentsSince: (marker) => inner.changedExtentsSince(marker),
+    changeMarker: () => inner.changeMarker(),
+    identity: () => inner.identity?.() ?? Promise.resolve(undefined),
+    read: (offset, buf, length) => inner.read(offset, buf, length),
+    close: () => inner.close(),
+  };
+  return Object.defineProperties(base, Object.getOwnPropertyDescriptors(over)) as BlockSource & T;
+}

@@ -8,6 +8,7 @@ import type { Test } from 'tap';
 import { FsStore } from '../../src/store/index.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { openSource, type BlockSource } from '../../src/source/index.js';
+import { delegatingSource } from '../../src/source/types.js';
 import { replicate, type ReplicateOptions, type ReplicateResult } from '../../src/recovery/replicate.js';
 import { recover, type RecoverResult } from '../../src/recovery/restore.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
@@ -168,27 +169,16 @@ export function restore(store: ObjectStore, disk: string, point: number | string
 
 /** A BlockSource wrapper that counts the bytes actually read from the underlying source. */
 export function countingSource(inner: BlockSource): BlockSource & { bytes: number; reads: number } {
-  const c = {
+  const c = delegatingSource(inner, {
     bytes: 0,
     reads: 0,
-    get kind() { return inner.kind; },
-    get location() { return inner.location; },
-    get size() { return inner.size; },
-    get alignment() { return inner.alignment; },
-    get tracksChanges() { return inner.tracksChanges; },
-    get maxReadBytes() { return inner.maxReadBytes; },
-    allocatedExtents: () => inner.allocatedExtents(),
-    changedExtentsSince: (m: string) => inner.changedExtentsSince(m),
-    changeMarker: () => inner.changeMarker(),
-    identity: () => inner.identity?.() ?? Promise.resolve(undefined),
     async read(offset: number, buf: Buffer, length: number) {
       const n = await inner.read(offset, buf, length);
       c.bytes += n;
       c.reads++;
       return n;
     },
-    close: () => inner.close(),
-  };
+  });
   return c;
 }
 
