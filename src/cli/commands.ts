@@ -1,6 +1,5 @@
 // The rnode commands: parse, validate, call the library, print. No policy lives here.
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { initChecksums } from '../format/checksum.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId } from '../format/layout.js';
 import { validateChunkSize } from '../pipeline/grid.js';
@@ -91,7 +90,6 @@ const pointsCmd: Command = {
   async run(v, io) {
     required(v, 'points', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
-    await initChecksums(); // manifests are sealed with xxh64 (wasm, loads asynchronously)
     const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk), v);
     const rows = points.map((m) => ({
       point: m.point, parent: m.parent, full: m.full, createdAt: m.createdAt, diskSize: m.diskSize, chunkSize: m.chunkSize,

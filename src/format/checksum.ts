@@ -3,15 +3,13 @@
 import xxhash from 'xxhash-wasm';
 import { blake3 } from '@napi-rs/blake-hash';
 
-let h64Raw: ((input: Uint8Array, seed?: bigint) => bigint) | undefined;
+// Loaded once at import (top-level await), so no caller can hash before the wasm module is ready.
+const { h64Raw } = await xxhash();
 
-/** Must be awaited once before xxh64() is used (the wasm module loads asynchronously). */
-export async function initChecksums(): Promise<void> {
-  if (!h64Raw) h64Raw = (await xxhash()).h64Raw;
-}
+/** Kept for callers written before the module loaded itself; resolves at once. */
+export async function initChecksums(): Promise<void> {}
 
 export function xxh64(data: Uint8Array): bigint {
-  if (!h64Raw) throw new Error('initChecksums() was not awaited');
   return h64Raw(data);
 }
 

@@ -1,6 +1,5 @@
 // Reading committed points: list a disk's manifests, load one, resolve "latest" or a number.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { initChecksums } from '../format/checksum.js';
 import { layout, seqFromKey } from '../format/layout.js';
 import { decodeManifest, type PointManifest } from '../format/manifest.js';
 import type { ObjectStore } from '../store/types.js';
@@ -15,7 +14,6 @@ export async function listPointSeqs(store: ObjectStore, disk: string): Promise<n
 }
 
 export async function loadPoint(store: ObjectStore, disk: string, seq: number): Promise<PointManifest> {
-  await initChecksums(); // manifests are sealed with xxh64
   const key = layout.point(disk, seq);
   let bytes: Buffer;
   try {

@@ -3,7 +3,6 @@
 // (2) older manifests are deleted newest first, (3) chunk objects older than K that K's view does not use are
 // swept, (4) stale tables and checkpoints go. Kept points never need a pruned point's data.
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { initChecksums } from '../format/checksum.js';
 import { layout, parseChunkKey, validateDiskId } from '../format/layout.js';
 import { encodeManifest, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { decodeSegment, encodeSegment, isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
@@ -47,7 +46,6 @@ export async function prune(opts: PruneOptions): Promise<PruneResult> {
 
 async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const started = performance.now();
-  await initChecksums();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
   const seqs = await listPointSeqs(store, disk);

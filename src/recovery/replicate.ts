@@ -3,7 +3,6 @@
 // checkpoint lets the next run continue where this one stopped.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
-import { initChecksums } from '../format/checksum.js';
 import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
 import { layout, validateDiskId } from '../format/layout.js';
 import { encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest, type SegmentRef } from '../format/manifest.js';
@@ -121,7 +120,6 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
 
 async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined): Promise<ReplicateResult> {
   const started = performance.now();
-  await initChecksums();
   const { store, source } = opts;
   const disk = validateDiskId(opts.disk);
   const codec = opts.codec ?? DEFAULT_CODEC;

@@ -4,7 +4,6 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { initChecksums } from '../format/checksum.js';
 import { validateDiskId } from '../format/layout.js';
 import { isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
@@ -41,7 +40,6 @@ const SPARSE_BLOCK = 4096;
 
 export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const started = performance.now();
-  await initChecksums();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
   const seq = await resolvePoint(store, disk, opts.point);

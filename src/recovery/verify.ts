@@ -1,7 +1,6 @@
 // Checks that points are restorable without writing anything: manifests, chains, tables and every chunk
 // they reference (digests included). Reports every problem it finds rather than stopping at the first.
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { initChecksums } from '../format/checksum.js';
 import { validateDiskId } from '../format/layout.js';
 import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry, type ChunkEntry } from '../format/table.js';
@@ -35,7 +34,6 @@ const MAX_PROBLEMS = 1000;
 export async function verify(opts: { store: ObjectStore; disk: string; point?: string; concurrency?: number;
     onProgress?: (p: { chunksChecked: number }) => void }): Promise<VerifyResult> {
   const started = performance.now();
-  await initChecksums();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
   const all = opts.point === 'all';

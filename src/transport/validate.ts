@@ -2,7 +2,6 @@
 // object kinds of src/format/layout.ts, and the bytes must be a valid object of that kind. A chunk is
 // checked in full (header, key match, lengths, payload xxh64, decode, plaintext xxh64) on the codec workers.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { initChecksums } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES, ChunkFlag, decodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { Codec, isKnownCodec } from '../format/codecs.js';
 import { layout } from '../format/layout.js';
@@ -63,7 +62,6 @@ export class ObjectValidator {
 
   /** Throws RNODE_TRANSPORT_REJECTED (details name the key, and for chunks the index and disk offset). */
   async checkPut(p: PutCheck): Promise<KeyInfo> {
-    await initChecksums();
     const k = classifyKey(p.key);
     if (!k) {
       throw rejected(`key ${JSON.stringify(p.key.slice(0, 200))} is not an rnode object (points, tables, chunks, pending or lease of a disk); it was not stored`,
