@@ -29,6 +29,10 @@ export const ErrorCodes = {
   MANIFEST_CORRUPT: 'RNODE_MANIFEST_CORRUPT',
   POINT_NOT_FOUND: 'RNODE_POINT_NOT_FOUND',
   DISK_NOT_FOUND: 'RNODE_DISK_NOT_FOUND',
+  // encryption (exit 2: each is fixed by passing the right --encryption-key-file)
+  KEY_FILE: 'RNODE_KEY_FILE',
+  KEY_REQUIRED: 'RNODE_KEY_REQUIRED',
+  KEY_MISMATCH: 'RNODE_KEY_MISMATCH',
   // output
   OUTPUT_IO: 'RNODE_OUTPUT_IO',
   // concurrency
@@ -41,9 +45,11 @@ export const ErrorCodes = {
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
 // A source path that does not exist is a mistake on the command line, not a failed run: exit 2 like a bad flag.
+// So is a missing, unreadable or wrong encryption key.
 const USAGE_CODES: ReadonlySet<string> = new Set([
   ErrorCodes.USAGE, ErrorCodes.BAD_CHUNK_SIZE, ErrorCodes.BAD_DISK_ID,
   ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE, ErrorCodes.SOURCE_NOT_FOUND,
+  ErrorCodes.KEY_FILE, ErrorCodes.KEY_REQUIRED, ErrorCodes.KEY_MISMATCH,
 ]);
 
 export class RnodeError extends Error {

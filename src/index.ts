@@ -2,13 +2,14 @@
 export * from './errors.js';
 export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateProgress } from './recovery/replicate.js';
 export { recover, type RecoverOptions, type RecoverResult } from './recovery/restore.js';
-export { verify, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
+export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
 export { prune, type PruneResult } from './recovery/prune.js';
 export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './recovery/points.js';
 export { openSource, registerSourceScheme, RawSource, type BlockSource, type Extent } from './source/index.js';
 export { delegatingSource } from './source/types.js';
 export * from './store/index.js';
 export { Codec, type CodecId } from './format/codecs.js';
-export type { PointManifest } from './format/manifest.js';
+export type { PointManifest, PointEncryption } from './format/manifest.js';
+export { EncryptionKey, readKeyFile, ENCRYPTION_ALG } from './crypto/keys.js';
 export { ChunkGrid, parseSize, validateChunkSize, DEFAULT_CHUNK_SIZE } from './pipeline/grid.js';
 export { generateSampleDisk, scatterWrites, fillMixed, Prng } from './sample/sample-disk.js';

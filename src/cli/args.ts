@@ -1,6 +1,7 @@
 // Flag parsing for the thin CLI: node's parseArgs, with every mistake turned into a usage error that
 // names the flag and says what to pass.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { readKeyFile, type EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 
 export type Options = NonNullable<ParseArgsConfig['options']>;
@@ -36,4 +37,16 @@ export function required(values: Record<string, unknown>, command: string, ...na
 export function str(values: Record<string, unknown>, name: string): string | undefined {
   const v = values[name];
   return typeof v === 'string' ? v : undefined;
+}
+
+/** The flag of every command that writes or reads chunk contents. The key is only ever taken from a file. */
+export const ENCRYPTION_OPTIONS: Options = { 'encryption-key-file': { type: 'string' } };
+export const ENCRYPTION_USAGE = '[--encryption-key-file <f>]';
+
+/** The key named by --encryption-key-file, or undefined when the flag is absent. */
+export function encryptionKeyFrom(values: Record<string, unknown>): EncryptionKey | undefined {
+  const file = str(values, 'encryption-key-file');
+  if (file === undefined) return undefined;
+  if (file === '') throw new RnodeError(ErrorCodes.KEY_FILE, '--encryption-key-file needs the path of a file holding the key');
+  return readKeyFile(file);
 }

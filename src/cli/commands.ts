@@ -10,7 +10,7 @@ import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
 import { openStore } from '../store/index.js';
-import { parse, required, str, type Options } from './args.js';
+import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str, type Options } from './args.js';
 import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv, remoteReplicateOptions, serveCmd } from './serve.js';
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
@@ -47,11 +47,11 @@ async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typ
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
-  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--full] [--bandwidth <bytes/s>] ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
+  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
   options: {
     source: { type: 'string' }, target: { type: 'string' }, disk: { type: 'string' },
     'chunk-size': { type: 'string' }, compression: { type: 'string' }, full: { type: 'boolean' },
-    concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...REMOTE_OPTIONS, ...vmwareReplicateOptions,
+    concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmwareReplicateOptions,
   },
   async run(v, io) {
     if (isVmwareSource(v)) return replicateVmwareCommand(v, io);
@@ -61,12 +61,13 @@ const replicateCmd: Command = {
     const chunkSize = v['chunk-size'] !== undefined ? validateChunkSize(str(v, 'chunk-size')!) : undefined;
     const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;
     const concurrency = v.concurrency !== undefined ? positiveInt(str(v, 'concurrency')!, 'concurrency') : undefined;
+    const encryption = encryptionKeyFrom(v);
     const source = await openSource(sourceArg);
     try {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
       const r = await withStore(target, (store) =>
-        replicate({ store, source, disk, chunkSize, codec, concurrency, forceFull: v.full === true,
+        replicate({ store, source, disk, chunkSize, codec, concurrency, encryption, forceFull: v.full === true,
           onProgress: (p) => bar.update(p.position, p.diskSize),
           ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v).finally(() => bar.done());
       print(io, v.json === true, r, () => [
@@ -74,7 +75,7 @@ const replicateCmd: Command = {
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
         `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
         `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
-        `  stored   ${bytes(r.bytesWritten)}`,
+        `  stored   ${bytes(r.bytesWritten)}${r.encryption ? ` (encrypted, ${r.encryption.alg}, key id ${r.encryption.keyId})` : ''}`,
       ]);
     } finally {
       await source.close();
@@ -94,11 +95,12 @@ const pointsCmd: Command = {
     const rows = points.map((m) => ({
       point: m.point, parent: m.parent, full: m.full, createdAt: m.createdAt, diskSize: m.diskSize, chunkSize: m.chunkSize,
       chunksChanged: m.stats.chunksChanged, bytesWritten: m.stats.bytesWritten, source: m.source,
+      ...(m.encryption ? { encryption: m.encryption } : {}),
     }));
     print(io, v.json === true, { disk, points: rows }, () => rows.length === 0 ? [`disk ${disk} has no points`] : [
-      'point  parent  kind         created                   disk size   changed  stored',
+      'point  parent  kind         created                   disk size   changed  stored      encryption key id',
       ...rows.map((r) => `${String(r.point).padEnd(6)} ${String(r.parent ?? '-').padEnd(7)} ${(r.full ? 'full' : 'incremental').padEnd(12)} ` +
-        `${r.createdAt.padEnd(25)} ${bytes(r.diskSize).padEnd(11)} ${String(r.chunksChanged).padEnd(8)} ${bytes(r.bytesWritten)}`),
+        `${r.createdAt.padEnd(25)} ${bytes(r.diskSize).padEnd(11)} ${String(r.chunksChanged).padEnd(8)} ${bytes(r.bytesWritten).padEnd(11)} ${r.encryption?.keyId ?? '-'}`),
     ]);
     return 0;
   },
@@ -106,13 +108,14 @@ const pointsCmd: Command = {
 
 const recoverCmd: Command = {
   summary: 'write a disk as it was at a point, verified and byte-exact',
-  usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path> ${REMOTE_USAGE} [--json]`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...REMOTE_OPTIONS },
+  usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'recover', 'store', 'disk', 'out');
     const disk = validateDiskId(str(v, 'disk')!);
+    const encryption = encryptionKeyFrom(v);
     const bar = new ProgressBar({ label: `recover ${disk}`, enabled: v.json !== true });
-    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!,
+    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!, encryption,
       onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v).finally(() => bar.done());
     print(io, v.json === true, r, () => [
       `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
@@ -124,14 +127,18 @@ const recoverCmd: Command = {
 
 const verifyCmd: Command = {
   summary: 'check that points and every chunk they reference are intact',
-  usage: `rnode verify --store <store> --disk <id> [--point <n>|latest|all] ${REMOTE_USAGE} [--json]`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, ...REMOTE_OPTIONS },
+  usage: `rnode verify --store <store> --disk <id> [--point <n>|latest|all] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'verify', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
-    const r = await withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point') }), v);
+    const encryption = encryptionKeyFrom(v);
+    const r = await withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point'), encryption }), v);
     print(io, v.json === true, r, () => [
       `${r.ok ? 'ok' : 'FAILED'}: point${r.points.length > 1 ? 's' : ''} ${r.points.join(', ')} of disk ${r.disk}, ${r.chunksChecked} chunks (${bytes(r.bytesChecked)}) checked in ${secs(r.seconds)}`,
+      ...(r.checked === 'stored-bytes'
+        ? ['  encrypted and no --encryption-key-file: checked chunk headers and the xxh64 of every stored object only, not the contents; pass the key to decrypt and check them']
+        : r.encrypted ? ['  encrypted: every chunk decrypted (AES-256-GCM tag) and its keyed digests checked'] : []),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
     ]);
     if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);

@@ -6,7 +6,7 @@ import { validateChunkSize } from '../pipeline/grid.js';
 import { exitVddk } from '../vddk/index.js';
 import { loadVmwareConfig, parseVddkUrl, replicateVm, VmwareSession, type ReplicateVmResult, type VmwareSourceConfig } from '../source/vddk/index.js';
 import { openStore } from '../store/index.js';
-import type { Options } from './args.js';
+import { encryptionKeyFrom, ENCRYPTION_USAGE, type Options } from './args.js';
 import { bytes, rate, secs } from './format.js';
 
 interface Io { out: (line: string) => void; err: (line: string) => void }
@@ -19,7 +19,7 @@ export const vmwareReplicateOptions: Options = {
 
 export const VMWARE_REPLICATE_USAGE =
   'rnode replicate (--source vddk://<host>/<vm-moref>[?disk=<key>&transports=nbdssl:nbd] | --source-config <vm.json>) --target <store> ' +
-  '[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--full] [--json]';
+  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--full] ${ENCRYPTION_USAGE} [--json]`;
 
 /** True when the replicate flags name a VMware source. */
 export function isVmwareSource(v: Values): boolean {
@@ -54,6 +54,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   const chunkSize = typeof v['chunk-size'] === 'string' ? validateChunkSize(v['chunk-size']) : undefined;
   const codec = typeof v.compression === 'string' ? codecByName(v.compression) : undefined;
   const concurrency = typeof v.concurrency === 'string' ? positive(v.concurrency, 'concurrency') : undefined;
+  const encryption = encryptionKeyFrom(v);
   const json = v.json === true;
   const log = (line: string) => { if (!json) io.err(`rnode: ${line}`); };
 
@@ -62,7 +63,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   try {
     const session = await VmwareSession.open(config, { log });
     try {
-      r = await replicateVm({ session, store, chunkSize, codec, concurrency, forceFull: v.full === true });
+      r = await replicateVm({ session, store, chunkSize, codec, concurrency, encryption, forceFull: v.full === true });
     } finally {
       await session.close().catch((err) => log(`logging out of vSphere failed: ${(err as Error).message}`));
     }

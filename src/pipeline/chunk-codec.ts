@@ -1,11 +1,13 @@
 // Turns a chunk's plaintext into a stored chunk object and back. Decoding checks everything the table and
 // the header promise (index, writer, lengths, both digests), so a wrong or damaged chunk never restores.
+// With a ChunkSeal the object is encrypted (chunk format version 2) and its digests are keyed.
+import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { strongDigest, xxh64 } from '../format/checksum.js';
-import { CHUNK_HEADER_BYTES, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
+import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { Codec, type CodecId, decodeChunk, encodeChunk, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
-import { codecWorkers, maxObjectBytes, sharedBuffer } from './codec-workers.js';
+import { codecWorkers, maxObjectBytes, sharedBuffer, type SealedFields } from './codec-workers.js';
 
 export interface ChunkDigests {
   xxh64: bigint;
@@ -16,16 +18,46 @@ export function digestChunk(plain: Buffer): ChunkDigests {
   return { xxh64: xxh64(plain), strong: strongDigest(plain) };
 }
 
+/** How a disk's chunks are encrypted: the key, and the disk id the objects are bound to (part of the AAD). */
+export interface ChunkSeal {
+  key: EncryptionKey;
+  disk: string;
+}
+
+/**
+ * Runs fn while the codec workers hold key's subkeys: they are sent once (and to any replacement worker), chunks
+ * then name the key by id, and the workers drop the subkeys when the last user is done.
+ */
+export async function withWorkerKey<T>(key: EncryptionKey | undefined, fn: () => Promise<T>): Promise<T> {
+  if (!key) return fn();
+  const workers = codecWorkers();
+  const id = `key:${key.keyId}`;
+  workers.retainSetup(id, { op: 'seal:key', key: key.keyId, ...key.subkeys() });
+  try {
+    return await fn();
+  } finally {
+    workers.releaseSetup(id, { op: 'seal:forget', key: key.keyId });
+  }
+}
+
+/** The 'seal:*' fields naming the key and the AAD of chunk (writer, index) of a disk (header fields come from the worker). */
+function sealedFields(seal: ChunkSeal, index: number, writer: number, h?: ChunkHeader): SealedFields {
+  return {
+    key: seal.key.keyId, disk: seal.disk, version: CHUNK_VERSION_ENCRYPTED, index, writer,
+    ...(h ? { plainDigest64: h.plainXxh64, payloadXxh64: h.payloadXxh64 } : {}),
+  };
+}
+
 /**
  * Digests and encodes a chunk on the codec workers. plain and out are SharedArrayBuffer views; the object is
  * built in out (header, then payload) and returned as a view of it, valid until out is reused.
  */
 export async function encodeChunkInto(plain: Buffer, out: Buffer, index: number, writer: number, codec: CodecId,
-    unchangedIf?: { xxh64: bigint; strong: Buffer }): Promise<{ object: Buffer; entry: ChunkEntry } | undefined> {
-  const r = await codecWorkers().encode(plain, out, codec, unchangedIf);
-  if (r.unchanged) return undefined; // same xxh64 and BLAKE3 as unchangedIf: nothing to store
+    unchangedIf?: { xxh64: bigint; strong: Buffer }, seal?: ChunkSeal): Promise<{ object: Buffer; entry: ChunkEntry } | undefined> {
+  const r = await codecWorkers().encode(plain, out, codec, unchangedIf, seal && sealedFields(seal, index, writer));
+  if (r.unchanged) return undefined; // same xxh64 and BLAKE3 (keyed, when sealed) as unchangedIf: nothing to store
   encodeChunkHeader({
-    codec: r.codec, flags: 0, plainLength: plain.length, payloadLength: r.payloadLength,
+    codec: r.codec, flags: seal ? ChunkFlag.ENCRYPTED : 0, plainLength: plain.length, payloadLength: r.payloadLength,
     plainXxh64: r.xxh64, payloadXxh64: r.payloadXxh64, index, writer,
   }).copy(out, 0);
   const object = out.subarray(0, CHUNK_HEADER_BYTES + r.payloadLength);
@@ -57,7 +89,7 @@ export async function encodeStoredChunk(plain: Buffer, digests: ChunkDigests, in
 /** Checks a stored object against its table entry and returns the plaintext. */
 export async function decodeStoredChunk(object: Buffer, expect: ChunkEntry, where: string): Promise<Buffer> {
   const fail = corruption(expect, where);
-  const h = checkHeader(object, expect, where, Infinity);
+  const h = checkHeader(object, expect, where, Infinity, false);
   const payload = object.subarray(CHUNK_HEADER_BYTES);
   if (xxh64(payload) !== h.payloadXxh64) throw fail('payload checksum mismatch');
   let plain: Buffer;
@@ -85,25 +117,43 @@ export function newReadSlot(chunkSize: number): ReadSlot {
 
 /**
  * Checks a stored object (already copied into slot.object[0..length)) against its table entry and decodes it
- * on the codec workers; returns a view of slot.plain holding the verified plaintext.
+ * on the codec workers; returns a view of slot.plain holding the verified plaintext. seal says how the point
+ * is encrypted (undefined: it is not); an object that disagrees is corrupt, whatever its own header claims.
  */
-export async function decodeChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string): Promise<Buffer> {
+export async function decodeChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string, seal?: ChunkSeal): Promise<Buffer> {
   const fail = corruption(expect, where);
   const object = slot.object.subarray(0, length);
-  const h = checkHeader(object, expect, where, slot.plain.length);
+  const h = checkHeader(object, expect, where, slot.plain.length, seal !== undefined);
   if (!isKnownCodec(h.codec)) {
     throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${h.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`);
   }
   let r;
   try {
-    r = await codecWorkers().decode(object.subarray(CHUNK_HEADER_BYTES), h.codec, h.plainLength, slot.plain);
+    r = await codecWorkers().decode(object.subarray(CHUNK_HEADER_BYTES), h.codec, h.plainLength, slot.plain,
+      seal && sealedFields(seal, h.index, h.writer, h));
   } catch (err) {
     throw fail((err as Error).message);
   }
   if (r.payloadXxh64 !== h.payloadXxh64) throw fail('payload checksum mismatch');
-  if (r.xxh64 !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail('plaintext xxh64 mismatch');
-  if (!r.strong.equals(expect.strong)) throw fail('plaintext BLAKE3 mismatch');
+  const kind = seal ? 'keyed ' : '';
+  if (r.xxh64 !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail(`plaintext ${kind}64-bit digest mismatch`);
+  if (!r.strong.equals(expect.strong)) throw fail(`plaintext ${kind}BLAKE3 mismatch`);
   return slot.plain.subarray(0, h.plainLength);
+}
+
+/**
+ * What can be checked of an encrypted object without its key: the header against the table entry, and the
+ * payload's xxh64 as stored (on a worker). Neither decrypts nor proves the plaintext; the key does that.
+ */
+export async function checkStoredChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string): Promise<void> {
+  const object = slot.object.subarray(0, length);
+  const h = checkHeader(object, expect, where, slot.plain.length, true);
+  if (await storedPayloadDigest(object.subarray(CHUNK_HEADER_BYTES)) !== h.payloadXxh64) throw corruption(expect, where)('payload checksum mismatch');
+}
+
+/** xxh64 of a stored payload (a SharedArrayBuffer view), computed on a codec worker. */
+export function storedPayloadDigest(payload: Uint8Array): Promise<bigint> {
+  return codecWorkers().storedDigest(payload);
 }
 
 function corruption(expect: ChunkEntry, where: string): (why: string) => RnodeError {
@@ -111,8 +161,11 @@ function corruption(expect: ChunkEntry, where: string): (why: string) => RnodeEr
     { details: { index: expect.index, writer: expect.writer } });
 }
 
-/** The header checks both decode paths share: it must name this chunk and agree on every length. */
-function checkHeader(object: Buffer, expect: ChunkEntry, where: string, maxPlain: number): ChunkHeader {
+/**
+ * The header checks every decode path shares: it must name this chunk, agree on every length, and be encrypted
+ * exactly when its point is (the main-thread decode reads unencrypted chunks only).
+ */
+function checkHeader(object: Buffer, expect: ChunkEntry, where: string, maxPlain: number, encrypted: boolean): ChunkHeader {
   const fail = corruption(expect, where);
   let h: ChunkHeader;
   try {
@@ -124,5 +177,9 @@ function checkHeader(object: Buffer, expect: ChunkEntry, where: string, maxPlain
   if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
   if (h.plainLength !== expect.plainLength || h.plainLength > maxPlain) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
   if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  if (((h.flags & ChunkFlag.ENCRYPTED) !== 0) !== encrypted) {
+    throw fail(encrypted ? 'it is not encrypted but its point is (an unencrypted object in an encrypted disk is never trusted)'
+      : 'it is encrypted but its point is not');
+  }
   return h;
 }

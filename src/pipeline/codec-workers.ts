@@ -1,5 +1,5 @@
-// The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check) on a few worker threads, so the
-// main thread only moves data. Chunk buffers are SharedArrayBuffers: workers read and write them in place.
+// The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check; for encrypted chunks keyed BLAKE3 and
+// AES-256-GCM seal or open as well) on a few worker threads, so the main thread only moves data. Chunk buffers are SharedArrayBuffers: workers read and write them in place.
 // Workers also bound native memory: the LZ4 library keeps per-thread heaps, so few threads means few heaps.
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { STRONG_DIGEST_BYTES } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { Codec, KERNEL_PATH, payloadOverhead } from '../format/codecs.js';
+import { SEAL_KERNEL_PATH, SEAL_OVERHEAD } from '../format/seal.js';
 
 export interface EncodeResult {
   /** True when the digests matched `unchangedIf`: nothing was encoded. */
@@ -28,6 +29,9 @@ export interface DecodeCheck {
   plainLength: number;
 }
 
+/** What the 'seal:*' ops need beyond a plain encode/decode: the key id and the chunk's AAD fields (seal-kernel.cjs). */
+export type SealedFields = Record<string, string | number | bigint>;
+
 // Plain JS as a string: runs the same from src/ under the test loader and from dist/.
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
@@ -40,6 +44,8 @@ const { blake3 } = require(workerData.blake);
 const kernel = require(workerData.kernel).makeKernel(require(workerData.lz4), track);
 require(workerData.xxhash)().then(({ h64Raw }) => {
   const HDR = ${CHUNK_HEADER_BYTES};
+  // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.
+  const sealed = require(workerData.seal).makeSealedOps({ kernel, h64Raw, Blake3Hasher: require(workerData.blake).Blake3Hasher, headerBytes: HDR });
   // One message per event-loop turn: native buffers are freed by finalizers that run between turns, and a
   // port drains its whole queue in one turn, so handling messages directly would let garbage pile up.
   const queue = [];
@@ -56,7 +62,10 @@ require(workerData.xxhash)().then(({ h64Raw }) => {
   });
   const handle = (m) => {
     try {
-      if (m.op === 'encode') {
+      if (m.op.startsWith('seal:')) {
+        const reply = sealed.handle(m);
+        if (m.id !== undefined) parentPort.postMessage({ id: m.id, ...reply });
+      } else if (m.op === 'encode') {
         const plain = Buffer.from(m.in, m.inOff, m.len);
         const out = Buffer.from(m.out, m.outOff, m.outCap);
         const xxh64 = h64Raw(plain);
@@ -106,7 +115,7 @@ export class CodecWorkers {
     const require = createRequire(import.meta.url);
     this.workerData = {
       blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
-      kernel: KERNEL_PATH,
+      kernel: KERNEL_PATH, seal: SEAL_KERNEL_PATH,
       gcEvery: 8 * 1024 * 1024,
     };
     // Isolates created after this flag expose gc(); the workers use it (see WORKER_SOURCE).
@@ -119,6 +128,7 @@ export class CodecWorkers {
 
   private spawn(i: number): Worker {
     const w = new Worker(WORKER_SOURCE, { eval: true, workerData: this.workerData });
+    for (const s of this.setup.values()) w.postMessage(s.msg); // keys of running jobs, before any chunk
     w.on('message', (m) => this.onMessage(m));
     w.on('error', (err) => this.fail(i, w, err));
     w.on('exit', (code) => this.fail(i, w, new Error(`codec worker exited with code ${code}`)));
@@ -131,20 +141,45 @@ export class CodecWorkers {
    * Hashes plain (a view of a SharedArrayBuffer) and writes the stored payload into out at CHUNK_HEADER_BYTES
    * (out must be a SharedArrayBuffer view with room for the worst case).
    */
-  encode(plain: Uint8Array, out: Uint8Array, codec: number, unchangedIf?: { xxh64: bigint; strong: Uint8Array }): Promise<EncodeResult> {
+  encode(plain: Uint8Array, out: Uint8Array, codec: number, unchangedIf?: { xxh64: bigint; strong: Uint8Array },
+      sealed?: SealedFields): Promise<EncodeResult> {
     return this.send({
-      op: 'encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
+      op: sealed ? 'seal:encode' : 'encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
       out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec,
-      ...(unchangedIf ? { unchangedIf: { xxh64: unchangedIf.xxh64, strong: new Uint8Array(unchangedIf.strong) } } : {}),
+      ...(unchangedIf ? { unchangedIf: { xxh64: unchangedIf.xxh64, strong: new Uint8Array(unchangedIf.strong) } } : {}), ...sealed,
     }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
   }
 
   /** Decodes payload (a SharedArrayBuffer view) into out and returns the digests to check. */
-  decode(payload: Uint8Array, codec: number, plainLength: number, out: Uint8Array): Promise<DecodeCheck> {
+  decode(payload: Uint8Array, codec: number, plainLength: number, out: Uint8Array, sealed?: SealedFields): Promise<DecodeCheck> {
     return this.send({
-      op: 'decode', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength, codec, plainLength,
-      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength,
+      op: sealed ? 'seal:decode' : 'decode', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength, codec, plainLength,
+      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, ...sealed,
     }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
+  }
+
+  /** xxh64 of a payload as stored (a SharedArrayBuffer view): how encrypted chunks are checked without their key. */
+  storedDigest(payload: Uint8Array): Promise<bigint> {
+    return this.send({ op: 'seal:stored', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength }).then((r) => r.payloadXxh64);
+  }
+
+  // ---- setup every worker must hold (encryption keys, see chunk-codec.ts), replayed to replacement workers ----
+  private readonly setup = new Map<string, { msg: Record<string, unknown>; users: number }>();
+
+  /** Gives msg to every worker (now and respawned) until as many release(id) calls as retain(id) calls. */
+  retainSetup(id: string, msg: Record<string, unknown>): void {
+    const s = this.setup.get(id);
+    if (s) { s.users++; return; }
+    this.setup.set(id, { msg, users: 1 });
+    for (const w of this.workers) w.postMessage(msg);
+  }
+
+  /** Drops a setup message once its last user is done; undo is posted to every worker. */
+  releaseSetup(id: string, undo: Record<string, unknown>): void {
+    const s = this.setup.get(id);
+    if (!s || --s.users > 0) return;
+    this.setup.delete(id);
+    for (const w of this.workers) w.postMessage(undo);
   }
 
   private send(msg: Record<string, unknown>): Promise<any> {
@@ -203,7 +238,7 @@ export function codecWorkers(): CodecWorkers {
 
 /** Worst-case stored object size for a chunk of `chunkSize` bytes. */
 export function maxObjectBytes(chunkSize: number): number {
-  return CHUNK_HEADER_BYTES + chunkSize + payloadOverhead(chunkSize);
+  return CHUNK_HEADER_BYTES + chunkSize + payloadOverhead(chunkSize) + SEAL_OVERHEAD;
 }
 
 /** A SharedArrayBuffer-backed Buffer. */

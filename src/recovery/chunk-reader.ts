@@ -3,11 +3,26 @@
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
 import type { ChunkEntry } from '../format/table.js';
-import { decodeChunkInto, type ReadSlot } from '../pipeline/chunk-codec.js';
+import { checkStoredChunkInto, decodeChunkInto, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
 import type { ObjectStore } from '../store/types.js';
 
-/** Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused. */
-export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot): Promise<Buffer> {
+/**
+ * Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused.
+ * seal: the point is encrypted and this is its key (src/recovery/encryption.ts decides).
+ */
+export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
+    seal?: ChunkSeal): Promise<Buffer> {
+  return fetchChecked(store, disk, chunkSize, e, point, slot, (where, length) => decodeChunkInto(slot, length, e, where, seal));
+}
+
+/** What verify checks of an encrypted chunk without the key: its header and the xxh64 of its stored bytes. */
+export async function checkStoredChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot): Promise<void> {
+  await fetchChecked(store, disk, chunkSize, e, point, slot, (where, length) => checkStoredChunkInto(slot, length, e, where));
+}
+
+/** Fetches a chunk object into slot.object and runs check on it, with errors that name the chunk, offset and key. */
+async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
+    check: (where: string, length: number) => Promise<T>): Promise<T> {
   const key = layout.chunk(disk, e.writer, e.index);
   const where = `${e.index} (disk offset ${e.index * chunkSize}, object ${key}) of point ${point}`;
   let object: Buffer;
@@ -26,7 +41,7 @@ export async function readChunk(store: ObjectStore, disk: string, chunkSize: num
   }
   object.copy(slot.object, 0);
   try {
-    return await decodeChunkInto(slot, object.length, e, where);
+    return await check(where, object.length);
   } catch (err) {
     if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) {
       throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${err.message}; restore another point or re-replicate`,

@@ -1,19 +1,21 @@
 // Writes one recovery point: reads the chunks the source says may have changed, stores the ones that did,
 // then commits the manifest last. A crash at any step leaves the old set of points intact; the pending
 // checkpoint lets the next run continue where this one stopped.
+import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
 import { layout, validateDiskId } from '../format/layout.js';
-import { encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest, type SegmentRef } from '../format/manifest.js';
+import { encodeManifest, MANIFEST_FORMAT, type PointEncryption, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { encodeSegment, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { encodeChunkInto } from '../pipeline/chunk-codec.js';
+import { encodeChunkInto, withWorkerKey } from '../pipeline/chunk-codec.js';
 import { maxObjectBytes, sharedBuffer } from '../pipeline/codec-workers.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
+import { checkWriteKey, manifestEncryption } from './encryption.js';
 import { listPointSeqs, loadChain, loadPoint } from './points.js';
 import { chainView, Cursor } from './view.js';
 import { Lease, type LeaseOptions } from './lease.js';
@@ -25,6 +27,8 @@ export interface ReplicateOptions {
   /** Defaults to the previous point's chunk size, or 1 MiB for the first point. */
   chunkSize?: number;
   codec?: CodecId;
+  /** Encrypt the point's chunks with this key (the disk's earlier points must have been written with it). */
+  encryption?: EncryptionKey;
   /** Chunks in flight (read, hashed, compressed or being stored) at once. */
   concurrency?: number;
   /** Read every allocated chunk even if the source tracks changes. */
@@ -70,6 +74,8 @@ export interface ReplicateResult {
   chunksChanged: number;
   chunksZero: number;
   seconds: number;
+  /** Set when the point is encrypted: the algorithm and the key id (never the key). */
+  encryption?: PointEncryption;
 }
 
 interface Checkpoint {
@@ -80,6 +86,8 @@ interface Checkpoint {
   diskSize: number;
   chunkSize: number;
   source: { kind: string; location: string; identity?: string };
+  /** Key id of the chunks written so far; a run with another key (or none) starts afresh. */
+  keyId?: string;
   segments: SegmentRef[];
   records: number;
   nextIndex: number;
@@ -109,10 +117,10 @@ interface Candidate {
 
 export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
   const disk = validateDiskId(opts.disk);
-  if (opts.lease === false) return replicateLeased(opts, undefined);
+  if (opts.lease === false) return withWorkerKey(opts.encryption, () => replicateLeased(opts, undefined));
   const lease = await Lease.acquire(opts.store, disk, opts.lease);
   try {
-    return await replicateLeased(opts, lease);
+    return await withWorkerKey(opts.encryption, () => replicateLeased(opts, lease));
   } finally {
     await lease.release();
   }
@@ -126,6 +134,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
   const seqs = await listPointSeqs(store, disk);
   const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1]) : undefined;
+  checkWriteKey(latest, opts.encryption, disk);
+  const seal = opts.encryption && { key: opts.encryption, disk };
   const chunkSize = validateChunkSize(opts.chunkSize ?? latest?.chunkSize ?? DEFAULT_CHUNK_SIZE);
   const grid = new ChunkGrid(source.size, chunkSize);
   const seq = (latest?.point ?? 0) + 1;
@@ -192,7 +202,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     records += entries.length;
     const snapshot: Checkpoint = {
       format: 'rnode-pending', point: seq, parent: parent?.point ?? null, scan, diskSize: grid.diskSize, chunkSize,
-      source: { kind: source.kind, location: source.location, ...(identity ? { identity } : {}) }, segments: [...segments], records, nextIndex,
+      source: { kind: source.kind, location: source.location, ...(identity ? { identity } : {}) }, ...(seal ? { keyId: seal.key.keyId } : {}),
+      segments: [...segments], records, nextIndex,
       stats: { ...stats, bytesWritten: stats.bytesWritten + bytes.length },
     };
     stats.bytesWritten += bytes.length;
@@ -252,7 +263,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     const p = c.parent;
     // Unchanged when both digests agree, not only the 64-bit one; the workers then skip the compressor.
     const same = p && !isZeroEntry(p) && p.plainLength === length ? { xxh64: p.xxh64, strong: p.strong } : undefined;
-    const encoded = await encodeChunkInto(plain, slot.out, c.index, seq, codec, same);
+    const encoded = await encodeChunkInto(plain, slot.out, c.index, seq, codec, same, seal);
     if (!encoded) return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
     const { object, entry } = encoded;
     await store.put(layout.chunk(disk, seq, c.index), object);
@@ -314,7 +325,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   failpoint('before-commit');
   const seconds = (performance.now() - started) / 1000;
   const manifest: PointManifest = {
-    format: MANIFEST_FORMAT, version: MANIFEST_VERSION, disk, point: seq, parent: parent?.point ?? null, full,
+    format: MANIFEST_FORMAT, ...manifestEncryption(opts.encryption), disk, point: seq, parent: parent?.point ?? null, full,
     createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize,
     source: { kind: source.kind, location: source.location, ...(marker ? { marker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
     table: { generation: 0, records, segments },
@@ -341,6 +352,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     disk, point: seq, parent: manifest.parent, full, ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}), resumed: ck.resumed,
     diskSize: grid.diskSize, chunkSize, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + mbytes.length,
     chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero, seconds,
+    ...(manifest.encryption ? { encryption: manifest.encryption } : {}),
   };
 }
 
@@ -421,6 +433,7 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, disk: 
   if (ck.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
       ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
       ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments) ||
+      ck.keyId !== opts.encryption?.keyId ||
       // The data read before the cut must be the data now; a source that cannot tell is never resumed.
       identity === undefined || ck.source?.identity !== identity) {
     return fresh;

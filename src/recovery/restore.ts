@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
 import { isZeroEntry } from '../format/table.js';
@@ -10,7 +11,8 @@ import { isZero } from '../native/index.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded, readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot } from '../pipeline/chunk-codec.js';
+import { newReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
+import { requireChainSeal } from './encryption.js';
 import { loadChain, resolvePoint } from './points.js';
 import { chainView } from './view.js';
 
@@ -19,6 +21,8 @@ export interface RecoverOptions {
   disk: string;
   point?: string;
   out: string;
+  /** The key of an encrypted disk (required for one, refused for an unencrypted one). */
+  encryption?: EncryptionKey;
   concurrency?: number;
   onProgress?: (p: { bytesWritten: number; chunksDone: number; diskSize: number }) => void;
 }
@@ -45,6 +49,8 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const seq = await resolvePoint(store, disk, opts.point);
   const chain = await loadChain(store, disk, seq);
   const { diskSize, chunkSize } = chain[0];
+  // Before the output exists: a missing or wrong key leaves nothing behind.
+  const seal = requireChainSeal(chain, opts.encryption, disk);
 
   const target = await openOutput(opts.out, diskSize);
   let bytesFetched = 0;
@@ -56,10 +62,10 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     };
     const concurrency = opts.concurrency ?? 8;
     const slots = new BufferPool(concurrency, () => newReadSlot(chunkSize));
-    await forEachBounded(nonZero(), concurrency, async (e) => {
+    await withWorkerKey(opts.encryption, () => forEachBounded(nonZero(), concurrency, async (e) => {
       const slot = await slots.acquire();
       try {
-        const plain = await readChunk(store, disk, chunkSize, e, seq, slot);
+        const plain = await readChunk(store, disk, chunkSize, e, seq, slot, seal);
         bytesFetched += e.storedLength;
         // Not `bytesWritten += await ...`: that reads the total before the await and loses concurrent updates.
         const written = await writeSparse(target.fh, plain, e.index * chunkSize, target.sparse);
@@ -69,7 +75,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
       }
       chunksRestored++;
       opts.onProgress?.({ bytesWritten, chunksDone: chunksRestored, diskSize });
-    });
+    }));
     await target.fh.sync();
     await target.fh.close();
     if (target.tmp) await fsp.rename(target.tmp, opts.out);

@@ -1,6 +1,7 @@
 // What the receiving node checks before it stores an object a peer sent: the key must name one of the
 // object kinds of src/format/layout.ts, and the bytes must be a valid object of that kind. A chunk is
-// checked in full (header, key match, lengths, payload xxh64, decode, plaintext xxh64) on the codec workers.
+// checked in full (header, key match, lengths, payload xxh64, decode, plaintext xxh64) on the codec workers;
+// an encrypted chunk, which this node holds no key for, by its header and the xxh64 of its stored bytes.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, ChunkFlag, decodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { Codec, isKnownCodec } from '../format/codecs.js';
@@ -8,7 +9,8 @@ import { layout } from '../format/layout.js';
 import { decodeManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot, type ReadSlot } from '../pipeline/chunk-codec.js';
+import { newReadSlot, storedPayloadDigest, type ReadSlot } from '../pipeline/chunk-codec.js';
+import { SEAL_OVERHEAD } from '../format/seal.js';
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { MIN_CHUNK_SIZE } from '../pipeline/grid.js';
 import type { ObjectStore } from '../store/types.js';
@@ -111,9 +113,11 @@ export class ObjectValidator {
       throw fail(`object is ${p.data.length} bytes, its header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
     }
     if (!isKnownCodec(h.codec)) throw fail(`unknown codec id ${h.codec} (is the sender a newer rnode? upgrade this node)`);
-    if (h.codec === Codec.NONE && h.payloadLength !== h.plainLength) throw fail('uncompressed payload length differs from the plaintext length');
-    if (((p.flags & FrameFlag.COMPRESSED) !== 0) !== (h.codec !== Codec.NONE)) throw fail('frame compressed flag disagrees with the chunk codec');
     const encrypted = (h.flags & ChunkFlag.ENCRYPTED) !== 0;
+    if (h.codec === Codec.NONE && h.payloadLength !== h.plainLength + (encrypted ? SEAL_OVERHEAD : 0)) {
+      throw fail('uncompressed payload length differs from the plaintext length');
+    }
+    if (((p.flags & FrameFlag.COMPRESSED) !== 0) !== (h.codec !== Codec.NONE)) throw fail('frame compressed flag disagrees with the chunk codec');
     if (((p.flags & FrameFlag.ENCRYPTED) !== 0) !== encrypted) throw fail('frame encrypted flag disagrees with the chunk header');
     if (p.plainXxh64 !== h.plainXxh64) throw fail('frame plaintext xxh64 disagrees with the chunk header');
     const pool = this.pool(h.plainLength);
@@ -122,16 +126,20 @@ export class ObjectValidator {
       if (p.data.length > slot.object.length) throw fail('payload is larger than the codec can produce for this chunk size');
       p.data.copy(slot.object, 0);
       const payload = slot.object.subarray(CHUNK_HEADER_BYTES, p.data.length);
+      if (encrypted) {
+        // Encrypted payloads cannot be decoded here (the node holds no key, and the header's plaintext digest is
+        // keyed): the stored bytes are checked by the payload digest alone, still on a worker.
+        if (await storedPayloadDigest(payload) !== h.payloadXxh64) throw fail('payload xxh64 mismatch');
+        return;
+      }
       let r;
       try {
-        // Encrypted payloads cannot be decoded here (the node holds no key): their stored bytes are checked by
-        // the payload digest alone, still on a worker.
-        r = await codecWorkers().decode(payload, encrypted ? Codec.NONE : h.codec, encrypted ? payload.length : h.plainLength, slot.plain);
+        r = await codecWorkers().decode(payload, h.codec, h.plainLength, slot.plain);
       } catch (err) {
         throw fail(`payload does not decode: ${(err as Error).message}`, err);
       }
       if (r.payloadXxh64 !== h.payloadXxh64) throw fail('payload xxh64 mismatch');
-      if (!encrypted && r.xxh64 !== h.plainXxh64) throw fail('plaintext xxh64 mismatch');
+      if (r.xxh64 !== h.plainXxh64) throw fail('plaintext xxh64 mismatch');
     } finally {
       pool.release(slot);
     }

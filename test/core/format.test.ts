@@ -194,7 +194,7 @@ t.test('a stored chunk with an unknown codec id or version is a clear error on b
     await rnodeErr(t, () => decodeStoredChunk(bad, entry, 'x'), ErrorCodes.FORMAT_CODEC, `codec ${codec} (main thread)`);
     await rnodeErr(t, () => viaWorkers(bad, entry), ErrorCodes.FORMAT_CODEC, `codec ${codec} (workers)`);
   }
-  for (const version of [0, 2, 255]) {
+  for (const version of [0, 3, 255]) { // 2 is an encrypted chunk (test/crypto)
     const bad = Buffer.from(object);
     bad[4] = version;
     const e = await rnodeErr(t, () => decodeStoredChunk(bad, entry, 'x'), ErrorCodes.FORMAT_VERSION, `version ${version} (main thread)`);
@@ -359,7 +359,11 @@ t.test('manifests round-trip and reject tampering', async (t) => {
   await rnodeErr(t, () => decodeManifest(b.subarray(0, b.length - 3), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'truncated');
   await rnodeErr(t, () => decodeManifest(Buffer.from('null'), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'null');
   await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, format: 'other' as never }), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'another format');
-  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 2 }), 'm'), ErrorCodes.FORMAT_VERSION, 'version 2');
+  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 3 }), 'm'), ErrorCodes.FORMAT_VERSION, 'version 3');
+  // Version 2 is an encrypted point (test/crypto): it needs its encryption field, and version 1 must not have one.
+  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 2 }), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'version 2 without encryption');
+  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, encryption: { alg: 'aes-256-gcm', keyId: '0'.repeat(32) } }), 'm'),
+    ErrorCodes.MANIFEST_CORRUPT, 'version 1 with encryption');
   // Sealed (valid checksum) but impossible values.
   for (const [what, bad] of [
     ['negative point', { ...m, point: -1 }], ['fractional disk size', { ...m, diskSize: 1.5 }], ['string chunk size', { ...m, chunkSize: '64' as never }],

@@ -10,7 +10,7 @@ import type { ObjectStore } from '../../src/store/index.js';
 import { openSource, type BlockSource } from '../../src/source/index.js';
 import { delegatingSource } from '../../src/source/types.js';
 import { replicate, type ReplicateOptions, type ReplicateResult } from '../../src/recovery/replicate.js';
-import { recover, type RecoverResult } from '../../src/recovery/restore.js';
+import { recover, type RecoverOptions, type RecoverResult } from '../../src/recovery/restore.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 
 export const KiB = 1024;
@@ -162,9 +162,10 @@ export async function snap(store: ObjectStore, image: string, disk: string,
   }
 }
 
-/** Restores a point (number or 'latest') to out through the library. */
-export function restore(store: ObjectStore, disk: string, point: number | string, out: string): Promise<RecoverResult> {
-  return recover({ store, disk, point: String(point), out });
+/** Restores a point (number or 'latest') to out through the library (opts: e.g. the encryption key). */
+export function restore(store: ObjectStore, disk: string, point: number | string, out: string,
+    opts: Partial<Pick<RecoverOptions, 'encryption'>> = {}): Promise<RecoverResult> {
+  return recover({ store, disk, point: String(point), out, ...opts });
 }
 
 /** A BlockSource wrapper that counts the bytes actually read from the underlying source. */
@@ -196,9 +197,9 @@ export function assertSameBytes(t: Asserts, file: string, want: Fingerprint, wha
 
 /** Restores a point into dir and asserts it is byte-exact; returns the restored path. */
 export async function expectRestore(t: Asserts, store: ObjectStore, disk: string, point: number | string, want: Fingerprint,
-    dir: string, what = `point ${point}`): Promise<string> {
+    dir: string, what = `point ${point}`, opts: Partial<Pick<RecoverOptions, 'encryption'>> = {}): Promise<string> {
   const out = path.join(dir, `restored-${disk}-${point}-${Math.random().toString(36).slice(2, 8)}.img`);
-  await restore(store, disk, point, out);
+  await restore(store, disk, point, out, opts);
   assertSameBytes(t, out, want, `${what} restores byte-exact`);
   return out;
 }

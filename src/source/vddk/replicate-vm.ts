@@ -1,5 +1,6 @@
 // One replication run of a VMware VM: one snapshot, one recovery point per selected disk (disk ids
 // "<vm>-disk-<key>"), and the snapshot removed at the end whatever happened.
+import type { EncryptionKey } from '../../crypto/keys.js';
 import { isRnodeError } from '../../errors.js';
 import type { CodecId } from '../../format/codecs.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from '../../recovery/replicate.js';
@@ -13,6 +14,8 @@ export interface ReplicateVmOptions {
   disks?: number[];
   chunkSize?: number;
   codec?: CodecId;
+  /** Encrypt every disk's chunks with this key. */
+  encryption?: EncryptionKey;
   concurrency?: number;
   forceFull?: boolean;
   signal?: AbortSignal;
@@ -59,7 +62,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
       const source = snap.source(d.key);
       const disk = vmDiskId(vm.moref, d.key);
       const r = await replicate({
-        store, source, disk, chunkSize: opts.chunkSize, codec: opts.codec, concurrency: opts.concurrency,
+        store, source, disk, chunkSize: opts.chunkSize, codec: opts.codec, encryption: opts.encryption, concurrency: opts.concurrency,
         forceFull: opts.forceFull, signal: opts.signal, onProgress: opts.onProgress && ((p) => opts.onProgress!(disk, p)),
       });
       if (r.rescanReason) session.log(`disk ${d.key}: read all allocated areas: ${r.rescanReason}`);

@@ -1,0 +1,137 @@
+// The encryption key hierarchy: the user's 256-bit master key (read from a file, never from argv) is expanded with
+// HKDF-SHA256 into independent subkeys for chunk encryption, keyed digests and the key id. The master key is not
+// kept once derived, and no derived key is ever printed: an EncryptionKey shows and serialises as its key id only.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { inspect } from 'node:util';
+import { ErrorCodes, RnodeError } from '../errors.js';
+
+export const ENCRYPTION_ALG = 'aes-256-gcm';
+/** What a node can write, as advertised in the agent's hello. */
+export const ENCRYPTION_MODES = ['none', ENCRYPTION_ALG] as const;
+export const MASTER_KEY_BYTES = 32;
+/** Bytes of HKDF output the key id is made of (hex in manifests). */
+const KEY_ID_BYTES = 16;
+/** Key files larger than this are certainly not a key; refusing them early bounds what is read. */
+const MAX_KEY_FILE_BYTES = 4096;
+
+// Domain separation: each subkey has its own HKDF info, so knowing one (e.g. the key id) says nothing of another.
+const HKDF_SALT = Buffer.from('rnode key hierarchy v1', 'latin1');
+const INFO = {
+  cipher: 'rnode chunk encryption (aes-256-gcm) v1',
+  digest: 'rnode chunk digest (keyed blake3) v1',
+  keyId: 'rnode key id v1',
+} as const;
+
+export const KEY_FORMATS = '32 raw bytes, 64 hex characters, or the base64 of 32 bytes';
+
+function derive(master: Uint8Array, info: string, length: number): Buffer {
+  return Buffer.from(crypto.hkdfSync('sha256', master, HKDF_SALT, info, length));
+}
+
+export class EncryptionKey {
+  readonly alg = ENCRYPTION_ALG;
+  /** A fingerprint of the master key (HKDF output, one-way): recorded in manifests, safe to show. */
+  readonly keyId: string;
+  readonly #cipherKey: Buffer;
+  readonly #digestKey: Buffer;
+
+  private constructor(master: Uint8Array) {
+    this.#cipherKey = derive(master, INFO.cipher, 32);
+    this.#digestKey = derive(master, INFO.digest, 32);
+    this.keyId = derive(master, INFO.keyId, KEY_ID_BYTES).toString('hex');
+  }
+
+  /** A key from exactly 32 bytes of key material (copied; the caller may wipe its buffer afterwards). */
+  static fromBytes(master: Uint8Array): EncryptionKey {
+    if (master.byteLength !== MASTER_KEY_BYTES) {
+      throw new RnodeError(ErrorCodes.KEY_FILE, `an encryption key is ${MASTER_KEY_BYTES} bytes, not ${master.byteLength}`);
+    }
+    return new EncryptionKey(master);
+  }
+
+  /** A key from the text or bytes of a key file or secret (KEY_FORMATS); `what` names the source in errors. */
+  static parse(material: Uint8Array, what: string): EncryptionKey {
+    const master = parseKeyMaterial(material);
+    if (!master) {
+      throw new RnodeError(ErrorCodes.KEY_FILE, `${what} does not hold a 256-bit key: write ${KEY_FORMATS} into it (e.g. "openssl rand -hex 32")`);
+    }
+    try {
+      return new EncryptionKey(master);
+    } finally {
+      master.fill(0);
+    }
+  }
+
+  /** The derived subkeys, for the codec workers only (src/pipeline/chunk-codec.ts). Never log them. */
+  subkeys(): { cipherKey: Buffer; digestKey: Buffer } {
+    return { cipherKey: Buffer.from(this.#cipherKey), digestKey: Buffer.from(this.#digestKey) };
+  }
+
+  toJSON(): { alg: string; keyId: string } {
+    return { alg: this.alg, keyId: this.keyId };
+  }
+
+  toString(): string {
+    return `EncryptionKey(${this.alg}, keyId ${this.keyId})`;
+  }
+
+  [inspect.custom](): string {
+    return this.toString();
+  }
+}
+
+/** 32 key bytes from raw bytes, 64 hex characters or base64 (text trimmed); undefined for anything else. */
+export function parseKeyMaterial(material: Uint8Array): Buffer | undefined {
+  const b = Buffer.from(material.buffer, material.byteOffset, material.byteLength);
+  if (b.length === MASTER_KEY_BYTES) return Buffer.from(b);
+  const text = b.toString('latin1').trim();
+  if (/^[0-9a-fA-F]{64}$/.test(text)) return Buffer.from(text, 'hex');
+  // Standard or URL-safe alphabet, padded or not: 43 characters carry 256 bits (the last one 4 bits only).
+  if (/^[A-Za-z0-9+/_-]{43}=?$/.test(text)) {
+    const bytes = Buffer.from(text.replace(/-/g, '+').replace(/_/g, '/'), 'base64');
+    if (bytes.length === MASTER_KEY_BYTES) return bytes;
+  }
+  return undefined;
+}
+
+/**
+ * Reads a key file. Refuses a file group or others may read or write (like ssh does for private keys): a key
+ * anyone on the machine can read protects nothing. Errors name the file and the rule, never the content.
+ */
+export function readKeyFile(file: string, flag = '--encryption-key-file'): EncryptionKey {
+  const fail = (why: string) => new RnodeError(ErrorCodes.KEY_FILE, `${flag} ${file}: ${why}`);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (err) {
+    throw fail(`cannot open it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); pass a file holding the key`);
+  }
+  let data: Buffer | undefined;
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw fail('is not a regular file');
+    checkKeyFileMode(st.mode, (why) => fail(why), file);
+    if (st.size > MAX_KEY_FILE_BYTES) throw fail(`is ${st.size} bytes; a key file holds ${KEY_FORMATS}`);
+    data = Buffer.alloc(st.size);
+    let n = 0;
+    while (n < data.length) {
+      const r = fs.readSync(fd, data, n, data.length - n, n);
+      if (r === 0) break;
+      n += r;
+    }
+    return EncryptionKey.parse(data.subarray(0, n), `${flag} ${file}`);
+  } finally {
+    data?.fill(0);
+    fs.closeSync(fd);
+  }
+}
+
+/** Throws (through fail) when a key file's mode lets group or others read or write it (POSIX only). */
+export function checkKeyFileMode(mode: number, fail: (why: string) => Error, file: string): void {
+  if (process.platform === 'win32') return;
+  if ((mode & 0o066) !== 0) {
+    throw fail(`is readable or writable by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); ` +
+      `restrict it with "chmod 600 ${file}"`);
+  }
+}

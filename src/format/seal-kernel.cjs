@@ -1,0 +1,150 @@
+// Encrypted chunk payloads (chunk format version 2, layout in chunk.ts) in plain CommonJS, so the codec worker
+// threads run the same code the format documents: keyed digests of the plaintext, AES-256-GCM seal and open, and
+// the AAD that binds a ciphertext to the one chunk object it was written as.
+'use strict';
+
+const crypto = require('node:crypto');
+
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+/** Bytes sealing adds to a payload: the nonce in front, the tag behind. */
+const SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES;
+const ALG = 'aes-256-gcm';
+const AAD_MAGIC = Buffer.from('RNCK-AAD', 'latin1');
+const STRONG_BYTES = 16;
+
+/**
+ * The associated data of a chunk: every header field fixed when the object is written (the chunk index and
+ * writer point are the object's identity, which later points keep referring to unchanged), plus the disk id.
+ * The payload length is authenticated by GCM itself; the payload xxh64 is computed over the ciphertext, so it
+ * cannot be part of it.
+ *
+ *   "RNCK-AAD" | u8 version | u8 codec | u32 plain length | u64 keyed plaintext digest | u64 index | u32 writer |
+ *   u8 disk id length | disk id (UTF-8)
+ */
+function chunkAad(f) {
+  const disk = Buffer.from(f.disk, 'utf8');
+  if (disk.length === 0 || disk.length > 255) throw new Error(`disk id of ${disk.length} bytes cannot be bound to a chunk`);
+  const b = Buffer.alloc(AAD_MAGIC.length + 1 + 1 + 4 + 8 + 8 + 4 + 1 + disk.length);
+  let o = AAD_MAGIC.copy(b, 0);
+  o = b.writeUInt8(f.version, o);
+  o = b.writeUInt8(f.codec, o);
+  o = b.writeUInt32LE(f.plainLength, o);
+  o = b.writeBigUInt64LE(f.plainDigest64, o);
+  o = b.writeBigUInt64LE(BigInt(f.index), o);
+  o = b.writeUInt32LE(f.writer, o);
+  o = b.writeUInt8(disk.length, o);
+  disk.copy(b, o);
+  return b;
+}
+
+/**
+ * Keyed BLAKE3-256 of the plaintext under the digest subkey: bytes 0-15 are the table's strong digest, bytes 16-23
+ * (u64 LE) the 64-bit digest kept in the header and the table where an unencrypted chunk has its xxh64.
+ */
+function keyedDigests(Blake3Hasher, digestKey, plain) {
+  const d = Blake3Hasher.newKeyed(digestKey).update(plain).digestBuffer();
+  return { digest64: d.readBigUInt64LE(STRONG_BYTES), strong: new Uint8Array(d.subarray(0, STRONG_BYTES)) };
+}
+
+/** Encrypts out[offset+NONCE, +packedLength) in place, writes the nonce before it and the tag after; returns the payload length. */
+function sealInPlace(cipherKey, out, offset, packedLength, aad) {
+  // A random 96-bit nonce per chunk: safe for 2^32 chunks under one key (4 PiB of 1 MiB chunks).
+  const nonce = crypto.randomBytes(NONCE_BYTES);
+  nonce.copy(out, offset);
+  const c = crypto.createCipheriv(ALG, cipherKey, nonce, { authTagLength: TAG_BYTES });
+  c.setAAD(aad);
+  const body = offset + NONCE_BYTES;
+  const ct = c.update(out.subarray(body, body + packedLength));
+  const rest = c.final();
+  if (ct.length + rest.length !== packedLength) throw new Error('AES-GCM changed the payload length');
+  ct.copy(out, body);
+  rest.copy(out, body + ct.length);
+  c.getAuthTag().copy(out, body + packedLength);
+  return packedLength + SEAL_OVERHEAD;
+}
+
+/** Checks and decrypts nonce || ciphertext || tag; returns the packed (compressed) payload. */
+function open(cipherKey, payload, aad) {
+  if (payload.length < SEAL_OVERHEAD) throw new Error('encrypted payload is shorter than its nonce and tag');
+  const d = crypto.createDecipheriv(ALG, cipherKey, payload.subarray(0, NONCE_BYTES), { authTagLength: TAG_BYTES });
+  d.setAAD(aad);
+  d.setAuthTag(payload.subarray(payload.length - TAG_BYTES));
+  const packed = d.update(payload.subarray(NONCE_BYTES, payload.length - TAG_BYTES));
+  try {
+    d.final();
+  } catch {
+    throw new Error('ciphertext does not authenticate (AES-GCM tag mismatch): its bytes were altered, it belongs to another chunk or disk, or the key is not the one it was written with');
+  }
+  return packed;
+}
+
+/**
+ * The worker side of encrypted chunks: 'seal:*' messages of src/pipeline/codec-workers.ts. Keys arrive once
+ * ('seal:key', by key id) and are referred to by id; encode and decode mirror the unencrypted ops with the
+ * keyed digests in place of xxh64/BLAKE3 and the seal/open step between the codec and the stored bytes.
+ * deps: { kernel (codec-kernel.cjs), h64Raw, Blake3Hasher, headerBytes }.
+ */
+function makeSealedOps(deps) {
+  const { kernel, h64Raw, Blake3Hasher, headerBytes } = deps;
+  const keys = new Map();
+  const keyOf = (id) => {
+    const k = keys.get(id);
+    if (!k) throw new Error(`encryption key ${id} was not given to this worker`);
+    return k;
+  };
+  const view = (sab, off, len) => Buffer.from(sab, off, len);
+
+  function encode(m) {
+    const k = keyOf(m.key);
+    const plain = view(m.in, m.inOff, m.len);
+    const out = view(m.out, m.outOff, m.outCap);
+    const { digest64, strong } = keyedDigests(Blake3Hasher, k.digestKey, plain);
+    if (m.unchangedIf && m.unchangedIf.xxh64 === digest64 && Buffer.from(m.unchangedIf.strong).equals(strong)) {
+      return { xxh64: digest64, strong, unchanged: true };
+    }
+    // Pack behind the room kept for the nonce, then seal in place.
+    const r = kernel.encodeInto(plain, m.codec, out.subarray(0, out.length - TAG_BYTES), headerBytes + NONCE_BYTES);
+    const aad = chunkAad({ disk: m.disk, version: m.version, codec: r.codec, plainLength: plain.length, plainDigest64: digest64, index: m.index, writer: m.writer });
+    const payloadLength = sealInPlace(k.cipherKey, out, headerBytes, r.length, aad);
+    const payloadXxh64 = h64Raw(out.subarray(headerBytes, headerBytes + payloadLength));
+    return { xxh64: digest64, strong, codec: r.codec, payloadLength, payloadXxh64 };
+  }
+
+  function decode(m) {
+    const k = keyOf(m.key);
+    const payload = view(m.in, m.inOff, m.len);
+    const payloadXxh64 = h64Raw(payload);
+    // Damaged stored bytes are reported as such; only consistent bytes get as far as the tag check.
+    if (payloadXxh64 !== m.payloadXxh64) throw new Error('payload checksum mismatch');
+    const aad = chunkAad({ disk: m.disk, version: m.version, codec: m.codec, plainLength: m.plainLength, plainDigest64: m.plainDigest64, index: m.index, writer: m.writer });
+    const packed = open(k.cipherKey, payload, aad);
+    const out = view(m.out, m.outOff, m.outCap);
+    kernel.decodeInto(m.codec, packed, m.plainLength, out);
+    const { digest64, strong } = keyedDigests(Blake3Hasher, k.digestKey, out.subarray(0, m.plainLength));
+    return { xxh64: digest64, strong, payloadXxh64, plainLength: m.plainLength };
+  }
+
+  /** Handles one 'seal:*' message; returns the reply (undefined for the key messages, which have none). */
+  function handle(m) {
+    switch (m.op) {
+      case 'seal:key':
+        keys.set(m.key, { cipherKey: Buffer.from(m.cipherKey), digestKey: Buffer.from(m.digestKey) });
+        return undefined;
+      case 'seal:forget': {
+        const k = keys.get(m.key);
+        if (k) { k.cipherKey.fill(0); k.digestKey.fill(0); keys.delete(m.key); }
+        return undefined;
+      }
+      case 'seal:encode': return encode(m);
+      case 'seal:decode': return decode(m);
+      // Stored bytes only (a peer node or a verify without the key): the digest of the payload as stored.
+      case 'seal:stored': return { payloadXxh64: h64Raw(view(m.in, m.inOff, m.len)) };
+      default: throw new Error(`unknown op ${m.op}`);
+    }
+  }
+
+  return { handle };
+}
+
+module.exports = { makeSealedOps, chunkAad, keyedDigests, sealInPlace, open, NONCE_BYTES, TAG_BYTES, SEAL_OVERHEAD };

@@ -1,0 +1,300 @@
+// Encrypted points end to end: full and incremental points restore byte-exact with the key; the store holds no
+// plaintext (a recognisable text pattern, random and text samples grepped in every object) and no unkeyed digest of
+// any chunk (xxh64 and BLAKE3 of every plaintext chunk, in binary and hex, found nowhere), while an unencrypted
+// store of the same disk holds all of them (so the search would find them); a missing or wrong key is refused before
+// any chunk is read or any output exists; tampered and swapped objects are CHUNK_CORRUPT naming the chunk, with no
+// output left; keys never mix on a disk; verify without the key checks stored bytes and says so; prune needs no key;
+// and the CLI does all of it with --encryption-key-file, the key never printed.
+import t from 'tap';
+import type { Test } from 'tap';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { EncryptionKey } from '../../src/crypto/keys.js';
+import { ErrorCodes, RnodeError } from '../../src/errors.js';
+import { strongDigest, xxh64 } from '../../src/format/checksum.js';
+import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
+import { listPoints, listPointSeqs } from '../../src/recovery/points.js';
+import { prune } from '../../src/recovery/prune.js';
+import { verify } from '../../src/recovery/verify.js';
+import type { ObjectStore } from '../../src/store/index.js';
+import { json, lines, runCli } from '../helpers/cli.js';
+import {
+  KiB, MiB, chunkFile, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, textData,
+  tmpDir, writeAt, type Fingerprint,
+} from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
+
+const CHUNK = 128 * KiB;
+const CANARY = 'RNODE-PLAINTEXT-CANARY: the quick brown fox jumps over the lazy dog. ';
+const MASTER = crypto.createHash('sha256').update('points-test-key').digest();
+const KEY = EncryptionKey.fromBytes(MASTER);
+const OTHER = EncryptionKey.fromBytes(crypto.createHash('sha256').update('points-test-other-key').digest());
+
+/** A 2 MiB disk: a canary text pattern, random data, zeros, and compressible text. */
+function writeDisk(file: string): void {
+  const canary = Buffer.from(CANARY.repeat(Math.ceil((512 * KiB) / CANARY.length))).subarray(0, 512 * KiB);
+  fs.writeFileSync(file, Buffer.concat([canary, randomData(512 * KiB, 7), Buffer.alloc(512 * KiB), textData(512 * KiB, 7)]));
+}
+
+/** Every object of an fs store, by path. */
+function storeObjects(storeDir: string): Map<string, Buffer> {
+  return new Map(listFiles(storeDir).map((f) => [f, fs.readFileSync(path.join(storeDir, f))]));
+}
+
+/** The unkeyed digests of every non-zero plaintext chunk of a disk image, in the forms a store could hold them. */
+function plainDigests(file: string): Array<{ what: string; bytes: Buffer }> {
+  const disk = fs.readFileSync(file);
+  const out: Array<{ what: string; bytes: Buffer }> = [];
+  for (let off = 0; off < disk.length; off += CHUNK) {
+    const c = disk.subarray(off, Math.min(off + CHUNK, disk.length));
+    if (c.every((b) => b === 0)) continue;
+    const x = xxh64(c);
+    const le = Buffer.alloc(8); le.writeBigUInt64LE(x);
+    const be = Buffer.alloc(8); be.writeBigUInt64BE(x);
+    const strong = strongDigest(c);
+    const full = crypto.createHash('sha256').update(c).digest();
+    for (const [what, bytes] of [['xxh64 LE', le], ['xxh64 BE', be], ['BLAKE3-128', strong], ['SHA-256', full]] as const) {
+      out.push({ what: `${what} of chunk ${off / CHUNK}`, bytes }, { what: `${what} (hex) of chunk ${off / CHUNK}`, bytes: Buffer.from(bytes.toString('hex')) });
+    }
+  }
+  return out;
+}
+
+/** Samples of the plaintext a store must not hold: the canary, and 32-byte windows of the random and text parts. */
+function plaintextSamples(file: string): Array<{ what: string; bytes: Buffer }> {
+  const disk = fs.readFileSync(file);
+  return [
+    { what: 'canary text', bytes: Buffer.from('PLAINTEXT-CANARY') },
+    { what: 'random data', bytes: disk.subarray(512 * KiB + 1000, 512 * KiB + 1032) },
+    { what: 'text data', bytes: disk.subarray(1536 * KiB + 5000, 1536 * KiB + 5032) },
+  ];
+}
+
+function findIn(objects: Map<string, Buffer>, needles: Array<{ what: string; bytes: Buffer }>): string[] {
+  const found: string[] = [];
+  for (const n of needles) for (const [f, b] of objects) if (b.includes(n.bytes)) found.push(`${n.what} in ${f}`);
+  return found;
+}
+
+/** Only the output's own name and its partial file may appear: neither must remain after a failed restore. */
+function assertNoOutput(t: Test, out: string): void {
+  t.notOk(fs.existsSync(out), `no ${path.basename(out)} left`);
+  t.same(fs.readdirSync(path.dirname(out)).filter((f) => f.includes(path.basename(out))), [], 'no partial output left');
+}
+
+async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: string): Promise<RnodeError | undefined> {
+  try {
+    await p;
+    t.fail(`${what}: succeeded`);
+  } catch (err) {
+    t.equal((err as RnodeError).code, code, `${what}: ${code} (${(err as Error).message})`);
+    return err as RnodeError;
+  }
+  return undefined;
+}
+
+/** Counts reads of chunk objects through a store. */
+function countingChunkReads(store: ObjectStore): { store: ObjectStore; reads: () => number } {
+  let n = 0;
+  const get = store.get.bind(store);
+  store.get = (key, range) => { if (key.includes('/chunks/')) n++; return get(key, range); };
+  return { store, reads: () => n };
+}
+
+interface Fixture { dir: string; storeDir: string; store: ObjectStore; img: string; fps: Fingerprint[] }
+
+/** An encrypted disk with two points: full, then an incremental after chunks 1 and 9 changed. */
+async function encryptedDisk(t: Test, tag: string): Promise<Fixture> {
+  const dir = tmpDir(t, tag);
+  const img = path.join(dir, 'disk.img');
+  writeDisk(img);
+  const storeDir = path.join(dir, 'store');
+  const store = fsStore(storeDir);
+  const fps = [fingerprint(img)];
+  const p1 = await snap(store, img, 'd', { chunkSize: CHUNK, encryption: KEY });
+  t.match(p1, { point: 1, full: true, encryption: { alg: 'aes-256-gcm', keyId: KEY.keyId } });
+  writeAt(img, CHUNK + 77, Buffer.from('changed canary: RNODE-PLAINTEXT-CANARY'));
+  writeAt(img, 9 * CHUNK + 5, randomData(4000, 8));
+  fps.push(fingerprint(img));
+  const p2 = await snap(store, img, 'd', { encryption: KEY });
+  t.match(p2, { point: 2, parent: 1, full: false, chunksChanged: 2 }, 'the incremental finds exactly the changed chunks by keyed digest');
+  return { dir, storeDir, store, img, fps };
+}
+
+t.test('full and incremental encrypted points restore byte-exact; the store holds no plaintext and no unkeyed digest', async (t) => {
+  const f = await encryptedDisk(t, 'enc-points');
+  await expectRestore(t, f.store, 'd', 1, f.fps[0], f.dir, 'encrypted full point', { encryption: KEY });
+  await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'encrypted incremental point', { encryption: KEY });
+  const points = await listPoints(f.store, 'd');
+  t.same(points.map((m) => [m.version, m.encryption]), [[2, { alg: 'aes-256-gcm', keyId: KEY.keyId }], [2, { alg: 'aes-256-gcm', keyId: KEY.keyId }]],
+    'manifests are version 2 and record the key id');
+
+  // Both points' plaintext (the first image is gone: rebuild it) must be absent; so must every unkeyed digest.
+  const first = path.join(f.dir, 'first.img');
+  writeDisk(first);
+  const objects = storeObjects(f.storeDir);
+  t.ok(objects.size > 10, `${objects.size} store objects searched`);
+  const chunks = [...objects.keys()].filter((k) => k.includes('/chunks/'));
+  t.ok(chunks.every((k) => decodeChunkHeader(objects.get(k)!).version === 2), 'every chunk object is format version 2');
+  const needles = [...plaintextSamples(first), ...plaintextSamples(f.img), ...plainDigests(first), ...plainDigests(f.img)];
+  t.same(findIn(objects, needles), [], `none of ${needles.length} plaintext samples and unkeyed digests is in the store`);
+  t.notOk([...objects.values()].some((b) => b.includes(MASTER) || b.includes(Buffer.from(MASTER.toString('hex')))), 'nor the key');
+
+  // The same search finds all of it in an unencrypted store of the same disk: it is a real search.
+  const plainDir = path.join(f.dir, 'plain-store');
+  await snap(fsStore(plainDir), first, 'd', { chunkSize: CHUNK });
+  const plainFound = findIn(storeObjects(plainDir), [...plaintextSamples(first), ...plainDigests(first).filter((n) => !n.what.startsWith('SHA'))]);
+  t.ok(plainFound.some((s) => s.startsWith('canary')) && plainFound.some((s) => s.startsWith('random')), 'control: plaintext is visible unencrypted');
+  t.ok(plainFound.some((s) => s.startsWith('xxh64 LE')) && plainFound.some((s) => s.startsWith('BLAKE3-128 of')), 'control: unkeyed digests are visible unencrypted');
+
+  const v = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
+  t.match(v, { ok: true, encrypted: true, checked: 'contents', chunksChecked: 14 }, 'verify with the key decrypts every chunk');
+  const noKey = await verify({ store: f.store, disk: 'd', point: 'all' });
+  t.match(noKey, { ok: true, encrypted: true, checked: 'stored-bytes', chunksChecked: 14 }, 'verify without the key checks stored bytes and says so');
+});
+
+t.test('a missing or wrong key is refused before any chunk is read and before the output exists', async (t) => {
+  const f = await encryptedDisk(t, 'enc-keys');
+  const out = path.join(f.dir, 'out', 'restored.img');
+  fs.mkdirSync(path.dirname(out));
+  const c = countingChunkReads(f.store);
+  const e1 = await rejectsWith(t, restore(c.store, 'd', 2, out), ErrorCodes.KEY_REQUIRED, 'recover without a key');
+  t.match(e1?.message, /encrypted \(key id [0-9a-f]{32}\); pass its key with --encryption-key-file/);
+  t.ok(e1?.isUsage, 'exit 2 on the CLI');
+  assertNoOutput(t, out);
+  const e2 = await rejectsWith(t, restore(c.store, 'd', 1, out, { encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'recover with another key');
+  t.match(e2?.message, new RegExp(`key id ${OTHER.keyId}\\) is not the key .* \\(key id ${KEY.keyId}\\)`));
+  assertNoOutput(t, out);
+  await rejectsWith(t, verify({ store: c.store, disk: 'd', point: 'all', encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'verify with another key');
+  t.equal(c.reads(), 0, 'no chunk object was read');
+});
+
+t.test('tampered and swapped chunk objects: CHUNK_CORRUPT naming the chunk and offset, no output left', async (t) => {
+  const f = await encryptedDisk(t, 'enc-tamper');
+  const out = path.join(f.dir, 'out', 'restored.img');
+  fs.mkdirSync(path.dirname(out));
+  const victim = chunkFile(f.storeDir, 'd', 1, 3);
+  const original = fs.readFileSync(victim);
+
+  // A byte of ciphertext changed and the stored-bytes digest recomputed: only the GCM tag can tell.
+  const tampered = Buffer.from(original);
+  tampered[CHUNK_HEADER_BYTES + 500] ^= 0x20;
+  tampered.writeBigUInt64LE(xxh64(tampered.subarray(CHUNK_HEADER_BYTES)), 24);
+  fs.writeFileSync(victim, tampered);
+  const e = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of a tampered chunk');
+  t.match(e?.message, /chunk 3 \(disk offset 393216, object disks\/d\/chunks\/0000000001\/000000000003\) of point 2 is corrupt: ciphertext does not authenticate/);
+  t.match(e?.details, { index: 3, offset: 3 * CHUNK });
+  assertNoOutput(t, out);
+  const withKey = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
+  t.match(withKey, { ok: false, problems: [{ code: ErrorCodes.CHUNK_CORRUPT, index: 3, offset: 3 * CHUNK, message: /does not authenticate/ }] },
+    'verify with the key finds it');
+  t.match(await verify({ store: f.store, disk: 'd', point: 'all' }), { ok: true, checked: 'stored-bytes' },
+    'verify without the key cannot (the stored bytes are self-consistent), and says it checked stored bytes only');
+
+  // Damage without the fix-up is caught without the key too.
+  const flipped = Buffer.from(original);
+  flipped[CHUNK_HEADER_BYTES + 500] ^= 0x20;
+  fs.writeFileSync(victim, flipped);
+  t.match(await verify({ store: f.store, disk: 'd', point: 'all' }),
+    { ok: false, checked: 'stored-bytes', problems: [{ code: ErrorCodes.CHUNK_CORRUPT, index: 3, message: /payload checksum mismatch/ }] });
+
+  // Another chunk's (valid, encrypted) object under this chunk's key.
+  fs.copyFileSync(chunkFile(f.storeDir, 'd', 1, 0), victim);
+  const s = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of a swapped chunk');
+  t.match(s?.message, /chunk 3 .* is corrupt: it holds chunk 0 of point 1/);
+  assertNoOutput(t, out);
+
+  // The same chunk of another disk under the same key (same writer and index): bound to its disk.
+  fs.writeFileSync(victim, original);
+  const other = path.join(f.dir, 'other.img');
+  fs.writeFileSync(other, randomData(2 * MiB, 99));
+  await snap(f.store, other, 'e', { chunkSize: CHUNK, encryption: KEY });
+  fs.copyFileSync(chunkFile(f.storeDir, 'e', 1, 3), victim);
+  const x = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of another disk\'s chunk');
+  t.match(x?.message, /chunk 3 .* is corrupt/);
+  assertNoOutput(t, out);
+  fs.writeFileSync(victim, original);
+  await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after the original object is put back', { encryption: KEY });
+});
+
+t.test('keys never mix on a disk; prune needs no key', async (t) => {
+  const f = await encryptedDisk(t, 'enc-mix');
+  const nothingNew = async (what: string) => {
+    t.same(await listPointSeqs(f.store, 'd'), [1, 2], `${what}: no point written`);
+    t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'chunks', '0000000003')), `${what}: no chunk written`);
+  };
+  const e1 = await rejectsWith(t, snap(f.store, f.img, 'd', { encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'another key on an encrypted disk');
+  t.match(e1?.message, /is not the key disk d is encrypted with/);
+  await nothingNew('another key');
+  const e2 = await rejectsWith(t, snap(f.store, f.img, 'd'), ErrorCodes.KEY_REQUIRED, 'no key on an encrypted disk');
+  t.match(e2?.message, /disk d is encrypted .*--encryption-key-file/);
+  await nothingNew('no key');
+
+  const plainStore = fsStore(path.join(f.dir, 'plain'));
+  await snap(plainStore, f.img, 'p', { chunkSize: CHUNK });
+  const e3 = await rejectsWith(t, snap(plainStore, f.img, 'p', { encryption: KEY }), ErrorCodes.KEY_MISMATCH, 'a key on an unencrypted disk');
+  t.match(e3?.message, /disk p is not encrypted .* new --disk id/);
+  t.same(await listPointSeqs(plainStore, 'p'), [1]);
+  await rejectsWith(t, restore(plainStore, 'p', 1, path.join(f.dir, 'x.img'), { encryption: KEY }), ErrorCodes.KEY_MISMATCH, 'recover of an unencrypted point with a key');
+
+  // A new disk id takes the other key.
+  await snap(f.store, f.img, 'd-rekeyed', { chunkSize: CHUNK, encryption: OTHER });
+  await expectRestore(t, f.store, 'd-rekeyed', 1, f.fps[1], f.dir, 'the same data under another key and disk id', { encryption: OTHER });
+
+  const pr = await prune({ store: f.store, disk: 'd', keep: 1 });
+  t.same(pr.deleted, [1], 'prune without a key');
+  const [kept] = await listPoints(f.store, 'd');
+  t.match(kept, { point: 2, parent: null, version: 2, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted');
+  await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after prune', { encryption: KEY });
+  t.match(await snap(f.store, f.img, 'd', { encryption: KEY }), { point: 3, parent: 2, chunksChanged: 0 }, 'and incrementals continue');
+});
+
+t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; the key is never printed', async (t) => {
+  const dir = tmpDir(t, 'enc-cli');
+  const img = path.join(dir, 'disk.img');
+  writeDisk(img);
+  const store = path.join(dir, 'store');
+  const keyFile = path.join(dir, 'disk.key');
+  fs.writeFileSync(keyFile, `${MASTER.toString('base64')}\n`, { mode: 0o600 });
+  const all: string[] = [];
+  const cli = async (args: string[]) => { const r = await runCli(args); all.push(r.stdout, r.stderr); return r; };
+
+  const r1 = await cli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--chunk-size', '128KiB', '--encryption-key-file', keyFile, '--json']);
+  t.equal(r1.code, 0, r1.stderr);
+  t.match(json(r1), { point: 1, encryption: { alg: 'aes-256-gcm', keyId: KEY.keyId } });
+  const human = await cli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--encryption-key-file', keyFile]);
+  t.match(human.stdout, new RegExp(`encrypted, aes-256-gcm, key id ${KEY.keyId}`));
+  const pts = await cli(['points', '--store', store, '--disk', 'd', '--json']);
+  t.match(json(pts).points, [{ point: 1, encryption: { keyId: KEY.keyId } }, { point: 2, encryption: { keyId: KEY.keyId } }]);
+
+  const out = path.join(dir, 'restored.img');
+  const noKey = await cli(['recover', '--store', store, '--disk', 'd', '--out', out]);
+  t.equal(noKey.code, 2, 'recover without the key: exit 2');
+  t.equal(lines(noKey.stderr).length, 1);
+  t.match(noKey.stderr, /RNODE_KEY_REQUIRED: point 2 of disk d is encrypted .*--encryption-key-file/);
+  t.notOk(fs.existsSync(out));
+  const rec = await cli(['recover', '--store', store, '--disk', 'd', '--out', out, '--encryption-key-file', keyFile, '--json']);
+  t.equal(rec.code, 0, rec.stderr);
+  t.equal(fingerprint(out).sha256, fingerprint(img).sha256, 'recover with the key is byte-exact');
+
+  const v1 = await cli(['verify', '--store', store, '--disk', 'd', '--point', 'all']);
+  t.equal(v1.code, 0);
+  t.match(v1.stdout, /no --encryption-key-file: checked chunk headers and the xxh64 of every stored object only, not the contents/);
+  const v2 = await cli(['verify', '--store', store, '--disk', 'd', '--point', 'all', '--encryption-key-file', keyFile, '--json']);
+  t.match(json(v2), { ok: true, encrypted: true, checked: 'contents' });
+  const wrong = path.join(dir, 'wrong.key');
+  fs.writeFileSync(wrong, OTHER.keyId + OTHER.keyId, { mode: 0o600 }); // 64 hex characters: a valid, different key
+  const v3 = await cli(['verify', '--store', store, '--disk', 'd', '--encryption-key-file', wrong]);
+  t.equal(v3.code, 2, 'verify with another key: exit 2');
+  t.match(v3.stderr, /RNODE_KEY_MISMATCH/);
+  const mixed = await cli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--encryption-key-file', wrong]);
+  t.equal(mixed.code, 2);
+  t.match(mixed.stderr, /RNODE_KEY_MISMATCH: the key given/);
+
+  const text = all.join('\n');
+  for (const form of [MASTER.toString('hex'), MASTER.toString('base64'), ...Object.values(KEY.subkeys()).map((k) => k.toString('hex'))]) {
+    t.notOk(text.includes(form), 'no form of the key or its subkeys in any output');
+  }
+});
