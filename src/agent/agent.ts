@@ -3,6 +3,7 @@
 // /metrics, /healthz and /readyz. `rnode agent` is a thin wrapper around Agent.start().
 import fs from 'node:fs';
 import os from 'node:os';
+import { ENCRYPTION_MODES } from '../crypto/keys.js';
 import { isRnodeError } from '../errors.js';
 import { CODEC_NAMES } from '../format/codecs.js';
 import { registeredSchemes } from '../store/index.js';
@@ -79,7 +80,7 @@ export class Agent {
           stores: ['dir', ...registeredSchemes()],
           codecs: Object.values(CODEC_NAMES),
           jobs: ['replicate', 'recover', 'verify', 'prune'],
-          encryption: ['none'],
+          encryption: [...ENCRYPTION_MODES],
         },
         capacity: { slots, bandwidth: opts.bandwidth ?? 0 },
       }),

@@ -1,6 +1,7 @@
 // Runs jobs (from the server or the scheduler) on the library: a fixed number of slots, one run per disk at a
 // time on this node (the store lease keeps it to one across nodes), cancellation, progress, metrics and the
 // reports that say how each job ended.
+import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { prune } from '../recovery/prune.js';
@@ -12,7 +13,7 @@ import { openStore, type WrappedStore } from '../store/index.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef } from './protocol.js';
-import { storeEnv } from './secrets.js';
+import { resolveEncryptionKey, storeEnv } from './secrets.js';
 import type { StateDir } from './state.js';
 import { abortableSleep, cancelled, pacedSource, TokenBucket } from './throttle.js';
 
@@ -142,10 +143,11 @@ export class JobRunner {
     const results: DiskResult[] = [];
     let failure: { err: unknown; disk?: string } | undefined;
     try {
-      if (job.kind === 'replicate') checkEncryption(job);
+      // Resolved once per job, on this node; prune needs no key (it never reads chunk contents).
+      const key = job.kind === 'prune' ? undefined : await resolveEncryptionKey(job.encryption, this.o.state, log);
       const units: { disk: string; run: () => Promise<DiskResult> }[] = job.kind === 'replicate'
-        ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk })) }))
-        : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk })) }];
+        ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk }), key) }))
+        : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk }), key) }];
       // The disks of a VM run one after another, each under its disk lock and in a slot of its own.
       for (const u of units) {
         if (signal.aborted) { failure ??= { err: cancelled(), disk: u.disk }; break; }
@@ -205,7 +207,8 @@ export class JobRunner {
     return openStore(def.url, { env: await storeEnv(def, this.o.state, log) });
   }
 
-  private async replicateDisk(job: ReplicateJob, ds: DiskSource, ctx: JobContext, signal: AbortSignal, log: Logger): Promise<DiskResult> {
+  private async replicateDisk(job: ReplicateJob, ds: DiskSource, ctx: JobContext, signal: AbortSignal, log: Logger,
+      encryption: EncryptionKey | undefined): Promise<DiskResult> {
     const startedAt = new Date();
     const store = await this.openStore(job.store, log);
     const m = this.o.metrics;
@@ -247,7 +250,7 @@ export class JobRunner {
           try {
             r = await replicate({
               store, source, disk: ds.disk, chunkSize: job.chunkSize, concurrency: job.concurrency, signal, onProgress,
-              codec: job.compression ? codecByName(job.compression) : undefined, forceFull: job.forceFull,
+              codec: job.compression ? codecByName(job.compression) : undefined, encryption, forceFull: job.forceFull,
               checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
               lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },
             });
@@ -279,7 +282,7 @@ export class JobRunner {
         const result: DiskResult = {
           disk: ds.disk, point: r.point, parent: r.parent, full: r.full, resumed: r.resumed, marker: point,
           diskSize: r.diskSize, bytesRead: r.bytesRead, sourceBytesRead: source.bytesRead, bytesWritten: r.bytesWritten, chunksChanged: r.chunksChanged,
-          chunksZero: r.chunksZero, seconds: round(r.seconds),
+          chunksZero: r.chunksZero, seconds: round(r.seconds), ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
         };
         if (ctx.retentionKeep) {
           const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs } });
@@ -295,22 +298,23 @@ export class JobRunner {
     }
   }
 
-  private async otherJob(job: Exclude<Job, ReplicateJob>, signal: AbortSignal, log: Logger): Promise<DiskResult> {
+  private async otherJob(job: Exclude<Job, ReplicateJob>, signal: AbortSignal, log: Logger, encryption: EncryptionKey | undefined): Promise<DiskResult> {
     if (signal.aborted) throw cancelled();
     const store = await this.openStore(job.store, log);
     try {
       this.o.progress({ jobId: job.jobId, disk: job.disk, phase: job.kind });
       switch (job.kind) {
         case 'recover': {
-          const r = await recover({ store, disk: job.disk, point: job.point, out: job.out });
+          const r = await recover({ store, disk: job.disk, point: job.point, out: job.out, encryption });
           return { disk: job.disk, point: r.point, diskSize: r.diskSize, bytesWritten: r.bytesWritten, seconds: round(r.seconds), out: r.out };
         }
         case 'verify': {
-          const r = await verify({ store, disk: job.disk, point: job.point });
+          const r = await verify({ store, disk: job.disk, point: job.point, encryption });
           if (!r.ok) {
             throw new RnodeError(r.problems[0].code, `verify found ${r.problems.length} problem(s); first: ${r.problems[0].message}`);
           }
-          return { disk: job.disk, ok: r.ok, problems: r.problems.length, seconds: round(r.seconds) };
+          if (r.checked === 'stored-bytes') log.warn('encrypted disk verified without its key: stored bytes only, contents not checked');
+          return { disk: job.disk, ok: r.ok, problems: r.problems.length, checked: r.checked, seconds: round(r.seconds) };
         }
         case 'prune': {
           const r = await prune({ store, disk: job.disk, keep: job.keep, lease: { holder: this.o.nodeName, ttlMs: 60_000, waitMs: 60_000 } });
@@ -320,13 +324,6 @@ export class JobRunner {
     } finally {
       await store.close();
     }
-  }
-}
-
-function checkEncryption(job: ReplicateJob): void {
-  if (job.encryption && job.encryption.mode !== 'none') {
-    throw new RnodeError(ProtoErrors.UNSUPPORTED,
-      `this node cannot encrypt (${job.encryption.mode}) yet; it advertises encryption: ["none"] in its hello`);
   }
 }
 

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
+import { isTlsFailure } from '../transport/errors.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
 import {
@@ -168,8 +169,16 @@ export class ServerLink extends EventEmitter {
       if (was) this.emit('disconnected');
       this.scheduleReconnect();
     });
-    ws.on('error', (err) => {
-      this.o.log.debug('connection error', { err: err.message });
+    ws.on('error', (err: Error & { code?: string }) => {
+      // An untrusted certificate fails before 'open': the hello (and the token in it) was never sent. It will not
+      // fix itself, so it is an error every attempt, saying what to pass.
+      if (isTlsFailure(err)) {
+        this.o.metrics.errors.inc({ code: ProtoErrors.TLS });
+        this.o.log.error(`TLS to the server failed; pass --ca <pem> with the CA that signed the server's certificate (the token was not sent)`,
+          { code: ProtoErrors.TLS, tlsError: err.code, err: err.message, server: this.o.url, ca: this.o.ca ? 'given' : 'none' });
+      } else {
+        this.o.log.debug('connection error', { err: err.message });
+      }
     });
   }
 

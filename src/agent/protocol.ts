@@ -17,6 +17,8 @@ export const ProtoErrors = {
   DUPLICATE_JOB: 'RNODE_AGENT_DUPLICATE_JOB',
   UNKNOWN_JOB: 'RNODE_AGENT_UNKNOWN_JOB',
   SECRET: 'RNODE_AGENT_SECRET',
+  /** The server's certificate is not trusted (logged and counted by the node; nothing is sent). */
+  TLS: 'RNODE_AGENT_TLS',
   NODE_LOST: 'RNODE_NODE_LOST',
 } as const;
 
@@ -57,6 +59,8 @@ export const defs: Record<string, JsonSchema> = {
   },
   encryption: {
     type: 'object', required: ['mode'], additionalProperties: false,
+    description: 'chunk encryption of a disk: aes-256-gcm needs key, a secret holding the 256-bit key (32 raw bytes, 64 hex characters or base64); ' +
+      'replicate writes with it, recover and verify of an encrypted disk read with it',
     properties: { mode: { enum: ['none', 'aes-256-gcm'] }, key: { $ref: '#/$defs/secretRef' } },
   },
   policy: {
@@ -99,6 +103,7 @@ export const defs: Record<string, JsonSchema> = {
         properties: {
           jobId: { $ref: '#/$defs/id' }, kind: { const: 'recover' }, attempt: { type: 'integer', minimum: 1 },
           store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, point: str(32), out: str(4096),
+          encryption: { $ref: '#/$defs/encryption' },
         },
       },
       {
@@ -107,6 +112,7 @@ export const defs: Record<string, JsonSchema> = {
         properties: {
           jobId: { $ref: '#/$defs/id' }, kind: { const: 'verify' }, attempt: { type: 'integer', minimum: 1 },
           store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, point: str(32),
+          encryption: { $ref: '#/$defs/encryption' },
         },
       },
       {
@@ -121,7 +127,7 @@ export const defs: Record<string, JsonSchema> = {
   },
   diskResult: {
     type: 'object', required: ['disk'],
-    description: 'per-disk outcome; replicate fills point..seconds, verify fills ok/problems, prune kept/deleted, recover out',
+    description: 'per-disk outcome; replicate fills point..seconds and keyId, verify fills ok/problems/checked, prune kept/deleted, recover out',
     properties: {
       disk: { $ref: '#/$defs/diskId' },
       point: { type: 'integer', minimum: 1 }, parent: { type: ['integer', 'null'] }, full: { type: 'boolean' },
@@ -130,7 +136,10 @@ export const defs: Record<string, JsonSchema> = {
       sourceBytesRead: { ...uint, description: 'source bytes this run read (less than bytesRead when resumed)' },
       bytesWritten: uint, chunksChanged: uint, chunksZero: uint,
       seconds: { type: 'number', minimum: 0 },
-      ok: { type: 'boolean' }, problems: uint, kept: { type: 'array', items: uint }, deleted: { type: 'array', items: uint },
+      keyId: { type: 'string', pattern: '^[0-9a-f]{32}$', description: 'an encrypted point: the key id (a fingerprint, never the key)' },
+      ok: { type: 'boolean' }, problems: uint,
+      checked: { enum: ['contents', 'stored-bytes'], description: 'verify: stored-bytes when an encrypted disk was verified without its key' },
+      kept: { type: 'array', items: uint }, deleted: { type: 'array', items: uint },
       out: { type: 'string' },
     },
   },
@@ -249,15 +258,15 @@ export interface Policy extends Tuning {
 export type JobKind = 'replicate' | 'recover' | 'verify' | 'prune';
 interface JobBase { jobId: string; attempt?: number; store: StoreDef }
 export interface ReplicateJob extends JobBase, Tuning { kind: 'replicate'; group?: string; vm?: string; disks: DiskSource[]; forceFull?: boolean }
-export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; point?: string; out: string }
-export interface VerifyJob extends JobBase { kind: 'verify'; disk: string; point?: string }
+export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; point?: string; out: string; encryption?: EncryptionDef }
+export interface VerifyJob extends JobBase { kind: 'verify'; disk: string; point?: string; encryption?: EncryptionDef }
 export interface PruneJob extends JobBase { kind: 'prune'; disk: string; keep: number }
 export type Job = ReplicateJob | RecoverJob | VerifyJob | PruneJob;
 
 export interface DiskResult {
   disk: string; point?: number; parent?: number | null; full?: boolean; resumed?: boolean; marker?: string | null;
   diskSize?: number; bytesRead?: number; sourceBytesRead?: number; bytesWritten?: number; chunksChanged?: number; chunksZero?: number; seconds?: number;
-  ok?: boolean; problems?: number; kept?: number[]; deleted?: number[]; out?: string;
+  keyId?: string; ok?: boolean; problems?: number; checked?: 'contents' | 'stored-bytes'; kept?: number[]; deleted?: number[]; out?: string;
 }
 
 export interface Envelope { v: number; type: string; id: string }

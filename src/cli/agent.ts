@@ -1,5 +1,6 @@
 // `rnode agent`: run this node under a Management Server until SIGINT/SIGTERM. Parses and checks flags, then
 // hands over to src/agent. The token is only ever read from a file.
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,7 +37,7 @@ export const agentCommand: Command = {
     const tokenFile = str(v, 'token-file')!;
     if (!fs.existsSync(tokenFile)) throw usage(`--token-file ${tokenFile} does not exist; put the node's token in it (one line)`);
     const ca = str(v, 'ca');
-    if (ca !== undefined && !fs.existsSync(ca)) throw usage(`--ca ${ca} does not exist; pass the PEM file of the CA that signed the server's certificate`);
+    if (ca !== undefined) checkCaFile(ca);
     let metrics: { host: string; port: number } | undefined;
     if (v.metrics !== undefined) {
       try {
@@ -70,6 +71,17 @@ export const agentCommand: Command = {
     return 0;
   },
 };
+
+/** A CA file TLS would silently ignore (not PEM, no certificate) is refused here, naming the flag. */
+function checkCaFile(file: string): void {
+  const what = "pass the PEM file of the CA that signed the server's certificate";
+  if (!fs.existsSync(file)) throw usage(`--ca ${file} does not exist; ${what}`);
+  try {
+    new X509Certificate(fs.readFileSync(file));
+  } catch {
+    throw usage(`--ca ${file} holds no PEM certificate; ${what}`);
+  }
+}
 
 function wholeNumber(text: string, flag: string, min: number): number {
   const n = Number(text);

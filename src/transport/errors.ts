@@ -23,6 +23,13 @@ export const TransportErrorCodes = {
   CLOSED: 'RNODE_TRANSPORT_CLOSED',
 } as const;
 
+const TLS_ERRNO = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|SSL|EPROTO/;
+
+/** True when a socket error is TLS failing (untrusted or mismatched certificate, handshake), not the network. */
+export function isTlsFailure(err: Error & { code?: string }): boolean {
+  return TLS_ERRNO.test(err.code ?? '') || /certificate|ssl|tls/i.test(err.message);
+}
+
 export function transportError(code: string, message: string,
     opts: { cause?: unknown; retryable?: boolean; details?: Record<string, unknown> } = {}): RnodeError {
   return new RnodeError(code, message, opts);

@@ -14,7 +14,7 @@ import { parseChunkKey } from '../format/layout.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
-import { TransportErrorCodes, transportError } from './errors.js';
+import { isTlsFailure, TransportErrorCodes, transportError } from './errors.js';
 import { decodeFrame, encodeFrame, encodeFrameHead, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from './throttle.js';
 
@@ -78,7 +78,6 @@ interface Req {
 }
 
 const FATAL_CONNECT = new Set<string>([TransportErrorCodes.AUTH, TransportErrorCodes.VERSION, TransportErrorCodes.TLS, TransportErrorCodes.PROTOCOL]);
-const TLS_ERRNO = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|SSL|EPROTO/;
 
 export class RemoteStore implements ObjectStore {
   readonly location: string;
@@ -414,8 +413,7 @@ export class RemoteStore implements ObjectStore {
         }
       });
       ws.on('error', (err: Error & { code?: string }) => {
-        const code = err.code ?? '';
-        if (TLS_ERRNO.test(code) || /certificate|ssl|tls/i.test(err.message)) {
+        if (isTlsFailure(err)) {
           fail(transportError(TransportErrorCodes.TLS, `TLS to ${this.location} failed: ${err.message}; pass --ca <file> with the CA that signed the node's certificate, or --pin-sha256 <fingerprint>`, { cause: err }));
         } else {
           fail(transportError(TransportErrorCodes.UNREACHABLE, `${err.message}`, { cause: err, retryable: true }));

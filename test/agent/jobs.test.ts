@@ -1,6 +1,6 @@
 // Server-sent jobs: cancel mid-replicate stops cleanly (job.failed cancelled, no point, lease released, the
 // next run completes byte-exact); a VM job replicates all its disks; recover, verify and prune jobs report
-// their outcome; an encryption the node cannot do is refused with a clear code.
+// their outcome; an encryption key the node does not have is refused with a clear code before anything is written.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -45,7 +45,7 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   t.ok(err, 'cancelling a finished job is answered with an error');
 });
 
-t.test('VM job, recover, verify, prune; unsupported encryption refused', async (t) => {
+t.test('VM job, recover, verify, prune; an encryption key missing on the node refused', async (t) => {
   const dir = tmpDir(t, 'agent-jobs');
   const imgs = [await makeDisk(dir, 'vm1-a', 1 * MiB, 21), await makeDisk(dir, 'vm1-b', 512 * KiB + 4096, 22)];
   const ms = await startMs(t);
@@ -83,7 +83,7 @@ t.test('VM job, recover, verify, prune; unsupported encryption refused', async (
 
   ms.startJob({ jobId: 'enc', kind: 'replicate', store, disks: [disks[0]], encryption: { mode: 'aes-256-gcm', key: { secretRef: 'env:NOPE' } } });
   const enc = await ms.waitFor(() => ms.jobs.get('enc')?.failed, 10_000, 'refused encryption');
-  t.equal(enc.code, 'RNODE_AGENT_UNSUPPORTED');
+  t.match(enc, { code: 'RNODE_AGENT_SECRET', message: /NOPE/ });
   t.equal((await listPoints(fsStore(store.url), 'vm1-a')).length, 1, 'nothing written for it');
 });
 

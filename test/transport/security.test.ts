@@ -4,27 +4,16 @@
 // stored; keys outside the layout are refused; garbage frames, a newer protocol version, a silent peer and a
 // session over --max-sessions are each refused cleanly while the node keeps serving everyone else.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { listPointSeqs } from '../../src/recovery/points.js';
 import { FRAME_HEADER_BYTES, PROTOCOL_VERSION, TransportErrorCodes, certificateFingerprint, decodeFrame, encodeFrame, FrameType } from '../../src/transport/index.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, tmpDir } from '../helpers/images.js';
+import { haveOpenssl, makeCert } from '../helpers/tls.js';
 import { remote, startNode } from './helpers.js';
 
 const CHUNK = 64 * KiB;
-
-function makeCert(dir: string, cn = '127.0.0.1'): { cert: string; key: string; certFile: string } {
-  const certFile = path.join(dir, `${cn}.crt`);
-  const keyFile = path.join(dir, `${cn}.key`);
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
-    '-subj', `/CN=${cn}`, '-addext', `subjectAltName=IP:127.0.0.1,DNS:localhost`, '-keyout', keyFile, '-out', certFile], { stdio: 'pipe' });
-  return { cert: fs.readFileSync(certFile, 'utf8'), key: fs.readFileSync(keyFile, 'utf8'), certFile };
-}
-
-let haveOpenssl = true;
-try { execFileSync('openssl', ['version'], { stdio: 'pipe' }); } catch { haveOpenssl = false; }
 
 t.test('TLS: --ca and --pin-sha256 connect; no trust or a wrong pin is RNODE_TRANSPORT_TLS', { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' }, async (t) => {
   const dir = tmpDir(t, 'ws-tls');
