@@ -1,12 +1,14 @@
 // Sections that wrap benchmarks living beside the code they measure: the VMware path (bench/vmware.ts,
-// which drives the vSphere simulator and stand-in VDDK from test/ and so runs under the TS loader) and the
-// agent's 1/2/3-node runs (bench/agent.ts).
+// which drives the vSphere simulator and stand-in VDDK from test/ and so runs under the TS loader), the
+// agent's 1/2/3-node runs (bench/agent.ts), and the cost of chunk encryption.
 import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { Section } from '../lib/context.js';
-import type { Row } from '../lib/report.js';
+import { median, type Row } from '../lib/report.js';
 
 const execFileP = promisify(execFile);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -32,6 +34,37 @@ export const vmware: Section = {
         note: `the whole run incl. login, snapshot and its removal: ${r.vddk.runSeconds.toFixed(2)} s` },
     ];
     return rows;
+  },
+};
+
+export const encryption: Section = {
+  name: 'encryption',
+  title: 'full replicate (rnode CLI) with --encryption-key-file (AES-256-GCM on the codec workers) against the same without',
+  spaceNeeded: (s) => s.size,
+  async run(ctx) {
+    const img = await ctx.mixedImage();
+    const key = path.join(ctx.dir, 'bench.key');
+    // A throwaway key, only ever in this file (mode 0600, as rnode requires).
+    await fsp.writeFile(key, crypto.randomBytes(32).toString('hex'), { mode: 0o600 });
+    const rates: Record<'plain' | 'encrypted', number[]> = { plain: [], encrypted: [] };
+    ctx.say(`image: ${(ctx.settings.size / 2 ** 20).toFixed(0)} MiB mixed; ${ctx.settings.repeat} run(s) each, interleaved; MB/s of disk size, wall time incl. process start`);
+    for (let i = 0; i < ctx.settings.repeat; i++) {
+      for (const mode of ['plain', 'encrypted'] as const) {
+        const store = path.join(ctx.dir, `store-${mode}`);
+        await fsp.rm(store, { recursive: true, force: true });
+        ctx.log(`round ${i + 1}/${ctx.settings.repeat}: replicate (${mode})`);
+        await ctx.settle(img);
+        const r = await ctx.rnode<{ diskSize: number }>(['replicate', '--source', img, '--target', store, '--disk', 'bench',
+          ...(mode === 'encrypted' ? ['--encryption-key-file', key] : [])]);
+        rates[mode].push(r.result.diskSize / 1e6 / r.seconds);
+      }
+    }
+    const enc = median(rates.encrypted);
+    const plain = median(rates.plain);
+    return [{
+      name: 'full replicate, encrypted', value: enc, unit: 'MB/s', baseline: { name: 'unencrypted, same run', value: plain, unit: 'MB/s' },
+      ratio: enc / plain, note: `runs: encrypted ${rates.encrypted.map((x) => x.toFixed(0)).join(', ')}; plain ${rates.plain.map((x) => x.toFixed(0)).join(', ')} MB/s`,
+    }];
   },
 };
 

@@ -2,8 +2,8 @@
 // path...) is a module exporting a Section, added to this list; RNODE_BENCH_ONLY selects by name.
 import type { Section } from '../lib/context.js';
 import { clouds } from './clouds.js';
-import { agent, vmware, ws } from './extras.js';
+import { agent, encryption, vmware, ws } from './extras.js';
 import { memory } from './memory.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, memory, ws, clouds, vmware, agent];
+export const sections: Section[] = [throughput, memory, encryption, ws, clouds, vmware, agent];
