@@ -189,3 +189,20 @@ t.test('a peer node validates encrypted chunks by their stored bytes, without a 
     }
   });
 });
+
+t.test('a codec worker that dies is replaced with the keys of the jobs still running', async (t) => {
+  await withWorkerKey(KEY, async () => {
+    const before = await encrypt(SAMPLES.text);
+    // Reaching into the pool: the only way to kill a worker the way a crash in native code would.
+    const pool = (await import('../../src/pipeline/codec-workers.js')).codecWorkers() as unknown as { workers: { terminate(): Promise<number> }[] };
+    const dead = [...pool.workers];
+    await Promise.all(dead.map((w) => w.terminate()));
+    await new Promise((r) => setTimeout(r, 50));
+    t.ok(pool.workers.every((w) => !dead.includes(w)), 'every worker was replaced');
+    for (let i = 0; i < 4; i++) {
+      const { object, entry } = await encrypt(SAMPLES['odd-sized text']);
+      t.ok((await decrypt(object, entry)).equals(SAMPLES['odd-sized text']), `chunk ${i}: the replacements hold the key`);
+    }
+    t.ok((await decrypt(before.object, before.entry)).equals(SAMPLES.text), 'and read what the dead ones wrote');
+  });
+});

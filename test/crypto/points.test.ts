@@ -4,7 +4,8 @@
 // store of the same disk holds all of them (so the search would find them); a missing or wrong key is refused before
 // any chunk is read or any output exists; tampered and swapped objects are CHUNK_CORRUPT naming the chunk, with no
 // output left; keys never mix on a disk; verify without the key checks stored bytes and says so; prune needs no key;
-// and the CLI does all of it with --encryption-key-file, the key never printed.
+// a cut encrypted point resumes with its key and starts afresh with another; and the CLI does all of it with
+// --encryption-key-file, the key never printed.
 import t from 'tap';
 import type { Test } from 'tap';
 import crypto from 'node:crypto';
@@ -17,7 +18,7 @@ import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js
 import { listPoints, listPointSeqs } from '../../src/recovery/points.js';
 import { prune } from '../../src/recovery/prune.js';
 import { verify } from '../../src/recovery/verify.js';
-import type { ObjectStore } from '../../src/store/index.js';
+import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
 import { json, lines, runCli } from '../helpers/cli.js';
 import {
   KiB, MiB, chunkFile, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, textData,
@@ -249,6 +250,26 @@ t.test('keys never mix on a disk; prune needs no key', async (t) => {
   t.match(kept, { point: 2, parent: null, version: 2, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted');
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after prune', { encryption: KEY });
   t.match(await snap(f.store, f.img, 'd', { encryption: KEY }), { point: 3, parent: 2, chunksChanged: 0 }, 'and incrementals continue');
+});
+
+t.test('a cut encrypted point resumes from its checkpoint with its key, and starts afresh with another', async (t) => {
+  const dir = tmpDir(t, 'enc-resume');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(2 * MiB, 11));
+  const store = fsStore(path.join(dir, 'store'));
+  const cut = () => new FaultyStore(store).addFault('put', {
+    match: (k) => k.includes('/chunks/'), nth: 10, times: Infinity, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
+  }).addFault('put', { match: (k) => k.includes('/chunks/'), delayMs: 20, times: Infinity });
+  const opts = { chunkSize: 64 * KiB, checkpointRecords: 2, concurrency: 2 };
+  await rejectsWith(t, snap(cut(), img, 'd', { ...opts, encryption: KEY }), ErrorCodes.STORE_IO, 'the first run is cut');
+  const again = await snap(store, img, 'd', { ...opts, encryption: KEY });
+  t.match(again, { point: 1, resumed: true, encryption: { keyId: KEY.keyId } }, 'the same key continues the checkpoint');
+  await expectRestore(t, store, 'd', 1, fingerprint(img), dir, 'the resumed encrypted point', { encryption: KEY });
+
+  await rejectsWith(t, snap(cut(), img, 'e', { ...opts, encryption: KEY }), ErrorCodes.STORE_IO, 'another disk, cut');
+  const other = await snap(store, img, 'e', { ...opts, encryption: OTHER });
+  t.match(other, { point: 1, resumed: false }, 'another key does not continue chunks written with the first');
+  await expectRestore(t, store, 'e', 1, fingerprint(img), dir, 'the point written afresh', { encryption: OTHER });
 });
 
 t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; the key is never printed', async (t) => {
