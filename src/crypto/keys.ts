@@ -63,9 +63,11 @@ export class EncryptionKey {
     }
   }
 
-  /** The derived subkeys, for the codec workers only (src/pipeline/chunk-codec.ts). Never log them. */
+  /** Copies of the derived subkeys, for the codec workers only (src/pipeline/chunk-codec.ts). Never log them. */
   subkeys(): { cipherKey: Buffer; digestKey: Buffer } {
-    return { cipherKey: Buffer.from(this.#cipherKey), digestKey: Buffer.from(this.#digestKey) };
+    // Buffer.alloc, not Buffer.from: a pooled slice would carry its whole 8 KiB pool along when posted to a worker.
+    const copy = (k: Buffer) => { const c = Buffer.alloc(k.length); k.copy(c); return c; };
+    return { cipherKey: copy(this.#cipherKey), digestKey: copy(this.#digestKey) };
   }
 
   toJSON(): { alg: string; keyId: string } {
