@@ -1,5 +1,6 @@
-// The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check; for encrypted chunks keyed BLAKE3 and
-// AES-256-GCM seal or open as well) on a few worker threads, so the main thread only moves data. Chunk buffers are SharedArrayBuffers: workers read and write them in place.
+// The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check) on a few worker threads, so the
+// main thread only moves data. Chunk buffers are SharedArrayBuffers: workers read and write them in place.
+// Encrypted chunks (keyed BLAKE3, AES-256-GCM seal or open) are the separate 'seal:*' ops of seal-kernel.cjs.
 // Workers also bound native memory: the LZ4 library keeps per-thread heaps, so few threads means few heaps.
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -106,6 +107,8 @@ export class CodecWorkers {
   private readonly workers: Worker[] = [];
   private readonly load: number[] = [];
   private readonly pending = new Map<number, Pending>();
+  /** What every worker must hold (encryption keys, see chunk-codec.ts), replayed to replacement workers. */
+  private readonly setup = new Map<string, { msg: Record<string, unknown>; users: number }>();
   private nextId = 0;
 
   private readonly workerData: Record<string, unknown>;
@@ -162,9 +165,6 @@ export class CodecWorkers {
   storedDigest(payload: Uint8Array): Promise<bigint> {
     return this.send({ op: 'seal:stored', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength }).then((r) => r.payloadXxh64);
   }
-
-  // ---- setup every worker must hold (encryption keys, see chunk-codec.ts), replayed to replacement workers ----
-  private readonly setup = new Map<string, { msg: Record<string, unknown>; users: number }>();
 
   /** Gives msg to every worker (now and respawned) until as many release(id) calls as retain(id) calls. */
   retainSetup(id: string, msg: Record<string, unknown>): void {
