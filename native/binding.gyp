@@ -6,7 +6,8 @@
       "src/io_error.cc",
       "src/raw_io.cc",
       "src/buffers.cc",
-      "src/vddk.cc"
+      "src/vddk.cc",
+      "src/lz4.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": [

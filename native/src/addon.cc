@@ -1,9 +1,10 @@
-// Module init for rnode_native: raw block I/O (raw_io), buffer helpers (buffers).
-// The VDDK binding registers itself here too when it lands.
+// Module init for rnode_native: raw block I/O (raw_io), buffer helpers (buffers), the VDDK binding (vddk)
+// and the LZ4 block codec (lz4).
 #include <napi.h>
 
 #include "addon.h"
 #include "buffers.h"
+#include "lz4.h"
 #include "raw_io.h"
 #include "vddk.h"
 
@@ -14,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rnode::InitRawIo(env, exports);
   rnode::InitBuffers(env, exports);
   rnode::InitVddk(env, exports);
+  rnode::InitLz4(env, exports);
   return exports;
 }
 

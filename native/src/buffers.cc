@@ -76,11 +76,28 @@ Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
   return buf;
 }
 
+// alignOffset(u8: Uint8Array, alignment: number): bytes to skip from the view's start to an address that is a
+// multiple of alignment (a power of two, checked in TS). JS cannot see addresses; copies in and out of the kernel
+// run several times faster on 64-byte-aligned buffers than on the 16-byte alignment ArrayBuffers get.
+Napi::Value AlignOffset(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint8_t* data = nullptr;
+  size_t length = 0;
+  if (!GetBytes(info[0], &data, &length) || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "alignOffset: expected (Uint8Array, alignment)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const uintptr_t alignment = static_cast<uintptr_t>(info[1].As<Napi::Number>().Int64Value());
+  const uintptr_t address = reinterpret_cast<uintptr_t>(data);
+  return Napi::Number::New(env, static_cast<double>((alignment - address % alignment) % alignment));
+}
+
 }  // namespace
 
 void InitBuffers(Napi::Env env, Napi::Object exports) {
   exports.Set("isZero", Napi::Function::New(env, IsZero, "isZero"));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
+  exports.Set("alignOffset", Napi::Function::New(env, AlignOffset, "alignOffset"));
 }
 
 }  // namespace rnode

@@ -1,13 +1,15 @@
 // Codec and flag ids of stored chunks, in one place. Ids are written to disk and on the wire:
-// never renumber, only add. The encoders themselves live in codec-kernel.cjs, shared with worker threads.
+// never renumber, only add. The encoders themselves live in codec-kernel.cjs, shared with worker threads; they
+// use the system's liblz4 through the addon, or lz4-napi where liblz4 is missing (same block format either way).
 //
 //   0 none        the payload is the plaintext
-//   1 lz4         one LZ4 block with a 4-byte little-endian plaintext-size prefix (lz4-napi `compress`)
+//   1 lz4         one LZ4 block with a 4-byte little-endian plaintext-size prefix (as lz4-napi `compress` writes)
 //   2 lz4-blocks  u32 sub-block size (64 KiB), then per sub-block a u32 tag (bits 31-30: 0 raw, 1 lz4, 2 zero;
 //                 bits 29-0: stored length) and its bytes. Zero and noisy sub-blocks skip the compressor.
 import { createRequire } from 'node:module';
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { lz4Block } from '../native/index.js';
 
 export const Codec = {
   NONE: 0,
@@ -45,7 +47,7 @@ interface Kernel {
 
 const require = createRequire(import.meta.url);
 export const KERNEL_PATH: string = require.resolve('./codec-kernel.cjs');
-const kernel: Kernel = require(KERNEL_PATH).makeKernel({ compressSync, uncompressSync });
+const kernel: Kernel = require(KERNEL_PATH).makeKernel({ compressSync, uncompressSync, block: lz4Block });
 
 /**
  * Encodes plaintext on the calling thread (the pipeline uses the codec workers instead). Falls back to NONE

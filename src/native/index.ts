@@ -66,13 +66,20 @@ interface NativeBinding {
   open(path: string, direct: boolean): Promise<NativeOpenResult>;
   isZero(buf: Uint8Array): boolean;
   allocAligned(size: number, alignment: number): Buffer;
+  alignOffset(buf: Uint8Array, alignment: number): number;
+  lz4Info(): { version?: string; error?: string };
+  lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
+  lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
 }
 
 // Two levels below the package root both as src/native (tap runs .ts) and as dist/native (tsc rootDir 'src').
 const ADDON_URL = new URL('../../native/build/Release/rnode_native.node', import.meta.url);
 
+/** The addon file, for worker threads that load it themselves. */
+export const ADDON_PATH = fileURLToPath(ADDON_URL);
+
 function loadBinding(): NativeBinding {
-  const file = fileURLToPath(ADDON_URL);
+  const file = ADDON_PATH;
   if (!existsSync(file)) throw new Error(`rnode_native addon not built (no ${file}); run \`npm run build:native\``);
   return createRequire(import.meta.url)(file) as NativeBinding;
 }
@@ -205,3 +212,34 @@ export function allocAligned(size: number, alignment: number): Buffer {
     throw wrapError(err);
   }
 }
+
+/** Page size: the alignment sharedAligned() gives. */
+const PAGE = 4096;
+
+/**
+ * A zero-filled Buffer over a SharedArrayBuffer, starting on a page boundary. Chunk slots use it: the kernel
+ * copies file data in and out of page-aligned memory about 4x cheaper than at the 16-byte alignment
+ * ArrayBuffers get (measured here: 1.5 GiB of 1 MiB preads, 0.19 s of CPU against 0.83 s).
+ */
+export function sharedAligned(size: number): Buffer {
+  if (!Number.isSafeInteger(size) || size < 0 || size > bufferConstants.MAX_LENGTH - PAGE) {
+    throw new RangeError(`sharedAligned: size must be an integer in [0, ${bufferConstants.MAX_LENGTH - PAGE}], got ${size}`);
+  }
+  const whole = Buffer.from(new SharedArrayBuffer(size + PAGE));
+  const skip = binding.alignOffset(whole, PAGE);
+  return whole.subarray(skip, skip + size);
+}
+
+/** An LZ4 block codec working in place: compress returns the block's length (0: does not fit), decompress -1 on bad input. */
+export interface Lz4Block {
+  compress(src: Uint8Array, dst: Uint8Array): number;
+  decompress(src: Uint8Array, dst: Uint8Array): number;
+}
+
+/** The system liblz4 through the addon, or undefined when this machine lacks liblz4.so.1 (lz4-napi is used then). */
+export const lz4Block: Lz4Block | undefined = binding.lz4Info().version
+  ? { compress: binding.lz4CompressBlock, decompress: binding.lz4DecompressBlock }
+  : undefined;
+
+/** What compresses chunks here, for logs and the agent's hello. */
+export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;

@@ -10,6 +10,7 @@ import { STRONG_DIGEST_BYTES } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { Codec, KERNEL_PATH, payloadOverhead } from '../format/codecs.js';
 import { SEAL_KERNEL_PATH, SEAL_OVERHEAD } from '../format/seal.js';
+import { ADDON_PATH, sharedAligned } from '../native/index.js';
 
 export interface EncodeResult {
   /** True when the digests matched `unchangedIf`: nothing was encoded. */
@@ -42,7 +43,9 @@ const collect = globalThis.gc ?? (() => {});
 let produced = 0;
 const track = (n) => { produced += n; if (produced > workerData.gcEvery) { produced = 0; collect(); } };
 const { blake3 } = require(workerData.blake);
-const kernel = require(workerData.kernel).makeKernel(require(workerData.lz4), track);
+const native = require(workerData.native);
+const block = native.lz4Info().version ? { compress: native.lz4CompressBlock, decompress: native.lz4DecompressBlock } : undefined;
+const kernel = require(workerData.kernel).makeKernel({ ...require(workerData.lz4), block }, track);
 require(workerData.xxhash)().then(({ h64Raw }) => {
   const HDR = ${CHUNK_HEADER_BYTES};
   // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.
@@ -118,7 +121,7 @@ export class CodecWorkers {
     const require = createRequire(import.meta.url);
     this.workerData = {
       blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
-      kernel: KERNEL_PATH, seal: SEAL_KERNEL_PATH,
+      kernel: KERNEL_PATH, seal: SEAL_KERNEL_PATH, native: ADDON_PATH,
       gcEvery: 8 * 1024 * 1024,
     };
     // Isolates created after this flag expose gc(); the workers use it (see WORKER_SOURCE).
@@ -241,7 +244,7 @@ export function maxObjectBytes(chunkSize: number): number {
   return CHUNK_HEADER_BYTES + chunkSize + payloadOverhead(chunkSize) + SEAL_OVERHEAD;
 }
 
-/** A SharedArrayBuffer-backed Buffer. */
+/** A SharedArrayBuffer-backed Buffer, page-aligned (see sharedAligned). */
 export function sharedBuffer(size: number): Buffer {
-  return Buffer.from(new SharedArrayBuffer(size));
+  return sharedAligned(size);
 }
