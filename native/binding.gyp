@@ -7,7 +7,8 @@
       "src/raw_io.cc",
       "src/buffers.cc",
       "src/vddk.cc",
-      "src/lz4.cc"
+      "src/lz4.cc",
+      "src/file_write.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": [

@@ -10,7 +10,7 @@ import { setImmediate as tick } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 
-import { allocAligned, isZero, NativeIoError, openRaw, type Extent } from '../src/native/index.js';
+import { allocAligned, isZero, NativeIoError, openRaw, sharedAligned, writeFileExclusive, type Extent } from '../src/native/index.js';
 
 const MiB = 1024 * 1024;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-native-'));
@@ -203,6 +203,32 @@ t.test('allocAligned gives aligned memory usable with O_DIRECT', async (t) => {
   const misaligned = allocAligned(8192 + 1, 4096).subarray(1, 4097);
   await t.rejects(h.read(misaligned, 0), { name: 'NativeIoError', code: 'EINVAL', syscall: 'pread', path: p });
   await h.close();
+});
+
+t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies where the filesystem allows it', async (t) => {
+  // Does this filesystem take O_DIRECT at all? Then aligned data must actually go direct.
+  let directOk = true;
+  try {
+    fs.closeSync(fs.openSync(writeFile('probe', Buffer.alloc(1)), fs.constants.O_RDONLY | fs.constants.O_DIRECT));
+  } catch {
+    directOk = false;
+  }
+  for (const size of [0, 1, 4095, 4096, 4097, 3 * 4096 + 48, 1024 * 1024 + 777]) {
+    for (const [kind, data] of [['aligned', sharedAligned(size)], ['unaligned', Buffer.alloc(size)]] as const) {
+      randomBytes(size).copy(data);
+      for (const sync of [true, false]) {
+        const p = path.join(dir, `w-${size}-${kind}-${sync}`);
+        const w = await writeFileExclusive(p, data, { sync, direct: true });
+        t.ok(fs.readFileSync(p).equals(data), `${size} bytes ${kind}, sync ${sync}: content`);
+        const st = fs.statSync(p, { bigint: true });
+        t.same([w.size, w.ino, w.mtimeNs], [size, st.ino, st.mtimeNs], 'size, inode and mtime as stat sees them');
+        t.equal(w.direct, directOk && kind === 'aligned' && size >= 4096, 'direct exactly for aligned whole blocks');
+      }
+    }
+  }
+  const p = path.join(dir, 'w-1-aligned-true');
+  await t.rejects(writeFileExclusive(p, Buffer.alloc(1), { sync: true, direct: false }), { name: 'NativeIoError', code: 'EEXIST', syscall: 'open', path: p });
+  await t.rejects(writeFileExclusive(path.join(dir, 'no/such/dir'), Buffer.alloc(1), { sync: false, direct: false }), { code: 'ENOENT' });
 });
 
 t.test('errors carry errno, code, syscall and path', async (t) => {

@@ -1,9 +1,10 @@
 // Module init for rnode_native: raw block I/O (raw_io), buffer helpers (buffers), the VDDK binding (vddk)
-// and the LZ4 block codec (lz4).
+// the LZ4 block codec (lz4) and whole-file writes for the filesystem store (file_write).
 #include <napi.h>
 
 #include "addon.h"
 #include "buffers.h"
+#include "file_write.h"
 #include "lz4.h"
 #include "raw_io.h"
 #include "vddk.h"
@@ -16,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rnode::InitBuffers(env, exports);
   rnode::InitVddk(env, exports);
   rnode::InitLz4(env, exports);
+  rnode::InitFileWrite(env, exports);
   return exports;
 }
 

@@ -2,9 +2,10 @@
 // Atomic puts by temp file + fsync + rename; ifNoneMatch by link(2), which fails if the key exists.
 
 import { randomBytes } from 'node:crypto';
-import { constants as fsc, promises as fsp, type Dirent } from 'node:fs';
+import { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
+import { writeFileExclusive } from '../../native/index.js';
 import {
   checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix,
 } from '../common.js';
@@ -109,18 +110,10 @@ export class FsStore implements ObjectStore {
           newDir = (await fsp.mkdir(dir, { recursive: true })) ?? newDir;
           this.rememberDir(dir);
         }
-        const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
-        let info: Omit<ObjectInfo, 'key'>;
-        try {
-          await fh.writeFile(data);
-          // fdatasync: the data and the size, without an extra journal write for timestamps.
-          if (this.fsync) await fh.datasync();
-          // rename and link keep the inode and its mtime: this is the etag the key will have.
-          const st = await fh.stat({ bigint: true });
-          info = { size: Number(st.size), etag: `${st.mtimeNs}-${st.size}-${st.ino}` };
-        } finally {
-          await fh.close();
-        }
+        // One pool job: create, write, fdatasync, stat, close. Durable puts write their aligned body with O_DIRECT.
+        const w = await writeFileExclusive(tmp, data, { sync: this.fsync, direct: this.fsync });
+        // rename and link keep the inode and its mtime: this is the etag the key will have.
+        const info: Omit<ObjectInfo, 'key'> = { size: w.size, etag: `${w.mtimeNs}-${w.size}-${w.ino}` };
         return { tmp, newDir, info };
       } catch (err) {
         await fsp.rm(tmp, { force: true }).catch(() => {});

@@ -1,0 +1,10 @@
+// Whole-file writes for the filesystem store: create, write, optionally fdatasync, stat and close in one
+// libuv job, bypassing the page cache for the aligned body when the caller asks for durability anyway.
+#pragma once
+#include <napi.h>
+
+namespace rnode {
+
+void InitFileWrite(Napi::Env env, Napi::Object exports);
+
+}  // namespace rnode
