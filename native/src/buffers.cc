@@ -92,12 +92,43 @@ Napi::Value AlignOffset(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>((alignment - address % alignment) % alignment));
 }
 
+// copyBytes(src, dst): memcpy of all of src to the start of dst (dst at least as long, checked in JS).
+// V8 copies into and out of SharedArrayBuffers with relaxed atomic word moves, several times slower than
+// glibc's memcpy; chunk slots are shared, so their copies come here.
+Napi::Value CopyBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint8_t* src = nullptr;
+  const uint8_t* dst = nullptr;
+  size_t srcLen = 0, dstLen = 0;
+  if (!GetBytes(info[0], &src, &srcLen) || !GetBytes(info[1], &dst, &dstLen) || srcLen > dstLen) {
+    Napi::TypeError::New(env, "copyBytes: expected (src, dst) Uint8Arrays, dst at least as long").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  memmove(const_cast<uint8_t*>(dst), src, srcLen);
+  return env.Undefined();
+}
+
+// zeroBytes(dst): memset to 0 (see copyBytes for why not TypedArray.fill).
+Napi::Value ZeroBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint8_t* dst = nullptr;
+  size_t length = 0;
+  if (!GetBytes(info[0], &dst, &length)) {
+    Napi::TypeError::New(env, "zeroBytes: expected a Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  memset(const_cast<uint8_t*>(dst), 0, length);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitBuffers(Napi::Env env, Napi::Object exports) {
   exports.Set("isZero", Napi::Function::New(env, IsZero, "isZero"));
   exports.Set("allocAligned", Napi::Function::New(env, AllocAligned, "allocAligned"));
   exports.Set("alignOffset", Napi::Function::New(env, AlignOffset, "alignOffset"));
+  exports.Set("copyBytes", Napi::Function::New(env, CopyBytes, "copyBytes"));
+  exports.Set("zeroBytes", Napi::Function::New(env, ZeroBytes, "zeroBytes"));
 }
 
 }  // namespace rnode

@@ -1,4 +1,5 @@
-// Synchronous buffer helpers: zero detection and aligned allocation for O_DIRECT.
+// Synchronous buffer helpers: zero detection, aligned allocation for O_DIRECT, and plain memcpy/memset for
+// shared chunk slots.
 #pragma once
 #include <napi.h>
 

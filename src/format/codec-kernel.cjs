@@ -13,12 +13,15 @@ const SAMPLE = 4096;
 const ZEROS = Buffer.alloc(SUB_BLOCK);
 
 /**
- * deps: { compressSync, uncompressSync } from lz4-napi, and optionally block: { compress(src, dst), decompress(src, dst) }
- * (the addon's liblz4 calls, which work in place and are about twice as fast). onGarbage(n) is told how many
- * native bytes lz4-napi left for the GC. Both write the same LZ4 block format, so either decodes the other's output.
+ * deps: { compressSync, uncompressSync } from lz4-napi, and optionally from the addon block: { compress(src, dst),
+ * decompress(src, dst) } (liblz4, in place, about twice as fast), copy(src, dst) and zero(dst) (memcpy and memset:
+ * V8 moves bytes of the shared chunk slots word by word). onGarbage(n) is told how many native bytes lz4-napi left
+ * for the GC. Both LZ4s write the same block format, so either decodes the other's output.
  */
 function makeKernel(deps, onGarbage = () => {}) {
   const { compressSync, uncompressSync, block } = deps;
+  const copy = deps.copy ?? ((src, dst) => { src.copy(dst); });
+  const zero = deps.zero ?? ((dst) => { dst.fill(0); });
 
   // A sample that LZ4 cannot shrink by 3% says the block is noise (encrypted, compressed, random):
   // storing it raw saves the whole-block attempt. Two samples, so a block that only starts noisy still compresses.
@@ -49,7 +52,7 @@ function makeKernel(deps, onGarbage = () => {}) {
     const packed = compressSync(plain);
     onGarbage(packed.length);
     if (packed.length > room + 4) return -1;
-    packed.copy(out, at);
+    copy(packed, out.subarray(at));
     return packed.length;
   }
 
@@ -64,7 +67,7 @@ function makeKernel(deps, onGarbage = () => {}) {
     const plain = uncompressSync(data);
     onGarbage(plain.length);
     if (plain.length !== want) throw new Error(`${what} decoded to ${plain.length} bytes, expected ${want}`);
-    plain.copy(out, start);
+    copy(plain, out.subarray(start));
   }
 
   /** Encodes plain into out at offset; returns { codec, length } of the payload written there. */
@@ -93,7 +96,7 @@ function makeKernel(deps, onGarbage = () => {}) {
           } else {
             if (o + 4 + sub.length > limit) { o = -1; break; }
             out.writeUInt32LE(((KIND_RAW << 30) | sub.length) >>> 0, o);
-            sub.copy(out, o + 4);
+            copy(sub, out.subarray(o + 4));
             o += 4 + sub.length;
           }
         }
@@ -102,7 +105,7 @@ function makeKernel(deps, onGarbage = () => {}) {
     } else if (codec !== NONE) {
       throw new Error(`cannot encode with codec id ${codec}`);
     }
-    plain.copy(out, offset);
+    copy(plain, out.subarray(offset));
     return { codec: NONE, length: plain.length };
   }
 
@@ -114,7 +117,7 @@ function makeKernel(deps, onGarbage = () => {}) {
     if (plainLength > out.length) throw new Error(`plaintext length ${plainLength} exceeds the buffer`);
     if (codec === NONE) {
       if (payload.length !== plainLength) throw new Error(`raw payload is ${payload.length} bytes, expected ${plainLength}`);
-      payload.copy(out, 0);
+      copy(payload, out);
       return plainLength;
     }
     if (codec === LZ4) {
@@ -137,7 +140,7 @@ function makeKernel(deps, onGarbage = () => {}) {
         const want = Math.min(sub, plainLength - start);
         if (kind === KIND_ZERO) {
           if (len !== 0) throw new Error('zero block with a length');
-          out.fill(0, start, start + want);
+          zero(out.subarray(start, start + want));
           continue;
         }
         if (o + len > payload.length) throw new Error('lz4 block overruns the payload');
@@ -145,7 +148,7 @@ function makeKernel(deps, onGarbage = () => {}) {
         o += len;
         if (kind === KIND_RAW) {
           if (len !== want) throw new Error(`raw block is ${len} bytes, expected ${want}`);
-          data.copy(out, start);
+          copy(data, out.subarray(start));
         } else if (kind === KIND_LZ4) {
           unpackInto(data, out, start, want, 'lz4 block');
         } else {

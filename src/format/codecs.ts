@@ -9,7 +9,7 @@
 import { createRequire } from 'node:module';
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { lz4Block } from '../native/index.js';
+import { copyBytes, lz4Block, zeroBytes } from '../native/index.js';
 
 export const Codec = {
   NONE: 0,
@@ -47,7 +47,7 @@ interface Kernel {
 
 const require = createRequire(import.meta.url);
 export const KERNEL_PATH: string = require.resolve('./codec-kernel.cjs');
-const kernel: Kernel = require(KERNEL_PATH).makeKernel({ compressSync, uncompressSync, block: lz4Block });
+const kernel: Kernel = require(KERNEL_PATH).makeKernel({ compressSync, uncompressSync, block: lz4Block, copy: copyBytes, zero: zeroBytes });
 
 /**
  * Encodes plaintext on the calling thread (the pipeline uses the codec workers instead). Falls back to NONE

@@ -67,6 +67,8 @@ interface NativeBinding {
   isZero(buf: Uint8Array): boolean;
   allocAligned(size: number, alignment: number): Buffer;
   alignOffset(buf: Uint8Array, alignment: number): number;
+  copyBytes(src: Uint8Array, dst: Uint8Array): void;
+  zeroBytes(dst: Uint8Array): void;
   writeFile(path: string, data: Uint8Array, sync: boolean, direct: boolean, mode: number): Promise<NativeWritten>;
   lz4Info(): { version?: string; error?: string };
   lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
@@ -266,6 +268,13 @@ export interface Lz4Block {
 export const lz4Block: Lz4Block | undefined = binding.lz4Info().version
   ? { compress: binding.lz4CompressBlock, decompress: binding.lz4DecompressBlock }
   : undefined;
+
+/**
+ * memcpy of all of src to the start of dst (which must be at least as long), and memset 0: V8 moves bytes in
+ * and out of SharedArrayBuffers (the chunk slots) word by word with relaxed atomics, several times slower.
+ */
+export const copyBytes: (src: Uint8Array, dst: Uint8Array) => void = binding.copyBytes;
+export const zeroBytes: (dst: Uint8Array) => void = binding.zeroBytes;
 
 /** What compresses chunks here, for logs and the agent's hello. */
 export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;

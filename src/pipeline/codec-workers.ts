@@ -45,7 +45,7 @@ const track = (n) => { produced += n; if (produced > workerData.gcEvery) { produ
 const { blake3 } = require(workerData.blake);
 const native = require(workerData.native);
 const block = native.lz4Info().version ? { compress: native.lz4CompressBlock, decompress: native.lz4DecompressBlock } : undefined;
-const kernel = require(workerData.kernel).makeKernel({ ...require(workerData.lz4), block }, track);
+const kernel = require(workerData.kernel).makeKernel({ ...require(workerData.lz4), block, copy: native.copyBytes, zero: native.zeroBytes }, track);
 require(workerData.xxhash)().then(({ h64Raw }) => {
   const HDR = ${CHUNK_HEADER_BYTES};
   // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.

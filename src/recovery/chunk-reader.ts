@@ -2,6 +2,7 @@
 // chunk, its disk offset and its object key.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
+import { copyBytes } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
 import { checkStoredChunkInto, decodeChunkInto, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
 import type { ObjectStore } from '../store/types.js';
@@ -39,7 +40,7 @@ async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: numb
     throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: object is ${object.length} bytes, more than a chunk can take; restore another point or re-replicate`,
       { details: { index: e.index, offset: e.index * chunkSize, key, point } });
   }
-  object.copy(slot.object, 0);
+  copyBytes(object, slot.object);
   try {
     return await check(where, object.length);
   } catch (err) {

@@ -8,6 +8,7 @@ import { Codec, isKnownCodec } from '../format/codecs.js';
 import { layout } from '../format/layout.js';
 import { decodeManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
+import { copyBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, storedPayloadDigest, type ReadSlot } from '../pipeline/chunk-codec.js';
 import { SEAL_OVERHEAD } from '../format/seal.js';
@@ -124,7 +125,7 @@ export class ObjectValidator {
     const slot = await pool.acquire();
     try {
       if (p.data.length > slot.object.length) throw fail('payload is larger than the codec can produce for this chunk size');
-      p.data.copy(slot.object, 0);
+      copyBytes(p.data, slot.object);
       const payload = slot.object.subarray(CHUNK_HEADER_BYTES, p.data.length);
       if (encrypted) {
         // Encrypted payloads cannot be decoded here (the node holds no key, and the header's plaintext digest is
