@@ -2,6 +2,9 @@
 #pragma once
 #include <napi.h>
 
+#include <cstddef>
+#include <cstdint>
+
 namespace rnode {
 
 struct AddonData {
@@ -9,5 +12,18 @@ struct AddonData {
 };
 
 inline AddonData* GetAddonData(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
+
+// The bytes of a Uint8Array (its byteOffset applied) in one napi call with no handle allocation: the buffer
+// helpers and the LZ4 calls sit on the per-chunk hot path. False for anything else.
+inline bool Uint8ArrayBytes(const Napi::Value& v, uint8_t** data, size_t* length) {
+  napi_typedarray_type type;
+  void* ptr = nullptr;
+  if (napi_get_typedarray_info(v.Env(), v, &type, length, &ptr, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array) {
+    return false;
+  }
+  *data = static_cast<uint8_t*>(ptr);
+  return true;
+}
 
 }  // namespace rnode

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "addon.h"
 #include "io_error.h"
 
 namespace rnode {
@@ -23,24 +24,12 @@ bool AllZero(const uint8_t* p, size_t n) {
   return n == 0 || memcmp(p, kZeroPage, n) == 0;
 }
 
-// One napi call, no handle allocations: isZero sits on the per-chunk hot path.
-bool GetBytes(const Napi::Value& v, const uint8_t** data, size_t* length) {
-  napi_typedarray_type type;
-  void* ptr = nullptr;
-  if (napi_get_typedarray_info(v.Env(), v, &type, length, &ptr, nullptr, nullptr) != napi_ok ||
-      type != napi_uint8_array) {
-    return false;
-  }
-  *data = static_cast<const uint8_t*>(ptr);  // already includes the view's byteOffset
-  return true;
-}
-
 // isZero(u8: Uint8Array): boolean
 Napi::Value IsZero(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const uint8_t* data = nullptr;
+  uint8_t* data = nullptr;
   size_t length = 0;
-  if (!GetBytes(info[0], &data, &length)) {
+  if (!Uint8ArrayBytes(info[0], &data, &length)) {
     Napi::TypeError::New(env, "isZero: expected a Uint8Array").ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -81,9 +70,9 @@ Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
 // run several times faster on 64-byte-aligned buffers than on the 16-byte alignment ArrayBuffers get.
 Napi::Value AlignOffset(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const uint8_t* data = nullptr;
+  uint8_t* data = nullptr;
   size_t length = 0;
-  if (!GetBytes(info[0], &data, &length) || !info[1].IsNumber()) {
+  if (!Uint8ArrayBytes(info[0], &data, &length) || !info[1].IsNumber()) {
     Napi::TypeError::New(env, "alignOffset: expected (Uint8Array, alignment)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -97,27 +86,27 @@ Napi::Value AlignOffset(const Napi::CallbackInfo& info) {
 // glibc's memcpy; chunk slots are shared, so their copies come here.
 Napi::Value CopyBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const uint8_t* src = nullptr;
-  const uint8_t* dst = nullptr;
+  uint8_t* src = nullptr;
+  uint8_t* dst = nullptr;
   size_t srcLen = 0, dstLen = 0;
-  if (!GetBytes(info[0], &src, &srcLen) || !GetBytes(info[1], &dst, &dstLen) || srcLen > dstLen) {
+  if (!Uint8ArrayBytes(info[0], &src, &srcLen) || !Uint8ArrayBytes(info[1], &dst, &dstLen) || srcLen > dstLen) {
     Napi::TypeError::New(env, "copyBytes: expected (src, dst) Uint8Arrays, dst at least as long").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  memmove(const_cast<uint8_t*>(dst), src, srcLen);
+  memmove(dst, src, srcLen);
   return env.Undefined();
 }
 
 // zeroBytes(dst): memset to 0 (see copyBytes for why not TypedArray.fill).
 Napi::Value ZeroBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const uint8_t* dst = nullptr;
+  uint8_t* dst = nullptr;
   size_t length = 0;
-  if (!GetBytes(info[0], &dst, &length)) {
+  if (!Uint8ArrayBytes(info[0], &dst, &length)) {
     Napi::TypeError::New(env, "zeroBytes: expected a Uint8Array").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  memset(const_cast<uint8_t*>(dst), 0, length);
+  memset(dst, 0, length);
   return env.Undefined();
 }
 

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "addon.h"
+
 namespace rnode {
 namespace {
 
@@ -56,23 +58,12 @@ const Lz4Library& Library() {
   return lib;
 }
 
-bool GetBytes(const Napi::Value& v, uint8_t** data, size_t* length) {
-  napi_typedarray_type type;
-  void* ptr = nullptr;
-  if (napi_get_typedarray_info(v.Env(), v, &type, length, &ptr, nullptr, nullptr) != napi_ok ||
-      type != napi_uint8_array) {
-    return false;
-  }
-  *data = static_cast<uint8_t*>(ptr);
-  return true;
-}
-
 constexpr size_t kMaxBlock = 0x7E000000;  // LZ4_MAX_INPUT_SIZE
 
 // Checks both views and that liblz4 is loaded; throws in JS and returns false otherwise.
 bool Args(const Napi::CallbackInfo& info, const char* name, uint8_t** src, size_t* srcLen, uint8_t** dst, size_t* dstLen) {
   Napi::Env env = info.Env();
-  if (!GetBytes(info[0], src, srcLen) || !GetBytes(info[1], dst, dstLen)) {
+  if (!Uint8ArrayBytes(info[0], src, srcLen) || !Uint8ArrayBytes(info[1], dst, dstLen)) {
     Napi::TypeError::New(env, std::string(name) + ": expected (src: Uint8Array, dst: Uint8Array)").ThrowAsJavaScriptException();
     return false;
   }
