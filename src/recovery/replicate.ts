@@ -357,8 +357,10 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 }
 
 function defaultConcurrency(chunkSize: number): number {
-  // Enough chunks in flight to keep the cores and the store busy, capped at ~32 MiB of plaintext buffers.
-  return Math.max(2, Math.min(8, Math.floor((32 * 1024 * 1024) / chunkSize)));
+  // Enough chunks in flight to keep the cores and the store busy, capped at ~64 MiB of plaintext buffers. Durable
+  // puts wait for the device, so the device needs many in its queue: the 1.5 GiB bench image replicated in ~4.0 s
+  // with 16 in flight against ~5.3 s with 8.
+  return Math.max(2, Math.min(16, Math.floor((64 * 1024 * 1024) / chunkSize)));
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
