@@ -10,7 +10,7 @@ export * from './errors.js';
 export * from './frame.js';
 export * from './control.js';
 export { RemoteStore, normalizeFingerprint, certificateFingerprint, type RemoteStoreOptions, type RemoteCounters } from './remote-store.js';
-export { ReplicationServer, type ServeOptions, type ServerStats } from './server.js';
+export { DEFAULT_WINDOW_BYTES, ReplicationServer, type ServeOptions, type ServerStats } from './server.js';
 export { ObjectValidator, classifyKey, type KeyInfo, type ObjectKind } from './validate.js';
 export { TokenBucket } from './throttle.js';
 

@@ -15,6 +15,9 @@ import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, type F
 import { TokenBucket } from './throttle.js';
 import { ObjectValidator } from './validate.js';
 
+/** PUT bytes a session may hold unacknowledged unless serve is told otherwise. */
+export const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
+
 export interface ServeOptions {
   store: ObjectStore;
   host?: string;
@@ -25,7 +28,7 @@ export interface ServeOptions {
   tls?: { cert: string | Buffer; key: string | Buffer };
   /** Authenticated connections at once (default 16). */
   maxSessions?: number;
-  /** Byte credit per session: PUT bytes received and not yet acknowledged (default 32 MiB). */
+  /** Byte credit per session: PUT bytes received and not yet acknowledged (default DEFAULT_WINDOW_BYTES). */
   windowBytes?: number;
   /** Requests a session may have outstanding (default 256). */
   maxInflight?: number;
@@ -78,7 +81,7 @@ export class ReplicationServer {
 
   private constructor(readonly opts: ServeOptions) {
     this.validator = new ObjectValidator(opts.store);
-    this.windowBytes = opts.windowBytes ?? 32 * 1024 * 1024;
+    this.windowBytes = opts.windowBytes ?? DEFAULT_WINDOW_BYTES;
     if (this.windowBytes < 64 * 1024) throw new RangeError('windowBytes must be at least 64 KiB');
     this.maxFrameBytes = Math.min(MAX_FRAME_BYTES, this.windowBytes);
     if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
