@@ -1,6 +1,7 @@
 // Runs jobs (from the server or the scheduler) on the library: a fixed number of slots, one run per disk at a
 // time on this node (the store lease keeps it to one across nodes), cancellation, progress, metrics and the
 // reports that say how each job ended.
+import { setMaxListeners } from 'node:events';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
@@ -10,12 +11,13 @@ import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
 import { openStore, type WrappedStore } from '../store/index.js';
+import { TokenBucket } from '../transport/throttle.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef } from './protocol.js';
 import { resolveEncryptionKey, storeEnv } from './secrets.js';
 import type { StateDir } from './state.js';
-import { abortableSleep, cancelled, pacedSource, TokenBucket } from './throttle.js';
+import { abortableSleep, cancelled, pacedSource } from './throttle.js';
 
 export interface JobContext {
   scheduled?: boolean;
@@ -109,6 +111,8 @@ export class JobRunner {
       throw new RnodeError(ProtoErrors.DUPLICATE_JOB, `job ${job.jobId} is already running on this node`);
     }
     const controller = new AbortController();
+    // Every read in flight (up to 16 chunks per disk) waits on this signal while a bandwidth limit paces it.
+    setMaxListeners(256, controller.signal);
     this.running.set(job.jobId, { job, controller, ctx });
     this.updateGauges();
     const disks = job.kind === 'replicate' ? job.disks.map((d) => d.disk) : [job.disk];

@@ -1,36 +1,29 @@
-// Token-bucket bandwidth limit (bytes/s). take(n) waits until the bucket is out of debt, then spends n:
-// a frame larger than the burst goes out whole and the wait afterwards pays for it, so the long-run rate
-// holds exactly at the setting whatever the frame sizes.
+// The bandwidth throttle, one token bucket for every limit: a sender's --bandwidth on a RemoteStore, a node's
+// serve --bandwidth, and the agent's per-job and per-node limits on source reads (src/agent/throttle.ts).
+import { setTimeout as sleep } from 'node:timers/promises';
+
 export class TokenBucket {
-  private tokens: number;
-  private last = performance.now();
-  private chain: Promise<void> = Promise.resolve();
+  /** The moment (ms, monotonic) the bucket is paid up to. */
+  private paidUntil = performance.now();
 
-  /** bytesPerSecond: the rate; burst: bytes that may go out at once after an idle spell (default 50 ms worth). */
-  constructor(readonly bytesPerSecond: number, readonly burst = Math.max(64 * 1024, bytesPerSecond / 20)) {
-    if (!(bytesPerSecond > 0)) throw new RangeError('bandwidth must be positive');
-    this.tokens = 0;
+  /** @param rate bytes per second; @param burstMs how much unused time may be banked after an idle spell. */
+  constructor(readonly rate: number, private readonly burstMs = 100) {
+    if (!(rate > 0)) throw new RangeError('bandwidth must be positive');
   }
 
-  /** Resolves when n bytes may be sent; callers are served in order. */
-  take(n: number): Promise<void> {
-    const p = this.chain.then(() => this.wait(n));
-    this.chain = p.catch(() => undefined);
-    return p;
-  }
-
-  private async wait(n: number): Promise<void> {
-    this.refill();
-    if (this.tokens < 0) {
-      await new Promise((r) => setTimeout(r, Math.ceil((-this.tokens / this.bytesPerSecond) * 1000)));
-      this.refill();
-    }
-    this.tokens -= n;
-  }
-
-  private refill(): void {
+  /**
+   * Books n bytes and returns how many ms the caller must wait before they pass. Callers are served in the
+   * order they book, whatever the sizes, so the average holds even with frames larger than the burst.
+   */
+  reserve(n: number): number {
     const now = performance.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.bytesPerSecond);
-    this.last = now;
+    this.paidUntil = Math.max(this.paidUntil, now - this.burstMs) + (n / this.rate) * 1000;
+    return this.paidUntil - now;
+  }
+
+  /** Resolves when n bytes may pass. */
+  async take(n: number): Promise<void> {
+    const wait = this.reserve(n);
+    if (wait > 1) await sleep(wait);
   }
 }
