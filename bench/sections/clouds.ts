@@ -4,105 +4,21 @@
 // wrappers in the path), so the figures are the cloud backends plus their emulator, not the CLI.
 // The emulators are not the clouds: their speed says little about S3/Azure/GCS; the ratio shows what the
 // protocol path (HTTP, SDK, per-object requests) costs against local files on this machine.
-import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { generateSampleDisk, openSource, openStore, recover, replicate, type ObjectStore } from 'replication-node';
 import type { Section, SectionContext } from '../lib/context.js';
+import { azuriteConnectionString, GCS_PROJECT, startAzurite, startGcsEmulator, startS3rver } from '../lib/emulators.js';
 import { fmt, ratioOf, type Row } from '../lib/report.js';
 
-const require = createRequire(import.meta.url);
 const MiB = 1024 * 1024;
 const MB = 1e6;
 const IMAGE_SIZE = 256 * MiB;
 const DISK = 'bench';
-const STARTUP_TIMEOUT_MS = 60_000;
-const AZURITE_KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
-
-interface Server {
-  endpoint: string;
-  stop(): Promise<void>;
-}
-
-/** `node args...` until a stdout line matches `ready` (first group: the port); killed on stop or exit. */
-async function startChild(name: string, args: string[], ready: RegExp, env: NodeJS.ProcessEnv): Promise<Server> {
-  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const killOnExit = () => child.kill('SIGKILL');
-  process.once('exit', killOnExit);
-  const stop = async () => {
-    process.removeListener('exit', killOnExit);
-    await killChild(child);
-  };
-  let output = '';
-  try {
-    const port = await new Promise<number>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${name} did not start within ${STARTUP_TIMEOUT_MS} ms:\n${output}`)), STARTUP_TIMEOUT_MS);
-      child.stdout!.on('data', (d: Buffer) => {
-        output += d.toString();
-        const m = ready.exec(output);
-        if (m) { clearTimeout(timer); resolve(Number(m[1])); }
-      });
-      child.stderr!.on('data', (d: Buffer) => { output += d.toString(); });
-      child.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`${name} exited (${code ?? sig}) before it was ready:\n${output}`)); });
-      child.once('error', (err) => { clearTimeout(timer); reject(err); });
-    });
-    child.stdout!.resume();
-    child.stderr!.resume();
-    return { endpoint: `http://127.0.0.1:${port}`, stop };
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-}
-
-async function killChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
-  await exited;
-  clearTimeout(timer);
-}
-
-function startS3rver(dir: string): Promise<Server> {
-  const script = `
-    const S3rver = require(${JSON.stringify(require.resolve('s3rver'))});
-    new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: ${JSON.stringify(dir)} })
-      .run().then(({ port }) => console.log('S3RVER_PORT=' + port), (e) => { console.error(e); process.exit(1); });`;
-  // Paged listings in s3rver need the legacy OpenSSL provider in its process.
-  return startChild('s3rver', ['-e', script], /S3RVER_PORT=(\d+)/, { ...process.env, NODE_OPTIONS: '--openssl-legacy-provider' });
-}
-
-function startAzurite(dir: string): Promise<Server> {
-  const main = path.join(path.dirname(require.resolve('azurite/package.json')), 'dist/src/blob/main.js');
-  return startChild('azurite', [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir,
-    '--skipApiVersionCheck', '--silent', '--disableTelemetry'], /successfully listens on http:\/\/127\.0\.0\.1:(\d+)/, process.env);
-}
-
-function startGcsEmulator(dir: string): Promise<Server> {
-  const lib = path.join(path.dirname(require.resolve('firebase-tools/package.json')), 'lib/emulator');
-  const script = `
-    const net = require('net');
-    const srv = net.createServer().listen(0, '127.0.0.1', async () => {
-      const port = srv.address().port;
-      srv.close(async () => {
-        try {
-          const { StorageEmulator } = require(${JSON.stringify(path.join(lib, 'storage'))});
-          const { EmulatorRegistry } = require(${JSON.stringify(path.join(lib, 'registry'))});
-          const emu = new StorageEmulator({ projectId: 'demo-bench', host: '127.0.0.1', port, auto_download: false });
-          for (const o of [emu._rulesRuntime, emu._rulesManager]) { if (o) { o.start = async () => {}; o.stop = async () => {}; } }
-          await EmulatorRegistry.start(emu);
-          console.log('GCS_PORT=' + port);
-        } catch (e) { console.error(e); process.exit(1); }
-      });
-    });`;
-  return startChild('gcs emulator', ['-e', script], /GCS_PORT=(\d+)/, { ...process.env, HOME: dir });
-}
 
 interface Target {
   name: string;
@@ -136,8 +52,7 @@ const targets: Target[] = [
     name: 'Azurite',
     async open(dir) {
       const server = await startAzurite(dir);
-      const conn = `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${AZURITE_KEY};` +
-        `BlobEndpoint=${server.endpoint}/devstoreaccount1;`;
+      const conn = azuriteConnectionString(server.endpoint);
       await BlobServiceClient.fromConnectionString(conn).getContainerClient('rnode-bench').create();
       const store = await openStore('azblob://rnode-bench/b', { env: { AZURE_STORAGE_CONNECTION_STRING: conn } });
       return { store, done: async () => { await store.close(); await server.stop(); } };
@@ -149,7 +64,7 @@ const targets: Target[] = [
       const server = await startGcsEmulator(dir);
       // The emulator does not enforce ifGenerationMatch (docs/stores.md).
       const store = await openStore('gs://rnode-bench/b?conditional=off',
-        { env: { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: 'demo-bench' } });
+        { env: { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT } });
       return { store, done: async () => { await store.close(); await server.stop(); } };
     },
   },

@@ -8,7 +8,7 @@ import { ErrorCodes } from '../../src/errors.js';
 import type { AzureBlobStore } from '../../src/store/azure/azure-store.js';
 import { openBackend } from '../../src/store/index.js';
 import { runConformance } from './conformance.js';
-import { azuriteConnectionString, startAzurite, type RunningServer } from './servers.js';
+import { azuriteConnectionString, startAzurite, type RunningServer } from '../../bench/lib/emulators.js';
 
 let server: RunningServer;
 let env: NodeJS.ProcessEnv;

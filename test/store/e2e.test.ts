@@ -18,7 +18,7 @@ import { verify } from '../../src/recovery/verify.js';
 import { generateSampleDisk, scatterWrites } from '../../src/sample/sample-disk.js';
 import { openSource } from '../../src/source/index.js';
 import { openStore, type ObjectStore } from '../../src/store/index.js';
-import { azuriteConnectionString, startAzurite, startGcsEmulator, startS3rver, type RunningServer } from './servers.js';
+import { azuriteConnectionString, GCS_PROJECT, startAzurite, startGcsEmulator, startS3rver, type RunningServer } from '../../bench/lib/emulators.js';
 
 const CHUNK = 64 * 1024;
 const SIZE = 3 * 1024 * 1024 + 4321; // not a multiple of the chunk size: a short last chunk
@@ -152,7 +152,7 @@ t.test('azure: stop', async () => {
 t.test('gcs (firebase emulator)', async (t) => {
   const server = await startGcsEmulator();
   t.teardown(() => server.stop());
-  const env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: 'demo-test' };
+  const env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT };
   // The emulator does not enforce ifGenerationMatch (docs/stores.md).
   const store = await openStore('gs://rnode-test/e2e?conditional=off', { env });
   t.teardown(() => store.close());

@@ -5,7 +5,7 @@ import t from 'tap';
 import { ErrorCodes } from '../../src/errors.js';
 import { collect, openBackend } from '../../src/store/index.js';
 import { runConformance } from './conformance.js';
-import { startGcsEmulator, type RunningServer } from './servers.js';
+import { GCS_PROJECT, startGcsEmulator, type RunningServer } from '../../bench/lib/emulators.js';
 
 let server: RunningServer;
 let env: NodeJS.ProcessEnv;
@@ -16,7 +16,7 @@ t.setTimeout(180_000);
 
 t.before(async () => {
   server = await startGcsEmulator();
-  env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: 'demo-test' };
+  env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT };
 });
 t.teardown(() => server?.stop());
 

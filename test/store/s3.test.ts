@@ -8,7 +8,7 @@ import { ErrorCodes } from '../../src/errors.js';
 import { openBackend } from '../../src/store/index.js';
 import type { S3Store } from '../../src/store/s3/s3-store.js';
 import { runConformance } from './conformance.js';
-import { startS3rver, type RunningServer } from './servers.js';
+import { startS3rver, type RunningServer } from '../../bench/lib/emulators.js';
 
 const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
 let server: RunningServer;

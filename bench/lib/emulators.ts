@@ -1,5 +1,6 @@
-// Starts the real storage servers the cloud backends are tested against (s3rver, Azurite, the
-// firebase GCS emulator), each in a child process on 127.0.0.1 port 0, and always stops them.
+// Starts the real storage servers the cloud backends are tested and benchmarked against (s3rver, Azurite, the
+// firebase GCS emulator), each in a child process on 127.0.0.1 port 0, and always stops them. Used by
+// test/store and by bench/sections/clouds.ts (the tests import it as TypeScript; the bench compiles it).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -9,6 +10,8 @@ import path from 'node:path';
 
 const require = createRequire(import.meta.url);
 const STARTUP_TIMEOUT_MS = 60_000;
+/** The project the GCS emulator serves; clients pass it as GOOGLE_CLOUD_PROJECT. */
+export const GCS_PROJECT = 'demo-test';
 
 export interface RunningServer {
   /** http://127.0.0.1:PORT */
@@ -64,8 +67,8 @@ async function killChild(child: ChildProcess): Promise<void> {
 }
 
 /** s3rver; paged listings need the legacy OpenSSL provider in *its* process (ENVIRONMENT.md). */
-export async function startS3rver(): Promise<RunningServer> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'rnode-s3rver-'));
+export async function startS3rver(parent = tmpdir()): Promise<RunningServer> {
+  const dir = await mkdtemp(path.join(parent, 'rnode-s3rver-'));
   const script = `
     const S3rver = require(${JSON.stringify(require.resolve('s3rver'))});
     new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: ${JSON.stringify(dir)} })
@@ -75,8 +78,8 @@ export async function startS3rver(): Promise<RunningServer> {
 }
 
 /** Azurite's blob service, persisted in a temp directory. */
-export async function startAzurite(): Promise<RunningServer> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'rnode-azurite-'));
+export async function startAzurite(parent = tmpdir()): Promise<RunningServer> {
+  const dir = await mkdtemp(path.join(parent, 'rnode-azurite-'));
   const main = path.join(path.dirname(require.resolve('azurite/package.json')), 'dist/src/blob/main.js');
   return startChild('azurite', [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir,
     '--skipApiVersionCheck', '--silent', '--disableTelemetry'], /successfully listens on http:\/\/127\.0\.0\.1:(\d+)/,
@@ -93,10 +96,11 @@ export function azuriteConnectionString(endpoint: string): string {
 /**
  * The firebase-tools storage emulator, in its own process (it is heavy and keeps handles open).
  * Its rules runtime needs Java, so it is replaced by no-ops; it then serves the GCS JSON API.
- * Port 0 is not supported by the emulator, so a free port is picked first.
+ * Port 0 is not supported by the emulator, so a free port is picked first. Each server keeps its data in a
+ * fresh directory under `parent`, removed by stop().
  */
-export async function startGcsEmulator(): Promise<RunningServer> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'rnode-gcs-'));
+export async function startGcsEmulator(parent = tmpdir()): Promise<RunningServer> {
+  const dir = await mkdtemp(path.join(parent, 'rnode-gcs-'));
   const lib = path.join(path.dirname(require.resolve('firebase-tools/package.json')), 'lib/emulator');
   const script = `
     const net = require('net');
@@ -106,7 +110,7 @@ export async function startGcsEmulator(): Promise<RunningServer> {
         try {
           const { StorageEmulator } = require(${JSON.stringify(path.join(lib, 'storage'))});
           const { EmulatorRegistry } = require(${JSON.stringify(path.join(lib, 'registry'))});
-          const emu = new StorageEmulator({ projectId: 'demo-test', host: '127.0.0.1', port, auto_download: false });
+          const emu = new StorageEmulator({ projectId: ${JSON.stringify(GCS_PROJECT)}, host: '127.0.0.1', port, auto_download: false });
           for (const o of [emu._rulesRuntime, emu._rulesManager]) { if (o) { o.start = async () => {}; o.stop = async () => {}; } }
           await EmulatorRegistry.start(emu);
           console.log('GCS_PORT=' + port);
