@@ -43,6 +43,16 @@ export function clipRange(size: number, range?: ByteRange): { start: number; end
   return { start, end: Math.max(start, end) };
 }
 
+/**
+ * What a ranged get returns from the body a server sent for [start, end): a server that ignored the Range and
+ * answered with the whole object (HTTP 200) has the range cut out here, and an empty range is empty even
+ * where the request had to ask for a byte.
+ */
+export function rangedBody(body: Buffer, start: number, end: number, wholeObject: boolean): Buffer {
+  if (wholeObject) return Buffer.from(body.subarray(start, end));
+  return end === start ? Buffer.alloc(0) : body;
+}
+
 export function notFound(location: string, key: string, cause?: unknown): RnodeError {
   return new RnodeError(ErrorCodes.STORE_NOT_FOUND,
     `object ${key} not found in ${location}; check the store location and that the backup exists`,

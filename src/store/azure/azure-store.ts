@@ -8,7 +8,8 @@ import {
 } from '@azure/storage-blob';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import {
-  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, splitPrefix, urlPrefix,
+  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, rangedBody, splitPrefix,
+  urlPrefix,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
@@ -94,8 +95,7 @@ export class AzureBlobStore implements ObjectStore {
     const count = range?.length === undefined ? undefined : Math.max(1, end - start);
     try {
       const res = await blob.download(start, count);
-      const buf = await readAll(res.readableStreamBody!);
-      return end === start ? Buffer.alloc(0) : buf;
+      return rangedBody(await readAll(res.readableStreamBody!), start, end, false);
     } catch (err) {
       if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
       throw this.error('get', key, err);

@@ -3,7 +3,8 @@
 
 import { Storage, type Bucket, type StorageOptions } from '@google-cloud/storage';
 import {
-  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, splitPrefix, urlPrefix,
+  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, rangedBody, splitPrefix,
+  urlPrefix,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
@@ -74,8 +75,7 @@ export class GcsStore implements ObjectStore {
       });
       const buf = Buffer.concat(chunks);
       // The emulator ignores a range starting past the end and answers 200 with the whole object.
-      if (ranged && status === 200) return Buffer.from(buf.subarray(start, end));
-      return end === start ? Buffer.alloc(0) : buf;
+      return rangedBody(buf, start, end, ranged && status === 200);
     } catch (err) {
       if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
       throw this.error('get', key, err);

@@ -7,7 +7,8 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import {
-  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, splitPrefix, urlPrefix,
+  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, rangedBody, splitPrefix,
+  urlPrefix,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
@@ -97,9 +98,7 @@ export class S3Store implements ObjectStore {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, Range }));
       const bytes = await res.Body!.transformToByteArray();
       const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      // A server that ignores Range answers 200 with the whole object: cut the range out here.
-      if (Range && res.$metadata.httpStatusCode === 200) return Buffer.from(buf.subarray(start, end));
-      return end === start ? Buffer.alloc(0) : buf;
+      return rangedBody(buf, start, end, Range !== undefined && res.$metadata.httpStatusCode === 200);
     } catch (err) {
       if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
       throw this.error('get', key, err);
