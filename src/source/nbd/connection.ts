@@ -281,12 +281,10 @@ export class NbdConnection implements ReplySink {
         return;
       case 'data': {
         let p = piece;
-        if (c.headFill < 8) {
-          const n = Math.min(8 - c.headFill, p.length);
-          p.copy(c.head, c.headFill, 0, n);
-          c.headFill += n;
-          p = p.subarray(n);
-          if (c.headFill < 8) return;
+        if (c.headFill < c.head.length) {
+          const rest = fillHead(c, p);
+          if (!rest) return;
+          p = rest;
           this.claim(c.req, c.head.readBigUInt64BE(0), c.dataLength, 'OFFSET_DATA');
           c.at = Number(c.head.readBigUInt64BE(0)) - c.req.offset;
         }
@@ -300,12 +298,10 @@ export class NbdConnection implements ReplySink {
         return;
       case 'status': {
         let p = piece;
-        if (c.headFill < 4) {
-          const n = Math.min(4 - c.headFill, p.length);
-          p.copy(c.head, c.headFill, 0, n);
-          c.headFill += n;
-          p = p.subarray(n);
-          if (c.headFill < 4) return;
+        if (c.headFill < c.head.length) {
+          const rest = fillHead(c, p);
+          if (!rest) return;
+          p = rest;
           const id = c.head.readUInt32BE(0);
           if (![...this.info.contexts.values()].includes(id)) throw new NbdProtocolError(`BLOCK_STATUS for meta context id ${id}, which was not negotiated`);
           c.skip = id !== c.req.contextId;
@@ -487,4 +483,15 @@ function connectError(err: unknown, target: NbdTarget, where: string): RnodeErro
   }
   return new RnodeError(ErrorCodes.SOURCE_IO, `the NBD handshake with ${where} failed: ${(err as Error)?.message ?? String(err)}; check the server, then run again`,
     { cause: err, retryable: true });
+}
+
+/**
+ * A chunk's fixed head (offset, or meta context id) may arrive split across payload pieces: copies what piece
+ * has of it into c.head and returns the rest of piece once the head is whole, undefined while it is not.
+ */
+function fillHead(c: { head: Buffer; headFill: number }, piece: Buffer): Buffer | undefined {
+  const n = Math.min(c.head.length - c.headFill, piece.length);
+  piece.copy(c.head, c.headFill, 0, n);
+  c.headFill += n;
+  return c.headFill < c.head.length ? undefined : piece.subarray(n);
 }
