@@ -237,6 +237,40 @@ t.test('well-behaved variations and limits', async (t) => {
   await old.close();
 });
 
+t.test('replies that arrive a few bytes at a time (chunk heads split across reads) reassemble exactly', async (t) => {
+  const dir = tmpDir(t, 'nbd-hostile');
+  const SIZE = 64 * 1024;
+  const disk = randomData(SIZE, 77);
+  const srv = await transmitting(t, dir, async (p) => {
+    p.sock.setNoDelay(true);
+    // Each reply's first 40 bytes (20-byte chunk header, the 8-byte offset or 4-byte context id, and on) go out
+    // 3 bytes per write, a few ms apart, so the client sees every fixed head in pieces; the rest follows at once.
+    const write = p.write.bind(p);
+    let queue = Promise.resolve();
+    p.write = (b: Buffer) => {
+      queue = queue.then(async () => {
+        for (let i = 0; i < Math.min(40, b.length); i += 3) {
+          write(b.subarray(i, Math.min(i + 3, 40, b.length)));
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        if (b.length > 40) write(b.subarray(40));
+      });
+    };
+    for (;;) {
+      const r = await p.request();
+      if (r.type === P.Cmd.DISC) return;
+      if (r.type === P.Cmd.BLOCK_STATUS) p.status(r.handle, 1, [[r.length / 2, 0], [r.length / 2, 3]]);
+      else p.data(r.handle, r.offset, disk.subarray(r.offset, r.offset + r.length));
+    }
+  }, { size: SIZE });
+  const src = await NbdSource.open(srv.url(), { ...FAST, requestTimeoutMs: 10_000 });
+  const buf = sharedBuffer(SIZE);
+  t.equal(await src.read(0, buf, SIZE), SIZE);
+  t.ok(buf.equals(disk), 'OFFSET_DATA with its offset split across reads: exact bytes');
+  t.same(await collect(src.allocatedExtents()), [{ offset: 0, length: SIZE / 2 }], 'BLOCK_STATUS with its context id split across reads');
+  await src.close();
+});
+
 t.test('random replies: every read settles quickly with a result or an RnodeError', async (t) => {
   const dir = tmpDir(t, 'nbd-fuzz');
   const types = [0, 1, 2, 5, 0x8001, 0x8002, 0x8003, 3, 0xffff];
