@@ -6,9 +6,6 @@ import { blake3 } from '@napi-rs/blake-hash';
 // Loaded once at import (top-level await), so no caller can hash before the wasm module is ready.
 const { h64Raw } = await xxhash();
 
-/** Kept for callers written before the module loaded itself; resolves at once. */
-export async function initChecksums(): Promise<void> {}
-
 export function xxh64(data: Uint8Array): bigint {
   return h64Raw(data);
 }

@@ -1,15 +1,13 @@
 // Codec and flag ids of stored chunks, in one place. Ids are written to disk and on the wire:
-// never renumber, only add. The encoders themselves live in codec-kernel.cjs, shared with worker threads; they
-// use the system's liblz4 through the addon, or lz4-napi where liblz4 is missing (same block format either way).
+// never renumber, only add. The encoders themselves live in codec-kernel.cjs, which the codec worker threads run;
+// they use the system's liblz4 through the addon, or lz4-napi where liblz4 is missing (same block format either way).
 //
 //   0 none        the payload is the plaintext
 //   1 lz4         one LZ4 block with a 4-byte little-endian plaintext-size prefix (as lz4-napi `compress` writes)
 //   2 lz4-blocks  u32 sub-block size (64 KiB), then per sub-block a u32 tag (bits 31-30: 0 raw, 1 lz4, 2 zero;
 //                 bits 29-0: stored length) and its bytes. Zero and noisy sub-blocks skip the compressor.
 import { createRequire } from 'node:module';
-import { compressSync, uncompressSync } from 'lz4-napi';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { copyBytes, lz4Block, zeroBytes } from '../native/index.js';
 
 export const Codec = {
   NONE: 0,
@@ -40,35 +38,5 @@ export function isKnownCodec(id: number): boolean {
   return CODEC_NAMES[id] !== undefined;
 }
 
-interface Kernel {
-  encodeInto(plain: Buffer, codec: number, out: Buffer, offset: number): { codec: number; length: number };
-  decodeInto(codec: number, payload: Buffer, plainLength: number, out: Buffer): number;
-}
-
 const require = createRequire(import.meta.url);
 export const KERNEL_PATH: string = require.resolve('./codec-kernel.cjs');
-const kernel: Kernel = require(KERNEL_PATH).makeKernel({ compressSync, uncompressSync, block: lz4Block, copy: copyBytes, zero: zeroBytes });
-
-/**
- * Encodes plaintext on the calling thread (the pipeline uses the codec workers instead). Falls back to NONE
- * when the encoded form would not be smaller.
- */
-export async function encodeChunk(codec: CodecId, plain: Buffer): Promise<{ codec: CodecId; payload: Buffer }> {
-  if (!isKnownCodec(codec)) throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${codec}`);
-  const out = Buffer.allocUnsafe(plain.length + payloadOverhead(plain.length));
-  const r = kernel.encodeInto(plain, codec, out, 0);
-  return { codec: r.codec as CodecId, payload: out.subarray(0, r.length) };
-}
-
-export async function decodeChunk(codec: number, payload: Buffer, plainLength: number): Promise<Buffer> {
-  if (!isKnownCodec(codec)) {
-    throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${codec}; this chunk was written by a newer rnode, upgrade to read it`);
-  }
-  const out = Buffer.alloc(plainLength);
-  try {
-    kernel.decodeInto(codec, payload, plainLength, out);
-  } catch (err) {
-    throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${CODEC_NAMES[codec]} payload does not decode: ${(err as Error).message}`);
-  }
-  return out;
-}

@@ -3,20 +3,10 @@
 // With a ChunkSeal the object is encrypted (chunk format version 2) and its digests are keyed.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { strongDigest, xxh64 } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
-import { Codec, type CodecId, decodeChunk, encodeChunk, isKnownCodec } from '../format/codecs.js';
+import { type CodecId, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
 import { codecWorkers, maxObjectBytes, sharedBuffer, type SealedFields } from './codec-workers.js';
-
-export interface ChunkDigests {
-  xxh64: bigint;
-  strong: Buffer;
-}
-
-export function digestChunk(plain: Buffer): ChunkDigests {
-  return { xxh64: xxh64(plain), strong: strongDigest(plain) };
-}
 
 /** How a disk's chunks are encrypted: the key, and the disk id the objects are bound to (part of the AAD). */
 export interface ChunkSeal {
@@ -65,44 +55,6 @@ export async function encodeChunkInto(plain: Buffer, out: Buffer, index: number,
     object,
     entry: { index, xxh64: r.xxh64, strong: r.strong, writer, plainLength: plain.length, storedLength: object.length, flags: 0, codec: r.codec },
   };
-}
-
-/** Encodes plaintext (already digested) as the object stored for (writer, index), on the calling thread. */
-export async function encodeStoredChunk(plain: Buffer, digests: ChunkDigests, index: number, writer: number, codec: CodecId):
-    Promise<{ object: Buffer; entry: ChunkEntry }> {
-  const enc = await encodeChunk(codec, plain);
-  const header = encodeChunkHeader({
-    codec: enc.codec, flags: 0, plainLength: plain.length, payloadLength: enc.payload.length,
-    // An uncompressed payload is the plaintext: its digest is already known.
-    plainXxh64: digests.xxh64, payloadXxh64: enc.codec === Codec.NONE ? digests.xxh64 : xxh64(enc.payload), index, writer,
-  });
-  const object = Buffer.concat([header, enc.payload], CHUNK_HEADER_BYTES + enc.payload.length);
-  return {
-    object,
-    entry: {
-      index, xxh64: digests.xxh64, strong: digests.strong, writer, plainLength: plain.length,
-      storedLength: object.length, flags: 0, codec: enc.codec,
-    },
-  };
-}
-
-/** Checks a stored object against its table entry and returns the plaintext. */
-export async function decodeStoredChunk(object: Buffer, expect: ChunkEntry, where: string): Promise<Buffer> {
-  const fail = corruption(expect, where);
-  const h = checkHeader(object, expect, where, Infinity, false);
-  const payload = object.subarray(CHUNK_HEADER_BYTES);
-  if (xxh64(payload) !== h.payloadXxh64) throw fail('payload checksum mismatch');
-  let plain: Buffer;
-  try {
-    plain = await decodeChunk(h.codec, payload, h.plainLength);
-  } catch (err) {
-    if (err instanceof RnodeError && err.code === ErrorCodes.FORMAT_CODEC) throw err;
-    throw fail((err as Error).message);
-  }
-  if (plain.length !== expect.plainLength) throw fail(`decoded to ${plain.length} bytes, expected ${expect.plainLength}`);
-  if (xxh64(plain) !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail('plaintext xxh64 mismatch');
-  if (!strongDigest(plain).equals(expect.strong)) throw fail('plaintext BLAKE3 mismatch');
-  return plain;
 }
 
 /** Buffers a verified read works in: the stored object and the decoded plaintext (both shared with workers). */
@@ -156,16 +108,16 @@ export function storedPayloadDigest(payload: Uint8Array): Promise<bigint> {
   return codecWorkers().storedDigest(payload);
 }
 
-function corruption(expect: ChunkEntry, where: string): (why: string) => RnodeError {
+export function corruption(expect: ChunkEntry, where: string): (why: string) => RnodeError {
   return (why) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: ${why}`,
     { details: { index: expect.index, writer: expect.writer } });
 }
 
 /**
  * The header checks every decode path shares: it must name this chunk, agree on every length, and be encrypted
- * exactly when its point is (the main-thread decode reads unencrypted chunks only).
+ * exactly when its point is. Exported for the tests' main-thread decoder (test/helpers/chunks.ts).
  */
-function checkHeader(object: Buffer, expect: ChunkEntry, where: string, maxPlain: number, encrypted: boolean): ChunkHeader {
+export function checkHeader(object: Buffer, expect: ChunkEntry, where: string, maxPlain: number, encrypted: boolean): ChunkHeader {
   const fail = corruption(expect, where);
   let h: ChunkHeader;
   try {

@@ -44,8 +44,9 @@ let produced = 0;
 const track = (n) => { produced += n; if (produced > workerData.gcEvery) { produced = 0; collect(); } };
 const { blake3 } = require(workerData.blake);
 const native = require(workerData.native);
+// liblz4 when the system has it; lz4-napi is loaded only where it does not.
 const block = native.lz4Info().version ? { compress: native.lz4CompressBlock, decompress: native.lz4DecompressBlock } : undefined;
-const kernel = require(workerData.kernel).makeKernel({ ...require(workerData.lz4), block, copy: native.copyBytes, zero: native.zeroBytes }, track);
+const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(workerData.lz4)), block, copy: native.copyBytes, zero: native.zeroBytes }, track);
 require(workerData.xxhash)().then(({ h64Raw }) => {
   const HDR = ${CHUNK_HEADER_BYTES};
   // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.

@@ -6,7 +6,6 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { initChecksums } from '../../src/format/checksum.js';
 import { listPoints } from '../../src/recovery/points.js';
 import { parseExposition } from '../../src/metrics/registry.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
@@ -63,7 +62,6 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
   }
   t.ok(inFlight.length >= 1, `${inFlight.length} job(s) were mid-way on the killed node`);
 
-  await initChecksums();
   const store = fsStore(storeDir);
   for (let i = 0; i < DISKS; i++) {
     const points = await listPoints(store, `disk${i}`);

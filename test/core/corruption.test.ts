@@ -9,7 +9,7 @@ import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
-import { initChecksums, xxh64 } from '../../src/format/checksum.js';
+import { xxh64 } from '../../src/format/checksum.js';
 import { decodeSegment, encodeSegment } from '../../src/format/table.js';
 import { verify } from '../../src/recovery/verify.js';
 import {
@@ -169,7 +169,6 @@ t.test('the object of the same point and index from another store (other content
 
 /** Rewrites one entry of point 1's (single) table segment, with a valid segment checksum. */
 async function tamperTable(storeDir: string, point: number, index: number, change: (e: ReturnType<typeof decodeSegment>[number]) => void) {
-  await initChecksums();
   const dir = path.join(storeDir, 'disks', 'd', 'tables', String(point).padStart(10, '0'));
   const segs = listFiles(dir);
   const file = path.join(dir, segs[0]);
@@ -193,7 +192,6 @@ t.test('an xxh64 collision with the parent does not make replicate skip a change
   // Point 3 will change chunk 3 to D. Make point 2's view claim chunk 3 already has xxh64(D) (a 64-bit
   // collision); point 2's table does not hold chunk 3, so forge it in point 1's table (the chain's base).
   const d = randomData(CHUNK, 333);
-  await initChecksums();
   await tamperTable(f.storeDir, 1, 3, (e) => { e.xxh64 = xxh64(d); });
   writeAt(f.img, 3 * CHUNK, d);
   const fp3 = fingerprint(f.img);

@@ -7,20 +7,18 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
-import { initChecksums, strongDigest, xxh64, xxh64Hex } from '../../src/format/checksum.js';
+import { strongDigest, xxh64, xxh64Hex } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION, MAX_CHUNK_BYTES, decodeChunkHeader, encodeChunkHeader } from '../../src/format/chunk.js';
-import { Codec, CODEC_NAMES, codecByName, decodeChunk, encodeChunk, type CodecId } from '../../src/format/codecs.js';
+import { Codec, CODEC_NAMES, codecByName, type CodecId } from '../../src/format/codecs.js';
 import { decodeManifest, encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest } from '../../src/format/manifest.js';
 import { decodeSegment, encodeSegment, TableFlag, type ChunkEntry } from '../../src/format/table.js';
-import {
-  decodeChunkInto, decodeStoredChunk, digestChunk, encodeChunkInto, encodeStoredChunk, newReadSlot,
-} from '../../src/pipeline/chunk-codec.js';
+import { decodeChunkInto, encodeChunkInto, newReadSlot } from '../../src/pipeline/chunk-codec.js';
 import { maxObjectBytes, sharedBuffer } from '../../src/pipeline/codec-workers.js';
+import { decodeChunk, decodeStoredChunk, digestChunk, encodeChunk, encodeStoredChunk } from '../helpers/chunks.js';
 import { KiB, randomData, textData, stopCodecWorkersAtEnd } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
-await initChecksums();
 
 const CODECS = Object.values(Codec) as CodecId[];
 const SAMPLES: Record<string, Buffer> = {

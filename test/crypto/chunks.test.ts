@@ -13,7 +13,7 @@ import { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader } from '../../src/format/chunk.js';
-import { Codec, CODEC_NAMES, decodeChunk, type CodecId } from '../../src/format/codecs.js';
+import { Codec, CODEC_NAMES, type CodecId } from '../../src/format/codecs.js';
 import { layout } from '../../src/format/layout.js';
 import type { ChunkEntry } from '../../src/format/table.js';
 import {
@@ -23,6 +23,7 @@ import { maxObjectBytes, sharedBuffer } from '../../src/pipeline/codec-workers.j
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { FrameFlag } from '../../src/transport/frame.js';
 import { ObjectValidator } from '../../src/transport/validate.js';
+import { decodeChunk } from '../helpers/chunks.js';
 import { KiB, randomData, stopCodecWorkersAtEnd, textData } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
