@@ -6,7 +6,8 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { type CodecId, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
-import { codecWorkers, maxObjectBytes, sharedBuffer, type SealedFields } from './codec-workers.js';
+import { sharedAligned } from '../native/index.js';
+import { codecWorkers, maxObjectBytes, type SealedFields } from './codec-workers.js';
 
 /** How a disk's chunks are encrypted: the key, and the disk id the objects are bound to (part of the AAD). */
 export interface ChunkSeal {
@@ -64,7 +65,7 @@ export interface ReadSlot {
 }
 
 export function newReadSlot(chunkSize: number): ReadSlot {
-  return { object: sharedBuffer(maxObjectBytes(chunkSize)), plain: sharedBuffer(chunkSize) };
+  return { object: sharedAligned(maxObjectBytes(chunkSize)), plain: sharedAligned(chunkSize) };
 }
 
 /**

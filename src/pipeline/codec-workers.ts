@@ -10,7 +10,7 @@ import { STRONG_DIGEST_BYTES } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { Codec, KERNEL_PATH, payloadOverhead } from '../format/codecs.js';
 import { SEAL_KERNEL_PATH, SEAL_OVERHEAD } from '../format/seal.js';
-import { ADDON_PATH, sharedAligned } from '../native/index.js';
+import { ADDON_PATH } from '../native/index.js';
 
 export interface EncodeResult {
   /** True when the digests matched `unchangedIf`: nothing was encoded. */
@@ -243,9 +243,4 @@ export function codecWorkers(): CodecWorkers {
 /** Worst-case stored object size for a chunk of `chunkSize` bytes. */
 export function maxObjectBytes(chunkSize: number): number {
   return CHUNK_HEADER_BYTES + chunkSize + payloadOverhead(chunkSize) + SEAL_OVERHEAD;
-}
-
-/** A SharedArrayBuffer-backed Buffer, page-aligned (see sharedAligned). */
-export function sharedBuffer(size: number): Buffer {
-  return sharedAligned(size);
 }

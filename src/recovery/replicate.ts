@@ -8,10 +8,10 @@ import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
 import { layout, validateDiskId } from '../format/layout.js';
 import { encodeManifest, MANIFEST_FORMAT, type PointEncryption, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { encodeSegment, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
-import { isZero } from '../native/index.js';
+import { isZero, sharedAligned } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { encodeChunkInto, withWorkerKey } from '../pipeline/chunk-codec.js';
-import { maxObjectBytes, sharedBuffer } from '../pipeline/codec-workers.js';
+import { maxObjectBytes } from '../pipeline/codec-workers.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
@@ -216,7 +216,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   };
 
   const pool = new BufferPool(Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize)),
-    () => ({ plain: sharedBuffer(chunkSize), out: sharedBuffer(maxObjectBytes(chunkSize)) }));
+    () => ({ plain: sharedAligned(chunkSize), out: sharedAligned(maxObjectBytes(chunkSize)) }));
   // Results complete out of order; the table needs them in index order, so they wait here (bounded by the pool).
   const done = new Map<number, Outcome>();
   const candidateIndex = new Map<number, number>();

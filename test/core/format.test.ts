@@ -13,7 +13,8 @@ import { Codec, CODEC_NAMES, codecByName, type CodecId } from '../../src/format/
 import { decodeManifest, encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest } from '../../src/format/manifest.js';
 import { decodeSegment, encodeSegment, TableFlag, type ChunkEntry } from '../../src/format/table.js';
 import { decodeChunkInto, encodeChunkInto, newReadSlot } from '../../src/pipeline/chunk-codec.js';
-import { maxObjectBytes, sharedBuffer } from '../../src/pipeline/codec-workers.js';
+import { sharedAligned } from '../../src/native/index.js';
+import { maxObjectBytes } from '../../src/pipeline/codec-workers.js';
 import { decodeChunk, decodeStoredChunk, digestChunk, encodeChunk, encodeStoredChunk } from '../helpers/chunks.js';
 import { KiB, randomData, textData, stopCodecWorkersAtEnd } from '../helpers/images.js';
 
@@ -175,9 +176,9 @@ t.test('stored chunks carry version, codec, lengths, digests, index and writer, 
       t.ok((await decodeStoredChunk(object, entry, 'x')).equals(plain), `${name}/${CODEC_NAMES[codec]}: main-thread decode`);
       t.ok((await viaWorkers(object, entry)).equals(plain), `${name}/${CODEC_NAMES[codec]}: worker decode`);
       // The worker encoder makes objects the main-thread decoder accepts, and the other way round.
-      const plainShared = sharedBuffer(plain.length);
+      const plainShared = sharedAligned(plain.length);
       plain.copy(plainShared);
-      const w = (await encodeChunkInto(plainShared, sharedBuffer(maxObjectBytes(64 * KiB)), 42, 9, codec))!;
+      const w = (await encodeChunkInto(plainShared, sharedAligned(maxObjectBytes(64 * KiB)), 42, 9, codec))!;
       t.same({ ...w.entry, strong: w.entry.strong.toString('hex') }, { ...entry, strong: entry.strong.toString('hex') }, 'both encoders agree on the entry');
       t.ok((await decodeStoredChunk(Buffer.from(w.object), w.entry, 'x')).equals(plain), 'worker-encoded object decodes');
     }

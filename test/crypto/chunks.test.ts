@@ -19,7 +19,8 @@ import type { ChunkEntry } from '../../src/format/table.js';
 import {
   checkStoredChunkInto, decodeChunkInto, encodeChunkInto, newReadSlot, withWorkerKey, type ChunkSeal,
 } from '../../src/pipeline/chunk-codec.js';
-import { maxObjectBytes, sharedBuffer } from '../../src/pipeline/codec-workers.js';
+import { sharedAligned } from '../../src/native/index.js';
+import { maxObjectBytes } from '../../src/pipeline/codec-workers.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { FrameFlag } from '../../src/transport/frame.js';
 import { ObjectValidator } from '../../src/transport/validate.js';
@@ -41,9 +42,9 @@ const SAMPLES: Record<string, Buffer> = {
 };
 
 async function encrypt(plain: Buffer, codec: CodecId = Codec.LZ4_BLOCKS, seal = SEAL, index = 42, writer = 9) {
-  const shared = sharedBuffer(plain.length);
+  const shared = sharedAligned(plain.length);
   plain.copy(shared);
-  const r = (await encodeChunkInto(shared, sharedBuffer(maxObjectBytes(CHUNK)), index, writer, codec, undefined, seal))!;
+  const r = (await encodeChunkInto(shared, sharedAligned(maxObjectBytes(CHUNK)), index, writer, codec, undefined, seal))!;
   return { object: Buffer.from(r.object), entry: r.entry };
 }
 
@@ -120,9 +121,9 @@ t.test('every codec round-trips encrypted, in the documented layout, with keyed 
     const b = await encrypt(SAMPLES.text);
     t.notOk(a.object.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + 12).equals(b.object.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + 12)), 'a fresh nonce per chunk');
     t.equal(a.entry.xxh64, b.entry.xxh64, 'same content, same keyed digest (incrementals still find unchanged chunks)');
-    const shared = sharedBuffer(CHUNK);
+    const shared = sharedAligned(CHUNK);
     SAMPLES.text.copy(shared);
-    t.equal(await encodeChunkInto(shared, sharedBuffer(maxObjectBytes(CHUNK)), 42, 10, Codec.LZ4_BLOCKS, a.entry, SEAL), undefined,
+    t.equal(await encodeChunkInto(shared, sharedAligned(maxObjectBytes(CHUNK)), 42, 10, Codec.LZ4_BLOCKS, a.entry, SEAL), undefined,
       'an unchanged chunk is recognised by its keyed digests and not stored');
     const other = await encrypt(SAMPLES.text, Codec.LZ4_BLOCKS, { key: OTHER, disk: 'vm-7' }).catch((e) => e);
     t.match(other, { message: /was not given to this worker/ }, 'a key the workers were not given is refused, not guessed');
@@ -167,9 +168,9 @@ t.test('tampering, swaps, another disk or key: CHUNK_CORRUPT naming the chunk', 
 
 t.test('an unencrypted (version 1) object in an encrypted point is never trusted', async (t) => {
   const plain = SAMPLES.text;
-  const shared = sharedBuffer(plain.length);
+  const shared = sharedAligned(plain.length);
   plain.copy(shared);
-  const v1 = (await encodeChunkInto(shared, sharedBuffer(maxObjectBytes(CHUNK)), 42, 9, Codec.LZ4))!;
+  const v1 = (await encodeChunkInto(shared, sharedAligned(maxObjectBytes(CHUNK)), 42, 9, Codec.LZ4))!;
   await withWorkerKey(KEY, () => corrupt(t, () => decrypt(Buffer.from(v1.object), v1.entry), /not encrypted but its point is/, 'a v1 object'));
 });
 

@@ -7,7 +7,8 @@ import type { Test } from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { NbdSource, nbdProtocol as P, type NbdSourceOptions } from '../../src/source/nbd/index.js';
 import { fakeServer, type Peer } from './fixtures/fake-server.js';
-import { collect, randomData, sharedBuffer, tmpDir } from './fixtures/qemu.js';
+import { sharedAligned } from '../../src/native/index.js';
+import { collect, randomData, tmpDir } from './fixtures/qemu.js';
 
 // Deadlines short enough for stall tests, long enough that a busy CI machine does not turn an instant
 // protocol error into a timeout.
@@ -102,7 +103,7 @@ async function transmitting(t: Test, dir: string, serve: (p: Peer) => Promise<vo
 
 t.test('transmission faults: each fails the request (and drops the connection) quickly', async (t) => {
   const dir = tmpDir(t, 'nbd-hostile');
-  const buf = sharedBuffer(1 << 20);
+  const buf = sharedAligned(1 << 20);
   const cases: Array<[string, (p: Peer) => Promise<void>, RegExp]> = [
     ['a chunk claiming 4 GiB of data', async (p) => { const r = await p.request(); p.chunk(r.handle, P.ReplyType.OFFSET_DATA, 1, Buffer.alloc(0), 0xfffffff0); },
       /OFFSET_DATA chunk of 4294967280 bytes for a 65536-byte read/],
@@ -210,7 +211,7 @@ t.test('well-behaved variations and limits', async (t) => {
   const src = await NbdSource.open(srv.url(), { ...FAST, requestTimeoutMs: 10_000, maxInFlight: 3 });
   t.equal(src.alignment, 4096, 'alignment from NBD_INFO_BLOCK_SIZE minimum');
   t.equal(src.maxReadBytes, 64 * 1024, 'maxReadBytes from NBD_INFO_BLOCK_SIZE maximum');
-  const buf = sharedBuffer(SIZE);
+  const buf = sharedAligned(SIZE);
   t.equal(await src.read(0, buf, SIZE), SIZE, 'a 1 MiB read split into 16 requests');
   t.ok(buf.equals(disk), 'reassembled out-of-order chunks are exact');
   t.ok(maxOutstanding <= 3 && maxOutstanding >= 2, `at most 3 requests in flight (saw ${maxOutstanding})`);
@@ -229,7 +230,7 @@ t.test('well-behaved variations and limits', async (t) => {
     }
   });
   const old = await NbdSource.open(simple.url('bitmap=b0&checkpoint=b1'), { ...FAST, requestTimeoutMs: 10_000 });
-  const b2 = sharedBuffer(SIZE);
+  const b2 = sharedAligned(SIZE);
   t.equal(await old.read(0, b2, SIZE), SIZE);
   t.ok(b2.equals(disk), 'simple replies read exactly');
   t.same(await collect(old.allocatedExtents()), [{ offset: 0, length: SIZE }], 'no base:allocation: the whole disk is read');
@@ -264,7 +265,7 @@ t.test('replies that arrive a few bytes at a time (chunk heads split across read
     }
   }, { size: SIZE });
   const src = await NbdSource.open(srv.url(), { ...FAST, requestTimeoutMs: 10_000 });
-  const buf = sharedBuffer(SIZE);
+  const buf = sharedAligned(SIZE);
   t.equal(await src.read(0, buf, SIZE), SIZE);
   t.ok(buf.equals(disk), 'OFFSET_DATA with its offset split across reads: exact bytes');
   t.same(await collect(src.allocatedExtents()), [{ offset: 0, length: SIZE / 2 }], 'BLOCK_STATUS with its context id split across reads');
@@ -286,7 +287,7 @@ t.test('random replies: every read settles quickly with a result or an RnodeErro
     p.chunk(handle, types[rnd[4] % types.length], rnd[5] % 2, payload, length);
     if (rnd[6] % 2) p.sock.end();
   }, { size: 1 << 20 });
-  const buf = sharedBuffer(65536);
+  const buf = sharedAligned(65536);
   const outcomes = new Map<string, number>();
   for (let i = 0; i < 60; i++) {
     const src = await NbdSource.open(srv.url(), { connectTimeoutMs: 5000, requestTimeoutMs: 500 });

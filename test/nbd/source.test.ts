@@ -5,11 +5,12 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
+import { sharedAligned } from '../../src/native/index.js';
 import { openSource } from '../../src/source/index.js';
 import { NbdSource } from '../../src/source/nbd/index.js';
 import {
   addBitmap, collect, createImage, dirtyRanges, GRANULE, KiB, merge, MiB, nbdinfoMap, qemuWrite, rawSnapshot,
-  sharedBuffer, startExport, tmpDir, type Write,
+  startExport, tmpDir, type Write,
 } from './fixtures/qemu.js';
 
 const SIZE = 32 * MiB;
@@ -111,24 +112,24 @@ t.test('reads are byte-exact against qemu-img convert -O raw', async (t) => {
 
   // Whole disk in 1 MiB reads, 16 at once (more than the in-flight bound: they queue).
   const step = 1 * MiB;
-  const all = sharedBuffer(SIZE);
+  const all = sharedAligned(SIZE);
   const reads: Promise<number>[] = [];
   for (let off = 0; off < SIZE; off += step) reads.push(src.read(off, all.subarray(off, off + step), step));
   t.same(await Promise.all(reads), reads.map(() => step), 'every read is whole');
   t.ok(all.equals(raw), 'concurrent 1 MiB reads equal the raw image');
 
   // One 32 MiB read (sparse: OFFSET_HOLE and OFFSET_DATA chunks), then the same split into 192 KiB requests.
-  const one = sharedBuffer(SIZE).fill(0xee);
+  const one = sharedAligned(SIZE).fill(0xee);
   t.equal(await src.read(0, one, SIZE), SIZE);
   t.ok(one.equals(raw), 'one whole-disk read equals the raw image (holes zero-filled)');
   const split = await NbdSource.open(exp.url(), { maxReadBytes: 192 * KiB, maxInFlight: 3 });
   t.teardown(() => split.close());
-  const parts = sharedBuffer(SIZE).fill(0xee);
+  const parts = sharedAligned(SIZE).fill(0xee);
   t.equal(await split.read(0, parts, SIZE), SIZE);
   t.ok(parts.equals(raw), 'a read split into many requests equals the raw image');
 
   // A chunk at the end of the disk: short read.
-  const tail = sharedBuffer(1 * MiB);
+  const tail = sharedAligned(1 * MiB);
   t.equal(await src.read(SIZE - 64 * KiB, tail, 1 * MiB), 64 * KiB, 'read past the end is short');
   t.ok(tail.subarray(0, 64 * KiB).equals(raw.subarray(SIZE - 64 * KiB)), 'tail bytes');
   t.equal(await src.read(SIZE, tail, 4096), 0, 'read at the end returns 0');
@@ -170,7 +171,7 @@ t.test('the server going away fails reads with a clear error, no hang', async (t
   const img = makeImage(dir);
   const exp = await startExport(t, dir, img);
   const src = await NbdSource.open(exp.url(), { requestTimeoutMs: 5000 });
-  const buf = sharedBuffer(SIZE);
+  const buf = sharedAligned(SIZE);
   t.equal(await src.read(0, buf, 1 * MiB), 1 * MiB);
   await exp.stop();
   const err = await src.read(0, buf, SIZE).then(() => undefined, (e) => e);
