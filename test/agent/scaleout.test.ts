@@ -44,9 +44,17 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
   30_000, 'a job with a checkpoint');
   const victimId = victimJob.nodeId!;
   const victim = procs.find((p) => p.name === ms.nodes.get(victimId)!.name)!;
-  const inFlight = [...ms.jobs.values()].filter((j) => j.nodeId === victimId && j.state === 'accepted' && j.progress && hasCheckpoint(j.progress.disk));
+  const running = [...ms.jobs.values()].filter((j) => j.nodeId === victimId && j.state === 'accepted' && j.progress && hasCheckpoint(j.progress.disk));
   victim.child.kill('SIGKILL');
   t.match(await victim.exited, { signal: 'SIGKILL' }, `node ${victim.name} killed while writing ${victimJob.progress!.disk}`);
+  // A job of the victim may have committed its point between the look above and the kill, before its report
+  // left: its re-run on another node then finds that point and adds a second one (no checkpoint to resume).
+  // The store says which jobs were really mid-way when the node died.
+  const store = fsStore(storeDir);
+  const committedAtKill = new Set<string>();
+  for (const j of running) if ((await listPoints(store, j.progress!.disk)).length > 0) committedAtKill.add(j.progress!.disk);
+  const inFlight = running.filter((j) => !committedAtKill.has(j.progress!.disk));
+  if (committedAtKill.size) t.comment(`committed just before the kill: ${[...committedAtKill].join(', ')}`);
 
   await ms.waitFor(() => [...ms.jobs.values()].every((j) => j.state === 'completed' || j.state === 'failed'), 90_000, 'every job to end');
   const failed = [...ms.jobs.values()].filter((j) => j.state === 'failed');
@@ -62,11 +70,13 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
   }
   t.ok(inFlight.length >= 1, `${inFlight.length} job(s) were mid-way on the killed node`);
 
-  const store = fsStore(storeDir);
   for (let i = 0; i < DISKS; i++) {
     const points = await listPoints(store, `disk${i}`);
-    t.equal(points.length, 1, `disk${i}: exactly one point (one writer)`);
-    await expectRestore(t, store, `disk${i}`, 1, fingerprint(imgs[i]), dir, `disk${i}`);
+    // One writer at a time: a disk whose point was committed before the kill has the re-run's point too.
+    t.equal(points.length, committedAtKill.has(`disk${i}`) ? 2 : 1, `disk${i}: exactly one point per run (one writer)`);
+    for (let point = 1; point <= points.length; point++) {
+      await expectRestore(t, store, `disk${i}`, point, fingerprint(imgs[i]), dir, `disk${i} point ${point}`);
+    }
   }
 
   // The survivors' own view: metrics agree with what they reported; logs are JSON lines with job ids.
