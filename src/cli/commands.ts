@@ -171,6 +171,7 @@ export const commands: Record<string, Command> = {
   prune: pruneCmd,
   agent: (await import('./agent.js')).agentCommand, // lazy-registered by the agent work; the lead may make it a static import
   serve: serveCmd,
+  export: (await import('./export.js')).exportCmd,
 };
 
 export function positiveInt(text: string, flag: string): number {

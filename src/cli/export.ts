@@ -1,0 +1,79 @@
+// `rnode export`: serves a point as an NBD export at once (instant recovery), prints its URL when ready and
+// runs until SIGINT/SIGTERM, then stops cleanly (overlay flushed, store closed).
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { assertOverlayOutsideStore, startExport } from '../export/index.js';
+import { openStore } from '../store/index.js';
+import { readPemFile } from '../transport/index.js';
+import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, required, str } from './args.js';
+import type { Command, Io } from './commands.js';
+import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv } from './serve.js';
+
+export const exportCmd: Command = {
+  summary: 'serve a point as an NBD export at once (instant recovery), nothing copied first',
+  usage: `rnode export --store <store> --disk <id> [--point <n>|latest] [--listen <host:port> | --socket <path>] [--writable --overlay <file>] [--cache <bytes>] [--tls-cert <f> --tls-key <f>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  options: {
+    store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, listen: { type: 'string' }, socket: { type: 'string' },
+    writable: { type: 'boolean' }, overlay: { type: 'string' }, cache: { type: 'string' }, 'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS,
+  },
+  async run(v, io) {
+    required(v, 'export', 'store', 'disk');
+    const where = listenAt(str(v, 'listen'), str(v, 'socket'));
+    if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
+    const tls = v['tls-cert'] !== undefined
+      ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') } : undefined;
+    const cacheBytes = v.cache !== undefined ? parseBytes(str(v, 'cache')!) : undefined;
+    const overlay = str(v, 'overlay');
+    const location = str(v, 'store')!;
+    if (overlay) assertOverlayOutsideStore(overlay, location);
+    const encryption = encryptionKeyFrom(v);
+    const json = v.json === true;
+    const log = (event: string, fields: Record<string, unknown>) => logLine(io, json, event, fields);
+    const store = await openStore(location, isRemoteLocation(location) ? { env: remoteEnv(v) } : {});
+    let exp;
+    try {
+      exp = await startExport({ store, disk: str(v, 'disk')!, point: str(v, 'point'), encryption, ...where, writable: v.writable === true,
+        overlay, cacheBytes, tls, log });
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+    if (json) io.out(JSON.stringify({ url: exp.url, disk: exp.disk, point: exp.point, writable: v.writable === true, tls: !!tls }));
+    else io.out(`serving point ${exp.point} of disk ${exp.disk}${v.writable ? ` (writable, overlay ${overlay})` : ' (read-only)'} at ${exp.url}`);
+    await new Promise<void>((resolve) => {
+      const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+    const s = exp.stats();
+    log('stopping', { connections: s.connections, bytesServed: s.bytesServed, cacheHitRatio: Number(s.cacheHitRatio.toFixed(3)) });
+    await exp.close();
+    await store.close();
+    return 0;
+  },
+};
+
+function listenAt(listen: string | undefined, socket: string | undefined): { socket?: string; host?: string; port?: number } {
+  if (listen !== undefined && socket !== undefined) throw new RnodeError(ErrorCodes.USAGE, 'pass either --listen or --socket, not both');
+  if (socket !== undefined) return { socket };
+  if (listen === undefined) return { host: '127.0.0.1', port: 10809 };
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(listen);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new RnodeError(ErrorCodes.USAGE, `--listen must be host:port, e.g. 127.0.0.1:10809 (got "${listen}")`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+/** 256MiB, 1GiB, 64M, or plain bytes. */
+export function parseBytes(text: string): number {
+  const m = /^(\d+)\s*(|k|m|g|t)(?:i?b)?$/i.exec(text.trim());
+  const mult: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+  const n = m ? Number(m[1]) * mult[m[2].toLowerCase()] : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new RnodeError(ErrorCodes.USAGE, `--cache must be a size such as 256MiB or 1GiB (got "${text}")`);
+  return n;
+}
+
+function logLine(io: Io, json: boolean, event: string, fields: Record<string, unknown>): void {
+  const at = new Date().toISOString();
+  if (json) io.err(JSON.stringify({ at, event, ...fields }));
+  else io.err(`${at} ${event}${Object.entries(fields).map(([k, x]) => ` ${k}=${typeof x === 'string' ? x : JSON.stringify(x)}`).join('')}`);
+}

@@ -1,0 +1,163 @@
+// The export job the CLI and the agent run: opens a point of a disk (checking its key), builds the chunk cache, the
+// images (read-only, or copy-on-write over an overlay) and the NBD server, and reports its URL and counters.
+import type { EncryptionKey } from '../crypto/keys.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { validateDiskId } from '../format/layout.js';
+import { requireChainSeal } from '../recovery/encryption.js';
+import { listPointSeqs, loadChain, resolvePoint } from '../recovery/points.js';
+import type { ObjectStore } from '../store/types.js';
+import { ChunkCache, DEFAULT_CACHE_BYTES } from './chunk-cache.js';
+import { ChunkIndex } from './chunk-index.js';
+import type { ExportCatalog } from './handshake.js';
+import { PointImage, type ExportImage } from './image.js';
+import { OverlayImage } from './overlay.js';
+import { checkListen } from './policy.js';
+import { ExportServer } from './server.js';
+
+export interface ExportOptions {
+  store: ObjectStore;
+  disk: string;
+  /** A point number or 'latest' (default). */
+  point?: string;
+  encryption?: EncryptionKey;
+  /** Where to listen: a unix socket path, or host:port. */
+  socket?: string;
+  host?: string;
+  port?: number;
+  writable?: boolean;
+  overlay?: string;
+  cacheBytes?: number;
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  concurrency?: number;
+  fetchTimeoutMs?: number;
+  maxConnections?: number;
+  handshakeTimeoutMs?: number;
+  log?: (event: string, fields: Record<string, unknown>) => void;
+}
+
+export interface ExportStats {
+  url: string;
+  disk: string;
+  point: number;
+  writable: boolean;
+  connections: number;
+  activeConnections: number;
+  bytesServed: number;
+  bytesFetched: number;
+  cacheHits: number;
+  cacheMisses: number;
+  /** hits / (hits + misses), 0 before the first read. */
+  cacheHitRatio: number;
+  cachedBytes: number;
+  chunkErrors: number;
+}
+
+export interface RunningExport {
+  readonly url: string;
+  readonly disk: string;
+  readonly point: number;
+  stats(): ExportStats;
+  close(): Promise<void>;
+}
+
+/** Other points of the disk (<disk>@<n>) opened at once; more are opened again on demand. */
+const MAX_OTHER_POINTS = 8;
+
+export async function startExport(o: ExportOptions): Promise<RunningExport> {
+  const disk = validateDiskId(o.disk);
+  checkListen(o);
+  if (o.writable && !o.overlay) throw new RnodeError(ErrorCodes.USAGE, '--writable needs --overlay <file>: guest writes go there, never to the store');
+  if (o.overlay && !o.writable) throw new RnodeError(ErrorCodes.USAGE, '--overlay is only used with --writable; add --writable or drop --overlay');
+  const { store } = o;
+  const seq = await resolvePoint(store, disk, o.point);
+  const chain = await loadChain(store, disk, seq);
+  // The key is checked against the manifests before anything listens: a wrong or missing key fails here.
+  const seal = requireChainSeal(chain, o.encryption, disk);
+  const cache = new ChunkCache({ store, disk, chunkSize: chain[0].chunkSize, seal, cacheBytes: o.cacheBytes ?? DEFAULT_CACHE_BYTES,
+    concurrency: o.concurrency, fetchTimeoutMs: o.fetchTimeoutMs, log: o.log });
+  let main: ExportImage = new PointImage(new ChunkIndex(store, chain), cache);
+  let server: ExportServer | undefined;
+  try {
+    if (o.writable) main = await OverlayImage.open(o.overlay!, main, { disk, point: seq, size: main.size });
+    const others = new Map<number, Promise<ExportImage>>();
+    const catalog: ExportCatalog = {
+      async list() {
+        if (o.writable) return [disk];
+        return [disk, ...(await listPointSeqs(store, disk)).map((n) => `${disk}@${n}`)];
+      },
+      async resolve(name) {
+        if (name === '' || name === disk || name === `${disk}@${seq}`) return main;
+        const m = /^(.+)@(\d{1,10})$/.exec(name);
+        // A writable export serves only the point its overlay sits on: other points would silently ignore the writes.
+        if (!m || m[1] !== disk || o.writable) return undefined;
+        const n = Number(m[2]);
+        let p = others.get(n);
+        if (!p) {
+          if (others.size >= MAX_OTHER_POINTS) others.delete(others.keys().next().value!);
+          p = loadChain(store, disk, n).then((c) => {
+            if (c[0].chunkSize !== chain[0].chunkSize) throw new RnodeError(ErrorCodes.USAGE, `point ${n} has another chunk size; export it on its own`);
+            requireChainSeal(c, o.encryption, disk);
+            return new PointImage(new ChunkIndex(store, c), cache) as ExportImage;
+          });
+          others.set(n, p);
+          p.catch(() => others.delete(n));
+        }
+        try {
+          return await p;
+        } catch (err) {
+          if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined;
+          throw err;
+        }
+      },
+    };
+    server = await ExportServer.start({ catalog, socket: o.socket, host: o.host, port: o.port, tls: o.tls,
+      maxConnections: o.maxConnections, handshakeTimeoutMs: o.handshakeTimeoutMs, log: o.log });
+  } catch (err) {
+    await main.close?.().catch(() => undefined);
+    await cache.close();
+    throw listenError(err, o);
+  }
+  const url = exportUrl({ socket: o.socket, host: o.host, port: server.port }, disk, !!o.tls);
+  const srv = server;
+  let closing: Promise<void> | undefined;
+  return {
+    url, disk, point: seq,
+    stats(): ExportStats {
+      const c = cache.stats;
+      const lookups = c.hits + c.misses;
+      return {
+        url, disk, point: seq, writable: !!o.writable, connections: srv.stats.connections, activeConnections: srv.stats.activeConnections,
+        bytesServed: srv.stats.bytesServed, bytesFetched: c.bytesFetched, cacheHits: c.hits, cacheMisses: c.misses,
+        cacheHitRatio: lookups ? c.hits / lookups : 0, cachedBytes: c.cachedBytes, chunkErrors: c.errors,
+      };
+    },
+    close() {
+      closing ??= (async () => {
+        await srv.close();
+        await main.close?.();
+        await cache.close();
+      })();
+      return closing;
+    },
+  };
+}
+
+/** nbd+unix:///<disk>?socket=<path>, nbd://host:port/<disk>, or nbds... with TLS: what qemu, libnbd and rnode replicate take. */
+export function exportUrl(at: { socket?: string; host?: string; port?: number }, disk: string, tls: boolean): string {
+  const scheme = tls ? 'nbds' : 'nbd';
+  if (at.socket) return `${scheme}+unix:///${encodeURIComponent(disk)}?socket=${encodeURI(at.socket)}`;
+  const host = (at.host ?? '127.0.0.1').includes(':') ? `[${at.host}]` : at.host ?? '127.0.0.1';
+  return `${scheme}://${host}:${at.port}/${encodeURIComponent(disk)}`;
+}
+
+function listenError(err: unknown, o: ExportOptions): unknown {
+  const e = err as NodeJS.ErrnoException;
+  const where = o.socket ?? `${o.host}:${o.port}`;
+  if (e?.code === 'EADDRINUSE' || e?.code === 'EACCES' || e?.code === 'EADDRNOTAVAIL' || e?.code === 'ENOENT') {
+    return new RnodeError(ErrorCodes.USAGE, `cannot listen on ${where} (${e.code}); pick another --listen address, port or --socket path`);
+  }
+  if (o.tls && /key|cert|pem|asn1/i.test(e?.message ?? '')) {
+    return new RnodeError(ErrorCodes.USAGE, `cannot use the TLS certificate/key: ${e.message}; pass a PEM certificate and its private key`);
+  }
+  return err;
+}

@@ -1,0 +1,277 @@
+// Copy-on-write for a writable export: guest writes go to a local sparse file, never to the store. The file has a
+// small header, an allocation bitmap (one bit per block) and the blocks at their disk offsets, past a 1 MiB base.
+//
+// Layout: 0..4095 header (magic "RNOVRLY1", version, block size, disk size, point, disk id, xxh64 of the header);
+// 4096.. the bitmap; dataStart (1 MiB aligned) + disk offset: the block's bytes. Durability: on FLUSH, DISC and
+// close the data is fdatasync'd *before* the dirty bitmap pages are written and synced, so a bit is never set for
+// a block whose bytes may not be there. Bits are only ever set, so a torn bitmap page still holds every older bit.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { xxh64 } from '../format/checksum.js';
+import { checkRange, pushExtent, type ExportImage, type Piece } from './image.js';
+import type { StatusExtent } from './wire.js';
+
+const MAGIC = 'RNOVRLY1';
+const VERSION = 1;
+const HEADER_BYTES = 4096;
+const PAGE = 4096;
+export const OVERLAY_BLOCK = 64 * 1024;
+const ZEROES = Buffer.alloc(1024 * 1024);
+
+export interface OverlayIdentity { disk: string; point: number; size: number }
+
+export class OverlayImage implements ExportImage {
+  readonly writable = true;
+  readonly size: number;
+  readonly point: number;
+  private readonly blocks: number;
+  private readonly dataStart: number;
+  private readonly dirtyPages = new Set<number>();
+  private dataDirty = false;
+  private lock: Promise<unknown> = Promise.resolve();
+
+  private constructor(private readonly fh: fsp.FileHandle, private readonly bitmap: Buffer, private readonly base: ExportImage,
+      readonly file: string) {
+    this.size = base.size;
+    this.point = base.point;
+    this.blocks = Math.ceil(this.size / OVERLAY_BLOCK);
+    this.dataStart = dataStartFor(this.blocks);
+  }
+
+  /** Opens an overlay of base, creating it when missing; an existing one must belong to the same disk and point. */
+  static async open(file: string, base: ExportImage, id: OverlayIdentity): Promise<OverlayImage> {
+    const blocks = Math.ceil(id.size / OVERLAY_BLOCK);
+    const bitmapBytes = roundUp(Math.ceil(blocks / 8), PAGE);
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    } catch (err) {
+      throw overlayIo(file, err);
+    }
+    try {
+      const st = await fh.stat();
+      const header = encodeHeader(id);
+      const bitmap = Buffer.alloc(bitmapBytes);
+      if (st.size === 0) {
+        await fh.truncate(dataStartFor(blocks) + id.size);
+        await fh.write(header, 0, header.length, 0);
+        await fh.datasync();
+      } else {
+        const have = Buffer.alloc(HEADER_BYTES);
+        await fh.read(have, 0, HEADER_BYTES, 0);
+        checkHeader(have, id, file);
+        await fh.read(bitmap, 0, bitmapBytes, HEADER_BYTES);
+      }
+      return new OverlayImage(fh, bitmap, base, file);
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      throw err instanceof RnodeError ? err : overlayIo(file, err);
+    }
+  }
+
+  private has(b: number): boolean { return (this.bitmap[b >> 3] & (1 << (b & 7))) !== 0; }
+
+  private mark(b: number): void {
+    this.bitmap[b >> 3] |= 1 << (b & 7);
+    this.dirtyPages.add(Math.floor((b >> 3) / PAGE));
+  }
+
+  /** Blocks written by the guest, for stats and tests. */
+  get allocatedBlocks(): number {
+    let n = 0;
+    for (let b = 0; b < this.blocks; b++) if (this.has(b)) n++;
+    return n;
+  }
+
+  /** Runs of blocks with the same state over [offset, offset+length): [start, end, inOverlay]. */
+  private runs(offset: number, length: number): Array<[number, number, boolean]> {
+    const out: Array<[number, number, boolean]> = [];
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const b = Math.floor(pos / OVERLAY_BLOCK);
+      const mine = this.has(b);
+      let stop = Math.min(end, (b + 1) * OVERLAY_BLOCK);
+      while (stop < end && this.has(Math.floor(stop / OVERLAY_BLOCK)) === mine) stop = Math.min(end, stop + OVERLAY_BLOCK);
+      out.push([pos, stop, mine]);
+      pos = stop;
+    }
+    return out;
+  }
+
+  async read(offset: number, length: number): Promise<Piece[]> {
+    checkRange(offset, length, this.size);
+    const out: Piece[] = [];
+    for (const [start, end, mine] of this.runs(offset, length)) {
+      if (!mine) { out.push(...await this.base.read(start, end - start)); continue; }
+      const data = Buffer.allocUnsafe(end - start);
+      await this.readFile(data, start);
+      out.push({ offset: start, length: end - start, data });
+    }
+    return out;
+  }
+
+  async extents(offset: number, length: number): Promise<StatusExtent[]> {
+    checkRange(offset, length, this.size);
+    const out: StatusExtent[] = [];
+    for (const [start, end, mine] of this.runs(offset, length)) {
+      if (mine) { pushExtent(out, end - start, 0); continue; }
+      let pos = start;
+      while (pos < end) {
+        const got = await this.base.extents(pos, end - pos);
+        for (const e of got) pushExtent(out, e.length, e.flags);
+        pos += got.reduce((n, e) => n + e.length, 0);
+        if (got.length === 0) break;
+      }
+    }
+    return out;
+  }
+
+  write(offset: number, data: Buffer): Promise<void> {
+    checkRange(offset, data.length, this.size);
+    return this.serialized(() => this.writeLocked(offset, data));
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    checkRange(offset, length, this.size);
+    for (let o = 0; o < length; o += ZEROES.length) {
+      const n = Math.min(ZEROES.length, length - o);
+      await this.write(offset + o, ZEROES.subarray(0, n));
+    }
+  }
+
+  /** Writes are serialized: a copy-on-write reads the base block, merges and writes it, with no other write between. */
+  private serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.lock.then(fn);
+    this.lock = p.catch(() => undefined);
+    return p;
+  }
+
+  private async writeLocked(offset: number, data: Buffer): Promise<void> {
+    const end = offset + data.length;
+    for (let pos = offset; pos < end;) {
+      const b = Math.floor(pos / OVERLAY_BLOCK);
+      const blockStart = b * OVERLAY_BLOCK;
+      const blockEnd = Math.min(this.size, blockStart + OVERLAY_BLOCK);
+      const stop = Math.min(end, blockEnd);
+      if (this.has(b) || (pos === blockStart && stop === blockEnd)) {
+        await this.writeFile(data.subarray(pos - offset, stop - offset), pos);
+      } else {
+        // First write to a block that is only partly covered: the rest of it comes from the point.
+        const block = Buffer.alloc(blockEnd - blockStart);
+        for (const p of await this.base.read(blockStart, block.length)) if (p.data) p.data.copy(block, p.offset - blockStart);
+        data.copy(block, pos - blockStart, pos - offset, stop - offset);
+        await this.writeFile(block, blockStart);
+      }
+      this.mark(b);
+      pos = stop;
+    }
+  }
+
+  private async writeFile(buf: Buffer, diskOffset: number): Promise<void> {
+    this.dataDirty = true;
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, this.dataStart + diskOffset + done);
+      done += bytesWritten;
+    }
+  }
+
+  private async readFile(buf: Buffer, diskOffset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, this.dataStart + diskOffset + done);
+      if (bytesRead === 0) throw new RnodeError(ErrorCodes.OUTPUT_IO, `overlay ${this.file} is shorter than its disk; it was truncated`);
+      done += bytesRead;
+    }
+  }
+
+  flush(): Promise<void> {
+    return this.serialized(async () => {
+      if (!this.dataDirty && this.dirtyPages.size === 0) return;
+      await this.fh.datasync();
+      this.dataDirty = false;
+      const pages = [...this.dirtyPages].sort((a, b) => a - b);
+      this.dirtyPages.clear();
+      for (const p of pages) await this.fh.write(this.bitmap, p * PAGE, PAGE, HEADER_BYTES + p * PAGE);
+      await this.fh.datasync();
+    });
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.flush();
+    } finally {
+      await this.fh.close();
+    }
+  }
+}
+
+function dataStartFor(blocks: number): number {
+  return roundUp(HEADER_BYTES + roundUp(Math.ceil(blocks / 8), PAGE), 1024 * 1024);
+}
+
+function roundUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+function encodeHeader(id: OverlayIdentity): Buffer {
+  const b = Buffer.alloc(HEADER_BYTES);
+  b.write(MAGIC, 0, 'latin1');
+  b.writeUInt32LE(VERSION, 8);
+  b.writeUInt32LE(OVERLAY_BLOCK, 12);
+  b.writeBigUInt64LE(BigInt(id.size), 16);
+  b.writeUInt32LE(id.point, 24);
+  const disk = Buffer.from(id.disk, 'utf8');
+  b.writeUInt32LE(disk.length, 28);
+  disk.copy(b, 32);
+  b.writeBigUInt64LE(xxh64(b.subarray(0, 160)), 160);
+  return b;
+}
+
+function checkHeader(b: Buffer, id: OverlayIdentity, file: string): void {
+  if (b.toString('latin1', 0, 8) !== MAGIC || b.readBigUInt64LE(160) !== xxh64(b.subarray(0, 160))) {
+    throw new RnodeError(ErrorCodes.USAGE, `${file} is not an rnode overlay (or its header is damaged); pass a new file or the overlay this export wrote`);
+  }
+  if (b.readUInt32LE(8) !== VERSION || b.readUInt32LE(12) !== OVERLAY_BLOCK) {
+    throw new RnodeError(ErrorCodes.FORMAT_VERSION, `overlay ${file} has version ${b.readUInt32LE(8)}; use the rnode that wrote it`);
+  }
+  const disk = b.toString('utf8', 32, 32 + Math.min(128, b.readUInt32LE(28)));
+  const point = b.readUInt32LE(24);
+  const size = Number(b.readBigUInt64LE(16));
+  if (disk !== id.disk || point !== id.point || size !== id.size) {
+    throw new RnodeError(ErrorCodes.USAGE,
+      `overlay ${file} holds writes over point ${point} of disk ${disk} (${size} bytes), not point ${id.point} of disk ${id.disk}; ` +
+      `export that point with it (--disk ${disk} --point ${point}) or pass a new overlay file`);
+  }
+}
+
+function overlayIo(file: string, err: unknown): RnodeError {
+  const code = (err as NodeJS.ErrnoException)?.code ?? 'error';
+  return new RnodeError(ErrorCodes.OUTPUT_IO, `cannot use overlay ${file} (${code}); check the path, its permissions and free space`, { cause: err });
+}
+
+/**
+ * Refuses an overlay inside a local store's directory (a guest's writes must never land among the store's objects).
+ * TODO: swap for the shared assertOutsideStore helper once it lands.
+ */
+export function assertOverlayOutsideStore(overlay: string, storeLocation: string): void {
+  let root: string | undefined;
+  if (/^file:\/\//i.test(storeLocation)) root = new URL(storeLocation).pathname;
+  else if (!/^[a-zA-Z][a-zA-Z0-9+.-]+:/.test(storeLocation)) root = storeLocation;
+  if (root === undefined) return;
+  const real = (p: string): string => {
+    // The overlay may not exist yet: resolve its nearest existing parent.
+    let dir = path.resolve(p);
+    const rest: string[] = [];
+    while (!fs.existsSync(dir) && path.dirname(dir) !== dir) { rest.unshift(path.basename(dir)); dir = path.dirname(dir); }
+    return path.join(fs.realpathSync(dir), ...rest);
+  };
+  const r = real(root);
+  const o = real(overlay);
+  if (o === r || o.startsWith(r.endsWith(path.sep) ? r : r + path.sep)) {
+    throw new RnodeError(ErrorCodes.USAGE, `--overlay ${overlay} is inside the store ${storeLocation}; put the overlay outside the store's directory`);
+  }
+}
