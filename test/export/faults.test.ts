@@ -1,0 +1,104 @@
+// Faults while serving: a corrupted chunk object gives EIO on exactly its range (qemu-io reads each range) and
+// is logged with its chunk, offset and object, while the rest of the disk reads fine; a store that fails a few
+// times is retried (the client sees no error); a store that stays down past the fetch timeout gives EIO, and
+// reads work again once it is back.
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { ErrorCodes, RnodeError } from '../../src/errors.js';
+import { codecWorkers } from '../../src/pipeline/codec-workers.js';
+import type { ObjectStore } from '../../src/store/index.js';
+import { wrapStore } from '../../src/store/wrap.js';
+import { chunkFile, fsStore, snap, tmpDir } from '../helpers/images.js';
+import { CHUNK, compare, haveTools, KiB, makeDisk, MiB, run, serveExport, unixUrl } from './helpers.js';
+
+t.setTimeout(180_000);
+t.teardown(() => codecWorkers().close());
+
+/** qemu-io `read` of each range, in one run: true where the read succeeded. */
+async function readRanges(url: string, ranges: Array<[number, number]>): Promise<boolean[]> {
+  const out: boolean[] = [];
+  // One qemu-io per range: its output does not say which command failed when several do.
+  for (const [o, l] of ranges) {
+    const r = await run('qemu-io', ['-r', '-f', 'raw', '-c', `read ${o} ${l}`, url]);
+    out.push(r.code === 0 && !/failed|error/i.test(r.stdout + r.stderr));
+  }
+  return out;
+}
+
+t.test('a corrupted chunk: EIO on exactly its range, logged; the rest reads fine', { skip: !haveTools && 'tools missing' }, async (t) => {
+  const dir = tmpDir(t, 'export-corrupt');
+  const storeDir = path.join(dir, 'store');
+  const store = fsStore(storeDir);
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+  const bad = 3;
+  const file = chunkFile(storeDir, 'vm', 1, bad);
+  const b = fs.readFileSync(file);
+  b[b.length - 100] ^= 0xff;
+  fs.writeFileSync(file, b);
+  const logs: Array<{ event: string; fields: Record<string, unknown> }> = [];
+  const exp = await serveExport(t, dir, { store, disk: 'vm', log: (event, fields) => logs.push({ event, fields }) });
+  const url = unixUrl(exp.socket, 'vm');
+
+  const ranges: Array<[number, number]> = [];
+  for (let i = 0; i < 8; i++) ranges.push([i * CHUNK, CHUNK]);
+  ranges.push([bad * CHUNK + 4 * KiB, 512], [bad * CHUNK - 512, 1024], [(bad + 1) * CHUNK, 512], [bad * CHUNK - 512, 512]);
+  const ok = await readRanges(url, ranges);
+  t.same(ok, [true, true, true, false, true, true, true, true, false, false, true, true],
+    'only reads that touch the corrupted chunk fail');
+  t.same(await readRanges(url, [[2 * MiB, MiB], [4 * MiB, 4 * MiB]]), [true, true], 'the rest of the disk reads fine');
+  t.not((await compare(image, url)).code, 0, 'a whole-disk compare does not pass over the bad chunk');
+
+  const failed = logs.find((l) => l.event === 'chunk-read-failed');
+  t.ok(failed, 'the failure is logged');
+  t.match(failed?.fields, { chunk: bad, offset: bad * CHUNK, code: ErrorCodes.CHUNK_CORRUPT, key: `disks/vm/chunks/${'1'.padStart(10, '0')}/${String(bad).padStart(12, '0')}` });
+  t.ok(exp.stats().chunkErrors >= 1, 'counted');
+});
+
+/** A store whose chunk reads fail (retryably) a number of times, or hang while `down`. */
+function flakyStore(inner: ObjectStore, failFirst: number): ObjectStore & { down: boolean; failures: number } {
+  const seen = new Map<string, number>();
+  const s = {
+    location: inner.location, capabilities: inner.capabilities, down: false, failures: 0,
+    put: inner.put.bind(inner), head: inner.head.bind(inner), list: inner.list.bind(inner), delete: inner.delete.bind(inner), close: inner.close.bind(inner),
+    async get(key: string, range?: Parameters<ObjectStore['get']>[1]) {
+      if (key.includes('/chunks/')) {
+        if (s.down) await new Promise((r) => setTimeout(r, 60_000).unref());
+        const n = seen.get(key) ?? 0;
+        seen.set(key, n + 1);
+        if (n < failFirst) {
+          s.failures++;
+          throw new RnodeError(ErrorCodes.STORE_UNAVAILABLE, 'connection reset (injected)', { retryable: true });
+        }
+      }
+      return inner.get(key, range);
+    },
+  };
+  return s;
+}
+
+t.test('transient store errors are retried; a store down past the timeout gives EIO, then recovers', { skip: !haveTools && 'tools missing' }, async (t) => {
+  const dir = tmpDir(t, 'export-flaky');
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  const raw = fsStore(path.join(dir, 'store'));
+  await snap(raw, image, 'vm', { chunkSize: CHUNK, lease: false });
+  const flaky = flakyStore(raw, 2);
+  const store = wrapStore(flaky, { retry: { baseDelayMs: 2, maxDelayMs: 10 } });
+  const exp = await serveExport(t, dir, { store, disk: 'vm', fetchTimeoutMs: 1500 });
+  const url = unixUrl(exp.socket, 'vm');
+  const r = await compare(image, url);
+  t.equal(r.code, 0, `every chunk failed twice and was retried: the disk is identical (${r.stderr.trim()})`);
+  t.ok(flaky.failures > 0, `${flaky.failures} injected failures`);
+
+  const exp2 = await serveExport(t, dir, { store, disk: 'vm', fetchTimeoutMs: 1000, tag: 'down' });
+  const url2 = unixUrl(exp2.socket, 'vm');
+  flaky.down = true;
+  const started = Date.now();
+  t.same(await readRanges(url2, [[0, 4096]]), [false], 'store down: EIO');
+  t.ok(Date.now() - started < 20_000, 'after the fetch timeout, not a hang');
+  flaky.down = false;
+  t.same(await readRanges(url2, [[0, 4096], [MiB, 4096]]), [true, true], 'store back: reads work again');
+});
