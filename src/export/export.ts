@@ -50,6 +50,9 @@ export interface ExportStats {
   cacheHitRatio: number;
   cachedBytes: number;
   chunkErrors: number;
+  /** Clients dropped for breaking the protocol, and connections refused over the limit. */
+  protocolErrors: number;
+  refusedConnections: number;
 }
 
 export interface RunningExport {
@@ -129,6 +132,7 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
         url, disk, point: seq, writable: !!o.writable, connections: srv.stats.connections, activeConnections: srv.stats.activeConnections,
         bytesServed: srv.stats.bytesServed, bytesFetched: c.bytesFetched, cacheHits: c.hits, cacheMisses: c.misses,
         cacheHitRatio: lookups ? c.hits / lookups : 0, cachedBytes: c.cachedBytes, chunkErrors: c.errors,
+        protocolErrors: srv.stats.protocolErrors, refusedConnections: srv.stats.refused,
       };
     },
     close() {
