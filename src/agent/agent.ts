@@ -8,6 +8,7 @@ import { isRnodeError } from '../errors.js';
 import { CODEC_NAMES } from '../format/codecs.js';
 import { registeredSchemes } from '../store/index.js';
 import { serveHttp, type HttpEndpoint } from './http.js';
+import { ExportManager } from './exports.js';
 import { JobRunner } from './jobs.js';
 import { ServerLink } from './link.js';
 import { Logger, type Level } from './log.js';
@@ -53,7 +54,8 @@ export class Agent {
   private readonly startedAt = Date.now();
 
   private constructor(readonly opts: AgentOptions, readonly nodeId: string, readonly nodeName: string, readonly log: Logger,
-    readonly state: StateDir, readonly link: ServerLink, readonly runner: JobRunner, readonly scheduler: Scheduler, metrics: AgentMetrics) {
+    readonly state: StateDir, readonly link: ServerLink, readonly runner: JobRunner, readonly scheduler: Scheduler, metrics: AgentMetrics,
+    readonly exports: ExportManager) {
     this.metrics = metrics;
   }
 
@@ -79,7 +81,7 @@ export class Agent {
           sources: ['raw', 'file'],
           stores: ['dir', ...registeredSchemes()],
           codecs: Object.values(CODEC_NAMES),
-          jobs: ['replicate', 'recover', 'verify', 'prune'],
+          jobs: ['replicate', 'recover', 'verify', 'prune', 'export'],
           encryption: [...ENCRYPTION_MODES],
         },
         capacity: { slots, bandwidth: opts.bandwidth ?? 0 },
@@ -93,7 +95,9 @@ export class Agent {
     });
     scheduler = new Scheduler({ state, runner, log, metrics, report, tickMs: opts.tickMs });
     await scheduler.load();
-    const agent = new Agent(opts, nodeId, nodeName, log, state, link, runner, scheduler, metrics);
+    const exports = new ExportManager({ state, log, report, statusMs: opts.progressMs,
+      status: (m) => { link.send({ type: 'export.status', ...m }); } });
+    const agent = new Agent(opts, nodeId, nodeName, log, state, link, runner, scheduler, metrics, exports);
     link.heartbeat = () => agent.health();
     link.on('message', (m: ServerMessage) => { agent.onMessage(m).catch((err) => log.error('message handling failed', { err })); });
     if (opts.metrics) {
@@ -142,6 +146,17 @@ export class Agent {
         if (!this.runner.cancel(m.jobId)) this.link.refuse(m.id, ProtoErrors.UNKNOWN_JOB, `job ${m.jobId} is not running on this node`);
         else this.log.info('job cancel requested', { jobId: m.jobId });
         return;
+      case 'export.start':
+        try {
+          this.log.info('export requested', { exportId: m.export.exportId, disk: m.export.disk });
+          this.exports.start(m.export);
+        } catch (err) {
+          this.link.refuse(m.id, isRnodeError(err) ? err.code : ProtoErrors.INVALID, (err as Error).message);
+        }
+        return;
+      case 'export.stop':
+        if (!(await this.exports.stop(m.exportId))) this.link.refuse(m.id, ProtoErrors.UNKNOWN_JOB, `export ${m.exportId} is not running on this node`);
+        return;
       case 'error':
         this.metrics.protocolErrors.inc({ direction: 'out', code: m.code });
         this.log.warn('the server refused a message of this node', { code: m.code, message: m.message, replyTo: m.replyTo });
@@ -154,6 +169,7 @@ export class Agent {
   /** Stops scheduling, cancels running jobs (nothing half-committed), says goodbye, closes the endpoints. */
   async stop(): Promise<void> {
     this.scheduler.stop();
+    await this.exports.stopAll();
     await this.runner.cancelAll();
     await this.link.stop();
     await this.http?.close();

@@ -125,6 +125,28 @@ export const defs: Record<string, JsonSchema> = {
       },
     ],
   },
+  exportSpec: {
+    type: 'object', required: ['exportId', 'store', 'disk'], additionalProperties: false,
+    description: 'serve a point as an NBD export (instant recovery): a unix socket, or host:port (off loopback only with tls)',
+    properties: {
+      exportId: { $ref: '#/$defs/id' }, store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, point: str(32),
+      socket: str(4096), listen: { type: 'string', pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):[0-9]{1,5}$' },
+      writable: { type: 'boolean' }, overlay: { ...str(4096), description: 'local copy-on-write file; required with writable' },
+      cacheBytes: { type: 'integer', minimum: 1048576 }, encryption: { $ref: '#/$defs/encryption' },
+      tls: {
+        type: 'object', required: ['cert', 'key'], additionalProperties: false,
+        properties: { cert: { $ref: '#/$defs/secretRef' }, key: { $ref: '#/$defs/secretRef' } },
+      },
+      leaseSeconds: { type: 'number', exclusiveMinimum: 0, description: 'stop this long after the last export.start for this exportId (a repeat renews it); absent: until export.stop' },
+    },
+  },
+  exportCounters: {
+    type: 'object', required: ['bytesServed', 'cacheHitRatio'],
+    properties: {
+      bytesServed: uint, bytesFetched: uint, cacheHitRatio: { type: 'number', minimum: 0, maximum: 1 }, cachedBytes: uint,
+      connections: uint, activeConnections: uint, chunkErrors: uint,
+    },
+  },
   diskResult: {
     type: 'object', required: ['disk'],
     description: 'per-disk outcome; replicate fills point..seconds and keyId, verify fills ok/problems/checked, prune kept/deleted, recover out',
@@ -218,6 +240,17 @@ export const agentMessages: Record<string, JsonSchema> = {
     rpoSeconds: { type: 'number', minimum: 0 }, lagSeconds: { type: 'number', minimum: 0 },
     lastPointAt: { oneOf: [ISO_TIME, { type: 'null' }] }, reason: str(1024),
   }, ['seq', 'at', 'group', 'disk', 'rpoSeconds', 'lagSeconds', 'lastPointAt'], 'a disk\'s newest point is older than its RPO (once per episode)'),
+  'export.started': envelope('export.started', {
+    ...reliable, exportId: { $ref: '#/$defs/id' }, url: str(4096), disk: { $ref: '#/$defs/diskId' }, point: { type: 'integer', minimum: 1 },
+    writable: { type: 'boolean' }, leaseUntil: ISO_TIME,
+  }, ['seq', 'at', 'exportId', 'url', 'disk', 'point'], 'an export is serving at url (also sent when a repeated export.start renews its lease)'),
+  'export.status': envelope('export.status', {
+    exportId: { $ref: '#/$defs/id' }, counters: { $ref: '#/$defs/exportCounters' },
+  }, ['exportId', 'counters'], 'best effort, every progress interval while an export runs'),
+  'export.stopped': envelope('export.stopped', {
+    ...reliable, exportId: { $ref: '#/$defs/id' }, reason: { enum: ['requested', 'lease-expired', 'failed', 'shutdown'] },
+    code: str(64), message: str(4096), counters: { $ref: '#/$defs/exportCounters' },
+  }, ['seq', 'at', 'exportId', 'reason'], 'an export ended (or could not start: reason failed, with code and message)'),
   error: envelope('error', {
     replyTo: { type: 'string', maxLength: 128 }, code: str(64), message: str(4096),
   }, ['code', 'message'], 'the message replyTo was refused; the sender keeps running'),
@@ -237,6 +270,9 @@ export const serverMessages: Record<string, JsonSchema> = {
     'the complete set of groups for this node; any other group it holds is dropped'),
   'job.start': envelope('job.start', { job: { $ref: '#/$defs/job' } }, ['job'], 'run a job now (or when a slot frees)'),
   'job.cancel': envelope('job.cancel', { jobId: { $ref: '#/$defs/id' } }, ['jobId'], 'stop a job; it ends with job.failed, cancelled: true'),
+  'export.start': envelope('export.start', { export: { $ref: '#/$defs/exportSpec' } }, ['export'],
+    'start serving a point over NBD; repeating it for a running exportId only renews its lease'),
+  'export.stop': envelope('export.stop', { exportId: { $ref: '#/$defs/id' } }, ['exportId'], 'stop an export; it ends with export.stopped'),
   error: agentMessages.error,
 };
 
@@ -262,6 +298,13 @@ export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; poi
 export interface VerifyJob extends JobBase { kind: 'verify'; disk: string; point?: string; encryption?: EncryptionDef }
 export interface PruneJob extends JobBase { kind: 'prune'; disk: string; keep: number }
 export type Job = ReplicateJob | RecoverJob | VerifyJob | PruneJob;
+export interface ExportSpec {
+  exportId: string; store: StoreDef; disk: string; point?: string; socket?: string; listen?: string; writable?: boolean; overlay?: string;
+  cacheBytes?: number; encryption?: EncryptionDef; tls?: { cert: SecretRef; key: SecretRef }; leaseSeconds?: number;
+}
+export interface ExportCounters {
+  bytesServed: number; bytesFetched?: number; cacheHitRatio: number; cachedBytes?: number; connections?: number; activeConnections?: number; chunkErrors?: number;
+}
 
 export interface DiskResult {
   disk: string; point?: number; parent?: number | null; full?: boolean; resumed?: boolean; marker?: string | null;
@@ -275,7 +318,9 @@ export type AgentReport =
   | { type: 'job.accepted'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; disks: string[] }
   | { type: 'job.completed'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; seconds?: number; results: DiskResult[] }
   | { type: 'job.failed'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; disk?: string; code: string; message: string; cancelled?: boolean; retryable?: boolean; results?: DiskResult[] }
-  | { type: 'rpo.missed'; group: string; disk: string; rpoSeconds: number; lagSeconds: number; lastPointAt: string | null; reason?: string };
+  | { type: 'rpo.missed'; group: string; disk: string; rpoSeconds: number; lagSeconds: number; lastPointAt: string | null; reason?: string }
+  | { type: 'export.started'; exportId: string; url: string; disk: string; point: number; writable?: boolean; leaseUntil?: string }
+  | { type: 'export.stopped'; exportId: string; reason: 'requested' | 'lease-expired' | 'failed' | 'shutdown'; code?: string; message?: string; counters?: ExportCounters };
 export interface JobProgress {
   jobId: string; disk: string; phase: 'queued' | 'lease' | 'scan' | 'commit' | 'recover' | 'verify' | 'prune';
   bytesRead?: number; bytesWritten?: number; diskSize?: number; position?: number; rate?: number; etaSeconds?: number | null;
@@ -300,6 +345,8 @@ export type ServerMessage = Envelope & (
   | { type: 'policy.sync'; policies: Policy[] }
   | { type: 'job.start'; job: Job }
   | { type: 'job.cancel'; jobId: string }
+  | { type: 'export.start'; export: ExportSpec }
+  | { type: 'export.stop'; exportId: string }
   | { type: 'error'; replyTo?: string; code: string; message: string });
 
 export type AgentMessage = Envelope & Record<string, unknown>;

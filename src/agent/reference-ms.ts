@@ -244,6 +244,7 @@ export class ReferenceMs extends EventEmitter {
   private onMessage(node: MsNode, msg: AgentMessage): void {
     switch (msg.type) {
       case 'heartbeat': node.health = msg.health as Health; return;
+      case 'export.status': // best effort like progress (no seq)
       case 'job.progress': {
         this.progress.push({ nodeId: node.id, msg, receivedAt: Date.now() });
         const j = this.jobs.get(String(msg.jobId));

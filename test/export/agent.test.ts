@@ -1,0 +1,60 @@
+// export.start / export.stop under a Management Server (the reference MS): the node reports export.started with
+// the URL, which serves the disk; export.status carries bytes served and the cache hit ratio; a repeated start
+// renews the lease; export.stop ends it with export.stopped and its counters; an unrenewed lease stops it; an
+// export that cannot start reports export.stopped with reason failed and the error's code.
+import path from 'node:path';
+import t from 'tap';
+import { codecWorkers } from '../../src/pipeline/codec-workers.js';
+import { fsStore, snap, tmpDir } from '../helpers/images.js';
+import { startAgent, startMs } from '../agent/helpers.js';
+import { CHUNK, compare, haveTools, makeDisk } from './helpers.js';
+
+t.setTimeout(120_000);
+t.teardown(() => codecWorkers().close());
+
+t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, async (t) => {
+  const dir = tmpDir(t, 'export-agent');
+  const storeDir = path.join(dir, 'store');
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  await snap(fsStore(storeDir), image, 'vm', { chunkSize: CHUNK, lease: false });
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  const nodeId = await ms.waitFor(() => [...ms.nodes.keys()][0], 10_000, 'registration');
+  const socket = path.join(dir, 'x1.sock');
+  const exportStart = (spec: Record<string, unknown>) => ms.send(nodeId, { type: 'export.start', export: { store: { url: storeDir }, disk: 'vm', ...spec } });
+
+  exportStart({ exportId: 'x1', socket, leaseSeconds: 30 });
+  const started = await ms.waitFor(() => ms.reportsOf('export.started', (m) => m.exportId === 'x1')[0], 10_000, 'export.started');
+  t.match(started.msg, { exportId: 'x1', url: `nbd+unix:///vm?socket=${socket}`, disk: 'vm', point: 1, writable: false });
+  t.ok(typeof started.msg.leaseUntil === 'string', 'with its lease end');
+  const r = await compare(image, String(started.msg.url));
+  t.equal(r.code, 0, `the reported URL serves the point ${r.stderr}`);
+  const status = await ms.waitFor(() => ms.progress.find((p) => p.msg.type === 'export.status' && (p.msg.counters as any).bytesServed > 0), 10_000, 'export.status');
+  t.match(status.msg.counters, { bytesServed: Number, cacheHitRatio: Number, connections: Number }, 'status: bytes served and cache hit ratio');
+
+  exportStart({ exportId: 'x1', socket, leaseSeconds: 60 });
+  await ms.waitFor(() => ms.reportsOf('export.started', (m) => m.exportId === 'x1').length === 2, 10_000, 'renewal');
+  t.pass('a repeated export.start renews the lease and reports again');
+
+  ms.send(nodeId, { type: 'export.stop', exportId: 'x1' });
+  const stopped = await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x1')[0], 10_000, 'export.stopped');
+  t.match(stopped.msg, { reason: 'requested', counters: { bytesServed: Number, cacheHitRatio: Number } });
+  t.ok((stopped.msg.counters as any).bytesServed > 1024 * 1024, 'the data compare read is counted (qemu-img skips holes by block status)');
+
+  exportStart({ exportId: 'x2', socket: path.join(dir, 'x2.sock'), leaseSeconds: 0.5 });
+  const expired = await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x2')[0], 10_000, 'lease end');
+  t.equal(expired.msg.reason, 'lease-expired', 'an unrenewed lease stops the export');
+
+  exportStart({ exportId: 'x3', socket: path.join(dir, 'x3.sock'), disk: 'nope' });
+  const failed = await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x3')[0], 10_000, 'failure');
+  t.match(failed.msg, { reason: 'failed', code: 'RNODE_DISK_NOT_FOUND' });
+  exportStart({ exportId: 'x4', listen: '0.0.0.0:0' });
+  const insecure = await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x4')[0], 10_000, 'refusal');
+  t.match(insecure.msg, { reason: 'failed', code: 'RNODE_EXPORT_INSECURE' }, 'off loopback without TLS: refused');
+
+  ms.send(nodeId, { type: 'export.stop', exportId: 'nope' });
+  await ms.waitFor(() => ms.errors.find((e) => e.msg.code === 'RNODE_AGENT_UNKNOWN_JOB'), 10_000, 'refusal of an unknown export');
+  t.pass('export.stop of an unknown export is refused');
+  t.equal(agent.exports.count, 0, 'nothing left running');
+});
