@@ -2,6 +2,7 @@
 export * from './errors.js';
 export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateProgress } from './recovery/replicate.js';
 export { recover, type RecoverOptions, type RecoverResult } from './recovery/restore.js';
+export { startExport, exportUrl, type ExportOptions, type ExportStats, type RunningExport } from './export/index.js';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
 export { prune, type PruneResult } from './recovery/prune.js';
 export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './recovery/points.js';
