@@ -81,7 +81,12 @@ export class PayloadReader {
 }
 
 /** An option whose payload is malformed: answered with NBD_REP_ERR_INVALID, the session goes on. */
-export class OptionInvalid extends Error {}
+export class OptionInvalid extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'OptionInvalid';
+  }
+}
 
 /** NBD_OPT_INFO / NBD_OPT_GO payload: export name, then the NBD_INFO_* items asked for. */
 export function decodeGoPayload(b: Buffer): { name: string; infos: number[] } {

@@ -1,0 +1,105 @@
+// Units of the export's data path: the byte-bounded LRU; the chunk cache fetching a chunk once for many concurrent
+// readers and staying within its bound; read-ahead on sequential reads only; the lazy chunk index agreeing with
+// the sequential chain view on every chunk; option payload decoding that never reads past its end.
+import path from 'node:path';
+import t from 'tap';
+import { ChunkCache } from '../../src/export/chunk-cache.js';
+import { ChunkIndex } from '../../src/export/chunk-index.js';
+import { PointImage } from '../../src/export/image.js';
+import { Lru } from '../../src/export/lru.js';
+import { decodeGoPayload, decodeMetaPayload } from '../../src/export/wire.js';
+import { isZeroEntry } from '../../src/format/table.js';
+import { codecWorkers } from '../../src/pipeline/codec-workers.js';
+import { loadChain } from '../../src/recovery/points.js';
+import { chainView } from '../../src/recovery/view.js';
+import type { ObjectStore } from '../../src/store/index.js';
+import { encodeGo, encodeMetaContextQuery } from '../../src/source/nbd/protocol.js';
+import { fsStore, snap, tmpDir } from '../helpers/images.js';
+import { changeDisk, CHUNK, makeDisk, SIZE } from './helpers.js';
+
+t.teardown(() => codecWorkers().close());
+
+function counting(inner: ObjectStore): ObjectStore & { chunkGets: string[] } {
+  const s = Object.assign(Object.create(inner) as ObjectStore, { chunkGets: [] as string[] });
+  s.get = async (key, range) => {
+    if (key.includes('/chunks/')) s.chunkGets.push(key);
+    return inner.get(key, range);
+  };
+  return s as ObjectStore & { chunkGets: string[] };
+}
+
+async function twoPointStore(t: Parameters<typeof tmpDir>[0]) {
+  const dir = tmpDir(t, 'export-units');
+  const store = fsStore(path.join(dir, 'store'));
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+  changeDisk(image);
+  await snap(store, image, 'vm', { lease: false });
+  return store;
+}
+
+t.test('Lru: bounded by weight, evicts the coldest, refuses what cannot fit', async (t) => {
+  const l = new Lru<string, Buffer>(10, (b) => b.length);
+  l.set('a', Buffer.alloc(4));
+  l.set('b', Buffer.alloc(4));
+  l.get('a');
+  l.set('c', Buffer.alloc(4));
+  t.ok(l.has('a') && l.has('c') && !l.has('b'), 'b was the coldest');
+  t.equal(l.weight, 8);
+  l.set('big', Buffer.alloc(11));
+  t.notOk(l.has('big'), 'larger than the whole cache: not kept');
+  t.equal(l.weight, 8);
+});
+
+t.test('the lazy index agrees with the chain view on every chunk of both points', async (t) => {
+  const store = await twoPointStore(t);
+  for (const seq of [1, 2]) {
+    const chain = await loadChain(store, 'vm', seq);
+    const want = new Map<number, string>();
+    for await (const e of chainView(store, chain)) if (!isZeroEntry(e)) want.set(e.index, `${e.writer}/${e.xxh64}`);
+    const index = new ChunkIndex(store, chain, 1); // one cached segment: every lookup path is exercised
+    for (let i = 0; i < index.chunks; i++) {
+      const e = await index.lookup(i);
+      if (want.get(i) !== (e ? `${e.writer}/${e.xxh64}` : undefined)) { t.fail(`point ${seq} chunk ${i}`); return; }
+    }
+    t.pass(`point ${seq}: ${want.size} data chunks of ${index.chunks}, the rest zero`);
+  }
+});
+
+t.test('one fetch per chunk for concurrent readers; the cache stays within its bound; read-ahead only when sequential', async (t) => {
+  const base = await twoPointStore(t);
+  const store = counting(base);
+  const chain = await loadChain(store, 'vm', 2);
+  const cache = new ChunkCache({ store, disk: 'vm', chunkSize: CHUNK, cacheBytes: 4 * CHUNK });
+  t.teardown(() => cache.close());
+  const index = new ChunkIndex(store, chain);
+  const e = (await index.lookup(0))!;
+  const got = await Promise.all(Array.from({ length: 20 }, () => cache.get(e, 2)));
+  t.equal(store.chunkGets.length, 1, '20 concurrent readers, one store read');
+  t.ok(got.every((b) => b === got[0]), 'all share one verified buffer');
+  t.equal(cache.stats.misses, 1);
+  t.equal(cache.stats.hits, 19);
+
+  const img = new PointImage(index, cache);
+  store.chunkGets.length = 0;
+  await img.read(5 * CHUNK + 100, 100); // a lone read: no read-ahead
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(store.chunkGets.length, 1, 'a random read fetches only its chunk');
+  store.chunkGets.length = 0;
+  await img.read(6 * CHUNK, 100); // right after the previous one: sequential
+  await new Promise((r) => setTimeout(r, 200));
+  t.ok(store.chunkGets.length > 1, `a sequential read triggers read-ahead (${store.chunkGets.length} chunk reads)`);
+  for (let i = 0; i < SIZE; i += CHUNK) await img.read(i, Math.min(CHUNK, SIZE - i));
+  t.ok(cache.stats.cachedBytes <= 4 * CHUNK, `whole disk read, cache holds ${cache.stats.cachedBytes} bytes (bound ${4 * CHUNK})`);
+});
+
+t.test('option payloads: counts and lengths are checked against the payload', async (t) => {
+  t.same(decodeGoPayload(encodeGo('vm', [3, 1])), { name: 'vm', infos: [3, 1] });
+  const go = encodeGo('vm', [3]);
+  go.writeUInt32BE(1 << 30, 0);
+  t.throws(() => decodeGoPayload(go), { name: 'OptionInvalid' }, 'name length beyond the payload');
+  t.throws(() => decodeGoPayload(encodeGo('vm', []).subarray(0, 5)), { name: 'OptionInvalid' }, 'truncated');
+  t.same(decodeMetaPayload(encodeMetaContextQuery('', ['base:allocation', 'qemu:'])), { name: '', queries: ['base:allocation', 'qemu:'] });
+  t.throws(() => decodeMetaPayload(Buffer.concat([encodeMetaContextQuery('vm', []), Buffer.from([1])])), { name: 'OptionInvalid' }, 'trailing bytes');
+});
