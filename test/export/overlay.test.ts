@@ -7,6 +7,9 @@ import path from 'node:path';
 import t from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { assertOverlayOutsideStore } from '../../src/export/index.js';
+import { replicate } from '../../src/recovery/replicate.js';
+import { recover } from '../../src/recovery/restore.js';
+import { openSource } from '../../src/source/index.js';
 import { fsStore, listFiles, randomData, sha256File, snap, tmpDir, writeAt } from '../helpers/images.js';
 import { changeDisk, CHUNK, compare, haveTools, KiB, makeDisk, MiB, nbdMap, run, serveExport, unixUrl } from './helpers.js';
 
@@ -68,6 +71,15 @@ t.test('writes go to the overlay, survive a restart, and never touch the store',
   const copy = path.join(dir, 'copy.img');
   t.equal((await run('nbdcopy', [unixUrl(exp.socket, 'vm'), copy])).code, 0);
   t.equal(sha256File(copy), sha256File(expected), 'nbdcopy of the writable export: byte-exact');
+
+  // "Migrate to production": the existing NBD source captures the recovered disk (with the guest's writes) as a point.
+  const prod = fsStore(path.join(dir, 'prod-store'));
+  const source = await openSource(unixUrl(exp.socket, 'vm'));
+  const rp = await replicate({ store: prod, source, disk: 'vm-prod', lease: false }).finally(() => source.close());
+  t.ok(rp.full, 'a new disk: its first point is full');
+  const restored = path.join(dir, 'prod.img');
+  await recover({ store: prod, disk: 'vm-prod', out: restored });
+  t.equal(sha256File(restored), sha256File(expected), 'rnode replicate --source <export URL> captured the recovered disk byte-exact');
   await exp.close();
 
   t.same(storeDigest(storeDir), before, 'every store object is byte-identical before and after');
