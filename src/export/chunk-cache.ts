@@ -3,9 +3,11 @@
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
+import { sharedAligned } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot, withWorkerKey, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
+import { withWorkerKey, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
+import { maxObjectBytes } from '../pipeline/codec-workers.js';
 import { readChunk } from '../recovery/chunk-reader.js';
 import type { ObjectStore } from '../store/types.js';
 import { Lru } from './lru.js';
@@ -39,7 +41,7 @@ export interface CacheStats {
 export class ChunkCache {
   private readonly lru: Lru<string, Buffer>;
   private readonly inflight = new Map<string, Promise<Buffer>>();
-  private readonly slots: BufferPool<ReadSlot>;
+  private readonly slots: BufferPool<Buffer>;
   private readonly timeoutMs: number;
   private readonly keyHeld?: { release: () => void; done: Promise<void> };
   readonly stats: CacheStats = { hits: 0, misses: 0, fetches: 0, bytesFetched: 0, errors: 0, cachedBytes: 0 };
@@ -47,7 +49,7 @@ export class ChunkCache {
   constructor(private readonly opts: ChunkCacheOptions) {
     this.lru = new Lru(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, (b) => b.length);
     const concurrency = opts.concurrency ?? 8;
-    this.slots = new BufferPool(concurrency, () => newReadSlot(opts.chunkSize));
+    this.slots = new BufferPool(concurrency, () => sharedAligned(maxObjectBytes(opts.chunkSize)));
     this.timeoutMs = opts.fetchTimeoutMs ?? 120_000;
     if (opts.seal) this.keyHeld = holdWorkerKey(opts.seal.key);
   }
@@ -81,12 +83,13 @@ export class ChunkCache {
 
   private async fetchOnce(e: ChunkEntry, point: number): Promise<Buffer> {
     const { store, disk, chunkSize, seal } = this.opts;
-    const slot = await this.slots.acquire();
+    const object = await this.slots.acquire();
+    // The object buffer is pooled (reused by the next fetch); the plaintext is decoded straight into a buffer of its
+    // own that the cache then keeps, so no copy is made (a copy of shared memory costs more than the decode).
+    const slot: ReadSlot = { object, plain: sharedAligned(chunkSize) };
     let timer: NodeJS.Timeout | undefined;
     const read = readChunk(store, disk, chunkSize, e, point, slot, seal)
-      // The slot is a shared buffer reused by the next fetch: the cache keeps its own copy of the plaintext.
-      .then((plain) => Buffer.from(plain))
-      .finally(() => this.slots.release(slot));
+      .finally(() => this.slots.release(object));
     try {
       const plain = await Promise.race([read, new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new RnodeError(ErrorCodes.STORE_UNAVAILABLE,

@@ -25,7 +25,7 @@ export interface ExportImage {
 /** Chunks looked at per BLOCK_STATUS reply; a client asks again from where the reply stopped. */
 const STATUS_CHUNKS = 16384;
 /** Chunks fetched ahead of a sequential reader. */
-const READ_AHEAD = 4;
+const READ_AHEAD = 8;
 
 export class PointImage implements ExportImage {
   readonly size: number;

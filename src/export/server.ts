@@ -107,7 +107,7 @@ export class ExportServer {
     o.log?.('client', { export: chosen.name, point: chosen.image.point, structured: chosen.structured, tls: io.encrypted });
     try {
       await transmit(io, chosen, {
-        maxBlock, maxInFlight: o.maxInFlight ?? 16, maxInFlightBytes: o.maxInFlightBytes ?? 64 * 1024 * 1024,
+        maxBlock, maxInFlight: o.maxInFlight ?? 64, maxInFlightBytes: o.maxInFlightBytes ?? 64 * 1024 * 1024,
         onServed: (n) => { this.stats.bytesServed += n; }, log: o.log,
       });
     } catch (err) {
