@@ -32,6 +32,11 @@ export interface ServerStats {
 }
 
 export const MAX_BLOCK = 32 * 1024 * 1024;
+/**
+ * Sessions at once. With at most MAX_BLOCK bytes of requests being served per session, the memory requests can
+ * pin beyond the cache is bounded by MAX_CONNECTIONS * MAX_BLOCK (512 MiB), whatever the clients do.
+ */
+export const MAX_CONNECTIONS = 16;
 
 export class ExportServer {
   readonly stats: ServerStats = { connections: 0, activeConnections: 0, bytesServed: 0, refused: 0, protocolErrors: 0 };
@@ -69,7 +74,7 @@ export class ExportServer {
 
   private accept(socket: net.Socket): void {
     const log = this.opts.log;
-    if (this.sessions.size >= (this.opts.maxConnections ?? 64)) {
+    if (this.sessions.size >= (this.opts.maxConnections ?? MAX_CONNECTIONS)) {
       this.stats.refused++;
       log?.('connection-refused', { reason: 'too many connections' });
       socket.destroy();
@@ -107,7 +112,7 @@ export class ExportServer {
     o.log?.('client', { export: chosen.name, point: chosen.image.point, structured: chosen.structured, tls: io.encrypted });
     try {
       await transmit(io, chosen, {
-        maxBlock, maxInFlight: o.maxInFlight ?? 64, maxInFlightBytes: o.maxInFlightBytes ?? 64 * 1024 * 1024,
+        maxBlock, maxInFlight: o.maxInFlight ?? 64, maxInFlightBytes: o.maxInFlightBytes ?? MAX_BLOCK,
         onServed: (n) => { this.stats.bytesServed += n; }, log: o.log,
       });
     } catch (err) {
