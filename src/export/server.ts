@@ -81,6 +81,8 @@ export class ExportServer {
       return;
     }
     socket.setNoDelay?.(true);
+    // A TCP peer that vanished without a FIN (half-open) would hold its slot forever: keepalive finds it.
+    if (socket.remoteAddress !== undefined) socket.setKeepAlive(true, 30_000);
     const io = new SocketIo(socket, this.tlsContext);
     this.sessions.add(io);
     this.stats.connections++;
