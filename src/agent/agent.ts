@@ -81,7 +81,7 @@ export class Agent {
           sources: ['raw', 'file'],
           stores: ['dir', ...registeredSchemes()],
           codecs: Object.values(CODEC_NAMES),
-          jobs: ['replicate', 'recover', 'verify', 'prune', 'export'],
+          jobs: ['replicate', 'recover', 'verify', 'prune'],
           encryption: [...ENCRYPTION_MODES],
         },
         capacity: { slots, bandwidth: opts.bandwidth ?? 0 },
