@@ -94,6 +94,8 @@ t.test('multi-conn: nbdcopy over 4 connections and concurrent clients on several
   const exp = await serveExport(t, dir, { store, disk: 'vm', cacheBytes: 1024 * 1024 });
   const info = await run('nbdinfo', [unixUrl(exp.socket, 'vm')]);
   t.match(info.stdout, /can_multi_conn: true/, 'read-only export advertises multi-conn');
+  const list = await run('nbdinfo', ['--list', '--json', unixUrl(exp.socket, '')]);
+  t.same(JSON.parse(list.stdout).exports.map((e: { 'export-name': string }) => e['export-name']), ['vm', 'vm@1', 'vm@2'], 'NBD_OPT_LIST names the disk and each point');
   const outs = [0, 1].map((i) => path.join(dir, `copy${i}.img`));
   const before = exp.stats().connections;
   const results = await Promise.all([
