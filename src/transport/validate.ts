@@ -25,6 +25,7 @@ const KINDS = [
   { kind: 'chunk', re: new RegExp(`^disks/(${DISK})/chunks/(\\d{10})/(\\d{12})$`) },
   { kind: 'pending', re: new RegExp(`^disks/(${DISK})/pending/(\\d{10})\\.json$`) },
   { kind: 'lease', re: new RegExp(`^disks/(${DISK})/lease\\.json$`) },
+  { kind: 'marker', re: new RegExp(`^disks/(${DISK})/encryption\\.json$`) },
 ] as const;
 
 export type ObjectKind = (typeof KINDS)[number]['kind'];
@@ -73,10 +74,11 @@ export class ObjectValidator {
     try {
       switch (k.kind) {
         case 'chunk': await this.checkChunk(p, k); break;
-        case 'segment': decodeSegment(p.data, p.key); break;
+        case 'segment': decodeSegment(p.data, p.key, 'any'); break;
         case 'manifest': await this.checkManifest(p, k); break;
         case 'pending': checkPending(p.data, p.key, k); break;
         case 'lease': checkJsonObject(p.data, p.key); break;
+        case 'marker': checkJsonObject(p.data, p.key); break;
       }
     } catch (err) {
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) throw err;
