@@ -8,6 +8,7 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
 import { isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
+import { assertOutsideStore } from '../store/containment.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded, readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
@@ -46,6 +47,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const started = performance.now();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
+  assertOutsideStore(store.location, opts.out, '--out');
   const seq = await resolvePoint(store, disk, opts.point);
   const chain = await loadChain(store, disk, seq);
   const { diskSize, chunkSize } = chain[0];

@@ -15,8 +15,9 @@ const MAX_DEPTH = 256;
 export async function makeDirs(dir: string): Promise<string | undefined> {
   const missing: string[] = [];
   for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    // ENOTDIR: a file somewhere above; going up finds it and names it.
     const st = await fsp.stat(d).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return undefined;
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined;
       throw err;
     });
     if (st) {

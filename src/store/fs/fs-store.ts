@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
+import { failpoint } from '../../failpoint.js';
 import { writeFileExclusive } from '../../native/index.js';
 import {
   checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix,
@@ -68,6 +69,7 @@ export class FsStore implements ObjectStore {
     // Serialize writers of one key in this process: ifMatch's compare-then-rename must not interleave.
     return this.withLock(key, async () => {
       const { tmp, newDir, info } = await this.writeTemp(file, data);
+      failpoint('fs-temp-written'); // a crash here leaves the temp file behind (test/security/paths)
       try {
         if (opts.ifNoneMatch) {
           try {
