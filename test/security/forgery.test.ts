@@ -16,9 +16,10 @@ import { encodeManifest, type PointManifest } from '../../src/format/manifest.js
 import { encodeSegment, TableFlag, type ChunkEntry } from '../../src/format/table.js';
 import { prune } from '../../src/recovery/prune.js';
 import { verify } from '../../src/recovery/verify.js';
+import type { BlockSource } from '../../src/source/types.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
-  KiB, expectRestore, fingerprint, fsStore, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir, writeAt, type Fingerprint,
+  KiB, countingSource, expectRestore, fingerprint, fsStore, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir, writeAt, type Fingerprint,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -167,4 +168,27 @@ t.test('an authenticated disk keeps working: incremental, prune (with the key) a
   const m2 = readManifest(f, 2);
   t.equal(m2.version, 3, 'manifests are version 3');
   t.equal(m2.parent, null, 'rebased');
+});
+
+t.test('a forged checkpoint (nextIndex moved to the end) is not resumed: the point is written in full and restores byte-exact', async (t) => {
+  const f = await threePoints(t, 'forge-pending');
+  fs.writeFileSync(f.img, randomData(16 * CHUNK, 77)); // every chunk changes
+  const ac = new AbortController();
+  // Two chunks in flight, cancelled after the 8th read: a checkpoint every 2 records covers about half the disk.
+  const cutAfter8 = (s: BlockSource) => {
+    const c = countingSource(s);
+    const read = c.read.bind(c);
+    c.read = async (o: number, b: Buffer, l: number) => { const n = await read(o, b, l); if (c.reads >= 8) ac.abort(); return n; };
+    return c;
+  };
+  await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY, checkpointRecords: 2, concurrency: 2, signal: ac.signal, wrapSource: cutAfter8 }),
+    { code: ErrorCodes.CANCELLED }, 'interrupted mid-point');
+  const pendingFile = path.join(f.storeDir, 'disks', 'd', 'pending', '0000000004.json');
+  const ck = JSON.parse(fs.readFileSync(pendingFile, 'utf8'));
+  t.ok(ck.nextIndex > 0 && ck.nextIndex < 16, `a checkpoint up to chunk ${ck.nextIndex}`);
+  // The attacker claims the whole disk is done: a resumed run would commit a point missing the later chunks.
+  fs.writeFileSync(pendingFile, JSON.stringify({ ...ck, nextIndex: 16 }));
+  const r = await snap(f.store, f.img, 'd', { encryption: KEY });
+  t.equal(r.resumed, false, 'the forged checkpoint was not resumed');
+  await expectRestore(t, f.store, 'd', 4, fingerprint(f.img), f.dir, 'point 4', { encryption: KEY });
 });
