@@ -89,9 +89,19 @@ export function refuseKeylessWrite(latest: PointManifest | undefined, marker: Di
  * The authenticity rules of a chain (newest first), checked before any of its tables or chunks is used:
  * on a disk with a marker no point is unencrypted and every point from marker.since on is version 3; versions never
  * go down from a point to its ancestor's descendants (a version 3 point's child is version 3); and with the key every
- * version 3 manifest's MAC is checked. Errors are METADATA_FORGED naming the manifest's object key.
+ * version 3 manifest's MAC is checked; an authenticated point needs the marker. Errors are METADATA_FORGED naming
+ * the object key.
  */
 export function checkChainAuthenticity(chain: PointManifest[], key: EncryptionKey | undefined, marker: DiskMarker | undefined, disk: string): void {
+  // The marker is written before a disk's first authenticated point and never deleted: an authenticated point
+  // without it means it was removed, which would let older points be rewritten as unauthenticated ones unnoticed.
+  const first = chain.find((m) => m.version === MANIFEST_VERSION_AUTHENTICATED);
+  if (!marker && first) {
+    const where = layout.encryptionMarker(disk);
+    throw new RnodeError(ErrorCodes.METADATA_FORGED,
+      `the encryption marker ${where} of disk ${disk} is missing while point ${first.point} is authenticated: it was deleted; restore it from a copy of the store`,
+      { details: { key: where } });
+  }
   for (let i = 0; i < chain.length; i++) {
     const m = chain[i];
     const where = layout.point(disk, m.point);
@@ -133,7 +143,7 @@ export async function authenticateTables(store: ObjectStore, chain: PointManifes
 export function checkWriteKey(latest: PointManifest | undefined, key: EncryptionKey | undefined, disk: string, marker?: DiskMarker): void {
   if (!key) refuseKeylessWrite(latest, marker, disk, 'replicate');
   if (!latest) return;
-  if (key && marker) checkChainAuthenticity([latest], key, marker, disk);
+  if (key && (latest.encryption || marker)) checkChainAuthenticity([latest], key, marker, disk);
   const have = latest.encryption?.keyId;
   if (have === key?.keyId) return;
   if (!key) {

@@ -192,3 +192,13 @@ t.test('a forged checkpoint (nextIndex moved to the end) is not resumed: the poi
   t.equal(r.resumed, false, 'the forged checkpoint was not resumed');
   await expectRestore(t, f.store, 'd', 4, fingerprint(f.img), f.dir, 'point 4', { encryption: KEY });
 });
+
+t.test('a deleted encryption marker is detected, not silently re-created', async (t) => {
+  const f = await threePoints(t, 'forge-marker');
+  fs.rmSync(path.join(f.storeDir, 'disks', 'd', 'encryption.json'));
+  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'm.img'), { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED, message: /encryption\.json/ },
+    'recover refused');
+  await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED }, 'replicate with the key refused');
+  await t.rejects(snap(f.store, f.img, 'd'), { code: ErrorCodes.KEY_REQUIRED }, 'replicate without the key refused');
+  t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'encryption.json')), 'no marker was written back');
+});
