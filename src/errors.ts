@@ -27,6 +27,8 @@ export const ErrorCodes = {
   CHUNK_MISSING: 'RNODE_CHUNK_MISSING',
   CHUNK_CORRUPT: 'RNODE_CHUNK_CORRUPT',
   MANIFEST_CORRUPT: 'RNODE_MANIFEST_CORRUPT',
+  /** An encrypted disk's metadata object fails its MAC, or is an older (unauthenticated) version of one. */
+  METADATA_FORGED: 'RNODE_METADATA_FORGED',
   POINT_NOT_FOUND: 'RNODE_POINT_NOT_FOUND',
   DISK_NOT_FOUND: 'RNODE_DISK_NOT_FOUND',
   // encryption (exit 2: each is fixed by passing the right --encryption-key-file)
@@ -37,6 +39,10 @@ export const ErrorCodes = {
   OUTPUT_IO: 'RNODE_OUTPUT_IO',
   // export (usage: listening off loopback without TLS)
   EXPORT_INSECURE: 'RNODE_EXPORT_INSECURE',
+  /** An output, work or cache path lies inside the store a command reads (exit 2). */
+  OUTPUT_IN_STORE: 'RNODE_OUTPUT_IN_STORE',
+  /** A store folder or work folder cannot be used (not a folder, no permission, no space, a /proc path) (exit 2). */
+  PATH_UNUSABLE: 'RNODE_PATH_UNUSABLE',
   // concurrency
   LEASE_HELD: 'RNODE_LEASE_HELD',
   LEASE_LOST: 'RNODE_LEASE_LOST',
@@ -53,6 +59,7 @@ const USAGE_CODES: ReadonlySet<string> = new Set([
   ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE, ErrorCodes.SOURCE_NOT_FOUND,
   ErrorCodes.KEY_FILE, ErrorCodes.KEY_REQUIRED, ErrorCodes.KEY_MISMATCH,
   ErrorCodes.EXPORT_INSECURE,
+  ErrorCodes.OUTPUT_IN_STORE, ErrorCodes.PATH_UNUSABLE,
 ]);
 
 export class RnodeError extends Error {

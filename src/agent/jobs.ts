@@ -147,8 +147,8 @@ export class JobRunner {
     const results: DiskResult[] = [];
     let failure: { err: unknown; disk?: string } | undefined;
     try {
-      // Resolved once per job, on this node; prune needs no key (it never reads chunk contents).
-      const key = job.kind === 'prune' ? undefined : await resolveEncryptionKey(job.encryption, this.o.state, log);
+      // Resolved once per job, on this node; prune of an encrypted disk needs it too (it rewrites authenticated tables).
+      const key = await resolveEncryptionKey(job.encryption, this.o.state, log);
       const units: { disk: string; run: () => Promise<DiskResult> }[] = job.kind === 'replicate'
         ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk }), key) }))
         : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk }), key) }];
@@ -289,7 +289,7 @@ export class JobRunner {
           chunksZero: r.chunksZero, seconds: round(r.seconds), ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
         };
         if (ctx.retentionKeep) {
-          const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs } });
+          const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, encryption, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs } });
           if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
           result.deleted = pr.deleted;
         }
@@ -321,7 +321,7 @@ export class JobRunner {
           return { disk: job.disk, ok: r.ok, problems: r.problems.length, checked: r.checked, seconds: round(r.seconds) };
         }
         case 'prune': {
-          const r = await prune({ store, disk: job.disk, keep: job.keep, lease: { holder: this.o.nodeName, ttlMs: 60_000, waitMs: 60_000 } });
+          const r = await prune({ store, disk: job.disk, keep: job.keep, encryption, lease: { holder: this.o.nodeName, ttlMs: 60_000, waitMs: 60_000 } });
           return { disk: job.disk, kept: r.kept, deleted: r.deleted, seconds: round(r.seconds) };
         }
       }

@@ -121,6 +121,7 @@ export const defs: Record<string, JsonSchema> = {
         properties: {
           jobId: { $ref: '#/$defs/id' }, kind: { const: 'prune' }, attempt: { type: 'integer', minimum: 1 },
           store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, keep: { type: 'integer', minimum: 1 },
+          encryption: { $ref: '#/$defs/encryption' },
         },
       },
     ],
@@ -296,7 +297,7 @@ interface JobBase { jobId: string; attempt?: number; store: StoreDef }
 export interface ReplicateJob extends JobBase, Tuning { kind: 'replicate'; group?: string; vm?: string; disks: DiskSource[]; forceFull?: boolean }
 export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; point?: string; out: string; encryption?: EncryptionDef }
 export interface VerifyJob extends JobBase { kind: 'verify'; disk: string; point?: string; encryption?: EncryptionDef }
-export interface PruneJob extends JobBase { kind: 'prune'; disk: string; keep: number }
+export interface PruneJob extends JobBase { kind: 'prune'; disk: string; keep: number; encryption?: EncryptionDef }
 export type Job = ReplicateJob | RecoverJob | VerifyJob | PruneJob;
 export interface ExportSpec {
   exportId: string; store: StoreDef; disk: string; point?: string; socket?: string; listen?: string; writable?: boolean; overlay?: string;

@@ -12,7 +12,18 @@ export const COMMON: Options = {
   help: { type: 'boolean', short: 'h' },
 };
 
+/** What to pass instead of a negative number, for flags whose mistake is common enough to name. */
+const NEGATIVE_HINT: Record<string, string> = { point: 'a point number from "rnode points", or "latest"' };
+
 export function parse(command: string, argv: string[], options: Options): Record<string, string | boolean | undefined> {
+  // parseArgs calls "--point -1" ambiguous (it could be a flag): say that the value is invalid, and what to pass.
+  for (let i = 0; i + 1 < argv.length; i++) {
+    const name = /^--([a-z-]+)$/.exec(argv[i])?.[1];
+    if (name && options[name]?.type === 'string' && /^-\d/.test(argv[i + 1])) {
+      throw new RnodeError(ErrorCodes.USAGE, `--${name} ${argv[i + 1]} is not a valid value: negative numbers are not accepted; ` +
+        `pass ${NEGATIVE_HINT[name] ?? 'a value of 0 or more'} (see "rnode ${command} --help")`);
+    }
+  }
   try {
     const { values, positionals } = parseArgs({ args: argv, options: { ...COMMON, ...options }, strict: true, allowPositionals: true });
     if (positionals.length > 0) {

@@ -148,13 +148,14 @@ const verifyCmd: Command = {
 
 const pruneCmd: Command = {
   summary: 'keep the newest points, delete older ones and the chunks only they used',
-  usage: 'rnode prune --store <store> --disk <id> --keep <n> [--json]',
-  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' } },
+  usage: `rnode prune --store <store> --disk <id> --keep <n> ${ENCRYPTION_USAGE} [--json]`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, ...ENCRYPTION_OPTIONS },
   async run(v, io) {
     required(v, 'prune', 'store', 'disk', 'keep');
     const disk = validateDiskId(str(v, 'disk')!);
     const keep = positiveInt(str(v, 'keep')!, 'keep');
-    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep }));
+    const encryption = encryptionKeyFrom(v);
+    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep, encryption }));
     print(io, v.json === true, r, () => [
       `kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
       `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`,

@@ -13,6 +13,8 @@ import { verify } from '../recovery/verify.js';
 import { generateSampleDisk, scatterWrites } from '../sample/sample-disk.js';
 import { openSource } from '../source/index.js';
 import { openStore } from '../store/index.js';
+import { assertNotInsideAnyStore } from '../store/containment.js';
+import { isVirtualFsPath, makeDirs, unusablePath } from '../store/fs/dirs.js';
 import { parse, type Io } from './commands.js';
 import { bytes, rate, secs } from './format.js';
 import { parseSize } from '../pipeline/grid.js';
@@ -23,6 +25,24 @@ async function fileDigest(p: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** The work folder must be a writable folder outside any store; checked (and created) before anything is written. */
+async function prepareWorkdir(work: string): Promise<void> {
+  const what = `--workdir ${work}`;
+  if (isVirtualFsPath(work)) {
+    throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `${what} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder`);
+  }
+  assertNotInsideAnyStore(work, '--workdir');
+  try {
+    await makeDirs(work);
+    // Writable, with room for at least a small file: fail now rather than minutes into the sample disk.
+    const probe = path.join(work, `.rnode-probe-${process.pid}`);
+    await fsp.writeFile(probe, Buffer.alloc(64 * 1024));
+    await fsp.rm(probe, { force: true });
+  } catch (err) {
+    throw unusablePath(what, err) ?? err;
+  }
+}
+
 export async function runDemo(argv: string[], io: Io): Promise<number> {
   const v = parse('demo', argv, { size: { type: 'string' }, workdir: { type: 'string' }, keep: { type: 'boolean' } });
   const size = parseSize(typeof v.size === 'string' ? v.size : '256MiB');
@@ -30,13 +50,13 @@ export async function runDemo(argv: string[], io: Io): Promise<number> {
   const json = v.json === true;
   const say = (l: string) => { if (!json) io.out(l); };
   const work = typeof v.workdir === 'string' ? path.resolve(v.workdir) : await fsp.mkdtemp(path.join(os.tmpdir(), 'rnode-demo-'));
-  await fsp.mkdir(work, { recursive: true });
+  await prepareWorkdir(work);
   const image = path.join(work, 'sample-disk.img');
   const storeDir = path.join(work, 'store');
   say(`rnode demo in ${work}`);
   try {
     say(`1. generating a ${bytes(size)} sample disk (per MiB: 1/3 random, 1/3 text, 1/3 zero; every 8th MiB a hole)`);
-    await generateSampleDisk(image, { size, seed: 7, holeEvery: 8 });
+    await generateSampleDisk(image, { size, seed: 7, holeEvery: 8 }).catch((err) => { throw unusablePath(`--workdir ${work}`, err) ?? err; });
     const digests = [await fileDigest(image)];
     const store = await openStore(storeDir);
     const points: ReplicateResult[] = [];

@@ -63,10 +63,11 @@ function positive(text: string | undefined, flag: string): number | undefined {
 
 export const serveCmd: Command = {
   summary: 'run the receiving node: accept points from peers and serve recovery reads',
-  usage: 'rnode serve --listen <host:port> --store <store> [--token-file <f>] [--tls-cert <f> --tls-key <f>] [--max-sessions <n>] [--bandwidth <bytes/s>] [--window <bytes>] [--json]',
+  usage: 'rnode serve --listen <host:port> --store <store> [--token-file <f>] [--tls-cert <f> --tls-key <f>] [--max-sessions <n>] [--max-connections-per-address <n>] [--handshake-timeout <seconds>] [--bandwidth <bytes/s>] [--window <bytes>] [--json]',
   options: {
     listen: { type: 'string' }, store: { type: 'string' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' }, 'max-sessions': { type: 'string' }, bandwidth: { type: 'string' }, window: { type: 'string' },
+    'max-connections-per-address': { type: 'string' }, 'handshake-timeout': { type: 'string' },
   },
   async run(v, io) {
     required(v, 'serve', 'listen', 'store');
@@ -81,12 +82,15 @@ export const serveCmd: Command = {
     const windowText = str(v, 'window');
     const windowBytes = windowText !== undefined ? parseBandwidth(windowText, '--window') : undefined;
     const maxSessions = positive(str(v, 'max-sessions'), 'max-sessions');
+    const maxConnectionsPerAddress = positive(str(v, 'max-connections-per-address'), 'max-connections-per-address');
+    const handshakeSeconds = positive(str(v, 'handshake-timeout'), 'handshake-timeout');
+    const handshakeMs = handshakeSeconds !== undefined ? handshakeSeconds * 1000 : undefined;
     const json = v.json === true;
     const store = await openStore(str(v, 'store')!);
     const log = (event: string, fields: Record<string, unknown> = {}) => logLine(io, json, event, fields);
     let server: ReplicationServer;
     try {
-      server = await ReplicationServer.start({ store, host, port, token, tls, maxSessions, bandwidth, windowBytes, log });
+      server = await ReplicationServer.start({ store, host, port, token, tls, maxSessions, maxConnectionsPerAddress, handshakeMs, bandwidth, windowBytes, log });
     } catch (err) {
       await store.close();
       const e = err as NodeJS.ErrnoException;

@@ -21,7 +21,24 @@ const INFO = {
   cipher: 'rnode chunk encryption (aes-256-gcm) v1',
   digest: 'rnode chunk digest (keyed blake3) v1',
   keyId: 'rnode key id v1',
+  meta: 'rnode metadata mac (hmac-sha256) v1',
 } as const;
+
+/** Bytes of a metadata MAC (HMAC-SHA256, untruncated). */
+export const META_MAC_BYTES = 32;
+
+/**
+ * What a metadata MAC is bound to besides the object's bytes: the object's kind and its place in the store, so an
+ * object moved to another disk, point, parent, generation or segment number (or read as another kind) fails.
+ */
+export interface MetaContext {
+  kind: 'manifest' | 'table' | 'pending' | 'disk-encryption';
+  disk: string;
+  point?: number;
+  parent?: number | null;
+  generation?: number;
+  segment?: number;
+}
 
 export const KEY_FORMATS = '32 raw bytes, 64 hex characters, or the base64 of 32 bytes';
 
@@ -35,10 +52,12 @@ export class EncryptionKey {
   readonly keyId: string;
   readonly #cipherKey: Buffer;
   readonly #digestKey: Buffer;
+  readonly #metaKey: Buffer;
 
   private constructor(master: Uint8Array) {
     this.#cipherKey = derive(master, INFO.cipher, 32);
     this.#digestKey = derive(master, INFO.digest, 32);
+    this.#metaKey = derive(master, INFO.meta, 32);
     this.keyId = derive(master, INFO.keyId, KEY_ID_BYTES).toString('hex');
   }
 
@@ -68,6 +87,14 @@ export class EncryptionKey {
     // Buffer.alloc, not Buffer.from: a pooled slice would carry its whole 8 KiB pool along when posted to a worker.
     const copy = (k: Buffer) => { const c = Buffer.alloc(k.length); k.copy(c); return c; };
     return { cipherKey: copy(this.#cipherKey), digestKey: copy(this.#digestKey) };
+  }
+
+  /** HMAC-SHA256 of a metadata object's bytes under the metadata subkey, bound to ctx (see MetaContext). */
+  metaMac(ctx: MetaContext, data: Uint8Array): Buffer {
+    // Every field is written, absent ones as '-', so no two contexts share an encoding.
+    const f = (v: number | null | undefined) => (v === undefined ? '-' : v === null ? 'null' : String(v));
+    const head = `rnode-meta v1\0${ctx.kind}\0${ctx.disk}\0${f(ctx.point)}\0${f(ctx.parent)}\0${f(ctx.generation)}\0${f(ctx.segment)}\0`;
+    return crypto.createHmac('sha256', this.#metaKey).update(head, 'utf8').update(data).digest();
   }
 
   toJSON(): { alg: string; keyId: string } {

@@ -4,6 +4,8 @@
 //   chunks/<seq>/<index>       chunk objects written by point <seq>
 //   pending/<seq>.json         checkpoint of a point being written (resume after a crash or a cut)
 //   lease.json                 the one-writer-per-disk lease
+//   encryption.json            the disk's encryption marker: written (authenticated) before its first authenticated
+//                              encrypted point, so key-less writers and down-versioned points are refused
 import { ErrorCodes, RnodeError } from '../errors.js';
 
 const DISK_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -30,6 +32,7 @@ export const layout = {
   pendingPrefix: (disk: string) => `disks/${disk}/pending/`,
   pending: (disk: string, seq: number) => `disks/${disk}/pending/${pad(seq, 10)}.json`,
   lease: (disk: string) => `disks/${disk}/lease.json`,
+  encryptionMarker: (disk: string) => `disks/${disk}/encryption.json`,
   disksPrefix: 'disks/',
 };
 

@@ -1,84 +1,154 @@
 // One writer per disk: a lease object in the store, taken and renewed with conditional writes, carrying a
 // fencing token that grows with every new holder. A writer that cannot renew stops before it commits.
-// The guarantee is as strong as the backend's conditional put (store.capabilities.conditionalPut).
+// The guarantee is as strong as the backend's conditional put (store.capabilities.conditionalPut). Through a ws peer
+// the receiving node writes the record (LeaseAuthority); every reader treats a lease past MAX_LEASE_TTL_MS as expired.
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
-import type { ObjectStore } from '../store/types.js';
+import type { LeaseAuthority, LeaseRecord, ObjectStore } from '../store/types.js';
 
-export interface LeaseRecord {
-  format: 'rnode-lease';
-  disk: string;
-  holder: string;
-  /** Fencing token: strictly greater for every new holder of this disk's lease. */
-  token: number;
-  acquiredAt: string;
-  expiresAt: string;
+export type { LeaseAuthority, LeaseRecord };
+
+/**
+ * The longest a lease may run past its last renewal. A lease whose expiry lies further than this from its renewal
+ * (e.g. expiresAt 2099, written by hand or by a hostile peer) is treated as expired by every reader: no lease can
+ * lock a disk for longer than this without being renewed. Receiving nodes clamp peers' TTLs to it too.
+ */
+export const MAX_LEASE_TTL_MS = 10 * 60_000;
+/** Shortest TTL a receiving node grants (a peer asking for less gets this). */
+export const MIN_LEASE_TTL_MS = 1000;
+/** Clock skew tolerated between a lease's writer and its reader. */
+const SKEW_MS = 60_000;
+
+/** Clamps a requested TTL into [MIN_LEASE_TTL_MS, MAX_LEASE_TTL_MS]. */
+export function clampLeaseTtl(ttlMs: number): number {
+  return Math.min(MAX_LEASE_TTL_MS, Math.max(MIN_LEASE_TTL_MS, Number.isFinite(ttlMs) ? ttlMs : MAX_LEASE_TTL_MS));
+}
+
+/** Whether a lease binds others at time t: not expired, and not absurd (see MAX_LEASE_TTL_MS). */
+export function leaseIsLive(r: LeaseRecord, t: number): boolean {
+  const expires = Date.parse(r.expiresAt);
+  const renewed = Date.parse(r.renewedAt ?? r.acquiredAt);
+  if (!Number.isFinite(expires) || !Number.isFinite(renewed)) return false;
+  return expires > t && expires - renewed <= MAX_LEASE_TTL_MS + SKEW_MS && renewed <= t + SKEW_MS;
 }
 
 export interface LeaseOptions {
   /** Who holds it, for messages (node name); a random suffix makes each acquisition unique. */
   holder?: string;
+  /** Clamped to MAX_LEASE_TTL_MS. */
   ttlMs?: number;
   /** Keep trying this long while another holder's lease is live (0: fail at once). */
   waitMs?: number;
   now?: () => number;
 }
 
+function leaseHeld(disk: string, cur: LeaseRecord): RnodeError {
+  return new RnodeError(ErrorCodes.LEASE_HELD,
+    `disk ${disk} is being written by ${cur.holder} (lease until ${cur.expiresAt}); wait for it to finish, only one node may write a disk at a time`,
+    { details: { holder: cur.holder, expiresAt: cur.expiresAt } });
+}
+
+function leaseLost(r: LeaseRecord): RnodeError {
+  return new RnodeError(ErrorCodes.LEASE_LOST,
+    `lost the write lease of disk ${r.disk} (token ${r.token}) to another writer; this run stopped without committing`);
+}
+
+/** Leases as objects of a store, written with conditional puts by whoever holds them (a local writer, or a node). */
+export class StoreLeases implements LeaseAuthority {
+  constructor(private readonly store: ObjectStore, private readonly now: () => number = Date.now) {}
+
+  async acquire(disk: string, holder: string, ttlMs: number, breakDead?: string): Promise<LeaseRecord> {
+    const key = layout.lease(disk);
+    ttlMs = clampLeaseTtl(ttlMs);
+    for (let attempt = 0; ; attempt++) {
+      const cur = await readLease(this.store, key);
+      const t = this.now();
+      if (cur && cur.record.holder === holder && leaseIsLive(cur.record, t)) {
+        // Our own write, landed by an attempt that reported failure (a retried conditional put or message).
+        return cur.record;
+      }
+      if (cur && leaseIsLive(cur.record, t) && !holderIsDead(cur.record.holder) && breakDead !== cur.record.holder) {
+        throw leaseHeld(disk, cur.record);
+      }
+      const at = new Date(t).toISOString();
+      const record: LeaseRecord = {
+        format: 'rnode-lease', disk, holder, token: (cur?.record.token ?? 0) + 1,
+        acquiredAt: at, renewedAt: at, expiresAt: new Date(t + ttlMs).toISOString(),
+      };
+      try {
+        await this.store.put(key, encode(record), cur ? { ifMatch: cur.etag } : { ifNoneMatch: true });
+        return record;
+      } catch (err) {
+        // Someone else took it between our read and our write: read again.
+        if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION) && attempt < 20) continue;
+        throw err;
+      }
+    }
+  }
+
+  async renew(r: LeaseRecord, ttlMs: number): Promise<LeaseRecord> {
+    // From the stored record, never the caller's copy: a node renewing for a peer takes only holder and token from it.
+    const cur = await readLease(this.store, layout.lease(r.disk));
+    if (!cur || cur.record.holder !== r.holder || cur.record.token !== r.token) throw leaseLost(r);
+    const t = this.now();
+    const next: LeaseRecord = { ...cur.record, renewedAt: new Date(t).toISOString(), expiresAt: new Date(t + clampLeaseTtl(ttlMs)).toISOString() };
+    try {
+      await this.store.put(layout.lease(r.disk), encode(next), { ifMatch: cur.etag });
+      return next;
+    } catch (err) {
+      if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw leaseLost(r);
+      throw err;
+    }
+  }
+
+  async release(r: LeaseRecord): Promise<void> {
+    const cur = await readLease(this.store, layout.lease(r.disk));
+    if (!cur || cur.record.holder !== r.holder || cur.record.token !== r.token) return;
+    const done: LeaseRecord = { ...cur.record, expiresAt: new Date(0).toISOString() };
+    await this.store.put(layout.lease(r.disk), encode(done), { ifMatch: cur.etag });
+  }
+}
+
+/** The authority for a store's leases: the store's own (a ws peer's node), else its objects (StoreLeases). */
+export function leaseAuthority(store: ObjectStore, now?: () => number): LeaseAuthority {
+  return store.leases ?? new StoreLeases(store, now);
+}
+
 export class Lease {
-  private etag: string;
   private timer: NodeJS.Timeout | undefined;
   private lostError: RnodeError | undefined;
   private renewing: Promise<void> | undefined;
   private readonly controller = new AbortController();
 
-  private constructor(private readonly store: ObjectStore, readonly record: LeaseRecord, etag: string,
-    private readonly ttlMs: number, private readonly now: () => number) {
-    this.etag = etag;
-  }
+  private constructor(private readonly authority: LeaseAuthority, readonly record: LeaseRecord,
+    private readonly ttlMs: number, private readonly now: () => number) {}
 
   get token(): number { return this.record.token; }
   /** Aborted when the lease is lost, so long-running work stops early. */
   get signal(): AbortSignal { return this.controller.signal; }
 
   static async acquire(store: ObjectStore, disk: string, opts: LeaseOptions = {}): Promise<Lease> {
-    const ttlMs = opts.ttlMs ?? 60_000;
+    const ttlMs = clampLeaseTtl(opts.ttlMs ?? 60_000);
     const now = opts.now ?? Date.now;
     const holder = `${opts.holder ?? os.hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`;
-    const key = layout.lease(disk);
+    const authority = leaseAuthority(store, now);
     const deadline = now() + (opts.waitMs ?? 0);
-    for (let attempt = 0; ; attempt++) {
-      const cur = await readLease(store, key);
-      const t = now();
-      const record: LeaseRecord = {
-        format: 'rnode-lease', disk, holder, token: (cur?.record.token ?? 0) + 1,
-        acquiredAt: new Date(t).toISOString(), expiresAt: new Date(t + ttlMs).toISOString(),
-      };
-      if (cur && cur.record.holder === holder) {
-        // Our own write, landed by an attempt that reported failure (a retried conditional put).
-        const lease = new Lease(store, cur.record, cur.etag, ttlMs, now);
-        lease.startRenewing();
-        return lease;
-      }
-      if (cur && Date.parse(cur.record.expiresAt) > t && !holderIsDead(cur.record.holder)) {
-        if (t < deadline) {
-          await sleep(Math.min(1000, deadline - t));
-          continue;
-        }
-        throw new RnodeError(ErrorCodes.LEASE_HELD,
-          `disk ${disk} is being written by ${cur.record.holder} (lease until ${cur.record.expiresAt}); wait for it to finish, only one node may write a disk at a time`,
-          { details: { holder: cur.record.holder, expiresAt: cur.record.expiresAt } });
-      }
+    let breakDead: string | undefined;
+    for (;;) {
       try {
-        const info = await store.put(key, encode(record), cur ? { ifMatch: cur.etag } : { ifNoneMatch: true });
-        const lease = new Lease(store, record, info.etag ?? '', ttlMs, now);
+        const record = await authority.acquire(disk, holder, ttlMs, breakDead);
+        const lease = new Lease(authority, record, ttlMs, now);
         lease.startRenewing();
         return lease;
       } catch (err) {
-        // Someone else took it between our read and our write: read again.
-        if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION) && attempt < 20) continue;
-        throw err;
+        if (!isRnodeError(err, ErrorCodes.LEASE_HELD)) throw err;
+        // A holder on this host whose process is gone: a node cannot see that, the writer tells it (once per holder).
+        const other = String(err.details.holder ?? '');
+        if (other !== breakDead && holderIsDead(other)) { breakDead = other; continue; }
+        if (now() >= deadline) throw err;
+        await sleep(Math.min(1000, deadline - now()));
       }
     }
   }
@@ -105,14 +175,12 @@ export class Lease {
 
   private async renewOnce(): Promise<void> {
     if (this.lostError) throw this.lostError;
-    const t = this.now();
-    const next: LeaseRecord = { ...this.record, expiresAt: new Date(t + this.ttlMs).toISOString() };
     try {
-      const info = await this.store.put(layout.lease(this.record.disk), encode(next), { ifMatch: this.etag });
-      this.etag = info.etag ?? this.etag;
+      const next = await this.authority.renew(this.record, this.ttlMs);
       this.record.expiresAt = next.expiresAt;
+      this.record.renewedAt = next.renewedAt;
     } catch (err) {
-      if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) {
+      if (isRnodeError(err, ErrorCodes.LEASE_LOST)) {
         this.markLost();
       } else if (Date.parse(this.record.expiresAt) <= this.now()) {
         this.markLost(); // could not renew in time: someone else may hold it now
@@ -122,8 +190,7 @@ export class Lease {
   }
 
   private markLost(): void {
-    this.lostError ??= new RnodeError(ErrorCodes.LEASE_LOST,
-      `lost the write lease of disk ${this.record.disk} (token ${this.record.token}) to another writer; this run stopped without committing`);
+    this.lostError ??= leaseLost(this.record);
     this.controller.abort(this.lostError);
   }
 
@@ -136,9 +203,8 @@ export class Lease {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     if (this.lostError) return;
-    // Expire it rather than delete it, so the fencing token keeps growing across holders.
-    const done: LeaseRecord = { ...this.record, expiresAt: new Date(0).toISOString() };
-    await this.store.put(layout.lease(this.record.disk), encode(done), { ifMatch: this.etag }).catch(() => undefined);
+    await this.renewing?.catch(() => undefined);
+    await this.authority.release(this.record).catch(() => undefined);
   }
 }
 
@@ -146,7 +212,7 @@ export class Lease {
  * A holder on this host whose process is gone (a crash, SIGKILL) cannot renew: its lease is stale now, not at
  * expiry, as restic treats a stale lock. A reused pid only makes us wait for the expiry, the safe direction.
  */
-function holderIsDead(holder: string): boolean {
+export function holderIsDead(holder: string): boolean {
   const [host, pidText] = holder.split('/');
   const pid = Number(pidText);
   if (host !== os.hostname() || !Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;

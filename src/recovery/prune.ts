@@ -2,14 +2,19 @@
 // Order makes every crash safe to re-run: (1) the oldest kept point K is rebased onto a standalone table,
 // (2) older manifests are deleted newest first, (3) chunk objects older than K that K's view does not use are
 // swept, (4) stale tables and checkpoints go. Kept points never need a pruned point's data.
+// An encrypted disk is pruned only with its key: the rebase writes authenticated tables and a manifest (MACs need
+// the key), and the sweep trusts K's table only once its MACs check, so a forged table cannot make prune delete
+// live chunks. The encryption marker is never deleted.
+import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { layout, parseChunkKey, validateDiskId } from '../format/layout.js';
-import { encodeManifest, type PointManifest, type SegmentRef } from '../format/manifest.js';
-import { decodeSegment, encodeSegment, isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
+import { encodeManifest, MANIFEST_VERSION_AUTHENTICATED, type PointManifest, type SegmentRef } from '../format/manifest.js';
+import { decodeSegment, encodeSegment, isZeroEntry, segmentMac, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from './chunk-reader.js';
 import { listPointSeqs, loadChain, loadPoint } from './points.js';
-import { chainView } from './view.js';
+import { chainView, segmentExpectation } from './view.js';
+import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from './encryption.js';
 import { Lease, type LeaseOptions } from './lease.js';
 
 export interface PruneResult {
@@ -25,6 +30,8 @@ export interface PruneOptions {
   store: ObjectStore;
   disk: string;
   keep: number;
+  /** The key of an encrypted disk: required to prune one (KEY_REQUIRED without it). */
+  encryption?: EncryptionKey;
   concurrency?: number;
   /** Prune writes (rebases, deletes): it takes the disk's write lease unless the caller holds it (false). */
   lease?: LeaseOptions | false;
@@ -57,9 +64,19 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const oldest = kept[0];
   const latest = seqs[seqs.length - 1];
 
+  const key = opts.encryption;
+  const marker = await readDiskMarker(store, disk, key);
+  if (!key) refuseKeylessWrite(await loadPoint(store, disk, latest), marker, disk, 'prune');
+  // Every kept point's chain is checked (key, versions, MACs) before anything is rewritten or deleted.
+  for (const s of kept) {
+    const chain = await loadChain(store, disk, s);
+    chainKey(chain, key, disk);
+    checkChainAuthenticity(chain, key, marker, disk);
+  }
+
   // (1) Rebase: the oldest kept point gets a table that needs no ancestor.
   let k = await loadPoint(store, disk, oldest);
-  if (k.parent !== null) k = await rebase(store, k, await loadChain(store, disk, oldest));
+  if (k.parent !== null) k = await rebase(store, k, await loadChain(store, disk, oldest), key);
 
   // (2) Older manifests, newest first, so a crash never leaves a point whose parent is gone.
   for (const s of [...deleted].reverse()) await store.delete(layout.point(disk, s));
@@ -70,7 +87,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const committed = new Set(kept);
   // Liveness is looked up in K's table by index, so it holds whatever order the backend lists keys in
   // (s3rver, for one, does not list in byte order); memory holds one table segment.
-  const lookup = new TableLookup(store, k);
+  const lookup = new TableLookup(store, k, key);
   const doomed = async function* () {
     for await (const o of store.list(layout.chunksPrefix(disk))) {
       const c = parseChunkKey(o.key);
@@ -112,30 +129,38 @@ function isPendingTable(key: string, latest: number): boolean {
   return m !== null && Number(m[1]) > latest;
 }
 
-/** Writes the chain's merged view as the point's own table (next generation) and commits it. */
-async function rebase(store: ObjectStore, k: PointManifest, chain: PointManifest[]): Promise<PointManifest> {
+/**
+ * Writes the chain's merged view as the point's own table (next generation) and commits it. An authenticated point
+ * stays authenticated (new MACs, bound to parent null and the new generation); a legacy one stays legacy.
+ */
+async function rebase(store: ObjectStore, k: PointManifest, chain: PointManifest[], key: EncryptionKey | undefined): Promise<PointManifest> {
   const gen = k.table.generation + 1;
+  const auth = k.version === MANIFEST_VERSION_AUTHENTICATED ? key : undefined;
   const segments: SegmentRef[] = [];
   let batch: ChunkEntry[] = [];
   let records = 0;
   const flush = async () => {
+    const place = { disk: k.disk, point: k.point, parent: null, generation: gen, segment: segments.length };
+    const bytes = encodeSegment(batch, auth && { key: auth, place });
+    const mac = segmentMac(bytes);
     const ref: SegmentRef = {
       key: layout.segment(k.disk, k.point, gen, segments.length), records: batch.length,
       first: batch.length ? batch[0].index : -1, last: batch.length ? batch[batch.length - 1].index : -1,
+      ...(mac ? { mac } : {}),
     };
-    await store.put(ref.key, encodeSegment(batch));
+    await store.put(ref.key, bytes);
     segments.push(ref);
     records += batch.length;
     batch = [];
   };
-  for await (const e of chainView(store, chain)) {
+  for await (const e of chainView(store, chain, key)) {
     if (isZeroEntry(e)) continue; // a standalone table leaves zeros out
     batch.push(e);
     if (batch.length >= TABLE_SEGMENT_RECORDS) await flush();
   }
   if (batch.length > 0 || segments.length === 0) await flush();
   const rebased: PointManifest = { ...k, parent: null, table: { generation: gen, records, segments } };
-  await store.put(layout.point(k.disk, k.point), encodeManifest(rebased));
+  await store.put(layout.point(k.disk, k.point), encodeManifest(rebased, auth));
   return rebased;
 }
 
@@ -144,10 +169,10 @@ class TableLookup {
   private cachedKey: string | undefined;
   private cached: ChunkEntry[] = [];
 
-  private readonly refs: SegmentRef[];
+  private readonly refs: Array<SegmentRef & { n: number }>;
 
-  constructor(private readonly store: ObjectStore, m: PointManifest) {
-    this.refs = m.table.segments.filter((r) => r.records > 0);
+  constructor(private readonly store: ObjectStore, private readonly m: PointManifest, private readonly key: EncryptionKey | undefined) {
+    this.refs = m.table.segments.map((r, n) => ({ ...r, n })).filter((r) => r.records > 0);
   }
 
   async find(index: number): Promise<ChunkEntry | undefined> {
@@ -159,14 +184,14 @@ class TableLookup {
       const r = refs[mid];
       if (index < r.first) hi = mid - 1;
       else if (index > r.last) lo = mid + 1;
-      else return this.inSegment(r.key, index);
+      else return this.inSegment(r.key, r.n, index);
     }
     return undefined;
   }
 
-  private async inSegment(key: string, index: number): Promise<ChunkEntry | undefined> {
+  private async inSegment(key: string, n: number, index: number): Promise<ChunkEntry | undefined> {
     if (this.cachedKey !== key) {
-      this.cached = decodeSegment(await this.store.get(key), key);
+      this.cached = decodeSegment(await this.store.get(key), key, segmentExpectation(this.m, n, this.key));
       this.cachedKey = key;
     }
     let lo = 0;

@@ -7,7 +7,7 @@ import { failpoint } from '../failpoint.js';
 import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
 import { layout, validateDiskId } from '../format/layout.js';
 import { encodeManifest, MANIFEST_FORMAT, type PointEncryption, type PointManifest, type SegmentRef } from '../format/manifest.js';
-import { encodeSegment, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
+import { encodeSegment, segmentMac, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
 import { isZero, sharedAligned } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { encodeChunkInto, withWorkerKey } from '../pipeline/chunk-codec.js';
@@ -15,7 +15,7 @@ import { maxObjectBytes } from '../pipeline/codec-workers.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
-import { checkWriteKey, manifestEncryption } from './encryption.js';
+import { checkChainAuthenticity, checkWriteKey, ensureDiskMarker, manifestEncryption, readDiskMarker } from './encryption.js';
 import { listPointSeqs, loadChain, loadPoint } from './points.js';
 import { chainView, Cursor } from './view.js';
 import { Lease, type LeaseOptions } from './lease.js';
@@ -92,6 +92,17 @@ interface Checkpoint {
   records: number;
   nextIndex: number;
   stats: { bytesRead: number; bytesWritten: number; chunksChanged: number; chunksZero: number; chunksData: number };
+  /** Encrypted points: HMAC of the checkpoint without this field, bound to disk, point and parent. */
+  mac?: string;
+}
+
+function checkpointMac(ck: Checkpoint, key: EncryptionKey, disk: string): string {
+  const { mac: _mac, ...rest } = ck;
+  return key.metaMac({ kind: 'pending', disk, point: ck.point, parent: ck.parent }, Buffer.from(JSON.stringify(rest))).toString('hex');
+}
+
+function encodeCheckpoint(ck: Checkpoint, key: EncryptionKey | undefined, disk: string): Buffer {
+  return Buffer.from(JSON.stringify(key ? { ...ck, mac: checkpointMac(ck, key, disk) } : ck));
 }
 
 type Delta = Partial<Record<'bytesRead' | 'bytesWritten' | 'chunksChanged' | 'chunksZero' | 'chunksData', number>>;
@@ -134,7 +145,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
   const seqs = await listPointSeqs(store, disk);
   const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1]) : undefined;
-  checkWriteKey(latest, opts.encryption, disk);
+  const marker = await readDiskMarker(store, disk, opts.encryption);
+  checkWriteKey(latest, opts.encryption, disk, marker);
   const seal = opts.encryption && { key: opts.encryption, disk };
   const chunkSize = validateChunkSize(opts.chunkSize ?? latest?.chunkSize ?? DEFAULT_CHUNK_SIZE);
   const grid = new ChunkGrid(source.size, chunkSize);
@@ -176,7 +188,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const live = { bytesRead: ck.stats.bytesRead, bytesWritten: ck.stats.bytesWritten };
   const segments: SegmentRef[] = [...ck.segments];
   let records = ck.records;
-  const marker = await source.changeMarker();
+  const changeMarker = await source.changeMarker();
 
   const checkpointRecords = opts.checkpointRecords ?? TABLE_SEGMENT_RECORDS;
   const checkpointMillis = opts.checkpointMillis ?? 15_000;
@@ -189,14 +201,17 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
   const flushSegment = (nextIndex: number) => {
     const entries = pendingEntries;
-    const bytes = encodeSegment(entries);
+    const place = { disk, point: seq, parent: parent?.point ?? null, generation: 0, segment: segments.length };
+    const bytes = encodeSegment(entries, seal && { key: seal.key, place });
     pendingEntries = [];
     lastCheckpoint = Date.now();
+    const mac = segmentMac(bytes);
     const ref: SegmentRef = {
       key: layout.segment(disk, seq, 0, segments.length),
       records: entries.length,
       first: entries.length ? entries[0].index : -1,
       last: entries.length ? entries[entries.length - 1].index : -1,
+      ...(mac ? { mac } : {}),
     };
     segments.push(ref);
     records += entries.length;
@@ -211,7 +226,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     segmentChain = segmentChain.then(async () => {
       if (checkpointFailure) return;
       await store.put(ref.key, bytes);
-      await store.put(layout.pending(disk, seq), Buffer.from(JSON.stringify(snapshot)));
+      await store.put(layout.pending(disk, seq), encodeCheckpoint(snapshot, seal?.key, disk));
     }).catch((err) => { checkpointFailure ??= err; failure ??= err; }); // stops the scan
   };
 
@@ -271,7 +286,13 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     return { entry, delta: { bytesRead: n, chunksData: 1, bytesWritten: object.length, chunksChanged: 1 } };
   };
 
-  const parentView = parent ? new Cursor(chainView(store, await loadChain(store, disk, parent.point))) : undefined;
+  let parentView: Cursor<ChunkEntry> | undefined;
+  if (parent) {
+    const chain = await loadChain(store, disk, parent.point);
+    // The parent's records decide what this point stores: a forged parent table must not be built upon.
+    checkChainAuthenticity(chain, opts.encryption, marker, disk);
+    parentView = new Cursor(chainView(store, chain, opts.encryption));
+  }
   let position = ck.nextIndex * chunkSize;
   try {
     for await (const c of candidates(toRead, parentView)) {
@@ -322,12 +343,13 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   opts.onProgress?.({ phase: 'commit', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position: grid.diskSize, diskSize: grid.diskSize });
   await lease?.check();
   await opts.beforeCommit?.();
+  if (opts.encryption) await ensureDiskMarker(store, disk, opts.encryption, marker, seq);
   failpoint('before-commit');
   const seconds = (performance.now() - started) / 1000;
   const manifest: PointManifest = {
     format: MANIFEST_FORMAT, ...manifestEncryption(opts.encryption), disk, point: seq, parent: parent?.point ?? null, full,
     createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize,
-    source: { kind: source.kind, location: source.location, ...(marker ? { marker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
+    source: { kind: source.kind, location: source.location, ...(changeMarker ? { marker: changeMarker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
     table: { generation: 0, records, segments },
     ...(lease ? { fence: lease.token } : {}),
     stats: {
@@ -335,7 +357,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, seconds,
     },
   };
-  const mbytes = encodeManifest(manifest);
+  const mbytes = encodeManifest(manifest, opts.encryption);
   try {
     await store.put(layout.point(disk, seq), mbytes, { ifNoneMatch: true });
   } catch (err) {
@@ -431,6 +453,8 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, disk: 
     if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND) || err instanceof SyntaxError) return fresh;
     throw err;
   }
+  // An encrypted point resumes only from a checkpoint its key sealed: a forged one could skip chunks (nextIndex).
+  if (opts.encryption && (typeof ck?.mac !== 'string' || ck.mac !== checkpointMac(ck, opts.encryption, disk))) return fresh;
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
   if (ck.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
       ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||

@@ -8,11 +8,12 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
 import { isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
+import { assertOutsideStore } from '../store/containment.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded, readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
-import { requireChainSeal } from './encryption.js';
+import { authenticateTables, readDiskMarker, requireChainSeal } from './encryption.js';
 import { loadChain, resolvePoint } from './points.js';
 import { chainView } from './view.js';
 
@@ -46,11 +47,14 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const started = performance.now();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
+  assertOutsideStore(store.location, opts.out, '--out');
   const seq = await resolvePoint(store, disk, opts.point);
   const chain = await loadChain(store, disk, seq);
   const { diskSize, chunkSize } = chain[0];
   // Before the output exists: a missing or wrong key leaves nothing behind.
-  const seal = requireChainSeal(chain, opts.encryption, disk);
+  // Forged metadata too: manifests and every table segment are authenticated before the output is opened.
+  const seal = requireChainSeal(chain, opts.encryption, disk, await readDiskMarker(store, disk, opts.encryption));
+  if (seal) await authenticateTables(store, chain, seal.key);
 
   const target = await openOutput(opts.out, diskSize);
   let bytesFetched = 0;
@@ -58,7 +62,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   let chunksRestored = 0;
   try {
     const nonZero = async function* () {
-      for await (const e of chainView(store, chain)) if (!isZeroEntry(e)) yield e;
+      for await (const e of chainView(store, chain, seal?.key)) if (!isZeroEntry(e)) yield e;
     };
     const concurrency = opts.concurrency ?? 8;
     const slots = new BufferPool(concurrency, () => newReadSlot(chunkSize));

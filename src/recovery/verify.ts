@@ -11,7 +11,7 @@ import type { ObjectStore } from '../store/types.js';
 import { checkStoredChunk, forEachBounded, readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
-import { chainKey } from './encryption.js';
+import { chainKey, checkChainAuthenticity, readDiskMarker, type DiskMarker } from './encryption.js';
 import { listPointSeqs, loadChain, loadPoint, resolvePoint } from './points.js';
 import { chainView, tableEntries } from './view.js';
 
@@ -74,6 +74,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
     const m = await loadPoint(store, disk, seq).catch(() => undefined);
     if (m) chainKey([m], opts.encryption, disk);
   }
+  let marker: DiskMarker | undefined;
   let encrypted = false;
   let storedOnly = false;
   const problems: VerifyProblem[] = [];
@@ -83,6 +84,11 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
       problems.push({ code: err.code, message: err.message, point, ...(err.details.index !== undefined ? { index: err.details.index as number, offset: err.details.offset as number } : {}) });
     }
   };
+  try {
+    marker = await readDiskMarker(store, disk, opts.encryption);
+  } catch (err) {
+    report(err, seqs[0]);
+  }
   const concurrency = opts.concurrency ?? 8;
   let slots: BufferPool<ReturnType<typeof newReadSlot>> | undefined;
   let slotSize = 0;
@@ -99,7 +105,9 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
     const m = chain[0];
     let key;
     try {
+      if (marker) checkChainAuthenticity(chain, undefined, marker, disk);
       key = chainKey(chain, opts.encryption, disk);
+      checkChainAuthenticity(chain, key.seal ? opts.encryption : undefined, marker, disk);
     } catch (err) {
       report(err, seq);
       continue;
@@ -109,7 +117,8 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
     storedOnly ||= stored;
     // One point: everything it restores from. All points: each point's own table once, which together covers
     // every chunk any of them references (a rebased table carries the entries of pruned ancestors).
-    const entries: AsyncIterable<ChunkEntry> = all ? tableEntries(store, m) : chainView(store, chain);
+    const metaKey = key.seal ? opts.encryption : undefined;
+    const entries: AsyncIterable<ChunkEntry> = all ? tableEntries(store, m, metaKey) : chainView(store, chain, metaKey);
     const nonZero = async function* () {
       try {
         for await (const e of entries) if (!isZeroEntry(e)) yield e;

@@ -1,15 +1,19 @@
 // A point's view of the disk: the newest entry for every chunk index along its chain of deltas, produced by
 // a streaming k-way merge of the chain's tables. Memory holds one segment per point, whatever the disk size.
+import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import type { PointManifest } from '../format/manifest.js';
+import { MANIFEST_VERSION_AUTHENTICATED, type PointManifest } from '../format/manifest.js';
 import { decodeSegment, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 
-/** Streams one point's own table, a segment at a time, checking order across segments. */
-export async function* tableEntries(store: ObjectStore, m: PointManifest): AsyncIterable<ChunkEntry> {
+/**
+ * Streams one point's own table, a segment at a time, checking order across segments. An authenticated point's
+ * segments must match the MACs its manifest lists, and with key (the disk's) their MACs are recomputed too.
+ */
+export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: EncryptionKey): AsyncIterable<ChunkEntry> {
   let prev = -1;
   let total = 0;
-  for (const ref of m.table.segments) {
+  for (const [n, ref] of m.table.segments.entries()) {
     let bytes: Buffer;
     try {
       bytes = await store.get(ref.key);
@@ -19,7 +23,7 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest): Async
       }
       throw err;
     }
-    const entries = decodeSegment(bytes, ref.key);
+    const entries = decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
     if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; restore from another point`);
     }
@@ -35,6 +39,13 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest): Async
   if (total !== m.table.records) {
     throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} lists ${m.table.records} chunk records but its tables hold ${total}`);
   }
+}
+
+/** What decodeSegment must find in segment n of m (see there). */
+export function segmentExpectation(m: PointManifest, n: number, key: EncryptionKey | undefined): Parameters<typeof decodeSegment>[2] {
+  if (m.version !== MANIFEST_VERSION_AUTHENTICATED) return 'plain';
+  const place = { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n };
+  return { mac: m.table.segments[n].mac!, ...(key ? { auth: { key, place } } : {}) };
 }
 
 /** Pull-based cursor over an async iterable, so merges can peek. */
@@ -54,8 +65,8 @@ export class Cursor<T> {
  * Effective entries of a chain (newest first, as loadChain returns it), ascending by index. An index absent
  * from the result is zero in that point; zero entries are yielded as such (callers may skip them).
  */
-export async function* chainView(store: ObjectStore, chain: PointManifest[]): AsyncIterable<ChunkEntry> {
-  const cursors = chain.map((m) => new Cursor(tableEntries(store, m)));
+export async function* chainView(store: ObjectStore, chain: PointManifest[], key?: EncryptionKey): AsyncIterable<ChunkEntry> {
+  const cursors = chain.map((m) => new Cursor(tableEntries(store, m, key)));
   try {
     await Promise.all(cursors.map((c) => c.next()));
     for (;;) {

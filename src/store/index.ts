@@ -9,6 +9,8 @@ export {
 } from './registry.js';
 export { wrapStore, DEFAULT_CONCURRENCY, type WrapOptions, type WrappedStore } from './wrap.js';
 export { FsStore, type FsStoreOptions } from './fs/fs-store.js';
+export { assertOutsideStore, assertNotInsideAnyStore, resolveThroughSymlinks } from './containment.js';
+export { makeDirs, unusablePath, isVirtualFsPath } from './fs/dirs.js';
 export { MemoryStore } from './memory/memory-store.js';
 export { FaultyStore, type Fault } from './wrappers/faulty.js';
 export { RetryingStore, isRetryable, type RetryOptions } from './wrappers/retrying.js';

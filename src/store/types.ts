@@ -46,12 +46,47 @@ export interface ObjectStore {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;
   close(): Promise<void>;
+  /** Set by a store whose far end owns the disks' leases (a ws peer): writers go through it (src/recovery/lease.ts). */
+  readonly leases?: LeaseAuthority;
 }
 
-/** Keys are '/'-separated, relative, without '.', '..' or empty segments; backends may rely on it. */
+/** A disk's one-writer lease as stored in disks/<disk>/lease.json. */
+export interface LeaseRecord {
+  format: 'rnode-lease';
+  disk: string;
+  holder: string;
+  /** Fencing token: strictly greater for every new holder of this disk's lease. */
+  token: number;
+  acquiredAt: string;
+  /** When the holder last extended it (absent in leases written before it existed: acquiredAt counts). */
+  renewedAt?: string;
+  expiresAt: string;
+}
+
+/**
+ * Who writes a disk's lease record. Locally the writer itself, with conditional puts (StoreLeases in
+ * src/recovery/lease.ts); through a ws peer the receiving node (lease messages), which never lets a peer write a
+ * lease object directly.
+ */
+export interface LeaseAuthority {
+  /** Takes the lease, or throws LEASE_HELD (details: holder, expiresAt) while another live holder has it. */
+  acquire(disk: string, holder: string, ttlMs: number, breakDead?: string): Promise<LeaseRecord>;
+  /** Extends it, or throws LEASE_LOST when someone else holds it now. */
+  renew(record: LeaseRecord, ttlMs: number): Promise<LeaseRecord>;
+  /** Expires it (kept, not deleted, so the fencing token keeps growing). */
+  release(record: LeaseRecord): Promise<void>;
+}
+
+/** A key segment never starts with this: the fs store names its temp files so, and they can never be keys. */
+export const RESERVED_SEGMENT_PREFIX = '.rnode-tmp.';
+
+/**
+ * Keys are '/'-separated, relative, without '.', '..' or empty segments, NUL or backslash, and no segment starts
+ * with RESERVED_SEGMENT_PREFIX; backends may rely on it.
+ */
 export function assertValidKey(key: string): void {
   if (key.length === 0 || key.length > 1024 || key.startsWith('/') || key.endsWith('/') ||
-      key.split('/').some((s) => s === '' || s === '.' || s === '..') || /[\0\\]/.test(key)) {
+      key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(RESERVED_SEGMENT_PREFIX)) || /[\0\\]/.test(key)) {
     throw new Error(`invalid object key ${JSON.stringify(key)}`);
   }
 }

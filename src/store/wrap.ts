@@ -33,6 +33,7 @@ export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): Wrapped
     location: backend.location,
     capabilities: backend.capabilities,
     backend,
+    ...(backend.leases ? { leases: backend.leases } : {}),
     put: (key: string, data: Uint8Array, o?: PutOptions): Promise<ObjectInfo> => top.put(key, data, o),
     get: (key: string, range?: ByteRange): Promise<Buffer> => top.get(key, range),
     head: (key: string): Promise<ObjectInfo> => top.head(key),

@@ -12,7 +12,12 @@ export type ClientMessage =
   | { op: 'list'; prefix: string; after?: string }
   | { op: 'listNext' }
   | { op: 'listCancel' }
-  | { op: 'delete'; key: string };
+  | { op: 'delete'; key: string }
+  /** A disk's write lease: the node writes the record itself, with a TTL it clamps (never a PUT of lease.json). */
+  | { op: 'lease'; action: 'acquire' | 'renew' | 'release'; disk: string; holder: string; ttlMs?: number; token?: number; breakDead?: string };
+
+/** The lease record a node returns (see LeaseRecord in src/store/types.ts). */
+export interface LeaseWire { disk: string; holder: string; token: number; acquiredAt: string; renewedAt?: string; expiresAt: string }
 
 /** Node → client. */
 export type NodeMessage =
@@ -20,7 +25,8 @@ export type NodeMessage =
   | { op: 'ack'; info?: ObjectInfoWire; credit?: number }
   | { op: 'error'; code: string; message: string; retryable?: boolean; details?: Record<string, unknown>; credit?: number }
   | { op: 'credit'; bytes: number }
-  | { op: 'listPage'; items: ObjectInfoWire[]; more: boolean };
+  | { op: 'listPage'; items: ObjectInfoWire[]; more: boolean }
+  | { op: 'leaseGrant'; lease: LeaseWire };
 
 export interface PutMeta { key: string; ifMatch?: string }
 export interface DataMeta { size: number; etag?: string }
@@ -80,8 +86,24 @@ export function parseClientMessage(meta: Record<string, unknown>): ClientMessage
     }
     case 'listNext': return { op: 'listNext' };
     case 'listCancel': return { op: 'listCancel' };
+    case 'lease': {
+      const action = meta.action;
+      if (action !== 'acquire' && action !== 'renew' && action !== 'release') throw protocolError('lease action must be acquire, renew or release');
+      const ttlMs = optInt(meta, 'ttlMs');
+      const token = optInt(meta, 'token');
+      const breakDead = optStr(meta, 'breakDead', 256);
+      return { op: 'lease', action, disk: str(meta, 'disk', 128), holder: str(meta, 'holder', 256),
+        ...(ttlMs !== undefined ? { ttlMs } : {}), ...(token !== undefined ? { token } : {}), ...(breakDead !== undefined ? { breakDead } : {}) };
+    }
     default: throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
   }
+}
+
+function leaseWire(v: unknown): LeaseWire {
+  const m = obj(v, 'lease');
+  const renewedAt = optStr(m, 'renewedAt', 64);
+  return { disk: str(m, 'disk', 128), holder: str(m, 'holder', 256), token: int(m, 'token'), acquiredAt: str(m, 'acquiredAt', 64),
+    ...(renewedAt !== undefined ? { renewedAt } : {}), expiresAt: str(m, 'expiresAt', 64) };
 }
 
 export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
@@ -105,6 +127,7 @@ export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
       if (!Array.isArray(meta.items) || meta.items.length > 10_000) throw protocolError('listPage items must be an array of at most 10000');
       return { op: 'listPage', items: meta.items.map(info), more: bool(meta, 'more') };
     }
+    case 'leaseGrant': return { op: 'leaseGrant', lease: leaseWire(meta.lease) };
     default: throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
   }
 }

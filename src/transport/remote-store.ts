@@ -11,7 +11,7 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { ChunkFlag, CHUNK_HEADER_BYTES, decodeChunkHeader } from '../format/chunk.js';
 import { Codec } from '../format/codecs.js';
 import { parseChunkKey } from '../format/layout.js';
-import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
+import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
 import { isTlsFailure, TransportErrorCodes, transportError } from './errors.js';
@@ -132,6 +132,21 @@ export class RemoteStore implements ObjectStore {
   }
 
   // ---- ObjectStore ----
+
+  /** The node owns the disks' leases: acquire, renew and release are lease messages, never PUTs of lease.json. */
+  readonly leases: LeaseAuthority = {
+    acquire: async (disk, holder, ttlMs, breakDead) =>
+      this.leaseCall({ op: 'lease', action: 'acquire', disk, holder, ttlMs, ...(breakDead !== undefined ? { breakDead } : {}) }),
+    renew: async (r, ttlMs) => this.leaseCall({ op: 'lease', action: 'renew', disk: r.disk, holder: r.holder, token: r.token, ttlMs }),
+    release: async (r) => { await this.leaseCall({ op: 'lease', action: 'release', disk: r.disk, holder: r.holder, token: r.token }); },
+  };
+
+  private async leaseCall(m: Extract<ClientMessage, { op: 'lease' }>): Promise<LeaseRecord> {
+    const f = await this.control(m);
+    const reply = this.nodeMessage(f);
+    if (reply.op !== 'leaseGrant') throw this.unexpected('lease', f);
+    return { format: 'rnode-lease', ...reply.lease };
+  }
 
   async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
     checkKey(key);

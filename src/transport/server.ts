@@ -4,16 +4,18 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import type { ObjectStore } from '../store/types.js';
+import { validateDiskId } from '../format/layout.js';
+import { clampLeaseTtl, StoreLeases } from '../recovery/lease.js';
+import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta } from './control.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
 import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from './throttle.js';
-import { ObjectValidator } from './validate.js';
+import { classifyKey, ObjectValidator } from './validate.js';
 
 /** PUT bytes a session may hold unacknowledged unless serve is told otherwise. */
 export const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
@@ -36,8 +38,13 @@ export interface ServeOptions {
   opConcurrency?: number;
   /** Node-wide limit on bytes received and sent per second (undefined: none). */
   bandwidth?: number;
-  /** A connection must say hello within this (default 10 s). */
+  /**
+   * A TCP connection must complete the HTTP upgrade and an accepted hello within this from accept, or it is closed
+   * (default DEFAULT_HANDSHAKE_MS): idle sockets that never upgrade cannot pile up.
+   */
   handshakeMs?: number;
+  /** Open TCP connections one client address may hold; more are refused at accept (default DEFAULT_MAX_CONNECTIONS_PER_ADDRESS). */
+  maxConnectionsPerAddress?: number;
   /** A connection that answers neither data nor pings for this long is dropped (default 60 s). */
   idleMs?: number;
   /** Events for the log; never carries the token. */
@@ -58,7 +65,14 @@ export interface ServerStats {
   protocolErrors: number;
   /** Highest PUT bytes held by one session at once (never above windowBytes). */
   peakSessionBytes: number;
+  /** TCP connections closed for not completing upgrade + hello within handshakeMs. */
+  handshakeTimeouts: number;
+  /** TCP connections refused at accept: their address already held maxConnectionsPerAddress. */
+  refusedPerAddress: number;
 }
+
+export const DEFAULT_HANDSHAKE_MS = 10_000;
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 32;
 
 const WRITE_HIGH_WATER = 4 * 1024 * 1024;
 const LIST_PAGE_ITEMS = 1000;
@@ -67,9 +81,15 @@ const MAX_OPEN_LISTS = 16;
 export class ReplicationServer {
   readonly stats: ServerStats = {
     sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
-    protocolErrors: 0, peakSessionBytes: 0,
+    protocolErrors: 0, peakSessionBytes: 0, handshakeTimeouts: 0, refusedPerAddress: 0,
   };
+  /** Open TCP connections by client address. */
+  private readonly perAddress = new Map<string, number>();
+  /** Connections still to complete upgrade + hello, with the timer that closes them. */
+  private readonly handshaking = new Map<Socket, NodeJS.Timeout>();
   readonly validator: ObjectValidator;
+  /** This node writes its disks' lease records itself; peers only ask (lease messages). */
+  readonly leases: StoreLeases;
   readonly windowBytes: number;
   readonly maxFrameBytes: number;
   readonly bucket?: TokenBucket;
@@ -81,6 +101,7 @@ export class ReplicationServer {
 
   private constructor(readonly opts: ServeOptions) {
     this.validator = new ObjectValidator(opts.store);
+    this.leases = new StoreLeases(opts.store);
     this.windowBytes = opts.windowBytes ?? DEFAULT_WINDOW_BYTES;
     if (this.windowBytes < 64 * 1024) throw new RangeError('windowBytes must be at least 64 KiB');
     this.maxFrameBytes = Math.min(MAX_FRAME_BYTES, this.windowBytes);
@@ -108,10 +129,11 @@ export class ReplicationServer {
     this.http = this.opts.tls ? https.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }) : http.createServer();
     this.http.on('request', (_req, res) => { res.writeHead(426, { 'content-type': 'text/plain' }); res.end('rnode peer endpoint: use a WebSocket client (rnode replicate --target ws://...)\n'); });
     this.http.on('tlsClientError', (err) => this.log('tls-error', { message: err.message }));
+    this.http.on('connection', (sock: Socket) => this.onConnection(sock));
     this.wss = new WebSocketServer({ server: this.http, maxPayload: this.maxFrameBytes, perMessageDeflate: false });
     this.wss.on('connection', (ws, req) => {
       try {
-        const s = new Session(this, ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+        const s = new Session(this, ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`, req.socket);
         this.sessions.add(s);
         ws.on('close', () => { this.sessions.delete(s); });
       } catch (err) {
@@ -124,6 +146,49 @@ export class ReplicationServer {
       this.http.once('error', reject);
       this.http.listen(this.opts.port ?? 0, this.opts.host ?? '127.0.0.1', () => { this.http.off('error', reject); resolve(); });
     });
+  }
+
+  /** Accept: per-address cap, then the handshake deadline (cleared by handshakeDone once a hello is accepted). */
+  private onConnection(sock: Socket): void {
+    const addr = sock.remoteAddress ?? '?';
+    const max = this.opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
+    const n = this.perAddress.get(addr) ?? 0;
+    if (n >= max) {
+      this.stats.refusedPerAddress++;
+      this.log('refused', { peer: addr, reason: 'max-connections-per-address', max });
+      // Plain HTTP can say why; a TLS client gets a reset (nothing readable can be sent before the handshake).
+      if (this.opts.tls) sock.destroy();
+      else {
+        sock.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n' +
+          `RNODE_TRANSPORT_BUSY: ${max} connections from ${addr} already open (--max-connections-per-address)\n`);
+        setTimeout(() => sock.destroy(), 1000).unref();
+      }
+      return;
+    }
+    this.perAddress.set(addr, n + 1);
+    const timer = setTimeout(() => {
+      if (!this.handshaking.delete(sock)) return;
+      this.stats.handshakeTimeouts++;
+      this.log('handshake-timeout', { peer: addr });
+      // A session in its hello phase tells the peer why (Session's own timer); a socket that never upgraded is cut.
+      sock.destroy();
+    }, this.handshakeMs + 500); // after the session's own timeout, which tells a WebSocket peer why
+    timer.unref();
+    this.handshaking.set(sock, timer);
+    sock.once('close', () => {
+      clearTimeout(this.handshaking.get(sock));
+      this.handshaking.delete(sock);
+      const left = (this.perAddress.get(addr) ?? 1) - 1;
+      if (left <= 0) this.perAddress.delete(addr); else this.perAddress.set(addr, left);
+    });
+  }
+
+  get handshakeMs(): number { return this.opts.handshakeMs ?? DEFAULT_HANDSHAKE_MS; }
+
+  /** A hello was accepted on sock: it is a session now, watched by its idle timer. */
+  handshakeDone(sock: Socket): void {
+    clearTimeout(this.handshaking.get(sock));
+    this.handshaking.delete(sock);
   }
 
   authenticated(): number {
@@ -165,11 +230,11 @@ class Session {
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly id = randomBytes(6).toString('hex');
 
-  constructor(private readonly node: ReplicationServer, private readonly ws: WebSocket, private readonly peer: string) {
+  constructor(private readonly node: ReplicationServer, private readonly ws: WebSocket, private readonly peer: string, private readonly socket: Socket) {
     const o = node.opts;
     this.timers.push(setTimeout(() => {
       if (!this.ready && !this.closed) this.fail(new RnodeError(TransportErrorCodes.TIMEOUT, 'no hello within the handshake timeout; the connection was closed'), 1008);
-    }, o.handshakeMs ?? 10_000));
+    }, node.handshakeMs));
     const idle = o.idleMs ?? 60_000;
     const beat = setInterval(() => {
       if (!this.alive) { this.node.log('session-stalled', { session: this.id, peer }); this.terminate(); return; }
@@ -236,6 +301,7 @@ class Session {
     }
     this.ready = true;
     clearTimeout(this.timers[0]);
+    this.node.handshakeDone(this.socket);
     this.node.stats.sessions++;
     this.node.stats.sessionsTotal++;
     this.node.log('session', { session: this.id, peer: this.peer, client: m.client, resumeOf: m.resumeOf });
@@ -313,6 +379,7 @@ class Session {
     try {
       switch (m.op) {
         case 'get': {
+          requestKey(m.key, true);
           await this.writable();
           const range = m.offset !== undefined ? { offset: m.offset, ...(m.length !== undefined ? { length: m.length } : {}) } : undefined;
           const data = await store.get(m.key, range);
@@ -324,6 +391,7 @@ class Session {
           return;
         }
         case 'head':
+          requestKey(m.key, true);
           this.reply(stream, { op: 'ack', info: wireInfo(await store.head(m.key)) });
           return;
         case 'delete':
@@ -333,10 +401,24 @@ class Session {
           return;
         case 'list': {
           if (this.lists.size >= MAX_OPEN_LISTS) throw protocolError(`more than ${MAX_OPEN_LISTS} listings open at once`);
+          if (m.prefix !== '') requestKey(m.prefix.endsWith('/') ? m.prefix.slice(0, -1) : m.prefix);
           const it = store.list(m.prefix)[Symbol.asyncIterator]();
           const entry = { it, busy: true };
           this.lists.set(stream, entry);
           await this.page(stream, entry, m.after);
+          return;
+        }
+        case 'lease': {
+          validateDiskId(m.disk);
+          const ttl = clampLeaseTtl(m.ttlMs ?? 60_000);
+          const ref: LeaseRecord = { format: 'rnode-lease', disk: m.disk, holder: m.holder, token: m.token ?? 0, acquiredAt: '', expiresAt: '' };
+          let rec: LeaseRecord = ref;
+          if (m.action === 'acquire') rec = await this.node.leases.acquire(m.disk, m.holder, ttl, m.breakDead);
+          else if (m.action === 'renew') rec = await this.node.leases.renew(ref, ttl);
+          else await this.node.leases.release(ref);
+          this.node.log('lease', { session: this.id, peer: this.peer, action: m.action, disk: m.disk, holder: m.holder, token: rec.token, ttlMs: ttl });
+          const { format: _f, ...lease } = rec;
+          this.reply(stream, { op: 'leaseGrant', lease });
           return;
         }
         default:
@@ -419,6 +501,20 @@ class Session {
     this.closed = true;
     // A peer that does not finish the close handshake is cut.
     setTimeout(() => { try { this.ws.terminate(); } catch { /* gone */ } }, 2000).unref();
+  }
+}
+
+/** A key (or list prefix) a peer sent: one that is not a valid key (e.g. "../x") is the peer's mistake, never INTERNAL. */
+function requestKey(key: string, read = false): void {
+  try {
+    assertValidKey(key);
+  } catch {
+    throw new RnodeError(TransportErrorCodes.REJECTED, `key ${JSON.stringify(key.slice(0, 200))} is not a valid object key (no '.', '..' or empty segments, no backslash); nothing was read`,
+      { details: { key: key.slice(0, 200) } });
+  }
+  // A lease's holder id is what renews or releases it: peers never read lease records, they hold their own.
+  if (read && classifyKey(key)?.kind === 'lease') {
+    throw new RnodeError(TransportErrorCodes.REJECTED, `${key} is kept by the receiving node; take a lease with a lease message instead of reading it`, { details: { key } });
   }
 }
 

@@ -25,6 +25,7 @@ const KINDS = [
   { kind: 'chunk', re: new RegExp(`^disks/(${DISK})/chunks/(\\d{10})/(\\d{12})$`) },
   { kind: 'pending', re: new RegExp(`^disks/(${DISK})/pending/(\\d{10})\\.json$`) },
   { kind: 'lease', re: new RegExp(`^disks/(${DISK})/lease\\.json$`) },
+  { kind: 'marker', re: new RegExp(`^disks/(${DISK})/encryption\\.json$`) },
 ] as const;
 
 export type ObjectKind = (typeof KINDS)[number]['kind'];
@@ -73,10 +74,14 @@ export class ObjectValidator {
     try {
       switch (k.kind) {
         case 'chunk': await this.checkChunk(p, k); break;
-        case 'segment': decodeSegment(p.data, p.key); break;
+        case 'segment': decodeSegment(p.data, p.key, 'any'); break;
         case 'manifest': await this.checkManifest(p, k); break;
         case 'pending': checkPending(p.data, p.key, k); break;
-        case 'lease': checkJsonObject(p.data, p.key); break;
+        case 'lease':
+          // The node owns its leases: a peer takes one with a lease message, and a written lease could lock a disk.
+          throw rejected(`${p.key}: leases are not written over the peer link; the receiving node writes them (lease messages, docs/wire-protocol.md); it was not stored`,
+            { key: p.key, kind: 'lease' });
+        case 'marker': checkJsonObject(p.data, p.key); break;
       }
     } catch (err) {
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) throw err;
@@ -89,8 +94,8 @@ export class ObjectValidator {
   /** Whether a delete is allowed: only the writer's own scratch objects; points and chunks are pruned on the node. */
   checkDelete(key: string): void {
     const k = classifyKey(key);
-    if (!k || (k.kind !== 'pending' && k.kind !== 'lease')) {
-      throw rejected(`deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints and leases); run "rnode prune" on the receiving node`,
+    if (!k || k.kind !== 'pending') {
+      throw rejected(`deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints; leases are released with a lease message); run "rnode prune" on the receiving node`,
         { key });
     }
   }

@@ -312,8 +312,8 @@ t.test('table segments reject checksum mismatches, truncation, disorder and unkn
   await rnodeErr(t, () => decodeSegment(b.subarray(0, 10), 'seg'), ErrorCodes.MANIFEST_CORRUPT, 'cut inside the header');
   await rnodeErr(t, () => decodeSegment(Buffer.concat([b, Buffer.alloc(64)]), 'seg'), ErrorCodes.MANIFEST_CORRUPT, 'trailing bytes');
   const ver = Buffer.from(b);
-  ver[4] = 2;
-  await rnodeErr(t, () => decodeSegment(ver, 'seg'), ErrorCodes.FORMAT_VERSION, 'version 2');
+  ver[4] = 3;
+  await rnodeErr(t, () => decodeSegment(ver, 'seg'), ErrorCodes.FORMAT_VERSION, 'version 3');
   const swapped = [...es];
   [swapped[1], swapped[2]] = [swapped[2], swapped[1]];
   await rnodeErr(t, () => decodeSegment(encodeSegment(swapped), 'seg'), ErrorCodes.MANIFEST_CORRUPT, 'records out of order (valid checksum)');
@@ -358,7 +358,10 @@ t.test('manifests round-trip and reject tampering', async (t) => {
   await rnodeErr(t, () => decodeManifest(b.subarray(0, b.length - 3), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'truncated');
   await rnodeErr(t, () => decodeManifest(Buffer.from('null'), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'null');
   await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, format: 'other' as never }), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'another format');
-  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 3 }), 'm'), ErrorCodes.FORMAT_VERSION, 'version 3');
+  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 4 }), 'm'), ErrorCodes.FORMAT_VERSION, 'version 4');
+  // Version 3 (authenticated, test/security/forgery) needs its MACs.
+  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 3, encryption: { alg: 'aes-256-gcm', keyId: '0'.repeat(32) } }), 'm'),
+    ErrorCodes.MANIFEST_CORRUPT, 'version 3 without MACs');
   // Version 2 is an encrypted point (test/crypto): it needs its encryption field, and version 1 must not have one.
   await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 2 }), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'version 2 without encryption');
   await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, encryption: { alg: 'aes-256-gcm', keyId: '0'.repeat(32) } }), 'm'),

@@ -3,7 +3,7 @@
 // any chunk (xxh64 and BLAKE3 of every plaintext chunk, in binary and hex, found nowhere), while an unencrypted
 // store of the same disk holds all of them (so the search would find them); a missing or wrong key is refused before
 // any chunk is read or any output exists; tampered and swapped objects are CHUNK_CORRUPT naming the chunk, with no
-// output left; keys never mix on a disk; verify without the key checks stored bytes and says so; prune needs no key;
+// output left; keys never mix on a disk; verify without the key checks stored bytes and says so; prune needs the key;
 // a cut encrypted point resumes with its key and starts afresh with another; and the CLI does all of it with
 // --encryption-key-file, the key never printed.
 import t from 'tap';
@@ -129,8 +129,8 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
   await expectRestore(t, f.store, 'd', 1, f.fps[0], f.dir, 'encrypted full point', { encryption: KEY });
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'encrypted incremental point', { encryption: KEY });
   const points = await listPoints(f.store, 'd');
-  t.same(points.map((m) => [m.version, m.encryption]), [[2, { alg: 'aes-256-gcm', keyId: KEY.keyId }], [2, { alg: 'aes-256-gcm', keyId: KEY.keyId }]],
-    'manifests are version 2 and record the key id');
+  t.same(points.map((m) => [m.version, m.encryption]), [[3, { alg: 'aes-256-gcm', keyId: KEY.keyId }], [3, { alg: 'aes-256-gcm', keyId: KEY.keyId }]],
+    'manifests are version 3 (authenticated) and record the key id');
 
   // Both points' plaintext (the first image is gone: rebuild it) must be absent; so must every unkeyed digest.
   const first = path.join(f.dir, 'first.img');
@@ -220,7 +220,7 @@ t.test('tampered and swapped chunk objects: CHUNK_CORRUPT naming the chunk and o
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after the original object is put back', { encryption: KEY });
 });
 
-t.test('keys never mix on a disk; prune needs no key', async (t) => {
+t.test('keys never mix on a disk; prune needs the key', async (t) => {
   const f = await encryptedDisk(t, 'enc-mix');
   const nothingNew = async (what: string) => {
     t.same(await listPointSeqs(f.store, 'd'), [1, 2], `${what}: no point written`);
@@ -244,10 +244,11 @@ t.test('keys never mix on a disk; prune needs no key', async (t) => {
   await snap(f.store, f.img, 'd-rekeyed', { chunkSize: CHUNK, encryption: OTHER });
   await expectRestore(t, f.store, 'd-rekeyed', 1, f.fps[1], f.dir, 'the same data under another key and disk id', { encryption: OTHER });
 
-  const pr = await prune({ store: f.store, disk: 'd', keep: 1 });
-  t.same(pr.deleted, [1], 'prune without a key');
+  await rejectsWith(t, prune({ store: f.store, disk: 'd', keep: 1 }), ErrorCodes.KEY_REQUIRED, 'prune without the key (it rewrites authenticated tables)');
+  const pr = await prune({ store: f.store, disk: 'd', keep: 1, encryption: KEY });
+  t.same(pr.deleted, [1], 'prune with the key');
   const [kept] = await listPoints(f.store, 'd');
-  t.match(kept, { point: 2, parent: null, version: 2, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted');
+  t.match(kept, { point: 2, parent: null, version: 3, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted');
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after prune', { encryption: KEY });
   t.match(await snap(f.store, f.img, 'd', { encryption: KEY }), { point: 3, parent: 2, chunksChanged: 0 }, 'and incrementals continue');
 });

@@ -87,7 +87,7 @@ t.test('a live-looking lease whose holder process on this host is gone is taken 
   const store = new MemoryStore();
   const record = {
     format: 'rnode-lease', disk: 'k', holder: `${os.hostname()}/${dead}/deadbeef`, token: 7,
-    acquiredAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+    acquiredAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 300_000).toISOString(),
   };
   await store.put(layout.lease('k'), Buffer.from(JSON.stringify(record)));
   const lease = await Lease.acquire(store, 'k');

@@ -5,17 +5,23 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
+import { failpoint } from '../../failpoint.js';
 import { writeFileExclusive } from '../../native/index.js';
 import {
   checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix,
 } from '../common.js';
-import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
+import { RESERVED_SEGMENT_PREFIX, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCapabilities } from '../types.js';
+import { isVirtualFsPath, makeDirs, unusablePath } from './dirs.js';
 
 /**
- * Temp files carry a backslash, which assertValidKey forbids in keys, so no key can ever collide with
- * a temp file and list/get can skip them (e.g. the ones a crash left behind) by name alone.
+ * Temp files start with the segment prefix assertValidKey forbids in keys, so no key can ever collide with a temp
+ * file and list/get can skip them (e.g. the ones a crash left behind) by name alone. Older rnode versions marked
+ * them with a backslash (`.tmp\\name`): those are skipped and cleaned up alike.
  */
-const TEMP_MARK = '.tmp\\';
+const TEMP_MARK = RESERVED_SEGMENT_PREFIX;
+const isTempName = (name: string) => name.startsWith(TEMP_MARK) || name.includes('\\');
+/** A temp file this old was left by a crashed put (no put takes an hour); listing its folder removes it. */
+const STALE_TEMP_MS = 3600_000;
 
 export interface FsStoreOptions {
   /** fsync file and directory on put (default true). Off only for throwaway test data. */
@@ -46,6 +52,10 @@ export class FsStore implements ObjectStore {
   constructor(rootDir: string, opts: FsStoreOptions = {}) {
     this.root = path.resolve(rootDir);
     this.location = this.root;
+    // /proc and /sys take no files; refusing here beats a first put failing deep in a run.
+    if (isVirtualFsPath(this.root)) {
+      throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `store folder ${this.root} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder`);
+    }
     this.fsync = opts.fsync ?? true;
   }
 
@@ -59,6 +69,7 @@ export class FsStore implements ObjectStore {
     // Serialize writers of one key in this process: ifMatch's compare-then-rename must not interleave.
     return this.withLock(key, async () => {
       const { tmp, newDir, info } = await this.writeTemp(file, data);
+      failpoint('fs-temp-written'); // a crash here leaves the temp file behind (test/security/paths)
       try {
         if (opts.ifNoneMatch) {
           try {
@@ -107,7 +118,7 @@ export class FsStore implements ObjectStore {
       try {
         // Directories seen in this process are assumed to exist; ENOENT below sends us back to mkdir.
         if (!this.knownDirs.has(dir)) {
-          newDir = (await fsp.mkdir(dir, { recursive: true })) ?? newDir;
+          newDir = (await makeDirs(dir)) ?? newDir;
           this.rememberDir(dir);
         }
         // One pool job: create, write, fdatasync, stat, close. Durable puts write their aligned body with O_DIRECT.
@@ -172,8 +183,9 @@ export class FsStore implements ObjectStore {
       if (errno(err) === 'ENOENT' || errno(err) === 'ENOTDIR') return;
       throw this.mapError(err, 'list', dirKey);
     }
+    for (const e of entries) if (e.isFile() && isTempName(e.name)) await removeIfStale(path.join(dirPath, e.name));
     const sorted = entries
-      .filter((e) => e.name.startsWith(namePrefix) && !e.name.includes('\\') && (e.isFile() || e.isDirectory()))
+      .filter((e) => e.name.startsWith(namePrefix) && !isTempName(e.name) && (e.isFile() || e.isDirectory()))
       .map((e) => ({ e, sortName: e.isDirectory() ? `${e.name}/` : e.name }))
       .sort((a, b) => compareKeys(a.sortName, b.sortName));
     for (const { e } of sorted) {
@@ -236,6 +248,16 @@ export class FsStore implements ObjectStore {
 
   private mapError(err: unknown, op: string, key: string): RnodeError {
     if (err instanceof RnodeError) return err;
+    if (op === 'put') {
+      // The store folder itself cannot take files (no space, read-only, a file or nothing where it should be): a
+      // coded line about the folder, not a retryable I/O error about one key.
+      const at = (err as { path?: string }).path;
+      const outside = at !== undefined && !path.resolve(at).startsWith(this.root + path.sep);
+      const code = errno(err);
+      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS' || ((code === 'ENOENT' || code === 'ENOTDIR') && outside)) {
+        return unusablePath(`store folder ${this.location}`, err)!;
+      }
+    }
     switch (errno(err)) {
       case 'ENOENT':
       case 'ENOTDIR':
@@ -272,6 +294,12 @@ export class FsStore implements ObjectStore {
       if (this.locks.get(key) === tail) this.locks.delete(key);
     }
   }
+}
+
+/** Best effort: a temp file older than STALE_TEMP_MS is a crashed put's leftover. */
+async function removeIfStale(file: string): Promise<void> {
+  const st = await fsp.stat(file).catch(() => undefined);
+  if (st && Date.now() - st.mtimeMs > STALE_TEMP_MS) await fsp.rm(file, { force: true }).catch(() => undefined);
 }
 
 function errno(err: unknown): string | undefined {

@@ -1,0 +1,139 @@
+// Bugs (issue 10, items 2, 3 and 5): `recover --out` onto a manifest file of its own store succeeded and destroyed
+// every point of the disk; `replicate --target /proc/nope` (or /proc/self) and `demo --workdir /proc/nope` spun a CPU
+// with no output until killed (Node's recursive mkdir retries forever where mkdir answers ENOENT under an existing
+// parent); temp files a SIGKILL left in an fs store carried a literal backslash (`.tmp\g0000-...`); `--point -1`
+// was called "ambiguous". Each command below runs the real CLI and must end within a few seconds with a coded line.
+import t from 'tap';
+import type { Test } from 'tap';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { FsStore } from '../../src/store/index.js';
+import { runCli, type CliResult } from '../helpers/cli.js';
+import { KiB, MiB, fingerprint, listFiles, randomData, snap, expectRestore, fsStore, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
+
+// Generous for a loaded 2-core machine (each exits in ~1-2 s when it is quiet); a hang never exits at all.
+const FAST_MS = 30_000;
+
+/** Runs the CLI, asserting it exits (not killed) within FAST_MS with exit code `exit` and `code` on stderr, in one line. */
+async function expectFastFailure(t: Test, args: string[], code: string, exit: number, what: string): Promise<CliResult> {
+  const t0 = Date.now();
+  const r = await runCli(args, { timeoutMs: FAST_MS });
+  const ms = Date.now() - t0;
+  t.equal(r.signal, null, `${what}: exited by itself (${ms} ms${r.signal ? `, killed by the test after ${FAST_MS} ms: it hung` : ''})`);
+  t.equal(r.code, exit, `${what}: exit ${exit}`);
+  t.match(r.stderr, code, `${what}: ${r.stderr.trim().slice(0, 300)}`);
+  t.equal(r.stderr.trim().split('\n').length, 1, `${what}: one line, no stack trace`);
+  return r;
+}
+
+async function diskAndStore(t: Test, tag: string): Promise<{ dir: string; img: string; storeDir: string }> {
+  const dir = tmpDir(t, tag);
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(MiB, 5));
+  const storeDir = path.join(dir, 'store');
+  await snap(fsStore(storeDir), img, 'd', { chunkSize: 64 * KiB });
+  return { dir, img, storeDir };
+}
+
+t.test('recover --out inside the store (a manifest, the store folder, through a symlink) is refused; the store is intact', async (t) => {
+  const { dir, img, storeDir } = await diskAndStore(t, 'sec-out');
+  const manifest = path.join(storeDir, 'disks', 'd', 'points', '0000000001.json');
+  const before = fs.readFileSync(manifest);
+  fs.symlinkSync(path.join(storeDir, 'disks'), path.join(dir, 'link'));
+  const base = ['recover', '--store', storeDir, '--disk', 'd', '--point', '1'];
+  for (const [what, out] of [
+    ['onto a manifest file', manifest],
+    ['the store folder itself', storeDir],
+    ['a new file inside the store', path.join(storeDir, 'restored.img')],
+    ['a path that resolves into the store through a symlink', path.join(dir, 'link', 'd', 'x.img')],
+  ] as const) {
+    await expectFastFailure(t, [...base, '--out', out], 'RNODE_OUTPUT_IN_STORE', 2, what);
+  }
+  t.ok(before.equals(fs.readFileSync(manifest)), 'the manifest is untouched');
+  await expectRestore(t, fsStore(storeDir), 'd', 1, fingerprint(img), dir, 'the point still restores');
+  // A workdir inside an existing store is refused too.
+  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(storeDir, 'disks', 'demo')], 'RNODE_OUTPUT_IN_STORE', 2, 'demo --workdir inside a store');
+});
+
+t.test('unusable targets and work folders fail fast with RNODE_PATH_UNUSABLE: /proc, a file where a folder is needed', async (t) => {
+  const dir = tmpDir(t, 'sec-proc');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 6));
+  const file = path.join(dir, 'a-file');
+  fs.writeFileSync(file, 'x');
+  const rep = (target: string) => ['replicate', '--source', img, '--target', target, '--disk', 'd'];
+  await expectFastFailure(t, rep('/proc/nope'), 'RNODE_PATH_UNUSABLE', 2, 'replicate --target /proc/nope');
+  await expectFastFailure(t, rep('/proc/self'), 'RNODE_PATH_UNUSABLE', 2, 'replicate --target /proc/self');
+  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', '/proc/nope'], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir /proc/nope');
+  await expectFastFailure(t, rep(file), 'RNODE_PATH_UNUSABLE', 2, 'replicate --target <a file>');
+  await expectFastFailure(t, rep(path.join(file, 'sub')), 'RNODE_PATH_UNUSABLE', 2, 'replicate --target <a file>/sub');
+  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(file, 'sub')], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir <a file>/sub');
+});
+
+/** Mounts a tmpfs (as root, where mount works); undefined when this machine cannot. */
+function mountTmpfs(t: Test, opts: string): string | undefined {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-mnt-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', opts, 'tmpfs', dir], { stdio: 'pipe' });
+  } catch {
+    fs.rmdirSync(dir);
+    return undefined;
+  }
+  t.teardown(() => { try { execFileSync('umount', ['-l', dir], { stdio: 'pipe' }); fs.rmdirSync(dir); } catch { /* best effort */ } });
+  return dir;
+}
+
+const canMount = process.getuid?.() === 0;
+
+t.test('no permission (read-only filesystem) and no space fail fast with RNODE_PATH_UNUSABLE', { skip: !canMount && 'needs root to mount a tmpfs' }, async (t) => {
+  const dir = tmpDir(t, 'sec-nospace');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(2 * MiB, 7));
+  const ro = mountTmpfs(t, 'size=1m,ro');
+  const small = mountTmpfs(t, 'size=256k');
+  if (!ro || !small) { t.skip('mount -t tmpfs is not permitted here'); return; }
+  const rep = (target: string) => ['replicate', '--source', img, '--target', target, '--disk', 'd', '--chunk-size', '64KiB'];
+  await expectFastFailure(t, rep(path.join(ro, 'store')), 'RNODE_PATH_UNUSABLE', 2, 'replicate onto a read-only filesystem');
+  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(ro, 'w')], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir on a read-only filesystem');
+  const r = await expectFastFailure(t, rep(path.join(small, 'store')), 'RNODE_PATH_UNUSABLE', 2, 'replicate into a full filesystem');
+  t.match(r.stderr, /no space left/);
+  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(small, 'w2')], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir on a full filesystem');
+});
+
+t.test('a temp file left by a SIGKILL has no backslash in its name, and list, verify and cleanup ignore or remove it', async (t) => {
+  const dir = tmpDir(t, 'sec-temp');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 8));
+  const storeDir = path.join(dir, 'store');
+  const r = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'd'], { env: { RNODE_FAILPOINT: 'fs-temp-written' } });
+  t.equal(r.signal, 'SIGKILL', 'killed between writing a temp file and renaming it');
+  const left = listFiles(storeDir);
+  t.ok(left.length > 0, `left behind: ${left.join(', ')}`);
+  t.same(left.filter((f) => f.includes('\\')), [], 'no name with a backslash');
+  t.ok(left.every((f) => path.basename(f).startsWith('.rnode-tmp.')), 'every leftover is a .rnode-tmp. file');
+  const store = new FsStore(storeDir);
+  const keys: string[] = [];
+  for await (const o of store.list('')) keys.push(o.key);
+  t.same(keys, [], 'list shows no temp file');
+  // A leftover older than an hour (and one from an older release, with a backslash) is removed by the next listing.
+  const old = new Date(Date.now() - 2 * 3600_000);
+  const legacy = path.join(path.dirname(path.join(storeDir, left[0])), '.tmp\\old.deadbeef');
+  fs.writeFileSync(legacy, 'partial');
+  for (const f of [path.join(storeDir, left[0]), legacy]) fs.utimesSync(f, old, old);
+  for await (const _ of store.list('')) { /* walk */ }
+  t.same(listFiles(storeDir).filter((f) => !fs.statSync(path.join(storeDir, f)).isDirectory()), [], 'stale temp files were removed');
+  const again = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'd', '--json']);
+  t.equal(again.code, 0, again.stderr);
+});
+
+t.test('--point -1 says the value is invalid and what to pass', async (t) => {
+  const { dir, storeDir } = await diskAndStore(t, 'sec-point');
+  const r = await runCli(['recover', '--store', storeDir, '--disk', 'd', '--point', '-1', '--out', path.join(dir, 'o.img')]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /RNODE_USAGE: --point -1 is not a valid value.*rnode points.*latest/);
+  t.notMatch(r.stderr, /ambiguous/);
+});
