@@ -4,6 +4,8 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { PointManifest, SegmentRef } from '../format/manifest.js';
 import { decodeSegment, isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
+import type { EncryptionKey } from '../crypto/keys.js';
+import { segmentExpectation } from '../recovery/view.js';
 import { Lru } from './lru.js';
 
 /** Decoded segments kept (each up to 4096 entries, a few hundred KiB as objects). */
@@ -17,7 +19,8 @@ export class ChunkIndex {
   readonly chunks: number;
 
   /** chain: the point and its ancestors, newest first (loadChain's order). */
-  constructor(private readonly store: ObjectStore, private readonly chain: PointManifest[], maxSegments = DEFAULT_SEGMENTS) {
+  constructor(private readonly store: ObjectStore, private readonly chain: PointManifest[], maxSegments = DEFAULT_SEGMENTS,
+    private readonly key?: EncryptionKey) {
     this.chunkSize = chain[0].chunkSize;
     this.diskSize = chain[0].diskSize;
     this.chunks = Math.ceil(this.diskSize / this.chunkSize);
@@ -59,7 +62,8 @@ export class ChunkIndex {
       }
       throw err;
     }
-    const entries = decodeSegment(bytes, ref.key);
+    // Authenticated segments are checked against their manifest's MAC (and the key) as recover checks them.
+    const entries = decodeSegment(bytes, ref.key, segmentExpectation(m, m.table.segments.indexOf(ref), this.key));
     // The same checks a sequential restore makes (view.ts), per segment: count, range, order, inside the disk.
     if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; export another point`);

@@ -3,7 +3,7 @@
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
-import { requireChainSeal } from '../recovery/encryption.js';
+import { readDiskMarker, requireChainSeal } from '../recovery/encryption.js';
 import { listPointSeqs, loadChain, resolvePoint } from '../recovery/points.js';
 import type { ObjectStore } from '../store/types.js';
 import { ChunkCache, DEFAULT_CACHE_BYTES } from './chunk-cache.js';
@@ -75,10 +75,11 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   const seq = await resolvePoint(store, disk, o.point);
   const chain = await loadChain(store, disk, seq);
   // The key is checked against the manifests before anything listens: a wrong or missing key fails here.
-  const seal = requireChainSeal(chain, o.encryption, disk);
+  const marker = await readDiskMarker(store, disk, o.encryption);
+  const seal = requireChainSeal(chain, o.encryption, disk, marker);
   const cache = new ChunkCache({ store, disk, chunkSize: chain[0].chunkSize, seal, cacheBytes: o.cacheBytes ?? DEFAULT_CACHE_BYTES,
     concurrency: o.concurrency, fetchTimeoutMs: o.fetchTimeoutMs, log: o.log });
-  let main: ExportImage = new PointImage(new ChunkIndex(store, chain), cache);
+  let main: ExportImage = new PointImage(new ChunkIndex(store, chain, undefined, seal?.key), cache);
   let server: ExportServer | undefined;
   try {
     if (o.writable) main = await OverlayImage.open(o.overlay!, main, { disk, point: seq, size: main.size });
@@ -99,8 +100,8 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
           if (others.size >= MAX_OTHER_POINTS) others.delete(others.keys().next().value!);
           p = loadChain(store, disk, n).then((c) => {
             if (c[0].chunkSize !== chain[0].chunkSize) throw new RnodeError(ErrorCodes.USAGE, `point ${n} has another chunk size; export it on its own`);
-            requireChainSeal(c, o.encryption, disk);
-            return new PointImage(new ChunkIndex(store, c), cache) as ExportImage;
+            const s = requireChainSeal(c, o.encryption, disk, marker);
+            return new PointImage(new ChunkIndex(store, c, undefined, s?.key), cache) as ExportImage;
           });
           others.set(n, p);
           p.catch(() => others.delete(n));

@@ -8,6 +8,8 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { assertOutsideStore } from '../store/containment.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { xxh64 } from '../format/checksum.js';
 import { checkRange, pushExtent, type ExportImage, type Piece } from './image.js';
@@ -253,25 +255,9 @@ function overlayIo(file: string, err: unknown): RnodeError {
   return new RnodeError(ErrorCodes.OUTPUT_IO, `cannot use overlay ${file} (${code}); check the path, its permissions and free space`, { cause: err });
 }
 
-/**
- * Refuses an overlay inside a local store's directory (a guest's writes must never land among the store's objects).
- * TODO: swap for the shared assertOutsideStore helper once it lands.
- */
+/** Refuses an overlay inside a local store's directory (a guest's writes must never land among the store's objects). */
 export function assertOverlayOutsideStore(overlay: string, storeLocation: string): void {
-  let root: string | undefined;
-  if (/^file:\/\//i.test(storeLocation)) root = new URL(storeLocation).pathname;
-  else if (!/^[a-zA-Z][a-zA-Z0-9+.-]+:/.test(storeLocation)) root = storeLocation;
-  if (root === undefined) return;
-  const real = (p: string): string => {
-    // The overlay may not exist yet: resolve its nearest existing parent.
-    let dir = path.resolve(p);
-    const rest: string[] = [];
-    while (!fs.existsSync(dir) && path.dirname(dir) !== dir) { rest.unshift(path.basename(dir)); dir = path.dirname(dir); }
-    return path.join(fs.realpathSync(dir), ...rest);
-  };
-  const r = real(root);
-  const o = real(overlay);
-  if (o === r || o.startsWith(r.endsWith(path.sep) ? r : r + path.sep)) {
-    throw new RnodeError(ErrorCodes.USAGE, `--overlay ${overlay} is inside the store ${storeLocation}; put the overlay outside the store's directory`);
-  }
+  const root = /^file:\/\//i.test(storeLocation) ? fileURLToPath(storeLocation) : path.resolve(storeLocation);
+  if (!/^file:\/\//i.test(storeLocation) && /^[a-zA-Z][a-zA-Z0-9+.-]+:/.test(storeLocation)) return;
+  assertOutsideStore(root, overlay, '--overlay');
 }

@@ -94,10 +94,10 @@ t.test('an overlay inside the store directory is refused', async (t) => {
   const dir = tmpDir(t, 'export-overlay-in');
   const storeDir = path.join(dir, 'store');
   fs.mkdirSync(path.join(storeDir, 'disks'), { recursive: true });
-  t.throws(() => assertOverlayOutsideStore(path.join(storeDir, 'disks', 'x.overlay'), storeDir), { code: 'RNODE_USAGE' });
-  t.throws(() => assertOverlayOutsideStore(path.join(storeDir, 'new', 'x.overlay'), `file://${storeDir}`), { code: 'RNODE_USAGE' });
+  t.throws(() => assertOverlayOutsideStore(path.join(storeDir, 'disks', 'x.overlay'), storeDir), { code: 'RNODE_OUTPUT_IN_STORE' });
+  t.throws(() => assertOverlayOutsideStore(path.join(storeDir, 'new', 'x.overlay'), `file://${storeDir}`), { code: 'RNODE_OUTPUT_IN_STORE' });
   fs.symlinkSync(storeDir, path.join(dir, 'link'));
-  t.throws(() => assertOverlayOutsideStore(path.join(dir, 'link', 'x.overlay'), storeDir), { code: 'RNODE_USAGE' }, 'through a symlink too');
+  t.throws(() => assertOverlayOutsideStore(path.join(dir, 'link', 'x.overlay'), storeDir), { code: 'RNODE_OUTPUT_IN_STORE' }, 'through a symlink too');
   t.doesNotThrow(() => assertOverlayOutsideStore(path.join(dir, 'x.overlay'), storeDir));
   t.doesNotThrow(() => assertOverlayOutsideStore(path.join(dir, 'x.overlay'), 's3://bucket/prefix'));
 });
