@@ -35,6 +35,8 @@ export const ErrorCodes = {
   KEY_MISMATCH: 'RNODE_KEY_MISMATCH',
   // output
   OUTPUT_IO: 'RNODE_OUTPUT_IO',
+  BAD_OUTPUT: 'RNODE_BAD_OUTPUT',
+  OUTPUT_IN_STORE: 'RNODE_OUTPUT_IN_STORE',
   // concurrency
   LEASE_HELD: 'RNODE_LEASE_HELD',
   LEASE_LOST: 'RNODE_LEASE_LOST',
@@ -50,6 +52,7 @@ const USAGE_CODES: ReadonlySet<string> = new Set([
   ErrorCodes.USAGE, ErrorCodes.BAD_CHUNK_SIZE, ErrorCodes.BAD_DISK_ID,
   ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE, ErrorCodes.SOURCE_NOT_FOUND,
   ErrorCodes.KEY_FILE, ErrorCodes.KEY_REQUIRED, ErrorCodes.KEY_MISMATCH,
+  ErrorCodes.BAD_OUTPUT, ErrorCodes.OUTPUT_IN_STORE,
 ]);
 
 export class RnodeError extends Error {
