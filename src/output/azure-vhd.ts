@@ -43,20 +43,23 @@ class AzureVhdSink implements OutputSink {
   }
 
   async create(): Promise<void> {
-    try {
-      // Never over an existing blob: it may be a disk someone uses. A failed restore deletes what it created.
-      await this.call('create page blob', () => this.blob.create(this.virtualSize + VHD_FOOTER_BYTES, { conditions: { ifNoneMatch: '*' } }));
-      this.created = true;
-    } catch (err) {
-      const code = (err as RnodeError).details?.serviceCode;
-      if (code === 'BlobAlreadyExists' || (err as RnodeError).code === ErrorCodes.STORE_PRECONDITION) {
-        throw new RnodeError(ErrorCodes.OUTPUT_IO, `--out ${this.location} already exists; delete it or choose another name`, { cause: err });
+    // Never over an existing blob: it may be a disk someone uses. A failed restore deletes what it created.
+    await this.call('create page blob', async () => {
+      try {
+        await this.blob.create(this.virtualSize + VHD_FOOTER_BYTES, { conditions: { ifNoneMatch: '*' } });
+      } catch (err) {
+        // Answers, not failures: thrown as RnodeErrors, which retried() passes through without retrying.
+        const code = azureFailure(err).code;
+        if (code === 'BlobAlreadyExists' || code === 'ConditionNotMet') {
+          throw new RnodeError(ErrorCodes.OUTPUT_IO, `--out ${this.location} already exists; delete it or choose another name`, { cause: err });
+        }
+        if (code === 'ContainerNotFound') {
+          throw new RnodeError(ErrorCodes.OUTPUT_IO, `the container of --out ${this.location} does not exist; create it first`, { cause: err });
+        }
+        throw err;
       }
-      if (code === 'ContainerNotFound') {
-        throw new RnodeError(ErrorCodes.OUTPUT_IO, `the container of --out ${this.location} does not exist; create it first`, { cause: err });
-      }
-      throw err;
-    }
+    });
+    this.created = true;
   }
 
   async write(offset: number, data: Buffer): Promise<number> {

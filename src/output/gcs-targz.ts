@@ -1,6 +1,6 @@
 // gs://<bucket>/<name>.tar.gz: the disk in the layout GCE's image import reads (`gcloud compute images create
 // --source-uri`): a gzip'd GNU tar holding one sparse member disk.raw, its size rounded up to a whole GiB.
-import { PassThrough, type Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { ErrorCodes, RnodeError } from '../errors.js';
@@ -27,10 +27,14 @@ export async function openGcsTarGzOutput(url: URL, opts: OpenOutputOptions): Pro
   return new GcsTarGzSink(displayUrl(url), upload, opts.diskSize);
 }
 
-class GcsTarGzSink implements OutputSink {
+/** Exported for tests, which stream it into a local file. */
+export class GcsTarGzSink implements OutputSink {
   readonly ordered = true;
-  private readonly tar = new PassThrough({ highWaterMark: 1024 * 1024 });
-  private readonly gzip = zlib.createGzip({ level: GZIP_LEVEL });
+  /**
+   * The tar stream is written straight into gzip: zlib calls a write's callback only once it has consumed the
+   * bytes, so the caller's chunk buffer is free again then (a PassThrough in front would keep a reference).
+   */
+  private readonly tar = zlib.createGzip({ level: GZIP_LEVEL });
   private readonly done: Promise<void>;
   private failure: unknown;
   private readonly realSize: number;
@@ -41,7 +45,7 @@ class GcsTarGzSink implements OutputSink {
 
   constructor(readonly location: string, upload: Writable, diskSize: number) {
     this.realSize = roundUp(diskSize, GCE_ALIGN);
-    this.done = pipeline(this.tar, this.gzip, upload).catch((err) => {
+    this.done = pipeline(this.tar, upload).catch((err) => {
       this.failure ??= err;
       throw err;
     });
