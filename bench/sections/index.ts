@@ -4,6 +4,7 @@ import type { Section } from '../lib/context.js';
 import { clouds } from './clouds.js';
 import { agent, encryption, vmware, ws } from './extras.js';
 import { memory } from './memory.js';
+import { recovery } from './recovery.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, memory, encryption, ws, clouds, vmware, agent];
+export const sections: Section[] = [throughput, memory, recovery, encryption, ws, clouds, vmware, agent];

@@ -1,0 +1,86 @@
+// Recover against the durable-write floor: the same number of bytes rnode writes, written by `dd oflag=direct
+// conv=fdatasync` from the page-cached image, in the same run, rounds alternating. With RNODE_BENCH_BEFORE_CLI
+// (another build's dist/cli.js) that build's recover runs in the same rounds too, for before/after figures.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { RecoverResult, ReplicateResult } from 'replication-node';
+import type { Section, SectionContext } from '../lib/context.js';
+import { firstDifference } from '../lib/images.js';
+import { runNode, type RunResult } from '../lib/measure.js';
+import { fmt, human, median, type Row } from '../lib/report.js';
+
+const MB = 1e6;
+const DISK = 'bench';
+
+export const recovery: Section = {
+  name: 'recovery',
+  title: 'rnode recover against the durable-write floor (dd oflag=direct conv=fdatasync of the same bytes)',
+  // The store (about half the image), the restored file and the dd file.
+  spaceNeeded: (s) => 3 * s.size,
+
+  async run(ctx: SectionContext): Promise<Row[]> {
+    const img = await ctx.mixedImage();
+    const n = ctx.settings.repeat;
+    const before = process.env.RNODE_BENCH_BEFORE_CLI;
+    if (before && !fs.existsSync(before)) throw new Error(`RNODE_BENCH_BEFORE_CLI=${before} does not exist`);
+    const store = path.join(ctx.dir, 'store');
+    const restored = path.join(ctx.dir, 'restored.img');
+    const floorFile = path.join(ctx.dir, 'floor.img');
+    ctx.log('recovery: replicate (full) of the mixed image');
+    await ctx.settle(img);
+    await ctx.rnode<ReplicateResult>(['replicate', '--source', img, '--target', store, '--disk', DISK]);
+
+    const rec: RunResult[] = [];
+    const inCli: number[] = [];
+    const old: RunResult[] = [];
+    const floor: RunResult[] = [];
+    let written = 0;
+    let exact = true;
+    for (let i = 0; i < n; i++) {
+      ctx.log(`recovery: round ${i + 1}/${n}`);
+      await fsp.rm(restored, { force: true });
+      await ctx.settle();
+      const r = await ctx.rnode<RecoverResult>(['recover', '--store', store, '--disk', DISK, '--out', restored]);
+      rec.push(r);
+      inCli.push(r.result.seconds);
+      written = r.result.bytesWritten;
+      if (i === n - 1) exact = (await firstDifference(img, restored)) < 0;
+      await fsp.rm(restored, { force: true });
+      if (before) {
+        await ctx.settle();
+        old.push(await runNode(before, ['recover', '--store', store, '--disk', DISK, '--out', restored, '--json'], { scratch: ctx.dir }));
+        await fsp.rm(restored, { force: true });
+      }
+      // The floor: the bytes rnode wrote (its zeros are holes), from page cache to the same filesystem.
+      await ctx.settle(img);
+      floor.push(await ctx.tool('dd', [`if=${img}`, `of=${floorFile}`, 'bs=4M', 'iflag=count_bytes', `count=${written}`,
+        'oflag=direct', 'conv=fdatasync', 'status=none']));
+      await fsp.rm(floorFile, { force: true });
+    }
+
+    // Ratios within each round (the machine is shared: rounds differ more than contenders within one).
+    const ratios = rec.map((r, i) => floor[i].seconds / r.seconds);
+    const ratiosCli = inCli.map((s, i) => floor[i].seconds / s);
+    const mbps = (runs: { seconds: number }[]) => median(runs.map((r) => written / MB / r.seconds));
+    const range = (xs: number[]) => `min ${fmt(Math.min(...xs))}, median ${fmt(median(xs))}, max ${fmt(Math.max(...xs))}`;
+    ctx.say(`image ${human(ctx.settings.size)} mixed; rnode writes ${human(written)} (non-zero 4 KiB blocks), dd writes as many; ${n} round(s)`);
+    ctx.say('ratio = dd seconds / rnode seconds of the same round (>= 1: rnode at disk speed); rnode wall time includes node start');
+    const rows: Row[] = [{
+      name: 'recover vs durable-write floor', value: mbps(rec), unit: 'MB/s written',
+      baseline: { name: 'dd oflag=direct conv=fdatasync', value: mbps(floor) }, ratio: median(ratios),
+      target: { text: '>= 0.8', pass: median(ratios) >= 0.8 },
+      note: `per-round ratio ${range(ratios)}; inside the CLI (no process start) ${range(ratiosCli)}; ${exact ? 'byte-exact' : 'NOT BYTE-EXACT'}`,
+    }];
+    if (before) {
+      const speedup = rec.map((r, i) => old[i].seconds / r.seconds);
+      rows.push({
+        name: 'recover, this build vs RNODE_BENCH_BEFORE_CLI', value: mbps(rec), unit: 'MB/s written',
+        baseline: { name: 'before', value: mbps(old) }, ratio: median(speedup),
+        note: `per-round speed-up ${range(speedup)}; before vs floor ${range(old.map((o, i) => floor[i].seconds / o.seconds))}`,
+      });
+    }
+    if (!exact) throw Object.assign(new Error('recover was not byte-exact'), { rows });
+    return rows;
+  },
+};
