@@ -24,6 +24,8 @@ export interface RecoverOptions {
   encryption?: EncryptionKey;
   /** Chunks fetched and decoded at once (default 8): also the number of chunk buffers, so memory is bounded by it. */
   concurrency?: number;
+  /** An output already opened (embedders, tests): used instead of opening `out`. */
+  sink?: OutputSink;
   /** Credentials and emulator hosts of a cloud output (default process.env). */
   env?: NodeJS.ProcessEnv;
   onProgress?: (p: { bytesWritten: number; chunksDone: number; diskSize: number }) => void;
@@ -52,7 +54,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   // Before the output exists: a missing or wrong key leaves nothing behind.
   const seal = requireChainSeal(chain, opts.encryption, disk);
 
-  const sink = await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location });
+  const sink = opts.sink ?? await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location });
   let stats: PumpStats;
   try {
     if (sink.prepare) await sink.prepare(() => dataExtents(store, chain));
