@@ -37,7 +37,7 @@ async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: numb
   const where = `${e.index} (disk offset ${e.index * chunkSize}, object ${key}) of point ${point}`;
   let object: Buffer;
   try {
-    object = await store.get(key, range);
+    object = await store.get(key, range, slot.object);
   } catch (err) {
     if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) {
       throw new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${where} is missing from the store; restore another point or re-replicate`,
@@ -49,7 +49,8 @@ async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: numb
     throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: object is ${object.length} bytes, more than a chunk can take; restore another point or re-replicate`,
       { details: { index: e.index, offset: e.index * chunkSize, key, point } });
   }
-  copyBytes(object, slot.object);
+  // Backends that read into the slot return a view of it; the others' bytes are copied in.
+  if (object.buffer !== slot.object.buffer || object.byteOffset !== slot.object.byteOffset) copyBytes(object, slot.object);
   try {
     return await check(where, object.length);
   } catch (err) {
