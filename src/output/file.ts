@@ -96,6 +96,14 @@ class FileSink implements OutputSink {
   }
 
   private async put(buf: Buffer, position: number): Promise<void> {
+    try {
+      await this.putRaw(buf, position);
+    } catch (err) {
+      throw outputError(err, this.location); // ENOSPC, EIO...: RNODE_OUTPUT_IO naming the output
+    }
+  }
+
+  private async putRaw(buf: Buffer, position: number): Promise<void> {
     const aligned = position % SPARSE_BLOCK === 0 && buf.length % SPARSE_BLOCK === 0 && buf.byteOffset % SPARSE_BLOCK === 0;
     if (this.direct && aligned) {
       try {
