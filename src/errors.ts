@@ -43,6 +43,8 @@ export const ErrorCodes = {
   OUTPUT_IN_STORE: 'RNODE_OUTPUT_IN_STORE',
   /** A store folder or work folder cannot be used (not a folder, no permission, no space, a /proc path) (exit 2). */
   PATH_UNUSABLE: 'RNODE_PATH_UNUSABLE',
+  /** An output URL or path that cannot take a disk image (exit 2). */
+  BAD_OUTPUT: 'RNODE_BAD_OUTPUT',
   // concurrency
   LEASE_HELD: 'RNODE_LEASE_HELD',
   LEASE_LOST: 'RNODE_LEASE_LOST',
@@ -58,7 +60,7 @@ const USAGE_CODES: ReadonlySet<string> = new Set([
   ErrorCodes.USAGE, ErrorCodes.BAD_CHUNK_SIZE, ErrorCodes.BAD_DISK_ID,
   ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE, ErrorCodes.SOURCE_NOT_FOUND,
   ErrorCodes.KEY_FILE, ErrorCodes.KEY_REQUIRED, ErrorCodes.KEY_MISMATCH,
-  ErrorCodes.EXPORT_INSECURE,
+  ErrorCodes.EXPORT_INSECURE, ErrorCodes.BAD_OUTPUT,
   ErrorCodes.OUTPUT_IN_STORE, ErrorCodes.PATH_UNUSABLE,
 ]);
 

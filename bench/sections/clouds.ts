@@ -1,7 +1,8 @@
 // Replicate and recover a 256 MiB mixed image into each cloud emulator (s3rver, Azurite, the firebase GCS
 // emulator), each started here on 127.0.0.1 in a child process, as ratios to the same replicate/recover into a
-// local fs store measured in this section. Library calls in this process, stores opened through openStore (the
-// wrappers in the path), so the figures are the cloud backends plus their emulator, not the CLI.
+// local fs store measured in this section; then recover --out from each emulator's store into a cloud disk object
+// there. Library calls in this process, stores opened through openStore (the wrappers in the path), so the figures
+// are the cloud backends plus their emulator, not the CLI.
 // The emulators are not the clouds: their speed says little about S3/Azure/GCS; the ratio shows what the
 // protocol path (HTTP, SDK, per-object requests) costs against local files on this machine.
 import crypto from 'node:crypto';
@@ -22,8 +23,10 @@ const DISK = 'bench';
 
 interface Target {
   name: string;
-  /** Starts the server (if any) and opens the store; `done` stops and cleans up. */
-  open(dir: string): Promise<{ store: ObjectStore; done(): Promise<void> }>;
+  /** What recover --out writes there (rows only). */
+  out?: string;
+  /** Starts the server (if any) and opens the store; `done` stops and cleans up; `out`: a cloud disk output there. */
+  open(dir: string): Promise<{ store: ObjectStore; done(): Promise<void>; out?: { url: string; env: NodeJS.ProcessEnv } }>;
 }
 
 const targets: Target[] = [
@@ -36,6 +39,7 @@ const targets: Target[] = [
   },
   {
     name: 's3rver',
+    out: 's3:// raw',
     async open(dir) {
       const server = await startS3rver(dir);
       const c = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1',
@@ -43,29 +47,33 @@ const targets: Target[] = [
       await c.send(new CreateBucketCommand({ Bucket: 'rnode-bench' }));
       c.destroy();
       // s3rver does not enforce conditional puts (docs/stores.md).
-      const store = await openStore(`s3://rnode-bench/b?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`,
-        { env: { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' } });
-      return { store, done: async () => { await store.close(); await server.stop(); } };
+      const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
+      const store = await openStore(`s3://rnode-bench/b?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`, { env });
+      return { store, done: async () => { await store.close(); await server.stop(); },
+        out: { url: `s3://rnode-bench/out/disk.raw?endpoint=${server.endpoint}&forcePathStyle=true`, env } };
     },
   },
   {
     name: 'Azurite',
+    out: 'azblob:// VHD page blob',
     async open(dir) {
       const server = await startAzurite(dir);
       const conn = azuriteConnectionString(server.endpoint);
       await BlobServiceClient.fromConnectionString(conn).getContainerClient('rnode-bench').create();
-      const store = await openStore('azblob://rnode-bench/b', { env: { AZURE_STORAGE_CONNECTION_STRING: conn } });
-      return { store, done: async () => { await store.close(); await server.stop(); } };
+      const env = { AZURE_STORAGE_CONNECTION_STRING: conn };
+      const store = await openStore('azblob://rnode-bench/b', { env });
+      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'azblob://rnode-bench/out/disk.vhd', env } };
     },
   },
   {
     name: 'GCS emulator',
+    out: 'gs:// tar.gz',
     async open(dir) {
       const server = await startGcsEmulator(dir);
       // The emulator does not enforce ifGenerationMatch (docs/stores.md).
-      const store = await openStore('gs://rnode-bench/b?conditional=off',
-        { env: { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT } });
-      return { store, done: async () => { await store.close(); await server.stop(); } };
+      const env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT };
+      const store = await openStore('gs://rnode-bench/b?conditional=off', { env });
+      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'gs://rnode-bench/out/disk.tar.gz', env } };
     },
   },
 ];
@@ -79,6 +87,8 @@ async function sha256(file: string): Promise<string> {
 interface Measured {
   replicate: number | null;
   recover: number | null;
+  /** recover --out into the emulator's own cloud disk object (from its store), MB/s of disk. */
+  recoverOut: number | null;
   note: string;
 }
 
@@ -99,7 +109,7 @@ export const clouds: Section = {
     for (const target of targets) {
       const dir = path.join(ctx.dir, target.name.replace(/\W+/g, '-'));
       await fsp.mkdir(dir, { recursive: true });
-      const m: Measured = { replicate: null, recover: null, note: '' };
+      const m: Measured = { replicate: null, recover: null, recoverOut: null, note: '' };
       results.set(target.name, m);
       let opened: Awaited<ReturnType<Target['open']>> | undefined;
       try {
@@ -120,6 +130,11 @@ export const clouds: Section = {
         await fsp.rm(out, { force: true });
         m.note = `stored ${fmt(rep.bytesWritten / MB, 'MB')} in ${rep.chunksChanged} chunks; restore ${exact ? 'byte-exact' : 'MISMATCH'}`;
         if (!exact) throw new Error(`${target.name}: restored image differs from the source`);
+        if (opened.out) {
+          const r = await recover({ store: opened.store, disk: DISK, out: opened.out.url, env: opened.out.env });
+          m.recoverOut = IMAGE_SIZE / MB / r.seconds;
+          m.note += `; --out ${r.out}: ${fmt(r.bytesWritten / MB, 'MB')} of disk data sent (before gzip for gs)`;
+        }
         ctx.log(`clouds: ${target.name}: replicate ${fmt(m.replicate, 'MB/s')}, recover ${fmt(m.recover, 'MB/s')}`);
       } catch (err) {
         m.note = `failed: ${(err as Error).message.split('\n')[0]}`;
@@ -144,6 +159,17 @@ export const clouds: Section = {
           note: m.note,
         });
       }
+    }
+    for (const target of targets.slice(1)) {
+      const m = results.get(target.name)!;
+      rows.push({
+        name: `recover --out ${target.out} (from ${target.name})`,
+        value: m.recoverOut,
+        unit: 'MB/s',
+        baseline: m.recover === null ? undefined : { name: `recover → ${target.name} to a local file`, value: m.recover, unit: 'MB/s' },
+        ratio: ratioOf(m.recoverOut, m.recover),
+        note: 'the cloud disk object streamed straight from the store, no local copy',
+      });
     }
     return rows;
   },

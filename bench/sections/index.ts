@@ -3,8 +3,9 @@
 import type { Section } from '../lib/context.js';
 import { clouds } from './clouds.js';
 import { agent, encryption, vmware, ws } from './extras.js';
+import { instantRecovery } from './instant.js';
 import { memory } from './memory.js';
 import { recovery } from './recovery.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, memory, encryption, ws, clouds, vmware, agent, recovery];
+export const sections: Section[] = [throughput, memory, recovery, instantRecovery, encryption, ws, clouds, vmware, agent];

@@ -309,7 +309,9 @@ export class JobRunner {
       this.o.progress({ jobId: job.jobId, disk: job.disk, phase: job.kind });
       switch (job.kind) {
         case 'recover': {
-          const r = await recover({ store, disk: job.disk, point: job.point, out: job.out, encryption });
+          // A cloud out takes its credentials from outEnv, resolved like store.env (secrets by reference).
+          const env = await storeEnv({ url: job.out, env: job.outEnv }, this.o.state, log);
+          const r = await recover({ store, disk: job.disk, point: job.point, out: job.out, encryption, env });
           return { disk: job.disk, point: r.point, diskSize: r.diskSize, bytesWritten: r.bytesWritten, seconds: round(r.seconds), out: r.out };
         }
         case 'verify': {

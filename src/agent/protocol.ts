@@ -99,10 +99,14 @@ export const defs: Record<string, JsonSchema> = {
       },
       {
         type: 'object', required: ['jobId', 'kind', 'store', 'disk', 'out'], additionalProperties: false,
-        description: 'write a point of a disk to a path or device on this node, verified',
+        description: 'write a point of a disk to a path or device on this node, or stream it into a cloud disk object (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz), verified',
         properties: {
           jobId: { $ref: '#/$defs/id' }, kind: { const: 'recover' }, attempt: { type: 'integer', minimum: 1 },
           store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, point: str(32), out: str(4096),
+          outEnv: {
+            type: 'object', description: 'environment the client of a cloud out sees, as store.env (credentials by reference)',
+            additionalProperties: { oneOf: [{ type: 'string', maxLength: 4096 }, { $ref: '#/$defs/secretRef' }] },
+          },
           encryption: { $ref: '#/$defs/encryption' },
         },
       },
@@ -295,7 +299,7 @@ export interface Policy extends Tuning {
 export type JobKind = 'replicate' | 'recover' | 'verify' | 'prune';
 interface JobBase { jobId: string; attempt?: number; store: StoreDef }
 export interface ReplicateJob extends JobBase, Tuning { kind: 'replicate'; group?: string; vm?: string; disks: DiskSource[]; forceFull?: boolean }
-export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; point?: string; out: string; encryption?: EncryptionDef }
+export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; point?: string; out: string; outEnv?: StoreDef['env']; encryption?: EncryptionDef }
 export interface VerifyJob extends JobBase { kind: 'verify'; disk: string; point?: string; encryption?: EncryptionDef }
 export interface PruneJob extends JobBase { kind: 'prune'; disk: string; keep: number; encryption?: EncryptionDef }
 export type Job = ReplicateJob | RecoverJob | VerifyJob | PruneJob;

@@ -108,7 +108,7 @@ const pointsCmd: Command = {
 
 const recoverCmd: Command = {
   summary: 'write a disk as it was at a point, verified and byte-exact',
-  usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path|s3://bucket/key|azblob://container/name.vhd|gs://bucket/name.tar.gz> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
   options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'recover', 'store', 'disk', 'out');
@@ -119,7 +119,7 @@ const recoverCmd: Command = {
       onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v).finally(() => bar.done());
     print(io, v.json === true, r, () => [
       `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
-      `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros left sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,
+      `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros skipped where the output is sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,
     ]);
     return 0;
   },

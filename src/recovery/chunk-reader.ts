@@ -5,7 +5,7 @@ import { layout } from '../format/layout.js';
 import { copyBytes } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
 import { checkStoredChunkInto, decodeChunkInto, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
-import type { ObjectStore } from '../store/types.js';
+import type { ByteRange, ObjectStore } from '../store/types.js';
 
 /**
  * Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused.
@@ -21,14 +21,23 @@ export async function checkStoredChunk(store: ObjectStore, disk: string, chunkSi
   await fetchChecked(store, disk, chunkSize, e, point, slot, (where, length) => checkStoredChunkInto(slot, length, e, where));
 }
 
+/**
+ * Where a chunk's stored bytes are: today one object per chunk, read whole. A format that packs several chunks in
+ * one object answers with the pack's key and the chunk's byte range, and every reader (restore, verify, the NBD
+ * export) follows through the store's ranged get.
+ */
+export function chunkObject(disk: string, e: ChunkEntry): { key: string; range?: ByteRange } {
+  return { key: layout.chunk(disk, e.writer, e.index) };
+}
+
 /** Fetches a chunk object into slot.object and runs check on it, with errors that name the chunk, offset and key. */
 async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
     check: (where: string, length: number) => Promise<T>): Promise<T> {
-  const key = layout.chunk(disk, e.writer, e.index);
+  const { key, range } = chunkObject(disk, e);
   const where = `${e.index} (disk offset ${e.index * chunkSize}, object ${key}) of point ${point}`;
   let object: Buffer;
   try {
-    object = await store.get(key);
+    object = await store.get(key, range, slot.object);
   } catch (err) {
     if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) {
       throw new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${where} is missing from the store; restore another point or re-replicate`,
@@ -40,7 +49,8 @@ async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: numb
     throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: object is ${object.length} bytes, more than a chunk can take; restore another point or re-replicate`,
       { details: { index: e.index, offset: e.index * chunkSize, key, point } });
   }
-  copyBytes(object, slot.object);
+  // Backends that read into the slot return a view of it; the others' bytes are copied in.
+  if (object.buffer !== slot.object.buffer || object.byteOffset !== slot.object.byteOffset) copyBytes(object, slot.object);
   try {
     return await check(where, object.length);
   } catch (err) {

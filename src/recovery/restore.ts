@@ -1,30 +1,34 @@
-// Writes a disk as it was at a point, byte-exact and sparse where the data is zero. Every chunk is verified
-// on the way; the output only gets its final name once every byte is written and synced.
-import fs from 'node:fs';
-import fsp from 'node:fs/promises';
-import path from 'node:path';
+// Writes a disk as it was at a point into an output sink (a local file or device, or a cloud disk object), byte-exact
+// and sparse where the sink allows. Every chunk is verified on the way; a failed restore leaves no output behind.
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, RnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
+import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry } from '../format/table.js';
-import { isZero } from '../native/index.js';
-import { assertOutsideStore } from '../store/containment.js';
 import type { ObjectStore } from '../store/types.js';
-import { forEachBounded, readChunk } from './chunk-reader.js';
+import { readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
+import { newReadSlot, withWorkerKey, type ChunkSeal } from '../pipeline/chunk-codec.js';
 import { authenticateTables, readDiskMarker, requireChainSeal } from './encryption.js';
+import { assertOutsideStore } from '../store/containment.js';
 import { loadChain, resolvePoint } from './points.js';
 import { chainView } from './view.js';
+import { isCloudOutput, openOutput } from '../output/index.js';
+import type { Extent, OutputSink } from '../output/sink.js';
 
 export interface RecoverOptions {
   store: ObjectStore;
   disk: string;
   point?: string;
+  /** A file or block device path, or a cloud disk URL (s3://, azblob://...vhd, gs://...tar.gz; see src/output/). */
   out: string;
   /** The key of an encrypted disk (required for one, refused for an unencrypted one). */
   encryption?: EncryptionKey;
+  /** Chunks fetched and decoded at once (default 8): also the number of chunk buffers, so memory is bounded by it. */
   concurrency?: number;
+  /** An output already opened (embedders, tests): used instead of opening `out`. */
+  sink?: OutputSink;
+  /** Credentials and emulator hosts of a cloud output (default process.env). */
+  env?: NodeJS.ProcessEnv;
   onProgress?: (p: { bytesWritten: number; chunksDone: number; diskSize: number }) => void;
 }
 
@@ -36,18 +40,16 @@ export interface RecoverResult {
   chunkSize: number;
   chunksRestored: number;
   bytesFetched: number;
+  /** Bytes sent to the output (zeros a sparse output skips are not counted). */
   bytesWritten: number;
   seconds: number;
 }
-
-/** Holes are punched at this granularity: runs of zero blocks inside a chunk are not written. */
-const SPARSE_BLOCK = 4096;
 
 export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const started = performance.now();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
-  assertOutsideStore(store.location, opts.out, '--out');
+  if (!opts.sink && !isCloudOutput(opts.out)) assertOutsideStore(store.location, opts.out, '--out');
   const seq = await resolvePoint(store, disk, opts.point);
   const chain = await loadChain(store, disk, seq);
   const { diskSize, chunkSize } = chain[0];
@@ -56,104 +58,115 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const seal = requireChainSeal(chain, opts.encryption, disk, await readDiskMarker(store, disk, opts.encryption));
   if (seal) await authenticateTables(store, chain, seal.key);
 
-  const target = await openOutput(opts.out, diskSize);
-  let bytesFetched = 0;
-  let bytesWritten = 0;
-  let chunksRestored = 0;
+  const sink = opts.sink ?? await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location });
+  let stats: PumpStats;
   try {
-    const nonZero = async function* () {
-      for await (const e of chainView(store, chain, seal?.key)) if (!isZeroEntry(e)) yield e;
-    };
-    const concurrency = opts.concurrency ?? 8;
-    const slots = new BufferPool(concurrency, () => newReadSlot(chunkSize));
-    await withWorkerKey(opts.encryption, () => forEachBounded(nonZero(), concurrency, async (e) => {
-      const slot = await slots.acquire();
-      try {
-        const plain = await readChunk(store, disk, chunkSize, e, seq, slot, seal);
-        bytesFetched += e.storedLength;
-        // Not `bytesWritten += await ...`: that reads the total before the await and loses concurrent updates.
-        const written = await writeSparse(target.fh, plain, e.index * chunkSize, target.sparse);
-        bytesWritten += written;
-      } finally {
-        slots.release(slot);
-      }
-      chunksRestored++;
-      opts.onProgress?.({ bytesWritten, chunksDone: chunksRestored, diskSize });
+    if (sink.prepare) await sink.prepare(() => dataExtents(store, chain, seal?.key));
+    stats = await withWorkerKey(opts.encryption, () => pump({
+      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? 8,
+      onProgress: opts.onProgress && ((s) => opts.onProgress!({ bytesWritten: s.bytesWritten, chunksDone: s.chunksRestored, diskSize })),
     }));
-    await target.fh.sync();
-    await target.fh.close();
-    if (target.tmp) await fsp.rename(target.tmp, opts.out);
+    await sink.finish();
   } catch (err) {
-    await target.fh.close().catch(() => undefined);
-    // A partial file must never look like a finished restore.
-    if (target.tmp) await fsp.rm(target.tmp, { force: true });
-    throw outputError(err, opts.out);
+    // A partial output must never look like a finished restore.
+    await sink.abort();
+    throw err;
   }
   return {
-    disk, point: seq, out: opts.out, diskSize, chunkSize, chunksRestored, bytesFetched, bytesWritten,
+    disk, point: seq, out: sink.location, diskSize, chunkSize, ...stats,
     seconds: (performance.now() - started) / 1000,
   };
 }
 
-async function openOutput(out: string, diskSize: number): Promise<{ fh: fsp.FileHandle; tmp?: string; sparse: boolean }> {
-  let st: fs.Stats | undefined;
-  try {
-    st = await fsp.stat(out);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw outputError(err, out);
-  }
-  try {
-    if (st?.isBlockDevice()) {
-      // A device cannot be renamed into place, and its old bytes are not zeros: write every byte.
-      const fh = await fsp.open(out, 'r+');
-      return { fh, sparse: false };
-    }
-    if (st?.isDirectory()) {
-      throw new RnodeError(ErrorCodes.USAGE, `--out ${out} is a directory; give a file or block device path`);
-    }
-    const tmp = path.join(path.dirname(out), `.${path.basename(out)}.rnode-partial`);
-    const fh = await fsp.open(tmp, 'w');
-    await fh.truncate(diskSize);
-    return { fh, tmp, sparse: true };
-  } catch (err) {
-    throw outputError(err, out);
-  }
+interface PumpStats { chunksRestored: number; bytesFetched: number; bytesWritten: number }
+
+interface PumpOptions {
+  store: ObjectStore;
+  disk: string;
+  chain: PointManifest[];
+  seq: number;
+  seal?: ChunkSeal;
+  sink: OutputSink;
+  concurrency: number;
+  onProgress?: (s: PumpStats) => void;
 }
 
-async function writeSparse(fh: fsp.FileHandle, plain: Buffer, position: number, sparse: boolean): Promise<number> {
-  if (!sparse) {
-    await writeAll(fh, plain, position);
-    return plain.length;
-  }
-  let written = 0;
-  let runStart = -1;
-  const flush = async (end: number) => {
-    await writeAll(fh, plain.subarray(runStart, end), position + runStart);
-    written += end - runStart;
-    runStart = -1;
+/**
+ * The restore pipeline: up to `concurrency` chunks fetched and decoded at once (each in one of as many buffers, so a
+ * slow sink stops the fetching), handed to the sink positioned as they complete, or in disk order for an ordered
+ * sink. Zero chunks and holes are never fetched: the sink hears of them as zero ranges.
+ */
+async function pump(o: PumpOptions): Promise<PumpStats> {
+  const { store, disk, sink, seq, seal } = o;
+  const { diskSize, chunkSize } = o.chain[0];
+  const stats: PumpStats = { chunksRestored: 0, bytesFetched: 0, bytesWritten: 0 };
+  const slots = new BufferPool(o.concurrency, () => newReadSlot(chunkSize));
+  const inflight = new Set<Promise<void>>();
+  let failure: unknown;
+  // Ordered sinks: each hand-over waits for the previous one (a promise chain in disk order).
+  let turn: Promise<void> = Promise.resolve();
+  const handOver = (give: () => Promise<number>, ready?: Promise<unknown>): Promise<void> => {
+    const counted = async () => {
+      const n = await give(); // not `+= await give()`: that reads the total before the await and loses concurrent updates
+      stats.bytesWritten += n;
+    };
+    if (!sink.ordered) return (ready ?? Promise.resolve()).then(counted);
+    return (turn = turn.then(() => ready).then(counted));
   };
-  for (let o = 0; o < plain.length; o += SPARSE_BLOCK) {
-    const zero = isZero(plain.subarray(o, Math.min(o + SPARSE_BLOCK, plain.length)));
-    if (!zero && runStart < 0) runStart = o;
-    else if (zero && runStart >= 0) await flush(o);
+  const track = (p: Promise<void>) => {
+    const q = p.catch((err) => { failure ??= err; }).finally(() => inflight.delete(q));
+    inflight.add(q);
+  };
+
+  let end = 0; // everything below this offset has been handed over (or is in flight)
+  const zeroUpTo = async (offset: number) => {
+    if (offset <= end) return;
+    const from = end;
+    end = offset;
+    const z = handOver(() => sink.zero(from, offset - from));
+    // Positioned sinks: a zero range is written now, before more chunks are fetched (it holds no buffer).
+    if (!sink.ordered) await z; else track(z);
+  };
+
+  try {
+    for await (const e of chainView(store, o.chain, seal?.key)) {
+      if (failure) break;
+      if (isZeroEntry(e)) continue; // a gap: handed over as zeros before the next data
+      const offset = e.index * chunkSize;
+      await zeroUpTo(offset);
+      const slot = await slots.acquire();
+      if (failure) { slots.release(slot); break; }
+      end = offset + e.plainLength;
+      const plain = readChunk(store, disk, chunkSize, e, seq, slot, seal);
+      plain.catch(() => undefined); // observed through the hand-over; this only silences the early rejection
+      track(handOver(async () => sink.write(offset, await plain), plain)
+        .then(() => {
+          stats.bytesFetched += e.storedLength;
+          stats.chunksRestored++;
+          o.onProgress?.(stats);
+        })
+        .finally(() => slots.release(slot)));
+      if (inflight.size >= o.concurrency) await Promise.race(inflight);
+    }
+    if (!failure) await zeroUpTo(diskSize);
+  } catch (err) {
+    failure ??= err;
   }
-  if (runStart >= 0) await flush(plain.length);
-  return written;
+  await Promise.all(inflight);
+  if (failure) throw failure;
+  return stats;
 }
 
-async function writeAll(fh: fsp.FileHandle, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    done += bytesWritten;
+/** The ranges of a point that hold data (non-zero chunks), adjacent chunks merged, ascending. */
+async function* dataExtents(store: ObjectStore, chain: PointManifest[], key?: EncryptionKey): AsyncIterable<Extent> {
+  const { chunkSize } = chain[0];
+  let run: Extent | undefined;
+  for await (const e of chainView(store, chain, key)) {
+    if (isZeroEntry(e)) continue;
+    const offset = e.index * chunkSize;
+    if (run && run.offset + run.length === offset) { run.length += e.plainLength; continue; }
+    if (run) yield run;
+    run = { offset, length: e.plainLength };
   }
-}
-
-function outputError(err: unknown, out: string): unknown {
-  if (err instanceof RnodeError) return err;
-  const e = err as NodeJS.ErrnoException;
-  if (e && typeof e.code === 'string') {
-    return new RnodeError(ErrorCodes.OUTPUT_IO, `writing ${out} failed: ${e.code}; check the path, its permissions and free space`, { cause: err });
-  }
-  return err;
+  if (run) yield run;
 }

@@ -41,7 +41,11 @@ export interface ObjectStore {
   readonly location: string;
   readonly capabilities: StoreCapabilities;
   put(key: string, data: Uint8Array, opts?: PutOptions): Promise<ObjectInfo>;
-  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /**
+   * into: a buffer the caller would copy the bytes to anyway; a backend that can reads straight into it and returns
+   * a view of it (the fs store does), others ignore it. Callers compare the result's memory with into's.
+   */
+  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer>;
   head(key: string): Promise<ObjectInfo>;
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;

@@ -35,7 +35,7 @@ export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): Wrapped
     backend,
     ...(backend.leases ? { leases: backend.leases } : {}),
     put: (key: string, data: Uint8Array, o?: PutOptions): Promise<ObjectInfo> => top.put(key, data, o),
-    get: (key: string, range?: ByteRange): Promise<Buffer> => top.get(key, range),
+    get: (key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> => top.get(key, range, into),
     head: (key: string): Promise<ObjectInfo> => top.head(key),
     list: (prefix: string): AsyncIterable<ObjectInfo> => top.list(prefix),
     delete: (key: string): Promise<void> => top.delete(key),

@@ -66,3 +66,21 @@ t.test('fs: openStore takes a path and file:// URLs', async (t) => {
   t.equal(a.location, dir);
   t.equal(b.metrics().ops.get.calls, 1, 'wrapped with metrics');
 });
+
+t.test('fs: get into a caller buffer reads straight into it when it fits, and allocates when it does not', async (t) => {
+  const dir = await tmp();
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const store = await openStore(dir); // through the wrappers, which must pass the buffer on
+  const data = Buffer.from('0123456789abcdef');
+  await store.put('k', data);
+  const into = Buffer.alloc(32, 0xee);
+  const whole = await store.get('k', undefined, into);
+  t.ok(whole.equals(data) && whole.buffer === into.buffer && whole.byteOffset === into.byteOffset, 'a view of into, whole object');
+  const part = await store.get('k', { offset: 4, length: 6 }, into);
+  t.ok(part.equals(data.subarray(4, 10)) && part.buffer === into.buffer, 'a view of into, ranged');
+  const small = Buffer.alloc(4);
+  const other = await store.get('k', undefined, small);
+  t.ok(other.equals(data) && other.buffer !== small.buffer, 'too small: a buffer of its own, into untouched');
+  t.ok(small.equals(Buffer.alloc(4)));
+  await store.close();
+});

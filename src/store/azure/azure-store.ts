@@ -164,27 +164,30 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
  */
 export async function azureStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<AzureBlobStore> {
   if (!url.hostname) throw badStoreUrl(ctx.location, 'has no container (azblob://container/prefix)');
-  const env = ctx.env;
-  let service: BlobServiceClient;
-  const accountUrl = env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, '') ??
-    (env.AZURE_STORAGE_ACCOUNT ? `https://${env.AZURE_STORAGE_ACCOUNT}.blob.core.windows.net` : undefined);
-  if (env.AZURE_STORAGE_CONNECTION_STRING) {
-    service = BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING, AZURE_PIPELINE);
-  } else if (accountUrl && env.AZURE_STORAGE_SAS_TOKEN) {
-    service = new BlobServiceClient(`${accountUrl}?${env.AZURE_STORAGE_SAS_TOKEN.replace(/^\?/, '')}`, undefined, AZURE_PIPELINE);
-  } else if (accountUrl && env.AZURE_STORAGE_ACCOUNT && env.AZURE_STORAGE_KEY) {
-    const cred = new StorageSharedKeyCredential(env.AZURE_STORAGE_ACCOUNT, env.AZURE_STORAGE_KEY);
-    service = new BlobServiceClient(accountUrl, cred, AZURE_PIPELINE);
-  } else {
-    throw new RnodeError(ErrorCodes.STORE_AUTH,
-      `no Azure credentials for ${url.protocol}//${url.hostname}: set AZURE_STORAGE_CONNECTION_STRING, or ` +
-      'AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY');
-  }
   return new AzureBlobStore({
-    container: service.getContainerClient(url.hostname),
+    container: azureServiceClient(url, ctx.env).getContainerClient(url.hostname),
     prefix: urlPrefix(url.pathname),
     conditionalPut: queryFlag(url, 'conditional', true),
     singleUploadMax: queryInt(url, 'singleUploadMax'),
     blockSize: queryInt(url, 'blockSize'),
   });
 }
+
+/** The service client for an azblob:// URL from env, shared with the azblob:// recovery output (src/output/azure-vhd.ts). */
+export function azureServiceClient(url: URL, env: NodeJS.ProcessEnv): BlobServiceClient {
+  const accountUrl = env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, '') ??
+    (env.AZURE_STORAGE_ACCOUNT ? `https://${env.AZURE_STORAGE_ACCOUNT}.blob.core.windows.net` : undefined);
+  if (env.AZURE_STORAGE_CONNECTION_STRING) {
+    return BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING, AZURE_PIPELINE);
+  } else if (accountUrl && env.AZURE_STORAGE_SAS_TOKEN) {
+    return new BlobServiceClient(`${accountUrl}?${env.AZURE_STORAGE_SAS_TOKEN.replace(/^\?/, '')}`, undefined, AZURE_PIPELINE);
+  } else if (accountUrl && env.AZURE_STORAGE_ACCOUNT && env.AZURE_STORAGE_KEY) {
+    const cred = new StorageSharedKeyCredential(env.AZURE_STORAGE_ACCOUNT, env.AZURE_STORAGE_KEY);
+    return new BlobServiceClient(accountUrl, cred, AZURE_PIPELINE);
+  }
+  throw new RnodeError(ErrorCodes.STORE_AUTH,
+    `no Azure credentials for ${url.protocol}//${url.hostname}: set AZURE_STORAGE_CONNECTION_STRING, or ` +
+    'AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY');
+}
+
+export { failure as azureFailure };

@@ -142,7 +142,15 @@ function failure(err: unknown): { status?: number; code?: string } {
  */
 export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<GcsStore> {
   if (!url.hostname) throw badStoreUrl(ctx.location, 'has no bucket (gs://bucket/prefix)');
-  const env = ctx.env;
+  return new GcsStore({
+    bucket: gcsStorage(url, ctx.env).bucket(url.hostname),
+    prefix: urlPrefix(url.pathname),
+    conditionalPut: queryFlag(url, 'conditional', true),
+  });
+}
+
+/** The client for a gs:// URL from env, shared with the gs:// recovery output (src/output/gcs-targz.ts). */
+export function gcsStorage(url: URL, env: NodeJS.ProcessEnv): Storage {
   const opts: StorageOptions = {
     retryOptions: { autoRetry: false }, // one retry policy, in the retry wrapper
     timeout: 120_000,
@@ -151,9 +159,7 @@ export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promi
   if (projectId) opts.projectId = projectId;
   const emulator = env.STORAGE_EMULATOR_HOST;
   if (emulator) opts.apiEndpoint = /^https?:\/\//.test(emulator) ? emulator : `http://${emulator}`;
-  return new GcsStore({
-    bucket: new Storage(opts).bucket(url.hostname),
-    prefix: urlPrefix(url.pathname),
-    conditionalPut: queryFlag(url, 'conditional', true),
-  });
+  return new Storage(opts);
 }
+
+export { failure as gcsFailure };

@@ -165,7 +165,18 @@ function failure(err: unknown): { status?: number; code?: string } {
  */
 export async function s3StoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<S3Store> {
   if (!url.hostname) throw badStoreUrl(ctx.location, 'has no bucket (s3://bucket/prefix)');
-  const env = ctx.env;
+  return new S3Store({
+    bucket: url.hostname,
+    prefix: urlPrefix(url.pathname),
+    client: s3ClientConfig(url, ctx.env),
+    conditionalPut: queryFlag(url, 'conditional', true),
+    multipartThreshold: queryInt(url, 'multipartThreshold'),
+    partSize: queryInt(url, 'partSize'),
+  });
+}
+
+/** Client settings of an s3:// URL and env, shared with the s3:// recovery output (src/output/s3-raw.ts). */
+export function s3ClientConfig(url: URL, env: NodeJS.ProcessEnv): S3ClientConfig {
   const client: S3ClientConfig = {
     region: url.searchParams.get('region') ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1',
   };
@@ -177,12 +188,7 @@ export async function s3StoreFromUrl(url: URL, ctx: StoreFactoryContext): Promis
       accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN,
     };
   }
-  return new S3Store({
-    bucket: url.hostname,
-    prefix: urlPrefix(url.pathname),
-    client,
-    conditionalPut: queryFlag(url, 'conditional', true),
-    multipartThreshold: queryInt(url, 'multipartThreshold'),
-    partSize: queryInt(url, 'partSize'),
-  });
+  return client;
 }
+
+export { failure as s3Failure };

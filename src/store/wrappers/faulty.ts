@@ -82,8 +82,8 @@ export class FaultyStore implements ObjectStore {
     return this.call('put', key, () => this.inner.put(key, data, opts));
   }
 
-  get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.call('get', key, () => this.inner.get(key, range));
+  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
+    return this.call('get', key, () => this.inner.get(key, range, into));
   }
 
   head(key: string): Promise<ObjectInfo> {

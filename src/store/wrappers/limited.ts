@@ -19,8 +19,8 @@ export class LimitedStore implements ObjectStore {
     return this.limit(() => this.inner.put(key, data, opts));
   }
 
-  get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.limit(() => this.inner.get(key, range));
+  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
+    return this.limit(() => this.inner.get(key, range, into));
   }
 
   head(key: string): Promise<ObjectInfo> {

@@ -42,8 +42,8 @@ export class MetricsStore implements ObjectStore {
     return this.measure('put', () => this.inner.put(key, data, opts), () => data.length);
   }
 
-  get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.measure('get', () => this.inner.get(key, range), (b) => b.length);
+  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
+    return this.measure('get', () => this.inner.get(key, range, into), (b) => b.length);
   }
 
   head(key: string): Promise<ObjectInfo> {

@@ -53,8 +53,8 @@ export class RetryingStore implements ObjectStore {
     return this.retry('put', key, () => this.inner.put(key, data, opts));
   }
 
-  get(key: string, range?: ByteRange): Promise<Buffer> {
-    return this.retry('get', key, () => this.inner.get(key, range));
+  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
+    return this.retry('get', key, () => this.inner.get(key, range, into));
   }
 
   head(key: string): Promise<ObjectInfo> {

@@ -1,0 +1,97 @@
+// azblob://<container>/<name>.vhd: the disk as a page blob holding a fixed VHD, which Azure turns into a managed disk
+// (`az disk create --source <blob url>`). Page blobs are sparse: only non-zero 4 KiB blocks are uploaded.
+import type { PageBlobClient } from '@azure/storage-blob';
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { azureFailure, azureServiceClient } from '../store/azure/azure-store.js';
+import { retried } from './cloud.js';
+import { eachLimited, nonZeroRuns, roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
+import { badOut, displayUrl, objectName } from './url.js';
+import { VHD_FOOTER_BYTES, vhdFooter } from './vhd.js';
+
+const MiB = 1024 * 1024;
+/** Azure managed disks need a virtual size that is a whole number of MiB. */
+export const VHD_ALIGN = MiB;
+/** The most one Put Page call takes. */
+const MAX_PAGES_CALL = 4 * MiB;
+const PAGE = 512;
+/** Zero detection granularity: a block with any non-zero byte is uploaded whole. */
+const BLOCK = 4096;
+/** Put Page calls in flight per chunk (the restore has several chunks in flight too). */
+const PER_CHUNK = 4;
+
+export async function openAzureVhdOutput(url: URL, opts: OpenOutputOptions): Promise<OutputSink> {
+  const name = objectName(url);
+  if (!/\.vhd$/i.test(name)) throw badOut(displayUrl(url), 'must name a .vhd page blob (azblob://container/name.vhd)');
+  const blob = azureServiceClient(url, opts.env).getContainerClient(url.hostname).getPageBlobClient(name);
+  const sink = new AzureVhdSink(displayUrl(url), blob, opts.diskSize);
+  await sink.create();
+  return sink;
+}
+
+class AzureVhdSink implements OutputSink {
+  readonly ordered = false;
+  /** The virtual size: the disk rounded up to 1 MiB; the padding reads as zeros. */
+  readonly virtualSize: number;
+  private created = false;
+
+  constructor(readonly location: string, private readonly blob: PageBlobClient, private readonly diskSize: number) {
+    this.virtualSize = roundUp(diskSize, VHD_ALIGN);
+  }
+
+  private call<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    return retried(this.location, op, this.blob.name, azureFailure, fn);
+  }
+
+  async create(): Promise<void> {
+    // Never over an existing blob: it may be a disk someone uses. A failed restore deletes what it created.
+    await this.call('create page blob', async () => {
+      try {
+        await this.blob.create(this.virtualSize + VHD_FOOTER_BYTES, { conditions: { ifNoneMatch: '*' } });
+      } catch (err) {
+        // Answers, not failures: thrown as RnodeErrors, which retried() passes through without retrying.
+        const code = azureFailure(err).code;
+        if (code === 'BlobAlreadyExists' || code === 'ConditionNotMet') {
+          throw new RnodeError(ErrorCodes.OUTPUT_IO, `--out ${this.location} already exists; delete it or choose another name`, { cause: err });
+        }
+        if (code === 'ContainerNotFound') {
+          throw new RnodeError(ErrorCodes.OUTPUT_IO, `the container of --out ${this.location} does not exist; create it first`, { cause: err });
+        }
+        throw err;
+      }
+    });
+    this.created = true;
+  }
+
+  async write(offset: number, data: Buffer): Promise<number> {
+    const pieces: { offset: number; body: Buffer }[] = [];
+    for (const run of nonZeroRuns(data, BLOCK)) {
+      for (let o = run.offset; o < run.offset + run.length; o += MAX_PAGES_CALL) {
+        let body = data.subarray(o, Math.min(o + MAX_PAGES_CALL, run.offset + run.length));
+        // Only the disk's last block can be short of a whole page; the rest of the page is padding (zeros).
+        if (body.length % PAGE !== 0) body = Buffer.concat([body, Buffer.alloc(roundUp(body.length, PAGE) - body.length)]);
+        pieces.push({ offset: offset + o, body });
+      }
+    }
+    let sent = 0;
+    await eachLimited(pieces, PER_CHUNK, async (p) => {
+      await this.call('upload pages', () => this.blob.uploadPages(p.body, p.offset, p.body.length));
+      sent += p.body.length;
+    });
+    return sent;
+  }
+
+  /** A new page blob reads as zeros: nothing to send. */
+  async zero(): Promise<number> {
+    return 0;
+  }
+
+  /** The footer goes last: until it is there the blob is no valid VHD, so a cut upload cannot pass for a disk. */
+  async finish(): Promise<void> {
+    const footer = vhdFooter({ size: this.virtualSize });
+    await this.call('upload footer', () => this.blob.uploadPages(footer, this.virtualSize, footer.length));
+  }
+
+  async abort(): Promise<void> {
+    if (this.created) await this.blob.deleteIfExists().catch(() => undefined);
+  }
+}

@@ -1,0 +1,46 @@
+// Opens the output of a restore by its form: a cloud URL (s3://, azblob://, gs://) or a local path. Cloud outputs take
+// their credentials exactly as the store URLs of the same scheme do (src/store/{s3,azure,gcs}), and load lazily.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { openFileOutput } from './file.js';
+import type { OpenOutputOptions, OutputSink } from './sink.js';
+import { displayUrl, objectName, parseOutUrl } from './url.js';
+
+export type { OpenOutputOptions, OutputSink, Extent } from './sink.js';
+
+const CLOUD = /^(s3|azblob|gs):\/\//i;
+
+/** True for outputs that are cloud objects rather than local paths. */
+export function isCloudOutput(out: string): boolean {
+  return CLOUD.test(out);
+}
+
+export async function openOutput(out: string, opts: OpenOutputOptions): Promise<OutputSink> {
+  if (!isCloudOutput(out)) return openFileOutput(out, opts.diskSize);
+  const url = parseOutUrl(out.replace(/^[a-z0-9]+:/i, (s) => s.toLowerCase()));
+  if (opts.storeLocation) refuseInsideStore(url, opts.storeLocation);
+  switch (url.protocol) {
+    case 's3:': return (await import('./s3-raw.js')).openS3Output(url, opts);
+    case 'azblob:': return (await import('./azure-vhd.js')).openAzureVhdOutput(url, opts);
+    default: return (await import('./gcs-targz.js')).openGcsTarGzOutput(url, opts);
+  }
+}
+
+/**
+ * Writing a disk image into the store it is read from would mix a foreign object into the repository (and
+ * prune could later delete it): refused when the output is the store's bucket or container under its prefix.
+ */
+function refuseInsideStore(url: URL, storeLocation: string): void {
+  let store: URL;
+  try {
+    store = new URL(storeLocation);
+  } catch {
+    return; // a local store: a cloud output cannot be inside it
+  }
+  if (store.protocol.toLowerCase() !== url.protocol || store.hostname !== url.hostname) return;
+  const prefix = store.pathname.replace(/^\/+/, '');
+  if (objectName(url).startsWith(prefix)) {
+    throw new RnodeError(ErrorCodes.OUTPUT_IN_STORE,
+      `--out ${displayUrl(url)} is inside the store ${storeLocation} being read; write the disk to another bucket, container or prefix`,
+      { details: { out: displayUrl(url), store: storeLocation } });
+  }
+}
