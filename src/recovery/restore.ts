@@ -11,7 +11,7 @@ import { isZero } from '../native/index.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded, readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
+import { newReadSlot, recycleReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
 import { requireChainSeal } from './encryption.js';
 import { loadChain, resolvePoint } from './points.js';
 import { chainView } from './view.js';
@@ -76,6 +76,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
       chunksRestored++;
       opts.onProgress?.({ bytesWritten, chunksDone: chunksRestored, diskSize });
     }));
+    slots.close(recycleReadSlot);
     await target.fh.sync();
     await target.fh.close();
     if (target.tmp) await fsp.rename(target.tmp, opts.out);
