@@ -69,6 +69,8 @@ export function decodeSegment(b: Buffer, what: string): ChunkEntry[] {
   if (b.readUInt8(4) !== SEGMENT_VERSION) {
     throw new RnodeError(ErrorCodes.FORMAT_VERSION, `chunk table ${what} has format version ${b.readUInt8(4)}; upgrade rnode to read it`);
   }
+  // Reserved bytes (header 5-7, record 46-63) are written as zero; set ones are damage the checksum did not catch.
+  if (b.readUIntLE(5, 3) !== 0) throw bad('reserved header bytes are not zero');
   const count = b.readUInt32LE(8);
   const end = SEGMENT_HEADER_BYTES + count * TABLE_RECORD_BYTES;
   if (b.length !== end + 8) throw bad('length does not match its record count');
@@ -77,7 +79,10 @@ export function decodeSegment(b: Buffer, what: string): ChunkEntry[] {
   let prev = -1;
   for (let i = 0, o = SEGMENT_HEADER_BYTES; i < count; i++, o += TABLE_RECORD_BYTES) {
     const index = Number(b.readBigUInt64LE(o));
+    // Above 2^53 a Number rounds: two records could name one chunk, or a chunk the table never held.
+    if (!Number.isSafeInteger(index)) throw bad(`record ${i} has an index out of range`);
     if (!(index > prev)) throw bad('records out of order');
+    if (b.subarray(o + 46, o + TABLE_RECORD_BYTES).some((x) => x !== 0)) throw bad(`record ${i} has reserved bytes set`);
     prev = index;
     out[i] = {
       index,
