@@ -6,6 +6,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listPoints } from '../../src/recovery/points.js';
+import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, parsedLogs, sleep, spawnAgent, startMs, tmpDir, type AgentProcess } from './helpers.js';
 
@@ -81,4 +82,53 @@ t.test(`a node killed at ${KILLS} random moments: every re-run with a usable che
   }
   if (t.passing()) return;
   for (const l of parsedLogs(survivor.stderr).filter((e) => e.level !== 'debug').slice(-60)) t.comment(JSON.stringify(l));
+});
+
+// Regression: the issue's "once in three" re-read. The dead node's disk is also in a policy; the server moved the
+// policy first (policy.sync), so the node taking the disk over started a scheduled run of it at once, which took
+// the disk (and the lease), continued the checkpoint itself, and left the re-dispatched job a full re-read of a
+// second point (resumed: false). Before the fix: the scheduled run on o1 wrote point 2 (resumed), the job on o2
+// point 3 reading the whole disk. It needs the re-run's least-busy node to differ from the disk's new owner.
+t.test('a killed job whose disk is also in a policy: the re-run, not a scheduled run, continues the checkpoint', async (t) => {
+  const dir = tmpDir(t, 'agent-takeover-policy');
+  const storeDir = path.join(dir, 'store');
+  const store = fsStore(storeDir);
+  const ms = await startMs(t, { heartbeatMs: 150, nodeTimeoutMs: 900 });
+  const img = await makeDisk(dir, 'p0', SIZE, 900);
+  const victim = spawnAgent(t, ms, dir, 'v', ['--slots', '2']);
+  const victimNode = await ms.waitFor(() => ms.liveNodes().find((n) => n.name === 'v'), 30_000, 'victim');
+  // The policy lands on the only node; its first scheduled point is quick, the next one an hour away.
+  ms.setPolicy({ group: 'pg', revision: 1, rpoSeconds: 7200, intervalSeconds: 3600, store: { url: storeDir }, chunkSize: 64 * KiB,
+    disks: [{ disk: 'p0', source: { location: img } }], leaseTtlSeconds: 1.5 });
+  await ms.waitFor(() => ms.reportsOf('job.completed', (m) => m.scheduled === true).length === 1, 30_000, 'the first scheduled point');
+  // New contents, so point 2 has records to checkpoint (an unchanged chunk leaves nothing to record).
+  await generateSampleDisk(img, { size: SIZE, seed: 901 });
+  const others = [spawnAgent(t, ms, dir, 'o1', ['--slots', '2']), spawnAgent(t, ms, dir, 'o2', ['--slots', '2'])];
+  await ms.waitFor(() => ms.liveNodes().length === 3, 30_000, 'three nodes');
+  const rec = ms.startJob({
+    jobId: 'pj', kind: 'replicate', store: { url: storeDir }, disks: [{ disk: 'p0', source: { location: img } }],
+    chunkSize: 64 * KiB, bandwidth: 512 * KiB, checkpointSeconds: 0.1, leaseTtlSeconds: 1.5,
+  }, victimNode.id);
+  // Another node busy with another disk: the server's least-busy node for the re-run is then not the node the
+  // policy's disk moves to (the race of the issue needed exactly that: a 3-node cluster with work on it).
+  const busyNode = ms.liveNodes().find((n) => n.name === 'o1')!;
+  ms.startJob({ jobId: 'busy', kind: 'replicate', store: { url: storeDir }, disks: [{ disk: 'q0', source: { location: await makeDisk(dir, 'q0', SIZE, 902) } }],
+    chunkSize: 64 * KiB, bandwidth: 128 * KiB, leaseTtlSeconds: 1.5 }, busyNode.id);
+  const pending = path.join(storeDir, 'disks', 'p0', 'pending', '0000000002.json');
+  await ms.waitFor(() => fs.existsSync(pending) && JSON.parse(fs.readFileSync(pending, 'utf8')).nextIndex >= 4, 30_000, 'a checkpoint of point 2');
+  victim.child.kill('SIGKILL');
+  await victim.exited;
+  const done = await ms.waitFor(() => (rec.state === 'completed' || rec.state === 'failed') && rec, 60_000, 'the re-run');
+  t.equal(done.state, 'completed', `the job completed (${String(done.failed?.message ?? '')})`);
+  const r = (done.completed?.results as any[] | undefined)?.[0];
+  t.equal(r?.point, 2, 'the re-run committed the point the killed run was writing');
+  t.equal(r?.resumed, true, 'and continued it from the checkpoint');
+  t.ok(r?.sourceBytesRead < SIZE, `reading ${r?.sourceBytesRead} of ${SIZE} bytes`);
+  await sleep(500);
+  await ms.waitFor(() => ms.jobs.get('busy')!.state === 'completed', 60_000, 'the other job');
+  const points = await listPoints(store, 'p0');
+  t.same(points.map((m) => m.point), [1, 2], 'no second point from a scheduled run racing the re-run');
+  await expectRestore(t, store, 'p0', 2, fingerprint(img), dir, 'point 2');
+  if (!t.passing()) for (const x of ms.reports.filter((x) => x.msg.type !== 'job.accepted')) t.comment(JSON.stringify([ms.nodes.get(x.nodeId)?.name, x.msg.type, x.msg.jobId, x.msg.attempt, (x.msg.results as any)?.[0]?.point, (x.msg.results as any)?.[0]?.resumed]));
+  void others;
 });
