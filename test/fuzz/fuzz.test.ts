@@ -7,7 +7,7 @@ import { property } from './props.js';
 import { seeds, targets } from './targets.js';
 
 /** Per target; nine targets stay well under the suite's ~30 s budget for fuzzing. */
-const MS_PER_TARGET = Number(process.env.RNODE_FUZZ_MS ?? 2500);
+const MS_PER_TARGET = Number(process.env.RNODE_FUZZ_MS ?? 2000);
 
 for (const target of targets) {
   t.test(`fuzz ${target.name}`, async (t) => {
