@@ -37,13 +37,13 @@ while (Date.now() < deadline) {
     s.ms += Date.now() - t0;
     if (d.failed) {
       const err = d.errorInstance as Error | undefined;
-      const sig = `${target.name}: ${String(err?.message ?? d.error).split('\n')[0].replace(/\d+/g, 'N')}`;
+      const sig = `${target.name}: ${String(err?.message ?? err).split('\n')[0].replace(/\d+/g, 'N')}`;
       s.findings++;
       const input = d.counterexample?.[0] as Buffer | undefined;
       if (input) fs.writeFileSync(path.join(findingsDir, `${target.name}-${seed}.bin`), input);
       if (!seen.has(sig)) {
         seen.add(sig);
-        console.log(`FINDING ${target.name} (seed ${seed}): ${String(err?.message ?? d.error).slice(0, 500)}`);
+        console.log(`FINDING ${target.name} (seed ${seed}): ${String(err?.message ?? err).slice(0, 500)}`);
         if (input) console.log(`  input (${input.length} bytes): ${input.toString('base64').slice(0, 400)}`);
       }
     }

@@ -25,7 +25,7 @@ export interface FuzzTarget {
 
 /** A broken contract: what the parser did with which input. */
 export class FuzzFinding extends Error {
-  constructor(message: string, readonly cause?: unknown) {
+  constructor(message: string, override readonly cause?: unknown) {
     super(message);
     this.name = 'FuzzFinding';
   }
