@@ -23,7 +23,8 @@ const findingsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-fuzz-findings-'
 const stats = new Map(chosen.map((t) => [t.name, { runs: 0, findings: 0, ms: 0 }]));
 const seen = new Set<string>();
 const deadline = Date.now() + minutes * 60_000;
-const slice = 10_000; // ms per target per round
+// ms per target per round: short budgets still reach every target.
+const slice = Math.max(1000, Math.min(10_000, (minutes * 60_000) / chosen.length));
 console.log(`fuzzing ${chosen.map((t) => t.name).join(', ')} for ${minutes} min; findings go to ${findingsDir}`);
 
 while (Date.now() < deadline) {
