@@ -86,6 +86,9 @@ export class DiskLocks {
   }
 }
 
+/** Plaintext chunk buffers all runs of a node hold together (plus as much for stored objects); see replicate.ts. */
+const NODE_CHUNK_BUFFER_BYTES = 24 * 1024 * 1024;
+
 export const diskKey = (store: StoreDef, disk: string) => `${store.url}#${disk}`;
 
 export class JobRunner {
@@ -93,6 +96,12 @@ export class JobRunner {
   readonly locks = new DiskLocks();
   private readonly running = new Map<string, Running>();
   private readonly nodeBucket: TokenBucket | undefined;
+
+  /**
+   * Chunk buffers of one run when the job does not set its concurrency: the node's budget split over its slots,
+   * so memory stays bounded by the node, not by how many runs it has (3 slots: 8 chunks of 1 MiB each in flight).
+   */
+  private get runBufferBytes(): number { return Math.floor(NODE_CHUNK_BUFFER_BYTES / this.slots.size); }
 
   constructor(private readonly o: RunnerOptions) {
     this.slots = new Slots(o.slots);
@@ -253,7 +262,7 @@ export class JobRunner {
         for (;;) {
           try {
             r = await replicate({
-              store, source, disk: ds.disk, chunkSize: job.chunkSize, concurrency: job.concurrency, signal, onProgress,
+              store, source, disk: ds.disk, chunkSize: job.chunkSize, concurrency: job.concurrency, bufferBytes: this.runBufferBytes, signal, onProgress,
               codec: job.compression ? codecByName(job.compression) : undefined, encryption, forceFull: job.forceFull,
               checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
               lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },

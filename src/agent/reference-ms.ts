@@ -234,6 +234,15 @@ export class ReferenceMs extends EventEmitter {
     this.nodes.set(node.id, node);
     this.send(node.id, { type: 'welcome', nodeId: node.id, protocol: PROTOCOL_VERSION, heartbeatMs: this.heartbeatMs, ackedSeq: node.lastSeq, serverTime: new Date().toISOString() });
     this.log('node registered', { node: node.name, id: node.id, returning: !!prev });
+    // A node declared dead that comes back may still be running attempts that were handed to others: stop them,
+    // or two nodes write the disk in turn and the later one re-reads it all for a second point.
+    if (prev && !prev.alive) {
+      for (const j of this.jobs.values()) {
+        if (j.nodeId !== node.id && j.attempts.some((a) => a.nodeId === node.id) && j.state !== 'completed' && j.state !== 'failed') {
+          this.send(node.id, { type: 'job.cancel', jobId: j.job.jobId });
+        }
+      }
+    }
     this.assignOrphans();
     this.syncAll();
     for (const j of this.jobs.values()) if (j.state === 'pending') this.dispatch(j);
@@ -315,6 +324,17 @@ export class ReferenceMs extends EventEmitter {
     }
   }
 
+  /** The live node a policy assigns the job's (first) disk to, if the disk is in a policy. */
+  private diskOwner(job: Job): string | undefined {
+    const disk = job.kind === 'replicate' ? job.disks[0]?.disk : job.disk;
+    for (const p of this.policies.values()) {
+      if (!p.disks.some((d) => d.disk === disk && p.store.url === job.store.url)) continue;
+      const owner = this.assignment.get(`${p.group}/${disk}`);
+      if (owner && this.nodes.get(owner)?.alive && this.nodes.get(owner)?.connected) return owner;
+    }
+    return undefined;
+  }
+
   /** What one node should run: each policy cut down to the disks assigned to it. */
   sliceFor(nodeId: string): Policy[] {
     const out: Policy[] = [];
@@ -338,14 +358,17 @@ export class ReferenceMs extends EventEmitter {
       this.log('node declared dead: no heartbeat', { node: n.name, silentMs: now - n.lastSeen });
       this.emit('node-dead', n);
       this.assignOrphans();
-      this.syncAll();
+      // The dead node's unfinished jobs go out before the policies that move its disks, and to the node that now
+      // holds the job's disk: a scheduled run of the disk started first (here or on another node) would take the
+      // disk, continue the checkpoint itself, and leave the re-run a full re-read of a new point.
       for (const j of this.jobs.values()) {
         if (j.nodeId === n.id && (j.state === 'dispatched' || j.state === 'accepted')) {
           j.attempt++;
           this.log('job reassigned', { jobId: j.job.jobId, from: n.name, attempt: j.attempt });
-          this.dispatch(j);
+          this.dispatch(j, this.diskOwner(j.job));
         }
       }
+      this.syncAll();
     }
   }
 }

@@ -101,6 +101,8 @@ export function decodeChunkHeader(b: Uint8Array): ChunkHeader {
     throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk header lengths out of range (plain ${h.plainLength}, payload ${h.payloadLength})`);
   }
   if (!Number.isSafeInteger(h.index)) throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, 'chunk header index out of range');
+  // Bytes 44-47 are reserved and written as zero: anything else is damage (and would let two objects share a header).
+  if (buf.readUInt32LE(44) !== 0) throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, 'chunk header reserved bytes are not zero');
   // Version 1 has no flags; version 2 is exactly ENCRYPTED. A flag this rnode does not know is damage, not a feature.
   if (h.flags !== (version === CHUNK_VERSION_ENCRYPTED ? ChunkFlag.ENCRYPTED : 0)) {
     throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk header flags ${h.flags} do not fit format version ${version}`);

@@ -108,6 +108,8 @@ export function decodeSegment(b: Buffer, what: string, expect: 'plain' | 'any' |
   if (version !== SEGMENT_VERSION && version !== SEGMENT_VERSION_AUTHENTICATED) {
     throw new RnodeError(ErrorCodes.FORMAT_VERSION, `chunk table ${what} has format version ${version}; upgrade rnode to read it`);
   }
+  // Reserved bytes (header 5-7, record 46-63) are written as zero; set ones are damage the checksum did not catch.
+  if (b.readUIntLE(5, 3) !== 0) throw bad('reserved header bytes are not zero');
   const authenticated = version === SEGMENT_VERSION_AUTHENTICATED;
   if (expect === 'plain' && authenticated) throw forged('is authenticated but its manifest is not (a downgraded manifest)');
   if (typeof expect === 'object' && !authenticated) throw forged('is not authenticated on a disk whose metadata is');
@@ -124,7 +126,10 @@ export function decodeSegment(b: Buffer, what: string, expect: 'plain' | 'any' |
   let prev = -1;
   for (let i = 0, o = SEGMENT_HEADER_BYTES; i < count; i++, o += TABLE_RECORD_BYTES) {
     const index = Number(b.readBigUInt64LE(o));
+    // Above 2^53 a Number rounds: two records could name one chunk, or a chunk the table never held.
+    if (!Number.isSafeInteger(index)) throw bad(`record ${i} has an index out of range`);
     if (!(index > prev)) throw bad('records out of order');
+    if (b.subarray(o + 46, o + TABLE_RECORD_BYTES).some((x) => x !== 0)) throw bad(`record ${i} has reserved bytes set`);
     prev = index;
     out[i] = {
       index,

@@ -22,4 +22,9 @@ export class BufferPool<T> {
   }
 
   get available(): number { return this.free.length; }
+
+  /** Hands every idle item to recycle and forgets it (the run is over; items released later are just dropped). */
+  close(recycle: (b: T) => void): void {
+    for (const b of this.free.splice(0)) recycle(b);
+  }
 }

@@ -6,8 +6,8 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { type CodecId, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
-import { sharedAligned } from '../native/index.js';
 import { codecWorkers, maxObjectBytes, type SealedFields } from './codec-workers.js';
+import { recycleShared, takeShared } from './shared-slots.js';
 
 /** How a disk's chunks are encrypted: the key, and the disk id the objects are bound to (part of the AAD). */
 export interface ChunkSeal {
@@ -65,7 +65,13 @@ export interface ReadSlot {
 }
 
 export function newReadSlot(chunkSize: number): ReadSlot {
-  return { object: sharedAligned(maxObjectBytes(chunkSize)), plain: sharedAligned(chunkSize) };
+  return { object: takeShared(maxObjectBytes(chunkSize)), plain: takeShared(chunkSize) };
+}
+
+/** Returns a slot's buffers for later runs (see shared-slots.ts); the slot must not be used afterwards. */
+export function recycleReadSlot(slot: ReadSlot): void {
+  recycleShared(slot.object);
+  recycleShared(slot.plain);
 }
 
 /**

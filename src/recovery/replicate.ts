@@ -8,10 +8,11 @@ import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
 import { layout, validateDiskId } from '../format/layout.js';
 import { encodeManifest, MANIFEST_FORMAT, type PointEncryption, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { encodeSegment, segmentMac, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
-import { isZero, sharedAligned } from '../native/index.js';
+import { isZero } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { encodeChunkInto, withWorkerKey } from '../pipeline/chunk-codec.js';
 import { maxObjectBytes } from '../pipeline/codec-workers.js';
+import { recycleShared, takeShared } from '../pipeline/shared-slots.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
@@ -31,6 +32,11 @@ export interface ReplicateOptions {
   encryption?: EncryptionKey;
   /** Chunks in flight (read, hashed, compressed or being stored) at once. */
   concurrency?: number;
+  /**
+   * Plaintext bytes of chunk buffers the run may hold when concurrency is not given (default 64 MiB, at most 16
+   * chunks; each chunk also has a stored-object buffer of about its size). Runs sharing a node split its budget.
+   */
+  bufferBytes?: number;
   /** Read every allocated chunk even if the source tracks changes. */
   forceFull?: boolean;
   /** Continue a pending point left by an interrupted run (default true). */
@@ -230,8 +236,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     }).catch((err) => { checkpointFailure ??= err; failure ??= err; }); // stops the scan
   };
 
-  const pool = new BufferPool(Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize)),
-    () => ({ plain: sharedAligned(chunkSize), out: sharedAligned(maxObjectBytes(chunkSize)) }));
+  const pool = new BufferPool(Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize, opts.bufferBytes)),
+    () => ({ plain: takeShared(chunkSize), out: takeShared(maxObjectBytes(chunkSize)) }));
   // Results complete out of order; the table needs them in index order, so they wait here (bounded by the pool).
   const done = new Map<number, Outcome>();
   const candidateIndex = new Map<number, number>();
@@ -322,6 +328,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     failure ??= err;
   } finally {
     await Promise.all(inflight);
+    // Every chunk is settled and stored: the buffers go back for the next run.
+    pool.close((slot) => { recycleShared(slot.plain); recycleShared(slot.out); });
     await parentView?.close();
   }
   await segmentChain;
@@ -378,11 +386,11 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   };
 }
 
-function defaultConcurrency(chunkSize: number): number {
+function defaultConcurrency(chunkSize: number, bufferBytes = 64 * 1024 * 1024): number {
   // Enough chunks in flight to keep the cores and the store busy, capped at ~64 MiB of plaintext buffers. Durable
   // puts wait for the device, so the device needs many in its queue: the 1.5 GiB bench image replicated in ~4.0 s
   // with 16 in flight against ~5.3 s with 8.
-  return Math.max(2, Math.min(16, Math.floor((64 * 1024 * 1024) / chunkSize)));
+  return Math.max(2, Math.min(16, Math.floor(bufferBytes / chunkSize)));
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {

@@ -7,7 +7,7 @@ import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot, withWorkerKey, type ChunkSeal } from '../pipeline/chunk-codec.js';
+import { newReadSlot, recycleReadSlot, withWorkerKey, type ChunkSeal } from '../pipeline/chunk-codec.js';
 import { authenticateTables, readDiskMarker, requireChainSeal } from './encryption.js';
 import { assertOutsideStore } from '../store/containment.js';
 import { loadChain, resolvePoint } from './points.js';
@@ -153,6 +153,7 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
     failure ??= err;
   }
   await Promise.all(inflight);
+  slots.close(recycleReadSlot);
   if (failure) throw failure;
   return stats;
 }

@@ -10,7 +10,7 @@ import { isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { checkStoredChunk, forEachBounded, readChunk } from './chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
+import { newReadSlot, recycleReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, type DiskMarker } from './encryption.js';
 import { listPointSeqs, loadChain, loadPoint, resolvePoint } from './points.js';
 import { chainView, tableEntries } from './view.js';
@@ -128,6 +128,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
     };
     if (!slots || slots.count === 0 || m.chunkSize !== slotSize) {
       slotSize = m.chunkSize;
+      slots?.close(recycleReadSlot);
       slots = new BufferPool(concurrency, () => newReadSlot(m.chunkSize));
     }
     const pool = slots;
@@ -146,6 +147,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
       }
     });
   }
+  slots?.close(recycleReadSlot);
   return {
     disk, points: seqs, chunksChecked, bytesChecked, encrypted, checked: storedOnly ? 'stored-bytes' : 'contents', problems,
     ok: problems.length === 0, seconds: (performance.now() - started) / 1000,

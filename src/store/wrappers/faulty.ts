@@ -69,6 +69,11 @@ export class FaultyStore implements ObjectStore {
     return this;
   }
 
+  /** Faults fired so far, over all methods (the soak prints it). */
+  get firedCount(): number {
+    return this.faults.reduce((n, f) => n + f.fired, 0);
+  }
+
   /** Throws if a scripted (non-probabilistic) fault fired fewer times than it was scripted for. */
   assertAllFired(): void {
     const missed = this.faults.filter((f) => f.probability === undefined &&

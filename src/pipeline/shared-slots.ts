@@ -1,0 +1,48 @@
+// Chunk buffers shared with the codec workers, recycled from one run to the next. A run that allocated its own
+// (32 MiB per replicate) leaked them: each stays alive until every worker isolate that saw it collects garbage.
+import { sharedAligned, zeroBytes } from '../native/index.js';
+
+/**
+ * Idle bytes kept for later runs. Above it a returned buffer is dropped (left to the GC): three agent slots of
+ * 1 MiB chunks keep ~100 MiB busy, so this covers a node's steady state without holding more than it uses.
+ */
+export const MAX_IDLE_SHARED_BYTES = 128 * 1024 * 1024;
+
+const idle = new Map<number, Buffer[]>();
+let idleBytes = 0;
+let allocated = 0;
+
+/** A zero-filled, page-aligned SharedArrayBuffer view of size bytes: an idle one when there is one. */
+export function takeShared(size: number): Buffer {
+  const list = idle.get(size);
+  const b = list?.pop();
+  if (b) {
+    idleBytes -= b.length;
+    if (list!.length === 0) idle.delete(size);
+    return b;
+  }
+  allocated++;
+  return sharedAligned(size);
+}
+
+/** Gives a buffer from takeShared() back once nothing uses it any more (it is wiped: no plaintext lingers). */
+export function recycleShared(b: Buffer): void {
+  // Other sizes' idle buffers make room first: the newest chunk size is the one runs use now.
+  for (const [size, list] of idle) {
+    if (idleBytes + b.length <= MAX_IDLE_SHARED_BYTES) break;
+    if (size === b.length) continue;
+    while (list.length && idleBytes + b.length > MAX_IDLE_SHARED_BYTES) idleBytes -= list.pop()!.length;
+    if (!list.length) idle.delete(size);
+  }
+  if (idleBytes + b.length > MAX_IDLE_SHARED_BYTES) return;
+  zeroBytes(b);
+  let list = idle.get(b.length);
+  if (!list) idle.set(b.length, list = []);
+  list.push(b);
+  idleBytes += b.length;
+}
+
+/** For tests and the soak: buffers allocated since start, and idle bytes now. */
+export function sharedSlotStats(): { allocated: number; idleBytes: number } {
+  return { allocated, idleBytes };
+}
