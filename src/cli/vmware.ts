@@ -3,8 +3,8 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateChunkSize } from '../pipeline/grid.js';
-import { exitVddk } from '../vddk/index.js';
-import { loadVmwareConfig, parseVddkUrl, replicateVm, VmwareSession, type ReplicateVmResult, type VmwareSourceConfig } from '../source/vddk/index.js';
+import { replicateVm, type ReplicateVmResult } from '../jobs/replicate-vm.js';
+import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { openStore } from '../store/index.js';
 import { encryptionKeyFrom, ENCRYPTION_USAGE, type Options } from './args.js';
 import { bytes, rate, secs } from './format.js';

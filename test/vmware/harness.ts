@@ -5,7 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { FsStore } from '../../src/store/index.js';
 import { recover } from '../../src/recovery/restore.js';
-import { VmwareSession, replicateVm, vmDiskId, type ReplicateVmOptions, type ReplicateVmResult, type VmwareSourceConfig } from '../../src/source/vddk/index.js';
+import { VmwareSession, vmDiskId, type VmwareSourceConfig } from '../../src/source/vmware/index.js';
+import { replicateVm, type ReplicateVmOptions, type ReplicateVmResult } from '../../src/jobs/replicate-vm.js';
 import { buildDummyVddk, readDummyLog, bytesReadInLog, type DummyCall } from './build-dummy.js';
 import { VSphereSim, type SimDiskSpec, type SimOptions } from './vsphere-sim.js';
 

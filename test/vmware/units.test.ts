@@ -6,9 +6,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { openSource } from '../../src/source/index.js';
-import { loadVmwareConfig, parseVddkUrl } from '../../src/source/vddk/index.js';
-import { connectVddk, initVddk, VddkError } from '../../src/vddk/index.js';
-import { el, escapeText, parseXml, Raw, textOf, xsiType, XmlError } from '../../src/vsphere/xml.js';
+import { loadVmwareConfig, parseVddkUrl } from '../../src/source/vmware/index.js';
+import { connectVddk, initVddk, VddkError } from '../../src/source/vmware/index.js';
+import { el, escapeText, parseXml, Raw, textOf, xsiType, XmlError } from '../../src/source/vmware/vsphere/xml.js';
 import { isVmwareSource, replicateVmwareCommand } from '../../src/cli/vmware.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { buildDummyVddk, readDummyLog } from './build-dummy.js';
@@ -77,7 +77,7 @@ t.test('VDDK binding: load failures, split reads, allocated blocks, closed handl
   env.sim.writeToVmDisk('vm-1', 2000, 1 * MiB, Buffer.alloc(100 * KiB, 7));
   env.sim.writeToVmDisk('vm-1', 2000, 3 * MiB, Buffer.alloc(512, 9));
   // Take a snapshot through the simulator's own SOAP so the dummy serves it.
-  const { VSphereClient } = await import('../../src/vsphere/client.js');
+  const { VSphereClient } = await import('../../src/source/vmware/vsphere/client.js');
   const client = new VSphereClient({ host: '127.0.0.1', port: env.sim.port, thumbprint: env.sim.thumbprint });
   await client.login(env.config.user, PASSWORD);
   const snap = await client.createSnapshot('vm-1', 'unit');

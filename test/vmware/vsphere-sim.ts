@@ -9,7 +9,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { openRaw } from '../../src/native/index.js';
-import { child, children, el, parseXml, Raw, textOf, type XmlElement } from '../../src/vsphere/xml.js';
+import { child, children, el, parseXml, Raw, textOf, type XmlElement } from '../../src/source/vmware/vsphere/xml.js';
 
 export interface SimDiskSpec { key: number; size: number }
 export interface Fingerprint { size: number; sha256: string }

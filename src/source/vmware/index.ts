@@ -1,5 +1,6 @@
-// The VMware source: vSphere CBT for what changed, VDDK for the data. `vddk://` opens one disk as a
-// BlockSource that owns its own session and snapshot; replicateVm() replicates all disks of a VM at once.
+// The VMware source, the one public entry of src/source/vmware: vSphere (SOAP vim25) for snapshots and CBT,
+// VDDK (the addon's binding) for the data. `vddk://` opens one disk as a BlockSource; the job layer
+// (src/jobs/replicate-vm.ts) replicates all disks of a VM from one snapshot through VmwareSession.
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import type { BlockSource } from '../types.js';
 import { loadVmwareConfig, parseVddkUrl, type VmwareSourceConfig } from './config.js';
@@ -8,7 +9,14 @@ import { VmwareSession } from './session.js';
 export { loadVmwareConfig, parseVddkUrl, validateVmwareConfig, redactUrl, type VmwareSourceConfig } from './config.js';
 export { VmwareSession, VmSnapshot, type SessionOptions } from './session.js';
 export { VddkSource, parseChangeId } from './source.js';
-export { replicateVm, vmDiskId, type ReplicateVmOptions, type ReplicateVmResult, type ReplicateVmDiskResult } from './replicate-vm.js';
+export { initVddk, exitVddk, connectVddk, parseTransports, VddkError, VddkErrorCodes, type VddkFeatures } from './vddk.js';
+export { VSphereClient, normalizeThumbprint, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
+export { VSphereFault, VSphereErrorCodes } from './vsphere/errors.js';
+
+/** The disk id a VM disk's points are stored under. */
+export function vmDiskId(vm: string, key: number): string {
+  return `${vm}-disk-${key}`;
+}
 
 /**
  * openSource('vddk://host/vm-42?disk=2000&...', { sourceConfig?: file, ...settings }): one disk of a fresh snapshot.

@@ -2,8 +2,8 @@
 // selected disk through one VDDK connection, and removing it closes them and deletes the snapshot.
 import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../../errors.js';
-import { connectVddk, initVddk, type VddkConnection, type VddkDisk } from '../../vddk/index.js';
-import { VSphereClient, type VirtualDiskInfo, type VmInfo } from '../../vsphere/client.js';
+import { connectVddk, initVddk, type VddkConnection, type VddkDisk } from './vddk.js';
+import { VSphereClient, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
 import type { VmwareSourceConfig } from './config.js';
 import { VddkSource } from './source.js';
 

@@ -1,11 +1,11 @@
 // One replication run of a VMware VM: one snapshot, one recovery point per selected disk (disk ids
 // "<vm>-disk-<key>"), and the snapshot removed at the end whatever happened.
-import type { EncryptionKey } from '../../crypto/keys.js';
-import { isRnodeError } from '../../errors.js';
-import type { CodecId } from '../../format/codecs.js';
-import { replicate, type ReplicateProgress, type ReplicateResult } from '../../recovery/replicate.js';
-import type { ObjectStore } from '../../store/types.js';
-import type { VmwareSession } from './session.js';
+import type { EncryptionKey } from '../crypto/keys.js';
+import { isRnodeError } from '../errors.js';
+import type { CodecId } from '../format/codecs.js';
+import { replicate, type ReplicateProgress, type ReplicateResult } from '../recovery/replicate.js';
+import type { ObjectStore } from '../store/types.js';
+import { vmDiskId, type VmwareSession } from '../source/vmware/index.js';
 
 export interface ReplicateVmOptions {
   session: VmwareSession;
@@ -40,11 +40,6 @@ export interface ReplicateVmResult {
   cbtEnabledNow: boolean;
   disks: ReplicateVmDiskResult[];
   seconds: number;
-}
-
-/** The disk id a VM disk's points are stored under. */
-export function vmDiskId(vm: string, key: number): string {
-  return `${vm}-disk-${key}`;
 }
 
 export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVmResult> {

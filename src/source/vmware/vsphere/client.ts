@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { isIP } from 'node:net';
 import tls from 'node:tls';
-import { RnodeError } from '../errors.js';
+import { RnodeError } from '../../../errors.js';
 import { faultError, VSphereErrorCodes, VSphereFault } from './errors.js';
 import { child, children, el, parseXml, Raw, textOf, xsiType, type Content, type XmlElement } from './xml.js';
 

@@ -3,8 +3,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
-import { parseTransports } from '../../vddk/index.js';
-import { normalizeThumbprint } from '../../vsphere/client.js';
+import { parseTransports } from './vddk.js';
+import { normalizeThumbprint } from './vsphere/client.js';
 
 export interface VmwareSourceConfig {
   /** vCenter or ESXi host name or address. */

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { RnodeError } from '../errors.js';
+import { RnodeError } from '../../errors.js';
 
 export const VDDK_SECTOR = 512;
 /** One VixDiskLib_Read is capped at this many bytes: NFC servers limit a request's size. */
@@ -71,8 +71,8 @@ interface NativeVddk {
   vddkExit(): Promise<void>;
 }
 
-// Two levels below the package root both as src/vddk (tap runs .ts) and as dist/vddk.
-const ADDON_URL = new URL('../../native/build/Release/rnode_native.node', import.meta.url);
+// Three levels below the package root both as src/source/vmware (tap runs .ts) and as dist/source/vmware.
+const ADDON_URL = new URL('../../../native/build/Release/rnode_native.node', import.meta.url);
 let native: NativeVddk | undefined;
 function addon(): NativeVddk {
   if (native) return native;
