@@ -15,6 +15,9 @@ export const MiB = 1024 * 1024;
 export const USER = 'backup@vsphere.local';
 export const PASSWORD = 'S3cret-p&ss<word>';
 
+// Every VMware test runs the stand-in VDDK in strict mode: a call off the designated thread fails the test.
+process.env.RNODE_DUMMY_VDDK_STRICT ??= '1';
+
 let shared: { dir: string; libdir: string; dummyConfig: string; dummyLog: string } | undefined;
 function sharedVddk() {
   if (!shared) {

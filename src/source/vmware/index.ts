@@ -9,7 +9,7 @@ import { VmwareSession } from './session.js';
 export { loadVmwareConfig, parseVddkUrl, validateVmwareConfig, redactUrl, type VmwareSourceConfig } from './config.js';
 export { VmwareSession, VmSnapshot, type SessionOptions } from './session.js';
 export { VddkSource, parseChangeId } from './source.js';
-export { initVddk, exitVddk, connectVddk, parseTransports, VddkError, VddkErrorCodes, type VddkFeatures } from './vddk.js';
+export { initVddk, exitVddk, connectVddk, cleanupVddk, endAccessVddk, parseTransports, VddkError, VddkErrorCodes, type VddkFeatures } from './vddk.js';
 export { VSphereClient, normalizeThumbprint, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
 export { VSphereFault, VSphereErrorCodes } from './vsphere/errors.js';
 
