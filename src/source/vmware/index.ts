@@ -7,7 +7,7 @@ import { loadVmwareConfig, parseVddkUrl, type VmwareSourceConfig } from './confi
 import { VmwareSession } from './session.js';
 
 export { loadVmwareConfig, parseVddkUrl, validateVmwareConfig, redactUrl, type VmwareSourceConfig } from './config.js';
-export { VmwareSession, VmSnapshot, type SessionOptions } from './session.js';
+export { VmwareSession, VmSnapshot, VmErrorCodes, SNAPSHOT_DESCRIPTION, type SessionOptions, type SnapshotRequest, type Consistency } from './session.js';
 export { VddkSource, parseChangeId } from './source.js';
 export { initVddk, exitVddk, connectVddk, cleanupVddk, endAccessVddk, parseTransports, VddkError, VddkErrorCodes, type VddkFeatures } from './vddk.js';
 export { VSphereClient, normalizeThumbprint, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
