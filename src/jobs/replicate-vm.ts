@@ -138,7 +138,7 @@ async function planDisks(opts: ReplicateVmOptions, vmDisks: VirtualDiskInfo[], p
     }
     const why = unsupportedReason(d);
     if (why) {
-      if (opts.unsupportedDisks === 'fail') {
+      if ((opts.unsupportedDisks ?? session.config.unsupportedDisks) === 'fail') {
         throw new RnodeError(VmErrorCodes.DISK_UNSUPPORTED, `${why}; deselect it with "disks" or set unsupportedDisks: "skip"`);
       }
       plan.skipped.push({ key: d.key, label: d.label, reason: why });
@@ -221,7 +221,8 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   await store.put(vmLayout.access(vm.moref), Buffer.from(JSON.stringify({ at: new Date().toISOString(), pid: process.pid, host: os.hostname() })));
   let snap: VmSnapshot;
   try {
-    snap = await session.createSnapshot({ name: opts.snapshotName, disks: plan.keys, quiesce: opts.quiesce, quiesceFallback: opts.quiesceFallback });
+    snap = await session.createSnapshot({ name: opts.snapshotName, disks: plan.keys, quiesce: opts.quiesce,
+      quiesceFallback: opts.quiesceFallback ?? session.config.quiesceFallback });
   } catch (err) {
     // createSnapshot closed what it opened (EndAccess included) before it threw.
     await store.delete(vmLayout.access(vm.moref)).catch(() => undefined);

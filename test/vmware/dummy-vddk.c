@@ -9,8 +9,8 @@
  *   dummy.failRead=<n>:<VixError>          the n-th Read since the last ConnectEx fails with that error
  *   dummy.delayRead=<n>:<milliseconds>     the n-th Read sleeps first
  *   dummy.readLatencyUs=<microseconds>     every Read sleeps first (a network round trip, for the bench)
- *   dummy.failReadPath=<disk path>:<VixError>   every Read of that disk fails
- *   dummy.failOpenPath=<disk path>:<VixError>   Open of that disk fails
+ *   dummy.failReadPath=<part of a disk path>:<VixError>   every Read of a disk whose path has it fails
+ *   dummy.failOpenPath=<part of a disk path>:<VixError>   Open of such a disk fails
  *   dummy.transport=<mode>                 what GetTransportMode answers (default nbdssl)
  *
  * Strict mode (environment RNODE_DUMMY_VDDK_STRICT=1, read at the first InitEx) enforces VMware's threading
@@ -319,7 +319,7 @@ EXPORT VixError VixDiskLib_Open(void *connection, const char *path, uint32_t fla
   pthread_mutex_lock(&lock);
   for (i = 0; i < ndisks; i++)
     if (strcmp(disks[i].snapshot, c->snapshot) == 0 && strcmp(disks[i].path, path) == 0) copy(file, sizeof file, disks[i].file);
-  if (fail_open_path[0] && strcmp(fail_open_path, path) == 0) injected = fail_open_path_err;
+  if (fail_open_path[0] && strstr(path, fail_open_path) != NULL) injected = fail_open_path_err;
   pthread_mutex_unlock(&lock);
   logline("Open path=%s flags=%u snapshot=%s thread=%ld%s", path, flags, c->snapshot, tid(), injected ? " -> injected error" : "");
   if (injected) return fail(injected, "dummy-vddk: injected failure of Open %s", path);
@@ -380,7 +380,7 @@ EXPORT VixError VixDiskLib_Read(void *handle, uint64_t start, uint64_t count, un
   pthread_mutex_lock(&lock);
   n = ++reads;
   if (n == fail_read_n) injected = fail_read_err;
-  if (fail_read_path[0] && strcmp(fail_read_path, h->path) == 0) injected = fail_read_path_err;
+  if (fail_read_path[0] && strstr(h->path, fail_read_path) != NULL) injected = fail_read_path_err;
   if (n == delay_read_n) delay_ms = delay_read_ms;
   latency_us = read_latency_us;
   pthread_mutex_unlock(&lock);

@@ -1,5 +1,6 @@
 // Wiring for the VMware tests: one stand-in VDDK per test process (VDDK is process-global, so its libdir
 // and config file are fixed at the first InitEx), a vSphere simulator per test, and one-call runs.
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -95,4 +96,27 @@ export async function expectRestores(t: { equal: (a: unknown, b: unknown, m?: st
       fs.rmSync(out);
     }
   }
+}
+
+/** PrepareForAccess and EndAccess calls in a call log, and whether every calling thread of the designated calls was one. */
+export function accessAndThreads(calls: DummyCall[]): { prepare: number; end: number; violations: number; designatedThreads: string[] } {
+  const designated = new Set(['InitEx', 'Exit', 'ConnectEx', 'Disconnect', 'Open', 'Close', 'PrepareForAccess', 'EndAccess', 'Cleanup']);
+  return {
+    prepare: calls.filter((c) => c.op === 'PrepareForAccess' && !c.raw.includes('->')).length,
+    end: calls.filter((c) => c.op === 'EndAccess' && !c.raw.includes('->')).length,
+    violations: calls.filter((c) => c.raw.includes('strict-violation')).length,
+    designatedThreads: [...new Set(calls.filter((c) => designated.has(c.op) && c.fields.thread).map((c) => c.fields.thread))],
+  };
+}
+
+/** sha256 of a file, with its size: what the sim records for each snapshot disk. */
+export function fingerprintOf(file: string): string {
+  return `${fs.statSync(file).size}:${createHash('sha256').update(fs.readFileSync(file)).digest('hex')}`;
+}
+
+/** The fingerprint of every disk of a snapshot as the sim froze it. */
+export function snapshotFingerprints(env: VmwareEnv, snapshot: string): Map<number, string> {
+  const rec = env.sim.history.find((h) => h.snapshot === snapshot);
+  if (!rec) throw new Error(`no sim record of ${snapshot}`);
+  return new Map([...rec.disks].map(([k, v]) => [k, `${v.size}:${v.sha256}`]));
 }

@@ -18,14 +18,19 @@ export function vmDiskId(vm: string, key: number): string {
   return `${vm}-disk-${key}`;
 }
 
+/** The config of a vddk:// location and its source options ({ sourceConfig?: file, ...settings }; the URL wins). */
+export function vmwareConfigFor(location: string, opts: Record<string, unknown> = {}): VmwareSourceConfig {
+  const { sourceConfig, log: _log, ...rest } = opts as { sourceConfig?: string; log?: unknown } & Partial<VmwareSourceConfig>;
+  return parseVddkUrl(location, sourceConfig ? loadVmwareConfig(sourceConfig) : rest);
+}
+
 /**
  * openSource('vddk://host/vm-42?disk=2000&...', { sourceConfig?: file, ...settings }): one disk of a fresh snapshot.
  * Closing the source closes VDDK, removes the snapshot and logs out.
  */
 export async function openVddkSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
-  const { sourceConfig, log, ...rest } = opts as { sourceConfig?: string; log?: (l: string) => void } & Partial<VmwareSourceConfig>;
-  const defaults = sourceConfig ? loadVmwareConfig(sourceConfig) : rest;
-  const config = parseVddkUrl(location, defaults);
+  const config = vmwareConfigFor(location, opts);
+  const { log } = opts as { log?: (l: string) => void };
   if (config.disks && config.disks.length > 1) {
     throw new RnodeError(ErrorCodes.BAD_SOURCE, 'a vddk:// source opened as one disk takes one disk=<key>; replicate all disks of a VM with --source-config');
   }
