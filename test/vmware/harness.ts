@@ -44,7 +44,8 @@ export interface VmwareEnv {
   clearLog(): void;
   /** Bytes the dummy VDDK delivered since the last clearLog(). */
   vddkBytes(): number;
-  run(opts?: Partial<Omit<ReplicateVmOptions, 'session' | 'store'>> & { config?: Partial<VmwareSourceConfig>; log?: string[] }): Promise<ReplicateVmResult>;
+  /** One VM run into the env's store (or opts.store). */
+  run(opts?: Partial<Omit<ReplicateVmOptions, 'session'>> & { config?: Partial<VmwareSourceConfig>; log?: string[] }): Promise<ReplicateVmResult>;
 }
 
 export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: SimDiskSpec[]; cbt?: boolean }>,
@@ -73,7 +74,7 @@ export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: S
       const { config: override, log, ...rest } = opts;
       const session = await VmwareSession.open({ ...config, ...override }, { log: (l) => log?.push(l) });
       try {
-        return await replicateVm({ session, store, chunkSize: 64 * KiB, ...rest });
+        return await replicateVm({ store, chunkSize: 64 * KiB, ...rest, session });
       } finally {
         await session.close();
       }
