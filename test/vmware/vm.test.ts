@@ -321,3 +321,21 @@ t.test('retention keeps whole VM points; the CLI lists, restores and prunes VM p
   const bad = await commands.recover.run({ store, vm: 'vm-48', point: '1', 'out-dir': outDir }, io).then(() => undefined, (e: Error & { code: string }) => e);
   t.equal(bad?.code, 'RNODE_POINT_NOT_FOUND', 'a pruned VM point is gone');
 });
+
+t.test('a VM replicated to a peer node (ws://): the receiving node accepts VM points only over disk points it holds', async (t) => {
+  const { remote, startNode } = await import('../transport/helpers.js');
+  const { FrameFlag } = await import('../../src/transport/frame.js');
+  const env = await startEnv(t, [{ moref: 'vm-49', disks: THREE.slice(0, 2) }]);
+  fill(env, 'vm-49', 91);
+  const node = await startNode(t, env.dir);
+  const r = await env.run({ store: remote(t, node.url) });
+  t.equal(r.vmPoint, 1, 'the VM point committed over the peer link');
+  const p = await loadVmPoint(node.store, 'vm-49', 1);
+  t.same(p.disks.map((d) => d.point), [1, 1]);
+  const out = await recoverVm({ store: node.store, vm: 'vm-49', outDir: path.join(env.dir, 'peer-restore') });
+  const want = snapshotFingerprints(env, r.snapshot);
+  for (const d of out.disks) t.equal(fingerprintOf(d.out), want.get(d.key), `disk ${d.key} restores byte-exact on the receiving node`);
+  const forged = Buffer.from(JSON.stringify({ ...p, seq: 2, disks: [{ ...p.disks[0], point: 9 }] }));
+  await t.rejects(node.server.validator.checkPut({ key: 'vms/vm-49/points/0000000002.json', data: forged, flags: FrameFlag.IF_NONE_MATCH, diskOffset: null, plainXxh64: 0n }),
+    { code: 'RNODE_TRANSPORT_REJECTED', message: /disk point disks\/vm-49-disk-2000\/points\/0000000009\.json is not on this node/ }, 'a VM point naming a missing disk point is refused');
+});
