@@ -24,10 +24,15 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   const cfg = path.join(env.dir, 'vm-90.json');
   const { disks: _d, ...common } = env.config;
   fs.writeFileSync(cfg, JSON.stringify(common));
-  const ms = await startMs(t);
+  // The simulator shares this process and blocks it while it freezes disk images (cp, sha256): a generous node
+  // timeout keeps a slow machine from making the server re-dispatch a running job.
+  const ms = await startMs(t, { nodeTimeoutMs: 60_000 });
   const { agent, logs } = await startAgent(t, ms, env.dir);
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   const store = { url: path.join(env.dir, 'store') };
+  // A job that never ends leaves its agent log and the stand-in's last calls in the failure.
+  const done = (id: string, ms_: number, what: string) => ms.waitFor(() => ms.jobs.get(id)?.completed ?? ms.jobs.get(id)?.failed, ms_, what)
+    .catch((err: Error) => { throw new Error(`${err.message}\nagent log:\n${logs.slice(-30).join('\n')}\nVDDK calls:\n${env.calls().slice(-15).map((c) => c.raw).join('\n')}`); });
   const disks = [2000, 2001, 2002].map((k) => ({ disk: `db-vm-${k}`, source: { location: `vddk://127.0.0.1:${sim.port}/vm-90?disk=${k}`, options: { sourceConfig: cfg } } }));
   const job = { jobId: 'vm90-1', kind: 'replicate' as const, vm: 'vm-90', store, disks, chunkSize: 64 * KiB, diskParallelism: 3 };
 
@@ -36,9 +41,12 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   sim.writeDummyConfig();
   env.clearLog();
   let n = 0;
-  const writer = setInterval(() => { for (const k of [2000, 2001, 2002]) sim.writeToVmDisk('vm-90', k, (n % 16) * 64 * KiB, randomData(4096, 1000 + n++)); }, 20);
+  const writer = setInterval(() => {
+    if (n >= 300) return; // bounded: the machine may be slow, the run long
+    for (const k of [2000, 2001, 2002]) sim.writeToVmDisk('vm-90', k, (n % 16) * 64 * KiB, randomData(4096, 1000 + n++));
+  }, 20);
   ms.startJob(job);
-  const c1 = await ms.waitFor(() => ms.jobs.get('vm90-1')?.completed ?? ms.jobs.get('vm90-1')?.failed, 60_000, 'VM job');
+  const c1 = await done('vm90-1', 180_000, 'VM job');
   clearInterval(writer);
   t.notOk(ms.jobs.get('vm90-1')?.failed, 'the job completed');
   t.ok(n > 3, `the guest wrote ${n} times during the run`);
@@ -65,7 +73,7 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   sim.dummyExtra = [];
   sim.writeDummyConfig();
   ms.startJob({ ...job, jobId: 'vm90-2' });
-  const c2 = await ms.waitFor(() => ms.jobs.get('vm90-2')?.completed ?? ms.jobs.get('vm90-2')?.failed, 30_000, 'second VM job');
+  const c2 = await done('vm90-2', 120_000, 'second VM job');
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length, 2, 'one CreateSnapshot_Task per run');
   t.equal((c2 as any).vm.vmPoint, 2);
   t.ok((c2 as any).results.every((x: any) => x.full === false), 'incremental');
@@ -77,12 +85,13 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   // Quiesce without VMware Tools: fallback puts the reason in the report's warnings; fail fails the job.
   sim.setTools('vm-90', 'absent');
   ms.startJob({ ...job, jobId: 'vm90-3', quiesce: true });
-  const c3 = await ms.waitFor(() => ms.jobs.get('vm90-3')?.completed ?? ms.jobs.get('vm90-3')?.failed, 30_000, 'quiesce fallback');
+  const c3 = await done('vm90-3', 120_000, 'quiesce fallback')
+
   t.match((c3 as any).vm, { consistency: 'crash', consistencyReason: /VMware Tools are not running/ });
   t.match((c3 as any).warnings, [/crash-consistent/], 'a warning in the report');
   t.ok(logs.some((l) => l.includes('"level":"warn"') && l.includes('crash-consistent')), 'and in the agent log');
   ms.startJob({ ...job, jobId: 'vm90-4', quiesce: true, quiesceFallback: 'fail' });
-  const f4 = await ms.waitFor(() => ms.jobs.get('vm90-4')?.failed, 30_000, 'quiesce fail');
+  const f4 = await ms.waitFor(() => ms.jobs.get('vm90-4')?.failed, 120_000, 'quiesce fail');
   t.match(f4, { code: 'RNODE_VM_QUIESCE' }, 'policy fail: job.failed with RNODE_VM_QUIESCE');
   t.same(await listVmPointSeqs(env.store, 'vm-90'), [1, 2, 3]);
 });
