@@ -1,7 +1,10 @@
 // The VMware path end to end: an incremental run after ~1% scattered writes through vSphere CBT + VDDK
 // (simulator + stand-in VDDK from test/vmware), next to the raw-source scan of the same change.
+// Then a 3-disk VM: a full VM point with the disks read one after another against all three at once (wall time),
+// and an incremental VM point: bytes VDDK delivered against the bytes CBT reported changed.
 // Settings from env: BENCH_VM_DISK_MIB (default 64), BENCH_VM_FILL (fraction written before the first run,
-// default 0.5), BENCH_VM_CHANGE (fraction changed, default 0.01), BENCH_VM_CHUNK_KIB (default 64).
+// default 0.5), BENCH_VM_CHANGE (fraction changed, default 0.01), BENCH_VM_CHUNK_KIB (default 64),
+// BENCH_VM_READ_LATENCY_US (the stand-in VDDK's delay per Read, a network round trip; default 2000).
 // Run: node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/vmware.ts
 // (the simulator and the stand-in VDDK are test code in TypeScript, so the TS loader is needed).
 import { execFileSync } from 'node:child_process';
@@ -38,6 +41,12 @@ export interface VmwareBenchResult {
   /** seconds: the replicate() of the disk; runSeconds: the whole run (login, snapshot, CBT queries, removal). */
   vddk: { bytesRead: number; seconds: number; runSeconds: number };
   raw: { bytesRead: number; seconds: number };
+  /** The 3-disk VM: full VM point with diskParallelism 1 and 3; an incremental's bytes against CBT's changed bytes. */
+  vm: {
+    diskBytes: number; readLatencyUs: number;
+    sequentialSeconds: number; parallelSeconds: number;
+    incremental: { vddkBytes: number; cbtChangedBytes: number; chunkSize: number };
+  };
 }
 
 export async function runVmwareBench(): Promise<VmwareBenchResult> {
@@ -92,12 +101,50 @@ export async function runVmwareBench(): Promise<VmwareBenchResult> {
       diskBytes: size, changedBytes: writes * 4096,
       vddk: { bytesRead: r.disks[0].bytesRead, seconds: r.disks[0].seconds, runSeconds: vddkSeconds },
       raw: { bytesRead: rr.bytesRead, seconds: rawSeconds },
+      vm: await threeDiskVm(harness, FsStore, t, { size, fill, change, chunkSize }),
     };
   } finally {
     for (const fn of cleanups.reverse()) await fn();
     const { codecWorkers } = await load('src/pipeline/codec-workers.ts');
     await codecWorkers().close();
   }
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+async function threeDiskVm(harness: any, FsStore: any, t: { teardown: (fn: () => void | Promise<void>) => void },
+    o: { size: number; fill: number; change: number; chunkSize: number }): Promise<VmwareBenchResult['vm']> {
+  const keys = [2000, 2001, 2002];
+  const latency = env('BENCH_VM_READ_LATENCY_US', 2000);
+  const e = await harness.startEnv(t, [{ moref: 'vm-300', disks: keys.map((key) => ({ key, size: o.size })) }]);
+  const extents = Math.floor((o.size * o.fill) / MiB);
+  for (const k of keys) for (let i = 0; i < extents; i++) e.sim.writeToVmDisk('vm-300', k, Math.floor((i * o.size) / extents / MiB) * MiB, data(MiB, k + i));
+  e.sim.dummyExtra = [`dummy.readLatencyUs=${latency}`];
+  e.sim.writeDummyConfig();
+  const timed = async (parallel: number) => {
+    const store = new FsStore(path.join(e.dir, `store-p${parallel}`), { fsync: false });
+    const t0 = performance.now();
+    await e.run({ chunkSize: o.chunkSize, store, diskParallelism: parallel });
+    return (performance.now() - t0) / 1000;
+  };
+  const sequentialSeconds = await timed(1);
+  const parallelSeconds = await timed(3);
+  // ~change of each disk in scattered 4 KiB writes: CBT reports 4 KiB blocks; the pipeline reads whole chunks.
+  let seed = 777;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const blocks = new Set<string>();
+  for (const k of keys) {
+    for (let i = 0; i < Math.max(1, Math.floor((o.size * o.change) / 4096)); i++) {
+      const off = Math.floor((rnd() * (o.size - 4096)) / 4096) * 4096;
+      e.sim.writeToVmDisk('vm-300', k, off, data(4096, 5000 + i));
+      blocks.add(`${k}:${off}`);
+    }
+  }
+  e.clearLog();
+  await e.run({ chunkSize: o.chunkSize, store: new FsStore(path.join(e.dir, 'store-p3'), { fsync: false }), diskParallelism: 3 });
+  return {
+    diskBytes: o.size, readLatencyUs: latency, sequentialSeconds, parallelSeconds,
+    incremental: { vddkBytes: e.vddkBytes(), cbtChangedBytes: blocks.size * 4096, chunkSize: o.chunkSize },
+  };
 }
 
 function mib(n: number): string {
@@ -119,4 +166,10 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   for (const row of rows) console.log(`  ${row[0].padEnd(28)} ${row[1].padStart(12)} ${row[2].padStart(8)} ${row[3].padStart(8)}`);
   console.log(`  the whole VMware run (login, snapshot, CBT paging, snapshot removal in the simulator) took ${r.vddk.runSeconds.toFixed(3)} s`);
   console.log(`  the CBT path read ${(r.raw.bytesRead / Math.max(1, r.vddk.bytesRead)).toFixed(1)}x fewer bytes than the raw scan`);
+  const v = r.vm;
+  console.log(`3-disk VM (${mib(v.diskBytes)} per disk, ${v.readLatencyUs} us per VDDK Read), full VM point:`);
+  console.log(`  disks one after another ${v.sequentialSeconds.toFixed(3)} s, three at once ${v.parallelSeconds.toFixed(3)} s: ` +
+    `${(v.sequentialSeconds / v.parallelSeconds).toFixed(2)}x faster in parallel`);
+  console.log(`  incremental VM point: VDDK delivered ${mib(v.incremental.vddkBytes)} for ${mib(v.incremental.cbtChangedBytes)} CBT reported changed ` +
+    `(${(v.incremental.vddkBytes / v.incremental.cbtChangedBytes).toFixed(1)}x: whole ${v.incremental.chunkSize / 1024} KiB chunks around 4 KiB changes)`);
 }

@@ -7,8 +7,12 @@
 #include <string.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -55,10 +59,65 @@ struct Library {
   GetTransportModeFn getTransportMode = nullptr;
   QueryAllocatedBlocksFn queryAllocatedBlocks = nullptr;
   FreeBlockListFn freeBlockList = nullptr;
+  CleanupFn cleanup = nullptr;
 
   // VixDiskLib_Open and VixDiskLib_Close are not thread-safe against each other in VDDK.
   std::mutex openClose;
 };
+
+// ---- the designated thread ------------------------------------------------------------------
+// VMware's guidance: InitEx and Exit once per process from one thread, and every Open and Close (we add
+// ConnectEx, Disconnect, PrepareForAccess, EndAccess and Cleanup) on one designated thread; calls from several
+// threads fail intermittently. Reads of open handles may run on any thread, one call per handle at a time.
+// So these calls are jobs on one thread that lives as long as the process; the pool thread of the AsyncWorker
+// that queued a job waits for it (the event loop never does).
+class VddkThread {
+ public:
+  void Run(const std::function<void()>& fn) {
+    Job job{&fn};
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (!started_) {
+        std::thread([this] { Loop(); }).detach();
+        started_ = true;
+      }
+      queue_.push_back(&job);
+      cv_.notify_all();
+      done_.wait(lk, [&job] { return job.done; });
+    }
+  }
+
+ private:
+  struct Job {
+    const std::function<void()>* fn;
+    bool done = false;
+  };
+
+  void Loop() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [this] { return !queue_.empty(); });
+      Job* job = queue_.front();
+      queue_.pop_front();
+      lk.unlock();
+      (*job->fn)();
+      lk.lock();
+      job->done = true;
+      done_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, done_;
+  std::deque<Job*> queue_;
+  bool started_ = false;
+};
+
+// Never destroyed: the thread may still be waiting for work when the process exits.
+VddkThread& Designated() {
+  static VddkThread* t = new VddkThread();
+  return *t;
+}
 
 Library& Lib() {
   static Library lib;
@@ -338,6 +397,9 @@ class InitWorker : public VddkWorker {
       : VddkWorker(env, "rnode:vddk:init"), path_(std::move(path)), libdir_(std::move(libdir)), config_(std::move(config)) {}
 
   void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
     Library& lib = Lib();
     std::lock_guard<std::mutex> lk(lib.mu);
     if (lib.dl != nullptr && lib.path != path_) {
@@ -394,6 +456,7 @@ class InitWorker : public VddkWorker {
     InitExFn initEx; ExitFn exitFn; GetErrorTextFn get; FreeErrorTextFn freeText; ConnectExFn connectEx;
     DisconnectFn disconnect; OpenFn open; CloseFn close; GetInfoFn getInfo; FreeInfoFn freeInfo; ReadFn read;
     PrepareForAccessFn prep; EndAccessFn end; GetTransportModeFn mode; QueryAllocatedBlocksFn qab; FreeBlockListFn fbl;
+    CleanupFn cleanup;
     if (!Sym(dl, "VixDiskLib_InitEx", &initEx, true) || !Sym(dl, "VixDiskLib_Exit", &exitFn, true) ||
         !Sym(dl, "VixDiskLib_GetErrorText", &get, true) || !Sym(dl, "VixDiskLib_FreeErrorText", &freeText, true) ||
         !Sym(dl, "VixDiskLib_ConnectEx", &connectEx, true) || !Sym(dl, "VixDiskLib_Disconnect", &disconnect, true) ||
@@ -402,7 +465,8 @@ class InitWorker : public VddkWorker {
         !Sym(dl, "VixDiskLib_Read", &read, true) ||
         !Sym(dl, "VixDiskLib_PrepareForAccess", &prep, false) || !Sym(dl, "VixDiskLib_EndAccess", &end, false) ||
         !Sym(dl, "VixDiskLib_GetTransportMode", &mode, false) ||
-        !Sym(dl, "VixDiskLib_QueryAllocatedBlocks", &qab, false) || !Sym(dl, "VixDiskLib_FreeBlockList", &fbl, false)) {
+        !Sym(dl, "VixDiskLib_QueryAllocatedBlocks", &qab, false) || !Sym(dl, "VixDiskLib_FreeBlockList", &fbl, false) ||
+        !Sym(dl, "VixDiskLib_Cleanup", &cleanup, false)) {
       dlclose(dl);
       return false;
     }
@@ -412,7 +476,7 @@ class InitWorker : public VddkWorker {
     lib.connectEx = connectEx; lib.disconnect = disconnect; lib.open = open; lib.close = close;
     lib.getInfo = getInfo; lib.freeInfo = freeInfo; lib.read = read;
     lib.prepareForAccess = prep; lib.endAccess = end; lib.getTransportMode = mode;
-    lib.queryAllocatedBlocks = qab; lib.freeBlockList = fbl;
+    lib.queryAllocatedBlocks = qab; lib.freeBlockList = fbl; lib.cleanup = cleanup;
     return true;
   }
 
@@ -428,6 +492,9 @@ class ConnectWorker : public VddkWorker {
   bool prepare = false;
 
   void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
     if (NotReady()) return params.password.Wipe();
     Library& lib = Lib();
     ConnectParams p = params.Build();
@@ -483,6 +550,9 @@ class DisconnectWorker : public VddkWorker {
   bool endAccess = false;
 
   void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
     Library& lib = Lib();
     {
       std::lock_guard<std::mutex> lk(state_->mu);
@@ -515,6 +585,9 @@ class OpenWorker : public VddkWorker {
       : VddkWorker(env, "rnode:vddk:open"), state_(state), ref_(Napi::Persistent(ext)), path_(std::move(path)) {}
 
   void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
     if (NotReady()) return;
     Library& lib = Lib();
     std::lock_guard<std::mutex> lk(state_->mu);
@@ -694,6 +767,9 @@ class CloseWorker : public DiskWorker {
   using DiskWorker::DiskWorker;
 
   void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
     Library& lib = Lib();
     std::lock_guard<std::mutex> lk(disk_->mu);
     if (disk_->closed) return;  // idempotent
@@ -709,10 +785,71 @@ class CloseWorker : public DiskWorker {
   }
 };
 
+// cleanup({...params}): VixDiskLib_Cleanup, for what a killed process left behind (hotadd mounts, temp state).
+class CleanupWorker : public VddkWorker {
+ public:
+  CleanupWorker(Napi::Env env) : VddkWorker(env, "rnode:vddk:cleanup") {}
+  Params params;
+
+  void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
+    if (NotReady()) return params.password.Wipe();
+    Library& lib = Lib();
+    if (lib.cleanup != nullptr) {
+      ConnectParams p = params.Build();
+      const VixError err = lib.cleanup(&p, &cleaned_, &remaining_);
+      if (err != kVixOk) fail_ = VixFailure(err, "Cleanup");
+      memset(&p, 0, sizeof p);
+      supported_ = true;
+    }
+    params.password.Wipe();
+  }
+
+ protected:
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("supported", Napi::Boolean::New(env, supported_));
+    o.Set("cleanedUp", Napi::Number::New(env, cleaned_));
+    o.Set("remaining", Napi::Number::New(env, remaining_));
+    return o;
+  }
+
+ private:
+  uint32_t cleaned_ = 0, remaining_ = 0;
+  bool supported_ = false;
+};
+
+// endAccess({...params}): EndAccess without a connection, for a run that was killed after PrepareForAccess.
+class EndAccessWorker : public VddkWorker {
+ public:
+  EndAccessWorker(Napi::Env env) : VddkWorker(env, "rnode:vddk:endAccess") {}
+  Params params;
+
+  void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
+    if (NotReady()) return params.password.Wipe();
+    Library& lib = Lib();
+    if (params.remote && lib.endAccess != nullptr) {
+      ConnectParams p = params.Build();
+      const VixError err = lib.endAccess(&p, params.identity.c_str());
+      if (err != kVixOk) fail_ = VixFailure(err, "EndAccess");
+      memset(&p, 0, sizeof p);
+    }
+    params.password.Wipe();
+  }
+};
+
 class ExitWorker : public VddkWorker {
  public:
   ExitWorker(Napi::Env env) : VddkWorker(env, "rnode:vddk:exit") {}
   void Execute() override {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+  void OnDesignatedThread() {
     Library& lib = Lib();
     std::lock_guard<std::mutex> lk(lib.mu);
     if (!lib.initialized) return;
@@ -838,6 +975,25 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 
 Napi::Value Exit(const Napi::CallbackInfo& info) { return Start(new ExitWorker(info.Env())); }
 
+// cleanup / endAccess take the connect parameters only.
+template <typename Worker>
+Napi::Value WithParams(const Napi::CallbackInfo& info, const char* what) {
+  Napi::Env env = info.Env();
+  bool ok;
+  Napi::Object o = Options(info, &ok);
+  if (!ok) return TypeFail(env, std::string(what) + ": expected an options object");
+  auto* w = new Worker(env);
+  std::string why;
+  if (!ReadParams(o, &w->params, &why)) {
+    delete w;
+    return TypeFail(env, std::string(what) + ": bad option " + why);
+  }
+  return Start(w);
+}
+
+Napi::Value Cleanup(const Napi::CallbackInfo& info) { return WithParams<CleanupWorker>(info, "vddkCleanup"); }
+Napi::Value EndAccess(const Napi::CallbackInfo& info) { return WithParams<EndAccessWorker>(info, "vddkEndAccess"); }
+
 }  // namespace
 
 void InitVddk(Napi::Env env, Napi::Object exports) {
@@ -850,6 +1006,8 @@ void InitVddk(Napi::Env env, Napi::Object exports) {
   exports.Set("vddkClose", Napi::Function::New(env, Close, "vddkClose"));
   exports.Set("vddkDisconnect", Napi::Function::New(env, Disconnect, "vddkDisconnect"));
   exports.Set("vddkExit", Napi::Function::New(env, Exit, "vddkExit"));
+  exports.Set("vddkCleanup", Napi::Function::New(env, Cleanup, "vddkCleanup"));
+  exports.Set("vddkEndAccess", Napi::Function::New(env, EndAccess, "vddkEndAccess"));
 }
 
 }  // namespace rnode

@@ -107,5 +107,6 @@ using GetTransportModeFn = const char* (*)(Handle handle);
 using QueryAllocatedBlocksFn = VixError (*)(Handle handle, uint64_t startSector, uint64_t numSectors,
                                             uint64_t chunkSize, BlockList** list);
 using FreeBlockListFn = VixError (*)(BlockList* list);
+using CleanupFn = VixError (*)(const ConnectParams* params, uint32_t* numCleanedUp, uint32_t* numRemaining);
 
 }  // namespace rnode::vddk

@@ -9,12 +9,15 @@ import { prune } from '../recovery/prune.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from '../recovery/replicate.js';
 import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
+import { replicateVm } from '../jobs/replicate-vm.js';
 import { openSource } from '../source/index.js';
+import type { BlockSource } from '../source/types.js';
+import { VmwareSession, vmDiskId, vmwareConfigFor, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { openStore, type WrappedStore } from '../store/index.js';
 import { TokenBucket } from '../transport/throttle.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
-import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef } from './protocol.js';
+import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef, type VmJobResult } from './protocol.js';
 import { resolveEncryptionKey, storeEnv } from './secrets.js';
 import type { StateDir } from './state.js';
 import { abortableSleep, cancelled, pacedSource } from './throttle.js';
@@ -154,11 +157,23 @@ export class JobRunner {
     const log = this.o.log.child({ jobId: job.jobId, kind: job.kind, ...(ctx.group ? { group: ctx.group } : {}) });
     const started = performance.now();
     const results: DiskResult[] = [];
+    let vmDone: { vm: VmJobResult; warnings: string[] } | undefined;
     let failure: { err: unknown; disk?: string } | undefined;
     try {
       // Resolved once per job, on this node; prune of an encrypted disk needs it too (it rewrites authenticated tables).
       const key = await resolveEncryptionKey(job.encryption, this.o.state, log);
-      const units: { disk: string; run: () => Promise<DiskResult> }[] = job.kind === 'replicate'
+      if (job.kind === 'replicate' && isVmwareVmJob(job)) {
+        const disks = job.disks.map((d) => d.disk);
+        try {
+          const out = await this.lockedAll(job, disks, signal, () => this.replicateVmJob(job, ctx, signal, log, key));
+          results.push(...out.results);
+          vmDone = { vm: out.vm, warnings: out.warnings };
+        } catch (err) {
+          if (isRnodeError(err) && Array.isArray(err.details.results)) results.push(...(err.details.results as DiskResult[]));
+          throw err;
+        }
+      }
+      const units: { disk: string; run: () => Promise<DiskResult> }[] = vmDone ? [] : job.kind === 'replicate'
         ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk }), key) }))
         : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk }), key) }];
       // The disks of a VM run one after another, each under its disk lock and in a slot of its own.
@@ -180,7 +195,8 @@ export class JobRunner {
     if (!failure) {
       this.o.metrics.jobs.inc({ kind: job.kind, result: 'completed' });
       log.info('job completed', { seconds: round(seconds), results });
-      this.o.report({ type: 'job.completed', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), seconds, results });
+      this.o.report({ type: 'job.completed', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), seconds, results,
+        ...(vmDone ? { vm: vmDone.vm, ...(vmDone.warnings.length ? { warnings: vmDone.warnings } : {}) } : {}) });
       return;
     }
     const err = failure.err;
@@ -216,20 +232,32 @@ export class JobRunner {
     }
   }
 
+  /** The disk locks of every disk (in one order, so two VM jobs cannot deadlock), then one slot. */
+  private async lockedAll<T>(job: Job, disks: string[], signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+    const [first, ...rest] = [...new Set(disks)].sort();
+    if (rest.length === 0) return this.locked(job, first, signal, fn);
+    const unlock = await this.locks.acquire(diskKey(job.store, first), signal);
+    try {
+      return await this.lockedAll(job, rest, signal, fn);
+    } finally {
+      unlock();
+    }
+  }
+
   private async openStore(def: StoreDef, log: Logger): Promise<WrappedStore> {
     return openStore(def.url, { env: await storeEnv(def, this.o.state, log) });
   }
 
   private async replicateDisk(job: ReplicateJob, ds: DiskSource, ctx: JobContext, signal: AbortSignal, log: Logger,
-      encryption: EncryptionKey | undefined): Promise<DiskResult> {
+      encryption: EncryptionKey | undefined, inVm?: VmDiskRun): Promise<DiskResult> {
     const startedAt = new Date();
-    const store = await this.openStore(job.store, log);
+    const store = inVm?.store ?? await this.openStore(job.store, log);
     const m = this.o.metrics;
     const labels = { disk: ds.disk };
     let sentBase = 0;
     const sent = () => { const b = store.metrics().ops.put.bytes; m.bytesSent.inc({}, b - sentBase); sentBase = b; };
     try {
-      const raw = await openSource(ds.source.location, ds.source.options ?? {});
+      const raw = inVm?.source ?? await openSource(ds.source.location, ds.source.options ?? {});
       try {
         const buckets = [...(job.bandwidth ? [new TokenBucket(job.bandwidth)] : []), ...(this.nodeBucket ? [this.nodeBucket] : [])];
         const source = pacedSource(raw, buckets, signal);
@@ -262,8 +290,8 @@ export class JobRunner {
         for (;;) {
           try {
             r = await replicate({
-              store, source, disk: ds.disk, chunkSize: job.chunkSize, concurrency: job.concurrency, bufferBytes: this.runBufferBytes, signal, onProgress,
-              codec: job.compression ? codecByName(job.compression) : undefined, encryption, forceFull: job.forceFull,
+              store, source, disk: ds.disk, chunkSize: job.chunkSize, concurrency: job.concurrency ?? inVm?.concurrency, bufferBytes: this.runBufferBytes, signal, onProgress,
+              codec: job.compression ? codecByName(job.compression) : undefined, encryption, forceFull: job.forceFull || inVm?.forceFull,
               checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
               lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },
             });
@@ -292,24 +320,72 @@ export class JobRunner {
         const point = await pointMarker(store, ds.disk, r.point);
         log.info('point committed', { point: r.point, parent: r.parent, resumed: r.resumed, bytesRead: r.bytesRead, bytesWritten: r.bytesWritten, seconds: round(r.seconds) });
         this.o.onPoint?.(ctx.group, job.store.url, r, startedAt);
+        inVm?.onResult(r);
         const result: DiskResult = {
           disk: ds.disk, point: r.point, parent: r.parent, full: r.full, resumed: r.resumed, marker: point,
           diskSize: r.diskSize, bytesRead: r.bytesRead, sourceBytesRead: source.bytesRead, bytesWritten: r.bytesWritten, chunksChanged: r.chunksChanged,
           chunksZero: r.chunksZero, seconds: round(r.seconds), ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
         };
-        if (ctx.retentionKeep) {
+        if (ctx.retentionKeep && !inVm) { // a VM keeps whole VM points (replicateVm)
           const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, encryption, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs } });
           if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
           result.deleted = pr.deleted;
         }
         return result;
       } finally {
-        await raw.close();
+        if (!inVm) await raw.close();
+      }
+    } finally {
+      if (!inVm) await store.close();
+    }
+  }
+
+  /**
+   * A VM job over vddk:// sources: one snapshot for all its disks, read in parallel, and a VM point (src/jobs/
+   * replicate-vm.ts). Every disk of the VM is locked and the job takes one slot.
+   */
+  private async replicateVmJob(job: ReplicateJob, ctx: JobContext, signal: AbortSignal, log: Logger,
+      encryption: EncryptionKey | undefined): Promise<{ results: DiskResult[]; vm: VmJobResult; warnings: string[] }> {
+    const { config, diskIds, keys } = vmJobConfig(job);
+    const store = await this.openStore(job.store, log);
+    try {
+      const session = await VmwareSession.open(config, { log: (line) => log.info(line) });
+      const results: DiskResult[] = [];
+      try {
+        const ttlMs = (job.leaseTtlSeconds ?? 60) * 1000;
+        const r = await replicateVm({
+          session, store, signal, encryption, ...(keys ? { disks: keys } : {}), diskId: (k) => diskIds.get(k) ?? vmDiskId(config.vm, k),
+          ...(job.diskParallelism ? { diskParallelism: job.diskParallelism } : {}), quiesce: job.quiesce ?? config.quiesce,
+          quiesceFallback: job.quiesceFallback ?? config.quiesceFallback, unsupportedDisks: job.unsupportedDisks ?? config.unsupportedDisks,
+          retentionKeep: ctx.retentionKeep, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
+          replicateDisk: async (a) => {
+            let r: ReplicateResult | undefined;
+            const ds = job.disks.find((d) => d.disk === a.disk) ?? { disk: a.disk, source: { location: `vddk://${config.host}/${config.vm}?disk=${a.key}` } };
+            results.push(await this.replicateDisk(job, ds, ctx, signal, log.child({ disk: a.disk }), encryption,
+              { source: a.source, store, forceFull: a.forceFull, concurrency: a.concurrency, onResult: (x) => { r = x; } }));
+            return r!;
+          },
+        });
+        for (const w of r.warnings) log.warn(w);
+        const vm: VmJobResult = {
+          vm: r.vm, vmPoint: r.vmPoint, snapshot: r.snapshot, consistency: r.consistency, ...(r.consistencyReason ? { consistencyReason: r.consistencyReason } : {}),
+          disks: r.disks.map((d) => ({ key: d.deviceKey, disk: d.disk, point: d.point, transport: d.transportMode, ...(d.fullReason ? { fullReason: d.fullReason } : {}) })),
+          skipped: r.skipped, removed: r.removed, added: r.added, staleSnapshotsRemoved: r.staleSnapshotsRemoved,
+          ...(r.prunedVmPoints ? { prunedVmPoints: r.prunedVmPoints } : {}),
+        };
+        const order = new Map(r.disks.map((d, i) => [d.disk, i]));
+        return { results: results.sort((a, b) => (order.get(a.disk) ?? 0) - (order.get(b.disk) ?? 0)), vm, warnings: r.warnings };
+      } catch (err) {
+        if (isRnodeError(err)) err.details.results ??= results;
+        throw err;
+      } finally {
+        await session.close().catch((err) => log.warn('logging out of vSphere failed', { err: (err as Error).message }));
       }
     } finally {
       await store.close();
     }
   }
+
 
   private async otherJob(job: Exclude<Job, ReplicateJob>, signal: AbortSignal, log: Logger, encryption: EncryptionKey | undefined): Promise<DiskResult> {
     if (signal.aborted) throw cancelled();
@@ -347,6 +423,31 @@ async function pointMarker(store: WrappedStore, disk: string, point: number): Pr
   const m = await loadPoint(store, disk, point).catch(() => undefined);
   return m?.source.marker ?? null;
 }
+
+/** A replicate job naming a VM whose disks are all vddk:// sources: it runs as one VM (one snapshot, a VM point). */
+export function isVmwareVmJob(job: ReplicateJob): boolean {
+  return job.vm !== undefined && job.disks.length > 0 && job.disks.every((d) => /^vddk:\/\//i.test(d.source.location));
+}
+
+/** The VM's config from the job's disk sources: one VM, one host; each disk names its device key (or one names none: all). */
+function vmJobConfig(job: ReplicateJob): { config: VmwareSourceConfig; diskIds: Map<number, string>; keys?: number[] } {
+  const configs = job.disks.map((d) => ({ d, c: vmwareConfigFor(d.source.location, d.source.options ?? {}) }));
+  const first = configs[0].c;
+  const diskIds = new Map<number, string>();
+  let all = false;
+  for (const { d, c } of configs) {
+    if (c.vm !== first.vm || c.host !== first.host) {
+      throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM job ${job.jobId}: disk ${d.disk} is on ${c.host}/${c.vm}, not ${first.host}/${first.vm}; one job replicates one VM`);
+    }
+    if (!c.disks) { all = true; continue; }
+    if (c.disks.length !== 1) throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM job ${job.jobId}: disk ${d.disk} must name one device key (?disk=<key>)`);
+    diskIds.set(c.disks[0], d.disk);
+  }
+  return { config: first, diskIds, ...(all ? {} : { keys: [...diskIds.keys()] }) };
+}
+
+/** A disk of a VM job: its source is a disk of the VM's snapshot, the store is the job's. */
+interface VmDiskRun { source: BlockSource; store: WrappedStore; forceFull: boolean; concurrency: number; onResult: (r: ReplicateResult) => void }
 
 const attemptOf = (job: Job) => (job.attempt ? { attempt: job.attempt } : {});
 const ctxFields = (ctx: JobContext) => ({ ...(ctx.scheduled !== undefined ? { scheduled: ctx.scheduled } : {}), ...(ctx.group ? { group: ctx.group } : {}) });

@@ -26,6 +26,14 @@ export const ProtoErrors = {
 export const CloseCodes = { AUTH: 4401, VERSION: 4406, REPLACED: 4409, SHUTDOWN: 4503 } as const;
 
 const str = (maxLength = 1024): JsonSchema => ({ type: 'string', minLength: 1, maxLength });
+
+/** Replicate jobs and policies of a VMware VM. */
+const vmJobProps: Record<string, JsonSchema> = {
+  quiesce: { type: 'boolean', description: 'ask VMware Tools for an application-consistent snapshot' },
+  quiesceFallback: { enum: ['fallback', 'fail'], description: 'quiesce impossible: crash-consistent point with a warning (default) or fail' },
+  unsupportedDisks: { enum: ['skip', 'fail'], description: 'independent and physical RDM disks: skipped with a reason (default) or fail' },
+  diskParallelism: { type: 'integer', minimum: 1, maximum: 64, description: 'disks of the VM read at once (default from cores and store concurrency)' },
+};
 const uint: JsonSchema = { type: 'integer', minimum: 0 };
 const ISO_TIME: JsonSchema = { type: 'string', pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$' };
 
@@ -81,6 +89,8 @@ export const defs: Record<string, JsonSchema> = {
       leaseTtlSeconds: { type: 'number', minimum: 1 },
       store: { $ref: '#/$defs/store' },
       disks: { type: 'array', items: { $ref: '#/$defs/diskSource' }, maxItems: 4096, description: 'the disks of this group assigned to this node' },
+      vm: { ...str(256), description: 'the disks are one VMware VM (vddk:// sources): scheduled runs take one snapshot and make VM points' },
+      ...vmJobProps,
     },
   },
   job: {
@@ -95,6 +105,7 @@ export const defs: Record<string, JsonSchema> = {
           bandwidth: uint, concurrency: { type: 'integer', minimum: 1, maximum: 64 }, compression: { enum: ['lz4-blocks', 'lz4', 'none'], description: 'chunk codec (default: the library default, lz4-blocks)' },
           encryption: { $ref: '#/$defs/encryption' }, chunkSize: { type: 'integer', minimum: 65536, maximum: 16777216 },
           checkpointSeconds: { type: 'number', exclusiveMinimum: 0 }, leaseTtlSeconds: { type: 'number', minimum: 1 },
+          ...vmJobProps,
         },
       },
       {
@@ -232,6 +243,8 @@ export const agentMessages: Record<string, JsonSchema> = {
     attempt: { type: 'integer', minimum: 1 }, scheduled: { type: 'boolean' }, group: { $ref: '#/$defs/id' },
     seconds: { type: 'number', minimum: 0 },
     results: { type: 'array', items: { $ref: '#/$defs/diskResult' } },
+    vm: { type: 'object', required: ['vm', 'vmPoint', 'snapshot', 'consistency', 'disks'], description: 'a VMware VM job: the VM point it committed' },
+    warnings: { type: 'array', items: str(4096), description: 'what did not stop the job but needs attention (e.g. a crash-consistent fallback)' },
   }, ['seq', 'at', 'jobId', 'kind', 'results'], 'the job finished; for replicate every disk has a committed point'),
   'job.failed': envelope('job.failed', {
     ...reliable, jobId: { $ref: '#/$defs/id' }, kind: { enum: ['replicate', 'recover', 'verify', 'prune'] },
@@ -292,13 +305,21 @@ export interface Tuning {
   bandwidth?: number; concurrency?: number; compression?: 'lz4-blocks' | 'lz4' | 'none'; encryption?: EncryptionDef;
   chunkSize?: number; checkpointSeconds?: number; leaseTtlSeconds?: number;
 }
-export interface Policy extends Tuning {
+export interface VmTuning { quiesce?: boolean; quiesceFallback?: 'fallback' | 'fail'; unsupportedDisks?: 'skip' | 'fail'; diskParallelism?: number }
+export interface Policy extends Tuning, VmTuning {
   group: string; revision: number; rpoSeconds: number; intervalSeconds?: number; paused?: boolean;
-  retention?: { keep: number }; store: StoreDef; disks: DiskSource[];
+  retention?: { keep: number }; store: StoreDef; disks: DiskSource[]; vm?: string;
 }
 export type JobKind = 'replicate' | 'recover' | 'verify' | 'prune';
 interface JobBase { jobId: string; attempt?: number; store: StoreDef }
-export interface ReplicateJob extends JobBase, Tuning { kind: 'replicate'; group?: string; vm?: string; disks: DiskSource[]; forceFull?: boolean }
+export interface ReplicateJob extends JobBase, Tuning, VmTuning { kind: 'replicate'; group?: string; vm?: string; disks: DiskSource[]; forceFull?: boolean }
+/** What a VM job reports beside its disks' results. */
+export interface VmJobResult {
+  vm: string; vmPoint: number; snapshot: string; consistency: 'application' | 'crash'; consistencyReason?: string;
+  disks: Array<{ key: number; disk: string; point: number; transport: string; fullReason?: string }>;
+  skipped: Array<{ key: number; label: string; reason: string }>; removed: Array<{ key: number; disk: string; reason: string }>;
+  added: number[]; staleSnapshotsRemoved: string[]; prunedVmPoints?: number[];
+}
 export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; point?: string; out: string; outEnv?: StoreDef['env']; encryption?: EncryptionDef }
 export interface VerifyJob extends JobBase { kind: 'verify'; disk: string; point?: string; encryption?: EncryptionDef }
 export interface PruneJob extends JobBase { kind: 'prune'; disk: string; keep: number; encryption?: EncryptionDef }
@@ -321,7 +342,7 @@ export interface Envelope { v: number; type: string; id: string }
 export interface ReportCommon { seq: number; at: string }
 export type AgentReport =
   | { type: 'job.accepted'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; disks: string[] }
-  | { type: 'job.completed'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; seconds?: number; results: DiskResult[] }
+  | { type: 'job.completed'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; seconds?: number; results: DiskResult[]; vm?: VmJobResult; warnings?: string[] }
   | { type: 'job.failed'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; disk?: string; code: string; message: string; cancelled?: boolean; retryable?: boolean; results?: DiskResult[] }
   | { type: 'rpo.missed'; group: string; disk: string; rpoSeconds: number; lagSeconds: number; lastPointAt: string | null; reason?: string }
   | { type: 'export.started'; exportId: string; url: string; disk: string; point: number; writable?: boolean; leaseUntil?: string }

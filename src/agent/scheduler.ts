@@ -127,13 +127,14 @@ export class Scheduler {
     const now = this.now();
     for (const p of this.policies.values()) {
       const interval = (p.intervalSeconds ?? p.rpoSeconds / 2) * 1000;
+      let vmLaunched = false; // a VM policy runs all its disks as one job (one snapshot)
       for (const d of p.disks) {
         const key = diskKey(p.store, d.disk);
         if (!this.since.has(key)) this.since.set(key, now);
         const rec = (this.disks[key] ??= {});
         this.o.metrics.rpoTarget.set({ group: p.group, disk: d.disk }, p.rpoSeconds);
         this.checkRpo(p, d.disk, key, rec, now);
-        if (p.paused) continue;
+        if (p.paused || vmLaunched) continue;
         const lastPoint = rec.lastPointAt ? Date.parse(rec.lastPointAt) : undefined;
         const last = Math.max(this.lastStart.get(key) ?? -Infinity, lastPoint ?? -Infinity);
         if (now < last + interval) continue;
@@ -147,28 +148,33 @@ export class Scheduler {
         }
         this.skipNoted.delete(key);
         this.launch(p, d.disk, key, now);
+        vmLaunched = p.vm !== undefined;
       }
     }
   }
 
   private launch(p: Policy, disk: string, key: string, now: number): void {
     const ds = p.disks.find((x) => x.disk === disk)!;
-    this.active.add(key);
-    this.lastStart.set(key, now);
+    const keys = p.vm !== undefined ? p.disks.map((d) => diskKey(p.store, d.disk)) : [key];
+    for (const k of keys) {
+      this.active.add(k);
+      this.lastStart.set(k, now);
+    }
     const jobId = `s:${p.group}:${disk}:${now.toString(36)}`.slice(0, 128);
     let run: Promise<void>;
     try {
       run = this.o.runner.start({
-        jobId, kind: 'replicate', group: p.group, store: p.store, disks: [ds],
+        jobId, kind: 'replicate', group: p.group, store: p.store, disks: p.vm !== undefined ? p.disks : [ds],
         bandwidth: p.bandwidth, concurrency: p.concurrency, compression: p.compression, encryption: p.encryption,
         chunkSize: p.chunkSize, checkpointSeconds: p.checkpointSeconds, leaseTtlSeconds: p.leaseTtlSeconds,
+        ...(p.vm !== undefined ? { vm: p.vm, quiesce: p.quiesce, quiesceFallback: p.quiesceFallback, unsupportedDisks: p.unsupportedDisks, diskParallelism: p.diskParallelism } : {}),
       }, { scheduled: true, group: p.group, retentionKeep: p.retention?.keep });
     } catch (err) {
-      this.active.delete(key);
+      for (const k of keys) this.active.delete(k);
       this.o.log.error('could not start a scheduled run', { group: p.group, disk, err });
       return;
     }
-    run.finally(() => this.active.delete(key)).catch(() => undefined);
+    run.finally(() => { for (const k of keys) this.active.delete(k); }).catch(() => undefined);
   }
 
   private checkRpo(p: Policy, disk: string, key: string, rec: DiskRecord, now: number): void {

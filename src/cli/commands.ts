@@ -14,7 +14,8 @@ import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, require
 import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv, remoteReplicateOptions, serveCmd } from './serve.js';
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
-import { isVmwareSource, replicateVmwareCommand, vmwareReplicateOptions, VMWARE_REPLICATE_USAGE } from './vmware.js';
+import { isVmwareSource, replicateVmwareCommand, vmPointOptions, vmPointsCommand, vmPruneCommand, vmRecoverCommand, vmwareReplicateOptions,
+  VM_POINTS_USAGE, VM_PRUNE_USAGE, VM_RECOVER_USAGE, VMWARE_REPLICATE_USAGE } from './vmware.js';
 import path from 'node:path';
 
 export interface Io {
@@ -86,9 +87,10 @@ const replicateCmd: Command = {
 
 const pointsCmd: Command = {
   summary: 'list the committed points of a disk, oldest first',
-  usage: `rnode points --store <store> --disk <id> ${REMOTE_USAGE} [--json]`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, ...REMOTE_OPTIONS },
+  usage: `rnode points --store <store> --disk <id> ${REMOTE_USAGE} [--json]\n       ${VM_POINTS_USAGE}`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
+    if (v.vm !== undefined) return vmPointsCommand(v, io);
     required(v, 'points', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
     const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk), v);
@@ -108,9 +110,10 @@ const pointsCmd: Command = {
 
 const recoverCmd: Command = {
   summary: 'write a disk as it was at a point, verified and byte-exact',
-  usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path|s3://bucket/key|azblob://container/name.vhd|gs://bucket/name.tar.gz> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
+  usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path|s3://bucket/key|azblob://container/name.vhd|gs://bucket/name.tar.gz> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_RECOVER_USAGE}`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
+    if (v.vm !== undefined) return vmRecoverCommand(v, io);
     required(v, 'recover', 'store', 'disk', 'out');
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
@@ -148,9 +151,10 @@ const verifyCmd: Command = {
 
 const pruneCmd: Command = {
   summary: 'keep the newest points, delete older ones and the chunks only they used',
-  usage: `rnode prune --store <store> --disk <id> --keep <n> ${ENCRYPTION_USAGE} [--json]`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, ...ENCRYPTION_OPTIONS },
+  usage: `rnode prune --store <store> --disk <id> --keep <n> ${ENCRYPTION_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...vmPointOptions },
   async run(v, io) {
+    if (v.vm !== undefined) return vmPruneCommand(v, io);
     required(v, 'prune', 'store', 'disk', 'keep');
     const disk = validateDiskId(str(v, 'disk')!);
     const keep = positiveInt(str(v, 'keep')!, 'keep');

@@ -1,10 +1,12 @@
-// `rnode replicate` for VMware VMs: --source vddk://<host>/<vm-moref>[?disk=..] and/or --source-config <file.json>.
-// Thin like the other commands: parse, validate, open the session, call replicateVm, print.
+// `rnode replicate` for VMware VMs (--source vddk://<host>/<vm-moref>[?disk=..] and/or --source-config <file.json>),
+// and `points|recover|prune --vm <moref>` on VM points. Thin like the other commands: parse, validate, call a job, print.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateChunkSize } from '../pipeline/grid.js';
-import { exitVddk } from '../vddk/index.js';
-import { loadVmwareConfig, parseVddkUrl, replicateVm, VmwareSession, type ReplicateVmResult, type VmwareSourceConfig } from '../source/vddk/index.js';
+import { replicateVm, type ReplicateVmResult } from '../jobs/replicate-vm.js';
+import { pruneVm, recoverVm } from '../jobs/vm.js';
+import { listVmPoints } from '../recovery/vm-points.js';
+import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { openStore } from '../store/index.js';
 import { encryptionKeyFrom, ENCRYPTION_USAGE, type Options } from './args.js';
 import { bytes, rate, secs } from './format.js';
@@ -15,11 +17,22 @@ type Values = Record<string, string | boolean | undefined>;
 /** Flags the replicate command needs on top of its own for VMware sources. */
 export const vmwareReplicateOptions: Options = {
   'source-config': { type: 'string' },
+  'disk-parallelism': { type: 'string' },
 };
+
+/** Flags points, recover and prune take to act on VM points instead of one disk. */
+export const vmPointOptions: Options = {
+  vm: { type: 'string' },
+  'out-dir': { type: 'string' },
+};
+
+export const VM_POINTS_USAGE = 'rnode points --store <store> --vm <vm-moref> [--json]';
+export const VM_RECOVER_USAGE = `rnode recover --store <store> --vm <vm-moref> [--point <n>|latest] --out-dir <dir> ${ENCRYPTION_USAGE} [--json]`;
+export const VM_PRUNE_USAGE = 'rnode prune --store <store> --vm <vm-moref> --keep <n> [--json]';
 
 export const VMWARE_REPLICATE_USAGE =
   'rnode replicate (--source vddk://<host>/<vm-moref>[?disk=<key>&transports=nbdssl:nbd] | --source-config <vm.json>) --target <store> ' +
-  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--full] ${ENCRYPTION_USAGE} [--json]`;
+  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--disk-parallelism <n>] [--full] ${ENCRYPTION_USAGE} [--json]`;
 
 /** True when the replicate flags name a VMware source. */
 export function isVmwareSource(v: Values): boolean {
@@ -54,6 +67,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   const chunkSize = typeof v['chunk-size'] === 'string' ? validateChunkSize(v['chunk-size']) : undefined;
   const codec = typeof v.compression === 'string' ? codecByName(v.compression) : undefined;
   const concurrency = typeof v.concurrency === 'string' ? positive(v.concurrency, 'concurrency') : undefined;
+  const diskParallelism = typeof v['disk-parallelism'] === 'string' ? positive(v['disk-parallelism'], 'disk-parallelism') : undefined;
   const encryption = encryptionKeyFrom(v);
   const json = v.json === true;
   const log = (line: string) => { if (!json) io.err(`rnode: ${line}`); };
@@ -63,7 +77,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   try {
     const session = await VmwareSession.open(config, { log });
     try {
-      r = await replicateVm({ session, store, chunkSize, codec, concurrency, encryption, forceFull: v.full === true });
+      r = await replicateVm({ session, store, chunkSize, codec, concurrency, diskParallelism, encryption, forceFull: v.full === true });
     } finally {
       await session.close().catch((err) => log(`logging out of vSphere failed: ${(err as Error).message}`));
     }
@@ -75,8 +89,11 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
     io.out(JSON.stringify(r));
     return 0;
   }
-  io.out(`VM ${r.vm} (${r.vmName}): ${r.disks.length} disk${r.disks.length === 1 ? '' : 's'} from snapshot ${r.snapshot} (removed) in ${secs(r.seconds)}` +
-    (r.cbtEnabledNow ? '; CBT was turned on by this run' : ''));
+  io.out(`VM point ${r.vmPoint} of ${r.vm} (${r.vmName}), ${r.consistency}-consistent: ${r.disks.length} disk${r.disks.length === 1 ? '' : 's'} ` +
+    `from snapshot ${r.snapshot} (removed), ${r.diskParallelism} at a time, in ${secs(r.seconds)}` + (r.cbtEnabledNow ? '; CBT was turned on by this run' : ''));
+  for (const w of r.warnings) io.out(`  warning: ${w}`);
+  for (const s of r.skipped) io.out(`  skipped disk ${s.key}: ${s.reason}`);
+  for (const s of r.removed) io.out(`  removed disk ${s.key}: ${s.reason}`);
   for (const d of r.disks) {
     io.out(`  point ${d.point} of disk ${d.disk}: ${d.full ? 'full' : `incremental on point ${d.parent}`}` +
       (d.fullReason ? ` (${d.fullReason})` : '') + (d.rescanReason ? ` (read all allocated areas: ${d.rescanReason})` : '') +
@@ -85,4 +102,77 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
     io.out(`    chunks   ${d.chunksChanged} changed, ${d.chunksZero} zero, ${d.chunksTotal} in all (${bytes(d.chunkSize)} each); stored ${bytes(d.bytesWritten)}`);
   }
   return 0;
+}
+
+/** `rnode points --vm`: the VM points of a VM, oldest first. */
+export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
+  const { storeArg, vm } = vmArgs(v, 'points');
+  const store = await openStore(storeArg);
+  try {
+    const points = await listVmPoints(store, vm);
+    const rows = points.map((p) => ({
+      vmPoint: p.seq, snapshot: p.snapshot.moref, snapshotTime: p.snapshot.createdAt, consistency: p.consistency,
+      ...(p.consistencyReason ? { consistencyReason: p.consistencyReason } : {}),
+      disks: p.disks.map((d) => ({ key: d.key, disk: d.disk, point: d.point, transport: d.transport })), skipped: p.skipped, removed: p.removed,
+    }));
+    if (v.json === true) io.out(JSON.stringify({ vm, vmPoints: rows }));
+    else if (rows.length === 0) io.out(`VM ${vm} has no VM points`);
+    else {
+      io.out('vm point  snapshot        taken                     consistency  disks (disk id#point)');
+      for (const r of rows) {
+        io.out(`${String(r.vmPoint).padEnd(9)} ${r.snapshot.padEnd(15)} ${r.snapshotTime.padEnd(25)} ${r.consistency.padEnd(12)} ${r.disks.map((d) => `${d.disk}#${d.point}`).join(' ')}`);
+      }
+    }
+  } finally {
+    await store.close();
+  }
+  return 0;
+}
+
+/** `rnode recover --vm --point --out-dir`: every disk of one VM point, and the VM point (with the VM config) beside them. */
+export async function vmRecoverCommand(v: Values, io: Io): Promise<number> {
+  const { storeArg, vm } = vmArgs(v, 'recover');
+  if (typeof v['out-dir'] !== 'string' || v['out-dir'] === '') throw new RnodeError(ErrorCodes.USAGE, `"rnode recover --vm" needs --out-dir; ${VM_RECOVER_USAGE}`);
+  if (v.out !== undefined || v.disk !== undefined) throw new RnodeError(ErrorCodes.USAGE, '--vm restores every disk of a VM point into --out-dir; --out and --disk are for one disk');
+  const encryption = encryptionKeyFrom(v);
+  const store = await openStore(storeArg);
+  try {
+    const r = await recoverVm({ store, vm, point: typeof v.point === 'string' ? v.point : undefined, outDir: v['out-dir'], encryption });
+    if (v.json === true) io.out(JSON.stringify(r));
+    else {
+      io.out(`recovered VM point ${r.vmPoint} of ${r.vm} (snapshot ${r.snapshot}, ${r.consistency}-consistent) in ${secs(r.seconds)}`);
+      for (const d of r.disks) io.out(`  disk ${d.key}: point ${d.point} of ${d.disk} -> ${d.out} (${bytes(d.diskSize)})`);
+      io.out(`  the VM point and the VM's configuration: ${r.configFile}`);
+    }
+  } finally {
+    await store.close();
+  }
+  return 0;
+}
+
+/** `rnode prune --vm --keep`: keeps whole VM points. */
+export async function vmPruneCommand(v: Values, io: Io): Promise<number> {
+  const { storeArg, vm } = vmArgs(v, 'prune');
+  if (typeof v.keep !== 'string') throw new RnodeError(ErrorCodes.USAGE, `"rnode prune --vm" needs --keep; ${VM_PRUNE_USAGE}`);
+  const keep = positive(v.keep, 'keep');
+  const store = await openStore(storeArg);
+  try {
+    const r = await pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v) });
+    if (v.json === true) io.out(JSON.stringify(r));
+    else {
+      io.out(`kept VM point${r.kept.length === 1 ? '' : 's'} ${r.kept.join(', ') || 'none'} of ${vm}; deleted ${r.deletedVmPoints.join(', ') || 'none'}`);
+      for (const d of r.disks) io.out(`  disk ${d.disk}: deleted points ${d.deleted.join(', ') || 'none'}`);
+    }
+  } finally {
+    await store.close();
+  }
+  return 0;
+}
+
+function vmArgs(v: Values, cmd: string): { storeArg: string; vm: string } {
+  if (typeof v.store !== 'string' || v.store === '') throw new RnodeError(ErrorCodes.USAGE, `"rnode ${cmd} --vm" needs --store`);
+  if (typeof v.vm !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(v.vm)) {
+    throw new RnodeError(ErrorCodes.USAGE, `--vm must be a VM MoRef (e.g. vm-42), got "${String(v.vm)}"`);
+  }
+  return { storeArg: v.store, vm: v.vm };
 }

@@ -47,3 +47,16 @@ export function parseChunkKey(key: string): { writer: number; index: number } | 
   const m = /\/chunks\/(\d{10})\/(\d{12})$/.exec(key);
   return m ? { writer: Number(m[1]), index: Number(m[2]) } : undefined;
 }
+
+// A VM's objects share the prefix vms/<vm>/ (the disks' own points stay under disks/<disk>/):
+//   points/<seq>.json          committed VM points: one snapshot, the disks' point numbers, the VM config
+//   partial/<seq>-<ms>.json    a run whose disks did not all commit: which did (they are in no VM point)
+//   access.json                a run is between PrepareForAccess and EndAccess (left behind if it was killed)
+export const vmLayout = {
+  access: (vm: string) => `vms/${vm}/access.json`,
+  vmsPrefix: 'vms/',
+  pointsPrefix: (vm: string) => `vms/${vm}/points/`,
+  point: (vm: string, seq: number) => `vms/${vm}/points/${pad(seq, 10)}.json`,
+  partialPrefix: (vm: string) => `vms/${vm}/partial/`,
+  partial: (vm: string, after: number, at: number) => `vms/${vm}/partial/${pad(after, 10)}-${pad(at, 15)}.json`,
+};

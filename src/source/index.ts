@@ -28,4 +28,4 @@ export async function openSource(location: string, opts: Record<string, unknown>
   }
   return factory(location, opts);
 }
-registerSourceScheme('vddk', async (location, opts) => (await import('./vddk/index.js')).openVddkSource(location, opts));
+registerSourceScheme('vddk', async (location, opts) => (await import('./vmware/index.js')).openVddkSource(location, opts));

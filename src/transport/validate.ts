@@ -26,6 +26,10 @@ const KINDS = [
   { kind: 'pending', re: new RegExp(`^disks/(${DISK})/pending/(\\d{10})\\.json$`) },
   { kind: 'lease', re: new RegExp(`^disks/(${DISK})/lease\\.json$`) },
   { kind: 'marker', re: new RegExp(`^disks/(${DISK})/encryption\\.json$`) },
+  // A VM's objects (vmLayout): for these, KeyInfo.disk holds the VM id.
+  { kind: 'vm-point', re: new RegExp(`^vms/(${DISK})/points/(\\d{10})\\.json$`) },
+  { kind: 'vm-partial', re: new RegExp(`^vms/(${DISK})/partial/(\\d{10})-\\d{15}\\.json$`) },
+  { kind: 'vm-access', re: new RegExp(`^vms/(${DISK})/access\\.json$`) },
 ] as const;
 
 export type ObjectKind = (typeof KINDS)[number]['kind'];
@@ -82,6 +86,9 @@ export class ObjectValidator {
           throw rejected(`${p.key}: leases are not written over the peer link; the receiving node writes them (lease messages, docs/wire-protocol.md); it was not stored`,
             { key: p.key, kind: 'lease' });
         case 'marker': checkJsonObject(p.data, p.key); break;
+        case 'vm-point': await this.checkVmPoint(p, k); break;
+        case 'vm-partial': if (checkJsonObject(p.data, p.key).format !== 'rnode-vm-partial') throw new Error('not a partial VM run record'); break;
+        case 'vm-access': checkJsonObject(p.data, p.key); break;
       }
     } catch (err) {
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) throw err;
@@ -94,8 +101,8 @@ export class ObjectValidator {
   /** Whether a delete is allowed: only the writer's own scratch objects; points and chunks are pruned on the node. */
   checkDelete(key: string): void {
     const k = classifyKey(key);
-    if (!k || k.kind !== 'pending') {
-      throw rejected(`deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints; leases are released with a lease message); run "rnode prune" on the receiving node`,
+    if (!k || (k.kind !== 'pending' && k.kind !== 'vm-access')) {
+      throw rejected(`deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints and VM access markers; leases are released with a lease message); run "rnode prune" on the receiving node`,
         { key });
     }
   }
@@ -175,6 +182,23 @@ export class ObjectValidator {
           throw err;
         }
       }));
+    }
+  }
+
+  /** A VM point is immutable and commits a VM: every disk point it names must already be here. */
+  private async checkVmPoint(p: PutCheck, k: KeyInfo): Promise<void> {
+    if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) throw new Error('a VM point must be committed with if-none-match');
+    const v = checkJsonObject(p.data, p.key);
+    if (v.format !== 'rnode-vm-point' || v.vm !== k.disk || v.seq !== k.seq || !Array.isArray(v.disks)) throw new Error(`it is not VM point ${k.seq} of ${k.disk}`);
+    for (const d of v.disks as Array<{ disk?: unknown; point?: unknown }>) {
+      const key = typeof d?.disk === 'string' && Number.isSafeInteger(d.point) ? layout.point(d.disk, d.point as number) : undefined;
+      if (!key || classifyKey(key)?.kind !== 'manifest') throw new Error('it names a disk point that is not one');
+      try {
+        await this.store.head(key);
+      } catch (err) {
+        if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its disk point ${key} is not on this node`);
+        throw err;
+      }
     }
   }
 

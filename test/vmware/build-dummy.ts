@@ -23,12 +23,10 @@ export interface DummyCall { op: string; fields: Record<string, string>; raw: st
 export function readDummyLog(file: string): DummyCall[] {
   if (!fs.existsSync(file)) return [];
   return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((raw) => {
-    const [op, ...rest] = raw.split(' ');
+    const op = raw.split(' ', 1)[0];
     const fields: Record<string, string> = {};
-    for (const kv of rest) {
-      const i = kv.indexOf('=');
-      if (i > 0) fields[kv.slice(0, i)] = kv.slice(i + 1);
-    }
+    // A value runs to the next " key=" (disk paths such as "[datastore1] vm/vm.vmdk" hold spaces).
+    for (const m of raw.slice(op.length).matchAll(/ (\w+)=(.*?)(?= \w+=| ->|$)/g)) fields[m[1]] = m[2];
     return { op, fields, raw };
   });
 }

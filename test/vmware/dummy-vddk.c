@@ -8,6 +8,15 @@
  *   dummy.disk=<snapshot moref>|<disk path as VDDK sees it>|<local image file>   (repeatable)
  *   dummy.failRead=<n>:<VixError>          the n-th Read since the last ConnectEx fails with that error
  *   dummy.delayRead=<n>:<milliseconds>     the n-th Read sleeps first
+ *   dummy.readLatencyUs=<microseconds>     every Read sleeps first (a network round trip, for the bench)
+ *   dummy.failReadPath=<part of a disk path>:<VixError>   every Read of a disk whose path has it fails
+ *   dummy.failOpenPath=<part of a disk path>:<VixError>   Open of such a disk fails
+ *   dummy.transport=<mode>                 what GetTransportMode answers (default nbdssl)
+ *
+ * Strict mode (environment RNODE_DUMMY_VDDK_STRICT=1, read at the first InitEx) enforces VMware's threading
+ * advice: InitEx once per process (again only after Exit, and from the same thread), and InitEx, Exit,
+ * ConnectEx, Disconnect, Open, Close, PrepareForAccess, EndAccess and Cleanup all from that one thread. A call
+ * from another thread fails with VIX_E_FAIL and logs "strict-violation". Every such call logs thread=<tid>.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -83,6 +93,11 @@ static long delay_read_n = -1;
 static long delay_read_ms;
 static long reads;  /* Read calls since the last ConnectEx */
 static int initialized;
+static long read_latency_us;
+static char fail_read_path[1024], fail_open_path[1024], transport[32];
+static VixError fail_read_path_err, fail_open_path_err;
+static int strict = -1;        /* -1: not decided yet */
+static long designated_tid;    /* the thread of the first InitEx */
 
 struct connection { char snapshot[128]; };
 struct handle { int fd; uint64_t capacity; char path[1024]; };
@@ -123,6 +138,20 @@ static void copy(char *dst, size_t size, const char *src) {
   snprintf(dst, size, "%s", src ? src : "");
 }
 
+static long tid(void) { return (long)syscall(SYS_gettid); }
+
+/* Strict mode: the calls VMware wants on one designated thread fail from any other. */
+static VixError off_thread(const char *op) {
+  long me = tid();
+  int bad;
+  pthread_mutex_lock(&lock);
+  bad = strict == 1 && designated_tid != 0 && me != designated_tid;
+  pthread_mutex_unlock(&lock);
+  if (!bad) return VIX_OK;
+  logline("%s thread=%ld -> strict-violation (designated thread %ld)", op, me, designated_tid);
+  return fail(VIX_E_FAIL, "dummy-vddk (strict): %s called from thread %ld, not the designated thread %ld", op, me, designated_tid);
+}
+
 /* Caller holds lock. */
 static void load_config(void) {
   FILE *f;
@@ -130,6 +159,9 @@ static void load_config(void) {
   log_path[0] = want_user[0] = want_password[0] = want_thumbprint[0] = '\0';
   ndisks = 0;
   fail_read_n = delay_read_n = -1;
+  read_latency_us = 0;
+  fail_read_path[0] = fail_open_path[0] = '\0';
+  copy(transport, sizeof transport, "nbdssl");
   if (config_path[0] == '\0' || (f = fopen(config_path, "re")) == NULL) return;
   while (fgets(line, sizeof line, f)) {
     char *eq, *val;
@@ -146,6 +178,17 @@ static void load_config(void) {
       if (sscanf(val, "%ld:%llu", &fail_read_n, &e) == 2) fail_read_err = e; else fail_read_n = -1;
     } else if (strcmp(line, "dummy.delayRead") == 0) {
       if (sscanf(val, "%ld:%ld", &delay_read_n, &delay_read_ms) != 2) delay_read_n = -1;
+    } else if (strcmp(line, "dummy.readLatencyUs") == 0) {
+      read_latency_us = atol(val);
+    } else if (strcmp(line, "dummy.transport") == 0) {
+      copy(transport, sizeof transport, val);
+    } else if (strcmp(line, "dummy.failReadPath") == 0 || strcmp(line, "dummy.failOpenPath") == 0) {
+      char *colon = strrchr(val, ':');
+      int rd = line[10] == 'R';
+      if (!colon) continue;
+      *colon = '\0';
+      copy(rd ? fail_read_path : fail_open_path, sizeof fail_read_path, val);
+      if (rd) fail_read_path_err = strtoull(colon + 1, NULL, 10); else fail_open_path_err = strtoull(colon + 1, NULL, 10);
     } else if (strcmp(line, "dummy.disk") == 0 && ndisks < MAX_DISKS) {
       char *p1 = strchr(val, '|'), *p2 = p1 ? strchr(p1 + 1, '|') : NULL;
       if (!p2) continue;
@@ -161,20 +204,46 @@ static void load_config(void) {
 
 EXPORT VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor, LogFunc *log, LogFunc *warn, LogFunc *panic,
                                   const char *libdir, const char *config) {
+  const char *why = NULL;
+  long me = tid();
   pthread_mutex_lock(&lock);
-  copy(config_path, sizeof config_path, config);
-  load_config();
-  initialized = 1;
+  if (strict < 0) {
+    const char *e = getenv("RNODE_DUMMY_VDDK_STRICT");
+    strict = e != NULL && strcmp(e, "1") == 0;
+  }
+  if (strict == 1 && initialized) why = "InitEx called again without Exit (once per process)";
+  else if (strict == 1 && designated_tid != 0 && me != designated_tid) why = "InitEx called off the designated thread";
+  if (!why) {
+    copy(config_path, sizeof config_path, config);
+    load_config();
+    initialized = 1;
+    if (designated_tid == 0) designated_tid = me;
+  }
   pthread_mutex_unlock(&lock);
-  logline("InitEx version=%u.%u libdir=%s config=%s", major, minor, libdir ? libdir : "", config ? config : "");
+  if (why) {
+    logline("InitEx thread=%ld -> strict-violation (%s)", me, why);
+    return fail(VIX_E_FAIL, "dummy-vddk (strict): %s", why);
+  }
+  logline("InitEx version=%u.%u libdir=%s config=%s thread=%ld strict=%d", major, minor, libdir ? libdir : "",
+          config ? config : "", me, strict);
   return VIX_OK;
 }
 
 EXPORT void VixDiskLib_Exit(void) {
-  logline("Exit");
+  if (off_thread("Exit") != VIX_OK) return;
+  logline("Exit thread=%ld", tid());
   pthread_mutex_lock(&lock);
   initialized = 0;
   pthread_mutex_unlock(&lock);
+}
+
+EXPORT VixError VixDiskLib_Cleanup(const ConnectParams *p, uint32_t *cleaned, uint32_t *remaining) {
+  VixError e = off_thread("Cleanup");
+  if (e) return e;
+  logline("Cleanup vmxSpec=%s thread=%ld", p && p->vmxSpec ? p->vmxSpec : "", tid());
+  if (cleaned) *cleaned = 0;
+  if (remaining) *remaining = 0;
+  return VIX_OK;
 }
 
 EXPORT char *VixDiskLib_GetErrorText(VixError err, const char *locale) {
@@ -187,19 +256,24 @@ EXPORT char *VixDiskLib_GetErrorText(VixError err, const char *locale) {
 EXPORT void VixDiskLib_FreeErrorText(char *text) { free(text); }
 
 EXPORT VixError VixDiskLib_PrepareForAccess(const ConnectParams *p, const char *identity) {
-  logline("PrepareForAccess vmxSpec=%s identity=%s", p->vmxSpec ? p->vmxSpec : "", identity ? identity : "");
+  VixError e = off_thread("PrepareForAccess");
+  if (e) return e;
+  logline("PrepareForAccess vmxSpec=%s identity=%s thread=%ld", p->vmxSpec ? p->vmxSpec : "", identity ? identity : "", tid());
   return VIX_OK;
 }
 
 EXPORT VixError VixDiskLib_EndAccess(const ConnectParams *p, const char *identity) {
-  logline("EndAccess vmxSpec=%s identity=%s", p->vmxSpec ? p->vmxSpec : "", identity ? identity : "");
+  VixError e = off_thread("EndAccess");
+  if (e) return e;
+  logline("EndAccess vmxSpec=%s identity=%s thread=%ld", p->vmxSpec ? p->vmxSpec : "", identity ? identity : "", tid());
   return VIX_OK;
 }
 
 EXPORT VixError VixDiskLib_ConnectEx(const ConnectParams *p, char readOnly, const char *snapshot,
                                      const char *transports, void **connection) {
   struct connection *c;
-  VixError err = VIX_OK;
+  VixError err = off_thread("ConnectEx");
+  if (err) return err;
   pthread_mutex_lock(&lock);
   load_config();
   reads = 0;
@@ -214,10 +288,10 @@ EXPORT VixError VixDiskLib_ConnectEx(const ConnectParams *p, char readOnly, cons
       err = fail(VIX_E_FAIL, "dummy-vddk: cannot complete login due to an incorrect user name or password");
   }
   pthread_mutex_unlock(&lock);
-  logline("ConnectEx server=%s port=%u vmxSpec=%s snapshot=%s transports=%s readOnly=%d user=%s password=%s%s",
+  logline("ConnectEx server=%s port=%u vmxSpec=%s snapshot=%s transports=%s readOnly=%d user=%s password=%s thread=%ld%s",
           p->serverName ? p->serverName : "", p->port, p->vmxSpec ? p->vmxSpec : "", snapshot ? snapshot : "",
           transports ? transports : "", readOnly, p->credType == 1 && p->creds.uid.userName ? p->creds.uid.userName : "",
-          p->credType == 1 && p->creds.uid.password ? "<set>" : "<none>", err ? " -> failed" : "");
+          p->credType == 1 && p->creds.uid.password ? "<set>" : "<none>", tid(), err ? " -> failed" : "");
   if (err) return err;
   c = calloc(1, sizeof *c);
   if (!c) return fail(2, "dummy-vddk: out of memory");
@@ -227,7 +301,9 @@ EXPORT VixError VixDiskLib_ConnectEx(const ConnectParams *p, char readOnly, cons
 }
 
 EXPORT VixError VixDiskLib_Disconnect(void *connection) {
-  logline("Disconnect");
+  VixError e = off_thread("Disconnect");
+  if (e) return e;
+  logline("Disconnect thread=%ld", tid());
   free(connection);
   return VIX_OK;
 }
@@ -238,11 +314,15 @@ EXPORT VixError VixDiskLib_Open(void *connection, const char *path, uint32_t fla
   struct handle *h;
   struct stat st;
   int i;
+  VixError injected = off_thread("Open");
+  if (injected) return injected;
   pthread_mutex_lock(&lock);
   for (i = 0; i < ndisks; i++)
     if (strcmp(disks[i].snapshot, c->snapshot) == 0 && strcmp(disks[i].path, path) == 0) copy(file, sizeof file, disks[i].file);
+  if (fail_open_path[0] && strstr(path, fail_open_path) != NULL) injected = fail_open_path_err;
   pthread_mutex_unlock(&lock);
-  logline("Open path=%s flags=%u snapshot=%s", path, flags, c->snapshot);
+  logline("Open path=%s flags=%u snapshot=%s thread=%ld%s", path, flags, c->snapshot, tid(), injected ? " -> injected error" : "");
+  if (injected) return fail(injected, "dummy-vddk: injected failure of Open %s", path);
   if (file[0] == '\0') return fail(VIX_E_FILE_NOT_FOUND, "dummy-vddk: the file specified was not found: %s", path);
   if ((flags & 4) == 0) return fail(VIX_E_INVALID_ARG, "dummy-vddk: only read-only opens are supported");
   h = calloc(1, sizeof *h);
@@ -262,7 +342,9 @@ EXPORT VixError VixDiskLib_Open(void *connection, const char *path, uint32_t fla
 
 EXPORT VixError VixDiskLib_Close(void *handle) {
   struct handle *h = handle;
-  logline("Close path=%s", h->path);
+  VixError e = off_thread("Close");
+  if (e) return e;
+  logline("Close path=%s thread=%ld", h->path, tid());
   close(h->fd);
   free(h);
   return VIX_OK;
@@ -286,7 +368,7 @@ EXPORT void VixDiskLib_FreeInfo(Info *info) {
   free(info);
 }
 
-EXPORT const char *VixDiskLib_GetTransportMode(void *handle) { return "nbdssl"; }
+EXPORT const char *VixDiskLib_GetTransportMode(void *handle) { return transport; }
 
 EXPORT VixError VixDiskLib_Read(void *handle, uint64_t start, uint64_t count, unsigned char *buf) {
   struct handle *h = handle;
@@ -294,13 +376,20 @@ EXPORT VixError VixDiskLib_Read(void *handle, uint64_t start, uint64_t count, un
   long delay_ms = 0;
   VixError injected = VIX_OK;
   uint64_t done = 0, bytes = count * SECTOR;
+  long latency_us;
   pthread_mutex_lock(&lock);
   n = ++reads;
   if (n == fail_read_n) injected = fail_read_err;
+  if (fail_read_path[0] && strstr(h->path, fail_read_path) != NULL) injected = fail_read_path_err;
   if (n == delay_read_n) delay_ms = delay_read_ms;
+  latency_us = read_latency_us;
   pthread_mutex_unlock(&lock);
   if (delay_ms > 0) {
     struct timespec ts = { delay_ms / 1000, (delay_ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+  }
+  if (latency_us > 0) {
+    struct timespec ts = { latency_us / 1000000, (latency_us % 1000000) * 1000L };
     nanosleep(&ts, NULL);
   }
   if (injected) {

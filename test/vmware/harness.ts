@@ -1,11 +1,13 @@
 // Wiring for the VMware tests: one stand-in VDDK per test process (VDDK is process-global, so its libdir
 // and config file are fixed at the first InitEx), a vSphere simulator per test, and one-call runs.
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { FsStore } from '../../src/store/index.js';
 import { recover } from '../../src/recovery/restore.js';
-import { VmwareSession, replicateVm, vmDiskId, type ReplicateVmOptions, type ReplicateVmResult, type VmwareSourceConfig } from '../../src/source/vddk/index.js';
+import { VmwareSession, vmDiskId, type VmwareSourceConfig } from '../../src/source/vmware/index.js';
+import { replicateVm, type ReplicateVmOptions, type ReplicateVmResult } from '../../src/jobs/replicate-vm.js';
 import { buildDummyVddk, readDummyLog, bytesReadInLog, type DummyCall } from './build-dummy.js';
 import { VSphereSim, type SimDiskSpec, type SimOptions } from './vsphere-sim.js';
 
@@ -13,6 +15,9 @@ export const KiB = 1024;
 export const MiB = 1024 * 1024;
 export const USER = 'backup@vsphere.local';
 export const PASSWORD = 'S3cret-p&ss<word>';
+
+// Every VMware test runs the stand-in VDDK in strict mode: a call off the designated thread fails the test.
+process.env.RNODE_DUMMY_VDDK_STRICT ??= '1';
 
 let shared: { dir: string; libdir: string; dummyConfig: string; dummyLog: string } | undefined;
 function sharedVddk() {
@@ -39,7 +44,8 @@ export interface VmwareEnv {
   clearLog(): void;
   /** Bytes the dummy VDDK delivered since the last clearLog(). */
   vddkBytes(): number;
-  run(opts?: Partial<Omit<ReplicateVmOptions, 'session' | 'store'>> & { config?: Partial<VmwareSourceConfig>; log?: string[] }): Promise<ReplicateVmResult>;
+  /** One VM run into the env's store (or opts.store). */
+  run(opts?: Partial<Omit<ReplicateVmOptions, 'session'>> & { config?: Partial<VmwareSourceConfig>; log?: string[] }): Promise<ReplicateVmResult>;
 }
 
 export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: SimDiskSpec[]; cbt?: boolean }>,
@@ -68,7 +74,7 @@ export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: S
       const { config: override, log, ...rest } = opts;
       const session = await VmwareSession.open({ ...config, ...override }, { log: (l) => log?.push(l) });
       try {
-        return await replicateVm({ session, store, chunkSize: 64 * KiB, ...rest });
+        return await replicateVm({ store, chunkSize: 64 * KiB, ...rest, session });
       } finally {
         await session.close();
       }
@@ -91,4 +97,27 @@ export async function expectRestores(t: { equal: (a: unknown, b: unknown, m?: st
       fs.rmSync(out);
     }
   }
+}
+
+/** PrepareForAccess and EndAccess calls in a call log, and whether every calling thread of the designated calls was one. */
+export function accessAndThreads(calls: DummyCall[]): { prepare: number; end: number; violations: number; designatedThreads: string[] } {
+  const designated = new Set(['InitEx', 'Exit', 'ConnectEx', 'Disconnect', 'Open', 'Close', 'PrepareForAccess', 'EndAccess', 'Cleanup']);
+  return {
+    prepare: calls.filter((c) => c.op === 'PrepareForAccess' && !c.raw.includes('->')).length,
+    end: calls.filter((c) => c.op === 'EndAccess' && !c.raw.includes('->')).length,
+    violations: calls.filter((c) => c.raw.includes('strict-violation')).length,
+    designatedThreads: [...new Set(calls.filter((c) => designated.has(c.op) && c.fields.thread).map((c) => c.fields.thread))],
+  };
+}
+
+/** sha256 of a file, with its size: what the sim records for each snapshot disk. */
+export function fingerprintOf(file: string): string {
+  return `${fs.statSync(file).size}:${createHash('sha256').update(fs.readFileSync(file)).digest('hex')}`;
+}
+
+/** The fingerprint of every disk of a snapshot as the sim froze it. */
+export function snapshotFingerprints(env: VmwareEnv, snapshot: string): Map<number, string> {
+  const rec = env.sim.history.find((h) => h.snapshot === snapshot);
+  if (!rec) throw new Error(`no sim record of ${snapshot}`);
+  return new Map([...rec.disks].map(([k, v]) => [k, `${v.size}:${v.sha256}`]));
 }

@@ -6,9 +6,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { openSource } from '../../src/source/index.js';
-import { loadVmwareConfig, parseVddkUrl } from '../../src/source/vddk/index.js';
-import { connectVddk, initVddk, VddkError } from '../../src/vddk/index.js';
-import { el, escapeText, parseXml, Raw, textOf, xsiType, XmlError } from '../../src/vsphere/xml.js';
+import { loadVmwareConfig, parseVddkUrl } from '../../src/source/vmware/index.js';
+import { connectVddk, initVddk, VddkError } from '../../src/source/vmware/index.js';
+import { el, escapeText, parseXml, Raw, textOf, xmlToJson, xsiType, XmlError } from '../../src/source/vmware/vsphere/xml.js';
+import { defaultDiskParallelism, unsupportedReason } from '../../src/jobs/replicate-vm.js';
+import { execFileSync } from 'node:child_process';
 import { isVmwareSource, replicateVmwareCommand } from '../../src/cli/vmware.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { buildDummyVddk, readDummyLog } from './build-dummy.js';
@@ -77,7 +79,7 @@ t.test('VDDK binding: load failures, split reads, allocated blocks, closed handl
   env.sim.writeToVmDisk('vm-1', 2000, 1 * MiB, Buffer.alloc(100 * KiB, 7));
   env.sim.writeToVmDisk('vm-1', 2000, 3 * MiB, Buffer.alloc(512, 9));
   // Take a snapshot through the simulator's own SOAP so the dummy serves it.
-  const { VSphereClient } = await import('../../src/vsphere/client.js');
+  const { VSphereClient } = await import('../../src/source/vmware/vsphere/client.js');
   const client = new VSphereClient({ host: '127.0.0.1', port: env.sim.port, thumbprint: env.sim.thumbprint });
   await client.login(env.config.user, PASSWORD);
   const snap = await client.createSnapshot('vm-1', 'unit');
@@ -155,7 +157,7 @@ t.test('CLI: replicateVmwareCommand with --source-config and a vddk:// override'
   const io = { out: (l: string) => out.push(l), err: (l: string) => err.push(l) };
   const storeDir = path.join(env.dir, 'cli-store');
   t.equal(await replicateVmwareCommand({ 'source-config': cfgFile, target: storeDir, 'chunk-size': '64KiB' }, io), 0);
-  t.match(out.join('\n'), /VM vm-21 .*2 disks from snapshot snapshot-\d+ \(removed\)/);
+  t.match(out.join('\n'), /VM point 1 of vm-21 .*crash-consistent: 2 disks from snapshot snapshot-\d+ \(removed\)/);
   t.match(out.join('\n'), /point 1 of disk vm-21-disk-2000: full/);
   out.length = 0;
   t.equal(await replicateVmwareCommand({ 'source-config': cfgFile, source: `vddk://127.0.0.1:${env.sim.port}/vm-21?disk=2000`, target: storeDir, json: true }, io), 0);
@@ -165,4 +167,68 @@ t.test('CLI: replicateVmwareCommand with --source-config and a vddk:// override'
   await t.rejects(replicateVmwareCommand({ 'source-config': cfgFile, target: storeDir, disk: 'x' }, io), { code: 'RNODE_USAGE' });
   await t.rejects(replicateVmwareCommand({ 'source-config': cfgFile, source: '/dev/sda', target: storeDir }, io), { code: 'RNODE_USAGE' });
   t.ok(buildDummyVddk, 'the build helper is the one the harness uses');
+});
+
+t.test('the stand-in VDDK in strict mode refuses calls off the designated thread and a second InitEx', async (t) => {
+  // A C driver that breaks VMware's threading advice on purpose, as the node did before: InitEx on one thread,
+  // ConnectEx/Open on another, InitEx twice. The stand-in must refuse each (or the strict tests prove nothing).
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-strict-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const lib = buildDummyVddk(path.join(dir, 'vddk'));
+  const log = path.join(dir, 'calls.log');
+  const conf = path.join(dir, 'vix.conf');
+  fs.writeFileSync(conf, `dummy.log=${log}\n`);
+  const driver = path.join(dir, 'driver.c');
+  fs.writeFileSync(driver, `#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+typedef uint64_t (*InitEx)(uint32_t, uint32_t, void *, void *, void *, const char *, const char *);
+typedef uint64_t (*ConnectEx)(const void *, char, const char *, const char *, void **);
+typedef uint64_t (*Disconnect)(void *);
+static ConnectEx connect_; static Disconnect disconnect_;
+static char params[128];
+static void *other(void *out) { void *c = 0; *(uint64_t *)out = connect_(params, 1, "snapshot-1", "nbd", &c); return 0; }
+int main(int argc, char **argv) {
+  void *dl = dlopen(argv[1], RTLD_NOW);
+  InitEx init = (InitEx)dlsym(dl, "VixDiskLib_InitEx");
+  connect_ = (ConnectEx)dlsym(dl, "VixDiskLib_ConnectEx");
+  disconnect_ = (Disconnect)dlsym(dl, "VixDiskLib_Disconnect");
+  uint64_t first = init(8, 0, 0, 0, 0, "/x", argv[2]);
+  void *c = 0;
+  uint64_t same = connect_(params, 1, "snapshot-1", "nbd", &c);
+  if (same == 0) disconnect_(c);
+  uint64_t off = 0; pthread_t th;
+  pthread_create(&th, 0, other, &off); pthread_join(th, 0);
+  uint64_t again = init(8, 0, 0, 0, 0, "/x", argv[2]);
+  printf("%llu %llu %llu %llu\\n", (unsigned long long)first, (unsigned long long)same, (unsigned long long)off, (unsigned long long)again);
+  return 0;
+}
+`);
+  const exe = path.join(dir, 'driver');
+  execFileSync('gcc', ['-O1', '-pthread', '-o', exe, driver, '-ldl']);
+  const run = (strict: string) => execFileSync(exe, [lib, conf], { env: { ...process.env, RNODE_DUMMY_VDDK_STRICT: strict } }).toString().trim().split(' ').map(Number);
+  t.same(run('1'), [0, 0, 1, 1], 'strict: InitEx and ConnectEx on one thread pass; ConnectEx from another thread and a second InitEx fail');
+  t.same(run('0'), [0, 0, 0, 0], 'not strict: all pass (the stand-in only logs thread ids)');
+  const calls = readDummyLog(log);
+  t.ok(calls.some((c) => c.op === 'ConnectEx' && c.raw.includes('strict-violation')), 'the violation is in the call log');
+  t.ok(calls.some((c) => c.op === 'InitEx' && /once per process/.test(c.raw)));
+});
+
+t.test('VM helpers: config JSON as vSphere returned it, default disk parallelism, unsupported disks', async (t) => {
+  const cfg = parseXml('<val xmlns:xsi="i" xsi:type="VirtualMachineConfigInfo"><name>db</name><hardware><numCPU>4</numCPU>' +
+    '<device xsi:type="VirtualDisk"><key>2000</key></device><device xsi:type="VirtualDisk"><key>2001</key></device></hardware>' +
+    '<datastoreUrl><name>ds1</name></datastoreUrl><ref type="Datastore">datastore-11</ref><flag xsi:type="xsd:boolean">true</flag></val>');
+  t.same(xmlToJson(cfg), {
+    _type: 'VirtualMachineConfigInfo', name: 'db', hardware: { numCPU: '4', device: [{ _type: 'VirtualDisk', key: '2000' }, { _type: 'VirtualDisk', key: '2001' }] },
+    datastoreUrl: { name: 'ds1' }, ref: { _type: 'Datastore', _value: 'datastore-11' }, flag: 'true',
+  });
+  t.equal(defaultDiskParallelism(1), 1, 'never more than the disks');
+  t.ok(defaultDiskParallelism(64) >= 2 && defaultDiskParallelism(64) <= 4, 'bounded by cores and a quarter of the store concurrency');
+  t.equal(defaultDiskParallelism(64, 4), 1, 'a store that takes 4 requests reads one disk at a time');
+  const d = { key: 2000, label: 'Hard disk 1', capacityBytes: 1, fileName: 'x' };
+  t.equal(unsupportedReason(d), undefined);
+  t.match(unsupportedReason({ ...d, diskMode: 'independent_nonpersistent' }), /independent/);
+  t.match(unsupportedReason({ ...d, backingType: 'VirtualDiskRawDiskMappingVer1BackingInfo', compatibilityMode: 'physicalMode' }), /physical-mode RDM/);
+  t.equal(unsupportedReason({ ...d, backingType: 'VirtualDiskRawDiskMappingVer1BackingInfo', compatibilityMode: 'virtualMode' }), undefined, 'a virtual RDM is snapshot like a disk');
 });

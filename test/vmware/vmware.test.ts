@@ -5,7 +5,7 @@ import t from 'tap';
 import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { listPointSeqs, loadPoint } from '../../src/recovery/points.js';
-import { vmDiskId } from '../../src/source/vddk/index.js';
+import { vmDiskId } from '../../src/source/vmware/index.js';
 import { KiB, MiB, PASSWORD, expectRestores, startEnv } from './harness.js';
 
 const CHUNK = 64 * KiB;

@@ -9,9 +9,16 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { openRaw } from '../../src/native/index.js';
-import { child, children, el, parseXml, Raw, textOf, type XmlElement } from '../../src/vsphere/xml.js';
+import { child, children, el, parseXml, Raw, textOf, type XmlElement } from '../../src/source/vmware/vsphere/xml.js';
 
-export interface SimDiskSpec { key: number; size: number }
+export interface SimDiskSpec {
+  key: number;
+  size: number;
+  /** backing.diskMode (default persistent); independent_* disks are not part of snapshots. */
+  mode?: string;
+  /** A raw device mapping in this compatibility mode (physicalMode cannot be snapshot). */
+  rdm?: 'physicalMode' | 'virtualMode';
+}
 export interface Fingerprint { size: number; sha256: string }
 
 interface Cbt { epoch: string; seq: number; writes: Array<{ afterSeq: number; offset: number; length: number }> }
@@ -25,10 +32,19 @@ export interface SimDisk {
   capacity: number;
   uuid: string;
   cbt: Cbt;
+  mode: string;
+  rdm?: 'physicalMode' | 'virtualMode';
 }
 
 export interface SimSnapshotDisk { key: number; fileName: string; changeId?: string; frozen: string; capacity: number; seq: number; epoch: string }
-export interface SimSnapshot { moref: string; vm: string; name: string; quiesce: boolean; disks: SimSnapshotDisk[] }
+export interface SimSnapshot {
+  moref: string; vm: string; name: string; description: string; createTime: string; quiesce: boolean; disks: SimSnapshotDisk[];
+  /** The VM's disks (key, label, capacity, backing) when it was taken: its config. */
+  config: Array<{ d: SimDisk; fileName: string; changeId?: string }>;
+}
+
+/** VMware Tools in the guest: running, not installed/running, or running with quiescing that fails. */
+export type SimTools = 'running' | 'absent' | 'quiesceFails';
 
 export interface SimVm {
   moref: string;
@@ -36,6 +52,8 @@ export interface SimVm {
   changeTrackingEnabled: boolean;
   disks: SimDisk[];
   snapshots: SimSnapshot[];
+  tools: SimTools;
+  uuid: string;
 }
 
 interface SimTask { moref: string; name: string; entity: { type: string; value: string }; polls: number; result?: Raw; error?: { fault: string; message: string } }
@@ -119,21 +137,54 @@ export class VSphereSim {
     const vmDir = path.join(this.opts.dir, 'datastore1', moref);
     fs.mkdirSync(vmDir, { recursive: true });
     const vm: SimVm = {
-      moref, name: opts.name ?? `test-${moref}`, changeTrackingEnabled: opts.cbt ?? true, snapshots: [],
-      disks: disks.map((d, i) => {
-        const image = path.join(vmDir, `disk-${d.key}.img`);
-        fs.closeSync(fs.openSync(image, 'w'));
-        fs.truncateSync(image, d.size);
-        return {
-          key: d.key, label: `Hard disk ${i + 1}`, image, capacity: d.size,
-          baseFile: `[datastore1] ${moref}/${moref}${i ? `_${i}` : ''}.vmdk`,
-          uuid: `6000C29${randomBytes(12).toString('hex')}`.slice(0, 32),
-          cbt: { epoch: newEpoch(), seq: 0, writes: [] },
-        };
-      }),
+      moref, name: opts.name ?? `test-${moref}`, changeTrackingEnabled: opts.cbt ?? true, snapshots: [], tools: 'running',
+      uuid: randomUUID(), disks: [],
     };
     this.vms.set(moref, vm);
+    for (const d of disks) this.addDisk(moref, d);
     return vm;
+  }
+
+  /** Hot-adds a disk (sparse, all zero). */
+  addDisk(moref: string, d: SimDiskSpec): SimDisk {
+    const vm = this.#vm(moref);
+    const vmDir = path.join(this.opts.dir, 'datastore1', moref);
+    const image = path.join(vmDir, `disk-${d.key}.img`);
+    fs.closeSync(fs.openSync(image, 'w'));
+    fs.truncateSync(image, d.size);
+    const i = vm.disks.length;
+    const disk: SimDisk = {
+      key: d.key, label: `Hard disk ${i + 1}`, image, capacity: d.size,
+      baseFile: `[datastore1] ${moref}/${moref}${i ? `_${i}` : ''}.vmdk`,
+      uuid: `6000C29${randomBytes(12).toString('hex')}`.slice(0, 32),
+      cbt: { epoch: newEpoch(), seq: 0, writes: [] }, mode: d.mode ?? 'persistent', ...(d.rdm ? { rdm: d.rdm } : {}),
+    };
+    vm.disks.push(disk);
+    return disk;
+  }
+
+  /** Removes a disk from the VM (its image stays on the datastore). */
+  removeDisk(moref: string, key: number): void {
+    const vm = this.#vm(moref);
+    vm.disks = vm.disks.filter((d) => d.key !== key);
+  }
+
+  /** Grows a disk; as on vSphere, its CBT starts over (old change ids are answered with FileFault). */
+  resizeDisk(moref: string, key: number, size: number): void {
+    const d = this.disk(moref, key);
+    if (size < d.capacity) throw new Error('sim: disks only grow');
+    fs.truncateSync(d.image, size);
+    d.capacity = size;
+    d.cbt = { epoch: newEpoch(), seq: 0, writes: [] };
+  }
+
+  setTools(moref: string, tools: SimTools): void {
+    this.#vm(moref).tools = tools;
+  }
+
+  /** A snapshot taken by someone else (the VM's owner): rnode must work beside it and leave it alone. */
+  userSnapshot(moref: string, name: string): string {
+    return this.#takeSnapshot(this.#vm(moref), name, 'taken by the VM owner', false);
   }
 
   disk(vm: string, key: number): SimDisk {
@@ -289,11 +340,28 @@ export class VSphereSim {
 
   #createSnapshot(call: XmlElement): Raw {
     const vm = this.#vm(textOf(call, '_this'));
-    const moref = `snapshot-${this.#next++}`;
     if (textOf(call, 'memory') !== 'false') throw new SimFault('InvalidArgument', 'the simulator only takes snapshots without memory');
-    const snap: SimSnapshot = { moref, vm: vm.moref, name: textOf(call, 'name') ?? '', quiesce: textOf(call, 'quiesce') === 'true', disks: [] };
+    const quiesce = textOf(call, 'quiesce') === 'true';
+    const entity = { type: 'VirtualMachine', value: vm.moref };
+    if (quiesce && vm.tools === 'absent') {
+      return this.#newTask('CreateSnapshot_Task', entity, undefined, { fault: 'ToolsUnavailable', message: 'Cannot complete operation because VMware Tools is not running in this virtual machine.' });
+    }
+    if (quiesce && vm.tools === 'quiesceFails') {
+      return this.#newTask('CreateSnapshot_Task', entity, undefined, { fault: 'FilesystemQuiesceFault', message: 'An error occurred while quiescing the virtual machine.' });
+    }
+    const moref = this.#takeSnapshot(vm, textOf(call, 'name') ?? '', textOf(call, 'description') ?? '', quiesce);
+    return this.#newTask('CreateSnapshot_Task', entity, el('result', moref, { type: 'VirtualMachineSnapshot', 'xsi:type': 'ManagedObjectReference' }));
+  }
+
+  #takeSnapshot(vm: SimVm, name: string, description: string, quiesce: boolean): string {
+    const moref = `snapshot-${this.#next++}`;
+    const snap: SimSnapshot = { moref, vm: vm.moref, name, description, createTime: new Date().toISOString(), quiesce, disks: [], config: [] };
     const record: SnapshotRecord = { vm: vm.moref, snapshot: moref, disks: new Map() };
     for (const d of vm.disks) {
+      const fileName = this.#currentFile(vm, d);
+      snap.config.push({ d: { ...d }, fileName });
+      // Independent disks and physical RDMs are not part of a snapshot: nothing of them is frozen.
+      if (d.mode.startsWith('independent') || d.rdm === 'physicalMode') continue;
       const frozen = path.join(path.dirname(d.image), `${moref}-disk-${d.key}.img`);
       execFileSync('cp', ['--sparse=always', d.image, frozen]);
       let changeId: string | undefined;
@@ -301,13 +369,14 @@ export class VSphereSim {
         d.cbt.seq++;
         changeId = `${d.cbt.epoch}/${d.cbt.seq}`;
       }
-      snap.disks.push({ key: d.key, fileName: this.#currentFile(vm, d), changeId, frozen, capacity: d.capacity, seq: d.cbt.seq, epoch: d.cbt.epoch });
+      snap.config[snap.config.length - 1].changeId = changeId;
+      snap.disks.push({ key: d.key, fileName, changeId, frozen, capacity: d.capacity, seq: d.cbt.seq, epoch: d.cbt.epoch });
       record.disks.set(d.key, { size: d.capacity, sha256: sha256File(frozen), ...(changeId ? { changeId } : {}) });
     }
     vm.snapshots.push(snap);
     this.history.push(record);
     this.writeDummyConfig();
-    return this.#newTask('CreateSnapshot_Task', { type: 'VirtualMachine', value: vm.moref }, el('result', moref, { type: 'VirtualMachineSnapshot', 'xsi:type': 'ManagedObjectReference' }));
+    return moref;
   }
 
   /** The disk file the VM writes to now: the base, or the delta of its latest snapshot. */
@@ -317,20 +386,29 @@ export class VSphereSim {
   }
 
   #devices(vm: SimVm, disks: Array<{ d: SimDisk; fileName: string; changeId?: string }>): Raw {
-    return el('val', [
-      el('VirtualDevice', [el('key', 1000), el('deviceInfo', [el('label', 'SCSI controller 0'), el('summary', 'LSI Logic')]),
+    return el('val', this.#deviceList(disks, 'VirtualDevice'), { 'xsi:type': 'ArrayOfVirtualDevice' });
+  }
+
+  /** The controller and the disks, each element named `name` (VirtualDevice in an array, device in a config). */
+  #deviceList(disks: Array<{ d: SimDisk; fileName: string; changeId?: string }>, name: string): Raw[] {
+    return [
+      el(name, [el('key', 1000), el('deviceInfo', [el('label', 'SCSI controller 0'), el('summary', 'LSI Logic')]),
         el('busNumber', 0), ...disks.map(({ d }) => el('device', d.key)),
         el('sharedBus', 'noSharing')], { 'xsi:type': 'VirtualLsiLogicController' }),
-      ...disks.map(({ d, fileName, changeId }, i) => el('VirtualDevice', [
+      ...disks.map(({ d, fileName, changeId }, i) => el(name, [
         el('key', d.key), el('deviceInfo', [el('label', d.label), el('summary', `${d.capacity / 1024} KB`)]),
-        el('backing', [el('fileName', fileName), el('datastore', 'datastore-11', { type: 'Datastore' }), el('backingObjectId', ''),
-          el('diskMode', 'persistent'), el('split', false), el('writeThrough', false), el('thinProvisioned', true),
-          el('uuid', d.uuid), el('contentId', randomBytes(16).toString('hex')), ...(changeId ? [el('changeId', changeId)] : []),
-          el('digestEnabled', false)], { 'xsi:type': 'VirtualDiskFlatVer2BackingInfo' }),
+        d.rdm
+          ? el('backing', [el('fileName', fileName), el('datastore', 'datastore-11', { type: 'Datastore' }), el('backingObjectId', ''),
+            el('lunUuid', `0200000000${d.uuid}`), el('deviceName', `vml.0200000000${d.uuid}`), el('compatibilityMode', d.rdm),
+            el('diskMode', d.mode), el('uuid', d.uuid), ...(changeId ? [el('changeId', changeId)] : [])], { 'xsi:type': 'VirtualDiskRawDiskMappingVer1BackingInfo' })
+          : el('backing', [el('fileName', fileName), el('datastore', 'datastore-11', { type: 'Datastore' }), el('backingObjectId', ''),
+            el('diskMode', d.mode), el('split', false), el('writeThrough', false), el('thinProvisioned', true),
+            el('uuid', d.uuid), el('contentId', randomBytes(16).toString('hex')), ...(changeId ? [el('changeId', changeId)] : []),
+            el('digestEnabled', false)], { 'xsi:type': 'VirtualDiskFlatVer2BackingInfo' }),
         el('controllerKey', 1000), el('unitNumber', i), el('capacityInKB', Math.floor(d.capacity / 1024)), el('capacityInBytes', d.capacity),
         el('shares', [el('shares', 1000), el('level', 'normal')]), el('storageIOAllocation', el('limit', -1)),
       ], { 'xsi:type': 'VirtualDisk' })),
-    ], { 'xsi:type': 'ArrayOfVirtualDevice' });
+    ];
   }
 
   #retrieve(call: XmlElement): Raw {
@@ -348,6 +426,21 @@ export class VSphereSim {
         else if (p === 'config.changeTrackingEnabled') prop(p, el('val', vm.changeTrackingEnabled, { 'xsi:type': 'xsd:boolean' }));
         else if (p === 'config.hardware.device') {
           prop(p, this.#devices(vm, vm.disks.map((d) => ({ d, fileName: this.#currentFile(vm, d), ...(vm.changeTrackingEnabled && d.cbt.seq > 0 ? { changeId: `${d.cbt.epoch}/${d.cbt.seq}` } : {}) }))));
+        } else if (p === 'guest.toolsRunningStatus') {
+          prop(p, el('val', vm.tools === 'absent' ? 'guestToolsNotRunning' : 'guestToolsRunning', { 'xsi:type': 'xsd:string' }));
+        } else if (p === 'snapshot') {
+          // Unset when the VM has no snapshot. Each snapshot is the child of the one before (a chain).
+          if (vm.snapshots.length === 0) continue;
+          const tree = (i: number, name: string): Raw => {
+            const sn = vm.snapshots[i];
+            return el(name, [
+              el('snapshot', sn.moref, { type: 'VirtualMachineSnapshot' }), el('vm', vm.moref, { type: 'VirtualMachine' }),
+              el('name', sn.name), el('description', sn.description), el('id', i + 1), el('createTime', sn.createTime),
+              el('state', 'poweredOn'), el('quiesced', sn.quiesce), el('backupManifest', ''), el('replaySupported', false),
+              ...(i + 1 < vm.snapshots.length ? [tree(i + 1, 'childSnapshotList')] : []),
+            ]);
+          };
+          prop(p, el('val', [el('currentSnapshot', vm.snapshots.at(-1)!.moref, { type: 'VirtualMachineSnapshot' }), tree(0, 'rootSnapshotList')], { 'xsi:type': 'VirtualMachineSnapshotInfo' }));
         } else throw new SimFault('InvalidProperty', `property ${p} is not simulated`);
       }
     } else if (type === 'VirtualMachineSnapshot') {
@@ -355,8 +448,15 @@ export class VSphereSim {
       const snap = vm?.snapshots.find((s) => s.moref === value);
       if (!vm || !snap) throw new SimFault('ManagedObjectNotFound', `The object 'vim.vm.Snapshot:${value}' has already been deleted or has not been completely created`);
       for (const p of paths) {
-        if (p !== 'config.hardware.device') throw new SimFault('InvalidProperty', `property ${p} is not simulated`);
-        prop(p, this.#devices(vm, snap.disks.map((sd) => ({ d: vm.disks.find((d) => d.key === sd.key)!, fileName: sd.fileName, changeId: sd.changeId }))));
+        if (p === 'config.hardware.device') prop(p, this.#devices(vm, snap.config));
+        else if (p === 'config') {
+          prop(p, el('val', [
+            el('changeVersion', snap.createTime), el('modified', snap.createTime), el('name', vm.name), el('guestFullName', 'Debian GNU/Linux 12 (64-bit)'),
+            el('version', 'vmx-19'), el('uuid', vm.uuid), el('instanceUuid', vm.uuid), el('template', false), el('guestId', 'debian12_64Guest'),
+            el('changeTrackingEnabled', vm.changeTrackingEnabled), el('firmware', 'efi'),
+            el('hardware', [el('numCPU', 2), el('numCoresPerSocket', 1), el('memoryMB', 4096), ...this.#deviceList(snap.config, 'device')]),
+          ], { 'xsi:type': 'VirtualMachineConfigInfo' }));
+        } else throw new SimFault('InvalidProperty', `property ${p} is not simulated`);
       }
     } else if (type === 'Task') {
       const task = this.#tasks.get(value);

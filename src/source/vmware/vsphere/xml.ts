@@ -195,3 +195,28 @@ export function el(name: string, content?: Content, attrs: Record<string, string
   const inner = contentToXml(content);
   return new Raw(inner === '' ? `<${name}${a}/>` : `<${name}${a}>${inner}</${name}>`);
 }
+
+const PRIMITIVE = new Set(['string', 'boolean', 'int', 'long', 'short', 'byte', 'float', 'double', 'dateTime']);
+
+/**
+ * An element as plain JSON, for keeping a vSphere answer as it was returned (e.g. a VM's config in a VM point):
+ * text-only elements become strings, names that repeat become arrays, an xsi:type other than a primitive is
+ * kept as "_type" and a MoRef's type attribute as "_type" beside "_value".
+ */
+export function xmlToJson(e: XmlElement): unknown {
+  const type = xsiType(e);
+  const keep = type && !PRIMITIVE.has(type) ? type : undefined;
+  if (e.children.length === 0) {
+    const ref = e.attrs.type;
+    return keep || ref ? { _type: keep ?? ref, _value: e.text } : e.text;
+  }
+  const groups = new Map<string, unknown[]>();
+  for (const c of e.children) {
+    const list = groups.get(c.local) ?? [];
+    list.push(xmlToJson(c));
+    groups.set(c.local, list);
+  }
+  const out: Record<string, unknown> = keep ? { _type: keep } : {};
+  for (const [k, list] of groups) out[k] = list.length === 1 ? list[0] : list;
+  return out;
+}

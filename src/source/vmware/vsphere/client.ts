@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { isIP } from 'node:net';
 import tls from 'node:tls';
-import { RnodeError } from '../errors.js';
+import { RnodeError } from '../../../errors.js';
 import { faultError, VSphereErrorCodes, VSphereFault } from './errors.js';
-import { child, children, el, parseXml, Raw, textOf, xsiType, type Content, type XmlElement } from './xml.js';
+import { child, children, el, parseXml, Raw, textOf, xmlToJson, xsiType, type Content, type XmlElement } from './xml.js';
 
 export interface MoRef { type: string; value: string }
 
@@ -30,6 +30,12 @@ export interface VirtualDiskInfo {
   /** CBT change id of this disk in this configuration ("52 1f ... 9c/17"); absent when CBT is off. */
   changeId?: string;
   uuid?: string;
+  /** persistent, independent_persistent, independent_nonpersistent... (backing.diskMode) */
+  diskMode?: string;
+  /** The backing's xsi:type, e.g. VirtualDiskFlatVer2BackingInfo or VirtualDiskRawDiskMappingVer1BackingInfo. */
+  backingType?: string;
+  /** An RDM's physicalMode or virtualMode. */
+  compatibilityMode?: string;
 }
 
 export interface VmInfo {
@@ -37,6 +43,15 @@ export interface VmInfo {
   name: string;
   changeTrackingEnabled: boolean;
   disks: VirtualDiskInfo[];
+}
+
+/** One snapshot of a VM's snapshot tree (VirtualMachineSnapshotTree), flattened. */
+export interface SnapshotTreeEntry {
+  moref: string;
+  name: string;
+  description: string;
+  createTime: string;
+  quiesced: boolean;
 }
 
 export interface DiskChangeInfo {
@@ -250,6 +265,36 @@ export class VSphereClient {
     return parseDisks(p.get('config.hardware.device'));
   }
 
+  /** The VM's configuration at the snapshot (VirtualMachineConfigInfo) as vSphere returned it, as JSON. */
+  async snapshotConfig(snapshot: string): Promise<unknown> {
+    const p = await this.retrieveProperties({ type: 'VirtualMachineSnapshot', value: snapshot }, ['config']);
+    const c = p.get('config');
+    return c ? xmlToJson(c) : null;
+  }
+
+  /** Every snapshot of the VM (the whole tree, parents before children); empty when it has none. */
+  async listSnapshots(vm: string): Promise<SnapshotTreeEntry[]> {
+    const p = await this.retrieveProperties({ type: 'VirtualMachine', value: vm }, ['snapshot']);
+    const out: SnapshotTreeEntry[] = [];
+    const walk = (list: XmlElement[]) => {
+      for (const n of list) {
+        out.push({
+          moref: textOf(n, 'snapshot') ?? '', name: textOf(n, 'name') ?? '', description: textOf(n, 'description') ?? '',
+          createTime: textOf(n, 'createTime') ?? '', quiesced: textOf(n, 'quiesced') === 'true',
+        });
+        walk(children(n, 'childSnapshotList'));
+      }
+    };
+    walk(children(p.get('snapshot'), 'rootSnapshotList'));
+    return out;
+  }
+
+  /** guest.toolsRunningStatus: guestToolsRunning, guestToolsNotRunning, guestToolsExecutingScripts (absent: unknown). */
+  async toolsRunningStatus(vm: string): Promise<string | undefined> {
+    const p = await this.retrieveProperties({ type: 'VirtualMachine', value: vm }, ['guest.toolsRunningStatus']);
+    return p.get('guest.toolsRunningStatus')?.text;
+  }
+
   // ---- tasks ----
 
   async waitForTask(task: MoRef, what: string, timeoutMs = 30 * 60_000): Promise<XmlElement | undefined> {
@@ -334,6 +379,9 @@ function parseDisks(devices: XmlElement | undefined): VirtualDiskInfo[] {
       fileName: textOf(backing, 'fileName') ?? '',
       ...(changeId ? { changeId } : {}),
       ...(textOf(backing, 'uuid') ? { uuid: textOf(backing, 'uuid') } : {}),
+      ...(textOf(backing, 'diskMode') ? { diskMode: textOf(backing, 'diskMode') } : {}),
+      ...(xsiType(backing) ? { backingType: xsiType(backing) } : {}),
+      ...(textOf(backing, 'compatibilityMode') ? { compatibilityMode: textOf(backing, 'compatibilityMode') } : {}),
     });
   }
   return out;

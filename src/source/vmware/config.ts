@@ -3,8 +3,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
-import { parseTransports } from '../../vddk/index.js';
-import { normalizeThumbprint } from '../../vsphere/client.js';
+import { parseTransports } from './vddk.js';
+import { normalizeThumbprint } from './vsphere/client.js';
 
 export interface VmwareSourceConfig {
   /** vCenter or ESXi host name or address. */
@@ -34,6 +34,10 @@ export interface VmwareSourceConfig {
   enableCbt?: boolean;
   /** Largest VixDiskLib_Read in bytes (default 4 MiB). */
   maxReadBytes?: number;
+  /** When quiesce is asked and impossible: crash-consistent snapshot with a warning (fallback, default) or fail. */
+  quiesceFallback?: 'fallback' | 'fail';
+  /** Independent and physical RDM disks: skip them with a reason (default) or fail the run. */
+  unsupportedDisks?: 'skip' | 'fail';
 }
 
 const bad = (msg: string) => new RnodeError(ErrorCodes.BAD_SOURCE, msg);
@@ -45,7 +49,7 @@ export function validateVmwareConfig(raw: unknown, baseDir = process.cwd(), wher
   const c = raw as Record<string, unknown>;
   if ('password' in c) throw bad(`${where} must not contain a password; put it in a file readable only by rnode and set "passwordFile"`);
   const known = new Set(['host', 'port', 'user', 'passwordFile', 'thumbprint', 'caFile', 'vm', 'disks', 'transports', 'libdir',
-    'vddkConfig', 'nfcHostPort', 'quiesce', 'enableCbt', 'maxReadBytes']);
+    'vddkConfig', 'nfcHostPort', 'quiesce', 'enableCbt', 'maxReadBytes', 'quiesceFallback', 'unsupportedDisks']);
   for (const k of Object.keys(c)) if (!known.has(k)) throw bad(`${where}: unknown setting "${k}"`);
   const str = (k: string, required: boolean): string | undefined => {
     const v = c[k];
@@ -91,6 +95,14 @@ export function validateVmwareConfig(raw: unknown, baseDir = process.cwd(), wher
       throw bad(`${where}: ${(err as Error).message}`);
     }
   }
+  const oneOf = <T extends string>(k: string, allowed: readonly T[]): T | undefined => {
+    const v = c[k];
+    if (v === undefined) return undefined;
+    if (!allowed.includes(v as T)) throw bad(`${where}: "${k}" must be ${allowed.map((a) => `"${a}"`).join(' or ')}`);
+    return v as T;
+  };
+  const quiesceFallback = oneOf('quiesceFallback', ['fallback', 'fail'] as const);
+  const unsupportedDisks = oneOf('unsupportedDisks', ['skip', 'fail'] as const);
   const maxReadBytes = int('maxReadBytes', 512, 64 * 1024 * 1024);
   if (maxReadBytes !== undefined && maxReadBytes % 512 !== 0) throw bad(`${where}: "maxReadBytes" must be a multiple of 512`);
   return {
@@ -109,6 +121,8 @@ export function validateVmwareConfig(raw: unknown, baseDir = process.cwd(), wher
     ...(c.quiesce !== undefined ? { quiesce: bool('quiesce') } : {}),
     ...(c.enableCbt !== undefined ? { enableCbt: bool('enableCbt') } : {}),
     ...(maxReadBytes !== undefined ? { maxReadBytes } : {}),
+    ...(quiesceFallback ? { quiesceFallback } : {}),
+    ...(unsupportedDisks ? { unsupportedDisks } : {}),
   };
 }
 
@@ -155,7 +169,7 @@ export function parseVddkUrl(location: string, defaults: Partial<VmwareSourceCon
       return Number(d);
     });
   }
-  for (const k of ['transports', 'thumbprint', 'passwordFile', 'libdir', 'caFile', 'user', 'vddkConfig'] as const) {
+  for (const k of ['transports', 'thumbprint', 'passwordFile', 'libdir', 'caFile', 'user', 'vddkConfig', 'quiesceFallback', 'unsupportedDisks'] as const) {
     const v = q.get(k);
     if (v !== null) cfg[k] = v;
   }
@@ -171,7 +185,8 @@ export function parseVddkUrl(location: string, defaults: Partial<VmwareSourceCon
     if (v !== null) cfg[k] = Number(v);
   }
   for (const k of q.keys()) {
-    if (!['disk', 'transports', 'thumbprint', 'passwordFile', 'libdir', 'caFile', 'user', 'vddkConfig', 'quiesce', 'enableCbt', 'nfcHostPort', 'maxReadBytes'].includes(k)) {
+    if (!['disk', 'transports', 'thumbprint', 'passwordFile', 'libdir', 'caFile', 'user', 'vddkConfig', 'quiesce', 'enableCbt', 'nfcHostPort', 'maxReadBytes',
+      'quiesceFallback', 'unsupportedDisks'].includes(k)) {
       throw bad(`unknown vddk:// URL parameter "${k}"`);
     }
   }

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { RnodeError } from '../errors.js';
+import { RnodeError } from '../../errors.js';
 
 export const VDDK_SECTOR = 512;
 /** One VixDiskLib_Read is capped at this many bytes: NFC servers limit a request's size. */
@@ -69,10 +69,12 @@ interface NativeVddk {
   vddkClose(o: { disk: NativeDisk }): Promise<void>;
   vddkDisconnect(o: { connection: NativeConnection; endAccess: boolean } & Partial<NativeParams>): Promise<void>;
   vddkExit(): Promise<void>;
+  vddkCleanup(o: NativeParams): Promise<{ supported: boolean; cleanedUp: number; remaining: number }>;
+  vddkEndAccess(o: NativeParams): Promise<void>;
 }
 
-// Two levels below the package root both as src/vddk (tap runs .ts) and as dist/vddk.
-const ADDON_URL = new URL('../../native/build/Release/rnode_native.node', import.meta.url);
+// Three levels below the package root both as src/source/vmware (tap runs .ts) and as dist/source/vmware.
+const ADDON_URL = new URL('../../../native/build/Release/rnode_native.node', import.meta.url);
 let native: NativeVddk | undefined;
 function addon(): NativeVddk {
   if (native) return native;
@@ -182,6 +184,48 @@ export function parseTransports(t: string[] | string | undefined): string | unde
     if (!TRANSPORT.test(m)) throw new RangeError(`unknown VDDK transport mode "${m}"; use file, san, hotadd, nbd or nbdssl`);
   }
   return list.length ? list.join(':') : undefined;
+}
+
+function nativeParams(opts: VddkConnectOptions): NativeParams {
+  checkString('vmMoref', opts.vmMoref);
+  checkString('server', opts.server, { optional: true });
+  checkString('thumbprint', opts.thumbprint, { optional: true });
+  checkString('user', opts.user, { optional: true });
+  checkPort('port', opts.port);
+  checkPort('nfcHostPort', opts.nfcHostPort);
+  if (opts.server && !opts.user) throw new TypeError('user is needed to connect to a server');
+  if (opts.password !== undefined && !(opts.password instanceof Uint8Array)) throw new TypeError('password must be a Buffer or Uint8Array');
+  if (opts.password?.includes(0)) throw new TypeError('password must not contain NUL bytes');
+  return {
+    vmxSpec: `moref=${opts.vmMoref}`,
+    identity: opts.identity ?? 'rnode',
+    ...(opts.server ? { serverName: opts.server, userName: opts.user, port: opts.port ?? 443, nfcHostPort: opts.nfcHostPort ?? 0 } : {}),
+    ...(opts.thumbprint ? { thumbprint: opts.thumbprint } : {}),
+    ...(opts.password ? { password: Buffer.from(opts.password) } : {}),
+  };
+}
+
+/**
+ * VixDiskLib_Cleanup for the VM: what a killed run left behind (hotadd disks still attached, temporary state).
+ * Returns how many items it cleaned and how many remain; {supported: false} when the library lacks it.
+ */
+export async function cleanupVddk(opts: VddkConnectOptions): Promise<{ supported: boolean; cleanedUp: number; remaining: number }> {
+  const params = nativeParams(opts);
+  try {
+    return await call(() => addon().vddkCleanup(params));
+  } finally {
+    params.password?.fill(0);
+  }
+}
+
+/** EndAccess for a run that ended (killed) between PrepareForAccess and EndAccess: vSphere re-enables relocation. */
+export async function endAccessVddk(opts: VddkConnectOptions): Promise<void> {
+  const params = nativeParams(opts);
+  try {
+    await call(() => addon().vddkEndAccess(params));
+  } finally {
+    params.password?.fill(0);
+  }
 }
 
 export async function connectVddk(opts: VddkConnectOptions): Promise<VddkConnection> {

@@ -1,9 +1,9 @@
 // VddkSource: one disk of a VM snapshot as a BlockSource. Data comes through VDDK; which areas to read comes
 // from vSphere CBT (QueryChangedDiskAreas), and every way CBT can be unusable becomes CHANGE_MARKER_INVALID.
 import { ErrorCodes, RnodeError } from '../../errors.js';
-import { VddkError, type VddkDisk } from '../../vddk/index.js';
-import type { VSphereClient, VirtualDiskInfo } from '../../vsphere/client.js';
-import { VSphereFault } from '../../vsphere/errors.js';
+import { VddkError, type VddkDisk } from './vddk.js';
+import type { VSphereClient, VirtualDiskInfo } from './vsphere/client.js';
+import { VSphereFault } from './vsphere/errors.js';
 import type { BlockSource, Extent } from '../types.js';
 
 /** Faults with which QueryChangedDiskAreas rejects a changeId it cannot answer for (CBT reset, stale id). */

@@ -1,23 +1,36 @@
-// The VMware source: vSphere CBT for what changed, VDDK for the data. `vddk://` opens one disk as a
-// BlockSource that owns its own session and snapshot; replicateVm() replicates all disks of a VM at once.
+// The VMware source, the one public entry of src/source/vmware: vSphere (SOAP vim25) for snapshots and CBT,
+// VDDK (the addon's binding) for the data. `vddk://` opens one disk as a BlockSource; the job layer
+// (src/jobs/replicate-vm.ts) replicates all disks of a VM from one snapshot through VmwareSession.
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import type { BlockSource } from '../types.js';
 import { loadVmwareConfig, parseVddkUrl, type VmwareSourceConfig } from './config.js';
 import { VmwareSession } from './session.js';
 
 export { loadVmwareConfig, parseVddkUrl, validateVmwareConfig, redactUrl, type VmwareSourceConfig } from './config.js';
-export { VmwareSession, VmSnapshot, type SessionOptions } from './session.js';
+export { VmwareSession, VmSnapshot, VmErrorCodes, SNAPSHOT_DESCRIPTION, type SessionOptions, type SnapshotRequest, type Consistency } from './session.js';
 export { VddkSource, parseChangeId } from './source.js';
-export { replicateVm, vmDiskId, type ReplicateVmOptions, type ReplicateVmResult, type ReplicateVmDiskResult } from './replicate-vm.js';
+export { initVddk, exitVddk, connectVddk, cleanupVddk, endAccessVddk, parseTransports, VddkError, VddkErrorCodes, type VddkFeatures } from './vddk.js';
+export { VSphereClient, normalizeThumbprint, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
+export { VSphereFault, VSphereErrorCodes } from './vsphere/errors.js';
+
+/** The disk id a VM disk's points are stored under. */
+export function vmDiskId(vm: string, key: number): string {
+  return `${vm}-disk-${key}`;
+}
+
+/** The config of a vddk:// location and its source options ({ sourceConfig?: file, ...settings }; the URL wins). */
+export function vmwareConfigFor(location: string, opts: Record<string, unknown> = {}): VmwareSourceConfig {
+  const { sourceConfig, log: _log, ...rest } = opts as { sourceConfig?: string; log?: unknown } & Partial<VmwareSourceConfig>;
+  return parseVddkUrl(location, sourceConfig ? loadVmwareConfig(sourceConfig) : rest);
+}
 
 /**
  * openSource('vddk://host/vm-42?disk=2000&...', { sourceConfig?: file, ...settings }): one disk of a fresh snapshot.
  * Closing the source closes VDDK, removes the snapshot and logs out.
  */
 export async function openVddkSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
-  const { sourceConfig, log, ...rest } = opts as { sourceConfig?: string; log?: (l: string) => void } & Partial<VmwareSourceConfig>;
-  const defaults = sourceConfig ? loadVmwareConfig(sourceConfig) : rest;
-  const config = parseVddkUrl(location, defaults);
+  const config = vmwareConfigFor(location, opts);
+  const { log } = opts as { log?: (l: string) => void };
   if (config.disks && config.disks.length > 1) {
     throw new RnodeError(ErrorCodes.BAD_SOURCE, 'a vddk:// source opened as one disk takes one disk=<key>; replicate all disks of a VM with --source-config');
   }

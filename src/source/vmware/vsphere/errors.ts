@@ -1,5 +1,5 @@
 // Stable codes for what can go wrong talking to vSphere, and the mapping of SOAP faults onto them.
-import { RnodeError } from '../errors.js';
+import { RnodeError } from '../../../errors.js';
 
 export const VSphereErrorCodes = {
   /** The server certificate does not match the thumbprint, or is not signed by the CA given. */

@@ -2,8 +2,9 @@
 // selected disk through one VDDK connection, and removing it closes them and deletes the snapshot.
 import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../../errors.js';
-import { connectVddk, initVddk, type VddkConnection, type VddkDisk } from '../../vddk/index.js';
-import { VSphereClient, type VirtualDiskInfo, type VmInfo } from '../../vsphere/client.js';
+import { cleanupVddk, connectVddk, endAccessVddk, initVddk, type VddkConnectOptions, type VddkConnection, type VddkDisk } from './vddk.js';
+import { VSphereClient, type SnapshotTreeEntry, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
+import { VSphereFault } from './vsphere/errors.js';
 import type { VmwareSourceConfig } from './config.js';
 import { VddkSource } from './source.js';
 
@@ -27,6 +28,32 @@ function readPassword(file: string): Buffer {
   raw.fill(0);
   if (pw.length === 0) throw new RnodeError(ErrorCodes.BAD_SOURCE, `the password file ${file} is empty`);
   return pw;
+}
+
+/** Every snapshot rnode takes carries this description; a leftover one (a killed run) is found by it. */
+export const SNAPSHOT_DESCRIPTION = 'taken by rnode for replication; removed when the run ends';
+const SNAPSHOT_PREFIX = 'rnode-';
+
+/** Task faults of CreateSnapshot_Task that mean "quiescing failed" (a crash-consistent snapshot may still work). */
+const QUIESCE_FAULTS = new Set(['ApplicationQuiesceFault', 'FilesystemQuiesceFault', 'ToolsUnavailable', 'ToolsUnavailableFault', 'QuiesceDatastoreIOForHAFailed']);
+
+export const VmErrorCodes = {
+  /** Quiescing was asked for, could not be done, and the policy says fail. */
+  QUIESCE: 'RNODE_VM_QUIESCE',
+  /** An independent or physical RDM disk was selected and the policy says fail. */
+  DISK_UNSUPPORTED: 'RNODE_VM_DISK_UNSUPPORTED',
+} as const;
+
+export type Consistency = 'application' | 'crash';
+
+export interface SnapshotRequest {
+  name?: string;
+  /** Device keys to open (default: the config's disks, else all). */
+  disks?: number[];
+  /** Ask VMware Tools to quiesce the guest (default: the config's quiesce). */
+  quiesce?: boolean;
+  /** When quiescing is impossible: take a crash-consistent snapshot (fallback, the default) or fail. */
+  quiesceFallback?: 'fallback' | 'fail';
 }
 
 export class VmwareSession {
@@ -81,13 +108,72 @@ export class VmwareSession {
     return { enabled: true, enabledNow: true };
   }
 
-  /** Takes a snapshot (no memory) and opens the selected disks of it read-only through VDDK. */
-  async createSnapshot(opts: { name?: string; disks?: number[] } = {}): Promise<VmSnapshot> {
+  /** The VDDK connect parameters of this session (the password is the session's buffer: do not keep it). */
+  #vddkParams(snapshotMoref?: string): VddkConnectOptions {
+    const c = this.config;
+    return {
+      vmMoref: c.vm, server: c.host, port: c.port ?? 443, nfcHostPort: c.nfcHostPort, thumbprint: c.thumbprint, user: c.user,
+      password: this.#password, transports: c.transports ?? ['nbdssl', 'nbd'], identity: 'rnode replication',
+      ...(snapshotMoref ? { snapshotMoref } : {}),
+    };
+  }
+
+  /** VixDiskLib_Cleanup for this VM's connection: what an earlier, killed process left behind. */
+  async cleanupVddk(): Promise<{ supported: boolean; cleanedUp: number; remaining: number }> {
+    return cleanupVddk(this.#vddkParams());
+  }
+
+  /** EndAccess for a run that was killed after its PrepareForAccess (vSphere keeps relocation disabled until then). */
+  async endStaleAccess(): Promise<void> {
+    await endAccessVddk(this.#vddkParams());
+  }
+
+  /** Removes snapshots an earlier rnode run of this VM left (a killed process); returns them. User snapshots stay. */
+  async removeStaleSnapshots(): Promise<SnapshotTreeEntry[]> {
+    const all = await this.client.listSnapshots(this.config.vm);
+    const stale = all.filter((s) => s.name.startsWith(SNAPSHOT_PREFIX) && s.description === SNAPSHOT_DESCRIPTION);
+    for (const s of stale.reverse()) {
+      await this.client.removeSnapshot(s.moref);
+      this.#log(`removed snapshot ${s.moref} (${s.name}) that an earlier rnode run of VM ${this.config.vm} left behind`);
+    }
+    return stale.reverse();
+  }
+
+  /**
+   * Takes a snapshot (no memory) and opens the selected disks of it read-only through VDDK. With quiesce, VMware
+   * Tools must be running and quiescing must work; otherwise quiesceFallback decides (crash-consistent, or fail).
+   */
+  async createSnapshot(opts: SnapshotRequest = {}): Promise<VmSnapshot> {
     if (this.#closed) throw new RnodeError(ErrorCodes.INTERNAL, 'the vSphere session is closed');
     const vm = this.config.vm;
-    const name = opts.name ?? `rnode-${new Date().toISOString()}`;
-    const moref = await this.client.createSnapshot(vm, name, { description: 'taken by rnode for replication; removed when the run ends', quiesce: this.config.quiesce });
-    const snap = new VmSnapshot(this, moref);
+    const name = opts.name ?? `${SNAPSHOT_PREFIX}${new Date().toISOString()}`;
+    const quiesce = opts.quiesce ?? this.config.quiesce ?? false;
+    let moref: string | undefined;
+    let consistency: Consistency = 'crash';
+    let consistencyReason: string | undefined;
+    if (quiesce) {
+      const tools = await this.client.toolsRunningStatus(vm);
+      if (tools !== undefined && tools !== 'guestToolsRunning') {
+        consistencyReason = `VMware Tools are not running in VM ${vm} (${tools}), so the guest cannot be quiesced`;
+      } else {
+        try {
+          moref = await this.client.createSnapshot(vm, name, { description: SNAPSHOT_DESCRIPTION, quiesce: true });
+          consistency = 'application';
+        } catch (err) {
+          if (!(err instanceof VSphereFault) || !QUIESCE_FAULTS.has(err.fault)) throw err;
+          consistencyReason = `quiescing VM ${vm} failed (${err.fault}${err.faultString ? `: ${err.faultString}` : ''})`;
+        }
+      }
+      if (consistencyReason) {
+        if (opts.quiesceFallback === 'fail') {
+          throw new RnodeError(VmErrorCodes.QUIESCE, `${consistencyReason}; no snapshot was taken. Start VMware Tools in the guest, ` +
+            'or allow crash-consistent points with quiesceFallback: "fallback"');
+        }
+        this.#log(`${consistencyReason}; taking a crash-consistent snapshot instead (quiesceFallback: fallback)`);
+      }
+    }
+    moref ??= await this.client.createSnapshot(vm, name, { description: SNAPSHOT_DESCRIPTION, quiesce: false });
+    const snap = new VmSnapshot(this, moref, { name, consistency, ...(consistencyReason ? { consistencyReason } : {}) });
     try {
       await snap.openDisks(opts.disks ?? this.config.disks, this.#password);
     } catch (err) {
@@ -111,15 +197,22 @@ export class VmwareSession {
 
 export class VmSnapshot {
   readonly moref: string;
+  readonly name: string;
+  readonly createdAt = new Date().toISOString();
+  readonly consistency: Consistency;
+  readonly consistencyReason?: string;
   disks: VirtualDiskInfo[] = [];
   readonly sources = new Map<number, VddkSource>();
   #session: VmwareSession;
   #connection?: VddkConnection;
   #removed?: Promise<void>;
 
-  constructor(session: VmwareSession, moref: string) {
+  constructor(session: VmwareSession, moref: string, about: { name?: string; consistency?: Consistency; consistencyReason?: string } = {}) {
     this.#session = session;
     this.moref = moref;
+    this.name = about.name ?? moref;
+    this.consistency = about.consistency ?? 'crash';
+    if (about.consistencyReason) this.consistencyReason = about.consistencyReason;
   }
 
   /** @internal */

@@ -1,0 +1,92 @@
+// Jobs on VM points, for the CLI and the agent: restore every disk of one VM point, and retention that keeps
+// whole VM points (a VM point is never left with one of its disk points pruned away).
+import fs from 'node:fs';
+import path from 'node:path';
+import type { EncryptionKey } from '../crypto/keys.js';
+import type { LeaseOptions } from '../recovery/lease.js';
+import { listPointSeqs } from '../recovery/points.js';
+import { prune } from '../recovery/prune.js';
+import { recover, type RecoverResult } from '../recovery/restore.js';
+import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../recovery/vm-points.js';
+import type { ObjectStore } from '../store/types.js';
+
+export interface RecoverVmOptions {
+  store: ObjectStore;
+  vm: string;
+  /** A VM point number or "latest" (default). */
+  point?: string;
+  /** Each disk is written to <outDir>/<disk id>.img, the VM point (with the VM config) to <outDir>/vm-point.json. */
+  outDir: string;
+  encryption?: EncryptionKey;
+}
+
+export interface RecoverVmResult {
+  vm: string;
+  vmPoint: number;
+  snapshot: string;
+  consistency: VmPoint['consistency'];
+  disks: Array<RecoverResult & { key: number }>;
+  configFile: string;
+  seconds: number;
+}
+
+export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult> {
+  const started = performance.now();
+  const seq = await resolveVmPoint(opts.store, opts.vm, opts.point);
+  const p = await loadVmPoint(opts.store, opts.vm, seq);
+  fs.mkdirSync(opts.outDir, { recursive: true });
+  const disks: RecoverVmResult['disks'] = [];
+  for (const d of p.disks) {
+    const r = await recover({ store: opts.store, disk: d.disk, point: String(d.point), out: path.join(opts.outDir, `${d.disk}.img`), encryption: opts.encryption });
+    disks.push({ ...r, key: d.key });
+  }
+  const configFile = path.join(opts.outDir, 'vm-point.json');
+  fs.writeFileSync(configFile, JSON.stringify(p, null, 2));
+  return { vm: p.vm, vmPoint: p.seq, snapshot: p.snapshot.moref, consistency: p.consistency, disks, configFile, seconds: (performance.now() - started) / 1000 };
+}
+
+export interface PruneVmOptions {
+  store: ObjectStore;
+  vm: string;
+  keep: number;
+  lease?: LeaseOptions | false;
+  /** The disks' key: pruning an encrypted disk rewrites authenticated tables. */
+  encryption?: EncryptionKey;
+}
+
+export interface PruneVmResult {
+  vm: string;
+  kept: number[];
+  deletedVmPoints: number[];
+  disks: Array<{ disk: string; deleted: number[] }>;
+}
+
+/**
+ * Keeps the newest `keep` VM points. Order makes a crash safe: the older VM point records go first (a VM point
+ * that exists always has all its disk points), then each disk keeps every point from the oldest one a kept VM
+ * point uses (disk points in between, of partial runs, stay too: prune keeps a newest run of points).
+ * Points of disks no kept VM point uses (removed disks) are left alone: `rnode prune --disk` removes them.
+ */
+export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
+  const { store, vm, keep } = opts;
+  const seqs = await listVmPointSeqs(store, vm);
+  const kept = seqs.slice(-keep);
+  const doomed = seqs.slice(0, seqs.length - kept.length);
+  if (doomed.length === 0) return { vm, kept, deletedVmPoints: [], disks: [] };
+  const oldestUsed = new Map<string, number>();
+  for (const s of kept) {
+    for (const d of (await loadVmPoint(store, vm, s)).disks) oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
+  }
+  await deleteVmPoints(store, vm, doomed);
+  const disks: PruneVmResult['disks'] = [];
+  for (const [disk, oldest] of oldestUsed) {
+    const points = await listPointSeqs(store, disk);
+    const keepN = points.filter((s) => s >= oldest).length;
+    if (keepN > 0 && keepN < points.length) {
+      const r = await prune({ store, disk, keep: keepN, encryption: opts.encryption, ...(opts.lease !== undefined ? { lease: opts.lease } : {}) });
+      disks.push({ disk, deleted: r.deleted });
+    }
+  }
+  await deletePartialRunsBefore(store, vm, kept[0]);
+  return { vm, kept, deletedVmPoints: doomed, disks };
+}

@@ -1,0 +1,168 @@
+// VM points: what ties the disk points of one VM snapshot together. A VM point is written only after every
+// selected disk committed its point, so a VM point never names a point that is not there; disk points of a
+// run that did not finish are recorded as partial (they belong to no VM point). Keys come from vmLayout.
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { seqFromKey, validateDiskId, vmLayout } from '../format/layout.js';
+import type { ObjectStore } from '../store/types.js';
+
+export type Consistency = 'application' | 'crash';
+
+export interface VmPointDisk {
+  /** The device key in the VM (2000, 2001...). */
+  key: number;
+  /** The disk id its points are stored under, and the point of it that belongs to this VM point. */
+  disk: string;
+  point: number;
+  label: string;
+  fileName: string;
+  capacityBytes: number;
+  changeId?: string;
+  /** VDDK's transport for the read (nbdssl, nbd, hotadd, san). */
+  transport: string;
+  /** Why the whole disk was read (first point, added, resized, CBT reset...). */
+  fullReason?: string;
+  rescanReason?: string;
+}
+
+export interface VmPoint {
+  format: 'rnode-vm-point';
+  version: 1;
+  vm: string;
+  vmName: string;
+  seq: number;
+  snapshot: { moref: string; name: string; createdAt: string };
+  /** application: VMware Tools quiesced the guest; crash: as after a power cut. */
+  consistency: Consistency;
+  /** Why it is crash-consistent although quiesce was asked for. */
+  consistencyReason?: string;
+  disks: VmPointDisk[];
+  /** Disks of the VM that are not in this point, and why (independent, RDM physical, not selected). */
+  skipped: Array<{ key: number; label: string; reason: string }>;
+  /** Disks of the previous VM point the VM no longer has; their points are kept. */
+  removed: Array<{ key: number; disk: string; reason: string }>;
+  /** The VM's configuration (VirtualMachineConfigInfo) at the snapshot, as vSphere returned it. */
+  config: unknown;
+  committedAt: string;
+}
+
+export interface PartialVmRun {
+  format: 'rnode-vm-partial';
+  vm: string;
+  snapshot: string;
+  at: string;
+  /** Disk points that committed in this run; they are in no VM point. */
+  committed: Array<{ key: number; disk: string; point: number }>;
+  failed: Array<{ key: number; disk: string; code: string; message: string }>;
+}
+
+function validateVm(vm: string): string {
+  try {
+    return validateDiskId(vm);
+  } catch {
+    throw new RnodeError(ErrorCodes.USAGE, `"${vm}" is not a VM MoRef (e.g. vm-42)`);
+  }
+}
+
+export async function listVmPointSeqs(store: ObjectStore, vm: string): Promise<number[]> {
+  const seqs: number[] = [];
+  for await (const o of store.list(vmLayout.pointsPrefix(validateVm(vm)))) {
+    const s = seqFromKey(o.key);
+    if (s !== undefined) seqs.push(s);
+  }
+  return seqs.sort((a, b) => a - b);
+}
+
+export async function loadVmPoint(store: ObjectStore, vm: string, seq: number): Promise<VmPoint> {
+  const key = vmLayout.point(validateVm(vm), seq);
+  let bytes: Buffer;
+  try {
+    bytes = await store.get(key);
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) {
+      throw new RnodeError(ErrorCodes.POINT_NOT_FOUND, `VM point ${seq} of ${vm} does not exist; list them with "rnode points --vm ${vm}"`);
+    }
+    throw err;
+  }
+  let p: VmPoint;
+  try {
+    p = JSON.parse(bytes.toString('utf8')) as VmPoint;
+  } catch (err) {
+    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `VM point ${key} is not valid JSON; the store is damaged`, { cause: err });
+  }
+  if (p.format !== 'rnode-vm-point' || p.vm !== vm || p.seq !== seq || !Array.isArray(p.disks)) {
+    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `VM point ${key} does not describe point ${seq} of ${vm}; the store is damaged`);
+  }
+  if (p.version !== 1) throw new RnodeError(ErrorCodes.FORMAT_VERSION, `VM point ${key} has version ${p.version}; this rnode reads version 1`);
+  return p;
+}
+
+export async function listVmPoints(store: ObjectStore, vm: string): Promise<VmPoint[]> {
+  const out: VmPoint[] = [];
+  for (const s of await listVmPointSeqs(store, vm)) out.push(await loadVmPoint(store, vm, s));
+  return out;
+}
+
+export async function latestVmPoint(store: ObjectStore, vm: string): Promise<VmPoint | undefined> {
+  const seqs = await listVmPointSeqs(store, vm);
+  return seqs.length ? loadVmPoint(store, vm, seqs[seqs.length - 1]) : undefined;
+}
+
+/** "latest", undefined or a number → an existing VM point's number. */
+export async function resolveVmPoint(store: ObjectStore, vm: string, which: string | undefined): Promise<number> {
+  const seqs = await listVmPointSeqs(store, vm);
+  if (seqs.length === 0) throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `VM ${vm} has no VM points in ${store.location}; check --vm and --store`);
+  if (which === undefined || which === 'latest') return seqs[seqs.length - 1];
+  if (!/^\d+$/.test(which) || !seqs.includes(Number(which))) {
+    throw new RnodeError(ErrorCodes.POINT_NOT_FOUND, `VM point ${which} of ${vm} does not exist; existing: ${seqs.join(', ')} (or "latest")`);
+  }
+  return Number(which);
+}
+
+/**
+ * Writes the next VM point (seq = newest + 1, created only if absent). Called once every disk point of it has
+ * committed: the VM point is the commit of the VM run.
+ */
+export async function commitVmPoint(store: ObjectStore, point: Omit<VmPoint, 'format' | 'version' | 'seq' | 'committedAt'>): Promise<VmPoint> {
+  const vm = validateVm(point.vm);
+  for (let attempt = 0; ; attempt++) {
+    const seqs = await listVmPointSeqs(store, vm);
+    const seq = (seqs.at(-1) ?? 0) + 1;
+    const full: VmPoint = { format: 'rnode-vm-point', version: 1, ...point, seq, committedAt: new Date().toISOString() };
+    try {
+      await store.put(vmLayout.point(vm, seq), Buffer.from(JSON.stringify(full)), { ifNoneMatch: true });
+      return full;
+    } catch (err) {
+      if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || attempt >= 3) throw err;
+    }
+  }
+}
+
+/** Records disk points of a run that failed for another disk: they are in no VM point (the next run repairs that). */
+export async function recordPartialVmRun(store: ObjectStore, run: Omit<PartialVmRun, 'format' | 'at'>): Promise<string> {
+  const vm = validateVm(run.vm);
+  const after = (await listVmPointSeqs(store, vm)).at(-1) ?? 0;
+  const key = vmLayout.partial(vm, after, Date.now());
+  await store.put(key, Buffer.from(JSON.stringify({ format: 'rnode-vm-partial', ...run, at: new Date().toISOString() } satisfies PartialVmRun)));
+  return key;
+}
+
+export async function listPartialVmRuns(store: ObjectStore, vm: string): Promise<PartialVmRun[]> {
+  const out: PartialVmRun[] = [];
+  for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm)))) out.push(JSON.parse((await store.get(o.key)).toString('utf8')) as PartialVmRun);
+  return out;
+}
+
+/** Deletes VM point records (not the disk points: the caller prunes those afterwards). */
+export async function deleteVmPoints(store: ObjectStore, vm: string, seqs: number[]): Promise<void> {
+  for (const s of [...seqs].sort((a, b) => a - b)) await store.delete(vmLayout.point(validateVm(vm), s));
+}
+
+/** Partial-run records made before VM point `upTo` was committed are obsolete once it is pruned away. */
+export async function deletePartialRunsBefore(store: ObjectStore, vm: string, upTo: number): Promise<number> {
+  let n = 0;
+  for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm)))) {
+    const m = /\/(\d{10})-\d{15}\.json$/.exec(o.key);
+    if (m && Number(m[1]) < upTo) { await store.delete(o.key); n++; }
+  }
+  return n;
+}
