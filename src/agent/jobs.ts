@@ -11,7 +11,7 @@ import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
 import { openStore, type WrappedStore } from '../store/index.js';
-import { TokenBucket } from '../transport/throttle.js';
+import { TokenBucket } from '../throttle.js';
 import type { Logger } from './log.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef } from './protocol.js';

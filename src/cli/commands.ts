@@ -9,41 +9,23 @@ import { replicate } from '../recovery/replicate.js';
 import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
-import { openStore } from '../store/index.js';
+import { parseBandwidth } from '../transport/index.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str, type Options } from './args.js';
-import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv, remoteReplicateOptions, serveCmd } from './serve.js';
+import { agentCommand } from './agent.js';
+import type { Command, Io } from './command.js';
+import { serveCmd } from './serve.js';
+import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
 import { isVmwareSource, replicateVmwareCommand, vmwareReplicateOptions, VMWARE_REPLICATE_USAGE } from './vmware.js';
 import path from 'node:path';
 
-export interface Io {
-  out: (line: string) => void;
-  err: (line: string) => void;
-}
-
-export interface Command {
-  summary: string;
-  usage: string;
-  options: Options;
-  run(values: Record<string, string | boolean | undefined>, io: Io): Promise<number>;
-}
+export type { Command, Io } from './command.js';
 
 const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
   if (json) io.out(JSON.stringify(obj));
   else for (const l of human()) io.out(l);
 };
-
-async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>,
-    v?: Record<string, string | boolean | undefined>): Promise<T> {
-  // ws:// and wss:// stores take their token file, CA or pin and bandwidth from the flags (see serve.ts).
-  const store = await openStore(location, v && isRemoteLocation(location) ? { env: remoteEnv(v) } : {});
-  try {
-    return await fn(store);
-  } finally {
-    await store.close();
-  }
-}
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
@@ -62,6 +44,8 @@ const replicateCmd: Command = {
     const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;
     const concurrency = v.concurrency !== undefined ? positiveInt(str(v, 'concurrency')!, 'concurrency') : undefined;
     const encryption = encryptionKeyFrom(v);
+    // One limit for every kind of target (directory, cloud, ws://): the store's puts are paced, lease writes exempt.
+    const bandwidth = v.bandwidth !== undefined ? parseBandwidth(str(v, 'bandwidth')!) : undefined;
     const source = await openSource(sourceArg);
     try {
       const target = str(v, 'target')!;
@@ -69,7 +53,7 @@ const replicateCmd: Command = {
       const r = await withStore(target, (store) =>
         replicate({ store, source, disk, chunkSize, codec, concurrency, encryption, forceFull: v.full === true,
           onProgress: (p) => bar.update(p.position, p.diskSize),
-          ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v).finally(() => bar.done());
+          ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v, { bandwidth }).finally(() => bar.done());
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
@@ -148,13 +132,13 @@ const verifyCmd: Command = {
 
 const pruneCmd: Command = {
   summary: 'keep the newest points, delete older ones and the chunks only they used',
-  usage: 'rnode prune --store <store> --disk <id> --keep <n> [--json]',
-  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' } },
+  usage: `rnode prune --store <store> --disk <id> --keep <n> ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'prune', 'store', 'disk', 'keep');
     const disk = validateDiskId(str(v, 'disk')!);
     const keep = positiveInt(str(v, 'keep')!, 'keep');
-    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep }));
+    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep }), v);
     print(io, v.json === true, r, () => [
       `kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
       `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`,
@@ -169,7 +153,7 @@ export const commands: Record<string, Command> = {
   recover: recoverCmd,
   verify: verifyCmd,
   prune: pruneCmd,
-  agent: (await import('./agent.js')).agentCommand, // lazy-registered by the agent work; the lead may make it a static import
+  agent: agentCommand,
   serve: serveCmd,
 };
 

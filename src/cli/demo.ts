@@ -13,6 +13,7 @@ import { verify } from '../recovery/verify.js';
 import { generateSampleDisk, scatterWrites } from '../sample/sample-disk.js';
 import { openSource } from '../source/index.js';
 import { openStore } from '../store/index.js';
+import type { Options } from './args.js';
 import { parse, type Io } from './commands.js';
 import { bytes, rate, secs } from './format.js';
 import { parseSize } from '../pipeline/grid.js';
@@ -23,8 +24,11 @@ async function fileDigest(p: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** The demo's flags (also what `rnode completion` offers for it). */
+export const DEMO_OPTIONS: Options = { size: { type: 'string' }, workdir: { type: 'string' }, keep: { type: 'boolean' } };
+
 export async function runDemo(argv: string[], io: Io): Promise<number> {
-  const v = parse('demo', argv, { size: { type: 'string' }, workdir: { type: 'string' }, keep: { type: 'boolean' } });
+  const v = parse('demo', argv, DEMO_OPTIONS);
   const size = parseSize(typeof v.size === 'string' ? v.size : '256MiB');
   if (!size || size < 1) throw new RnodeError(ErrorCodes.USAGE, '--size must be a size such as 256MiB');
   const json = v.json === true;

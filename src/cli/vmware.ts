@@ -5,9 +5,10 @@ import { codecByName } from '../format/codecs.js';
 import { validateChunkSize } from '../pipeline/grid.js';
 import { exitVddk } from '../vddk/index.js';
 import { loadVmwareConfig, parseVddkUrl, replicateVm, VmwareSession, type ReplicateVmResult, type VmwareSourceConfig } from '../source/vddk/index.js';
-import { openStore } from '../store/index.js';
+import { parseBandwidth } from '../transport/index.js';
 import { encryptionKeyFrom, ENCRYPTION_USAGE, type Options } from './args.js';
 import { bytes, rate, secs } from './format.js';
+import { openStoreFromFlags } from './store-flags.js';
 
 interface Io { out: (line: string) => void; err: (line: string) => void }
 type Values = Record<string, string | boolean | undefined>;
@@ -19,7 +20,7 @@ export const vmwareReplicateOptions: Options = {
 
 export const VMWARE_REPLICATE_USAGE =
   'rnode replicate (--source vddk://<host>/<vm-moref>[?disk=<key>&transports=nbdssl:nbd] | --source-config <vm.json>) --target <store> ' +
-  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--full] ${ENCRYPTION_USAGE} [--json]`;
+  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} [--json]`;
 
 /** True when the replicate flags name a VMware source. */
 export function isVmwareSource(v: Values): boolean {
@@ -58,7 +59,8 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   const json = v.json === true;
   const log = (line: string) => { if (!json) io.err(`rnode: ${line}`); };
 
-  const store = await openStore(v.target);
+  const bandwidth = typeof v.bandwidth === 'string' ? parseBandwidth(v.bandwidth) : undefined;
+  const store = await openStoreFromFlags(v.target, v, { bandwidth });
   let r: ReplicateVmResult;
   try {
     const session = await VmwareSession.open(config, { log });

@@ -71,7 +71,7 @@ export class Lease {
           { details: { holder: cur.record.holder, expiresAt: cur.record.expiresAt } });
       }
       try {
-        const info = await store.put(key, encode(record), cur ? { ifMatch: cur.etag } : { ifNoneMatch: true });
+        const info = await store.put(key, encode(record), cur ? { ifMatch: cur.etag, control: true } : { ifNoneMatch: true, control: true });
         const lease = new Lease(store, record, info.etag ?? '', ttlMs, now);
         lease.startRenewing();
         return lease;
@@ -108,7 +108,7 @@ export class Lease {
     const t = this.now();
     const next: LeaseRecord = { ...this.record, expiresAt: new Date(t + this.ttlMs).toISOString() };
     try {
-      const info = await this.store.put(layout.lease(this.record.disk), encode(next), { ifMatch: this.etag });
+      const info = await this.store.put(layout.lease(this.record.disk), encode(next), { ifMatch: this.etag, control: true });
       this.etag = info.etag ?? this.etag;
       this.record.expiresAt = next.expiresAt;
     } catch (err) {
@@ -138,7 +138,7 @@ export class Lease {
     if (this.lostError) return;
     // Expire it rather than delete it, so the fencing token keeps growing across holders.
     const done: LeaseRecord = { ...this.record, expiresAt: new Date(0).toISOString() };
-    await this.store.put(layout.lease(this.record.disk), encode(done), { ifMatch: this.etag }).catch(() => undefined);
+    await this.store.put(layout.lease(this.record.disk), encode(done), { ifMatch: this.etag, control: true }).catch(() => undefined);
   }
 }
 
