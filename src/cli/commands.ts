@@ -17,6 +17,7 @@ import { serveCmd } from './serve.js';
 import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
+import { stoppable } from './signals.js';
 import { isVmwareSource, replicateVmwareCommand, vmwareReplicateOptions, VMWARE_REPLICATE_USAGE } from './vmware.js';
 import path from 'node:path';
 
@@ -50,10 +51,11 @@ const replicateCmd: Command = {
     try {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
-      const r = await withStore(target, (store) =>
-        replicate({ store, source, disk, chunkSize, codec, concurrency, encryption, forceFull: v.full === true,
-          onProgress: (p) => bar.update(p.position, p.diskSize),
-          ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v, { bandwidth }).finally(() => bar.done());
+      const r = await stoppable('replicate', 'the chunks stored so far are checkpointed: run the same command again to resume', (signal) =>
+        withStore(target, (store) =>
+          replicate({ store, source, disk, chunkSize, codec, concurrency, encryption, forceFull: v.full === true, signal,
+            onProgress: (p) => bar.update(p.position, p.diskSize),
+            ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v, { bandwidth })).finally(() => bar.done());
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
@@ -99,8 +101,9 @@ const recoverCmd: Command = {
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
     const bar = new ProgressBar({ label: `recover ${disk}`, enabled: v.json !== true });
-    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!, encryption,
-      onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v).finally(() => bar.done());
+    const r = await stoppable('recover', 'run the same command again to recover the point', (signal) =>
+      withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!, encryption, signal,
+        onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v)).finally(() => bar.done());
     print(io, v.json === true, r, () => [
       `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
       `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros left sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,

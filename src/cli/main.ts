@@ -1,10 +1,11 @@
 // rnode's entry: pick the command, run it, map errors to one line and an exit code
-// (0 success, 1 operational failure, 2 usage error). Stacks only with --debug.
+// (0 success, 1 operational failure, 2 usage error, 130/143 stopped by SIGINT/SIGTERM). Stacks only with --debug.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { commands, parse, type Io } from './commands.js';
 import { completionScript, type CompletionTable } from './completion.js';
 import { DEMO_OPTIONS, runDemo } from './demo.js';
+import { signalExitCode } from './signals.js';
 
 /** What `rnode completion` completes: the command table plus the commands main handles itself. */
 function completionTable(): CompletionTable {
@@ -47,6 +48,8 @@ function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
     if (json) io.out(JSON.stringify({ error: { code: err.code, message: err.message, ...err.details } }));
     io.err(`rnode: ${err.code}: ${err.message}`);
     if (debug && err.stack) io.err(err.stack);
+    // A job stopped by SIGTERM/SIGINT (signals.ts) exits like the shell reports a signal: 128 + its number.
+    if (typeof err.details.signal === 'string') return signalExitCode(err.details.signal);
     return err.isUsage ? 2 : 1;
   }
   const e = err as Error;

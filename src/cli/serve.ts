@@ -68,12 +68,16 @@ export const serveCmd: Command = {
       io.out(`listening on ${info.listening}, storing into ${info.store}${token ? ', token required' : ', NO token required'}`);
       if (info.fingerprint) io.out(`  certificate SHA-256 ${info.fingerprint} (clients: --pin-sha256 ${info.fingerprint})`);
     }
-    await new Promise<void>((resolve) => {
-      const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
+    // SIGTERM/SIGINT: stop accepting, let the puts in flight land, close the store, exit 0 (a requested stop of
+    // a service is a success). A second signal finds no handler and ends the process at once.
+    const signal = await new Promise<string>((resolve) => {
+      const stop = (sig: string) => { process.off('SIGINT', onInt); process.off('SIGTERM', onTerm); resolve(sig); };
+      const onInt = () => stop('SIGINT');
+      const onTerm = () => stop('SIGTERM');
+      process.on('SIGINT', onInt);
+      process.on('SIGTERM', onTerm);
     });
-    log('stopping', { sessions: server.stats.sessions });
+    log('stopping', { signal, sessions: server.stats.sessions });
     await server.close();
     await store.close();
     return 0;

@@ -25,6 +25,8 @@ export interface RecoverOptions {
   encryption?: EncryptionKey;
   concurrency?: number;
   onProgress?: (p: { bytesWritten: number; chunksDone: number; diskSize: number }) => void;
+  /** Stops before the next chunk (those in flight finish); the partial output is removed, as on any failure. */
+  signal?: AbortSignal;
 }
 
 export interface RecoverResult {
@@ -63,6 +65,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     const concurrency = opts.concurrency ?? 8;
     const slots = new BufferPool(concurrency, () => newReadSlot(chunkSize));
     await withWorkerKey(opts.encryption, () => forEachBounded(nonZero(), concurrency, async (e) => {
+      if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, `recovery was cancelled; ${target.tmp ? 'no output was left behind' : `${opts.out} holds part of the point`}`);
       const slot = await slots.acquire();
       try {
         const plain = await readChunk(store, disk, chunkSize, e, seq, slot, seal);
