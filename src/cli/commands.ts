@@ -10,7 +10,7 @@ import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
 import { parseBandwidth } from '../transport/index.js';
-import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str, type Options } from './args.js';
+import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str } from './args.js';
 import { agentCommand } from './agent.js';
 import type { Command, Io } from './command.js';
 import { serveCmd } from './serve.js';
