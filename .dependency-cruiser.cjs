@@ -5,25 +5,35 @@
 
 // Folders from top to bottom; a module may import its own folder and any folder below it.
 const LAYERS = [
-  ['cli'], ['agent'], ['recovery'], ['export'], ['transport'], ['pipeline'], ['source', 'vddk', 'vsphere', 'sample'],
-  ['format', 'crypto'], ['store'], ['native'],
+  ['cli'],
+  ['agent'],
+  ['recovery'],
+  ['export'],
+  ['transport'],
+  ['pipeline'],
+  ['source', 'vddk', 'vsphere', 'sample'],
+  ['format', 'crypto'],
+  ['store'],
+  ['native'],
 ];
 
 const upward = LAYERS.flatMap((layer, i) => {
   const above = LAYERS.slice(0, i).flat();
   if (above.length === 0) return [];
-  return [{
-    name: `no-upward-from-${layer.join('-')}`,
-    comment: `${layer.join(', ')} sit below ${above.join(', ')}: they must not import them (STYLE.md layers)`,
-    severity: 'error',
-    from: {
-      path: `^src/(${layer.join('|')})/`,
-      // Known upward arrow, removed when the VM runner moves to src/jobs (issue 15, structural moves):
-      // the VMware source's replicateVm calls the replicate job.
-      ...(layer.includes('source') ? { pathNot: '^src/source/vddk/replicate-vm\\.ts$' } : {}),
+  return [
+    {
+      name: `no-upward-from-${layer.join('-')}`,
+      comment: `${layer.join(', ')} sit below ${above.join(', ')}: they must not import them (STYLE.md layers)`,
+      severity: 'error',
+      from: {
+        path: `^src/(${layer.join('|')})/`,
+        // Known upward arrow, removed when the VM runner moves to src/jobs (issue 15, structural moves):
+        // the VMware source's replicateVm calls the replicate job.
+        ...(layer.includes('source') ? { pathNot: '^src/source/vddk/replicate-vm\\.ts$' } : {}),
+      },
+      to: { path: `^src/(${above.join('|')})/` },
     },
-    to: { path: `^src/(${above.join('|')})/` },
-  }];
+  ];
 });
 
 module.exports = {

@@ -7,7 +7,10 @@ export class TokenBucket {
   private paidUntil = performance.now();
 
   /** @param rate bytes per second; @param burstMs how much unused time may be banked after an idle spell. */
-  constructor(readonly rate: number, private readonly burstMs = 100) {
+  constructor(
+    readonly rate: number,
+    private readonly burstMs = 100,
+  ) {
     if (!(rate > 0)) throw new RangeError('bandwidth must be positive');
   }
 
@@ -31,11 +34,17 @@ export class TokenBucket {
 /** Sleeps ms; an abort rejects at once with the signal's reason (a CANCELLED RnodeError when it has none). */
 export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    const reason = () => signal?.reason instanceof Error ? signal.reason
-      : new RnodeError(ErrorCodes.CANCELLED, 'the run was cancelled while waiting for bandwidth');
+    const reason = () =>
+      signal?.reason instanceof Error ? signal.reason : new RnodeError(ErrorCodes.CANCELLED, 'the run was cancelled while waiting for bandwidth');
     if (signal?.aborted) return reject(reason());
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(timer); reject(reason()); };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(reason());
+    };
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

@@ -37,7 +37,8 @@ export async function stoppable<T>(job: string, afterStop: string, fn: (signal: 
   try {
     return await fn(controller.signal);
   } catch (err) {
-    if (received) throw new RnodeError(ErrorCodes.CANCELLED, `${job} stopped by ${received}; ${afterStop}`, { cause: err, details: { signal: received } });
+    if (received)
+      throw new RnodeError(ErrorCodes.CANCELLED, `${job} stopped by ${received}; ${afterStop}`, { cause: err, details: { signal: received } });
     throw err;
   } finally {
     process.off('SIGTERM', onTerm);

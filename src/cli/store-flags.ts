@@ -7,7 +7,9 @@ import type { Values } from './command.js';
 
 /** Flags of every command that takes a store, for ws:// and wss:// locations. */
 export const REMOTE_OPTIONS: Options = {
-  'token-file': { type: 'string' }, ca: { type: 'string' }, 'pin-sha256': { type: 'string' },
+  'token-file': { type: 'string' },
+  ca: { type: 'string' },
+  'pin-sha256': { type: 'string' },
 };
 
 export const REMOTE_USAGE = '[--token-file <f>] [--ca <f> | --pin-sha256 <fingerprint>]';
@@ -27,7 +29,8 @@ function remoteAccess(location: string, v: Values): RemoteAccess | undefined {
   if (!isRemoteLocation(location)) {
     throw new RnodeError(ErrorCodes.USAGE, '--token-file, --ca and --pin-sha256 apply to ws:// and wss:// stores only; drop them for this store');
   }
-  if (access.caFile !== undefined && access.pinSha256 !== undefined) throw new RnodeError(ErrorCodes.USAGE, 'pass either --ca or --pin-sha256, not both');
+  if (access.caFile !== undefined && access.pinSha256 !== undefined)
+    throw new RnodeError(ErrorCodes.USAGE, 'pass either --ca or --pin-sha256, not both');
   return access;
 }
 
@@ -38,8 +41,12 @@ export async function openStoreFromFlags(location: string, v: Values, opts: { ba
 }
 
 /** openStoreFromFlags, then fn, then close. */
-export async function withStore<T>(location: string, fn: (store: WrappedStore) => Promise<T>, v: Values = {},
-    opts: { bandwidth?: number } = {}): Promise<T> {
+export async function withStore<T>(
+  location: string,
+  fn: (store: WrappedStore) => Promise<T>,
+  v: Values = {},
+  opts: { bandwidth?: number } = {},
+): Promise<T> {
   const store = await openStoreFromFlags(location, v, opts);
   try {
     return await fn(store);
@@ -55,8 +62,10 @@ const REMOTE_CHECKPOINT = { checkpointRecords: 64, checkpointMillis: 2000 } as c
 const REMOTE_CONCURRENCY = 16;
 
 /** replicate() options for a ws(s):// target: frequent checkpoints, a deeper pipeline for chunks up to 2 MiB. */
-export function remoteReplicateOptions(concurrency: number | undefined, chunkSize: number | undefined):
-    { checkpointRecords: number; checkpointMillis: number; concurrency?: number } {
+export function remoteReplicateOptions(
+  concurrency: number | undefined,
+  chunkSize: number | undefined,
+): { checkpointRecords: number; checkpointMillis: number; concurrency?: number } {
   const deep = chunkSize === undefined || chunkSize <= 2 * 1024 * 1024;
   const c = concurrency ?? (deep ? REMOTE_CONCURRENCY : undefined);
   return { ...REMOTE_CHECKPOINT, ...(c !== undefined ? { concurrency: c } : {}) };

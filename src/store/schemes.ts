@@ -43,20 +43,23 @@ export function storeFactory(scheme: string): StoreFactory | undefined {
 }
 
 export function badStoreUrl(location: string, why: string): RnodeError {
-  return new RnodeError(ErrorCodes.BAD_STORE_URL,
+  return new RnodeError(
+    ErrorCodes.BAD_STORE_URL,
     `store location ${JSON.stringify(redact(location))} ${why}; use a directory path, file:///dir, mem://name, ` +
-    `s3://bucket/prefix, azblob://container/prefix or gs://bucket/prefix` +
-    (extraSchemes().length ? ` (also registered: ${extraSchemes().join(', ')})` : ''),
-    { details: { location: redact(location) } });
+      `s3://bucket/prefix, azblob://container/prefix or gs://bucket/prefix` +
+      (extraSchemes().length ? ` (also registered: ${extraSchemes().join(', ')})` : ''),
+    { details: { location: redact(location) } },
+  );
 }
 
 const BUILTIN = new Set(['file', 'mem', 's3', 'azblob', 'gs']);
 function extraSchemes(): string[] {
-  return registeredSchemes().filter((s) => !BUILTIN.has(s)).map((s) => `${s}://`);
+  return registeredSchemes()
+    .filter((s) => !BUILTIN.has(s))
+    .map((s) => `${s}://`);
 }
 
 /** Drops user:password and query values that look like secrets, for messages. */
 export function redact(location: string): string {
-  return location.replace(/\/\/[^/@]*@/, '//***@')
-    .replace(/([?&](?:sig|sas|key|secret|token|password)[^=&]*=)[^&]*/gi, '$1***');
+  return location.replace(/\/\/[^/@]*@/, '//***@').replace(/([?&](?:sig|sas|key|secret|token|password)[^=&]*=)[^&]*/gi, '$1***');
 }

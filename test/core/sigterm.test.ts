@@ -22,19 +22,29 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB'];
   // 4 MiB/s: the 128 chunks take ~8 s, so the signal lands mid-way.
   const child = spawn(process.execPath, [CLI, ...args, '--bandwidth', '4MiB'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
   let stderr = '';
-  child.stderr.on('data', (b: Buffer) => { stderr += b; });
+  child.stderr.on('data', (b: Buffer) => {
+    stderr += b;
+  });
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   const deadline = Date.now() + 30_000;
   while (chunkFiles(store) < 8 && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
   t.ok(chunkFiles(store) >= 8, 'chunks were being stored when the signal came');
   child.kill('SIGTERM');
   t.equal(await exited, 143, 'exit 143 (128 + SIGTERM)');
-  t.match(stderr, /rnode: RNODE_CANCELLED: replicate stopped by SIGTERM; the chunks stored so far are checkpointed: run the same command again to resume/);
+  t.match(
+    stderr,
+    /rnode: RNODE_CANCELLED: replicate stopped by SIGTERM; the chunks stored so far are checkpointed: run the same command again to resume/,
+  );
   t.notMatch(stderr, /\n\s+at /, 'no stack trace');
   t.ok(fs.existsSync(path.join(store, 'disks', 'd', 'pending', '0000000001.json')), 'a checkpoint was left');
-  t.notOk(fs.existsSync(path.join(store, 'disks', 'd', 'points')) && fs.readdirSync(path.join(store, 'disks', 'd', 'points')).length > 0, 'nothing committed');
+  t.notOk(
+    fs.existsSync(path.join(store, 'disks', 'd', 'points')) && fs.readdirSync(path.join(store, 'disks', 'd', 'points')).length > 0,
+    'nothing committed',
+  );
 
   const again = await runCli([...args, '--json']);
   t.equal(again.code, 0, again.stderr);

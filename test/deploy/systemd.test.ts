@@ -28,7 +28,10 @@ t.test('systemd-analyze verify accepts the units without a warning', { skip: !ha
   for (const unit of UNITS) {
     const s = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', path.join(dir, unit)], { encoding: 'utf8' });
     const m = /Overall exposure level for \S+: ([\d.]+)/.exec(s.stdout);
-    if (!m) { t.comment(`systemd-analyze security --offline is not supported here: ${s.stderr.trim()}`); continue; }
+    if (!m) {
+      t.comment(`systemd-analyze security --offline is not supported here: ${s.stderr.trim()}`);
+      continue;
+    }
     t.ok(Number(m[1]) <= 3, `${unit} exposure ${m[1]} (at most 3.0)`);
   }
 });

@@ -10,7 +10,12 @@ import { ROOT } from '../helpers/cli.js';
 import { randomData, tmpDir } from '../helpers/images.js';
 
 const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
-  name: string; version: string; license: string; dependencies: Record<string, string>; bin: Record<string, string>; engines: unknown;
+  name: string;
+  version: string;
+  license: string;
+  dependencies: Record<string, string>;
+  bin: Record<string, string>;
+  engines: unknown;
 };
 type LockEntry = { version?: string; resolved?: string; dev?: boolean; [k: string]: unknown };
 const lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, LockEntry> };
@@ -36,12 +41,21 @@ function appFolder(dir: string, tarball: string): string {
   const spec = `file:${path.relative(app, tarball)}`;
   const packages: Record<string, unknown> = {
     '': { dependencies: { [pkg.name]: spec } },
-    [`node_modules/${pkg.name}`]: { version: pkg.version, resolved: spec, license: pkg.license, dependencies: pkg.dependencies, bin: pkg.bin, engines: pkg.engines },
+    [`node_modules/${pkg.name}`]: {
+      version: pkg.version,
+      resolved: spec,
+      license: pkg.license,
+      dependencies: pkg.dependencies,
+      bin: pkg.bin,
+      engines: pkg.engines,
+    },
   };
   for (const [key, entry] of Object.entries(lock.packages)) {
     if (key === '' || entry.dev) continue;
     const name = key.slice(key.lastIndexOf('node_modules/') + 'node_modules/'.length);
-    packages[key] = entry.resolved ? entry : { ...entry, resolved: `https://registry.npmjs.org/${name}/-/${name.split('/').pop()}-${entry.version}.tgz` };
+    packages[key] = entry.resolved
+      ? entry
+      : { ...entry, resolved: `https://registry.npmjs.org/${name}/-/${name.split('/').pop()}-${entry.version}.tgz` };
   }
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ private: true, dependencies: { [pkg.name]: spec } }));
   fs.writeFileSync(path.join(app, 'package-lock.json'), JSON.stringify({ name: 'app', lockfileVersion: 3, requires: true, packages }));
@@ -60,9 +74,12 @@ t.test('npm pack, install offline without scripts, run the installed rnode', { t
   t.equal(packed.code, 0, `npm pack: ${packed.stderr}`);
   const info = (JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>)[0];
   const files = info.files.map((f) => f.path);
-  t.ok(files.includes(`prebuilds/${process.platform}-${process.arch}/rnode_native.node`), 'the tarball ships this platform\'s prebuilt addon');
+  t.ok(files.includes(`prebuilds/${process.platform}-${process.arch}/rnode_native.node`), "the tarball ships this platform's prebuilt addon");
   t.ok(files.includes('dist/cli.js') && files.includes('native/binding.gyp'), 'the CLI and the addon sources for a source build');
-  t.notOk(files.some((f) => f.startsWith('src/') || f.startsWith('test/') || f.startsWith('build/')), 'no sources, tests or node-gyp leftovers');
+  t.notOk(
+    files.some((f) => f.startsWith('src/') || f.startsWith('test/') || f.startsWith('build/')),
+    'no sources, tests or node-gyp leftovers',
+  );
 
   const app = appFolder(dir, path.join(dir, info.filename));
   const started = Date.now();

@@ -55,7 +55,9 @@ t.test('the library entry opens ws:// stores, with the token from a file', async
   // A fresh process that imports only the package entry: nothing else registers the ws:// scheme. A script file,
   // not \`node --input-type=module -e\`: codec workers are eval'd CommonJS and inherit that flag.
   const script = path.join(dir, 'lib.mjs');
-  fs.writeFileSync(script, `
+  fs.writeFileSync(
+    script,
+    `
     const { openStore, openSource, replicate, listPoints } = await import(${JSON.stringify(DIST_INDEX)});
     const store = await openStore(${JSON.stringify(url)}, { remote: { tokenFile: ${JSON.stringify(tok)} } });
     const source = await openSource(${JSON.stringify(image)});
@@ -64,7 +66,8 @@ t.test('the library entry opens ws:// stores, with the token from a file', async
     const points = await listPoints(store, 'lib');
     await store.close();
     console.log(JSON.stringify({ point: r.point, points: points.length }));
-  `);
+  `,
+  );
   const r = await runNode(script);
   t.equal(r.code, 0, r.stderr);
   t.same(json(r), { point: 1, points: 1 });
@@ -76,8 +79,12 @@ function runNode(script: string): Promise<CliResult> {
     const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (b: Buffer) => { stdout += b; });
-    child.stderr.on('data', (b: Buffer) => { stderr += b; });
+    child.stdout.on('data', (b: Buffer) => {
+      stdout += b;
+    });
+    child.stderr.on('data', (b: Buffer) => {
+      stderr += b;
+    });
     child.on('error', reject);
     child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
   });

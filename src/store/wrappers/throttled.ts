@@ -7,7 +7,10 @@ export class ThrottledStore implements ObjectStore {
   readonly location: string;
   readonly capabilities: StoreCapabilities;
 
-  constructor(private readonly inner: ObjectStore, private readonly bucket: TokenBucket) {
+  constructor(
+    private readonly inner: ObjectStore,
+    private readonly bucket: TokenBucket,
+  ) {
     this.location = inner.location;
     this.capabilities = inner.capabilities;
   }
