@@ -62,7 +62,7 @@ function appFolder(dir: string, tarball: string): string {
   return app;
 }
 
-t.test('npm pack, install offline without scripts, run the installed rnode', { timeout: 180_000 }, async (t) => {
+t.test('npm pack, install offline without scripts, run the installed rnode', { timeout: 280_000 }, async (t) => {
   const prebuild = path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node');
   if (!fs.existsSync(prebuild) || !fs.existsSync(path.join(ROOT, 'dist', 'cli.js'))) {
     t.fail(`no ${path.relative(ROOT, prebuild)} or dist/cli.js: run "npm run build" first (npm ci does)`);
