@@ -50,6 +50,8 @@ export const ErrorCodes = {
   LEASE_LOST: 'RNODE_LEASE_LOST',
   CANCELLED: 'RNODE_CANCELLED',
   INTERNAL: 'RNODE_INTERNAL',
+  // installation (exit 1): no addon binary for this platform and no source build
+  NATIVE_MISSING: 'RNODE_NATIVE_MISSING',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

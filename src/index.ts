@@ -1,4 +1,6 @@
 // replication-node's library API: what the CLI, the agent, the benchmarks and embedders use.
+// Loading it registers the ws:// and wss:// schemes, so openStore reaches a receiving node like any store.
+import './transport/index.js';
 export * from './errors.js';
 export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateProgress } from './recovery/replicate.js';
 export { recover, type RecoverOptions, type RecoverResult } from './recovery/restore.js';

@@ -2,7 +2,6 @@
 // and helpers that run the real rnode CLI and baseline tools as measured child processes.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { promisify } from 'node:util';

@@ -15,6 +15,7 @@ import { Logger, type Level } from './log.js';
 import { AgentMetrics } from './metrics.js';
 import type { AgentReport, Health, JobProgress, ServerMessage } from './protocol.js';
 import { ProtoErrors } from './protocol.js';
+import { VERSION } from '../version.js';
 import { Scheduler } from './scheduler.js';
 import { StateDir } from './state.js';
 
@@ -38,15 +39,8 @@ export interface AgentOptions {
   tickMs?: number;
 }
 
-export const AGENT_VERSION = readVersion();
-
-function readVersion(): string {
-  try {
-    return JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version ?? '0.0.0';
-  } catch {
-    return '0.0.0';
-  }
-}
+/** The version the agent reports in its hello and metrics: the package's (src/version.ts). */
+export const AGENT_VERSION = VERSION;
 
 export class Agent {
   readonly metrics: AgentMetrics;

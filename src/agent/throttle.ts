@@ -1,16 +1,12 @@
-// Bandwidth limits (src/transport/throttle.ts): a run's own limit (policy/job) and the node's (--bandwidth capacity)
-// both pace the bytes read from the source. Waiting is abortable, so a cancelled job stops at once.
+// Bandwidth limits on an agent run's source reads: the run's own limit (policy/job) and the node's (--bandwidth
+// capacity), both TokenBuckets of src/throttle.ts. Waiting is abortable, so a cancelled job stops at once.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { delegatingSource, type BlockSource } from '../source/types.js';
-import type { TokenBucket } from '../transport/throttle.js';
+import { abortableSleep as sleep, type TokenBucket } from '../throttle.js';
 
 export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(cancelled());
-    const timer = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(timer); reject(cancelled()); };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
+  if (signal?.aborted) return Promise.reject(cancelled());
+  return sleep(ms, signal).catch((err: unknown) => { throw signal?.aborted ? cancelled() : err; });
 }
 
 export function cancelled(): RnodeError {
@@ -24,9 +20,10 @@ export function pacedSource(inner: BlockSource, buckets: TokenBucket[], signal?:
     bytesRead: 0,
     async read(offset: number, buf: Buffer, length: number) {
       if (signal?.aborted) throw cancelled();
-      for (const b of buckets) {
-        const wait = b.reserve(length);
-        if (wait > 1) await abortableSleep(wait, signal);
+      try {
+        for (const b of buckets) await b.take(length, signal);
+      } catch (err) {
+        throw signal?.aborted ? cancelled() : err;
       }
       const n = await inner.read(offset, buf, length);
       paced.bytesRead += n;

@@ -10,7 +10,7 @@ import type { Level } from '../agent/log.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
 import { required, str } from './args.js';
-import type { Command } from './commands.js';
+import type { Command } from './command.js';
 
 function defaultStateDir(): string {
   const base = process.env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state');

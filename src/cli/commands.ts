@@ -9,42 +9,25 @@ import { replicate } from '../recovery/replicate.js';
 import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
-import { openStore } from '../store/index.js';
-import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str, type Options } from './args.js';
-import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv, remoteReplicateOptions, serveCmd } from './serve.js';
+import { parseBandwidth } from '../transport/index.js';
+import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str } from './args.js';
+import { agentCommand } from './agent.js';
+import type { Command, Io } from './command.js';
+import { serveCmd } from './serve.js';
+import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
+import { stoppable } from './signals.js';
 import { isVmwareSource, replicateVmwareCommand, vmPointOptions, vmPointsCommand, vmPruneCommand, vmRecoverCommand, vmwareReplicateOptions,
   VM_POINTS_USAGE, VM_PRUNE_USAGE, VM_RECOVER_USAGE, VMWARE_REPLICATE_USAGE } from './vmware.js';
 import path from 'node:path';
 
-export interface Io {
-  out: (line: string) => void;
-  err: (line: string) => void;
-}
-
-export interface Command {
-  summary: string;
-  usage: string;
-  options: Options;
-  run(values: Record<string, string | boolean | undefined>, io: Io): Promise<number>;
-}
+export type { Command, Io } from './command.js';
 
 const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
   if (json) io.out(JSON.stringify(obj));
   else for (const l of human()) io.out(l);
 };
-
-async function withStore<T>(location: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>,
-    v?: Record<string, string | boolean | undefined>): Promise<T> {
-  // ws:// and wss:// stores take their token file, CA or pin and bandwidth from the flags (see serve.ts).
-  const store = await openStore(location, v && isRemoteLocation(location) ? { env: remoteEnv(v) } : {});
-  try {
-    return await fn(store);
-  } finally {
-    await store.close();
-  }
-}
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
@@ -63,14 +46,17 @@ const replicateCmd: Command = {
     const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;
     const concurrency = v.concurrency !== undefined ? positiveInt(str(v, 'concurrency')!, 'concurrency') : undefined;
     const encryption = encryptionKeyFrom(v);
+    // One limit for every kind of target (directory, cloud, ws://): the store's puts are paced, lease writes exempt.
+    const bandwidth = v.bandwidth !== undefined ? parseBandwidth(str(v, 'bandwidth')!) : undefined;
     const source = await openSource(sourceArg);
     try {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
-      const r = await withStore(target, (store) =>
-        replicate({ store, source, disk, chunkSize, codec, concurrency, encryption, forceFull: v.full === true,
-          onProgress: (p) => bar.update(p.position, p.diskSize),
-          ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v).finally(() => bar.done());
+      const r = await stoppable('replicate', 'the chunks stored so far are checkpointed: run the same command again to resume', (signal) =>
+        withStore(target, (store) =>
+          replicate({ store, source, disk, chunkSize, codec, concurrency, encryption, forceFull: v.full === true, signal,
+            onProgress: (p) => bar.update(p.position, p.diskSize),
+            ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v, { bandwidth })).finally(() => bar.done());
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
@@ -118,8 +104,9 @@ const recoverCmd: Command = {
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
     const bar = new ProgressBar({ label: `recover ${disk}`, enabled: v.json !== true });
-    const r = await withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!, encryption,
-      onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v).finally(() => bar.done());
+    const r = await stoppable('recover', 'run the same command again to recover the point', (signal) =>
+      withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!, encryption, signal,
+        onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v)).finally(() => bar.done());
     print(io, v.json === true, r, () => [
       `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
       `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros skipped where the output is sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,
@@ -151,15 +138,15 @@ const verifyCmd: Command = {
 
 const pruneCmd: Command = {
   summary: 'keep the newest points, delete older ones and the chunks only they used',
-  usage: `rnode prune --store <store> --disk <id> --keep <n> ${ENCRYPTION_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...vmPointOptions },
+  usage: `rnode prune --store <store> --disk <id> --keep <n> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
     if (v.vm !== undefined) return vmPruneCommand(v, io);
     required(v, 'prune', 'store', 'disk', 'keep');
     const disk = validateDiskId(str(v, 'disk')!);
     const keep = positiveInt(str(v, 'keep')!, 'keep');
     const encryption = encryptionKeyFrom(v);
-    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep, encryption }));
+    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep, encryption }), v);
     print(io, v.json === true, r, () => [
       `kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
       `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`,
@@ -174,7 +161,7 @@ export const commands: Record<string, Command> = {
   recover: recoverCmd,
   verify: verifyCmd,
   prune: pruneCmd,
-  agent: (await import('./agent.js')).agentCommand, // lazy-registered by the agent work; the lead may make it a static import
+  agent: agentCommand,
   serve: serveCmd,
   export: (await import('./export.js')).exportCmd,
 };

@@ -15,9 +15,11 @@ import { openSource } from '../source/index.js';
 import { openStore } from '../store/index.js';
 import { assertNotInsideAnyStore } from '../store/containment.js';
 import { isVirtualFsPath, makeDirs, unusablePath } from '../store/fs/dirs.js';
+import type { Options } from './args.js';
 import { parse, type Io } from './commands.js';
 import { bytes, rate, secs } from './format.js';
 import { parseSize } from '../pipeline/grid.js';
+import { stoppable } from './signals.js';
 
 async function fileDigest(p: string): Promise<string> {
   const h = createHash('sha256');
@@ -43,8 +45,15 @@ async function prepareWorkdir(work: string): Promise<void> {
   }
 }
 
+/** The demo's flags (also what `rnode completion` offers for it). */
+export const DEMO_OPTIONS: Options = { size: { type: 'string' }, workdir: { type: 'string' }, keep: { type: 'boolean' } };
+
 export async function runDemo(argv: string[], io: Io): Promise<number> {
-  const v = parse('demo', argv, { size: { type: 'string' }, workdir: { type: 'string' }, keep: { type: 'boolean' } });
+  const v = parse('demo', argv, DEMO_OPTIONS);
+  return stoppable('the demo', 'its files were removed (or kept with --keep)', (signal) => demo(v, io, signal));
+}
+
+async function demo(v: Record<string, string | boolean | undefined>, io: Io, signal: AbortSignal): Promise<number> {
   const size = parseSize(typeof v.size === 'string' ? v.size : '256MiB');
   if (!size || size < 1) throw new RnodeError(ErrorCodes.USAGE, '--size must be a size such as 256MiB');
   const json = v.json === true;
@@ -64,7 +73,7 @@ export async function runDemo(argv: string[], io: Io): Promise<number> {
       const run = async () => {
         const source = await openSource(image);
         try {
-          return await replicate({ store, source, disk: 'sample' });
+          return await replicate({ store, source, disk: 'sample', signal });
         } finally {
           await source.close();
         }
@@ -82,7 +91,7 @@ export async function runDemo(argv: string[], io: Io): Promise<number> {
       const restores = [];
       for (const p of points) {
         const out = path.join(work, `restored-point-${p.point}.img`);
-        const r = await recover({ store, disk: 'sample', point: String(p.point), out });
+        const r = await recover({ store, disk: 'sample', point: String(p.point), out, signal });
         const same = (await fileDigest(out)) === digests[p.point - 1];
         restores.push({ point: p.point, out, seconds: r.seconds, byteExact: same });
         say(`4. recovered point ${p.point} in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)}): ${same ? 'byte-exact' : 'MISMATCH'}`);

@@ -2,11 +2,10 @@
 // runs until SIGINT/SIGTERM, then stops cleanly (overlay flushed, store closed).
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { assertOverlayOutsideStore, startExport } from '../export/index.js';
-import { openStore } from '../store/index.js';
 import { readPemFile } from '../transport/index.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, required, str } from './args.js';
-import type { Command, Io } from './commands.js';
-import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteEnv } from './serve.js';
+import type { Command, Io } from './command.js';
+import { openStoreFromFlags, REMOTE_OPTIONS, REMOTE_USAGE } from './store-flags.js';
 
 export const exportCmd: Command = {
   summary: 'serve a point as an NBD export at once (instant recovery), nothing copied first',
@@ -29,7 +28,7 @@ export const exportCmd: Command = {
     const encryption = encryptionKeyFrom(v);
     const json = v.json === true;
     const log = (event: string, fields: Record<string, unknown>) => logLine(io, json, event, fields);
-    const store = await openStore(location, isRemoteLocation(location) ? { env: remoteEnv(v) } : {});
+    const store = await openStoreFromFlags(location, v);
     let exp;
     try {
       exp = await startExport({ store, disk: str(v, 'disk')!, point: str(v, 'point'), encryption, ...where, writable: v.writable === true,

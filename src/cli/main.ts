@@ -1,10 +1,16 @@
 // rnode's entry: pick the command, run it, map errors to one line and an exit code
-// (0 success, 1 operational failure, 2 usage error). Stacks only with --debug.
+// (0 success, 1 operational failure, 2 usage error, 130/143 stopped by SIGINT/SIGTERM). Stacks only with --debug.
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { VERSION } from '../version.js';
 import { commands, parse, type Io } from './commands.js';
-import { runDemo } from './demo.js';
+import { completionScript, type CompletionTable } from './completion.js';
+import { DEMO_OPTIONS, runDemo } from './demo.js';
+import { signalExitCode } from './signals.js';
 
-const VERSION = '0.1.0';
+/** What `rnode completion` completes: the command table plus the commands main handles itself. */
+function completionTable(): CompletionTable {
+  return { ...Object.fromEntries(Object.entries(commands).map(([n, c]) => [n, c.options])), demo: DEMO_OPTIONS, completion: {}, help: {}, version: {} };
+}
 
 function help(io: Io): void {
   io.out(`rnode ${VERSION}: the data-plane node of a disaster-recovery platform`);
@@ -12,8 +18,10 @@ function help(io: Io): void {
   io.out('usage: rnode <command> [flags]      (no command: run the built-in demo job)');
   io.out('');
   for (const [name, c] of Object.entries(commands)) io.out(`  ${name.padEnd(10)} ${c.summary}`);
+  io.out(`  ${'demo'.padEnd(10)} replicate, change, recover and verify a generated sample disk (--size, --workdir, --keep)`);
+  io.out(`  ${'completion'.padEnd(10)} print a bash or zsh completion script: source <(rnode completion bash)`);
   io.out('');
-  io.out('Every command takes --json (machine-readable output), --debug (stack traces) and --help.');
+  io.out('Every command takes --json (machine-readable output), --debug (stack traces) and --help. rnode --version prints the release.');
 }
 
 export async function main(argv: string[], io: Io = { out: (l) => console.log(l), err: (l) => console.error(l) }): Promise<number> {
@@ -23,7 +31,8 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
     const [name, ...rest] = argv;
     if (name === undefined || name === 'demo') return await runDemo(rest, io);
     if (name === '--help' || name === '-h' || name === 'help') { help(io); return 0; }
-    if (name === '--version' || name === 'version') { io.out(VERSION); return 0; }
+    if (name === '--version' || name === '-v' || name === 'version') { io.out(VERSION); return 0; }
+    if (name === 'completion') { io.out(completionScript(rest[0], completionTable())); return 0; }
     const cmd = commands[name];
     if (!cmd) throw new RnodeError(ErrorCodes.USAGE, `unknown command "${name}"; run "rnode --help" for the list`);
     const values = parse(name, rest, cmd.options);
@@ -39,6 +48,8 @@ function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
     if (json) io.out(JSON.stringify({ error: { code: err.code, message: err.message, ...err.details } }));
     io.err(`rnode: ${err.code}: ${err.message}`);
     if (debug && err.stack) io.err(err.stack);
+    // A job stopped by SIGTERM/SIGINT (signals.ts) exits like the shell reports a signal: 128 + its number.
+    if (typeof err.details.signal === 'string') return signalExitCode(err.details.signal);
     return err.isUsage ? 2 : 1;
   }
   const e = err as Error;

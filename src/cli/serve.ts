@@ -1,51 +1,12 @@
-// `rnode serve`: the receiving node, and the flags every command shares for ws:// and wss:// stores
-// (--token-file, --ca, --pin-sha256, --bandwidth), which reach the RemoteStore through the store environment.
+// `rnode serve`: the receiving node. Accepts points from peers into its store and serves recovery reads
+// until SIGINT/SIGTERM, then closes the sessions and the store.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { openStore } from '../store/index.js';
 import {
-  certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, RemoteEnv, ReplicationServer,
+  certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer,
 } from '../transport/index.js';
-import { required, str, type Options } from './args.js';
-import type { Command, Io } from './commands.js';
-
-/** Flags of commands that take a store, for ws:// and wss:// locations. */
-export const REMOTE_OPTIONS: Options = {
-  'token-file': { type: 'string' }, ca: { type: 'string' }, 'pin-sha256': { type: 'string' },
-};
-
-export const REMOTE_USAGE = '[--token-file <f>] [--ca <f> | --pin-sha256 <fingerprint>]';
-
-export function isRemoteLocation(location: string): boolean {
-  return /^wss?:\/\//i.test(location);
-}
-
-/** The environment openStore hands the ws(s):// factory: file paths and settings, never the token. */
-export function remoteEnv(v: Record<string, string | boolean | undefined>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  const set = (name: string, flag: string) => { const x = str(v, flag); if (x !== undefined) env[name] = x; };
-  set(RemoteEnv.TOKEN_FILE, 'token-file');
-  set(RemoteEnv.CA_FILE, 'ca');
-  set(RemoteEnv.PIN_SHA256, 'pin-sha256');
-  set(RemoteEnv.BANDWIDTH, 'bandwidth');
-  if (env[RemoteEnv.CA_FILE] && env[RemoteEnv.PIN_SHA256] && v.ca !== undefined && v['pin-sha256'] !== undefined) {
-    throw new RnodeError(ErrorCodes.USAGE, 'pass either --ca or --pin-sha256, not both');
-  }
-  return env;
-}
-
-/** Checkpoints of points written to a remote node: frequent, so a restarted sender re-sends little. */
-export const REMOTE_CHECKPOINT = { checkpointRecords: 64, checkpointMillis: 2000 } as const;
-
-/** Chunks in flight for a remote target (unless --concurrency): each put waits for a round trip and the node. */
-export const REMOTE_CONCURRENCY = 16;
-
-/** replicate() options for a ws(s):// target: frequent checkpoints, a deeper pipeline for chunks up to 2 MiB. */
-export function remoteReplicateOptions(concurrency: number | undefined, chunkSize: number | undefined):
-    { checkpointRecords: number; checkpointMillis: number; concurrency?: number } {
-  const deep = chunkSize === undefined || chunkSize <= 2 * 1024 * 1024;
-  const c = concurrency ?? (deep ? REMOTE_CONCURRENCY : undefined);
-  return { ...REMOTE_CHECKPOINT, ...(c !== undefined ? { concurrency: c } : {}) };
-}
+import { required, str } from './args.js';
+import type { Command, Io } from './command.js';
 
 function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
@@ -111,12 +72,16 @@ export const serveCmd: Command = {
       io.out(`listening on ${info.listening}, storing into ${info.store}${token ? ', token required' : ', NO token required'}`);
       if (info.fingerprint) io.out(`  certificate SHA-256 ${info.fingerprint} (clients: --pin-sha256 ${info.fingerprint})`);
     }
-    await new Promise<void>((resolve) => {
-      const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
+    // SIGTERM/SIGINT: stop accepting, let the puts in flight land, close the store, exit 0 (a requested stop of
+    // a service is a success). A second signal finds no handler and ends the process at once.
+    const signal = await new Promise<string>((resolve) => {
+      const stop = (sig: string) => { process.off('SIGINT', onInt); process.off('SIGTERM', onTerm); resolve(sig); };
+      const onInt = () => stop('SIGINT');
+      const onTerm = () => stop('SIGTERM');
+      process.on('SIGINT', onInt);
+      process.on('SIGTERM', onTerm);
     });
-    log('stopping', { sessions: server.stats.sessions });
+    log('stopping', { signal, sessions: server.stats.sessions });
     await server.close();
     await store.close();
     return 0;

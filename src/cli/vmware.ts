@@ -7,9 +7,10 @@ import { replicateVm, type ReplicateVmResult } from '../jobs/replicate-vm.js';
 import { pruneVm, recoverVm } from '../jobs/vm.js';
 import { listVmPoints } from '../recovery/vm-points.js';
 import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
-import { openStore } from '../store/index.js';
+import { parseBandwidth } from '../transport/index.js';
 import { encryptionKeyFrom, ENCRYPTION_USAGE, type Options } from './args.js';
 import { bytes, rate, secs } from './format.js';
+import { openStoreFromFlags } from './store-flags.js';
 
 interface Io { out: (line: string) => void; err: (line: string) => void }
 type Values = Record<string, string | boolean | undefined>;
@@ -32,7 +33,7 @@ export const VM_PRUNE_USAGE = 'rnode prune --store <store> --vm <vm-moref> --kee
 
 export const VMWARE_REPLICATE_USAGE =
   'rnode replicate (--source vddk://<host>/<vm-moref>[?disk=<key>&transports=nbdssl:nbd] | --source-config <vm.json>) --target <store> ' +
-  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--disk-parallelism <n>] [--full] ${ENCRYPTION_USAGE} [--json]`;
+  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--disk-parallelism <n>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} [--json]`;
 
 /** True when the replicate flags name a VMware source. */
 export function isVmwareSource(v: Values): boolean {
@@ -72,7 +73,8 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   const json = v.json === true;
   const log = (line: string) => { if (!json) io.err(`rnode: ${line}`); };
 
-  const store = await openStore(v.target);
+  const bandwidth = typeof v.bandwidth === 'string' ? parseBandwidth(v.bandwidth) : undefined;
+  const store = await openStoreFromFlags(v.target, v, { bandwidth });
   let r: ReplicateVmResult;
   try {
     const session = await VmwareSession.open(config, { log });
@@ -107,7 +109,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
 /** `rnode points --vm`: the VM points of a VM, oldest first. */
 export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
   const { storeArg, vm } = vmArgs(v, 'points');
-  const store = await openStore(storeArg);
+  const store = await openStoreFromFlags(storeArg, v);
   try {
     const points = await listVmPoints(store, vm);
     const rows = points.map((p) => ({
@@ -135,7 +137,7 @@ export async function vmRecoverCommand(v: Values, io: Io): Promise<number> {
   if (typeof v['out-dir'] !== 'string' || v['out-dir'] === '') throw new RnodeError(ErrorCodes.USAGE, `"rnode recover --vm" needs --out-dir; ${VM_RECOVER_USAGE}`);
   if (v.out !== undefined || v.disk !== undefined) throw new RnodeError(ErrorCodes.USAGE, '--vm restores every disk of a VM point into --out-dir; --out and --disk are for one disk');
   const encryption = encryptionKeyFrom(v);
-  const store = await openStore(storeArg);
+  const store = await openStoreFromFlags(storeArg, v);
   try {
     const r = await recoverVm({ store, vm, point: typeof v.point === 'string' ? v.point : undefined, outDir: v['out-dir'], encryption });
     if (v.json === true) io.out(JSON.stringify(r));
@@ -155,7 +157,7 @@ export async function vmPruneCommand(v: Values, io: Io): Promise<number> {
   const { storeArg, vm } = vmArgs(v, 'prune');
   if (typeof v.keep !== 'string') throw new RnodeError(ErrorCodes.USAGE, `"rnode prune --vm" needs --keep; ${VM_PRUNE_USAGE}`);
   const keep = positive(v.keep, 'keep');
-  const store = await openStore(storeArg);
+  const store = await openStoreFromFlags(storeArg, v);
   try {
     const r = await pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v) });
     if (v.json === true) io.out(JSON.stringify(r));

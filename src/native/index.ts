@@ -1,11 +1,12 @@
 // The only module that loads the rnode_native addon: raw block I/O and buffer helpers.
 // Arguments are validated here; the addon gets plain values and does blocking work on the libuv pool.
 
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { constants as bufferConstants } from 'node:buffer';
+import path from 'node:path';
+import { ErrorCodes, RnodeError } from '../errors.js';
 
 export interface Extent { offset: number; length: number }
 
@@ -76,15 +77,38 @@ interface NativeBinding {
 }
 
 // Two levels below the package root both as src/native (tap runs .ts) and as dist/native (tsc rootDir 'src').
-const ADDON_URL = new URL('../../native/build/Release/rnode_native.node', import.meta.url);
+const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-/** The addon file, for worker threads that load it themselves. */
-export const ADDON_PATH = fileURLToPath(ADDON_URL);
+/**
+ * The addon file: the prebuild shipped for this platform (prebuilds/<platform>-<arch>/, what an installed
+ * package uses: npm runs no compiler), else a source build in native/build/Release. Worker threads load it too.
+ */
+function findAddon(): string {
+  const nodeGypBuild = createRequire(import.meta.url)('node-gyp-build') as { path(dir: string): string };
+  // The package root has no build/ folder, so node-gyp-build looks only at prebuilds/ there.
+  for (const dir of [PACKAGE_ROOT, path.join(PACKAGE_ROOT, 'native')]) {
+    try {
+      return nodeGypBuild.path(dir);
+    } catch {
+      // not there: try the next place
+    }
+  }
+  throw new RnodeError(ErrorCodes.NATIVE_MISSING,
+    `no rnode_native addon for ${process.platform}-${process.arch} (neither ${path.join(PACKAGE_ROOT, 'prebuilds', `${process.platform}-${process.arch}`)} ` +
+    `nor a source build in ${path.join(PACKAGE_ROOT, 'native', 'build', 'Release')}); build it from source with ` +
+    `"cd ${PACKAGE_ROOT} && npx node-gyp rebuild --directory native --nodedir=/usr" (needs g++, make and python3), ` +
+    'or install a release that ships a prebuild for this platform');
+}
+
+export const ADDON_PATH = findAddon();
+
+/** The addon module itself, for the other module that calls into it (the VDDK binding, src/vddk). */
+export function loadAddon(): unknown {
+  return createRequire(import.meta.url)(ADDON_PATH);
+}
 
 function loadBinding(): NativeBinding {
-  const file = ADDON_PATH;
-  if (!existsSync(file)) throw new Error(`rnode_native addon not built (no ${file}); run \`npm run build:native\``);
-  return createRequire(import.meta.url)(file) as NativeBinding;
+  return loadAddon() as NativeBinding;
 }
 
 const binding = loadBinding();

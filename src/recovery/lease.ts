@@ -78,7 +78,7 @@ export class StoreLeases implements LeaseAuthority {
         acquiredAt: at, renewedAt: at, expiresAt: new Date(t + ttlMs).toISOString(),
       };
       try {
-        await this.store.put(key, encode(record), cur ? { ifMatch: cur.etag } : { ifNoneMatch: true });
+        await this.store.put(key, encode(record), cur ? { ifMatch: cur.etag, control: true } : { ifNoneMatch: true, control: true });
         return record;
       } catch (err) {
         // Someone else took it between our read and our write: read again.
@@ -95,7 +95,7 @@ export class StoreLeases implements LeaseAuthority {
     const t = this.now();
     const next: LeaseRecord = { ...cur.record, renewedAt: new Date(t).toISOString(), expiresAt: new Date(t + clampLeaseTtl(ttlMs)).toISOString() };
     try {
-      await this.store.put(layout.lease(r.disk), encode(next), { ifMatch: cur.etag });
+      await this.store.put(layout.lease(r.disk), encode(next), { ifMatch: cur.etag, control: true });
       return next;
     } catch (err) {
       if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw leaseLost(r);
@@ -107,7 +107,7 @@ export class StoreLeases implements LeaseAuthority {
     const cur = await readLease(this.store, layout.lease(r.disk));
     if (!cur || cur.record.holder !== r.holder || cur.record.token !== r.token) return;
     const done: LeaseRecord = { ...cur.record, expiresAt: new Date(0).toISOString() };
-    await this.store.put(layout.lease(r.disk), encode(done), { ifMatch: cur.etag });
+    await this.store.put(layout.lease(r.disk), encode(done), { ifMatch: cur.etag, control: true });
   }
 }
 

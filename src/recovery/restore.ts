@@ -1,6 +1,7 @@
 // Writes a disk as it was at a point into an output sink (a local file or device, or a cloud disk object), byte-exact
 // and sparse where the sink allows. Every chunk is verified on the way; a failed restore leaves no output behind.
 import type { EncryptionKey } from '../crypto/keys.js';
+import { ErrorCodes, RnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
 import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry } from '../format/table.js';
@@ -30,6 +31,8 @@ export interface RecoverOptions {
   /** Credentials and emulator hosts of a cloud output (default process.env). */
   env?: NodeJS.ProcessEnv;
   onProgress?: (p: { bytesWritten: number; chunksDone: number; diskSize: number }) => void;
+  /** Stops before the next chunk (those in flight finish); the partial output is removed, as on any failure. */
+  signal?: AbortSignal;
 }
 
 export interface RecoverResult {
@@ -63,7 +66,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   try {
     if (sink.prepare) await sink.prepare(() => dataExtents(store, chain, seal?.key));
     stats = await withWorkerKey(opts.encryption, () => pump({
-      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? 8,
+      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? 8, signal: opts.signal,
       onProgress: opts.onProgress && ((s) => opts.onProgress!({ bytesWritten: s.bytesWritten, chunksDone: s.chunksRestored, diskSize })),
     }));
     await sink.finish();
@@ -89,6 +92,7 @@ interface PumpOptions {
   sink: OutputSink;
   concurrency: number;
   onProgress?: (s: PumpStats) => void;
+  signal?: AbortSignal;
 }
 
 /**
@@ -131,6 +135,10 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
   try {
     for await (const e of chainView(store, o.chain, seal?.key)) {
       if (failure) break;
+      if (o.signal?.aborted) {
+        failure = new RnodeError(ErrorCodes.CANCELLED, `recovery of disk ${disk} was cancelled; ${sink.location} was not completed: run recover again`);
+        break;
+      }
       if (isZeroEntry(e)) continue; // a gap: handed over as zeros before the next data
       const offset = e.index * chunkSize;
       await zeroUpTo(offset);

@@ -3,10 +3,8 @@
 
 export * from './types.js';
 export { collect, compareKeys } from './common.js';
-export {
-  openStore, openBackend, registerStoreScheme, registeredSchemes, badStoreUrl,
-  type OpenStoreOptions, type StoreFactory, type StoreFactoryContext,
-} from './registry.js';
+export { openStore, openBackend, type OpenStoreOptions } from './registry.js';
+export { registerStoreScheme, registeredSchemes, badStoreUrl, type RemoteAccess, type StoreFactory, type StoreFactoryContext } from './schemes.js';
 export { wrapStore, DEFAULT_CONCURRENCY, type WrapOptions, type WrappedStore } from './wrap.js';
 export { FsStore, type FsStoreOptions } from './fs/fs-store.js';
 export { assertOutsideStore, assertNotInsideAnyStore, resolveThroughSymlinks } from './containment.js';

@@ -29,6 +29,8 @@ export interface PutOptions {
   ifNoneMatch?: boolean;
   /** Fail with STORE_PRECONDITION unless the current object has this etag. */
   ifMatch?: string;
+  /** A lease or other coordination write: small and urgent, so it never waits behind the bandwidth limit. */
+  control?: boolean;
 }
 
 export interface StoreCapabilities {

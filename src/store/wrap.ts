@@ -1,16 +1,21 @@
-// The one place the store wrappers are assembled, outermost first: retry -> concurrency limit ->
-// metrics -> backend. Retry sits outside the limit so that a backoff sleep does not hold a slot.
+// The one place the store wrappers are assembled, outermost first: bandwidth -> retry -> concurrency limit ->
+// metrics -> backend. Retry sits outside the limit so that a backoff sleep does not hold a slot, and the
+// bandwidth wait outside both for the same reason.
 
+import { TokenBucket } from '../throttle.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from './types.js';
 import { LimitedStore } from './wrappers/limited.js';
 import { MetricsStore, type StoreMetrics } from './wrappers/metrics.js';
 import { RetryingStore, type RetryOptions } from './wrappers/retrying.js';
+import { ThrottledStore } from './wrappers/throttled.js';
 
 export interface WrapOptions {
   /** Retry policy; false: no retries (tests of the raw backend). */
   retry?: RetryOptions | false;
   /** Calls in flight to this backend (default 16); false: unlimited. */
   concurrency?: number | false;
+  /** Bytes/s put into the store, for every backend alike; lease writes are exempt. Absent or 0: unlimited. */
+  bandwidth?: number;
 }
 
 export const DEFAULT_CONCURRENCY = 16;
@@ -28,6 +33,7 @@ export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): Wrapped
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
   if (concurrency !== false) outer = new LimitedStore(outer, concurrency);
   if (opts.retry !== false) outer = new RetryingStore(outer, opts.retry ?? {});
+  if (opts.bandwidth) outer = new ThrottledStore(outer, new TokenBucket(opts.bandwidth));
   const top = outer;
   return {
     location: backend.location,

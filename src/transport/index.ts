@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
-import { registerStoreScheme, type StoreFactoryContext } from '../store/registry.js';
+import { registerStoreScheme, type RemoteAccess, type StoreFactoryContext } from '../store/schemes.js';
 import { RemoteStore, type RemoteStoreOptions } from './remote-store.js';
 
 export * from './errors.js';
@@ -12,7 +12,7 @@ export * from './control.js';
 export { RemoteStore, normalizeFingerprint, certificateFingerprint, type RemoteStoreOptions, type RemoteCounters } from './remote-store.js';
 export { DEFAULT_WINDOW_BYTES, ReplicationServer, type ServeOptions, type ServerStats } from './server.js';
 export { ObjectValidator, classifyKey, type KeyInfo, type ObjectKind } from './validate.js';
-export { TokenBucket } from './throttle.js';
+export { TokenBucket } from '../throttle.js';
 
 /**
  * Environment names the ws(s):// factory reads (the CLI fills them from its flags). They hold file paths and
@@ -54,18 +54,23 @@ export function parseBandwidth(text: string, flag = '--bandwidth'): number {
   return n;
 }
 
-/** RemoteStore options from a ws(s):// URL and the environment (see RemoteEnv). */
-export function remoteOptionsFrom(url: URL, env: NodeJS.ProcessEnv): RemoteStoreOptions {
-  const tokenFile = env[RemoteEnv.TOKEN_FILE];
-  const caFile = env[RemoteEnv.CA_FILE];
-  const pin = env[RemoteEnv.PIN_SHA256];
+/**
+ * RemoteStore options from a ws(s):// URL, the typed settings openStore was given, and (for callers that still
+ * pass them that way, such as the agent's store environment) the RemoteEnv variables. Typed settings win.
+ */
+export function remoteOptionsFrom(url: URL, env: NodeJS.ProcessEnv, remote: RemoteAccess = {}): RemoteStoreOptions {
+  const tokenFile = remote.tokenFile ?? env[RemoteEnv.TOKEN_FILE];
+  const caFile = remote.caFile ?? env[RemoteEnv.CA_FILE];
+  const pin = remote.pinSha256 ?? env[RemoteEnv.PIN_SHA256];
   const bw = env[RemoteEnv.BANDWIDTH];
+  if (caFile && pin) throw new RnodeError(ErrorCodes.USAGE, 'pass either --ca or --pin-sha256, not both');
   if ((caFile || pin) && url.protocol !== 'wss:') {
     throw new RnodeError(ErrorCodes.USAGE, '--ca and --pin-sha256 only apply to wss:// targets; use wss://host:port');
   }
+  const token = remote.token ?? (tokenFile ? readTokenFile(tokenFile) : undefined);
   return {
     url: url.href,
-    ...(tokenFile ? { token: readTokenFile(tokenFile) } : {}),
+    ...(token !== undefined ? { token } : {}),
     ...(caFile ? { ca: readPemFile(caFile, 'CA') } : {}),
     ...(pin ? { pinSha256: pin } : {}),
     ...(bw ? { bandwidth: parseBandwidth(bw) } : {}),
@@ -73,7 +78,7 @@ export function remoteOptionsFrom(url: URL, env: NodeJS.ProcessEnv): RemoteStore
 }
 
 async function factory(url: URL, ctx: StoreFactoryContext): Promise<RemoteStore> {
-  return new RemoteStore(remoteOptionsFrom(url, ctx.env));
+  return new RemoteStore(remoteOptionsFrom(url, ctx.env, ctx.remote));
 }
 
 registerStoreScheme('ws', factory);

@@ -16,7 +16,7 @@ import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
 import { isTlsFailure, TransportErrorCodes, transportError } from './errors.js';
 import { decodeFrame, encodeFrame, encodeFrameHead, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
-import { TokenBucket } from './throttle.js';
+import { TokenBucket } from '../throttle.js';
 
 export interface RemoteStoreOptions {
   /** ws://host:port or wss://host:port (a path is ignored). */

@@ -14,7 +14,7 @@ import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta } from './control.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
 import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
-import { TokenBucket } from './throttle.js';
+import { TokenBucket } from '../throttle.js';
 import { classifyKey, ObjectValidator } from './validate.js';
 
 /** PUT bytes a session may hold unacknowledged unless serve is told otherwise. */

@@ -8,7 +8,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64, xxh64Hex } from '../../src/format/checksum.js';
-import { CHUNK_HEADER_BYTES, CHUNK_VERSION, MAX_CHUNK_BYTES, decodeChunkHeader, encodeChunkHeader } from '../../src/format/chunk.js';
+import { CHUNK_HEADER_BYTES, CHUNK_VERSION, MAX_CHUNK_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
 import { Codec, CODEC_NAMES, codecByName, type CodecId } from '../../src/format/codecs.js';
 import { decodeManifest, encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, type PointManifest } from '../../src/format/manifest.js';
 import { decodeSegment, encodeSegment, TableFlag, type ChunkEntry } from '../../src/format/table.js';

@@ -5,7 +5,7 @@ import t from 'tap';
 import { createRequire } from 'node:module';
 import * as lz4napi from 'lz4-napi';
 import { Codec, CODEC_NAMES, KERNEL_PATH, payloadOverhead } from '../../src/format/codecs.js';
-import { lz4Block, lz4Implementation, sharedAligned } from '../../src/native/index.js';
+import { loadAddon, lz4Block, lz4Implementation, sharedAligned } from '../../src/native/index.js';
 import { KiB, randomData, textData } from '../helpers/images.js';
 
 interface Kernel {
@@ -89,7 +89,7 @@ t.test('liblz4 block calls: a block that does not fit reports 0; a bad block rep
 });
 
 t.test('sharedAligned: page-aligned SharedArrayBuffer views, zero-filled', async (t) => {
-  const probe = createRequire(import.meta.url)('../../native/build/Release/rnode_native.node') as { alignOffset(b: Uint8Array, a: number): number };
+  const probe = loadAddon() as { alignOffset(b: Uint8Array, a: number): number };
   for (const size of [0, 1, 48 + 1024 * KiB, 4 * 1024 * KiB + 123]) {
     const b = sharedAligned(size);
     t.equal(b.length, size);

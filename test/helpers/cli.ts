@@ -9,7 +9,9 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
-const ADDON = path.join(ROOT, 'native', 'build', 'Release', 'rnode_native.node');
+// The addon as the loader looks for it (src/native/index.ts): this platform's prebuild, else a source build.
+const ADDONS = [path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node'),
+  path.join(ROOT, 'native', 'build', 'Release', 'rnode_native.node')];
 
 export interface CliResult {
   /** Exit code; null when the process died of a signal. */
@@ -74,7 +76,7 @@ export function ensureBuilt(): void {
     }
   }
   try {
-    if (!fs.existsSync(ADDON)) {
+    if (!ADDONS.some((f) => fs.existsSync(f))) {
       execFileSync('npx', ['node-gyp', 'rebuild', '--directory', 'native', '--nodedir=/usr'], { cwd: ROOT, stdio: 'pipe' });
     }
     if (needsBuild()) {

@@ -195,7 +195,7 @@ t.test('a failed restore leaves no object behind in any cloud', async (t) => {
   await point('bad', imageV1());
   const chunks = path.join(storeDir, 'disks', 'bad', 'chunks');
   const files: string[] = [];
-  const walk = (d: string) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) e.isDirectory() ? walk(path.join(d, e.name)) : files.push(path.join(d, e.name)); };
+  const walk = (d: string) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) { if (e.isDirectory()) walk(path.join(d, e.name)); else files.push(path.join(d, e.name)); } };
   walk(chunks);
   const victim = files.sort()[files.length - 1];
   const b = fs.readFileSync(victim);

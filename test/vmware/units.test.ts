@@ -117,7 +117,7 @@ t.test('VDDK binding: load failures, split reads, allocated blocks, closed handl
   await client.removeSnapshot(snap);
   await client.logout();
 
-  const native = (await import('node:module')).createRequire(import.meta.url)('../../native/build/Release/rnode_native.node');
+  const native = (await import('../../src/native/index.js')).loadAddon() as Record<string, (o: unknown) => Promise<unknown>>;
   await t.rejects(native.vddkRead({ disk: {}, buffer: buf, startSector: 0, sectors: 1, maxSectorsPerCall: 1 }), TypeError, 'native checks handle types');
   await t.rejects(native.vddkConnect({ vmxSpec: 'moref=vm-1', identity: 'x', password: 'not-bytes', serverName: 'h', userName: 'u' }), TypeError);
 });

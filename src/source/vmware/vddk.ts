@@ -1,10 +1,8 @@
 // The TypeScript side of the VDDK binding: validates arguments, owns handle lifetimes and read ordering, and
 // turns the addon's errors into VddkError (an RnodeError with a stable RNODE_VDDK_* code and VDDK's own text).
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { RnodeError } from '../../errors.js';
+import { loadAddon } from '../../native/index.js';
 
 export const VDDK_SECTOR = 512;
 /** One VixDiskLib_Read is capped at this many bytes: NFC servers limit a request's size. */
@@ -73,14 +71,10 @@ interface NativeVddk {
   vddkEndAccess(o: NativeParams): Promise<void>;
 }
 
-// Three levels below the package root both as src/source/vmware (tap runs .ts) and as dist/source/vmware.
-const ADDON_URL = new URL('../../../native/build/Release/rnode_native.node', import.meta.url);
 let native: NativeVddk | undefined;
 function addon(): NativeVddk {
   if (native) return native;
-  const file = fileURLToPath(ADDON_URL);
-  if (!existsSync(file)) throw new Error(`rnode_native addon not built (no ${file}); run \`npm run build:native\``);
-  native = createRequire(import.meta.url)(file) as NativeVddk;
+  native = loadAddon() as NativeVddk;
   if (typeof native.vddkInit !== 'function') throw new Error('the rnode_native addon has no VDDK binding; rebuild it');
   return native;
 }

@@ -11,7 +11,7 @@ import {
   checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, rangedBody, splitPrefix,
   urlPrefix,
 } from '../common.js';
-import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
+import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
 export interface AzureBlobStoreOptions {

@@ -6,7 +6,7 @@ import {
   checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, rangedBody, splitPrefix,
   urlPrefix,
 } from '../common.js';
-import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
+import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 import type { RnodeError } from '../../errors.js';
 

@@ -10,7 +10,7 @@ import {
   checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, rangedBody, splitPrefix,
   urlPrefix,
 } from '../common.js';
-import { badStoreUrl, type StoreFactoryContext } from '../registry.js';
+import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
 export interface S3StoreOptions {

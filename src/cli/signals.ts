@@ -1,0 +1,47 @@
+// Graceful stop for the CLI's one-shot jobs (replicate, recover, demo): the first SIGTERM or SIGINT aborts the
+// job's signal, so it lets the chunks in flight land, checkpoints them and stops; a second one exits at once.
+// Exit codes follow the shell: 128 + the signal's number (130 SIGINT, 143 SIGTERM). serve and the agent handle
+// their own signals and exit 0: a requested stop of a service is a success.
+import { constants } from 'node:os';
+import { ErrorCodes, RnodeError } from '../errors.js';
+
+type StopSignal = 'SIGINT' | 'SIGTERM';
+
+/** The exit code of a run stopped by this signal. */
+export function signalExitCode(signal: string): number {
+  return 128 + (constants.signals[signal as StopSignal] ?? 15);
+}
+
+/**
+ * Runs fn with an AbortSignal that the first SIGTERM/SIGINT aborts. When a signal stopped it, the job's error
+ * becomes RNODE_CANCELLED with `afterStop` (what was kept and how to go on) and details.signal, which the CLI
+ * turns into exit code 128 + signal.
+ */
+export async function stoppable<T>(job: string, afterStop: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  let received: StopSignal | undefined;
+  const onSignal = (sig: StopSignal) => {
+    if (received) {
+      // The second signal: the user does not want to wait for the batch in flight.
+      process.stderr.write(`rnode: ${ErrorCodes.CANCELLED}: ${job} stopped at once by a second ${sig}\n`);
+      process.exit(signalExitCode(sig));
+    }
+    received = sig;
+    process.stderr.write(`rnode: ${sig}: stopping ${job} after the chunks in flight (send it again to stop at once)\n`);
+    controller.abort(new RnodeError(ErrorCodes.CANCELLED, `${job} stopped by ${sig}`));
+  };
+  const onTerm = () => onSignal('SIGTERM');
+  const onInt = () => onSignal('SIGINT');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
+  try {
+    return await fn(controller.signal);
+  } catch (err) {
+    if (received)
+      throw new RnodeError(ErrorCodes.CANCELLED, `${job} stopped by ${received}; ${afterStop}`, { cause: err, details: { signal: received } });
+    throw err;
+  } finally {
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+  }
+}

@@ -1,0 +1,72 @@
+// The flags every command that takes a store shares (--token-file, --ca, --pin-sha256 for ws:// and wss://
+// stores), and the one function those commands open their store with, so no command can miss one.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { openStore, type RemoteAccess, type WrappedStore } from '../store/index.js';
+import { str, type Options } from './args.js';
+import type { Values } from './command.js';
+
+/** Flags of every command that takes a store, for ws:// and wss:// locations. */
+export const REMOTE_OPTIONS: Options = {
+  'token-file': { type: 'string' },
+  ca: { type: 'string' },
+  'pin-sha256': { type: 'string' },
+};
+
+export const REMOTE_USAGE = '[--token-file <f>] [--ca <f> | --pin-sha256 <fingerprint>]';
+
+export function isRemoteLocation(location: string): boolean {
+  return /^wss?:\/\//i.test(location);
+}
+
+/** The typed ws settings from the flags: file paths and a fingerprint, never the token itself. */
+function remoteAccess(location: string, v: Values): RemoteAccess | undefined {
+  const access: RemoteAccess = {
+    ...(str(v, 'token-file') !== undefined ? { tokenFile: str(v, 'token-file') } : {}),
+    ...(str(v, 'ca') !== undefined ? { caFile: str(v, 'ca') } : {}),
+    ...(str(v, 'pin-sha256') !== undefined ? { pinSha256: str(v, 'pin-sha256') } : {}),
+  };
+  if (Object.keys(access).length === 0) return undefined;
+  if (!isRemoteLocation(location)) {
+    throw new RnodeError(ErrorCodes.USAGE, '--token-file, --ca and --pin-sha256 apply to ws:// and wss:// stores only; drop them for this store');
+  }
+  if (access.caFile !== undefined && access.pinSha256 !== undefined)
+    throw new RnodeError(ErrorCodes.USAGE, 'pass either --ca or --pin-sha256, not both');
+  return access;
+}
+
+/** Opens the store a command names, with its ws flags and (replicate) bandwidth limit. */
+export async function openStoreFromFlags(location: string, v: Values, opts: { bandwidth?: number } = {}): Promise<WrappedStore> {
+  const remote = remoteAccess(location, v);
+  return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth } } : {}) });
+}
+
+/** openStoreFromFlags, then fn, then close. */
+export async function withStore<T>(
+  location: string,
+  fn: (store: WrappedStore) => Promise<T>,
+  v: Values = {},
+  opts: { bandwidth?: number } = {},
+): Promise<T> {
+  const store = await openStoreFromFlags(location, v, opts);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Checkpoints of points written to a remote node: frequent, so a restarted sender re-sends little. */
+const REMOTE_CHECKPOINT = { checkpointRecords: 64, checkpointMillis: 2000 } as const;
+
+/** Chunks in flight for a remote target (unless --concurrency): each put waits for a round trip and the node. */
+const REMOTE_CONCURRENCY = 16;
+
+/** replicate() options for a ws(s):// target: frequent checkpoints, a deeper pipeline for chunks up to 2 MiB. */
+export function remoteReplicateOptions(
+  concurrency: number | undefined,
+  chunkSize: number | undefined,
+): { checkpointRecords: number; checkpointMillis: number; concurrency?: number } {
+  const deep = chunkSize === undefined || chunkSize <= 2 * 1024 * 1024;
+  const c = concurrency ?? (deep ? REMOTE_CONCURRENCY : undefined);
+  return { ...REMOTE_CHECKPOINT, ...(c !== undefined ? { concurrency: c } : {}) };
+}

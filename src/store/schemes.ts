@@ -1,0 +1,65 @@
+// The table of store backends by URL scheme, and the error for a location no backend takes. A leaf module:
+// backends and the ws:// transport import it to register or to report bad URLs; nothing here imports a backend.
+import { ErrorCodes, RnodeError } from '../errors.js';
+import type { ObjectStore } from './types.js';
+
+/** How to reach a ws:// or wss:// node (typed settings; the CLI fills them from --token-file, --ca, --pin-sha256). */
+export interface RemoteAccess {
+  /** File holding the node's bearer token (preferred: the token stays out of argv and options dumps). */
+  tokenFile?: string;
+  /** The token itself, for embedders that hold it in memory; never logged. */
+  token?: string;
+  /** PEM file of the CA that signed the node's certificate (wss). */
+  caFile?: string;
+  /** SHA-256 fingerprint of the node's certificate (wss). */
+  pinSha256?: string;
+}
+
+export interface StoreFactoryContext {
+  /** The location as given, for messages (factories strip secrets before using it as store.location). */
+  location: string;
+  env: NodeJS.ProcessEnv;
+  /** Settings for ws:// and wss:// locations; other backends ignore them. */
+  remote?: RemoteAccess;
+}
+
+/** Builds the bare backend for a parsed URL; throw RnodeError BAD_STORE_URL for a malformed one. */
+export type StoreFactory = (url: URL, ctx: StoreFactoryContext) => Promise<ObjectStore>;
+
+const factories = new Map<string, StoreFactory>();
+
+/** Adds a backend (e.g. the remote ws:// store); the scheme is given without ':' and is case-insensitive. */
+export function registerStoreScheme(scheme: string, factory: StoreFactory): void {
+  factories.set(scheme.toLowerCase().replace(/:$/, ''), factory);
+}
+
+export function registeredSchemes(): string[] {
+  return [...factories.keys()].sort();
+}
+
+/** The factory for a scheme (without ':'), or undefined when none is registered. */
+export function storeFactory(scheme: string): StoreFactory | undefined {
+  return factories.get(scheme.toLowerCase());
+}
+
+export function badStoreUrl(location: string, why: string): RnodeError {
+  return new RnodeError(
+    ErrorCodes.BAD_STORE_URL,
+    `store location ${JSON.stringify(redact(location))} ${why}; use a directory path, file:///dir, mem://name, ` +
+      `s3://bucket/prefix, azblob://container/prefix or gs://bucket/prefix` +
+      (extraSchemes().length ? ` (also registered: ${extraSchemes().join(', ')})` : ''),
+    { details: { location: redact(location) } },
+  );
+}
+
+const BUILTIN = new Set(['file', 'mem', 's3', 'azblob', 'gs']);
+function extraSchemes(): string[] {
+  return registeredSchemes()
+    .filter((s) => !BUILTIN.has(s))
+    .map((s) => `${s}://`);
+}
+
+/** Drops user:password and query values that look like secrets, for messages. */
+export function redact(location: string): string {
+  return location.replace(/\/\/[^/@]*@/, '//***@').replace(/([?&](?:sig|sas|key|secret|token|password)[^=&]*=)[^&]*/gi, '$1***');
+}

@@ -1,0 +1,33 @@
+// The reporter of `npm test`: tap's raw TAP output unchanged, then each test file's duration, slowest first,
+// so slow files stand out in CI logs. tap loads it with --reporter (a stream class as the default export).
+import { Transform } from 'node:stream';
+
+// A top-level result line of the runner: one per test file, with tap's own timing.
+const FILE_RESULT = /^(not ok|ok) \d+ - (\S+).*# time=([\d.]+)ms/;
+
+export default class DurationsReporter extends Transform {
+  #rest = '';
+  #files = [];
+
+  _transform(chunk, _encoding, done) {
+    const text = this.#rest + chunk.toString('utf8');
+    const lines = text.split('\n');
+    this.#rest = lines.pop() ?? '';
+    for (const line of lines) this.#note(line);
+    done(null, chunk);
+  }
+
+  _flush(done) {
+    this.#note(this.#rest);
+    const rows = this.#files.sort((a, b) => b.ms - a.ms);
+    const total = rows.reduce((s, r) => s + r.ms, 0);
+    const out = ['', `# test file durations, slowest first (${rows.length} files, ${(total / 1000).toFixed(1)} s summed over parallel jobs)`];
+    for (const r of rows) out.push(`# ${(r.ms / 1000).toFixed(1).padStart(7)} s  ${r.ok ? '  ' : '✗ '}${r.file}`);
+    done(null, `${out.join('\n')}\n`);
+  }
+
+  #note(line) {
+    const m = FILE_RESULT.exec(line);
+    if (m) this.#files.push({ ok: m[1] === 'ok', file: m[2], ms: Number(m[3]) });
+  }
+}
