@@ -7,7 +7,7 @@ export { recover, type RecoverOptions, type RecoverResult } from './recovery/res
 export { startExport, exportUrl, type ExportOptions, type ExportStats, type RunningExport } from './export/index.js';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
 export { prune, type PruneResult } from './recovery/prune.js';
-export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './recovery/points.js';
+export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './repository/points.js';
 export { openSource, registerSourceScheme, RawSource, type BlockSource, type Extent } from './source/index.js';
 export { delegatingSource } from './source/types.js';
 export * from './store/index.js';

@@ -419,7 +419,7 @@ export class JobRunner {
 }
 
 async function pointMarker(store: WrappedStore, disk: string, point: number): Promise<string | null> {
-  const { loadPoint } = await import('../recovery/points.js');
+  const { loadPoint } = await import('../repository/points.js');
   const m = await loadPoint(store, disk, point).catch(() => undefined);
   return m?.source.marker ?? null;
 }

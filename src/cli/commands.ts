@@ -3,7 +3,7 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId } from '../format/layout.js';
 import { validateChunkSize } from '../pipeline/grid.js';
-import { listPoints } from '../recovery/points.js';
+import { listPoints } from '../repository/points.js';
 import { prune } from '../recovery/prune.js';
 import { replicate } from '../recovery/replicate.js';
 import { recover } from '../recovery/restore.js';

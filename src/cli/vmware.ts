@@ -5,7 +5,7 @@ import { codecByName } from '../format/codecs.js';
 import { validateChunkSize } from '../pipeline/grid.js';
 import { replicateVm, type ReplicateVmResult } from '../jobs/replicate-vm.js';
 import { pruneVm, recoverVm } from '../jobs/vm.js';
-import { listVmPoints } from '../recovery/vm-points.js';
+import { listVmPoints } from '../repository/vm-points.js';
 import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { parseBandwidth } from '../transport/index.js';
 import { encryptionKeyFrom, ENCRYPTION_USAGE, type Options } from './args.js';

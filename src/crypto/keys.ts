@@ -164,3 +164,9 @@ export function checkKeyFileMode(mode: number, fail: (why: string) => Error, fil
       `restrict it with "chmod 600 ${file}"`);
   }
 }
+
+/** How a disk's chunks are sealed: its key and the disk id every chunk's AAD binds. */
+export interface ChunkSeal {
+  key: EncryptionKey;
+  disk: string;
+}

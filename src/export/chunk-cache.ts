@@ -8,7 +8,7 @@ import type { ChunkEntry } from '../format/table.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { withWorkerKey, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
 import { maxObjectBytes } from '../pipeline/codec-workers.js';
-import { readChunk } from '../recovery/chunk-reader.js';
+import { readChunk } from '../pipeline/chunk-reader.js';
 import type { ObjectStore } from '../store/types.js';
 import { Lru } from './lru.js';
 

@@ -5,7 +5,7 @@ import type { PointManifest, SegmentRef } from '../format/manifest.js';
 import { decodeSegment, isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import type { EncryptionKey } from '../crypto/keys.js';
-import { segmentExpectation } from '../recovery/view.js';
+import { segmentExpectation } from '../repository/view.js';
 import { Lru } from './lru.js';
 
 /** Decoded segments kept (each up to 4096 entries, a few hundred KiB as objects). */

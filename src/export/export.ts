@@ -3,8 +3,8 @@
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
-import { readDiskMarker, requireChainSeal } from '../recovery/encryption.js';
-import { listPointSeqs, loadChain, resolvePoint } from '../recovery/points.js';
+import { readDiskMarker, requireChainSeal } from '../repository/encryption.js';
+import { listPointSeqs, loadChain, resolvePoint } from '../repository/points.js';
 import type { ObjectStore } from '../store/types.js';
 import { ChunkCache, DEFAULT_CACHE_BYTES } from './chunk-cache.js';
 import { ChunkIndex } from './chunk-index.js';

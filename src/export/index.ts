@@ -1,4 +1,3 @@
 // Instant recovery: a point served as an NBD export, chunks fetched on first read (see docs/export.md).
 export { startExport, exportUrl, type ExportOptions, type ExportStats, type RunningExport } from './export.js';
-export { isLoopback, checkListen } from './policy.js';
 export { assertOverlayOutsideStore } from './overlay.js';

@@ -6,7 +6,7 @@ import {
 } from '../source/nbd/protocol.js';
 
 export {
-  Cmd, CmdFlag, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, Info, Opt, Rep, RepErr, ReplyType, STATE_HOLE, STATE_ZERO,
+  Cmd, CmdFlag, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, Info, Opt, Rep, RepErr, STATE_HOLE, STATE_ZERO,
   BASE_ALLOCATION, MAX_STRING, REQUEST_HEADER, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY,
 } from '../source/nbd/protocol.js';
 

@@ -3,11 +3,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { EncryptionKey } from '../crypto/keys.js';
-import type { LeaseOptions } from '../recovery/lease.js';
-import { listPointSeqs } from '../recovery/points.js';
+import type { LeaseOptions } from '../repository/lease.js';
+import { listPointSeqs } from '../repository/points.js';
 import { prune } from '../recovery/prune.js';
 import { recover, type RecoverResult } from '../recovery/restore.js';
-import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../recovery/vm-points.js';
+import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../repository/vm-points.js';
 import type { ObjectStore } from '../store/types.js';
 
 export interface RecoverVmOptions {

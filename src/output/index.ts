@@ -5,7 +5,7 @@ import { openFileOutput } from './file.js';
 import type { OpenOutputOptions, OutputSink } from './sink.js';
 import { displayUrl, objectName, parseOutUrl } from './url.js';
 
-export type { OpenOutputOptions, OutputSink, Extent } from './sink.js';
+export type { OpenOutputOptions, OutputSink } from './sink.js';
 
 const CLOUD = /^(s3|azblob|gs):\/\//i;
 

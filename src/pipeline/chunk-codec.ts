@@ -1,7 +1,7 @@
 // Turns a chunk's plaintext into a stored chunk object and back. Decoding checks everything the table and
 // the header promise (index, writer, lengths, both digests), so a wrong or damaged chunk never restores.
 // With a ChunkSeal the object is encrypted (chunk format version 2) and its digests are keyed.
-import type { EncryptionKey } from '../crypto/keys.js';
+import type { ChunkSeal, EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { type CodecId, isKnownCodec } from '../format/codecs.js';
@@ -10,10 +10,7 @@ import { codecWorkers, maxObjectBytes, type SealedFields } from './codec-workers
 import { recycleShared, takeShared } from './shared-slots.js';
 
 /** How a disk's chunks are encrypted: the key, and the disk id the objects are bound to (part of the AAD). */
-export interface ChunkSeal {
-  key: EncryptionKey;
-  disk: string;
-}
+export type { ChunkSeal } from '../crypto/keys.js';
 
 /**
  * Runs fn while the codec workers hold key's subkeys: they are sent once (and to any replacement worker), chunks

@@ -10,7 +10,6 @@ export const MAX_IDLE_SHARED_BYTES = 128 * 1024 * 1024;
 
 const idle = new Map<number, Buffer[]>();
 let idleBytes = 0;
-let allocated = 0;
 
 /** A zero-filled, page-aligned SharedArrayBuffer view of size bytes: an idle one when there is one. */
 export function takeShared(size: number): Buffer {
@@ -21,7 +20,6 @@ export function takeShared(size: number): Buffer {
     if (list!.length === 0) idle.delete(size);
     return b;
   }
-  allocated++;
   return sharedAligned(size);
 }
 
@@ -40,9 +38,4 @@ export function recycleShared(b: Buffer): void {
   if (!list) idle.set(b.length, list = []);
   list.push(b);
   idleBytes += b.length;
-}
-
-/** For tests and the soak: buffers allocated since start, and idle bytes now. */
-export function sharedSlotStats(): { allocated: number; idleBytes: number } {
-  return { allocated, idleBytes };
 }

@@ -11,11 +11,11 @@ import { layout, parseChunkKey, validateDiskId } from '../format/layout.js';
 import { encodeManifest, MANIFEST_VERSION_AUTHENTICATED, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { decodeSegment, encodeSegment, isZeroEntry, segmentMac, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
-import { forEachBounded } from './chunk-reader.js';
-import { listPointSeqs, loadChain, loadPoint } from './points.js';
-import { chainView, segmentExpectation } from './view.js';
-import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from './encryption.js';
-import { Lease, type LeaseOptions } from './lease.js';
+import { forEachBounded } from '../pipeline/chunk-reader.js';
+import { listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { chainView, segmentExpectation } from '../repository/view.js';
+import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from '../repository/encryption.js';
+import { Lease, type LeaseOptions } from '../repository/lease.js';
 
 export interface PruneResult {
   disk: string;

@@ -16,10 +16,10 @@ import { recycleShared, takeShared } from '../pipeline/shared-slots.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
-import { checkChainAuthenticity, checkWriteKey, ensureDiskMarker, manifestEncryption, readDiskMarker } from './encryption.js';
-import { listPointSeqs, loadChain, loadPoint } from './points.js';
-import { chainView, Cursor } from './view.js';
-import { Lease, type LeaseOptions } from './lease.js';
+import { checkChainAuthenticity, checkWriteKey, ensureDiskMarker, manifestEncryption, readDiskMarker } from '../repository/encryption.js';
+import { listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { chainView, Cursor } from '../repository/view.js';
+import { Lease, type LeaseOptions } from '../repository/lease.js';
 
 export interface ReplicateOptions {
   store: ObjectStore;

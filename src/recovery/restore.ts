@@ -6,13 +6,13 @@ import { validateDiskId } from '../format/layout.js';
 import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
-import { readChunk } from './chunk-reader.js';
+import { readChunk } from '../pipeline/chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, recycleReadSlot, withWorkerKey, type ChunkSeal } from '../pipeline/chunk-codec.js';
-import { authenticateTables, readDiskMarker, requireChainSeal } from './encryption.js';
+import { authenticateTables, readDiskMarker, requireChainSeal } from '../repository/encryption.js';
 import { assertOutsideStore } from '../store/containment.js';
-import { loadChain, resolvePoint } from './points.js';
-import { chainView } from './view.js';
+import { loadChain, resolvePoint } from '../repository/points.js';
+import { chainView } from '../repository/view.js';
 import { isCloudOutput, openOutput } from '../output/index.js';
 import type { Extent, OutputSink } from '../output/sink.js';
 

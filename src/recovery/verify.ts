@@ -8,12 +8,12 @@ import { validateDiskId } from '../format/layout.js';
 import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
-import { checkStoredChunk, forEachBounded, readChunk } from './chunk-reader.js';
+import { checkStoredChunk, forEachBounded, readChunk } from '../pipeline/chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, recycleReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
-import { chainKey, checkChainAuthenticity, readDiskMarker, type DiskMarker } from './encryption.js';
-import { listPointSeqs, loadChain, loadPoint, resolvePoint } from './points.js';
-import { chainView, tableEntries } from './view.js';
+import { chainKey, checkChainAuthenticity, readDiskMarker, type DiskMarker } from '../repository/encryption.js';
+import { listPointSeqs, loadChain, loadPoint, resolvePoint } from '../repository/points.js';
+import { chainView, tableEntries } from '../repository/view.js';
 
 export interface VerifyProblem {
   code: string;

@@ -8,7 +8,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
-import { clampLeaseTtl, StoreLeases } from '../recovery/lease.js';
+import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
 import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta } from './control.js';

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
-import { listPoints } from '../../src/recovery/points.js';
+import { listPoints } from '../../src/repository/points.js';
 import { expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
 

@@ -3,7 +3,7 @@
 // takes longer than the RPO is never overlapped by the next one, and the missed RPO is reported.
 import t from 'tap';
 import path from 'node:path';
-import { listPoints } from '../../src/recovery/points.js';
+import { listPoints } from '../../src/repository/points.js';
 import type { Policy } from '../../src/agent/protocol.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, sleep, startAgent, startMs, tmpDir, waitUntil } from './helpers.js';

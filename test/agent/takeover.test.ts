@@ -5,7 +5,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { listPoints } from '../../src/recovery/points.js';
+import { listPoints } from '../../src/repository/points.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, parsedLogs, sleep, spawnAgent, startMs, tmpDir, type AgentProcess } from './helpers.js';

@@ -6,7 +6,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { listPointSeqs } from '../../src/recovery/points.js';
+import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import {
   KiB, MiB, chunkObjects, expectRestore, fingerprint, fsStore, listFiles, randomData, sha256File, stopCodecWorkersAtEnd, textData,

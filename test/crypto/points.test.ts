@@ -15,7 +15,7 @@ import { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
-import { listPoints, listPointSeqs } from '../../src/recovery/points.js';
+import { listPoints, listPointSeqs } from '../../src/repository/points.js';
 import { prune } from '../../src/recovery/prune.js';
 import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';

@@ -13,7 +13,7 @@ import { negotiate, nbdProtocol as P, ReplyParser, type ReplySink } from '../../
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { decodeFrame, encodeFrame, FrameFlag } from '../../src/transport/frame.js';
 import { ObjectValidator } from '../../src/transport/validate.js';
-import { parseXml, XmlError, type XmlElement } from '../../src/vsphere/xml.js';
+import { parseXml, XmlError, type XmlElement } from '../../src/source/vmware/vsphere/xml.js';
 
 export const CORPUS = fileURLToPath(new URL('./corpus/', import.meta.url));
 

@@ -8,7 +8,7 @@ import { openSource } from '../../src/source/index.js';
 import { replicate, type ReplicateResult } from '../../src/recovery/replicate.js';
 import { recover } from '../../src/recovery/restore.js';
 import { FsStore } from '../../src/store/index.js';
-import { loadPoint } from '../../src/recovery/points.js';
+import { loadPoint } from '../../src/repository/points.js';
 import {
   addBitmap, collect, createImage, dirtyRanges, KiB, MiB, qemuImg, qemuWrite, rawSnapshot, sha256File, startExport, tmpDir,
   type Write,

@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { ErrorCodes } from '../../src/errors.js';
-import * as leases from '../../src/recovery/lease.js';
+import * as leases from '../../src/repository/lease.js';
 import { encodeFrame, FrameType, TransportErrorCodes, decodeFrame } from '../../src/transport/index.js';
 import { CLI, ensureBuilt } from '../helpers/cli.js';
 import { KiB, expectRestore, fingerprint, fsStore, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';

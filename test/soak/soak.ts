@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { isRnodeError } from '../../src/errors.js';
 import { prune } from '../../src/recovery/prune.js';
-import { listPoints } from '../../src/recovery/points.js';
+import { listPoints } from '../../src/repository/points.js';
 import { replicate } from '../../src/recovery/replicate.js';
 import { recover } from '../../src/recovery/restore.js';
 import { verify } from '../../src/recovery/verify.js';

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
-import { listPointSeqs } from '../../src/recovery/points.js';
+import { listPointSeqs } from '../../src/repository/points.js';
 import { prune } from '../../src/recovery/prune.js';
 import { replicate } from '../../src/recovery/replicate.js';
 import { recover } from '../../src/recovery/restore.js';

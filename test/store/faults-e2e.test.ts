@@ -11,7 +11,7 @@ import t, { type Test } from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { layout, parseChunkKey } from '../../src/format/layout.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
-import { listPointSeqs } from '../../src/recovery/points.js';
+import { listPointSeqs } from '../../src/repository/points.js';
 import { replicate } from '../../src/recovery/replicate.js';
 import { recover } from '../../src/recovery/restore.js';
 import { verify } from '../../src/recovery/verify.js';

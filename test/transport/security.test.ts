@@ -7,7 +7,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import WebSocket from 'ws';
-import { listPointSeqs } from '../../src/recovery/points.js';
+import { listPointSeqs } from '../../src/repository/points.js';
 import { FRAME_HEADER_BYTES, PROTOCOL_VERSION, TransportErrorCodes, certificateFingerprint, decodeFrame, encodeFrame, FrameType } from '../../src/transport/index.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, tmpDir } from '../helpers/images.js';
 import { haveOpenssl, makeCert } from '../helpers/tls.js';

@@ -5,7 +5,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { listPointSeqs } from '../../src/recovery/points.js';
+import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt } from '../helpers/images.js';

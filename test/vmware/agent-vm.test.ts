@@ -7,8 +7,8 @@ import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { recoverVm } from '../../src/jobs/vm.js';
-import { loadPoint } from '../../src/recovery/points.js';
-import { listVmPointSeqs, loadVmPoint } from '../../src/recovery/vm-points.js';
+import { loadPoint } from '../../src/repository/points.js';
+import { listVmPointSeqs, loadVmPoint } from '../../src/repository/vm-points.js';
 import { startAgent, startMs } from '../agent/helpers.js';
 import { KiB, MiB, accessAndThreads, fingerprintOf, snapshotFingerprints, startEnv } from './harness.js';
 

@@ -5,8 +5,8 @@ import t from 'tap';
 import path from 'node:path';
 import { commands } from '../../src/cli/commands.js';
 import { pruneVm, recoverVm } from '../../src/jobs/vm.js';
-import { listPointSeqs } from '../../src/recovery/points.js';
-import { listVmPointSeqs, loadVmPoint } from '../../src/recovery/vm-points.js';
+import { listPointSeqs } from '../../src/repository/points.js';
+import { listVmPointSeqs, loadVmPoint } from '../../src/repository/vm-points.js';
 import { KiB, MiB, accessAndThreads, fingerprintOf, snapshotFingerprints, startEnv } from './harness.js';
 import { THREE, expectVmRestore, fill, randomData } from './vm-helpers.js';
 

@@ -4,7 +4,7 @@ import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { recoverVm } from '../../src/jobs/vm.js';
-import { loadVmPoint } from '../../src/recovery/vm-points.js';
+import { loadVmPoint } from '../../src/repository/vm-points.js';
 import { KiB, MiB, fingerprintOf, snapshotFingerprints, type VmwareEnv } from './harness.js';
 
 export function randomData(length: number, seed: number): Buffer {

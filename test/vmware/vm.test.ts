@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { listPartialVmRuns, listVmPointSeqs, loadVmPoint } from '../../src/recovery/vm-points.js';
+import { listPartialVmRuns, listVmPointSeqs, loadVmPoint } from '../../src/repository/vm-points.js';
 import { KiB, MiB, accessAndThreads, fingerprintOf, snapshotFingerprints, startEnv } from './harness.js';
 import { THREE, expectVmRestore, fill, randomData } from './vm-helpers.js';
 

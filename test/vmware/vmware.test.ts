@@ -4,7 +4,7 @@
 import t from 'tap';
 import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { listPointSeqs, loadPoint } from '../../src/recovery/points.js';
+import { listPointSeqs, loadPoint } from '../../src/repository/points.js';
 import { vmDiskId } from '../../src/source/vmware/index.js';
 import { KiB, MiB, PASSWORD, expectRestores, startEnv } from './harness.js';
 

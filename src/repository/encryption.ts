@@ -3,14 +3,13 @@
 // One disk is encrypted with one key for its whole life, so a chain never mixes keys or mixes in plaintext.
 // Authenticity (manifest version 3): the disk's encryption marker, the manifests' MACs and the rule that versions
 // never go down along a chain are checked here, before any table or chunk is used (see docs/format.md in README).
-import type { EncryptionKey } from '../crypto/keys.js';
+import type { ChunkSeal, EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
 import {
   authenticateManifest, MANIFEST_VERSION, MANIFEST_VERSION_AUTHENTICATED, type PointEncryption, type PointManifest,
 } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
-import type { ChunkSeal } from '../pipeline/chunk-codec.js';
 import type { ObjectStore } from '../store/types.js';
 import { segmentExpectation } from './view.js';
 

@@ -4,7 +4,7 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
 import { copyBytes } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
-import { checkStoredChunkInto, decodeChunkInto, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
+import { checkStoredChunkInto, decodeChunkInto, type ChunkSeal, type ReadSlot } from './chunk-codec.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
 
 /**
