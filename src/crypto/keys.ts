@@ -32,7 +32,7 @@ export const META_MAC_BYTES = 32;
  * object moved to another disk, point, parent, generation or segment number (or read as another kind) fails.
  */
 export interface MetaContext {
-  kind: 'manifest' | 'table' | 'pending' | 'disk-encryption';
+  kind: 'manifest' | 'table' | 'pending' | 'disk-encryption' | 'vm-point';
   disk: string;
   point?: number;
   parent?: number | null;

@@ -212,7 +212,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   const staleSnapshotsRemoved = await cleanUpLeftovers(session, store, warnings);
   const vm = await session.vmInfo();
   const cbt = await session.ensureChangeTracking(vm);
-  const prev = await latestVmPoint(store, vm.moref);
+  const prev = await latestVmPoint(store, vm.moref, opts.encryption);
   const plan = await planDisks(opts, vm.disks, prev, diskId);
   if (opts.signal?.aborted) throw opts.signal.reason;
 
@@ -282,7 +282,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
         vm: vm.moref, vmName: vm.name, snapshot: { moref: snap.moref, name: snap.name, createdAt: snap.createdAt },
         consistency: snap.consistency, ...(snap.consistencyReason ? { consistencyReason: snap.consistencyReason } : {}),
         disks, skipped: plan.skipped, removed: plan.removed, config,
-      });
+      }, opts.encryption);
     }
   } catch (err) {
     failure ??= err;

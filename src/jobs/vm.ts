@@ -33,7 +33,7 @@ export interface RecoverVmResult {
 export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult> {
   const started = performance.now();
   const seq = await resolveVmPoint(opts.store, opts.vm, opts.point);
-  const p = await loadVmPoint(opts.store, opts.vm, seq);
+  const p = await loadVmPoint(opts.store, opts.vm, seq, opts.encryption);
   fs.mkdirSync(opts.outDir, { recursive: true });
   const disks: RecoverVmResult['disks'] = [];
   for (const d of p.disks) {
@@ -75,7 +75,7 @@ export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
   if (doomed.length === 0) return { vm, kept, deletedVmPoints: [], disks: [] };
   const oldestUsed = new Map<string, number>();
   for (const s of kept) {
-    for (const d of (await loadVmPoint(store, vm, s)).disks) oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
+    for (const d of (await loadVmPoint(store, vm, s, opts.encryption)).disks) oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
   }
   await deleteVmPoints(store, vm, doomed);
   const disks: PruneVmResult['disks'] = [];

@@ -3,6 +3,7 @@
 // run that did not finish are recorded as partial (they belong to no VM point). Keys come from vmLayout.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { seqFromKey, validateDiskId, vmLayout } from '../format/layout.js';
+import type { EncryptionKey } from '../crypto/keys.js';
 import type { ObjectStore } from '../store/types.js';
 
 export type Consistency = 'application' | 'crash';
@@ -43,6 +44,16 @@ export interface VmPoint {
   /** The VM's configuration (VirtualMachineConfigInfo) at the snapshot, as vSphere returned it. */
   config: unknown;
   committedAt: string;
+  /**
+   * Encrypted disks: HMAC-SHA256 (hex) under the metadata subkey of the JSON text without this field, bound to the
+   * VM and the point's number, so a VM point cannot be edited, replayed or moved without the key.
+   */
+  mac?: string;
+}
+
+function vmPointMac(p: VmPoint, key: EncryptionKey): string {
+  const { mac: _mac, ...rest } = p;
+  return key.metaMac({ kind: 'vm-point', disk: p.vm, point: p.seq }, Buffer.from(JSON.stringify(rest))).toString('hex');
 }
 
 export interface PartialVmRun {
@@ -72,7 +83,8 @@ export async function listVmPointSeqs(store: ObjectStore, vm: string): Promise<n
   return seqs.sort((a, b) => a - b);
 }
 
-export async function loadVmPoint(store: ObjectStore, vm: string, seq: number): Promise<VmPoint> {
+/** With the disks' key, the VM point's MAC is checked (a missing one is a forgery: its disks are encrypted). */
+export async function loadVmPoint(store: ObjectStore, vm: string, seq: number, encryption?: EncryptionKey): Promise<VmPoint> {
   const key = vmLayout.point(validateVm(vm), seq);
   let bytes: Buffer;
   try {
@@ -93,6 +105,11 @@ export async function loadVmPoint(store: ObjectStore, vm: string, seq: number): 
     throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `VM point ${key} does not describe point ${seq} of ${vm}; the store is damaged`);
   }
   if (p.version !== 1) throw new RnodeError(ErrorCodes.FORMAT_VERSION, `VM point ${key} has version ${p.version}; this rnode reads version 1`);
+  if (encryption && (typeof p.mac !== 'string' || p.mac !== vmPointMac(p, encryption))) {
+    throw new RnodeError(ErrorCodes.METADATA_FORGED,
+      `VM point ${key} ${p.mac === undefined ? 'is not authenticated although its disks are encrypted' : 'fails its MAC'}: it was modified, moved or forged; restore another VM point or from another store`,
+      { details: { key } });
+  }
   return p;
 }
 
@@ -102,9 +119,9 @@ export async function listVmPoints(store: ObjectStore, vm: string): Promise<VmPo
   return out;
 }
 
-export async function latestVmPoint(store: ObjectStore, vm: string): Promise<VmPoint | undefined> {
+export async function latestVmPoint(store: ObjectStore, vm: string, encryption?: EncryptionKey): Promise<VmPoint | undefined> {
   const seqs = await listVmPointSeqs(store, vm);
-  return seqs.length ? loadVmPoint(store, vm, seqs[seqs.length - 1]) : undefined;
+  return seqs.length ? loadVmPoint(store, vm, seqs[seqs.length - 1], encryption) : undefined;
 }
 
 /** "latest", undefined or a number → an existing VM point's number. */
@@ -122,12 +139,14 @@ export async function resolveVmPoint(store: ObjectStore, vm: string, which: stri
  * Writes the next VM point (seq = newest + 1, created only if absent). Called once every disk point of it has
  * committed: the VM point is the commit of the VM run.
  */
-export async function commitVmPoint(store: ObjectStore, point: Omit<VmPoint, 'format' | 'version' | 'seq' | 'committedAt'>): Promise<VmPoint> {
+export async function commitVmPoint(store: ObjectStore, point: Omit<VmPoint, 'format' | 'version' | 'seq' | 'committedAt' | 'mac'>,
+  encryption?: EncryptionKey): Promise<VmPoint> {
   const vm = validateVm(point.vm);
   for (let attempt = 0; ; attempt++) {
     const seqs = await listVmPointSeqs(store, vm);
     const seq = (seqs.at(-1) ?? 0) + 1;
     const full: VmPoint = { format: 'rnode-vm-point', version: 1, ...point, seq, committedAt: new Date().toISOString() };
+    if (encryption) full.mac = vmPointMac(full, encryption);
     try {
       await store.put(vmLayout.point(vm, seq), Buffer.from(JSON.stringify(full)), { ifNoneMatch: true });
       return full;
