@@ -8,7 +8,7 @@ const LAYERS = [
   ['cli'],
   ['agent'],
   ['jobs', 'recovery'],
-  ['export'],
+  ['export', 'output'],
   ['transport'],
   ['pipeline'],
   ['source', 'sample'],
