@@ -8,7 +8,8 @@
       "src/buffers.cc",
       "src/vddk.cc",
       "src/lz4.cc",
-      "src/file_write.cc"
+      "src/file_write.cc",
+      "src/xxh64.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": [

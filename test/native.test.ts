@@ -1,5 +1,6 @@
 // Tests for the rnode_native addon through its TS wrapper: positional reads, sparse-file extents,
-// zero detection, aligned buffers with O_DIRECT, error shape, and fd lifetime (close, finalizer).
+// zero detection, aligned buffers with O_DIRECT, error shape, fd lifetime (close, finalizer), and XXH64 against
+// xxhash-wasm (the portable fallback), directly and through the codec workers.
 
 import t from 'tap';
 import fs from 'node:fs';
@@ -10,7 +11,10 @@ import { setImmediate as tick } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 
-import { allocAligned, isZero, NativeIoError, openRaw, sharedAligned, writeFileExclusive, type Extent } from '../src/native/index.js';
+import xxhash from 'xxhash-wasm';
+import { allocAligned, isZero, NativeIoError, nativeXxh64, openRaw, sharedAligned, writeFileExclusive, type Extent } from '../src/native/index.js';
+import { Codec } from '../src/format/codecs.js';
+import { CodecWorkers, maxObjectBytes } from '../src/pipeline/codec-workers.js';
 
 const MiB = 1024 * 1024;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-native-'));
@@ -281,4 +285,39 @@ t.test('a leaked handle has its fd closed by the GC finalizer', async (t) => {
     await tick();
   }
   t.equal(openFds(p), 0);
+});
+
+t.test('xxh64: the addon and xxhash-wasm agree on every length, seed and kind of memory', async (t) => {
+  const { h64Raw } = await xxhash();
+  const seeds = [0n, 1n, 0x9e3779b97f4a7c15n, (1n << 64n) - 1n];
+  // Every tail length around the 32-byte stripes and the 8/4/1-byte steps, then chunk-sized inputs.
+  const lengths = [...Array.from({ length: 100 }, (_, i) => i), 255, 256, 4095, 4096, 65536 + 7, MiB];
+  let mismatches = 0;
+  for (const n of lengths) {
+    const data = randomBytes(n);
+    for (const seed of seeds) if (nativeXxh64(data, seed) !== h64Raw(data, seed)) mismatches++;
+    if (nativeXxh64(data) !== h64Raw(data)) mismatches++;
+  }
+  t.equal(mismatches, 0, `${lengths.length * (seeds.length + 1)} digests agree`);
+  const shared = sharedAligned(MiB + 3);
+  shared.set(randomBytes(shared.length));
+  const odd = shared.subarray(1, MiB + 2); // unaligned view of shared memory
+  t.equal(nativeXxh64(odd), h64Raw(Buffer.from(odd)), 'an unaligned view of a SharedArrayBuffer hashes in place');
+  t.equal(nativeXxh64(Buffer.alloc(0)), 0xef46db3751d8e999n, 'the reference digest of the empty input');
+  t.throws(() => nativeXxh64(Buffer.alloc(1), -1n), RangeError, 'a negative seed is refused');
+});
+
+t.test('xxh64: codec workers give the same digests with the addon and with xxhash-wasm', async (t) => {
+  const native = new CodecWorkers(1);
+  const portable = new CodecWorkers(1, { portableHash: true });
+  t.teardown(() => Promise.all([native.close(), portable.close()]));
+  for (const codec of [Codec.NONE, Codec.LZ4_BLOCKS]) {
+    const plain = sharedAligned(256 * 1024);
+    plain.set(randomBytes(64 * 1024), 0);
+    plain.fill('text text text ', 64 * 1024, 192 * 1024);
+    const [a, b] = await Promise.all([native, portable].map((w) => w.encode(plain, sharedAligned(maxObjectBytes(plain.length)), codec)));
+    t.equal(a.xxh64, b.xxh64, `codec ${codec}: plaintext xxh64`);
+    t.equal(a.payloadXxh64, b.payloadXxh64, `codec ${codec}: payload xxh64`);
+    t.equal(a.xxh64, nativeXxh64(plain), `codec ${codec}: the worker's digest is the plaintext's`);
+  }
 });

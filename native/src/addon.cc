@@ -1,5 +1,5 @@
 // Module init for rnode_native: raw block I/O (raw_io), buffer helpers (buffers), the VDDK binding (vddk)
-// the LZ4 block codec (lz4) and whole-file writes for the filesystem store (file_write).
+// the LZ4 block codec (lz4), whole-file writes for the filesystem store (file_write) and XXH64 (xxh64).
 #include <napi.h>
 
 #include "addon.h"
@@ -8,6 +8,7 @@
 #include "lz4.h"
 #include "raw_io.h"
 #include "vddk.h"
+#include "xxh64.h"
 
 namespace {
 
@@ -18,6 +19,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rnode::InitVddk(env, exports);
   rnode::InitLz4(env, exports);
   rnode::InitFileWrite(env, exports);
+  rnode::InitXxh64(env, exports);
   return exports;
 }
 

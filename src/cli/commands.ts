@@ -6,6 +6,7 @@ import { validateChunkSize } from '../pipeline/grid.js';
 import { listPoints } from '../repository/points.js';
 import { prune } from '../recovery/prune.js';
 import { replicate } from '../recovery/replicate.js';
+import type { StageTimes } from '../pipeline/stages.js';
 import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';
 import { openSource } from '../source/index.js';
@@ -63,6 +64,7 @@ const replicateCmd: Command = {
         `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
         `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
         `  stored   ${bytes(r.bytesWritten)}${r.encryption ? ` (encrypted, ${r.encryption.alg}, key id ${r.encryption.keyId})` : ''}`,
+        ...(r.stages ? [stagesLine(r.stages)] : []),
       ]);
     } finally {
       await source.close();
@@ -70,6 +72,14 @@ const replicateCmd: Command = {
     return 0;
   },
 };
+
+/** Where a replicate's time went; stage sums of concurrent chunks may exceed the wall time. */
+function stagesLine(s: StageTimes): string {
+  const f = (x: number) => `${x.toFixed(2)} s`;
+  return `  time     read ${f(s.read)}, hash ${f(s.hash)}, compress ${f(s.compress)}, encrypt ${f(s.encrypt)}, ` +
+    `write ${f(s.write)} (summed over chunks in flight); reader waited ${f(s.wait)} ` +
+    `(${f(s.waitFor.encode)} for encoding, ${f(s.waitFor.write)} for the store)`;
+}
 
 const pointsCmd: Command = {
   summary: 'list the committed points of a disk, oldest first',

@@ -99,16 +99,20 @@ function makeSealedOps(deps) {
     const k = keyOf(m.key);
     const plain = view(m.in, m.inOff, m.len);
     const out = view(m.out, m.outOff, m.outCap);
+    // Stage times for the pipeline's counters (hash, pack, seal), as the unencrypted encode reports them.
+    const t0 = performance.now();
     const { digest64, strong } = keyedDigests(Blake3Hasher, k.digestKey, plain);
+    const t1 = performance.now();
     if (m.unchangedIf && m.unchangedIf.xxh64 === digest64 && Buffer.from(m.unchangedIf.strong).equals(strong)) {
-      return { xxh64: digest64, strong, unchanged: true };
+      return { xxh64: digest64, strong, unchanged: true, hashMs: t1 - t0, packMs: 0, sealMs: 0 };
     }
     // Pack behind the room kept for the nonce, then seal in place.
     const r = kernel.encodeInto(plain, m.codec, out.subarray(0, out.length - TAG_BYTES), headerBytes + NONCE_BYTES);
+    const t2 = performance.now();
     const aad = chunkAad({ disk: m.disk, version: m.version, codec: r.codec, plainLength: plain.length, plainDigest64: digest64, index: m.index, writer: m.writer });
     const payloadLength = sealInPlace(k.cipherKey, out, headerBytes, r.length, aad);
     const payloadXxh64 = h64Raw(out.subarray(headerBytes, headerBytes + payloadLength));
-    return { xxh64: digest64, strong, codec: r.codec, payloadLength, payloadXxh64 };
+    return { xxh64: digest64, strong, codec: r.codec, payloadLength, payloadXxh64, hashMs: t1 - t0, packMs: t2 - t1, sealMs: performance.now() - t2 };
   }
 
   function decode(m) {

@@ -74,6 +74,7 @@ interface NativeBinding {
   lz4Info(): { version?: string; error?: string };
   lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
   lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
+  xxh64(data: Uint8Array, seed?: bigint): bigint;
 }
 
 // Two levels below the package root both as src/native (tap runs .ts) and as dist/native (tsc rootDir 'src').
@@ -302,3 +303,10 @@ export const zeroBytes: (dst: Uint8Array) => void = binding.zeroBytes;
 
 /** What compresses chunks here, for logs and the agent's hello. */
 export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;
+
+/** XXH64 of data in place (no copy, shared memory included); the same digests as xxhash-wasm's h64Raw. */
+export function nativeXxh64(data: Uint8Array, seed?: bigint): bigint {
+  if (!(data instanceof Uint8Array)) throw new TypeError('xxh64: data must be a Buffer or Uint8Array');
+  if (seed !== undefined && (typeof seed !== 'bigint' || seed < 0n || seed >= 1n << 64n)) throw new RangeError('xxh64: seed must be a bigint in [0, 2^64)');
+  return binding.xxh64(data, seed);
+}

@@ -6,7 +6,7 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { type CodecId, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
-import { codecWorkers, maxObjectBytes, type SealedFields } from './codec-workers.js';
+import { codecWorkers, maxObjectBytes, type EncodeResult, type SealedFields } from './codec-workers.js';
 import { recycleShared, takeShared } from './shared-slots.js';
 
 /** How a disk's chunks are encrypted: the key, and the disk id the objects are bound to (part of the AAD). */
@@ -36,13 +36,18 @@ function sealedFields(seal: ChunkSeal, index: number, writer: number, h?: ChunkH
   };
 }
 
+/** Worker milliseconds one encode spent hashing, compressing and sealing (see StageClock). */
+export type EncodeCost = Pick<EncodeResult, 'hashMs' | 'packMs' | 'sealMs'>;
+
 /**
  * Digests and encodes a chunk on the codec workers. plain and out are SharedArrayBuffer views; the object is
- * built in out (header, then payload) and returned as a view of it, valid until out is reused.
+ * built in out (header, then payload) and returned as a view of it, valid until out is reused. plain is not
+ * touched once this resolves. onCost hears what the worker spent, unchanged chunks included.
  */
 export async function encodeChunkInto(plain: Buffer, out: Buffer, index: number, writer: number, codec: CodecId,
-    unchangedIf?: { xxh64: bigint; strong: Buffer }, seal?: ChunkSeal): Promise<{ object: Buffer; entry: ChunkEntry } | undefined> {
+    unchangedIf?: { xxh64: bigint; strong: Buffer }, seal?: ChunkSeal, onCost?: (c: EncodeCost) => void): Promise<{ object: Buffer; entry: ChunkEntry } | undefined> {
   const r = await codecWorkers().encode(plain, out, codec, unchangedIf, seal && sealedFields(seal, index, writer));
+  onCost?.(r);
   if (r.unchanged) return undefined; // same xxh64 and BLAKE3 (keyed, when sealed) as unchangedIf: nothing to store
   encodeChunkHeader({
     codec: r.codec, flags: seal ? ChunkFlag.ENCRYPTED : 0, plainLength: plain.length, payloadLength: r.payloadLength,

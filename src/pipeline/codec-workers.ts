@@ -20,6 +20,10 @@ export interface EncodeResult {
   codec: number;
   payloadLength: number;
   payloadXxh64: bigint;
+  /** Worker time spent on the plaintext digests, on compressing (with the payload digest), and on sealing. */
+  hashMs: number;
+  packMs: number;
+  sealMs?: number;
 }
 
 export interface DecodeCheck {
@@ -47,7 +51,11 @@ const native = require(workerData.native);
 // liblz4 when the system has it; lz4-napi is loaded only where it does not.
 const block = native.lz4Info().version ? { compress: native.lz4CompressBlock, decompress: native.lz4DecompressBlock } : undefined;
 const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(workerData.lz4)), block, copy: native.copyBytes, zero: native.zeroBytes }, track);
-require(workerData.xxhash)().then(({ h64Raw }) => {
+// The addon hashes chunk slots in place; xxhash-wasm (same digests, see test/native.test.ts) copies each input into
+// wasm memory first, which cost more than the hash, and compiles at start, which delayed the first chunks. It
+// stays the portable fallback.
+(native.xxh64 && !workerData.portableHash ? Promise.resolve({ h64Raw: native.xxh64 }) : require(workerData.xxhash)()).then(({ h64Raw }) => {
+  const now = () => performance.now();
   const HDR = ${CHUNK_HEADER_BYTES};
   // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.
   const sealed = require(workerData.seal).makeSealedOps({ kernel, h64Raw, Blake3Hasher: require(workerData.blake).Blake3Hasher, headerBytes: HDR });
@@ -73,17 +81,20 @@ require(workerData.xxhash)().then(({ h64Raw }) => {
       } else if (m.op === 'encode') {
         const plain = Buffer.from(m.in, m.inOff, m.len);
         const out = Buffer.from(m.out, m.outOff, m.outCap);
+        // Each reply says how long its hashing and packing took: the pipeline's per-stage counters.
+        const t0 = now();
         const xxh64 = h64Raw(plain);
         const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
+        const t1 = now();
         // Same content as the previous point (both digests): skip the compressor, the chunk is not stored.
         if (m.unchangedIf && m.unchangedIf.xxh64 === xxh64 && Buffer.from(m.unchangedIf.strong).equals(strong)) {
-          parentPort.postMessage({ id: m.id, xxh64, strong, unchanged: true });
+          parentPort.postMessage({ id: m.id, xxh64, strong, unchanged: true, hashMs: t1 - t0, packMs: 0 });
           return;
         }
         const r = kernel.encodeInto(plain, m.codec, out, HDR);
         // A raw payload is the plaintext: its digest is already known.
         const payloadXxh64 = r.codec === ${Codec.NONE} ? xxh64 : h64Raw(out.subarray(HDR, HDR + r.length));
-        parentPort.postMessage({ id: m.id, xxh64, strong, codec: r.codec, payloadLength: r.length, payloadXxh64 });
+        parentPort.postMessage({ id: m.id, xxh64, strong, codec: r.codec, payloadLength: r.length, payloadXxh64, hashMs: t1 - t0, packMs: now() - t1 });
       } else if (m.op === 'decode') {
         // m.in holds the payload; the plaintext goes to m.out.
         const payload = Buffer.from(m.in, m.inOff, m.len);
@@ -118,9 +129,11 @@ export class CodecWorkers {
   private readonly workerData: Record<string, unknown>;
   private closed = false;
 
-  constructor(readonly size = defaultWorkers()) {
+  /** portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same digests). */
+  constructor(readonly size = defaultWorkers(), opts: { portableHash?: boolean } = {}) {
     const require = createRequire(import.meta.url);
     this.workerData = {
+      portableHash: opts.portableHash === true,
       blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
       kernel: KERNEL_PATH, seal: SEAL_KERNEL_PATH, native: ADDON_PATH,
       gcEvery: 8 * 1024 * 1024,

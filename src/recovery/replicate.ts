@@ -11,9 +11,10 @@ import { encodeSegment, segmentMac, TableFlag, TABLE_SEGMENT_RECORDS, type Chunk
 import { isZero } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { encodeChunkInto, withWorkerKey } from '../pipeline/chunk-codec.js';
-import { maxObjectBytes } from '../pipeline/codec-workers.js';
+import { codecWorkers, maxObjectBytes } from '../pipeline/codec-workers.js';
 import { recycleShared, takeShared } from '../pipeline/shared-slots.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
+import { StageClock, type StageEvent, type StageTimes } from '../pipeline/stages.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
 import { checkChainAuthenticity, checkWriteKey, ensureDiskMarker, manifestEncryption, readDiskMarker } from '../repository/encryption.js';
@@ -30,7 +31,10 @@ export interface ReplicateOptions {
   codec?: CodecId;
   /** Encrypt the point's chunks with this key (the disk's earlier points must have been written with it). */
   encryption?: EncryptionKey;
-  /** Chunks in flight (read, hashed, compressed or being stored) at once. */
+  /**
+   * Stored objects in flight at once (being encoded into or written). Reading and encoding use a smaller depth of
+   * their own, set from the number of codec workers, so chunks waiting for the store never hold the CPUs' buffers.
+   */
   concurrency?: number;
   /**
    * Plaintext bytes of chunk buffers the run may hold when concurrency is not given (default 64 MiB, at most 16
@@ -47,6 +51,8 @@ export interface ReplicateOptions {
   checkpointMillis?: number;
   signal?: AbortSignal;
   onProgress?: (p: ReplicateProgress) => void;
+  /** Hears each chunk's read, encode and write as it ends (the timeline behind ReplicateResult.stages). */
+  onStage?: (e: StageEvent) => void;
   /** Called right before the manifest is written (after the lease check). */
   beforeCommit?: () => Promise<void>;
   /** The one-writer-per-disk lease: options, or false to skip it (the caller holds it). */
@@ -80,6 +86,8 @@ export interface ReplicateResult {
   chunksChanged: number;
   chunksZero: number;
   seconds: number;
+  /** Where the time went (see StageTimes). */
+  stages: StageTimes;
   /** Set when the point is encrypted: the algorithm and the key id (never the key). */
   encryption?: PointEncryption;
 }
@@ -119,12 +127,6 @@ interface Outcome {
   delta: Delta;
 }
 
-/** A chunk's plaintext buffer and the buffer its stored object is built in (both shared with the workers). */
-interface Slot {
-  plain: Buffer;
-  out: Buffer;
-}
-
 /** A candidate chunk: read it, or (when only the parent knows it) decide without reading. */
 interface Candidate {
   index: number;
@@ -134,6 +136,9 @@ interface Candidate {
 
 export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
   const disk = validateDiskId(opts.disk);
+  // Start the codec workers now: they load their modules while the lease and the previous point are read, instead
+  // of holding up the first chunks (~0.3 s of an otherwise idle pipeline at the start of each run).
+  codecWorkers();
   if (opts.lease === false) return withWorkerKey(opts.encryption, () => replicateLeased(opts, undefined));
   const lease = await Lease.acquire(opts.store, disk, opts.lease);
   try {
@@ -236,17 +241,28 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     }).catch((err) => { checkpointFailure ??= err; failure ??= err; }); // stops the scan
   };
 
-  const pool = new BufferPool(Math.max(2, opts.concurrency ?? defaultConcurrency(chunkSize, opts.bufferBytes)),
-    () => ({ plain: takeShared(chunkSize), out: takeShared(maxObjectBytes(chunkSize)) }));
-  // Results complete out of order; the table needs them in index order, so they wait here (bounded by the pool).
+  // A durable put waits for the device far longer than a chunk takes to read and encode. With one buffer pair per
+  // chunk held from read to the end of its put, the puts held every pair and the workers sat idle (issue 13). Now a
+  // plaintext buffer is held from read to the end of its encode, an object buffer from encode to the end of its put,
+  // and there are encodeDepth more object buffers than puts in flight: the next chunks compress while puts wait.
+  const { writeDepth, encodeDepth, reorderWindow } = pipelineDepths(chunkSize, opts.concurrency, opts.bufferBytes);
+  const plainPool = new BufferPool(encodeDepth, () => takeShared(chunkSize));
+  const outPool = new BufferPool(writeDepth + encodeDepth, () => takeShared(maxObjectBytes(chunkSize)));
+  const putTurns = new BufferPool(writeDepth, () => ({})); // one token per put in flight
+  const clock = new StageClock(opts.onStage);
+  /** Chunks waiting for an object buffer or a put turn: then the store is what holds the reader up. */
+  let waitingForStore = 0;
+  const storeWait = async <T>(p: Promise<T>): Promise<T> => {
+    waitingForStore++;
+    try { return await p; } finally { waitingForStore--; }
+  };
+  // Results complete out of order; the table needs them in index order, so they wait here (bounded by the pools).
   const done = new Map<number, Outcome>();
   const candidateIndex = new Map<number, number>();
   let nextOrdinal = 0;
   let flushOrdinal = 0;
   const inflight = new Set<Promise<void>>();
 
-  // Finished chunks wait here for a slower, earlier one; the reader may run at most this far ahead of it.
-  const reorderWindow = 2 * pool.count;
   let windowWaiter: (() => void) | undefined;
   const wake = () => { const w = windowWaiter; windowWaiter = undefined; w?.(); };
   const settle = (ordinal: number, outcome: Outcome) => {
@@ -267,15 +283,16 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     wake();
   };
 
-  const processChunk = async (c: Candidate, slot: Slot): Promise<Outcome> => {
+  /** Reads, encodes and stores chunk c; releasePlain gives its plaintext buffer back as soon as the encode is done. */
+  const processChunk = async (c: Candidate, plainSlot: Buffer, releasePlain: () => void): Promise<Outcome> => {
     const offset = grid.offset(c.index);
     const length = grid.length(c.index);
-    const n = await source.read(offset, slot.plain, length);
+    const n = await clock.time(c.index, 'read', () => source.read(offset, plainSlot, length));
     if (n !== length) {
       throw new RnodeError(ErrorCodes.SOURCE_CHANGED, `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`);
     }
     live.bytesRead += n;
-    const plain = slot.plain.subarray(0, length);
+    const plain = plainSlot.subarray(0, length);
     if (isZero(plain)) {
       const delta: Delta = { bytesRead: n, chunksZero: scan ? 0 : 1 };
       if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
@@ -284,12 +301,24 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     const p = c.parent;
     // Unchanged when both digests agree, not only the 64-bit one; the workers then skip the compressor.
     const same = p && !isZeroEntry(p) && p.plainLength === length ? { xxh64: p.xxh64, strong: p.strong } : undefined;
-    const encoded = await encodeChunkInto(plain, slot.out, c.index, seq, codec, same, seal);
-    if (!encoded) return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
-    const { object, entry } = encoded;
-    await store.put(layout.chunk(disk, seq, c.index), object);
-    live.bytesWritten += object.length;
-    return { entry, delta: { bytesRead: n, chunksData: 1, bytesWritten: object.length, chunksChanged: 1 } };
+    const out = await storeWait(outPool.acquire());
+    try {
+      const start = performance.now();
+      const encoded = await encodeChunkInto(plain, out, c.index, seq, codec, same, seal, (cost) => clock.encoded(c.index, start, cost));
+      releasePlain(); // the next chunks' reads and encodes now overlap this put
+      if (!encoded) return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
+      const { object, entry } = encoded;
+      const turn = await storeWait(putTurns.acquire());
+      try {
+        await clock.time(c.index, 'write', () => store.put(layout.chunk(disk, seq, c.index), object));
+      } finally {
+        putTurns.release(turn);
+      }
+      live.bytesWritten += object.length;
+      return { entry, delta: { bytesRead: n, chunksData: 1, bytesWritten: object.length, chunksChanged: 1 } };
+    } finally {
+      outPool.release(out);
+    }
   };
 
   let parentView: Cursor<ChunkEntry> | undefined;
@@ -314,13 +343,19 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
         settle(ordinal, zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 } } : { entry: null, delta: {} });
         continue;
       }
+      // The reader stands still here when the pipeline is full; whoever holds the buffers is the bottleneck.
+      const stalledFor = waitingForStore > 0 ? 'write' : 'encode';
+      const waitStart = performance.now();
       while (nextOrdinal - flushOrdinal > reorderWindow && !failure) await new Promise<void>((r) => { windowWaiter = r; });
-      const slot = await pool.acquire();
-      if (failure) { pool.release(slot); break; }
-      const p: Promise<void> = processChunk(c, slot).then(
+      const plainSlot = await plainPool.acquire();
+      clock.waited(stalledFor, performance.now() - waitStart);
+      if (failure) { plainPool.release(plainSlot); break; }
+      let plainHeld = true;
+      const releasePlain = () => { if (plainHeld) { plainHeld = false; plainPool.release(plainSlot); } };
+      const p: Promise<void> = processChunk(c, plainSlot, releasePlain).then(
         (e) => settle(ordinal, e),
         (err) => { failure ??= err; wake(); },
-      ).finally(() => { pool.release(slot); inflight.delete(p); });
+      ).finally(() => { releasePlain(); inflight.delete(p); });
       inflight.add(p);
       opts.onProgress?.({ phase: 'scan', bytesRead: live.bytesRead, bytesWritten: live.bytesWritten, chunksDone: flushOrdinal, position, diskSize: grid.diskSize });
     }
@@ -329,7 +364,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   } finally {
     await Promise.all(inflight);
     // Every chunk is settled and stored: the buffers go back for the next run.
-    pool.close((slot) => { recycleShared(slot.plain); recycleShared(slot.out); });
+    plainPool.close(recycleShared);
+    outPool.close(recycleShared);
     await parentView?.close();
   }
   await segmentChain;
@@ -381,16 +417,27 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   return {
     disk, point: seq, parent: manifest.parent, full, ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}), resumed: ck.resumed,
     diskSize: grid.diskSize, chunkSize, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + mbytes.length,
-    chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero, seconds,
+    chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero, seconds, stages: clock.times,
     ...(manifest.encryption ? { encryption: manifest.encryption } : {}),
   };
 }
 
 function defaultConcurrency(chunkSize: number, bufferBytes = 64 * 1024 * 1024): number {
-  // Enough chunks in flight to keep the cores and the store busy, capped at ~64 MiB of plaintext buffers. Durable
-  // puts wait for the device, so the device needs many in its queue: the 1.5 GiB bench image replicated in ~4.0 s
-  // with 16 in flight against ~5.3 s with 8.
+  // Puts in flight, capped at ~64 MiB of object buffers. Durable puts wait for the device, so the device needs many
+  // in its queue: the 1.5 GiB bench image replicated in ~4.0 s with 16 in flight against ~5.3 s with 8.
   return Math.max(2, Math.min(16, Math.floor(bufferBytes / chunkSize)));
+}
+
+/**
+ * The pipeline's depths: writeDepth puts in flight (concurrency, or defaultConcurrency); encodeDepth plaintext
+ * buffers for reading and encoding, and as many object buffers beyond the puts in flight (one chunk being encoded
+ * and one queued per codec worker, two being read: every worker stays fed with little memory); and how far the
+ * reader may run ahead of the oldest unfinished chunk (finished ones wait for it to keep the table in order).
+ */
+export function pipelineDepths(chunkSize: number, concurrency?: number, bufferBytes?: number): { writeDepth: number; encodeDepth: number; reorderWindow: number } {
+  const writeDepth = Math.max(2, concurrency ?? defaultConcurrency(chunkSize, bufferBytes));
+  const encodeDepth = 2 * codecWorkers().size + 2;
+  return { writeDepth, encodeDepth, reorderWindow: 2 * (encodeDepth + writeDepth) };
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
