@@ -7,6 +7,7 @@
 //   RNODE_BENCH_ONLY=a,b            run only these sections (names: see bench/sections/index.ts)
 //   RNODE_BENCH_REPEAT=3            runs per contender, interleaved; figures are medians, peak RSS the max
 //   RNODE_BENCH_KEEP=1              keep the work directory
+//   RNODE_BENCH_JSON=<file>         also write the JSON result there (e.g. bench-results.json), to compare runs
 // Exit: 0 when every section ran (targets missed or not), 1 when one failed, 2 for bad settings.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -123,8 +124,9 @@ async function main(): Promise<number> {
     const load1 = os.loadavg();
     out(`targets: ${t.pass} PASS, ${t.miss} MISS, ${t.skip} SKIP; load average ${load1.map((x) => x.toFixed(2)).join(' ')} at end; ` +
       `${((Date.now() - started) / 1000).toFixed(0)} s in all`);
-    out(JSON.stringify({
+    const json = JSON.stringify({
       bench: 'rnode',
+      startedAt: new Date(started).toISOString(),
       node: process.version,
       cpus: cpu.length,
       loadAverage: { start: load0, end: load1 },
@@ -132,7 +134,12 @@ async function main(): Promise<number> {
       workdir, fsType, tools: versions,
       sections: results,
       targets: t,
-    }));
+    });
+    out(json);
+    if (settings.jsonOut) {
+      await fsp.writeFile(settings.jsonOut, `${json}\n`);
+      log(`wrote ${settings.jsonOut}`);
+    }
     return results.some((r) => r.error) ? 1 : 0;
   } finally {
     cleanup();

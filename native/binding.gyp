@@ -9,7 +9,8 @@
       "src/vddk.cc",
       "src/lz4.cc",
       "src/file_write.cc",
-      "src/xxh64.cc"
+      "src/xxh64.cc",
+      "src/cpu_clock.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": [

@@ -15,5 +15,6 @@ export { Codec, type CodecId } from './format/codecs.js';
 export { lz4Implementation } from './native/index.js';
 export type { PointManifest, PointEncryption } from './format/manifest.js';
 export { EncryptionKey, readKeyFile, ENCRYPTION_ALG } from './crypto/keys.js';
+export type { StageTimes, StageEvent } from './pipeline/stages.js';
 export { ChunkGrid, parseSize, validateChunkSize, DEFAULT_CHUNK_SIZE } from './pipeline/grid.js';
 export { generateSampleDisk, scatterWrites, fillMixed, Prng } from './sample/sample-disk.js';

@@ -16,6 +16,8 @@ export interface RunResult {
   stdout: string;
   /** Peak resident set of the child in bytes; undefined when it could not be measured. */
   peakRss?: number;
+  /** User + system CPU seconds of a tool run under GNU time; undefined otherwise. */
+  cpuSeconds?: number;
 }
 
 export interface RunOptions {
@@ -74,8 +76,9 @@ export async function runTool(cmd: string, args: string[], opts: RunOptions): Pr
   if (!time) return run(cmd, args, opts, cmd);
   const rssFile = path.join(opts.scratch, `.rss-${process.pid}-${++seq}`);
   try {
-    const r = await run(time, ['-f', '%M', '-o', rssFile, cmd, ...args], opts, cmd);
-    return { ...r, peakRss: await readNumber(rssFile, 1024) }; // GNU time prints KiB
+    const r = await run(time, ['-f', '%U %S %M', '-o', rssFile, cmd, ...args], opts, cmd);
+    const m = /([\d.]+) ([\d.]+) (\d+)\s*$/.exec(await fsp.readFile(rssFile, 'utf8').catch(() => ''));
+    return { ...r, peakRss: m ? Number(m[3]) * 1024 : undefined, cpuSeconds: m ? Number(m[1]) + Number(m[2]) : undefined }; // %M is KiB
   } finally {
     await fsp.rm(rssFile, { force: true });
   }

@@ -25,6 +25,8 @@ export interface Row {
   target?: Target;
   /** One line of context: what was measured, spreads, skips. */
   note?: string;
+  /** Figures for machines only (the JSON result), e.g. where a run's time went. */
+  data?: Record<string, unknown>;
 }
 
 export interface SectionResult {

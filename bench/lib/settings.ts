@@ -17,6 +17,8 @@ export interface Settings {
   repeat: number;
   /** RNODE_BENCH_KEEP=1 keeps the work directory. */
   keep: boolean;
+  /** RNODE_BENCH_JSON: also write the run's JSON result to this file, so runs can be compared. */
+  jsonOut?: string;
 }
 
 export class SettingsError extends Error {}
@@ -49,5 +51,6 @@ export function readSettings(): Settings {
     only: (process.env.RNODE_BENCH_ONLY ?? '').split(',').map((x) => x.trim()).filter(Boolean),
     repeat,
     keep: process.env.RNODE_BENCH_KEEP === '1',
+    ...(process.env.RNODE_BENCH_JSON ? { jsonOut: process.env.RNODE_BENCH_JSON } : {}),
   };
 }

@@ -1,8 +1,9 @@
 // Module init for rnode_native: raw block I/O (raw_io), buffer helpers (buffers), the VDDK binding (vddk)
-// the LZ4 block codec (lz4), whole-file writes for the filesystem store (file_write) and XXH64 (xxh64).
+// the LZ4 block codec (lz4), whole-file writes for the filesystem store (file_write), XXH64 (xxh64) and thread CPU time (cpu_clock).
 #include <napi.h>
 
 #include "addon.h"
+#include "cpu_clock.h"
 #include "buffers.h"
 #include "file_write.h"
 #include "lz4.h"
@@ -20,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rnode::InitLz4(env, exports);
   rnode::InitFileWrite(env, exports);
   rnode::InitXxh64(env, exports);
+  rnode::InitCpuClock(env, exports);
   return exports;
 }
 

@@ -83,10 +83,11 @@ function open(cipherKey, payload, aad) {
  * The worker side of encrypted chunks: 'seal:*' messages of src/pipeline/codec-workers.ts. Keys arrive once
  * ('seal:key', by key id) and are referred to by id; encode and decode mirror the unencrypted ops with the
  * keyed digests in place of xxh64/BLAKE3 and the seal/open step between the codec and the stored bytes.
- * deps: { kernel (codec-kernel.cjs), h64Raw, Blake3Hasher, headerBytes }.
+ * deps: { kernel (codec-kernel.cjs), h64Raw, Blake3Hasher, headerBytes, cpu (a clock in ms for the stage times; default wall) }.
  */
 function makeSealedOps(deps) {
   const { kernel, h64Raw, Blake3Hasher, headerBytes } = deps;
+  const cpu = deps.cpu ?? (() => performance.now());
   const keys = new Map();
   const keyOf = (id) => {
     const k = keys.get(id);
@@ -100,19 +101,19 @@ function makeSealedOps(deps) {
     const plain = view(m.in, m.inOff, m.len);
     const out = view(m.out, m.outOff, m.outCap);
     // Stage times for the pipeline's counters (hash, pack, seal), as the unencrypted encode reports them.
-    const t0 = performance.now();
+    const t0 = cpu();
     const { digest64, strong } = keyedDigests(Blake3Hasher, k.digestKey, plain);
-    const t1 = performance.now();
+    const t1 = cpu();
     if (m.unchangedIf && m.unchangedIf.xxh64 === digest64 && Buffer.from(m.unchangedIf.strong).equals(strong)) {
       return { xxh64: digest64, strong, unchanged: true, hashMs: t1 - t0, packMs: 0, sealMs: 0 };
     }
     // Pack behind the room kept for the nonce, then seal in place.
     const r = kernel.encodeInto(plain, m.codec, out.subarray(0, out.length - TAG_BYTES), headerBytes + NONCE_BYTES);
-    const t2 = performance.now();
+    const t2 = cpu();
     const aad = chunkAad({ disk: m.disk, version: m.version, codec: r.codec, plainLength: plain.length, plainDigest64: digest64, index: m.index, writer: m.writer });
     const payloadLength = sealInPlace(k.cipherKey, out, headerBytes, r.length, aad);
     const payloadXxh64 = h64Raw(out.subarray(headerBytes, headerBytes + payloadLength));
-    return { xxh64: digest64, strong, codec: r.codec, payloadLength, payloadXxh64, hashMs: t1 - t0, packMs: t2 - t1, sealMs: performance.now() - t2 };
+    return { xxh64: digest64, strong, codec: r.codec, payloadLength, payloadXxh64, hashMs: t1 - t0, packMs: t2 - t1, sealMs: cpu() - t2 };
   }
 
   function decode(m) {

@@ -20,7 +20,7 @@ export interface EncodeResult {
   codec: number;
   payloadLength: number;
   payloadXxh64: bigint;
-  /** Worker time spent on the plaintext digests, on compressing (with the payload digest), and on sealing. */
+  /** Worker CPU time spent on the plaintext digests, on compressing (with the payload digest), and on sealing. */
   hashMs: number;
   packMs: number;
   sealMs?: number;
@@ -55,10 +55,11 @@ const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(
 // wasm memory first, which cost more than the hash, and compiles at start, which delayed the first chunks. It
 // stays the portable fallback.
 (native.xxh64 && !workerData.portableHash ? Promise.resolve({ h64Raw: native.xxh64 }) : require(workerData.xxhash)()).then(({ h64Raw }) => {
-  const now = () => performance.now();
+  // Stage times in thread CPU time where the addon can read it: a preempted worker's wall time is not its cost.
+  const cpu = native.threadCpuMs ?? (() => performance.now());
   const HDR = ${CHUNK_HEADER_BYTES};
   // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.
-  const sealed = require(workerData.seal).makeSealedOps({ kernel, h64Raw, Blake3Hasher: require(workerData.blake).Blake3Hasher, headerBytes: HDR });
+  const sealed = require(workerData.seal).makeSealedOps({ kernel, h64Raw, Blake3Hasher: require(workerData.blake).Blake3Hasher, headerBytes: HDR, cpu });
   // One message per event-loop turn: native buffers are freed by finalizers that run between turns, and a
   // port drains its whole queue in one turn, so handling messages directly would let garbage pile up.
   const queue = [];
@@ -81,11 +82,11 @@ const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(
       } else if (m.op === 'encode') {
         const plain = Buffer.from(m.in, m.inOff, m.len);
         const out = Buffer.from(m.out, m.outOff, m.outCap);
-        // Each reply says how long its hashing and packing took: the pipeline's per-stage counters.
-        const t0 = now();
+        // Each reply says what its hashing and packing cost: the pipeline's per-stage counters.
+        const t0 = cpu();
         const xxh64 = h64Raw(plain);
         const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
-        const t1 = now();
+        const t1 = cpu();
         // Same content as the previous point (both digests): skip the compressor, the chunk is not stored.
         if (m.unchangedIf && m.unchangedIf.xxh64 === xxh64 && Buffer.from(m.unchangedIf.strong).equals(strong)) {
           parentPort.postMessage({ id: m.id, xxh64, strong, unchanged: true, hashMs: t1 - t0, packMs: 0 });
@@ -94,7 +95,7 @@ const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(
         const r = kernel.encodeInto(plain, m.codec, out, HDR);
         // A raw payload is the plaintext: its digest is already known.
         const payloadXxh64 = r.codec === ${Codec.NONE} ? xxh64 : h64Raw(out.subarray(HDR, HDR + r.length));
-        parentPort.postMessage({ id: m.id, xxh64, strong, codec: r.codec, payloadLength: r.length, payloadXxh64, hashMs: t1 - t0, packMs: now() - t1 });
+        parentPort.postMessage({ id: m.id, xxh64, strong, codec: r.codec, payloadLength: r.length, payloadXxh64, hashMs: t1 - t0, packMs: cpu() - t1 });
       } else if (m.op === 'decode') {
         // m.in holds the payload; the plaintext goes to m.out.
         const payload = Buffer.from(m.in, m.inOff, m.len);

@@ -2,9 +2,10 @@
 // so a run's result (and the bench) shows the bottleneck without a profiler.
 
 /**
- * Seconds per stage. read, hash, compress, encrypt and write are summed over chunks that run concurrently, so
- * together they may exceed the wall time; encodeQueue is time chunks waited for a free codec worker; wait is
- * wall time the reader stood still because the pipeline was full, split by what it was full of.
+ * Seconds per stage. read and write are wall time summed over chunks in flight, so they may exceed the run's
+ * wall time; hash, compress and encrypt are the codec workers' CPU time; encodeQueue is the rest of the encodes'
+ * round trips (waiting for a free worker, or for a CPU); wait is wall time the reader stood still because the
+ * pipeline was full, split by what it was full of.
  */
 export interface StageTimes {
   read: number;
