@@ -3,8 +3,10 @@
 // like every other error, not a stack trace.
 import { isRnodeError } from './errors.js';
 
-// Chunks are read, compressed and written on the libuv pool: give it room before anything starts it.
-process.env.UV_THREADPOOL_SIZE ??= '8';
+// Chunk reads, durable writes and renames share the libuv pool, and each of the 16 puts in flight holds a thread
+// through its fdatasync: with 8 threads, reads from page cache queued behind them (~5 ms for 1 MiB). Threads
+// blocked on the device cost no CPU. Set before anything starts the pool.
+process.env.UV_THREADPOOL_SIZE ??= '32';
 try {
   const { main } = await import('./cli/main.js');
   process.exitCode = await main(process.argv.slice(2));
