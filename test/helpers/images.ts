@@ -21,7 +21,8 @@ type Teardown = Pick<Test, 'teardown'>;
 /** A fresh temp dir removed when the test ends. */
 export function tmpDir(t: Teardown, tag = 'core'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `rnode-${tag}-`));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // Retries: a process the test started (an agent writing its state) may still add a file while the folder goes.
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 }));
   return dir;
 }
 
