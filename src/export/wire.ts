@@ -140,20 +140,18 @@ export function encodeInfoString(type: number, s: string): Buffer {
 /** NBD_REP_SERVER data: the name's length, the name, then an optional description. */
 export function encodeServerEntry(name: string, description = ''): Buffer {
   const n = Buffer.from(name, 'utf8');
-  const d = Buffer.from(description, 'utf8');
-  const b = Buffer.alloc(4 + n.length + d.length);
-  b.writeUInt32BE(n.length, 0);
-  n.copy(b, 4);
-  d.copy(b, 4 + n.length);
-  return b;
+  return afterU32(n.length, n, Buffer.from(description, 'utf8'));
 }
 
 export function encodeMetaContextReply(id: number, name: string): Buffer {
-  const n = Buffer.from(name, 'utf8');
-  const b = Buffer.alloc(4 + n.length);
-  b.writeUInt32BE(id, 0);
-  n.copy(b, 4);
-  return b;
+  return afterU32(id, Buffer.from(name, 'utf8'));
+}
+
+/** A 32-bit big-endian number, then the parts: the shape of several option replies. */
+function afterU32(n: number, ...parts: Buffer[]): Buffer {
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(n, 0);
+  return Buffer.concat([head, ...parts]);
 }
 
 /** The reply to NBD_OPT_EXPORT_NAME: size, flags, and 124 zero bytes unless the client asked for none. */
