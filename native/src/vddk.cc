@@ -383,6 +383,28 @@ class VddkWorker : public Napi::AsyncWorker {
   Failure fail_;
 };
 
+// The VDDK calls that must all run on one thread (InitEx, ConnectEx, Open, Close, ...): Execute hands the work to
+// the designated thread and waits, so the libuv thread only blocks.
+class DesignatedWorker : public VddkWorker {
+ public:
+  using VddkWorker::VddkWorker;
+  void Execute() final {
+    Designated().Run([this] { OnDesignatedThread(); });
+  }
+
+ protected:
+  virtual void OnDesignatedThread() = 0;
+};
+
+// Runs call with the C connection parameters built from params, then wipes them (they hold the password).
+template <typename F>
+VixError WithConnectParams(Params& params, F call) {
+  ConnectParams p = params.Build();
+  const VixError err = call(&p);
+  memset(&p, 0, sizeof p);
+  return err;
+}
+
 template <typename Worker>
 Napi::Value Start(Worker* w) {
   Napi::Promise p = w->Promise();
@@ -391,15 +413,12 @@ Napi::Value Start(Worker* w) {
 }
 
 // init({libraryPath, libdir, configFile?}): dlopen + dlsym + InitEx. Idempotent for the same library.
-class InitWorker : public VddkWorker {
+class InitWorker : public DesignatedWorker {
  public:
   InitWorker(Napi::Env env, std::string path, std::string libdir, std::string config)
-      : VddkWorker(env, "rnode:vddk:init"), path_(std::move(path)), libdir_(std::move(libdir)), config_(std::move(config)) {}
+      : DesignatedWorker(env, "rnode:vddk:init"), path_(std::move(path)), libdir_(std::move(libdir)), config_(std::move(config)) {}
 
-  void Execute() override {
-    Designated().Run([this] { OnDesignatedThread(); });
-  }
-  void OnDesignatedThread() {
+  void OnDesignatedThread() override {
     Library& lib = Lib();
     std::lock_guard<std::mutex> lk(lib.mu);
     if (lib.dl != nullptr && lib.path != path_) {
@@ -484,17 +503,14 @@ class InitWorker : public VddkWorker {
 };
 
 // connect({...params, snapshotRef?, transports?, prepareForAccess}): PrepareForAccess + ConnectEx, read-only.
-class ConnectWorker : public VddkWorker {
+class ConnectWorker : public DesignatedWorker {
  public:
-  ConnectWorker(Napi::Env env) : VddkWorker(env, "rnode:vddk:connect") {}
+  ConnectWorker(Napi::Env env) : DesignatedWorker(env, "rnode:vddk:connect") {}
   Params params;
   std::string snapshotRef, transports;
   bool prepare = false;
 
-  void Execute() override {
-    Designated().Run([this] { OnDesignatedThread(); });
-  }
-  void OnDesignatedThread() {
+  void OnDesignatedThread() override {
     if (NotReady()) return params.password.Wipe();
     Library& lib = Lib();
     ConnectParams p = params.Build();
@@ -542,17 +558,14 @@ class ConnectWorker : public VddkWorker {
 };
 
 // disconnect({connection, endAccess, ...params}): Disconnect, then EndAccess with the same parameters.
-class DisconnectWorker : public VddkWorker {
+class DisconnectWorker : public DesignatedWorker {
  public:
   DisconnectWorker(Napi::Env env, ConnState* state, Napi::Value ext)
-      : VddkWorker(env, "rnode:vddk:disconnect"), state_(state), ref_(Napi::Persistent(ext)) {}
+      : DesignatedWorker(env, "rnode:vddk:disconnect"), state_(state), ref_(Napi::Persistent(ext)) {}
   Params params;
   bool endAccess = false;
 
-  void Execute() override {
-    Designated().Run([this] { OnDesignatedThread(); });
-  }
-  void OnDesignatedThread() {
+  void OnDesignatedThread() override {
     Library& lib = Lib();
     {
       std::lock_guard<std::mutex> lk(state_->mu);
@@ -565,10 +578,8 @@ class DisconnectWorker : public VddkWorker {
       }
     }
     if (endAccess && params.remote && lib.endAccess != nullptr && Ready()) {
-      ConnectParams p = params.Build();
-      const VixError err = lib.endAccess(&p, params.identity.c_str());
+      const VixError err = WithConnectParams(params, [&](ConnectParams* p) { return lib.endAccess(p, params.identity.c_str()); });
       if (err != kVixOk && !fail_.failed) fail_ = VixFailure(err, "EndAccess");
-      memset(&p, 0, sizeof p);
     }
     params.password.Wipe();
   }
@@ -579,15 +590,12 @@ class DisconnectWorker : public VddkWorker {
 };
 
 // open({connection, path}): read-only.
-class OpenWorker : public VddkWorker {
+class OpenWorker : public DesignatedWorker {
  public:
   OpenWorker(Napi::Env env, ConnState* state, Napi::Value ext, std::string path)
-      : VddkWorker(env, "rnode:vddk:open"), state_(state), ref_(Napi::Persistent(ext)), path_(std::move(path)) {}
+      : DesignatedWorker(env, "rnode:vddk:open"), state_(state), ref_(Napi::Persistent(ext)), path_(std::move(path)) {}
 
-  void Execute() override {
-    Designated().Run([this] { OnDesignatedThread(); });
-  }
-  void OnDesignatedThread() {
+  void OnDesignatedThread() override {
     if (NotReady()) return;
     Library& lib = Lib();
     std::lock_guard<std::mutex> lk(state_->mu);
@@ -786,22 +794,17 @@ class CloseWorker : public DiskWorker {
 };
 
 // cleanup({...params}): VixDiskLib_Cleanup, for what a killed process left behind (hotadd mounts, temp state).
-class CleanupWorker : public VddkWorker {
+class CleanupWorker : public DesignatedWorker {
  public:
-  CleanupWorker(Napi::Env env) : VddkWorker(env, "rnode:vddk:cleanup") {}
+  CleanupWorker(Napi::Env env) : DesignatedWorker(env, "rnode:vddk:cleanup") {}
   Params params;
 
-  void Execute() override {
-    Designated().Run([this] { OnDesignatedThread(); });
-  }
-  void OnDesignatedThread() {
+  void OnDesignatedThread() override {
     if (NotReady()) return params.password.Wipe();
     Library& lib = Lib();
     if (lib.cleanup != nullptr) {
-      ConnectParams p = params.Build();
-      const VixError err = lib.cleanup(&p, &cleaned_, &remaining_);
+      const VixError err = WithConnectParams(params, [&](ConnectParams* p) { return lib.cleanup(p, &cleaned_, &remaining_); });
       if (err != kVixOk) fail_ = VixFailure(err, "Cleanup");
-      memset(&p, 0, sizeof p);
       supported_ = true;
     }
     params.password.Wipe();
@@ -822,34 +825,26 @@ class CleanupWorker : public VddkWorker {
 };
 
 // endAccess({...params}): EndAccess without a connection, for a run that was killed after PrepareForAccess.
-class EndAccessWorker : public VddkWorker {
+class EndAccessWorker : public DesignatedWorker {
  public:
-  EndAccessWorker(Napi::Env env) : VddkWorker(env, "rnode:vddk:endAccess") {}
+  EndAccessWorker(Napi::Env env) : DesignatedWorker(env, "rnode:vddk:endAccess") {}
   Params params;
 
-  void Execute() override {
-    Designated().Run([this] { OnDesignatedThread(); });
-  }
-  void OnDesignatedThread() {
+  void OnDesignatedThread() override {
     if (NotReady()) return params.password.Wipe();
     Library& lib = Lib();
     if (params.remote && lib.endAccess != nullptr) {
-      ConnectParams p = params.Build();
-      const VixError err = lib.endAccess(&p, params.identity.c_str());
+      const VixError err = WithConnectParams(params, [&](ConnectParams* p) { return lib.endAccess(p, params.identity.c_str()); });
       if (err != kVixOk) fail_ = VixFailure(err, "EndAccess");
-      memset(&p, 0, sizeof p);
     }
     params.password.Wipe();
   }
 };
 
-class ExitWorker : public VddkWorker {
+class ExitWorker : public DesignatedWorker {
  public:
-  ExitWorker(Napi::Env env) : VddkWorker(env, "rnode:vddk:exit") {}
-  void Execute() override {
-    Designated().Run([this] { OnDesignatedThread(); });
-  }
-  void OnDesignatedThread() {
+  ExitWorker(Napi::Env env) : DesignatedWorker(env, "rnode:vddk:exit") {}
+  void OnDesignatedThread() override {
     Library& lib = Lib();
     std::lock_guard<std::mutex> lk(lib.mu);
     if (!lib.initialized) return;
