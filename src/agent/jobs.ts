@@ -115,6 +115,20 @@ export class JobRunner {
   get queued(): number { return this.running.size - this.slots.inUse < 0 ? 0 : this.running.size - this.slots.inUse; }
   get capacity(): number { return this.slots.size; }
   has(jobId: string): boolean { return this.running.has(jobId); }
+
+  /**
+   * True from the moment a job of the disk is accepted, not only once it holds the disk lock: a job first resolves
+   * its key (file I/O), and a policy arriving in between must not start a second run of the disk beside it (a
+   * re-dispatched job, sent before the policy sync, is there to continue the killed run's checkpoint).
+   */
+  holdsDisk(key: string): boolean {
+    if (this.locks.isBusy(key)) return true;
+    for (const { job } of this.running.values()) {
+      const disks = job.kind === 'replicate' ? job.disks.map((d) => d.disk) : [job.disk];
+      if (disks.some((d) => diskKey(job.store, d) === key)) return true;
+    }
+    return false;
+  }
   jobIds(): string[] { return [...this.running.keys()]; }
 
   /** Starts a job in the background; job.accepted now, job.completed/failed at the end. */

@@ -138,7 +138,7 @@ export class Scheduler {
         const lastPoint = rec.lastPointAt ? Date.parse(rec.lastPointAt) : undefined;
         const last = Math.max(this.lastStart.get(key) ?? -Infinity, lastPoint ?? -Infinity);
         if (now < last + interval) continue;
-        if (this.active.has(key) || this.o.runner.locks.isBusy(key)) {
+        if (this.active.has(key) || this.o.runner.holdsDisk(key)) {
           if (!this.skipNoted.has(key)) {
             this.skipNoted.add(key);
             this.o.metrics.overlapSkipped.inc({ group: p.group, disk: d.disk, reason: 'busy' });

@@ -1,5 +1,6 @@
 // The CI version of the fault soak (issue 10, item 8): `npm run soak -- --minutes N` runs it for longer. Every
 // kept point must restore byte-exact after random store faults, link cuts, writer and serve kills and a full disk.
+import net from 'node:net';
 import t from 'tap';
 import { formatCounts, runSoak } from './soak.js';
 
@@ -13,4 +14,26 @@ t.test(`fault soak, ${MINUTES} min`, async (t) => {
   t.same(c.problems, [], 'nothing else went wrong');
   t.ok(c.pointsVerified > 0 && c.runs > 0, `${c.pointsVerified} points verified over ${c.runs} runs`);
   t.ok(c.faultsInjected + c.writerKills + c.serveKills + c.linkCuts > 0, 'faults happened');
+});
+
+// A `serve` that failed to start (its port taken between the kill and the restart) threw out of the soak and
+// ended the whole run; now it is counted and the node comes back on another port.
+t.test('a serve that cannot take its port back is a counted event, not the end of the soak', async (t) => {
+  const thieves: net.Server[] = [];
+  t.teardown(() => { for (const s of thieves) s.close(); });
+  const c = await runSoak({
+    minutes: 0.25, seed: 7, episodes: ['killServe'],
+    onServeKilled: (port) => new Promise<void>((resolve, reject) => {
+      const s = net.createServer();
+      thieves.push(s);
+      s.once('error', reject);
+      s.listen(port, '127.0.0.1', () => resolve());
+    }),
+  });
+  t.comment(formatCounts(c));
+  t.ok(c.serveKills > 0, `${c.serveKills} serve kills`);
+  t.equal(c.serveStartFailures, c.serveKills, 'each restart on the taken port failed once, and was counted');
+  t.same(c.problems, [], 'nothing else went wrong');
+  t.equal(c.badRestores, 0, 'no bad restore');
+  t.ok(c.pointsVerified > 0, `${c.pointsVerified} points verified`);
 });

@@ -30,7 +30,7 @@ const TOKEN = 'soak-token-0123456789abcdef';
 
 export interface SoakCounts {
   seconds: number; runs: number; runsFailed: number; faultsInjected: number; writerKills: number; serveKills: number;
-  linkCuts: number; fullDiskRefusals: number; prunes: number; recovers: number; verifies: number; pointsCommitted: number;
+  linkCuts: number; serveStartFailures: number; fullDiskRefusals: number; prunes: number; recovers: number; verifies: number; pointsCommitted: number;
   pointsVerified: number; badRestores: number; badVerifies: number; rssStartMiB: number; rssEndMiB: number; tmpfs: boolean;
   problems: string[];
 }
@@ -41,14 +41,22 @@ const sha = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)
 const rssMiB = () => Math.round(process.memoryUsage().rss / MiB);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function runSoak(opts: { minutes: number; seed?: number; log?: (l: string) => void; dir?: string }): Promise<SoakCounts> {
+export interface SoakOptions {
+  minutes: number; seed?: number; log?: (l: string) => void; dir?: string;
+  /** Only these episodes (names of `episodes` below); all of them by default. */
+  episodes?: string[];
+  /** Called once a killed `serve` has exited, with the port it held (a test takes the port to force a failed start). */
+  onServeKilled?: (port: number) => Promise<void> | void;
+}
+
+export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
   ensureBuilt();
   const log = opts.log ?? (() => undefined);
   const rnd = { next: mulberry32(opts.seed ?? Date.now() % 100000) };
   const pick = <T>(xs: T[]): T => xs[Math.floor(rnd.next() * xs.length)];
   const root = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-soak-'));
   const c: SoakCounts = {
-    seconds: 0, runs: 0, runsFailed: 0, faultsInjected: 0, writerKills: 0, serveKills: 0, linkCuts: 0, fullDiskRefusals: 0, prunes: 0,
+    seconds: 0, runs: 0, runsFailed: 0, faultsInjected: 0, writerKills: 0, serveKills: 0, linkCuts: 0, serveStartFailures: 0, fullDiskRefusals: 0, prunes: 0,
     recovers: 0, verifies: 0, pointsCommitted: 0, pointsVerified: 0, badRestores: 0, badVerifies: 0, rssStartMiB: rssMiB(), rssEndMiB: 0, tmpfs: false, problems: [],
   };
   const children = new Set<ChildProcess>();
@@ -84,22 +92,47 @@ export async function runSoak(opts: { minutes: number; seed?: number; log?: (l: 
   fs.writeFileSync(tokenFile, TOKEN, { mode: 0o600 });
   let servePort = 0;
   let serve: ChildProcess | undefined;
-  const startServe = async () => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--json', '--listen', `127.0.0.1:${servePort}`, '--store', nodeDir, '--token-file', tokenFile],
+  const startServeOnce = async (port: number) => {
+    const child = spawn(process.execPath, [CLI, 'serve', '--json', '--listen', `127.0.0.1:${port}`, '--store', nodeDir, '--token-file', tokenFile],
       { stdio: ['ignore', 'pipe', 'ignore'], env: cleanEnv() });
     children.add(child);
     child.on('exit', () => children.delete(child));
-    const line = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (b) => { out += b; if (out.includes('\n')) resolve(out.split('\n')[0]); });
-      child.on('exit', (code, sig) => reject(new Error(`serve exited (${code ?? sig}) before listening`)));
-    });
-    servePort = Number(new URL(JSON.parse(line).listening).port);
-    serve = child;
+    try {
+      const line = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        const timer = setTimeout(() => reject(new Error('serve did not listen within 15 s')), 15_000);
+        child.stdout!.on('data', (b) => { out += b; if (out.includes('\n')) { clearTimeout(timer); resolve(out.split('\n')[0]); } });
+        child.on('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`serve exited (${code ?? sig}) before listening`)); });
+      });
+      servePort = Number(new URL((JSON.parse(line) as { listening: string }).listening).port);
+      serve = child;
+    } catch (err) {
+      child.kill('SIGKILL');
+      throw err;
+    }
+  };
+  /**
+   * A failed start (its port taken by another process in the meantime, say) is a soak event, not the end of the
+   * run: counted, then retried on any free port (the proxy follows servePort). Only a serve that never starts is
+   * a problem; the remote episodes then fail and try again.
+   */
+  const startServe = async () => {
+    serve = undefined;
+    for (let attempt = 0; attempt < 10; attempt++) {
+      try {
+        await startServeOnce(attempt === 0 ? servePort : 0);
+        return;
+      } catch (err) {
+        c.serveStartFailures++;
+        log(`soak: serve did not start on port ${attempt === 0 ? servePort : 0}: ${(err as Error).message}`);
+        await sleep(100 * (attempt + 1));
+      }
+    }
+    c.problems.push('serve did not start in 10 attempts');
   };
   await startServe();
   // Each new connection is cut after a random amount of traffic with probability 0.3.
-  const proxy = await cuttingProxy({ teardown: (fn) => { teardown.push(fn); } }, servePort,
+  const proxy = await cuttingProxy({ teardown: (fn) => { teardown.push(fn); } }, () => servePort,
     () => (rnd.next() < 0.3 ? 4 * KiB + Math.floor(rnd.next() * 2 * MiB) : undefined));
   const remote: Site = { name: 'node', dir: nodeDir, url: () => `ws://127.0.0.1:${proxy.port}`, local: false };
   const tmpfsDir = path.join(root, 'store-tmpfs');
@@ -141,7 +174,8 @@ export async function runSoak(opts: { minutes: number; seed?: number; log?: (l: 
       if (r.code === 0) return;
       c.runsFailed++;
       if (r.code !== 1 && r.code !== null) c.problems.push(`replicate ${s.name}/${d} exit ${r.code}: ${r.err}`);
-      if (!s.local && serve?.exitCode !== null) await startServe();
+      // exitCode stays null for a process killed by a signal: look at both.
+      if (!s.local && (!serve || serve.exitCode !== null || serve.signalCode !== null)) await startServe();
     }
     c.problems.push(`replicate ${s.name}/${d} never committed in 8 attempts`);
   };
@@ -187,11 +221,17 @@ export async function runSoak(opts: { minutes: number; seed?: number; log?: (l: 
       const cutsBefore = proxy.cuts;
       const run = cliReplicate(remote, d);
       await sleep(50 + Math.floor(rnd.next() * 700));
-      serve?.kill('SIGKILL');
+      const killed = serve;
+      const exited = killed && killed.exitCode === null && killed.signalCode === null
+        ? new Promise((r) => killed.once('exit', r)) : Promise.resolve();
+      killed?.kill('SIGKILL');
       c.serveKills++;
       c.runs++;
       const r = await run;
       if (r.code !== 0) c.runsFailed++;
+      // Restarting before the killed process is gone would race it for its own port.
+      await exited;
+      await opts.onServeKilled?.(servePort);
       await startServe();
       await recordNew(remote, d);
       await replicateUntilCommitted(remote, d);
@@ -261,7 +301,8 @@ export async function runSoak(opts: { minutes: number; seed?: number; log?: (l: 
   };
 
   try {
-    const names = Object.keys(episodes);
+    const names = opts.episodes ?? Object.keys(episodes);
+    for (const n of names) if (!episodes[n]) throw new Error(`soak: no episode ${n}`);
     let round = 0;
     let fullDone = false;
     while (Date.now() < deadline) {
@@ -328,7 +369,7 @@ export function formatCounts(c: SoakCounts): string {
   return [
     `soak finished after ${c.seconds} s`,
     `  runs ${c.runs} (failed and resumed/retried: ${c.runsFailed}), prunes ${c.prunes}, recovers ${c.recovers}, verifies ${c.verifies}`,
-    `  faults injected ${c.faultsInjected}, writer kills ${c.writerKills}, serve kills ${c.serveKills}, link cuts ${c.linkCuts}, full-disk refusals ${c.fullDiskRefusals}${c.tmpfs ? '' : ' (tmpfs unavailable: skipped)'}`,
+    `  faults injected ${c.faultsInjected}, writer kills ${c.writerKills}, serve kills ${c.serveKills}, link cuts ${c.linkCuts}, serve start failures ${c.serveStartFailures}, full-disk refusals ${c.fullDiskRefusals}${c.tmpfs ? '' : ' (tmpfs unavailable: skipped)'}`,
     `  points committed ${c.pointsCommitted}, points verified byte-exact ${c.pointsVerified}, bad restores ${c.badRestores}, bad verifies ${c.badVerifies}`,
     `  RSS start ${c.rssStartMiB} MiB, end ${c.rssEndMiB} MiB`,
     ...c.problems.slice(0, 20).map((p) => `  problem: ${p}`),

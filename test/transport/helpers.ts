@@ -27,13 +27,14 @@ export function remote(t: Teardown, url: string, opts: Partial<RemoteStoreOption
  * A TCP proxy to target that cuts each connection (both sides destroyed) once `cutAfter(n)` bytes went from the
  * client to the server on it; n counts connections from 0. Undefined: never cut that connection.
  */
-export async function cuttingProxy(t: Teardown, targetPort: number, cutAfter: (n: number) => number | undefined):
+export async function cuttingProxy(t: Teardown, targetPort: number | (() => number), cutAfter: (n: number) => number | undefined):
     Promise<{ port: number; cuts: number; connections: number; bytes: number }> {
   const state = { port: 0, cuts: 0, connections: 0, bytes: 0 };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const limit = cutAfter(state.connections++);
-    const upstream = net.connect(targetPort, '127.0.0.1');
+    // A getter lets the target move (a restarted server on another port) under connections made later.
+    const upstream = net.connect(typeof targetPort === 'number' ? targetPort : targetPort(), '127.0.0.1');
     sockets.add(client); sockets.add(upstream);
     let seen = 0;
     let done = false;
