@@ -226,6 +226,14 @@ export function isZero(buf: Uint8Array): boolean {
   return binding.isZero(buf);
 }
 
+/**
+ * True when buf starts at an address that is a multiple of alignment (a power of two). O_DIRECT needs the address
+ * aligned; a view's byteOffset does not say it (sharedAligned() views start at an aligned address, not offset 0).
+ */
+export function addressAligned(buf: Uint8Array, alignment: number): boolean {
+  return binding.alignOffset(buf, alignment) === 0;
+}
+
 /** A zero-filled Buffer whose address is aligned to `alignment` (a power of two), for O_DIRECT. Freed by GC. */
 export function allocAligned(size: number, alignment: number): Buffer {
   if (!Number.isSafeInteger(size) || size < 0 || size > bufferConstants.MAX_LENGTH) {

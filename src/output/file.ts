@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { sharedAligned } from '../native/index.js';
+import { addressAligned, sharedAligned } from '../native/index.js';
 import { nonZeroRuns, type OutputSink } from './sink.js';
 
 /** Holes are kept at this granularity, and O_DIRECT writes are aligned to it. */
@@ -65,6 +65,8 @@ class FileSink implements OutputSink {
   private flushing?: Promise<void>;
   private flushError: unknown;
   private closed = false;
+  /** Bytes written with O_DIRECT and through the page cache (the tests check which path the writes took). */
+  readonly bytes = { direct: 0, buffered: 0 };
 
   /** file: the path being written (the device, or the partial file renamed to location at the end). */
   constructor(readonly location: string, opened: Opened, private readonly file: string, private readonly tmp: string | undefined) {
@@ -104,10 +106,11 @@ class FileSink implements OutputSink {
   }
 
   private async putRaw(buf: Buffer, position: number): Promise<void> {
-    const aligned = position % SPARSE_BLOCK === 0 && buf.length % SPARSE_BLOCK === 0 && buf.byteOffset % SPARSE_BLOCK === 0;
+    const aligned = position % SPARSE_BLOCK === 0 && buf.length % SPARSE_BLOCK === 0 && addressAligned(buf, SPARSE_BLOCK);
     if (this.direct && aligned) {
       try {
         await writeAll(this.fh, buf, position);
+        this.bytes.direct += buf.length;
         return;
       } catch (err) {
         // A filesystem that opened O_DIRECT but wants larger alignment: continue buffered.
@@ -117,6 +120,7 @@ class FileSink implements OutputSink {
     }
     this.buffered ??= this.direct ? fsp.open(this.file, 'r+') : Promise.resolve(this.fh);
     await writeAll(await this.buffered, buf, position);
+    this.bytes.buffered += buf.length;
     this.dirty += buf.length;
     if (this.dirty >= FLUSH_EVERY && !this.flushing) {
       this.dirty = 0;
