@@ -9,6 +9,7 @@
       "src/vddk.cc",
       "src/lz4.cc",
       "src/file_write.cc",
+      "src/chunk_io.cc",
       "src/xxh64.cc",
       "src/cpu_clock.cc"
     ],

@@ -12,7 +12,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 
 import xxhash from 'xxhash-wasm';
-import { allocAligned, isZero, NativeIoError, nativeXxh64, openRaw, sharedAligned, writeFileExclusive, type Extent } from '../src/native/index.js';
+import { allocAligned, isZero, NativeIoError, nativeXxh64, openRaw, readFileInto, sharedAligned, writeFileExclusive, writeNonZero, type Extent } from '../src/native/index.js';
 import { Codec } from '../src/format/codecs.js';
 import { CodecWorkers, maxObjectBytes } from '../src/pipeline/codec-workers.js';
 
@@ -233,6 +233,38 @@ t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies wh
   const p = path.join(dir, 'w-1-aligned-true');
   await t.rejects(writeFileExclusive(p, Buffer.alloc(1), { sync: true, direct: false }), { name: 'NativeIoError', code: 'EEXIST', syscall: 'open', path: p });
   await t.rejects(writeFileExclusive(path.join(dir, 'no/such/dir'), Buffer.alloc(1), { sync: false, direct: false }), { code: 'ENOENT' });
+});
+
+t.test('writeNonZero skips zero blocks (or writes all with block 0), readFileInto reads ranges into a buffer', async (t) => {
+  const block = 4096;
+  const data = sharedAligned(10 * block + 100);
+  randomBytes(data.length).copy(data);
+  for (const b of [1, 2, 5, 6, 7]) data.fill(0, b * block, (b + 1) * block); // runs: [0], [3,4], [8,9+tail]
+  const p = path.join(dir, 'nonzero');
+  const fd = fs.openSync(p, 'w+');
+  try {
+    fs.ftruncateSync(fd, block + data.length);
+    t.equal(await writeNonZero(fd, data, block, block), 5 * block + 100, 'only the non-zero blocks are written');
+    const back = fs.readFileSync(p);
+    t.ok(back.subarray(block).equals(data) && back.subarray(0, block).equals(Buffer.alloc(block)), 'the file reads as the data');
+    const sparse = fs.statSync(p).blocks * 512;
+    t.ok(sparse < block + data.length, `zero blocks stay holes (${sparse} bytes allocated)`);
+    t.equal(await writeNonZero(fd, data.subarray(0, 100), 0, 0), 100, 'block 0: every byte');
+  } finally {
+    fs.closeSync(fd);
+  }
+  await t.rejects(writeNonZero(fd, data, 0, block), { name: 'NativeIoError', code: 'EBADF' }, 'a closed descriptor');
+
+  const into = sharedAligned(data.length);
+  const whole = await readFileInto(p, into);
+  t.same([whole.size, whole.fits, whole.bytesRead], [block + data.length, false, 0], 'the whole file is longer than into: nothing read');
+  const r = await readFileInto(p, into, block, data.length);
+  t.same({ ...r }, { size: block + data.length, isFile: true, fits: true, start: block, bytesRead: data.length });
+  t.ok(into.equals(data), 'the range, at the start of into');
+  const past = await readFileInto(p, into, 10 * data.length);
+  t.same([past.start, past.bytesRead, past.fits], [block + data.length, 0, true], 'past the end: empty');
+  t.same((await readFileInto(dir, into)).isFile, false, 'a directory is no file');
+  await t.rejects(readFileInto(path.join(dir, 'missing'), into), { name: 'NativeIoError', code: 'ENOENT', syscall: 'open' });
 });
 
 t.test('errors carry errno, code, syscall and path', async (t) => {

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { RecoverResult, ReplicateResult } from 'replication-node';
-import type { Section, SectionContext } from '../lib/context.js';
+import type { RnodeRun, Section, SectionContext } from '../lib/context.js';
 import { firstDifference } from '../lib/images.js';
 import { runNode, type RunResult } from '../lib/measure.js';
 import { fmt, human, median, type Row } from '../lib/report.js';
@@ -31,7 +31,7 @@ export const recovery: Section = {
     await ctx.settle(img);
     await ctx.rnode<ReplicateResult>(['replicate', '--source', img, '--target', store, '--disk', DISK]);
 
-    const rec: RunResult[] = [];
+    const rec: RnodeRun<RecoverResult>[] = [];
     const inCli: number[] = [];
     const old: RunResult[] = [];
     const floor: RunResult[] = [];
@@ -66,11 +66,18 @@ export const recovery: Section = {
     const range = (xs: number[]) => `min ${fmt(Math.min(...xs))}, median ${fmt(median(xs))}, max ${fmt(Math.max(...xs))}`;
     ctx.say(`image ${human(ctx.settings.size)} mixed; rnode writes ${human(written)} (non-zero 4 KiB blocks), dd writes as many; ${n} round(s)`);
     ctx.say('ratio = dd seconds / rnode seconds of the same round (>= 1: rnode at disk speed); rnode wall time includes node start');
+    const stages = rec.map((r) => r.result.stages).filter((x) => x !== undefined);
+    const stage = (k: keyof RecoverResult['stages']) => fmt(median(stages.map((x) => x[k])));
+    if (stages.length) {
+      ctx.say(`where recover's time went (medians, s; fetch, decode and write summed over the chunks in flight): open ${stage('open')}, ` +
+        `fetch ${stage('fetch')}, decode ${stage('decode')}, write ${stage('write')}, waiting for a buffer ${stage('wait')}, final sync ${stage('finish')}`);
+    }
     const rows: Row[] = [{
       name: 'recover vs durable-write floor', value: mbps(rec), unit: 'MB/s written',
       baseline: { name: 'dd oflag=direct conv=fdatasync', value: mbps(floor) }, ratio: median(ratios),
       target: { text: '>= 0.8', pass: median(ratios) >= 0.8 },
       note: `per-round ratio ${range(ratios)}; inside the CLI (no process start) ${range(ratiosCli)}; ${exact ? 'byte-exact' : 'NOT BYTE-EXACT'}`,
+      data: { ratios, ratiosCli, stages },
     }];
     if (before) {
       const speedup = rec.map((r, i) => old[i].seconds / r.seconds);

@@ -5,6 +5,7 @@
 #include "addon.h"
 #include "cpu_clock.h"
 #include "buffers.h"
+#include "chunk_io.h"
 #include "file_write.h"
 #include "lz4.h"
 #include "raw_io.h"
@@ -20,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rnode::InitVddk(env, exports);
   rnode::InitLz4(env, exports);
   rnode::InitFileWrite(env, exports);
+  rnode::InitChunkIo(env, exports);
   rnode::InitXxh64(env, exports);
   rnode::InitCpuClock(env, exports);
   return exports;

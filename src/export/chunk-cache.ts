@@ -38,47 +38,99 @@ export interface CacheStats {
   cachedBytes: number;
 }
 
+/** Plaintext buffers of evicted chunks kept for the next fetches, at most this many bytes. */
+const FREE_BYTES = 32 * 1024 * 1024;
+
+interface Fetching { promise: Promise<Buffer>; waiters: number }
+
+/**
+ * Plaintext buffers are recycled: a chunk's plaintext decoded into fresh memory cost ~10x the decode (a page fault
+ * per 4 KiB, and unmapping shared memory flushes every thread's TLB), measured on an nbdcopy of the export. A buffer
+ * is reused only once it has left the LRU and no reader holds it: get() pins what it returns, release() unpins, and
+ * a reader that never releases only keeps its buffer from being reused (the pins are weak).
+ */
 export class ChunkCache {
   private readonly lru: Lru<string, Buffer>;
-  private readonly inflight = new Map<string, Promise<Buffer>>();
+  private readonly inflight = new Map<string, Fetching>();
+  private readonly pins = new WeakMap<Buffer, number>();
+  private readonly evictedPinned = new WeakSet<Buffer>();
+  private readonly free: Buffer[] = [];
   private readonly slots: BufferPool<Buffer>;
   private readonly timeoutMs: number;
   private readonly keyHeld?: { release: () => void; done: Promise<void> };
   readonly stats: CacheStats = { hits: 0, misses: 0, fetches: 0, bytesFetched: 0, errors: 0, cachedBytes: 0 };
 
   constructor(private readonly opts: ChunkCacheOptions) {
-    this.lru = new Lru(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, (b) => b.length);
+    this.lru = new Lru(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, (b) => b.length, (b) => this.evicted(b));
     const concurrency = opts.concurrency ?? 8;
     this.slots = new BufferPool(concurrency, () => sharedAligned(maxObjectBytes(opts.chunkSize)));
     this.timeoutMs = opts.fetchTimeoutMs ?? 120_000;
     if (opts.seal) this.keyHeld = holdWorkerKey(opts.seal.key);
   }
 
-  /** The verified plaintext of a chunk (shared with the cache: callers must not modify it). */
+  /**
+   * The verified plaintext of a chunk (shared with the cache: callers must not modify it), pinned: the caller calls
+   * release() with it once nothing reads it any more (a reply is on the wire), so its memory can be reused.
+   */
   get(e: ChunkEntry, point: number): Promise<Buffer> {
     const k = `${e.writer}/${e.index}`;
     const hit = this.lru.get(k);
-    if (hit) { this.stats.hits++; return Promise.resolve(hit); }
+    if (hit) { this.stats.hits++; this.pin(hit, 1); return Promise.resolve(hit); }
     const pending = this.inflight.get(k);
-    if (pending) { this.stats.hits++; return pending; }
+    if (pending) { this.stats.hits++; pending.waiters++; return pending.promise; }
     this.stats.misses++;
-    return this.fetch(k, e, point);
+    return this.fetch(k, e, point, 1);
+  }
+
+  /** Done reading a buffer get() returned. */
+  release(b: Buffer): void {
+    const n = (this.pins.get(b) ?? 0) - 1;
+    if (n > 0) { this.pins.set(b, n); return; }
+    this.pins.delete(b);
+    if (this.evictedPinned.has(b)) {
+      this.evictedPinned.delete(b);
+      this.recycle(b);
+    }
   }
 
   /** Starts fetching a chunk for read-ahead when a store slot is free; never queues behind demand reads. */
   prefetch(e: ChunkEntry, point: number): void {
     const k = `${e.writer}/${e.index}`;
     if (this.lru.has(k) || this.inflight.has(k) || this.slots.available < 2) return;
-    this.fetch(k, e, point).catch(() => undefined);
+    this.fetch(k, e, point, 0).catch(() => undefined);
   }
 
   isCached(e: ChunkEntry): boolean { return this.lru.has(`${e.writer}/${e.index}`); }
 
-  private fetch(k: string, e: ChunkEntry, point: number): Promise<Buffer> {
-    const p = this.fetchOnce(e, point).finally(() => this.inflight.delete(k));
-    this.inflight.set(k, p);
-    p.then((b) => { this.lru.set(k, b); this.stats.cachedBytes = this.lru.weight; }, () => undefined);
-    return p;
+  private fetch(k: string, e: ChunkEntry, point: number, waiters: number): Promise<Buffer> {
+    const f: Fetching = { waiters, promise: undefined as unknown as Promise<Buffer> };
+    f.promise = this.fetchOnce(e, point).then((b) => {
+      this.inflight.delete(k);
+      // Pinned for every waiter before it enters the LRU, so no eviction in between can recycle it.
+      this.pin(b, f.waiters);
+      this.lru.set(k, b); // b is the newest: what this evicts is always older
+      this.stats.cachedBytes = this.lru.weight;
+      return b;
+    }, (err) => {
+      this.inflight.delete(k);
+      throw err;
+    });
+    this.inflight.set(k, f);
+    return f.promise;
+  }
+
+  private pin(b: Buffer, n: number): void {
+    if (n > 0) this.pins.set(b, (this.pins.get(b) ?? 0) + n);
+  }
+
+  private evicted(b: Buffer): void {
+    if ((this.pins.get(b) ?? 0) > 0) this.evictedPinned.add(b);
+    else this.recycle(b);
+  }
+
+  private recycle(b: Buffer): void {
+    // Only whole-chunk buffers (a disk's short last chunk is a view of a shorter length), and a bounded number.
+    if (b.length === this.opts.chunkSize && (this.free.length + 1) * b.length <= FREE_BYTES) this.free.push(b);
   }
 
   private async fetchOnce(e: ChunkEntry, point: number): Promise<Buffer> {
@@ -86,7 +138,7 @@ export class ChunkCache {
     const object = await this.slots.acquire();
     // The object buffer is pooled (reused by the next fetch); the plaintext is decoded straight into a buffer of its
     // own that the cache then keeps, so no copy is made (a copy of shared memory costs more than the decode).
-    const slot: ReadSlot = { object, plain: sharedAligned(chunkSize) };
+    const slot: ReadSlot = { object, plain: this.free.pop() ?? sharedAligned(chunkSize) };
     let timer: NodeJS.Timeout | undefined;
     const read = readChunk(store, disk, chunkSize, e, point, slot, seal)
       .finally(() => this.slots.release(object));
@@ -113,8 +165,9 @@ export class ChunkCache {
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([...this.inflight.values()]);
+    await Promise.allSettled([...this.inflight.values()].map((f) => f.promise));
     this.lru.clear();
+    this.free.length = 0;
     this.keyHeld?.release();
     await this.keyHeld?.done;
   }

@@ -14,6 +14,8 @@ export interface ExportImage {
   readonly writable: boolean;
   /** Pieces covering [offset, offset+length) in order. Fails (EIO) when any chunk in the range cannot be read. */
   read(offset: number, length: number): Promise<Piece[]>;
+  /** The caller is done with what read() returned (its reply is on the wire): an image may reuse that memory now. */
+  done?(pieces: Piece[]): void;
   /** base:allocation extents from offset, covering at most length (a prefix of it is allowed), at least one. */
   extents(offset: number, length: number): Promise<StatusExtent[]>;
   write?(offset: number, data: Buffer): Promise<void>;
@@ -33,6 +35,8 @@ export class PointImage implements ExportImage {
   private readonly chunkSize: number;
   /** The last chunk of recent reads: a read that starts right after one is sequential and triggers read-ahead. */
   private readonly recent: number[] = [];
+  /** The cached buffers each read() result holds pinned in the cache, until done(). */
+  private readonly held = new WeakMap<Piece[], Buffer[]>();
 
   constructor(private readonly index: ChunkIndex, private readonly cache: ChunkCache) {
     this.size = index.diskSize;
@@ -46,23 +50,36 @@ export class PointImage implements ExportImage {
     if (length === 0) return [];
     const first = Math.floor(offset / this.chunkSize);
     const last = Math.floor((offset + length - 1) / this.chunkSize);
+    const held: Buffer[] = [];
     const jobs: Array<Promise<Piece>> = [];
     for (let i = first; i <= last; i++) {
       const start = Math.max(offset, i * this.chunkSize);
       const end = Math.min(offset + length, (i + 1) * this.chunkSize);
-      jobs.push(this.chunkPiece(i, start, end));
+      jobs.push(this.chunkPiece(i, start, end, held));
     }
     const settled = await Promise.allSettled(jobs);
     this.noteAccess(first, last);
     const failed = settled.find((s) => s.status === 'rejected');
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-    return mergeHoles(settled.map((s) => (s as PromiseFulfilledResult<Piece>).value));
+    if (failed) {
+      for (const b of held) this.cache.release(b);
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    const pieces = mergeHoles(settled.map((s) => (s as PromiseFulfilledResult<Piece>).value));
+    this.held.set(pieces, held);
+    return pieces;
   }
 
-  private async chunkPiece(i: number, start: number, end: number): Promise<Piece> {
+  done(pieces: Piece[]): void {
+    const held = this.held.get(pieces);
+    this.held.delete(pieces);
+    for (const b of held ?? []) this.cache.release(b);
+  }
+
+  private async chunkPiece(i: number, start: number, end: number, held: Buffer[]): Promise<Piece> {
     const e = await this.index.lookup(i);
     if (!e) return { offset: start, length: end - start };
     const plain = await this.cache.get(e, this.point);
+    held.push(plain);
     const base = i * this.chunkSize;
     if (end - base > plain.length) {
       throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${i} holds ${plain.length} bytes, fewer than the disk needs there`);

@@ -6,8 +6,11 @@ import tls from 'node:tls';
 export interface SessionIo {
   /** Exactly n bytes, or a rejection when the peer goes away first. */
   read(n: number): Promise<Buffer>;
-  /** Writes the buffers back to back (one reply stays contiguous); resolves once the socket can take more. */
-  write(parts: Buffer[]): Promise<void>;
+  /**
+   * Writes the buffers back to back (one reply stays contiguous); resolves once the socket can take more.
+   * flushed is called once the socket no longer reads from parts (written, or the connection is gone).
+   */
+  write(parts: Buffer[], flushed?: () => void): Promise<void>;
   /** Upgrades the connection to TLS as the server side (after NBD_OPT_STARTTLS was acknowledged). */
   startTls(): Promise<void>;
   readonly encrypted: boolean;
@@ -112,12 +115,16 @@ export class SocketIo implements SessionIo {
     });
   }
 
-  write(parts: Buffer[]): Promise<void> {
+  write(parts: Buffer[], flushed?: () => void): Promise<void> {
     // Chained: a reply starts only once the previous one is on its way and the socket has drained.
     const p = this.tail.then(() => new Promise<void>((resolve, reject) => {
-      if (this.socket.destroyed || !this.socket.writable) { reject(new Error('the connection is closed')); return; }
+      if (this.socket.destroyed || !this.socket.writable) { flushed?.(); reject(new Error('the connection is closed')); return; }
       let ok = true;
-      for (const b of parts) if (b.length) ok = this.socket.write(b);
+      let lastPart = parts.length - 1;
+      while (lastPart >= 0 && parts[lastPart].length === 0) lastPart--;
+      if (lastPart < 0) flushed?.();
+      // The last part's callback comes once the socket has handed every earlier byte on too (or failed).
+      parts.forEach((b, i) => { if (b.length) ok = this.socket.write(b, i === lastPart && flushed ? () => flushed() : undefined); });
       if (ok) { resolve(); return; }
       const done = (err?: Error) => {
         this.socket.off('drain', onDrain);

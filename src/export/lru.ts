@@ -5,7 +5,8 @@ export class Lru<K, V> {
   private readonly map = new Map<K, V>();
   private total = 0;
 
-  constructor(private readonly capacity: number, private readonly weigh: (v: V) => number) {}
+  /** onEvict hears every value that leaves by eviction or replacement (not by clear()). */
+  constructor(private readonly capacity: number, private readonly weigh: (v: V) => number, private readonly onEvict?: (v: V) => void) {}
 
   get(k: K): V | undefined {
     const v = this.map.get(k);
@@ -26,6 +27,7 @@ export class Lru<K, V> {
     if (old !== undefined) {
       this.total -= this.weigh(old);
       this.map.delete(k);
+      if (old !== v) this.onEvict?.(old);
     }
     this.map.set(k, v);
     this.total += w;
@@ -33,6 +35,7 @@ export class Lru<K, V> {
       if (this.total <= this.capacity) break;
       this.map.delete(key);
       this.total -= this.weigh(val);
+      this.onEvict?.(val);
     }
   }
 

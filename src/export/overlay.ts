@@ -163,7 +163,9 @@ export class OverlayImage implements ExportImage {
       } else {
         // First write to a block that is only partly covered: the rest of it comes from the point.
         const block = Buffer.alloc(blockEnd - blockStart);
-        for (const p of await this.base.read(blockStart, block.length)) if (p.data) p.data.copy(block, p.offset - blockStart);
+        const pieces = await this.base.read(blockStart, block.length);
+        for (const p of pieces) if (p.data) p.data.copy(block, p.offset - blockStart);
+        this.base.done?.(pieces);
         data.copy(block, pos - blockStart, pos - offset, stop - offset);
         await this.writeFile(block, blockStart);
       }

@@ -81,7 +81,7 @@ async function serve(io: SessionIo, c: Chosen, req: Request, payload: Buffer | u
       case Cmd.READ: {
         if (req.length === 0 || req.length > opts.maxBlock) return fail(Errno.EINVAL, `read of ${req.length} bytes (1..${opts.maxBlock})`);
         const pieces = await image.read(offset, req.length);
-        await io.write(readReply(c, req, pieces));
+        await io.write(readReply(c, req, pieces), () => image.done?.(pieces));
         opts.onServed?.(req.length);
         return;
       }

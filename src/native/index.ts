@@ -71,6 +71,8 @@ interface NativeBinding {
   copyBytes(src: Uint8Array, dst: Uint8Array): void;
   zeroBytes(dst: Uint8Array): void;
   writeFile(path: string, data: Uint8Array, sync: boolean, direct: boolean, mode: number): Promise<NativeWritten>;
+  readFileInto(path: string, into: Uint8Array, offset: number, length: number): Promise<ReadInto>;
+  writeNonZero(fd: number, data: Uint8Array, position: number, block: number): Promise<number>;
   lz4Info(): { version?: string; error?: string };
   lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
   lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
@@ -224,6 +226,57 @@ export async function openRaw(path: string, opts: RawOpenOptions = {}): Promise<
 export function isZero(buf: Uint8Array): boolean {
   if (!(buf instanceof Uint8Array)) throw new TypeError('isZero: buf must be a Buffer or Uint8Array');
   return binding.isZero(buf);
+}
+
+/**
+ * True when buf starts at an address that is a multiple of alignment (a power of two). O_DIRECT needs the address
+ * aligned; a view's byteOffset does not say it (sharedAligned() views start at an aligned address, not offset 0).
+ */
+export function addressAligned(buf: Uint8Array, alignment: number): boolean {
+  return binding.alignOffset(buf, alignment) === 0;
+}
+
+/** What readFileInto found: the file's size, and the range [start, start + bytesRead) now at the start of into. */
+export interface ReadInto {
+  size: number;
+  /** False: not a regular file (nothing was read). */
+  isFile: boolean;
+  /** False: the range is longer than into (nothing was read). */
+  fits: boolean;
+  start: number;
+  bytesRead: number;
+}
+
+/**
+ * Reads [offset, offset + length) of the file at path (clipped at its end; length undefined: to the end) into the
+ * start of into: open, fstat, pread and close in one job on the libuv pool. Errors are Node-shaped (code, syscall).
+ */
+export async function readFileInto(path: string, into: Uint8Array, offset = 0, length?: number): Promise<ReadInto> {
+  if (!(into instanceof Uint8Array)) throw new TypeError('readFileInto: into must be a Buffer or Uint8Array');
+  checkOffset('offset', offset);
+  if (length !== undefined) checkOffset('length', length);
+  try {
+    return await binding.readFileInto(path, into, offset, length ?? -1);
+  } catch (err) {
+    throw wrapError(err);
+  }
+}
+
+/**
+ * Writes data at position of the open file descriptor fd in one job on the libuv pool; with block > 0 the blocks
+ * of that size that are all zeros are skipped (a sparse file keeps them as holes). Resolves to the bytes written.
+ * The caller keeps fd open until this settles.
+ */
+export async function writeNonZero(fd: number, data: Uint8Array, position: number, block: number): Promise<number> {
+  if (!(data instanceof Uint8Array)) throw new TypeError('writeNonZero: data must be a Buffer or Uint8Array');
+  if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`writeNonZero: fd must be a descriptor, got ${fd}`);
+  checkOffset('position', position);
+  checkOffset('block', block);
+  try {
+    return await binding.writeNonZero(fd, data, position, block);
+  } catch (err) {
+    throw wrapError(err);
+  }
 }
 
 /** A zero-filled Buffer whose address is aligned to `alignment` (a power of two), for O_DIRECT. Freed by GC. */

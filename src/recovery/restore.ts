@@ -46,6 +46,24 @@ export interface RecoverResult {
   /** Bytes sent to the output (zeros a sparse output skips are not counted). */
   bytesWritten: number;
   seconds: number;
+  /** Where the time went (see RestoreStageTimes). */
+  stages: RestoreStageTimes;
+}
+
+/**
+ * Seconds per stage of a restore. fetch, decode and write are wall time summed over the chunks in flight (so they may
+ * exceed the run's wall time): store reads, the codec workers' decode-and-verify round trips, and the sink's writes
+ * (for an ordered sink, with the wait for its turn). wait is wall time the reader stood still because every chunk
+ * buffer was taken; open is the time before the first chunk (points, tables, authentication, opening the output)
+ * and finish the output's final sync and rename.
+ */
+export interface RestoreStageTimes {
+  open: number;
+  fetch: number;
+  decode: number;
+  write: number;
+  wait: number;
+  finish: number;
 }
 
 export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
@@ -63,13 +81,17 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
 
   const sink = opts.sink ?? await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location });
   let stats: PumpStats;
+  const clock = new RestoreClock();
   try {
     if (sink.prepare) await sink.prepare(() => dataExtents(store, chain, seal?.key));
+    clock.ms.open = performance.now() - started;
     stats = await withWorkerKey(opts.encryption, () => pump({
-      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? 8, signal: opts.signal,
+      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? 8, signal: opts.signal, clock,
       onProgress: opts.onProgress && ((s) => opts.onProgress!({ bytesWritten: s.bytesWritten, chunksDone: s.chunksRestored, diskSize })),
     }));
+    const finishing = performance.now();
     await sink.finish();
+    clock.ms.finish = performance.now() - finishing;
   } catch (err) {
     // A partial output must never look like a finished restore.
     await sink.abort();
@@ -77,8 +99,47 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   }
   return {
     disk, point: seq, out: sink.location, diskSize, chunkSize, ...stats,
-    seconds: (performance.now() - started) / 1000,
+    seconds: (performance.now() - started) / 1000, stages: clock.times,
   };
+}
+
+/** The restore's stage sums in milliseconds, a few clock reads per chunk. */
+class RestoreClock {
+  readonly ms: { [K in keyof RestoreStageTimes]: number } = { open: 0, fetch: 0, decode: 0, write: 0, wait: 0, finish: 0 };
+
+  /** store, with every get's wall time added to fetch. */
+  timedGets(store: ObjectStore): ObjectStore {
+    const ms = this.ms;
+    return {
+      location: store.location, capabilities: store.capabilities,
+      async get(key, range, into) {
+        const t = performance.now();
+        try {
+          return await store.get(key, range, into);
+        } finally {
+          ms.fetch += performance.now() - t;
+        }
+      },
+      put: (key, data, o) => store.put(key, data, o), head: (key) => store.head(key), list: (prefix) => store.list(prefix),
+      delete: (key) => store.delete(key), close: () => store.close(),
+    };
+  }
+
+  async time<T>(stage: 'read' | 'write' | 'wait', p: Promise<T>): Promise<T> {
+    const t = performance.now();
+    try {
+      return await p;
+    } finally {
+      // read covers fetch and decode: decode is what the fetches did not take.
+      this.ms[stage === 'read' ? 'decode' : stage] += performance.now() - t;
+    }
+  }
+
+  get times(): RestoreStageTimes {
+    const m = this.ms;
+    const s = (x: number) => Math.round(x) / 1000;
+    return { open: s(m.open), fetch: s(m.fetch), decode: s(Math.max(0, m.decode - m.fetch)), write: s(m.write), wait: s(m.wait), finish: s(m.finish) };
+  }
 }
 
 interface PumpStats { chunksRestored: number; bytesFetched: number; bytesWritten: number }
@@ -91,6 +152,7 @@ interface PumpOptions {
   seal?: ChunkSeal;
   sink: OutputSink;
   concurrency: number;
+  clock: RestoreClock;
   onProgress?: (s: PumpStats) => void;
   signal?: AbortSignal;
 }
@@ -101,7 +163,8 @@ interface PumpOptions {
  * sink. Zero chunks and holes are never fetched: the sink hears of them as zero ranges.
  */
 async function pump(o: PumpOptions): Promise<PumpStats> {
-  const { store, disk, sink, seq, seal } = o;
+  const { disk, sink, seq, seal, clock } = o;
+  const store = clock.timedGets(o.store);
   const { diskSize, chunkSize } = o.chain[0];
   const stats: PumpStats = { chunksRestored: 0, bytesFetched: 0, bytesWritten: 0 };
   const slots = new BufferPool(o.concurrency, () => newReadSlot(chunkSize));
@@ -111,7 +174,7 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
   let turn: Promise<void> = Promise.resolve();
   const handOver = (give: () => Promise<number>, ready?: Promise<unknown>): Promise<void> => {
     const counted = async () => {
-      const n = await give(); // not `+= await give()`: that reads the total before the await and loses concurrent updates
+      const n = await clock.time('write', give()); // not `+= await give()`: that reads the total before the await and loses concurrent updates
       stats.bytesWritten += n;
     };
     if (!sink.ordered) return (ready ?? Promise.resolve()).then(counted);
@@ -133,7 +196,7 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
   };
 
   try {
-    for await (const e of chainView(store, o.chain, seal?.key)) {
+    for await (const e of chainView(o.store, o.chain, seal?.key)) {
       if (failure) break;
       if (o.signal?.aborted) {
         failure = new RnodeError(ErrorCodes.CANCELLED, `recovery of disk ${disk} was cancelled; ${sink.location} was not completed: run recover again`);
@@ -142,10 +205,10 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
       if (isZeroEntry(e)) continue; // a gap: handed over as zeros before the next data
       const offset = e.index * chunkSize;
       await zeroUpTo(offset);
-      const slot = await slots.acquire();
+      const slot = await clock.time('wait', slots.acquire());
       if (failure) { slots.release(slot); break; }
       end = offset + e.plainLength;
-      const plain = readChunk(store, disk, chunkSize, e, seq, slot, seal);
+      const plain = clock.time('read', readChunk(store, disk, chunkSize, e, seq, slot, seal));
       plain.catch(() => undefined); // observed through the hand-over; this only silences the early rejection
       track(handOver(async () => sink.write(offset, await plain), plain)
         .then(() => {
@@ -154,7 +217,7 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
           o.onProgress?.(stats);
         })
         .finally(() => slots.release(slot)));
-      if (inflight.size >= o.concurrency) await Promise.race(inflight);
+      if (inflight.size >= o.concurrency) await clock.time('wait', Promise.race(inflight));
     }
     if (!failure) await zeroUpTo(diskSize);
   } catch (err) {

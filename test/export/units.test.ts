@@ -94,6 +94,38 @@ t.test('one fetch per chunk for concurrent readers; the cache stays within its b
   t.ok(cache.stats.cachedBytes <= 4 * CHUNK, `whole disk read, cache holds ${cache.stats.cachedBytes} bytes (bound ${4 * CHUNK})`);
 });
 
+// Plaintext buffers are recycled once evicted (a decode into fresh memory cost ~10x the decode on an nbdcopy of
+// the export); one still held by a reader must never be reused under it, however many chunks pass through.
+t.test('an evicted plaintext buffer is reused only after its readers released it', async (t) => {
+  const store = await twoPointStore(t);
+  const chain = await loadChain(store, 'vm', 2);
+  const cache = new ChunkCache({ store, disk: 'vm', chunkSize: CHUNK, cacheBytes: 2 * CHUNK });
+  t.teardown(() => cache.close());
+  const img = new PointImage(new ChunkIndex(store, chain), cache);
+  const held = await img.read(0, CHUNK);
+  const heldBuffer = held[0].data!;
+  const copy = Buffer.from(heldBuffer);
+  const seen = new Set<ArrayBufferLike>();
+  for (let i = CHUNK; i + CHUNK <= SIZE; i += CHUNK) {
+    const pieces = await img.read(i, CHUNK);
+    for (const p of pieces) if (p.data) seen.add(p.data.buffer);
+    img.done(pieces);
+  }
+  t.ok(heldBuffer.equals(copy), 'a held chunk keeps its bytes while every other chunk passes through the cache');
+  t.notOk(seen.has(heldBuffer.buffer), 'its memory was not given to another chunk');
+  const chunks = Math.ceil(SIZE / CHUNK) - 1;
+  t.ok(seen.size < chunks, `released buffers were reused (${seen.size} buffers for ${chunks} chunks)`);
+  img.done(held);
+  const after = new Set<ArrayBufferLike>();
+  for (let i = 0; i + CHUNK <= SIZE; i += CHUNK) {
+    const pieces = await img.read(i, CHUNK);
+    for (const p of pieces) if (p.data) after.add(p.data.buffer);
+    t.ok(pieces.every((p) => !p.data || p.data.length === p.length), 'pieces cover their ranges');
+    img.done(pieces);
+  }
+  t.ok(after.has(heldBuffer.buffer), 'once released (and evicted), its memory serves other chunks');
+});
+
 t.test('option payloads: counts and lengths are checked against the payload', async (t) => {
   t.same(decodeGoPayload(encodeGo('vm', [3, 1])), { name: 'vm', infos: [3, 1] });
   const go = encodeGo('vm', [3]);

@@ -82,5 +82,13 @@ t.test('fs: get into a caller buffer reads straight into it when it fits, and al
   const other = await store.get('k', undefined, small);
   t.ok(other.equals(data) && other.buffer !== small.buffer, 'too small: a buffer of its own, into untouched');
   t.ok(small.equals(Buffer.alloc(4)));
+  const past = await store.get('k', { offset: 100 }, into);
+  t.equal(past.length, 0, 'a range past the end: empty');
+  const tail = await store.get('k', { offset: 10 }, into);
+  t.ok(tail.equals(data.subarray(10)), 'to the end from an offset');
+  await t.rejects(store.get('missing', undefined, into), { code: ErrorCodes.STORE_NOT_FOUND }, 'a missing key');
+  await mkdir(path.join(dir, 'dir'));
+  await t.rejects(store.get('dir', undefined, into), { code: ErrorCodes.STORE_NOT_FOUND }, 'a directory is no object');
+  await t.rejects(store.get('k', { offset: -1 }, into), { code: ErrorCodes.INTERNAL }, 'a bad range');
   await store.close();
 });

@@ -6,7 +6,7 @@ import { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import { failpoint } from '../../failpoint.js';
-import { writeFileExclusive } from '../../native/index.js';
+import { readFileInto, writeFileExclusive, type ReadInto } from '../../native/index.js';
 import {
   checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix,
 } from '../common.js';
@@ -137,6 +137,19 @@ export class FsStore implements ObjectStore {
 
   async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
     const file = this.pathOf(key);
+    if (into) {
+      // Straight into the caller's buffer, in one job on the libuv pool: restores read their chunks into their
+      // slots this way, without an allocation, a copy, or four round trips through the event loop per chunk.
+      clipRange(0, range); // validates the range
+      let r: ReadInto;
+      try {
+        r = await readFileInto(file, into, range?.offset ?? 0, range?.length);
+      } catch (err) {
+        throw this.mapError(err, 'get', key);
+      }
+      if (!r.isFile) throw notFound(this.location, key);
+      if (r.fits) return Buffer.from(into.buffer, into.byteOffset, r.bytesRead);
+    }
     let fh: fsp.FileHandle;
     try {
       fh = await fsp.open(file, 'r');
@@ -147,10 +160,7 @@ export class FsStore implements ObjectStore {
       const st = await fh.stat();
       if (!st.isFile()) throw notFound(this.location, key);
       const { start, end } = clipRange(st.size, range);
-      // Straight into the caller's buffer when it fits: restores read 1 MiB chunks into their slots this way,
-      // without an allocation and a copy per chunk.
-      const buf = into && into.length >= end - start
-        ? Buffer.from(into.buffer, into.byteOffset, end - start) : Buffer.allocUnsafe(end - start);
+      const buf = Buffer.allocUnsafe(end - start);
       let done = 0;
       while (done < buf.length) {
         const { bytesRead } = await fh.read(buf, done, buf.length - done, start + done);
