@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { PROMETHEUS_CONTENT_TYPE } from '../metrics/registry.js';
 
 export interface HttpHandlers {
-  metrics(): string;
+  metrics(): Promise<string>;
   readiness(): { ready: boolean; checks: Record<string, boolean> };
 }
 
@@ -27,7 +27,10 @@ export async function serveHttp(listen: { host: string; port: number }, h: HttpH
       return;
     }
     if (url === '/metrics') {
-      res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE }).end(h.metrics());
+      h.metrics().then(
+        (text) => { res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE }).end(text); },
+        (err: unknown) => { res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${String(err)}\n`); },
+      );
     } else if (url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}\n');
     } else if (url === '/readyz') {

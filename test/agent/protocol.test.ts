@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { agentMessages, decode, defs, serverMessages } from '../../src/agent/protocol.js';
 import { validate } from '../../src/agent/schema.js';
 import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
+import { metricValue } from '../helpers/metrics.js';
 
 t.test('invalid messages get an error reply; the agent keeps running', async (t) => {
   const dir = tmpDir(t, 'agent-proto');
@@ -52,7 +53,7 @@ t.test('invalid messages get an error reply; the agent keeps running', async (t)
   const beats = node.health;
   await new Promise((r) => setTimeout(r, 500));
   t.ok(ms.nodes.get(agent.nodeId)!.connected && node.health !== beats, 'still connected and heartbeating');
-  t.ok(agent.metrics.protocolErrors.get({ direction: 'in', code: 'RNODE_PROTO_INVALID' }) >= 4, 'refusals counted');
+  t.ok((await metricValue(agent.metrics.protocolErrors, { direction: 'in', code: 'RNODE_PROTO_INVALID' }))! >= 4, 'refusals counted');
   t.equal(ms.nodes.size, 1, 'never reconnected as a new node');
 });
 
