@@ -69,5 +69,7 @@ export class AgentMetrics {
   }
 
   /** The text exposition format, as /metrics serves it. */
-  render(): Promise<string> { return this.registry.metrics(); }
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
 }
