@@ -138,7 +138,7 @@ function contentToXml(c: Content): string {
 
 /** One element; attributes and text are escaped. Undefined attributes are left out. */
 export function el(name: string, content?: Content, attrs: Record<string, string | undefined> = {}): Raw {
-  if (!/^[A-Za-z_][\w.\-]*(:[A-Za-z_][\w.\-]*)?$/.test(name)) throw new Error(`bad XML element name ${name}`);
+  if (!/^[A-Za-z_][\w.-]*(:[A-Za-z_][\w.-]*)?$/.test(name)) throw new Error(`bad XML element name ${name}`);
   const a = Object.entries(attrs).filter(([, v]) => v !== undefined).map(([k, v]) => ` ${k}="${escapeAttr(v!)}"`).join('');
   const inner = contentToXml(content);
   return new Raw(inner === '' ? `<${name}${a}/>` : `<${name}${a}>${inner}</${name}>`);
