@@ -1,7 +1,7 @@
 // The control protocol between a node and its Management Server, version 1: one TypeBox schema per message (its
 // JSON Schema, which docs/control-protocol.md is generated from, and its TypeScript type), and decode().
 import { Type, type Static, type TObject, type TProperties, type TSchema, type TUnsafe } from '@sinclair/typebox';
-import { validate, type SchemaError } from './schema.js';
+import { compile, validate, type SchemaError } from './schema.js';
 
 export const PROTOCOL_VERSION = 1;
 /** The WebSocket subprotocol a node asks for; the server may ignore it (the hello carries the version too). */
@@ -260,6 +260,10 @@ export const serverMessages = {
   welcome, ack, 'policy.update': policyUpdate, 'policy.remove': policyRemove, 'policy.sync': policySync,
   'job.start': jobStart, 'job.cancel': jobCancel, 'export.start': exportStart, 'export.stop': exportStop, error,
 } satisfies MessageTable;
+
+// Every validator is compiled when this module loads, before a node registers: compiled on first use, each type
+// cost 10-100 ms (more under load) inside the first job, enough to miss heartbeats of a short node timeout.
+for (const table of [agentMessages, serverMessages]) for (const schema of Object.values(table)) compile(schema, defs);
 
 // ---- TypeScript shapes, from the schemas ----
 

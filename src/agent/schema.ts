@@ -1,5 +1,5 @@
 // Validation of control-protocol messages with ajv (JSON Schema 2020-12): each message schema is compiled once,
-// on first use, together with the shared $defs; ajv's errors become "<JSON pointer>: <rule>" naming the field.
+// together with the shared $defs; ajv's errors become "<JSON pointer>: <rule>" naming the field.
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import type { TSchema } from '@sinclair/typebox';
 
@@ -28,12 +28,18 @@ function describe(e: ErrorObject): SchemaError {
   }
 }
 
-/** Validates `value` against `schema` (whose "#/$defs/<name>" references resolve into `defs`). */
-export function validate(schema: TSchema, value: unknown, defs: Record<string, TSchema>): SchemaError[] {
+/** The compiled validator of `schema` (whose "#/$defs/<name>" references resolve into `defs`), compiled once. */
+export function compile(schema: TSchema, defs: Record<string, TSchema>): ValidateFunction {
   let check = compiled.get(schema);
   if (!check) {
     check = ajv.compile({ ...schema, $defs: defs });
     compiled.set(schema, check);
   }
+  return check;
+}
+
+/** Validates `value` against `schema`. */
+export function validate(schema: TSchema, value: unknown, defs: Record<string, TSchema>): SchemaError[] {
+  const check = compile(schema, defs);
   return check(value) ? [] : (check.errors ?? []).map(describe);
 }
