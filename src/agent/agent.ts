@@ -60,9 +60,7 @@ export class Agent {
     const nodeName = opts.nodeName ?? os.hostname();
     const log = (opts.log ?? Logger.create({ level: opts.logLevel })).child({ nodeId, node: nodeName });
     let scheduler: Scheduler | undefined;
-    const metrics = new AgentMetrics((g) => {
-      for (const l of scheduler?.lags() ?? []) g.set({ group: l.group, disk: l.disk }, l.lag);
-    });
+    const metrics = new AgentMetrics(() => scheduler?.lags() ?? []);
     metrics.info.set({ node_id: nodeId, name: nodeName, version: AGENT_VERSION }, 1);
     const slots = opts.slots ?? 2;
     const link = new ServerLink({
@@ -96,7 +94,7 @@ export class Agent {
     link.on('message', (m: ServerMessage) => { agent.onMessage(m).catch((err) => log.error('message handling failed', { err })); });
     if (opts.metrics) {
       agent.http = await serveHttp(opts.metrics, {
-        metrics: () => metrics.registry.render(),
+        metrics: () => metrics.render(),
         readiness: () => agent.readiness(),
       });
       log.info('serving /metrics, /healthz, /readyz', { listen: `${agent.http.host}:${agent.http.port}` });

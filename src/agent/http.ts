@@ -2,10 +2,10 @@
 // (registered with the server at least once, and the state directory is writable).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { PROMETHEUS_CONTENT_TYPE } from '../metrics/registry.js';
 
 export interface HttpHandlers {
-  metrics(): string;
+  /** The exposition and its content type (the Prometheus text format). */
+  metrics(): Promise<{ contentType: string; body: string }>;
   readiness(): { ready: boolean; checks: Record<string, boolean> };
 }
 
@@ -27,7 +27,10 @@ export async function serveHttp(listen: { host: string; port: number }, h: HttpH
       return;
     }
     if (url === '/metrics') {
-      res.writeHead(200, { 'content-type': PROMETHEUS_CONTENT_TYPE }).end(h.metrics());
+      h.metrics().then(
+        (m) => { res.writeHead(200, { 'content-type': m.contentType }).end(m.body); },
+        (err: unknown) => { res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${String(err)}\n`); },
+      );
     } else if (url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}\n');
     } else if (url === '/readyz') {

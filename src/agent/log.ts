@@ -1,31 +1,63 @@
-// Structured logs: one JSON object per line on stderr (time, level, msg, then context such as nodeId, jobId,
-// disk). Secrets never reach a line: keys that name secrets are masked, and registered secret values are
-// replaced wherever they appear in a string.
+// Structured logs with pino: one JSON object per line on stderr (time, level, msg, then context such as nodeId,
+// jobId, disk). Secrets never reach a line: pino's redact masks members that name secrets, and values registered
+// with addSecret (a token, a resolved secret) are replaced wherever they appear in a line.
+import { pino, type Logger as Pino } from 'pino';
 
 export type Level = 'debug' | 'info' | 'warn' | 'error';
-const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
-const SECRET_KEY = /(token|secret|password|passwd|credential|authorization|sas|signature|private_?key|access_?key)/i;
 const MASK = '***';
+
+// Members that hold secrets, at the top of a line or up to two objects down. A secret reference
+// ({secretRef: "env:X"}) names a secret without holding it and is logged as it is.
+const SECRET_KEYS = ['token', 'password', 'passwd', 'secret', 'credentials', 'authorization', 'sas', 'signature',
+  'privateKey', 'private_key', 'accessKey', 'access_key', 'secretAccessKey', 'accountKey'];
+const REDACT_PATHS = SECRET_KEYS.flatMap((k) => [k, `*.${k}`, `*.*.${k}`]);
 
 export interface LogSink { write(line: string): void }
 
-export class Logger {
-  private constructor(private readonly sink: LogSink, private readonly min: Level, private readonly context: Record<string, unknown>,
-    private readonly secrets: Set<string>) {}
+/** An Error as a log field: its name, message and stable code (no stack: a log line is for operators). */
+function errorFields(e: unknown): unknown {
+  if (!(e instanceof Error)) return e;
+  const code = (e as Error & { code?: unknown }).code;
+  return { name: e.name, message: e.message, ...(typeof code === 'string' ? { code } : {}) };
+}
 
-  static create(opts: { sink?: LogSink; level?: Level; context?: Record<string, unknown> } = {}): Logger {
-    const sink = opts.sink ?? { write: (l: string) => { process.stderr.write(l); } };
-    return new Logger(sink, opts.level ?? 'info', opts.context ?? {}, new Set());
+/** The JSON form of a string, without its quotes: how a value appears inside a serialized line. */
+const inJson = (s: string) => JSON.stringify(s).slice(1, -1);
+
+export class Logger {
+  private constructor(private readonly pino: Pino, private readonly secrets: Set<string>) {}
+
+  static create(opts: { sink?: LogSink; level?: Level | 'silent'; context?: Record<string, unknown> } = {}): Logger {
+    const secrets = new Set<string>();
+    const p = pino({
+      level: opts.level ?? 'info',
+      base: undefined,
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      serializers: { err: errorFields, error: errorFields },
+      redact: { paths: REDACT_PATHS, censor: MASK },
+      hooks: {
+        // The last step before a line is written: registered secret values go, in whatever member they hide.
+        streamWrite: (line) => {
+          for (const s of secrets) if (line.includes(s)) line = line.split(s).join(MASK);
+          return line;
+        },
+      },
+    }, opts.sink ?? pino.destination({ dest: 2, sync: true }));
+    return new Logger(opts.context ? p.child(opts.context) : p, secrets);
   }
 
   /** A logger adding fields to every line (shares the sink and the secret list). */
   child(context: Record<string, unknown>): Logger {
-    return new Logger(this.sink, this.min, { ...this.context, ...context }, this.secrets);
+    return new Logger(this.pino.child(context), this.secrets);
   }
 
   /** Never print this value, wherever it shows up (token, resolved secret). Values under 4 characters are ignored. */
   addSecret(value: string | undefined): void {
-    if (value && value.length >= 4) this.secrets.add(value);
+    if (!value || value.length < 4) return;
+    this.secrets.add(value);
+    const escaped = inJson(value);
+    if (escaped !== value) this.secrets.add(escaped);
   }
 
   debug(msg: string, fields?: Record<string, unknown>): void { this.log('debug', msg, fields); }
@@ -34,32 +66,9 @@ export class Logger {
   error(msg: string, fields?: Record<string, unknown>): void { this.log('error', msg, fields); }
 
   log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
-    if (ORDER[level] < ORDER[this.min]) return;
-    const entry = { time: new Date().toISOString(), level, msg, ...this.context, ...fields };
-    this.sink.write(JSON.stringify(this.redact(entry, 0)) + '\n');
-  }
-
-  redact(value: unknown, depth: number): unknown {
-    if (typeof value === 'string') {
-      let s = value;
-      for (const secret of this.secrets) if (s.includes(secret)) s = s.split(secret).join(MASK);
-      return s;
-    }
-    if (value instanceof Error) {
-      const e = value as Error & { code?: string };
-      return this.redact({ name: e.name, message: e.message, ...(e.code ? { code: e.code } : {}) }, depth + 1);
-    }
-    if (typeof value !== 'object' || value === null) return typeof value === 'bigint' ? String(value) : value;
-    if (depth > 6) return '[deep]';
-    if (Array.isArray(value)) return value.map((v) => this.redact(v, depth + 1));
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) {
-      // A secret reference ({secretRef: "env:X"}) names a secret without holding it: it may be logged.
-      out[k] = SECRET_KEY.test(k) && k !== 'secretRef' && (typeof v === 'string' || typeof v === 'number') ? MASK : this.redact(v, depth + 1);
-    }
-    return out;
+    this.pino[level](fields, msg);
   }
 }
 
 /** A logger that drops everything (library use without logs). */
-export const silentLogger = (): Logger => Logger.create({ sink: { write: () => undefined } });
+export const silentLogger = (): Logger => Logger.create({ sink: { write: () => undefined }, level: 'silent' });

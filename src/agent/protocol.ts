@@ -1,6 +1,7 @@
-// The control protocol between a node and its Management Server, version 1: every message's JSON Schema (the
-// same text docs/control-protocol.md shows; a test keeps the two identical), its TypeScript shape, and decode().
-import { validate, type JsonSchema, type SchemaError } from './schema.js';
+// The control protocol between a node and its Management Server, version 1: one TypeBox schema per message (its
+// JSON Schema, which docs/control-protocol.md is generated from, and its TypeScript type), and decode().
+import { Type, type Static, type TObject, type TProperties, type TSchema, type TUnsafe } from '@sinclair/typebox';
+import { compile, validate, type SchemaError } from './schema.js';
 
 export const PROTOCOL_VERSION = 1;
 /** The WebSocket subprotocol a node asks for; the server may ignore it (the hello carries the version too). */
@@ -25,357 +26,273 @@ export const ProtoErrors = {
 /** WebSocket close codes (4000-4999 are the application's). */
 export const CloseCodes = { AUTH: 4401, VERSION: 4406, REPLACED: 4409, SHUTDOWN: 4503 } as const;
 
-const str = (maxLength = 1024): JsonSchema => ({ type: 'string', minLength: 1, maxLength });
+// ---- schemas (TypeBox: the JSON Schema and the TypeScript type come from the same expression) ----
 
+type Opts = { description?: string };
+const str = (maxLength = 1024, o: Opts = {}) => Type.String({ minLength: 1, maxLength, ...o });
+const uint = (o: Opts = {}) => Type.Integer({ minimum: 0, ...o });
+const posInt = (o: Opts & { maximum?: number } = {}) => Type.Integer({ minimum: 1, ...o });
+const positive = (o: Opts = {}) => Type.Number({ exclusiveMinimum: 0, ...o });
+/** A closed set of strings, written as JSON Schema "enum" (TypeBox would write anyOf of consts). */
+const oneOfStrings = <const T extends string>(values: readonly T[], o: Opts = {}) => Type.Unsafe<T>({ type: 'string', enum: [...values], ...o });
+const Opt = Type.Optional;
+const ISO_TIME = () => Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$' });
+
+/** Shared definitions, referenced as "#/$defs/<name>" (the doc lists them once). */
+export const defs: Record<string, TSchema> = {};
+/** Adds a shared definition and returns a reference to it that keeps its TypeScript type. */
+function shared<T extends TSchema>(name: string, schema: T): TUnsafe<Static<T>> {
+  defs[name] = schema;
+  return Type.Unsafe<Static<T>>({ $ref: `#/$defs/${name}` });
+}
+
+const Id = shared('id', Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$', description: 'message, job, node or group id' }));
+const DiskId = shared('diskId', Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' }));
+const SecretRef = shared('secretRef', Type.Object({ secretRef: Type.String({ pattern: '^(env|file):[A-Za-z0-9._-]{1,128}$' }) }, {
+  additionalProperties: false,
+  description: 'a secret named, never sent: env:NAME (the node\'s environment) or file:NAME (<state-dir>/secrets/NAME)',
+}));
+const envOf = (description: string) => Type.Record(Type.String(), Type.Union([Type.String({ maxLength: 4096 }), SecretRef]), { description });
+const Store = shared('store', Type.Object({
+  url: str(2048),
+  env: Opt(envOf('environment the store client sees (credentials by reference)')),
+}, { additionalProperties: false, description: 'where points are kept: a directory, mem://, s3://, azblob://, gs:// or ws:// URL without secrets' }));
+const Source = shared('source', Type.Object({
+  location: str(2048),
+  options: Opt(Type.Unsafe<Record<string, unknown>>({ type: 'object' })),
+}, { additionalProperties: false }));
+const DiskSourceRef = shared('diskSource', Type.Object({ disk: DiskId, source: Source }, { additionalProperties: false }));
+const Encryption = shared('encryption', Type.Object({
+  mode: oneOfStrings(['none', 'aes-256-gcm']),
+  key: Opt(SecretRef),
+}, {
+  additionalProperties: false,
+  description: 'chunk encryption of a disk: aes-256-gcm needs key, a secret holding the 256-bit key (32 raw bytes, 64 hex characters or base64); ' +
+    'replicate writes with it, recover and verify of an encrypted disk read with it',
+}));
+
+const compression = () => oneOfStrings(['lz4-blocks', 'lz4', 'none'], { description: 'chunk codec (default: the library default, lz4-blocks)' });
+/** How a replicate run reads and writes; a policy and a replicate job both carry them. */
+const tuning = {
+  concurrency: Opt(posInt({ maximum: 64 })),
+  compression: Opt(compression()),
+  encryption: Opt(Encryption),
+  chunkSize: Opt(Type.Integer({ minimum: 65536, maximum: 16777216 })),
+  checkpointSeconds: Opt(positive()),
+  leaseTtlSeconds: Opt(Type.Number({ minimum: 1 })),
+};
 /** Replicate jobs and policies of a VMware VM. */
-const vmJobProps: Record<string, JsonSchema> = {
-  quiesce: { type: 'boolean', description: 'ask VMware Tools for an application-consistent snapshot' },
-  quiesceFallback: { enum: ['fallback', 'fail'], description: 'quiesce impossible: crash-consistent point with a warning (default) or fail' },
-  unsupportedDisks: { enum: ['skip', 'fail'], description: 'independent and physical RDM disks: skipped with a reason (default) or fail' },
-  diskParallelism: { type: 'integer', minimum: 1, maximum: 64, description: 'disks of the VM read at once (default from cores and store concurrency)' },
-};
-const uint: JsonSchema = { type: 'integer', minimum: 0 };
-const ISO_TIME: JsonSchema = { type: 'string', pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$' };
-
-/** Shared definitions, referenced as "#/$defs/<name>". */
-export const defs: Record<string, JsonSchema> = {
-  id: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$', description: 'message, job, node or group id' },
-  diskId: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' },
-  secretRef: {
-    type: 'object', required: ['secretRef'], additionalProperties: false,
-    description: 'a secret named, never sent: env:NAME (the node\'s environment) or file:NAME (<state-dir>/secrets/NAME)',
-    properties: { secretRef: { type: 'string', pattern: '^(env|file):[A-Za-z0-9._-]{1,128}$' } },
-  },
-  store: {
-    type: 'object', required: ['url'], additionalProperties: false,
-    description: 'where points are kept: a directory, mem://, s3://, azblob://, gs:// or ws:// URL without secrets',
-    properties: {
-      url: str(2048),
-      env: {
-        type: 'object', description: 'environment the store client sees (credentials by reference)',
-        additionalProperties: { oneOf: [{ type: 'string', maxLength: 4096 }, { $ref: '#/$defs/secretRef' }] },
-      },
-    },
-  },
-  source: {
-    type: 'object', required: ['location'], additionalProperties: false,
-    properties: { location: str(2048), options: { type: 'object' } },
-  },
-  diskSource: {
-    type: 'object', required: ['disk', 'source'], additionalProperties: false,
-    properties: { disk: { $ref: '#/$defs/diskId' }, source: { $ref: '#/$defs/source' } },
-  },
-  encryption: {
-    type: 'object', required: ['mode'], additionalProperties: false,
-    description: 'chunk encryption of a disk: aes-256-gcm needs key, a secret holding the 256-bit key (32 raw bytes, 64 hex characters or base64); ' +
-      'replicate writes with it, recover and verify of an encrypted disk read with it',
-    properties: { mode: { enum: ['none', 'aes-256-gcm'] }, key: { $ref: '#/$defs/secretRef' } },
-  },
-  policy: {
-    type: 'object', required: ['group', 'revision', 'rpoSeconds', 'store', 'disks'], additionalProperties: false,
-    properties: {
-      group: { $ref: '#/$defs/id' },
-      revision: uint,
-      rpoSeconds: { type: 'number', exclusiveMinimum: 0, description: 'recovery point objective' },
-      intervalSeconds: { type: 'number', exclusiveMinimum: 0, description: 'run every so often (default: rpoSeconds / 2)' },
-      paused: { type: 'boolean' },
-      retention: { type: 'object', required: ['keep'], additionalProperties: false, properties: { keep: { type: 'integer', minimum: 1 } } },
-      bandwidth: { ...uint, description: 'bytes/s read from the source per run; 0 or absent: unlimited' },
-      concurrency: { type: 'integer', minimum: 1, maximum: 64 },
-      compression: { enum: ['lz4-blocks', 'lz4', 'none'], description: 'chunk codec (default: the library default, lz4-blocks)' },
-      encryption: { $ref: '#/$defs/encryption' },
-      chunkSize: { type: 'integer', minimum: 65536, maximum: 16777216 },
-      checkpointSeconds: { type: 'number', exclusiveMinimum: 0 },
-      leaseTtlSeconds: { type: 'number', minimum: 1 },
-      store: { $ref: '#/$defs/store' },
-      disks: { type: 'array', items: { $ref: '#/$defs/diskSource' }, maxItems: 4096, description: 'the disks of this group assigned to this node' },
-      vm: { ...str(256), description: 'the disks are one VMware VM (vddk:// sources): scheduled runs take one snapshot and make VM points' },
-      ...vmJobProps,
-    },
-  },
-  job: {
-    oneOf: [
-      {
-        type: 'object', required: ['jobId', 'kind', 'store', 'disks'], additionalProperties: false,
-        description: 'replicate one disk, or all disks of a VM (one point per disk)',
-        properties: {
-          jobId: { $ref: '#/$defs/id' }, kind: { const: 'replicate' }, group: { $ref: '#/$defs/id' }, attempt: { type: 'integer', minimum: 1 },
-          vm: str(256), store: { $ref: '#/$defs/store' }, disks: { type: 'array', minItems: 1, maxItems: 256, items: { $ref: '#/$defs/diskSource' } },
-          forceFull: { type: 'boolean' },
-          bandwidth: uint, concurrency: { type: 'integer', minimum: 1, maximum: 64 }, compression: { enum: ['lz4-blocks', 'lz4', 'none'], description: 'chunk codec (default: the library default, lz4-blocks)' },
-          encryption: { $ref: '#/$defs/encryption' }, chunkSize: { type: 'integer', minimum: 65536, maximum: 16777216 },
-          checkpointSeconds: { type: 'number', exclusiveMinimum: 0 }, leaseTtlSeconds: { type: 'number', minimum: 1 },
-          ...vmJobProps,
-        },
-      },
-      {
-        type: 'object', required: ['jobId', 'kind', 'store', 'disk', 'out'], additionalProperties: false,
-        description: 'write a point of a disk to a path or device on this node, or stream it into a cloud disk object (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz), verified',
-        properties: {
-          jobId: { $ref: '#/$defs/id' }, kind: { const: 'recover' }, attempt: { type: 'integer', minimum: 1 },
-          store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, point: str(32), out: str(4096),
-          outEnv: {
-            type: 'object', description: 'environment the client of a cloud out sees, as store.env (credentials by reference)',
-            additionalProperties: { oneOf: [{ type: 'string', maxLength: 4096 }, { $ref: '#/$defs/secretRef' }] },
-          },
-          encryption: { $ref: '#/$defs/encryption' },
-        },
-      },
-      {
-        type: 'object', required: ['jobId', 'kind', 'store', 'disk'], additionalProperties: false,
-        description: 'check a point (or "all") and every chunk it references',
-        properties: {
-          jobId: { $ref: '#/$defs/id' }, kind: { const: 'verify' }, attempt: { type: 'integer', minimum: 1 },
-          store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, point: str(32),
-          encryption: { $ref: '#/$defs/encryption' },
-        },
-      },
-      {
-        type: 'object', required: ['jobId', 'kind', 'store', 'disk', 'keep'], additionalProperties: false,
-        description: 'keep the newest points, delete the rest',
-        properties: {
-          jobId: { $ref: '#/$defs/id' }, kind: { const: 'prune' }, attempt: { type: 'integer', minimum: 1 },
-          store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, keep: { type: 'integer', minimum: 1 },
-          encryption: { $ref: '#/$defs/encryption' },
-        },
-      },
-    ],
-  },
-  exportSpec: {
-    type: 'object', required: ['exportId', 'store', 'disk'], additionalProperties: false,
-    description: 'serve a point as an NBD export (instant recovery): a unix socket, or host:port (off loopback only with tls)',
-    properties: {
-      exportId: { $ref: '#/$defs/id' }, store: { $ref: '#/$defs/store' }, disk: { $ref: '#/$defs/diskId' }, point: str(32),
-      socket: str(4096), listen: { type: 'string', pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):[0-9]{1,5}$' },
-      writable: { type: 'boolean' }, overlay: { ...str(4096), description: 'local copy-on-write file; required with writable' },
-      cacheBytes: { type: 'integer', minimum: 1048576 }, encryption: { $ref: '#/$defs/encryption' },
-      tls: {
-        type: 'object', required: ['cert', 'key'], additionalProperties: false,
-        properties: { cert: { $ref: '#/$defs/secretRef' }, key: { $ref: '#/$defs/secretRef' } },
-      },
-      leaseSeconds: { type: 'number', exclusiveMinimum: 0, description: 'stop this long after the last export.start for this exportId (a repeat renews it); absent: until export.stop' },
-    },
-  },
-  exportCounters: {
-    type: 'object', required: ['bytesServed', 'cacheHitRatio'],
-    properties: {
-      bytesServed: uint, bytesFetched: uint, cacheHitRatio: { type: 'number', minimum: 0, maximum: 1 }, cachedBytes: uint,
-      connections: uint, activeConnections: uint, chunkErrors: uint,
-    },
-  },
-  diskResult: {
-    type: 'object', required: ['disk'],
-    description: 'per-disk outcome; replicate fills point..seconds and keyId, verify fills ok/problems/checked, prune kept/deleted, recover out',
-    properties: {
-      disk: { $ref: '#/$defs/diskId' },
-      point: { type: 'integer', minimum: 1 }, parent: { type: ['integer', 'null'] }, full: { type: 'boolean' },
-      resumed: { type: 'boolean' }, marker: { type: ['string', 'null'], description: 'source change marker saved with the point' },
-      diskSize: uint, bytesRead: { ...uint, description: 'source bytes read for the whole point (a resumed point counts the earlier runs too)' },
-      sourceBytesRead: { ...uint, description: 'source bytes this run read (less than bytesRead when resumed)' },
-      bytesWritten: uint, chunksChanged: uint, chunksZero: uint,
-      seconds: { type: 'number', minimum: 0 },
-      keyId: { type: 'string', pattern: '^[0-9a-f]{32}$', description: 'an encrypted point: the key id (a fingerprint, never the key)' },
-      ok: { type: 'boolean' }, problems: uint,
-      checked: { enum: ['contents', 'stored-bytes'], description: 'verify: stored-bytes when an encrypted disk was verified without its key' },
-      kept: { type: 'array', items: uint }, deleted: { type: 'array', items: uint },
-      out: { type: 'string' },
-    },
-  },
+const vmTuning = {
+  quiesce: Opt(Type.Boolean({ description: 'ask VMware Tools for an application-consistent snapshot' })),
+  quiesceFallback: Opt(oneOfStrings(['fallback', 'fail'], { description: 'quiesce impossible: crash-consistent point with a warning (default) or fail' })),
+  unsupportedDisks: Opt(oneOfStrings(['skip', 'fail'], { description: 'independent and physical RDM disks: skipped with a reason (default) or fail' })),
+  diskParallelism: Opt(posInt({ maximum: 64, description: 'disks of the VM read at once (default from cores and store concurrency)' })),
 };
 
-const envelope = (type: string, props: Record<string, JsonSchema>, required: string[], description: string): JsonSchema => ({
-  $id: `rnode-control/v1/${type}`,
-  description,
-  type: 'object',
-  required: ['v', 'type', 'id', ...required],
-  properties: { v: { const: PROTOCOL_VERSION }, type: { const: type }, id: { $ref: '#/$defs/id' }, ...props },
+const PolicyRef = shared('policy', Type.Object({
+  group: Id,
+  revision: uint(),
+  rpoSeconds: positive({ description: 'recovery point objective' }),
+  intervalSeconds: Opt(positive({ description: 'run every so often (default: rpoSeconds / 2)' })),
+  paused: Opt(Type.Boolean()),
+  retention: Opt(Type.Object({ keep: posInt() }, { additionalProperties: false })),
+  bandwidth: Opt(uint({ description: 'bytes/s read from the source per run; 0 or absent: unlimited' })),
+  ...tuning,
+  store: Store,
+  disks: Type.Array(DiskSourceRef, { maxItems: 4096, description: 'the disks of this group assigned to this node' }),
+  vm: Opt(str(256, { description: 'the disks are one VMware VM (vddk:// sources): scheduled runs take one snapshot and make VM points' })),
+  ...vmTuning,
+}, { additionalProperties: false }));
+
+const jobKinds = ['replicate', 'recover', 'verify', 'prune'] as const;
+const jobCommon = { jobId: Id, attempt: Opt(posInt()), store: Store };
+const ReplicateJobSchema = Type.Object({
+  ...jobCommon, kind: Type.Literal('replicate'), group: Opt(Id), vm: Opt(str(256)),
+  disks: Type.Array(DiskSourceRef, { minItems: 1, maxItems: 256 }), forceFull: Opt(Type.Boolean()), bandwidth: Opt(uint()),
+  ...tuning, ...vmTuning,
+}, { additionalProperties: false, description: 'replicate one disk, or all disks of a VM (one point per disk)' });
+const RecoverJobSchema = Type.Object({
+  ...jobCommon, kind: Type.Literal('recover'), disk: DiskId, point: Opt(str(32)), out: str(4096),
+  outEnv: Opt(envOf('environment the client of a cloud out sees, as store.env (credentials by reference)')),
+  encryption: Opt(Encryption),
+}, {
+  additionalProperties: false,
+  description: 'write a point of a disk to a path or device on this node, or stream it into a cloud disk object (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz), verified',
 });
+const VerifyJobSchema = Type.Object({
+  ...jobCommon, kind: Type.Literal('verify'), disk: DiskId, point: Opt(str(32)), encryption: Opt(Encryption),
+}, { additionalProperties: false, description: 'check a point (or "all") and every chunk it references' });
+const PruneJobSchema = Type.Object({
+  ...jobCommon, kind: Type.Literal('prune'), disk: DiskId, keep: posInt(), encryption: Opt(Encryption),
+}, { additionalProperties: false, description: 'keep the newest points, delete the rest' });
+// oneOf with a discriminator (not TypeBox's anyOf): ajv then reports the errors of the kind the job names.
+const JobRef = shared('job', Type.Unsafe<Static<typeof ReplicateJobSchema> | Static<typeof RecoverJobSchema> | Static<typeof VerifyJobSchema> | Static<typeof PruneJobSchema>>({
+  type: 'object', required: ['kind'], properties: { kind: oneOfStrings(jobKinds) }, discriminator: { propertyName: 'kind' },
+  oneOf: [ReplicateJobSchema, RecoverJobSchema, VerifyJobSchema, PruneJobSchema],
+}));
 
-const reliable = { seq: { type: 'integer', minimum: 1, description: 'per-node report number, acked by the server' } as JsonSchema, at: ISO_TIME };
+const ExportSpecRef = shared('exportSpec', Type.Object({
+  exportId: Id, store: Store, disk: DiskId, point: Opt(str(32)),
+  socket: Opt(str(4096)), listen: Opt(Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):[0-9]{1,5}$' })),
+  writable: Opt(Type.Boolean()), overlay: Opt(str(4096, { description: 'local copy-on-write file; required with writable' })),
+  cacheBytes: Opt(Type.Integer({ minimum: 1048576 })), encryption: Opt(Encryption),
+  tls: Opt(Type.Object({ cert: SecretRef, key: SecretRef }, { additionalProperties: false })),
+  leaseSeconds: Opt(positive({ description: 'stop this long after the last export.start for this exportId (a repeat renews it); absent: until export.stop' })),
+}, { additionalProperties: false, description: 'serve a point as an NBD export (instant recovery): a unix socket, or host:port (off loopback only with tls)' }));
+const ExportCountersRef = shared('exportCounters', Type.Object({
+  bytesServed: uint(), bytesFetched: Opt(uint()), cacheHitRatio: Type.Number({ minimum: 0, maximum: 1 }), cachedBytes: Opt(uint()),
+  connections: Opt(uint()), activeConnections: Opt(uint()), chunkErrors: Opt(uint()),
+}));
+const DiskResultRef = shared('diskResult', Type.Object({
+  disk: DiskId,
+  point: Opt(posInt()), parent: Opt(Type.Union([Type.Integer(), Type.Null()])), full: Opt(Type.Boolean()),
+  resumed: Opt(Type.Boolean()), marker: Opt(Type.Union([Type.String(), Type.Null()], { description: 'source change marker saved with the point' })),
+  diskSize: Opt(uint()), bytesRead: Opt(uint({ description: 'source bytes read for the whole point (a resumed point counts the earlier runs too)' })),
+  sourceBytesRead: Opt(uint({ description: 'source bytes this run read (less than bytesRead when resumed)' })),
+  bytesWritten: Opt(uint()), chunksChanged: Opt(uint()), chunksZero: Opt(uint()),
+  seconds: Opt(Type.Number({ minimum: 0 })),
+  keyId: Opt(Type.String({ pattern: '^[0-9a-f]{32}$', description: 'an encrypted point: the key id (a fingerprint, never the key)' })),
+  ok: Opt(Type.Boolean()), problems: Opt(uint()),
+  checked: Opt(oneOfStrings(['contents', 'stored-bytes'], { description: 'verify: stored-bytes when an encrypted disk was verified without its key' })),
+  kept: Opt(Type.Array(uint())), deleted: Opt(Type.Array(uint())),
+  out: Opt(Type.String()),
+}, { description: 'per-disk outcome; replicate fills point..seconds and keyId, verify fills ok/problems/checked, prune kept/deleted, recover out' }));
 
-/** Node -> server. */
-export const agentMessages: Record<string, JsonSchema> = {
-  hello: envelope('hello', {
-    token: { type: 'string', minLength: 1, maxLength: 4096 },
-    protocols: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 1 } },
-    node: {
-      type: 'object', required: ['id', 'name', 'version'],
-      properties: { id: { $ref: '#/$defs/id' }, name: str(256), version: str(64), hostname: str(256), pid: uint },
-    },
-    capabilities: {
-      type: 'object', required: ['sources', 'stores', 'codecs', 'jobs'],
-      properties: {
-        sources: { type: 'array', items: str(32) }, stores: { type: 'array', items: str(32) },
-        codecs: { type: 'array', items: str(32) }, jobs: { type: 'array', items: str(32) },
-        encryption: { type: 'array', items: str(32) },
-      },
-    },
-    capacity: {
-      type: 'object', required: ['slots'],
-      properties: { slots: { type: 'integer', minimum: 1 }, bandwidth: { ...uint, description: 'bytes/s for all runs; 0: unlimited' } },
-    },
-    lastSeq: { ...uint, description: 'highest report seq the node has created (the server may have fewer)' },
-  }, ['token', 'protocols', 'node', 'capabilities', 'capacity'], 'first message on every connection; nothing else is accepted before welcome'),
-  heartbeat: envelope('heartbeat', {
-    health: {
-      type: 'object', required: ['ready', 'inFlight', 'queued', 'slots'],
-      properties: {
-        ready: { type: 'boolean' }, inFlight: uint, queued: uint, slots: { type: 'integer', minimum: 1 },
-        load1: { type: 'number', minimum: 0 }, rssBytes: uint, uptimeSeconds: { type: 'number', minimum: 0 },
-        reportsQueued: uint, policies: uint, disks: uint,
-      },
-    },
-  }, ['health'], 'node health and load, every welcome.heartbeatMs'),
-  'job.accepted': envelope('job.accepted', {
-    ...reliable, jobId: { $ref: '#/$defs/id' }, kind: { enum: ['replicate', 'recover', 'verify', 'prune'] },
-    attempt: { type: 'integer', minimum: 1 }, scheduled: { type: 'boolean' }, group: { $ref: '#/$defs/id' },
-    disks: { type: 'array', items: { $ref: '#/$defs/diskId' } },
-  }, ['seq', 'at', 'jobId', 'kind', 'disks'], 'a job was taken (queued for a slot or started)'),
-  'job.progress': envelope('job.progress', {
-    jobId: { $ref: '#/$defs/id' }, disk: { $ref: '#/$defs/diskId' },
-    phase: { enum: ['queued', 'lease', 'scan', 'commit', 'recover', 'verify', 'prune'] },
-    bytesRead: uint, bytesWritten: uint, diskSize: uint, position: uint,
-    rate: { type: 'number', minimum: 0, description: 'bytes/s of disk covered' },
-    etaSeconds: { type: ['number', 'null'], minimum: 0 },
-  }, ['jobId', 'disk', 'phase'], 'best effort, not queued while disconnected'),
-  'job.completed': envelope('job.completed', {
-    ...reliable, jobId: { $ref: '#/$defs/id' }, kind: { enum: ['replicate', 'recover', 'verify', 'prune'] },
-    attempt: { type: 'integer', minimum: 1 }, scheduled: { type: 'boolean' }, group: { $ref: '#/$defs/id' },
-    seconds: { type: 'number', minimum: 0 },
-    results: { type: 'array', items: { $ref: '#/$defs/diskResult' } },
-    vm: { type: 'object', required: ['vm', 'vmPoint', 'snapshot', 'consistency', 'disks'], description: 'a VMware VM job: the VM point it committed' },
-    warnings: { type: 'array', items: str(4096), description: 'what did not stop the job but needs attention (e.g. a crash-consistent fallback)' },
-  }, ['seq', 'at', 'jobId', 'kind', 'results'], 'the job finished; for replicate every disk has a committed point'),
-  'job.failed': envelope('job.failed', {
-    ...reliable, jobId: { $ref: '#/$defs/id' }, kind: { enum: ['replicate', 'recover', 'verify', 'prune'] },
-    attempt: { type: 'integer', minimum: 1 }, scheduled: { type: 'boolean' }, group: { $ref: '#/$defs/id' },
-    disk: { $ref: '#/$defs/diskId' }, code: str(64), message: str(4096), cancelled: { type: 'boolean' },
-    retryable: { type: 'boolean' },
-    results: { type: 'array', items: { $ref: '#/$defs/diskResult' }, description: 'disks of the job that did complete' },
-  }, ['seq', 'at', 'jobId', 'kind', 'code', 'message'], 'the job stopped without completing; no half point is ever visible'),
-  'rpo.missed': envelope('rpo.missed', {
-    ...reliable, group: { $ref: '#/$defs/id' }, disk: { $ref: '#/$defs/diskId' },
-    rpoSeconds: { type: 'number', minimum: 0 }, lagSeconds: { type: 'number', minimum: 0 },
-    lastPointAt: { oneOf: [ISO_TIME, { type: 'null' }] }, reason: str(1024),
-  }, ['seq', 'at', 'group', 'disk', 'rpoSeconds', 'lagSeconds', 'lastPointAt'], 'a disk\'s newest point is older than its RPO (once per episode)'),
-  'export.started': envelope('export.started', {
-    ...reliable, exportId: { $ref: '#/$defs/id' }, url: str(4096), disk: { $ref: '#/$defs/diskId' }, point: { type: 'integer', minimum: 1 },
-    writable: { type: 'boolean' }, leaseUntil: ISO_TIME,
-  }, ['seq', 'at', 'exportId', 'url', 'disk', 'point'], 'an export is serving at url (also sent when a repeated export.start renews its lease)'),
-  'export.status': envelope('export.status', {
-    exportId: { $ref: '#/$defs/id' }, counters: { $ref: '#/$defs/exportCounters' },
-  }, ['exportId', 'counters'], 'best effort, every progress interval while an export runs'),
-  'export.stopped': envelope('export.stopped', {
-    ...reliable, exportId: { $ref: '#/$defs/id' }, reason: { enum: ['requested', 'lease-expired', 'failed', 'shutdown'] },
-    code: str(64), message: str(4096), counters: { $ref: '#/$defs/exportCounters' },
-  }, ['seq', 'at', 'exportId', 'reason'], 'an export ended (or could not start: reason failed, with code and message)'),
-  error: envelope('error', {
-    replyTo: { type: 'string', maxLength: 128 }, code: str(64), message: str(4096),
-  }, ['code', 'message'], 'the message replyTo was refused; the sender keeps running'),
-};
-
-/** Server -> node. */
-export const serverMessages: Record<string, JsonSchema> = {
-  welcome: envelope('welcome', {
-    nodeId: { $ref: '#/$defs/id' }, protocol: { const: PROTOCOL_VERSION },
-    heartbeatMs: { type: 'integer', minimum: 100 }, ackedSeq: uint, serverTime: ISO_TIME,
-  }, ['nodeId', 'protocol', 'heartbeatMs', 'ackedSeq'], 'registration accepted; ackedSeq is the last report the server holds'),
-  ack: envelope('ack', { seq: uint }, ['seq'], 'every report up to seq is stored by the server (cumulative)'),
-  'policy.update': envelope('policy.update', { policy: { $ref: '#/$defs/policy' } }, ['policy'],
-    'add or replace one protection group (the disks of it this node runs)'),
-  'policy.remove': envelope('policy.remove', { group: { $ref: '#/$defs/id' } }, ['group'], 'stop running a group'),
-  'policy.sync': envelope('policy.sync', { policies: { type: 'array', items: { $ref: '#/$defs/policy' } } }, ['policies'],
-    'the complete set of groups for this node; any other group it holds is dropped'),
-  'job.start': envelope('job.start', { job: { $ref: '#/$defs/job' } }, ['job'], 'run a job now (or when a slot frees)'),
-  'job.cancel': envelope('job.cancel', { jobId: { $ref: '#/$defs/id' } }, ['jobId'], 'stop a job; it ends with job.failed, cancelled: true'),
-  'export.start': envelope('export.start', { export: { $ref: '#/$defs/exportSpec' } }, ['export'],
-    'start serving a point over NBD; repeating it for a running exportId only renews its lease'),
-  'export.stop': envelope('export.stop', { exportId: { $ref: '#/$defs/id' } }, ['exportId'], 'stop an export; it ends with export.stopped'),
-  error: agentMessages.error,
-};
-
-// ---- TypeScript shapes (kept by hand next to the schemas above) ----
-
-export interface SecretRef { secretRef: string }
-export interface StoreDef { url: string; env?: Record<string, string | SecretRef> }
-export interface SourceDef { location: string; options?: Record<string, unknown> }
-export interface DiskSource { disk: string; source: SourceDef }
-export interface EncryptionDef { mode: 'none' | 'aes-256-gcm'; key?: SecretRef }
-export interface Tuning {
-  bandwidth?: number; concurrency?: number; compression?: 'lz4-blocks' | 'lz4' | 'none'; encryption?: EncryptionDef;
-  chunkSize?: number; checkpointSeconds?: number; leaseTtlSeconds?: number;
-}
-export interface VmTuning { quiesce?: boolean; quiesceFallback?: 'fallback' | 'fail'; unsupportedDisks?: 'skip' | 'fail'; diskParallelism?: number }
-export interface Policy extends Tuning, VmTuning {
-  group: string; revision: number; rpoSeconds: number; intervalSeconds?: number; paused?: boolean;
-  retention?: { keep: number }; store: StoreDef; disks: DiskSource[]; vm?: string;
-}
-export type JobKind = 'replicate' | 'recover' | 'verify' | 'prune';
-interface JobBase { jobId: string; attempt?: number; store: StoreDef }
-export interface ReplicateJob extends JobBase, Tuning, VmTuning { kind: 'replicate'; group?: string; vm?: string; disks: DiskSource[]; forceFull?: boolean }
-/** What a VM job reports beside its disks' results. */
+/** What a VM job reports beside its disks' results (the schema checks only its top-level members). */
 export interface VmJobResult {
   vm: string; vmPoint: number; snapshot: string; consistency: 'application' | 'crash'; consistencyReason?: string;
   disks: Array<{ key: number; disk: string; point: number; transport: string; fullReason?: string }>;
   skipped: Array<{ key: number; label: string; reason: string }>; removed: Array<{ key: number; disk: string; reason: string }>;
   added: number[]; staleSnapshotsRemoved: string[]; prunedVmPoints?: number[];
 }
-export interface RecoverJob extends JobBase { kind: 'recover'; disk: string; point?: string; out: string; outEnv?: StoreDef['env']; encryption?: EncryptionDef }
-export interface VerifyJob extends JobBase { kind: 'verify'; disk: string; point?: string; encryption?: EncryptionDef }
-export interface PruneJob extends JobBase { kind: 'prune'; disk: string; keep: number; encryption?: EncryptionDef }
+
+function envelope<T extends string, P extends TProperties>(type: T, props: P, description: string) {
+  return Type.Object({ v: Type.Literal(PROTOCOL_VERSION), type: Type.Literal(type), id: Id, ...props }, { $id: `rnode-control/v1/${type}`, description });
+}
+
+const reliable = {
+  seq: posInt({ description: 'per-node report number, acked by the server' }),
+  at: ISO_TIME(),
+};
+const reportOf = { jobId: Id, kind: oneOfStrings(jobKinds), attempt: Opt(posInt()), scheduled: Opt(Type.Boolean()), group: Opt(Id) };
+const strings = () => Type.Array(str(32));
+
+const HealthSchema = Type.Object({
+  ready: Type.Boolean(), inFlight: uint(), queued: uint(), slots: posInt(),
+  load1: Opt(Type.Number({ minimum: 0 })), rssBytes: Opt(uint()), uptimeSeconds: Opt(Type.Number({ minimum: 0 })),
+  reportsQueued: Opt(uint()), policies: Opt(uint()), disks: Opt(uint()),
+});
+
+const hello = envelope('hello', {
+  token: Type.String({ minLength: 1, maxLength: 4096 }),
+  protocols: Type.Array(posInt(), { minItems: 1 }),
+  node: Type.Object({ id: Id, name: str(256), version: str(64), hostname: Opt(str(256)), pid: Opt(uint()) }),
+  capabilities: Type.Object({ sources: strings(), stores: strings(), codecs: strings(), jobs: strings(), encryption: Opt(strings()) }),
+  capacity: Type.Object({ slots: posInt(), bandwidth: Opt(uint({ description: 'bytes/s for all runs; 0: unlimited' })) }),
+  lastSeq: Opt(uint({ description: 'highest report seq the node has created (the server may have fewer)' })),
+}, 'first message on every connection; nothing else is accepted before welcome');
+const heartbeat = envelope('heartbeat', { health: HealthSchema }, 'node health and load, every welcome.heartbeatMs');
+const jobAccepted = envelope('job.accepted', {
+  ...reliable, ...reportOf, disks: Type.Array(DiskId),
+}, 'a job was taken (queued for a slot or started)');
+const jobProgress = envelope('job.progress', {
+  jobId: Id, disk: DiskId,
+  phase: oneOfStrings(['queued', 'lease', 'scan', 'commit', 'recover', 'verify', 'prune']),
+  bytesRead: Opt(uint()), bytesWritten: Opt(uint()), diskSize: Opt(uint()), position: Opt(uint()),
+  rate: Opt(Type.Number({ minimum: 0, description: 'bytes/s of disk covered' })),
+  etaSeconds: Opt(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+}, 'best effort, not queued while disconnected');
+const jobCompleted = envelope('job.completed', {
+  ...reliable, ...reportOf,
+  seconds: Opt(Type.Number({ minimum: 0 })),
+  results: Type.Array(DiskResultRef),
+  vm: Opt(Type.Unsafe<VmJobResult>(Type.Object({
+    vm: Type.String(), vmPoint: posInt(), snapshot: Type.String(), consistency: oneOfStrings(['application', 'crash']), disks: Type.Array(Type.Object({})),
+  }, { description: 'a VMware VM job: the VM point it committed (further members: see VmJobResult in src/agent/protocol.ts)' }))),
+  warnings: Opt(Type.Array(str(4096), { description: 'what did not stop the job but needs attention (e.g. a crash-consistent fallback)' })),
+}, 'the job finished; for replicate every disk has a committed point');
+const jobFailed = envelope('job.failed', {
+  ...reliable, ...reportOf,
+  disk: Opt(DiskId), code: str(64), message: str(4096), cancelled: Opt(Type.Boolean()), retryable: Opt(Type.Boolean()),
+  results: Opt(Type.Array(DiskResultRef, { description: 'disks of the job that did complete' })),
+}, 'the job stopped without completing; no half point is ever visible');
+const rpoMissed = envelope('rpo.missed', {
+  ...reliable, group: Id, disk: DiskId,
+  rpoSeconds: Type.Number({ minimum: 0 }), lagSeconds: Type.Number({ minimum: 0 }),
+  lastPointAt: Type.Union([ISO_TIME(), Type.Null()]), reason: Opt(str(1024)),
+}, 'a disk\'s newest point is older than its RPO (once per episode)');
+const exportStarted = envelope('export.started', {
+  ...reliable, exportId: Id, url: str(4096), disk: DiskId, point: posInt(), writable: Opt(Type.Boolean()), leaseUntil: Opt(ISO_TIME()),
+}, 'an export is serving at url (also sent when a repeated export.start renews its lease)');
+const exportStatus = envelope('export.status', { exportId: Id, counters: ExportCountersRef }, 'best effort, every progress interval while an export runs');
+const exportStopped = envelope('export.stopped', {
+  ...reliable, exportId: Id, reason: oneOfStrings(['requested', 'lease-expired', 'failed', 'shutdown']),
+  code: Opt(str(64)), message: Opt(str(4096)), counters: Opt(ExportCountersRef),
+}, 'an export ended (or could not start: reason failed, with code and message)');
+const error = envelope('error', {
+  replyTo: Opt(Type.String({ maxLength: 128 })), code: str(64), message: str(4096),
+}, 'the message replyTo was refused; the sender keeps running');
+
+/** A side's messages by type: what decode() accepts and checkOutgoing() checks. */
+export type MessageTable = Record<string, TObject>;
+
+/** Node -> server. */
+export const agentMessages = {
+  hello, heartbeat, 'job.accepted': jobAccepted, 'job.progress': jobProgress, 'job.completed': jobCompleted, 'job.failed': jobFailed,
+  'rpo.missed': rpoMissed, 'export.started': exportStarted, 'export.status': exportStatus, 'export.stopped': exportStopped, error,
+} satisfies MessageTable;
+
+const welcome = envelope('welcome', {
+  nodeId: Id, protocol: Type.Literal(PROTOCOL_VERSION),
+  heartbeatMs: Type.Integer({ minimum: 100 }), ackedSeq: uint(), serverTime: Opt(ISO_TIME()),
+}, 'registration accepted; ackedSeq is the last report the server holds');
+const ack = envelope('ack', { seq: uint() }, 'every report up to seq is stored by the server (cumulative)');
+const policyUpdate = envelope('policy.update', { policy: PolicyRef }, 'add or replace one protection group (the disks of it this node runs)');
+const policyRemove = envelope('policy.remove', { group: Id }, 'stop running a group');
+const policySync = envelope('policy.sync', { policies: Type.Array(PolicyRef) }, 'the complete set of groups for this node; any other group it holds is dropped');
+const jobStart = envelope('job.start', { job: JobRef }, 'run a job now (or when a slot frees)');
+const jobCancel = envelope('job.cancel', { jobId: Id }, 'stop a job; it ends with job.failed, cancelled: true');
+const exportStart = envelope('export.start', { export: ExportSpecRef }, 'start serving a point over NBD; repeating it for a running exportId only renews its lease');
+const exportStop = envelope('export.stop', { exportId: Id }, 'stop an export; it ends with export.stopped');
+
+/** Server -> node. */
+export const serverMessages = {
+  welcome, ack, 'policy.update': policyUpdate, 'policy.remove': policyRemove, 'policy.sync': policySync,
+  'job.start': jobStart, 'job.cancel': jobCancel, 'export.start': exportStart, 'export.stop': exportStop, error,
+} satisfies MessageTable;
+
+// Every validator is compiled when this module loads, before a node registers: compiled on first use, each type
+// cost 10-100 ms (more under load) inside the first job, enough to miss heartbeats of a short node timeout.
+for (const table of [agentMessages, serverMessages]) for (const schema of Object.values(table)) compile(schema, defs);
+
+// ---- TypeScript shapes, from the schemas ----
+
+export type SecretRef = Static<typeof SecretRef>;
+export type StoreDef = Static<typeof Store>;
+export type SourceDef = Static<typeof Source>;
+export type DiskSource = Static<typeof DiskSourceRef>;
+export type EncryptionDef = Static<typeof Encryption>;
+export type Policy = Static<typeof PolicyRef>;
+export type JobKind = (typeof jobKinds)[number];
+export type ReplicateJob = Static<typeof ReplicateJobSchema>;
+export type RecoverJob = Static<typeof RecoverJobSchema>;
+export type VerifyJob = Static<typeof VerifyJobSchema>;
+export type PruneJob = Static<typeof PruneJobSchema>;
 export type Job = ReplicateJob | RecoverJob | VerifyJob | PruneJob;
-export interface ExportSpec {
-  exportId: string; store: StoreDef; disk: string; point?: string; socket?: string; listen?: string; writable?: boolean; overlay?: string;
-  cacheBytes?: number; encryption?: EncryptionDef; tls?: { cert: SecretRef; key: SecretRef }; leaseSeconds?: number;
-}
-export interface ExportCounters {
-  bytesServed: number; bytesFetched?: number; cacheHitRatio: number; cachedBytes?: number; connections?: number; activeConnections?: number; chunkErrors?: number;
-}
+export type ExportSpec = Static<typeof ExportSpecRef>;
+export type ExportCounters = Static<typeof ExportCountersRef>;
+export type DiskResult = Static<typeof DiskResultRef>;
+export type Health = Static<typeof HealthSchema>;
 
-export interface DiskResult {
-  disk: string; point?: number; parent?: number | null; full?: boolean; resumed?: boolean; marker?: string | null;
-  diskSize?: number; bytesRead?: number; sourceBytesRead?: number; bytesWritten?: number; chunksChanged?: number; chunksZero?: number; seconds?: number;
-  keyId?: string; ok?: boolean; problems?: number; checked?: 'contents' | 'stored-bytes'; kept?: number[]; deleted?: number[]; out?: string;
-}
-
-export interface Envelope { v: number; type: string; id: string }
-export interface ReportCommon { seq: number; at: string }
+type Body<T extends TSchema, Drop extends string> = Omit<Static<T>, 'v' | 'id' | Drop>;
+/** A report as the node creates it; the link adds v, id, seq and at. */
 export type AgentReport =
-  | { type: 'job.accepted'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; disks: string[] }
-  | { type: 'job.completed'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; seconds?: number; results: DiskResult[]; vm?: VmJobResult; warnings?: string[] }
-  | { type: 'job.failed'; jobId: string; kind: JobKind; attempt?: number; scheduled?: boolean; group?: string; disk?: string; code: string; message: string; cancelled?: boolean; retryable?: boolean; results?: DiskResult[] }
-  | { type: 'rpo.missed'; group: string; disk: string; rpoSeconds: number; lagSeconds: number; lastPointAt: string | null; reason?: string }
-  | { type: 'export.started'; exportId: string; url: string; disk: string; point: number; writable?: boolean; leaseUntil?: string }
-  | { type: 'export.stopped'; exportId: string; reason: 'requested' | 'lease-expired' | 'failed' | 'shutdown'; code?: string; message?: string; counters?: ExportCounters };
-export interface JobProgress {
-  jobId: string; disk: string; phase: 'queued' | 'lease' | 'scan' | 'commit' | 'recover' | 'verify' | 'prune';
-  bytesRead?: number; bytesWritten?: number; diskSize?: number; position?: number; rate?: number; etaSeconds?: number | null;
-}
-export interface Health {
-  ready: boolean; inFlight: number; queued: number; slots: number; load1?: number; rssBytes?: number;
-  uptimeSeconds?: number; reportsQueued?: number; policies?: number; disks?: number;
-}
-export interface Hello {
-  token: string; protocols: number[];
-  node: { id: string; name: string; version: string; hostname?: string; pid?: number };
-  capabilities: { sources: string[]; stores: string[]; codecs: string[]; jobs: string[]; encryption?: string[] };
-  capacity: { slots: number; bandwidth?: number };
-  lastSeq?: number;
-}
-
-export type ServerMessage = Envelope & (
-  | { type: 'welcome'; nodeId: string; protocol: number; heartbeatMs: number; ackedSeq: number; serverTime?: string }
-  | { type: 'ack'; seq: number }
-  | { type: 'policy.update'; policy: Policy }
-  | { type: 'policy.remove'; group: string }
-  | { type: 'policy.sync'; policies: Policy[] }
-  | { type: 'job.start'; job: Job }
-  | { type: 'job.cancel'; jobId: string }
-  | { type: 'export.start'; export: ExportSpec }
-  | { type: 'export.stop'; exportId: string }
-  | { type: 'error'; replyTo?: string; code: string; message: string });
-
-export type AgentMessage = Envelope & Record<string, unknown>;
+  | Body<typeof jobAccepted, 'seq' | 'at'> | Body<typeof jobCompleted, 'seq' | 'at'> | Body<typeof jobFailed, 'seq' | 'at'>
+  | Body<typeof rpoMissed, 'seq' | 'at'> | Body<typeof exportStarted, 'seq' | 'at'> | Body<typeof exportStopped, 'seq' | 'at'>;
+export type JobProgress = Body<typeof jobProgress, 'type'>;
+export type Hello = Body<typeof hello, 'type'>;
+export type ServerMessage = { [K in keyof typeof serverMessages]: Static<(typeof serverMessages)[K]> }[keyof typeof serverMessages];
+export type AgentMessage = { v: number; type: string; id: string } & Record<string, unknown>;
 
 // ---- decoding ----
 
@@ -385,7 +302,7 @@ export type Decoded<T> = { ok: true; msg: T } | { ok: false; code: string; messa
  * Parses and validates one text frame against a side's message table. Order of checks (as documented): JSON,
  * envelope (v/type/id), version, known type, schema. The replyTo of a refusal is the message's id when it had one.
  */
-export function decode<T>(text: string, table: Record<string, JsonSchema>): Decoded<T> {
+export function decode<T>(text: string, table: MessageTable): Decoded<T> {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -401,7 +318,7 @@ export function decode<T>(text: string, table: Record<string, JsonSchema>): Deco
     return { ok: false, code: ProtoErrors.VERSION, replyTo, message: `protocol version ${JSON.stringify(m.v)} is not supported; this side speaks version ${PROTOCOL_VERSION}` };
   }
   if (typeof m.type !== 'string') return { ok: false, code: ProtoErrors.INVALID, replyTo, message: '/type: must be a string' };
-  const schema = table[m.type];
+  const schema = Object.hasOwn(table, m.type) ? table[m.type] : undefined;
   if (!schema) return { ok: false, code: ProtoErrors.UNKNOWN_TYPE, replyTo, message: `unknown message type ${JSON.stringify(m.type.slice(0, 64))}` };
   const errors = validate(schema, m, defs);
   if (errors.length) {
@@ -412,8 +329,8 @@ export function decode<T>(text: string, table: Record<string, JsonSchema>): Deco
 }
 
 /** Checks an outgoing message against its own schema (a bug on our side if it fails). */
-export function checkOutgoing(msg: Record<string, unknown>, table: Record<string, JsonSchema>): void {
-  const schema = table[String(msg.type)];
+export function checkOutgoing(msg: Record<string, unknown>, table: MessageTable): void {
+  const schema = Object.hasOwn(table, String(msg.type)) ? table[String(msg.type)] : undefined;
   if (!schema) throw new Error(`no schema for outgoing message type ${String(msg.type)}`);
   // What goes on the wire: JSON drops undefined members.
   const errors = validate(schema, JSON.parse(JSON.stringify(msg)), defs);

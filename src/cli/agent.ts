@@ -4,7 +4,6 @@ import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Agent } from '../agent/agent.js';
 import { parseListen } from '../agent/http.js';
 import type { Level } from '../agent/log.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
@@ -52,6 +51,9 @@ export const agentCommand: Command = {
     if (!['debug', 'info', 'warn', 'error'].includes(level)) throw usage(`--log-level must be debug, info, warn or error (got "${level}")`);
     const maxMs = v['reconnect-max-ms'] !== undefined ? wholeNumber(str(v, 'reconnect-max-ms')!, 'reconnect-max-ms', 100) : undefined;
 
+    // Loaded here, not at the top: the agent's libraries (prom-client, ajv, TypeBox, pino) cost every other
+    // command ~0.1-0.3 s of start-up otherwise.
+    const { Agent } = await import('../agent/agent.js');
     const agent = await Agent.start({
       server, tokenFile, caFile: ca, nodeName: str(v, 'node-name'), stateDir: str(v, 'state-dir') ?? defaultStateDir(),
       metrics, slots, bandwidth, logLevel: level as Level, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,

@@ -8,6 +8,7 @@ import { listPoints } from '../../src/repository/points.js';
 import { layout } from '../../src/format/layout.js';
 import { expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
+import { metricValue } from '../helpers/metrics.js';
 
 t.test('cancel mid-job: clean stop, no half point, the next run completes', async (t) => {
   const dir = tmpDir(t, 'agent-cancel');
@@ -31,7 +32,7 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   t.same(await listPoints(store, 'd0'), [], 'no point committed');
   const lease = JSON.parse((await store.get(layout.lease('d0'))).toString());
   t.ok(Date.parse(lease.expiresAt) <= Date.now(), 'the lease was released');
-  t.equal(agent.metrics.errors.get({ code: 'RNODE_CANCELLED' }), 1, 'counted by code');
+  t.equal(await metricValue(agent.metrics.errors, { code: 'RNODE_CANCELLED' }), 1, 'counted by code');
 
   ms.startJob({ ...job, jobId: 'j-again', bandwidth: undefined });
   const done = await ms.waitFor(() => ms.jobs.get('j-again')?.completed, 10_000, 'the second run');

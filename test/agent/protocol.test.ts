@@ -1,14 +1,14 @@
 // The control protocol: every refusal the document promises (not JSON, unknown version, unknown type, schema
 // violation, duplicate job, binary frame) comes back as an error message naming the refused id, and the node
-// keeps running (heartbeats, then runs a valid job). The schemas in docs/control-protocol.md are the ones the
-// code validates with, and the validator handles the subset they use.
+// keeps running (heartbeats, then runs a valid job). docs/control-protocol.md's reference is generated from the
+// schemas the code validates with, and refusals name the offending field.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { agentMessages, decode, defs, serverMessages } from '../../src/agent/protocol.js';
-import { validate } from '../../src/agent/schema.js';
+import { agentMessages, checkOutgoing, decode, defs, serverMessages } from '../../src/agent/protocol.js';
+import { DOC, MARKER, renderDoc } from '../../scripts/control-protocol-doc.js';
 import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
+import { metricValue } from '../helpers/metrics.js';
 
 t.test('invalid messages get an error reply; the agent keeps running', async (t) => {
   const dir = tmpDir(t, 'agent-proto');
@@ -52,7 +52,7 @@ t.test('invalid messages get an error reply; the agent keeps running', async (t)
   const beats = node.health;
   await new Promise((r) => setTimeout(r, 500));
   t.ok(ms.nodes.get(agent.nodeId)!.connected && node.health !== beats, 'still connected and heartbeating');
-  t.ok(agent.metrics.protocolErrors.get({ direction: 'in', code: 'RNODE_PROTO_INVALID' }) >= 4, 'refusals counted');
+  t.ok((await metricValue(agent.metrics.protocolErrors, { direction: 'in', code: 'RNODE_PROTO_INVALID' }))! >= 4, 'refusals counted');
   t.equal(ms.nodes.size, 1, 'never reconnected as a new node');
 });
 
@@ -70,32 +70,38 @@ t.test('the server side refuses a bad hello', async (t) => {
   t.match(got[0], { type: 'error', code: 'RNODE_AUTH', replyTo: 'h1' });
 });
 
-t.test('docs/control-protocol.md shows exactly the schemas the code validates with', async (t) => {
-  const doc = fs.readFileSync(fileURLToPath(new URL('../../docs/control-protocol.md', import.meta.url)), 'utf8');
-  const blocks = [...doc.matchAll(/```json\n([\s\S]*?)\n```/g)].map((m) => JSON.parse(m[1]));
-  const byId = new Map(blocks.filter((b) => b.$id).map((b) => [b.$id, b]));
-  for (const [side, table] of [['agent', agentMessages], ['server', serverMessages]] as const) {
-    for (const [type, schema] of Object.entries(table)) {
-      t.same(byId.get(schema.$id), JSON.parse(JSON.stringify(schema)), `${side} ${type} schema in the doc`);
-    }
-  }
-  const docDefs = blocks.find((b) => b.$id === 'rnode-control/v1/$defs');
-  t.same(docDefs?.$defs, JSON.parse(JSON.stringify(defs)), 'shared $defs in the doc');
+t.test('docs/control-protocol.md is what `npm run docs:protocol` makes of the schemas', async (t) => {
+  const doc = fs.readFileSync(DOC, 'utf8');
+  t.ok(doc.includes(MARKER), 'the doc has the marker line the generated reference starts at');
+  // A stale doc fails here: run `npm run docs:protocol` and commit the result.
+  t.equal(doc, renderDoc(doc), 'the committed doc is up to date with src/agent/protocol.ts');
   const types = [...Object.keys(agentMessages), ...Object.keys(serverMessages)];
-  for (const type of types) t.ok(doc.includes(`\`${type}\``), `${type} is described`);
+  for (const type of types) t.ok(doc.includes(`#### \`${type}\``), `${type} is described`);
+  for (const name of Object.keys(defs)) t.ok(doc.includes(`id="def-${name}"`), `shared definition ${name} is described`);
+  const blocks = [...doc.matchAll(/```json\n([\s\S]*?)\n```/g)].map((m) => JSON.parse(m[1]) as { $id?: string });
+  for (const [type, schema] of Object.entries({ ...agentMessages, ...serverMessages })) {
+    t.same(blocks.find((b) => b.$id === schema.$id), JSON.parse(JSON.stringify(schema)), `${type}: its JSON Schema is shown`);
+  }
 });
 
-t.test('validator: the keywords the schemas use', async (t) => {
-  const s = { type: 'object' as const, required: ['a'], additionalProperties: false, properties: {
-    a: { type: 'integer' as const, minimum: 1, maximum: 3 }, b: { type: 'string' as const, pattern: '^x+$', maxLength: 3 },
-    c: { type: 'array' as const, items: { enum: ['p', 'q'] }, minItems: 1 }, d: { oneOf: [{ type: 'string' as const }, { type: 'null' as const }] },
-    e: { type: 'number' as const, exclusiveMinimum: 0 }, f: { const: 7 },
-  } };
-  t.same(validate(s, { a: 2, b: 'xx', c: ['p'], d: null, e: 0.5, f: 7 }), []);
-  const errs = validate(s, { a: 2.5, b: 'yyyy', c: [], d: 1, e: 0, f: 8, z: 1 }).map((e) => e.path).sort();
-  t.same(errs, ['/a', '/b', '/b', '/c', '/d', '/e', '/f', '/z']);
-  t.same(validate(s, {}).map((e) => e.message), ['must have property "a"']);
-  t.throws(() => validate({ format: 'uri' } as any, 'x'), /not supported/);
-  t.match(decode('{"v":1,"type":"ack","id":"a","seq":-1}', serverMessages), { ok: false, code: 'RNODE_PROTO_INVALID', replyTo: 'a' });
+t.test('refusals name the field and keep the stable codes', async (t) => {
+  const refuse = (msg: unknown, table: typeof serverMessages | typeof agentMessages = serverMessages) => {
+    const d = decode(JSON.stringify(msg), table);
+    return d.ok ? undefined : { code: d.code, message: d.message, errors: d.errors };
+  };
+  const env = { v: 1, id: 'a' };
+  t.match(refuse({ ...env, type: 'ack', seq: -1 }), { code: 'RNODE_PROTO_INVALID', message: 'invalid ack message: /seq: must be >= 0', errors: [{ path: '/seq' }] });
+  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'replicate', disks: [] } }), { errors: [{ path: '/job/store', message: 'is required' }] });
+  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'launch', store: { url: 'x' } } }), { errors: [{ path: '/job/kind', message: /must be one of "replicate"/ }] });
+  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'verify', store: { url: 'x' }, disk: 'd', keep: 1 } }),
+    { errors: [{ path: '/job/keep', message: 'is not allowed here' }] }, 'the errors come from the kind the job names');
+  t.match(refuse({ ...env, type: 'policy.update', policy: { group: 'g', revision: 1, rpoSeconds: 1, store: { url: 'x', env: { K: { secretRef: 'nope' } } }, disks: [] } }),
+    { errors: [{ path: /^\/policy\/store\/env\/K/ }] });
+  t.match(refuse({ ...env, type: 'policy.update', policy: { group: 'g', revision: 1, rpoSeconds: 1, store: { url: 'x' }, disks: [], compression: 'zip' } }),
+    { errors: [{ path: '/policy/compression', message: 'must be one of "lz4-blocks", "lz4", "none"' }] });
+  t.match(refuse({ ...env, type: 'rpo.missed', seq: 1, at: 'yesterday', group: 'g', disk: 'd', rpoSeconds: 1, lagSeconds: 2, lastPointAt: null }, agentMessages),
+    { errors: [{ path: '/at', message: /must match pattern/ }] });
+  t.match(refuse({ ...env, type: 'toString' }), { code: 'RNODE_PROTO_UNKNOWN_TYPE' }, 'only a table\'s own types');
   t.match(decode('{"v":1,"type":"ack","id":"a","seq":3,"future":"field"}', serverMessages), { ok: true }, 'unknown fields are ignored');
+  t.throws(() => checkOutgoing({ ...env, type: 'ack', seq: 1.5 }, serverMessages), /outgoing ack does not match its schema: \/seq: must be integer/);
 });

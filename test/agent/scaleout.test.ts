@@ -7,7 +7,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listPoints } from '../../src/repository/points.js';
-import { parseExposition } from '../../src/metrics/registry.js';
+import { parseExposition } from '../helpers/metrics.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
 import { get, KiB, MiB, makeDisk, parsedLogs, spawnAgent, startMs, tmpDir, TOKEN, type AgentProcess } from './helpers.js';
 

@@ -7,6 +7,7 @@ import { listPoints } from '../../src/repository/points.js';
 import type { Policy } from '../../src/agent/protocol.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, sleep, startAgent, startMs, tmpDir, waitUntil } from './helpers.js';
+import { metricValue } from '../helpers/metrics.js';
 
 function policy(dir: string, img: string, o: Partial<Policy> = {}): Policy {
   return {
@@ -41,7 +42,7 @@ t.test('a short-interval policy produces points on schedule, with retention', as
   const full = (reports[0].msg.results as any[])[0];
   t.match(full, { disk: 'd0', point: 1, full: true, resumed: false, marker: null }, 'completed report carries point, marker');
   await expectRestore(t, store, 'd0', 'latest', fingerprint(img), dir, 'latest scheduled point');
-  t.ok(agent.metrics.lastPoint.get({ group: 'g1', disk: 'd0' })! > 0, 'last point timestamp metric');
+  t.ok((await metricValue(agent.metrics.lastPoint, { group: 'g1', disk: 'd0' }))! > 0, 'last point timestamp metric');
 });
 
 t.test('server down: points keep coming, reports arrive after reconnect', async (t) => {
@@ -94,6 +95,6 @@ t.test('a run longer than the RPO: no overlap, the miss is reported', async (t) 
   }
   const spans = [...runs.values()].filter((s) => s.start && s.end).sort((a, b) => a.start! - b.start!);
   t.ok(spans.every((s, i) => i === 0 || s.start! >= spans[i - 1].end!), 'no two runs of the disk overlap');
-  t.ok(agent.metrics.overlapSkipped.get({ group: 'g1', disk: 'd0', reason: 'busy' }) >= 1, 'skipped runs counted');
-  t.ok(agent.metrics.rpoMissed.get({ group: 'g1', disk: 'd0' }) >= 1, 'miss counted');
+  t.ok((await metricValue(agent.metrics.overlapSkipped, { group: 'g1', disk: 'd0', reason: 'busy' }))! >= 1, 'skipped runs counted');
+  t.ok((await metricValue(agent.metrics.rpoMissed, { group: 'g1', disk: 'd0' }))! >= 1, 'miss counted');
 });

@@ -1,5 +1,6 @@
-// A small XML reader and writer for SOAP envelopes: elements, attributes, text, entities, CDATA, comments.
-// No DTDs, no external entities, bounded depth and size; names keep their prefix and expose a local name.
+// SOAP envelopes in and out: fast-xml-parser reads vSphere's answers into a small element tree (names keep their
+// prefix and expose a local name); a few helpers write requests. No DTDs, bounded depth and size.
+import { XMLParser, XMLValidator } from 'fast-xml-parser';
 
 export interface XmlElement {
   /** Qualified name as written, e.g. "soapenv:Body". */
@@ -20,119 +21,66 @@ export class XmlError extends Error {
 }
 
 const MAX_DEPTH = 256;
-const NAME = /[A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?/y;
 
 function localName(q: string): string {
   const i = q.indexOf(':');
   return i < 0 ? q : q.slice(i + 1);
 }
 
-function decodeEntities(s: string, at: number): string {
-  if (!s.includes('&')) return s;
-  return s.replace(/&(#x[0-9a-fA-F]+|#[0-9]+|[a-zA-Z]+);?/g, (m, e: string) => {
-    if (!m.endsWith(';')) throw new XmlError(`unterminated entity "${m}"`, at);
-    if (e[0] === '#') {
-      const cp = e[1] === 'x' ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10);
-      if (!Number.isFinite(cp) || cp < 0 || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) throw new XmlError(`bad character reference "${m}"`, at);
-      return String.fromCodePoint(cp);
-    }
-    switch (e) {
-      case 'lt': return '<';
-      case 'gt': return '>';
-      case 'amp': return '&';
-      case 'quot': return '"';
-      case 'apos': return "'";
-      default: throw new XmlError(`unknown entity "${m}"`, at);
-    }
-  });
+// preserveOrder keeps document order and repeated names as they came; values stay strings (a MoRef "vm-42" or a
+// changeId must not become numbers); CDATA joins the text; comments and processing instructions are dropped.
+// htmlEntities decodes numeric character references too (vSphere escapes control characters that way).
+const parser = new XMLParser({
+  preserveOrder: true, ignoreAttributes: false, attributeNamePrefix: '', parseTagValue: false, parseAttributeValue: false,
+  trimValues: false, processEntities: true, htmlEntities: true, ignoreDeclaration: true, ignorePiTags: true,
+});
+
+type Node = Record<string, unknown> & { ':@'?: Record<string, string> };
+
+function offsetOf(input: string, line: number, col: number): number {
+  let at = 0;
+  for (let l = 1; l < line; l++) {
+    const nl = input.indexOf('\n', at);
+    if (nl < 0) break;
+    at = nl + 1;
+  }
+  return at + Math.max(0, col - 1);
+}
+
+function toElement(node: Node, depth: number): XmlElement {
+  if (depth > MAX_DEPTH) throw new XmlError('elements nested too deeply', 0);
+  const name = Object.keys(node).find((k) => k !== ':@')!;
+  const el: XmlElement = { name, local: localName(name), attrs: { ...node[':@'] }, children: [], text: '' };
+  for (const c of node[name] as Node[]) {
+    if ('#text' in c) el.text += String(c['#text']);
+    else el.children.push(toElement(c, depth + 1));
+  }
+  return el;
 }
 
 /** Parses a document and returns its root element. Throws XmlError on anything malformed. */
 export function parseXml(input: string, maxBytes = 64 * 1024 * 1024): XmlElement {
   if (input.length > maxBytes) throw new XmlError(`document larger than ${maxBytes} characters`, 0);
-  let pos = 0;
-  const stack: XmlElement[] = [];
-  let root: XmlElement | undefined;
-
-  const readName = (): string => {
-    NAME.lastIndex = pos;
-    const m = NAME.exec(input);
-    if (!m) throw new XmlError('expected a name', pos);
-    pos += m[0].length;
-    return m[0];
-  };
-  const skipSpace = () => { while (pos < input.length && /\s/.test(input[pos])) pos++; };
-  const addText = (t: string) => {
-    if (stack.length) stack[stack.length - 1].text += t;
-    else if (t.trim()) throw new XmlError('text outside the root element', pos);
-  };
-
-  if (input.charCodeAt(0) === 0xfeff) pos = 1;
-  while (pos < input.length) {
-    const lt = input.indexOf('<', pos);
-    if (lt < 0) { addText(decodeEntities(input.slice(pos), pos)); break; }
-    if (lt > pos) addText(decodeEntities(input.slice(pos, lt), pos));
-    pos = lt;
-    if (input.startsWith('<?', pos)) {
-      const end = input.indexOf('?>', pos);
-      if (end < 0) throw new XmlError('unterminated processing instruction', pos);
-      pos = end + 2;
-    } else if (input.startsWith('<!--', pos)) {
-      const end = input.indexOf('-->', pos);
-      if (end < 0) throw new XmlError('unterminated comment', pos);
-      pos = end + 3;
-    } else if (input.startsWith('<![CDATA[', pos)) {
-      const end = input.indexOf(']]>', pos);
-      if (end < 0) throw new XmlError('unterminated CDATA', pos);
-      addText(input.slice(pos + 9, end));
-      pos = end + 3;
-    } else if (input.startsWith('<!', pos)) {
-      throw new XmlError('DTDs are not accepted', pos);
-    } else if (input.startsWith('</', pos)) {
-      pos += 2;
-      const name = readName();
-      skipSpace();
-      if (input[pos] !== '>') throw new XmlError('expected ">"', pos);
-      pos++;
-      const open = stack.pop();
-      if (!open || open.name !== name) throw new XmlError(`closing tag </${name}> does not match <${open?.name ?? ''}>`, pos);
-    } else {
-      pos++;
-      const name = readName();
-      const el: XmlElement = { name, local: localName(name), attrs: {}, children: [], text: '' };
-      for (;;) {
-        skipSpace();
-        if (input.startsWith('/>', pos) || input[pos] === '>') break;
-        if (pos >= input.length) throw new XmlError('unterminated start tag', pos);
-        const an = readName();
-        skipSpace();
-        if (input[pos] !== '=') throw new XmlError('expected "=" after an attribute name', pos);
-        pos++;
-        skipSpace();
-        const q = input[pos];
-        if (q !== '"' && q !== "'") throw new XmlError('expected a quoted attribute value', pos);
-        const end = input.indexOf(q, pos + 1);
-        if (end < 0) throw new XmlError('unterminated attribute value', pos);
-        const raw = input.slice(pos + 1, end);
-        if (raw.includes('<')) throw new XmlError('"<" in an attribute value', pos);
-        if (Object.prototype.hasOwnProperty.call(el.attrs, an)) throw new XmlError(`duplicate attribute ${an}`, pos);
-        el.attrs[an] = decodeEntities(raw, pos);
-        pos = end + 1;
-      }
-      const selfClosing = input[pos] === '/';
-      pos += selfClosing ? 2 : 1;
-      if (stack.length) stack[stack.length - 1].children.push(el);
-      else if (root) throw new XmlError('more than one root element', pos);
-      else root = el;
-      if (!selfClosing) {
-        if (stack.length >= MAX_DEPTH) throw new XmlError('elements nested too deeply', pos);
-        stack.push(el);
-      }
-    }
+  // fast-xml-parser reads a DOCTYPE's entity declarations and expands them; a SOAP answer never has one.
+  const dtd = input.search(/<!DOCTYPE/i);
+  if (dtd >= 0) throw new XmlError('DTDs are not accepted', dtd);
+  // XML knows five named entities; fast-xml-parser would pass any other through as text (or decode an HTML one).
+  if (input.includes('&')) {
+    const bare = input.replace(/<!\[CDATA\[[\s\S]*?\]\]>|<!--[\s\S]*?-->/g, (m) => ' '.repeat(m.length));
+    const bad = /&(?!(?:lt|gt|amp|quot|apos|#[0-9]+|#x[0-9a-fA-F]+);)[^\s<]{0,16}/.exec(bare);
+    if (bad) throw new XmlError(`unknown or unterminated entity "${bad[0]}"`, bad.index);
   }
-  if (stack.length) throw new XmlError(`unclosed element <${stack[stack.length - 1].name}>`, pos);
-  if (!root) throw new XmlError('no root element', pos);
-  return root;
+  const valid = XMLValidator.validate(input);
+  if (valid !== true) throw new XmlError(valid.err.msg, offsetOf(input, valid.err.line, valid.err.col));
+  let nodes: Node[];
+  try {
+    nodes = parser.parse(input) as Node[];
+  } catch (err) {
+    throw new XmlError(err instanceof Error ? err.message : String(err), 0);
+  }
+  const roots = nodes.filter((n) => !('#text' in n));
+  if (roots.length !== 1) throw new XmlError(roots.length ? 'more than one root element' : 'no root element', 0);
+  return toElement(roots[0], 1);
 }
 
 // ---- navigation ----
@@ -190,7 +138,7 @@ function contentToXml(c: Content): string {
 
 /** One element; attributes and text are escaped. Undefined attributes are left out. */
 export function el(name: string, content?: Content, attrs: Record<string, string | undefined> = {}): Raw {
-  if (!/^[A-Za-z_][\w.\-]*(:[A-Za-z_][\w.\-]*)?$/.test(name)) throw new Error(`bad XML element name ${name}`);
+  if (!/^[A-Za-z_][\w.-]*(:[A-Za-z_][\w.-]*)?$/.test(name)) throw new Error(`bad XML element name ${name}`);
   const a = Object.entries(attrs).filter(([, v]) => v !== undefined).map(([k, v]) => ` ${k}="${escapeAttr(v!)}"`).join('');
   const inner = contentToXml(content);
   return new Raw(inner === '' ? `<${name}${a}/>` : `<${name}${a}>${inner}</${name}>`);
