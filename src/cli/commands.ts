@@ -59,7 +59,8 @@ const replicateCmd: Command = {
         withStore(target, (store) =>
           replicate({ store, source, disk, chunkSize, codec, packSize, concurrency, encryption, forceFull: v.full === true, signal,
             onProgress: (p) => bar.update(p.position, p.diskSize),
-            ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v, { bandwidth })).finally(() => bar.done());
+            ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}), ...(packSize !== undefined ? { packSize } : {}) }),
+          v, { bandwidth })).finally(() => bar.done());
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
