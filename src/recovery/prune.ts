@@ -16,7 +16,7 @@ import { encodeManifest, MANIFEST_VERSION_AUTHENTICATED, type PointManifest, typ
 import { decodeSegment, encodeSegment, isZeroEntry, segmentMac, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from '../pipeline/chunk-reader.js';
-import { listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { explainNoPoints, listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
 import { chainView, segmentExpectation } from '../repository/view.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from '../repository/encryption.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
@@ -64,9 +64,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const disk = validateDiskId(opts.disk);
   const key = opts.encryption;
   const seqs = await listPointSeqs(store, disk, key);
-  if (seqs.length === 0) {
-    throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
-  }
+  if (seqs.length === 0) await explainNoPoints(store, disk, key);
   const kept = seqs.slice(-opts.keep);
   const deleted = seqs.slice(0, seqs.length - kept.length);
   const oldest = kept[0];

@@ -242,7 +242,10 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   let checkpointFailure: unknown;
 
   // The open pack, the packs closed since the last index object (their puts and their entries).
-  let pack = new PackBuilder(domain.name, packSize, domain.key);
+  // Pack buffers are reused: one being filled, one per put in flight, one closed and waiting for a turn.
+  const packBuffers: Buffer[] = [];
+  const newPack = () => new PackBuilder(domain.name, packSize, domain.key, undefined, packBuffers.pop());
+  let pack = newPack();
   let unindexed: ChunkLocation[] = [];
   let packPuts: Promise<void>[] = [];
   const packTurns = new BufferPool(PACK_PUTS_IN_FLIGHT, () => ({}));
@@ -250,7 +253,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const closePack = (): Promise<void> => {
     if (pack.count === 0) return Promise.resolve();
     const closing = pack;
-    pack = new PackBuilder(domain.name, packSize, domain.key);
+    pack = newPack();
     for (const entry of closing.entries) unindexed.push({ packId: closing.id, entry });
     let turned!: () => void;
     const gotTurn = new Promise<void>((r) => { turned = r; });
@@ -267,6 +270,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       } finally {
         packTurns.release(turn);
       }
+      if (packBuffers.length < PACK_PUTS_IN_FLIGHT + 1) packBuffers.push(closing.buffer);
     })();
     put.catch((err) => { failure ??= err; wake(); });
     packPuts.push(put);
@@ -337,7 +341,9 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   // plaintext buffer is held from read to the end of its encode, an object buffer from encode to the end of its put,
   // and there are encodeDepth more object buffers than puts in flight: the next chunks compress while puts wait.
   const { encodeDepth, reorderWindow } = pipelineDepths(chunkSize, opts.concurrency, opts.bufferBytes);
-  const plainPool = new BufferPool(encodeDepth, () => takeShared(chunkSize));
+  // Two trips to the workers per new chunk (its id, then its blob once it is known to be new): plaintext buffers
+  // are held twice as long, so there are twice as many.
+  const plainPool = new BufferPool(2 * encodeDepth, () => takeShared(chunkSize));
   // A blob is copied into its pack as soon as it is encoded: object buffers are only held across an encode.
   const outPool = new BufferPool(encodeDepth, () => takeShared(maxObjectBytes(chunkSize)));
   const clock = new StageClock(opts.onStage);

@@ -122,8 +122,12 @@ export class PackBuilder {
 
   constructor(readonly domain: string, readonly target: number, readonly key?: EncryptionKey, id = newObjectId(), buffer?: Buffer) {
     this.id = id;
-    this.#buf = buffer && buffer.length >= target ? buffer : Buffer.allocUnsafe(target);
+    // Room for the trailer too, so finish() writes it in place instead of copying the pack once more.
+    this.#buf = buffer && buffer.length >= target ? buffer : Buffer.allocUnsafe(packBufferBytes(target));
   }
+
+  /** The buffer the pack is built in (to be reused for a later pack once this one is stored). */
+  get buffer(): Buffer { return this.#buf; }
 
   get size(): number { return this.#used; }
   get count(): number { return this.entries.length; }
@@ -156,8 +160,17 @@ export class PackBuilder {
     const tail = Buffer.alloc(PACK_TAIL_BYTES);
     tail.writeUInt32LE(trailer.length, 0);
     PACK_MAGIC.copy(tail, 4);
-    return Buffer.concat([this.#buf.subarray(0, this.#used), trailer, tail]);
+    const end = this.#used + trailer.length + PACK_TAIL_BYTES;
+    if (end > this.#buf.length) return Buffer.concat([this.#buf.subarray(0, this.#used), trailer, tail]);
+    trailer.copy(this.#buf, this.#used);
+    tail.copy(this.#buf, this.#used + trailer.length);
+    return this.#buf.subarray(0, end);
   }
+}
+
+/** Bytes of a pack buffer for a target size: the target, a blob past it, and a trailer (64 bytes per entry). */
+export function packBufferBytes(target: number): number {
+  return target + Math.ceil(target / 1024) + 64 * 1024;
 }
 
 /** The trailer's place in a pack of packSize bytes, from its last PACK_TAIL_BYTES. */

@@ -69,10 +69,7 @@ export async function listPoints(store: ObjectStore, disk: string, key?: Encrypt
 /** "latest", undefined or a point number → an existing point's number. */
 export async function resolvePoint(store: ObjectStore, disk: string, which: string | undefined, key?: EncryptionKey): Promise<number> {
   const seqs = await listPointSeqs(store, disk, key);
-  if (seqs.length === 0) {
-    throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store` +
-      (key ? '' : ' (an encrypted disk\'s points are found with its key: pass --encryption-key-file)'));
-  }
+  if (seqs.length === 0) await explainNoPoints(store, disk, key);
   if (which === undefined || which === 'latest') return seqs[seqs.length - 1];
   if (!/^\d+$/.test(which)) {
     throw new RnodeError(ErrorCodes.USAGE, `--point "${which}" is not a point number; pass a number from "rnode points" or "latest"`);
@@ -109,4 +106,32 @@ export async function loadChain(store: ObjectStore, disk: string, seq: number, k
     m = parent;
   }
   return chain;
+}
+
+/**
+ * Throws the reason a disk shows no points with this key (or none): an encrypted disk's v2 names are keyed, so a
+ * wrong or missing key finds nothing. KEY_MISMATCH when the disk is unencrypted but a key was given, or when the store
+ * holds other encrypted repositories; KEY_REQUIRED when no key was given and it holds encrypted ones; else
+ * DISK_NOT_FOUND.
+ */
+export async function explainNoPoints(store: ObjectStore, disk: string, key: EncryptionKey | undefined): Promise<never> {
+  const own = Domain.of(key).name;
+  let otherEncrypted = false;
+  for await (const o of store.list(r2.prefix)) {
+    const d = o.key.split('/')[1];
+    if (d !== own && d !== 'plain') { otherEncrypted = true; break; }
+  }
+  if (key && (await listV2PointSeqs(store, disk, undefined)).length > 0) {
+    throw new RnodeError(ErrorCodes.KEY_MISMATCH, `disk ${disk} is not encrypted; leave out the encryption key`, { details: { disk } });
+  }
+  if (key && otherEncrypted) {
+    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+      `disk ${disk} has no points in the repository of the key given (key id ${key.keyId}); the store holds other encrypted repositories: pass the disk's key`,
+      { details: { disk, keyId: key.keyId } });
+  }
+  if (!key && otherEncrypted) {
+    throw new RnodeError(ErrorCodes.KEY_REQUIRED,
+      `disk ${disk} has no points readable without a key, and the store holds encrypted repositories; pass its key with --encryption-key-file`, { details: { disk } });
+  }
+  throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
 }
