@@ -27,7 +27,7 @@ import { r2, validateDiskId } from '../repository/names.js';
 import { newObjectId, PackBuilder } from '../repository/pack.js';
 import { decodePendingV2, encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
 import { markedPacks } from '../repository/prune-marks.js';
-import { listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 
@@ -180,6 +180,14 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1], opts.encryption) : undefined;
   const marker = await readDiskMarker(store, disk, opts.encryption);
   checkWriteKey(latest, opts.encryption, disk, marker);
+  // An unencrypted disk's v2 points are listed without a key: a key given for it would start a second, encrypted
+  // chain of the same disk id. (Another key's encrypted disk cannot be seen: its names are keyed; it is another
+  // repository of the store.)
+  if (opts.encryption && !latest && (await listV2PointSeqs(store, disk, undefined)).length > 0) {
+    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+      `disk ${disk} is not encrypted and a disk's points never mix encrypted and unencrypted chunks; leave out the key, or replicate to a new --disk id to start an encrypted disk`,
+      { details: { disk } });
+  }
   const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
   const packSize = validatePackSize(opts.packSize ?? domain.config.packSize);
   const dname = domain.dname(disk);
