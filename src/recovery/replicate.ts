@@ -426,11 +426,14 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       const late = reusable(id);
       if (late) return dedupHit(late, length, n, entry);
       const blob = out.subarray(0, r.payloadLength);
-      if (pack.wouldOverflow(blob.length)) await storeWait(closePack());
-      const e = pack.add(blob, { id, plainLength: length, codec: r.codec, payloadXxh64: r.payloadXxh64 });
-      index.add({ packId: pack.id, entry: e });
-      written.add(pack.id);
-      if (pack.size >= packSize) await storeWait(closePack());
+      // A chunk's write is its append to the open pack, with any wait for a pack put's turn (the store's pace).
+      await clock.time(c.index, 'write', async () => {
+        if (pack.wouldOverflow(blob.length)) await storeWait(closePack());
+        const e = pack.add(blob, { id, plainLength: length, codec: r.codec, payloadXxh64: r.payloadXxh64 });
+        index.add({ packId: pack.id, entry: e });
+        written.add(pack.id);
+        if (pack.size >= packSize) await storeWait(closePack());
+      });
       return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1 } };
     } finally {
       outPool.release(out);
