@@ -49,6 +49,13 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
   }
 }
 
+/** Decodes segment n of point m from its bytes, in m's format (legacy table, or v3 in an envelope). */
+export function decodePointSegment(bytes: Buffer, m: PointManifest, n: number, key: EncryptionKey | undefined): ChunkEntry[] {
+  const ref = m.table.segments[n];
+  if (!isV2Point(m)) return decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
+  return decodeTableV3(bytes, Domain.of(key), { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, ref.key, ref.digest);
+}
+
 /** What decodeSegment must find in segment n of m (see there). */
 export function segmentExpectation(m: PointManifest, n: number, key: EncryptionKey | undefined): Parameters<typeof decodeSegment>[2] {
   if (m.version !== MANIFEST_VERSION_AUTHENTICATED) return 'plain';
