@@ -7,7 +7,7 @@ import { CHUNK_HEADER_BYTES, ChunkFlag, decodeChunkHeader, type ChunkHeader } fr
 import { Codec, isKnownCodec } from '../format/codecs.js';
 import { layout } from '../format/layout.js';
 import { EnvelopeKind, isEnvelope } from '../repository/envelope.js';
-import { classify } from '../repository/names.js';
+import { classify, PLAIN_DOMAIN, r2 } from '../repository/names.js';
 import { PACK_TAIL_BYTES, trailerPlace } from '../repository/pack.js';
 import { decodeManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
@@ -129,6 +129,12 @@ export class ObjectValidator {
     return k;
   }
 
+  /** Whether the store holds an encrypted v2 repository (whose disk points have keyed names). */
+  private async hasEncryptedDomain(): Promise<boolean> {
+    for await (const o of this.store.list(r2.prefix)) if (!o.key.startsWith(`${r2.prefix}${PLAIN_DOMAIN}/`)) return true;
+    return false;
+  }
+
   /** Whether a delete is allowed: only the writer's own scratch objects; points and chunks are pruned on the node. */
   checkDelete(key: string): void {
     const k = classifyKey(key) ?? classifyR2(key);
@@ -225,7 +231,15 @@ export class ObjectValidator {
       const key = typeof d?.disk === 'string' && Number.isSafeInteger(d.point) ? layout.point(d.disk, d.point as number) : undefined;
       if (!key || classifyKey(key)?.kind !== 'manifest') throw new Error('it names a disk point that is not one');
       try {
-        await this.store.head(key);
+        // A legacy point, or a v2 point of the plain domain. An encrypted disk's v2 point has a keyed name this node
+        // cannot compute without the key: the v2 transport checks those.
+        await this.store.head(key).catch((err) => {
+          if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
+          return this.store.head(r2.point(PLAIN_DOMAIN, d.disk as string, d.point as number)).catch(async (err2) => {
+            if (isRnodeError(err2, ErrorCodes.STORE_NOT_FOUND) && await this.hasEncryptedDomain()) return undefined;
+            throw err2;
+          });
+        });
       } catch (err) {
         if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its disk point ${key} is not on this node`);
         throw err;
