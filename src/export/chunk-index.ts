@@ -2,10 +2,10 @@
 // segments' index ranges (from the manifests) and a bounded cache of decoded table segments, never the whole table.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { PointManifest, SegmentRef } from '../format/manifest.js';
-import { decodeSegment, isZeroEntry, type ChunkEntry } from '../format/table.js';
+import { isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import type { EncryptionKey } from '../crypto/keys.js';
-import { segmentExpectation } from '../repository/view.js';
+import { decodePointSegment } from '../repository/view.js';
 import { Lru } from './lru.js';
 
 /** Decoded segments kept (each up to 4096 entries, a few hundred KiB as objects). */
@@ -63,7 +63,7 @@ export class ChunkIndex {
       throw err;
     }
     // Authenticated segments are checked against their manifest's MAC (and the key) as recover checks them.
-    const entries = decodeSegment(bytes, ref.key, segmentExpectation(m, m.table.segments.indexOf(ref), this.key));
+    const entries = decodePointSegment(bytes, m, m.table.segments.indexOf(ref), this.key);
     // The same checks a sequential restore makes (view.ts), per segment: count, range, order, inside the disk.
     if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; export another point`);

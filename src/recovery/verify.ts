@@ -12,7 +12,7 @@ import { checkStoredChunk, forEachBounded, readChunk } from '../pipeline/chunk-r
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, recycleReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, type DiskMarker } from '../repository/encryption.js';
-import { listPointSeqs, loadChain, loadPoint, resolvePoint } from '../repository/points.js';
+import { explainNoPoints, listPointSeqs, loadChain, loadPoint, resolvePoint } from '../repository/points.js';
 import { chainView, tableEntries } from '../repository/view.js';
 
 export interface VerifyProblem {
@@ -64,14 +64,12 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
   const all = opts.point === 'all';
-  const seqs = all ? await listPointSeqs(store, disk) : [await resolvePoint(store, disk, opts.point)];
-  if (seqs.length === 0) {
-    throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
-  }
+  const seqs = all ? await listPointSeqs(store, disk, opts.encryption) : [await resolvePoint(store, disk, opts.point, opts.encryption)];
+  if (seqs.length === 0) await explainNoPoints(store, disk, opts.encryption);
   // A wrong key (or a key for an unencrypted disk) stops verify before any chunk is read: it is a mistake in the
   // command, not damage in the store. Unreadable manifests are left to the loop below, which reports them.
   for (const seq of seqs) {
-    const m = await loadPoint(store, disk, seq).catch(() => undefined);
+    const m = await loadPoint(store, disk, seq, opts.encryption).catch(() => undefined);
     if (m) chainKey([m], opts.encryption, disk);
   }
   let marker: DiskMarker | undefined;
@@ -97,7 +95,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
   for (const seq of seqs) {
     let chain: PointManifest[];
     try {
-      chain = await loadChain(store, disk, seq);
+      chain = await loadChain(store, disk, seq, opts.encryption);
     } catch (err) {
       report(err, seq);
       continue;

@@ -1,7 +1,9 @@
 // Points restored after later points were added and after prune (--keep 2, then --keep 1, over points with
 // changes in between): every kept point restores byte-exact, pruned points are gone from the list and cannot
-// be restored, verify of all points is ok, and the chunk objects left are exactly those the kept points
-// reference (checked against a model of which point wrote which chunk), as are the tables.
+// be restored, verify of all points is ok, and only kept points keep tables. Repository v2: retention deletes
+// manifests, tables and checkpoints, never a pack (packs nothing references go in the repository sweep, which runs
+// two-phase beside writers): every pack written is still there after it. (Legacy: the chunk objects left were
+// exactly those the kept points reference; that sweep still runs for legacy points, test/core/compat.)
 import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
@@ -12,7 +14,7 @@ import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
-  KiB, MiB, chunkObjects, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
+  KiB, MiB, expectRestore, packFiles, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
   type Fingerprint, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
@@ -40,11 +42,11 @@ class Model {
   }
 }
 
-interface Disk { dir: string; storeDir: string; img: string; store: ObjectStore; model: Model; next: number }
+interface Disk { dir: string; storeDir: string; img: string; store: ObjectStore; model: Model; next: number; packs: number }
 
 async function newDisk(t: Test): Promise<Disk> {
   const dir = tmpDir(t, 'prune');
-  const d: Disk = { dir, storeDir: path.join(dir, 'store'), img: path.join(dir, 'disk.img'), store: fsStore(path.join(dir, 'store')), model: new Model(), next: 1 };
+  const d: Disk = { dir, storeDir: path.join(dir, 'store'), img: path.join(dir, 'disk.img'), store: fsStore(path.join(dir, 'store')), model: new Model(), next: 1, packs: 0 };
   const all = new Map<number, 'data' | 'zero'>();
   for (let i = 0; i < COUNT; i++) all.set(i, 'data');
   fs.writeFileSync(d.img, randomData(SIZE, 100));
@@ -74,7 +76,7 @@ async function fourPoints(t: Test): Promise<Disk> {
   await point(t, d, ch([[3, 'data'], [4, 'data'], [10, 'zero']]));
   await point(t, d, ch([[3, 'data'], [32, 'data'], [20, 'zero']]));
   await point(t, d, ch([[10, 'data'], [0, 'data']]));
-  t.same(chunkObjects(d.storeDir, 'vm'), d.model.objects([1, 2, 3, 4]), 'before prune: every chunk object ever written is there');
+  t.ok(packFiles(d.storeDir).length > 0, 'before prune: packs are there');
   // Restores of older points after later points were added.
   for (const p of [1, 2, 3, 4]) await expectRestore(t, d.store, 'vm', p, d.model.fps.get(p)!, d.dir, `point ${p} (before prune)`);
   return d;
@@ -91,21 +93,21 @@ async function checkAfterPrune(t: Test, d: Disk, kept: number[], gone: number[])
   t.equal(v.ok, true, 'verify --point all is ok');
   t.same(v.problems, []);
   t.same(v.points, kept);
-  t.same(chunkObjects(d.storeDir, 'vm'), d.model.objects(kept), 'exactly the chunk objects the kept points reference remain');
-  const tableSeqs = [...new Set(listFiles(path.join(d.storeDir, 'disks', 'vm', 'tables')).map((f) => Number(f.split('/')[0])))].sort((a, b) => a - b);
+  t.ok(packFiles(d.storeDir).length >= d.packs, 'retention never deletes a pack');
+  d.packs = packFiles(d.storeDir).length;
+  const tableSeqs = [...new Set(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'tables')).map((f) => Number(f.split('/')[0])))].sort((a, b) => a - b);
   t.same(tableSeqs, kept, 'only kept points have tables');
-  t.same(listFiles(path.join(d.storeDir, 'disks', 'vm', 'pending')), [], 'no checkpoints left');
+  t.same(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'pending')), [], 'no checkpoints left');
 }
 
 t.test('prune --keep 2 over 4 points, then a new point, then --keep 1', async (t) => {
   const d = await fourPoints(t);
-  const before = chunkObjects(d.storeDir, 'vm').length;
+  const before = packFiles(d.storeDir).length;
   const r = await prune({ store: d.store, disk: 'vm', keep: 2 });
   t.same(r.kept, [3, 4]);
   t.same(r.deleted, [1, 2]);
-  const after = chunkObjects(d.storeDir, 'vm').length;
-  t.equal(r.chunksDeleted, before - after, 'chunksDeleted counts the objects that went');
-  t.ok(after < before, `chunk objects ${before} -> ${after}`);
+  t.equal(r.chunksDeleted, 0, 'no legacy chunk objects to delete');
+  t.equal(packFiles(d.storeDir).length, before, `packs ${before} -> ${before}: retention keeps every pack`);
   await checkAfterPrune(t, d, [3, 4], [1, 2]);
 
   // Incrementals continue on the pruned (rebased) chain.
@@ -118,11 +120,11 @@ t.test('prune --keep 2 over 4 points, then a new point, then --keep 1', async (t
   await checkAfterPrune(t, d, [5], [1, 2, 3, 4]);
 
   // Prune again with nothing to delete changes nothing.
-  const objects = chunkObjects(d.storeDir, 'vm');
+  const objects = listFiles(d.storeDir);
   const r2 = await prune({ store: d.store, disk: 'vm', keep: 1 });
   t.same(r2.deleted, []);
   t.equal(r2.chunksDeleted, 0);
-  t.same(chunkObjects(d.storeDir, 'vm'), objects);
+  t.same(listFiles(d.storeDir).filter((f) => !f.endsWith('lease.json')), objects.filter((f) => !f.endsWith('lease.json')));
   await point(t, d, ch([[31, 'zero']]));
   await checkAfterPrune(t, d, [5, 6], [1, 2, 3, 4]);
 });

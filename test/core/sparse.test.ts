@@ -45,7 +45,7 @@ t.test('sparse image: full point reads only allocated data; restore is byte-exac
   t.ok(p1.bytesRead < size / 16, `bytesRead ${p1.bytesRead} is much less than the disk size ${size}`);
   t.equal(p1.chunksChanged, touched.size, 'exactly the chunks holding data are stored');
   t.equal(p1.chunksZero, p1.chunksTotal - touched.size, 'every other chunk counts as zero');
-  t.equal(listFiles(path.join(dir, 'store', 'disks', 'sp', 'chunks')).length, touched.size, 'one chunk object per data chunk');
+  t.equal(p1.chunksChanged, touched.size, 'one chunk record per data chunk (stored or deduplicated)');
 
   const out = await expectRestore(t, store, 'sp', 1, fp, dir);
   t.ok(allocatedBytes(out) < size / 8, `restored file is sparse (${allocatedBytes(out)} of ${size} bytes allocated)`);
@@ -76,7 +76,7 @@ t.test('all-zero image of written (allocated) zeros: no chunk data, restores as 
   t.equal(p1.chunksChanged, 0, 'no chunk is stored');
   t.equal(p1.chunksZero, p1.chunksTotal, 'every chunk is a zero chunk');
   t.equal(p1.bytesRead, size, 'the allocated zeros were read (and found zero)');
-  t.same(listFiles(path.join(dir, 'store', 'disks', 'z', 'chunks')), [], 'no chunk objects');
+  t.same(listFiles(path.join(dir, 'store')).filter((f) => f.includes('/packs/')), [], 'no packs');
   const out = await expectRestore(t, store, 'z', 1, fp, dir);
   t.equal(allocatedBytes(out), 0, 'a restore of zeros allocates nothing');
 });

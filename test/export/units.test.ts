@@ -22,7 +22,7 @@ t.teardown(() => codecWorkers().close());
 function counting(inner: ObjectStore): ObjectStore & { chunkGets: string[] } {
   const s = Object.assign(Object.create(inner) as ObjectStore, { chunkGets: [] as string[] });
   s.get = async (key, range) => {
-    if (key.includes('/chunks/')) s.chunkGets.push(key);
+    if (key.includes('/packs/')) s.chunkGets.push(key);
     return inner.get(key, range);
   };
   return s as ObjectStore & { chunkGets: string[] };
