@@ -499,7 +499,8 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
   try {
     for (const n of names) leases.push(await Lease.acquire(store, n, opts.lease));
     const legacyKeep = legacy.filter((s) => keepSet.has(s)).length;
-    if (legacy.length > legacyKeep) {
+    // Legacy prune also sweeps what dead attempts left, so it runs even when no legacy point goes.
+    if (legacy.length > 0) {
       const r = legacyKeep > 0
         ? await prune({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false })
         : await dropLegacyPoints(store, disk, key, opts.concurrency);
