@@ -211,7 +211,10 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
     if (disk !== undefined) diskIds.set(d.dname, disk);
     const latest = d.points.length ? d.points[d.points.length - 1] : -1;
     if (disk === undefined) {
-      // Only tables of a first checkpoint in flight: its writer re-reads the marks at that checkpoint (README).
+      // A first point being written whose checkpoint does not say which disk it is (encrypted names are one-way): its
+      // tables cannot be opened, so what it uses is unknown and nothing may be deleted on this run. Tables without any
+      // checkpoint yet are a first checkpoint in flight: its writer re-reads the marks there (README).
+      if (d.pending.length > 0) r.deferred = `the checkpoint of a point being written to disk name ${d.dname} cannot be read without its disk id`;
       continue;
     }
     for (const seq of d.points) {

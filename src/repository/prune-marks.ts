@@ -93,3 +93,12 @@ export async function readPruneMarks(store: ObjectStore, domain: Domain): Promis
 export async function writePruneMarks(store: ObjectStore, domain: Domain, marks: PruneMarks): Promise<void> {
   await store.put(pruneMarksKey(domain.name), encodePruneMarks(domain, marks));
 }
+
+/**
+ * The packs writers must not use (marked or deleted), as a set: what replicate reads at its start, at every
+ * checkpoint and before its commit.
+ */
+export async function markedPacks(store: ObjectStore, domain: Domain): Promise<Set<ObjectId>> {
+  const marks = await readPruneMarks(store, domain);
+  return new Set([...marks.packs.keys()].filter((id) => marks.blocks(id)));
+}

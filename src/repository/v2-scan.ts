@@ -167,6 +167,8 @@ export async function diskIdOf(store: ObjectStore, domain: Domain, d: V2DiskObje
       disk = undefined;
     }
     if (typeof disk === 'string' && safeDname(domain, disk) === d.dname) return disk;
+    // A checkpoint need not name its disk; a manifest always does.
+    if (disk === undefined && key.includes('/pending/')) continue;
     throw new RnodeError(ErrorCodes.METADATA_FORGED, `${key} does not belong to its disk name (moved, forged, or sealed with another key); run "rnode check"`,
       { details: { key } });
   }
