@@ -6,7 +6,8 @@ export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateP
 export { recover, type RecoverOptions, type RecoverResult } from './recovery/restore.js';
 export { startExport, exportUrl, type ExportOptions, type ExportStats, type RunningExport } from './export/index.js';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
-export { prune, type PruneResult } from './recovery/prune.js';
+export { type PruneResult } from './recovery/prune.js';
+export { prune, pruneStore } from './recovery/prune-v2.js';
 export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './repository/points.js';
 export { openSource, registerSourceScheme, RawSource, type BlockSource, type Extent } from './source/index.js';
 export { delegatingSource } from './source/types.js';

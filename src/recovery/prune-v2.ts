@@ -13,14 +13,13 @@ import { Domain } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
-import { listPointSeqs } from '../repository/points.js';
 import { PackBuilder, newObjectId, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import { PruneMarks, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
 import {
   diskIdOf, listV2Disks, type V2DiskObjects, listV2PointSeqs, loadV2Chain, loadV2Point, nonZero, pendingParent, pendingSegmentEntries, v2ChainView, v2TableEntries,
 } from '../repository/v2-scan.js';
-import { dropLegacyPoints, prune } from './prune.js';
+import { dropLegacyPoints, listLegacyPointSeqs, pruneLegacy, type PruneOptions, type PruneResult } from './prune.js';
 
 /** Default grace period: far longer than a lease (10 min at most) and a checkpoint interval (15 s). */
 export const DEFAULT_GRACE_MS = 60 * 60_000;
@@ -436,7 +435,8 @@ export interface PruneStoreOptions {
   maxUnused?: number;
   concurrency?: number;
   now?: () => number;
-  lease?: LeaseOptions;
+  /** false: the caller holds the disk's lease (retention takes it otherwise); the domain's prune lease is always taken. */
+  lease?: LeaseOptions | false;
 }
 
 export interface PruneStoreResult {
@@ -465,7 +465,8 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   if (key) domains.push(await Domain.open(store, undefined));
   for (const d of domains) {
     if (!d) continue;
-    out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now, lease: opts.lease }));
+    out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now,
+      lease: opts.lease === false ? undefined : opts.lease }));
   }
   if (out.domains.length === 0 && opts.disk === undefined && !key && (await hasSealedDomain(store))) {
     throw new RnodeError(ErrorCodes.KEY_REQUIRED, `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`);
@@ -486,7 +487,7 @@ export async function hasSealedDomain(store: ObjectStore): Promise<boolean> {
 async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: string, keep: number, key: EncryptionKey | undefined,
   opts: PruneStoreOptions): Promise<Omit<PruneStoreResult, 'domains' | 'seconds' | 'disk'>> {
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${keep})`);
-  const legacy = await listPointSeqs(store, disk);
+  const legacy = await listLegacyPointSeqs(store, disk);
   const v2 = domain ? await listV2PointSeqs(store, domain, disk) : [];
   if (legacy.length === 0 && v2.length === 0) {
     if (!key && (await hasSealedDomain(store))) {
@@ -500,12 +501,12 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
   const names = [...new Set([disk, ...(domain && v2.length ? [domain.dname(disk)] : [])])];
   const leases: Lease[] = [];
   try {
-    for (const n of names) leases.push(await Lease.acquire(store, n, opts.lease));
+    if (opts.lease !== false) for (const n of names) leases.push(await Lease.acquire(store, n, opts.lease));
     const legacyKeep = legacy.filter((s) => keepSet.has(s)).length;
     // Legacy prune also sweeps what dead attempts left, so it runs even when no legacy point goes.
     if (legacy.length > 0) {
       const r = legacyKeep > 0
-        ? await prune({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false })
+        ? await pruneLegacy({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false })
         : await dropLegacyPoints(store, disk, key, opts.concurrency);
       out.chunksDeleted += r.chunksDeleted;
       out.objectsDeleted += r.objectsDeleted;
@@ -518,4 +519,13 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
     for (const l of leases.reverse()) await l.release();
   }
   return out;
+}
+
+/**
+ * Retention of one disk, whatever the format of its points, then maintenance of its domain with the defaults (the
+ * entry the agent's jobs and VM retention call; the CLI calls pruneStore).
+ */
+export async function prune(opts: PruneOptions): Promise<PruneResult & { domains: MaintainResult[] }> {
+  const r = await pruneStore({ store: opts.store, disk: opts.disk, keep: opts.keep, encryption: opts.encryption, concurrency: opts.concurrency, lease: opts.lease });
+  return { disk: opts.disk, kept: r.kept, deleted: r.deleted, chunksDeleted: r.chunksDeleted, objectsDeleted: r.objectsDeleted, seconds: r.seconds, domains: r.domains };
 }

@@ -12,7 +12,8 @@ import { encodeManifest, MANIFEST_VERSION_AUTHENTICATED, type PointManifest, typ
 import { decodeSegment, encodeSegment, isZeroEntry, segmentMac, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from '../pipeline/chunk-reader.js';
-import { listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { loadChain, loadPoint } from '../repository/points.js';
+import { classify } from '../repository/names.js';
 import { chainView, segmentExpectation } from '../repository/view.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from '../repository/encryption.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
@@ -37,7 +38,8 @@ export interface PruneOptions {
   lease?: LeaseOptions | false;
 }
 
-export async function prune(opts: PruneOptions): Promise<PruneResult> {
+/** Retention of a disk's legacy points only (prune-v2.ts `prune` is the entry that handles both formats). */
+export async function pruneLegacy(opts: PruneOptions): Promise<PruneResult> {
   const disk = validateDiskId(opts.disk);
   if (!Number.isSafeInteger(opts.keep) || opts.keep < 1) {
     throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${opts.keep})`);
@@ -55,7 +57,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const started = performance.now();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
-  const seqs = await listPointSeqs(store, disk);
+  const seqs = await listLegacyPointSeqs(store, disk);
   if (seqs.length === 0) {
     throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
   }
@@ -215,7 +217,7 @@ class TableLookup {
 export async function dropLegacyPoints(store: ObjectStore, disk: string, key: EncryptionKey | undefined, concurrency = 16): Promise<PruneResult> {
   const started = performance.now();
   validateDiskId(disk);
-  const seqs = await listPointSeqs(store, disk);
+  const seqs = await listLegacyPointSeqs(store, disk);
   const marker = await readDiskMarker(store, disk, key);
   if (!key && seqs.length > 0) refuseKeylessWrite(await loadPoint(store, disk, seqs[seqs.length - 1]), marker, disk, 'prune');
   for (const s of [...seqs].reverse()) await store.delete(layout.point(disk, s));
@@ -232,4 +234,14 @@ export async function dropLegacyPoints(store: ObjectStore, disk: string, key: En
     else objectsDeleted++;
   });
   return { disk, kept: [], deleted: seqs, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
+}
+
+/** The disk's legacy points (disks/<disk>/points/), ascending; its v2 points are not among them. */
+export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Promise<number[]> {
+  const seqs: number[] = [];
+  for await (const o of store.list(layout.pointsPrefix(disk))) {
+    const h = classify(o.key);
+    if (h?.kind === 'legacy-manifest') seqs.push(h.point);
+  }
+  return seqs.sort((a, b) => a - b);
 }

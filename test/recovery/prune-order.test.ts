@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { prune } from '../../src/recovery/prune.js';
+import { prune } from '../../src/recovery/prune-v2.js';
 import { replicate } from '../../src/recovery/replicate.js';
 import { recover } from '../../src/recovery/restore.js';
 import { verify } from '../../src/recovery/verify.js';

@@ -14,7 +14,7 @@ import { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes, type RnodeError } from '../../src/errors.js';
 import { encodeManifest, type PointManifest } from '../../src/format/manifest.js';
 import { encodeSegment, TableFlag, type ChunkEntry } from '../../src/format/table.js';
-import { prune } from '../../src/recovery/prune.js';
+import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
 import type { BlockSource } from '../../src/source/types.js';
 import type { ObjectStore } from '../../src/store/index.js';
