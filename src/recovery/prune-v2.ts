@@ -23,7 +23,7 @@ import { dropLegacyPoints, listLegacyPointSeqs, pruneLegacy, type PruneOptions, 
 
 /** Default grace period: far longer than a lease (10 min at most) and a checkpoint interval (15 s). */
 export const DEFAULT_GRACE_MS = 60 * 60_000;
-/** Default --max-unused, as a fraction (README: chosen by the repack measurement). */
+/** Default --max-unused, as a fraction: the knee of bytes rewritten against waste saved (README, bench/sections/prune.ts). */
 export const DEFAULT_MAX_UNUSED = 0.5;
 /** Tombstones of deleted packs are kept at least this long (and as long as an index lists the pack). */
 const TOMBSTONE_MS = 24 * 60 * 60_000;
