@@ -1,13 +1,16 @@
 // Points restored after later points were added and after prune (--keep 2, then --keep 1, over points with
 // changes in between): every kept point restores byte-exact, pruned points are gone from the list and cannot
 // be restored, verify of all points is ok, and the chunk objects left are exactly those the kept points
-// reference (checked against a model of which point wrote which chunk), as are the tables.
+// reference (no unused pack bytes once the grace periods have passed, and check is ok), as are the tables.
 import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
-import { prune } from '../../src/recovery/prune-v2.js';
+import { prune, pruneStore } from '../../src/recovery/prune-v2.js';
+import { check } from '../../src/recovery/check.js';
+import { stats } from '../../src/recovery/stats.js';
+import { r2 } from '../../src/repository/names.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import type { ObjectStore } from '../../src/store/index.js';
@@ -74,7 +77,7 @@ async function fourPoints(t: Test): Promise<Disk> {
   await point(t, d, ch([[3, 'data'], [4, 'data'], [10, 'zero']]));
   await point(t, d, ch([[3, 'data'], [32, 'data'], [20, 'zero']]));
   await point(t, d, ch([[10, 'data'], [0, 'data']]));
-  t.same(chunkObjects(d.storeDir, 'vm'), d.model.objects([1, 2, 3, 4]), 'before prune: every chunk object ever written is there');
+  t.equal((await stats({ store: d.store })).unusedBytes, 0, 'before prune: every chunk stored is in use');
   // Restores of older points after later points were added.
   for (const p of [1, 2, 3, 4]) await expectRestore(t, d.store, 'vm', p, d.model.fps.get(p)!, d.dir, `point ${p} (before prune)`);
   return d;
@@ -91,45 +94,43 @@ async function checkAfterPrune(t: Test, d: Disk, kept: number[], gone: number[])
   t.equal(v.ok, true, 'verify --point all is ok');
   t.same(v.problems, []);
   t.same(v.points, kept);
-  t.same(chunkObjects(d.storeDir, 'vm'), d.model.objects(kept), 'exactly the chunk objects the kept points reference remain');
-  const tableSeqs = [...new Set(listFiles(path.join(d.storeDir, 'disks', 'vm', 'tables')).map((f) => Number(f.split('/')[0])))].sort((a, b) => a - b);
+  // Two more runs with grace 0 take what the kept points no longer use from seen (or repacked) to marked to deleted.
+  for (let i = 0; i < 2; i++) await pruneStore({ store: d.store, graceMs: 0, maxUnused: 0.01 });
+  t.equal((await stats({ store: d.store })).unusedBytes, 0, 'exactly the chunks the kept points reference remain');
+  t.ok((await check({ store: d.store })).ok, 'check is ok');
+  const tableSeqs = [...new Set(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'tables')).map((f) => Number(f.split('/')[0])))].sort((a, b) => a - b);
   t.same(tableSeqs, kept, 'only kept points have tables');
-  t.same(listFiles(path.join(d.storeDir, 'disks', 'vm', 'pending')), [], 'no checkpoints left');
+  t.same(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'pending')), [], 'no checkpoints left');
 }
 
 t.test('prune --keep 2 over 4 points, then a new point, then --keep 1', async (t) => {
   const d = await fourPoints(t);
-  const before = chunkObjects(d.storeDir, 'vm').length;
-  const r = await prune({ store: d.store, disk: 'vm', keep: 2 });
+  const r = await pruneStore({ store: d.store, disk: 'vm', keep: 2, graceMs: 0, maxUnused: 0.01 });
   t.same(r.kept, [3, 4]);
   t.same(r.deleted, [1, 2]);
-  const after = chunkObjects(d.storeDir, 'vm').length;
-  t.equal(r.chunksDeleted, before - after, 'chunksDeleted counts the objects that went');
-  t.ok(after < before, `chunk objects ${before} -> ${after}`);
+  t.ok(r.domains[0].packsSeen + r.domains[0].packsRepacked > 0, 'what only points 1 and 2 used is seen unused or repacked away');
   await checkAfterPrune(t, d, [3, 4], [1, 2]);
 
   // Incrementals continue on the pruned (rebased) chain.
   await point(t, d, ch([[4, 'data'], [20, 'data']]));
   await expectRestore(t, d.store, 'vm', 5, d.model.fps.get(5)!, d.dir, 'point 5 written after prune');
 
-  const r1 = await prune({ store: d.store, disk: 'vm', keep: 1 });
+  const r1 = await pruneStore({ store: d.store, disk: 'vm', keep: 1, graceMs: 0, maxUnused: 0.01 });
   t.same(r1.kept, [5]);
   t.same(r1.deleted, [3, 4]);
   await checkAfterPrune(t, d, [5], [1, 2, 3, 4]);
 
   // Prune again with nothing to delete changes nothing.
-  const objects = chunkObjects(d.storeDir, 'vm');
-  const r2 = await prune({ store: d.store, disk: 'vm', keep: 1 });
-  t.same(r2.deleted, []);
-  t.equal(r2.chunksDeleted, 0);
-  t.same(chunkObjects(d.storeDir, 'vm'), objects);
+  const r2run = await pruneStore({ store: d.store, disk: 'vm', keep: 1, graceMs: 0, maxUnused: 0.01 });
+  t.same(r2run.deleted, []);
+  t.equal(r2run.domains[0].packsSeen + r2run.domains[0].packsMarked + r2run.domains[0].packsDeleted, 0, 'no pack changes state');
   await point(t, d, ch([[31, 'zero']]));
   await checkAfterPrune(t, d, [5, 6], [1, 2, 3, 4]);
 });
 
 t.test('prune --keep 1 over 4 points', async (t) => {
   const d = await fourPoints(t);
-  const r = await prune({ store: d.store, disk: 'vm', keep: 1 });
+  const r = await pruneStore({ store: d.store, disk: 'vm', keep: 1, graceMs: 0, maxUnused: 0.01 });
   t.same(r.kept, [4]);
   t.same(r.deleted, [1, 2, 3]);
   await checkAfterPrune(t, d, [4], [1, 2, 3]);
@@ -140,9 +141,8 @@ t.test('prune --keep 2 over 4 points (keep more than exist is a no-op)', async (
   const r0 = await prune({ store: d.store, disk: 'vm', keep: 10 });
   t.same(r0.kept, [1, 2, 3, 4]);
   t.same(r0.deleted, []);
-  t.equal(r0.chunksDeleted, 0);
   await checkAfterPrune(t, d, [1, 2, 3, 4], []);
-  await prune({ store: d.store, disk: 'vm', keep: 2 });
+  await pruneStore({ store: d.store, disk: 'vm', keep: 2, graceMs: 0, maxUnused: 0.01 });
   await checkAfterPrune(t, d, [3, 4], [1, 2]);
 });
 
