@@ -139,7 +139,7 @@ export async function* v2ChainView(store: ObjectStore, domain: Domain, chain: V2
       yield winner!;
     }
   } finally {
-    await Promise.all(its.map((it) => it.return?.()));
+    for (const it of its) await it.return?.();
   }
 }
 
