@@ -35,7 +35,7 @@ const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
-  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--pack-size <bytes|1MiB..256MiB>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
+  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--pack-size <bytes|64KiB..256MiB>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
   options: {
     source: { type: 'string' }, target: { type: 'string' }, disk: { type: 'string' },
     'chunk-size': { type: 'string' }, compression: { type: 'string' }, 'pack-size': { type: 'string' }, full: { type: 'boolean' },
@@ -61,7 +61,8 @@ const replicateCmd: Command = {
         withStore(target, (store) =>
           replicate({ store, source, disk, chunkSize, codec, packSize, concurrency, encryption, forceFull: v.full === true, signal,
             onProgress: (p) => bar.update(p.position, p.diskSize),
-            ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v, { bandwidth })).finally(() => bar.done());
+            ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}), ...(packSize !== undefined ? { packSize } : {}) }),
+          v, { bandwidth })).finally(() => bar.done());
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),

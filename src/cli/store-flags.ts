@@ -62,11 +62,15 @@ const REMOTE_CHECKPOINT = { checkpointRecords: 64, checkpointMillis: 2000 } as c
 const REMOTE_CONCURRENCY = 16;
 
 /** replicate() options for a ws(s):// target: frequent checkpoints, a deeper pipeline for chunks up to 2 MiB. */
+/** Pack size for a ws/wss target: below the transport's frame limit. */
+const REMOTE_PACK_SIZE = 8 * 1024 * 1024;
+
 export function remoteReplicateOptions(
   concurrency: number | undefined,
   chunkSize: number | undefined,
-): { checkpointRecords: number; checkpointMillis: number; concurrency?: number } {
+): { checkpointRecords: number; checkpointMillis: number; concurrency?: number; packSize: number } {
   const deep = chunkSize === undefined || chunkSize <= 2 * 1024 * 1024;
   const c = concurrency ?? (deep ? REMOTE_CONCURRENCY : undefined);
-  return { ...REMOTE_CHECKPOINT, ...(c !== undefined ? { concurrency: c } : {}) };
+  // A pack travels in one PUT frame today: keep it under the frame limit (the v2 transport streams bigger ones).
+  return { ...REMOTE_CHECKPOINT, ...(c !== undefined ? { concurrency: c } : {}), packSize: REMOTE_PACK_SIZE };
 }

@@ -19,7 +19,11 @@ export async function readChunk(store: ObjectStore, disk: string, chunkSize: num
     seal?: ChunkSeal): Promise<Buffer> {
   if (e.id) {
     const domain = Domain.of(seal?.key);
-    return fetchBlob(store, domain, chunkSize, e, point, slot, (where, length, l) => decodeBlobInto(slot, length, e, l.entry, domain, where));
+    return fetchBlob(store, domain, chunkSize, e, point, slot, async (where, length, l) => {
+      const plain = await decodeBlobInto(slot, length, e, l.entry, domain, where);
+      e.storedLength = l.entry.length; // what was fetched, for the callers' byte counts
+      return plain;
+    });
   }
   return fetchChecked(store, disk, chunkSize, e, point, slot, (where, length) => decodeChunkInto(slot, length, e, where, seal));
 }

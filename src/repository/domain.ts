@@ -9,7 +9,7 @@ import { PLAIN_DOMAIN, r2, validateDiskId } from './names.js';
 
 /** Default pack target size: big enough that a cloud PUT's cost is amortised, small enough to repack cheaply. */
 export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
-export const MIN_PACK_SIZE = 1024 * 1024;
+export const MIN_PACK_SIZE = 64 * 1024;
 export const MAX_PACK_SIZE = 256 * 1024 * 1024;
 
 /**

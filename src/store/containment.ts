@@ -48,7 +48,7 @@ export function assertOutsideStore(storeLocation: string, target: string, what: 
 
 /**
  * For a work folder that holds a store of its own (demo): refuses one that lies inside an existing rnode store, found
- * by its layout (an ancestor holding disks/<id>/points or disks/<id>/chunks).
+ * by its layout (an ancestor holding disks/<id>/points or disks/<id>/chunks, or r2/<domain>/config).
  */
 export function assertNotInsideAnyStore(target: string, what: string): void {
   const real = resolveThroughSymlinks(target);
@@ -56,7 +56,11 @@ export function assertNotInsideAnyStore(target: string, what: string): void {
     const disks = path.join(d, 'disks');
     let ids: string[] = [];
     try { ids = fs.readdirSync(disks); } catch { /* not a store */ }
-    if (ids.some((id) => fs.existsSync(path.join(disks, id, 'points')) || fs.existsSync(path.join(disks, id, 'chunks')))) {
+    // A repository v2 store holds r2/<domain>/config (the format is in src/repository/names.ts; only the folder name is checked here).
+    let r2: string[] = [];
+    try { r2 = fs.readdirSync(path.join(d, 'r2')); } catch { /* not a v2 store */ }
+    if (ids.some((id) => fs.existsSync(path.join(disks, id, 'points')) || fs.existsSync(path.join(disks, id, 'chunks'))) ||
+        r2.some((dom) => fs.existsSync(path.join(d, 'r2', dom, 'config')))) {
       assertOutsideStore(d, target, what);
     }
     if (path.dirname(d) === d) return;

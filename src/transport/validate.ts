@@ -6,6 +6,9 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, ChunkFlag, decodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { Codec, isKnownCodec } from '../format/codecs.js';
 import { layout } from '../format/layout.js';
+import { EnvelopeKind, isEnvelope } from '../repository/envelope.js';
+import { classify } from '../repository/names.js';
+import { PACK_TAIL_BYTES, trailerPlace } from '../repository/pack.js';
 import { decodeManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
 import { copyBytes } from '../native/index.js';
@@ -32,7 +35,34 @@ const KINDS = [
   { kind: 'vm-access', re: new RegExp(`^vms/(${DISK})/access\\.json$`) },
 ] as const;
 
-export type ObjectKind = (typeof KINDS)[number]['kind'];
+/** Repository v2 objects (src/repository/names.ts): KeyInfo.disk holds the domain's disk name, or the domain. */
+type R2Kind = 'r2-config' | 'r2-pack' | 'r2-index' | 'r2-manifest' | 'r2-table' | 'r2-pending' | 'r2-prune';
+export type ObjectKind = (typeof KINDS)[number]['kind'] | R2Kind;
+
+const R2_ENVELOPE: Record<string, number> = {
+  config: EnvelopeKind.CONFIG, index: EnvelopeKind.INDEX, manifest: EnvelopeKind.MANIFEST, table: EnvelopeKind.TABLE,
+  pending: EnvelopeKind.PENDING, prune: EnvelopeKind.PRUNE_MARKS,
+};
+
+function classifyR2(key: string): KeyInfo | undefined {
+  const h = classify(key);
+  if (!h || !('domain' in h)) return undefined;
+  return { kind: `r2-${h.kind}` as R2Kind, disk: 'dname' in h ? h.dname : h.domain, ...('point' in h ? { seq: h.point } : {}) };
+}
+
+/**
+ * Structure only (the receiving node may hold no key, and sealed objects cannot be read without one): an envelope of
+ * the kind its key names, or a pack whose tail and trailer length are consistent. Full checks of v2 objects over
+ * the link come with the v2 transport.
+ */
+function checkR2Structure(p: PutCheck, k: KeyInfo): void {
+  const kind = k.kind.slice(3);
+  if (kind === 'pack') {
+    trailerPlace(p.data.subarray(Math.max(0, p.data.length - PACK_TAIL_BYTES)), p.data.length, p.key);
+    return;
+  }
+  if (!isEnvelope(p.data) || p.data.readUInt8(5) !== R2_ENVELOPE[kind]) throw new Error(`not a ${kind} metadata envelope`);
+}
 
 export interface KeyInfo { kind: ObjectKind; disk: string; seq?: number; index?: number }
 
@@ -70,7 +100,7 @@ export class ObjectValidator {
 
   /** Throws RNODE_TRANSPORT_REJECTED (details name the key, and for chunks the index and disk offset). */
   async checkPut(p: PutCheck): Promise<KeyInfo> {
-    const k = classifyKey(p.key);
+    const k = classifyKey(p.key) ?? classifyR2(p.key);
     if (!k) {
       throw rejected(`key ${JSON.stringify(p.key.slice(0, 200))} is not an rnode object (points, tables, chunks, pending or lease of a disk); it was not stored`,
         { key: p.key });
@@ -89,6 +119,7 @@ export class ObjectValidator {
         case 'vm-point': await this.checkVmPoint(p, k); break;
         case 'vm-partial': if (checkJsonObject(p.data, p.key).format !== 'rnode-vm-partial') throw new Error('not a partial VM run record'); break;
         case 'vm-access': checkJsonObject(p.data, p.key); break;
+        default: checkR2Structure(p, k);
       }
     } catch (err) {
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) throw err;
@@ -100,8 +131,8 @@ export class ObjectValidator {
 
   /** Whether a delete is allowed: only the writer's own scratch objects; points and chunks are pruned on the node. */
   checkDelete(key: string): void {
-    const k = classifyKey(key);
-    if (!k || (k.kind !== 'pending' && k.kind !== 'vm-access')) {
+    const k = classifyKey(key) ?? classifyR2(key);
+    if (!k || (k.kind !== 'pending' && k.kind !== 'vm-access' && k.kind !== 'r2-pending')) {
       throw rejected(`deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints and VM access markers; leases are released with a lease message); run "rnode prune" on the receiving node`,
         { key });
     }

@@ -1,19 +1,23 @@
-// A chunk corrupted (a byte flipped in its payload or header, the object truncated) or deleted in the store:
+// A chunk's stored bytes corrupted (a byte flipped in its blob, its pack truncated inside it) or its pack deleted:
 // `verify` and `recover` (the CLI) exit 1 naming the chunk (index, disk offset, RNODE_CHUNK_CORRUPT or
-// RNODE_CHUNK_MISSING) and no output file is left behind. Restores do not trust keys or the 64-bit hash: a
-// valid chunk object under another chunk's key, an object of the same point and index from another store,
-// and a table entry whose BLAKE3 disagrees are all caught; a table entry with a colliding xxh64 does not make
-// replicate skip a changed chunk. Damaged manifests and tables are reported too.
+// RNODE_CHUNK_MISSING) and no output file is left behind. Restores trust neither the index nor a 64-bit hash: a
+// valid blob of another chunk at this chunk's place, the blob of the same chunk from another store with other
+// content, and an index entry pointing at another chunk's blob are all caught (the id of what decodes is
+// recomputed); a parent record whose id differs from the new content in its last byte only (a collision of every
+// shorter digest) does not make replicate skip a changed chunk. Damaged manifests and tables are reported too.
+// (Repository v2; these were the legacy chunk-object tamper tests. One pack per chunk here: packs of 64 KiB.)
 import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
-import { xxh64 } from '../../src/format/checksum.js';
-import { decodeSegment, encodeSegment } from '../../src/format/table.js';
+import { Domain } from '../../src/repository/domain.js';
+import { decodeIndex, encodeIndex, listIndexIds } from '../../src/repository/index-file.js';
+import { r2 } from '../../src/repository/names.js';
+import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest } from '../../src/repository/point-format.js';
 import { verify } from '../../src/recovery/verify.js';
 import {
-  KiB, MiB, chunkFile, chunkObjects, expectRestore, fingerprint, flipByte, fsStore, listFiles, randomData, restore, snap,
+  KiB, MiB, blobPlace, expectRestore, fingerprint, flipByte, fsStore, listFiles, randomData, restore, snap,
   textData, tmpDir, writeAt, type Fingerprint, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 import { json, lines, runCli } from '../helpers/cli.js';
@@ -33,10 +37,10 @@ async function twoPoints(t: Test): Promise<Fixture> {
   fs.writeFileSync(img, Buffer.concat([randomData(SIZE / 2 | 0, 1), textData(SIZE - (SIZE / 2 | 0), 1)]));
   const store = fsStore(storeDir);
   const fps = [fingerprint(img)];
-  await snap(store, img, 'd', { chunkSize: CHUNK });
+  await snap(store, img, 'd', { chunkSize: CHUNK, packSize: CHUNK });
   writeAt(img, 7 * CHUNK + 10, randomData(100, 2));
   fps.push(fingerprint(img));
-  const p2 = await snap(store, img, 'd');
+  const p2 = await snap(store, img, 'd', { packSize: CHUNK });
   t.equal(p2.chunksChanged, 1);
   return { dir, storeDir, img, fps };
 }
@@ -90,24 +94,25 @@ async function expectRecoverFails(t: Test, f: Fixture, point: string, code: stri
 
 t.test('verify --json names a corrupt chunk', async (t) => {
   const f = await twoPoints(t);
-  flipByte(chunkFile(f.storeDir, 'd', 1, 5), 48 + 1000);
+  const b = await blobPlace(f.storeDir, 'd', 1, 5);
+  flipByte(b.file, b.offset + 1000);
   await expectVerifyFails(t, f, 'all', ErrorCodes.CHUNK_CORRUPT, 5, true);
 });
 
-// [what, damage, code, also through the CLI binary]
-const corruptions: Array<[string, (file: string) => void, string, boolean]> = [
-  ['a byte flipped in the payload', (f) => flipByte(f, 48 + 1000), ErrorCodes.CHUNK_CORRUPT, true],
-  ['a byte flipped in the header (index field)', (f) => flipByte(f, 32), ErrorCodes.CHUNK_CORRUPT, false],
-  ['a byte flipped in the header (plaintext xxh64)', (f) => flipByte(f, 16), ErrorCodes.CHUNK_CORRUPT, false],
-  ['the object truncated', (f) => fs.truncateSync(f, fs.statSync(f).size - 1), ErrorCodes.CHUNK_CORRUPT, true],
-  ['the object cut to 10 bytes', (f) => fs.truncateSync(f, 10), ErrorCodes.CHUNK_CORRUPT, false],
-  ['the object deleted', (f) => fs.rmSync(f), ErrorCodes.CHUNK_MISSING, true],
+type Place = Awaited<ReturnType<typeof blobPlace>>;
+// [what, damage, code, also through the CLI binary]; chunk 5 is random data: a blob of its own pack.
+const corruptions: Array<[string, (b: Place) => void, string, boolean]> = [
+  ['a byte flipped in its blob', (b) => flipByte(b.file, b.offset + 1000), ErrorCodes.CHUNK_CORRUPT, true],
+  ['the first byte of its blob flipped', (b) => flipByte(b.file, b.offset), ErrorCodes.CHUNK_CORRUPT, false],
+  ['its pack truncated inside the blob', (b) => fs.truncateSync(b.file, b.offset + b.length - 1), ErrorCodes.CHUNK_CORRUPT, true],
+  ['its pack cut to 10 bytes', (b) => fs.truncateSync(b.file, 10), ErrorCodes.CHUNK_CORRUPT, false],
+  ['its pack deleted', (b) => fs.rmSync(b.file), ErrorCodes.CHUNK_MISSING, true],
 ];
 
 for (const [what, damage, code, viaCli] of corruptions) {
   t.test(`chunk 5 of point 1 with ${what}: verify and recover fail naming it`, async (t) => {
     const f = await twoPoints(t);
-    damage(chunkFile(f.storeDir, 'd', 1, 5));
+    damage(await blobPlace(f.storeDir, 'd', 1, 5));
     if (viaCli) {
       await Promise.all([
         expectVerifyFails(t, f, 'all', code, 5),
@@ -125,7 +130,8 @@ for (const [what, damage, code, viaCli] of corruptions) {
 
 t.test('a damaged chunk only point 2 uses: point 1 still verifies and restores, point 2 fails', async (t) => {
   const f = await twoPoints(t);
-  flipByte(chunkFile(f.storeDir, 'd', 2, 7), 60);
+  const b = await blobPlace(f.storeDir, 'd', 2, 7);
+  flipByte(b.file, b.offset + 60);
   const ok = await runCli(['verify', '--store', f.storeDir, '--disk', 'd', '--point', '1']);
   t.equal(ok.code, 0, 'verify of point 1 is ok');
   t.equal(ok.stderr, '');
@@ -136,74 +142,100 @@ t.test('a damaged chunk only point 2 uses: point 1 still verifies and restores, 
 
 t.test('verify reports every damaged chunk, not only the first', async (t) => {
   const f = await twoPoints(t);
-  flipByte(chunkFile(f.storeDir, 'd', 1, 2), 100);
-  fs.rmSync(chunkFile(f.storeDir, 'd', 1, 12));
+  const b2 = await blobPlace(f.storeDir, 'd', 1, 2);
+  flipByte(b2.file, b2.offset + 100);
+  fs.rmSync((await blobPlace(f.storeDir, 'd', 1, 3)).file);
   const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point: '1' });
   t.equal(v.ok, false);
-  t.same(v.problems.map((p) => [p.code, p.index]).sort(), [[ErrorCodes.CHUNK_CORRUPT, 2], [ErrorCodes.CHUNK_MISSING, 12]]);
+  t.same(v.problems.map((p) => [p.code, p.index]).sort(), [[ErrorCodes.CHUNK_CORRUPT, 2], [ErrorCodes.CHUNK_MISSING, 3]]);
 });
 
-t.test('a valid chunk object copied over another chunk key of the same point: restore refuses it', async (t) => {
+t.test('a valid blob of another chunk at a chunk\'s place: restore refuses it', async (t) => {
   const f = await twoPoints(t);
-  // Chunks 1 and 3 are both random, same length, same writer: only the header's index tells them apart.
-  fs.copyFileSync(chunkFile(f.storeDir, 'd', 1, 1), chunkFile(f.storeDir, 'd', 1, 3));
+  // Chunks 1 and 3 are both random, blobs of the same length: only their ids tell them apart.
+  const b1 = await blobPlace(f.storeDir, 'd', 1, 1);
+  const b3 = await blobPlace(f.storeDir, 'd', 1, 3);
+  t.equal(b1.length, b3.length);
+  const src = fs.readFileSync(b1.file).subarray(b1.offset, b1.offset + b1.length);
+  const dst = fs.readFileSync(b3.file);
+  src.copy(dst, b3.offset);
+  fs.writeFileSync(b3.file, dst);
   const r = await expectRecoverFails(t, f, '1', ErrorCodes.CHUNK_CORRUPT, 3);
-  t.match(r.stderr, /holds chunk 1 /, 'the message says which chunk the object really holds');
+  t.match(r.stderr, /checksum mismatch|chunk id mismatch/, 'the message says the blob is not this chunk\'s');
   await expectLibVerifyFails(t, f, '1', ErrorCodes.CHUNK_CORRUPT, 3);
   await t.rejects(restore(fsStore(f.storeDir), 'd', 1, path.join(f.dir, 'lib.img')), { code: ErrorCodes.CHUNK_CORRUPT, details: { index: 3 } });
 });
 
-t.test('the object of the same point and index from another store (other content): restore refuses it', async (t) => {
+t.test('the blob of the same chunk from another store (other content): restore refuses it', async (t) => {
   const f = await twoPoints(t);
-  // A second store of a disk that differs only in chunk 4: its object (writer 1, index 4) has the right
-  // header shape (index, writer, lengths, a valid payload checksum) but other bytes.
   const other = path.join(f.dir, 'other-store');
   const img2 = path.join(f.dir, 'other.img');
   fs.copyFileSync(path.join(f.dir, 'disk.img'), img2);
   writeAt(img2, 4 * CHUNK + 5, randomData(64, 77));
-  await snap(fsStore(other), img2, 'd', { chunkSize: CHUNK });
-  fs.copyFileSync(chunkFile(other, 'd', 1, 4), chunkFile(f.storeDir, 'd', 1, 4));
+  await snap(fsStore(other), img2, 'd', { chunkSize: CHUNK, packSize: CHUNK });
+  const from = await blobPlace(other, 'd', 1, 4);
+  const to = await blobPlace(f.storeDir, 'd', 1, 4);
+  const dst = fs.readFileSync(to.file);
+  fs.readFileSync(from.file).subarray(from.offset, from.offset + from.length).copy(dst, to.offset);
+  fs.writeFileSync(to.file, dst);
   await expectRecoverFails(t, f, '1', ErrorCodes.CHUNK_CORRUPT, 4);
   await expectLibVerifyFails(t, f, 'all', ErrorCodes.CHUNK_CORRUPT, 4);
 });
 
-/** Rewrites one entry of point 1's (single) table segment, with a valid segment checksum. */
-async function tamperTable(storeDir: string, point: number, index: number, change: (e: ReturnType<typeof decodeSegment>[number]) => void) {
-  const dir = path.join(storeDir, 'disks', 'd', 'tables', String(point).padStart(10, '0'));
-  const segs = listFiles(dir);
-  const file = path.join(dir, segs[0]);
-  const entries = decodeSegment(fs.readFileSync(file), file);
-  const e = entries.find((x) => x.index === index);
-  if (!e) throw new Error(`no entry ${index} in ${file}`);
-  change(e);
-  fs.writeFileSync(file, encodeSegment(entries));
-}
-
-t.test('a table entry whose BLAKE3 disagrees with the chunk (xxh64 agrees): restore refuses the chunk', async (t) => {
+t.test('an index entry that points at another chunk\'s blob: restore refuses the chunk', async (t) => {
   const f = await twoPoints(t);
-  await tamperTable(f.storeDir, 1, 6, (e) => { e.strong = Buffer.from(e.strong); e.strong[0] ^= 1; });
+  const d = Domain.of(undefined);
+  const store = fsStore(f.storeDir);
+  const p6 = await blobPlace(f.storeDir, 'd', 1, 6);
+  const p1 = await blobPlace(f.storeDir, 'd', 1, 1);
+  // Rewrite (with a valid checksum: no key in the plain domain) the index object naming chunk 6 so it points at chunk 1's blob.
+  // The entry takes chunk 1's stored checksum too: only the id recomputed from the plaintext can tell.
+  const all = [];
+  for (const id of await listIndexIds(store, d.name)) all.push(...decodeIndex(await store.get(r2.index(d.name, id)), d, id));
+  const one = all.find((x) => x.packId === p1.packId && x.entry.offset === p1.offset)!;
+  for (const id of await listIndexIds(store, d.name)) {
+    const key = r2.index(d.name, id);
+    const locs = decodeIndex(await store.get(key), d, id);
+    const l = locs.find((x) => x.packId === p6.packId && x.entry.offset === p6.offset);
+    if (!l) continue;
+    l.packId = p1.packId;
+    l.entry = { ...l.entry, offset: p1.offset, length: p1.length, payloadXxh64: one.entry.payloadXxh64 };
+    await store.put(key, encodeIndex(d, id, locs));
+  }
   const r = await expectRecoverFails(t, f, '1', ErrorCodes.CHUNK_CORRUPT, 6);
-  t.match(r.stderr, /BLAKE3/, 'the strong digest is what caught it');
+  t.match(r.stderr, /chunk id mismatch/, 'the recomputed id is what caught it');
 });
 
-t.test('an xxh64 collision with the parent does not make replicate skip a changed chunk', async (t) => {
+t.test('a parent record equal to the new content in all but the last id byte does not make replicate skip it', async (t) => {
   const f = await twoPoints(t);
   const store = fsStore(f.storeDir);
-  // Point 3 will change chunk 3 to D. Make point 2's view claim chunk 3 already has xxh64(D) (a 64-bit
-  // collision); point 2's table does not hold chunk 3, so forge it in point 1's table (the chain's base).
+  const dom = Domain.of(undefined);
+  // Point 3 will change chunk 3 to D. Forge point 1's record of chunk 3 (the chain's base; point 2 does not hold
+  // chunk 3) to an id that agrees with D's in its first 31 bytes: every digest shorter than the id collides.
   const d = randomData(CHUNK, 333);
-  await tamperTable(f.storeDir, 1, 3, (e) => { e.xxh64 = xxh64(d); });
+  const forged = Buffer.from(dom.chunkId(d));
+  forged[31] ^= 1;
+  const mkey = r2.point(dom.name, 'd', 1);
+  const m = decodeManifestV4(await store.get(mkey), dom, 'd', 1);
+  const ref = m.table.segments[0];
+  const place = { disk: 'd', point: 1, parent: null, generation: 0, segment: 0 };
+  const entries = decodeTableV3(await store.get(ref.key), dom, place, ref.key);
+  entries.find((e) => e.index === 3)!.id = forged;
+  const seg = encodeTableV3(dom, place, entries);
+  await store.put(ref.key, seg);
+  ref.digest = segmentDigest(seg);
+  await store.put(mkey, encodeManifestV4(dom, m));
   writeAt(f.img, 3 * CHUNK, d);
   const fp3 = fingerprint(f.img);
   const p3 = await snap(store, f.img, 'd');
-  t.equal(p3.chunksChanged, 1, 'chunk 3 is stored although its xxh64 matches the parent');
-  t.ok(chunkObjects(f.storeDir, 'd').includes('3/3'), 'chunk object 3/3 was written');
+  t.equal(p3.chunksChanged, 1, 'chunk 3 is stored although all but one byte of its id matches the parent');
+  t.equal(p3.chunksDeduplicated, 0);
   await expectRestore(t, store, 'd', 3, fp3, f.dir);
 });
 
 t.test('a damaged manifest or table segment is reported by verify with its code', async (t) => {
   const f = await twoPoints(t);
-  const tableDir = path.join(f.storeDir, 'disks', 'd', 'tables', '0000000002');
+  const tableDir = path.join(f.storeDir, 'r2', 'plain', 'disks', 'd', 'tables', '0000000002');
   flipByte(path.join(tableDir, listFiles(tableDir)[0]), 20);
   const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point: 'all' });
   t.equal(v.ok, false, 'a bit flip in a table segment fails verify');
@@ -214,10 +246,12 @@ t.test('a damaged manifest or table segment is reported by verify with its code'
   t.match(rr.stderr, ErrorCodes.MANIFEST_CORRUPT);
   t.notOk(fs.existsSync(out));
 
-  const m = path.join(f.storeDir, 'disks', 'd', 'points', '0000000001.json');
-  const text = fs.readFileSync(m, 'utf8');
-  fs.writeFileSync(m, text.replace(`"diskSize": ${SIZE}`, `"diskSize": ${SIZE + 1}`));
-  t.not(fs.readFileSync(m, 'utf8'), text, 'the manifest was edited');
+  const m = path.join(f.storeDir, 'r2', 'plain', 'disks', 'd', 'points', '0000000001');
+  const bytes = fs.readFileSync(m);
+  const at = bytes.indexOf(Buffer.from(`"diskSize":${SIZE}`));
+  t.ok(at > 0, 'the manifest holds its disk size');
+  bytes.write(`"diskSize":${SIZE + 1}`.slice(0, `"diskSize":${SIZE}`.length), at);
+  fs.writeFileSync(m, bytes);
   const r1 = await runCli(['verify', '--store', f.storeDir, '--disk', 'd', '--point', '1']);
   t.equal(r1.code, 1, 'an edited manifest fails verify');
   t.match(r1.stderr, ErrorCodes.MANIFEST_CORRUPT);

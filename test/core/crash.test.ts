@@ -9,7 +9,7 @@ import path from 'node:path';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import {
-  KiB, MiB, chunkObjects, expectRestore, fingerprint, fsStore, listFiles, randomData, sha256File, stopCodecWorkersAtEnd, textData,
+  KiB, MiB, packFiles, v2PointFiles, expectRestore, fingerprint, fsStore, listFiles, randomData, sha256File, stopCodecWorkersAtEnd, textData,
   tmpDir, writeAt,
 } from '../helpers/images.js';
 import { json, runCli } from '../helpers/cli.js';
@@ -55,14 +55,15 @@ t.test('crash before commit of an incremental: no half point; verify ok; the nex
   const first = await runCli(replicateArgs(img, storeDir));
   t.equal(first.code, 0, `first point: ${first.stderr}`);
   const fp1 = fingerprint(img);
+  const packsBefore = packFiles(storeDir).length;
 
   writeAt(img, 100 * KiB, randomData(200 * KiB, 2));
   const fp2 = fingerprint(img);
   const crashed = await runCli(replicateArgs(img, storeDir), { env: { RNODE_FAILPOINT: 'before-commit' } });
   t.equal(crashed.signal, 'SIGKILL', 'the child killed itself at the failpoint');
   t.equal(crashed.code, null);
-  t.ok(chunkObjects(storeDir, 'd').some((c) => c.startsWith('2/')), 'chunks of point 2 were written before the crash');
-  t.same(listFiles(path.join(storeDir, 'disks', 'd', 'points')), ['0000000001.json'], 'no manifest of point 2');
+  t.ok(packFiles(storeDir).length > packsBefore, 'packs of point 2 were written before the crash');
+  t.same(v2PointFiles(storeDir, 'd'), ['0000000001'], 'no manifest of point 2');
   t.same(await listPointSeqs(fsStore(storeDir), 'd'), [1], 'the library lists point 1 only');
 
   const pts = await runCli(['points', '--store', storeDir, '--disk', 'd', '--json']);
@@ -87,7 +88,7 @@ t.test('crash before commit of an incremental: no half point; verify ok; the nex
   await expectRestore(t, store, 'd', 2, fp2, dir);
   await expectRestore(t, store, 'd', 1, fp1, dir, 'point 1 (still)');
   t.equal((await verify({ store, disk: 'd', point: 'all' })).ok, true, 'verify all ok');
-  t.same(listFiles(path.join(storeDir, 'disks', 'd', 'pending')), [], 'no checkpoint left once the point is committed');
+  t.same(listFiles(path.join(storeDir, 'r2', 'plain', 'disks', 'd', 'pending')), [], 'no checkpoint left once the point is committed');
 });
 
 t.test('crash before commit of the first point: no point at all; the next run makes point 1', async (t) => {
@@ -95,8 +96,8 @@ t.test('crash before commit of the first point: no point at all; the next run ma
   const fp = fingerprint(img);
   const crashed = await runCli(replicateArgs(img, storeDir), { env: { RNODE_FAILPOINT: 'before-commit' } });
   t.equal(crashed.signal, 'SIGKILL');
-  t.ok(chunkObjects(storeDir, 'd').length > 0, 'chunks were written before the crash');
-  t.same(listFiles(path.join(storeDir, 'disks', 'd', 'points')), [], 'no manifest');
+  t.ok(packFiles(storeDir).length > 0, 'packs were written before the crash');
+  t.same(v2PointFiles(storeDir, 'd'), [], 'no manifest');
 
   const pts = await runCli(['points', '--store', storeDir, '--disk', 'd', '--json']);
   t.equal(pts.code, 0, `points exits 0: ${pts.stderr.trim()}`);

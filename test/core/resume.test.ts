@@ -4,6 +4,8 @@
 // incremental, a prune while a point is pending, resume: false, a disk that changed between the two runs (the
 // point must be the disk at one moment, not a mix), checkpoints kept when a later chunk fails, stats counted
 // once across a resume, and back-pressure while one chunk's write stalls.
+// Repository v2: chunks are stored in packs; with packs of one chunk (packSize = chunk size) a pack put is a chunk
+// put, so the faults below count and stall pack puts where they counted chunk objects before.
 import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
@@ -14,9 +16,12 @@ import { listPointSeqs } from '../../src/repository/points.js';
 import { pipelineDepths } from '../../src/recovery/replicate.js';
 import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
+import { Domain } from '../../src/repository/domain.js';
+import { decodePack } from '../../src/repository/pack.js';
+import { decodePendingV2 } from '../../src/repository/point-format.js';
 import {
-  KiB, MiB, chunkObjects, countingSource, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, sha256File,
-  snap, tmpDir, writeAt, stopCodecWorkersAtEnd,
+  KiB, MiB, packFiles, countingSource, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, sha256File,
+  snap as snapAny, tmpDir, writeAt, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -25,7 +30,19 @@ const CHUNK = 64 * KiB;
 const SIZE = 3 * MiB; // 48 chunks
 const COUNT = SIZE / CHUNK;
 
-const isChunk = (k: string) => k.includes('/chunks/');
+const isChunk = (k: string) => k.includes('/packs/');
+const snap: typeof snapAny = (store, image, disk, opts = {}) => snapAny(store, image, disk, { packSize: CHUNK, ...opts });
+const plain = Domain.of(undefined);
+
+/** Chunk indexes of the image whose blobs are in some pack of the store. */
+function storedChunks(storeDir: string, img: string): number[] {
+  const ids = new Set<string>();
+  for (const f of packFiles(storeDir)) for (const e of decodePack(fs.readFileSync(f), 'plain', path.basename(f))) ids.add(e.id.toString('hex'));
+  const data = fs.readFileSync(img);
+  const out: number[] = [];
+  for (let i = 0; i < COUNT; i++) if (ids.has(plain.chunkId(data.subarray(i * CHUNK, (i + 1) * CHUNK)).toString('hex'))) out.push(i);
+  return out;
+}
 const isCheckpoint = (k: string) => k.includes('/tables/') || k.includes('/pending/');
 
 /**
@@ -43,8 +60,8 @@ function failingChunkPuts(inner: ObjectStore, nth: number, opts: { chunkDelayMs?
 }
 
 function pendingOf(storeDir: string, disk: string): { file: string; ck: any }[] {
-  const dir = path.join(storeDir, 'disks', disk, 'pending');
-  return listFiles(dir).map((f) => ({ file: f, ck: JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) }));
+  const dir = path.join(storeDir, 'r2', 'plain', 'disks', disk, 'pending');
+  return listFiles(dir).map((f) => ({ file: f, ck: decodePendingV2(fs.readFileSync(path.join(dir, f)), plain, disk, Number(f)) as any }));
 }
 
 function setup(t: Test) {
@@ -112,15 +129,15 @@ t.test('prune while a point is pending keeps its chunks and checkpoint; the resu
   for (let i = 0; i < COUNT; i += 2) writeAt(img, i * CHUNK, randomData(100, 1000 + i));
   const fp3 = fingerprint(img);
   await t.rejects(snap(failingChunkPuts(store, 12, { chunkDelayMs: 10 }), img, 'd', { checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
-  const pendingChunks = chunkObjects(storeDir, 'd').filter((c) => c.startsWith('3/'));
-  t.ok(pendingChunks.length >= 4, `the pending point wrote chunks (${pendingChunks.length})`);
+  const pendingChunks = packFiles(storeDir);
+  t.ok(pendingChunks.length >= 4, `the pending point wrote packs (${pendingChunks.length} in all)`);
   const before = pendingOf(storeDir, 'd');
   t.equal(before.length, 1);
 
   const pr = await prune({ store, disk: 'd', keep: 1 });
   t.same(pr.kept, [2]);
   t.same(pendingOf(storeDir, 'd').map((p) => p.file), before.map((p) => p.file), 'the checkpoint of the pending point survives prune');
-  t.same(chunkObjects(storeDir, 'd').filter((c) => c.startsWith('3/')), pendingChunks, 'its chunks survive prune');
+  t.same(packFiles(storeDir), pendingChunks, 'its packs survive prune');
 
   const r = await snap(store, img, 'd', { checkpointRecords: 4 });
   t.equal(r.resumed, true, 'the pending point resumes after prune');
@@ -166,7 +183,7 @@ t.test('a store failure keeps the checkpoints of chunks already stored (slow che
   // Chunks 0..28 are stored; checkpoints (segment + pending, 40 ms each) trail behind when chunk 29 fails.
   await t.rejects(snap(failingChunkPuts(store, 30, { checkpointDelayMs: 20 }), img, 'd',
     { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
-  const stored = chunkObjects(storeDir, 'd').filter((c) => c.startsWith('1/')).map((c) => Number(c.split('/')[1]));
+  const stored = storedChunks(storeDir, img);
   let prefix = 0;
   while (stored.includes(prefix)) prefix++;
   // Puts go in the order encodes finish, which the codec workers may shuffle by up to the chunks being encoded.
@@ -183,7 +200,7 @@ t.test('a resumed point counts each chunk once (the checkpoint holds only the st
   // Chunk 3's put is slow, so chunks after it are read and stored before the first checkpoint (nextIndex 4)
   // is taken; the second checkpoint write fails, which ends the run with that first checkpoint in place.
   const faulty = new FaultyStore(store)
-    .addFault('put', { match: (k) => isChunk(k) && k.endsWith('/000000000003'), delayMs: 300 })
+    .addFault('put', { match: isChunk, nth: 4, delayMs: 300 })
     .addFault('put', { match: (k) => k.includes('/pending/'), nth: 2, times: Infinity,
       error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: checkpoint write failed' } });
   await t.rejects(snap(faulty, img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
@@ -192,7 +209,7 @@ t.test('a resumed point counts each chunk once (the checkpoint holds only the st
   t.equal(pend.length, 1, 'the first checkpoint is in the store');
   const ck = pend[0]?.ck;
   t.equal(ck?.nextIndex, 4, 'it covers chunks 0..3');
-  t.ok(chunkObjects(storeDir, 'd').length > 4, 'chunks after 3 were stored before it was taken');
+  t.ok(packFiles(storeDir).length > 4, 'chunks after 3 were stored before it was taken');
   t.equal(ck?.stats.bytesRead, 4 * CHUNK, 'the checkpoint counts the bytes read of chunks 0..3 only');
   t.equal(ck?.stats.chunksChanged, 4, 'the checkpoint counts the changed chunks 0..3 only');
 
@@ -211,7 +228,7 @@ t.test('back-pressure: while one chunk\'s store write stalls, the reader does no
   const { dir, img, store } = setup(t);
   const fp = fingerprint(img);
   const concurrency = 2;
-  const stalled = new FaultyStore(store).addFault('put', { match: (k) => isChunk(k) && k.endsWith('/000000000003'), delayMs: 400 });
+  const stalled = new FaultyStore(store).addFault('put', { match: isChunk, nth: 4, delayMs: 400 });
   const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
   const run = snap(stalled, img, 'd', { chunkSize: CHUNK, concurrency, wrapSource: (s) => (counted.c = countingSource(s)) });
   await new Promise((r) => setTimeout(r, 300));

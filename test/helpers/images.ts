@@ -12,6 +12,13 @@ import { delegatingSource } from '../../src/source/types.js';
 import { replicate, type ReplicateOptions, type ReplicateResult } from '../../src/recovery/replicate.js';
 import { recover, type RecoverOptions, type RecoverResult } from '../../src/recovery/restore.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
+import type { EncryptionKey } from '../../src/crypto/keys.js';
+import type { ChunkEntry } from '../../src/format/table.js';
+import { Domain } from '../../src/repository/domain.js';
+import { ChunkIndex } from '../../src/repository/index-file.js';
+import { r2 } from '../../src/repository/names.js';
+import { loadPoint } from '../../src/repository/points.js';
+import { tableEntries } from '../../src/repository/view.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -212,4 +219,31 @@ export async function expectRestore(t: Asserts, store: ObjectStore, disk: string
  */
 export function stopCodecWorkersAtEnd(t: Teardown): void {
   t.teardown(() => codecWorkers().close());
+}
+
+/**
+ * Where chunk `index` of point `point` is stored in a repository v2 fs store: its pack file and the blob's byte range
+ * there (found through the point's table and the domain's index objects, as a reader does).
+ */
+export async function blobPlace(storeDir: string, disk: string, point: number, index: number, key?: EncryptionKey):
+    Promise<{ file: string; offset: number; length: number; packId: string }> {
+  const store = fsStore(storeDir);
+  const m = await loadPoint(store, disk, point, key);
+  let found: ChunkEntry | undefined;
+  for await (const e of tableEntries(store, m, key)) if (e.index === index) found = e;
+  if (!found?.id) throw new Error(`point ${point} of disk ${disk} has no v2 record of chunk ${index}`);
+  const domain = Domain.of(key);
+  const [l] = (await ChunkIndex.load(store, domain)).lookup(found.id);
+  if (!l) throw new Error(`chunk ${index} is in no index`);
+  return { file: path.join(storeDir, r2.pack(domain.name, l.packId)), offset: l.entry.offset, length: l.entry.length, packId: l.packId };
+}
+
+/** Pack files of an fs store (every domain). */
+export function packFiles(storeDir: string): string[] {
+  return listFiles(path.join(storeDir, 'r2')).filter((f) => f.includes('/packs/')).map((f) => path.join(storeDir, 'r2', f));
+}
+
+/** v2 point manifests of a plain-domain disk in an fs store, as file names. */
+export function v2PointFiles(storeDir: string, disk: string): string[] {
+  return listFiles(path.join(storeDir, 'r2', 'plain', 'disks', disk, 'points'));
 }

@@ -3,8 +3,10 @@
 // parent, a dropped table record and a record turned into a zero chunk each made `recover` exit 0 with a WRONG image
 // (and `verify` exit 0); manifests rewritten as version 1 with no encryption field let a key-less `replicate` write
 // an unencrypted point onto the encrypted disk. Each attack below uses only what a writer with bucket access has: the
-// store's bytes and rnode's public format code (encodeManifest, encodeSegment), never the key. Every one must now be
-// refused with a coded error naming the forged object, before any output exists.
+// store's bytes and rnode's public format code, never the key. Every one must now be refused with a coded error
+// naming the forged object, before any output exists.
+// Repository v2: manifests, tables and checkpoints are sealed (AES-GCM, bound to their place) and the manifest pins
+// each segment's digest, so the attacker's tools are unsealed look-alikes, replays and swaps of sealed objects.
 import t from 'tap';
 import type { Test } from 'tap';
 import crypto from 'node:crypto';
@@ -12,8 +14,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes, type RnodeError } from '../../src/errors.js';
-import { encodeManifest, type PointManifest } from '../../src/format/manifest.js';
-import { encodeSegment, TableFlag, type ChunkEntry } from '../../src/format/table.js';
+import { TableFlag, type ChunkEntry } from '../../src/format/table.js';
+import { Domain } from '../../src/repository/domain.js';
+import { EnvelopeKind, envelopeContext, sealEnvelope } from '../../src/repository/envelope.js';
+import { r2 } from '../../src/repository/names.js';
+import { TABLE_V3_RECORD_BYTES } from '../../src/repository/point-format.js';
 import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
 import type { BlockSource } from '../../src/source/types.js';
@@ -45,42 +50,28 @@ async function threePoints(t: Test, tag: string): Promise<Fixture> {
   return { dir, storeDir, store, img, fps };
 }
 
-const manifestFile = (f: Fixture, p: number) => path.join(f.storeDir, 'disks', 'd', 'points', `${String(p).padStart(10, '0')}.json`);
+const DOMAIN = Domain.of(KEY);
+const DNAME = DOMAIN.dname('d');
+const manifestFile = (f: Fixture, p: number) => path.join(f.storeDir, r2.point(DOMAIN.name, DNAME, p));
+const segmentFile = (f: Fixture, p: number) => path.join(f.storeDir, r2.segment(DOMAIN.name, DNAME, p, 0, 0));
 
-/** The attacker's view of a manifest: its JSON without the checksum (which encodeManifest recomputes). */
-function readManifest(f: Fixture, p: number): PointManifest {
-  const { checksum: _c, ...m } = JSON.parse(fs.readFileSync(manifestFile(f, p), 'utf8'));
-  return m;
+/** What an attacker without the key can write at a manifest's place: an unsealed envelope of their own JSON. */
+function writeUnsealedManifest(f: Fixture, p: number, m: Record<string, unknown>): void {
+  fs.writeFileSync(manifestFile(f, p), sealEnvelope(EnvelopeKind.MANIFEST, envelopeContext.manifest(DOMAIN.name, 'd', p), Buffer.from(JSON.stringify(m))));
 }
 
-function writeManifest(f: Fixture, m: PointManifest): void {
-  fs.writeFileSync(manifestFile(f, m.point), encodeManifest(m));
-}
-
-/** Table records of a segment file, whatever its trailer (the attacker parses the documented record layout). */
-function readRecords(file: string): ChunkEntry[] {
-  const b = fs.readFileSync(file);
-  const out: ChunkEntry[] = [];
-  for (let i = 0, o = 12; i < b.readUInt32LE(8); i++, o += 64) {
-    out.push({
-      index: Number(b.readBigUInt64LE(o)), xxh64: b.readBigUInt64LE(o + 8), strong: Buffer.from(b.subarray(o + 16, o + 32)),
-      writer: b.readUInt32LE(o + 32), plainLength: b.readUInt32LE(o + 36), storedLength: b.readUInt32LE(o + 40),
-      flags: b.readUInt8(o + 44), codec: b.readUInt8(o + 45),
-    });
-  }
-  return out;
-}
-
-/** Rewrites point p's single segment with edit applied to its records, and its manifest to match (re-sealed). */
-function editTable(f: Fixture, p: number, edit: (es: ChunkEntry[]) => ChunkEntry[]): void {
-  const m = readManifest(f, p);
-  const ref = m.table.segments[0];
-  const file = path.join(f.storeDir, ref.key);
-  const entries = edit(readRecords(file));
-  fs.writeFileSync(file, encodeSegment(entries));
-  m.table.records = entries.length;
-  m.table.segments[0] = { ...ref, records: entries.length, first: entries[0]?.index ?? -1, last: entries.at(-1)?.index ?? -1 };
-  writeManifest(f, m);
+/** An unsealed table segment of the attacker's records, at point p's segment 0. */
+function writeUnsealedSegment(f: Fixture, p: number, entries: Array<Pick<ChunkEntry, 'index' | 'plainLength' | 'flags'> & { id?: Buffer }>): void {
+  const body = Buffer.alloc(4 + entries.length * TABLE_V3_RECORD_BYTES);
+  body.writeUInt32LE(entries.length, 0);
+  entries.forEach((e, i) => {
+    const o = 4 + i * TABLE_V3_RECORD_BYTES;
+    body.writeBigUInt64LE(BigInt(e.index), o);
+    e.id?.copy(body, o + 8);
+    body.writeUInt32LE(e.plainLength, o + 40);
+    body.writeUInt8(e.flags, o + 44);
+  });
+  fs.writeFileSync(segmentFile(f, p), sealEnvelope(EnvelopeKind.TABLE, envelopeContext.table(DOMAIN.name, 'd', p, p - 1, 0, 0), body));
 }
 
 /** The attack must be refused with METADATA_FORGED naming the object, by recover (no output left) and verify. */
@@ -100,81 +91,63 @@ async function expectForged(t: Test, f: Fixture, point: number, objectKey: RegEx
   t.ok(v.problems.some((p) => p.code === ErrorCodes.METADATA_FORGED), `verify reports METADATA_FORGED (${v.problems[0]?.code})`);
 }
 
+const POINT3 = new RegExp(`points/0000000003`);
+const TABLE3 = new RegExp(`tables/0000000003/`);
+
 t.test('a manifest re-pointed to an older parent is refused', async (t) => {
   const f = await threePoints(t, 'forge-parent');
   await expectRestore(t, f.store, 'd', 3, f.fps[2], f.dir, 'untouched point 3', { encryption: KEY });
-  writeManifest(f, { ...readManifest(f, 3), parent: 1 });
-  await expectForged(t, f, 3, /points\/0000000003\.json/);
+  writeUnsealedManifest(f, 3, { format: 'rnode-point', version: 4, disk: 'd', point: 3, parent: 1 });
+  await expectForged(t, f, 3, POINT3);
+  // A sealed manifest of another point moved into point 3's place does not open there either.
+  fs.copyFileSync(manifestFile(f, 2), manifestFile(f, 3));
+  await expectForged(t, f, 3, POINT3);
 });
 
 t.test('a dropped table record is refused', async (t) => {
   const f = await threePoints(t, 'forge-drop');
-  editTable(f, 3, (es) => es.filter((e) => e.index !== 9));
-  // The record count is in the manifest too, so the manifest's MAC is what fails first.
-  await expectForged(t, f, 3, /points\/0000000003\.json|tables\/0000000003\//);
+  writeUnsealedSegment(f, 3, [{ index: 10, plainLength: CHUNK, flags: 0, id: Buffer.alloc(32, 1) }]);
+  await expectForged(t, f, 3, TABLE3);
 });
 
 t.test('a table record turned into a zero chunk is refused', async (t) => {
   const f = await threePoints(t, 'forge-zero');
-  editTable(f, 3, (es) => es.map((e) => e.index !== 10 ? e
-    : { ...e, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, storedLength: 0, flags: TableFlag.ZERO, codec: 0 }));
-  await expectForged(t, f, 3, /tables\/0000000003\//);
+  writeUnsealedSegment(f, 3, [{ index: 9, plainLength: CHUNK, flags: TableFlag.ZERO }, { index: 10, plainLength: CHUNK, flags: TableFlag.ZERO }]);
+  await expectForged(t, f, 3, TABLE3);
 });
 
 t.test('a segment replayed from another point is refused', async (t) => {
   const f = await threePoints(t, 'forge-replay');
-  const m2 = readManifest(f, 2);
-  const m3 = readManifest(f, 3);
-  fs.copyFileSync(path.join(f.storeDir, m2.table.segments[0].key), path.join(f.storeDir, m3.table.segments[0].key));
-  writeManifest(f, { ...m3, table: { ...m3.table, segments: [{ ...m2.table.segments[0], key: m3.table.segments[0].key }], records: m2.table.records } });
-  await expectForged(t, f, 3, /points\/0000000003\.json/);
+  fs.copyFileSync(segmentFile(f, 2), segmentFile(f, 3));
+  await expectForged(t, f, 3, TABLE3);
 });
 
-t.test('manifests downgraded to unencrypted version 1: key-less replicate, prune and recover are refused', async (t) => {
+t.test('manifests downgraded to unsealed ones: recover with the key is refused; without it the points are not even found', async (t) => {
   const f = await threePoints(t, 'forge-downgrade');
-  for (let p = 1; p <= 3; p++) {
-    const { encryption: _e, mac: _m, ...m } = readManifest(f, p) as PointManifest & { mac?: string };
-    // Tables too, as version 1 segments, so nothing in a manifest or table says "encrypted" any more.
-    m.table.segments = m.table.segments.map(({ mac: _x, ...ref }) => {
-      fs.writeFileSync(path.join(f.storeDir, ref.key), encodeSegment(readRecords(path.join(f.storeDir, ref.key))));
-      return ref;
-    });
-    writeManifest(f, { ...m, version: 1 });
-  }
-  writeAt(f.img, 0, randomData(1000, 99));
-  try {
-    const r = await snap(f.store, f.img, 'd');
-    t.fail(`key-less replicate into the encrypted disk succeeded (point ${r.point}, encrypted: ${r.encryption !== undefined})`);
-  } catch (err) {
-    t.equal((err as RnodeError).code, ErrorCodes.KEY_REQUIRED, `key-less replicate refused: ${(err as Error).message}`);
-  }
-  await t.rejects(prune({ store: f.store, disk: 'd', keep: 1 }), { code: ErrorCodes.KEY_REQUIRED }, 'key-less prune refused');
-  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'keyless.img')), { code: ErrorCodes.METADATA_FORGED }, 'key-less recover of the downgraded point refused');
+  for (let p = 1; p <= 3; p++) writeUnsealedManifest(f, p, { format: 'rnode-point', version: 4, disk: 'd', point: p, parent: p > 1 ? p - 1 : null });
   await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'keyed.img'), { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED },
-    'recover with the key of an unencrypted-looking point refused');
-  // With the key, replicate refuses to build on the downgraded chain too.
+    'recover with the key of an unsealed-looking point refused');
   await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED }, 'keyed replicate onto the downgraded chain refused');
+  // The encrypted disk's names are keyed: a node without the key sees no point of it to restore or prune.
+  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'keyless.img')), { code: ErrorCodes.DISK_NOT_FOUND }, 'key-less recover finds nothing');
+  await t.rejects(prune({ store: f.store, disk: 'd', keep: 1 }), { code: ErrorCodes.DISK_NOT_FOUND }, 'key-less prune finds nothing');
 });
 
-t.test('an authenticated disk keeps working: incremental, prune (with the key) and recover', async (t) => {
+t.test('an encrypted disk keeps working: incremental, prune (with the key) and recover', async (t) => {
   const f = await threePoints(t, 'forge-ok');
-  await t.rejects(prune({ store: f.store, disk: 'd', keep: 2 }), { code: ErrorCodes.KEY_REQUIRED }, 'prune without the key refused');
+  await t.rejects(prune({ store: f.store, disk: 'd', keep: 2 }), { code: ErrorCodes.DISK_NOT_FOUND }, 'prune without the key finds nothing');
   const pr = await prune({ store: f.store, disk: 'd', keep: 2, encryption: KEY });
   t.same(pr.deleted, [1], 'prune with the key');
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'rebased point 2', { encryption: KEY });
   await expectRestore(t, f.store, 'd', 3, f.fps[2], f.dir, 'point 3 after prune', { encryption: KEY });
   const v = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
   t.ok(v.ok, `verify all after prune: ${JSON.stringify(v.problems.slice(0, 2))}`);
-  const m2 = readManifest(f, 2);
-  t.equal(m2.version, 3, 'manifests are version 3');
-  t.equal(m2.parent, null, 'rebased');
 });
 
 t.test('a forged checkpoint (nextIndex moved to the end) is not resumed: the point is written in full and restores byte-exact', async (t) => {
   const f = await threePoints(t, 'forge-pending');
   fs.writeFileSync(f.img, randomData(16 * CHUNK, 77)); // every chunk changes
   const ac = new AbortController();
-  // Two chunks in flight, cancelled after the 8th read: a checkpoint every 2 records covers about half the disk.
   const cutAfter8 = (s: BlockSource) => {
     const c = countingSource(s);
     const read = c.read.bind(c);
@@ -183,22 +156,19 @@ t.test('a forged checkpoint (nextIndex moved to the end) is not resumed: the poi
   };
   await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY, checkpointRecords: 2, concurrency: 2, signal: ac.signal, wrapSource: cutAfter8 }),
     { code: ErrorCodes.CANCELLED }, 'interrupted mid-point');
-  const pendingFile = path.join(f.storeDir, 'disks', 'd', 'pending', '0000000004.json');
-  const ck = JSON.parse(fs.readFileSync(pendingFile, 'utf8'));
-  t.ok(ck.nextIndex > 0 && ck.nextIndex < 16, `a checkpoint up to chunk ${ck.nextIndex}`);
-  // The attacker claims the whole disk is done: a resumed run would commit a point missing the later chunks.
-  fs.writeFileSync(pendingFile, JSON.stringify({ ...ck, nextIndex: 16 }));
+  const pendingFile = path.join(f.storeDir, r2.pending(DOMAIN.name, DNAME, 4));
+  t.ok(fs.existsSync(pendingFile), 'a sealed checkpoint exists');
+  // The attacker cannot read it; they write their own (unsealed) claiming the whole disk is done.
+  fs.writeFileSync(pendingFile, sealEnvelope(EnvelopeKind.PENDING, envelopeContext.pending(DOMAIN.name, 'd', 4),
+    Buffer.from(JSON.stringify({ format: 'rnode-pending', point: 4, parent: 3, nextIndex: 16, segments: [], records: 0, reused: [] }))));
   const r = await snap(f.store, f.img, 'd', { encryption: KEY });
   t.equal(r.resumed, false, 'the forged checkpoint was not resumed');
   await expectRestore(t, f.store, 'd', 4, fingerprint(f.img), f.dir, 'point 4', { encryption: KEY });
 });
 
-t.test('a deleted encryption marker is detected, not silently re-created', async (t) => {
-  const f = await threePoints(t, 'forge-marker');
-  fs.rmSync(path.join(f.storeDir, 'disks', 'd', 'encryption.json'));
-  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'm.img'), { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED, message: /encryption\.json/ },
-    'recover refused');
-  await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED }, 'replicate with the key refused');
-  await t.rejects(snap(f.store, f.img, 'd'), { code: ErrorCodes.KEY_REQUIRED }, 'replicate without the key refused');
-  t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'encryption.json')), 'no marker was written back');
+t.test('a deleted middle manifest is detected, not skipped over', async (t) => {
+  const f = await threePoints(t, 'forge-gap');
+  fs.rmSync(manifestFile(f, 2));
+  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'g.img'), { encryption: KEY }), { code: ErrorCodes.MANIFEST_CORRUPT, message: /needs point 2/ });
+  t.notOk(fs.existsSync(path.join(f.dir, 'g.img')));
 });

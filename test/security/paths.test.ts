@@ -41,9 +41,9 @@ async function diskAndStore(t: Test, tag: string): Promise<{ dir: string; img: s
 
 t.test('recover --out inside the store (a manifest, the store folder, through a symlink) is refused; the store is intact', async (t) => {
   const { dir, img, storeDir } = await diskAndStore(t, 'sec-out');
-  const manifest = path.join(storeDir, 'disks', 'd', 'points', '0000000001.json');
+  const manifest = path.join(storeDir, 'r2', 'plain', 'disks', 'd', 'points', '0000000001');
   const before = fs.readFileSync(manifest);
-  fs.symlinkSync(path.join(storeDir, 'disks'), path.join(dir, 'link'));
+  fs.symlinkSync(path.join(storeDir, 'r2', 'plain', 'disks'), path.join(dir, 'link'));
   const base = ['recover', '--store', storeDir, '--disk', 'd', '--point', '1'];
   for (const [what, out] of [
     ['onto a manifest file', manifest],

@@ -1,0 +1,13 @@
+import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { recover } from './src/recovery/restore.js';
+import { FsStore } from './src/store/fs/fs-store.js';
+import { codecWorkers } from './src/pipeline/codec-workers.js';
+const store = new FsStore('/tmp/r2/st', { fsync: false });
+const timer = setTimeout(() => { console.log('HUNG'); process.exit(3); }, 20000);
+console.log(await recover({ store, disk: 'd', point: '1', out: '/tmp/r2/out1' }));
+const f = fs.openSync('/tmp/r2/img', 'r+'); fs.writeSync(f, Buffer.alloc(5000, 7), 0, 5000, 2*1024*1024 - 5000); fs.closeSync(f);
+execFileSync('node', ['dist/cli.js', 'replicate', '--source', '/tmp/r2/img', '--target', '/tmp/r2/st', '--disk', 'd', '--chunk-size', '64KiB', '--json'], { stdio: 'inherit' });
+console.log(await recover({ store, disk: 'd', point: 'latest', out: '/tmp/r2/out2' }));
+clearTimeout(timer);
+await codecWorkers().close();

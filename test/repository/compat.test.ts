@@ -1,0 +1,81 @@
+// Read compatibility: a store written by the legacy format (test/fixtures/legacy-store, written by the release
+// before repository v2) stays readable: points lists its points, recover restores them byte-exact, verify is ok,
+// plain and encrypted. A new replicate onto a legacy disk writes a v2 point (full: "repository format upgraded")
+// that continues the numbering, and prune --keep 1 then removes the legacy points' objects and keeps the v2 one.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { readKeyFile } from '../../src/crypto/keys.js';
+import { prune } from '../../src/recovery/prune-v2.js';
+import { verify } from '../../src/recovery/verify.js';
+import { listPoints } from '../../src/repository/points.js';
+import { expectRestore, fsStore, listFiles, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { json, runCli } from '../helpers/cli.js';
+
+stopCodecWorkersAtEnd(t);
+
+const FIXTURE = path.join(import.meta.dirname ?? path.dirname(new URL(import.meta.url).pathname), '..', 'fixtures');
+const SHA = ['f13eab735221a75ff91037bd1452fb0f8b074df051dc3e573cdc60919f442566', '66a44a348db0343b66fc5c27889b321243d3d40591578371276eb18b2cfa362a'];
+
+function legacyImage(point: number): Buffer {
+  const img = Buffer.alloc(512 * 1024);
+  for (let i = 0; i < img.length; i += 32) crypto.createHash('sha256').update('seed' + i).digest().copy(img, i);
+  img.fill(0, 128 * 1024, 192 * 1024);
+  Buffer.from('hello legacy rnode '.repeat(3000)).copy(img, 256 * 1024);
+  if (point === 2) img.fill(9, 70000, 71000);
+  return img;
+}
+
+function copyFixture(t: Parameters<typeof tmpDir>[0]) {
+  const dir = tmpDir(t, 'compat');
+  const storeDir = path.join(dir, 'store');
+  fs.cpSync(path.join(FIXTURE, 'legacy-store'), storeDir, { recursive: true });
+  const keyFile = path.join(dir, 'key');
+  fs.copyFileSync(path.join(FIXTURE, 'legacy-store.key'), keyFile);
+  fs.chmodSync(keyFile, 0o600);
+  return { dir, storeDir, keyFile, store: fsStore(storeDir), key: readKeyFile(keyFile) };
+}
+
+t.test('a legacy store stays readable: points, recover, verify (plain and encrypted)', async (t) => {
+  const { dir, storeDir, keyFile, store, key } = copyFixture(t);
+  t.equal(crypto.createHash('sha256').update(legacyImage(1)).digest('hex'), SHA[0], 'the fixture image is rebuilt exactly');
+  for (const [disk, k] of [['plain-disk', undefined], ['enc-disk', key]] as const) {
+    const points = await listPoints(store, disk, k);
+    t.same(points.map((m) => [m.point, m.version]), [[1, k ? 3 : 1], [2, k ? 3 : 1]], `${disk}: legacy points listed`);
+    for (const p of [1, 2]) await expectRestore(t, store, disk, p, { size: 512 * 1024, sha256: SHA[p - 1] }, dir, `${disk} point ${p}`, { encryption: k });
+    const v = await verify({ store, disk, point: 'all', encryption: k });
+    t.equal(v.ok, true, `${disk}: verify ok`);
+  }
+  const cli = await runCli(['points', '--store', storeDir, '--disk', 'enc-disk', '--encryption-key-file', keyFile, '--json']);
+  t.equal(cli.code, 0, cli.stderr);
+  t.same(json(cli).points.map((p: { point: number }) => p.point), [1, 2]);
+  const rec = await runCli(['recover', '--store', storeDir, '--disk', 'plain-disk', '--point', '2', '--out', path.join(dir, 'cli.img')]);
+  t.equal(rec.code, 0, rec.stderr);
+  t.equal(crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, 'cli.img'))).digest('hex'), SHA[1]);
+});
+
+t.test('a new replicate onto a legacy disk writes a v2 point; prune then drops the legacy objects', async (t) => {
+  const { dir, storeDir, store, key } = copyFixture(t);
+  for (const [disk, k] of [['plain-disk', undefined], ['enc-disk', key]] as const) {
+    const img = path.join(dir, `${disk}.img`);
+    const data = legacyImage(2);
+    data.fill(7, 300000, 300100);
+    fs.writeFileSync(img, data);
+    const want = { size: data.length, sha256: crypto.createHash('sha256').update(data).digest('hex') };
+    const r = await snap(store, img, disk, { encryption: k });
+    t.equal(r.point, 3, `${disk}: the numbering continues`);
+    t.equal(r.full, true);
+    t.equal(r.fullReason, 'repository format upgraded');
+    const points = await listPoints(store, disk, k);
+    t.same(points.map((m) => m.version), [k ? 3 : 1, k ? 3 : 1, 4], `${disk}: legacy points, then a v2 point`);
+    await expectRestore(t, store, disk, 3, want, dir, `${disk} v2 point`, { encryption: k });
+    await expectRestore(t, store, disk, 1, { size: 512 * 1024, sha256: SHA[0] }, dir, `${disk} legacy point 1 (still)`, { encryption: k });
+    const p = await prune({ store, disk, keep: 1, encryption: k });
+    t.same(p.deleted, [1, 2]);
+    t.ok(p.chunksDeleted > 0, `${disk}: the legacy chunk objects went (${p.chunksDeleted})`);
+    t.same(listFiles(path.join(storeDir, 'disks', disk)).filter((f) => !/^(lease|encryption)\.json$/.test(f)), [], `${disk}: only the lease and marker stay in the legacy area`);
+    await expectRestore(t, store, disk, 3, want, dir, `${disk} v2 point after prune`, { encryption: k });
+    t.equal((await verify({ store, disk, point: 'all', encryption: k })).ok, true);
+  }
+});
