@@ -130,12 +130,13 @@ t.test('manifests downgraded to unsealed ones: recover with the key is refused; 
   await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED }, 'keyed replicate onto the downgraded chain refused');
   // The encrypted disk's names are keyed: a node without the key sees no point of it to restore or prune.
   await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'keyless.img')), { code: ErrorCodes.DISK_NOT_FOUND }, 'key-less recover finds nothing');
-  await t.rejects(prune({ store: f.store, disk: 'd', keep: 1 }), { code: ErrorCodes.DISK_NOT_FOUND }, 'key-less prune finds nothing');
+  // prune says what is missing: the store holds an encrypted repository, and the disk may be in it.
+  await t.rejects(prune({ store: f.store, disk: 'd', keep: 1 }), { code: ErrorCodes.KEY_REQUIRED }, 'key-less prune finds nothing and asks for the key');
 });
 
 t.test('an encrypted disk keeps working: incremental, prune (with the key) and recover', async (t) => {
   const f = await threePoints(t, 'forge-ok');
-  await t.rejects(prune({ store: f.store, disk: 'd', keep: 2 }), { code: ErrorCodes.DISK_NOT_FOUND }, 'prune without the key finds nothing');
+  await t.rejects(prune({ store: f.store, disk: 'd', keep: 2 }), { code: ErrorCodes.KEY_REQUIRED }, 'prune without the key finds nothing and asks for the key');
   const pr = await prune({ store: f.store, disk: 'd', keep: 2, encryption: KEY });
   t.same(pr.deleted, [1], 'prune with the key');
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'rebased point 2', { encryption: KEY });
