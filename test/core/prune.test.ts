@@ -10,12 +10,11 @@ import { ErrorCodes } from '../../src/errors.js';
 import { prune, pruneStore } from '../../src/recovery/prune-v2.js';
 import { check } from '../../src/recovery/check.js';
 import { stats } from '../../src/recovery/stats.js';
-import { r2 } from '../../src/repository/names.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
-  KiB, MiB, chunkObjects, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
+  KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
   type Fingerprint, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
