@@ -6,7 +6,10 @@ export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateP
 export { recover, type RecoverOptions, type RecoverResult } from './recovery/restore.js';
 export { startExport, exportUrl, type ExportOptions, type ExportStats, type RunningExport } from './export/index.js';
 export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
-export { prune, type PruneResult } from './recovery/prune.js';
+export { type PruneResult } from './recovery/prune.js';
+export { prune, pruneStore, type PruneStoreResult, type MaintainResult } from './recovery/prune-v2.js';
+export { stats, type StatsResult } from './recovery/stats.js';
+export { check, type CheckResult } from './recovery/check.js';
 export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './repository/points.js';
 export { openSource, registerSourceScheme, RawSource, type BlockSource, type Extent } from './source/index.js';
 export { delegatingSource } from './source/types.js';

@@ -5,7 +5,7 @@ import { setMaxListeners } from 'node:events';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
-import { prune } from '../recovery/prune.js';
+import { prune } from '../recovery/prune-v2.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from '../recovery/replicate.js';
 import { recover } from '../recovery/restore.js';
 import { verify } from '../recovery/verify.js';

@@ -5,10 +5,6 @@
 // An encrypted disk is pruned only with its key: the rebase writes authenticated tables and a manifest (MACs need
 // the key), and the sweep trusts K's table only once its MACs check, so a forged table cannot make prune delete
 // live chunks. The encryption marker is never deleted.
-// Repository v2 points (docs/repository-v2.md): here retention only, never a pack or an index object. When the
-// oldest kept point is a v2 point it is rebased (a standalone table, next generation) and the deleted points'
-// manifests, tables and checkpoints go, legacy ones included (no legacy point is kept then). Packs nothing
-// references any more stay until the repository's own sweep (two-phase, beside concurrent writers) removes them.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { layout, parseChunkKey, validateDiskId } from '../format/layout.js';
@@ -16,13 +12,11 @@ import { encodeManifest, MANIFEST_VERSION_AUTHENTICATED, type PointManifest, typ
 import { decodeSegment, encodeSegment, isZeroEntry, segmentMac, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from '../pipeline/chunk-reader.js';
-import { explainNoPoints, listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { loadChain, loadPoint } from '../repository/points.js';
+import { classify } from '../repository/names.js';
 import { chainView, segmentExpectation } from '../repository/view.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from '../repository/encryption.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
-import { Domain, leaseName } from '../repository/domain.js';
-import { classify, r2 } from '../repository/names.js';
-import { encodeManifestV4, encodeTableV3, isV2Point, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 
 export interface PruneResult {
   disk: string;
@@ -44,13 +38,14 @@ export interface PruneOptions {
   lease?: LeaseOptions | false;
 }
 
-export async function prune(opts: PruneOptions): Promise<PruneResult> {
+/** Retention of a disk's legacy points only (prune-v2.ts `prune` is the entry that handles both formats). */
+export async function pruneLegacy(opts: PruneOptions): Promise<PruneResult> {
   const disk = validateDiskId(opts.disk);
   if (!Number.isSafeInteger(opts.keep) || opts.keep < 1) {
     throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${opts.keep})`);
   }
   if (opts.lease === false) return pruneLeased(opts);
-  const lease = await Lease.acquire(opts.store, leaseName(disk, opts.encryption), opts.lease);
+  const lease = await Lease.acquire(opts.store, disk, opts.lease);
   try {
     return await pruneLeased(opts);
   } finally {
@@ -62,27 +57,27 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const started = performance.now();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
-  const key = opts.encryption;
-  const seqs = await listPointSeqs(store, disk, key);
-  if (seqs.length === 0) await explainNoPoints(store, disk, key);
+  const seqs = await listLegacyPointSeqs(store, disk);
+  if (seqs.length === 0) {
+    throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
+  }
   const kept = seqs.slice(-opts.keep);
   const deleted = seqs.slice(0, seqs.length - kept.length);
   const oldest = kept[0];
   const latest = seqs[seqs.length - 1];
 
+  const key = opts.encryption;
   const marker = await readDiskMarker(store, disk, key);
-  if (!key) refuseKeylessWrite(await loadPoint(store, disk, latest, key), marker, disk, 'prune');
+  if (!key) refuseKeylessWrite(await loadPoint(store, disk, latest), marker, disk, 'prune');
   // Every kept point's chain is checked (key, versions, MACs) before anything is rewritten or deleted.
   for (const s of kept) {
-    const chain = await loadChain(store, disk, s, key);
+    const chain = await loadChain(store, disk, s);
     chainKey(chain, key, disk);
     checkChainAuthenticity(chain, key, marker, disk);
   }
 
-  let k = await loadPoint(store, disk, oldest, key);
-  if (isV2Point(k)) return pruneToV2(opts, k, kept, deleted, latest, started);
-
   // (1) Rebase: the oldest kept point gets a table that needs no ancestor.
+  let k = await loadPoint(store, disk, oldest);
   if (k.parent !== null) k = await rebase(store, k, await loadChain(store, disk, oldest), key);
 
   // (2) Older manifests, newest first, so a crash never leaves a point whose parent is gone.
@@ -115,7 +110,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   // (4) Tables of deleted points and superseded generations, and checkpoints nobody can resume.
   let objectsDeleted = 0;
   const liveSegments = new Set<string>();
-  for (const s of kept) for (const ref of (await loadPoint(store, disk, s, key)).table.segments) liveSegments.add(ref.key);
+  for (const s of kept) for (const ref of (await loadPoint(store, disk, s)).table.segments) liveSegments.add(ref.key);
   const staleTables = async function* () {
     for await (const o of store.list(`disks/${disk}/tables/`)) if (!liveSegments.has(o.key) && !isPendingTable(o.key, latest)) yield o.key;
     for await (const o of store.list(layout.pendingPrefix(disk))) {
@@ -129,77 +124,6 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   });
 
   return { disk, kept, deleted, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
-}
-
-/**
- * Retention when the oldest kept point K is a v2 point: every legacy point goes (all are older than K), K is rebased
- * when it has a parent, then deleted manifests (newest first), stale tables and checkpoints are removed. Packs and
- * index objects are never touched here.
- */
-async function pruneToV2(opts: PruneOptions, k: V2PointManifest, kept: number[], deleted: number[], latest: number, started: number): Promise<PruneResult> {
-  const { store } = opts;
-  const key = opts.encryption;
-  const disk = k.disk;
-  const domain = Domain.of(key);
-  const { dname } = k.r2;
-  if (k.parent !== null) await rebaseV2(store, domain, k, await loadChain(store, disk, k.point, key));
-  let objectsDeleted = 0;
-  let chunksDeleted = 0;
-  // Manifests newest first: a crash never leaves a point whose parent is gone.
-  for (const s of [...deleted].reverse()) {
-    await store.delete(r2.point(domain.name, dname, s));
-    await store.delete(layout.point(disk, s));
-    objectsDeleted++;
-  }
-  const live = new Set<string>();
-  for (const s of kept) for (const ref of (await loadPoint(store, disk, s, key)).table.segments) live.add(ref.key);
-  const stale = async function* () {
-    // No legacy point is kept: its chunks, tables and checkpoints are all unreferenced.
-    for await (const o of store.list(layout.chunksPrefix(disk))) if (parseChunkKey(o.key)) yield { key: o.key, chunk: true };
-    for await (const o of store.list(`disks/${disk}/tables/`)) yield { key: o.key, chunk: false };
-    for await (const o of store.list(layout.pendingPrefix(disk))) yield { key: o.key, chunk: false };
-    for await (const o of store.list(`${r2.diskPrefix(domain.name, dname)}tables/`)) {
-      const h = classify(o.key);
-      // Tables of a point being written now (above latest) belong to its writer.
-      if (h?.kind === 'table' && !live.has(o.key) && h.point <= latest) yield { key: o.key, chunk: false };
-    }
-    for await (const o of store.list(r2.pendingPrefix(domain.name, dname))) {
-      const h = classify(o.key);
-      if (h?.kind === 'pending' && h.point <= latest) yield { key: o.key, chunk: false };
-    }
-  };
-  await forEachBounded(stale(), opts.concurrency ?? 16, async (o) => {
-    await store.delete(o.key);
-    if (o.chunk) chunksDeleted++;
-    else objectsDeleted++;
-  });
-  return { disk, kept, deleted, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
-}
-
-/** The v2 rebase: K's merged view as its own table (next generation), then K's manifest with parent null. */
-async function rebaseV2(store: ObjectStore, domain: Domain, k: V2PointManifest, chain: PointManifest[]): Promise<void> {
-  const gen = k.table.generation + 1;
-  const segments: SegmentRef[] = [];
-  let batch: ChunkEntry[] = [];
-  let records = 0;
-  const flush = async () => {
-    const bytes = encodeTableV3(domain, { disk: k.disk, point: k.point, parent: null, generation: gen, segment: segments.length }, batch);
-    const ref: SegmentRef = {
-      key: r2.segment(domain.name, k.r2.dname, k.point, gen, segments.length), records: batch.length,
-      first: batch.length ? batch[0].index : -1, last: batch.length ? batch[batch.length - 1].index : -1, digest: segmentDigest(bytes),
-    };
-    await store.put(ref.key, bytes);
-    segments.push(ref);
-    records += batch.length;
-    batch = [];
-  };
-  for await (const e of chainView(store, chain, domain.key)) {
-    if (isZeroEntry(e)) continue;
-    batch.push(e);
-    if (batch.length >= TABLE_SEGMENT_RECORDS) await flush();
-  }
-  if (batch.length > 0 || segments.length === 0) await flush();
-  await store.put(r2.point(domain.name, k.r2.dname, k.point), encodeManifestV4(domain, { ...k, parent: null, table: { generation: gen, records, segments } }));
 }
 
 function isPendingTable(key: string, latest: number): boolean {
@@ -283,4 +207,41 @@ class TableLookup {
     }
     return undefined;
   }
+}
+
+/**
+ * Deletes every legacy point of a disk (its newer points are all v2, which never need a legacy one): manifests newest
+ * first, then chunk objects, tables and checkpoints. The lease and the encryption marker stay. An encrypted disk
+ * needs its key, as for prune. The caller holds the disk's lease.
+ */
+export async function dropLegacyPoints(store: ObjectStore, disk: string, key: EncryptionKey | undefined, concurrency = 16): Promise<PruneResult> {
+  const started = performance.now();
+  validateDiskId(disk);
+  const seqs = await listLegacyPointSeqs(store, disk);
+  const marker = await readDiskMarker(store, disk, key);
+  if (!key && seqs.length > 0) refuseKeylessWrite(await loadPoint(store, disk, seqs[seqs.length - 1]), marker, disk, 'prune');
+  for (const s of [...seqs].reverse()) await store.delete(layout.point(disk, s));
+  let chunksDeleted = 0;
+  let objectsDeleted = 0;
+  const rest = async function* () {
+    for await (const o of store.list(layout.chunksPrefix(disk))) yield o.key;
+    for await (const o of store.list(`disks/${disk}/tables/`)) yield o.key;
+    for await (const o of store.list(layout.pendingPrefix(disk))) yield o.key;
+  };
+  await forEachBounded(rest(), concurrency, async (k) => {
+    await store.delete(k);
+    if (parseChunkKey(k)) chunksDeleted++;
+    else objectsDeleted++;
+  });
+  return { disk, kept: [], deleted: seqs, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
+}
+
+/** The disk's legacy points (disks/<disk>/points/), ascending; its v2 points are not among them. */
+export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Promise<number[]> {
+  const seqs: number[] = [];
+  for await (const o of store.list(layout.pointsPrefix(disk))) {
+    const h = classify(o.key);
+    if (h?.kind === 'legacy-manifest') seqs.push(h.point);
+  }
+  return seqs.sort((a, b) => a - b);
 }

@@ -1,20 +1,20 @@
 // Points restored after later points were added and after prune (--keep 2, then --keep 1, over points with
 // changes in between): every kept point restores byte-exact, pruned points are gone from the list and cannot
-// be restored, verify of all points is ok, and only kept points keep tables. Repository v2: retention deletes
-// manifests, tables and checkpoints, never a pack (packs nothing references go in the repository sweep, which runs
-// two-phase beside writers): every pack written is still there after it. (Legacy: the chunk objects left were
-// exactly those the kept points reference; that sweep still runs for legacy points, test/core/compat.)
+// be restored, verify of all points is ok, and the chunk objects left are exactly those the kept points
+// reference (no unused pack bytes once the grace periods have passed, and check is ok), as are the tables.
 import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
-import { prune } from '../../src/recovery/prune.js';
+import { prune, pruneStore } from '../../src/recovery/prune-v2.js';
+import { check } from '../../src/recovery/check.js';
+import { stats } from '../../src/recovery/stats.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
-  KiB, MiB, expectRestore, packFiles, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
+  KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
   type Fingerprint, stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
@@ -42,11 +42,11 @@ class Model {
   }
 }
 
-interface Disk { dir: string; storeDir: string; img: string; store: ObjectStore; model: Model; next: number; packs: number }
+interface Disk { dir: string; storeDir: string; img: string; store: ObjectStore; model: Model; next: number }
 
 async function newDisk(t: Test): Promise<Disk> {
   const dir = tmpDir(t, 'prune');
-  const d: Disk = { dir, storeDir: path.join(dir, 'store'), img: path.join(dir, 'disk.img'), store: fsStore(path.join(dir, 'store')), model: new Model(), next: 1, packs: 0 };
+  const d: Disk = { dir, storeDir: path.join(dir, 'store'), img: path.join(dir, 'disk.img'), store: fsStore(path.join(dir, 'store')), model: new Model(), next: 1 };
   const all = new Map<number, 'data' | 'zero'>();
   for (let i = 0; i < COUNT; i++) all.set(i, 'data');
   fs.writeFileSync(d.img, randomData(SIZE, 100));
@@ -76,7 +76,7 @@ async function fourPoints(t: Test): Promise<Disk> {
   await point(t, d, ch([[3, 'data'], [4, 'data'], [10, 'zero']]));
   await point(t, d, ch([[3, 'data'], [32, 'data'], [20, 'zero']]));
   await point(t, d, ch([[10, 'data'], [0, 'data']]));
-  t.ok(packFiles(d.storeDir).length > 0, 'before prune: packs are there');
+  t.equal((await stats({ store: d.store })).unusedBytes, 0, 'before prune: every chunk stored is in use');
   // Restores of older points after later points were added.
   for (const p of [1, 2, 3, 4]) await expectRestore(t, d.store, 'vm', p, d.model.fps.get(p)!, d.dir, `point ${p} (before prune)`);
   return d;
@@ -93,8 +93,10 @@ async function checkAfterPrune(t: Test, d: Disk, kept: number[], gone: number[])
   t.equal(v.ok, true, 'verify --point all is ok');
   t.same(v.problems, []);
   t.same(v.points, kept);
-  t.ok(packFiles(d.storeDir).length >= d.packs, 'retention never deletes a pack');
-  d.packs = packFiles(d.storeDir).length;
+  // Two more runs with grace 0 take what the kept points no longer use from seen (or repacked) to marked to deleted.
+  for (let i = 0; i < 2; i++) await pruneStore({ store: d.store, graceMs: 0, maxUnused: 0.01 });
+  t.equal((await stats({ store: d.store })).unusedBytes, 0, 'exactly the chunks the kept points reference remain');
+  t.ok((await check({ store: d.store })).ok, 'check is ok');
   const tableSeqs = [...new Set(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'tables')).map((f) => Number(f.split('/')[0])))].sort((a, b) => a - b);
   t.same(tableSeqs, kept, 'only kept points have tables');
   t.same(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'pending')), [], 'no checkpoints left');
@@ -102,36 +104,32 @@ async function checkAfterPrune(t: Test, d: Disk, kept: number[], gone: number[])
 
 t.test('prune --keep 2 over 4 points, then a new point, then --keep 1', async (t) => {
   const d = await fourPoints(t);
-  const before = packFiles(d.storeDir).length;
-  const r = await prune({ store: d.store, disk: 'vm', keep: 2 });
+  const r = await pruneStore({ store: d.store, disk: 'vm', keep: 2, graceMs: 0, maxUnused: 0.01 });
   t.same(r.kept, [3, 4]);
   t.same(r.deleted, [1, 2]);
-  t.equal(r.chunksDeleted, 0, 'no legacy chunk objects to delete');
-  t.equal(packFiles(d.storeDir).length, before, `packs ${before} -> ${before}: retention keeps every pack`);
+  t.ok(r.domains[0].packsSeen + r.domains[0].packsRepacked > 0, 'what only points 1 and 2 used is seen unused or repacked away');
   await checkAfterPrune(t, d, [3, 4], [1, 2]);
 
   // Incrementals continue on the pruned (rebased) chain.
   await point(t, d, ch([[4, 'data'], [20, 'data']]));
   await expectRestore(t, d.store, 'vm', 5, d.model.fps.get(5)!, d.dir, 'point 5 written after prune');
 
-  const r1 = await prune({ store: d.store, disk: 'vm', keep: 1 });
+  const r1 = await pruneStore({ store: d.store, disk: 'vm', keep: 1, graceMs: 0, maxUnused: 0.01 });
   t.same(r1.kept, [5]);
   t.same(r1.deleted, [3, 4]);
   await checkAfterPrune(t, d, [5], [1, 2, 3, 4]);
 
   // Prune again with nothing to delete changes nothing.
-  const objects = listFiles(d.storeDir);
-  const r2 = await prune({ store: d.store, disk: 'vm', keep: 1 });
-  t.same(r2.deleted, []);
-  t.equal(r2.chunksDeleted, 0);
-  t.same(listFiles(d.storeDir).filter((f) => !f.endsWith('lease.json')), objects.filter((f) => !f.endsWith('lease.json')));
+  const r2run = await pruneStore({ store: d.store, disk: 'vm', keep: 1, graceMs: 0, maxUnused: 0.01 });
+  t.same(r2run.deleted, []);
+  t.equal(r2run.domains[0].packsSeen + r2run.domains[0].packsMarked + r2run.domains[0].packsDeleted, 0, 'no pack changes state');
   await point(t, d, ch([[31, 'zero']]));
   await checkAfterPrune(t, d, [5, 6], [1, 2, 3, 4]);
 });
 
 t.test('prune --keep 1 over 4 points', async (t) => {
   const d = await fourPoints(t);
-  const r = await prune({ store: d.store, disk: 'vm', keep: 1 });
+  const r = await pruneStore({ store: d.store, disk: 'vm', keep: 1, graceMs: 0, maxUnused: 0.01 });
   t.same(r.kept, [4]);
   t.same(r.deleted, [1, 2, 3]);
   await checkAfterPrune(t, d, [4], [1, 2, 3]);
@@ -142,9 +140,8 @@ t.test('prune --keep 2 over 4 points (keep more than exist is a no-op)', async (
   const r0 = await prune({ store: d.store, disk: 'vm', keep: 10 });
   t.same(r0.kept, [1, 2, 3, 4]);
   t.same(r0.deleted, []);
-  t.equal(r0.chunksDeleted, 0);
   await checkAfterPrune(t, d, [1, 2, 3, 4], []);
-  await prune({ store: d.store, disk: 'vm', keep: 2 });
+  await pruneStore({ store: d.store, disk: 'vm', keep: 2, graceMs: 0, maxUnused: 0.01 });
   await checkAfterPrune(t, d, [3, 4], [1, 2]);
 });
 

@@ -11,7 +11,7 @@ import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
-import { prune } from '../../src/recovery/prune.js';
+import { prune } from '../../src/recovery/prune-v2.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { pipelineDepths } from '../../src/recovery/replicate.js';
 import { verify } from '../../src/recovery/verify.js';

@@ -16,7 +16,7 @@ import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
 import { listPoints, listPointSeqs } from '../../src/repository/points.js';
-import { prune } from '../../src/recovery/prune.js';
+import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
 import { json, lines, runCli } from '../helpers/cli.js';

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { readKeyFile } from '../../src/crypto/keys.js';
-import { prune } from '../../src/recovery/prune.js';
+import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
 import { listPoints } from '../../src/repository/points.js';
 import { expectRestore, fsStore, listFiles, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';

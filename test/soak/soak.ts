@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { isRnodeError } from '../../src/errors.js';
-import { prune } from '../../src/recovery/prune.js';
+import { prune } from '../../src/recovery/prune-v2.js';
 import { listPoints } from '../../src/repository/points.js';
 import { replicate } from '../../src/recovery/replicate.js';
 import { recover } from '../../src/recovery/restore.js';

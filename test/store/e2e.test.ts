@@ -11,7 +11,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { listPointSeqs } from '../../src/repository/points.js';
-import { prune } from '../../src/recovery/prune.js';
+import { prune } from '../../src/recovery/prune-v2.js';
 import { replicate } from '../../src/recovery/replicate.js';
 import { recover } from '../../src/recovery/restore.js';
 import { verify } from '../../src/recovery/verify.js';

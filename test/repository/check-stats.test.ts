@@ -1,0 +1,55 @@
+// rnode stats and rnode check on a store written by replicate (two clones of one image in the plain repository, one
+// encrypted disk): figures and dedup ratio; without the key the encrypted repository is counted (objects, bytes) but
+// check and prune need the key (RNODE_KEY_REQUIRED, exit 2).
+import t from 'tap';
+import { stopCodecWorkersAtEnd } from '../helpers/images.js';
+import { json, runCli } from '../helpers/cli.js';
+import { SIZE, setup } from '../helpers/check-stats.js';
+
+stopCodecWorkersAtEnd(t);
+
+t.test('stats, with and without the key', async (t) => {
+  const { storeDir, keyFile } = await setup(t);
+  const s = await runCli(['stats', '--store', storeDir, '--json']);
+  t.equal(s.code, 0, s.stderr);
+  const st = json(s);
+  const plain = st.domains.find((d: any) => d.domain === 'plain');
+  t.equal(plain.disks, 2);
+  t.equal(plain.points, 2);
+  t.equal(plain.logicalBytes, 2 * SIZE);
+  t.ok(plain.dedupRatio > 1.9 && plain.dedupRatio <= 2, `two clones: dedup ratio ${plain.dedupRatio}`);
+  t.equal(plain.unusedBytes, 0);
+  const sealed = st.domains.find((d: any) => d.encrypted);
+  t.equal(sealed.readable, false, 'without the key the encrypted repository is not read');
+  t.ok(sealed.objects > 0 && sealed.storedBytes > 0 && sealed.packs > 0, 'but its objects and bytes are counted');
+  t.same(st.sealedWithoutKey, [sealed.domain]);
+  t.equal(st.points, 2);
+
+  const k = await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile, '--json']);
+  t.equal(k.code, 0, k.stderr);
+  const sk = json(k);
+  t.equal(sk.points, 3);
+  t.equal(sk.disks, 3);
+  t.equal(sk.domains.find((d: any) => d.encrypted).readable, true);
+  const human = await runCli(['stats', '--store', storeDir]);
+  t.match(human.stdout, /dedup ratio/);
+  t.match(human.stdout, /encrypted, no key given/);
+});
+
+t.test('check and prune need the key of an encrypted repository', async (t) => {
+  const { storeDir, keyFile } = await setup(t);
+  const c = await runCli(['check', '--store', storeDir]);
+  t.equal(c.code, 2, 'check without the key exits 2');
+  t.match(c.stderr, /^rnode: RNODE_KEY_REQUIRED: /);
+  t.notMatch(c.stderr, /\n\s+at /, 'no stack trace');
+  const ok = await runCli(['check', '--store', storeDir, '--encryption-key-file', keyFile, '--read-data', '--json']);
+  t.equal(ok.code, 0, ok.stdout + ok.stderr);
+  const r = json(ok);
+  t.equal(r.ok, true);
+  t.equal(r.domains.length, 2);
+  t.ok(r.domains.every((d: any) => d.blobsRead > 0));
+  const p = await runCli(['prune', '--store', storeDir, '--disk', 'e', '--keep', '1']);
+  t.equal(p.code, 2, 'prune of an encrypted disk without its key exits 2');
+  t.match(p.stderr, /RNODE_KEY_REQUIRED/);
+});
+
