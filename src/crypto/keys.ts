@@ -22,7 +22,17 @@ const INFO = {
   digest: 'rnode chunk digest (keyed blake3) v1',
   keyId: 'rnode key id v1',
   meta: 'rnode metadata mac (hmac-sha256) v1',
+  // Repository v2 (docs: design of issue 14): the domain name, chunk ids and sealed metadata objects.
+  domain: 'rnode domain v2',
+  chunkId: 'rnode chunk id v2',
+  metaSeal: 'rnode metadata seal v2',
 } as const;
+
+/** Bytes of a v2 chunk id (keyed BLAKE3-256 of the plaintext). */
+export const CHUNK_ID_BYTES = 32;
+/** Sealed metadata: nonce | AES-256-GCM ciphertext | tag. */
+export const META_NONCE_BYTES = 12;
+export const META_TAG_BYTES = 16;
 
 /** Bytes of a metadata MAC (HMAC-SHA256, untruncated). */
 export const META_MAC_BYTES = 32;
@@ -53,12 +63,19 @@ export class EncryptionKey {
   readonly #cipherKey: Buffer;
   readonly #digestKey: Buffer;
   readonly #metaKey: Buffer;
+  readonly #chunkIdKey: Buffer;
+  readonly #sealKey: Buffer;
+  /** The v2 repository domain of this key: 'k' + 16 hex of a one-way fingerprint (names r2/<domain>/). */
+  readonly domain: string;
 
   private constructor(master: Uint8Array) {
     this.#cipherKey = derive(master, INFO.cipher, 32);
     this.#digestKey = derive(master, INFO.digest, 32);
     this.#metaKey = derive(master, INFO.meta, 32);
+    this.#chunkIdKey = derive(master, INFO.chunkId, CHUNK_ID_BYTES);
+    this.#sealKey = derive(master, INFO.metaSeal, 32);
     this.keyId = derive(master, INFO.keyId, KEY_ID_BYTES).toString('hex');
+    this.domain = 'k' + derive(master, INFO.domain, 8).toString('hex');
   }
 
   /** A key from exactly 32 bytes of key material (copied; the caller may wipe its buffer afterwards). */
@@ -87,6 +104,44 @@ export class EncryptionKey {
     // Buffer.alloc, not Buffer.from: a pooled slice would carry its whole 8 KiB pool along when posted to a worker.
     const copy = (k: Buffer) => { const c = Buffer.alloc(k.length); k.copy(c); return c; };
     return { cipherKey: copy(this.#cipherKey), digestKey: copy(this.#digestKey) };
+  }
+
+  /** A copy of the v2 chunk-id key (keyed BLAKE3), for the codec workers only. Never log it. */
+  chunkIdKey(): Buffer {
+    const c = Buffer.alloc(CHUNK_ID_BYTES);
+    this.#chunkIdKey.copy(c);
+    return c;
+  }
+
+  /**
+   * A keyed name (32 hex) for a label such as "disk\0<diskId>": object names of an encrypted domain say nothing of
+   * what they hold. HMAC-SHA256 under the metadata subkey, with a prefix no metaMac input starts with.
+   */
+  keyedName(label: string): string {
+    return crypto.createHmac('sha256', this.#metaKey).update('rnode-name v2\0', 'utf8').update(label, 'utf8').digest().subarray(0, 16).toString('hex');
+  }
+
+  /** Seals a v2 metadata body: nonce | AES-256-GCM(body) | tag, with aad (the envelope header and the object's place). */
+  sealMetadata(aad: Uint8Array, body: Uint8Array): Buffer {
+    const nonce = crypto.randomBytes(META_NONCE_BYTES);
+    const c = crypto.createCipheriv('aes-256-gcm', this.#sealKey, nonce, { authTagLength: META_TAG_BYTES });
+    c.setAAD(aad);
+    return Buffer.concat([nonce, c.update(body), c.final(), c.getAuthTag()]);
+  }
+
+  /** Opens what sealMetadata made with the same aad; undefined when it does not authenticate (edited, moved, forged). */
+  openMetadata(aad: Uint8Array, sealed: Uint8Array): Buffer | undefined {
+    if (sealed.length < META_NONCE_BYTES + META_TAG_BYTES) return undefined;
+    const b = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+    const d = crypto.createDecipheriv('aes-256-gcm', this.#sealKey, b.subarray(0, META_NONCE_BYTES), { authTagLength: META_TAG_BYTES });
+    d.setAAD(aad);
+    d.setAuthTag(b.subarray(b.length - META_TAG_BYTES));
+    const out = d.update(b.subarray(META_NONCE_BYTES, b.length - META_TAG_BYTES));
+    try {
+      return Buffer.concat([out, d.final()]);
+    } catch {
+      return undefined;
+    }
   }
 
   /** HMAC-SHA256 of a metadata object's bytes under the metadata subkey, bound to ctx (see MetaContext). */

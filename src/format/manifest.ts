@@ -30,6 +30,8 @@ export interface SegmentRef {
   last: number;
   /** Version 3: the segment's MAC (hex), so the manifest's own MAC covers the segment's exact bytes. */
   mac?: string;
+  /** Version 4 (repository v2): BLAKE3-256 (hex) of the segment object's exact bytes. */
+  digest?: string;
 }
 
 export interface PointStats {
@@ -39,6 +41,11 @@ export interface PointStats {
   bytesRead: number;
   bytesWritten: number;
   seconds: number;
+  /** Version 4: plaintext bytes and chunks found already stored in the repository (not written again). */
+  bytesDeduplicated?: number;
+  chunksDeduplicated?: number;
+  /** Version 4: pack objects this point wrote. */
+  packsWritten?: number;
 }
 
 export interface PointManifest {

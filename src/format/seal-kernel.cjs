@@ -38,6 +38,27 @@ function chunkAad(f) {
   return b;
 }
 
+const BLOB_AAD_MAGIC = Buffer.from('rnode blob v2', 'latin1');
+const CHUNK_ID_BYTES = 32;
+
+/**
+ * The associated data of a v2 blob (a chunk's stored bytes inside a pack): its chunk id, codec and plaintext length.
+ * Nothing about where the blob sits (pack, offset, disk, point) is bound: the same blob serves every point of every
+ * disk of its domain, and a repack copies it byte for byte. The id is a keyed hash of the plaintext, checked again
+ * after decoding, so a blob can only ever be read as the chunk it is.
+ *
+ *   "rnode blob v2" | id (32) | u8 codec | u32 LE plain length
+ */
+function blobAad(id, codec, plainLength) {
+  if (id.length !== CHUNK_ID_BYTES) throw new Error(`a chunk id is ${CHUNK_ID_BYTES} bytes, not ${id.length}`);
+  const b = Buffer.alloc(BLOB_AAD_MAGIC.length + CHUNK_ID_BYTES + 1 + 4);
+  let o = BLOB_AAD_MAGIC.copy(b, 0);
+  o += Buffer.from(id.buffer, id.byteOffset, id.byteLength).copy(b, o);
+  o = b.writeUInt8(codec, o);
+  b.writeUInt32LE(plainLength, o);
+  return b;
+}
+
 /**
  * Keyed BLAKE3-256 of the plaintext under the digest subkey: bytes 0-15 are the table's strong digest, bytes 16-23
  * (u64 LE) the 64-bit digest kept in the header and the table where an unencrypted chunk has its xxh64.
@@ -152,4 +173,4 @@ function makeSealedOps(deps) {
   return { handle };
 }
 
-module.exports = { makeSealedOps, chunkAad, keyedDigests, sealInPlace, open, NONCE_BYTES, TAG_BYTES, SEAL_OVERHEAD };
+module.exports = { makeSealedOps, chunkAad, blobAad, keyedDigests, sealInPlace, open, NONCE_BYTES, TAG_BYTES, SEAL_OVERHEAD };

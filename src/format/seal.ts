@@ -6,6 +6,8 @@ interface SealKernel {
   NONCE_BYTES: number;
   TAG_BYTES: number;
   SEAL_OVERHEAD: number;
+  blobAad(id: Uint8Array, codec: number, plainLength: number): Buffer;
+  sealInPlace(cipherKey: Buffer, out: Buffer, offset: number, packedLength: number, aad: Buffer): number;
   chunkAad(f: { disk: string; version: number; codec: number; plainLength: number; plainDigest64: bigint; index: number; writer: number }): Buffer;
   keyedDigests(hasher: unknown, digestKey: Buffer, plain: Buffer): { digest64: bigint; strong: Uint8Array };
   open(cipherKey: Buffer, payload: Buffer, aad: Buffer): Buffer;

@@ -58,6 +58,13 @@ export interface ChunkEntry {
   storedLength: number;
   flags: number;
   codec: number;
+  /**
+   * Repository v2 points (src/repository/point-format.ts): the 32-byte chunk id, the only identity of the chunk's
+   * data; the blob is found through the domain's ChunkIndex. Absent for legacy points (their data is the object
+   * (writer, index)). For v2 entries writer is the point whose table holds the record, xxh64/strong are derived from
+   * the id (never used as identity) and codec/storedLength are 0 (the index knows them).
+   */
+  id?: Buffer;
 }
 
 export function isZeroEntry(e: ChunkEntry): boolean {
