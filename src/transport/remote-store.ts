@@ -10,7 +10,7 @@ import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { ChunkFlag, CHUNK_HEADER_BYTES, decodeChunkHeader } from '../format/chunk.js';
 import { Codec } from '../format/codecs.js';
-import { parseChunkKey } from '../format/layout.js';
+import { classify, parseChunkKey } from '../repository/names.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
@@ -598,7 +598,8 @@ export class RemoteStore implements ObjectStore {
   // ---- chunk offsets (informational) ----
 
   private chunkSizeHint(key: string, plainLength: number): number {
-    const disk = key.split('/')[1];
+    const h = classify(key);
+    const disk = h?.kind === 'legacy-chunk' ? h.disk : '';
     const known = this.chunkSizes.get(disk);
     if (known !== undefined && known >= plainLength) return known;
     this.chunkSizes.set(disk, plainLength);
@@ -607,10 +608,11 @@ export class RemoteStore implements ObjectStore {
 
   /** Manifests and checkpoints name the chunk size of their disk. */
   private learnChunkSize(key: string, buf: Buffer): void {
-    if (!/\/(points|pending)\/\d{10}\.json$/.test(key) || buf.length > 64 * 1024 * 1024) return;
+    const h = classify(key);
+    if ((h?.kind !== 'legacy-manifest' && h?.kind !== 'legacy-pending') || buf.length > 64 * 1024 * 1024) return;
     try {
       const cs = JSON.parse(buf.toString('utf8'))?.chunkSize;
-      if (Number.isSafeInteger(cs) && cs > 0) this.chunkSizes.set(key.split('/')[1], cs);
+      if (Number.isSafeInteger(cs) && cs > 0) this.chunkSizes.set(h.disk, cs);
     } catch { /* not ours to judge */ }
   }
 }

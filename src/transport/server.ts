@@ -59,8 +59,9 @@ export interface ServerStats {
   sessionsTotal: number;
   authFailures: number;
   puts: number;
-  /** Of which chunk objects. */
+  /** Of which legacy chunk objects, and v2 packs. */
   chunkPuts: number;
+  packPuts: number;
   putBytes: number;
   rejected: number;
   gets: number;
@@ -83,7 +84,7 @@ const MAX_OPEN_LISTS = 16;
 
 export class ReplicationServer {
   readonly stats: ServerStats = {
-    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
+    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, packPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
     protocolErrors: 0, peakSessionBytes: 0, handshakeTimeouts: 0, refusedPerAddress: 0,
   };
   /** Open TCP connections by client address. */
@@ -404,7 +405,8 @@ class Session {
       const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
       const info = await this.node.opts.store.put(meta.key, data, opts);
       this.node.stats.puts++;
-      if (kind.kind === 'chunk') this.node.stats.chunkPuts++;
+      if (kind.kind === 'legacy-chunk') this.node.stats.chunkPuts++;
+      if (kind.kind === 'pack') this.node.stats.packPuts++;
       this.node.stats.putBytes += data.length;
       this.held -= charged;
       this.reply(stream, { op: 'ack', info: wireInfo(info), credit: charged });
