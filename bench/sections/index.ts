@@ -3,10 +3,11 @@
 import type { Section } from '../lib/context.js';
 import { clouds } from './clouds.js';
 import { codec } from './codec.js';
+import { dedup } from './dedup.js';
 import { agent, encryption, vmware, ws } from './extras.js';
 import { instantRecovery } from './instant.js';
 import { memory } from './memory.js';
 import { recovery } from './recovery.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, codec, memory, recovery, instantRecovery, encryption, ws, clouds, vmware, agent];
+export const sections: Section[] = [throughput, codec, memory, recovery, instantRecovery, encryption, ws, clouds, dedup, vmware, agent];
