@@ -2,7 +2,8 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId } from '../format/layout.js';
-import { validateChunkSize } from '../pipeline/grid.js';
+import { parseSize, validateChunkSize } from '../pipeline/grid.js';
+import { validatePackSize } from '../repository/domain.js';
 import { listPoints } from '../repository/points.js';
 import { prune } from '../recovery/prune.js';
 import { replicate } from '../recovery/replicate.js';
@@ -32,10 +33,10 @@ const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
-  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
+  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--pack-size <bytes|1MiB..256MiB>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
   options: {
     source: { type: 'string' }, target: { type: 'string' }, disk: { type: 'string' },
-    'chunk-size': { type: 'string' }, compression: { type: 'string' }, full: { type: 'boolean' },
+    'chunk-size': { type: 'string' }, compression: { type: 'string' }, 'pack-size': { type: 'string' }, full: { type: 'boolean' },
     concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmwareReplicateOptions,
   },
   async run(v, io) {
@@ -45,6 +46,7 @@ const replicateCmd: Command = {
     const disk = validateDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
     const chunkSize = v['chunk-size'] !== undefined ? validateChunkSize(str(v, 'chunk-size')!) : undefined;
     const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;
+    const packSize = v['pack-size'] !== undefined ? validatePackSize(parseSizeArg(str(v, 'pack-size')!, 'pack-size')) : undefined;
     const concurrency = v.concurrency !== undefined ? positiveInt(str(v, 'concurrency')!, 'concurrency') : undefined;
     const encryption = encryptionKeyFrom(v);
     // One limit for every kind of target (directory, cloud, ws://): the store's puts are paced, lease writes exempt.
@@ -55,7 +57,7 @@ const replicateCmd: Command = {
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
       const r = await stoppable('replicate', 'the chunks stored so far are checkpointed: run the same command again to resume', (signal) =>
         withStore(target, (store) =>
-          replicate({ store, source, disk, chunkSize, codec, concurrency, encryption, forceFull: v.full === true, signal,
+          replicate({ store, source, disk, chunkSize, codec, packSize, concurrency, encryption, forceFull: v.full === true, signal,
             onProgress: (p) => bar.update(p.position, p.diskSize),
             ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}) }), v, { bandwidth })).finally(() => bar.done());
       print(io, v.json === true, r, () => [
@@ -63,6 +65,7 @@ const replicateCmd: Command = {
           (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
         `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
         `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
+        `  dedup    ${r.chunksDeduplicated} chunks (${bytes(r.bytesDeduplicated)}) already in the repository; ${r.packsWritten} packs written`,
         `  stored   ${bytes(r.bytesWritten)}${r.encryption ? ` (encrypted, ${r.encryption.alg}, key id ${r.encryption.keyId})` : ''}`,
         ...(r.stages ? [stagesLine(r.stages)] : []),
       ]);
@@ -83,13 +86,15 @@ function stagesLine(s: StageTimes): string {
 
 const pointsCmd: Command = {
   summary: 'list the committed points of a disk, oldest first',
-  usage: `rnode points --store <store> --disk <id> ${REMOTE_USAGE} [--json]\n       ${VM_POINTS_USAGE}`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, ...REMOTE_OPTIONS, ...vmPointOptions },
+  usage: `rnode points --store <store> --disk <id> [--encryption-key-file <path>] ${REMOTE_USAGE} [--json]\n       ${VM_POINTS_USAGE}`,
+  options: { store: { type: 'string' }, disk: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
     if (v.vm !== undefined) return vmPointsCommand(v, io);
     required(v, 'points', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
-    const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk), v);
+    // An encrypted disk's v2 points have keyed names: they are listed with its key only.
+    const key = encryptionKeyFrom(v);
+    const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk, key), v);
     const rows = points.map((m) => ({
       point: m.point, parent: m.parent, full: m.full, createdAt: m.createdAt, diskSize: m.diskSize, chunkSize: m.chunkSize,
       chunksChanged: m.stats.chunksChanged, bytesWritten: m.stats.bytesWritten, source: m.source,
@@ -191,3 +196,9 @@ export function defaultDiskId(source: string): string {
 }
 
 export { parse };
+
+function parseSizeArg(text: string, flag: string): number {
+  const n = parseSize(text);
+  if (n === undefined) throw new RnodeError(ErrorCodes.USAGE, `--${flag} "${text}" is not a size; pass bytes or a size such as 16MiB`);
+  return n;
+}

@@ -100,10 +100,10 @@ export class EncryptionKey {
   }
 
   /** Copies of the derived subkeys, for the codec workers only (src/pipeline/chunk-codec.ts). Never log them. */
-  subkeys(): { cipherKey: Buffer; digestKey: Buffer } {
+  subkeys(): { cipherKey: Buffer; digestKey: Buffer; idKey: Buffer; domain: string } {
     // Buffer.alloc, not Buffer.from: a pooled slice would carry its whole 8 KiB pool along when posted to a worker.
     const copy = (k: Buffer) => { const c = Buffer.alloc(k.length); k.copy(c); return c; };
-    return { cipherKey: copy(this.#cipherKey), digestKey: copy(this.#digestKey) };
+    return { cipherKey: copy(this.#cipherKey), digestKey: copy(this.#digestKey), idKey: copy(this.#chunkIdKey), domain: this.domain };
   }
 
   /** A copy of the v2 chunk-id key (keyed BLAKE3), for the codec workers only. Never log it. */

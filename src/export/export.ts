@@ -72,8 +72,8 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   if (o.writable && !o.overlay) throw new RnodeError(ErrorCodes.USAGE, '--writable needs --overlay <file>: guest writes go there, never to the store');
   if (o.overlay && !o.writable) throw new RnodeError(ErrorCodes.USAGE, '--overlay is only used with --writable; add --writable or drop --overlay');
   const { store } = o;
-  const seq = await resolvePoint(store, disk, o.point);
-  const chain = await loadChain(store, disk, seq);
+  const seq = await resolvePoint(store, disk, o.point, o.encryption);
+  const chain = await loadChain(store, disk, seq, o.encryption);
   // The key is checked against the manifests before anything listens: a wrong or missing key fails here.
   const marker = await readDiskMarker(store, disk, o.encryption);
   const seal = requireChainSeal(chain, o.encryption, disk, marker);
@@ -87,7 +87,7 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
     const catalog: ExportCatalog = {
       async list() {
         if (o.writable) return [disk];
-        return [disk, ...(await listPointSeqs(store, disk)).map((n) => `${disk}@${n}`)];
+        return [disk, ...(await listPointSeqs(store, disk, o.encryption)).map((n) => `${disk}@${n}`)];
       },
       async resolve(name) {
         if (name === '' || name === disk || name === `${disk}@${seq}`) return main;
@@ -98,7 +98,7 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
         let p = others.get(n);
         if (!p) {
           if (others.size >= MAX_OTHER_POINTS) others.delete(others.keys().next().value!);
-          p = loadChain(store, disk, n).then((c) => {
+          p = loadChain(store, disk, n, o.encryption).then((c) => {
             if (c[0].chunkSize !== chain[0].chunkSize) throw new RnodeError(ErrorCodes.USAGE, `point ${n} has another chunk size; export it on its own`);
             const s = requireChainSeal(c, o.encryption, disk, marker);
             return new PointImage(new ChunkIndex(store, c, undefined, s?.key), cache) as ExportImage;

@@ -151,15 +151,80 @@ function makeSealedOps(deps) {
     return { xxh64: digest64, strong, payloadXxh64, plainLength: m.plainLength };
   }
 
-  /** Handles one 'seal:*' message; returns the reply (undefined for the key messages, which have none). */
+  // Replies name the id chunkId: `id` is the message id.
+  // Repository v2 blobs ('blob:*'): the chunk id is keyed BLAKE3-256 under the domain's id key (registered by name),
+  // the blob has no header, and an encrypted blob's AAD is blobAad(id, codec, plainLength).
+  const idKeys = new Map(deps.idKeys ?? []);
+  const idKeyOf = (name) => {
+    const k = idKeys.get(name);
+    if (!k) throw new Error(`chunk-id key of domain ${name} was not given to this worker`);
+    return k;
+  };
+  const chunkId = (name, plain) => Blake3Hasher.newKeyed(idKeyOf(name)).update(plain).digestBuffer();
+
+  function blobId(m) {
+    const t0 = cpu();
+    const id = chunkId(m.idName, view(m.in, m.inOff, m.len));
+    return { chunkId: new Uint8Array(id), hashMs: cpu() - t0 };
+  }
+
+  /** Packs (and seals, with m.key) plain into out[0..); returns the blob's length and stored xxh64. */
+  function blobEncode(m) {
+    const plain = view(m.in, m.inOff, m.len);
+    const out = view(m.out, m.outOff, m.outCap);
+    const t0 = cpu();
+    const id = Buffer.from(m.chunkId);
+    let r;
+    let length;
+    let sealMs = 0;
+    if (m.key) {
+      const k = keyOf(m.key);
+      r = kernel.encodeInto(plain, m.codec, out.subarray(0, out.length - TAG_BYTES), NONCE_BYTES);
+      const t1 = cpu();
+      length = sealInPlace(k.cipherKey, out, 0, r.length, blobAad(id, r.codec, plain.length));
+      sealMs = cpu() - t1;
+    } else {
+      r = kernel.encodeInto(plain, m.codec, out, 0);
+      length = r.length;
+    }
+    const payloadXxh64 = h64Raw(out.subarray(0, length));
+    return { codec: r.codec, payloadLength: length, payloadXxh64, packMs: cpu() - t0 - sealMs, sealMs };
+  }
+
+  /** Checks, opens and decodes a blob into out; returns the id of what it decoded to (the caller compares). */
+  function blobDecode(m) {
+    const payload = view(m.in, m.inOff, m.len);
+    const payloadXxh64 = h64Raw(payload);
+    if (m.payloadXxh64 !== undefined && payloadXxh64 !== m.payloadXxh64) throw new Error('stored blob checksum mismatch');
+    const packed = m.key ? open(keyOf(m.key).cipherKey, payload, blobAad(Buffer.from(m.chunkId), m.codec, m.plainLength)) : payload;
+    const out = view(m.out, m.outOff, m.outCap);
+    kernel.decodeInto(m.codec, packed, m.plainLength, out);
+    return { chunkId: new Uint8Array(chunkId(m.idName, out.subarray(0, m.plainLength))), payloadXxh64 };
+  }
+
+  /** Handles one 'seal:*' or 'blob:*' message; returns the reply (undefined for the key messages, which have none). */
   function handle(m) {
     switch (m.op) {
+      case 'blob:idkey':
+        idKeys.set(m.name, Buffer.from(m.idKey));
+        return undefined;
+      case 'blob:forget':
+        idKeys.delete(m.name);
+        return undefined;
+      case 'blob:id': return blobId(m);
+      case 'blob:encode': return blobEncode(m);
+      case 'blob:decode': return blobDecode(m);
       case 'seal:key':
-        keys.set(m.key, { cipherKey: Buffer.from(m.cipherKey), digestKey: Buffer.from(m.digestKey) });
+        keys.set(m.key, { cipherKey: Buffer.from(m.cipherKey), digestKey: Buffer.from(m.digestKey), domain: m.domain });
+        // The key's v2 domain: its chunk-id key lives exactly as long as the cipher key.
+        if (m.domain && m.idKey) idKeys.set(m.domain, Buffer.from(m.idKey));
         return undefined;
       case 'seal:forget': {
         const k = keys.get(m.key);
-        if (k) { k.cipherKey.fill(0); k.digestKey.fill(0); keys.delete(m.key); }
+        if (k) {
+          k.cipherKey.fill(0); k.digestKey.fill(0); keys.delete(m.key);
+          if (k.domain) { idKeys.get(k.domain)?.fill(0); idKeys.delete(k.domain); }
+        }
         return undefined;
       }
       case 'seal:encode': return encode(m);

@@ -6,6 +6,8 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { type CodecId, isKnownCodec } from '../format/codecs.js';
 import type { ChunkEntry } from '../format/table.js';
+import type { Domain } from '../repository/domain.js';
+import type { BlobEntry } from '../repository/pack.js';
 import { codecWorkers, maxObjectBytes, type EncodeResult, type SealedFields } from './codec-workers.js';
 import { recycleShared, takeShared } from './shared-slots.js';
 
@@ -143,4 +145,39 @@ export function checkHeader(object: Buffer, expect: ChunkEntry, where: string, m
       : 'it is encrypted but its point is not');
   }
   return h;
+}
+
+// ---- Repository v2 blobs (src/repository/pack.ts) ----
+
+/**
+ * Runs fn while the codec workers hold the domain's chunk-id key: the plain domain's is public and always there; an
+ * encrypted domain's travels with its cipher subkeys (withWorkerKey) and is dropped with them.
+ */
+export function withWorkerDomain<T>(domain: Domain, fn: () => Promise<T>): Promise<T> {
+  return withWorkerKey(domain.key, fn);
+}
+
+/**
+ * Decodes a blob (in slot.object[0..length)) located for table entry `expect` and checks it is that chunk: the id of
+ * what it decodes to must be expect.id (32 bytes; an encrypted blob's AAD binds the id too). Returns a view of
+ * slot.plain. Nothing shorter than the full id ever decides identity.
+ */
+export async function decodeBlobInto(slot: ReadSlot, length: number, expect: ChunkEntry, blob: BlobEntry, domain: Domain, where: string): Promise<Buffer> {
+  const fail = corruption(expect, where);
+  if (!expect.id || !blob.id.equals(expect.id)) throw fail('its index entry names another chunk id');
+  if (blob.plainLength !== expect.plainLength || blob.plainLength > slot.plain.length) throw fail(`plaintext length ${blob.plainLength}, expected ${expect.plainLength}`);
+  if (length !== blob.length) throw fail(`blob is ${length} bytes, its index entry says ${blob.length} (a truncated pack?)`);
+  if (!isKnownCodec(blob.codec)) {
+    throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${blob.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`);
+  }
+  let r;
+  try {
+    r = await codecWorkers().decodeBlob(slot.object.subarray(0, length), slot.plain, {
+      codec: blob.codec, plainLength: blob.plainLength, chunkId: expect.id, idName: domain.name, keyId: domain.key?.keyId, payloadXxh64: blob.payloadXxh64,
+    });
+  } catch (err) {
+    throw fail((err as Error).message);
+  }
+  if (!r.id.equals(expect.id)) throw fail('its plaintext is not the chunk its id names (chunk id mismatch)');
+  return slot.plain.subarray(0, blob.plainLength);
 }

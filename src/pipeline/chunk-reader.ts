@@ -4,8 +4,12 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
 import { copyBytes } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
-import { checkStoredChunkInto, decodeChunkInto, type ChunkSeal, type ReadSlot } from './chunk-codec.js';
+import { checkStoredChunkInto, corruption, decodeBlobInto, decodeChunkInto, storedPayloadDigest, type ChunkSeal, type ReadSlot } from './chunk-codec.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
+import { Domain } from '../repository/domain.js';
+import { forgetChunkIndexes, locateChunk } from '../repository/index-cache.js';
+import type { ChunkLocation } from '../repository/index-file.js';
+import { r2 } from '../repository/names.js';
 
 /**
  * Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused.
@@ -13,11 +17,24 @@ import type { ByteRange, ObjectStore } from '../store/types.js';
  */
 export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
     seal?: ChunkSeal): Promise<Buffer> {
+  if (e.id) {
+    const domain = Domain.of(seal?.key);
+    return fetchBlob(store, domain, chunkSize, e, point, slot, (where, length, l) => decodeBlobInto(slot, length, e, l.entry, domain, where));
+  }
   return fetchChecked(store, disk, chunkSize, e, point, slot, (where, length) => decodeChunkInto(slot, length, e, where, seal));
 }
 
 /** What verify checks of an encrypted chunk without the key: its header and the xxh64 of its stored bytes. */
-export async function checkStoredChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot): Promise<void> {
+export async function checkStoredChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
+    domain?: Domain): Promise<void> {
+  if (e.id) {
+    await fetchBlob(store, domain ?? Domain.of(undefined), chunkSize, e, point, slot, async (where, length, l) => {
+      if (length !== l.entry.length || await storedPayloadDigest(slot.object.subarray(0, length)) !== l.entry.payloadXxh64) {
+        throw corruption(e, where)('stored blob checksum mismatch');
+      }
+    });
+    return;
+  }
   await fetchChecked(store, disk, chunkSize, e, point, slot, (where, length) => checkStoredChunkInto(slot, length, e, where));
 }
 
@@ -28,6 +45,50 @@ export async function checkStoredChunk(store: ObjectStore, disk: string, chunkSi
  */
 export function chunkObject(disk: string, e: ChunkEntry): { key: string; range?: ByteRange } {
   return { key: layout.chunk(disk, e.writer, e.index) };
+}
+
+/**
+ * A v2 chunk: its blob is found through the domain's ChunkIndex (pack key and byte range) and read with one ranged
+ * get. An id may have several locations (a repack in progress, two writers); a missing pack moves on to the next, and
+ * when none is left the index is reloaded once (a repack may have moved the blob since it was loaded).
+ */
+async function fetchBlob<T>(store: ObjectStore, domain: Domain, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
+    check: (where: string, length: number, l: ChunkLocation) => Promise<T>): Promise<T> {
+  const offset = e.index * chunkSize;
+  const idHex = e.id!.toString('hex');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    if (attempt) forgetChunkIndexes(store);
+    const locations = await locateChunk(store, domain, e.id!);
+    for (const l of locations) {
+      const key = r2.pack(domain.name, l.packId);
+      const where = `${e.index} (disk offset ${offset}, id ${idHex.slice(0, 16)}…, pack ${key} at ${l.entry.offset}+${l.entry.length}` +
+        `${l.indexId ? `, index ${r2.index(domain.name, l.indexId)}` : ''}) of point ${point}`;
+      const details = { index: e.index, offset, key, point };
+      if (l.entry.length > slot.object.length) {
+        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: its index entry says ${l.entry.length} bytes, more than a chunk can take; run "rnode check"`, { details });
+      }
+      let object: Buffer;
+      try {
+        object = await store.get(key, { offset: l.entry.offset, length: l.entry.length }, slot.object);
+      } catch (err) {
+        if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) continue;
+        throw err;
+      }
+      if (object.length > slot.object.length) object = object.subarray(0, slot.object.length);
+      if (object.buffer !== slot.object.buffer || object.byteOffset !== slot.object.byteOffset) copyBytes(object, slot.object);
+      try {
+        return await check(where, object.length, l);
+      } catch (err) {
+        if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) {
+          throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${err.message}; restore another point or re-replicate`, { details });
+        }
+        throw err;
+      }
+    }
+  }
+  throw new RnodeError(ErrorCodes.CHUNK_MISSING,
+    `chunk ${e.index} (disk offset ${offset}, id ${idHex.slice(0, 16)}…) of point ${point} is in no pack of repository ${domain.name}; restore another point or re-replicate`,
+    { details: { index: e.index, offset, point } });
 }
 
 /** Fetches a chunk object into slot.object and runs check on it, with errors that name the chunk, offset and key. */

@@ -11,6 +11,7 @@ import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { Codec, KERNEL_PATH, payloadOverhead } from '../format/codecs.js';
 import { SEAL_KERNEL_PATH, SEAL_OVERHEAD } from '../format/seal.js';
 import { ADDON_PATH } from '../native/index.js';
+import { PLAIN_ID_KEY } from '../repository/domain.js';
 
 export interface EncodeResult {
   /** True when the digests matched `unchangedIf`: nothing was encoded. */
@@ -59,7 +60,8 @@ const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(
   const cpu = native.threadCpuMs ?? (() => performance.now());
   const HDR = ${CHUNK_HEADER_BYTES};
   // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.
-  const sealed = require(workerData.seal).makeSealedOps({ kernel, h64Raw, Blake3Hasher: require(workerData.blake).Blake3Hasher, headerBytes: HDR, cpu });
+  const sealed = require(workerData.seal).makeSealedOps({ kernel, h64Raw, Blake3Hasher: require(workerData.blake).Blake3Hasher, headerBytes: HDR, cpu,
+    idKeys: [['plain', Buffer.from(workerData.plainIdKey)]] });
   // One message per event-loop turn: native buffers are freed by finalizers that run between turns, and a
   // port drains its whole queue in one turn, so handling messages directly would let garbage pile up.
   const queue = [];
@@ -76,7 +78,7 @@ const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(
   });
   const handle = (m) => {
     try {
-      if (m.op.startsWith('seal:')) {
+      if (m.op.startsWith('seal:') || m.op.startsWith('blob:')) {
         const reply = sealed.handle(m);
         if (m.id !== undefined) parentPort.postMessage({ id: m.id, ...reply });
       } else if (m.op === 'encode') {
@@ -138,6 +140,8 @@ export class CodecWorkers {
       blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
       kernel: KERNEL_PATH, seal: SEAL_KERNEL_PATH, native: ADDON_PATH,
       gcEvery: 8 * 1024 * 1024,
+      // The plain domain's chunk-id key is public (src/repository/domain.ts): every worker holds it from the start.
+      plainIdKey: new Uint8Array(PLAIN_ID_KEY),
     };
     // Isolates created after this flag expose gc(); the workers use it (see WORKER_SOURCE).
     v8.setFlagsFromString('--expose-gc');
@@ -182,6 +186,31 @@ export class CodecWorkers {
   /** xxh64 of a payload as stored (a SharedArrayBuffer view): how encrypted chunks are checked without their key. */
   storedDigest(payload: Uint8Array): Promise<bigint> {
     return this.send({ op: 'seal:stored', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength }).then((r) => r.payloadXxh64);
+  }
+
+  /** Repository v2: the keyed 32-byte chunk id of plain under the id key registered as idName. */
+  blobId(plain: Uint8Array, idName: string): Promise<{ id: Buffer; hashMs: number }> {
+    return this.send({ op: 'blob:id', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength, idName })
+      .then((r) => ({ id: Buffer.from(r.chunkId), hashMs: r.hashMs }));
+  }
+
+  /** Repository v2: encodes (and with keyId seals) plain as the blob of chunkId into out at 0. */
+  encodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, chunkId: Uint8Array, keyId?: string):
+      Promise<{ codec: number; payloadLength: number; payloadXxh64: bigint; packMs: number; sealMs: number }> {
+    return this.send({
+      op: 'blob:encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
+      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec, chunkId: new Uint8Array(chunkId), ...(keyId ? { key: keyId } : {}),
+    });
+  }
+
+  /** Repository v2: checks, opens and decodes a blob into out; resolves to the id of the plaintext it decoded to. */
+  decodeBlob(blob: Uint8Array, out: Uint8Array, f: { codec: number; plainLength: number; chunkId: Uint8Array; idName: string; keyId?: string; payloadXxh64?: bigint }):
+      Promise<{ id: Buffer; payloadXxh64: bigint }> {
+    return this.send({
+      op: 'blob:decode', in: shared(blob), inOff: blob.byteOffset, len: blob.byteLength, out: shared(out), outOff: out.byteOffset, outCap: out.byteLength,
+      codec: f.codec, plainLength: f.plainLength, chunkId: new Uint8Array(f.chunkId), idName: f.idName,
+      ...(f.keyId ? { key: f.keyId } : {}), ...(f.payloadXxh64 !== undefined ? { payloadXxh64: f.payloadXxh64 } : {}),
+    }).then((r) => ({ id: Buffer.from(r.chunkId), payloadXxh64: r.payloadXxh64 }));
   }
 
   /** Gives msg to every worker (now and respawned) until as many release(id) calls as retain(id) calls. */

@@ -1,23 +1,32 @@
 // Writes one recovery point: reads the chunks the source says may have changed, stores the ones that did,
 // then commits the manifest last. A crash at any step leaves the old set of points intact; the pending
 // checkpoint lets the next run continue where this one stopped.
+// Points are written in the repository v2 format (docs/repository-v2.md): each chunk is named by its keyed 32-byte
+// id; a chunk already in the domain (any point of any disk) is not stored again; new ones are appended to packs,
+// and every checkpoint puts the closed packs, then one index object for them, then the table segment and the
+// checkpoint itself. Legacy points stay readable; the first point after them is a full v2 point.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
-import { layout, validateDiskId } from '../format/layout.js';
-import { encodeManifest, MANIFEST_FORMAT, type PointEncryption, type PointManifest, type SegmentRef } from '../format/manifest.js';
-import { encodeSegment, segmentMac, TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
+import { MANIFEST_FORMAT, type PointEncryption, type PointManifest, type SegmentRef } from '../format/manifest.js';
+import { TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { encodeChunkInto, withWorkerKey } from '../pipeline/chunk-codec.js';
+import { withWorkerDomain } from '../pipeline/chunk-codec.js';
 import { codecWorkers, maxObjectBytes } from '../pipeline/codec-workers.js';
 import { recycleShared, takeShared } from '../pipeline/shared-slots.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import { StageClock, type StageEvent, type StageTimes } from '../pipeline/stages.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
-import { checkChainAuthenticity, checkWriteKey, ensureDiskMarker, manifestEncryption, readDiskMarker } from '../repository/encryption.js';
+import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../repository/encryption.js';
+import { Domain, leaseName, validatePackSize } from '../repository/domain.js';
+import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
+import { r2, validateDiskId } from '../repository/names.js';
+import { newObjectId, PackBuilder } from '../repository/pack.js';
+import { decodePendingV2, encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
+import { markedPacks } from '../repository/prune-marks.js';
 import { listPointSeqs, loadChain, loadPoint } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
@@ -29,6 +38,8 @@ export interface ReplicateOptions {
   /** Defaults to the previous point's chunk size, or 1 MiB for the first point. */
   chunkSize?: number;
   codec?: CodecId;
+  /** Target pack size in bytes for this run (default: the repository's, 16 MiB when it is created). */
+  packSize?: number;
   /** Encrypt the point's chunks with this key (the disk's earlier points must have been written with it). */
   encryption?: EncryptionKey;
   /**
@@ -85,6 +96,11 @@ export interface ReplicateResult {
   chunksTotal: number;
   chunksChanged: number;
   chunksZero: number;
+  /** Chunks (and their plaintext bytes) found already stored in the repository: not written again. */
+  chunksDeduplicated: number;
+  bytesDeduplicated: number;
+  /** Pack objects written. */
+  packsWritten: number;
   seconds: number;
   /** Where the time went (see StageTimes). */
   stages: StageTimes;
@@ -105,21 +121,26 @@ interface Checkpoint {
   segments: SegmentRef[];
   records: number;
   nextIndex: number;
-  stats: { bytesRead: number; bytesWritten: number; chunksChanged: number; chunksZero: number; chunksData: number };
-  /** Encrypted points: HMAC of the checkpoint without this field, bound to disk, point and parent. */
-  mac?: string;
+  stats: RunStats;
+  /** Packs written by other runs that this point's chunks are in (re-checked against prune's marks at commit). */
+  reused: string[];
 }
 
-function checkpointMac(ck: Checkpoint, key: EncryptionKey, disk: string): string {
-  const { mac: _mac, ...rest } = ck;
-  return key.metaMac({ kind: 'pending', disk, point: ck.point, parent: ck.parent }, Buffer.from(JSON.stringify(rest))).toString('hex');
+interface RunStats {
+  bytesRead: number;
+  bytesWritten: number;
+  chunksChanged: number;
+  chunksZero: number;
+  chunksData: number;
+  chunksDeduplicated: number;
+  bytesDeduplicated: number;
+  packsWritten: number;
 }
 
-function encodeCheckpoint(ck: Checkpoint, key: EncryptionKey | undefined, disk: string): Buffer {
-  return Buffer.from(JSON.stringify(key ? { ...ck, mac: checkpointMac(ck, key, disk) } : ck));
-}
+type Delta = Partial<RunStats>;
 
-type Delta = Partial<Record<'bytesRead' | 'bytesWritten' | 'chunksChanged' | 'chunksZero' | 'chunksData', number>>;
+/** Pack puts in flight at once: each holds a pack buffer; a few keep the device busy (issue 14). */
+const PACK_PUTS_IN_FLIGHT = 3;
 
 /** What one candidate chunk became: its table record (null: nothing to record) and what it cost. */
 interface Outcome {
@@ -139,10 +160,11 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   // Start the codec workers now: they load their modules while the lease and the previous point are read, instead
   // of holding up the first chunks (~0.3 s of an otherwise idle pipeline at the start of each run).
   codecWorkers();
-  if (opts.lease === false) return withWorkerKey(opts.encryption, () => replicateLeased(opts, undefined));
-  const lease = await Lease.acquire(opts.store, disk, opts.lease);
+  const domain = Domain.of(opts.encryption);
+  if (opts.lease === false) return withWorkerDomain(domain, () => replicateLeased(opts, undefined));
+  const lease = await Lease.acquire(opts.store, leaseName(disk, opts.encryption), opts.lease);
   try {
-    return await withWorkerKey(opts.encryption, () => replicateLeased(opts, lease));
+    return await withWorkerDomain(domain, () => replicateLeased(opts, lease));
   } finally {
     await lease.release();
   }
@@ -154,11 +176,14 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const disk = validateDiskId(opts.disk);
   const codec = opts.codec ?? DEFAULT_CODEC;
 
-  const seqs = await listPointSeqs(store, disk);
-  const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1]) : undefined;
+  const seqs = await listPointSeqs(store, disk, opts.encryption);
+  const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1], opts.encryption) : undefined;
   const marker = await readDiskMarker(store, disk, opts.encryption);
   checkWriteKey(latest, opts.encryption, disk, marker);
-  const seal = opts.encryption && { key: opts.encryption, disk };
+  const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
+  const packSize = validatePackSize(opts.packSize ?? domain.config.packSize);
+  const dname = domain.dname(disk);
+  const workers = codecWorkers();
   const chunkSize = validateChunkSize(opts.chunkSize ?? latest?.chunkSize ?? DEFAULT_CHUNK_SIZE);
   const grid = new ChunkGrid(source.size, chunkSize);
   const seq = (latest?.point ?? 0) + 1;
@@ -169,6 +194,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   if (!latest) fullReason = 'first point of the disk';
   else if (latest.diskSize !== source.size) { parent = undefined; fullReason = `disk size changed from ${latest.diskSize} to ${source.size}`; }
   else if (latest.chunkSize !== chunkSize) { parent = undefined; fullReason = `chunk size changed from ${latest.chunkSize} to ${chunkSize}`; }
+  else if (!isV2Point(latest)) { parent = undefined; fullReason = 'repository format upgraded'; }
 
   // What to read: changed extents when the source tracks changes and has a usable marker, else allocated areas.
   let changed: AsyncIterable<number> | undefined;
@@ -192,7 +218,12 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const unreadIsZero = scan;
 
   const identity = await source.identity?.();
-  const ck = await openCheckpoint(opts, store, disk, seq, parent?.point ?? null, scan, grid, source, identity);
+  const ck = await openCheckpoint(opts, store, domain, disk, seq, parent?.point ?? null, scan, grid, source, identity);
+  // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused).
+  const index = await ChunkIndex.load(store, domain);
+  let marked = await markedPacks(store, domain);
+  const reused = new Set<string>(ck.reused);
+  const written = new Set<string>();
   // Stats of the chunks settled in index order, so a checkpoint holds exactly the work it covers.
   const stats = { ...ck.stats };
   // Live figures for progress only (chunks still in flight included).
@@ -210,45 +241,105 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   let failure: unknown;
   let checkpointFailure: unknown;
 
+  // The open pack, the packs closed since the last index object (their puts and their entries).
+  let pack = new PackBuilder(domain.name, packSize, domain.key);
+  let unindexed: ChunkLocation[] = [];
+  let packPuts: Promise<void>[] = [];
+  const packTurns = new BufferPool(PACK_PUTS_IN_FLIGHT, () => ({}));
+  /** Closes the open pack and starts its put; resolves once the put has a turn (back-pressure on appenders). */
+  const closePack = (): Promise<void> => {
+    if (pack.count === 0) return Promise.resolve();
+    const closing = pack;
+    pack = new PackBuilder(domain.name, packSize, domain.key);
+    for (const entry of closing.entries) unindexed.push({ packId: closing.id, entry });
+    let turned!: () => void;
+    const gotTurn = new Promise<void>((r) => { turned = r; });
+    const put = (async () => {
+      const turn = await packTurns.acquire();
+      turned();
+      try {
+        const bytes = closing.finish();
+        await store.put(r2.pack(domain.name, closing.id), bytes);
+        stats.bytesWritten += bytes.length;
+        stats.packsWritten++;
+        live.bytesWritten += bytes.length;
+        failpoint('after-pack');
+      } finally {
+        packTurns.release(turn);
+      }
+    })();
+    put.catch((err) => { failure ??= err; wake(); });
+    packPuts.push(put);
+    return gotTurn;
+  };
+
   const flushSegment = (nextIndex: number) => {
     const entries = pendingEntries;
     const place = { disk, point: seq, parent: parent?.point ?? null, generation: 0, segment: segments.length };
-    const bytes = encodeSegment(entries, seal && { key: seal.key, place });
+    const bytes = encodeTableV3(domain, place, entries);
     pendingEntries = [];
     lastCheckpoint = Date.now();
-    const mac = segmentMac(bytes);
     const ref: SegmentRef = {
-      key: layout.segment(disk, seq, 0, segments.length),
+      key: r2.segment(domain.name, dname, seq, 0, segments.length),
       records: entries.length,
       first: entries.length ? entries[0].index : -1,
       last: entries.length ? entries[entries.length - 1].index : -1,
-      ...(mac ? { mac } : {}),
+      digest: segmentDigest(bytes),
     };
     segments.push(ref);
     records += entries.length;
-    const snapshot: Checkpoint = {
+    // Every chunk these records name is in a pack closed now or before: the index object below covers them.
+    void closePack();
+    const puts = packPuts;
+    const locations = unindexed;
+    packPuts = [];
+    unindexed = [];
+    // The stats of the chunks settled so far (in index order); bytes and packs written are added once durable.
+    const settled = { ...stats };
+    const snapshot = (): Checkpoint => ({
       format: 'rnode-pending', point: seq, parent: parent?.point ?? null, scan, diskSize: grid.diskSize, chunkSize,
-      source: { kind: source.kind, location: source.location, ...(identity ? { identity } : {}) }, ...(seal ? { keyId: seal.key.keyId } : {}),
-      segments: [...segments], records, nextIndex,
-      stats: { ...stats, bytesWritten: stats.bytesWritten + bytes.length },
-    };
-    stats.bytesWritten += bytes.length;
+      source: { kind: source.kind, location: source.location, ...(identity ? { identity } : {}) }, ...(domain.key ? { keyId: domain.key.keyId } : {}),
+      segments: segments.slice(0, place.segment + 1), records: recordsDone + entries.length, nextIndex,
+      stats: { ...settled, bytesWritten: stats.bytesWritten, packsWritten: stats.packsWritten }, reused: [...reused],
+    });
     // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
     segmentChain = segmentChain.then(async () => {
       if (checkpointFailure) return;
+      await Promise.all(puts);
+      if (locations.length) {
+        const indexId = newObjectId();
+        const ib = encodeIndex(domain, indexId, locations);
+        await store.put(r2.index(domain.name, indexId), ib);
+        stats.bytesWritten += ib.length;
+        failpoint('after-index');
+      }
       await store.put(ref.key, bytes);
-      await store.put(layout.pending(disk, seq), encodeCheckpoint(snapshot, seal?.key, disk));
+      stats.bytesWritten += bytes.length;
+      failpoint('after-segment');
+      await store.put(r2.pending(domain.name, dname, seq), encodePendingV2(domain, disk, seq, snapshot()));
+      recordsDone += entries.length;
+      failpoint('after-checkpoint');
+      // Prune may have marked packs since: chunks in them are stored again from now on.
+      marked = await markedPacks(store, domain);
     }).catch((err) => { checkpointFailure ??= err; failure ??= err; }); // stops the scan
+  };
+  let recordsDone = ck.records;
+
+  /** A place to reuse chunk id from: any location whose pack prune has not marked. */
+  const reusable = (id: Buffer): ChunkLocation | undefined => index.lookup(id).find((l) => !marked.has(l.packId));
+  const dedupHit = (l: ChunkLocation, length: number, n: number, entry: ChunkEntry): Outcome => {
+    if (!written.has(l.packId)) reused.add(l.packId);
+    return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1, chunksDeduplicated: 1, bytesDeduplicated: length } };
   };
 
   // A durable put waits for the device far longer than a chunk takes to read and encode. With one buffer pair per
   // chunk held from read to the end of its put, the puts held every pair and the workers sat idle (issue 13). Now a
   // plaintext buffer is held from read to the end of its encode, an object buffer from encode to the end of its put,
   // and there are encodeDepth more object buffers than puts in flight: the next chunks compress while puts wait.
-  const { writeDepth, encodeDepth, reorderWindow } = pipelineDepths(chunkSize, opts.concurrency, opts.bufferBytes);
+  const { encodeDepth, reorderWindow } = pipelineDepths(chunkSize, opts.concurrency, opts.bufferBytes);
   const plainPool = new BufferPool(encodeDepth, () => takeShared(chunkSize));
-  const outPool = new BufferPool(writeDepth + encodeDepth, () => takeShared(maxObjectBytes(chunkSize)));
-  const putTurns = new BufferPool(writeDepth, () => ({})); // one token per put in flight
+  // A blob is copied into its pack as soon as it is encoded: object buffers are only held across an encode.
+  const outPool = new BufferPool(encodeDepth, () => takeShared(maxObjectBytes(chunkSize)));
   const clock = new StageClock(opts.onStage);
   /** Chunks waiting for an object buffer or a put turn: then the store is what holds the reader up. */
   let waitingForStore = 0;
@@ -299,23 +390,34 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
     }
     const p = c.parent;
-    // Unchanged when both digests agree, not only the 64-bit one; the workers then skip the compressor.
-    const same = p && !isZeroEntry(p) && p.plainLength === length ? { xxh64: p.xxh64, strong: p.strong } : undefined;
+    const hashStart = performance.now();
+    const { id, hashMs } = await workers.blobId(plain, domain.name);
+    // Unchanged when the 32-byte ids agree (never a shorter digest): nothing to record or store.
+    if (p?.id && p.plainLength === length && p.id.equals(id)) {
+      clock.encoded(c.index, hashStart, { hashMs, packMs: 0 });
+      return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
+    }
+    const entry = v2Entry(c.index, id, length, seq);
+    const hit = reusable(id);
+    if (hit) {
+      clock.encoded(c.index, hashStart, { hashMs, packMs: 0 });
+      return dedupHit(hit, length, n, entry);
+    }
     const out = await storeWait(outPool.acquire());
     try {
-      const start = performance.now();
-      const encoded = await encodeChunkInto(plain, out, c.index, seq, codec, same, seal, (cost) => clock.encoded(c.index, start, cost));
-      releasePlain(); // the next chunks' reads and encodes now overlap this put
-      if (!encoded) return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
-      const { object, entry } = encoded;
-      const turn = await storeWait(putTurns.acquire());
-      try {
-        await clock.time(c.index, 'write', () => store.put(layout.chunk(disk, seq, c.index), object));
-      } finally {
-        putTurns.release(turn);
-      }
-      live.bytesWritten += object.length;
-      return { entry, delta: { bytesRead: n, chunksData: 1, bytesWritten: object.length, chunksChanged: 1 } };
+      const r = await workers.encodeBlob(plain, out, codec, id, domain.key?.keyId);
+      clock.encoded(c.index, hashStart, { hashMs, packMs: r.packMs, sealMs: r.sealMs });
+      releasePlain(); // the next chunks' reads and encodes now overlap this one's append
+      // Another chunk with the same content may have been stored while this one was encoded.
+      const late = reusable(id);
+      if (late) return dedupHit(late, length, n, entry);
+      const blob = out.subarray(0, r.payloadLength);
+      if (pack.wouldOverflow(blob.length)) await storeWait(closePack());
+      const e = pack.add(blob, { id, plainLength: length, codec: r.codec, payloadXxh64: r.payloadXxh64 });
+      index.add({ packId: pack.id, entry: e });
+      written.add(pack.id);
+      if (pack.size >= packSize) await storeWait(closePack());
+      return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1 } };
     } finally {
       outPool.release(out);
     }
@@ -323,7 +425,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
   let parentView: Cursor<ChunkEntry> | undefined;
   if (parent) {
-    const chain = await loadChain(store, disk, parent.point);
+    const chain = await loadChain(store, disk, parent.point, opts.encryption);
     // The parent's records decide what this point stores: a forged parent table must not be built upon.
     checkChainAuthenticity(chain, opts.encryption, marker, disk);
     parentView = new Cursor(chainView(store, chain, opts.encryption));
@@ -363,6 +465,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     failure ??= err;
   } finally {
     await Promise.all(inflight);
+    // A failed run still closes the blobs it appended, so the checkpoint below can cover what it settled.
     // Every chunk is settled and stored: the buffers go back for the next run.
     plainPool.close(recycleShared);
     outPool.close(recycleShared);
@@ -383,15 +486,15 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
   // On a scan every chunk not read as data is zero, holes included.
   if (scan) stats.chunksZero = grid.count - stats.chunksData;
-  // Every chunk and table segment is durable: commit.
+  // Every pack, index and table segment is durable: commit.
   opts.onProgress?.({ phase: 'commit', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position: grid.diskSize, diskSize: grid.diskSize });
   await lease?.check();
   await opts.beforeCommit?.();
-  if (opts.encryption) await ensureDiskMarker(store, disk, opts.encryption, marker, seq);
+  await checkReused(store, domain, reused);
   failpoint('before-commit');
   const seconds = (performance.now() - started) / 1000;
   const manifest: PointManifest = {
-    format: MANIFEST_FORMAT, ...manifestEncryption(opts.encryption), disk, point: seq, parent: parent?.point ?? null, full,
+    format: MANIFEST_FORMAT, version: MANIFEST_VERSION_V2, ...(domain.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: domain.key.keyId } } : {}), disk, point: seq, parent: parent?.point ?? null, full,
     createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize,
     source: { kind: source.kind, location: source.location, ...(changeMarker ? { marker: changeMarker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
     table: { generation: 0, records, segments },
@@ -399,25 +502,29 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     stats: {
       chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
       bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, seconds,
+      bytesDeduplicated: stats.bytesDeduplicated, chunksDeduplicated: stats.chunksDeduplicated, packsWritten: stats.packsWritten,
     },
   };
-  const mbytes = encodeManifest(manifest, opts.encryption);
+  const mbytes = encodeManifestV4(domain, manifest);
+  const mkey = r2.point(domain.name, dname, seq);
   try {
-    await store.put(layout.point(disk, seq), mbytes, { ifNoneMatch: true });
+    await store.put(mkey, mbytes, { ifNoneMatch: true });
   } catch (err) {
     if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION)) throw err;
     // A retried create can fail because its first attempt landed: the commit is ours if the bytes are.
-    const existing = await store.get(layout.point(disk, seq)).catch(() => undefined);
+    const existing = await store.get(mkey).catch(() => undefined);
     if (!existing?.equals(mbytes)) {
       throw new RnodeError(ErrorCodes.LEASE_LOST, `point ${seq} of disk ${disk} was committed by another writer; run again to write the next point`);
     }
   }
   failpoint('after-commit');
-  await store.delete(layout.pending(disk, seq)).catch(() => undefined);
+  await store.delete(r2.pending(domain.name, dname, seq)).catch(() => undefined);
   return {
     disk, point: seq, parent: manifest.parent, full, ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}), resumed: ck.resumed,
     diskSize: grid.diskSize, chunkSize, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + mbytes.length,
-    chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero, seconds, stages: clock.times,
+    chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
+    chunksDeduplicated: stats.chunksDeduplicated, bytesDeduplicated: stats.bytesDeduplicated, packsWritten: stats.packsWritten,
+    seconds, stages: clock.times,
     ...(manifest.encryption ? { encryption: manifest.encryption } : {}),
   };
 }
@@ -494,30 +601,63 @@ async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid)
   return { indexes: chunksOf(rest(), grid) };
 }
 
-async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, disk: string, seq: number, parent: number | null,
+async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain: Domain, disk: string, seq: number, parent: number | null,
     scan: boolean, grid: ChunkGrid, source: BlockSource, identity: string | undefined) {
   const fresh = {
-    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0,
-    stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0 },
+    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[],
+    stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
   };
   if (opts.resume === false) return fresh;
   let ck: Checkpoint;
   try {
-    ck = JSON.parse((await store.get(layout.pending(disk, seq))).toString('utf8'));
+    // Sealed in an encrypted domain: a forged checkpoint (one that would skip chunks) does not open.
+    ck = decodePendingV2(await store.get(r2.pending(domain.name, domain.dname(disk), seq)), domain, disk, seq) as Checkpoint;
   } catch (err) {
-    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND) || err instanceof SyntaxError) return fresh;
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND) || isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) ||
+        err instanceof SyntaxError) return fresh;
     throw err;
   }
-  // An encrypted point resumes only from a checkpoint its key sealed: a forged one could skip chunks (nextIndex).
-  if (opts.encryption && (typeof ck?.mac !== 'string' || ck.mac !== checkpointMac(ck, opts.encryption, disk))) return fresh;
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
-  if (ck.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
+  if (ck?.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
       ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
       ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments) ||
-      ck.keyId !== opts.encryption?.keyId ||
+      ck.keyId !== opts.encryption?.keyId || !Array.isArray(ck.reused) ||
       // The data read before the cut must be the data now; a source that cannot tell is never resumed.
       identity === undefined || ck.source?.identity !== identity) {
     return fresh;
   }
-  return { resumed: true, segments: ck.segments, records: ck.records, nextIndex: ck.nextIndex, stats: ck.stats };
+  const segments = ck.segments.map((r, n) => ({ ...r, key: r2.segment(domain.name, domain.dname(disk), seq, 0, n) }));
+  return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused };
+}
+
+/**
+ * Before a commit: every pack this point reuses chunks from (written by other runs) must still be there and not
+ * marked by prune; otherwise a prune running beside this replicate may delete it after the commit. Fails (never
+ * commits) so the next run stores those chunks again.
+ */
+async function checkReused(store: ObjectStore, domain: Domain, reused: Set<string>): Promise<void> {
+  if (reused.size === 0) return;
+  const marked = await markedPacks(store, domain);
+  const ids = [...reused];
+  let next = 0;
+  const check = async () => {
+    while (next < ids.length) {
+      const id = ids[next++];
+      let gone = marked.has(id);
+      if (!gone) {
+        try {
+          await store.head(r2.pack(domain.name, id));
+        } catch (err) {
+          if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
+          gone = true;
+        }
+      }
+      if (gone) {
+        throw new RnodeError(ErrorCodes.CHUNK_MISSING,
+          `pack ${r2.pack(domain.name, id)}, which this point reuses chunks from, was ${marked.has(id) ? 'marked for deletion' : 'deleted'} by a prune running meanwhile; ` +
+          'the point was not committed: run replicate again (it stores those chunks anew)', { retryable: true, details: { key: r2.pack(domain.name, id) } });
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(8, ids.length) }, check));
 }

@@ -53,8 +53,8 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
   if (!opts.sink && !isCloudOutput(opts.out)) assertOutsideStore(store.location, opts.out, '--out');
-  const seq = await resolvePoint(store, disk, opts.point);
-  const chain = await loadChain(store, disk, seq);
+  const seq = await resolvePoint(store, disk, opts.point, opts.encryption);
+  const chain = await loadChain(store, disk, seq, opts.encryption);
   const { diskSize, chunkSize } = chain[0];
   // Before the output exists: a missing or wrong key leaves nothing behind.
   // Forged metadata too: manifests and every table segment are authenticated before the output is opened.

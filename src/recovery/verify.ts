@@ -64,14 +64,14 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
   const all = opts.point === 'all';
-  const seqs = all ? await listPointSeqs(store, disk) : [await resolvePoint(store, disk, opts.point)];
+  const seqs = all ? await listPointSeqs(store, disk, opts.encryption) : [await resolvePoint(store, disk, opts.point, opts.encryption)];
   if (seqs.length === 0) {
     throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
   }
   // A wrong key (or a key for an unencrypted disk) stops verify before any chunk is read: it is a mistake in the
   // command, not damage in the store. Unreadable manifests are left to the loop below, which reports them.
   for (const seq of seqs) {
-    const m = await loadPoint(store, disk, seq).catch(() => undefined);
+    const m = await loadPoint(store, disk, seq, opts.encryption).catch(() => undefined);
     if (m) chainKey([m], opts.encryption, disk);
   }
   let marker: DiskMarker | undefined;
@@ -97,7 +97,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
   for (const seq of seqs) {
     let chain: PointManifest[];
     try {
-      chain = await loadChain(store, disk, seq);
+      chain = await loadChain(store, disk, seq, opts.encryption);
     } catch (err) {
       report(err, seq);
       continue;

@@ -112,3 +112,8 @@ export class Domain {
     return new Domain(key, { format: 'rnode-repository', version: 2, domain: name, packSize, createdAt: new Date(0).toISOString() });
   }
 }
+
+/** The name a disk's one-writer lease is taken under (disks/<name>/lease.json): the disk's name in its domain. */
+export function leaseName(diskId: string, key: EncryptionKey | undefined): string {
+  return key ? key.keyedName(`disk\0${validateDiskId(diskId)}`) : validateDiskId(diskId);
+}

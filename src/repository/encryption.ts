@@ -11,7 +11,8 @@ import {
 } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
-import { segmentExpectation } from './view.js';
+import { isV2Point } from './point-format.js';
+import { segmentExpectation, tableEntries } from './view.js';
 
 const PASS_KEY = 'pass its key with --encryption-key-file (agent jobs: encryption.key)';
 
@@ -107,9 +108,11 @@ export function checkChainAuthenticity(chain: PointManifest[], key: EncryptionKe
     const forged = (why: string) => new RnodeError(ErrorCodes.METADATA_FORGED,
       `manifest ${where} ${why}: it was rewritten by someone without the key; restore from another point or store`, { details: { key: where, point: m.point } });
     if (marker && m.version === MANIFEST_VERSION) throw forged('is unencrypted on an encrypted disk');
-    if (marker && m.point >= marker.since && m.version !== MANIFEST_VERSION_AUTHENTICATED) throw forged(`is version ${m.version} (not authenticated)`);
+    // A v2 point (version 4) of an encrypted domain is sealed: it opened under the key, so it is authentic.
+    const sealedV2 = isV2Point(m) && m.encryption !== undefined;
+    if (marker && m.point >= marker.since && m.version !== MANIFEST_VERSION_AUTHENTICATED && !sealedV2) throw forged(`is version ${m.version} (not authenticated)`);
     const older = chain[i + 1];
-    if (older && older.version === MANIFEST_VERSION_AUTHENTICATED && m.version !== MANIFEST_VERSION_AUTHENTICATED) {
+    if (older && older.version === MANIFEST_VERSION_AUTHENTICATED && m.version !== MANIFEST_VERSION_AUTHENTICATED && !sealedV2) {
       throw forged(`is version ${m.version} but its ancestor ${older.point} is authenticated`);
     }
     if (key && m.version === MANIFEST_VERSION_AUTHENTICATED) authenticateManifest(m, key, where);
@@ -122,6 +125,11 @@ export function checkChainAuthenticity(chain: PointManifest[], key: EncryptionKe
  */
 export async function authenticateTables(store: ObjectStore, chain: PointManifest[], key: EncryptionKey): Promise<void> {
   for (const m of chain) {
+    if (isV2Point(m)) {
+      // Sealed segments: reading them through tableEntries opens and pins each one.
+      for await (const _ of tableEntries(store, m, key)) { /* checked as read */ }
+      continue;
+    }
     if (m.version !== MANIFEST_VERSION_AUTHENTICATED) continue;
     for (const [n, ref] of m.table.segments.entries()) {
       let bytes: Buffer;

@@ -5,6 +5,8 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { MANIFEST_VERSION_AUTHENTICATED, type PointManifest } from '../format/manifest.js';
 import { decodeSegment, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
+import { Domain } from './domain.js';
+import { decodeTableV3, isV2Point } from './point-format.js';
 
 /**
  * Streams one point's own table, a segment at a time, checking order across segments. An authenticated point's
@@ -13,6 +15,10 @@ import type { ObjectStore } from '../store/types.js';
 export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: EncryptionKey): AsyncIterable<ChunkEntry> {
   let prev = -1;
   let total = 0;
+  const domain = isV2Point(m) ? Domain.of(key) : undefined;
+  if (domain && isV2Point(m) && domain.name !== m.r2.domain) {
+    throw new RnodeError(ErrorCodes.KEY_MISMATCH, `point ${m.point} of disk ${m.disk} is in repository ${m.r2.domain}, not in the key's ${domain.name}; pass its key`);
+  }
   for (const [n, ref] of m.table.segments.entries()) {
     let bytes: Buffer;
     try {
@@ -23,7 +29,9 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
       }
       throw err;
     }
-    const entries = decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
+    const entries = domain
+      ? decodeTableV3(bytes, domain, { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, ref.key, ref.digest)
+      : decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
     if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; restore from another point`);
     }

@@ -1,0 +1,94 @@
+// Repository v2 write and read paths: points restore byte-exact (plain and encrypted); a chunk already in the
+// repository is not stored again, within a disk, across points and across disks (ten clones of one image with 10%
+// changed each store < 2.2x one image); a full point makes at most ceil(stored / pack size) + a few objects; no fs
+// directory holds more than a few thousand entries; --json counts bytesDeduplicated, chunksDeduplicated, packsWritten.
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { EncryptionKey } from '../../src/crypto/keys.js';
+import { verify } from '../../src/recovery/verify.js';
+import { listPoints } from '../../src/repository/points.js';
+import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
+
+const CHUNK = 64 * KiB;
+
+function storedBytes(dir: string): number {
+  return listFiles(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+}
+
+t.test('points restore byte-exact, plain and encrypted, and dedup within a disk and across points', async (t) => {
+  for (const key of [undefined, EncryptionKey.fromBytes(Buffer.alloc(32, 3))]) {
+    const dir = tmpDir(t, 'v2');
+    const img = path.join(dir, 'disk.img');
+    const store = fsStore(path.join(dir, 'store'));
+    // 16 chunks: chunks 0-3 random, 4-7 a copy of 0-3 (dedup within the point), the rest text.
+    const a = randomData(4 * CHUNK, 1);
+    fs.writeFileSync(img, Buffer.concat([a, a, textData(8 * CHUNK, 2)]));
+    const p1 = await snap(store, img, 'd', { chunkSize: CHUNK, encryption: key });
+    t.equal(p1.chunksDeduplicated, 4, 'the copied chunks are stored once');
+    t.equal(p1.bytesDeduplicated, 4 * CHUNK);
+    t.equal(p1.packsWritten, 1);
+    const fp1 = fingerprint(img);
+    // Move a chunk: its content is already in the repository.
+    writeAt(img, 12 * CHUNK, a.subarray(0, CHUNK));
+    const p2 = await snap(store, img, 'd', { encryption: key });
+    t.equal(p2.chunksChanged, 1);
+    t.equal(p2.chunksDeduplicated, 1, 'a chunk seen in an earlier point is not stored again');
+    t.equal(p2.packsWritten, 0);
+    await expectRestore(t, store, 'd', 1, fp1, dir, 'point 1', { encryption: key });
+    await expectRestore(t, store, 'd', 2, fingerprint(img), dir, 'point 2', { encryption: key });
+    const v = await verify({ store, disk: 'd', point: 'all', encryption: key });
+    t.equal(v.problems.length, 0, 'verify finds nothing wrong');
+    const points = await listPoints(store, 'd', key);
+    t.same(points.map((m) => m.version), [4, 4]);
+    t.equal(points[1].stats.chunksDeduplicated, 1);
+    const files = listFiles(path.join(dir, 'store'));
+    t.notOk(files.some((f) => f.startsWith('disks/d/chunks')), 'no legacy chunk objects');
+    if (key) t.notOk(files.some((f) => f.includes('/d/') || f.endsWith('/d')), 'an encrypted repository never names the disk');
+  }
+});
+
+t.test('ten clones of one image with 10% changed each store less than 2.2x one image', async (t) => {
+  const dir = tmpDir(t, 'v2');
+  const store = fsStore(path.join(dir, 'store'));
+  const size = 8 * MiB;
+  const base = randomData(size, 7);
+  const img = path.join(dir, 'clone.img');
+  fs.writeFileSync(img, base);
+  const one = await snap(store, img, 'template', { chunkSize: CHUNK });
+  const oneImage = storedBytes(path.join(dir, 'store'));
+  t.ok(one.bytesWritten >= size, 'random data does not compress');
+  for (let i = 0; i < 10; i++) {
+    const clone = Buffer.from(base);
+    // 10% changed, spread over the image.
+    for (let c = 0; c < size / CHUNK / 10; c++) randomData(CHUNK, 100 + i * 100 + c).copy(clone, ((c * 10 + i) % (size / CHUNK)) * CHUNK);
+    fs.writeFileSync(img, clone);
+    const r = await snap(store, img, `clone-${i}`, { chunkSize: CHUNK });
+    t.ok(r.chunksDeduplicated >= (size / CHUNK) * 0.9 - 1, `clone ${i}: 90% of its chunks deduplicated (${r.chunksDeduplicated})`);
+  }
+  const all = storedBytes(path.join(dir, 'store'));
+  t.ok(all < 2.2 * oneImage, `ten clones + template store ${(all / oneImage).toFixed(2)}x one image`);
+  await expectRestore(t, store, 'clone-9', 'latest', fingerprint(img), dir, 'the last clone');
+});
+
+t.test('object counts and directory fan-out', async (t) => {
+  const dir = tmpDir(t, 'v2');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  fs.writeFileSync(img, Buffer.concat([randomData(24 * MiB, 4), textData(8 * MiB, 5)]));
+  const packSize = MiB * 2;
+  const r = await snap(store, img, 'd', { chunkSize: CHUNK, packSize });
+  const files = listFiles(path.join(dir, 'store'));
+  const packs = files.filter((f) => f.includes('/packs/'));
+  const stored = packs.reduce((n, f) => n + fs.statSync(path.join(dir, 'store', f)).size, 0);
+  t.equal(packs.length, r.packsWritten);
+  const few = 1 + r.chunksTotal / 4096 * 3 + 4; // config, per checkpoint: index + segment (+ pending, deleted), manifest, lease
+  t.ok(files.length <= Math.ceil(stored / packSize) + few, `${files.length} objects for ${(stored / MiB).toFixed(1)} MiB stored in ${packSize / MiB} MiB packs`);
+  // Fan-out: no directory holds more than a few thousand entries (packs and indexes spread over 256 directories).
+  const perDir = new Map<string, number>();
+  for (const f of files) perDir.set(path.dirname(f), (perDir.get(path.dirname(f)) ?? 0) + 1);
+  t.ok(Math.max(...perDir.values()) <= 4096, 'directory fan-out is bounded');
+  for (const f of packs) t.match(f, /^r2\/plain\/packs\/([0-9a-f]{2})\/\1[0-9a-f]{30}$/);
+});
