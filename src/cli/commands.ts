@@ -5,7 +5,9 @@ import { validateDiskId } from '../format/layout.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import { validatePackSize } from '../repository/domain.js';
 import { listPoints } from '../repository/points.js';
-import { prune } from '../recovery/prune.js';
+import { check } from '../recovery/check.js';
+import { DEFAULT_GRACE_MS, DEFAULT_MAX_UNUSED, pruneStore } from '../recovery/prune-v2.js';
+import { stats } from '../recovery/stats.js';
 import { replicate } from '../recovery/replicate.js';
 import type { StageTimes } from '../pipeline/stages.js';
 import { recover } from '../recovery/restore.js';
@@ -152,21 +154,79 @@ const verifyCmd: Command = {
 };
 
 const pruneCmd: Command = {
-  summary: 'keep the newest points, delete older ones and the chunks only they used',
-  usage: `rnode prune --store <store> --disk <id> --keep <n> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
+  summary: 'keep the newest points of a disk; delete what no kept point uses (two phases), repack, compact indexes',
+  usage: `rnode prune --store <store> [--disk <id> --keep <n>] [--grace <duration>] [--max-unused <percent>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
+  options: {
+    store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, grace: { type: 'string' }, 'max-unused': { type: 'string' },
+    ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions,
+  },
   async run(v, io) {
     if (v.vm !== undefined) return vmPruneCommand(v, io);
-    required(v, 'prune', 'store', 'disk', 'keep');
-    const disk = validateDiskId(str(v, 'disk')!);
-    const keep = positiveInt(str(v, 'keep')!, 'keep');
+    required(v, 'prune', 'store');
+    if ((v.disk === undefined) !== (v.keep === undefined)) {
+      throw new RnodeError(ErrorCodes.USAGE, '"rnode prune" takes --disk and --keep together (or neither: maintenance only); see "rnode prune --help"');
+    }
+    const disk = v.disk !== undefined ? validateDiskId(str(v, 'disk')!) : undefined;
+    const keep = v.keep !== undefined ? positiveInt(str(v, 'keep')!, 'keep') : undefined;
+    const graceMs = v.grace !== undefined ? parseDuration(str(v, 'grace')!, 'grace') : DEFAULT_GRACE_MS;
+    const maxUnused = v['max-unused'] !== undefined ? parsePercent(str(v, 'max-unused')!, 'max-unused') : DEFAULT_MAX_UNUSED;
     const encryption = encryptionKeyFrom(v);
-    const r = await withStore(str(v, 'store')!, (store) => prune({ store, disk, keep, encryption }), v);
+    const r = await withStore(str(v, 'store')!, (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused }), v);
     print(io, v.json === true, r, () => [
-      `kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
-      `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`,
+      ...(r.disk !== undefined
+        ? [`kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
+          `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`]
+        : []),
+      ...r.domains.map((d) => `  repository ${d.domain}: ${d.packs} packs; ${d.packsSeen} newly unused, ${d.packsMarked} marked, ${d.packsUnmarked} in use again, ` +
+        `${d.packsDeleted} deleted (${bytes(d.bytesDeleted)}); ${d.packsRepacked} repacked (${bytes(d.bytesRewritten)} rewritten); ` +
+        `${d.indexesDeleted} index objects merged into ${d.indexesWritten}${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
+        (d.deferred ? `; nothing deleted: ${d.deferred}` : '')),
     ]);
     return 0;
+  },
+};
+
+const statsCmd: Command = {
+  summary: 'what a store holds: disks, points, logical and stored size, dedup ratio, packs, unused bytes',
+  usage: `rnode stats --store <store> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
+  async run(v, io) {
+    required(v, 'stats', 'store');
+    const encryption = encryptionKeyFrom(v);
+    const r = await withStore(str(v, 'store')!, (store) => stats({ store, encryption }), v);
+    print(io, v.json === true, r, () => [
+      `${r.disks} disks, ${r.points} points, logical size ${bytes(r.logicalBytes)}, stored ${bytes(r.storedBytes)}` +
+        (r.dedupRatio !== null ? `, dedup ratio ${r.dedupRatio.toFixed(2)}` : '') + `, ${r.packs} packs, ${bytes(r.unusedBytes)} unused`,
+      ...r.domains.map((d) => d.readable
+        ? `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.disks} disks, ${d.points} points, logical ${bytes(d.logicalBytes!)}, ` +
+          `data ${bytes(d.dataBytes!)}, unique ${bytes(d.uniqueBytes!)}, dedup ratio ${d.dedupRatio!.toFixed(2)}, stored ${bytes(d.storedBytes)} ` +
+          `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}`
+        : `  repository ${d.domain} (encrypted, no key given): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass --encryption-key-file for the rest`),
+      ...(r.legacy.objects > 0 ? [`  legacy format: ${r.legacy.disks} disks, ${r.legacy.points} points, logical ${bytes(r.legacy.logicalBytes)}, stored ${bytes(r.legacy.storedBytes)} in ${r.legacy.objects} objects`] : []),
+    ]);
+    return 0;
+  },
+};
+
+const checkCmd: Command = {
+  summary: "check the whole repository's structure (and with --read-data every byte)",
+  usage: `rnode check --store <store> [--read-data] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, 'read-data': { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
+  async run(v, io) {
+    required(v, 'check', 'store');
+    const encryption = encryptionKeyFrom(v);
+    const r = await withStore(str(v, 'store')!, (store) => check({ store, encryption, readData: v['read-data'] === true }), v);
+    print(io, v.json === true, r, () => [
+      `${r.ok ? 'ok' : 'FAILED'}: ${r.domains.length} repositor${r.domains.length === 1 ? 'y' : 'ies'}, ${r.legacy.disks} legacy disks checked` +
+        `${r.readData ? ', every blob read' : ''} in ${secs(r.seconds)}`,
+      ...r.domains.map((d) => `  repository ${d.domain}: ${d.disks} disks, ${d.points} points, ${d.chunksReferenced} chunk references, ${d.packs} packs, ` +
+        `${d.indexObjects} index objects (${d.indexEntries} entries${d.danglingIndexEntries ? `, ${d.danglingIndexEntries} of deleted packs` : ''})` +
+        (r.readData ? `, ${d.blobsRead} blobs (${bytes(d.bytesRead)}) read` : '')),
+      ...r.skipped.map((s) => `  repository ${s.domain}: not checked (${s.code}: encrypted with another key)`),
+      ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
+    ]);
+    if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
+    return r.ok ? 0 : 1;
   },
 };
 
@@ -176,6 +236,8 @@ export const commands: Record<string, Command> = {
   recover: recoverCmd,
   verify: verifyCmd,
   prune: pruneCmd,
+  stats: statsCmd,
+  check: checkCmd,
   agent: agentCommand,
   serve: serveCmd,
   export: (await import('./export.js')).exportCmd,
@@ -187,6 +249,24 @@ export function positiveInt(text: string, flag: string): number {
     throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a whole number of at least 1 (got "${text}")`);
   }
   return n;
+}
+
+/** "90s", "30m", "1h", "2d" or milliseconds as a bare number ("0": no grace, for tests) -> milliseconds. */
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(text.trim());
+  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  if (!m || !Number.isSafeInteger(Number(m[1]) * unit[m[2] ?? 'ms'])) {
+    throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a duration such as 90s, 30m, 1h or 2d (got "${text}")`);
+  }
+  return Number(m[1]) * unit[m[2] ?? 'ms'];
+}
+
+/** "25", "25%" -> 0.25; 0 allowed (never). */
+export function parsePercent(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)%?$/.exec(text.trim());
+  const n = m ? Number(m[1]) : NaN;
+  if (!(n >= 0 && n <= 100)) throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a percentage from 0 to 100, 0 meaning never (got "${text}")`);
+  return n / 100;
 }
 
 /** The source file's base name, made into a valid disk id. */

@@ -144,6 +144,18 @@ export class EncryptionKey {
     }
   }
 
+  /**
+   * Decrypts a sealed metadata body WITHOUT checking its tag. Only for learning where an object claims to belong (the
+   * disk id inside the manifest of a keyed disk name, which is one-way): the caller must then open the object with
+   * openMetadata under the context it names, and trust nothing before that succeeds.
+   */
+  peekMetadataUnauthenticated(sealed: Uint8Array): Buffer | undefined {
+    if (sealed.length < META_NONCE_BYTES + META_TAG_BYTES) return undefined;
+    const b = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+    const d = crypto.createDecipheriv('aes-256-gcm', this.#sealKey, b.subarray(0, META_NONCE_BYTES), { authTagLength: META_TAG_BYTES });
+    return d.update(b.subarray(META_NONCE_BYTES, b.length - META_TAG_BYTES));
+  }
+
   /** HMAC-SHA256 of a metadata object's bytes under the metadata subkey, bound to ctx (see MetaContext). */
   metaMac(ctx: MetaContext, data: Uint8Array): Buffer {
     // Every field is written, absent ones as '-', so no two contexts share an encoding.

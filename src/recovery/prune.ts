@@ -206,3 +206,30 @@ class TableLookup {
     return undefined;
   }
 }
+
+/**
+ * Deletes every legacy point of a disk (its newer points are all v2, which never need a legacy one): manifests newest
+ * first, then chunk objects, tables and checkpoints. The lease and the encryption marker stay. An encrypted disk
+ * needs its key, as for prune. The caller holds the disk's lease.
+ */
+export async function dropLegacyPoints(store: ObjectStore, disk: string, key: EncryptionKey | undefined, concurrency = 16): Promise<PruneResult> {
+  const started = performance.now();
+  validateDiskId(disk);
+  const seqs = await listPointSeqs(store, disk);
+  const marker = await readDiskMarker(store, disk, key);
+  if (!key && seqs.length > 0) refuseKeylessWrite(await loadPoint(store, disk, seqs[seqs.length - 1]), marker, disk, 'prune');
+  for (const s of [...seqs].reverse()) await store.delete(layout.point(disk, s));
+  let chunksDeleted = 0;
+  let objectsDeleted = 0;
+  const rest = async function* () {
+    for await (const o of store.list(layout.chunksPrefix(disk))) yield o.key;
+    for await (const o of store.list(`disks/${disk}/tables/`)) yield o.key;
+    for await (const o of store.list(layout.pendingPrefix(disk))) yield o.key;
+  };
+  await forEachBounded(rest(), concurrency, async (k) => {
+    await store.delete(k);
+    if (parseChunkKey(k)) chunksDeleted++;
+    else objectsDeleted++;
+  });
+  return { disk, kept: [], deleted: seqs, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
+}

@@ -1,37 +1,104 @@
-// Prune's marks as writers see them: the packs a prune has marked for deletion (two-phase delete, see
-// docs/repository-v2.md "Prune"). A writer never reuses a chunk from a marked pack, refreshes the marks at every
-// checkpoint, and re-checks the packs it reused before it commits. prune owns the object and its format; this is
-// the reader writers need: marks live in r2/<domain>/prune/marks (envelope PRUNE_MARKS, JSON
-// {format:'rnode-prune-marks', marks:[{pack, at}]}); none means nothing is marked.
-import { ErrorCodes, isRnodeError } from '../errors.js';
+// Prune's marks: what prune knows of a domain's unused packs. A pack is first *seen* unused (writers may still use
+// it), *marked* when still unused a grace period later (writers must not reuse it, nor commit a point that needs it),
+// and deleted when still unused a grace period after that; its tombstone (*deleted*) stays a while so a writer
+// holding an older index never reuses it. One object per domain, r2/<domain>/prune/marks, in an envelope
+// (PRUNE_MARKS; sealed in an encrypted domain). Rules and the race they answer: README "Prune, repack and index
+// compaction". Body: u32 LE count | count entries of 25 bytes: pack id (16) | u8 state | u64 LE ms since the epoch;
+// states: 1 marked, 2 deleted, 3 seen.
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import type { Domain } from './domain.js';
 import { EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
-import { r2 } from './names.js';
+import { OBJECT_ID_BYTES, isObjectId, r2, type ObjectId } from './names.js';
 
-export const PRUNE_MARKS_NAME = 'marks';
+const MARKS_NAME = 'marks';
+const ENTRY_BYTES = OBJECT_ID_BYTES + 1 + 8;
+const STATE_MARKED = 1;
+const STATE_DELETED = 2;
+const STATE_SEEN = 3;
 
-export interface PruneMarks {
-  format: 'rnode-prune-marks';
-  marks: Array<{ pack: string; at: string }>;
+export type MarkState = 'seen' | 'marked' | 'deleted';
+const STATE_IDS: Record<MarkState, number> = { marked: STATE_MARKED, deleted: STATE_DELETED, seen: STATE_SEEN };
+const STATE_NAMES: Record<number, MarkState> = { [STATE_MARKED]: 'marked', [STATE_DELETED]: 'deleted', [STATE_SEEN]: 'seen' };
+
+export interface PackMark {
+  state: MarkState;
+  /** When the pack entered this state, in ms since the epoch. */
+  at: number;
 }
 
-export function encodePruneMarks(domain: Domain, m: PruneMarks): Buffer {
-  return sealEnvelope(EnvelopeKind.PRUNE_MARKS, envelopeContext.prune(domain.name, PRUNE_MARKS_NAME), Buffer.from(JSON.stringify(m)), domain.key);
+/** Pack id -> what prune knows of it. */
+export class PruneMarks {
+  constructor(readonly packs: Map<ObjectId, PackMark> = new Map()) {}
+
+  /**
+   * True when a writer must not use this pack: not as a dedup target, and not in a point it commits (a run that
+   * reused or wrote a blob of it refuses to commit): it is marked for deletion, or deleted.
+   */
+  blocks(packId: ObjectId): boolean {
+    const s = this.packs.get(packId)?.state;
+    return s === 'marked' || s === 'deleted';
+  }
+
+  get size(): number { return this.packs.size; }
+}
+
+export function pruneMarksKey(domain: string): string {
+  return r2.prune(domain, MARKS_NAME);
+}
+
+export function encodePruneMarks(domain: Domain, marks: PruneMarks): Buffer {
+  const body = Buffer.alloc(4 + marks.size * ENTRY_BYTES);
+  body.writeUInt32LE(marks.size, 0);
+  let o = 4;
+  for (const [id, m] of [...marks.packs].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    Buffer.from(id, 'hex').copy(body, o);
+    body.writeUInt8(STATE_IDS[m.state], o + 16);
+    body.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(m.at))), o + 17);
+    o += ENTRY_BYTES;
+  }
+  return sealEnvelope(EnvelopeKind.PRUNE_MARKS, envelopeContext.prune(domain.name, MARKS_NAME), body, domain.key);
 }
 
 export function decodePruneMarks(b: Buffer, domain: Domain): PruneMarks {
-  const what = r2.prune(domain.name, PRUNE_MARKS_NAME);
-  const m = JSON.parse(openEnvelope(b, EnvelopeKind.PRUNE_MARKS, envelopeContext.prune(domain.name, PRUNE_MARKS_NAME), what, domain.key).toString('utf8'));
-  return { format: 'rnode-prune-marks', marks: Array.isArray(m?.marks) ? m.marks : [] };
+  const what = pruneMarksKey(domain.name);
+  const body = openEnvelope(b, EnvelopeKind.PRUNE_MARKS, envelopeContext.prune(domain.name, MARKS_NAME), what, domain.key);
+  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `prune marks ${what} are corrupt (${why}); run "rnode check"`, { details: { key: what } });
+  if (body.length < 4) throw bad('truncated');
+  const count = body.readUInt32LE(0);
+  if (body.length !== 4 + count * ENTRY_BYTES) throw bad('length does not match the entry count');
+  const packs = new Map<ObjectId, PackMark>();
+  for (let i = 0, o = 4; i < count; i++, o += ENTRY_BYTES) {
+    const id = body.subarray(o, o + OBJECT_ID_BYTES).toString('hex');
+    const state = body.readUInt8(o + 16);
+    const at = Number(body.readBigUInt64LE(o + 17));
+    if (!isObjectId(id) || !STATE_NAMES[state] || !Number.isSafeInteger(at)) throw bad(`entry ${i} is invalid`);
+    packs.set(id, { state: STATE_NAMES[state], at });
+  }
+  return new PruneMarks(packs);
 }
 
-/** The ids of the packs prune has marked in the domain (empty when it has marked none). */
-export async function markedPacks(store: ObjectStore, domain: Domain): Promise<Set<string>> {
+/** The domain's marks as stored now (none yet: empty). Writers call this at start, at each checkpoint and before commit. */
+export async function readPruneMarks(store: ObjectStore, domain: Domain): Promise<PruneMarks> {
+  let bytes: Buffer;
   try {
-    return new Set(decodePruneMarks(await store.get(r2.prune(domain.name, PRUNE_MARKS_NAME)), domain).marks.map((x) => x.pack));
+    bytes = await store.get(pruneMarksKey(domain.name));
   } catch (err) {
-    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) return new Set();
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) return new PruneMarks();
     throw err;
   }
+  return decodePruneMarks(bytes, domain);
+}
+
+export async function writePruneMarks(store: ObjectStore, domain: Domain, marks: PruneMarks): Promise<void> {
+  await store.put(pruneMarksKey(domain.name), encodePruneMarks(domain, marks));
+}
+
+/**
+ * The packs a writer must not use (marked or deleted), as the write path reads them at its start, at each
+ * checkpoint and before its commit.
+ */
+export async function markedPacks(store: ObjectStore, domain: Domain): Promise<Set<ObjectId>> {
+  const marks = await readPruneMarks(store, domain);
+  return new Set([...marks.packs.keys()].filter((id) => marks.blocks(id)));
 }

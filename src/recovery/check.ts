@@ -1,0 +1,255 @@
+// `rnode check`: the whole repository's structure. Per v2 domain: the config, every index object and pack trailer
+// opens, every index entry matches its pack's trailer, every chunk a committed point references has a copy in an
+// existing pack; with readData every blob is read, its stored xxh64 checked, decrypted, decoded and its chunk id
+// recomputed. Legacy disks go through verify (--point all). Every problem is reported, not just the first.
+import { createRequire } from 'node:module';
+import type { EncryptionKey } from '../crypto/keys.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { xxh64 } from '../format/checksum.js';
+import { KERNEL_PATH } from '../format/codecs.js';
+import { sealKernel } from '../format/seal.js';
+import type { ObjectStore } from '../store/types.js';
+import { Domain } from '../repository/domain.js';
+import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
+import { PLAIN_DOMAIN, classify, layout, r2, type ObjectId } from '../repository/names.js';
+import { blobAad, decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
+import { diskIdOf, listV2Disks, loadV2Point, nonZero, v2TableEntries } from '../repository/v2-scan.js';
+import { verify } from './verify.js';
+
+const MAX_PROBLEMS = 1000;
+
+export interface CheckProblem {
+  code: string;
+  message: string;
+  key?: string;
+}
+
+export interface DomainCheck {
+  domain: string;
+  disks: number;
+  points: number;
+  packs: number;
+  indexObjects: number;
+  indexEntries: number;
+  /** References from committed points' own tables to chunk ids (each checked to have a copy). */
+  chunksReferenced: number;
+  /** Index entries of packs that no longer exist (left until the next index compaction; not a problem). */
+  danglingIndexEntries: number;
+  /** Blobs in packs that no index lists (a writer's pack before its checkpoint, or a repack's before its index). */
+  unindexedBlobs: number;
+  blobsRead: number;
+  bytesRead: number;
+}
+
+export interface CheckResult {
+  ok: boolean;
+  readData: boolean;
+  domains: DomainCheck[];
+  /** Encrypted domains of other keys than the one given: not checked. */
+  skipped: Array<{ domain: string; code: string }>;
+  legacy: { disks: number; points: number; chunksChecked: number };
+  problems: CheckProblem[];
+  seconds: number;
+}
+
+export interface CheckOptions {
+  store: ObjectStore;
+  encryption?: EncryptionKey;
+  readData?: boolean;
+}
+
+/** The domains a store holds (one listing of r2/). */
+export async function listDomains(store: ObjectStore): Promise<string[]> {
+  const found = new Set<string>();
+  for await (const o of store.list(r2.prefix)) {
+    const h = classify(o.key);
+    if (h && 'domain' in h) found.add(h.domain);
+  }
+  return [...found].sort();
+}
+
+/** Disk ids with legacy points (one listing of disks/). */
+export async function listLegacyDisks(store: ObjectStore): Promise<string[]> {
+  const found = new Set<string>();
+  for await (const o of store.list(layout.disksPrefix)) {
+    const h = classify(o.key);
+    if (h?.kind === 'legacy-manifest') found.add(h.disk);
+  }
+  return [...found].sort();
+}
+
+export async function check(opts: CheckOptions): Promise<CheckResult> {
+  const started = performance.now();
+  const { store } = opts;
+  const key = opts.encryption;
+  const problems: CheckProblem[] = [];
+  const report = (err: unknown) => {
+    if (!(err instanceof RnodeError)) throw err;
+    if (problems.length < MAX_PROBLEMS) problems.push({ code: err.code, message: err.message, ...(typeof err.details.key === 'string' ? { key: err.details.key } : {}) });
+  };
+  const domains = await listDomains(store);
+  const skipped = domains.filter((d) => d !== PLAIN_DOMAIN && d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
+  const legacyDisks = await listLegacyDisks(store);
+  if (!key && skipped.length > 0) {
+    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `the store holds encrypted repositories (${skipped.map((s) => s.domain).join(', ')}); pass the key with --encryption-key-file to check them`);
+  }
+  const out: CheckResult = { ok: false, readData: opts.readData === true, domains: [], skipped, legacy: { disks: legacyDisks.length, points: 0, chunksChecked: 0 }, problems, seconds: 0 };
+  for (const name of domains.filter((d) => d === PLAIN_DOMAIN || d === key?.domain)) {
+    out.domains.push(await checkDomain(store, name === PLAIN_DOMAIN ? undefined : key, name, opts.readData === true, report));
+  }
+  for (const disk of legacyDisks) {
+    let r = await verify({ store, disk, point: 'all', encryption: key }).catch((err) => err as Error);
+    // A key is for the encrypted disks: an unencrypted legacy disk is checked without it.
+    if (key && isRnodeError(r, ErrorCodes.KEY_MISMATCH)) r = await verify({ store, disk, point: 'all' }).catch((err) => err as Error);
+    if (r instanceof Error) { report(r); continue; }
+    out.legacy.points += r.points.length;
+    out.legacy.chunksChecked += r.chunksChecked;
+    for (const p of r.problems) if (problems.length < MAX_PROBLEMS) problems.push({ code: p.code, message: `legacy disk ${disk}: ${p.message}` });
+  }
+  out.ok = problems.length === 0;
+  out.seconds = (performance.now() - started) / 1000;
+  return out;
+}
+
+const sameEntry = (a: BlobEntry, b: BlobEntry) => a.id.equals(b.id) && a.offset === b.offset && a.length === b.length &&
+  a.plainLength === b.plainLength && a.codec === b.codec && a.flags === b.flags && a.payloadXxh64 === b.payloadXxh64;
+
+async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, name: string, readData: boolean, report: (err: unknown) => void): Promise<DomainCheck> {
+  const c: DomainCheck = {
+    domain: name, disks: 0, points: 0, packs: 0, indexObjects: 0, indexEntries: 0, chunksReferenced: 0, danglingIndexEntries: 0, unindexedBlobs: 0,
+    blobsRead: 0, bytesRead: 0,
+  };
+  let domain: Domain | undefined;
+  try {
+    domain = await Domain.open(store, key);
+  } catch (err) {
+    report(err);
+  }
+  if (!domain) {
+    report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `repository ${name} has objects but no config ${r2.config(name)}; the store is damaged`, { details: { key: r2.config(name) } }));
+    return c;
+  }
+  // Index objects, each on its own so one bad object does not hide the others.
+  const locations: ChunkLocation[] = [];
+  const ids = await listIndexIds(store, name);
+  c.indexObjects = ids.length;
+  for (const id of ids) {
+    try {
+      for (const l of decodeIndex(await store.get(r2.index(name, id)), domain, id)) locations.push(l);
+    } catch (err) {
+      report(err);
+    }
+  }
+  c.indexEntries = locations.length;
+  const index = new ChunkIndex(locations, ids);
+
+  // Pack trailers, and index entries against them. A location is good when its pack's trailer has the same entry.
+  const trailers = new Map<ObjectId, Map<number, BlobEntry> | undefined>();
+  for await (const o of store.list(r2.packsPrefix(name))) {
+    const h = classify(o.key);
+    if (h?.kind !== 'pack' || h.domain !== name) continue;
+    try {
+      const { entries } = await readPackTrailer(store, name, h.id, domain.key);
+      trailers.set(h.id, new Map(entries.map((e) => [e.offset, e])));
+    } catch (err) {
+      trailers.set(h.id, undefined);
+      report(err);
+    }
+  }
+  c.packs = trailers.size;
+  const good = new Set<string>();
+  const indexed = new Set<string>();
+  for (const l of index.locations()) {
+    if (!trailers.has(l.packId)) { c.danglingIndexEntries++; continue; }
+    const t = trailers.get(l.packId);
+    if (!t) continue; // its trailer was reported
+    const e = t.get(l.entry.offset);
+    const where = r2.index(name, l.indexId ?? '0'.repeat(32));
+    indexed.add(`${l.packId}:${l.entry.offset}`);
+    if (!e || !sameEntry(e, l.entry)) {
+      report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `index ${where} places chunk ${l.entry.id.toString('hex').slice(0, 16)}… at offset ${l.entry.offset} of pack ${l.packId}, ` +
+        'which its trailer does not confirm; the index or the pack is damaged', { details: { key: where } }));
+      continue;
+    }
+    good.add(`${l.packId}:${l.entry.offset}`);
+  }
+  for (const [id, t] of trailers) for (const off of t?.keys() ?? []) if (!indexed.has(`${id}:${off}`)) c.unindexedBlobs++;
+
+  // Every chunk a committed point references has a good copy.
+  for (const d of (await listV2Disks(store, name)).values()) {
+    c.disks++;
+    let disk: string | undefined;
+    try {
+      disk = await diskIdOf(store, domain, d);
+    } catch (err) {
+      report(err);
+      continue;
+    }
+    if (disk === undefined) continue;
+    const seqs = new Set(d.points);
+    for (const seq of d.points) {
+      c.points++;
+      try {
+        const m = await loadV2Point(store, domain, disk, seq);
+        if (m.parent !== null && !seqs.has(m.parent)) {
+          report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${seq} of disk ${disk} needs point ${m.parent}, which is missing`, { details: { key: r2.point(name, d.dname, seq) } }));
+        }
+        for await (const e of v2TableEntries(store, domain, m)) {
+          if (!nonZero(e)) continue;
+          c.chunksReferenced++;
+          if (!index.lookup(e.id!).some((l) => good.has(`${l.packId}:${l.entry.offset}`))) {
+            report(new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${e.index} of point ${seq} of disk ${disk} (id ${e.id!.toString('hex').slice(0, 16)}…) is in no intact pack`,
+              { details: { key: r2.point(name, d.dname, seq) } }));
+          }
+        }
+      } catch (err) {
+        report(err);
+      }
+    }
+  }
+
+  if (readData) {
+    const decoder = blobDecoder();
+    const cipherKey = domain.key?.subkeys().cipherKey;
+    for (const [id, t] of trailers) {
+      if (!t) continue;
+      const what = r2.pack(name, id);
+      let pack: Buffer;
+      try {
+        pack = await store.get(what);
+        decodePack(pack, name, id, domain.key);
+      } catch (err) {
+        report(err);
+        continue;
+      }
+      for (const e of t.values()) {
+        c.blobsRead++;
+        c.bytesRead += e.length;
+        const blob = pack.subarray(e.offset, e.offset + e.length);
+        const bad = (why: string) => report(new RnodeError(ErrorCodes.CHUNK_CORRUPT, `blob at offset ${e.offset} of pack ${what} ${why}; points using chunk ${e.id.toString('hex').slice(0, 16)}… cannot be restored from it`,
+          { details: { key: what } }));
+        if (xxh64(blob) !== e.payloadXxh64) { bad('does not match its stored xxh64 (damaged)'); continue; }
+        try {
+          const packed = cipherKey ? sealKernel.open(cipherKey, blob, blobAad(e.id, e.codec, e.plainLength)) : blob;
+          const plain = decoder(e.codec, packed, e.plainLength);
+          if (!domain.chunkId(plain).equals(e.id)) bad('decodes to data that does not match its chunk id');
+        } catch (err) {
+          bad(`does not decode (${(err as Error).message})`);
+        }
+      }
+    }
+  }
+  return c;
+}
+
+/** A main-thread decoder of codec payloads (the codec kernel the workers run, over lz4-napi's sync calls). */
+function blobDecoder(): (codec: number, payload: Buffer, plainLength: number) => Buffer {
+  const require = createRequire(import.meta.url);
+  const kernel = require(KERNEL_PATH).makeKernel(require('lz4-napi'));
+  return (codec, payload, plainLength) => {
+    const out = Buffer.alloc(plainLength);
+    kernel.decodeInto(codec, payload, plainLength, out);
+    return out;
+  };
+}
+

@@ -1,0 +1,518 @@
+// Prune of repository v2: retention of a disk's v2 points, then per domain a reference scan, the two-phase sweep of
+// packs (mark now, delete after the grace period if still unused), repack of packs mostly unused, index compaction.
+// Every step writes before it deletes, so a SIGKILL anywhere leaves every kept point restorable; the rules, and why a
+// concurrent replicate never loses a chunk, are in README "Prune, repack and index compaction (repository v2)".
+import type { EncryptionKey } from '../crypto/keys.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
+import { xxh64 } from '../format/checksum.js';
+import { isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
+import type { ObjectStore } from '../store/types.js';
+import { forEachBounded } from '../pipeline/chunk-reader.js';
+import { Domain } from '../repository/domain.js';
+import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
+import { Lease, type LeaseOptions } from '../repository/lease.js';
+import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
+import { listPointSeqs } from '../repository/points.js';
+import { PackBuilder, newObjectId, type BlobEntry } from '../repository/pack.js';
+import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
+import { PruneMarks, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
+import {
+  diskIdOf, listV2Disks, type V2DiskObjects, listV2PointSeqs, loadV2Chain, loadV2Point, nonZero, pendingParent, pendingSegmentEntries, v2ChainView, v2TableEntries,
+} from '../repository/v2-scan.js';
+import { dropLegacyPoints, prune } from './prune.js';
+
+/** Default grace period: far longer than a lease (10 min at most) and a checkpoint interval (15 s). */
+export const DEFAULT_GRACE_MS = 60 * 60_000;
+/** Default --max-unused, as a fraction (README: chosen by the repack measurement). */
+export const DEFAULT_MAX_UNUSED = 0.5;
+/** Tombstones of deleted packs are kept at least this long (and as long as an index lists the pack). */
+const TOMBSTONE_MS = 24 * 60 * 60_000;
+/** Entries per index object written by compaction and repack (80 B each: 5 MiB). */
+export const INDEX_TARGET_ENTRIES = 65536;
+
+/** The lease one prune of a domain holds (a disk-lease name no disk of a store uses: README). */
+export const pruneLeaseName = (domain: string): string => `prune.${domain}`;
+
+export interface MaintainOptions {
+  store: ObjectStore;
+  domain: Domain;
+  graceMs?: number;
+  /** Repack packs whose unused share exceeds this fraction (0: never). */
+  maxUnused?: number;
+  concurrency?: number;
+  now?: () => number;
+  lease?: LeaseOptions | false;
+}
+
+export interface MaintainResult {
+  domain: string;
+  packs: number;
+  /** Packs found unused for the first time (writers may still use them). */
+  packsSeen: number;
+  packsMarked: number;
+  packsUnmarked: number;
+  packsDeleted: number;
+  bytesDeleted: number;
+  packsRepacked: number;
+  /** Blob bytes copied by repack (what it costs in writes). */
+  bytesRewritten: number;
+  packsWritten: number;
+  indexesWritten: number;
+  indexesDeleted: number;
+  /** Referenced chunk ids no existing pack holds: damage, reported, never "repaired" by deleting more. */
+  missingChunks: number;
+  /** Why nothing was deleted in this run, when something could not be proven unused. */
+  deferred?: string;
+  seconds: number;
+}
+
+export interface PackInfo {
+  size: number;
+  /** Distinct blobs the index knows in this pack, by offset. */
+  blobs: Map<number, BlobEntry>;
+  /** Offsets of blobs holding a canonical location of a referenced chunk. */
+  used: Set<number>;
+}
+
+export async function maintainDomain(opts: MaintainOptions): Promise<MaintainResult> {
+  if (opts.lease === false) return maintainLeased(opts);
+  const lease = await Lease.acquire(opts.store, pruneLeaseName(opts.domain.name), opts.lease);
+  try {
+    return await maintainLeased(opts);
+  } finally {
+    await lease.release();
+  }
+}
+
+async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
+  const started = performance.now();
+  const { store, domain } = opts;
+  const now = opts.now ?? Date.now;
+  const graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
+  const maxUnused = opts.maxUnused ?? DEFAULT_MAX_UNUSED;
+  const concurrency = opts.concurrency ?? 8;
+  const r: MaintainResult = {
+    domain: domain.name, packs: 0, packsSeen: 0, packsMarked: 0, packsUnmarked: 0, packsDeleted: 0, bytesDeleted: 0, packsRepacked: 0, bytesRewritten: 0,
+    packsWritten: 0, indexesWritten: 0, indexesDeleted: 0, missingChunks: 0, seconds: 0,
+  };
+
+  const { marks, index, packs, missingChunks, deferred } = await scanDomain(store, domain, concurrency);
+  r.packs = packs.size;
+  r.missingChunks = missingChunks;
+  if (deferred) r.deferred = deferred;
+
+  // Sweep, one state per run and a grace period between: unused packs are seen, then marked (writers stop using
+  // them), then deleted; a pack in use again loses its mark.
+  const t = now();
+  const doomed: ObjectId[] = [];
+  for (const [id, p] of packs) {
+    const mark = marks.packs.get(id);
+    if (p.used.size > 0) {
+      if (mark) { marks.packs.delete(id); r.packsUnmarked++; }
+    } else if (!mark) {
+      marks.packs.set(id, { state: 'seen', at: t });
+      r.packsSeen++;
+    } else if (t - mark.at < graceMs || r.deferred) {
+      continue;
+    } else if (mark.state === 'seen') {
+      marks.packs.set(id, { state: 'marked', at: t });
+      r.packsMarked++;
+    } else if (mark.state === 'marked') {
+      doomed.push(id);
+    }
+  }
+  let deletedOne = false;
+  await forEachBounded(iter(doomed), concurrency, async (id) => {
+    await store.delete(r2.pack(domain.name, id));
+    r.packsDeleted++;
+    r.bytesDeleted += packs.get(id)!.size;
+    if (!deletedOne) { deletedOne = true; failpoint('prune-pack-deleted'); }
+  });
+  for (const id of doomed) {
+    marks.packs.set(id, { state: 'deleted', at: t });
+    packs.delete(id);
+  }
+  const indexed = new Set<ObjectId>();
+  for (const l of index.locations()) indexed.add(l.packId);
+  for (const [id, m] of marks.packs) {
+    if (packs.has(id)) continue;
+    if (m.state === 'seen') marks.packs.delete(id);
+    // Gone while marked: deleted by a run that crashed before writing the marks.
+    else if (m.state === 'marked') marks.packs.set(id, { state: 'deleted', at: t });
+    else if (t - m.at >= Math.max(TOMBSTONE_MS, graceMs) && !indexed.has(id)) marks.packs.delete(id);
+  }
+  await writePruneMarks(store, domain, marks);
+  failpoint('prune-marks-written');
+
+  // Repack: mark the sources first (writers stop reusing them), copy their live blobs, index the copies.
+  if (maxUnused > 0 && !r.deferred) await repack(store, domain, packs, marks, maxUnused, t, r, index);
+
+  // Index compaction.
+  if (!r.deferred) await compactIndexes(store, domain, index, new Set(packs.keys()), r, concurrency);
+
+  r.seconds = (performance.now() - started) / 1000;
+  return r;
+}
+
+export interface DomainScan {
+  marks: PruneMarks;
+  index: ChunkIndex;
+  /** Every pack listed, with its blobs (from the index) and those in use. */
+  packs: Map<ObjectId, PackInfo>;
+  /** Disks by name, with their id when it could be learnt. */
+  disks: Map<string, { disk?: string; objects: V2DiskObjects }>;
+  missingChunks: number;
+  /** Set when some references could not be read: nothing may be deleted. */
+  deferred?: string;
+}
+
+/**
+ * Loads what prune, stats and check need of a domain: its marks, index and packs, and which blob of each pack holds
+ * the canonical copy of every chunk id a committed point or a checkpoint references.
+ */
+export async function scanDomain(store: ObjectStore, domain: Domain, concurrency = 8): Promise<DomainScan> {
+  const r: { missingChunks: number; deferred?: string } = { missingChunks: 0 };
+  // Marks first, then indexes, then packs: a pack listed here was put before any index listing it (writers put the
+  // pack, then its index), so an index entry whose pack is not listed names a deleted pack.
+  const marks = await readPruneMarks(store, domain);
+  const index = await ChunkIndex.load(store, domain, concurrency);
+  const packs = new Map<ObjectId, PackInfo>();
+  for await (const o of store.list(r2.packsPrefix(domain.name))) {
+    const h = classify(o.key);
+    if (h?.kind === 'pack' && h.domain === domain.name) packs.set(h.id, { size: o.size, blobs: new Map(), used: new Set() });
+  }
+  for (const l of index.locations()) packs.get(l.packId)?.blobs.set(l.entry.offset, l.entry);
+
+  // Reference scan: committed points, then checkpoints of points being written.
+  const canonical = (id: Buffer): ChunkLocation | undefined => {
+    let best: ChunkLocation | undefined;
+    let bestMarked = true;
+    for (const l of index.lookup(id)) {
+      if (!packs.has(l.packId)) continue;
+      const marked = marks.blocks(l.packId);
+      if (!best || (bestMarked && !marked) || (bestMarked === marked && l.packId < best.packId)) {
+        best = l;
+        bestMarked = marked;
+      }
+    }
+    return best;
+  };
+  const use = (e: ChunkEntry) => {
+    if (!nonZero(e)) return;
+    const l = canonical(e.id!);
+    if (!l) r.missingChunks++;
+    else packs.get(l.packId)!.used.add(l.entry.offset);
+  };
+  const disks = await listV2Disks(store, domain.name);
+  const diskIds = new Map<string, string>();
+  for (const d of disks.values()) {
+    const disk = await diskIdOf(store, domain, d);
+    if (disk !== undefined) diskIds.set(d.dname, disk);
+    const latest = d.points.length ? d.points[d.points.length - 1] : -1;
+    if (disk === undefined) {
+      // Only tables of a first checkpoint in flight: its writer re-reads the marks at that checkpoint (README).
+      continue;
+    }
+    for (const seq of d.points) {
+      const m = await loadV2Point(store, domain, disk, seq).catch((err) => {
+        if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined; // deleted by retention since the listing
+        throw err;
+      });
+      if (m) for await (const e of v2TableEntries(store, domain, m)) use(e);
+    }
+    for (const seq of d.pending.filter((p) => p > latest)) {
+      const parent = await pendingParent(store, domain, disk, seq);
+      if (parent === undefined) continue;
+      for (const s of d.segments.filter((x) => x.point === seq)) {
+        try {
+          for (const e of (await pendingSegmentEntries(store, domain, disk, s, parent)) ?? []) use(e);
+        } catch (err) {
+          // A segment of the next checkpoint, written before its checkpoint (and so bound to a newer state), or damage:
+          // either way its references are not known, so nothing may be deleted on this run.
+          if (!(err instanceof RnodeError)) throw err;
+          r.deferred = `table ${s.key} of a point being written could not be read (${err.code})`;
+        }
+      }
+    }
+  }
+
+  const named = new Map<string, { disk?: string; objects: V2DiskObjects }>();
+  for (const d of disks.values()) named.set(d.dname, { disk: diskIds.get(d.dname), objects: d });
+  return { marks, index, packs, disks: named, missingChunks: r.missingChunks, ...(r.deferred ? { deferred: r.deferred } : {}) };
+}
+
+async function* iter<T>(xs: T[]): AsyncIterable<T> {
+  yield* xs;
+}
+
+function unusedShare(p: PackInfo): number {
+  let total = 0;
+  let live = 0;
+  for (const [off, b] of p.blobs) {
+    total += b.length;
+    if (p.used.has(off)) live += b.length;
+  }
+  return total === 0 ? 0 : 1 - live / total;
+}
+
+async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, PackInfo>, marks: PruneMarks, maxUnused: number, t: number,
+  r: MaintainResult, index: ChunkIndex): Promise<void> {
+  const sources = [...packs].filter(([id, p]) => p.used.size > 0 && !marks.blocks(id) && unusedShare(p) > maxUnused).map(([id]) => id);
+  if (sources.length === 0) return;
+  for (const id of sources) marks.packs.set(id, { state: 'marked', at: t });
+  await writePruneMarks(store, domain, marks);
+  failpoint('prune-repack-marked');
+
+  const written: ChunkLocation[] = [];
+  let builder: PackBuilder | undefined;
+  const flush = async () => {
+    if (!builder || builder.count === 0) return;
+    const b = builder;
+    builder = undefined;
+    await store.put(r2.pack(domain.name, b.id), b.finish());
+    r.packsWritten++;
+    for (const e of b.entries) written.push({ packId: b.id, entry: e });
+    if (r.packsWritten === 1) failpoint('prune-repack-pack-written');
+  };
+  for (const id of sources) {
+    const p = packs.get(id)!;
+    const bytes = await store.get(r2.pack(domain.name, id));
+    for (const off of [...p.used].sort((a, b) => a - b)) {
+      const e = p.blobs.get(off)!;
+      const blob = bytes.subarray(e.offset, e.offset + e.length);
+      if (blob.length !== e.length || xxh64(blob) !== e.payloadXxh64) {
+        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
+          { details: { key: r2.pack(domain.name, id) } });
+      }
+      builder ??= new PackBuilder(domain.name, domain.config.packSize, domain.key);
+      if (builder.wouldOverflow(blob.length)) {
+        await flush();
+        builder = new PackBuilder(domain.name, domain.config.packSize, domain.key);
+      }
+      builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
+      r.bytesRewritten += e.length;
+    }
+    r.packsRepacked++;
+  }
+  await flush();
+  for (let i = 0; i < written.length; i += INDEX_TARGET_ENTRIES) {
+    const indexId = newObjectId();
+    await store.put(r2.index(domain.name, indexId), encodeIndex(domain, indexId, written.slice(i, i + INDEX_TARGET_ENTRIES)));
+    r.indexesWritten++;
+  }
+  for (const l of written) index.add(l);
+  failpoint('prune-repack-indexed');
+}
+
+/**
+ * Rewrites index objects that are small or name deleted packs into full ones holding only entries of existing packs,
+ * then deletes those it replaced. Index objects written after the listing (by writers, or by repack above) stay.
+ */
+async function compactIndexes(store: ObjectStore, domain: Domain, index: ChunkIndex, existing: Set<ObjectId>, r: MaintainResult, concurrency: number): Promise<void> {
+  const perIndex = new Map<ObjectId, ChunkLocation[]>();
+  for (const l of index.locations()) {
+    if (!l.indexId) continue;
+    let list = perIndex.get(l.indexId);
+    if (!list) perIndex.set(l.indexId, (list = []));
+    list.push(l);
+  }
+  const replace = [...perIndex].filter(([, ls]) => ls.length < INDEX_TARGET_ENTRIES / 2 || ls.some((l) => !existing.has(l.packId))).map(([id]) => id);
+  const loadedEmpty = index.indexIds.filter((id) => !perIndex.has(id));
+  const worthIt = replace.length > 1 || replace.some((id) => perIndex.get(id)!.some((l) => !existing.has(l.packId))) || loadedEmpty.length > 0;
+  if (!worthIt) return;
+  const seen = new Set<string>();
+  const keep: ChunkLocation[] = [];
+  for (const id of replace) {
+    for (const l of perIndex.get(id)!) {
+      const k = `${l.packId}:${l.entry.offset}`;
+      if (!existing.has(l.packId) || seen.has(k)) continue;
+      seen.add(k);
+      keep.push({ packId: l.packId, entry: l.entry });
+    }
+  }
+  for (let i = 0; i < keep.length; i += INDEX_TARGET_ENTRIES) {
+    const indexId = newObjectId();
+    await store.put(r2.index(domain.name, indexId), encodeIndex(domain, indexId, keep.slice(i, i + INDEX_TARGET_ENTRIES)));
+    r.indexesWritten++;
+  }
+  failpoint('prune-index-written');
+  await forEachBounded(iter([...replace, ...loadedEmpty]), concurrency, async (id) => {
+    await store.delete(r2.index(domain.name, id));
+    r.indexesDeleted++;
+  });
+}
+
+// ---- Retention of a disk's v2 points ----
+
+export interface V2RetentionResult {
+  kept: number[];
+  deleted: number[];
+  objectsDeleted: number;
+}
+
+/**
+ * Keeps the v2 points in `keep` (a set of point numbers), deletes the others: the oldest kept point is rebased onto a
+ * standalone table first (no data copied), manifests go newest first, then tables no kept point uses and checkpoints
+ * nobody can resume. Packs are left to the domain sweep. The caller holds the disk's lease.
+ */
+export async function retainV2Points(store: ObjectStore, domain: Domain, disk: string, keep: Set<number>, concurrency = 8): Promise<V2RetentionResult> {
+  const seqs = await listV2PointSeqs(store, domain, disk);
+  const kept = seqs.filter((s) => keep.has(s));
+  const deleted = seqs.filter((s) => !keep.has(s));
+  if (kept.length === 0 && deleted.length > 0) throw new RnodeError(ErrorCodes.INTERNAL, 'v2 retention would delete every point of a disk');
+  let objectsDeleted = 0;
+  if (deleted.length === 0) return { kept, deleted, objectsDeleted };
+  const latest = seqs[seqs.length - 1];
+  const oldest = kept[0];
+  const chain = await loadV2Chain(store, domain, disk, oldest);
+  if (chain[0].parent !== null) await rebaseV2(store, domain, chain);
+  failpoint('prune-rebased');
+  let first = true;
+  for (const s of [...deleted].reverse()) {
+    await store.delete(r2.point(domain.name, domain.dname(disk), s));
+    if (first) { first = false; failpoint('prune-manifest-deleted'); }
+  }
+  // Tables: only each kept point's current generation lives, plus anything of a point not committed yet.
+  const live = new Set<string>();
+  for (const s of kept) for (const ref of (await loadV2Point(store, domain, disk, s)).table.segments) live.add(ref.key);
+  const dname = domain.dname(disk);
+  const stale = async function* () {
+    for await (const o of store.list(r2.diskPrefix(domain.name, dname))) {
+      const h = classify(o.key);
+      if (h?.kind === 'table' && h.point <= latest && !live.has(o.key)) yield o.key;
+      if (h?.kind === 'pending' && h.point <= latest) yield o.key;
+    }
+  };
+  await forEachBounded(stale(), concurrency, async (key) => {
+    await store.delete(key);
+    objectsDeleted++;
+  });
+  return { kept, deleted, objectsDeleted };
+}
+
+async function rebaseV2(store: ObjectStore, domain: Domain, chain: V2PointManifest[]): Promise<void> {
+  const k = chain[0];
+  const gen = k.table.generation + 1;
+  const dname = domain.dname(k.disk);
+  const segments: V2PointManifest['table']['segments'] = [];
+  let batch: ChunkEntry[] = [];
+  let records = 0;
+  const flush = async () => {
+    const n = segments.length;
+    const bytes = encodeTableV3(domain, { disk: k.disk, point: k.point, parent: null, generation: gen, segment: n }, batch);
+    const key = r2.segment(domain.name, dname, k.point, gen, n);
+    await store.put(key, bytes);
+    segments.push({
+      key, records: batch.length, first: batch.length ? batch[0].index : -1, last: batch.length ? batch[batch.length - 1].index : -1,
+      digest: segmentDigest(bytes),
+    });
+    records += batch.length;
+    batch = [];
+  };
+  for await (const e of v2ChainView(store, domain, chain)) {
+    if (isZeroEntry(e)) continue; // a standalone table leaves zeros out
+    batch.push(e);
+    if (batch.length >= TABLE_SEGMENT_RECORDS) await flush();
+  }
+  if (batch.length > 0 || segments.length === 0) await flush();
+  const rebased: V2PointManifest = { ...k, parent: null, table: { generation: gen, records, segments } };
+  await store.put(r2.point(domain.name, dname, k.point), encodeManifestV4(domain, rebased));
+}
+
+// ---- The prune job: retention of one disk (legacy and v2), then maintenance of each domain ----
+
+export interface PruneStoreOptions {
+  store: ObjectStore;
+  /** With keep: the disk whose points are thinned out. Without: maintenance only. */
+  disk?: string;
+  keep?: number;
+  /** The key of an encrypted disk and domain: its domain is maintained too; without it, only `plain`. */
+  encryption?: EncryptionKey;
+  graceMs?: number;
+  maxUnused?: number;
+  concurrency?: number;
+  now?: () => number;
+  lease?: LeaseOptions;
+}
+
+export interface PruneStoreResult {
+  disk?: string;
+  kept: number[];
+  deleted: number[];
+  /** Legacy chunk objects deleted by retention. */
+  chunksDeleted: number;
+  objectsDeleted: number;
+  domains: MaintainResult[];
+  seconds: number;
+}
+
+export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreResult> {
+  const started = performance.now();
+  const { store } = opts;
+  const key = opts.encryption;
+  const domain = await Domain.open(store, key);
+  const out: PruneStoreResult = { kept: [], deleted: [], chunksDeleted: 0, objectsDeleted: 0, domains: [], seconds: 0 };
+  if (opts.disk !== undefined || opts.keep !== undefined) {
+    if (opts.disk === undefined || opts.keep === undefined) throw new RnodeError(ErrorCodes.USAGE, 'pass --disk and --keep together (or neither, for maintenance only)');
+    Object.assign(out, await retainDisk(store, domain, validateDiskId(opts.disk), opts.keep, key, opts), { disk: opts.disk });
+  }
+  const domains = [domain ?? undefined];
+  // Without a key, the plain domain; with one, the key's domain and the plain one (a store may hold both).
+  if (key) domains.push(await Domain.open(store, undefined));
+  for (const d of domains) {
+    if (!d) continue;
+    out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now, lease: opts.lease }));
+  }
+  if (out.domains.length === 0 && opts.disk === undefined && !key && (await hasSealedDomain(store))) {
+    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`);
+  }
+  out.seconds = (performance.now() - started) / 1000;
+  return out;
+}
+
+/** True when the store holds objects of an encrypted domain (one listed key is enough). */
+export async function hasSealedDomain(store: ObjectStore): Promise<boolean> {
+  for await (const o of store.list('r2/k')) {
+    const h = classify(o.key);
+    if (h && 'domain' in h && h.domain !== PLAIN_DOMAIN) return true;
+  }
+  return false;
+}
+
+async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: string, keep: number, key: EncryptionKey | undefined,
+  opts: PruneStoreOptions): Promise<Omit<PruneStoreResult, 'domains' | 'seconds' | 'disk'>> {
+  if (!Number.isSafeInteger(keep) || keep < 1) throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${keep})`);
+  const legacy = await listPointSeqs(store, disk);
+  const v2 = domain ? await listV2PointSeqs(store, domain, disk) : [];
+  if (legacy.length === 0 && v2.length === 0) {
+    if (!key && (await hasSealedDomain(store))) {
+      throw new RnodeError(ErrorCodes.KEY_REQUIRED, `disk ${disk} has no unencrypted points in ${store.location}; if it is encrypted, pass its key with --encryption-key-file`);
+    }
+    throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
+  }
+  const all = [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
+  const keepSet = new Set(all.slice(-keep));
+  const out = { kept: all.filter((s) => keepSet.has(s)), deleted: all.filter((s) => !keepSet.has(s)), chunksDeleted: 0, objectsDeleted: 0 };
+  const names = [...new Set([disk, ...(domain && v2.length ? [domain.dname(disk)] : [])])];
+  const leases: Lease[] = [];
+  try {
+    for (const n of names) leases.push(await Lease.acquire(store, n, opts.lease));
+    const legacyKeep = legacy.filter((s) => keepSet.has(s)).length;
+    // Legacy prune also sweeps what dead attempts left, so it runs even when no legacy point goes.
+    if (legacy.length > 0) {
+      const r = legacyKeep > 0
+        ? await prune({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false })
+        : await dropLegacyPoints(store, disk, key, opts.concurrency);
+      out.chunksDeleted += r.chunksDeleted;
+      out.objectsDeleted += r.objectsDeleted;
+    }
+    failpoint('prune-legacy-retained');
+    if (domain && v2.some((s) => !keepSet.has(s))) {
+      out.objectsDeleted += (await retainV2Points(store, domain, disk, keepSet, opts.concurrency)).objectsDeleted;
+    }
+  } finally {
+    for (const l of leases.reverse()) await l.release();
+  }
+  return out;
+}

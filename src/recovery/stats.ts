@@ -1,0 +1,135 @@
+// `rnode stats`: what a store holds and what it costs. Per v2 domain: disks, points, logical size (the disks' sizes
+// summed over points), data (the non-zero bytes those points describe), unique data (distinct chunks in use), stored
+// bytes, the dedup ratio (data / unique data), packs and the bytes prune could reclaim (unused). An encrypted domain
+// without its key shows object counts and sizes only. Legacy disks are counted as they are stored (no dedup).
+import type { EncryptionKey } from '../crypto/keys.js';
+import { isZeroEntry } from '../format/table.js';
+import type { ObjectStore } from '../store/types.js';
+import { Domain } from '../repository/domain.js';
+import { PLAIN_DOMAIN, classify, layout, r2 } from '../repository/names.js';
+import { listPoints } from '../repository/points.js';
+import { loadV2Chain, v2ChainView } from '../repository/v2-scan.js';
+import { scanDomain } from './prune-v2.js';
+
+export interface DomainStats {
+  domain: string;
+  encrypted: boolean;
+  /** False for an encrypted domain whose key was not given: only objects and bytes are known. */
+  readable: boolean;
+  objects: number;
+  storedBytes: number;
+  packs: number;
+  packBytes: number;
+  indexObjects: number;
+  indexBytes: number;
+  disks?: number;
+  points?: number;
+  logicalBytes?: number;
+  dataBytes?: number;
+  uniqueBytes?: number;
+  dedupRatio?: number;
+  /** Bytes of pack blobs no point uses, plus packs no index lists: what prune and repack can reclaim. */
+  unusedBytes?: number;
+}
+
+export interface StatsResult {
+  disks: number;
+  points: number;
+  logicalBytes: number;
+  storedBytes: number;
+  /** Over readable v2 domains (legacy points are not deduplicated). */
+  dedupRatio: number | null;
+  packs: number;
+  unusedBytes: number;
+  domains: DomainStats[];
+  legacy: { disks: number; points: number; logicalBytes: number; storedBytes: number; objects: number };
+  /** Domains counted without their key (objects and bytes only). */
+  sealedWithoutKey: string[];
+  seconds: number;
+}
+
+export async function stats(opts: { store: ObjectStore; encryption?: EncryptionKey }): Promise<StatsResult> {
+  const started = performance.now();
+  const { store } = opts;
+  const key = opts.encryption;
+  const byDomain = new Map<string, DomainStats>();
+  for await (const o of store.list(r2.prefix)) {
+    const h = classify(o.key);
+    if (!h || !('domain' in h)) continue;
+    let d = byDomain.get(h.domain);
+    if (!d) {
+      byDomain.set(h.domain, (d = { domain: h.domain, encrypted: h.domain !== PLAIN_DOMAIN, readable: false, objects: 0, storedBytes: 0, packs: 0, packBytes: 0, indexObjects: 0, indexBytes: 0 }));
+    }
+    d.objects++;
+    d.storedBytes += o.size;
+    if (h.kind === 'pack') { d.packs++; d.packBytes += o.size; }
+    if (h.kind === 'index') { d.indexObjects++; d.indexBytes += o.size; }
+  }
+  const diskNames = new Set<string>();
+  for (const d of byDomain.values()) {
+    const k = d.domain === PLAIN_DOMAIN ? undefined : key?.domain === d.domain ? key : null;
+    if (k === null) continue;
+    const domain = await Domain.open(store, k);
+    if (!domain) continue;
+    d.readable = true;
+    const scan = await scanDomain(store, domain);
+    d.disks = scan.disks.size;
+    d.points = 0;
+    d.logicalBytes = 0;
+    d.dataBytes = 0;
+    d.uniqueBytes = 0;
+    d.unusedBytes = 0;
+    for (const p of scan.packs.values()) {
+      if (p.blobs.size === 0) d.unusedBytes += p.size;
+      for (const [off, b] of p.blobs) {
+        if (p.used.has(off)) d.uniqueBytes += b.plainLength;
+        else d.unusedBytes += b.length;
+      }
+    }
+    for (const { disk, objects } of scan.disks.values()) {
+      if (disk === undefined) continue;
+      diskNames.add(disk);
+      for (const seq of objects.points) {
+        const chain = await loadV2Chain(store, domain, disk, seq);
+        d.points++;
+        d.logicalBytes += chain[0].diskSize;
+        for await (const e of v2ChainView(store, domain, chain)) if (!isZeroEntry(e)) d.dataBytes += e.plainLength;
+      }
+    }
+    d.dedupRatio = d.uniqueBytes > 0 ? d.dataBytes / d.uniqueBytes : 1;
+  }
+
+  const legacy = { disks: 0, points: 0, logicalBytes: 0, storedBytes: 0, objects: 0 };
+  const legacyDisks = new Set<string>();
+  for await (const o of store.list(layout.disksPrefix)) {
+    legacy.objects++;
+    legacy.storedBytes += o.size;
+    const h = classify(o.key);
+    if (h?.kind === 'legacy-manifest') legacyDisks.add(h.disk);
+  }
+  for (const disk of legacyDisks) {
+    const points = await listPoints(store, disk);
+    legacy.points += points.length;
+    for (const m of points) legacy.logicalBytes += m.diskSize;
+    diskNames.add(disk);
+  }
+  legacy.disks = legacyDisks.size;
+
+  const domains = [...byDomain.values()];
+  const readable = domains.filter((d) => d.readable);
+  const data = readable.reduce((s, d) => s + (d.dataBytes ?? 0), 0);
+  const unique = readable.reduce((s, d) => s + (d.uniqueBytes ?? 0), 0);
+  return {
+    disks: diskNames.size,
+    points: legacy.points + readable.reduce((s, d) => s + (d.points ?? 0), 0),
+    logicalBytes: legacy.logicalBytes + readable.reduce((s, d) => s + (d.logicalBytes ?? 0), 0),
+    storedBytes: legacy.storedBytes + domains.reduce((s, d) => s + d.storedBytes, 0),
+    dedupRatio: unique > 0 ? data / unique : null,
+    packs: domains.reduce((s, d) => s + d.packs, 0),
+    unusedBytes: readable.reduce((s, d) => s + (d.unusedBytes ?? 0), 0),
+    domains,
+    legacy,
+    sealedWithoutKey: domains.filter((d) => !d.readable && d.encrypted).map((d) => d.domain),
+    seconds: (performance.now() - started) / 1000,
+  };
+}
