@@ -7,7 +7,8 @@ import { dedup } from './dedup.js';
 import { agent, encryption, vmware, ws } from './extras.js';
 import { instantRecovery } from './instant.js';
 import { memory } from './memory.js';
+import { prune } from './prune.js';
 import { recovery } from './recovery.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, codec, memory, recovery, instantRecovery, encryption, ws, clouds, dedup, vmware, agent];
+export const sections: Section[] = [throughput, codec, memory, recovery, instantRecovery, encryption, ws, clouds, dedup, prune, vmware, agent];
