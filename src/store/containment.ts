@@ -48,7 +48,7 @@ export function assertOutsideStore(storeLocation: string, target: string, what: 
 
 /**
  * For a work folder that holds a store of its own (demo): refuses one that lies inside an existing rnode store, found
- * by its layout (an ancestor holding disks/<id>/points or disks/<id>/chunks).
+ * by its layout (an ancestor holding disks/<id>/points or disks/<id>/chunks, or r2/<domain>/config).
  */
 export function assertNotInsideAnyStore(target: string, what: string): void {
   const real = resolveThroughSymlinks(target);
@@ -56,7 +56,11 @@ export function assertNotInsideAnyStore(target: string, what: string): void {
     const disks = path.join(d, 'disks');
     let ids: string[] = [];
     try { ids = fs.readdirSync(disks); } catch { /* not a store */ }
-    if (ids.some((id) => fs.existsSync(path.join(disks, id, 'points')) || fs.existsSync(path.join(disks, id, 'chunks')))) {
+    // Repository v2 keeps everything under r2/<domain>/, each domain with its config (docs/repository-v2.md).
+    let domains: string[] = [];
+    try { domains = fs.readdirSync(path.join(d, 'r2')); } catch { /* no v2 repository */ }
+    if (ids.some((id) => fs.existsSync(path.join(disks, id, 'points')) || fs.existsSync(path.join(disks, id, 'chunks'))) ||
+        domains.some((dom) => fs.existsSync(path.join(d, 'r2', dom, 'config')))) {
       assertOutsideStore(d, target, what);
     }
     if (path.dirname(d) === d) return;

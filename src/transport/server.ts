@@ -573,7 +573,7 @@ class Session {
 }
 
 /** Credit the frame heads of an object sent in parts may take beyond its bytes (generous: 8 KiB a part). */
-export function partOverhead(objectBytes: number): number {
+function partOverhead(objectBytes: number): number {
   return (Math.ceil(objectBytes / PART_BYTES) + 1) * 8192;
 }
 

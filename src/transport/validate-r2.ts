@@ -137,7 +137,7 @@ async function checkPlainPack(b: Buffer, packId: string, deps: R2Checks): Promis
         return undefined;
       });
     } catch (err) {
-      throw new Error(`${what} does not decode: ${(err as Error).message}`);
+      throw new Error(`${what} does not decode: ${(err as Error).message}`, { cause: err });
     }
     if (ok) throw new Error(`${what}: ${ok}`);
   }));
@@ -161,7 +161,7 @@ async function checkPlainManifest(b: Buffer, h: Extract<R2Handle, { kind: 'manif
     try {
       bytes = await store.get(s.key);
     } catch (err) {
-      if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its table segment ${s.key} is not on this node`);
+      if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its table segment ${s.key} is not on this node`, { cause: err });
       throw err;
     }
     decodeTableV3(bytes, plainDomain, { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, s.key, s.digest);
@@ -172,7 +172,7 @@ async function requireObject(store: ObjectStore, key: string, what: string): Pro
   try {
     await store.head(key);
   } catch (err) {
-    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`the ${what} ${key} it names is not on this node`);
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`the ${what} ${key} it names is not on this node`, { cause: err });
     throw err;
   }
 }
