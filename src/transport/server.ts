@@ -13,7 +13,7 @@ import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/typ
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
-import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, PART_BYTES, type Frame } from './frame.js';
+import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from '../throttle.js';
 import { classifyKey, ObjectValidator } from './validate.js';
 
@@ -451,6 +451,11 @@ class Session {
           await this.writable();
           const range = m.offset !== undefined ? { offset: m.offset, ...(m.length !== undefined ? { length: m.length } : {}) } : undefined;
           const data = await store.get(m.key, range);
+          if (data.length > MAX_PAYLOAD_BYTES) {
+            // One DATA frame carries one get: a larger object (a whole pack) is read in ranges, as every reader does.
+            throw new RnodeError(ErrorCodes.STORE_IO, `get ${m.key}: ${data.length} bytes do not fit one frame (${MAX_PAYLOAD_BYTES}); read it in ranges`,
+              { details: { key: m.key, bytes: data.length } });
+          }
           await this.node.bucket?.take(data.length);
           this.node.stats.gets++;
           this.node.stats.getBytes += data.length;

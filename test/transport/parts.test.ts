@@ -35,6 +35,15 @@ t.test('an object of several parts is stored whole and byte-exact; the window bo
   t.ok(rs.counters.maxUnackedBytes <= window, 'the sender kept within its credit');
   t.ok(rs.counters.framesSent >= 2 + 3 + 6, 'large objects went as several frames');
 
+  // Reads go back one frame each: a whole object above a frame is refused with a sentence (the session goes on),
+  // and read in ranges it comes back whole.
+  const bigKey = 'disks/d2/encryption.json';
+  await t.rejects(rs.get(bigKey), { message: /read it in ranges/ }, 'a get above one frame is refused');
+  const pieces: Buffer[] = [];
+  for (let at = 0; at < objects[2].length; at += PART_BYTES) pieces.push(await rs.get(bigKey, { offset: at, length: Math.min(PART_BYTES, objects[2].length - at) }));
+  t.ok(Buffer.concat(pieces).equals(objects[2]), 'read in ranges, the object comes back whole on the same session');
+  t.equal(rs.counters.connects, 1, 'one session throughout');
+
   // Bigger than the window: refused by the sender with a sentence that says what to change, nothing sent.
   const small = await startNode(t, tmpDir(t, 'ws-parts-small'), { store: new MemoryStore(), windowBytes: 16 * MiB });
   const rs2 = remote(t, small.url);
