@@ -70,7 +70,7 @@ function median(xs: number[]): number {
 }
 
 /** `node dist/cli.js serve` on 127.0.0.1:0 with a local fs store; resolves with its ws:// URL. */
-async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string }> {
+export async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string }> {
   const cli = fileURLToPath(new URL('cli.js', DIST));
   const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
     { stdio: ['ignore', 'pipe', 'ignore'] });
@@ -82,7 +82,7 @@ async function startServe(storeDir: string, extra: string[] = []): Promise<{ chi
   return { child, url };
 }
 
-async function stopServe(child: ChildProcess): Promise<void> {
+export async function stopServe(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null) return;
   const done = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');

@@ -5,18 +5,24 @@
 // are the cloud backends plus their emulator, not the CLI.
 // The emulators are not the clouds: their speed says little about S3/Azure/GCS; the ratio shows what the
 // protocol path (HTTP, SDK, per-object requests) costs against local files on this machine.
+// Objects and PUTs per GiB of disk: the objects the replicate left in each store (listed) and the puts the store
+// wrapper's metrics counted (every attempt), for this build (repository v2: packs) and, when RNODE_BENCH_LEGACY
+// names the dist/index.js of a build of the previous release (one object per chunk), for that build too, into
+// the same emulator under another prefix.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { BlobServiceClient } from '@azure/storage-blob';
-import { generateSampleDisk, openSource, openStore, recover, replicate, type ObjectStore } from 'replication-node';
+import { pathToFileURL } from 'node:url';
+import { generateSampleDisk, openSource, openStore, recover, replicate, type ObjectStore, type WrappedStore } from 'replication-node';
 import type { Section, SectionContext } from '../lib/context.js';
 import { azuriteConnectionString, GCS_PROJECT, startAzurite, startGcsEmulator, startS3rver } from '../lib/emulators.js';
 import { fmt, ratioOf, type Row } from '../lib/report.js';
 
 const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 const MB = 1e6;
 const IMAGE_SIZE = 256 * MiB;
 const DISK = 'bench';
@@ -25,8 +31,12 @@ interface Target {
   name: string;
   /** What recover --out writes there (rows only). */
   out?: string;
-  /** Starts the server (if any) and opens the store; `done` stops and cleans up; `out`: a cloud disk output there. */
-  open(dir: string): Promise<{ store: ObjectStore; done(): Promise<void>; out?: { url: string; env: NodeJS.ProcessEnv } }>;
+  /**
+   * Starts the server (if any) and opens the store; `done` stops and cleans up; `out`: a cloud disk output there;
+   * `at(prefix)`: the location (and env) of another store on the same server (the legacy build's run).
+   */
+  open(dir: string): Promise<{ store: WrappedStore; done(): Promise<void>; out?: { url: string; env: NodeJS.ProcessEnv };
+    at(prefix: string): { url: string; env: NodeJS.ProcessEnv } }>;
 }
 
 const targets: Target[] = [
@@ -34,7 +44,7 @@ const targets: Target[] = [
     name: 'local fs',
     async open(dir) {
       const store = await openStore(path.join(dir, 'store'));
-      return { store, done: () => store.close() };
+      return { store, done: () => store.close(), at: (prefix) => ({ url: path.join(dir, prefix), env: {} }) };
     },
   },
   {
@@ -50,7 +60,8 @@ const targets: Target[] = [
       const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
       const store = await openStore(`s3://rnode-bench/b?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`, { env });
       return { store, done: async () => { await store.close(); await server.stop(); },
-        out: { url: `s3://rnode-bench/out/disk.raw?endpoint=${server.endpoint}&forcePathStyle=true`, env } };
+        out: { url: `s3://rnode-bench/out/disk.raw?endpoint=${server.endpoint}&forcePathStyle=true`, env },
+        at: (prefix) => ({ url: `s3://rnode-bench/${prefix}?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`, env }) };
     },
   },
   {
@@ -62,7 +73,8 @@ const targets: Target[] = [
       await BlobServiceClient.fromConnectionString(conn).getContainerClient('rnode-bench').create();
       const env = { AZURE_STORAGE_CONNECTION_STRING: conn };
       const store = await openStore('azblob://rnode-bench/b', { env });
-      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'azblob://rnode-bench/out/disk.vhd', env } };
+      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'azblob://rnode-bench/out/disk.vhd', env },
+        at: (prefix) => ({ url: `azblob://rnode-bench/${prefix}`, env }) };
     },
   },
   {
@@ -73,7 +85,8 @@ const targets: Target[] = [
       // The emulator does not enforce ifGenerationMatch (docs/stores.md).
       const env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT };
       const store = await openStore('gs://rnode-bench/b?conditional=off', { env });
-      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'gs://rnode-bench/out/disk.tar.gz', env } };
+      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'gs://rnode-bench/out/disk.tar.gz', env },
+        at: (prefix) => ({ url: `gs://rnode-bench/${prefix}?conditional=off`, env }) };
     },
   },
 ];
@@ -84,7 +97,24 @@ async function sha256(file: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** Objects listed in a store and puts its wrapper counted, after one full replicate. */
+interface Requests { objects: number; puts: number }
+
+async function countObjects(store: ObjectStore): Promise<number> {
+  let n = 0;
+  for await (const _ of store.list('')) n++;
+  return n;
+}
+
+/** The library of a build of the previous release (RNODE_BENCH_LEGACY = its dist/index.js), or undefined. */
+async function legacyBuild(): Promise<typeof import('replication-node') | undefined> {
+  const where = process.env.RNODE_BENCH_LEGACY;
+  return where ? import(pathToFileURL(path.resolve(where)).href) : undefined;
+}
+
 interface Measured {
+  v2?: Requests;
+  legacy?: Requests;
   replicate: number | null;
   recover: number | null;
   /** recover --out into the emulator's own cloud disk object (from its store), MB/s of disk. */
@@ -105,6 +135,9 @@ export const clouds: Section = {
     ctx.say(`image: ${IMAGE_SIZE / MiB} MiB mixed (generateSampleDisk), library calls in-process, default chunk size; ` +
       'emulators on 127.0.0.1 in child processes; s3rver and the GCS emulator with conditional=off');
 
+    const legacy = await legacyBuild();
+    ctx.say(legacy ? `legacy figures: the build at RNODE_BENCH_LEGACY=${process.env.RNODE_BENCH_LEGACY}, same image, same emulators`
+      : 'legacy figures: not measured (set RNODE_BENCH_LEGACY to the dist/index.js of a build of the previous release)');
     const results = new Map<string, Measured>();
     for (const target of targets) {
       const dir = path.join(ctx.dir, target.name.replace(/\W+/g, '-'));
@@ -123,6 +156,7 @@ export const clouds: Section = {
           await source.close();
         }
         m.replicate = IMAGE_SIZE / MB / rep.seconds;
+        m.v2 = { objects: await countObjects(opened.store), puts: opened.store.metrics().ops.put.calls };
         const out = path.join(ctx.dir, 'restored.img');
         const rec = await recover({ store: opened.store, disk: DISK, out });
         m.recover = IMAGE_SIZE / MB / rec.seconds;
@@ -134,6 +168,18 @@ export const clouds: Section = {
           const r = await recover({ store: opened.store, disk: DISK, out: opened.out.url, env: opened.out.env });
           m.recoverOut = IMAGE_SIZE / MB / r.seconds;
           m.note += `; --out ${r.out}: ${fmt(r.bytesWritten / MB, 'MB')} of disk data sent (before gzip for gs)`;
+        }
+        if (legacy) {
+          const at = opened.at('legacy');
+          const ls = await legacy.openStore(at.url, { env: at.env });
+          const src = await legacy.openSource(image);
+          try {
+            await legacy.replicate({ store: ls, source: src, disk: DISK });
+            m.legacy = { objects: await countObjects(ls), puts: ls.metrics().ops.put.calls };
+          } finally {
+            await src.close();
+            await ls.close();
+          }
         }
         ctx.log(`clouds: ${target.name}: replicate ${fmt(m.replicate, 'MB/s')}, recover ${fmt(m.recover, 'MB/s')}`);
       } catch (err) {
@@ -147,6 +193,20 @@ export const clouds: Section = {
 
     const local = results.get('local fs')!;
     const rows: Row[] = [];
+    const perGiB = (n: number) => (n * GiB) / IMAGE_SIZE;
+    for (const target of targets) {
+      const m = results.get(target.name)!;
+      for (const what of ['objects', 'puts'] as const) {
+        const v2 = m.v2 ? perGiB(m.v2[what]) : null;
+        const old = m.legacy ? perGiB(m.legacy[what]) : undefined;
+        rows.push({
+          name: `${what === 'objects' ? 'objects' : 'PUTs'} per GiB of disk → ${target.name}`, value: v2, unit: what === 'objects' ? 'objects' : 'PUTs',
+          ...(old !== undefined ? { baseline: { name: 'legacy build, same run', value: old } } : {}),
+          ratio: ratioOf(v2, old),
+          note: what === 'objects' ? 'objects listed after one full point of the image' : 'store puts counted by the wrapper metrics (every attempt)',
+        });
+      }
+    }
     for (const op of ['replicate', 'recover'] as const) {
       for (const target of targets.slice(1)) {
         const m = results.get(target.name)!;
@@ -156,6 +216,7 @@ export const clouds: Section = {
           unit: 'MB/s',
           baseline: local[op] === null ? undefined : { name: `${op} → local fs`, value: local[op]!, unit: 'MB/s' },
           ratio: ratioOf(m[op], local[op]),
+          ...(op === 'replicate' ? { target: { text: '>= 0.6x local fs', pass: m[op] === null || local[op] === null ? undefined : m[op]! / local[op]! >= 0.6 } } : {}),
           note: m.note,
         });
       }

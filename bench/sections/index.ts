@@ -3,11 +3,13 @@
 import type { Section } from '../lib/context.js';
 import { clouds } from './clouds.js';
 import { codec } from './codec.js';
+import { dedup } from './dedup.js';
 import { agent, encryption, vmware, ws } from './extras.js';
 import { instantRecovery } from './instant.js';
 import { memory } from './memory.js';
 import { prune } from './prune.js';
+import { repack } from './repack.js';
 import { recovery } from './recovery.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, codec, memory, recovery, instantRecovery, encryption, ws, clouds, vmware, agent, prune];
+export const sections: Section[] = [throughput, codec, memory, recovery, instantRecovery, encryption, ws, clouds, dedup, prune, repack, vmware, agent];

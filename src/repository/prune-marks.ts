@@ -95,7 +95,7 @@ export async function writePruneMarks(store: ObjectStore, domain: Domain, marks:
 }
 
 /**
- * The packs writers must not use (marked or deleted), as a set: what replicate reads at its start, at every
+ * The packs a writer must not use (marked or deleted), as the write path reads them at its start, at each
  * checkpoint and before its commit.
  */
 export async function markedPacks(store: ObjectStore, domain: Domain): Promise<Set<ObjectId>> {

@@ -56,11 +56,11 @@ export function assertNotInsideAnyStore(target: string, what: string): void {
     const disks = path.join(d, 'disks');
     let ids: string[] = [];
     try { ids = fs.readdirSync(disks); } catch { /* not a store */ }
-    // A repository v2 store holds r2/<domain>/config (the format is in src/repository/names.ts; only the folder name is checked here).
-    let r2: string[] = [];
-    try { r2 = fs.readdirSync(path.join(d, 'r2')); } catch { /* not a v2 store */ }
+    // Repository v2 keeps everything under r2/<domain>/, each domain with its config (docs/repository-v2.md).
+    let domains: string[] = [];
+    try { domains = fs.readdirSync(path.join(d, 'r2')); } catch { /* no v2 repository */ }
     if (ids.some((id) => fs.existsSync(path.join(disks, id, 'points')) || fs.existsSync(path.join(disks, id, 'chunks'))) ||
-        r2.some((dom) => fs.existsSync(path.join(d, 'r2', dom, 'config')))) {
+        domains.some((dom) => fs.existsSync(path.join(d, 'r2', dom, 'config')))) {
       assertOutsideStore(d, target, what);
     }
     if (path.dirname(d) === d) return;

@@ -21,14 +21,19 @@ export interface LeaseWire { disk: string; holder: string; token: number; acquir
 
 /** Node → client. */
 export type NodeMessage =
-  | { op: 'welcome'; session: string; window: number; maxFrame: number; maxInflight: number; node: string }
+  /** maxObject: the largest object a PUT may carry (in parts); absent from nodes that predate parted PUTs. */
+  | { op: 'welcome'; session: string; window: number; maxFrame: number; maxInflight: number; node: string; maxObject?: number }
   | { op: 'ack'; info?: ObjectInfoWire; credit?: number }
   | { op: 'error'; code: string; message: string; retryable?: boolean; details?: Record<string, unknown>; credit?: number }
   | { op: 'credit'; bytes: number }
   | { op: 'listPage'; items: ObjectInfoWire[]; more: boolean }
   | { op: 'leaseGrant'; lease: LeaseWire };
 
-export interface PutMeta { key: string; ifMatch?: string }
+/**
+ * A PUT's meta. An object sent in parts carries `total` (the object's size) and `at` (where this part's payload
+ * goes) on every part of its stream; parts come in order, each starting where the previous one ended.
+ */
+export interface PutMeta { key: string; ifMatch?: string; total?: number; at?: number }
 export interface DataMeta { size: number; etag?: string }
 
 const MAX_KEY = 1024;
@@ -108,9 +113,11 @@ function leaseWire(v: unknown): LeaseWire {
 
 export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
   switch (meta.op) {
-    case 'welcome':
+    case 'welcome': {
+      const maxObject = optInt(meta, 'maxObject');
       return { op: 'welcome', session: str(meta, 'session', 256), window: int(meta, 'window'), maxFrame: int(meta, 'maxFrame'),
-        maxInflight: int(meta, 'maxInflight'), node: str(meta, 'node', 256) };
+        maxInflight: int(meta, 'maxInflight'), node: str(meta, 'node', 256), ...(maxObject !== undefined ? { maxObject } : {}) };
+    }
     case 'ack': {
       const credit = optInt(meta, 'credit');
       return { op: 'ack', ...(meta.info !== undefined ? { info: info(meta.info) } : {}), ...(credit !== undefined ? { credit } : {}) };
@@ -134,7 +141,11 @@ export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
 
 export function parsePutMeta(meta: Record<string, unknown>): PutMeta {
   const ifMatch = optStr(meta, 'ifMatch', MAX_TEXT);
-  return { key: str(meta, 'key'), ...(ifMatch !== undefined ? { ifMatch } : {}) };
+  const total = optInt(meta, 'total');
+  const at = optInt(meta, 'at');
+  if ((total === undefined) !== (at === undefined)) throw protocolError('a part of a PUT carries both "total" and "at"');
+  if (total !== undefined && at! >= total) throw protocolError(`a part at ${at} of an object of ${total} bytes`);
+  return { key: str(meta, 'key'), ...(ifMatch !== undefined ? { ifMatch } : {}), ...(total !== undefined ? { total, at } : {}) };
 }
 
 export function parseDataMeta(meta: Record<string, unknown>): DataMeta {

@@ -22,6 +22,14 @@ export const MAX_META_BYTES = 1024 * 1024;
 /** Largest object payload: a 16 MiB chunk at its LZ4 worst case, with room to spare. */
 export const MAX_PAYLOAD_BYTES = 16 * 1024 * 1024 + 128 * 1024;
 export const MAX_FRAME_BYTES = FRAME_HEADER_BYTES + MAX_META_BYTES + MAX_PAYLOAD_BYTES;
+/**
+ * Largest object one PUT may carry: a 64 MiB pack (the largest pack size) with its trailer. Objects above
+ * PART_BYTES travel as several PUT frames of one stream (parts); the node assembles them within the session's
+ * byte credit, so a WebSocket message never exceeds MAX_FRAME_BYTES, before or after the hello.
+ */
+export const MAX_OBJECT_BYTES = 72 * 1024 * 1024;
+/** Payload of one part of a parted PUT. */
+export const PART_BYTES = 8 * 1024 * 1024;
 const NO_OFFSET_BIG = 0xffff_ffff_ffff_ffffn;
 
 export const FrameType = {

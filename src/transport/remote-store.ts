@@ -10,12 +10,12 @@ import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { ChunkFlag, CHUNK_HEADER_BYTES, decodeChunkHeader } from '../format/chunk.js';
 import { Codec } from '../format/codecs.js';
-import { parseChunkKey } from '../format/layout.js';
+import { classify, parseChunkKey } from '../repository/names.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
 import { isTlsFailure, TransportErrorCodes, transportError } from './errors.js';
-import { decodeFrame, encodeFrame, encodeFrameHead, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
+import { decodeFrame, encodeFrame, encodeFrameHead, FrameFlag, FrameType, FRAME_HEADER_BYTES, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, PART_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from '../throttle.js';
 
 export interface RemoteStoreOptions {
@@ -65,6 +65,8 @@ interface Req {
   /** The frame, or for a PUT its header and meta: the payload follows as a second fragment, not copied. */
   frame: Buffer;
   payload?: Buffer;
+  /** An object sent in parts: every part's head and payload (a slice of the caller's buffer), in order. */
+  parts?: Array<{ head: Buffer; payload: Buffer }>;
   /** Bytes on the wire (frame + payload): what the credit counts. */
   size: number;
   isPut: boolean;
@@ -104,6 +106,7 @@ export class RemoteStore implements ObjectStore {
   private lastHeard = 0;
   private everConnected = false;
   private maxFrame = MAX_FRAME_BYTES;
+  private maxObject = MAX_OBJECT_BYTES;
   /** A connection-level refusal (auth, version) the node sent before closing: fails everything pending. */
   private fatal?: RnodeError;
   /** Chunk size seen per disk, for the informational disk offset of chunk frames. */
@@ -169,16 +172,27 @@ export class RemoteStore implements ObjectStore {
     const stream = this.allocStream();
     // The payload is the caller's buffer, held (never copied) until the put resolves: the ObjectStore contract
     // lets callers reuse it only after that.
-    const head = encodeFrameHead({
-      type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64,
-      meta: { key, ...(opts.ifMatch !== undefined ? { ifMatch: opts.ifMatch } : {}) },
-    }, buf.length);
-    if (head.length + buf.length > this.maxFrame) {
-      throw new RnodeError(ErrorCodes.STORE_IO, `put ${key} in ${this.location}: object of ${buf.length} bytes exceeds the node's frame limit`);
+    const meta = { key, ...(opts.ifMatch !== undefined ? { ifMatch: opts.ifMatch } : {}) };
+    let head: Buffer;
+    let parts: Array<{ head: Buffer; payload: Buffer }> | undefined;
+    if (buf.length <= PART_BYTES) {
+      head = encodeFrameHead({ type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64, meta }, buf.length);
+      if (head.length + buf.length > this.maxFrame) {
+        throw new RnodeError(ErrorCodes.STORE_IO, `put ${key} in ${this.location}: object of ${buf.length} bytes exceeds the node's frame limit of ${this.maxFrame} bytes; raise "rnode serve --window" there`);
+      }
+    } else {
+      // Larger objects (packs) go in parts: no WebSocket message above the frame limit, the node assembles them.
+      if (buf.length > this.maxObject) throw this.tooLarge(key, buf.length);
+      parts = [];
+      for (let at = 0; at < buf.length; at += PART_BYTES) {
+        const payload = buf.subarray(at, Math.min(buf.length, at + PART_BYTES));
+        parts.push({ head: encodeFrameHead({ type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64, meta: { ...meta, total: buf.length, at } }, payload.length), payload });
+      }
+      head = parts[0].head;
     }
     let resent = false;
     try {
-      const f = await this.request(head, true, stream, () => { resent = true; }, undefined, buf);
+      const f = await this.request(head, true, stream, () => { resent = true; }, undefined, parts ? undefined : buf, parts);
       return infoOf(key, f);
     } catch (err) {
       // A conditional put whose first attempt landed before the cut comes back "already exists": it is ours
@@ -271,11 +285,13 @@ export class RemoteStore implements ObjectStore {
     return this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: m as unknown as Record<string, unknown> }), false, stream);
   }
 
-  private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer, payload?: Buffer): Promise<Frame> {
+  private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer, payload?: Buffer,
+    parts?: Array<{ head: Buffer; payload: Buffer }>): Promise<Frame> {
     if (this.state === 'closed') return Promise.reject(transportError(TransportErrorCodes.CLOSED, `the store ${this.location} is closed`));
     return new Promise<Frame>((resolve, reject) => {
+      const size = parts ? parts.reduce((n, p) => n + p.head.length + p.payload.length, 0) : frame.length + (payload?.length ?? 0);
       const req: Req = {
-        stream, frame, payload, size: frame.length + (payload?.length ?? 0), isPut, sentOn: 0, paid: false, reject,
+        stream, frame, payload, parts, size, isPut, sentOn: 0, paid: false, reject,
         resolve: (f) => {
           if (f.type === FrameType.CONTROL) {
             try { this.nodeMessage(f); } catch (err) { reject(err); return; }
@@ -288,6 +304,12 @@ export class RemoteStore implements ObjectStore {
       if (this.state === 'idle') void this.connectLoop();
       else void this.pump();
     });
+  }
+
+  private tooLarge(key: string, bytes: number): RnodeError {
+    return new RnodeError(ErrorCodes.STORE_IO,
+      `put ${key} in ${this.location}: an object of ${bytes} bytes exceeds what the receiving node takes in one session (${Math.min(this.maxObject, this.counters.window || this.maxObject)} bytes); raise "rnode serve --window" there or lower --pack-size`,
+      { details: { key, bytes, remote: this.location } });
   }
 
   private nodeMessage(f: Frame): NodeMessage {
@@ -310,6 +332,12 @@ export class RemoteStore implements ObjectStore {
       while (this.state === 'ready' && this.queue.length > 0) {
         const ws = this.ws!;
         const r = this.queue[0];
+        if (r.isPut && r.size > this.counters.window) {
+          // It would wait for credit forever: this node's window cannot hold it.
+          this.queue.shift();
+          r.reject(this.tooLarge(String(parsePutMetaKey(r.frame)), r.size));
+          continue;
+        }
         if (r.isPut && this.credit < r.size) break; // an ack's credit grant calls pump again
         if (ws.bufferedAmount >= this.hwm) {
           await new Promise<void>((res) => this.drainWaiters.push(res));
@@ -333,7 +361,8 @@ export class RemoteStore implements ObjectStore {
         r.sentOn = this.gen;
         r.paid = false;
         this.sent.set(r.stream, r);
-        this.sendNow(r.frame, r.payload);
+        if (r.parts) for (const p of r.parts) this.sendNow(p.head, p.payload);
+        else this.sendNow(r.frame, r.payload);
       }
     } finally {
       this.pumping = false;
@@ -477,6 +506,8 @@ export class RemoteStore implements ObjectStore {
     this.credit = w.window;
     this.unacked = 0;
     this.maxFrame = Math.min(MAX_FRAME_BYTES, w.maxFrame);
+    // A node without parted PUTs takes nothing above one frame.
+    this.maxObject = Math.min(MAX_OBJECT_BYTES, w.maxObject ?? PART_BYTES);
     this.counters.window = w.window;
     this.counters.connects++;
     this.everConnected = true;
@@ -567,7 +598,8 @@ export class RemoteStore implements ObjectStore {
   // ---- chunk offsets (informational) ----
 
   private chunkSizeHint(key: string, plainLength: number): number {
-    const disk = key.split('/')[1];
+    const h = classify(key);
+    const disk = h?.kind === 'legacy-chunk' ? h.disk : '';
     const known = this.chunkSizes.get(disk);
     if (known !== undefined && known >= plainLength) return known;
     this.chunkSizes.set(disk, plainLength);
@@ -576,11 +608,21 @@ export class RemoteStore implements ObjectStore {
 
   /** Manifests and checkpoints name the chunk size of their disk. */
   private learnChunkSize(key: string, buf: Buffer): void {
-    if (!/\/(points|pending)\/\d{10}\.json$/.test(key) || buf.length > 64 * 1024 * 1024) return;
+    const h = classify(key);
+    if ((h?.kind !== 'legacy-manifest' && h?.kind !== 'legacy-pending') || buf.length > 64 * 1024 * 1024) return;
     try {
       const cs = JSON.parse(buf.toString('utf8'))?.chunkSize;
-      if (Number.isSafeInteger(cs) && cs > 0) this.chunkSizes.set(key.split('/')[1], cs);
+      if (Number.isSafeInteger(cs) && cs > 0) this.chunkSizes.set(h.disk, cs);
     } catch { /* not ours to judge */ }
+  }
+}
+
+/** The key in a PUT head we built ourselves (for an error message). */
+function parsePutMetaKey(head: Buffer): string {
+  try {
+    return String(JSON.parse(head.toString('utf8', FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + head.readUInt32LE(24))).key);
+  } catch {
+    return '(object)';
   }
 }
 

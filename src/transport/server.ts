@@ -11,14 +11,17 @@ import { validateDiskId } from '../format/layout.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
 import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
-import { parseClientMessage, parsePutMeta } from './control.js';
+import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
-import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, type Frame } from './frame.js';
+import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from '../throttle.js';
 import { classifyKey, ObjectValidator } from './validate.js';
 
-/** PUT bytes a session may hold unacknowledged unless serve is told otherwise. */
-export const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
+/**
+ * PUT bytes a session may hold unacknowledged unless serve is told otherwise: one 64 MiB pack with its trailer in
+ * parts, or four 16 MiB packs. A node holds at most maxSessions × window of PUT bytes.
+ */
+export const DEFAULT_WINDOW_BYTES = 80 * 1024 * 1024;
 
 export interface ServeOptions {
   store: ObjectStore;
@@ -56,8 +59,9 @@ export interface ServerStats {
   sessionsTotal: number;
   authFailures: number;
   puts: number;
-  /** Of which chunk objects. */
+  /** Of which legacy chunk objects, and v2 packs. */
   chunkPuts: number;
+  packPuts: number;
   putBytes: number;
   rejected: number;
   gets: number;
@@ -80,7 +84,7 @@ const MAX_OPEN_LISTS = 16;
 
 export class ReplicationServer {
   readonly stats: ServerStats = {
-    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
+    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, packPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
     protocolErrors: 0, peakSessionBytes: 0, handshakeTimeouts: 0, refusedPerAddress: 0,
   };
   /** Open TCP connections by client address. */
@@ -92,6 +96,8 @@ export class ReplicationServer {
   readonly leases: StoreLeases;
   readonly windowBytes: number;
   readonly maxFrameBytes: number;
+  /** The largest object a session can send: what its window holds in parts, at most MAX_OBJECT_BYTES. */
+  readonly maxObjectBytes: number;
   readonly bucket?: TokenBucket;
   private readonly tokenDigest?: Buffer;
   private readonly sessions = new Set<Session>();
@@ -105,6 +111,8 @@ export class ReplicationServer {
     this.windowBytes = opts.windowBytes ?? DEFAULT_WINDOW_BYTES;
     if (this.windowBytes < 64 * 1024) throw new RangeError('windowBytes must be at least 64 KiB');
     this.maxFrameBytes = Math.min(MAX_FRAME_BYTES, this.windowBytes);
+    // Each part's frame head (≤ 40 bytes + its meta) is charged too: leave room for them.
+    this.maxObjectBytes = Math.max(0, Math.min(MAX_OBJECT_BYTES, this.windowBytes - partOverhead(this.windowBytes)));
     if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
     if (opts.token !== undefined) this.tokenDigest = createHash('sha256').update(opts.token).digest();
   }
@@ -215,6 +223,17 @@ export class ReplicationServer {
   }
 }
 
+interface Assembly {
+  meta: PutMeta;
+  flags: number;
+  diskOffset: number | null;
+  plainXxh64: bigint;
+  buf: Buffer;
+  filled: number;
+  /** Credit this object holds: every part's frame, with the payload still to come reserved at the first. */
+  charged: number;
+}
+
 class Session {
   ready = false;
   private closed = false;
@@ -222,6 +241,8 @@ class Session {
   private sendSeq = 0;
   private held = 0;
   private readonly streams = new Set<number>();
+  /** Objects arriving in parts, by stream: charged to the window in full from their first part. */
+  private readonly assembling = new Map<number, Assembly>();
   private readonly lists = new Map<number, { it: AsyncIterator<{ key: string; size: number; etag?: string }>; busy: boolean }>();
   private readonly waiters: Array<() => void> = [];
   private running = 0;
@@ -259,6 +280,7 @@ class Session {
     for (const t of this.timers) clearTimeout(t);
     for (const { it } of this.lists.values()) it.return?.().catch(() => undefined);
     this.lists.clear();
+    this.assembling.clear();
     for (const w of this.waiters.splice(0)) w();
     if (this.ready) { this.node.stats.sessions--; this.node.log('session-closed', { session: this.id, peer: this.peer }); }
   }
@@ -307,7 +329,7 @@ class Session {
     this.node.log('session', { session: this.id, peer: this.peer, client: m.client, resumeOf: m.resumeOf });
     this.send(0, {
       op: 'welcome', session: this.id, window: this.node.windowBytes, maxFrame: this.node.maxFrameBytes,
-      maxInflight: this.node.opts.maxInflight ?? 256, node: this.node.name,
+      maxInflight: this.node.opts.maxInflight ?? 256, node: this.node.name, maxObject: this.node.maxObjectBytes,
     });
   }
 
@@ -324,32 +346,78 @@ class Session {
     }
     // PUT: the bytes count against the window until the store has them.
     const meta = parsePutMeta(f.meta);
-    if (this.held + size > this.node.windowBytes) {
-      throw protocolError(`PUT of ${size} bytes exceeds the credit granted (${this.node.windowBytes - this.held} bytes left)`);
-    }
+    const asm = this.assembling.get(f.stream);
+    if (asm) return this.onPart(f, size, meta, asm);
+    if (meta.total !== undefined && meta.total !== f.payload.length) return this.onFirstPart(f, size, meta);
+    this.charge(size);
     this.open(f.stream);
-    this.held += size;
+    this.schedule(() => this.store(f.stream, meta, f.payload, f, size));
+  }
+
+  /**
+   * The first part of an object sent in parts: the whole object is charged to the credit now (this part's frame
+   * plus the payload still to come), so the assembly buffer never holds bytes the window did not grant.
+   */
+  private onFirstPart(f: Frame, size: number, meta: PutMeta): void {
+    const total = meta.total!;
+    if (meta.at !== 0) throw protocolError(`the first part of ${meta.key} starts at ${meta.at}, not 0`);
+    if (total > MAX_OBJECT_BYTES) throw protocolError(`an object of ${total} bytes exceeds the largest this node takes (${MAX_OBJECT_BYTES})`);
+    if (f.payload.length === 0 || f.payload.length > total) throw protocolError(`a part of ${f.payload.length} bytes of an object of ${total} bytes`);
+    this.charge(size + (total - f.payload.length));
+    this.open(f.stream);
+    const buf = Buffer.allocUnsafe(total);
+    f.payload.copy(buf, 0);
+    this.assembling.set(f.stream, { meta, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64, buf, filled: f.payload.length,
+      charged: size + (total - f.payload.length) });
+  }
+
+  /** A later part: it must continue exactly where the object stands; only its header and meta are new credit. */
+  private onPart(f: Frame, size: number, meta: PutMeta, asm: Assembly): void {
+    if (meta.key !== asm.meta.key || meta.total !== asm.meta.total || meta.ifMatch !== asm.meta.ifMatch || f.flags !== asm.flags) {
+      throw protocolError(`stream ${f.stream}: a part that does not belong to the object ${asm.meta.key} being sent on it`);
+    }
+    if (meta.at !== asm.filled) throw protocolError(`stream ${f.stream}: a part at ${meta.at}, expected ${asm.filled}`);
+    if (f.payload.length === 0 || asm.filled + f.payload.length > asm.buf.length) throw protocolError(`stream ${f.stream}: a part that overruns its object`);
+    const extra = size - f.payload.length;
+    this.charge(extra);
+    asm.charged += extra;
+    f.payload.copy(asm.buf, asm.filled);
+    asm.filled += f.payload.length;
+    if (asm.filled < asm.buf.length) return;
+    this.assembling.delete(f.stream);
+    this.schedule(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged));
+  }
+
+  /** Counts PUT bytes against the window; a peer that sends beyond its credit broke the protocol. */
+  private charge(bytes: number): void {
+    if (this.held + bytes > this.node.windowBytes) {
+      throw protocolError(`PUT of ${bytes} bytes exceeds the credit granted (${this.node.windowBytes - this.held} bytes left)`);
+    }
+    this.held += bytes;
     this.node.stats.peakSessionBytes = Math.max(this.node.stats.peakSessionBytes, this.held);
-    this.schedule(async () => {
-      try {
-        await this.node.bucket?.take(size);
-        const kind = await this.node.validator.checkPut({ key: meta.key, data: f.payload, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
-        const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
-        const info = await this.node.opts.store.put(meta.key, f.payload, opts);
-        this.node.stats.puts++;
-        if (kind.kind === 'chunk') this.node.stats.chunkPuts++;
-        this.node.stats.putBytes += f.payload.length;
-        this.held -= size;
-        this.reply(f.stream, { op: 'ack', info: wireInfo(info), credit: size });
-      } catch (err) {
-        if (isRnodeError(err, TransportErrorCodes.REJECTED)) {
-          this.node.stats.rejected++;
-          this.node.log('rejected', { session: this.id, ...err.details, message: err.message });
-        }
-        this.held -= size;
-        this.reply(f.stream, { ...errorMessage(err), credit: size });
+  }
+
+  /** Validates and stores one whole object, then returns its credit with the ack (or the error). */
+  private async store(stream: number, meta: PutMeta, data: Buffer, f: { flags: number; diskOffset: number | null; plainXxh64: bigint }, charged: number): Promise<void> {
+    try {
+      await this.node.bucket?.take(charged);
+      const kind = await this.node.validator.checkPut({ key: meta.key, data, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
+      const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
+      const info = await this.node.opts.store.put(meta.key, data, opts);
+      this.node.stats.puts++;
+      if (kind.kind === 'legacy-chunk') this.node.stats.chunkPuts++;
+      if (kind.kind === 'pack') this.node.stats.packPuts++;
+      this.node.stats.putBytes += data.length;
+      this.held -= charged;
+      this.reply(stream, { op: 'ack', info: wireInfo(info), credit: charged });
+    } catch (err) {
+      if (isRnodeError(err, TransportErrorCodes.REJECTED)) {
+        this.node.stats.rejected++;
+        this.node.log('rejected', { session: this.id, ...err.details, message: err.message });
       }
-    });
+      this.held -= charged;
+      this.reply(stream, { ...errorMessage(err), credit: charged });
+    }
   }
 
   private open(stream: number): void {
@@ -383,6 +451,11 @@ class Session {
           await this.writable();
           const range = m.offset !== undefined ? { offset: m.offset, ...(m.length !== undefined ? { length: m.length } : {}) } : undefined;
           const data = await store.get(m.key, range);
+          if (data.length > MAX_PAYLOAD_BYTES) {
+            // One DATA frame carries one get: a larger object (a whole pack) is read in ranges, as every reader does.
+            throw new RnodeError(ErrorCodes.STORE_IO, `get ${m.key}: ${data.length} bytes do not fit one frame (${MAX_PAYLOAD_BYTES}); read it in ranges`,
+              { details: { key: m.key, bytes: data.length } });
+          }
           await this.node.bucket?.take(data.length);
           this.node.stats.gets++;
           this.node.stats.getBytes += data.length;
@@ -502,6 +575,11 @@ class Session {
     // A peer that does not finish the close handshake is cut.
     setTimeout(() => { try { this.ws.terminate(); } catch { /* gone */ } }, 2000).unref();
   }
+}
+
+/** Credit the frame heads of an object sent in parts may take beyond its bytes (generous: 8 KiB a part). */
+function partOverhead(objectBytes: number): number {
+  return (Math.ceil(objectBytes / PART_BYTES) + 1) * 8192;
 }
 
 /** A key (or list prefix) a peer sent: one that is not a valid key (e.g. "../x") is the peer's mistake, never INTERNAL. */

@@ -1,14 +1,11 @@
-// What the receiving node checks before it stores an object a peer sent: the key must name one of the
-// object kinds of src/format/layout.ts, and the bytes must be a valid object of that kind. A chunk is
-// checked in full (header, key match, lengths, payload xxh64, decode, plaintext xxh64) on the codec workers;
-// an encrypted chunk, which this node holds no key for, by its header and the xxh64 of its stored bytes.
+// What the receiving node checks before it stores an object a peer sent: the key must name one of the object
+// kinds of src/repository/names.ts (classify), and the bytes must be a valid object of that kind. A legacy chunk is
+// checked in full (header, key match, lengths, payload xxh64, decode, plaintext xxh64) on the codec workers; an
+// encrypted chunk, which this node holds no key for, by its header and the xxh64 of its stored bytes. Repository v2
+// objects are checked by validate-r2.ts.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, ChunkFlag, decodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
 import { Codec, isKnownCodec } from '../format/codecs.js';
-import { layout } from '../format/layout.js';
-import { EnvelopeKind, isEnvelope } from '../repository/envelope.js';
-import { classify, PLAIN_DOMAIN, r2 } from '../repository/names.js';
-import { PACK_TAIL_BYTES, trailerPlace } from '../repository/pack.js';
 import { decodeManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
 import { copyBytes } from '../native/index.js';
@@ -17,65 +14,34 @@ import { newReadSlot, storedPayloadDigest, type ReadSlot } from '../pipeline/chu
 import { SEAL_OVERHEAD } from '../format/seal.js';
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { MIN_CHUNK_SIZE } from '../pipeline/grid.js';
+import { classify, layout, PLAIN_DOMAIN, r2, type KeyHandle } from '../repository/names.js';
+import { checkR2Put } from './validate-r2.js';
 import type { ObjectStore } from '../store/types.js';
 import { TransportErrorCodes } from './errors.js';
 import { FrameFlag } from './frame.js';
 
-const DISK = '[A-Za-z0-9][A-Za-z0-9._-]{0,127}';
-const KINDS = [
-  { kind: 'manifest', re: new RegExp(`^disks/(${DISK})/points/(\\d{10})\\.json$`) },
-  { kind: 'segment', re: new RegExp(`^disks/(${DISK})/tables/(\\d{10})/g\\d{4}-\\d{8}$`) },
-  { kind: 'chunk', re: new RegExp(`^disks/(${DISK})/chunks/(\\d{10})/(\\d{12})$`) },
-  { kind: 'pending', re: new RegExp(`^disks/(${DISK})/pending/(\\d{10})\\.json$`) },
-  { kind: 'lease', re: new RegExp(`^disks/(${DISK})/lease\\.json$`) },
-  { kind: 'marker', re: new RegExp(`^disks/(${DISK})/encryption\\.json$`) },
-  // A VM's objects (vmLayout): for these, KeyInfo.disk holds the VM id.
-  { kind: 'vm-point', re: new RegExp(`^vms/(${DISK})/points/(\\d{10})\\.json$`) },
-  { kind: 'vm-partial', re: new RegExp(`^vms/(${DISK})/partial/(\\d{10})-\\d{15}\\.json$`) },
-  { kind: 'vm-access', re: new RegExp(`^vms/(${DISK})/access\\.json$`) },
-] as const;
-
-/** Repository v2 objects (src/repository/names.ts): KeyInfo.disk holds the domain's disk name, or the domain. */
-type R2Kind = 'r2-config' | 'r2-pack' | 'r2-index' | 'r2-manifest' | 'r2-table' | 'r2-pending' | 'r2-prune';
-export type ObjectKind = (typeof KINDS)[number]['kind'] | R2Kind;
-
-const R2_ENVELOPE: Record<string, number> = {
-  config: EnvelopeKind.CONFIG, index: EnvelopeKind.INDEX, manifest: EnvelopeKind.MANIFEST, table: EnvelopeKind.TABLE,
-  pending: EnvelopeKind.PENDING, prune: EnvelopeKind.PRUNE_MARKS,
-};
-
-function classifyR2(key: string): KeyInfo | undefined {
-  const h = classify(key);
-  if (!h || !('domain' in h)) return undefined;
-  return { kind: `r2-${h.kind}` as R2Kind, disk: 'dname' in h ? h.dname : h.domain, ...('point' in h ? { seq: h.point } : {}) };
-}
+export type KeyInfo = KeyHandle;
+export type ObjectKind = KeyHandle['kind'];
 
 /**
- * Structure only (the receiving node may hold no key, and sealed objects cannot be read without one): an envelope of
- * the kind its key names, or a pack whose tail and trailer length are consistent. Full checks of v2 objects over
- * the link come with the v2 transport.
+ * The kind of object a key names (names.ts's classify), or undefined for a key no rnode writer produces. A disk or
+ * VM id with an empty dot-separated part ("a..b", "a.") is refused too: it is a plain path segment everywhere.
  */
-function checkR2Structure(p: PutCheck, k: KeyInfo): void {
-  const kind = k.kind.slice(3);
-  if (kind === 'pack') {
-    trailerPlace(p.data.subarray(Math.max(0, p.data.length - PACK_TAIL_BYTES)), p.data.length, p.key);
-    return;
-  }
-  if (!isEnvelope(p.data) || p.data.readUInt8(5) !== R2_ENVELOPE[kind]) throw new Error(`not a ${kind} metadata envelope`);
-}
-
-export interface KeyInfo { kind: ObjectKind; disk: string; seq?: number; index?: number }
-
-/** The kind of object a key names, or undefined for a key no rnode writer produces. */
 export function classifyKey(key: string): KeyInfo | undefined {
-  for (const { kind, re } of KINDS) {
-    const m = re.exec(key);
-    if (!m) continue;
-    if (m[1].split('.').some((s) => s === '')) continue; // ".." inside a disk id is valid; keep it a plain segment
-    return { kind, disk: m[1], ...(m[2] ? { seq: Number(m[2]) } : {}), ...(m[3] ? { index: Number(m[3]) } : {}) };
-  }
-  return undefined;
+  const h = classify(key);
+  if (!h) return undefined;
+  const id = 'disk' in h ? h.disk : 'vm' in h ? h.vm : 'dname' in h ? h.dname : undefined;
+  if (id !== undefined && id.split('.').some((s) => s === '')) return undefined;
+  return h;
 }
+
+/** How a kind is named in a refusal. */
+const KIND_WORDS: Record<ObjectKind, string> = {
+  config: 'repository config', pack: 'pack', index: 'index', manifest: 'point manifest', table: 'table segment', pending: 'pending checkpoint',
+  prune: 'prune record', 'legacy-manifest': 'point manifest', 'legacy-table': 'table segment', 'legacy-chunk': 'chunk',
+  'legacy-pending': 'pending checkpoint', lease: 'lease', 'encryption-marker': 'encryption marker', 'vm-point': 'VM point',
+  'vm-partial': 'partial VM run record', 'vm-access': 'VM access marker',
+};
 
 export interface PutCheck {
   key: string;
@@ -100,57 +66,53 @@ export class ObjectValidator {
 
   /** Throws RNODE_TRANSPORT_REJECTED (details name the key, and for chunks the index and disk offset). */
   async checkPut(p: PutCheck): Promise<KeyInfo> {
-    const k = classifyKey(p.key) ?? classifyR2(p.key);
+    const k = classifyKey(p.key);
     if (!k) {
-      throw rejected(`key ${JSON.stringify(p.key.slice(0, 200))} is not an rnode object (points, tables, chunks, pending or lease of a disk); it was not stored`,
+      throw rejected(`key ${JSON.stringify(p.key.slice(0, 200))} is not an rnode object (points, tables, chunks, pending or lease of a disk, or a v2 repository object); it was not stored`,
         { key: p.key });
     }
     try {
       switch (k.kind) {
-        case 'chunk': await this.checkChunk(p, k); break;
-        case 'segment': decodeSegment(p.data, p.key, 'any'); break;
-        case 'manifest': await this.checkManifest(p, k); break;
-        case 'pending': checkPending(p.data, p.key, k); break;
+        case 'config': case 'pack': case 'index': case 'manifest': case 'table': case 'pending': case 'prune':
+          await checkR2Put(p, k, { store: this.store, decodeBlob: (blob, codec, plainLength, use) => this.decodeBlob(blob, codec, plainLength, use) });
+          break;
+        case 'legacy-chunk': await this.checkChunk(p, k); break;
+        case 'legacy-table': decodeSegment(p.data, p.key, 'any'); break;
+        case 'legacy-manifest': await this.checkManifest(p, k); break;
+        case 'legacy-pending': checkPending(p.data, p.key, k); break;
         case 'lease':
           // The node owns its leases: a peer takes one with a lease message, and a written lease could lock a disk.
           throw rejected(`${p.key}: leases are not written over the peer link; the receiving node writes them (lease messages, docs/wire-protocol.md); it was not stored`,
             { key: p.key, kind: 'lease' });
-        case 'marker': checkJsonObject(p.data, p.key); break;
+        case 'encryption-marker': checkJsonObject(p.data, p.key); break;
         case 'vm-point': await this.checkVmPoint(p, k); break;
         case 'vm-partial': if (checkJsonObject(p.data, p.key).format !== 'rnode-vm-partial') throw new Error('not a partial VM run record'); break;
         case 'vm-access': checkJsonObject(p.data, p.key); break;
-        default: checkR2Structure(p, k);
       }
     } catch (err) {
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) throw err;
       const why = err instanceof Error ? err.message : String(err);
-      throw rejected(`${k.kind} ${p.key} was rejected: ${why}; it was not stored`, { key: p.key, kind: k.kind }, err);
+      throw rejected(`${KIND_WORDS[k.kind]} ${p.key} was rejected: ${why}; it was not stored`, { key: p.key, kind: k.kind }, err);
     }
     return k;
   }
 
-  /** Whether the store holds an encrypted v2 repository (whose disk points have keyed names). */
-  private async hasEncryptedDomain(): Promise<boolean> {
-    for await (const o of this.store.list(r2.prefix)) if (!o.key.startsWith(`${r2.prefix}${PLAIN_DOMAIN}/`)) return true;
-    return false;
-  }
-
   /** Whether a delete is allowed: only the writer's own scratch objects; points and chunks are pruned on the node. */
   checkDelete(key: string): void {
-    const k = classifyKey(key) ?? classifyR2(key);
-    if (!k || (k.kind !== 'pending' && k.kind !== 'vm-access' && k.kind !== 'r2-pending')) {
+    const k = classifyKey(key);
+    if (!k || (k.kind !== 'legacy-pending' && k.kind !== 'pending' && k.kind !== 'vm-access')) {
       throw rejected(`deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints and VM access markers; leases are released with a lease message); run "rnode prune" on the receiving node`,
         { key });
     }
   }
 
-  private async checkChunk(p: PutCheck, k: KeyInfo): Promise<void> {
+  private async checkChunk(p: PutCheck, k: Extract<KeyInfo, { kind: 'legacy-chunk' }>): Promise<void> {
     let h: ChunkHeader | undefined;
     const offsetOf = () => p.diskOffset ?? (h ? k.index! * h.plainLength : null);
     const fail = (why: string, cause?: unknown) => {
       const off = offsetOf();
-      return rejected(`chunk ${k.index} of disk ${k.disk} point ${k.seq}${off !== null ? ` at disk offset ${off}` : ''} was rejected: ${why}; it was not stored`,
-        { key: p.key, kind: 'chunk', disk: k.disk, point: k.seq, index: k.index, offset: off }, cause);
+      return rejected(`chunk ${k.index} of disk ${k.disk} point ${k.writer}${off !== null ? ` at disk offset ${off}` : ''} was rejected: ${why}; it was not stored`,
+        { key: p.key, kind: 'chunk', disk: k.disk, point: k.writer, index: k.index, offset: off }, cause);
     };
     if ((p.flags & FrameFlag.CHUNK) === 0) throw fail('the frame is not marked as a chunk');
     try {
@@ -158,7 +120,7 @@ export class ObjectValidator {
     } catch (err) {
       throw fail((err as Error).message, err);
     }
-    if (h.index !== k.index || h.writer !== k.seq) throw fail(`its header names chunk ${h.index} of point ${h.writer}`);
+    if (h.index !== k.index || h.writer !== k.writer) throw fail(`its header names chunk ${h.index} of point ${h.writer}`);
     if (p.data.length !== CHUNK_HEADER_BYTES + h.payloadLength) {
       throw fail(`object is ${p.data.length} bytes, its header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
     }
@@ -195,16 +157,16 @@ export class ObjectValidator {
     }
   }
 
-  private async checkManifest(p: PutCheck, k: KeyInfo): Promise<void> {
+  private async checkManifest(p: PutCheck, k: Extract<KeyInfo, { kind: 'legacy-manifest' }>): Promise<void> {
     if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) {
       throw rejected(`point manifest ${p.key} must be committed with if-none-match (points are immutable over the peer link; run "rnode prune" on the receiving node)`,
         { key: p.key, kind: 'manifest' });
     }
     const m = decodeManifest(p.data, p.key);
-    if (m.disk !== k.disk || m.point !== k.seq) throw new Error(`it names point ${m.point} of disk ${m.disk}`);
-    const prefix = layout.diskPrefix(k.disk);
+    if (m.disk !== k.disk || m.point !== k.point) throw new Error(`it names point ${m.point} of disk ${m.disk}`);
     for (const s of m.table.segments) {
-      if (!s || typeof s.key !== 'string' || !s.key.startsWith(prefix) || classifyKey(s.key)?.kind !== 'segment') {
+      const h = s && typeof s.key === 'string' ? classifyKey(s.key) : undefined;
+      if (h?.kind !== 'legacy-table' || h.disk !== k.disk) {
         throw new Error(`it references ${JSON.stringify(String(s?.key)).slice(0, 200)}, which is not a table segment of disk ${k.disk}`);
       }
     }
@@ -223,16 +185,22 @@ export class ObjectValidator {
   }
 
   /** A VM point is immutable and commits a VM: every disk point it names must already be here. */
-  private async checkVmPoint(p: PutCheck, k: KeyInfo): Promise<void> {
+  /** Whether the store holds an encrypted v2 repository (whose disk points have keyed names). */
+  private async hasEncryptedDomain(): Promise<boolean> {
+    for await (const o of this.store.list(r2.prefix)) if (!o.key.startsWith(`${r2.prefix}${PLAIN_DOMAIN}/`)) return true;
+    return false;
+  }
+
+  private async checkVmPoint(p: PutCheck, k: Extract<KeyInfo, { kind: 'vm-point' }>): Promise<void> {
     if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) throw new Error('a VM point must be committed with if-none-match');
     const v = checkJsonObject(p.data, p.key);
-    if (v.format !== 'rnode-vm-point' || v.vm !== k.disk || v.seq !== k.seq || !Array.isArray(v.disks)) throw new Error(`it is not VM point ${k.seq} of ${k.disk}`);
+    if (v.format !== 'rnode-vm-point' || v.vm !== k.vm || v.seq !== k.point || !Array.isArray(v.disks)) throw new Error(`it is not VM point ${k.point} of ${k.vm}`);
     for (const d of v.disks as Array<{ disk?: unknown; point?: unknown }>) {
       const key = typeof d?.disk === 'string' && Number.isSafeInteger(d.point) ? layout.point(d.disk, d.point as number) : undefined;
-      if (!key || classifyKey(key)?.kind !== 'manifest') throw new Error('it names a disk point that is not one');
+      if (!key || classifyKey(key)?.kind !== 'legacy-manifest') throw new Error('it names a disk point that is not one');
       try {
         // A legacy point, or a v2 point of the plain domain. An encrypted disk's v2 point has a keyed name this node
-        // cannot compute without the key: the v2 transport checks those.
+        // cannot compute without the key: its manifest was checked when it was put.
         await this.store.head(key).catch((err) => {
           if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
           return this.store.head(r2.point(PLAIN_DOMAIN, d.disk as string, d.point as number)).catch(async (err2) => {
@@ -244,6 +212,22 @@ export class ObjectValidator {
         if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its disk point ${key} is not on this node`);
         throw err;
       }
+    }
+  }
+
+  /**
+   * Decodes one plain blob of a pack on the codec workers; returns its plaintext (a view valid until `done`) and its
+   * payload xxh64 as computed, or throws when it does not decode.
+   */
+  private async decodeBlob<T>(blob: Buffer, codec: number, plainLength: number, use: (plain: Buffer, payloadXxh64: bigint) => T): Promise<T> {
+    const slot = await this.pool(plainLength).acquire();
+    try {
+      if (blob.length > slot.object.length) throw new Error(`a blob of ${blob.length} bytes is larger than the codec makes for ${plainLength} bytes`);
+      copyBytes(blob, slot.object);
+      const r = await codecWorkers().decode(slot.object.subarray(0, blob.length), codec, plainLength, slot.plain);
+      return use(slot.plain.subarray(0, plainLength), r.payloadXxh64);
+    } finally {
+      this.pool(plainLength).release(slot);
     }
   }
 
@@ -267,12 +251,12 @@ function checkJsonObject(data: Buffer, key: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-function checkPending(data: Buffer, key: string, k: KeyInfo): void {
+function checkPending(data: Buffer, key: string, k: Extract<KeyInfo, { kind: 'legacy-pending' }>): void {
   const ck = checkJsonObject(data, key);
   const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (ck.format !== 'rnode-pending' || ck.point !== k.seq || !(ck.parent === null || okInt(ck.parent)) ||
+  if (ck.format !== 'rnode-pending' || ck.point !== k.point || !(ck.parent === null || okInt(ck.parent)) ||
       !okInt(ck.diskSize) || !okInt(ck.chunkSize) || !okInt(ck.records) || !okInt(ck.nextIndex) ||
-      !Array.isArray(ck.segments) || ck.segments.some((s: any) => !s || typeof s.key !== 'string' || classifyKey(s.key)?.kind !== 'segment')) {
+      !Array.isArray(ck.segments) || ck.segments.some((s: any) => !s || typeof s.key !== 'string' || classifyKey(s.key)?.kind !== 'legacy-table')) {
     throw new Error('not a pending checkpoint of this point');
   }
 }

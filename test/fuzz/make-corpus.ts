@@ -7,7 +7,14 @@ import { encodeManifest, MANIFEST_FORMAT, MANIFEST_VERSION, MANIFEST_VERSION_ENC
 import { encodeSegment, TableFlag } from '../../src/format/table.js';
 import { nbdProtocol as P } from '../../src/source/nbd/index.js';
 import { encodeFrame, FrameFlag, FrameType } from '../../src/transport/frame.js';
-import { CORPUS } from './targets.js';
+import { Codec } from '../../src/format/codecs.js';
+import { encodeConfig, Domain } from '../../src/repository/domain.js';
+import { EnvelopeKind, sealEnvelope } from '../../src/repository/envelope.js';
+import { encodeIndex } from '../../src/repository/index-file.js';
+import { r2 } from '../../src/repository/names.js';
+import { PackBuilder } from '../../src/repository/pack.js';
+import { encodeTableV3, encodePendingV2 } from '../../src/repository/point-format.js';
+import { CORPUS, FUZZ_CONTEXTS, FUZZ_KEY, FUZZ_OBJECT_ID, FUZZ_PLACE } from './targets.js';
 
 const write = (target: string, name: string, data: Buffer | string) => {
   fs.mkdirSync(path.join(CORPUS, target), { recursive: true });
@@ -83,4 +90,34 @@ write('control', '02-policy.json', JSON.stringify({ v: 1, type: 'policy.sync', i
 write('control', '03-report.json', JSON.stringify({ v: 1, type: 'job.completed', id: 'a-3', seq: 4, at: '2026-01-01T00:00:00Z', jobId: 'j1', kind: 'replicate', seconds: 1.5, results: [{ disk: 'd0', point: 3, parent: 2, full: false, resumed: true, bytesRead: 10 }] }));
 write('control', '04-hello.json', JSON.stringify({ v: 1, type: 'hello', id: 'a-1', token: 'tok', protocols: [1], node: { id: 'n1', name: 'n', version: '0.1.0', hostname: 'h', pid: 1 }, capabilities: { sources: ['raw'], stores: ['dir'], codecs: ['lz4'], jobs: ['replicate'], encryption: ['none'] }, capacity: { slots: 2, bandwidth: 0 } }));
 write('control', '05-heartbeat.json', JSON.stringify({ v: 1, type: 'heartbeat', id: 'a-2', health: { ready: true, inFlight: 0, queued: 0, slots: 2, load1: 0.1, rssBytes: 1, uptimeSeconds: 1, reportsQueued: 0, policies: 0, disks: 0 } }));
+// Repository v2: envelopes, a pack, an index, a v3 segment (unsealed, deterministic; one sealed of each where a
+// key matters, made once: their nonces are random), and the receiving node's view of each as "<key>\n<object>".
+const plain = Domain.of(undefined);
+const sealed = Domain.of(FUZZ_KEY);
+write('envelope', '01-manifest-body', sealEnvelope(EnvelopeKind.MANIFEST, FUZZ_CONTEXTS.envelope, Buffer.from(JSON.stringify({ format: 'rnode-point', version: 4 }))));
+write('envelope', '02-empty-body', sealEnvelope(EnvelopeKind.TABLE, FUZZ_CONTEXTS.envelope, Buffer.alloc(0)));
+const packOf = (d: Domain) => {
+  const b = new PackBuilder(d.name, 1 << 20, d.key, FUZZ_OBJECT_ID);
+  for (let i = 0; i < 3; i++) {
+    const plainBytes = Buffer.alloc(64 + i, i + 1);
+    b.add(d.key ? Buffer.alloc(plainBytes.length + 28, 0xc0 + i) : plainBytes, { id: d.chunkId(plainBytes), plainLength: plainBytes.length, codec: Codec.NONE });
+  }
+  return b;
+};
+const plainPack = packOf(plain);
+write('pack', '01-plain', plainPack.finish());
+write('pack', '02-sealed', packOf(sealed).finish());
+const locations = plainPack.entries.map((entry) => ({ packId: FUZZ_OBJECT_ID, entry }));
+write('index', '01-plain', encodeIndex(plain, FUZZ_OBJECT_ID, locations));
+write('index', '02-sealed', encodeIndex(sealed, FUZZ_OBJECT_ID, packOf(sealed).entries.map((entry) => ({ packId: FUZZ_OBJECT_ID, entry }))));
+const v3 = [0, 3].map((index) => ({ index, xxh64: 0n, strong: Buffer.alloc(16), writer: 2, plainLength: 65536, storedLength: 0, flags: 0, codec: 0, id: plain.chunkId(Buffer.from([index])) }));
+write('table-v3', '01-plain', encodeTableV3(plain, FUZZ_PLACE, [...v3, { ...v3[0], index: 9, flags: TableFlag.ZERO, id: undefined }]));
+write('table-v3', '02-sealed', encodeTableV3(sealed, FUZZ_PLACE, v3.map((e) => ({ ...e, id: sealed.chunkId(Buffer.from([e.index])) }))));
+const cfg = { format: 'rnode-repository' as const, version: 2 as const, domain: 'plain', packSize: 1 << 24, createdAt: '2026-01-01T00:00:00.000Z' };
+write('validate', '06-r2-config', Buffer.concat([Buffer.from(r2.config('plain') + '\n'), encodeConfig(cfg)]));
+write('validate', '07-r2-pack', Buffer.concat([Buffer.from(r2.pack('plain', FUZZ_OBJECT_ID) + '\n'), plainPack.finish()]));
+write('validate', '08-r2-index', Buffer.concat([Buffer.from(r2.index('plain', FUZZ_OBJECT_ID) + '\n'), encodeIndex(plain, FUZZ_OBJECT_ID, locations)]));
+write('validate', '09-r2-table', Buffer.concat([Buffer.from(r2.segment('plain', 'd0', 2, 0, 0) + '\n'), encodeTableV3(plain, FUZZ_PLACE, v3)]));
+write('validate', '10-r2-pending', Buffer.concat([Buffer.from(r2.pending('plain', 'd0', 2) + '\n'), encodePendingV2(plain, 'd0', 2, { point: 2, nextIndex: 4 })]));
+write('validate', '11-r2-sealed-pack', Buffer.concat([Buffer.from(r2.pack(sealed.name, FUZZ_OBJECT_ID) + '\n'), packOf(sealed).finish()]));
 console.log('corpus written to', CORPUS);

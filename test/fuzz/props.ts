@@ -3,7 +3,8 @@
 import fc from 'fast-check';
 import { xxh64 } from '../../src/format/checksum.js';
 import { encodeManifest } from '../../src/format/manifest.js';
-import { seeds, type FuzzTarget } from './targets.js';
+import { blake3 } from '@napi-rs/blake-hash';
+import { FUZZ_CONTEXTS, seeds, type FuzzTarget } from './targets.js';
 
 const INTERESTING_U32 = [0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0x7fffffff, 0x80000000, 0xffffffff, 48, 64, 4096, 1 << 20, 1 << 24];
 const INTERESTING_JSON: unknown[] = [null, -1, 0, 1.5, 2 ** 53, -(2 ** 63), 1e308, '', 'x'.repeat(5000), '../../etc', [], {}, [[[[[]]]]], true, '\u0000', JSON.parse('{"__proto__": 1}'), 'aes-256-gcm'];
@@ -51,8 +52,28 @@ function jsonEdits(seed: Buffer, picks: number[]): Buffer | undefined {
   return Buffer.from(JSON.stringify(doc));
 }
 
+/** An unsealed v2 envelope with its BLAKE3 checksum recomputed for context (header | context | body). */
+function fixEnvelope(b: Buffer, context: string): Buffer {
+  if (b.length < 8 + 32) return b;
+  const out = Buffer.from(b);
+  const body = out.subarray(8, out.length - 32);
+  blake3(Buffer.concat([out.subarray(0, 8), Buffer.from(context), body])).copy(out, out.length - 32);
+  return out;
+}
+
 /** Makes a mutated object pass its checksum, so the checks behind the checksum get exercised. */
 const fixups: Partial<Record<string, (b: Buffer) => Buffer>> = {
+  envelope: (b) => fixEnvelope(b, FUZZ_CONTEXTS.envelope),
+  index: (b) => fixEnvelope(b, FUZZ_CONTEXTS.index),
+  'table-v3': (b) => fixEnvelope(b, FUZZ_CONTEXTS['table-v3']),
+  pack: (b) => {
+    // The trailer sits before the 8-byte tail; fix its checksum where the tail says it is.
+    if (b.length < 8) return b;
+    const length = b.readUInt32LE(b.length - 8);
+    const start = b.length - 8 - length;
+    if (length > b.length - 8 || start < 0) return b;
+    return Buffer.concat([b.subarray(0, start), fixEnvelope(b.subarray(start, start + length), FUZZ_CONTEXTS.pack), b.subarray(b.length - 8)]);
+  },
   table: (b) => {
     if (b.length < 8) return b;
     const out = Buffer.from(b);

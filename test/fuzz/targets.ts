@@ -14,6 +14,12 @@ import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { decodeFrame, encodeFrame, FrameFlag } from '../../src/transport/frame.js';
 import { ObjectValidator } from '../../src/transport/validate.js';
 import { parseXml, XmlError, type XmlElement } from '../../src/source/vmware/vsphere/xml.js';
+import { EncryptionKey } from '../../src/crypto/keys.js';
+import { Domain } from '../../src/repository/domain.js';
+import { EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope, type EnvelopeKindId } from '../../src/repository/envelope.js';
+import { decodeIndex, encodeIndex } from '../../src/repository/index-file.js';
+import { decodePack, encodeTrailerBody, PACK_TAIL_BYTES } from '../../src/repository/pack.js';
+import { decodeTableV3, encodeTableV3 } from '../../src/repository/point-format.js';
 
 export const CORPUS = fileURLToPath(new URL('./corpus/', import.meta.url));
 
@@ -133,6 +139,65 @@ const validate: FuzzTarget = {
   },
 };
 
+// Repository v2 decoders. Unsealed objects are deterministic, so what decodes must re-encode byte for byte; the
+// sealed variants (a fixed key) must refuse every mutation (METADATA_FORGED) without throwing anything else.
+export const FUZZ_OBJECT_ID = '00112233445566778899aabbccddeeff';
+export const FUZZ_PLACE = { disk: 'd0', point: 2, parent: 1, generation: 0, segment: 0 };
+export const FUZZ_KEY = EncryptionKey.fromBytes(Buffer.alloc(32, 0x5a));
+const plainDomain = Domain.of(undefined);
+const sealedDomain = Domain.of(FUZZ_KEY);
+/** The context each v2 target opens its input under (props.ts fixes checksums up with the same). */
+export const FUZZ_CONTEXTS = {
+  envelope: envelopeContext.manifest('plain', 'd0', 2),
+  pack: envelopeContext.pack('plain', FUZZ_OBJECT_ID),
+  index: envelopeContext.index('plain', FUZZ_OBJECT_ID),
+  'table-v3': envelopeContext.table('plain', FUZZ_PLACE.disk, FUZZ_PLACE.point, FUZZ_PLACE.parent, FUZZ_PLACE.generation, FUZZ_PLACE.segment),
+};
+
+const envelope: FuzzTarget = {
+  name: 'envelope',
+  run(input) {
+    for (const kind of Object.values(EnvelopeKind) as EnvelopeKindId[]) {
+      const body = contract(() => openEnvelope(input, kind, FUZZ_CONTEXTS.envelope, 'fuzz'));
+      if (body && !sealEnvelope(kind, FUZZ_CONTEXTS.envelope, body).equals(input)) throw new FuzzFinding('envelope does not round-trip byte for byte');
+      contract(() => openEnvelope(input, kind, FUZZ_CONTEXTS.envelope, 'fuzz', FUZZ_KEY));
+    }
+  },
+};
+
+const pack: FuzzTarget = {
+  name: 'pack',
+  run(input) {
+    const entries = contract(() => decodePack(input, 'plain', FUZZ_OBJECT_ID));
+    if (entries) {
+      const trailerLength = input.readUInt32LE(input.length - PACK_TAIL_BYTES);
+      const trailerStart = input.length - PACK_TAIL_BYTES - trailerLength;
+      for (const e of entries) if (e.offset + e.length > trailerStart) throw new FuzzFinding('an accepted entry reaches into the trailer');
+      const body = openEnvelope(input.subarray(trailerStart, trailerStart + trailerLength), EnvelopeKind.PACK_TRAILER, FUZZ_CONTEXTS.pack, 'fuzz');
+      if (!encodeTrailerBody(entries).equals(body)) throw new FuzzFinding('pack trailer does not round-trip byte for byte');
+    }
+    contract(() => decodePack(input, sealedDomain.name, FUZZ_OBJECT_ID, FUZZ_KEY));
+  },
+};
+
+const index: FuzzTarget = {
+  name: 'index',
+  run(input) {
+    const locations = contract(() => decodeIndex(input, plainDomain, FUZZ_OBJECT_ID));
+    if (locations && !encodeIndex(plainDomain, FUZZ_OBJECT_ID, locations).equals(input)) throw new FuzzFinding('index does not round-trip byte for byte');
+    contract(() => decodeIndex(input, sealedDomain, FUZZ_OBJECT_ID));
+  },
+};
+
+const tableV3: FuzzTarget = {
+  name: 'table-v3',
+  run(input) {
+    const entries = contract(() => decodeTableV3(input, plainDomain, FUZZ_PLACE, 'fuzz'));
+    if (entries && !encodeTableV3(plainDomain, FUZZ_PLACE, entries).equals(input)) throw new FuzzFinding('table v3 segment does not round-trip byte for byte');
+    contract(() => decodeTableV3(input, sealedDomain, FUZZ_PLACE, 'fuzz'));
+  },
+};
+
 /** A sink that refuses what the real connection refuses (unknown handles, oversize lengths). */
 function nbdSink(): ReplySink {
   return {
@@ -224,4 +289,4 @@ const control: FuzzTarget = {
   },
 };
 
-export const targets: FuzzTarget[] = [frame, chunkHeader, table, manifest, validate, nbdReplies, nbdHandshake, xml, control];
+export const targets: FuzzTarget[] = [frame, chunkHeader, table, manifest, validate, nbdReplies, nbdHandshake, xml, control, envelope, pack, index, tableV3];

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { FsStore } from '../../src/store/index.js';
+import { r2 } from '../../src/repository/names.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { KiB, MiB, fingerprint, listFiles, randomData, snap, expectRestore, fsStore, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 
@@ -41,15 +42,15 @@ async function diskAndStore(t: Test, tag: string): Promise<{ dir: string; img: s
 
 t.test('recover --out inside the store (a manifest, the store folder, through a symlink) is refused; the store is intact', async (t) => {
   const { dir, img, storeDir } = await diskAndStore(t, 'sec-out');
-  const manifest = path.join(storeDir, 'r2', 'plain', 'disks', 'd', 'points', '0000000001');
+  const manifest = path.join(storeDir, r2.point('plain', 'd', 1));
   const before = fs.readFileSync(manifest);
-  fs.symlinkSync(path.join(storeDir, 'r2', 'plain', 'disks'), path.join(dir, 'link'));
+  fs.symlinkSync(path.join(storeDir, 'r2'), path.join(dir, 'link'));
   const base = ['recover', '--store', storeDir, '--disk', 'd', '--point', '1'];
   for (const [what, out] of [
     ['onto a manifest file', manifest],
     ['the store folder itself', storeDir],
     ['a new file inside the store', path.join(storeDir, 'restored.img')],
-    ['a path that resolves into the store through a symlink', path.join(dir, 'link', 'd', 'x.img')],
+    ['a path that resolves into the store through a symlink', path.join(dir, 'link', 'plain', 'x.img')],
   ] as const) {
     await expectFastFailure(t, [...base, '--out', out], 'RNODE_OUTPUT_IN_STORE', 2, what);
   }

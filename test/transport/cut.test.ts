@@ -10,7 +10,9 @@ import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textDa
 import { cuttingProxy, remote, startNode } from './helpers.js';
 
 const CHUNK = 64 * KiB;
-const WINDOW = 512 * KiB;
+// Packs of at most 1 MiB (the smallest pack size): the window holds one with room to spare.
+const PACK = MiB;
+const WINDOW = 2 * MiB;
 
 function image(dir: string): string {
   const img = path.join(dir, 'disk.img');
@@ -23,7 +25,7 @@ t.test('a cut after N bytes, for ten N over the whole transfer', async (t) => {
   const dir0 = tmpDir(t, 'ws-cut0');
   const node0 = await startNode(t, dir0, { windowBytes: WINDOW });
   const proxy0 = await cuttingProxy(t, node0.server.port, () => undefined);
-  await snap(remote(t, `ws://127.0.0.1:${proxy0.port}`), image(dir0), 'd', { chunkSize: CHUNK, checkpointRecords: 8 });
+  await snap(remote(t, `ws://127.0.0.1:${proxy0.port}`), image(dir0), 'd', { chunkSize: CHUNK, checkpointRecords: 8, packSize: PACK });
   const total = proxy0.bytes;
   t.comment(`an uncut point sends ${total} bytes`);
   const cuts = [0.00005, 0.01, 0.08, 0.2, 0.35, 0.5, 0.65, 0.8, 0.92, 0.995].map((f) => Math.max(30, Math.round(f * total)));
@@ -35,7 +37,7 @@ t.test('a cut after N bytes, for ten N over the whole transfer', async (t) => {
       const { server, storeDir } = await startNode(t, dir, { windowBytes: WINDOW });
       const proxy = await cuttingProxy(t, server.port, (c) => (c === 0 ? n : undefined));
       const rs = remote(t, `ws://127.0.0.1:${proxy.port}`);
-      const r = await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8 });
+      const r = await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8, packSize: PACK });
       t.equal(r.point, 1);
       t.equal(proxy.cuts, 1, 'the connection was cut once');
       t.ok(rs.counters.connects >= 2 || n < 300, `reconnected (${rs.counters.connects} sessions)`);
@@ -49,18 +51,20 @@ t.test('a cut after N bytes, for ten N over the whole transfer', async (t) => {
 
 t.test('every connection cut: the point still completes, an incremental too', async (t) => {
   const dir = tmpDir(t, 'ws-cut-all');
-  const img = image(dir);
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, Buffer.concat([randomData(4 * MiB, 13), textData(MiB, 14)]));
   const fp1 = fingerprint(img);
   const { server, storeDir } = await startNode(t, dir, { windowBytes: WINDOW });
-  // Each connection carries at most ~1 MB: the point needs several.
-  const proxy = await cuttingProxy(t, server.port, () => 1_000_000);
+  // Each connection carries at most ~2 MB: the point needs several, and each one still completes a whole pack (a
+  // connection shorter than a pack would re-send that pack for ever).
+  const proxy = await cuttingProxy(t, server.port, () => 2_000_000);
   const rs = remote(t, `ws://127.0.0.1:${proxy.port}`);
-  await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8 });
+  await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8, packSize: PACK });
   t.ok(proxy.cuts >= 2, `cut ${proxy.cuts} times`);
   t.ok(rs.counters.resentBytes <= proxy.cuts * WINDOW, `re-sent ${rs.counters.resentBytes} bytes <= one window per cut`);
   for (const i of [1, 9, 30, 47]) writeAt(img, i * CHUNK, randomData(4096, 100 + i));
   const fp2 = fingerprint(img);
-  const r2 = await snap(rs, img, 'd', { checkpointRecords: 8 });
+  const r2 = await snap(rs, img, 'd', { checkpointRecords: 8, packSize: PACK });
   t.equal(r2.full, false);
   const local = fsStore(storeDir);
   await expectRestore(t, local, 'd', 1, fp1, dir);

@@ -42,7 +42,8 @@ async function run(t: Parameters<Parameters<typeof t.test>[1]>[0], size: number)
     node.on('exit', (c) => reject(new Error(`slow node exited ${c}`)));
   });
   const started = performance.now();
-  const sender = spawn(process.execPath, [CLI, 'replicate', '--source', img, '--target', url, '--disk', 'd', '--chunk-size', '64KiB', '--json'],
+  // 1 MiB packs: the node's 4 MiB window holds a few (a pack crosses the link whole).
+  const sender = spawn(process.execPath, [CLI, 'replicate', '--source', img, '--target', url, '--disk', 'd', '--chunk-size', '64KiB', '--pack-size', '1MiB', '--json'],
     { stdio: ['ignore', 'pipe', 'pipe'] });
   const senderPeak = peakRss(sender);
   let err = '';

@@ -7,6 +7,9 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import WebSocket from 'ws';
+import { xxh64 } from '../../src/format/checksum.js';
+import { encodeChunkHeader } from '../../src/format/chunk.js';
+import { Codec } from '../../src/format/codecs.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { FRAME_HEADER_BYTES, PROTOCOL_VERSION, TransportErrorCodes, certificateFingerprint, decodeFrame, encodeFrame, FrameType } from '../../src/transport/index.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, tmpDir } from '../helpers/images.js';
@@ -65,9 +68,10 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   const { url, storeDir, server } = await startNode(t, dir);
   const rs = remote(t, url);
   await snap(rs, img, 'd', { chunkSize: CHUNK });
-  // Chunk 3 of point 1, relabelled as written by point 2 (the header has no checksum of its own).
-  const good = fs.readFileSync(path.join(storeDir, 'disks/d/chunks/0000000001/000000000003'));
-  good.writeUInt32LE(2, 40);
+  // A legacy chunk object (what a sender of the previous release puts): chunk 3 written by point 2.
+  const plainBytes = randomData(CHUNK, 6);
+  const good = Buffer.concat([encodeChunkHeader({ codec: Codec.NONE, flags: 0, plainLength: CHUNK, payloadLength: CHUNK,
+    plainXxh64: xxh64(plainBytes), payloadXxh64: xxh64(plainBytes), index: 3, writer: 2 }), plainBytes]);
   const key = 'disks/d/chunks/0000000002/000000000003';
   const cases: Array<[string, Buffer, RegExp]> = [];
   const flipped = Buffer.from(good); flipped[good.length - 5] ^= 0x40;
@@ -75,7 +79,7 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   cases.push(['a flipped payload byte', flipped, /xxh64 mismatch/]);
   cases.push(['a header naming another point', header, /names chunk 3 of point 9/]);
   cases.push(['a truncated object', good.subarray(0, good.length - 100), /header says/]);
-  t.same((await rs.put(key, good)).key, key, 'the relabelled chunk itself is valid');
+  t.same((await rs.put(key, good)).key, key, 'the chunk itself is valid');
   await fsStore(storeDir).delete(key);
   for (const [what, bytes, why] of cases) {
     await t.rejects(rs.put(key, bytes), { code: TransportErrorCodes.REJECTED, message: why, details: { index: 3, offset: 3 * CHUNK } }, what);

@@ -5,6 +5,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
+import { r2 as v2Keys } from '../../src/repository/names.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/recovery/verify.js';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
@@ -38,8 +39,9 @@ t.test('full and incremental points over ws:// restore byte-exact, over the link
   await expectRestore(t, local, 'd', 2, fp2, dir, 'point 2 from the node\'s own directory');
   t.same(await listPointSeqs(rs, 'd'), [1, 2], 'points listed over the link');
   t.equal((await verify({ store: rs, disk: 'd', point: 'all' })).ok, true, 'verify over the link');
-  t.equal(fs.existsSync(path.join(storeDir, 'disks', 'd', 'pending')) ? fs.readdirSync(path.join(storeDir, 'disks', 'd', 'pending')).length : 0, 0,
-    'no pending checkpoint is left');
+  const pending = path.join(storeDir, v2Keys.pendingPrefix('plain', 'd'));
+  t.equal(fs.existsSync(pending) ? fs.readdirSync(pending).length : 0, 0, 'no pending checkpoint is left');
+  t.ok(server.stats.packPuts > 0 && server.stats.chunkPuts === 0, 'the points crossed the link as packs');
   t.equal(rs.counters.connects, 1, 'one connection carried everything');
   t.equal(server.stats.rejected, 0);
   t.ok(server.stats.peakSessionBytes <= server.windowBytes, 'the node never held more than the window');
