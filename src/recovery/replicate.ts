@@ -27,6 +27,7 @@ import { r2, validateDiskId } from '../repository/names.js';
 import { newObjectId, PackBuilder } from '../repository/pack.js';
 import { decodePendingV2, encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
 import { markedPacks } from '../repository/prune-marks.js';
+import { checkClaim, ensureClaim, readClaim } from '../repository/claims.js';
 import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
@@ -180,6 +181,10 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1], opts.encryption) : undefined;
   const marker = await readDiskMarker(store, disk, opts.encryption);
   checkWriteKey(latest, opts.encryption, disk, marker);
+  // The disk's claim names the repository its v2 points are in: a writer with no key or another key is refused here,
+  // where it could not otherwise see an encrypted disk's keyed names. Claimed now, before any object is written.
+  const claim = await readClaim(store, disk);
+  checkClaim(claim, opts.encryption, disk);
   // An unencrypted disk's v2 points are listed without a key: a key given for it would start a second, encrypted
   // chain of the same disk id. (Another key's encrypted disk cannot be seen: its names are keyed; it is another
   // repository of the store.)
@@ -189,6 +194,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       { details: { disk } });
   }
   const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
+  if (!claim) await ensureClaim(store, disk, opts.encryption);
   const packSize = validatePackSize(opts.packSize ?? domain.config.packSize);
   const dname = domain.dname(disk);
   const workers = codecWorkers();

@@ -131,6 +131,15 @@ export const r2 = {
   },
 };
 
+/**
+ * A disk's claim (src/repository/claims.ts): which repository its v2 points live in, under a name any writer computes
+ * from the disk id alone (`claims/<32 hex>`), so a writer without the key, or with another one, is refused.
+ */
+export const claims = {
+  prefix: 'claims/',
+  claim: (hash: string) => `claims/${checkId(hash)}`,
+};
+
 /** A v2 key turned back into what it names. */
 export type R2Handle =
   | { kind: 'config'; domain: string }
@@ -140,6 +149,9 @@ export type R2Handle =
   | { kind: 'table'; domain: string; dname: string; point: number; generation: number; segment: number }
   | { kind: 'pending'; domain: string; dname: string; point: number }
   | { kind: 'prune'; domain: string; name: string };
+
+/** A disk claim's key turned back into its hash. */
+export type ClaimHandle = { kind: 'claim'; hash: string };
 
 /** A legacy key turned back into what it names. */
 export type LegacyHandle =
@@ -153,7 +165,7 @@ export type LegacyHandle =
   | { kind: 'vm-partial'; vm: string; after: number; at: number }
   | { kind: 'vm-access'; vm: string };
 
-export type KeyHandle = R2Handle | LegacyHandle;
+export type KeyHandle = R2Handle | LegacyHandle | ClaimHandle;
 
 const SEQ = '(\\d{10})';
 const R2_PATTERNS: Array<[RegExp, (m: RegExpExecArray) => R2Handle]> = [
@@ -166,6 +178,7 @@ const R2_PATTERNS: Array<[RegExp, (m: RegExpExecArray) => R2Handle]> = [
   [new RegExp(`^r2/([^/]+)/disks/([^/]+)/pending/${SEQ}$`), (m) => ({ kind: 'pending', domain: m[1], dname: m[2], point: Number(m[3]) })],
   [/^r2\/([^/]+)\/prune\/([^/]+)$/, (m) => ({ kind: 'prune', domain: m[1], name: m[2] })],
 ];
+const CLAIM_PATTERN = /^claims\/([0-9a-f]{32})$/;
 
 const LEGACY_PATTERNS: Array<[RegExp, (m: RegExpExecArray) => LegacyHandle]> = [
   [new RegExp(`^disks/([^/]+)/points/${SEQ}\\.json$`), (m) => ({ kind: 'legacy-manifest', disk: m[1], point: Number(m[2]) })],
@@ -185,6 +198,8 @@ const LEGACY_PATTERNS: Array<[RegExp, (m: RegExpExecArray) => LegacyHandle]> = [
  * field is checked: a handle from classify rebuilds exactly the key it came from (keyOf(classify(k)) === k).
  */
 export function classify(key: string): KeyHandle | undefined {
+  const claim = CLAIM_PATTERN.exec(key);
+  if (claim) return { kind: 'claim', hash: claim[1] };
   const patterns: Array<[RegExp, (m: RegExpExecArray) => KeyHandle]> = key.startsWith('r2/') ? R2_PATTERNS : LEGACY_PATTERNS;
   for (const [re, make] of patterns) {
     const m = re.exec(key);
@@ -209,6 +224,7 @@ export function keyOf(h: KeyHandle): string {
     case 'table': return r2.segment(h.domain, h.dname, h.point, h.generation, h.segment);
     case 'pending': return r2.pending(h.domain, h.dname, h.point);
     case 'prune': return r2.prune(h.domain, h.name);
+    case 'claim': return claims.claim(h.hash);
     case 'legacy-manifest': return layout.point(validateDiskId(h.disk), h.point);
     case 'legacy-table': return layout.segment(validateDiskId(h.disk), h.point, h.generation, h.segment);
     case 'legacy-chunk': return layout.chunk(validateDiskId(h.disk), h.writer, h.index);

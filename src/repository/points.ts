@@ -2,6 +2,7 @@
 // its legacy points (disks/<disk>/points/) and its repository v2 points (r2/<domain>/disks/<dname>/points/) in one
 // sequence: v2 points continue the numbering. The domain is the key's (or `plain` without one), so an encrypted
 // disk's v2 points are found with its key only (their names are keyed).
+import { checkClaim, readClaim } from './claims.js';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { decodeManifest, type PointManifest } from '../format/manifest.js';
@@ -115,6 +116,7 @@ export async function loadChain(store: ObjectStore, disk: string, seq: number, k
  * DISK_NOT_FOUND.
  */
 export async function explainNoPoints(store: ObjectStore, disk: string, key: EncryptionKey | undefined): Promise<never> {
+  checkClaim(await readClaim(store, disk), key, disk);
   const own = Domain.of(key).name;
   let otherEncrypted = false;
   for await (const o of store.list(r2.prefix)) {

@@ -15,6 +15,7 @@ import { SEAL_OVERHEAD } from '../format/seal.js';
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { MIN_CHUNK_SIZE } from '../pipeline/grid.js';
 import { classify, layout, PLAIN_DOMAIN, r2, type KeyHandle } from '../repository/names.js';
+import { decodeClaim } from '../repository/claims.js';
 import { checkR2Put } from './validate-r2.js';
 import type { ObjectStore } from '../store/types.js';
 import { TransportErrorCodes } from './errors.js';
@@ -38,7 +39,7 @@ export function classifyKey(key: string): KeyInfo | undefined {
 /** How a kind is named in a refusal. */
 const KIND_WORDS: Record<ObjectKind, string> = {
   config: 'repository config', pack: 'pack', index: 'index', manifest: 'point manifest', table: 'table segment', pending: 'pending checkpoint',
-  prune: 'prune record', 'legacy-manifest': 'point manifest', 'legacy-table': 'table segment', 'legacy-chunk': 'chunk',
+  prune: 'prune record', claim: 'disk claim', 'legacy-manifest': 'point manifest', 'legacy-table': 'table segment', 'legacy-chunk': 'chunk',
   'legacy-pending': 'pending checkpoint', lease: 'lease', 'encryption-marker': 'encryption marker', 'vm-point': 'VM point',
   'vm-partial': 'partial VM run record', 'vm-access': 'VM access marker',
 };
@@ -75,6 +76,10 @@ export class ObjectValidator {
       switch (k.kind) {
         case 'config': case 'pack': case 'index': case 'manifest': case 'table': case 'pending': case 'prune':
           await checkR2Put(p, k, { store: this.store, decodeBlob: (blob, codec, plainLength, use) => this.decodeBlob(blob, codec, plainLength, use) });
+          break;
+        case 'claim':
+          if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) throw new Error('a disk claim is written once, with if-none-match');
+          decodeClaim(p.data);
           break;
         case 'legacy-chunk': await this.checkChunk(p, k); break;
         case 'legacy-table': decodeSegment(p.data, p.key, 'any'); break;
