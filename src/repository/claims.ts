@@ -62,7 +62,7 @@ export function checkClaim(claim: DiskClaim | undefined, key: EncryptionKey | un
   if (!claim || claim.domain === domainName(key)) return;
   if (!key) {
     throw new RnodeError(ErrorCodes.KEY_REQUIRED,
-      `disk ${disk} is encrypted (key id ${claim.keyId}); pass its key with --encryption-key-file`, { details: { disk, keyId: claim.keyId } });
+      `disk ${disk} is encrypted (key id ${claim.keyId}); pass its key with --encryption-key-file (agent jobs: encryption.key)`, { details: { disk, keyId: claim.keyId } });
   }
   if (claim.domain === PLAIN_DOMAIN) {
     throw new RnodeError(ErrorCodes.KEY_MISMATCH,

@@ -133,7 +133,7 @@ export async function explainNoPoints(store: ObjectStore, disk: string, key: Enc
   }
   if (!key && otherEncrypted) {
     throw new RnodeError(ErrorCodes.KEY_REQUIRED,
-      `disk ${disk} has no points readable without a key, and the store holds encrypted repositories; pass its key with --encryption-key-file`, { details: { disk } });
+      `disk ${disk} has no points readable without a key, and the store holds encrypted repositories; pass its key with --encryption-key-file (agent jobs: encryption.key)`, { details: { disk } });
   }
   throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
 }

@@ -14,6 +14,9 @@ import { AgentMetrics } from '../../src/agent/metrics.js';
 import type { AgentReport, Policy, ReplicateJob } from '../../src/agent/protocol.js';
 import { Scheduler } from '../../src/agent/scheduler.js';
 import { StateDir } from '../../src/agent/state.js';
+import { Domain } from '../../src/repository/domain.js';
+import { r2 } from '../../src/repository/names.js';
+import { decodePendingV2 } from '../../src/repository/point-format.js';
 import { listPoints } from '../../src/repository/points.js';
 import { replicate } from '../../src/recovery/replicate.js';
 import { openSource } from '../../src/source/index.js';
@@ -39,8 +42,9 @@ t.test('a re-dispatched job that arrives before its policy keeps its disk, and r
     onProgress: (p) => { if (p.position >= SIZE / 2) ac.abort(); },
   }));
   await src.close();
-  const pending = path.join(storeUrl, 'disks', 'd0', 'pending', '0000000001.json');
-  t.ok(JSON.parse(fs.readFileSync(pending, 'utf8')).nextIndex > 0, 'the killed run left a checkpoint');
+  const domain = Domain.of(KEY);
+  const pending = await store.get(r2.pending(domain.name, domain.dname('d0'), 1));
+  t.ok((decodePendingV2(pending, domain, 'd0', 1) as { nextIndex: number }).nextIndex > 0, 'the killed run left a checkpoint');
 
   const state = await StateDir.open(path.join(dir, 'state'));
   fs.writeFileSync(state.secretPath('d0-key'), `${MASTER.toString('base64')}\n`, { mode: 0o600 });
@@ -77,7 +81,7 @@ t.test('a re-dispatched job that arrives before its policy keeps its disk, and r
   t.equal(r?.point, 1, 'it committed the point the killed run was writing');
   t.equal(r?.resumed, true, 'continuing its checkpoint');
   t.ok(r?.sourceBytesRead < SIZE, `reading ${r?.sourceBytesRead} of ${SIZE} bytes`);
-  t.same((await listPoints(store, 'd0')).map((m) => m.point), [1], 'one point');
+  t.same((await listPoints(store, 'd0', KEY)).map((m) => m.point), [1], 'one point');
   await expectRestore(t, store, 'd0', 1, fingerprint(img), dir, 'point 1', { encryption: KEY });
   scheduler.stop();
   await runner.cancelAll();

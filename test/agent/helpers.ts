@@ -9,6 +9,9 @@ import { ReferenceMs, type ReferenceMsOptions } from '../../src/agent/reference-
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { CLI, ensureBuilt } from '../helpers/cli.js';
 import { tmpDir } from '../helpers/images.js';
+import { Domain } from '../../src/repository/domain.js';
+import { r2 } from '../../src/repository/names.js';
+import { decodePendingV2 } from '../../src/repository/point-format.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -108,3 +111,18 @@ export function parsedLogs(lines: string[]): Record<string, any>[] {
 }
 
 export { tmpDir };
+
+/**
+ * The pending checkpoints of an unencrypted disk in an fs store (repository v2: r2/plain/disks/<disk>/pending/<seq10>),
+ * each decoded (and authenticated) by point-format's decoder: { point, nextIndex } per checkpoint, [] when none.
+ */
+export function pendingCheckpoints(storeDir: string, disk: string): { point: number; nextIndex: number }[] {
+  const domain = Domain.of(undefined);
+  const dir = path.join(storeDir, r2.pendingPrefix(domain.name, domain.dname(disk)));
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir).filter((f) => /^\d{10}$/.test(f)).map((f) => {
+    const point = Number(f);
+    const ck = decodePendingV2(fs.readFileSync(path.join(dir, f)), domain, disk, point) as { nextIndex: number };
+    return { point, nextIndex: ck.nextIndex };
+  });
+}

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { listPoints } from '../../src/repository/points.js';
 import { layout } from '../../src/format/layout.js';
-import { expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
+import { blobPlace, expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
 import { metricValue } from '../helpers/metrics.js';
 
@@ -75,9 +75,9 @@ t.test('VM job, recover, verify, prune; an encryption key missing on the node re
   t.match((pr.results as any[])[0], { kept: [2], deleted: [1] });
 
   // A verify that finds damage fails the job with the problem's code.
-  const chunkDir = path.join(dir, 'store', 'disks', 'vm1-b', 'chunks');
-  const victim = fs.readdirSync(chunkDir, { recursive: true }).map(String).find((f) => fs.statSync(path.join(chunkDir, f)).isFile())!;
-  fs.rmSync(path.join(chunkDir, victim));
+  // Repository v2: a chunk lives in a pack; remove the pack holding vm1-b's first chunk (located through the index).
+  const victim = await blobPlace(store.url, 'vm1-b', 1, 0);
+  fs.rmSync(victim.file);
   ms.startJob({ jobId: 'ver2', kind: 'verify', store, disk: 'vm1-b', point: 'all' });
   const vf = await ms.waitFor(() => ms.jobs.get('ver2')?.failed, 10_000, 'failed verify');
   t.equal(vf.code, 'RNODE_CHUNK_MISSING');

@@ -4,12 +4,11 @@
 // reading less than the disk) once the dead node's lease expires. Every disk ends with exactly one point
 // (never two writers) that restores byte-exact; the survivors' /metrics agree.
 import t from 'tap';
-import fs from 'node:fs';
 import path from 'node:path';
 import { listPoints } from '../../src/repository/points.js';
 import { parseExposition } from '../helpers/metrics.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
-import { get, KiB, MiB, makeDisk, parsedLogs, spawnAgent, startMs, tmpDir, TOKEN, type AgentProcess } from './helpers.js';
+import { get, KiB, MiB, makeDisk, parsedLogs, pendingCheckpoints, spawnAgent, startMs, tmpDir, TOKEN, type AgentProcess } from './helpers.js';
 
 const DISKS = 10;
 const SIZE = 2 * MiB;
@@ -34,9 +33,7 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
 
   // The victim's jobs whose disk has a checkpoint at the moment of the kill must continue from it.
   const hasCheckpoint = (disk: string) => {
-    const pending = path.join(storeDir, 'disks', disk, 'pending');
-    return fs.existsSync(pending) && fs.readdirSync(pending).some((f) => f.endsWith('.json') &&
-      JSON.parse(fs.readFileSync(path.join(pending, f), 'utf8')).nextIndex > 0);
+    return pendingCheckpoints(storeDir, disk).some((ck) => ck.nextIndex > 0);
   };
   // A job well under way, with a checkpoint in the store: kill its node.
   const victimJob = await ms.waitFor(() => [...ms.jobs.values()].find((j) =>

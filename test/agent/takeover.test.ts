@@ -3,12 +3,11 @@
 // checkpoint of the killed run (a pending record past chunk 0 and no committed point), the re-run must resume
 // from it (resumed: true, reading less than the disk); every disk ends with one point that restores byte-exact.
 import t from 'tap';
-import fs from 'node:fs';
 import path from 'node:path';
 import { listPoints } from '../../src/repository/points.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
-import { KiB, MiB, makeDisk, parsedLogs, sleep, spawnAgent, startMs, tmpDir, type AgentProcess } from './helpers.js';
+import { KiB, MiB, makeDisk, parsedLogs, pendingCheckpoints, sleep, spawnAgent, startMs, tmpDir, type AgentProcess } from './helpers.js';
 
 const KILLS = Number(process.env.RNODE_TAKEOVER_KILLS ?? 20);
 const SIZE = 1 * MiB;
@@ -52,9 +51,7 @@ t.test(`a node killed at ${KILLS} random moments: every re-run with a usable che
     if (i + 1 < KILLS) next = start();
     // What the store says the killed run left: a checkpoint past chunk 0 of a point that was not committed.
     const committed = (await listPoints(store, disk)).length > 0;
-    const pendingDir = path.join(storeDir, 'disks', disk, 'pending');
-    const usable = !committed && fs.existsSync(pendingDir) && fs.readdirSync(pendingDir).some((f) => f.endsWith('.json') &&
-      JSON.parse(fs.readFileSync(path.join(pendingDir, f), 'utf8')).nextIndex > 0);
+    const usable = !committed && pendingCheckpoints(storeDir, disk).some((ck) => ck.nextIndex > 0);
     const done = await ms.waitFor(() => (rec.state === 'completed' || rec.state === 'failed') && rec, 60_000, `${disk} to end`);
     if (done.state === 'failed') {
       t.fail(`${disk}: the job failed: ${String(done.failed?.code)} ${String(done.failed?.message)}`);
@@ -114,8 +111,7 @@ t.test('a killed job whose disk is also in a policy: the re-run, not a scheduled
   const busyNode = ms.liveNodes().find((n) => n.name === 'o1')!;
   ms.startJob({ jobId: 'busy', kind: 'replicate', store: { url: storeDir }, disks: [{ disk: 'q0', source: { location: await makeDisk(dir, 'q0', SIZE, 902) } }],
     chunkSize: 64 * KiB, bandwidth: 128 * KiB, leaseTtlSeconds: 1.5 }, busyNode.id);
-  const pending = path.join(storeDir, 'disks', 'p0', 'pending', '0000000002.json');
-  await ms.waitFor(() => fs.existsSync(pending) && JSON.parse(fs.readFileSync(pending, 'utf8')).nextIndex >= 4, 30_000, 'a checkpoint of point 2');
+  await ms.waitFor(() => pendingCheckpoints(storeDir, 'p0').some((ck) => ck.point === 2 && ck.nextIndex >= 4), 30_000, 'a checkpoint of point 2');
   victim.child.kill('SIGKILL');
   await victim.exited;
   const done = await ms.waitFor(() => (rec.state === 'completed' || rec.state === 'failed') && rec, 60_000, 'the re-run');
