@@ -37,7 +37,6 @@ t.test('slow puts do not serialise the compression of later chunks', async (t) =
     put: {
       value: async (key: string, ...rest: unknown[]) => {
         const start = performance.now();
-        // eslint-disable-next-line @typescript-eslint/no-explicit-any
         const r = await (slow.put as any).call(slow, key, ...rest);
         if (key.includes('/packs/')) packPuts.push({ start, end: performance.now() });
         return r;
