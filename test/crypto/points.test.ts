@@ -16,6 +16,7 @@ import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
 import { listPoints, listPointSeqs } from '../../src/repository/points.js';
+import { MANIFEST_VERSION_V2 } from '../../src/repository/point-format.js';
 import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
@@ -222,9 +223,11 @@ t.test('tampered and swapped chunk objects: CHUNK_CORRUPT naming the chunk and o
 
 t.test('keys never mix on a disk; prune needs the key', async (t) => {
   const f = await encryptedDisk(t, 'enc-mix');
+  const packsBefore = listFiles(path.join(f.storeDir, 'r2')).filter((x) => x.includes('/packs/'));
   const nothingNew = async (what: string) => {
-    t.same(await listPointSeqs(f.store, 'd'), [1, 2], `${what}: no point written`);
-    t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'chunks', '0000000003')), `${what}: no chunk written`);
+    t.same(await listPointSeqs(f.store, 'd', KEY), [1, 2], `${what}: no point written`);
+    t.same(listFiles(path.join(f.storeDir, 'r2')).filter((x) => x.includes('/packs/')), packsBefore, `${what}: no chunk written`);
+    t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'chunks')), `${what}: no legacy chunk written`);
   };
   const e1 = await rejectsWith(t, snap(f.store, f.img, 'd', { encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'another key on an encrypted disk');
   t.match(e1?.message, /is not the key disk d is encrypted with/);
@@ -247,8 +250,8 @@ t.test('keys never mix on a disk; prune needs the key', async (t) => {
   await rejectsWith(t, prune({ store: f.store, disk: 'd', keep: 1 }), ErrorCodes.KEY_REQUIRED, 'prune without the key (it rewrites authenticated tables)');
   const pr = await prune({ store: f.store, disk: 'd', keep: 1, encryption: KEY });
   t.same(pr.deleted, [1], 'prune with the key');
-  const [kept] = await listPoints(f.store, 'd');
-  t.match(kept, { point: 2, parent: null, version: 3, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted');
+  const [kept] = await listPoints(f.store, 'd', KEY);
+  t.match(kept, { point: 2, parent: null, version: MANIFEST_VERSION_V2, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted (a sealed v2 manifest)');
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after prune', { encryption: KEY });
   t.match(await snap(f.store, f.img, 'd', { encryption: KEY }), { point: 3, parent: 2, chunksChanged: 0 }, 'and incrementals continue');
 });
@@ -288,22 +291,24 @@ t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; th
   t.match(json(r1), { point: 1, encryption: { alg: 'aes-256-gcm', keyId: KEY.keyId } });
   const human = await cli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--encryption-key-file', keyFile]);
   t.match(human.stdout, new RegExp(`encrypted, aes-256-gcm, key id ${KEY.keyId}`));
-  const pts = await cli(['points', '--store', store, '--disk', 'd', '--json']);
+  // v2: an encrypted disk's points are found with its key only.
+  const pts = await cli(['points', '--store', store, '--disk', 'd', '--json', '--encryption-key-file', keyFile]);
   t.match(json(pts).points, [{ point: 1, encryption: { keyId: KEY.keyId } }, { point: 2, encryption: { keyId: KEY.keyId } }]);
 
   const out = path.join(dir, 'restored.img');
   const noKey = await cli(['recover', '--store', store, '--disk', 'd', '--out', out]);
   t.equal(noKey.code, 2, 'recover without the key: exit 2');
   t.equal(lines(noKey.stderr).length, 1);
-  t.match(noKey.stderr, /RNODE_KEY_REQUIRED: point 2 of disk d is encrypted .*--encryption-key-file/);
+  t.match(noKey.stderr, /RNODE_KEY_REQUIRED: disk d is encrypted .*pass its key with --encryption-key-file/);
   t.notOk(fs.existsSync(out));
   const rec = await cli(['recover', '--store', store, '--disk', 'd', '--out', out, '--encryption-key-file', keyFile, '--json']);
   t.equal(rec.code, 0, rec.stderr);
   t.equal(fingerprint(out).sha256, fingerprint(img).sha256, 'recover with the key is byte-exact');
 
+  // v2: without the key the points are not found (their names are keyed): verify says which flag is missing.
   const v1 = await cli(['verify', '--store', store, '--disk', 'd', '--point', 'all']);
-  t.equal(v1.code, 0);
-  t.match(v1.stdout, /no --encryption-key-file: checked chunk headers and the xxh64 of every stored object only, not the contents/);
+  t.equal(v1.code, 2, 'verify without the key: exit 2');
+  t.match(v1.stderr, /RNODE_KEY_REQUIRED: disk d is encrypted .*pass its key with --encryption-key-file/);
   const v2 = await cli(['verify', '--store', store, '--disk', 'd', '--point', 'all', '--encryption-key-file', keyFile, '--json']);
   t.match(json(v2), { ok: true, encrypted: true, checked: 'contents' });
   const wrong = path.join(dir, 'wrong.key');
