@@ -129,9 +129,9 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
   const f = await encryptedDisk(t, 'enc-points');
   await expectRestore(t, f.store, 'd', 1, f.fps[0], f.dir, 'encrypted full point', { encryption: KEY });
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'encrypted incremental point', { encryption: KEY });
-  const points = await listPoints(f.store, 'd');
-  t.same(points.map((m) => [m.version, m.encryption]), [[3, { alg: 'aes-256-gcm', keyId: KEY.keyId }], [3, { alg: 'aes-256-gcm', keyId: KEY.keyId }]],
-    'manifests are version 3 (authenticated) and record the key id');
+  const points = await listPoints(f.store, 'd', KEY);
+  const sealed = [MANIFEST_VERSION_V2, { alg: 'aes-256-gcm', keyId: KEY.keyId }];
+  t.same(points.map((m) => [m.version, m.encryption]), [sealed, sealed], 'manifests are v2 (sealed, authenticated) and record the key id');
 
   // Both points' plaintext (the first image is gone: rebuild it) must be absent; so must every unkeyed digest.
   const first = path.join(f.dir, 'first.img');
@@ -153,8 +153,8 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
 
   const v = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
   t.match(v, { ok: true, encrypted: true, checked: 'contents', chunksChecked: 14 }, 'verify with the key decrypts every chunk');
-  const noKey = await verify({ store: f.store, disk: 'd', point: 'all' });
-  t.match(noKey, { ok: true, encrypted: true, checked: 'stored-bytes', chunksChecked: 14 }, 'verify without the key checks stored bytes and says so');
+  // v2: an encrypted disk's points are found with its key only; without it verify is refused and says why.
+  await rejectsWith(t, verify({ store: f.store, disk: 'd', point: 'all' }), ErrorCodes.KEY_REQUIRED, 'verify without the key');
 });
 
 t.test('a missing or wrong key is refused before any chunk is read and before the output exists', async (t) => {
