@@ -16,6 +16,7 @@ import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
 import { listPoints, listPointSeqs } from '../../src/repository/points.js';
+import { Domain } from '../../src/repository/domain.js';
 import { MANIFEST_VERSION_V2 } from '../../src/repository/point-format.js';
 import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
@@ -57,7 +58,8 @@ function plainDigests(file: string): Array<{ what: string; bytes: Buffer }> {
     const be = Buffer.alloc(8); be.writeBigUInt64BE(x);
     const strong = strongDigest(c);
     const full = crypto.createHash('sha256').update(c).digest();
-    for (const [what, bytes] of [['xxh64 LE', le], ['xxh64 BE', be], ['BLAKE3-128', strong], ['SHA-256', full]] as const) {
+    const plainId = Domain.of(undefined).chunkId(c); // v2's public (fixed-key) chunk id
+    for (const [what, bytes] of [['xxh64 LE', le], ['xxh64 BE', be], ['BLAKE3-128', strong], ['SHA-256', full], ['plain v2 chunk id', plainId]] as const) {
       out.push({ what: `${what} of chunk ${off / CHUNK}`, bytes }, { what: `${what} (hex) of chunk ${off / CHUNK}`, bytes: Buffer.from(bytes.toString('hex')) });
     }
   }
@@ -149,7 +151,7 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
   await snap(fsStore(plainDir), first, 'd', { chunkSize: CHUNK });
   const plainFound = findIn(storeObjects(plainDir), [...plaintextSamples(first), ...plainDigests(first).filter((n) => !n.what.startsWith('SHA'))]);
   t.ok(plainFound.some((s) => s.startsWith('canary')) && plainFound.some((s) => s.startsWith('random')), 'control: plaintext is visible unencrypted');
-  t.ok(plainFound.some((s) => s.startsWith('xxh64 LE')) && plainFound.some((s) => s.startsWith('BLAKE3-128 of')), 'control: unkeyed digests are visible unencrypted');
+  t.ok(plainFound.some((s) => s.startsWith('xxh64 LE')) && plainFound.some((s) => s.startsWith('plain v2 chunk id of')), 'control: unkeyed digests are visible unencrypted');
 
   const v = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
   t.match(v, { ok: true, encrypted: true, checked: 'contents', chunksChecked: 14 }, 'verify with the key decrypts every chunk');
