@@ -17,6 +17,7 @@ import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
 import { listPoints, listPointSeqs } from '../../src/repository/points.js';
 import { Domain } from '../../src/repository/domain.js';
+import { MIN_PACK_SIZE } from '../../src/repository/domain.js';
 import { MANIFEST_VERSION_V2 } from '../../src/repository/point-format.js';
 import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
@@ -264,18 +265,24 @@ t.test('a cut encrypted point resumes from its checkpoint with its key, and star
   fs.writeFileSync(img, randomData(2 * MiB, 11));
   const store = fsStore(path.join(dir, 'store'));
   const cut = () => new FaultyStore(store).addFault('put', {
-    match: (k) => k.includes('/chunks/'), nth: 10, times: Infinity, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
-  }).addFault('put', { match: (k) => k.includes('/chunks/'), delayMs: 20, times: Infinity });
-  const opts = { chunkSize: 64 * KiB, checkpointRecords: 2, concurrency: 2 };
+    match: (k) => k.includes('/packs/'), nth: 10, times: Infinity, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
+  }).addFault('put', { match: (k) => k.includes('/packs/'), delayMs: 20, times: Infinity });
+  // v2: chunks reach the store in packs; the smallest packs put each chunk in its own, so the cut lands mid-point.
+  const opts = { chunkSize: 64 * KiB, checkpointRecords: 2, concurrency: 2, packSize: 2 * MIN_PACK_SIZE };
   await rejectsWith(t, snap(cut(), img, 'd', { ...opts, encryption: KEY }), ErrorCodes.STORE_IO, 'the first run is cut');
   const again = await snap(store, img, 'd', { ...opts, encryption: KEY });
   t.match(again, { point: 1, resumed: true, encryption: { keyId: KEY.keyId } }, 'the same key continues the checkpoint');
   await expectRestore(t, store, 'd', 1, fingerprint(img), dir, 'the resumed encrypted point', { encryption: KEY });
 
+  fs.writeFileSync(img, randomData(2 * MiB, 12)); // new chunks: the same ones would all be deduplicated, no pack put
   await rejectsWith(t, snap(cut(), img, 'e', { ...opts, encryption: KEY }), ErrorCodes.STORE_IO, 'another disk, cut');
-  const other = await snap(store, img, 'e', { ...opts, encryption: OTHER });
-  t.match(other, { point: 1, resumed: false }, 'another key does not continue chunks written with the first');
-  await expectRestore(t, store, 'e', 1, fingerprint(img), dir, 'the point written afresh', { encryption: OTHER });
+  // v2: the cut run claimed disk e for its key (src/repository/claims.ts): another key is refused, never mixed in.
+  const other = await rejectsWith(t, snap(store, img, 'e', { ...opts, encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'another key on the cut disk');
+  t.match(other?.message, /is not the key disk e is encrypted with .*new --disk id/);
+  t.same(await listPointSeqs(store, 'e', OTHER), [], 'nothing written with the other key');
+  const same = await snap(store, img, 'e', { ...opts, encryption: KEY });
+  t.match(same, { point: 1, resumed: true }, 'its own key continues the checkpoint');
+  await expectRestore(t, store, 'e', 1, fingerprint(img), dir, 'the resumed point', { encryption: KEY });
 });
 
 t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; the key is never printed', async (t) => {
