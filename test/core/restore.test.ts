@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
 import { recover } from '../../src/recovery/restore.js';
+import { PLAIN_DOMAIN } from '../../src/repository/names.js';
+import { readPackTrailer } from '../../src/repository/pack.js';
 import {
   KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir, writeAt,
 } from '../helpers/images.js';
@@ -22,8 +24,13 @@ t.test('recover counts the bytes it wrote, the chunks it restored and the bytes 
   const size = 2 * MiB + 777;
   fs.writeFileSync(img, randomData(size, 1)); // no zero 4 KiB block anywhere: every byte is written
   const p = await snap(store, img, 'd', { chunkSize: CHUNK });
-  const storedBytes = listFiles(path.join(dir, 'store', 'disks', 'd', 'chunks'))
-    .reduce((n, f) => n + fs.statSync(path.join(dir, 'store', 'disks', 'd', 'chunks', f)).size, 0);
+  // v2: the chunk objects are the blobs in the plain repository's packs (each pack's trailer lists them)
+  let storedBytes = 0;
+  for (const f of listFiles(path.join(dir, 'store', 'r2', PLAIN_DOMAIN, 'packs'))) {
+    const { entries } = await readPackTrailer(store, PLAIN_DOMAIN, path.basename(f));
+    storedBytes += entries.reduce((n, e) => n + e.length, 0);
+  }
+  t.ok(storedBytes > 0, 'the point stored its chunks in v2 packs');
   for (const concurrency of [1, 8]) {
     const out = path.join(dir, `out-${concurrency}.img`);
     const r = await recover({ store, disk: 'd', out, concurrency });

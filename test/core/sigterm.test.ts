@@ -8,9 +8,11 @@ import path from 'node:path';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
 import { MiB, randomData, tmpDir } from '../helpers/images.js';
 
+// v2: chunks land in packs (r2/plain/packs/<2 hex>/<id>); with --pack-size 512KiB each 256 KiB chunk closes its own
+// pack, so the packs stored count the chunks stored.
 function chunkFiles(store: string): number {
-  const dir = path.join(store, 'disks', 'd', 'chunks', '0000000001');
-  return fs.existsSync(dir) ? fs.readdirSync(dir).length : 0;
+  const dir = path.join(store, 'r2', 'plain', 'packs');
+  return fs.existsSync(dir) ? fs.readdirSync(dir).reduce((n, d) => n + fs.readdirSync(path.join(dir, d)).length, 0) : 0;
 }
 
 t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run resumes', async (t) => {
@@ -19,7 +21,7 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(32 * MiB, 21));
   const store = path.join(dir, 'store');
-  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB'];
+  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', '512KiB'];
   // 4 MiB/s: the 128 chunks take ~8 s, so the signal lands mid-way.
   const child = spawn(process.execPath, [CLI, ...args, '--bandwidth', '4MiB'], { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
@@ -40,11 +42,13 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
     /rnode: RNODE_CANCELLED: replicate stopped by SIGTERM; the chunks stored so far are checkpointed: run the same command again to resume/,
   );
   t.notMatch(stderr, /\n\s+at /, 'no stack trace');
-  t.ok(fs.existsSync(path.join(store, 'disks', 'd', 'pending', '0000000001.json')), 'a checkpoint was left');
+  const diskDir = path.join(store, 'r2', 'plain', 'disks', 'd');
+  t.ok(fs.existsSync(path.join(diskDir, 'pending', '0000000001')), 'a checkpoint was left');
   t.notOk(
-    fs.existsSync(path.join(store, 'disks', 'd', 'points')) && fs.readdirSync(path.join(store, 'disks', 'd', 'points')).length > 0,
+    fs.existsSync(path.join(diskDir, 'points')) && fs.readdirSync(path.join(diskDir, 'points')).length > 0,
     'nothing committed',
   );
+  t.notOk(fs.existsSync(path.join(store, 'disks', 'd', 'chunks')), 'no chunk written in the legacy layout');
 
   const again = await runCli([...args, '--json']);
   t.equal(again.code, 0, again.stderr);

@@ -16,6 +16,9 @@ import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
 import { listPoints, listPointSeqs } from '../../src/repository/points.js';
+import { Domain } from '../../src/repository/domain.js';
+import { MIN_PACK_SIZE } from '../../src/repository/domain.js';
+import { MANIFEST_VERSION_V2 } from '../../src/repository/point-format.js';
 import { prune } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
@@ -56,7 +59,8 @@ function plainDigests(file: string): Array<{ what: string; bytes: Buffer }> {
     const be = Buffer.alloc(8); be.writeBigUInt64BE(x);
     const strong = strongDigest(c);
     const full = crypto.createHash('sha256').update(c).digest();
-    for (const [what, bytes] of [['xxh64 LE', le], ['xxh64 BE', be], ['BLAKE3-128', strong], ['SHA-256', full]] as const) {
+    const plainId = Domain.of(undefined).chunkId(c); // v2's public (fixed-key) chunk id
+    for (const [what, bytes] of [['xxh64 LE', le], ['xxh64 BE', be], ['BLAKE3-128', strong], ['SHA-256', full], ['plain v2 chunk id', plainId]] as const) {
       out.push({ what: `${what} of chunk ${off / CHUNK}`, bytes }, { what: `${what} (hex) of chunk ${off / CHUNK}`, bytes: Buffer.from(bytes.toString('hex')) });
     }
   }
@@ -128,9 +132,9 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
   const f = await encryptedDisk(t, 'enc-points');
   await expectRestore(t, f.store, 'd', 1, f.fps[0], f.dir, 'encrypted full point', { encryption: KEY });
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'encrypted incremental point', { encryption: KEY });
-  const points = await listPoints(f.store, 'd');
-  t.same(points.map((m) => [m.version, m.encryption]), [[3, { alg: 'aes-256-gcm', keyId: KEY.keyId }], [3, { alg: 'aes-256-gcm', keyId: KEY.keyId }]],
-    'manifests are version 3 (authenticated) and record the key id');
+  const points = await listPoints(f.store, 'd', KEY);
+  const sealed = [MANIFEST_VERSION_V2, { alg: 'aes-256-gcm', keyId: KEY.keyId }];
+  t.same(points.map((m) => [m.version, m.encryption]), [sealed, sealed], 'manifests are v2 (sealed, authenticated) and record the key id');
 
   // Both points' plaintext (the first image is gone: rebuild it) must be absent; so must every unkeyed digest.
   const first = path.join(f.dir, 'first.img');
@@ -148,12 +152,12 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
   await snap(fsStore(plainDir), first, 'd', { chunkSize: CHUNK });
   const plainFound = findIn(storeObjects(plainDir), [...plaintextSamples(first), ...plainDigests(first).filter((n) => !n.what.startsWith('SHA'))]);
   t.ok(plainFound.some((s) => s.startsWith('canary')) && plainFound.some((s) => s.startsWith('random')), 'control: plaintext is visible unencrypted');
-  t.ok(plainFound.some((s) => s.startsWith('xxh64 LE')) && plainFound.some((s) => s.startsWith('BLAKE3-128 of')), 'control: unkeyed digests are visible unencrypted');
+  t.ok(plainFound.some((s) => s.startsWith('xxh64 LE')) && plainFound.some((s) => s.startsWith('plain v2 chunk id of')), 'control: unkeyed digests are visible unencrypted');
 
   const v = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
   t.match(v, { ok: true, encrypted: true, checked: 'contents', chunksChecked: 14 }, 'verify with the key decrypts every chunk');
-  const noKey = await verify({ store: f.store, disk: 'd', point: 'all' });
-  t.match(noKey, { ok: true, encrypted: true, checked: 'stored-bytes', chunksChecked: 14 }, 'verify without the key checks stored bytes and says so');
+  // v2: an encrypted disk's points are found with its key only; without it verify is refused and says why.
+  await rejectsWith(t, verify({ store: f.store, disk: 'd', point: 'all' }), ErrorCodes.KEY_REQUIRED, 'verify without the key');
 });
 
 t.test('a missing or wrong key is refused before any chunk is read and before the output exists', async (t) => {
@@ -222,9 +226,11 @@ t.test('tampered and swapped chunk objects: CHUNK_CORRUPT naming the chunk and o
 
 t.test('keys never mix on a disk; prune needs the key', async (t) => {
   const f = await encryptedDisk(t, 'enc-mix');
+  const packsBefore = listFiles(path.join(f.storeDir, 'r2')).filter((x) => x.includes('/packs/'));
   const nothingNew = async (what: string) => {
-    t.same(await listPointSeqs(f.store, 'd'), [1, 2], `${what}: no point written`);
-    t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'chunks', '0000000003')), `${what}: no chunk written`);
+    t.same(await listPointSeqs(f.store, 'd', KEY), [1, 2], `${what}: no point written`);
+    t.same(listFiles(path.join(f.storeDir, 'r2')).filter((x) => x.includes('/packs/')), packsBefore, `${what}: no chunk written`);
+    t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'chunks')), `${what}: no legacy chunk written`);
   };
   const e1 = await rejectsWith(t, snap(f.store, f.img, 'd', { encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'another key on an encrypted disk');
   t.match(e1?.message, /is not the key disk d is encrypted with/);
@@ -247,8 +253,8 @@ t.test('keys never mix on a disk; prune needs the key', async (t) => {
   await rejectsWith(t, prune({ store: f.store, disk: 'd', keep: 1 }), ErrorCodes.KEY_REQUIRED, 'prune without the key (it rewrites authenticated tables)');
   const pr = await prune({ store: f.store, disk: 'd', keep: 1, encryption: KEY });
   t.same(pr.deleted, [1], 'prune with the key');
-  const [kept] = await listPoints(f.store, 'd');
-  t.match(kept, { point: 2, parent: null, version: 3, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted');
+  const [kept] = await listPoints(f.store, 'd', KEY);
+  t.match(kept, { point: 2, parent: null, version: MANIFEST_VERSION_V2, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted (a sealed v2 manifest)');
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after prune', { encryption: KEY });
   t.match(await snap(f.store, f.img, 'd', { encryption: KEY }), { point: 3, parent: 2, chunksChanged: 0 }, 'and incrementals continue');
 });
@@ -259,18 +265,24 @@ t.test('a cut encrypted point resumes from its checkpoint with its key, and star
   fs.writeFileSync(img, randomData(2 * MiB, 11));
   const store = fsStore(path.join(dir, 'store'));
   const cut = () => new FaultyStore(store).addFault('put', {
-    match: (k) => k.includes('/chunks/'), nth: 10, times: Infinity, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
-  }).addFault('put', { match: (k) => k.includes('/chunks/'), delayMs: 20, times: Infinity });
-  const opts = { chunkSize: 64 * KiB, checkpointRecords: 2, concurrency: 2 };
+    match: (k) => k.includes('/packs/'), nth: 10, times: Infinity, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
+  }).addFault('put', { match: (k) => k.includes('/packs/'), delayMs: 20, times: Infinity });
+  // v2: chunks reach the store in packs; the smallest packs put each chunk in its own, so the cut lands mid-point.
+  const opts = { chunkSize: 64 * KiB, checkpointRecords: 2, concurrency: 2, packSize: 2 * MIN_PACK_SIZE };
   await rejectsWith(t, snap(cut(), img, 'd', { ...opts, encryption: KEY }), ErrorCodes.STORE_IO, 'the first run is cut');
   const again = await snap(store, img, 'd', { ...opts, encryption: KEY });
   t.match(again, { point: 1, resumed: true, encryption: { keyId: KEY.keyId } }, 'the same key continues the checkpoint');
   await expectRestore(t, store, 'd', 1, fingerprint(img), dir, 'the resumed encrypted point', { encryption: KEY });
 
+  fs.writeFileSync(img, randomData(2 * MiB, 12)); // new chunks: the same ones would all be deduplicated, no pack put
   await rejectsWith(t, snap(cut(), img, 'e', { ...opts, encryption: KEY }), ErrorCodes.STORE_IO, 'another disk, cut');
-  const other = await snap(store, img, 'e', { ...opts, encryption: OTHER });
-  t.match(other, { point: 1, resumed: false }, 'another key does not continue chunks written with the first');
-  await expectRestore(t, store, 'e', 1, fingerprint(img), dir, 'the point written afresh', { encryption: OTHER });
+  // v2: the cut run claimed disk e for its key (src/repository/claims.ts): another key is refused, never mixed in.
+  const other = await rejectsWith(t, snap(store, img, 'e', { ...opts, encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'another key on the cut disk');
+  t.match(other?.message, /is not the key disk e is encrypted with .*new --disk id/);
+  t.same(await listPointSeqs(store, 'e', OTHER), [], 'nothing written with the other key');
+  const same = await snap(store, img, 'e', { ...opts, encryption: KEY });
+  t.match(same, { point: 1, resumed: true }, 'its own key continues the checkpoint');
+  await expectRestore(t, store, 'e', 1, fingerprint(img), dir, 'the resumed point', { encryption: KEY });
 });
 
 t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; the key is never printed', async (t) => {
@@ -288,22 +300,24 @@ t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; th
   t.match(json(r1), { point: 1, encryption: { alg: 'aes-256-gcm', keyId: KEY.keyId } });
   const human = await cli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--encryption-key-file', keyFile]);
   t.match(human.stdout, new RegExp(`encrypted, aes-256-gcm, key id ${KEY.keyId}`));
-  const pts = await cli(['points', '--store', store, '--disk', 'd', '--json']);
+  // v2: an encrypted disk's points are found with its key only.
+  const pts = await cli(['points', '--store', store, '--disk', 'd', '--json', '--encryption-key-file', keyFile]);
   t.match(json(pts).points, [{ point: 1, encryption: { keyId: KEY.keyId } }, { point: 2, encryption: { keyId: KEY.keyId } }]);
 
   const out = path.join(dir, 'restored.img');
   const noKey = await cli(['recover', '--store', store, '--disk', 'd', '--out', out]);
   t.equal(noKey.code, 2, 'recover without the key: exit 2');
   t.equal(lines(noKey.stderr).length, 1);
-  t.match(noKey.stderr, /RNODE_KEY_REQUIRED: point 2 of disk d is encrypted .*--encryption-key-file/);
+  t.match(noKey.stderr, /RNODE_KEY_REQUIRED: disk d is encrypted .*pass its key with --encryption-key-file/);
   t.notOk(fs.existsSync(out));
   const rec = await cli(['recover', '--store', store, '--disk', 'd', '--out', out, '--encryption-key-file', keyFile, '--json']);
   t.equal(rec.code, 0, rec.stderr);
   t.equal(fingerprint(out).sha256, fingerprint(img).sha256, 'recover with the key is byte-exact');
 
+  // v2: without the key the points are not found (their names are keyed): verify says which flag is missing.
   const v1 = await cli(['verify', '--store', store, '--disk', 'd', '--point', 'all']);
-  t.equal(v1.code, 0);
-  t.match(v1.stdout, /no --encryption-key-file: checked chunk headers and the xxh64 of every stored object only, not the contents/);
+  t.equal(v1.code, 2, 'verify without the key: exit 2');
+  t.match(v1.stderr, /RNODE_KEY_REQUIRED: disk d is encrypted .*pass its key with --encryption-key-file/);
   const v2 = await cli(['verify', '--store', store, '--disk', 'd', '--point', 'all', '--encryption-key-file', keyFile, '--json']);
   t.match(json(v2), { ok: true, encrypted: true, checked: 'contents' });
   const wrong = path.join(dir, 'wrong.key');

@@ -7,12 +7,14 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
-import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
-import { layout } from '../../src/format/layout.js';
+import { Domain } from '../../src/repository/domain.js';
+import { PLAIN_DOMAIN } from '../../src/repository/names.js';
+import { BlobFlag, readPackTrailer } from '../../src/repository/pack.js';
+import type { BlobEntry } from '../../src/repository/pack.js';
 import { verify } from '../../src/recovery/verify.js';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
 import {
-  KiB, MiB, chunkFile, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt,
+  KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt,
 } from '../helpers/images.js';
 import { remote, spawnServe, startNode } from '../transport/helpers.js';
 
@@ -40,28 +42,42 @@ t.test('encrypted points through a receiving node that holds no key', async (t) 
   const fp2 = fingerprint(img);
   t.match(await snap(rs, img, 'd', { encryption: KEY, checkpointRecords: 8 }), { point: 2, parent: 1, chunksChanged: 3 });
   t.equal(server.stats.rejected, 0, 'the node accepted every encrypted chunk');
-  t.ok(server.stats.chunkPuts >= 30, `${server.stats.chunkPuts} chunks validated by stored bytes`);
+  // v2: chunks travel as blobs in packs (r2/<key's domain>/packs/..); the node validates each pack by its stored bytes.
+  const domain = Domain.of(KEY).name;
+  const packsDir = path.join(storeDir, 'r2', domain, 'packs');
+  const packFiles = listFiles(packsDir);
+  const blobs: BlobEntry[] = [];
+  for (const f of packFiles) blobs.push(...(await readPackTrailer(fsStore(storeDir), domain, path.basename(f), KEY)).entries);
+  t.equal(server.stats.packPuts, packFiles.length, `${packFiles.length} packs validated by stored bytes`);
+  t.ok(blobs.length >= 30, `${blobs.length} chunks in them`);
 
   const files = listFiles(storeDir);
-  const chunks = files.filter((f) => f.includes('/chunks/'));
-  t.ok(chunks.length >= 30 && chunks.every((f) => decodeChunkHeader(fs.readFileSync(path.join(storeDir, f))).version === 2), 'the node stores version-2 objects only');
+  t.notOk(files.some((f) => f.includes('/chunks/') || f.startsWith(`r2/${PLAIN_DOMAIN}/`)), 'no legacy chunk object and nothing in the plain repository');
+  t.ok(blobs.every((e) => (e.flags & BlobFlag.SEALED) !== 0), 'every blob on the node is sealed');
   t.notOk(files.some((f) => fs.readFileSync(path.join(storeDir, f)).includes('REMOTE-CANARY')), 'no plaintext on the node');
-  const full = decodeChunkHeader(fs.readFileSync(chunkFile(storeDir, 'd', 1, 0)));
-  t.equal(full.payloadLength, CHUNK + 28, 'an incompressible full-size chunk: chunk + nonce + tag, accepted');
+  t.ok(blobs.some((e) => e.plainLength === CHUNK && e.codec === 0 && e.length === CHUNK + 28),
+    'an incompressible full-size chunk: chunk + nonce + tag, accepted');
 
   await expectRestore(t, rs, 'd', 1, fp1, dir, 'point 1 over ws://', { encryption: KEY });
   await expectRestore(t, rs, 'd', 2, fp2, dir, 'point 2 over ws://', { encryption: KEY });
   await expectRestore(t, fsStore(storeDir), 'd', 2, fp2, dir, 'point 2 from the node\'s own directory', { encryption: KEY });
-  t.match(await verify({ store: rs, disk: 'd', point: 'all' }), { ok: true, checked: 'stored-bytes' }, 'verify over the link without the key');
+  // v2: an encrypted disk's points are found with its key only (README, Repository v2); without it verify says so.
+  await t.rejects(verify({ store: rs, disk: 'd', point: 'all' }), { code: 'RNODE_KEY_REQUIRED' }, 'verify over the link without the key: the key is required');
   t.match(await verify({ store: rs, disk: 'd', point: 'all', encryption: KEY }), { ok: true, checked: 'contents' }, 'and with it');
 
-  // A damaged encrypted chunk sent to the node is refused and not stored.
-  const good = fs.readFileSync(chunkFile(storeDir, 'd', 2, 17));
-  const bad = Buffer.from(good);
-  bad[CHUNK_HEADER_BYTES + 40] ^= 0x04;
-  await t.rejects(rs.put(layout.chunk('d', 2, 17), bad), { code: 'RNODE_TRANSPORT_REJECTED', message: /chunk 17 of disk d point 2 .*payload xxh64 mismatch/ });
-  t.equal(server.stats.rejected, 1);
-  t.ok(fs.readFileSync(chunkFile(storeDir, 'd', 2, 17)).equals(good), 'the stored object is untouched');
+  // A damaged encrypted pack sent to the node is refused and not stored. Its trailer is sealed, so the node checks
+  // its structure only (docs/repository-v2.md, Transport): a broken pack magic, and a blob area too small for its blobs.
+  const packKey = `r2/${domain}/packs/${packFiles[0]}`;
+  const good = fs.readFileSync(path.join(packsDir, packFiles[0]));
+  const badMagic = Buffer.from(good);
+  badMagic[badMagic.length - 1] ^= 0x04;
+  await t.rejects(rs.put(packKey, badMagic), { code: 'RNODE_TRANSPORT_REJECTED', message: /pack magic/ });
+  const { entries } = await readPackTrailer(fsStore(storeDir), domain, path.basename(packFiles[0]), KEY);
+  const lastEnd = entries[entries.length - 1].offset + entries[entries.length - 1].length;
+  const noBlobs = Buffer.concat([good.subarray(0, 0), good.subarray(lastEnd)]); // the trailer without its blobs
+  await t.rejects(rs.put(packKey, noBlobs), { code: 'RNODE_TRANSPORT_REJECTED', message: /cannot hold/ });
+  t.equal(server.stats.rejected, 2);
+  t.ok(fs.readFileSync(path.join(packsDir, packFiles[0])).equals(good), 'the stored object is untouched');
 });
 
 t.test('CLI: rnode serve, then replicate/verify/recover --encryption-key-file with ws://', async (t) => {
