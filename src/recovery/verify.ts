@@ -3,7 +3,7 @@
 // An encrypted point is checked in full with its key; without it, only what the stored bytes promise (headers
 // and payload xxh64) is checked, and the result says so.
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { RnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
 import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry, type ChunkEntry } from '../format/table.js';

@@ -7,7 +7,7 @@ import type { ChunkSeal, EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';
 import {
-  authenticateManifest, MANIFEST_VERSION, MANIFEST_VERSION_AUTHENTICATED, type PointEncryption, type PointManifest,
+  authenticateManifest, MANIFEST_VERSION, MANIFEST_VERSION_AUTHENTICATED, type PointManifest,
 } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
@@ -15,11 +15,6 @@ import { isV2Point } from './point-format.js';
 import { segmentExpectation, tableEntries } from './view.js';
 
 const PASS_KEY = 'pass its key with --encryption-key-file (agent jobs: encryption.key)';
-
-/** The manifest fields of a point written with key, or without one. */
-export function manifestEncryption(key: EncryptionKey | undefined): { version: number; encryption?: PointEncryption } {
-  return key ? { version: MANIFEST_VERSION_AUTHENTICATED, encryption: { alg: 'aes-256-gcm', keyId: key.keyId } } : { version: MANIFEST_VERSION };
-}
 
 /**
  * The disk's encryption marker (disks/<disk>/encryption.json): written once, before the disk's first authenticated
@@ -64,13 +59,6 @@ export async function readDiskMarker(store: ObjectStore, disk: string, key: Encr
       `the encryption marker ${where} of disk ${disk} fails its MAC: it was modified or forged; restore the store from a copy`, { details: { key: where } });
   }
   return raw;
-}
-
-/** Writes the marker before the disk's first authenticated point (seq) when it has none. */
-export async function ensureDiskMarker(store: ObjectStore, disk: string, key: EncryptionKey, existing: DiskMarker | undefined, seq: number): Promise<void> {
-  if (existing) return;
-  const m: DiskMarker = { format: 'rnode-disk-encryption', disk, alg: 'aes-256-gcm', keyId: key.keyId, since: seq };
-  await store.put(layout.encryptionMarker(disk), Buffer.from(JSON.stringify({ ...m, mac: markerMac(m, key) }) + '\n'));
 }
 
 /**

@@ -62,11 +62,6 @@ export function sealEnvelope(kind: EnvelopeKindId, context: string, body: Uint8A
   return Buffer.concat([h, body, blake3(Buffer.concat([h, c, body]))]);
 }
 
-/** True when b starts with an envelope header (any kind); lets readers tell v2 objects from legacy JSON ones. */
-export function isEnvelope(b: Uint8Array): boolean {
-  return b.length >= ENVELOPE_HEADER_BYTES && Buffer.from(b.buffer, b.byteOffset, 4).equals(ENVELOPE_MAGIC);
-}
-
 /**
  * Opens an envelope read from `what` (its key, for messages): it must be of `kind`, sealed exactly when key is given
  * (an encrypted domain never accepts an unsealed object), and open under context. Returns the body.

@@ -54,7 +54,7 @@ export async function checkR2Put(p: R2Put, h: R2Handle, deps: R2Checks): Promise
       else plainShape(p.data, EnvelopeKind.TABLE, TABLE_V3_RECORD_BYTES);
       return;
     case 'manifest':
-      if (!conditional) throw new Error('a point manifest must be committed with if-none-match (points are immutable over the peer link)');
+      if (!conditional) throw new Error('a point manifest must be committed with if-none-match (points are immutable over the peer link; run "rnode prune" on the receiving node)');
       if (sealed) {
         sealedShape(p.data, EnvelopeKind.MANIFEST);
         await requireSome(deps.store, r2.tablesPrefix(h.domain, h.dname, h.point), 'table segment');

@@ -139,14 +139,6 @@ export function listFiles(dir: string): string[] {
   return out.sort();
 }
 
-/** Chunk objects of a disk in an fs store, as "<writer>/<index>" with numbers unpadded, sorted. */
-export function chunkObjects(storeDir: string, disk: string): string[] {
-  return listFiles(path.join(storeDir, 'disks', disk, 'chunks'))
-    .filter((f) => !f.includes('\\'))
-    .map((f) => f.split('/').map((p) => String(Number(p))).join('/'))
-    .sort();
-}
-
 /** Path of a chunk object file in an fs store. */
 export function chunkFile(storeDir: string, disk: string, writer: number, index: number): string {
   return path.join(storeDir, 'disks', disk, 'chunks', String(writer).padStart(10, '0'), String(index).padStart(12, '0'));

@@ -15,6 +15,10 @@ import { openOutput } from '../../src/output/index.js';
 import { vhdChecksum, vhdGeometry } from '../../src/output/vhd.js';
 import { recover } from '../../src/recovery/restore.js';
 import { replicate } from '../../src/recovery/replicate.js';
+import { Domain } from '../../src/repository/domain.js';
+import { ChunkIndex } from '../../src/repository/index-file.js';
+import { r2 } from '../../src/repository/names.js';
+import { listV2PointSeqs, loadV2Chain, v2ChainView } from '../../src/repository/v2-scan.js';
 import { openSource } from '../../src/source/index.js';
 import { FsStore } from '../../src/store/index.js';
 import {
@@ -193,14 +197,19 @@ t.test('gs://: a gzip\'d sparse tar with disk.raw, the size rounded up to a GiB'
 t.test('a failed restore leaves no object behind in any cloud', async (t) => {
   // A corrupt chunk of a third disk: the restore fails after some data went out.
   await point('bad', imageV1());
-  const chunks = path.join(storeDir, 'disks', 'bad', 'chunks');
-  const files: string[] = [];
-  const walk = (d: string) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) { if (e.isDirectory()) walk(path.join(d, e.name)); else files.push(path.join(d, e.name)); } };
-  walk(chunks);
-  const victim = files.sort()[files.length - 1];
-  const b = fs.readFileSync(victim);
-  b[b.length - 1] ^= 0xff;
+  // The blob of the disk's last stored chunk, in its pack (v2); the blob is shared with 'plain' (same image), so the
+  // pack is put back afterwards.
+  const domain = (await Domain.open(store, undefined))!;
+  const chain = await loadV2Chain(store, domain, 'bad', (await listV2PointSeqs(store, domain, 'bad')).at(-1)!);
+  let last: Buffer | undefined;
+  for await (const e of v2ChainView(store, domain, chain)) if (e.id) last = e.id;
+  const loc = (await ChunkIndex.load(store, domain)).lookup(last!)[0];
+  const victim = path.join(storeDir, r2.pack(domain.name, loc.packId));
+  const orig = fs.readFileSync(victim);
+  const b = Buffer.from(orig);
+  b[loc.entry.offset + loc.entry.length - 1] ^= 0xff;
   fs.writeFileSync(victim, b);
+  t.teardown(() => fs.writeFileSync(victim, orig));
   for (const out of [`s3://disks/bad/bad.raw?endpoint=${s3.endpoint}&forcePathStyle=true`, 'azblob://disks/bad.vhd', 'gs://disks/bad.tar.gz']) {
     await t.rejects(recover({ store, disk: 'bad', out, env }), { code: ErrorCodes.CHUNK_CORRUPT }, `${out.replace(/\?.*/, '')}: the corrupt chunk fails the restore`);
   }
