@@ -140,8 +140,11 @@ interface RunStats {
 
 type Delta = Partial<RunStats>;
 
-/** Pack puts in flight at once: each holds a pack buffer; a few keep the device busy (issue 14). */
-const PACK_PUTS_IN_FLIGHT = 3;
+/**
+ * Pack puts in flight at once: each holds a pack buffer (16 MiB by default), so three runs on one node held ~240 MiB
+ * at 3; a pack is one large write, and two keep the device busy.
+ */
+const PACK_PUTS_IN_FLIGHT = 2;
 
 /** What one candidate chunk became: its table record (null: nothing to record) and what it cost. */
 interface Outcome {
