@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
-import { layout, parseChunkKey } from '../../src/format/layout.js';
+import { classify, PLAIN_DOMAIN, r2 } from '../../src/repository/names.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { replicate } from '../../src/recovery/replicate.js';
@@ -45,7 +45,8 @@ function makeStore(seed = 7) {
 async function rep(store: ObjectStore, image: string) {
   const source = await openSource(image);
   try {
-    return await replicate({ store, source, disk: DISK, chunkSize: CHUNK, checkpointRecords: 8 });
+    // Packs of one 64 KiB chunk or a few compressed ones: a point makes enough pack puts for the faults to land.
+    return await replicate({ store, source, disk: DISK, chunkSize: CHUNK, packSize: CHUNK, checkpointRecords: 8 });
   } finally {
     await source.close();
   }
@@ -71,7 +72,8 @@ async function restoresExact(t: Test, store: ObjectStore, point: number, expecte
   await fsp.rm(out, { force: true });
 }
 
-const isChunk = (key: string) => parseChunkKey(key) !== undefined;
+/** Chunks are stored in packs (repository v2): a pack put is what carries chunk data. */
+const isPack = (key: string) => classify(key)?.kind === 'pack';
 
 t.test('5% of get/put/head/list fail with a retryable error: full and incremental points commit byte-exact', async (t) => {
   const { faulty, store, retries } = makeStore(42);
@@ -102,7 +104,7 @@ t.test('5% of get/put/head/list fail with a retryable error: full and incrementa
   faulty.assertAllFired();
 });
 
-t.test('a permanent error on chunk puts: replicate fails clearly, no half point, the next run succeeds', async (t) => {
+t.test('a permanent error on pack puts: replicate fails clearly, no half point, the next run succeeds', async (t) => {
   const { faulty, store, root } = makeStore();
   const image = await newImage('perm.img', 5);
   const p1 = await rep(store, image);
@@ -111,9 +113,9 @@ t.test('a permanent error on chunk puts: replicate fails clearly, no half point,
 
   await scatterWrites(image, SIZE, 20, 6);
   const at2 = await snapshot(image, 'perm-2.img');
-  // Point 2 writes chunks under chunks/0000000002/: the 5th such put and every later one is denied.
+  // Point 2's 5th pack put and every later one is denied (packs put from here on are point 2's).
   faulty.addFault('put', {
-    match: (k) => isChunk(k) && parseChunkKey(k)!.writer === 2, nth: 5, times: Infinity,
+    match: isPack, nth: 5, times: Infinity,
     error: { code: ErrorCodes.STORE_AUTH, retryable: false, message: 'access denied (injected, permanent)' },
   });
   const putsBefore = faulty.calls.put;
@@ -125,7 +127,7 @@ t.test('a permanent error on chunk puts: replicate fails clearly, no half point,
   faulty.assertAllFired();
 
   t.same(await listPointSeqs(store, DISK), [1], 'no new point is visible');
-  await t.rejects(store.head(layout.point(DISK, 2)), { code: ErrorCodes.STORE_NOT_FOUND }, 'no manifest for point 2');
+  await t.rejects(store.head(r2.point(PLAIN_DOMAIN, DISK, 2)), { code: ErrorCodes.STORE_NOT_FOUND }, 'no manifest for point 2');
   const v = await verify({ store, disk: DISK, point: 'all' });
   t.ok(v.ok, 'existing points verify ok');
   t.same(v.points, [1]);
@@ -142,28 +144,28 @@ t.test('a permanent error on chunk puts: replicate fails clearly, no half point,
   t.ok(v2.ok, 'verify all ok after the clean run');
 });
 
-t.test('a chunk put times out after it was applied; the retry re-sends it; the point is byte-exact', async (t) => {
+t.test('a pack put times out after it was applied; the retry re-sends it; the point is byte-exact', async (t) => {
   const { faulty, store, retries } = makeStore();
   const image = await newImage('timeout.img', 8);
-  // The 3rd chunk put is slow, lands in the store, and is then reported as a timeout (retryable).
+  // The 3rd pack put is slow, lands in the store, and is then reported as a timeout (retryable).
   faulty.addFault('put', {
-    match: isChunk, nth: 3, delayMs: 50, afterCall: true,
+    match: isPack, nth: 3, delayMs: 50, afterCall: true,
     error: { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true, message: 'put timed out (injected)' },
   });
-  // And one more chunk put hangs like a dead connection, then times out without reaching the store.
-  faulty.addFault('put', { match: isChunk, nth: 7, hang: true, hangMs: 30 });
+  // And one more pack put hangs like a dead connection, then times out without reaching the store.
+  faulty.addFault('put', { match: isPack, nth: 7, hang: true, hangMs: 30 });
   const p1 = await rep(store, image);
   faulty.assertAllFired();
   t.equal(p1.point, 1);
-  const resent = retries.filter((r) => r.startsWith('put ') && isChunk(r.slice(4)));
-  t.equal(resent.length, 2, `two chunk puts were re-sent: ${resent.join(', ')}`);
+  const resent = retries.filter((r) => r.startsWith('put ') && isPack(r.slice(4)));
+  t.equal(resent.length, 2, `two pack puts were re-sent: ${resent.join(', ')}`);
   t.equal(new Set(resent).size, 2, 'each re-sent to its own key');
   const at1 = await snapshot(image, 'timeout-1.img');
   await restoresExact(t, store, 1, at1);
 
   await scatterWrites(image, SIZE, 10, 9);
   faulty.addFault('put', {
-    match: isChunk, nth: 1, delayMs: 20, afterCall: true,
+    match: isPack, nth: 1, delayMs: 20, afterCall: true,
     error: { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true, message: 'put timed out (injected)' },
   });
   const p2 = await rep(store, image);
