@@ -2,7 +2,7 @@
 // plaintext (a recognisable text pattern, random and text samples grepped in every object) and no unkeyed digest of
 // any chunk (xxh64 and BLAKE3 of every plaintext chunk, in binary and hex, found nowhere), while an unencrypted
 // store of the same disk holds all of them (so the search would find them); a missing or wrong key is refused before
-// any chunk is read or any output exists; tampered and swapped objects are CHUNK_CORRUPT naming the chunk, with no
+// any chunk is read or any output exists; tampered and swapped blobs are CHUNK_CORRUPT naming the chunk, with no
 // output left; keys never mix on a disk; verify without the key checks stored bytes and says so; prune needs the key;
 // a cut encrypted point resumes with its key and starts afresh with another; and the CLI does all of it with
 // --encryption-key-file, the key never printed.
@@ -24,7 +24,7 @@ import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
 import { json, lines, runCli } from '../helpers/cli.js';
 import {
-  KiB, MiB, chunkFile, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, textData,
+  KiB, MiB, blobPlace, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, textData,
   tmpDir, writeAt, type Fingerprint,
 } from '../helpers/images.js';
 
@@ -176,52 +176,54 @@ t.test('a missing or wrong key is refused before any chunk is read and before th
   t.equal(c.reads(), 0, 'no chunk object was read');
 });
 
-t.test('tampered and swapped chunk objects: CHUNK_CORRUPT naming the chunk and offset, no output left', async (t) => {
+t.test('tampered and swapped chunk blobs: CHUNK_CORRUPT naming the chunk and offset, no output left', async (t) => {
   const f = await encryptedDisk(t, 'enc-tamper');
   const out = path.join(f.dir, 'out', 'restored.img');
   fs.mkdirSync(path.dirname(out));
-  const victim = chunkFile(f.storeDir, 'd', 1, 3);
-  const original = fs.readFileSync(victim);
+  // Chunks 4 and 5 are random data (stored as they are, so their sealed blobs have one length), unchanged in point 2.
+  const victim = await blobPlace(f.storeDir, 'd', 1, 4, KEY);
+  const donor = await blobPlace(f.storeDir, 'd', 1, 5, KEY);
+  t.equal(victim.length, donor.length, 'the two blobs are the same size');
+  const originalPack = fs.readFileSync(victim.file);
+  const patch = (bytes: Buffer) => {
+    const b = Buffer.from(fs.readFileSync(victim.file));
+    bytes.copy(b, victim.offset);
+    fs.writeFileSync(victim.file, b);
+  };
+  const blob = originalPack.subarray(victim.offset, victim.offset + victim.length);
 
-  // A byte of ciphertext changed and the stored-bytes digest recomputed: only the GCM tag can tell.
-  const tampered = Buffer.from(original);
-  tampered[CHUNK_HEADER_BYTES + 500] ^= 0x20;
-  tampered.writeBigUInt64LE(xxh64(tampered.subarray(CHUNK_HEADER_BYTES)), 24);
-  fs.writeFileSync(victim, tampered);
-  const e = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of a tampered chunk');
-  t.match(e?.message, /chunk 3 \(disk offset 393216, object disks\/d\/chunks\/0000000001\/000000000003\) of point 2 is corrupt: ciphertext does not authenticate/);
-  t.match(e?.details, { index: 3, offset: 3 * CHUNK });
+  // A byte of ciphertext changed: only the GCM tag can tell (the pack trailer is sealed, the blob has no checksum).
+  const tampered = Buffer.from(blob);
+  tampered[500] ^= 0x20;
+  patch(tampered);
+  const e = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of a tampered blob');
+  t.match(e?.message, /chunk 4 \(disk offset 524288.*\) of point 2 is corrupt/);
+  t.match(e?.details, { index: 4, offset: 4 * CHUNK });
   assertNoOutput(t, out);
   const withKey = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
-  t.match(withKey, { ok: false, problems: [{ code: ErrorCodes.CHUNK_CORRUPT, index: 3, offset: 3 * CHUNK, message: /does not authenticate/ }] },
-    'verify with the key finds it');
-  t.match(await verify({ store: f.store, disk: 'd', point: 'all' }), { ok: true, checked: 'stored-bytes' },
-    'verify without the key cannot (the stored bytes are self-consistent), and says it checked stored bytes only');
+  t.match(withKey, { ok: false, problems: [{ code: ErrorCodes.CHUNK_CORRUPT, index: 4, offset: 4 * CHUNK }] }, 'verify with the key finds it');
+  await rejectsWith(t, verify({ store: f.store, disk: 'd', point: 'all' }), ErrorCodes.KEY_REQUIRED,
+    'verify without the key asks for it (v2 metadata is sealed)');
 
-  // Damage without the fix-up is caught without the key too.
-  const flipped = Buffer.from(original);
-  flipped[CHUNK_HEADER_BYTES + 500] ^= 0x20;
-  fs.writeFileSync(victim, flipped);
-  t.match(await verify({ store: f.store, disk: 'd', point: 'all' }),
-    { ok: false, checked: 'stored-bytes', problems: [{ code: ErrorCodes.CHUNK_CORRUPT, index: 3, message: /payload checksum mismatch/ }] });
-
-  // Another chunk's (valid, encrypted) object under this chunk's key.
-  fs.copyFileSync(chunkFile(f.storeDir, 'd', 1, 0), victim);
-  const s = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of a swapped chunk');
-  t.match(s?.message, /chunk 3 .* is corrupt: it holds chunk 0 of point 1/);
+  // Another chunk's valid sealed blob in this chunk's place: its AAD binds it to its own chunk id.
+  patch(Buffer.from(fs.readFileSync(donor.file).subarray(donor.offset, donor.offset + donor.length)));
+  const s = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of a swapped blob');
+  t.match(s?.message, /chunk 4 .* is corrupt/);
   assertNoOutput(t, out);
 
-  // The same chunk of another disk under the same key (same writer and index): bound to its disk.
-  fs.writeFileSync(victim, original);
+  // The same chunk index of another disk under the same key: bound to its content's id, not to a place.
+  fs.writeFileSync(victim.file, originalPack);
   const other = path.join(f.dir, 'other.img');
   fs.writeFileSync(other, randomData(2 * MiB, 99));
   await snap(f.store, other, 'e', { chunkSize: CHUNK, encryption: KEY });
-  fs.copyFileSync(chunkFile(f.storeDir, 'e', 1, 3), victim);
-  const x = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of another disk\'s chunk');
-  t.match(x?.message, /chunk 3 .* is corrupt/);
+  const foreign = await blobPlace(f.storeDir, 'e', 1, 4, KEY);
+  t.equal(foreign.length, victim.length, 'disk e\'s chunk 4 blob is the same size');
+  patch(Buffer.from(fs.readFileSync(foreign.file).subarray(foreign.offset, foreign.offset + foreign.length)));
+  const x = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of another disk\'s blob');
+  t.match(x?.message, /chunk 4 .* is corrupt/);
   assertNoOutput(t, out);
-  fs.writeFileSync(victim, original);
-  await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after the original object is put back', { encryption: KEY });
+  fs.writeFileSync(victim.file, originalPack);
+  await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after the original pack is put back', { encryption: KEY });
 });
 
 t.test('keys never mix on a disk; prune needs the key', async (t) => {
