@@ -3,7 +3,7 @@
 // any chunk (xxh64 and BLAKE3 of every plaintext chunk, in binary and hex, found nowhere), while an unencrypted
 // store of the same disk holds all of them (so the search would find them); a missing or wrong key is refused before
 // any chunk is read or any output exists; tampered and swapped blobs are CHUNK_CORRUPT naming the chunk, with no
-// output left; keys never mix on a disk; verify without the key checks stored bytes and says so; prune needs the key;
+// output left; keys never mix on a disk; verify without the key asks for it (v2 metadata is sealed); prune needs the key;
 // a cut encrypted point resumes with its key and starts afresh with another; and the CLI does all of it with
 // --encryption-key-file, the key never printed.
 import t from 'tap';
@@ -14,7 +14,7 @@ import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
-import { CHUNK_HEADER_BYTES, decodeChunkHeader } from '../../src/format/chunk.js';
+import { decodeChunkHeader } from '../../src/format/chunk.js';
 import { listPoints, listPointSeqs } from '../../src/repository/points.js';
 import { Domain } from '../../src/repository/domain.js';
 import { MIN_PACK_SIZE } from '../../src/repository/domain.js';
