@@ -52,7 +52,8 @@ t.test('agent RSS stays flat over ~40 scheduled jobs', { skip: process.platform 
   t.comment(`RSS MiB: first quarter after warm-up ${early.toFixed(0)}, second half ${late.toFixed(0)}, peak ${peak.toFixed(0)}`);
   // Before the fix: +32 MiB per job until a GC happened to run, 300+ MiB over this run.
   t.ok(late - early < 40, `no growth trend: second-half median ${late.toFixed(0)} MiB vs ${early.toFixed(0)} MiB early`);
-  // A bound, not the target: three runs always in flight here (1 s interval) peak at ~190 MiB on the project's
-  // machines; the issue's 64 MiB disks every 3 s stay at ~150 MiB.
-  t.ok(peak < 240, `peak RSS ${peak.toFixed(0)} MiB under 240 MiB`);
+  // A bound, not the target: three runs always in flight here (1 s interval) peaked at ~190 MiB with the legacy
+  // format; repository v2 adds each run's pack buffers (16 MiB packs: one filling, two in puts) and its chunk index,
+  // ~225-250 MiB here. The growth check above is the property; this catches a new fixed cost.
+  t.ok(peak < 300, `peak RSS ${peak.toFixed(0)} MiB under 300 MiB`);
 });
