@@ -44,10 +44,7 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   t.notMatch(stderr, /\n\s+at /, 'no stack trace');
   const diskDir = path.join(store, 'r2', 'plain', 'disks', 'd');
   t.ok(fs.existsSync(path.join(diskDir, 'pending', '0000000001')), 'a checkpoint was left');
-  t.notOk(
-    fs.existsSync(path.join(diskDir, 'points')) && fs.readdirSync(path.join(diskDir, 'points')).length > 0,
-    'nothing committed',
-  );
+  t.notOk(fs.existsSync(path.join(diskDir, 'points')) && fs.readdirSync(path.join(diskDir, 'points')).length > 0, 'nothing committed');
   t.notOk(fs.existsSync(path.join(store, 'disks', 'd', 'chunks')), 'no chunk written in the legacy layout');
 
   const again = await runCli([...args, '--json']);

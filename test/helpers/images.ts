@@ -139,11 +139,6 @@ export function listFiles(dir: string): string[] {
   return out.sort();
 }
 
-/** Path of a chunk object file in an fs store. */
-export function chunkFile(storeDir: string, disk: string, writer: number, index: number): string {
-  return path.join(storeDir, 'disks', disk, 'chunks', String(writer).padStart(10, '0'), String(index).padStart(12, '0'));
-}
-
 /** An FsStore without fsync: the tests do not crash the machine, only processes. */
 export function fsStore(dir: string): FsStore {
   return new FsStore(dir, { fsync: false });
