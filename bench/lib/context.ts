@@ -35,8 +35,11 @@ export interface BenchContext {
   log(message: string): void;
   /** The RNODE_BENCH_SIZE mixed image: made, synced and read into page cache on first use. */
   mixedImage(): Promise<string>;
-  /** Runs `node dist/cli.js <args> --json` in a child; wall time and peak RSS measured. */
-  rnode<T = Record<string, unknown>>(args: string[]): Promise<RnodeRun<T>>;
+  /**
+   * Runs `node dist/cli.js <args> --json` in a child; wall time and peak RSS measured. `cli` runs another build's
+   * CLI instead (RNODE_BENCH_BEFORE_CLI), for before/after rows in one run.
+   */
+  rnode<T = Record<string, unknown>>(args: string[], cli?: string): Promise<RnodeRun<T>>;
   /** Runs an external tool in a child; wall time (and peak RSS under GNU time) measured. */
   tool(cmd: string, args: string[], opts?: Omit<RunOptions, 'scratch'>): Promise<RunResult>;
   /** Flushes dirty pages and reads the image into page cache: call before each measured run. */
@@ -129,8 +132,8 @@ export function makeContext(settings: Settings, workdir: string, fsType: string,
       })();
       return image;
     },
-    async rnode<T>(args: string[]) {
-      const r = await runNode(cli, [...args, '--json'], { scratch: workdir });
+    async rnode<T>(args: string[], other?: string) {
+      const r = await runNode(other ?? cli, [...args, '--json'], { scratch: workdir });
       const last = r.stdout.trim().split('\n').pop() ?? '';
       let result: T;
       try {

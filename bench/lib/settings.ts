@@ -1,4 +1,5 @@
 // Benchmark settings, all from the environment, validated once so a typo fails before minutes of work.
+import fs from 'node:fs';
 import os from 'node:os';
 import { parseSize } from 'replication-node';
 
@@ -19,6 +20,11 @@ export interface Settings {
   keep: boolean;
   /** RNODE_BENCH_JSON: also write the run's JSON result to this file, so runs can be compared. */
   jsonOut?: string;
+  /**
+   * RNODE_BENCH_BEFORE_CLI: another build's dist/cli.js; the throughput and recovery sections run it in the same
+   * rounds, each build on its own store, for before/after ratios.
+   */
+  beforeCli?: string;
 }
 
 export class SettingsError extends Error {}
@@ -42,6 +48,10 @@ export function readSettings(): Settings {
   if (!/^\d+$/.test(repeatText) || repeat < 1 || repeat > 50) {
     throw new SettingsError(`RNODE_BENCH_REPEAT=${JSON.stringify(repeatText)} must be a whole number from 1 to 50`);
   }
+  const beforeCli = process.env.RNODE_BENCH_BEFORE_CLI;
+  if (beforeCli && !fs.existsSync(beforeCli)) {
+    throw new SettingsError(`RNODE_BENCH_BEFORE_CLI=${JSON.stringify(beforeCli)} does not exist; point it at another build's dist/cli.js`);
+  }
   return {
     size: s,
     sparseSize,
@@ -52,5 +62,6 @@ export function readSettings(): Settings {
     repeat,
     keep: process.env.RNODE_BENCH_KEEP === '1',
     ...(process.env.RNODE_BENCH_JSON ? { jsonOut: process.env.RNODE_BENCH_JSON } : {}),
+    ...(beforeCli ? { beforeCli } : {}),
   };
 }

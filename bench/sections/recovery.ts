@@ -1,7 +1,7 @@
 // Recover against the durable-write floor: the same number of bytes rnode writes, written by `dd oflag=direct
 // conv=fdatasync` from the page-cached image, in the same run, rounds alternating. With RNODE_BENCH_BEFORE_CLI
-// (another build's dist/cli.js) that build's recover runs in the same rounds too, for before/after figures.
-import fs from 'node:fs';
+// (another build's dist/cli.js) that build replicates into a store of its own (its format may differ) and recovers
+// it in the same rounds, for before/after figures.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { RecoverResult, ReplicateResult } from 'replication-node';
@@ -22,14 +22,19 @@ export const recovery: Section = {
   async run(ctx: SectionContext): Promise<Row[]> {
     const img = await ctx.mixedImage();
     const n = ctx.settings.repeat;
-    const before = process.env.RNODE_BENCH_BEFORE_CLI;
-    if (before && !fs.existsSync(before)) throw new Error(`RNODE_BENCH_BEFORE_CLI=${before} does not exist`);
+    const before = ctx.settings.beforeCli;
     const store = path.join(ctx.dir, 'store');
+    const beforeStore = path.join(ctx.dir, 'store-before');
     const restored = path.join(ctx.dir, 'restored.img');
     const floorFile = path.join(ctx.dir, 'floor.img');
     ctx.log('recovery: replicate (full) of the mixed image');
     await ctx.settle(img);
     await ctx.rnode<ReplicateResult>(['replicate', '--source', img, '--target', store, '--disk', DISK]);
+    if (before) {
+      ctx.log('recovery: replicate (full) with the build before');
+      await ctx.settle(img);
+      await ctx.rnode<ReplicateResult>(['replicate', '--source', img, '--target', beforeStore, '--disk', DISK], before);
+    }
 
     const rec: RnodeRun<RecoverResult>[] = [];
     const inCli: number[] = [];
@@ -49,7 +54,7 @@ export const recovery: Section = {
       await fsp.rm(restored, { force: true });
       if (before) {
         await ctx.settle();
-        old.push(await runNode(before, ['recover', '--store', store, '--disk', DISK, '--out', restored, '--json'], { scratch: ctx.dir }));
+        old.push(await runNode(before, ['recover', '--store', beforeStore, '--disk', DISK, '--out', restored, '--json'], { scratch: ctx.dir }));
         await fsp.rm(restored, { force: true });
       }
       // The floor: the bytes rnode wrote (its zeros are holes), from page cache to the same filesystem.

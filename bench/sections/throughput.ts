@@ -115,6 +115,12 @@ export const throughput: Section = {
     const lzFileSync: { seconds: number }[] = [];
     const lzNull: RunResult[] = [];
     const restic: RunResult[] = [];
+    // The build before (RNODE_BENCH_BEFORE_CLI), in the same rounds, each on a store of its own.
+    const before = settings.beforeCli;
+    const oldFull: RunResult[] = [];
+    const oldIncr: RunResult[] = [];
+    const oldRec: RunResult[] = [];
+    let oldStore = '';
     // Each round's store stays until the section ends: removing 1,500 files and creating as many right after
     // measures the filesystem, not rnode (ext4 without a journal skips inodes freed in the last 30 s, which took
     // a quarter of the CPU of a run that followed a removal).
@@ -127,10 +133,16 @@ export const throughput: Section = {
       if (!r.result.full) throw new Error(`the first point into a fresh store was not full: ${JSON.stringify(r.result)}`);
       full.push(r);
       fullResults.push(r.result);
+      if (before) {
+        oldStore = path.join(ctx.dir, `store-before-${i}`);
+        ctx.log(`round ${i + 1}/${n}: the build before, replicate (full)`);
+        await ctx.settle(img);
+        oldFull.push(await ctx.rnode(['replicate', '--source', img, '--target', oldStore, '--disk', DISK], before));
+      }
       if (i === 0) {
         // The same bytes the point stored (its objects, concatenated untimed), written the fastest durable way.
         const fh = await fsp.open(storedFile, 'w');
-        for (const f of await filesUnder(path.join(store, 'disks'))) await fh.write(await fsp.readFile(f));
+        for (const f of await filesUnder(store)) await fh.write(await fsp.readFile(f));
         storedBytes = (await fh.stat()).size;
         await fh.close();
       }
@@ -169,6 +181,10 @@ export const throughput: Section = {
       const r = await ctx.rnode<ReplicateResult>(['replicate', '--source', img, '--target', store, '--disk', DISK]);
       if (r.result.full) throw new Error(`the point after a ~1% change was full: ${JSON.stringify(r.result)}`);
       incr.push(r);
+      if (before) {
+        await ctx.settle(img);
+        oldIncr.push(await ctx.rnode(['replicate', '--source', img, '--target', oldStore, '--disk', DISK], before));
+      }
       incrNotes.push(`${r.result.chunksChanged}/${touched}` + (r.result.chunksChanged === touched ? '' : ' (MISMATCH)'));
     }
     const lastIncr = incr[incr.length - 1].result;
@@ -192,6 +208,12 @@ export const throughput: Section = {
         const at = await firstDifference(img, restored);
         exact = at < 0;
         if (!exact) ctx.say(`RECOVER IS NOT BYTE-EXACT: first difference at offset ${at}`);
+      }
+      if (before) {
+        await fsp.rm(restored, { force: true });
+        await ctx.settle();
+        oldRec.push(await ctx.rnode(['recover', '--store', oldStore, '--disk', DISK, '--point', 'latest', '--out', restored], before));
+        await fsp.rm(restored, { force: true });
       }
       if (tools.lz4) {
         ctx.log(`round ${i + 1}/${n}: lz4 -d to a file`);
@@ -311,6 +333,21 @@ export const throughput: Section = {
       name: 'peak RSS, recover', value: recRss, unit: 'MB', baseline: lzDecRss !== null ? { name: 'lz4 -d', value: lzDecRss } : undefined,
       ratio: ratioOf(recRss, lzDecRss), target: rssTarget(recRss),
     });
+    if (before) {
+      // Wall-time ratios within each round: the machine may be shared, rounds differ more than builds within one.
+      const perRound = (now: RunResult[], old: RunResult[]) => now.map((r, i) => old[i].seconds / r.seconds);
+      const range = (xs: number[]) => `per round min ${fmt(Math.min(...xs))}, max ${fmt(Math.max(...xs))}`;
+      const rowsBefore: [string, RunResult[], RunResult[]][] = [
+        ['full replicate', full, oldFull], ['incremental', incr, oldIncr], ['recover latest point', rec, oldRec]];
+      for (const [what, now, old] of rowsBefore) {
+        const speedup = perRound(now, old);
+        push({
+          name: `${what}, this build vs before`, value: rates(size, now).median, unit: 'MB/s',
+          baseline: { name: 'RNODE_BENCH_BEFORE_CLI', value: rates(size, old).median! }, ratio: median(speedup),
+          note: `ratio = before's seconds / this build's, median of rounds (${range(speedup)}); peak RSS ${fmt(peakRss(now), 'MB')} vs ${fmt(peakRss(old), 'MB')}`,
+        });
+      }
+    }
     if (!exact) throw Object.assign(new Error('recover was not byte-exact'), { rows });
     return rows;
   },
