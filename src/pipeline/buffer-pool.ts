@@ -3,21 +3,26 @@
 
 export class BufferPool<T> {
   private readonly free: T[] = [];
-  private readonly waiters: Array<(b: T) => void> = [];
+  private readonly waiters: Array<{ rank: number; resolve: (b: T) => void }> = [];
 
   constructor(readonly count: number, make: () => T) {
     for (let i = 0; i < count; i++) this.free.push(make());
   }
 
-  acquire(): Promise<T> {
+  /** Waiters are served lowest rank first, in the order they came within a rank (all rank 0: first come, first served). */
+  acquire(rank = 0): Promise<T> {
     const b = this.free.pop();
     if (b) return Promise.resolve(b);
-    return new Promise((resolve) => this.waiters.push(resolve));
+    return new Promise((resolve) => {
+      let at = this.waiters.length;
+      while (at > 0 && this.waiters[at - 1].rank > rank) at--;
+      this.waiters.splice(at, 0, { rank, resolve });
+    });
   }
 
   release(b: T): void {
     const w = this.waiters.shift();
-    if (w) w(b);
+    if (w) w.resolve(b);
     else this.free.push(b);
   }
 

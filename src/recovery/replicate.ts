@@ -266,16 +266,26 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   let unindexed: ChunkLocation[] = [];
   let packPuts: Promise<void>[] = [];
   const packTurns = new BufferPool(PACK_PUTS_IN_FLIGHT, () => ({}));
+  /**
+   * The lowest chunk index in each unput pack: put turns (and object buffers) go to the lowest first. A checkpoint
+   * covers chunks in index order, so an early chunk encoded late (cold codec workers) must not wait behind the chunks
+   * after it: a cut among their puts then left nothing to checkpoint.
+   */
+  const lowestIndex = new Map<string, number>();
+  /** Packs whose put failed, with the error: their chunks are not stored and no index object names them. */
+  const failedPuts = new Map<string, unknown>();
   /** Closes the open pack and starts its put; resolves once the put has a turn (back-pressure on appenders). */
   const closePack = (): Promise<void> => {
     if (pack.count === 0) return Promise.resolve();
     const closing = pack;
     pack = newPack();
+    const lowest = lowestIndex.get(closing.id) ?? 0;
+    lowestIndex.delete(closing.id);
     for (const entry of closing.entries) unindexed.push({ packId: closing.id, entry });
     let turned!: () => void;
     const gotTurn = new Promise<void>((r) => { turned = r; });
     const put = (async () => {
-      const turn = await packTurns.acquire();
+      const turn = await packTurns.acquire(lowest);
       turned();
       try {
         const bytes = closing.finish();
@@ -289,7 +299,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       }
       if (packBuffers.length < PACK_PUTS_IN_FLIGHT + 1) packBuffers.push(closing.buffer);
     })();
-    put.catch((err) => { failure ??= err; wake(); });
+    put.catch((err) => { failedPuts.set(closing.id, err); failure ??= err; wake(); });
     packPuts.push(put);
     return gotTurn;
   };
@@ -315,6 +325,9 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     const locations = unindexed;
     packPuts = [];
     unindexed = [];
+    // The packs of this run its records' chunks are in: the checkpoint needs those stored, and only those.
+    const needed = new Set<string>();
+    for (const e of entries) for (const l of e.id ? index.lookup(e.id) : []) if (written.has(l.packId)) needed.add(l.packId);
     // The stats of the chunks settled so far (in index order); bytes and packs written are added once durable.
     const settled = { ...stats };
     const snapshot = (): Checkpoint => ({
@@ -326,14 +339,20 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
     segmentChain = segmentChain.then(async () => {
       if (checkpointFailure) return;
-      await Promise.all(puts);
-      if (locations.length) {
+      // A pack closed since the last checkpoint may hold only chunks encoded ahead of these records: its failed put
+      // is not this checkpoint's (it used to drop it, and a cut run then left no checkpoint at all). The index object
+      // names only the packs stored; a checkpoint is written only if the packs of its own records are.
+      await Promise.allSettled(puts);
+      const stored = locations.filter((l) => !failedPuts.has(l.packId));
+      if (stored.length) {
         const indexId = newObjectId();
-        const ib = encodeIndex(domain, indexId, locations);
+        const ib = encodeIndex(domain, indexId, stored);
         await store.put(r2.index(domain.name, indexId), ib);
         stats.bytesWritten += ib.length;
         failpoint('after-index');
       }
+      const lost = [...needed].find((id) => failedPuts.has(id));
+      if (lost !== undefined) throw failedPuts.get(lost);
       await store.put(ref.key, bytes);
       stats.bytesWritten += bytes.length;
       failpoint('after-segment');
@@ -426,7 +445,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       clock.encoded(c.index, hashStart, { hashMs, packMs: 0 });
       return dedupHit(hit, length, n, entry);
     }
-    const out = await storeWait(outPool.acquire());
+    const out = await storeWait(outPool.acquire(c.index)); // the earliest chunk first, as for put turns (lowestIndex)
     try {
       const r = await workers.encodeBlob(plain, out, codec, id, domain.key?.keyId);
       clock.encoded(c.index, hashStart, { hashMs, packMs: r.packMs, sealMs: r.sealMs });
@@ -439,6 +458,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       await clock.time(c.index, 'write', async () => {
         if (pack.wouldOverflow(blob.length)) await storeWait(closePack());
         const e = pack.add(blob, { id, plainLength: length, codec: r.codec, payloadXxh64: r.payloadXxh64 });
+        lowestIndex.set(pack.id, Math.min(lowestIndex.get(pack.id) ?? c.index, c.index));
         index.add({ packId: pack.id, entry: e });
         written.add(pack.id);
         if (pack.size >= packSize) await storeWait(closePack());

@@ -3,7 +3,7 @@
 // reads only the rest of the disk (counted at the source), and the point restores byte-exact. Also: an
 // incremental, a prune while a point is pending, resume: false, a disk that changed between the two runs (the
 // point must be the disk at one moment, not a mix), checkpoints kept when a later chunk fails, stats counted
-// once across a resume, and back-pressure while one chunk's write stalls.
+// once across a resume, back-pressure while one chunk's write stalls, and a cut while an early chunk comes late.
 // Repository v2: chunks are stored in packs; with packs of one chunk (packSize = chunk size) a pack put is a chunk
 // put, so the faults below count and stall pack puts where they counted chunk objects before.
 import t from 'tap';
@@ -16,6 +16,7 @@ import { listPointSeqs } from '../../src/repository/points.js';
 import { pipelineDepths } from '../../src/recovery/replicate.js';
 import { verify } from '../../src/recovery/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
+import { delegatingSource, type BlockSource } from '../../src/source/types.js';
 import { Domain } from '../../src/repository/domain.js';
 import { decodePack } from '../../src/repository/pack.js';
 import { decodePendingV2 } from '../../src/repository/point-format.js';
@@ -62,6 +63,21 @@ function failingChunkPuts(inner: ObjectStore, nth: number, opts: { chunkDelayMs?
 function pendingOf(storeDir: string, disk: string): { file: string; ck: any }[] {
   const dir = path.join(storeDir, 'r2', 'plain', 'disks', disk, 'pending');
   return listFiles(dir).map((f) => ({ file: f, ck: decodePendingV2(fs.readFileSync(path.join(dir, f)), plain, disk, Number(f)) as any }));
+}
+
+/** Resolves once cond() holds (polled; after 10 s it gives up, so a test fails instead of hanging). */
+async function until(cond: () => boolean): Promise<void> {
+  for (const end = Date.now() + 10_000; !cond() && Date.now() < end;) await new Promise((r) => setTimeout(r, 2));
+}
+
+/** The source with chunk reads held until wait(index) resolves: an early chunk that comes late (cold codec workers did). */
+function heldReads(wait: (index: number) => Promise<void> | undefined): (s: BlockSource) => BlockSource {
+  return (s) => delegatingSource(s, {
+    read: async (offset: number, buf: Buffer, length: number) => {
+      await wait(offset / CHUNK);
+      return s.read(offset, buf, length);
+    },
+  });
 }
 
 function setup(t: Test) {
@@ -240,5 +256,63 @@ t.test('back-pressure: while the store\'s writes stall, the reader does not run 
   t.ok(readsDuringStall <= 4 + pipelineDepths(CHUNK, concurrency).reorderWindow,
     `reads while the puts stall: ${readsDuringStall} (of ${COUNT}); what waits for them must be bounded by the pipeline`);
   t.equal(r.chunksChanged, COUNT);
+  await expectRestore(t, store, 'd', 1, fp, dir);
+});
+
+// Regression (test/crypto/points: "a cut encrypted point resumes...", resumed: false about 1 run in 6 when run alone):
+// a checkpoint waited for every pack closed since the previous one, and any failed put among them dropped it, even a
+// pack holding only chunks encoded ahead of its records. Here chunk 0's pack is put first, the next one (a later
+// chunk's) fails, and chunk 1 comes after that: chunks 0 and 1 are stored, yet the cut run left no checkpoint and the
+// next run read the whole disk again.
+t.test('a failed pack of chunks after a checkpoint\'s records does not drop that checkpoint', async (t) => {
+  const { dir, img, storeDir, store } = setup(t);
+  const fp = fingerprint(img);
+  let packPuts = 0;
+  const faulty = new FaultyStore(store).addFault('put', {
+    match: (k) => isChunk(k) && ++packPuts > 0, nth: 2, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
+  });
+  const opts = { chunkSize: CHUNK, checkpointRecords: 2, concurrency: 2 };
+  const held = heldReads((i) => (i === 1 ? until(() => faulty.firedCount > 0) : i > 1 ? until(() => packPuts >= 1) : undefined));
+  await t.rejects(snap(faulty, img, 'd', { ...opts, wrapSource: held }), { code: ErrorCodes.STORE_IO }, 'the first run is cut');
+  faulty.assertAllFired();
+  const nextIndex: number = pendingOf(storeDir, 'd')[0]?.ck.nextIndex ?? 0;
+  t.ok(nextIndex >= 2, `a checkpoint covers chunks 0 and 1, which are stored (nextIndex ${nextIndex})`);
+  const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
+  const r = await snap(store, img, 'd', { ...opts, wrapSource: (s) => (counted.c = countingSource(s)) });
+  t.equal(r.resumed, true, 'the next run resumes');
+  t.equal(counted.c!.bytes, SIZE - nextIndex * CHUNK, 'it reads only what the checkpoint does not cover');
+  // No index object names the pack that failed: a chunk deduplicated against it would not restore.
+  await expectRestore(t, store, 'd', 1, fp, dir);
+});
+
+// Regression (same subtest, most of its failures): pack puts went in the order packs closed, so the pack of an early
+// chunk encoded late waited behind the packs of the chunks after it, and a cut among those left nothing to
+// checkpoint. Put turns now go to the pack with the lowest chunk index. Here puts take 300 ms, two at a time, and
+// fail from the 6th on; chunk 1 comes 100 ms after the 2nd put started, when the chunks after it have queued theirs.
+t.test('the pack of an early chunk encoded late is put before the packs of the chunks after it', async (t) => {
+  const { dir, img, storeDir, store } = setup(t);
+  const fp = fingerprint(img);
+  let packPuts = 0;
+  const faulty = new FaultyStore(store)
+    .addFault('put', {
+      // The first fault's match sees every put once: it counts the pack puts.
+      match: (k) => isChunk(k) && ++packPuts > 0, nth: 6, times: Infinity,
+      error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
+    })
+    .addFault('put', { match: isChunk, delayMs: 300, times: Infinity });
+  const opts = { chunkSize: CHUNK, checkpointRecords: 2, concurrency: 2 };
+  const late = heldReads(async (i) => {
+    if (i !== 1) return;
+    await until(() => packPuts >= 2);
+    await new Promise((r) => setTimeout(r, 100));
+  });
+  await t.rejects(snap(faulty, img, 'd', { ...opts, wrapSource: late }), { code: ErrorCodes.STORE_IO }, 'the first run is cut');
+  faulty.assertAllFired();
+  const nextIndex: number = pendingOf(storeDir, 'd')[0]?.ck.nextIndex ?? 0;
+  t.ok(nextIndex >= 2, `chunk 1's pack went out before the cut: a checkpoint covers chunks 0 and 1 (nextIndex ${nextIndex})`);
+  const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
+  const r = await snap(store, img, 'd', { ...opts, wrapSource: (s) => (counted.c = countingSource(s)) });
+  t.equal(r.resumed, true, 'the next run resumes');
+  t.equal(counted.c!.bytes, SIZE - nextIndex * CHUNK, 'it reads only what the checkpoint does not cover');
   await expectRestore(t, store, 'd', 1, fp, dir);
 });
