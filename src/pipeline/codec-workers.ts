@@ -76,6 +76,7 @@ const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(
     queue.push(m);
     if (!scheduled) { scheduled = true; setImmediate(pump); }
   });
+  parentPort.postMessage({ ready: true });
   const handle = (m) => {
     try {
       if (m.op.startsWith('seal:') || m.op.startsWith('blob:')) {
@@ -124,6 +125,8 @@ interface Pending {
 export class CodecWorkers {
   private readonly workers: Worker[] = [];
   private readonly load: number[] = [];
+  /** One per worker: resolves once it has loaded its modules (or died). */
+  private readonly started: Promise<void>[] = [];
   private readonly pending = new Map<number, Pending>();
   /** What every worker must hold (encryption keys, see chunk-codec.ts), replayed to replacement workers. */
   private readonly setup = new Map<string, { msg: Record<string, unknown>; users: number }>();
@@ -154,12 +157,25 @@ export class CodecWorkers {
   private spawn(i: number): Worker {
     const w = new Worker(WORKER_SOURCE, { eval: true, workerData: this.workerData });
     for (const s of this.setup.values()) w.postMessage(s.msg); // keys of running jobs, before any chunk
-    w.on('message', (m) => this.onMessage(m));
-    w.on('error', (err) => this.fail(i, w, err));
-    w.on('exit', (code) => this.fail(i, w, new Error(`codec worker exited with code ${code}`)));
-    // Idle workers never keep the process alive. After the listeners: adding a 'message' listener refs the port.
-    w.unref();
+    let started!: () => void;
+    this.started[i] = new Promise<void>((r) => { started = r; });
+    w.on('message', (m) => {
+      if (!m?.ready) return this.onMessage(m);
+      started();
+      if (!this.load[i]) w.unref();
+    });
+    w.on('error', (err) => { started(); this.fail(i, w, err); });
+    w.on('exit', (code) => { started(); this.fail(i, w, new Error(`codec worker exited with code ${code}`)); });
+    // Idle workers never keep the process alive once started (a run may wait for a starting one: see ready()).
     return w;
+  }
+
+  /**
+   * Resolves once every worker has loaded its modules. A chunk sent before waits on a worker still starting while
+   * the others run ahead: a run's first chunk got its id 300-500 ms after it was read, behind ten later chunks.
+   */
+  async ready(): Promise<void> {
+    await Promise.all(this.started);
   }
 
   /**

@@ -274,12 +274,15 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const lowestIndex = new Map<string, number>();
   /** Packs whose put failed, with the error: their chunks are not stored and no index object names them. */
   const failedPuts = new Map<string, unknown>();
-  /** Closes the open pack and starts its put; resolves once the put has a turn (back-pressure on appenders). */
-  const closePack = (): Promise<void> => {
+  /**
+   * Closes the open pack and starts its put; resolves once the put has a turn (back-pressure on appenders). waiter: the
+   * index of a chunk waiting for that turn to append, so the put goes at its rank.
+   */
+  const closePack = (waiter = Infinity): Promise<void> => {
     if (pack.count === 0) return Promise.resolve();
     const closing = pack;
     pack = newPack();
-    const lowest = lowestIndex.get(closing.id) ?? 0;
+    const lowest = Math.min(lowestIndex.get(closing.id) ?? waiter, waiter);
     lowestIndex.delete(closing.id);
     for (const entry of closing.entries) unindexed.push({ packId: closing.id, entry });
     let turned!: () => void;
@@ -456,7 +459,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       const blob = out.subarray(0, r.payloadLength);
       // A chunk's write is its append to the open pack, with any wait for a pack put's turn (the store's pace).
       await clock.time(c.index, 'write', async () => {
-        if (pack.wouldOverflow(blob.length)) await storeWait(closePack());
+        if (pack.wouldOverflow(blob.length)) await storeWait(closePack(c.index)); // it waits for that put's turn
         const e = pack.add(blob, { id, plainLength: length, codec: r.codec, payloadXxh64: r.payloadXxh64 });
         lowestIndex.set(pack.id, Math.min(lowestIndex.get(pack.id) ?? c.index, c.index));
         index.add({ packId: pack.id, entry: e });
@@ -477,6 +480,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     parentView = new Cursor(chainView(store, chain, opts.encryption));
   }
   let position = ck.nextIndex * chunkSize;
+  await workers.ready(); // no chunk waits on a worker still starting while the chunks after it run ahead
   try {
     for await (const c of candidates(toRead, parentView)) {
       if (failure) break;
