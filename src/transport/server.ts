@@ -8,10 +8,12 @@ import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
+import { copyBytes } from '../native/index.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
 import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
+import { AssemblyBuffers } from './assembly-buffers.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
 import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from '../throttle.js';
@@ -99,6 +101,8 @@ export class ReplicationServer {
   /** The largest object a session can send: what its window holds in parts, at most MAX_OBJECT_BYTES. */
   readonly maxObjectBytes: number;
   readonly bucket?: TokenBucket;
+  /** Where parted objects are assembled; keeps up to one window's worth (at most 64 MiB) for reuse. */
+  readonly assembly: AssemblyBuffers;
   private readonly tokenDigest?: Buffer;
   private readonly sessions = new Set<Session>();
   private http!: http.Server | https.Server;
@@ -113,6 +117,7 @@ export class ReplicationServer {
     this.maxFrameBytes = Math.min(MAX_FRAME_BYTES, this.windowBytes);
     // Each part's frame head (≤ 40 bytes + its meta) is charged too: leave room for them.
     this.maxObjectBytes = Math.max(0, Math.min(MAX_OBJECT_BYTES, this.windowBytes - partOverhead(this.windowBytes)));
+    this.assembly = new AssemblyBuffers(Math.min(this.windowBytes, 64 * 1024 * 1024));
     if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
     if (opts.token !== undefined) this.tokenDigest = createHash('sha256').update(opts.token).digest();
   }
@@ -365,8 +370,8 @@ class Session {
     if (f.payload.length === 0 || f.payload.length > total) throw protocolError(`a part of ${f.payload.length} bytes of an object of ${total} bytes`);
     this.charge(size + (total - f.payload.length));
     this.open(f.stream);
-    const buf = Buffer.allocUnsafe(total);
-    f.payload.copy(buf, 0);
+    const buf = this.node.assembly.take(total);
+    copyBytes(f.payload, buf);
     this.assembling.set(f.stream, { meta, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64, buf, filled: f.payload.length,
       charged: size + (total - f.payload.length) });
   }
@@ -381,11 +386,11 @@ class Session {
     const extra = size - f.payload.length;
     this.charge(extra);
     asm.charged += extra;
-    f.payload.copy(asm.buf, asm.filled);
+    copyBytes(f.payload, asm.buf.subarray(asm.filled));
     asm.filled += f.payload.length;
     if (asm.filled < asm.buf.length) return;
     this.assembling.delete(f.stream);
-    this.schedule(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged));
+    this.schedule(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged).finally(() => this.node.assembly.give(asm.buf)));
   }
 
   /** Counts PUT bytes against the window; a peer that sends beyond its credit broke the protocol. */
