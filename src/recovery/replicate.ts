@@ -25,10 +25,10 @@ import { Domain, leaseName, validatePackSize } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { r2, validateDiskId } from '../repository/names.js';
 import { newObjectId, PackBuilder } from '../repository/pack.js';
-import { decodePendingV2, encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
+import { encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
 import { markedPacks } from '../repository/prune-marks.js';
 import { checkClaim, ensureClaim, readClaim } from '../repository/claims.js';
-import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint, loadV2Checkpoint } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 
@@ -634,13 +634,12 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain
     stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
   };
   if (opts.resume === false) return fresh;
-  let ck: Checkpoint;
+  let ck: Checkpoint | undefined;
   try {
     // Sealed in an encrypted domain: a forged checkpoint (one that would skip chunks) does not open.
-    ck = decodePendingV2(await store.get(r2.pending(domain.name, domain.dname(disk), seq)), domain, disk, seq) as Checkpoint;
+    ck = (await loadV2Checkpoint(store, disk, seq, domain.key)) as Checkpoint | undefined;
   } catch (err) {
-    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND) || isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) ||
-        err instanceof SyntaxError) return fresh;
+    if (isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || err instanceof SyntaxError) return fresh;
     throw err;
   }
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
