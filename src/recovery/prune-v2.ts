@@ -1,7 +1,7 @@
 // Prune of repository v2: retention of a disk's v2 points, then per domain a reference scan, the two-phase sweep of
 // packs (mark now, delete after the grace period if still unused), repack of packs mostly unused, index compaction.
 // Every step writes before it deletes, so a SIGKILL anywhere leaves every kept point restorable; the rules, and why a
-// concurrent replicate never loses a chunk, are in README "Prune, repack and index compaction (repository v2)".
+// concurrent replicate never loses a chunk, are in docs/prune.md.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
@@ -24,14 +24,14 @@ import { dropLegacyPoints, pruneLegacy, type PruneOptions, type PruneResult } fr
 
 /** Default grace period: far longer than a lease (10 min at most) and a checkpoint interval (15 s). */
 export const DEFAULT_GRACE_MS = 60 * 60_000;
-/** Default --max-unused, as a fraction: the knee of bytes rewritten against waste saved (README, bench/sections/prune.ts). */
+/** Default --max-unused, as a fraction: the knee of bytes rewritten against waste saved (docs/prune.md, bench/sections/repack.ts). */
 export const DEFAULT_MAX_UNUSED = 0.5;
 /** Tombstones of deleted packs are kept at least this long (and as long as an index lists the pack). */
 const TOMBSTONE_MS = 24 * 60 * 60_000;
 /** Entries per index object written by compaction and repack (80 B each: 5 MiB). */
 export const INDEX_TARGET_ENTRIES = 65536;
 
-/** The lease one prune of a domain holds (a disk-lease name no disk of a store uses: README). */
+/** The lease one prune of a domain holds (a disk-lease name no disk of a store uses: docs/prune.md). */
 export const pruneLeaseName = (domain: string): string => `prune.${domain}`;
 
 export interface MaintainOptions {
@@ -213,7 +213,7 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
     if (disk === undefined) {
       // A first point being written whose checkpoint does not say which disk it is (encrypted names are one-way): its
       // tables cannot be opened, so what it uses is unknown and nothing may be deleted on this run. Tables without any
-      // checkpoint yet are a first checkpoint in flight: its writer re-reads the marks there (README).
+      // checkpoint yet are a first checkpoint in flight: its writer re-reads the marks there (docs/prune.md).
       if (d.pending.length > 0) r.deferred = `the checkpoint of a point being written to disk name ${d.dname} cannot be read without its disk id`;
       continue;
     }

@@ -1,7 +1,7 @@
 // v2 points written and read with the format modules alone (packs, index objects, tables v3, manifests v4, prune
 // marks), as a replicate does, so prune, stats and check can be tested on real v2 repositories; the writer follows
 // the rules prune relies on: never reuse a blob of a blocked pack, and refuse to commit when a pack the point reused
-// or wrote is blocked or gone (README "Prune, repack and index compaction").
+// or wrote is blocked or gone (docs/prune.md).
 import crypto from 'node:crypto';
 import type { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../../src/errors.js';
