@@ -15,7 +15,7 @@ import type { BlockSource } from '../source/types.js';
 import { VmwareSession, vmDiskId, vmwareConfigFor, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { openStore, type WrappedStore } from '../store/index.js';
 import { TokenBucket } from '../throttle.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef, type VmJobResult } from './protocol.js';
 import { resolveEncryptionKey, storeEnv } from './secrets.js';
