@@ -7,7 +7,7 @@ import { str, type Options } from './args.js';
 import type { Values } from './command.js';
 
 export const SERVICE_OPTIONS: Options = { metrics: { type: 'string' }, 'log-format': { type: 'string' } };
-export const SERVICE_USAGE = '[--metrics <host:port>] [--log-format json|text]';
+export const SERVICE_USAGE = '[--metrics <host:port>] [--log-format json|pretty]';
 
 /** --metrics host:port (port 0: any free port), or undefined when the flag is absent. */
 export function metricsListen(v: Values): { host: string; port: number } | undefined {
@@ -20,11 +20,11 @@ export function metricsListen(v: Values): { host: string; port: number } | undef
   }
 }
 
-/** --log-format, or `fallback` when absent; "pretty" is taken for "text" (the name pino-pretty users reach for). */
+/** --log-format, or `fallback` when absent: json (pino's lines) or pretty (one human line per event; "text" too). */
 export function logFormat(v: Values, fallback: LogFormat): LogFormat {
   const text = str(v, 'log-format');
   if (text === undefined) return fallback;
   if (text === 'json' || text === 'text') return text;
   if (text === 'pretty') return 'text';
-  throw new RnodeError(ErrorCodes.USAGE, `--log-format must be json or text (got "${text}")`);
+  throw new RnodeError(ErrorCodes.USAGE, `--log-format must be json or pretty (got "${text}")`);
 }

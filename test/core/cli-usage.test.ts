@@ -64,7 +64,7 @@ const cases: Case[] = [
   { name: '--out is a directory', args: ['recover', '--store', store, '--disk', 'd', '--out', dir], code: /RNODE_USAGE/ },
   // the long-running commands' shared flags
   { name: 'serve --metrics without a port', args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--metrics', 'localhost'], code: /RNODE_USAGE.*--metrics must be host:port/ },
-  { name: 'serve --log-format xml', args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--log-format', 'xml'], code: /RNODE_USAGE.*--log-format must be json or text/ },
+  { name: 'serve --log-format xml', args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--log-format', 'xml'], code: /RNODE_USAGE.*--log-format must be json or pretty/ },
 ];
 
 function checkUsage(t: Test, r: CliResult, c: Case): void {
