@@ -61,7 +61,8 @@ const MB = 1e6;
 async function lib() {
   const core = await import(new URL('index.js', DIST).href) as typeof import('replication-node');
   const transport = await import(new URL('transport/index.js', DIST).href) as typeof import('../dist/transport/index.js');
-  return { ...core, ...transport };
+  const flags = await import(new URL('cli/store-flags.js', DIST).href) as typeof import('../dist/cli/store-flags.js');
+  return { ...core, ...transport, remoteReplicateOptions: flags.remoteReplicateOptions };
 }
 
 function median(xs: number[]): number {
@@ -97,12 +98,11 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
   const imageBytes = fs.statSync(opts.image).size;
   const dir = await fsp.mkdtemp(path.join(opts.workdir, 'ws-bench-'));
   try {
-    const once = async (store: ObjectStore, concurrency?: number): Promise<{ seconds: number; r: ReplicateResult }> => {
+    const once = async (store: ObjectStore, remote?: object): Promise<{ seconds: number; r: ReplicateResult }> => {
       const source = await L.openSource(opts.image);
       try {
         const t0 = performance.now();
-        const r = await L.replicate({ store, source, disk: 'bench', chunkSize, forceFull: true, checkpointRecords: 64, checkpointMillis: 2000,
-          ...(concurrency ? { concurrency } : {}) });
+        const r = await L.replicate({ store, source, disk: 'bench', chunkSize, forceFull: true, checkpointRecords: 64, checkpointMillis: 2000, ...remote });
         return { seconds: (performance.now() - t0) / 1000, r };
       } finally {
         await source.close();
@@ -124,8 +124,8 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       const { child, url } = await startServe(nodeDir);
       try {
         const rs = await L.openStore(url);
-        // As the CLI does for ws(s):// targets (src/cli/serve.ts remoteReplicateOptions): 16 chunks in flight.
-        const run = await once(rs, Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || 16);
+        // What the CLI uses for ws(s):// targets (checkpoints, chunks in flight, pack size).
+        const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize));
         wsSecs.push(run.seconds);
         const counters = (rs.backend as RemoteStore).counters;
         wireBytes = counters.bytesSent;

@@ -4,6 +4,7 @@
     "sources": [
       "src/addon.cc",
       "src/io_error.cc",
+      "src/blocking_io.cc",
       "src/raw_io.cc",
       "src/buffers.cc",
       "src/vddk.cc",

@@ -112,7 +112,32 @@ async function legacyBuild(): Promise<typeof import('replication-node') | undefi
   return where ? import(pathToFileURL(path.resolve(where)).href) : undefined;
 }
 
+/** Pack-sized objects the store's own put rate is measured with, as many in flight as replicate puts packs. */
+const CEILING_OBJECT = 16 * MiB;
+const CEILING_OBJECTS = 8;
+const CEILING_IN_FLIGHT = 2;
+
+/**
+ * Bytes/s the store takes in pack-sized puts with nothing else running: the ceiling a replicate into it can reach
+ * (in stored bytes), measured on the same server right before, under a prefix of its own that is removed after.
+ */
+async function putCeiling(store: ObjectStore): Promise<number> {
+  const body = crypto.randomBytes(CEILING_OBJECT);
+  const keys = Array.from({ length: CEILING_OBJECTS }, (_, i) => `bench-ceiling/${i}`);
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: CEILING_IN_FLIGHT }, async () => {
+    while (next < keys.length) await store.put(keys[next++], body);
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  for (const k of keys) await store.delete(k);
+  return (CEILING_OBJECT * CEILING_OBJECTS) / seconds;
+}
+
 interface Measured {
+  /** Stored bytes/s of the replicate, and the store's put ceiling (putCeiling) measured before it. */
+  storedRate?: number;
+  ceiling?: number;
   v2?: Requests;
   legacy?: Requests;
   replicate: number | null;
@@ -147,6 +172,7 @@ export const clouds: Section = {
       let opened: Awaited<ReturnType<Target['open']>> | undefined;
       try {
         opened = await target.open(dir);
+        m.ceiling = await putCeiling(opened.store);
         await ctx.settle(image);
         const source = await openSource(image);
         let rep;
@@ -156,6 +182,7 @@ export const clouds: Section = {
           await source.close();
         }
         m.replicate = IMAGE_SIZE / MB / rep.seconds;
+        m.storedRate = rep.bytesWritten / rep.seconds;
         m.v2 = { objects: await countObjects(opened.store), puts: opened.store.metrics().ops.put.calls };
         const out = path.join(ctx.dir, 'restored.img');
         const rec = await recover({ store: opened.store, disk: DISK, out });
@@ -220,6 +247,18 @@ export const clouds: Section = {
           note: m.note,
         });
       }
+    }
+    for (const target of targets) {
+      const m = results.get(target.name)!;
+      const ceiling = m.ceiling === undefined ? null : m.ceiling / MB;
+      const stored = m.storedRate === undefined ? null : m.storedRate / MB;
+      rows.push({
+        name: `replicate → ${target.name}, stored bytes/s`, value: stored, unit: 'MB/s',
+        baseline: ceiling === null ? undefined : { name: 'the store\'s own put rate of 16 MiB objects', value: ceiling, unit: 'MB/s' },
+        ratio: ratioOf(stored, ceiling),
+        note: `the ceiling: ${CEILING_OBJECTS} objects of ${CEILING_OBJECT / MiB} MiB put through the same store, ${CEILING_IN_FLIGHT} in flight ` +
+          '(as replicate puts packs), nothing else running; a replicate cannot store faster than its store takes bytes',
+      });
     }
     for (const target of targets.slice(1)) {
       const m = results.get(target.name)!;

@@ -6,8 +6,9 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { fillMixed, generateSampleDisk, openSource, openStore, Prng, replicate, type ObjectStore, type ReplicateResult } from 'replication-node';
+import { fillMixed, generateSampleDisk, openStore, Prng, type ObjectStore, type ReplicateResult } from 'replication-node';
 import type { Section } from '../lib/context.js';
+import { replicateSeries, storedBytes } from '../lib/point-series.js';
 import { fmt, ratioOf, type Row } from '../lib/report.js';
 
 const MiB = 1024 * 1024;
@@ -15,12 +16,6 @@ const IMAGE_SIZE = 64 * MiB;
 const CHUNK = MiB;
 const CLONES = 10;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-
-async function storedBytes(store: ObjectStore): Promise<number> {
-  let n = 0;
-  for await (const o of store.list('')) n += o.size;
-  return n;
-}
 
 /** Writes clone i of base to file: every tenth chunk (shifted by i) replaced with mixed data of its own. */
 async function writeClone(base: Buffer, i: number, file: string): Promise<void> {
@@ -33,13 +28,12 @@ async function writeClone(base: Buffer, i: number, file: string): Promise<void> 
   await fsp.writeFile(file, c);
 }
 
-async function replicateFile(store: ObjectStore, file: string, disk: string): Promise<ReplicateResult> {
-  const source = await openSource(file);
-  try {
-    return await replicate({ store, source, disk, chunkSize: CHUNK });
-  } finally {
-    await source.close();
-  }
+/** Clones 0 .. clones-1 of base written to img in turn, each replicated as disk clone-i into store. */
+async function replicateClones(store: ObjectStore, base: Buffer, img: string, clones: number): Promise<ReplicateResult[]> {
+  return replicateSeries(store, img, {
+    points: clones, disk: (p) => `clone-${p - 1}`, chunkSize: CHUNK,
+    before: (p) => writeClone(base, p - 1, img),
+  });
 }
 
 export const dedup: Section = {
@@ -56,19 +50,13 @@ export const dedup: Section = {
     ctx.say(`image ${IMAGE_SIZE / MiB} MiB mixed, ${CHUNK / MiB} MiB chunks; clone i rewrites every tenth chunk (offset i) with mixed data of its own`);
 
     // Local: one clone alone, then ten clones into one store.
-    await writeClone(base, 0, img);
     const oneStore = await openStore(path.join(ctx.dir, 'one'));
-    await replicateFile(oneStore, img, 'clone-0');
+    await replicateClones(oneStore, base, img, 1);
     const storedOne = await storedBytes(oneStore);
     await oneStore.close();
     const tenStore = await openStore(path.join(ctx.dir, 'ten'));
     const t0 = performance.now();
-    let dedupBytes = 0;
-    for (let i = 0; i < CLONES; i++) {
-      await writeClone(base, i, img);
-      const r = await replicateFile(tenStore, img, `clone-${i}`) as ReplicateResult & { bytesDeduplicated?: number };
-      dedupBytes += r.bytesDeduplicated ?? 0;
-    }
+    const dedupBytes = (await replicateClones(tenStore, base, img, CLONES)).reduce((n, r) => n + r.bytesDeduplicated, 0);
     const localSeconds = (performance.now() - t0) / 1000;
     const storedTen = await storedBytes(tenStore);
     await tenStore.close();
@@ -81,10 +69,7 @@ export const dedup: Section = {
       try {
         const rs = await openStore(url);
         const s0 = performance.now();
-        for (let i = 0; i < clones; i++) {
-          await writeClone(base, i, img);
-          await replicateFile(rs, img, `clone-${i}`);
-        }
+        await replicateClones(rs, base, img, clones);
         const seconds = (performance.now() - s0) / 1000;
         const wire = (rs.backend as unknown as { counters: { bytesSent: number } }).counters.bytesSent;
         await rs.close();

@@ -6,8 +6,9 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { fillMixed, generateSampleDisk, openSource, openStore, Prng, replicate, type ObjectStore } from 'replication-node';
+import { fillMixed, generateSampleDisk, openStore, Prng } from 'replication-node';
 import type { Section } from '../lib/context.js';
+import { replicateSeries, storedBytes } from '../lib/point-series.js';
 import { fmt, ratioOf, type Row } from '../lib/report.js';
 
 const MiB = 1024 * 1024;
@@ -17,12 +18,6 @@ const POINTS = 30;
 const KEEP = 7;
 const CHANGED_PER_POINT = 3;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-
-async function storedBytes(store: ObjectStore): Promise<number> {
-  let n = 0;
-  for await (const o of store.list('')) n += o.size;
-  return n;
-}
 
 export const prune: Section = {
   name: 'prune',
@@ -36,30 +31,21 @@ export const prune: Section = {
     await generateSampleDisk(img, { size: IMAGE_SIZE, seed: 51, holeEvery: 0 });
     const store = await openStore(path.join(ctx.dir, 'store'));
     const prng = new Prng(52);
-    let fullSeconds = 0;
     try {
       const fh = await fsp.open(img, 'r+');
-      try {
-        for (let p = 1; p <= POINTS; p++) {
-          if (p > 1) {
-            const chunk = Buffer.alloc(CHUNK);
-            for (let k = 0; k < CHANGED_PER_POINT; k++) {
-              fillMixed(chunk, new Prng(p * 100 + k));
-              await fh.write(chunk, 0, CHUNK, prng.int(IMAGE_SIZE / CHUNK) * CHUNK);
-            }
-            await fh.sync();
+      const points = await replicateSeries(store, img, {
+        points: POINTS, disk: 'bench', chunkSize: CHUNK,
+        before: async (p) => {
+          if (p === 1) return;
+          const chunk = Buffer.alloc(CHUNK);
+          for (let k = 0; k < CHANGED_PER_POINT; k++) {
+            fillMixed(chunk, new Prng(p * 100 + k));
+            await fh.write(chunk, 0, CHUNK, prng.int(IMAGE_SIZE / CHUNK) * CHUNK);
           }
-          const source = await openSource(img);
-          try {
-            const r = await replicate({ store, source, disk: 'bench', chunkSize: CHUNK });
-            if (p === 1) fullSeconds = r.seconds;
-          } finally {
-            await source.close();
-          }
-        }
-      } finally {
-        await fh.close();
-      }
+          await fh.sync();
+        },
+      }).finally(() => fh.close());
+      const fullSeconds = points[0].seconds;
       const before = await storedBytes(store);
       ctx.say(`${POINTS} points stored ${fmt(before / MiB, 'MiB')}; prune keeps ${KEEP}, --max-unused ${DEFAULT_MAX_UNUSED}; grace periods stepped over on a test clock`);
 

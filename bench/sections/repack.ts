@@ -5,8 +5,9 @@
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { openSource, openStore, pruneStore, replicate, stats } from 'replication-node';
+import { openStore, pruneStore, stats } from 'replication-node';
 import type { Section, SectionContext } from '../lib/context.js';
+import { replicateSeries } from '../lib/point-series.js';
 import type { Row } from '../lib/report.js';
 
 const POINTS = 30;
@@ -39,8 +40,10 @@ export async function repackRun(dir: string, diskBytes: number, maxUnused: numbe
   const out: RepackRun = { maxUnused, bytesRewritten: 0, bytesDeleted: 0, meanUnused: 0, finalUnused: 0, finalStored: 0, pruneSeconds: 0 };
   const store = await openStore(storeDir);
   try {
-    for (let p = 1; p <= points; p++) {
-      if (p > 1) {
+    await replicateSeries(store, img, {
+      points, disk: 'bench', chunkSize: CHUNK, packSize: PACK,
+      before: async (p) => {
+        if (p === 1) return;
         // About 5% of the disk changes per point: half in one contiguous run, half scattered.
         const fh = await fsp.open(img, 'r+');
         const n = Math.round(chunks * 0.05);
@@ -50,25 +53,21 @@ export async function repackRun(dir: string, diskBytes: number, maxUnused: numbe
           await fh.write(crypto.randomBytes(CHUNK), 0, CHUNK, c * CHUNK);
         }
         await fh.close();
-      }
-      const source = await openSource(img);
-      try {
-        await replicate({ store, source, disk: 'bench', chunkSize: CHUNK, packSize: PACK });
-      } finally {
-        await source.close();
-      }
-      const t0 = performance.now();
-      const r = await pruneStore({ store, disk: 'bench', keep: KEEP, graceMs: 0, maxUnused });
-      out.pruneSeconds += (performance.now() - t0) / 1000;
-      for (const d of r.domains) {
-        out.bytesRewritten += d.bytesRewritten;
-        out.bytesDeleted += d.bytesDeleted;
-      }
-      const s = await stats({ store });
-      out.meanUnused += s.unusedBytes / points;
-      out.finalUnused = s.unusedBytes;
-      out.finalStored = s.storedBytes;
-    }
+      },
+      after: async () => {
+        const t0 = performance.now();
+        const r = await pruneStore({ store, disk: 'bench', keep: KEEP, graceMs: 0, maxUnused });
+        out.pruneSeconds += (performance.now() - t0) / 1000;
+        for (const d of r.domains) {
+          out.bytesRewritten += d.bytesRewritten;
+          out.bytesDeleted += d.bytesDeleted;
+        }
+        const s = await stats({ store });
+        out.meanUnused += s.unusedBytes / points;
+        out.finalUnused = s.unusedBytes;
+        out.finalStored = s.storedBytes;
+      },
+    });
   } finally {
     await store.close();
   }

@@ -10,10 +10,9 @@
 #include "io_error.h"
 
 namespace rnode {
-namespace {
 
 // memcmp against a zero page uses glibc's SIMD memcmp and stops at the first non-zero byte.
-alignas(64) const uint8_t kZeroPage[4096] = {};
+alignas(64) static const uint8_t kZeroPage[4096] = {};
 
 bool AllZero(const uint8_t* p, size_t n) {
   while (n >= sizeof kZeroPage) {
@@ -23,6 +22,8 @@ bool AllZero(const uint8_t* p, size_t n) {
   }
   return n == 0 || memcmp(p, kZeroPage, n) == 0;
 }
+
+namespace {
 
 // isZero(u8: Uint8Array): boolean
 Napi::Value IsZero(const Napi::CallbackInfo& info) {

@@ -3,8 +3,14 @@
 #pragma once
 #include <napi.h>
 
+#include <cstddef>
+#include <cstdint>
+
 namespace rnode {
 
 void InitBuffers(Napi::Env env, Napi::Object exports);
+
+// True when the n bytes at p are all zeros: isZero, and the zero-block scan of writeNonZero (chunk_io).
+bool AllZero(const uint8_t* p, size_t n);
 
 }  // namespace rnode

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <string>
 
-#include "io_error.h"
+#include "addon.h"
+#include "blocking_io.h"
+#include "io_worker.h"
 
 namespace rnode {
 namespace {
@@ -22,32 +24,25 @@ bool SetDirect(int fd, bool on) {
   return fcntl(fd, F_SETFL, on ? (fl | O_DIRECT) : (fl & ~O_DIRECT)) == 0;
 }
 
-class WriteFileWorker : public Napi::AsyncWorker {
+// On failure the file is left for the caller to remove: it knows the name and owns the cleanup policy.
+class WriteFileWorker : public IoWorker {
  public:
   WriteFileWorker(Napi::Env env, std::string path, Napi::Uint8Array data, bool sync, bool direct, int mode)
-      : Napi::AsyncWorker(env, "rnode:writeFile"),
-        deferred_(env),
-        path_(std::move(path)),
-        dataRef_(Napi::Persistent(data.As<Napi::Object>())),
-        data_(data.Data()),
-        length_(data.ByteLength()),
-        sync_(sync),
-        direct_(direct),
-        mode_(mode) {}
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : IoWorker(env, "rnode:writeFile", std::move(path)), data_(data), sync_(sync), direct_(direct), mode_(mode) {}
 
   void Execute() override {
-    do fd_ = open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_); while (fd_ < 0 && errno == EINTR);
+    fd_ = OpenRetrying(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode_));
     if (fd_ < 0) return Fail("open");
+    const uint8_t* data = data_.data();
+    const size_t length = data_.length();
     size_t done = 0;
     // The aligned body straight from our memory to the device: no copy into the page cache, which costs more
     // CPU than compressing here. A filesystem that refuses O_DIRECT (fcntl or the write says EINVAL) gets
     // the ordinary buffered write instead; so does the unaligned tail.
-    const size_t body = length_ / kDirectAlign * kDirectAlign;
-    if (direct_ && body > 0 && reinterpret_cast<uintptr_t>(data_) % kDirectAlign == 0 && SetDirect(fd_, true)) {
+    const size_t body = length / kDirectAlign * kDirectAlign;
+    if (direct_ && body > 0 && reinterpret_cast<uintptr_t>(data) % kDirectAlign == 0 && SetDirect(fd_, true)) {
       while (done < body) {
-        const ssize_t n = pwrite(fd_, data_ + done, body - done, static_cast<off_t>(done));
+        const ssize_t n = pwrite(fd_, data + done, body - done, static_cast<off_t>(done));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0 || static_cast<size_t>(n) % kDirectAlign != 0) {
           if (n > 0) done += static_cast<size_t>(n);
@@ -56,21 +51,14 @@ class WriteFileWorker : public Napi::AsyncWorker {
         done += static_cast<size_t>(n);
       }
       wroteDirect_ = done > 0;
-      if (!SetDirect(fd_, false)) return Fail("fcntl");
+      if (!SetDirect(fd_, false)) return FailClosing("fcntl", fd_);
     }
-    while (done < length_) {
-      const ssize_t n = pwrite(fd_, data_ + done, length_ - done, static_cast<off_t>(done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Fail("write");
-      }
-      done += static_cast<size_t>(n);
-    }
+    if (!WriteAll(fd_, data + done, length - done, done)) return FailClosing("write", fd_);
     // fdatasync: the data and the size, without a journal write for timestamps. Direct writes still need it
     // for the allocation metadata and the device's cache.
-    if (sync_ && fdatasync(fd_) != 0) return Fail("fdatasync");
+    if (sync_ && fdatasync(fd_) != 0) return FailClosing("fdatasync", fd_);
     struct stat st;
-    if (fstat(fd_, &st) != 0) return Fail("fstat");
+    if (fstat(fd_, &st) != 0) return FailClosing("fstat", fd_);
     size_ = static_cast<double>(st.st_size);
     ino_ = std::to_string(static_cast<unsigned long long>(st.st_ino));
     mtimeNs_ = std::to_string(static_cast<unsigned long long>(st.st_mtim.tv_sec) * 1000000000ULL +
@@ -80,40 +68,22 @@ class WriteFileWorker : public Napi::AsyncWorker {
     if (close(fd) != 0 && errno != EINTR) return Fail("close");
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (err_ != 0) {
-      deferred_.Reject(MakeIoError(env, err_, syscall_, path_).Value());
-      return;
-    }
+ protected:
+  Napi::Value Result(Napi::Env env) override {
     Napi::Object r = Napi::Object::New(env);
     r.Set("size", Napi::Number::New(env, size_));
     r.Set("ino", Napi::String::New(env, ino_));
     r.Set("mtimeNs", Napi::String::New(env, mtimeNs_));
     r.Set("direct", Napi::Boolean::New(env, wroteDirect_));
-    deferred_.Resolve(r);
+    return r;
   }
 
  private:
-  // The file is left for the caller to remove: it knows the name and owns the cleanup policy.
-  void Fail(const char* syscall) {
-    err_ = errno;
-    syscall_ = syscall;
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
-  }
-
-  Napi::Promise::Deferred deferred_;
-  std::string path_;
-  Napi::ObjectReference dataRef_;  // keeps the source memory alive while the pool reads it
-  const uint8_t* data_;
-  size_t length_;
+  HeldBytes data_;
   bool sync_;
   bool direct_;
   int mode_;
   int fd_ = -1;
-  int err_ = 0;
-  const char* syscall_ = "";
   bool wroteDirect_ = false;
   double size_ = 0;
   std::string ino_;
@@ -124,18 +94,14 @@ class WriteFileWorker : public Napi::AsyncWorker {
 //   Promise<{size, ino, mtimeNs, direct}>; creates the file exclusively (EEXIST if it exists).
 Napi::Value WriteFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString() || !info[1].IsTypedArray() ||
-      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !info[2].IsBoolean() ||
-      !info[3].IsBoolean() || !info[4].IsNumber()) {
+  if (!info[0].IsString() || !IsUint8Array(info[1]) || !info[2].IsBoolean() || !info[3].IsBoolean() ||
+      !info[4].IsNumber()) {
     Napi::TypeError::New(env, "writeFile: expected (path, Uint8Array, sync, direct, mode)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  auto* worker = new WriteFileWorker(env, info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Uint8Array>(),
-                                     info[2].As<Napi::Boolean>().Value(), info[3].As<Napi::Boolean>().Value(),
-                                     info[4].As<Napi::Number>().Int32Value());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueWorker(new WriteFileWorker(env, info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Uint8Array>(),
+                                         info[2].As<Napi::Boolean>().Value(), info[3].As<Napi::Boolean>().Value(),
+                                         info[4].As<Napi::Number>().Int32Value()));
 }
 
 }  // namespace

@@ -11,7 +11,9 @@
 #include <cstdint>
 
 #include "addon.h"
+#include "blocking_io.h"
 #include "io_error.h"
+#include "io_worker.h"
 
 namespace rnode {
 namespace {
@@ -20,26 +22,23 @@ bool IsUnsupportedSeek(int err) { return err == EINVAL || err == EOPNOTSUPP; }
 
 // ---- open ------------------------------------------------------------------
 
-class OpenWorker : public Napi::AsyncWorker {
+class OpenWorker : public IoWorker {
  public:
   OpenWorker(Napi::Env env, std::string path, bool direct)
-      : Napi::AsyncWorker(env, "rnode:open"), deferred_(env), path_(std::move(path)), direct_(direct) {}
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : IoWorker(env, "rnode:open", std::move(path)), direct_(direct) {}
 
   void Execute() override {
-    const int flags = O_RDONLY | O_CLOEXEC | (direct_ ? O_DIRECT : 0);
-    do fd_ = open(path_.c_str(), flags); while (fd_ < 0 && errno == EINTR);
+    fd_ = OpenRetrying(path_.c_str(), O_RDONLY | O_CLOEXEC | (direct_ ? O_DIRECT : 0));
     if (fd_ < 0) return Fail("open");
 
     struct stat st;
-    if (fstat(fd_, &st) != 0) return Fail("fstat");
+    if (fstat(fd_, &st) != 0) return FailClosing("fstat", fd_);
     if (S_ISBLK(st.st_mode)) {
       type_ = "block";
       uint64_t bytes = 0;
       int lbs = 0;
-      if (ioctl(fd_, BLKGETSIZE64, &bytes) != 0) return Fail("ioctl");
-      if (ioctl(fd_, BLKSSZGET, &lbs) != 0) return Fail("ioctl");
+      if (ioctl(fd_, BLKGETSIZE64, &bytes) != 0) return FailClosing("ioctl", fd_);
+      if (ioctl(fd_, BLKSSZGET, &lbs) != 0) return FailClosing("ioctl", fd_);
       size_ = static_cast<double>(bytes);
       logicalBlockSize_ = lbs;
     } else {
@@ -51,41 +50,25 @@ class OpenWorker : public Napi::AsyncWorker {
     }
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (err_ != 0) {
-      deferred_.Reject(MakeIoError(env, err_, syscall_, path_).Value());
-      return;
-    }
+ protected:
+  Napi::Value Result(Napi::Env env) override {
     // From here the JS object owns the fd; its finalizer closes it if the caller leaks it.
     Napi::Object file = RawFile::NewInstance(env, fd_, path_, type_[0] == 'b');
     if (env.IsExceptionPending()) {
-      close(fd_);
-      deferred_.Reject(env.GetAndClearPendingException().Value());
-      return;
+      close(fd_);  // the pending exception rejects the promise
+      return env.Undefined();
     }
     Napi::Object result = Napi::Object::New(env);
     result.Set("file", file);
     result.Set("type", Napi::String::New(env, type_));
     result.Set("size", Napi::Number::New(env, size_));
     result.Set("logicalBlockSize", Napi::Number::New(env, logicalBlockSize_));
-    deferred_.Resolve(result);
+    return result;
   }
 
  private:
-  void Fail(const char* syscall) {
-    err_ = errno;
-    syscall_ = syscall;
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
-  }
-
-  Napi::Promise::Deferred deferred_;
-  std::string path_;
   bool direct_;
   int fd_ = -1;
-  int err_ = 0;
-  const char* syscall_ = "";
   const char* type_ = "other";
   double size_ = 0;
   int logicalBlockSize_ = 0;
@@ -98,51 +81,26 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::TypeError::New(env, "open: expected (path: string, direct: boolean)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  auto* worker = new OpenWorker(env, info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>().Value());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueWorker(new OpenWorker(env, info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>().Value()));
 }
 
 // ---- operations on an open file -------------------------------------------------
 
 // Base for work on a RawFile: keeps the JS object (and so the fd) alive until settled.
-class FileWorker : public Napi::AsyncWorker {
+class FileWorker : public IoWorker {
  public:
   FileWorker(Napi::Env env, const char* name, RawFile* file, int fd, std::string path)
-      : Napi::AsyncWorker(env, name),
-        deferred_(env),
-        self_(Napi::Persistent(file->Value())),
-        file_(file),
-        fd_(fd),
-        path_(std::move(path)) {}
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
+      : IoWorker(env, name, std::move(path)), self_(Napi::Persistent(file->Value())), file_(file), fd_(fd) {}
 
   void OnOK() override {
-    Napi::Env env = Env();
-    if (err_ != 0) {
-      deferred_.Reject(MakeIoError(env, err_, syscall_, path_).Value());
-    } else {
-      deferred_.Resolve(Result(env));
-    }
-    file_->OpFinished(env);
+    IoWorker::OnOK();
+    file_->OpFinished(Env());
   }
 
  protected:
-  virtual Napi::Value Result(Napi::Env env) = 0;
-  void Fail(const char* syscall) {
-    err_ = errno;
-    syscall_ = syscall;
-  }
-
-  Napi::Promise::Deferred deferred_;
   Napi::ObjectReference self_;
   RawFile* file_;
   int fd_;
-  std::string path_;
-  int err_ = 0;
-  const char* syscall_ = "";
 };
 
 class ReadWorker : public FileWorker {
@@ -150,33 +108,23 @@ class ReadWorker : public FileWorker {
   ReadWorker(Napi::Env env, RawFile* file, int fd, std::string path, Napi::Uint8Array buf, int64_t position,
              size_t length, bool direct, size_t alignment)
       : FileWorker(env, "rnode:read", file, fd, std::move(path)),
-        bufRef_(Napi::Persistent(buf.As<Napi::Object>())),
-        data_(buf.Data()),
+        buf_(buf),
         position_(position),
         length_(length),
         direct_(direct),
         alignment_(alignment) {}
 
   void Execute() override {
-    while (done_ < length_) {
-      const ssize_t n = pread(fd_, data_ + done_, length_ - done_, static_cast<off_t>(position_ + done_));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Fail("pread");
-      }
-      if (n == 0) break;  // EOF
-      done_ += static_cast<size_t>(n);
-      // A direct read only comes back short at EOF; retrying from an unaligned point would EINVAL.
-      if (direct_ && done_ % alignment_ != 0) break;
-    }
+    const ssize_t n = ReadUpTo(fd_, buf_.data(), length_, static_cast<uint64_t>(position_), direct_ ? alignment_ : 1);
+    if (n < 0) return Fail("pread");
+    done_ = static_cast<size_t>(n);
   }
 
  protected:
   Napi::Value Result(Napi::Env env) override { return Napi::Number::New(env, static_cast<double>(done_)); }
 
  private:
-  Napi::ObjectReference bufRef_;  // keeps the destination memory alive while the pool writes to it
-  uint8_t* data_;
+  HeldBytes buf_;
   int64_t position_;
   size_t length_;
   bool direct_;
@@ -296,8 +244,7 @@ Napi::Value RawFile::RejectClosed(Napi::Env env, const char* syscall) {
 // alignment > 1 marks a direct handle; bounds were checked in TS.
 Napi::Value RawFile::Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
-      !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber()) {
+  if (!IsUint8Array(info[0]) || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber()) {
     Napi::TypeError::New(env, "read: expected (Uint8Array, position, length, alignment)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -313,10 +260,8 @@ Napi::Value RawFile::Read(const Napi::CallbackInfo& info) {
 
   auto* worker = new ReadWorker(env, this, fd_, path_, buf, position, static_cast<size_t>(length), alignment > 1,
                                 static_cast<size_t>(alignment));
-  Napi::Promise promise = worker->Promise();
   inflight_++;
-  worker->Queue();
-  return promise;
+  return QueueWorker(worker);
 }
 
 // allocatedExtents(start: number, end: number, maxCount: number): Promise<Extent[]>
@@ -337,10 +282,8 @@ Napi::Value RawFile::AllocatedExtents(const Napi::CallbackInfo& info) {
 
   auto* worker =
       new ExtentsWorker(env, this, fd_, path_, blockDevice_, start, end, static_cast<size_t>(maxCount));
-  Napi::Promise promise = worker->Promise();
   inflight_++;
-  worker->Queue();
-  return promise;
+  return QueueWorker(worker);
 }
 
 // close(): Promise<void>; idempotent, and waits for reads in flight before releasing the fd.

@@ -7,11 +7,11 @@ import { ENCRYPTION_MODES } from '../crypto/keys.js';
 import { isRnodeError } from '../errors.js';
 import { CODEC_NAMES } from '../format/codecs.js';
 import { registeredSchemes } from '../store/index.js';
-import { serveHttp, type HttpEndpoint } from './http.js';
+import { serveHttp, type HttpEndpoint } from '../metrics/http.js';
 import { ExportManager } from './exports.js';
 import { JobRunner } from './jobs.js';
 import { ServerLink } from './link.js';
-import { Logger, type Level } from './log.js';
+import { Logger, type Level, type LogFormat } from '../log.js';
 import { AgentMetrics } from './metrics.js';
 import type { AgentReport, Health, JobProgress, ServerMessage } from './protocol.js';
 import { ProtoErrors } from './protocol.js';
@@ -34,6 +34,8 @@ export interface AgentOptions {
   bandwidth?: number;
   log?: Logger;
   logLevel?: Level;
+  /** Lines of the logger made when `log` is not given (default json). */
+  logFormat?: LogFormat;
   backoff?: { initialMs?: number; maxMs?: number };
   progressMs?: number;
   tickMs?: number;
@@ -58,7 +60,7 @@ export class Agent {
     const state = await StateDir.open(opts.stateDir);
     const { nodeId } = await state.identity();
     const nodeName = opts.nodeName ?? os.hostname();
-    const log = (opts.log ?? Logger.create({ level: opts.logLevel })).child({ nodeId, node: nodeName });
+    const log = (opts.log ?? Logger.create({ level: opts.logLevel, format: opts.logFormat })).child({ nodeId, node: nodeName });
     let scheduler: Scheduler | undefined;
     const metrics = new AgentMetrics(() => scheduler?.lags() ?? []);
     metrics.info.set({ node_id: nodeId, name: nodeName, version: AGENT_VERSION }, 1);

@@ -3,7 +3,7 @@
 import { isRnodeError, ErrorCodes, RnodeError } from '../errors.js';
 import { assertOverlayOutsideStore, startExport, type ExportStats, type RunningExport } from '../export/index.js';
 import { openStore, type WrappedStore } from '../store/index.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../log.js';
 import { ProtoErrors, type AgentReport, type ExportCounters, type ExportSpec } from './protocol.js';
 import { resolveEncryptionKey, resolveSecret, storeEnv } from './secrets.js';
 import type { StateDir } from './state.js';

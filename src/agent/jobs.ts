@@ -15,7 +15,7 @@ import type { BlockSource } from '../source/types.js';
 import { VmwareSession, vmDiskId, vmwareConfigFor, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { openStore, type WrappedStore } from '../store/index.js';
 import { TokenBucket } from '../throttle.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef, type VmJobResult } from './protocol.js';
 import { resolveEncryptionKey, storeEnv } from './secrets.js';
@@ -89,7 +89,7 @@ export class DiskLocks {
   }
 }
 
-/** Plaintext chunk buffers all runs of a node hold together (plus as much for stored objects); see replicate.ts. */
+/** Buffers of data on its way to the store (pack buffers) all runs of a node hold together; see ReplicateOptions.bufferBytes. */
 const NODE_CHUNK_BUFFER_BYTES = 24 * 1024 * 1024;
 
 export const diskKey = (store: StoreDef, disk: string) => `${store.url}#${disk}`;
@@ -101,8 +101,8 @@ export class JobRunner {
   private readonly nodeBucket: TokenBucket | undefined;
 
   /**
-   * Chunk buffers of one run when the job does not set its concurrency: the node's budget split over its slots,
-   * so memory stays bounded by the node, not by how many runs it has (3 slots: 8 chunks of 1 MiB each in flight).
+   * Pack buffers of one run: the node's budget split over its slots, so memory stays bounded by the node, not by how
+   * many runs it has (3 slots: 8 MiB each, two packs of 3.75 MiB).
    */
   private get runBufferBytes(): number { return Math.floor(NODE_CHUNK_BUFFER_BYTES / this.slots.size); }
 

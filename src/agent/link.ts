@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import { isTlsFailure } from '../transport/errors.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
 import {
   agentMessages, checkOutgoing, decode, messageId, PROTOCOL_VERSION, ProtoErrors, serverMessages, SUBPROTOCOL,

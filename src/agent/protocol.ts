@@ -261,8 +261,9 @@ export const serverMessages = {
   'job.start': jobStart, 'job.cancel': jobCancel, 'export.start': exportStart, 'export.stop': exportStop, error,
 } satisfies MessageTable;
 
-// Every validator is compiled when this module loads, before a node registers: compiled on first use, each type
-// cost 10-100 ms (more under load) inside the first job, enough to miss heartbeats of a short node timeout.
+// Every validator is ready when this module loads, before a node registers: the generated one (schema.ts), or one
+// compiled now. Compiled on first use, each type cost 10-100 ms (more under load) inside the first job, enough to
+// miss heartbeats of a short node timeout.
 for (const table of [agentMessages, serverMessages]) for (const schema of Object.values(table)) compile(schema, defs);
 
 // ---- TypeScript shapes, from the schemas ----

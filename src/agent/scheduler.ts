@@ -4,7 +4,7 @@
 // per miss. Policies and each disk's last point are persisted, so a restarted node keeps its schedule.
 import type { ReplicateResult } from '../recovery/replicate.js';
 import { diskKey, type JobRunner } from './jobs.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
 import type { AgentReport, Policy } from './protocol.js';
 import type { DiskRecord, StateDir } from './state.js';

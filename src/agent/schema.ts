@@ -1,7 +1,11 @@
-// Validation of control-protocol messages with ajv (JSON Schema 2020-12): each message schema is compiled once,
-// together with the shared $defs; ajv's errors become "<JSON pointer>: <rule>" naming the field.
-import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
+// Validation of control-protocol messages with ajv (JSON Schema 2020-12); ajv's errors become "<JSON pointer>:
+// <rule>" naming the field. The message validators are compiled ahead of time (validators.generated.cjs, ajv's
+// standalone code, `npm run gen:validators`): compiling them when the agent starts cost 1-1.5 s. A schema without
+// a generated validator is compiled here on first use, with the same options, by an ajv loaded only then.
+import { createRequire } from 'node:module';
+import type { Ajv2020, ErrorObject, Options, ValidateFunction } from 'ajv/dist/2020.js';
 import type { TSchema } from '@sinclair/typebox';
+import generated from './validators.generated.cjs';
 
 export interface SchemaError {
   /** JSON Pointer of the offending value ('' for the whole message). */
@@ -11,8 +15,12 @@ export interface SchemaError {
 
 // strict: a keyword ajv does not know is a bug in the schema, not something to skip. discriminator: a job's
 // "kind" picks the one alternative its errors come from. The first error only: messages come from peers.
-const ajv = new Ajv2020({ strict: true, discriminator: true, allErrors: false });
+export const AJV_OPTIONS: Options = { strict: true, discriminator: true, allErrors: false };
+
+/** The generated validators by schema $id. */
+const GENERATED = generated as unknown as Record<string, ValidateFunction | undefined>;
 const compiled = new WeakMap<TSchema, ValidateFunction>();
+let ajv: Ajv2020 | undefined;
 
 const child = (base: string, key: unknown) => `${base}/${String(key).replace(/~/g, '~0').replace(/\//g, '~1')}`;
 
@@ -28,14 +36,31 @@ function describe(e: ErrorObject): SchemaError {
   }
 }
 
-/** The compiled validator of `schema` (whose "#/$defs/<name>" references resolve into `defs`), compiled once. */
+let compiledAtRunTime = 0;
+/** How many validators were compiled at run time (none, when the generated module is up to date). */
+export const runTimeCompilations = (): number => compiledAtRunTime;
+
+/**
+ * The validator of `schema` (whose "#/$defs/<name>" references resolve into `defs`): the generated one for its
+ * $id, else compiled now, once.
+ */
 export function compile(schema: TSchema, defs: Record<string, TSchema>): ValidateFunction {
   let check = compiled.get(schema);
   if (!check) {
-    check = ajv.compile({ ...schema, $defs: defs });
+    const id = typeof schema.$id === 'string' ? schema.$id : undefined;
+    check = (id !== undefined ? GENERATED[id] : undefined) ?? compileNow(schema, defs);
     compiled.set(schema, check);
   }
   return check;
+}
+
+function compileNow(schema: TSchema, defs: Record<string, TSchema>): ValidateFunction {
+  if (!ajv) {
+    const { Ajv2020 } = createRequire(import.meta.url)('ajv/dist/2020.js') as typeof import('ajv/dist/2020.js');
+    ajv = new Ajv2020(AJV_OPTIONS);
+  }
+  compiledAtRunTime++;
+  return ajv.compile({ ...schema, $defs: defs });
 }
 
 /** Validates `value` against `schema`. */

@@ -4,7 +4,7 @@
 import fsp from 'node:fs/promises';
 import { checkKeyFileMode, EncryptionKey, KEY_FORMATS, parseKeyMaterial } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../log.js';
 import { ProtoErrors, type EncryptionDef, type SecretRef, type StoreDef } from './protocol.js';
 import type { StateDir } from './state.js';
 

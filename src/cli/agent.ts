@@ -4,12 +4,12 @@ import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseListen } from '../agent/http.js';
-import type { Level } from '../agent/log.js';
+import type { Level } from '../log.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
+import { logFormat, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
 
 function defaultStateDir(): string {
   const base = process.env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state');
@@ -23,11 +23,11 @@ function usage(message: string): RnodeError {
 export const agentCommand: Command = {
   summary: 'run this node under a Management Server (registers, runs jobs and schedules, serves /metrics)',
   usage: 'rnode agent --server ws[s]://<host>:<port> --token-file <f> [--ca <f>] [--node-name <n>] [--state-dir <d>] ' +
-    '[--metrics <host:port>] [--slots <n>] [--bandwidth <bytes/s>] [--log-level debug|info|warn|error] [--reconnect-max-ms <ms>]',
+    `[--slots <n>] [--bandwidth <bytes/s>] [--log-level debug|info|warn|error] ${SERVICE_USAGE} [--reconnect-max-ms <ms>]`,
   options: {
     server: { type: 'string' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'node-name': { type: 'string' },
-    'state-dir': { type: 'string' }, metrics: { type: 'string' }, slots: { type: 'string' }, bandwidth: { type: 'string' },
-    'log-level': { type: 'string' }, 'reconnect-max-ms': { type: 'string' },
+    'state-dir': { type: 'string' }, slots: { type: 'string' }, bandwidth: { type: 'string' },
+    'log-level': { type: 'string' }, 'reconnect-max-ms': { type: 'string' }, ...SERVICE_OPTIONS,
   },
   async run(v) {
     required(v, 'agent', 'server', 'token-file');
@@ -37,14 +37,8 @@ export const agentCommand: Command = {
     if (!fs.existsSync(tokenFile)) throw usage(`--token-file ${tokenFile} does not exist; put the node's token in it (one line)`);
     const ca = str(v, 'ca');
     if (ca !== undefined) checkCaFile(ca);
-    let metrics: { host: string; port: number } | undefined;
-    if (v.metrics !== undefined) {
-      try {
-        metrics = parseListen(str(v, 'metrics')!);
-      } catch {
-        throw usage(`--metrics must be host:port, e.g. 0.0.0.0:9464 (got "${str(v, 'metrics')}")`);
-      }
-    }
+    const metrics = metricsListen(v);
+    const format = logFormat(v, 'json');
     const slots = v.slots !== undefined ? wholeNumber(str(v, 'slots')!, 'slots', 1) : undefined;
     const bandwidth = v.bandwidth !== undefined ? bytesPerSecond(str(v, 'bandwidth')!) : undefined;
     const level = str(v, 'log-level') ?? 'info';
@@ -56,7 +50,7 @@ export const agentCommand: Command = {
     const { Agent } = await import('../agent/agent.js');
     const agent = await Agent.start({
       server, tokenFile, caFile: ca, nodeName: str(v, 'node-name'), stateDir: str(v, 'state-dir') ?? defaultStateDir(),
-      metrics, slots, bandwidth, logLevel: level as Level, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
+      metrics, slots, bandwidth, logLevel: level as Level, logFormat: format, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
     });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {

@@ -1,12 +1,17 @@
 // `rnode serve`: the receiving node. Accepts points from peers into its store and serves recovery reads
-// until SIGINT/SIGTERM, then closes the sessions and the store.
+// until SIGINT/SIGTERM, then closes the sessions and the store. With --metrics it also serves /metrics, /healthz
+// and /readyz, like the agent.
 import { ErrorCodes, RnodeError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { HttpEndpoint } from '../metrics/http.js';
 import { openStore } from '../store/index.js';
 import {
   certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer,
 } from '../transport/index.js';
+import { VERSION } from '../version.js';
 import { required, str } from './args.js';
-import type { Command, Io } from './command.js';
+import type { Command } from './command.js';
+import { logFormat, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
 
 function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
@@ -24,11 +29,11 @@ function positive(text: string | undefined, flag: string): number | undefined {
 
 export const serveCmd: Command = {
   summary: 'run the receiving node: accept points from peers and serve recovery reads',
-  usage: 'rnode serve --listen <host:port> --store <store> [--token-file <f>] [--tls-cert <f> --tls-key <f>] [--max-sessions <n>] [--max-connections-per-address <n>] [--handshake-timeout <seconds>] [--bandwidth <bytes/s>] [--window <bytes>] [--json]',
+  usage: `rnode serve --listen <host:port> --store <store> [--token-file <f>] [--tls-cert <f> --tls-key <f>] [--max-sessions <n>] [--max-connections-per-address <n>] [--handshake-timeout <seconds>] [--bandwidth <bytes/s>] [--window <bytes>] ${SERVICE_USAGE} [--json]`,
   options: {
     listen: { type: 'string' }, store: { type: 'string' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' }, 'max-sessions': { type: 'string' }, bandwidth: { type: 'string' }, window: { type: 'string' },
-    'max-connections-per-address': { type: 'string' }, 'handshake-timeout': { type: 'string' },
+    'max-connections-per-address': { type: 'string' }, 'handshake-timeout': { type: 'string' }, ...SERVICE_OPTIONS,
   },
   async run(v, io) {
     required(v, 'serve', 'listen', 'store');
@@ -47,8 +52,15 @@ export const serveCmd: Command = {
     const handshakeSeconds = positive(str(v, 'handshake-timeout'), 'handshake-timeout');
     const handshakeMs = handshakeSeconds !== undefined ? handshakeSeconds * 1000 : undefined;
     const json = v.json === true;
+    const metrics = metricsListen(v);
+    // Today's lines unless told: text, or JSON with --json.
+    const format = logFormat(v, json ? 'json' : 'text');
+    // Loaded here, not at the top: pino (and prom-client) would cost every other command their start-up.
+    const { Logger } = await import('../log.js');
+    const logger = Logger.create({ format, sink: { write: (line) => io.err(line.replace(/\n$/, '')) } });
+    logger.addSecret(token);
+    const log = (event: string, fields: Record<string, unknown> = {}) => logger.info(event, fields);
     const store = await openStore(str(v, 'store')!);
-    const log = (event: string, fields: Record<string, unknown> = {}) => logLine(io, json, event, fields);
     let server: ReplicationServer;
     try {
       server = await ReplicationServer.start({ store, host, port, token, tls, maxSessions, maxConnectionsPerAddress, handshakeMs, bandwidth, windowBytes, log });
@@ -61,6 +73,14 @@ export const serveCmd: Command = {
       if (tls && /key|cert|pem|asn1/i.test(e.message ?? '')) {
         throw new RnodeError('RNODE_TRANSPORT_TLS', `cannot use the TLS certificate/key: ${e.message}; pass a PEM certificate and its private key`);
       }
+      throw err;
+    }
+    let http: HttpEndpoint | undefined;
+    try {
+      if (metrics) http = await serveMetrics(metrics, server, logger);
+    } catch (err) {
+      await server.close();
+      await store.close();
       throw err;
     }
     const info = {
@@ -82,14 +102,27 @@ export const serveCmd: Command = {
       process.on('SIGTERM', onTerm);
     });
     log('stopping', { signal, sessions: server.stats.sessions });
+    await http?.close();
     await server.close();
     await store.close();
     return 0;
   },
 };
 
-function logLine(io: Io, json: boolean, event: string, fields: Record<string, unknown>): void {
-  const at = new Date().toISOString();
-  if (json) io.err(JSON.stringify({ at, event, ...fields }));
-  else io.err(`${at} ${event}${Object.entries(fields).filter(([, x]) => x !== undefined).map(([k, x]) => ` ${k}=${typeof x === 'string' ? x : JSON.stringify(x)}`).join('')}`);
+/** /metrics, /healthz and /readyz of the receiving node on `listen`. */
+async function serveMetrics(listen: { host: string; port: number }, server: ReplicationServer, log: Logger): Promise<HttpEndpoint> {
+  const [{ serveHttp }, { ServeMetrics, serveReadiness }] = await Promise.all([import('../metrics/http.js'), import('../transport/metrics.js')]);
+  const metrics = new ServeMetrics(server, VERSION);
+  let http: HttpEndpoint;
+  try {
+    http = await serveHttp(listen, { metrics: () => metrics.render(), readiness: () => serveReadiness(server) });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
+      throw new RnodeError(ErrorCodes.USAGE, `cannot serve --metrics on ${listen.host}:${listen.port} (${e.code}); pick another address or port`);
+    }
+    throw err;
+  }
+  log.info('serving /metrics, /healthz, /readyz', { listen: `${http.host}:${http.port}` });
+  return http;
 }

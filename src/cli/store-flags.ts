@@ -61,16 +61,15 @@ const REMOTE_CHECKPOINT = { checkpointRecords: 64, checkpointMillis: 2000 } as c
 /** Chunks in flight for a remote target (unless --concurrency): each put waits for a round trip and the node. */
 const REMOTE_CONCURRENCY = 16;
 
-/** replicate() options for a ws(s):// target: frequent checkpoints, a deeper pipeline for chunks up to 2 MiB. */
-/** Pack size for a ws/wss target: below the transport's frame limit. */
+/** Pack size for a ws/wss target: half the local default, so a node holds fewer bytes per pack in flight. */
 const REMOTE_PACK_SIZE = 8 * 1024 * 1024;
 
+/** replicate() options for a ws(s):// target: frequent checkpoints, a deeper pipeline for chunks up to 2 MiB. */
 export function remoteReplicateOptions(
   concurrency: number | undefined,
   chunkSize: number | undefined,
 ): { checkpointRecords: number; checkpointMillis: number; concurrency?: number; packSize: number } {
   const deep = chunkSize === undefined || chunkSize <= 2 * 1024 * 1024;
   const c = concurrency ?? (deep ? REMOTE_CONCURRENCY : undefined);
-  // A pack travels in one PUT frame today: keep it under the frame limit (the v2 transport streams bigger ones).
   return { ...REMOTE_CHECKPOINT, ...(c !== undefined ? { concurrency: c } : {}), packSize: REMOTE_PACK_SIZE };
 }

@@ -162,12 +162,6 @@ function makeSealedOps(deps) {
   };
   const chunkId = (name, plain) => Blake3Hasher.newKeyed(idKeyOf(name)).update(plain).digestBuffer();
 
-  function blobId(m) {
-    const t0 = cpu();
-    const id = chunkId(m.idName, view(m.in, m.inOff, m.len));
-    return { chunkId: new Uint8Array(id), hashMs: cpu() - t0 };
-  }
-
   /** Packs (and seals, with m.key) plain into out[0..); returns the blob's length and stored xxh64. */
   function blobEncode(m) {
     const plain = view(m.in, m.inOff, m.len);
@@ -191,6 +185,20 @@ function makeSealedOps(deps) {
     return { codec: r.codec, payloadLength: length, payloadXxh64, packMs: cpu() - t0 - sealMs, sealMs };
   }
 
+  /**
+   * A new chunk's one trip to a worker: its id, then its blob in the same turn, unless the id is m.parentId (the chunk
+   * is unchanged since the parent point) or idFilterHas(m.known) says the domain may hold it already. Either way the
+   * main thread decides from the id what is stored; it encodes a skipped chunk after all if the filter was wrong.
+   */
+  function blobIdEncode(m) {
+    const t0 = cpu();
+    const id = chunkId(m.idName, view(m.in, m.inOff, m.len));
+    const hashMs = cpu() - t0;
+    const reply = { chunkId: new Uint8Array(id), hashMs };
+    if ((m.parentId && id.equals(m.parentId)) || (m.known && idFilterHas(m.known, id))) return { ...reply, skipped: true };
+    return { ...reply, ...blobEncode({ ...m, chunkId: id }) };
+  }
+
   /** Checks, opens and decodes a blob into out; returns the id of what it decoded to (the caller compares). */
   function blobDecode(m) {
     const payload = view(m.in, m.inOff, m.len);
@@ -211,8 +219,8 @@ function makeSealedOps(deps) {
       case 'blob:forget':
         idKeys.delete(m.name);
         return undefined;
-      case 'blob:id': return blobId(m);
       case 'blob:encode': return blobEncode(m);
+      case 'blob:id-encode': return blobIdEncode(m);
       case 'blob:decode': return blobDecode(m);
       case 'seal:key':
         keys.set(m.key, { cipherKey: Buffer.from(m.cipherKey), digestKey: Buffer.from(m.digestKey), domain: m.domain });
@@ -238,4 +246,22 @@ function makeSealedOps(deps) {
   return { handle };
 }
 
-module.exports = { makeSealedOps, chunkAad, blobAad, keyedDigests, sealInPlace, open, NONCE_BYTES, TAG_BYTES, SEAL_OVERHEAD };
+/**
+ * A filter of chunk ids the main thread shares with the workers (an Int32Array over a SharedArrayBuffer of a power of
+ * two words): two bits per id, taken from its first 8 bytes (ids are keyed hashes, so uniform). No false negatives
+ * for ids added before the test; a false positive only costs the chunk a second trip. A hint, never identity.
+ */
+function idFilterBits(words, id) {
+  const mask = words.length * 32 - 1;
+  return [id.readUInt32LE(0) & mask, id.readUInt32LE(4) & mask];
+}
+
+function idFilterAdd(words, id) {
+  for (const b of idFilterBits(words, id)) Atomics.or(words, b >>> 5, 1 << (b & 31));
+}
+
+function idFilterHas(words, id) {
+  return idFilterBits(words, id).every((b) => (Atomics.load(words, b >>> 5) & (1 << (b & 31))) !== 0);
+}
+
+module.exports = { makeSealedOps, idFilterAdd, idFilterHas, chunkAad, blobAad, keyedDigests, sealInPlace, open, NONCE_BYTES, TAG_BYTES, SEAL_OVERHEAD };

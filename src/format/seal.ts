@@ -11,6 +11,8 @@ interface SealKernel {
   chunkAad(f: { disk: string; version: number; codec: number; plainLength: number; plainDigest64: bigint; index: number; writer: number }): Buffer;
   keyedDigests(hasher: unknown, digestKey: Buffer, plain: Buffer): { digest64: bigint; strong: Uint8Array };
   open(cipherKey: Buffer, payload: Buffer, aad: Buffer): Buffer;
+  idFilterAdd(words: Int32Array, id: Buffer): void;
+  idFilterHas(words: Int32Array, id: Buffer): boolean;
 }
 
 const require = createRequire(import.meta.url);

@@ -36,6 +36,15 @@ export interface DecodeCheck {
   plainLength: number;
 }
 
+/** A blob encoded into an object buffer at 0, and what its compression and sealing cost (worker CPU ms). */
+export interface EncodedBlob {
+  codec: number;
+  payloadLength: number;
+  payloadXxh64: bigint;
+  packMs: number;
+  sealMs: number;
+}
+
 /** What the 'seal:*' ops need beyond a plain encode/decode: the key id and the chunk's AAD fields (seal-kernel.cjs). */
 export type SealedFields = Record<string, string | number | bigint>;
 
@@ -204,15 +213,22 @@ export class CodecWorkers {
     return this.send({ op: 'seal:stored', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength }).then((r) => r.payloadXxh64);
   }
 
-  /** Repository v2: the keyed 32-byte chunk id of plain under the id key registered as idName. */
-  blobId(plain: Uint8Array, idName: string): Promise<{ id: Buffer; hashMs: number }> {
-    return this.send({ op: 'blob:id', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength, idName })
-      .then((r) => ({ id: Buffer.from(r.chunkId), hashMs: r.hashMs }));
+  /**
+   * Repository v2, one trip per chunk: the keyed 32-byte chunk id of plain (id key registered as idName), and its blob
+   * encoded (with keyId, sealed) into out at 0 in the same trip, unless the id is parentId or `known` (an IdFilter's
+   * words) may hold it: then `skipped`, and encodeBlob does it if the caller stores the chunk after all.
+   */
+  idEncodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, f: { idName: string; keyId?: string; parentId?: Uint8Array; known?: Int32Array }):
+      Promise<{ id: Buffer; hashMs: number } & ({ skipped: true } | { skipped?: undefined } & EncodedBlob)> {
+    return this.send({
+      op: 'blob:id-encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
+      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec, idName: f.idName, ...(f.keyId ? { key: f.keyId } : {}),
+      ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}), ...(f.known ? { known: f.known } : {}),
+    }).then((r) => ({ ...r, id: Buffer.from(r.chunkId) }));
   }
 
   /** Repository v2: encodes (and with keyId seals) plain as the blob of chunkId into out at 0. */
-  encodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, chunkId: Uint8Array, keyId?: string):
-      Promise<{ codec: number; payloadLength: number; payloadXxh64: bigint; packMs: number; sealMs: number }> {
+  encodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, chunkId: Uint8Array, keyId?: string): Promise<EncodedBlob> {
     return this.send({
       op: 'blob:encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
       out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec, chunkId: new Uint8Array(chunkId), ...(keyId ? { key: keyId } : {}),

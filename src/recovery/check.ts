@@ -13,7 +13,8 @@ import { Domain } from '../repository/domain.js';
 import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, layout, r2, type ObjectId } from '../repository/names.js';
 import { blobAad, decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
-import { diskIdOf, listV2Disks, loadV2Point, nonZero, v2TableEntries } from '../repository/v2-scan.js';
+import { listV2Disks, loadV2Point, v2DiskId } from '../repository/points.js';
+import { referencesChunk, tableEntries } from '../repository/view.js';
 import { verify } from './verify.js';
 
 const MAX_PROBLEMS = 1000;
@@ -180,7 +181,7 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     c.disks++;
     let disk: string | undefined;
     try {
-      disk = await diskIdOf(store, domain, d);
+      disk = await v2DiskId(store, d, domain.key);
     } catch (err) {
       report(err);
       continue;
@@ -190,12 +191,12 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     for (const seq of d.points) {
       c.points++;
       try {
-        const m = await loadV2Point(store, domain, disk, seq);
+        const m = await loadV2Point(store, disk, seq, domain.key);
         if (m.parent !== null && !seqs.has(m.parent)) {
           report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${seq} of disk ${disk} needs point ${m.parent}, which is missing`, { details: { key: r2.point(name, d.dname, seq) } }));
         }
-        for await (const e of v2TableEntries(store, domain, m)) {
-          if (!nonZero(e)) continue;
+        for await (const e of tableEntries(store, m, domain.key)) {
+          if (!referencesChunk(e)) continue;
           c.chunksReferenced++;
           if (!index.lookup(e.id!).some((l) => good.has(`${l.packId}:${l.entry.offset}`))) {
             report(new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${e.index} of point ${seq} of disk ${disk} (id ${e.id!.toString('hex').slice(0, 16)}…) is in no intact pack`,

@@ -1,7 +1,7 @@
 // Prune of repository v2: retention of a disk's v2 points, then per domain a reference scan, the two-phase sweep of
 // packs (mark now, delete after the grace period if still unused), repack of packs mostly unused, index compaction.
 // Every step writes before it deletes, so a SIGKILL anywhere leaves every kept point restorable; the rules, and why a
-// concurrent replicate never loses a chunk, are in README "Prune, repack and index compaction (repository v2)".
+// concurrent replicate never loses a chunk, are in docs/prune.md.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
@@ -15,22 +15,23 @@ import { Lease, type LeaseOptions } from '../repository/lease.js';
 import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
 import { PackBuilder, newObjectId, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
-import { PruneMarks, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
 import {
-  diskIdOf, listV2Disks, type V2DiskObjects, listV2PointSeqs, loadV2Chain, loadV2Point, nonZero, pendingParent, pendingSegmentEntries, v2ChainView, v2TableEntries,
-} from '../repository/v2-scan.js';
-import { dropLegacyPoints, listLegacyPointSeqs, pruneLegacy, type PruneOptions, type PruneResult } from './prune.js';
+  listLegacyPointSeqs, listV2Disk, listV2Disks, listV2PointSeqs, loadV2Chain, loadV2Checkpoint, loadV2Point, v2DiskId, type V2DiskObjects,
+} from '../repository/points.js';
+import { PruneMarks, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
+import { chainView, pendingTableEntries, referencesChunk, tableEntries } from '../repository/view.js';
+import { dropLegacyPoints, pruneLegacy, type PruneOptions, type PruneResult } from './prune.js';
 
 /** Default grace period: far longer than a lease (10 min at most) and a checkpoint interval (15 s). */
 export const DEFAULT_GRACE_MS = 60 * 60_000;
-/** Default --max-unused, as a fraction: the knee of bytes rewritten against waste saved (README, bench/sections/prune.ts). */
+/** Default --max-unused, as a fraction: the knee of bytes rewritten against waste saved (docs/prune.md, bench/sections/repack.ts). */
 export const DEFAULT_MAX_UNUSED = 0.5;
 /** Tombstones of deleted packs are kept at least this long (and as long as an index lists the pack). */
 const TOMBSTONE_MS = 24 * 60 * 60_000;
 /** Entries per index object written by compaction and repack (80 B each: 5 MiB). */
 export const INDEX_TARGET_ENTRIES = 65536;
 
-/** The lease one prune of a domain holds (a disk-lease name no disk of a store uses: README). */
+/** The lease one prune of a domain holds (a disk-lease name no disk of a store uses: docs/prune.md). */
 export const pruneLeaseName = (domain: string): string => `prune.${domain}`;
 
 export interface MaintainOptions {
@@ -198,7 +199,7 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
     return best;
   };
   const use = (e: ChunkEntry) => {
-    if (!nonZero(e)) return;
+    if (!referencesChunk(e)) return;
     const l = canonical(e.id!);
     if (!l) r.missingChunks++;
     else packs.get(l.packId)!.used.add(l.entry.offset);
@@ -206,29 +207,29 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
   const disks = await listV2Disks(store, domain.name);
   const diskIds = new Map<string, string>();
   for (const d of disks.values()) {
-    const disk = await diskIdOf(store, domain, d);
+    const disk = await v2DiskId(store, d, domain.key);
     if (disk !== undefined) diskIds.set(d.dname, disk);
     const latest = d.points.length ? d.points[d.points.length - 1] : -1;
     if (disk === undefined) {
       // A first point being written whose checkpoint does not say which disk it is (encrypted names are one-way): its
       // tables cannot be opened, so what it uses is unknown and nothing may be deleted on this run. Tables without any
-      // checkpoint yet are a first checkpoint in flight: its writer re-reads the marks there (README).
+      // checkpoint yet are a first checkpoint in flight: its writer re-reads the marks there (docs/prune.md).
       if (d.pending.length > 0) r.deferred = `the checkpoint of a point being written to disk name ${d.dname} cannot be read without its disk id`;
       continue;
     }
     for (const seq of d.points) {
-      const m = await loadV2Point(store, domain, disk, seq).catch((err) => {
+      const m = await loadV2Point(store, disk, seq, domain.key).catch((err) => {
         if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined; // deleted by retention since the listing
         throw err;
       });
-      if (m) for await (const e of v2TableEntries(store, domain, m)) use(e);
+      if (m) for await (const e of tableEntries(store, m, domain.key)) use(e);
     }
     for (const seq of d.pending.filter((p) => p > latest)) {
-      const parent = await pendingParent(store, domain, disk, seq);
+      const parent = await checkpointParent(store, domain, disk, seq);
       if (parent === undefined) continue;
       for (const s of d.segments.filter((x) => x.point === seq)) {
         try {
-          for (const e of (await pendingSegmentEntries(store, domain, disk, s, parent)) ?? []) use(e);
+          for (const e of (await pendingTableEntries(store, disk, s, parent, domain.key)) ?? []) use(e);
         } catch (err) {
           // A segment of the next checkpoint, written before its checkpoint (and so bound to a newer state), or damage:
           // either way its references are not known, so nothing may be deleted on this run.
@@ -242,6 +243,16 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
   const named = new Map<string, { disk?: string; objects: V2DiskObjects }>();
   for (const d of disks.values()) named.set(d.dname, { disk: diskIds.get(d.dname), objects: d });
   return { marks, index, packs, disks: named, missingChunks: r.missingChunks, ...(r.deferred ? { deferred: r.deferred } : {}) };
+}
+
+/** The parent a checkpoint names (its tables' envelopes are bound to it); undefined when it is gone (committed or abandoned since). */
+async function checkpointParent(store: ObjectStore, domain: Domain, disk: string, seq: number): Promise<number | null | undefined> {
+  const ck = (await loadV2Checkpoint(store, disk, seq, domain.key)) as { parent?: unknown } | null | undefined;
+  if (ck === undefined) return undefined;
+  const parent = ck?.parent;
+  if (parent === null || (Number.isSafeInteger(parent) && (parent as number) >= 0 && (parent as number) < seq)) return parent as number | null;
+  const what = r2.pending(domain.name, domain.dname(disk), seq);
+  throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `checkpoint ${what} names no valid parent; run "rnode check"`, { details: { key: what } });
 }
 
 async function* iter<T>(xs: T[]): AsyncIterable<T> {
@@ -359,7 +370,7 @@ export interface V2RetentionResult {
  * nobody can resume. Packs are left to the domain sweep. The caller holds the disk's lease.
  */
 export async function retainV2Points(store: ObjectStore, domain: Domain, disk: string, keep: Set<number>, concurrency = 8): Promise<V2RetentionResult> {
-  const seqs = await listV2PointSeqs(store, domain, disk);
+  const seqs = await listV2PointSeqs(store, disk, domain.key);
   const kept = seqs.filter((s) => keep.has(s));
   const deleted = seqs.filter((s) => !keep.has(s));
   if (kept.length === 0 && deleted.length > 0) throw new RnodeError(ErrorCodes.INTERNAL, 'v2 retention would delete every point of a disk');
@@ -367,7 +378,7 @@ export async function retainV2Points(store: ObjectStore, domain: Domain, disk: s
   if (deleted.length === 0) return { kept, deleted, objectsDeleted };
   const latest = seqs[seqs.length - 1];
   const oldest = kept[0];
-  const chain = await loadV2Chain(store, domain, disk, oldest);
+  const chain = await loadV2Chain(store, disk, oldest, domain.key);
   if (chain[0].parent !== null) await rebaseV2(store, domain, chain);
   failpoint('prune-rebased');
   let first = true;
@@ -377,16 +388,13 @@ export async function retainV2Points(store: ObjectStore, domain: Domain, disk: s
   }
   // Tables: only each kept point's current generation lives, plus anything of a point not committed yet.
   const live = new Set<string>();
-  for (const s of kept) for (const ref of (await loadV2Point(store, domain, disk, s)).table.segments) live.add(ref.key);
-  const dname = domain.dname(disk);
-  const stale = async function* () {
-    for await (const o of store.list(r2.diskPrefix(domain.name, dname))) {
-      const h = classify(o.key);
-      if (h?.kind === 'table' && h.point <= latest && !live.has(o.key)) yield o.key;
-      if (h?.kind === 'pending' && h.point <= latest) yield o.key;
-    }
-  };
-  await forEachBounded(stale(), concurrency, async (key) => {
+  for (const s of kept) for (const ref of (await loadV2Point(store, disk, s, domain.key)).table.segments) live.add(ref.key);
+  const left = await listV2Disk(store, disk, domain.key);
+  const stale = [
+    ...left.pending.filter((p) => p <= latest).map((p) => r2.pending(domain.name, left.dname, p)),
+    ...left.segments.filter((t) => t.point <= latest && !live.has(t.key)).map((t) => t.key),
+  ];
+  await forEachBounded(iter(stale), concurrency, async (key) => {
     await store.delete(key);
     objectsDeleted++;
   });
@@ -412,7 +420,7 @@ async function rebaseV2(store: ObjectStore, domain: Domain, chain: V2PointManife
     records += batch.length;
     batch = [];
   };
-  for await (const e of v2ChainView(store, domain, chain)) {
+  for await (const e of chainView(store, chain, domain.key)) {
     if (isZeroEntry(e)) continue; // a standalone table leaves zeros out
     batch.push(e);
     if (batch.length >= TABLE_SEGMENT_RECORDS) await flush();
@@ -488,7 +496,7 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
   opts: PruneStoreOptions): Promise<Omit<PruneStoreResult, 'domains' | 'seconds' | 'disk'>> {
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${keep})`);
   const legacy = await listLegacyPointSeqs(store, disk);
-  const v2 = domain ? await listV2PointSeqs(store, domain, disk) : [];
+  const v2 = domain ? await listV2PointSeqs(store, disk, domain.key) : [];
   if (legacy.length === 0 && v2.length === 0) {
     if (!key && (await hasSealedDomain(store))) {
       throw new RnodeError(ErrorCodes.KEY_REQUIRED, `disk ${disk} has no unencrypted points in ${store.location}; if it is encrypted, pass its key with --encryption-key-file`);

@@ -12,8 +12,7 @@ import { encodeManifest, MANIFEST_VERSION_AUTHENTICATED, type PointManifest, typ
 import { decodeSegment, encodeSegment, isZeroEntry, segmentMac, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from '../pipeline/chunk-reader.js';
-import { loadChain, loadPoint } from '../repository/points.js';
-import { classify } from '../repository/names.js';
+import { listLegacyPointSeqs, loadChain, loadPoint } from '../repository/points.js';
 import { chainView, segmentExpectation } from '../repository/view.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from '../repository/encryption.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
@@ -234,14 +233,4 @@ export async function dropLegacyPoints(store: ObjectStore, disk: string, key: En
     else objectsDeleted++;
   });
   return { disk, kept: [], deleted: seqs, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
-}
-
-/** The disk's legacy points (disks/<disk>/points/), ascending; its v2 points are not among them. */
-export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Promise<number[]> {
-  const seqs: number[] = [];
-  for await (const o of store.list(layout.pointsPrefix(disk))) {
-    const h = classify(o.key);
-    if (h?.kind === 'legacy-manifest') seqs.push(h.point);
-  }
-  return seqs.sort((a, b) => a - b);
 }

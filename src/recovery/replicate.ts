@@ -15,20 +15,21 @@ import { isZero } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { withWorkerDomain } from '../pipeline/chunk-codec.js';
 import { codecWorkers, maxObjectBytes } from '../pipeline/codec-workers.js';
+import { IdFilter } from '../pipeline/id-filter.js';
 import { recycleShared, takeShared } from '../pipeline/shared-slots.js';
 import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../pipeline/grid.js';
 import { StageClock, type StageEvent, type StageTimes } from '../pipeline/stages.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
 import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../repository/encryption.js';
-import { Domain, leaseName, validatePackSize } from '../repository/domain.js';
+import { Domain, leaseName, MIN_PACK_SIZE, validatePackSize } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { r2, validateDiskId } from '../repository/names.js';
-import { newObjectId, PackBuilder } from '../repository/pack.js';
-import { decodePendingV2, encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
+import { newObjectId, packBufferBytes, PackBuilder } from '../repository/pack.js';
+import { encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
 import { markedPacks } from '../repository/prune-marks.js';
 import { checkClaim, ensureClaim, readClaim } from '../repository/claims.js';
-import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint } from '../repository/points.js';
+import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint, loadV2Checkpoint } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 
@@ -44,13 +45,14 @@ export interface ReplicateOptions {
   /** Encrypt the point's chunks with this key (the disk's earlier points must have been written with it). */
   encryption?: EncryptionKey;
   /**
-   * Stored objects in flight at once (being encoded into or written). Reading and encoding use a smaller depth of
-   * their own, set from the number of codec workers, so chunks waiting for the store never hold the CPUs' buffers.
+   * Chunks that may wait for the store (default from bufferBytes): with the depth of reading and encoding, set from
+   * the number of codec workers, it bounds how far the reader runs ahead of the oldest unfinished chunk.
    */
   concurrency?: number;
   /**
-   * Plaintext bytes of chunk buffers the run may hold when concurrency is not given (default 64 MiB, at most 16
-   * chunks; each chunk also has a stored-object buffer of about its size). Runs sharing a node split its budget.
+   * Bytes of the buffers holding stored data on its way to the store (default 64 MiB): the pack being filled and the
+   * packs in puts (see packPlan; a small budget makes the run's packs smaller). Reading and encoding hold a fixed few
+   * chunk buffers on top, set by the number of codec workers. Runs sharing a node split its budget.
    */
   bufferBytes?: number;
   /** Read every allocated chunk even if the source tracks changes. */
@@ -140,11 +142,14 @@ interface RunStats {
 
 type Delta = Partial<RunStats>;
 
+/** The default of ReplicateOptions.bufferBytes. */
+const DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024;
+
 /**
- * Pack puts in flight at once: each holds a pack buffer (16 MiB by default), so three runs on one node held ~240 MiB
- * at 3; a pack is one large write, and two keep the device busy.
+ * Pack buffers of a run, at most: one being filled and two in puts. A pack is one large write, and two keep the
+ * device busy; more only hold memory.
  */
-const PACK_PUTS_IN_FLIGHT = 2;
+const MAX_PACK_BUFFERS = 3;
 
 /** What one candidate chunk became: its table record (null: nothing to record) and what it cost. */
 interface Outcome {
@@ -198,7 +203,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   }
   const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
   if (!claim) await ensureClaim(store, disk, opts.encryption);
-  const packSize = validatePackSize(opts.packSize ?? domain.config.packSize);
+  const packs = packPlan(validatePackSize(opts.packSize ?? domain.config.packSize), opts.packSize !== undefined, opts.bufferBytes);
+  const packSize = packs.packSize;
   const dname = domain.dname(disk);
   const workers = codecWorkers();
   const chunkSize = validateChunkSize(opts.chunkSize ?? latest?.chunkSize ?? DEFAULT_CHUNK_SIZE);
@@ -238,6 +244,9 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const ck = await openCheckpoint(opts, store, domain, disk, seq, parent?.point ?? null, scan, grid, source, identity);
   // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused).
   const index = await ChunkIndex.load(store, domain);
+  // The ids the codec workers see, so they compress only chunks that are probably new (the index still decides).
+  const known = new IdFilter(index.size + grid.count);
+  for (const id of index.ids()) known.add(id);
   let marked = await markedPacks(store, domain);
   const reused = new Set<string>(ck.reused);
   const written = new Set<string>();
@@ -258,38 +267,22 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   let failure: unknown;
   let checkpointFailure: unknown;
 
-  // The open pack, the packs closed since the last index object (their puts and their entries).
-  // Pack buffers are reused: one being filled, one per put in flight, one closed and waiting for a turn.
-  const packBuffers: Buffer[] = [];
-  const newPack = () => new PackBuilder(domain.name, packSize, domain.key, undefined, packBuffers.pop());
-  let pack = newPack();
+  // The open pack, the packs closed since the last index object (their puts and their entries). Each pack is built in
+  // one of the run's pack buffers (packPlan): a closed pack's put holds its buffer, and the next pack waits for a free
+  // one. That wait is how a slow store holds up the appends, and with them the reader.
+  const packSlots = new BufferPool<{ buffer?: Buffer }>(packs.buffers, () => ({}));
+  let open: { pack: PackBuilder; slot: { buffer?: Buffer } } | undefined;
   let unindexed: ChunkLocation[] = [];
   let packPuts: Promise<void>[] = [];
-  const packTurns = new BufferPool(PACK_PUTS_IN_FLIGHT, () => ({}));
-  /**
-   * The lowest chunk index in each unput pack: put turns (and object buffers) go to the lowest first. A checkpoint
-   * covers chunks in index order, so an early chunk encoded late (cold codec workers) must not wait behind the chunks
-   * after it: a cut among their puts then left nothing to checkpoint.
-   */
-  const lowestIndex = new Map<string, number>();
   /** Packs whose put failed, with the error: their chunks are not stored and no index object names them. */
   const failedPuts = new Map<string, unknown>();
-  /**
-   * Closes the open pack and starts its put; resolves once the put has a turn (back-pressure on appenders). waiter: the
-   * index of a chunk waiting for that turn to append, so the put goes at its rank.
-   */
-  const closePack = (waiter = Infinity): Promise<void> => {
-    if (pack.count === 0) return Promise.resolve();
-    const closing = pack;
-    pack = newPack();
-    const lowest = Math.min(lowestIndex.get(closing.id) ?? waiter, waiter);
-    lowestIndex.delete(closing.id);
+  /** Closes the open pack and starts its put, which gives the pack's buffer back when it ends. */
+  const closePack = (): void => {
+    if (!open || open.pack.count === 0) return;
+    const { pack: closing, slot } = open;
+    open = undefined;
     for (const entry of closing.entries) unindexed.push({ packId: closing.id, entry });
-    let turned!: () => void;
-    const gotTurn = new Promise<void>((r) => { turned = r; });
     const put = (async () => {
-      const turn = await packTurns.acquire(lowest);
-      turned();
       try {
         const bytes = closing.finish();
         await store.put(r2.pack(domain.name, closing.id), bytes);
@@ -298,13 +291,12 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
         live.bytesWritten += bytes.length;
         failpoint('after-pack');
       } finally {
-        packTurns.release(turn);
+        slot.buffer = closing.buffer;
+        packSlots.release(slot);
       }
-      if (packBuffers.length < PACK_PUTS_IN_FLIGHT + 1) packBuffers.push(closing.buffer);
     })();
     put.catch((err) => { failedPuts.set(closing.id, err); failure ??= err; wake(); });
     packPuts.push(put);
-    return gotTurn;
   };
 
   const flushSegment = (nextIndex: number) => {
@@ -323,7 +315,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     segments.push(ref);
     records += entries.length;
     // Every chunk these records name is in a pack closed now or before: the index object below covers them.
-    void closePack();
+    closePack();
     const puts = packPuts;
     const locations = unindexed;
     packPuts = [];
@@ -374,19 +366,43 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     if (!written.has(l.packId)) reused.add(l.packId);
     return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1, chunksDeduplicated: 1, bytesDeduplicated: length } };
   };
+  /**
+   * Appends a new chunk's blob to the open pack (opening one when a pack buffer is free), or returns where the chunk
+   * already is: appends take turns, so the lookup and the add of an id are one step, and two chunks with the same
+   * content in flight at once are stored once.
+   */
+  let appendTurn: Promise<unknown> = Promise.resolve();
+  const append = (id: Buffer, blob: Buffer, meta: { plainLength: number; codec: number; payloadXxh64: bigint }): Promise<ChunkLocation | undefined> => {
+    const turn = appendTurn.then(async () => {
+      const stored = reusable(id);
+      if (stored) return stored;
+      if (open?.pack.wouldOverflow(blob.length)) closePack();
+      if (!open) {
+        const slot = await packSlots.acquire();
+        open = { pack: new PackBuilder(domain.name, packSize, domain.key, undefined, slot.buffer), slot };
+      }
+      const { pack } = open;
+      const e = pack.add(blob, { id, ...meta });
+      index.add({ packId: pack.id, entry: e });
+      known.add(id);
+      written.add(pack.id);
+      if (pack.size >= packSize) closePack();
+      return undefined;
+    });
+    appendTurn = turn.catch(() => undefined);
+    return turn;
+  };
 
   // A durable put waits for the device far longer than a chunk takes to read and encode. With one buffer pair per
-  // chunk held from read to the end of its put, the puts held every pair and the workers sat idle (issue 13). Now a
-  // plaintext buffer is held from read to the end of its encode, an object buffer from encode to the end of its put,
-  // and there are encodeDepth more object buffers than puts in flight: the next chunks compress while puts wait.
+  // chunk held from read to the end of its put, the puts held every pair and the workers sat idle (issue 13). Now
+  // chunk buffers are held only until a chunk's blob is copied into its pack, and the pack buffers wait for the store.
   const { encodeDepth, reorderWindow } = pipelineDepths(chunkSize, opts.concurrency, opts.bufferBytes);
-  // Two trips to the workers per new chunk (its id, then its blob once it is known to be new): plaintext buffers
-  // are held twice as long, so there are twice as many.
-  const plainPool = new BufferPool(2 * encodeDepth, () => takeShared(chunkSize));
-  // A blob is copied into its pack as soon as it is encoded: object buffers are only held across an encode.
+  // One trip to a worker per chunk (its id and, when it is probably new, its blob): a plaintext buffer is held from
+  // read to the end of that trip, an object buffer across the trip and the blob's append to its pack.
+  const plainPool = new BufferPool(encodeDepth, () => takeShared(chunkSize));
   const outPool = new BufferPool(encodeDepth, () => takeShared(maxObjectBytes(chunkSize)));
   const clock = new StageClock(opts.onStage);
-  /** Chunks waiting for an object buffer or a put turn: then the store is what holds the reader up. */
+  /** Chunks waiting for an object buffer or a pack buffer: then the store is what holds the reader up. */
   let waitingForStore = 0;
   const storeWait = async <T>(p: Promise<T>): Promise<T> => {
     waitingForStore++;
@@ -434,38 +450,33 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
       return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
     }
-    const p = c.parent;
-    const hashStart = performance.now();
-    const { id, hashMs } = await workers.blobId(plain, domain.name);
     // Unchanged when the 32-byte ids agree (never a shorter digest): nothing to record or store.
-    if (p?.id && p.plainLength === length && p.id.equals(id)) {
-      clock.encoded(c.index, hashStart, { hashMs, packMs: 0 });
-      return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
-    }
-    const entry = v2Entry(c.index, id, length, seq);
-    const hit = reusable(id);
-    if (hit) {
-      clock.encoded(c.index, hashStart, { hashMs, packMs: 0 });
-      return dedupHit(hit, length, n, entry);
-    }
-    const out = await storeWait(outPool.acquire(c.index)); // the earliest chunk first, as for put turns (lowestIndex)
+    const parentId = c.parent?.id && c.parent.plainLength === length ? c.parent.id : undefined;
+    const out = await storeWait(outPool.acquire(c.index)); // the earliest chunk first: a checkpoint covers chunks in index order
     try {
-      const r = await workers.encodeBlob(plain, out, codec, id, domain.key?.keyId);
-      clock.encoded(c.index, hashStart, { hashMs, packMs: r.packMs, sealMs: r.sealMs });
+      const start = performance.now();
+      const r = await workers.idEncodeBlob(plain, out, codec, { idName: domain.name, keyId: domain.key?.keyId, parentId, known: known.words });
+      const { id, hashMs } = r;
+      if (parentId?.equals(id)) {
+        clock.encoded(c.index, start, { hashMs, packMs: 0 });
+        return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
+      }
+      const entry = v2Entry(c.index, id, length, seq);
+      const hit = reusable(id);
+      if (hit) {
+        clock.encoded(c.index, start, { hashMs, packMs: r.skipped ? 0 : r.packMs, sealMs: r.skipped ? 0 : r.sealMs });
+        return dedupHit(hit, length, n, entry);
+      }
+      // Skipped on a false hint (the filter, or copies only in packs prune marked): this chunk is stored after all.
+      const encoded = r.skipped ? await workers.encodeBlob(plain, out, codec, id, domain.key?.keyId) : r;
+      clock.encoded(c.index, start, { hashMs, packMs: encoded.packMs, sealMs: encoded.sealMs });
       releasePlain(); // the next chunks' reads and encodes now overlap this one's append
-      // Another chunk with the same content may have been stored while this one was encoded.
-      const late = reusable(id);
+      const blob = out.subarray(0, encoded.payloadLength);
+      // A chunk's write is its append to the open pack, with any wait for a pack buffer (the store's pace).
+      const late = await storeWait(clock.time(c.index, 'write', () =>
+        append(id, blob, { plainLength: length, codec: encoded.codec, payloadXxh64: encoded.payloadXxh64 })));
+      // Another chunk with the same content was stored while this one was encoded.
       if (late) return dedupHit(late, length, n, entry);
-      const blob = out.subarray(0, r.payloadLength);
-      // A chunk's write is its append to the open pack, with any wait for a pack put's turn (the store's pace).
-      await clock.time(c.index, 'write', async () => {
-        if (pack.wouldOverflow(blob.length)) await storeWait(closePack(c.index)); // it waits for that put's turn
-        const e = pack.add(blob, { id, plainLength: length, codec: r.codec, payloadXxh64: r.payloadXxh64 });
-        lowestIndex.set(pack.id, Math.min(lowestIndex.get(pack.id) ?? c.index, c.index));
-        index.add({ packId: pack.id, entry: e });
-        written.add(pack.id);
-        if (pack.size >= packSize) await storeWait(closePack());
-      });
       return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1 } };
     } finally {
       outPool.release(out);
@@ -579,22 +590,36 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   };
 }
 
-function defaultConcurrency(chunkSize: number, bufferBytes = 64 * 1024 * 1024): number {
+function defaultConcurrency(chunkSize: number, bufferBytes = DEFAULT_BUFFER_BYTES): number {
   // Puts in flight, capped at ~64 MiB of object buffers. Durable puts wait for the device, so the device needs many
   // in its queue: the 1.5 GiB bench image replicated in ~4.0 s with 16 in flight against ~5.3 s with 8.
   return Math.max(2, Math.min(16, Math.floor(bufferBytes / chunkSize)));
 }
 
 /**
- * The pipeline's depths: writeDepth puts in flight (concurrency, or defaultConcurrency); encodeDepth plaintext
- * buffers for reading and encoding, and as many object buffers beyond the puts in flight (one chunk being encoded
- * and one queued per codec worker, two being read: every worker stays fed with little memory); and how far the
- * reader may run ahead of the oldest unfinished chunk (finished ones wait for it to keep the table in order).
+ * The pipeline's depths: encodeDepth plaintext buffers and as many object buffers (one chunk being encoded and one
+ * queued per codec worker, two being read: every worker stays fed with little memory); writeDepth (concurrency, or
+ * defaultConcurrency); and from both, how far the reader may run ahead of the oldest unfinished chunk (finished ones
+ * wait for it to keep the table in order).
  */
 export function pipelineDepths(chunkSize: number, concurrency?: number, bufferBytes?: number): { writeDepth: number; encodeDepth: number; reorderWindow: number } {
   const writeDepth = Math.max(2, concurrency ?? defaultConcurrency(chunkSize, bufferBytes));
   const encodeDepth = 2 * codecWorkers().size + 2;
   return { writeDepth, encodeDepth, reorderWindow: 2 * (encodeDepth + writeDepth) };
+}
+
+/**
+ * A run's pack size and pack buffers, within bufferBytes: as many buffers as fit, from two (one being filled, one in
+ * a put) to MAX_PACK_BUFFERS. A budget too small for two of the repository's packs makes this run's packs smaller (a
+ * pack size the caller gave is kept, even past the budget).
+ */
+export function packPlan(packSize: number, given: boolean, bufferBytes = DEFAULT_BUFFER_BYTES): { packSize: number; buffers: number } {
+  if (!given) {
+    // A multiple of 64 KiB whose buffer (the pack, a blob past it, its trailer) is at most half the budget.
+    const step = 64 * 1024;
+    while (packSize > MIN_PACK_SIZE && 2 * packBufferBytes(packSize) > bufferBytes) packSize = Math.max(MIN_PACK_SIZE, (Math.ceil(packSize / step) - 1) * step);
+  }
+  return { packSize, buffers: Math.max(2, Math.min(MAX_PACK_BUFFERS, Math.floor(bufferBytes / packBufferBytes(packSize)))) };
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
@@ -658,13 +683,12 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain
     stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
   };
   if (opts.resume === false) return fresh;
-  let ck: Checkpoint;
+  let ck: Checkpoint | undefined;
   try {
     // Sealed in an encrypted domain: a forged checkpoint (one that would skip chunks) does not open.
-    ck = decodePendingV2(await store.get(r2.pending(domain.name, domain.dname(disk), seq)), domain, disk, seq) as Checkpoint;
+    ck = (await loadV2Checkpoint(store, disk, seq, domain.key)) as Checkpoint | undefined;
   } catch (err) {
-    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND) || isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) ||
-        err instanceof SyntaxError) return fresh;
+    if (isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || err instanceof SyntaxError) return fresh;
     throw err;
   }
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.

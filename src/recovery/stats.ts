@@ -7,8 +7,8 @@ import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { PLAIN_DOMAIN, classify, layout, r2 } from '../repository/names.js';
-import { listPoints } from '../repository/points.js';
-import { loadV2Chain, v2ChainView } from '../repository/v2-scan.js';
+import { listPoints, loadV2Chain } from '../repository/points.js';
+import { chainView } from '../repository/view.js';
 import { scanDomain } from './prune-v2.js';
 
 export interface DomainStats {
@@ -90,10 +90,10 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
       if (disk === undefined) continue;
       diskNames.add(disk);
       for (const seq of objects.points) {
-        const chain = await loadV2Chain(store, domain, disk, seq);
+        const chain = await loadV2Chain(store, disk, seq, domain.key);
         d.points++;
         d.logicalBytes += chain[0].diskSize;
-        for await (const e of v2ChainView(store, domain, chain)) if (!isZeroEntry(e)) d.dataBytes += e.plainLength;
+        for await (const e of chainView(store, chain, domain.key)) if (!isZeroEntry(e)) d.dataBytes += e.plainLength;
       }
     }
     d.dedupRatio = d.uniqueBytes > 0 ? d.dataBytes / d.uniqueBytes : 1;

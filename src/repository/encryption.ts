@@ -2,7 +2,7 @@
 // not the chain's, a key for an unencrypted disk, or no key for an encrypted one is refused with a stable code.
 // One disk is encrypted with one key for its whole life, so a chain never mixes keys or mixes in plaintext.
 // Authenticity (manifest version 3): the disk's encryption marker, the manifests' MACs and the rule that versions
-// never go down along a chain are checked here, before any table or chunk is used (see docs/format.md in README).
+// never go down along a chain are checked here, before any table or chunk is used (docs/formats.md).
 import type { ChunkSeal, EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../format/layout.js';

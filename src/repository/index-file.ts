@@ -171,6 +171,12 @@ export class ChunkIndex {
     else this.#added.set(k, [l]);
   }
 
+  /** Every chunk id, loaded and added (an id loaded with several locations comes once per location). */
+  *ids(): IterableIterator<Buffer> {
+    for (let i = 0; i < this.size; i++) yield this.#ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
+    for (const list of this.#added.values()) yield list[0].entry.id;
+  }
+
   /** Every location, loaded and added (prune, check, stats). */
   *locations(): IterableIterator<ChunkLocation> {
     for (let i = 0; i < this.size; i++) yield this.#at(i);

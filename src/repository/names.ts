@@ -1,7 +1,7 @@
 // Every object key of a store, in one place: this module builds them and is the only one that parses them back.
 // Callers speak in typed handles (a disk, a point, a pack id...) and `classify` turns a key back into one.
 //
-// Repository v2 (one "domain" per encryption key, plus `plain`; README "Repository format"):
+// Repository v2 (one "domain" per encryption key, plus `plain`; docs/formats.md):
 //   r2/<domain>/config                               repository config (envelope CONFIG), written once
 //   r2/<domain>/packs/<xx>/<id32hex>                  packs: blobs, then a sealed trailer (xx = 2 hex of the id)
 //   r2/<domain>/index/<xx>/<id32hex>                  index objects: chunk id -> pack, offset, length

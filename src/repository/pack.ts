@@ -15,6 +15,7 @@ import { xxh64 } from '../format/checksum.js';
 import { isKnownCodec } from '../format/codecs.js';
 import { sealKernel } from '../format/seal.js';
 import { MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES } from '../format/chunk.js';
+import { copyBytes } from '../native/index.js';
 import type { ObjectStore } from '../store/types.js';
 import { EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
 import { OBJECT_ID_BYTES, r2, type ObjectId } from './names.js';
@@ -144,7 +145,8 @@ export class PackBuilder {
       this.#buf.copy(bigger, 0, 0, this.#used);
       this.#buf = bigger;
     }
-    Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength).copy(this.#buf, this.#used);
+    // Blobs come from the codec workers' shared memory, which Buffer.copy walks word by word (~0.4 GB/s here).
+    copyBytes(blob, this.#buf.subarray(this.#used));
     const e: BlobEntry = {
       id: Buffer.from(meta.id), offset: this.#used, length: blob.length, plainLength: meta.plainLength, codec: meta.codec,
       flags: this.key ? BlobFlag.SEALED : 0, payloadXxh64: meta.payloadXxh64 ?? xxh64(blob),

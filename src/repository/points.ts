@@ -1,15 +1,18 @@
-// Reading committed points: list a disk's manifests, load one, resolve "latest" or a number. A disk's points are
-// its legacy points (disks/<disk>/points/) and its repository v2 points (r2/<domain>/disks/<dname>/points/) in one
-// sequence: v2 points continue the numbering. The domain is the key's (or `plain` without one), so an encrypted
-// disk's v2 points are found with its key only (their names are keyed).
+// Reading a disk's points and checkpoints, the one set of readers every job uses (replicate, recover, verify, export,
+// prune, stats, check): list a disk's manifests, load one, resolve "latest" or a number, and for the v2 format list a
+// domain's disks with their objects and learn a keyed disk's id. A disk's points are its legacy points
+// (disks/<disk>/points/) and its repository v2 points (r2/<domain>/disks/<dname>/points/) in one sequence: v2 points
+// continue the numbering. The domain is the key's (or `plain` without one), so an encrypted disk's v2 points are found
+// with its key only (their names are keyed).
 import { checkClaim, readClaim } from './claims.js';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { decodeManifest, type PointManifest } from '../format/manifest.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from './domain.js';
-import { classify, layout, r2 } from './names.js';
-import { decodeManifestV4 } from './point-format.js';
+import { ENVELOPE_HEADER_BYTES } from './envelope.js';
+import { PLAIN_DOMAIN, classify, layout, r2 } from './names.js';
+import { decodeManifestV4, decodePendingV2, isV2Point, type V2PointManifest } from './point-format.js';
 
 /** Sequence numbers of the disk's v2 points in the key's domain. */
 export async function listV2PointSeqs(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<number[]> {
@@ -22,27 +25,41 @@ export async function listV2PointSeqs(store: ObjectStore, disk: string, key?: En
   return seqs.sort((a, b) => a - b);
 }
 
-async function listLegacySeqs(store: ObjectStore, disk: string): Promise<number[]> {
+/** The disk's legacy points (disks/<disk>/points/), ascending; its v2 points are not among them. */
+export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Promise<number[]> {
   const seqs: number[] = [];
   for await (const o of store.list(layout.pointsPrefix(disk))) {
     const h = classify(o.key);
     if (h?.kind === 'legacy-manifest') seqs.push(h.point);
   }
-  return seqs;
+  return seqs.sort((a, b) => a - b);
 }
 
 export async function listPointSeqs(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<number[]> {
-  const [legacy, v2] = await Promise.all([listLegacySeqs(store, disk), listV2PointSeqs(store, disk, key)]);
+  const [legacy, v2] = await Promise.all([listLegacyPointSeqs(store, disk), listV2PointSeqs(store, disk, key)]);
   return [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
 }
 
-export async function loadPoint(store: ObjectStore, disk: string, seq: number, key?: EncryptionKey): Promise<PointManifest> {
+/** A v2 point of the disk in the key's domain; POINT_NOT_FOUND when it has no such manifest. */
+export async function loadV2Point(store: ObjectStore, disk: string, seq: number, key?: EncryptionKey): Promise<V2PointManifest> {
   const domain = Domain.of(key);
-  const v2key = r2.point(domain.name, domain.dname(disk), seq);
+  let bytes: Buffer;
   try {
-    return decodeManifestV4(await store.get(v2key), domain, disk, seq);
+    bytes = await store.get(r2.point(domain.name, domain.dname(disk), seq));
   } catch (err) {
-    if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) {
+      throw new RnodeError(ErrorCodes.POINT_NOT_FOUND, `point ${seq} of disk ${disk} does not exist; list points with "rnode points"`);
+    }
+    throw err;
+  }
+  return decodeManifestV4(bytes, domain, disk, seq);
+}
+
+export async function loadPoint(store: ObjectStore, disk: string, seq: number, key?: EncryptionKey): Promise<PointManifest> {
+  try {
+    return await loadV2Point(store, disk, seq, key);
+  } catch (err) {
+    if (!isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) throw err;
   }
   const where = layout.point(disk, seq);
   let bytes: Buffer;
@@ -85,8 +102,20 @@ export async function resolvePoint(store: ObjectStore, disk: string, which: stri
 
 /** The point and its ancestors, newest first, each checked to be a consistent delta of the next. */
 export async function loadChain(store: ObjectStore, disk: string, seq: number, key?: EncryptionKey): Promise<PointManifest[]> {
+  return chainFrom(store, await loadPoint(store, disk, seq, key), key);
+}
+
+/** A v2 point and its ancestors, newest first (a chain never mixes formats, so all of them are v2). */
+export async function loadV2Chain(store: ObjectStore, disk: string, seq: number, key?: EncryptionKey): Promise<V2PointManifest[]> {
+  const chain = await chainFrom(store, await loadV2Point(store, disk, seq, key), key);
+  if (!chain.every(isV2Point)) throw new RnodeError(ErrorCodes.INTERNAL, `the chain of v2 point ${seq} of disk ${disk} holds a legacy point`);
+  return chain;
+}
+
+async function chainFrom(store: ObjectStore, first: PointManifest, key: EncryptionKey | undefined): Promise<PointManifest[]> {
   const chain: PointManifest[] = [];
-  let m: PointManifest | undefined = await loadPoint(store, disk, seq, key);
+  const disk = first.disk;
+  let m: PointManifest | undefined = first;
   while (m) {
     chain.push(m);
     if (m.parent === null) break;
@@ -101,7 +130,7 @@ export async function loadChain(store: ObjectStore, disk: string, seq: number, k
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} and its parent ${parent.point} disagree on disk geometry; the store is damaged`);
     }
     // A chain never mixes formats: the first v2 point of a disk stands alone.
-    if ((m.version === 4) !== (parent.version === 4)) {
+    if (isV2Point(m) !== isV2Point(parent)) {
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} and its parent ${parent.point} are of different repository formats; the store is damaged`);
     }
     m = parent;
@@ -120,8 +149,8 @@ export async function explainNoPoints(store: ObjectStore, disk: string, key: Enc
   const own = Domain.of(key).name;
   let otherEncrypted = false;
   for await (const o of store.list(r2.prefix)) {
-    const d = o.key.split('/')[1];
-    if (d !== own && d !== 'plain') { otherEncrypted = true; break; }
+    const h = classify(o.key);
+    if (h && 'domain' in h && h.domain !== own && h.domain !== PLAIN_DOMAIN) { otherEncrypted = true; break; }
   }
   if (key && (await listV2PointSeqs(store, disk, undefined)).length > 0) {
     throw new RnodeError(ErrorCodes.KEY_MISMATCH, `disk ${disk} is not encrypted; leave out the encryption key`, { details: { disk } });
@@ -136,4 +165,111 @@ export async function explainNoPoints(store: ObjectStore, disk: string, key: Enc
       `disk ${disk} has no points readable without a key, and the store holds encrypted repositories; pass its key with --encryption-key-file (agent jobs: encryption.key)`, { details: { disk } });
   }
   throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
+}
+
+// ---- A v2 domain's disks, as prune, stats and check walk them ----
+
+/** A table segment object as its key shows it (of a committed point, or of one being written). */
+export interface V2SegmentObject {
+  key: string;
+  point: number;
+  generation: number;
+  segment: number;
+}
+
+/** One disk of a domain as its keys show it. */
+export interface V2DiskObjects {
+  dname: string;
+  points: number[];
+  pending: number[];
+  segments: V2SegmentObject[];
+}
+
+/** Every disk of a domain with its objects, from one listing of r2/<domain>/disks/. */
+export async function listV2Disks(store: ObjectStore, domain: string): Promise<Map<string, V2DiskObjects>> {
+  return collectV2Disks(store, r2.disksPrefix(domain), domain);
+}
+
+/** One disk's objects in the key's domain, from one listing of its prefix. */
+export async function listV2Disk(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<V2DiskObjects> {
+  const domain = Domain.of(key);
+  const dname = domain.dname(disk);
+  return (await collectV2Disks(store, r2.diskPrefix(domain.name, dname), domain.name)).get(dname) ?? { dname, points: [], pending: [], segments: [] };
+}
+
+async function collectV2Disks(store: ObjectStore, prefix: string, domain: string): Promise<Map<string, V2DiskObjects>> {
+  const disks = new Map<string, V2DiskObjects>();
+  for await (const o of store.list(prefix)) {
+    const h = classify(o.key);
+    if (!h || !('dname' in h) || h.domain !== domain) continue;
+    let d = disks.get(h.dname);
+    if (!d) disks.set(h.dname, (d = { dname: h.dname, points: [], pending: [], segments: [] }));
+    if (h.kind === 'manifest') d.points.push(h.point);
+    else if (h.kind === 'pending') d.pending.push(h.point);
+    else if (h.kind === 'table') d.segments.push({ key: o.key, point: h.point, generation: h.generation, segment: h.segment });
+  }
+  for (const d of disks.values()) {
+    d.points.sort((a, b) => a - b);
+    d.pending.sort((a, b) => a - b);
+  }
+  return disks;
+}
+
+/**
+ * The disk id behind a disk name listed in the key's domain. `plain`: the name. Encrypted (names are keyed, one-way):
+ * read from the newest manifest (else checkpoint) and checked twice, so a manifest moved under another disk's name
+ * is refused: here the name must be the keyed name of the id it holds (METADATA_FORGED otherwise), and whoever reads
+ * the object next opens it under that id (its envelope binds the id). undefined when the disk has neither (only the
+ * tables of a first checkpoint in flight), or only checkpoints that do not name their disk.
+ */
+export async function v2DiskId(store: ObjectStore, d: V2DiskObjects, key?: EncryptionKey): Promise<string | undefined> {
+  if (!key) return d.dname;
+  const domain = Domain.of(key);
+  const candidates = [
+    ...[...d.points].reverse().map((p) => ({ what: r2.point(domain.name, d.dname, p), checkpoint: false })),
+    ...[...d.pending].reverse().map((p) => ({ what: r2.pending(domain.name, d.dname, p), checkpoint: true })),
+  ];
+  for (const { what, checkpoint } of candidates) {
+    let bytes: Buffer;
+    try {
+      bytes = await store.get(what);
+    } catch (err) {
+      if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) continue;
+      throw err;
+    }
+    const body = key.peekMetadataUnauthenticated(bytes.subarray(ENVELOPE_HEADER_BYTES));
+    let disk: unknown;
+    try {
+      disk = JSON.parse(body?.toString('utf8') ?? '').disk;
+    } catch {
+      disk = undefined;
+    }
+    if (typeof disk === 'string' && keyedNameOf(domain, disk) === d.dname) return disk;
+    // A checkpoint need not name its disk; a manifest always does.
+    if (disk === undefined && checkpoint) continue;
+    throw new RnodeError(ErrorCodes.METADATA_FORGED, `${what} does not belong to its disk name (moved, forged, or sealed with another key); run "rnode check"`,
+      { details: { key: what } });
+  }
+  return undefined;
+}
+
+function keyedNameOf(domain: Domain, disk: string): string | undefined {
+  try {
+    return domain.dname(disk);
+  } catch {
+    return undefined; // not a valid disk id: no disk's name
+  }
+}
+
+/** The checkpoint of a point being written to the disk (authenticated in an encrypted domain), or undefined if none. */
+export async function loadV2Checkpoint(store: ObjectStore, disk: string, seq: number, key?: EncryptionKey): Promise<unknown> {
+  const domain = Domain.of(key);
+  let bytes: Buffer;
+  try {
+    bytes = await store.get(r2.pending(domain.name, domain.dname(disk), seq));
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) return undefined;
+    throw err;
+  }
+  return decodePendingV2(bytes, domain, disk, seq);
 }

@@ -2,9 +2,11 @@
 // it), *marked* when still unused a grace period later (writers must not reuse it, nor commit a point that needs it),
 // and deleted when still unused a grace period after that; its tombstone (*deleted*) stays a while so a writer
 // holding an older index never reuses it. One object per domain, r2/<domain>/prune/marks, in an envelope
-// (PRUNE_MARKS; sealed in an encrypted domain). Rules and the race they answer: README "Prune, repack and index
-// compaction". Body: u32 LE count | count entries of 25 bytes: pack id (16) | u8 state | u64 LE ms since the epoch;
+// (PRUNE_MARKS; sealed in an encrypted domain). Rules and the race they answer: docs/prune.md.
+// Body: u32 LE count | count entries of 25 bytes: pack id (16) | u8 state | u64 LE ms since the epoch;
 // states: 1 marked, 2 deleted, 3 seen.
+// Limit: an older marks object put back (replayed, or a stale copy) is authentic and opens; nothing detects it yet. Its
+// older 'marked' entries would let the next prune delete a pack without the grace period writers rely on (issue #14).
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import type { Domain } from './domain.js';

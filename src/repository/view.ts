@@ -1,12 +1,14 @@
-// A point's view of the disk: the newest entry for every chunk index along its chain of deltas, produced by
-// a streaming k-way merge of the chain's tables. Memory holds one segment per point, whatever the disk size.
+// Reading chunk tables: a point's own table, and its view of the disk (the newest entry for every chunk index along its
+// chain of deltas, produced by a streaming k-way merge of the chain's tables: memory holds one segment per point,
+// whatever the disk size), and a table segment of a point still being written.
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { MANIFEST_VERSION_AUTHENTICATED, type PointManifest } from '../format/manifest.js';
-import { decodeSegment, type ChunkEntry } from '../format/table.js';
+import { decodeSegment, isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from './domain.js';
 import { decodeTableV3, isV2Point } from './point-format.js';
+import type { V2SegmentObject } from './points.js';
 
 /**
  * Streams one point's own table, a segment at a time, checking order across segments. An authenticated point's
@@ -25,7 +27,8 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
       bytes = await store.get(ref.key);
     } catch (err) {
       if (err instanceof RnodeError && err.code === ErrorCodes.STORE_NOT_FOUND) {
-        throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} of point ${m.point} is missing; restore from another point`);
+        throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} of point ${m.point} of disk ${m.disk} is missing; restore from another point`,
+          { details: { key: ref.key } });
       }
       throw err;
     }
@@ -33,7 +36,7 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
       ? decodeTableV3(bytes, domain, { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, ref.key, ref.digest)
       : decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
     if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
-      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; restore from another point`);
+      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; restore from another point`, { details: { key: ref.key } });
     }
     for (const e of entries) {
       if (e.index <= prev || e.index * m.chunkSize >= m.diskSize) {
@@ -45,7 +48,7 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
     }
   }
   if (total !== m.table.records) {
-    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} lists ${m.table.records} chunk records but its tables hold ${total}`);
+    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} of disk ${m.disk} lists ${m.table.records} chunk records but its tables hold ${total}`);
   }
 }
 
@@ -55,6 +58,26 @@ export function decodePointSegment(bytes: Buffer, m: PointManifest, n: number, k
   if (!isV2Point(m)) return decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
   return decodeTableV3(bytes, Domain.of(key), { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, ref.key, ref.digest);
 }
+
+/**
+ * One table segment of a point being written to the disk, in the key's domain: no manifest pins it yet, its envelope
+ * binds its place (disk, point, parent, generation, segment). undefined when it is gone (committed or abandoned since
+ * it was listed).
+ */
+export async function pendingTableEntries(store: ObjectStore, disk: string, s: V2SegmentObject, parent: number | null,
+  key?: EncryptionKey): Promise<ChunkEntry[] | undefined> {
+  let bytes: Buffer;
+  try {
+    bytes = await store.get(s.key);
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) return undefined;
+    throw err;
+  }
+  return decodeTableV3(bytes, Domain.of(key), { disk, point: s.point, parent, generation: s.generation, segment: s.segment }, s.key);
+}
+
+/** True for a record that references a stored chunk (a v2 record with a chunk id): what prune keeps and check looks for. */
+export const referencesChunk = (e: ChunkEntry): boolean => !isZeroEntry(e) && e.id !== undefined;
 
 /** What decodeSegment must find in segment n of m (see there). */
 export function segmentExpectation(m: PointManifest, n: number, key: EncryptionKey | undefined): Parameters<typeof decodeSegment>[2] {

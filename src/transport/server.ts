@@ -8,10 +8,12 @@ import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../format/layout.js';
+import { copyBytes } from '../native/index.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
 import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
+import { AssemblyBuffers } from './assembly-buffers.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
 import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame } from './frame.js';
 import { TokenBucket } from '../throttle.js';
@@ -73,6 +75,18 @@ export interface ServerStats {
   handshakeTimeouts: number;
   /** TCP connections refused at accept: their address already held maxConnectionsPerAddress. */
   refusedPerAddress: number;
+  /** TCP connections accepted (past the per-address cap), and of those open now. */
+  connectionsAccepted: number;
+  connectionsOpen: number;
+  /** Hellos refused because the node already served maxSessions. */
+  busyRefusals: number;
+  /** Whole PUT objects received (whatever became of them) and their bytes. */
+  receivedObjects: number;
+  receivedBytes: number;
+  /** PUTs that failed for another reason than validation (the store refused or failed). */
+  putFailures: number;
+  /** Refused and failed PUTs by error code and object kind ('unknown' for a key that names no rnode object). */
+  putErrors: Map<string, { code: string; kind: string; count: number }>;
 }
 
 export const DEFAULT_HANDSHAKE_MS = 10_000;
@@ -85,7 +99,8 @@ const MAX_OPEN_LISTS = 16;
 export class ReplicationServer {
   readonly stats: ServerStats = {
     sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, packPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
-    protocolErrors: 0, peakSessionBytes: 0, handshakeTimeouts: 0, refusedPerAddress: 0,
+    protocolErrors: 0, peakSessionBytes: 0, handshakeTimeouts: 0, refusedPerAddress: 0, connectionsAccepted: 0, connectionsOpen: 0,
+    busyRefusals: 0, receivedObjects: 0, receivedBytes: 0, putFailures: 0, putErrors: new Map(),
   };
   /** Open TCP connections by client address. */
   private readonly perAddress = new Map<string, number>();
@@ -99,6 +114,8 @@ export class ReplicationServer {
   /** The largest object a session can send: what its window holds in parts, at most MAX_OBJECT_BYTES. */
   readonly maxObjectBytes: number;
   readonly bucket?: TokenBucket;
+  /** Where parted objects are assembled; keeps up to one window's worth (at most 64 MiB) for reuse. */
+  readonly assembly: AssemblyBuffers;
   private readonly tokenDigest?: Buffer;
   private readonly sessions = new Set<Session>();
   private http!: http.Server | https.Server;
@@ -113,6 +130,7 @@ export class ReplicationServer {
     this.maxFrameBytes = Math.min(MAX_FRAME_BYTES, this.windowBytes);
     // Each part's frame head (≤ 40 bytes + its meta) is charged too: leave room for them.
     this.maxObjectBytes = Math.max(0, Math.min(MAX_OBJECT_BYTES, this.windowBytes - partOverhead(this.windowBytes)));
+    this.assembly = new AssemblyBuffers(Math.min(this.windowBytes, 64 * 1024 * 1024));
     if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
     if (opts.token !== undefined) this.tokenDigest = createHash('sha256').update(opts.token).digest();
   }
@@ -174,6 +192,8 @@ export class ReplicationServer {
       return;
     }
     this.perAddress.set(addr, n + 1);
+    this.stats.connectionsAccepted++;
+    this.stats.connectionsOpen++;
     const timer = setTimeout(() => {
       if (!this.handshaking.delete(sock)) return;
       this.stats.handshakeTimeouts++;
@@ -184,6 +204,7 @@ export class ReplicationServer {
     timer.unref();
     this.handshaking.set(sock, timer);
     sock.once('close', () => {
+      this.stats.connectionsOpen--;
       clearTimeout(this.handshaking.get(sock));
       this.handshaking.delete(sock);
       const left = (this.perAddress.get(addr) ?? 1) - 1;
@@ -214,6 +235,24 @@ export class ReplicationServer {
 
   get name(): string { return this.nodeName; }
 
+  /** True while the listener accepts connections. */
+  get listening(): boolean { return this.http?.listening ?? false; }
+
+  /** PUT bytes held by all sessions now, not yet acknowledged: how much of their windows is in use. */
+  heldBytes(): number {
+    let n = 0;
+    for (const s of this.sessions) n += s.heldBytes;
+    return n;
+  }
+
+  /** Counts a refused or failed PUT under its code and object kind. */
+  countPutError(code: string, kind: string): void {
+    const k = `${code} ${kind}`;
+    const e = this.stats.putErrors.get(k);
+    if (e) e.count++;
+    else this.stats.putErrors.set(k, { code, kind, count: 1 });
+  }
+
   /** Stops accepting, drops every connection (in-flight puts still finish in the store). */
   async close(): Promise<void> {
     for (const s of this.sessions) s.terminate();
@@ -240,6 +279,7 @@ class Session {
   private recvSeq = 0;
   private sendSeq = 0;
   private held = 0;
+  get heldBytes(): number { return this.held; }
   private readonly streams = new Set<number>();
   /** Objects arriving in parts, by stream: charged to the window in full from their first part. */
   private readonly assembling = new Map<number, Assembly>();
@@ -316,6 +356,7 @@ class Session {
     }
     const max = this.node.opts.maxSessions ?? 16;
     if (this.node.authenticated() >= max) {
+      this.node.stats.busyRefusals++;
       this.node.log('busy', { session: this.id, peer: this.peer, maxSessions: max });
       this.fail(new RnodeError(TransportErrorCodes.BUSY, `the receiving node already serves ${max} sessions (--max-sessions); retry later or raise the limit`,
         { retryable: true }), 1013);
@@ -365,8 +406,8 @@ class Session {
     if (f.payload.length === 0 || f.payload.length > total) throw protocolError(`a part of ${f.payload.length} bytes of an object of ${total} bytes`);
     this.charge(size + (total - f.payload.length));
     this.open(f.stream);
-    const buf = Buffer.allocUnsafe(total);
-    f.payload.copy(buf, 0);
+    const buf = this.node.assembly.take(total);
+    copyBytes(f.payload, buf);
     this.assembling.set(f.stream, { meta, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64, buf, filled: f.payload.length,
       charged: size + (total - f.payload.length) });
   }
@@ -381,11 +422,11 @@ class Session {
     const extra = size - f.payload.length;
     this.charge(extra);
     asm.charged += extra;
-    f.payload.copy(asm.buf, asm.filled);
+    copyBytes(f.payload, asm.buf.subarray(asm.filled));
     asm.filled += f.payload.length;
     if (asm.filled < asm.buf.length) return;
     this.assembling.delete(f.stream);
-    this.schedule(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged));
+    this.schedule(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged).finally(() => this.node.assembly.give(asm.buf)));
   }
 
   /** Counts PUT bytes against the window; a peer that sends beyond its credit broke the protocol. */
@@ -399,6 +440,8 @@ class Session {
 
   /** Validates and stores one whole object, then returns its credit with the ack (or the error). */
   private async store(stream: number, meta: PutMeta, data: Buffer, f: { flags: number; diskOffset: number | null; plainXxh64: bigint }, charged: number): Promise<void> {
+    this.node.stats.receivedObjects++;
+    this.node.stats.receivedBytes += data.length;
     try {
       await this.node.bucket?.take(charged);
       const kind = await this.node.validator.checkPut({ key: meta.key, data, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
@@ -411,10 +454,14 @@ class Session {
       this.held -= charged;
       this.reply(stream, { op: 'ack', info: wireInfo(info), credit: charged });
     } catch (err) {
-      if (isRnodeError(err, TransportErrorCodes.REJECTED)) {
+      const rejected = isRnodeError(err, TransportErrorCodes.REJECTED);
+      if (rejected) {
         this.node.stats.rejected++;
         this.node.log('rejected', { session: this.id, ...err.details, message: err.message });
+      } else {
+        this.node.stats.putFailures++;
       }
+      this.node.countPutError(err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL, classifyKey(meta.key)?.kind ?? 'unknown');
       this.held -= charged;
       this.reply(stream, { ...errorMessage(err), credit: charged });
     }
@@ -489,7 +536,7 @@ class Session {
           if (m.action === 'acquire') rec = await this.node.leases.acquire(m.disk, m.holder, ttl, m.breakDead);
           else if (m.action === 'renew') rec = await this.node.leases.renew(ref, ttl);
           else await this.node.leases.release(ref);
-          this.node.log('lease', { session: this.id, peer: this.peer, action: m.action, disk: m.disk, holder: m.holder, token: rec.token, ttlMs: ttl });
+          this.node.log('lease', { session: this.id, peer: this.peer, action: m.action, disk: m.disk, holder: m.holder, fencingToken: rec.token, ttlMs: ttl });
           const { format: _f, ...lease } = rec;
           this.reply(stream, { op: 'leaseGrant', lease });
           return;

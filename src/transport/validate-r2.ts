@@ -22,8 +22,11 @@ export interface R2Put { key: string; data: Buffer; flags: number }
 
 export interface R2Checks {
   store: ObjectStore;
-  /** Decodes a plain blob on the codec workers and hands its plaintext and payload xxh64 to `use`. */
-  decodeBlob<T>(blob: Buffer, codec: number, plainLength: number, use: (plain: Buffer, payloadXxh64: bigint) => T): Promise<T>;
+  /**
+   * Decodes a plain blob on the codec workers; resolves to the id of its plaintext and its payload xxh64, as
+   * computed there (hashing on the workers keeps the node's event loop free for the wire).
+   */
+  decodeBlob(blob: Buffer, codec: number, plainLength: number, chunkId: Buffer): Promise<{ id: Buffer; payloadXxh64: bigint }>;
 }
 
 /** The `plain` domain as a receiver sees it: no key, the fixed public chunk-id key (no config needed). */
@@ -127,20 +130,21 @@ async function checkPlainPack(b: Buffer, packId: string, deps: R2Checks): Promis
   }
   const { start } = trailerPlace(b.subarray(b.length - PACK_TAIL_BYTES), b.length, packId);
   if (end !== start) throw new Error(`its blobs end at ${end}, its trailer starts at ${start}`);
-  await Promise.all(entries.map(async (e, i) => {
+  // Every blob's check ends before this returns, also on a failure: the caller reuses the pack's buffer after.
+  const checks = await Promise.allSettled(entries.map(async (e, i) => {
     const what = `blob ${i} (chunk id ${e.id.toString('hex').slice(0, 16)}…)`;
     let ok: string | undefined;
     try {
-      ok = await deps.decodeBlob(b.subarray(e.offset, e.offset + e.length), e.codec, e.plainLength, (plain, payloadXxh64) => {
-        if (payloadXxh64 !== e.payloadXxh64) return 'payload xxh64 mismatch';
-        if (!plainDomain.chunkId(plain).equals(e.id)) return 'its plaintext does not hash to its chunk id';
-        return undefined;
-      });
+      const r = await deps.decodeBlob(b.subarray(e.offset, e.offset + e.length), e.codec, e.plainLength, e.id);
+      if (r.payloadXxh64 !== e.payloadXxh64) ok = 'payload xxh64 mismatch';
+      else if (!r.id.equals(e.id)) ok = 'its plaintext does not hash to its chunk id';
     } catch (err) {
       throw new Error(`${what} does not decode: ${(err as Error).message}`, { cause: err });
     }
     if (ok) throw new Error(`${what}: ${ok}`);
   }));
+  const failed = checks.find((c) => c.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /** A plain index: checksum and entries; every pack it names must already be on this node (packs go first). */

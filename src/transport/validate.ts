@@ -75,7 +75,7 @@ export class ObjectValidator {
     try {
       switch (k.kind) {
         case 'config': case 'pack': case 'index': case 'manifest': case 'table': case 'pending': case 'prune':
-          await checkR2Put(p, k, { store: this.store, decodeBlob: (blob, codec, plainLength, use) => this.decodeBlob(blob, codec, plainLength, use) });
+          await checkR2Put(p, k, { store: this.store, decodeBlob: (blob, codec, plainLength, id) => this.decodeBlob(blob, codec, plainLength, id) });
           break;
         case 'claim':
           if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) throw new Error('a disk claim is written once, with if-none-match');
@@ -221,16 +221,19 @@ export class ObjectValidator {
   }
 
   /**
-   * Decodes one plain blob of a pack on the codec workers; returns its plaintext (a view valid until `done`) and its
-   * payload xxh64 as computed, or throws when it does not decode.
+   * Decodes one plain blob of a pack on the codec workers; returns the id of its plaintext and its payload xxh64 as
+   * computed, or throws when it does not decode. A blob in shared memory (an assembled pack) is read in place.
    */
-  private async decodeBlob<T>(blob: Buffer, codec: number, plainLength: number, use: (plain: Buffer, payloadXxh64: bigint) => T): Promise<T> {
+  private async decodeBlob(blob: Buffer, codec: number, plainLength: number, chunkId: Buffer): Promise<{ id: Buffer; payloadXxh64: bigint }> {
     const slot = await this.pool(plainLength).acquire();
     try {
       if (blob.length > slot.object.length) throw new Error(`a blob of ${blob.length} bytes is larger than the codec makes for ${plainLength} bytes`);
-      copyBytes(blob, slot.object);
-      const r = await codecWorkers().decode(slot.object.subarray(0, blob.length), codec, plainLength, slot.plain);
-      return use(slot.plain.subarray(0, plainLength), r.payloadXxh64);
+      let input: Uint8Array = blob;
+      if (!(blob.buffer instanceof SharedArrayBuffer)) {
+        copyBytes(blob, slot.object);
+        input = slot.object.subarray(0, blob.length);
+      }
+      return await codecWorkers().decodeBlob(input, slot.plain, { codec, plainLength, chunkId, idName: PLAIN_DOMAIN });
     } finally {
       this.pool(plainLength).release(slot);
     }

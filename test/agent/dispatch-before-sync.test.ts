@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { JobRunner, diskKey } from '../../src/agent/jobs.js';
-import { Logger } from '../../src/agent/log.js';
+import { Logger } from '../../src/log.js';
 import { AgentMetrics } from '../../src/agent/metrics.js';
 import type { AgentReport, Policy, ReplicateJob } from '../../src/agent/protocol.js';
 import { Scheduler } from '../../src/agent/scheduler.js';

@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Agent, type AgentOptions } from '../../src/agent/agent.js';
-import { Logger } from '../../src/agent/log.js';
+import { Logger } from '../../src/log.js';
 import { ReferenceMs, type ReferenceMsOptions } from '../../src/agent/reference-ms.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { CLI, ensureBuilt } from '../helpers/cli.js';

@@ -1,11 +1,12 @@
-// The agent's log lines (pino): one JSON object per line with time, level and msg first-class, context from
-// child loggers, levels below the minimum dropped, secrets masked by member name and by registered value.
+// The log lines of the long-running commands (pino): one JSON object per line with time, level and msg first-class,
+// context from child loggers, levels below the minimum dropped, secrets masked by member name and by registered
+// value; the text format renders the same events as one human line each, with the same secrets masked.
 import t from 'tap';
-import { Logger, silentLogger } from '../../src/agent/log.js';
+import { Logger, silentLogger } from '../../src/log.js';
 
-function capture(level: 'debug' | 'info' | 'warn' | 'error' = 'info') {
+function capture(level: 'debug' | 'info' | 'warn' | 'error' = 'info', format: 'json' | 'text' = 'json') {
   const lines: string[] = [];
-  const log = Logger.create({ sink: { write: (l) => { lines.push(l); } }, level });
+  const log = Logger.create({ sink: { write: (l) => { lines.push(l); } }, level, format });
   return { log, lines, parsed: () => lines.map((l) => JSON.parse(l) as Record<string, any>) };
 }
 
@@ -42,4 +43,25 @@ t.test('secrets: by member name and by registered value', async (t) => {
   const last = lines[lines.length - 1];
   t.notOk(last.includes('hunter2'), 'a registered value is masked wherever it is, escaped or not');
   t.match(JSON.parse(last), { msg: 'the server said: wrong token ***', detail: 'was ***', short: 'abc' }, 'values under 4 characters are not registered');
+});
+
+t.test('text lines: one per event, fields as key=value, secrets masked as in JSON', async (t) => {
+  const { log, lines } = capture('info', 'text');
+  const child = log.child({ nodeId: 'n1' });
+  child.debug('not shown');
+  child.info('point committed', { point: 3, disk: 'd0', sizes: [1, 2], note: 'two\nlines' });
+  child.warn('careful', { err: Object.assign(new Error('boom'), { code: 'RNODE_STORE_IO' }) });
+  t.equal(lines.length, 2, 'debug is below info');
+  t.ok(lines.every((l) => l.endsWith('\n') && !l.slice(0, -1).includes('\n')), 'one line each, newlines in values escaped');
+  t.match(lines[0], /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z point committed nodeId=n1 point=3 disk=d0 sizes=\[1,2\] note=two\\nlines\n$/);
+  t.match(lines[1], /Z WARN careful nodeId=n1 err=\{"name":"Error","message":"boom","code":"RNODE_STORE_IO"\}\n$/, 'other levels are named');
+
+  child.info('connecting', { token: 'tok-123456', store: { env: { password: 'pw-abcdef', secretRef: 'env:X' } } });
+  child.addSecret('hunter2"\\x');
+  log.info('the server said: wrong token hunter2"\\x', { detail: 'was hunter2"\\x' });
+  const [masked, registered] = lines.slice(2);
+  t.match(masked, / token=\*\*\* store=\{"env":\{"password":"\*\*\*","secretRef":"env:X"\}\}/, 'members that name secrets');
+  t.notOk(masked.includes('tok-123456') || masked.includes('pw-abcdef'));
+  t.notOk(registered.includes('hunter2'), 'a registered value is masked in text too');
+  t.match(registered, /the server said: wrong token \*\*\* detail=was \*\*\*/);
 });

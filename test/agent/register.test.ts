@@ -1,9 +1,10 @@
 // Registration and reconnect: a node registers with its capabilities and a node id kept in its state dir,
 // heartbeats, survives the server going away (reconnects with backoff, same id), and a wrong token is refused
-// without the token ever appearing in a log line.
+// without the token ever appearing in a log line, JSON or text.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Logger } from '../../src/log.js';
 import { get, parsedLogs, startAgent, startMs, tmpDir, TOKEN, waitUntil, writeToken } from './helpers.js';
 import { metricValue } from '../helpers/metrics.js';
 
@@ -65,4 +66,21 @@ t.test('a wrong token is refused and never logged', async (t) => {
   fs.writeFileSync(tokenFile, TOKEN);
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration after the fix');
   t.pass('registered after the token file was fixed');
+});
+
+t.test('text log lines (--log-format text) never carry the token either', async (t) => {
+  const dir = tmpDir(t, 'agent-auth-text');
+  const ms = await startMs(t);
+  const bad = 'wrong-token-secret-value-43';
+  const tokenFile = writeToken(path.join(dir), bad);
+  const logs: string[] = [];
+  const log = Logger.create({ sink: { write: (l) => { logs.push(l); } }, level: 'debug', format: 'text' });
+  const { agent } = await startAgent(t, ms, dir, { tokenFile, log });
+  await waitUntil(() => logs.some((l) => l.includes('refused the token')), 5000, 'the refusal');
+  t.notOk(logs.some((l) => l.includes(bad)), 'the wrong token is in no text line');
+  t.ok(logs.every((l) => /^\d{4}-\d{2}-\d{2}T[\d:.]+Z \S/.test(l) && !l.startsWith('{')), 'every line is text');
+  t.ok(logs.some((l) => l.includes(` nodeId=${agent.nodeId} `)), 'context fields as key=value');
+  fs.writeFileSync(tokenFile, TOKEN);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration after the fix');
+  t.notOk(logs.some((l) => l.includes(TOKEN)), 'nor the right one');
 });

@@ -62,6 +62,9 @@ const cases: Case[] = [
   { name: 'an unknown source scheme', args: ['replicate', '--source', 'ftp://host/disk', '--target', store], code: /RNODE_BAD_SOURCE/ },
   { name: 'an unknown store scheme', args: ['replicate', '--source', img, '--target', 'bogus://x'], code: /RNODE_BAD_STORE_URL/ },
   { name: '--out is a directory', args: ['recover', '--store', store, '--disk', 'd', '--out', dir], code: /RNODE_USAGE/ },
+  // the long-running commands' shared flags
+  { name: 'serve --metrics without a port', args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--metrics', 'localhost'], code: /RNODE_USAGE.*--metrics must be host:port/ },
+  { name: 'serve --log-format xml', args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--log-format', 'xml'], code: /RNODE_USAGE.*--log-format must be json or pretty/ },
 ];
 
 function checkUsage(t: Test, r: CliResult, c: Case): void {
@@ -112,6 +115,17 @@ for (let i = 0; i < SPAWNED.length; i += BATCH) {
     });
   }
 }
+
+t.test('agent and serve refuse a bad --metrics with the same line', async (t) => {
+  const token = path.join(dir, 'agent-token');
+  fs.writeFileSync(token, 'x'.repeat(32));
+  const agent = await inProcess(['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--metrics', '9464']);
+  const serve = await inProcess(['serve', '--listen', '127.0.0.1:0', '--store', store, '--metrics', '9464']);
+  checkUsage(t, agent, { name: 'agent --metrics 9464', args: [] });
+  t.match(agent.stderr, /--metrics must be host:port, e\.g\. 0\.0\.0\.0:9464 \(got "9464"\)/);
+  t.equal(serve.stderr, agent.stderr);
+  t.equal(serve.code, 2);
+});
 
 t.test('with --json a usage error is also one JSON object on stdout', async (t) => {
   const r = await runCli(['replicate', '--source', img, '--target', store, '--chunk-size', '100000', '--json']);

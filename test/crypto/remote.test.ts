@@ -61,7 +61,7 @@ t.test('encrypted points through a receiving node that holds no key', async (t) 
   await expectRestore(t, rs, 'd', 1, fp1, dir, 'point 1 over ws://', { encryption: KEY });
   await expectRestore(t, rs, 'd', 2, fp2, dir, 'point 2 over ws://', { encryption: KEY });
   await expectRestore(t, fsStore(storeDir), 'd', 2, fp2, dir, 'point 2 from the node\'s own directory', { encryption: KEY });
-  // v2: an encrypted disk's points are found with its key only (README, Repository v2); without it verify says so.
+  // v2: an encrypted disk's points are found with its key only (docs/formats.md); without it verify says so.
   await t.rejects(verify({ store: rs, disk: 'd', point: 'all' }), { code: 'RNODE_KEY_REQUIRED' }, 'verify over the link without the key: the key is required');
   t.match(await verify({ store: rs, disk: 'd', point: 'all', encryption: KEY }), { ok: true, checked: 'contents' }, 'and with it');
 

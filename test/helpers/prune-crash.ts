@@ -3,7 +3,7 @@
 import type { Test } from 'tap';
 import path from 'node:path';
 import { Domain } from '../../src/repository/domain.js';
-import { listV2PointSeqs } from '../../src/repository/v2-scan.js';
+import { listV2PointSeqs } from '../../src/repository/points.js';
 import { check } from '../../src/recovery/check.js';
 import { pruneStore } from '../../src/recovery/prune-v2.js';
 import { stats } from '../../src/recovery/stats.js';
@@ -42,7 +42,7 @@ async function setup(t: Test): Promise<{ dir: string; images: Map<number, Buffer
 async function expectIntact(t: Test, dir: string, images: Map<number, Buffer>, what: string, cli = true): Promise<number[]> {
   const store = fsStore(dir);
   const domain = (await Domain.open(store, undefined))!;
-  const seqs = await listV2PointSeqs(store, domain, 'd');
+  const seqs = await listV2PointSeqs(store, 'd', domain.key);
   t.ok(seqs.includes(5) && seqs.includes(6), `${what}: the kept points are listed (${seqs.join(', ')})`);
   for (const s of seqs) {
     const got = await readPointV2(store, undefined, 'd', s).catch((e: Error) => e);

@@ -1,7 +1,7 @@
 // v2 points written and read with the format modules alone (packs, index objects, tables v3, manifests v4, prune
 // marks), as a replicate does, so prune, stats and check can be tested on real v2 repositories; the writer follows
 // the rules prune relies on: never reuse a blob of a blocked pack, and refuse to commit when a pack the point reused
-// or wrote is blocked or gone (README "Prune, repack and index compaction").
+// or wrote is blocked or gone (docs/prune.md).
 import crypto from 'node:crypto';
 import type { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../../src/errors.js';
@@ -14,7 +14,8 @@ import { r2, type ObjectId } from '../../src/repository/names.js';
 import { PackBuilder, blobAad, newObjectId } from '../../src/repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, v2Entry, encodePendingV2 } from '../../src/repository/point-format.js';
 import { readPruneMarks } from '../../src/repository/prune-marks.js';
-import { loadV2Chain, v2ChainView } from '../../src/repository/v2-scan.js';
+import { loadV2Chain } from '../../src/repository/points.js';
+import { chainView } from '../../src/repository/view.js';
 import type { ObjectStore } from '../../src/store/types.js';
 
 export const CHUNK = 64 * 1024;
@@ -152,10 +153,10 @@ export async function writePoint(store: ObjectStore, key: EncryptionKey | undefi
 /** The disk at a point, read back through the index (every location tried), each blob's id checked. */
 export async function readPointV2(store: ObjectStore, key: EncryptionKey | undefined, disk: string, seq: number): Promise<Buffer> {
   const domain = (await Domain.open(store, key))!;
-  const chain = await loadV2Chain(store, domain, disk, seq);
+  const chain = await loadV2Chain(store, disk, seq, key);
   const out = Buffer.alloc(chain[0].diskSize);
   const index = await ChunkIndex.load(store, domain);
-  for await (const e of v2ChainView(store, domain, chain)) {
+  for await (const e of chainView(store, chain, key)) {
     if (!e.id) continue;
     let got: Buffer | undefined;
     for (const l of index.lookup(e.id)) {

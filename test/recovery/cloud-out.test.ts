@@ -18,7 +18,8 @@ import { replicate } from '../../src/recovery/replicate.js';
 import { Domain } from '../../src/repository/domain.js';
 import { ChunkIndex } from '../../src/repository/index-file.js';
 import { r2 } from '../../src/repository/names.js';
-import { listV2PointSeqs, loadV2Chain, v2ChainView } from '../../src/repository/v2-scan.js';
+import { listV2PointSeqs, loadV2Chain } from '../../src/repository/points.js';
+import { chainView } from '../../src/repository/view.js';
 import { openSource } from '../../src/source/index.js';
 import { FsStore } from '../../src/store/index.js';
 import {
@@ -200,9 +201,9 @@ t.test('a failed restore leaves no object behind in any cloud', async (t) => {
   // The blob of the disk's last stored chunk, in its pack (v2); the blob is shared with 'plain' (same image), so the
   // pack is put back afterwards.
   const domain = (await Domain.open(store, undefined))!;
-  const chain = await loadV2Chain(store, domain, 'bad', (await listV2PointSeqs(store, domain, 'bad')).at(-1)!);
+  const chain = await loadV2Chain(store, 'bad', (await listV2PointSeqs(store, 'bad')).at(-1)!);
   let last: Buffer | undefined;
-  for await (const e of v2ChainView(store, domain, chain)) if (e.id) last = e.id;
+  for await (const e of chainView(store, chain)) if (e.id) last = e.id;
   const loc = (await ChunkIndex.load(store, domain)).lookup(last!)[0];
   const victim = path.join(storeDir, r2.pack(domain.name, loc.packId));
   const orig = fs.readFileSync(victim);

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { EncryptionKey } from '../../src/crypto/keys.js';
+import { pruneStore } from '../../src/recovery/prune-v2.js';
 import { verify } from '../../src/recovery/verify.js';
 import { listPoints } from '../../src/repository/points.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt } from '../helpers/images.js';
@@ -91,4 +92,30 @@ t.test('object counts and directory fan-out', async (t) => {
   for (const f of files) perDir.set(path.dirname(f), (perDir.get(path.dirname(f)) ?? 0) + 1);
   t.ok(Math.max(...perDir.values()) <= 4096, 'directory fan-out is bounded');
   for (const f of packs) t.match(f, /^r2\/plain\/packs\/([0-9a-f]{2})\/\1[0-9a-f]{30}$/);
+});
+
+// The codec workers skip compressing a chunk whose id the domain's index holds (one trip per chunk, issue 13), but that
+// is only a hint: a chunk whose only copy is in a pack prune marked must be stored again, encoded after all.
+t.test('a chunk whose only copy is in a pack prune marked is stored again, not reused', async (t) => {
+  const dir = tmpDir(t, 'v2');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  const template = Buffer.concat([randomData(8 * CHUNK, 21), textData(8 * CHUNK, 22)]);
+  fs.writeFileSync(img, template);
+  await snap(store, img, 'a', { chunkSize: CHUNK });
+  fs.writeFileSync(img, randomData(16 * CHUNK, 23));
+  await snap(store, img, 'a', { chunkSize: CHUNK });
+  // Point 1 of a goes; its pack is seen unused, then marked a grace period later.
+  let clock = Date.now();
+  const now = () => clock;
+  await pruneStore({ store, disk: 'a', keep: 1, graceMs: 1000, maxUnused: 0, now });
+  clock += 2000;
+  const marking = await pruneStore({ store, graceMs: 1000, maxUnused: 0, now });
+  t.ok(marking.domains[0].packsMarked >= 1, `the template's pack is marked (${marking.domains[0].packsMarked})`);
+  fs.writeFileSync(img, template);
+  const b = await snap(store, img, 'b', { chunkSize: CHUNK });
+  t.equal(b.chunksChanged, 16);
+  t.equal(b.chunksDeduplicated, 0, 'no chunk is reused from the marked pack');
+  t.ok(b.packsWritten >= 1 && b.bytesWritten >= 8 * CHUNK, `the chunks are stored anew (${b.bytesWritten} bytes in ${b.packsWritten} packs)`);
+  await expectRestore(t, store, 'b', 1, fingerprint(img), dir, 'disk b');
 });

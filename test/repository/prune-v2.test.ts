@@ -9,7 +9,7 @@ import { Domain } from '../../src/repository/domain.js';
 import { listIndexIds } from '../../src/repository/index-file.js';
 import { r2 } from '../../src/repository/names.js';
 import { readPruneMarks } from '../../src/repository/prune-marks.js';
-import { listV2PointSeqs } from '../../src/repository/v2-scan.js';
+import { listV2PointSeqs } from '../../src/repository/points.js';
 import { pruneStore } from '../../src/recovery/prune-v2.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import type { ObjectStore } from '../../src/store/types.js';
@@ -60,7 +60,7 @@ for (const encrypted of [false, true]) {
     const r1 = await run();
     t.same(r1.kept, [5, 6]);
     t.same(r1.deleted, [1, 2, 3, 4]);
-    t.same(await listV2PointSeqs(store, domain, 'd'), [5, 6], 'older manifests are gone');
+    t.same(await listV2PointSeqs(store, 'd', domain.key), [5, 6], 'older manifests are gone');
     await expectPoints(t, store, key, images, [5, 6], 'after retention');
     const d1 = r1.domains[0];
     t.equal(d1.domain, domain.name);

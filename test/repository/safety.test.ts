@@ -1,13 +1,17 @@
 // Repository v2 safety: a crash (SIGKILL) at every failpoint of replicate leaves the old points, and the next run
 // resumes and restores byte-exact; writers of different disks into one repository at once never collide and every
 // point restores; with encryption on, tampered metadata (two manifests swapped, index entries swapped, an index
-// object replayed under another name, a pack truncated) is detected and named, never restored from.
+// object replayed under another name, a pack truncated, a manifest moved under another disk's keyed name) is detected
+// and named, never restored from, and prune deletes nothing on it.
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import type { Test } from 'tap';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes } from '../../src/errors.js';
+import { check } from '../../src/recovery/check.js';
+import { pruneStore } from '../../src/recovery/prune-v2.js';
+import { stats } from '../../src/recovery/stats.js';
 import { verify } from '../../src/recovery/verify.js';
 import { Domain } from '../../src/repository/domain.js';
 import { forgetChunkIndexes } from '../../src/repository/index-cache.js';
@@ -162,4 +166,39 @@ t.test('encrypted: a truncated pack is named, never restored from', async (t) =>
   t.equal(v.ok, false);
   t.ok(v.problems.some((p) => p.code === ErrorCodes.CHUNK_CORRUPT && p.index === 5), 'verify names chunk 5');
   t.notOk(listFiles(s.storeDir).some((f) => f.includes('/d/') || f.endsWith('/d')), 'no object name holds the disk id');
+});
+
+// The disk readers prune, stats and check share learn an encrypted disk's id from inside its newest manifest (names are
+// keyed, one-way), so they check it twice: the name must be the keyed name of that id, and the manifest must open
+// under it. Each check alone is passed by one of the two moves below.
+t.test('encrypted: a manifest moved under another disk\'s keyed name is named forged by check, stats and prune, which deletes nothing', async (t) => {
+  const s = await encryptedStore(t);
+  await snap(s.store, s.img, 'e', { chunkSize: CHUNK, encryption: s.key, packSize: 256 * KiB });
+  const ename = s.d.dname('e');
+  const moved = path.join(s.storeDir, r2.point(s.d.name, ename, 9));
+  const original = fs.readFileSync(path.join(s.storeDir, r2.point(s.d.name, s.dname, 2)));
+  // AES-GCM is malleable before its tag is checked: the body's "disk":"d" flipped to "disk":"e" reads as disk e when
+  // peeked at, so only opening it (its tag) tells it is forged.
+  const body = s.key.peekMetadataUnauthenticated(original.subarray(8))!;
+  const at = body.indexOf('"disk":"d"');
+  t.ok(at >= 0, 'the sealed manifest names its disk');
+  const flipped = Buffer.from(original);
+  flipped[8 + 12 + at + '"disk":"'.length] ^= 'd'.charCodeAt(0) ^ 'e'.charCodeAt(0);
+  t.match(s.key.peekMetadataUnauthenticated(flipped.subarray(8))!.toString('utf8'), /"disk":"e"/, 'the flipped manifest peeks as disk e');
+
+  const cases: Array<[string, Buffer]> = [['copied as it is (the name is not the keyed name of d)', original], ['with its disk id flipped to e (it does not open)', flipped]];
+  for (const [what, bytes] of cases) {
+    fs.writeFileSync(moved, bytes);
+    const packs = packFiles(s.storeDir).sort();
+    const c = await check({ store: s.store, encryption: s.key });
+    t.notOk(c.ok, `${what}: check fails`);
+    t.ok(c.problems.some((p) => p.code === ErrorCodes.METADATA_FORGED && p.key === r2.point(s.d.name, ename, 9)),
+      `${what}: check names ${r2.point(s.d.name, ename, 9)} forged: ${JSON.stringify(c.problems.slice(0, 2))}`);
+    await t.rejects(stats({ store: s.store, encryption: s.key }), { code: ErrorCodes.METADATA_FORGED }, `${what}: stats refuses`);
+    await t.rejects(pruneStore({ store: s.store, encryption: s.key, graceMs: 0, maxUnused: 0 }), { code: ErrorCodes.METADATA_FORGED }, `${what}: prune refuses`);
+    t.same(packFiles(s.storeDir).sort(), packs, `${what}: prune deleted no pack`);
+  }
+  fs.rmSync(moved);
+  t.ok((await check({ store: s.store, encryption: s.key })).ok, 'with the moved manifest gone, check is ok');
+  await expectRestore(t, s.store, 'e', 1, s.fps[1], s.dir, 'disk e', { encryption: s.key });
 });

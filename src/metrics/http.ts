@@ -1,13 +1,16 @@
-// The node's local HTTP endpoints: /metrics (Prometheus text), /healthz (the process answers) and /readyz
-// (registered with the server at least once, and the state directory is writable).
+// A long-running command's local HTTP endpoints (agent and serve alike): /metrics (Prometheus text), /healthz
+// (the process answers) and /readyz (the command's own checks; 503 with a short reason while one fails).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 export interface HttpHandlers {
   /** The exposition and its content type (the Prometheus text format). */
   metrics(): Promise<{ contentType: string; body: string }>;
-  readiness(): { ready: boolean; checks: Record<string, boolean> };
+  /** Asked at each /readyz; reason: a short sentence on what is not ready (default: the failed checks). */
+  readiness(): Readiness | Promise<Readiness>;
 }
+
+export interface Readiness { ready: boolean; checks: Record<string, boolean>; reason?: string }
 
 export interface HttpEndpoint { server: http.Server; host: string; port: number; close(): Promise<void> }
 
@@ -34,9 +37,17 @@ export async function serveHttp(listen: { host: string; port: number }, h: HttpH
     } else if (url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}\n');
     } else if (url === '/readyz') {
-      const r = h.readiness();
-      res.writeHead(r.ready ? 200 : 503, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ status: r.ready ? 'ready' : 'not ready', checks: r.checks }) + '\n');
+      Promise.resolve().then(() => h.readiness()).then(
+        (r) => {
+          const reason = r.ready ? undefined : r.reason ?? `failed: ${Object.keys(r.checks).filter((k) => !r.checks[k]).join(', ')}`;
+          res.writeHead(r.ready ? 200 : 503, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, ...(reason ? { reason } : {}) }) + '\n');
+        },
+        (err: unknown) => {
+          res.writeHead(503, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ status: 'not ready', checks: {}, reason: `readiness check failed: ${String(err)}` }) + '\n');
+        },
+      );
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /readyz\n');
     }

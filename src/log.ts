@@ -1,9 +1,12 @@
-// Structured logs with pino: one JSON object per line on stderr (time, level, msg, then context such as nodeId,
-// jobId, disk). Secrets never reach a line: pino's redact masks members that name secrets, and values registered
-// with addSecret (a token, a resolved secret) are replaced wherever they appear in a line.
+// Structured logs with pino for every long-running command (agent, serve): one event per line on stderr, as pino's
+// own JSON (time, level, msg, then context such as nodeId, jobId, disk) or as a human text line rendered from it.
+// Secrets never reach a line: pino's redact masks members that name secrets, and values registered with addSecret
+// (a token, a resolved secret) are replaced wherever they appear in a line, in either format.
 import { pino, type Logger as Pino } from 'pino';
 
 export type Level = 'debug' | 'info' | 'warn' | 'error';
+/** json: pino's own line; text: a human line rendered from it (textLine). */
+export type LogFormat = 'json' | 'text';
 const MASK = '***';
 
 // Members that hold secrets, at the top of a line or up to two objects down. A secret reference
@@ -24,11 +27,35 @@ function errorFields(e: unknown): unknown {
 /** The JSON form of a string, without its quotes: how a value appears inside a serialized line. */
 const inJson = (s: string) => JSON.stringify(s).slice(1, -1);
 
+/**
+ * A pino JSON line as text: `<time> [LEVEL ]<msg> key=value ...`, the level named when it is not info. Strings
+ * are written as they are (newlines escaped: one event, one line), other values as JSON.
+ */
+export function textLine(jsonLine: string): string {
+  let e: Record<string, unknown>;
+  try {
+    e = JSON.parse(jsonLine) as Record<string, unknown>;
+  } catch {
+    return jsonLine; // not ours to reshape; it is already masked
+  }
+  const { time, level, msg, ...fields } = e;
+  const value = (x: unknown) => (typeof x === 'string' ? x : JSON.stringify(x)).replace(/\r?\n/g, '\\n');
+  const head = `${String(time)} ${level !== 'info' ? `${String(level).toUpperCase()} ` : ''}${value(msg ?? '')}`;
+  return `${head}${Object.entries(fields).filter(([, x]) => x !== undefined).map(([k, x]) => ` ${k}=${value(x)}`).join('')}\n`;
+}
+
 export class Logger {
   private constructor(private readonly pino: Pino, private readonly secrets: Set<string>) {}
 
-  static create(opts: { sink?: LogSink; level?: Level | 'silent'; context?: Record<string, unknown> } = {}): Logger {
+  static create(opts: { sink?: LogSink; level?: Level | 'silent'; format?: LogFormat; context?: Record<string, unknown> } = {}): Logger {
     const secrets = new Set<string>();
+    const mask = (line: string) => {
+      for (const s of secrets) if (line.includes(s)) line = line.split(s).join(MASK);
+      return line;
+    };
+    const sink: LogSink = opts.sink ?? pino.destination({ dest: 2, sync: true });
+    // Text is rendered from the masked JSON line, then masked again: unescaping JSON must not bring a secret back.
+    const out: LogSink = opts.format === 'text' ? { write: (line) => sink.write(mask(textLine(line))) } : sink;
     const p = pino({
       level: opts.level ?? 'info',
       base: undefined,
@@ -36,14 +63,9 @@ export class Logger {
       formatters: { level: (label) => ({ level: label }) },
       serializers: { err: errorFields, error: errorFields },
       redact: { paths: REDACT_PATHS, censor: MASK },
-      hooks: {
-        // The last step before a line is written: registered secret values go, in whatever member they hide.
-        streamWrite: (line) => {
-          for (const s of secrets) if (line.includes(s)) line = line.split(s).join(MASK);
-          return line;
-        },
-      },
-    }, opts.sink ?? pino.destination({ dest: 2, sync: true }));
+      // The last step before a line is written: registered secret values go, in whatever member they hide.
+      hooks: { streamWrite: mask },
+    }, out);
     return new Logger(opts.context ? p.child(opts.context) : p, secrets);
   }
 

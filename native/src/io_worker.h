@@ -1,0 +1,86 @@
+// The base of the addon's file workers: the promise a JS call returns, settled on the main thread with the
+// worker's result, or with the errno it recorded on the pool as a Node-shaped error (io_error.h).
+#pragma once
+#include <errno.h>
+#include <napi.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "io_error.h"
+
+namespace rnode {
+
+class IoWorker : public Napi::AsyncWorker {
+ public:
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ != 0) {
+      deferred_.Reject(MakeIoError(env, err_, syscall_, path_).Value());
+      return;
+    }
+    Napi::Value result = Result(env);
+    if (env.IsExceptionPending()) {
+      deferred_.Reject(env.GetAndClearPendingException().Value());
+      return;
+    }
+    deferred_.Resolve(result);
+  }
+
+ protected:
+  // path is named in the error; "" for an fd the caller opened.
+  IoWorker(Napi::Env env, const char* name, std::string path)
+      : Napi::AsyncWorker(env, name), path_(std::move(path)), deferred_(env) {}
+
+  // The value the promise resolves to, when nothing failed. A JS exception left pending rejects it instead.
+  virtual Napi::Value Result(Napi::Env env) = 0;
+
+  // On the pool, right after a syscall failed: keeps its errno for OnOK.
+  void Fail(const char* syscall) {
+    err_ = errno;
+    syscall_ = syscall;
+  }
+
+  // The same, for a worker that opened fd itself: closes it.
+  void FailClosing(const char* syscall, int& fd) {
+    Fail(syscall);
+    if (fd >= 0) close(fd);
+    fd = -1;
+  }
+
+  const std::string path_;
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int err_ = 0;
+  const char* syscall_ = "";
+};
+
+// Queues the worker (libuv owns and deletes it once settled) and returns the promise it settles.
+inline Napi::Promise QueueWorker(IoWorker* worker) {
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// The memory of a Uint8Array that the pool reads or writes, with a reference that keeps its JS owner (and so the
+// memory) alive until the worker is deleted on the main thread.
+class HeldBytes {
+ public:
+  explicit HeldBytes(Napi::Uint8Array array)
+      : ref_(Napi::Persistent(array.As<Napi::Object>())), data_(array.Data()), length_(array.ByteLength()) {}
+
+  uint8_t* data() const { return data_; }
+  size_t length() const { return length_; }
+
+ private:
+  Napi::ObjectReference ref_;
+  uint8_t* data_;
+  size_t length_;
+};
+
+}  // namespace rnode

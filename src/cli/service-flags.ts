@@ -1,0 +1,30 @@
+// The flags the long-running commands (agent, serve) share: where to serve /metrics, /healthz and /readyz, and the
+// format of their log lines. One parser each, so both commands take the same values and give the same errors.
+import type { LogFormat } from '../log.js';
+import { parseListen } from '../metrics/http.js';
+import { ErrorCodes, RnodeError } from '../errors.js';
+import { str, type Options } from './args.js';
+import type { Values } from './command.js';
+
+export const SERVICE_OPTIONS: Options = { metrics: { type: 'string' }, 'log-format': { type: 'string' } };
+export const SERVICE_USAGE = '[--metrics <host:port>] [--log-format json|pretty]';
+
+/** --metrics host:port (port 0: any free port), or undefined when the flag is absent. */
+export function metricsListen(v: Values): { host: string; port: number } | undefined {
+  const text = str(v, 'metrics');
+  if (text === undefined) return undefined;
+  try {
+    return parseListen(text);
+  } catch {
+    throw new RnodeError(ErrorCodes.USAGE, `--metrics must be host:port, e.g. 0.0.0.0:9464 (got "${text}")`);
+  }
+}
+
+/** --log-format, or `fallback` when absent: json (pino's lines) or pretty (one human line per event; "text" too). */
+export function logFormat(v: Values, fallback: LogFormat): LogFormat {
+  const text = str(v, 'log-format');
+  if (text === undefined) return fallback;
+  if (text === 'json' || text === 'text') return text;
+  if (text === 'pretty') return 'text';
+  throw new RnodeError(ErrorCodes.USAGE, `--log-format must be json or pretty (got "${text}")`);
+}
