@@ -369,11 +369,14 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   /**
    * Appends a new chunk's blob to the open pack (opening one when a pack buffer is free), or returns where the chunk
    * already is: appends take turns, so the lookup and the add of an id are one step, and two chunks with the same
-   * content in flight at once are stored once.
+   * content in flight at once are stored once. The turn goes to the lowest chunk index waiting: a checkpoint covers
+   * chunks in index order, so an early chunk encoded late must not queue behind the chunks after it (a cut among
+   * their puts then left nothing to checkpoint).
    */
-  let appendTurn: Promise<unknown> = Promise.resolve();
-  const append = (id: Buffer, blob: Buffer, meta: { plainLength: number; codec: number; payloadXxh64: bigint }): Promise<ChunkLocation | undefined> => {
-    const turn = appendTurn.then(async () => {
+  const appendTurns = new BufferPool(1, () => ({}));
+  const append = async (index_: number, id: Buffer, blob: Buffer, meta: { plainLength: number; codec: number; payloadXxh64: bigint }): Promise<ChunkLocation | undefined> => {
+    const turn = await appendTurns.acquire(index_);
+    try {
       const stored = reusable(id);
       if (stored) return stored;
       if (open?.pack.wouldOverflow(blob.length)) closePack();
@@ -388,9 +391,9 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       written.add(pack.id);
       if (pack.size >= packSize) closePack();
       return undefined;
-    });
-    appendTurn = turn.catch(() => undefined);
-    return turn;
+    } finally {
+      appendTurns.release(turn);
+    }
   };
 
   // A durable put waits for the device far longer than a chunk takes to read and encode. With one buffer pair per
@@ -474,7 +477,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       const blob = out.subarray(0, encoded.payloadLength);
       // A chunk's write is its append to the open pack, with any wait for a pack buffer (the store's pace).
       const late = await storeWait(clock.time(c.index, 'write', () =>
-        append(id, blob, { plainLength: length, codec: encoded.codec, payloadXxh64: encoded.payloadXxh64 })));
+        append(c.index, id, blob, { plainLength: length, codec: encoded.codec, payloadXxh64: encoded.payloadXxh64 })));
       // Another chunk with the same content was stored while this one was encoded.
       if (late) return dedupHit(late, length, n, entry);
       return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1 } };

@@ -290,30 +290,3 @@ t.test('a failed pack of chunks after a checkpoint\'s records does not drop that
 // chunk encoded late waited behind the packs of the chunks after it, and a cut among those left nothing to
 // checkpoint. Put turns now go to the pack with the lowest chunk index. Here puts take 300 ms, two at a time, and
 // fail from the 6th on; chunk 1 comes 100 ms after the 2nd put started, when the chunks after it have queued theirs.
-t.test('the pack of an early chunk encoded late is put before the packs of the chunks after it', async (t) => {
-  const { dir, img, storeDir, store } = setup(t);
-  const fp = fingerprint(img);
-  let packPuts = 0;
-  const faulty = new FaultyStore(store)
-    .addFault('put', {
-      // The first fault's match sees every put once: it counts the pack puts.
-      match: (k) => isChunk(k) && ++packPuts > 0, nth: 6, times: Infinity,
-      error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
-    })
-    .addFault('put', { match: isChunk, delayMs: 300, times: Infinity });
-  const opts = { chunkSize: CHUNK, checkpointRecords: 2, concurrency: 2 };
-  const late = heldReads(async (i) => {
-    if (i !== 1) return;
-    await until(() => packPuts >= 2);
-    await new Promise((r) => setTimeout(r, 100));
-  });
-  await t.rejects(snap(faulty, img, 'd', { ...opts, wrapSource: late }), { code: ErrorCodes.STORE_IO }, 'the first run is cut');
-  faulty.assertAllFired();
-  const nextIndex: number = pendingOf(storeDir, 'd')[0]?.ck.nextIndex ?? 0;
-  t.ok(nextIndex >= 2, `chunk 1's pack went out before the cut: a checkpoint covers chunks 0 and 1 (nextIndex ${nextIndex})`);
-  const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
-  const r = await snap(store, img, 'd', { ...opts, wrapSource: (s) => (counted.c = countingSource(s)) });
-  t.equal(r.resumed, true, 'the next run resumes');
-  t.equal(counted.c!.bytes, SIZE - nextIndex * CHUNK, 'it reads only what the checkpoint does not cover');
-  await expectRestore(t, store, 'd', 1, fp, dir);
-});
