@@ -111,7 +111,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const liveSegments = new Set<string>();
   for (const s of kept) for (const ref of (await loadPoint(store, disk, s)).table.segments) liveSegments.add(ref.key);
   const staleTables = async function* () {
-    for await (const o of store.list(`disks/${disk}/tables/`)) if (!liveSegments.has(o.key) && !isPendingTable(o.key, latest)) yield o.key;
+    for await (const o of store.list(layout.allTablesPrefix(disk))) if (!liveSegments.has(o.key) && !isPendingTable(o.key, latest)) yield o.key;
     for await (const o of store.list(layout.pendingPrefix(disk))) {
       const m = /\/(\d{10})\.json$/.exec(o.key);
       if (m && Number(m[1]) <= latest) yield o.key;
@@ -224,7 +224,7 @@ export async function dropLegacyPoints(store: ObjectStore, disk: string, key: En
   let objectsDeleted = 0;
   const rest = async function* () {
     for await (const o of store.list(layout.chunksPrefix(disk))) yield o.key;
-    for await (const o of store.list(`disks/${disk}/tables/`)) yield o.key;
+    for await (const o of store.list(layout.allTablesPrefix(disk))) yield o.key;
     for await (const o of store.list(layout.pendingPrefix(disk))) yield o.key;
   };
   await forEachBounded(rest(), concurrency, async (k) => {

@@ -40,6 +40,7 @@ export const layout = {
   diskPrefix: (disk: string) => `disks/${disk}/`,
   pointsPrefix: (disk: string) => `disks/${disk}/points/`,
   point: (disk: string, seq: number) => `disks/${disk}/points/${pad(seq, 10)}.json`,
+  allTablesPrefix: (disk: string) => `disks/${disk}/tables/`,
   tablesPrefix: (disk: string, seq: number) => `disks/${disk}/tables/${pad(seq, 10)}/`,
   segment: (disk: string, seq: number, gen: number, n: number) => `disks/${disk}/tables/${pad(seq, 10)}/g${pad(gen, 4)}-${pad(n, 8)}`,
   chunksPrefix: (disk: string) => `disks/${disk}/chunks/`,
