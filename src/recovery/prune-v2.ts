@@ -485,7 +485,7 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
 
 /** True when the store holds objects of an encrypted domain (one listed key is enough). */
 export async function hasSealedDomain(store: ObjectStore): Promise<boolean> {
-  for await (const o of store.list('r2/k')) {
+  for await (const o of store.list(r2.sealedDomainsPrefix)) {
     const h = classify(o.key);
     if (h && 'domain' in h && h.domain !== PLAIN_DOMAIN) return true;
   }

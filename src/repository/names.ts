@@ -109,6 +109,8 @@ function checkId(id: string): string {
 
 export const r2 = {
   prefix: 'r2/',
+  /** Where encrypted domains (k + 16 hex) are listed: every key under it that classifies is one of theirs. */
+  sealedDomainsPrefix: 'r2/k',
   domainPrefix: (d: string) => `r2/${checkDomain(d)}/`,
   config: (d: string) => `r2/${checkDomain(d)}/config`,
   packsPrefix: (d: string) => `r2/${checkDomain(d)}/packs/`,
