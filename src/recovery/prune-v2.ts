@@ -76,13 +76,7 @@ export interface PackInfo {
 }
 
 export async function maintainDomain(opts: MaintainOptions): Promise<MaintainResult> {
-  if (opts.lease === false) return maintainLeased(opts);
-  const lease = await Lease.acquire(opts.store, pruneLeaseName(opts.domain.name), opts.lease);
-  try {
-    return await maintainLeased(opts);
-  } finally {
-    await lease.release();
-  }
+  return Lease.holding(opts.store, pruneLeaseName(opts.domain.name), opts.lease, () => maintainLeased(opts));
 }
 
 async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {

@@ -43,13 +43,7 @@ export async function pruneLegacy(opts: PruneOptions): Promise<PruneResult> {
   if (!Number.isSafeInteger(opts.keep) || opts.keep < 1) {
     throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${opts.keep})`);
   }
-  if (opts.lease === false) return pruneLeased(opts);
-  const lease = await Lease.acquire(opts.store, disk, opts.lease);
-  try {
-    return await pruneLeased(opts);
-  } finally {
-    await lease.release();
-  }
+  return Lease.holding(opts.store, disk, opts.lease, () => pruneLeased(opts));
 }
 
 async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {

@@ -170,13 +170,8 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   // of holding up the first chunks (~0.3 s of an otherwise idle pipeline at the start of each run).
   codecWorkers();
   const domain = Domain.of(opts.encryption);
-  if (opts.lease === false) return withWorkerDomain(domain, () => replicateLeased(opts, undefined));
-  const lease = await Lease.acquire(opts.store, leaseName(disk, opts.encryption), opts.lease);
-  try {
-    return await withWorkerDomain(domain, () => replicateLeased(opts, lease));
-  } finally {
-    await lease.release();
-  }
+  return Lease.holding(opts.store, leaseName(disk, opts.encryption), opts.lease,
+    (lease) => withWorkerDomain(domain, () => replicateLeased(opts, lease)));
 }
 
 async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined): Promise<ReplicateResult> {

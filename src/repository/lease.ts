@@ -129,6 +129,20 @@ export class Lease {
   /** Aborted when the lease is lost, so long-running work stops early. */
   get signal(): AbortSignal { return this.controller.signal; }
 
+  /**
+   * Runs fn holding the lease `name` (released after, also on a failure); with opts false, without a lease (the
+   * caller holds it already, e.g. the agent or a VM run).
+   */
+  static async holding<T>(store: ObjectStore, name: string, opts: LeaseOptions | false | undefined, fn: (lease: Lease | undefined) => Promise<T>): Promise<T> {
+    if (opts === false) return fn(undefined);
+    const lease = await Lease.acquire(store, name, opts);
+    try {
+      return await fn(lease);
+    } finally {
+      await lease.release();
+    }
+  }
+
   static async acquire(store: ObjectStore, disk: string, opts: LeaseOptions = {}): Promise<Lease> {
     const ttlMs = clampLeaseTtl(opts.ttlMs ?? 60_000);
     const now = opts.now ?? Date.now;
