@@ -48,6 +48,8 @@ export const agentCommand: Command = {
     // Loaded here, not at the top: the agent's libraries (prom-client, ajv, TypeBox, pino) cost every other
     // command ~0.1-0.3 s of start-up otherwise.
     const { Agent } = await import('../agent/agent.js');
+    // A process that runs for months: freed buffers go back to the system, not to a slowly growing heap.
+    (await import('../native/index.js')).returnLargeFreesToSystem();
     const agent = await Agent.start({
       server, tokenFile, caFile: ca, nodeName: str(v, 'node-name'), stateDir: str(v, 'state-dir') ?? defaultStateDir(),
       metrics, slots, bandwidth, logLevel: level as Level, logFormat: format, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
