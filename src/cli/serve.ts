@@ -4,6 +4,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HttpEndpoint } from '../metrics/http.js';
+import { ObjectValidator } from '../serve/index.js';
 import { openStore } from '../store/index.js';
 import {
   certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer,
@@ -64,7 +65,7 @@ export const serveCmd: Command = {
     const store = await openStore(str(v, 'store')!);
     let server: ReplicationServer;
     try {
-      server = await ReplicationServer.start({ store, host, port, token, tls, maxSessions, maxConnectionsPerAddress, handshakeMs, bandwidth, windowBytes, log });
+      server = await ReplicationServer.start({ store, checks: new ObjectValidator(store), host, port, token, tls, maxSessions, maxConnectionsPerAddress, handshakeMs, bandwidth, windowBytes, log });
     } catch (err) {
       await store.close();
       const e = err as NodeJS.ErrnoException;
