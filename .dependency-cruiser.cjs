@@ -66,7 +66,7 @@ module.exports = {
       comment: 'src/ ships; tests, benchmarks and examples are outside it and never imported by it.',
       severity: 'error',
       from: { path: '^src/' },
-      to: { path: '^(test|bench)/' },
+      to: { path: '^(test|bench|examples)/' },
     },
   ],
   options: {
