@@ -78,6 +78,7 @@ async function main(): Promise<number> {
     const tools: Tools = {
       lz4: findOnPath('lz4'),
       restic: findOnPath('restic'),
+      xxhsum: findOnPath('xxhsum'),
       gnuTime: await findGnuTime(workdir),
       fincore: findOnPath('fincore'),
     };
@@ -86,6 +87,7 @@ async function main(): Promise<number> {
     const versions = {
       lz4: tools.lz4 ? await toolVersion(tools.lz4, ['--version']) : 'not installed',
       restic: tools.restic ? await toolVersion(tools.restic, ['version']) : 'not installed',
+      xxhsum: tools.xxhsum ? await toolVersion(tools.xxhsum, ['--version']) : 'not installed',
     };
     const cpu = os.cpus();
     const load0 = os.loadavg();
@@ -95,7 +97,7 @@ async function main(): Promise<number> {
     out(`settings: RNODE_BENCH_SIZE=${human(settings.size)} RNODE_BENCH_SPARSE_SIZE=${human(settings.sparseSize)} ` +
       `RNODE_BENCH_REPEAT=${settings.repeat} sections=${selected.map((s) => s.name).join(',')}`);
     out(`work dir: ${workdir} (${fsType}, ${human(free)} free)`);
-    out(`baselines: lz4 ${versions.lz4}; restic ${versions.restic}`);
+    out(`baselines: lz4 ${versions.lz4}; restic ${versions.restic}; xxhsum ${versions.xxhsum}`);
     out(`peak RSS: rnode children via a preloaded process.resourceUsage().maxRSS; tools via ${tools.gnuTime ? 'GNU time (%M)' : '(GNU time missing: not measured)'}`);
     out();
 

@@ -15,6 +15,8 @@ const execFileP = promisify(execFile);
 export interface Tools {
   lz4: string | null;
   restic: string | null;
+  /** xxhsum (xxHash's CLI): hashing the whole image is the floor of an incremental that reads it all. */
+  xxhsum: string | null;
   /** GNU time, for the peak RSS of non-node tools. */
   gnuTime: string | null;
   fincore: string | null;
