@@ -1,11 +1,14 @@
 // Units of the export's data path: the byte-bounded LRU; the chunk cache fetching a chunk once for many concurrent
-// readers and staying within its bound; read-ahead on sequential reads only; the lazy chunk index agreeing with
-// the sequential chain view on every chunk; option payload decoding that never reads past its end.
+// readers and staying within its bound; read-ahead on sequential reads only; replies queued on the socket; the lazy
+// chunk index agreeing with the sequential chain view on every chunk; option payload decoding that never reads past
+// its end.
+import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { ChunkCache } from '../../src/export/chunk-cache.js';
 import { ChunkIndex } from '../../src/export/chunk-index.js';
 import { PointImage } from '../../src/export/image.js';
+import { SocketIo } from '../../src/export/io.js';
 import { Lru } from '../../src/export/lru.js';
 import { decodeGoPayload, decodeMetaPayload } from '../../src/export/wire.js';
 import { isZeroEntry } from '../../src/format/table.js';
@@ -156,6 +159,49 @@ t.test('a chunk served whole leaves the cache and its buffer is reused; a chunk 
   const again = await img.read(4096, 4096);
   img.done(again);
   t.equal(cache.stats.misses, misses, 'a chunk read in part is still cached');
+});
+
+// Each reply waited for the socket's queue to empty before the next was written: the socket idled between replies
+// and every part took its own write. Replies now queue up to a bound (4 MiB), and a client that does not read
+// still holds no more than that.
+t.test('replies queue on the socket up to a bound, arrive whole and in order, and wait once the bound is reached', async (t) => {
+  const dir = tmpDir(t, 'export-io');
+  const sockPath = path.join(dir, 's.sock');
+  const accepted = new Promise<net.Socket>((resolve) => {
+    const server = net.createServer(resolve).listen(sockPath);
+    t.teardown(() => server.close());
+  });
+  const client = net.connect(sockPath);
+  const io = new SocketIo(await accepted);
+  t.teardown(() => { io.close(); client.destroy(); });
+  client.pause(); // reads nothing yet: what the server may queue is what this bound leaves it
+
+  const REPLY = 256 * 1024;
+  const sent: boolean[] = [];
+  const flushed: number[] = [];
+  const writes = Array.from({ length: 64 }, (_, i) => {
+    const head = Buffer.alloc(8);
+    head.writeUInt32BE(i, 0);
+    head.writeUInt32BE(REPLY, 4);
+    return io.write([head, Buffer.alloc(REPLY, i)], () => flushed.push(i)).then(() => { sent[i] = true; });
+  });
+  await new Promise((r) => setTimeout(r, 300));
+  const early = sent.filter(Boolean).length;
+  t.ok(early > 1, `${early} replies counted as sent before the client read anything (more than one)`);
+  t.ok(early * REPLY <= 4 * 1024 * 1024 + 2 * REPLY, `no more than about 4 MiB queued for a client that does not read (${early} replies)`);
+
+  let got = Buffer.alloc(0);
+  client.on('data', (d: Buffer) => { got = Buffer.concat([got, d]); });
+  client.resume();
+  await Promise.all(writes);
+  while (got.length < 64 * (8 + REPLY)) await new Promise((r) => setTimeout(r, 20));
+  let order = true;
+  for (let i = 0; i < 64; i++) {
+    const at = i * (8 + REPLY);
+    if (got.readUInt32BE(at) !== i || got[at + 8] !== (i & 0xff) || got[at + 8 + REPLY - 1] !== (i & 0xff)) order = false;
+  }
+  t.ok(order, 'every reply arrived whole and in order');
+  t.equal(flushed.length, 64, 'every reply heard that the socket was done with its buffers');
 });
 
 t.test('option payloads: counts and lengths are checked against the payload', async (t) => {
