@@ -1,8 +1,6 @@
 // `rnode export`: serves a point as an NBD export at once (instant recovery), prints its URL when ready and
 // runs until SIGINT/SIGTERM, then stops cleanly (overlay flushed, store closed).
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { assertOverlayOutsideStore, startExport } from '../export/index.js';
-import { readPemFile } from '../transport/index.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, required, str } from './args.js';
 import type { Command, Io } from './command.js';
 import { openStoreFromFlags, REMOTE_OPTIONS, REMOTE_USAGE } from './store-flags.js';
@@ -17,6 +15,8 @@ export const exportCmd: Command = {
   },
   async run(v, io) {
     required(v, 'export', 'store', 'disk');
+    // Loaded when export runs, not when any command starts (see commands.ts).
+    const [{ assertOverlayOutsideStore, startExport }, { readPemFile }] = await Promise.all([import('../export/index.js'), import('../transport/index.js')]);
     const where = listenAt(str(v, 'listen'), str(v, 'socket'));
     if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
     const tls = v['tls-cert'] !== undefined
