@@ -3,30 +3,25 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId } from '../format/layout.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
-import { validatePackSize } from '../repository/domain.js';
-import { listPoints } from '../repository/points.js';
-import { check } from '../recovery/check.js';
-import { DEFAULT_GRACE_MS, DEFAULT_MAX_UNUSED, pruneStore } from '../recovery/prune-v2.js';
-import { stats } from '../recovery/stats.js';
-import { replicate } from '../recovery/replicate.js';
 import type { StageTimes } from '../pipeline/stages.js';
-import { recover } from '../recovery/restore.js';
-import { verify } from '../recovery/verify.js';
-import { openSource } from '../source/index.js';
-import { parseBandwidth } from '../transport/index.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str } from './args.js';
 import { agentCommand } from './agent.js';
 import type { Command, Io } from './command.js';
+import { exportCmd } from './export.js';
 import { serveCmd } from './serve.js';
 import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
 import { stoppable } from './signals.js';
-import { isVmwareSource, replicateVmwareCommand, vmPointOptions, vmPointsCommand, vmPruneCommand, vmRecoverCommand, vmwareReplicateOptions,
-  VM_POINTS_USAGE, VM_PRUNE_USAGE, VM_RECOVER_USAGE, VMWARE_REPLICATE_USAGE } from './vmware.js';
+import { isVmwareSource, vmPointOptions, vmwareReplicateOptions, VM_POINTS_USAGE, VM_PRUNE_USAGE, VM_RECOVER_USAGE,
+  VMWARE_REPLICATE_USAGE } from './vmware-flags.js';
 import path from 'node:path';
 
 export type { Command, Io } from './command.js';
+
+// Each command loads what it runs when it runs (a dynamic import in run()): `rnode recover` from a local store then
+// starts without the peer transport, the VMware and cloud code, the export server and the other jobs, which cost
+// about 0.5 s of CPU at every start.
 
 const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
   if (json) io.out(JSON.stringify(obj));
@@ -42,18 +37,20 @@ const replicateCmd: Command = {
     concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmwareReplicateOptions,
   },
   async run(v, io) {
-    if (isVmwareSource(v)) return replicateVmwareCommand(v, io);
+    if (isVmwareSource(v)) return (await import('./vmware.js')).replicateVmwareCommand(v, io);
     required(v, 'replicate', 'source', 'target');
     const sourceArg = str(v, 'source')!;
     const disk = validateDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
     const chunkSize = v['chunk-size'] !== undefined ? validateChunkSize(str(v, 'chunk-size')!) : undefined;
     const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;
+    const { validatePackSize } = await import('../repository/domain.js');
     const packSize = v['pack-size'] !== undefined ? validatePackSize(parseSizeArg(str(v, 'pack-size')!, 'pack-size')) : undefined;
     const concurrency = v.concurrency !== undefined ? positiveInt(str(v, 'concurrency')!, 'concurrency') : undefined;
     const encryption = encryptionKeyFrom(v);
     // One limit for every kind of target (directory, cloud, ws://): the store's puts are paced, lease writes exempt.
-    const bandwidth = v.bandwidth !== undefined ? parseBandwidth(str(v, 'bandwidth')!) : undefined;
-    const source = await openSource(sourceArg);
+    const bandwidth = v.bandwidth !== undefined ? (await import('../transport/index.js')).parseBandwidth(str(v, 'bandwidth')!) : undefined;
+    const { replicate } = await import('../recovery/replicate.js');
+    const source = await (await import('../source/index.js')).openSource(sourceArg);
     try {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
@@ -92,7 +89,8 @@ const pointsCmd: Command = {
   usage: `rnode points --store <store> --disk <id> [--encryption-key-file <path>] ${REMOTE_USAGE} [--json]\n       ${VM_POINTS_USAGE}`,
   options: { store: { type: 'string' }, disk: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
-    if (v.vm !== undefined) return vmPointsCommand(v, io);
+    if (v.vm !== undefined) return (await import('./vmware.js')).vmPointsCommand(v, io);
+    const { listPoints } = await import('../repository/points.js');
     required(v, 'points', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
     // An encrypted disk's v2 points have keyed names: they are listed with its key only.
@@ -117,7 +115,8 @@ const recoverCmd: Command = {
   usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path|s3://bucket/key|azblob://container/name.vhd|gs://bucket/name.tar.gz> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_RECOVER_USAGE}`,
   options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
-    if (v.vm !== undefined) return vmRecoverCommand(v, io);
+    if (v.vm !== undefined) return (await import('./vmware.js')).vmRecoverCommand(v, io);
+    const { recover } = await import('../recovery/restore.js');
     required(v, 'recover', 'store', 'disk', 'out');
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
@@ -139,6 +138,7 @@ const verifyCmd: Command = {
   options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'verify', 'store', 'disk');
+    const { verify } = await import('../recovery/verify.js');
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
     const r = await withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point'), encryption }), v);
@@ -162,7 +162,8 @@ const pruneCmd: Command = {
     ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions,
   },
   async run(v, io) {
-    if (v.vm !== undefined) return vmPruneCommand(v, io);
+    if (v.vm !== undefined) return (await import('./vmware.js')).vmPruneCommand(v, io);
+    const { DEFAULT_GRACE_MS, DEFAULT_MAX_UNUSED, pruneStore } = await import('../recovery/prune-v2.js');
     required(v, 'prune', 'store');
     if ((v.disk === undefined) !== (v.keep === undefined)) {
       throw new RnodeError(ErrorCodes.USAGE, '"rnode prune" takes --disk and --keep together (or neither: maintenance only); see "rnode prune --help"');
@@ -193,6 +194,7 @@ const statsCmd: Command = {
   options: { store: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'stats', 'store');
+    const { stats } = await import('../recovery/stats.js');
     const encryption = encryptionKeyFrom(v);
     const r = await withStore(str(v, 'store')!, (store) => stats({ store, encryption }), v);
     print(io, v.json === true, r, () => [
@@ -215,6 +217,7 @@ const checkCmd: Command = {
   options: { store: { type: 'string' }, 'read-data': { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'check', 'store');
+    const { check } = await import('../recovery/check.js');
     const encryption = encryptionKeyFrom(v);
     const r = await withStore(str(v, 'store')!, (store) => check({ store, encryption, readData: v['read-data'] === true }), v);
     print(io, v.json === true, r, () => [
@@ -241,7 +244,7 @@ export const commands: Record<string, Command> = {
   check: checkCmd,
   agent: agentCommand,
   serve: serveCmd,
-  export: (await import('./export.js')).exportCmd,
+  export: exportCmd,
 };
 
 export function positiveInt(text: string, flag: string): number {

@@ -2,8 +2,6 @@
 // runs until SIGINT/SIGTERM, then stops cleanly (overlay flushed, store closed). Its log lines (clients, failed
 // reads, the stop) are the project's pino lines on stderr, like serve's and the agent's.
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { assertOverlayOutsideStore, startExport } from '../export/index.js';
-import { readPemFile, readTokenFile } from '../transport/index.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, required, str } from './args.js';
 import type { Command } from './command.js';
 import { LOG_OPTIONS, LOG_USAGE, logFormat, logLevel } from './service-flags.js';
@@ -22,6 +20,8 @@ export const exportCmd: Command = {
   },
   async run(v, io) {
     required(v, 'export', 'store', 'disk');
+    // Loaded when export runs, not when any command starts (see commands.ts).
+    const [{ assertOverlayOutsideStore, startExport }, { readPemFile, readTokenFile }] = await Promise.all([import('../export/index.js'), import('../transport/index.js')]);
     const where = listenAt(str(v, 'listen'), str(v, 'socket'));
     if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
     const tls = v['tls-cert'] !== undefined

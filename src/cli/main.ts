@@ -4,11 +4,11 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { commands, parse, type Io } from './commands.js';
 import { completionScript, type CompletionTable } from './completion.js';
-import { DEMO_OPTIONS, runDemo } from './demo.js';
 import { signalExitCode } from './signals.js';
 
 /** What `rnode completion` completes: the command table plus the commands main handles itself. */
-function completionTable(): CompletionTable {
+async function completionTable(): Promise<CompletionTable> {
+  const { DEMO_OPTIONS } = await import('./demo.js');
   return { ...Object.fromEntries(Object.entries(commands).map(([n, c]) => [n, c.options])), demo: DEMO_OPTIONS, completion: {}, help: {}, version: {} };
 }
 
@@ -29,10 +29,10 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
   const json = argv.includes('--json');
   try {
     const [name, ...rest] = argv;
-    if (name === undefined || name === 'demo') return await runDemo(rest, io);
+    if (name === undefined || name === 'demo') return await (await import('./demo.js')).runDemo(rest, io);
     if (name === '--help' || name === '-h' || name === 'help') { help(io); return 0; }
     if (name === '--version' || name === '-v' || name === 'version') { io.out(VERSION); return 0; }
-    if (name === 'completion') { io.out(completionScript(rest[0], completionTable())); return 0; }
+    if (name === 'completion') { io.out(completionScript(rest[0], await completionTable())); return 0; }
     const cmd = commands[name];
     if (!cmd) throw new RnodeError(ErrorCodes.USAGE, `unknown command "${name}"; run "rnode --help" for the list`);
     const values = parse(name, rest, cmd.options);

@@ -4,11 +4,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HttpEndpoint } from '../metrics/http.js';
-import { ObjectValidator } from '../serve/index.js';
-import { openStore } from '../store/index.js';
-import {
-  certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer,
-} from '../transport/index.js';
+import type { ReplicationServer } from '../transport/index.js';
 import { VERSION } from '../version.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
@@ -38,6 +34,9 @@ export const serveCmd: Command = {
   },
   async run(v, io) {
     required(v, 'serve', 'listen', 'store');
+    // Loaded when serve runs, not when any command starts (see commands.ts).
+    const [{ certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer }, { openStore }, { ObjectValidator }] =
+      await Promise.all([import('../transport/index.js'), import('../store/index.js'), import('../serve/index.js')]);
     const { host, port } = parseListen(str(v, 'listen')!);
     if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) {
       throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');

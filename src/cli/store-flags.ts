@@ -37,6 +37,8 @@ function remoteAccess(location: string, v: Values): RemoteAccess | undefined {
 /** Opens the store a command names, with its ws flags and (replicate) bandwidth limit. */
 export async function openStoreFromFlags(location: string, v: Values, opts: { bandwidth?: number } = {}): Promise<WrappedStore> {
   const remote = remoteAccess(location, v);
+  // ws:// and wss:// stores come with the peer transport, which registers them; it is loaded only for such a store.
+  if (isRemoteLocation(location)) await import('../transport/index.js');
   return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth } } : {}) });
 }
 

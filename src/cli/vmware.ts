@@ -8,37 +8,16 @@ import { pruneVm, recoverVm } from '../jobs/vm.js';
 import { listVmPoints } from '../repository/vm-points.js';
 import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { parseBandwidth } from '../transport/index.js';
-import { encryptionKeyFrom, ENCRYPTION_USAGE, type Options } from './args.js';
+import { encryptionKeyFrom } from './args.js';
 import { bytes, rate, secs } from './format.js';
 import { openStoreFromFlags } from './store-flags.js';
 
+import { VM_PRUNE_USAGE, VM_RECOVER_USAGE } from './vmware-flags.js';
+
+export { isVmwareSource } from './vmware-flags.js';
+
 interface Io { out: (line: string) => void; err: (line: string) => void }
 type Values = Record<string, string | boolean | undefined>;
-
-/** Flags the replicate command needs on top of its own for VMware sources. */
-export const vmwareReplicateOptions: Options = {
-  'source-config': { type: 'string' },
-  'disk-parallelism': { type: 'string' },
-};
-
-/** Flags points, recover and prune take to act on VM points instead of one disk. */
-export const vmPointOptions: Options = {
-  vm: { type: 'string' },
-  'out-dir': { type: 'string' },
-};
-
-export const VM_POINTS_USAGE = 'rnode points --store <store> --vm <vm-moref> [--json]';
-export const VM_RECOVER_USAGE = `rnode recover --store <store> --vm <vm-moref> [--point <n>|latest] --out-dir <dir> ${ENCRYPTION_USAGE} [--json]`;
-export const VM_PRUNE_USAGE = 'rnode prune --store <store> --vm <vm-moref> --keep <n> [--json]';
-
-export const VMWARE_REPLICATE_USAGE =
-  'rnode replicate (--source vddk://<host>/<vm-moref>[?disk=<key>&transports=nbdssl:nbd] | --source-config <vm.json>) --target <store> ' +
-  `[--chunk-size <bytes>] [--compression lz4|none] [--concurrency <n>] [--disk-parallelism <n>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} [--json]`;
-
-/** True when the replicate flags name a VMware source. */
-export function isVmwareSource(v: Values): boolean {
-  return v['source-config'] !== undefined || (typeof v.source === 'string' && /^vddk:\/\//i.test(v.source));
-}
 
 function positive(text: string, flag: string): number {
   const n = Number(text);

@@ -48,6 +48,12 @@ interface Fetching { promise: Promise<Buffer>; waiters: number }
  * per 4 KiB, and unmapping shared memory flushes every thread's TLB), measured on an nbdcopy of the export. A buffer
  * is reused only once it has left the LRU and no reader holds it: get() pins what it returns, release() unpins, and
  * a reader that never releases only keeps its buffer from being reused (the pins are weak).
+ *
+ * A chunk every byte of which has been served since it was fetched (served()) leaves the LRU at once: that is a
+ * copy streaming through the disk, which will not read it again, and keeping it would grow the cache to its bound
+ * with fresh memory. Retiring it keeps a streaming copy on a few dozen recycled buffers: an nbdcopy of a 512 MiB
+ * point cost the export 2.3 s of CPU instead of 3.6 s (workers 0.4 s instead of 0.9 s each), and the
+ * copy took 5.8 s instead of 7-10 s (load average 9 on 2 cores).
  */
 export class ChunkCache {
   private readonly lru: Lru<string, Buffer>;
@@ -55,13 +61,15 @@ export class ChunkCache {
   private readonly pins = new WeakMap<Buffer, number>();
   private readonly evictedPinned = new WeakSet<Buffer>();
   private readonly free: Buffer[] = [];
+  /** Bytes served of each cached chunk since it was fetched (see served()). */
+  private readonly servedBytes = new Map<string, number>();
   private readonly slots: BufferPool<Buffer>;
   private readonly timeoutMs: number;
   private readonly keyHeld?: { release: () => void; done: Promise<void> };
   readonly stats: CacheStats = { hits: 0, misses: 0, fetches: 0, bytesFetched: 0, errors: 0, cachedBytes: 0 };
 
   constructor(private readonly opts: ChunkCacheOptions) {
-    this.lru = new Lru(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, (b) => b.length, (b) => this.evicted(b));
+    this.lru = new Lru(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, (b) => b.length, (b, k) => this.evicted(b, k));
     const concurrency = opts.concurrency ?? 8;
     this.slots = new BufferPool(concurrency, () => sharedAligned(maxObjectBytes(opts.chunkSize)));
     this.timeoutMs = opts.fetchTimeoutMs ?? 120_000;
@@ -102,6 +110,20 @@ export class ChunkCache {
 
   isCached(e: ChunkEntry): boolean { return this.lru.has(`${e.writer}/${e.index}`); }
 
+  /**
+   * A reader was given `bytes` of a chunk's plaintext. Once as many bytes as the chunk holds were served, it leaves
+   * the cache (its buffer is reused once its readers released it). Overlapping reads count twice: that only retires
+   * a chunk early, which costs a fetch if it is read again, never a wrong byte.
+   */
+  served(e: ChunkEntry, bytes: number): void {
+    const k = `${e.writer}/${e.index}`;
+    if (!this.lru.has(k)) return;
+    const n = (this.servedBytes.get(k) ?? 0) + bytes;
+    if (n < e.plainLength) { this.servedBytes.set(k, n); return; }
+    this.lru.evict(k);
+    this.stats.cachedBytes = this.lru.weight;
+  }
+
   private fetch(k: string, e: ChunkEntry, point: number, waiters: number): Promise<Buffer> {
     const f: Fetching = { waiters, promise: undefined as unknown as Promise<Buffer> };
     f.promise = this.fetchOnce(e, point).then((b) => {
@@ -123,7 +145,8 @@ export class ChunkCache {
     if (n > 0) this.pins.set(b, (this.pins.get(b) ?? 0) + n);
   }
 
-  private evicted(b: Buffer): void {
+  private evicted(b: Buffer, k: string): void {
+    this.servedBytes.delete(k);
     if ((this.pins.get(b) ?? 0) > 0) this.evictedPinned.add(b);
     else this.recycle(b);
   }
@@ -167,6 +190,7 @@ export class ChunkCache {
   async close(): Promise<void> {
     await Promise.allSettled([...this.inflight.values()].map((f) => f.promise));
     this.lru.clear();
+    this.servedBytes.clear();
     this.free.length = 0;
     this.keyHeld?.release();
     await this.keyHeld?.done;

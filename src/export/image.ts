@@ -3,6 +3,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import type { ChunkCache } from './chunk-cache.js';
 import type { ChunkIndex } from './chunk-index.js';
+import type { ChunkEntry } from '../format/table.js';
 import { STATE_HOLE, STATE_ZERO, type StatusExtent } from './wire.js';
 
 /** A run of bytes in a read: data (a view of a cached chunk or an overlay read) or, without data, zeros. */
@@ -51,11 +52,12 @@ export class PointImage implements ExportImage {
     const first = Math.floor(offset / this.chunkSize);
     const last = Math.floor((offset + length - 1) / this.chunkSize);
     const held: Buffer[] = [];
+    const served: Array<[ChunkEntry, number]> = [];
     const jobs: Array<Promise<Piece>> = [];
     for (let i = first; i <= last; i++) {
       const start = Math.max(offset, i * this.chunkSize);
       const end = Math.min(offset + length, (i + 1) * this.chunkSize);
-      jobs.push(this.chunkPiece(i, start, end, held));
+      jobs.push(this.chunkPiece(i, start, end, held, served));
     }
     const settled = await Promise.allSettled(jobs);
     this.noteAccess(first, last);
@@ -66,6 +68,7 @@ export class PointImage implements ExportImage {
     }
     const pieces = mergeHoles(settled.map((s) => (s as PromiseFulfilledResult<Piece>).value));
     this.held.set(pieces, held);
+    for (const [e, n] of served) this.cache.served(e, n);
     return pieces;
   }
 
@@ -75,7 +78,7 @@ export class PointImage implements ExportImage {
     for (const b of held ?? []) this.cache.release(b);
   }
 
-  private async chunkPiece(i: number, start: number, end: number, held: Buffer[]): Promise<Piece> {
+  private async chunkPiece(i: number, start: number, end: number, held: Buffer[], served: Array<[ChunkEntry, number]>): Promise<Piece> {
     const e = await this.index.lookup(i);
     if (!e) return { offset: start, length: end - start };
     const plain = await this.cache.get(e, this.point);
@@ -84,6 +87,7 @@ export class PointImage implements ExportImage {
     if (end - base > plain.length) {
       throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${i} holds ${plain.length} bytes, fewer than the disk needs there`);
     }
+    served.push([e, end - start]);
     return { offset: start, length: end - start, data: plain.subarray(start - base, end - base) };
   }
 

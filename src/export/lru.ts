@@ -6,7 +6,7 @@ export class Lru<K, V> {
   private total = 0;
 
   /** onEvict hears every value that leaves by eviction or replacement (not by clear()). */
-  constructor(private readonly capacity: number, private readonly weigh: (v: V) => number, private readonly onEvict?: (v: V) => void) {}
+  constructor(private readonly capacity: number, private readonly weigh: (v: V) => number, private readonly onEvict?: (v: V, k: K) => void) {}
 
   get(k: K): V | undefined {
     const v = this.map.get(k);
@@ -19,6 +19,15 @@ export class Lru<K, V> {
 
   has(k: K): boolean { return this.map.has(k); }
 
+  /** Removes k now, as an eviction would (onEvict hears its value). */
+  evict(k: K): void {
+    const v = this.map.get(k);
+    if (v === undefined) return;
+    this.map.delete(k);
+    this.total -= this.weigh(v);
+    this.onEvict?.(v, k);
+  }
+
   /** Inserts v unless it alone exceeds the capacity; evicts the coldest entries to make room. */
   set(k: K, v: V): void {
     const w = this.weigh(v);
@@ -27,7 +36,7 @@ export class Lru<K, V> {
     if (old !== undefined) {
       this.total -= this.weigh(old);
       this.map.delete(k);
-      if (old !== v) this.onEvict?.(old);
+      if (old !== v) this.onEvict?.(old, k);
     }
     this.map.set(k, v);
     this.total += w;
@@ -35,7 +44,7 @@ export class Lru<K, V> {
       if (this.total <= this.capacity) break;
       this.map.delete(key);
       this.total -= this.weigh(val);
-      this.onEvict?.(val);
+      this.onEvict?.(val, key);
     }
   }
 

@@ -33,8 +33,9 @@ export interface ServerStats {
 
 export const MAX_BLOCK = 32 * 1024 * 1024;
 /**
- * Sessions at once. With at most MAX_BLOCK bytes of requests being served per session, the memory requests can
- * pin beyond the cache is bounded by MAX_CONNECTIONS * MAX_BLOCK (512 MiB), whatever the clients do.
+ * Sessions at once. With at most MAX_BLOCK bytes of requests being served per session and 4 MiB of replies queued
+ * on its socket (io.ts), the memory requests can pin beyond the cache is bounded by MAX_CONNECTIONS * 36 MiB
+ * (576 MiB), whatever the clients do.
  */
 export const MAX_CONNECTIONS = 16;
 

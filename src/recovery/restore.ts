@@ -24,7 +24,10 @@ export interface RecoverOptions {
   out: string;
   /** The key of an encrypted disk (required for one, refused for an unencrypted one). */
   encryption?: EncryptionKey;
-  /** Chunks fetched and decoded at once (default 8): also the number of chunk buffers, so memory is bounded by it. */
+  /**
+   * Chunks fetched, decoded and written at once (default: 24 MiB of chunks, 8 to 32 of them): also the number of
+   * chunk buffers, so memory is bounded by it.
+   */
   concurrency?: number;
   /** An output already opened (embedders, tests): used instead of opening `out`. */
   sink?: OutputSink;
@@ -86,7 +89,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     if (sink.prepare) await sink.prepare(() => dataExtents(store, chain, seal?.key));
     clock.ms.open = performance.now() - started;
     stats = await withWorkerKey(opts.encryption, () => pump({
-      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? 8, signal: opts.signal, clock,
+      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? defaultConcurrency(chunkSize), signal: opts.signal, clock,
       onProgress: opts.onProgress && ((s) => opts.onProgress!({ bytesWritten: s.bytesWritten, chunksDone: s.chunksRestored, diskSize })),
     }));
     const finishing = performance.now();
@@ -101,6 +104,18 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     disk, point: seq, out: sink.location, diskSize, chunkSize, ...stats,
     seconds: (performance.now() - started) / 1000, stages: clock.times,
   };
+}
+
+/**
+ * Chunks in flight by default. A chunk holds its buffers through its write, and O_DIRECT writes into a sparse file
+ * take turns on the inode (each allocates blocks): with 8 buffers of 1 MiB chunks the decoders stood waiting for a
+ * buffer. 24 of them restored a 512 MiB point in 1.0-1.7 s against 1.3-2.7 s with 8 (three rounds alternating, load
+ * average 13 on 2 cores). Large chunks keep 8, as before: memory stays about 2x this many chunk sizes.
+ */
+const RESTORE_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
+
+function defaultConcurrency(chunkSize: number): number {
+  return Math.min(32, Math.max(8, Math.floor(RESTORE_BYTES_IN_FLIGHT / chunkSize)));
 }
 
 /** The restore's stage sums in milliseconds, a few clock reads per chunk. */

@@ -1,11 +1,14 @@
 // Units of the export's data path: the byte-bounded LRU; the chunk cache fetching a chunk once for many concurrent
-// readers and staying within its bound; read-ahead on sequential reads only; the lazy chunk index agreeing with
-// the sequential chain view on every chunk; option payload decoding that never reads past its end.
+// readers and staying within its bound; read-ahead on sequential reads only; replies queued on the socket; the lazy
+// chunk index agreeing with the sequential chain view on every chunk; option payload decoding that never reads past
+// its end.
+import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { ChunkCache } from '../../src/export/chunk-cache.js';
 import { ChunkIndex } from '../../src/export/chunk-index.js';
 import { PointImage } from '../../src/export/image.js';
+import { SocketIo } from '../../src/export/io.js';
 import { Lru } from '../../src/export/lru.js';
 import { decodeGoPayload, decodeMetaPayload } from '../../src/export/wire.js';
 import { isZeroEntry } from '../../src/format/table.js';
@@ -124,6 +127,81 @@ t.test('an evicted plaintext buffer is reused only after its readers released it
     img.done(pieces);
   }
   t.ok(after.has(heldBuffer.buffer), 'once released (and evicted), its memory serves other chunks');
+});
+
+// A streaming copy (nbdcopy) grew the cache to its bound with fresh memory, and decoding into fresh memory cost the
+// export ~2x the CPU: a chunk served whole leaves the cache and its buffer serves the next chunks, while a chunk
+// read only in part stays cached for the next read.
+t.test('a chunk served whole leaves the cache and its buffer is reused; a chunk read in part stays cached', async (t) => {
+  const store = await twoPointStore(t);
+  const chain = await loadChain(store, 'vm', 2);
+  const cache = new ChunkCache({ store, disk: 'vm', chunkSize: CHUNK, cacheBytes: 2 * SIZE });
+  t.teardown(() => cache.close());
+  const img = new PointImage(new ChunkIndex(store, chain), cache);
+  const buffers = new Set<ArrayBufferLike>();
+  let dataChunks = 0;
+  // Two halves per chunk, as a copy with requests smaller than a chunk reads it.
+  for (let i = 0; i + CHUNK <= SIZE; i += CHUNK) {
+    for (const at of [i, i + CHUNK / 2]) {
+      const pieces = await img.read(at, CHUNK / 2);
+      for (const p of pieces) if (p.data) buffers.add(p.data.buffer);
+      if (at === i && pieces.some((p) => p.data)) dataChunks++;
+      img.done(pieces);
+    }
+  }
+  // Read-ahead may hold a few chunks no one has read yet; nothing that was served whole stays.
+  t.ok(cache.stats.cachedBytes <= 10 * CHUNK, `whole disk streamed through a cache that could hold it all: ${cache.stats.cachedBytes} bytes stay`);
+  t.ok(buffers.size < dataChunks / 2, `${buffers.size} buffers served ${dataChunks} data chunks`);
+
+  const part = await img.read(0, 4096);
+  img.done(part);
+  const misses = cache.stats.misses;
+  const again = await img.read(4096, 4096);
+  img.done(again);
+  t.equal(cache.stats.misses, misses, 'a chunk read in part is still cached');
+});
+
+// Each reply waited for the socket's queue to empty before the next was written: the socket idled between replies
+// and every part took its own write. Replies now queue up to a bound (4 MiB), and a client that does not read
+// still holds no more than that.
+t.test('replies queue on the socket up to a bound, arrive whole and in order, and wait once the bound is reached', async (t) => {
+  const dir = tmpDir(t, 'export-io');
+  const sockPath = path.join(dir, 's.sock');
+  const accepted = new Promise<net.Socket>((resolve) => {
+    const server = net.createServer(resolve).listen(sockPath);
+    t.teardown(() => server.close());
+  });
+  const client = net.connect(sockPath);
+  const io = new SocketIo(await accepted);
+  t.teardown(() => { io.close(); client.destroy(); });
+  client.pause(); // reads nothing yet: what the server may queue is what this bound leaves it
+
+  const REPLY = 256 * 1024;
+  const sent: boolean[] = [];
+  const flushed: number[] = [];
+  const writes = Array.from({ length: 64 }, (_, i) => {
+    const head = Buffer.alloc(8);
+    head.writeUInt32BE(i, 0);
+    head.writeUInt32BE(REPLY, 4);
+    return io.write([head, Buffer.alloc(REPLY, i)], () => flushed.push(i)).then(() => { sent[i] = true; });
+  });
+  await new Promise((r) => setTimeout(r, 300));
+  const early = sent.filter(Boolean).length;
+  t.ok(early > 1, `${early} replies counted as sent before the client read anything (more than one)`);
+  t.ok(early * REPLY <= 4 * 1024 * 1024 + 2 * REPLY, `no more than about 4 MiB queued for a client that does not read (${early} replies)`);
+
+  let got = Buffer.alloc(0);
+  client.on('data', (d: Buffer) => { got = Buffer.concat([got, d]); });
+  client.resume();
+  await Promise.all(writes);
+  while (got.length < 64 * (8 + REPLY)) await new Promise((r) => setTimeout(r, 20));
+  let order = true;
+  for (let i = 0; i < 64; i++) {
+    const at = i * (8 + REPLY);
+    if (got.readUInt32BE(at) !== i || got[at + 8] !== (i & 0xff) || got[at + 8 + REPLY - 1] !== (i & 0xff)) order = false;
+  }
+  t.ok(order, 'every reply arrived whole and in order');
+  t.equal(flushed.length, 64, 'every reply heard that the socket was done with its buffers');
 });
 
 t.test('option payloads: counts and lengths are checked against the payload', async (t) => {

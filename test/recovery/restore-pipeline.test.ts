@@ -1,11 +1,13 @@
 // The restore pipeline against sinks that record what they get: an ordered sink sees write/zero calls in disk
 // order covering the disk exactly once, even when chunks decode out of order; a positioned sink sees every
 // non-zero chunk once and zero ranges for the rest; no more chunk buffers are held than the concurrency; a
-// failing sink stops the restore and is aborted. Plus a restore into tmpfs (no O_DIRECT there: buffered path).
+// failing sink stops the restore and is aborted; the buffer pool makes buffers only when needed. Plus a restore
+// into tmpfs (no O_DIRECT there: buffered path).
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { openFileOutput } from '../../src/output/file.js';
+import { BufferPool } from '../../src/pipeline/buffer-pool.js';
 import type { OutputSink } from '../../src/output/sink.js';
 import { recover } from '../../src/recovery/restore.js';
 import { KiB, fingerprint, fsStore, randomData, snap, textData, tmpDir, assertSameBytes } from '../helpers/images.js';
@@ -78,6 +80,31 @@ for (const ordered of [true, false]) {
     t.equal(r.out, 'recording');
   });
 }
+
+// A restore of a one-chunk disk made (and at the end wiped) every one of its 24 default chunk buffers: the pool now
+// makes a buffer when one is first needed, never more than its count.
+t.test('the chunk buffer pool makes buffers on first need, at most its count, and waits beyond it', async (t) => {
+  let made = 0;
+  const pool = new BufferPool(3, () => ({ n: made++ }));
+  t.equal(made, 0, 'nothing made before it is needed');
+  t.equal(pool.available, 3);
+  const a = await pool.acquire();
+  t.equal(made, 1, 'one acquire, one buffer');
+  pool.release(a);
+  t.equal(await pool.acquire(), a, 'a released buffer is reused before another is made');
+  t.equal(made, 1);
+  await pool.acquire();
+  await pool.acquire();
+  t.equal(made, 3);
+  t.equal(pool.available, 0);
+  let waited = true;
+  const fourth = pool.acquire().then((b) => { waited = false; return b; });
+  await new Promise((r) => setTimeout(r, 20));
+  t.ok(waited, 'a fourth acquire waits');
+  pool.release(a);
+  t.equal(await fourth, a, 'and gets the next released buffer');
+  t.equal(made, 3, 'never more than the count');
+});
 
 t.test('a failing sink fails the restore and is aborted, never finished', async (t) => {
   for (const ordered of [true, false]) {
