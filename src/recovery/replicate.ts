@@ -26,8 +26,10 @@ import { Domain, leaseName, MIN_PACK_SIZE, validatePackSize } from '../repositor
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { r2, validateDiskId } from '../repository/names.js';
 import { newObjectId, packBufferBytes, PackBuilder } from '../repository/pack.js';
-import { encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
-import { markedPacks } from '../repository/prune-marks.js';
+import {
+  encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry, type V4ManifestFields,
+} from '../repository/point-format.js';
+import { WriterMarks } from '../repository/prune-marks.js';
 import { checkClaim, ensureClaim, readClaim } from '../repository/claims.js';
 import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint, loadV2Checkpoint } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
@@ -127,6 +129,8 @@ interface Checkpoint {
   stats: RunStats;
   /** Packs written by other runs that this point's chunks are in (re-checked against prune's marks at commit). */
   reused: string[];
+  /** The generation of prune's marks the run had read when it wrote this checkpoint (absent before generations: 0). */
+  marksGeneration?: number;
 }
 
 interface RunStats {
@@ -237,12 +241,17 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
   const identity = await source.identity?.();
   const ck = await openCheckpoint(opts, store, domain, disk, seq, parent?.point ?? null, scan, grid, source, identity);
-  // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused).
+  // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused), never older than
+  // the marks this disk's latest point or this point's checkpoint saw (an older marks object put back is a replay).
   const index = await ChunkIndex.load(store, domain);
   // The ids the codec workers see, so they compress only chunks that are probably new (the index still decides).
   const known = new IdFilter(index.size + grid.count);
   for (const id of index.ids()) known.add(id);
-  let marked = await markedPacks(store, domain);
+  const latestGeneration = latest && isV2Point(latest) ? latest.marksGeneration ?? 0 : 0;
+  const marks = ck.marksGeneration > latestGeneration
+    ? new WriterMarks(store, domain, ck.marksGeneration, `recorded by the checkpoint of point ${seq} of disk ${disk}`)
+    : new WriterMarks(store, domain, latestGeneration, `recorded by point ${latest?.point} of disk ${disk}`);
+  let marked = await marks.blockedPacks();
   const reused = new Set<string>(ck.reused);
   const written = new Set<string>();
   // Stats of the chunks settled in index order, so a checkpoint holds exactly the work it covers.
@@ -325,6 +334,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       source: { kind: source.kind, location: source.location, ...(identity ? { identity } : {}) }, ...(domain.key ? { keyId: domain.key.keyId } : {}),
       segments: segments.slice(0, place.segment + 1), records: recordsDone + entries.length, nextIndex,
       stats: { ...settled, bytesWritten: stats.bytesWritten, packsWritten: stats.packsWritten }, reused: [...reused],
+      marksGeneration: marks.generation,
     });
     // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
     segmentChain = segmentChain.then(async () => {
@@ -350,7 +360,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       recordsDone += entries.length;
       failpoint('after-checkpoint');
       // Prune may have marked packs since: chunks in them are stored again from now on.
-      marked = await markedPacks(store, domain);
+      marked = await marks.blockedPacks();
     }).catch((err) => { checkpointFailure ??= err; failure ??= err; }); // stops the scan
   };
   let recordsDone = ck.records;
@@ -549,15 +559,16 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   opts.onProgress?.({ phase: 'commit', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position: grid.diskSize, diskSize: grid.diskSize });
   await lease?.check();
   await opts.beforeCommit?.();
-  await checkReused(store, domain, reused);
+  await checkReused(store, domain, marks, reused);
   failpoint('before-commit');
   const seconds = (performance.now() - started) / 1000;
-  const manifest: PointManifest = {
+  const manifest: PointManifest & V4ManifestFields = {
     format: MANIFEST_FORMAT, version: MANIFEST_VERSION_V2, ...(domain.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: domain.key.keyId } } : {}), disk, point: seq, parent: parent?.point ?? null, full,
     createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize,
     source: { kind: source.kind, location: source.location, ...(changeMarker ? { marker: changeMarker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
     table: { generation: 0, records, segments },
     ...(lease ? { fence: lease.token } : {}),
+    marksGeneration: marks.generation,
     stats: {
       chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
       bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, seconds,
@@ -677,7 +688,7 @@ async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid)
 async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain: Domain, disk: string, seq: number, parent: number | null,
     scan: boolean, grid: ChunkGrid, source: BlockSource, identity: string | undefined) {
   const fresh = {
-    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[],
+    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[], marksGeneration: 0,
     stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
   };
   if (opts.resume === false) return fresh;
@@ -699,17 +710,19 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain
     return fresh;
   }
   const segments = ck.segments.map((r, n) => ({ ...r, key: r2.segment(domain.name, domain.dname(disk), seq, 0, n) }));
-  return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused };
+  const marksGeneration = Number.isSafeInteger(ck.marksGeneration) && ck.marksGeneration! > 0 ? ck.marksGeneration! : 0;
+  return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused, marksGeneration };
 }
 
 /**
  * Before a commit: every pack this point reuses chunks from (written by other runs) must still be there and not
  * marked by prune; otherwise a prune running beside this replicate may delete it after the commit. Fails (never
- * commits) so the next run stores those chunks again.
+ * commits) so the next run stores those chunks again. The marks are read even when nothing was reused: the manifest
+ * records their generation.
  */
-async function checkReused(store: ObjectStore, domain: Domain, reused: Set<string>): Promise<void> {
+async function checkReused(store: ObjectStore, domain: Domain, marks: WriterMarks, reused: Set<string>): Promise<void> {
+  const marked = await marks.blockedPacks();
   if (reused.size === 0) return;
-  const marked = await markedPacks(store, domain);
   const ids = [...reused];
   let next = 0;
   const check = async () => {
