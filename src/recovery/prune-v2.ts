@@ -9,11 +9,11 @@ import { xxh64 } from '../format/checksum.js';
 import { isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from '../pipeline/chunk-reader.js';
-import { Domain } from '../repository/domain.js';
+import { Domain, MIN_PACK_SIZE } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
-import { PackBuilder, newObjectId, type BlobEntry } from '../repository/pack.js';
+import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
   listLegacyPointSeqs, listV2Disk, listV2Disks, listV2PointSeqs, loadV2Chain, loadV2Checkpoint, loadV2Point, v2DiskId, type V2DiskObjects,
@@ -350,6 +350,7 @@ async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, P
   failpoint('prune-repack-marked');
 
   const written: ChunkLocation[] = [];
+  const packSize = packSizeFor(store, domain.config.packSize, MIN_PACK_SIZE);
   let builder: PackBuilder | undefined;
   const flush = async () => {
     if (!builder || builder.count === 0) return;
@@ -370,10 +371,10 @@ async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, P
         throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
           { details: { key: r2.pack(domain.name, id) } });
       }
-      builder ??= new PackBuilder(domain.name, domain.config.packSize, domain.key);
-      if (builder.wouldOverflow(blob.length)) {
+      builder ??= new PackBuilder(domain.name, packSize, domain.key);
+      if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
         await flush();
-        builder = new PackBuilder(domain.name, domain.config.packSize, domain.key);
+        builder = new PackBuilder(domain.name, packSize, domain.key);
       }
       builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
       r.bytesRewritten += e.length;

@@ -25,7 +25,7 @@ import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../reposi
 import { Domain, leaseName, MIN_PACK_SIZE, validatePackSize } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { r2, validateDiskId } from '../repository/names.js';
-import { newObjectId, packBufferBytes, PackBuilder } from '../repository/pack.js';
+import { newObjectId, packBufferBytes, PackBuilder, packSizeFor } from '../repository/pack.js';
 import {
   encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry, type V4ManifestFields,
 } from '../repository/point-format.js';
@@ -202,7 +202,9 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   }
   const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
   if (!claim) await ensureClaim(store, disk, opts.encryption);
-  const packs = packPlan(validatePackSize(opts.packSize ?? domain.config.packSize), opts.packSize !== undefined, opts.bufferBytes);
+  // A store with an object limit (a ws node's, learnt in its handshake, which the reads above made) gets packs that fit
+  // it, whatever the repository's or --pack-size says.
+  const packs = packPlan(packSizeFor(store, validatePackSize(opts.packSize ?? domain.config.packSize), MIN_PACK_SIZE), opts.packSize !== undefined, opts.bufferBytes);
   const packSize = packs.packSize;
   const dname = domain.dname(disk);
   const workers = codecWorkers();
@@ -384,7 +386,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     try {
       const stored = reusable(id);
       if (stored) return stored;
-      if (open?.pack.wouldOverflow(blob.length)) closePack();
+      if (open?.pack.wouldOverflow(blob.length, store.maxPutBytes)) closePack();
       if (!open) {
         const slot = await packSlots.acquire();
         open = { pack: new PackBuilder(domain.name, packSize, domain.key, undefined, slot.buffer), slot };
