@@ -164,7 +164,7 @@ export interface DomainScan {
   missingChunks: number;
   /** Set when some references could not be read: nothing may be deleted. */
   deferred?: string;
-  /** The highest marks generation a point or checkpoint read recorded, and which one (by: a phrase). */
+  /** The highest marks generation the scanned points and checkpoints recorded, and which one did (by: a phrase). */
   marksRecorded: RecordedGeneration;
 }
 
@@ -321,7 +321,8 @@ async function checkMarksNotReplayed(store: ObjectStore, domain: Domain): Promis
 async function resetMarks(store: ObjectStore, domain: Domain): Promise<void> {
   const recorded = await recordedGeneration(store, domain, 'all');
   const current = await readPruneMarks(store, domain).catch((err) => {
-    if (err instanceof RnodeError) return new PruneMarks(); // damaged or forged: reset too
+    // Damaged or forged marks are reset too.
+    if (isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.METADATA_FORGED)) return new PruneMarks();
     throw err;
   });
   await writePruneMarks(store, domain, new PruneMarks(new Map(), Math.max(recorded.generation, current.generation)));

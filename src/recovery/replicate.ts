@@ -693,7 +693,6 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain
     resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[], marksGeneration: 0,
     stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
   };
-  if (opts.resume === false) return fresh;
   let ck: Checkpoint | undefined;
   try {
     // Sealed in an encrypted domain: a forged checkpoint (one that would skip chunks) does not open.
@@ -702,17 +701,19 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain
     if (isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || err instanceof SyntaxError) return fresh;
     throw err;
   }
+  // The marks generation any checkpoint that opens saw counts, resumed or not (this run overwrites it).
+  const g = ck?.marksGeneration;
+  const marksGeneration = typeof g === 'number' && Number.isSafeInteger(g) && g > 0 ? g : 0;
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
-  if (ck?.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
+  if (opts.resume === false || ck?.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
       ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
       ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments) ||
       ck.keyId !== opts.encryption?.keyId || !Array.isArray(ck.reused) ||
       // The data read before the cut must be the data now; a source that cannot tell is never resumed.
       identity === undefined || ck.source?.identity !== identity) {
-    return fresh;
+    return { ...fresh, marksGeneration };
   }
   const segments = ck.segments.map((r, n) => ({ ...r, key: r2.segment(domain.name, domain.dname(disk), seq, 0, n) }));
-  const marksGeneration = Number.isSafeInteger(ck.marksGeneration) && ck.marksGeneration! > 0 ? ck.marksGeneration! : 0;
   return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused, marksGeneration };
 }
 

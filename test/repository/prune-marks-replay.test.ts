@@ -12,6 +12,7 @@ import { EnvelopeKind, envelopeContext, sealEnvelope } from '../../src/repositor
 import { decodePruneMarks, pruneMarksKey, readPruneMarks } from '../../src/repository/prune-marks.js';
 import { listPointSeqs, loadV2Point } from '../../src/repository/points.js';
 import { pruneStore, type PruneStoreOptions } from '../../src/recovery/prune-v2.js';
+import { delegatingSource } from '../../src/source/types.js';
 import { runCli } from '../helpers/cli.js';
 import { MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 
@@ -100,6 +101,48 @@ for (const encrypted of [false, true]) {
     t.equal(after.domains.find((d) => d.domain === domain.name)?.packsDeleted, 0, 'and prune runs again (its packs start over at seen)');
   });
 }
+
+t.test('a checkpoint that saw the newer marks: prune and the next replicate of the disk fail too', async (t) => {
+  const dir = tmpDir(t, 'marks-replay-ck');
+  const storeDir = path.join(dir, 'store');
+  const store = fsStore(storeDir);
+  const images = [1, 2, 3].map((seed) => {
+    const f = path.join(dir, `img${seed}.img`);
+    fs.writeFileSync(f, randomData(SIZE, seed));
+    return f;
+  });
+  const rep = (img: string, cutAfterReads?: number) => snap(store, img, 'd', {
+    chunkSize: 64 * 1024, checkpointRecords: 4,
+    wrapSource: (s) => {
+      let reads = 0;
+      return delegatingSource(s, {
+        read: (o: number, b: Buffer, l: number) => (cutAfterReads !== undefined && ++reads > cutAfterReads ? Promise.reject(new Error('cut')) : s.read(o, b, l)),
+      });
+    },
+  });
+  let clock = Date.now();
+  const prune = (extra: Partial<PruneStoreOptions> = {}) => pruneStore({ store, graceMs: GRACE, maxUnused: 0, now: () => clock, ...extra });
+  await rep(images[0]);
+  await rep(images[1]);
+  const domain = (await Domain.open(store, undefined))!;
+  const marksFile = path.join(storeDir, pruneMarksKey(domain.name));
+  await prune({ disk: 'd', keep: 1 });
+  const old = fs.readFileSync(marksFile);
+  clock += GRACE;
+  await prune();
+  // Point 3 is cut after a few checkpoints: only its checkpoint records generation 2 (point 2 predates the marks).
+  await t.rejects(rep(images[2], 10), { message: 'cut' });
+  fs.writeFileSync(marksFile, old);
+  const before = objects(storeDir);
+  clock += GRACE;
+  const err = await prune().then(() => undefined, (e: unknown) => e as { code?: string; message?: string });
+  t.equal(err?.code, REPLAYED, `prune fails: ${err?.message}`);
+  t.match(err?.message ?? '', /older than generation 2 recorded by the checkpoint of point 3 of disk d/);
+  t.same(objects(storeDir), before, 'and deleted and wrote nothing');
+  const w = await rep(images[2]).then(() => undefined, (e: unknown) => e as { code?: string; message?: string });
+  t.equal(w?.code, REPLAYED, `the replicate that would resume (or redo) point 3 fails too: ${w?.message}`);
+  t.same(objects(storeDir), before, 'leaving the checkpoint that recorded the newer generation');
+});
 
 t.test('marks written before generations still open, as generation 0 (manifests without one: prune-v2.test.ts)', async (t) => {
   const domain = Domain.of(undefined);
