@@ -3,14 +3,15 @@
 // and deleted when still unused a grace period after that; its tombstone (*deleted*) stays a while so a writer
 // holding an older index never reuses it. One object per domain, r2/<domain>/prune/marks, in an envelope
 // (PRUNE_MARKS; sealed in an encrypted domain). Rules and the race they answer: docs/prune.md.
-// Body: u32 LE count | count entries of 25 bytes: pack id (16) | u8 state | u64 LE ms since the epoch | u64 LE generation;
-// states: 1 marked, 2 deleted, 3 seen. The generation goes up by one on every write; marks written before generations
-// end after the entries and read as generation 0.
+// Body: u32 LE count | count entries of 25 bytes (pack id (16) | u8 state | u64 LE ms since the epoch) | u64 LE
+// generation; states: 1 marked, 2 deleted, 3 seen. The generation goes up by one on every write; marks written before
+// generations end after the entries and read as generation 0.
 // Replays: an older marks object put back (replayed, or a stale copy) is authentic and opens, and its older 'marked'
 // entries would let the next prune delete a pack without the grace period writers rely on (issue #14). So writers
 // record the generation they read in every checkpoint and manifest, and never accept a generation below one they saw;
 // prune fails (PRUNE_MARKS_REPLAYED) when a checkpoint or manifest recorded a newer generation than the marks hold.
-// What is left: a replay no writer has seen past yet (no point or checkpoint recorded a newer generation) goes unseen.
+// What is left: a replay no writer has seen past yet (no point or checkpoint recorded a newer generation), or one made
+// together with deleting the points and checkpoints that did, goes unseen (docs/prune.md, "Replayed marks").
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import type { Domain } from './domain.js';
