@@ -29,6 +29,8 @@ export const ErrorCodes = {
   MANIFEST_CORRUPT: 'RNODE_MANIFEST_CORRUPT',
   /** An encrypted disk's metadata object fails its MAC, or is an older (unauthenticated) version of one. */
   METADATA_FORGED: 'RNODE_METADATA_FORGED',
+  /** Prune's marks are older than a generation a checkpoint or manifest recorded: an older marks object was put back. */
+  PRUNE_MARKS_REPLAYED: 'RNODE_PRUNE_MARKS_REPLAYED',
   POINT_NOT_FOUND: 'RNODE_POINT_NOT_FOUND',
   DISK_NOT_FOUND: 'RNODE_DISK_NOT_FOUND',
   // encryption (exit 2: each is fixed by passing the right --encryption-key-file)

@@ -156,10 +156,10 @@ const verifyCmd: Command = {
 
 const pruneCmd: Command = {
   summary: 'keep the newest points of a disk; delete what no kept point uses (two phases), repack, compact indexes',
-  usage: `rnode prune --store <store> [--disk <id> --keep <n>] [--grace <duration>] [--max-unused <percent>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
+  usage: `rnode prune --store <store> [--disk <id> --keep <n>] [--grace <duration>] [--max-unused <percent>] [--reset-marks] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
   options: {
     store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, grace: { type: 'string' }, 'max-unused': { type: 'string' },
-    ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions,
+    'reset-marks': { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions,
   },
   async run(v, io) {
     if (v.vm !== undefined) return (await import('./vmware.js')).vmPruneCommand(v, io);
@@ -173,7 +173,7 @@ const pruneCmd: Command = {
     const graceMs = v.grace !== undefined ? parseDuration(str(v, 'grace')!, 'grace') : DEFAULT_GRACE_MS;
     const maxUnused = v['max-unused'] !== undefined ? parsePercent(str(v, 'max-unused')!, 'max-unused') : DEFAULT_MAX_UNUSED;
     const encryption = encryptionKeyFrom(v);
-    const r = await withStore(str(v, 'store')!, (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused }), v);
+    const r = await withStore(str(v, 'store')!, (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused, resetMarks: v['reset-marks'] === true }), v);
     print(io, v.json === true, r, () => [
       ...(r.disk !== undefined
         ? [`kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,

@@ -9,16 +9,16 @@ import { xxh64 } from '../format/checksum.js';
 import { isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { forEachBounded } from '../pipeline/chunk-reader.js';
-import { Domain } from '../repository/domain.js';
+import { Domain, MIN_PACK_SIZE } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
-import { PackBuilder, newObjectId, type BlobEntry } from '../repository/pack.js';
+import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
   listLegacyPointSeqs, listV2Disk, listV2Disks, listV2PointSeqs, loadV2Chain, loadV2Checkpoint, loadV2Point, v2DiskId, type V2DiskObjects,
 } from '../repository/points.js';
-import { PruneMarks, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
+import { PruneMarks, checkMarksGeneration, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
 import { chainView, pendingTableEntries, referencesChunk, tableEntries } from '../repository/view.js';
 import { dropLegacyPoints, pruneLegacy, type PruneOptions, type PruneResult } from './prune.js';
 
@@ -43,6 +43,8 @@ export interface MaintainOptions {
   concurrency?: number;
   now?: () => number;
   lease?: LeaseOptions | false;
+  /** Start the marks afresh (after PRUNE_MARKS_REPLAYED): every unused pack is seen again, nothing is deleted on this run. */
+  resetMarks?: boolean;
 }
 
 export interface MaintainResult {
@@ -91,7 +93,10 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
     packsWritten: 0, indexesWritten: 0, indexesDeleted: 0, missingChunks: 0, seconds: 0,
   };
 
-  const { marks, index, packs, missingChunks, deferred } = await scanDomain(store, domain, concurrency);
+  if (opts.resetMarks) await resetMarks(store, domain);
+  const { marks, index, packs, missingChunks, deferred, marksRecorded } = await scanDomain(store, domain, concurrency);
+  // A point or checkpoint that saw newer marks than these: they were put back, and their ages cannot be trusted.
+  checkMarksGeneration(domain, marks, marksRecorded.generation, `recorded by ${marksRecorded.by}`, 'nothing was deleted');
   r.packs = packs.size;
   r.missingChunks = missingChunks;
   if (deferred) r.deferred = deferred;
@@ -159,6 +164,21 @@ export interface DomainScan {
   missingChunks: number;
   /** Set when some references could not be read: nothing may be deleted. */
   deferred?: string;
+  /** The highest marks generation the scanned points and checkpoints recorded, and which one did (by: a phrase). */
+  marksRecorded: RecordedGeneration;
+}
+
+export interface RecordedGeneration {
+  generation: number;
+  by: string;
+}
+
+/** Keeps the higher of the generation recorded so far and one a point or checkpoint recorded (absent: 0). */
+function noteGeneration(seen: RecordedGeneration, generation: unknown, by: string): void {
+  if (Number.isSafeInteger(generation) && (generation as number) > seen.generation) {
+    seen.generation = generation as number;
+    seen.by = by;
+  }
 }
 
 /**
@@ -167,6 +187,7 @@ export interface DomainScan {
  */
 export async function scanDomain(store: ObjectStore, domain: Domain, concurrency = 8): Promise<DomainScan> {
   const r: { missingChunks: number; deferred?: string } = { missingChunks: 0 };
+  const marksRecorded: RecordedGeneration = { generation: 0, by: 'no point' };
   // Marks first, then indexes, then packs: a pack listed here was put before any index listing it (writers put the
   // pack, then its index), so an index entry whose pack is not listed names a deleted pack.
   const marks = await readPruneMarks(store, domain);
@@ -216,11 +237,15 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
         if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined; // deleted by retention since the listing
         throw err;
       });
-      if (m) for await (const e of tableEntries(store, m, domain.key)) use(e);
+      if (!m) continue;
+      noteGeneration(marksRecorded, m.marksGeneration, `point ${seq} of disk ${disk}`);
+      for await (const e of tableEntries(store, m, domain.key)) use(e);
     }
     for (const seq of d.pending.filter((p) => p > latest)) {
-      const parent = await checkpointParent(store, domain, disk, seq);
-      if (parent === undefined) continue;
+      const ck = await loadCheckpoint(store, domain, disk, seq);
+      if (ck === undefined) continue;
+      noteGeneration(marksRecorded, ck.marksGeneration, `the checkpoint of point ${seq} of disk ${disk}`);
+      const { parent } = ck;
       for (const s of d.segments.filter((x) => x.point === seq)) {
         try {
           for (const e of (await pendingTableEntries(store, disk, s, parent, domain.key)) ?? []) use(e);
@@ -236,17 +261,71 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
 
   const named = new Map<string, { disk?: string; objects: V2DiskObjects }>();
   for (const d of disks.values()) named.set(d.dname, { disk: diskIds.get(d.dname), objects: d });
-  return { marks, index, packs, disks: named, missingChunks: r.missingChunks, ...(r.deferred ? { deferred: r.deferred } : {}) };
+  return { marks, index, packs, disks: named, missingChunks: r.missingChunks, marksRecorded, ...(r.deferred ? { deferred: r.deferred } : {}) };
 }
 
-/** The parent a checkpoint names (its tables' envelopes are bound to it); undefined when it is gone (committed or abandoned since). */
-async function checkpointParent(store: ObjectStore, domain: Domain, disk: string, seq: number): Promise<number | null | undefined> {
-  const ck = (await loadV2Checkpoint(store, disk, seq, domain.key)) as { parent?: unknown } | null | undefined;
+/**
+ * What prune needs of a checkpoint: the parent it names (its tables' envelopes are bound to it) and the marks
+ * generation it recorded; undefined when it is gone (committed or abandoned since).
+ */
+async function loadCheckpoint(store: ObjectStore, domain: Domain, disk: string, seq: number): Promise<{ parent: number | null; marksGeneration?: unknown } | undefined> {
+  const ck = (await loadV2Checkpoint(store, disk, seq, domain.key)) as { parent?: unknown; marksGeneration?: unknown } | null | undefined;
   if (ck === undefined) return undefined;
   const parent = ck?.parent;
-  if (parent === null || (Number.isSafeInteger(parent) && (parent as number) >= 0 && (parent as number) < seq)) return parent as number | null;
+  if (parent === null || (Number.isSafeInteger(parent) && (parent as number) >= 0 && (parent as number) < seq)) {
+    return { parent: parent as number | null, marksGeneration: ck?.marksGeneration };
+  }
   const what = r2.pending(domain.name, domain.dname(disk), seq);
   throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `checkpoint ${what} names no valid parent; run "rnode check"`, { details: { key: what } });
+}
+
+/**
+ * The highest marks generation the domain's points and checkpoints recorded. 'latest' reads each disk's latest point
+ * only (a writer never records less than its disk's latest point did), 'all' every point (points of older builds
+ * record none).
+ */
+async function recordedGeneration(store: ObjectStore, domain: Domain, points: 'latest' | 'all'): Promise<RecordedGeneration> {
+  const seen: RecordedGeneration = { generation: 0, by: 'no point' };
+  for (const d of (await listV2Disks(store, domain.name)).values()) {
+    const disk = await v2DiskId(store, d, domain.key);
+    if (disk === undefined) continue;
+    const latest = d.points.length ? d.points[d.points.length - 1] : -1;
+    for (const seq of points === 'all' ? d.points : d.points.slice(-1)) {
+      const m = await loadV2Point(store, disk, seq, domain.key).catch((err) => {
+        if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined;
+        throw err;
+      });
+      if (m) noteGeneration(seen, m.marksGeneration, `point ${seq} of disk ${disk}`);
+    }
+    for (const seq of d.pending.filter((p) => p > latest)) {
+      const ck = await loadCheckpoint(store, domain, disk, seq);
+      if (ck) noteGeneration(seen, ck.marksGeneration, `the checkpoint of point ${seq} of disk ${disk}`);
+    }
+  }
+  return seen;
+}
+
+/**
+ * Fails (PRUNE_MARKS_REPLAYED) when a point or checkpoint recorded newer marks than the domain's marks object holds.
+ * The generations are read before the marks: marks only go up, so a prune writing meanwhile cannot fail it.
+ */
+async function checkMarksNotReplayed(store: ObjectStore, domain: Domain): Promise<void> {
+  const recorded = await recordedGeneration(store, domain, 'latest');
+  checkMarksGeneration(domain, await readPruneMarks(store, domain), recorded.generation, `recorded by ${recorded.by}`, 'nothing was deleted');
+}
+
+/**
+ * Starts the marks afresh: empty, at a generation above every recorded one. Safe whatever the marks held: every
+ * unused pack is only seen on this run, so nothing is deleted before two grace periods have passed.
+ */
+async function resetMarks(store: ObjectStore, domain: Domain): Promise<void> {
+  const recorded = await recordedGeneration(store, domain, 'all');
+  const current = await readPruneMarks(store, domain).catch((err) => {
+    // Damaged or forged marks are reset too.
+    if (isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.METADATA_FORGED)) return new PruneMarks();
+    throw err;
+  });
+  await writePruneMarks(store, domain, new PruneMarks(new Map(), Math.max(recorded.generation, current.generation)));
 }
 
 async function* iter<T>(xs: T[]): AsyncIterable<T> {
@@ -272,6 +351,7 @@ async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, P
   failpoint('prune-repack-marked');
 
   const written: ChunkLocation[] = [];
+  const packSize = packSizeFor(store, domain.config.packSize, MIN_PACK_SIZE);
   let builder: PackBuilder | undefined;
   const flush = async () => {
     if (!builder || builder.count === 0) return;
@@ -292,10 +372,10 @@ async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, P
         throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
           { details: { key: r2.pack(domain.name, id) } });
       }
-      builder ??= new PackBuilder(domain.name, domain.config.packSize, domain.key);
-      if (builder.wouldOverflow(blob.length)) {
+      builder ??= new PackBuilder(domain.name, packSize, domain.key);
+      if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
         await flush();
-        builder = new PackBuilder(domain.name, domain.config.packSize, domain.key);
+        builder = new PackBuilder(domain.name, packSize, domain.key);
       }
       builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
       r.bytesRewritten += e.length;
@@ -439,6 +519,8 @@ export interface PruneStoreOptions {
   now?: () => number;
   /** false: the caller holds the disk's lease (retention takes it otherwise); the domain's prune lease is always taken. */
   lease?: LeaseOptions | false;
+  /** Start each domain's marks afresh (MaintainOptions.resetMarks). */
+  resetMarks?: boolean;
 }
 
 export interface PruneStoreResult {
@@ -460,6 +542,8 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   const out: PruneStoreResult = { kept: [], deleted: [], chunksDeleted: 0, objectsDeleted: 0, domains: [], seconds: 0 };
   if (opts.disk !== undefined || opts.keep !== undefined) {
     if (opts.disk === undefined || opts.keep === undefined) throw new RnodeError(ErrorCodes.USAGE, 'pass --disk and --keep together (or neither, for maintenance only)');
+    // Replayed marks are reported before retention deletes anything (maintenance checks them again on its full scan).
+    if (domain && !opts.resetMarks) await checkMarksNotReplayed(store, domain);
     Object.assign(out, await retainDisk(store, domain, validateDiskId(opts.disk), opts.keep, key, opts), { disk: opts.disk });
   }
   const domains = [domain ?? undefined];
@@ -468,7 +552,7 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   for (const d of domains) {
     if (!d) continue;
     out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now,
-      lease: opts.lease === false ? undefined : opts.lease }));
+      lease: opts.lease === false ? undefined : opts.lease, resetMarks: opts.resetMarks }));
   }
   if (out.domains.length === 0 && opts.disk === undefined && !key && (await hasSealedDomain(store))) {
     throw new RnodeError(ErrorCodes.KEY_REQUIRED, `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`);

@@ -25,9 +25,11 @@ import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../reposi
 import { Domain, leaseName, MIN_PACK_SIZE, validatePackSize } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
 import { r2, validateDiskId } from '../repository/names.js';
-import { newObjectId, packBufferBytes, PackBuilder } from '../repository/pack.js';
-import { encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry } from '../repository/point-format.js';
-import { markedPacks } from '../repository/prune-marks.js';
+import { newObjectId, packBufferBytes, PackBuilder, packSizeFor } from '../repository/pack.js';
+import {
+  encodeManifestV4, encodePendingV2, encodeTableV3, isV2Point, MANIFEST_VERSION_V2, segmentDigest, v2Entry, type V4ManifestFields,
+} from '../repository/point-format.js';
+import { WriterMarks } from '../repository/prune-marks.js';
 import { checkClaim, ensureClaim, readClaim } from '../repository/claims.js';
 import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint, loadV2Checkpoint } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
@@ -127,6 +129,8 @@ interface Checkpoint {
   stats: RunStats;
   /** Packs written by other runs that this point's chunks are in (re-checked against prune's marks at commit). */
   reused: string[];
+  /** The generation of prune's marks the run had read when it wrote this checkpoint (absent before generations: 0). */
+  marksGeneration?: number;
 }
 
 interface RunStats {
@@ -198,7 +202,9 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   }
   const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
   if (!claim) await ensureClaim(store, disk, opts.encryption);
-  const packs = packPlan(validatePackSize(opts.packSize ?? domain.config.packSize), opts.packSize !== undefined, opts.bufferBytes);
+  // A store with an object limit (a ws node's, learnt in its handshake, which the reads above made) gets packs that fit
+  // it, whatever the repository's or --pack-size says.
+  const packs = packPlan(packSizeFor(store, validatePackSize(opts.packSize ?? domain.config.packSize), MIN_PACK_SIZE), opts.packSize !== undefined, opts.bufferBytes);
   const packSize = packs.packSize;
   const dname = domain.dname(disk);
   const workers = codecWorkers();
@@ -237,12 +243,17 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
   const identity = await source.identity?.();
   const ck = await openCheckpoint(opts, store, domain, disk, seq, parent?.point ?? null, scan, grid, source, identity);
-  // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused).
+  // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused), never older than
+  // the marks this disk's latest point or this point's checkpoint saw (an older marks object put back is a replay).
   const index = await ChunkIndex.load(store, domain);
   // The ids the codec workers see, so they compress only chunks that are probably new (the index still decides).
   const known = new IdFilter(index.size + grid.count);
   for (const id of index.ids()) known.add(id);
-  let marked = await markedPacks(store, domain);
+  const latestGeneration = latest && isV2Point(latest) ? latest.marksGeneration ?? 0 : 0;
+  const marks = ck.marksGeneration > latestGeneration
+    ? new WriterMarks(store, domain, ck.marksGeneration, `recorded by the checkpoint of point ${seq} of disk ${disk}`)
+    : new WriterMarks(store, domain, latestGeneration, `recorded by point ${latest?.point} of disk ${disk}`);
+  let marked = await marks.blockedPacks();
   const reused = new Set<string>(ck.reused);
   const written = new Set<string>();
   // Stats of the chunks settled in index order, so a checkpoint holds exactly the work it covers.
@@ -325,6 +336,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       source: { kind: source.kind, location: source.location, ...(identity ? { identity } : {}) }, ...(domain.key ? { keyId: domain.key.keyId } : {}),
       segments: segments.slice(0, place.segment + 1), records: recordsDone + entries.length, nextIndex,
       stats: { ...settled, bytesWritten: stats.bytesWritten, packsWritten: stats.packsWritten }, reused: [...reused],
+      marksGeneration: marks.generation,
     });
     // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
     segmentChain = segmentChain.then(async () => {
@@ -350,7 +362,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       recordsDone += entries.length;
       failpoint('after-checkpoint');
       // Prune may have marked packs since: chunks in them are stored again from now on.
-      marked = await markedPacks(store, domain);
+      marked = await marks.blockedPacks();
     }).catch((err) => { checkpointFailure ??= err; failure ??= err; }); // stops the scan
   };
   let recordsDone = ck.records;
@@ -374,7 +386,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     try {
       const stored = reusable(id);
       if (stored) return stored;
-      if (open?.pack.wouldOverflow(blob.length)) closePack();
+      if (open?.pack.wouldOverflow(blob.length, store.maxPutBytes)) closePack();
       if (!open) {
         const slot = await packSlots.acquire();
         open = { pack: new PackBuilder(domain.name, packSize, domain.key, undefined, slot.buffer), slot };
@@ -549,15 +561,16 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   opts.onProgress?.({ phase: 'commit', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: flushOrdinal, position: grid.diskSize, diskSize: grid.diskSize });
   await lease?.check();
   await opts.beforeCommit?.();
-  await checkReused(store, domain, reused);
+  await checkReused(store, domain, marks, reused);
   failpoint('before-commit');
   const seconds = (performance.now() - started) / 1000;
-  const manifest: PointManifest = {
+  const manifest: PointManifest & V4ManifestFields = {
     format: MANIFEST_FORMAT, version: MANIFEST_VERSION_V2, ...(domain.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: domain.key.keyId } } : {}), disk, point: seq, parent: parent?.point ?? null, full,
     createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize,
     source: { kind: source.kind, location: source.location, ...(changeMarker ? { marker: changeMarker } : {}), ...(fullReason ? { fullReason } : {}), ...(rescanReason ? { rescanReason } : {}) },
     table: { generation: 0, records, segments },
     ...(lease ? { fence: lease.token } : {}),
+    marksGeneration: marks.generation,
     stats: {
       chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
       bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, seconds,
@@ -677,10 +690,9 @@ async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid)
 async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain: Domain, disk: string, seq: number, parent: number | null,
     scan: boolean, grid: ChunkGrid, source: BlockSource, identity: string | undefined) {
   const fresh = {
-    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[],
+    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[], marksGeneration: 0,
     stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
   };
-  if (opts.resume === false) return fresh;
   let ck: Checkpoint | undefined;
   try {
     // Sealed in an encrypted domain: a forged checkpoint (one that would skip chunks) does not open.
@@ -689,27 +701,31 @@ async function openCheckpoint(opts: ReplicateOptions, store: ObjectStore, domain
     if (isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || err instanceof SyntaxError) return fresh;
     throw err;
   }
+  // The marks generation any checkpoint that opens saw counts, resumed or not (this run overwrites it).
+  const g = ck?.marksGeneration;
+  const marksGeneration = typeof g === 'number' && Number.isSafeInteger(g) && g > 0 ? g : 0;
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
-  if (ck?.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
+  if (opts.resume === false || ck?.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== scan ||
       ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
       ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments) ||
       ck.keyId !== opts.encryption?.keyId || !Array.isArray(ck.reused) ||
       // The data read before the cut must be the data now; a source that cannot tell is never resumed.
       identity === undefined || ck.source?.identity !== identity) {
-    return fresh;
+    return { ...fresh, marksGeneration };
   }
   const segments = ck.segments.map((r, n) => ({ ...r, key: r2.segment(domain.name, domain.dname(disk), seq, 0, n) }));
-  return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused };
+  return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused, marksGeneration };
 }
 
 /**
  * Before a commit: every pack this point reuses chunks from (written by other runs) must still be there and not
  * marked by prune; otherwise a prune running beside this replicate may delete it after the commit. Fails (never
- * commits) so the next run stores those chunks again.
+ * commits) so the next run stores those chunks again. The marks are read even when nothing was reused: the manifest
+ * records their generation.
  */
-async function checkReused(store: ObjectStore, domain: Domain, reused: Set<string>): Promise<void> {
+async function checkReused(store: ObjectStore, domain: Domain, marks: WriterMarks, reused: Set<string>): Promise<void> {
+  const marked = await marks.blockedPacks();
   if (reused.size === 0) return;
-  const marked = await markedPacks(store, domain);
   const ids = [...reused];
   let next = 0;
   const check = async () => {

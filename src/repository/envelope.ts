@@ -17,6 +17,8 @@ export const ENVELOPE_VERSION = 1;
 export const ENVELOPE_HEADER_BYTES = 8;
 const FLAG_SEALED = 1;
 const CHECKSUM_BYTES = 32;
+/** The most an envelope adds to its body: the header, and the larger of nonce + tag (28) and the checksum (32). */
+export const ENVELOPE_MAX_OVERHEAD_BYTES = ENVELOPE_HEADER_BYTES + CHECKSUM_BYTES;
 
 export const EnvelopeKind = {
   CONFIG: 1,

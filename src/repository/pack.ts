@@ -17,7 +17,7 @@ import { sealKernel } from '../format/seal.js';
 import { MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES } from '../format/chunk.js';
 import { copyBytes } from '../native/index.js';
 import type { ObjectStore } from '../store/types.js';
-import { EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
+import { ENVELOPE_MAX_OVERHEAD_BYTES, EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
 import { OBJECT_ID_BYTES, r2, type ObjectId } from './names.js';
 
 export const PACK_MAGIC = Buffer.from('RNPK', 'latin1');
@@ -133,9 +133,17 @@ export class PackBuilder {
   get size(): number { return this.#used; }
   get count(): number { return this.entries.length; }
 
-  /** True when adding `length` more bytes would take the pack past its target (an empty pack takes anything). */
-  wouldOverflow(length: number): boolean {
-    return this.#used > 0 && this.#used + length > this.target;
+  /**
+   * True when adding `length` more bytes would take the pack past its target, or the finished pack object past
+   * `maxObject` (a store's object limit: many small blobs make a large trailer). An empty pack takes anything.
+   */
+  wouldOverflow(length: number, maxObject = Infinity): boolean {
+    return this.#used > 0 && (this.#used + length > this.target || this.objectBytesWith(length) > maxObject);
+  }
+
+  /** The size of the finished pack object (at most) if a blob of `length` bytes were added now. */
+  objectBytesWith(length: number): number {
+    return this.#used + length + ENVELOPE_MAX_OVERHEAD_BYTES + 4 + (this.entries.length + 1) * BLOB_ENTRY_BYTES + PACK_TAIL_BYTES;
   }
 
   /** Appends a blob; returns its entry. */
@@ -173,6 +181,18 @@ export class PackBuilder {
 /** Bytes of a pack buffer for a target size: the target, a blob past it, and a trailer (64 bytes per entry). */
 export function packBufferBytes(target: number): number {
   return target + Math.ceil(target / 1024) + 64 * 1024;
+}
+
+/**
+ * The pack size to write to `store`: `wanted`, or less when the store takes smaller objects (a ws node's limit): the
+ * largest multiple of 64 KiB, at least `min`, whose pack buffer fits its limit.
+ */
+export function packSizeFor(store: ObjectStore, wanted: number, min: number): number {
+  const limit = store.maxPutBytes;
+  if (limit === undefined) return wanted;
+  const step = 64 * 1024;
+  const fits = Math.floor(((limit - 64 * 1024) * 1024) / 1025 / step) * step;
+  return Math.min(wanted, Math.max(min, fits));
 }
 
 /** The trailer's place in a pack of packSize bytes, from its last PACK_TAIL_BYTES. */

@@ -7,6 +7,7 @@
 // its table.segments are {records, first, last, digest}: digest is the BLAKE3-256 (hex) of the segment object's
 // exact bytes, so the manifest pins every segment (a replayed older segment of the same place fails). Segment keys
 // are not stored: they come from names.ts. Pending checkpoints are envelope PENDING (context: domain, disk, point).
+// Both carry marksGeneration: the generation of prune's marks the writer read last (absent before generations: 0).
 import { blake3 } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
@@ -41,8 +42,14 @@ export interface V2Place {
   dname: string;
 }
 
+/** What a v4 manifest stores beyond a PointManifest. */
+export interface V4ManifestFields {
+  /** The generation of prune's marks its writer read last before committing (prune-marks.ts); absent: 0. */
+  marksGeneration?: number;
+}
+
 /** A PointManifest of version 4 as held in memory. */
-export type V2PointManifest = PointManifest & { r2: V2Place; stats: PointManifest['stats'] & V2PointStats };
+export type V2PointManifest = PointManifest & V4ManifestFields & { r2: V2Place; stats: PointManifest['stats'] & V2PointStats };
 
 export function isV2Point(m: PointManifest): m is V2PointManifest {
   return m.version === MANIFEST_VERSION_V2;
@@ -108,7 +115,7 @@ export function decodeTableV3(b: Buffer, domain: Domain, place: V2SegmentPlace, 
 }
 
 /** The stored body of a manifest: segment keys and the in-memory place left out. */
-export function encodeManifestV4(domain: Domain, m: PointManifest): Buffer {
+export function encodeManifestV4(domain: Domain, m: PointManifest & V4ManifestFields): Buffer {
   const { r2: _place, ...rest } = m as Partial<V2PointManifest> & PointManifest;
   const body = {
     ...rest, version: MANIFEST_VERSION_V2,
@@ -137,7 +144,7 @@ export function decodeManifestV4(b: Buffer, domain: Domain, disk: string, point:
   const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
   if (m.disk !== disk || m.point !== point) throw bad(`it names point ${m.point} of disk ${m.disk}`);
   if (!(m.parent === null || (okInt(m.parent) && m.parent < point)) || !okInt(m.diskSize) || !okInt(m.chunkSize) || !m.table ||
-      !okInt(m.table.generation) || !Array.isArray(m.table.segments) ||
+      !okInt(m.table.generation) || !Array.isArray(m.table.segments) || (m.marksGeneration !== undefined && !okInt(m.marksGeneration)) ||
       m.table.segments.some((s: any) => !s || !okInt(s.records) || !Number.isSafeInteger(s.first) || !Number.isSafeInteger(s.last) ||
         typeof s.digest !== 'string' || !/^[0-9a-f]{64}$/.test(s.digest))) {
     throw bad('missing or invalid fields');

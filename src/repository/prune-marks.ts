@@ -3,10 +3,15 @@
 // and deleted when still unused a grace period after that; its tombstone (*deleted*) stays a while so a writer
 // holding an older index never reuses it. One object per domain, r2/<domain>/prune/marks, in an envelope
 // (PRUNE_MARKS; sealed in an encrypted domain). Rules and the race they answer: docs/prune.md.
-// Body: u32 LE count | count entries of 25 bytes: pack id (16) | u8 state | u64 LE ms since the epoch;
-// states: 1 marked, 2 deleted, 3 seen.
-// Limit: an older marks object put back (replayed, or a stale copy) is authentic and opens; nothing detects it yet. Its
-// older 'marked' entries would let the next prune delete a pack without the grace period writers rely on (issue #14).
+// Body: u32 LE count | count entries of 25 bytes (pack id (16) | u8 state | u64 LE ms since the epoch) | u64 LE
+// generation; states: 1 marked, 2 deleted, 3 seen. The generation goes up by one on every write; marks written before
+// generations end after the entries and read as generation 0.
+// Replays: an older marks object put back (replayed, or a stale copy) is authentic and opens, and its older 'marked'
+// entries would let the next prune delete a pack without the grace period writers rely on (issue #14). So writers
+// record the generation they read in every checkpoint and manifest, and never accept a generation below one they saw;
+// prune fails (PRUNE_MARKS_REPLAYED) when a checkpoint or manifest recorded a newer generation than the marks hold.
+// What is left: a replay no writer has seen past yet (no point or checkpoint recorded a newer generation), or one made
+// together with deleting the points and checkpoints that did, goes unseen (docs/prune.md, "Replayed marks").
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import type { Domain } from './domain.js';
@@ -15,6 +20,7 @@ import { OBJECT_ID_BYTES, isObjectId, r2, type ObjectId } from './names.js';
 
 const MARKS_NAME = 'marks';
 const ENTRY_BYTES = OBJECT_ID_BYTES + 1 + 8;
+const GENERATION_BYTES = 8;
 const STATE_MARKED = 1;
 const STATE_DELETED = 2;
 const STATE_SEEN = 3;
@@ -29,9 +35,9 @@ export interface PackMark {
   at: number;
 }
 
-/** Pack id -> what prune knows of it. */
+/** Pack id -> what prune knows of it, and the generation of the marks object it was read from (0: none, or written before generations). */
 export class PruneMarks {
-  constructor(readonly packs: Map<ObjectId, PackMark> = new Map()) {}
+  constructor(readonly packs: Map<ObjectId, PackMark> = new Map(), public generation = 0) {}
 
   /**
    * True when a writer must not use this pack: not as a dedup target, and not in a point it commits (a run that
@@ -50,7 +56,7 @@ export function pruneMarksKey(domain: string): string {
 }
 
 export function encodePruneMarks(domain: Domain, marks: PruneMarks): Buffer {
-  const body = Buffer.alloc(4 + marks.size * ENTRY_BYTES);
+  const body = Buffer.alloc(4 + marks.size * ENTRY_BYTES + GENERATION_BYTES);
   body.writeUInt32LE(marks.size, 0);
   let o = 4;
   for (const [id, m] of [...marks.packs].sort(([a], [b]) => (a < b ? -1 : 1))) {
@@ -59,6 +65,7 @@ export function encodePruneMarks(domain: Domain, marks: PruneMarks): Buffer {
     body.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(m.at))), o + 17);
     o += ENTRY_BYTES;
   }
+  body.writeBigUInt64LE(BigInt(marks.generation), o);
   return sealEnvelope(EnvelopeKind.PRUNE_MARKS, envelopeContext.prune(domain.name, MARKS_NAME), body, domain.key);
 }
 
@@ -68,7 +75,10 @@ export function decodePruneMarks(b: Buffer, domain: Domain): PruneMarks {
   const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `prune marks ${what} are corrupt (${why}); run "rnode check"`, { details: { key: what } });
   if (body.length < 4) throw bad('truncated');
   const count = body.readUInt32LE(0);
-  if (body.length !== 4 + count * ENTRY_BYTES) throw bad('length does not match the entry count');
+  const entriesEnd = 4 + count * ENTRY_BYTES;
+  if (body.length !== entriesEnd && body.length !== entriesEnd + GENERATION_BYTES) throw bad('length does not match the entry count');
+  const generation = body.length === entriesEnd ? 0 : Number(body.readBigUInt64LE(entriesEnd));
+  if (!Number.isSafeInteger(generation)) throw bad('generation out of range');
   const packs = new Map<ObjectId, PackMark>();
   for (let i = 0, o = 4; i < count; i++, o += ENTRY_BYTES) {
     const id = body.subarray(o, o + OBJECT_ID_BYTES).toString('hex');
@@ -77,7 +87,7 @@ export function decodePruneMarks(b: Buffer, domain: Domain): PruneMarks {
     if (!isObjectId(id) || !STATE_NAMES[state] || !Number.isSafeInteger(at)) throw bad(`entry ${i} is invalid`);
     packs.set(id, { state: STATE_NAMES[state], at });
   }
-  return new PruneMarks(packs);
+  return new PruneMarks(packs, generation);
 }
 
 /** The domain's marks as stored now (none yet: empty). Writers call this at start, at each checkpoint and before commit. */
@@ -92,15 +102,42 @@ export async function readPruneMarks(store: ObjectStore, domain: Domain): Promis
   return decodePruneMarks(bytes, domain);
 }
 
+/** Writes the marks as the next generation (marks.generation goes up by one first). */
 export async function writePruneMarks(store: ObjectStore, domain: Domain, marks: PruneMarks): Promise<void> {
+  marks.generation++;
   await store.put(pruneMarksKey(domain.name), encodePruneMarks(domain, marks));
 }
 
 /**
- * The packs a writer must not use (marked or deleted), as the write path reads them at its start, at each
- * checkpoint and before its commit.
+ * Fails when the marks are older than a generation already recorded (`recorded`, e.g. "recorded by point 3 of disk
+ * d"): an older marks object was put back, and its marks cannot be trusted to be a grace period old. `outcome` says
+ * what the caller left undone.
  */
-export async function markedPacks(store: ObjectStore, domain: Domain): Promise<Set<ObjectId>> {
-  const marks = await readPruneMarks(store, domain);
-  return new Set([...marks.packs.keys()].filter((id) => marks.blocks(id)));
+export function checkMarksGeneration(domain: Domain, marks: PruneMarks, generation: number, recorded: string, outcome: string): void {
+  if (marks.generation >= generation) return;
+  const key = pruneMarksKey(domain.name);
+  throw new RnodeError(ErrorCodes.PRUNE_MARKS_REPLAYED,
+    `prune marks ${key} are generation ${marks.generation}, older than generation ${generation} ${recorded}: an older marks object was put back ` +
+    `(replayed, or restored from a stale copy); ${outcome}. Put the current marks object back, or run "rnode prune --reset-marks" to start the marks afresh`,
+    { details: { key, generation: marks.generation, recorded: generation } });
+}
+
+/**
+ * The marks as one writer reads them through its run (at its start, at each checkpoint and before its commit): their
+ * generation never goes below one it read or recorded before, else PRUNE_MARKS_REPLAYED. `generation` is what the
+ * writer records in its checkpoints and manifest.
+ */
+export class WriterMarks {
+  constructor(private readonly store: ObjectStore, private readonly domain: Domain, public generation: number, private recorded: string) {}
+
+  /** Reads the marks again; returns the packs the writer must not use (marked or deleted). */
+  async blockedPacks(): Promise<Set<ObjectId>> {
+    const marks = await readPruneMarks(this.store, this.domain);
+    checkMarksGeneration(this.domain, marks, this.generation, this.recorded, 'the point was not committed');
+    if (marks.generation > this.generation) {
+      this.generation = marks.generation;
+      this.recorded = 'read earlier by this replicate';
+    }
+    return new Set([...marks.packs.keys()].filter((id) => marks.blocks(id)));
+  }
 }

@@ -54,6 +54,11 @@ export interface ObjectStore {
   close(): Promise<void>;
   /** Set by a store whose far end owns the disks' leases (a ws peer): writers go through it (src/recovery/lease.ts). */
   readonly leases?: LeaseAuthority;
+  /**
+   * Set by a store that takes objects of at most this many bytes (a ws peer: the limit its node sent in the last
+   * handshake, so read it once the store has been used). Writers make their packs fit it.
+   */
+  readonly maxPutBytes?: number;
 }
 
 /** A disk's one-writer lease as stored in disks/<disk>/lease.json. */

@@ -136,6 +136,9 @@ export class RemoteStore implements ObjectStore {
 
   // ---- ObjectStore ----
 
+  /** The largest object the node takes, from its last welcome (before the first one: the protocol's limit). */
+  get maxPutBytes(): number { return this.maxObject; }
+
   /** The node owns the disks' leases: acquire, renew and release are lease messages, never PUTs of lease.json. */
   readonly leases: LeaseAuthority = {
     acquire: async (disk, holder, ttlMs, breakDead) =>
