@@ -77,6 +77,13 @@ export interface PackInfo {
   used: Set<number>;
 }
 
+function emptyMaintainResult(domain: Domain): MaintainResult {
+  return {
+    domain: domain.name, packs: 0, packsSeen: 0, packsMarked: 0, packsUnmarked: 0, packsDeleted: 0, bytesDeleted: 0, packsRepacked: 0, bytesRewritten: 0,
+    packsWritten: 0, indexesWritten: 0, indexesDeleted: 0, missingChunks: 0, seconds: 0,
+  };
+}
+
 export async function maintainDomain(opts: MaintainOptions): Promise<MaintainResult> {
   return Lease.holding(opts.store, pruneLeaseName(opts.domain.name), opts.lease, () => maintainLeased(opts));
 }
@@ -88,10 +95,7 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
   const graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
   const maxUnused = opts.maxUnused ?? DEFAULT_MAX_UNUSED;
   const concurrency = opts.concurrency ?? 8;
-  const r: MaintainResult = {
-    domain: domain.name, packs: 0, packsSeen: 0, packsMarked: 0, packsUnmarked: 0, packsDeleted: 0, bytesDeleted: 0, packsRepacked: 0, bytesRewritten: 0,
-    packsWritten: 0, indexesWritten: 0, indexesDeleted: 0, missingChunks: 0, seconds: 0,
-  };
+  const r = emptyMaintainResult(domain);
 
   if (opts.resetMarks) await resetMarks(store, domain);
   const { marks, index, packs, missingChunks, deferred, marksRecorded } = await scanDomain(store, domain, concurrency);
@@ -521,6 +525,11 @@ export interface PruneStoreOptions {
   lease?: LeaseOptions | false;
   /** Start each domain's marks afresh (MaintainOptions.resetMarks). */
   resetMarks?: boolean;
+  /**
+   * A domain whose prune lease another prune holds is left to it (reported as deferred) instead of waited for. For
+   * retention after a replicate: its point is committed, and a sweep already running covers the domain.
+   */
+  sweepIfFree?: boolean;
 }
 
 export interface PruneStoreResult {
@@ -551,8 +560,14 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   if (key) domains.push(await Domain.open(store, undefined));
   for (const d of domains) {
     if (!d) continue;
-    out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now,
-      lease: opts.lease === false ? undefined : opts.lease, resetMarks: opts.resetMarks }));
+    const lease = opts.lease === false ? undefined : opts.lease;
+    try {
+      out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now,
+        lease: opts.sweepIfFree ? { ...lease, waitMs: 0 } : lease, resetMarks: opts.resetMarks }));
+    } catch (err) {
+      if (!opts.sweepIfFree || !isRnodeError(err, ErrorCodes.LEASE_HELD)) throw err;
+      out.domains.push({ ...emptyMaintainResult(d), deferred: `another prune is sweeping domain ${d.name} (${err.message})` });
+    }
   }
   if (out.domains.length === 0 && opts.disk === undefined && !key && (await hasSealedDomain(store))) {
     throw new RnodeError(ErrorCodes.KEY_REQUIRED, `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`);
@@ -612,6 +627,7 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
  * entry the agent's jobs and VM retention call; the CLI calls pruneStore).
  */
 export async function prune(opts: PruneOptions): Promise<PruneResult & { domains: MaintainResult[] }> {
-  const r = await pruneStore({ store: opts.store, disk: opts.disk, keep: opts.keep, encryption: opts.encryption, concurrency: opts.concurrency, lease: opts.lease });
+  const r = await pruneStore({ store: opts.store, disk: opts.disk, keep: opts.keep, encryption: opts.encryption, concurrency: opts.concurrency, lease: opts.lease,
+    sweepIfFree: true });
   return { disk: opts.disk, kept: r.kept, deleted: r.deleted, chunksDeleted: r.chunksDeleted, objectsDeleted: r.objectsDeleted, seconds: r.seconds, domains: r.domains };
 }

@@ -10,7 +10,8 @@ import { listIndexIds } from '../../src/repository/index-file.js';
 import { r2 } from '../../src/repository/names.js';
 import { readPruneMarks } from '../../src/repository/prune-marks.js';
 import { listV2PointSeqs } from '../../src/repository/points.js';
-import { pruneStore } from '../../src/recovery/prune-v2.js';
+import { Lease } from '../../src/repository/lease.js';
+import { prune, pruneLeaseName, pruneStore } from '../../src/recovery/prune-v2.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { CHUNK, applyChanges, chunkData, readPointV2, writePoint, type Changes } from '../helpers/v2.js';
@@ -125,4 +126,20 @@ t.test('repack copies the live blobs of mostly unused packs; compaction merges t
   const r3 = await pruneStore({ store, graceMs: 10, maxUnused: 0.3, now });
   t.equal(r3.domains[0].packsDeleted + r3.domains[0].packsRepacked + r3.domains[0].packsMarked, 0, 'then nothing is left to do');
   t.equal(r3.domains[0].missingChunks, 0);
+});
+
+t.test('retention after a replicate leaves a domain another prune is sweeping to it; the CLI prune still waits for it', async (t) => {
+  // Seen in an hour-long agent run: three slots' retention prunes queued on one domain's prune lease, one waited past
+  // its 30 s and failed a job whose point was committed.
+  const store = new MemoryStore();
+  const images = await history(store, undefined, 4, 5);
+  const sweeping = await Lease.acquire(store, pruneLeaseName('plain'), { holder: 'other-node', ttlMs: 60_000 });
+  const r = await prune({ store, disk: 'd', keep: 2 });
+  t.same(r.deleted, [1, 2], 'retention deleted the old points');
+  t.match(r.domains[0]?.deferred, /another prune is sweeping domain plain/, 'the sweep is left to the holder, and said');
+  await expectPoints(t, store, undefined, images, [3, 4], 'kept');
+  await t.rejects(pruneStore({ store, lease: { waitMs: 0 } }), { code: 'RNODE_LEASE_HELD' }, 'maintenance the caller asked for is not skipped');
+  await sweeping.release();
+  const after = await pruneStore({ store });
+  t.equal(after.domains[0]?.deferred, undefined, 'once free, the domain is swept');
 });
