@@ -57,7 +57,16 @@ export interface WsCpuFigures {
   localSender: CpuSeconds;
   ceilingMbPerSec: number;
   ofCeiling: number;
+  /**
+   * The two main threads over the ws:// run (medians): seconds running, waiting to run (runnable while other tasks
+   * held the cores: on a shared machine, its load) and asleep (waiting for data, credit or the disk). A low
+   * ofCeiling with main threads mostly asleep is a stall; mostly waiting to run, the machine was busy.
+   */
+  senderMain: MainThreadSeconds;
+  nodeMain: MainThreadSeconds;
 }
+
+export interface MainThreadSeconds { run: number; waitToRun: number; asleep: number }
 
 export interface WsBenchResult {
   imageBytes: number;
@@ -111,6 +120,22 @@ export function processCpu(pid: number): CpuSeconds {
   }
 }
 
+/** Seconds a process's main thread has run and has waited to run, from /proc/<pid>/task/<pid>/schedstat (zeros without). */
+export function mainThreadSched(pid: number): { run: number; waitToRun: number } {
+  try {
+    const [run, wait] = fs.readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ').map(Number);
+    return { run: run / 1e9, waitToRun: wait / 1e9 };
+  } catch {
+    return { run: 0, waitToRun: 0 };
+  }
+}
+
+function mainThreadOver(a: { run: number; waitToRun: number }, b: { run: number; waitToRun: number }, seconds: number): MainThreadSeconds {
+  const run = b.run - a.run;
+  const waitToRun = b.waitToRun - a.waitToRun;
+  return { run, waitToRun, asleep: Math.max(0, seconds - run - waitToRun) };
+}
+
 /** CPU seconds this process (its worker threads included) used since `from` (process.cpuUsage()). */
 function ownCpuSince(from: NodeJS.CpuUsage): CpuSeconds {
   const d = process.cpuUsage(from);
@@ -158,17 +183,22 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
   const imageBytes = fs.statSync(opts.image).size;
   const dir = await fsp.mkdtemp(path.join(opts.workdir, 'ws-bench-'));
   try {
-    const once = async (store: ObjectStore, remote?: object, nodePid?: number): Promise<{ seconds: number; r: ReplicateResult; cpu: CpuSeconds; nodeCpu: CpuSeconds }> => {
+    const once = async (store: ObjectStore, remote?: object, nodePid?: number): Promise<{ seconds: number; r: ReplicateResult; cpu: CpuSeconds; nodeCpu: CpuSeconds;
+        senderMain: MainThreadSeconds; nodeMain: MainThreadSeconds }> => {
       const source = await L.openSource(opts.image);
       try {
         const nodeAt = nodePid !== undefined ? processCpu(nodePid) : undefined;
+        const nodeMainAt = mainThreadSched(nodePid ?? -1);
+        const senderMainAt = mainThreadSched(process.pid);
         const cpuAt = process.cpuUsage();
         const t0 = performance.now();
         const r = await L.replicate({ store, source, disk: 'bench', chunkSize, forceFull: true, checkpointRecords: 64, checkpointMillis: 2000, ...remote });
         const seconds = (performance.now() - t0) / 1000;
         const cpu = ownCpuSince(cpuAt);
         const nodeCpu = nodeAt ? cpuDiff(nodeAt, processCpu(nodePid!)) : { user: 0, sys: 0 };
-        return { seconds, r, cpu, nodeCpu };
+        const senderMain = mainThreadOver(senderMainAt, mainThreadSched(process.pid), seconds);
+        const nodeMain = mainThreadOver(nodeMainAt, mainThreadSched(nodePid ?? -1), seconds);
+        return { seconds, r, cpu, nodeCpu, senderMain, nodeMain };
       } finally {
         await source.close();
       }
@@ -178,6 +208,8 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
     const localCpu: CpuSeconds[] = [];
     const senderCpu: CpuSeconds[] = [];
     const nodeCpu: CpuSeconds[] = [];
+    const senderMain: MainThreadSeconds[] = [];
+    const nodeMain: MainThreadSeconds[] = [];
     let wireBytes = 0;
     let reconnects = 0;
     for (let i = 0; i < repeat; i++) {
@@ -199,6 +231,8 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         wsSecs.push(run.seconds);
         senderCpu.push(run.cpu);
         nodeCpu.push(run.nodeCpu);
+        senderMain.push(run.senderMain);
+        nodeMain.push(run.nodeMain);
         const counters = (rs.backend as RemoteStore).counters;
         wireBytes = counters.bytesSent;
         reconnects += counters.connects - 1;
@@ -217,12 +251,15 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       local: { seconds: local, mbPerSec: localRate },
       ws: { seconds: wsSecs, mbPerSec: wsRate, wireBytes, reconnects },
       ratio: wsRate / localRate,
-      cpu: cpuFigures(imageBytes, wsRate, medianCpu(senderCpu), medianCpu(nodeCpu), medianCpu(localCpu)),
+      cpu: {
+        ...cpuFigures(imageBytes, wsRate, medianCpu(senderCpu), medianCpu(nodeCpu), medianCpu(localCpu)),
+        senderMain: medianMain(senderMain), nodeMain: medianMain(nodeMain),
+      },
     };
     const c = result.cpu;
     log(`ws:// CPU-bound ceiling: sender ${fmtCpu(c.sender)} + node ${fmtCpu(c.node)} over ${c.cores} cores -> ` +
-      `${c.ceilingMbPerSec.toFixed(0)} MB/s; the run reached ${wsRate.toFixed(0)} MB/s = ${(c.ofCeiling * 100).toFixed(0)}% of it ` +
-      `(${c.ofCeiling < 0.85 ? 'stalled: CPUs idle part of the time' : 'CPU-bound'}); local sender ${fmtCpu(c.localSender)}`);
+      `${c.ceilingMbPerSec.toFixed(0)} MB/s; the run reached ${wsRate.toFixed(0)} MB/s = ${(c.ofCeiling * 100).toFixed(0)}% of it (${verdict(c)}); ` +
+      `main threads over ${median(wsSecs).toFixed(2)} s: sender ${fmtMain(c.senderMain)}, node ${fmtMain(c.nodeMain)}; local sender ${fmtCpu(c.localSender)}`);
 
     const bandwidth = opts.bandwidth ?? 40 * MB;
     if (bandwidth > 0) {
@@ -277,10 +314,24 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
 }
 
 /** The ceiling: the run's CPU seconds (sender + node, medians) spread over the cores, as a disk rate. */
-function cpuFigures(imageBytes: number, wsRate: number, sender: CpuSeconds, node: CpuSeconds, localSender: CpuSeconds): WsCpuFigures {
+function cpuFigures(imageBytes: number, wsRate: number, sender: CpuSeconds, node: CpuSeconds, localSender: CpuSeconds): Omit<WsCpuFigures, 'senderMain' | 'nodeMain'> {
   const cores = os.availableParallelism();
   const ceilingMbPerSec = imageBytes / MB / ((total(sender) + total(node)) / cores);
   return { cores, sender, node, localSender, ceilingMbPerSec, ofCeiling: wsRate / ceilingMbPerSec };
+}
+
+function medianMain(xs: MainThreadSeconds[]): MainThreadSeconds {
+  return { run: median(xs.map((x) => x.run)), waitToRun: median(xs.map((x) => x.waitToRun)), asleep: median(xs.map((x) => x.asleep)) };
+}
+
+const fmtMain = (m: MainThreadSeconds) => `ran ${m.run.toFixed(2)} s, waited to run ${m.waitToRun.toFixed(2)} s, asleep ${m.asleep.toFixed(2)} s`;
+
+/** What held the run back: the CPU it used, other load on the cores, or waiting (a stall). */
+function verdict(c: WsCpuFigures): string {
+  if (c.ofCeiling >= 0.85) return 'CPU-bound';
+  const waited = Math.max(c.senderMain.waitToRun, c.nodeMain.waitToRun);
+  const slept = Math.min(c.senderMain.asleep, c.nodeMain.asleep);
+  return waited > slept ? 'held back by other load on the cores: its main threads waited to run more than they slept' : 'stalled: both main threads asleep part of the run';
 }
 
 // Standalone: node dist/bench/ws.js [image] [sizeMiB]
