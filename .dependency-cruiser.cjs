@@ -1,5 +1,5 @@
 // The shape of src/ as a rule (STYLE.md "The shape we want to see in the tree"): no import circles, and arrows
-// only downward: cli -> agent -> jobs (src/jobs, and src/recovery until it moves there) -> export -> transport ->
+// only downward: cli -> agent -> jobs (src/jobs, and src/recovery until it moves there) -> export/serve -> transport ->
 // pipeline -> source -> repository/format/crypto -> store -> native. src/errors.ts, src/throttle.ts, src/version.ts, src/failpoint.ts, src/log.ts and src/metrics are shared leaves.
 // Run by `npm run lint` and by test/structure/deps.test.ts (so `npm test` fails with the offending path).
 
@@ -8,7 +8,7 @@ const LAYERS = [
   ['cli'],
   ['agent'],
   ['jobs', 'recovery'],
-  ['export', 'output'],
+  ['export', 'output', 'serve'],
   ['transport'],
   ['pipeline'],
   ['source', 'sample'],
@@ -44,11 +44,29 @@ module.exports = {
     },
     ...upward,
     {
+      name: 'transport-moves-opaque-records',
+      comment:
+        'The transport never parses chunk, pack, envelope, index, table or manifest bytes: the receiving node checks objects in src/serve, behind the ObjectChecks interface (src/transport/object-checks.ts).',
+      severity: 'error',
+      from: { path: '^src/transport/' },
+      to: {
+        path: '^src/(repository/(pack|envelope|index-file|point-format|domain|claims)|format/(manifest|table|seal)|pipeline/(codec-workers|chunk-codec))[.]ts$',
+      },
+    },
+    {
+      // The one exception left: the sender sets a legacy chunk's frame flags from its header (remote-store.ts).
+      name: 'transport-no-chunk-headers',
+      comment: 'Only the sender (remote-store.ts) reads a legacy chunk header, for its frame flags; the node checks chunks in src/serve.',
+      severity: 'error',
+      from: { path: '^src/transport/', pathNot: '^src/transport/remote-store[.]ts$' },
+      to: { path: '^src/format/(chunk|codecs)[.]ts$' },
+    },
+    {
       name: 'src-not-from-tests',
       comment: 'src/ ships; tests, benchmarks and examples are outside it and never imported by it.',
       severity: 'error',
       from: { path: '^src/' },
-      to: { path: '^(test|bench)/' },
+      to: { path: '^(test|bench|examples)/' },
     },
   ],
   options: {

@@ -1,5 +1,5 @@
-// ESLint for the TypeScript tree: typescript-eslint's recommended rules, type-aware for src/ and bench/ (both in
-// a tsconfig), syntax-only for tests. Rules the existing tree breaks by design are off below, each with its reason;
+// ESLint for the TypeScript tree: typescript-eslint's recommended rules, type-aware for src/, bench/ and examples/
+// (each in a tsconfig), syntax-only for tests. Rules the existing tree breaks by design are off below, each with its reason;
 // `npm run lint` runs this and dependency-cruiser.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
@@ -10,7 +10,7 @@ export default tseslint.config(
   // A `let` assigned once after closures that read it (agent.ts wires callbacks before the object exists).
   { rules: { 'prefer-const': ['error', { ignoreReadBeforeAssign: true }] } },
   {
-    files: ['src/**/*.ts', 'bench/**/*.ts'],
+    files: ['src/**/*.ts', 'bench/**/*.ts', 'examples/**/*.ts'],
     extends: [tseslint.configs.recommendedTypeChecked],
     languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
     rules: {

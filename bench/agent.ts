@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { shebangFlags } from './lib/measure.js';
 // Types come from the built library (bench/ compiles apart from src/); the code is loaded from dist/ at run time.
 import type * as Lib from '../dist/index.js';
 import type * as AgentLib from '../dist/agent/index.js';
@@ -57,7 +58,7 @@ export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes
       const children: ChildProcess[] = [];
       try {
         for (let k = 0; k < n; k++) {
-          children.push(spawn(process.execPath, [CLI, 'agent', '--server', ms.url, '--token-file', tokenFile, '--node-name', `bench${k}`,
+          children.push(spawn(process.execPath, [...shebangFlags(CLI), CLI, 'agent', '--server', ms.url, '--token-file', tokenFile, '--node-name', `bench${k}`,
             '--state-dir', path.join(dir, `state-${n}-${k}`), '--slots', '2', '--log-level', 'warn'], { stdio: 'ignore' }));
         }
         await ms.waitFor(() => ms.liveNodes().length === n, 30_000, `${n} nodes`);

@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { ObjectStore, ReplicateResult } from 'replication-node';
+import { shebangFlags } from './lib/measure.js';
 import type { RemoteStore } from '../dist/transport/index.js';
 
 export interface WsBenchOptions {
@@ -156,9 +157,9 @@ const fmtCpu = (c: CpuSeconds) => `${total(c).toFixed(2)} s (user ${c.user.toFix
 /** `node dist/cli.js serve` on 127.0.0.1:0 with a local fs store; resolves with its ws:// URL. */
 export async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string }> {
   const cli = fileURLToPath(new URL('cli.js', DIST));
-  // RNODE_BENCH_WS_SERVE_NODE_ARGS: node flags for the receiving node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+  // RNODE_BENCH_WS_SERVE_NODE_ARGS: more node flags for the receiving node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
   const nodeArgs = (process.env.RNODE_BENCH_WS_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
+  const child = spawn(process.execPath, [...shebangFlags(cli), ...nodeArgs, cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
     { stdio: ['ignore', 'pipe', 'ignore'] });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';

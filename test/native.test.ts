@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
 import { setImmediate as tick } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
@@ -14,6 +16,7 @@ import vm from 'node:vm';
 import xxhash from 'xxhash-wasm';
 import { allocAligned, isZero, NativeIoError, nativeXxh64, openRaw, readFileInto, sharedAligned, writeFileExclusive, writeNonZero, type Extent } from '../src/native/index.js';
 import { Codec } from '../src/format/codecs.js';
+import { ensureBuilt, ROOT } from './helpers/cli.js';
 import { CodecWorkers, maxObjectBytes } from '../src/pipeline/codec-workers.js';
 
 const MiB = 1024 * 1024;
@@ -352,4 +355,28 @@ t.test('xxh64: codec workers give the same digests with the addon and with xxhas
     t.equal(a.payloadXxh64, b.payloadXxh64, `codec ${codec}: payload xxh64`);
     t.equal(a.xxh64, nativeXxh64(plain), `codec ${codec}: the worker's digest is the plaintext's`);
   }
+});
+
+t.test('returnLargeFreesToSystem: freed large buffers leave the process instead of staying in the heap', { skip: process.platform !== 'linux' && 'glibc' }, async (t) => {
+  // In children: the setting is process-wide. A first 4 MiB block freed raises glibc's own threshold; then 64 x 2 MiB
+  // buffers with small blocks between them are freed, which without the setting stay in the heap (they cannot be
+  // trimmed past the small ones).
+  ensureBuilt();
+  const script = `
+    import { allocAligned, returnLargeFreesToSystem } from ${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist', 'native', 'index.js')).href)};
+    import { setTimeout as sleep } from 'node:timers/promises';
+    const rss = () => process.memoryUsage().rss / 1048576;
+    const taken = process.argv[1] === 'on' ? returnLargeFreesToSystem() : false;
+    let first = allocAligned(4 << 20, 4096); first = null; gc(); await sleep(10);
+    const before = rss();
+    let big = []; const small = [];
+    for (let i = 0; i < 64; i++) { big.push(allocAligned(2 << 20, 4096)); small.push(allocAligned(64, 64)); }
+    big = null; gc(); await sleep(10); gc(); await sleep(10);
+    console.log(JSON.stringify({ taken, retainedMiB: rss() - before, small: small.length }));`;
+  const run = (mode: string) => JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, mode], { encoding: 'utf8' })) as { taken: boolean; retainedMiB: number };
+  const off = run('off');
+  const on = run('on');
+  t.equal(on.taken, true, 'glibc took the setting');
+  t.ok(off.retainedMiB > 48, `without it, ${off.retainedMiB.toFixed(0)} MiB of 128 MiB freed stay in the process`);
+  t.ok(on.retainedMiB < 16, `with it, ${on.retainedMiB.toFixed(0)} MiB stay`);
 });

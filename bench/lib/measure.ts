@@ -58,11 +58,23 @@ export async function findGnuTime(scratch: string): Promise<string | null> {
 
 let seq = 0;
 
-/** Runs `node <script> ...args` with the RSS probe preloaded. */
+/** The Node flags a script's `#!/usr/bin/env -S node <flags>` line gives it: how it runs as an installed command. */
+export function shebangFlags(script: string): string[] {
+  const fd = fs.openSync(script, 'r');
+  try {
+    const head = Buffer.alloc(256);
+    const line = head.subarray(0, fs.readSync(fd, head, 0, head.length, 0)).toString().split('\n', 1)[0]!;
+    return /^#!\S+ -S node (.*)$/.exec(line)?.[1]!.split(' ') ?? [];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Runs `node <script> ...args` (with the flags of its shebang line) with the RSS probe preloaded. */
 export async function runNode(script: string, args: string[], opts: RunOptions): Promise<RunResult> {
   const rssFile = path.join(opts.scratch, `.rss-${process.pid}-${++seq}`);
   try {
-    const r = await run(process.execPath, ['--import', PROBE, script, ...args],
+    const r = await run(process.execPath, [...shebangFlags(script), '--import', PROBE, script, ...args],
       { ...opts, env: { ...(opts.env ?? process.env), RNODE_BENCH_RSS_OUT: rssFile } }, `node ${path.basename(script)} ${args[0] ?? ''}`);
     return { ...r, peakRss: await readNumber(rssFile, 1) };
   } finally {

@@ -1,5 +1,6 @@
-// The base of the addon's file workers: the promise a JS call returns, settled on the main thread with the
-// worker's result, or with the errno it recorded on the pool as a Node-shaped error (io_error.h).
+// The base of the addon's workers: the promise a JS call returns, settled on the main thread with the worker's
+// result, or with the failure it recorded on the pool. IoWorker records an errno, rejected as a Node-shaped error
+// (io_error.h); the VDDK workers record VDDK's own failures (vddk.cc).
 #pragma once
 #include <errno.h>
 #include <napi.h>
@@ -13,14 +14,14 @@
 
 namespace rnode {
 
-class IoWorker : public Napi::AsyncWorker {
+class PromiseWorker : public Napi::AsyncWorker {
  public:
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void OnOK() override {
     Napi::Env env = Env();
-    if (err_ != 0) {
-      deferred_.Reject(MakeIoError(env, err_, syscall_, path_).Value());
+    if (Failed()) {
+      deferred_.Reject(FailureError(env).Value());
       return;
     }
     Napi::Value result = Result(env);
@@ -32,12 +33,27 @@ class IoWorker : public Napi::AsyncWorker {
   }
 
  protected:
-  // path is named in the error; "" for an fd the caller opened.
-  IoWorker(Napi::Env env, const char* name, std::string path)
-      : Napi::AsyncWorker(env, name), path_(std::move(path)), deferred_(env) {}
+  PromiseWorker(Napi::Env env, const char* name) : Napi::AsyncWorker(env, name), deferred_(env) {}
 
   // The value the promise resolves to, when nothing failed. A JS exception left pending rejects it instead.
   virtual Napi::Value Result(Napi::Env env) = 0;
+
+  // Whether the work on the pool failed, and (asked only then, on the main thread) the error that says how.
+  virtual bool Failed() const = 0;
+  virtual Napi::Error FailureError(Napi::Env env) const = 0;
+
+ private:
+  Napi::Promise::Deferred deferred_;
+};
+
+// A worker of file and block I/O: a failure is the errno of a syscall.
+class IoWorker : public PromiseWorker {
+ protected:
+  // path is named in the error; "" for an fd the caller opened.
+  IoWorker(Napi::Env env, const char* name, std::string path) : PromiseWorker(env, name), path_(std::move(path)) {}
+
+  bool Failed() const override { return err_ != 0; }
+  Napi::Error FailureError(Napi::Env env) const override { return MakeIoError(env, err_, syscall_, path_); }
 
   // On the pool, right after a syscall failed: keeps its errno for OnOK.
   void Fail(const char* syscall) {
@@ -55,13 +71,12 @@ class IoWorker : public Napi::AsyncWorker {
   const std::string path_;
 
  private:
-  Napi::Promise::Deferred deferred_;
   int err_ = 0;
   const char* syscall_ = "";
 };
 
 // Queues the worker (libuv owns and deletes it once settled) and returns the promise it settles.
-inline Napi::Promise QueueWorker(IoWorker* worker) {
+inline Napi::Promise QueueWorker(PromiseWorker* worker) {
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

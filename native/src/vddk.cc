@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "io_worker.h"
 #include "vddk_abi.h"
 
 namespace rnode {
@@ -352,34 +353,21 @@ bool ReadParams(Napi::Object o, Params* p, std::string* why) {
 
 // ---- workers ----------------------------------------------------------------------------
 
-class VddkWorker : public Napi::AsyncWorker {
+// A VDDK call's worker (io_worker.h's promise): a failure is VDDK's, or one of ours with an RNODE_VDDK_* code.
+class VddkWorker : public PromiseWorker {
  public:
-  VddkWorker(Napi::Env env, const char* name) : Napi::AsyncWorker(env, name), deferred_(env) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (fail_.failed) {
-      deferred_.Reject(MakeVddkError(env, fail_).Value());
-      return;
-    }
-    Napi::Value v = Result(env);
-    if (env.IsExceptionPending()) {
-      deferred_.Reject(env.GetAndClearPendingException().Value());
-      return;
-    }
-    deferred_.Resolve(v);
-  }
+  VddkWorker(Napi::Env env, const char* name) : PromiseWorker(env, name) {}
 
  protected:
-  virtual Napi::Value Result(Napi::Env env) { return env.Undefined(); }
+  Napi::Value Result(Napi::Env env) override { return env.Undefined(); }
+  bool Failed() const override { return fail_.failed; }
+  Napi::Error FailureError(Napi::Env env) const override { return MakeVddkError(env, fail_); }
   bool NotReady() {
     if (Ready()) return false;
     fail_ = OwnFailure("RNODE_VDDK_NOT_INITIALIZED", "Init", "VDDK is not initialized (call init first, or it was exited)");
     return true;
   }
 
-  Napi::Promise::Deferred deferred_;
   Failure fail_;
 };
 
@@ -403,13 +391,6 @@ VixError WithConnectParams(Params& params, F call) {
   const VixError err = call(&p);
   memset(&p, 0, sizeof p);
   return err;
-}
-
-template <typename Worker>
-Napi::Value Start(Worker* w) {
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
 }
 
 // init({libraryPath, libdir, configFile?}): dlopen + dlsym + InitEx. Idempotent for the same library.
@@ -699,7 +680,7 @@ class ReadWorker : public DiskWorker {
   ReadWorker(Napi::Env env, DiskState* disk, Napi::Value ext, Napi::Uint8Array buf, size_t bufOffset,
              uint64_t start, uint64_t sectors, uint64_t maxPerCall)
       : DiskWorker(env, "rnode:vddk:read", disk, ext),
-        bufRef_(Napi::Persistent(buf.As<Napi::Object>())),
+        buf_(buf),
         data_(buf.Data() + bufOffset),
         start_(start),
         sectors_(sectors),
@@ -722,7 +703,7 @@ class ReadWorker : public DiskWorker {
   }
 
  private:
-  Napi::ObjectReference bufRef_;  // keeps the destination memory alive while VDDK writes to it
+  HeldBytes buf_;  // keeps the destination memory alive while VDDK writes to it
   uint8_t* data_;
   uint64_t start_, sectors_, maxPerCall_;
 };
@@ -869,7 +850,7 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
       !GetString(o, "configFile", &config, false)) {
     return TypeFail(env, "vddkInit: expected {libraryPath: string, libdir: string, configFile?: string}");
   }
-  return Start(new InitWorker(env, path, libdir, config));
+  return QueueWorker(new InitWorker(env, path, libdir, config));
 }
 
 Napi::Value Connect(const Napi::CallbackInfo& info) {
@@ -885,7 +866,7 @@ Napi::Value Connect(const Napi::CallbackInfo& info) {
     return TypeFail(env, "vddkConnect: bad option " + (why.empty() ? std::string("snapshotRef/transports") : why));
   }
   w->prepare = o.Get("prepareForAccess").ToBoolean().Value();
-  return Start(w);
+  return QueueWorker(w);
 }
 
 Napi::Value Disconnect(const Napi::CallbackInfo& info) {
@@ -901,7 +882,7 @@ Napi::Value Disconnect(const Napi::CallbackInfo& info) {
     delete w;
     return TypeFail(env, "vddkDisconnect: bad option " + why);
   }
-  return Start(w);
+  return QueueWorker(w);
 }
 
 Napi::Value Open(const Napi::CallbackInfo& info) {
@@ -913,7 +894,7 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   if (state == nullptr || !GetString(o, "path", &path, true)) {
     return TypeFail(env, "vddkOpen: expected {connection, path: string}");
   }
-  return Start(new OpenWorker(env, state, o.Get("connection"), path));
+  return QueueWorker(new OpenWorker(env, state, o.Get("connection"), path));
 }
 
 DiskState* DiskOf(const Napi::CallbackInfo& info, Napi::Object* o) {
@@ -926,7 +907,7 @@ Napi::Value GetInfo(const Napi::CallbackInfo& info) {
   Napi::Object o;
   DiskState* disk = DiskOf(info, &o);
   if (disk == nullptr) return TypeFail(info.Env(), "vddkGetInfo: expected {disk}");
-  return Start(new GetInfoWorker(info.Env(), "rnode:vddk:getInfo", disk, o.Get("disk")));
+  return QueueWorker(new GetInfoWorker(info.Env(), "rnode:vddk:getInfo", disk, o.Get("disk")));
 }
 
 Napi::Value Read(const Napi::CallbackInfo& info) {
@@ -944,7 +925,7 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
   if (bufOffset + sectors * static_cast<double>(kSectorSize) > static_cast<double>(bytes.ByteLength())) {
     return Reject(env, Napi::RangeError::New(env, "vddkRead: the buffer is too small for the sectors asked"));
   }
-  return Start(new ReadWorker(env, disk, o.Get("disk"), bytes, static_cast<size_t>(bufOffset), static_cast<uint64_t>(start),
+  return QueueWorker(new ReadWorker(env, disk, o.Get("disk"), bytes, static_cast<size_t>(bufOffset), static_cast<uint64_t>(start),
                               static_cast<uint64_t>(sectors), static_cast<uint64_t>(maxPerCall)));
 }
 
@@ -957,7 +938,7 @@ Napi::Value QueryAllocatedBlocks(const Napi::CallbackInfo& info) {
       !GetNumber(o, "chunkSectors", &chunk, true) || chunk < kMinChunkSectors) {
     return TypeFail(env, "vddkQueryAllocatedBlocks: expected {disk, startSector, sectors, chunkSectors >= 128}");
   }
-  return Start(new QueryAllocatedWorker(env, disk, o.Get("disk"), static_cast<uint64_t>(start),
+  return QueueWorker(new QueryAllocatedWorker(env, disk, o.Get("disk"), static_cast<uint64_t>(start),
                                         static_cast<uint64_t>(sectors), static_cast<uint64_t>(chunk)));
 }
 
@@ -965,10 +946,10 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   Napi::Object o;
   DiskState* disk = DiskOf(info, &o);
   if (disk == nullptr) return TypeFail(info.Env(), "vddkClose: expected {disk}");
-  return Start(new CloseWorker(info.Env(), "rnode:vddk:close", disk, o.Get("disk")));
+  return QueueWorker(new CloseWorker(info.Env(), "rnode:vddk:close", disk, o.Get("disk")));
 }
 
-Napi::Value Exit(const Napi::CallbackInfo& info) { return Start(new ExitWorker(info.Env())); }
+Napi::Value Exit(const Napi::CallbackInfo& info) { return QueueWorker(new ExitWorker(info.Env())); }
 
 // cleanup / endAccess take the connect parameters only.
 template <typename Worker>
@@ -983,7 +964,7 @@ Napi::Value WithParams(const Napi::CallbackInfo& info, const char* what) {
     delete w;
     return TypeFail(env, std::string(what) + ": bad option " + why);
   }
-  return Start(w);
+  return QueueWorker(w);
 }
 
 Napi::Value Cleanup(const Napi::CallbackInfo& info) { return WithParams<CleanupWorker>(info, "vddkCleanup"); }

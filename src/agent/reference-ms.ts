@@ -2,7 +2,8 @@
 // It authenticates nodes, assigns the disks of each policy to live nodes, dispatches jobs, acknowledges and
 // records reports, and when a node stops heartbeating it hands that node's disks and unfinished jobs to the
 // others (which continue from the checkpoint in the store; the store lease keeps it to one writer).
-// Tests, the bench and Management Server authors use it; it keeps its state in memory only.
+// Tests, the bench and Management Server authors use it, and `npm run example:ms` (examples/ms.ts) starts it with a
+// sample policy to try `rnode agent` against (docs/agent.md); it keeps its state in memory only.
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';

@@ -4,12 +4,11 @@ import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Level } from '../log.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
-import { logFormat, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
+import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
 
 function defaultStateDir(): string {
   const base = process.env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state');
@@ -23,11 +22,11 @@ function usage(message: string): RnodeError {
 export const agentCommand: Command = {
   summary: 'run this node under a Management Server (registers, runs jobs and schedules, serves /metrics)',
   usage: 'rnode agent --server ws[s]://<host>:<port> --token-file <f> [--ca <f>] [--node-name <n>] [--state-dir <d>] ' +
-    `[--slots <n>] [--bandwidth <bytes/s>] [--log-level debug|info|warn|error] ${SERVICE_USAGE} [--reconnect-max-ms <ms>]`,
+    `[--slots <n>] [--bandwidth <bytes/s>] ${SERVICE_USAGE} [--reconnect-max-ms <ms>]`,
   options: {
     server: { type: 'string' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'node-name': { type: 'string' },
     'state-dir': { type: 'string' }, slots: { type: 'string' }, bandwidth: { type: 'string' },
-    'log-level': { type: 'string' }, 'reconnect-max-ms': { type: 'string' }, ...SERVICE_OPTIONS,
+    'reconnect-max-ms': { type: 'string' }, ...SERVICE_OPTIONS,
   },
   async run(v) {
     required(v, 'agent', 'server', 'token-file');
@@ -41,16 +40,17 @@ export const agentCommand: Command = {
     const format = logFormat(v, 'json');
     const slots = v.slots !== undefined ? wholeNumber(str(v, 'slots')!, 'slots', 1) : undefined;
     const bandwidth = v.bandwidth !== undefined ? bytesPerSecond(str(v, 'bandwidth')!) : undefined;
-    const level = str(v, 'log-level') ?? 'info';
-    if (!['debug', 'info', 'warn', 'error'].includes(level)) throw usage(`--log-level must be debug, info, warn or error (got "${level}")`);
+    const level = logLevel(v);
     const maxMs = v['reconnect-max-ms'] !== undefined ? wholeNumber(str(v, 'reconnect-max-ms')!, 'reconnect-max-ms', 100) : undefined;
 
     // Loaded here, not at the top: the agent's libraries (prom-client, ajv, TypeBox, pino) cost every other
     // command ~0.1-0.3 s of start-up otherwise.
     const { Agent } = await import('../agent/agent.js');
+    // A process that runs for months: freed buffers go back to the system, not to a slowly growing heap.
+    (await import('../native/index.js')).returnLargeFreesToSystem();
     const agent = await Agent.start({
       server, tokenFile, caFile: ca, nodeName: str(v, 'node-name'), stateDir: str(v, 'state-dir') ?? defaultStateDir(),
-      metrics, slots, bandwidth, logLevel: level as Level, logFormat: format, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
+      metrics, slots, bandwidth, logLevel: level, logFormat: format, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
     });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {

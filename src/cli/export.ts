@@ -1,19 +1,24 @@
 // `rnode export`: serves a point as an NBD export at once (instant recovery), prints its URL when ready and
-// runs until SIGINT/SIGTERM, then stops cleanly (overlay flushed, store closed).
+// runs until SIGINT/SIGTERM, then stops cleanly (overlay flushed, store closed). Its log lines (clients, failed
+// reads, the stop) are the project's pino lines on stderr, like serve's and the agent's.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { assertOverlayOutsideStore, startExport } from '../export/index.js';
-import { readPemFile } from '../transport/index.js';
+import { readPemFile, readTokenFile } from '../transport/index.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, required, str } from './args.js';
-import type { Command, Io } from './command.js';
-import { openStoreFromFlags, REMOTE_OPTIONS, REMOTE_USAGE } from './store-flags.js';
+import type { Command } from './command.js';
+import { LOG_OPTIONS, LOG_USAGE, logFormat, logLevel } from './service-flags.js';
+import { isRemoteLocation, openStoreFromFlags, REMOTE_OPTIONS, REMOTE_USAGE } from './store-flags.js';
+
+// The export's events that say a client or a read went wrong; the others (client, serving, stopping) are info.
+const WARN_EVENTS = new Set(['chunk-read-failed', 'request-failed', 'client-dropped', 'handshake-timeout', 'connection-refused']);
 
 export const exportCmd: Command = {
   summary: 'serve a point as an NBD export at once (instant recovery), nothing copied first',
-  usage: `rnode export --store <store> --disk <id> [--point <n>|latest] [--listen <host:port> | --socket <path>] [--writable --overlay <file>] [--cache <bytes>] [--tls-cert <f> --tls-key <f>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  usage: `rnode export --store <store> --disk <id> [--point <n>|latest] [--listen <host:port> | --socket <path>] [--writable --overlay <file>] [--cache <bytes>] [--tls-cert <f> --tls-key <f>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} ${LOG_USAGE} [--json]`,
   options: {
     store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, listen: { type: 'string' }, socket: { type: 'string' },
     writable: { type: 'boolean' }, overlay: { type: 'string' }, cache: { type: 'string' }, 'tls-cert': { type: 'string' },
-    'tls-key': { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS,
+    'tls-key': { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...LOG_OPTIONS,
   },
   async run(v, io) {
     required(v, 'export', 'store', 'disk');
@@ -27,7 +32,16 @@ export const exportCmd: Command = {
     if (overlay) assertOverlayOutsideStore(overlay, location);
     const encryption = encryptionKeyFrom(v);
     const json = v.json === true;
-    const log = (event: string, fields: Record<string, unknown>) => logLine(io, json, event, fields);
+    // Text lines unless told: JSON with --json, or --log-format.
+    const format = logFormat(v, json ? 'json' : 'text');
+    const level = logLevel(v);
+    // Loaded here, not at the top: pino would cost every other command its start-up.
+    const { Logger } = await import('../log.js');
+    const logger = Logger.create({ format, level, sink: { write: (line) => io.err(line.replace(/\n$/, '')) } });
+    // The ws store reads its token itself; the logger learns it too, so no line can carry it.
+    const tokenFile = str(v, 'token-file');
+    if (tokenFile !== undefined && isRemoteLocation(location)) logger.addSecret(readTokenFile(tokenFile));
+    const log = (event: string, fields: Record<string, unknown>) => logger.log(WARN_EVENTS.has(event) ? 'warn' : 'info', event, fields);
     const store = await openStoreFromFlags(location, v);
     let exp;
     try {
@@ -37,7 +51,9 @@ export const exportCmd: Command = {
       await store.close();
       throw err;
     }
-    if (json) io.out(JSON.stringify({ url: exp.url, disk: exp.disk, point: exp.point, writable: v.writable === true, tls: !!tls }));
+    const serving = { url: exp.url, disk: exp.disk, point: exp.point, writable: v.writable === true, tls: !!tls };
+    log('serving', serving);
+    if (json) io.out(JSON.stringify(serving));
     else io.out(`serving point ${exp.point} of disk ${exp.disk}${v.writable ? ` (writable, overlay ${overlay})` : ' (read-only)'} at ${exp.url}`);
     await new Promise<void>((resolve) => {
       const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
@@ -69,10 +85,4 @@ export function parseBytes(text: string): number {
   const n = m ? Number(m[1]) * mult[m[2].toLowerCase()] : NaN;
   if (!Number.isSafeInteger(n) || n < 1) throw new RnodeError(ErrorCodes.USAGE, `--cache must be a size such as 256MiB or 1GiB (got "${text}")`);
   return n;
-}
-
-function logLine(io: Io, json: boolean, event: string, fields: Record<string, unknown>): void {
-  const at = new Date().toISOString();
-  if (json) io.err(JSON.stringify({ at, event, ...fields }));
-  else io.err(`${at} ${event}${Object.entries(fields).map(([k, x]) => ` ${k}=${typeof x === 'string' ? x : JSON.stringify(x)}`).join('')}`);
 }

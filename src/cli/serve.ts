@@ -4,6 +4,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HttpEndpoint } from '../metrics/http.js';
+import { ObjectValidator } from '../serve/index.js';
 import { openStore } from '../store/index.js';
 import {
   certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer,
@@ -11,7 +12,7 @@ import {
 import { VERSION } from '../version.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
-import { logFormat, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
+import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
 
 function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
@@ -55,15 +56,18 @@ export const serveCmd: Command = {
     const metrics = metricsListen(v);
     // Today's lines unless told: text, or JSON with --json.
     const format = logFormat(v, json ? 'json' : 'text');
+    const level = logLevel(v);
     // Loaded here, not at the top: pino (and prom-client) would cost every other command their start-up.
     const { Logger } = await import('../log.js');
-    const logger = Logger.create({ format, sink: { write: (line) => io.err(line.replace(/\n$/, '')) } });
+    // A process that runs for months: freed buffers go back to the system, not to a slowly growing heap.
+    (await import('../native/index.js')).returnLargeFreesToSystem();
+    const logger = Logger.create({ format, level, sink: { write: (line) => io.err(line.replace(/\n$/, '')) } });
     logger.addSecret(token);
     const log = (event: string, fields: Record<string, unknown> = {}) => logger.info(event, fields);
     const store = await openStore(str(v, 'store')!);
     let server: ReplicationServer;
     try {
-      server = await ReplicationServer.start({ store, host, port, token, tls, maxSessions, maxConnectionsPerAddress, handshakeMs, bandwidth, windowBytes, log });
+      server = await ReplicationServer.start({ store, checks: new ObjectValidator(store), host, port, token, tls, maxSessions, maxConnectionsPerAddress, handshakeMs, bandwidth, windowBytes, log });
     } catch (err) {
       await store.close();
       const e = err as NodeJS.ErrnoException;

@@ -70,6 +70,7 @@ interface NativeBinding {
   alignOffset(buf: Uint8Array, alignment: number): number;
   copyBytes(src: Uint8Array, dst: Uint8Array): void;
   zeroBytes(dst: Uint8Array): void;
+  returnLargeFreesToSystem(): boolean;
   writeFile(path: string, data: Uint8Array, sync: boolean, direct: boolean, mode: number): Promise<NativeWritten>;
   readFileInto(path: string, into: Uint8Array, offset: number, length: number): Promise<ReadInto>;
   writeNonZero(fd: number, data: Uint8Array, position: number, block: number): Promise<number>;
@@ -353,6 +354,13 @@ export const lz4Block: Lz4Block | undefined = binding.lz4Info().version
  */
 export const copyBytes: (src: Uint8Array, dst: Uint8Array) => void = binding.copyBytes;
 export const zeroBytes: (dst: Uint8Array) => void = binding.zeroBytes;
+
+/**
+ * For processes that run for months (agent, serve, export): buffers of 128 KiB and more are mapped and unmapped on
+ * their own, so memory freed between jobs goes back to the system instead of staying in glibc's heaps (flat RSS
+ * instead of a slow climb; native/src/buffers.cc). False where the allocator is not glibc's.
+ */
+export const returnLargeFreesToSystem: () => boolean = binding.returnLargeFreesToSystem;
 
 /** What compresses chunks here, for logs and the agent's hello. */
 export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;

@@ -11,7 +11,7 @@ export * from './frame.js';
 export * from './control.js';
 export { RemoteStore, normalizeFingerprint, certificateFingerprint, type RemoteStoreOptions, type RemoteCounters } from './remote-store.js';
 export { DEFAULT_WINDOW_BYTES, ReplicationServer, type ServeOptions, type ServerStats } from './server.js';
-export { ObjectValidator, classifyKey, type KeyInfo, type ObjectKind } from './validate.js';
+export type { ObjectChecks, PutCheck } from './object-checks.js';
 export { TokenBucket } from '../throttle.js';
 
 /**

@@ -14,10 +14,10 @@ import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/typ
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
 import { AssemblyBuffers } from './assembly-buffers.js';
+import type { ObjectChecks } from './object-checks.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
 import { decodeFragments, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame, type FrameInPieces } from './frame.js';
 import { TokenBucket } from '../throttle.js';
-import { classifyKey, ObjectValidator } from './validate.js';
 
 /**
  * PUT bytes a session may hold unacknowledged unless serve is told otherwise: one 64 MiB pack with its trailer in
@@ -27,6 +27,8 @@ export const DEFAULT_WINDOW_BYTES = 80 * 1024 * 1024;
 
 export interface ServeOptions {
   store: ObjectStore;
+  /** What an object must pass before the store gets it (src/serve's ObjectValidator for `rnode serve`). */
+  checks: ObjectChecks;
   host?: string;
   /** 0: any free port (read it from server.port). */
   port?: number;
@@ -108,7 +110,7 @@ export class ReplicationServer {
   private readonly perAddress = new Map<string, number>();
   /** Connections still to complete upgrade + hello, with the timer that closes them. */
   private readonly handshaking = new Map<Socket, NodeJS.Timeout>();
-  readonly validator: ObjectValidator;
+  readonly checks: ObjectChecks;
   /** This node writes its disks' lease records itself; peers only ask (lease messages). */
   readonly leases: StoreLeases;
   readonly windowBytes: number;
@@ -125,7 +127,7 @@ export class ReplicationServer {
   private readonly nodeName = `rnode-${randomBytes(4).toString('hex')}`;
 
   private constructor(readonly opts: ServeOptions) {
-    this.validator = new ObjectValidator(opts.store);
+    this.checks = opts.checks;
     this.leases = new StoreLeases(opts.store);
     this.windowBytes = opts.windowBytes ?? DEFAULT_WINDOW_BYTES;
     if (this.windowBytes < 64 * 1024) throw new RangeError('windowBytes must be at least 64 KiB');
@@ -465,7 +467,7 @@ class Session {
     this.node.stats.receivedBytes += data.length;
     try {
       await this.node.bucket?.take(charged);
-      const kind = await this.node.validator.checkPut({ key: meta.key, data, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
+      const kind = await this.node.checks.checkPut({ key: meta.key, data, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
       const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
       const info = await this.node.opts.store.put(meta.key, data, opts);
       this.node.stats.puts++;
@@ -482,7 +484,7 @@ class Session {
       } else {
         this.node.stats.putFailures++;
       }
-      this.node.countPutError(err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL, classifyKey(meta.key)?.kind ?? 'unknown');
+      this.node.countPutError(err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL, this.node.checks.kindOf(meta.key) ?? 'unknown');
       this.held -= charged;
       this.reply(stream, { ...errorMessage(err), credit: charged });
     }
@@ -515,7 +517,7 @@ class Session {
     try {
       switch (m.op) {
         case 'get': {
-          requestKey(m.key, true);
+          requestKey(m.key, this.node.checks);
           await this.writable();
           const range = m.offset !== undefined ? { offset: m.offset, ...(m.length !== undefined ? { length: m.length } : {}) } : undefined;
           const data = await store.get(m.key, range);
@@ -532,11 +534,11 @@ class Session {
           return;
         }
         case 'head':
-          requestKey(m.key, true);
+          requestKey(m.key, this.node.checks);
           this.reply(stream, { op: 'ack', info: wireInfo(await store.head(m.key)) });
           return;
         case 'delete':
-          this.node.validator.checkDelete(m.key);
+          this.node.checks.checkDelete(m.key);
           await store.delete(m.key);
           this.reply(stream, { op: 'ack' });
           return;
@@ -658,8 +660,11 @@ function partOverhead(objectBytes: number): number {
   return (Math.ceil(objectBytes / PART_BYTES) + 1) * 8192;
 }
 
-/** A key (or list prefix) a peer sent: one that is not a valid key (e.g. "../x") is the peer's mistake, never INTERNAL. */
-function requestKey(key: string, read = false): void {
+/**
+ * A key (or list prefix) a peer sent: one that is not a valid key (e.g. "../x") is the peer's mistake, never INTERNAL.
+ * `reading` (get, head): the checks that tell a lease record's key.
+ */
+function requestKey(key: string, reading?: ObjectChecks): void {
   try {
     assertValidKey(key);
   } catch {
@@ -667,7 +672,7 @@ function requestKey(key: string, read = false): void {
       { details: { key: key.slice(0, 200) } });
   }
   // A lease's holder id is what renews or releases it: peers never read lease records, they hold their own.
-  if (read && classifyKey(key)?.kind === 'lease') {
+  if (reading?.kindOf(key) === 'lease') {
     throw new RnodeError(TransportErrorCodes.REJECTED, `${key} is kept by the receiving node; take a lease with a lease message instead of reading it`, { details: { key } });
   }
 }

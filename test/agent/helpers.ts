@@ -7,7 +7,7 @@ import { Agent, type AgentOptions } from '../../src/agent/agent.js';
 import { Logger } from '../../src/log.js';
 import { ReferenceMs, type ReferenceMsOptions } from '../../src/agent/reference-ms.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
-import { CLI, ensureBuilt } from '../helpers/cli.js';
+import { CLI, CLI_NODE_FLAGS, ensureBuilt } from '../helpers/cli.js';
 import { tmpDir } from '../helpers/images.js';
 import { Domain } from '../../src/repository/domain.js';
 import { r2 } from '../../src/repository/names.js';
@@ -78,12 +78,17 @@ export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface AgentProcess { child: ChildProcess; name: string; stderr: string[]; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }
 
-/** Runs `node dist/cli.js agent ...` (building dist first when needed). */
-export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = []): AgentProcess {
+/**
+ * Runs `node dist/cli.js agent ...` (building dist first when needed). uninstrumented: without the test runner's
+ * hooks, as in production; it puts its coverage and process tracking (source maps of every module: ~60 MiB) back
+ * into any child's NODE_OPTIONS, so `env -u` takes them out after it.
+ */
+export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = [], uninstrumented = false): AgentProcess {
   ensureBuilt();
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
-  const child = spawn(process.execPath, [CLI, 'agent', '--server', ms.url, '--token-file', writeToken(dir),
+  const [cmd, ...pre] = uninstrumented ? ['env', '-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath] : [process.execPath];
+  const child = spawn(cmd!, [...pre, ...CLI_NODE_FLAGS, CLI, 'agent', '--server', ms.url, '--token-file', writeToken(dir),
     '--node-name', name, '--state-dir', path.join(dir, `state-${name}`), '--reconnect-max-ms', '300', ...extra],
   { env, stdio: ['ignore', 'ignore', 'pipe'] });
   const stderr: string[] = [];

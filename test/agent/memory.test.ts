@@ -24,11 +24,8 @@ t.test('agent RSS stays flat over ~40 scheduled jobs', { skip: process.platform 
   const dir = tmpDir(t, 'agent-mem');
   const disks = await Promise.all([0, 1, 2].map(async (i) => ({ disk: `m${i}`, source: { location: await makeDisk(dir, `m${i}`, 16 * MiB, 40 + i) } })));
   const ms = await startMs(t, { heartbeatMs: 500, nodeTimeoutMs: 10_000 });
-  // Measured as it runs in production: V8 coverage (tap's, inherited through the environment) costs ~30 MiB.
-  const coverage = process.env.NODE_V8_COVERAGE;
-  delete process.env.NODE_V8_COVERAGE;
-  const p = spawnAgent(t, ms, dir, 'mem', ['--slots', '3', '--log-level', 'warn']);
-  if (coverage !== undefined) process.env.NODE_V8_COVERAGE = coverage;
+  // Measured as it runs in production: without the test runner's coverage and process tracking.
+  const p = spawnAgent(t, ms, dir, 'mem', ['--slots', '3', '--log-level', 'warn'], true);
   await ms.waitFor(() => ms.liveNodes().length === 1, 30_000, 'registration');
   // Default chunk size and concurrency: each run takes the 16 x (1 MiB + 1 MiB) slots a production run takes.
   ms.setPolicy({ group: 'mem', revision: 1, rpoSeconds: 60, intervalSeconds: 1, store: { url: path.join(dir, 'store') }, disks, leaseTtlSeconds: 10 });
@@ -51,11 +48,9 @@ t.test('agent RSS stays flat over ~40 scheduled jobs', { skip: process.platform 
   const peak = Math.max(...samples.map((s) => s.rss));
   t.comment(`RSS MiB: first quarter after warm-up ${early.toFixed(0)}, second half ${late.toFixed(0)}, peak ${peak.toFixed(0)}`);
   // Before the fix: +32 MiB per job until a GC happened to run, 300+ MiB over this run.
-  t.ok(late - early < 40, `no growth trend: second-half median ${late.toFixed(0)} MiB vs ${early.toFixed(0)} MiB early`);
-  // A bound, not the target: three runs always in flight here (1 s interval) peaked at ~190 MiB with the legacy
-  // format and at 243-252 MiB with repository v2's first write path. Each run's pack buffers now come out of its share
-  // of the node's budget (two 3.75 MiB packs) and a chunk takes one worker trip (half the plaintext buffers): 227-241
-  // MiB measured on a busy machine, too close to the old 240 to restore it. The growth check above is the property;
-  // this catches a new fixed cost.
-  t.ok(peak < 300, `peak RSS ${peak.toFixed(0)} MiB under 300 MiB`);
+  t.ok(late - early < 25, `no growth trend: second-half median ${late.toFixed(0)} MiB vs ${early.toFixed(0)} MiB early`);
+  // The issue's bound for a node with its slots busy. Three runs always in flight here: 200-212 MiB and climbing
+  // before V8's young generation was capped (src/cli.ts) and glibc stopped keeping freed buffers in its heaps
+  // (returnLargeFreesToSystem); 158-170 MiB after.
+  t.ok(peak < 200, `peak RSS ${peak.toFixed(0)} MiB under 200 MiB`);
 });

@@ -23,7 +23,7 @@ import { sharedAligned } from '../../src/native/index.js';
 import { maxObjectBytes } from '../../src/pipeline/codec-workers.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { FrameFlag } from '../../src/transport/frame.js';
-import { ObjectValidator } from '../../src/transport/validate.js';
+import { ObjectValidator } from '../../src/serve/index.js';
 import { decodeChunk } from '../helpers/chunks.js';
 import { KiB, randomData, stopCodecWorkersAtEnd, textData } from '../helpers/images.js';
 

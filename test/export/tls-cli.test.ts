@@ -95,6 +95,8 @@ t.test('CLI: refuses 0.0.0.0 without TLS (exit 2); --json prints the URL, serves
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'SIGTERM: clean exit 0');
-  t.match(stderr, /"event":"stopping"/, 'logs its counters when stopping');
+  // --json: its log lines are pino's JSON lines, the stop with its counters among them.
+  const stopping = stderr.trim().split('\n').map((l) => JSON.parse(l) as { msg: string }).find((l) => l.msg === 'stopping');
+  t.match(stopping, { level: 'info', connections: Number, bytesServed: Number, cacheHitRatio: Number }, 'logs its counters when stopping');
   t.notOk(fs.existsSync(socket), 'the socket is removed');
 });

@@ -12,7 +12,7 @@ import { decodeSegment, encodeSegment } from '../../src/format/table.js';
 import { negotiate, nbdProtocol as P, ReplyParser, type ReplySink } from '../../src/source/nbd/index.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { decodeFrame, encodeFrame, FrameFlag } from '../../src/transport/frame.js';
-import { ObjectValidator } from '../../src/transport/validate.js';
+import { ObjectValidator } from '../../src/serve/index.js';
 import { parseXml, XmlError, type XmlElement } from '../../src/source/vmware/vsphere/xml.js';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { Domain } from '../../src/repository/domain.js';

@@ -9,6 +9,9 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
+/** The Node flags the installed `rnode` runs with (its shebang line), so tests run the CLI as users do. */
+export const CLI_NODE_FLAGS: string[] =
+  /^#!\S+ -S node (.*)$/.exec(fs.readFileSync(path.join(ROOT, 'src', 'cli.ts'), 'utf8').split('\n', 1)[0]!)?.[1]!.split(' ') ?? [];
 // The addon as the loader looks for it (src/native/index.ts): this platform's prebuild, else a source build.
 const ADDONS = [path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node'),
   path.join(ROOT, 'native', 'build', 'Release', 'rnode_native.node')];
@@ -102,7 +105,7 @@ type RunOptions = { env?: Record<string, string | undefined>; cwd?: string; time
 /** Runs `node dist/cli.js ...args`; never rejects for a non-zero exit. */
 export function runCli(args: string[], opts: RunOptions = {}): Promise<CliResult> {
   ensureBuilt();
-  return runNode([CLI, ...args], opts);
+  return runNode([...CLI_NODE_FLAGS, CLI, ...args], opts);
 }
 
 /** Runs an ES module script in a fresh node process (import the library from DIST_INDEX). */

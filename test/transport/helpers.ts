@@ -2,6 +2,7 @@
 // runs) over a throwaway fs store, RemoteStores that close with the test, and a TCP proxy that cuts connections.
 import net from 'node:net';
 import path from 'node:path';
+import { ObjectValidator } from '../../src/serve/index.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { RemoteStore, ReplicationServer, type RemoteStoreOptions, type ServeOptions } from '../../src/transport/index.js';
 import { fsStore } from '../helpers/images.js';
@@ -12,7 +13,7 @@ export async function startNode(t: Teardown, dir: string, opts: Partial<ServeOpt
     Promise<{ server: ReplicationServer; storeDir: string; store: ObjectStore; url: string }> {
   const storeDir = path.join(dir, 'recv');
   const store = opts.store ?? fsStore(storeDir);
-  const server = await ReplicationServer.start({ host: '127.0.0.1', port: 0, ...opts, store });
+  const server = await ReplicationServer.start({ host: '127.0.0.1', port: 0, checks: new ObjectValidator(store), ...opts, store });
   t.teardown(() => server.close());
   return { server, storeDir, store, url: server.url };
 }

@@ -154,6 +154,6 @@ t.test('a VM replicated to a peer node (ws://): the receiving node accepts VM po
   const want = snapshotFingerprints(env, r.snapshot);
   for (const d of out.disks) t.equal(fingerprintOf(d.out), want.get(d.key), `disk ${d.key} restores byte-exact on the receiving node`);
   const forged = Buffer.from(JSON.stringify({ ...p, seq: 2, disks: [{ ...p.disks[0], point: 9 }] }));
-  await t.rejects(node.server.validator.checkPut({ key: 'vms/vm-49/points/0000000002.json', data: forged, flags: FrameFlag.IF_NONE_MATCH, diskOffset: null, plainXxh64: 0n }),
+  await t.rejects(node.server.checks.checkPut({ key: 'vms/vm-49/points/0000000002.json', data: forged, flags: FrameFlag.IF_NONE_MATCH, diskOffset: null, plainXxh64: 0n }),
     { code: 'RNODE_TRANSPORT_REJECTED', message: /disk point disks\/vm-49-disk-2000\/points\/0000000009\.json is not on this node/ }, 'a VM point naming a missing disk point is refused');
 });

@@ -12,7 +12,7 @@ import { PLAIN_DOMAIN, r2, type R2Handle } from '../repository/names.js';
 import { BLOB_ENTRY_BYTES, decodePack, PACK_TAIL_BYTES, trailerPlace, type BlobEntry } from '../repository/pack.js';
 import { decodeManifestV4, decodePendingV2, decodeTableV3, TABLE_V3_RECORD_BYTES } from '../repository/point-format.js';
 import type { ObjectStore } from '../store/types.js';
-import { FrameFlag } from './frame.js';
+import { FrameFlag } from '../transport/frame.js';
 
 const SEAL_BYTES = META_NONCE_BYTES + META_TAG_BYTES;
 const CHECKSUM_BYTES = 32;

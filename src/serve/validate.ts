@@ -16,11 +16,12 @@ import { codecWorkers } from '../pipeline/codec-workers.js';
 import { MIN_CHUNK_SIZE } from '../pipeline/grid.js';
 import { classify, layout, PLAIN_DOMAIN, r2, type KeyHandle } from '../repository/names.js';
 import { decodeClaim } from '../repository/claims.js';
-import { checkR2Put, type DecodedBlob } from './validate-r2.js';
 import type { BlobEntry } from '../repository/pack.js';
 import type { ObjectStore } from '../store/types.js';
-import { TransportErrorCodes } from './errors.js';
-import { FrameFlag } from './frame.js';
+import { TransportErrorCodes } from '../transport/errors.js';
+import { FrameFlag } from '../transport/frame.js';
+import type { ObjectChecks, PutCheck } from '../transport/object-checks.js';
+import { checkR2Put, type DecodedBlob } from './validate-r2.js';
 
 export type KeyInfo = KeyHandle;
 export type ObjectKind = KeyHandle['kind'];
@@ -45,23 +46,12 @@ const KIND_WORDS: Record<ObjectKind, string> = {
   'vm-partial': 'partial VM run record', 'vm-access': 'VM access marker',
 };
 
-export interface PutCheck {
-  key: string;
-  data: Buffer;
-  /** FrameFlag bits of the PUT frame. */
-  flags: number;
-  /** The sender's disk offset for a chunk frame (informational). */
-  diskOffset: number | null;
-  /** The sender's plaintext xxh64 for a chunk frame (must match the chunk header). */
-  plainXxh64: bigint;
-}
-
 function rejected(message: string, details: Record<string, unknown>, cause?: unknown): RnodeError {
   return new RnodeError(TransportErrorCodes.REJECTED, message, { details, cause });
 }
 
 /** Checks objects against their kind; one per receiving node (its decode slots are shared by all sessions). */
-export class ObjectValidator {
+export class ObjectValidator implements ObjectChecks {
   private readonly pools = new Map<number, BufferPool<ReadSlot>>();
 
   constructor(private readonly store: ObjectStore, private readonly slotsPerSize = 4) {}
@@ -101,6 +91,10 @@ export class ObjectValidator {
       throw rejected(`${KIND_WORDS[k.kind]} ${p.key} was rejected: ${why}; it was not stored`, { key: p.key, kind: k.kind }, err);
     }
     return k;
+  }
+
+  kindOf(key: string): ObjectKind | undefined {
+    return classifyKey(key)?.kind;
   }
 
   /** Whether a delete is allowed: only the writer's own scratch objects; points and chunks are pruned on the node. */
