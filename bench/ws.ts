@@ -2,7 +2,7 @@
 // process, with a local fs store) next to replicate into a local fs store, same image, same run; and how close
 // the token-bucket throttle (sender-side --bandwidth, node-side serve --bandwidth) holds its setting.
 // Exported for bench/run.ts (benchWs); `node dist/bench/ws.js [image] [sizeMiB]` runs it alone.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -41,6 +41,34 @@ export interface ThrottleFigure {
   endToEnd: number;
 }
 
+/** CPU seconds of one process over a run, user and system apart. */
+export interface CpuSeconds { user: number; sys: number }
+
+/**
+ * Where the ws:// run's CPU went: the sender (this process, its workers included) and the receiving node (the
+ * serve child), medians over the runs. If the run were CPU-bound, its two processes' CPU seconds spread over the
+ * machine's cores would take as long as the run did: `ceilingMbPerSec` is that rate, `ofCeiling` the share of it
+ * reached. Well under 1: the run waits on something other than CPU (a stall); near 1: only less CPU makes it faster.
+ */
+export interface WsCpuFigures {
+  cores: number;
+  sender: CpuSeconds;
+  node: CpuSeconds;
+  /** The sender's CPU seconds for the local-store runs, to compare (what ws costs the sender on top). */
+  localSender: CpuSeconds;
+  ceilingMbPerSec: number;
+  ofCeiling: number;
+  /**
+   * The two main threads over the ws:// run (medians): seconds running, waiting to run (runnable while other tasks
+   * held the cores: on a shared machine, its load) and asleep (waiting for data, credit or the disk). A low
+   * ofCeiling with main threads mostly asleep is a stall; mostly waiting to run, the machine was busy.
+   */
+  senderMain: MainThreadSeconds;
+  nodeMain: MainThreadSeconds;
+}
+
+export interface MainThreadSeconds { run: number; waitToRun: number; asleep: number }
+
 export interface WsBenchResult {
   imageBytes: number;
   chunkSize: number;
@@ -49,6 +77,7 @@ export interface WsBenchResult {
   ws: { seconds: number[]; mbPerSec: number; wireBytes: number; reconnects: number };
   /** ws MB/s over local MB/s (target >= 0.6 on 2 cores, both ends sharing them). */
   ratio: number;
+  cpu: WsCpuFigures;
   /** Sender-side and node-side throttle: measured wire rate vs the setting (target within 5%). */
   throttle?: {
     sender: ThrottleFigure;
@@ -71,10 +100,66 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on nearly every Linux). */
+let ticksPerSecond: number | undefined;
+function userHz(): number {
+  if (ticksPerSecond === undefined) {
+    try { ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100; } catch { ticksPerSecond = 100; }
+  }
+  return ticksPerSecond;
+}
+
+/** CPU seconds another process has used so far (all its threads), from /proc (zero where there is no /proc). */
+export function processCpu(pid: number): CpuSeconds {
+  try {
+    // The command name (field 2) may hold spaces: count the fields after its closing parenthesis.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { user: Number(f[11]) / userHz(), sys: Number(f[12]) / userHz() }; // utime, stime: fields 14 and 15
+  } catch {
+    return { user: 0, sys: 0 };
+  }
+}
+
+/** Seconds a process's main thread has run and has waited to run, from /proc/<pid>/task/<pid>/schedstat (zeros without). */
+export function mainThreadSched(pid: number): { run: number; waitToRun: number } {
+  try {
+    const [run, wait] = fs.readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ').map(Number);
+    return { run: run / 1e9, waitToRun: wait / 1e9 };
+  } catch {
+    return { run: 0, waitToRun: 0 };
+  }
+}
+
+function mainThreadOver(a: { run: number; waitToRun: number }, b: { run: number; waitToRun: number }, seconds: number): MainThreadSeconds {
+  const run = b.run - a.run;
+  const waitToRun = b.waitToRun - a.waitToRun;
+  return { run, waitToRun, asleep: Math.max(0, seconds - run - waitToRun) };
+}
+
+/** CPU seconds this process (its worker threads included) used since `from` (process.cpuUsage()). */
+function ownCpuSince(from: NodeJS.CpuUsage): CpuSeconds {
+  const d = process.cpuUsage(from);
+  return { user: d.user / 1e6, sys: d.system / 1e6 };
+}
+
+function cpuDiff(a: CpuSeconds, b: CpuSeconds): CpuSeconds {
+  return { user: b.user - a.user, sys: b.sys - a.sys };
+}
+
+function medianCpu(xs: CpuSeconds[]): CpuSeconds {
+  return { user: median(xs.map((x) => x.user)), sys: median(xs.map((x) => x.sys)) };
+}
+
+const total = (c: CpuSeconds) => c.user + c.sys;
+const fmtCpu = (c: CpuSeconds) => `${total(c).toFixed(2)} s (user ${c.user.toFixed(2)}, sys ${c.sys.toFixed(2)})`;
+
 /** `node dist/cli.js serve` on 127.0.0.1:0 with a local fs store; resolves with its ws:// URL. */
 export async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string }> {
   const cli = fileURLToPath(new URL('cli.js', DIST));
-  const child = spawn(process.execPath, [...shebangFlags(cli), cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
+  // RNODE_BENCH_WS_SERVE_NODE_ARGS: more node flags for the receiving node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+  const nodeArgs = (process.env.RNODE_BENCH_WS_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...shebangFlags(cli), ...nodeArgs, cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
     { stdio: ['ignore', 'pipe', 'ignore'] });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -99,25 +184,42 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
   const imageBytes = fs.statSync(opts.image).size;
   const dir = await fsp.mkdtemp(path.join(opts.workdir, 'ws-bench-'));
   try {
-    const once = async (store: ObjectStore, remote?: object): Promise<{ seconds: number; r: ReplicateResult }> => {
+    const once = async (store: ObjectStore, remote?: object, nodePid?: number): Promise<{ seconds: number; r: ReplicateResult; cpu: CpuSeconds; nodeCpu: CpuSeconds;
+        senderMain: MainThreadSeconds; nodeMain: MainThreadSeconds }> => {
       const source = await L.openSource(opts.image);
       try {
+        const nodeAt = nodePid !== undefined ? processCpu(nodePid) : undefined;
+        const nodeMainAt = mainThreadSched(nodePid ?? -1);
+        const senderMainAt = mainThreadSched(process.pid);
+        const cpuAt = process.cpuUsage();
         const t0 = performance.now();
         const r = await L.replicate({ store, source, disk: 'bench', chunkSize, forceFull: true, checkpointRecords: 64, checkpointMillis: 2000, ...remote });
-        return { seconds: (performance.now() - t0) / 1000, r };
+        const seconds = (performance.now() - t0) / 1000;
+        const cpu = ownCpuSince(cpuAt);
+        const nodeCpu = nodeAt ? cpuDiff(nodeAt, processCpu(nodePid!)) : { user: 0, sys: 0 };
+        const senderMain = mainThreadOver(senderMainAt, mainThreadSched(process.pid), seconds);
+        const nodeMain = mainThreadOver(nodeMainAt, mainThreadSched(nodePid ?? -1), seconds);
+        return { seconds, r, cpu, nodeCpu, senderMain, nodeMain };
       } finally {
         await source.close();
       }
     };
     const local: number[] = [];
     const wsSecs: number[] = [];
+    const localCpu: CpuSeconds[] = [];
+    const senderCpu: CpuSeconds[] = [];
+    const nodeCpu: CpuSeconds[] = [];
+    const senderMain: MainThreadSeconds[] = [];
+    const nodeMain: MainThreadSeconds[] = [];
     let wireBytes = 0;
     let reconnects = 0;
     for (let i = 0; i < repeat; i++) {
       // A fresh store each time, so every run writes every chunk (a full point into an empty store).
       const localDir = path.join(dir, `local-${i}`);
       const ls = await L.openStore(localDir);
-      local.push((await once(ls)).seconds);
+      const l = await once(ls);
+      local.push(l.seconds);
+      localCpu.push(l.cpu);
       await ls.close();
       await fsp.rm(localDir, { recursive: true, force: true });
 
@@ -126,8 +228,12 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       try {
         const rs = await L.openStore(url);
         // What the CLI uses for ws(s):// targets (checkpoints, chunks in flight, pack size).
-        const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize));
+        const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize), child.pid);
         wsSecs.push(run.seconds);
+        senderCpu.push(run.cpu);
+        nodeCpu.push(run.nodeCpu);
+        senderMain.push(run.senderMain);
+        nodeMain.push(run.nodeMain);
         const counters = (rs.backend as RemoteStore).counters;
         wireBytes = counters.bytesSent;
         reconnects += counters.connects - 1;
@@ -136,7 +242,8 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         await stopServe(child);
         await fsp.rm(nodeDir, { recursive: true, force: true });
       }
-      log(`run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s`);
+      log(`run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s; ` +
+        `ws CPU: sender ${fmtCpu(senderCpu[i])}, node ${fmtCpu(nodeCpu[i])}; local sender ${fmtCpu(localCpu[i])}; load ${os.loadavg()[0].toFixed(1)}`);
     }
     const localRate = imageBytes / MB / median(local);
     const wsRate = imageBytes / MB / median(wsSecs);
@@ -145,7 +252,15 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       local: { seconds: local, mbPerSec: localRate },
       ws: { seconds: wsSecs, mbPerSec: wsRate, wireBytes, reconnects },
       ratio: wsRate / localRate,
+      cpu: {
+        ...cpuFigures(imageBytes, wsRate, medianCpu(senderCpu), medianCpu(nodeCpu), medianCpu(localCpu)),
+        senderMain: medianMain(senderMain), nodeMain: medianMain(nodeMain),
+      },
     };
+    const c = result.cpu;
+    log(`ws:// CPU-bound ceiling: sender ${fmtCpu(c.sender)} + node ${fmtCpu(c.node)} over ${c.cores} cores -> ` +
+      `${c.ceilingMbPerSec.toFixed(0)} MB/s; the run reached ${wsRate.toFixed(0)} MB/s = ${(c.ofCeiling * 100).toFixed(0)}% of it (${verdict(c)}); ` +
+      `main threads over ${median(wsSecs).toFixed(2)} s: sender ${fmtMain(c.senderMain)}, node ${fmtMain(c.nodeMain)}; local sender ${fmtCpu(c.localSender)}`);
 
     const bandwidth = opts.bandwidth ?? 40 * MB;
     if (bandwidth > 0) {
@@ -199,7 +314,29 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
   }
 }
 
+/** The ceiling: the run's CPU seconds (sender + node, medians) spread over the cores, as a disk rate. */
+function cpuFigures(imageBytes: number, wsRate: number, sender: CpuSeconds, node: CpuSeconds, localSender: CpuSeconds): Omit<WsCpuFigures, 'senderMain' | 'nodeMain'> {
+  const cores = os.availableParallelism();
+  const ceilingMbPerSec = imageBytes / MB / ((total(sender) + total(node)) / cores);
+  return { cores, sender, node, localSender, ceilingMbPerSec, ofCeiling: wsRate / ceilingMbPerSec };
+}
+
+function medianMain(xs: MainThreadSeconds[]): MainThreadSeconds {
+  return { run: median(xs.map((x) => x.run)), waitToRun: median(xs.map((x) => x.waitToRun)), asleep: median(xs.map((x) => x.asleep)) };
+}
+
+const fmtMain = (m: MainThreadSeconds) => `ran ${m.run.toFixed(2)} s, waited to run ${m.waitToRun.toFixed(2)} s, asleep ${m.asleep.toFixed(2)} s`;
+
+/** What held the run back: the CPU it used, other load on the cores, or waiting (a stall). */
+function verdict(c: WsCpuFigures): string {
+  if (c.ofCeiling >= 0.85) return 'CPU-bound';
+  const waited = Math.max(c.senderMain.waitToRun, c.nodeMain.waitToRun);
+  const slept = Math.min(c.senderMain.asleep, c.nodeMain.asleep);
+  return waited > slept ? 'held back by other load on the cores: its main threads waited to run more than they slept' : 'stalled: both main threads asleep part of the run';
+}
+
 // Standalone: node dist/bench/ws.js [image] [sizeMiB]
+// (RNODE_BENCH_REPEAT runs per contender, default 3; RNODE_BENCH_WS_BANDWIDTH=0 skips the throttle figures.)
 if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) {
   const L = await lib();
   const workdir = process.env.RNODE_BENCH_DIR ?? os.tmpdir();
@@ -210,7 +347,8 @@ if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) 
     await L.generateSampleDisk(image, { size: Number(process.argv[3] ?? 256) * 1024 * 1024, seed: 1, holeEvery: 0 });
   }
   try {
-    const r = await benchWs({ image, workdir, log: (l) => console.log(l) });
+    const r = await benchWs({ image, workdir, log: (l) => console.log(l), repeat: Number(process.env.RNODE_BENCH_REPEAT ?? 3),
+      ...(process.env.RNODE_BENCH_WS_BANDWIDTH !== undefined ? { bandwidth: Number(process.env.RNODE_BENCH_WS_BANDWIDTH) } : {}) });
     console.log(JSON.stringify(r, null, 1));
   } finally {
     if (made) await fsp.rm(made, { force: true });

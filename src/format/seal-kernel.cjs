@@ -210,6 +210,29 @@ function makeSealedOps(deps) {
     return { chunkId: new Uint8Array(chunkId(m.idName, out.subarray(0, m.plainLength))), payloadXxh64 };
   }
 
+  /**
+   * Several plain blobs of one pack (m.in) decoded one after the other into the same out buffer, each to its chunk id:
+   * one trip for a pack's share instead of one per blob (a receiving node checks every blob of every plain pack).
+   * Stops at the first blob that does not decode, and says which.
+   */
+  function blobDecodeMany(m) {
+    const ids = new Uint8Array(32 * m.blobs.length);
+    const payloadXxh64s = [];
+    for (let i = 0; i < m.blobs.length; i++) {
+      const b = m.blobs[i];
+      try {
+        const r = blobDecode({ in: m.in, inOff: b.offset, len: b.length, out: m.out, outOff: m.outOff, outCap: m.outCap, codec: b.codec,
+          plainLength: b.plainLength, idName: m.idName });
+        ids.set(r.chunkId, 32 * i);
+        payloadXxh64s.push(r.payloadXxh64);
+      } catch (err) {
+        // Not \`error\`: that field fails the whole trip.
+        return { chunkIds: ids.subarray(0, 32 * i), payloadXxh64s, failed: i, reason: String((err && err.message) || err) };
+      }
+    }
+    return { chunkIds: ids, payloadXxh64s };
+  }
+
   /** Handles one 'seal:*' or 'blob:*' message; returns the reply (undefined for the key messages, which have none). */
   function handle(m) {
     switch (m.op) {
@@ -222,6 +245,7 @@ function makeSealedOps(deps) {
       case 'blob:encode': return blobEncode(m);
       case 'blob:id-encode': return blobIdEncode(m);
       case 'blob:decode': return blobDecode(m);
+      case 'blob:decode-many': return blobDecodeMany(m);
       case 'seal:key':
         keys.set(m.key, { cipherKey: Buffer.from(m.cipherKey), digestKey: Buffer.from(m.digestKey), domain: m.domain });
         // The key's v2 domain: its chunk-id key lives exactly as long as the cipher key.

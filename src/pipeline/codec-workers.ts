@@ -245,6 +245,22 @@ export class CodecWorkers {
     }).then((r) => ({ id: Buffer.from(r.chunkId), payloadXxh64: r.payloadXxh64 }));
   }
 
+  /**
+   * Repository v2, plain blobs only: decodes the blobs at the given places of pack (a SharedArrayBuffer view) one
+   * after the other into out (room for the largest plainLength), in one trip. Resolves to each blob's plaintext id
+   * and payload xxh64 as computed, up to the first blob that does not decode (`failed` its index, `error` why).
+   */
+  decodeBlobs(pack: Uint8Array, blobs: Array<{ offset: number; length: number; codec: number; plainLength: number }>, out: Uint8Array, idName: string):
+      Promise<{ results: Array<{ id: Buffer; payloadXxh64: bigint }>; failed?: number; error?: string }> {
+    return this.send({
+      op: 'blob:decode-many', in: shared(pack), out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, idName,
+      blobs: blobs.map((b) => ({ offset: pack.byteOffset + b.offset, length: b.length, codec: b.codec, plainLength: b.plainLength })),
+    }).then((r: { chunkIds: Uint8Array; payloadXxh64s: bigint[]; failed?: number; reason?: string }) => ({
+      results: r.payloadXxh64s.map((payloadXxh64, i) => ({ id: Buffer.from(r.chunkIds.subarray(32 * i, 32 * i + 32)), payloadXxh64 })),
+      ...(r.failed !== undefined ? { failed: r.failed, error: r.reason } : {}),
+    }));
+  }
+
   /** Gives msg to every worker (now and respawned) until as many release(id) calls as retain(id) calls. */
   retainSetup(id: string, msg: Record<string, unknown>): void {
     const s = this.setup.get(id);

@@ -9,7 +9,7 @@ import { decodeConfig, Domain } from '../repository/domain.js';
 import { ENVELOPE_HEADER_BYTES, ENVELOPE_MAGIC, ENVELOPE_VERSION, EnvelopeKind, envelopeContext, openEnvelope, type EnvelopeKindId } from '../repository/envelope.js';
 import { decodeIndex, INDEX_ENTRY_BYTES } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, r2, type R2Handle } from '../repository/names.js';
-import { BLOB_ENTRY_BYTES, decodePack, PACK_TAIL_BYTES, trailerPlace } from '../repository/pack.js';
+import { BLOB_ENTRY_BYTES, decodePack, PACK_TAIL_BYTES, trailerPlace, type BlobEntry } from '../repository/pack.js';
 import { decodeManifestV4, decodePendingV2, decodeTableV3, TABLE_V3_RECORD_BYTES } from '../repository/point-format.js';
 import type { ObjectStore } from '../store/types.js';
 import { FrameFlag } from '../transport/frame.js';
@@ -23,11 +23,15 @@ export interface R2Put { key: string; data: Buffer; flags: number }
 export interface R2Checks {
   store: ObjectStore;
   /**
-   * Decodes a plain blob on the codec workers; resolves to the id of its plaintext and its payload xxh64, as
-   * computed there (hashing on the workers keeps the node's event loop free for the wire).
+   * Decodes a plain pack's blobs on the codec workers; resolves, per blob in order, to the id of its plaintext and its
+   * payload xxh64 as computed there (hashing on the workers keeps the node's event loop free for the wire), or to why
+   * it did not decode (or was not tried: a blob before it in its worker's share failed). Every decode has ended when
+   * it resolves: the caller reuses the pack's buffer after.
    */
-  decodeBlob(blob: Buffer, codec: number, plainLength: number, chunkId: Buffer): Promise<{ id: Buffer; payloadXxh64: bigint }>;
+  decodeBlobs(pack: Buffer, blobs: BlobEntry[]): Promise<DecodedBlob[]>;
 }
+
+export type DecodedBlob = { id: Buffer; payloadXxh64: bigint } | { error: string };
 
 /** The `plain` domain as a receiver sees it: no key, the fixed public chunk-id key (no config needed). */
 const plainDomain = Domain.of(undefined);
@@ -130,21 +134,14 @@ async function checkPlainPack(b: Buffer, packId: string, deps: R2Checks): Promis
   }
   const { start } = trailerPlace(b.subarray(b.length - PACK_TAIL_BYTES), b.length, packId);
   if (end !== start) throw new Error(`its blobs end at ${end}, its trailer starts at ${start}`);
-  // Every blob's check ends before this returns, also on a failure: the caller reuses the pack's buffer after.
-  const checks = await Promise.allSettled(entries.map(async (e, i) => {
+  const decoded = await deps.decodeBlobs(b, entries);
+  for (const [i, e] of entries.entries()) {
     const what = `blob ${i} (chunk id ${e.id.toString('hex').slice(0, 16)}…)`;
-    let ok: string | undefined;
-    try {
-      const r = await deps.decodeBlob(b.subarray(e.offset, e.offset + e.length), e.codec, e.plainLength, e.id);
-      if (r.payloadXxh64 !== e.payloadXxh64) ok = 'payload xxh64 mismatch';
-      else if (!r.id.equals(e.id)) ok = 'its plaintext does not hash to its chunk id';
-    } catch (err) {
-      throw new Error(`${what} does not decode: ${(err as Error).message}`, { cause: err });
-    }
-    if (ok) throw new Error(`${what}: ${ok}`);
-  }));
-  const failed = checks.find((c) => c.status === 'rejected');
-  if (failed) throw failed.reason;
+    const r = decoded[i];
+    if ('error' in r) throw new Error(`${what} does not decode: ${r.error}`);
+    if (r.payloadXxh64 !== e.payloadXxh64) throw new Error(`${what}: payload xxh64 mismatch`);
+    if (!r.id.equals(e.id)) throw new Error(`${what}: its plaintext does not hash to its chunk id`);
+  }
 }
 
 /** A plain index: checksum and entries; every pack it names must already be on this node (packs go first). */

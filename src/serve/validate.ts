@@ -16,11 +16,12 @@ import { codecWorkers } from '../pipeline/codec-workers.js';
 import { MIN_CHUNK_SIZE } from '../pipeline/grid.js';
 import { classify, layout, PLAIN_DOMAIN, r2, type KeyHandle } from '../repository/names.js';
 import { decodeClaim } from '../repository/claims.js';
+import type { BlobEntry } from '../repository/pack.js';
 import type { ObjectStore } from '../store/types.js';
 import { TransportErrorCodes } from '../transport/errors.js';
 import { FrameFlag } from '../transport/frame.js';
 import type { ObjectChecks, PutCheck } from '../transport/object-checks.js';
-import { checkR2Put } from './validate-r2.js';
+import { checkR2Put, type DecodedBlob } from './validate-r2.js';
 
 export type KeyInfo = KeyHandle;
 export type ObjectKind = KeyHandle['kind'];
@@ -65,7 +66,7 @@ export class ObjectValidator implements ObjectChecks {
     try {
       switch (k.kind) {
         case 'config': case 'pack': case 'index': case 'manifest': case 'table': case 'pending': case 'prune':
-          await checkR2Put(p, k, { store: this.store, decodeBlob: (blob, codec, plainLength, id) => this.decodeBlob(blob, codec, plainLength, id) });
+          await checkR2Put(p, k, { store: this.store, decodeBlobs: (pack, blobs) => this.decodeBlobs(pack, blobs) });
           break;
         case 'claim':
           if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) throw new Error('a disk claim is written once, with if-none-match');
@@ -215,6 +216,40 @@ export class ObjectValidator implements ObjectChecks {
   }
 
   /**
+   * Decodes a plain pack's blobs on the codec workers. A pack in shared memory (as the node receives them) is read in
+   * place, in one trip per worker, each taking a contiguous share of the blobs: a trip per blob cost more than the
+   * decoding (a message with two SharedArrayBuffers each way, and the garbage they leave). Any other pack: blob by blob.
+   */
+  private async decodeBlobs(pack: Buffer, blobs: BlobEntry[]): Promise<DecodedBlob[]> {
+    const out: DecodedBlob[] = blobs.map(() => ({ error: 'not checked (a blob before it failed)' }));
+    if (!(pack.buffer instanceof SharedArrayBuffer)) {
+      await Promise.all(blobs.map(async (e, i) => {
+        try {
+          out[i] = await this.decodeBlob(pack.subarray(e.offset, e.offset + e.length), e.codec, e.plainLength, e.id);
+        } catch (err) {
+          out[i] = { error: (err as Error).message };
+        }
+      }));
+      return out;
+    }
+    await Promise.allSettled(shares(blobs, codecWorkers().size).map(async ({ from, to }) => {
+      const share = blobs.slice(from, to);
+      const pool = this.pool(Math.max(...share.map((e) => e.plainLength)));
+      const slot = await pool.acquire();
+      try {
+        const r = await codecWorkers().decodeBlobs(pack, share, slot.plain, PLAIN_DOMAIN);
+        r.results.forEach((d, i) => { out[from + i] = d; });
+        if (r.failed !== undefined) out[from + r.failed] = { error: r.error ?? 'does not decode' };
+      } catch (err) {
+        out[from] = { error: (err as Error).message };
+      } finally {
+        pool.release(slot);
+      }
+    }));
+    return out;
+  }
+
+  /**
    * Decodes one plain blob of a pack on the codec workers; returns the id of its plaintext and its payload xxh64 as
    * computed, or throws when it does not decode. A blob in shared memory (an assembled pack) is read in place.
    */
@@ -240,6 +275,22 @@ export class ObjectValidator implements ObjectChecks {
     if (!pool) this.pools.set(size, pool = new BufferPool(this.slotsPerSize, () => newReadSlot(size)));
     return pool;
   }
+}
+
+/** Up to n contiguous shares of blobs, of about equal plaintext bytes (each a worker's trip). */
+function shares(blobs: BlobEntry[], n: number): Array<{ from: number; to: number }> {
+  const total = blobs.reduce((s, e) => s + e.plainLength, 0);
+  const out: Array<{ from: number; to: number }> = [];
+  let from = 0;
+  let bytes = 0;
+  for (let i = 0; i < blobs.length; i++) {
+    bytes += blobs[i].plainLength;
+    if (bytes >= (total * (out.length + 1)) / n || i === blobs.length - 1) {
+      out.push({ from, to: i + 1 });
+      from = i + 1;
+    }
+  }
+  return out;
 }
 
 function checkJsonObject(data: Buffer, key: string): Record<string, unknown> {

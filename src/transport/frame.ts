@@ -125,7 +125,47 @@ export function peekVersion(b: Uint8Array): number | undefined {
  */
 export function decodeFrame(input: Uint8Array, maxFrameBytes = MAX_FRAME_BYTES): Frame {
   const b = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength);
-  if (b.length > maxFrameBytes) throw protocolError(`frame of ${b.length} bytes exceeds the limit of ${maxFrameBytes}`);
+  const { head, headBytes } = decodeHead(b, b.length, maxFrameBytes);
+  return { ...head, payload: b.subarray(headBytes) };
+}
+
+/** A frame whose payload is still in the pieces it arrived in. */
+export interface FrameInPieces {
+  frame: Omit<Frame, 'payload'>;
+  /** The payload's pieces in order (no empty ones): views of the received fragments, not copies. */
+  payload: Buffer[];
+  payloadLength: number;
+  /** Bytes of the whole message (header, meta and payload). */
+  size: number;
+}
+
+/**
+ * Parses one message received as WebSocket fragments (ws binaryType 'fragments'), the same checks as decodeFrame:
+ * a large payload is left in the pieces it arrived in, so the receiver copies it once, to where it is kept. When
+ * the first fragment does not hold the whole header and meta (a peer may split a message anywhere) the fragments
+ * are joined first; maxFrameBytes is checked before that.
+ */
+export function decodeFragments(fragments: readonly Buffer[], maxFrameBytes = MAX_FRAME_BYTES): FrameInPieces {
+  let total = 0;
+  for (const f of fragments) total += f.length;
+  if (total > maxFrameBytes) throw protocolError(`frame of ${total} bytes exceeds the limit of ${maxFrameBytes}`);
+  const first = fragments[0] ?? Buffer.alloc(0);
+  if (fragments.length <= 1 || first.length < FRAME_HEADER_BYTES || first.length < FRAME_HEADER_BYTES + first.readUInt32LE(24)) {
+    const f = decodeFrame(fragments.length === 1 ? first : Buffer.concat(fragments, total), maxFrameBytes);
+    const { payload, ...frame } = f;
+    return { frame, payload: payload.length > 0 ? [payload] : [], payloadLength: payload.length, size: total };
+  }
+  const { head, headBytes, payloadLength } = decodeHead(first, total, maxFrameBytes);
+  const payload = [first.subarray(headBytes), ...fragments.slice(1)].filter((p) => p.length > 0);
+  return { frame: head, payload, payloadLength, size: total };
+}
+
+/**
+ * Header and meta at the start of b, for a frame of totalLength bytes (b may hold only its start): every length is
+ * checked against the limits and against totalLength before anything is read or allocated.
+ */
+function decodeHead(b: Buffer, totalLength: number, maxFrameBytes: number): { head: Omit<Frame, 'payload'>; headBytes: number; payloadLength: number } {
+  if (totalLength > maxFrameBytes) throw protocolError(`frame of ${totalLength} bytes exceeds the limit of ${maxFrameBytes}`);
   if (b.length < FRAME_HEADER_BYTES) throw protocolError(`frame of ${b.length} bytes is shorter than its ${FRAME_HEADER_BYTES}-byte header`);
   if (b.readUInt32LE(0) !== FRAME_MAGIC) throw protocolError('bad magic (not an rnode peer frame)');
   const version = b.readUInt8(4);
@@ -150,8 +190,8 @@ export function decodeFrame(input: Uint8Array, maxFrameBytes = MAX_FRAME_BYTES):
   const payloadLength = b.readUInt32LE(28);
   if (metaLength > MAX_META_BYTES) throw protocolError(`meta length ${metaLength} exceeds ${MAX_META_BYTES}`);
   if (payloadLength > MAX_PAYLOAD_BYTES) throw protocolError(`payload length ${payloadLength} exceeds ${MAX_PAYLOAD_BYTES}`);
-  if (FRAME_HEADER_BYTES + metaLength + payloadLength !== b.length) {
-    throw protocolError(`frame is ${b.length} bytes but its header says ${FRAME_HEADER_BYTES + metaLength + payloadLength}`);
+  if (FRAME_HEADER_BYTES + metaLength + payloadLength !== totalLength) {
+    throw protocolError(`frame is ${totalLength} bytes but its header says ${FRAME_HEADER_BYTES + metaLength + payloadLength}`);
   }
   if (type === FrameType.CONTROL && payloadLength !== 0) throw protocolError('control frame with a payload');
   const plainXxh64 = b.readBigUInt64LE(32);
@@ -162,6 +202,8 @@ export function decodeFrame(input: Uint8Array, maxFrameBytes = MAX_FRAME_BYTES):
     throw protocolError('meta block is not valid JSON');
   }
   if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw protocolError('meta block is not a JSON object');
-  const payload = b.subarray(FRAME_HEADER_BYTES + metaLength);
-  return { version, type: type as FrameTypeId, flags, stream, seq, diskOffset, plainXxh64, meta: meta as Record<string, unknown>, payload };
+  return {
+    head: { version, type: type as FrameTypeId, flags, stream, seq, diskOffset, plainXxh64, meta: meta as Record<string, unknown> },
+    headBytes: FRAME_HEADER_BYTES + metaLength, payloadLength,
+  };
 }

@@ -16,7 +16,7 @@ import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
 import { AssemblyBuffers } from './assembly-buffers.js';
 import type { ObjectChecks } from './object-checks.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
-import { decodeFrame, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame } from './frame.js';
+import { decodeFragments, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame, type FrameInPieces } from './frame.js';
 import { TokenBucket } from '../throttle.js';
 
 /**
@@ -95,6 +95,8 @@ export const DEFAULT_HANDSHAKE_MS = 10_000;
 export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 32;
 
 const WRITE_HIGH_WATER = 4 * 1024 * 1024;
+/** PUT payloads from this size on are received into the assembly buffers; smaller ones into a buffer of their own. */
+const ASSEMBLE_FROM_BYTES = 64 * 1024;
 const LIST_PAGE_ITEMS = 1000;
 const MAX_OPEN_LISTS = 16;
 
@@ -306,7 +308,10 @@ class Session {
     }, Math.max(50, idle / 2));
     this.timers.push(beat);
     ws.on('pong', () => { this.alive = true; });
-    ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+    // A message's fragments as received (views of the socket's reads): a PUT's payload is copied once, into the
+    // buffer it is checked and written from, not first joined into one buffer by ws (two copies of every byte).
+    ws.binaryType = 'fragments';
+    ws.on('message', (data, isBinary) => this.onMessage(data as Buffer[] | Buffer, isBinary));
     ws.on('error', (err) => this.node.log('session-error', { session: this.id, message: err.message }));
     ws.on('close', () => this.onClose());
     node.log('connection', { session: this.id, peer });
@@ -327,16 +332,17 @@ class Session {
     if (this.ready) { this.node.stats.sessions--; this.node.log('session-closed', { session: this.id, peer: this.peer }); }
   }
 
-  private onMessage(data: Buffer, isBinary: boolean): void {
+  private onMessage(data: Buffer[] | Buffer, isBinary: boolean): void {
     this.alive = true;
     if (this.closed) return;
     try {
       if (!isBinary) throw protocolError('text message (frames are binary)');
-      const f = decodeFrame(data, this.node.maxFrameBytes);
+      const r = decodeFragments(Array.isArray(data) ? data : [data], this.node.maxFrameBytes);
+      const f = r.frame;
       if (f.seq !== (this.recvSeq >>> 0)) throw protocolError(`frame sequence ${f.seq}, expected ${this.recvSeq >>> 0} (a frame was lost or reordered)`);
       this.recvSeq++;
       if (!this.ready) this.onHello(f);
-      else this.onFrame(f, data.length);
+      else this.onFrame(r);
     } catch (err) {
       this.node.stats.protocolErrors++;
       // Answered in this node's own version (also for an unknown version), so the peer can read why.
@@ -344,7 +350,7 @@ class Session {
     }
   }
 
-  private onHello(f: Frame): void {
+  private onHello(f: Omit<Frame, 'payload'>): void {
     if (f.type !== FrameType.CONTROL) throw protocolError('the first frame must be a hello');
     const m = parseClientMessage(f.meta);
     if (m.op !== 'hello') throw protocolError(`the first message must be a hello, not ${m.op}`);
@@ -376,7 +382,8 @@ class Session {
     });
   }
 
-  private onFrame(f: Frame, size: number): void {
+  private onFrame(r: FrameInPieces): void {
+    const { frame: f, size } = r;
     if (f.type === FrameType.DATA) throw protocolError('DATA frames flow from the node only');
     if (f.stream === 0) throw protocolError('requests need a stream id other than 0');
     if (f.type === FrameType.CONTROL) {
@@ -390,42 +397,56 @@ class Session {
     // PUT: the bytes count against the window until the store has them.
     const meta = parsePutMeta(f.meta);
     const asm = this.assembling.get(f.stream);
-    if (asm) return this.onPart(f, size, meta, asm);
-    if (meta.total !== undefined && meta.total !== f.payload.length) return this.onFirstPart(f, size, meta);
+    if (asm) return this.onPart(r, meta, asm);
+    if (meta.total !== undefined && meta.total !== r.payloadLength) return this.onFirstPart(r, meta);
     this.charge(size);
     this.open(f.stream);
-    this.schedule(() => this.store(f.stream, meta, f.payload, f, size));
+    const data = this.receive(r.payload, r.payloadLength);
+    this.schedule(() => this.store(f.stream, meta, data, f, size).finally(() => this.node.assembly.give(data)));
+  }
+
+  /**
+   * A whole object's payload in a buffer of its own: a large one in an assembly buffer (page-aligned shared memory,
+   * reused), a small one in a fresh copy (so it pins none of the socket's read buffers while it waits for the store).
+   */
+  private receive(pieces: Buffer[], bytes: number): Buffer {
+    if (bytes < ASSEMBLE_FROM_BYTES) return Buffer.concat(pieces, bytes);
+    const buf = this.node.assembly.take(bytes);
+    gather(pieces, buf, 0);
+    return buf;
   }
 
   /**
    * The first part of an object sent in parts: the whole object is charged to the credit now (this part's frame
    * plus the payload still to come), so the assembly buffer never holds bytes the window did not grant.
    */
-  private onFirstPart(f: Frame, size: number, meta: PutMeta): void {
+  private onFirstPart(r: FrameInPieces, meta: PutMeta): void {
+    const { frame: f, size, payloadLength } = r;
     const total = meta.total!;
     if (meta.at !== 0) throw protocolError(`the first part of ${meta.key} starts at ${meta.at}, not 0`);
     if (total > MAX_OBJECT_BYTES) throw protocolError(`an object of ${total} bytes exceeds the largest this node takes (${MAX_OBJECT_BYTES})`);
-    if (f.payload.length === 0 || f.payload.length > total) throw protocolError(`a part of ${f.payload.length} bytes of an object of ${total} bytes`);
-    this.charge(size + (total - f.payload.length));
+    if (payloadLength === 0 || payloadLength > total) throw protocolError(`a part of ${payloadLength} bytes of an object of ${total} bytes`);
+    this.charge(size + (total - payloadLength));
     this.open(f.stream);
     const buf = this.node.assembly.take(total);
-    copyBytes(f.payload, buf);
-    this.assembling.set(f.stream, { meta, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64, buf, filled: f.payload.length,
-      charged: size + (total - f.payload.length) });
+    gather(r.payload, buf, 0);
+    this.assembling.set(f.stream, { meta, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64, buf, filled: payloadLength,
+      charged: size + (total - payloadLength) });
   }
 
   /** A later part: it must continue exactly where the object stands; only its header and meta are new credit. */
-  private onPart(f: Frame, size: number, meta: PutMeta, asm: Assembly): void {
+  private onPart(r: FrameInPieces, meta: PutMeta, asm: Assembly): void {
+    const { frame: f, size, payloadLength } = r;
     if (meta.key !== asm.meta.key || meta.total !== asm.meta.total || meta.ifMatch !== asm.meta.ifMatch || f.flags !== asm.flags) {
       throw protocolError(`stream ${f.stream}: a part that does not belong to the object ${asm.meta.key} being sent on it`);
     }
     if (meta.at !== asm.filled) throw protocolError(`stream ${f.stream}: a part at ${meta.at}, expected ${asm.filled}`);
-    if (f.payload.length === 0 || asm.filled + f.payload.length > asm.buf.length) throw protocolError(`stream ${f.stream}: a part that overruns its object`);
-    const extra = size - f.payload.length;
+    if (payloadLength === 0 || asm.filled + payloadLength > asm.buf.length) throw protocolError(`stream ${f.stream}: a part that overruns its object`);
+    const extra = size - payloadLength;
     this.charge(extra);
     asm.charged += extra;
-    copyBytes(f.payload, asm.buf.subarray(asm.filled));
-    asm.filled += f.payload.length;
+    gather(r.payload, asm.buf, asm.filled);
+    asm.filled += payloadLength;
     if (asm.filled < asm.buf.length) return;
     this.assembling.delete(f.stream);
     this.schedule(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged).finally(() => this.node.assembly.give(asm.buf)));
@@ -623,6 +644,14 @@ class Session {
     this.closed = true;
     // A peer that does not finish the close handshake is cut.
     setTimeout(() => { try { this.ws.terminate(); } catch { /* gone */ } }, 2000).unref();
+  }
+}
+
+/** Copies a payload's pieces, in order, into dst from `at` (dst has room: the callers checked the lengths). */
+function gather(pieces: Buffer[], dst: Buffer, at: number): void {
+  for (const p of pieces) {
+    copyBytes(p, dst.subarray(at));
+    at += p.length;
   }
 }
 

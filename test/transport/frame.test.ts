@@ -4,7 +4,7 @@
 import t from 'tap';
 import { RnodeError } from '../../src/errors.js';
 import {
-  decodeFrame, encodeFrame, FrameFlag, FrameType, FRAME_HEADER_BYTES, parseClientMessage, parseDataMeta, parseNodeMessage, parsePutMeta,
+  decodeFragments, decodeFrame, encodeFrame, FrameFlag, FrameType, FRAME_HEADER_BYTES, parseClientMessage, parseDataMeta, parseNodeMessage, parsePutMeta,
   PROTOCOL_VERSION, TransportErrorCodes,
 } from '../../src/transport/index.js';
 
@@ -121,4 +121,53 @@ t.test('fuzz: random and mutated frames give a frame or a clean error', async (t
   t.ok((outcomes[TransportErrorCodes.PROTOCOL] ?? 0) > 1000, 'most inputs are refused as protocol errors');
   t.ok((outcomes.ok ?? 0) > 0, 'some mutations still parse (e.g. a flipped payload byte)');
   t.equal(Object.keys(outcomes).every((k) => k === 'ok' || CLEAN.has(k)), true, 'no other outcome');
+});
+
+/** A message cut into fragments at random places (a peer may split it anywhere, empty fragments included). */
+function splitRandomly(b: Buffer, rnd: () => number): Buffer[] {
+  const cuts = Array.from({ length: Math.floor(rnd() * 5) }, () => Math.floor(rnd() * (b.length + 1))).sort((x, y) => x - y);
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const c of [...cuts, b.length]) { out.push(b.subarray(at, c)); at = c; }
+  return out;
+}
+
+/** decodeFrame's outcome: the frame re-encoded, or the error code. */
+function outcome(decode: () => { frame: Record<string, unknown>; payload: Buffer }): string {
+  try {
+    const { frame, payload } = decode();
+    return `ok ${JSON.stringify({ ...frame, plainXxh64: String(frame.plainXxh64) })} ${payload.toString('hex')}`;
+  } catch (err) {
+    if (err instanceof RnodeError && CLEAN.has(err.code)) return err.code;
+    throw err;
+  }
+}
+
+// The node reads PUTs as the fragments ws received (binaryType 'fragments'), so it copies a payload once.
+t.test('a frame read from its fragments is the frame read whole, however the message was split', async (t) => {
+  const rnd = prng(20261201);
+  const base = samples();
+  const big = encodeFrame({ type: FrameType.PUT, stream: 9, seq: 4, meta: { key: 'repo/plain/packs/ab/abcd' }, payload: Buffer.alloc(50_000, 3) });
+  let same = 0;
+  for (let i = 0; i < 4000; i++) {
+    let b = Buffer.from(i % 7 === 0 ? big : base[Math.floor(rnd() * base.length)]);
+    if (rnd() < 0.5) b[Math.floor(rnd() * b.length)] ^= 1 << Math.floor(rnd() * 8);
+    if (rnd() < 0.2) b = b.subarray(0, Math.floor(rnd() * b.length));
+    const parts = splitRandomly(b, rnd);
+    const whole = outcome(() => { const { payload, ...frame } = decodeFrame(b, 64 * 1024); return { frame, payload }; });
+    const pieces = outcome(() => {
+      const r = decodeFragments(parts, 64 * 1024);
+      const payload = Buffer.concat(r.payload);
+      if (r.size !== b.length || payload.length !== r.payloadLength || r.payload.some((p) => p.length === 0)) throw new Error('sizes do not add up');
+      return { frame: r.frame, payload };
+    });
+    if (whole === pieces) same++;
+    else t.fail(`split ${parts.map((p) => p.length).join('+')}: ${pieces.slice(0, 120)} instead of ${whole.slice(0, 120)}`);
+  }
+  t.equal(same, 4000, 'every split gives the same frame or the same error');
+  const r = decodeFragments([big.subarray(0, big.length - 50_000), big.subarray(big.length - 50_000, big.length - 20_000), big.subarray(big.length - 20_000)]);
+  t.equal(r.payload.length, 2, 'a payload that came as its own fragments stays in them (no copy)');
+  t.equal(r.payload[0].buffer, big.buffer, 'views of the received bytes');
+  t.throws(() => decodeFragments([], 64 * 1024), { code: TransportErrorCodes.PROTOCOL }, 'an empty message');
+  t.throws(() => decodeFragments([big, big], 64 * 1024), { code: TransportErrorCodes.PROTOCOL, message: /exceeds the limit/ }, 'the limit counts every fragment');
 });

@@ -78,6 +78,17 @@ t.test('plain domain: every object kind accepted whole; forgeries and damage rej
 
   const liar = await plainPack(chunks, { at: 1, id: plain.chunkId(Buffer.from('something else')) });
   await rejects(t, rs, store, r2.pack('plain', liar.builder.id), liar.pack, /does not hash to its chunk id/, 'a blob under another chunk\'s id');
+  // The node checks a pack's blobs in one trip per codec worker, each a contiguous share: a lie in the last share,
+  // and a blob that does not decode in the middle of one, are found as surely as one in the first.
+  const lastLies = await plainPack(Array.from({ length: 12 }, (_, i) => textData(256 * KiB, 40 + i)), { at: 11, id: plain.chunkId(Buffer.from('not this')) });
+  await rejects(t, rs, store, r2.pack('plain', lastLies.builder.id), lastLies.pack, /blob 11 .*does not hash to its chunk id/, 'a lie in the last blob of a pack');
+  const undecodable = new PackBuilder('plain', 64 * MiB);
+  for (let i = 0; i < 6; i++) {
+    const c = textData(64 * KiB, 60 + i);
+    if (i === 3) undecodable.add(randomData(4 * KiB, 66), { id: plain.chunkId(c), plainLength: c.length, codec: Codec.LZ4 });
+    else undecodable.add(c, { id: plain.chunkId(c), plainLength: c.length, codec: Codec.NONE });
+  }
+  await rejects(t, rs, store, r2.pack('plain', undecodable.id), undecodable.finish(), /blob 3 .*does not decode/, 'a blob that is not LZ4');
   const victim = await plainPack(chunks.slice(0, 2));
   const damaged = Buffer.from(victim.pack);
   damaged[10] ^= 0x20; // inside blob 0 (stored as is)
