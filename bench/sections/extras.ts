@@ -105,7 +105,7 @@ export const ws: Section = {
     const rows: Row[] = [{
       name: 'full replicate over ws://', value: r.ws.mbPerSec, unit: 'MB/s',
       baseline: { name: 'local store, same run', value: r.local.mbPerSec, unit: 'MB/s' }, ratio: r.ratio,
-      target: { text: '>= 0.6x local', pass: r.ratio >= 0.6 },
+      target: { text: '>= 0.8x local', pass: r.ratio >= 0.8 },
     }];
     if (r.throttle) {
       for (const [name, f] of Object.entries(r.throttle) as Array<[string, { setting: number; measured: number; errorPct: number }]>) {

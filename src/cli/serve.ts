@@ -58,8 +58,6 @@ export const serveCmd: Command = {
     const level = logLevel(v);
     // Loaded here, not at the top: pino (and prom-client) would cost every other command their start-up.
     const { Logger } = await import('../log.js');
-    // A process that runs for months: freed buffers go back to the system, not to a slowly growing heap.
-    (await import('../native/index.js')).returnLargeFreesToSystem();
     const logger = Logger.create({ format, level, sink: { write: (line) => io.err(line.replace(/\n$/, '')) } });
     logger.addSecret(token);
     const log = (event: string, fields: Record<string, unknown> = {}) => logger.info(event, fields);
