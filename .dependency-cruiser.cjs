@@ -1,5 +1,5 @@
 // The shape of src/ as a rule (STYLE.md "The shape we want to see in the tree"): no import circles, and arrows
-// only downward: cli -> agent -> jobs (src/jobs, and src/recovery until it moves there) -> export/serve -> transport ->
+// only downward: cli -> agent -> jobs -> export/serve -> transport ->
 // pipeline -> source -> repository/format/crypto -> store -> native. src/errors.ts, src/throttle.ts, src/version.ts, src/failpoint.ts, src/log.ts and src/metrics are shared leaves.
 // Run by `npm run lint` and by test/structure/deps.test.ts (so `npm test` fails with the offending path).
 
@@ -7,7 +7,7 @@
 const LAYERS = [
   ['cli'],
   ['agent'],
-  ['jobs', 'recovery'],
+  ['jobs'],
   ['export', 'output', 'serve'],
   ['transport'],
   ['pipeline'],

@@ -56,7 +56,7 @@ export async function runVmwareBench(): Promise<VmwareBenchResult> {
     throw new Error(`the VMware bench needs the TypeScript loader for test/vmware (${err.message}); ` +
       'run: node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/vmware.ts');
   });
-  const { replicate } = await load('src/recovery/replicate.ts');
+  const { replicate } = await load('src/jobs/replicate.ts');
   const { openSource } = await load('src/source/index.ts');
   const { FsStore } = await load('src/store/index.ts');
 

@@ -2,14 +2,14 @@
 // Loading it registers the ws:// and wss:// schemes, so openStore reaches a receiving node like any store.
 import './transport/index.js';
 export * from './errors.js';
-export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateProgress } from './recovery/replicate.js';
-export { recover, type RecoverOptions, type RecoverResult } from './recovery/restore.js';
+export { replicate, type ReplicateOptions, type ReplicateResult, type ReplicateProgress } from './jobs/replicate.js';
+export { recover, type RecoverOptions, type RecoverResult } from './jobs/restore.js';
 export { startExport, exportUrl, type ExportOptions, type ExportStats, type RunningExport } from './export/index.js';
-export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './recovery/verify.js';
-export { type PruneResult } from './recovery/prune.js';
-export { prune, pruneStore, type PruneStoreResult, type MaintainResult } from './recovery/prune-v2.js';
-export { stats, type StatsResult } from './recovery/stats.js';
-export { check, type CheckResult } from './recovery/check.js';
+export { verify, type VerifyOptions, type VerifyResult, type VerifyProblem } from './jobs/verify.js';
+export { type PruneResult } from './jobs/prune.js';
+export { prune, pruneStore, type PruneStoreResult, type MaintainResult } from './jobs/prune-v2.js';
+export { stats, type StatsResult } from './jobs/stats.js';
+export { check, type CheckResult } from './jobs/check.js';
 export { listPoints, listPointSeqs, loadPoint, resolvePoint } from './repository/points.js';
 export { openSource, registerSourceScheme, RawSource, type BlockSource, type Extent } from './source/index.js';
 export { delegatingSource } from './source/types.js';

@@ -25,8 +25,8 @@ export const prune: Section = {
   spaceNeeded: () => 4 * IMAGE_SIZE,
 
   async run(ctx) {
-    const { pruneStore, DEFAULT_MAX_UNUSED } = await import(pathToFileURL(path.join(root, 'dist/recovery/prune-v2.js')).href) as
-      typeof import('../../dist/recovery/prune-v2.js');
+    const { pruneStore, DEFAULT_MAX_UNUSED } = await import(pathToFileURL(path.join(root, 'dist/jobs/prune-v2.js')).href) as
+      typeof import('../../dist/jobs/prune-v2.js');
     const img = path.join(ctx.dir, 'disk.img');
     await generateSampleDisk(img, { size: IMAGE_SIZE, seed: 51, holeEvery: 0 });
     const store = await openStore(path.join(ctx.dir, 'store'));

@@ -1,7 +1,7 @@
 // Prune and repack after 30 points: what each --max-unused threshold costs in bytes rewritten and what it saves in
 // unused bytes, on one disk with a keep-7 retention and a prune after every point (grace 0, so each run takes the
 // next step: seen, marked, deleted). The row "never" (0) is the baseline: no bytes rewritten, the most left unused.
-// The chosen default (src/recovery/prune-v2.ts DEFAULT_MAX_UNUSED) is justified in README from these figures.
+// The chosen default (src/jobs/prune-v2.ts DEFAULT_MAX_UNUSED) is justified in README from these figures.
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';

@@ -5,10 +5,10 @@ import { setMaxListeners } from 'node:events';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
-import { prune } from '../recovery/prune-v2.js';
-import { replicate, type ReplicateProgress, type ReplicateResult } from '../recovery/replicate.js';
-import { recover } from '../recovery/restore.js';
-import { verify } from '../recovery/verify.js';
+import { prune } from '../jobs/prune-v2.js';
+import { replicate, type ReplicateProgress, type ReplicateResult } from '../jobs/replicate.js';
+import { recover } from '../jobs/restore.js';
+import { verify } from '../jobs/verify.js';
 import { replicateVm } from '../jobs/replicate-vm.js';
 import { openSource } from '../source/index.js';
 import type { BlockSource } from '../source/types.js';
@@ -311,7 +311,7 @@ export class JobRunner {
             });
             break;
           } catch (err) {
-            // LEASE_LOST: renewals of src/recovery/lease.ts can race each other under load and drop a lease
+            // LEASE_LOST: renewals of src/repository/lease.ts can race each other under load and drop a lease
             // nobody else took. Trying again is safe: the lease is re-acquired through conditional puts (a real
             // new holder shows up as LEASE_HELD) and the point continues from its checkpoint.
             if (isRnodeError(err, ErrorCodes.LEASE_LOST) && leaseRetries-- > 0 && !signal.aborted) {

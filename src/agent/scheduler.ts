@@ -2,7 +2,7 @@
 // group gets a point every intervalSeconds (default rpoSeconds / 2). A disk still busy when it falls due is
 // skipped (never two runs of one disk), and a disk whose newest point is older than its RPO is reported once
 // per miss. Policies and each disk's last point are persisted, so a restarted node keeps its schedule.
-import type { ReplicateResult } from '../recovery/replicate.js';
+import type { ReplicateResult } from '../jobs/replicate.js';
 import { diskKey, type JobRunner } from './jobs.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';

@@ -49,7 +49,7 @@ const replicateCmd: Command = {
     const encryption = encryptionKeyFrom(v);
     // One limit for every kind of target (directory, cloud, ws://): the store's puts are paced, lease writes exempt.
     const bandwidth = v.bandwidth !== undefined ? (await import('../transport/index.js')).parseBandwidth(str(v, 'bandwidth')!) : undefined;
-    const { replicate } = await import('../recovery/replicate.js');
+    const { replicate } = await import('../jobs/replicate.js');
     const source = await (await import('../source/index.js')).openSource(sourceArg);
     try {
       const target = str(v, 'target')!;
@@ -116,7 +116,7 @@ const recoverCmd: Command = {
   options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
     if (v.vm !== undefined) return (await import('./vmware.js')).vmRecoverCommand(v, io);
-    const { recover } = await import('../recovery/restore.js');
+    const { recover } = await import('../jobs/restore.js');
     required(v, 'recover', 'store', 'disk', 'out');
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
@@ -138,7 +138,7 @@ const verifyCmd: Command = {
   options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'verify', 'store', 'disk');
-    const { verify } = await import('../recovery/verify.js');
+    const { verify } = await import('../jobs/verify.js');
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
     const r = await withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point'), encryption }), v);
@@ -163,7 +163,7 @@ const pruneCmd: Command = {
   },
   async run(v, io) {
     if (v.vm !== undefined) return (await import('./vmware.js')).vmPruneCommand(v, io);
-    const { DEFAULT_GRACE_MS, DEFAULT_MAX_UNUSED, pruneStore } = await import('../recovery/prune-v2.js');
+    const { DEFAULT_GRACE_MS, DEFAULT_MAX_UNUSED, pruneStore } = await import('../jobs/prune-v2.js');
     required(v, 'prune', 'store');
     if ((v.disk === undefined) !== (v.keep === undefined)) {
       throw new RnodeError(ErrorCodes.USAGE, '"rnode prune" takes --disk and --keep together (or neither: maintenance only); see "rnode prune --help"');
@@ -194,7 +194,7 @@ const statsCmd: Command = {
   options: { store: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'stats', 'store');
-    const { stats } = await import('../recovery/stats.js');
+    const { stats } = await import('../jobs/stats.js');
     const encryption = encryptionKeyFrom(v);
     const r = await withStore(str(v, 'store')!, (store) => stats({ store, encryption }), v);
     print(io, v.json === true, r, () => [
@@ -217,7 +217,7 @@ const checkCmd: Command = {
   options: { store: { type: 'string' }, 'read-data': { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'check', 'store');
-    const { check } = await import('../recovery/check.js');
+    const { check } = await import('../jobs/check.js');
     const encryption = encryptionKeyFrom(v);
     const r = await withStore(str(v, 'store')!, (store) => check({ store, encryption, readData: v['read-data'] === true }), v);
     print(io, v.json === true, r, () => [

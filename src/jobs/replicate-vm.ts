@@ -8,7 +8,7 @@ import type { CodecId } from '../format/codecs.js';
 import { vmLayout } from '../format/layout.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { listPointSeqs } from '../repository/points.js';
-import { replicate, type ReplicateProgress, type ReplicateResult } from '../recovery/replicate.js';
+import { replicate, type ReplicateProgress, type ReplicateResult } from './replicate.js';
 import { commitVmPoint, latestVmPoint, recordPartialVmRun, type Consistency, type VmPoint, type VmPointDisk } from '../repository/vm-points.js';
 import type { BlockSource } from '../source/types.js';
 import { VmErrorCodes, vmDiskId, type VirtualDiskInfo, type VmSnapshot, type VmwareSession } from '../source/vmware/index.js';

@@ -5,8 +5,8 @@ import path from 'node:path';
 import type { EncryptionKey } from '../crypto/keys.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { listPointSeqs } from '../repository/points.js';
-import { prune } from '../recovery/prune-v2.js';
-import { recover, type RecoverResult } from '../recovery/restore.js';
+import { prune } from './prune-v2.js';
+import { recover, type RecoverResult } from './restore.js';
 import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../repository/vm-points.js';
 import type { ObjectStore } from '../store/types.js';
 

@@ -1,5 +1,5 @@
 // What a restore writes into: a local file or block device, or a cloud object that a cloud imports as a disk.
-// The restore pipeline (src/recovery/restore.ts) drives every sink through these calls; the sinks own the format.
+// The restore pipeline (src/jobs/restore.ts) drives every sink through these calls; the sinks own the format.
 import { isZero } from '../native/index.js';
 
 /** A byte range of the disk. */

@@ -13,7 +13,7 @@ import { r2 } from '../repository/names.js';
 
 /**
  * Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused.
- * seal: the point is encrypted and this is its key (src/recovery/encryption.ts decides).
+ * seal: the point is encrypted and this is its key (src/repository/encryption.ts decides).
  */
 export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
     seal?: ChunkSeal): Promise<Buffer> {

@@ -52,7 +52,7 @@ export interface ObjectStore {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;
   close(): Promise<void>;
-  /** Set by a store whose far end owns the disks' leases (a ws peer): writers go through it (src/recovery/lease.ts). */
+  /** Set by a store whose far end owns the disks' leases (a ws peer): writers go through it (src/repository/lease.ts). */
   readonly leases?: LeaseAuthority;
   /**
    * Set by a store that takes objects of at most this many bytes (a ws peer: the limit its node sent in the last
@@ -76,7 +76,7 @@ export interface LeaseRecord {
 
 /**
  * Who writes a disk's lease record. Locally the writer itself, with conditional puts (StoreLeases in
- * src/recovery/lease.ts); through a ws peer the receiving node (lease messages), which never lets a peer write a
+ * src/repository/lease.ts); through a ws peer the receiving node (lease messages), which never lets a peer write a
  * lease object directly.
  */
 export interface LeaseAuthority {

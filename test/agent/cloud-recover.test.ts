@@ -4,7 +4,7 @@ import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { replicate } from '../../src/recovery/replicate.js';
+import { replicate } from '../../src/jobs/replicate.js';
 import { openSource } from '../../src/source/index.js';
 import { startS3rver } from '../../bench/lib/emulators.js';
 import { fsStore } from '../helpers/images.js';

@@ -18,7 +18,7 @@ import { Domain } from '../../src/repository/domain.js';
 import { r2 } from '../../src/repository/names.js';
 import { decodePendingV2 } from '../../src/repository/point-format.js';
 import { listPoints } from '../../src/repository/points.js';
-import { replicate } from '../../src/recovery/replicate.js';
+import { replicate } from '../../src/jobs/replicate.js';
 import { openSource } from '../../src/source/index.js';
 import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, sleep, tmpDir } from './helpers.js';

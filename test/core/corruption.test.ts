@@ -15,7 +15,7 @@ import { Domain } from '../../src/repository/domain.js';
 import { decodeIndex, encodeIndex, listIndexIds } from '../../src/repository/index-file.js';
 import { r2 } from '../../src/repository/names.js';
 import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest } from '../../src/repository/point-format.js';
-import { verify } from '../../src/recovery/verify.js';
+import { verify } from '../../src/jobs/verify.js';
 import {
   KiB, MiB, blobPlace, expectRestore, fingerprint, flipByte, fsStore, listFiles, randomData, restore, snap,
   textData, tmpDir, writeAt, type Fingerprint, stopCodecWorkersAtEnd,

@@ -7,7 +7,7 @@ import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listPointSeqs } from '../../src/repository/points.js';
-import { verify } from '../../src/recovery/verify.js';
+import { verify } from '../../src/jobs/verify.js';
 import {
   KiB, MiB, packFiles, v2PointFiles, expectRestore, fingerprint, fsStore, listFiles, randomData, sha256File, stopCodecWorkersAtEnd, textData,
   tmpDir, writeAt,

@@ -7,11 +7,11 @@ import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
-import { prune, pruneStore } from '../../src/recovery/prune-v2.js';
-import { check } from '../../src/recovery/check.js';
-import { stats } from '../../src/recovery/stats.js';
+import { prune, pruneStore } from '../../src/jobs/prune-v2.js';
+import { check } from '../../src/jobs/check.js';
+import { stats } from '../../src/jobs/stats.js';
 import { listPointSeqs } from '../../src/repository/points.js';
-import { verify } from '../../src/recovery/verify.js';
+import { verify } from '../../src/jobs/verify.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
   KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,

@@ -6,7 +6,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
-import { recover } from '../../src/recovery/restore.js';
+import { recover } from '../../src/jobs/restore.js';
 import { PLAIN_DOMAIN } from '../../src/repository/names.js';
 import { readPackTrailer } from '../../src/repository/pack.js';
 import {

@@ -19,8 +19,8 @@ import { listPoints, listPointSeqs } from '../../src/repository/points.js';
 import { Domain } from '../../src/repository/domain.js';
 import { MIN_PACK_SIZE } from '../../src/repository/domain.js';
 import { MANIFEST_VERSION_V2 } from '../../src/repository/point-format.js';
-import { prune } from '../../src/recovery/prune-v2.js';
-import { verify } from '../../src/recovery/verify.js';
+import { prune } from '../../src/jobs/prune-v2.js';
+import { verify } from '../../src/jobs/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
 import { json, lines, runCli } from '../helpers/cli.js';
 import {

@@ -11,7 +11,7 @@ import { Domain } from '../../src/repository/domain.js';
 import { PLAIN_DOMAIN } from '../../src/repository/names.js';
 import { BlobFlag, readPackTrailer } from '../../src/repository/pack.js';
 import type { BlobEntry } from '../../src/repository/pack.js';
-import { verify } from '../../src/recovery/verify.js';
+import { verify } from '../../src/jobs/verify.js';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
 import {
   KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt,

@@ -5,8 +5,8 @@
 import t from 'tap';
 import path from 'node:path';
 import { openSource } from '../../src/source/index.js';
-import { replicate, type ReplicateResult } from '../../src/recovery/replicate.js';
-import { recover } from '../../src/recovery/restore.js';
+import { replicate, type ReplicateResult } from '../../src/jobs/replicate.js';
+import { recover } from '../../src/jobs/restore.js';
 import { FsStore } from '../../src/store/index.js';
 import { loadPoint } from '../../src/repository/points.js';
 import {

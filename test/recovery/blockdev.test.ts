@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { recover } from '../../src/recovery/restore.js';
+import { recover } from '../../src/jobs/restore.js';
 import { KiB, MiB, fsStore, randomData, snap, tmpDir } from '../helpers/images.js';
 
 const losetup = ['/usr/sbin/losetup', '/sbin/losetup'].find((p) => fs.existsSync(p));

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { Lease } from '../../src/repository/lease.js';
-import { replicate } from '../../src/recovery/replicate.js';
+import { replicate } from '../../src/jobs/replicate.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { openSource } from '../../src/source/index.js';
 import { FsStore, MemoryStore } from '../../src/store/index.js';

@@ -9,7 +9,7 @@ import t from 'tap';
 import { openFileOutput } from '../../src/output/file.js';
 import { BufferPool } from '../../src/pipeline/buffer-pool.js';
 import type { OutputSink } from '../../src/output/sink.js';
-import { recover } from '../../src/recovery/restore.js';
+import { recover } from '../../src/jobs/restore.js';
 import { KiB, fingerprint, fsStore, randomData, snap, textData, tmpDir, assertSameBytes } from '../helpers/images.js';
 
 const CHUNK = 64 * KiB;

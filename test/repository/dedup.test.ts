@@ -6,8 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { EncryptionKey } from '../../src/crypto/keys.js';
-import { pruneStore } from '../../src/recovery/prune-v2.js';
-import { verify } from '../../src/recovery/verify.js';
+import { pruneStore } from '../../src/jobs/prune-v2.js';
+import { verify } from '../../src/jobs/verify.js';
 import { listPoints } from '../../src/repository/points.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt } from '../helpers/images.js';
 

@@ -11,7 +11,7 @@ import { Domain } from '../../src/repository/domain.js';
 import { EnvelopeKind, envelopeContext, sealEnvelope } from '../../src/repository/envelope.js';
 import { decodePruneMarks, pruneMarksKey, readPruneMarks } from '../../src/repository/prune-marks.js';
 import { listPointSeqs, loadV2Point } from '../../src/repository/points.js';
-import { pruneStore, type PruneStoreOptions } from '../../src/recovery/prune-v2.js';
+import { pruneStore, type PruneStoreOptions } from '../../src/jobs/prune-v2.js';
 import { delegatingSource } from '../../src/source/types.js';
 import { runCli } from '../helpers/cli.js';
 import { MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';

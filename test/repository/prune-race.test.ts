@@ -7,7 +7,7 @@ import t from 'tap';
 import { ErrorCodes, isRnodeError } from '../../src/errors.js';
 import { Domain } from '../../src/repository/domain.js';
 import { listV2PointSeqs } from '../../src/repository/points.js';
-import { pruneStore } from '../../src/recovery/prune-v2.js';
+import { pruneStore } from '../../src/jobs/prune-v2.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { CHUNK, beginPoint, chunkData, readPointV2, writePoint, type Changes } from '../helpers/v2.js';
 

@@ -11,7 +11,7 @@ import { r2 } from '../../src/repository/names.js';
 import { readPruneMarks } from '../../src/repository/prune-marks.js';
 import { listV2PointSeqs } from '../../src/repository/points.js';
 import { Lease } from '../../src/repository/lease.js';
-import { prune, pruneLeaseName, pruneStore } from '../../src/recovery/prune-v2.js';
+import { prune, pruneLeaseName, pruneStore } from '../../src/jobs/prune-v2.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { CHUNK, applyChanges, chunkData, readPointV2, writePoint, type Changes } from '../helpers/v2.js';

@@ -19,8 +19,8 @@ import { Domain } from '../../src/repository/domain.js';
 import { EnvelopeKind, envelopeContext, sealEnvelope } from '../../src/repository/envelope.js';
 import { r2 } from '../../src/repository/names.js';
 import { TABLE_V3_RECORD_BYTES } from '../../src/repository/point-format.js';
-import { prune } from '../../src/recovery/prune-v2.js';
-import { verify } from '../../src/recovery/verify.js';
+import { prune } from '../../src/jobs/prune-v2.js';
+import { verify } from '../../src/jobs/verify.js';
 import type { BlockSource } from '../../src/source/types.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {

@@ -5,7 +5,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { verify } from '../../src/recovery/verify.js';
+import { verify } from '../../src/jobs/verify.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt } from '../helpers/images.js';
 import { cuttingProxy, remote, startNode } from './helpers.js';
 

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { r2 as v2Keys } from '../../src/repository/names.js';
 import { listPointSeqs } from '../../src/repository/points.js';
-import { verify } from '../../src/recovery/verify.js';
+import { verify } from '../../src/jobs/verify.js';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt } from '../helpers/images.js';
 import { remote, startNode } from './helpers.js';

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { FsStore } from '../../src/store/index.js';
-import { recover } from '../../src/recovery/restore.js';
+import { recover } from '../../src/jobs/restore.js';
 import { VmwareSession, vmDiskId, type VmwareSourceConfig } from '../../src/source/vmware/index.js';
 import { replicateVm, type ReplicateVmOptions, type ReplicateVmResult } from '../../src/jobs/replicate-vm.js';
 import { buildDummyVddk, readDummyLog, bytesReadInLog, type DummyCall } from './build-dummy.js';
