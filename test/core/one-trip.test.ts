@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import { IdFilter } from '../../src/pipeline/id-filter.js';
 import { codecWorkers, maxObjectBytes } from '../../src/pipeline/codec-workers.js';
 import { takeShared } from '../../src/pipeline/shared-slots.js';
-import { packPlan } from '../../src/jobs/replicate.js';
+import { packPlan } from '../../src/jobs/replicate/budget.js';
 import { Domain, MIN_PACK_SIZE } from '../../src/repository/domain.js';
 import { packBufferBytes } from '../../src/repository/pack.js';
 import { Codec } from '../../src/format/codecs.js';

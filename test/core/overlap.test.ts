@@ -5,7 +5,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pipelineDepths } from '../../src/jobs/replicate.js';
+import { pipelineDepths } from '../../src/jobs/replicate/budget.js';
 import type { StageEvent } from '../../src/pipeline/stages.js';
 import { FaultyStore } from '../../src/store/index.js';
 import type { ObjectStore } from '../../src/store/index.js';

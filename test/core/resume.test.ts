@@ -13,7 +13,7 @@ import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
 import { prune } from '../../src/jobs/prune-v2.js';
 import { listPointSeqs } from '../../src/repository/points.js';
-import { pipelineDepths } from '../../src/jobs/replicate.js';
+import { pipelineDepths } from '../../src/jobs/replicate/budget.js';
 import { verify } from '../../src/jobs/verify.js';
 import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
 import { delegatingSource, type BlockSource } from '../../src/source/types.js';

@@ -1,0 +1,201 @@
+// What point a replicate run writes: its number, its parent (its table is a delta against the parent's when the
+// geometry matches), whether it reads every allocated chunk or only the changed ones, and where an interrupted run
+// of the same point stopped. Every check that refuses a writer (wrong key, another repository's disk) is made here,
+// before any object is written.
+import { ErrorCodes, RnodeError, isRnodeError } from '../../errors.js';
+import type { PointManifest, SegmentRef } from '../../format/manifest.js';
+import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../../pipeline/grid.js';
+import type { BlockSource } from '../../source/types.js';
+import type { ChunkEntry } from '../../format/table.js';
+import { checkClaim, ensureClaim, readClaim } from '../../repository/claims.js';
+import { Domain, MIN_PACK_SIZE, validatePackSize } from '../../repository/domain.js';
+import { checkWriteKey, readDiskMarker } from '../../repository/encryption.js';
+import { r2, validateDiskId } from '../../repository/names.js';
+import { packSizeFor } from '../../repository/pack.js';
+import { isV2Point } from '../../repository/point-format.js';
+import { listPointSeqs, listV2PointSeqs, loadPoint, loadV2Checkpoint } from '../../repository/points.js';
+import { Cursor } from '../../repository/view.js';
+import { packPlan } from './budget.js';
+import type { Checkpoint, ReplicateOptions, RunStats } from './options.js';
+
+export interface PointPlan {
+  disk: string;
+  /** The number of the point this run writes. */
+  seq: number;
+  /** The disk's latest point, and the encryption marker its points were checked against. */
+  latest?: PointManifest;
+  marker: Awaited<ReturnType<typeof readDiskMarker>>;
+  domain: Domain;
+  grid: ChunkGrid;
+  packSize: number;
+  packBuffers: number;
+  /** The point this one's table is a delta against; undefined for a full point. */
+  parent?: PointManifest;
+  full: boolean;
+  /** Every allocated chunk is read (no usable change tracking), compared with the parent by content. */
+  scan: boolean;
+  fullReason?: string;
+  rescanReason?: string;
+  /** Indexes of the chunks to read, ascending. */
+  toRead: AsyncIterable<number>;
+}
+
+export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
+  const { store, source } = opts;
+  const disk = validateDiskId(opts.disk);
+  const seqs = await listPointSeqs(store, disk, opts.encryption);
+  const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1], opts.encryption) : undefined;
+  const marker = await readDiskMarker(store, disk, opts.encryption);
+  checkWriteKey(latest, opts.encryption, disk, marker);
+  // The disk's claim names the repository its v2 points are in: a writer with no key or another key is refused here,
+  // where it could not otherwise see an encrypted disk's keyed names. Claimed now, before any object is written.
+  const claim = await readClaim(store, disk);
+  checkClaim(claim, opts.encryption, disk);
+  // An unencrypted disk's v2 points are listed without a key: a key given for it would start a second, encrypted
+  // chain of the same disk id. (Another key's encrypted disk cannot be seen: its names are keyed; it is another
+  // repository of the store.)
+  if (opts.encryption && !latest && (await listV2PointSeqs(store, disk, undefined)).length > 0) {
+    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+      `disk ${disk} is not encrypted and a disk's points never mix encrypted and unencrypted chunks; leave out the key, or replicate to a new --disk id to start an encrypted disk`,
+      { details: { disk } });
+  }
+  const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
+  if (!claim) await ensureClaim(store, disk, opts.encryption);
+  // A store with an object limit (a ws node's, learnt in its handshake, which the reads above made) gets packs that fit
+  // it, whatever the repository's or --pack-size says.
+  const packs = packPlan(packSizeFor(store, validatePackSize(opts.packSize ?? domain.config.packSize), MIN_PACK_SIZE), opts.packSize !== undefined, opts.bufferBytes);
+  const chunkSize = validateChunkSize(opts.chunkSize ?? latest?.chunkSize ?? DEFAULT_CHUNK_SIZE);
+  const grid = new ChunkGrid(source.size, chunkSize);
+
+  // The table is a delta against the latest point whenever the geometry matches; otherwise it stands alone.
+  let parent: PointManifest | undefined = latest;
+  let fullReason: string | undefined;
+  if (!latest) fullReason = 'first point of the disk';
+  else if (latest.diskSize !== source.size) { parent = undefined; fullReason = `disk size changed from ${latest.diskSize} to ${source.size}`; }
+  else if (latest.chunkSize !== chunkSize) { parent = undefined; fullReason = `chunk size changed from ${latest.chunkSize} to ${chunkSize}`; }
+  else if (!isV2Point(latest)) { parent = undefined; fullReason = 'repository format upgraded'; }
+
+  // What to read: changed extents when the source tracks changes and has a usable marker, else allocated areas.
+  let changed: AsyncIterable<number> | undefined;
+  if (parent && !opts.forceFull && source.tracksChanges) {
+    if (!parent.source.marker || parent.source.kind !== source.kind) {
+      fullReason = 'previous point has no change marker from this source';
+    } else {
+      const peeked = await peekChanged(source, parent.source.marker, grid);
+      if (peeked.error) fullReason = `change tracking unusable: ${peeked.error.message}`;
+      else changed = peeked.indexes;
+    }
+  } else if (parent && opts.forceFull) fullReason = 'full sync requested';
+  else if (parent && !source.tracksChanges) fullReason = undefined; // raw: every point is a scan, compared by content
+  // A point is full when its table stands alone; it is a scan when every allocated chunk is read.
+  const full = parent === undefined;
+  const scan = changed === undefined;
+  return {
+    disk, seq: (latest?.point ?? 0) + 1, latest, marker, domain, grid, packSize: packs.packSize, packBuffers: packs.buffers,
+    parent, full, scan,
+    fullReason: full ? fullReason : undefined,
+    rescanReason: scan && !full ? fullReason : undefined,
+    toRead: changed ?? chunksOf(source.allocatedExtents(), grid),
+  };
+}
+
+async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid):
+    Promise<{ indexes?: AsyncIterable<number>; error?: RnodeError }> {
+  // The first page is where a tracking reset shows up; ask for it before committing to an incremental.
+  const it = source.changedExtentsSince(marker)[Symbol.asyncIterator]();
+  let first: IteratorResult<{ offset: number; length: number }>;
+  try {
+    first = await it.next();
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.CHANGE_MARKER_INVALID)) return { error: err };
+    throw err;
+  }
+  async function* rest() {
+    if (first.done) return;
+    yield first.value;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  }
+  return { indexes: chunksOf(rest(), grid) };
+}
+
+/** A candidate chunk: read it, or (when only the parent knows it) decide without reading. */
+export interface Candidate {
+  index: number;
+  read: boolean;
+  parent?: ChunkEntry;
+}
+
+/** Merges the ascending indexes to read with the parent's view, so each index is decided once, in order. */
+export async function* candidates(toRead: AsyncIterable<number>, parentView: Cursor<ChunkEntry> | undefined): AsyncIterable<Candidate> {
+  const reads = new Cursor(toRead);
+  await reads.next();
+  if (parentView) await parentView.next();
+  try {
+    for (;;) {
+      const r = reads.current;
+      const p = parentView?.current;
+      if (r === undefined && p === undefined) return;
+      if (p === undefined || (r !== undefined && r < p.index)) {
+        yield { index: r!, read: true };
+        await reads.next();
+      } else if (r === undefined || p.index < r) {
+        yield { index: p.index, read: false, parent: p };
+        await parentView!.next();
+      } else {
+        yield { index: r, read: true, parent: p };
+        await reads.next();
+        await parentView!.next();
+      }
+    }
+  } finally {
+    await reads.close();
+  }
+}
+
+/** Where this run starts: the checkpoint of an interrupted run of the very same point, or the beginning. */
+export interface ResumeFrom {
+  resumed: boolean;
+  segments: SegmentRef[];
+  records: number;
+  nextIndex: number;
+  stats: RunStats;
+  reused: string[];
+  /** The generation of prune's marks any checkpoint that opened had seen (resumed or not), else 0. */
+  marksGeneration: number;
+}
+
+export async function openCheckpoint(opts: ReplicateOptions, plan: PointPlan, identity: string | undefined): Promise<ResumeFrom> {
+  const { store, source } = opts;
+  const { domain, disk, seq, grid } = plan;
+  const parent = plan.parent?.point ?? null;
+  const fresh = {
+    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[], marksGeneration: 0,
+    stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
+  };
+  let ck: Checkpoint | undefined;
+  try {
+    // Sealed in an encrypted domain: a forged checkpoint (one that would skip chunks) does not open.
+    ck = (await loadV2Checkpoint(store, disk, seq, domain.key)) as Checkpoint | undefined;
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.METADATA_FORGED) || isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || err instanceof SyntaxError) return fresh;
+    throw err;
+  }
+  // The marks generation any checkpoint that opens saw counts, resumed or not (this run overwrites it).
+  const g = ck?.marksGeneration;
+  const marksGeneration = typeof g === 'number' && Number.isSafeInteger(g) && g > 0 ? g : 0;
+  // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
+  if (opts.resume === false || ck?.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== plan.scan ||
+      ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
+      ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments) ||
+      ck.keyId !== opts.encryption?.keyId || !Array.isArray(ck.reused) ||
+      // The data read before the cut must be the data now; a source that cannot tell is never resumed.
+      identity === undefined || ck.source?.identity !== identity) {
+    return { ...fresh, marksGeneration };
+  }
+  const segments = ck.segments.map((r, n) => ({ ...r, key: r2.segment(domain.name, domain.dname(disk), seq, 0, n) }));
+  return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused, marksGeneration };
+}

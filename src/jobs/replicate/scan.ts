@@ -1,0 +1,202 @@
+// The chunk pipeline of a replicate run: chunks are read in index order, encoded on the codec workers (id, then
+// compression and sealing only for a chunk that is probably new), appended to packs, and settled back in index order
+// into the point's table. Memory is fixed: a few chunk buffers per codec worker, and a window of how far the reader
+// may run ahead of the oldest unsettled chunk.
+import { ErrorCodes, RnodeError } from '../../errors.js';
+import type { CodecId } from '../../format/codecs.js';
+import { isZeroEntry, TableFlag, type ChunkEntry } from '../../format/table.js';
+import { isZero } from '../../native/index.js';
+import { BufferPool } from '../../pipeline/buffer-pool.js';
+import { codecWorkers, maxObjectBytes } from '../../pipeline/codec-workers.js';
+import type { IdFilter } from '../../pipeline/id-filter.js';
+import { recycleShared, takeShared } from '../../pipeline/shared-slots.js';
+import { StageClock } from '../../pipeline/stages.js';
+import type { ChunkLocation } from '../../repository/index-file.js';
+import type { Lease } from '../../repository/lease.js';
+import { v2Entry } from '../../repository/point-format.js';
+import type { Cursor } from '../../repository/view.js';
+import { pipelineDepths } from './budget.js';
+import type { Delta, ReplicateOptions } from './options.js';
+import type { PackWriter } from './packs.js';
+import { candidates, type Candidate, type PointPlan, type ResumeFrom } from './plan.js';
+import type { RunState } from './run-state.js';
+import type { TableWriter } from './table.js';
+
+export interface ChunkScanOptions {
+  opts: ReplicateOptions;
+  codec: CodecId;
+  plan: PointPlan;
+  from: ResumeFrom;
+  packs: PackWriter;
+  table: TableWriter;
+  known: IdFilter;
+  run: RunState;
+  lease: Lease | undefined;
+}
+
+/** What one candidate chunk became: its table record (null: nothing to record) and what it cost. */
+interface Outcome {
+  entry: ChunkEntry | null;
+  delta: Delta;
+}
+
+export class ChunkScan {
+  readonly clock: StageClock;
+  /** Chunks settled, in index order. */
+  settledCount = 0;
+  /** The index after the last settled chunk: a checkpoint written now covers every chunk before it. */
+  nextIndex: number;
+  private started = 0;
+  /** Settled out of order, waiting for the chunks before them (bounded by the window). */
+  private readonly done = new Map<number, Outcome>();
+  private readonly indexOf = new Map<number, number>();
+  /** Chunks waiting for an object buffer or a pack buffer: then the store is what holds the reader up. */
+  private waitingForStore = 0;
+  private readonly workers = codecWorkers();
+  private readonly plainPool: BufferPool<Buffer>;
+  private readonly outPool: BufferPool<Buffer>;
+  private readonly reorderWindow: number;
+
+  constructor(private readonly o: ChunkScanOptions) {
+    this.clock = new StageClock(o.opts.onStage);
+    this.nextIndex = o.from.nextIndex;
+    // A durable put waits for the device far longer than a chunk takes to read and encode. With one buffer pair per
+    // chunk held from read to the end of its put, the puts held every pair and the workers sat idle (issue 13). Now
+    // chunk buffers are held only until a chunk's blob is copied into its pack, and the pack buffers wait for the store.
+    const { encodeDepth, reorderWindow } = pipelineDepths(o.plan.grid.chunkSize, o.opts.concurrency, o.opts.bufferBytes);
+    this.reorderWindow = reorderWindow;
+    // One trip to a worker per chunk (its id and, when it is probably new, its blob): a plaintext buffer is held from
+    // read to the end of that trip, an object buffer across the trip and the blob's append to its pack.
+    this.plainPool = new BufferPool(encodeDepth, () => takeShared(o.plan.grid.chunkSize));
+    this.outPool = new BufferPool(encodeDepth, () => takeShared(maxObjectBytes(o.plan.grid.chunkSize)));
+  }
+
+  /** Runs every candidate through the pipeline; ends when all are settled, or at the run's first failure. */
+  async run(parentView: Cursor<ChunkEntry> | undefined): Promise<void> {
+    const { opts, plan, from, run, lease } = this.o;
+    const { grid } = plan;
+    const inflight = new Set<Promise<void>>();
+    await this.workers.ready(); // no chunk waits on a worker still starting while the chunks after it run ahead
+    try {
+      for await (const c of candidates(plan.toRead, parentView)) {
+        if (run.failed) break;
+        if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed');
+        if (lease?.signal.aborted) throw lease.signal.reason;
+        if (c.index < from.nextIndex) continue; // already in the checkpoint
+        const position = grid.offset(c.index);
+        const ordinal = this.started++;
+        this.indexOf.set(ordinal, c.index);
+        if (!c.read) {
+          // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
+          const zeroNow = plan.scan && c.parent && !isZeroEntry(c.parent);
+          this.settle(ordinal, zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 } } : { entry: null, delta: {} });
+          continue;
+        }
+        // The reader stands still here when the pipeline is full; whoever holds the buffers is the bottleneck.
+        const stalledFor = this.waitingForStore > 0 ? 'write' : 'encode';
+        const waitStart = performance.now();
+        while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
+        const plainSlot = await this.plainPool.acquire();
+        this.clock.waited(stalledFor, performance.now() - waitStart);
+        if (run.failed) { this.plainPool.release(plainSlot); break; }
+        let plainHeld = true;
+        const releasePlain = () => { if (plainHeld) { plainHeld = false; this.plainPool.release(plainSlot); } };
+        const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain).then(
+          (e) => this.settle(ordinal, e),
+          (err) => run.fail(err),
+        ).finally(() => { releasePlain(); inflight.delete(p); });
+        inflight.add(p);
+        opts.onProgress?.({ phase: 'scan', bytesRead: run.live.bytesRead, bytesWritten: run.live.bytesWritten, chunksDone: this.settledCount, position, diskSize: grid.diskSize });
+      }
+    } catch (err) {
+      run.fail(err);
+    } finally {
+      await Promise.all(inflight);
+      // Every chunk is settled and stored: the buffers go back for the next run.
+      this.plainPool.close(recycleShared);
+      this.outPool.close(recycleShared);
+      await parentView?.close();
+    }
+  }
+
+  /** Takes a chunk's outcome; the outcomes of every chunk up to the first missing one go into the table, in order. */
+  private settle(ordinal: number, outcome: Outcome): void {
+    const { run, table } = this.o;
+    this.done.set(ordinal, outcome);
+    while (this.done.has(this.settledCount)) {
+      const { entry: e, delta } = this.done.get(this.settledCount)!;
+      this.done.delete(this.settledCount);
+      for (const k of Object.keys(delta) as Array<keyof Delta>) run.stats[k] += delta[k] ?? 0;
+      this.nextIndex = this.indexOf.get(this.settledCount)! + 1;
+      this.indexOf.delete(this.settledCount);
+      this.settledCount++;
+      if (e) table.add(e);
+      if (table.due) table.flush(this.nextIndex);
+    }
+    run.wake();
+  }
+
+  private async storeWait<T>(p: Promise<T>): Promise<T> {
+    this.waitingForStore++;
+    try { return await p; } finally { this.waitingForStore--; }
+  }
+
+  /** Reads, encodes and stores chunk c; releasePlain gives its plaintext buffer back as soon as the encode is done. */
+  private async processChunk(c: Candidate, plainSlot: Buffer, releasePlain: () => void): Promise<Outcome> {
+    const { opts: { source }, plan, packs, run, codec } = this.o;
+    const { grid, domain } = plan;
+    const clock = this.clock;
+    const offset = grid.offset(c.index);
+    const length = grid.length(c.index);
+    const n = await clock.time(c.index, 'read', () => source.read(offset, plainSlot, length));
+    if (n !== length) {
+      throw new RnodeError(ErrorCodes.SOURCE_CHANGED, `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`);
+    }
+    run.live.bytesRead += n;
+    const plain = plainSlot.subarray(0, length);
+    if (isZero(plain)) {
+      const delta: Delta = { bytesRead: n, chunksZero: plan.scan ? 0 : 1 };
+      if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
+      return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
+    }
+    const dedupHit = (l: ChunkLocation, entry: ChunkEntry): Outcome => {
+      packs.reuse(l);
+      return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1, chunksDeduplicated: 1, bytesDeduplicated: length } };
+    };
+    // Unchanged when the 32-byte ids agree (never a shorter digest): nothing to record or store.
+    const parentId = c.parent?.id && c.parent.plainLength === length ? c.parent.id : undefined;
+    const out = await this.storeWait(this.outPool.acquire(c.index)); // the earliest chunk first: a checkpoint covers chunks in index order
+    try {
+      const start = performance.now();
+      const r = await this.workers.idEncodeBlob(plain, out, codec, { idName: domain.name, keyId: domain.key?.keyId, parentId, known: this.o.known.words });
+      const { id, hashMs } = r;
+      if (parentId?.equals(id)) {
+        clock.encoded(c.index, start, { hashMs, packMs: 0 });
+        return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
+      }
+      const entry = v2Entry(c.index, id, length, plan.seq);
+      const hit = packs.reusable(id);
+      if (hit) {
+        clock.encoded(c.index, start, { hashMs, packMs: r.skipped ? 0 : r.packMs, sealMs: r.skipped ? 0 : r.sealMs });
+        return dedupHit(hit, entry);
+      }
+      // Skipped on a false hint (the filter, or copies only in packs prune marked): this chunk is stored after all.
+      const encoded = r.skipped ? await this.workers.encodeBlob(plain, out, codec, id, domain.key?.keyId) : r;
+      clock.encoded(c.index, start, { hashMs, packMs: encoded.packMs, sealMs: encoded.sealMs });
+      releasePlain(); // the next chunks' reads and encodes now overlap this one's append
+      const blob = out.subarray(0, encoded.payloadLength);
+      // A chunk's write is its append to the open pack, with any wait for a pack buffer (the store's pace).
+      const late = await this.storeWait(clock.time(c.index, 'write', () =>
+        packs.append(c.index, id, blob, { plainLength: length, codec: encoded.codec, payloadXxh64: encoded.payloadXxh64 })));
+      // Another chunk with the same content was stored while this one was encoded.
+      if (late) return dedupHit(late, entry);
+      return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1 } };
+    } finally {
+      this.outPool.release(out);
+    }
+  }
+}
+
+function zeroEntry(index: number, length: number): ChunkEntry {
+  return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength: length, storedLength: 0, flags: TableFlag.ZERO, codec: 0 };
+}

@@ -1,0 +1,131 @@
+// The table of the point a replicate run writes, and its checkpoints. Records arrive in chunk index order; every
+// few thousand (or every checkpointMillis) they become a table segment, and each segment is made durable in the order
+// a crash needs: the packs its chunks are in, one index object for the packs closed since the last one, the segment,
+// then the checkpoint that lets the next run continue after it.
+import type { BlockSource } from '../../source/types.js';
+import type { ObjectStore } from '../../store/types.js';
+import { failpoint } from '../../failpoint.js';
+import type { SegmentRef } from '../../format/manifest.js';
+import type { ChunkEntry } from '../../format/table.js';
+import { encodeIndex } from '../../repository/index-file.js';
+import { r2 } from '../../repository/names.js';
+import { newObjectId } from '../../repository/pack.js';
+import { encodePendingV2, encodeTableV3, segmentDigest } from '../../repository/point-format.js';
+import type { WriterMarks } from '../../repository/prune-marks.js';
+import type { Checkpoint } from './options.js';
+import type { PackWriter } from './packs.js';
+import type { PointPlan, ResumeFrom } from './plan.js';
+import type { RunState } from './run-state.js';
+
+export interface TableWriterOptions {
+  store: ObjectStore;
+  source: BlockSource;
+  /** The source's identity: a checkpoint is continued only by a run reading the same data. */
+  identity: string | undefined;
+  plan: PointPlan;
+  from: ResumeFrom;
+  packs: PackWriter;
+  marks: WriterMarks;
+  run: RunState;
+  /** Records per segment and checkpoint, and at most this long between checkpoints while records wait. */
+  checkpointRecords: number;
+  checkpointMillis: number;
+}
+
+export class TableWriter {
+  readonly segments: SegmentRef[];
+  /** Records in the segments written or being written. */
+  records: number;
+  /** Set when a checkpoint could not be written: no later one is tried. */
+  checkpointFailure: unknown = undefined;
+  private pending: ChunkEntry[] = [];
+  private lastCheckpoint = Date.now();
+  /** Records covered by a durable checkpoint. */
+  private recordsDone: number;
+  /** Segments become durable one after the other, in order. */
+  private chain: Promise<void> = Promise.resolve();
+
+  constructor(private readonly o: TableWriterOptions) {
+    this.segments = [...o.from.segments];
+    this.records = o.from.records;
+    this.recordsDone = o.from.records;
+  }
+
+  get waiting(): number { return this.pending.length; }
+
+  /** Adds the next record (records come in index order). */
+  add(e: ChunkEntry): void {
+    this.pending.push(e);
+  }
+
+  /** A segment is due: enough records wait, or some have waited checkpointMillis. */
+  get due(): boolean {
+    return this.pending.length >= this.o.checkpointRecords ||
+      (this.pending.length > 0 && Date.now() - this.lastCheckpoint >= this.o.checkpointMillis);
+  }
+
+  /** Resolves when every segment begun so far is durable, or its writing failed (checkpointFailure). */
+  settled(): Promise<void> {
+    return this.chain;
+  }
+
+  /** Turns the waiting records into a segment, and writes it with its checkpoint (chunks before nextIndex covered). */
+  flush(nextIndex: number): void {
+    const { store, plan, packs, run } = this.o;
+    const { domain, disk, seq } = plan;
+    const entries = this.pending;
+    const place = { disk, point: seq, parent: plan.parent?.point ?? null, generation: 0, segment: this.segments.length };
+    const bytes = encodeTableV3(domain, place, entries);
+    this.pending = [];
+    this.lastCheckpoint = Date.now();
+    const ref: SegmentRef = {
+      key: r2.segment(domain.name, domain.dname(disk), seq, 0, this.segments.length),
+      records: entries.length,
+      first: entries.length ? entries[0].index : -1,
+      last: entries.length ? entries[entries.length - 1].index : -1,
+      digest: segmentDigest(bytes),
+    };
+    this.segments.push(ref);
+    this.records += entries.length;
+    // Every chunk these records name is in a pack closed now or before: the index object below covers them.
+    const { puts, locations } = packs.takeClosed();
+    // The packs of this run its records' chunks are in: the checkpoint needs those stored, and only those.
+    const needed = packs.packsOf(entries);
+    // The stats of the chunks settled so far (in index order); bytes and packs written are added once durable.
+    const settled = { ...run.stats };
+    const snapshot = (): Checkpoint => ({
+      format: 'rnode-pending', point: seq, parent: place.parent, scan: plan.scan, diskSize: plan.grid.diskSize, chunkSize: plan.grid.chunkSize,
+      source: { kind: this.o.source.kind, location: this.o.source.location, ...(this.o.identity ? { identity: this.o.identity } : {}) },
+      ...(domain.key ? { keyId: domain.key.keyId } : {}),
+      segments: this.segments.slice(0, place.segment + 1), records: this.recordsDone + entries.length, nextIndex,
+      stats: { ...settled, bytesWritten: run.stats.bytesWritten, packsWritten: run.stats.packsWritten }, reused: [...packs.reused],
+      marksGeneration: this.o.marks.generation,
+    });
+    // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
+    this.chain = this.chain.then(async () => {
+      if (this.checkpointFailure) return;
+      // A pack closed since the last checkpoint may hold only chunks encoded ahead of these records: its failed put
+      // is not this checkpoint's (it used to drop it, and a cut run then left no checkpoint at all). The index object
+      // names only the packs stored; a checkpoint is written only if the packs of its own records are.
+      await Promise.allSettled(puts);
+      const stored = locations.filter((l) => !packs.failedPuts.has(l.packId));
+      if (stored.length) {
+        const indexId = newObjectId();
+        const ib = encodeIndex(domain, indexId, stored);
+        await store.put(r2.index(domain.name, indexId), ib);
+        run.stats.bytesWritten += ib.length;
+        failpoint('after-index');
+      }
+      const lost = [...needed].find((id) => packs.failedPuts.has(id));
+      if (lost !== undefined) throw packs.failedPuts.get(lost);
+      await store.put(ref.key, bytes);
+      run.stats.bytesWritten += bytes.length;
+      failpoint('after-segment');
+      await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, snapshot()));
+      this.recordsDone += entries.length;
+      failpoint('after-checkpoint');
+      // Prune may have marked packs since: chunks in them are stored again from now on.
+      await packs.refreshMarks();
+    }).catch((err) => { this.checkpointFailure ??= err; run.fail(err); }); // stops the scan
+  }
+}
