@@ -216,18 +216,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   const plan = await planDisks(opts, vm.disks, prev, diskId);
   if (opts.signal?.aborted) throw opts.signal.reason;
 
-  // The marker says "PrepareForAccess may be in force": a run killed before its EndAccess leaves it, and the
-  // next run calls EndAccess for it (cleanUpLeftovers).
-  await store.put(vmLayout.access(vm.moref), Buffer.from(JSON.stringify({ at: new Date().toISOString(), pid: process.pid, host: os.hostname() })));
-  let snap: VmSnapshot;
-  try {
-    snap = await session.createSnapshot({ name: opts.snapshotName, disks: plan.keys, quiesce: opts.quiesce,
-      quiesceFallback: opts.quiesceFallback ?? session.config.quiesceFallback });
-  } catch (err) {
-    // createSnapshot closed what it opened (EndAccess included) before it threw.
-    await store.delete(vmLayout.access(vm.moref)).catch(() => undefined);
-    throw err;
-  }
+  const snap = await snapshotVm(opts, vm.moref, plan.keys);
   if (snap.consistencyReason) warnings.push(`${snap.consistencyReason}; this VM point is crash-consistent`);
 
   const parallel = Math.max(1, Math.min(plan.keys.length, opts.diskParallelism ?? defaultDiskParallelism(plan.keys.length)));
@@ -256,34 +245,8 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
     });
     results = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = snap.disks.flatMap((d, i) => (settled[i].status === 'rejected' ? [{ d, err: (settled[i] as PromiseRejectedResult).reason }] : []));
-    if (failed.length) {
-      // No VM point: the disks that committed are recorded as outside any VM point; the next run makes a whole one.
-      failure = failed.find((f) => !isRnodeError(f.err, ErrorCodes.CANCELLED))?.err ?? failed[0].err;
-      if (results.length) {
-        const key = await recordPartialVmRun(store, {
-          vm: vm.moref, snapshot: snap.moref,
-          committed: results.map((r) => ({ key: r.deviceKey, disk: r.disk, point: r.point })),
-          failed: failed.map((f) => ({ key: f.d.key, disk: diskId(f.d.key), code: isRnodeError(f.err) ? f.err.code : ErrorCodes.INTERNAL, message: (f.err as Error).message ?? String(f.err) })),
-        }).catch((err) => { session.log(`could not record the partial run: ${(err as Error).message}`); return undefined; });
-        session.log(`no VM point: disk(s) ${failed.map((f) => f.d.key).join(', ')} failed; ` +
-          `point(s) ${results.map((r) => `${r.disk}#${r.point}`).join(', ')} committed outside any VM point${key ? ` (recorded in ${key})` : ''}`);
-      }
-    } else {
-      const byKey = new Map(snap.disks.map((d) => [d.key, d]));
-      const disks: VmPointDisk[] = results.map((r) => {
-        const d = byKey.get(r.deviceKey)!;
-        return {
-          key: r.deviceKey, disk: r.disk, point: r.point, label: d.label, fileName: d.fileName, capacityBytes: r.diskSize,
-          ...(r.changeId ? { changeId: r.changeId } : {}), transport: r.transportMode,
-          ...(r.full && r.fullReason ? { fullReason: r.fullReason } : {}), ...(r.rescanReason ? { rescanReason: r.rescanReason } : {}),
-        };
-      });
-      point = await commitVmPoint(store, {
-        vm: vm.moref, vmName: vm.name, snapshot: { moref: snap.moref, name: snap.name, createdAt: snap.createdAt },
-        consistency: snap.consistency, ...(snap.consistencyReason ? { consistencyReason: snap.consistencyReason } : {}),
-        disks, skipped: plan.skipped, removed: plan.removed, config,
-      }, opts.encryption);
-    }
+    if (failed.length) failure = await recordFailedRun(opts, vm.moref, snap, results, failed.map((f) => ({ key: f.d.key, disk: diskId(f.d.key), err: f.err })));
+    else point = await commitRun(opts, vm, snap, results, plan, config);
   } catch (err) {
     failure ??= err;
   } finally {
@@ -315,4 +278,60 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
     staleSnapshotsRemoved, warnings, ...(prunedVmPoints ? { prunedVmPoints } : {}), diskParallelism: parallel,
     seconds: (performance.now() - started) / 1000,
   };
+}
+
+/**
+ * Takes the VM's snapshot of the planned disks. A marker object says "PrepareForAccess may be in force" until the
+ * snapshot is removed: a run killed before its EndAccess leaves it, and the next run calls EndAccess for it
+ * (cleanUpLeftovers).
+ */
+async function snapshotVm(opts: ReplicateVmOptions, vm: string, keys: number[]): Promise<VmSnapshot> {
+  const { session, store } = opts;
+  await store.put(vmLayout.access(vm), Buffer.from(JSON.stringify({ at: new Date().toISOString(), pid: process.pid, host: os.hostname() })));
+  try {
+    return await session.createSnapshot({ name: opts.snapshotName, disks: keys, quiesce: opts.quiesce,
+      quiesceFallback: opts.quiesceFallback ?? session.config.quiesceFallback });
+  } catch (err) {
+    // createSnapshot closed what it opened (EndAccess included) before it threw.
+    await store.delete(vmLayout.access(vm)).catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * No VM point when a disk failed: the disks that committed are recorded as outside any VM point, and the next run
+ * makes a whole one. Returns the error the run ends with (a cancellation only when every failure is one).
+ */
+async function recordFailedRun(opts: ReplicateVmOptions, vm: string, snap: VmSnapshot, results: ReplicateVmDiskResult[],
+    failed: Array<{ key: number; disk: string; err: unknown }>): Promise<unknown> {
+  const { session } = opts;
+  if (results.length) {
+    const key = await recordPartialVmRun(opts.store, {
+      vm, snapshot: snap.moref,
+      committed: results.map((r) => ({ key: r.deviceKey, disk: r.disk, point: r.point })),
+      failed: failed.map((f) => ({ key: f.key, disk: f.disk, code: isRnodeError(f.err) ? f.err.code : ErrorCodes.INTERNAL, message: (f.err as Error).message ?? String(f.err) })),
+    }).catch((err) => { session.log(`could not record the partial run: ${(err as Error).message}`); return undefined; });
+    session.log(`no VM point: disk(s) ${failed.map((f) => f.key).join(', ')} failed; ` +
+      `point(s) ${results.map((r) => `${r.disk}#${r.point}`).join(', ')} committed outside any VM point${key ? ` (recorded in ${key})` : ''}`);
+  }
+  return failed.find((f) => !isRnodeError(f.err, ErrorCodes.CANCELLED))?.err ?? failed[0].err;
+}
+
+/** Every disk committed its point: the VM point that names them all, with the snapshot's consistency and the VM's configuration. */
+async function commitRun(opts: ReplicateVmOptions, vm: { moref: string; name: string }, snap: VmSnapshot, results: ReplicateVmDiskResult[],
+    plan: { skipped: VmPoint['skipped']; removed: VmPoint['removed'] }, config: VmPoint['config']): Promise<VmPoint> {
+  const byKey = new Map(snap.disks.map((d) => [d.key, d]));
+  const disks: VmPointDisk[] = results.map((r) => {
+    const d = byKey.get(r.deviceKey)!;
+    return {
+      key: r.deviceKey, disk: r.disk, point: r.point, label: d.label, fileName: d.fileName, capacityBytes: r.diskSize,
+      ...(r.changeId ? { changeId: r.changeId } : {}), transport: r.transportMode,
+      ...(r.full && r.fullReason ? { fullReason: r.fullReason } : {}), ...(r.rescanReason ? { rescanReason: r.rescanReason } : {}),
+    };
+  });
+  return commitVmPoint(opts.store, {
+    vm: vm.moref, vmName: vm.name, snapshot: { moref: snap.moref, name: snap.name, createdAt: snap.createdAt },
+    consistency: snap.consistency, ...(snap.consistencyReason ? { consistencyReason: snap.consistencyReason } : {}),
+    disks, skipped: plan.skipped, removed: plan.removed, config,
+  }, opts.encryption);
 }
