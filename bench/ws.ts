@@ -282,8 +282,8 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
           const source = await L.openSource(tImage);
           // Samples of bytes sent over time: the rate is the slope between 10% and 90% of the transfer, so the
           // setup round trips (listing, lease, commit) do not count against the throttle. A node-side throttle lets
-          // the sender run a credit window ahead of it, sent in the first instant: that slope starts once the
-          // window is out, or the window's bytes would count as sent at the node's rate.
+          // the sender run ahead of it by what its socket buffers hold (a credit window, before the node paced its
+          // reading): that slope starts later, or those bytes would count as sent at the node's rate.
           const samples: Array<[number, number]> = [];
           const t0 = performance.now();
           const timer = setInterval(() => samples.push([performance.now(), store.counters.bytesSent]), 20);

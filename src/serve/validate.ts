@@ -54,7 +54,11 @@ function rejected(message: string, details: Record<string, unknown>, cause?: unk
 export class ObjectValidator implements ObjectChecks {
   private readonly pools = new Map<number, BufferPool<ReadSlot>>();
 
-  constructor(private readonly store: ObjectStore, private readonly slotsPerSize = 4) {}
+  constructor(private readonly store: ObjectStore, private readonly slotsPerSize = 4) {
+    // The codec workers start with the node, not at the first pack it checks: a fresh node's first packs waited for
+    // them to load, and the sender's pipeline waited for those packs' acks.
+    codecWorkers();
+  }
 
   /** Throws RNODE_TRANSPORT_REJECTED (details name the key, and for chunks the index and disk offset). */
   async checkPut(p: PutCheck): Promise<KeyInfo> {

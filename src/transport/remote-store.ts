@@ -535,7 +535,13 @@ export class RemoteStore implements ObjectStore {
     ws.on('close', () => this.onDisconnect(ws));
     const beat = this.opts.heartbeatMs ?? 10_000;
     clearInterval(this.heartbeat);
+    let written = this.counters.bytesSent;
     this.heartbeat = setInterval(() => {
+      // A node that paces its reading (serve --bandwidth) answers a ping only once it has read the bytes queued before
+      // it: bytes leaving our buffer say the node is there all the same.
+      const nowWritten = this.counters.bytesSent - ws.bufferedAmount;
+      if (nowWritten > written) this.lastHeard = Date.now();
+      written = nowWritten;
       if (Date.now() - this.lastHeard > 2 * beat) { ws.terminate(); return; }
       try { ws.ping(); } catch { /* closing */ }
     }, beat);

@@ -294,6 +294,9 @@ class Session {
   private alive = true;
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly id = randomBytes(6).toString('hex');
+  /** Control bytes parsed and not yet deducted from what the socket read: they pass the node's throttle free. */
+  private exemptBytes = 0;
+  private resumeTimer?: NodeJS.Timeout;
 
   constructor(private readonly node: ReplicationServer, private readonly ws: WebSocket, private readonly peer: string, private readonly socket: Socket) {
     const o = node.opts;
@@ -312,9 +315,31 @@ class Session {
     // buffer it is checked and written from, not first joined into one buffer by ws (two copies of every byte).
     ws.binaryType = 'fragments';
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer[] | Buffer, isBinary));
+    // Registered after ws's own reader, so a chunk's complete messages are parsed before it is metered.
+    const bucket = node.bucket;
+    if (bucket) socket.on('data', (chunk: Buffer) => this.meter(bucket, chunk.length));
     ws.on('error', (err) => this.node.log('session-error', { session: this.id, message: err.message }));
     ws.on('close', () => this.onClose());
     node.log('connection', { session: this.id, peer });
+  }
+
+  /**
+   * serve --bandwidth on what peers send: the bytes read from the socket are booked on the node's bucket as they
+   * arrive, and reading pauses until they are paid, so TCP holds the sender to the rate byte by byte (charged a whole
+   * pack at a time, acks let a pack through at full speed: 1.15x of the setting). Control frames are refunded
+   * (exemptBytes): lease renewals and listings do not spend the data's budget.
+   */
+  private meter(bucket: TokenBucket, bytes: number): void {
+    // Bytes arriving are a live peer, even while this node holds its reading back for the rate.
+    this.alive = true;
+    const free = Math.min(bytes, this.exemptBytes);
+    this.exemptBytes -= free;
+    if (bytes === free || this.closed) return;
+    const wait = bucket.reserve(bytes - free);
+    if (wait <= 1) return;
+    if (!this.ws.isPaused) this.ws.pause();
+    clearTimeout(this.resumeTimer);
+    this.resumeTimer = setTimeout(() => { if (!this.closed) this.ws.resume(); }, wait);
   }
 
   terminate(): void {
@@ -325,6 +350,7 @@ class Session {
   private onClose(): void {
     this.closed = true;
     for (const t of this.timers) clearTimeout(t);
+    clearTimeout(this.resumeTimer);
     for (const { it } of this.lists.values()) it.return?.().catch(() => undefined);
     this.lists.clear();
     this.assembling.clear();
@@ -339,6 +365,7 @@ class Session {
       if (!isBinary) throw protocolError('text message (frames are binary)');
       const r = decodeFragments(Array.isArray(data) ? data : [data], this.node.maxFrameBytes);
       const f = r.frame;
+      if (f.type === FrameType.CONTROL && this.node.bucket) this.exemptBytes += r.size;
       if (f.seq !== (this.recvSeq >>> 0)) throw protocolError(`frame sequence ${f.seq}, expected ${this.recvSeq >>> 0} (a frame was lost or reordered)`);
       this.recvSeq++;
       if (!this.ready) this.onHello(f);
@@ -466,7 +493,6 @@ class Session {
     this.node.stats.receivedObjects++;
     this.node.stats.receivedBytes += data.length;
     try {
-      await this.node.bucket?.take(charged);
       const kind = await this.node.checks.checkPut({ key: meta.key, data, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
       const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
       const info = await this.node.opts.store.put(meta.key, data, opts);

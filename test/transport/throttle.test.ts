@@ -41,3 +41,43 @@ t.test('replicate --bandwidth: a RemoteStore limited to 4 MB/s', async (t) => {
   // No lower bound here: setup round trips count and a busy CI machine can starve either end; bench/ws.ts
   // measures the steady-state rate against the setting (within 5%).
 });
+
+// Regression: serve --bandwidth charged a whole object once it had arrived and held back its ack, so the peer's
+// bytes came in at full speed, a window ahead of the rate (1.15x of the setting on the wire, one 8 MiB pack at a
+// time). The node now pays for bytes as it reads them and stops reading until they are paid: at no moment does it
+// hold more than the object arriving and the one being checked.
+t.test('serve --bandwidth: the node reads a peer\'s bytes at its rate, not a window ahead', async (t) => {
+  const dir = tmpDir(t, 'ws-node-throttle');
+  const rate = 2_000_000;
+  const arrived: Array<{ at: number; bytes: number }> = [];
+  const node = await startNode(t, dir, { bandwidth: rate });
+  const checks = node.server.checks;
+  const checkPut = checks.checkPut.bind(checks);
+  checks.checkPut = async (p) => { arrived.push({ at: performance.now(), bytes: p.data.length }); return checkPut(p); };
+  const rs = remote(t, node.url);
+  await rs.head('x/none').catch(() => undefined); // connected: the session's setup is not timed
+  const objects = 6;
+  const t0 = performance.now();
+  // Objects the node refuses (no rnode key): they arrive, are charged and checked, and come back with their credit.
+  const puts = await Promise.allSettled(Array.from({ length: objects }, (_, i) => rs.put(`x/${i}`, randomData(1 * MiB, 20 + i))));
+  t.equal(puts.filter((p) => p.status === 'rejected').length, objects, 'every object reached the checks and was refused');
+  t.equal(arrived.length, objects);
+  const peak = node.server.stats.peakSessionBytes;
+  t.comment(`peak held ${peak} bytes; last object checked after ${((arrived[objects - 1].at - t0) / 1000).toFixed(2)} s`);
+  t.ok(peak <= 2 * MiB + 64 * KiB, `the node held at most two objects at once (${peak} bytes), not the credit window`);
+  // Paid as they arrive: all but the burst (100 ms) must have waited for the rate.
+  const minSeconds = ((objects * MiB) / rate - 0.1) * 0.95;
+  t.ok((arrived[objects - 1].at - t0) / 1000 >= minSeconds, `the bytes took at least ${minSeconds.toFixed(2)} s at ${rate} B/s`);
+});
+
+t.test('serve --bandwidth: control requests pass free, so a slow node still answers leases and heads', async (t) => {
+  const dir = tmpDir(t, 'ws-node-throttle-control');
+  // 1000 B/s: 40 head requests (~110 bytes each) would take over 4 s if they were charged.
+  const { url } = await startNode(t, dir, { bandwidth: 1000 });
+  const rs = remote(t, url);
+  const t0 = performance.now();
+  for (let i = 0; i < 40; i++) await rs.head(`x/${i}`).catch(() => undefined);
+  const seconds = (performance.now() - t0) / 1000;
+  t.comment(`40 heads in ${seconds.toFixed(2)} s`);
+  t.ok(seconds < 2, `not paced by the 1000 B/s limit (${seconds.toFixed(2)} s)`);
+});
