@@ -8,7 +8,7 @@
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
-import { DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
+import { Codec, DEFAULT_CODEC, type CodecId } from '../format/codecs.js';
 import { MANIFEST_FORMAT, type PointEncryption, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { TableFlag, TABLE_SEGMENT_RECORDS, type ChunkEntry, isZeroEntry } from '../format/table.js';
 import { isZero } from '../native/index.js';
@@ -634,7 +634,7 @@ export function packPlan(packSize: number, given: boolean, bufferBytes = DEFAULT
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
-  return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength: length, storedLength: 0, flags: TableFlag.ZERO, codec: 0 };
+  return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength: length, storedLength: 0, flags: TableFlag.ZERO, codec: Codec.NONE };
 }
 
 /** Merges the ascending indexes to read with the parent's view, so each index is decided once, in order. */
