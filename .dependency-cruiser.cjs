@@ -50,7 +50,7 @@ module.exports = {
       severity: 'error',
       from: { path: '^src/transport/' },
       to: {
-        path: '^src/(repository/(pack|envelope|index-file|point-format|domain|claims)|format/(manifest|table|seal)|pipeline/(codec-workers|chunk-codec))[.]ts$',
+        path: '^src/(repository/(pack|envelope|index-file|point-format|domain|claims)|format/(manifest|table|seal|codec-kernel)|pipeline/(codec-workers|codec-worker|codec-ops|chunk-codec))[.]ts$',
       },
     },
     {

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { shebangFlags } from './lib/measure.js';
 // Types come from the built library (bench/ compiles apart from src/); the code is loaded from dist/ at run time.
 import type * as Lib from '../dist/index.js';
-import type * as AgentLib from '../dist/agent/index.js';
+import type * as ExampleMs from '../dist/examples/reference-ms.js';
 
 export interface AgentBenchRow { nodes: number; seconds: number; mbPerSecond: number; ratioToBaseline: number; jobs: number }
 export interface AgentBenchResult { diskBytes: number; disks: number; baselineMbPerSecond: number; rows: AgentBenchRow[]; note: string }
@@ -21,7 +21,7 @@ const CLI = path.join(DIST, 'cli.js');
 
 export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes?: number[]; log?: (line: string) => void } = {}): Promise<AgentBenchResult> {
   const lib = await import(new URL('../index.js', import.meta.url).href) as typeof Lib;
-  const agentLib = await import(new URL('../agent/index.js', import.meta.url).href) as typeof AgentLib;
+  const { ReferenceMs } = await import(new URL('../examples/reference-ms.js', import.meta.url).href) as typeof ExampleMs;
   const log = opts.log ?? ((l: string) => console.log(l));
   const disks = opts.disks ?? Number(process.env.RNODE_BENCH_AGENT_DISKS ?? 6);
   const diskMiB = opts.diskMiB ?? Number(process.env.RNODE_BENCH_AGENT_DISK_MIB ?? 64);
@@ -54,7 +54,7 @@ export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes
 
     const rows: AgentBenchRow[] = [];
     for (const n of nodeCounts) {
-      const ms = await agentLib.ReferenceMs.start({ token, heartbeatMs: 500 });
+      const ms = await ReferenceMs.start({ token, heartbeatMs: 500 });
       const children: ChildProcess[] = [];
       try {
         for (let k = 0; k < n; k++) {

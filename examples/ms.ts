@@ -9,10 +9,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-// Types come from the built library (examples/ compiles apart from src/); the code is loaded from dist/ at run time.
-import type * as Lib from '../dist/index.js';
-import type * as AgentLib from '../dist/agent/index.js';
-import type { AgentMessage, MsNode } from '../dist/agent/index.js';
+// The package by its own name, as any user of it: the built library (dist/), not src/.
+import { generateSampleDisk } from 'replication-node';
+import type { AgentMessage } from 'replication-node/protocol';
+import { ReferenceMs, type MsNode } from './reference-ms.js';
 
 function wholeNumber(text: string, flag: string, min: number): number {
   const n = Number(text);
@@ -30,8 +30,6 @@ async function main(): Promise<void> {
   const port = wholeNumber(v.port, 'port', 0);
   const interval = wholeNumber(v.interval, 'interval', 1);
   const diskMiB = wholeNumber(v['disk-mib'], 'disk-mib', 1);
-  const lib = (await import(new URL('../index.js', import.meta.url).href)) as typeof Lib;
-  const { ReferenceMs } = (await import(new URL('../agent/index.js', import.meta.url).href)) as typeof AgentLib;
 
   const dir = v.workdir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-example-ms-'));
   fs.mkdirSync(dir, { recursive: true });
@@ -40,7 +38,7 @@ async function main(): Promise<void> {
   const tokenFile = path.join(dir, 'token');
   fs.writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
   const image = path.join(dir, 'sample.img');
-  if (!fs.existsSync(image)) await lib.generateSampleDisk(image, { size: diskMiB * 1024 * 1024, seed: 1 });
+  if (!fs.existsSync(image)) await generateSampleDisk(image, { size: diskMiB * 1024 * 1024, seed: 1 });
   const store = path.join(dir, 'store');
 
   const ms = await ReferenceMs.start({ token, host: v.host, port, log: (msg, fields) => console.log(`ms: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ''}`) });

@@ -2,6 +2,7 @@
 // where a 64-bit hash would otherwise be trusted to be unique, e.g. change detection by content).
 import xxhash from 'xxhash-wasm';
 import { blake3 } from '@napi-rs/blake-hash';
+import { STRONG_DIGEST_BYTES } from './chunk.js';
 
 // Loaded once at import (top-level await), so no caller can hash before the wasm module is ready.
 const { h64Raw } = await xxhash();
@@ -13,9 +14,6 @@ export function xxh64(data: Uint8Array): bigint {
 export function xxh64Hex(data: Uint8Array): string {
   return xxh64(data).toString(16).padStart(16, '0');
 }
-
-/** 128-bit prefix of BLAKE3: collision-resistant at 2^64 work, enough to confirm identity. */
-export const STRONG_DIGEST_BYTES = 16;
 
 export function strongDigest(data: Uint8Array): Buffer {
   return blake3(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength))

@@ -15,7 +15,7 @@
 //   40   4   sequence number of the point that wrote it, u32 LE
 //   44   4   reserved, zero
 //
-// Version 2 (encrypted, AES-256-GCM; code in seal-kernel.cjs, keys in src/crypto/keys.ts):
+// Version 2 (encrypted, AES-256-GCM; code in seal.ts, keys in src/crypto/keys.ts):
 //   payload = nonce (12 random bytes) || AES-256-GCM(codec payload) || tag (16 bytes)
 //   The codec payload is what version 1 stores (compression runs first). The key is the chunk subkey derived
 //   from the user's master key. The AAD binds the ciphertext to this object: version, codec, plaintext length,
@@ -31,6 +31,8 @@ export const CHUNK_MAGIC = 0x4b434e52; // "RNCK" read as u32 LE
 export const CHUNK_VERSION = 1;
 export const CHUNK_VERSION_ENCRYPTED = 2;
 export const CHUNK_HEADER_BYTES = 48;
+/** A chunk's strong digest: the 128-bit prefix of BLAKE3, collision-resistant at 2^64 work, enough to confirm identity. */
+export const STRONG_DIGEST_BYTES = 16;
 /** Largest chunk the grid allows; bounds every length read from untrusted bytes. */
 export const MAX_CHUNK_BYTES = 16 * 1024 * 1024;
 /** LZ4 worst case for MAX_CHUNK_BYTES plus its size prefix, plus the nonce and tag of an encrypted payload. */

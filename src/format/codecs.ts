@@ -1,12 +1,11 @@
 // Codec and flag ids of stored chunks, in one place. Ids are written to disk and on the wire:
-// never renumber, only add. The encoders themselves live in codec-kernel.cjs, which the codec worker threads run;
+// never renumber, only add. The encoders themselves live in codec-kernel.ts, which the codec worker threads run;
 // they use the system's liblz4 through the addon, or lz4-napi where liblz4 is missing (same block format either way).
 //
 //   0 none        the payload is the plaintext
 //   1 lz4         one LZ4 block with a 4-byte little-endian plaintext-size prefix (as lz4-napi `compress` writes)
 //   2 lz4-blocks  u32 sub-block size (64 KiB), then per sub-block a u32 tag (bits 31-30: 0 raw, 1 lz4, 2 zero;
 //                 bits 29-0: stored length) and its bytes. Zero and noisy sub-blocks skip the compressor.
-import { createRequire } from 'node:module';
 import { ErrorCodes, RnodeError } from '../errors.js';
 
 export const Codec = {
@@ -37,6 +36,3 @@ export function codecByName(name: string): CodecId {
 export function isKnownCodec(id: number): boolean {
   return CODEC_NAMES[id] !== undefined;
 }
-
-const require = createRequire(import.meta.url);
-export const KERNEL_PATH: string = require.resolve('./codec-kernel.cjs');

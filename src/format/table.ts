@@ -19,7 +19,8 @@
 // a segment can be checked for damage (xxh64) but not forged, dropped into another place, or swapped for an older one.
 import { META_MAC_BYTES, type EncryptionKey, type MetaContext } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { STRONG_DIGEST_BYTES, xxh64 } from './checksum.js';
+import { xxh64 } from './checksum.js';
+import { STRONG_DIGEST_BYTES } from './chunk.js';
 
 export const TABLE_RECORD_BYTES = 64;
 export const TABLE_SEGMENT_RECORDS = 4096;

@@ -6,13 +6,13 @@ import { createRequire } from 'node:module';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { xxh64 } from '../format/checksum.js';
-import { KERNEL_PATH } from '../format/codecs.js';
-import { sealKernel } from '../format/seal.js';
+import { makeKernel, type KernelDeps } from '../format/codec-kernel.js';
+import { blobAad, openSealed } from '../format/seal.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, layout, r2, type ObjectId } from '../repository/names.js';
-import { blobAad, decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
+import { decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
 import { listV2Disks, loadV2Point, v2DiskId } from '../repository/points.js';
 import { referencesChunk, tableEntries } from '../repository/view.js';
 import { verify } from './verify.js';
@@ -231,7 +231,7 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
           { details: { key: what } }));
         if (xxh64(blob) !== e.payloadXxh64) { bad('does not match its stored xxh64 (damaged)'); continue; }
         try {
-          const packed = cipherKey ? sealKernel.open(cipherKey, blob, blobAad(e.id, e.codec, e.plainLength)) : blob;
+          const packed = cipherKey ? openSealed(cipherKey, blob, blobAad(e.id, e.codec, e.plainLength)) : blob;
           const plain = decoder(e.codec, packed, e.plainLength);
           if (!domain.chunkId(plain).equals(e.id)) bad('decodes to data that does not match its chunk id');
         } catch (err) {
@@ -245,8 +245,7 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
 
 /** A main-thread decoder of codec payloads (the codec kernel the workers run, over lz4-napi's sync calls). */
 function blobDecoder(): (codec: number, payload: Buffer, plainLength: number) => Buffer {
-  const require = createRequire(import.meta.url);
-  const kernel = require(KERNEL_PATH).makeKernel(require('lz4-napi'));
+  const kernel = makeKernel(createRequire(import.meta.url)('lz4-napi') as KernelDeps);
   return (codec, payload, plainLength) => {
     const out = Buffer.alloc(plainLength);
     kernel.decodeInto(codec, payload, plainLength, out);

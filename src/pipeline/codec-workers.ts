@@ -1,17 +1,16 @@
 // The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check) on a few worker threads, so the
 // main thread only moves data. Chunk buffers are SharedArrayBuffers: workers read and write them in place.
-// Encrypted chunks (keyed BLAKE3, AES-256-GCM seal or open) are the separate 'seal:*' ops of seal-kernel.cjs.
+// What the workers do with each message is codec-ops.ts; the thread itself is codec-worker.ts.
 // Workers also bound native memory: the LZ4 library keeps per-thread heaps, so few threads means few heaps.
-import { createRequire } from 'node:module';
 import os from 'node:os';
 import v8 from 'node:v8';
 import { Worker } from 'node:worker_threads';
-import { STRONG_DIGEST_BYTES } from '../format/checksum.js';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
-import { Codec, KERNEL_PATH, payloadOverhead } from '../format/codecs.js';
-import { SEAL_KERNEL_PATH, SEAL_OVERHEAD } from '../format/seal.js';
+import { payloadOverhead } from '../format/codecs.js';
+import { SEAL_OVERHEAD } from '../format/seal.js';
 import { ADDON_PATH } from '../native/index.js';
 import { PLAIN_ID_KEY } from '../repository/domain.js';
+import type { CodecWorkerData } from './codec-worker.js';
 
 export interface EncodeResult {
   /** True when the digests matched `unchangedIf`: nothing was encoded. */
@@ -45,85 +44,12 @@ export interface EncodedBlob {
   sealMs: number;
 }
 
-/** What the 'seal:*' ops need beyond a plain encode/decode: the key id and the chunk's AAD fields (seal-kernel.cjs). */
+/** What the 'seal:*' ops need beyond a plain encode/decode: the key id and the chunk's AAD fields (format/seal.ts). */
 export type SealedFields = Record<string, string | number | bigint>;
 
-// Plain JS as a string: runs the same from src/ under the test loader and from dist/.
-const WORKER_SOURCE = `
-const { parentPort, workerData } = require('node:worker_threads');
-// LZ4 results live outside the JS heap, invisible to the GC's accounting: collect every few dozen MiB so
-// native memory stays bounded instead of growing until the heap happens to fill.
-const collect = globalThis.gc ?? (() => {});
-let produced = 0;
-const track = (n) => { produced += n; if (produced > workerData.gcEvery) { produced = 0; collect(); } };
-const { blake3 } = require(workerData.blake);
-const native = require(workerData.native);
-// liblz4 when the system has it; lz4-napi is loaded only where it does not.
-const block = native.lz4Info().version ? { compress: native.lz4CompressBlock, decompress: native.lz4DecompressBlock } : undefined;
-const kernel = require(workerData.kernel).makeKernel({ ...(block ? {} : require(workerData.lz4)), block, copy: native.copyBytes, zero: native.zeroBytes }, track);
-// The addon hashes chunk slots in place; xxhash-wasm (same digests, see test/native.test.ts) copies each input into
-// wasm memory first, which cost more than the hash, and compiles at start, which delayed the first chunks. It
-// stays the portable fallback.
-(native.xxh64 && !workerData.portableHash ? Promise.resolve({ h64Raw: native.xxh64 }) : require(workerData.xxhash)()).then(({ h64Raw }) => {
-  // Stage times in thread CPU time where the addon can read it: a preempted worker's wall time is not its cost.
-  const cpu = native.threadCpuMs ?? (() => performance.now());
-  const HDR = ${CHUNK_HEADER_BYTES};
-  // Encrypted chunks: 'seal:*' ops, all in src/format/seal-kernel.cjs.
-  const sealed = require(workerData.seal).makeSealedOps({ kernel, h64Raw, Blake3Hasher: require(workerData.blake).Blake3Hasher, headerBytes: HDR, cpu,
-    idKeys: [['plain', Buffer.from(workerData.plainIdKey)]] });
-  // One message per event-loop turn: native buffers are freed by finalizers that run between turns, and a
-  // port drains its whole queue in one turn, so handling messages directly would let garbage pile up.
-  const queue = [];
-  let scheduled = false;
-  const pump = () => {
-    scheduled = false;
-    const m = queue.shift();
-    if (m) handle(m);
-    if (queue.length && !scheduled) { scheduled = true; setImmediate(pump); }
-  };
-  parentPort.on('message', (m) => {
-    queue.push(m);
-    if (!scheduled) { scheduled = true; setImmediate(pump); }
-  });
-  parentPort.postMessage({ ready: true });
-  const handle = (m) => {
-    try {
-      if (m.op.startsWith('seal:') || m.op.startsWith('blob:')) {
-        const reply = sealed.handle(m);
-        if (m.id !== undefined) parentPort.postMessage({ id: m.id, ...reply });
-      } else if (m.op === 'encode') {
-        const plain = Buffer.from(m.in, m.inOff, m.len);
-        const out = Buffer.from(m.out, m.outOff, m.outCap);
-        // Each reply says what its hashing and packing cost: the pipeline's per-stage counters.
-        const t0 = cpu();
-        const xxh64 = h64Raw(plain);
-        const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
-        const t1 = cpu();
-        // Same content as the previous point (both digests): skip the compressor, the chunk is not stored.
-        if (m.unchangedIf && m.unchangedIf.xxh64 === xxh64 && Buffer.from(m.unchangedIf.strong).equals(strong)) {
-          parentPort.postMessage({ id: m.id, xxh64, strong, unchanged: true, hashMs: t1 - t0, packMs: 0 });
-          return;
-        }
-        const r = kernel.encodeInto(plain, m.codec, out, HDR);
-        // A raw payload is the plaintext: its digest is already known.
-        const payloadXxh64 = r.codec === ${Codec.NONE} ? xxh64 : h64Raw(out.subarray(HDR, HDR + r.length));
-        parentPort.postMessage({ id: m.id, xxh64, strong, codec: r.codec, payloadLength: r.length, payloadXxh64, hashMs: t1 - t0, packMs: cpu() - t1 });
-      } else if (m.op === 'decode') {
-        // m.in holds the payload; the plaintext goes to m.out.
-        const payload = Buffer.from(m.in, m.inOff, m.len);
-        const payloadXxh64 = h64Raw(payload);
-        const out = Buffer.from(m.out, m.outOff, m.outCap);
-        kernel.decodeInto(m.codec, payload, m.plainLength, out);
-        const plain = out.subarray(0, m.plainLength);
-        const strong = new Uint8Array(blake3(plain).subarray(0, ${STRONG_DIGEST_BYTES}));
-        parentPort.postMessage({ id: m.id, xxh64: h64Raw(plain), strong, payloadXxh64, plainLength: m.plainLength });
-      }
-    } catch (err) {
-      parentPort.postMessage({ id: m.id, error: String((err && err.message) || err) });
-    }
-  };
-});
-`;
+// The worker entry beside this module: codec-worker.js in dist/, codec-worker.ts where the test runner loads the
+// TypeScript sources (worker threads inherit its loader).
+const WORKER_URL = new URL(`./codec-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
 
 interface Pending {
   resolve: (v: any) => void;
@@ -141,21 +67,19 @@ export class CodecWorkers {
   private readonly setup = new Map<string, { msg: Record<string, unknown>; users: number }>();
   private nextId = 0;
 
-  private readonly workerData: Record<string, unknown>;
+  private readonly workerData: CodecWorkerData;
   private closed = false;
 
   /** portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same digests). */
   constructor(readonly size = defaultWorkers(), opts: { portableHash?: boolean } = {}) {
-    const require = createRequire(import.meta.url);
     this.workerData = {
       portableHash: opts.portableHash === true,
-      blake: require.resolve('@napi-rs/blake-hash'), lz4: require.resolve('lz4-napi'), xxhash: require.resolve('xxhash-wasm'),
-      kernel: KERNEL_PATH, seal: SEAL_KERNEL_PATH, native: ADDON_PATH,
       gcEvery: 8 * 1024 * 1024,
       // The plain domain's chunk-id key is public (src/repository/domain.ts): every worker holds it from the start.
       plainIdKey: new Uint8Array(PLAIN_ID_KEY),
+      addonPath: ADDON_PATH,
     };
-    // Isolates created after this flag expose gc(); the workers use it (see WORKER_SOURCE).
+    // Isolates created after this flag expose gc(); the workers use it (codec-worker.ts).
     v8.setFlagsFromString('--expose-gc');
     for (let i = 0; i < size; i++) {
       this.workers.push(this.spawn(i));
@@ -164,7 +88,7 @@ export class CodecWorkers {
   }
 
   private spawn(i: number): Worker {
-    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: this.workerData });
+    const w = new Worker(WORKER_URL, { workerData: this.workerData });
     for (const s of this.setup.values()) w.postMessage(s.msg); // keys of running jobs, before any chunk
     let started!: () => void;
     this.started[i] = new Promise<void>((r) => { started = r; });

@@ -72,7 +72,7 @@ export class Domain {
     return this.key ? this.key.keyedName(`disk\0${diskId}`) : diskId;
   }
 
-  /** Chunk id of a plaintext (keyed BLAKE3-256); the codec workers compute the same (seal-kernel.cjs). */
+  /** Chunk id of a plaintext (keyed BLAKE3-256); the codec workers compute the same (src/pipeline/codec-ops.ts). */
   chunkId(plain: Uint8Array): Buffer {
     return Blake3Hasher.newKeyed(this.idKey).update(Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength)).digestBuffer().subarray(0, CHUNK_ID_BYTES);
   }

@@ -6,14 +6,13 @@
 // Trailer body: u32 LE count | count entries of 64 bytes (BlobEntry), in blob order:
 //   id(32) | u32 offset | u32 length | u32 plainLength | u8 codec | u8 flags | u16 reserved | u64 payloadXxh64 | u64 reserved
 // A blob has no header: `plain` domain, the codec payload; encrypted, nonce | AES-256-GCM(codec payload) | tag with
-// AAD blobAad(id, codec, plainLength) (seal-kernel.cjs). payloadXxh64 is the xxh64 of the blob as stored, so a node
+// AAD blobAad(id, codec, plainLength) (src/format/seal.ts). payloadXxh64 is the xxh64 of the blob as stored, so a node
 // without the key can still check stored bytes against an (unsealed) entry.
 import crypto from 'node:crypto';
 import { CHUNK_ID_BYTES, type EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { xxh64 } from '../format/checksum.js';
 import { isKnownCodec } from '../format/codecs.js';
-import { sealKernel } from '../format/seal.js';
 import { MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES } from '../format/chunk.js';
 import { copyBytes } from '../native/index.js';
 import type { ObjectStore } from '../store/types.js';
@@ -49,8 +48,6 @@ export interface BlobEntry {
 export function newObjectId(): ObjectId {
   return crypto.randomBytes(OBJECT_ID_BYTES).toString('hex');
 }
-
-export const blobAad = (id: Uint8Array, codec: number, plainLength: number): Buffer => sealKernel.blobAad(id, codec, plainLength);
 
 export function writeBlobEntry(e: BlobEntry, b: Buffer, o: number): void {
   if (e.id.length !== CHUNK_ID_BYTES) throw new RnodeError(ErrorCodes.INTERNAL, `a chunk id is ${CHUNK_ID_BYTES} bytes, not ${e.id.length}`);

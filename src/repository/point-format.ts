@@ -11,6 +11,7 @@
 import { blake3 } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { Codec } from '../format/codecs.js';
 import { MANIFEST_FORMAT, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { TableFlag, type ChunkEntry } from '../format/table.js';
 import type { Domain } from './domain.js';
@@ -79,8 +80,8 @@ export function encodeTableV3(domain: Domain, place: V2SegmentPlace, entries: re
 
 /** A v2 table record as the rest of rnode sees a table entry (see ChunkEntry.id). */
 export function v2Entry(index: number, id: Buffer | undefined, plainLength: number, point: number): ChunkEntry {
-  if (!id) return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength, storedLength: 0, flags: TableFlag.ZERO, codec: 0 };
-  return { index, xxh64: id.readBigUInt64LE(0), strong: id.subarray(0, 16), writer: point, plainLength, storedLength: 0, flags: 0, codec: 0, id };
+  if (!id) return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength, storedLength: 0, flags: TableFlag.ZERO, codec: Codec.NONE };
+  return { index, xxh64: id.readBigUInt64LE(0), strong: id.subarray(0, 16), writer: point, plainLength, storedLength: 0, flags: 0, codec: Codec.NONE, id };
 }
 
 /**

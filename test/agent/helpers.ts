@@ -1,17 +1,23 @@
-// Helpers for the agent tests: a reference Management Server on 127.0.0.1, in-process agents with captured JSON
+// Helpers for the agent tests: the reference Management Server (examples/reference-ms.ts) on 127.0.0.1, in-process agents with captured JSON
 // logs, agent child processes (node dist/cli.js agent), sample disks, and HTTP scrapes.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Agent, type AgentOptions } from '../../src/agent/agent.js';
 import { Logger } from '../../src/log.js';
-import { ReferenceMs, type ReferenceMsOptions } from '../../src/agent/reference-ms.js';
+import type { ReferenceMs as ReferenceMsType, ReferenceMsOptions } from '../../examples/reference-ms.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { CLI, CLI_NODE_FLAGS, ensureBuilt } from '../helpers/cli.js';
 import { tmpDir } from '../helpers/images.js';
 import { Domain } from '../../src/repository/domain.js';
 import { r2 } from '../../src/repository/names.js';
 import { decodePendingV2 } from '../../src/repository/point-format.js';
+
+// The reference Management Server is an example outside src/: it takes the protocol from the built package
+// (replication-node/protocol, in dist/), so dist/ is brought up to date before it loads.
+ensureBuilt();
+const { ReferenceMs } = await import('../../examples/reference-ms.js');
+type ReferenceMs = ReferenceMsType;
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;

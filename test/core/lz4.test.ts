@@ -2,21 +2,15 @@
 // lz4-napi (the fallback where liblz4 is missing). They must write the same format: each decodes the other's
 // output byte-exact, for every codec and awkward size, and liblz4's decoder refuses bad blocks without a crash.
 import t from 'tap';
-import { createRequire } from 'node:module';
 import * as lz4napi from 'lz4-napi';
-import { Codec, CODEC_NAMES, KERNEL_PATH, payloadOverhead } from '../../src/format/codecs.js';
+import { makeKernel, type CodecKernel } from '../../src/format/codec-kernel.js';
+import { Codec, CODEC_NAMES, payloadOverhead } from '../../src/format/codecs.js';
 import { loadAddon, lz4Block, lz4Implementation, sharedAligned } from '../../src/native/index.js';
 import { KiB, randomData, textData } from '../helpers/images.js';
 
-interface Kernel {
-  encodeInto(plain: Buffer, codec: number, out: Buffer, offset: number): { codec: number; length: number };
-  decodeInto(codec: number, payload: Buffer, plainLength: number, out: Buffer): number;
-}
-
-const { makeKernel } = createRequire(import.meta.url)(KERNEL_PATH);
 const block = lz4Block!;
-const viaLiblz4: Kernel = makeKernel({ ...lz4napi, block });
-const viaNapi: Kernel = makeKernel(lz4napi);
+const viaLiblz4: CodecKernel = makeKernel({ ...lz4napi, block });
+const viaNapi: CodecKernel = makeKernel(lz4napi);
 
 t.ok(lz4Block, `liblz4 loads here (${lz4Implementation}); .ci/run installs it with the lz4 package`);
 

@@ -55,7 +55,7 @@ async function decrypt(object: Buffer, entry: ChunkEntry, seal: ChunkSeal | null
   return Buffer.from(await decodeChunkInto(slot, object.length, entry, 'under test', seal ?? undefined));
 }
 
-/** The AAD exactly as chunk.ts documents it, built independently of seal-kernel.cjs. */
+/** The AAD exactly as chunk.ts documents it, built independently of src/format/seal.ts. */
 function documentedAad(disk: string, h: { codec: number; plainLength: number; plainXxh64: bigint; index: number; writer: number }): Buffer {
   const d = Buffer.from(disk);
   const b = Buffer.alloc(8 + 1 + 1 + 4 + 8 + 8 + 4 + 1 + d.length);

@@ -1,23 +1,17 @@
 // A main-thread chunk encoder and decoder for the format tests: the same codec kernel the codec workers run,
 // called directly, and stored objects built and checked without workers (a second decode path to hold the
 // worker path against). rnode itself only encodes and decodes on the workers.
-import { createRequire } from 'node:module';
 import * as lz4napi from 'lz4-napi';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, encodeChunkHeader } from '../../src/format/chunk.js';
-import { Codec, CODEC_NAMES, isKnownCodec, KERNEL_PATH, payloadOverhead, type CodecId } from '../../src/format/codecs.js';
+import { makeKernel } from '../../src/format/codec-kernel.js';
+import { Codec, CODEC_NAMES, isKnownCodec, payloadOverhead, type CodecId } from '../../src/format/codecs.js';
 import type { ChunkEntry } from '../../src/format/table.js';
 import { copyBytes, lz4Block, zeroBytes } from '../../src/native/index.js';
 import { checkHeader, corruption } from '../../src/pipeline/chunk-codec.js';
 
-interface Kernel {
-  encodeInto(plain: Buffer, codec: number, out: Buffer, offset: number): { codec: number; length: number };
-  decodeInto(codec: number, payload: Buffer, plainLength: number, out: Buffer): number;
-}
-
-const kernel: Kernel = createRequire(import.meta.url)(KERNEL_PATH)
-  .makeKernel({ ...lz4napi, block: lz4Block, copy: copyBytes, zero: zeroBytes });
+const kernel = makeKernel({ ...lz4napi, block: lz4Block, copy: copyBytes, zero: zeroBytes });
 
 /** Encodes plaintext; falls back to NONE when the encoded form would not be smaller. */
 export async function encodeChunk(codec: CodecId, plain: Buffer): Promise<{ codec: CodecId; payload: Buffer }> {

@@ -11,7 +11,8 @@ import { TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../../src/format/table.j
 import { Domain } from '../../src/repository/domain.js';
 import { ChunkIndex, encodeIndex, type ChunkLocation } from '../../src/repository/index-file.js';
 import { r2, type ObjectId } from '../../src/repository/names.js';
-import { PackBuilder, blobAad, newObjectId } from '../../src/repository/pack.js';
+import { PackBuilder, newObjectId } from '../../src/repository/pack.js';
+import { blobAad } from '../../src/format/seal.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, v2Entry, encodePendingV2 } from '../../src/repository/point-format.js';
 import { readPruneMarks } from '../../src/repository/prune-marks.js';
 import { loadV2Chain } from '../../src/repository/points.js';

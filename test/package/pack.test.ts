@@ -90,6 +90,13 @@ t.test('npm pack, install offline without scripts, run the installed rnode', { t
 
   const version = run(rnode, ['--version'], dir);
   t.equal(version.stdout.trim(), pkg.version, 'rnode --version prints the package version');
+  // The entry a Management Server imports the protocol from (examples/reference-ms.ts does, from the checkout).
+  const protocol = run(
+    process.execPath,
+    ['--input-type=module', '-e', "const p = await import('replication-node/protocol'); console.log(p.PROTOCOL_VERSION, typeof p.decode)"],
+    app,
+  );
+  t.equal(protocol.stdout.trim(), '1 function', `replication-node/protocol loads from the installed package: ${protocol.stderr}`);
 
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, Buffer.concat([randomData(3 << 20, 5), Buffer.alloc(1 << 20), randomData(123_456, 6)]));

@@ -13,7 +13,8 @@ import { Domain, PLAIN_ID_KEY, decodeConfig, encodeConfig } from '../../src/repo
 import { EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from '../../src/repository/envelope.js';
 import { ChunkIndex, decodeIndex, encodeIndex, type ChunkLocation } from '../../src/repository/index-file.js';
 import { classify, keyOf, layout, r2, vmLayout } from '../../src/repository/names.js';
-import { BlobFlag, PackBuilder, decodePack, newObjectId, readPackTrailer, blobAad } from '../../src/repository/pack.js';
+import { BlobFlag, PackBuilder, decodePack, newObjectId, readPackTrailer } from '../../src/repository/pack.js';
+import { blobAad } from '../../src/format/seal.js';
 import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest, decodePendingV2, encodePendingV2 } from '../../src/repository/point-format.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 

@@ -53,7 +53,7 @@ t.test('the library entry opens ws:// stores, with the token from a file', async
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(512 * 1024, 4));
   // A fresh process that imports only the package entry: nothing else registers the ws:// scheme. A script file,
-  // not \`node --input-type=module -e\`: codec workers are eval'd CommonJS and inherit that flag.
+  // as a user's program is.
   const script = path.join(dir, 'lib.mjs');
   fs.writeFileSync(
     script,

@@ -3,7 +3,8 @@
 // into the point's table. Memory is fixed: a few chunk buffers per codec worker, and a window of how far the reader
 // may run ahead of the oldest unsettled chunk.
 import { ErrorCodes, RnodeError } from '../../errors.js';
-import type { CodecId } from '../../format/codecs.js';
+import { STRONG_DIGEST_BYTES } from '../../format/chunk.js';
+import { Codec, type CodecId } from '../../format/codecs.js';
 import { isZeroEntry, TableFlag, type ChunkEntry } from '../../format/table.js';
 import { isZero } from '../../native/index.js';
 import { BufferPool } from '../../pipeline/buffer-pool.js';
@@ -198,5 +199,5 @@ export class ChunkScan {
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
-  return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength: length, storedLength: 0, flags: TableFlag.ZERO, codec: 0 };
+  return { index, xxh64: 0n, strong: Buffer.alloc(STRONG_DIGEST_BYTES), writer: 0, plainLength: length, storedLength: 0, flags: TableFlag.ZERO, codec: Codec.NONE };
 }

@@ -1,10 +1,8 @@
-// The codecs' payload encoders and decoders in plain CommonJS, so the codec worker threads (which cannot load
-// TypeScript) and the main thread share one implementation. Ids and layouts are documented in codecs.ts.
-'use strict';
+// The codecs' payload encoders and decoders: what the codec worker threads (src/pipeline/codec-worker.ts) run, and
+// the main-thread decoder of `rnode check`. Ids and layouts are documented in codecs.ts, the one table of codec ids.
+import { Codec, type CodecId } from './codecs.js';
 
-const NONE = 0;
-const LZ4 = 1;
-const LZ4_BLOCKS = 2;
+const { NONE, LZ4, LZ4_BLOCKS } = Codec;
 const SUB_BLOCK = 64 * 1024;
 const KIND_RAW = 0;
 const KIND_LZ4 = 1;
@@ -13,20 +11,38 @@ const SAMPLE = 4096;
 const ZEROS = Buffer.alloc(SUB_BLOCK);
 
 /**
- * deps: { compressSync, uncompressSync } from lz4-napi, and optionally from the addon block: { compress(src, dst),
+ * compressSync and uncompressSync from lz4-napi, and optionally from the addon block: { compress(src, dst),
  * decompress(src, dst) } (liblz4, in place, about twice as fast), copy(src, dst) and zero(dst) (memcpy and memset:
- * V8 moves bytes of the shared chunk slots word by word). onGarbage(n) is told how many native bytes lz4-napi left
- * for the GC. Both LZ4s write the same block format, so either decodes the other's output.
+ * V8 moves bytes of the shared chunk slots word by word). Both LZ4s write the same block format, so either decodes
+ * the other's output; lz4-napi is needed only without the block.
  */
-function makeKernel(deps, onGarbage = () => {}) {
-  const { compressSync, uncompressSync, block } = deps;
-  const copy = deps.copy ?? ((src, dst) => { src.copy(dst); });
-  const zero = deps.zero ?? ((dst) => { dst.fill(0); });
+export interface KernelDeps {
+  compressSync?: (data: Buffer) => Buffer;
+  uncompressSync?: (data: Buffer) => Buffer;
+  block?: { compress(src: Uint8Array, dst: Uint8Array): number; decompress(src: Uint8Array, dst: Uint8Array): number };
+  copy?: (src: Buffer, dst: Buffer) => void;
+  zero?: (dst: Buffer) => void;
+}
+
+export interface CodecKernel {
+  /** Encodes plain into out at offset; returns { codec, length } of the payload written there. */
+  encodeInto(plain: Buffer, codec: number, out: Buffer, offset: number): { codec: CodecId; length: number };
+  /** Decodes payload into out[0..plainLength); returns the bytes written. */
+  decodeInto(codec: number, payload: Buffer, plainLength: number, out: Buffer): number;
+}
+
+/** onGarbage(n) is told how many native bytes lz4-napi left for the GC. */
+export function makeKernel(deps: KernelDeps, onGarbage: (bytes: number) => void = () => {}): CodecKernel {
+  const { block } = deps;
+  const compressSync = deps.compressSync ?? missingLz4Napi;
+  const uncompressSync = deps.uncompressSync ?? missingLz4Napi;
+  const copy = deps.copy ?? ((src: Buffer, dst: Buffer) => { src.copy(dst); });
+  const zero = deps.zero ?? ((dst: Buffer) => { dst.fill(0); });
 
   // A sample that LZ4 cannot shrink by 3% says the block is noise (encrypted, compressed, random):
   // storing it raw saves the whole-block attempt. Two samples, so a block that only starts noisy still compresses.
   // Only lz4-napi needs this: liblz4 skips noise at several GB/s by itself.
-  function looksIncompressible(sub) {
+  function looksIncompressible(sub: Buffer): boolean {
     if (block || sub.length < 4 * SAMPLE) return false;
     const head = compressSync(sub.subarray(0, SAMPLE));
     onGarbage(head.length);
@@ -40,7 +56,7 @@ function makeKernel(deps, onGarbage = () => {}) {
    * Writes plain as an LZ4 block with its u32 size prefix at out[at..end); returns the bytes written, or -1
    * when that would not be smaller than plain or would not fit.
    */
-  function packInto(plain, out, at, end) {
+  function packInto(plain: Buffer, out: Buffer, at: number, end: number): number {
     const room = Math.min(end - at, plain.length - 1) - 4;
     if (room <= 0) return -1;
     if (block) {
@@ -57,7 +73,7 @@ function makeKernel(deps, onGarbage = () => {}) {
   }
 
   /** Decodes a size-prefixed LZ4 block into out[start, start + want); throws unless it yields exactly want bytes. */
-  function unpackInto(data, out, start, want, what) {
+  function unpackInto(data: Buffer, out: Buffer, start: number, want: number, what: string): void {
     if (data.length < 4 || data.readUInt32LE(0) !== want) throw new Error(`${what} size prefix does not match the chunk header`);
     if (block) {
       const n = block.decompress(data.subarray(4), out.subarray(start, start + want));
@@ -70,8 +86,7 @@ function makeKernel(deps, onGarbage = () => {}) {
     copy(plain, out.subarray(start));
   }
 
-  /** Encodes plain into out at offset; returns { codec, length } of the payload written there. */
-  function encodeInto(plain, codec, out, offset) {
+  function encodeInto(plain: Buffer, codec: number, out: Buffer, offset: number): { codec: CodecId; length: number } {
     if (codec === LZ4) {
       const n = packInto(plain, out, offset, out.length);
       if (n > 0) return { codec: LZ4, length: n };
@@ -113,7 +128,7 @@ function makeKernel(deps, onGarbage = () => {}) {
    * Decodes payload into out[0..plainLength); returns the bytes written. Every length comes from untrusted
    * bytes and is checked before it is used; a bad payload throws, it never reads or writes out of bounds.
    */
-  function decodeInto(codec, payload, plainLength, out) {
+  function decodeInto(codec: number, payload: Buffer, plainLength: number, out: Buffer): number {
     if (plainLength > out.length) throw new Error(`plaintext length ${plainLength} exceeds the buffer`);
     if (codec === NONE) {
       if (payload.length !== plainLength) throw new Error(`raw payload is ${payload.length} bytes, expected ${plainLength}`);
@@ -164,4 +179,6 @@ function makeKernel(deps, onGarbage = () => {}) {
   return { encodeInto, decodeInto };
 }
 
-module.exports = { makeKernel, NONE, LZ4, LZ4_BLOCKS, SUB_BLOCK };
+function missingLz4Napi(): never {
+  throw new Error('the codec kernel has neither liblz4 nor lz4-napi');
+}

@@ -2,8 +2,9 @@
 // It authenticates nodes, assigns the disks of each policy to live nodes, dispatches jobs, acknowledges and
 // records reports, and when a node stops heartbeating it hands that node's disks and unfinished jobs to the
 // others (which continue from the checkpoint in the store; the store lease keeps it to one writer).
-// Tests, the bench and Management Server authors use it, and `npm run example:ms` (examples/ms.ts) starts it with a
-// sample policy to try `rnode agent` against (docs/agent.md); it keeps its state in memory only.
+// An example, not part of the node: tests and the agent bench run against it, `npm run example:ms` (examples/ms.ts)
+// starts it with a sample policy (docs/agent.md), and it keeps its state in memory only. Like any Management Server
+// it takes the protocol from the package's `replication-node/protocol` entry (the built dist/agent/protocol.js).
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
@@ -12,7 +13,7 @@ import { WebSocketServer, WebSocket } from 'ws';
 import {
   agentMessages, CloseCodes, decode, messageId, PROTOCOL_VERSION, ProtoErrors, serverMessages, checkOutgoing,
   type AgentMessage, type Health, type Hello, type Job, type JobProgress, type Policy,
-} from './protocol.js';
+} from 'replication-node/protocol';
 
 export interface ReferenceMsOptions {
   token: string;

@@ -1,0 +1,88 @@
+// A codec worker thread (started by codec-workers.ts): loads the hash and LZ4 implementations once, then handles the
+// main thread's messages (codec-ops.ts) one per event-loop turn, replying to each with its id.
+import { createRequire } from 'node:module';
+import { parentPort, workerData } from 'node:worker_threads';
+import { makeKernel, type KernelDeps } from '../format/codec-kernel.js';
+import { errorText, makeCodecOps, type OpMessage } from './codec-ops.js';
+
+/** What codec-workers.ts gives every worker. */
+export interface CodecWorkerData {
+  /** xxh64 from xxhash-wasm even where the addon has it. */
+  portableHash: boolean;
+  /** Native bytes lz4-napi may leave for the GC before the worker collects. */
+  gcEvery: number;
+  /** The plain domain's chunk-id key (public: src/repository/domain.ts). */
+  plainIdKey: Uint8Array;
+  /** The rnode_native addon file src/native found: loaded by path, which spares each thread that search. */
+  addonPath: string;
+}
+
+/** The addon functions a worker calls (src/native/index.ts describes them). */
+interface WorkerAddon {
+  copyBytes(src: Uint8Array, dst: Uint8Array): void;
+  zeroBytes(dst: Uint8Array): void;
+  lz4Info(): { version?: string };
+  lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
+  lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
+  xxh64?: (data: Uint8Array) => bigint;
+  threadCpuMs?: () => number;
+}
+
+const data = workerData as CodecWorkerData;
+const port = parentPort!;
+const require = createRequire(import.meta.url);
+const addon = require(data.addonPath) as WorkerAddon;
+// By require, not import: an ESM import of this CommonJS package scans its source for exports, ~10 ms per thread.
+const { blake3, Blake3Hasher } = require('@napi-rs/blake-hash') as typeof import('@napi-rs/blake-hash');
+
+// LZ4 results live outside the JS heap, invisible to the GC's accounting: collect every few dozen MiB so native
+// memory stays bounded instead of growing until the heap happens to fill (codec-workers.ts exposes gc()).
+const collect = (globalThis as { gc?: () => void }).gc ?? (() => {});
+let produced = 0;
+const track = (n: number) => {
+  produced += n;
+  if (produced > data.gcEvery) { produced = 0; collect(); }
+};
+
+// liblz4 when the system has it; lz4-napi is loaded only where it does not.
+const block = addon.lz4Info().version ? { compress: addon.lz4CompressBlock, decompress: addon.lz4DecompressBlock } : undefined;
+const kernel = makeKernel({ ...(block ? {} : (require('lz4-napi') as KernelDeps)), block, copy: addon.copyBytes, zero: addon.zeroBytes }, track);
+
+// The addon hashes chunk slots in place; xxhash-wasm (same digests, see test/native.test.ts) copies each input into
+// wasm memory first, which cost more than the hash, and compiles at start, which delayed the first chunks. It stays
+// the portable fallback.
+const h64Raw = addon.xxh64 && !data.portableHash
+  ? addon.xxh64
+  : (await (require('xxhash-wasm') as () => Promise<{ h64Raw: (data: Uint8Array) => bigint }>)()).h64Raw;
+
+const ops = makeCodecOps({
+  kernel, h64Raw, blake3, Blake3Hasher,
+  // Stage times in thread CPU time where the addon can read it: a preempted worker's wall time is not its cost.
+  cpu: addon.threadCpuMs ?? (() => performance.now()),
+  idKeys: [['plain', Buffer.from(data.plainIdKey)]],
+});
+
+function handle(m: OpMessage): void {
+  try {
+    const reply = ops.handle(m);
+    if (m.id !== undefined) port.postMessage({ id: m.id, ...reply });
+  } catch (err) {
+    port.postMessage({ id: m.id, error: errorText(err) });
+  }
+}
+
+// One message per event-loop turn: native buffers are freed by finalizers that run between turns, and a port
+// drains its whole queue in one turn, so handling messages directly would let garbage pile up.
+const queue: OpMessage[] = [];
+let scheduled = false;
+const pump = () => {
+  scheduled = false;
+  const m = queue.shift();
+  if (m) handle(m);
+  if (queue.length && !scheduled) { scheduled = true; setImmediate(pump); }
+};
+port.on('message', (m: OpMessage) => {
+  queue.push(m);
+  if (!scheduled) { scheduled = true; setImmediate(pump); }
+});
+port.postMessage({ ready: true });
