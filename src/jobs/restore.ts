@@ -7,6 +7,7 @@ import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { readChunk } from '../pipeline/chunk-reader.js';
+import { codecWorkers } from '../pipeline/codec-workers.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, recycleReadSlot, withWorkerKey, type ChunkSeal } from '../pipeline/chunk-codec.js';
 import { authenticateTables, readDiskMarker, requireChainSeal } from '../repository/encryption.js';
@@ -73,6 +74,9 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const started = performance.now();
   const { store } = opts;
   const disk = validateDiskId(opts.disk);
+  // The codec workers load their modules while the points and indexes load: started by the first chunk, they held
+  // it (and every write) back a quarter of a second.
+  codecWorkers();
   if (!opts.sink && !isCloudOutput(opts.out)) assertOutsideStore(store.location, opts.out, '--out');
   const seq = await resolvePoint(store, disk, opts.point, opts.encryption);
   const chain = await loadChain(store, disk, seq, opts.encryption);
