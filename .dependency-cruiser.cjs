@@ -46,20 +46,12 @@ module.exports = {
     {
       name: 'transport-moves-opaque-records',
       comment:
-        'The transport never parses chunk, pack, envelope, index, table or manifest bytes: the receiving node checks objects in src/serve, behind the ObjectChecks interface (src/transport/object-checks.ts).',
+        'The transport never parses chunk, pack, envelope, index, table or manifest bytes: a writer labels a chunk put (PutOptions.chunk), and the receiving node checks objects in src/serve, behind the ObjectChecks interface (src/transport/object-checks.ts).',
       severity: 'error',
       from: { path: '^src/transport/' },
       to: {
-        path: '^src/(repository/(pack|envelope|index-file|point-format|domain|claims)|format/(manifest|table|seal|codec-kernel)|pipeline/(codec-workers|codec-worker|codec-ops|chunk-codec))[.]ts$',
+        path: '^src/(repository/(pack|envelope|index-file|point-format|domain|claims)|format/(chunk|codecs|manifest|table|seal|codec-kernel)|pipeline/(codec-workers|codec-worker|codec-ops|chunk-codec))[.]ts$',
       },
-    },
-    {
-      // The one exception left: the sender sets a legacy chunk's frame flags from its header (remote-store.ts).
-      name: 'transport-no-chunk-headers',
-      comment: 'Only the sender (remote-store.ts) reads a legacy chunk header, for its frame flags; the node checks chunks in src/serve.',
-      severity: 'error',
-      from: { path: '^src/transport/', pathNot: '^src/transport/remote-store[.]ts$' },
-      to: { path: '^src/format/(chunk|codecs)[.]ts$' },
     },
     {
       name: 'src-not-from-tests',

@@ -118,7 +118,7 @@ export class ObjectValidator implements ObjectChecks {
       return rejected(`chunk ${k.index} of disk ${k.disk} point ${k.writer}${off !== null ? ` at disk offset ${off}` : ''} was rejected: ${why}; it was not stored`,
         { key: p.key, kind: 'chunk', disk: k.disk, point: k.writer, index: k.index, offset: off }, cause);
     };
-    if ((p.flags & FrameFlag.CHUNK) === 0) throw fail('the frame is not marked as a chunk');
+    if ((p.flags & FrameFlag.CHUNK) === 0) throw fail('the frame is not marked as a chunk (its writer labels it: PutOptions.chunk)');
     try {
       h = decodeChunkHeader(p.data);
     } catch (err) {

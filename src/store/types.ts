@@ -31,6 +31,23 @@ export interface PutOptions {
   ifMatch?: string;
   /** A lease or other coordination write: small and urgent, so it never waits behind the bandwidth limit. */
   control?: boolean;
+  /** Set by a writer that puts a legacy chunk object; stores that do not label what they carry ignore it. */
+  chunk?: ChunkRecord;
+}
+
+/**
+ * What a legacy chunk object is, told by the writer that built it: a ws peer labels its chunk frames with it (the
+ * node checks the labels against the chunk header), so the transport never parses chunk bytes.
+ */
+export interface ChunkRecord {
+  /** Its codec is not none. */
+  compressed: boolean;
+  /** Its header says ENCRYPTED (chunk format version 2). */
+  encrypted: boolean;
+  /** The header's plaintext digest: xxh64, or the keyed digest of an encrypted chunk. */
+  plainXxh64: bigint;
+  /** Where the chunk starts on its disk (index × chunk size), for the node's messages; the node derives it when absent. */
+  diskOffset?: number;
 }
 
 export interface StoreCapabilities {

@@ -8,9 +8,6 @@ import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { ChunkFlag, CHUNK_HEADER_BYTES, decodeChunkHeader } from '../format/chunk.js';
-import { Codec } from '../format/codecs.js';
-import { classify, parseChunkKey } from '../repository/names.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
@@ -117,8 +114,6 @@ export class RemoteStore implements ObjectStore {
   private maxObject = MAX_OBJECT_BYTES;
   /** A connection-level refusal (auth, version) the node sent before closing: fails everything pending. */
   private fatal?: RnodeError;
-  /** Chunk size seen per disk, for the informational disk offset of chunk frames. */
-  private readonly chunkSizes = new Map<string, number>();
 
   constructor(private readonly opts: RemoteStoreOptions) {
     let u: URL;
@@ -165,21 +160,7 @@ export class RemoteStore implements ObjectStore {
   async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
     checkKey(key);
     const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    let flags = opts.ifNoneMatch ? FrameFlag.IF_NONE_MATCH : 0;
-    let diskOffset: number | null = null;
-    let plainXxh64 = 0n;
-    const ck = parseChunkKey(key);
-    if (ck && buf.length >= CHUNK_HEADER_BYTES) {
-      try {
-        const h = decodeChunkHeader(buf);
-        flags |= FrameFlag.CHUNK | (h.codec !== Codec.NONE ? FrameFlag.COMPRESSED : 0) | ((h.flags & ChunkFlag.ENCRYPTED) ? FrameFlag.ENCRYPTED : 0);
-        plainXxh64 = h.plainXxh64;
-        diskOffset = h.index * this.chunkSizeHint(key, h.plainLength);
-      } catch {
-        flags |= FrameFlag.CHUNK; // the node rejects it with its own reason
-      }
-    } else if (ck) flags |= FrameFlag.CHUNK;
-    this.learnChunkSize(key, buf);
+    const { flags, diskOffset, plainXxh64 } = frameLabels(opts);
     const stream = this.allocStream();
     // The payload is the caller's buffer, held (never copied) until the put resolves: the ObjectStore contract
     // lets callers reuse it only after that.
@@ -616,27 +597,18 @@ export class RemoteStore implements ObjectStore {
     this.queue.length = 0;
     for (const r of reqs) r.reject(err);
   }
+}
 
-  // ---- chunk offsets (informational) ----
-
-  private chunkSizeHint(key: string, plainLength: number): number {
-    const h = classify(key);
-    const disk = h?.kind === 'legacy-chunk' ? h.disk : '';
-    const known = this.chunkSizes.get(disk);
-    if (known !== undefined && known >= plainLength) return known;
-    this.chunkSizes.set(disk, plainLength);
-    return plainLength;
-  }
-
-  /** Manifests and checkpoints name the chunk size of their disk. */
-  private learnChunkSize(key: string, buf: Buffer): void {
-    const h = classify(key);
-    if ((h?.kind !== 'legacy-manifest' && h?.kind !== 'legacy-pending') || buf.length > 64 * 1024 * 1024) return;
-    try {
-      const cs = JSON.parse(buf.toString('utf8'))?.chunkSize;
-      if (Number.isSafeInteger(cs) && cs > 0) this.chunkSizes.set(h.disk, cs);
-    } catch { /* not ours to judge */ }
-  }
+/**
+ * A PUT frame's flags, disk offset and plaintext digest, from what the writer said of the object (PutOptions): the
+ * bytes are never looked at. The chunk labels are what nodes of every release check against the chunk header.
+ */
+function frameLabels(opts: PutOptions): { flags: number; diskOffset: number | null; plainXxh64: bigint } {
+  let flags = opts.ifNoneMatch ? FrameFlag.IF_NONE_MATCH : 0;
+  const c = opts.chunk;
+  if (!c) return { flags, diskOffset: null, plainXxh64: 0n };
+  flags |= FrameFlag.CHUNK | (c.compressed ? FrameFlag.COMPRESSED : 0) | (c.encrypted ? FrameFlag.ENCRYPTED : 0);
+  return { flags, diskOffset: c.diskOffset ?? null, plainXxh64: c.plainXxh64 };
 }
 
 /** The key in a PUT head we built ourselves (for an error message). */

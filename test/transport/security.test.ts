@@ -79,10 +79,15 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   cases.push(['a flipped payload byte', flipped, /xxh64 mismatch/]);
   cases.push(['a header naming another point', header, /names chunk 3 of point 9/]);
   cases.push(['a truncated object', good.subarray(0, good.length - 100), /header says/]);
-  t.same((await rs.put(key, good)).key, key, 'the chunk itself is valid');
+  // The writer labels the chunk it built (the transport never reads its header); the node checks labels against it.
+  const labels = { chunk: { compressed: false, encrypted: false, plainXxh64: xxh64(plainBytes), diskOffset: 3 * CHUNK } };
+  t.same((await rs.put(key, good, labels)).key, key, 'the chunk itself is valid');
   await fsStore(storeDir).delete(key);
+  await t.rejects(rs.put(key, good), { code: TransportErrorCodes.REJECTED, message: /not marked as a chunk/ }, 'an unlabelled chunk is refused');
+  await t.rejects(rs.put(key, good, { chunk: { ...labels.chunk, compressed: true } }), { code: TransportErrorCodes.REJECTED, message: /compressed flag disagrees/ },
+    'a label that disagrees with the header is refused');
   for (const [what, bytes, why] of cases) {
-    await t.rejects(rs.put(key, bytes), { code: TransportErrorCodes.REJECTED, message: why, details: { index: 3, offset: 3 * CHUNK } }, what);
+    await t.rejects(rs.put(key, bytes, labels), { code: TransportErrorCodes.REJECTED, message: why, details: { index: 3, offset: 3 * CHUNK } }, what);
   }
   t.notOk(fs.existsSync(path.join(storeDir, key)), 'no rejected chunk was stored');
   await t.rejects(rs.put('notes/readme.txt', Buffer.from('hi')), { code: TransportErrorCodes.REJECTED, message: /not an rnode object/ });
