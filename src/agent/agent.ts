@@ -18,6 +18,7 @@ import { ProtoErrors } from './protocol.js';
 import { VERSION } from '../version.js';
 import { Scheduler } from './scheduler.js';
 import { StateDir } from './state.js';
+import { codecWorkers } from '../pipeline/codec-workers.js';
 
 export interface AgentOptions {
   /** ws:// or wss:// URL of the Management Server. */
@@ -59,6 +60,9 @@ export class Agent {
     if (!/^wss?:\/\//i.test(opts.server)) throw new Error(`--server must be a ws:// or wss:// URL (got ${opts.server})`);
     const state = await StateDir.open(opts.stateDir);
     const { nodeId } = await state.identity();
+    // The codec workers start before the node registers, so its first job does not wait for them (~50 ms from dist/,
+    // seconds where a test runner compiles their TypeScript: the first scheduled run then missed a 4 s RPO).
+    await codecWorkers().ready();
     const nodeName = opts.nodeName ?? os.hostname();
     const log = (opts.log ?? Logger.create({ level: opts.logLevel, format: opts.logFormat })).child({ nodeId, node: nodeName });
     let scheduler: Scheduler | undefined;

@@ -62,7 +62,15 @@ const ops = makeCodecOps({
   idKeys: [['plain', Buffer.from(data.plainIdKey)]],
 });
 
+// Each message leaves a few hundred bytes of garbage in old space, and a busy worker that never fills its old
+// generation is never collected by V8: an agent's two workers grew from 5.5 to 9.5 MiB of heap each in 12 minutes
+// (two full collections in that time, both at start-up). A full collection of a heap this small takes 5-20 ms, so
+// one every few thousand messages (GiBs of 1 MiB chunks) costs well under 1% of a worker.
+const COLLECT_EVERY_MESSAGES = 4096;
+let handled = 0;
+
 function handle(m: OpMessage): void {
+  if (++handled % COLLECT_EVERY_MESSAGES === 0) collect();
   try {
     const reply = ops.handle(m);
     if (m.id !== undefined) port.postMessage({ id: m.id, ...reply });

@@ -88,7 +88,9 @@ export class CodecWorkers {
   }
 
   private spawn(i: number): Worker {
-    const w = new Worker(WORKER_URL, { workerData: this.workerData });
+    // From dist/ a worker needs no module hooks: a test runner's (inherited through NODE_OPTIONS) cost each
+    // worker ~0.9 s of start-up, and an agent's first run under test that much. From src/ they compile it.
+    const w = new Worker(WORKER_URL, { workerData: this.workerData, ...(WORKER_URL.pathname.endsWith('.js') ? { execArgv: [], env: workerEnv() } : {}) });
     for (const s of this.setup.values()) w.postMessage(s.msg); // keys of running jobs, before any chunk
     let started!: () => void;
     this.started[i] = new Promise<void>((r) => { started = r; });
@@ -241,6 +243,12 @@ export class CodecWorkers {
 function shared(v: Uint8Array): SharedArrayBuffer {
   if (!(v.buffer instanceof SharedArrayBuffer)) throw new TypeError('codec workers need SharedArrayBuffer-backed buffers');
   return v.buffer;
+}
+
+/** The process's environment without NODE_OPTIONS, whose --import hooks a compiled worker does not need. */
+function workerEnv(): NodeJS.ProcessEnv {
+  const { NODE_OPTIONS: _, ...env } = process.env;
+  return env;
 }
 
 function defaultWorkers(): number {
