@@ -34,14 +34,18 @@ export const INDEX_TARGET_ENTRIES = 65536;
 /** The lease one prune of a domain holds (a disk-lease name no disk of a store uses: docs/prune.md). */
 export const pruneLeaseName = (domain: string): string => `prune.${domain}`;
 
-export interface MaintainOptions {
-  store: ObjectStore;
-  domain: Domain;
+/** How a domain's maintenance sweeps: the grace of its marks, when it repacks, its concurrency and its clock. */
+interface SweepSettings {
   graceMs?: number;
   /** Repack packs whose unused share exceeds this fraction (0: never). */
   maxUnused?: number;
   concurrency?: number;
   now?: () => number;
+}
+
+export interface MaintainOptions extends SweepSettings {
+  store: ObjectStore;
+  domain: Domain;
   lease?: LeaseOptions | false;
   /** Start the marks afresh (after PRUNE_MARKS_REPLAYED): every unused pack is seen again, nothing is deleted on this run. */
   resetMarks?: boolean;
@@ -510,17 +514,13 @@ async function rebaseV2(store: ObjectStore, domain: Domain, chain: V2PointManife
 
 // ---- The prune job: retention of one disk (legacy and v2), then maintenance of each domain ----
 
-export interface PruneStoreOptions {
+export interface PruneStoreOptions extends SweepSettings {
   store: ObjectStore;
   /** With keep: the disk whose points are thinned out. Without: maintenance only. */
   disk?: string;
   keep?: number;
   /** The key of an encrypted disk and domain: its domain is maintained too; without it, only `plain`. */
   encryption?: EncryptionKey;
-  graceMs?: number;
-  maxUnused?: number;
-  concurrency?: number;
-  now?: () => number;
   /** false: the caller holds the disk's lease (retention takes it otherwise); the domain's prune lease is always taken. */
   lease?: LeaseOptions | false;
   /** Start each domain's marks afresh (MaintainOptions.resetMarks). */
