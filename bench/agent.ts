@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { shebangFlags } from './lib/measure.js';
 // Types come from the built library (bench/ compiles apart from src/); the code is loaded from dist/ at run time.
 import type * as Lib from '../dist/index.js';
+import type * as Testing from '../dist/testing.js';
 import type * as ExampleMs from '../dist/examples/reference-ms.js';
 
 export interface AgentBenchRow { nodes: number; seconds: number; mbPerSecond: number; ratioToBaseline: number; jobs: number }
@@ -20,7 +21,10 @@ const DIST = fileURLToPath(new URL('../', import.meta.url)); // dist/
 const CLI = path.join(DIST, 'cli.js');
 
 export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes?: number[]; log?: (line: string) => void } = {}): Promise<AgentBenchResult> {
-  const lib = await import(new URL('../index.js', import.meta.url).href) as typeof Lib;
+  const lib = {
+    ...(await import(new URL('../index.js', import.meta.url).href) as typeof Lib),
+    ...(await import(new URL('../testing.js', import.meta.url).href) as typeof Testing),
+  };
   const { ReferenceMs } = await import(new URL('../examples/reference-ms.js', import.meta.url).href) as typeof ExampleMs;
   const log = opts.log ?? ((l: string) => console.log(l));
   const disks = opts.disks ?? Number(process.env.RNODE_BENCH_AGENT_DISKS ?? 6);

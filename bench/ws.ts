@@ -92,7 +92,8 @@ async function lib() {
   const core = await import(new URL('index.js', DIST).href) as typeof import('replication-node');
   const transport = await import(new URL('transport/index.js', DIST).href) as typeof import('../dist/transport/index.js');
   const flags = await import(new URL('cli/store-flags.js', DIST).href) as typeof import('../dist/cli/store-flags.js');
-  return { ...core, ...transport, remoteReplicateOptions: flags.remoteReplicateOptions };
+  const testing = await import(new URL('testing.js', DIST).href) as typeof import('replication-node/testing');
+  return { ...core, ...transport, remoteReplicateOptions: flags.remoteReplicateOptions, generateSampleDisk: testing.generateSampleDisk };
 }
 
 function median(xs: number[]): number {

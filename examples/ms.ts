@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 // The package by its own name, as any user of it: the built library (dist/), not src/.
-import { generateSampleDisk } from 'replication-node';
+import { generateSampleDisk } from 'replication-node/testing';
 import type { AgentMessage } from 'replication-node/protocol';
 import { ReferenceMs, type MsNode } from './reference-ms.js';
 

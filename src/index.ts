@@ -20,4 +20,3 @@ export type { PointManifest, PointEncryption } from './format/manifest.js';
 export { EncryptionKey, readKeyFile, ENCRYPTION_ALG } from './crypto/keys.js';
 export type { StageTimes, StageEvent } from './pipeline/stages.js';
 export { ChunkGrid, parseSize, validateChunkSize, DEFAULT_CHUNK_SIZE } from './pipeline/grid.js';
-export { generateSampleDisk, scatterWrites, fillMixed, Prng } from './sample/sample-disk.js';

@@ -14,7 +14,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 
 import xxhash from 'xxhash-wasm';
-import { allocAligned, isZero, NativeIoError, nativeXxh64, openRaw, readFileInto, sharedAligned, writeFileExclusive, writeNonZero, type Extent } from '../src/native/index.js';
+import { allocAligned, allocAlignedUnsafe, isZero, loadAddon, NativeIoError, nativeXxh64, openRaw, readFileInto, sharedAligned, writeFileExclusive, writeNonZero, type Extent } from '../src/native/index.js';
 import { Codec } from '../src/format/codecs.js';
 import { ensureBuilt, ROOT } from './helpers/cli.js';
 import { CodecWorkers, maxObjectBytes } from '../src/pipeline/codec-workers.js';
@@ -212,6 +212,30 @@ t.test('allocAligned gives aligned memory usable with O_DIRECT', async (t) => {
   await h.close();
 });
 
+t.test('allocAlignedUnsafe: its own mapping, page-aligned, 2 MiB-aligned and advised for huge pages from 2 MiB', async (t) => {
+  const probe = loadAddon() as { alignOffset(b: Uint8Array, a: number): number };
+  for (const size of [0, 1, 4096, 2 * MiB - 1, 2 * MiB, 16 * MiB + 1234]) {
+    const b = allocAlignedUnsafe(size, 4096);
+    t.equal(b.length, size);
+    t.equal(probe.alignOffset(b, size >= 2 * MiB ? 2 * MiB : 4096), 0, `${size} bytes: aligned`);
+    if (size) {
+      b.fill(0xa5);
+      t.equal(b[0]! + b[size - 1]!, 2 * 0xa5, 'writable end to end');
+    }
+  }
+  t.throws(() => allocAlignedUnsafe(-1, 4096), RangeError);
+  t.throws(() => allocAlignedUnsafe(10, 8192), RangeError, 'more than a page of alignment is refused');
+  // The advice is on the mapping (VmFlags "hg" in smaps), whatever the system's THP mode; the kernel uses huge pages
+  // for it where THP is on and it finds them.
+  if (fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled')) {
+    const b = allocAlignedUnsafe(8 * MiB + 1, 4096);
+    b[0] = 1;
+    const advised = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
+      .filter((vma) => /^VmFlags:.*\bhg\b/m.test(vma)).map((vma) => Number(/^Size:\s+(\d+) kB/m.exec(vma)?.[1]));
+    t.ok(advised.some((kib) => kib >= 10 * 1024), `a 10 MiB mapping advised for huge pages (advised: ${advised.join(', ')} KiB)`);
+  }
+});
+
 t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies where the filesystem allows it', async (t) => {
   // Does this filesystem take O_DIRECT at all? Then aligned data must actually go direct.
   let directOk = true;
@@ -221,7 +245,9 @@ t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies wh
     directOk = false;
   }
   for (const size of [0, 1, 4095, 4096, 4097, 3 * 4096 + 48, 1024 * 1024 + 777]) {
-    for (const [kind, data] of [['aligned', sharedAligned(size)], ['unaligned', Buffer.alloc(size)]] as const) {
+    // One byte past a page, so never aligned: a plain Buffer.alloc is page-aligned by chance now and then.
+    const unaligned = allocAligned(size + 1, 4096).subarray(1);
+    for (const [kind, data] of [['aligned', sharedAligned(size)], ['unaligned', unaligned]] as const) {
       randomBytes(size).copy(data);
       for (const sync of [true, false]) {
         const p = path.join(dir, `w-${size}-${kind}-${sync}`);
@@ -379,4 +405,14 @@ t.test('returnLargeFreesToSystem: freed large buffers leave the process instead 
   t.equal(on.taken, true, 'glibc took the setting');
   t.ok(off.retainedMiB > 48, `without it, ${off.retainedMiB.toFixed(0)} MiB of 128 MiB freed stay in the process`);
   t.ok(on.retainedMiB < 16, `with it, ${on.retainedMiB.toFixed(0)} MiB stay`);
+});
+
+t.test('BLAKE3 loads without the libc probe of @napi-rs/blake-hash (a whole diagnostic report in every thread)', { skip: (process.platform !== 'linux' || !(loadAddon() as { glibc: boolean }).glibc) && 'glibc only' }, async (t) => {
+  ensureBuilt();
+  const script = `
+    process.report.getReport = () => { throw new Error('the libc probe ran'); };
+    const { blake3 } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist', 'native', 'index.js')).href)});
+    console.log(blake3(Buffer.from('abc')).toString('hex'));`;
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' }).trim();
+  t.equal(out, '6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85', 'BLAKE3("abc"), the reference digest');
 });

@@ -1,7 +1,7 @@
 // The disks the benchmark reads: the mixed image (kept in page cache so every contender reads it alike), the
 // ~1% change between points, and a large sparse image whose allocated data is a small scattered part.
 import fsp from 'node:fs/promises';
-import { fillMixed, generateSampleDisk, Prng, scatterWrites } from 'replication-node';
+import { fillMixed, generateSampleDisk, Prng, scatterWrites } from 'replication-node/testing';
 
 const MiB = 1024 * 1024;
 

@@ -6,7 +6,8 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { fillMixed, generateSampleDisk, openStore, Prng, type ObjectStore, type ReplicateResult } from 'replication-node';
+import { openStore, type ObjectStore, type ReplicateResult } from 'replication-node';
+import { fillMixed, generateSampleDisk, Prng } from 'replication-node/testing';
 import type { Section } from '../lib/context.js';
 import { replicateSeries, storedBytes } from '../lib/point-series.js';
 import { fmt, ratioOf, type Row } from '../lib/report.js';

@@ -95,7 +95,7 @@ export const ws: Section = {
   spaceNeeded: () => 2 * 1024 * 1024 * 1024,
   async run(ctx) {
     const { benchWs } = await import(pathToFileURL(path.join(root, 'dist/bench/ws.js')).href);
-    const { generateSampleDisk } = await import(pathToFileURL(path.join(root, 'dist/index.js')).href);
+    const { generateSampleDisk } = await import(pathToFileURL(path.join(root, 'dist/testing.js')).href);
     const image = path.join(ctx.dir, 'ws-image.img');
     const size = Math.min(ctx.settings.size, 512 * 1024 * 1024);
     await generateSampleDisk(image, { size, seed: 21 });

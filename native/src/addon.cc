@@ -24,6 +24,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rnode::InitChunkIo(env, exports);
   rnode::InitXxh64(env, exports);
   rnode::InitCpuClock(env, exports);
+  // The C library this addon was built against (and so runs with): spares the platform packages of other native
+  // dependencies their own libc probe (src/native/blake.ts).
+#if defined(__GLIBC__)
+  exports.Set("glibc", Napi::Boolean::New(env, true));
+#else
+  exports.Set("glibc", Napi::Boolean::New(env, false));
+#endif
   return exports;
 }
 

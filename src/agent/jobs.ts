@@ -5,7 +5,7 @@ import { setMaxListeners } from 'node:events';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
-import { prune } from '../jobs/prune-v2.js';
+import { prune, SweepPacer } from '../jobs/prune-v2.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from '../jobs/replicate.js';
 import { recover } from '../jobs/restore.js';
 import { verify } from '../jobs/verify.js';
@@ -27,6 +27,8 @@ export interface JobContext {
   group?: string;
   /** Scheduled replicate runs prune to this many points after committing. */
   retentionKeep?: number;
+  /** The grace period of that retention's sweeps (default DEFAULT_GRACE_MS). */
+  retentionGraceMs?: number;
 }
 
 export interface RunnerOptions {
@@ -99,6 +101,8 @@ export class JobRunner {
   readonly locks = new DiskLocks();
   private readonly running = new Map<string, Running>();
   private readonly nodeBucket: TokenBucket | undefined;
+  /** Retention runs after every replicate; the domain sweeps it would start are paced (see SweepPacer). */
+  private readonly sweeps = new SweepPacer();
 
   /**
    * Pack buffers of one run: the node's budget split over its slots, so memory stays bounded by the node, not by how
@@ -341,7 +345,7 @@ export class JobRunner {
           chunksZero: r.chunksZero, seconds: round(r.seconds), ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
         };
         if (ctx.retentionKeep && !inVm) { // a VM keeps whole VM points (replicateVm)
-          const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, encryption, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs } });
+          const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, graceMs: ctx.retentionGraceMs, encryption, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs }, pacer: this.sweeps });
           if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
           result.deleted = pr.deleted;
         }
@@ -371,7 +375,7 @@ export class JobRunner {
           session, store, signal, encryption, ...(keys ? { disks: keys } : {}), diskId: (k) => diskIds.get(k) ?? vmDiskId(config.vm, k),
           ...(job.diskParallelism ? { diskParallelism: job.diskParallelism } : {}), quiesce: job.quiesce ?? config.quiesce,
           quiesceFallback: job.quiesceFallback ?? config.quiesceFallback, unsupportedDisks: job.unsupportedDisks ?? config.unsupportedDisks,
-          retentionKeep: ctx.retentionKeep, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
+          retentionKeep: ctx.retentionKeep, retentionGraceMs: ctx.retentionGraceMs, pacer: this.sweeps, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
           replicateDisk: async (a) => {
             let r: ReplicateResult | undefined;
             const ds = job.disks.find((d) => d.disk === a.disk) ?? { disk: a.disk, source: { location: `vddk://${config.host}/${config.vm}?disk=${a.key}` } };

@@ -1,6 +1,7 @@
 // The control protocol between a node and its Management Server, version 1: one TypeBox schema per message (its
 // JSON Schema, which docs/control-protocol.md is generated from, and its TypeScript type), and decode().
 import { Type, type Static, type TObject, type TProperties, type TSchema, type TUnsafe } from '@sinclair/typebox';
+import { CODEC_NAME_LIST, CODEC_NAMES, DEFAULT_CODEC } from '../format/codecs.js';
 import { compile, validate, type SchemaError } from './schema.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -56,7 +57,7 @@ const envOf = (description: string) => Type.Record(Type.String(), Type.Union([Ty
 const Store = shared('store', Type.Object({
   url: str(2048),
   env: Opt(envOf('environment the store client sees (credentials by reference)')),
-}, { additionalProperties: false, description: 'where points are kept: a directory, mem://, s3://, azblob://, gs:// or ws:// URL without secrets' }));
+}, { additionalProperties: false, description: 'where points are kept: a directory, s3://, azblob://, gs:// or ws:// URL without secrets' }));
 const Source = shared('source', Type.Object({
   location: str(2048),
   options: Opt(Type.Unsafe<Record<string, unknown>>({ type: 'object' })),
@@ -71,7 +72,7 @@ const Encryption = shared('encryption', Type.Object({
     'replicate writes with it, recover and verify of an encrypted disk read with it',
 }));
 
-const compression = () => oneOfStrings(['lz4-blocks', 'lz4', 'none'], { description: 'chunk codec (default: the library default, lz4-blocks)' });
+const compression = () => oneOfStrings(CODEC_NAME_LIST, { description: `chunk codec (default: the library default, ${CODEC_NAMES[DEFAULT_CODEC]})` });
 /** How a replicate run reads and writes; a policy and a replicate job both carry them. */
 const tuning = {
   concurrency: Opt(posInt({ maximum: 64 })),
@@ -95,7 +96,10 @@ const PolicyRef = shared('policy', Type.Object({
   rpoSeconds: positive({ description: 'recovery point objective' }),
   intervalSeconds: Opt(positive({ description: 'run every so often (default: rpoSeconds / 2)' })),
   paused: Opt(Type.Boolean()),
-  retention: Opt(Type.Object({ keep: posInt() }, { additionalProperties: false })),
+  retention: Opt(Type.Object({
+    keep: posInt(),
+    graceSeconds: Opt(Type.Integer({ minimum: 600, maximum: 30 * 86400, description: 'how long an unused pack waits before it is marked, and again before it is deleted (default 3600; at least a lease\'s 10 min: docs/prune.md)' })),
+  }, { additionalProperties: false })),
   bandwidth: Opt(uint({ description: 'bytes/s read from the source per run; 0 or absent: unlimited' })),
   ...tuning,
   store: Store,

@@ -168,7 +168,8 @@ export class Scheduler {
         bandwidth: p.bandwidth, concurrency: p.concurrency, compression: p.compression, encryption: p.encryption,
         chunkSize: p.chunkSize, checkpointSeconds: p.checkpointSeconds, leaseTtlSeconds: p.leaseTtlSeconds,
         ...(p.vm !== undefined ? { vm: p.vm, quiesce: p.quiesce, quiesceFallback: p.quiesceFallback, unsupportedDisks: p.unsupportedDisks, diskParallelism: p.diskParallelism } : {}),
-      }, { scheduled: true, group: p.group, retentionKeep: p.retention?.keep });
+      }, { scheduled: true, group: p.group, retentionKeep: p.retention?.keep,
+        retentionGraceMs: p.retention?.graceSeconds !== undefined ? p.retention.graceSeconds * 1000 : undefined });
     } catch (err) {
       for (const k of keys) this.active.delete(k);
       this.o.log.error('could not start a scheduled run', { group: p.group, disk, err });

@@ -4339,7 +4339,7 @@ validate104.evaluated = {"props":{"v":true,"type":true,"id":true,"seq":true},"dy
 
 exports["rnode-control/v1/policy.update"] = validate106;
 const schema37 = {"description":"add or replace one protection group (the disks of it this node runs)","type":"object","required":["v","type","id","policy"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"policy.update","type":"string"},"id":{"$ref":"#/$defs/id"},"policy":{"$ref":"#/$defs/policy"}}};
-const schema38 = {"additionalProperties":false,"type":"object","required":["group","revision","rpoSeconds","store","disks"],"properties":{"group":{"$ref":"#/$defs/id"},"revision":{"minimum":0,"type":"integer"},"rpoSeconds":{"exclusiveMinimum":0,"description":"recovery point objective","type":"number"},"intervalSeconds":{"exclusiveMinimum":0,"description":"run every so often (default: rpoSeconds / 2)","type":"number"},"paused":{"type":"boolean"},"retention":{"additionalProperties":false,"type":"object","required":["keep"],"properties":{"keep":{"minimum":1,"type":"integer"}}},"bandwidth":{"minimum":0,"description":"bytes/s read from the source per run; 0 or absent: unlimited","type":"integer"},"concurrency":{"minimum":1,"maximum":64,"type":"integer"},"compression":{"type":"string","enum":["lz4-blocks","lz4","none"],"description":"chunk codec (default: the library default, lz4-blocks)"},"encryption":{"$ref":"#/$defs/encryption"},"chunkSize":{"minimum":65536,"maximum":16777216,"type":"integer"},"checkpointSeconds":{"exclusiveMinimum":0,"type":"number"},"leaseTtlSeconds":{"minimum":1,"type":"number"},"store":{"$ref":"#/$defs/store"},"disks":{"maxItems":4096,"description":"the disks of this group assigned to this node","type":"array","items":{"$ref":"#/$defs/diskSource"}},"vm":{"minLength":1,"maxLength":256,"description":"the disks are one VMware VM (vddk:// sources): scheduled runs take one snapshot and make VM points","type":"string"},"quiesce":{"description":"ask VMware Tools for an application-consistent snapshot","type":"boolean"},"quiesceFallback":{"type":"string","enum":["fallback","fail"],"description":"quiesce impossible: crash-consistent point with a warning (default) or fail"},"unsupportedDisks":{"type":"string","enum":["skip","fail"],"description":"independent and physical RDM disks: skipped with a reason (default) or fail"},"diskParallelism":{"minimum":1,"maximum":64,"description":"disks of the VM read at once (default from cores and store concurrency)","type":"integer"}}};
+const schema38 = {"additionalProperties":false,"type":"object","required":["group","revision","rpoSeconds","store","disks"],"properties":{"group":{"$ref":"#/$defs/id"},"revision":{"minimum":0,"type":"integer"},"rpoSeconds":{"exclusiveMinimum":0,"description":"recovery point objective","type":"number"},"intervalSeconds":{"exclusiveMinimum":0,"description":"run every so often (default: rpoSeconds / 2)","type":"number"},"paused":{"type":"boolean"},"retention":{"additionalProperties":false,"type":"object","required":["keep"],"properties":{"keep":{"minimum":1,"type":"integer"},"graceSeconds":{"minimum":600,"maximum":2592000,"description":"how long an unused pack waits before it is marked, and again before it is deleted (default 3600; at least a lease's 10 min: docs/prune.md)","type":"integer"}}},"bandwidth":{"minimum":0,"description":"bytes/s read from the source per run; 0 or absent: unlimited","type":"integer"},"concurrency":{"minimum":1,"maximum":64,"type":"integer"},"compression":{"type":"string","enum":["lz4-blocks","lz4","none"],"description":"chunk codec (default: the library default, lz4-blocks)"},"encryption":{"$ref":"#/$defs/encryption"},"chunkSize":{"minimum":65536,"maximum":16777216,"type":"integer"},"checkpointSeconds":{"exclusiveMinimum":0,"type":"number"},"leaseTtlSeconds":{"minimum":1,"type":"number"},"store":{"$ref":"#/$defs/store"},"disks":{"maxItems":4096,"description":"the disks of this group assigned to this node","type":"array","items":{"$ref":"#/$defs/diskSource"}},"vm":{"minLength":1,"maxLength":256,"description":"the disks are one VMware VM (vddk:// sources): scheduled runs take one snapshot and make VM points","type":"string"},"quiesce":{"description":"ask VMware Tools for an application-consistent snapshot","type":"boolean"},"quiesceFallback":{"type":"string","enum":["fallback","fail"],"description":"quiesce impossible: crash-consistent point with a warning (default) or fail"},"unsupportedDisks":{"type":"string","enum":["skip","fail"],"description":"independent and physical RDM disks: skipped with a reason (default) or fail"},"diskParallelism":{"minimum":1,"maximum":64,"description":"disks of the VM read at once (default from cores and store concurrency)","type":"integer"}}};
 const func38 = Object.prototype.hasOwnProperty;
 const schema39 = {"additionalProperties":false,"description":"chunk encryption of a disk: aes-256-gcm needs key, a secret holding the 256-bit key (32 raw bytes, 64 hex characters or base64); replicate writes with it, recover and verify of an encrypted disk read with it","type":"object","required":["mode"],"properties":{"mode":{"type":"string","enum":["none","aes-256-gcm"]},"key":{"$ref":"#/$defs/secretRef"}}};
 const schema40 = {"additionalProperties":false,"description":"a secret named, never sent: env:NAME (the node's environment) or file:NAME (<state-dir>/secrets/NAME)","type":"object","required":["secretRef"],"properties":{"secretRef":{"pattern":"^(env|file):[A-Za-z0-9._-]{1,128}$","type":"string"}}};
@@ -4471,7 +4471,7 @@ return errors === 0;
 }
 validate110.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-const schema41 = {"additionalProperties":false,"description":"where points are kept: a directory, mem://, s3://, azblob://, gs:// or ws:// URL without secrets","type":"object","required":["url"],"properties":{"url":{"minLength":1,"maxLength":2048,"type":"string"},"env":{"description":"environment the store client sees (credentials by reference)","type":"object","patternProperties":{"^(.*)$":{"anyOf":[{"maxLength":4096,"type":"string"},{"$ref":"#/$defs/secretRef"}]}}}}};
+const schema41 = {"additionalProperties":false,"description":"where points are kept: a directory, s3://, azblob://, gs:// or ws:// URL without secrets","type":"object","required":["url"],"properties":{"url":{"minLength":1,"maxLength":2048,"type":"string"},"env":{"description":"environment the store client sees (credentials by reference)","type":"object","patternProperties":{"^(.*)$":{"anyOf":[{"maxLength":4096,"type":"string"},{"$ref":"#/$defs/secretRef"}]}}}}};
 const pattern16 = new RegExp("^(.*)$", "u");
 
 function validate114(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -4900,7 +4900,7 @@ return false;
 else {
 const _errs13 = errors;
 for(const key1 in data5){
-if(!(key1 === "keep")){
+if(!((key1 === "keep") || (key1 === "graceSeconds"))){
 validate108.errors = [{instancePath:instancePath+"/retention",schemaPath:"#/properties/retention/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"}];
 return false;
 break;
@@ -4922,6 +4922,38 @@ return false;
 }
 }
 }
+var valid1 = _errs14 === errors;
+}
+else {
+var valid1 = true;
+}
+if(valid1){
+if(data5.graceSeconds !== undefined){
+let data7 = data5.graceSeconds;
+const _errs16 = errors;
+if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
+validate108.errors = [{instancePath:instancePath+"/retention/graceSeconds",schemaPath:"#/properties/retention/properties/graceSeconds/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs16){
+if((typeof data7 == "number") && (isFinite(data7))){
+if(data7 > 2592000 || isNaN(data7)){
+validate108.errors = [{instancePath:instancePath+"/retention/graceSeconds",schemaPath:"#/properties/retention/properties/graceSeconds/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2592000},message:"must be <= 2592000"}];
+return false;
+}
+else {
+if(data7 < 600 || isNaN(data7)){
+validate108.errors = [{instancePath:instancePath+"/retention/graceSeconds",schemaPath:"#/properties/retention/properties/graceSeconds/minimum",keyword:"minimum",params:{comparison: ">=", limit: 600},message:"must be >= 600"}];
+return false;
+}
+}
+}
+}
+var valid1 = _errs16 === errors;
+}
+else {
+var valid1 = true;
+}
 }
 }
 }
@@ -4938,44 +4970,17 @@ var valid0 = true;
 }
 if(valid0){
 if(data.bandwidth !== undefined){
-let data7 = data.bandwidth;
-const _errs16 = errors;
-if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
-validate108.errors = [{instancePath:instancePath+"/bandwidth",schemaPath:"#/properties/bandwidth/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs16){
-if((typeof data7 == "number") && (isFinite(data7))){
-if(data7 < 0 || isNaN(data7)){
-validate108.errors = [{instancePath:instancePath+"/bandwidth",schemaPath:"#/properties/bandwidth/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
-}
-var valid0 = _errs16 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.concurrency !== undefined){
-let data8 = data.concurrency;
+let data8 = data.bandwidth;
 const _errs18 = errors;
 if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
-validate108.errors = [{instancePath:instancePath+"/concurrency",schemaPath:"#/properties/concurrency/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate108.errors = [{instancePath:instancePath+"/bandwidth",schemaPath:"#/properties/bandwidth/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs18){
 if((typeof data8 == "number") && (isFinite(data8))){
-if(data8 > 64 || isNaN(data8)){
-validate108.errors = [{instancePath:instancePath+"/concurrency",schemaPath:"#/properties/concurrency/maximum",keyword:"maximum",params:{comparison: "<=", limit: 64},message:"must be <= 64"}];
+if(data8 < 0 || isNaN(data8)){
+validate108.errors = [{instancePath:instancePath+"/bandwidth",schemaPath:"#/properties/bandwidth/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
-}
-else {
-if(data8 < 1 || isNaN(data8)){
-validate108.errors = [{instancePath:instancePath+"/concurrency",schemaPath:"#/properties/concurrency/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
-return false;
-}
 }
 }
 }
@@ -4985,16 +4990,26 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.compression !== undefined){
-let data9 = data.compression;
+if(data.concurrency !== undefined){
+let data9 = data.concurrency;
 const _errs20 = errors;
-if(typeof data9 !== "string"){
-validate108.errors = [{instancePath:instancePath+"/compression",schemaPath:"#/properties/compression/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
+validate108.errors = [{instancePath:instancePath+"/concurrency",schemaPath:"#/properties/concurrency/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(!(((data9 === "lz4-blocks") || (data9 === "lz4")) || (data9 === "none"))){
-validate108.errors = [{instancePath:instancePath+"/compression",schemaPath:"#/properties/compression/enum",keyword:"enum",params:{allowedValues: schema38.properties.compression.enum},message:"must be equal to one of the allowed values"}];
+if(errors === _errs20){
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 > 64 || isNaN(data9)){
+validate108.errors = [{instancePath:instancePath+"/concurrency",schemaPath:"#/properties/concurrency/maximum",keyword:"maximum",params:{comparison: "<=", limit: 64},message:"must be <= 64"}];
 return false;
+}
+else {
+if(data9 < 1 || isNaN(data9)){
+validate108.errors = [{instancePath:instancePath+"/concurrency",schemaPath:"#/properties/concurrency/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+return false;
+}
+}
+}
 }
 var valid0 = _errs20 === errors;
 }
@@ -5002,11 +5017,16 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.encryption !== undefined){
+if(data.compression !== undefined){
+let data10 = data.compression;
 const _errs22 = errors;
-if(!(validate110(data.encryption, {instancePath:instancePath+"/encryption",parentData:data,parentDataProperty:"encryption",rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate110.errors : vErrors.concat(validate110.errors);
-errors = vErrors.length;
+if(typeof data10 !== "string"){
+validate108.errors = [{instancePath:instancePath+"/compression",schemaPath:"#/properties/compression/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+if(!(((data10 === "lz4-blocks") || (data10 === "lz4")) || (data10 === "none"))){
+validate108.errors = [{instancePath:instancePath+"/compression",schemaPath:"#/properties/compression/enum",keyword:"enum",params:{allowedValues: schema38.properties.compression.enum},message:"must be equal to one of the allowed values"}];
+return false;
 }
 var valid0 = _errs22 === errors;
 }
@@ -5014,39 +5034,51 @@ else {
 var valid0 = true;
 }
 if(valid0){
+if(data.encryption !== undefined){
+const _errs24 = errors;
+if(!(validate110(data.encryption, {instancePath:instancePath+"/encryption",parentData:data,parentDataProperty:"encryption",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate110.errors : vErrors.concat(validate110.errors);
+errors = vErrors.length;
+}
+var valid0 = _errs24 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
 if(data.chunkSize !== undefined){
-let data11 = data.chunkSize;
-const _errs23 = errors;
-if(!(((typeof data11 == "number") && (!(data11 % 1) && !isNaN(data11))) && (isFinite(data11)))){
+let data12 = data.chunkSize;
+const _errs25 = errors;
+if(!(((typeof data12 == "number") && (!(data12 % 1) && !isNaN(data12))) && (isFinite(data12)))){
 validate108.errors = [{instancePath:instancePath+"/chunkSize",schemaPath:"#/properties/chunkSize/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(errors === _errs23){
-if((typeof data11 == "number") && (isFinite(data11))){
-if(data11 > 16777216 || isNaN(data11)){
+if(errors === _errs25){
+if((typeof data12 == "number") && (isFinite(data12))){
+if(data12 > 16777216 || isNaN(data12)){
 validate108.errors = [{instancePath:instancePath+"/chunkSize",schemaPath:"#/properties/chunkSize/maximum",keyword:"maximum",params:{comparison: "<=", limit: 16777216},message:"must be <= 16777216"}];
 return false;
 }
 else {
-if(data11 < 65536 || isNaN(data11)){
+if(data12 < 65536 || isNaN(data12)){
 validate108.errors = [{instancePath:instancePath+"/chunkSize",schemaPath:"#/properties/chunkSize/minimum",keyword:"minimum",params:{comparison: ">=", limit: 65536},message:"must be >= 65536"}];
 return false;
 }
 }
 }
 }
-var valid0 = _errs23 === errors;
+var valid0 = _errs25 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
 if(data.checkpointSeconds !== undefined){
-let data12 = data.checkpointSeconds;
-const _errs25 = errors;
-if(errors === _errs25){
-if((typeof data12 == "number") && (isFinite(data12))){
-if(data12 <= 0 || isNaN(data12)){
+let data13 = data.checkpointSeconds;
+const _errs27 = errors;
+if(errors === _errs27){
+if((typeof data13 == "number") && (isFinite(data13))){
+if(data13 <= 0 || isNaN(data13)){
 validate108.errors = [{instancePath:instancePath+"/checkpointSeconds",schemaPath:"#/properties/checkpointSeconds/exclusiveMinimum",keyword:"exclusiveMinimum",params:{comparison: ">", limit: 0},message:"must be > 0"}];
 return false;
 }
@@ -5056,18 +5088,18 @@ validate108.errors = [{instancePath:instancePath+"/checkpointSeconds",schemaPath
 return false;
 }
 }
-var valid0 = _errs25 === errors;
+var valid0 = _errs27 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
 if(data.leaseTtlSeconds !== undefined){
-let data13 = data.leaseTtlSeconds;
-const _errs27 = errors;
-if(errors === _errs27){
-if((typeof data13 == "number") && (isFinite(data13))){
-if(data13 < 1 || isNaN(data13)){
+let data14 = data.leaseTtlSeconds;
+const _errs29 = errors;
+if(errors === _errs29){
+if((typeof data14 == "number") && (isFinite(data14))){
+if(data14 < 1 || isNaN(data14)){
 validate108.errors = [{instancePath:instancePath+"/leaseTtlSeconds",schemaPath:"#/properties/leaseTtlSeconds/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
@@ -5077,43 +5109,43 @@ validate108.errors = [{instancePath:instancePath+"/leaseTtlSeconds",schemaPath:"
 return false;
 }
 }
-var valid0 = _errs27 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.store !== undefined){
-const _errs29 = errors;
-if(!(validate114(data.store, {instancePath:instancePath+"/store",parentData:data,parentDataProperty:"store",rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate114.errors : vErrors.concat(validate114.errors);
-errors = vErrors.length;
-}
 var valid0 = _errs29 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
+if(data.store !== undefined){
+const _errs31 = errors;
+if(!(validate114(data.store, {instancePath:instancePath+"/store",parentData:data,parentDataProperty:"store",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate114.errors : vErrors.concat(validate114.errors);
+errors = vErrors.length;
+}
+var valid0 = _errs31 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
 if(data.disks !== undefined){
-let data15 = data.disks;
-const _errs30 = errors;
-if(errors === _errs30){
-if(Array.isArray(data15)){
-if(data15.length > 4096){
+let data16 = data.disks;
+const _errs32 = errors;
+if(errors === _errs32){
+if(Array.isArray(data16)){
+if(data16.length > 4096){
 validate108.errors = [{instancePath:instancePath+"/disks",schemaPath:"#/properties/disks/maxItems",keyword:"maxItems",params:{limit: 4096},message:"must NOT have more than 4096 items"}];
 return false;
 }
 else {
 var valid2 = true;
-const len0 = data15.length;
+const len0 = data16.length;
 for(let i0=0; i0<len0; i0++){
-const _errs32 = errors;
-if(!(validate117(data15[i0], {instancePath:instancePath+"/disks/" + i0,parentData:data15,parentDataProperty:i0,rootData,dynamicAnchors}))){
+const _errs34 = errors;
+if(!(validate117(data16[i0], {instancePath:instancePath+"/disks/" + i0,parentData:data16,parentDataProperty:i0,rootData,dynamicAnchors}))){
 vErrors = vErrors === null ? validate117.errors : vErrors.concat(validate117.errors);
 errors = vErrors.length;
 }
-var valid2 = _errs32 === errors;
+var valid2 = _errs34 === errors;
 if(!valid2){
 break;
 }
@@ -5125,23 +5157,23 @@ validate108.errors = [{instancePath:instancePath+"/disks",schemaPath:"#/properti
 return false;
 }
 }
-var valid0 = _errs30 === errors;
+var valid0 = _errs32 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
 if(data.vm !== undefined){
-let data17 = data.vm;
-const _errs33 = errors;
-if(errors === _errs33){
-if(typeof data17 === "string"){
-if(func1(data17) > 256){
+let data18 = data.vm;
+const _errs35 = errors;
+if(errors === _errs35){
+if(typeof data18 === "string"){
+if(func1(data18) > 256){
 validate108.errors = [{instancePath:instancePath+"/vm",schemaPath:"#/properties/vm/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 else {
-if(func1(data17) < 1){
+if(func1(data18) < 1){
 validate108.errors = [{instancePath:instancePath+"/vm",schemaPath:"#/properties/vm/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
@@ -5152,33 +5184,16 @@ validate108.errors = [{instancePath:instancePath+"/vm",schemaPath:"#/properties/
 return false;
 }
 }
-var valid0 = _errs33 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.quiesce !== undefined){
-const _errs35 = errors;
-if(typeof data.quiesce !== "boolean"){
-validate108.errors = [{instancePath:instancePath+"/quiesce",schemaPath:"#/properties/quiesce/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
-return false;
-}
 var valid0 = _errs35 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
-if(data.quiesceFallback !== undefined){
-let data19 = data.quiesceFallback;
+if(data.quiesce !== undefined){
 const _errs37 = errors;
-if(typeof data19 !== "string"){
-validate108.errors = [{instancePath:instancePath+"/quiesceFallback",schemaPath:"#/properties/quiesceFallback/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-if(!((data19 === "fallback") || (data19 === "fail"))){
-validate108.errors = [{instancePath:instancePath+"/quiesceFallback",schemaPath:"#/properties/quiesceFallback/enum",keyword:"enum",params:{allowedValues: schema38.properties.quiesceFallback.enum},message:"must be equal to one of the allowed values"}];
+if(typeof data.quiesce !== "boolean"){
+validate108.errors = [{instancePath:instancePath+"/quiesce",schemaPath:"#/properties/quiesce/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs37 === errors;
@@ -5187,15 +5202,15 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.unsupportedDisks !== undefined){
-let data20 = data.unsupportedDisks;
+if(data.quiesceFallback !== undefined){
+let data20 = data.quiesceFallback;
 const _errs39 = errors;
 if(typeof data20 !== "string"){
-validate108.errors = [{instancePath:instancePath+"/unsupportedDisks",schemaPath:"#/properties/unsupportedDisks/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate108.errors = [{instancePath:instancePath+"/quiesceFallback",schemaPath:"#/properties/quiesceFallback/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
-if(!((data20 === "skip") || (data20 === "fail"))){
-validate108.errors = [{instancePath:instancePath+"/unsupportedDisks",schemaPath:"#/properties/unsupportedDisks/enum",keyword:"enum",params:{allowedValues: schema38.properties.unsupportedDisks.enum},message:"must be equal to one of the allowed values"}];
+if(!((data20 === "fallback") || (data20 === "fail"))){
+validate108.errors = [{instancePath:instancePath+"/quiesceFallback",schemaPath:"#/properties/quiesceFallback/enum",keyword:"enum",params:{allowedValues: schema38.properties.quiesceFallback.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs39 === errors;
@@ -5204,28 +5219,45 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.diskParallelism !== undefined){
-let data21 = data.diskParallelism;
+if(data.unsupportedDisks !== undefined){
+let data21 = data.unsupportedDisks;
 const _errs41 = errors;
-if(!(((typeof data21 == "number") && (!(data21 % 1) && !isNaN(data21))) && (isFinite(data21)))){
+if(typeof data21 !== "string"){
+validate108.errors = [{instancePath:instancePath+"/unsupportedDisks",schemaPath:"#/properties/unsupportedDisks/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+if(!((data21 === "skip") || (data21 === "fail"))){
+validate108.errors = [{instancePath:instancePath+"/unsupportedDisks",schemaPath:"#/properties/unsupportedDisks/enum",keyword:"enum",params:{allowedValues: schema38.properties.unsupportedDisks.enum},message:"must be equal to one of the allowed values"}];
+return false;
+}
+var valid0 = _errs41 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.diskParallelism !== undefined){
+let data22 = data.diskParallelism;
+const _errs43 = errors;
+if(!(((typeof data22 == "number") && (!(data22 % 1) && !isNaN(data22))) && (isFinite(data22)))){
 validate108.errors = [{instancePath:instancePath+"/diskParallelism",schemaPath:"#/properties/diskParallelism/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(errors === _errs41){
-if((typeof data21 == "number") && (isFinite(data21))){
-if(data21 > 64 || isNaN(data21)){
+if(errors === _errs43){
+if((typeof data22 == "number") && (isFinite(data22))){
+if(data22 > 64 || isNaN(data22)){
 validate108.errors = [{instancePath:instancePath+"/diskParallelism",schemaPath:"#/properties/diskParallelism/maximum",keyword:"maximum",params:{comparison: "<=", limit: 64},message:"must be <= 64"}];
 return false;
 }
 else {
-if(data21 < 1 || isNaN(data21)){
+if(data22 < 1 || isNaN(data22)){
 validate108.errors = [{instancePath:instancePath+"/diskParallelism",schemaPath:"#/properties/diskParallelism/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
 }
 }
-var valid0 = _errs41 === errors;
+var valid0 = _errs43 === errors;
 }
 else {
 var valid0 = true;

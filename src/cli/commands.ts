@@ -1,7 +1,7 @@
 // The rnode commands: parse, validate, call the library, print. No policy lives here.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
-import { validateDiskId } from '../format/layout.js';
+import { validateDiskId } from '../repository/names.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import type { StageTimes } from '../pipeline/stages.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str } from './args.js';

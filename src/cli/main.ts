@@ -2,17 +2,17 @@
 // (0 success, 1 operational failure, 2 usage error, 130/143 stopped by SIGINT/SIGTERM). Stacks only with --debug.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { VERSION } from '../version.js';
-import { commands, parse, type Io } from './commands.js';
-import { completionScript, type CompletionTable } from './completion.js';
+import type { Command, Io } from './command.js';
+import type { CompletionTable } from './completion.js';
 import { signalExitCode } from './signals.js';
 
 /** What `rnode completion` completes: the command table plus the commands main handles itself. */
-async function completionTable(): Promise<CompletionTable> {
+async function completionTable(commands: Record<string, Command>): Promise<CompletionTable> {
   const { DEMO_OPTIONS } = await import('./demo.js');
   return { ...Object.fromEntries(Object.entries(commands).map(([n, c]) => [n, c.options])), demo: DEMO_OPTIONS, completion: {}, help: {}, version: {} };
 }
 
-function help(io: Io): void {
+function help(io: Io, commands: Record<string, Command>): void {
   io.out(`rnode ${VERSION}: the data-plane node of a disaster-recovery platform`);
   io.out('');
   io.out('usage: rnode <command> [flags]      (no command: run the built-in demo job)');
@@ -30,9 +30,16 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
   try {
     const [name, ...rest] = argv;
     if (name === undefined || name === 'demo') return await (await import('./demo.js')).runDemo(rest, io);
-    if (name === '--help' || name === '-h' || name === 'help') { help(io); return 0; }
     if (name === '--version' || name === '-v' || name === 'version') { io.out(VERSION); return 0; }
-    if (name === 'completion') { io.out(completionScript(rest[0], await completionTable())); return 0; }
+    // The command table loads only here: `rnode --version` reads no command module, nor what they import (the
+    // store layer, node:crypto, node:http).
+    const { commands, parse } = await import('./commands.js');
+    if (name === '--help' || name === '-h' || name === 'help') { help(io, commands); return 0; }
+    if (name === 'completion') {
+      const { completionScript } = await import('./completion.js');
+      io.out(completionScript(rest[0], await completionTable(commands)));
+      return 0;
+    }
     const cmd = commands[name];
     if (!cmd) throw new RnodeError(ErrorCodes.USAGE, `unknown command "${name}"; run "rnode --help" for the list`);
     const values = parse(name, rest, cmd.options);

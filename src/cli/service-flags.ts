@@ -1,7 +1,7 @@
 // The flags the long-running commands (agent, serve, export) share: where to serve /metrics, /healthz and /readyz,
 // and the format and level of their log lines. One parser each, so all take the same values and give the same errors.
 import type { Level, LogFormat } from '../log.js';
-import { parseListen } from '../metrics/http.js';
+import { parseListen } from '../metrics/listen.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { str, type Options } from './args.js';
 import type { Values } from './command.js';

@@ -2,7 +2,7 @@
 // a byte-bounded LRU; one fetch per chunk however many readers wait for it, and a bounded number to the store.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { layout } from '../format/layout.js';
+import { layout } from '../repository/names.js';
 import { sharedAligned } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
@@ -36,6 +36,8 @@ export interface CacheStats {
   bytesFetched: number;
   errors: number;
   cachedBytes: number;
+  /** Plaintext buffers allocated; every other fetch decoded into a recycled one. */
+  buffersAllocated: number;
 }
 
 /** Plaintext buffers of evicted chunks kept for the next fetches, at most this many bytes. */
@@ -66,7 +68,7 @@ export class ChunkCache {
   private readonly slots: BufferPool<Buffer>;
   private readonly timeoutMs: number;
   private readonly keyHeld?: { release: () => void; done: Promise<void> };
-  readonly stats: CacheStats = { hits: 0, misses: 0, fetches: 0, bytesFetched: 0, errors: 0, cachedBytes: 0 };
+  readonly stats: CacheStats = { hits: 0, misses: 0, fetches: 0, bytesFetched: 0, errors: 0, cachedBytes: 0, buffersAllocated: 0 };
 
   constructor(private readonly opts: ChunkCacheOptions) {
     this.lru = new Lru(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, (b) => b.length, (b, k) => this.evicted(b, k));
@@ -81,13 +83,20 @@ export class ChunkCache {
    * release() with it once nothing reads it any more (a reply is on the wire), so its memory can be reused.
    */
   get(e: ChunkEntry, point: number): Promise<Buffer> {
+    const hit = this.peek(e);
+    if (hit) return Promise.resolve(hit);
     const k = `${e.writer}/${e.index}`;
-    const hit = this.lru.get(k);
-    if (hit) { this.stats.hits++; this.pin(hit, 1); return Promise.resolve(hit); }
     const pending = this.inflight.get(k);
     if (pending) { this.stats.hits++; pending.waiters++; return pending.promise; }
     this.stats.misses++;
     return this.fetch(k, e, point, 1);
+  }
+
+  /** get() of a chunk that is cached, without a promise: its plaintext, pinned, or undefined when it is not cached. */
+  peek(e: ChunkEntry): Buffer | undefined {
+    const hit = this.lru.get(`${e.writer}/${e.index}`);
+    if (hit) { this.stats.hits++; this.pin(hit, 1); }
+    return hit;
   }
 
   /** Done reading a buffer get() returned. */
@@ -156,12 +165,17 @@ export class ChunkCache {
     if (b.length === this.opts.chunkSize && (this.free.length + 1) * b.length <= FREE_BYTES) this.free.push(b);
   }
 
+  private allocate(): Buffer {
+    this.stats.buffersAllocated++;
+    return sharedAligned(this.opts.chunkSize);
+  }
+
   private async fetchOnce(e: ChunkEntry, point: number): Promise<Buffer> {
     const { store, disk, chunkSize, seal } = this.opts;
     const object = await this.slots.acquire();
     // The object buffer is pooled (reused by the next fetch); the plaintext is decoded straight into a buffer of its
     // own that the cache then keeps, so no copy is made (a copy of shared memory costs more than the decode).
-    const slot: ReadSlot = { object, plain: this.free.pop() ?? sharedAligned(chunkSize) };
+    const slot: ReadSlot = { object, plain: this.free.pop() ?? this.allocate() };
     let timer: NodeJS.Timeout | undefined;
     const read = readChunk(store, disk, chunkSize, e, point, slot, seal)
       .finally(() => this.slots.release(object));

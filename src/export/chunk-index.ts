@@ -41,6 +41,22 @@ export class ChunkIndex {
     return undefined;
   }
 
+  /**
+   * lookup() from the decoded segments alone, for the read path's common case (no promise per chunk): the entry,
+   * null when the chunk is zero, or undefined when a segment must be loaded first (call lookup()).
+   */
+  lookupLoaded(i: number): ChunkEntry | null | undefined {
+    for (const m of this.chain) {
+      const ref = findSegment(m.table.segments, i);
+      if (!ref) continue;
+      const entries = this.segments.get(ref.key);
+      if (!entries) return undefined;
+      const e = findEntry(entries, i);
+      if (e) return isZeroEntry(e) ? null : e;
+    }
+    return null;
+  }
+
   private segment(m: PointManifest, ref: SegmentRef): Promise<ChunkEntry[]> {
     const hit = this.segments.get(ref.key);
     if (hit) return Promise.resolve(hit);

@@ -2,7 +2,8 @@
 // images (read-only, or copy-on-write over an overlay) and the NBD server, and reports its URL and counters.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { validateDiskId } from '../format/layout.js';
+import { validateDiskId } from '../repository/names.js';
+import { codecWorkers } from '../pipeline/codec-workers.js';
 import { readDiskMarker, requireChainSeal } from '../repository/encryption.js';
 import { listPointSeqs, loadChain, resolvePoint } from '../repository/points.js';
 import type { ObjectStore } from '../store/types.js';
@@ -72,6 +73,9 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   if (o.writable && !o.overlay) throw new RnodeError(ErrorCodes.USAGE, '--writable needs --overlay <file>: guest writes go there, never to the store');
   if (o.overlay && !o.writable) throw new RnodeError(ErrorCodes.USAGE, '--overlay is only used with --writable; add --writable or drop --overlay');
   const { store } = o;
+  // The codec workers load their modules while the point loads and the client connects: started by the first read,
+  // they did it inside a copy's first second (as recover does, see restore.ts).
+  codecWorkers();
   const seq = await resolvePoint(store, disk, o.point, o.encryption);
   const chain = await loadChain(store, disk, seq, o.encryption);
   // The key is checked against the manifests before anything listens: a wrong or missing key fails here.

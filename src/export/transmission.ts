@@ -26,11 +26,28 @@ const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.REQ_ONE
 /** Serves requests until NBD_CMD_DISC (resolves) or a protocol violation / lost connection (rejects). */
 export async function transmit(io: SessionIo, c: Chosen, opts: TransmissionOptions): Promise<void> {
   const { image } = c;
-  const inflight = new Set<Promise<void>>();
+  // Requests being served, counted: a Promise.race over them on every request left a reaction on each of up to 64
+  // pending promises per request, garbage a busy copy paid for on every reply.
+  let count = 0;
   let bytes = 0;
+  let wake: (() => void) | undefined;
   let lost: unknown;
+  const settle = () => new Promise<void>((resolve) => { wake = resolve; });
   const waitForRoom = async (need: number) => {
-    while (inflight.size > 0 && (inflight.size >= opts.maxInFlight || bytes + need > opts.maxInFlightBytes)) await Promise.race(inflight);
+    while (count > 0 && (count >= opts.maxInFlight || bytes + need > opts.maxInFlightBytes)) await settle();
+  };
+  const run = async (req: Request, payload: Buffer | undefined, length: number) => {
+    try {
+      await serve(io, c, req, payload, opts);
+    } catch (err) {
+      lost ??= err;
+    } finally {
+      count--;
+      bytes -= length;
+      const w = wake;
+      wake = undefined;
+      w?.();
+    }
   };
   try {
     for (;;) {
@@ -48,14 +65,12 @@ export async function transmit(io: SessionIo, c: Chosen, opts: TransmissionOptio
       } else {
         await waitForRoom(length);
       }
+      count++;
       bytes += length;
-      const p: Promise<void> = serve(io, c, req, payload, opts)
-        .catch((err) => { lost ??= err; })
-        .finally(() => { inflight.delete(p); bytes -= length; });
-      inflight.add(p);
+      void run(req, payload, length);
     }
   } finally {
-    await Promise.allSettled(inflight);
+    while (count > 0) await settle();
   }
   if (lost) throw lost;
   if (image.flush) await image.flush();

@@ -186,8 +186,12 @@ export function encodeSimpleReply(handle: bigint, error: number): Buffer {
   return b;
 }
 
-function chunkHeader(handle: bigint, type: number, done: boolean, length: number): Buffer {
-  const b = Buffer.alloc(20);
+/**
+ * A structured reply chunk's 20-byte header, in a buffer with `extra` bytes after it. From the pool (allocUnsafe):
+ * every byte is written, and a copy sends one such header per reply.
+ */
+function chunkHeader(handle: bigint, type: number, done: boolean, length: number, extra = 0): Buffer {
+  const b = Buffer.allocUnsafe(20 + extra);
   b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
   b.writeUInt16BE(done ? REPLY_FLAG_DONE : 0, 4);
   b.writeUInt16BE(type, 6);
@@ -202,24 +206,27 @@ export function encodeNoneChunk(handle: bigint): Buffer {
 
 /** Header and offset of an OFFSET_DATA chunk; the data follows it on the wire. */
 export function encodeDataChunkHead(handle: bigint, done: boolean, offset: number, length: number): Buffer {
-  const b = Buffer.alloc(28);
-  chunkHeader(handle, ReplyType.OFFSET_DATA, done, 8 + length).copy(b, 0);
-  b.writeBigUInt64BE(BigInt(offset), 20);
+  const b = chunkHeader(handle, ReplyType.OFFSET_DATA, done, 8 + length, 8);
+  writeU64(b, offset, 20);
   return b;
 }
 
 export function encodeHoleChunk(handle: bigint, done: boolean, offset: number, length: number): Buffer {
-  const b = Buffer.alloc(32);
-  chunkHeader(handle, ReplyType.OFFSET_HOLE, done, 12).copy(b, 0);
-  b.writeBigUInt64BE(BigInt(offset), 20);
+  const b = chunkHeader(handle, ReplyType.OFFSET_HOLE, done, 12, 12);
+  writeU64(b, offset, 20);
   b.writeUInt32BE(length, 28);
   return b;
 }
 
+/** A disk offset (a safe integer) as a big-endian u64, without a BigInt. */
+function writeU64(b: Buffer, n: number, at: number): void {
+  b.writeUInt32BE(Math.floor(n / 2 ** 32), at);
+  b.writeUInt32BE(n % 2 ** 32, at + 4);
+}
+
 export function encodeErrorChunk(handle: bigint, errno: number, message: string): Buffer {
   const msg = Buffer.from(message.slice(0, 200), 'utf8');
-  const b = Buffer.alloc(20 + 6 + msg.length);
-  chunkHeader(handle, ReplyType.ERROR, true, 6 + msg.length).copy(b, 0);
+  const b = chunkHeader(handle, ReplyType.ERROR, true, 6 + msg.length, 6 + msg.length);
   b.writeUInt32BE(errno, 20);
   b.writeUInt16BE(msg.length, 24);
   msg.copy(b, 26);
@@ -229,8 +236,7 @@ export function encodeErrorChunk(handle: bigint, errno: number, message: string)
 export interface StatusExtent { length: number; flags: number }
 
 export function encodeBlockStatusChunk(handle: bigint, contextId: number, extents: StatusExtent[]): Buffer {
-  const b = Buffer.alloc(20 + 4 + 8 * extents.length);
-  chunkHeader(handle, ReplyType.BLOCK_STATUS, true, 4 + 8 * extents.length).copy(b, 0);
+  const b = chunkHeader(handle, ReplyType.BLOCK_STATUS, true, 4 + 8 * extents.length, 4 + 8 * extents.length);
   b.writeUInt32BE(contextId, 20);
   extents.forEach((e, i) => {
     b.writeUInt32BE(e.length, 24 + 8 * i);

@@ -1,14 +1,12 @@
 // Content digests: xxh64 (fast, every chunk and every metadata object) and BLAKE3 (strong; confirms identity
 // where a 64-bit hash would otherwise be trusted to be unique, e.g. change detection by content).
-import xxhash from 'xxhash-wasm';
-import { blake3 } from '@napi-rs/blake-hash';
+import { blake3, nativeXxh64 } from '../native/index.js';
 import { STRONG_DIGEST_BYTES } from './chunk.js';
 
-// Loaded once at import (top-level await), so no caller can hash before the wasm module is ready.
-const { h64Raw } = await xxhash();
-
+// The addon's xxh64, the codec workers' default too (the same digests as xxhash-wasm: test/native.test.ts). Loading
+// and compiling xxhash-wasm here cost every process 10-15 ms of start-up; the workers keep it as their fallback.
 export function xxh64(data: Uint8Array): bigint {
-  return h64Raw(data);
+  return nativeXxh64(data);
 }
 
 export function xxh64Hex(data: Uint8Array): string {

@@ -20,6 +20,12 @@ export const CODEC_NAMES: Record<number, string> = { [Codec.NONE]: 'none', [Code
 /** What new chunks are written with unless a policy says otherwise. */
 export const DEFAULT_CODEC: CodecId = Codec.LZ4_BLOCKS;
 
+/** Every codec name a user or a Management Server may ask for, the default first (the control protocol's enum). */
+export const CODEC_NAME_LIST: readonly string[] = [
+  CODEC_NAMES[DEFAULT_CODEC],
+  ...Object.entries(CODEC_NAMES).filter(([id]) => Number(id) !== DEFAULT_CODEC).sort(([a], [b]) => Number(b) - Number(a)).map(([, n]) => n),
+];
+
 /** Bytes a payload may take beyond the plaintext, in the worst case, for any codec that encoders choose. */
 export function payloadOverhead(plainLength: number): number {
   return Math.ceil(plainLength / 255) + 16 + 4 + 4 * Math.ceil(plainLength / 4096);

@@ -2,12 +2,11 @@
 // opens, every index entry matches its pack's trailer, every chunk a committed point references has a copy in an
 // existing pack; with readData every blob is read, its stored xxh64 checked, decrypted, decoded and its chunk id
 // recomputed. Legacy disks go through verify (--point all). Every problem is reported, not just the first.
-import { createRequire } from 'node:module';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { xxh64 } from '../format/checksum.js';
-import { makeKernel, type KernelDeps } from '../format/codec-kernel.js';
-import { blobAad, openSealed } from '../format/seal.js';
+import type { ChunkEntry } from '../format/table.js';
+import { copyBytes } from '../native/index.js';
+import { decodeBlobInto, newReadSlot, recycleReadSlot, withWorkerDomain, type ReadSlot } from '../pipeline/chunk-codec.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
@@ -115,6 +114,18 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
 const sameEntry = (a: BlobEntry, b: BlobEntry) => a.id.equals(b.id) && a.offset === b.offset && a.length === b.length &&
   a.plainLength === b.plainLength && a.codec === b.codec && a.flags === b.flags && a.payloadXxh64 === b.payloadXxh64;
 
+/** What each step of a domain's check shares: where, with which key, its counts and the problem sink. */
+interface DomainScope {
+  store: ObjectStore;
+  name: string;
+  domain: Domain;
+  c: DomainCheck;
+  report: (err: unknown) => void;
+}
+
+/** Pack id -> its trailer's entries by offset; undefined for a pack whose trailer was reported unreadable. */
+type Trailers = Map<ObjectId, Map<number, BlobEntry> | undefined>;
+
 async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, name: string, readData: boolean, report: (err: unknown) => void): Promise<DomainCheck> {
   const c: DomainCheck = {
     domain: name, disks: 0, points: 0, packs: 0, indexObjects: 0, indexEntries: 0, chunksReferenced: 0, danglingIndexEntries: 0, unindexedBlobs: 0,
@@ -130,7 +141,17 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `repository ${name} has objects but no config ${r2.config(name)}; the store is damaged`, { details: { key: r2.config(name) } }));
     return c;
   }
-  // Index objects, each on its own so one bad object does not hide the others.
+  const scope: DomainScope = { store, name, domain, c, report };
+  const index = await readIndexes(scope);
+  const trailers = await readTrailers(scope);
+  const good = matchIndexToTrailers(scope, index, trailers);
+  await checkPointReferences(scope, index, good);
+  if (readData) await readBlobs(scope, trailers);
+  return c;
+}
+
+/** Every index object, each on its own so one bad object does not hide the others. */
+async function readIndexes({ store, name, domain, c, report }: DomainScope): Promise<ChunkIndex> {
   const locations: ChunkLocation[] = [];
   const ids = await listIndexIds(store, name);
   c.indexObjects = ids.length;
@@ -142,10 +163,11 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     }
   }
   c.indexEntries = locations.length;
-  const index = new ChunkIndex(locations, ids);
+  return new ChunkIndex(locations, ids);
+}
 
-  // Pack trailers, and index entries against them. A location is good when its pack's trailer has the same entry.
-  const trailers = new Map<ObjectId, Map<number, BlobEntry> | undefined>();
+async function readTrailers({ store, name, domain, c, report }: DomainScope): Promise<Trailers> {
+  const trailers: Trailers = new Map();
   for await (const o of store.list(r2.packsPrefix(name))) {
     const h = classify(o.key);
     if (h?.kind !== 'pack' || h.domain !== name) continue;
@@ -158,6 +180,11 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     }
   }
   c.packs = trailers.size;
+  return trailers;
+}
+
+/** Index entries against pack trailers: a location is good when its pack's trailer has the same entry. Returns the good `pack:offset`s. */
+function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkIndex, trailers: Trailers): Set<string> {
   const good = new Set<string>();
   const indexed = new Set<string>();
   for (const l of index.locations()) {
@@ -175,8 +202,11 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     good.add(`${l.packId}:${l.entry.offset}`);
   }
   for (const [id, t] of trailers) for (const off of t?.keys() ?? []) if (!indexed.has(`${id}:${off}`)) c.unindexedBlobs++;
+  return good;
+}
 
-  // Every chunk a committed point references has a good copy.
+/** Every chunk a committed point references has a good copy, and every point's parent exists. */
+async function checkPointReferences({ store, name, domain, c, report }: DomainScope, index: ChunkIndex, good: Set<string>): Promise<void> {
   for (const d of (await listV2Disks(store, name)).values()) {
     c.disks++;
     let disk: string | undefined;
@@ -208,10 +238,16 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
       }
     }
   }
+}
 
-  if (readData) {
-    const decoder = blobDecoder();
-    const cipherKey = domain.key?.subkeys().cipherKey;
+/**
+ * --read-data: every blob of every readable pack goes through the checker restore, verify and export use
+ * (decodeBlobInto: stored xxh64, decrypted, decoded on the codec workers, chunk id recomputed).
+ */
+async function readBlobs({ store, name, domain, c, report }: DomainScope, trailers: Trailers): Promise<void> {
+  let slot: ReadSlot | undefined;
+  let slotPlain = 0;
+  await withWorkerDomain(domain, async () => {
     for (const [id, t] of trailers) {
       if (!t) continue;
       const what = r2.pack(name, id);
@@ -226,30 +262,27 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
       for (const e of t.values()) {
         c.blobsRead++;
         c.bytesRead += e.length;
-        const blob = pack.subarray(e.offset, e.offset + e.length);
-        const bad = (why: string) => report(new RnodeError(ErrorCodes.CHUNK_CORRUPT, `blob at offset ${e.offset} of pack ${what} ${why}; points using chunk ${e.id.toString('hex').slice(0, 16)}… cannot be restored from it`,
-          { details: { key: what } }));
-        if (xxh64(blob) !== e.payloadXxh64) { bad('does not match its stored xxh64 (damaged)'); continue; }
+        if (!slot || e.plainLength > slotPlain || e.length > slot.object.length) {
+          if (slot) recycleReadSlot(slot);
+          slotPlain = Math.max(e.plainLength, slotPlain);
+          slot = newReadSlot(slotPlain);
+        }
+        const where = `at offset ${e.offset} of pack ${what} (id ${e.id.toString('hex').slice(0, 16)}…)`;
+        if (e.length > slot.object.length) {
+          report(new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: its trailer says ${e.length} bytes, more than a chunk can take`, { details: { key: what } }));
+          continue;
+        }
+        copyBytes(pack.subarray(e.offset, e.offset + e.length), slot.object);
+        const expect: ChunkEntry = { index: -1, xxh64: 0n, strong: EMPTY, writer: 0, plainLength: e.plainLength, storedLength: e.length, flags: 0, codec: 0, id: e.id };
         try {
-          const packed = cipherKey ? openSealed(cipherKey, blob, blobAad(e.id, e.codec, e.plainLength)) : blob;
-          const plain = decoder(e.codec, packed, e.plainLength);
-          if (!domain.chunkId(plain).equals(e.id)) bad('decodes to data that does not match its chunk id');
+          await decodeBlobInto(slot, e.length, expect, e, domain, where);
         } catch (err) {
-          bad(`does not decode (${(err as Error).message})`);
+          report(isRnodeError(err) ? new RnodeError(err.code, `${err.message}; points using this chunk cannot be restored from this copy`, { details: { key: what } }) : err);
         }
       }
     }
-  }
-  return c;
+  });
+  if (slot) recycleReadSlot(slot);
 }
 
-/** A main-thread decoder of codec payloads (the codec kernel the workers run, over lz4-napi's sync calls). */
-function blobDecoder(): (codec: number, payload: Buffer, plainLength: number) => Buffer {
-  const kernel = makeKernel(createRequire(import.meta.url)('lz4-napi') as KernelDeps);
-  return (codec, payload, plainLength) => {
-    const out = Buffer.alloc(plainLength);
-    kernel.decodeInto(codec, payload, plainLength, out);
-    return out;
-  };
-}
-
+const EMPTY = Buffer.alloc(0);

@@ -7,11 +7,11 @@
 // live chunks. The encryption marker is never deleted.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { layout, parseChunkKey, validateDiskId } from '../format/layout.js';
+import { classify, layout, parseChunkKey, validateDiskId } from '../repository/names.js';
 import { encodeManifest, MANIFEST_VERSION_AUTHENTICATED, type PointManifest, type SegmentRef } from '../format/manifest.js';
 import { decodeSegment, encodeSegment, isZeroEntry, segmentMac, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
-import { forEachBounded } from '../pipeline/chunk-reader.js';
+import { forEachBounded } from '../pipeline/bounded.js';
 import { listLegacyPointSeqs, loadChain, loadPoint } from '../repository/points.js';
 import { chainView, segmentExpectation } from '../repository/view.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, refuseKeylessWrite } from '../repository/encryption.js';
@@ -105,10 +105,10 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const liveSegments = new Set<string>();
   for (const s of kept) for (const ref of (await loadPoint(store, disk, s)).table.segments) liveSegments.add(ref.key);
   const staleTables = async function* () {
-    for await (const o of store.list(layout.allTablesPrefix(disk))) if (!liveSegments.has(o.key) && !isPendingTable(o.key, latest)) yield o.key;
+    for await (const o of store.list(layout.allTablesPrefix(disk))) if (!liveSegments.has(o.key) && isStaleTable(o.key, latest)) yield o.key;
     for await (const o of store.list(layout.pendingPrefix(disk))) {
-      const m = /\/(\d{10})\.json$/.exec(o.key);
-      if (m && Number(m[1]) <= latest) yield o.key;
+      const h = classify(o.key);
+      if (h?.kind === 'legacy-pending' && h.point <= latest) yield o.key;
     }
   };
   await forEachBounded(staleTables(), opts.concurrency ?? 16, async (key) => {
@@ -119,9 +119,10 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   return { disk, kept, deleted, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
 }
 
-function isPendingTable(key: string, latest: number): boolean {
-  const m = /\/tables\/(\d{10})\//.exec(key);
-  return m !== null && Number(m[1]) > latest;
+/** A segment of a point at or before the latest (a newer point's belongs to a run in progress); keys of no format object stay. */
+function isStaleTable(key: string, latest: number): boolean {
+  const h = classify(key);
+  return h?.kind === 'legacy-table' && h.point <= latest;
 }
 
 /**

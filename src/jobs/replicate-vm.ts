@@ -5,7 +5,7 @@ import os from 'node:os';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { CodecId } from '../format/codecs.js';
-import { vmLayout } from '../format/layout.js';
+import { vmLayout } from '../repository/names.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { listPointSeqs } from '../repository/points.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from './replicate.js';
@@ -14,6 +14,7 @@ import type { BlockSource } from '../source/types.js';
 import { VmErrorCodes, vmDiskId, type VirtualDiskInfo, type VmSnapshot, type VmwareSession } from '../source/vmware/index.js';
 import { DEFAULT_CONCURRENCY } from '../store/wrap.js';
 import type { ObjectStore } from '../store/types.js';
+import type { SweepPacer } from './prune-v2.js';
 import { pruneVm } from './vm.js';
 
 /** Chunks in flight for one VM run, shared by the disks read at the same time (replicate's own default per disk). */
@@ -54,6 +55,10 @@ export interface ReplicateVmOptions {
   diskId?: (key: number) => string;
   /** After the VM point: keep this many VM points (and the disk points they use). */
   retentionKeep?: number;
+  /** Grace period of that retention's sweeps. */
+  retentionGraceMs?: number;
+  /** Paces the domain sweeps of that retention (an agent runs one after every VM point). */
+  pacer?: SweepPacer;
   lease?: LeaseOptions | false;
   onProgress?: (disk: string, p: ReplicateProgress) => void;
   /** Called once the snapshot's disks are open, before any data is read (tests use it to change the VM). */
@@ -269,7 +274,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
     throw err;
   }
   let prunedVmPoints: number[] | undefined;
-  if (opts.retentionKeep) prunedVmPoints = (await pruneVm({ store, vm: vm.moref, keep: opts.retentionKeep, lease: opts.lease, encryption: opts.encryption })).deletedVmPoints;
+  if (opts.retentionKeep) prunedVmPoints = (await pruneVm({ store, vm: vm.moref, keep: opts.retentionKeep, graceMs: opts.retentionGraceMs, lease: opts.lease, encryption: opts.encryption, pacer: opts.pacer })).deletedVmPoints;
   for (const w of warnings) session.log(w);
   return {
     vm: vm.moref, vmName: vm.name, snapshot: snap.moref, vmPoint: point.seq, consistency: point.consistency,

@@ -2,7 +2,7 @@
 // and sparse where the sink allows. Every chunk is verified on the way; a failed restore leaves no output behind.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { validateDiskId } from '../format/layout.js';
+import { validateDiskId } from '../repository/names.js';
 import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';

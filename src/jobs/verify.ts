@@ -4,11 +4,12 @@
 // and payload xxh64) is checked, and the result says so.
 import type { EncryptionKey } from '../crypto/keys.js';
 import { RnodeError } from '../errors.js';
-import { validateDiskId } from '../format/layout.js';
+import { validateDiskId } from '../repository/names.js';
 import type { PointManifest } from '../format/manifest.js';
 import { isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
-import { checkStoredChunk, forEachBounded, readChunk } from '../pipeline/chunk-reader.js';
+import { forEachBounded } from '../pipeline/bounded.js';
+import { checkStoredChunk, readChunk } from '../pipeline/chunk-reader.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, recycleReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, type DiskMarker } from '../repository/encryption.js';

@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { EncryptionKey } from '../crypto/keys.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { listPointSeqs } from '../repository/points.js';
-import { prune } from './prune-v2.js';
+import { prune, type SweepPacer } from './prune-v2.js';
 import { recover, type RecoverResult } from './restore.js';
 import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../repository/vm-points.js';
 import type { ObjectStore } from '../store/types.js';
@@ -52,6 +52,10 @@ export interface PruneVmOptions {
   lease?: LeaseOptions | false;
   /** The disks' key: pruning an encrypted disk rewrites authenticated tables. */
   encryption?: EncryptionKey;
+  /** Paces the domain sweeps of the disks' retention (an agent's, after every VM run). */
+  pacer?: SweepPacer;
+  /** Grace period of those sweeps (default DEFAULT_GRACE_MS). */
+  graceMs?: number;
 }
 
 export interface PruneVmResult {
@@ -83,7 +87,7 @@ export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
     const points = await listPointSeqs(store, disk);
     const keepN = points.filter((s) => s >= oldest).length;
     if (keepN > 0 && keepN < points.length) {
-      const r = await prune({ store, disk, keep: keepN, encryption: opts.encryption, ...(opts.lease !== undefined ? { lease: opts.lease } : {}) });
+      const r = await prune({ store, disk, keep: keepN, encryption: opts.encryption, pacer: opts.pacer, graceMs: opts.graceMs, ...(opts.lease !== undefined ? { lease: opts.lease } : {}) });
       disks.push({ disk, deleted: r.deleted });
     }
   }

@@ -14,14 +14,6 @@ export interface Readiness { ready: boolean; checks: Record<string, boolean>; re
 
 export interface HttpEndpoint { server: http.Server; host: string; port: number; close(): Promise<void> }
 
-/** Parses "host:port", "[v6]:port" or ":port". */
-export function parseListen(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new Error(`"${text}" is not host:port`);
-  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
-}
-
 export async function serveHttp(listen: { host: string; port: number }, h: HttpHandlers): Promise<HttpEndpoint> {
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];

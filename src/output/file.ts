@@ -44,7 +44,7 @@ interface Opened { fh: fsp.FileHandle; direct: boolean }
 /** O_DIRECT when the filesystem supports it (tmpfs does not: EINVAL), buffered otherwise. */
 async function openDirect(file: string, flags: number): Promise<Opened> {
   const direct = fs.constants.O_DIRECT;
-  if (direct !== undefined && process.env.RNODE_RESTORE_DIRECT !== '0') {
+  if (direct !== undefined) {
     try {
       return { fh: await fsp.open(file, flags | direct, 0o644), direct: true };
     } catch (err) {

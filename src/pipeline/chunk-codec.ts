@@ -119,8 +119,11 @@ export function storedPayloadDigest(payload: Uint8Array): Promise<bigint> {
   return codecWorkers().storedDigest(payload);
 }
 
-export function corruption(expect: ChunkEntry, where: string): (why: string) => RnodeError {
-  return (why) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: ${why}`,
+/** Where a chunk is, for an error message: a string, or a function that builds it only when an error needs it. */
+export type ChunkWhere = string | (() => string);
+
+export function corruption(expect: ChunkEntry, where: ChunkWhere): (why: string) => RnodeError {
+  return (why) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${typeof where === 'string' ? where : where()} is corrupt: ${why}`,
     { details: { index: expect.index, writer: expect.writer } });
 }
 
@@ -162,7 +165,7 @@ export function withWorkerDomain<T>(domain: Domain, fn: () => Promise<T>): Promi
  * what it decodes to must be expect.id (32 bytes; an encrypted blob's AAD binds the id too). Returns a view of
  * slot.plain. Nothing shorter than the full id ever decides identity.
  */
-export async function decodeBlobInto(slot: ReadSlot, length: number, expect: ChunkEntry, blob: BlobEntry, domain: Domain, where: string): Promise<Buffer> {
+export async function decodeBlobInto(slot: ReadSlot, length: number, expect: ChunkEntry, blob: BlobEntry, domain: Domain, where: ChunkWhere): Promise<Buffer> {
   const fail = corruption(expect, where);
   if (!expect.id || !blob.id.equals(expect.id)) throw fail('its index entry names another chunk id');
   if (blob.plainLength !== expect.plainLength || blob.plainLength > slot.plain.length) throw fail(`plaintext length ${blob.plainLength}, expected ${expect.plainLength}`);

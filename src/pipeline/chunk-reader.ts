@@ -1,15 +1,14 @@
 // Fetches a chunk named by a table entry and returns its verified plaintext, with errors that name the
 // chunk, its disk offset and its object key.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { layout } from '../format/layout.js';
 import { copyBytes } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
-import { checkStoredChunkInto, corruption, decodeBlobInto, decodeChunkInto, storedPayloadDigest, type ChunkSeal, type ReadSlot } from './chunk-codec.js';
+import { checkStoredChunkInto, corruption, decodeBlobInto, decodeChunkInto, storedPayloadDigest, type ChunkSeal, type ChunkWhere, type ReadSlot } from './chunk-codec.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { forgetChunkIndexes, locateChunk } from '../repository/index-cache.js';
 import type { ChunkLocation } from '../repository/index-file.js';
-import { r2 } from '../repository/names.js';
+import { layout, r2 } from '../repository/names.js';
 
 /**
  * Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused.
@@ -57,19 +56,20 @@ export function chunkObject(disk: string, e: ChunkEntry): { key: string; range?:
  * when none is left the index is reloaded once (a repack may have moved the blob since it was loaded).
  */
 async function fetchBlob<T>(store: ObjectStore, domain: Domain, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
-    check: (where: string, length: number, l: ChunkLocation) => Promise<T>): Promise<T> {
+    check: (where: ChunkWhere, length: number, l: ChunkLocation) => Promise<T>): Promise<T> {
   const offset = e.index * chunkSize;
-  const idHex = e.id!.toString('hex');
+  const idHex = () => e.id!.toString('hex');
   for (let attempt = 0; attempt < 2; attempt++) {
     if (attempt) forgetChunkIndexes(store);
     const locations = await locateChunk(store, domain, e.id!);
     for (const l of locations) {
       const key = r2.pack(domain.name, l.packId);
-      const where = `${e.index} (disk offset ${offset}, id ${idHex.slice(0, 16)}…, pack ${key} at ${l.entry.offset}+${l.entry.length}` +
+      // Built only for an error message: the hex of every chunk's id cost more main-thread time than its fetch.
+      const where = () => `${e.index} (disk offset ${offset}, id ${idHex().slice(0, 16)}…, pack ${key} at ${l.entry.offset}+${l.entry.length}` +
         `${l.indexId ? `, index ${r2.index(domain.name, l.indexId)}` : ''}) of point ${point}`;
       const details = { index: e.index, offset, key, point };
       if (l.entry.length > slot.object.length) {
-        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: its index entry says ${l.entry.length} bytes, more than a chunk can take; run "rnode check"`, { details });
+        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where()} is corrupt: its index entry says ${l.entry.length} bytes, more than a chunk can take; run "rnode check"`, { details });
       }
       let object: Buffer;
       try {
@@ -91,7 +91,7 @@ async function fetchBlob<T>(store: ObjectStore, domain: Domain, chunkSize: numbe
     }
   }
   throw new RnodeError(ErrorCodes.CHUNK_MISSING,
-    `chunk ${e.index} (disk offset ${offset}, id ${idHex.slice(0, 16)}…) of point ${point} is in no pack of repository ${domain.name}; restore another point or re-replicate`,
+    `chunk ${e.index} (disk offset ${offset}, id ${idHex().slice(0, 16)}…) of point ${point} is in no pack of repository ${domain.name}; restore another point or re-replicate`,
     { details: { index: e.index, offset, point } });
 }
 
@@ -125,22 +125,4 @@ async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: numb
     }
     throw err;
   }
-}
-
-/** Runs fn over items with at most `limit` in flight, stopping at the first failure; back-pressures the producer. */
-export async function forEachBounded<T>(items: AsyncIterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  const inflight = new Set<Promise<void>>();
-  let failure: unknown;
-  try {
-    for await (const item of items) {
-      if (failure) break;
-      const p: Promise<void> = fn(item).catch((err) => { failure ??= err; }).finally(() => inflight.delete(p));
-      inflight.add(p);
-      if (inflight.size >= limit) await Promise.race(inflight);
-    }
-  } catch (err) {
-    failure ??= err;
-  }
-  await Promise.all(inflight);
-  if (failure) throw failure;
 }

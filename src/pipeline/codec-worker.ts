@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import { parentPort, workerData } from 'node:worker_threads';
 import { makeKernel, type KernelDeps } from '../format/codec-kernel.js';
+import { loadBlake } from '../native/blake.js';
 import { errorText, makeCodecOps, type OpMessage } from './codec-ops.js';
 
 /** What codec-workers.ts gives every worker. */
@@ -26,14 +27,16 @@ interface WorkerAddon {
   lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
   xxh64?: (data: Uint8Array) => bigint;
   threadCpuMs?: () => number;
+  glibc?: boolean;
 }
 
 const data = workerData as CodecWorkerData;
 const port = parentPort!;
 const require = createRequire(import.meta.url);
 const addon = require(data.addonPath) as WorkerAddon;
-// By require, not import: an ESM import of this CommonJS package scans its source for exports, ~10 ms per thread.
-const { blake3, Blake3Hasher } = require('@napi-rs/blake-hash') as typeof import('@napi-rs/blake-hash');
+// By require, not import (an ESM import of a CommonJS package scans its source for exports, ~10 ms per thread), and
+// without the package's libc probe (blake.ts).
+const { blake3, Blake3Hasher } = loadBlake(addon.glibc === true);
 
 // LZ4 results live outside the JS heap, invisible to the GC's accounting: collect every few dozen MiB so native
 // memory stays bounded instead of growing until the heap happens to fill (codec-workers.ts exposes gc()).

@@ -233,8 +233,16 @@ export class CodecWorkers {
     if (!this.closed) this.workers[worker] = this.spawn(worker);
   }
 
+  /**
+   * Stops the workers once each has started: a worker terminated while it loads the addon makes the addon's module
+   * init fail inside a dying isolate, which aborts the whole process (seen: a recover that failed on its key file while
+   * its workers started exited by SIGABRT with a native stack instead of its one line).
+   */
   async close(): Promise<void> {
     this.closed = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.ready(), new Promise<void>((r) => { timer = setTimeout(r, 10_000); timer.unref(); })]);
+    clearTimeout(timer);
     await Promise.all(this.workers.map((w) => w.terminate()));
     if (instance === this) instance = undefined;
   }

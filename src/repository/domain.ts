@@ -1,6 +1,6 @@
 // A v2 repository "domain": all the v2 objects of one encryption key (or of no key: `plain`) under r2/<domain>/,
 // with its config object and the keys its names and chunk ids are made with. Dedup happens within a domain.
-import { Blake3Hasher } from '@napi-rs/blake-hash';
+import { Blake3Hasher } from '../native/index.js';
 import { CHUNK_ID_BYTES, type EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';

@@ -5,7 +5,7 @@
 // never go down along a chain are checked here, before any table or chunk is used (docs/formats.md).
 import type { ChunkSeal, EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { layout } from '../format/layout.js';
+import { layout } from './names.js';
 import {
   authenticateManifest, MANIFEST_VERSION, MANIFEST_VERSION_AUTHENTICATED, type PointManifest,
 } from '../format/manifest.js';

@@ -8,7 +8,7 @@
 // The context is a canonical string naming the object's place (see the *Context helpers): a sealed object moved to
 // another place, swapped with another, replayed into another point or edited fails to open (METADATA_FORGED). An
 // unsealed object only detects damage and misplacement (MANIFEST_CORRUPT): without a key nothing is authentic.
-import { blake3 } from '@napi-rs/blake-hash';
+import { blake3 } from '../native/index.js';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { layout } from '../format/layout.js';
+import { layout } from './names.js';
 import type { LeaseAuthority, LeaseRecord, ObjectStore } from '../store/types.js';
 
 export type { LeaseAuthority, LeaseRecord };
@@ -113,7 +113,7 @@ export class StoreLeases implements LeaseAuthority {
 
 /** The authority for a store's leases: the store's own (a ws peer's node), else its objects (StoreLeases). */
 export function leaseAuthority(store: ObjectStore, now?: () => number): LeaseAuthority {
-  return store.leases ?? new StoreLeases(store, now);
+  return store.leases ?? new StoreLeases(store.controlLane ?? store, now);
 }
 
 export class Lease {

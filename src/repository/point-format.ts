@@ -8,7 +8,7 @@
 // exact bytes, so the manifest pins every segment (a replayed older segment of the same place fails). Segment keys
 // are not stored: they come from names.ts. Pending checkpoints are envelope PENDING (context: domain, disk, point).
 // Both carry marksGeneration: the generation of prune's marks the writer read last (absent before generations: 0).
-import { blake3 } from '@napi-rs/blake-hash';
+import { blake3 } from '../native/index.js';
 import { CHUNK_ID_BYTES } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { Codec } from '../format/codecs.js';

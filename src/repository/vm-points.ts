@@ -2,7 +2,7 @@
 // selected disk committed its point, so a VM point never names a point that is not there; disk points of a
 // run that did not finish are recorded as partial (they belong to no VM point). Keys come from vmLayout.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { seqFromKey, validateDiskId, vmLayout } from '../format/layout.js';
+import { classify, seqFromKey, validateDiskId, vmLayout } from './names.js';
 import type { EncryptionKey } from '../crypto/keys.js';
 import type { ObjectStore } from '../store/types.js';
 
@@ -180,8 +180,8 @@ export async function deleteVmPoints(store: ObjectStore, vm: string, seqs: numbe
 export async function deletePartialRunsBefore(store: ObjectStore, vm: string, upTo: number): Promise<number> {
   let n = 0;
   for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm)))) {
-    const m = /\/(\d{10})-\d{15}\.json$/.exec(o.key);
-    if (m && Number(m[1]) < upTo) { await store.delete(o.key); n++; }
+    const h = classify(o.key);
+    if (h?.kind === 'vm-partial' && h.after < upTo) { await store.delete(o.key); n++; }
   }
   return n;
 }

@@ -2,7 +2,6 @@
 // nbd:// and vddk:// sources register here as they land.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { RawSource } from './raw.js';
-import { openNbdSource } from './nbd/index.js';
 import type { BlockSource } from './types.js';
 
 export type { BlockSource, Extent } from './types.js';
@@ -14,7 +13,8 @@ const schemes = new Map<string, SourceFactory>();
 export function registerSourceScheme(scheme: string, factory: SourceFactory): void {
   schemes.set(scheme, factory);
 }
-for (const scheme of ['nbd', 'nbd+unix']) registerSourceScheme(scheme, openNbdSource);
+// Loaded for such a source only: a replicate of a file or device needs neither the NBD client nor node:net.
+for (const scheme of ['nbd', 'nbd+unix']) registerSourceScheme(scheme, async (location, opts) => (await import('./nbd/nbd-source.js')).openNbdSource(location, opts));
 
 export async function openSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
   const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(location);

@@ -9,8 +9,6 @@ export { wrapStore, DEFAULT_CONCURRENCY, type WrapOptions, type WrappedStore } f
 export { FsStore, type FsStoreOptions } from './fs/fs-store.js';
 export { assertOutsideStore, assertNotInsideAnyStore, resolveThroughSymlinks } from './containment.js';
 export { makeDirs, unusablePath, isVirtualFsPath } from './fs/dirs.js';
-export { MemoryStore } from './memory/memory-store.js';
-export { FaultyStore, type Fault } from './wrappers/faulty.js';
 export { RetryingStore, isRetryable, type RetryOptions } from './wrappers/retrying.js';
 export { LimitedStore } from './wrappers/limited.js';
 export { MetricsStore, type StoreMetrics, type OpMetrics, type StoreOp } from './wrappers/metrics.js';

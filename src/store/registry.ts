@@ -4,7 +4,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FsStore } from './fs/fs-store.js';
-import { MemoryStore } from './memory/memory-store.js';
 import { badStoreUrl, registerStoreScheme, storeFactory, type RemoteAccess } from './schemes.js';
 import type { ObjectStore } from './types.js';
 import { wrapStore, type WrapOptions, type WrappedStore } from './wrap.js';
@@ -17,8 +16,6 @@ export interface OpenStoreOptions {
   /** Token, CA or pin for a ws:// or wss:// location (the transport must be loaded: src/index.ts loads it). */
   remote?: RemoteAccess;
 }
-
-const memoryStores = new Map<string, MemoryStore>();
 
 export async function openStore(location: string, opts: OpenStoreOptions = {}): Promise<WrappedStore> {
   const backend = await openBackend(location, opts.env ?? process.env, opts.remote);
@@ -45,13 +42,6 @@ export async function openBackend(location: string, env: NodeJS.ProcessEnv = pro
 registerStoreScheme('file', async (url, { location }) => {
   if (url.host !== '' && url.host !== 'localhost') throw badStoreUrl(location, 'names a remote host; use file:///absolute/dir');
   return new FsStore(fileURLToPath(url), { fsync: url.searchParams.get('fsync') !== 'off' });
-});
-
-registerStoreScheme('mem', async (url) => {
-  const name = url.host + url.pathname;
-  let store = memoryStores.get(name);
-  if (!store) memoryStores.set(name, store = new MemoryStore(`mem://${name}`));
-  return store;
 });
 
 registerStoreScheme('s3', async (url, ctx) => (await import('./s3/s3-store.js')).s3StoreFromUrl(url, ctx));

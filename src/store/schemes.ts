@@ -45,14 +45,14 @@ export function storeFactory(scheme: string): StoreFactory | undefined {
 export function badStoreUrl(location: string, why: string): RnodeError {
   return new RnodeError(
     ErrorCodes.BAD_STORE_URL,
-    `store location ${JSON.stringify(redact(location))} ${why}; use a directory path, file:///dir, mem://name, ` +
+    `store location ${JSON.stringify(redact(location))} ${why}; use a directory path, file:///dir, ` +
       `s3://bucket/prefix, azblob://container/prefix or gs://bucket/prefix` +
       (extraSchemes().length ? ` (also registered: ${extraSchemes().join(', ')})` : ''),
     { details: { location: redact(location) } },
   );
 }
 
-const BUILTIN = new Set(['file', 'mem', 's3', 'azblob', 'gs']);
+const BUILTIN = new Set(['file', 's3', 'azblob', 'gs']);
 function extraSchemes(): string[] {
   return registeredSchemes()
     .filter((s) => !BUILTIN.has(s))

@@ -72,6 +72,11 @@ export interface ObjectStore {
   /** Set by a store whose far end owns the disks' leases (a ws peer): writers go through it (src/repository/lease.ts). */
   readonly leases?: LeaseAuthority;
   /**
+   * The same backend for coordination calls (lease reads and writes): past the concurrency limit and the bandwidth
+   * wait, so a renewal never queues behind data puts. Set by wrapStore; a bare backend is its own lane.
+   */
+  readonly controlLane?: ObjectStore;
+  /**
    * Set by a store that takes objects of at most this many bytes (a ws peer: the limit its node sent in the last
    * handshake, so read it once the store has been used). Writers make their packs fit it.
    */

@@ -1,6 +1,6 @@
 // The one place the store wrappers are assembled, outermost first: bandwidth -> retry -> concurrency limit ->
-// metrics -> backend. Retry sits outside the limit so that a backoff sleep does not hold a slot, and the
-// bandwidth wait outside both for the same reason.
+// metrics -> backend; lease calls take a lane of their own (retry -> metrics -> backend). Retry sits outside the
+// limit so that a backoff sleep does not hold a slot, and the bandwidth wait outside both for the same reason.
 
 import { TokenBucket } from '../throttle.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from './types.js';
@@ -35,11 +35,14 @@ export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): Wrapped
   if (opts.retry !== false) outer = new RetryingStore(outer, opts.retry ?? {});
   if (opts.bandwidth) outer = new ThrottledStore(outer, new TokenBucket(opts.bandwidth));
   const top = outer;
+  // Leases skip the limit and the bucket; they keep retries and are counted like every other call.
+  const control = opts.retry !== false ? new RetryingStore(measured, opts.retry ?? {}) : measured;
   return {
     location: backend.location,
     capabilities: backend.capabilities,
     backend,
     ...(backend.leases ? { leases: backend.leases } : {}),
+    controlLane: control,
     get maxPutBytes(): number | undefined { return backend.maxPutBytes; },
     put: (key: string, data: Uint8Array, o?: PutOptions): Promise<ObjectInfo> => top.put(key, data, o),
     get: (key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> => top.get(key, range, into),

@@ -7,7 +7,7 @@ import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { validateDiskId } from '../format/layout.js';
+import { validateDiskId } from '../repository/names.js';
 import { copyBytes } from '../native/index.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
 import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';

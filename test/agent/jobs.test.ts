@@ -5,7 +5,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listPoints } from '../../src/repository/points.js';
-import { layout } from '../../src/format/layout.js';
+import { layout } from '../../src/repository/names.js';
 import { blobPlace, expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
 import { metricValue } from '../helpers/metrics.js';

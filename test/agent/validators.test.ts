@@ -30,6 +30,9 @@ t.test('generated and run-time compiled validators agree', async (t) => {
     ['welcome', { v: 1, type: 'welcome', id: 'w', nodeId: 'n1', protocol: 1, heartbeatMs: 500, ackedSeq: 0, extra: 1 }],
     ['policy.remove', { v: 1, type: 'policy.remove', id: 'p', group: 'ö' }],
     ['ack', { v: 1, type: 'ack', id: 'a', seq: 3 }],
+    // retention.graceSeconds: at least a lease's 10 min (docs/prune.md)
+    ...[599, 600].map((graceSeconds): [string, unknown] => ['policy.update', { v: 1, type: 'policy.update', id: 'u', policy: {
+      group: 'g', revision: 1, rpoSeconds: 60, retention: { keep: 3, graceSeconds }, store: { url: '/s' }, disks: [{ disk: 'd', source: { location: '/x' } }] } }]),
   ];
   const runtime = new Map<string, ReturnType<typeof ajv.compile>>();
   // Where a rule sits in the schema (schemaPath) differs: the generator calls shared definitions, not inlines them.

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pipelineDepths } from '../../src/jobs/replicate/budget.js';
 import type { StageEvent } from '../../src/pipeline/stages.js';
-import { FaultyStore } from '../../src/store/index.js';
+import { FaultyStore } from '../../src/testing.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { MIN_PACK_SIZE } from '../../src/repository/domain.js';
 import { KiB, expectRestore, fingerprint, fsStore, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir } from '../helpers/images.js';

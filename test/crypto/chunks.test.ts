@@ -14,7 +14,7 @@ import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { strongDigest, xxh64 } from '../../src/format/checksum.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader } from '../../src/format/chunk.js';
 import { Codec, CODEC_NAMES, type CodecId } from '../../src/format/codecs.js';
-import { layout } from '../../src/format/layout.js';
+import { layout } from '../../src/repository/names.js';
 import type { ChunkEntry } from '../../src/format/table.js';
 import {
   checkStoredChunkInto, decodeChunkInto, encodeChunkInto, newReadSlot, withWorkerKey, type ChunkSeal,

@@ -21,7 +21,8 @@ import { MIN_PACK_SIZE } from '../../src/repository/domain.js';
 import { MANIFEST_VERSION_V2 } from '../../src/repository/point-format.js';
 import { prune } from '../../src/jobs/prune-v2.js';
 import { verify } from '../../src/jobs/verify.js';
-import { FaultyStore, type ObjectStore } from '../../src/store/index.js';
+import { type ObjectStore } from '../../src/store/index.js';
+import { FaultyStore } from '../../src/testing.js';
 import { json, lines, runCli } from '../helpers/cli.js';
 import {
   KiB, MiB, blobPlace, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, textData,

@@ -2,6 +2,7 @@
 // readers and staying within its bound; read-ahead on sequential reads only; replies queued on the socket; the lazy
 // chunk index agreeing with the sequential chain view on every chunk; option payload decoding that never reads past
 // its end.
+import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
@@ -17,7 +18,7 @@ import { loadChain } from '../../src/repository/points.js';
 import { chainView } from '../../src/repository/view.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { encodeGo, encodeMetaContextQuery } from '../../src/source/nbd/protocol.js';
-import { fsStore, snap, tmpDir } from '../helpers/images.js';
+import { fsStore, randomData, snap, tmpDir, writeAt, writeHoleImage } from '../helpers/images.js';
 import { changeDisk, CHUNK, makeDisk, SIZE } from './helpers.js';
 
 t.teardown(() => codecWorkers().close());
@@ -159,6 +160,70 @@ t.test('a chunk served whole leaves the cache and its buffer is reused; a chunk 
   const again = await img.read(4096, 4096);
   img.done(again);
   t.equal(cache.stats.misses, misses, 'a chunk read in part is still cached');
+});
+
+// An nbdcopy of the export fetched 6% of its chunks twice and left some cached, unread: read-ahead on behalf of a
+// reader that had moved on fetched again chunks already served whole (and retired), and ran past the end of one
+// connection's range into the range another connection had already copied.
+t.test('two readers streaming adjacent ranges fetch every chunk once and leave nothing cached', async (t) => {
+  const store = counting(await twoPointStore(t));
+  const chain = await loadChain(store, 'vm', 2);
+  const cache = new ChunkCache({ store, disk: 'vm', chunkSize: CHUNK, cacheBytes: 2 * SIZE });
+  const index = new ChunkIndex(store, chain);
+  const img = new PointImage(index, cache);
+  const chunks = Math.ceil(SIZE / CHUNK);
+  let dataChunks = 0;
+  for (let i = 0; i < chunks; i++) if (await index.lookup(i)) dataChunks++;
+  store.chunkGets.length = 0;
+  const readChunk = async (i: number) => {
+    for (const at of [i * CHUNK, i * CHUNK + CHUNK / 2]) {
+      const length = Math.min(CHUNK / 2, SIZE - at);
+      if (length > 0) img.done(await img.read(at, length));
+    }
+  };
+  // The second reader starts at the middle and stays ahead; the first then reaches where the second started.
+  const half = Math.floor(chunks / 2);
+  for (let k = 0; k < half; k++) {
+    await readChunk(half + k);
+    await readChunk(k);
+  }
+  for (let i = 2 * half; i < chunks; i++) await readChunk(i);
+  await new Promise((r) => setTimeout(r, 100)); // read-ahead started by the last reads
+  await cache.close();
+  t.equal(cache.stats.fetches, dataChunks, `${dataChunks} data chunks, each fetched once`);
+  t.equal(store.chunkGets.length, dataChunks, 'one store read per data chunk');
+  t.equal(cache.stats.cachedBytes, 0, 'every chunk was served whole and left the cache');
+  t.ok(cache.stats.buffersAllocated < dataChunks / 2, `${cache.stats.buffersAllocated} plaintext buffers for ${dataChunks} chunks`);
+});
+
+// A third of a mixed disk's 64 KiB blocks are zeros inside data chunks, and the export pushed every one of their
+// bytes through the socket (and the client through its zero detection): they are holes now, the rest data.
+t.test('zero 64 KiB blocks inside a data chunk are served as holes, the rest as data', async (t) => {
+  const dir = tmpDir(t, 'export-holes');
+  const store = fsStore(path.join(dir, 'store'));
+  const image = path.join(dir, 'disk.img');
+  const MIB = 1024 * 1024;
+  writeHoleImage(image, 2 * MIB);
+  writeAt(image, 0, randomData(64 * 1024, 3));
+  writeAt(image, 192 * 1024, randomData(MIB - 192 * 1024, 4)); // [64 KiB, 192 KiB) stays zero
+  writeAt(image, MIB + 100, Buffer.from([1])); // one byte: its whole 64 KiB block is data
+  await snap(store, image, 'vm', { chunkSize: MIB, lease: false });
+  const cache = new ChunkCache({ store, disk: 'vm', chunkSize: MIB });
+  t.teardown(() => cache.close());
+  const img = new PointImage(new ChunkIndex(store, await loadChain(store, 'vm', 1)), cache);
+  const pieces = await img.read(0, 2 * MIB);
+  t.same(pieces.map((p) => [p.offset, p.length, !!p.data]), [
+    [0, 64 * 1024, true], [64 * 1024, 128 * 1024, false], [192 * 1024, MIB - 192 * 1024, true],
+    [MIB, 64 * 1024, true], [MIB + 64 * 1024, MIB - 64 * 1024, false],
+  ]);
+  const want = fs.readFileSync(image);
+  const got = Buffer.alloc(2 * MIB);
+  for (const p of pieces) if (p.data) p.data.copy(got, p.offset);
+  t.ok(got.equals(want), 'data pieces and zeros make up the disk');
+  img.done(pieces);
+  const inner = await img.read(80 * 1024, 8192);
+  t.same(inner.map((p) => [p.offset, p.length, !!p.data]), [[80 * 1024, 8192, false]], 'a read inside a zero block is one hole');
+  img.done(inner);
 });
 
 // Each reply waited for the socket's queue to empty before the next was written: the socket idled between replies

@@ -1,12 +1,20 @@
 // Shared by the stats/check CLI tests: a store written by replicate with two clones of one image in the plain
-// repository and one encrypted disk.
+// repository and one encrypted disk. The store is written once per test file through the library (the CLI's
+// replicate is covered by test/core/cli.test.ts); a test that damages or prunes it works on its own copy.
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { MiB, randomData, textData, tmpDir } from './images.js';
-import { runCli } from './cli.js';
+import { readKeyFile } from '../../src/crypto/keys.js';
+import { fsStore, KiB, MiB, randomData, snap, textData, tmpDir } from './images.js';
 
 export const SIZE = 2 * MiB;
+
+export interface CheckStatsStore {
+  dir: string;
+  storeDir: string;
+  img: string;
+  keyFile: string;
+}
 
 export function packFiles(storeDir: string, domain: string): string[] {
   const root = path.join(storeDir, 'r2', domain, 'packs');
@@ -14,19 +22,24 @@ export function packFiles(storeDir: string, domain: string): string[] {
   return fs.readdirSync(root).flatMap((xx) => fs.readdirSync(path.join(root, xx)).map((f) => path.join(root, xx, f)));
 }
 
-export async function setup(t: Test) {
+/** Writes the store: disks a and b (one image, so b dedups fully against a) and the encrypted disk e. */
+export async function setup(t: Pick<Test, 'teardown'>): Promise<CheckStatsStore> {
   const dir = tmpDir(t, 'check-stats');
   const storeDir = path.join(dir, 'store');
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, Buffer.concat([randomData(MiB, 1), textData(SIZE - MiB, 2)]));
   const keyFile = path.join(dir, 'k.key');
   fs.writeFileSync(keyFile, randomData(32, 9).toString('hex'), { mode: 0o600 });
-  for (const disk of ['a', 'b']) {
-    const r = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', disk, '--chunk-size', '64KiB', '--json']);
-    t.equal(r.code, 0, `replicate ${disk}: ${r.stderr}`);
-  }
-  const e = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'e', '--chunk-size', '64KiB', '--encryption-key-file', keyFile, '--json']);
-  t.equal(e.code, 0, `replicate e (encrypted): ${e.stderr}`);
+  const store = fsStore(storeDir);
+  for (const disk of ['a', 'b']) await snap(store, img, disk, { chunkSize: 64 * KiB });
+  await snap(store, img, 'e', { chunkSize: 64 * KiB, encryption: readKeyFile(keyFile) });
   return { dir, storeDir, img, keyFile };
 }
 
+/** A copy of the store (with its image and key file) in a fresh folder, for a test that changes it. */
+export function copyOf(t: Pick<Test, 'teardown'>, base: CheckStatsStore): CheckStatsStore {
+  const dir = tmpDir(t, 'check-stats');
+  fs.cpSync(base.dir, dir, { recursive: true });
+  const moved = (p: string) => path.join(dir, path.relative(base.dir, p));
+  return { dir, storeDir: moved(base.storeDir), img: moved(base.img), keyFile: moved(base.keyFile) };
+}

@@ -97,6 +97,20 @@ t.test('npm pack, install offline without scripts, run the installed rnode', { t
     app,
   );
   t.equal(protocol.stdout.trim(), '1 function', `replication-node/protocol loads from the installed package: ${protocol.stderr}`);
+  // Fakes and generators sit behind their own entry: the main one has none of them, and mem:// exists only once
+  // replication-node/testing is imported.
+  const testing = run(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      "const m = await import('replication-node'); const before = await m.openStore('mem://x').then(() => 'opened', (e) => e.code); " +
+        "const t = await import('replication-node/testing'); const after = await m.openStore('mem://x').then(() => 'opened', (e) => e.code); " +
+        'console.log(typeof m.FaultyStore, typeof m.generateSampleDisk, before, typeof t.FaultyStore, typeof t.generateSampleDisk, after)',
+    ],
+    app,
+  );
+  t.equal(testing.stdout.trim(), 'undefined undefined RNODE_BAD_STORE_URL function function opened', `replication-node/testing: ${testing.stderr}`);
 
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, Buffer.concat([randomData(3 << 20, 5), Buffer.alloc(1 << 20), randomData(123_456, 6)]));

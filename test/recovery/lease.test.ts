@@ -8,9 +8,10 @@ import { Lease } from '../../src/repository/lease.js';
 import { replicate } from '../../src/jobs/replicate.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { openSource } from '../../src/source/index.js';
-import { FsStore, MemoryStore } from '../../src/store/index.js';
+import { FsStore } from '../../src/store/index.js';
+import { MemoryStore } from '../../src/testing.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
-import { layout } from '../../src/format/layout.js';
+import { layout } from '../../src/repository/names.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-lease-'));
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -11,7 +11,8 @@ import { recover } from '../../src/jobs/restore.js';
 import { verify } from '../../src/jobs/verify.js';
 import { generateSampleDisk, scatterWrites, Prng } from '../../src/sample/sample-disk.js';
 import { openSource } from '../../src/source/index.js';
-import { MemoryStore, type ObjectInfo } from '../../src/store/index.js';
+import { type ObjectInfo } from '../../src/store/index.js';
+import { MemoryStore } from '../../src/testing.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 
 t.teardown(() => codecWorkers().close());

@@ -4,12 +4,15 @@
 import t from 'tap';
 import { stopCodecWorkersAtEnd } from '../helpers/images.js';
 import { json, runCli } from '../helpers/cli.js';
-import { SIZE, setup } from '../helpers/check-stats.js';
+import { SIZE, setup, type CheckStatsStore } from '../helpers/check-stats.js';
 
 stopCodecWorkersAtEnd(t);
+// Both tests only read the store (a prune without the key stops before it changes anything): it is written once.
+let fixture: CheckStatsStore;
+t.before(async () => { fixture = await setup(t); });
 
 t.test('stats, with and without the key', async (t) => {
-  const { storeDir, keyFile } = await setup(t);
+  const { storeDir, keyFile } = fixture;
   const s = await runCli(['stats', '--store', storeDir, '--json']);
   t.equal(s.code, 0, s.stderr);
   const st = json(s);
@@ -37,7 +40,7 @@ t.test('stats, with and without the key', async (t) => {
 });
 
 t.test('check and prune need the key of an encrypted repository', async (t) => {
-  const { storeDir, keyFile } = await setup(t);
+  const { storeDir, keyFile } = fixture;
   const c = await runCli(['check', '--store', storeDir]);
   t.equal(c.code, 2, 'check without the key exits 2');
   t.match(c.stderr, /^rnode: RNODE_KEY_REQUIRED: /);

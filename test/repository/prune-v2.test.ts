@@ -6,12 +6,13 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { Domain } from '../../src/repository/domain.js';
-import { listIndexIds } from '../../src/repository/index-file.js';
+import { decodeIndex, encodeIndex, listIndexIds } from '../../src/repository/index-file.js';
+import { newObjectId } from '../../src/repository/pack.js';
 import { r2 } from '../../src/repository/names.js';
 import { readPruneMarks } from '../../src/repository/prune-marks.js';
 import { listV2PointSeqs } from '../../src/repository/points.js';
 import { Lease } from '../../src/repository/lease.js';
-import { prune, pruneLeaseName, pruneStore } from '../../src/jobs/prune-v2.js';
+import { prune, pruneLeaseName, pruneStore, SweepPacer } from '../../src/jobs/prune-v2.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { CHUNK, applyChanges, chunkData, readPointV2, writePoint, type Changes } from '../helpers/v2.js';
@@ -142,4 +143,54 @@ t.test('retention after a replicate leaves a domain another prune is sweeping to
   await sweeping.release();
   const after = await pruneStore({ store });
   t.equal(after.domains[0]?.deferred, undefined, 'once free, the domain is swept');
+});
+
+t.test("an agent's retention sweeps a domain once per interval; in between it compacts index objects only when they pile up", async (t) => {
+  const store = new MemoryStore();
+  const images = await history(store, undefined, 5, 5);
+  const domain = (await Domain.open(store, undefined))!;
+  let clock = 1_000_000;
+  const pacer = new SweepPacer(10 * 60_000, () => clock);
+  const first = await prune({ store, disk: 'd', keep: 4, pacer });
+  t.equal(first.domains[0]?.skipped, undefined, 'the first retention of the process sweeps');
+  const generation = (await readPruneMarks(store, domain)).generation;
+  t.ok(generation > 0, 'the sweep wrote the marks');
+
+  // 70 more index objects (copies of the compacted one under new ids): what a busy agent's runs add between sweeps.
+  const [only] = await listIndexIds(store, domain.name);
+  const entries = decodeIndex(await store.get(r2.index(domain.name, only)), domain, only);
+  for (let i = 0; i < 70; i++) {
+    const id = newObjectId();
+    await store.put(r2.index(domain.name, id), encodeIndex(domain, id, entries));
+  }
+  clock += 60_000;
+  const between = await prune({ store, disk: 'd', keep: 3, pacer });
+  t.same(between.deleted, [2], 'retention itself runs every time');
+  t.match(between.domains[0]?.skipped, /swept less than 10 min ago/, 'the sweep is skipped, and said');
+  t.equal((await readPruneMarks(store, domain)).generation, generation, 'no sweep: the marks are untouched');
+  t.equal(between.domains[0]?.indexesDeleted, 71, 'the piled-up index objects were compacted');
+  t.equal((await listIndexIds(store, domain.name)).length, 1, 'into one');
+  await expectPoints(t, store, undefined, images, [3, 4, 5], 'after compaction');
+
+  clock += 10 * 60_000;
+  const due = await prune({ store, disk: 'd', keep: 3, pacer });
+  t.equal(due.domains[0]?.skipped, undefined, 'an interval later the domain is swept again');
+  t.equal((await readPruneMarks(store, domain)).generation, generation + 1, 'and its marks written');
+});
+
+t.test("the agent's retention sweeps with the policy's grace period (retention.graceSeconds), the default otherwise", async (t) => {
+  for (const graceMs of [undefined, 0]) {
+    const store = new MemoryStore();
+    await history(store, undefined, 6, 10);
+    const runs = [];
+    for (let i = 0; i < 3; i++) runs.push((await prune({ store, disk: 'd', keep: 2, graceMs })).domains[0]);
+    const seen = runs[0]!.packsSeen;
+    t.ok(seen > 0, `retention left ${seen} packs unused`);
+    if (graceMs === undefined) {
+      t.same(runs.slice(1).map((r) => r!.packsMarked + r!.packsDeleted), [0, 0], 'default grace (1 h): nothing marked or deleted yet');
+    } else {
+      t.equal(runs[1]!.packsMarked, seen, 'grace 0: marked on the next run');
+      t.ok(runs[1]!.packsDeleted + runs[2]!.packsDeleted >= seen, 'and deleted by the one after');
+    }
+  }
 });

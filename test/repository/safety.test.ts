@@ -42,15 +42,30 @@ async function nextRun(t: Test, args: string[], storeDir: string) {
   return r;
 }
 
+// Point 1 is written once (through the CLI, as the crashed and the next run are); each test crashes a copy.
+let pointOne: string;
+t.before(async () => {
+  pointOne = tmpDir(t, 'v2crash');
+  const img = path.join(pointOne, 'disk.img');
+  fs.writeFileSync(img, Buffer.concat([randomData(MiB, 1), textData(MiB, 2)]));
+  const first = await runCli(replicateArgs(pointOne));
+  t.equal(first.code, 0, first.stderr);
+});
+
+function replicateArgs(dir: string): string[] {
+  const img = path.join(dir, 'disk.img');
+  const storeDir = path.join(dir, 'store');
+  return ['replicate', '--source', img, '--target', storeDir, '--disk', 'd', '--chunk-size', '64KiB', '--pack-size', '256KiB', '--json'];
+}
+
 for (const fp of FAILPOINTS) {
   t.test(`a crash at ${fp}: the old points stay, the next run completes, every point restores byte-exact`, async (t) => {
     const dir = tmpDir(t, 'v2crash');
+    fs.cpSync(pointOne, dir, { recursive: true });
     const img = path.join(dir, 'disk.img');
     const storeDir = path.join(dir, 'store');
-    fs.writeFileSync(img, Buffer.concat([randomData(MiB, 1), textData(MiB, 2)]));
-    const args = ['replicate', '--source', img, '--target', storeDir, '--disk', 'd', '--chunk-size', '64KiB', '--pack-size', '256KiB', '--json'];
-    const first = await runCli(args);
-    t.equal(first.code, 0, first.stderr);
+    const args = replicateArgs(dir);
+    t.same(await listPointSeqs(fsStore(storeDir), 'd'), [1], 'point 1 is there');
     const fp1 = fingerprint(img);
     writeAt(img, 100 * KiB, randomData(600 * KiB, 3));
     const fp2 = fingerprint(img);

@@ -4,7 +4,9 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ThrottledStore } from '../../src/store/wrappers/throttled.js';
-import { MemoryStore } from '../../src/store/index.js';
+import { Lease } from '../../src/repository/lease.js';
+import { wrapStore } from '../../src/store/wrap.js';
+import { FaultyStore, MemoryStore } from '../../src/testing.js';
 import { TokenBucket } from '../../src/throttle.js';
 import { json, runCli } from '../helpers/cli.js';
 import { MiB, randomData, tmpDir } from '../helpers/images.js';
@@ -34,4 +36,19 @@ t.test('ThrottledStore: data puts wait for the bucket, lease (control) puts pass
   t.ok(controlMs < 100, `the control put did not wait (${controlMs.toFixed(0)} ms)`);
   t.ok((await data) >= 700, 'the data put waited for the bucket');
   t.same([...(await store.get('lease'))].length, 200, 'the control put reached the store');
+});
+
+t.test('lease calls take their own lane: a renewal never queues behind data puts in the concurrency limit', async (t) => {
+  const faulty = new FaultyStore(new MemoryStore('mem://lane'));
+  // Every data put takes 3 s; with one call in flight allowed, anything else that queued would wait for them.
+  faulty.addFault('put', { times: Infinity, delayMs: 3000, match: (k) => k.startsWith('data/') });
+  const store = wrapStore(faulty, { concurrency: 1 });
+  const data = Promise.all([store.put('data/a', Buffer.alloc(10)), store.put('data/b', Buffer.alloc(10))]);
+  const started = performance.now();
+  const lease = await Lease.acquire(store, 'd', { ttlMs: 5000 });
+  await lease.release();
+  const ms = performance.now() - started;
+  t.ok(ms < 1000, `the lease was acquired and released in ${ms.toFixed(0)} ms while two 3 s data puts held the one slot`);
+  await data;
+  t.ok(store.metrics().ops.put.calls >= 4, 'lease writes are counted with the other calls');
 });

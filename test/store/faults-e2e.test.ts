@@ -17,7 +17,8 @@ import { recover } from '../../src/jobs/restore.js';
 import { verify } from '../../src/jobs/verify.js';
 import { generateSampleDisk, scatterWrites } from '../../src/sample/sample-disk.js';
 import { openSource } from '../../src/source/index.js';
-import { FaultyStore, FsStore, wrapStore, type ObjectStore, type StoreOp } from '../../src/store/index.js';
+import { FsStore, wrapStore, type ObjectStore, type StoreOp } from '../../src/store/index.js';
+import { FaultyStore } from '../../src/testing.js';
 
 const CHUNK = 64 * 1024;
 const SIZE = 2 * 1024 * 1024 + 777;

@@ -3,7 +3,8 @@
 
 import t from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
-import { collect, FaultyStore, MemoryStore } from '../../src/store/index.js';
+import { collect } from '../../src/store/index.js';
+import { FaultyStore, MemoryStore } from '../../src/testing.js';
 
 const UNAVAILABLE = { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true };
 

@@ -3,7 +3,8 @@
 
 import t from 'tap';
 import { ErrorCodes } from '../../src/errors.js';
-import { MemoryStore, openStore, registerStoreScheme } from '../../src/store/index.js';
+import { openStore, registerStoreScheme } from '../../src/store/index.js';
+import { MemoryStore } from '../../src/testing.js';
 import { runConformance } from './conformance.js';
 
 runConformance(t, 'memory', async () => ({ store: new MemoryStore(), cleanup: async () => {} }));

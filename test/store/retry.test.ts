@@ -3,7 +3,8 @@
 
 import t from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
-import { collect, FaultyStore, MemoryStore, RetryingStore, wrapStore, type RetryOptions } from '../../src/store/index.js';
+import { collect, RetryingStore, wrapStore, type RetryOptions } from '../../src/store/index.js';
+import { FaultyStore, MemoryStore } from '../../src/testing.js';
 import { runConformance } from './conformance.js';
 
 const UNAVAILABLE = { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true };

@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
-import { vmLayout } from '../../src/format/layout.js';
+import { vmLayout } from '../../src/repository/names.js';
 import { recoverVm } from '../../src/jobs/vm.js';
 import { loadVmPoint } from '../../src/repository/vm-points.js';
 import { startEnv } from './harness.js';
