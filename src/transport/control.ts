@@ -22,7 +22,12 @@ export interface LeaseWire { disk: string; holder: string; token: number; acquir
 /** Node → client. */
 export type NodeMessage =
   /** maxObject: the largest object a PUT may carry (in parts); absent from nodes that predate parted PUTs. */
-  | { op: 'welcome'; session: string; window: number; maxFrame: number; maxInflight: number; node: string; maxObject?: number }
+  /**
+   * stored: on a resume (hello.resumeOf), the PUTs the old session stored, by their stream ids there: acks the client
+   * may not have heard. Absent from nodes that predate it (the client re-sends every unacknowledged PUT).
+   */
+  | { op: 'welcome'; session: string; window: number; maxFrame: number; maxInflight: number; node: string; maxObject?: number;
+      stored?: Array<{ stream: number } & ObjectInfoWire> }
   | { op: 'ack'; info?: ObjectInfoWire; credit?: number }
   | { op: 'error'; code: string; message: string; retryable?: boolean; details?: Record<string, unknown>; credit?: number }
   | { op: 'credit'; bytes: number }
@@ -38,6 +43,8 @@ export interface DataMeta { size: number; etag?: string }
 
 const MAX_KEY = 1024;
 const MAX_TEXT = 4096;
+/** The most acks a welcome replays: a node's in-flight limit is far below it. */
+const MAX_STORED_ACKS = 65_536;
 
 function str(m: Record<string, unknown>, name: string, max = MAX_KEY): string {
   const v = m[name];
@@ -115,8 +122,14 @@ export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
   switch (meta.op) {
     case 'welcome': {
       const maxObject = optInt(meta, 'maxObject');
+      let stored: Array<{ stream: number } & ObjectInfoWire> | undefined;
+      if (meta.stored !== undefined) {
+        if (!Array.isArray(meta.stored) || meta.stored.length > MAX_STORED_ACKS) throw protocolError(`field "stored" must be a list of at most ${MAX_STORED_ACKS} objects`);
+        stored = meta.stored.map((v) => ({ stream: int(obj(v, 'stored object'), 'stream'), ...info(v) }));
+      }
       return { op: 'welcome', session: str(meta, 'session', 256), window: int(meta, 'window'), maxFrame: int(meta, 'maxFrame'),
-        maxInflight: int(meta, 'maxInflight'), node: str(meta, 'node', 256), ...(maxObject !== undefined ? { maxObject } : {}) };
+        maxInflight: int(meta, 'maxInflight'), node: str(meta, 'node', 256), ...(maxObject !== undefined ? { maxObject } : {}),
+        ...(stored ? { stored } : {}) };
     }
     case 'ack': {
       const credit = optInt(meta, 'credit');

@@ -51,6 +51,8 @@ export interface RemoteCounters {
   /** PUT frames (and their bytes) sent again after a reconnect. */
   resentFrames: number;
   resentBytes: number;
+  /** PUTs a resumed session's node said it had stored (acks lost with a cut connection): not sent again. */
+  resumedPuts: number;
   /** Highest PUT bytes sent and not yet acknowledged (never above the window). */
   maxUnackedBytes: number;
   /** The credit window of the current (or last) session. */
@@ -67,6 +69,8 @@ interface Req {
   /** Bytes on the wire (frame + payload): what the credit counts. */
   size: number;
   isPut: boolean;
+  /** A PUT's key: an ack replayed on a resume must name it. */
+  key?: string;
   /** Connection generation it was last sent on (0: never sent). */
   sentOn: number;
   paid: boolean;
@@ -89,7 +93,7 @@ const FATAL_CONNECT = new Set<string>([TransportErrorCodes.AUTH, TransportErrorC
 export class RemoteStore implements ObjectStore {
   readonly location: string;
   readonly capabilities: StoreCapabilities = { conditionalPut: true };
-  readonly counters: RemoteCounters = { connects: 0, framesSent: 0, bytesSent: 0, resentFrames: 0, resentBytes: 0, maxUnackedBytes: 0, window: 0 };
+  readonly counters: RemoteCounters = { connects: 0, framesSent: 0, bytesSent: 0, resentFrames: 0, resentBytes: 0, resumedPuts: 0, maxUnackedBytes: 0, window: 0 };
   private readonly url: string;
   private readonly bucket?: TokenBucket;
   private readonly hwm: number;
@@ -184,7 +188,7 @@ export class RemoteStore implements ObjectStore {
     }
     let resent = false;
     try {
-      const f = await this.request(head, true, stream, () => { resent = true; }, undefined, parts ? undefined : buf, parts);
+      const f = await this.request(head, true, stream, () => { resent = true; }, undefined, parts ? undefined : buf, parts, key);
       return infoOf(key, f);
     } catch (err) {
       // A conditional put whose first attempt landed before the cut comes back "already exists": it is ours
@@ -278,12 +282,12 @@ export class RemoteStore implements ObjectStore {
   }
 
   private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer, payload?: Buffer,
-    parts?: Array<{ head: Buffer; payload: Buffer }>): Promise<Frame> {
+    parts?: Array<{ head: Buffer; payload: Buffer }>, key?: string): Promise<Frame> {
     if (this.state === 'closed') return Promise.reject(transportError(TransportErrorCodes.CLOSED, `the store ${this.location} is closed`));
     return new Promise<Frame>((resolve, reject) => {
       const size = parts ? parts.reduce((n, p) => n + p.head.length + p.payload.length, 0) : frame.length + (payload?.length ?? 0);
       const req: Req = {
-        stream, frame, payload, parts, size, isPut, sentOn: 0, paid: false, reject,
+        stream, frame, payload, parts, size, isPut, ...(key !== undefined ? { key } : {}), sentOn: 0, paid: false, reject,
         resolve: (f) => {
           if (f.type === FrameType.CONTROL) {
             try { this.nodeMessage(f); } catch (err) { reject(err); return; }
@@ -527,7 +531,25 @@ export class RemoteStore implements ObjectStore {
       try { ws.ping(); } catch { /* closing */ }
     }, beat);
     this.heartbeat.unref();
+    if (w.stored) this.settleStored(w.stored);
     void this.pump();
+  }
+
+  /**
+   * A resume: the PUTs the old session stored whose acks were lost with it are done, not sent again. Over a link cut
+   * before a window's acks come back, re-sending them all would repeat on every connection and never finish.
+   */
+  private settleStored(stored: Array<{ stream: number } & ObjectInfoWire>): void {
+    const byStream = new Map(stored.map((s) => [s.stream, s]));
+    for (let i = 0; i < this.queue.length; i++) {
+      const r = this.queue[i];
+      const s = r.isPut && r.sentOn !== 0 ? byStream.get(r.stream) : undefined;
+      if (!s || s.key !== r.key) continue; // not this request's ack (a reused stream id): send it again
+      this.queue.splice(i--, 1);
+      this.counters.resumedPuts++;
+      const { stream, ...info } = s;
+      r.resolve(decodeFrame(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: { op: 'ack', info } })));
+    }
   }
 
   private onMessage(ws: WebSocket, data: Buffer): void {

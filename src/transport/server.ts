@@ -99,6 +99,11 @@ const WRITE_HIGH_WATER = 4 * 1024 * 1024;
 const ASSEMBLE_FROM_BYTES = 64 * 1024;
 const LIST_PAGE_ITEMS = 1000;
 const MAX_OPEN_LISTS = 16;
+/** How long a closed session's stored PUTs can be claimed by the client resuming it, and how many sessions are kept. */
+const RESUME_KEEP_MS = 5 * 60_000;
+const MAX_RETIRED = 256;
+/** A resume waits this long at most for the old session's PUTs still being stored, before its welcome. */
+const RESUME_SETTLE_MS = 5_000;
 
 export class ReplicationServer {
   readonly stats: ServerStats = {
@@ -122,6 +127,8 @@ export class ReplicationServer {
   readonly assembly: AssemblyBuffers;
   private readonly tokenDigest?: Buffer;
   private readonly sessions = new Set<Session>();
+  /** Sessions that closed recently, by id: what they stored, for a client that resumes them (see Session.resume). */
+  private readonly retired = new Map<string, { session: Session; timer: NodeJS.Timeout }>();
   private http!: http.Server | https.Server;
   private wss!: WebSocketServer;
   private readonly nodeName = `rnode-${randomBytes(4).toString('hex')}`;
@@ -153,6 +160,36 @@ export class ReplicationServer {
 
   log(event: string, fields?: Record<string, unknown>): void {
     try { this.opts.log?.(event, fields); } catch { /* a logger never takes the node down */ }
+  }
+
+  /** A closed session stays findable for RESUME_KEEP_MS (at most MAX_RETIRED of them), then only its log remains. */
+  retire(s: Session): void {
+    if (this.retired.size >= MAX_RETIRED) this.dropRetired(this.retired.keys().next().value!);
+    const timer = setTimeout(() => this.dropRetired(s.id), RESUME_KEEP_MS);
+    timer.unref();
+    this.retired.set(s.id, { session: s, timer });
+  }
+
+  private dropRetired(id: string): void {
+    const r = this.retired.get(id);
+    if (!r) return;
+    clearTimeout(r.timer);
+    this.retired.delete(id);
+  }
+
+  /**
+   * The session a client resumes, taken once: a retired one, or one still open (the client saw the connection die
+   * before this node did: the old session is cut now).
+   */
+  takeSession(id: string, by: Session): Session | undefined {
+    let found: Session | undefined;
+    for (const s of this.sessions) {
+      if (s.id === id && s !== by && s.ready && !s.claimed) { found = s; s.terminate(); break; }
+    }
+    const r = this.retired.get(id);
+    if (r) { this.dropRetired(id); found = r.session; }
+    if (found) found.claimed = true;
+    return found;
   }
 
   private async listen(): Promise<void> {
@@ -293,7 +330,14 @@ class Session {
   private readonly queue: Array<() => Promise<void>> = [];
   private alive = true;
   private readonly timers: NodeJS.Timeout[] = [];
-  private readonly id = randomBytes(6).toString('hex');
+  readonly id = randomBytes(6).toString('hex');
+  /** Resumed by a later session: not kept for another one. */
+  claimed = false;
+  /** The last PUTs stored, by stream (at most the in-flight limit): a resuming client may not have heard their acks. */
+  private readonly storedAcks = new Map<number, ObjectInfoWire>();
+  /** PUTs received and not yet answered, with who waits for them to settle (a resume). */
+  private putsOpen = 0;
+  private readonly settleWaiters: Array<() => void> = [];
   /** Control bytes parsed and not yet deducted from what the socket read: they pass the node's throttle free. */
   private exemptBytes = 0;
   private resumeTimer?: NodeJS.Timeout;
@@ -319,7 +363,7 @@ class Session {
     const bucket = node.bucket;
     if (bucket) socket.on('data', (chunk: Buffer) => this.meter(bucket, chunk.length));
     ws.on('error', (err) => this.node.log('session-error', { session: this.id, message: err.message }));
-    ws.on('close', () => this.onClose());
+    ws.on('close', (code: number) => this.onClose(code));
     node.log('connection', { session: this.id, peer });
   }
 
@@ -347,7 +391,7 @@ class Session {
     try { this.ws.terminate(); } catch { /* already gone */ }
   }
 
-  private onClose(): void {
+  private onClose(code: number): void {
     this.closed = true;
     for (const t of this.timers) clearTimeout(t);
     clearTimeout(this.resumeTimer);
@@ -355,7 +399,12 @@ class Session {
     this.lists.clear();
     this.assembling.clear();
     for (const w of this.waiters.splice(0)) w();
-    if (this.ready) { this.node.stats.sessions--; this.node.log('session-closed', { session: this.id, peer: this.peer }); }
+    if (this.ready) {
+      this.node.stats.sessions--;
+      this.node.log('session-closed', { session: this.id, peer: this.peer });
+      // A client that closed its session (1000) will not resume it: only a session lost with its link is kept.
+      if (!this.claimed && code !== 1000) this.node.retire(this);
+    }
   }
 
   private onMessage(data: Buffer[] | Buffer, isBinary: boolean): void {
@@ -403,10 +452,33 @@ class Session {
     this.node.stats.sessions++;
     this.node.stats.sessionsTotal++;
     this.node.log('session', { session: this.id, peer: this.peer, client: m.client, resumeOf: m.resumeOf });
-    this.send(0, {
-      op: 'welcome', session: this.id, window: this.node.windowBytes, maxFrame: this.node.maxFrameBytes,
-      maxInflight: this.node.opts.maxInflight ?? 256, node: this.node.name, maxObject: this.node.maxObjectBytes,
+    const old = m.resumeOf !== undefined ? this.node.takeSession(m.resumeOf, this) : undefined;
+    void (old ? old.settled(RESUME_SETTLE_MS) : Promise.resolve()).then(() => {
+      // What the old session stored: its client re-sends only what is not in here (the acks it did not hear).
+      const stored = old ? [...old.storedAcks].map(([stream, info]) => ({ stream, ...info })) : [];
+      this.send(0, {
+        op: 'welcome', session: this.id, window: this.node.windowBytes, maxFrame: this.node.maxFrameBytes,
+        maxInflight: this.node.opts.maxInflight ?? 256, node: this.node.name, maxObject: this.node.maxObjectBytes,
+        ...(stored.length ? { stored } : {}),
+      });
     });
+  }
+
+  /** Resolves once every PUT this session received is answered (stored or refused), or after ms. */
+  settled(ms: number): Promise<void> {
+    if (this.putsOpen === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.settleWaiters.push(() => { clearTimeout(timer); resolve(); });
+    });
+  }
+
+  /** Runs a PUT's store, counted until it settles (a resuming client waits for it). */
+  private schedulePut(fn: () => Promise<void>): void {
+    this.putsOpen++;
+    this.schedule(() => fn().finally(() => {
+      if (--this.putsOpen === 0) for (const w of this.settleWaiters.splice(0)) w();
+    }));
   }
 
   private onFrame(r: FrameInPieces): void {
@@ -429,7 +501,7 @@ class Session {
     this.charge(size);
     this.open(f.stream);
     const data = this.receive(r.payload, r.payloadLength);
-    this.schedule(() => this.store(f.stream, meta, data, f, size).finally(() => this.node.assembly.give(data)));
+    this.schedulePut(() => this.store(f.stream, meta, data, f, size).finally(() => this.node.assembly.give(data)));
   }
 
   /**
@@ -476,7 +548,7 @@ class Session {
     asm.filled += payloadLength;
     if (asm.filled < asm.buf.length) return;
     this.assembling.delete(f.stream);
-    this.schedule(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged).finally(() => this.node.assembly.give(asm.buf)));
+    this.schedulePut(() => this.store(f.stream, asm.meta, asm.buf, asm, asm.charged).finally(() => this.node.assembly.give(asm.buf)));
   }
 
   /** Counts PUT bytes against the window; a peer that sends beyond its credit broke the protocol. */
@@ -501,6 +573,9 @@ class Session {
       if (kind.kind === 'pack') this.node.stats.packPuts++;
       this.node.stats.putBytes += data.length;
       this.held -= charged;
+      this.storedAcks.delete(stream); // a reused stream id goes last
+      this.storedAcks.set(stream, wireInfo(info));
+      if (this.storedAcks.size > Math.min(this.node.opts.maxInflight ?? 256, 65_536)) this.storedAcks.delete(this.storedAcks.keys().next().value!);
       this.reply(stream, { op: 'ack', info: wireInfo(info), credit: charged });
     } catch (err) {
       const rejected = isRnodeError(err, TransportErrorCodes.REJECTED);

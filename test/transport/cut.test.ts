@@ -8,6 +8,7 @@ import path from 'node:path';
 import { verify } from '../../src/jobs/verify.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt } from '../helpers/images.js';
 import { cuttingProxy, remote, startNode } from './helpers.js';
+import type { ObjectStore } from '../../src/store/types.js';
 
 const CHUNK = 64 * KiB;
 // Packs of at most 1 MiB (the smallest pack size): the window holds one with room to spare.
@@ -55,8 +56,9 @@ t.test('every connection cut: the point still completes, an incremental too', as
   fs.writeFileSync(img, Buffer.concat([randomData(4 * MiB, 13), textData(MiB, 14)]));
   const fp1 = fingerprint(img);
   const { server, storeDir } = await startNode(t, dir, { windowBytes: WINDOW });
-  // Each connection carries at most ~2 MB: the point needs several, and each one still completes a whole pack (a
-  // connection shorter than a pack would re-send that pack for ever).
+  // Each connection carries at most ~2 MB, less than the window: the point needs several. Each one still completes a
+  // whole pack (a connection shorter than a pack would re-send that pack for ever): the acks its cut loses come back
+  // in the next welcome (resume), so the same window is not re-sent on every connection.
   const proxy = await cuttingProxy(t, server.port, () => 2_000_000);
   const rs = remote(t, `ws://127.0.0.1:${proxy.port}`);
   await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8, packSize: PACK });
@@ -70,4 +72,50 @@ t.test('every connection cut: the point still completes, an incremental too', as
   await expectRestore(t, local, 'd', 1, fp1, dir);
   await expectRestore(t, local, 'd', 2, fp2, dir);
   t.equal((await verify({ store: rs, disk: 'd', point: 'all' })).ok, true, 'verify over the (still cutting) link');
+});
+
+async function slowNode(t: Parameters<typeof startNode>[0], dir: string): Promise<{ server: Awaited<ReturnType<typeof startNode>>['server']; fast: ObjectStore }> {
+  const fast = fsStore(path.join(dir, 'recv'));
+  const slow: ObjectStore = Object.assign(Object.create(fast) as ObjectStore, {
+    put: async (...a: Parameters<ObjectStore['put']>) => { await new Promise((r) => setTimeout(r, 250)); return fast.put(...a); },
+  });
+  const { server } = await startNode(t, dir, { windowBytes: WINDOW, store: slow });
+  return { server, fast };
+}
+
+t.test('a link cut before any ack comes back, to a slow store: the acks lost come back with the resume', async (t) => {
+  // The node takes 250 ms to store each object; each connection carries 1.5 MB, more than a pack, less than the
+  // window. Every cut comes before the node answers the pack it received whole: re-sending all unacknowledged PUTs
+  // on the next connection would be cut the same way, for ever. The resumed session's welcome says which it stored.
+  const dir = tmpDir(t, 'ws-cut-slow');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(6 * MiB, 21));
+  const fp = fingerprint(img);
+  const { server, fast } = await slowNode(t, dir);
+  const proxy = await cuttingProxy(t, server.port, () => 1_500_000);
+  const rs = remote(t, `ws://127.0.0.1:${proxy.port}`);
+  await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8, packSize: PACK });
+  t.ok(proxy.cuts >= 3, `cut ${proxy.cuts} times`);
+  t.ok(rs.counters.resumedPuts >= 1, `${rs.counters.resumedPuts} PUTs settled by a resumed session's welcome`);
+  // At most the object being received when the link went: one pack (and its frame heads) per cut.
+  t.ok(rs.counters.resentBytes <= proxy.cuts * (PACK + 64 * KiB), `re-sent ${rs.counters.resentBytes} bytes over ${proxy.cuts} cuts: at most one pack each`);
+  await expectRestore(t, fast, 'd', 1, fp, dir);
+});
+
+t.test('a resume of a session the node still holds open: the node cuts it and hands over what it stored', async (t) => {
+  // The link goes on the client's side only: the node sees its old session alive (no FIN, no RST) when the client
+  // comes back. The resume names it; the node closes it and answers with its acks.
+  const dir = tmpDir(t, 'ws-cut-halfdead');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(3 * MiB, 22));
+  const fp = fingerprint(img);
+  const { server, fast } = await slowNode(t, dir);
+  const proxy = await cuttingProxy(t, server.port, (c) => (c === 0 ? 1_500_000 : undefined), { halfDead: true });
+  const rs = remote(t, `ws://127.0.0.1:${proxy.port}`);
+  await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8, packSize: PACK });
+  t.equal(proxy.cuts, 1);
+  t.ok(rs.counters.resumedPuts >= 1, `${rs.counters.resumedPuts} PUTs settled by the resume`);
+  t.ok(rs.counters.resentBytes <= PACK + 64 * KiB, `re-sent ${rs.counters.resentBytes} bytes: at most the pack cut short`);
+  t.equal(server.stats.sessions, 1, 'the half-dead session was closed by the resume');
+  await expectRestore(t, fast, 'd', 1, fp, dir);
 });

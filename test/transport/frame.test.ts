@@ -81,6 +81,13 @@ t.test('hostile lengths are refused before anything is allocated', async (t) => 
   t.throws(() => parseClientMessage({ op: 'get', key: 'x'.repeat(5000) }), { code: TransportErrorCodes.PROTOCOL });
   t.throws(() => parseClientMessage({ op: 'get', key: 'k', offset: -1 }), { code: TransportErrorCodes.PROTOCOL });
   t.throws(() => parseNodeMessage({ op: 'listPage', items: new Array(20_000).fill({ key: 'a', size: 1 }), more: false }), { code: TransportErrorCodes.PROTOCOL });
+  // A resume's welcome: the acks it replays are checked like any object info.
+  const welcome = { op: 'welcome', session: 's', window: 65536, maxFrame: 65536, maxInflight: 8, node: 'n' };
+  t.same(parseNodeMessage({ ...welcome, stored: [{ stream: 3, key: 'p/a', size: 9, etag: 'e' }] }),
+    { ...welcome, stored: [{ stream: 3, key: 'p/a', size: 9, etag: 'e' }] });
+  for (const stored of ['x', [{ key: 'k', size: 1 }], [{ stream: -1, key: 'k', size: 1 }], [{ stream: 1, size: 1 }], new Array(70_000).fill({ stream: 1, key: 'k', size: 1 })]) {
+    t.throws(() => parseNodeMessage({ ...welcome, stored }), { code: TransportErrorCodes.PROTOCOL });
+  }
 });
 
 t.test('fuzz: random and mutated frames give a frame or a clean error', async (t) => {

@@ -28,8 +28,8 @@ export function remote(t: Teardown, url: string, opts: Partial<RemoteStoreOption
  * A TCP proxy to target that cuts each connection (both sides destroyed) once `cutAfter(n)` bytes went from the
  * client to the server on it; n counts connections from 0. Undefined: never cut that connection.
  */
-export async function cuttingProxy(t: Teardown, targetPort: number | (() => number), cutAfter: (n: number) => number | undefined):
-    Promise<{ port: number; cuts: number; connections: number; bytes: number }> {
+export async function cuttingProxy(t: Teardown, targetPort: number | (() => number), cutAfter: (n: number) => number | undefined,
+    opts: { halfDead?: boolean } = {}): Promise<{ port: number; cuts: number; connections: number; bytes: number }> {
   const state = { port: 0, cuts: 0, connections: 0, bytes: 0 };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
@@ -39,7 +39,8 @@ export async function cuttingProxy(t: Teardown, targetPort: number | (() => numb
     sockets.add(client); sockets.add(upstream);
     let seen = 0;
     let done = false;
-    const cut = () => { client.destroy(); upstream.destroy(); };
+    // halfDead: the client's side goes, the node's stays open and silent (a link lost where the node does not see it).
+    const cut = () => { client.destroy(); if (!opts.halfDead || !done) upstream.destroy(); };
     client.on('data', (b: Buffer) => {
       if (done) return;
       state.bytes += b.length;
@@ -55,7 +56,7 @@ export async function cuttingProxy(t: Teardown, targetPort: number | (() => numb
       seen += b.length;
       if (!upstream.write(b)) { client.pause(); upstream.once('drain', () => client.resume()); }
     });
-    upstream.on('data', (b: Buffer) => { if (!client.write(b)) { upstream.pause(); client.once('drain', () => upstream.resume()); } });
+    upstream.on('data', (b: Buffer) => { if (done && opts.halfDead) return; if (!client.write(b)) { upstream.pause(); client.once('drain', () => upstream.resume()); } });
     client.on('error', cut); upstream.on('error', cut);
     client.on('close', cut); upstream.on('close', cut);
     client.on('close', () => sockets.delete(client)); upstream.on('close', () => sockets.delete(upstream));
