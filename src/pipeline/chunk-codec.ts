@@ -4,7 +4,8 @@
 import type { ChunkSeal, EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES, CHUNK_VERSION_ENCRYPTED, ChunkFlag, decodeChunkHeader, encodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
-import { type CodecId, isKnownCodec } from '../format/codecs.js';
+import { Codec, type CodecId, isKnownCodec } from '../format/codecs.js';
+import { SEAL_OVERHEAD } from '../format/seal.js';
 import type { ChunkEntry } from '../format/table.js';
 import type { Domain } from '../repository/domain.js';
 import type { BlobEntry } from '../repository/pack.js';
@@ -83,7 +84,22 @@ export function recycleReadSlot(slot: ReadSlot): void {
  * on the codec workers; returns a view of slot.plain holding the verified plaintext. seal says how the point
  * is encrypted (undefined: it is not); an object that disagrees is corrupt, whatever its own header claims.
  */
-export async function decodeChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string, seal?: ChunkSeal): Promise<Buffer> {
+export function decodeChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string, seal?: ChunkSeal): Promise<Buffer> {
+  return decodeChecked(slot, length, expect, where, seal, expect.strong);
+}
+
+/**
+ * What a receiving node checks of a plain chunk object it is given (slot.object[0..length)): the same as
+ * decodeChunkInto, against the chunk its key names and the plaintext digest its writer labelled it with. Only the
+ * BLAKE3 digest is left out: it lives in the point's table, which the node does not have when the chunk arrives.
+ */
+export function checkArrivingChunkInto(slot: ReadSlot, length: number, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength' | 'xxh64'>,
+    where: string): Promise<Buffer> {
+  return decodeChecked(slot, length, expect, where, undefined, undefined);
+}
+
+async function decodeChecked(slot: ReadSlot, length: number, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength' | 'xxh64'>, where: string,
+    seal: ChunkSeal | undefined, strong: Buffer | undefined): Promise<Buffer> {
   const fail = corruption(expect, where);
   const object = slot.object.subarray(0, length);
   const h = checkHeader(object, expect, where, slot.plain.length, seal !== undefined);
@@ -100,7 +116,7 @@ export async function decodeChunkInto(slot: ReadSlot, length: number, expect: Ch
   if (r.payloadXxh64 !== h.payloadXxh64) throw fail('payload checksum mismatch');
   const kind = seal ? 'keyed ' : '';
   if (r.xxh64 !== expect.xxh64 || h.plainXxh64 !== expect.xxh64) throw fail(`plaintext ${kind}64-bit digest mismatch`);
-  if (!r.strong.equals(expect.strong)) throw fail(`plaintext ${kind}BLAKE3 mismatch`);
+  if (strong && !r.strong.equals(strong)) throw fail(`plaintext ${kind}BLAKE3 mismatch`);
   return slot.plain.subarray(0, h.plainLength);
 }
 
@@ -108,7 +124,8 @@ export async function decodeChunkInto(slot: ReadSlot, length: number, expect: Ch
  * What can be checked of an encrypted object without its key: the header against the table entry, and the
  * payload's xxh64 as stored (on a worker). Neither decrypts nor proves the plaintext; the key does that.
  */
-export async function checkStoredChunkInto(slot: ReadSlot, length: number, expect: ChunkEntry, where: string): Promise<void> {
+export async function checkStoredChunkInto(slot: ReadSlot, length: number, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength'>,
+    where: string): Promise<void> {
   const object = slot.object.subarray(0, length);
   const h = checkHeader(object, expect, where, slot.plain.length, true);
   if (await storedPayloadDigest(object.subarray(CHUNK_HEADER_BYTES)) !== h.payloadXxh64) throw corruption(expect, where)('payload checksum mismatch');
@@ -122,16 +139,18 @@ export function storedPayloadDigest(payload: Uint8Array): Promise<bigint> {
 /** Where a chunk is, for an error message: a string, or a function that builds it only when an error needs it. */
 export type ChunkWhere = string | (() => string);
 
-export function corruption(expect: ChunkEntry, where: ChunkWhere): (why: string) => RnodeError {
+export function corruption(expect: Pick<ChunkEntry, 'index' | 'writer'>, where: ChunkWhere): (why: string) => RnodeError {
   return (why) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${typeof where === 'string' ? where : where()} is corrupt: ${why}`,
     { details: { index: expect.index, writer: expect.writer } });
 }
 
 /**
- * The header checks every decode path shares: it must name this chunk, agree on every length, and be encrypted
- * exactly when its point is. Exported for the tests' main-thread decoder (test/helpers/chunks.ts).
+ * The header checks every decode path shares (recover, verify, export, and a receiving node): it must name this
+ * chunk, agree on every length, and be encrypted exactly when its point is. Exported for the tests' main-thread
+ * decoder (test/helpers/chunks.ts).
  */
-export function checkHeader(object: Buffer, expect: ChunkEntry, where: string, maxPlain: number, encrypted: boolean): ChunkHeader {
+export function checkHeader(object: Buffer, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength'>, where: string, maxPlain: number,
+    encrypted: boolean): ChunkHeader {
   const fail = corruption(expect, where);
   let h: ChunkHeader;
   try {
@@ -143,6 +162,7 @@ export function checkHeader(object: Buffer, expect: ChunkEntry, where: string, m
   if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
   if (h.plainLength !== expect.plainLength || h.plainLength > maxPlain) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
   if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  if (h.codec === Codec.NONE && h.payloadLength !== h.plainLength + (encrypted ? SEAL_OVERHEAD : 0)) throw fail('uncompressed payload length differs from the plaintext length');
   if (((h.flags & ChunkFlag.ENCRYPTED) !== 0) !== encrypted) {
     throw fail(encrypted ? 'it is not encrypted but its point is (an unencrypted object in an encrypted disk is never trusted)'
       : 'it is encrypted but its point is not');

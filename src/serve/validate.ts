@@ -4,14 +4,13 @@
 // encrypted chunk, which this node holds no key for, by its header and the xxh64 of its stored bytes. Repository v2
 // objects are checked by validate-r2.ts.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { CHUNK_HEADER_BYTES, ChunkFlag, decodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
-import { Codec, isKnownCodec } from '../format/codecs.js';
+import { ChunkFlag, decodeChunkHeader, type ChunkHeader } from '../format/chunk.js';
+import { Codec } from '../format/codecs.js';
 import { decodeManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
 import { copyBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { newReadSlot, storedPayloadDigest, type ReadSlot } from '../pipeline/chunk-codec.js';
-import { SEAL_OVERHEAD } from '../format/seal.js';
+import { checkArrivingChunkInto, checkStoredChunkInto, newReadSlot, type ReadSlot } from '../pipeline/chunk-codec.js';
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { MIN_CHUNK_SIZE } from '../pipeline/grid.js';
 import { classify, layout, PLAIN_DOMAIN, r2, type KeyHandle } from '../repository/names.js';
@@ -110,6 +109,11 @@ export class ObjectValidator implements ObjectChecks {
     }
   }
 
+  /**
+   * A legacy chunk object: the frame's labels must agree with its header (only the node has both), then the chunk is
+   * checked by the same code recover, verify and export run (src/pipeline/chunk-codec.ts) against the chunk its key
+   * names; an encrypted one (the node holds no key) by its header and stored payload digest, as verify does.
+   */
   private async checkChunk(p: PutCheck, k: Extract<KeyInfo, { kind: 'legacy-chunk' }>): Promise<void> {
     let h: ChunkHeader | undefined;
     const offsetOf = () => p.diskOffset ?? (h ? k.index! * h.plainLength : null);
@@ -124,15 +128,7 @@ export class ObjectValidator implements ObjectChecks {
     } catch (err) {
       throw fail((err as Error).message, err);
     }
-    if (h.index !== k.index || h.writer !== k.writer) throw fail(`its header names chunk ${h.index} of point ${h.writer}`);
-    if (p.data.length !== CHUNK_HEADER_BYTES + h.payloadLength) {
-      throw fail(`object is ${p.data.length} bytes, its header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
-    }
-    if (!isKnownCodec(h.codec)) throw fail(`unknown codec id ${h.codec} (is the sender a newer rnode? upgrade this node)`);
     const encrypted = (h.flags & ChunkFlag.ENCRYPTED) !== 0;
-    if (h.codec === Codec.NONE && h.payloadLength !== h.plainLength + (encrypted ? SEAL_OVERHEAD : 0)) {
-      throw fail('uncompressed payload length differs from the plaintext length');
-    }
     if (((p.flags & FrameFlag.COMPRESSED) !== 0) !== (h.codec !== Codec.NONE)) throw fail('frame compressed flag disagrees with the chunk codec');
     if (((p.flags & FrameFlag.ENCRYPTED) !== 0) !== encrypted) throw fail('frame encrypted flag disagrees with the chunk header');
     if (p.plainXxh64 !== h.plainXxh64) throw fail('frame plaintext xxh64 disagrees with the chunk header');
@@ -141,21 +137,16 @@ export class ObjectValidator implements ObjectChecks {
     try {
       if (p.data.length > slot.object.length) throw fail('payload is larger than the codec can produce for this chunk size');
       copyBytes(p.data, slot.object);
-      const payload = slot.object.subarray(CHUNK_HEADER_BYTES, p.data.length);
-      if (encrypted) {
-        // Encrypted payloads cannot be decoded here (the node holds no key, and the header's plaintext digest is
-        // keyed): the stored bytes are checked by the payload digest alone, still on a worker.
-        if (await storedPayloadDigest(payload) !== h.payloadXxh64) throw fail('payload xxh64 mismatch');
-        return;
+      const expect = { index: k.index!, writer: k.writer!, plainLength: h.plainLength, xxh64: p.plainXxh64 };
+      const where = `${k.index} of point ${k.writer}`;
+      if (encrypted) await checkStoredChunkInto(slot, p.data.length, expect, where);
+      else await checkArrivingChunkInto(slot, p.data.length, expect, where);
+    } catch (err) {
+      if (isRnodeError(err, TransportErrorCodes.REJECTED)) throw err;
+      if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CODEC) || isRnodeError(err, ErrorCodes.FORMAT_VERSION)) {
+        throw fail(err.message, err);
       }
-      let r;
-      try {
-        r = await codecWorkers().decode(payload, h.codec, h.plainLength, slot.plain);
-      } catch (err) {
-        throw fail(`payload does not decode: ${(err as Error).message}`, err);
-      }
-      if (r.payloadXxh64 !== h.payloadXxh64) throw fail('payload xxh64 mismatch');
-      if (r.xxh64 !== h.plainXxh64) throw fail('plaintext xxh64 mismatch');
+      throw err;
     } finally {
       pool.release(slot);
     }

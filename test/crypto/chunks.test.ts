@@ -187,7 +187,7 @@ t.test('a peer node validates encrypted chunks by their stored bytes, without a 
       t.match(await put(object), { kind: 'chunk', index: 42 }, `${name}: accepted (codec ${CODEC_NAMES[h.codec]}, payload ${h.payloadLength} bytes)`);
       const bad = Buffer.from(object);
       bad[bad.length - 5] ^= 0x80;
-      await t.rejects(put(bad), { code: 'RNODE_TRANSPORT_REJECTED', message: /payload xxh64 mismatch/ }, `${name}: a damaged payload is rejected`);
+      await t.rejects(put(bad), { code: 'RNODE_TRANSPORT_REJECTED', message: /payload checksum mismatch/ }, `${name}: a damaged payload is rejected`);
     }
   });
 });

@@ -76,9 +76,13 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   const cases: Array<[string, Buffer, RegExp]> = [];
   const flipped = Buffer.from(good); flipped[good.length - 5] ^= 0x40;
   const header = Buffer.from(good); header.writeUInt32LE(9, 40); // writer 9 in a key of point 2
-  cases.push(['a flipped payload byte', flipped, /xxh64 mismatch/]);
-  cases.push(['a header naming another point', header, /names chunk 3 of point 9/]);
+  // The node runs the readers' own checks (src/pipeline/chunk-codec.ts): the same object fails with the same reason.
+  const short = Buffer.concat([encodeChunkHeader({ codec: Codec.NONE, flags: 0, plainLength: CHUNK, payloadLength: CHUNK - 16,
+    plainXxh64: xxh64(plainBytes), payloadXxh64: xxh64(plainBytes.subarray(16)), index: 3, writer: 2 }), plainBytes.subarray(16)]);
+  cases.push(['a flipped payload byte', flipped, /payload checksum mismatch/]);
+  cases.push(['a header naming another point', header, /holds chunk 3 of point 9/]);
   cases.push(['a truncated object', good.subarray(0, good.length - 100), /header says/]);
+  cases.push(['an uncompressed payload shorter than its plaintext', short, /uncompressed payload length differs/]);
   // The writer labels the chunk it built (the transport never reads its header); the node checks labels against it.
   const labels = { chunk: { compressed: false, encrypted: false, plainXxh64: xxh64(plainBytes), diskOffset: 3 * CHUNK } };
   t.same((await rs.put(key, good, labels)).key, key, 'the chunk itself is valid');
@@ -94,7 +98,7 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   await t.rejects(rs.put('disks/d/tables/0000000002/g0000-00000000', Buffer.from('not a table')), { code: TransportErrorCodes.REJECTED, message: /segment/ });
   await t.rejects(rs.put('disks/d/points/0000000009.json', Buffer.from('{}'), { ifNoneMatch: true }), { code: TransportErrorCodes.REJECTED });
   await t.rejects(rs.delete('disks/d/points/0000000001.json'), { code: TransportErrorCodes.REJECTED, message: /prune/ });
-  t.equal(server.stats.rejected >= 6, true);
+  t.equal(server.stats.rejected >= 7, true);
   t.same(await listPointSeqs(rs, 'd'), [1], 'the node still serves this session');
 });
 
