@@ -8,6 +8,7 @@
 //   RNODE_BENCH_REPEAT=3            runs per contender, interleaved; figures are medians, peak RSS the max
 //   RNODE_BENCH_KEEP=1              keep the work directory
 //   RNODE_BENCH_JSON=<file>         also write the JSON result there (e.g. bench-results.json), to compare runs
+//   RNODE_BENCH_MARKDOWN=<file>     also write the tables as Markdown there (what docs/benchmarks.md carries)
 // Exit: 0 when every section ran (targets missed or not), 1 when one failed, 2 for bad settings.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -15,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fsTypeOf, findOnPath, makeContext, toolVersion, type SectionContext, type Tools } from './lib/context.js';
 import { findGnuTime, killChildren } from './lib/measure.js';
+import { renderMarkdown, type BenchJson } from './lib/markdown.js';
 import { human, renderSection, tally, type Row, type SectionResult } from './lib/report.js';
 import { readSettings, SettingsError, type Settings } from './lib/settings.js';
 import { sections } from './sections/index.js';
@@ -126,7 +128,7 @@ async function main(): Promise<number> {
     const load1 = os.loadavg();
     out(`targets: ${t.pass} PASS, ${t.miss} MISS, ${t.skip} SKIP; load average ${load1.map((x) => x.toFixed(2)).join(' ')} at end; ` +
       `${((Date.now() - started) / 1000).toFixed(0)} s in all`);
-    const json = JSON.stringify({
+    const result = {
       bench: 'rnode',
       startedAt: new Date(started).toISOString(),
       node: process.version,
@@ -136,8 +138,13 @@ async function main(): Promise<number> {
       workdir, fsType, tools: versions,
       sections: results,
       targets: t,
-    });
+    };
+    const json = JSON.stringify(result);
     out(json);
+    if (settings.markdownOut) {
+      await fsp.writeFile(settings.markdownOut, renderMarkdown(result satisfies BenchJson));
+      log(`wrote ${settings.markdownOut}`);
+    }
     if (settings.jsonOut) {
       await fsp.writeFile(settings.jsonOut, `${json}\n`);
       log(`wrote ${settings.jsonOut}`);

@@ -20,6 +20,8 @@ export interface Settings {
   keep: boolean;
   /** RNODE_BENCH_JSON: also write the run's JSON result to this file, so runs can be compared. */
   jsonOut?: string;
+  /** RNODE_BENCH_MARKDOWN: also write the tables as Markdown to this file (docs/benchmarks.md carries them). */
+  markdownOut?: string;
   /**
    * RNODE_BENCH_BEFORE_CLI: another build's dist/cli.js; the throughput and recovery sections run it in the same
    * rounds, each build on its own store, for before/after ratios.
@@ -62,6 +64,7 @@ export function readSettings(): Settings {
     repeat,
     keep: process.env.RNODE_BENCH_KEEP === '1',
     ...(process.env.RNODE_BENCH_JSON ? { jsonOut: process.env.RNODE_BENCH_JSON } : {}),
+    ...(process.env.RNODE_BENCH_MARKDOWN ? { markdownOut: process.env.RNODE_BENCH_MARKDOWN } : {}),
     ...(beforeCli ? { beforeCli } : {}),
   };
 }
