@@ -1,7 +1,9 @@
-// Graceful stop for the CLI's one-shot jobs (replicate, recover, demo): the first SIGTERM or SIGINT aborts the
-// job's signal, so it lets the chunks in flight land, checkpoints them and stops; a second one exits at once.
-// Exit codes follow the shell: 128 + the signal's number (130 SIGINT, 143 SIGTERM). serve and the agent handle
-// their own signals and exit 0: a requested stop of a service is a success.
+// Graceful stop for the CLI's one-shot jobs (replicate, VMware replicate, recover, verify, prune, stats, check, demo
+// and the --vm forms): the first SIGTERM or SIGINT aborts the job's signal, and the job stops at its next safe step
+// (replicate checkpoints the chunks in flight, a VM run removes its snapshot, prune stops between deletes or phases,
+// the read-only jobs between chunks or objects); a second one exits at once. Exit codes follow the shell: 128 + the
+// signal's number (130 SIGINT, 143 SIGTERM). serve, export and the agent handle their own signals and exit 0: a
+// requested stop of a service is a success.
 import { constants } from 'node:os';
 import { ErrorCodes, RnodeError } from '../errors.js';
 
@@ -27,7 +29,7 @@ export async function stoppable<T>(job: string, afterStop: string, fn: (signal: 
       process.exit(signalExitCode(sig));
     }
     received = sig;
-    process.stderr.write(`rnode: ${sig}: stopping ${job} after the chunks in flight (send it again to stop at once)\n`);
+    process.stderr.write(`rnode: ${sig}: stopping ${job} once the work in flight is done (send it again to stop at once)\n`);
     controller.abort(new RnodeError(ErrorCodes.CANCELLED, `${job} stopped by ${sig}`));
   };
   const onTerm = () => onSignal('SIGTERM');

@@ -10,6 +10,7 @@ import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSou
 import { parseBandwidth } from '../transport/index.js';
 import { encryptionKeyFrom } from './args.js';
 import { bytes, rate, secs } from './format.js';
+import { stoppable } from './signals.js';
 import { openStoreFromFlags } from './store-flags.js';
 
 import { VM_PRUNE_USAGE, VM_RECOVER_USAGE } from './vmware-flags.js';
@@ -56,12 +57,16 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   const store = await openStoreFromFlags(v.target, v, { bandwidth });
   let r: ReplicateVmResult;
   try {
-    const session = await VmwareSession.open(config, { log });
-    try {
-      r = await replicateVm({ session, store, chunkSize, codec, concurrency, diskParallelism, encryption, forceFull: v.full === true });
-    } finally {
-      await session.close().catch((err) => log(`logging out of vSphere failed: ${(err as Error).message}`));
-    }
+    // A stopped run still goes through replicateVm's finally: the snapshot it took is removed before the exit.
+    r = await stoppable('replicate', 'its vSphere snapshot was removed and no VM point was made: run the same command again ' +
+      '(chunks already stored are not stored again)', async (signal) => {
+      const session = await VmwareSession.open(config, { log });
+      try {
+        return await replicateVm({ session, store, chunkSize, codec, concurrency, diskParallelism, encryption, forceFull: v.full === true, signal });
+      } finally {
+        await session.close().catch((err) => log(`logging out of vSphere failed: ${(err as Error).message}`));
+      }
+    });
   } finally {
     await store.close();
     await exitVddk().catch(() => undefined);
@@ -115,10 +120,12 @@ export async function vmRecoverCommand(v: Values, io: Io): Promise<number> {
   const { storeArg, vm } = vmArgs(v, 'recover');
   if (typeof v['out-dir'] !== 'string' || v['out-dir'] === '') throw new RnodeError(ErrorCodes.USAGE, `"rnode recover --vm" needs --out-dir; ${VM_RECOVER_USAGE}`);
   if (v.out !== undefined || v.disk !== undefined) throw new RnodeError(ErrorCodes.USAGE, '--vm restores every disk of a VM point into --out-dir; --out and --disk are for one disk');
+  const outDir = v['out-dir'];
   const encryption = encryptionKeyFrom(v);
   const store = await openStoreFromFlags(storeArg, v);
   try {
-    const r = await recoverVm({ store, vm, point: typeof v.point === 'string' ? v.point : undefined, outDir: v['out-dir'], encryption });
+    const r = await stoppable('recover', 'run the same command again to recover the VM point', (signal) =>
+      recoverVm({ store, vm, point: typeof v.point === 'string' ? v.point : undefined, outDir, encryption, signal }));
     if (v.json === true) io.out(JSON.stringify(r));
     else {
       io.out(`recovered VM point ${r.vmPoint} of ${r.vm} (snapshot ${r.snapshot}, ${r.consistency}-consistent) in ${secs(r.seconds)}`);
@@ -138,7 +145,8 @@ export async function vmPruneCommand(v: Values, io: Io): Promise<number> {
   const keep = positive(v.keep, 'keep');
   const store = await openStoreFromFlags(storeArg, v);
   try {
-    const r = await pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v) });
+    const r = await stoppable('prune', 'nothing was deleted: run the same command again', (signal) =>
+      pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v), signal }));
     if (v.json === true) io.out(JSON.stringify(r));
     else {
       io.out(`kept VM point${r.kept.length === 1 ? '' : 's'} ${r.kept.join(', ') || 'none'} of ${vm}; deleted ${r.deletedVmPoints.join(', ') || 'none'}`);

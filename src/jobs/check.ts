@@ -56,6 +56,8 @@ export interface CheckOptions {
   store: ObjectStore;
   encryption?: EncryptionKey;
   readData?: boolean;
+  /** Stops between objects (check only reads). */
+  signal?: AbortSignal;
 }
 
 /** The domains a store holds (one listing of r2/). */
@@ -95,12 +97,14 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
   }
   const out: CheckResult = { ok: false, readData: opts.readData === true, domains: [], skipped, legacy: { disks: legacyDisks.length, points: 0, chunksChecked: 0 }, problems, seconds: 0 };
   for (const name of domains.filter((d) => d === PLAIN_DOMAIN || d === key?.domain)) {
-    out.domains.push(await checkDomain(store, name === PLAIN_DOMAIN ? undefined : key, name, opts.readData === true, report));
+    out.domains.push(await checkDomain(store, name === PLAIN_DOMAIN ? undefined : key, name, opts.readData === true, report, opts.signal));
   }
   for (const disk of legacyDisks) {
-    let r = await verify({ store, disk, point: 'all', encryption: key }).catch((err) => err as Error);
+    opts.signal?.throwIfAborted();
+    let r = await verify({ store, disk, point: 'all', encryption: key, signal: opts.signal }).catch((err) => err as Error);
     // A key is for the encrypted disks: an unencrypted legacy disk is checked without it.
-    if (key && isRnodeError(r, ErrorCodes.KEY_MISMATCH)) r = await verify({ store, disk, point: 'all' }).catch((err) => err as Error);
+    if (key && isRnodeError(r, ErrorCodes.KEY_MISMATCH)) r = await verify({ store, disk, point: 'all', signal: opts.signal }).catch((err) => err as Error);
+    opts.signal?.throwIfAborted();
     if (r instanceof Error) { report(r); continue; }
     out.legacy.points += r.points.length;
     out.legacy.chunksChecked += r.chunksChecked;
@@ -121,12 +125,14 @@ interface DomainScope {
   domain: Domain;
   c: DomainCheck;
   report: (err: unknown) => void;
+  signal?: AbortSignal;
 }
 
 /** Pack id -> its trailer's entries by offset; undefined for a pack whose trailer was reported unreadable. */
 type Trailers = Map<ObjectId, Map<number, BlobEntry> | undefined>;
 
-async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, name: string, readData: boolean, report: (err: unknown) => void): Promise<DomainCheck> {
+async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, name: string, readData: boolean, report: (err: unknown) => void,
+  signal: AbortSignal | undefined): Promise<DomainCheck> {
   const c: DomainCheck = {
     domain: name, disks: 0, points: 0, packs: 0, indexObjects: 0, indexEntries: 0, chunksReferenced: 0, danglingIndexEntries: 0, unindexedBlobs: 0,
     blobsRead: 0, bytesRead: 0,
@@ -141,7 +147,7 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `repository ${name} has objects but no config ${r2.config(name)}; the store is damaged`, { details: { key: r2.config(name) } }));
     return c;
   }
-  const scope: DomainScope = { store, name, domain, c, report };
+  const scope: DomainScope = { store, name, domain, c, report, signal };
   const index = await readIndexes(scope);
   const trailers = await readTrailers(scope);
   const good = matchIndexToTrailers(scope, index, trailers);
@@ -166,9 +172,10 @@ async function readIndexes({ store, name, domain, c, report }: DomainScope): Pro
   return new ChunkIndex(locations, ids);
 }
 
-async function readTrailers({ store, name, domain, c, report }: DomainScope): Promise<Trailers> {
+async function readTrailers({ store, name, domain, c, report, signal }: DomainScope): Promise<Trailers> {
   const trailers: Trailers = new Map();
   for await (const o of store.list(r2.packsPrefix(name))) {
+    signal?.throwIfAborted();
     const h = classify(o.key);
     if (h?.kind !== 'pack' || h.domain !== name) continue;
     try {
@@ -206,7 +213,7 @@ function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkInde
 }
 
 /** Every chunk a committed point references has a good copy, and every point's parent exists. */
-async function checkPointReferences({ store, name, domain, c, report }: DomainScope, index: ChunkIndex, good: Set<string>): Promise<void> {
+async function checkPointReferences({ store, name, domain, c, report, signal }: DomainScope, index: ChunkIndex, good: Set<string>): Promise<void> {
   for (const d of (await listV2Disks(store, name)).values()) {
     c.disks++;
     let disk: string | undefined;
@@ -219,6 +226,7 @@ async function checkPointReferences({ store, name, domain, c, report }: DomainSc
     if (disk === undefined) continue;
     const seqs = new Set(d.points);
     for (const seq of d.points) {
+      signal?.throwIfAborted();
       c.points++;
       try {
         const m = await loadV2Point(store, disk, seq, domain.key);
@@ -244,11 +252,12 @@ async function checkPointReferences({ store, name, domain, c, report }: DomainSc
  * --read-data: every blob of every readable pack goes through the checker restore, verify and export use
  * (decodeBlobInto: stored xxh64, decrypted, decoded on the codec workers, chunk id recomputed).
  */
-async function readBlobs({ store, name, domain, c, report }: DomainScope, trailers: Trailers): Promise<void> {
+async function readBlobs({ store, name, domain, c, report, signal }: DomainScope, trailers: Trailers): Promise<void> {
   let slot: ReadSlot | undefined;
   let slotPlain = 0;
   await withWorkerDomain(domain, async () => {
     for (const [id, t] of trailers) {
+      signal?.throwIfAborted();
       if (!t) continue;
       const what = r2.pack(name, id);
       let pack: Buffer;

@@ -73,6 +73,8 @@ export interface MaintainOptions extends SweepSettings {
   lease?: LeaseOptions | false;
   /** Start the marks afresh (after PRUNE_MARKS_REPLAYED): every unused pack is seen again, nothing is deleted on this run. */
   resetMarks?: boolean;
+  /** Stops after the scan, between pack deletes (the marks of those deleted are written first) and between phases. */
+  signal?: AbortSignal;
 }
 
 export interface MaintainResult {
@@ -129,6 +131,7 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
 
   if (opts.resetMarks) await resetMarks(store, domain);
   const { marks, index, packs, missingChunks, deferred, marksRecorded } = await scanDomain(store, domain, concurrency);
+  opts.signal?.throwIfAborted();
   // A point or checkpoint that saw newer marks than these: they were put back, and their ages cannot be trusted.
   checkMarksGeneration(domain, marks, marksRecorded.generation, `recorded by ${marksRecorded.by}`, 'nothing was deleted');
   r.packs = packs.size;
@@ -155,14 +158,17 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
       doomed.push(id);
     }
   }
-  let deletedOne = false;
+  const deleted: ObjectId[] = [];
   await forEachBounded(iter(doomed), concurrency, async (id) => {
+    // Stopped: the packs not deleted keep their marks, and the next run deletes them.
+    if (opts.signal?.aborted) return;
     await store.delete(r2.pack(domain.name, id));
+    deleted.push(id);
     r.packsDeleted++;
     r.bytesDeleted += packs.get(id)!.size;
-    if (!deletedOne) { deletedOne = true; failpoint('prune-pack-deleted'); }
+    if (deleted.length === 1) failpoint('prune-pack-deleted');
   });
-  for (const id of doomed) {
+  for (const id of deleted) {
     marks.packs.set(id, { state: 'deleted', at: t });
     packs.delete(id);
   }
@@ -177,11 +183,13 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
   }
   await writePruneMarks(store, domain, marks);
   failpoint('prune-marks-written');
+  opts.signal?.throwIfAborted();
 
   // Repack: mark the sources first (writers stop reusing them), copy their live blobs, index the copies.
   if (maxUnused > 0 && !r.deferred) await repack(store, domain, packs, marks, maxUnused, t, r, index);
 
   // Index compaction.
+  opts.signal?.throwIfAborted();
   if (!r.deferred) await compactIndexes(store, domain, index, new Set(packs.keys()), r, concurrency);
 
   r.seconds = (performance.now() - started) / 1000;
@@ -505,7 +513,8 @@ export interface V2RetentionResult {
  * standalone table first (no data copied), manifests go newest first, then tables no kept point uses and checkpoints
  * nobody can resume. Packs are left to the domain sweep. The caller holds the disk's lease.
  */
-export async function retainV2Points(store: ObjectStore, domain: Domain, disk: string, keep: Set<number>, concurrency = 8): Promise<V2RetentionResult> {
+export async function retainV2Points(store: ObjectStore, domain: Domain, disk: string, keep: Set<number>, concurrency = 8,
+  signal?: AbortSignal): Promise<V2RetentionResult> {
   const seqs = await listV2PointSeqs(store, disk, domain.key);
   const kept = seqs.filter((s) => keep.has(s));
   const deleted = seqs.filter((s) => !keep.has(s));
@@ -517,6 +526,8 @@ export async function retainV2Points(store: ObjectStore, domain: Domain, disk: s
   const chain = await loadV2Chain(store, disk, oldest, domain.key);
   if (chain[0].parent !== null) await rebaseV2(store, domain, chain);
   failpoint('prune-rebased');
+  // Not later: a rerun that finds no point to delete would not sweep the tables of those already deleted.
+  signal?.throwIfAborted();
   let first = true;
   for (const s of [...deleted].reverse()) {
     await store.delete(r2.point(domain.name, domain.dname(disk), s));
@@ -586,6 +597,8 @@ export interface PruneStoreOptions extends SweepSettings {
   sweepIfFree?: boolean;
   /** Sweeps a domain only when the pacer says it is due (retention after each replicate of an agent). */
   pacer?: SweepPacer;
+  /** Stops at the next step where the repository is consistent (between deletes, between phases); prune run again continues. */
+  signal?: AbortSignal;
 }
 
 export interface PruneStoreResult {
@@ -621,9 +634,10 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
       out.domains.push(await compactIfPiled(store, d, lease, opts.concurrency ?? 8, `swept less than ${Math.round(opts.pacer.intervalMs / 60_000)} min ago`));
       continue;
     }
+    opts.signal?.throwIfAborted();
     try {
       out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now,
-        lease: opts.sweepIfFree ? { ...lease, waitMs: 0 } : lease, resetMarks: opts.resetMarks }));
+        lease: opts.sweepIfFree ? { ...lease, waitMs: 0 } : lease, resetMarks: opts.resetMarks, signal: opts.signal }));
       opts.pacer?.swept(store, d.name);
     } catch (err) {
       if (!opts.sweepIfFree || !isRnodeError(err, ErrorCodes.LEASE_HELD)) throw err;
@@ -664,18 +678,20 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
   const leases: Lease[] = [];
   try {
     if (opts.lease !== false) for (const n of names) leases.push(await Lease.acquire(store, n, opts.lease));
+    opts.signal?.throwIfAborted();
     const legacyKeep = legacy.filter((s) => keepSet.has(s)).length;
     // Legacy prune also sweeps what dead attempts left, so it runs even when no legacy point goes.
     if (legacy.length > 0) {
       const r = legacyKeep > 0
-        ? await pruneLegacy({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false })
+        ? await pruneLegacy({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false, signal: opts.signal })
         : await dropLegacyPoints(store, disk, key, opts.concurrency);
       out.chunksDeleted += r.chunksDeleted;
       out.objectsDeleted += r.objectsDeleted;
     }
     failpoint('prune-legacy-retained');
+    opts.signal?.throwIfAborted();
     if (domain && v2.some((s) => !keepSet.has(s))) {
-      out.objectsDeleted += (await retainV2Points(store, domain, disk, keepSet, opts.concurrency)).objectsDeleted;
+      out.objectsDeleted += (await retainV2Points(store, domain, disk, keepSet, opts.concurrency, opts.signal)).objectsDeleted;
     }
   } finally {
     for (const l of leases.reverse()) await l.release();
@@ -689,6 +705,6 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
  */
 export async function prune(opts: PruneOptions & { pacer?: SweepPacer; graceMs?: number }): Promise<PruneResult & { domains: MaintainResult[] }> {
   const r = await pruneStore({ store: opts.store, disk: opts.disk, keep: opts.keep, encryption: opts.encryption, concurrency: opts.concurrency, lease: opts.lease,
-    sweepIfFree: true, pacer: opts.pacer, graceMs: opts.graceMs });
+    sweepIfFree: true, pacer: opts.pacer, graceMs: opts.graceMs, signal: opts.signal });
   return { disk: opts.disk, kept: r.kept, deleted: r.deleted, chunksDeleted: r.chunksDeleted, objectsDeleted: r.objectsDeleted, seconds: r.seconds, domains: r.domains };
 }

@@ -35,6 +35,8 @@ export interface PruneOptions {
   concurrency?: number;
   /** Prune writes (rebases, deletes): it takes the disk's write lease unless the caller holds it (false). */
   lease?: LeaseOptions | false;
+  /** Stops between steps and between deletes, where a crash is safe too: the next prune continues. */
+  signal?: AbortSignal;
 }
 
 /** Retention of a disk's legacy points only (prune-v2.ts `prune` is the entry that handles both formats). */
@@ -70,11 +72,15 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   }
 
   // (1) Rebase: the oldest kept point gets a table that needs no ancestor.
+  opts.signal?.throwIfAborted();
   let k = await loadPoint(store, disk, oldest);
   if (k.parent !== null) k = await rebase(store, k, await loadChain(store, disk, oldest), key);
 
   // (2) Older manifests, newest first, so a crash never leaves a point whose parent is gone.
-  for (const s of [...deleted].reverse()) await store.delete(layout.point(disk, s));
+  for (const s of [...deleted].reverse()) {
+    opts.signal?.throwIfAborted();
+    await store.delete(layout.point(disk, s));
+  }
 
   // (3) Sweep chunk objects. Below K a chunk lives only if K's view points at it; from K on, chunks of
   // committed points live, and so do those of the point that may be being written now (seq latest+1).
@@ -98,7 +104,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   await forEachBounded(doomed(), opts.concurrency ?? 16, async (key) => {
     await store.delete(key);
     chunksDeleted++;
-  });
+  }, opts.signal);
 
   // (4) Tables of deleted points and superseded generations, and checkpoints nobody can resume.
   let objectsDeleted = 0;
@@ -114,7 +120,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   await forEachBounded(staleTables(), opts.concurrency ?? 16, async (key) => {
     await store.delete(key);
     objectsDeleted++;
-  });
+  }, opts.signal);
 
   return { disk, kept, deleted, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
 }

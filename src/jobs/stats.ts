@@ -48,7 +48,8 @@ export interface StatsResult {
   seconds: number;
 }
 
-export async function stats(opts: { store: ObjectStore; encryption?: EncryptionKey }): Promise<StatsResult> {
+/** signal: stops between points (stats only reads). */
+export async function stats(opts: { store: ObjectStore; encryption?: EncryptionKey; signal?: AbortSignal }): Promise<StatsResult> {
   const started = performance.now();
   const { store } = opts;
   const key = opts.encryption;
@@ -73,6 +74,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     if (!domain) continue;
     d.readable = true;
     const scan = await scanDomain(store, domain);
+    opts.signal?.throwIfAborted();
     d.disks = scan.disks.size;
     d.points = 0;
     d.logicalBytes = 0;
@@ -90,6 +92,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
       if (disk === undefined) continue;
       diskNames.add(disk);
       for (const seq of objects.points) {
+        opts.signal?.throwIfAborted();
         const chain = await loadV2Chain(store, disk, seq, domain.key);
         d.points++;
         d.logicalBytes += chain[0].diskSize;
@@ -108,6 +111,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     if (h?.kind === 'legacy-manifest') legacyDisks.add(h.disk);
   }
   for (const disk of legacyDisks) {
+    opts.signal?.throwIfAborted();
     const points = await listPoints(store, disk);
     legacy.points += points.length;
     for (const m of points) legacy.logicalBytes += m.diskSize;

@@ -54,6 +54,8 @@ export interface VerifyOptions {
   encryption?: EncryptionKey;
   concurrency?: number;
   onProgress?: (p: { chunksChecked: number }) => void;
+  /** Stops between chunks (verify only reads; a stopped run's read slots are left to the GC). */
+  signal?: AbortSignal;
 }
 
 export async function verify(opts: VerifyOptions): Promise<VerifyResult> {
@@ -94,6 +96,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
   let chunksChecked = 0;
   let bytesChecked = 0;
   for (const seq of seqs) {
+    opts.signal?.throwIfAborted();
     let chain: PointManifest[];
     try {
       chain = await loadChain(store, disk, seq, opts.encryption);
@@ -144,7 +147,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
       } finally {
         pool.release(slot);
       }
-    });
+    }, opts.signal);
   }
   slots?.close(recycleReadSlot);
   return {

@@ -18,6 +18,8 @@ export interface RecoverVmOptions {
   /** Each disk is written to <outDir>/<disk id>.img, the VM point (with the VM config) to <outDir>/vm-point.json. */
   outDir: string;
   encryption?: EncryptionKey;
+  /** Stops the recovery between disks and inside the one being written (its output is left incomplete). */
+  signal?: AbortSignal;
 }
 
 export interface RecoverVmResult {
@@ -37,7 +39,9 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   fs.mkdirSync(opts.outDir, { recursive: true });
   const disks: RecoverVmResult['disks'] = [];
   for (const d of p.disks) {
-    const r = await recover({ store: opts.store, disk: d.disk, point: String(d.point), out: path.join(opts.outDir, `${d.disk}.img`), encryption: opts.encryption });
+    opts.signal?.throwIfAborted();
+    const r = await recover({ store: opts.store, disk: d.disk, point: String(d.point), out: path.join(opts.outDir, `${d.disk}.img`), encryption: opts.encryption,
+      signal: opts.signal });
     disks.push({ ...r, key: d.key });
   }
   const configFile = path.join(opts.outDir, 'vm-point.json');
@@ -56,6 +60,8 @@ export interface PruneVmOptions {
   pacer?: SweepPacer;
   /** Grace period of those sweeps (default DEFAULT_GRACE_MS). */
   graceMs?: number;
+  /** Honoured only before anything is deleted: once the VM points are gone, the disks' retention must follow. */
+  signal?: AbortSignal;
 }
 
 export interface PruneVmResult {
@@ -81,6 +87,8 @@ export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
   for (const s of kept) {
     for (const d of (await loadVmPoint(store, vm, s, opts.encryption)).disks) oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
   }
+  // A run stopped after this line would leave disk points that no rerun prunes (it finds no VM point to delete).
+  opts.signal?.throwIfAborted();
   await deleteVmPoints(store, vm, doomed);
   const disks: PruneVmResult['disks'] = [];
   for (const [disk, oldest] of oldestUsed) {

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
 import { MiB, randomData, tmpDir } from '../helpers/images.js';
+import { expectIntact, pruneArgs, setup } from '../helpers/prune-crash.js';
 
 // v2: chunks land in packs (r2/plain/packs/<2 hex>/<id>); with --pack-size 512KiB each 256 KiB chunk closes its own
 // pack, so the packs stored count the chunks stored.
@@ -55,3 +56,28 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   t.equal(rec.code, 0, rec.stderr);
   t.ok(fs.readFileSync(out).equals(fs.readFileSync(image)), 'byte-exact');
 });
+
+// Graceful SIGTERM of prune: it stops only where the repository is consistent (between deletes, between phases), exits
+// 143 with RNODE_CANCELLED, `rnode check --read-data` finds nothing wrong and the next prune finishes the work. The
+// signal is sent at an exact step (RNODE_FAILPOINT=<step>:SIGTERM). Before, prune had no graceful stop:
+// the signal killed it wherever it was.
+for (const step of ['prune-rebased', 'prune-pack-deleted']) {
+  t.test(`prune stopped by SIGTERM at ${step}: exit 143, check is clean, the next prune completes`, async (t) => {
+    const { dir, images } = await setup(t);
+    const stopped = await runCli(pruneArgs(dir), { env: { RNODE_FAILPOINT: `${step}:SIGTERM` } });
+    t.equal(stopped.code, 143, `exit 143 (128 + SIGTERM): ${stopped.stderr}`);
+    t.match(
+      stopped.stderr,
+      /rnode: RNODE_CANCELLED: prune stopped by SIGTERM; the repository is consistent \(prune stops only between two steps\) .*run the same command again to continue/,
+    );
+    t.equal(json(stopped).error.code, 'RNODE_CANCELLED');
+    t.notMatch(stopped.stderr, /\n\s+at /, 'no stack trace');
+    await expectIntact(t, dir, images, `stopped at ${step}`);
+
+    const again = await runCli(pruneArgs(dir));
+    t.equal(again.code, 0, again.stderr);
+    const r = json(again);
+    t.ok(r.domains[0].packsRepacked > 0, `the next prune repacked what the stopped one had not reached (${r.domains[0].packsRepacked} packs)`);
+    t.same(await expectIntact(t, dir, images, `the next prune after the stop at ${step}`), [5, 6], 'only the kept points are left');
+  });
+}

@@ -1,5 +1,5 @@
-// Shared by the prune crash tests (two files, so each stays well inside the per-file timeout): a v2 repository with
-// work for every step of prune, and the checks run after a SIGKILL.
+// Shared by the prune crash tests (two files, so each stays well inside the per-file timeout) and the SIGTERM test of
+// prune: a v2 repository with work for every step of prune, and the checks run after a SIGKILL or SIGTERM.
 import type { Test } from 'tap';
 import path from 'node:path';
 import { Domain } from '../../src/repository/domain.js';
@@ -20,7 +20,7 @@ export const FAILPOINTS = [
 ];
 
 /** Six points, then two in-process prunes keeping four (grace 0): the packs only points 1-2 used are marked. */
-async function setup(t: Test): Promise<{ dir: string; images: Map<number, Buffer> }> {
+export async function setup(t: Test): Promise<{ dir: string; images: Map<number, Buffer> }> {
   const dir = path.join(tmpDir(t, 'prune-crash'), 'store');
   const store = fsStore(dir);
   const img = Buffer.alloc(SIZE);
@@ -39,7 +39,7 @@ async function setup(t: Test): Promise<{ dir: string; images: Map<number, Buffer
   return { dir, images };
 }
 
-async function expectIntact(t: Test, dir: string, images: Map<number, Buffer>, what: string, cli = true): Promise<number[]> {
+export async function expectIntact(t: Test, dir: string, images: Map<number, Buffer>, what: string, cli = true): Promise<number[]> {
   const store = fsStore(dir);
   const domain = (await Domain.open(store, undefined))!;
   const seqs = await listV2PointSeqs(store, 'd', domain.key);
@@ -58,7 +58,7 @@ async function expectIntact(t: Test, dir: string, images: Map<number, Buffer>, w
   return seqs;
 }
 
-const pruneArgs = (dir: string) => ['prune', '--store', dir, '--disk', 'd', '--keep', '2', '--grace', '0', '--max-unused', '20', '--json'];
+export const pruneArgs = (dir: string) => ['prune', '--store', dir, '--disk', 'd', '--keep', '2', '--grace', '0', '--max-unused', '20', '--json'];
 
 export function uninterruptedTest(t: Test): void {
   t.test('the run that is never killed', async (t) => {
