@@ -1,6 +1,6 @@
 // The shape of src/ as a rule (STYLE.md "The shape we want to see in the tree"): no import circles, and arrows
 // only downward: cli -> agent -> jobs -> export/serve -> transport ->
-// pipeline -> source -> repository/format/crypto -> store -> native. src/errors.ts, src/throttle.ts, src/version.ts, src/failpoint.ts, src/log.ts and src/metrics are shared leaves.
+// pipeline -> source -> repository/format/crypto -> store -> native. src/errors.ts, src/throttle.ts, src/semaphore.ts, src/version.ts, src/failpoint.ts, src/log.ts and src/metrics are shared leaves.
 // Run by `npm run lint` and by test/structure/deps.test.ts (so `npm test` fails with the offending path).
 
 // Folders from top to bottom; a module may import its own folder and any folder below it.

@@ -14,6 +14,7 @@ import { openSource } from '../source/index.js';
 import type { BlockSource } from '../source/types.js';
 import { VmwareSession, vmDiskId, vmwareConfigFor, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { openStore, type WrappedStore } from '../store/index.js';
+import { Semaphore } from '../semaphore.js';
 import { TokenBucket } from '../throttle.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -48,30 +49,6 @@ export interface RunnerOptions {
 
 interface Running { job: Job; controller: AbortController; ctx: JobContext }
 
-/** FIFO slots; waiting is abortable. */
-class Slots {
-  private used = 0;
-  private readonly waiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
-  constructor(readonly size: number) {}
-  get inUse(): number { return this.used; }
-  get waiting(): number { return this.waiters.length; }
-  async acquire(signal: AbortSignal): Promise<void> {
-    if (signal.aborted) throw cancelled();
-    if (this.used < this.size) { this.used++; return; }
-    await new Promise<void>((resolve, reject) => {
-      const w = { resolve: () => { signal.removeEventListener('abort', onAbort); resolve(); }, reject };
-      const onAbort = () => { this.waiters.splice(this.waiters.indexOf(w), 1); reject(cancelled()); };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.waiters.push(w);
-    });
-  }
-  release(): void {
-    const next = this.waiters.shift();
-    if (next) next.resolve(); // the slot passes straight to the next waiter
-    else this.used--;
-  }
-}
-
 /** One run per disk on this node: a per-key chain of holders. */
 export class DiskLocks {
   private readonly held = new Map<string, Promise<void>>();
@@ -97,7 +74,7 @@ const NODE_CHUNK_BUFFER_BYTES = 24 * 1024 * 1024;
 export const diskKey = (store: StoreDef, disk: string) => `${store.url}#${disk}`;
 
 export class JobRunner {
-  private readonly slots: Slots;
+  private readonly slots: Semaphore;
   readonly locks = new DiskLocks();
   private readonly running = new Map<string, Running>();
   private readonly nodeBucket: TokenBucket | undefined;
@@ -111,7 +88,7 @@ export class JobRunner {
   private get runBufferBytes(): number { return Math.floor(NODE_CHUNK_BUFFER_BYTES / this.slots.size); }
 
   constructor(private readonly o: RunnerOptions) {
-    this.slots = new Slots(o.slots);
+    this.slots = new Semaphore(o.slots);
     this.nodeBucket = o.bandwidth > 0 ? new TokenBucket(o.bandwidth) : undefined;
   }
 
@@ -237,7 +214,7 @@ export class JobRunner {
     if (this.locks.isBusy(key) || this.slots.inUse >= this.slots.size) this.o.progress({ jobId: job.jobId, disk, phase: 'queued' });
     const unlock = await this.locks.acquire(key, signal);
     try {
-      await this.slots.acquire(signal);
+      await this.slots.acquire(signal).catch(() => { throw cancelled(); }); // only an abort rejects it
       this.updateGauges();
       try {
         return await fn();

@@ -108,7 +108,7 @@ function findAddon(): string {
   throw new RnodeError(ErrorCodes.NATIVE_MISSING,
     `no rnode_native addon for ${process.platform}-${process.arch} (neither ${path.join(PACKAGE_ROOT, 'prebuilds', `${process.platform}-${process.arch}`)} ` +
     `nor a source build in ${path.join(PACKAGE_ROOT, 'native', 'build', 'Release')}); build it from source with ` +
-    `"cd ${PACKAGE_ROOT} && npx node-gyp rebuild --directory native --nodedir=/usr" (needs g++, make and python3), ` +
+    `"cd ${PACKAGE_ROOT} && npm run install" (needs g++, make and python3; no download), ` +
     'or install a release that ships a prebuild for this platform');
 }
 

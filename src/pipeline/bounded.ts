@@ -1,6 +1,7 @@
 // Concurrency for work pulled from an async iterator (a listing, a chain view). Calls pushed by many callers go
 // through p-limit (the store wrapper, src/store/wrappers/limited.ts); p-limit would queue every item of a listing,
 // where this stops pulling while `limit` are in flight, so memory stays bounded by the limit, not the listing.
+// Callers that each hold a slot across their own work (job slots, NBD requests) share Semaphore (src/semaphore.ts).
 
 /**
  * Runs fn over items with at most `limit` in flight, stopping at the first failure; back-pressures the producer.

@@ -4,6 +4,7 @@
 // connection is dropped, never trusted again.
 import net from 'node:net';
 import { ErrorCodes, RnodeError } from '../../errors.js';
+import { Semaphore } from '../../semaphore.js';
 import { negotiate, type HandshakeIo, type HandshakeRequest, type Negotiated } from './handshake.js';
 import {
   cleanMessage, Cmd, decodeErrorPayload, encodeRequest, errnoName, isReplyError, MAX_STRING, NbdProtocolError,
@@ -58,20 +59,18 @@ type Payload =
 
 export class NbdConnection implements ReplySink {
   private readonly pending = new Map<bigint, Pending>();
-  private readonly waiters: Array<{ resolve: () => void; reject: (e: RnodeError) => void }> = [];
   private readonly idleWaiters: Array<() => void> = [];
-  private active = 0;
   private readonly parser = new ReplyParser(this);
   private nextHandle = 1n;
   private failure: RnodeError | undefined;
   private closing = false;
   private current: Payload | undefined;
   private readonly requestTimeoutMs: number;
-  private readonly maxInFlight: number;
+  private readonly slots: Semaphore;
 
   private constructor(private readonly socket: net.Socket, readonly info: Negotiated, readonly where: string, opts: ConnectionOptions) {
     this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-    this.maxInFlight = Math.max(1, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT);
+    this.slots = new Semaphore(Math.max(1, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT));
     socket.on('data', (d: Buffer) => this.receive(d));
     socket.on('error', (err) => this.fail(this.connectionLost(err)));
     socket.on('close', () => this.fail(this.connectionLost()));
@@ -168,11 +167,10 @@ export class NbdConnection implements ReplySink {
     });
   }
 
-  /** Takes one of maxInFlight slots (counted synchronously, so a burst of callers cannot overshoot). */
+  /** Takes one of maxInFlight slots; a failed connection rejects the callers still waiting (rejectAll). */
   private async slot(): Promise<void> {
     if (this.failure) throw this.failure;
-    if (this.active < this.maxInFlight) { this.active++; return; }
-    await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject })); // the slot is handed over
+    await this.slots.acquire();
     if (this.failure) throw this.failure;
   }
 
@@ -181,8 +179,7 @@ export class NbdConnection implements ReplySink {
     if (!req) return;
     clearTimeout(req.timer);
     this.pending.delete(handle);
-    const next = this.waiters.shift();
-    if (next) next.resolve(); else this.active--;
+    this.slots.release();
     if (this.pending.size === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
@@ -193,7 +190,7 @@ export class NbdConnection implements ReplySink {
   }
 
   private rejectAll(err: RnodeError): void {
-    for (const w of this.waiters.splice(0)) w.reject(err);
+    this.slots.failWaiters(err);
     for (const req of [...this.pending.values()]) req.reject(err);
     for (const w of this.idleWaiters.splice(0)) w();
   }
