@@ -1,5 +1,5 @@
-// The one bandwidth limiter: a token bucket every limit uses (replicate --bandwidth on any store through
-// src/store/wrappers/throttled.ts, serve --bandwidth, a RemoteStore's own limit, the agent's source reads).
+// The one bandwidth limiter: a token bucket every limit uses (the bytes put to a target by replicate --bandwidth
+// and by agent jobs, through src/store/wrappers/throttled.ts; serve --bandwidth; a RemoteStore's own limit).
 import { ErrorCodes, RnodeError } from './errors.js';
 
 export class TokenBucket {

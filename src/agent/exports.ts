@@ -2,10 +2,11 @@
 // startExport `rnode export` runs, with its store and secrets resolved like a job's, a lease, and counters.
 import { isRnodeError, ErrorCodes, RnodeError } from '../errors.js';
 import { assertOverlayOutsideStore, startExport, type ExportStats, type RunningExport } from '../export/index.js';
-import { openStore, type WrappedStore } from '../store/index.js';
+import type { WrappedStore } from '../store/index.js';
 import type { Logger } from '../log.js';
 import { ProtoErrors, type AgentReport, type ExportCounters, type ExportSpec } from './protocol.js';
-import { resolveEncryptionKey, resolveSecret, storeEnv } from './secrets.js';
+import { resolveEncryptionKey, resolveSecret } from './secrets.js';
+import { openStoreOf } from './stores.js';
 import type { StateDir } from './state.js';
 
 export interface ExportManagerOptions {
@@ -64,7 +65,7 @@ export class ExportManager {
     if (spec.overlay) assertOverlayOutsideStore(spec.overlay, spec.store.url);
     const encryption = await resolveEncryptionKey(spec.encryption, this.o.state, log);
     const tls = spec.tls ? { cert: await resolveSecret(spec.tls.cert, this.o.state, log), key: await resolveSecret(spec.tls.key, this.o.state, log) } : undefined;
-    e.store = await openStore(spec.store.url, { env: await storeEnv(spec.store, this.o.state, log) });
+    e.store = await openStoreOf(spec.store, this.o.state, log);
     try {
       e.exp = await startExport({ store: e.store, disk: spec.disk, point: spec.point, encryption, ...where, writable: spec.writable,
         overlay: spec.overlay, cacheBytes: spec.cacheBytes, tls,

@@ -13,15 +13,16 @@ import { replicateVm } from '../jobs/replicate-vm.js';
 import { openSource } from '../source/index.js';
 import type { BlockSource } from '../source/types.js';
 import { VmwareSession, vmDiskId, vmwareConfigFor, type VmwareSourceConfig } from '../source/vmware/index.js';
-import { openStore, type WrappedStore } from '../store/index.js';
+import type { WrappedStore } from '../store/index.js';
 import { Semaphore } from '../semaphore.js';
 import { TokenBucket } from '../throttle.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
 import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef, type VmJobResult } from './protocol.js';
 import { resolveEncryptionKey, storeEnv } from './secrets.js';
+import { openStoreOf } from './stores.js';
 import type { StateDir } from './state.js';
-import { abortableSleep, cancelled, pacedSource } from './throttle.js';
+import { abortableSleep, cancelled, countedSource } from './throttle.js';
 
 export interface JobContext {
   scheduled?: boolean;
@@ -35,7 +36,7 @@ export interface JobContext {
 export interface RunnerOptions {
   nodeName: string;
   slots: number;
-  /** Node-wide bytes/s over all runs; 0: unlimited. */
+  /** Node-wide bytes/s sent to targets by all runs together; 0: unlimited. */
   bandwidth: number;
   state: StateDir;
   log: Logger;
@@ -118,7 +119,7 @@ export class JobRunner {
       throw new RnodeError(ProtoErrors.DUPLICATE_JOB, `job ${job.jobId} is already running on this node`);
     }
     const controller = new AbortController();
-    // Every read in flight (up to 16 chunks per disk) waits on this signal while a bandwidth limit paces it.
+    // Every put in flight (packs, tables, checkpoints) waits on this signal while a bandwidth limit paces it.
     setMaxListeners(256, controller.signal);
     this.running.set(job.jobId, { job, controller, ctx });
     this.updateGauges();
@@ -239,14 +240,19 @@ export class JobRunner {
     }
   }
 
-  private async openStore(def: StoreDef, log: Logger): Promise<WrappedStore> {
-    return openStore(def.url, { env: await storeEnv(def, this.o.state, log) });
+  /**
+   * A replicate job's target: the same bandwidth limit `rnode replicate --bandwidth` applies (src/store/wrap.ts), the
+   * job's own and the node's shared one, on the bytes put to the store; lease traffic passes free.
+   */
+  private async openTarget(job: ReplicateJob, signal: AbortSignal, log: Logger): Promise<WrappedStore> {
+    return openStoreOf(job.store, this.o.state, log,
+      { ...(job.bandwidth ? { bandwidth: job.bandwidth } : {}), ...(this.nodeBucket ? { sharedBandwidth: this.nodeBucket } : {}), signal });
   }
 
   private async replicateDisk(job: ReplicateJob, ds: DiskSource, ctx: JobContext, signal: AbortSignal, log: Logger,
       encryption: EncryptionKey | undefined, inVm?: VmDiskRun): Promise<DiskResult> {
     const startedAt = new Date();
-    const store = inVm?.store ?? await this.openStore(job.store, log);
+    const store = inVm?.store ?? await this.openTarget(job, signal, log);
     const m = this.o.metrics;
     const labels = { disk: ds.disk };
     let sentBase = 0;
@@ -254,8 +260,7 @@ export class JobRunner {
     try {
       const raw = inVm?.source ?? await openSource(ds.source.location, ds.source.options ?? {});
       try {
-        const buckets = [...(job.bandwidth ? [new TokenBucket(job.bandwidth)] : []), ...(this.nodeBucket ? [this.nodeBucket] : [])];
-        const source = pacedSource(raw, buckets, signal);
+        const source = countedSource(raw, signal);
         const ttlMs = (job.leaseTtlSeconds ?? 60) * 1000;
         const t0 = performance.now();
         let last = { bytesRead: 0, bytesWritten: 0 };
@@ -342,7 +347,7 @@ export class JobRunner {
   private async replicateVmJob(job: ReplicateJob, ctx: JobContext, signal: AbortSignal, log: Logger,
       encryption: EncryptionKey | undefined): Promise<{ results: DiskResult[]; vm: VmJobResult; warnings: string[] }> {
     const { config, diskIds, keys } = vmJobConfig(job);
-    const store = await this.openStore(job.store, log);
+    const store = await this.openTarget(job, signal, log);
     try {
       const session = await VmwareSession.open(config, { log: (line) => log.info(line) });
       const results: DiskResult[] = [];
@@ -384,7 +389,7 @@ export class JobRunner {
 
   private async otherJob(job: Exclude<Job, ReplicateJob>, signal: AbortSignal, log: Logger, encryption: EncryptionKey | undefined): Promise<DiskResult> {
     if (signal.aborted) throw cancelled();
-    const store = await this.openStore(job.store, log);
+    const store = await openStoreOf(job.store, this.o.state, log);
     try {
       this.o.progress({ jobId: job.jobId, disk: job.disk, phase: job.kind });
       switch (job.kind) {

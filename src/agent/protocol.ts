@@ -53,10 +53,12 @@ const SecretRef = shared('secretRef', Type.Object({ secretRef: Type.String({ pat
   additionalProperties: false,
   description: 'a secret named, never sent: env:NAME (the node\'s environment) or file:NAME (<state-dir>/secrets/NAME)',
 }));
+/** The one meaning of bandwidth, for the CLI and the agent alike (src/store/wrap.ts). */
+const BANDWIDTH = 'bytes/s sent to the target per job: the objects put to the store (packs, tables, checkpoints), whatever the store kind; lease traffic is exempt and never waits; 0 or absent: unlimited';
 const envOf = (description: string) => Type.Record(Type.String(), Type.Union([Type.String({ maxLength: 4096 }), SecretRef]), { description });
 const Store = shared('store', Type.Object({
   url: str(2048),
-  env: Opt(envOf('environment the store client sees (credentials by reference)')),
+  env: Opt(envOf('environment the store client sees (credentials by reference); a ws:// or wss:// store takes RNODE_TOKEN_FILE, RNODE_CA_FILE and RNODE_PIN_SHA256 from it (file paths on the node, a certificate fingerprint)')),
 }, { additionalProperties: false, description: 'where points are kept: a directory, s3://, azblob://, gs:// or ws:// URL without secrets' }));
 const Source = shared('source', Type.Object({
   location: str(2048),
@@ -100,7 +102,7 @@ const PolicyRef = shared('policy', Type.Object({
     keep: posInt(),
     graceSeconds: Opt(Type.Integer({ minimum: 600, maximum: 30 * 86400, description: 'how long an unused pack waits before it is marked, and again before it is deleted (default 3600; at least a lease\'s 10 min: docs/prune.md)' })),
   }, { additionalProperties: false })),
-  bandwidth: Opt(uint({ description: 'bytes/s read from the source per run; 0 or absent: unlimited' })),
+  bandwidth: Opt(uint({ description: BANDWIDTH })),
   ...tuning,
   store: Store,
   disks: Type.Array(DiskSourceRef, { maxItems: 4096, description: 'the disks of this group assigned to this node' }),
@@ -112,7 +114,7 @@ const jobKinds = ['replicate', 'recover', 'verify', 'prune'] as const;
 const jobCommon = { jobId: Id, attempt: Opt(posInt()), store: Store };
 const ReplicateJobSchema = Type.Object({
   ...jobCommon, kind: Type.Literal('replicate'), group: Opt(Id), vm: Opt(str(256)),
-  disks: Type.Array(DiskSourceRef, { minItems: 1, maxItems: 256 }), forceFull: Opt(Type.Boolean()), bandwidth: Opt(uint()),
+  disks: Type.Array(DiskSourceRef, { minItems: 1, maxItems: 256 }), forceFull: Opt(Type.Boolean()), bandwidth: Opt(uint({ description: BANDWIDTH })),
   ...tuning, ...vmTuning,
 }, { additionalProperties: false, description: 'replicate one disk, or all disks of a VM (one point per disk)' });
 const RecoverJobSchema = Type.Object({
@@ -192,7 +194,7 @@ const hello = envelope('hello', {
   protocols: Type.Array(posInt(), { minItems: 1 }),
   node: Type.Object({ id: Id, name: str(256), version: str(64), hostname: Opt(str(256)), pid: Opt(uint()) }),
   capabilities: Type.Object({ sources: strings(), stores: strings(), codecs: strings(), jobs: strings(), encryption: Opt(strings()) }),
-  capacity: Type.Object({ slots: posInt(), bandwidth: Opt(uint({ description: 'bytes/s for all runs; 0: unlimited' })) }),
+  capacity: Type.Object({ slots: posInt(), bandwidth: Opt(uint({ description: 'bytes/s put to targets by all runs of the node together (rnode agent --bandwidth), lease traffic exempt; 0: unlimited' })) }),
   lastSeq: Opt(uint({ description: 'highest report seq the node has created (the server may have fewer)' })),
 }, 'first message on every connection; nothing else is accepted before welcome');
 const heartbeat = envelope('heartbeat', { health: HealthSchema }, 'node health and load, every welcome.heartbeatMs');

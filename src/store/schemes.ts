@@ -3,7 +3,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import type { ObjectStore } from './types.js';
 
-/** How to reach a ws:// or wss:// node (typed settings; the CLI fills them from --token-file, --ca, --pin-sha256). */
+/** How to reach a ws:// or wss:// node: typed settings the CLI fills from --token-file, --ca and --pin-sha256, the agent from its store definition. */
 export interface RemoteAccess {
   /** File holding the node's bearer token (preferred: the token stays out of argv and options dumps). */
   tokenFile?: string;

@@ -14,8 +14,15 @@ export interface WrapOptions {
   retry?: RetryOptions | false;
   /** Calls in flight to this backend (default 16); false: unlimited. */
   concurrency?: number | false;
-  /** Bytes/s put into the store, for every backend alike; lease writes are exempt. Absent or 0: unlimited. */
+  /**
+   * The bandwidth limit: bytes/s put into the store (object data sent to the target), for every backend alike;
+   * lease writes are exempt. Absent or 0: unlimited.
+   */
   bandwidth?: number;
+  /** A limit this store shares with others (an agent's node-wide --bandwidth), passed after its own. */
+  sharedBandwidth?: TokenBucket;
+  /** Ends a put's wait for bandwidth with the signal's reason (the job was cancelled). */
+  signal?: AbortSignal;
 }
 
 export const DEFAULT_CONCURRENCY = 16;
@@ -33,7 +40,8 @@ export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): Wrapped
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
   if (concurrency !== false) outer = new LimitedStore(outer, concurrency);
   if (opts.retry !== false) outer = new RetryingStore(outer, opts.retry ?? {});
-  if (opts.bandwidth) outer = new ThrottledStore(outer, new TokenBucket(opts.bandwidth));
+  const buckets = [...(opts.bandwidth ? [new TokenBucket(opts.bandwidth)] : []), ...(opts.sharedBandwidth ? [opts.sharedBandwidth] : [])];
+  if (buckets.length > 0) outer = new ThrottledStore(outer, buckets, opts.signal);
   const top = outer;
   // Leases skip the limit and the bucket; they keep retries and are counted like every other call.
   const control = opts.retry !== false ? new RetryingStore(measured, opts.retry ?? {}) : measured;

@@ -14,17 +14,6 @@ export { DEFAULT_WINDOW_BYTES, ReplicationServer, type ServeOptions, type Server
 export type { ObjectChecks, PutCheck } from './object-checks.js';
 export { TokenBucket } from '../throttle.js';
 
-/**
- * Environment names the ws(s):// factory reads (the CLI fills them from its flags). They hold file paths and
- * settings, never the token itself.
- */
-export const RemoteEnv = {
-  TOKEN_FILE: 'RNODE_TOKEN_FILE',
-  CA_FILE: 'RNODE_CA_FILE',
-  PIN_SHA256: 'RNODE_PIN_SHA256',
-  BANDWIDTH: 'RNODE_BANDWIDTH',
-} as const;
-
 /** Reads a bearer token file: the whole file, surrounding whitespace trimmed; empty is an error. */
 export function readTokenFile(file: string): string {
   let text: string;
@@ -55,14 +44,12 @@ export function parseBandwidth(text: string, flag = '--bandwidth'): number {
 }
 
 /**
- * RemoteStore options from a ws(s):// URL, the typed settings openStore was given, and (for callers that still
- * pass them that way, such as the agent's store environment) the RemoteEnv variables. Typed settings win.
+ * RemoteStore options from a ws(s):// URL and the typed settings openStore was given (the CLI's flags, the agent's
+ * store definition). No environment is read here. The bandwidth limit is not among them: openStore applies it to
+ * every target alike (src/store/wrap.ts).
  */
-export function remoteOptionsFrom(url: URL, env: NodeJS.ProcessEnv, remote: RemoteAccess = {}): RemoteStoreOptions {
-  const tokenFile = remote.tokenFile ?? env[RemoteEnv.TOKEN_FILE];
-  const caFile = remote.caFile ?? env[RemoteEnv.CA_FILE];
-  const pin = remote.pinSha256 ?? env[RemoteEnv.PIN_SHA256];
-  const bw = env[RemoteEnv.BANDWIDTH];
+export function remoteOptionsFrom(url: URL, remote: RemoteAccess = {}): RemoteStoreOptions {
+  const { tokenFile, caFile, pinSha256: pin } = remote;
   if (caFile && pin) throw new RnodeError(ErrorCodes.USAGE, 'pass either --ca or --pin-sha256, not both');
   if ((caFile || pin) && url.protocol !== 'wss:') {
     throw new RnodeError(ErrorCodes.USAGE, '--ca and --pin-sha256 only apply to wss:// targets; use wss://host:port');
@@ -73,12 +60,11 @@ export function remoteOptionsFrom(url: URL, env: NodeJS.ProcessEnv, remote: Remo
     ...(token !== undefined ? { token } : {}),
     ...(caFile ? { ca: readPemFile(caFile, 'CA') } : {}),
     ...(pin ? { pinSha256: pin } : {}),
-    ...(bw ? { bandwidth: parseBandwidth(bw) } : {}),
   };
 }
 
 async function factory(url: URL, ctx: StoreFactoryContext): Promise<RemoteStore> {
-  return new RemoteStore(remoteOptionsFrom(url, ctx.env, ctx.remote));
+  return new RemoteStore(remoteOptionsFrom(url, ctx.remote));
 }
 
 registerStoreScheme('ws', factory);

@@ -24,7 +24,10 @@ export interface RemoteStoreOptions {
   ca?: string | Buffer;
   /** SHA-256 fingerprint of the node's certificate (hex, colons optional): trust exactly that certificate. */
   pinSha256?: string;
-  /** Sender-side limit in bytes/s on everything this store sends. */
+  /**
+   * Sender-side limit in bytes/s on every frame this store sends, for code that builds a RemoteStore itself (bench/ws.ts).
+   * A store opened by location (CLI, agent) takes the bandwidth limit of src/store/wrap.ts instead, never this one.
+   */
   bandwidth?: number;
   /** Pause sending while the socket holds more than this many bytes (default 4 MiB). */
   highWaterMark?: number;

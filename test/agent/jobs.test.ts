@@ -7,21 +7,25 @@ import path from 'node:path';
 import { listPoints } from '../../src/repository/points.js';
 import { layout } from '../../src/repository/names.js';
 import { blobPlace, expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
-import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
+import { KiB, MiB, makeDisk, pendingCheckpoints, startAgent, startMs, tmpDir } from './helpers.js';
 import { metricValue } from '../helpers/metrics.js';
 
 t.test('cancel mid-job: clean stop, no half point, the next run completes', async (t) => {
   const dir = tmpDir(t, 'agent-cancel');
-  const img = await makeDisk(dir, 'd0', 2 * MiB, 11);
+  // ~4 MiB to send at 512 KiB/s: the run lasts ~8 s, far past its first checkpoint.
+  const img = await makeDisk(dir, 'd0', 8 * MiB, 11);
   const ms = await startMs(t);
-  const { agent } = await startAgent(t, ms, dir);
+  // The bandwidth limit paces the bytes put, and a checkpoint follows the packs it covers: 32 slots give each run a
+  // budget of 768 KiB, so packs of ~320 KiB, stored and checkpointed one by one at 512 KiB/s.
+  const { agent } = await startAgent(t, ms, dir, { slots: 32 });
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   const storeUrl = path.join(dir, 'store');
   const job = { jobId: 'j-cancel', kind: 'replicate' as const, store: { url: storeUrl }, disks: [{ disk: 'd0', source: { location: img } }],
     chunkSize: 64 * KiB, bandwidth: 512 * KiB, checkpointSeconds: 0.2 };
   ms.startJob(job);
-  await ms.waitFor(() => ms.progress.some((p) => p.msg.jobId === 'j-cancel' && p.msg.phase === 'scan' && Number(p.msg.bytesRead) > 256 * KiB), 10_000, 'progress');
-  const p = ms.progress.filter((x) => x.msg.jobId === 'j-cancel').at(-1)!.msg;
+  await ms.waitFor(() => pendingCheckpoints(storeUrl, 'd0').some((ck) => ck.nextIndex > 0), 10_000, 'a checkpoint');
+  const p = (await ms.waitFor(() => ms.progress.find((x) => x.msg.jobId === 'j-cancel' && x.msg.phase === 'scan' && Number(x.msg.rate) > 0), 10_000, 'progress')).msg;
+  t.notOk(ms.jobs.get('j-cancel')?.completed, 'still running');
   t.ok(Number(p.rate) > 0 && (p.etaSeconds === null || Number(p.etaSeconds) >= 0), 'progress carries rate and ETA');
   const cancelAt = Date.now();
   ms.cancelJob('j-cancel');
@@ -38,7 +42,7 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   const done = await ms.waitFor(() => ms.jobs.get('j-again')?.completed, 10_000, 'the second run');
   const r = (done.results as any[])[0];
   t.match(r, { point: 1, resumed: true }, 'continued from the checkpoint the cancelled run left');
-  t.ok(r.sourceBytesRead < 2 * MiB && r.sourceBytesRead > 0, `read less than the disk (${r.sourceBytesRead} of ${2 * MiB})`);
+  t.ok(r.sourceBytesRead < 8 * MiB && r.sourceBytesRead > 0, `read less than the disk (${r.sourceBytesRead} of ${8 * MiB})`);
   await expectRestore(t, store, 'd0', 1, fingerprint(img), dir);
 
   ms.cancelJob('j-again'); // no longer running

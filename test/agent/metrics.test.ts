@@ -17,7 +17,9 @@ t.test('metrics scraped and checked', async (t) => {
   const store = { url: path.join(dir, 'store') };
   ms.setPolicy({ group: 'gm', revision: 1, rpoSeconds: 60, store, chunkSize: 64 * KiB, disks: [{ disk: 'd0', source: { location: img } }] });
   await ms.waitFor(() => ms.reportsOf('job.completed').length === 1, 10_000, 'a scheduled point');
-  ms.startJob({ jobId: 'c1', kind: 'replicate', store, disks: [{ disk: 'd1', source: { location: img } }], bandwidth: 256 * KiB, chunkSize: 64 * KiB });
+  // A disk of its own: bandwidth paces the bytes sent, and d0's chunks are in the store already (nothing to send).
+  const other = await makeDisk(dir, 'd1', 1 * MiB, 4);
+  ms.startJob({ jobId: 'c1', kind: 'replicate', store, disks: [{ disk: 'd1', source: { location: other } }], bandwidth: 256 * KiB, chunkSize: 64 * KiB });
   await ms.waitFor(() => ms.jobs.get('c1')?.state === 'accepted', 5000, 'accepted');
   const mid = parseExposition((await get(agent.metricsPort!, '/metrics')).body);
   t.equal(mid.get('rnode_jobs_in_flight'), 1, 'one job in flight during the run');

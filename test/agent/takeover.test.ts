@@ -10,7 +10,13 @@ import { expectRestore, fingerprint, fsStore } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, parsedLogs, pendingCheckpoints, sleep, spawnAgent, startMs, tmpDir, type AgentProcess } from './helpers.js';
 
 const KILLS = Number(process.env.RNODE_TAKEOVER_KILLS ?? 20);
-const SIZE = 1 * MiB;
+/**
+ * Bandwidth paces the bytes put, and a checkpoint follows the packs it covers. 64 slots give a run a budget of
+ * 384 KiB (packs of ~128 KiB), and a 4 MiB disk (~2 MiB of data) keeps the reader behind the store: at 1 MiB/s a run
+ * checkpoints every ~0.2 s from ~0.6 s to its end at ~2 s.
+ */
+const SIZE = 4 * MiB;
+const SLOTS = ['--slots', '64'];
 
 /** Deterministic "random" kill moments, so a failure replays. */
 function rng(seed: number) {
@@ -25,7 +31,7 @@ t.test(`a node killed at ${KILLS} random moments: every re-run with a usable che
   const imgs = await Promise.all(Array.from({ length: KILLS }, (_, i) => makeDisk(dir, `t${i}`, SIZE, 500 + i)));
   const random = rng(Number(process.env.RNODE_TAKEOVER_SEED ?? 7));
   let generation = 0;
-  const start = (): AgentProcess => spawnAgent(t, ms, dir, `k${generation++}`, ['--slots', '2']);
+  const start = (): AgentProcess => spawnAgent(t, ms, dir, `k${generation++}`, SLOTS);
   // The survivor runs every re-run; victims come and go.
   const survivor = start();
   await ms.waitFor(() => ms.liveNodes().length === 1, 30_000, 'the survivor');
@@ -40,11 +46,11 @@ t.test(`a node killed at ${KILLS} random moments: every re-run with a usable che
     const victimNode = await ms.waitFor(() => ms.liveNodes().find((n) => n.name === victim.name), 30_000, `node ${victim.name}`);
     const rec = ms.startJob({
       jobId: `take-${i}`, kind: 'replicate', store: { url: storeDir }, disks: [{ disk, source: { location: imgs[i] } }],
-      chunkSize: 64 * KiB, bandwidth: 768 * KiB, checkpointSeconds: 0.1, leaseTtlSeconds: 1.5,
+      chunkSize: 64 * KiB, bandwidth: 1 * MiB, checkpointSeconds: 0.1, leaseTtlSeconds: 1.5,
     }, victimNode.id);
     await ms.waitFor(() => rec.state === 'accepted' || rec.state === 'completed', 20_000, `${disk} accepted`);
-    // Anywhere from before the first checkpoint (the run starts ~0.3 s after it is accepted) to past its end (~1.6 s).
-    const killAfterMs = Math.floor(random() * 1800);
+    // Anywhere from before the first checkpoint (the run starts ~0.3 s after it is accepted) to past its end (~2.3 s).
+    const killAfterMs = Math.floor(random() * 2600);
     await sleep(killAfterMs);
     victim.child.kill('SIGKILL');
     await victim.exited;
@@ -92,7 +98,7 @@ t.test('a killed job whose disk is also in a policy: the re-run, not a scheduled
   const store = fsStore(storeDir);
   const ms = await startMs(t, { heartbeatMs: 150, nodeTimeoutMs: 900 });
   const img = await makeDisk(dir, 'p0', SIZE, 900);
-  const victim = spawnAgent(t, ms, dir, 'v', ['--slots', '2']);
+  const victim = spawnAgent(t, ms, dir, 'v', SLOTS);
   const victimNode = await ms.waitFor(() => ms.liveNodes().find((n) => n.name === 'v'), 30_000, 'victim');
   // The policy lands on the only node; its first scheduled point is quick, the next one an hour away.
   ms.setPolicy({ group: 'pg', revision: 1, rpoSeconds: 7200, intervalSeconds: 3600, store: { url: storeDir }, chunkSize: 64 * KiB,
@@ -100,7 +106,7 @@ t.test('a killed job whose disk is also in a policy: the re-run, not a scheduled
   await ms.waitFor(() => ms.reportsOf('job.completed', (m) => m.scheduled === true).length === 1, 30_000, 'the first scheduled point');
   // New contents, so point 2 has records to checkpoint (an unchanged chunk leaves nothing to record).
   await generateSampleDisk(img, { size: SIZE, seed: 901 });
-  const others = [spawnAgent(t, ms, dir, 'o1', ['--slots', '2']), spawnAgent(t, ms, dir, 'o2', ['--slots', '2'])];
+  const others = [spawnAgent(t, ms, dir, 'o1', SLOTS), spawnAgent(t, ms, dir, 'o2', SLOTS)];
   await ms.waitFor(() => ms.liveNodes().length === 3, 30_000, 'three nodes');
   const rec = ms.startJob({
     jobId: 'pj', kind: 'replicate', store: { url: storeDir }, disks: [{ disk: 'p0', source: { location: img } }],
@@ -110,7 +116,7 @@ t.test('a killed job whose disk is also in a policy: the re-run, not a scheduled
   // policy's disk moves to (the race of the issue needed exactly that: a 3-node cluster with work on it).
   const busyNode = ms.liveNodes().find((n) => n.name === 'o1')!;
   ms.startJob({ jobId: 'busy', kind: 'replicate', store: { url: storeDir }, disks: [{ disk: 'q0', source: { location: await makeDisk(dir, 'q0', SIZE, 902) } }],
-    chunkSize: 64 * KiB, bandwidth: 128 * KiB, leaseTtlSeconds: 1.5 }, busyNode.id);
+    chunkSize: 64 * KiB, bandwidth: 256 * KiB, leaseTtlSeconds: 1.5 }, busyNode.id);
   await ms.waitFor(() => pendingCheckpoints(storeDir, 'p0').some((ck) => ck.point === 2 && ck.nextIndex >= 4), 30_000, 'a checkpoint of point 2');
   victim.child.kill('SIGKILL');
   await victim.exited;

@@ -26,7 +26,7 @@ t.test('replicate --bandwidth 4MiB to a local store: 16 MiB take at least ~3.5 s
 });
 
 t.test('ThrottledStore: data puts wait for the bucket, lease (control) puts pass at once', async (t) => {
-  const store = new ThrottledStore(new MemoryStore('mem://bw'), new TokenBucket(1 * MiB));
+  const store = new ThrottledStore(new MemoryStore('mem://bw'), [new TokenBucket(1 * MiB)]);
   const dataStarted = performance.now();
   // 1 MiB at 1 MiB/s: the second data put waits behind the first (~0.9 s after the 100 ms burst).
   const data = Promise.all([store.put('a', Buffer.alloc(MiB)), store.put('b', Buffer.alloc(64 * 1024))]).then(() => performance.now() - dataStarted);

@@ -1,5 +1,6 @@
-// Holds the bytes put into a store to a bandwidth (replicate --bandwidth), whatever the backend: fs, clouds
-// and ws:// alike. Puts marked `control` (lease writes) pass at once, so a slow link never costs the lease.
+// Holds the bytes put into a store to a bandwidth, whatever the backend: fs, clouds and ws:// alike, for the CLI
+// (replicate --bandwidth) and the agent (policy/job bandwidth, the node's --bandwidth) the same way. Puts marked
+// `control` (lease writes) pass at once, so a slow link never costs the lease.
 import type { TokenBucket } from '../../throttle.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
@@ -7,16 +8,21 @@ export class ThrottledStore implements ObjectStore {
   readonly location: string;
   readonly capabilities: StoreCapabilities;
 
+  /**
+   * @param buckets every limit a put must pass, in order (a job's own, then one its node shares with other jobs).
+   * @param signal ends a put's wait for bandwidth (a cancelled job stops at once, not after its queued bytes).
+   */
   constructor(
     private readonly inner: ObjectStore,
-    private readonly bucket: TokenBucket,
+    private readonly buckets: readonly TokenBucket[],
+    private readonly signal?: AbortSignal,
   ) {
     this.location = inner.location;
     this.capabilities = inner.capabilities;
   }
 
   async put(key: string, data: Uint8Array, opts?: PutOptions): Promise<ObjectInfo> {
-    if (!opts?.control) await this.bucket.take(data.byteLength);
+    if (!opts?.control) for (const bucket of this.buckets) await bucket.take(data.byteLength, this.signal);
     return this.inner.put(key, data, opts);
   }
 
