@@ -14,18 +14,32 @@ import type * as Lib from '../dist/index.js';
 import type * as Testing from '../dist/testing.js';
 import type * as ExampleMs from '../dist/examples/reference-ms.js';
 
-export interface AgentBenchRow { nodes: number; seconds: number; mbPerSecond: number; ratioToBaseline: number; jobs: number }
-export interface AgentBenchResult { diskBytes: number; disks: number; baselineMbPerSecond: number; rows: AgentBenchRow[]; note: string }
+export interface AgentBenchRow {
+  nodes: number;
+  seconds: number;
+  mbPerSecond: number;
+  ratioToBaseline: number;
+  jobs: number;
+}
+export interface AgentBenchResult {
+  diskBytes: number;
+  disks: number;
+  baselineMbPerSecond: number;
+  rows: AgentBenchRow[];
+  note: string;
+}
 
 const DIST = fileURLToPath(new URL('../', import.meta.url)); // dist/
 const CLI = path.join(DIST, 'cli.js');
 
-export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes?: number[]; log?: (line: string) => void } = {}): Promise<AgentBenchResult> {
+export async function benchAgent(
+  opts: { disks?: number; diskMiB?: number; nodes?: number[]; log?: (line: string) => void } = {},
+): Promise<AgentBenchResult> {
   const lib = {
-    ...(await import(new URL('../index.js', import.meta.url).href) as typeof Lib),
-    ...(await import(new URL('../testing.js', import.meta.url).href) as typeof Testing),
+    ...((await import(new URL('../index.js', import.meta.url).href)) as typeof Lib),
+    ...((await import(new URL('../testing.js', import.meta.url).href)) as typeof Testing),
   };
-  const { ReferenceMs } = await import(new URL('../examples/reference-ms.js', import.meta.url).href) as typeof ExampleMs;
+  const { ReferenceMs } = (await import(new URL('../examples/reference-ms.js', import.meta.url).href)) as typeof ExampleMs;
   const log = opts.log ?? ((l: string) => console.log(l));
   const disks = opts.disks ?? Number(process.env.RNODE_BENCH_AGENT_DISKS ?? 6);
   const diskMiB = opts.diskMiB ?? Number(process.env.RNODE_BENCH_AGENT_DISK_MIB ?? 64);
@@ -50,7 +64,11 @@ export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes
     const t0 = performance.now();
     for (let i = 0; i < disks; i++) {
       const src = await lib.openSource(imgs[i]);
-      try { await lib.replicate({ store: baseStore, source: src, disk: `disk${i}` }); } finally { await src.close(); }
+      try {
+        await lib.replicate({ store: baseStore, source: src, disk: `disk${i}` });
+      } finally {
+        await src.close();
+      }
     }
     const baseSeconds = (performance.now() - t0) / 1000;
     const baseline = total / 1e6 / baseSeconds;
@@ -62,14 +80,40 @@ export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes
       const children: ChildProcess[] = [];
       try {
         for (let k = 0; k < n; k++) {
-          children.push(spawn(process.execPath, [...shebangFlags(CLI), CLI, 'agent', '--server', ms.url, '--token-file', tokenFile, '--node-name', `bench${k}`,
-            '--state-dir', path.join(dir, `state-${n}-${k}`), '--slots', '2', '--log-level', 'warn'], { stdio: 'ignore' }));
+          children.push(
+            spawn(
+              process.execPath,
+              [
+                ...shebangFlags(CLI),
+                CLI,
+                'agent',
+                '--server',
+                ms.url,
+                '--token-file',
+                tokenFile,
+                '--node-name',
+                `bench${k}`,
+                '--state-dir',
+                path.join(dir, `state-${n}-${k}`),
+                '--slots',
+                '2',
+                '--log-level',
+                'warn',
+              ],
+              { stdio: 'ignore' },
+            ),
+          );
         }
         await ms.waitFor(() => ms.liveNodes().length === n, 30_000, `${n} nodes`);
         const storeDir = path.join(dir, `store-${n}`);
         const t1 = performance.now();
         for (let i = 0; i < disks; i++) {
-          ms.startJob({ jobId: `b${n}-${i}`, kind: 'replicate', store: { url: storeDir }, disks: [{ disk: `disk${i}`, source: { location: imgs[i] } }] });
+          ms.startJob({
+            jobId: `b${n}-${i}`,
+            kind: 'replicate',
+            store: { url: storeDir },
+            disks: [{ disk: `disk${i}`, source: { location: imgs[i] } }],
+          });
         }
         await ms.waitFor(() => [...ms.jobs.values()].every((j) => j.state === 'completed' || j.state === 'failed'), 600_000, 'the jobs');
         const seconds = (performance.now() - t1) / 1000;
@@ -84,7 +128,8 @@ export async function benchAgent(opts: { disks?: number; diskMiB?: number; nodes
         await ms.close();
       }
     }
-    const note = `${os.cpus().length} cores: every node process shares them, so more nodes here measure the agent's ` +
+    const note =
+      `${os.cpus().length} cores: every node process shares them, so more nodes here measure the agent's ` +
       'overhead (process, control messages, lease, store contention), not scale-out; see docs/capacity.md';
     log(`  note: ${note}`);
     return { diskBytes: size, disks, baselineMbPerSecond: baseline, rows, note };

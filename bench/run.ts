@@ -33,13 +33,17 @@ async function main(): Promise<number> {
   try {
     settings = readSettings();
   } catch (err) {
-    if (err instanceof SettingsError) { process.stderr.write(`rnode bench: ${err.message}\n`); return 2; }
+    if (err instanceof SettingsError) {
+      process.stderr.write(`rnode bench: ${err.message}\n`);
+      return 2;
+    }
     throw err;
   }
   const unknown = settings.only.filter((n) => !sections.some((s) => s.name === n));
   if (unknown.length) {
-    process.stderr.write(`rnode bench: RNODE_BENCH_ONLY names unknown section(s) ${unknown.join(', ')}; ` +
-      `known: ${sections.map((s) => s.name).join(', ')}\n`);
+    process.stderr.write(
+      `rnode bench: RNODE_BENCH_ONLY names unknown section(s) ${unknown.join(', ')}; ` + `known: ${sections.map((s) => s.name).join(', ')}\n`,
+    );
     return 2;
   }
   const selected = settings.only.length ? sections.filter((s) => settings.only.includes(s.name)) : sections;
@@ -50,9 +54,11 @@ async function main(): Promise<number> {
   const st = await fsp.statfs(settings.parentDir);
   const free = st.bavail * st.bsize;
   if (free < need) {
-    process.stderr.write(`rnode bench: not enough free space in ${settings.parentDir}: the run needs about ${human(need)} ` +
-      `(image + store + restore + lz4 output, about 4x RNODE_BENCH_SIZE=${human(settings.size)}), ${human(free)} is free; ` +
-      'point RNODE_BENCH_DIR at a roomier filesystem or lower RNODE_BENCH_SIZE\n');
+    process.stderr.write(
+      `rnode bench: not enough free space in ${settings.parentDir}: the run needs about ${human(need)} ` +
+        `(image + store + restore + lz4 output, about 4x RNODE_BENCH_SIZE=${human(settings.size)}), ${human(free)} is free; ` +
+        'point RNODE_BENCH_DIR at a roomier filesystem or lower RNODE_BENCH_SIZE\n',
+    );
     return 1;
   }
 
@@ -94,13 +100,19 @@ async function main(): Promise<number> {
     const cpu = os.cpus();
     const load0 = os.loadavg();
 
-    out(`rnode bench: node ${process.version}, ${cpu.length} CPUs (${cpu[0]?.model.trim() ?? 'unknown'}), ${human(os.totalmem())} RAM, ` +
-      `load average ${load0.map((x) => x.toFixed(2)).join(' ')} at start`);
-    out(`settings: RNODE_BENCH_SIZE=${human(settings.size)} RNODE_BENCH_SPARSE_SIZE=${human(settings.sparseSize)} ` +
-      `RNODE_BENCH_REPEAT=${settings.repeat} sections=${selected.map((s) => s.name).join(',')}`);
+    out(
+      `rnode bench: node ${process.version}, ${cpu.length} CPUs (${cpu[0]?.model.trim() ?? 'unknown'}), ${human(os.totalmem())} RAM, ` +
+        `load average ${load0.map((x) => x.toFixed(2)).join(' ')} at start`,
+    );
+    out(
+      `settings: RNODE_BENCH_SIZE=${human(settings.size)} RNODE_BENCH_SPARSE_SIZE=${human(settings.sparseSize)} ` +
+        `RNODE_BENCH_REPEAT=${settings.repeat} sections=${selected.map((s) => s.name).join(',')}`,
+    );
     out(`work dir: ${workdir} (${fsType}, ${human(free)} free)`);
     out(`baselines: lz4 ${versions.lz4}; restic ${versions.restic}; xxhsum ${versions.xxhsum}`);
-    out(`peak RSS: rnode children via a preloaded process.resourceUsage().maxRSS; tools via ${tools.gnuTime ? 'GNU time (%M)' : '(GNU time missing: not measured)'}`);
+    out(
+      `peak RSS: rnode children via a preloaded process.resourceUsage().maxRSS; tools via ${tools.gnuTime ? 'GNU time (%M)' : '(GNU time missing: not measured)'}`,
+    );
     out();
 
     const results: SectionResult[] = [];
@@ -126,8 +138,10 @@ async function main(): Promise<number> {
 
     const t = tally(results);
     const load1 = os.loadavg();
-    out(`targets: ${t.pass} PASS, ${t.miss} MISS, ${t.skip} SKIP; load average ${load1.map((x) => x.toFixed(2)).join(' ')} at end; ` +
-      `${((Date.now() - started) / 1000).toFixed(0)} s in all`);
+    out(
+      `targets: ${t.pass} PASS, ${t.miss} MISS, ${t.skip} SKIP; load average ${load1.map((x) => x.toFixed(2)).join(' ')} at end; ` +
+        `${((Date.now() - started) / 1000).toFixed(0)} s in all`,
+    );
     const result = {
       bench: 'rnode',
       startedAt: new Date(started).toISOString(),
@@ -135,7 +149,9 @@ async function main(): Promise<number> {
       cpus: cpu.length,
       loadAverage: { start: load0, end: load1 },
       settings: { size: settings.size, sparseSize: settings.sparseSize, sparseData: settings.sparseData, repeat: settings.repeat },
-      workdir, fsType, tools: versions,
+      workdir,
+      fsType,
+      tools: versions,
       sections: results,
       targets: t,
     };
@@ -155,7 +171,12 @@ async function main(): Promise<number> {
   }
 }
 
-main().then((code) => { process.exitCode = code; }, (err) => {
-  process.stderr.write(`rnode bench: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`rnode bench: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -43,8 +43,10 @@ export interface VmwareBenchResult {
   raw: { bytesRead: number; seconds: number };
   /** The 3-disk VM: full VM point with diskParallelism 1 and 3; an incremental's bytes against CBT's changed bytes. */
   vm: {
-    diskBytes: number; readLatencyUs: number;
-    sequentialSeconds: number; parallelSeconds: number;
+    diskBytes: number;
+    readLatencyUs: number;
+    sequentialSeconds: number;
+    parallelSeconds: number;
     incremental: { vddkBytes: number; cbtChangedBytes: number; chunkSize: number };
   };
 }
@@ -53,8 +55,10 @@ export async function runVmwareBench(): Promise<VmwareBenchResult> {
   const root = packageRoot();
   const load = (p: string) => import(pathToFileURL(path.join(root, p)).href);
   const harness = await load('test/vmware/harness.ts').catch((err: Error) => {
-    throw new Error(`the VMware bench needs the TypeScript loader for test/vmware (${err.message}); ` +
-      'run: node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/vmware.ts');
+    throw new Error(
+      `the VMware bench needs the TypeScript loader for test/vmware (${err.message}); ` +
+        'run: node --import=./node_modules/@tapjs/typescript/dist/esm/import.mjs bench/vmware.ts',
+    );
   });
   const { replicate } = await load('src/jobs/replicate.ts');
   const { openSource } = await load('src/source/index.ts');
@@ -98,7 +102,8 @@ export async function runVmwareBench(): Promise<VmwareBenchResult> {
     const rawSeconds = (performance.now() - t1) / 1000;
     await rawSrc2.close();
     return {
-      diskBytes: size, changedBytes: writes * 4096,
+      diskBytes: size,
+      changedBytes: writes * 4096,
       vddk: { bytesRead: r.disks[0].bytesRead, seconds: r.disks[0].seconds, runSeconds: vddkSeconds },
       raw: { bytesRead: rr.bytesRead, seconds: rawSeconds },
       vm: await threeDiskVm(harness, FsStore, t, { size, fill, change, chunkSize }),
@@ -111,13 +116,18 @@ export async function runVmwareBench(): Promise<VmwareBenchResult> {
 }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-async function threeDiskVm(harness: any, FsStore: any, t: { teardown: (fn: () => void | Promise<void>) => void },
-    o: { size: number; fill: number; change: number; chunkSize: number }): Promise<VmwareBenchResult['vm']> {
+async function threeDiskVm(
+  harness: any,
+  FsStore: any,
+  t: { teardown: (fn: () => void | Promise<void>) => void },
+  o: { size: number; fill: number; change: number; chunkSize: number },
+): Promise<VmwareBenchResult['vm']> {
   const keys = [2000, 2001, 2002];
   const latency = env('BENCH_VM_READ_LATENCY_US', 2000);
   const e = await harness.startEnv(t, [{ moref: 'vm-300', disks: keys.map((key) => ({ key, size: o.size })) }]);
   const extents = Math.floor((o.size * o.fill) / MiB);
-  for (const k of keys) for (let i = 0; i < extents; i++) e.sim.writeToVmDisk('vm-300', k, Math.floor((i * o.size) / extents / MiB) * MiB, data(MiB, k + i));
+  for (const k of keys)
+    for (let i = 0; i < extents; i++) e.sim.writeToVmDisk('vm-300', k, Math.floor((i * o.size) / extents / MiB) * MiB, data(MiB, k + i));
   e.sim.dummyExtra = [`dummy.readLatencyUs=${latency}`];
   e.sim.writeDummyConfig();
   const timed = async (parallel: number) => {
@@ -142,7 +152,10 @@ async function threeDiskVm(harness: any, FsStore: any, t: { teardown: (fn: () =>
   e.clearLog();
   await e.run({ chunkSize: o.chunkSize, store: new FsStore(path.join(e.dir, 'store-p3'), { fsync: false }), diskParallelism: 3 });
   return {
-    diskBytes: o.size, readLatencyUs: latency, sequentialSeconds, parallelSeconds,
+    diskBytes: o.size,
+    readLatencyUs: latency,
+    sequentialSeconds,
+    parallelSeconds,
     incremental: { vddkBytes: e.vddkBytes(), cbtChangedBytes: blocks.size * 4096, chunkSize: o.chunkSize },
   };
 }
@@ -168,8 +181,12 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   console.log(`  the CBT path read ${(r.raw.bytesRead / Math.max(1, r.vddk.bytesRead)).toFixed(1)}x fewer bytes than the raw scan`);
   const v = r.vm;
   console.log(`3-disk VM (${mib(v.diskBytes)} per disk, ${v.readLatencyUs} us per VDDK Read), full VM point:`);
-  console.log(`  disks one after another ${v.sequentialSeconds.toFixed(3)} s, three at once ${v.parallelSeconds.toFixed(3)} s: ` +
-    `${(v.sequentialSeconds / v.parallelSeconds).toFixed(2)}x faster in parallel`);
-  console.log(`  incremental VM point: VDDK delivered ${mib(v.incremental.vddkBytes)} for ${mib(v.incremental.cbtChangedBytes)} CBT reported changed ` +
-    `(${(v.incremental.vddkBytes / v.incremental.cbtChangedBytes).toFixed(1)}x: whole ${v.incremental.chunkSize / 1024} KiB chunks around 4 KiB changes)`);
+  console.log(
+    `  disks one after another ${v.sequentialSeconds.toFixed(3)} s, three at once ${v.parallelSeconds.toFixed(3)} s: ` +
+      `${(v.sequentialSeconds / v.parallelSeconds).toFixed(2)}x faster in parallel`,
+  );
+  console.log(
+    `  incremental VM point: VDDK delivered ${mib(v.incremental.vddkBytes)} for ${mib(v.incremental.cbtChangedBytes)} CBT reported changed ` +
+      `(${(v.incremental.vddkBytes / v.incremental.cbtChangedBytes).toFixed(1)}x: whole ${v.incremental.chunkSize / 1024} KiB chunks around 4 KiB changes)`,
+  );
 }

@@ -42,7 +42,10 @@ export interface ThrottleFigure {
 }
 
 /** CPU seconds of one process over a run, user and system apart. */
-export interface CpuSeconds { user: number; sys: number }
+export interface CpuSeconds {
+  user: number;
+  sys: number;
+}
 
 /**
  * Where the ws:// run's CPU went: the sender (this process, its workers included) and the receiving node (the
@@ -67,7 +70,11 @@ export interface WsCpuFigures {
   nodeMain: MainThreadSeconds;
 }
 
-export interface MainThreadSeconds { run: number; waitToRun: number; asleep: number }
+export interface MainThreadSeconds {
+  run: number;
+  waitToRun: number;
+  asleep: number;
+}
 
 export interface WsBenchResult {
   imageBytes: number;
@@ -89,10 +96,10 @@ const DIST = new URL('../', import.meta.url); // dist/ when compiled to dist/ben
 const MB = 1e6;
 
 async function lib() {
-  const core = await import(new URL('index.js', DIST).href) as typeof import('replication-node');
-  const transport = await import(new URL('transport/index.js', DIST).href) as typeof import('../dist/transport/index.js');
-  const flags = await import(new URL('cli/store-flags.js', DIST).href) as typeof import('../dist/cli/store-flags.js');
-  const testing = await import(new URL('testing.js', DIST).href) as typeof import('replication-node/testing');
+  const core = (await import(new URL('index.js', DIST).href)) as typeof import('replication-node');
+  const transport = (await import(new URL('transport/index.js', DIST).href)) as typeof import('../dist/transport/index.js');
+  const flags = (await import(new URL('cli/store-flags.js', DIST).href)) as typeof import('../dist/cli/store-flags.js');
+  const testing = (await import(new URL('testing.js', DIST).href)) as typeof import('replication-node/testing');
   return { ...core, ...transport, remoteReplicateOptions: flags.remoteReplicateOptions, generateSampleDisk: testing.generateSampleDisk };
 }
 
@@ -105,7 +112,11 @@ function median(xs: number[]): number {
 let ticksPerSecond: number | undefined;
 function userHz(): number {
   if (ticksPerSecond === undefined) {
-    try { ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100; } catch { ticksPerSecond = 100; }
+    try {
+      ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      ticksPerSecond = 100;
+    }
   }
   return ticksPerSecond;
 }
@@ -160,11 +171,17 @@ export async function startServe(storeDir: string, extra: string[] = []): Promis
   const cli = fileURLToPath(new URL('cli.js', DIST));
   // RNODE_BENCH_WS_SERVE_NODE_ARGS: more node flags for the receiving node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
   const nodeArgs = (process.env.RNODE_BENCH_WS_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...shebangFlags(cli), ...nodeArgs, cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
-    { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(
+    process.execPath,
+    [...shebangFlags(cli), ...nodeArgs, cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
+    { stdio: ['ignore', 'pipe', 'ignore'] },
+  );
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
-    child.stdout!.on('data', (b) => { out += b; if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]).listening); });
+    child.stdout!.on('data', (b) => {
+      out += b;
+      if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]).listening);
+    });
     child.on('exit', (c) => reject(new Error(`rnode serve exited with ${c} before listening`)));
   });
   return { child, url };
@@ -185,8 +202,18 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
   const imageBytes = fs.statSync(opts.image).size;
   const dir = await fsp.mkdtemp(path.join(opts.workdir, 'ws-bench-'));
   try {
-    const once = async (store: ObjectStore, remote?: object, nodePid?: number): Promise<{ seconds: number; r: ReplicateResult; cpu: CpuSeconds; nodeCpu: CpuSeconds;
-        senderMain: MainThreadSeconds; nodeMain: MainThreadSeconds }> => {
+    const once = async (
+      store: ObjectStore,
+      remote?: object,
+      nodePid?: number,
+    ): Promise<{
+      seconds: number;
+      r: ReplicateResult;
+      cpu: CpuSeconds;
+      nodeCpu: CpuSeconds;
+      senderMain: MainThreadSeconds;
+      nodeMain: MainThreadSeconds;
+    }> => {
       const source = await L.openSource(opts.image);
       try {
         const nodeAt = nodePid !== undefined ? processCpu(nodePid) : undefined;
@@ -194,7 +221,16 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         const senderMainAt = mainThreadSched(process.pid);
         const cpuAt = process.cpuUsage();
         const t0 = performance.now();
-        const r = await L.replicate({ store, source, disk: 'bench', chunkSize, forceFull: true, checkpointRecords: 64, checkpointMillis: 2000, ...remote });
+        const r = await L.replicate({
+          store,
+          source,
+          disk: 'bench',
+          chunkSize,
+          forceFull: true,
+          checkpointRecords: 64,
+          checkpointMillis: 2000,
+          ...remote,
+        });
         const seconds = (performance.now() - t0) / 1000;
         const cpu = ownCpuSince(cpuAt);
         const nodeCpu = nodeAt ? cpuDiff(nodeAt, processCpu(nodePid!)) : { user: 0, sys: 0 };
@@ -243,25 +279,31 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         await stopServe(child);
         await fsp.rm(nodeDir, { recursive: true, force: true });
       }
-      log(`run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s; ` +
-        `ws CPU: sender ${fmtCpu(senderCpu[i])}, node ${fmtCpu(nodeCpu[i])}; local sender ${fmtCpu(localCpu[i])}; load ${os.loadavg()[0].toFixed(1)}`);
+      log(
+        `run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s; ` +
+          `ws CPU: sender ${fmtCpu(senderCpu[i])}, node ${fmtCpu(nodeCpu[i])}; local sender ${fmtCpu(localCpu[i])}; load ${os.loadavg()[0].toFixed(1)}`,
+      );
     }
     const localRate = imageBytes / MB / median(local);
     const wsRate = imageBytes / MB / median(wsSecs);
     const result: WsBenchResult = {
-      imageBytes, chunkSize,
+      imageBytes,
+      chunkSize,
       local: { seconds: local, mbPerSec: localRate },
       ws: { seconds: wsSecs, mbPerSec: wsRate, wireBytes, reconnects },
       ratio: wsRate / localRate,
       cpu: {
         ...cpuFigures(imageBytes, wsRate, medianCpu(senderCpu), medianCpu(nodeCpu), medianCpu(localCpu)),
-        senderMain: medianMain(senderMain), nodeMain: medianMain(nodeMain),
+        senderMain: medianMain(senderMain),
+        nodeMain: medianMain(nodeMain),
       },
     };
     const c = result.cpu;
-    log(`ws:// CPU-bound ceiling: sender ${fmtCpu(c.sender)} + node ${fmtCpu(c.node)} over ${c.cores} cores -> ` +
-      `${c.ceilingMbPerSec.toFixed(0)} MB/s; the run reached ${wsRate.toFixed(0)} MB/s = ${(c.ofCeiling * 100).toFixed(0)}% of it (${verdict(c)}); ` +
-      `main threads over ${median(wsSecs).toFixed(2)} s: sender ${fmtMain(c.senderMain)}, node ${fmtMain(c.nodeMain)}; local sender ${fmtCpu(c.localSender)}`);
+    log(
+      `ws:// CPU-bound ceiling: sender ${fmtCpu(c.sender)} + node ${fmtCpu(c.node)} over ${c.cores} cores -> ` +
+        `${c.ceilingMbPerSec.toFixed(0)} MB/s; the run reached ${wsRate.toFixed(0)} MB/s = ${(c.ofCeiling * 100).toFixed(0)}% of it (${verdict(c)}); ` +
+        `main threads over ${median(wsSecs).toFixed(2)} s: sender ${fmtMain(c.senderMain)}, node ${fmtMain(c.nodeMain)}; local sender ${fmtCpu(c.localSender)}`,
+    );
 
     const bandwidth = opts.bandwidth ?? 40 * MB;
     if (bandwidth > 0) {
@@ -299,15 +341,16 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
           const [ta, ba] = at(from);
           const [tb, bb] = at(0.9);
           const measured = (bb - ba) / ((tb - ta) / 1000);
-          return { setting: bandwidth, measured, errorPct: ((measured - bandwidth) / bandwidth) * 100, bytes, seconds,
-            endToEnd: bytes / seconds };
+          return { setting: bandwidth, measured, errorPct: ((measured - bandwidth) / bandwidth) * 100, bytes, seconds, endToEnd: bytes / seconds };
         } finally {
           await stopServe(child);
         }
       };
       result.throttle = { sender: await measure('sender'), node: await measure('node') };
-      log(`throttle at ${(bandwidth / MB).toFixed(1)} MB/s: sender ${(result.throttle.sender.measured / MB).toFixed(2)} MB/s ` +
-        `(${result.throttle.sender.errorPct.toFixed(1)}%), node ${(result.throttle.node.measured / MB).toFixed(2)} MB/s (${result.throttle.node.errorPct.toFixed(1)}%)`);
+      log(
+        `throttle at ${(bandwidth / MB).toFixed(1)} MB/s: sender ${(result.throttle.sender.measured / MB).toFixed(2)} MB/s ` +
+          `(${result.throttle.sender.errorPct.toFixed(1)}%), node ${(result.throttle.node.measured / MB).toFixed(2)} MB/s (${result.throttle.node.errorPct.toFixed(1)}%)`,
+      );
     }
     return result;
   } finally {
@@ -316,7 +359,13 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
 }
 
 /** The ceiling: the run's CPU seconds (sender + node, medians) spread over the cores, as a disk rate. */
-function cpuFigures(imageBytes: number, wsRate: number, sender: CpuSeconds, node: CpuSeconds, localSender: CpuSeconds): Omit<WsCpuFigures, 'senderMain' | 'nodeMain'> {
+function cpuFigures(
+  imageBytes: number,
+  wsRate: number,
+  sender: CpuSeconds,
+  node: CpuSeconds,
+  localSender: CpuSeconds,
+): Omit<WsCpuFigures, 'senderMain' | 'nodeMain'> {
   const cores = os.availableParallelism();
   const ceilingMbPerSec = imageBytes / MB / ((total(sender) + total(node)) / cores);
   return { cores, sender, node, localSender, ceilingMbPerSec, ofCeiling: wsRate / ceilingMbPerSec };
@@ -333,7 +382,9 @@ function verdict(c: WsCpuFigures): string {
   if (c.ofCeiling >= 0.85) return 'CPU-bound';
   const waited = Math.max(c.senderMain.waitToRun, c.nodeMain.waitToRun);
   const slept = Math.min(c.senderMain.asleep, c.nodeMain.asleep);
-  return waited > slept ? 'held back by other load on the cores: its main threads waited to run more than they slept' : 'stalled: both main threads asleep part of the run';
+  return waited > slept
+    ? 'held back by other load on the cores: its main threads waited to run more than they slept'
+    : 'stalled: both main threads asleep part of the run';
 }
 
 // Standalone: node dist/bench/ws.js [image] [sizeMiB]
@@ -348,8 +399,13 @@ if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) 
     await L.generateSampleDisk(image, { size: Number(process.argv[3] ?? 256) * 1024 * 1024, seed: 1, holeEvery: 0 });
   }
   try {
-    const r = await benchWs({ image, workdir, log: (l) => console.log(l), repeat: Number(process.env.RNODE_BENCH_REPEAT ?? 3),
-      ...(process.env.RNODE_BENCH_WS_BANDWIDTH !== undefined ? { bandwidth: Number(process.env.RNODE_BENCH_WS_BANDWIDTH) } : {}) });
+    const r = await benchWs({
+      image,
+      workdir,
+      log: (l) => console.log(l),
+      repeat: Number(process.env.RNODE_BENCH_REPEAT ?? 3),
+      ...(process.env.RNODE_BENCH_WS_BANDWIDTH !== undefined ? { bandwidth: Number(process.env.RNODE_BENCH_WS_BANDWIDTH) } : {}),
+    });
     console.log(JSON.stringify(r, null, 1));
   } finally {
     if (made) await fsp.rm(made, { force: true });

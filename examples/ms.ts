@@ -23,8 +23,11 @@ function wholeNumber(text: string, flag: string, min: number): number {
 async function main(): Promise<void> {
   const { values: v } = parseArgs({
     options: {
-      host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '5000' }, workdir: { type: 'string' },
-      interval: { type: 'string', default: '30' }, 'disk-mib': { type: 'string', default: '64' },
+      host: { type: 'string', default: '127.0.0.1' },
+      port: { type: 'string', default: '5000' },
+      workdir: { type: 'string' },
+      interval: { type: 'string', default: '30' },
+      'disk-mib': { type: 'string', default: '64' },
     },
   });
   const port = wholeNumber(v.port, 'port', 0);
@@ -41,10 +44,20 @@ async function main(): Promise<void> {
   if (!fs.existsSync(image)) await generateSampleDisk(image, { size: diskMiB * 1024 * 1024, seed: 1 });
   const store = path.join(dir, 'store');
 
-  const ms = await ReferenceMs.start({ token, host: v.host, port, log: (msg, fields) => console.log(`ms: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ''}`) });
+  const ms = await ReferenceMs.start({
+    token,
+    host: v.host,
+    port,
+    log: (msg, fields) => console.log(`ms: ${msg}${fields ? ` ${JSON.stringify(fields)}` : ''}`),
+  });
   ms.setPolicy({
-    group: 'example', revision: 1, rpoSeconds: 2 * interval, intervalSeconds: interval, retention: { keep: 5 },
-    store: { url: store }, disks: [{ disk: 'sample', source: { location: image } }],
+    group: 'example',
+    revision: 1,
+    rpoSeconds: 2 * interval,
+    intervalSeconds: interval,
+    retention: { keep: 5 },
+    store: { url: store },
+    disks: [{ disk: 'sample', source: { location: image } }],
   });
   ms.on('report', (node: MsNode, msg: AgentMessage) => {
     if (msg.type === 'job.completed' || msg.type === 'job.failed') {

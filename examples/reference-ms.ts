@@ -11,8 +11,20 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, WebSocket } from 'ws';
 import {
-  agentMessages, CloseCodes, decode, messageId, PROTOCOL_VERSION, ProtoErrors, serverMessages, checkOutgoing,
-  type AgentMessage, type Health, type Hello, type Job, type JobProgress, type Policy,
+  agentMessages,
+  CloseCodes,
+  decode,
+  messageId,
+  PROTOCOL_VERSION,
+  ProtoErrors,
+  serverMessages,
+  checkOutgoing,
+  type AgentMessage,
+  type Health,
+  type Hello,
+  type Job,
+  type JobProgress,
+  type Policy,
 } from 'replication-node/protocol';
 
 export interface ReferenceMsOptions {
@@ -52,7 +64,11 @@ export interface MsJob {
   failed?: AgentMessage;
 }
 
-export interface MsReport { nodeId: string; msg: AgentMessage; receivedAt: number }
+export interface MsReport {
+  nodeId: string;
+  msg: AgentMessage;
+  receivedAt: number;
+}
 
 export class ReferenceMs extends EventEmitter {
   readonly nodes = new Map<string, MsNode>();
@@ -85,15 +101,23 @@ export class ReferenceMs extends EventEmitter {
     return ms;
   }
 
-  get url(): string { return `${this.o.tls ? 'wss' : 'ws'}://${this.o.host ?? '127.0.0.1'}:${this.port}`; }
-  get listening(): boolean { return this.httpServer !== undefined; }
+  get url(): string {
+    return `${this.o.tls ? 'wss' : 'ws'}://${this.o.host ?? '127.0.0.1'}:${this.port}`;
+  }
+  get listening(): boolean {
+    return this.httpServer !== undefined;
+  }
 
-  private log(msg: string, fields?: Record<string, unknown>): void { this.o.log?.(msg, fields); }
+  private log(msg: string, fields?: Record<string, unknown>): void {
+    this.o.log?.(msg, fields);
+  }
 
   /** Starts (or restarts, on the same port) accepting nodes. */
   async listen(): Promise<void> {
     const server = this.o.tls ? https.createServer({ cert: this.o.tls.cert, key: this.o.tls.key }) : http.createServer();
-    server.on('request', (_req, res) => { res.writeHead(426).end('this is a WebSocket endpoint\n'); });
+    server.on('request', (_req, res) => {
+      res.writeHead(426).end('this is a WebSocket endpoint\n');
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.port, this.o.host ?? '127.0.0.1', () => resolve());
@@ -118,10 +142,15 @@ export class ReferenceMs extends EventEmitter {
       (server as http.Server).closeAllConnections?.();
       await new Promise<void>((r) => server.close(() => r()));
     }
-    for (const n of this.nodes.values()) { n.connected = false; n.ws = undefined; }
+    for (const n of this.nodes.values()) {
+      n.connected = false;
+      n.ws = undefined;
+    }
   }
 
-  close(): Promise<void> { return this.stopListening(); }
+  close(): Promise<void> {
+    return this.stopListening();
+  }
 
   // ---- what a Management Server does ----
 
@@ -169,7 +198,9 @@ export class ReferenceMs extends EventEmitter {
     return true;
   }
 
-  liveNodes(): MsNode[] { return [...this.nodes.values()].filter((n) => n.alive && n.connected); }
+  liveNodes(): MsNode[] {
+    return [...this.nodes.values()].filter((n) => n.alive && n.connected);
+  }
 
   /** Polls until fn returns something truthy. */
   async waitFor<T>(fn: () => T | undefined | null | false, timeoutMs = 20_000, what = 'condition'): Promise<T> {
@@ -198,11 +229,20 @@ export class ReferenceMs extends EventEmitter {
     ws.on('message', (data) => {
       const d = decode<AgentMessage>(data.toString(), agentMessages);
       if (!node) {
-        if (!d.ok) { refuse(d.replyTo, d.code, d.message, d.code === ProtoErrors.VERSION ? CloseCodes.VERSION : undefined); return; }
-        if (d.msg.type !== 'hello') { refuse(d.msg.id, ProtoErrors.INVALID, 'the first message must be hello', CloseCodes.AUTH); return; }
+        if (!d.ok) {
+          refuse(d.replyTo, d.code, d.message, d.code === ProtoErrors.VERSION ? CloseCodes.VERSION : undefined);
+          return;
+        }
+        if (d.msg.type !== 'hello') {
+          refuse(d.msg.id, ProtoErrors.INVALID, 'the first message must be hello', CloseCodes.AUTH);
+          return;
+        }
         clearTimeout(helloTimer);
         const hello = d.msg as unknown as Hello & AgentMessage;
-        if (hello.token !== this.o.token) { refuse(d.msg.id, ProtoErrors.AUTH, 'the token is not valid for this server', CloseCodes.AUTH); return; }
+        if (hello.token !== this.o.token) {
+          refuse(d.msg.id, ProtoErrors.AUTH, 'the token is not valid for this server', CloseCodes.AUTH);
+          return;
+        }
         if (!hello.protocols.includes(PROTOCOL_VERSION)) {
           refuse(d.msg.id, ProtoErrors.VERSION, `this server speaks protocol ${PROTOCOL_VERSION}`, CloseCodes.VERSION);
           return;
@@ -211,7 +251,10 @@ export class ReferenceMs extends EventEmitter {
         return;
       }
       node.lastSeen = Date.now();
-      if (!d.ok) { refuse(d.replyTo, d.code, d.message); return; }
+      if (!d.ok) {
+        refuse(d.replyTo, d.code, d.message);
+        return;
+      }
       this.onMessage(node, d.msg);
     });
     ws.on('close', () => {
@@ -230,11 +273,25 @@ export class ReferenceMs extends EventEmitter {
     const prev = this.nodes.get(hello.node.id);
     if (prev?.ws && prev.ws !== ws) prev.ws.close(CloseCodes.REPLACED, 'the same node connected again');
     const node: MsNode = {
-      id: hello.node.id, name: hello.node.name, hello, connected: true, alive: true, lastSeen: Date.now(),
-      lastSeq: prev?.lastSeq ?? 0, ws, health: prev?.health,
+      id: hello.node.id,
+      name: hello.node.name,
+      hello,
+      connected: true,
+      alive: true,
+      lastSeen: Date.now(),
+      lastSeq: prev?.lastSeq ?? 0,
+      ws,
+      health: prev?.health,
     };
     this.nodes.set(node.id, node);
-    this.send(node.id, { type: 'welcome', nodeId: node.id, protocol: PROTOCOL_VERSION, heartbeatMs: this.heartbeatMs, ackedSeq: node.lastSeq, serverTime: new Date().toISOString() });
+    this.send(node.id, {
+      type: 'welcome',
+      nodeId: node.id,
+      protocol: PROTOCOL_VERSION,
+      heartbeatMs: this.heartbeatMs,
+      ackedSeq: node.lastSeq,
+      serverTime: new Date().toISOString(),
+    });
     this.log('node registered', { node: node.name, id: node.id, returning: !!prev });
     // A node declared dead that comes back may still be running attempts that were handed to others: stop them,
     // or two nodes write the disk in turn and the later one re-reads it all for a second point.
@@ -254,7 +311,9 @@ export class ReferenceMs extends EventEmitter {
 
   private onMessage(node: MsNode, msg: AgentMessage): void {
     switch (msg.type) {
-      case 'heartbeat': node.health = msg.health as Health; return;
+      case 'heartbeat':
+        node.health = msg.health as Health;
+        return;
       case 'export.status': // best effort like progress (no seq)
       case 'job.progress': {
         this.progress.push({ nodeId: node.id, msg, receivedAt: Date.now() });
@@ -268,7 +327,17 @@ export class ReferenceMs extends EventEmitter {
         this.emit('node-error', node, msg);
         return;
       case 'hello':
-        this.sendRaw(node.id, JSON.stringify({ v: PROTOCOL_VERSION, type: 'error', id: messageId('s'), replyTo: msg.id, code: ProtoErrors.INVALID, message: 'already registered' }));
+        this.sendRaw(
+          node.id,
+          JSON.stringify({
+            v: PROTOCOL_VERSION,
+            type: 'error',
+            id: messageId('s'),
+            replyTo: msg.id,
+            code: ProtoErrors.INVALID,
+            message: 'already registered',
+          }),
+        );
         return;
       default:
         this.onReport(node, msg);
@@ -285,8 +354,14 @@ export class ReferenceMs extends EventEmitter {
       // Only the current attempt moves a job's state (a node declared dead may still report late).
       if (j && j.nodeId === node.id && (msg.attempt ?? 1) === j.attempt) {
         if (msg.type === 'job.accepted' && j.state === 'dispatched') j.state = 'accepted';
-        if (msg.type === 'job.completed') { j.state = 'completed'; j.completed = msg; }
-        if (msg.type === 'job.failed') { j.state = 'failed'; j.failed = msg; }
+        if (msg.type === 'job.completed') {
+          j.state = 'completed';
+          j.completed = msg;
+        }
+        if (msg.type === 'job.failed') {
+          j.state = 'failed';
+          j.failed = msg;
+        }
       }
       this.emit('report', node, msg);
     }
@@ -297,7 +372,11 @@ export class ReferenceMs extends EventEmitter {
 
   private dispatch(rec: MsJob, nodeId?: string): void {
     const target = nodeId ? this.nodes.get(nodeId) : this.leastBusy();
-    if (!target || !target.connected || !target.alive) { rec.state = 'pending'; rec.nodeId = undefined; return; }
+    if (!target || !target.connected || !target.alive) {
+      rec.state = 'pending';
+      rec.nodeId = undefined;
+      return;
+    }
     rec.nodeId = target.id;
     rec.state = 'dispatched';
     rec.attempts.push({ nodeId: target.id, at: Date.now() });
@@ -307,8 +386,12 @@ export class ReferenceMs extends EventEmitter {
   }
 
   private leastBusy(exclude?: string): MsNode | undefined {
-    const load = (n: MsNode) => [...this.jobs.values()].filter((j) => j.nodeId === n.id && (j.state === 'dispatched' || j.state === 'accepted')).length / Math.max(1, n.hello.capacity.slots);
-    return this.liveNodes().filter((n) => n.id !== exclude).sort((a, b) => load(a) - load(b))[0];
+    const load = (n: MsNode) =>
+      [...this.jobs.values()].filter((j) => j.nodeId === n.id && (j.state === 'dispatched' || j.state === 'accepted')).length /
+      Math.max(1, n.hello.capacity.slots);
+    return this.liveNodes()
+      .filter((n) => n.id !== exclude)
+      .sort((a, b) => load(a) - load(b))[0];
   }
 
   private assignOrphans(): void {

@@ -9,8 +9,18 @@ export const DOC = fileURLToPath(new URL('../docs/control-protocol.md', import.m
 export const MARKER = '<!-- Generated below from src/agent/protocol.ts by `npm run docs:protocol`: edit the schemas, not this text. -->';
 
 type S = Record<string, unknown> & {
-  $ref?: string; type?: string; const?: unknown; enum?: unknown[]; description?: string; properties?: Record<string, S>;
-  required?: string[]; items?: S; patternProperties?: Record<string, S>; anyOf?: S[]; oneOf?: S[]; additionalProperties?: boolean | S;
+  $ref?: string;
+  type?: string;
+  const?: unknown;
+  enum?: unknown[];
+  description?: string;
+  properties?: Record<string, S>;
+  required?: string[];
+  items?: S;
+  patternProperties?: Record<string, S>;
+  anyOf?: S[];
+  oneOf?: S[];
+  additionalProperties?: boolean | S;
 };
 
 const code = (v: unknown) => `\`${typeof v === 'string' ? v : JSON.stringify(v)}\``;
@@ -98,20 +108,33 @@ export function renderReference(): string {
   const agentTypes = Object.keys(agentMessages);
   const serverTypes = Object.keys(serverMessages);
   const lines = [
-    MARKER, '',
-    '## Message reference', '',
-    `Version ${PROTOCOL_VERSION}. Node to server: ${agentTypes.map(code).join(', ')}. Server to node: ${serverTypes.map(code).join(', ')}.`, '',
+    MARKER,
+    '',
+    '## Message reference',
+    '',
+    `Version ${PROTOCOL_VERSION}. Node to server: ${agentTypes.map(code).join(', ')}. Server to node: ${serverTypes.map(code).join(', ')}.`,
+    '',
     'Every message also carries the envelope (`v`, `type`, `id`). A value written as a link is one of the shared',
-    'definitions at the end (`#/$defs/<name>` in the JSON Schemas).', '',
-    '### node → server', '',
+    'definitions at the end (`#/$defs/<name>` in the JSON Schemas).',
+    '',
+    '### node → server',
+    '',
     ...agentTypes.flatMap((t) => message(t, plain(agentMessages[t as keyof typeof agentMessages]))),
-    '### server → node', '',
-    ...serverTypes.flatMap((t) => message(t, plain(serverMessages[t as keyof typeof serverMessages]),
-      t in agentMessages ? 'above (node → server)' : undefined)),
-    '### Shared definitions', '',
+    '### server → node',
+    '',
+    ...serverTypes.flatMap((t) =>
+      message(t, plain(serverMessages[t as keyof typeof serverMessages]), t in agentMessages ? 'above (node → server)' : undefined),
+    ),
+    '### Shared definitions',
+    '',
     ...Object.entries(defs).flatMap(([name, s]) => definition(name, plain(s))),
   ];
-  return lines.join('\n').replace(/\n{3,}/g, '\n\n').trimEnd() + '\n';
+  return (
+    lines
+      .join('\n')
+      .replace(/\n{3,}/g, '\n\n')
+      .trimEnd() + '\n'
+  );
 }
 
 /** The whole document: the written prose up to the marker, then the generated reference. */

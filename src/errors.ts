@@ -61,11 +61,19 @@ export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 // A source path that does not exist is a mistake on the command line, not a failed run: exit 2 like a bad flag.
 // So is a missing, unreadable or wrong encryption key.
 const USAGE_CODES: ReadonlySet<string> = new Set([
-  ErrorCodes.USAGE, ErrorCodes.BAD_CHUNK_SIZE, ErrorCodes.BAD_DISK_ID,
-  ErrorCodes.BAD_STORE_URL, ErrorCodes.BAD_SOURCE, ErrorCodes.SOURCE_NOT_FOUND,
-  ErrorCodes.KEY_FILE, ErrorCodes.KEY_REQUIRED, ErrorCodes.KEY_MISMATCH,
-  ErrorCodes.EXPORT_INSECURE, ErrorCodes.BAD_OUTPUT,
-  ErrorCodes.OUTPUT_IN_STORE, ErrorCodes.PATH_UNUSABLE,
+  ErrorCodes.USAGE,
+  ErrorCodes.BAD_CHUNK_SIZE,
+  ErrorCodes.BAD_DISK_ID,
+  ErrorCodes.BAD_STORE_URL,
+  ErrorCodes.BAD_SOURCE,
+  ErrorCodes.SOURCE_NOT_FOUND,
+  ErrorCodes.KEY_FILE,
+  ErrorCodes.KEY_REQUIRED,
+  ErrorCodes.KEY_MISMATCH,
+  ErrorCodes.EXPORT_INSECURE,
+  ErrorCodes.BAD_OUTPUT,
+  ErrorCodes.OUTPUT_IN_STORE,
+  ErrorCodes.PATH_UNUSABLE,
 ]);
 
 export class RnodeError extends Error {
@@ -83,7 +91,9 @@ export class RnodeError extends Error {
     this.details = opts.details ?? {};
   }
 
-  get isUsage(): boolean { return USAGE_CODES.has(this.code); }
+  get isUsage(): boolean {
+    return USAGE_CODES.has(this.code);
+  }
 }
 
 export function usageError(message: string, code: string = ErrorCodes.USAGE): RnodeError {

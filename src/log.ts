@@ -11,11 +11,27 @@ const MASK = '***';
 
 // Members that hold secrets, at the top of a line or up to two objects down. A secret reference
 // ({secretRef: "env:X"}) names a secret without holding it and is logged as it is.
-const SECRET_KEYS = ['token', 'password', 'passwd', 'secret', 'credentials', 'authorization', 'sas', 'signature',
-  'privateKey', 'private_key', 'accessKey', 'access_key', 'secretAccessKey', 'accountKey'];
+const SECRET_KEYS = [
+  'token',
+  'password',
+  'passwd',
+  'secret',
+  'credentials',
+  'authorization',
+  'sas',
+  'signature',
+  'privateKey',
+  'private_key',
+  'accessKey',
+  'access_key',
+  'secretAccessKey',
+  'accountKey',
+];
 const REDACT_PATHS = SECRET_KEYS.flatMap((k) => [k, `*.${k}`, `*.*.${k}`]);
 
-export interface LogSink { write(line: string): void }
+export interface LogSink {
+  write(line: string): void;
+}
 
 /** An Error as a log field: its name, message and stable code (no stack: a log line is for operators). */
 function errorFields(e: unknown): unknown {
@@ -41,11 +57,17 @@ export function textLine(jsonLine: string): string {
   const { time, level, msg, ...fields } = e;
   const value = (x: unknown) => (typeof x === 'string' ? x : JSON.stringify(x)).replace(/\r?\n/g, '\\n');
   const head = `${String(time)} ${level !== 'info' ? `${String(level).toUpperCase()} ` : ''}${value(msg ?? '')}`;
-  return `${head}${Object.entries(fields).filter(([, x]) => x !== undefined).map(([k, x]) => ` ${k}=${value(x)}`).join('')}\n`;
+  return `${head}${Object.entries(fields)
+    .filter(([, x]) => x !== undefined)
+    .map(([k, x]) => ` ${k}=${value(x)}`)
+    .join('')}\n`;
 }
 
 export class Logger {
-  private constructor(private readonly pino: Pino, private readonly secrets: Set<string>) {}
+  private constructor(
+    private readonly pino: Pino,
+    private readonly secrets: Set<string>,
+  ) {}
 
   static create(opts: { sink?: LogSink; level?: Level | 'silent'; format?: LogFormat; context?: Record<string, unknown> } = {}): Logger {
     const secrets = new Set<string>();
@@ -56,16 +78,19 @@ export class Logger {
     const sink: LogSink = opts.sink ?? pino.destination({ dest: 2, sync: true });
     // Text is rendered from the masked JSON line, then masked again: unescaping JSON must not bring a secret back.
     const out: LogSink = opts.format === 'text' ? { write: (line) => sink.write(mask(textLine(line))) } : sink;
-    const p = pino({
-      level: opts.level ?? 'info',
-      base: undefined,
-      timestamp: pino.stdTimeFunctions.isoTime,
-      formatters: { level: (label) => ({ level: label }) },
-      serializers: { err: errorFields, error: errorFields },
-      redact: { paths: REDACT_PATHS, censor: MASK },
-      // The last step before a line is written: registered secret values go, in whatever member they hide.
-      hooks: { streamWrite: mask },
-    }, out);
+    const p = pino(
+      {
+        level: opts.level ?? 'info',
+        base: undefined,
+        timestamp: pino.stdTimeFunctions.isoTime,
+        formatters: { level: (label) => ({ level: label }) },
+        serializers: { err: errorFields, error: errorFields },
+        redact: { paths: REDACT_PATHS, censor: MASK },
+        // The last step before a line is written: registered secret values go, in whatever member they hide.
+        hooks: { streamWrite: mask },
+      },
+      out,
+    );
     return new Logger(opts.context ? p.child(opts.context) : p, secrets);
   }
 
@@ -82,10 +107,18 @@ export class Logger {
     if (escaped !== value) this.secrets.add(escaped);
   }
 
-  debug(msg: string, fields?: Record<string, unknown>): void { this.log('debug', msg, fields); }
-  info(msg: string, fields?: Record<string, unknown>): void { this.log('info', msg, fields); }
-  warn(msg: string, fields?: Record<string, unknown>): void { this.log('warn', msg, fields); }
-  error(msg: string, fields?: Record<string, unknown>): void { this.log('error', msg, fields); }
+  debug(msg: string, fields?: Record<string, unknown>): void {
+    this.log('debug', msg, fields);
+  }
+  info(msg: string, fields?: Record<string, unknown>): void {
+    this.log('info', msg, fields);
+  }
+  warn(msg: string, fields?: Record<string, unknown>): void {
+    this.log('warn', msg, fields);
+  }
+  error(msg: string, fields?: Record<string, unknown>): void {
+    this.log('error', msg, fields);
+  }
 
   log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
     this.pino[level](fields, msg);

@@ -14,7 +14,20 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 
 import xxhash from 'xxhash-wasm';
-import { allocAligned, allocAlignedUnsafe, isZero, loadAddon, NativeIoError, nativeXxh64, openRaw, readFileInto, sharedAligned, writeFileExclusive, writeNonZero, type Extent } from '../src/native/index.js';
+import {
+  allocAligned,
+  allocAlignedUnsafe,
+  isZero,
+  loadAddon,
+  NativeIoError,
+  nativeXxh64,
+  openRaw,
+  readFileInto,
+  sharedAligned,
+  writeFileExclusive,
+  writeNonZero,
+  type Extent,
+} from '../src/native/index.js';
 import { Codec } from '../src/format/codecs.js';
 import { ensureBuilt, ROOT } from './helpers/cli.js';
 import { CodecWorkers, maxObjectBytes } from '../src/pipeline/codec-workers.js';
@@ -34,7 +47,9 @@ function openFds(target: string): number {
   for (const fd of fs.readdirSync('/proc/self/fd')) {
     try {
       if (fs.readlinkSync(`/proc/self/fd/${fd}`) === target) n++;
-    } catch { /* fd closed while listing */ }
+    } catch {
+      /* fd closed while listing */
+    }
   }
   return n;
 }
@@ -49,7 +64,14 @@ t.test('reads at odd offsets and lengths match the file bytes', async (t) => {
   t.equal(h.direct, false);
   t.equal(h.alignment, 1);
 
-  for (const [offset, length] of [[0, 1], [1, 4095], [4097, 65537], [MiB - 3, MiB + 7], [0, data.length], [data.length - 1, 1]]) {
+  for (const [offset, length] of [
+    [0, 1],
+    [1, 4095],
+    [4097, 65537],
+    [MiB - 3, MiB + 7],
+    [0, data.length],
+    [data.length - 1, 1],
+  ]) {
     const buf = Buffer.alloc(length);
     t.equal(await h.read(buf, offset, length), length, `count at ${offset}+${length}`);
     t.ok(buf.equals(data.subarray(offset, offset + length)), `bytes at ${offset}+${length}`);
@@ -230,9 +252,15 @@ t.test('allocAlignedUnsafe: its own mapping, page-aligned, 2 MiB-aligned and adv
   if (fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled')) {
     const b = allocAlignedUnsafe(8 * MiB + 1, 4096);
     b[0] = 1;
-    const advised = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
-      .filter((vma) => /^VmFlags:.*\bhg\b/m.test(vma)).map((vma) => Number(/^Size:\s+(\d+) kB/m.exec(vma)?.[1]));
-    t.ok(advised.some((kib) => kib >= 10 * 1024), `a 10 MiB mapping advised for huge pages (advised: ${advised.join(', ')} KiB)`);
+    const advised = fs
+      .readFileSync('/proc/self/smaps', 'utf8')
+      .split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
+      .filter((vma) => /^VmFlags:.*\bhg\b/m.test(vma))
+      .map((vma) => Number(/^Size:\s+(\d+) kB/m.exec(vma)?.[1]));
+    t.ok(
+      advised.some((kib) => kib >= 10 * 1024),
+      `a 10 MiB mapping advised for huge pages (advised: ${advised.join(', ')} KiB)`,
+    );
   }
 });
 
@@ -247,7 +275,10 @@ t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies wh
   for (const size of [0, 1, 4095, 4096, 4097, 3 * 4096 + 48, 1024 * 1024 + 777]) {
     // One byte past a page, so never aligned: a plain Buffer.alloc is page-aligned by chance now and then.
     const unaligned = allocAligned(size + 1, 4096).subarray(1);
-    for (const [kind, data] of [['aligned', sharedAligned(size)], ['unaligned', unaligned]] as const) {
+    for (const [kind, data] of [
+      ['aligned', sharedAligned(size)],
+      ['unaligned', unaligned],
+    ] as const) {
       randomBytes(size).copy(data);
       for (const sync of [true, false]) {
         const p = path.join(dir, `w-${size}-${kind}-${sync}`);
@@ -260,7 +291,12 @@ t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies wh
     }
   }
   const p = path.join(dir, 'w-1-aligned-true');
-  await t.rejects(writeFileExclusive(p, Buffer.alloc(1), { sync: true, direct: false }), { name: 'NativeIoError', code: 'EEXIST', syscall: 'open', path: p });
+  await t.rejects(writeFileExclusive(p, Buffer.alloc(1), { sync: true, direct: false }), {
+    name: 'NativeIoError',
+    code: 'EEXIST',
+    syscall: 'open',
+    path: p,
+  });
   await t.rejects(writeFileExclusive(path.join(dir, 'no/such/dir'), Buffer.alloc(1), { sync: false, direct: false }), { code: 'ENOENT' });
 });
 
@@ -299,7 +335,11 @@ t.test('writeNonZero skips zero blocks (or writes all with block 0), readFileInt
 t.test('errors carry errno, code, syscall and path', async (t) => {
   const missing = path.join(dir, 'does-not-exist');
   await t.rejects(openRaw(missing), {
-    name: 'NativeIoError', code: 'ENOENT', errno: os.constants.errno.ENOENT, syscall: 'open', path: missing,
+    name: 'NativeIoError',
+    code: 'ENOENT',
+    errno: os.constants.errno.ENOENT,
+    syscall: 'open',
+    path: missing,
   });
   const err = await openRaw(missing).catch((e: unknown) => e);
   t.ok(err instanceof NativeIoError);
@@ -321,7 +361,11 @@ t.test('close is idempotent, waits for reads in flight, then reads reject EBADF'
   const bufs = Array.from({ length: 8 }, () => Buffer.alloc(MiB / 2));
   const reads = bufs.map((b, i) => h.read(b, i * (MiB / 2)));
   const closed = h.close();
-  t.same(await Promise.all(reads), bufs.map((b) => b.length), 'reads in flight complete');
+  t.same(
+    await Promise.all(reads),
+    bufs.map((b) => b.length),
+    'reads in flight complete',
+  );
   bufs.forEach((b, i) => t.ok(b.equals(data.subarray(i * b.length, (i + 1) * b.length)), `read ${i} bytes`));
   await closed;
   await h.close();
@@ -383,12 +427,15 @@ t.test('xxh64: codec workers give the same digests with the addon and with xxhas
   }
 });
 
-t.test('returnLargeFreesToSystem: freed large buffers leave the process instead of staying in the heap', { skip: process.platform !== 'linux' && 'glibc' }, async (t) => {
-  // In children: the setting is process-wide. A first 4 MiB block freed raises glibc's own threshold; then 64 x 2 MiB
-  // buffers with small blocks between them are freed, which without the setting stay in the heap (they cannot be
-  // trimmed past the small ones).
-  ensureBuilt();
-  const script = `
+t.test(
+  'returnLargeFreesToSystem: freed large buffers leave the process instead of staying in the heap',
+  { skip: process.platform !== 'linux' && 'glibc' },
+  async (t) => {
+    // In children: the setting is process-wide. A first 4 MiB block freed raises glibc's own threshold; then 64 x 2 MiB
+    // buffers with small blocks between them are freed, which without the setting stay in the heap (they cannot be
+    // trimmed past the small ones).
+    ensureBuilt();
+    const script = `
     import { allocAligned, returnLargeFreesToSystem } from ${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist', 'native', 'index.js')).href)};
     import { setTimeout as sleep } from 'node:timers/promises';
     const rss = () => process.memoryUsage().rss / 1048576;
@@ -399,20 +446,29 @@ t.test('returnLargeFreesToSystem: freed large buffers leave the process instead 
     for (let i = 0; i < 64; i++) { big.push(allocAligned(2 << 20, 4096)); small.push(allocAligned(64, 64)); }
     big = null; gc(); await sleep(10); gc(); await sleep(10);
     console.log(JSON.stringify({ taken, retainedMiB: rss() - before, small: small.length }));`;
-  const run = (mode: string) => JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, mode], { encoding: 'utf8' })) as { taken: boolean; retainedMiB: number };
-  const off = run('off');
-  const on = run('on');
-  t.equal(on.taken, true, 'glibc took the setting');
-  t.ok(off.retainedMiB > 48, `without it, ${off.retainedMiB.toFixed(0)} MiB of 128 MiB freed stay in the process`);
-  t.ok(on.retainedMiB < 16, `with it, ${on.retainedMiB.toFixed(0)} MiB stay`);
-});
+    const run = (mode: string) =>
+      JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, mode], { encoding: 'utf8' })) as {
+        taken: boolean;
+        retainedMiB: number;
+      };
+    const off = run('off');
+    const on = run('on');
+    t.equal(on.taken, true, 'glibc took the setting');
+    t.ok(off.retainedMiB > 48, `without it, ${off.retainedMiB.toFixed(0)} MiB of 128 MiB freed stay in the process`);
+    t.ok(on.retainedMiB < 16, `with it, ${on.retainedMiB.toFixed(0)} MiB stay`);
+  },
+);
 
-t.test('BLAKE3 loads without the libc probe of @napi-rs/blake-hash (a whole diagnostic report in every thread)', { skip: (process.platform !== 'linux' || !(loadAddon() as { glibc: boolean }).glibc) && 'glibc only' }, async (t) => {
-  ensureBuilt();
-  const script = `
+t.test(
+  'BLAKE3 loads without the libc probe of @napi-rs/blake-hash (a whole diagnostic report in every thread)',
+  { skip: (process.platform !== 'linux' || !(loadAddon() as { glibc: boolean }).glibc) && 'glibc only' },
+  async (t) => {
+    ensureBuilt();
+    const script = `
     process.report.getReport = () => { throw new Error('the libc probe ran'); };
     const { blake3 } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist', 'native', 'index.js')).href)});
     console.log(blake3(Buffer.from('abc')).toString('hex'));`;
-  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' }).trim();
-  t.equal(out, '6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85', 'BLAKE3("abc"), the reference digest');
-});
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' }).trim();
+    t.equal(out, '6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85', 'BLAKE3("abc"), the reference digest');
+  },
+);

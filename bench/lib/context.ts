@@ -123,7 +123,11 @@ export function makeContext(settings: Settings, workdir: string, fsType: string,
   const cli = cliPath();
   let image: Promise<string> | undefined;
   const ctx: BenchContext = {
-    settings, workdir, fsType, tools, log,
+    settings,
+    workdir,
+    fsType,
+    tools,
+    log,
     mixedImage() {
       image ??= (async () => {
         const file = path.join(workdir, 'mixed.img');

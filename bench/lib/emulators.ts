@@ -40,12 +40,23 @@ async function startChild(name: string, args: string[], ready: RegExp, env: Node
       const onData = (d: Buffer) => {
         output += d.toString();
         const m = ready.exec(output);
-        if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+        if (m) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
       };
       child.stdout!.on('data', onData);
-      child.stderr!.on('data', (d: Buffer) => { output += d.toString(); });
-      child.once('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`${name} exited (${code ?? sig}) before it was ready:\n${output}`)); });
-      child.once('error', (err) => { clearTimeout(timer); reject(err); });
+      child.stderr!.on('data', (d: Buffer) => {
+        output += d.toString();
+      });
+      child.once('exit', (code, sig) => {
+        clearTimeout(timer);
+        reject(new Error(`${name} exited (${code ?? sig}) before it was ready:\n${output}`));
+      });
+      child.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
     });
     // Keep draining the pipes so a chatty server never blocks on a full pipe.
     child.stdout!.resume();
@@ -73,24 +84,29 @@ export async function startS3rver(parent = tmpdir()): Promise<RunningServer> {
     const S3rver = require(${JSON.stringify(require.resolve('s3rver'))});
     new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: ${JSON.stringify(dir)} })
       .run().then(({ port }) => console.log('S3RVER_PORT=' + port), (e) => { console.error(e); process.exit(1); });`;
-  return startChild('s3rver', ['-e', script], /S3RVER_PORT=(\d+)/,
-    { ...process.env, NODE_OPTIONS: '--openssl-legacy-provider' }, dir);
+  return startChild('s3rver', ['-e', script], /S3RVER_PORT=(\d+)/, { ...process.env, NODE_OPTIONS: '--openssl-legacy-provider' }, dir);
 }
 
 /** Azurite's blob service, persisted in a temp directory. */
 export async function startAzurite(parent = tmpdir()): Promise<RunningServer> {
   const dir = await mkdtemp(path.join(parent, 'rnode-azurite-'));
   const main = path.join(path.dirname(require.resolve('azurite/package.json')), 'dist/src/blob/main.js');
-  return startChild('azurite', [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir,
-    '--skipApiVersionCheck', '--silent', '--disableTelemetry'], /successfully listens on http:\/\/127\.0\.0\.1:(\d+)/,
-  process.env, dir);
+  return startChild(
+    'azurite',
+    [main, '--blobHost', '127.0.0.1', '--blobPort', '0', '--location', dir, '--skipApiVersionCheck', '--silent', '--disableTelemetry'],
+    /successfully listens on http:\/\/127\.0\.0\.1:(\d+)/,
+    process.env,
+    dir,
+  );
 }
 
 /** Azurite's well-known development account. */
 export function azuriteConnectionString(endpoint: string): string {
-  return 'DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;' +
+  return (
+    'DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;' +
     'AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;' +
-    `BlobEndpoint=${endpoint}/devstoreaccount1;`;
+    `BlobEndpoint=${endpoint}/devstoreaccount1;`
+  );
 }
 
 /**

@@ -63,7 +63,10 @@ export function shebangFlags(script: string): string[] {
   const fd = fs.openSync(script, 'r');
   try {
     const head = Buffer.alloc(256);
-    const line = head.subarray(0, fs.readSync(fd, head, 0, head.length, 0)).toString().split('\n', 1)[0]!;
+    const line = head
+      .subarray(0, fs.readSync(fd, head, 0, head.length, 0))
+      .toString()
+      .split('\n', 1)[0]!;
     return /^#!\S+ -S node (.*)$/.exec(line)?.[1]!.split(' ') ?? [];
   } finally {
     fs.closeSync(fd);
@@ -74,8 +77,12 @@ export function shebangFlags(script: string): string[] {
 export async function runNode(script: string, args: string[], opts: RunOptions): Promise<RunResult> {
   const rssFile = path.join(opts.scratch, `.rss-${process.pid}-${++seq}`);
   try {
-    const r = await run(process.execPath, [...shebangFlags(script), '--import', PROBE, script, ...args],
-      { ...opts, env: { ...(opts.env ?? process.env), RNODE_BENCH_RSS_OUT: rssFile } }, `node ${path.basename(script)} ${args[0] ?? ''}`);
+    const r = await run(
+      process.execPath,
+      [...shebangFlags(script), '--import', PROBE, script, ...args],
+      { ...opts, env: { ...(opts.env ?? process.env), RNODE_BENCH_RSS_OUT: rssFile } },
+      `node ${path.basename(script)} ${args[0] ?? ''}`,
+    );
     return { ...r, peakRss: await readNumber(rssFile, 1) };
   } finally {
     await fsp.rm(rssFile, { force: true });
@@ -115,8 +122,13 @@ function run(cmd: string, args: string[], opts: RunOptions, label: string): Prom
     live.add(child);
     if (devNull !== undefined) fs.closeSync(devNull); // the child holds its own copy
     child.stdout?.on('data', (b: Buffer) => out.push(b));
-    child.stderr!.on('data', (b: Buffer) => { err = (err + b.toString()).slice(-STDERR_KEEP); });
-    child.on('error', (e) => { live.delete(child); reject(e); });
+    child.stderr!.on('data', (b: Buffer) => {
+      err = (err + b.toString()).slice(-STDERR_KEEP);
+    });
+    child.on('error', (e) => {
+      live.delete(child);
+      reject(e);
+    });
     child.on('close', (code, signal) => {
       live.delete(child);
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;

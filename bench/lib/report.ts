@@ -68,7 +68,11 @@ export function renderSection(s: SectionResult): string[] {
     verdict(r.target),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
-  const line = (c: string[]) => c.map((x, i) => (i === 1 || i === 3 ? x.padStart(widths[i]) : x.padEnd(widths[i]))).join('  ').trimEnd();
+  const line = (c: string[]) =>
+    c
+      .map((x, i) => (i === 1 || i === 3 ? x.padStart(widths[i]) : x.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   lines.push(line(head), widths.map((w) => '-'.repeat(w)).join('  '));
   s.rows.forEach((r, i) => {
     lines.push(line(cells[i]));
@@ -95,7 +99,10 @@ export function human(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
   let v = n;
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
   return `${Number(v.toFixed(v < 10 ? 2 : 1))} ${units[i]}`;
 }
 

@@ -60,7 +60,10 @@ export function readSettings(): Settings {
     // A quarter of the sparse disk at most, whole MiB, so "mostly holes" holds at small test sizes too.
     sparseData: Math.max(MiB, Math.min(64 * MiB, Math.floor(sparseSize / 4 / MiB) * MiB)),
     parentDir: process.env.RNODE_BENCH_DIR || os.tmpdir(),
-    only: (process.env.RNODE_BENCH_ONLY ?? '').split(',').map((x) => x.trim()).filter(Boolean),
+    only: (process.env.RNODE_BENCH_ONLY ?? '')
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean),
     repeat,
     keep: process.env.RNODE_BENCH_KEEP === '1',
     ...(process.env.RNODE_BENCH_JSON ? { jsonOut: process.env.RNODE_BENCH_JSON } : {}),

@@ -36,8 +36,12 @@ interface Target {
    * Starts the server (if any) and opens the store; `done` stops and cleans up; `out`: a cloud disk output there;
    * `at(prefix)`: the location (and env) of another store on the same server (the legacy build's run).
    */
-  open(dir: string): Promise<{ store: WrappedStore; done(): Promise<void>; out?: { url: string; env: NodeJS.ProcessEnv };
-    at(prefix: string): { url: string; env: NodeJS.ProcessEnv } }>;
+  open(dir: string): Promise<{
+    store: WrappedStore;
+    done(): Promise<void>;
+    out?: { url: string; env: NodeJS.ProcessEnv };
+    at(prefix: string): { url: string; env: NodeJS.ProcessEnv };
+  }>;
 }
 
 const targets: Target[] = [
@@ -53,16 +57,26 @@ const targets: Target[] = [
     out: 's3:// raw',
     async open(dir) {
       const server = await startS3rver(dir);
-      const c = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1',
-        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+      const c = new S3Client({
+        endpoint: server.endpoint,
+        forcePathStyle: true,
+        region: 'us-east-1',
+        credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+      });
       await c.send(new CreateBucketCommand({ Bucket: 'rnode-bench' }));
       c.destroy();
       // s3rver does not enforce conditional puts (docs/stores.md).
       const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
       const store = await openStore(`s3://rnode-bench/b?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`, { env });
-      return { store, done: async () => { await store.close(); await server.stop(); },
+      return {
+        store,
+        done: async () => {
+          await store.close();
+          await server.stop();
+        },
         out: { url: `s3://rnode-bench/out/disk.raw?endpoint=${server.endpoint}&forcePathStyle=true`, env },
-        at: (prefix) => ({ url: `s3://rnode-bench/${prefix}?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`, env }) };
+        at: (prefix) => ({ url: `s3://rnode-bench/${prefix}?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`, env }),
+      };
     },
   },
   {
@@ -74,8 +88,15 @@ const targets: Target[] = [
       await BlobServiceClient.fromConnectionString(conn).getContainerClient('rnode-bench').create();
       const env = { AZURE_STORAGE_CONNECTION_STRING: conn };
       const store = await openStore('azblob://rnode-bench/b', { env });
-      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'azblob://rnode-bench/out/disk.vhd', env },
-        at: (prefix) => ({ url: `azblob://rnode-bench/${prefix}`, env }) };
+      return {
+        store,
+        done: async () => {
+          await store.close();
+          await server.stop();
+        },
+        out: { url: 'azblob://rnode-bench/out/disk.vhd', env },
+        at: (prefix) => ({ url: `azblob://rnode-bench/${prefix}`, env }),
+      };
     },
   },
   {
@@ -86,8 +107,15 @@ const targets: Target[] = [
       // The emulator does not enforce ifGenerationMatch (docs/stores.md).
       const env = { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT };
       const store = await openStore('gs://rnode-bench/b?conditional=off', { env });
-      return { store, done: async () => { await store.close(); await server.stop(); }, out: { url: 'gs://rnode-bench/out/disk.tar.gz', env },
-        at: (prefix) => ({ url: `gs://rnode-bench/${prefix}?conditional=off`, env }) };
+      return {
+        store,
+        done: async () => {
+          await store.close();
+          await server.stop();
+        },
+        out: { url: 'gs://rnode-bench/out/disk.tar.gz', env },
+        at: (prefix) => ({ url: `gs://rnode-bench/${prefix}?conditional=off`, env }),
+      };
     },
   },
 ];
@@ -99,7 +127,10 @@ async function sha256(file: string): Promise<string> {
 }
 
 /** Objects listed in a store and puts its wrapper counted, after one full replicate. */
-interface Requests { objects: number; puts: number }
+interface Requests {
+  objects: number;
+  puts: number;
+}
 
 async function countObjects(store: ObjectStore): Promise<number> {
   let n = 0;
@@ -127,9 +158,11 @@ async function putCeiling(store: ObjectStore): Promise<number> {
   const keys = Array.from({ length: CEILING_OBJECTS }, (_, i) => `bench-ceiling/${i}`);
   let next = 0;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: CEILING_IN_FLIGHT }, async () => {
-    while (next < keys.length) await store.put(keys[next++], body);
-  }));
+  await Promise.all(
+    Array.from({ length: CEILING_IN_FLIGHT }, async () => {
+      while (next < keys.length) await store.put(keys[next++], body);
+    }),
+  );
   const seconds = (performance.now() - t0) / 1000;
   for (const k of keys) await store.delete(k);
   return (CEILING_OBJECT * CEILING_OBJECTS) / seconds;
@@ -158,12 +191,17 @@ export const clouds: Section = {
     const image = path.join(ctx.dir, 'mixed-256m.img');
     await generateSampleDisk(image, { size: IMAGE_SIZE, seed: 1 });
     const want = await sha256(image);
-    ctx.say(`image: ${IMAGE_SIZE / MiB} MiB mixed (generateSampleDisk), library calls in-process, default chunk size; ` +
-      'emulators on 127.0.0.1 in child processes; s3rver and the GCS emulator with conditional=off');
+    ctx.say(
+      `image: ${IMAGE_SIZE / MiB} MiB mixed (generateSampleDisk), library calls in-process, default chunk size; ` +
+        'emulators on 127.0.0.1 in child processes; s3rver and the GCS emulator with conditional=off',
+    );
 
     const legacy = await legacyBuild();
-    ctx.say(legacy ? `legacy figures: the build at RNODE_BENCH_LEGACY=${process.env.RNODE_BENCH_LEGACY}, same image, same emulators`
-      : 'legacy figures: not measured (set RNODE_BENCH_LEGACY to the dist/index.js of a build of the previous release)');
+    ctx.say(
+      legacy
+        ? `legacy figures: the build at RNODE_BENCH_LEGACY=${process.env.RNODE_BENCH_LEGACY}, same image, same emulators`
+        : 'legacy figures: not measured (set RNODE_BENCH_LEGACY to the dist/index.js of a build of the previous release)',
+    );
     const results = new Map<string, Measured>();
     for (const target of targets) {
       const dir = path.join(ctx.dir, target.name.replace(/\W+/g, '-'));
@@ -228,7 +266,9 @@ export const clouds: Section = {
         const v2 = m.v2 ? perGiB(m.v2[what]) : null;
         const old = m.legacy ? perGiB(m.legacy[what]) : undefined;
         rows.push({
-          name: `${what === 'objects' ? 'objects' : 'PUTs'} per GiB of disk → ${target.name}`, value: v2, unit: what === 'objects' ? 'objects' : 'PUTs',
+          name: `${what === 'objects' ? 'objects' : 'PUTs'} per GiB of disk → ${target.name}`,
+          value: v2,
+          unit: what === 'objects' ? 'objects' : 'PUTs',
           ...(old !== undefined ? { baseline: { name: 'legacy build, same run', value: old } } : {}),
           ratio: ratioOf(v2, old),
           note: what === 'objects' ? 'objects listed after one full point of the image' : 'store puts counted by the wrapper metrics (every attempt)',
@@ -244,7 +284,9 @@ export const clouds: Section = {
           unit: 'MB/s',
           baseline: local[op] === null ? undefined : { name: `${op} → local fs`, value: local[op]!, unit: 'MB/s' },
           ratio: ratioOf(m[op], local[op]),
-          ...(op === 'replicate' ? { target: { text: '>= 0.6x local fs', pass: m[op] === null || local[op] === null ? undefined : m[op]! / local[op]! >= 0.6 } } : {}),
+          ...(op === 'replicate'
+            ? { target: { text: '>= 0.6x local fs', pass: m[op] === null || local[op] === null ? undefined : m[op]! / local[op]! >= 0.6 } }
+            : {}),
           note: m.note,
         });
       }
@@ -254,10 +296,13 @@ export const clouds: Section = {
       const ceiling = m.ceiling === undefined ? null : m.ceiling / MB;
       const stored = m.storedRate === undefined ? null : m.storedRate / MB;
       rows.push({
-        name: `replicate → ${target.name}, stored bytes/s`, value: stored, unit: 'MB/s',
-        baseline: ceiling === null ? undefined : { name: 'the store\'s own put rate of 16 MiB objects', value: ceiling, unit: 'MB/s' },
+        name: `replicate → ${target.name}, stored bytes/s`,
+        value: stored,
+        unit: 'MB/s',
+        baseline: ceiling === null ? undefined : { name: "the store's own put rate of 16 MiB objects", value: ceiling, unit: 'MB/s' },
         ratio: ratioOf(stored, ceiling),
-        note: `the ceiling: ${CEILING_OBJECTS} objects of ${CEILING_OBJECT / MiB} MiB put through the same store, ${CEILING_IN_FLIGHT} in flight ` +
+        note:
+          `the ceiling: ${CEILING_OBJECTS} objects of ${CEILING_OBJECT / MiB} MiB put through the same store, ${CEILING_IN_FLIGHT} in flight ` +
           '(as replicate puts packs), nothing else running; a replicate cannot store faster than its store takes bytes',
       });
     }

@@ -52,11 +52,23 @@ export const codec: Section = {
     const onText: ReplicateResult[] = [];
     const lzCpu: number[] = [];
     for (let i = 0; i < n; i++) {
-      for (const [codecName, into, w] of [['none', none, wall.none], ['lz4-blocks', lz4, wall.lz4]] as const) {
+      for (const [codecName, into, w] of [
+        ['none', none, wall.none],
+        ['lz4-blocks', lz4, wall.lz4],
+      ] as const) {
         ctx.log(`round ${i + 1}/${n}: replicate random.img --compression ${codecName}`);
         await ctx.settle(random);
-        const r = await ctx.rnode<ReplicateResult>(['replicate', '--source', random, '--target', path.join(ctx.dir, `store-${codecName}-${i}`),
-          '--disk', 'r', '--compression', codecName]);
+        const r = await ctx.rnode<ReplicateResult>([
+          'replicate',
+          '--source',
+          random,
+          '--target',
+          path.join(ctx.dir, `store-${codecName}-${i}`),
+          '--disk',
+          'r',
+          '--compression',
+          codecName,
+        ]);
         into.push(r.result);
         w.push(r.seconds);
         await fsp.rm(path.join(ctx.dir, `store-${codecName}-${i}`), { recursive: true, force: true });
@@ -77,21 +89,29 @@ export const codec: Section = {
     const mNone = median(wall.none);
     const mLz4 = median(wall.lz4);
     rows.push({
-      name: 'replicate random.img, --compression none', value: mNone, unit: 's',
-      baseline: { name: 'lz4-blocks', value: mLz4 }, ratio: mNone / mLz4,
+      name: 'replicate random.img, --compression none',
+      value: mNone,
+      unit: 's',
+      baseline: { name: 'lz4-blocks', value: mLz4 },
+      ratio: mNone / mLz4,
       target: { text: '< 1.0x (none faster)', pass: mNone < mLz4 },
-      note: [`wall from spawn to exit; none ${spread(wall.none, 's')}; lz4-blocks ${spread(wall.lz4, 's')}`,
-        `compress ${fmt(median(none.map((r) => r.stages.compress)), 's')} vs ${fmt(median(lz4.map((r) => r.stages.compress)), 's')}`].join('; '),
+      note: [
+        `wall from spawn to exit; none ${spread(wall.none, 's')}; lz4-blocks ${spread(wall.lz4, 's')}`,
+        `compress ${fmt(median(none.map((r) => r.stages.compress)), 's')} vs ${fmt(median(lz4.map((r) => r.stages.compress)), 's')}`,
+      ].join('; '),
       data: { none: none.map((r) => r.stages), lz4: lz4.map((r) => r.stages) },
     });
     const packText = median(onText.map((r) => r.stages.compress));
     const lzText = lzCpu.length ? median(lzCpu) : null;
     rows.push({
-      name: 'LZ4 time on text.img (codec workers)', value: packText, unit: 's',
+      name: 'LZ4 time on text.img (codec workers)',
+      value: packText,
+      unit: 's',
       baseline: lzText !== null ? { name: 'lz4 -1 CPU (user+sys)', value: lzText } : undefined,
       ratio: lzText ? packText / lzText : undefined,
       target: { text: '<= 1.2x lz4 -1', pass: lzText ? packText / lzText <= 1.2 : undefined },
-      note: `rnode: the workers' compress stage (LZ4 of 64 KiB sub-blocks and the payload's xxh64), summed over workers; ` +
+      note:
+        `rnode: the workers' compress stage (LZ4 of 64 KiB sub-blocks and the payload's xxh64), summed over workers; ` +
         `lz4 -1: CPU of the whole process reading the file, output discarded; rnode run: ${stagesText(onText[onText.length - 1].stages)}`,
       data: { rnode: onText.map((r) => r.stages), lz4Cpu: lzCpu },
     });

@@ -32,7 +32,9 @@ async function writeClone(base: Buffer, i: number, file: string): Promise<void> 
 /** Clones 0 .. clones-1 of base written to img in turn, each replicated as disk clone-i into store. */
 async function replicateClones(store: ObjectStore, base: Buffer, img: string, clones: number): Promise<ReplicateResult[]> {
   return replicateSeries(store, img, {
-    points: clones, disk: (p) => `clone-${p - 1}`, chunkSize: CHUNK,
+    points: clones,
+    disk: (p) => `clone-${p - 1}`,
+    chunkSize: CHUNK,
     before: (p) => writeClone(base, p - 1, img),
   });
 }
@@ -43,12 +45,14 @@ export const dedup: Section = {
   spaceNeeded: () => 16 * IMAGE_SIZE,
 
   async run(ctx) {
-    const { startServe, stopServe } = await import(pathToFileURL(path.join(root, 'dist/bench/ws.js')).href) as typeof import('../ws.js');
+    const { startServe, stopServe } = (await import(pathToFileURL(path.join(root, 'dist/bench/ws.js')).href)) as typeof import('../ws.js');
     const basePath = path.join(ctx.dir, 'base.img');
     await generateSampleDisk(basePath, { size: IMAGE_SIZE, seed: 41, holeEvery: 0 });
     const base = await fsp.readFile(basePath);
     const img = path.join(ctx.dir, 'clone.img');
-    ctx.say(`image ${IMAGE_SIZE / MiB} MiB mixed, ${CHUNK / MiB} MiB chunks; clone i rewrites every tenth chunk (offset i) with mixed data of its own`);
+    ctx.say(
+      `image ${IMAGE_SIZE / MiB} MiB mixed, ${CHUNK / MiB} MiB chunks; clone i rewrites every tenth chunk (offset i) with mixed data of its own`,
+    );
 
     // Local: one clone alone, then ten clones into one store.
     const oneStore = await openStore(path.join(ctx.dir, 'one'));
@@ -89,16 +93,23 @@ export const dedup: Section = {
 
     const rows: Row[] = [
       {
-        name: 'ten clones stored, local fs', value: storedTen / MiB, unit: 'MiB',
-        baseline: { name: 'one clone alone', value: storedOne / MiB }, ratio: ratioOf(storedTen, storedOne),
+        name: 'ten clones stored, local fs',
+        value: storedTen / MiB,
+        unit: 'MiB',
+        baseline: { name: 'one clone alone', value: storedOne / MiB },
+        ratio: ratioOf(storedTen, storedOne),
         target: { text: '< 2.2x one clone', pass: storedTen < 2.2 * storedOne },
         note: `${fmt(dedupBytes / MiB, 'MiB')} of chunks deduplicated across the ten; ${fmt(localSeconds, 's')} for the ten replicates`,
       },
       {
-        name: 'ten clones over ws://, bytes on the wire', value: wsTen.wire / MiB, unit: 'MiB',
-        baseline: { name: 'one clone alone', value: wsOne.wire / MiB }, ratio: ratioOf(wsTen.wire, wsOne.wire),
+        name: 'ten clones over ws://, bytes on the wire',
+        value: wsTen.wire / MiB,
+        unit: 'MiB',
+        baseline: { name: 'one clone alone', value: wsOne.wire / MiB },
+        ratio: ratioOf(wsTen.wire, wsOne.wire),
         target: { text: '< 2.2x one clone', pass: wsTen.wire < 2.2 * wsOne.wire },
-        note: `stored on the node ${fmt(wsTen.stored / MiB, 'MiB')} vs ${fmt(wsOne.stored / MiB, 'MiB')} (${fmt(wsTen.stored / wsOne.stored)}x); ` +
+        note:
+          `stored on the node ${fmt(wsTen.stored / MiB, 'MiB')} vs ${fmt(wsOne.stored / MiB, 'MiB')} (${fmt(wsTen.stored / wsOne.stored)}x); ` +
           `${fmt(wsTen.seconds, 's')} for the ten over ws:// vs ${fmt(localSeconds, 's')} locally`,
       },
     ];

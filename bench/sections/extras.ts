@@ -19,25 +19,48 @@ export const vmware: Section = {
   spaceNeeded: () => 512 * 1024 * 1024,
   async run(ctx) {
     const loader = path.join(root, 'node_modules/@tapjs/typescript/dist/esm/import.mjs');
-    const { stdout } = await execFileP(process.execPath, [`--import=${pathToFileURL(loader).href}`, path.join(root, 'bench/vmware.ts'), '--json'],
-      { cwd: root, maxBuffer: 16 << 20, timeout: 600_000 });
+    const { stdout } = await execFileP(process.execPath, [`--import=${pathToFileURL(loader).href}`, path.join(root, 'bench/vmware.ts'), '--json'], {
+      cwd: root,
+      maxBuffer: 16 << 20,
+      timeout: 600_000,
+    });
     const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
     if (!line) throw new Error('the VMware bench printed no result');
     const r = JSON.parse(line.slice(7));
     ctx.say(`disk ${(r.diskBytes / 2 ** 20).toFixed(0)} MiB, ${(r.changedBytes / 2 ** 20).toFixed(2)} MiB changed in scattered 4 KiB writes`);
     const rows: Row[] = [
-      { name: 'incremental bytes read, CBT+VDDK', value: r.vddk.bytesRead / 1e6, unit: 'MB',
-        baseline: { name: 'raw scan', value: r.raw.bytesRead / 1e6, unit: 'MB' }, ratio: r.vddk.bytesRead / Math.max(1, r.raw.bytesRead),
-        note: `${((100 * r.vddk.bytesRead) / r.diskBytes).toFixed(1)}% of the disk; the raw scan reads every allocated chunk` },
-      { name: 'incremental time, CBT+VDDK', value: r.vddk.seconds, unit: 's',
-        baseline: { name: 'raw scan', value: r.raw.seconds, unit: 's' }, ratio: r.vddk.seconds / Math.max(1e-9, r.raw.seconds),
-        note: `the whole run incl. login, snapshot and its removal: ${r.vddk.runSeconds.toFixed(2)} s` },
-      { name: '3-disk VM full point, disks in parallel', value: r.vm.parallelSeconds, unit: 's',
-        baseline: { name: 'one after another', value: r.vm.sequentialSeconds, unit: 's' }, ratio: r.vm.parallelSeconds / Math.max(1e-9, r.vm.sequentialSeconds),
-        note: `${r.vm.readLatencyUs} us per VDDK Read in the stand-in` },
-      { name: '3-disk VM incremental, bytes VDDK read', value: r.vm.incremental.vddkBytes / 1e6, unit: 'MB',
+      {
+        name: 'incremental bytes read, CBT+VDDK',
+        value: r.vddk.bytesRead / 1e6,
+        unit: 'MB',
+        baseline: { name: 'raw scan', value: r.raw.bytesRead / 1e6, unit: 'MB' },
+        ratio: r.vddk.bytesRead / Math.max(1, r.raw.bytesRead),
+        note: `${((100 * r.vddk.bytesRead) / r.diskBytes).toFixed(1)}% of the disk; the raw scan reads every allocated chunk`,
+      },
+      {
+        name: 'incremental time, CBT+VDDK',
+        value: r.vddk.seconds,
+        unit: 's',
+        baseline: { name: 'raw scan', value: r.raw.seconds, unit: 's' },
+        ratio: r.vddk.seconds / Math.max(1e-9, r.raw.seconds),
+        note: `the whole run incl. login, snapshot and its removal: ${r.vddk.runSeconds.toFixed(2)} s`,
+      },
+      {
+        name: '3-disk VM full point, disks in parallel',
+        value: r.vm.parallelSeconds,
+        unit: 's',
+        baseline: { name: 'one after another', value: r.vm.sequentialSeconds, unit: 's' },
+        ratio: r.vm.parallelSeconds / Math.max(1e-9, r.vm.sequentialSeconds),
+        note: `${r.vm.readLatencyUs} us per VDDK Read in the stand-in`,
+      },
+      {
+        name: '3-disk VM incremental, bytes VDDK read',
+        value: r.vm.incremental.vddkBytes / 1e6,
+        unit: 'MB',
         baseline: { name: 'CBT changed', value: r.vm.incremental.cbtChangedBytes / 1e6, unit: 'MB' },
-        ratio: r.vm.incremental.vddkBytes / Math.max(1, r.vm.incremental.cbtChangedBytes), note: 'whole chunks around 4 KiB changes' },
+        ratio: r.vm.incremental.vddkBytes / Math.max(1, r.vm.incremental.cbtChangedBytes),
+        note: 'whole chunks around 4 KiB changes',
+      },
     ];
     return rows;
   },
@@ -53,24 +76,40 @@ export const encryption: Section = {
     // A throwaway key, only ever in this file (mode 0600, as rnode requires).
     await fsp.writeFile(key, crypto.randomBytes(32).toString('hex'), { mode: 0o600 });
     const rates: Record<'plain' | 'encrypted', number[]> = { plain: [], encrypted: [] };
-    ctx.say(`image: ${(ctx.settings.size / 2 ** 20).toFixed(0)} MiB mixed; ${ctx.settings.repeat} run(s) each, interleaved; MB/s of disk size, wall time incl. process start`);
+    ctx.say(
+      `image: ${(ctx.settings.size / 2 ** 20).toFixed(0)} MiB mixed; ${ctx.settings.repeat} run(s) each, interleaved; MB/s of disk size, wall time incl. process start`,
+    );
     for (let i = 0; i < ctx.settings.repeat; i++) {
       for (const mode of ['plain', 'encrypted'] as const) {
         const store = path.join(ctx.dir, `store-${mode}`);
         await fsp.rm(store, { recursive: true, force: true });
         ctx.log(`round ${i + 1}/${ctx.settings.repeat}: replicate (${mode})`);
         await ctx.settle(img);
-        const r = await ctx.rnode<{ diskSize: number }>(['replicate', '--source', img, '--target', store, '--disk', 'bench',
-          ...(mode === 'encrypted' ? ['--encryption-key-file', key] : [])]);
+        const r = await ctx.rnode<{ diskSize: number }>([
+          'replicate',
+          '--source',
+          img,
+          '--target',
+          store,
+          '--disk',
+          'bench',
+          ...(mode === 'encrypted' ? ['--encryption-key-file', key] : []),
+        ]);
         rates[mode].push(r.result.diskSize / 1e6 / r.seconds);
       }
     }
     const enc = median(rates.encrypted);
     const plain = median(rates.plain);
-    return [{
-      name: 'full replicate, encrypted', value: enc, unit: 'MB/s', baseline: { name: 'unencrypted, same run', value: plain, unit: 'MB/s' },
-      ratio: enc / plain, note: `runs: encrypted ${rates.encrypted.map((x) => x.toFixed(0)).join(', ')}; plain ${rates.plain.map((x) => x.toFixed(0)).join(', ')} MB/s`,
-    }];
+    return [
+      {
+        name: 'full replicate, encrypted',
+        value: enc,
+        unit: 'MB/s',
+        baseline: { name: 'unencrypted, same run', value: plain, unit: 'MB/s' },
+        ratio: enc / plain,
+        note: `runs: encrypted ${rates.encrypted.map((x) => x.toFixed(0)).join(', ')}; plain ${rates.plain.map((x) => x.toFixed(0)).join(', ')} MB/s`,
+      },
+    ];
   },
 };
 
@@ -83,8 +122,11 @@ export const agent: Section = {
     const r = await benchAgent({ log: (l: string) => ctx.log(l) });
     ctx.say(r.note);
     return r.rows.map((row: { nodes: number; mbPerSecond: number; ratioToBaseline: number; jobs: number }) => ({
-      name: `${row.nodes} node${row.nodes > 1 ? 's' : ''}, ${row.jobs} jobs`, value: row.mbPerSecond, unit: 'MB/s',
-      baseline: { name: 'library, disks one after another', value: r.baselineMbPerSecond, unit: 'MB/s' }, ratio: row.ratioToBaseline,
+      name: `${row.nodes} node${row.nodes > 1 ? 's' : ''}, ${row.jobs} jobs`,
+      value: row.mbPerSecond,
+      unit: 'MB/s',
+      baseline: { name: 'library, disks one after another', value: r.baselineMbPerSecond, unit: 'MB/s' },
+      ratio: row.ratioToBaseline,
     }));
   },
 };
@@ -102,16 +144,24 @@ export const ws: Section = {
     await ctx.settle(image);
     ctx.say(`image ${(size / 2 ** 20).toFixed(0)} MiB mixed; both ends of the link share the machine's cores`);
     const r = await benchWs({ image, workdir: ctx.dir, log: (l: string) => ctx.log(l) });
-    const rows: Row[] = [{
-      name: 'full replicate over ws://', value: r.ws.mbPerSec, unit: 'MB/s',
-      baseline: { name: 'local store, same run', value: r.local.mbPerSec, unit: 'MB/s' }, ratio: r.ratio,
-      target: { text: '>= 0.8x local', pass: r.ratio >= 0.8 },
-    }];
+    const rows: Row[] = [
+      {
+        name: 'full replicate over ws://',
+        value: r.ws.mbPerSec,
+        unit: 'MB/s',
+        baseline: { name: 'local store, same run', value: r.local.mbPerSec, unit: 'MB/s' },
+        ratio: r.ratio,
+        target: { text: '>= 0.8x local', pass: r.ratio >= 0.8 },
+      },
+    ];
     if (r.throttle) {
       for (const [name, f] of Object.entries(r.throttle) as Array<[string, { setting: number; measured: number; errorPct: number }]>) {
         rows.push({
-          name: `throttle (${name})`, value: f.measured / 1e6, unit: 'MB/s',
-          baseline: { name: 'setting', value: f.setting / 1e6, unit: 'MB/s' }, ratio: f.measured / f.setting,
+          name: `throttle (${name})`,
+          value: f.measured / 1e6,
+          unit: 'MB/s',
+          baseline: { name: 'setting', value: f.setting / 1e6, unit: 'MB/s' },
+          ratio: f.measured / f.setting,
           target: { text: 'within 5%', pass: Math.abs(f.errorPct) <= 5 },
         });
       }

@@ -12,4 +12,18 @@ import { repack } from './repack.js';
 import { recovery } from './recovery.js';
 import { throughput } from './throughput.js';
 
-export const sections: Section[] = [throughput, codec, memory, recovery, instantRecovery, encryption, ws, clouds, dedup, prune, repack, vmware, agent];
+export const sections: Section[] = [
+  throughput,
+  codec,
+  memory,
+  recovery,
+  instantRecovery,
+  encryption,
+  ws,
+  clouds,
+  dedup,
+  prune,
+  repack,
+  vmware,
+  agent,
+];

@@ -13,14 +13,29 @@ const RANDOM_READS = 2000;
 const READERS = 16;
 
 /** `rnode export` in a child on a unix socket; resolves once it printed its URL. */
-async function exportChild(ctx: SectionContext, store: string, socket: string, cacheBytes: number): Promise<{ url: string; stop: () => Promise<void> }> {
-  const child: ChildProcess = spawn(process.execPath, [cliPath(), 'export', '--store', store, '--disk', DISK, '--socket', socket,
-    '--cache', String(cacheBytes), '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function exportChild(
+  ctx: SectionContext,
+  store: string,
+  socket: string,
+  cacheBytes: number,
+): Promise<{ url: string; stop: () => Promise<void> }> {
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [cliPath(), 'export', '--store', store, '--disk', DISK, '--socket', socket, '--cache', String(cacheBytes), '--json'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let err = '';
-  child.stderr!.on('data', (d) => { err += d; if (err.length > 65536) err = err.slice(-16384); });
+  child.stderr!.on('data', (d) => {
+    err += d;
+    if (err.length > 65536) err = err.slice(-16384);
+  });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
-    child.stdout!.on('data', (d) => { out += d; const nl = out.indexOf('\n'); if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)).url); });
+    child.stdout!.on('data', (d) => {
+      out += d;
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)).url);
+    });
     child.once('exit', (code) => reject(new Error(`rnode export exited (${code}) before it was ready: ${err.slice(-500)}`)));
   });
   const stop = async () => {
@@ -40,9 +55,11 @@ async function randomReads(url: string, offsets: number[]): Promise<number> {
     const bufs = Array.from({ length: READERS }, () => Buffer.alloc(4096));
     let next = 0;
     const t0 = process.hrtime.bigint();
-    await Promise.all(bufs.map(async (buf) => {
-      while (next < offsets.length) await src.read(offsets[next++], buf, 4096);
-    }));
+    await Promise.all(
+      bufs.map(async (buf) => {
+        while (next < offsets.length) await src.read(offsets[next++], buf, 4096);
+      }),
+    );
     return offsets.length / (Number(process.hrtime.bigint() - t0) / 1e9);
   } finally {
     await src.close();
@@ -77,8 +94,13 @@ export const instantRecovery: Section = {
       await s.close();
     }
     const t = median(ttfb);
-    rows.push({ name: 'time to first byte, export (local store)', value: t, unit: 's', target: { text: '< 0.2 s', pass: t < 0.2 },
-      note: `median of ${ttfb.length}: start export + NBD handshake + first 4 KiB read (cold cache); process start not included` });
+    rows.push({
+      name: 'time to first byte, export (local store)',
+      value: t,
+      unit: 's',
+      target: { text: '< 0.2 s', pass: t < 0.2 },
+      note: `median of ${ttfb.length}: start export + NBD handshake + first 4 KiB read (cold cache); process start not included`,
+    });
 
     const nbdcopy = findOnPath('nbdcopy');
     if (!nbdcopy) {
@@ -108,22 +130,40 @@ export const instantRecovery: Section = {
       const ratios = copySeconds.map((c, i) => recoverSeconds[i] / c);
       const ratio = median(ratios);
       const rate = (xs: number[]) => median(xs.map((x) => size / MB / x));
-      rows.push({ name: 'nbdcopy of the export', value: rate(copySeconds), unit: 'MB/s', baseline: { name: 'rnode recover', value: rate(recoverSeconds), unit: 'MB/s' },
-        ratio, target: { text: '>= 0.8x rnode recover', pass: ratio >= 0.8 },
-        note: `ratio = recover seconds / nbdcopy seconds of the same round: min ${fmt(Math.min(...ratios))}, median ${fmt(ratio)}, ` +
+      rows.push({
+        name: 'nbdcopy of the export',
+        value: rate(copySeconds),
+        unit: 'MB/s',
+        baseline: { name: 'rnode recover', value: rate(recoverSeconds), unit: 'MB/s' },
+        ratio,
+        target: { text: '>= 0.8x rnode recover', pass: ratio >= 0.8 },
+        note:
+          `ratio = recover seconds / nbdcopy seconds of the same round: min ${fmt(Math.min(...ratios))}, median ${fmt(ratio)}, ` +
           `max ${fmt(Math.max(...ratios))} over ${ratios.length} round(s); MB/s of disk size; nbdcopy --flush from an export started each ` +
-          'round (cold cache, 256 MiB); both wall times include process start' });
+          'round (cold cache, 256 MiB); both wall times include process start',
+      });
     }
 
     // Random reads over the whole disk (zero chunks cost nothing), the same offsets cold then warm.
-    const offsets = Array.from({ length: RANDOM_READS }, (_, i) => Math.floor(((i * 2654435761) % 4294967296) / 4294967296 * (size / 4096)) * 4096);
+    const offsets = Array.from({ length: RANDOM_READS }, (_, i) => Math.floor((((i * 2654435761) % 4294967296) / 4294967296) * (size / 4096)) * 4096);
     const exp = await exportChild(ctx, store, path.join(ctx.dir, 'rand.sock'), size + 64 * 1024 * 1024);
     try {
       const cold = await randomReads(exp.url, offsets);
       const warm = await randomReads(exp.url, offsets);
-      rows.push({ name: 'random 4 KiB reads, cold cache', value: cold, unit: 'reads/s', note: `${RANDOM_READS} reads, ${READERS} in flight; each miss fetches and verifies a ${rep.result.chunkSize / 2 ** 20} MiB chunk` });
-      rows.push({ name: 'random 4 KiB reads, warm cache', value: warm, unit: 'reads/s', baseline: { name: 'cold', value: cold, unit: 'reads/s' }, ratio: warm / cold,
-        note: 'the same offsets again, every chunk cached' });
+      rows.push({
+        name: 'random 4 KiB reads, cold cache',
+        value: cold,
+        unit: 'reads/s',
+        note: `${RANDOM_READS} reads, ${READERS} in flight; each miss fetches and verifies a ${rep.result.chunkSize / 2 ** 20} MiB chunk`,
+      });
+      rows.push({
+        name: 'random 4 KiB reads, warm cache',
+        value: warm,
+        unit: 'reads/s',
+        baseline: { name: 'cold', value: cold, unit: 'reads/s' },
+        ratio: warm / cold,
+        note: 'the same offsets again, every chunk cached',
+      });
     } finally {
       await exp.stop();
     }

@@ -38,7 +38,10 @@ export const memory: Section = {
     const denseRuns: RnodeRun<ReplicateResult>[] = [];
     const sparseRuns: RnodeRun<ReplicateResult>[] = [];
     for (let i = 0; i < settings.repeat; i++) {
-      for (const [file, runs, name] of [[img, denseRuns, 'mixed'], [sparse, sparseRuns, 'sparse']] as const) {
+      for (const [file, runs, name] of [
+        [img, denseRuns, 'mixed'],
+        [sparse, sparseRuns, 'sparse'],
+      ] as const) {
         const store = path.join(ctx.dir, `store-${name}`);
         await fsp.rm(store, { recursive: true, force: true });
         ctx.log(`round ${i + 1}/${settings.repeat}: full replicate of the ${name} image`);
@@ -55,12 +58,17 @@ export const memory: Section = {
     const rate = (runs: RnodeRun<ReplicateResult>[]) => median(runs.map((r) => r.result.diskSize / MB / r.seconds));
     return [
       {
-        name: `peak RSS, full replicate, ${dense}`, value: denseRss, unit: 'MB',
+        name: `peak RSS, full replicate, ${dense}`,
+        value: denseRss,
+        unit: 'MB',
         target: { text: `< ${RSS_LIMIT_MB} MB`, pass: denseRss === null ? undefined : denseRss < RSS_LIMIT_MB },
       },
       {
-        name: `peak RSS, full replicate, ${large}`, value: sparseRss, unit: 'MB',
-        baseline: denseRss !== null ? { name: dense, value: denseRss } : undefined, ratio: flat,
+        name: `peak RSS, full replicate, ${large}`,
+        value: sparseRss,
+        unit: 'MB',
+        baseline: denseRss !== null ? { name: dense, value: denseRss } : undefined,
+        ratio: flat,
         target: {
           text: `< ${RSS_LIMIT_MB} MB, <= ${FLAT_FACTOR}x ${dense}`,
           pass: sparseRss === null || flat === undefined ? undefined : sparseRss < RSS_LIMIT_MB && flat <= FLAT_FACTOR,
@@ -68,8 +76,11 @@ export const memory: Section = {
         note: `${s.chunksTotal} chunks in the grid, ${human(s.bytesRead)} read, ${s.chunksChanged} stored, ${s.chunksZero} zero`,
       },
       {
-        name: `full replicate, ${large}`, value: rate(sparseRuns), unit: 'MB/s',
-        baseline: { name: dense, value: rate(denseRuns) }, ratio: ratioOf(rate(sparseRuns), rate(denseRuns)),
+        name: `full replicate, ${large}`,
+        value: rate(sparseRuns),
+        unit: 'MB/s',
+        baseline: { name: dense, value: rate(denseRuns) },
+        ratio: ratioOf(rate(sparseRuns), rate(denseRuns)),
         note: 'MB/s of disk size: holes are skipped via the allocated-extent map, not read',
       },
     ];

@@ -26,8 +26,9 @@ export const prune: Section = {
   spaceNeeded: () => 4 * IMAGE_SIZE,
 
   async run(ctx) {
-    const { pruneStore, DEFAULT_MAX_UNUSED } = await import(pathToFileURL(path.join(root, 'dist/jobs/prune-v2.js')).href) as
-      typeof import('../../dist/jobs/prune-v2.js');
+    const { pruneStore, DEFAULT_MAX_UNUSED } = (await import(
+      pathToFileURL(path.join(root, 'dist/jobs/prune-v2.js')).href
+    )) as typeof import('../../dist/jobs/prune-v2.js');
     const img = path.join(ctx.dir, 'disk.img');
     await generateSampleDisk(img, { size: IMAGE_SIZE, seed: 51, holeEvery: 0 });
     const store = await openStore(path.join(ctx.dir, 'store'));
@@ -35,7 +36,9 @@ export const prune: Section = {
     try {
       const fh = await fsp.open(img, 'r+');
       const points = await replicateSeries(store, img, {
-        points: POINTS, disk: 'bench', chunkSize: CHUNK,
+        points: POINTS,
+        disk: 'bench',
+        chunkSize: CHUNK,
         before: async (p) => {
           if (p === 1) return;
           const chunk = Buffer.alloc(CHUNK);
@@ -48,7 +51,9 @@ export const prune: Section = {
       }).finally(() => fh.close());
       const fullSeconds = points[0].seconds;
       const before = await storedBytes(store);
-      ctx.say(`${POINTS} points stored ${fmt(before / MiB, 'MiB')}; prune keeps ${KEEP}, --max-unused ${DEFAULT_MAX_UNUSED}; grace periods stepped over on a test clock`);
+      ctx.say(
+        `${POINTS} points stored ${fmt(before / MiB, 'MiB')}; prune keeps ${KEEP}, --max-unused ${DEFAULT_MAX_UNUSED}; grace periods stepped over on a test clock`,
+      );
 
       // Three runs a grace period apart: packs are seen unused, then marked, then deleted (README, prune's rules).
       let clock = Date.now();
@@ -60,20 +65,32 @@ export const prune: Section = {
       for (let run = 0; run < 3; run++) {
         const r = await pruneStore({ store, ...(run === 0 ? { disk: 'bench', keep: KEEP } : {}), graceMs: 1000, now });
         seconds += r.seconds;
-        for (const d of r.domains) { rewritten += d.bytesRewritten; deleted += d.bytesDeleted; repacked += d.packsRepacked; }
+        for (const d of r.domains) {
+          rewritten += d.bytesRewritten;
+          deleted += d.bytesDeleted;
+          repacked += d.packsRepacked;
+        }
         clock += 2000;
       }
       const after = await storedBytes(store);
-      ctx.log(`prune: ${fmt(seconds, 's')}, rewrote ${fmt(rewritten / MiB, 'MiB')}, stored ${fmt(before / MiB, 'MiB')} -> ${fmt(after / MiB, 'MiB')}`);
+      ctx.log(
+        `prune: ${fmt(seconds, 's')}, rewrote ${fmt(rewritten / MiB, 'MiB')}, stored ${fmt(before / MiB, 'MiB')} -> ${fmt(after / MiB, 'MiB')}`,
+      );
       const rows: Row[] = [
         {
-          name: `prune + repack time (keep ${KEEP} of ${POINTS})`, value: seconds, unit: 's',
-          baseline: { name: 'one full replicate of the image', value: fullSeconds }, ratio: ratioOf(seconds, fullSeconds),
+          name: `prune + repack time (keep ${KEEP} of ${POINTS})`,
+          value: seconds,
+          unit: 's',
+          baseline: { name: 'one full replicate of the image', value: fullSeconds },
+          ratio: ratioOf(seconds, fullSeconds),
           note: `three runs (seen, marked, deleted); ${repacked} packs repacked; ${fmt(deleted / MiB, 'MiB')} deleted; stored ${fmt(before / MiB, 'MiB')} -> ${fmt(after / MiB, 'MiB')}`,
         },
         {
-          name: 'bytes rewritten by repack', value: rewritten / MiB, unit: 'MiB',
-          baseline: { name: 'stored before prune', value: before / MiB }, ratio: ratioOf(rewritten, before),
+          name: 'bytes rewritten by repack',
+          value: rewritten / MiB,
+          unit: 'MiB',
+          baseline: { name: 'stored before prune', value: before / MiB },
+          ratio: ratioOf(rewritten, before),
           note: 'live blobs copied out of packs whose unused share exceeded --max-unused',
         },
       ];

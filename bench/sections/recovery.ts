@@ -68,13 +68,30 @@ export const recovery: Section = {
       }
       // The floor: the bytes rnode wrote (its zeros are holes), from page cache to the same filesystem.
       await ctx.settle(img);
-      floor.push(await ctx.tool('dd', [`if=${img}`, `of=${floorFile}`, 'bs=4M', 'iflag=count_bytes', `count=${written}`,
-        'oflag=direct', 'conv=fdatasync', 'status=none']));
+      floor.push(
+        await ctx.tool('dd', [
+          `if=${img}`,
+          `of=${floorFile}`,
+          'bs=4M',
+          'iflag=count_bytes',
+          `count=${written}`,
+          'oflag=direct',
+          'conv=fdatasync',
+          'status=none',
+        ]),
+      );
       await fsp.rm(floorFile, { force: true });
       // The device floor: the same write, with the store's packs read from the device at the same time.
       await ctx.settle(img);
-      deviceFloor.push(await ctx.tool('sh', ['-c', `(for f in "$@"; do dd if="$f" of=/dev/null bs=4M iflag=direct status=none; done) & ` +
-        `dd if=${JSON.stringify(img)} of=${JSON.stringify(floorFile)} bs=4M iflag=count_bytes count=${written} oflag=direct conv=fdatasync status=none; wait`, 'sh', ...packs]));
+      deviceFloor.push(
+        await ctx.tool('sh', [
+          '-c',
+          `(for f in "$@"; do dd if="$f" of=/dev/null bs=4M iflag=direct status=none; done) & ` +
+            `dd if=${JSON.stringify(img)} of=${JSON.stringify(floorFile)} bs=4M iflag=count_bytes count=${written} oflag=direct conv=fdatasync status=none; wait`,
+          'sh',
+          ...packs,
+        ]),
+      );
       await fsp.rm(floorFile, { force: true });
     }
 
@@ -88,26 +105,41 @@ export const recovery: Section = {
     const stages = rec.map((r) => r.result.stages).filter((x) => x !== undefined);
     const stage = (k: keyof RecoverResult['stages']) => fmt(median(stages.map((x) => x[k])));
     if (stages.length) {
-      ctx.say(`where recover's time went (medians, s; fetch, decode and write summed over the chunks in flight): open ${stage('open')}, ` +
-        `fetch ${stage('fetch')}, decode ${stage('decode')}, write ${stage('write')}, waiting for a buffer ${stage('wait')}, final sync ${stage('finish')}`);
+      ctx.say(
+        `where recover's time went (medians, s; fetch, decode and write summed over the chunks in flight): open ${stage('open')}, ` +
+          `fetch ${stage('fetch')}, decode ${stage('decode')}, write ${stage('write')}, waiting for a buffer ${stage('wait')}, final sync ${stage('finish')}`,
+      );
     }
-    const rows: Row[] = [{
-      name: 'recover vs durable-write floor', value: mbps(rec), unit: 'MB/s written',
-      baseline: { name: 'dd oflag=direct conv=fdatasync', value: mbps(floor) }, ratio: median(ratios),
-      target: { text: '>= 0.8', pass: median(ratios) >= 0.8 },
-      note: `per-round ratio ${range(ratios)}; inside the CLI (no process start) ${range(ratiosCli)}; ${exact ? 'byte-exact' : 'NOT BYTE-EXACT'}`,
-      data: { ratios, ratiosCli, stages },
-    }, {
-      name: 'recover vs device floor (store read + output write)', value: mbps(rec), unit: 'MB/s written',
-      baseline: { name: 'dd of the packs (iflag=direct) beside the dd above', value: mbps(deviceFloor) }, ratio: median(rec.map((r, i) => deviceFloor[i].seconds / r.seconds)),
-      note: `${packs.length} pack files read while the output is written, one device: what a recover from an uncached local store cannot beat; ` +
-        `its seconds over the dd-only floor's ${range(floor.map((f, i) => deviceFloor[i].seconds / f.seconds))}; inside the CLI ${range(inCli.map((s, i) => deviceFloor[i].seconds / s))}`,
-    }];
+    const rows: Row[] = [
+      {
+        name: 'recover vs durable-write floor',
+        value: mbps(rec),
+        unit: 'MB/s written',
+        baseline: { name: 'dd oflag=direct conv=fdatasync', value: mbps(floor) },
+        ratio: median(ratios),
+        target: { text: '>= 0.8', pass: median(ratios) >= 0.8 },
+        note: `per-round ratio ${range(ratios)}; inside the CLI (no process start) ${range(ratiosCli)}; ${exact ? 'byte-exact' : 'NOT BYTE-EXACT'}`,
+        data: { ratios, ratiosCli, stages },
+      },
+      {
+        name: 'recover vs device floor (store read + output write)',
+        value: mbps(rec),
+        unit: 'MB/s written',
+        baseline: { name: 'dd of the packs (iflag=direct) beside the dd above', value: mbps(deviceFloor) },
+        ratio: median(rec.map((r, i) => deviceFloor[i].seconds / r.seconds)),
+        note:
+          `${packs.length} pack files read while the output is written, one device: what a recover from an uncached local store cannot beat; ` +
+          `its seconds over the dd-only floor's ${range(floor.map((f, i) => deviceFloor[i].seconds / f.seconds))}; inside the CLI ${range(inCli.map((s, i) => deviceFloor[i].seconds / s))}`,
+      },
+    ];
     if (before) {
       const speedup = rec.map((r, i) => old[i].seconds / r.seconds);
       rows.push({
-        name: 'recover, this build vs RNODE_BENCH_BEFORE_CLI', value: mbps(rec), unit: 'MB/s written',
-        baseline: { name: 'before', value: mbps(old) }, ratio: median(speedup),
+        name: 'recover, this build vs RNODE_BENCH_BEFORE_CLI',
+        value: mbps(rec),
+        unit: 'MB/s written',
+        baseline: { name: 'before', value: mbps(old) },
+        ratio: median(speedup),
         note: `per-round speed-up ${range(speedup)}; before vs floor ${range(old.map((o, i) => floor[i].seconds / o.seconds))}`,
       });
     }

@@ -35,13 +35,16 @@ export async function repackRun(dir: string, diskBytes: number, maxUnused: numbe
   const chunks = diskBytes / CHUNK;
   // The same sequence of changes for every threshold: a seeded generator.
   let seed = 12345;
-  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   await fsp.writeFile(img, crypto.randomBytes(diskBytes));
   const out: RepackRun = { maxUnused, bytesRewritten: 0, bytesDeleted: 0, meanUnused: 0, finalUnused: 0, finalStored: 0, pruneSeconds: 0 };
   const store = await openStore(storeDir);
   try {
     await replicateSeries(store, img, {
-      points, disk: 'bench', chunkSize: CHUNK, packSize: PACK,
+      points,
+      disk: 'bench',
+      chunkSize: CHUNK,
+      packSize: PACK,
       before: async (p) => {
         if (p === 1) return;
         // About 5% of the disk changes per point: half in one contiguous run, half scattered.
@@ -92,10 +95,15 @@ export const repack: Section = {
       const name = r.maxUnused === 0 ? 'never (0)' : `${r.maxUnused * 100}%`;
       const saved = never.meanUnused - r.meanUnused;
       return [
-        { name: `max-unused ${name}: bytes rewritten by repack`, value: r.bytesRewritten, unit: 'B',
-          note: `mean unused ${(r.meanUnused / 2 ** 20).toFixed(1)} MiB (never: ${(never.meanUnused / 2 ** 20).toFixed(1)} MiB); ` +
+        {
+          name: `max-unused ${name}: bytes rewritten by repack`,
+          value: r.bytesRewritten,
+          unit: 'B',
+          note:
+            `mean unused ${(r.meanUnused / 2 ** 20).toFixed(1)} MiB (never: ${(never.meanUnused / 2 ** 20).toFixed(1)} MiB); ` +
             `${saved > 0 ? (r.bytesRewritten / saved).toFixed(2) : '-'} bytes rewritten per byte of mean unused saved; prune ${r.pruneSeconds.toFixed(1)} s in all`,
-          data: { ...r } },
+          data: { ...r },
+        },
       ];
     });
   },

@@ -30,7 +30,7 @@ async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...await filesUnder(p));
+    if (e.isDirectory()) out.push(...(await filesUnder(p)));
     else if (e.isFile()) out.push(p);
   }
   return out.sort();
@@ -43,8 +43,9 @@ async function filesUnder(dir: string): Promise<string[]> {
 function floorScript(file: string, size: number, outPrefix: string): string {
   const MiBs = Math.ceil(size / 2 ** 20);
   const quarter = Math.ceil(MiBs / 4);
-  const streams = [0, 1, 2, 3].map((i) =>
-    `dd if='${file}' of='${outPrefix}.${i}' bs=1M skip=${i * quarter} count=${quarter} oflag=direct conv=fdatasync status=none &`);
+  const streams = [0, 1, 2, 3].map(
+    (i) => `dd if='${file}' of='${outPrefix}.${i}' bs=1M skip=${i * quarter} count=${quarter} oflag=direct conv=fdatasync status=none &`,
+  );
   return `${streams.join(' ')} wait; rm -f '${outPrefix}'.*`;
 }
 
@@ -54,8 +55,13 @@ function medianStages(runs: ReplicateResult[]): StageTimes | undefined {
   if (!all.length) return undefined;
   const m = (f: (s: StageTimes) => number) => Math.round(median(all.map(f)) * 1000) / 1000;
   return {
-    read: m((s) => s.read), hash: m((s) => s.hash), compress: m((s) => s.compress), encrypt: m((s) => s.encrypt),
-    encodeQueue: m((s) => s.encodeQueue), write: m((s) => s.write), wait: m((s) => s.wait),
+    read: m((s) => s.read),
+    hash: m((s) => s.hash),
+    compress: m((s) => s.compress),
+    encrypt: m((s) => s.encrypt),
+    encodeQueue: m((s) => s.encodeQueue),
+    write: m((s) => s.write),
+    wait: m((s) => s.wait),
     waitFor: { encode: m((s) => s.waitFor.encode), write: m((s) => s.waitFor.write) },
   };
 }
@@ -63,9 +69,11 @@ function medianStages(runs: ReplicateResult[]): StageTimes | undefined {
 /** The stages as one line: what each took, summed over chunks in flight, and what the reader waited for. */
 export function stagesText(s: StageTimes): string {
   const f = (x: number) => `${x.toFixed(2)} s`;
-  return `read ${f(s.read)}, hash ${f(s.hash)}, compress ${f(s.compress)}, encrypt ${f(s.encrypt)}, write ${f(s.write)} ` +
+  return (
+    `read ${f(s.read)}, hash ${f(s.hash)}, compress ${f(s.compress)}, encrypt ${f(s.encrypt)}, write ${f(s.write)} ` +
     `(summed over chunks in flight; ${f(s.encodeQueue)} queued for a codec worker); the reader waited ${f(s.wait)}: ` +
-    `${f(s.waitFor.encode)} on encoding, ${f(s.waitFor.write)} on the store`;
+    `${f(s.waitFor.encode)} on encoding, ${f(s.waitFor.write)} on the store`
+  );
 }
 
 async function timed<T>(fn: () => Promise<T>): Promise<number> {
@@ -94,8 +102,10 @@ export const throughput: Section = {
       RESTIC_CACHE_DIR: path.join(ctx.dir, 'restic-cache'),
     };
     const cached = await cachedFraction(tools.fincore, img);
-    ctx.say(`image: ${human(size)} mixed (per MiB 1/3 random, 1/3 text, 1/3 zero), no holes, read from page cache by every contender` +
-      (cached === undefined ? '' : ` (${(cached * 100).toFixed(0)}% resident after warming)`));
+    ctx.say(
+      `image: ${human(size)} mixed (per MiB 1/3 random, 1/3 text, 1/3 zero), no holes, read from page cache by every contender` +
+        (cached === undefined ? '' : ` (${(cached * 100).toFixed(0)}% resident after warming)`),
+    );
     ctx.say(`rnode store, lz4 output, restic repo and restored files are all in ${ctx.dir} (${ctx.fsType}): the same filesystem`);
     ctx.say(`each figure: median of ${n} run(s), contenders interleaved; wall time from spawn to exit (process start included);`);
     ctx.say('MB/s = 10^6 bytes of disk size per second; `sync` (untimed) and a page-cache read of the image before every run');
@@ -154,7 +164,7 @@ export const throughput: Section = {
         await ctx.settle(img);
         const l = await ctx.tool(tools.lz4, ['-1', '-f', img, lz4File]);
         lzFile.push(l);
-        lzFileSync.push({ seconds: l.seconds + await timed(syncAll) });
+        lzFileSync.push({ seconds: l.seconds + (await timed(syncAll)) });
         await ctx.settle(img);
         lzNull.push(await ctx.tool(tools.lz4, ['-1', '-c', img], { stdout: 'discard' }));
       }
@@ -226,7 +236,7 @@ export const throughput: Section = {
         await ctx.settle();
         const l = await ctx.tool(tools.lz4, ['-d', '-f', lz4File, lzOut]);
         lzDec.push(l);
-        lzDecSync.push({ seconds: l.seconds + await timed(syncAll) });
+        lzDecSync.push({ seconds: l.seconds + (await timed(syncAll)) });
         await fsp.rm(lzOut, { force: true });
       }
     }
@@ -248,8 +258,7 @@ export const throughput: Section = {
     const lz4Size = tools.lz4 ? (await fsp.stat(lz4File)).size : 0;
     const cliSeconds = median(fullResults.map((r) => r.seconds));
 
-    const target = (text: string, ratio: number | undefined, min: number) =>
-      ({ text, pass: ratio === undefined ? undefined : ratio >= min });
+    const target = (text: string, ratio: number | undefined, min: number) => ({ text, pass: ratio === undefined ? undefined : ratio >= min });
     const rssTarget = (mb: number | null) => ({ text: '< 200 MB', pass: mb === null ? undefined : mb < 200 });
     const fullRss = peakRss(full);
     const rows: Row[] = [];
@@ -257,28 +266,43 @@ export const throughput: Section = {
 
     const r0 = ratioOf(fullR.median, floorR.median);
     push({
-      name: 'full replicate', value: fullR.median, unit: 'MB/s',
-      baseline: { name: 'durable-write floor of its bytes', value: floorR.median! }, ratio: r0,
+      name: 'full replicate',
+      value: fullR.median,
+      unit: 'MB/s',
+      baseline: { name: 'durable-write floor of its bytes', value: floorR.median! },
+      ratio: r0,
       target: target('>= 0.8x write floor', r0, 0.8),
-      note: [`floor: the ${human(storedBytes)} the point stored, as 4 parallel dd oflag=direct conv=fdatasync streams`,
-        spread(floorR.all, 'MB/s') && `floor ${spread(floorR.all, 'MB/s')}`].filter(Boolean).join('; '),
+      note: [
+        `floor: the ${human(storedBytes)} the point stored, as 4 parallel dd oflag=direct conv=fdatasync streams`,
+        spread(floorR.all, 'MB/s') && `floor ${spread(floorR.all, 'MB/s')}`,
+      ]
+        .filter(Boolean)
+        .join('; '),
       ...(stages ? { data: { stages, runs: fullResults.map((r) => ({ seconds: r.seconds, stages: r.stages })) } } : {}),
     });
     const r1 = ratioOf(fullR.median, lzFileR.median);
     push({
-      name: 'full replicate', value: fullR.median, unit: 'MB/s',
-      baseline: tools.lz4 ? { name: 'lz4 -1 to file', value: lzFileR.median! } : undefined, ratio: r1,
+      name: 'full replicate',
+      value: fullR.median,
+      unit: 'MB/s',
+      baseline: tools.lz4 ? { name: 'lz4 -1 to file', value: lzFileR.median! } : undefined,
+      ratio: r1,
       note: [
         spread(fullR.all, 'MB/s') && `rnode ${spread(fullR.all, 'MB/s')}`,
         `${fmt(cliSeconds, 's')} inside the CLI vs ${fmt(median(full.map((r) => r.seconds)), 's')} wall`,
         `stored ${human(last.bytesWritten)} in ${last.chunksChanged} chunks of ${human(chunkSize)}`,
         tools.lz4 ? `lz4 file ${human(lz4Size)}${spread(lzFileR.all, 'MB/s') && `, ${spread(lzFileR.all, 'MB/s')}`}` : 'lz4 not installed',
-      ].filter(Boolean).join('; '),
+      ]
+        .filter(Boolean)
+        .join('; '),
     });
     const r2 = ratioOf(fullR.median, resticR.median);
     push({
-      name: 'full replicate', value: fullR.median, unit: 'MB/s',
-      baseline: tools.restic ? { name: 'restic backup', value: resticR.median! } : undefined, ratio: r2,
+      name: 'full replicate',
+      value: fullR.median,
+      unit: 'MB/s',
+      baseline: tools.restic ? { name: 'restic backup', value: resticR.median! } : undefined,
+      ratio: r2,
       target: target('>= 5.0x restic', r2, 5),
       note: tools.restic
         ? ['restic: a fresh local repo each run (init untimed), default compression', spread(resticR.all, 'MB/s')].filter(Boolean).join('; ')
@@ -287,77 +311,125 @@ export const throughput: Section = {
     if (tools.lz4) {
       const r4 = ratioOf(fullR.median, lzFileSyncR.median);
       push({
-        name: 'full replicate', value: fullR.median, unit: 'MB/s',
-        baseline: { name: 'lz4 -1 to file + sync', value: lzFileSyncR.median! }, ratio: r4,
+        name: 'full replicate',
+        value: fullR.median,
+        unit: 'MB/s',
+        baseline: { name: 'lz4 -1 to file + sync', value: lzFileSyncR.median! },
+        ratio: r4,
         target: target('>= 2.5x lz4 -1 + sync', r4, 2.5),
         note: 'lz4 made durable like the store is: its wall time plus a following `sync`',
       });
       push({
-        name: 'full replicate', value: fullR.median, unit: 'MB/s',
-        baseline: { name: 'lz4 -1 -c > /dev/null', value: lzNullR.median! }, ratio: ratioOf(fullR.median, lzNullR.median),
+        name: 'full replicate',
+        value: fullR.median,
+        unit: 'MB/s',
+        baseline: { name: 'lz4 -1 -c > /dev/null', value: lzNullR.median! },
+        ratio: ratioOf(fullR.median, lzNullR.median),
         note: ['compute-only reference, nothing written', spread(lzNullR.all, 'MB/s')].filter(Boolean).join('; '),
       });
     }
     push({
-      name: `incremental (~${CHANGE_FRACTION * 100}% chunks changed)`, value: incrR.median, unit: 'MB/s',
-      baseline: { name: 'rnode full replicate', value: fullR.median! }, ratio: ratioOf(incrR.median, fullR.median),
+      name: `incremental (~${CHANGE_FRACTION * 100}% chunks changed)`,
+      value: incrR.median,
+      unit: 'MB/s',
+      baseline: { name: 'rnode full replicate', value: fullR.median! },
+      ratio: ratioOf(incrR.median, fullR.median),
       note: [
         `chunks found changed/touched per run: ${incrNotes.join(', ')}`,
         `stored ${human(lastIncr.bytesWritten)} (last run)`,
         'the raw source reads the whole disk to find changes',
         spread(incrR.all, 'MB/s'),
-      ].filter(Boolean).join('; '),
+      ]
+        .filter(Boolean)
+        .join('; '),
     });
     const r5 = ratioOf(incrR.median, xxhR.median);
     push({
-      name: `incremental (~${CHANGE_FRACTION * 100}% chunks changed)`, value: incrR.median, unit: 'MB/s',
-      baseline: tools.xxhsum ? { name: 'xxhsum -H2 of the image', value: xxhR.median! } : undefined, ratio: r5,
+      name: `incremental (~${CHANGE_FRACTION * 100}% chunks changed)`,
+      value: incrR.median,
+      unit: 'MB/s',
+      baseline: tools.xxhsum ? { name: 'xxhsum -H2 of the image', value: xxhR.median! } : undefined,
+      ratio: r5,
       target: target('>= 0.5x xxhsum -H2', r5, 0.5),
-      note: tools.xxhsum ? ['both read the whole image from page cache; rnode also finds, stores and commits the changes',
-        spread(xxhR.all, 'MB/s') && `xxhsum ${spread(xxhR.all, 'MB/s')}`].filter(Boolean).join('; ') : 'xxhsum not installed (apt: xxhash): skipped',
+      note: tools.xxhsum
+        ? [
+            'both read the whole image from page cache; rnode also finds, stores and commits the changes',
+            spread(xxhR.all, 'MB/s') && `xxhsum ${spread(xxhR.all, 'MB/s')}`,
+          ]
+            .filter(Boolean)
+            .join('; ')
+        : 'xxhsum not installed (apt: xxhash): skipped',
     });
     const r3 = ratioOf(recR.median, lzDecR.median);
     push({
-      name: 'recover latest point', value: recR.median, unit: 'MB/s',
-      baseline: tools.lz4 ? { name: 'lz4 -d to file', value: lzDecR.median! } : undefined, ratio: r3,
-      note: `point ${recResult?.point} (full + ${n} incremental), ${exact ? 'byte-exact' : 'NOT BYTE-EXACT'}, output sparse and fsynced` +
-        (tools.lz4 ? `; lz4 -d output sparse, not fsynced${spread(lzDecR.all, 'MB/s') && `; rnode ${spread(recR.all, 'MB/s')}, lz4 -d ${spread(lzDecR.all, 'MB/s')}`}` : ''),
+      name: 'recover latest point',
+      value: recR.median,
+      unit: 'MB/s',
+      baseline: tools.lz4 ? { name: 'lz4 -d to file', value: lzDecR.median! } : undefined,
+      ratio: r3,
+      note:
+        `point ${recResult?.point} (full + ${n} incremental), ${exact ? 'byte-exact' : 'NOT BYTE-EXACT'}, output sparse and fsynced` +
+        (tools.lz4
+          ? `; lz4 -d output sparse, not fsynced${spread(lzDecR.all, 'MB/s') && `; rnode ${spread(recR.all, 'MB/s')}, lz4 -d ${spread(lzDecR.all, 'MB/s')}`}`
+          : ''),
     });
     if (tools.lz4) {
       push({
-        name: 'recover latest point', value: recR.median, unit: 'MB/s',
-        baseline: { name: 'lz4 -d to file + sync', value: lzDecSyncR.median! }, ratio: ratioOf(recR.median, lzDecSyncR.median),
+        name: 'recover latest point',
+        value: recR.median,
+        unit: 'MB/s',
+        baseline: { name: 'lz4 -d to file + sync', value: lzDecSyncR.median! },
+        ratio: ratioOf(recR.median, lzDecSyncR.median),
       });
     }
     const lzRss = peakRss(lzFile);
     const resticRss = peakRss(restic);
     const rssBase = resticRss !== null ? { name: 'restic backup', value: resticRss } : lzRss !== null ? { name: 'lz4 -1', value: lzRss } : undefined;
     push({
-      name: 'peak RSS, full replicate', value: fullRss, unit: 'MB', baseline: rssBase, ratio: ratioOf(fullRss, rssBase?.value),
-      target: rssTarget(fullRss), note: `max over ${full.length} run(s)`,
+      name: 'peak RSS, full replicate',
+      value: fullRss,
+      unit: 'MB',
+      baseline: rssBase,
+      ratio: ratioOf(fullRss, rssBase?.value),
+      target: rssTarget(fullRss),
+      note: `max over ${full.length} run(s)`,
     });
     const incrRss = peakRss(incr);
     push({
-      name: 'peak RSS, incremental', value: incrRss, unit: 'MB', baseline: fullRss !== null ? { name: 'rnode full', value: fullRss } : undefined,
-      ratio: ratioOf(incrRss, fullRss), target: rssTarget(incrRss),
+      name: 'peak RSS, incremental',
+      value: incrRss,
+      unit: 'MB',
+      baseline: fullRss !== null ? { name: 'rnode full', value: fullRss } : undefined,
+      ratio: ratioOf(incrRss, fullRss),
+      target: rssTarget(incrRss),
     });
     const recRss = peakRss(rec);
     const lzDecRss = peakRss(lzDec);
     push({
-      name: 'peak RSS, recover', value: recRss, unit: 'MB', baseline: lzDecRss !== null ? { name: 'lz4 -d', value: lzDecRss } : undefined,
-      ratio: ratioOf(recRss, lzDecRss), target: rssTarget(recRss),
+      name: 'peak RSS, recover',
+      value: recRss,
+      unit: 'MB',
+      baseline: lzDecRss !== null ? { name: 'lz4 -d', value: lzDecRss } : undefined,
+      ratio: ratioOf(recRss, lzDecRss),
+      target: rssTarget(recRss),
     });
     if (before) {
       // Wall-time ratios within each round: the machine may be shared, rounds differ more than builds within one.
       const perRound = (now: RunResult[], old: RunResult[]) => now.map((r, i) => old[i].seconds / r.seconds);
       const range = (xs: number[]) => `per round min ${fmt(Math.min(...xs))}, max ${fmt(Math.max(...xs))}`;
       const rowsBefore: [string, RunResult[], RunResult[]][] = [
-        ['full replicate', full, oldFull], ['incremental', incr, oldIncr], ['recover latest point', rec, oldRec]];
+        ['full replicate', full, oldFull],
+        ['incremental', incr, oldIncr],
+        ['recover latest point', rec, oldRec],
+      ];
       for (const [what, now, old] of rowsBefore) {
         const speedup = perRound(now, old);
         push({
-          name: `${what}, this build vs before`, value: rates(size, now).median, unit: 'MB/s',
-          baseline: { name: 'RNODE_BENCH_BEFORE_CLI', value: rates(size, old).median! }, ratio: median(speedup),
+          name: `${what}, this build vs before`,
+          value: rates(size, now).median,
+          unit: 'MB/s',
+          baseline: { name: 'RNODE_BENCH_BEFORE_CLI', value: rates(size, old).median! },
+          ratio: median(speedup),
           note: `ratio = before's seconds / this build's, median of rounds (${range(speedup)}); peak RSS ${fmt(peakRss(now), 'MB')} vs ${fmt(peakRss(old), 'MB')}`,
         });
       }

@@ -50,9 +50,18 @@ export class Agent {
   private http: HttpEndpoint | undefined;
   private readonly startedAt = Date.now();
 
-  private constructor(readonly opts: AgentOptions, readonly nodeId: string, readonly nodeName: string, readonly log: Logger,
-    readonly state: StateDir, readonly link: ServerLink, readonly runner: JobRunner, readonly scheduler: Scheduler, metrics: AgentMetrics,
-    readonly exports: ExportManager) {
+  private constructor(
+    readonly opts: AgentOptions,
+    readonly nodeId: string,
+    readonly nodeName: string,
+    readonly log: Logger,
+    readonly state: StateDir,
+    readonly link: ServerLink,
+    readonly runner: JobRunner,
+    readonly scheduler: Scheduler,
+    metrics: AgentMetrics,
+    readonly exports: ExportManager,
+  ) {
     this.metrics = metrics;
   }
 
@@ -70,7 +79,12 @@ export class Agent {
     metrics.info.set({ node_id: nodeId, name: nodeName, version: AGENT_VERSION }, 1);
     const slots = opts.slots ?? 2;
     const link = new ServerLink({
-      url: opts.server, tokenFile: opts.tokenFile, ca: opts.caFile ? fs.readFileSync(opts.caFile) : undefined, state, log, metrics,
+      url: opts.server,
+      tokenFile: opts.tokenFile,
+      ca: opts.caFile ? fs.readFileSync(opts.caFile) : undefined,
+      state,
+      log,
+      metrics,
       backoff: opts.backoff,
       hello: () => ({
         node: { id: nodeId, name: nodeName, version: AGENT_VERSION, hostname: os.hostname(), pid: process.pid },
@@ -86,18 +100,37 @@ export class Agent {
       }),
     });
     const report = (r: AgentReport) => link.report(r);
-    const progress = (p: JobProgress) => { link.send({ type: 'job.progress', ...p }); };
+    const progress = (p: JobProgress) => {
+      link.send({ type: 'job.progress', ...p });
+    };
     const runner = new JobRunner({
-      nodeName, slots, bandwidth: opts.bandwidth ?? 0, state, log, metrics, report, progress, progressMs: opts.progressMs,
+      nodeName,
+      slots,
+      bandwidth: opts.bandwidth ?? 0,
+      state,
+      log,
+      metrics,
+      report,
+      progress,
+      progressMs: opts.progressMs,
       onPoint: (group, storeUrl, r, at) => scheduler?.recordPoint(group, storeUrl, r, at),
     });
     scheduler = new Scheduler({ state, runner, log, metrics, report, tickMs: opts.tickMs });
     await scheduler.load();
-    const exports = new ExportManager({ state, log, report, statusMs: opts.progressMs,
-      status: (m) => { link.send({ type: 'export.status', ...m }); } });
+    const exports = new ExportManager({
+      state,
+      log,
+      report,
+      statusMs: opts.progressMs,
+      status: (m) => {
+        link.send({ type: 'export.status', ...m });
+      },
+    });
     const agent = new Agent(opts, nodeId, nodeName, log, state, link, runner, scheduler, metrics, exports);
     link.heartbeat = () => agent.health();
-    link.on('message', (m: ServerMessage) => { agent.onMessage(m).catch((err) => log.error('message handling failed', { err })); });
+    link.on('message', (m: ServerMessage) => {
+      agent.onMessage(m).catch((err) => log.error('message handling failed', { err }));
+    });
     if (opts.metrics) {
       agent.http = await serveHttp(opts.metrics, {
         metrics: () => metrics.render(),
@@ -111,7 +144,9 @@ export class Agent {
     return agent;
   }
 
-  get metricsPort(): number | undefined { return this.http?.port; }
+  get metricsPort(): number | undefined {
+    return this.http?.port;
+  }
 
   readiness(): { ready: boolean; checks: Record<string, boolean> } {
     const checks = { registered: this.link.wasRegistered, connected: this.link.isRegistered, stateWritable: this.state.writable() };
@@ -120,17 +155,27 @@ export class Agent {
 
   health(): Health {
     return {
-      ready: this.readiness().ready, inFlight: this.runner.inFlight, queued: this.runner.queued, slots: this.runner.capacity,
-      load1: os.loadavg()[0], rssBytes: process.memoryUsage().rss, uptimeSeconds: (Date.now() - this.startedAt) / 1000,
-      reportsQueued: this.link.queuedReports, policies: this.scheduler.list().length, disks: this.scheduler.diskCount,
+      ready: this.readiness().ready,
+      inFlight: this.runner.inFlight,
+      queued: this.runner.queued,
+      slots: this.runner.capacity,
+      load1: os.loadavg()[0],
+      rssBytes: process.memoryUsage().rss,
+      uptimeSeconds: (Date.now() - this.startedAt) / 1000,
+      reportsQueued: this.link.queuedReports,
+      policies: this.scheduler.list().length,
+      disks: this.scheduler.diskCount,
     };
   }
 
   private async onMessage(m: ServerMessage): Promise<void> {
     switch (m.type) {
-      case 'policy.update': return this.scheduler.update(m.policy);
-      case 'policy.remove': return this.scheduler.remove(m.group);
-      case 'policy.sync': return this.scheduler.sync(m.policies);
+      case 'policy.update':
+        return this.scheduler.update(m.policy);
+      case 'policy.remove':
+        return this.scheduler.remove(m.group);
+      case 'policy.sync':
+        return this.scheduler.sync(m.policies);
       case 'job.start': {
         try {
           this.log.info('job received', { jobId: m.job.jobId, kind: m.job.kind, attempt: m.job.attempt });
@@ -153,7 +198,8 @@ export class Agent {
         }
         return;
       case 'export.stop':
-        if (!(await this.exports.stop(m.exportId))) this.link.refuse(m.id, ProtoErrors.UNKNOWN_JOB, `export ${m.exportId} is not running on this node`);
+        if (!(await this.exports.stop(m.exportId)))
+          this.link.refuse(m.id, ProtoErrors.UNKNOWN_JOB, `export ${m.exportId} is not running on this node`);
         return;
       case 'error':
         this.metrics.protocolErrors.inc({ direction: 'out', code: m.code });

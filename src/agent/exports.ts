@@ -19,7 +19,13 @@ export interface ExportManagerOptions {
   max?: number;
 }
 
-interface Entry { spec: ExportSpec; exp?: RunningExport; store?: WrappedStore; lease?: NodeJS.Timeout; starting?: Promise<void> }
+interface Entry {
+  spec: ExportSpec;
+  exp?: RunningExport;
+  store?: WrappedStore;
+  lease?: NodeJS.Timeout;
+  starting?: Promise<void>;
+}
 
 export class ExportManager {
   private readonly running = new Map<string, Entry>();
@@ -30,14 +36,19 @@ export class ExportManager {
     this.timer.unref();
   }
 
-  get count(): number { return this.running.size; }
+  get count(): number {
+    return this.running.size;
+  }
 
   /** Starts an export, or renews the lease of the running one with that id. Refusals throw (the agent answers error). */
   start(spec: ExportSpec): void {
     const have = this.running.get(spec.exportId);
     if (have) {
       if (have.spec.disk !== spec.disk || have.spec.store.url !== spec.store.url) {
-        throw new RnodeError(ProtoErrors.DUPLICATE_JOB, `export ${spec.exportId} is already serving disk ${have.spec.disk}; stop it first or use another exportId`);
+        throw new RnodeError(
+          ProtoErrors.DUPLICATE_JOB,
+          `export ${spec.exportId} is already serving disk ${have.spec.disk}; stop it first or use another exportId`,
+        );
       }
       have.spec.leaseSeconds = spec.leaseSeconds;
       this.arm(have);
@@ -53,8 +64,13 @@ export class ExportManager {
       this.running.delete(spec.exportId);
       clearTimeout(e.lease);
       this.o.log.error('export failed to start', { exportId: spec.exportId, code: isRnodeError(err) ? err.code : undefined, err });
-      this.o.report({ type: 'export.stopped', exportId: spec.exportId, reason: 'failed',
-        code: isRnodeError(err) ? err.code : ErrorCodes.INTERNAL, message: ((err as Error).message || 'failed').slice(0, 4096) });
+      this.o.report({
+        type: 'export.stopped',
+        exportId: spec.exportId,
+        reason: 'failed',
+        code: isRnodeError(err) ? err.code : ErrorCodes.INTERNAL,
+        message: ((err as Error).message || 'failed').slice(0, 4096),
+      });
     });
   }
 
@@ -64,17 +80,31 @@ export class ExportManager {
     const where = listenOf(spec);
     if (spec.overlay) assertOverlayOutsideStore(spec.overlay, spec.store.url);
     const encryption = await resolveEncryptionKey(spec.encryption, this.o.state, log);
-    const tls = spec.tls ? { cert: await resolveSecret(spec.tls.cert, this.o.state, log), key: await resolveSecret(spec.tls.key, this.o.state, log) } : undefined;
+    const tls = spec.tls
+      ? { cert: await resolveSecret(spec.tls.cert, this.o.state, log), key: await resolveSecret(spec.tls.key, this.o.state, log) }
+      : undefined;
     e.store = await openStoreOf(spec.store, this.o.state, log);
     try {
-      e.exp = await startExport({ store: e.store, disk: spec.disk, point: spec.point, encryption, ...where, writable: spec.writable,
-        overlay: spec.overlay, cacheBytes: spec.cacheBytes, tls,
-        log: (event, fields) => (event === 'chunk-read-failed' || event === 'client-dropped' ? log.warn(event, fields) : log.info(event, fields)) });
+      e.exp = await startExport({
+        store: e.store,
+        disk: spec.disk,
+        point: spec.point,
+        encryption,
+        ...where,
+        writable: spec.writable,
+        overlay: spec.overlay,
+        cacheBytes: spec.cacheBytes,
+        tls,
+        log: (event, fields) => (event === 'chunk-read-failed' || event === 'client-dropped' ? log.warn(event, fields) : log.info(event, fields)),
+      });
     } catch (err) {
       await e.store.close();
       throw err;
     }
-    if (!this.running.has(spec.exportId)) { await this.close(e); return; } // stopped while starting
+    if (!this.running.has(spec.exportId)) {
+      await this.close(e);
+      return;
+    } // stopped while starting
     log.info('export serving', { url: e.exp.url, point: e.exp.point });
     this.arm(e);
     this.started(e);
@@ -83,15 +113,24 @@ export class ExportManager {
   private started(e: Entry): void {
     const s = e.exp!.stats();
     const leaseUntil = e.spec.leaseSeconds ? new Date(Date.now() + e.spec.leaseSeconds * 1000).toISOString() : undefined;
-    this.o.report({ type: 'export.started', exportId: e.spec.exportId, url: s.url, disk: s.disk, point: s.point, writable: s.writable,
-      ...(leaseUntil ? { leaseUntil } : {}) });
+    this.o.report({
+      type: 'export.started',
+      exportId: e.spec.exportId,
+      url: s.url,
+      disk: s.disk,
+      point: s.point,
+      writable: s.writable,
+      ...(leaseUntil ? { leaseUntil } : {}),
+    });
   }
 
   /** (Re)starts the lease timer: without a renewal the export stops when it runs out. */
   private arm(e: Entry): void {
     clearTimeout(e.lease);
     if (!e.spec.leaseSeconds) return;
-    e.lease = setTimeout(() => { this.stop(e.spec.exportId, 'lease-expired').catch(() => undefined); }, e.spec.leaseSeconds * 1000);
+    e.lease = setTimeout(() => {
+      this.stop(e.spec.exportId, 'lease-expired').catch(() => undefined);
+    }, e.spec.leaseSeconds * 1000);
     e.lease.unref();
   }
 
@@ -127,8 +166,13 @@ export class ExportManager {
 
 function countersOf(s: ExportStats): ExportCounters {
   return {
-    bytesServed: s.bytesServed, bytesFetched: s.bytesFetched, cacheHitRatio: Math.round(s.cacheHitRatio * 1000) / 1000,
-    cachedBytes: s.cachedBytes, connections: s.connections, activeConnections: s.activeConnections, chunkErrors: s.chunkErrors,
+    bytesServed: s.bytesServed,
+    bytesFetched: s.bytesFetched,
+    cacheHitRatio: Math.round(s.cacheHitRatio * 1000) / 1000,
+    cachedBytes: s.cachedBytes,
+    connections: s.connections,
+    activeConnections: s.activeConnections,
+    chunkErrors: s.chunkErrors,
   };
 }
 

@@ -18,7 +18,17 @@ import { Semaphore } from '../semaphore.js';
 import { TokenBucket } from '../throttle.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
-import { ProtoErrors, type AgentReport, type DiskResult, type DiskSource, type Job, type JobProgress, type ReplicateJob, type StoreDef, type VmJobResult } from './protocol.js';
+import {
+  ProtoErrors,
+  type AgentReport,
+  type DiskResult,
+  type DiskSource,
+  type Job,
+  type JobProgress,
+  type ReplicateJob,
+  type StoreDef,
+  type VmJobResult,
+} from './protocol.js';
 import { resolveEncryptionKey, storeEnv } from './secrets.js';
 import { openStoreOf } from './stores.js';
 import type { StateDir } from './state.js';
@@ -48,24 +58,41 @@ export interface RunnerOptions {
   onPoint?: (group: string | undefined, storeUrl: string, result: ReplicateResult, startedAt: Date) => void;
 }
 
-interface Running { job: Job; controller: AbortController; ctx: JobContext }
+interface Running {
+  job: Job;
+  controller: AbortController;
+  ctx: JobContext;
+}
 
 /** One run per disk on this node: a per-key chain of holders. */
 export class DiskLocks {
   private readonly held = new Map<string, Promise<void>>();
-  isBusy(key: string): boolean { return this.held.has(key); }
+  isBusy(key: string): boolean {
+    return this.held.has(key);
+  }
   async acquire(key: string, signal: AbortSignal): Promise<() => void> {
     for (;;) {
       const cur = this.held.get(key);
       if (!cur) break;
-      await Promise.race([cur, new Promise((_, reject) => {
-        if (signal.aborted) reject(cancelled());
-        signal.addEventListener('abort', () => reject(cancelled()), { once: true });
-      })]);
+      await Promise.race([
+        cur,
+        new Promise((_, reject) => {
+          if (signal.aborted) reject(cancelled());
+          signal.addEventListener('abort', () => reject(cancelled()), { once: true });
+        }),
+      ]);
     }
     let release!: () => void;
-    this.held.set(key, new Promise<void>((r) => { release = r; }));
-    return () => { this.held.delete(key); release(); };
+    this.held.set(
+      key,
+      new Promise<void>((r) => {
+        release = r;
+      }),
+    );
+    return () => {
+      this.held.delete(key);
+      release();
+    };
   }
 }
 
@@ -86,17 +113,27 @@ export class JobRunner {
    * Pack buffers of one run: the node's budget split over its slots, so memory stays bounded by the node, not by how
    * many runs it has (3 slots: 8 MiB each, two packs of 3.75 MiB).
    */
-  private get runBufferBytes(): number { return Math.floor(NODE_CHUNK_BUFFER_BYTES / this.slots.size); }
+  private get runBufferBytes(): number {
+    return Math.floor(NODE_CHUNK_BUFFER_BYTES / this.slots.size);
+  }
 
   constructor(private readonly o: RunnerOptions) {
     this.slots = new Semaphore(o.slots);
     this.nodeBucket = o.bandwidth > 0 ? new TokenBucket(o.bandwidth) : undefined;
   }
 
-  get inFlight(): number { return this.slots.inUse; }
-  get queued(): number { return this.running.size - this.slots.inUse < 0 ? 0 : this.running.size - this.slots.inUse; }
-  get capacity(): number { return this.slots.size; }
-  has(jobId: string): boolean { return this.running.has(jobId); }
+  get inFlight(): number {
+    return this.slots.inUse;
+  }
+  get queued(): number {
+    return this.running.size - this.slots.inUse < 0 ? 0 : this.running.size - this.slots.inUse;
+  }
+  get capacity(): number {
+    return this.slots.size;
+  }
+  has(jobId: string): boolean {
+    return this.running.has(jobId);
+  }
 
   /**
    * True from the moment a job of the disk is accepted, not only once it holds the disk lock: a job first resolves
@@ -111,7 +148,9 @@ export class JobRunner {
     }
     return false;
   }
-  jobIds(): string[] { return [...this.running.keys()]; }
+  jobIds(): string[] {
+    return [...this.running.keys()];
+  }
 
   /** Starts a job in the background; job.accepted now, job.completed/failed at the end. */
   start(job: Job, ctx: JobContext = {}): Promise<void> {
@@ -169,12 +208,17 @@ export class JobRunner {
           throw err;
         }
       }
-      const units: { disk: string; run: () => Promise<DiskResult> }[] = vmDone ? [] : job.kind === 'replicate'
-        ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk }), key) }))
-        : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk }), key) }];
+      const units: { disk: string; run: () => Promise<DiskResult> }[] = vmDone
+        ? []
+        : job.kind === 'replicate'
+          ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk }), key) }))
+          : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk }), key) }];
       // The disks of a VM run one after another, each under its disk lock and in a slot of its own.
       for (const u of units) {
-        if (signal.aborted) { failure ??= { err: cancelled(), disk: u.disk }; break; }
+        if (signal.aborted) {
+          failure ??= { err: cancelled(), disk: u.disk };
+          break;
+        }
         try {
           results.push(await this.locked(job, u.disk, signal, u.run));
         } catch (err) {
@@ -191,8 +235,16 @@ export class JobRunner {
     if (!failure) {
       this.o.metrics.jobs.inc({ kind: job.kind, result: 'completed' });
       log.info('job completed', { seconds: round(seconds), results });
-      this.o.report({ type: 'job.completed', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), seconds, results,
-        ...(vmDone ? { vm: vmDone.vm, ...(vmDone.warnings.length ? { warnings: vmDone.warnings } : {}) } : {}) });
+      this.o.report({
+        type: 'job.completed',
+        jobId: job.jobId,
+        kind: job.kind,
+        ...attemptOf(job),
+        ...ctxFields(ctx),
+        seconds,
+        results,
+        ...(vmDone ? { vm: vmDone.vm, ...(vmDone.warnings.length ? { warnings: vmDone.warnings } : {}) } : {}),
+      });
       return;
     }
     const err = failure.err;
@@ -203,9 +255,17 @@ export class JobRunner {
     this.o.metrics.errors.inc({ code });
     log[isCancel ? 'info' : 'error'](isCancel ? 'job cancelled' : 'job failed', { code, err: message, disk: failure.disk });
     this.o.report({
-      type: 'job.failed', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx),
-      ...(failure.disk ? { disk: failure.disk } : {}), code, message: message.slice(0, 4000) || code, cancelled: isCancel,
-      retryable: isRnodeError(err) ? err.retryable : false, ...(results.length ? { results } : {}),
+      type: 'job.failed',
+      jobId: job.jobId,
+      kind: job.kind,
+      ...attemptOf(job),
+      ...ctxFields(ctx),
+      ...(failure.disk ? { disk: failure.disk } : {}),
+      code,
+      message: message.slice(0, 4000) || code,
+      cancelled: isCancel,
+      retryable: isRnodeError(err) ? err.retryable : false,
+      ...(results.length ? { results } : {}),
     });
   }
 
@@ -215,7 +275,9 @@ export class JobRunner {
     if (this.locks.isBusy(key) || this.slots.inUse >= this.slots.size) this.o.progress({ jobId: job.jobId, disk, phase: 'queued' });
     const unlock = await this.locks.acquire(key, signal);
     try {
-      await this.slots.acquire(signal).catch(() => { throw cancelled(); }); // only an abort rejects it
+      await this.slots.acquire(signal).catch(() => {
+        throw cancelled();
+      }); // only an abort rejects it
       this.updateGauges();
       try {
         return await fn();
@@ -245,20 +307,34 @@ export class JobRunner {
    * job's own and the node's shared one, on the bytes put to the store; lease traffic passes free.
    */
   private async openTarget(job: ReplicateJob, signal: AbortSignal, log: Logger): Promise<WrappedStore> {
-    return openStoreOf(job.store, this.o.state, log,
-      { ...(job.bandwidth ? { bandwidth: job.bandwidth } : {}), ...(this.nodeBucket ? { sharedBandwidth: this.nodeBucket } : {}), signal });
+    return openStoreOf(job.store, this.o.state, log, {
+      ...(job.bandwidth ? { bandwidth: job.bandwidth } : {}),
+      ...(this.nodeBucket ? { sharedBandwidth: this.nodeBucket } : {}),
+      signal,
+    });
   }
 
-  private async replicateDisk(job: ReplicateJob, ds: DiskSource, ctx: JobContext, signal: AbortSignal, log: Logger,
-      encryption: EncryptionKey | undefined, inVm?: VmDiskRun): Promise<DiskResult> {
+  private async replicateDisk(
+    job: ReplicateJob,
+    ds: DiskSource,
+    ctx: JobContext,
+    signal: AbortSignal,
+    log: Logger,
+    encryption: EncryptionKey | undefined,
+    inVm?: VmDiskRun,
+  ): Promise<DiskResult> {
     const startedAt = new Date();
-    const store = inVm?.store ?? await this.openTarget(job, signal, log);
+    const store = inVm?.store ?? (await this.openTarget(job, signal, log));
     const m = this.o.metrics;
     const labels = { disk: ds.disk };
     let sentBase = 0;
-    const sent = () => { const b = store.metrics().ops.put.bytes; m.bytesSent.inc({}, b - sentBase); sentBase = b; };
+    const sent = () => {
+      const b = store.metrics().ops.put.bytes;
+      m.bytesSent.inc({}, b - sentBase);
+      sentBase = b;
+    };
     try {
-      const raw = inVm?.source ?? await openSource(ds.source.location, ds.source.options ?? {});
+      const raw = inVm?.source ?? (await openSource(ds.source.location, ds.source.options ?? {}));
       try {
         const source = countedSource(raw, signal);
         const ttlMs = (job.leaseTtlSeconds ?? 60) * 1000;
@@ -277,8 +353,14 @@ export class JobRunner {
           const elapsed = (now - t0) / 1000;
           const rate = elapsed > 0 ? (p.position - firstPosition) / elapsed : 0;
           this.o.progress({
-            jobId: job.jobId, disk: ds.disk, phase: p.phase, bytesRead: p.bytesRead, bytesWritten: p.bytesWritten,
-            diskSize: p.diskSize, position: p.position, rate: round(rate),
+            jobId: job.jobId,
+            disk: ds.disk,
+            phase: p.phase,
+            bytesRead: p.bytesRead,
+            bytesWritten: p.bytesWritten,
+            diskSize: p.diskSize,
+            position: p.position,
+            rate: round(rate),
             etaSeconds: rate > 0 ? round((p.diskSize - p.position) / rate) : null,
           });
         };
@@ -290,8 +372,17 @@ export class JobRunner {
         for (;;) {
           try {
             r = await replicate({
-              store, source, disk: ds.disk, chunkSize: job.chunkSize, concurrency: job.concurrency ?? inVm?.concurrency, bufferBytes: this.runBufferBytes, signal, onProgress,
-              codec: job.compression ? codecByName(job.compression) : undefined, encryption, forceFull: job.forceFull || inVm?.forceFull,
+              store,
+              source,
+              disk: ds.disk,
+              chunkSize: job.chunkSize,
+              concurrency: job.concurrency ?? inVm?.concurrency,
+              bufferBytes: this.runBufferBytes,
+              signal,
+              onProgress,
+              codec: job.compression ? codecByName(job.compression) : undefined,
+              encryption,
+              forceFull: job.forceFull || inVm?.forceFull,
               checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
               lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },
             });
@@ -318,16 +409,43 @@ export class JobRunner {
         if (r.bytesWritten > 0) m.compressionRatio.set(labels, round(Math.min(r.chunksChanged * r.chunkSize, r.diskSize) / r.bytesWritten));
         m.throughput.set(labels, round(r.diskSize / Math.max(r.seconds, 1e-6)));
         const point = await pointMarker(store, ds.disk, r.point);
-        log.info('point committed', { point: r.point, parent: r.parent, resumed: r.resumed, bytesRead: r.bytesRead, bytesWritten: r.bytesWritten, seconds: round(r.seconds) });
+        log.info('point committed', {
+          point: r.point,
+          parent: r.parent,
+          resumed: r.resumed,
+          bytesRead: r.bytesRead,
+          bytesWritten: r.bytesWritten,
+          seconds: round(r.seconds),
+        });
         this.o.onPoint?.(ctx.group, job.store.url, r, startedAt);
         inVm?.onResult(r);
         const result: DiskResult = {
-          disk: ds.disk, point: r.point, parent: r.parent, full: r.full, resumed: r.resumed, marker: point,
-          diskSize: r.diskSize, bytesRead: r.bytesRead, sourceBytesRead: source.bytesRead, bytesWritten: r.bytesWritten, chunksChanged: r.chunksChanged,
-          chunksZero: r.chunksZero, seconds: round(r.seconds), ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
+          disk: ds.disk,
+          point: r.point,
+          parent: r.parent,
+          full: r.full,
+          resumed: r.resumed,
+          marker: point,
+          diskSize: r.diskSize,
+          bytesRead: r.bytesRead,
+          sourceBytesRead: source.bytesRead,
+          bytesWritten: r.bytesWritten,
+          chunksChanged: r.chunksChanged,
+          chunksZero: r.chunksZero,
+          seconds: round(r.seconds),
+          ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
         };
-        if (ctx.retentionKeep && !inVm) { // a VM keeps whole VM points (replicateVm)
-          const pr = await prune({ store, disk: ds.disk, keep: ctx.retentionKeep, graceMs: ctx.retentionGraceMs, encryption, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs }, pacer: this.sweeps });
+        if (ctx.retentionKeep && !inVm) {
+          // a VM keeps whole VM points (replicateVm)
+          const pr = await prune({
+            store,
+            disk: ds.disk,
+            keep: ctx.retentionKeep,
+            graceMs: ctx.retentionGraceMs,
+            encryption,
+            lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
+            pacer: this.sweeps,
+          });
           if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
           result.deleted = pr.deleted;
         }
@@ -344,8 +462,13 @@ export class JobRunner {
    * A VM job over vddk:// sources: one snapshot for all its disks, read in parallel, and a VM point (src/jobs/
    * replicate-vm.ts). Every disk of the VM is locked and the job takes one slot.
    */
-  private async replicateVmJob(job: ReplicateJob, ctx: JobContext, signal: AbortSignal, log: Logger,
-      encryption: EncryptionKey | undefined): Promise<{ results: DiskResult[]; vm: VmJobResult; warnings: string[] }> {
+  private async replicateVmJob(
+    job: ReplicateJob,
+    ctx: JobContext,
+    signal: AbortSignal,
+    log: Logger,
+    encryption: EncryptionKey | undefined,
+  ): Promise<{ results: DiskResult[]; vm: VmJobResult; warnings: string[] }> {
     const { config, diskIds, keys } = vmJobConfig(job);
     const store = await this.openTarget(job, signal, log);
     try {
@@ -354,23 +477,58 @@ export class JobRunner {
       try {
         const ttlMs = (job.leaseTtlSeconds ?? 60) * 1000;
         const r = await replicateVm({
-          session, store, signal, encryption, ...(keys ? { disks: keys } : {}), diskId: (k) => diskIds.get(k) ?? vmDiskId(config.vm, k),
-          ...(job.diskParallelism ? { diskParallelism: job.diskParallelism } : {}), quiesce: job.quiesce ?? config.quiesce,
-          quiesceFallback: job.quiesceFallback ?? config.quiesceFallback, unsupportedDisks: job.unsupportedDisks ?? config.unsupportedDisks,
-          retentionKeep: ctx.retentionKeep, retentionGraceMs: ctx.retentionGraceMs, pacer: this.sweeps, lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
+          session,
+          store,
+          signal,
+          encryption,
+          ...(keys ? { disks: keys } : {}),
+          diskId: (k) => diskIds.get(k) ?? vmDiskId(config.vm, k),
+          ...(job.diskParallelism ? { diskParallelism: job.diskParallelism } : {}),
+          quiesce: job.quiesce ?? config.quiesce,
+          quiesceFallback: job.quiesceFallback ?? config.quiesceFallback,
+          unsupportedDisks: job.unsupportedDisks ?? config.unsupportedDisks,
+          retentionKeep: ctx.retentionKeep,
+          retentionGraceMs: ctx.retentionGraceMs,
+          pacer: this.sweeps,
+          lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
           replicateDisk: async (a) => {
             let r: ReplicateResult | undefined;
-            const ds = job.disks.find((d) => d.disk === a.disk) ?? { disk: a.disk, source: { location: `vddk://${config.host}/${config.vm}?disk=${a.key}` } };
-            results.push(await this.replicateDisk(job, ds, ctx, signal, log.child({ disk: a.disk }), encryption,
-              { source: a.source, store, forceFull: a.forceFull, concurrency: a.concurrency, onResult: (x) => { r = x; } }));
+            const ds = job.disks.find((d) => d.disk === a.disk) ?? {
+              disk: a.disk,
+              source: { location: `vddk://${config.host}/${config.vm}?disk=${a.key}` },
+            };
+            results.push(
+              await this.replicateDisk(job, ds, ctx, signal, log.child({ disk: a.disk }), encryption, {
+                source: a.source,
+                store,
+                forceFull: a.forceFull,
+                concurrency: a.concurrency,
+                onResult: (x) => {
+                  r = x;
+                },
+              }),
+            );
             return r!;
           },
         });
         for (const w of r.warnings) log.warn(w);
         const vm: VmJobResult = {
-          vm: r.vm, vmPoint: r.vmPoint, snapshot: r.snapshot, consistency: r.consistency, ...(r.consistencyReason ? { consistencyReason: r.consistencyReason } : {}),
-          disks: r.disks.map((d) => ({ key: d.deviceKey, disk: d.disk, point: d.point, transport: d.transportMode, ...(d.fullReason ? { fullReason: d.fullReason } : {}) })),
-          skipped: r.skipped, removed: r.removed, added: r.added, staleSnapshotsRemoved: r.staleSnapshotsRemoved,
+          vm: r.vm,
+          vmPoint: r.vmPoint,
+          snapshot: r.snapshot,
+          consistency: r.consistency,
+          ...(r.consistencyReason ? { consistencyReason: r.consistencyReason } : {}),
+          disks: r.disks.map((d) => ({
+            key: d.deviceKey,
+            disk: d.disk,
+            point: d.point,
+            transport: d.transportMode,
+            ...(d.fullReason ? { fullReason: d.fullReason } : {}),
+          })),
+          skipped: r.skipped,
+          removed: r.removed,
+          added: r.added,
+          staleSnapshotsRemoved: r.staleSnapshotsRemoved,
           ...(r.prunedVmPoints ? { prunedVmPoints: r.prunedVmPoints } : {}),
         };
         const order = new Map(r.disks.map((d, i) => [d.disk, i]));
@@ -386,8 +544,12 @@ export class JobRunner {
     }
   }
 
-
-  private async otherJob(job: Exclude<Job, ReplicateJob>, signal: AbortSignal, log: Logger, encryption: EncryptionKey | undefined): Promise<DiskResult> {
+  private async otherJob(
+    job: Exclude<Job, ReplicateJob>,
+    signal: AbortSignal,
+    log: Logger,
+    encryption: EncryptionKey | undefined,
+  ): Promise<DiskResult> {
     if (signal.aborted) throw cancelled();
     const store = await openStoreOf(job.store, this.o.state, log);
     try {
@@ -408,7 +570,13 @@ export class JobRunner {
           return { disk: job.disk, ok: r.ok, problems: r.problems.length, checked: r.checked, seconds: round(r.seconds) };
         }
         case 'prune': {
-          const r = await prune({ store, disk: job.disk, keep: job.keep, encryption, lease: { holder: this.o.nodeName, ttlMs: 60_000, waitMs: 60_000 } });
+          const r = await prune({
+            store,
+            disk: job.disk,
+            keep: job.keep,
+            encryption,
+            lease: { holder: this.o.nodeName, ttlMs: 60_000, waitMs: 60_000 },
+          });
           return { disk: job.disk, kept: r.kept, deleted: r.deleted, seconds: round(r.seconds) };
         }
       }
@@ -437,18 +605,34 @@ function vmJobConfig(job: ReplicateJob): { config: VmwareSourceConfig; diskIds: 
   let all = false;
   for (const { d, c } of configs) {
     if (c.vm !== first.vm || c.host !== first.host) {
-      throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM job ${job.jobId}: disk ${d.disk} is on ${c.host}/${c.vm}, not ${first.host}/${first.vm}; one job replicates one VM`);
+      throw new RnodeError(
+        ErrorCodes.BAD_SOURCE,
+        `VM job ${job.jobId}: disk ${d.disk} is on ${c.host}/${c.vm}, not ${first.host}/${first.vm}; one job replicates one VM`,
+      );
     }
-    if (!c.disks) { all = true; continue; }
-    if (c.disks.length !== 1) throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM job ${job.jobId}: disk ${d.disk} must name one device key (?disk=<key>)`);
+    if (!c.disks) {
+      all = true;
+      continue;
+    }
+    if (c.disks.length !== 1)
+      throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM job ${job.jobId}: disk ${d.disk} must name one device key (?disk=<key>)`);
     diskIds.set(c.disks[0], d.disk);
   }
   return { config: first, diskIds, ...(all ? {} : { keys: [...diskIds.keys()] }) };
 }
 
 /** A disk of a VM job: its source is a disk of the VM's snapshot, the store is the job's. */
-interface VmDiskRun { source: BlockSource; store: WrappedStore; forceFull: boolean; concurrency: number; onResult: (r: ReplicateResult) => void }
+interface VmDiskRun {
+  source: BlockSource;
+  store: WrappedStore;
+  forceFull: boolean;
+  concurrency: number;
+  onResult: (r: ReplicateResult) => void;
+}
 
 const attemptOf = (job: Job) => (job.attempt ? { attempt: job.attempt } : {});
-const ctxFields = (ctx: JobContext) => ({ ...(ctx.scheduled !== undefined ? { scheduled: ctx.scheduled } : {}), ...(ctx.group ? { group: ctx.group } : {}) });
+const ctxFields = (ctx: JobContext) => ({
+  ...(ctx.scheduled !== undefined ? { scheduled: ctx.scheduled } : {}),
+  ...(ctx.group ? { group: ctx.group } : {}),
+});
 const round = (n: number) => Math.round(n * 1000) / 1000;

@@ -8,8 +8,18 @@ import { isTlsFailure } from '../transport/errors.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
 import {
-  agentMessages, checkOutgoing, decode, messageId, PROTOCOL_VERSION, ProtoErrors, serverMessages, SUBPROTOCOL,
-  CloseCodes, type AgentReport, type Hello, type ServerMessage,
+  agentMessages,
+  checkOutgoing,
+  decode,
+  messageId,
+  PROTOCOL_VERSION,
+  ProtoErrors,
+  serverMessages,
+  SUBPROTOCOL,
+  CloseCodes,
+  type AgentReport,
+  type Hello,
+  type ServerMessage,
 } from './protocol.js';
 import type { StateDir, StoredReport } from './state.js';
 
@@ -44,9 +54,15 @@ export class ServerLink extends EventEmitter {
     super();
   }
 
-  get isRegistered(): boolean { return this.registered; }
-  get wasRegistered(): boolean { return this.everRegistered; }
-  get queuedReports(): number { return this.outbox.reports.length; }
+  get isRegistered(): boolean {
+    return this.registered;
+  }
+  get wasRegistered(): boolean {
+    return this.everRegistered;
+  }
+  get queuedReports(): number {
+    return this.outbox.reports.length;
+  }
 
   async start(): Promise<void> {
     this.outbox = await this.o.state.loadOutbox();
@@ -61,7 +77,10 @@ export class ServerLink extends EventEmitter {
     const ws = this.ws;
     if (ws && ws.readyState === WebSocket.OPEN) {
       ws.close(1000, 'node shutting down');
-      await new Promise((r) => { ws.once('close', r); setTimeout(r, 1000).unref(); });
+      await new Promise((r) => {
+        ws.once('close', r);
+        setTimeout(r, 1000).unref();
+      });
     }
     ws?.terminate();
     await this.saving;
@@ -109,7 +128,9 @@ export class ServerLink extends EventEmitter {
   private persist(): void {
     const snapshot = { nextSeq: this.outbox.nextSeq, reports: [...this.outbox.reports] };
     this.o.metrics.reportsQueued.set({}, snapshot.reports.length);
-    this.saving = this.saving.then(() => this.o.state.saveOutbox(snapshot)).catch((err) => this.o.log.error('could not persist the report queue', { err }));
+    this.saving = this.saving
+      .then(() => this.o.state.saveOutbox(snapshot))
+      .catch((err) => this.o.log.error('could not persist the report queue', { err }));
   }
 
   private connect(): void {
@@ -130,7 +151,15 @@ export class ServerLink extends EventEmitter {
     let welcomeTimer: NodeJS.Timeout | undefined;
     ws.on('open', () => {
       this.missedPongs = 0;
-      const hello = { v: PROTOCOL_VERSION, type: 'hello', id: messageId('h'), token, protocols: [PROTOCOL_VERSION], lastSeq: this.outbox.nextSeq - 1, ...this.o.hello() };
+      const hello = {
+        v: PROTOCOL_VERSION,
+        type: 'hello',
+        id: messageId('h'),
+        token,
+        protocols: [PROTOCOL_VERSION],
+        lastSeq: this.outbox.nextSeq - 1,
+        ...this.o.hello(),
+      };
       checkOutgoing(hello, agentMessages);
       ws.send(JSON.stringify(hello));
       welcomeTimer = setTimeout(() => {
@@ -138,21 +167,41 @@ export class ServerLink extends EventEmitter {
         ws.terminate();
       }, 10_000);
     });
-    ws.on('pong', () => { this.missedPongs = 0; });
+    ws.on('pong', () => {
+      this.missedPongs = 0;
+    });
     ws.on('message', (data, isBinary) => {
-      if (isBinary) { this.refuse(undefined, ProtoErrors.INVALID, 'binary frames are not part of the control protocol'); return; }
+      if (isBinary) {
+        this.refuse(undefined, ProtoErrors.INVALID, 'binary frames are not part of the control protocol');
+        return;
+      }
       const d = decode<ServerMessage>(data.toString(), serverMessages);
-      if (!d.ok) { this.refuse(d.replyTo, d.code, d.message); return; }
+      if (!d.ok) {
+        this.refuse(d.replyTo, d.code, d.message);
+        return;
+      }
       const msg = d.msg;
       if (!this.registered) {
-        if (msg.type === 'error') { this.o.log.error('server refused the node', { code: msg.code, message: msg.message }); return; }
-        if (msg.type !== 'welcome') { this.refuse(msg.id, ProtoErrors.INVALID, `expected welcome before ${msg.type}`); return; }
+        if (msg.type === 'error') {
+          this.o.log.error('server refused the node', { code: msg.code, message: msg.message });
+          return;
+        }
+        if (msg.type !== 'welcome') {
+          this.refuse(msg.id, ProtoErrors.INVALID, `expected welcome before ${msg.type}`);
+          return;
+        }
         clearTimeout(welcomeTimer);
         this.onWelcome(msg as Extract<ServerMessage, { type: 'welcome' }>);
         return;
       }
-      if (msg.type === 'ack') { this.onAck(msg.seq); return; }
-      if (msg.type === 'welcome') { this.refuse(msg.id, ProtoErrors.INVALID, 'welcome was already received on this connection'); return; }
+      if (msg.type === 'ack') {
+        this.onAck(msg.seq);
+        return;
+      }
+      if (msg.type === 'welcome') {
+        this.refuse(msg.id, ProtoErrors.INVALID, 'welcome was already received on this connection');
+        return;
+      }
       this.emit('message', msg);
     });
     ws.on('close', (code, reason) => {
@@ -164,7 +213,7 @@ export class ServerLink extends EventEmitter {
       if (this.ws === ws) this.ws = undefined;
       const why = reason.toString();
       if (code === CloseCodes.AUTH) this.o.log.error('the server refused the token; fix the token file (it is re-read on every attempt)', { code });
-      else if (code === CloseCodes.VERSION) this.o.log.error('the server does not speak this node\'s protocol version', { code, reason: why });
+      else if (code === CloseCodes.VERSION) this.o.log.error("the server does not speak this node's protocol version", { code, reason: why });
       else this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', { code, reason: why });
       if (was) this.emit('disconnected');
       this.scheduleReconnect();
@@ -174,8 +223,13 @@ export class ServerLink extends EventEmitter {
       // fix itself, so it is an error every attempt, saying what to pass.
       if (isTlsFailure(err)) {
         this.o.metrics.errors.inc({ code: ProtoErrors.TLS });
-        this.o.log.error(`TLS to the server failed; pass --ca <pem> with the CA that signed the server's certificate (the token was not sent)`,
-          { code: ProtoErrors.TLS, tlsError: err.code, err: err.message, server: this.o.url, ca: this.o.ca ? 'given' : 'none' });
+        this.o.log.error(`TLS to the server failed; pass --ca <pem> with the CA that signed the server's certificate (the token was not sent)`, {
+          code: ProtoErrors.TLS,
+          tlsError: err.code,
+          err: err.message,
+          server: this.o.url,
+          ca: this.o.ca ? 'given' : 'none',
+        });
       } else {
         this.o.log.debug('connection error', { err: err.message });
       }
@@ -230,7 +284,7 @@ export class ServerLink extends EventEmitter {
     const max = this.o.backoff?.maxMs ?? 30_000;
     const ceiling = Math.min(max, initial * 2 ** Math.min(this.attempt, 20));
     // Equal jitter: at least half the ceiling, so a fleet restarting together spreads out but never hammers.
-    const delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
+    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     this.attempt++;
     this.o.metrics.reconnects.inc();
     this.o.log.debug('reconnecting', { inMs: delay, attempt: this.attempt });

@@ -55,8 +55,12 @@ export class Scheduler {
     this.timer = undefined;
   }
 
-  list(): Policy[] { return [...this.policies.values()]; }
-  get diskCount(): number { return this.list().reduce((n, p) => n + p.disks.length, 0); }
+  list(): Policy[] {
+    return [...this.policies.values()];
+  }
+  get diskCount(): number {
+    return this.list().reduce((n, p) => n + p.disks.length, 0);
+  }
 
   async update(p: Policy): Promise<void> {
     const old = this.policies.get(p.group);
@@ -93,7 +97,9 @@ export class Scheduler {
 
   private persistDisks(): void {
     const snapshot = JSON.parse(JSON.stringify(this.disks));
-    this.saving = this.saving.then(() => this.o.state.saveDisks(snapshot)).catch((err) => this.o.log.error('could not persist disk records', { err }));
+    this.saving = this.saving
+      .then(() => this.o.state.saveDisks(snapshot))
+      .catch((err) => this.o.log.error('could not persist disk records', { err }));
   }
 
   /** Called by the runner after any committed point (scheduled or not): it restarts that disk's RPO clock. */
@@ -163,19 +169,47 @@ export class Scheduler {
     const jobId = `s:${p.group}:${disk}:${now.toString(36)}`.slice(0, 128);
     let run: Promise<void>;
     try {
-      run = this.o.runner.start({
-        jobId, kind: 'replicate', group: p.group, store: p.store, disks: p.vm !== undefined ? p.disks : [ds],
-        bandwidth: p.bandwidth, concurrency: p.concurrency, compression: p.compression, encryption: p.encryption,
-        chunkSize: p.chunkSize, checkpointSeconds: p.checkpointSeconds, leaseTtlSeconds: p.leaseTtlSeconds,
-        ...(p.vm !== undefined ? { vm: p.vm, quiesce: p.quiesce, quiesceFallback: p.quiesceFallback, unsupportedDisks: p.unsupportedDisks, diskParallelism: p.diskParallelism } : {}),
-      }, { scheduled: true, group: p.group, retentionKeep: p.retention?.keep,
-        retentionGraceMs: p.retention?.graceSeconds !== undefined ? p.retention.graceSeconds * 1000 : undefined });
+      run = this.o.runner.start(
+        {
+          jobId,
+          kind: 'replicate',
+          group: p.group,
+          store: p.store,
+          disks: p.vm !== undefined ? p.disks : [ds],
+          bandwidth: p.bandwidth,
+          concurrency: p.concurrency,
+          compression: p.compression,
+          encryption: p.encryption,
+          chunkSize: p.chunkSize,
+          checkpointSeconds: p.checkpointSeconds,
+          leaseTtlSeconds: p.leaseTtlSeconds,
+          ...(p.vm !== undefined
+            ? {
+                vm: p.vm,
+                quiesce: p.quiesce,
+                quiesceFallback: p.quiesceFallback,
+                unsupportedDisks: p.unsupportedDisks,
+                diskParallelism: p.diskParallelism,
+              }
+            : {}),
+        },
+        {
+          scheduled: true,
+          group: p.group,
+          retentionKeep: p.retention?.keep,
+          retentionGraceMs: p.retention?.graceSeconds !== undefined ? p.retention.graceSeconds * 1000 : undefined,
+        },
+      );
     } catch (err) {
       for (const k of keys) this.active.delete(k);
       this.o.log.error('could not start a scheduled run', { group: p.group, disk, err });
       return;
     }
-    run.finally(() => { for (const k of keys) this.active.delete(k); }).catch(() => undefined);
+    run
+      .finally(() => {
+        for (const k of keys) this.active.delete(k);
+      })
+      .catch(() => undefined);
   }
 
   private checkRpo(p: Policy, disk: string, key: string, rec: DiskRecord, now: number): void {
@@ -188,8 +222,13 @@ export class Scheduler {
     const reason = this.active.has(key) ? 'a run is still in progress' : rec.lastPointAt ? 'no point since' : 'no point yet';
     this.o.log.warn('RPO missed', { group: p.group, disk, rpoSeconds: p.rpoSeconds, lagSeconds: round(lag) });
     this.o.report({
-      type: 'rpo.missed', group: p.group, disk, rpoSeconds: p.rpoSeconds, lagSeconds: round(lag),
-      lastPointAt: rec.lastPointAt ?? null, reason,
+      type: 'rpo.missed',
+      group: p.group,
+      disk,
+      rpoSeconds: p.rpoSeconds,
+      lagSeconds: round(lag),
+      lastPointAt: rec.lastPointAt ?? null,
+      reason,
     });
   }
 }

@@ -27,12 +27,18 @@ const child = (base: string, key: unknown) => `${base}/${String(key).replace(/~/
 function describe(e: ErrorObject): SchemaError {
   const p = e.params as Record<string, unknown>;
   switch (e.keyword) {
-    case 'required': return { path: child(e.instancePath, p.missingProperty), message: 'is required' };
-    case 'additionalProperties': return { path: child(e.instancePath, p.additionalProperty), message: 'is not allowed here' };
-    case 'discriminator': return { path: child(e.instancePath, p.tag), message: `must be one of the kinds this version defines (got ${JSON.stringify(p.tagValue)})` };
-    case 'enum': return { path: e.instancePath, message: `must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}` };
-    case 'const': return { path: e.instancePath, message: `must be ${JSON.stringify(p.allowedValue)}` };
-    default: return { path: e.instancePath, message: e.message ?? `fails ${e.keyword}` };
+    case 'required':
+      return { path: child(e.instancePath, p.missingProperty), message: 'is required' };
+    case 'additionalProperties':
+      return { path: child(e.instancePath, p.additionalProperty), message: 'is not allowed here' };
+    case 'discriminator':
+      return { path: child(e.instancePath, p.tag), message: `must be one of the kinds this version defines (got ${JSON.stringify(p.tagValue)})` };
+    case 'enum':
+      return { path: e.instancePath, message: `must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}` };
+    case 'const':
+      return { path: e.instancePath, message: `must be ${JSON.stringify(p.allowedValue)}` };
+    default:
+      return { path: e.instancePath, message: e.message ?? `fails ${e.keyword}` };
   }
 }
 

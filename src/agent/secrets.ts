@@ -17,8 +17,10 @@ async function secretBytes(ref: SecretRef, state: StateDir): Promise<{ bytes: Bu
   if (file) bytes = await fsp.readFile(file).catch(() => undefined);
   else if (process.env[m[2]] !== undefined) bytes = Buffer.from(process.env[m[2]]!, 'utf8');
   if (bytes === undefined || bytes.length === 0) {
-    throw new RnodeError(ProtoErrors.SECRET, `secret ${ref.secretRef} is not available on this node; ` +
-      (file ? `put it in ${file}` : `set ${m[2]} in the agent's environment`));
+    throw new RnodeError(
+      ProtoErrors.SECRET,
+      `secret ${ref.secretRef} is not available on this node; ` + (file ? `put it in ${file}` : `set ${m[2]} in the agent's environment`),
+    );
   }
   return { bytes, ...(file ? { file } : {}) };
 }
@@ -45,7 +47,10 @@ export async function storeEnv(def: StoreDef, state: StateDir, log: Logger): Pro
 export async function resolveEncryptionKey(def: EncryptionDef | undefined, state: StateDir, log: Logger): Promise<EncryptionKey | undefined> {
   if (!def || def.mode === 'none') return undefined;
   if (!def.key) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `encryption ${def.mode} needs "key": {"secretRef": "env:NAME" | "file:NAME"} naming the disk's key on this node`);
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `encryption ${def.mode} needs "key": {"secretRef": "env:NAME" | "file:NAME"} naming the disk's key on this node`,
+    );
   }
   const ref = def.key.secretRef;
   const { bytes, file } = await secretBytes(def.key, state);

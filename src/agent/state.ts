@@ -7,7 +7,10 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Policy } from './protocol.js';
 
-export interface NodeIdentity { nodeId: string; createdAt: string }
+export interface NodeIdentity {
+  nodeId: string;
+  createdAt: string;
+}
 export interface DiskRecord {
   /** When the newest point's run started (the point holds the disk as of about then). */
   lastPointAt?: string;
@@ -15,7 +18,10 @@ export interface DiskRecord {
   /** When the current RPO miss was reported (cleared by the next point). */
   missedReportedAt?: string;
 }
-export interface StoredReport { seq: number; msg: Record<string, unknown> }
+export interface StoredReport {
+  seq: number;
+  msg: Record<string, unknown>;
+}
 
 export class StateDir {
   constructor(readonly dir: string) {}
@@ -25,7 +31,9 @@ export class StateDir {
     return new StateDir(dir);
   }
 
-  private file(name: string): string { return path.join(this.dir, name); }
+  private file(name: string): string {
+    return path.join(this.dir, name);
+  }
 
   async readJson<T>(name: string, fallback: T): Promise<T> {
     try {
@@ -59,16 +67,26 @@ export class StateDir {
     return id;
   }
 
-  loadPolicies(): Promise<Policy[]> { return this.readJson<Policy[]>('policies.json', []); }
-  savePolicies(p: Policy[]): Promise<void> { return this.writeJson('policies.json', p); }
+  loadPolicies(): Promise<Policy[]> {
+    return this.readJson<Policy[]>('policies.json', []);
+  }
+  savePolicies(p: Policy[]): Promise<void> {
+    return this.writeJson('policies.json', p);
+  }
 
-  loadDisks(): Promise<Record<string, DiskRecord>> { return this.readJson<Record<string, DiskRecord>>('disks.json', {}); }
-  saveDisks(d: Record<string, DiskRecord>): Promise<void> { return this.writeJson('disks.json', d); }
+  loadDisks(): Promise<Record<string, DiskRecord>> {
+    return this.readJson<Record<string, DiskRecord>>('disks.json', {});
+  }
+  saveDisks(d: Record<string, DiskRecord>): Promise<void> {
+    return this.writeJson('disks.json', d);
+  }
 
   loadOutbox(): Promise<{ nextSeq: number; reports: StoredReport[] }> {
     return this.readJson('outbox.json', { nextSeq: 1, reports: [] as StoredReport[] });
   }
-  saveOutbox(o: { nextSeq: number; reports: StoredReport[] }): Promise<void> { return this.writeJson('outbox.json', o); }
+  saveOutbox(o: { nextSeq: number; reports: StoredReport[] }): Promise<void> {
+    return this.writeJson('outbox.json', o);
+  }
 
   /** Readiness: can we still persist? (a full or read-only disk makes the node unready) */
   writable(): boolean {
@@ -82,5 +100,7 @@ export class StateDir {
     }
   }
 
-  secretPath(name: string): string { return path.join(this.dir, 'secrets', name); }
+  secretPath(name: string): string {
+    return path.join(this.dir, 'secrets', name);
+  }
 }

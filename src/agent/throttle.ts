@@ -6,7 +6,9 @@ import { abortableSleep as sleep } from '../throttle.js';
 
 export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted) return Promise.reject(cancelled());
-  return sleep(ms, signal).catch((err: unknown) => { throw signal?.aborted ? cancelled() : err; });
+  return sleep(ms, signal).catch((err: unknown) => {
+    throw signal?.aborted ? cancelled() : err;
+  });
 }
 
 export function cancelled(): RnodeError {

@@ -21,12 +21,19 @@ function usage(message: string): RnodeError {
 
 export const agentCommand: Command = {
   summary: 'run this node under a Management Server (registers, runs jobs and schedules, serves /metrics)',
-  usage: 'rnode agent --server ws[s]://<host>:<port> --token-file <f> [--ca <f>] [--node-name <n>] [--state-dir <d>] ' +
+  usage:
+    'rnode agent --server ws[s]://<host>:<port> --token-file <f> [--ca <f>] [--node-name <n>] [--state-dir <d>] ' +
     `[--slots <n>] [--bandwidth <bytes/s>] ${SERVICE_USAGE} [--reconnect-max-ms <ms>]`,
   options: {
-    server: { type: 'string' }, 'token-file': { type: 'string' }, ca: { type: 'string' }, 'node-name': { type: 'string' },
-    'state-dir': { type: 'string' }, slots: { type: 'string' }, bandwidth: { type: 'string' },
-    'reconnect-max-ms': { type: 'string' }, ...SERVICE_OPTIONS,
+    server: { type: 'string' },
+    'token-file': { type: 'string' },
+    ca: { type: 'string' },
+    'node-name': { type: 'string' },
+    'state-dir': { type: 'string' },
+    slots: { type: 'string' },
+    bandwidth: { type: 'string' },
+    'reconnect-max-ms': { type: 'string' },
+    ...SERVICE_OPTIONS,
   },
   async run(v) {
     required(v, 'agent', 'server', 'token-file');
@@ -49,8 +56,17 @@ export const agentCommand: Command = {
     // A process that runs for months: freed buffers go back to the system, not to a slowly growing heap.
     (await import('../native/index.js')).returnLargeFreesToSystem();
     const agent = await Agent.start({
-      server, tokenFile, caFile: ca, nodeName: str(v, 'node-name'), stateDir: str(v, 'state-dir') ?? defaultStateDir(),
-      metrics, slots, bandwidth, logLevel: level, logFormat: format, backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
+      server,
+      tokenFile,
+      caFile: ca,
+      nodeName: str(v, 'node-name'),
+      stateDir: str(v, 'state-dir') ?? defaultStateDir(),
+      metrics,
+      slots,
+      bandwidth,
+      logLevel: level,
+      logFormat: format,
+      backoff: maxMs ? { initialMs: Math.min(500, maxMs), maxMs } : undefined,
     });
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {

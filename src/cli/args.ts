@@ -20,8 +20,11 @@ export function parse(command: string, argv: string[], options: Options): Record
   for (let i = 0; i + 1 < argv.length; i++) {
     const name = /^--([a-z-]+)$/.exec(argv[i])?.[1];
     if (name && options[name]?.type === 'string' && /^-\d/.test(argv[i + 1])) {
-      throw new RnodeError(ErrorCodes.USAGE, `--${name} ${argv[i + 1]} is not a valid value: negative numbers are not accepted; ` +
-        `pass ${NEGATIVE_HINT[name] ?? 'a value of 0 or more'} (see "rnode ${command} --help")`);
+      throw new RnodeError(
+        ErrorCodes.USAGE,
+        `--${name} ${argv[i + 1]} is not a valid value: negative numbers are not accepted; ` +
+          `pass ${NEGATIVE_HINT[name] ?? 'a value of 0 or more'} (see "rnode ${command} --help")`,
+      );
     }
   }
   try {

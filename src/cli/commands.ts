@@ -13,8 +13,15 @@ import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions,
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
 import { stoppable } from './signals.js';
-import { isVmwareSource, vmPointOptions, vmwareReplicateOptions, VM_POINTS_USAGE, VM_PRUNE_USAGE, VM_RECOVER_USAGE,
-  VMWARE_REPLICATE_USAGE } from './vmware-flags.js';
+import {
+  isVmwareSource,
+  vmPointOptions,
+  vmwareReplicateOptions,
+  VM_POINTS_USAGE,
+  VM_PRUNE_USAGE,
+  VM_RECOVER_USAGE,
+  VMWARE_REPLICATE_USAGE,
+} from './vmware-flags.js';
 import path from 'node:path';
 
 export type { Command, Io } from './command.js';
@@ -35,9 +42,18 @@ const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
   usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4-blocks|lz4|none] [--pack-size <bytes|64KiB..256MiB>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
   options: {
-    source: { type: 'string' }, target: { type: 'string' }, disk: { type: 'string' },
-    'chunk-size': { type: 'string' }, compression: { type: 'string' }, 'pack-size': { type: 'string' }, full: { type: 'boolean' },
-    concurrency: { type: 'string' }, bandwidth: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmwareReplicateOptions,
+    source: { type: 'string' },
+    target: { type: 'string' },
+    disk: { type: 'string' },
+    'chunk-size': { type: 'string' },
+    compression: { type: 'string' },
+    'pack-size': { type: 'string' },
+    full: { type: 'boolean' },
+    concurrency: { type: 'string' },
+    bandwidth: { type: 'string' },
+    ...ENCRYPTION_OPTIONS,
+    ...REMOTE_OPTIONS,
+    ...vmwareReplicateOptions,
   },
   async run(v, io) {
     if (isVmwareSource(v)) return (await import('./vmware.js')).replicateVmwareCommand(v, io);
@@ -58,14 +74,32 @@ const replicateCmd: Command = {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
       const r = await stoppable('replicate', 'the chunks stored so far are checkpointed: run the same command again to resume', (signal) =>
-        withStore(target, (store) =>
-          replicate({ store, source, disk, chunkSize, codec, packSize, concurrency, encryption, forceFull: v.full === true, signal,
-            onProgress: (p) => bar.update(p.position, p.diskSize),
-            ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}), ...(packSize !== undefined ? { packSize } : {}) }),
-          v, { bandwidth })).finally(() => bar.done());
+        withStore(
+          target,
+          (store) =>
+            replicate({
+              store,
+              source,
+              disk,
+              chunkSize,
+              codec,
+              packSize,
+              concurrency,
+              encryption,
+              forceFull: v.full === true,
+              signal,
+              onProgress: (p) => bar.update(p.position, p.diskSize),
+              ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}),
+              ...(packSize !== undefined ? { packSize } : {}),
+            }),
+          v,
+          { bandwidth },
+        ),
+      ).finally(() => bar.done());
       print(io, v.json === true, r, () => [
         `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
-          (r.fullReason ? ` (${r.fullReason})` : '') + (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
+          (r.fullReason ? ` (${r.fullReason})` : '') +
+          (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
         `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
         `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
         `  dedup    ${r.chunksDeduplicated} chunks (${bytes(r.bytesDeduplicated)}) already in the repository; ${r.packsWritten} packs written`,
@@ -82,9 +116,11 @@ const replicateCmd: Command = {
 /** Where a replicate's time went; stage sums of concurrent chunks may exceed the wall time. */
 function stagesLine(s: StageTimes): string {
   const f = (x: number) => `${x.toFixed(2)} s`;
-  return `  time     read ${f(s.read)}, hash ${f(s.hash)}, compress ${f(s.compress)}, encrypt ${f(s.encrypt)}, ` +
+  return (
+    `  time     read ${f(s.read)}, hash ${f(s.hash)}, compress ${f(s.compress)}, encrypt ${f(s.encrypt)}, ` +
     `write ${f(s.write)} (summed over chunks in flight); reader waited ${f(s.wait)} ` +
-    `(${f(s.waitFor.encode)} for encoding, ${f(s.waitFor.write)} for the store)`;
+    `(${f(s.waitFor.encode)} for encoding, ${f(s.waitFor.write)} for the store)`
+  );
 }
 
 const pointsCmd: Command = {
@@ -100,15 +136,29 @@ const pointsCmd: Command = {
     const key = encryptionKeyFrom(v);
     const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk, key), v);
     const rows = points.map((m) => ({
-      point: m.point, parent: m.parent, full: m.full, createdAt: m.createdAt, diskSize: m.diskSize, chunkSize: m.chunkSize,
-      chunksChanged: m.stats.chunksChanged, bytesWritten: m.stats.bytesWritten, source: m.source,
+      point: m.point,
+      parent: m.parent,
+      full: m.full,
+      createdAt: m.createdAt,
+      diskSize: m.diskSize,
+      chunkSize: m.chunkSize,
+      chunksChanged: m.stats.chunksChanged,
+      bytesWritten: m.stats.bytesWritten,
+      source: m.source,
       ...(m.encryption ? { encryption: m.encryption } : {}),
     }));
-    print(io, v.json === true, { disk, points: rows }, () => rows.length === 0 ? [`disk ${disk} has no points`] : [
-      'point  parent  kind         created                   disk size   changed  stored      encryption key id',
-      ...rows.map((r) => `${String(r.point).padEnd(6)} ${String(r.parent ?? '-').padEnd(7)} ${(r.full ? 'full' : 'incremental').padEnd(12)} ` +
-        `${r.createdAt.padEnd(25)} ${bytes(r.diskSize).padEnd(11)} ${String(r.chunksChanged).padEnd(8)} ${bytes(r.bytesWritten).padEnd(11)} ${r.encryption?.keyId ?? '-'}`),
-    ]);
+    print(io, v.json === true, { disk, points: rows }, () =>
+      rows.length === 0
+        ? [`disk ${disk} has no points`]
+        : [
+            'point  parent  kind         created                   disk size   changed  stored      encryption key id',
+            ...rows.map(
+              (r) =>
+                `${String(r.point).padEnd(6)} ${String(r.parent ?? '-').padEnd(7)} ${(r.full ? 'full' : 'incremental').padEnd(12)} ` +
+                `${r.createdAt.padEnd(25)} ${bytes(r.diskSize).padEnd(11)} ${String(r.chunksChanged).padEnd(8)} ${bytes(r.bytesWritten).padEnd(11)} ${r.encryption?.keyId ?? '-'}`,
+            ),
+          ],
+    );
     return 0;
   },
 };
@@ -116,7 +166,15 @@ const pointsCmd: Command = {
 const recoverCmd: Command = {
   summary: 'write a disk as it was at a point, verified and byte-exact',
   usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path|s3://bucket/key|azblob://container/name.vhd|gs://bucket/name.tar.gz> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_RECOVER_USAGE}`,
-  options: { store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, out: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
+  options: {
+    store: { type: 'string' },
+    disk: { type: 'string' },
+    point: { type: 'string' },
+    out: { type: 'string' },
+    ...ENCRYPTION_OPTIONS,
+    ...REMOTE_OPTIONS,
+    ...vmPointOptions,
+  },
   async run(v, io) {
     if (v.vm !== undefined) return (await import('./vmware.js')).vmRecoverCommand(v, io);
     const { recover } = await import('../jobs/restore.js');
@@ -125,8 +183,21 @@ const recoverCmd: Command = {
     const encryption = encryptionKeyFrom(v);
     const bar = new ProgressBar({ label: `recover ${disk}`, enabled: v.json !== true });
     const r = await stoppable('recover', 'run the same command again to recover the point', (signal) =>
-      withStore(str(v, 'store')!, (store) => recover({ store, disk, point: str(v, 'point'), out: str(v, 'out')!, encryption, signal,
-        onProgress: (p) => bar.update(p.bytesWritten, p.diskSize) }), v)).finally(() => bar.done());
+      withStore(
+        str(v, 'store')!,
+        (store) =>
+          recover({
+            store,
+            disk,
+            point: str(v, 'point'),
+            out: str(v, 'out')!,
+            encryption,
+            signal,
+            onProgress: (p) => bar.update(p.bytesWritten, p.diskSize),
+          }),
+        v,
+      ),
+    ).finally(() => bar.done());
     print(io, v.json === true, r, () => [
       `recovered point ${r.point} of disk ${r.disk} to ${r.out}`,
       `  ${bytes(r.diskSize)} disk, ${r.chunksRestored} chunks verified, ${bytes(r.bytesWritten)} written (zeros skipped where the output is sparse) in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)})`,
@@ -145,12 +216,17 @@ const verifyCmd: Command = {
     const disk = validateDiskId(str(v, 'disk')!);
     const encryption = encryptionKeyFrom(v);
     const r = await stoppable('verify', READ_ONLY_STOP, (signal) =>
-      withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point'), encryption, signal }), v));
+      withStore(str(v, 'store')!, (store) => verify({ store, disk, point: str(v, 'point'), encryption, signal }), v),
+    );
     print(io, v.json === true, r, () => [
       `${r.ok ? 'ok' : 'FAILED'}: point${r.points.length > 1 ? 's' : ''} ${r.points.join(', ')} of disk ${r.disk}, ${r.chunksChecked} chunks (${bytes(r.bytesChecked)}) checked in ${secs(r.seconds)}`,
       ...(r.checked === 'stored-bytes'
-        ? ['  encrypted and no --encryption-key-file: checked chunk headers and the xxh64 of every stored object only, not the contents; pass the key to decrypt and check them']
-        : r.encrypted ? ['  encrypted: every chunk decrypted (AES-256-GCM tag) and its keyed digests checked'] : []),
+        ? [
+            '  encrypted and no --encryption-key-file: checked chunk headers and the xxh64 of every stored object only, not the contents; pass the key to decrypt and check them',
+          ]
+        : r.encrypted
+          ? ['  encrypted: every chunk decrypted (AES-256-GCM tag) and its keyed digests checked']
+          : []),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
     ]);
     if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
@@ -162,33 +238,56 @@ const pruneCmd: Command = {
   summary: 'keep the newest points of a disk; delete what no kept point uses (two phases), repack, compact indexes',
   usage: `rnode prune --store <store> [--disk <id> --keep <n>] [--grace <duration>] [--max-unused <percent>] [--reset-marks] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_PRUNE_USAGE}`,
   options: {
-    store: { type: 'string' }, disk: { type: 'string' }, keep: { type: 'string' }, grace: { type: 'string' }, 'max-unused': { type: 'string' },
-    'reset-marks': { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions,
+    store: { type: 'string' },
+    disk: { type: 'string' },
+    keep: { type: 'string' },
+    grace: { type: 'string' },
+    'max-unused': { type: 'string' },
+    'reset-marks': { type: 'boolean' },
+    ...ENCRYPTION_OPTIONS,
+    ...REMOTE_OPTIONS,
+    ...vmPointOptions,
   },
   async run(v, io) {
     if (v.vm !== undefined) return (await import('./vmware.js')).vmPruneCommand(v, io);
     const { DEFAULT_GRACE_MS, DEFAULT_MAX_UNUSED, pruneStore } = await import('../jobs/prune-v2.js');
     required(v, 'prune', 'store');
     if ((v.disk === undefined) !== (v.keep === undefined)) {
-      throw new RnodeError(ErrorCodes.USAGE, '"rnode prune" takes --disk and --keep together (or neither: maintenance only); see "rnode prune --help"');
+      throw new RnodeError(
+        ErrorCodes.USAGE,
+        '"rnode prune" takes --disk and --keep together (or neither: maintenance only); see "rnode prune --help"',
+      );
     }
     const disk = v.disk !== undefined ? validateDiskId(str(v, 'disk')!) : undefined;
     const keep = v.keep !== undefined ? positiveInt(str(v, 'keep')!, 'keep') : undefined;
     const graceMs = v.grace !== undefined ? parseDuration(str(v, 'grace')!, 'grace') : DEFAULT_GRACE_MS;
     const maxUnused = v['max-unused'] !== undefined ? parsePercent(str(v, 'max-unused')!, 'max-unused') : DEFAULT_MAX_UNUSED;
     const encryption = encryptionKeyFrom(v);
-    const r = await stoppable('prune', 'the repository is consistent (prune stops only between two steps) and what it deleted stays ' +
-      'deleted: run the same command again to continue', (signal) =>
-      withStore(str(v, 'store')!, (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused, resetMarks: v['reset-marks'] === true, signal }), v));
+    const r = await stoppable(
+      'prune',
+      'the repository is consistent (prune stops only between two steps) and what it deleted stays ' +
+        'deleted: run the same command again to continue',
+      (signal) =>
+        withStore(
+          str(v, 'store')!,
+          (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused, resetMarks: v['reset-marks'] === true, signal }),
+          v,
+        ),
+    );
     print(io, v.json === true, r, () => [
       ...(r.disk !== undefined
-        ? [`kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
-          `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`]
+        ? [
+            `kept point${r.kept.length > 1 ? 's' : ''} ${r.kept.join(', ')} of disk ${r.disk}; deleted ${r.deleted.length ? r.deleted.join(', ') : 'none'}`,
+            `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`,
+          ]
         : []),
-      ...r.domains.map((d) => `  repository ${d.domain}: ${d.packs} packs; ${d.packsSeen} newly unused, ${d.packsMarked} marked, ${d.packsUnmarked} in use again, ` +
-        `${d.packsDeleted} deleted (${bytes(d.bytesDeleted)}); ${d.packsRepacked} repacked (${bytes(d.bytesRewritten)} rewritten); ` +
-        `${d.indexesDeleted} index objects merged into ${d.indexesWritten}${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
-        (d.deferred ? `; nothing deleted: ${d.deferred}` : '')),
+      ...r.domains.map(
+        (d) =>
+          `  repository ${d.domain}: ${d.packs} packs; ${d.packsSeen} newly unused, ${d.packsMarked} marked, ${d.packsUnmarked} in use again, ` +
+          `${d.packsDeleted} deleted (${bytes(d.bytesDeleted)}); ${d.packsRepacked} repacked (${bytes(d.bytesRewritten)} rewritten); ` +
+          `${d.indexesDeleted} index objects merged into ${d.indexesWritten}${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
+          (d.deferred ? `; nothing deleted: ${d.deferred}` : ''),
+      ),
     ]);
     return 0;
   },
@@ -205,13 +304,20 @@ const statsCmd: Command = {
     const r = await stoppable('stats', READ_ONLY_STOP, (signal) => withStore(str(v, 'store')!, (store) => stats({ store, encryption, signal }), v));
     print(io, v.json === true, r, () => [
       `${r.disks} disks, ${r.points} points, logical size ${bytes(r.logicalBytes)}, stored ${bytes(r.storedBytes)}` +
-        (r.dedupRatio !== null ? `, dedup ratio ${r.dedupRatio.toFixed(2)}` : '') + `, ${r.packs} packs, ${bytes(r.unusedBytes)} unused`,
-      ...r.domains.map((d) => d.readable
-        ? `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.disks} disks, ${d.points} points, logical ${bytes(d.logicalBytes!)}, ` +
-          `data ${bytes(d.dataBytes!)}, unique ${bytes(d.uniqueBytes!)}, dedup ratio ${d.dedupRatio!.toFixed(2)}, stored ${bytes(d.storedBytes)} ` +
-          `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}`
-        : `  repository ${d.domain} (encrypted, no key given): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass --encryption-key-file for the rest`),
-      ...(r.legacy.objects > 0 ? [`  legacy format: ${r.legacy.disks} disks, ${r.legacy.points} points, logical ${bytes(r.legacy.logicalBytes)}, stored ${bytes(r.legacy.storedBytes)} in ${r.legacy.objects} objects`] : []),
+        (r.dedupRatio !== null ? `, dedup ratio ${r.dedupRatio.toFixed(2)}` : '') +
+        `, ${r.packs} packs, ${bytes(r.unusedBytes)} unused`,
+      ...r.domains.map((d) =>
+        d.readable
+          ? `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.disks} disks, ${d.points} points, logical ${bytes(d.logicalBytes!)}, ` +
+            `data ${bytes(d.dataBytes!)}, unique ${bytes(d.uniqueBytes!)}, dedup ratio ${d.dedupRatio!.toFixed(2)}, stored ${bytes(d.storedBytes)} ` +
+            `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}`
+          : `  repository ${d.domain} (encrypted, no key given): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass --encryption-key-file for the rest`,
+      ),
+      ...(r.legacy.objects > 0
+        ? [
+            `  legacy format: ${r.legacy.disks} disks, ${r.legacy.points} points, logical ${bytes(r.legacy.logicalBytes)}, stored ${bytes(r.legacy.storedBytes)} in ${r.legacy.objects} objects`,
+          ]
+        : []),
     ]);
     return 0;
   },
@@ -226,13 +332,17 @@ const checkCmd: Command = {
     const { check } = await import('../jobs/check.js');
     const encryption = encryptionKeyFrom(v);
     const r = await stoppable('check', READ_ONLY_STOP, (signal) =>
-      withStore(str(v, 'store')!, (store) => check({ store, encryption, readData: v['read-data'] === true, signal }), v));
+      withStore(str(v, 'store')!, (store) => check({ store, encryption, readData: v['read-data'] === true, signal }), v),
+    );
     print(io, v.json === true, r, () => [
       `${r.ok ? 'ok' : 'FAILED'}: ${r.domains.length} repositor${r.domains.length === 1 ? 'y' : 'ies'}, ${r.legacy.disks} legacy disks checked` +
         `${r.readData ? ', every blob read' : ''} in ${secs(r.seconds)}`,
-      ...r.domains.map((d) => `  repository ${d.domain}: ${d.disks} disks, ${d.points} points, ${d.chunksReferenced} chunk references, ${d.packs} packs, ` +
-        `${d.indexObjects} index objects (${d.indexEntries} entries${d.danglingIndexEntries ? `, ${d.danglingIndexEntries} of deleted packs` : ''})` +
-        (r.readData ? `, ${d.blobsRead} blobs (${bytes(d.bytesRead)}) read` : '')),
+      ...r.domains.map(
+        (d) =>
+          `  repository ${d.domain}: ${d.disks} disks, ${d.points} points, ${d.chunksReferenced} chunk references, ${d.packs} packs, ` +
+          `${d.indexObjects} index objects (${d.indexEntries} entries${d.danglingIndexEntries ? `, ${d.danglingIndexEntries} of deleted packs` : ''})` +
+          (r.readData ? `, ${d.blobsRead} blobs (${bytes(d.bytesRead)}) read` : ''),
+      ),
       ...r.skipped.map((s) => `  repository ${s.domain}: not checked (${s.code}: encrypted with another key)`),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
     ]);
@@ -282,7 +392,10 @@ export function parsePercent(text: string, flag: string): number {
 
 /** The source file's base name, made into a valid disk id. */
 export function defaultDiskId(source: string): string {
-  const base = path.basename(source.replace(/[?#].*$/, '').replace(/\/+$/, '')).replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[._-]+/, '');
+  const base = path
+    .basename(source.replace(/[?#].*$/, '').replace(/\/+$/, ''))
+    .replace(/[^A-Za-z0-9._-]/g, '_')
+    .replace(/^[._-]+/, '');
   return base.slice(0, 128) || 'disk';
 }
 

@@ -31,7 +31,10 @@ async function fileDigest(p: string): Promise<string> {
 async function prepareWorkdir(work: string): Promise<void> {
   const what = `--workdir ${work}`;
   if (isVirtualFsPath(work)) {
-    throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `${what} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder`);
+    throw new RnodeError(
+      ErrorCodes.PATH_UNUSABLE,
+      `${what} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder`,
+    );
   }
   assertNotInsideAnyStore(work, '--workdir');
   try {
@@ -57,7 +60,9 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
   const size = parseSize(typeof v.size === 'string' ? v.size : '256MiB');
   if (!size || size < 1) throw new RnodeError(ErrorCodes.USAGE, '--size must be a size such as 256MiB');
   const json = v.json === true;
-  const say = (l: string) => { if (!json) io.out(l); };
+  const say = (l: string) => {
+    if (!json) io.out(l);
+  };
   const work = typeof v.workdir === 'string' ? path.resolve(v.workdir) : await fsp.mkdtemp(path.join(os.tmpdir(), 'rnode-demo-'));
   await prepareWorkdir(work);
   const image = path.join(work, 'sample-disk.img');
@@ -65,7 +70,9 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
   say(`rnode demo in ${work}`);
   try {
     say(`1. generating a ${bytes(size)} sample disk (per MiB: 1/3 random, 1/3 text, 1/3 zero; every 8th MiB a hole)`);
-    await generateSampleDisk(image, { size, seed: 7, holeEvery: 8 }).catch((err) => { throw unusablePath(`--workdir ${work}`, err) ?? err; });
+    await generateSampleDisk(image, { size, seed: 7, holeEvery: 8 }).catch((err) => {
+      throw unusablePath(`--workdir ${work}`, err) ?? err;
+    });
     const digests = [await fileDigest(image)];
     const store = await openStore(storeDir);
     const points: ReplicateResult[] = [];
@@ -80,14 +87,18 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
       };
       points.push(await run());
       const p1 = points[0];
-      say(`2. full point ${p1.point}: read ${bytes(p1.bytesRead)}, stored ${bytes(p1.bytesWritten)} (${p1.chunksChanged} chunks, ${p1.chunksZero} zero) ` +
-        `in ${secs(p1.seconds)}, ${rate(p1.diskSize, p1.seconds)} of disk`);
+      say(
+        `2. full point ${p1.point}: read ${bytes(p1.bytesRead)}, stored ${bytes(p1.bytesWritten)} (${p1.chunksChanged} chunks, ${p1.chunksZero} zero) ` +
+          `in ${secs(p1.seconds)}, ${rate(p1.diskSize, p1.seconds)} of disk`,
+      );
       const changed = await scatterWrites(image, size, 64, 11);
       digests.push(await fileDigest(image));
       points.push(await run());
       const p2 = points[1];
-      say(`3. changed ${changed.length} scattered 4 KiB blocks; incremental point ${p2.point}: ${p2.chunksChanged} chunks changed, ` +
-        `stored ${bytes(p2.bytesWritten)} in ${secs(p2.seconds)}, ${rate(p2.diskSize, p2.seconds)} of disk`);
+      say(
+        `3. changed ${changed.length} scattered 4 KiB blocks; incremental point ${p2.point}: ${p2.chunksChanged} chunks changed, ` +
+          `stored ${bytes(p2.bytesWritten)} in ${secs(p2.seconds)}, ${rate(p2.diskSize, p2.seconds)} of disk`,
+      );
       const restores = [];
       for (const p of points) {
         const out = path.join(work, `restored-point-${p.point}.img`);

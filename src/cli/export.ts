@@ -14,18 +14,34 @@ export const exportCmd: Command = {
   summary: 'serve a point as an NBD export at once (instant recovery), nothing copied first',
   usage: `rnode export --store <store> --disk <id> [--point <n>|latest] [--listen <host:port> | --socket <path>] [--writable --overlay <file>] [--cache <bytes>] [--tls-cert <f> --tls-key <f>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} ${LOG_USAGE} [--json]`,
   options: {
-    store: { type: 'string' }, disk: { type: 'string' }, point: { type: 'string' }, listen: { type: 'string' }, socket: { type: 'string' },
-    writable: { type: 'boolean' }, overlay: { type: 'string' }, cache: { type: 'string' }, 'tls-cert': { type: 'string' },
-    'tls-key': { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...LOG_OPTIONS,
+    store: { type: 'string' },
+    disk: { type: 'string' },
+    point: { type: 'string' },
+    listen: { type: 'string' },
+    socket: { type: 'string' },
+    writable: { type: 'boolean' },
+    overlay: { type: 'string' },
+    cache: { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    ...ENCRYPTION_OPTIONS,
+    ...REMOTE_OPTIONS,
+    ...LOG_OPTIONS,
   },
   async run(v, io) {
     required(v, 'export', 'store', 'disk');
     // Loaded when export runs, not when any command starts (see commands.ts).
-    const [{ assertOverlayOutsideStore, startExport }, { readPemFile, readTokenFile }] = await Promise.all([import('../export/index.js'), import('../transport/index.js')]);
+    const [{ assertOverlayOutsideStore, startExport }, { readPemFile, readTokenFile }] = await Promise.all([
+      import('../export/index.js'),
+      import('../transport/index.js'),
+    ]);
     const where = listenAt(str(v, 'listen'), str(v, 'socket'));
-    if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
-    const tls = v['tls-cert'] !== undefined
-      ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') } : undefined;
+    if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined))
+      throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
+    const tls =
+      v['tls-cert'] !== undefined
+        ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') }
+        : undefined;
     const cacheBytes = v.cache !== undefined ? parseBytes(str(v, 'cache')!) : undefined;
     const overlay = str(v, 'overlay');
     const location = str(v, 'store')!;
@@ -45,8 +61,18 @@ export const exportCmd: Command = {
     const store = await openStoreFromFlags(location, v);
     let exp;
     try {
-      exp = await startExport({ store, disk: str(v, 'disk')!, point: str(v, 'point'), encryption, ...where, writable: v.writable === true,
-        overlay, cacheBytes, tls, log });
+      exp = await startExport({
+        store,
+        disk: str(v, 'disk')!,
+        point: str(v, 'point'),
+        encryption,
+        ...where,
+        writable: v.writable === true,
+        overlay,
+        cacheBytes,
+        tls,
+        log,
+      });
     } catch (err) {
       await store.close();
       throw err;
@@ -56,7 +82,11 @@ export const exportCmd: Command = {
     if (json) io.out(JSON.stringify(serving));
     else io.out(`serving point ${exp.point} of disk ${exp.disk}${v.writable ? ` (writable, overlay ${overlay})` : ' (read-only)'} at ${exp.url}`);
     await new Promise<void>((resolve) => {
-      const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
+      const stop = () => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        resolve();
+      };
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);
     });

@@ -9,7 +9,13 @@ import { signalExitCode } from './signals.js';
 /** What `rnode completion` completes: the command table plus the commands main handles itself. */
 async function completionTable(commands: Record<string, Command>): Promise<CompletionTable> {
   const { DEMO_OPTIONS } = await import('./demo.js');
-  return { ...Object.fromEntries(Object.entries(commands).map(([n, c]) => [n, c.options])), demo: DEMO_OPTIONS, completion: {}, help: {}, version: {} };
+  return {
+    ...Object.fromEntries(Object.entries(commands).map(([n, c]) => [n, c.options])),
+    demo: DEMO_OPTIONS,
+    completion: {},
+    help: {},
+    version: {},
+  };
 }
 
 function help(io: Io, commands: Record<string, Command>): void {
@@ -30,11 +36,17 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
   try {
     const [name, ...rest] = argv;
     if (name === undefined || name === 'demo') return await (await import('./demo.js')).runDemo(rest, io);
-    if (name === '--version' || name === '-v' || name === 'version') { io.out(VERSION); return 0; }
+    if (name === '--version' || name === '-v' || name === 'version') {
+      io.out(VERSION);
+      return 0;
+    }
     // The command table loads only here: `rnode --version` reads no command module, nor what they import (the
     // store layer, node:crypto, node:http).
     const { commands, parse } = await import('./commands.js');
-    if (name === '--help' || name === '-h' || name === 'help') { help(io, commands); return 0; }
+    if (name === '--help' || name === '-h' || name === 'help') {
+      help(io, commands);
+      return 0;
+    }
     if (name === 'completion') {
       const { completionScript } = await import('./completion.js');
       io.out(completionScript(rest[0], await completionTable(commands)));
@@ -43,7 +55,11 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
     const cmd = commands[name];
     if (!cmd) throw new RnodeError(ErrorCodes.USAGE, `unknown command "${name}"; run "rnode --help" for the list`);
     const values = parse(name, rest, cmd.options);
-    if (values.help) { io.out(`usage: ${cmd.usage}`); io.out(`  ${cmd.summary}`); return 0; }
+    if (values.help) {
+      io.out(`usage: ${cmd.usage}`);
+      io.out(`  ${cmd.summary}`);
+      return 0;
+    }
     return await cmd.run(values, io);
   } catch (err) {
     return report(err, io, debug, json);

@@ -20,7 +20,8 @@ function parseListen(text: string): { host: string; port: number } {
 function positive(text: string | undefined, flag: string): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1) throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a whole number of at least 1 (got "${text}")`);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1)
+    throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a whole number of at least 1 (got "${text}")`);
   return n;
 }
 
@@ -28,9 +29,17 @@ export const serveCmd: Command = {
   summary: 'run the receiving node: accept points from peers and serve recovery reads',
   usage: `rnode serve --listen <host:port> --store <store> [--token-file <f>] [--tls-cert <f> --tls-key <f>] [--max-sessions <n>] [--max-connections-per-address <n>] [--handshake-timeout <seconds>] [--bandwidth <bytes/s>] [--window <bytes>] ${SERVICE_USAGE} [--json]`,
   options: {
-    listen: { type: 'string' }, store: { type: 'string' }, 'token-file': { type: 'string' }, 'tls-cert': { type: 'string' },
-    'tls-key': { type: 'string' }, 'max-sessions': { type: 'string' }, bandwidth: { type: 'string' }, window: { type: 'string' },
-    'max-connections-per-address': { type: 'string' }, 'handshake-timeout': { type: 'string' }, ...SERVICE_OPTIONS,
+    listen: { type: 'string' },
+    store: { type: 'string' },
+    'token-file': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'max-sessions': { type: 'string' },
+    bandwidth: { type: 'string' },
+    window: { type: 'string' },
+    'max-connections-per-address': { type: 'string' },
+    'handshake-timeout': { type: 'string' },
+    ...SERVICE_OPTIONS,
   },
   async run(v, io) {
     required(v, 'serve', 'listen', 'store');
@@ -41,8 +50,10 @@ export const serveCmd: Command = {
     if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) {
       throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
     }
-    const tls = v['tls-cert'] !== undefined
-      ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') } : undefined;
+    const tls =
+      v['tls-cert'] !== undefined
+        ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') }
+        : undefined;
     const token = v['token-file'] !== undefined ? readTokenFile(str(v, 'token-file')!) : undefined;
     const bandwidth = v.bandwidth !== undefined ? parseBandwidth(str(v, 'bandwidth')!) : undefined;
     const windowText = str(v, 'window');
@@ -64,7 +75,20 @@ export const serveCmd: Command = {
     const store = await openStore(str(v, 'store')!);
     let server: ReplicationServer;
     try {
-      server = await ReplicationServer.start({ store, checks: new ObjectValidator(store), host, port, token, tls, maxSessions, maxConnectionsPerAddress, handshakeMs, bandwidth, windowBytes, log });
+      server = await ReplicationServer.start({
+        store,
+        checks: new ObjectValidator(store),
+        host,
+        port,
+        token,
+        tls,
+        maxSessions,
+        maxConnectionsPerAddress,
+        handshakeMs,
+        bandwidth,
+        windowBytes,
+        log,
+      });
     } catch (err) {
       await store.close();
       const e = err as NodeJS.ErrnoException;
@@ -85,7 +109,10 @@ export const serveCmd: Command = {
       throw err;
     }
     const info = {
-      listening: server.url, store: store.location, tls: !!tls, auth: token !== undefined,
+      listening: server.url,
+      store: store.location,
+      tls: !!tls,
+      auth: token !== undefined,
       ...(tls ? { fingerprint: certificateFingerprint(tls.cert) } : {}),
     };
     if (json) io.out(JSON.stringify(info));
@@ -96,7 +123,11 @@ export const serveCmd: Command = {
     // SIGTERM/SIGINT: stop accepting, let the puts in flight land, close the store, exit 0 (a requested stop of
     // a service is a success). A second signal finds no handler and ends the process at once.
     const signal = await new Promise<string>((resolve) => {
-      const stop = (sig: string) => { process.off('SIGINT', onInt); process.off('SIGTERM', onTerm); resolve(sig); };
+      const stop = (sig: string) => {
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
+        resolve(sig);
+      };
       const onInt = () => stop('SIGINT');
       const onTerm = () => stop('SIGTERM');
       process.on('SIGINT', onInt);

@@ -17,12 +17,16 @@ import { VM_PRUNE_USAGE, VM_RECOVER_USAGE } from './vmware-flags.js';
 
 export { isVmwareSource } from './vmware-flags.js';
 
-interface Io { out: (line: string) => void; err: (line: string) => void }
+interface Io {
+  out: (line: string) => void;
+  err: (line: string) => void;
+}
 type Values = Record<string, string | boolean | undefined>;
 
 function positive(text: string, flag: string): number {
   const n = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1) throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a positive integer, got "${text}"`);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1)
+    throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a positive integer, got "${text}"`);
   return n;
 }
 
@@ -40,9 +44,13 @@ export function vmwareConfigFrom(v: Values): VmwareSourceConfig {
 
 /** Runs one replication of a VMware VM; returns the exit code. */
 export async function replicateVmwareCommand(v: Values, io: Io): Promise<number> {
-  if (typeof v.target !== 'string' || v.target === '') throw new RnodeError(ErrorCodes.USAGE, '"rnode replicate" needs --target; see "rnode replicate --help"');
+  if (typeof v.target !== 'string' || v.target === '')
+    throw new RnodeError(ErrorCodes.USAGE, '"rnode replicate" needs --target; see "rnode replicate --help"');
   if (v.disk !== undefined) {
-    throw new RnodeError(ErrorCodes.USAGE, 'VMware disks are stored as "<vm-moref>-disk-<device key>"; choose disks with ?disk=<key> or "disks" in the source config, not --disk');
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      'VMware disks are stored as "<vm-moref>-disk-<device key>"; choose disks with ?disk=<key> or "disks" in the source config, not --disk',
+    );
   }
   const config = vmwareConfigFrom(v);
   const chunkSize = typeof v['chunk-size'] === 'string' ? validateChunkSize(v['chunk-size']) : undefined;
@@ -51,22 +59,37 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   const diskParallelism = typeof v['disk-parallelism'] === 'string' ? positive(v['disk-parallelism'], 'disk-parallelism') : undefined;
   const encryption = encryptionKeyFrom(v);
   const json = v.json === true;
-  const log = (line: string) => { if (!json) io.err(`rnode: ${line}`); };
+  const log = (line: string) => {
+    if (!json) io.err(`rnode: ${line}`);
+  };
 
   const bandwidth = typeof v.bandwidth === 'string' ? parseBandwidth(v.bandwidth) : undefined;
   const store = await openStoreFromFlags(v.target, v, { bandwidth });
   let r: ReplicateVmResult;
   try {
     // A stopped run still goes through replicateVm's finally: the snapshot it took is removed before the exit.
-    r = await stoppable('replicate', 'its vSphere snapshot was removed and no VM point was made: run the same command again ' +
-      '(chunks already stored are not stored again)', async (signal) => {
-      const session = await VmwareSession.open(config, { log });
-      try {
-        return await replicateVm({ session, store, chunkSize, codec, concurrency, diskParallelism, encryption, forceFull: v.full === true, signal });
-      } finally {
-        await session.close().catch((err) => log(`logging out of vSphere failed: ${(err as Error).message}`));
-      }
-    });
+    r = await stoppable(
+      'replicate',
+      'its vSphere snapshot was removed and no VM point was made: run the same command again ' + '(chunks already stored are not stored again)',
+      async (signal) => {
+        const session = await VmwareSession.open(config, { log });
+        try {
+          return await replicateVm({
+            session,
+            store,
+            chunkSize,
+            codec,
+            concurrency,
+            diskParallelism,
+            encryption,
+            forceFull: v.full === true,
+            signal,
+          });
+        } finally {
+          await session.close().catch((err) => log(`logging out of vSphere failed: ${(err as Error).message}`));
+        }
+      },
+    );
   } finally {
     await store.close();
     await exitVddk().catch(() => undefined);
@@ -75,17 +98,25 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
     io.out(JSON.stringify(r));
     return 0;
   }
-  io.out(`VM point ${r.vmPoint} of ${r.vm} (${r.vmName}), ${r.consistency}-consistent: ${r.disks.length} disk${r.disks.length === 1 ? '' : 's'} ` +
-    `from snapshot ${r.snapshot} (removed), ${r.diskParallelism} at a time, in ${secs(r.seconds)}` + (r.cbtEnabledNow ? '; CBT was turned on by this run' : ''));
+  io.out(
+    `VM point ${r.vmPoint} of ${r.vm} (${r.vmName}), ${r.consistency}-consistent: ${r.disks.length} disk${r.disks.length === 1 ? '' : 's'} ` +
+      `from snapshot ${r.snapshot} (removed), ${r.diskParallelism} at a time, in ${secs(r.seconds)}` +
+      (r.cbtEnabledNow ? '; CBT was turned on by this run' : ''),
+  );
   for (const w of r.warnings) io.out(`  warning: ${w}`);
   for (const s of r.skipped) io.out(`  skipped disk ${s.key}: ${s.reason}`);
   for (const s of r.removed) io.out(`  removed disk ${s.key}: ${s.reason}`);
   for (const d of r.disks) {
-    io.out(`  point ${d.point} of disk ${d.disk}: ${d.full ? 'full' : `incremental on point ${d.parent}`}` +
-      (d.fullReason ? ` (${d.fullReason})` : '') + (d.rescanReason ? ` (read all allocated areas: ${d.rescanReason})` : '') +
-      ` via ${d.transportMode || 'VDDK'}`);
+    io.out(
+      `  point ${d.point} of disk ${d.disk}: ${d.full ? 'full' : `incremental on point ${d.parent}`}` +
+        (d.fullReason ? ` (${d.fullReason})` : '') +
+        (d.rescanReason ? ` (read all allocated areas: ${d.rescanReason})` : '') +
+        ` via ${d.transportMode || 'VDDK'}`,
+    );
     io.out(`    read     ${bytes(d.bytesRead)} of a ${bytes(d.diskSize)} disk in ${secs(d.seconds)} (${rate(d.diskSize, d.seconds)} of disk)`);
-    io.out(`    chunks   ${d.chunksChanged} changed, ${d.chunksZero} zero, ${d.chunksTotal} in all (${bytes(d.chunkSize)} each); stored ${bytes(d.bytesWritten)}`);
+    io.out(
+      `    chunks   ${d.chunksChanged} changed, ${d.chunksZero} zero, ${d.chunksTotal} in all (${bytes(d.chunkSize)} each); stored ${bytes(d.bytesWritten)}`,
+    );
   }
   return 0;
 }
@@ -97,16 +128,23 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
   try {
     const points = await listVmPoints(store, vm);
     const rows = points.map((p) => ({
-      vmPoint: p.seq, snapshot: p.snapshot.moref, snapshotTime: p.snapshot.createdAt, consistency: p.consistency,
+      vmPoint: p.seq,
+      snapshot: p.snapshot.moref,
+      snapshotTime: p.snapshot.createdAt,
+      consistency: p.consistency,
       ...(p.consistencyReason ? { consistencyReason: p.consistencyReason } : {}),
-      disks: p.disks.map((d) => ({ key: d.key, disk: d.disk, point: d.point, transport: d.transport })), skipped: p.skipped, removed: p.removed,
+      disks: p.disks.map((d) => ({ key: d.key, disk: d.disk, point: d.point, transport: d.transport })),
+      skipped: p.skipped,
+      removed: p.removed,
     }));
     if (v.json === true) io.out(JSON.stringify({ vm, vmPoints: rows }));
     else if (rows.length === 0) io.out(`VM ${vm} has no VM points`);
     else {
       io.out('vm point  snapshot        taken                     consistency  disks (disk id#point)');
       for (const r of rows) {
-        io.out(`${String(r.vmPoint).padEnd(9)} ${r.snapshot.padEnd(15)} ${r.snapshotTime.padEnd(25)} ${r.consistency.padEnd(12)} ${r.disks.map((d) => `${d.disk}#${d.point}`).join(' ')}`);
+        io.out(
+          `${String(r.vmPoint).padEnd(9)} ${r.snapshot.padEnd(15)} ${r.snapshotTime.padEnd(25)} ${r.consistency.padEnd(12)} ${r.disks.map((d) => `${d.disk}#${d.point}`).join(' ')}`,
+        );
       }
     }
   } finally {
@@ -118,14 +156,17 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
 /** `rnode recover --vm --point --out-dir`: every disk of one VM point, and the VM point (with the VM config) beside them. */
 export async function vmRecoverCommand(v: Values, io: Io): Promise<number> {
   const { storeArg, vm } = vmArgs(v, 'recover');
-  if (typeof v['out-dir'] !== 'string' || v['out-dir'] === '') throw new RnodeError(ErrorCodes.USAGE, `"rnode recover --vm" needs --out-dir; ${VM_RECOVER_USAGE}`);
-  if (v.out !== undefined || v.disk !== undefined) throw new RnodeError(ErrorCodes.USAGE, '--vm restores every disk of a VM point into --out-dir; --out and --disk are for one disk');
+  if (typeof v['out-dir'] !== 'string' || v['out-dir'] === '')
+    throw new RnodeError(ErrorCodes.USAGE, `"rnode recover --vm" needs --out-dir; ${VM_RECOVER_USAGE}`);
+  if (v.out !== undefined || v.disk !== undefined)
+    throw new RnodeError(ErrorCodes.USAGE, '--vm restores every disk of a VM point into --out-dir; --out and --disk are for one disk');
   const outDir = v['out-dir'];
   const encryption = encryptionKeyFrom(v);
   const store = await openStoreFromFlags(storeArg, v);
   try {
     const r = await stoppable('recover', 'run the same command again to recover the VM point', (signal) =>
-      recoverVm({ store, vm, point: typeof v.point === 'string' ? v.point : undefined, outDir, encryption, signal }));
+      recoverVm({ store, vm, point: typeof v.point === 'string' ? v.point : undefined, outDir, encryption, signal }),
+    );
     if (v.json === true) io.out(JSON.stringify(r));
     else {
       io.out(`recovered VM point ${r.vmPoint} of ${r.vm} (snapshot ${r.snapshot}, ${r.consistency}-consistent) in ${secs(r.seconds)}`);
@@ -146,10 +187,13 @@ export async function vmPruneCommand(v: Values, io: Io): Promise<number> {
   const store = await openStoreFromFlags(storeArg, v);
   try {
     const r = await stoppable('prune', 'nothing was deleted: run the same command again', (signal) =>
-      pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v), signal }));
+      pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v), signal }),
+    );
     if (v.json === true) io.out(JSON.stringify(r));
     else {
-      io.out(`kept VM point${r.kept.length === 1 ? '' : 's'} ${r.kept.join(', ') || 'none'} of ${vm}; deleted ${r.deletedVmPoints.join(', ') || 'none'}`);
+      io.out(
+        `kept VM point${r.kept.length === 1 ? '' : 's'} ${r.kept.join(', ') || 'none'} of ${vm}; deleted ${r.deletedVmPoints.join(', ') || 'none'}`,
+      );
       for (const d of r.disks) io.out(`  disk ${d.disk}: deleted points ${d.deleted.join(', ') || 'none'}`);
     }
   } finally {

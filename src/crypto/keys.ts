@@ -102,7 +102,11 @@ export class EncryptionKey {
   /** Copies of the derived subkeys, for the codec workers only (src/pipeline/chunk-codec.ts). Never log them. */
   subkeys(): { cipherKey: Buffer; digestKey: Buffer; idKey: Buffer; domain: string } {
     // Buffer.alloc, not Buffer.from: a pooled slice would carry its whole 8 KiB pool along when posted to a worker.
-    const copy = (k: Buffer) => { const c = Buffer.alloc(k.length); k.copy(c); return c; };
+    const copy = (k: Buffer) => {
+      const c = Buffer.alloc(k.length);
+      k.copy(c);
+      return c;
+    };
     return { cipherKey: copy(this.#cipherKey), digestKey: copy(this.#digestKey), idKey: copy(this.#chunkIdKey), domain: this.domain };
   }
 
@@ -118,7 +122,13 @@ export class EncryptionKey {
    * what they hold. HMAC-SHA256 under the metadata subkey, with a prefix no metaMac input starts with.
    */
   keyedName(label: string): string {
-    return crypto.createHmac('sha256', this.#metaKey).update('rnode-name v2\0', 'utf8').update(label, 'utf8').digest().subarray(0, 16).toString('hex');
+    return crypto
+      .createHmac('sha256', this.#metaKey)
+      .update('rnode-name v2\0', 'utf8')
+      .update(label, 'utf8')
+      .digest()
+      .subarray(0, 16)
+      .toString('hex');
   }
 
   /** Seals a v2 metadata body: nonce | AES-256-GCM(body) | tag, with aad (the envelope header and the object's place). */
@@ -227,8 +237,9 @@ export function readKeyFile(file: string, flag = '--encryption-key-file'): Encry
 export function checkKeyFileMode(mode: number, fail: (why: string) => Error, file: string): void {
   if (process.platform === 'win32') return;
   if ((mode & 0o066) !== 0) {
-    throw fail(`is readable or writable by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); ` +
-      `restrict it with "chmod 600 ${file}"`);
+    throw fail(
+      `is readable or writable by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); ` + `restrict it with "chmod 600 ${file}"`,
+    );
   }
 }
 

@@ -43,7 +43,10 @@ export interface CacheStats {
 /** Plaintext buffers of evicted chunks kept for the next fetches, at most this many bytes. */
 const FREE_BYTES = 32 * 1024 * 1024;
 
-interface Fetching { promise: Promise<Buffer>; waiters: number }
+interface Fetching {
+  promise: Promise<Buffer>;
+  waiters: number;
+}
 
 /**
  * Plaintext buffers are recycled: a chunk's plaintext decoded into fresh memory cost ~10x the decode (a page fault
@@ -71,7 +74,11 @@ export class ChunkCache {
   readonly stats: CacheStats = { hits: 0, misses: 0, fetches: 0, bytesFetched: 0, errors: 0, cachedBytes: 0, buffersAllocated: 0 };
 
   constructor(private readonly opts: ChunkCacheOptions) {
-    this.lru = new Lru(opts.cacheBytes ?? DEFAULT_CACHE_BYTES, (b) => b.length, (b, k) => this.evicted(b, k));
+    this.lru = new Lru(
+      opts.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      (b) => b.length,
+      (b, k) => this.evicted(b, k),
+    );
     const concurrency = opts.concurrency ?? 8;
     this.slots = new BufferPool(concurrency, () => sharedAligned(maxObjectBytes(opts.chunkSize)));
     this.timeoutMs = opts.fetchTimeoutMs ?? 120_000;
@@ -87,7 +94,11 @@ export class ChunkCache {
     if (hit) return Promise.resolve(hit);
     const k = `${e.writer}/${e.index}`;
     const pending = this.inflight.get(k);
-    if (pending) { this.stats.hits++; pending.waiters++; return pending.promise; }
+    if (pending) {
+      this.stats.hits++;
+      pending.waiters++;
+      return pending.promise;
+    }
     this.stats.misses++;
     return this.fetch(k, e, point, 1);
   }
@@ -95,14 +106,20 @@ export class ChunkCache {
   /** get() of a chunk that is cached, without a promise: its plaintext, pinned, or undefined when it is not cached. */
   peek(e: ChunkEntry): Buffer | undefined {
     const hit = this.lru.get(`${e.writer}/${e.index}`);
-    if (hit) { this.stats.hits++; this.pin(hit, 1); }
+    if (hit) {
+      this.stats.hits++;
+      this.pin(hit, 1);
+    }
     return hit;
   }
 
   /** Done reading a buffer get() returned. */
   release(b: Buffer): void {
     const n = (this.pins.get(b) ?? 0) - 1;
-    if (n > 0) { this.pins.set(b, n); return; }
+    if (n > 0) {
+      this.pins.set(b, n);
+      return;
+    }
     this.pins.delete(b);
     if (this.evictedPinned.has(b)) {
       this.evictedPinned.delete(b);
@@ -117,7 +134,9 @@ export class ChunkCache {
     this.fetch(k, e, point, 0).catch(() => undefined);
   }
 
-  isCached(e: ChunkEntry): boolean { return this.lru.has(`${e.writer}/${e.index}`); }
+  isCached(e: ChunkEntry): boolean {
+    return this.lru.has(`${e.writer}/${e.index}`);
+  }
 
   /**
    * A reader was given `bytes` of a chunk's plaintext. Once as many bytes as the chunk holds were served, it leaves
@@ -128,24 +147,30 @@ export class ChunkCache {
     const k = `${e.writer}/${e.index}`;
     if (!this.lru.has(k)) return;
     const n = (this.servedBytes.get(k) ?? 0) + bytes;
-    if (n < e.plainLength) { this.servedBytes.set(k, n); return; }
+    if (n < e.plainLength) {
+      this.servedBytes.set(k, n);
+      return;
+    }
     this.lru.evict(k);
     this.stats.cachedBytes = this.lru.weight;
   }
 
   private fetch(k: string, e: ChunkEntry, point: number, waiters: number): Promise<Buffer> {
     const f: Fetching = { waiters, promise: undefined as unknown as Promise<Buffer> };
-    f.promise = this.fetchOnce(e, point).then((b) => {
-      this.inflight.delete(k);
-      // Pinned for every waiter before it enters the LRU, so no eviction in between can recycle it.
-      this.pin(b, f.waiters);
-      this.lru.set(k, b); // b is the newest: what this evicts is always older
-      this.stats.cachedBytes = this.lru.weight;
-      return b;
-    }, (err) => {
-      this.inflight.delete(k);
-      throw err;
-    });
+    f.promise = this.fetchOnce(e, point).then(
+      (b) => {
+        this.inflight.delete(k);
+        // Pinned for every waiter before it enters the LRU, so no eviction in between can recycle it.
+        this.pin(b, f.waiters);
+        this.lru.set(k, b); // b is the newest: what this evicts is always older
+        this.stats.cachedBytes = this.lru.weight;
+        return b;
+      },
+      (err) => {
+        this.inflight.delete(k);
+        throw err;
+      },
+    );
     this.inflight.set(k, f);
     return f.promise;
   }
@@ -177,13 +202,24 @@ export class ChunkCache {
     // own that the cache then keeps, so no copy is made (a copy of shared memory costs more than the decode).
     const slot: ReadSlot = { object, plain: this.free.pop() ?? this.allocate() };
     let timer: NodeJS.Timeout | undefined;
-    const read = readChunk(store, disk, chunkSize, e, point, slot, seal)
-      .finally(() => this.slots.release(object));
+    const read = readChunk(store, disk, chunkSize, e, point, slot, seal).finally(() => this.slots.release(object));
     try {
-      const plain = await Promise.race([read, new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new RnodeError(ErrorCodes.STORE_UNAVAILABLE,
-          `the store did not deliver chunk ${e.index} within ${this.timeoutMs} ms; check the store's health`, { retryable: true })), this.timeoutMs);
-      })]);
+      const plain = await Promise.race([
+        read,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new RnodeError(
+                  ErrorCodes.STORE_UNAVAILABLE,
+                  `the store did not deliver chunk ${e.index} within ${this.timeoutMs} ms; check the store's health`,
+                  { retryable: true },
+                ),
+              ),
+            this.timeoutMs,
+          );
+        }),
+      ]);
       this.stats.fetches++;
       this.stats.bytesFetched += e.storedLength;
       return plain;
@@ -192,8 +228,12 @@ export class ChunkCache {
       this.stats.errors++;
       const key = layout.chunk(disk, e.writer, e.index);
       this.opts.log?.('chunk-read-failed', {
-        chunk: e.index, offset: e.index * chunkSize, key, point,
-        code: isRnodeError(err) ? err.code : 'RNODE_INTERNAL', message: (err as Error).message,
+        chunk: e.index,
+        offset: e.index * chunkSize,
+        key,
+        point,
+        code: isRnodeError(err) ? err.code : 'RNODE_INTERNAL',
+        message: (err as Error).message,
       });
       throw err;
     } finally {
@@ -214,7 +254,9 @@ export class ChunkCache {
 /** Keeps the key's subkeys on the codec workers until release() (an export decodes chunks for its whole life). */
 function holdWorkerKey(key: EncryptionKey): { release: () => void; done: Promise<void> } {
   let release!: () => void;
-  const until = new Promise<void>((r) => { release = r; });
+  const until = new Promise<void>((r) => {
+    release = r;
+  });
   const done = withWorkerKey(key, () => until);
   return { release, done };
 }

@@ -19,15 +19,21 @@ export class ChunkIndex {
   readonly chunks: number;
 
   /** chain: the point and its ancestors, newest first (loadChain's order). */
-  constructor(private readonly store: ObjectStore, private readonly chain: PointManifest[], maxSegments = DEFAULT_SEGMENTS,
-    private readonly key?: EncryptionKey) {
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly chain: PointManifest[],
+    maxSegments = DEFAULT_SEGMENTS,
+    private readonly key?: EncryptionKey,
+  ) {
     this.chunkSize = chain[0].chunkSize;
     this.diskSize = chain[0].diskSize;
     this.chunks = Math.ceil(this.diskSize / this.chunkSize);
     this.segments = new Lru(maxSegments, () => 1);
   }
 
-  get point(): number { return this.chain[0].point; }
+  get point(): number {
+    return this.chain[0].point;
+  }
 
   /** The entry for chunk i in this point, or undefined when the chunk is zero (absent or a ZERO record). */
   async lookup(i: number): Promise<ChunkEntry | undefined> {
@@ -81,7 +87,10 @@ export class ChunkIndex {
     // Authenticated segments are checked against their manifest's MAC (and the key) as recover checks them.
     const entries = decodePointSegment(bytes, m, m.table.segments.indexOf(ref), this.key);
     // The same checks a sequential restore makes (view.ts), per segment: count, range, order, inside the disk.
-    if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
+    if (
+      entries.length !== ref.records ||
+      (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))
+    ) {
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; export another point`);
     }
     if (entries.length > 0 && entries[entries.length - 1].index >= this.chunks) {

@@ -70,7 +70,8 @@ const MAX_OTHER_POINTS = 8;
 export async function startExport(o: ExportOptions): Promise<RunningExport> {
   const disk = validateDiskId(o.disk);
   checkListen(o);
-  if (o.writable && !o.overlay) throw new RnodeError(ErrorCodes.USAGE, '--writable needs --overlay <file>: guest writes go there, never to the store');
+  if (o.writable && !o.overlay)
+    throw new RnodeError(ErrorCodes.USAGE, '--writable needs --overlay <file>: guest writes go there, never to the store');
   if (o.overlay && !o.writable) throw new RnodeError(ErrorCodes.USAGE, '--overlay is only used with --writable; add --writable or drop --overlay');
   const { store } = o;
   // The codec workers load their modules while the point loads and the client connects: started by the first read,
@@ -81,8 +82,16 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   // The key is checked against the manifests before anything listens: a wrong or missing key fails here.
   const marker = await readDiskMarker(store, disk, o.encryption);
   const seal = requireChainSeal(chain, o.encryption, disk, marker);
-  const cache = new ChunkCache({ store, disk, chunkSize: chain[0].chunkSize, seal, cacheBytes: o.cacheBytes ?? DEFAULT_CACHE_BYTES,
-    concurrency: o.concurrency, fetchTimeoutMs: o.fetchTimeoutMs, log: o.log });
+  const cache = new ChunkCache({
+    store,
+    disk,
+    chunkSize: chain[0].chunkSize,
+    seal,
+    cacheBytes: o.cacheBytes ?? DEFAULT_CACHE_BYTES,
+    concurrency: o.concurrency,
+    fetchTimeoutMs: o.fetchTimeoutMs,
+    log: o.log,
+  });
   let main: ExportImage = new PointImage(new ChunkIndex(store, chain, undefined, seal?.key), cache);
   let server: ExportServer | undefined;
   try {
@@ -103,7 +112,8 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
         if (!p) {
           if (others.size >= MAX_OTHER_POINTS) others.delete(others.keys().next().value!);
           p = loadChain(store, disk, n, o.encryption).then((c) => {
-            if (c[0].chunkSize !== chain[0].chunkSize) throw new RnodeError(ErrorCodes.USAGE, `point ${n} has another chunk size; export it on its own`);
+            if (c[0].chunkSize !== chain[0].chunkSize)
+              throw new RnodeError(ErrorCodes.USAGE, `point ${n} has another chunk size; export it on its own`);
             const s = requireChainSeal(c, o.encryption, disk, marker);
             return new PointImage(new ChunkIndex(store, c, undefined, s?.key), cache) as ExportImage;
           });
@@ -118,8 +128,16 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
         }
       },
     };
-    server = await ExportServer.start({ catalog, socket: o.socket, host: o.host, port: o.port, tls: o.tls,
-      maxConnections: o.maxConnections, handshakeTimeoutMs: o.handshakeTimeoutMs, log: o.log });
+    server = await ExportServer.start({
+      catalog,
+      socket: o.socket,
+      host: o.host,
+      port: o.port,
+      tls: o.tls,
+      maxConnections: o.maxConnections,
+      handshakeTimeoutMs: o.handshakeTimeoutMs,
+      log: o.log,
+    });
   } catch (err) {
     await main.close?.().catch(() => undefined);
     await cache.close();
@@ -129,15 +147,28 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   const srv = server;
   let closing: Promise<void> | undefined;
   return {
-    url, disk, point: seq,
+    url,
+    disk,
+    point: seq,
     stats(): ExportStats {
       const c = cache.stats;
       const lookups = c.hits + c.misses;
       return {
-        url, disk, point: seq, writable: !!o.writable, connections: srv.stats.connections, activeConnections: srv.stats.activeConnections,
-        bytesServed: srv.stats.bytesServed, bytesFetched: c.bytesFetched, cacheHits: c.hits, cacheMisses: c.misses,
-        cacheHitRatio: lookups ? c.hits / lookups : 0, cachedBytes: c.cachedBytes, chunkErrors: c.errors,
-        protocolErrors: srv.stats.protocolErrors, refusedConnections: srv.stats.refused,
+        url,
+        disk,
+        point: seq,
+        writable: !!o.writable,
+        connections: srv.stats.connections,
+        activeConnections: srv.stats.activeConnections,
+        bytesServed: srv.stats.bytesServed,
+        bytesFetched: c.bytesFetched,
+        cacheHits: c.hits,
+        cacheMisses: c.misses,
+        cacheHitRatio: lookups ? c.hits / lookups : 0,
+        cachedBytes: c.cachedBytes,
+        chunkErrors: c.errors,
+        protocolErrors: srv.stats.protocolErrors,
+        refusedConnections: srv.stats.refused,
       };
     },
     close() {
@@ -155,7 +186,7 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
 export function exportUrl(at: { socket?: string; host?: string; port?: number }, disk: string, tls: boolean): string {
   const scheme = tls ? 'nbds' : 'nbd';
   if (at.socket) return `${scheme}+unix:///${encodeURIComponent(disk)}?socket=${encodeURI(at.socket)}`;
-  const host = (at.host ?? '127.0.0.1').includes(':') ? `[${at.host}]` : at.host ?? '127.0.0.1';
+  const host = (at.host ?? '127.0.0.1').includes(':') ? `[${at.host}]` : (at.host ?? '127.0.0.1');
   return `${scheme}://${host}:${at.port}/${encodeURIComponent(disk)}`;
 }
 

@@ -3,10 +3,30 @@
 import type { SessionIo } from './io.js';
 import type { ExportImage } from './image.js';
 import {
-  BASE_ALLOCATION, ClientProtocolError, decodeGoPayload, decodeMetaPayload, decodeOptionHeader, encodeExportNameReply,
-  encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeInfoString, encodeMetaContextReply, encodeOptionReply,
-  encodeServerEntry, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, Info, MAX_STRING, Opt, OptionInvalid, Rep, RepErr, TFlag,
-  TFLAG_HAS_FLAGS, TFLAG_READ_ONLY,
+  BASE_ALLOCATION,
+  ClientProtocolError,
+  decodeGoPayload,
+  decodeMetaPayload,
+  decodeOptionHeader,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeMetaContextReply,
+  encodeOptionReply,
+  encodeServerEntry,
+  FLAG_C_FIXED_NEWSTYLE,
+  FLAG_C_NO_ZEROES,
+  Info,
+  MAX_STRING,
+  Opt,
+  OptionInvalid,
+  Rep,
+  RepErr,
+  TFlag,
+  TFLAG_HAS_FLAGS,
+  TFLAG_READ_ONLY,
 } from './wire.js';
 
 /** The exports a server offers: names to list, and the image behind a name ('' is the default export). */
@@ -47,10 +67,14 @@ export function transmissionFlags(image: ExportImage, structured: boolean): numb
 }
 
 /** Negotiates an export; undefined when the client aborts. Throws ClientProtocolError when it must be dropped. */
-export async function negotiate(io: SessionIo, catalog: ExportCatalog, opts: HandshakeOptions & { tlsAvailable: boolean }): Promise<Chosen | undefined> {
+export async function negotiate(
+  io: SessionIo,
+  catalog: ExportCatalog,
+  opts: HandshakeOptions & { tlsAvailable: boolean },
+): Promise<Chosen | undefined> {
   await io.write([encodeGreeting()]);
   const clientFlags = (await io.read(4)).readUInt32BE(0);
-  if (!(clientFlags & FLAG_C_FIXED_NEWSTYLE) || (clientFlags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES))) {
+  if (!(clientFlags & FLAG_C_FIXED_NEWSTYLE) || clientFlags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)) {
     throw new ClientProtocolError(`client flags 0x${clientFlags.toString(16)} (fixed newstyle required, no others known)`);
   }
   const noZeroes = (clientFlags & FLAG_C_NO_ZEROES) !== 0;
@@ -76,15 +100,27 @@ export async function negotiate(io: SessionIo, catalog: ExportCatalog, opts: Han
           await reply(Rep.ACK).catch(() => undefined);
           return undefined;
         case Opt.LIST: {
-          if (h.length !== 0) { await refuse(RepErr.INVALID, 'NBD_OPT_LIST takes no data'); break; }
+          if (h.length !== 0) {
+            await refuse(RepErr.INVALID, 'NBD_OPT_LIST takes no data');
+            break;
+          }
           for (const name of await catalog.list()) await reply(Rep.SERVER, encodeServerEntry(name));
           await reply(Rep.ACK);
           break;
         }
         case Opt.STARTTLS: {
-          if (h.length !== 0) { await refuse(RepErr.INVALID, 'NBD_OPT_STARTTLS takes no data'); break; }
-          if (!opts.tlsAvailable) { await refuse(RepErr.POLICY, 'TLS is not configured on this export'); break; }
-          if (io.encrypted) { await refuse(RepErr.INVALID, 'the session is already encrypted'); break; }
+          if (h.length !== 0) {
+            await refuse(RepErr.INVALID, 'NBD_OPT_STARTTLS takes no data');
+            break;
+          }
+          if (!opts.tlsAvailable) {
+            await refuse(RepErr.POLICY, 'TLS is not configured on this export');
+            break;
+          }
+          if (io.encrypted) {
+            await refuse(RepErr.INVALID, 'the session is already encrypted');
+            break;
+          }
           await reply(Rep.ACK);
           await io.startTls();
           // Nothing negotiated in the clear carries over into the encrypted session.
@@ -93,7 +129,10 @@ export async function negotiate(io: SessionIo, catalog: ExportCatalog, opts: Han
           break;
         }
         case Opt.STRUCTURED_REPLY: {
-          if (h.length !== 0) { await refuse(RepErr.INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data'); break; }
+          if (h.length !== 0) {
+            await refuse(RepErr.INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+            break;
+          }
           structured = true;
           await reply(Rep.ACK);
           break;
@@ -101,12 +140,16 @@ export async function negotiate(io: SessionIo, catalog: ExportCatalog, opts: Han
         case Opt.LIST_META_CONTEXT:
         case Opt.SET_META_CONTEXT: {
           const set = h.option === Opt.SET_META_CONTEXT;
-          if (!structured) { await refuse(RepErr.INVALID, 'negotiate NBD_OPT_STRUCTURED_REPLY first'); break; }
+          if (!structured) {
+            await refuse(RepErr.INVALID, 'negotiate NBD_OPT_STRUCTURED_REPLY first');
+            break;
+          }
           const q = decodeMetaPayload(data);
-          if (!(await catalog.resolve(q.name))) { await refuse(RepErr.UNKNOWN, `no export named "${printable(q.name)}"`); break; }
-          const wanted = q.queries.length === 0 && !set
-            ? true
-            : q.queries.some((s) => s === BASE_ALLOCATION || (!set && s === 'base:'));
+          if (!(await catalog.resolve(q.name))) {
+            await refuse(RepErr.UNKNOWN, `no export named "${printable(q.name)}"`);
+            break;
+          }
+          const wanted = q.queries.length === 0 && !set ? true : q.queries.some((s) => s === BASE_ALLOCATION || (!set && s === 'base:'));
           if (wanted) await reply(Rep.META_CONTEXT, encodeMetaContextReply(ALLOCATION_ID, BASE_ALLOCATION));
           if (set) meta = { name: q.name, selected: wanted };
           await reply(Rep.ACK);
@@ -146,7 +189,11 @@ export async function negotiate(io: SessionIo, catalog: ExportCatalog, opts: Han
   }
 }
 
-async function openOrRefuse(catalog: ExportCatalog, name: string, refuse: (type: number, message: string) => Promise<void>): Promise<ExportImage | undefined> {
+async function openOrRefuse(
+  catalog: ExportCatalog,
+  name: string,
+  refuse: (type: number, message: string) => Promise<void>,
+): Promise<ExportImage | undefined> {
   let image: ExportImage | undefined;
   try {
     image = await catalog.resolve(name);

@@ -8,7 +8,11 @@ import type { ChunkEntry } from '../format/table.js';
 import { STATE_HOLE, STATE_ZERO, type StatusExtent } from './wire.js';
 
 /** A run of bytes in a read: data (a view of a cached chunk or an overlay read) or, without data, zeros. */
-export interface Piece { offset: number; length: number; data?: Buffer }
+export interface Piece {
+  offset: number;
+  length: number;
+  data?: Buffer;
+}
 
 export interface ExportImage {
   readonly size: number;
@@ -41,7 +45,11 @@ const MAX_STREAMS = 32;
  * either was fetched already (and maybe served whole and retired since). Fetching those again cost an nbdcopy of
  * the export 6% more fetches and decodes, and left the chunks past each of its 128 MiB ranges cached, unread.
  */
-interface Stream { first: number; last: number; ahead: number }
+interface Stream {
+  first: number;
+  last: number;
+  ahead: number;
+}
 
 export class PointImage implements ExportImage {
   readonly size: number;
@@ -52,12 +60,17 @@ export class PointImage implements ExportImage {
   /** The cached buffers each read() result holds pinned in the cache, until done(). */
   private readonly held = new WeakMap<Piece[], Buffer[]>();
 
-  constructor(private readonly index: ChunkIndex, private readonly cache: ChunkCache) {
+  constructor(
+    private readonly index: ChunkIndex,
+    private readonly cache: ChunkCache,
+  ) {
     this.size = index.diskSize;
     this.chunkSize = index.chunkSize;
   }
 
-  get point(): number { return this.index.point; }
+  get point(): number {
+    return this.index.point;
+  }
 
   async read(offset: number, length: number): Promise<Piece[]> {
     checkRange(offset, length, this.size);
@@ -94,7 +107,7 @@ export class PointImage implements ExportImage {
       }
       whole = settled.flatMap((s) => (s as PromiseFulfilledResult<Piece[]>).value);
     } else {
-      whole = parts.length === 1 ? parts[0] as Piece[] : (parts as Piece[][]).flat();
+      whole = parts.length === 1 ? (parts[0] as Piece[]) : (parts as Piece[][]).flat();
     }
     const pieces = mergeHoles(whole);
     this.held.set(pieces, held);
@@ -155,7 +168,12 @@ export class PointImage implements ExportImage {
     let to = Math.min(s.last + READ_AHEAD, this.index.chunks - 1);
     for (const o of this.streams) if (o.first > s.last && o.first <= to) to = o.first - 1;
     for (let i = Math.max(s.ahead, s.last) + 1; i <= to; i++) {
-      this.index.lookup(i).then((e) => { if (e) this.cache.prefetch(e, this.point); }, () => undefined);
+      this.index.lookup(i).then(
+        (e) => {
+          if (e) this.cache.prefetch(e, this.point);
+        },
+        () => undefined,
+      );
     }
     s.ahead = Math.max(s.ahead, to);
   }

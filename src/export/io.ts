@@ -42,12 +42,18 @@ export class SocketIo implements SessionIo {
   private socket: net.Socket;
   encrypted = false;
 
-  constructor(socket: net.Socket, private readonly tlsContext?: tls.SecureContext, private readonly tlsTimeoutMs = 10_000) {
+  constructor(
+    socket: net.Socket,
+    private readonly tlsContext?: tls.SecureContext,
+    private readonly tlsTimeoutMs = 10_000,
+  ) {
     this.socket = socket;
     this.attach();
   }
 
-  get buffered(): number { return this.size; }
+  get buffered(): number {
+    return this.size;
+  }
 
   private readonly onData = (d: Buffer) => {
     this.chunks.push(d);
@@ -132,14 +138,19 @@ export class SocketIo implements SessionIo {
     const p = this.behind === 0 ? this.put(parts, flushed) : this.tail.then(() => this.put(parts, flushed));
     if (p === ROOM) return p;
     this.behind++;
-    const done = () => { this.behind--; };
+    const done = () => {
+      this.behind--;
+    };
     this.tail = p.then(done, done);
     return p;
   }
 
   /** Writes one reply now; ROOM when the socket can take more at once, else a promise of 'drain'. */
   private put(parts: Buffer[], flushed?: () => void): Promise<void> {
-    if (this.socket.destroyed || !this.socket.writable) { flushed?.(); return Promise.reject(new Error('the connection is closed')); }
+    if (this.socket.destroyed || !this.socket.writable) {
+      flushed?.();
+      return Promise.reject(new Error('the connection is closed'));
+    }
     let ok = true;
     let lastPart = parts.length - 1;
     while (lastPart >= 0 && parts[lastPart].length === 0) lastPart--;
@@ -156,7 +167,8 @@ export class SocketIo implements SessionIo {
       const done = (err?: Error) => {
         this.socket.off('drain', onDrain);
         this.socket.off('close', onClose);
-        if (err) reject(err); else resolve();
+        if (err) reject(err);
+        else resolve();
       };
       const onDrain = () => done();
       const onClose = () => done(new Error('the connection closed while a reply was being sent'));
@@ -177,8 +189,17 @@ export class SocketIo implements SessionIo {
     const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: this.tlsContext });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => fail(new Error('TLS handshake timed out')), this.tlsTimeoutMs);
-      const fail = (e: Error) => { clearTimeout(timer); secure.destroy(); raw.destroy(); reject(e); };
-      secure.once('secure', () => { clearTimeout(timer); secure.off('error', fail); resolve(); });
+      const fail = (e: Error) => {
+        clearTimeout(timer);
+        secure.destroy();
+        raw.destroy();
+        reject(e);
+      };
+      secure.once('secure', () => {
+        clearTimeout(timer);
+        secure.off('error', fail);
+        resolve();
+      });
       secure.once('error', fail);
       raw.resume();
     });

@@ -6,7 +6,11 @@ export class Lru<K, V> {
   private total = 0;
 
   /** onEvict hears every value that leaves by eviction or replacement (not by clear()). */
-  constructor(private readonly capacity: number, private readonly weigh: (v: V) => number, private readonly onEvict?: (v: V, k: K) => void) {}
+  constructor(
+    private readonly capacity: number,
+    private readonly weigh: (v: V) => number,
+    private readonly onEvict?: (v: V, k: K) => void,
+  ) {}
 
   get(k: K): V | undefined {
     const v = this.map.get(k);
@@ -17,7 +21,9 @@ export class Lru<K, V> {
     return v;
   }
 
-  has(k: K): boolean { return this.map.has(k); }
+  has(k: K): boolean {
+    return this.map.has(k);
+  }
 
   /** Removes k now, as an eviction would (onEvict hears its value). */
   evict(k: K): void {
@@ -48,7 +54,14 @@ export class Lru<K, V> {
     }
   }
 
-  get weight(): number { return this.total; }
-  get size(): number { return this.map.size; }
-  clear(): void { this.map.clear(); this.total = 0; }
+  get weight(): number {
+    return this.total;
+  }
+  get size(): number {
+    return this.map.size;
+  }
+  clear(): void {
+    this.map.clear();
+    this.total = 0;
+  }
 }

@@ -22,7 +22,11 @@ const PAGE = 4096;
 export const OVERLAY_BLOCK = 64 * 1024;
 const ZEROES = Buffer.alloc(1024 * 1024);
 
-export interface OverlayIdentity { disk: string; point: number; size: number }
+export interface OverlayIdentity {
+  disk: string;
+  point: number;
+  size: number;
+}
 
 export class OverlayImage implements ExportImage {
   readonly writable = true;
@@ -34,8 +38,12 @@ export class OverlayImage implements ExportImage {
   private dataDirty = false;
   private lock: Promise<unknown> = Promise.resolve();
 
-  private constructor(private readonly fh: fsp.FileHandle, private readonly bitmap: Buffer, private readonly base: ExportImage,
-      readonly file: string) {
+  private constructor(
+    private readonly fh: fsp.FileHandle,
+    private readonly bitmap: Buffer,
+    private readonly base: ExportImage,
+    readonly file: string,
+  ) {
     this.size = base.size;
     this.point = base.point;
     this.blocks = Math.ceil(this.size / OVERLAY_BLOCK);
@@ -73,7 +81,9 @@ export class OverlayImage implements ExportImage {
     }
   }
 
-  private has(b: number): boolean { return (this.bitmap[b >> 3] & (1 << (b & 7))) !== 0; }
+  private has(b: number): boolean {
+    return (this.bitmap[b >> 3] & (1 << (b & 7))) !== 0;
+  }
 
   private mark(b: number): void {
     this.bitmap[b >> 3] |= 1 << (b & 7);
@@ -107,7 +117,10 @@ export class OverlayImage implements ExportImage {
     checkRange(offset, length, this.size);
     const out: Piece[] = [];
     for (const [start, end, mine] of this.runs(offset, length)) {
-      if (!mine) { out.push(...await this.base.read(start, end - start)); continue; }
+      if (!mine) {
+        out.push(...(await this.base.read(start, end - start)));
+        continue;
+      }
       const data = Buffer.allocUnsafe(end - start);
       await this.readFile(data, start);
       out.push({ offset: start, length: end - start, data });
@@ -119,7 +132,10 @@ export class OverlayImage implements ExportImage {
     checkRange(offset, length, this.size);
     const out: StatusExtent[] = [];
     for (const [start, end, mine] of this.runs(offset, length)) {
-      if (mine) { pushExtent(out, end - start, 0); continue; }
+      if (mine) {
+        pushExtent(out, end - start, 0);
+        continue;
+      }
       let pos = start;
       while (pos < end) {
         const got = await this.base.extents(pos, end - pos);
@@ -237,7 +253,10 @@ function encodeHeader(id: OverlayIdentity): Buffer {
 
 function checkHeader(b: Buffer, id: OverlayIdentity, file: string): void {
   if (b.toString('latin1', 0, 8) !== MAGIC || b.readBigUInt64LE(160) !== xxh64(b.subarray(0, 160))) {
-    throw new RnodeError(ErrorCodes.USAGE, `${file} is not an rnode overlay (or its header is damaged); pass a new file or the overlay this export wrote`);
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `${file} is not an rnode overlay (or its header is damaged); pass a new file or the overlay this export wrote`,
+    );
   }
   if (b.readUInt32LE(8) !== VERSION || b.readUInt32LE(12) !== OVERLAY_BLOCK) {
     throw new RnodeError(ErrorCodes.FORMAT_VERSION, `overlay ${file} has version ${b.readUInt32LE(8)}; use the rnode that wrote it`);
@@ -246,9 +265,11 @@ function checkHeader(b: Buffer, id: OverlayIdentity, file: string): void {
   const point = b.readUInt32LE(24);
   const size = Number(b.readBigUInt64LE(16));
   if (disk !== id.disk || point !== id.point || size !== id.size) {
-    throw new RnodeError(ErrorCodes.USAGE,
+    throw new RnodeError(
+      ErrorCodes.USAGE,
       `overlay ${file} holds writes over point ${point} of disk ${disk} (${size} bytes), not point ${id.point} of disk ${id.disk}; ` +
-      `export that point with it (--disk ${disk} --point ${point}) or pass a new overlay file`);
+        `export that point with it (--disk ${disk} --point ${point}) or pass a new overlay file`,
+    );
   }
 }
 

@@ -15,8 +15,10 @@ export function checkListen(o: { socket?: string; host?: string; port?: number; 
   if (o.socket !== undefined) return;
   const host = o.host ?? '127.0.0.1';
   if (!isLoopback(host) && !o.tls) {
-    throw new RnodeError(ErrorCodes.EXPORT_INSECURE,
+    throw new RnodeError(
+      ErrorCodes.EXPORT_INSECURE,
       `refusing to export a disk on ${host} without TLS: anyone who reaches it could read the disk; ` +
-      'pass --tls-cert and --tls-key, or listen on --socket <path> or 127.0.0.1');
+        'pass --tls-cert and --tls-key, or listen on --socket <path> or 127.0.0.1',
+    );
   }
 }

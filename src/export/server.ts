@@ -45,7 +45,10 @@ export class ExportServer {
   private readonly done = new Set<Promise<void>>();
   private readonly tlsContext?: tls.SecureContext;
 
-  private constructor(private readonly server: net.Server, private readonly opts: ExportServerOptions) {
+  private constructor(
+    private readonly server: net.Server,
+    private readonly opts: ExportServerOptions,
+  ) {
     if (opts.tls) this.tlsContext = tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' });
     server.on('connection', (s) => this.accept(s));
   }
@@ -55,11 +58,18 @@ export class ExportServer {
     const self = new ExportServer(server, opts);
     if (opts.socket) {
       // A stale socket file from an earlier run would make listen fail; only a socket is ever removed.
-      try { if (fs.statSync(opts.socket).isSocket()) fs.unlinkSync(opts.socket); } catch { /* absent */ }
+      try {
+        if (fs.statSync(opts.socket).isSocket()) fs.unlinkSync(opts.socket);
+      } catch {
+        /* absent */
+      }
     }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      const ok = () => { server.off('error', reject); resolve(); };
+      const ok = () => {
+        server.off('error', reject);
+        resolve();
+      };
       if (opts.socket) server.listen(opts.socket, ok);
       else server.listen(opts.port ?? 10809, opts.host ?? '127.0.0.1', ok);
     });
@@ -101,7 +111,10 @@ export class ExportServer {
     const o = this.opts;
     const maxBlock = o.maxBlock ?? MAX_BLOCK;
     // A client that connects and then stalls (half-open, slowloris) is dropped once the handshake deadline passes.
-    const timer = setTimeout(() => { o.log?.('handshake-timeout', {}); io.close(); }, o.handshakeTimeoutMs ?? 10_000);
+    const timer = setTimeout(() => {
+      o.log?.('handshake-timeout', {});
+      io.close();
+    }, o.handshakeTimeoutMs ?? 10_000);
     let chosen;
     try {
       chosen = await negotiate(io, o.catalog, { tls: o.tls ? 'require' : 'off', tlsAvailable: !!o.tls, maxBlock });
@@ -115,8 +128,13 @@ export class ExportServer {
     o.log?.('client', { export: chosen.name, point: chosen.image.point, structured: chosen.structured, tls: io.encrypted });
     try {
       await transmit(io, chosen, {
-        maxBlock, maxInFlight: o.maxInFlight ?? 64, maxInFlightBytes: o.maxInFlightBytes ?? MAX_BLOCK,
-        onServed: (n) => { this.stats.bytesServed += n; }, log: o.log,
+        maxBlock,
+        maxInFlight: o.maxInFlight ?? 64,
+        maxInFlightBytes: o.maxInFlightBytes ?? MAX_BLOCK,
+        onServed: (n) => {
+          this.stats.bytesServed += n;
+        },
+        log: o.log,
       });
     } catch (err) {
       this.protocolError(err, 'transmission');

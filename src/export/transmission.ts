@@ -5,8 +5,18 @@ import type { Chosen } from './handshake.js';
 import type { Piece } from './image.js';
 import type { SessionIo } from './io.js';
 import {
-  Cmd, CmdFlag, decodeRequest, encodeBlockStatusChunk, encodeDataChunkHead, encodeErrorChunk, encodeHoleChunk,
-  encodeNoneChunk, encodeSimpleReply, Errno, REQUEST_HEADER, type Request,
+  Cmd,
+  CmdFlag,
+  decodeRequest,
+  encodeBlockStatusChunk,
+  encodeDataChunkHead,
+  encodeErrorChunk,
+  encodeHoleChunk,
+  encodeNoneChunk,
+  encodeSimpleReply,
+  Errno,
+  REQUEST_HEADER,
+  type Request,
 } from './wire.js';
 
 export interface TransmissionOptions {
@@ -32,7 +42,10 @@ export async function transmit(io: SessionIo, c: Chosen, opts: TransmissionOptio
   let bytes = 0;
   let wake: (() => void) | undefined;
   let lost: unknown;
-  const settle = () => new Promise<void>((resolve) => { wake = resolve; });
+  const settle = () =>
+    new Promise<void>((resolve) => {
+      wake = resolve;
+    });
   const waitForRoom = async (need: number) => {
     while (count > 0 && (count >= opts.maxInFlight || bytes + need > opts.maxInFlightBytes)) await settle();
   };
@@ -85,8 +98,10 @@ async function serve(io: SessionIo, c: Chosen, req: Request, payload: Buffer | u
   if (req.flags & ~KNOWN_FLAGS) return fail(Errno.EINVAL, `unknown command flags 0x${req.flags.toString(16)}`);
   const end = req.offset + BigInt(req.length);
   if (end > BigInt(image.size)) {
-    return fail(req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES ? Errno.ENOSPC : Errno.EINVAL,
-      `request ${req.offset}+${req.length} is beyond the ${image.size}-byte export`);
+    return fail(
+      req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES ? Errno.ENOSPC : Errno.EINVAL,
+      `request ${req.offset}+${req.length} is beyond the ${image.size}-byte export`,
+    );
   }
   const offset = Number(req.offset);
   const writes = req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES || req.type === Cmd.TRIM || req.type === Cmd.FLUSH;

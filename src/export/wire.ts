@@ -1,13 +1,36 @@
 // NBD wire format, server side: decoding what a client sends (option and request headers, option payloads)
 // and encoding what a server answers. Pure functions over buffers; every length is checked before it is used.
 import {
-  Info, IHAVEOPT, MAX_STRING, NBDMAGIC, OPTION_REPLY_MAGIC, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
-  FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, REPLY_FLAG_DONE, ReplyType,
+  Info,
+  IHAVEOPT,
+  MAX_STRING,
+  NBDMAGIC,
+  OPTION_REPLY_MAGIC,
+  REQUEST_MAGIC,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_NO_ZEROES,
+  REPLY_FLAG_DONE,
+  ReplyType,
 } from '../source/nbd/protocol.js';
 
 export {
-  Cmd, CmdFlag, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, Info, Opt, Rep, RepErr, STATE_HOLE, STATE_ZERO,
-  BASE_ALLOCATION, MAX_STRING, REQUEST_HEADER, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY,
+  Cmd,
+  CmdFlag,
+  FLAG_C_FIXED_NEWSTYLE,
+  FLAG_C_NO_ZEROES,
+  Info,
+  Opt,
+  Rep,
+  RepErr,
+  STATE_HOLE,
+  STATE_ZERO,
+  BASE_ALLOCATION,
+  MAX_STRING,
+  REQUEST_HEADER,
+  TFLAG_HAS_FLAGS,
+  TFLAG_READ_ONLY,
 } from '../source/nbd/protocol.js';
 
 /** Transmission flags beyond the two the client module names. */
@@ -42,7 +65,10 @@ export function encodeGreeting(): Buffer {
   return b;
 }
 
-export interface OptionHeader { option: number; length: number }
+export interface OptionHeader {
+  option: number;
+  length: number;
+}
 
 export function decodeOptionHeader(b: Buffer): OptionHeader {
   if (b.readBigUInt64BE(0) !== IHAVEOPT) throw new ClientProtocolError('option without the IHAVEOPT magic');
@@ -63,8 +89,18 @@ export function encodeOptionReply(option: number, type: number, data: Buffer = B
 export class PayloadReader {
   private o = 0;
   constructor(private readonly b: Buffer) {}
-  u16(): number { this.need(2); const v = this.b.readUInt16BE(this.o); this.o += 2; return v; }
-  u32(): number { this.need(4); const v = this.b.readUInt32BE(this.o); this.o += 4; return v; }
+  u16(): number {
+    this.need(2);
+    const v = this.b.readUInt16BE(this.o);
+    this.o += 2;
+    return v;
+  }
+  u32(): number {
+    this.need(4);
+    const v = this.b.readUInt32BE(this.o);
+    this.o += 4;
+    return v;
+  }
   /** A u32 length then that many bytes of UTF-8, at most MAX_STRING. */
   string(what: string): string {
     const n = this.u32();
@@ -74,7 +110,9 @@ export class PayloadReader {
     this.o += n;
     return s;
   }
-  get remaining(): number { return this.b.length - this.o; }
+  get remaining(): number {
+    return this.b.length - this.o;
+  }
   private need(n: number): void {
     if (this.o + n > this.b.length) throw new OptionInvalid('option payload is shorter than its fields say');
   }
@@ -175,7 +213,13 @@ export interface Request {
 export function decodeRequest(b: Buffer): Request {
   const magic = b.readUInt32BE(0);
   if (magic !== REQUEST_MAGIC) throw new ClientProtocolError(`bad request magic 0x${magic.toString(16)}`);
-  return { flags: b.readUInt16BE(4), type: b.readUInt16BE(6), handle: b.readBigUInt64BE(8), offset: b.readBigUInt64BE(16), length: b.readUInt32BE(24) };
+  return {
+    flags: b.readUInt16BE(4),
+    type: b.readUInt16BE(6),
+    handle: b.readBigUInt64BE(8),
+    offset: b.readBigUInt64BE(16),
+    length: b.readUInt32BE(24),
+  };
 }
 
 export function encodeSimpleReply(handle: bigint, error: number): Buffer {
@@ -233,7 +277,10 @@ export function encodeErrorChunk(handle: bigint, errno: number, message: string)
   return b;
 }
 
-export interface StatusExtent { length: number; flags: number }
+export interface StatusExtent {
+  length: number;
+  flags: number;
+}
 
 export function encodeBlockStatusChunk(handle: bigint, contextId: number, extents: StatusExtent[]): Buffer {
   const b = chunkHeader(handle, ReplyType.BLOCK_STATUS, true, 4 + 8 * extents.length, 4 + 8 * extents.length);

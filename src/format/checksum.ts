@@ -14,6 +14,5 @@ export function xxh64Hex(data: Uint8Array): string {
 }
 
 export function strongDigest(data: Uint8Array): Buffer {
-  return blake3(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength))
-    .subarray(0, STRONG_DIGEST_BYTES);
+  return blake3(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)).subarray(0, STRONG_DIGEST_BYTES);
 }

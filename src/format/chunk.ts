@@ -84,8 +84,10 @@ export function decodeChunkHeader(b: Uint8Array): ChunkHeader {
   if (buf.readUInt32LE(0) !== CHUNK_MAGIC) throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, 'chunk header magic is wrong');
   const version = buf.readUInt8(4);
   if (version !== CHUNK_VERSION && version !== CHUNK_VERSION_ENCRYPTED) {
-    throw new RnodeError(ErrorCodes.FORMAT_VERSION,
-      `chunk format version ${version} is not supported (this rnode reads versions ${CHUNK_VERSION} and ${CHUNK_VERSION_ENCRYPTED}); upgrade rnode`);
+    throw new RnodeError(
+      ErrorCodes.FORMAT_VERSION,
+      `chunk format version ${version} is not supported (this rnode reads versions ${CHUNK_VERSION} and ${CHUNK_VERSION_ENCRYPTED}); upgrade rnode`,
+    );
   }
   if (buf.readUInt8(7) !== CHUNK_HEADER_BYTES) throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, 'chunk header length is wrong');
   const h: ChunkHeader = {

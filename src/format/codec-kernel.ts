@@ -36,8 +36,16 @@ export function makeKernel(deps: KernelDeps, onGarbage: (bytes: number) => void 
   const { block } = deps;
   const compressSync = deps.compressSync ?? missingLz4Napi;
   const uncompressSync = deps.uncompressSync ?? missingLz4Napi;
-  const copy = deps.copy ?? ((src: Buffer, dst: Buffer) => { src.copy(dst); });
-  const zero = deps.zero ?? ((dst: Buffer) => { dst.fill(0); });
+  const copy =
+    deps.copy ??
+    ((src: Buffer, dst: Buffer) => {
+      src.copy(dst);
+    });
+  const zero =
+    deps.zero ??
+    ((dst: Buffer) => {
+      dst.fill(0);
+    });
 
   // A sample that LZ4 cannot shrink by 3% says the block is noise (encrypted, compressed, random):
   // storing it raw saves the whole-block attempt. Two samples, so a block that only starts noisy still compresses.
@@ -109,7 +117,10 @@ export function makeKernel(deps: KernelDeps, onGarbage: (bytes: number) => void 
             out.writeUInt32LE(((KIND_LZ4 << 30) | n) >>> 0, o);
             o += 4 + n;
           } else {
-            if (o + 4 + sub.length > limit) { o = -1; break; }
+            if (o + 4 + sub.length > limit) {
+              o = -1;
+              break;
+            }
             out.writeUInt32LE(((KIND_RAW << 30) | sub.length) >>> 0, o);
             copy(sub, out.subarray(o + 4));
             o += 4 + sub.length;

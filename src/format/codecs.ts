@@ -23,7 +23,10 @@ export const DEFAULT_CODEC: CodecId = Codec.LZ4_BLOCKS;
 /** Every codec name a user or a Management Server may ask for, the default first (the control protocol's enum). */
 export const CODEC_NAME_LIST: readonly string[] = [
   CODEC_NAMES[DEFAULT_CODEC],
-  ...Object.entries(CODEC_NAMES).filter(([id]) => Number(id) !== DEFAULT_CODEC).sort(([a], [b]) => Number(b) - Number(a)).map(([, n]) => n),
+  ...Object.entries(CODEC_NAMES)
+    .filter(([id]) => Number(id) !== DEFAULT_CODEC)
+    .sort(([a], [b]) => Number(b) - Number(a))
+    .map(([, n]) => n),
 ];
 
 /** Bytes a payload may take beyond the plaintext, in the worst case, for any codec that encoders choose. */

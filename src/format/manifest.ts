@@ -78,7 +78,9 @@ function canonical(m: PointManifest): string {
 /** The MAC a version 3 manifest must carry: over its canonical text without `mac`, bound to disk, point and parent. */
 export function manifestMac(m: PointManifest, key: EncryptionKey): string {
   const { mac: _mac, ...rest } = m;
-  return key.metaMac({ kind: 'manifest', disk: m.disk, point: m.point, parent: m.parent }, Buffer.from(canonical(rest as PointManifest))).toString('hex');
+  return key
+    .metaMac({ kind: 'manifest', disk: m.disk, point: m.point, parent: m.parent }, Buffer.from(canonical(rest as PointManifest)))
+    .toString('hex');
 }
 
 /** Encodes a manifest; with key (an encrypted point) as version 3 with its MAC. */
@@ -97,20 +99,24 @@ export function encodeManifest(m: PointManifest, key?: EncryptionKey): Buffer {
  */
 export function authenticateManifest(m: PointManifest, key: EncryptionKey, what: string): void {
   if (m.version !== MANIFEST_VERSION_AUTHENTICATED) {
-    throw new RnodeError(ErrorCodes.METADATA_FORGED,
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
       `manifest ${what} is version ${m.version} (not authenticated) on a disk whose metadata is authenticated: it was rewritten by someone without the key; restore from another point or store`,
-      { details: { key: what } });
+      { details: { key: what } },
+    );
   }
   if (m.mac !== manifestMac(m, key)) {
-    throw new RnodeError(ErrorCodes.METADATA_FORGED,
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
       `manifest ${what} fails its MAC: it was modified, moved from another point or disk, or forged; restore from another point or store`,
-      { details: { key: what } });
+      { details: { key: what } },
+    );
   }
 }
 
 export function decodeManifest(b: Buffer, what: string): PointManifest {
-  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT,
-    `manifest ${what} is corrupt (${why}); run "rnode verify" and restore from another point`);
+  const bad = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `manifest ${what} is corrupt (${why}); run "rnode verify" and restore from another point`);
   let raw: any;
   try {
     raw = JSON.parse(b.toString('utf8'));
@@ -119,22 +125,34 @@ export function decodeManifest(b: Buffer, what: string): PointManifest {
   }
   if (!raw || typeof raw !== 'object' || raw.format !== MANIFEST_FORMAT) throw bad('not an rnode point manifest');
   if (raw.version !== MANIFEST_VERSION && raw.version !== MANIFEST_VERSION_ENCRYPTED && raw.version !== MANIFEST_VERSION_AUTHENTICATED) {
-    throw new RnodeError(ErrorCodes.FORMAT_VERSION,
-      `manifest ${what} has format version ${raw.version}; this rnode reads versions ${MANIFEST_VERSION} to ${MANIFEST_VERSION_AUTHENTICATED}, upgrade rnode`);
+    throw new RnodeError(
+      ErrorCodes.FORMAT_VERSION,
+      `manifest ${what} has format version ${raw.version}; this rnode reads versions ${MANIFEST_VERSION} to ${MANIFEST_VERSION_AUTHENTICATED}, upgrade rnode`,
+    );
   }
   const { checksum, ...rest } = raw;
   if (typeof checksum !== 'string' || checksum !== xxh64Hex(Buffer.from(canonical(rest)))) throw bad('checksum mismatch');
   const m = rest as PointManifest;
   const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (!okInt(m.point) || !(m.parent === null || okInt(m.parent)) || !okInt(m.diskSize) || !okInt(m.chunkSize) ||
-      !m.table || !Array.isArray(m.table.segments) || typeof m.disk !== 'string') {
+  if (
+    !okInt(m.point) ||
+    !(m.parent === null || okInt(m.parent)) ||
+    !okInt(m.diskSize) ||
+    !okInt(m.chunkSize) ||
+    !m.table ||
+    !Array.isArray(m.table.segments) ||
+    typeof m.disk !== 'string'
+  ) {
     throw bad('missing or invalid fields');
   }
   const e = m.encryption;
   const encrypted = m.version === MANIFEST_VERSION_ENCRYPTED || m.version === MANIFEST_VERSION_AUTHENTICATED;
   const authenticated = m.version === MANIFEST_VERSION_AUTHENTICATED;
-  if (authenticated !== (typeof m.mac === 'string') || (authenticated && !/^[0-9a-f]{64}$/.test(m.mac!)) ||
-      m.table.segments.some((r) => authenticated !== (typeof r?.mac === 'string'))) {
+  if (
+    authenticated !== (typeof m.mac === 'string') ||
+    (authenticated && !/^[0-9a-f]{64}$/.test(m.mac!)) ||
+    m.table.segments.some((r) => authenticated !== (typeof r?.mac === 'string'))
+  ) {
     throw bad(authenticated ? 'an authenticated point without its MACs' : 'MACs in a point of a version that has none');
   }
   if (encrypted !== (e !== undefined) || (e && (e.alg !== 'aes-256-gcm' || typeof e.keyId !== 'string' || !/^[0-9a-f]{32}$/.test(e.keyId)))) {

@@ -10,7 +10,15 @@ export const SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES;
 const ALG = 'aes-256-gcm';
 const AAD_MAGIC = Buffer.from('RNCK-AAD', 'latin1');
 
-export interface ChunkAadFields { disk: string; version: number; codec: number; plainLength: number; plainDigest64: bigint; index: number; writer: number }
+export interface ChunkAadFields {
+  disk: string;
+  version: number;
+  codec: number;
+  plainLength: number;
+  plainDigest64: bigint;
+  index: number;
+  writer: number;
+}
 
 /**
  * The associated data of a chunk: every header field fixed when the object is written (the chunk index and
@@ -85,7 +93,9 @@ export function openSealed(cipherKey: Buffer, payload: Buffer, aad: Buffer): Buf
   try {
     d.final();
   } catch {
-    throw new Error('ciphertext does not authenticate (AES-GCM tag mismatch): its bytes were altered, it belongs to another chunk or disk, or the key is not the one it was written with');
+    throw new Error(
+      'ciphertext does not authenticate (AES-GCM tag mismatch): its bytes were altered, it belongs to another chunk or disk, or the key is not the one it was written with',
+    );
   }
   return packed;
 }

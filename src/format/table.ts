@@ -98,7 +98,8 @@ export function encodeSegment(entries: readonly ChunkEntry[], auth?: SegmentAuth
 /** The MAC (hex) an authenticated segment carries, as its manifest's segment ref records it; undefined for version 1. */
 export function segmentMac(b: Buffer): string | undefined {
   return b.length >= SEGMENT_HEADER_BYTES && b.readUInt8(4) === SEGMENT_VERSION_AUTHENTICATED && b.length >= META_MAC_BYTES
-    ? b.subarray(b.length - META_MAC_BYTES).toString('hex') : undefined;
+    ? b.subarray(b.length - META_MAC_BYTES).toString('hex')
+    : undefined;
 }
 
 /**
@@ -108,9 +109,14 @@ export function segmentMac(b: Buffer): string | undefined {
  * format to fall back to: an encrypted disk never accepts a down-versioned object.
  */
 export function decodeSegment(b: Buffer, what: string, expect: 'plain' | 'any' | { mac: string; auth?: SegmentAuth } = 'plain'): ChunkEntry[] {
-  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${what} is corrupt (${why}); run "rnode verify" and restore from another point`);
-  const forged = (why: string) => new RnodeError(ErrorCodes.METADATA_FORGED,
-    `chunk table ${what} ${why}: it was modified, moved from another point or disk, or forged; restore from another point or store`, { details: { key: what } });
+  const bad = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${what} is corrupt (${why}); run "rnode verify" and restore from another point`);
+  const forged = (why: string) =>
+    new RnodeError(
+      ErrorCodes.METADATA_FORGED,
+      `chunk table ${what} ${why}: it was modified, moved from another point or disk, or forged; restore from another point or store`,
+      { details: { key: what } },
+    );
   if (b.length < SEGMENT_HEADER_BYTES + 8 || b.readUInt32LE(0) !== SEGMENT_MAGIC) throw bad('bad header');
   const version = b.readUInt8(4);
   if (version !== SEGMENT_VERSION && version !== SEGMENT_VERSION_AUTHENTICATED) {

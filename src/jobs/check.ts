@@ -87,15 +87,27 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
   const problems: CheckProblem[] = [];
   const report = (err: unknown) => {
     if (!(err instanceof RnodeError)) throw err;
-    if (problems.length < MAX_PROBLEMS) problems.push({ code: err.code, message: err.message, ...(typeof err.details.key === 'string' ? { key: err.details.key } : {}) });
+    if (problems.length < MAX_PROBLEMS)
+      problems.push({ code: err.code, message: err.message, ...(typeof err.details.key === 'string' ? { key: err.details.key } : {}) });
   };
   const domains = await listDomains(store);
   const skipped = domains.filter((d) => d !== PLAIN_DOMAIN && d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
   const legacyDisks = await listLegacyDisks(store);
   if (!key && skipped.length > 0) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `the store holds encrypted repositories (${skipped.map((s) => s.domain).join(', ')}); pass the key with --encryption-key-file to check them`);
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `the store holds encrypted repositories (${skipped.map((s) => s.domain).join(', ')}); pass the key with --encryption-key-file to check them`,
+    );
   }
-  const out: CheckResult = { ok: false, readData: opts.readData === true, domains: [], skipped, legacy: { disks: legacyDisks.length, points: 0, chunksChecked: 0 }, problems, seconds: 0 };
+  const out: CheckResult = {
+    ok: false,
+    readData: opts.readData === true,
+    domains: [],
+    skipped,
+    legacy: { disks: legacyDisks.length, points: 0, chunksChecked: 0 },
+    problems,
+    seconds: 0,
+  };
   for (const name of domains.filter((d) => d === PLAIN_DOMAIN || d === key?.domain)) {
     out.domains.push(await checkDomain(store, name === PLAIN_DOMAIN ? undefined : key, name, opts.readData === true, report, opts.signal));
   }
@@ -103,9 +115,13 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
     opts.signal?.throwIfAborted();
     let r = await verify({ store, disk, point: 'all', encryption: key, signal: opts.signal }).catch((err) => err as Error);
     // A key is for the encrypted disks: an unencrypted legacy disk is checked without it.
-    if (key && isRnodeError(r, ErrorCodes.KEY_MISMATCH)) r = await verify({ store, disk, point: 'all', signal: opts.signal }).catch((err) => err as Error);
+    if (key && isRnodeError(r, ErrorCodes.KEY_MISMATCH))
+      r = await verify({ store, disk, point: 'all', signal: opts.signal }).catch((err) => err as Error);
     opts.signal?.throwIfAborted();
-    if (r instanceof Error) { report(r); continue; }
+    if (r instanceof Error) {
+      report(r);
+      continue;
+    }
     out.legacy.points += r.points.length;
     out.legacy.chunksChecked += r.chunksChecked;
     for (const p of r.problems) if (problems.length < MAX_PROBLEMS) problems.push({ code: p.code, message: `legacy disk ${disk}: ${p.message}` });
@@ -115,8 +131,14 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
   return out;
 }
 
-const sameEntry = (a: BlobEntry, b: BlobEntry) => a.id.equals(b.id) && a.offset === b.offset && a.length === b.length &&
-  a.plainLength === b.plainLength && a.codec === b.codec && a.flags === b.flags && a.payloadXxh64 === b.payloadXxh64;
+const sameEntry = (a: BlobEntry, b: BlobEntry) =>
+  a.id.equals(b.id) &&
+  a.offset === b.offset &&
+  a.length === b.length &&
+  a.plainLength === b.plainLength &&
+  a.codec === b.codec &&
+  a.flags === b.flags &&
+  a.payloadXxh64 === b.payloadXxh64;
 
 /** What each step of a domain's check shares: where, with which key, its counts and the problem sink. */
 interface DomainScope {
@@ -131,11 +153,26 @@ interface DomainScope {
 /** Pack id -> its trailer's entries by offset; undefined for a pack whose trailer was reported unreadable. */
 type Trailers = Map<ObjectId, Map<number, BlobEntry> | undefined>;
 
-async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, name: string, readData: boolean, report: (err: unknown) => void,
-  signal: AbortSignal | undefined): Promise<DomainCheck> {
+async function checkDomain(
+  store: ObjectStore,
+  key: EncryptionKey | undefined,
+  name: string,
+  readData: boolean,
+  report: (err: unknown) => void,
+  signal: AbortSignal | undefined,
+): Promise<DomainCheck> {
   const c: DomainCheck = {
-    domain: name, disks: 0, points: 0, packs: 0, indexObjects: 0, indexEntries: 0, chunksReferenced: 0, danglingIndexEntries: 0, unindexedBlobs: 0,
-    blobsRead: 0, bytesRead: 0,
+    domain: name,
+    disks: 0,
+    points: 0,
+    packs: 0,
+    indexObjects: 0,
+    indexEntries: 0,
+    chunksReferenced: 0,
+    danglingIndexEntries: 0,
+    unindexedBlobs: 0,
+    blobsRead: 0,
+    bytesRead: 0,
   };
   let domain: Domain | undefined;
   try {
@@ -144,7 +181,11 @@ async function checkDomain(store: ObjectStore, key: EncryptionKey | undefined, n
     report(err);
   }
   if (!domain) {
-    report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `repository ${name} has objects but no config ${r2.config(name)}; the store is damaged`, { details: { key: r2.config(name) } }));
+    report(
+      new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `repository ${name} has objects but no config ${r2.config(name)}; the store is damaged`, {
+        details: { key: r2.config(name) },
+      }),
+    );
     return c;
   }
   const scope: DomainScope = { store, name, domain, c, report, signal };
@@ -195,15 +236,24 @@ function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkInde
   const good = new Set<string>();
   const indexed = new Set<string>();
   for (const l of index.locations()) {
-    if (!trailers.has(l.packId)) { c.danglingIndexEntries++; continue; }
+    if (!trailers.has(l.packId)) {
+      c.danglingIndexEntries++;
+      continue;
+    }
     const t = trailers.get(l.packId);
     if (!t) continue; // its trailer was reported
     const e = t.get(l.entry.offset);
     const where = r2.index(name, l.indexId ?? '0'.repeat(32));
     indexed.add(`${l.packId}:${l.entry.offset}`);
     if (!e || !sameEntry(e, l.entry)) {
-      report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `index ${where} places chunk ${l.entry.id.toString('hex').slice(0, 16)}… at offset ${l.entry.offset} of pack ${l.packId}, ` +
-        'which its trailer does not confirm; the index or the pack is damaged', { details: { key: where } }));
+      report(
+        new RnodeError(
+          ErrorCodes.MANIFEST_CORRUPT,
+          `index ${where} places chunk ${l.entry.id.toString('hex').slice(0, 16)}… at offset ${l.entry.offset} of pack ${l.packId}, ` +
+            'which its trailer does not confirm; the index or the pack is damaged',
+          { details: { key: where } },
+        ),
+      );
       continue;
     }
     good.add(`${l.packId}:${l.entry.offset}`);
@@ -231,14 +281,23 @@ async function checkPointReferences({ store, name, domain, c, report, signal }: 
       try {
         const m = await loadV2Point(store, disk, seq, domain.key);
         if (m.parent !== null && !seqs.has(m.parent)) {
-          report(new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${seq} of disk ${disk} needs point ${m.parent}, which is missing`, { details: { key: r2.point(name, d.dname, seq) } }));
+          report(
+            new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${seq} of disk ${disk} needs point ${m.parent}, which is missing`, {
+              details: { key: r2.point(name, d.dname, seq) },
+            }),
+          );
         }
         for await (const e of tableEntries(store, m, domain.key)) {
           if (!referencesChunk(e)) continue;
           c.chunksReferenced++;
           if (!index.lookup(e.id!).some((l) => good.has(`${l.packId}:${l.entry.offset}`))) {
-            report(new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${e.index} of point ${seq} of disk ${disk} (id ${e.id!.toString('hex').slice(0, 16)}…) is in no intact pack`,
-              { details: { key: r2.point(name, d.dname, seq) } }));
+            report(
+              new RnodeError(
+                ErrorCodes.CHUNK_MISSING,
+                `chunk ${e.index} of point ${seq} of disk ${disk} (id ${e.id!.toString('hex').slice(0, 16)}…) is in no intact pack`,
+                { details: { key: r2.point(name, d.dname, seq) } },
+              ),
+            );
           }
         }
       } catch (err) {
@@ -278,15 +337,33 @@ async function readBlobs({ store, name, domain, c, report, signal }: DomainScope
         }
         const where = `at offset ${e.offset} of pack ${what} (id ${e.id.toString('hex').slice(0, 16)}…)`;
         if (e.length > slot.object.length) {
-          report(new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: its trailer says ${e.length} bytes, more than a chunk can take`, { details: { key: what } }));
+          report(
+            new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: its trailer says ${e.length} bytes, more than a chunk can take`, {
+              details: { key: what },
+            }),
+          );
           continue;
         }
         copyBytes(pack.subarray(e.offset, e.offset + e.length), slot.object);
-        const expect: ChunkEntry = { index: -1, xxh64: 0n, strong: EMPTY, writer: 0, plainLength: e.plainLength, storedLength: e.length, flags: 0, codec: 0, id: e.id };
+        const expect: ChunkEntry = {
+          index: -1,
+          xxh64: 0n,
+          strong: EMPTY,
+          writer: 0,
+          plainLength: e.plainLength,
+          storedLength: e.length,
+          flags: 0,
+          codec: 0,
+          id: e.id,
+        };
         try {
           await decodeBlobInto(slot, e.length, expect, e, domain, where);
         } catch (err) {
-          report(isRnodeError(err) ? new RnodeError(err.code, `${err.message}; points using this chunk cannot be restored from this copy`, { details: { key: what } }) : err);
+          report(
+            isRnodeError(err)
+              ? new RnodeError(err.code, `${err.message}; points using this chunk cannot be restored from this copy`, { details: { key: what } })
+              : err,
+          );
         }
       }
     }

@@ -16,7 +16,15 @@ import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../re
 import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
-  listLegacyPointSeqs, listV2Disk, listV2Disks, listV2PointSeqs, loadV2Chain, loadV2Checkpoint, loadV2Point, v2DiskId, type V2DiskObjects,
+  listLegacyPointSeqs,
+  listV2Disk,
+  listV2Disks,
+  listV2PointSeqs,
+  loadV2Chain,
+  loadV2Checkpoint,
+  loadV2Point,
+  v2DiskId,
+  type V2DiskObjects,
 } from '../repository/points.js';
 import { PruneMarks, checkMarksGeneration, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
 import { chainView, pendingTableEntries, referencesChunk, tableEntries } from '../repository/view.js';
@@ -46,7 +54,10 @@ export const pruneLeaseName = (domain: string): string => `prune.${domain}`;
  */
 export class SweepPacer {
   readonly #last = new Map<string, number>();
-  constructor(readonly intervalMs = DEFAULT_SWEEP_INTERVAL_MS, private readonly now: () => number = Date.now) {}
+  constructor(
+    readonly intervalMs = DEFAULT_SWEEP_INTERVAL_MS,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   due(store: ObjectStore, domain: string): boolean {
     const last = this.#last.get(`${store.location}\n${domain}`);
@@ -111,8 +122,20 @@ export interface PackInfo {
 
 function emptyMaintainResult(domain: Domain): MaintainResult {
   return {
-    domain: domain.name, packs: 0, packsSeen: 0, packsMarked: 0, packsUnmarked: 0, packsDeleted: 0, bytesDeleted: 0, packsRepacked: 0, bytesRewritten: 0,
-    packsWritten: 0, indexesWritten: 0, indexesDeleted: 0, missingChunks: 0, seconds: 0,
+    domain: domain.name,
+    packs: 0,
+    packsSeen: 0,
+    packsMarked: 0,
+    packsUnmarked: 0,
+    packsDeleted: 0,
+    bytesDeleted: 0,
+    packsRepacked: 0,
+    bytesRewritten: 0,
+    packsWritten: 0,
+    indexesWritten: 0,
+    indexesDeleted: 0,
+    missingChunks: 0,
+    seconds: 0,
   };
 }
 
@@ -145,7 +168,10 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
   for (const [id, p] of packs) {
     const mark = marks.packs.get(id);
     if (p.used.size > 0) {
-      if (mark) { marks.packs.delete(id); r.packsUnmarked++; }
+      if (mark) {
+        marks.packs.delete(id);
+        r.packsUnmarked++;
+      }
     } else if (!mark) {
       marks.packs.set(id, { state: 'seen', at: t });
       r.packsSeen++;
@@ -314,7 +340,12 @@ async function* listPacks(store: ObjectStore, domain: Domain): AsyncIterable<{ i
  * What prune needs of a checkpoint: the parent it names (its tables' envelopes are bound to it) and the marks
  * generation it recorded; undefined when it is gone (committed or abandoned since).
  */
-async function loadCheckpoint(store: ObjectStore, domain: Domain, disk: string, seq: number): Promise<{ parent: number | null; marksGeneration?: unknown } | undefined> {
+async function loadCheckpoint(
+  store: ObjectStore,
+  domain: Domain,
+  disk: string,
+  seq: number,
+): Promise<{ parent: number | null; marksGeneration?: unknown } | undefined> {
   const ck = (await loadV2Checkpoint(store, disk, seq, domain.key)) as { parent?: unknown; marksGeneration?: unknown } | null | undefined;
   if (ck === undefined) return undefined;
   const parent = ck?.parent;
@@ -388,8 +419,16 @@ function unusedShare(p: PackInfo): number {
   return total === 0 ? 0 : 1 - live / total;
 }
 
-async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, PackInfo>, marks: PruneMarks, maxUnused: number, t: number,
-  r: MaintainResult, index: ChunkIndex): Promise<void> {
+async function repack(
+  store: ObjectStore,
+  domain: Domain,
+  packs: Map<ObjectId, PackInfo>,
+  marks: PruneMarks,
+  maxUnused: number,
+  t: number,
+  r: MaintainResult,
+  index: ChunkIndex,
+): Promise<void> {
   const sources = [...packs].filter(([id, p]) => p.used.size > 0 && !marks.blocks(id) && unusedShare(p) > maxUnused).map(([id]) => id);
   if (sources.length === 0) return;
   for (const id of sources) marks.packs.set(id, { state: 'marked', at: t });
@@ -415,8 +454,11 @@ async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, P
       const e = p.blobs.get(off)!;
       const blob = bytes.subarray(e.offset, e.offset + e.length);
       if (blob.length !== e.length || xxh64(blob) !== e.payloadXxh64) {
-        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
-          { details: { key: r2.pack(domain.name, id) } });
+        throw new RnodeError(
+          ErrorCodes.CHUNK_CORRUPT,
+          `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
+          { details: { key: r2.pack(domain.name, id) } },
+        );
       }
       builder ??= new PackBuilder(domain.name, packSize, domain.key);
       if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
@@ -442,7 +484,14 @@ async function repack(store: ObjectStore, domain: Domain, packs: Map<ObjectId, P
  * Rewrites index objects that are small or name deleted packs into full ones holding only entries of existing packs,
  * then deletes those it replaced. Index objects written after the listing (by writers, or by repack above) stay.
  */
-async function compactIndexes(store: ObjectStore, domain: Domain, index: ChunkIndex, existing: Set<ObjectId>, r: MaintainResult, concurrency: number): Promise<void> {
+async function compactIndexes(
+  store: ObjectStore,
+  domain: Domain,
+  index: ChunkIndex,
+  existing: Set<ObjectId>,
+  r: MaintainResult,
+  concurrency: number,
+): Promise<void> {
   const perIndex = new Map<ObjectId, ChunkLocation[]>();
   for (const l of index.locations()) {
     if (!l.indexId) continue;
@@ -481,7 +530,13 @@ async function compactIndexes(store: ObjectStore, domain: Domain, index: ChunkIn
  * one per checkpoint and loads them all), unless another prune holds the domain. The index is loaded before the packs
  * are listed, as in scanDomain, so an entry whose pack is not listed names a deleted pack.
  */
-async function compactIfPiled(store: ObjectStore, domain: Domain, lease: LeaseOptions | undefined, concurrency: number, why: string): Promise<MaintainResult> {
+async function compactIfPiled(
+  store: ObjectStore,
+  domain: Domain,
+  lease: LeaseOptions | undefined,
+  concurrency: number,
+  why: string,
+): Promise<MaintainResult> {
   const started = performance.now();
   const r: MaintainResult = { ...emptyMaintainResult(domain), skipped: why };
   if ((await listIndexIds(store, domain.name)).length > PILED_INDEXES) {
@@ -513,8 +568,14 @@ export interface V2RetentionResult {
  * standalone table first (no data copied), manifests go newest first, then tables no kept point uses and checkpoints
  * nobody can resume. Packs are left to the domain sweep. The caller holds the disk's lease.
  */
-export async function retainV2Points(store: ObjectStore, domain: Domain, disk: string, keep: Set<number>, concurrency = 8,
-  signal?: AbortSignal): Promise<V2RetentionResult> {
+export async function retainV2Points(
+  store: ObjectStore,
+  domain: Domain,
+  disk: string,
+  keep: Set<number>,
+  concurrency = 8,
+  signal?: AbortSignal,
+): Promise<V2RetentionResult> {
   const seqs = await listV2PointSeqs(store, disk, domain.key);
   const kept = seqs.filter((s) => keep.has(s));
   const deleted = seqs.filter((s) => !keep.has(s));
@@ -531,7 +592,10 @@ export async function retainV2Points(store: ObjectStore, domain: Domain, disk: s
   let first = true;
   for (const s of [...deleted].reverse()) {
     await store.delete(r2.point(domain.name, domain.dname(disk), s));
-    if (first) { first = false; failpoint('prune-manifest-deleted'); }
+    if (first) {
+      first = false;
+      failpoint('prune-manifest-deleted');
+    }
   }
   // Tables: only each kept point's current generation lives, plus anything of a point not committed yet.
   const live = new Set<string>();
@@ -561,7 +625,10 @@ async function rebaseV2(store: ObjectStore, domain: Domain, chain: V2PointManife
     const key = r2.segment(domain.name, dname, k.point, gen, n);
     await store.put(key, bytes);
     segments.push({
-      key, records: batch.length, first: batch.length ? batch[0].index : -1, last: batch.length ? batch[batch.length - 1].index : -1,
+      key,
+      records: batch.length,
+      first: batch.length ? batch[0].index : -1,
+      last: batch.length ? batch[batch.length - 1].index : -1,
       digest: segmentDigest(bytes),
     });
     records += batch.length;
@@ -619,7 +686,8 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   const domain = await Domain.open(store, key);
   const out: PruneStoreResult = { kept: [], deleted: [], chunksDeleted: 0, objectsDeleted: 0, domains: [], seconds: 0 };
   if (opts.disk !== undefined || opts.keep !== undefined) {
-    if (opts.disk === undefined || opts.keep === undefined) throw new RnodeError(ErrorCodes.USAGE, 'pass --disk and --keep together (or neither, for maintenance only)');
+    if (opts.disk === undefined || opts.keep === undefined)
+      throw new RnodeError(ErrorCodes.USAGE, 'pass --disk and --keep together (or neither, for maintenance only)');
     // Replayed marks are reported before retention deletes anything (maintenance checks them again on its full scan).
     if (domain && !opts.resetMarks) await checkMarksNotReplayed(store, domain);
     Object.assign(out, await retainDisk(store, domain, validateDiskId(opts.disk), opts.keep, key, opts), { disk: opts.disk });
@@ -631,13 +699,26 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
     if (!d) continue;
     const lease = opts.lease === false ? undefined : opts.lease;
     if (opts.pacer && !opts.pacer.due(store, d.name)) {
-      out.domains.push(await compactIfPiled(store, d, lease, opts.concurrency ?? 8, `swept less than ${Math.round(opts.pacer.intervalMs / 60_000)} min ago`));
+      out.domains.push(
+        await compactIfPiled(store, d, lease, opts.concurrency ?? 8, `swept less than ${Math.round(opts.pacer.intervalMs / 60_000)} min ago`),
+      );
       continue;
     }
     opts.signal?.throwIfAborted();
     try {
-      out.domains.push(await maintainDomain({ store, domain: d, graceMs: opts.graceMs, maxUnused: opts.maxUnused, concurrency: opts.concurrency, now: opts.now,
-        lease: opts.sweepIfFree ? { ...lease, waitMs: 0 } : lease, resetMarks: opts.resetMarks, signal: opts.signal }));
+      out.domains.push(
+        await maintainDomain({
+          store,
+          domain: d,
+          graceMs: opts.graceMs,
+          maxUnused: opts.maxUnused,
+          concurrency: opts.concurrency,
+          now: opts.now,
+          lease: opts.sweepIfFree ? { ...lease, waitMs: 0 } : lease,
+          resetMarks: opts.resetMarks,
+          signal: opts.signal,
+        }),
+      );
       opts.pacer?.swept(store, d.name);
     } catch (err) {
       if (!opts.sweepIfFree || !isRnodeError(err, ErrorCodes.LEASE_HELD)) throw err;
@@ -645,7 +726,10 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
     }
   }
   if (out.domains.length === 0 && opts.disk === undefined && !key && (await hasSealedDomain(store))) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`);
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`,
+    );
   }
   out.seconds = (performance.now() - started) / 1000;
   return out;
@@ -660,14 +744,23 @@ export async function hasSealedDomain(store: ObjectStore): Promise<boolean> {
   return false;
 }
 
-async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: string, keep: number, key: EncryptionKey | undefined,
-  opts: PruneStoreOptions): Promise<Omit<PruneStoreResult, 'domains' | 'seconds' | 'disk'>> {
+async function retainDisk(
+  store: ObjectStore,
+  domain: Domain | undefined,
+  disk: string,
+  keep: number,
+  key: EncryptionKey | undefined,
+  opts: PruneStoreOptions,
+): Promise<Omit<PruneStoreResult, 'domains' | 'seconds' | 'disk'>> {
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${keep})`);
   const legacy = await listLegacyPointSeqs(store, disk);
   const v2 = domain ? await listV2PointSeqs(store, disk, domain.key) : [];
   if (legacy.length === 0 && v2.length === 0) {
     if (!key && (await hasSealedDomain(store))) {
-      throw new RnodeError(ErrorCodes.KEY_REQUIRED, `disk ${disk} has no unencrypted points in ${store.location}; if it is encrypted, pass its key with --encryption-key-file`);
+      throw new RnodeError(
+        ErrorCodes.KEY_REQUIRED,
+        `disk ${disk} has no unencrypted points in ${store.location}; if it is encrypted, pass its key with --encryption-key-file`,
+      );
     }
     throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
   }
@@ -682,9 +775,10 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
     const legacyKeep = legacy.filter((s) => keepSet.has(s)).length;
     // Legacy prune also sweeps what dead attempts left, so it runs even when no legacy point goes.
     if (legacy.length > 0) {
-      const r = legacyKeep > 0
-        ? await pruneLegacy({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false, signal: opts.signal })
-        : await dropLegacyPoints(store, disk, key, opts.concurrency);
+      const r =
+        legacyKeep > 0
+          ? await pruneLegacy({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false, signal: opts.signal })
+          : await dropLegacyPoints(store, disk, key, opts.concurrency);
       out.chunksDeleted += r.chunksDeleted;
       out.objectsDeleted += r.objectsDeleted;
     }
@@ -704,7 +798,25 @@ async function retainDisk(store: ObjectStore, domain: Domain | undefined, disk: 
  * entry the agent's jobs and VM retention call; the CLI calls pruneStore).
  */
 export async function prune(opts: PruneOptions & { pacer?: SweepPacer; graceMs?: number }): Promise<PruneResult & { domains: MaintainResult[] }> {
-  const r = await pruneStore({ store: opts.store, disk: opts.disk, keep: opts.keep, encryption: opts.encryption, concurrency: opts.concurrency, lease: opts.lease,
-    sweepIfFree: true, pacer: opts.pacer, graceMs: opts.graceMs, signal: opts.signal });
-  return { disk: opts.disk, kept: r.kept, deleted: r.deleted, chunksDeleted: r.chunksDeleted, objectsDeleted: r.objectsDeleted, seconds: r.seconds, domains: r.domains };
+  const r = await pruneStore({
+    store: opts.store,
+    disk: opts.disk,
+    keep: opts.keep,
+    encryption: opts.encryption,
+    concurrency: opts.concurrency,
+    lease: opts.lease,
+    sweepIfFree: true,
+    pacer: opts.pacer,
+    graceMs: opts.graceMs,
+    signal: opts.signal,
+  });
+  return {
+    disk: opts.disk,
+    kept: r.kept,
+    deleted: r.deleted,
+    chunksDeleted: r.chunksDeleted,
+    objectsDeleted: r.objectsDeleted,
+    seconds: r.seconds,
+    domains: r.domains,
+  };
 }

@@ -101,10 +101,15 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
       if (!e || e.writer !== c.writer || isZeroEntry(e)) yield o.key;
     }
   };
-  await forEachBounded(doomed(), opts.concurrency ?? 16, async (key) => {
-    await store.delete(key);
-    chunksDeleted++;
-  }, opts.signal);
+  await forEachBounded(
+    doomed(),
+    opts.concurrency ?? 16,
+    async (key) => {
+      await store.delete(key);
+      chunksDeleted++;
+    },
+    opts.signal,
+  );
 
   // (4) Tables of deleted points and superseded generations, and checkpoints nobody can resume.
   let objectsDeleted = 0;
@@ -117,10 +122,15 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
       if (h?.kind === 'legacy-pending' && h.point <= latest) yield o.key;
     }
   };
-  await forEachBounded(staleTables(), opts.concurrency ?? 16, async (key) => {
-    await store.delete(key);
-    objectsDeleted++;
-  }, opts.signal);
+  await forEachBounded(
+    staleTables(),
+    opts.concurrency ?? 16,
+    async (key) => {
+      await store.delete(key);
+      objectsDeleted++;
+    },
+    opts.signal,
+  );
 
   return { disk, kept, deleted, chunksDeleted, objectsDeleted, seconds: (performance.now() - started) / 1000 };
 }
@@ -146,8 +156,10 @@ async function rebase(store: ObjectStore, k: PointManifest, chain: PointManifest
     const bytes = encodeSegment(batch, auth && { key: auth, place });
     const mac = segmentMac(bytes);
     const ref: SegmentRef = {
-      key: layout.segment(k.disk, k.point, gen, segments.length), records: batch.length,
-      first: batch.length ? batch[0].index : -1, last: batch.length ? batch[batch.length - 1].index : -1,
+      key: layout.segment(k.disk, k.point, gen, segments.length),
+      records: batch.length,
+      first: batch.length ? batch[0].index : -1,
+      last: batch.length ? batch[batch.length - 1].index : -1,
       ...(mac ? { mac } : {}),
     };
     await store.put(ref.key, bytes);
@@ -173,7 +185,11 @@ class TableLookup {
 
   private readonly refs: Array<SegmentRef & { n: number }>;
 
-  constructor(private readonly store: ObjectStore, private readonly m: PointManifest, private readonly key: EncryptionKey | undefined) {
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly m: PointManifest,
+    private readonly key: EncryptionKey | undefined,
+  ) {
     this.refs = m.table.segments.map((r, n) => ({ ...r, n })).filter((r) => r.records > 0);
   }
 

@@ -127,12 +127,20 @@ interface Plan {
   fullReasons: Map<number, string>;
 }
 
-async function planDisks(opts: ReplicateVmOptions, vmDisks: VirtualDiskInfo[], prev: VmPoint | undefined, diskId: (k: number) => string): Promise<Plan> {
+async function planDisks(
+  opts: ReplicateVmOptions,
+  vmDisks: VirtualDiskInfo[],
+  prev: VmPoint | undefined,
+  diskId: (k: number) => string,
+): Promise<Plan> {
   const { session, store } = opts;
   const wanted = opts.disks ?? session.config.disks;
   for (const k of wanted ?? []) {
     if (!vmDisks.some((d) => d.key === k)) {
-      throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM ${session.config.vm} has no virtual disk with device key ${k} (it has ${vmDisks.map((d) => d.key).join(', ') || 'none'}); check "disks"`);
+      throw new RnodeError(
+        ErrorCodes.BAD_SOURCE,
+        `VM ${session.config.vm} has no virtual disk with device key ${k} (it has ${vmDisks.map((d) => d.key).join(', ') || 'none'}); check "disks"`,
+      );
     }
   }
   const plan: Plan = { keys: [], skipped: [], removed: [], added: [], fullReasons: new Map() };
@@ -166,7 +174,11 @@ async function planDisks(opts: ReplicateVmOptions, vmDisks: VirtualDiskInfo[], p
       session.log(`disk ${p.key} (${p.disk}) was removed from VM ${session.config.vm} since VM point ${prev!.seq}; its points are kept`);
     }
   }
-  if (plan.keys.length === 0) throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM ${session.config.vm} has no disk that can be replicated (${plan.skipped.map((s) => s.reason).join('; ') || 'no virtual disks'})`);
+  if (plan.keys.length === 0)
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `VM ${session.config.vm} has no disk that can be replicated (${plan.skipped.map((s) => s.reason).join('; ') || 'no virtual disks'})`,
+    );
   return plan;
 }
 
@@ -179,7 +191,9 @@ async function cleanUpLeftovers(session: VmwareSession, store: ObjectStore, warn
   });
   if (marker) {
     const was = JSON.parse(marker.toString('utf8')) as { snapshot?: string; at?: string; pid?: number; host?: string };
-    warnings.push(`a run of VM ${vm} that started at ${was.at ?? '?'} (pid ${was.pid ?? '?'} on ${was.host ?? '?'}) ended without EndAccess; called it now`);
+    warnings.push(
+      `a run of VM ${vm} that started at ${was.at ?? '?'} (pid ${was.pid ?? '?'} on ${was.host ?? '?'}) ended without EndAccess; called it now`,
+    );
     await session.endStaleAccess();
     await store.delete(vmLayout.access(vm));
   }
@@ -188,7 +202,8 @@ async function cleanUpLeftovers(session: VmwareSession, store: ObjectStore, warn
     warnings.push(`VixDiskLib_Cleanup: ${cleaned.cleanedUp} leftover item(s) cleaned, ${cleaned.remaining} remaining`);
   }
   const stale = await session.removeStaleSnapshots();
-  if (stale.length) warnings.push(`removed ${stale.length} snapshot(s) an earlier rnode run left: ${stale.map((s) => `${s.moref} (${s.name})`).join(', ')}`);
+  if (stale.length)
+    warnings.push(`removed ${stale.length} snapshot(s) an earlier rnode run left: ${stale.map((s) => `${s.moref} (${s.name})`).join(', ')}`);
   return stale.map((s) => s.moref);
 }
 
@@ -226,10 +241,22 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
 
   const parallel = Math.max(1, Math.min(plan.keys.length, opts.diskParallelism ?? defaultDiskParallelism(plan.keys.length)));
   const perDisk = opts.concurrency ?? Math.max(4, Math.ceil(CHUNKS_IN_FLIGHT / parallel));
-  const replicateDisk = opts.replicateDisk ?? ((a: ReplicateDiskArgs) => replicate({
-    store, source: a.source, disk: a.disk, chunkSize: opts.chunkSize, codec: opts.codec, encryption: opts.encryption, concurrency: a.concurrency,
-    forceFull: a.forceFull, signal: opts.signal, lease: opts.lease, onProgress: opts.onProgress && ((p) => opts.onProgress!(a.disk, p)),
-  }));
+  const replicateDisk =
+    opts.replicateDisk ??
+    ((a: ReplicateDiskArgs) =>
+      replicate({
+        store,
+        source: a.source,
+        disk: a.disk,
+        chunkSize: opts.chunkSize,
+        codec: opts.codec,
+        encryption: opts.encryption,
+        concurrency: a.concurrency,
+        forceFull: a.forceFull,
+        signal: opts.signal,
+        lease: opts.lease,
+        onProgress: opts.onProgress && ((p) => opts.onProgress!(a.disk, p)),
+      }));
 
   let failure: unknown;
   let results: ReplicateVmDiskResult[] = [];
@@ -244,13 +271,25 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
       const reason = plan.fullReasons.get(d.key);
       const r = await replicateDisk({ disk, key: d.key, source, forceFull: Boolean(opts.forceFull || reason), concurrency: perDisk });
       if (r.rescanReason) session.log(`disk ${d.key}: read all allocated areas: ${r.rescanReason}`);
-      const out: ReplicateVmDiskResult = { ...r, deviceKey: d.key, ...(d.changeId ? { changeId: d.changeId } : {}), transportMode: source.transportMode };
+      const out: ReplicateVmDiskResult = {
+        ...r,
+        deviceKey: d.key,
+        ...(d.changeId ? { changeId: d.changeId } : {}),
+        transportMode: source.transportMode,
+      };
       if (reason && r.full) out.fullReason = reason;
       return out;
     });
     results = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = snap.disks.flatMap((d, i) => (settled[i].status === 'rejected' ? [{ d, err: (settled[i] as PromiseRejectedResult).reason }] : []));
-    if (failed.length) failure = await recordFailedRun(opts, vm.moref, snap, results, failed.map((f) => ({ key: f.d.key, disk: diskId(f.d.key), err: f.err })));
+    if (failed.length)
+      failure = await recordFailedRun(
+        opts,
+        vm.moref,
+        snap,
+        results,
+        failed.map((f) => ({ key: f.d.key, disk: diskId(f.d.key), err: f.err })),
+      );
     else point = await commitRun(opts, vm, snap, results, plan, config);
   } catch (err) {
     failure ??= err;
@@ -274,13 +313,35 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
     throw err;
   }
   let prunedVmPoints: number[] | undefined;
-  if (opts.retentionKeep) prunedVmPoints = (await pruneVm({ store, vm: vm.moref, keep: opts.retentionKeep, graceMs: opts.retentionGraceMs, lease: opts.lease, encryption: opts.encryption, pacer: opts.pacer })).deletedVmPoints;
+  if (opts.retentionKeep)
+    prunedVmPoints = (
+      await pruneVm({
+        store,
+        vm: vm.moref,
+        keep: opts.retentionKeep,
+        graceMs: opts.retentionGraceMs,
+        lease: opts.lease,
+        encryption: opts.encryption,
+        pacer: opts.pacer,
+      })
+    ).deletedVmPoints;
   for (const w of warnings) session.log(w);
   return {
-    vm: vm.moref, vmName: vm.name, snapshot: snap.moref, vmPoint: point.seq, consistency: point.consistency,
+    vm: vm.moref,
+    vmName: vm.name,
+    snapshot: snap.moref,
+    vmPoint: point.seq,
+    consistency: point.consistency,
     ...(point.consistencyReason ? { consistencyReason: point.consistencyReason } : {}),
-    cbtEnabledNow: cbt.enabledNow, disks: results, skipped: plan.skipped, removed: plan.removed, added: plan.added,
-    staleSnapshotsRemoved, warnings, ...(prunedVmPoints ? { prunedVmPoints } : {}), diskParallelism: parallel,
+    cbtEnabledNow: cbt.enabledNow,
+    disks: results,
+    skipped: plan.skipped,
+    removed: plan.removed,
+    added: plan.added,
+    staleSnapshotsRemoved,
+    warnings,
+    ...(prunedVmPoints ? { prunedVmPoints } : {}),
+    diskParallelism: parallel,
     seconds: (performance.now() - started) / 1000,
   };
 }
@@ -294,8 +355,12 @@ async function snapshotVm(opts: ReplicateVmOptions, vm: string, keys: number[]):
   const { session, store } = opts;
   await store.put(vmLayout.access(vm), Buffer.from(JSON.stringify({ at: new Date().toISOString(), pid: process.pid, host: os.hostname() })));
   try {
-    return await session.createSnapshot({ name: opts.snapshotName, disks: keys, quiesce: opts.quiesce,
-      quiesceFallback: opts.quiesceFallback ?? session.config.quiesceFallback });
+    return await session.createSnapshot({
+      name: opts.snapshotName,
+      disks: keys,
+      quiesce: opts.quiesce,
+      quiesceFallback: opts.quiesceFallback ?? session.config.quiesceFallback,
+    });
   } catch (err) {
     // createSnapshot closed what it opened (EndAccess included) before it threw.
     await store.delete(vmLayout.access(vm)).catch(() => undefined);
@@ -307,36 +372,75 @@ async function snapshotVm(opts: ReplicateVmOptions, vm: string, keys: number[]):
  * No VM point when a disk failed: the disks that committed are recorded as outside any VM point, and the next run
  * makes a whole one. Returns the error the run ends with (a cancellation only when every failure is one).
  */
-async function recordFailedRun(opts: ReplicateVmOptions, vm: string, snap: VmSnapshot, results: ReplicateVmDiskResult[],
-    failed: Array<{ key: number; disk: string; err: unknown }>): Promise<unknown> {
+async function recordFailedRun(
+  opts: ReplicateVmOptions,
+  vm: string,
+  snap: VmSnapshot,
+  results: ReplicateVmDiskResult[],
+  failed: Array<{ key: number; disk: string; err: unknown }>,
+): Promise<unknown> {
   const { session } = opts;
   if (results.length) {
     const key = await recordPartialVmRun(opts.store, {
-      vm, snapshot: snap.moref,
+      vm,
+      snapshot: snap.moref,
       committed: results.map((r) => ({ key: r.deviceKey, disk: r.disk, point: r.point })),
-      failed: failed.map((f) => ({ key: f.key, disk: f.disk, code: isRnodeError(f.err) ? f.err.code : ErrorCodes.INTERNAL, message: (f.err as Error).message ?? String(f.err) })),
-    }).catch((err) => { session.log(`could not record the partial run: ${(err as Error).message}`); return undefined; });
-    session.log(`no VM point: disk(s) ${failed.map((f) => f.key).join(', ')} failed; ` +
-      `point(s) ${results.map((r) => `${r.disk}#${r.point}`).join(', ')} committed outside any VM point${key ? ` (recorded in ${key})` : ''}`);
+      failed: failed.map((f) => ({
+        key: f.key,
+        disk: f.disk,
+        code: isRnodeError(f.err) ? f.err.code : ErrorCodes.INTERNAL,
+        message: (f.err as Error).message ?? String(f.err),
+      })),
+    }).catch((err) => {
+      session.log(`could not record the partial run: ${(err as Error).message}`);
+      return undefined;
+    });
+    session.log(
+      `no VM point: disk(s) ${failed.map((f) => f.key).join(', ')} failed; ` +
+        `point(s) ${results.map((r) => `${r.disk}#${r.point}`).join(', ')} committed outside any VM point${key ? ` (recorded in ${key})` : ''}`,
+    );
   }
   return failed.find((f) => !isRnodeError(f.err, ErrorCodes.CANCELLED))?.err ?? failed[0].err;
 }
 
 /** Every disk committed its point: the VM point that names them all, with the snapshot's consistency and the VM's configuration. */
-async function commitRun(opts: ReplicateVmOptions, vm: { moref: string; name: string }, snap: VmSnapshot, results: ReplicateVmDiskResult[],
-    plan: { skipped: VmPoint['skipped']; removed: VmPoint['removed'] }, config: VmPoint['config']): Promise<VmPoint> {
+async function commitRun(
+  opts: ReplicateVmOptions,
+  vm: { moref: string; name: string },
+  snap: VmSnapshot,
+  results: ReplicateVmDiskResult[],
+  plan: { skipped: VmPoint['skipped']; removed: VmPoint['removed'] },
+  config: VmPoint['config'],
+): Promise<VmPoint> {
   const byKey = new Map(snap.disks.map((d) => [d.key, d]));
   const disks: VmPointDisk[] = results.map((r) => {
     const d = byKey.get(r.deviceKey)!;
     return {
-      key: r.deviceKey, disk: r.disk, point: r.point, label: d.label, fileName: d.fileName, capacityBytes: r.diskSize,
-      ...(r.changeId ? { changeId: r.changeId } : {}), transport: r.transportMode,
-      ...(r.full && r.fullReason ? { fullReason: r.fullReason } : {}), ...(r.rescanReason ? { rescanReason: r.rescanReason } : {}),
+      key: r.deviceKey,
+      disk: r.disk,
+      point: r.point,
+      label: d.label,
+      fileName: d.fileName,
+      capacityBytes: r.diskSize,
+      ...(r.changeId ? { changeId: r.changeId } : {}),
+      transport: r.transportMode,
+      ...(r.full && r.fullReason ? { fullReason: r.fullReason } : {}),
+      ...(r.rescanReason ? { rescanReason: r.rescanReason } : {}),
     };
   });
-  return commitVmPoint(opts.store, {
-    vm: vm.moref, vmName: vm.name, snapshot: { moref: snap.moref, name: snap.name, createdAt: snap.createdAt },
-    consistency: snap.consistency, ...(snap.consistencyReason ? { consistencyReason: snap.consistencyReason } : {}),
-    disks, skipped: plan.skipped, removed: plan.removed, config,
-  }, opts.encryption);
+  return commitVmPoint(
+    opts.store,
+    {
+      vm: vm.moref,
+      vmName: vm.name,
+      snapshot: { moref: snap.moref, name: snap.name, createdAt: snap.createdAt },
+      consistency: snap.consistency,
+      ...(snap.consistencyReason ? { consistencyReason: snap.consistencyReason } : {}),
+      disks,
+      skipped: plan.skipped,
+      removed: plan.removed,
+      config,
+    },
+    opts.encryption,
+  );
 }

@@ -41,8 +41,9 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   // of holding up the first chunks (~0.3 s of an otherwise idle pipeline at the start of each run).
   codecWorkers();
   const domain = Domain.of(opts.encryption);
-  return Lease.holding(opts.store, leaseName(disk, opts.encryption), opts.lease,
-    (lease) => withWorkerDomain(domain, () => replicateLeased(opts, lease)));
+  return Lease.holding(opts.store, leaseName(disk, opts.encryption), opts.lease, (lease) =>
+    withWorkerDomain(domain, () => replicateLeased(opts, lease)),
+  );
 }
 
 async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined): Promise<ReplicateResult> {
@@ -57,16 +58,35 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const index = await ChunkIndex.load(store, domain);
   const known = new IdFilter(index.size + grid.count);
   for (const id of index.ids()) known.add(id);
-  const latestGeneration = latest && isV2Point(latest) ? latest.marksGeneration ?? 0 : 0;
-  const marks = from.marksGeneration > latestGeneration
-    ? new WriterMarks(store, domain, from.marksGeneration, `recorded by the checkpoint of point ${seq} of disk ${disk}`)
-    : new WriterMarks(store, domain, latestGeneration, `recorded by point ${latest?.point} of disk ${disk}`);
+  const latestGeneration = latest && isV2Point(latest) ? (latest.marksGeneration ?? 0) : 0;
+  const marks =
+    from.marksGeneration > latestGeneration
+      ? new WriterMarks(store, domain, from.marksGeneration, `recorded by the checkpoint of point ${seq} of disk ${disk}`)
+      : new WriterMarks(store, domain, latestGeneration, `recorded by point ${latest?.point} of disk ${disk}`);
   const run = new RunState(from.stats);
-  const packs = new PackWriter({ store, domain, index, known, marks, reused: from.reused, packSize: plan.packSize, packBuffers: plan.packBuffers, run });
+  const packs = new PackWriter({
+    store,
+    domain,
+    index,
+    known,
+    marks,
+    reused: from.reused,
+    packSize: plan.packSize,
+    packBuffers: plan.packBuffers,
+    run,
+  });
   await packs.refreshMarks();
   const table = new TableWriter({
-    store, source, identity, plan, from, packs, marks, run,
-    checkpointRecords: opts.checkpointRecords ?? TABLE_SEGMENT_RECORDS, checkpointMillis: opts.checkpointMillis ?? 15_000,
+    store,
+    source,
+    identity,
+    plan,
+    from,
+    packs,
+    marks,
+    run,
+    checkpointRecords: opts.checkpointRecords ?? TABLE_SEGMENT_RECORDS,
+    checkpointMillis: opts.checkpointMillis ?? 15_000,
   });
   const changeMarker = await source.changeMarker();
   const scan = new ChunkScan({ opts, codec: opts.codec ?? DEFAULT_CODEC, plan, from, packs, table, known, run, lease });
@@ -96,7 +116,14 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const { stats } = run;
   if (plan.scan) stats.chunksZero = grid.count - stats.chunksData;
   // Every pack, index and table segment is durable: commit.
-  opts.onProgress?.({ phase: 'commit', bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, chunksDone: scan.settledCount, position: grid.diskSize, diskSize: grid.diskSize });
+  opts.onProgress?.({
+    phase: 'commit',
+    bytesRead: stats.bytesRead,
+    bytesWritten: stats.bytesWritten,
+    chunksDone: scan.settledCount,
+    position: grid.diskSize,
+    diskSize: grid.diskSize,
+  });
   await lease?.check();
   await opts.beforeCommit?.();
   await checkReused(store, domain, marks, packs.reused);
@@ -105,34 +132,77 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const manifest = await commitPoint(store, plan, { source, run, table, marks, lease, changeMarker, seconds });
   await store.delete(r2.pending(domain.name, domain.dname(disk), seq)).catch(() => undefined);
   return {
-    disk, point: seq, parent: manifest.parent, full: plan.full, ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
-    ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}), resumed: from.resumed,
-    diskSize: grid.diskSize, chunkSize: grid.chunkSize, bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten + manifest.bytes,
-    chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
-    chunksDeduplicated: stats.chunksDeduplicated, bytesDeduplicated: stats.bytesDeduplicated, packsWritten: stats.packsWritten,
-    seconds, stages: scan.clock.times,
+    disk,
+    point: seq,
+    parent: manifest.parent,
+    full: plan.full,
+    ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
+    ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}),
+    resumed: from.resumed,
+    diskSize: grid.diskSize,
+    chunkSize: grid.chunkSize,
+    bytesRead: stats.bytesRead,
+    bytesWritten: stats.bytesWritten + manifest.bytes,
+    chunksTotal: grid.count,
+    chunksChanged: stats.chunksChanged,
+    chunksZero: stats.chunksZero,
+    chunksDeduplicated: stats.chunksDeduplicated,
+    bytesDeduplicated: stats.bytesDeduplicated,
+    packsWritten: stats.packsWritten,
+    seconds,
+    stages: scan.clock.times,
     ...(manifest.encryption ? { encryption: manifest.encryption } : {}),
   };
 }
 
 /** Puts the point's manifest, the commit: created once, never over another writer's point of the same number. */
-async function commitPoint(store: ObjectStore, plan: PointPlan,
-    r: { source: BlockSource; run: RunState; table: TableWriter; marks: WriterMarks; lease: Lease | undefined; changeMarker: string | undefined; seconds: number }):
-    Promise<PointManifest & { bytes: number }> {
+async function commitPoint(
+  store: ObjectStore,
+  plan: PointPlan,
+  r: {
+    source: BlockSource;
+    run: RunState;
+    table: TableWriter;
+    marks: WriterMarks;
+    lease: Lease | undefined;
+    changeMarker: string | undefined;
+    seconds: number;
+  },
+): Promise<PointManifest & { bytes: number }> {
   const { disk, seq, domain, grid } = plan;
   const { stats } = r.run;
   const { source } = r;
   const manifest: PointManifest & V4ManifestFields = {
-    format: MANIFEST_FORMAT, version: MANIFEST_VERSION_V2, ...(domain.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: domain.key.keyId } } : {}), disk, point: seq, parent: plan.parent?.point ?? null, full: plan.full,
-    createdAt: new Date().toISOString(), diskSize: grid.diskSize, chunkSize: grid.chunkSize,
-    source: { kind: source.kind, location: source.location, ...(r.changeMarker ? { marker: r.changeMarker } : {}), ...(plan.fullReason ? { fullReason: plan.fullReason } : {}), ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}) },
+    format: MANIFEST_FORMAT,
+    version: MANIFEST_VERSION_V2,
+    ...(domain.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: domain.key.keyId } } : {}),
+    disk,
+    point: seq,
+    parent: plan.parent?.point ?? null,
+    full: plan.full,
+    createdAt: new Date().toISOString(),
+    diskSize: grid.diskSize,
+    chunkSize: grid.chunkSize,
+    source: {
+      kind: source.kind,
+      location: source.location,
+      ...(r.changeMarker ? { marker: r.changeMarker } : {}),
+      ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
+      ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}),
+    },
     table: { generation: 0, records: r.table.records, segments: r.table.segments },
     ...(r.lease ? { fence: r.lease.token } : {}),
     marksGeneration: r.marks.generation,
     stats: {
-      chunksTotal: grid.count, chunksChanged: stats.chunksChanged, chunksZero: stats.chunksZero,
-      bytesRead: stats.bytesRead, bytesWritten: stats.bytesWritten, seconds: r.seconds,
-      bytesDeduplicated: stats.bytesDeduplicated, chunksDeduplicated: stats.chunksDeduplicated, packsWritten: stats.packsWritten,
+      chunksTotal: grid.count,
+      chunksChanged: stats.chunksChanged,
+      chunksZero: stats.chunksZero,
+      bytesRead: stats.bytesRead,
+      bytesWritten: stats.bytesWritten,
+      seconds: r.seconds,
+      bytesDeduplicated: stats.bytesDeduplicated,
+      chunksDeduplicated: stats.chunksDeduplicated,
+      packsWritten: stats.packsWritten,
     },
   };
   const mbytes = encodeManifestV4(domain, manifest);
@@ -175,9 +245,12 @@ async function checkReused(store: ObjectStore, domain: Domain, marks: WriterMark
         }
       }
       if (gone) {
-        throw new RnodeError(ErrorCodes.CHUNK_MISSING,
+        throw new RnodeError(
+          ErrorCodes.CHUNK_MISSING,
           `pack ${r2.pack(domain.name, id)}, which this point reuses chunks from, was ${marked.has(id) ? 'marked for deletion' : 'deleted'} by a prune running meanwhile; ` +
-          'the point was not committed: run replicate again (it stores those chunks anew)', { retryable: true, details: { key: r2.pack(domain.name, id) } });
+            'the point was not committed: run replicate again (it stores those chunks anew)',
+          { retryable: true, details: { key: r2.pack(domain.name, id) } },
+        );
       }
     }
   };

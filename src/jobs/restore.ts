@@ -86,16 +86,26 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const seal = requireChainSeal(chain, opts.encryption, disk, await readDiskMarker(store, disk, opts.encryption));
   if (seal) await authenticateTables(store, chain, seal.key);
 
-  const sink = opts.sink ?? await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location });
+  const sink = opts.sink ?? (await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location }));
   let stats: PumpStats;
   const clock = new RestoreClock();
   try {
     if (sink.prepare) await sink.prepare(() => dataExtents(store, chain, seal?.key));
     clock.ms.open = performance.now() - started;
-    stats = await withWorkerKey(opts.encryption, () => pump({
-      store, disk, chain, seq, seal, sink, concurrency: opts.concurrency ?? defaultConcurrency(chunkSize), signal: opts.signal, clock,
-      onProgress: opts.onProgress && ((s) => opts.onProgress!({ bytesWritten: s.bytesWritten, chunksDone: s.chunksRestored, diskSize })),
-    }));
+    stats = await withWorkerKey(opts.encryption, () =>
+      pump({
+        store,
+        disk,
+        chain,
+        seq,
+        seal,
+        sink,
+        concurrency: opts.concurrency ?? defaultConcurrency(chunkSize),
+        signal: opts.signal,
+        clock,
+        onProgress: opts.onProgress && ((s) => opts.onProgress!({ bytesWritten: s.bytesWritten, chunksDone: s.chunksRestored, diskSize })),
+      }),
+    );
     const finishing = performance.now();
     await sink.finish();
     clock.ms.finish = performance.now() - finishing;
@@ -105,8 +115,14 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     throw err;
   }
   return {
-    disk, point: seq, out: sink.location, diskSize, chunkSize, ...stats,
-    seconds: (performance.now() - started) / 1000, stages: clock.times,
+    disk,
+    point: seq,
+    out: sink.location,
+    diskSize,
+    chunkSize,
+    ...stats,
+    seconds: (performance.now() - started) / 1000,
+    stages: clock.times,
   };
 }
 
@@ -130,7 +146,8 @@ class RestoreClock {
   timedGets(store: ObjectStore): ObjectStore {
     const ms = this.ms;
     return {
-      location: store.location, capabilities: store.capabilities,
+      location: store.location,
+      capabilities: store.capabilities,
       async get(key, range, into) {
         const t = performance.now();
         try {
@@ -139,8 +156,11 @@ class RestoreClock {
           ms.fetch += performance.now() - t;
         }
       },
-      put: (key, data, o) => store.put(key, data, o), head: (key) => store.head(key), list: (prefix) => store.list(prefix),
-      delete: (key) => store.delete(key), close: () => store.close(),
+      put: (key, data, o) => store.put(key, data, o),
+      head: (key) => store.head(key),
+      list: (prefix) => store.list(prefix),
+      delete: (key) => store.delete(key),
+      close: () => store.close(),
     };
   }
 
@@ -157,11 +177,22 @@ class RestoreClock {
   get times(): RestoreStageTimes {
     const m = this.ms;
     const s = (x: number) => Math.round(x) / 1000;
-    return { open: s(m.open), fetch: s(m.fetch), decode: s(Math.max(0, m.decode - m.fetch)), write: s(m.write), wait: s(m.wait), finish: s(m.finish) };
+    return {
+      open: s(m.open),
+      fetch: s(m.fetch),
+      decode: s(Math.max(0, m.decode - m.fetch)),
+      write: s(m.write),
+      wait: s(m.wait),
+      finish: s(m.finish),
+    };
   }
 }
 
-interface PumpStats { chunksRestored: number; bytesFetched: number; bytesWritten: number }
+interface PumpStats {
+  chunksRestored: number;
+  bytesFetched: number;
+  bytesWritten: number;
+}
 
 interface PumpOptions {
   store: ObjectStore;
@@ -200,7 +231,11 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
     return (turn = turn.then(() => ready).then(counted));
   };
   const track = (p: Promise<void>) => {
-    const q = p.catch((err) => { failure ??= err; }).finally(() => inflight.delete(q));
+    const q = p
+      .catch((err) => {
+        failure ??= err;
+      })
+      .finally(() => inflight.delete(q));
     inflight.add(q);
   };
 
@@ -211,31 +246,40 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
     end = offset;
     const z = handOver(() => sink.zero(from, offset - from));
     // Positioned sinks: a zero range is written now, before more chunks are fetched (it holds no buffer).
-    if (!sink.ordered) await z; else track(z);
+    if (!sink.ordered) await z;
+    else track(z);
   };
 
   try {
     for await (const e of chainView(o.store, o.chain, seal?.key)) {
       if (failure) break;
       if (o.signal?.aborted) {
-        failure = new RnodeError(ErrorCodes.CANCELLED, `recovery of disk ${disk} was cancelled; ${sink.location} was not completed: run recover again`);
+        failure = new RnodeError(
+          ErrorCodes.CANCELLED,
+          `recovery of disk ${disk} was cancelled; ${sink.location} was not completed: run recover again`,
+        );
         break;
       }
       if (isZeroEntry(e)) continue; // a gap: handed over as zeros before the next data
       const offset = e.index * chunkSize;
       await zeroUpTo(offset);
       const slot = await clock.time('wait', slots.acquire());
-      if (failure) { slots.release(slot); break; }
+      if (failure) {
+        slots.release(slot);
+        break;
+      }
       end = offset + e.plainLength;
       const plain = clock.time('read', readChunk(store, disk, chunkSize, e, seq, slot, seal));
       plain.catch(() => undefined); // observed through the hand-over; this only silences the early rejection
-      track(handOver(async () => sink.write(offset, await plain), plain)
-        .then(() => {
-          stats.bytesFetched += e.storedLength;
-          stats.chunksRestored++;
-          o.onProgress?.(stats);
-        })
-        .finally(() => slots.release(slot)));
+      track(
+        handOver(async () => sink.write(offset, await plain), plain)
+          .then(() => {
+            stats.bytesFetched += e.storedLength;
+            stats.chunksRestored++;
+            o.onProgress?.(stats);
+          })
+          .finally(() => slots.release(slot)),
+      );
       if (inflight.size >= o.concurrency) await clock.time('wait', Promise.race(inflight));
     }
     if (!failure) await zeroUpTo(diskSize);
@@ -255,7 +299,10 @@ async function* dataExtents(store: ObjectStore, chain: PointManifest[], key?: En
   for await (const e of chainView(store, chain, key)) {
     if (isZeroEntry(e)) continue;
     const offset = e.index * chunkSize;
-    if (run && run.offset + run.length === offset) { run.length += e.plainLength; continue; }
+    if (run && run.offset + run.length === offset) {
+      run.length += e.plainLength;
+      continue;
+    }
     if (run) yield run;
     run = { offset, length: e.plainLength };
   }

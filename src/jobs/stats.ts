@@ -59,12 +59,31 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     if (!h || !('domain' in h)) continue;
     let d = byDomain.get(h.domain);
     if (!d) {
-      byDomain.set(h.domain, (d = { domain: h.domain, encrypted: h.domain !== PLAIN_DOMAIN, readable: false, objects: 0, storedBytes: 0, packs: 0, packBytes: 0, indexObjects: 0, indexBytes: 0 }));
+      byDomain.set(
+        h.domain,
+        (d = {
+          domain: h.domain,
+          encrypted: h.domain !== PLAIN_DOMAIN,
+          readable: false,
+          objects: 0,
+          storedBytes: 0,
+          packs: 0,
+          packBytes: 0,
+          indexObjects: 0,
+          indexBytes: 0,
+        }),
+      );
     }
     d.objects++;
     d.storedBytes += o.size;
-    if (h.kind === 'pack') { d.packs++; d.packBytes += o.size; }
-    if (h.kind === 'index') { d.indexObjects++; d.indexBytes += o.size; }
+    if (h.kind === 'pack') {
+      d.packs++;
+      d.packBytes += o.size;
+    }
+    if (h.kind === 'index') {
+      d.indexObjects++;
+      d.indexBytes += o.size;
+    }
   }
   const diskNames = new Set<string>();
   for (const d of byDomain.values()) {

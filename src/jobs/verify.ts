@@ -82,7 +82,12 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
   const report = (err: unknown, point: number) => {
     if (!(err instanceof RnodeError)) throw err;
     if (problems.length < MAX_PROBLEMS) {
-      problems.push({ code: err.code, message: err.message, point, ...(err.details.index !== undefined ? { index: err.details.index as number, offset: err.details.offset as number } : {}) });
+      problems.push({
+        code: err.code,
+        message: err.message,
+        point,
+        ...(err.details.index !== undefined ? { index: err.details.index as number, offset: err.details.offset as number } : {}),
+      });
     }
   };
   try {
@@ -134,24 +139,36 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
       slots = new BufferPool(concurrency, () => newReadSlot(m.chunkSize));
     }
     const pool = slots;
-    await forEachBounded(nonZero(), concurrency, async (e) => {
-      const slot = await pool.acquire();
-      try {
-        if (stored) await checkStoredChunk(store, disk, m.chunkSize, e, seq, slot);
-        else await readChunk(store, disk, m.chunkSize, e, seq, slot, key.seal);
-        chunksChecked++;
-        bytesChecked += stored ? e.storedLength : e.plainLength;
-        opts.onProgress?.({ chunksChecked });
-      } catch (err) {
-        report(err, seq);
-      } finally {
-        pool.release(slot);
-      }
-    }, opts.signal);
+    await forEachBounded(
+      nonZero(),
+      concurrency,
+      async (e) => {
+        const slot = await pool.acquire();
+        try {
+          if (stored) await checkStoredChunk(store, disk, m.chunkSize, e, seq, slot);
+          else await readChunk(store, disk, m.chunkSize, e, seq, slot, key.seal);
+          chunksChecked++;
+          bytesChecked += stored ? e.storedLength : e.plainLength;
+          opts.onProgress?.({ chunksChecked });
+        } catch (err) {
+          report(err, seq);
+        } finally {
+          pool.release(slot);
+        }
+      },
+      opts.signal,
+    );
   }
   slots?.close(recycleReadSlot);
   return {
-    disk, points: seqs, chunksChecked, bytesChecked, encrypted, checked: storedOnly ? 'stored-bytes' : 'contents', problems,
-    ok: problems.length === 0, seconds: (performance.now() - started) / 1000,
+    disk,
+    points: seqs,
+    chunksChecked,
+    bytesChecked,
+    encrypted,
+    checked: storedOnly ? 'stored-bytes' : 'contents',
+    problems,
+    ok: problems.length === 0,
+    seconds: (performance.now() - started) / 1000,
   };
 }

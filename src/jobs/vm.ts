@@ -40,13 +40,27 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   const disks: RecoverVmResult['disks'] = [];
   for (const d of p.disks) {
     opts.signal?.throwIfAborted();
-    const r = await recover({ store: opts.store, disk: d.disk, point: String(d.point), out: path.join(opts.outDir, `${d.disk}.img`), encryption: opts.encryption,
-      signal: opts.signal });
+    const r = await recover({
+      store: opts.store,
+      disk: d.disk,
+      point: String(d.point),
+      out: path.join(opts.outDir, `${d.disk}.img`),
+      encryption: opts.encryption,
+      signal: opts.signal,
+    });
     disks.push({ ...r, key: d.key });
   }
   const configFile = path.join(opts.outDir, 'vm-point.json');
   fs.writeFileSync(configFile, JSON.stringify(p, null, 2));
-  return { vm: p.vm, vmPoint: p.seq, snapshot: p.snapshot.moref, consistency: p.consistency, disks, configFile, seconds: (performance.now() - started) / 1000 };
+  return {
+    vm: p.vm,
+    vmPoint: p.seq,
+    snapshot: p.snapshot.moref,
+    consistency: p.consistency,
+    disks,
+    configFile,
+    seconds: (performance.now() - started) / 1000,
+  };
 }
 
 export interface PruneVmOptions {
@@ -85,7 +99,8 @@ export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
   if (doomed.length === 0) return { vm, kept, deletedVmPoints: [], disks: [] };
   const oldestUsed = new Map<string, number>();
   for (const s of kept) {
-    for (const d of (await loadVmPoint(store, vm, s, opts.encryption)).disks) oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
+    for (const d of (await loadVmPoint(store, vm, s, opts.encryption)).disks)
+      oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
   }
   // A run stopped after this line would leave disk points that no rerun prunes (it finds no VM point to delete).
   opts.signal?.throwIfAborted();
@@ -95,7 +110,15 @@ export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
     const points = await listPointSeqs(store, disk);
     const keepN = points.filter((s) => s >= oldest).length;
     if (keepN > 0 && keepN < points.length) {
-      const r = await prune({ store, disk, keep: keepN, encryption: opts.encryption, pacer: opts.pacer, graceMs: opts.graceMs, ...(opts.lease !== undefined ? { lease: opts.lease } : {}) });
+      const r = await prune({
+        store,
+        disk,
+        keep: keepN,
+        encryption: opts.encryption,
+        pacer: opts.pacer,
+        graceMs: opts.graceMs,
+        ...(opts.lease !== undefined ? { lease: opts.lease } : {}),
+      });
       disks.push({ disk, deleted: r.deleted });
     }
   }

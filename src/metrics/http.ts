@@ -10,9 +10,18 @@ export interface HttpHandlers {
   readiness(): Readiness | Promise<Readiness>;
 }
 
-export interface Readiness { ready: boolean; checks: Record<string, boolean>; reason?: string }
+export interface Readiness {
+  ready: boolean;
+  checks: Record<string, boolean>;
+  reason?: string;
+}
 
-export interface HttpEndpoint { server: http.Server; host: string; port: number; close(): Promise<void> }
+export interface HttpEndpoint {
+  server: http.Server;
+  host: string;
+  port: number;
+  close(): Promise<void>;
+}
 
 export async function serveHttp(listen: { host: string; port: number }, h: HttpHandlers): Promise<HttpEndpoint> {
   const server = http.createServer((req, res) => {
@@ -23,34 +32,56 @@ export async function serveHttp(listen: { host: string; port: number }, h: HttpH
     }
     if (url === '/metrics') {
       h.metrics().then(
-        (m) => { res.writeHead(200, { 'content-type': m.contentType }).end(m.body); },
-        (err: unknown) => { res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${String(err)}\n`); },
+        (m) => {
+          res.writeHead(200, { 'content-type': m.contentType }).end(m.body);
+        },
+        (err: unknown) => {
+          res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${String(err)}\n`);
+        },
       );
     } else if (url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}\n');
     } else if (url === '/readyz') {
-      Promise.resolve().then(() => h.readiness()).then(
-        (r) => {
-          const reason = r.ready ? undefined : r.reason ?? `failed: ${Object.keys(r.checks).filter((k) => !r.checks[k]).join(', ')}`;
-          res.writeHead(r.ready ? 200 : 503, { 'content-type': 'application/json' })
-            .end(JSON.stringify({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, ...(reason ? { reason } : {}) }) + '\n');
-        },
-        (err: unknown) => {
-          res.writeHead(503, { 'content-type': 'application/json' })
-            .end(JSON.stringify({ status: 'not ready', checks: {}, reason: `readiness check failed: ${String(err)}` }) + '\n');
-        },
-      );
+      Promise.resolve()
+        .then(() => h.readiness())
+        .then(
+          (r) => {
+            const reason = r.ready
+              ? undefined
+              : (r.reason ??
+                `failed: ${Object.keys(r.checks)
+                  .filter((k) => !r.checks[k])
+                  .join(', ')}`);
+            res
+              .writeHead(r.ready ? 200 : 503, { 'content-type': 'application/json' })
+              .end(JSON.stringify({ status: r.ready ? 'ready' : 'not ready', checks: r.checks, ...(reason ? { reason } : {}) }) + '\n');
+          },
+          (err: unknown) => {
+            res
+              .writeHead(503, { 'content-type': 'application/json' })
+              .end(JSON.stringify({ status: 'not ready', checks: {}, reason: `readiness check failed: ${String(err)}` }) + '\n');
+          },
+        );
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /readyz\n');
     }
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(listen.port, listen.host, () => { server.off('error', reject); resolve(); });
+    server.listen(listen.port, listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   const addr = server.address() as AddressInfo;
   return {
-    server, host: addr.address, port: addr.port,
-    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+    server,
+    host: addr.address,
+    port: addr.port,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   };
 }

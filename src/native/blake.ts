@@ -13,7 +13,9 @@ export function loadBlake(glibc: boolean): Blake {
   if (glibc && process.platform === 'linux' && (process.arch === 'x64' || process.arch === 'arm64')) {
     try {
       return require(`@napi-rs/blake-hash-linux-${process.arch}-gnu`) as Blake;
-    } catch { /* that optional package is not installed: the generic loader finds what is */ }
+    } catch {
+      /* that optional package is not installed: the generic loader finds what is */
+    }
   }
   return require('@napi-rs/blake-hash') as Blake;
 }

@@ -10,7 +10,10 @@ import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { loadBlake, type Blake } from './blake.js';
 
-export interface Extent { offset: number; length: number }
+export interface Extent {
+  offset: number;
+  length: number;
+}
 
 export interface RawOpenOptions {
   /** Open with O_DIRECT. There is no fallback: a filesystem that refuses it rejects with EINVAL. */
@@ -105,11 +108,13 @@ function findAddon(): string {
       // not there: try the next place
     }
   }
-  throw new RnodeError(ErrorCodes.NATIVE_MISSING,
+  throw new RnodeError(
+    ErrorCodes.NATIVE_MISSING,
     `no rnode_native addon for ${process.platform}-${process.arch} (neither ${path.join(PACKAGE_ROOT, 'prebuilds', `${process.platform}-${process.arch}`)} ` +
-    `nor a source build in ${path.join(PACKAGE_ROOT, 'native', 'build', 'Release')}); build it from source with ` +
-    `"cd ${PACKAGE_ROOT} && npm run install" (needs g++, make and python3; no download), ` +
-    'or install a release that ships a prebuild for this platform');
+      `nor a source build in ${path.join(PACKAGE_ROOT, 'native', 'build', 'Release')}); build it from source with ` +
+      `"cd ${PACKAGE_ROOT} && npm run install" (needs g++, make and python3; no download), ` +
+      'or install a release that ships a prebuild for this platform',
+  );
 }
 
 export const ADDON_PATH = findAddon();
@@ -129,8 +134,7 @@ const binding = loadBinding();
 export const FILE_DIRECT_ALIGNMENT = 4096;
 
 function isNativeErrorShape(err: unknown): err is Error & { errno: number; code: string; syscall: string; path: string } {
-  return err instanceof Error && typeof (err as { errno?: unknown }).errno === 'number' &&
-    typeof (err as { code?: unknown }).code === 'string';
+  return err instanceof Error && typeof (err as { errno?: unknown }).errno === 'number' && typeof (err as { code?: unknown }).code === 'string';
 }
 
 // Re-created here (after the await) so the error carries the caller's async stack, not an empty native one.
@@ -141,7 +145,10 @@ function wrapError(err: unknown): unknown {
 
 function errnoError(code: 'EISDIR' | 'EINVAL', syscall: string, path: string, what: string): NativeIoError {
   return new NativeIoError(`${code}: ${what}, ${syscall} '${path}'`, {
-    errno: osConstants.errno[code], code, syscall, path,
+    errno: osConstants.errno[code],
+    code,
+    syscall,
+    path,
   });
 }
 
@@ -298,7 +305,8 @@ export function allocAlignedUnsafe(size: number, alignment: number): Buffer {
   if (!Number.isSafeInteger(size) || size < 0 || size > bufferConstants.MAX_LENGTH) {
     throw new RangeError(`allocAlignedUnsafe: size must be an integer in [0, ${bufferConstants.MAX_LENGTH}], got ${size}`);
   }
-  if (alignment > PAGE || !Number.isInteger(Math.log2(alignment))) throw new RangeError(`allocAlignedUnsafe: alignment must be a power of two up to ${PAGE}, got ${alignment}`);
+  if (alignment > PAGE || !Number.isInteger(Math.log2(alignment)))
+    throw new RangeError(`allocAlignedUnsafe: alignment must be a power of two up to ${PAGE}, got ${alignment}`);
   return binding.allocMapped(size);
 }
 
@@ -317,7 +325,12 @@ export function allocAligned(size: number, alignment: number): Buffer {
   }
 }
 
-interface NativeWritten { size: number; ino: string; mtimeNs: string; direct: boolean }
+interface NativeWritten {
+  size: number;
+  ino: string;
+  mtimeNs: string;
+  direct: boolean;
+}
 
 export interface WrittenFile {
   size: number;
@@ -332,7 +345,11 @@ export interface WrittenFile {
  * on the libuv pool. With `direct`, page-aligned data skips the page cache for its whole 4 KiB blocks: only
  * worth it when the caller syncs anyway. On failure the file may exist: the caller removes it.
  */
-export async function writeFileExclusive(path: string, data: Uint8Array, opts: { sync: boolean; direct: boolean; mode?: number }): Promise<WrittenFile> {
+export async function writeFileExclusive(
+  path: string,
+  data: Uint8Array,
+  opts: { sync: boolean; direct: boolean; mode?: number },
+): Promise<WrittenFile> {
   if (!(data instanceof Uint8Array)) throw new TypeError('writeFileExclusive: data must be a Buffer or Uint8Array');
   try {
     const r = await binding.writeFile(path, data, opts.sync, opts.direct, opts.mode ?? 0o644);
@@ -394,6 +411,7 @@ export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().
 /** XXH64 of data in place (no copy, shared memory included); the same digests as xxhash-wasm's h64Raw. */
 export function nativeXxh64(data: Uint8Array, seed?: bigint): bigint {
   if (!(data instanceof Uint8Array)) throw new TypeError('xxh64: data must be a Buffer or Uint8Array');
-  if (seed !== undefined && (typeof seed !== 'bigint' || seed < 0n || seed >= 1n << 64n)) throw new RangeError('xxh64: seed must be a bigint in [0, 2^64)');
+  if (seed !== undefined && (typeof seed !== 'bigint' || seed < 0n || seed >= 1n << 64n))
+    throw new RangeError('xxh64: seed must be a bigint in [0, 2^64)');
   return binding.xxh64(data, seed);
 }

@@ -34,7 +34,11 @@ class AzureVhdSink implements OutputSink {
   readonly virtualSize: number;
   private created = false;
 
-  constructor(readonly location: string, private readonly blob: PageBlobClient, private readonly diskSize: number) {
+  constructor(
+    readonly location: string,
+    private readonly blob: PageBlobClient,
+    private readonly diskSize: number,
+  ) {
     this.virtualSize = roundUp(diskSize, VHD_ALIGN);
   }
 

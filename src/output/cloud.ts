@@ -4,8 +4,13 @@ import { cloudError, type CloudFailure } from '../store/common.js';
 
 const ATTEMPTS = 5;
 
-export async function retried<T>(location: string, op: string, key: string, failure: (err: unknown) => CloudFailure,
-    fn: () => Promise<T>): Promise<T> {
+export async function retried<T>(
+  location: string,
+  op: string,
+  key: string,
+  failure: (err: unknown) => CloudFailure,
+  fn: () => Promise<T>,
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fn();

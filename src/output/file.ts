@@ -39,7 +39,10 @@ export async function openFileOutput(out: string, diskSize: number): Promise<Out
   }
 }
 
-interface Opened { fh: fsp.FileHandle; direct: boolean }
+interface Opened {
+  fh: fsp.FileHandle;
+  direct: boolean;
+}
 
 /** O_DIRECT when the filesystem supports it (tmpfs does not: EINVAL), buffered otherwise. */
 async function openDirect(file: string, flags: number): Promise<Opened> {
@@ -69,13 +72,20 @@ class FileSink implements OutputSink {
   readonly bytes = { direct: 0, buffered: 0 };
 
   /** file: the path being written (the device, or the partial file renamed to location at the end). */
-  constructor(readonly location: string, opened: Opened, private readonly file: string, private readonly tmp: string | undefined) {
+  constructor(
+    readonly location: string,
+    opened: Opened,
+    private readonly file: string,
+    private readonly tmp: string | undefined,
+  ) {
     this.fh = opened.fh;
     this.direct = opened.direct;
   }
 
   /** A new file is sparse: only non-zero 4 KiB blocks are written. A device gets every byte. */
-  private get sparse(): boolean { return this.tmp !== undefined; }
+  private get sparse(): boolean {
+    return this.tmp !== undefined;
+  }
 
   async write(offset: number, data: Buffer): Promise<number> {
     return this.put(data, offset, this.sparse ? SPARSE_BLOCK : 0);
@@ -120,7 +130,14 @@ class FileSink implements OutputSink {
     if (this.dirty >= FLUSH_EVERY && !this.flushing) {
       this.dirty = 0;
       const fh = await this.buffered;
-      this.flushing = fh.datasync().catch((err) => { this.flushError ??= err; }).finally(() => { this.flushing = undefined; });
+      this.flushing = fh
+        .datasync()
+        .catch((err) => {
+          this.flushError ??= err;
+        })
+        .finally(() => {
+          this.flushing = undefined;
+        });
     }
     return n;
   }
@@ -131,7 +148,10 @@ class FileSink implements OutputSink {
       if (this.flushError) throw this.flushError;
       // One sync at the end: O_DIRECT data is on the device already; this covers metadata and buffered writes.
       const buffered = this.buffered ? await this.buffered : undefined;
-      if (buffered && buffered !== this.fh) { await buffered.datasync(); await buffered.close(); }
+      if (buffered && buffered !== this.fh) {
+        await buffered.datasync();
+        await buffered.close();
+      }
       await this.fh.datasync();
       await this.fh.close();
       this.closed = true;

@@ -7,9 +7,7 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { gcsFailure, gcsStorage } from '../store/gcs/gcs-store.js';
 import { cloudError } from '../store/common.js';
 import { roundUp, type Extent, type OpenOutputOptions, type OutputSink } from './sink.js';
-import {
-  SPARSE_EXTENSION_ENTRIES, SPARSE_HEADER_ENTRIES, TAR_BLOCK, TAR_RECORD, sparseEntryCount, sparseExtension, sparseHeader,
-} from './tar.js';
+import { SPARSE_EXTENSION_ENTRIES, SPARSE_HEADER_ENTRIES, TAR_BLOCK, TAR_RECORD, sparseEntryCount, sparseExtension, sparseHeader } from './tar.js';
 import { badOut, displayUrl, objectName } from './url.js';
 
 /** GCE imports disks whose size is a whole number of GiB. */
@@ -43,7 +41,11 @@ export class GcsTarGzSink implements OutputSink {
   private extents?: AsyncIterator<Extent>;
   private expect?: Extent;
 
-  constructor(readonly location: string, upload: Writable, diskSize: number) {
+  constructor(
+    readonly location: string,
+    upload: Writable,
+    diskSize: number,
+  ) {
     this.realSize = roundUp(diskSize, GCE_ALIGN);
     this.done = pipeline(this.tar, upload).catch((err) => {
       this.failure ??= err;
@@ -57,12 +59,19 @@ export class GcsTarGzSink implements OutputSink {
     let count = 0;
     let storedSize = 0;
     let lastEnd = 0;
-    for await (const e of extents()) { count++; storedSize += e.length; lastEnd = e.offset + e.length; }
+    for await (const e of extents()) {
+      count++;
+      storedSize += e.length;
+      lastEnd = e.offset + e.length;
+    }
     const entries = sparseEntryCount(count, lastEnd, this.realSize);
     this.storedSize = storedSize;
     // Pass 2: the map itself, streamed: the header takes four entries, each extension block 21.
     const tail = lastEnd < this.realSize || count === 0 ? [{ offset: this.realSize, length: 0 }] : [];
-    const all = async function* () { yield* extents(); yield* tail; };
+    const all = async function* () {
+      yield* extents();
+      yield* tail;
+    };
     let block: Extent[] = [];
     let written = 0;
     let header = true;
@@ -70,9 +79,11 @@ export class GcsTarGzSink implements OutputSink {
       block.push(e);
       if (block.length === (header ? SPARSE_HEADER_ENTRIES : SPARSE_EXTENSION_ENTRIES)) {
         written += block.length;
-        await this.emit(header
-          ? sparseHeader({ name: 'disk.raw', realSize: this.realSize, storedSize, entries }, block)
-          : sparseExtension(block, written < entries));
+        await this.emit(
+          header
+            ? sparseHeader({ name: 'disk.raw', realSize: this.realSize, storedSize, entries }, block)
+            : sparseExtension(block, written < entries),
+        );
         header = false;
         block = [];
       }
@@ -125,9 +136,15 @@ export class GcsTarGzSink implements OutputSink {
   private drained(): Promise<void> {
     if (!this.tar.writableNeedDrain) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      const onDrain = () => { this.done.catch(() => undefined); resolve(); };
+      const onDrain = () => {
+        this.done.catch(() => undefined);
+        resolve();
+      };
       this.tar.once('drain', onDrain);
-      this.done.catch((err) => { this.tar.off('drain', onDrain); reject(this.mapped(err)); });
+      this.done.catch((err) => {
+        this.tar.off('drain', onDrain);
+        reject(this.mapped(err));
+      });
     });
   }
 

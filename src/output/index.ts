@@ -19,9 +19,12 @@ export async function openOutput(out: string, opts: OpenOutputOptions): Promise<
   const url = parseOutUrl(out.replace(/^[a-z0-9]+:/i, (s) => s.toLowerCase()));
   if (opts.storeLocation) refuseInsideStore(url, opts.storeLocation);
   switch (url.protocol) {
-    case 's3:': return (await import('./s3-raw.js')).openS3Output(url, opts);
-    case 'azblob:': return (await import('./azure-vhd.js')).openAzureVhdOutput(url, opts);
-    default: return (await import('./gcs-targz.js')).openGcsTarGzOutput(url, opts);
+    case 's3:':
+      return (await import('./s3-raw.js')).openS3Output(url, opts);
+    case 'azblob:':
+      return (await import('./azure-vhd.js')).openAzureVhdOutput(url, opts);
+    default:
+      return (await import('./gcs-targz.js')).openGcsTarGzOutput(url, opts);
   }
 }
 
@@ -39,8 +42,10 @@ function refuseInsideStore(url: URL, storeLocation: string): void {
   if (store.protocol.toLowerCase() !== url.protocol || store.hostname !== url.hostname) return;
   const prefix = store.pathname.replace(/^\/+/, '');
   if (objectName(url).startsWith(prefix)) {
-    throw new RnodeError(ErrorCodes.OUTPUT_IN_STORE,
+    throw new RnodeError(
+      ErrorCodes.OUTPUT_IN_STORE,
       `--out ${displayUrl(url)} is inside the store ${storeLocation} being read; write the disk to another bucket, container or prefix`,
-      { details: { out: displayUrl(url), store: storeLocation } });
+      { details: { out: displayUrl(url), store: storeLocation } },
+    );
   }
 }

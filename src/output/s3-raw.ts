@@ -1,7 +1,11 @@
 // s3://<bucket>/<key>: the raw disk image as one multipart upload, the input of EC2's import-snapshot. Parts go in
 // disk order from a fixed pool of part buffers (S3 objects are not sparse: zeros are sent as zeros).
 import {
-  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, S3Client, UploadPartCommand,
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  S3Client,
+  UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { copyBytes, zeroBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
@@ -50,8 +54,13 @@ class S3RawSink implements OutputSink {
   private readonly uploads = new Set<Promise<void>>();
   private failure: unknown;
 
-  constructor(readonly location: string, private readonly client: S3Client, private readonly bucket: string,
-      private readonly key: string, private readonly partSize: number) {
+  constructor(
+    readonly location: string,
+    private readonly client: S3Client,
+    private readonly bucket: string,
+    private readonly key: string,
+    private readonly partSize: number,
+  ) {
     // Four parts (three uploading while one fills) up to 64 MiB parts; two beyond, to bound memory on huge disks.
     this.pool = new BufferPool<Buffer>(partSize <= 64 * MiB ? 4 : 2, () => Buffer.allocUnsafeSlow(partSize));
   }
@@ -61,9 +70,15 @@ class S3RawSink implements OutputSink {
   }
 
   async start(): Promise<void> {
-    const r = await this.call('create multipart upload', () => this.client.send(new CreateMultipartUploadCommand({
-      Bucket: this.bucket, Key: this.key, ContentType: 'application/octet-stream',
-    })));
+    const r = await this.call('create multipart upload', () =>
+      this.client.send(
+        new CreateMultipartUploadCommand({
+          Bucket: this.bucket,
+          Key: this.key,
+          ContentType: 'application/octet-stream',
+        }),
+      ),
+    );
     this.uploadId = r.UploadId;
   }
 
@@ -101,10 +116,30 @@ class S3RawSink implements OutputSink {
     const PartNumber = ++this.partNumber;
     this.current = undefined;
     this.fill = 0;
-    const p = this.call(`upload part ${PartNumber}`, () => this.client.send(new UploadPartCommand({
-      Bucket: this.bucket, Key: this.key, UploadId: this.uploadId, PartNumber, Body: body, ContentLength: body.length,
-    }))).then((r) => { this.parts.push({ PartNumber, ETag: r.ETag }); }, (err) => { this.failure ??= err; })
-      .finally(() => { this.uploads.delete(p); this.pool.release(buf); });
+    const p = this.call(`upload part ${PartNumber}`, () =>
+      this.client.send(
+        new UploadPartCommand({
+          Bucket: this.bucket,
+          Key: this.key,
+          UploadId: this.uploadId,
+          PartNumber,
+          Body: body,
+          ContentLength: body.length,
+        }),
+      ),
+    )
+      .then(
+        (r) => {
+          this.parts.push({ PartNumber, ETag: r.ETag });
+        },
+        (err) => {
+          this.failure ??= err;
+        },
+      )
+      .finally(() => {
+        this.uploads.delete(p);
+        this.pool.release(buf);
+      });
     this.uploads.add(p);
   }
 
@@ -113,9 +148,16 @@ class S3RawSink implements OutputSink {
     await Promise.all(this.uploads);
     if (this.failure) throw this.failure;
     this.parts.sort((a, b) => a.PartNumber - b.PartNumber);
-    await this.call('complete multipart upload', () => this.client.send(new CompleteMultipartUploadCommand({
-      Bucket: this.bucket, Key: this.key, UploadId: this.uploadId, MultipartUpload: { Parts: this.parts },
-    })));
+    await this.call('complete multipart upload', () =>
+      this.client.send(
+        new CompleteMultipartUploadCommand({
+          Bucket: this.bucket,
+          Key: this.key,
+          UploadId: this.uploadId,
+          MultipartUpload: { Parts: this.parts },
+        }),
+      ),
+    );
     this.client.destroy();
   }
 
@@ -123,8 +165,7 @@ class S3RawSink implements OutputSink {
     await Promise.all(this.uploads);
     if (this.uploadId) {
       // Uploaded parts cost storage until aborted (s3rver answers 405 here; real S3 frees them).
-      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: this.uploadId }))
-        .catch(() => undefined);
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: this.uploadId })).catch(() => undefined);
     }
     this.client.destroy();
   }

@@ -49,7 +49,10 @@ export function nonZeroRuns(data: Uint8Array, block: number): Extent[] {
   for (let o = 0; o < data.length; o += block) {
     const zero = isZero(data.subarray(o, Math.min(o + block, data.length)));
     if (!zero && start < 0) start = o;
-    else if (zero && start >= 0) { runs.push({ offset: start, length: o - start }); start = -1; }
+    else if (zero && start >= 0) {
+      runs.push({ offset: start, length: o - start });
+      start = -1;
+    }
   }
   if (start >= 0) runs.push({ offset: start, length: data.length - start });
   return runs;
@@ -63,14 +66,16 @@ export function roundUp(n: number, to: number): number {
 export async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   let failure: unknown;
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (failure === undefined && next < items.length) {
-      try {
-        await fn(items[next++]);
-      } catch (err) {
-        failure ??= err;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (failure === undefined && next < items.length) {
+        try {
+          await fn(items[next++]);
+        } catch (err) {
+          failure ??= err;
+        }
       }
-    }
-  }));
+    }),
+  );
   if (failure !== undefined) throw failure;
 }

@@ -68,7 +68,10 @@ function octal(b: Buffer, at: number, len: number, v: number): void {
 
 /** Octal when it fits in len-1 digits, else GNU's base-256 form (first byte 0x80, big-endian value), as GNU tar does. */
 function number(b: Buffer, at: number, len: number, v: number): void {
-  if (v < 8 ** (len - 1)) { octal(b, at, len, v); return; }
+  if (v < 8 ** (len - 1)) {
+    octal(b, at, len, v);
+    return;
+  }
   b.fill(0, at, at + len);
   b[at] = 0x80;
   let x = BigInt(v);

@@ -11,7 +11,10 @@ export function parseOutUrl(out: string): URL {
   }
   if (url.username || url.password) throw badOut(displayUrl(url), 'carries credentials; give them in the environment as for store URLs');
   if (!url.hostname || url.pathname.replace(/^\/+/, '') === '' || url.pathname.endsWith('/')) {
-    throw badOut(displayUrl(url), 'must name a bucket or container and an object (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz)');
+    throw badOut(
+      displayUrl(url),
+      'must name a bucket or container and an object (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz)',
+    );
   }
   return url;
 }

@@ -6,7 +6,11 @@ export const VHD_FOOTER_BYTES = 512;
 /** Seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z). */
 const VHD_EPOCH = 946684800;
 
-export interface VhdGeometry { cylinders: number; heads: number; sectorsPerTrack: number }
+export interface VhdGeometry {
+  cylinders: number;
+  heads: number;
+  sectorsPerTrack: number;
+}
 
 /** CHS geometry from the size, by the algorithm of the specification's appendix ("CHS Calculation"). */
 export function vhdGeometry(size: number): VhdGeometry {
@@ -81,5 +85,5 @@ export function vhdFooter(o: VhdFooterOptions): Buffer {
 export function vhdChecksum(footer: Uint8Array): number {
   let sum = 0;
   for (let i = 0; i < VHD_FOOTER_BYTES; i++) if (i < 64 || i > 67) sum += footer[i];
-  return (~sum) >>> 0;
+  return ~sum >>> 0;
 }

@@ -17,7 +17,11 @@ export async function forEachBounded<T>(items: AsyncIterable<T>, limit: number, 
         failure = signal.reason;
         break;
       }
-      const p: Promise<void> = fn(item).catch((err) => { failure ??= err; }).finally(() => inflight.delete(p));
+      const p: Promise<void> = fn(item)
+        .catch((err) => {
+          failure ??= err;
+        })
+        .finally(() => inflight.delete(p));
       inflight.add(p);
       if (inflight.size >= limit) await Promise.race(inflight);
     }

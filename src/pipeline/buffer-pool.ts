@@ -7,7 +7,10 @@ export class BufferPool<T> {
   /** Items made so far: they are made on first need, so a short run does not allocate (and wipe) every slot. */
   private made = 0;
 
-  constructor(readonly count: number, private readonly make: () => T) {}
+  constructor(
+    readonly count: number,
+    private readonly make: () => T,
+  ) {}
 
   /** Waiters are served lowest rank first, in the order they came within a rank (all rank 0: first come, first served). */
   acquire(rank = 0): Promise<T> {
@@ -31,7 +34,9 @@ export class BufferPool<T> {
   }
 
   /** Items acquire() can hand out at once (made and idle, or not made yet). */
-  get available(): number { return this.free.length + this.count - this.made; }
+  get available(): number {
+    return this.free.length + this.count - this.made;
+  }
 
   /** Hands every idle item to recycle and forgets it (the run is over; items released later are just dropped). */
   close(recycle: (b: T) => void): void {

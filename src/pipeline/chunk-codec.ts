@@ -34,7 +34,11 @@ export async function withWorkerKey<T>(key: EncryptionKey | undefined, fn: () =>
 /** The 'seal:*' fields naming the key and the AAD of chunk (writer, index) of a disk (header fields come from the worker). */
 function sealedFields(seal: ChunkSeal, index: number, writer: number, h?: ChunkHeader): SealedFields {
   return {
-    key: seal.key.keyId, disk: seal.disk, version: CHUNK_VERSION_ENCRYPTED, index, writer,
+    key: seal.key.keyId,
+    disk: seal.disk,
+    version: CHUNK_VERSION_ENCRYPTED,
+    index,
+    writer,
     ...(h ? { plainDigest64: h.plainXxh64, payloadXxh64: h.payloadXxh64 } : {}),
   };
 }
@@ -47,14 +51,28 @@ export type EncodeCost = Pick<EncodeResult, 'hashMs' | 'packMs' | 'sealMs'>;
  * built in out (header, then payload) and returned as a view of it, valid until out is reused. plain is not
  * touched once this resolves. onCost hears what the worker spent, unchanged chunks included.
  */
-export async function encodeChunkInto(plain: Buffer, out: Buffer, index: number, writer: number, codec: CodecId,
-    unchangedIf?: { xxh64: bigint; strong: Buffer }, seal?: ChunkSeal, onCost?: (c: EncodeCost) => void): Promise<{ object: Buffer; entry: ChunkEntry } | undefined> {
+export async function encodeChunkInto(
+  plain: Buffer,
+  out: Buffer,
+  index: number,
+  writer: number,
+  codec: CodecId,
+  unchangedIf?: { xxh64: bigint; strong: Buffer },
+  seal?: ChunkSeal,
+  onCost?: (c: EncodeCost) => void,
+): Promise<{ object: Buffer; entry: ChunkEntry } | undefined> {
   const r = await codecWorkers().encode(plain, out, codec, unchangedIf, seal && sealedFields(seal, index, writer));
   onCost?.(r);
   if (r.unchanged) return undefined; // same xxh64 and BLAKE3 (keyed, when sealed) as unchangedIf: nothing to store
   encodeChunkHeader({
-    codec: r.codec, flags: seal ? ChunkFlag.ENCRYPTED : 0, plainLength: plain.length, payloadLength: r.payloadLength,
-    plainXxh64: r.xxh64, payloadXxh64: r.payloadXxh64, index, writer,
+    codec: r.codec,
+    flags: seal ? ChunkFlag.ENCRYPTED : 0,
+    plainLength: plain.length,
+    payloadLength: r.payloadLength,
+    plainXxh64: r.xxh64,
+    payloadXxh64: r.payloadXxh64,
+    index,
+    writer,
   }).copy(out, 0);
   const object = out.subarray(0, CHUNK_HEADER_BYTES + r.payloadLength);
   return {
@@ -93,23 +111,41 @@ export function decodeChunkInto(slot: ReadSlot, length: number, expect: ChunkEnt
  * decodeChunkInto, against the chunk its key names and the plaintext digest its writer labelled it with. Only the
  * BLAKE3 digest is left out: it lives in the point's table, which the node does not have when the chunk arrives.
  */
-export function checkArrivingChunkInto(slot: ReadSlot, length: number, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength' | 'xxh64'>,
-    where: string): Promise<Buffer> {
+export function checkArrivingChunkInto(
+  slot: ReadSlot,
+  length: number,
+  expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength' | 'xxh64'>,
+  where: string,
+): Promise<Buffer> {
   return decodeChecked(slot, length, expect, where, undefined, undefined);
 }
 
-async function decodeChecked(slot: ReadSlot, length: number, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength' | 'xxh64'>, where: string,
-    seal: ChunkSeal | undefined, strong: Buffer | undefined): Promise<Buffer> {
+async function decodeChecked(
+  slot: ReadSlot,
+  length: number,
+  expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength' | 'xxh64'>,
+  where: string,
+  seal: ChunkSeal | undefined,
+  strong: Buffer | undefined,
+): Promise<Buffer> {
   const fail = corruption(expect, where);
   const object = slot.object.subarray(0, length);
   const h = checkHeader(object, expect, where, slot.plain.length, seal !== undefined);
   if (!isKnownCodec(h.codec)) {
-    throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${h.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`);
+    throw new RnodeError(
+      ErrorCodes.FORMAT_CODEC,
+      `unknown codec id ${h.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`,
+    );
   }
   let r;
   try {
-    r = await codecWorkers().decode(object.subarray(CHUNK_HEADER_BYTES), h.codec, h.plainLength, slot.plain,
-      seal && sealedFields(seal, h.index, h.writer, h));
+    r = await codecWorkers().decode(
+      object.subarray(CHUNK_HEADER_BYTES),
+      h.codec,
+      h.plainLength,
+      slot.plain,
+      seal && sealedFields(seal, h.index, h.writer, h),
+    );
   } catch (err) {
     throw fail((err as Error).message);
   }
@@ -124,11 +160,16 @@ async function decodeChecked(slot: ReadSlot, length: number, expect: Pick<ChunkE
  * What can be checked of an encrypted object without its key: the header against the table entry, and the
  * payload's xxh64 as stored (on a worker). Neither decrypts nor proves the plaintext; the key does that.
  */
-export async function checkStoredChunkInto(slot: ReadSlot, length: number, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength'>,
-    where: string): Promise<void> {
+export async function checkStoredChunkInto(
+  slot: ReadSlot,
+  length: number,
+  expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength'>,
+  where: string,
+): Promise<void> {
   const object = slot.object.subarray(0, length);
   const h = checkHeader(object, expect, where, slot.plain.length, true);
-  if (await storedPayloadDigest(object.subarray(CHUNK_HEADER_BYTES)) !== h.payloadXxh64) throw corruption(expect, where)('payload checksum mismatch');
+  if ((await storedPayloadDigest(object.subarray(CHUNK_HEADER_BYTES))) !== h.payloadXxh64)
+    throw corruption(expect, where)('payload checksum mismatch');
 }
 
 /** xxh64 of a stored payload (a SharedArrayBuffer view), computed on a codec worker. */
@@ -140,8 +181,10 @@ export function storedPayloadDigest(payload: Uint8Array): Promise<bigint> {
 export type ChunkWhere = string | (() => string);
 
 export function corruption(expect: Pick<ChunkEntry, 'index' | 'writer'>, where: ChunkWhere): (why: string) => RnodeError {
-  return (why) => new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${typeof where === 'string' ? where : where()} is corrupt: ${why}`,
-    { details: { index: expect.index, writer: expect.writer } });
+  return (why) =>
+    new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${typeof where === 'string' ? where : where()} is corrupt: ${why}`, {
+      details: { index: expect.index, writer: expect.writer },
+    });
 }
 
 /**
@@ -149,8 +192,13 @@ export function corruption(expect: Pick<ChunkEntry, 'index' | 'writer'>, where: 
  * chunk, agree on every length, and be encrypted exactly when its point is. Exported for the tests' main-thread
  * decoder (test/helpers/chunks.ts).
  */
-export function checkHeader(object: Buffer, expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength'>, where: string, maxPlain: number,
-    encrypted: boolean): ChunkHeader {
+export function checkHeader(
+  object: Buffer,
+  expect: Pick<ChunkEntry, 'index' | 'writer' | 'plainLength'>,
+  where: string,
+  maxPlain: number,
+  encrypted: boolean,
+): ChunkHeader {
   const fail = corruption(expect, where);
   let h: ChunkHeader;
   try {
@@ -160,12 +208,18 @@ export function checkHeader(object: Buffer, expect: Pick<ChunkEntry, 'index' | '
     throw fail((err as Error).message);
   }
   if (h.index !== expect.index || h.writer !== expect.writer) throw fail(`it holds chunk ${h.index} of point ${h.writer}`);
-  if (h.plainLength !== expect.plainLength || h.plainLength > maxPlain) throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
-  if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength) throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
-  if (h.codec === Codec.NONE && h.payloadLength !== h.plainLength + (encrypted ? SEAL_OVERHEAD : 0)) throw fail('uncompressed payload length differs from the plaintext length');
+  if (h.plainLength !== expect.plainLength || h.plainLength > maxPlain)
+    throw fail(`plaintext length ${h.plainLength}, expected ${expect.plainLength}`);
+  if (object.length !== CHUNK_HEADER_BYTES + h.payloadLength)
+    throw fail(`object is ${object.length} bytes, header says ${CHUNK_HEADER_BYTES + h.payloadLength}`);
+  if (h.codec === Codec.NONE && h.payloadLength !== h.plainLength + (encrypted ? SEAL_OVERHEAD : 0))
+    throw fail('uncompressed payload length differs from the plaintext length');
   if (((h.flags & ChunkFlag.ENCRYPTED) !== 0) !== encrypted) {
-    throw fail(encrypted ? 'it is not encrypted but its point is (an unencrypted object in an encrypted disk is never trusted)'
-      : 'it is encrypted but its point is not');
+    throw fail(
+      encrypted
+        ? 'it is not encrypted but its point is (an unencrypted object in an encrypted disk is never trusted)'
+        : 'it is encrypted but its point is not',
+    );
   }
   return h;
 }
@@ -185,18 +239,34 @@ export function withWorkerDomain<T>(domain: Domain, fn: () => Promise<T>): Promi
  * what it decodes to must be expect.id (32 bytes; an encrypted blob's AAD binds the id too). Returns a view of
  * slot.plain. Nothing shorter than the full id ever decides identity.
  */
-export async function decodeBlobInto(slot: ReadSlot, length: number, expect: ChunkEntry, blob: BlobEntry, domain: Domain, where: ChunkWhere): Promise<Buffer> {
+export async function decodeBlobInto(
+  slot: ReadSlot,
+  length: number,
+  expect: ChunkEntry,
+  blob: BlobEntry,
+  domain: Domain,
+  where: ChunkWhere,
+): Promise<Buffer> {
   const fail = corruption(expect, where);
   if (!expect.id || !blob.id.equals(expect.id)) throw fail('its index entry names another chunk id');
-  if (blob.plainLength !== expect.plainLength || blob.plainLength > slot.plain.length) throw fail(`plaintext length ${blob.plainLength}, expected ${expect.plainLength}`);
+  if (blob.plainLength !== expect.plainLength || blob.plainLength > slot.plain.length)
+    throw fail(`plaintext length ${blob.plainLength}, expected ${expect.plainLength}`);
   if (length !== blob.length) throw fail(`blob is ${length} bytes, its index entry says ${blob.length} (a truncated pack?)`);
   if (!isKnownCodec(blob.codec)) {
-    throw new RnodeError(ErrorCodes.FORMAT_CODEC, `unknown codec id ${blob.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`);
+    throw new RnodeError(
+      ErrorCodes.FORMAT_CODEC,
+      `unknown codec id ${blob.codec} in chunk ${where}; it was written by a newer rnode, upgrade to read it`,
+    );
   }
   let r;
   try {
     r = await codecWorkers().decodeBlob(slot.object.subarray(0, length), slot.plain, {
-      codec: blob.codec, plainLength: blob.plainLength, chunkId: expect.id, idName: domain.name, keyId: domain.key?.keyId, payloadXxh64: blob.payloadXxh64,
+      codec: blob.codec,
+      plainLength: blob.plainLength,
+      chunkId: expect.id,
+      idName: domain.name,
+      keyId: domain.key?.keyId,
+      payloadXxh64: blob.payloadXxh64,
     });
   } catch (err) {
     throw fail((err as Error).message);

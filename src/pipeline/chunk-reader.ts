@@ -3,7 +3,16 @@
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { copyBytes } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
-import { checkStoredChunkInto, corruption, decodeBlobInto, decodeChunkInto, storedPayloadDigest, type ChunkSeal, type ChunkWhere, type ReadSlot } from './chunk-codec.js';
+import {
+  checkStoredChunkInto,
+  corruption,
+  decodeBlobInto,
+  decodeChunkInto,
+  storedPayloadDigest,
+  type ChunkSeal,
+  type ChunkWhere,
+  type ReadSlot,
+} from './chunk-codec.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { forgetChunkIndexes, locateChunk } from '../repository/index-cache.js';
@@ -14,8 +23,15 @@ import { layout, r2 } from '../repository/names.js';
  * Fetches and verifies a chunk into slot; returns a view of slot.plain, valid until the slot is reused.
  * seal: the point is encrypted and this is its key (src/repository/encryption.ts decides).
  */
-export async function readChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
-    seal?: ChunkSeal): Promise<Buffer> {
+export async function readChunk(
+  store: ObjectStore,
+  disk: string,
+  chunkSize: number,
+  e: ChunkEntry,
+  point: number,
+  slot: ReadSlot,
+  seal?: ChunkSeal,
+): Promise<Buffer> {
   if (e.id) {
     const domain = Domain.of(seal?.key);
     return fetchBlob(store, domain, chunkSize, e, point, slot, async (where, length, l) => {
@@ -28,11 +44,18 @@ export async function readChunk(store: ObjectStore, disk: string, chunkSize: num
 }
 
 /** What verify checks of an encrypted chunk without the key: its header and the xxh64 of its stored bytes. */
-export async function checkStoredChunk(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
-    domain?: Domain): Promise<void> {
+export async function checkStoredChunk(
+  store: ObjectStore,
+  disk: string,
+  chunkSize: number,
+  e: ChunkEntry,
+  point: number,
+  slot: ReadSlot,
+  domain?: Domain,
+): Promise<void> {
   if (e.id) {
     await fetchBlob(store, domain ?? Domain.of(undefined), chunkSize, e, point, slot, async (where, length, l) => {
-      if (length !== l.entry.length || await storedPayloadDigest(slot.object.subarray(0, length)) !== l.entry.payloadXxh64) {
+      if (length !== l.entry.length || (await storedPayloadDigest(slot.object.subarray(0, length))) !== l.entry.payloadXxh64) {
         throw corruption(e, where)('stored blob checksum mismatch');
       }
     });
@@ -55,8 +78,15 @@ export function chunkObject(disk: string, e: ChunkEntry): { key: string; range?:
  * get. An id may have several locations (a repack in progress, two writers); a missing pack moves on to the next, and
  * when none is left the index is reloaded once (a repack may have moved the blob since it was loaded).
  */
-async function fetchBlob<T>(store: ObjectStore, domain: Domain, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
-    check: (where: ChunkWhere, length: number, l: ChunkLocation) => Promise<T>): Promise<T> {
+async function fetchBlob<T>(
+  store: ObjectStore,
+  domain: Domain,
+  chunkSize: number,
+  e: ChunkEntry,
+  point: number,
+  slot: ReadSlot,
+  check: (where: ChunkWhere, length: number, l: ChunkLocation) => Promise<T>,
+): Promise<T> {
   const offset = e.index * chunkSize;
   const idHex = () => e.id!.toString('hex');
   for (let attempt = 0; attempt < 2; attempt++) {
@@ -65,11 +95,16 @@ async function fetchBlob<T>(store: ObjectStore, domain: Domain, chunkSize: numbe
     for (const l of locations) {
       const key = r2.pack(domain.name, l.packId);
       // Built only for an error message: the hex of every chunk's id cost more main-thread time than its fetch.
-      const where = () => `${e.index} (disk offset ${offset}, id ${idHex().slice(0, 16)}…, pack ${key} at ${l.entry.offset}+${l.entry.length}` +
+      const where = () =>
+        `${e.index} (disk offset ${offset}, id ${idHex().slice(0, 16)}…, pack ${key} at ${l.entry.offset}+${l.entry.length}` +
         `${l.indexId ? `, index ${r2.index(domain.name, l.indexId)}` : ''}) of point ${point}`;
       const details = { index: e.index, offset, key, point };
       if (l.entry.length > slot.object.length) {
-        throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where()} is corrupt: its index entry says ${l.entry.length} bytes, more than a chunk can take; run "rnode check"`, { details });
+        throw new RnodeError(
+          ErrorCodes.CHUNK_CORRUPT,
+          `chunk ${where()} is corrupt: its index entry says ${l.entry.length} bytes, more than a chunk can take; run "rnode check"`,
+          { details },
+        );
       }
       let object: Buffer;
       try {
@@ -90,14 +125,23 @@ async function fetchBlob<T>(store: ObjectStore, domain: Domain, chunkSize: numbe
       }
     }
   }
-  throw new RnodeError(ErrorCodes.CHUNK_MISSING,
+  throw new RnodeError(
+    ErrorCodes.CHUNK_MISSING,
     `chunk ${e.index} (disk offset ${offset}, id ${idHex().slice(0, 16)}…) of point ${point} is in no pack of repository ${domain.name}; restore another point or re-replicate`,
-    { details: { index: e.index, offset, point } });
+    { details: { index: e.index, offset, point } },
+  );
 }
 
 /** Fetches a chunk object into slot.object and runs check on it, with errors that name the chunk, offset and key. */
-async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: number, e: ChunkEntry, point: number, slot: ReadSlot,
-    check: (where: string, length: number) => Promise<T>): Promise<T> {
+async function fetchChecked<T>(
+  store: ObjectStore,
+  disk: string,
+  chunkSize: number,
+  e: ChunkEntry,
+  point: number,
+  slot: ReadSlot,
+  check: (where: string, length: number) => Promise<T>,
+): Promise<T> {
   const { key, range } = chunkObject(disk, e);
   const where = `${e.index} (disk offset ${e.index * chunkSize}, object ${key}) of point ${point}`;
   let object: Buffer;
@@ -105,14 +149,18 @@ async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: numb
     object = await store.get(key, range, slot.object);
   } catch (err) {
     if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) {
-      throw new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${where} is missing from the store; restore another point or re-replicate`,
-        { details: { index: e.index, offset: e.index * chunkSize, key, point } });
+      throw new RnodeError(ErrorCodes.CHUNK_MISSING, `chunk ${where} is missing from the store; restore another point or re-replicate`, {
+        details: { index: e.index, offset: e.index * chunkSize, key, point },
+      });
     }
     throw err;
   }
   if (object.length > slot.object.length) {
-    throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: object is ${object.length} bytes, more than a chunk can take; restore another point or re-replicate`,
-      { details: { index: e.index, offset: e.index * chunkSize, key, point } });
+    throw new RnodeError(
+      ErrorCodes.CHUNK_CORRUPT,
+      `chunk ${where} is corrupt: object is ${object.length} bytes, more than a chunk can take; restore another point or re-replicate`,
+      { details: { index: e.index, offset: e.index * chunkSize, key, point } },
+    );
   }
   // Backends that read into the slot return a view of it; the others' bytes are copied in.
   if (object.buffer !== slot.object.buffer || object.byteOffset !== slot.object.byteOffset) copyBytes(object, slot.object);
@@ -120,8 +168,9 @@ async function fetchChecked<T>(store: ObjectStore, disk: string, chunkSize: numb
     return await check(where, object.length);
   } catch (err) {
     if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) {
-      throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${err.message}; restore another point or re-replicate`,
-        { details: { index: e.index, offset: e.index * chunkSize, key, point } });
+      throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${err.message}; restore another point or re-replicate`, {
+        details: { index: e.index, offset: e.index * chunkSize, key, point },
+      });
     }
     throw err;
   }

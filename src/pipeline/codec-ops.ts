@@ -126,7 +126,15 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     // Pack behind the room kept for the nonce, then seal in place.
     const r = kernel.encodeInto(plain, m.codec, out.subarray(0, out.length - TAG_BYTES), HDR + NONCE_BYTES);
     const t2 = cpu();
-    const aad = chunkAad({ disk: m.disk, version: m.version, codec: r.codec, plainLength: plain.length, plainDigest64: digest64, index: m.index, writer: m.writer });
+    const aad = chunkAad({
+      disk: m.disk,
+      version: m.version,
+      codec: r.codec,
+      plainLength: plain.length,
+      plainDigest64: digest64,
+      index: m.index,
+      writer: m.writer,
+    });
     const payloadLength = sealInPlace(k.cipherKey, out, HDR, r.length, aad);
     const payloadXxh64 = h64Raw(out.subarray(HDR, HDR + payloadLength));
     return { xxh64: digest64, strong, codec: r.codec, payloadLength, payloadXxh64, hashMs: t1 - t0, packMs: t2 - t1, sealMs: cpu() - t2 };
@@ -138,7 +146,15 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     const payloadXxh64 = h64Raw(payload);
     // Damaged stored bytes are reported as such; only consistent bytes get as far as the tag check.
     if (payloadXxh64 !== m.payloadXxh64) throw new Error('payload checksum mismatch');
-    const aad = chunkAad({ disk: m.disk, version: m.version, codec: m.codec, plainLength: m.plainLength, plainDigest64: m.plainDigest64, index: m.index, writer: m.writer });
+    const aad = chunkAad({
+      disk: m.disk,
+      version: m.version,
+      codec: m.codec,
+      plainLength: m.plainLength,
+      plainDigest64: m.plainDigest64,
+      index: m.index,
+      writer: m.writer,
+    });
     const packed = openSealed(k.cipherKey, payload, aad);
     const out = view(m.out, m.outOff, m.outCap);
     kernel.decodeInto(m.codec, packed, m.plainLength, out);
@@ -216,7 +232,15 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     for (let i = 0; i < m.blobs.length; i++) {
       const b = m.blobs[i];
       try {
-        const r = blobDecode({ ...m, inOff: b.offset, len: b.length, codec: b.codec, plainLength: b.plainLength, key: undefined, payloadXxh64: undefined });
+        const r = blobDecode({
+          ...m,
+          inOff: b.offset,
+          len: b.length,
+          codec: b.codec,
+          plainLength: b.plainLength,
+          key: undefined,
+          payloadXxh64: undefined,
+        });
         ids.set(r.chunkId, 32 * i);
         payloadXxh64s.push(r.payloadXxh64);
       } catch (err) {
@@ -230,18 +254,24 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
   /** Handles one message; returns the reply (undefined for the key messages, which have none). */
   function handle(m: OpMessage): OpReply | undefined {
     switch (m.op) {
-      case 'encode': return encode(m);
-      case 'decode': return decode(m);
+      case 'encode':
+        return encode(m);
+      case 'decode':
+        return decode(m);
       case 'blob:idkey':
         idKeys.set(m.name, Buffer.from(m.idKey!));
         return undefined;
       case 'blob:forget':
         idKeys.delete(m.name);
         return undefined;
-      case 'blob:encode': return blobEncode(m);
-      case 'blob:id-encode': return blobIdEncode(m);
-      case 'blob:decode': return blobDecode(m);
-      case 'blob:decode-many': return blobDecodeMany(m);
+      case 'blob:encode':
+        return blobEncode(m);
+      case 'blob:id-encode':
+        return blobIdEncode(m);
+      case 'blob:decode':
+        return blobDecode(m);
+      case 'blob:decode-many':
+        return blobDecodeMany(m);
       case 'seal:key':
         keys.set(m.key!, { cipherKey: Buffer.from(m.cipherKey), digestKey: Buffer.from(m.digestKey), domain: m.domain });
         // The key's v2 domain: its chunk-id key lives exactly as long as the cipher key.
@@ -250,16 +280,25 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
       case 'seal:forget': {
         const k = m.key === undefined ? undefined : keys.get(m.key);
         if (k) {
-          k.cipherKey.fill(0); k.digestKey.fill(0); keys.delete(m.key!);
-          if (k.domain) { idKeys.get(k.domain)?.fill(0); idKeys.delete(k.domain); }
+          k.cipherKey.fill(0);
+          k.digestKey.fill(0);
+          keys.delete(m.key!);
+          if (k.domain) {
+            idKeys.get(k.domain)?.fill(0);
+            idKeys.delete(k.domain);
+          }
         }
         return undefined;
       }
-      case 'seal:encode': return sealedEncode(m);
-      case 'seal:decode': return sealedDecode(m);
+      case 'seal:encode':
+        return sealedEncode(m);
+      case 'seal:decode':
+        return sealedDecode(m);
       // Stored bytes only (a peer node or a verify without the key): the digest of the payload as stored.
-      case 'seal:stored': return { payloadXxh64: h64Raw(view(m.in, m.inOff, m.len)) };
-      default: throw new Error(`unknown op ${m.op}`);
+      case 'seal:stored':
+        return { payloadXxh64: h64Raw(view(m.in, m.inOff, m.len)) };
+      default:
+        throw new Error(`unknown op ${m.op}`);
     }
   }
 

@@ -44,7 +44,10 @@ const collect = (globalThis as { gc?: () => void }).gc ?? (() => {});
 let produced = 0;
 const track = (n: number) => {
   produced += n;
-  if (produced > data.gcEvery) { produced = 0; collect(); }
+  if (produced > data.gcEvery) {
+    produced = 0;
+    collect();
+  }
 };
 
 // liblz4 when the system has it; lz4-napi is loaded only where it does not.
@@ -54,12 +57,16 @@ const kernel = makeKernel({ ...(block ? {} : (require('lz4-napi') as KernelDeps)
 // The addon hashes chunk slots in place; xxhash-wasm (same digests, see test/native.test.ts) copies each input into
 // wasm memory first, which cost more than the hash, and compiles at start, which delayed the first chunks. It stays
 // the portable fallback.
-const h64Raw = addon.xxh64 && !data.portableHash
-  ? addon.xxh64
-  : (await (require('xxhash-wasm') as () => Promise<{ h64Raw: (data: Uint8Array) => bigint }>)()).h64Raw;
+const h64Raw =
+  addon.xxh64 && !data.portableHash
+    ? addon.xxh64
+    : (await (require('xxhash-wasm') as () => Promise<{ h64Raw: (data: Uint8Array) => bigint }>)()).h64Raw;
 
 const ops = makeCodecOps({
-  kernel, h64Raw, blake3, Blake3Hasher,
+  kernel,
+  h64Raw,
+  blake3,
+  Blake3Hasher,
   // Stage times in thread CPU time where the addon can read it: a preempted worker's wall time is not its cost.
   cpu: addon.threadCpuMs ?? (() => performance.now()),
   idKeys: [['plain', Buffer.from(data.plainIdKey)]],
@@ -90,10 +97,16 @@ const pump = () => {
   scheduled = false;
   const m = queue.shift();
   if (m) handle(m);
-  if (queue.length && !scheduled) { scheduled = true; setImmediate(pump); }
+  if (queue.length && !scheduled) {
+    scheduled = true;
+    setImmediate(pump);
+  }
 };
 port.on('message', (m: OpMessage) => {
   queue.push(m);
-  if (!scheduled) { scheduled = true; setImmediate(pump); }
+  if (!scheduled) {
+    scheduled = true;
+    setImmediate(pump);
+  }
 });
 port.postMessage({ ready: true });

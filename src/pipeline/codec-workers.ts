@@ -71,7 +71,10 @@ export class CodecWorkers {
   private closed = false;
 
   /** portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same digests). */
-  constructor(readonly size = defaultWorkers(), opts: { portableHash?: boolean } = {}) {
+  constructor(
+    readonly size = defaultWorkers(),
+    opts: { portableHash?: boolean } = {},
+  ) {
     this.workerData = {
       portableHash: opts.portableHash === true,
       gcEvery: 8 * 1024 * 1024,
@@ -90,17 +93,28 @@ export class CodecWorkers {
   private spawn(i: number): Worker {
     // From dist/ a worker needs no module hooks: a test runner's (inherited through NODE_OPTIONS) cost each
     // worker ~0.9 s of start-up, and an agent's first run under test that much. From src/ they compile it.
-    const w = new Worker(WORKER_URL, { workerData: this.workerData, ...(WORKER_URL.pathname.endsWith('.js') ? { execArgv: [], env: workerEnv() } : {}) });
+    const w = new Worker(WORKER_URL, {
+      workerData: this.workerData,
+      ...(WORKER_URL.pathname.endsWith('.js') ? { execArgv: [], env: workerEnv() } : {}),
+    });
     for (const s of this.setup.values()) w.postMessage(s.msg); // keys of running jobs, before any chunk
     let started!: () => void;
-    this.started[i] = new Promise<void>((r) => { started = r; });
+    this.started[i] = new Promise<void>((r) => {
+      started = r;
+    });
     w.on('message', (m) => {
       if (!m?.ready) return this.onMessage(m);
       started();
       if (!this.load[i]) w.unref();
     });
-    w.on('error', (err) => { started(); this.fail(i, w, err); });
-    w.on('exit', (code) => { started(); this.fail(i, w, new Error(`codec worker exited with code ${code}`)); });
+    w.on('error', (err) => {
+      started();
+      this.fail(i, w, err);
+    });
+    w.on('exit', (code) => {
+      started();
+      this.fail(i, w, new Error(`codec worker exited with code ${code}`));
+    });
     // Idle workers never keep the process alive once started (a run may wait for a starting one: see ready()).
     return w;
   }
@@ -117,20 +131,40 @@ export class CodecWorkers {
    * Hashes plain (a view of a SharedArrayBuffer) and writes the stored payload into out at CHUNK_HEADER_BYTES
    * (out must be a SharedArrayBuffer view with room for the worst case).
    */
-  encode(plain: Uint8Array, out: Uint8Array, codec: number, unchangedIf?: { xxh64: bigint; strong: Uint8Array },
-      sealed?: SealedFields): Promise<EncodeResult> {
+  encode(
+    plain: Uint8Array,
+    out: Uint8Array,
+    codec: number,
+    unchangedIf?: { xxh64: bigint; strong: Uint8Array },
+    sealed?: SealedFields,
+  ): Promise<EncodeResult> {
     return this.send({
-      op: sealed ? 'seal:encode' : 'encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
-      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec,
-      ...(unchangedIf ? { unchangedIf: { xxh64: unchangedIf.xxh64, strong: new Uint8Array(unchangedIf.strong) } } : {}), ...sealed,
+      op: sealed ? 'seal:encode' : 'encode',
+      in: shared(plain),
+      inOff: plain.byteOffset,
+      len: plain.byteLength,
+      out: shared(out),
+      outOff: out.byteOffset,
+      outCap: out.byteLength,
+      codec,
+      ...(unchangedIf ? { unchangedIf: { xxh64: unchangedIf.xxh64, strong: new Uint8Array(unchangedIf.strong) } } : {}),
+      ...sealed,
     }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
   }
 
   /** Decodes payload (a SharedArrayBuffer view) into out and returns the digests to check. */
   decode(payload: Uint8Array, codec: number, plainLength: number, out: Uint8Array, sealed?: SealedFields): Promise<DecodeCheck> {
     return this.send({
-      op: sealed ? 'seal:decode' : 'decode', in: shared(payload), inOff: payload.byteOffset, len: payload.byteLength, codec, plainLength,
-      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, ...sealed,
+      op: sealed ? 'seal:decode' : 'decode',
+      in: shared(payload),
+      inOff: payload.byteOffset,
+      len: payload.byteLength,
+      codec,
+      plainLength,
+      out: shared(out),
+      outOff: out.byteOffset,
+      outCap: out.byteLength,
+      ...sealed,
     }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
   }
 
@@ -144,30 +178,64 @@ export class CodecWorkers {
    * encoded (with keyId, sealed) into out at 0 in the same trip, unless the id is parentId or `known` (an IdFilter's
    * words) may hold it: then `skipped`, and encodeBlob does it if the caller stores the chunk after all.
    */
-  idEncodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, f: { idName: string; keyId?: string; parentId?: Uint8Array; known?: Int32Array }):
-      Promise<{ id: Buffer; hashMs: number } & ({ skipped: true } | { skipped?: undefined } & EncodedBlob)> {
+  idEncodeBlob(
+    plain: Uint8Array,
+    out: Uint8Array,
+    codec: number,
+    f: { idName: string; keyId?: string; parentId?: Uint8Array; known?: Int32Array },
+  ): Promise<{ id: Buffer; hashMs: number } & ({ skipped: true } | ({ skipped?: undefined } & EncodedBlob))> {
     return this.send({
-      op: 'blob:id-encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
-      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec, idName: f.idName, ...(f.keyId ? { key: f.keyId } : {}),
-      ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}), ...(f.known ? { known: f.known } : {}),
+      op: 'blob:id-encode',
+      in: shared(plain),
+      inOff: plain.byteOffset,
+      len: plain.byteLength,
+      out: shared(out),
+      outOff: out.byteOffset,
+      outCap: out.byteLength,
+      codec,
+      idName: f.idName,
+      ...(f.keyId ? { key: f.keyId } : {}),
+      ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}),
+      ...(f.known ? { known: f.known } : {}),
     }).then((r) => ({ ...r, id: Buffer.from(r.chunkId) }));
   }
 
   /** Repository v2: encodes (and with keyId seals) plain as the blob of chunkId into out at 0. */
   encodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, chunkId: Uint8Array, keyId?: string): Promise<EncodedBlob> {
     return this.send({
-      op: 'blob:encode', in: shared(plain), inOff: plain.byteOffset, len: plain.byteLength,
-      out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, codec, chunkId: new Uint8Array(chunkId), ...(keyId ? { key: keyId } : {}),
+      op: 'blob:encode',
+      in: shared(plain),
+      inOff: plain.byteOffset,
+      len: plain.byteLength,
+      out: shared(out),
+      outOff: out.byteOffset,
+      outCap: out.byteLength,
+      codec,
+      chunkId: new Uint8Array(chunkId),
+      ...(keyId ? { key: keyId } : {}),
     });
   }
 
   /** Repository v2: checks, opens and decodes a blob into out; resolves to the id of the plaintext it decoded to. */
-  decodeBlob(blob: Uint8Array, out: Uint8Array, f: { codec: number; plainLength: number; chunkId: Uint8Array; idName: string; keyId?: string; payloadXxh64?: bigint }):
-      Promise<{ id: Buffer; payloadXxh64: bigint }> {
+  decodeBlob(
+    blob: Uint8Array,
+    out: Uint8Array,
+    f: { codec: number; plainLength: number; chunkId: Uint8Array; idName: string; keyId?: string; payloadXxh64?: bigint },
+  ): Promise<{ id: Buffer; payloadXxh64: bigint }> {
     return this.send({
-      op: 'blob:decode', in: shared(blob), inOff: blob.byteOffset, len: blob.byteLength, out: shared(out), outOff: out.byteOffset, outCap: out.byteLength,
-      codec: f.codec, plainLength: f.plainLength, chunkId: new Uint8Array(f.chunkId), idName: f.idName,
-      ...(f.keyId ? { key: f.keyId } : {}), ...(f.payloadXxh64 !== undefined ? { payloadXxh64: f.payloadXxh64 } : {}),
+      op: 'blob:decode',
+      in: shared(blob),
+      inOff: blob.byteOffset,
+      len: blob.byteLength,
+      out: shared(out),
+      outOff: out.byteOffset,
+      outCap: out.byteLength,
+      codec: f.codec,
+      plainLength: f.plainLength,
+      chunkId: new Uint8Array(f.chunkId),
+      idName: f.idName,
+      ...(f.keyId ? { key: f.keyId } : {}),
+      ...(f.payloadXxh64 !== undefined ? { payloadXxh64: f.payloadXxh64 } : {}),
     }).then((r) => ({ id: Buffer.from(r.chunkId), payloadXxh64: r.payloadXxh64 }));
   }
 
@@ -176,10 +244,19 @@ export class CodecWorkers {
    * after the other into out (room for the largest plainLength), in one trip. Resolves to each blob's plaintext id
    * and payload xxh64 as computed, up to the first blob that does not decode (`failed` its index, `error` why).
    */
-  decodeBlobs(pack: Uint8Array, blobs: Array<{ offset: number; length: number; codec: number; plainLength: number }>, out: Uint8Array, idName: string):
-      Promise<{ results: Array<{ id: Buffer; payloadXxh64: bigint }>; failed?: number; error?: string }> {
+  decodeBlobs(
+    pack: Uint8Array,
+    blobs: Array<{ offset: number; length: number; codec: number; plainLength: number }>,
+    out: Uint8Array,
+    idName: string,
+  ): Promise<{ results: Array<{ id: Buffer; payloadXxh64: bigint }>; failed?: number; error?: string }> {
     return this.send({
-      op: 'blob:decode-many', in: shared(pack), out: shared(out), outOff: out.byteOffset, outCap: out.byteLength, idName,
+      op: 'blob:decode-many',
+      in: shared(pack),
+      out: shared(out),
+      outOff: out.byteOffset,
+      outCap: out.byteLength,
+      idName,
       blobs: blobs.map((b) => ({ offset: pack.byteOffset + b.offset, length: b.length, codec: b.codec, plainLength: b.plainLength })),
     }).then((r: { chunkIds: Uint8Array; payloadXxh64s: bigint[]; failed?: number; reason?: string }) => ({
       results: r.payloadXxh64s.map((payloadXxh64, i) => ({ id: Buffer.from(r.chunkIds.subarray(32 * i, 32 * i + 32)), payloadXxh64 })),
@@ -190,7 +267,10 @@ export class CodecWorkers {
   /** Gives msg to every worker (now and respawned) until as many release(id) calls as retain(id) calls. */
   retainSetup(id: string, msg: Record<string, unknown>): void {
     const s = this.setup.get(id);
-    if (s) { s.users++; return; }
+    if (s) {
+      s.users++;
+      return;
+    }
     this.setup.set(id, { msg, users: 1 });
     for (const w of this.workers) w.postMessage(msg);
   }
@@ -227,7 +307,10 @@ export class CodecWorkers {
   private fail(worker: number, w: Worker, err: Error): void {
     if (this.workers[worker] !== w) return; // already replaced
     for (const [id, p] of this.pending) {
-      if (p.worker === worker) { this.pending.delete(id); p.reject(err); }
+      if (p.worker === worker) {
+        this.pending.delete(id);
+        p.reject(err);
+      }
     }
     this.load[worker] = 0;
     if (!this.closed) this.workers[worker] = this.spawn(worker);
@@ -241,7 +324,13 @@ export class CodecWorkers {
   async close(): Promise<void> {
     this.closed = true;
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.ready(), new Promise<void>((r) => { timer = setTimeout(r, 10_000); timer.unref(); })]);
+    await Promise.race([
+      this.ready(),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, 10_000);
+        timer.unref();
+      }),
+    ]);
     clearTimeout(timer);
     await Promise.all(this.workers.map((w) => w.terminate()));
     if (instance === this) instance = undefined;

@@ -8,8 +8,20 @@ export const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 
 const UNITS: Record<string, number> = {
-  '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1000 ** 2, mib: 1024 ** 2,
-  g: 1024 ** 3, gb: 1000 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1000 ** 4, tib: 1024 ** 4,
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1000,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1000 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1000 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tb: 1000 ** 4,
+  tib: 1024 ** 4,
 };
 
 /** Parses "1048576", "1MiB", "64k", "1.5GiB" into bytes; undefined when it is not a size. */
@@ -25,19 +37,28 @@ export function parseSize(text: string): number | undefined {
 export function validateChunkSize(value: string | number): number {
   const n = typeof value === 'number' ? value : parseSize(value);
   if (n === undefined || n < MIN_CHUNK_SIZE || n > MAX_CHUNK_SIZE || (n & (n - 1)) !== 0) {
-    throw new RnodeError(ErrorCodes.BAD_CHUNK_SIZE,
-      `chunk size ${JSON.stringify(String(value))} is not valid: use a power of two from 64KiB to 16MiB, e.g. --chunk-size 1MiB`);
+    throw new RnodeError(
+      ErrorCodes.BAD_CHUNK_SIZE,
+      `chunk size ${JSON.stringify(String(value))} is not valid: use a power of two from 64KiB to 16MiB, e.g. --chunk-size 1MiB`,
+    );
   }
   return n;
 }
 
 export class ChunkGrid {
   readonly count: number;
-  constructor(readonly diskSize: number, readonly chunkSize: number) {
+  constructor(
+    readonly diskSize: number,
+    readonly chunkSize: number,
+  ) {
     this.count = Math.ceil(diskSize / chunkSize);
   }
-  offset(index: number): number { return index * this.chunkSize; }
-  length(index: number): number { return Math.min(this.chunkSize, this.diskSize - index * this.chunkSize); }
+  offset(index: number): number {
+    return index * this.chunkSize;
+  }
+  length(index: number): number {
+    return Math.min(this.chunkSize, this.diskSize - index * this.chunkSize);
+  }
 }
 
 /** Chunk indexes touched by sorted extents, ascending and without repeats. */

@@ -36,7 +36,7 @@ export function recycleShared(b: Buffer): void {
   if (idleBytes + b.length > maxIdleBytes) return;
   zeroBytes(b);
   let list = idle.get(b.length);
-  if (!list) idle.set(b.length, list = []);
+  if (!list) idle.set(b.length, (list = []));
   list.push(b);
   idleBytes += b.length;
 }

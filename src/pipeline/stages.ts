@@ -64,8 +64,14 @@ export class StageClock {
     const s = (ms: number) => Math.round(ms) / 1000;
     const m = this.ms;
     return {
-      read: s(m.read), hash: s(m.hash), compress: s(m.compress), encrypt: s(m.encrypt), encodeQueue: s(m.encodeQueue),
-      write: s(m.write), wait: s(m.waitEncode + m.waitWrite), waitFor: { encode: s(m.waitEncode), write: s(m.waitWrite) },
+      read: s(m.read),
+      hash: s(m.hash),
+      compress: s(m.compress),
+      encrypt: s(m.encrypt),
+      encodeQueue: s(m.encodeQueue),
+      write: s(m.write),
+      wait: s(m.waitEncode + m.waitWrite),
+      waitFor: { encode: s(m.waitEncode), write: s(m.waitWrite) },
     };
   }
 }

@@ -33,9 +33,15 @@ export function decodeClaim(b: Buffer): DiskClaim {
   } catch {
     throw new Error('a disk claim is not valid JSON');
   }
-  if (!v || v.format !== CLAIM_FORMAT || v.version !== 1 || typeof v.domain !== 'string' || !isDomainName(v.domain) ||
-      (v.keyId !== undefined && (typeof v.keyId !== 'string' || !/^[0-9a-f]{32}$/.test(v.keyId))) ||
-      (v.domain === PLAIN_DOMAIN) !== (v.keyId === undefined)) {
+  if (
+    !v ||
+    v.format !== CLAIM_FORMAT ||
+    v.version !== 1 ||
+    typeof v.domain !== 'string' ||
+    !isDomainName(v.domain) ||
+    (v.keyId !== undefined && (typeof v.keyId !== 'string' || !/^[0-9a-f]{32}$/.test(v.keyId))) ||
+    (v.domain === PLAIN_DOMAIN) !== (v.keyId === undefined)
+  ) {
     throw new Error('not a disk claim');
   }
   return { format: CLAIM_FORMAT, version: 1, domain: v.domain, ...(v.keyId ? { keyId: v.keyId } : {}) };
@@ -53,7 +59,10 @@ export async function readClaim(store: ObjectStore, disk: string): Promise<DiskC
   try {
     return decodeClaim(bytes);
   } catch (err) {
-    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `the claim ${key} of disk ${disk} is damaged (${(err as Error).message}); restore it from another copy of the store`);
+    throw new RnodeError(
+      ErrorCodes.MANIFEST_CORRUPT,
+      `the claim ${key} of disk ${disk} is damaged (${(err as Error).message}); restore it from another copy of the store`,
+    );
   }
 }
 
@@ -61,17 +70,24 @@ export async function readClaim(store: ObjectStore, disk: string): Promise<DiskC
 export function checkClaim(claim: DiskClaim | undefined, key: EncryptionKey | undefined, disk: string): void {
   if (!claim || claim.domain === domainName(key)) return;
   if (!key) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED,
-      `disk ${disk} is encrypted (key id ${claim.keyId}); pass its key with --encryption-key-file (agent jobs: encryption.key)`, { details: { disk, keyId: claim.keyId } });
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `disk ${disk} is encrypted (key id ${claim.keyId}); pass its key with --encryption-key-file (agent jobs: encryption.key)`,
+      { details: { disk, keyId: claim.keyId } },
+    );
   }
   if (claim.domain === PLAIN_DOMAIN) {
-    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
       `disk ${disk} is not encrypted and a disk's points never mix encrypted and unencrypted chunks; leave out the key, or replicate to a new --disk id to start an encrypted disk`,
-      { details: { disk } });
+      { details: { disk } },
+    );
   }
-  throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+  throw new RnodeError(
+    ErrorCodes.KEY_MISMATCH,
     `the key given (key id ${key.keyId}) is not the key disk ${disk} is encrypted with (key id ${claim.keyId}); pass that key, or replicate to a new --disk id to use another key`,
-    { details: { disk, keyId: claim.keyId } });
+    { details: { disk, keyId: claim.keyId } },
+  );
 }
 
 /** Writes the disk's claim for the key's repository if it has none; a claim written meanwhile is checked instead. */

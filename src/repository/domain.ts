@@ -61,7 +61,10 @@ export class Domain {
   readonly name: string;
   readonly idKey: Buffer;
 
-  private constructor(readonly key: EncryptionKey | undefined, readonly config: RepoConfig) {
+  private constructor(
+    readonly key: EncryptionKey | undefined,
+    readonly config: RepoConfig,
+  ) {
     this.name = domainName(key);
     this.idKey = key ? key.chunkIdKey() : PLAIN_ID_KEY;
   }
@@ -74,7 +77,10 @@ export class Domain {
 
   /** Chunk id of a plaintext (keyed BLAKE3-256); the codec workers compute the same (src/pipeline/codec-ops.ts). */
   chunkId(plain: Uint8Array): Buffer {
-    return Blake3Hasher.newKeyed(this.idKey).update(Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength)).digestBuffer().subarray(0, CHUNK_ID_BYTES);
+    return Blake3Hasher.newKeyed(this.idKey)
+      .update(Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength))
+      .digestBuffer()
+      .subarray(0, CHUNK_ID_BYTES);
   }
 
   /** The domain as stored, or undefined when it has no config yet (nothing was ever written to it). */
@@ -94,7 +100,11 @@ export class Domain {
     if (existing) return existing;
     const name = domainName(key);
     const config: RepoConfig = {
-      format: 'rnode-repository', version: 2, domain: name, packSize: validatePackSize(packSize), createdAt: new Date().toISOString(),
+      format: 'rnode-repository',
+      version: 2,
+      domain: name,
+      packSize: validatePackSize(packSize),
+      createdAt: new Date().toISOString(),
       ...(key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: key.keyId } } : {}),
     };
     try {

@@ -6,9 +6,7 @@
 import type { ChunkSeal, EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from './names.js';
-import {
-  authenticateManifest, MANIFEST_VERSION, MANIFEST_VERSION_AUTHENTICATED, type PointManifest,
-} from '../format/manifest.js';
+import { authenticateManifest, MANIFEST_VERSION, MANIFEST_VERSION_AUTHENTICATED, type PointManifest } from '../format/manifest.js';
 import { decodeSegment } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { isV2Point } from './point-format.js';
@@ -48,15 +46,22 @@ export async function readDiskMarker(store: ObjectStore, disk: string, key: Encr
     if (!(err instanceof SyntaxError)) throw err;
     raw = undefined;
   }
-  const valid = raw && raw.format === 'rnode-disk-encryption' && raw.disk === disk && typeof raw.keyId === 'string' && Number.isSafeInteger(raw.since);
+  const valid =
+    raw && raw.format === 'rnode-disk-encryption' && raw.disk === disk && typeof raw.keyId === 'string' && Number.isSafeInteger(raw.since);
   if (!key) return valid ? raw : { format: 'rnode-disk-encryption', disk, alg: 'aes-256-gcm', keyId: 'unknown', since: 0 };
   if (!valid || raw.mac !== markerMac(raw, key)) {
     if (valid && raw.keyId !== key.keyId) {
-      throw new RnodeError(ErrorCodes.KEY_MISMATCH, `the key given (key id ${key.keyId}) is not the key disk ${disk} is encrypted with (key id ${raw.keyId}); pass that key`,
-        { details: { disk, keyId: raw.keyId } });
+      throw new RnodeError(
+        ErrorCodes.KEY_MISMATCH,
+        `the key given (key id ${key.keyId}) is not the key disk ${disk} is encrypted with (key id ${raw.keyId}); pass that key`,
+        { details: { disk, keyId: raw.keyId } },
+      );
     }
-    throw new RnodeError(ErrorCodes.METADATA_FORGED,
-      `the encryption marker ${where} of disk ${disk} fails its MAC: it was modified or forged; restore the store from a copy`, { details: { key: where } });
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
+      `the encryption marker ${where} of disk ${disk} fails its MAC: it was modified or forged; restore the store from a copy`,
+      { details: { key: where } },
+    );
   }
   return raw;
 }
@@ -68,8 +73,9 @@ export async function readDiskMarker(store: ObjectStore, disk: string, key: Encr
 export function refuseKeylessWrite(latest: PointManifest | undefined, marker: DiskMarker | undefined, disk: string, what: string): void {
   if (latest?.encryption || marker) {
     const keyId = latest?.encryption?.keyId ?? marker?.keyId;
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `disk ${disk} is encrypted (key id ${keyId}) and ${what} writes to it; ${PASS_KEY}`,
-      { details: { disk, keyId } });
+    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `disk ${disk} is encrypted (key id ${keyId}) and ${what} writes to it; ${PASS_KEY}`, {
+      details: { disk, keyId },
+    });
   }
 }
 
@@ -86,19 +92,26 @@ export function checkChainAuthenticity(chain: PointManifest[], key: EncryptionKe
   const first = chain.find((m) => m.version === MANIFEST_VERSION_AUTHENTICATED);
   if (!marker && first) {
     const where = layout.encryptionMarker(disk);
-    throw new RnodeError(ErrorCodes.METADATA_FORGED,
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
       `the encryption marker ${where} of disk ${disk} is missing while point ${first.point} is authenticated: it was deleted; restore it from a copy of the store`,
-      { details: { key: where } });
+      { details: { key: where } },
+    );
   }
   for (let i = 0; i < chain.length; i++) {
     const m = chain[i];
     const where = layout.point(disk, m.point);
-    const forged = (why: string) => new RnodeError(ErrorCodes.METADATA_FORGED,
-      `manifest ${where} ${why}: it was rewritten by someone without the key; restore from another point or store`, { details: { key: where, point: m.point } });
+    const forged = (why: string) =>
+      new RnodeError(
+        ErrorCodes.METADATA_FORGED,
+        `manifest ${where} ${why}: it was rewritten by someone without the key; restore from another point or store`,
+        { details: { key: where, point: m.point } },
+      );
     if (marker && m.version === MANIFEST_VERSION) throw forged('is unencrypted on an encrypted disk');
     // A v2 point (version 4) of an encrypted domain is sealed: it opened under the key, so it is authentic.
     const sealedV2 = isV2Point(m) && m.encryption !== undefined;
-    if (marker && m.point >= marker.since && m.version !== MANIFEST_VERSION_AUTHENTICATED && !sealedV2) throw forged(`is version ${m.version} (not authenticated)`);
+    if (marker && m.point >= marker.since && m.version !== MANIFEST_VERSION_AUTHENTICATED && !sealedV2)
+      throw forged(`is version ${m.version} (not authenticated)`);
     const older = chain[i + 1];
     if (older && older.version === MANIFEST_VERSION_AUTHENTICATED && m.version !== MANIFEST_VERSION_AUTHENTICATED && !sealedV2) {
       throw forged(`is version ${m.version} but its ancestor ${older.point} is authenticated`);
@@ -115,7 +128,9 @@ export async function authenticateTables(store: ObjectStore, chain: PointManifes
   for (const m of chain) {
     if (isV2Point(m)) {
       // Sealed segments: reading them through tableEntries opens and pins each one.
-      for await (const _ of tableEntries(store, m, key)) { /* checked as read */ }
+      for await (const _ of tableEntries(store, m, key)) {
+        /* checked as read */
+      }
       continue;
     }
     if (m.version !== MANIFEST_VERSION_AUTHENTICATED) continue;
@@ -142,17 +157,24 @@ export function checkWriteKey(latest: PointManifest | undefined, key: Encryption
   const have = latest.encryption?.keyId;
   if (have === key?.keyId) return;
   if (!key) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `disk ${disk} is encrypted (point ${latest.point}, key id ${have}); ${PASS_KEY}`,
-      { details: { disk, point: latest.point, keyId: have } });
+    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `disk ${disk} is encrypted (point ${latest.point}, key id ${have}); ${PASS_KEY}`, {
+      details: { disk, point: latest.point, keyId: have },
+    });
   }
   if (!have) {
-    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
       `disk ${disk} is not encrypted (point ${latest.point}) and a disk's points never mix encrypted and unencrypted chunks; ` +
-      'leave out the key, or replicate to a new --disk id to start an encrypted disk', { details: { disk, point: latest.point } });
+        'leave out the key, or replicate to a new --disk id to start an encrypted disk',
+      { details: { disk, point: latest.point } },
+    );
   }
-  throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+  throw new RnodeError(
+    ErrorCodes.KEY_MISMATCH,
     `the key given (key id ${key.keyId}) is not the key disk ${disk} is encrypted with (key id ${have}, point ${latest.point}); ` +
-    'pass that key, or replicate to a new --disk id to use another key', { details: { disk, point: latest.point, keyId: have } });
+      'pass that key, or replicate to a new --disk id to use another key',
+    { details: { disk, point: latest.point, keyId: have } },
+  );
 }
 
 /** How a chain (newest first) is read: encrypted or not, and the seal when a matching key was given. */
@@ -172,21 +194,27 @@ export function chainKey(chain: PointManifest[], key: EncryptionKey | undefined,
   const keyId = m.encryption?.keyId;
   for (const p of chain) {
     if (p.encryption?.keyId !== keyId) {
-      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} of disk ${disk} and its ancestor ${p.point} disagree on encryption; the store is damaged`);
+      throw new RnodeError(
+        ErrorCodes.MANIFEST_CORRUPT,
+        `point ${m.point} of disk ${disk} and its ancestor ${p.point} disagree on encryption; the store is damaged`,
+      );
     }
   }
   if (keyId === undefined) {
     if (key) {
-      throw new RnodeError(ErrorCodes.KEY_MISMATCH, `point ${m.point} of disk ${disk} is not encrypted; leave out the encryption key`,
-        { details: { disk, point: m.point } });
+      throw new RnodeError(ErrorCodes.KEY_MISMATCH, `point ${m.point} of disk ${disk} is not encrypted; leave out the encryption key`, {
+        details: { disk, point: m.point },
+      });
     }
     return { encrypted: false };
   }
   if (!key) return { encrypted: true, keyId };
   if (key.keyId !== keyId) {
-    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
       `the key given (key id ${key.keyId}) is not the key point ${m.point} of disk ${disk} was written with (key id ${keyId}); pass that key`,
-      { details: { disk, point: m.point, keyId } });
+      { details: { disk, point: m.point, keyId } },
+    );
   }
   return { encrypted: true, keyId, seal: { key, disk } };
 }
@@ -198,8 +226,9 @@ export function requireChainSeal(chain: PointManifest[], key: EncryptionKey | un
   const k = chainKey(chain, key, disk);
   checkChainAuthenticity(chain, k.seal ? key : undefined, marker, disk);
   if (k.encrypted && !k.seal) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `point ${chain[0].point} of disk ${disk} is encrypted (key id ${k.keyId}); ${PASS_KEY}`,
-      { details: { disk, point: chain[0].point, keyId: k.keyId } });
+    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `point ${chain[0].point} of disk ${disk} is encrypted (key id ${k.keyId}); ${PASS_KEY}`, {
+      details: { disk, point: chain[0].point, keyId: k.keyId },
+    });
   }
   return k.seal;
 }

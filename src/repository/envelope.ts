@@ -70,17 +70,26 @@ export function sealEnvelope(kind: EnvelopeKindId, context: string, body: Uint8A
  */
 export function openEnvelope(b: Buffer, kind: EnvelopeKindId, context: string, what: string, key?: EncryptionKey): Buffer {
   const name = KIND_NAMES[kind];
-  const corrupt = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT,
-    `${name} ${what} is corrupt (${why}); run "rnode check" and restore from another point or store`, { details: { key: what } });
-  const forged = (why: string) => new RnodeError(ErrorCodes.METADATA_FORGED,
-    `${name} ${what} ${why}: it was modified, moved from another place, replayed or forged; restore from another point or store`, { details: { key: what } });
+  const corrupt = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `${name} ${what} is corrupt (${why}); run "rnode check" and restore from another point or store`, {
+      details: { key: what },
+    });
+  const forged = (why: string) =>
+    new RnodeError(
+      ErrorCodes.METADATA_FORGED,
+      `${name} ${what} ${why}: it was modified, moved from another place, replayed or forged; restore from another point or store`,
+      { details: { key: what } },
+    );
   if (b.length < ENVELOPE_HEADER_BYTES || !b.subarray(0, 4).equals(ENVELOPE_MAGIC)) {
     throw key ? forged('is not a metadata envelope') : corrupt('not a metadata envelope');
   }
   const version = b.readUInt8(4);
   if (version !== ENVELOPE_VERSION) {
-    throw new RnodeError(ErrorCodes.FORMAT_VERSION, `${name} ${what} has envelope version ${version}; this rnode reads version ${ENVELOPE_VERSION}, upgrade rnode`,
-      { details: { key: what } });
+    throw new RnodeError(
+      ErrorCodes.FORMAT_VERSION,
+      `${name} ${what} has envelope version ${version}; this rnode reads version ${ENVELOPE_VERSION}, upgrade rnode`,
+      { details: { key: what } },
+    );
   }
   const flags = b.readUInt8(6);
   const sealed = (flags & FLAG_SEALED) !== 0;
@@ -95,7 +104,9 @@ export function openEnvelope(b: Buffer, kind: EnvelopeKindId, context: string, w
     return body;
   }
   if (sealed) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `${name} ${what} is encrypted; pass its key with --encryption-key-file`, { details: { key: what } });
+    throw new RnodeError(ErrorCodes.KEY_REQUIRED, `${name} ${what} is encrypted; pass its key with --encryption-key-file`, {
+      details: { key: what },
+    });
   }
   if (b.readUInt8(5) !== kind) throw corrupt(`kind ${b.readUInt8(5)}, expected ${name}`);
   if (flags !== 0 || b.readUInt8(7) !== 0) throw corrupt('unknown flags');

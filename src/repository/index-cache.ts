@@ -13,7 +13,9 @@ function entry(store: ObjectStore, domain: Domain, fresh: boolean): Promise<Chun
   if (have && !fresh) return have.index;
   const index = ChunkIndex.load(store, domain);
   perStore.set(domain.name, { index, loadedAt: Date.now() });
-  index.catch(() => { if (perStore.get(domain.name)?.index === index) perStore.delete(domain.name); });
+  index.catch(() => {
+    if (perStore.get(domain.name)?.index === index) perStore.delete(domain.name);
+  });
   return index;
 }
 

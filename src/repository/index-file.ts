@@ -127,13 +127,22 @@ function columnsOf(parts: readonly IndexPart[]): Columns {
     let e = s + 1;
     while (e < n && prefix[order[e]] === prefix[order[s]]) e++;
     if (e - s > 1) {
-      order.subarray(s, e).sort((x, y) => parts[part[x]].body.compare(parts[part[y]].body, idAt(y), idAt(y) + CHUNK_ID_BYTES, idAt(x), idAt(x) + CHUNK_ID_BYTES));
+      order
+        .subarray(s, e)
+        .sort((x, y) => parts[part[x]].body.compare(parts[part[y]].body, idAt(y), idAt(y) + CHUNK_ID_BYTES, idAt(x), idAt(x) + CHUNK_ID_BYTES));
     }
     s = e;
   }
   const c: Columns = {
-    count: n, ids: Buffer.alloc(n * CHUNK_ID_BYTES), packs: Buffer.alloc(n * OBJECT_ID_BYTES), offset: new Uint32Array(n), length: new Uint32Array(n),
-    plain: new Uint32Array(n), codecFlags: new Uint16Array(n), xxh: new BigUint64Array(n), source: new Uint32Array(n),
+    count: n,
+    ids: Buffer.alloc(n * CHUNK_ID_BYTES),
+    packs: Buffer.alloc(n * OBJECT_ID_BYTES),
+    offset: new Uint32Array(n),
+    length: new Uint32Array(n),
+    plain: new Uint32Array(n),
+    codecFlags: new Uint16Array(n),
+    xxh: new BigUint64Array(n),
+    source: new Uint32Array(n),
   };
   for (let j = 0; j < n; j++) {
     const x = order[j];
@@ -224,7 +233,9 @@ export class ChunkIndex {
   }
 
   /** Entries loaded from the store (not counting those added since). */
-  get size(): number { return this.#c.count; }
+  get size(): number {
+    return this.#c.count;
+  }
 
   #at(i: number): ChunkLocation {
     const c = this.#c;
@@ -234,7 +245,11 @@ export class ChunkIndex {
       packId: c.packs.toString('hex', i * OBJECT_ID_BYTES, (i + 1) * OBJECT_ID_BYTES),
       entry: {
         id: Buffer.from(c.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)),
-        offset: c.offset[i], length: c.length[i], plainLength: c.plain[i], codec: cf & 0xff, flags: cf >> 8,
+        offset: c.offset[i],
+        length: c.length[i],
+        plainLength: c.plain[i],
+        codec: cf & 0xff,
+        flags: cf >> 8,
         payloadXxh64: c.xxh[i],
       },
       ...(src ? { indexId: this.indexIds[src - 1] } : {}),

@@ -45,19 +45,26 @@ export interface LeaseOptions {
 }
 
 function leaseHeld(disk: string, cur: LeaseRecord): RnodeError {
-  return new RnodeError(ErrorCodes.LEASE_HELD,
+  return new RnodeError(
+    ErrorCodes.LEASE_HELD,
     `disk ${disk} is being written by ${cur.holder} (lease until ${cur.expiresAt}); wait for it to finish, only one node may write a disk at a time`,
-    { details: { holder: cur.holder, expiresAt: cur.expiresAt } });
+    { details: { holder: cur.holder, expiresAt: cur.expiresAt } },
+  );
 }
 
 function leaseLost(r: LeaseRecord): RnodeError {
-  return new RnodeError(ErrorCodes.LEASE_LOST,
-    `lost the write lease of disk ${r.disk} (token ${r.token}) to another writer; this run stopped without committing`);
+  return new RnodeError(
+    ErrorCodes.LEASE_LOST,
+    `lost the write lease of disk ${r.disk} (token ${r.token}) to another writer; this run stopped without committing`,
+  );
 }
 
 /** Leases as objects of a store, written with conditional puts by whoever holds them (a local writer, or a node). */
 export class StoreLeases implements LeaseAuthority {
-  constructor(private readonly store: ObjectStore, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   async acquire(disk: string, holder: string, ttlMs: number, breakDead?: string): Promise<LeaseRecord> {
     const key = layout.lease(disk);
@@ -74,8 +81,13 @@ export class StoreLeases implements LeaseAuthority {
       }
       const at = new Date(t).toISOString();
       const record: LeaseRecord = {
-        format: 'rnode-lease', disk, holder, token: (cur?.record.token ?? 0) + 1,
-        acquiredAt: at, renewedAt: at, expiresAt: new Date(t + ttlMs).toISOString(),
+        format: 'rnode-lease',
+        disk,
+        holder,
+        token: (cur?.record.token ?? 0) + 1,
+        acquiredAt: at,
+        renewedAt: at,
+        expiresAt: new Date(t + ttlMs).toISOString(),
       };
       try {
         await this.store.put(key, encode(record), cur ? { ifMatch: cur.etag, control: true } : { ifNoneMatch: true, control: true });
@@ -122,18 +134,31 @@ export class Lease {
   private renewing: Promise<void> | undefined;
   private readonly controller = new AbortController();
 
-  private constructor(private readonly authority: LeaseAuthority, readonly record: LeaseRecord,
-    private readonly ttlMs: number, private readonly now: () => number) {}
+  private constructor(
+    private readonly authority: LeaseAuthority,
+    readonly record: LeaseRecord,
+    private readonly ttlMs: number,
+    private readonly now: () => number,
+  ) {}
 
-  get token(): number { return this.record.token; }
+  get token(): number {
+    return this.record.token;
+  }
   /** Aborted when the lease is lost, so long-running work stops early. */
-  get signal(): AbortSignal { return this.controller.signal; }
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
 
   /**
    * Runs fn holding the lease `name` (released after, also on a failure); with opts false, without a lease (the
    * caller holds it already, e.g. the agent or a VM run).
    */
-  static async holding<T>(store: ObjectStore, name: string, opts: LeaseOptions | false | undefined, fn: (lease: Lease | undefined) => Promise<T>): Promise<T> {
+  static async holding<T>(
+    store: ObjectStore,
+    name: string,
+    opts: LeaseOptions | false | undefined,
+    fn: (lease: Lease | undefined) => Promise<T>,
+  ): Promise<T> {
     if (opts === false) return fn(undefined);
     const lease = await Lease.acquire(store, name, opts);
     try {
@@ -160,7 +185,10 @@ export class Lease {
         if (!isRnodeError(err, ErrorCodes.LEASE_HELD)) throw err;
         // A holder on this host whose process is gone: a node cannot see that, the writer tells it (once per holder).
         const other = String(err.details.holder ?? '');
-        if (other !== breakDead && holderIsDead(other)) { breakDead = other; continue; }
+        if (other !== breakDead && holderIsDead(other)) {
+          breakDead = other;
+          continue;
+        }
         if (now() >= deadline) throw err;
         await sleep(Math.min(1000, deadline - now()));
       }
@@ -168,7 +196,12 @@ export class Lease {
   }
 
   private startRenewing(): void {
-    this.timer = setInterval(() => { this.renew().catch(() => undefined); }, Math.max(50, Math.floor(this.ttlMs / 3)));
+    this.timer = setInterval(
+      () => {
+        this.renew().catch(() => undefined);
+      },
+      Math.max(50, Math.floor(this.ttlMs / 3)),
+    );
     this.timer.unref();
   }
 
@@ -183,7 +216,11 @@ export class Lease {
       await this.renewOnce();
     })();
     this.renewing = run;
-    void run.catch(() => undefined).finally(() => { if (this.renewing === run) this.renewing = undefined; });
+    void run
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.renewing === run) this.renewing = undefined;
+      });
     return run;
   }
 

@@ -20,8 +20,10 @@ const DISK_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export function validateDiskId(disk: string): string {
   if (!DISK_ID.test(disk)) {
-    throw new RnodeError(ErrorCodes.BAD_DISK_ID,
-      `disk id "${disk}" is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (pass --disk)`);
+    throw new RnodeError(
+      ErrorCodes.BAD_DISK_ID,
+      `disk id "${disk}" is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (pass --disk)`,
+    );
   }
   return disk;
 }
@@ -176,8 +178,10 @@ const R2_PATTERNS: Array<[RegExp, (m: RegExpExecArray) => R2Handle]> = [
   [/^r2\/([^/]+)\/packs\/([0-9a-f]{2})\/([0-9a-f]{32})$/, (m) => ({ kind: 'pack', domain: m[1], id: m[3] })],
   [/^r2\/([^/]+)\/index\/([0-9a-f]{2})\/([0-9a-f]{32})$/, (m) => ({ kind: 'index', domain: m[1], id: m[3] })],
   [new RegExp(`^r2/([^/]+)/disks/([^/]+)/points/${SEQ}$`), (m) => ({ kind: 'manifest', domain: m[1], dname: m[2], point: Number(m[3]) })],
-  [new RegExp(`^r2/([^/]+)/disks/([^/]+)/tables/${SEQ}/g(\\d{4})-(\\d{8})$`),
-    (m) => ({ kind: 'table', domain: m[1], dname: m[2], point: Number(m[3]), generation: Number(m[4]), segment: Number(m[5]) })],
+  [
+    new RegExp(`^r2/([^/]+)/disks/([^/]+)/tables/${SEQ}/g(\\d{4})-(\\d{8})$`),
+    (m) => ({ kind: 'table', domain: m[1], dname: m[2], point: Number(m[3]), generation: Number(m[4]), segment: Number(m[5]) }),
+  ],
   [new RegExp(`^r2/([^/]+)/disks/([^/]+)/pending/${SEQ}$`), (m) => ({ kind: 'pending', domain: m[1], dname: m[2], point: Number(m[3]) })],
   [/^r2\/([^/]+)\/prune\/([^/]+)$/, (m) => ({ kind: 'prune', domain: m[1], name: m[2] })],
 ];
@@ -185,8 +189,10 @@ const CLAIM_PATTERN = /^claims\/([0-9a-f]{32})$/;
 
 const LEGACY_PATTERNS: Array<[RegExp, (m: RegExpExecArray) => LegacyHandle]> = [
   [new RegExp(`^disks/([^/]+)/points/${SEQ}\\.json$`), (m) => ({ kind: 'legacy-manifest', disk: m[1], point: Number(m[2]) })],
-  [new RegExp(`^disks/([^/]+)/tables/${SEQ}/g(\\d{4})-(\\d{8})$`),
-    (m) => ({ kind: 'legacy-table', disk: m[1], point: Number(m[2]), generation: Number(m[3]), segment: Number(m[4]) })],
+  [
+    new RegExp(`^disks/([^/]+)/tables/${SEQ}/g(\\d{4})-(\\d{8})$`),
+    (m) => ({ kind: 'legacy-table', disk: m[1], point: Number(m[2]), generation: Number(m[3]), segment: Number(m[4]) }),
+  ],
   [new RegExp(`^disks/([^/]+)/chunks/${SEQ}/(\\d{12})$`), (m) => ({ kind: 'legacy-chunk', disk: m[1], writer: Number(m[2]), index: Number(m[3]) })],
   [new RegExp(`^disks/([^/]+)/pending/${SEQ}\\.json$`), (m) => ({ kind: 'legacy-pending', disk: m[1], point: Number(m[2]) })],
   [/^disks\/([^/]+)\/lease\.json$/, (m) => ({ kind: 'lease', disk: m[1] })],
@@ -220,22 +226,39 @@ export function classify(key: string): KeyHandle | undefined {
 /** The key a handle names (the inverse of classify). */
 export function keyOf(h: KeyHandle): string {
   switch (h.kind) {
-    case 'config': return r2.config(h.domain);
-    case 'pack': return r2.pack(h.domain, h.id);
-    case 'index': return r2.index(h.domain, h.id);
-    case 'manifest': return r2.point(h.domain, h.dname, h.point);
-    case 'table': return r2.segment(h.domain, h.dname, h.point, h.generation, h.segment);
-    case 'pending': return r2.pending(h.domain, h.dname, h.point);
-    case 'prune': return r2.prune(h.domain, h.name);
-    case 'claim': return claims.claim(h.hash);
-    case 'legacy-manifest': return layout.point(validateDiskId(h.disk), h.point);
-    case 'legacy-table': return layout.segment(validateDiskId(h.disk), h.point, h.generation, h.segment);
-    case 'legacy-chunk': return layout.chunk(validateDiskId(h.disk), h.writer, h.index);
-    case 'legacy-pending': return layout.pending(validateDiskId(h.disk), h.point);
-    case 'lease': return layout.lease(validateDiskId(h.disk));
-    case 'encryption-marker': return layout.encryptionMarker(validateDiskId(h.disk));
-    case 'vm-point': return vmLayout.point(validateDiskId(h.vm), h.point);
-    case 'vm-partial': return vmLayout.partial(validateDiskId(h.vm), h.after, h.at);
-    case 'vm-access': return vmLayout.access(validateDiskId(h.vm));
+    case 'config':
+      return r2.config(h.domain);
+    case 'pack':
+      return r2.pack(h.domain, h.id);
+    case 'index':
+      return r2.index(h.domain, h.id);
+    case 'manifest':
+      return r2.point(h.domain, h.dname, h.point);
+    case 'table':
+      return r2.segment(h.domain, h.dname, h.point, h.generation, h.segment);
+    case 'pending':
+      return r2.pending(h.domain, h.dname, h.point);
+    case 'prune':
+      return r2.prune(h.domain, h.name);
+    case 'claim':
+      return claims.claim(h.hash);
+    case 'legacy-manifest':
+      return layout.point(validateDiskId(h.disk), h.point);
+    case 'legacy-table':
+      return layout.segment(validateDiskId(h.disk), h.point, h.generation, h.segment);
+    case 'legacy-chunk':
+      return layout.chunk(validateDiskId(h.disk), h.writer, h.index);
+    case 'legacy-pending':
+      return layout.pending(validateDiskId(h.disk), h.point);
+    case 'lease':
+      return layout.lease(validateDiskId(h.disk));
+    case 'encryption-marker':
+      return layout.encryptionMarker(validateDiskId(h.disk));
+    case 'vm-point':
+      return vmLayout.point(validateDiskId(h.vm), h.point);
+    case 'vm-partial':
+      return vmLayout.partial(validateDiskId(h.vm), h.after, h.at);
+    case 'vm-access':
+      return vmLayout.access(validateDiskId(h.vm));
   }
 }

@@ -106,7 +106,8 @@ export function encodeTrailerBody(entries: readonly BlobEntry[]): Buffer {
  * in order, without overlap. Sealed flags must match the domain (sealed exactly when encrypted).
  */
 export function decodeTrailerBody(body: Buffer, blobLimit: number, sealed: boolean, what: string): BlobEntry[] {
-  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `pack ${what} trailer is corrupt (${why}); run "rnode check"`, { details: { key: what } });
+  const bad = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `pack ${what} trailer is corrupt (${why}); run "rnode check"`, { details: { key: what } });
   if (body.length < 4) throw bad('truncated');
   const count = body.readUInt32LE(0);
   if (body.length !== 4 + count * BLOB_ENTRY_BYTES) throw bad('length does not match its entry count');
@@ -132,7 +133,13 @@ export class PackBuilder {
   #buf: Buffer;
   #used = 0;
 
-  constructor(readonly domain: string, readonly target: number, readonly key?: EncryptionKey, id = newObjectId(), buffer?: Buffer) {
+  constructor(
+    readonly domain: string,
+    readonly target: number,
+    readonly key?: EncryptionKey,
+    id = newObjectId(),
+    buffer?: Buffer,
+  ) {
     this.id = id;
     // Room for the trailer too, so finish() writes it in place instead of copying the pack once more. Page-aligned, so
     // the fs store writes the pack with O_DIRECT: from malloc a buffer started 16 bytes past a page, and every pack
@@ -141,10 +148,16 @@ export class PackBuilder {
   }
 
   /** The buffer the pack is built in (to be reused for a later pack once this one is stored). */
-  get buffer(): Buffer { return this.#buf; }
+  get buffer(): Buffer {
+    return this.#buf;
+  }
 
-  get size(): number { return this.#used; }
-  get count(): number { return this.entries.length; }
+  get size(): number {
+    return this.#used;
+  }
+  get count(): number {
+    return this.entries.length;
+  }
 
   /**
    * True when adding `length` more bytes would take the pack past its target, or the finished pack object past
@@ -165,8 +178,13 @@ export class PackBuilder {
     // Blobs come from the codec workers' shared memory, which Buffer.copy walks word by word (~0.4 GB/s here).
     copyBytes(blob, this.#buf.subarray(this.#used));
     const e: BlobEntry = {
-      id: Buffer.from(meta.id), offset: this.#used, length: blob.length, plainLength: meta.plainLength, codec: meta.codec,
-      flags: this.key ? BlobFlag.SEALED : 0, payloadXxh64: meta.payloadXxh64 ?? xxh64(blob),
+      id: Buffer.from(meta.id),
+      offset: this.#used,
+      length: blob.length,
+      plainLength: meta.plainLength,
+      codec: meta.codec,
+      flags: this.key ? BlobFlag.SEALED : 0,
+      payloadXxh64: meta.payloadXxh64 ?? xxh64(blob),
     };
     this.entries.push(e);
     this.#used += blob.length;
@@ -213,8 +231,10 @@ export function packSizeFor(store: ObjectStore, wanted: number, min: number): nu
 
 /** The trailer's place in a pack of packSize bytes, from its last PACK_TAIL_BYTES. */
 export function trailerPlace(tail: Buffer, packSize: number, what: string): { start: number; length: number } {
-  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `pack ${what} is corrupt (${why}); it was truncated or damaged; run "rnode check"`,
-    { details: { key: what } });
+  const bad = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `pack ${what} is corrupt (${why}); it was truncated or damaged; run "rnode check"`, {
+      details: { key: what },
+    });
   if (packSize < PACK_TAIL_BYTES || tail.length !== PACK_TAIL_BYTES || !tail.subarray(4).equals(PACK_MAGIC)) throw bad('no pack magic at its end');
   const length = tail.readUInt32LE(0);
   if (length > MAX_TRAILER_BYTES || length > packSize - PACK_TAIL_BYTES) throw bad('trailer length out of range');
@@ -230,7 +250,12 @@ export function decodePack(pack: Buffer, domain: string, packId: ObjectId, key?:
 }
 
 /** Reads a stored pack's trailer with two ranged gets (tail, then trailer): what check, prune and repack need. */
-export async function readPackTrailer(store: ObjectStore, domain: string, packId: ObjectId, key?: EncryptionKey): Promise<{ entries: BlobEntry[]; size: number }> {
+export async function readPackTrailer(
+  store: ObjectStore,
+  domain: string,
+  packId: ObjectId,
+  key?: EncryptionKey,
+): Promise<{ entries: BlobEntry[]; size: number }> {
   const what = r2.pack(domain, packId);
   const { size } = await store.head(what);
   if (size < PACK_TAIL_BYTES) trailerPlace(Buffer.alloc(0), size, what);

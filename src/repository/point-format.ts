@@ -81,7 +81,17 @@ export function encodeTableV3(domain: Domain, place: V2SegmentPlace, entries: re
 /** A v2 table record as the rest of rnode sees a table entry (see ChunkEntry.id). */
 export function v2Entry(index: number, id: Buffer | undefined, plainLength: number, point: number): ChunkEntry {
   if (!id) return { index, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength, storedLength: 0, flags: TableFlag.ZERO, codec: Codec.NONE };
-  return { index, xxh64: id.readBigUInt64LE(0), strong: id.subarray(0, 16), writer: point, plainLength, storedLength: 0, flags: 0, codec: Codec.NONE, id };
+  return {
+    index,
+    xxh64: id.readBigUInt64LE(0),
+    strong: id.subarray(0, 16),
+    writer: point,
+    plainLength,
+    storedLength: 0,
+    flags: 0,
+    codec: Codec.NONE,
+    id,
+  };
 }
 
 /**
@@ -90,11 +100,15 @@ export function v2Entry(index: number, id: Buffer | undefined, plainLength: numb
  */
 export function decodeTableV3(b: Buffer, domain: Domain, place: V2SegmentPlace, what: string, digest?: string): ChunkEntry[] {
   if (digest !== undefined && segmentDigest(b) !== digest) {
-    throw new RnodeError(domain.key ? ErrorCodes.METADATA_FORGED : ErrorCodes.MANIFEST_CORRUPT,
-      `chunk table ${what} is not the segment its manifest names (replaced, replayed or damaged); restore from another point or store`, { details: { key: what } });
+    throw new RnodeError(
+      domain.key ? ErrorCodes.METADATA_FORGED : ErrorCodes.MANIFEST_CORRUPT,
+      `chunk table ${what} is not the segment its manifest names (replaced, replayed or damaged); restore from another point or store`,
+      { details: { key: what } },
+    );
   }
   const body = openEnvelope(b, EnvelopeKind.TABLE, tableContext(domain.name, place), what, domain.key);
-  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${what} is corrupt (${why}); restore from another point`, { details: { key: what } });
+  const bad = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${what} is corrupt (${why}); restore from another point`, { details: { key: what } });
   if (body.length < 4) throw bad('truncated');
   const count = body.readUInt32LE(0);
   if (body.length !== 4 + count * TABLE_V3_RECORD_BYTES) throw bad('length does not match its record count');
@@ -119,7 +133,8 @@ export function decodeTableV3(b: Buffer, domain: Domain, place: V2SegmentPlace, 
 export function encodeManifestV4(domain: Domain, m: PointManifest & V4ManifestFields): Buffer {
   const { r2: _place, ...rest } = m as Partial<V2PointManifest> & PointManifest;
   const body = {
-    ...rest, version: MANIFEST_VERSION_V2,
+    ...rest,
+    version: MANIFEST_VERSION_V2,
     table: { ...m.table, segments: m.table.segments.map(({ records, first, last, digest }) => ({ records, first, last, digest })) },
   };
   return sealEnvelope(EnvelopeKind.MANIFEST, envelopeContext.manifest(domain.name, m.disk, m.point), Buffer.from(JSON.stringify(body)), domain.key);
@@ -130,8 +145,10 @@ export function decodeManifestV4(b: Buffer, domain: Domain, disk: string, point:
   const dname = domain.dname(disk);
   const what = r2.point(domain.name, dname, point);
   const body = openEnvelope(b, EnvelopeKind.MANIFEST, envelopeContext.manifest(domain.name, disk, point), what, domain.key);
-  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `manifest ${what} is corrupt (${why}); run "rnode verify" and restore from another point`,
-    { details: { key: what } });
+  const bad = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `manifest ${what} is corrupt (${why}); run "rnode verify" and restore from another point`, {
+      details: { key: what },
+    });
   let m: any;
   try {
     m = JSON.parse(body.toString('utf8'));
@@ -140,20 +157,40 @@ export function decodeManifestV4(b: Buffer, domain: Domain, disk: string, point:
   }
   if (!m || m.format !== MANIFEST_FORMAT) throw bad('not an rnode point manifest');
   if (m.version !== MANIFEST_VERSION_V2) {
-    throw new RnodeError(ErrorCodes.FORMAT_VERSION, `manifest ${what} has format version ${m.version}; this rnode reads version ${MANIFEST_VERSION_V2} here, upgrade rnode`);
+    throw new RnodeError(
+      ErrorCodes.FORMAT_VERSION,
+      `manifest ${what} has format version ${m.version}; this rnode reads version ${MANIFEST_VERSION_V2} here, upgrade rnode`,
+    );
   }
   const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
   if (m.disk !== disk || m.point !== point) throw bad(`it names point ${m.point} of disk ${m.disk}`);
-  if (!(m.parent === null || (okInt(m.parent) && m.parent < point)) || !okInt(m.diskSize) || !okInt(m.chunkSize) || !m.table ||
-      !okInt(m.table.generation) || !Array.isArray(m.table.segments) || (m.marksGeneration !== undefined && !okInt(m.marksGeneration)) ||
-      m.table.segments.some((s: any) => !s || !okInt(s.records) || !Number.isSafeInteger(s.first) || !Number.isSafeInteger(s.last) ||
-        typeof s.digest !== 'string' || !/^[0-9a-f]{64}$/.test(s.digest))) {
+  if (
+    !(m.parent === null || (okInt(m.parent) && m.parent < point)) ||
+    !okInt(m.diskSize) ||
+    !okInt(m.chunkSize) ||
+    !m.table ||
+    !okInt(m.table.generation) ||
+    !Array.isArray(m.table.segments) ||
+    (m.marksGeneration !== undefined && !okInt(m.marksGeneration)) ||
+    m.table.segments.some(
+      (s: any) =>
+        !s ||
+        !okInt(s.records) ||
+        !Number.isSafeInteger(s.first) ||
+        !Number.isSafeInteger(s.last) ||
+        typeof s.digest !== 'string' ||
+        !/^[0-9a-f]{64}$/.test(s.digest),
+    )
+  ) {
     throw bad('missing or invalid fields');
   }
   if ((domain.key !== undefined) !== (m.encryption !== undefined) || (m.encryption && m.encryption.keyId !== domain.key?.keyId)) {
     throw bad('its encryption field does not match its domain');
   }
-  m.table.segments = m.table.segments.map((s: SegmentRef, n: number) => ({ ...s, key: r2.segment(domain.name, dname, point, m.table.generation, n) }));
+  m.table.segments = m.table.segments.map((s: SegmentRef, n: number) => ({
+    ...s,
+    key: r2.segment(domain.name, dname, point, m.table.generation, n),
+  }));
   m.r2 = { domain: domain.name, dname };
   return m as V2PointManifest;
 }

@@ -94,8 +94,10 @@ export async function resolvePoint(store: ObjectStore, disk: string, which: stri
   }
   const n = Number(which);
   if (!seqs.includes(n)) {
-    throw new RnodeError(ErrorCodes.POINT_NOT_FOUND,
-      `point ${which} of disk ${disk} does not exist; existing points: ${seqs.join(', ')} (or "latest")`);
+    throw new RnodeError(
+      ErrorCodes.POINT_NOT_FOUND,
+      `point ${which} of disk ${disk} does not exist; existing points: ${seqs.join(', ')} (or "latest")`,
+    );
   }
   return n;
 }
@@ -119,7 +121,8 @@ async function chainFrom(store: ObjectStore, first: PointManifest, key: Encrypti
   while (m) {
     chain.push(m);
     if (m.parent === null) break;
-    if (m.parent >= m.point) throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} names a later parent ${m.parent}; the store is damaged`);
+    if (m.parent >= m.point)
+      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} names a later parent ${m.parent}; the store is damaged`);
     const parent: PointManifest = await loadPoint(store, disk, m.parent, key).catch((err) => {
       if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) {
         throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m!.point} needs point ${m!.parent}, which is missing; the store is damaged`);
@@ -127,11 +130,17 @@ async function chainFrom(store: ObjectStore, first: PointManifest, key: Encrypti
       throw err;
     });
     if (parent.diskSize !== m.diskSize || parent.chunkSize !== m.chunkSize) {
-      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} and its parent ${parent.point} disagree on disk geometry; the store is damaged`);
+      throw new RnodeError(
+        ErrorCodes.MANIFEST_CORRUPT,
+        `point ${m.point} and its parent ${parent.point} disagree on disk geometry; the store is damaged`,
+      );
     }
     // A chain never mixes formats: the first v2 point of a disk stands alone.
     if (isV2Point(m) !== isV2Point(parent)) {
-      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} and its parent ${parent.point} are of different repository formats; the store is damaged`);
+      throw new RnodeError(
+        ErrorCodes.MANIFEST_CORRUPT,
+        `point ${m.point} and its parent ${parent.point} are of different repository formats; the store is damaged`,
+      );
     }
     m = parent;
   }
@@ -150,19 +159,27 @@ export async function explainNoPoints(store: ObjectStore, disk: string, key: Enc
   let otherEncrypted = false;
   for await (const o of store.list(r2.prefix)) {
     const h = classify(o.key);
-    if (h && 'domain' in h && h.domain !== own && h.domain !== PLAIN_DOMAIN) { otherEncrypted = true; break; }
+    if (h && 'domain' in h && h.domain !== own && h.domain !== PLAIN_DOMAIN) {
+      otherEncrypted = true;
+      break;
+    }
   }
   if (key && (await listV2PointSeqs(store, disk, undefined)).length > 0) {
     throw new RnodeError(ErrorCodes.KEY_MISMATCH, `disk ${disk} is not encrypted; leave out the encryption key`, { details: { disk } });
   }
   if (key && otherEncrypted) {
-    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
       `disk ${disk} has no points in the repository of the key given (key id ${key.keyId}); the store holds other encrypted repositories: pass the disk's key`,
-      { details: { disk, keyId: key.keyId } });
+      { details: { disk, keyId: key.keyId } },
+    );
   }
   if (!key && otherEncrypted) {
-    throw new RnodeError(ErrorCodes.KEY_REQUIRED,
-      `disk ${disk} has no points readable without a key, and the store holds encrypted repositories; pass its key with --encryption-key-file (agent jobs: encryption.key)`, { details: { disk } });
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `disk ${disk} has no points readable without a key, and the store holds encrypted repositories; pass its key with --encryption-key-file (agent jobs: encryption.key)`,
+      { details: { disk } },
+    );
   }
   throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
 }
@@ -247,8 +264,11 @@ export async function v2DiskId(store: ObjectStore, d: V2DiskObjects, key?: Encry
     if (typeof disk === 'string' && keyedNameOf(domain, disk) === d.dname) return disk;
     // A checkpoint need not name its disk; a manifest always does.
     if (disk === undefined && checkpoint) continue;
-    throw new RnodeError(ErrorCodes.METADATA_FORGED, `${what} does not belong to its disk name (moved, forged, or sealed with another key); run "rnode check"`,
-      { details: { key: what } });
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
+      `${what} does not belong to its disk name (moved, forged, or sealed with another key); run "rnode check"`,
+      { details: { key: what } },
+    );
   }
   return undefined;
 }

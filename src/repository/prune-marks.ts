@@ -37,7 +37,10 @@ export interface PackMark {
 
 /** Pack id -> what prune knows of it, and the generation of the marks object it was read from (0: none, or written before generations). */
 export class PruneMarks {
-  constructor(readonly packs: Map<ObjectId, PackMark> = new Map(), public generation = 0) {}
+  constructor(
+    readonly packs: Map<ObjectId, PackMark> = new Map(),
+    public generation = 0,
+  ) {}
 
   /**
    * True when a writer must not use this pack: not as a dedup target, and not in a point it commits (a run that
@@ -48,7 +51,9 @@ export class PruneMarks {
     return s === 'marked' || s === 'deleted';
   }
 
-  get size(): number { return this.packs.size; }
+  get size(): number {
+    return this.packs.size;
+  }
 }
 
 export function pruneMarksKey(domain: string): string {
@@ -72,7 +77,8 @@ export function encodePruneMarks(domain: Domain, marks: PruneMarks): Buffer {
 export function decodePruneMarks(b: Buffer, domain: Domain): PruneMarks {
   const what = pruneMarksKey(domain.name);
   const body = openEnvelope(b, EnvelopeKind.PRUNE_MARKS, envelopeContext.prune(domain.name, MARKS_NAME), what, domain.key);
-  const bad = (why: string) => new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `prune marks ${what} are corrupt (${why}); run "rnode check"`, { details: { key: what } });
+  const bad = (why: string) =>
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `prune marks ${what} are corrupt (${why}); run "rnode check"`, { details: { key: what } });
   if (body.length < 4) throw bad('truncated');
   const count = body.readUInt32LE(0);
   const entriesEnd = 4 + count * ENTRY_BYTES;
@@ -116,10 +122,12 @@ export async function writePruneMarks(store: ObjectStore, domain: Domain, marks:
 export function checkMarksGeneration(domain: Domain, marks: PruneMarks, generation: number, recorded: string, outcome: string): void {
   if (marks.generation >= generation) return;
   const key = pruneMarksKey(domain.name);
-  throw new RnodeError(ErrorCodes.PRUNE_MARKS_REPLAYED,
+  throw new RnodeError(
+    ErrorCodes.PRUNE_MARKS_REPLAYED,
     `prune marks ${key} are generation ${marks.generation}, older than generation ${generation} ${recorded}: an older marks object was put back ` +
-    `(replayed, or restored from a stale copy); ${outcome}. Put the current marks object back, or run "rnode prune --reset-marks" to start the marks afresh`,
-    { details: { key, generation: marks.generation, recorded: generation } });
+      `(replayed, or restored from a stale copy); ${outcome}. Put the current marks object back, or run "rnode prune --reset-marks" to start the marks afresh`,
+    { details: { key, generation: marks.generation, recorded: generation } },
+  );
 }
 
 /**
@@ -128,7 +136,12 @@ export function checkMarksGeneration(domain: Domain, marks: PruneMarks, generati
  * writer records in its checkpoints and manifest.
  */
 export class WriterMarks {
-  constructor(private readonly store: ObjectStore, private readonly domain: Domain, public generation: number, private recorded: string) {}
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly domain: Domain,
+    public generation: number,
+    private recorded: string,
+  ) {}
 
   /** Reads the marks again; returns the packs the writer must not use (marked or deleted). */
   async blockedPacks(): Promise<Set<ObjectId>> {

@@ -19,7 +19,10 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
   let total = 0;
   const domain = isV2Point(m) ? Domain.of(key) : undefined;
   if (domain && isV2Point(m) && domain.name !== m.r2.domain) {
-    throw new RnodeError(ErrorCodes.KEY_MISMATCH, `point ${m.point} of disk ${m.disk} is in repository ${m.r2.domain}, not in the key's ${domain.name}; pass its key`);
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
+      `point ${m.point} of disk ${m.disk} is in repository ${m.r2.domain}, not in the key's ${domain.name}; pass its key`,
+    );
   }
   for (const [n, ref] of m.table.segments.entries()) {
     let bytes: Buffer;
@@ -27,16 +30,30 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
       bytes = await store.get(ref.key);
     } catch (err) {
       if (err instanceof RnodeError && err.code === ErrorCodes.STORE_NOT_FOUND) {
-        throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} of point ${m.point} of disk ${m.disk} is missing; restore from another point`,
-          { details: { key: ref.key } });
+        throw new RnodeError(
+          ErrorCodes.MANIFEST_CORRUPT,
+          `chunk table ${ref.key} of point ${m.point} of disk ${m.disk} is missing; restore from another point`,
+          { details: { key: ref.key } },
+        );
       }
       throw err;
     }
     const entries = domain
-      ? decodeTableV3(bytes, domain, { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, ref.key, ref.digest)
+      ? decodeTableV3(
+          bytes,
+          domain,
+          { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n },
+          ref.key,
+          ref.digest,
+        )
       : decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
-    if (entries.length !== ref.records || (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))) {
-      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; restore from another point`, { details: { key: ref.key } });
+    if (
+      entries.length !== ref.records ||
+      (entries.length > 0 && (entries[0].index !== ref.first || entries[entries.length - 1].index !== ref.last))
+    ) {
+      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `chunk table ${ref.key} does not match its manifest; restore from another point`, {
+        details: { key: ref.key },
+      });
     }
     for (const e of entries) {
       if (e.index <= prev || e.index * m.chunkSize >= m.diskSize) {
@@ -48,7 +65,10 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
     }
   }
   if (total !== m.table.records) {
-    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} of disk ${m.disk} lists ${m.table.records} chunk records but its tables hold ${total}`);
+    throw new RnodeError(
+      ErrorCodes.MANIFEST_CORRUPT,
+      `point ${m.point} of disk ${m.disk} lists ${m.table.records} chunk records but its tables hold ${total}`,
+    );
   }
 }
 
@@ -56,7 +76,13 @@ export async function* tableEntries(store: ObjectStore, m: PointManifest, key?: 
 export function decodePointSegment(bytes: Buffer, m: PointManifest, n: number, key: EncryptionKey | undefined): ChunkEntry[] {
   const ref = m.table.segments[n];
   if (!isV2Point(m)) return decodeSegment(bytes, ref.key, segmentExpectation(m, n, key));
-  return decodeTableV3(bytes, Domain.of(key), { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, ref.key, ref.digest);
+  return decodeTableV3(
+    bytes,
+    Domain.of(key),
+    { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n },
+    ref.key,
+    ref.digest,
+  );
 }
 
 /**
@@ -64,8 +90,13 @@ export function decodePointSegment(bytes: Buffer, m: PointManifest, n: number, k
  * binds its place (disk, point, parent, generation, segment). undefined when it is gone (committed or abandoned since
  * it was listed).
  */
-export async function pendingTableEntries(store: ObjectStore, disk: string, s: V2SegmentObject, parent: number | null,
-  key?: EncryptionKey): Promise<ChunkEntry[] | undefined> {
+export async function pendingTableEntries(
+  store: ObjectStore,
+  disk: string,
+  s: V2SegmentObject,
+  parent: number | null,
+  key?: EncryptionKey,
+): Promise<ChunkEntry[] | undefined> {
   let bytes: Buffer;
   try {
     bytes = await store.get(s.key);
@@ -90,13 +121,17 @@ export function segmentExpectation(m: PointManifest, n: number, key: EncryptionK
 export class Cursor<T> {
   private readonly it: AsyncIterator<T>;
   current: T | undefined;
-  constructor(src: AsyncIterable<T>) { this.it = src[Symbol.asyncIterator](); }
+  constructor(src: AsyncIterable<T>) {
+    this.it = src[Symbol.asyncIterator]();
+  }
   async next(): Promise<T | undefined> {
     const r = await this.it.next();
     this.current = r.done ? undefined : r.value;
     return this.current;
   }
-  async close(): Promise<void> { await this.it.return?.(); }
+  async close(): Promise<void> {
+    await this.it.return?.();
+  }
 }
 
 /**

@@ -106,9 +106,11 @@ export async function loadVmPoint(store: ObjectStore, vm: string, seq: number, e
   }
   if (p.version !== 1) throw new RnodeError(ErrorCodes.FORMAT_VERSION, `VM point ${key} has version ${p.version}; this rnode reads version 1`);
   if (encryption && (typeof p.mac !== 'string' || p.mac !== vmPointMac(p, encryption))) {
-    throw new RnodeError(ErrorCodes.METADATA_FORGED,
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
       `VM point ${key} ${p.mac === undefined ? 'is not authenticated although its disks are encrypted' : 'fails its MAC'}: it was modified, moved or forged; restore another VM point or from another store`,
-      { details: { key } });
+      { details: { key } },
+    );
   }
   return p;
 }
@@ -139,8 +141,11 @@ export async function resolveVmPoint(store: ObjectStore, vm: string, which: stri
  * Writes the next VM point (seq = newest + 1, created only if absent). Called once every disk point of it has
  * committed: the VM point is the commit of the VM run.
  */
-export async function commitVmPoint(store: ObjectStore, point: Omit<VmPoint, 'format' | 'version' | 'seq' | 'committedAt' | 'mac'>,
-  encryption?: EncryptionKey): Promise<VmPoint> {
+export async function commitVmPoint(
+  store: ObjectStore,
+  point: Omit<VmPoint, 'format' | 'version' | 'seq' | 'committedAt' | 'mac'>,
+  encryption?: EncryptionKey,
+): Promise<VmPoint> {
   const vm = validateVm(point.vm);
   for (let attempt = 0; ; attempt++) {
     const seqs = await listVmPointSeqs(store, vm);
@@ -167,7 +172,8 @@ export async function recordPartialVmRun(store: ObjectStore, run: Omit<PartialVm
 
 export async function listPartialVmRuns(store: ObjectStore, vm: string): Promise<PartialVmRun[]> {
   const out: PartialVmRun[] = [];
-  for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm)))) out.push(JSON.parse((await store.get(o.key)).toString('utf8')) as PartialVmRun);
+  for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm))))
+    out.push(JSON.parse((await store.get(o.key)).toString('utf8')) as PartialVmRun);
   return out;
 }
 
@@ -181,7 +187,10 @@ export async function deletePartialRunsBefore(store: ObjectStore, vm: string, up
   let n = 0;
   for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm)))) {
     const h = classify(o.key);
-    if (h?.kind === 'vm-partial' && h.after < upTo) { await store.delete(o.key); n++; }
+    if (h?.kind === 'vm-partial' && h.after < upTo) {
+      await store.delete(o.key);
+      n++;
+    }
   }
   return n;
 }

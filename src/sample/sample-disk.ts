@@ -3,16 +3,18 @@
 import fsp from 'node:fs/promises';
 
 const MiB = 1024 * 1024;
-const WORDS = ('replication node chunk block recovery point snapshot extent store verify restore stream ' +
-  'credit commit manifest cloud bucket vmware qemu bitmap lz4 hash the quick brown fox jumps over lazy dog').split(' ');
+const WORDS = (
+  'replication node chunk block recovery point snapshot extent store verify restore stream ' +
+  'credit commit manifest cloud bucket vmware qemu bitmap lz4 hash the quick brown fox jumps over lazy dog'
+).split(' ');
 
 /** xorshift128+: fast, seedable, good enough to make incompressible bytes. */
 export class Prng {
   private s0: bigint;
   private s1: bigint;
   constructor(seed: number) {
-    this.s0 = BigInt(seed) * 0x9e3779b97f4a7c15n + 1n & 0xffffffffffffffffn;
-    this.s1 = (this.s0 ^ 0xdeadbeefcafebaben) * 0xbf58476d1ce4e5b9n & 0xffffffffffffffffn;
+    this.s0 = (BigInt(seed) * 0x9e3779b97f4a7c15n + 1n) & 0xffffffffffffffffn;
+    this.s1 = ((this.s0 ^ 0xdeadbeefcafebaben) * 0xbf58476d1ce4e5b9n) & 0xffffffffffffffffn;
   }
   private nextBig(): bigint {
     let x = this.s0;
@@ -31,7 +33,9 @@ export class Prng {
     let x = Number(this.nextBig() & 0xffffffffn) | 1;
     const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.byteLength >>> 2);
     for (let i = 0; i < words.length; i++) {
-      x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
       words[i] = x >>> 0;
     }
     for (let i = words.length * 4; i < buf.byteLength; i++) buf[i] = this.int(256);

@@ -6,7 +6,15 @@
 import { META_NONCE_BYTES, META_TAG_BYTES } from '../crypto/keys.js';
 import { ErrorCodes, isRnodeError } from '../errors.js';
 import { decodeConfig, Domain } from '../repository/domain.js';
-import { ENVELOPE_HEADER_BYTES, ENVELOPE_MAGIC, ENVELOPE_VERSION, EnvelopeKind, envelopeContext, openEnvelope, type EnvelopeKindId } from '../repository/envelope.js';
+import {
+  ENVELOPE_HEADER_BYTES,
+  ENVELOPE_MAGIC,
+  ENVELOPE_VERSION,
+  EnvelopeKind,
+  envelopeContext,
+  openEnvelope,
+  type EnvelopeKindId,
+} from '../repository/envelope.js';
 import { decodeIndex, INDEX_ENTRY_BYTES } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, r2, type R2Handle } from '../repository/names.js';
 import { BLOB_ENTRY_BYTES, decodePack, PACK_TAIL_BYTES, trailerPlace, type BlobEntry } from '../repository/pack.js';
@@ -18,7 +26,11 @@ const SEAL_BYTES = META_NONCE_BYTES + META_TAG_BYTES;
 const CHECKSUM_BYTES = 32;
 const COUNT_BYTES = 4;
 
-export interface R2Put { key: string; data: Buffer; flags: number }
+export interface R2Put {
+  key: string;
+  data: Buffer;
+  flags: number;
+}
 
 export interface R2Checks {
   store: ObjectStore;
@@ -61,7 +73,10 @@ export async function checkR2Put(p: R2Put, h: R2Handle, deps: R2Checks): Promise
       else plainShape(p.data, EnvelopeKind.TABLE, TABLE_V3_RECORD_BYTES);
       return;
     case 'manifest':
-      if (!conditional) throw new Error('a point manifest must be committed with if-none-match (points are immutable over the peer link; run "rnode prune" on the receiving node)');
+      if (!conditional)
+        throw new Error(
+          'a point manifest must be committed with if-none-match (points are immutable over the peer link; run "rnode prune" on the receiving node)',
+        );
       if (sealed) {
         sealedShape(p.data, EnvelopeKind.MANIFEST);
         await requireSome(deps.store, r2.tablesPrefix(h.domain, h.dname, h.point), 'table segment');
@@ -96,7 +111,8 @@ function header(b: Buffer, kind: EnvelopeKindId, sealed: boolean): void {
 
 /** A body of `u32 count | count records of recordBytes` must fill exactly `bodyBytes`. */
 function recordsFit(bodyBytes: number, recordBytes: number): void {
-  if (bodyBytes < COUNT_BYTES || (bodyBytes - COUNT_BYTES) % recordBytes !== 0) throw new Error(`its body of ${bodyBytes} bytes is not a count and records of ${recordBytes} bytes`);
+  if (bodyBytes < COUNT_BYTES || (bodyBytes - COUNT_BYTES) % recordBytes !== 0)
+    throw new Error(`its body of ${bodyBytes} bytes is not a count and records of ${recordBytes} bytes`);
 }
 
 /** A sealed object: header, room for nonce and tag, and (for record bodies) a body length its kind can have. */
@@ -129,7 +145,8 @@ async function checkPlainPack(b: Buffer, packId: string, deps: R2Checks): Promis
   if (entries.length === 0) throw new Error('a pack without blobs');
   let end = 0;
   for (const e of entries) {
-    if (e.offset !== end) throw new Error(`blob ${e.id.toString('hex').slice(0, 16)}… starts at ${e.offset}, not where the previous one ends (${end})`);
+    if (e.offset !== end)
+      throw new Error(`blob ${e.id.toString('hex').slice(0, 16)}… starts at ${e.offset}, not where the previous one ends (${end})`);
     end = e.offset + e.length;
   }
   const { start } = trailerPlace(b.subarray(b.length - PACK_TAIL_BYTES), b.length, packId);
@@ -165,7 +182,13 @@ async function checkPlainManifest(b: Buffer, h: Extract<R2Handle, { kind: 'manif
       if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its table segment ${s.key} is not on this node`, { cause: err });
       throw err;
     }
-    decodeTableV3(bytes, plainDomain, { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n }, s.key, s.digest);
+    decodeTableV3(
+      bytes,
+      plainDomain,
+      { disk: m.disk, point: m.point, parent: m.parent, generation: m.table.generation, segment: n },
+      s.key,
+      s.digest,
+    );
   }
 }
 

@@ -39,10 +39,23 @@ export function classifyKey(key: string): KeyInfo | undefined {
 
 /** How a kind is named in a refusal. */
 const KIND_WORDS: Record<ObjectKind, string> = {
-  config: 'repository config', pack: 'pack', index: 'index', manifest: 'point manifest', table: 'table segment', pending: 'pending checkpoint',
-  prune: 'prune record', claim: 'disk claim', 'legacy-manifest': 'point manifest', 'legacy-table': 'table segment', 'legacy-chunk': 'chunk',
-  'legacy-pending': 'pending checkpoint', lease: 'lease', 'encryption-marker': 'encryption marker', 'vm-point': 'VM point',
-  'vm-partial': 'partial VM run record', 'vm-access': 'VM access marker',
+  config: 'repository config',
+  pack: 'pack',
+  index: 'index',
+  manifest: 'point manifest',
+  table: 'table segment',
+  pending: 'pending checkpoint',
+  prune: 'prune record',
+  claim: 'disk claim',
+  'legacy-manifest': 'point manifest',
+  'legacy-table': 'table segment',
+  'legacy-chunk': 'chunk',
+  'legacy-pending': 'pending checkpoint',
+  lease: 'lease',
+  'encryption-marker': 'encryption marker',
+  'vm-point': 'VM point',
+  'vm-partial': 'partial VM run record',
+  'vm-access': 'VM access marker',
 };
 
 function rejected(message: string, details: Record<string, unknown>, cause?: unknown): RnodeError {
@@ -53,7 +66,10 @@ function rejected(message: string, details: Record<string, unknown>, cause?: unk
 export class ObjectValidator implements ObjectChecks {
   private readonly pools = new Map<number, BufferPool<ReadSlot>>();
 
-  constructor(private readonly store: ObjectStore, private readonly slotsPerSize = 4) {
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly slotsPerSize = 4,
+  ) {
     // The codec workers start with the node, not at the first pack it checks: a fresh node's first packs waited for
     // them to load, and the sender's pipeline waited for those packs' acks.
     codecWorkers();
@@ -63,30 +79,56 @@ export class ObjectValidator implements ObjectChecks {
   async checkPut(p: PutCheck): Promise<KeyInfo> {
     const k = classifyKey(p.key);
     if (!k) {
-      throw rejected(`key ${JSON.stringify(p.key.slice(0, 200))} is not an rnode object (points, tables, chunks, pending or lease of a disk, or a v2 repository object); it was not stored`,
-        { key: p.key });
+      throw rejected(
+        `key ${JSON.stringify(p.key.slice(0, 200))} is not an rnode object (points, tables, chunks, pending or lease of a disk, or a v2 repository object); it was not stored`,
+        { key: p.key },
+      );
     }
     try {
       switch (k.kind) {
-        case 'config': case 'pack': case 'index': case 'manifest': case 'table': case 'pending': case 'prune':
+        case 'config':
+        case 'pack':
+        case 'index':
+        case 'manifest':
+        case 'table':
+        case 'pending':
+        case 'prune':
           await checkR2Put(p, k, { store: this.store, decodeBlobs: (pack, blobs) => this.decodeBlobs(pack, blobs) });
           break;
         case 'claim':
           if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) throw new Error('a disk claim is written once, with if-none-match');
           decodeClaim(p.data);
           break;
-        case 'legacy-chunk': await this.checkChunk(p, k); break;
-        case 'legacy-table': decodeSegment(p.data, p.key, 'any'); break;
-        case 'legacy-manifest': await this.checkManifest(p, k); break;
-        case 'legacy-pending': checkPending(p.data, p.key, k); break;
+        case 'legacy-chunk':
+          await this.checkChunk(p, k);
+          break;
+        case 'legacy-table':
+          decodeSegment(p.data, p.key, 'any');
+          break;
+        case 'legacy-manifest':
+          await this.checkManifest(p, k);
+          break;
+        case 'legacy-pending':
+          checkPending(p.data, p.key, k);
+          break;
         case 'lease':
           // The node owns its leases: a peer takes one with a lease message, and a written lease could lock a disk.
-          throw rejected(`${p.key}: leases are not written over the peer link; the receiving node writes them (lease messages, docs/wire-protocol.md); it was not stored`,
-            { key: p.key, kind: 'lease' });
-        case 'encryption-marker': checkJsonObject(p.data, p.key); break;
-        case 'vm-point': await this.checkVmPoint(p, k); break;
-        case 'vm-partial': if (checkJsonObject(p.data, p.key).format !== 'rnode-vm-partial') throw new Error('not a partial VM run record'); break;
-        case 'vm-access': checkJsonObject(p.data, p.key); break;
+          throw rejected(
+            `${p.key}: leases are not written over the peer link; the receiving node writes them (lease messages, docs/wire-protocol.md); it was not stored`,
+            { key: p.key, kind: 'lease' },
+          );
+        case 'encryption-marker':
+          checkJsonObject(p.data, p.key);
+          break;
+        case 'vm-point':
+          await this.checkVmPoint(p, k);
+          break;
+        case 'vm-partial':
+          if (checkJsonObject(p.data, p.key).format !== 'rnode-vm-partial') throw new Error('not a partial VM run record');
+          break;
+        case 'vm-access':
+          checkJsonObject(p.data, p.key);
+          break;
       }
     } catch (err) {
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) throw err;
@@ -104,8 +146,10 @@ export class ObjectValidator implements ObjectChecks {
   checkDelete(key: string): void {
     const k = classifyKey(key);
     if (!k || (k.kind !== 'legacy-pending' && k.kind !== 'pending' && k.kind !== 'vm-access')) {
-      throw rejected(`deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints and VM access markers; leases are released with a lease message); run "rnode prune" on the receiving node`,
-        { key });
+      throw rejected(
+        `deleting ${JSON.stringify(key.slice(0, 200))} over the peer link is not allowed (only pending checkpoints and VM access markers; leases are released with a lease message); run "rnode prune" on the receiving node`,
+        { key },
+      );
     }
   }
 
@@ -119,8 +163,11 @@ export class ObjectValidator implements ObjectChecks {
     const offsetOf = () => p.diskOffset ?? (h ? k.index! * h.plainLength : null);
     const fail = (why: string, cause?: unknown) => {
       const off = offsetOf();
-      return rejected(`chunk ${k.index} of disk ${k.disk} point ${k.writer}${off !== null ? ` at disk offset ${off}` : ''} was rejected: ${why}; it was not stored`,
-        { key: p.key, kind: 'chunk', disk: k.disk, point: k.writer, index: k.index, offset: off }, cause);
+      return rejected(
+        `chunk ${k.index} of disk ${k.disk} point ${k.writer}${off !== null ? ` at disk offset ${off}` : ''} was rejected: ${why}; it was not stored`,
+        { key: p.key, kind: 'chunk', disk: k.disk, point: k.writer, index: k.index, offset: off },
+        cause,
+      );
     };
     if ((p.flags & FrameFlag.CHUNK) === 0) throw fail('the frame is not marked as a chunk (its writer labels it: PutOptions.chunk)');
     try {
@@ -154,8 +201,10 @@ export class ObjectValidator implements ObjectChecks {
 
   private async checkManifest(p: PutCheck, k: Extract<KeyInfo, { kind: 'legacy-manifest' }>): Promise<void> {
     if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) {
-      throw rejected(`point manifest ${p.key} must be committed with if-none-match (points are immutable over the peer link; run "rnode prune" on the receiving node)`,
-        { key: p.key, kind: 'manifest' });
+      throw rejected(
+        `point manifest ${p.key} must be committed with if-none-match (points are immutable over the peer link; run "rnode prune" on the receiving node)`,
+        { key: p.key, kind: 'manifest' },
+      );
     }
     const m = decodeManifest(p.data, p.key);
     if (m.disk !== k.disk || m.point !== k.point) throw new Error(`it names point ${m.point} of disk ${m.disk}`);
@@ -168,14 +217,16 @@ export class ObjectValidator implements ObjectChecks {
     // Every referenced segment must already be durable here: a point is committed only over complete tables.
     const limit = 16;
     for (let i = 0; i < m.table.segments.length; i += limit) {
-      await Promise.all(m.table.segments.slice(i, i + limit).map(async (s) => {
-        try {
-          await this.store.head(s.key);
-        } catch (err) {
-          if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its table segment ${s.key} is not on this node`);
-          throw err;
-        }
-      }));
+      await Promise.all(
+        m.table.segments.slice(i, i + limit).map(async (s) => {
+          try {
+            await this.store.head(s.key);
+          } catch (err) {
+            if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new Error(`its table segment ${s.key} is not on this node`);
+            throw err;
+          }
+        }),
+      );
     }
   }
 
@@ -189,7 +240,8 @@ export class ObjectValidator implements ObjectChecks {
   private async checkVmPoint(p: PutCheck, k: Extract<KeyInfo, { kind: 'vm-point' }>): Promise<void> {
     if ((p.flags & FrameFlag.IF_NONE_MATCH) === 0) throw new Error('a VM point must be committed with if-none-match');
     const v = checkJsonObject(p.data, p.key);
-    if (v.format !== 'rnode-vm-point' || v.vm !== k.vm || v.seq !== k.point || !Array.isArray(v.disks)) throw new Error(`it is not VM point ${k.point} of ${k.vm}`);
+    if (v.format !== 'rnode-vm-point' || v.vm !== k.vm || v.seq !== k.point || !Array.isArray(v.disks))
+      throw new Error(`it is not VM point ${k.point} of ${k.vm}`);
     for (const d of v.disks as Array<{ disk?: unknown; point?: unknown }>) {
       const key = typeof d?.disk === 'string' && Number.isSafeInteger(d.point) ? layout.point(d.disk, d.point as number) : undefined;
       if (!key || classifyKey(key)?.kind !== 'legacy-manifest') throw new Error('it names a disk point that is not one');
@@ -199,7 +251,7 @@ export class ObjectValidator implements ObjectChecks {
         await this.store.head(key).catch((err) => {
           if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
           return this.store.head(r2.point(PLAIN_DOMAIN, d.disk as string, d.point as number)).catch(async (err2) => {
-            if (isRnodeError(err2, ErrorCodes.STORE_NOT_FOUND) && await this.hasEncryptedDomain()) return undefined;
+            if (isRnodeError(err2, ErrorCodes.STORE_NOT_FOUND) && (await this.hasEncryptedDomain())) return undefined;
             throw err2;
           });
         });
@@ -218,29 +270,35 @@ export class ObjectValidator implements ObjectChecks {
   private async decodeBlobs(pack: Buffer, blobs: BlobEntry[]): Promise<DecodedBlob[]> {
     const out: DecodedBlob[] = blobs.map(() => ({ error: 'not checked (a blob before it failed)' }));
     if (!(pack.buffer instanceof SharedArrayBuffer)) {
-      await Promise.all(blobs.map(async (e, i) => {
-        try {
-          out[i] = await this.decodeBlob(pack.subarray(e.offset, e.offset + e.length), e.codec, e.plainLength, e.id);
-        } catch (err) {
-          out[i] = { error: (err as Error).message };
-        }
-      }));
+      await Promise.all(
+        blobs.map(async (e, i) => {
+          try {
+            out[i] = await this.decodeBlob(pack.subarray(e.offset, e.offset + e.length), e.codec, e.plainLength, e.id);
+          } catch (err) {
+            out[i] = { error: (err as Error).message };
+          }
+        }),
+      );
       return out;
     }
-    await Promise.allSettled(shares(blobs, codecWorkers().size).map(async ({ from, to }) => {
-      const share = blobs.slice(from, to);
-      const pool = this.pool(Math.max(...share.map((e) => e.plainLength)));
-      const slot = await pool.acquire();
-      try {
-        const r = await codecWorkers().decodeBlobs(pack, share, slot.plain, PLAIN_DOMAIN);
-        r.results.forEach((d, i) => { out[from + i] = d; });
-        if (r.failed !== undefined) out[from + r.failed] = { error: r.error ?? 'does not decode' };
-      } catch (err) {
-        out[from] = { error: (err as Error).message };
-      } finally {
-        pool.release(slot);
-      }
-    }));
+    await Promise.allSettled(
+      shares(blobs, codecWorkers().size).map(async ({ from, to }) => {
+        const share = blobs.slice(from, to);
+        const pool = this.pool(Math.max(...share.map((e) => e.plainLength)));
+        const slot = await pool.acquire();
+        try {
+          const r = await codecWorkers().decodeBlobs(pack, share, slot.plain, PLAIN_DOMAIN);
+          r.results.forEach((d, i) => {
+            out[from + i] = d;
+          });
+          if (r.failed !== undefined) out[from + r.failed] = { error: r.error ?? 'does not decode' };
+        } catch (err) {
+          out[from] = { error: (err as Error).message };
+        } finally {
+          pool.release(slot);
+        }
+      }),
+    );
     return out;
   }
 
@@ -267,7 +325,7 @@ export class ObjectValidator implements ObjectChecks {
     let size = MIN_CHUNK_SIZE;
     while (size < plainLength) size *= 2;
     let pool = this.pools.get(size);
-    if (!pool) this.pools.set(size, pool = new BufferPool(this.slotsPerSize, () => newReadSlot(size)));
+    if (!pool) this.pools.set(size, (pool = new BufferPool(this.slotsPerSize, () => newReadSlot(size))));
     return pool;
   }
 }
@@ -302,9 +360,17 @@ function checkJsonObject(data: Buffer, key: string): Record<string, unknown> {
 function checkPending(data: Buffer, key: string, k: Extract<KeyInfo, { kind: 'legacy-pending' }>): void {
   const ck = checkJsonObject(data, key);
   const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (ck.format !== 'rnode-pending' || ck.point !== k.point || !(ck.parent === null || okInt(ck.parent)) ||
-      !okInt(ck.diskSize) || !okInt(ck.chunkSize) || !okInt(ck.records) || !okInt(ck.nextIndex) ||
-      !Array.isArray(ck.segments) || ck.segments.some((s: any) => !s || typeof s.key !== 'string' || classifyKey(s.key)?.kind !== 'legacy-table')) {
+  if (
+    ck.format !== 'rnode-pending' ||
+    ck.point !== k.point ||
+    !(ck.parent === null || okInt(ck.parent)) ||
+    !okInt(ck.diskSize) ||
+    !okInt(ck.chunkSize) ||
+    !okInt(ck.records) ||
+    !okInt(ck.nextIndex) ||
+    !Array.isArray(ck.segments) ||
+    ck.segments.some((s: any) => !s || typeof s.key !== 'string' || classifyKey(s.key)?.kind !== 'legacy-table')
+  ) {
     throw new Error('not a pending checkpoint of this point');
   }
 }

@@ -14,7 +14,8 @@ export function registerSourceScheme(scheme: string, factory: SourceFactory): vo
   schemes.set(scheme, factory);
 }
 // Loaded for such a source only: a replicate of a file or device needs neither the NBD client nor node:net.
-for (const scheme of ['nbd', 'nbd+unix']) registerSourceScheme(scheme, async (location, opts) => (await import('./nbd/nbd-source.js')).openNbdSource(location, opts));
+for (const scheme of ['nbd', 'nbd+unix'])
+  registerSourceScheme(scheme, async (location, opts) => (await import('./nbd/nbd-source.js')).openNbdSource(location, opts));
 
 export async function openSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
   const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(location);
@@ -23,8 +24,10 @@ export async function openSource(location: string, opts: Record<string, unknown>
   if (scheme === 'file') return RawSource.open(decodeURIComponent(new URL(location).pathname), opts as { direct?: boolean });
   const factory = schemes.get(scheme);
   if (!factory) {
-    throw new RnodeError(ErrorCodes.BAD_SOURCE,
-      `source scheme "${scheme}://" is not supported; use a file or block device path${[...schemes.keys()].map((s) => `, ${s}://`).join('')}`);
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `source scheme "${scheme}://" is not supported; use a file or block device path${[...schemes.keys()].map((s) => `, ${s}://`).join('')}`,
+    );
   }
   return factory(location, opts);
 }

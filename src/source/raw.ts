@@ -22,9 +22,15 @@ export class RawSource implements BlockSource {
     }
   }
 
-  get location(): string { return this.handle.path; }
-  get size(): number { return this.handle.size; }
-  get alignment(): number { return this.handle.alignment; }
+  get location(): string {
+    return this.handle.path;
+  }
+  get size(): number {
+    return this.handle.size;
+  }
+  get alignment(): number {
+    return this.handle.alignment;
+  }
 
   async *allocatedExtents(): AsyncIterable<Extent> {
     let pos = 0;
@@ -82,12 +88,17 @@ function sourceError(err: unknown, path: string): RnodeError {
       return new RnodeError(ErrorCodes.SOURCE_NOT_FOUND, `source ${path} does not exist; check the --source path`, { cause: err });
     }
     if (err.code === 'EACCES' || err.code === 'EPERM') {
-      return new RnodeError(ErrorCodes.SOURCE_IO, `source ${path} cannot be opened (${err.code}); run rnode as a user that can read it`, { cause: err });
+      return new RnodeError(ErrorCodes.SOURCE_IO, `source ${path} cannot be opened (${err.code}); run rnode as a user that can read it`, {
+        cause: err,
+      });
     }
     if (err.code === 'EISDIR') {
       return new RnodeError(ErrorCodes.BAD_SOURCE, `source ${path} is a directory; pass a disk image file or a block device`, { cause: err });
     }
-    return new RnodeError(ErrorCodes.SOURCE_IO, `reading source ${path} failed: ${err.code} (${err.syscall}); check the device and retry`, { cause: err, details: { errno: err.errno } });
+    return new RnodeError(ErrorCodes.SOURCE_IO, `reading source ${path} failed: ${err.code} (${err.syscall}); check the device and retry`, {
+      cause: err,
+      details: { errno: err.errno },
+    });
   }
   if (err instanceof RnodeError) return err;
   return new RnodeError(ErrorCodes.SOURCE_IO, `reading source ${path} failed: ${(err as Error).message}`, { cause: err });

@@ -47,12 +47,24 @@ export interface BlockSource {
  */
 export function delegatingSource<T extends object>(inner: BlockSource, over: T & Partial<BlockSource>): BlockSource & T {
   const base: BlockSource = {
-    get kind() { return inner.kind; },
-    get location() { return inner.location; },
-    get size() { return inner.size; },
-    get alignment() { return inner.alignment; },
-    get tracksChanges() { return inner.tracksChanges; },
-    get maxReadBytes() { return inner.maxReadBytes; },
+    get kind() {
+      return inner.kind;
+    },
+    get location() {
+      return inner.location;
+    },
+    get size() {
+      return inner.size;
+    },
+    get alignment() {
+      return inner.alignment;
+    },
+    get tracksChanges() {
+      return inner.tracksChanges;
+    },
+    get maxReadBytes() {
+      return inner.maxReadBytes;
+    },
     allocatedExtents: () => inner.allocatedExtents(),
     changedExtentsSince: (marker) => inner.changedExtentsSince(marker),
     changeMarker: () => inner.changeMarker(),

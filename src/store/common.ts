@@ -34,8 +34,11 @@ export function compareKeys(a: string, b: string): number {
 /** [start, end) of a range over an object of `size` bytes; empty when it starts past the end. */
 export function clipRange(size: number, range?: ByteRange): { start: number; end: number } {
   if (!range) return { start: 0, end: size };
-  if (!Number.isSafeInteger(range.offset) || range.offset < 0 ||
-      (range.length !== undefined && (!Number.isSafeInteger(range.length) || range.length < 0))) {
+  if (
+    !Number.isSafeInteger(range.offset) ||
+    range.offset < 0 ||
+    (range.length !== undefined && (!Number.isSafeInteger(range.length) || range.length < 0))
+  ) {
     throw new RnodeError(ErrorCodes.INTERNAL, `invalid byte range ${JSON.stringify(range)}`);
   }
   const start = Math.min(range.offset, size);
@@ -54,21 +57,23 @@ export function rangedBody(body: Buffer, start: number, end: number, wholeObject
 }
 
 export function notFound(location: string, key: string, cause?: unknown): RnodeError {
-  return new RnodeError(ErrorCodes.STORE_NOT_FOUND,
-    `object ${key} not found in ${location}; check the store location and that the backup exists`,
-    { cause, details: { key, location } });
+  return new RnodeError(ErrorCodes.STORE_NOT_FOUND, `object ${key} not found in ${location}; check the store location and that the backup exists`, {
+    cause,
+    details: { key, location },
+  });
 }
 
 export function preconditionFailed(location: string, key: string, what: string, cause?: unknown): RnodeError {
-  return new RnodeError(ErrorCodes.STORE_PRECONDITION,
+  return new RnodeError(
+    ErrorCodes.STORE_PRECONDITION,
     `conditional write of ${key} in ${location} failed: ${what}; another writer changed it, re-read and retry`,
-    { cause, details: { key, location } });
+    { cause, details: { key, location } },
+  );
 }
 
 export function ioError(location: string, op: string, key: string, cause: unknown, retryable = false): RnodeError {
   const why = cause instanceof Error ? cause.message : String(cause);
-  return new RnodeError(ErrorCodes.STORE_IO, `${op} ${key} in ${location} failed: ${why}`,
-    { cause, retryable, details: { key, location, op } });
+  return new RnodeError(ErrorCodes.STORE_IO, `${op} ${key} in ${location} failed: ${why}`, { cause, retryable, details: { key, location, op } });
 }
 
 /** Reads a whole async iterable; for tests and small listings only. */
@@ -86,14 +91,43 @@ export interface CloudFailure {
 }
 
 const NETWORK_CODES = new Set([
-  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH',
-  'ENOTFOUND', 'TimeoutError', 'AbortError', 'RequestTimeout', 'RequestTimeoutException', 'ERR_STREAM_PREMATURE_CLOSE',
-  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'REQUEST_SEND_ERROR',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EAI_AGAIN',
+  'ENETUNREACH',
+  'EHOSTUNREACH',
+  'ENOTFOUND',
+  'TimeoutError',
+  'AbortError',
+  'RequestTimeout',
+  'RequestTimeoutException',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'REQUEST_SEND_ERROR',
 ]);
-const THROTTLE_CODES = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'TooManyRequests', 'ServerBusy',
-  'RequestLimitExceeded', 'rateLimitExceeded']);
-const AUTH_CODES = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken',
-  'AuthenticationFailed', 'AuthorizationFailure', 'AuthorizationPermissionMismatch', 'CredentialsProviderError']);
+const THROTTLE_CODES = new Set([
+  'SlowDown',
+  'Throttling',
+  'ThrottlingException',
+  'TooManyRequests',
+  'ServerBusy',
+  'RequestLimitExceeded',
+  'rateLimitExceeded',
+]);
+const AUTH_CODES = new Set([
+  'AccessDenied',
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'ExpiredToken',
+  'AuthenticationFailed',
+  'AuthorizationFailure',
+  'AuthorizationPermissionMismatch',
+  'CredentialsProviderError',
+]);
 
 /**
  * The one mapping from cloud failures to STORE_* codes (kopia's translateError): not-found and
@@ -120,8 +154,10 @@ export function cloudError(location: string, op: string, key: string, cause: unk
 
 /** Bucket/container missing: a setup problem, never to be read as "this object is missing". */
 export function containerMissing(location: string, what: string, cause: unknown): RnodeError {
-  return new RnodeError(ErrorCodes.STORE_IO,
-    `${what} of ${location} does not exist; create it or fix the store URL`, { cause, details: { location } });
+  return new RnodeError(ErrorCodes.STORE_IO, `${what} of ${location} does not exist; create it or fix the store URL`, {
+    cause,
+    details: { location },
+  });
 }
 
 /** Normalizes the path part of a store URL into a key prefix: '' or 'a/b/'. */

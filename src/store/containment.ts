@@ -39,10 +39,12 @@ export function assertOutsideStore(storeLocation: string, target: string, what: 
   const store = resolveThroughSymlinks(storeLocation);
   const real = resolveThroughSymlinks(target);
   if (within(store, real)) {
-    throw new RnodeError(ErrorCodes.OUTPUT_IN_STORE,
+    throw new RnodeError(
+      ErrorCodes.OUTPUT_IN_STORE,
       `${what} ${target} is inside the store ${storeLocation}${real !== path.resolve(target) ? ` (it resolves to ${real})` : ''}; ` +
-      'writing there could overwrite the points being read: choose a path outside the store folder',
-      { details: { target, store: storeLocation } });
+        'writing there could overwrite the points being read: choose a path outside the store folder',
+      { details: { target, store: storeLocation } },
+    );
   }
 }
 
@@ -55,12 +57,22 @@ export function assertNotInsideAnyStore(target: string, what: string): void {
   for (let d = real; ; d = path.dirname(d)) {
     const disks = path.join(d, 'disks');
     let ids: string[] = [];
-    try { ids = fs.readdirSync(disks); } catch { /* not a store */ }
+    try {
+      ids = fs.readdirSync(disks);
+    } catch {
+      /* not a store */
+    }
     // Repository v2 keeps everything under r2/<domain>/, each domain with its config (docs/repository-v2.md).
     let domains: string[] = [];
-    try { domains = fs.readdirSync(path.join(d, 'r2')); } catch { /* no v2 repository */ }
-    if (ids.some((id) => fs.existsSync(path.join(disks, id, 'points')) || fs.existsSync(path.join(disks, id, 'chunks'))) ||
-        domains.some((dom) => fs.existsSync(path.join(d, 'r2', dom, 'config')))) {
+    try {
+      domains = fs.readdirSync(path.join(d, 'r2'));
+    } catch {
+      /* no v2 repository */
+    }
+    if (
+      ids.some((id) => fs.existsSync(path.join(disks, id, 'points')) || fs.existsSync(path.join(disks, id, 'chunks'))) ||
+      domains.some((dom) => fs.existsSync(path.join(d, 'r2', dom, 'config')))
+    ) {
       assertOutsideStore(d, target, what);
     }
     if (path.dirname(d) === d) return;

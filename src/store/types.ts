@@ -118,8 +118,14 @@ export const RESERVED_SEGMENT_PREFIX = '.rnode-tmp.';
  * with RESERVED_SEGMENT_PREFIX; backends may rely on it.
  */
 export function assertValidKey(key: string): void {
-  if (key.length === 0 || key.length > 1024 || key.startsWith('/') || key.endsWith('/') ||
-      key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(RESERVED_SEGMENT_PREFIX)) || /[\0\\]/.test(key)) {
+  if (
+    key.length === 0 ||
+    key.length > 1024 ||
+    key.startsWith('/') ||
+    key.endsWith('/') ||
+    key.split('/').some((s) => s === '' || s === '.' || s === '..' || s.startsWith(RESERVED_SEGMENT_PREFIX)) ||
+    /[\0\\]/.test(key)
+  ) {
     throw new Error(`invalid object key ${JSON.stringify(key)}`);
   }
 }

@@ -51,7 +51,9 @@ export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): Wrapped
     backend,
     ...(backend.leases ? { leases: backend.leases } : {}),
     controlLane: control,
-    get maxPutBytes(): number | undefined { return backend.maxPutBytes; },
+    get maxPutBytes(): number | undefined {
+      return backend.maxPutBytes;
+    },
     put: (key: string, data: Uint8Array, o?: PutOptions): Promise<ObjectInfo> => top.put(key, data, o),
     get: (key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> => top.get(key, range, into),
     head: (key: string): Promise<ObjectInfo> => top.head(key),

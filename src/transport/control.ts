@@ -2,7 +2,11 @@
 // use (a peer's JSON is untrusted). Pure: parse*(meta) returns a typed message or throws PROTOCOL.
 import { protocolError } from './errors.js';
 
-export interface ObjectInfoWire { key: string; size: number; etag?: string }
+export interface ObjectInfoWire {
+  key: string;
+  size: number;
+  etag?: string;
+}
 
 /** Client → node. */
 export type ClientMessage =
@@ -17,7 +21,14 @@ export type ClientMessage =
   | { op: 'lease'; action: 'acquire' | 'renew' | 'release'; disk: string; holder: string; ttlMs?: number; token?: number; breakDead?: string };
 
 /** The lease record a node returns (see LeaseRecord in src/store/types.ts). */
-export interface LeaseWire { disk: string; holder: string; token: number; acquiredAt: string; renewedAt?: string; expiresAt: string }
+export interface LeaseWire {
+  disk: string;
+  holder: string;
+  token: number;
+  acquiredAt: string;
+  renewedAt?: string;
+  expiresAt: string;
+}
 
 /** Node → client. */
 export type NodeMessage =
@@ -26,8 +37,16 @@ export type NodeMessage =
    * stored: on a resume (hello.resumeOf), the PUTs the old session stored, by their stream ids there: acks the client
    * may not have heard. Absent from nodes that predate it (the client re-sends every unacknowledged PUT).
    */
-  | { op: 'welcome'; session: string; window: number; maxFrame: number; maxInflight: number; node: string; maxObject?: number;
-      stored?: Array<{ stream: number } & ObjectInfoWire> }
+  | {
+      op: 'welcome';
+      session: string;
+      window: number;
+      maxFrame: number;
+      maxInflight: number;
+      node: string;
+      maxObject?: number;
+      stored?: Array<{ stream: number } & ObjectInfoWire>;
+    }
   | { op: 'ack'; info?: ObjectInfoWire; credit?: number }
   | { op: 'error'; code: string; message: string; retryable?: boolean; details?: Record<string, unknown>; credit?: number }
   | { op: 'credit'; bytes: number }
@@ -38,8 +57,16 @@ export type NodeMessage =
  * A PUT's meta. An object sent in parts carries `total` (the object's size) and `at` (where this part's payload
  * goes) on every part of its stream; parts come in order, each starting where the previous one ended.
  */
-export interface PutMeta { key: string; ifMatch?: string; total?: number; at?: number }
-export interface DataMeta { size: number; etag?: string }
+export interface PutMeta {
+  key: string;
+  ifMatch?: string;
+  total?: number;
+  at?: number;
+}
+export interface DataMeta {
+  size: number;
+  etag?: string;
+}
 
 const MAX_KEY = 1024;
 const MAX_TEXT = 4096;
@@ -83,39 +110,62 @@ export function parseClientMessage(meta: Record<string, unknown>): ClientMessage
       const token = optStr(meta, 'token', MAX_TEXT);
       const client = optStr(meta, 'client', 256);
       const resumeOf = optStr(meta, 'resumeOf', 256);
-      return { op: 'hello', ...(token !== undefined ? { token } : {}), ...(client !== undefined ? { client } : {}), ...(resumeOf !== undefined ? { resumeOf } : {}) };
+      return {
+        op: 'hello',
+        ...(token !== undefined ? { token } : {}),
+        ...(client !== undefined ? { client } : {}),
+        ...(resumeOf !== undefined ? { resumeOf } : {}),
+      };
     }
     case 'get': {
       const offset = optInt(meta, 'offset');
       const length = optInt(meta, 'length');
       return { op: 'get', key: str(meta, 'key'), ...(offset !== undefined ? { offset } : {}), ...(length !== undefined ? { length } : {}) };
     }
-    case 'head': return { op: 'head', key: str(meta, 'key') };
-    case 'delete': return { op: 'delete', key: str(meta, 'key') };
+    case 'head':
+      return { op: 'head', key: str(meta, 'key') };
+    case 'delete':
+      return { op: 'delete', key: str(meta, 'key') };
     case 'list': {
       const after = optStr(meta, 'after');
       return { op: 'list', prefix: str(meta, 'prefix'), ...(after !== undefined ? { after } : {}) };
     }
-    case 'listNext': return { op: 'listNext' };
-    case 'listCancel': return { op: 'listCancel' };
+    case 'listNext':
+      return { op: 'listNext' };
+    case 'listCancel':
+      return { op: 'listCancel' };
     case 'lease': {
       const action = meta.action;
       if (action !== 'acquire' && action !== 'renew' && action !== 'release') throw protocolError('lease action must be acquire, renew or release');
       const ttlMs = optInt(meta, 'ttlMs');
       const token = optInt(meta, 'token');
       const breakDead = optStr(meta, 'breakDead', 256);
-      return { op: 'lease', action, disk: str(meta, 'disk', 128), holder: str(meta, 'holder', 256),
-        ...(ttlMs !== undefined ? { ttlMs } : {}), ...(token !== undefined ? { token } : {}), ...(breakDead !== undefined ? { breakDead } : {}) };
+      return {
+        op: 'lease',
+        action,
+        disk: str(meta, 'disk', 128),
+        holder: str(meta, 'holder', 256),
+        ...(ttlMs !== undefined ? { ttlMs } : {}),
+        ...(token !== undefined ? { token } : {}),
+        ...(breakDead !== undefined ? { breakDead } : {}),
+      };
     }
-    default: throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
+    default:
+      throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
   }
 }
 
 function leaseWire(v: unknown): LeaseWire {
   const m = obj(v, 'lease');
   const renewedAt = optStr(m, 'renewedAt', 64);
-  return { disk: str(m, 'disk', 128), holder: str(m, 'holder', 256), token: int(m, 'token'), acquiredAt: str(m, 'acquiredAt', 64),
-    ...(renewedAt !== undefined ? { renewedAt } : {}), expiresAt: str(m, 'expiresAt', 64) };
+  return {
+    disk: str(m, 'disk', 128),
+    holder: str(m, 'holder', 256),
+    token: int(m, 'token'),
+    acquiredAt: str(m, 'acquiredAt', 64),
+    ...(renewedAt !== undefined ? { renewedAt } : {}),
+    expiresAt: str(m, 'expiresAt', 64),
+  };
 }
 
 export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
@@ -124,12 +174,20 @@ export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
       const maxObject = optInt(meta, 'maxObject');
       let stored: Array<{ stream: number } & ObjectInfoWire> | undefined;
       if (meta.stored !== undefined) {
-        if (!Array.isArray(meta.stored) || meta.stored.length > MAX_STORED_ACKS) throw protocolError(`field "stored" must be a list of at most ${MAX_STORED_ACKS} objects`);
+        if (!Array.isArray(meta.stored) || meta.stored.length > MAX_STORED_ACKS)
+          throw protocolError(`field "stored" must be a list of at most ${MAX_STORED_ACKS} objects`);
         stored = meta.stored.map((v) => ({ stream: int(obj(v, 'stored object'), 'stream'), ...info(v) }));
       }
-      return { op: 'welcome', session: str(meta, 'session', 256), window: int(meta, 'window'), maxFrame: int(meta, 'maxFrame'),
-        maxInflight: int(meta, 'maxInflight'), node: str(meta, 'node', 256), ...(maxObject !== undefined ? { maxObject } : {}),
-        ...(stored ? { stored } : {}) };
+      return {
+        op: 'welcome',
+        session: str(meta, 'session', 256),
+        window: int(meta, 'window'),
+        maxFrame: int(meta, 'maxFrame'),
+        maxInflight: int(meta, 'maxInflight'),
+        node: str(meta, 'node', 256),
+        ...(maxObject !== undefined ? { maxObject } : {}),
+        ...(stored ? { stored } : {}),
+      };
     }
     case 'ack': {
       const credit = optInt(meta, 'credit');
@@ -138,17 +196,25 @@ export function parseNodeMessage(meta: Record<string, unknown>): NodeMessage {
     case 'error': {
       const credit = optInt(meta, 'credit');
       const details = meta.details === undefined ? undefined : obj(meta.details, 'error details');
-      return { op: 'error', code: str(meta, 'code', 64), message: str(meta, 'message', MAX_TEXT),
+      return {
+        op: 'error',
+        code: str(meta, 'code', 64),
+        message: str(meta, 'message', MAX_TEXT),
         ...(meta.retryable !== undefined ? { retryable: bool(meta, 'retryable') } : {}),
-        ...(details ? { details } : {}), ...(credit !== undefined ? { credit } : {}) };
+        ...(details ? { details } : {}),
+        ...(credit !== undefined ? { credit } : {}),
+      };
     }
-    case 'credit': return { op: 'credit', bytes: int(meta, 'bytes') };
+    case 'credit':
+      return { op: 'credit', bytes: int(meta, 'bytes') };
     case 'listPage': {
       if (!Array.isArray(meta.items) || meta.items.length > 10_000) throw protocolError('listPage items must be an array of at most 10000');
       return { op: 'listPage', items: meta.items.map(info), more: bool(meta, 'more') };
     }
-    case 'leaseGrant': return { op: 'leaseGrant', lease: leaseWire(meta.lease) };
-    default: throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
+    case 'leaseGrant':
+      return { op: 'leaseGrant', lease: leaseWire(meta.lease) };
+    default:
+      throw protocolError(`unknown control message ${JSON.stringify(String(meta.op)).slice(0, 40)}`);
   }
 }
 

@@ -30,12 +30,16 @@ export function isTlsFailure(err: Error & { code?: string }): boolean {
   return TLS_ERRNO.test(err.code ?? '') || /certificate|ssl|tls/i.test(err.message);
 }
 
-export function transportError(code: string, message: string,
-    opts: { cause?: unknown; retryable?: boolean; details?: Record<string, unknown> } = {}): RnodeError {
+export function transportError(
+  code: string,
+  message: string,
+  opts: { cause?: unknown; retryable?: boolean; details?: Record<string, unknown> } = {},
+): RnodeError {
   return new RnodeError(code, message, opts);
 }
 
 export function protocolError(why: string, details: Record<string, unknown> = {}): RnodeError {
-  return new RnodeError(TransportErrorCodes.PROTOCOL,
-    `peer sent an invalid frame: ${why}; check that both nodes run compatible rnode versions`, { details });
+  return new RnodeError(TransportErrorCodes.PROTOCOL, `peer sent an invalid frame: ${why}; check that both nodes run compatible rnode versions`, {
+    details,
+  });
 }

@@ -94,8 +94,10 @@ export function encodeFrame(f: FrameInit): Buffer {
  */
 export function encodeFrameHead(f: Omit<FrameInit, 'payload'>, payloadLength: number): Buffer {
   const meta = Buffer.from(JSON.stringify(f.meta), 'utf8');
-  if (meta.length > MAX_META_BYTES) throw transportError(TransportErrorCodes.PROTOCOL, `frame meta of ${meta.length} bytes exceeds ${MAX_META_BYTES}`);
-  if (payloadLength > MAX_PAYLOAD_BYTES) throw transportError(TransportErrorCodes.PROTOCOL, `frame payload of ${payloadLength} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
+  if (meta.length > MAX_META_BYTES)
+    throw transportError(TransportErrorCodes.PROTOCOL, `frame meta of ${meta.length} bytes exceeds ${MAX_META_BYTES}`);
+  if (payloadLength > MAX_PAYLOAD_BYTES)
+    throw transportError(TransportErrorCodes.PROTOCOL, `frame payload of ${payloadLength} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
   const b = Buffer.allocUnsafe(FRAME_HEADER_BYTES + meta.length);
   b.writeUInt32LE(FRAME_MAGIC, 0);
   b.writeUInt8(PROTOCOL_VERSION, 4);
@@ -164,15 +166,21 @@ export function decodeFragments(fragments: readonly Buffer[], maxFrameBytes = MA
  * Header and meta at the start of b, for a frame of totalLength bytes (b may hold only its start): every length is
  * checked against the limits and against totalLength before anything is read or allocated.
  */
-function decodeHead(b: Buffer, totalLength: number, maxFrameBytes: number): { head: Omit<Frame, 'payload'>; headBytes: number; payloadLength: number } {
+function decodeHead(
+  b: Buffer,
+  totalLength: number,
+  maxFrameBytes: number,
+): { head: Omit<Frame, 'payload'>; headBytes: number; payloadLength: number } {
   if (totalLength > maxFrameBytes) throw protocolError(`frame of ${totalLength} bytes exceeds the limit of ${maxFrameBytes}`);
   if (b.length < FRAME_HEADER_BYTES) throw protocolError(`frame of ${b.length} bytes is shorter than its ${FRAME_HEADER_BYTES}-byte header`);
   if (b.readUInt32LE(0) !== FRAME_MAGIC) throw protocolError('bad magic (not an rnode peer frame)');
   const version = b.readUInt8(4);
   if (version !== PROTOCOL_VERSION) {
-    throw transportError(TransportErrorCodes.VERSION,
+    throw transportError(
+      TransportErrorCodes.VERSION,
       `peer speaks wire protocol version ${version}, this node speaks version ${PROTOCOL_VERSION}; run the same rnode release on both nodes`,
-      { details: { peerVersion: version, version: PROTOCOL_VERSION } });
+      { details: { peerVersion: version, version: PROTOCOL_VERSION } },
+    );
   }
   const type = b.readUInt8(5);
   if (type !== FrameType.CONTROL && type !== FrameType.PUT && type !== FrameType.DATA) throw protocolError(`unknown frame type ${type}`);
@@ -204,6 +212,7 @@ function decodeHead(b: Buffer, totalLength: number, maxFrameBytes: number): { he
   if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw protocolError('meta block is not a JSON object');
   return {
     head: { version, type: type as FrameTypeId, flags, stream, seq, diskOffset, plainXxh64, meta: meta as Record<string, unknown> },
-    headBytes: FRAME_HEADER_BYTES + metaLength, payloadLength,
+    headBytes: FRAME_HEADER_BYTES + metaLength,
+    payloadLength,
   };
 }

@@ -20,7 +20,10 @@ export function readTokenFile(file: string): string {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new RnodeError(ErrorCodes.USAGE, `cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file <file holding the token>`);
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file <file holding the token>`,
+    );
   }
   const token = text.trim();
   if (token === '') throw new RnodeError(ErrorCodes.USAGE, `the token file ${file} is empty; write the shared token into it`);

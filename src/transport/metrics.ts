@@ -17,13 +17,31 @@ export class ServeMetrics {
     const s = server.stats;
     // Counters mirror the server's own tallies: reset and set at each scrape, never counted twice.
     const counter = (name: string, help: string, labelNames: string[], read: () => Array<[Labels, number]>) =>
-      new Counter({ name, help, labelNames, registers, collect() { this.reset(); for (const [l, v] of read()) this.inc(l, v); } });
+      new Counter({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          this.reset();
+          for (const [l, v] of read()) this.inc(l, v);
+        },
+      });
     const total = (name: string, help: string, read: () => number) => counter(name, help, [], () => [[{}, read()]]);
     const gauge = (name: string, help: string, read: () => number) =>
-      new Gauge({ name, help, registers, collect() { this.set(read()); } });
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
 
-    new Gauge({ name: 'rnode_node_info', help: 'Always 1; labels carry the node name and version', labelNames: ['name', 'version'], registers })
-      .set({ name: server.name, version }, 1);
+    new Gauge({ name: 'rnode_node_info', help: 'Always 1; labels carry the node name and version', labelNames: ['name', 'version'], registers }).set(
+      { name: server.name, version },
+      1,
+    );
     gauge('rnode_serve_connections_open', 'TCP connections open now (accepted, upgraded or not)', () => s.connectionsOpen);
     total('rnode_serve_connections_accepted_total', 'TCP connections accepted', () => s.connectionsAccepted);
     counter('rnode_serve_connections_refused_total', 'Connections and hellos refused, by reason', ['reason'], () => [
@@ -37,17 +55,21 @@ export class ServeMetrics {
     total('rnode_serve_received_objects_total', 'Whole objects received in PUTs, whatever became of them', () => s.receivedObjects);
     total('rnode_serve_received_bytes_total', 'Bytes of the objects received in PUTs', () => s.receivedBytes);
     counter('rnode_serve_puts_total', 'PUTs by result: stored, rejected (failed validation), failed (the store failed)', ['result'], () => [
-      [{ result: 'stored' }, s.puts], [{ result: 'rejected' }, s.rejected], [{ result: 'failed' }, s.putFailures],
+      [{ result: 'stored' }, s.puts],
+      [{ result: 'rejected' }, s.rejected],
+      [{ result: 'failed' }, s.putFailures],
     ]);
     total('rnode_serve_stored_bytes_total', 'Bytes of the objects stored', () => s.putBytes);
-    counter('rnode_serve_put_errors_total', 'Rejected and failed PUTs by stable error code and object kind', ['code', 'kind'],
-      () => [...s.putErrors.values()].map((e) => [{ code: e.code, kind: e.kind }, e.count]));
+    counter('rnode_serve_put_errors_total', 'Rejected and failed PUTs by stable error code and object kind', ['code', 'kind'], () =>
+      [...s.putErrors.values()].map((e) => [{ code: e.code, kind: e.kind }, e.count]),
+    );
     total('rnode_serve_gets_total', 'Objects (or ranges) read by peers', () => s.gets);
     total('rnode_serve_sent_bytes_total', 'Bytes of objects sent to peers', () => s.getBytes);
     total('rnode_serve_protocol_errors_total', 'Sessions closed for breaking the peer protocol', () => s.protocolErrors);
     gauge('rnode_serve_window_bytes', 'PUT bytes one session may hold unacknowledged (--window)', () => server.windowBytes);
-    gauge('rnode_serve_held_bytes', 'PUT bytes all sessions hold now, not yet stored (back-pressure: near sessions x window, peers wait)',
-      () => server.heldBytes());
+    gauge('rnode_serve_held_bytes', 'PUT bytes all sessions hold now, not yet stored (back-pressure: near sessions x window, peers wait)', () =>
+      server.heldBytes(),
+    );
     gauge('rnode_serve_session_held_peak_bytes', 'Most PUT bytes one session held at once since the start', () => s.peakSessionBytes);
   }
 
@@ -65,7 +87,8 @@ const STORE_CHECK_MS = 3000;
  * A listing reads, never writes: a cloud store is asked one LIST per probe, and nothing is left in the store.
  */
 export async function serveReadiness(server: ReplicationServer): Promise<Readiness> {
-  if (!server.listening) return { ready: false, checks: { listening: false, store: false }, reason: 'the peer listener is not accepting connections' };
+  if (!server.listening)
+    return { ready: false, checks: { listening: false, store: false }, reason: 'the peer listener is not accepting connections' };
   const store = server.opts.store;
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {

@@ -12,7 +12,18 @@ import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, P
 import { checkKey } from '../store/common.js';
 import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
 import { isTlsFailure, TransportErrorCodes, transportError } from './errors.js';
-import { decodeFrame, encodeFrame, encodeFrameHead, FrameFlag, FrameType, FRAME_HEADER_BYTES, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, PART_BYTES, type Frame } from './frame.js';
+import {
+  decodeFrame,
+  encodeFrame,
+  encodeFrameHead,
+  FrameFlag,
+  FrameType,
+  FRAME_HEADER_BYTES,
+  MAX_FRAME_BYTES,
+  MAX_OBJECT_BYTES,
+  PART_BYTES,
+  type Frame,
+} from './frame.js';
 import { TokenBucket } from '../throttle.js';
 
 export interface RemoteStoreOptions {
@@ -96,7 +107,16 @@ const FATAL_CONNECT = new Set<string>([TransportErrorCodes.AUTH, TransportErrorC
 export class RemoteStore implements ObjectStore {
   readonly location: string;
   readonly capabilities: StoreCapabilities = { conditionalPut: true };
-  readonly counters: RemoteCounters = { connects: 0, framesSent: 0, bytesSent: 0, resentFrames: 0, resentBytes: 0, resumedPuts: 0, maxUnackedBytes: 0, window: 0 };
+  readonly counters: RemoteCounters = {
+    connects: 0,
+    framesSent: 0,
+    bytesSent: 0,
+    resentFrames: 0,
+    resentBytes: 0,
+    resumedPuts: 0,
+    maxUnackedBytes: 0,
+    window: 0,
+  };
   private readonly url: string;
   private readonly bucket?: TokenBucket;
   private readonly hwm: number;
@@ -147,14 +167,18 @@ export class RemoteStore implements ObjectStore {
   // ---- ObjectStore ----
 
   /** The largest object the node takes, from its last welcome (before the first one: the protocol's limit). */
-  get maxPutBytes(): number { return this.maxObject; }
+  get maxPutBytes(): number {
+    return this.maxObject;
+  }
 
   /** The node owns the disks' leases: acquire, renew and release are lease messages, never PUTs of lease.json. */
   readonly leases: LeaseAuthority = {
     acquire: async (disk, holder, ttlMs, breakDead) =>
       this.leaseCall({ op: 'lease', action: 'acquire', disk, holder, ttlMs, ...(breakDead !== undefined ? { breakDead } : {}) }),
     renew: async (r, ttlMs) => this.leaseCall({ op: 'lease', action: 'renew', disk: r.disk, holder: r.holder, token: r.token, ttlMs }),
-    release: async (r) => { await this.leaseCall({ op: 'lease', action: 'release', disk: r.disk, holder: r.holder, token: r.token }); },
+    release: async (r) => {
+      await this.leaseCall({ op: 'lease', action: 'release', disk: r.disk, holder: r.holder, token: r.token });
+    },
   };
 
   private async leaseCall(m: Extract<ClientMessage, { op: 'lease' }>): Promise<LeaseRecord> {
@@ -177,7 +201,10 @@ export class RemoteStore implements ObjectStore {
     if (buf.length <= PART_BYTES) {
       head = encodeFrameHead({ type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64, meta }, buf.length);
       if (head.length + buf.length > this.maxFrame) {
-        throw new RnodeError(ErrorCodes.STORE_IO, `put ${key} in ${this.location}: object of ${buf.length} bytes exceeds the node's frame limit of ${this.maxFrame} bytes; raise "rnode serve --window" there`);
+        throw new RnodeError(
+          ErrorCodes.STORE_IO,
+          `put ${key} in ${this.location}: object of ${buf.length} bytes exceeds the node's frame limit of ${this.maxFrame} bytes; raise "rnode serve --window" there`,
+        );
       }
     } else {
       // Larger objects (packs) go in parts: no WebSocket message above the frame limit, the node assembles them.
@@ -185,13 +212,30 @@ export class RemoteStore implements ObjectStore {
       parts = [];
       for (let at = 0; at < buf.length; at += PART_BYTES) {
         const payload = buf.subarray(at, Math.min(buf.length, at + PART_BYTES));
-        parts.push({ head: encodeFrameHead({ type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64, meta: { ...meta, total: buf.length, at } }, payload.length), payload });
+        parts.push({
+          head: encodeFrameHead(
+            { type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64, meta: { ...meta, total: buf.length, at } },
+            payload.length,
+          ),
+          payload,
+        });
       }
       head = parts[0].head;
     }
     let resent = false;
     try {
-      const f = await this.request(head, true, stream, () => { resent = true; }, undefined, parts ? undefined : buf, parts, key);
+      const f = await this.request(
+        head,
+        true,
+        stream,
+        () => {
+          resent = true;
+        },
+        undefined,
+        parts ? undefined : buf,
+        parts,
+        key,
+      );
       return infoOf(key, f);
     } catch (err) {
       // A conditional put whose first attempt landed before the cut comes back "already exists": it is ours
@@ -206,10 +250,15 @@ export class RemoteStore implements ObjectStore {
 
   async get(key: string, range?: ByteRange): Promise<Buffer> {
     checkKey(key);
-    const f = await this.control({ op: 'get', key, ...(range ? { offset: range.offset, ...(range.length !== undefined ? { length: range.length } : {}) } : {}) });
+    const f = await this.control({
+      op: 'get',
+      key,
+      ...(range ? { offset: range.offset, ...(range.length !== undefined ? { length: range.length } : {}) } : {}),
+    });
     if (f.type !== FrameType.DATA) throw this.unexpected('get', f);
     const meta = parseDataMeta(f.meta);
-    if (meta.size !== f.payload.length) throw transportError(TransportErrorCodes.PROTOCOL, `get ${key}: DATA frame says ${meta.size} bytes but carries ${f.payload.length}`);
+    if (meta.size !== f.payload.length)
+      throw transportError(TransportErrorCodes.PROTOCOL, `get ${key}: DATA frame says ${meta.size} bytes but carries ${f.payload.length}`);
     // The frame buffer is the whole WebSocket message: hand out exactly the object's bytes.
     return f.payload;
   }
@@ -235,7 +284,12 @@ export class RemoteStore implements ObjectStore {
         // A page lost with its connection is asked again as a fresh listing after the last key yielded.
         // Same stream id: the node dropped its listing together with the old connection.
         const rebuild = () => {
-          return encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: { op: 'list', prefix, ...(last !== undefined ? { after: last } : {}) } });
+          return encodeFrame({
+            type: FrameType.CONTROL,
+            stream,
+            seq: 0,
+            meta: { op: 'list', prefix, ...(last !== undefined ? { after: last } : {}) },
+          });
         };
         const f = await this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta }), false, stream, undefined, rebuild);
         first = false;
@@ -245,7 +299,10 @@ export class RemoteStore implements ObjectStore {
           last = it.key;
           yield { key: it.key, size: it.size, ...(it.etag !== undefined ? { etag: it.etag } : {}) };
         }
-        if (!m.more) { done = true; return; }
+        if (!m.more) {
+          done = true;
+          return;
+        }
       }
     } finally {
       if (!done && this.state === 'ready' && this.ws) {
@@ -264,9 +321,19 @@ export class RemoteStore implements ObjectStore {
     this.ws = undefined;
     if (ws) {
       await new Promise<void>((resolve) => {
-        const t = setTimeout(() => { ws.terminate(); resolve(); }, 1000);
-        ws.once('close', () => { clearTimeout(t); resolve(); });
-        try { ws.close(1000); } catch { ws.terminate(); }
+        const t = setTimeout(() => {
+          ws.terminate();
+          resolve();
+        }, 1000);
+        ws.once('close', () => {
+          clearTimeout(t);
+          resolve();
+        });
+        try {
+          ws.close(1000);
+        } catch {
+          ws.terminate();
+        }
       });
     }
   }
@@ -284,20 +351,45 @@ export class RemoteStore implements ObjectStore {
     return this.request(encodeFrame({ type: FrameType.CONTROL, stream, seq: 0, meta: m as unknown as Record<string, unknown> }), false, stream);
   }
 
-  private request(frame: Buffer, isPut: boolean, stream: number, onResend?: () => void, rebuild?: () => Buffer, payload?: Buffer,
-    parts?: Array<{ head: Buffer; payload: Buffer }>, key?: string): Promise<Frame> {
+  private request(
+    frame: Buffer,
+    isPut: boolean,
+    stream: number,
+    onResend?: () => void,
+    rebuild?: () => Buffer,
+    payload?: Buffer,
+    parts?: Array<{ head: Buffer; payload: Buffer }>,
+    key?: string,
+  ): Promise<Frame> {
     if (this.state === 'closed') return Promise.reject(transportError(TransportErrorCodes.CLOSED, `the store ${this.location} is closed`));
     return new Promise<Frame>((resolve, reject) => {
       const size = parts ? parts.reduce((n, p) => n + p.head.length + p.payload.length, 0) : frame.length + (payload?.length ?? 0);
       const req: Req = {
-        stream, frame, payload, parts, size, isPut, ...(key !== undefined ? { key } : {}), sentOn: 0, paid: false, reject,
+        stream,
+        frame,
+        payload,
+        parts,
+        size,
+        isPut,
+        ...(key !== undefined ? { key } : {}),
+        sentOn: 0,
+        paid: false,
+        reject,
         resolve: (f) => {
           if (f.type === FrameType.CONTROL) {
-            try { this.nodeMessage(f); } catch (err) { reject(err); return; }
+            try {
+              this.nodeMessage(f);
+            } catch (err) {
+              reject(err);
+              return;
+            }
           }
           resolve(f);
         },
-        rebuild: () => { onResend?.(); return rebuild ? rebuild() : Buffer.from(req.frame); },
+        rebuild: () => {
+          onResend?.();
+          return rebuild ? rebuild() : Buffer.from(req.frame);
+        },
       };
       this.queue.push(req);
       if (this.state === 'idle') void this.connectLoop();
@@ -306,9 +398,11 @@ export class RemoteStore implements ObjectStore {
   }
 
   private tooLarge(key: string, bytes: number): RnodeError {
-    return new RnodeError(ErrorCodes.STORE_IO,
+    return new RnodeError(
+      ErrorCodes.STORE_IO,
       `put ${key} in ${this.location}: an object of ${bytes} bytes exceeds what the receiving node takes in one session (${Math.min(this.maxObject, this.counters.window || this.maxObject)} bytes); raise "rnode serve --window" there or lower --pack-size`,
-      { details: { key, bytes, remote: this.location } });
+      { details: { key, bytes, remote: this.location } },
+    );
   }
 
   private nodeMessage(f: Frame): NodeMessage {
@@ -320,7 +414,10 @@ export class RemoteStore implements ObjectStore {
   }
 
   private unexpected(op: string, f: Frame): RnodeError {
-    return transportError(TransportErrorCodes.PROTOCOL, `${op}: the node answered with an unexpected frame (type ${f.type}); check that both nodes run the same rnode release`);
+    return transportError(
+      TransportErrorCodes.PROTOCOL,
+      `${op}: the node answered with an unexpected frame (type ${f.type}); check that both nodes run the same rnode release`,
+    );
   }
 
   /** Sends queued requests while credit, the socket's buffer and the bandwidth limit allow. */
@@ -350,7 +447,10 @@ export class RemoteStore implements ObjectStore {
         this.queue.shift();
         if (r.sentOn !== 0) {
           r.frame = r.rebuild ? r.rebuild() : r.frame;
-          if (r.isPut) { this.counters.resentFrames++; this.counters.resentBytes += r.size; }
+          if (r.isPut) {
+            this.counters.resentFrames++;
+            this.counters.resentBytes += r.size;
+          }
         }
         if (r.isPut) {
           this.credit -= r.size;
@@ -418,11 +518,14 @@ export class RemoteStore implements ObjectStore {
     }
     if (this.state !== 'connecting') return;
     this.state = 'idle';
-    const err = isRnodeError(lastErr) && lastErr.code !== TransportErrorCodes.TIMEOUT && lastErr.code !== TransportErrorCodes.UNREACHABLE
-      ? lastErr
-      : transportError(TransportErrorCodes.UNREACHABLE,
-        `cannot reach the receiving node at ${this.location} (${(lastErr as Error)?.message ?? 'no answer'}); check that "rnode serve" runs there and the address and port are right`,
-        { cause: lastErr, details: { remote: this.location } });
+    const err =
+      isRnodeError(lastErr) && lastErr.code !== TransportErrorCodes.TIMEOUT && lastErr.code !== TransportErrorCodes.UNREACHABLE
+        ? lastErr
+        : transportError(
+            TransportErrorCodes.UNREACHABLE,
+            `cannot reach the receiving node at ${this.location} (${(lastErr as Error)?.message ?? 'no answer'}); check that "rnode serve" runs there and the address and port are right`,
+            { cause: lastErr, details: { remote: this.location } },
+          );
     this.failAll(err);
   }
 
@@ -436,7 +539,9 @@ export class RemoteStore implements ObjectStore {
         maxPayload: MAX_FRAME_BYTES,
         handshakeTimeout: this.opts.connectTimeoutMs ?? 10_000,
         // Both ends are rnode and the link is ours (or TLS): an all-zero mask lets ws send our buffers as is.
-        generateMask: (mask: Buffer) => { mask.fill(0); },
+        generateMask: (mask: Buffer) => {
+          mask.fill(0);
+        },
         ...(this.opts.ca ? { ca: this.opts.ca } : {}),
         // With a pin the chain is not what we trust: the exact certificate is, checked before the hello.
         ...(pin ? { rejectUnauthorized: false } : {}),
@@ -450,34 +555,60 @@ export class RemoteStore implements ObjectStore {
         ws.terminate();
         reject(err);
       };
-      const timer = setTimeout(() => fail(transportError(TransportErrorCodes.TIMEOUT,
-        `the receiving node at ${this.location} did not complete the handshake in time`, { retryable: true })), (this.opts.connectTimeoutMs ?? 10_000) + 1000);
+      const timer = setTimeout(
+        () =>
+          fail(
+            transportError(TransportErrorCodes.TIMEOUT, `the receiving node at ${this.location} did not complete the handshake in time`, {
+              retryable: true,
+            }),
+          ),
+        (this.opts.connectTimeoutMs ?? 10_000) + 1000,
+      );
       ws.on('upgrade', (res: IncomingMessage) => {
         if (!pin) return;
         const cert = (res.socket as TLSSocket).getPeerCertificate?.();
         const got = cert?.fingerprint256 ? normalizeFingerprint(cert.fingerprint256) : '';
         if (got !== pin) {
-          fail(transportError(TransportErrorCodes.TLS, `the certificate of ${this.location} has SHA-256 fingerprint ${got || '(none)'}, not the pinned one; check --pin-sha256 (nothing was sent)`));
+          fail(
+            transportError(
+              TransportErrorCodes.TLS,
+              `the certificate of ${this.location} has SHA-256 fingerprint ${got || '(none)'}, not the pinned one; check --pin-sha256 (nothing was sent)`,
+            ),
+          );
         }
       });
       ws.on('error', (err: Error & { code?: string }) => {
         if (isTlsFailure(err)) {
-          fail(transportError(TransportErrorCodes.TLS, `TLS to ${this.location} failed: ${err.message}; pass --ca <file> with the CA that signed the node's certificate, or --pin-sha256 <fingerprint>`, { cause: err }));
+          fail(
+            transportError(
+              TransportErrorCodes.TLS,
+              `TLS to ${this.location} failed: ${err.message}; pass --ca <file> with the CA that signed the node's certificate, or --pin-sha256 <fingerprint>`,
+              { cause: err },
+            ),
+          );
         } else {
           fail(transportError(TransportErrorCodes.UNREACHABLE, `${err.message}`, { cause: err, retryable: true }));
         }
       });
       ws.on('close', (code: number, reason: Buffer) => {
-        fail(transportError(TransportErrorCodes.UNREACHABLE, `the node closed the connection during the handshake (${code} ${reason.toString()})`, { retryable: true }));
+        fail(
+          transportError(TransportErrorCodes.UNREACHABLE, `the node closed the connection during the handshake (${code} ${reason.toString()})`, {
+            retryable: true,
+          }),
+        );
       });
       ws.on('open', () => {
         this.recvSeq = 0;
         this.sendSeq = 0;
         const hello: ClientMessage = {
-          op: 'hello', ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),
-          client: this.opts.clientName ?? `rnode-${process.pid}`, ...(this.session ? { resumeOf: this.session } : {}),
+          op: 'hello',
+          ...(this.opts.token !== undefined ? { token: this.opts.token } : {}),
+          client: this.opts.clientName ?? `rnode-${process.pid}`,
+          ...(this.session ? { resumeOf: this.session } : {}),
         };
-        ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: hello as unknown as Record<string, unknown> }), { binary: true });
+        ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: hello as unknown as Record<string, unknown> }), {
+          binary: true,
+        });
       });
       ws.on('message', (data: Buffer) => {
         if (settled) return;
@@ -503,7 +634,11 @@ export class RemoteStore implements ObjectStore {
   }
 
   private onSession(ws: WebSocket, w: Extract<NodeMessage, { op: 'welcome' }>): void {
-    if (this.state === 'closed') { ws.on('error', () => undefined); ws.close(1000); return; } // closed while connecting
+    if (this.state === 'closed') {
+      ws.on('error', () => undefined);
+      ws.close(1000);
+      return;
+    } // closed while connecting
     this.ws = ws;
     this.gen++;
     this.session = w.session;
@@ -518,7 +653,9 @@ export class RemoteStore implements ObjectStore {
     this.state = 'ready';
     this.lastHeard = Date.now();
     ws.on('message', (data: Buffer) => this.onMessage(ws, data));
-    ws.on('pong', () => { this.lastHeard = Date.now(); });
+    ws.on('pong', () => {
+      this.lastHeard = Date.now();
+    });
     ws.on('error', () => undefined);
     ws.on('close', () => this.onDisconnect(ws));
     const beat = this.opts.heartbeatMs ?? 10_000;
@@ -530,8 +667,15 @@ export class RemoteStore implements ObjectStore {
       const nowWritten = this.counters.bytesSent - ws.bufferedAmount;
       if (nowWritten > written) this.lastHeard = Date.now();
       written = nowWritten;
-      if (Date.now() - this.lastHeard > 2 * beat) { ws.terminate(); return; }
-      try { ws.ping(); } catch { /* closing */ }
+      if (Date.now() - this.lastHeard > 2 * beat) {
+        ws.terminate();
+        return;
+      }
+      try {
+        ws.ping();
+      } catch {
+        /* closing */
+      }
     }, beat);
     this.heartbeat.unref();
     if (w.stored) this.settleStored(w.stored);
@@ -561,7 +705,8 @@ export class RemoteStore implements ObjectStore {
     let f: Frame;
     try {
       f = decodeFrame(data);
-      if (f.seq !== (this.recvSeq >>> 0)) throw transportError(TransportErrorCodes.PROTOCOL, `node frame sequence ${f.seq}, expected ${this.recvSeq >>> 0}`);
+      if (f.seq !== this.recvSeq >>> 0)
+        throw transportError(TransportErrorCodes.PROTOCOL, `node frame sequence ${f.seq}, expected ${this.recvSeq >>> 0}`);
       this.recvSeq++;
     } catch (err) {
       // A node that sends garbage is cut; the requests go again on a fresh connection.
@@ -571,10 +716,18 @@ export class RemoteStore implements ObjectStore {
     try {
       if (f.stream === 0) {
         const m = parseNodeMessage(f.meta);
-        if (m.op === 'credit') { this.grant(m.bytes); return; }
+        if (m.op === 'credit') {
+          this.grant(m.bytes);
+          return;
+        }
         if (m.op === 'error') {
-          const err = new RnodeError(m.code, m.message, { retryable: m.retryable ?? false, details: { ...(m.details ?? {}), remote: this.location } });
-          if (FATAL_CONNECT.has(m.code)) { this.fatal = err; }
+          const err = new RnodeError(m.code, m.message, {
+            retryable: m.retryable ?? false,
+            details: { ...(m.details ?? {}), remote: this.location },
+          });
+          if (FATAL_CONNECT.has(m.code)) {
+            this.fatal = err;
+          }
         }
         return;
       }
@@ -590,7 +743,10 @@ export class RemoteStore implements ObjectStore {
       req.resolve(f);
     } catch (err) {
       const req = this.sent.get(f.stream);
-      if (req) { this.sent.delete(f.stream); req.reject(err); }
+      if (req) {
+        this.sent.delete(f.stream);
+        req.reject(err);
+      }
     }
   }
 
@@ -612,7 +768,10 @@ export class RemoteStore implements ObjectStore {
     this.state = 'idle';
     const fatal = this.fatal;
     this.fatal = undefined;
-    if (fatal) { this.failAll(fatal); return; }
+    if (fatal) {
+      this.failAll(fatal);
+      return;
+    }
     if (this.queue.length > 0) void this.connectLoop();
   }
 
@@ -654,15 +813,24 @@ function infoOf(key: string, f: Frame): ObjectInfo {
 
 /** "AB:CD:..." or "abcd..." (SHA-256, 64 hex digits) → lowercase hex without separators. */
 export function normalizeFingerprint(fp: string): string {
-  const hex = fp.replace(/^sha256[:/]+/i, '').replace(/[:\s]/g, '').toLowerCase();
+  const hex = fp
+    .replace(/^sha256[:/]+/i, '')
+    .replace(/[:\s]/g, '')
+    .toLowerCase();
   if (!/^[0-9a-f]{64}$/.test(hex)) {
-    throw new RnodeError(ErrorCodes.USAGE, `--pin-sha256 must be the certificate's SHA-256 fingerprint as 64 hex digits (colons allowed), e.g. from "openssl x509 -noout -fingerprint -sha256 -in cert.pem"`);
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `--pin-sha256 must be the certificate's SHA-256 fingerprint as 64 hex digits (colons allowed), e.g. from "openssl x509 -noout -fingerprint -sha256 -in cert.pem"`,
+    );
   }
   return hex;
 }
 
 /** SHA-256 fingerprint of a PEM certificate in the same form (for tests and `rnode serve` output). */
 export function certificateFingerprint(pem: string | Buffer): string {
-  const b64 = pem.toString().replace(/-----(BEGIN|END) CERTIFICATE-----/g, '').replace(/\s+/g, '');
+  const b64 = pem
+    .toString()
+    .replace(/-----(BEGIN|END) CERTIFICATE-----/g, '')
+    .replace(/\s+/g, '');
   return createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');
 }

@@ -16,7 +16,18 @@ import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
 import { AssemblyBuffers } from './assembly-buffers.js';
 import type { ObjectChecks } from './object-checks.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
-import { decodeFragments, encodeFrame, FrameFlag, FrameType, MAX_FRAME_BYTES, MAX_OBJECT_BYTES, MAX_PAYLOAD_BYTES, PART_BYTES, type Frame, type FrameInPieces } from './frame.js';
+import {
+  decodeFragments,
+  encodeFrame,
+  FrameFlag,
+  FrameType,
+  MAX_FRAME_BYTES,
+  MAX_OBJECT_BYTES,
+  MAX_PAYLOAD_BYTES,
+  PART_BYTES,
+  type Frame,
+  type FrameInPieces,
+} from './frame.js';
 import { TokenBucket } from '../throttle.js';
 
 /**
@@ -107,9 +118,27 @@ const RESUME_SETTLE_MS = 5_000;
 
 export class ReplicationServer {
   readonly stats: ServerStats = {
-    sessions: 0, sessionsTotal: 0, authFailures: 0, puts: 0, chunkPuts: 0, packPuts: 0, putBytes: 0, rejected: 0, gets: 0, getBytes: 0,
-    protocolErrors: 0, peakSessionBytes: 0, handshakeTimeouts: 0, refusedPerAddress: 0, connectionsAccepted: 0, connectionsOpen: 0,
-    busyRefusals: 0, receivedObjects: 0, receivedBytes: 0, putFailures: 0, putErrors: new Map(),
+    sessions: 0,
+    sessionsTotal: 0,
+    authFailures: 0,
+    puts: 0,
+    chunkPuts: 0,
+    packPuts: 0,
+    putBytes: 0,
+    rejected: 0,
+    gets: 0,
+    getBytes: 0,
+    protocolErrors: 0,
+    peakSessionBytes: 0,
+    handshakeTimeouts: 0,
+    refusedPerAddress: 0,
+    connectionsAccepted: 0,
+    connectionsOpen: 0,
+    busyRefusals: 0,
+    receivedObjects: 0,
+    receivedBytes: 0,
+    putFailures: 0,
+    putErrors: new Map(),
   };
   /** Open TCP connections by client address. */
   private readonly perAddress = new Map<string, number>();
@@ -152,14 +181,20 @@ export class ReplicationServer {
     return s;
   }
 
-  get port(): number { return (this.http.address() as AddressInfo).port; }
+  get port(): number {
+    return (this.http.address() as AddressInfo).port;
+  }
   get url(): string {
     const host = this.opts.host ?? '127.0.0.1';
     return `${this.opts.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${this.port}`;
   }
 
   log(event: string, fields?: Record<string, unknown>): void {
-    try { this.opts.log?.(event, fields); } catch { /* a logger never takes the node down */ }
+    try {
+      this.opts.log?.(event, fields);
+    } catch {
+      /* a logger never takes the node down */
+    }
   }
 
   /** A closed session stays findable for RESUME_KEEP_MS (at most MAX_RETIRED of them), then only its log remains. */
@@ -184,17 +219,27 @@ export class ReplicationServer {
   takeSession(id: string, by: Session): Session | undefined {
     let found: Session | undefined;
     for (const s of this.sessions) {
-      if (s.id === id && s !== by && s.ready && !s.claimed) { found = s; s.terminate(); break; }
+      if (s.id === id && s !== by && s.ready && !s.claimed) {
+        found = s;
+        s.terminate();
+        break;
+      }
     }
     const r = this.retired.get(id);
-    if (r) { this.dropRetired(id); found = r.session; }
+    if (r) {
+      this.dropRetired(id);
+      found = r.session;
+    }
     if (found) found.claimed = true;
     return found;
   }
 
   private async listen(): Promise<void> {
     this.http = this.opts.tls ? https.createServer({ cert: this.opts.tls.cert, key: this.opts.tls.key }) : http.createServer();
-    this.http.on('request', (_req, res) => { res.writeHead(426, { 'content-type': 'text/plain' }); res.end('rnode peer endpoint: use a WebSocket client (rnode replicate --target ws://...)\n'); });
+    this.http.on('request', (_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' });
+      res.end('rnode peer endpoint: use a WebSocket client (rnode replicate --target ws://...)\n');
+    });
     this.http.on('tlsClientError', (err) => this.log('tls-error', { message: err.message }));
     this.http.on('connection', (sock: Socket) => this.onConnection(sock));
     this.wss = new WebSocketServer({ server: this.http, maxPayload: this.maxFrameBytes, perMessageDeflate: false });
@@ -202,7 +247,9 @@ export class ReplicationServer {
       try {
         const s = new Session(this, ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`, req.socket);
         this.sessions.add(s);
-        ws.on('close', () => { this.sessions.delete(s); });
+        ws.on('close', () => {
+          this.sessions.delete(s);
+        });
       } catch (err) {
         this.log('internal-error', { message: (err as Error).message });
         ws.terminate();
@@ -211,7 +258,10 @@ export class ReplicationServer {
     this.wss.on('error', (err) => this.log('server-error', { message: err.message }));
     await new Promise<void>((resolve, reject) => {
       this.http.once('error', reject);
-      this.http.listen(this.opts.port ?? 0, this.opts.host ?? '127.0.0.1', () => { this.http.off('error', reject); resolve(); });
+      this.http.listen(this.opts.port ?? 0, this.opts.host ?? '127.0.0.1', () => {
+        this.http.off('error', reject);
+        resolve();
+      });
     });
   }
 
@@ -226,8 +276,10 @@ export class ReplicationServer {
       // Plain HTTP can say why; a TLS client gets a reset (nothing readable can be sent before the handshake).
       if (this.opts.tls) sock.destroy();
       else {
-        sock.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n' +
-          `RNODE_TRANSPORT_BUSY: ${max} connections from ${addr} already open (--max-connections-per-address)\n`);
+        sock.end(
+          'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n' +
+            `RNODE_TRANSPORT_BUSY: ${max} connections from ${addr} already open (--max-connections-per-address)\n`,
+        );
         setTimeout(() => sock.destroy(), 1000).unref();
       }
       return;
@@ -249,11 +301,14 @@ export class ReplicationServer {
       clearTimeout(this.handshaking.get(sock));
       this.handshaking.delete(sock);
       const left = (this.perAddress.get(addr) ?? 1) - 1;
-      if (left <= 0) this.perAddress.delete(addr); else this.perAddress.set(addr, left);
+      if (left <= 0) this.perAddress.delete(addr);
+      else this.perAddress.set(addr, left);
     });
   }
 
-  get handshakeMs(): number { return this.opts.handshakeMs ?? DEFAULT_HANDSHAKE_MS; }
+  get handshakeMs(): number {
+    return this.opts.handshakeMs ?? DEFAULT_HANDSHAKE_MS;
+  }
 
   /** A hello was accepted on sock: it is a session now, watched by its idle timer. */
   handshakeDone(sock: Socket): void {
@@ -270,14 +325,20 @@ export class ReplicationServer {
   checkToken(token: string | undefined): boolean {
     if (!this.tokenDigest) return true;
     // Hash both sides so the comparison is constant-time whatever the lengths.
-    const got = createHash('sha256').update(token ?? '').digest();
+    const got = createHash('sha256')
+      .update(token ?? '')
+      .digest();
     return token !== undefined && timingSafeEqual(got, this.tokenDigest);
   }
 
-  get name(): string { return this.nodeName; }
+  get name(): string {
+    return this.nodeName;
+  }
 
   /** True while the listener accepts connections. */
-  get listening(): boolean { return this.http?.listening ?? false; }
+  get listening(): boolean {
+    return this.http?.listening ?? false;
+  }
 
   /** PUT bytes held by all sessions now, not yet acknowledged: how much of their windows is in use. */
   heldBytes(): number {
@@ -320,7 +381,9 @@ class Session {
   private recvSeq = 0;
   private sendSeq = 0;
   private held = 0;
-  get heldBytes(): number { return this.held; }
+  get heldBytes(): number {
+    return this.held;
+  }
   private readonly streams = new Set<number>();
   /** Objects arriving in parts, by stream: charged to the window in full from their first part. */
   private readonly assembling = new Map<number, Assembly>();
@@ -342,19 +405,40 @@ class Session {
   private exemptBytes = 0;
   private resumeTimer?: NodeJS.Timeout;
 
-  constructor(private readonly node: ReplicationServer, private readonly ws: WebSocket, private readonly peer: string, private readonly socket: Socket) {
+  constructor(
+    private readonly node: ReplicationServer,
+    private readonly ws: WebSocket,
+    private readonly peer: string,
+    private readonly socket: Socket,
+  ) {
     const o = node.opts;
-    this.timers.push(setTimeout(() => {
-      if (!this.ready && !this.closed) this.fail(new RnodeError(TransportErrorCodes.TIMEOUT, 'no hello within the handshake timeout; the connection was closed'), 1008);
-    }, node.handshakeMs));
+    this.timers.push(
+      setTimeout(() => {
+        if (!this.ready && !this.closed)
+          this.fail(new RnodeError(TransportErrorCodes.TIMEOUT, 'no hello within the handshake timeout; the connection was closed'), 1008);
+      }, node.handshakeMs),
+    );
     const idle = o.idleMs ?? 60_000;
-    const beat = setInterval(() => {
-      if (!this.alive) { this.node.log('session-stalled', { session: this.id, peer }); this.terminate(); return; }
-      this.alive = false;
-      try { ws.ping(); } catch { /* closing */ }
-    }, Math.max(50, idle / 2));
+    const beat = setInterval(
+      () => {
+        if (!this.alive) {
+          this.node.log('session-stalled', { session: this.id, peer });
+          this.terminate();
+          return;
+        }
+        this.alive = false;
+        try {
+          ws.ping();
+        } catch {
+          /* closing */
+        }
+      },
+      Math.max(50, idle / 2),
+    );
     this.timers.push(beat);
-    ws.on('pong', () => { this.alive = true; });
+    ws.on('pong', () => {
+      this.alive = true;
+    });
     // A message's fragments as received (views of the socket's reads): a PUT's payload is copied once, into the
     // buffer it is checked and written from, not first joined into one buffer by ws (two copies of every byte).
     ws.binaryType = 'fragments';
@@ -383,12 +467,18 @@ class Session {
     if (wait <= 1) return;
     if (!this.ws.isPaused) this.ws.pause();
     clearTimeout(this.resumeTimer);
-    this.resumeTimer = setTimeout(() => { if (!this.closed) this.ws.resume(); }, wait);
+    this.resumeTimer = setTimeout(() => {
+      if (!this.closed) this.ws.resume();
+    }, wait);
   }
 
   terminate(): void {
     this.closed = true;
-    try { this.ws.terminate(); } catch { /* already gone */ }
+    try {
+      this.ws.terminate();
+    } catch {
+      /* already gone */
+    }
   }
 
   private onClose(code: number): void {
@@ -415,7 +505,8 @@ class Session {
       const r = decodeFragments(Array.isArray(data) ? data : [data], this.node.maxFrameBytes);
       const f = r.frame;
       if (f.type === FrameType.CONTROL && this.node.bucket) this.exemptBytes += r.size;
-      if (f.seq !== (this.recvSeq >>> 0)) throw protocolError(`frame sequence ${f.seq}, expected ${this.recvSeq >>> 0} (a frame was lost or reordered)`);
+      if (f.seq !== this.recvSeq >>> 0)
+        throw protocolError(`frame sequence ${f.seq}, expected ${this.recvSeq >>> 0} (a frame was lost or reordered)`);
       this.recvSeq++;
       if (!this.ready) this.onHello(f);
       else this.onFrame(r);
@@ -433,17 +524,29 @@ class Session {
     if (!this.node.checkToken(m.token)) {
       this.node.stats.authFailures++;
       this.node.log('auth-failed', { session: this.id, peer: this.peer, tokenGiven: m.token !== undefined });
-      this.fail(new RnodeError(TransportErrorCodes.AUTH, m.token === undefined
-        ? 'the receiving node requires a bearer token; pass --token-file with the token the node was started with'
-        : 'the receiving node refused the bearer token; check that --token-file holds the same token as the node\'s --token-file'), 1008);
+      this.fail(
+        new RnodeError(
+          TransportErrorCodes.AUTH,
+          m.token === undefined
+            ? 'the receiving node requires a bearer token; pass --token-file with the token the node was started with'
+            : "the receiving node refused the bearer token; check that --token-file holds the same token as the node's --token-file",
+        ),
+        1008,
+      );
       return;
     }
     const max = this.node.opts.maxSessions ?? 16;
     if (this.node.authenticated() >= max) {
       this.node.stats.busyRefusals++;
       this.node.log('busy', { session: this.id, peer: this.peer, maxSessions: max });
-      this.fail(new RnodeError(TransportErrorCodes.BUSY, `the receiving node already serves ${max} sessions (--max-sessions); retry later or raise the limit`,
-        { retryable: true }), 1013);
+      this.fail(
+        new RnodeError(
+          TransportErrorCodes.BUSY,
+          `the receiving node already serves ${max} sessions (--max-sessions); retry later or raise the limit`,
+          { retryable: true },
+        ),
+        1013,
+      );
       return;
     }
     this.ready = true;
@@ -457,8 +560,13 @@ class Session {
       // What the old session stored: its client re-sends only what is not in here (the acks it did not hear).
       const stored = old ? [...old.storedAcks].map(([stream, info]) => ({ stream, ...info })) : [];
       this.send(0, {
-        op: 'welcome', session: this.id, window: this.node.windowBytes, maxFrame: this.node.maxFrameBytes,
-        maxInflight: this.node.opts.maxInflight ?? 256, node: this.node.name, maxObject: this.node.maxObjectBytes,
+        op: 'welcome',
+        session: this.id,
+        window: this.node.windowBytes,
+        maxFrame: this.node.maxFrameBytes,
+        maxInflight: this.node.opts.maxInflight ?? 256,
+        node: this.node.name,
+        maxObject: this.node.maxObjectBytes,
         ...(stored.length ? { stored } : {}),
       });
     });
@@ -469,16 +577,21 @@ class Session {
     if (this.putsOpen === 0) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, ms);
-      this.settleWaiters.push(() => { clearTimeout(timer); resolve(); });
+      this.settleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
     });
   }
 
   /** Runs a PUT's store, counted until it settles (a resuming client waits for it). */
   private schedulePut(fn: () => Promise<void>): void {
     this.putsOpen++;
-    this.schedule(() => fn().finally(() => {
-      if (--this.putsOpen === 0) for (const w of this.settleWaiters.splice(0)) w();
-    }));
+    this.schedule(() =>
+      fn().finally(() => {
+        if (--this.putsOpen === 0) for (const w of this.settleWaiters.splice(0)) w();
+      }),
+    );
   }
 
   private onFrame(r: FrameInPieces): void {
@@ -529,8 +642,15 @@ class Session {
     this.open(f.stream);
     const buf = this.node.assembly.take(total);
     gather(r.payload, buf, 0);
-    this.assembling.set(f.stream, { meta, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64, buf, filled: payloadLength,
-      charged: size + (total - payloadLength) });
+    this.assembling.set(f.stream, {
+      meta,
+      flags: f.flags,
+      diskOffset: f.diskOffset,
+      plainXxh64: f.plainXxh64,
+      buf,
+      filled: payloadLength,
+      charged: size + (total - payloadLength),
+    });
   }
 
   /** A later part: it must continue exactly where the object stands; only its header and meta are new credit. */
@@ -540,7 +660,8 @@ class Session {
       throw protocolError(`stream ${f.stream}: a part that does not belong to the object ${asm.meta.key} being sent on it`);
     }
     if (meta.at !== asm.filled) throw protocolError(`stream ${f.stream}: a part at ${meta.at}, expected ${asm.filled}`);
-    if (payloadLength === 0 || asm.filled + payloadLength > asm.buf.length) throw protocolError(`stream ${f.stream}: a part that overruns its object`);
+    if (payloadLength === 0 || asm.filled + payloadLength > asm.buf.length)
+      throw protocolError(`stream ${f.stream}: a part that overruns its object`);
     const extra = size - payloadLength;
     this.charge(extra);
     asm.charged += extra;
@@ -561,12 +682,21 @@ class Session {
   }
 
   /** Validates and stores one whole object, then returns its credit with the ack (or the error). */
-  private async store(stream: number, meta: PutMeta, data: Buffer, f: { flags: number; diskOffset: number | null; plainXxh64: bigint }, charged: number): Promise<void> {
+  private async store(
+    stream: number,
+    meta: PutMeta,
+    data: Buffer,
+    f: { flags: number; diskOffset: number | null; plainXxh64: bigint },
+    charged: number,
+  ): Promise<void> {
     this.node.stats.receivedObjects++;
     this.node.stats.receivedBytes += data.length;
     try {
       const kind = await this.node.checks.checkPut({ key: meta.key, data, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
-      const opts = { ...((f.flags & FrameFlag.IF_NONE_MATCH) ? { ifNoneMatch: true } : {}), ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}) };
+      const opts = {
+        ...(f.flags & FrameFlag.IF_NONE_MATCH ? { ifNoneMatch: true } : {}),
+        ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}),
+      };
       const info = await this.node.opts.store.put(meta.key, data, opts);
       this.node.stats.puts++;
       if (kind.kind === 'legacy-chunk') this.node.stats.chunkPuts++;
@@ -608,8 +738,12 @@ class Session {
     while (this.running < limit && this.queue.length > 0) {
       const fn = this.queue.shift()!;
       this.running++;
-      fn().catch((err) => this.node.log('internal-error', { session: this.id, message: (err as Error)?.message }))
-        .finally(() => { this.running--; this.drainQueue(); });
+      fn()
+        .catch((err) => this.node.log('internal-error', { session: this.id, message: (err as Error)?.message }))
+        .finally(() => {
+          this.running--;
+          this.drainQueue();
+        });
     }
   }
 
@@ -624,8 +758,11 @@ class Session {
           const data = await store.get(m.key, range);
           if (data.length > MAX_PAYLOAD_BYTES) {
             // One DATA frame carries one get: a larger object (a whole pack) is read in ranges, as every reader does.
-            throw new RnodeError(ErrorCodes.STORE_IO, `get ${m.key}: ${data.length} bytes do not fit one frame (${MAX_PAYLOAD_BYTES}); read it in ranges`,
-              { details: { key: m.key, bytes: data.length } });
+            throw new RnodeError(
+              ErrorCodes.STORE_IO,
+              `get ${m.key}: ${data.length} bytes do not fit one frame (${MAX_PAYLOAD_BYTES}); read it in ranges`,
+              { details: { key: m.key, bytes: data.length } },
+            );
           }
           await this.node.bucket?.take(data.length);
           this.node.stats.gets++;
@@ -660,7 +797,15 @@ class Session {
           if (m.action === 'acquire') rec = await this.node.leases.acquire(m.disk, m.holder, ttl, m.breakDead);
           else if (m.action === 'renew') rec = await this.node.leases.renew(ref, ttl);
           else await this.node.leases.release(ref);
-          this.node.log('lease', { session: this.id, peer: this.peer, action: m.action, disk: m.disk, holder: m.holder, fencingToken: rec.token, ttlMs: ttl });
+          this.node.log('lease', {
+            session: this.id,
+            peer: this.peer,
+            action: m.action,
+            disk: m.disk,
+            holder: m.holder,
+            fencingToken: rec.token,
+            ttlMs: ttl,
+          });
           const { format: _f, ...lease } = rec;
           this.reply(stream, { op: 'leaseGrant', lease });
           return;
@@ -669,9 +814,15 @@ class Session {
           throw protocolError(`unexpected ${m.op}`);
       }
     } catch (err) {
-      if (isRnodeError(err, TransportErrorCodes.PROTOCOL)) { this.fail(err, 1002); return; }
+      if (isRnodeError(err, TransportErrorCodes.PROTOCOL)) {
+        this.fail(err, 1002);
+        return;
+      }
       const l = this.lists.get(stream);
-      if (l) { this.lists.delete(stream); l.it.return?.().catch(() => undefined); }
+      if (l) {
+        this.lists.delete(stream);
+        l.it.return?.().catch(() => undefined);
+      }
       this.reply(stream, errorMessage(err));
     }
   }
@@ -679,7 +830,11 @@ class Session {
   private onListMore(stream: number, op: 'listNext' | 'listCancel'): void {
     const l = this.lists.get(stream);
     if (op === 'listCancel') {
-      if (l) { this.lists.delete(stream); this.streams.delete(stream); l.it.return?.().catch(() => undefined); }
+      if (l) {
+        this.lists.delete(stream);
+        this.streams.delete(stream);
+        l.it.return?.().catch(() => undefined);
+      }
       return;
     }
     if (!l || l.busy) throw protocolError(`listNext on stream ${stream}, which has no listing waiting`);
@@ -694,19 +849,28 @@ class Session {
     });
   }
 
-  private async page(stream: number, l: { it: AsyncIterator<{ key: string; size: number; etag?: string }>; busy: boolean }, after?: string): Promise<void> {
+  private async page(
+    stream: number,
+    l: { it: AsyncIterator<{ key: string; size: number; etag?: string }>; busy: boolean },
+    after?: string,
+  ): Promise<void> {
     const items: ObjectInfoWire[] = [];
     let bytes = 0;
     let more = true;
     while (items.length < LIST_PAGE_ITEMS && bytes < 256 * 1024) {
       const r = await l.it.next();
-      if (r.done) { more = false; break; }
+      if (r.done) {
+        more = false;
+        break;
+      }
       if (after !== undefined && Buffer.compare(Buffer.from(r.value.key), Buffer.from(after)) <= 0) continue;
       items.push(wireInfo(r.value));
       bytes += r.value.key.length + 40;
     }
     l.busy = false;
-    if (!more) { this.lists.delete(stream); }
+    if (!more) {
+      this.lists.delete(stream);
+    }
     this.reply(stream, { op: 'listPage', items, more }, more);
   }
 
@@ -737,14 +901,22 @@ class Session {
     const m = errorMessage(err);
     this.node.log('session-failed', { session: this.id, peer: this.peer, code: m.code, message: m.message });
     try {
-      this.ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: m as unknown as Record<string, unknown> }), { binary: true });
+      this.ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: m as unknown as Record<string, unknown> }), {
+        binary: true,
+      });
       this.ws.close(closeCode, m.code);
     } catch {
       this.ws.terminate();
     }
     this.closed = true;
     // A peer that does not finish the close handshake is cut.
-    setTimeout(() => { try { this.ws.terminate(); } catch { /* gone */ } }, 2000).unref();
+    setTimeout(() => {
+      try {
+        this.ws.terminate();
+      } catch {
+        /* gone */
+      }
+    }, 2000).unref();
   }
 }
 
@@ -769,12 +941,19 @@ function requestKey(key: string, reading?: ObjectChecks): void {
   try {
     assertValidKey(key);
   } catch {
-    throw new RnodeError(TransportErrorCodes.REJECTED, `key ${JSON.stringify(key.slice(0, 200))} is not a valid object key (no '.', '..' or empty segments, no backslash); nothing was read`,
-      { details: { key: key.slice(0, 200) } });
+    throw new RnodeError(
+      TransportErrorCodes.REJECTED,
+      `key ${JSON.stringify(key.slice(0, 200))} is not a valid object key (no '.', '..' or empty segments, no backslash); nothing was read`,
+      { details: { key: key.slice(0, 200) } },
+    );
   }
   // A lease's holder id is what renews or releases it: peers never read lease records, they hold their own.
   if (reading?.kindOf(key) === 'lease') {
-    throw new RnodeError(TransportErrorCodes.REJECTED, `${key} is kept by the receiving node; take a lease with a lease message instead of reading it`, { details: { key } });
+    throw new RnodeError(
+      TransportErrorCodes.REJECTED,
+      `${key} is kept by the receiving node; take a lease with a lease message instead of reading it`,
+      { details: { key } },
+    );
   }
 }
 
@@ -786,7 +965,12 @@ function errorMessage(err: unknown): Extract<NodeMessage, { op: 'error' }> {
   if (err instanceof RnodeError) {
     return { op: 'error', code: err.code, message: err.message.slice(0, 4000), retryable: err.retryable, details: safeDetails(err.details) };
   }
-  return { op: 'error', code: ErrorCodes.INTERNAL, message: `the receiving node failed: ${(err as Error)?.message ?? String(err)}`.slice(0, 4000), retryable: false };
+  return {
+    op: 'error',
+    code: ErrorCodes.INTERNAL,
+    message: `the receiving node failed: ${(err as Error)?.message ?? String(err)}`.slice(0, 4000),
+    retryable: false,
+  };
 }
 
 function safeDetails(d: Record<string, unknown>): Record<string, unknown> {
@@ -794,4 +978,3 @@ function safeDetails(d: Record<string, unknown>): Record<string, unknown> {
   for (const [k, v] of Object.entries(d)) if (v === null || ['string', 'number', 'boolean'].includes(typeof v)) out[k] = v;
   return out;
 }
-

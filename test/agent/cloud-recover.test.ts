@@ -16,7 +16,12 @@ t.test('recover job into s3://: credentials from outEnv, object byte-exact, secr
   const dir = tmpDir(t, 'agent-cloudrec');
   const s3 = await startS3rver(dir);
   t.teardown(() => s3.stop());
-  const client = new S3Client({ endpoint: s3.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  const client = new S3Client({
+    endpoint: s3.endpoint,
+    forcePathStyle: true,
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+  });
   t.teardown(() => client.destroy());
   await client.send(new CreateBucketCommand({ Bucket: 'disks' }));
 
@@ -32,12 +37,19 @@ t.test('recover job into s3://: credentials from outEnv, object byte-exact, secr
   fs.writeFileSync(path.join(stateDir, 'secrets', 's3-secret'), 'S3RVER\n', { mode: 0o600 });
   const out = `s3://disks/recovered/d0.raw?endpoint=${s3.endpoint}&forcePathStyle=true`;
   ms.startJob({
-    jobId: 'rec-s3', kind: 'recover', store: { url: storeUrl }, disk: 'd0', out,
+    jobId: 'rec-s3',
+    kind: 'recover',
+    store: { url: storeUrl },
+    disk: 'd0',
+    out,
     outEnv: { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: { secretRef: 'file:s3-secret' } },
   });
   const done = await ms.waitFor(() => ms.jobs.get('rec-s3')?.completed, 30_000, 'the cloud recover job');
   t.match((done as any).results[0], { disk: 'd0', point: 1, out: 's3://disks/recovered/d0.raw', bytesWritten: 3 * MiB });
   const got = await client.send(new GetObjectCommand({ Bucket: 'disks', Key: 'recovered/d0.raw' }));
   t.ok(Buffer.from(await got.Body!.transformToByteArray()).equals(fs.readFileSync(img)), 'the object is the disk, byte-exact');
-  t.notOk(logs.some((l) => l.includes('S3RVER')), 'the secret is in no log line');
+  t.notOk(
+    logs.some((l) => l.includes('S3RVER')),
+    'the secret is in no log line',
+  );
 });

@@ -36,11 +36,21 @@ t.test('a re-dispatched job that arrives before its policy keeps its disk, and r
   // The killed run: point 1 of d0 stopped half-way, a checkpoint left in the store.
   const ac = new AbortController();
   const src = await openSource(img);
-  await t.rejects(replicate({
-    store, source: src, disk: 'd0', chunkSize: 64 * KiB, encryption: KEY, checkpointMillis: 0, signal: ac.signal,
-    lease: { holder: 'dead-node', ttlMs: 1, waitMs: 0 },
-    onProgress: (p) => { if (p.position >= SIZE / 2) ac.abort(); },
-  }));
+  await t.rejects(
+    replicate({
+      store,
+      source: src,
+      disk: 'd0',
+      chunkSize: 64 * KiB,
+      encryption: KEY,
+      checkpointMillis: 0,
+      signal: ac.signal,
+      lease: { holder: 'dead-node', ttlMs: 1, waitMs: 0 },
+      onProgress: (p) => {
+        if (p.position >= SIZE / 2) ac.abort();
+      },
+    }),
+  );
   await src.close();
   const domain = Domain.of(KEY);
   const pending = await store.get(r2.pending(domain.name, domain.dname('d0'), 1));
@@ -53,17 +63,42 @@ t.test('a re-dispatched job that arrives before its policy keeps its disk, and r
   const log = Logger.create({ sink: { write: () => undefined }, level: 'error' });
   const metrics = new AgentMetrics();
   let scheduler: Scheduler | undefined;
-  const runner = new JobRunner({ nodeName: 'n', slots: 2, bandwidth: 0, state, log, metrics, report: (r) => reports.push(r), progress: () => undefined,
-    onPoint: (g, url, r, at) => scheduler?.recordPoint(g, url, r, at) });
+  const runner = new JobRunner({
+    nodeName: 'n',
+    slots: 2,
+    bandwidth: 0,
+    state,
+    log,
+    metrics,
+    report: (r) => reports.push(r),
+    progress: () => undefined,
+    onPoint: (g, url, r, at) => scheduler?.recordPoint(g, url, r, at),
+  });
   scheduler = new Scheduler({ state, runner, log, metrics, report: () => undefined, tickMs: 3_600_000 });
 
   const job: ReplicateJob = {
-    jobId: 'rerun', kind: 'replicate', attempt: 2, store: { url: storeUrl }, disks: [{ disk: 'd0', source: { location: img } }],
-    chunkSize: 64 * KiB, encryption, checkpointSeconds: 0.1, leaseTtlSeconds: 1,
+    jobId: 'rerun',
+    kind: 'replicate',
+    attempt: 2,
+    store: { url: storeUrl },
+    disks: [{ disk: 'd0', source: { location: img } }],
+    chunkSize: 64 * KiB,
+    encryption,
+    checkpointSeconds: 0.1,
+    leaseTtlSeconds: 1,
   };
   // The newer policy revision the node has not seen: another chunk size, so its run could not continue the checkpoint.
-  const policy: Policy = { group: 'g', revision: 2, rpoSeconds: 7200, intervalSeconds: 3600, store: { url: storeUrl }, chunkSize: 128 * KiB,
-    encryption, disks: [{ disk: 'd0', source: { location: img } }], leaseTtlSeconds: 1 };
+  const policy: Policy = {
+    group: 'g',
+    revision: 2,
+    rpoSeconds: 7200,
+    intervalSeconds: 3600,
+    store: { url: storeUrl },
+    chunkSize: 128 * KiB,
+    encryption,
+    disks: [{ disk: 'd0', source: { location: img } }],
+    leaseTtlSeconds: 1,
+  };
   const run = runner.start(job);
   t.ok(runner.holdsDisk(diskKey(job.store, 'd0')), 'the accepted job holds its disk at once (before its key is read)');
   const applied = scheduler.update(policy); // the policy arrives while the job is still resolving its key
@@ -81,7 +116,11 @@ t.test('a re-dispatched job that arrives before its policy keeps its disk, and r
   t.equal(r?.point, 1, 'it committed the point the killed run was writing');
   t.equal(r?.resumed, true, 'continuing its checkpoint');
   t.ok(r?.sourceBytesRead < SIZE, `reading ${r?.sourceBytesRead} of ${SIZE} bytes`);
-  t.same((await listPoints(store, 'd0', KEY)).map((m) => m.point), [1], 'one point');
+  t.same(
+    (await listPoints(store, 'd0', KEY)).map((m) => m.point),
+    [1],
+    'one point',
+  );
   await expectRestore(t, store, 'd0', 1, fingerprint(img), dir, 'point 1', { encryption: KEY });
   scheduler.stop();
   await runner.cancelAll();

@@ -26,8 +26,14 @@ t.test('a policy with encryption makes encrypted points; recover and verify jobs
   const encryption = { mode: 'aes-256-gcm' as const, key: { secretRef: 'file:d0-key' } };
   const storeUrl = path.join(dir, 'store');
   ms.setPolicy({
-    group: 'g-enc', revision: 1, rpoSeconds: 60, intervalSeconds: 1, store: { url: storeUrl }, chunkSize: 64 * KiB,
-    disks: [{ disk: 'd0', source: { location: img } }], encryption,
+    group: 'g-enc',
+    revision: 1,
+    rpoSeconds: 60,
+    intervalSeconds: 1,
+    store: { url: storeUrl },
+    chunkSize: 64 * KiB,
+    disks: [{ disk: 'd0', source: { location: img } }],
+    encryption,
   });
   const done = await ms.waitFor(() => ms.reportsOf('job.completed', (m) => m.scheduled === true)[0], 15_000, 'a scheduled point');
   t.match((done.msg.results as any[])[0], { disk: 'd0', point: 1, keyId: KEY.keyId }, 'the report carries the key id');
@@ -35,14 +41,16 @@ t.test('a policy with encryption makes encrypted points; recover and verify jobs
   const store = fsStore(storeUrl);
   // Repository v2: an encrypted disk's points are named with its key, so they are listed with it only.
   const points = await listPoints(store, 'd0', KEY);
-  t.ok(points.length >= 1 && points.every((m) => m.encryption?.keyId === KEY.keyId), 'every point is encrypted with the policy\'s key');
+  t.ok(points.length >= 1 && points.every((m) => m.encryption?.keyId === KEY.keyId), "every point is encrypted with the policy's key");
   t.same(await listPoints(store, 'd0'), [], 'and none is found without the key');
   await expectRestore(t, store, 'd0', 1, fingerprint(img), dir, 'the scheduled point, restored with the key', { encryption: KEY });
 
   const out = path.join(dir, 'restored.img');
   ms.startJob({ jobId: 'rec-nokey', kind: 'recover', store: { url: storeUrl }, disk: 'd0', point: '1', out });
-  t.match(await ms.waitFor(() => ms.jobs.get('rec-nokey')?.failed, 10_000, 'recover without the key'),
-    { code: 'RNODE_KEY_REQUIRED', message: /encryption\.key/ });
+  t.match(await ms.waitFor(() => ms.jobs.get('rec-nokey')?.failed, 10_000, 'recover without the key'), {
+    code: 'RNODE_KEY_REQUIRED',
+    message: /encryption\.key/,
+  });
   t.notOk(fs.existsSync(out), 'no output');
   ms.startJob({ jobId: 'rec', kind: 'recover', store: { url: storeUrl }, disk: 'd0', point: '1', out, encryption });
   await ms.waitFor(() => ms.jobs.get('rec')?.completed, 10_000, 'recover with the key');
@@ -53,14 +61,24 @@ t.test('a policy with encryption makes encrypted points; recover and verify jobs
   ms.startJob({ jobId: 'ver-nokey', kind: 'verify', store: { url: storeUrl }, disk: 'd0', point: 'all' });
   // Repository v2 seals every metadata object and keys the disk's names: without the key there is nothing to check
   // but object sizes, so verify asks for the key (a legacy point still gets the stored-bytes check).
-  t.match(await ms.waitFor(() => ms.jobs.get('ver-nokey')?.failed, 10_000, 'verify without the key'),
-    { code: 'RNODE_KEY_REQUIRED', message: /encryption\.key/ }, 'verify without the key asks for it');
+  t.match(
+    await ms.waitFor(() => ms.jobs.get('ver-nokey')?.failed, 10_000, 'verify without the key'),
+    { code: 'RNODE_KEY_REQUIRED', message: /encryption\.key/ },
+    'verify without the key asks for it',
+  );
 
-  const secrets = [MASTER.toString('hex'), MASTER.toString('base64'), MASTER.toString('base64url'),
-    ...Object.values(KEY.subkeys()).map((k) => k.toString('hex'))];
+  const secrets = [
+    MASTER.toString('hex'),
+    MASTER.toString('base64'),
+    MASTER.toString('base64url'),
+    ...Object.values(KEY.subkeys()).map((k) => k.toString('hex')),
+  ];
   const reports = JSON.stringify([ms.reports, ms.progress, ms.errors]);
   for (const s of secrets) {
-    t.notOk(logs.some((l) => l.includes(s)), 'no form of the key in any log line');
+    t.notOk(
+      logs.some((l) => l.includes(s)),
+      'no form of the key in any log line',
+    );
     t.notOk(reports.includes(s), 'nor in any report');
   }
 });
@@ -79,12 +97,23 @@ t.test('key secrets that are not private or not a key are refused; nothing is wr
   const loose = path.join(stateDir, 'secrets', 'loose');
   fs.writeFileSync(loose, MASTER.toString('hex'), { mode: 0o644 });
   fs.chmodSync(loose, 0o644);
-  t.match(await run('loose', { mode: 'aes-256-gcm', key: { secretRef: 'file:loose' } }), { code: 'RNODE_AGENT_SECRET', message: /readable or writable by group or others.*chmod 600/ });
+  t.match(await run('loose', { mode: 'aes-256-gcm', key: { secretRef: 'file:loose' } }), {
+    code: 'RNODE_AGENT_SECRET',
+    message: /readable or writable by group or others.*chmod 600/,
+  });
   process.env.RNODE_TEST_BAD_KEY = 'hunter2-is-not-a-256-bit-key';
-  t.teardown(() => { delete process.env.RNODE_TEST_BAD_KEY; });
-  t.match(await run('notakey', { mode: 'aes-256-gcm', key: { secretRef: 'env:RNODE_TEST_BAD_KEY' } }), { code: 'RNODE_AGENT_SECRET', message: /does not hold a 256-bit key/ });
+  t.teardown(() => {
+    delete process.env.RNODE_TEST_BAD_KEY;
+  });
+  t.match(await run('notakey', { mode: 'aes-256-gcm', key: { secretRef: 'env:RNODE_TEST_BAD_KEY' } }), {
+    code: 'RNODE_AGENT_SECRET',
+    message: /does not hold a 256-bit key/,
+  });
   t.match(await run('noref', { mode: 'aes-256-gcm' }), { code: 'RNODE_KEY_REQUIRED', message: /needs "key"/ });
   t.same(await listPoints(fsStore(storeUrl), 'd0'), [], 'no point was written');
-  t.notOk(logs.some((l) => l.includes('hunter2') || l.includes(MASTER.toString('hex'))), 'no secret in the logs');
+  t.notOk(
+    logs.some((l) => l.includes('hunter2') || l.includes(MASTER.toString('hex'))),
+    'no secret in the logs',
+  );
   t.notOk(JSON.stringify(ms.reports).includes('hunter2'), 'nor in the reports');
 });

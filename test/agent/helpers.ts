@@ -23,7 +23,9 @@ export const KiB = 1024;
 export const MiB = 1024 * 1024;
 export const TOKEN = 'test-token-0123456789abcdef';
 
-interface T { teardown(fn: () => void | Promise<void>): void }
+interface T {
+  teardown(fn: () => void | Promise<void>): void;
+}
 
 export async function startMs(t: T, o: Partial<ReferenceMsOptions> = {}): Promise<ReferenceMs> {
   const ms = await ReferenceMs.start({ token: TOKEN, heartbeatMs: 200, nodeTimeoutMs: 1500, ...o });
@@ -37,21 +39,45 @@ export function writeToken(dir: string, token = TOKEN): string {
   return f;
 }
 
-export interface TestAgent { agent: Agent; logs: string[]; stateDir: string }
+export interface TestAgent {
+  agent: Agent;
+  logs: string[];
+  stateDir: string;
+}
 
 /** An agent in this process with fast timings, its JSON log lines captured. */
 export async function startAgent(t: T, ms: ReferenceMs, dir: string, o: Partial<AgentOptions> & { name?: string } = {}): Promise<TestAgent> {
   const logs: string[] = [];
   const stateDir = o.stateDir ?? path.join(dir, `state-${o.name ?? 'a'}`);
   const agent = await Agent.start({
-    server: ms.url, tokenFile: o.tokenFile ?? writeToken(dir), stateDir, nodeName: o.name ?? 'a',
-    metrics: { host: '127.0.0.1', port: 0 }, backoff: { initialMs: 50, maxMs: 300 }, progressMs: 100, tickMs: 50, slots: 2,
-    log: Logger.create({ sink: { write: (l) => { logs.push(l); } }, level: 'debug' }), ...o,
+    server: ms.url,
+    tokenFile: o.tokenFile ?? writeToken(dir),
+    stateDir,
+    nodeName: o.name ?? 'a',
+    metrics: { host: '127.0.0.1', port: 0 },
+    backoff: { initialMs: 50, maxMs: 300 },
+    progressMs: 100,
+    tickMs: 50,
+    slots: 2,
+    log: Logger.create({
+      sink: {
+        write: (l) => {
+          logs.push(l);
+        },
+      },
+      level: 'debug',
+    }),
+    ...o,
   });
   let stopped = false;
-  t.teardown(async () => { if (!stopped) await agent.stop(); });
+  t.teardown(async () => {
+    if (!stopped) await agent.stop();
+  });
   const stop = agent.stop.bind(agent);
-  agent.stop = async () => { stopped = true; await stop(); };
+  agent.stop = async () => {
+    stopped = true;
+    await stop();
+  };
   return { agent, logs, stateDir };
 }
 
@@ -71,7 +97,12 @@ export function waitUntil<T>(fn: () => T | undefined | null | false, timeoutMs =
   return new Promise((resolve, reject) => {
     const poll = () => {
       let v: T | undefined | null | false;
-      try { v = fn(); } catch (err) { reject(err); return; }
+      try {
+        v = fn();
+      } catch (err) {
+        reject(err);
+        return;
+      }
       if (v) resolve(v);
       else if (Date.now() > deadline) reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
       else setTimeout(poll, 25);
@@ -82,7 +113,12 @@ export function waitUntil<T>(fn: () => T | undefined | null | false, timeoutMs =
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export interface AgentProcess { child: ChildProcess; name: string; stderr: string[]; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }
+export interface AgentProcess {
+  child: ChildProcess;
+  name: string;
+  stderr: string[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
 
 /**
  * Runs `node dist/cli.js agent ...` (building dist first when needed). uninstrumented: without the test runner's
@@ -94,15 +130,36 @@ export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, ext
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
   const [cmd, ...pre] = uninstrumented ? ['env', '-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath] : [process.execPath];
-  const child = spawn(cmd!, [...pre, ...CLI_NODE_FLAGS, CLI, 'agent', '--server', ms.url, '--token-file', writeToken(dir),
-    '--node-name', name, '--state-dir', path.join(dir, `state-${name}`), '--reconnect-max-ms', '300', ...extra],
-  { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    cmd!,
+    [
+      ...pre,
+      ...CLI_NODE_FLAGS,
+      CLI,
+      'agent',
+      '--server',
+      ms.url,
+      '--token-file',
+      writeToken(dir),
+      '--node-name',
+      name,
+      '--state-dir',
+      path.join(dir, `state-${name}`),
+      '--reconnect-max-ms',
+      '300',
+      ...extra,
+    ],
+    { env, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   const stderr: string[] = [];
   let buf = '';
   child.stderr!.on('data', (b: Buffer) => {
     buf += b.toString();
     let i;
-    while ((i = buf.indexOf('\n')) >= 0) { stderr.push(buf.slice(0, i)); buf = buf.slice(i + 1); }
+    while ((i = buf.indexOf('\n')) >= 0) {
+      stderr.push(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
   t.teardown(async () => {
@@ -131,9 +188,12 @@ export function pendingCheckpoints(storeDir: string, disk: string): { point: num
   const domain = Domain.of(undefined);
   const dir = path.join(storeDir, r2.pendingPrefix(domain.name, domain.dname(disk)));
   if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir).filter((f) => /^\d{10}$/.test(f)).map((f) => {
-    const point = Number(f);
-    const ck = decodePendingV2(fs.readFileSync(path.join(dir, f)), domain, disk, point) as { nextIndex: number };
-    return { point, nextIndex: ck.nextIndex };
-  });
+  return fs
+    .readdirSync(dir)
+    .filter((f) => /^\d{10}$/.test(f))
+    .map((f) => {
+      const point = Number(f);
+      const ck = decodePendingV2(fs.readFileSync(path.join(dir, f)), domain, disk, point) as { nextIndex: number };
+      return { point, nextIndex: ck.nextIndex };
+    });
 }

@@ -20,11 +20,24 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   const { agent } = await startAgent(t, ms, dir, { slots: 32 });
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   const storeUrl = path.join(dir, 'store');
-  const job = { jobId: 'j-cancel', kind: 'replicate' as const, store: { url: storeUrl }, disks: [{ disk: 'd0', source: { location: img } }],
-    chunkSize: 64 * KiB, bandwidth: 512 * KiB, checkpointSeconds: 0.2 };
+  const job = {
+    jobId: 'j-cancel',
+    kind: 'replicate' as const,
+    store: { url: storeUrl },
+    disks: [{ disk: 'd0', source: { location: img } }],
+    chunkSize: 64 * KiB,
+    bandwidth: 512 * KiB,
+    checkpointSeconds: 0.2,
+  };
   ms.startJob(job);
   await ms.waitFor(() => pendingCheckpoints(storeUrl, 'd0').some((ck) => ck.nextIndex > 0), 10_000, 'a checkpoint');
-  const p = (await ms.waitFor(() => ms.progress.find((x) => x.msg.jobId === 'j-cancel' && x.msg.phase === 'scan' && Number(x.msg.rate) > 0), 10_000, 'progress')).msg;
+  const p = (
+    await ms.waitFor(
+      () => ms.progress.find((x) => x.msg.jobId === 'j-cancel' && x.msg.phase === 'scan' && Number(x.msg.rate) > 0),
+      10_000,
+      'progress',
+    )
+  ).msg;
   t.notOk(ms.jobs.get('j-cancel')?.completed, 'still running');
   t.ok(Number(p.rate) > 0 && (p.etaSeconds === null || Number(p.etaSeconds) >= 0), 'progress carries rate and ETA');
   const cancelAt = Date.now();
@@ -60,7 +73,14 @@ t.test('VM job, recover, verify, prune; an encryption key missing on the node re
   const disks = imgs.map((img, i) => ({ disk: `vm1-${'ab'[i]}`, source: { location: img } }));
   ms.startJob({ jobId: 'vm1-1', kind: 'replicate', vm: 'vm1', store, disks, chunkSize: 64 * KiB });
   const c1 = await ms.waitFor(() => ms.jobs.get('vm1-1')?.completed, 10_000, 'VM job');
-  t.same((c1.results as any[]).map((r) => [r.disk, r.point]), [['vm1-a', 1], ['vm1-b', 1]], 'one point per disk');
+  t.same(
+    (c1.results as any[]).map((r) => [r.disk, r.point]),
+    [
+      ['vm1-a', 1],
+      ['vm1-b', 1],
+    ],
+    'one point per disk',
+  );
   ms.startJob({ jobId: 'vm1-2', kind: 'replicate', vm: 'vm1', store, disks });
   await ms.waitFor(() => ms.jobs.get('vm1-2')?.completed, 10_000, 'second VM job');
 
@@ -100,13 +120,24 @@ t.test('store credentials by reference: resolved on the node, never reported or 
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   const secret = 'super-secret-access-key-value';
   fs.writeFileSync(path.join(stateDir, 'secrets', 'fake-key'), secret);
-  ms.startJob({ jobId: 'sec', kind: 'replicate', store: { url: path.join(dir, 'store'), env: { FAKE_SECRET_KEY: { secretRef: 'file:fake-key' } } },
-    disks: [{ disk: 'd0', source: { location: img } }] });
+  ms.startJob({
+    jobId: 'sec',
+    kind: 'replicate',
+    store: { url: path.join(dir, 'store'), env: { FAKE_SECRET_KEY: { secretRef: 'file:fake-key' } } },
+    disks: [{ disk: 'd0', source: { location: img } }],
+  });
   await ms.waitFor(() => ms.jobs.get('sec')?.completed, 10_000, 'job');
-  ms.startJob({ jobId: 'sec2', kind: 'replicate', store: { url: path.join(dir, 'store'), env: { X: { secretRef: 'env:RNODE_TEST_UNSET_SECRET' } } },
-    disks: [{ disk: 'd0', source: { location: img } }] });
+  ms.startJob({
+    jobId: 'sec2',
+    kind: 'replicate',
+    store: { url: path.join(dir, 'store'), env: { X: { secretRef: 'env:RNODE_TEST_UNSET_SECRET' } } },
+    disks: [{ disk: 'd0', source: { location: img } }],
+  });
   const f = await ms.waitFor(() => ms.jobs.get('sec2')?.failed, 10_000, 'missing secret');
   t.match(f, { code: 'RNODE_AGENT_SECRET', message: /RNODE_TEST_UNSET_SECRET/ });
-  t.notOk(logs.some((l) => l.includes(secret)), 'the secret is in no log line');
+  t.notOk(
+    logs.some((l) => l.includes(secret)),
+    'the secret is in no log line',
+  );
   t.notOk(JSON.stringify(ms.reports).includes(secret), 'nor in any report');
 });

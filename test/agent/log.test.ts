@@ -6,17 +6,31 @@ import { Logger, silentLogger } from '../../src/log.js';
 
 function capture(level: 'debug' | 'info' | 'warn' | 'error' = 'info', format: 'json' | 'text' = 'json') {
   const lines: string[] = [];
-  const log = Logger.create({ sink: { write: (l) => { lines.push(l); } }, level, format });
+  const log = Logger.create({
+    sink: {
+      write: (l) => {
+        lines.push(l);
+      },
+    },
+    level,
+    format,
+  });
   return { log, lines, parsed: () => lines.map((l) => JSON.parse(l) as Record<string, any>) };
 }
 
 t.test('fields, levels and context', async (t) => {
   const { log, lines, parsed } = capture('info');
   log.debug('not shown');
-  log.child({ nodeId: 'n1' }).child({ jobId: 'j1' }).info('point committed', { point: 3, big: 2n ** 60n });
+  log
+    .child({ nodeId: 'n1' })
+    .child({ jobId: 'j1' })
+    .info('point committed', { point: 3, big: 2n ** 60n });
   log.warn('careful');
   t.equal(lines.length, 2, 'debug is below info');
-  t.ok(lines.every((l) => l.endsWith('\n') && !l.slice(0, -1).includes('\n')), 'one line each');
+  t.ok(
+    lines.every((l) => l.endsWith('\n') && !l.slice(0, -1).includes('\n')),
+    'one line each',
+  );
   const [a, b] = parsed();
   t.match(a, { level: 'info', msg: 'point committed', nodeId: 'n1', jobId: 'j1', point: 3 });
   t.match(a.time, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/, 'ISO time');
@@ -42,7 +56,11 @@ t.test('secrets: by member name and by registered value', async (t) => {
   log.info('the server said: wrong token hunter2"\\x', { detail: 'was hunter2"\\x', short: 'abc' });
   const last = lines[lines.length - 1];
   t.notOk(last.includes('hunter2'), 'a registered value is masked wherever it is, escaped or not');
-  t.match(JSON.parse(last), { msg: 'the server said: wrong token ***', detail: 'was ***', short: 'abc' }, 'values under 4 characters are not registered');
+  t.match(
+    JSON.parse(last),
+    { msg: 'the server said: wrong token ***', detail: 'was ***', short: 'abc' },
+    'values under 4 characters are not registered',
+  );
 });
 
 t.test('text lines: one per event, fields as key=value, secrets masked as in JSON', async (t) => {
@@ -52,7 +70,10 @@ t.test('text lines: one per event, fields as key=value, secrets masked as in JSO
   child.info('point committed', { point: 3, disk: 'd0', sizes: [1, 2], note: 'two\nlines' });
   child.warn('careful', { err: Object.assign(new Error('boom'), { code: 'RNODE_STORE_IO' }) });
   t.equal(lines.length, 2, 'debug is below info');
-  t.ok(lines.every((l) => l.endsWith('\n') && !l.slice(0, -1).includes('\n')), 'one line each, newlines in values escaped');
+  t.ok(
+    lines.every((l) => l.endsWith('\n') && !l.slice(0, -1).includes('\n')),
+    'one line each, newlines in values escaped',
+  );
   t.match(lines[0], /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z point committed nodeId=n1 point=3 disk=d0 sizes=\[1,2\] note=two\\nlines\n$/);
   t.match(lines[1], /Z WARN careful nodeId=n1 err=\{"name":"Error","message":"boom","code":"RNODE_STORE_IO"\}\n$/, 'other levels are named');
 

@@ -22,13 +22,23 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 t.test('agent RSS stays flat over ~40 scheduled jobs', { skip: process.platform !== 'linux' && 'reads /proc' }, async (t) => {
   const dir = tmpDir(t, 'agent-mem');
-  const disks = await Promise.all([0, 1, 2].map(async (i) => ({ disk: `m${i}`, source: { location: await makeDisk(dir, `m${i}`, 16 * MiB, 40 + i) } })));
+  const disks = await Promise.all(
+    [0, 1, 2].map(async (i) => ({ disk: `m${i}`, source: { location: await makeDisk(dir, `m${i}`, 16 * MiB, 40 + i) } })),
+  );
   const ms = await startMs(t, { heartbeatMs: 500, nodeTimeoutMs: 10_000 });
   // Measured as it runs in production: without the test runner's coverage and process tracking.
   const p = spawnAgent(t, ms, dir, 'mem', ['--slots', '3', '--log-level', 'warn'], true);
   await ms.waitFor(() => ms.liveNodes().length === 1, 30_000, 'registration');
   // Default chunk size and concurrency: each run takes the 16 x (1 MiB + 1 MiB) slots a production run takes.
-  ms.setPolicy({ group: 'mem', revision: 1, rpoSeconds: 60, intervalSeconds: 1, store: { url: path.join(dir, 'store') }, disks, leaseTtlSeconds: 10 });
+  ms.setPolicy({
+    group: 'mem',
+    revision: 1,
+    rpoSeconds: 60,
+    intervalSeconds: 1,
+    store: { url: path.join(dir, 'store') },
+    disks,
+    leaseTtlSeconds: 10,
+  });
   const samples: { jobs: number; rss: number }[] = [];
   const completed = () => ms.reportsOf('job.completed').length;
   const deadline = Date.now() + 120_000;

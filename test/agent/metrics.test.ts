@@ -19,7 +19,14 @@ t.test('metrics scraped and checked', async (t) => {
   await ms.waitFor(() => ms.reportsOf('job.completed').length === 1, 10_000, 'a scheduled point');
   // A disk of its own: bandwidth paces the bytes sent, and d0's chunks are in the store already (nothing to send).
   const other = await makeDisk(dir, 'd1', 1 * MiB, 4);
-  ms.startJob({ jobId: 'c1', kind: 'replicate', store, disks: [{ disk: 'd1', source: { location: other } }], bandwidth: 256 * KiB, chunkSize: 64 * KiB });
+  ms.startJob({
+    jobId: 'c1',
+    kind: 'replicate',
+    store,
+    disks: [{ disk: 'd1', source: { location: other } }],
+    bandwidth: 256 * KiB,
+    chunkSize: 64 * KiB,
+  });
   await ms.waitFor(() => ms.jobs.get('c1')?.state === 'accepted', 5000, 'accepted');
   const mid = parseExposition((await get(agent.metricsPort!, '/metrics')).body);
   t.equal(mid.get('rnode_jobs_in_flight'), 1, 'one job in flight during the run');
@@ -49,7 +56,10 @@ t.test('metrics scraped and checked', async (t) => {
   t.equal(v('rnode_rpo_seconds{disk="d0",group="gm"}'), 60);
   t.equal(v('rnode_server_connected'), 1);
   t.equal(v('rnode_reports_queued'), 0);
-  t.ok([...m.keys()].some((k) => k.startsWith('rnode_node_info{') && k.includes(agent.nodeId)), 'node info');
+  t.ok(
+    [...m.keys()].some((k) => k.startsWith('rnode_node_info{') && k.includes(agent.nodeId)),
+    'node info',
+  );
   t.match(res.body, /# TYPE rnode_job_duration_seconds histogram/);
   t.ok(v('process_cpu_user_seconds_total')! > 0 && v('nodejs_eventloop_lag_seconds') !== undefined, 'process and event-loop metrics');
   t.equal((await get(agent.metricsPort!, '/nope')).status, 404);

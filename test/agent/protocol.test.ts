@@ -31,7 +31,10 @@ t.test('invalid messages get an error reply; the agent keeps running', async (t)
   ms.sendRaw(node.id, JSON.stringify({ v: 1, type: 'job.start', id: 'x3', job: { jobId: 'j3', kind: 'replicate', disks: [] } }));
   t.match(await reply((m) => m.replyTo === 'x3', 'x3'), { code: 'RNODE_PROTO_INVALID', message: /store/ }, 'schema violation named');
 
-  ms.sendRaw(node.id, JSON.stringify({ v: 1, type: 'policy.update', id: 'x4', policy: { group: 'g', revision: 1, rpoSeconds: -1, store: { url: 'x' }, disks: [] } }));
+  ms.sendRaw(
+    node.id,
+    JSON.stringify({ v: 1, type: 'policy.update', id: 'x4', policy: { group: 'g', revision: 1, rpoSeconds: -1, store: { url: 'x' }, disks: [] } }),
+  );
   t.match(await reply((m) => m.replyTo === 'x4', 'x4'), { code: 'RNODE_PROTO_INVALID', message: /rpoSeconds/ }, 'bad policy refused');
 
   ms.sendRaw(node.id, JSON.stringify([1, 2, 3]));
@@ -41,7 +44,14 @@ t.test('invalid messages get an error reply; the agent keeps running', async (t)
   ms.sendRaw(node.id, JSON.stringify({ v: 1, type: 'welcome', id: 'x5', nodeId: node.id, protocol: 1, heartbeatMs: 200, ackedSeq: 0 }));
   t.match(await reply((m) => m.replyTo === 'x5', 'x5'), { code: 'RNODE_PROTO_INVALID' }, 'a second welcome is refused');
 
-  const job = { jobId: 'slow', kind: 'replicate' as const, store: { url: path.join(dir, 'store') }, disks: [{ disk: 'd0', source: { location: img } }], chunkSize: 64 * KiB, bandwidth: 1 * MiB };
+  const job = {
+    jobId: 'slow',
+    kind: 'replicate' as const,
+    store: { url: path.join(dir, 'store') },
+    disks: [{ disk: 'd0', source: { location: img } }],
+    chunkSize: 64 * KiB,
+    bandwidth: 1 * MiB,
+  };
   ms.startJob(job);
   await ms.waitFor(() => ms.jobs.get('slow')?.state === 'accepted', 5000, 'accepted');
   const dupId = 'x6';
@@ -64,8 +74,18 @@ t.test('the server side refuses a bad hello', async (t) => {
   const got: any[] = [];
   ws.on('message', (d) => got.push(JSON.parse(d.toString())));
   const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
-  ws.send(JSON.stringify({ v: 1, type: 'hello', id: 'h1', token: 'nope', protocols: [1], node: { id: 'n1', name: 'n', version: '1' },
-    capabilities: { sources: [], stores: [], codecs: [], jobs: [] }, capacity: { slots: 1 } }));
+  ws.send(
+    JSON.stringify({
+      v: 1,
+      type: 'hello',
+      id: 'h1',
+      token: 'nope',
+      protocols: [1],
+      node: { id: 'n1', name: 'n', version: '1' },
+      capabilities: { sources: [], stores: [], codecs: [], jobs: [] },
+      capacity: { slots: 1 },
+    }),
+  );
   t.equal(await closed, 4401, 'closed with 4401');
   t.match(got[0], { type: 'error', code: 'RNODE_AUTH', replyTo: 'h1' });
 });
@@ -80,7 +100,11 @@ t.test('docs/control-protocol.md is what `npm run docs:protocol` makes of the sc
   for (const name of Object.keys(defs)) t.ok(doc.includes(`id="def-${name}"`), `shared definition ${name} is described`);
   const blocks = [...doc.matchAll(/```json\n([\s\S]*?)\n```/g)].map((m) => JSON.parse(m[1]) as { $id?: string });
   for (const [type, schema] of Object.entries({ ...agentMessages, ...serverMessages })) {
-    t.same(blocks.find((b) => b.$id === schema.$id), JSON.parse(JSON.stringify(schema)), `${type}: its JSON Schema is shown`);
+    t.same(
+      blocks.find((b) => b.$id === schema.$id),
+      JSON.parse(JSON.stringify(schema)),
+      `${type}: its JSON Schema is shown`,
+    );
   }
 });
 
@@ -90,18 +114,42 @@ t.test('refusals name the field and keep the stable codes', async (t) => {
     return d.ok ? undefined : { code: d.code, message: d.message, errors: d.errors };
   };
   const env = { v: 1, id: 'a' };
-  t.match(refuse({ ...env, type: 'ack', seq: -1 }), { code: 'RNODE_PROTO_INVALID', message: 'invalid ack message: /seq: must be >= 0', errors: [{ path: '/seq' }] });
-  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'replicate', disks: [] } }), { errors: [{ path: '/job/store', message: 'is required' }] });
-  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'launch', store: { url: 'x' } } }), { errors: [{ path: '/job/kind', message: /must be one of "replicate"/ }] });
-  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'verify', store: { url: 'x' }, disk: 'd', keep: 1 } }),
-    { errors: [{ path: '/job/keep', message: 'is not allowed here' }] }, 'the errors come from the kind the job names');
-  t.match(refuse({ ...env, type: 'policy.update', policy: { group: 'g', revision: 1, rpoSeconds: 1, store: { url: 'x', env: { K: { secretRef: 'nope' } } }, disks: [] } }),
-    { errors: [{ path: /^\/policy\/store\/env\/K/ }] });
-  t.match(refuse({ ...env, type: 'policy.update', policy: { group: 'g', revision: 1, rpoSeconds: 1, store: { url: 'x' }, disks: [], compression: 'zip' } }),
-    { errors: [{ path: '/policy/compression', message: 'must be one of "lz4-blocks", "lz4", "none"' }] });
-  t.match(refuse({ ...env, type: 'rpo.missed', seq: 1, at: 'yesterday', group: 'g', disk: 'd', rpoSeconds: 1, lagSeconds: 2, lastPointAt: null }, agentMessages),
-    { errors: [{ path: '/at', message: /must match pattern/ }] });
-  t.match(refuse({ ...env, type: 'toString' }), { code: 'RNODE_PROTO_UNKNOWN_TYPE' }, 'only a table\'s own types');
+  t.match(refuse({ ...env, type: 'ack', seq: -1 }), {
+    code: 'RNODE_PROTO_INVALID',
+    message: 'invalid ack message: /seq: must be >= 0',
+    errors: [{ path: '/seq' }],
+  });
+  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'replicate', disks: [] } }), {
+    errors: [{ path: '/job/store', message: 'is required' }],
+  });
+  t.match(refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'launch', store: { url: 'x' } } }), {
+    errors: [{ path: '/job/kind', message: /must be one of "replicate"/ }],
+  });
+  t.match(
+    refuse({ ...env, type: 'job.start', job: { jobId: 'j', kind: 'verify', store: { url: 'x' }, disk: 'd', keep: 1 } }),
+    { errors: [{ path: '/job/keep', message: 'is not allowed here' }] },
+    'the errors come from the kind the job names',
+  );
+  t.match(
+    refuse({
+      ...env,
+      type: 'policy.update',
+      policy: { group: 'g', revision: 1, rpoSeconds: 1, store: { url: 'x', env: { K: { secretRef: 'nope' } } }, disks: [] },
+    }),
+    { errors: [{ path: /^\/policy\/store\/env\/K/ }] },
+  );
+  t.match(
+    refuse({ ...env, type: 'policy.update', policy: { group: 'g', revision: 1, rpoSeconds: 1, store: { url: 'x' }, disks: [], compression: 'zip' } }),
+    { errors: [{ path: '/policy/compression', message: 'must be one of "lz4-blocks", "lz4", "none"' }] },
+  );
+  t.match(
+    refuse(
+      { ...env, type: 'rpo.missed', seq: 1, at: 'yesterday', group: 'g', disk: 'd', rpoSeconds: 1, lagSeconds: 2, lastPointAt: null },
+      agentMessages,
+    ),
+    { errors: [{ path: '/at', message: /must match pattern/ }] },
+  );
+  t.match(refuse({ ...env, type: 'toString' }), { code: 'RNODE_PROTO_UNKNOWN_TYPE' }, "only a table's own types");
   t.match(decode('{"v":1,"type":"ack","id":"a","seq":3,"future":"field"}', serverMessages), { ok: true }, 'unknown fields are ignored');
   t.throws(() => checkOutgoing({ ...env, type: 'ack', seq: 1.5 }, serverMessages), /outgoing ack does not match its schema: \/seq: must be integer/);
 });

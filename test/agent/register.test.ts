@@ -15,7 +15,10 @@ t.test('a node registers, heartbeats, and is ready', async (t) => {
   const node = await ms.waitFor(() => ms.nodes.get(agent.nodeId), 10_000, 'registration');
   t.equal(node.name, 'a');
   t.same(node.hello.capabilities.jobs, ['replicate', 'recover', 'verify', 'prune']);
-  t.ok(['none', 'lz4', 'lz4-blocks'].every((c) => node.hello.capabilities.codecs.includes(c)), 'codecs advertised');
+  t.ok(
+    ['none', 'lz4', 'lz4-blocks'].every((c) => node.hello.capabilities.codecs.includes(c)),
+    'codecs advertised',
+  );
   t.ok(node.hello.capabilities.stores.includes('s3') && node.hello.capabilities.sources.includes('raw'), 'stores and sources advertised');
   t.equal(node.hello.capacity.slots, 2);
   await ms.waitFor(() => node.health, 5000, 'a heartbeat');
@@ -24,8 +27,12 @@ t.test('a node registers, heartbeats, and is ready', async (t) => {
   const ready = await get(agent.metricsPort!, '/readyz');
   t.equal(ready.status, 200, '/readyz is 200 once registered');
   t.equal((await get(agent.metricsPort!, '/healthz')).status, 200);
-  t.notOk(logs.some((l) => l.includes(TOKEN)), 'the token is in no log line');
-  for (const e of parsedLogs(logs)) t.ok(e.time && e.level && e.msg && e.nodeId === agent.nodeId, 'every log line is JSON with time, level, msg, nodeId');
+  t.notOk(
+    logs.some((l) => l.includes(TOKEN)),
+    'the token is in no log line',
+  );
+  for (const e of parsedLogs(logs))
+    t.ok(e.time && e.level && e.msg && e.nodeId === agent.nodeId, 'every log line is JSON with time, level, msg, nodeId');
 });
 
 t.test('the server goes away and comes back: the node reconnects with the same id', async (t) => {
@@ -61,7 +68,10 @@ t.test('a wrong token is refused and never logged', async (t) => {
   await waitUntil(() => logs.some((l) => l.includes('refused the token')), 5000, 'the refusal');
   t.equal(ms.nodes.size, 0, 'not registered');
   t.equal((await get(agent.metricsPort!, '/readyz')).status, 503, 'not ready');
-  t.notOk(logs.some((l) => l.includes(bad)), 'the wrong token is in no log line');
+  t.notOk(
+    logs.some((l) => l.includes(bad)),
+    'the wrong token is in no log line',
+  );
   // Fixing the file is enough: it is re-read on every attempt.
   fs.writeFileSync(tokenFile, TOKEN);
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration after the fix');
@@ -74,13 +84,33 @@ t.test('text log lines (--log-format text) never carry the token either', async 
   const bad = 'wrong-token-secret-value-43';
   const tokenFile = writeToken(path.join(dir), bad);
   const logs: string[] = [];
-  const log = Logger.create({ sink: { write: (l) => { logs.push(l); } }, level: 'debug', format: 'text' });
+  const log = Logger.create({
+    sink: {
+      write: (l) => {
+        logs.push(l);
+      },
+    },
+    level: 'debug',
+    format: 'text',
+  });
   const { agent } = await startAgent(t, ms, dir, { tokenFile, log });
   await waitUntil(() => logs.some((l) => l.includes('refused the token')), 5000, 'the refusal');
-  t.notOk(logs.some((l) => l.includes(bad)), 'the wrong token is in no text line');
-  t.ok(logs.every((l) => /^\d{4}-\d{2}-\d{2}T[\d:.]+Z \S/.test(l) && !l.startsWith('{')), 'every line is text');
-  t.ok(logs.some((l) => l.includes(` nodeId=${agent.nodeId} `)), 'context fields as key=value');
+  t.notOk(
+    logs.some((l) => l.includes(bad)),
+    'the wrong token is in no text line',
+  );
+  t.ok(
+    logs.every((l) => /^\d{4}-\d{2}-\d{2}T[\d:.]+Z \S/.test(l) && !l.startsWith('{')),
+    'every line is text',
+  );
+  t.ok(
+    logs.some((l) => l.includes(` nodeId=${agent.nodeId} `)),
+    'context fields as key=value',
+  );
   fs.writeFileSync(tokenFile, TOKEN);
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration after the fix');
-  t.notOk(logs.some((l) => l.includes(TOKEN)), 'nor the right one');
+  t.notOk(
+    logs.some((l) => l.includes(TOKEN)),
+    'nor the right one',
+  );
 });

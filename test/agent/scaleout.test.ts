@@ -24,8 +24,14 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
 
   for (let i = 0; i < DISKS; i++) {
     ms.startJob({
-      jobId: `rep-disk${i}`, kind: 'replicate', store: { url: storeDir }, disks: [{ disk: `disk${i}`, source: { location: imgs[i] } }],
-      chunkSize: 64 * KiB, bandwidth: 1 * MiB, checkpointSeconds: 0.2, leaseTtlSeconds: 3,
+      jobId: `rep-disk${i}`,
+      kind: 'replicate',
+      store: { url: storeDir },
+      disks: [{ disk: `disk${i}`, source: { location: imgs[i] } }],
+      chunkSize: 64 * KiB,
+      bandwidth: 1 * MiB,
+      checkpointSeconds: 0.2,
+      leaseTtlSeconds: 3,
     });
   }
   const counts = [...ms.liveNodes()].map((n) => [...ms.jobs.values()].filter((j) => j.nodeId === n.id).length);
@@ -36,12 +42,19 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
     return pendingCheckpoints(storeDir, disk).some((ck) => ck.nextIndex > 0);
   };
   // A job well under way, with a checkpoint in the store: kill its node.
-  const victimJob = await ms.waitFor(() => [...ms.jobs.values()].find((j) =>
-    j.state === 'accepted' && j.progress && Number(j.progress.bytesRead) >= SIZE / 3 && hasCheckpoint(j.progress.disk)),
-  30_000, 'a job with a checkpoint');
+  const victimJob = await ms.waitFor(
+    () =>
+      [...ms.jobs.values()].find(
+        (j) => j.state === 'accepted' && j.progress && Number(j.progress.bytesRead) >= SIZE / 3 && hasCheckpoint(j.progress.disk),
+      ),
+    30_000,
+    'a job with a checkpoint',
+  );
   const victimId = victimJob.nodeId!;
   const victim = procs.find((p) => p.name === ms.nodes.get(victimId)!.name)!;
-  const running = [...ms.jobs.values()].filter((j) => j.nodeId === victimId && j.state === 'accepted' && j.progress && hasCheckpoint(j.progress.disk));
+  const running = [...ms.jobs.values()].filter(
+    (j) => j.nodeId === victimId && j.state === 'accepted' && j.progress && hasCheckpoint(j.progress.disk),
+  );
   victim.child.kill('SIGKILL');
   t.match(await victim.exited, { signal: 'SIGKILL' }, `node ${victim.name} killed while writing ${victimJob.progress!.disk}`);
   // A job of the victim may have committed its point between the look above and the kill, before its report
@@ -55,7 +68,11 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
 
   await ms.waitFor(() => [...ms.jobs.values()].every((j) => j.state === 'completed' || j.state === 'failed'), 90_000, 'every job to end');
   const failed = [...ms.jobs.values()].filter((j) => j.state === 'failed');
-  t.same(failed.map((j) => [j.job.jobId, j.attempt, j.failed?.code, j.failed?.message]), [], 'no job failed');
+  t.same(
+    failed.map((j) => [j.job.jobId, j.attempt, j.failed?.code, j.failed?.message]),
+    [],
+    'no job failed',
+  );
   if (failed.length) t.comment(JSON.stringify([...ms.jobs.values()].map((j) => [j.job.jobId, j.state, j.attempt, j.attempts])));
   t.equal(ms.nodes.get(victimId)!.alive, false, 'the killed node was declared dead');
 
@@ -85,8 +102,14 @@ t.test('three nodes, ten disks, one node killed mid-job', async (t) => {
     completedByMetrics += m.get('rnode_jobs_total{kind="replicate",result="completed"}') ?? 0;
     t.equal((await get(port, '/readyz')).status, 200, `${p.name} ready`);
     const logs = parsedLogs(p.stderr);
-    t.ok(logs.some((e) => e.msg === 'point committed' && e.jobId && e.disk), `${p.name} logs carry jobId and disk`);
-    t.notOk(p.stderr.some((l) => l.includes(TOKEN)), `${p.name} never logged its token`);
+    t.ok(
+      logs.some((e) => e.msg === 'point committed' && e.jobId && e.disk),
+      `${p.name} logs carry jobId and disk`,
+    );
+    t.notOk(
+      p.stderr.some((l) => l.includes(TOKEN)),
+      `${p.name} never logged its token`,
+    );
   }
   const survivorsCompleted = [...ms.jobs.values()].filter((j) => j.nodeId !== victimId).length;
   t.equal(completedByMetrics, survivorsCompleted, 'rnode_jobs_total of the survivors = jobs they completed');

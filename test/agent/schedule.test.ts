@@ -11,8 +11,15 @@ import { metricValue } from '../helpers/metrics.js';
 
 function policy(dir: string, img: string, o: Partial<Policy> = {}): Policy {
   return {
-    group: 'g1', revision: 1, rpoSeconds: 2, store: { url: path.join(dir, 'store') }, chunkSize: 64 * KiB,
-    disks: [{ disk: 'd0', source: { location: img } }], checkpointSeconds: 0.2, leaseTtlSeconds: 5, ...o,
+    group: 'g1',
+    revision: 1,
+    rpoSeconds: 2,
+    store: { url: path.join(dir, 'store') },
+    chunkSize: 64 * KiB,
+    disks: [{ disk: 'd0', source: { location: img } }],
+    checkpointSeconds: 0.2,
+    leaseTtlSeconds: 5,
+    ...o,
   };
 }
 
@@ -23,17 +30,31 @@ t.test('a short-interval policy produces points on schedule, with retention', as
   const { agent } = await startAgent(t, ms, dir);
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   ms.setPolicy(policy(dir, img, { retention: { keep: 3 }, rpoSeconds: 4, intervalSeconds: 1 }));
-  const reports = await ms.waitFor(() => {
-    const r = ms.reportsOf('job.completed', (m) => m.scheduled === true);
-    return r.length >= 5 && r;
-  }, 20_000, 'five scheduled points');
+  const reports = await ms.waitFor(
+    () => {
+      const r = ms.reportsOf('job.completed', (m) => m.scheduled === true);
+      return r.length >= 5 && r;
+    },
+    20_000,
+    'five scheduled points',
+  );
   const points = reports.map((r) => (r.msg.results as any[])[0].point as number);
-  t.same(points, [...points].sort((a, b) => a - b), 'points increase');
+  t.same(
+    points,
+    [...points].sort((a, b) => a - b),
+    'points increase',
+  );
   // The schedule is by start time (a point holds the disk as of its start): runs start about every second.
-  const starts = ms.reportsOf('job.accepted', (m) => m.scheduled === true).slice(0, 5).map((r) => Date.parse(String(r.msg.at)));
+  const starts = ms
+    .reportsOf('job.accepted', (m) => m.scheduled === true)
+    .slice(0, 5)
+    .map((r) => Date.parse(String(r.msg.at)));
   const gaps = starts.slice(1).map((x, i) => (x - starts[i]) / 1000);
   const median = [...gaps].sort((a, b) => a - b)[Math.floor(gaps.length / 2)];
-  t.ok(gaps.every((g) => g > 0.9), `no run starts before its interval (gaps ${gaps.map((g) => g.toFixed(2)).join(', ')} s)`);
+  t.ok(
+    gaps.every((g) => g > 0.9),
+    `no run starts before its interval (gaps ${gaps.map((g) => g.toFixed(2)).join(', ')} s)`,
+  );
   t.ok(median < 1.6, `runs start about every second (median gap ${median.toFixed(2)} s; a slow run delays only the next one)`);
   t.equal(ms.reportsOf('rpo.missed').length, 0, 'no RPO miss');
   const store = fsStore(path.join(dir, 'store'));
@@ -69,7 +90,11 @@ t.test('server down: points keep coming, reports arrive after reconnect', async 
   const missing = (await listPoints(store, 'd0')).map((m) => m.point).filter((p) => !reported.has(p) && p <= during);
   t.same(missing, [], 'every point made during the outage was reported after reconnect');
   const seqs = ms.reports.filter((r) => r.nodeId === agent.nodeId).map((r) => Number(r.msg.seq));
-  t.same(seqs, [...new Set(seqs)].sort((a, b) => a - b), 'reports stored once each, in order');
+  t.same(
+    seqs,
+    [...new Set(seqs)].sort((a, b) => a - b),
+    'reports stored once each, in order',
+  );
 });
 
 t.test('a run longer than the RPO: no overlap, the miss is reported', async (t) => {
@@ -94,7 +119,10 @@ t.test('a run longer than the RPO: no overlap, the miss is reported', async (t) 
     runs.set(id, e);
   }
   const spans = [...runs.values()].filter((s) => s.start && s.end).sort((a, b) => a.start! - b.start!);
-  t.ok(spans.every((s, i) => i === 0 || s.start! >= spans[i - 1].end!), 'no two runs of the disk overlap');
+  t.ok(
+    spans.every((s, i) => i === 0 || s.start! >= spans[i - 1].end!),
+    'no two runs of the disk overlap',
+  );
   t.ok((await metricValue(agent.metrics.overlapSkipped, { group: 'g1', disk: 'd0', reason: 'busy' }))! >= 1, 'skipped runs counted');
   t.ok((await metricValue(agent.metrics.rpoMissed, { group: 'g1', disk: 'd0' }))! >= 1, 'miss counted');
 });

@@ -20,7 +20,7 @@ const SLOTS = ['--slots', '64'];
 
 /** Deterministic "random" kill moments, so a failure replays. */
 function rng(seed: number) {
-  return () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  return () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
 }
 
 t.test(`a node killed at ${KILLS} random moments: every re-run with a usable checkpoint resumes`, async (t) => {
@@ -44,10 +44,19 @@ t.test(`a node killed at ${KILLS} random moments: every re-run with a usable che
     const disk = `t${i}`;
     const victim = next;
     const victimNode = await ms.waitFor(() => ms.liveNodes().find((n) => n.name === victim.name), 30_000, `node ${victim.name}`);
-    const rec = ms.startJob({
-      jobId: `take-${i}`, kind: 'replicate', store: { url: storeDir }, disks: [{ disk, source: { location: imgs[i] } }],
-      chunkSize: 64 * KiB, bandwidth: 1 * MiB, checkpointSeconds: 0.1, leaseTtlSeconds: 1.5,
-    }, victimNode.id);
+    const rec = ms.startJob(
+      {
+        jobId: `take-${i}`,
+        kind: 'replicate',
+        store: { url: storeDir },
+        disks: [{ disk, source: { location: imgs[i] } }],
+        chunkSize: 64 * KiB,
+        bandwidth: 1 * MiB,
+        checkpointSeconds: 0.1,
+        leaseTtlSeconds: 1.5,
+      },
+      victimNode.id,
+    );
     await ms.waitFor(() => rec.state === 'accepted' || rec.state === 'completed', 20_000, `${disk} accepted`);
     // Anywhere from before the first checkpoint (the run starts ~0.3 s after it is accepted) to past its end (~2.3 s).
     const killAfterMs = Math.floor(random() * 2600);
@@ -67,10 +76,14 @@ t.test(`a node killed at ${KILLS} random moments: every re-run with a usable che
     const reRun = done.nodeId === survivorId;
     outcomes.push({ disk, usable, resumed: r.resumed, read: r.sourceBytesRead, killAfterMs });
     if (usable) {
-      t.ok(reRun && r.resumed === true && r.sourceBytesRead < SIZE,
-        `${disk} (killed after ${killAfterMs} ms, checkpoint in the store): re-run resumed=${r.resumed}, read ${r.sourceBytesRead} of ${SIZE} bytes`);
+      t.ok(
+        reRun && r.resumed === true && r.sourceBytesRead < SIZE,
+        `${disk} (killed after ${killAfterMs} ms, checkpoint in the store): re-run resumed=${r.resumed}, read ${r.sourceBytesRead} of ${SIZE} bytes`,
+      );
     } else {
-      t.pass(`${disk} (killed after ${killAfterMs} ms): no usable checkpoint (${committed ? 'point already committed' : 'none yet'}), ${reRun ? 're-run' : 'first run'} resumed=${r.resumed}`);
+      t.pass(
+        `${disk} (killed after ${killAfterMs} ms): no usable checkpoint (${committed ? 'point already committed' : 'none yet'}), ${reRun ? 're-run' : 'first run'} resumed=${r.resumed}`,
+      );
     }
   }
   const usable = outcomes.filter((o) => o.usable);
@@ -84,7 +97,10 @@ t.test(`a node killed at ${KILLS} random moments: every re-run with a usable che
     t.ok(points.length >= 1, `t${i} has a point`);
   }
   if (t.passing()) return;
-  for (const l of parsedLogs(survivor.stderr).filter((e) => e.level !== 'debug').slice(-60)) t.comment(JSON.stringify(l));
+  for (const l of parsedLogs(survivor.stderr)
+    .filter((e) => e.level !== 'debug')
+    .slice(-60))
+    t.comment(JSON.stringify(l));
 });
 
 // Regression: the issue's "once in three" re-read. The dead node's disk is also in a policy; the server moved the
@@ -101,22 +117,49 @@ t.test('a killed job whose disk is also in a policy: the re-run, not a scheduled
   const victim = spawnAgent(t, ms, dir, 'v', SLOTS);
   const victimNode = await ms.waitFor(() => ms.liveNodes().find((n) => n.name === 'v'), 30_000, 'victim');
   // The policy lands on the only node; its first scheduled point is quick, the next one an hour away.
-  ms.setPolicy({ group: 'pg', revision: 1, rpoSeconds: 7200, intervalSeconds: 3600, store: { url: storeDir }, chunkSize: 64 * KiB,
-    disks: [{ disk: 'p0', source: { location: img } }], leaseTtlSeconds: 1.5 });
+  ms.setPolicy({
+    group: 'pg',
+    revision: 1,
+    rpoSeconds: 7200,
+    intervalSeconds: 3600,
+    store: { url: storeDir },
+    chunkSize: 64 * KiB,
+    disks: [{ disk: 'p0', source: { location: img } }],
+    leaseTtlSeconds: 1.5,
+  });
   await ms.waitFor(() => ms.reportsOf('job.completed', (m) => m.scheduled === true).length === 1, 30_000, 'the first scheduled point');
   // New contents, so point 2 has records to checkpoint (an unchanged chunk leaves nothing to record).
   await generateSampleDisk(img, { size: SIZE, seed: 901 });
   const others = [spawnAgent(t, ms, dir, 'o1', SLOTS), spawnAgent(t, ms, dir, 'o2', SLOTS)];
   await ms.waitFor(() => ms.liveNodes().length === 3, 30_000, 'three nodes');
-  const rec = ms.startJob({
-    jobId: 'pj', kind: 'replicate', store: { url: storeDir }, disks: [{ disk: 'p0', source: { location: img } }],
-    chunkSize: 64 * KiB, bandwidth: 512 * KiB, checkpointSeconds: 0.1, leaseTtlSeconds: 1.5,
-  }, victimNode.id);
+  const rec = ms.startJob(
+    {
+      jobId: 'pj',
+      kind: 'replicate',
+      store: { url: storeDir },
+      disks: [{ disk: 'p0', source: { location: img } }],
+      chunkSize: 64 * KiB,
+      bandwidth: 512 * KiB,
+      checkpointSeconds: 0.1,
+      leaseTtlSeconds: 1.5,
+    },
+    victimNode.id,
+  );
   // Another node busy with another disk: the server's least-busy node for the re-run is then not the node the
   // policy's disk moves to (the race of the issue needed exactly that: a 3-node cluster with work on it).
   const busyNode = ms.liveNodes().find((n) => n.name === 'o1')!;
-  ms.startJob({ jobId: 'busy', kind: 'replicate', store: { url: storeDir }, disks: [{ disk: 'q0', source: { location: await makeDisk(dir, 'q0', SIZE, 902) } }],
-    chunkSize: 64 * KiB, bandwidth: 256 * KiB, leaseTtlSeconds: 1.5 }, busyNode.id);
+  ms.startJob(
+    {
+      jobId: 'busy',
+      kind: 'replicate',
+      store: { url: storeDir },
+      disks: [{ disk: 'q0', source: { location: await makeDisk(dir, 'q0', SIZE, 902) } }],
+      chunkSize: 64 * KiB,
+      bandwidth: 256 * KiB,
+      leaseTtlSeconds: 1.5,
+    },
+    busyNode.id,
+  );
   await ms.waitFor(() => pendingCheckpoints(storeDir, 'p0').some((ck) => ck.point === 2 && ck.nextIndex >= 4), 30_000, 'a checkpoint of point 2');
   victim.child.kill('SIGKILL');
   await victim.exited;
@@ -129,8 +172,23 @@ t.test('a killed job whose disk is also in a policy: the re-run, not a scheduled
   await sleep(500);
   await ms.waitFor(() => ms.jobs.get('busy')!.state === 'completed', 60_000, 'the other job');
   const points = await listPoints(store, 'p0');
-  t.same(points.map((m) => m.point), [1, 2], 'no second point from a scheduled run racing the re-run');
+  t.same(
+    points.map((m) => m.point),
+    [1, 2],
+    'no second point from a scheduled run racing the re-run',
+  );
   await expectRestore(t, store, 'p0', 2, fingerprint(img), dir, 'point 2');
-  if (!t.passing()) for (const x of ms.reports.filter((x) => x.msg.type !== 'job.accepted')) t.comment(JSON.stringify([ms.nodes.get(x.nodeId)?.name, x.msg.type, x.msg.jobId, x.msg.attempt, (x.msg.results as any)?.[0]?.point, (x.msg.results as any)?.[0]?.resumed]));
+  if (!t.passing())
+    for (const x of ms.reports.filter((x) => x.msg.type !== 'job.accepted'))
+      t.comment(
+        JSON.stringify([
+          ms.nodes.get(x.nodeId)?.name,
+          x.msg.type,
+          x.msg.jobId,
+          x.msg.attempt,
+          (x.msg.results as any)?.[0]?.point,
+          (x.msg.results as any)?.[0]?.resumed,
+        ]),
+      );
   void others;
 });

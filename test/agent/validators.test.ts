@@ -23,7 +23,15 @@ t.test('every message validator comes from the generated module', async (t) => {
 t.test('generated and run-time compiled validators agree', async (t) => {
   const ajv = new Ajv2020(AJV_OPTIONS);
   const samples: Array<[string, unknown]> = [
-    ['job.start', { v: 1, type: 'job.start', id: 'm1', job: { jobId: 'j1', kind: 'replicate', store: { url: '/s' }, disks: [{ disk: 'd', source: { location: '/x' } }] } }],
+    [
+      'job.start',
+      {
+        v: 1,
+        type: 'job.start',
+        id: 'm1',
+        job: { jobId: 'j1', kind: 'replicate', store: { url: '/s' }, disks: [{ disk: 'd', source: { location: '/x' } }] },
+      },
+    ],
     ['job.start', { v: 1, type: 'job.start', id: 'm1', job: { jobId: 'j1', kind: 'bogus' } }],
     ['job.start', { v: 1, type: 'job.start', id: 'm1', job: { jobId: 'j1', kind: 'replicate', store: { url: '' }, disks: [] } }],
     ['welcome', { v: 1, type: 'welcome', id: 'w', nodeId: 'n1', protocol: 1, heartbeatMs: 50, ackedSeq: 0 }],
@@ -31,12 +39,27 @@ t.test('generated and run-time compiled validators agree', async (t) => {
     ['policy.remove', { v: 1, type: 'policy.remove', id: 'p', group: 'ö' }],
     ['ack', { v: 1, type: 'ack', id: 'a', seq: 3 }],
     // retention.graceSeconds: at least a lease's 10 min (docs/prune.md)
-    ...[599, 600].map((graceSeconds): [string, unknown] => ['policy.update', { v: 1, type: 'policy.update', id: 'u', policy: {
-      group: 'g', revision: 1, rpoSeconds: 60, retention: { keep: 3, graceSeconds }, store: { url: '/s' }, disks: [{ disk: 'd', source: { location: '/x' } }] } }]),
+    ...[599, 600].map((graceSeconds): [string, unknown] => [
+      'policy.update',
+      {
+        v: 1,
+        type: 'policy.update',
+        id: 'u',
+        policy: {
+          group: 'g',
+          revision: 1,
+          rpoSeconds: 60,
+          retention: { keep: 3, graceSeconds },
+          store: { url: '/s' },
+          disks: [{ disk: 'd', source: { location: '/x' } }],
+        },
+      },
+    ]),
   ];
   const runtime = new Map<string, ReturnType<typeof ajv.compile>>();
   // Where a rule sits in the schema (schemaPath) differs: the generator calls shared definitions, not inlines them.
-  const seen = (errors: typeof ajv.errors) => (errors ?? []).map(({ instancePath, keyword, params, message }) => ({ instancePath, keyword, params, message }));
+  const seen = (errors: typeof ajv.errors) =>
+    (errors ?? []).map(({ instancePath, keyword, params, message }) => ({ instancePath, keyword, params, message }));
   let refused = 0;
   for (const [type, msg] of samples) {
     const schema = serverMessages[type as keyof typeof serverMessages];

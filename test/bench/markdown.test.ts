@@ -4,13 +4,28 @@ import t from 'tap';
 import { renderMarkdown, type BenchJson } from '../../bench/lib/markdown.js';
 
 const run: BenchJson = {
-  startedAt: '2026-12-02T08:00:00.000Z', node: 'v20.0.0', cpus: 2, loadAverage: { start: [0.5, 0.4, 0.3], end: [1, 1, 1] },
-  settings: { size: 768 * 1024 * 1024, repeat: 3 }, tools: { lz4: 'v1.9.4' }, targets: { pass: 1, miss: 1, skip: 1 },
+  startedAt: '2026-12-02T08:00:00.000Z',
+  node: 'v20.0.0',
+  cpus: 2,
+  loadAverage: { start: [0.5, 0.4, 0.3], end: [1, 1, 1] },
+  settings: { size: 768 * 1024 * 1024, repeat: 3 },
+  tools: { lz4: 'v1.9.4' },
+  targets: { pass: 1, miss: 1, skip: 1 },
   sections: [
     {
-      name: 'throughput', title: 'full replicate', preface: ['image 768 MiB'], rows: [
-        { name: 'full replicate', value: 587.4, unit: 'MB/s', baseline: { name: 'lz4 -1 | sync', value: 570 }, ratio: 1.0305, target: { text: '>= 2.5x', pass: false },
-          note: 'median of 3' },
+      name: 'throughput',
+      title: 'full replicate',
+      preface: ['image 768 MiB'],
+      rows: [
+        {
+          name: 'full replicate',
+          value: 587.4,
+          unit: 'MB/s',
+          baseline: { name: 'lz4 -1 | sync', value: 570 },
+          ratio: 1.0305,
+          target: { text: '>= 2.5x', pass: false },
+          note: 'median of 3',
+        },
         { name: 'peak RSS', value: 154, unit: 'MB', target: { text: '< 200', pass: true } },
         { name: 'restic', value: null, unit: 'MB/s', target: { text: '>= 5x' } },
       ],

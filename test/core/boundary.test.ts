@@ -7,7 +7,17 @@ import { tableEntries } from '../../src/repository/view.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt, stopCodecWorkersAtEnd,
+  KiB,
+  MiB,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  randomData,
+  snap,
+  textData,
+  tmpDir,
+  writeAt,
+  stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);

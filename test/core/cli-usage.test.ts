@@ -19,7 +19,11 @@ const store = path.join(dir, 'store');
 const out = path.join(dir, 'out.img');
 const missing = path.join(dir, 'no-such-disk.img');
 
-interface Case { name: string; args: string[]; code?: RegExp }
+interface Case {
+  name: string;
+  args: string[];
+  code?: RegExp;
+}
 
 const cases: Case[] = [
   // missing flags
@@ -37,7 +41,9 @@ const cases: Case[] = [
   { name: 'replicate of a missing source file', args: ['replicate', '--source', missing, '--target', store] },
   // chunk size not a power of two (or out of range, or not a size)
   ...['100000', '3MiB', '32KiB', '32MiB', 'abc', '0', '65535', '1.5MiB', '-1', '', '64KiBs'].map((cs) => ({
-    name: `--chunk-size ${JSON.stringify(cs)}`, args: ['replicate', '--source', img, '--target', store, `--chunk-size=${cs}`], code: /RNODE_BAD_CHUNK_SIZE/,
+    name: `--chunk-size ${JSON.stringify(cs)}`,
+    args: ['replicate', '--source', img, '--target', store, `--chunk-size=${cs}`],
+    code: /RNODE_BAD_CHUNK_SIZE/,
   })),
   // unknown flag, unknown command, stray argument
   { name: 'unknown flag', args: ['replicate', '--source', img, '--target', store, '--bogus'], code: /RNODE_USAGE/ },
@@ -48,14 +54,19 @@ const cases: Case[] = [
   // bad disk ids
   ...['bad/id', '.hidden', '../up', 'a b', '', 'x'.repeat(129), '-dash'].map((d) => ({
     name: `--disk ${JSON.stringify(d.length > 20 ? `${d.slice(0, 8)}...(${d.length})` : d)} on replicate`,
-    args: ['replicate', '--source', img, '--target', store, `--disk=${d}`], code: /RNODE_BAD_DISK_ID/,
+    args: ['replicate', '--source', img, '--target', store, `--disk=${d}`],
+    code: /RNODE_BAD_DISK_ID/,
   })),
   { name: 'bad disk id on points', args: ['points', '--store', store, '--disk', 'a/b'], code: /RNODE_BAD_DISK_ID/ },
   { name: 'bad disk id on recover', args: ['recover', '--store', store, '--disk', '../x', '--out', out], code: /RNODE_BAD_DISK_ID/ },
   { name: 'bad disk id on verify', args: ['verify', '--store', store, '--disk', 'a b'], code: /RNODE_BAD_DISK_ID/ },
   { name: 'bad disk id on prune', args: ['prune', '--store', store, '--disk', '/abs', '--keep', '1'], code: /RNODE_BAD_DISK_ID/ },
   // other bad values
-  ...['0', 'abc', '1.5', '-1'].map((k) => ({ name: `prune --keep ${k}`, args: ['prune', '--store', store, '--disk', 'd', `--keep=${k}`], code: /RNODE_USAGE/ })),
+  ...['0', 'abc', '1.5', '-1'].map((k) => ({
+    name: `prune --keep ${k}`,
+    args: ['prune', '--store', store, '--disk', 'd', `--keep=${k}`],
+    code: /RNODE_USAGE/,
+  })),
   { name: '--compression zstd', args: ['replicate', '--source', img, '--target', store, '--compression', 'zstd'], code: /RNODE_USAGE/ },
   { name: '--concurrency 0', args: ['replicate', '--source', img, '--target', store, '--concurrency', '0'], code: /RNODE_USAGE/ },
   { name: 'a directory as --source', args: ['replicate', '--source', dir, '--target', store], code: /RNODE_BAD_SOURCE/ },
@@ -63,8 +74,16 @@ const cases: Case[] = [
   { name: 'an unknown store scheme', args: ['replicate', '--source', img, '--target', 'bogus://x'], code: /RNODE_BAD_STORE_URL/ },
   { name: '--out is a directory', args: ['recover', '--store', store, '--disk', 'd', '--out', dir], code: /RNODE_USAGE/ },
   // the long-running commands' shared flags
-  { name: 'serve --metrics without a port', args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--metrics', 'localhost'], code: /RNODE_USAGE.*--metrics must be host:port/ },
-  { name: 'serve --log-format xml', args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--log-format', 'xml'], code: /RNODE_USAGE.*--log-format must be json or pretty/ },
+  {
+    name: 'serve --metrics without a port',
+    args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--metrics', 'localhost'],
+    code: /RNODE_USAGE.*--metrics must be host:port/,
+  },
+  {
+    name: 'serve --log-format xml',
+    args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--log-format', 'xml'],
+    code: /RNODE_USAGE.*--log-format must be json or pretty/,
+  },
 ];
 
 function checkUsage(t: Test, r: CliResult, c: Case): void {
@@ -96,9 +115,20 @@ for (const c of cases) t.test(`main(): ${c.name}`, async (t) => checkUsage(t, aw
 // One case of each kind through the real binary (a fresh node process each, four at a time): what only a
 // process shows (exit status, uncaught errors, stack traces printed by node).
 const SPAWNED = [
-  'replicate with no flags', 'recover without --out', 'replicate of a missing source file', '--chunk-size "100000"',
-  '--chunk-size "3MiB"', '--chunk-size "32KiB"', '--chunk-size "32MiB"', '--chunk-size "abc"', 'unknown flag',
-  'unknown command', '--disk "bad/id" on replicate', 'prune --keep 0', 'a directory as --source', 'an unknown store scheme',
+  'replicate with no flags',
+  'recover without --out',
+  'replicate of a missing source file',
+  '--chunk-size "100000"',
+  '--chunk-size "3MiB"',
+  '--chunk-size "32KiB"',
+  '--chunk-size "32MiB"',
+  '--chunk-size "abc"',
+  'unknown flag',
+  'unknown command',
+  '--disk "bad/id" on replicate',
+  'prune --keep 0',
+  'a directory as --source',
+  'an unknown store scheme',
 ].map((n) => {
   const c = cases.find((x) => x.name === n);
   if (!c) throw new Error(`no case named ${n}`);

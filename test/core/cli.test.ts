@@ -6,15 +6,35 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  KiB, MiB, fingerprint, fsStore, randomData, sha256File, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt, writeHoleImage,
+  KiB,
+  MiB,
+  fingerprint,
+  fsStore,
+  randomData,
+  sha256File,
+  snap,
+  stopCodecWorkersAtEnd,
+  textData,
+  tmpDir,
+  writeAt,
+  writeHoleImage,
 } from '../helpers/images.js';
 import { DIST_INDEX, json, lines, runCli, runScript } from '../helpers/cli.js';
 
 stopCodecWorkersAtEnd(t);
 
 const FIELDS: Record<string, string> = {
-  disk: 'string', point: 'number', full: 'boolean', diskSize: 'number', chunkSize: 'number', bytesRead: 'number',
-  bytesWritten: 'number', chunksTotal: 'number', chunksChanged: 'number', chunksZero: 'number', seconds: 'number',
+  disk: 'string',
+  point: 'number',
+  full: 'boolean',
+  diskSize: 'number',
+  chunkSize: 'number',
+  bytesRead: 'number',
+  bytesWritten: 'number',
+  chunksTotal: 'number',
+  chunksChanged: 'number',
+  chunksZero: 'number',
+  seconds: 'number',
 };
 
 t.test('replicate --json, points, recover, verify, prune through the CLI', async (t) => {
@@ -66,7 +86,15 @@ t.test('replicate --json, points, recover, verify, prune through the CLI', async
   if (pts.code === 0) {
     const jp = json(pts);
     t.equal(jp.disk, 'vm-01.img');
-    t.same(jp.points.map((p: any) => [p.point, p.parent, p.full]), [[1, null, true], [2, 1, false], [3, 2, false]], 'oldest first');
+    t.same(
+      jp.points.map((p: any) => [p.point, p.parent, p.full]),
+      [
+        [1, null, true],
+        [2, 1, false],
+        [3, 2, false],
+      ],
+      'oldest first',
+    );
   }
   const ptsHuman = await runCli(['points', '--store', store, '--disk', 'vm-01.img']);
   t.equal(ptsHuman.code, 0, `points exits 0 (${ptsHuman.stderr.trim()})`);
@@ -101,7 +129,12 @@ t.test('replicate --json, points, recover, verify, prune through the CLI', async
   t.match(json(p), { kept: [3], deleted: [1, 2] });
   const pts2 = await runCli(['points', '--store', store, '--disk', 'vm-01.img', '--json']);
   t.equal(pts2.code, 0, `points after prune exits 0 (${pts2.stderr.trim()})`);
-  if (pts2.code === 0) t.same(json(pts2).points.map((x: any) => x.point), [3], 'only point 3 is left');
+  if (pts2.code === 0)
+    t.same(
+      json(pts2).points.map((x: any) => x.point),
+      [3],
+      'only point 3 is left',
+    );
   const gone = await runCli(['recover', '--store', store, '--disk', 'vm-01.img', '--point', '1', '--out', path.join(dir, 'gone.img')]);
   t.equal(gone.code, 1, 'a pruned point is an operational failure');
   t.match(gone.stderr, /RNODE_POINT_NOT_FOUND/);
@@ -138,7 +171,10 @@ t.test('the built-in demo on a small disk restores both points byte-exact', asyn
   t.equal(r.code, 0, `demo exits 0 (${r.stderr.trim()})`);
   const j = json(r);
   t.equal(j.points.length, 2);
-  t.same(j.restores.map((x: any) => x.byteExact), [true, true]);
+  t.same(
+    j.restores.map((x: any) => x.byteExact),
+    [true, true],
+  );
   t.equal(j.verify.ok, true);
   t.notOk(fs.existsSync(j.workdir), 'the demo removes its files');
 });
@@ -159,7 +195,11 @@ t.test('every command exits on its own for a one-chunk disk (no process left run
   const results = await Promise.all(steps.map(([, args]) => runCli(args, { timeoutMs })));
   steps.forEach(([what], i) => {
     const r = results[i];
-    t.equal(r.signal, null, `${what}: exits by itself within ${timeoutMs / 1000} s${r.signal ? ` (was killed; stdout: ${r.stdout.trim().split('\n')[0]})` : ''}`);
+    t.equal(
+      r.signal,
+      null,
+      `${what}: exits by itself within ${timeoutMs / 1000} s${r.signal ? ` (was killed; stdout: ${r.stdout.trim().split('\n')[0]})` : ''}`,
+    );
     t.equal(r.code, r.signal ? null : 0, `${what}: exit code 0 ${r.stderr.trim()}`);
   });
   t.equal(fs.existsSync(out) ? fs.readFileSync(out).toString() : '', 'x', 'the one byte restores');
@@ -171,13 +211,16 @@ t.test('the exported library works in a fresh process: listPoints/loadPoint need
   const storeDir = path.join(dir, 'store');
   fs.writeFileSync(img, randomData(200 * KiB, 5));
   await snap(fsStore(storeDir), img, 'lib', { chunkSize: 64 * KiB });
-  const r = await runScript(`
+  const r = await runScript(
+    `
     const { listPoints, loadPoint, FsStore } = await import(${JSON.stringify(DIST_INDEX)});
     const store = new FsStore(${JSON.stringify(storeDir)});
     const pts = await listPoints(store, 'lib');
     const one = await loadPoint(store, 'lib', 1);
     console.log(JSON.stringify({ points: pts.map((p) => p.point), diskSize: one.diskSize }));
-  `, { timeoutMs: 20_000 });
+  `,
+    { timeoutMs: 20_000 },
+  );
   t.equal(r.code, 0, `exits 0 (${r.stderr.trim().split('\n')[0]})`);
   if (r.code === 0) t.same(json(r), { points: [1], diskSize: 200 * KiB });
 });

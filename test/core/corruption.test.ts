@@ -17,8 +17,22 @@ import { r2 } from '../../src/repository/names.js';
 import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest } from '../../src/repository/point-format.js';
 import { verify } from '../../src/jobs/verify.js';
 import {
-  KiB, MiB, blobPlace, expectRestore, fingerprint, flipByte, fsStore, listFiles, randomData, restore, snap,
-  textData, tmpDir, writeAt, type Fingerprint, stopCodecWorkersAtEnd,
+  KiB,
+  MiB,
+  blobPlace,
+  expectRestore,
+  fingerprint,
+  flipByte,
+  fsStore,
+  listFiles,
+  randomData,
+  restore,
+  snap,
+  textData,
+  tmpDir,
+  writeAt,
+  type Fingerprint,
+  stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 import { json, lines, runCli } from '../helpers/cli.js';
 
@@ -27,14 +41,19 @@ stopCodecWorkersAtEnd(t);
 const CHUNK = 64 * KiB;
 const SIZE = MiB + 1000; // 17 chunks
 
-interface Fixture { dir: string; storeDir: string; img: string; fps: Fingerprint[] }
+interface Fixture {
+  dir: string;
+  storeDir: string;
+  img: string;
+  fps: Fingerprint[];
+}
 
 /** Two points: a full one of mixed data, and one where chunk 7 changed. */
 async function twoPoints(t: Test): Promise<Fixture> {
   const dir = tmpDir(t, 'corrupt');
   const storeDir = path.join(dir, 'store');
   const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, Buffer.concat([randomData(SIZE / 2 | 0, 1), textData(SIZE - (SIZE / 2 | 0), 1)]));
+  fs.writeFileSync(img, Buffer.concat([randomData((SIZE / 2) | 0, 1), textData(SIZE - ((SIZE / 2) | 0), 1)]));
   const store = fsStore(storeDir);
   const fps = [fingerprint(img)];
   await snap(store, img, 'd', { chunkSize: CHUNK, packSize: CHUNK });
@@ -48,16 +67,17 @@ async function twoPoints(t: Test): Promise<Fixture> {
 const noStack = (s: string) => !/^\s+at /m.test(s);
 
 /** `rnode verify` fails naming the chunk (with --json: the problem carries code, index and offset). */
-async function expectVerifyFails(t: Test, f: Fixture, point: string, code: string, index: number,
-    asJson = false) {
+async function expectVerifyFails(t: Test, f: Fixture, point: string, code: string, index: number, asJson = false) {
   const offset = index * CHUNK;
   const r = await runCli(['verify', '--store', f.storeDir, '--disk', 'd', '--point', point, ...(asJson ? ['--json'] : [])]);
   t.equal(r.code, 1, `verify --point ${point}${asJson ? ' --json' : ''} exits 1`);
   if (asJson) {
     const v = json(r);
     t.equal(v.ok, false);
-    t.ok(v.problems.some((p: any) => p.code === code && p.index === index && p.offset === offset),
-      `--json problems hold {code: ${code}, index: ${index}, offset: ${offset}}: ${JSON.stringify(v.problems)}`);
+    t.ok(
+      v.problems.some((p: any) => p.code === code && p.index === index && p.offset === offset),
+      `--json problems hold {code: ${code}, index: ${index}, offset: ${offset}}: ${JSON.stringify(v.problems)}`,
+    );
     return;
   }
   t.equal(lines(r.stderr).length, 1, 'one line on stderr');
@@ -72,8 +92,10 @@ async function expectVerifyFails(t: Test, f: Fixture, point: string, code: strin
 async function expectLibVerifyFails(t: Test, f: Fixture, point: string, code: string, index: number) {
   const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point });
   t.equal(v.ok, false, `verify(point ${point}) is not ok`);
-  t.ok(v.problems.some((p) => p.code === code && p.index === index && p.offset === index * CHUNK),
-    `verify(point ${point}) names chunk ${index}: ${JSON.stringify(v.problems)}`);
+  t.ok(
+    v.problems.some((p) => p.code === code && p.index === index && p.offset === index * CHUNK),
+    `verify(point ${point}) names chunk ${index}: ${JSON.stringify(v.problems)}`,
+  );
 }
 
 /** recover fails naming the chunk and leaves no output (nor a partial file) behind. */
@@ -122,8 +144,11 @@ for (const [what, damage, code, viaCli] of corruptions) {
     await expectLibVerifyFails(t, f, 'all', code, 5);
     await expectLibVerifyFails(t, f, '1', code, 5);
     await expectLibVerifyFails(t, f, 'latest', code, 5);
-    await t.rejects(restore(fsStore(f.storeDir), 'd', 1, path.join(f.dir, 'lib.img')), { code, details: { index: 5, offset: 5 * CHUNK } },
-      'the library recover rejects with the code and the chunk in details');
+    await t.rejects(
+      restore(fsStore(f.storeDir), 'd', 1, path.join(f.dir, 'lib.img')),
+      { code, details: { index: 5, offset: 5 * CHUNK } },
+      'the library recover rejects with the code and the chunk in details',
+    );
     t.notOk(fs.existsSync(path.join(f.dir, 'lib.img')), 'no output left by the library recover');
   });
 }
@@ -147,10 +172,13 @@ t.test('verify reports every damaged chunk, not only the first', async (t) => {
   fs.rmSync((await blobPlace(f.storeDir, 'd', 1, 3)).file);
   const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point: '1' });
   t.equal(v.ok, false);
-  t.same(v.problems.map((p) => [p.code, p.index]).sort(), [[ErrorCodes.CHUNK_CORRUPT, 2], [ErrorCodes.CHUNK_MISSING, 3]]);
+  t.same(v.problems.map((p) => [p.code, p.index]).sort(), [
+    [ErrorCodes.CHUNK_CORRUPT, 2],
+    [ErrorCodes.CHUNK_MISSING, 3],
+  ]);
 });
 
-t.test('a valid blob of another chunk at a chunk\'s place: restore refuses it', async (t) => {
+t.test("a valid blob of another chunk at a chunk's place: restore refuses it", async (t) => {
   const f = await twoPoints(t);
   // Chunks 1 and 3 are both random, blobs of the same length: only their ids tell them apart.
   const b1 = await blobPlace(f.storeDir, 'd', 1, 1);
@@ -161,7 +189,7 @@ t.test('a valid blob of another chunk at a chunk\'s place: restore refuses it', 
   src.copy(dst, b3.offset);
   fs.writeFileSync(b3.file, dst);
   const r = await expectRecoverFails(t, f, '1', ErrorCodes.CHUNK_CORRUPT, 3);
-  t.match(r.stderr, /checksum mismatch|chunk id mismatch/, 'the message says the blob is not this chunk\'s');
+  t.match(r.stderr, /checksum mismatch|chunk id mismatch/, "the message says the blob is not this chunk's");
   await expectLibVerifyFails(t, f, '1', ErrorCodes.CHUNK_CORRUPT, 3);
   await t.rejects(restore(fsStore(f.storeDir), 'd', 1, path.join(f.dir, 'lib.img')), { code: ErrorCodes.CHUNK_CORRUPT, details: { index: 3 } });
 });
@@ -176,13 +204,15 @@ t.test('the blob of the same chunk from another store (other content): restore r
   const from = await blobPlace(other, 'd', 1, 4);
   const to = await blobPlace(f.storeDir, 'd', 1, 4);
   const dst = fs.readFileSync(to.file);
-  fs.readFileSync(from.file).subarray(from.offset, from.offset + from.length).copy(dst, to.offset);
+  fs.readFileSync(from.file)
+    .subarray(from.offset, from.offset + from.length)
+    .copy(dst, to.offset);
   fs.writeFileSync(to.file, dst);
   await expectRecoverFails(t, f, '1', ErrorCodes.CHUNK_CORRUPT, 4);
   await expectLibVerifyFails(t, f, 'all', ErrorCodes.CHUNK_CORRUPT, 4);
 });
 
-t.test('an index entry that points at another chunk\'s blob: restore refuses the chunk', async (t) => {
+t.test("an index entry that points at another chunk's blob: restore refuses the chunk", async (t) => {
   const f = await twoPoints(t);
   const d = Domain.of(undefined);
   const store = fsStore(f.storeDir);
@@ -239,7 +269,10 @@ t.test('a damaged manifest or table segment is reported by verify with its code'
   flipByte(path.join(tableDir, listFiles(tableDir)[0]), 20);
   const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point: 'all' });
   t.equal(v.ok, false, 'a bit flip in a table segment fails verify');
-  t.ok(v.problems.some((p) => p.code === ErrorCodes.MANIFEST_CORRUPT && p.point === 2), 'reported as MANIFEST_CORRUPT of point 2');
+  t.ok(
+    v.problems.some((p) => p.code === ErrorCodes.MANIFEST_CORRUPT && p.point === 2),
+    'reported as MANIFEST_CORRUPT of point 2',
+  );
   const out = path.join(f.dir, 'o.img');
   const rr = await runCli(['recover', '--store', f.storeDir, '--disk', 'd', '--point', '2', '--out', out]);
   t.equal(rr.code, 1);

@@ -9,8 +9,20 @@ import path from 'node:path';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/jobs/verify.js';
 import {
-  KiB, MiB, packFiles, v2PointFiles, expectRestore, fingerprint, fsStore, listFiles, randomData, sha256File, stopCodecWorkersAtEnd, textData,
-  tmpDir, writeAt,
+  KiB,
+  MiB,
+  packFiles,
+  v2PointFiles,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  sha256File,
+  stopCodecWorkersAtEnd,
+  textData,
+  tmpDir,
+  writeAt,
 } from '../helpers/images.js';
 import { json, runCli } from '../helpers/cli.js';
 
@@ -25,7 +37,18 @@ function setup(t: Test) {
   return { dir, img, storeDir: path.join(dir, 'store') };
 }
 
-const replicateArgs = (img: string, storeDir: string) => ['replicate', '--source', img, '--target', storeDir, '--disk', 'd', '--chunk-size', '64KiB', '--json'];
+const replicateArgs = (img: string, storeDir: string) => [
+  'replicate',
+  '--source',
+  img,
+  '--target',
+  storeDir,
+  '--disk',
+  'd',
+  '--chunk-size',
+  '64KiB',
+  '--json',
+];
 
 /**
  * The run after a crash. The crashed writer's lease is still live in the store (SIGKILL skipped its release);
@@ -68,7 +91,12 @@ t.test('crash before commit of an incremental: no half point; verify ok; the nex
 
   const pts = await runCli(['points', '--store', storeDir, '--disk', 'd', '--json']);
   t.equal(pts.code, 0, `points exits 0 after the crash: ${pts.stderr.trim()}`);
-  if (pts.code === 0) t.same(json(pts).points.map((p: any) => p.point), [1], '`points` shows only point 1');
+  if (pts.code === 0)
+    t.same(
+      json(pts).points.map((p: any) => p.point),
+      [1],
+      '`points` shows only point 1',
+    );
 
   const v = await runCli(['verify', '--store', storeDir, '--disk', 'd', '--point', 'all']);
   t.equal(v.code, 0, `verify --point all is ok after the crash: ${v.stderr.trim()}`);
@@ -123,7 +151,12 @@ t.test('crash right after commit: the point is visible and whole; the next run i
   t.same(await listPointSeqs(fsStore(storeDir), 'd'), [1], 'point 1 is committed');
   const pts = await runCli(['points', '--store', storeDir, '--disk', 'd', '--json']);
   t.equal(pts.code, 0, `points exits 0: ${pts.stderr.trim()}`);
-  if (pts.code === 0) t.same(json(pts).points.map((p: any) => p.point), [1], '`points` shows point 1');
+  if (pts.code === 0)
+    t.same(
+      json(pts).points.map((p: any) => p.point),
+      [1],
+      '`points` shows point 1',
+    );
   t.equal((await runCli(['verify', '--store', storeDir, '--disk', 'd', '--point', 'all'])).code, 0, 'verify ok');
   const store = fsStore(storeDir);
   await expectRestore(t, store, 'd', 1, fp1, dir);

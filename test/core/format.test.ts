@@ -20,7 +20,6 @@ import { KiB, randomData, textData, stopCodecWorkersAtEnd } from '../helpers/ima
 
 stopCodecWorkersAtEnd(t);
 
-
 const CODECS = Object.values(Codec) as CodecId[];
 const SAMPLES: Record<string, Buffer> = {
   zeros: Buffer.alloc(64 * KiB),
@@ -55,7 +54,11 @@ t.test('checksums match reference values (xxhsum -H1, BLAKE3)', async (t) => {
 
 t.test('codec ids and names are one table', async (t) => {
   t.equal(new Set(CODECS).size, CODECS.length, 'ids are unique');
-  t.same(CODECS.map((id) => CODEC_NAMES[id]).filter((n) => typeof n !== 'string'), [], 'every id has a name');
+  t.same(
+    CODECS.map((id) => CODEC_NAMES[id]).filter((n) => typeof n !== 'string'),
+    [],
+    'every id has a name',
+  );
   t.equal(new Set(CODECS.map((id) => CODEC_NAMES[id])).size, CODECS.length, 'names are unique');
   t.equal(Codec.NONE, 0, 'none is 0 (written to disk: never renumbered)');
   t.equal(Codec.LZ4, 1, 'lz4 is 1 (written to disk: never renumbered)');
@@ -88,7 +91,7 @@ for (const id of CODECS) {
 /** Ids no codec has (so they must be rejected as unknown). */
 const UNKNOWN_CODECS = [Math.max(...CODECS) + 1, 9, 200, 255].filter((id) => !CODECS.includes(id as CodecId));
 
-t.test('no codec decodes another codec\'s output; unknown codec ids are FORMAT_CODEC', async (t) => {
+t.test("no codec decodes another codec's output; unknown codec ids are FORMAT_CODEC", async (t) => {
   for (const [name, plain] of Object.entries({ text: SAMPLES.text, zeros: SAMPLES.zeros, random: SAMPLES.random })) {
     for (const a of CODECS) {
       const enc = await encodeChunk(a, plain);
@@ -99,7 +102,10 @@ t.test('no codec decodes another codec\'s output; unknown codec ids are FORMAT_C
         try {
           misread = (await decodeChunk(b, enc.payload, plain.length)).equals(plain);
         } catch (e) {
-          t.ok(e instanceof RnodeError && e.code === ErrorCodes.CHUNK_CORRUPT, `${name}: ${CODEC_NAMES[a]} read as ${CODEC_NAMES[b]} is CHUNK_CORRUPT`);
+          t.ok(
+            e instanceof RnodeError && e.code === ErrorCodes.CHUNK_CORRUPT,
+            `${name}: ${CODEC_NAMES[a]} read as ${CODEC_NAMES[b]} is CHUNK_CORRUPT`,
+          );
           continue;
         }
         t.notOk(misread, `${name}: ${CODEC_NAMES[a]} output read as ${CODEC_NAMES[b]} does not give the plaintext`);
@@ -133,8 +139,11 @@ t.test('decoders survive damaged payloads: an RnodeError or wrong bytes, never a
       }
     }
     for (let i = 0; i < 300; i++) {
-      const junk = randomData(1 + (i * 37) % 5000, 5000 + i);
-      if (i % 2 === 0 && junk.length >= 8) { junk.writeUInt32LE(64 * KiB, 0); junk.writeUInt32LE(plain.length, 0); }
+      const junk = randomData(1 + ((i * 37) % 5000), 5000 + i);
+      if (i % 2 === 0 && junk.length >= 8) {
+        junk.writeUInt32LE(64 * KiB, 0);
+        junk.writeUInt32LE(plain.length, 0);
+      }
       try {
         const out = await decodeChunk(id, junk, plain.length);
         if (out.length !== plain.length) odd++;
@@ -179,7 +188,11 @@ t.test('stored chunks carry version, codec, lengths, digests, index and writer, 
       const plainShared = sharedAligned(plain.length);
       plain.copy(plainShared);
       const w = (await encodeChunkInto(plainShared, sharedAligned(maxObjectBytes(64 * KiB)), 42, 9, codec))!;
-      t.same({ ...w.entry, strong: w.entry.strong.toString('hex') }, { ...entry, strong: entry.strong.toString('hex') }, 'both encoders agree on the entry');
+      t.same(
+        { ...w.entry, strong: w.entry.strong.toString('hex') },
+        { ...entry, strong: entry.strong.toString('hex') },
+        'both encoders agree on the entry',
+      );
       t.ok((await decodeStoredChunk(Buffer.from(w.object), w.entry, 'x')).equals(plain), 'worker-encoded object decodes');
     }
   }
@@ -193,7 +206,8 @@ t.test('a stored chunk with an unknown codec id or version is a clear error on b
     await rnodeErr(t, () => decodeStoredChunk(bad, entry, 'x'), ErrorCodes.FORMAT_CODEC, `codec ${codec} (main thread)`);
     await rnodeErr(t, () => viaWorkers(bad, entry), ErrorCodes.FORMAT_CODEC, `codec ${codec} (workers)`);
   }
-  for (const version of [0, 3, 255]) { // 2 is an encrypted chunk (test/crypto)
+  for (const version of [0, 3, 255]) {
+    // 2 is an encrypted chunk (test/crypto)
     const bad = Buffer.from(object);
     bad[4] = version;
     const e = await rnodeErr(t, () => decodeStoredChunk(bad, entry, 'x'), ErrorCodes.FORMAT_VERSION, `version ${version} (main thread)`);
@@ -209,10 +223,20 @@ t.test('the chunk header rejects truncated and garbled input with a clear error'
     const e = await rnodeErr(t, () => decodeChunkHeader(header.subarray(0, n)), ErrorCodes.CHUNK_CORRUPT, `a ${n}-byte header`);
     t.match(e?.message, /shorter/, 'says it is too short');
   }
-  const garble = (off: number, write: (b: Buffer) => void) => { const b = Buffer.from(header); write(b); return b; };
+  const garble = (off: number, write: (b: Buffer) => void) => {
+    const b = Buffer.from(header);
+    write(b);
+    return b;
+  };
   const cases: Array<[string, Buffer, string]> = [
     ['bad magic', garble(0, (b) => b.write('XXXX', 0)), ErrorCodes.CHUNK_CORRUPT],
-    ['header length 40', garble(7, (b) => { b[7] = 40; }), ErrorCodes.CHUNK_CORRUPT],
+    [
+      'header length 40',
+      garble(7, (b) => {
+        b[7] = 40;
+      }),
+      ErrorCodes.CHUNK_CORRUPT,
+    ],
     ['plaintext length 0', garble(8, (b) => b.writeUInt32LE(0, 8)), ErrorCodes.CHUNK_CORRUPT],
     ['plaintext length above the largest chunk', garble(8, (b) => b.writeUInt32LE(MAX_CHUNK_BYTES + 1, 8)), ErrorCodes.CHUNK_CORRUPT],
     ['payload length 4 GiB', garble(12, (b) => b.writeUInt32LE(0xffffffff, 12)), ErrorCodes.CHUNK_CORRUPT],
@@ -225,9 +249,19 @@ t.test('the chunk header rejects truncated and garbled input with a clear error'
   let rejectedWorkers = 0;
   for (let n = 0; n < object.length; n++) {
     const cut = object.subarray(0, n);
-    await decodeStoredChunk(Buffer.from(cut), entry, 'x').then(() => undefined, (e) => { if (e?.code === ErrorCodes.CHUNK_CORRUPT) rejectedMain++; });
+    await decodeStoredChunk(Buffer.from(cut), entry, 'x').then(
+      () => undefined,
+      (e) => {
+        if (e?.code === ErrorCodes.CHUNK_CORRUPT) rejectedMain++;
+      },
+    );
     if (n % 97 === 0 || n > object.length - 64) {
-      await viaWorkers(Buffer.from(cut), entry).then(() => undefined, (e) => { if (e?.code === ErrorCodes.CHUNK_CORRUPT) rejectedWorkers++; });
+      await viaWorkers(Buffer.from(cut), entry).then(
+        () => undefined,
+        (e) => {
+          if (e?.code === ErrorCodes.CHUNK_CORRUPT) rejectedWorkers++;
+        },
+      );
     } else rejectedWorkers++;
   }
   t.equal(rejectedMain, object.length, 'every prefix of the object is rejected as CHUNK_CORRUPT (main thread)');
@@ -237,7 +271,11 @@ t.test('the chunk header rejects truncated and garbled input with a clear error'
   let weird = 0;
   for (let i = 0; i < 3000; i++) {
     const b = randomData(i % 97, 1000 + i);
-    if (i % 3 === 0 && b.length >= 8) { b.writeUInt32LE(0x4b434e52, 0); b[4] = 1; b[7] = 48; }
+    if (i % 3 === 0 && b.length >= 8) {
+      b.writeUInt32LE(0x4b434e52, 0);
+      b[4] = 1;
+      b[7] = 48;
+    }
     try {
       decodeChunkHeader(b);
     } catch (e) {
@@ -275,8 +313,13 @@ function entries(n: number, seed = 1): ChunkEntry[] {
     const zero = i % 5 === 4;
     const data = randomData(64, seed * 1000 + i);
     out.push({
-      index: i * 3 + (i === n - 1 ? 2 ** 40 : 0), xxh64: zero ? 0n : xxh64(data), strong: zero ? Buffer.alloc(16) : strongDigest(data),
-      writer: zero ? 0 : 1 + (i % 4), plainLength: 64 * KiB, storedLength: zero ? 0 : 1000 + i, flags: zero ? TableFlag.ZERO : 0,
+      index: i * 3 + (i === n - 1 ? 2 ** 40 : 0),
+      xxh64: zero ? 0n : xxh64(data),
+      strong: zero ? Buffer.alloc(16) : strongDigest(data),
+      writer: zero ? 0 : 1 + (i % 4),
+      plainLength: 64 * KiB,
+      storedLength: zero ? 0 : 1000 + i,
+      flags: zero ? TableFlag.ZERO : 0,
       codec: zero ? 0 : i % 2,
     });
   }
@@ -323,8 +366,15 @@ t.test('table segments reject checksum mismatches, truncation, disorder and unkn
 
 function manifest(): PointManifest {
   return {
-    format: MANIFEST_FORMAT, version: MANIFEST_VERSION, disk: 'vm-1', point: 3, parent: 2, full: false,
-    createdAt: '2026-01-01T00:00:00.000Z', diskSize: 3 * 1024 * 1024 + 1234, chunkSize: 64 * KiB,
+    format: MANIFEST_FORMAT,
+    version: MANIFEST_VERSION,
+    disk: 'vm-1',
+    point: 3,
+    parent: 2,
+    full: false,
+    createdAt: '2026-01-01T00:00:00.000Z',
+    diskSize: 3 * 1024 * 1024 + 1234,
+    chunkSize: 64 * KiB,
     source: { kind: 'raw', location: '/dev/x' },
     table: { generation: 0, records: 2, segments: [{ key: 'disks/vm-1/tables/0000000003/g0000-00000000', records: 2, first: 0, last: 5 }] },
     stats: { chunksTotal: 49, chunksChanged: 2, chunksZero: 1, bytesRead: 100, bytesWritten: 50, seconds: 0.5 },
@@ -338,20 +388,70 @@ t.test('manifests round-trip and reject tampering', async (t) => {
 
   const raw = JSON.parse(b.toString('utf8'));
   const edits: Array<[string, (o: any) => void]> = [
-    ['diskSize + 1', (o) => { o.diskSize += 1; }],
-    ['point', (o) => { o.point = 4; }],
-    ['parent', (o) => { o.parent = null; }],
-    ['chunkSize', (o) => { o.chunkSize = 1024 * KiB; }],
-    ['segment key', (o) => { o.table.segments[0].key = 'disks/vm-1/tables/0000000002/g0000-00000000'; }],
-    ['records', (o) => { o.table.records = 3; }],
-    ['an added field', (o) => { o.extra = 1; }],
-    ['checksum', (o) => { o.checksum = '0000000000000000'; }],
-    ['no checksum', (o) => { delete o.checksum; }],
+    [
+      'diskSize + 1',
+      (o) => {
+        o.diskSize += 1;
+      },
+    ],
+    [
+      'point',
+      (o) => {
+        o.point = 4;
+      },
+    ],
+    [
+      'parent',
+      (o) => {
+        o.parent = null;
+      },
+    ],
+    [
+      'chunkSize',
+      (o) => {
+        o.chunkSize = 1024 * KiB;
+      },
+    ],
+    [
+      'segment key',
+      (o) => {
+        o.table.segments[0].key = 'disks/vm-1/tables/0000000002/g0000-00000000';
+      },
+    ],
+    [
+      'records',
+      (o) => {
+        o.table.records = 3;
+      },
+    ],
+    [
+      'an added field',
+      (o) => {
+        o.extra = 1;
+      },
+    ],
+    [
+      'checksum',
+      (o) => {
+        o.checksum = '0000000000000000';
+      },
+    ],
+    [
+      'no checksum',
+      (o) => {
+        delete o.checksum;
+      },
+    ],
   ];
   for (const [what, edit] of edits) {
     const o = structuredClone(raw);
     edit(o);
-    const e = await rnodeErr(t, () => decodeManifest(Buffer.from(JSON.stringify(o, null, 1)), 'points/3.json'), ErrorCodes.MANIFEST_CORRUPT, `tampered ${what}`);
+    const e = await rnodeErr(
+      t,
+      () => decodeManifest(Buffer.from(JSON.stringify(o, null, 1)), 'points/3.json'),
+      ErrorCodes.MANIFEST_CORRUPT,
+      `tampered ${what}`,
+    );
     t.match(e?.message, /points\/3\.json/, 'the message names the manifest');
   }
   await rnodeErr(t, () => decodeManifest(Buffer.from('{"format":'), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'not JSON');
@@ -360,16 +460,27 @@ t.test('manifests round-trip and reject tampering', async (t) => {
   await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, format: 'other' as never }), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'another format');
   await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 4 }), 'm'), ErrorCodes.FORMAT_VERSION, 'version 4');
   // Version 3 (authenticated, test/security/forgery) needs its MACs.
-  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 3, encryption: { alg: 'aes-256-gcm', keyId: '0'.repeat(32) } }), 'm'),
-    ErrorCodes.MANIFEST_CORRUPT, 'version 3 without MACs');
+  await rnodeErr(
+    t,
+    () => decodeManifest(encodeManifest({ ...m, version: 3, encryption: { alg: 'aes-256-gcm', keyId: '0'.repeat(32) } }), 'm'),
+    ErrorCodes.MANIFEST_CORRUPT,
+    'version 3 without MACs',
+  );
   // Version 2 is an encrypted point (test/crypto): it needs its encryption field, and version 1 must not have one.
   await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, version: 2 }), 'm'), ErrorCodes.MANIFEST_CORRUPT, 'version 2 without encryption');
-  await rnodeErr(t, () => decodeManifest(encodeManifest({ ...m, encryption: { alg: 'aes-256-gcm', keyId: '0'.repeat(32) } }), 'm'),
-    ErrorCodes.MANIFEST_CORRUPT, 'version 1 with encryption');
+  await rnodeErr(
+    t,
+    () => decodeManifest(encodeManifest({ ...m, encryption: { alg: 'aes-256-gcm', keyId: '0'.repeat(32) } }), 'm'),
+    ErrorCodes.MANIFEST_CORRUPT,
+    'version 1 with encryption',
+  );
   // Sealed (valid checksum) but impossible values.
   for (const [what, bad] of [
-    ['negative point', { ...m, point: -1 }], ['fractional disk size', { ...m, diskSize: 1.5 }], ['string chunk size', { ...m, chunkSize: '64' as never }],
-    ['no segments', { ...m, table: { generation: 0, records: 0 } as never }], ['disk not a string', { ...m, disk: 7 as never }],
+    ['negative point', { ...m, point: -1 }],
+    ['fractional disk size', { ...m, diskSize: 1.5 }],
+    ['string chunk size', { ...m, chunkSize: '64' as never }],
+    ['no segments', { ...m, table: { generation: 0, records: 0 } as never }],
+    ['disk not a string', { ...m, disk: 7 as never }],
   ] as const) {
     await rnodeErr(t, () => decodeManifest(encodeManifest(bad as PointManifest), 'm'), ErrorCodes.MANIFEST_CORRUPT, what);
   }

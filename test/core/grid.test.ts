@@ -7,9 +7,20 @@ import type { Extent } from '../../src/source/types.js';
 
 t.test('parseSize understands bytes and units', async (t) => {
   const cases: Array<[string, number | undefined]> = [
-    ['1048576', 1048576], ['64KiB', 65536], ['64k', 65536], ['1MiB', 1048576], ['1m', 1048576], ['1MB', 1000000],
-    ['16MiB', 16777216], ['1.5GiB', 1.5 * 1024 ** 3], [' 2 MiB ', 2097152], ['abc', undefined], ['', undefined],
-    ['-1', undefined], ['1XB', undefined], ['1.5', undefined],
+    ['1048576', 1048576],
+    ['64KiB', 65536],
+    ['64k', 65536],
+    ['1MiB', 1048576],
+    ['1m', 1048576],
+    ['1MB', 1000000],
+    ['16MiB', 16777216],
+    ['1.5GiB', 1.5 * 1024 ** 3],
+    [' 2 MiB ', 2097152],
+    ['abc', undefined],
+    ['', undefined],
+    ['-1', undefined],
+    ['1XB', undefined],
+    ['1.5', undefined],
   ];
   for (const [text, want] of cases) t.equal(parseSize(text), want, JSON.stringify(text));
 });
@@ -61,9 +72,32 @@ t.test('extents coalesce onto whole chunks, ascending and without repeats', asyn
   t.same(await collect(chunksOf(from([{ offset: 0, length: 1 }]), g)), [0]);
   t.same(await collect(chunksOf(from([{ offset: C - 1, length: 2 }]), g)), [0, 1], 'an extent across a boundary touches both chunks');
   t.same(await collect(chunksOf(from([{ offset: C, length: C }]), g)), [1], 'an extent that is exactly one chunk');
-  t.same(await collect(chunksOf(from([{ offset: 10, length: 10 }, { offset: 100, length: 10 }, { offset: C + 5, length: 1 }]), g)), [0, 1],
-    'several extents in one chunk yield it once');
+  t.same(
+    await collect(
+      chunksOf(
+        from([
+          { offset: 10, length: 10 },
+          { offset: 100, length: 10 },
+          { offset: C + 5, length: 1 },
+        ]),
+        g,
+      ),
+    ),
+    [0, 1],
+    'several extents in one chunk yield it once',
+  );
   t.same(await collect(chunksOf(from([{ offset: 10 * C, length: 4096 }]), g)), [10], 'the partial last chunk (extent past the end is clipped)');
   t.same(await collect(chunksOf(from([{ offset: 11 * C, length: 4096 }]), g)), [], 'an extent past the end is ignored');
-  t.same(await collect(chunksOf(from([{ offset: 0, length: 0 }, { offset: 3 * C, length: 2 * C + 1 }]), g)), [3, 4, 5]);
+  t.same(
+    await collect(
+      chunksOf(
+        from([
+          { offset: 0, length: 0 },
+          { offset: 3 * C, length: 2 * C + 1 },
+        ]),
+        g,
+      ),
+    ),
+    [3, 4, 5],
+  );
 });

@@ -32,10 +32,13 @@ function samples(): Array<[string, Buffer]> {
   ];
 }
 
-t.test('each implementation decodes the other\'s output byte-exact, for every codec', async (t) => {
+t.test("each implementation decodes the other's output byte-exact, for every codec", async (t) => {
   for (const [name, plain] of samples()) {
     for (const codec of [Codec.LZ4, Codec.LZ4_BLOCKS]) {
-      for (const [from, to, label] of [[viaLiblz4, viaNapi, 'liblz4 -> lz4-napi'], [viaNapi, viaLiblz4, 'lz4-napi -> liblz4']] as const) {
+      for (const [from, to, label] of [
+        [viaLiblz4, viaNapi, 'liblz4 -> lz4-napi'],
+        [viaNapi, viaLiblz4, 'lz4-napi -> liblz4'],
+      ] as const) {
         const out = Buffer.alloc(plain.length + payloadOverhead(plain.length));
         const r = from.encodeInto(plain, codec, out, 0);
         const back = Buffer.alloc(plain.length);
@@ -89,7 +92,10 @@ t.test('sharedAligned: page-aligned SharedArrayBuffer views, zero-filled', async
     t.equal(b.length, size);
     t.ok(b.buffer instanceof SharedArrayBuffer, 'shared');
     t.equal(probe.alignOffset(b, 4096), 0, `${size} bytes: starts on a page boundary`);
-    t.ok(b.every((x) => x === 0), 'zero-filled');
+    t.ok(
+      b.every((x) => x === 0),
+      'zero-filled',
+    );
   }
   t.throws(() => sharedAligned(-1), RangeError);
 });

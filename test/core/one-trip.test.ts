@@ -19,7 +19,10 @@ t.test('the id filter has no false negatives and few false positives', async (t)
   const filter = new IdFilter(10_000);
   const added = Array.from({ length: 10_000 }, () => crypto.randomBytes(32));
   for (const id of added) filter.add(id);
-  t.ok(added.every((id) => filter.has(id)), 'every id added is found');
+  t.ok(
+    added.every((id) => filter.has(id)),
+    'every id added is found',
+  );
   let falsePositives = 0;
   for (let i = 0; i < 10_000; i++) if (filter.has(crypto.randomBytes(32))) falsePositives++;
   t.ok(falsePositives < 500, `${falsePositives} of 10000 other ids look known (under 5%)`);
@@ -36,12 +39,18 @@ t.test('one trip: the worker returns the id and the blob, or skips the blob of a
   const filter = new IdFilter(16);
 
   const fresh = await workers.idEncodeBlob(plain, out, Codec.LZ4, { idName: domain.name, known: filter.words });
-  t.ok(fresh.id.equals(id), 'the id is the domain\'s chunk id of the plaintext');
+  t.ok(fresh.id.equals(id), "the id is the domain's chunk id of the plaintext");
   t.notOk(fresh.skipped, 'a new chunk is encoded in the same trip');
   if (fresh.skipped) return;
   t.ok(fresh.payloadLength > 0 && fresh.payloadLength < chunk, `text compresses (${fresh.payloadLength} bytes)`);
   const back = takeShared(chunk);
-  const check = await workers.decodeBlob(out.subarray(0, fresh.payloadLength), back, { codec: fresh.codec, plainLength: chunk, chunkId: id, idName: domain.name, payloadXxh64: fresh.payloadXxh64 });
+  const check = await workers.decodeBlob(out.subarray(0, fresh.payloadLength), back, {
+    codec: fresh.codec,
+    plainLength: chunk,
+    chunkId: id,
+    idName: domain.name,
+    payloadXxh64: fresh.payloadXxh64,
+  });
   t.ok(check.id.equals(id) && back.equals(plain), 'the blob decodes to the chunk');
 
   filter.add(id);
@@ -49,14 +58,17 @@ t.test('one trip: the worker returns the id and the blob, or skips the blob of a
   const known = await workers.idEncodeBlob(plain, out, Codec.LZ4, { idName: domain.name, known: filter.words });
   t.equal(known.skipped, true, 'a chunk the filter knows is not encoded');
   t.ok(known.id.equals(id));
-  t.ok(out.every((b) => b === 0), 'nothing was written to the object buffer');
+  t.ok(
+    out.every((b) => b === 0),
+    'nothing was written to the object buffer',
+  );
   const unchanged = await workers.idEncodeBlob(plain, out, Codec.LZ4, { idName: domain.name, parentId: id });
-  t.equal(unchanged.skipped, true, 'a chunk with the parent\'s id is not encoded');
+  t.equal(unchanged.skipped, true, "a chunk with the parent's id is not encoded");
   const changed = await workers.idEncodeBlob(plain, out, Codec.LZ4, { idName: domain.name, parentId: crypto.randomBytes(32) });
   t.notOk(changed.skipped, 'another parent id does not skip it');
 });
 
-t.test('pack buffers are sized from the run\'s budget', async (t) => {
+t.test("pack buffers are sized from the run's budget", async (t) => {
   const within = (p: { packSize: number; buffers: number }, budget: number) => p.buffers * packBufferBytes(p.packSize) <= budget;
   const byDefault = packPlan(16 * MiB, false);
   t.same(byDefault, { packSize: 16 * MiB, buffers: 3 }, 'the default 64 MiB: three 16 MiB packs (one filling, two in puts)');

@@ -60,8 +60,10 @@ t.test('slow puts do not serialise the compression of later chunks', async (t) =
   const first = packPuts.reduce((a, b) => (b.start < a.start ? b : a));
   // Later chunks: those not appended to a pack before the first pack put started.
   const later = [...encodes.values()].filter((e) => writes.get(e.index)!.end > first.start && e.end <= first.end);
-  t.ok(later.length >= encodeDepth,
-    `${later.length} later chunks compressed while the first pack put ran (want >= ${encodeDepth}); the puts serialise the pipeline again`);
+  t.ok(
+    later.length >= encodeDepth,
+    `${later.length} later chunks compressed while the first pack put ran (want >= ${encodeDepth}); the puts serialise the pipeline again`,
+  );
 
   // Reads and encodes never overlap their own chunk's put: a chunk is stored only after it is encoded.
   for (const [i, w] of writes) t.ok(encodes.get(i)!.end <= w.start, `chunk ${i} encoded before it was stored`);

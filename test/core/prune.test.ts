@@ -14,8 +14,19 @@ import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/jobs/verify.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
-  KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, tmpDir, writeAt,
-  type Fingerprint, stopCodecWorkersAtEnd,
+  KiB,
+  MiB,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  restore,
+  snap,
+  tmpDir,
+  writeAt,
+  type Fingerprint,
+  stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -37,16 +48,33 @@ class Model {
   /** Chunk objects ("writer/index") the given points reference. */
   objects(points: number[]): string[] {
     const s = new Set<string>();
-    for (const p of points) this.views.get(p)!.forEach((w, i) => { if (w !== 0) s.add(`${w}/${i}`); });
+    for (const p of points)
+      this.views.get(p)!.forEach((w, i) => {
+        if (w !== 0) s.add(`${w}/${i}`);
+      });
     return [...s].sort();
   }
 }
 
-interface Disk { dir: string; storeDir: string; img: string; store: ObjectStore; model: Model; next: number }
+interface Disk {
+  dir: string;
+  storeDir: string;
+  img: string;
+  store: ObjectStore;
+  model: Model;
+  next: number;
+}
 
 async function newDisk(t: Test): Promise<Disk> {
   const dir = tmpDir(t, 'prune');
-  const d: Disk = { dir, storeDir: path.join(dir, 'store'), img: path.join(dir, 'disk.img'), store: fsStore(path.join(dir, 'store')), model: new Model(), next: 1 };
+  const d: Disk = {
+    dir,
+    storeDir: path.join(dir, 'store'),
+    img: path.join(dir, 'disk.img'),
+    store: fsStore(path.join(dir, 'store')),
+    model: new Model(),
+    next: 1,
+  };
   const all = new Map<number, 'data' | 'zero'>();
   for (let i = 0; i < COUNT; i++) all.set(i, 'data');
   fs.writeFileSync(d.img, randomData(SIZE, 100));
@@ -73,9 +101,32 @@ const ch = (entries: Array<[number, 'data' | 'zero']>) => new Map(entries);
 
 async function fourPoints(t: Test): Promise<Disk> {
   const d = await newDisk(t);
-  await point(t, d, ch([[3, 'data'], [4, 'data'], [10, 'zero']]));
-  await point(t, d, ch([[3, 'data'], [32, 'data'], [20, 'zero']]));
-  await point(t, d, ch([[10, 'data'], [0, 'data']]));
+  await point(
+    t,
+    d,
+    ch([
+      [3, 'data'],
+      [4, 'data'],
+      [10, 'zero'],
+    ]),
+  );
+  await point(
+    t,
+    d,
+    ch([
+      [3, 'data'],
+      [32, 'data'],
+      [20, 'zero'],
+    ]),
+  );
+  await point(
+    t,
+    d,
+    ch([
+      [10, 'data'],
+      [0, 'data'],
+    ]),
+  );
   t.equal((await stats({ store: d.store })).unusedBytes, 0, 'before prune: every chunk stored is in use');
   // Restores of older points after later points were added.
   for (const p of [1, 2, 3, 4]) await expectRestore(t, d.store, 'vm', p, d.model.fps.get(p)!, d.dir, `point ${p} (before prune)`);
@@ -86,8 +137,11 @@ async function checkAfterPrune(t: Test, d: Disk, kept: number[], gone: number[])
   t.same(await listPointSeqs(d.store, 'vm'), kept, `points now ${kept.join(', ')}`);
   for (const p of kept) await expectRestore(t, d.store, 'vm', p, d.model.fps.get(p)!, d.dir, `kept point ${p}`);
   for (const p of gone) {
-    await t.rejects(restore(d.store, 'vm', p, path.join(d.dir, `gone-${p}.img`)), { code: ErrorCodes.POINT_NOT_FOUND },
-      `pruned point ${p} cannot be restored`);
+    await t.rejects(
+      restore(d.store, 'vm', p, path.join(d.dir, `gone-${p}.img`)),
+      { code: ErrorCodes.POINT_NOT_FOUND },
+      `pruned point ${p} cannot be restored`,
+    );
   }
   const v = await verify({ store: d.store, disk: 'vm', point: 'all' });
   t.equal(v.ok, true, 'verify --point all is ok');
@@ -97,7 +151,9 @@ async function checkAfterPrune(t: Test, d: Disk, kept: number[], gone: number[])
   for (let i = 0; i < 2; i++) await pruneStore({ store: d.store, graceMs: 0, maxUnused: 0.01 });
   t.equal((await stats({ store: d.store })).unusedBytes, 0, 'exactly the chunks the kept points reference remain');
   t.ok((await check({ store: d.store })).ok, 'check is ok');
-  const tableSeqs = [...new Set(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'tables')).map((f) => Number(f.split('/')[0])))].sort((a, b) => a - b);
+  const tableSeqs = [...new Set(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'tables')).map((f) => Number(f.split('/')[0])))].sort(
+    (a, b) => a - b,
+  );
   t.same(tableSeqs, kept, 'only kept points have tables');
   t.same(listFiles(path.join(d.storeDir, 'r2', 'plain', 'disks', 'vm', 'pending')), [], 'no checkpoints left');
 }
@@ -111,7 +167,14 @@ t.test('prune --keep 2 over 4 points, then a new point, then --keep 1', async (t
   await checkAfterPrune(t, d, [3, 4], [1, 2]);
 
   // Incrementals continue on the pruned (rebased) chain.
-  await point(t, d, ch([[4, 'data'], [20, 'data']]));
+  await point(
+    t,
+    d,
+    ch([
+      [4, 'data'],
+      [20, 'data'],
+    ]),
+  );
   await expectRestore(t, d.store, 'vm', 5, d.model.fps.get(5)!, d.dir, 'point 5 written after prune');
 
   const r1 = await pruneStore({ store: d.store, disk: 'vm', keep: 1, graceMs: 0, maxUnused: 0.01 });

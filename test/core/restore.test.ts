@@ -10,7 +10,18 @@ import { recover } from '../../src/jobs/restore.js';
 import { PLAIN_DOMAIN } from '../../src/repository/names.js';
 import { readPackTrailer } from '../../src/repository/pack.js';
 import {
-  KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir, writeAt,
+  KiB,
+  MiB,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  restore,
+  snap,
+  stopCodecWorkersAtEnd,
+  tmpDir,
+  writeAt,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);

@@ -22,8 +22,21 @@ import { Domain } from '../../src/repository/domain.js';
 import { decodePack } from '../../src/repository/pack.js';
 import { decodePendingV2 } from '../../src/repository/point-format.js';
 import {
-  KiB, MiB, packFiles, countingSource, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, sha256File,
-  snap as snapAny, tmpDir, writeAt, stopCodecWorkersAtEnd,
+  KiB,
+  MiB,
+  packFiles,
+  countingSource,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  restore,
+  sha256File,
+  snap as snapAny,
+  tmpDir,
+  writeAt,
+  stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -53,7 +66,9 @@ const isCheckpoint = (k: string) => k.includes('/tables/') || k.includes('/pendi
  */
 function failingChunkPuts(inner: ObjectStore, nth: number, opts: { chunkDelayMs?: number; checkpointDelayMs?: number } = {}): FaultyStore {
   const f = new FaultyStore(inner).addFault('put', {
-    match: isChunk, nth, times: Infinity,
+    match: isChunk,
+    nth,
+    times: Infinity,
     error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
   });
   if (opts.chunkDelayMs) f.addFault('put', { match: isChunk, delayMs: opts.chunkDelayMs, times: Infinity });
@@ -73,12 +88,13 @@ async function until(cond: () => boolean): Promise<void> {
 
 /** The source with chunk reads held until wait(index) resolves: an early chunk that comes late (cold codec workers did). */
 function heldReads(wait: (index: number) => Promise<void> | undefined): (s: BlockSource) => BlockSource {
-  return (s) => delegatingSource(s, {
-    read: async (offset: number, buf: Buffer, length: number) => {
-      await wait(offset / CHUNK);
-      return s.read(offset, buf, length);
-    },
-  });
+  return (s) =>
+    delegatingSource(s, {
+      read: async (offset: number, buf: Buffer, length: number) => {
+        await wait(offset / CHUNK);
+        return s.read(offset, buf, length);
+      },
+    });
 }
 
 function setup(t: Test) {
@@ -95,8 +111,11 @@ t.test('a full point cut by a permanent store failure resumes from its checkpoin
   // Slow chunk puts: checkpoints keep up, and the next chunk is already read when one is checkpointed.
   const faulty = failingChunkPuts(store, 30, { chunkDelayMs: 30 });
   const src1 = { counted: undefined as ReturnType<typeof countingSource> | undefined };
-  await t.rejects(snap(faulty, img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2,
-    wrapSource: (s) => (src1.counted = countingSource(s)) }), { code: ErrorCodes.STORE_IO }, 'the first run fails');
+  await t.rejects(
+    snap(faulty, img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2, wrapSource: (s) => (src1.counted = countingSource(s)) }),
+    { code: ErrorCodes.STORE_IO },
+    'the first run fails',
+  );
   faulty.assertAllFired();
   t.same(await listPointSeqs(store, 'd'), [], 'no point was committed');
   const pend = pendingOf(storeDir, 'd');
@@ -145,7 +164,9 @@ t.test('prune while a point is pending keeps its chunks and checkpoint; the resu
   await snap(store, img, 'd');
   for (let i = 0; i < COUNT; i += 2) writeAt(img, i * CHUNK, randomData(100, 1000 + i));
   const fp3 = fingerprint(img);
-  await t.rejects(snap(failingChunkPuts(store, 12, { chunkDelayMs: 10 }), img, 'd', { checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
+  await t.rejects(snap(failingChunkPuts(store, 12, { chunkDelayMs: 10 }), img, 'd', { checkpointRecords: 4, concurrency: 2 }), {
+    code: ErrorCodes.STORE_IO,
+  });
   const pendingChunks = packFiles(storeDir);
   t.ok(pendingChunks.length >= 4, `the pending point wrote packs (${pendingChunks.length} in all)`);
   const before = pendingOf(storeDir, 'd');
@@ -153,7 +174,11 @@ t.test('prune while a point is pending keeps its chunks and checkpoint; the resu
 
   const pr = await prune({ store, disk: 'd', keep: 1 });
   t.same(pr.kept, [2]);
-  t.same(pendingOf(storeDir, 'd').map((p) => p.file), before.map((p) => p.file), 'the checkpoint of the pending point survives prune');
+  t.same(
+    pendingOf(storeDir, 'd').map((p) => p.file),
+    before.map((p) => p.file),
+    'the checkpoint of the pending point survives prune',
+  );
   t.same(packFiles(storeDir), pendingChunks, 'its packs survive prune');
 
   const r = await snap(store, img, 'd', { checkpointRecords: 4 });
@@ -166,7 +191,9 @@ t.test('prune while a point is pending keeps its chunks and checkpoint; the resu
 t.test('resume: false starts the pending point over', async (t) => {
   const { dir, img, storeDir, store } = setup(t);
   const fp = fingerprint(img);
-  await t.rejects(snap(failingChunkPuts(store, 20, { chunkDelayMs: 10 }), img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
+  await t.rejects(snap(failingChunkPuts(store, 20, { chunkDelayMs: 10 }), img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), {
+    code: ErrorCodes.STORE_IO,
+  });
   t.equal(pendingOf(storeDir, 'd').length, 1);
   const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
   const r = await snap(store, img, 'd', { chunkSize: CHUNK, resume: false, wrapSource: (s) => (counted.c = countingSource(s)) });
@@ -179,7 +206,9 @@ t.test('resume: false starts the pending point over', async (t) => {
 t.test('a disk changed between the cut run and the resume: the point is the disk at one moment, not a mix', async (t) => {
   const { dir, img, store } = setup(t);
   const before = fingerprint(img);
-  await t.rejects(snap(failingChunkPuts(store, 30, { chunkDelayMs: 10 }), img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
+  await t.rejects(snap(failingChunkPuts(store, 30, { chunkDelayMs: 10 }), img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), {
+    code: ErrorCodes.STORE_IO,
+  });
   // The disk changes at both ends: the start is inside the checkpoint, the end is not.
   writeAt(img, 0, randomData(4096, 7));
   writeAt(img, SIZE - 4096, randomData(4096, 8));
@@ -190,16 +219,20 @@ t.test('a disk changed between the cut run and the resume: the point is the disk
   const out = path.join(dir, 'r.img');
   await restore(store, 'd', 'latest', out);
   const got = sha256File(out);
-  t.ok(got === after.sha256,
+  t.ok(
+    got === after.sha256,
     'the restored point equals the disk as it was before or after the change, not a mix of both ' +
-    `(got ${got.slice(0, 12)}, before ${before.sha256.slice(0, 12)}, after ${after.sha256.slice(0, 12)})`);
+      `(got ${got.slice(0, 12)}, before ${before.sha256.slice(0, 12)}, after ${after.sha256.slice(0, 12)})`,
+  );
 });
 
 t.test('a store failure keeps the checkpoints of chunks already stored (slow checkpoint writes)', async (t) => {
   const { img, storeDir, store } = setup(t);
   // Chunks 0..28 are stored; checkpoints (segment + pending, 40 ms each) trail behind when chunk 29 fails.
-  await t.rejects(snap(failingChunkPuts(store, 30, { checkpointDelayMs: 20 }), img, 'd',
-    { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
+  await t.rejects(
+    snap(failingChunkPuts(store, 30, { checkpointDelayMs: 20 }), img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }),
+    { code: ErrorCodes.STORE_IO },
+  );
   const stored = storedChunks(storeDir, img);
   let prefix = 0;
   while (stored.includes(prefix)) prefix++;
@@ -207,8 +240,10 @@ t.test('a store failure keeps the checkpoints of chunks already stored (slow che
   const { encodeDepth } = pipelineDepths(CHUNK, 2);
   t.ok(prefix >= 28 - encodeDepth, `chunks 0..${prefix - 1} are in the store`);
   const nextIndex: number = pendingOf(storeDir, 'd')[0]?.ck.nextIndex ?? 0;
-  t.ok(nextIndex >= Math.floor(prefix / 4) * 4 - 4,
-    `the checkpoint covers the stored chunks (nextIndex ${nextIndex}, ${prefix} chunks stored): a resume need not redo them`);
+  t.ok(
+    nextIndex >= Math.floor(prefix / 4) * 4 - 4,
+    `the checkpoint covers the stored chunks (nextIndex ${nextIndex}, ${prefix} chunks stored): a resume need not redo them`,
+  );
 });
 
 t.test('a resumed point counts each chunk once (the checkpoint holds only the stats of the chunks it covers)', async (t) => {
@@ -216,10 +251,12 @@ t.test('a resumed point counts each chunk once (the checkpoint holds only the st
   const fp = fingerprint(img);
   // Chunk 3's put is slow, so chunks after it are read and stored before the first checkpoint (nextIndex 4)
   // is taken; the second checkpoint write fails, which ends the run with that first checkpoint in place.
-  const faulty = new FaultyStore(store)
-    .addFault('put', { match: isChunk, nth: 4, delayMs: 300 })
-    .addFault('put', { match: (k) => k.includes('/pending/'), nth: 2, times: Infinity,
-      error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: checkpoint write failed' } });
+  const faulty = new FaultyStore(store).addFault('put', { match: isChunk, nth: 4, delayMs: 300 }).addFault('put', {
+    match: (k) => k.includes('/pending/'),
+    nth: 2,
+    times: Infinity,
+    error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: checkpoint write failed' },
+  });
   await t.rejects(snap(faulty, img, 'd', { chunkSize: CHUNK, checkpointRecords: 4, concurrency: 2 }), { code: ErrorCodes.STORE_IO });
   faulty.assertAllFired();
   const pend = pendingOf(storeDir, 'd');
@@ -241,7 +278,7 @@ t.test('a resumed point counts each chunk once (the checkpoint holds only the st
   await expectRestore(t, store, 'd', 1, fp, dir);
 });
 
-t.test('back-pressure: while the store\'s writes stall, the reader does not run ahead of the pipeline', async (t) => {
+t.test("back-pressure: while the store's writes stall, the reader does not run ahead of the pipeline", async (t) => {
   const { dir, img, store } = setup(t);
   const fp = fingerprint(img);
   const concurrency = 2;
@@ -255,8 +292,10 @@ t.test('back-pressure: while the store\'s writes stall, the reader does not run 
   const r = await run;
   // Chunks 0..4 (the 4th and 5th puts stall side by side, each on a turn its chunk settled with; put turns go to the
   // lowest chunk first, so they are chunks 3 and 4) plus what the pipeline may hold behind them (its reorder window).
-  t.ok(readsDuringStall <= 5 + pipelineDepths(CHUNK, concurrency).reorderWindow,
-    `reads while the puts stall: ${readsDuringStall} (of ${COUNT}); what waits for them must be bounded by the pipeline`);
+  t.ok(
+    readsDuringStall <= 5 + pipelineDepths(CHUNK, concurrency).reorderWindow,
+    `reads while the puts stall: ${readsDuringStall} (of ${COUNT}); what waits for them must be bounded by the pipeline`,
+  );
   t.equal(r.chunksChanged, COUNT);
   await expectRestore(t, store, 'd', 1, fp, dir);
 });
@@ -266,12 +305,14 @@ t.test('back-pressure: while the store\'s writes stall, the reader does not run 
 // pack holding only chunks encoded ahead of its records. Here chunk 0's pack is put first, the next one (a later
 // chunk's) fails, and chunk 1 comes after that: chunks 0 and 1 are stored, yet the cut run left no checkpoint and the
 // next run read the whole disk again.
-t.test('a failed pack of chunks after a checkpoint\'s records does not drop that checkpoint', async (t) => {
+t.test("a failed pack of chunks after a checkpoint's records does not drop that checkpoint", async (t) => {
   const { dir, img, storeDir, store } = setup(t);
   const fp = fingerprint(img);
   let packPuts = 0;
   const faulty = new FaultyStore(store).addFault('put', {
-    match: (k) => isChunk(k) && ++packPuts > 0, nth: 2, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
+    match: (k) => isChunk(k) && ++packPuts > 0,
+    nth: 2,
+    error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
   });
   const opts = { chunkSize: CHUNK, checkpointRecords: 2, concurrency: 2 };
   const held = heldReads((i) => (i === 1 ? until(() => faulty.firedCount > 0) : i > 1 ? until(() => packPuts >= 1) : undefined));

@@ -28,10 +28,14 @@ t.test('a released slot goes to the oldest waiter, not to a caller arriving afte
   const sem = new Semaphore(1);
   await sem.acquire();
   let waiterGot = false;
-  const waiter = sem.acquire().then(() => { waiterGot = true; });
+  const waiter = sem.acquire().then(() => {
+    waiterGot = true;
+  });
   sem.release();
   let lateGot = false;
-  const late = sem.acquire().then(() => { lateGot = true; });
+  const late = sem.acquire().then(() => {
+    lateGot = true;
+  });
   await waiter;
   await tick();
   t.ok(waiterGot);

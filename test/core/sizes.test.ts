@@ -5,7 +5,18 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt, writeRandomImage, stopCodecWorkersAtEnd,
+  KiB,
+  MiB,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  randomData,
+  snap,
+  textData,
+  tmpDir,
+  writeAt,
+  writeRandomImage,
+  stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);

@@ -6,8 +6,22 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  KiB, MiB, allocatedBytes, assertSameBytes, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap,
-  textData, tmpDir, writeAt, writeHoleImage, stopCodecWorkersAtEnd,
+  KiB,
+  MiB,
+  allocatedBytes,
+  assertSameBytes,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  restore,
+  snap,
+  textData,
+  tmpDir,
+  writeAt,
+  writeHoleImage,
+  stopCodecWorkersAtEnd,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -76,7 +90,11 @@ t.test('all-zero image of written (allocated) zeros: no chunk data, restores as 
   t.equal(p1.chunksChanged, 0, 'no chunk is stored');
   t.equal(p1.chunksZero, p1.chunksTotal, 'every chunk is a zero chunk');
   t.equal(p1.bytesRead, size, 'the allocated zeros were read (and found zero)');
-  t.same(listFiles(path.join(dir, 'store')).filter((f) => f.includes('/packs/')), [], 'no packs');
+  t.same(
+    listFiles(path.join(dir, 'store')).filter((f) => f.includes('/packs/')),
+    [],
+    'no packs',
+  );
   const out = await expectRestore(t, store, 'z', 1, fp, dir);
   t.equal(allocatedBytes(out), 0, 'a restore of zeros allocates nothing');
 });
@@ -129,6 +147,9 @@ t.test('data that becomes zeros (written, then punched) is recorded; every point
   const zerosOut = path.join(dir, 'zeros-out.img');
   await restore(store, 'd', 3, zerosOut);
   t.equal(fs.statSync(zerosOut).size, size, 'point 3 has the disk size');
-  t.ok(fs.readFileSync(zerosOut).every((b) => b === 0), 'point 3 is all zeros');
+  t.ok(
+    fs.readFileSync(zerosOut).every((b) => b === 0),
+    'point 3 is all zeros',
+  );
   assertSameBytes(t, zerosOut, fps[2], 'point 3 (all zeros)');
 });

@@ -17,7 +17,12 @@ import { Codec, CODEC_NAMES, type CodecId } from '../../src/format/codecs.js';
 import { layout } from '../../src/repository/names.js';
 import type { ChunkEntry } from '../../src/format/table.js';
 import {
-  checkStoredChunkInto, decodeChunkInto, encodeChunkInto, newReadSlot, withWorkerKey, type ChunkSeal,
+  checkStoredChunkInto,
+  decodeChunkInto,
+  encodeChunkInto,
+  newReadSlot,
+  withWorkerKey,
+  type ChunkSeal,
 } from '../../src/pipeline/chunk-codec.js';
 import { sharedAligned } from '../../src/native/index.js';
 import { maxObjectBytes } from '../../src/pipeline/codec-workers.js';
@@ -97,7 +102,11 @@ t.test('every codec round-trips encrypted, in the documented layout, with keyed 
         const what = `${name}/${CODEC_NAMES[codec]}`;
         const { object, entry } = await encrypt(plain, codec);
         const h = decodeChunkHeader(object);
-        t.match(h, { version: CHUNK_VERSION_ENCRYPTED, flags: ChunkFlag.ENCRYPTED, plainLength: plain.length, index: 42, writer: 9 }, `${what}: header`);
+        t.match(
+          h,
+          { version: CHUNK_VERSION_ENCRYPTED, flags: ChunkFlag.ENCRYPTED, plainLength: plain.length, index: 42, writer: 9 },
+          `${what}: header`,
+        );
         const payload = object.subarray(CHUNK_HEADER_BYTES);
         t.equal(h.payloadXxh64, xxh64(payload), `${what}: payload xxh64 is over the stored (encrypted) bytes`);
 
@@ -119,51 +128,76 @@ t.test('every codec round-trips encrypted, in the documented layout, with keyed 
     }
     const a = await encrypt(SAMPLES.text);
     const b = await encrypt(SAMPLES.text);
-    t.notOk(a.object.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + 12).equals(b.object.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + 12)), 'a fresh nonce per chunk');
+    t.notOk(
+      a.object.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + 12).equals(b.object.subarray(CHUNK_HEADER_BYTES, CHUNK_HEADER_BYTES + 12)),
+      'a fresh nonce per chunk',
+    );
     t.equal(a.entry.xxh64, b.entry.xxh64, 'same content, same keyed digest (incrementals still find unchanged chunks)');
     const shared = sharedAligned(CHUNK);
     SAMPLES.text.copy(shared);
-    t.equal(await encodeChunkInto(shared, sharedAligned(maxObjectBytes(CHUNK)), 42, 10, Codec.LZ4_BLOCKS, a.entry, SEAL), undefined,
-      'an unchanged chunk is recognised by its keyed digests and not stored');
+    t.equal(
+      await encodeChunkInto(shared, sharedAligned(maxObjectBytes(CHUNK)), 42, 10, Codec.LZ4_BLOCKS, a.entry, SEAL),
+      undefined,
+      'an unchanged chunk is recognised by its keyed digests and not stored',
+    );
     const other = await encrypt(SAMPLES.text, Codec.LZ4_BLOCKS, { key: OTHER, disk: 'vm-7' }).catch((e) => e);
     t.match(other, { message: /was not given to this worker/ }, 'a key the workers were not given is refused, not guessed');
   });
 });
 
 t.test('tampering, swaps, another disk or key: CHUNK_CORRUPT naming the chunk', async (t) => {
-  await withWorkerKey(KEY, () => withWorkerKey(OTHER, async () => {
-    const { object, entry } = await encrypt(SAMPLES.text);
-    const mid = CHUNK_HEADER_BYTES + 12 + 100;
-    const flip = (o: Buffer, at: number) => { const x = Buffer.from(o); x[at] ^= 0x01; return x; };
-    await corrupt(t, () => decrypt(flip(object, mid), entry), /payload checksum mismatch/, 'a flipped ciphertext byte');
-    await corrupt(t, () => decrypt(resealed(flip(object, mid)), entry), /does not authenticate/, 'a flipped ciphertext byte, payload xxh64 fixed up');
-    await corrupt(t, () => decrypt(resealed(flip(object, object.length - 1)), entry), /does not authenticate/, 'a flipped tag byte');
-    await corrupt(t, () => decrypt(resealed(flip(object, CHUNK_HEADER_BYTES)), entry), /does not authenticate/, 'a flipped nonce byte');
-    const codecSwapped = Buffer.from(object);
-    codecSwapped[5] = codecSwapped[5] === Codec.LZ4 ? Codec.LZ4_BLOCKS : Codec.LZ4;
-    await corrupt(t, () => decrypt(codecSwapped, entry), /does not authenticate/, 'the codec byte changed (AAD)');
-    // A header digest and table entry changed together (as a swapped table record would): the AAD still binds it.
-    const digestSwapped = Buffer.from(object);
-    digestSwapped.writeBigUInt64LE(entry.xxh64 ^ 1n, 16);
-    await corrupt(t, () => decrypt(digestSwapped, { ...entry, xxh64: entry.xxh64 ^ 1n }), /does not authenticate/, 'header digest and table record changed together');
-    await corrupt(t, () => decrypt(object, entry, { key: KEY, disk: 'vm-8' }), /does not authenticate/, 'the object of another disk');
-    await corrupt(t, () => decrypt(object, entry, { key: OTHER, disk: 'vm-7' }), /does not authenticate/, 'another key');
-    await corrupt(t, () => decrypt(object, entry, null), /encrypted but its point is not/, 'read as an unencrypted point');
-    const swapped = await encrypt(SAMPLES.random, Codec.LZ4_BLOCKS, SEAL, 43, 9);
-    await corrupt(t, () => decrypt(swapped.object, entry), /holds chunk 43 of point 9/, 'another chunk\'s object under this key');
-    await corrupt(t, () => decrypt(swapped.object, { ...swapped.entry, index: 42 }), /holds chunk 43/, 'another chunk\'s object and record');
-    const truncated = object.subarray(0, object.length - 20);
-    await corrupt(t, () => decrypt(truncated, entry), /object is \d+ bytes/, 'a truncated object');
+  await withWorkerKey(KEY, () =>
+    withWorkerKey(OTHER, async () => {
+      const { object, entry } = await encrypt(SAMPLES.text);
+      const mid = CHUNK_HEADER_BYTES + 12 + 100;
+      const flip = (o: Buffer, at: number) => {
+        const x = Buffer.from(o);
+        x[at] ^= 0x01;
+        return x;
+      };
+      await corrupt(t, () => decrypt(flip(object, mid), entry), /payload checksum mismatch/, 'a flipped ciphertext byte');
+      await corrupt(
+        t,
+        () => decrypt(resealed(flip(object, mid)), entry),
+        /does not authenticate/,
+        'a flipped ciphertext byte, payload xxh64 fixed up',
+      );
+      await corrupt(t, () => decrypt(resealed(flip(object, object.length - 1)), entry), /does not authenticate/, 'a flipped tag byte');
+      await corrupt(t, () => decrypt(resealed(flip(object, CHUNK_HEADER_BYTES)), entry), /does not authenticate/, 'a flipped nonce byte');
+      const codecSwapped = Buffer.from(object);
+      codecSwapped[5] = codecSwapped[5] === Codec.LZ4 ? Codec.LZ4_BLOCKS : Codec.LZ4;
+      await corrupt(t, () => decrypt(codecSwapped, entry), /does not authenticate/, 'the codec byte changed (AAD)');
+      // A header digest and table entry changed together (as a swapped table record would): the AAD still binds it.
+      const digestSwapped = Buffer.from(object);
+      digestSwapped.writeBigUInt64LE(entry.xxh64 ^ 1n, 16);
+      await corrupt(
+        t,
+        () => decrypt(digestSwapped, { ...entry, xxh64: entry.xxh64 ^ 1n }),
+        /does not authenticate/,
+        'header digest and table record changed together',
+      );
+      await corrupt(t, () => decrypt(object, entry, { key: KEY, disk: 'vm-8' }), /does not authenticate/, 'the object of another disk');
+      await corrupt(t, () => decrypt(object, entry, { key: OTHER, disk: 'vm-7' }), /does not authenticate/, 'another key');
+      await corrupt(t, () => decrypt(object, entry, null), /encrypted but its point is not/, 'read as an unencrypted point');
+      const swapped = await encrypt(SAMPLES.random, Codec.LZ4_BLOCKS, SEAL, 43, 9);
+      await corrupt(t, () => decrypt(swapped.object, entry), /holds chunk 43 of point 9/, "another chunk's object under this key");
+      await corrupt(t, () => decrypt(swapped.object, { ...swapped.entry, index: 42 }), /holds chunk 43/, "another chunk's object and record");
+      const truncated = object.subarray(0, object.length - 20);
+      await corrupt(t, () => decrypt(truncated, entry), /object is \d+ bytes/, 'a truncated object');
 
-    // Checked without the key: the stored bytes, not the contents.
-    const slot = newReadSlot(CHUNK);
-    const stored = async (o: Buffer) => { o.copy(slot.object, 0); await checkStoredChunkInto(slot, o.length, entry, 'under test'); };
-    await stored(object);
-    t.pass('stored-bytes check passes for the intact object');
-    await corrupt(t, () => stored(flip(object, mid)), /payload checksum mismatch/, 'stored-bytes check: a flipped byte');
-    await stored(resealed(flip(object, mid)));
-    t.pass('consistent tampering passes the stored-bytes check (only the key can catch it, and does above)');
-  }));
+      // Checked without the key: the stored bytes, not the contents.
+      const slot = newReadSlot(CHUNK);
+      const stored = async (o: Buffer) => {
+        o.copy(slot.object, 0);
+        await checkStoredChunkInto(slot, o.length, entry, 'under test');
+      };
+      await stored(object);
+      t.pass('stored-bytes check passes for the intact object');
+      await corrupt(t, () => stored(flip(object, mid)), /payload checksum mismatch/, 'stored-bytes check: a flipped byte');
+      await stored(resealed(flip(object, mid)));
+      t.pass('consistent tampering passes the stored-bytes check (only the key can catch it, and does above)');
+    }),
+  );
 });
 
 t.test('an unencrypted (version 1) object in an encrypted point is never trusted', async (t) => {
@@ -177,13 +211,20 @@ t.test('an unencrypted (version 1) object in an encrypted point is never trusted
 t.test('a peer node validates encrypted chunks by their stored bytes, without a key', async (t) => {
   const validator = new ObjectValidator(new MemoryStore());
   await withWorkerKey(KEY, async () => {
-    for (const [name, plain] of [['incompressible full chunk', randomData(CHUNK, 5)], ['text', SAMPLES.text]] as const) {
+    for (const [name, plain] of [
+      ['incompressible full chunk', randomData(CHUNK, 5)],
+      ['text', SAMPLES.text],
+    ] as const) {
       const { object } = await encrypt(plain);
       const h = decodeChunkHeader(object);
-      const put = (data: Buffer) => validator.checkPut({
-        key: layout.chunk('vm-7', 9, 42), data, diskOffset: 42 * CHUNK, plainXxh64: h.plainXxh64,
-        flags: FrameFlag.CHUNK | FrameFlag.ENCRYPTED | (h.codec !== Codec.NONE ? FrameFlag.COMPRESSED : 0),
-      });
+      const put = (data: Buffer) =>
+        validator.checkPut({
+          key: layout.chunk('vm-7', 9, 42),
+          data,
+          diskOffset: 42 * CHUNK,
+          plainXxh64: h.plainXxh64,
+          flags: FrameFlag.CHUNK | FrameFlag.ENCRYPTED | (h.codec !== Codec.NONE ? FrameFlag.COMPRESSED : 0),
+        });
       t.match(await put(object), { kind: 'chunk', index: 42 }, `${name}: accepted (codec ${CODEC_NAMES[h.codec]}, payload ${h.payloadLength} bytes)`);
       const bad = Buffer.from(object);
       bad[bad.length - 5] ^= 0x80;
@@ -200,7 +241,10 @@ t.test('a codec worker that dies is replaced with the keys of the jobs still run
     const dead = [...pool.workers];
     await Promise.all(dead.map((w) => w.terminate()));
     await new Promise((r) => setTimeout(r, 50));
-    t.ok(pool.workers.every((w) => !dead.includes(w)), 'every worker was replaced');
+    t.ok(
+      pool.workers.every((w) => !dead.includes(w)),
+      'every worker was replaced',
+    );
     for (let i = 0; i < 4; i++) {
       const { object, entry } = await encrypt(SAMPLES['odd-sized text']);
       t.ok((await decrypt(object, entry)).equals(SAMPLES['odd-sized text']), `chunk ${i}: the replacements hold the key`);

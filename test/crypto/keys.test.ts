@@ -43,7 +43,13 @@ t.test('raw, hex and base64 key files give one key; the key id is a one-way fing
   t.equal(cipherKey.length, 32);
   t.notOk(cipherKey.equals(digestKey) || cipherKey.equals(MASTER) || digestKey.equals(MASTER), 'independent subkeys, none the master key');
 
-  const shown = [inspect(key), String(key), JSON.stringify(key), JSON.stringify({ nested: { key } }), inspect({ key }, { depth: 5, showHidden: true })];
+  const shown = [
+    inspect(key),
+    String(key),
+    JSON.stringify(key),
+    JSON.stringify({ nested: { key } }),
+    inspect({ key }, { depth: 5, showHidden: true }),
+  ];
   for (const s of shown) {
     for (const secret of [MASTER, cipherKey, digestKey]) {
       for (const enc of ['hex', 'base64'] as const) t.notOk(s.includes(secret.toString(enc)), `"${s.slice(0, 60)}" holds no key material (${enc})`);
@@ -73,10 +79,20 @@ t.test('what is not a key is refused with one clear line naming the file, never 
   t.throws(() => readKeyFile(writeKey(dir, 'huge', Buffer.alloc(10_000, 0x41))), { code: ErrorCodes.KEY_FILE, message: /10000 bytes/ });
   for (const mode of [0o644, 0o640, 0o604, 0o620, 0o660]) {
     const f = writeKey(dir, `mode-${mode.toString(8)}`, MASTER.toString('hex'), mode);
-    t.throws(() => readKeyFile(f), { code: ErrorCodes.KEY_FILE, message: new RegExp(`mode 0${mode.toString(8)}.*chmod 600`) }, `mode ${mode.toString(8)} refused`);
+    t.throws(
+      () => readKeyFile(f),
+      { code: ErrorCodes.KEY_FILE, message: new RegExp(`mode 0${mode.toString(8)}.*chmod 600`) },
+      `mode ${mode.toString(8)} refused`,
+    );
   }
   t.equal(readKeyFile(writeKey(dir, 'owner-only', MASTER.toString('hex'), 0o400)).keyId, EncryptionKey.fromBytes(MASTER).keyId, 'mode 0400 is fine');
-  const err = (() => { try { readKeyFile(writeKey(dir, 'x', 'not a key')); } catch (e) { return e; } })();
+  const err = (() => {
+    try {
+      readKeyFile(writeKey(dir, 'x', 'not a key'));
+    } catch (e) {
+      return e;
+    }
+  })();
   t.ok(err instanceof RnodeError && err.isUsage, 'a key file mistake is a usage error (exit 2)');
 });
 
@@ -92,8 +108,11 @@ t.test('the CLI: --encryption-key-file mistakes exit 2 with one line, and nothin
     ['recover', ['--store', store, '--disk', 'd', '--out', path.join(dir, 'out.img')]],
     ['verify', ['--store', store, '--disk', 'd']],
   ] as const) {
-    for (const [what, file, re] of [['readable by others', loose, /RNODE_KEY_FILE: --encryption-key-file .*loose\.key: is readable .*chmod 600/],
-      ['not a key', short, /RNODE_KEY_FILE: .*short\.key does not hold a 256-bit key/], ['empty path', '', /RNODE_KEY_FILE/]] as const) {
+    for (const [what, file, re] of [
+      ['readable by others', loose, /RNODE_KEY_FILE: --encryption-key-file .*loose\.key: is readable .*chmod 600/],
+      ['not a key', short, /RNODE_KEY_FILE: .*short\.key does not hold a 256-bit key/],
+      ['empty path', '', /RNODE_KEY_FILE/],
+    ] as const) {
       const r = await runCli([cmd, ...args, '--encryption-key-file', file]);
       t.equal(r.code, 2, `${cmd}, ${what}: exit 2`);
       t.equal(lines(r.stderr).length, 1, `${cmd}, ${what}: one line`);

@@ -25,8 +25,21 @@ import { type ObjectStore } from '../../src/store/index.js';
 import { FaultyStore } from '../../src/testing.js';
 import { json, lines, runCli } from '../helpers/cli.js';
 import {
-  KiB, MiB, blobPlace, expectRestore, fingerprint, fsStore, listFiles, randomData, restore, snap, stopCodecWorkersAtEnd, textData,
-  tmpDir, writeAt, type Fingerprint,
+  KiB,
+  MiB,
+  blobPlace,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  restore,
+  snap,
+  stopCodecWorkersAtEnd,
+  textData,
+  tmpDir,
+  writeAt,
+  type Fingerprint,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -56,13 +69,24 @@ function plainDigests(file: string): Array<{ what: string; bytes: Buffer }> {
     const c = disk.subarray(off, Math.min(off + CHUNK, disk.length));
     if (c.every((b) => b === 0)) continue;
     const x = xxh64(c);
-    const le = Buffer.alloc(8); le.writeBigUInt64LE(x);
-    const be = Buffer.alloc(8); be.writeBigUInt64BE(x);
+    const le = Buffer.alloc(8);
+    le.writeBigUInt64LE(x);
+    const be = Buffer.alloc(8);
+    be.writeBigUInt64BE(x);
     const strong = strongDigest(c);
     const full = crypto.createHash('sha256').update(c).digest();
     const plainId = Domain.of(undefined).chunkId(c); // v2's public (fixed-key) chunk id
-    for (const [what, bytes] of [['xxh64 LE', le], ['xxh64 BE', be], ['BLAKE3-128', strong], ['SHA-256', full], ['plain v2 chunk id', plainId]] as const) {
-      out.push({ what: `${what} of chunk ${off / CHUNK}`, bytes }, { what: `${what} (hex) of chunk ${off / CHUNK}`, bytes: Buffer.from(bytes.toString('hex')) });
+    for (const [what, bytes] of [
+      ['xxh64 LE', le],
+      ['xxh64 BE', be],
+      ['BLAKE3-128', strong],
+      ['SHA-256', full],
+      ['plain v2 chunk id', plainId],
+    ] as const) {
+      out.push(
+        { what: `${what} of chunk ${off / CHUNK}`, bytes },
+        { what: `${what} (hex) of chunk ${off / CHUNK}`, bytes: Buffer.from(bytes.toString('hex')) },
+      );
     }
   }
   return out;
@@ -87,7 +111,11 @@ function findIn(objects: Map<string, Buffer>, needles: Array<{ what: string; byt
 /** Only the output's own name and its partial file may appear: neither must remain after a failed restore. */
 function assertNoOutput(t: Test, out: string): void {
   t.notOk(fs.existsSync(out), `no ${path.basename(out)} left`);
-  t.same(fs.readdirSync(path.dirname(out)).filter((f) => f.includes(path.basename(out))), [], 'no partial output left');
+  t.same(
+    fs.readdirSync(path.dirname(out)).filter((f) => f.includes(path.basename(out))),
+    [],
+    'no partial output left',
+  );
 }
 
 async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: string): Promise<RnodeError | undefined> {
@@ -105,11 +133,20 @@ async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: str
 function countingChunkReads(store: ObjectStore): { store: ObjectStore; reads: () => number } {
   let n = 0;
   const get = store.get.bind(store);
-  store.get = (key, range) => { if (key.includes('/chunks/')) n++; return get(key, range); };
+  store.get = (key, range) => {
+    if (key.includes('/chunks/')) n++;
+    return get(key, range);
+  };
   return { store, reads: () => n };
 }
 
-interface Fixture { dir: string; storeDir: string; store: ObjectStore; img: string; fps: Fingerprint[] }
+interface Fixture {
+  dir: string;
+  storeDir: string;
+  store: ObjectStore;
+  img: string;
+  fps: Fingerprint[];
+}
 
 /** An encrypted disk with two points: full, then an incremental after chunks 1 and 9 changed. */
 async function encryptedDisk(t: Test, tag: string): Promise<Fixture> {
@@ -135,7 +172,11 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'encrypted incremental point', { encryption: KEY });
   const points = await listPoints(f.store, 'd', KEY);
   const sealed = [MANIFEST_VERSION_V2, { alg: 'aes-256-gcm', keyId: KEY.keyId }];
-  t.same(points.map((m) => [m.version, m.encryption]), [sealed, sealed], 'manifests are v2 (sealed, authenticated) and record the key id');
+  t.same(
+    points.map((m) => [m.version, m.encryption]),
+    [sealed, sealed],
+    'manifests are v2 (sealed, authenticated) and record the key id',
+  );
 
   // Both points' plaintext (the first image is gone: rebuild it) must be absent; so must every unkeyed digest.
   const first = path.join(f.dir, 'first.img');
@@ -143,17 +184,26 @@ t.test('full and incremental encrypted points restore byte-exact; the store hold
   const objects = storeObjects(f.storeDir);
   t.ok(objects.size > 10, `${objects.size} store objects searched`);
   const chunks = [...objects.keys()].filter((k) => k.includes('/chunks/'));
-  t.ok(chunks.every((k) => decodeChunkHeader(objects.get(k)!).version === 2), 'every chunk object is format version 2');
+  t.ok(
+    chunks.every((k) => decodeChunkHeader(objects.get(k)!).version === 2),
+    'every chunk object is format version 2',
+  );
   const needles = [...plaintextSamples(first), ...plaintextSamples(f.img), ...plainDigests(first), ...plainDigests(f.img)];
   t.same(findIn(objects, needles), [], `none of ${needles.length} plaintext samples and unkeyed digests is in the store`);
-  t.notOk([...objects.values()].some((b) => b.includes(MASTER) || b.includes(Buffer.from(MASTER.toString('hex')))), 'nor the key');
+  t.notOk(
+    [...objects.values()].some((b) => b.includes(MASTER) || b.includes(Buffer.from(MASTER.toString('hex')))),
+    'nor the key',
+  );
 
   // The same search finds all of it in an unencrypted store of the same disk: it is a real search.
   const plainDir = path.join(f.dir, 'plain-store');
   await snap(fsStore(plainDir), first, 'd', { chunkSize: CHUNK });
   const plainFound = findIn(storeObjects(plainDir), [...plaintextSamples(first), ...plainDigests(first).filter((n) => !n.what.startsWith('SHA'))]);
   t.ok(plainFound.some((s) => s.startsWith('canary')) && plainFound.some((s) => s.startsWith('random')), 'control: plaintext is visible unencrypted');
-  t.ok(plainFound.some((s) => s.startsWith('xxh64 LE')) && plainFound.some((s) => s.startsWith('plain v2 chunk id of')), 'control: unkeyed digests are visible unencrypted');
+  t.ok(
+    plainFound.some((s) => s.startsWith('xxh64 LE')) && plainFound.some((s) => s.startsWith('plain v2 chunk id of')),
+    'control: unkeyed digests are visible unencrypted',
+  );
 
   const v = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
   t.match(v, { ok: true, encrypted: true, checked: 'contents', chunksChecked: 14 }, 'verify with the key decrypts every chunk');
@@ -203,8 +253,12 @@ t.test('tampered and swapped chunk blobs: CHUNK_CORRUPT naming the chunk and off
   assertNoOutput(t, out);
   const withKey = await verify({ store: f.store, disk: 'd', point: 'all', encryption: KEY });
   t.match(withKey, { ok: false, problems: [{ code: ErrorCodes.CHUNK_CORRUPT, index: 4, offset: 4 * CHUNK }] }, 'verify with the key finds it');
-  await rejectsWith(t, verify({ store: f.store, disk: 'd', point: 'all' }), ErrorCodes.KEY_REQUIRED,
-    'verify without the key asks for it (v2 metadata is sealed)');
+  await rejectsWith(
+    t,
+    verify({ store: f.store, disk: 'd', point: 'all' }),
+    ErrorCodes.KEY_REQUIRED,
+    'verify without the key asks for it (v2 metadata is sealed)',
+  );
 
   // Another chunk's valid sealed blob in this chunk's place: its AAD binds it to its own chunk id.
   patch(Buffer.from(fs.readFileSync(donor.file).subarray(donor.offset, donor.offset + donor.length)));
@@ -218,9 +272,9 @@ t.test('tampered and swapped chunk blobs: CHUNK_CORRUPT naming the chunk and off
   fs.writeFileSync(other, randomData(2 * MiB, 99));
   await snap(f.store, other, 'e', { chunkSize: CHUNK, encryption: KEY });
   const foreign = await blobPlace(f.storeDir, 'e', 1, 4, KEY);
-  t.equal(foreign.length, victim.length, 'disk e\'s chunk 4 blob is the same size');
+  t.equal(foreign.length, victim.length, "disk e's chunk 4 blob is the same size");
   patch(Buffer.from(fs.readFileSync(foreign.file).subarray(foreign.offset, foreign.offset + foreign.length)));
-  const x = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, 'recover of another disk\'s blob');
+  const x = await rejectsWith(t, restore(f.store, 'd', 2, out, { encryption: KEY }), ErrorCodes.CHUNK_CORRUPT, "recover of another disk's blob");
   t.match(x?.message, /chunk 4 .* is corrupt/);
   assertNoOutput(t, out);
   fs.writeFileSync(victim.file, originalPack);
@@ -232,7 +286,11 @@ t.test('keys never mix on a disk; prune needs the key', async (t) => {
   const packsBefore = listFiles(path.join(f.storeDir, 'r2')).filter((x) => x.includes('/packs/'));
   const nothingNew = async (what: string) => {
     t.same(await listPointSeqs(f.store, 'd', KEY), [1, 2], `${what}: no point written`);
-    t.same(listFiles(path.join(f.storeDir, 'r2')).filter((x) => x.includes('/packs/')), packsBefore, `${what}: no chunk written`);
+    t.same(
+      listFiles(path.join(f.storeDir, 'r2')).filter((x) => x.includes('/packs/')),
+      packsBefore,
+      `${what}: no chunk written`,
+    );
     t.notOk(fs.existsSync(path.join(f.storeDir, 'disks', 'd', 'chunks')), `${what}: no legacy chunk written`);
   };
   const e1 = await rejectsWith(t, snap(f.store, f.img, 'd', { encryption: OTHER }), ErrorCodes.KEY_MISMATCH, 'another key on an encrypted disk');
@@ -247,17 +305,31 @@ t.test('keys never mix on a disk; prune needs the key', async (t) => {
   const e3 = await rejectsWith(t, snap(plainStore, f.img, 'p', { encryption: KEY }), ErrorCodes.KEY_MISMATCH, 'a key on an unencrypted disk');
   t.match(e3?.message, /disk p is not encrypted .* new --disk id/);
   t.same(await listPointSeqs(plainStore, 'p'), [1]);
-  await rejectsWith(t, restore(plainStore, 'p', 1, path.join(f.dir, 'x.img'), { encryption: KEY }), ErrorCodes.KEY_MISMATCH, 'recover of an unencrypted point with a key');
+  await rejectsWith(
+    t,
+    restore(plainStore, 'p', 1, path.join(f.dir, 'x.img'), { encryption: KEY }),
+    ErrorCodes.KEY_MISMATCH,
+    'recover of an unencrypted point with a key',
+  );
 
   // A new disk id takes the other key.
   await snap(f.store, f.img, 'd-rekeyed', { chunkSize: CHUNK, encryption: OTHER });
   await expectRestore(t, f.store, 'd-rekeyed', 1, f.fps[1], f.dir, 'the same data under another key and disk id', { encryption: OTHER });
 
-  await rejectsWith(t, prune({ store: f.store, disk: 'd', keep: 1 }), ErrorCodes.KEY_REQUIRED, 'prune without the key (it rewrites authenticated tables)');
+  await rejectsWith(
+    t,
+    prune({ store: f.store, disk: 'd', keep: 1 }),
+    ErrorCodes.KEY_REQUIRED,
+    'prune without the key (it rewrites authenticated tables)',
+  );
   const pr = await prune({ store: f.store, disk: 'd', keep: 1, encryption: KEY });
   t.same(pr.deleted, [1], 'prune with the key');
   const [kept] = await listPoints(f.store, 'd', KEY);
-  t.match(kept, { point: 2, parent: null, version: MANIFEST_VERSION_V2, encryption: { keyId: KEY.keyId } }, 'the rebased point stays encrypted (a sealed v2 manifest)');
+  t.match(
+    kept,
+    { point: 2, parent: null, version: MANIFEST_VERSION_V2, encryption: { keyId: KEY.keyId } },
+    'the rebased point stays encrypted (a sealed v2 manifest)',
+  );
   await expectRestore(t, f.store, 'd', 2, f.fps[1], f.dir, 'after prune', { encryption: KEY });
   t.match(await snap(f.store, f.img, 'd', { encryption: KEY }), { point: 3, parent: 2, chunksChanged: 0 }, 'and incrementals continue');
 });
@@ -267,9 +339,15 @@ t.test('a cut encrypted point resumes from its checkpoint with its key, and star
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, randomData(2 * MiB, 11));
   const store = fsStore(path.join(dir, 'store'));
-  const cut = () => new FaultyStore(store).addFault('put', {
-    match: (k) => k.includes('/packs/'), nth: 10, times: Infinity, error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
-  }).addFault('put', { match: (k) => k.includes('/packs/'), delayMs: 20, times: Infinity });
+  const cut = () =>
+    new FaultyStore(store)
+      .addFault('put', {
+        match: (k) => k.includes('/packs/'),
+        nth: 10,
+        times: Infinity,
+        error: { code: ErrorCodes.STORE_IO, retryable: false, message: 'injected: disk full' },
+      })
+      .addFault('put', { match: (k) => k.includes('/packs/'), delayMs: 20, times: Infinity });
   // v2: chunks reach the store in packs; the smallest packs put each chunk in its own, so the cut lands mid-point.
   const opts = { chunkSize: 64 * KiB, checkpointRecords: 2, concurrency: 2, packSize: 2 * MIN_PACK_SIZE };
   await rejectsWith(t, snap(cut(), img, 'd', { ...opts, encryption: KEY }), ErrorCodes.STORE_IO, 'the first run is cut');
@@ -296,16 +374,36 @@ t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; th
   const keyFile = path.join(dir, 'disk.key');
   fs.writeFileSync(keyFile, `${MASTER.toString('base64')}\n`, { mode: 0o600 });
   const all: string[] = [];
-  const cli = async (args: string[]) => { const r = await runCli(args); all.push(r.stdout, r.stderr); return r; };
+  const cli = async (args: string[]) => {
+    const r = await runCli(args);
+    all.push(r.stdout, r.stderr);
+    return r;
+  };
 
-  const r1 = await cli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--chunk-size', '128KiB', '--encryption-key-file', keyFile, '--json']);
+  const r1 = await cli([
+    'replicate',
+    '--source',
+    img,
+    '--target',
+    store,
+    '--disk',
+    'd',
+    '--chunk-size',
+    '128KiB',
+    '--encryption-key-file',
+    keyFile,
+    '--json',
+  ]);
   t.equal(r1.code, 0, r1.stderr);
   t.match(json(r1), { point: 1, encryption: { alg: 'aes-256-gcm', keyId: KEY.keyId } });
   const human = await cli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--encryption-key-file', keyFile]);
   t.match(human.stdout, new RegExp(`encrypted, aes-256-gcm, key id ${KEY.keyId}`));
   // v2: an encrypted disk's points are found with its key only.
   const pts = await cli(['points', '--store', store, '--disk', 'd', '--json', '--encryption-key-file', keyFile]);
-  t.match(json(pts).points, [{ point: 1, encryption: { keyId: KEY.keyId } }, { point: 2, encryption: { keyId: KEY.keyId } }]);
+  t.match(json(pts).points, [
+    { point: 1, encryption: { keyId: KEY.keyId } },
+    { point: 2, encryption: { keyId: KEY.keyId } },
+  ]);
 
   const out = path.join(dir, 'restored.img');
   const noKey = await cli(['recover', '--store', store, '--disk', 'd', '--out', out]);

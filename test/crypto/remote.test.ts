@@ -14,7 +14,18 @@ import type { BlobEntry } from '../../src/repository/pack.js';
 import { verify } from '../../src/jobs/verify.js';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
 import {
-  KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt,
+  KiB,
+  MiB,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  snap,
+  stopCodecWorkersAtEnd,
+  textData,
+  tmpDir,
+  writeAt,
 } from '../helpers/images.js';
 import { remote, spawnServe, startNode } from '../transport/helpers.js';
 
@@ -52,17 +63,32 @@ t.test('encrypted points through a receiving node that holds no key', async (t) 
   t.ok(blobs.length >= 30, `${blobs.length} chunks in them`);
 
   const files = listFiles(storeDir);
-  t.notOk(files.some((f) => f.includes('/chunks/') || f.startsWith(`r2/${PLAIN_DOMAIN}/`)), 'no legacy chunk object and nothing in the plain repository');
-  t.ok(blobs.every((e) => (e.flags & BlobFlag.SEALED) !== 0), 'every blob on the node is sealed');
-  t.notOk(files.some((f) => fs.readFileSync(path.join(storeDir, f)).includes('REMOTE-CANARY')), 'no plaintext on the node');
-  t.ok(blobs.some((e) => e.plainLength === CHUNK && e.codec === 0 && e.length === CHUNK + 28),
-    'an incompressible full-size chunk: chunk + nonce + tag, accepted');
+  t.notOk(
+    files.some((f) => f.includes('/chunks/') || f.startsWith(`r2/${PLAIN_DOMAIN}/`)),
+    'no legacy chunk object and nothing in the plain repository',
+  );
+  t.ok(
+    blobs.every((e) => (e.flags & BlobFlag.SEALED) !== 0),
+    'every blob on the node is sealed',
+  );
+  t.notOk(
+    files.some((f) => fs.readFileSync(path.join(storeDir, f)).includes('REMOTE-CANARY')),
+    'no plaintext on the node',
+  );
+  t.ok(
+    blobs.some((e) => e.plainLength === CHUNK && e.codec === 0 && e.length === CHUNK + 28),
+    'an incompressible full-size chunk: chunk + nonce + tag, accepted',
+  );
 
   await expectRestore(t, rs, 'd', 1, fp1, dir, 'point 1 over ws://', { encryption: KEY });
   await expectRestore(t, rs, 'd', 2, fp2, dir, 'point 2 over ws://', { encryption: KEY });
-  await expectRestore(t, fsStore(storeDir), 'd', 2, fp2, dir, 'point 2 from the node\'s own directory', { encryption: KEY });
+  await expectRestore(t, fsStore(storeDir), 'd', 2, fp2, dir, "point 2 from the node's own directory", { encryption: KEY });
   // v2: an encrypted disk's points are found with its key only (docs/formats.md); without it verify says so.
-  await t.rejects(verify({ store: rs, disk: 'd', point: 'all' }), { code: 'RNODE_KEY_REQUIRED' }, 'verify over the link without the key: the key is required');
+  await t.rejects(
+    verify({ store: rs, disk: 'd', point: 'all' }),
+    { code: 'RNODE_KEY_REQUIRED' },
+    'verify over the link without the key: the key is required',
+  );
   t.match(await verify({ store: rs, disk: 'd', point: 'all', encryption: KEY }), { ok: true, checked: 'contents' }, 'and with it');
 
   // A damaged encrypted pack sent to the node is refused and not stored. Its trailer is sealed, so the node checks

@@ -22,7 +22,8 @@ t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, as
   const { agent } = await startAgent(t, ms, dir);
   const nodeId = await ms.waitFor(() => [...ms.nodes.keys()][0], 10_000, 'registration');
   const socket = path.join(dir, 'x1.sock');
-  const exportStart = (spec: Record<string, unknown>) => ms.send(nodeId, { type: 'export.start', export: { store: { url: storeDir }, disk: 'vm', ...spec } });
+  const exportStart = (spec: Record<string, unknown>) =>
+    ms.send(nodeId, { type: 'export.start', export: { store: { url: storeDir }, disk: 'vm', ...spec } });
 
   exportStart({ exportId: 'x1', socket, leaseSeconds: 30 });
   const started = await ms.waitFor(() => ms.reportsOf('export.started', (m) => m.exportId === 'x1')[0], 10_000, 'export.started');
@@ -30,7 +31,11 @@ t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, as
   t.ok(typeof started.msg.leaseUntil === 'string', 'with its lease end');
   const r = await compare(image, String(started.msg.url));
   t.equal(r.code, 0, `the reported URL serves the point ${r.stderr}`);
-  const status = await ms.waitFor(() => ms.progress.find((p) => p.msg.type === 'export.status' && (p.msg.counters as any).bytesServed > 0), 10_000, 'export.status');
+  const status = await ms.waitFor(
+    () => ms.progress.find((p) => p.msg.type === 'export.status' && (p.msg.counters as any).bytesServed > 0),
+    10_000,
+    'export.status',
+  );
   t.match(status.msg.counters, { bytesServed: Number, cacheHitRatio: Number, connections: Number }, 'status: bytes served and cache hit ratio');
 
   exportStart({ exportId: 'x1', socket, leaseSeconds: 60 });

@@ -47,9 +47,15 @@ t.test('a corrupted chunk: EIO on exactly its range, logged; the rest reads fine
   for (let i = 0; i < 8; i++) ranges.push([i * CHUNK, CHUNK]);
   ranges.push([bad * CHUNK + 4 * KiB, 512], [bad * CHUNK - 512, 1024], [(bad + 1) * CHUNK, 512], [bad * CHUNK - 512, 512]);
   const ok = await readRanges(url, ranges);
-  t.same(ok, [true, true, true, false, true, true, true, true, false, false, true, true],
-    'only reads that touch the corrupted chunk fail');
-  t.same(await readRanges(url, [[2 * MiB, MiB], [4 * MiB, 4 * MiB]]), [true, true], 'the rest of the disk reads fine');
+  t.same(ok, [true, true, true, false, true, true, true, true, false, false, true, true], 'only reads that touch the corrupted chunk fail');
+  t.same(
+    await readRanges(url, [
+      [2 * MiB, MiB],
+      [4 * MiB, 4 * MiB],
+    ]),
+    [true, true],
+    'the rest of the disk reads fine',
+  );
   t.not((await compare(image, url)).code, 0, 'a whole-disk compare does not pass over the bad chunk');
 
   const failed = logs.find((l) => l.event === 'chunk-read-failed');
@@ -63,8 +69,15 @@ t.test('a corrupted chunk: EIO on exactly its range, logged; the rest reads fine
 function flakyStore(inner: ObjectStore, failFirst: number): ObjectStore & { down: boolean; failures: number } {
   const seen = new Map<string, number>();
   const s = {
-    location: inner.location, capabilities: inner.capabilities, down: false, failures: 0,
-    put: inner.put.bind(inner), head: inner.head.bind(inner), list: inner.list.bind(inner), delete: inner.delete.bind(inner), close: inner.close.bind(inner),
+    location: inner.location,
+    capabilities: inner.capabilities,
+    down: false,
+    failures: 0,
+    put: inner.put.bind(inner),
+    head: inner.head.bind(inner),
+    list: inner.list.bind(inner),
+    delete: inner.delete.bind(inner),
+    close: inner.close.bind(inner),
     async get(key: string, range?: Parameters<ObjectStore['get']>[1]) {
       if (key.includes('/packs/')) {
         if (s.down) await new Promise((r) => setTimeout(r, 60_000).unref());
@@ -81,26 +94,37 @@ function flakyStore(inner: ObjectStore, failFirst: number): ObjectStore & { down
   return s;
 }
 
-t.test('transient store errors are retried; a store down past the timeout gives EIO, then recovers', { skip: !haveTools && 'tools missing' }, async (t) => {
-  const dir = tmpDir(t, 'export-flaky');
-  const image = path.join(dir, 'disk.img');
-  makeDisk(image);
-  const raw = fsStore(path.join(dir, 'store'));
-  await snap(raw, image, 'vm', { chunkSize: CHUNK, lease: false });
-  const flaky = flakyStore(raw, 2);
-  const store = wrapStore(flaky, { retry: { baseDelayMs: 2, maxDelayMs: 10 } });
-  const exp = await serveExport(t, dir, { store, disk: 'vm', fetchTimeoutMs: 1500 });
-  const url = unixUrl(exp.socket, 'vm');
-  const r = await compare(image, url);
-  t.equal(r.code, 0, `every chunk failed twice and was retried: the disk is identical (${r.stderr.trim()})`);
-  t.ok(flaky.failures > 0, `${flaky.failures} injected failures`);
+t.test(
+  'transient store errors are retried; a store down past the timeout gives EIO, then recovers',
+  { skip: !haveTools && 'tools missing' },
+  async (t) => {
+    const dir = tmpDir(t, 'export-flaky');
+    const image = path.join(dir, 'disk.img');
+    makeDisk(image);
+    const raw = fsStore(path.join(dir, 'store'));
+    await snap(raw, image, 'vm', { chunkSize: CHUNK, lease: false });
+    const flaky = flakyStore(raw, 2);
+    const store = wrapStore(flaky, { retry: { baseDelayMs: 2, maxDelayMs: 10 } });
+    const exp = await serveExport(t, dir, { store, disk: 'vm', fetchTimeoutMs: 1500 });
+    const url = unixUrl(exp.socket, 'vm');
+    const r = await compare(image, url);
+    t.equal(r.code, 0, `every chunk failed twice and was retried: the disk is identical (${r.stderr.trim()})`);
+    t.ok(flaky.failures > 0, `${flaky.failures} injected failures`);
 
-  const exp2 = await serveExport(t, dir, { store, disk: 'vm', fetchTimeoutMs: 1000, tag: 'down' });
-  const url2 = unixUrl(exp2.socket, 'vm');
-  flaky.down = true;
-  const started = Date.now();
-  t.same(await readRanges(url2, [[0, 4096]]), [false], 'store down: EIO');
-  t.ok(Date.now() - started < 20_000, 'after the fetch timeout, not a hang');
-  flaky.down = false;
-  t.same(await readRanges(url2, [[0, 4096], [MiB, 4096]]), [true, true], 'store back: reads work again');
-});
+    const exp2 = await serveExport(t, dir, { store, disk: 'vm', fetchTimeoutMs: 1000, tag: 'down' });
+    const url2 = unixUrl(exp2.socket, 'vm');
+    flaky.down = true;
+    const started = Date.now();
+    t.same(await readRanges(url2, [[0, 4096]]), [false], 'store down: EIO');
+    t.ok(Date.now() - started < 20_000, 'after the fetch timeout, not a hang');
+    flaky.down = false;
+    t.same(
+      await readRanges(url2, [
+        [0, 4096],
+        [MiB, 4096],
+      ]),
+      [true, true],
+      'store back: reads work again',
+    );
+  },
+);

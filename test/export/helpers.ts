@@ -13,7 +13,9 @@ export const CHUNK = 64 * KiB;
 /** Not a multiple of the chunk size (a short last chunk), but of 4 KiB, which qemu's NBD client wants. */
 export const SIZE = 8 * MiB + 20 * KiB;
 
-interface Teardown { teardown(fn: () => void | Promise<void>): void }
+interface Teardown {
+  teardown(fn: () => void | Promise<void>): void;
+}
 
 /**
  * The test disk: random data, text, allocated zeros (written as zeros: ZERO chunks), and holes.
@@ -36,7 +38,11 @@ export function changeDisk(file: string, seed = 7): void {
   writeAt(file, 4 * MiB + 8 * KiB, randomData(100 * KiB, seed + 1));
 }
 
-export interface Run { code: number; stdout: string; stderr: string }
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 export function run(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<Run> {
   return new Promise((resolve) => {
@@ -52,7 +58,11 @@ export function unixUrl(socket: string, name: string): string {
 }
 
 /** An export of a store started in this process on dir/<tag>.sock; closed when the test ends. */
-export async function serveExport(t: Teardown, dir: string, opts: Omit<ExportOptions, 'socket'> & { tag?: string }): Promise<RunningExport & { socket: string }> {
+export async function serveExport(
+  t: Teardown,
+  dir: string,
+  opts: Omit<ExportOptions, 'socket'> & { tag?: string },
+): Promise<RunningExport & { socket: string }> {
   const socket = path.join(dir, `${opts.tag ?? 'e'}.sock`);
   const exp = await startExport({ ...opts, socket });
   t.teardown(() => exp.close());
@@ -64,7 +74,12 @@ export function compare(image: string, url: string): Promise<Run> {
   return run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', image, url]);
 }
 
-export interface MapEntry { offset: number; length: number; type: number; description: string }
+export interface MapEntry {
+  offset: number;
+  length: number;
+  type: number;
+  description: string;
+}
 
 export async function nbdMap(url: string): Promise<MapEntry[]> {
   const r = await run('nbdinfo', ['--map', '--json', url]);

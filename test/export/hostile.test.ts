@@ -7,8 +7,17 @@ import path from 'node:path';
 import t from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import {
-  Cmd, encodeClientFlags, encodeGo, encodeMetaContextQuery, encodeOption, encodeRequest, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES,
-  Opt, Rep, RepErr,
+  Cmd,
+  encodeClientFlags,
+  encodeGo,
+  encodeMetaContextQuery,
+  encodeOption,
+  encodeRequest,
+  FLAG_C_FIXED_NEWSTYLE,
+  FLAG_C_NO_ZEROES,
+  Opt,
+  Rep,
+  RepErr,
 } from '../../src/source/nbd/protocol.js';
 import { fsStore, snap, tmpDir } from '../helpers/images.js';
 import { CHUNK, compare, haveTools, makeDisk, MiB, serveExport, SIZE, unixUrl } from './helpers.js';
@@ -24,17 +33,28 @@ class Raw {
   readonly socket: net.Socket;
   constructor(path: string) {
     this.socket = net.connect(path);
-    this.socket.on('data', (d) => { this.buf = Buffer.concat([this.buf, d]); this.wake?.(); });
-    this.socket.on('close', () => { this.closed = true; this.wake?.(); });
+    this.socket.on('data', (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.wake?.();
+    });
+    this.socket.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
     this.socket.on('error', () => undefined);
   }
-  send(b: Buffer): void { this.socket.write(b); }
+  send(b: Buffer): void {
+    this.socket.write(b);
+  }
   async read(n: number, ms = 5000): Promise<Buffer> {
     const deadline = Date.now() + ms;
     while (this.buf.length < n) {
       if (this.closed) throw new Error('closed');
       if (Date.now() > deadline) throw new Error('timeout');
-      await new Promise<void>((r) => { this.wake = r; setTimeout(r, 50); });
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 50);
+      });
     }
     const out = this.buf.subarray(0, n);
     this.buf = this.buf.subarray(n);
@@ -76,7 +96,9 @@ class Raw {
     if (err === 0 && dataLength) await this.read(dataLength, 15_000);
     return err;
   }
-  close(): void { this.socket.destroy(); }
+  close(): void {
+    this.socket.destroy();
+  }
 }
 
 t.test('hostile clients get an error or a close; the server stays up and correct', { skip: !haveTools && 'tools missing' }, async (t) => {
@@ -88,7 +110,11 @@ t.test('hostile clients get an error or a close; the server stays up and correct
   const exp = await serveExport(t, dir, { store, disk: 'vm', handshakeTimeoutMs: 800, maxConnections: 12 });
   const sock = exp.socket;
   const clients: Raw[] = [];
-  const client = () => { const c = new Raw(sock); clients.push(c); return c; };
+  const client = () => {
+    const c = new Raw(sock);
+    clients.push(c);
+    return c;
+  };
   t.teardown(() => clients.forEach((c) => c.close()));
 
   await t.test('handshake', async (t) => {

@@ -17,7 +17,14 @@ t.setTimeout(180_000);
 t.teardown(() => codecWorkers().close());
 
 function storeDigest(dir: string): Map<string, string> {
-  return new Map(listFiles(dir).map((f) => [f, createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex')]));
+  return new Map(
+    listFiles(dir).map((f) => [
+      f,
+      createHash('sha256')
+        .update(fs.readFileSync(path.join(dir, f)))
+        .digest('hex'),
+    ]),
+  );
 }
 
 t.test('writes go to the overlay, survive a restart, and never touch the store', { skip: !haveTools && 'tools missing' }, async (t) => {
@@ -85,8 +92,11 @@ t.test('writes go to the overlay, survive a restart, and never touch the store',
   t.same(storeDigest(storeDir), before, 'every store object is byte-identical before and after');
   t.ok(fs.statSync(overlay).blocks * 512 < 4 * MiB, `the overlay is sparse (${fs.statSync(overlay).blocks * 512} bytes allocated)`);
 
-  await t.rejects(serveExport(t, dir, { store, disk: 'vm', point: '1', writable: true, overlay, tag: 'w3' }),
-    { code: 'RNODE_USAGE', message: /holds writes over point 2/ }, 'the overlay of point 2 is refused for point 1');
+  await t.rejects(
+    serveExport(t, dir, { store, disk: 'vm', point: '1', writable: true, overlay, tag: 'w3' }),
+    { code: 'RNODE_USAGE', message: /holds writes over point 2/ },
+    'the overlay of point 2 is refused for point 1',
+  );
   await t.rejects(serveExport(t, dir, { store, disk: 'vm', writable: true, tag: 'w4' }), { code: 'RNODE_USAGE' }, '--writable needs --overlay');
 });
 
@@ -97,7 +107,11 @@ t.test('an overlay inside the store directory is refused', async (t) => {
   t.throws(() => assertOverlayOutsideStore(path.join(storeDir, 'disks', 'x.overlay'), storeDir), { code: 'RNODE_OUTPUT_IN_STORE' });
   t.throws(() => assertOverlayOutsideStore(path.join(storeDir, 'new', 'x.overlay'), `file://${storeDir}`), { code: 'RNODE_OUTPUT_IN_STORE' });
   fs.symlinkSync(storeDir, path.join(dir, 'link'));
-  t.throws(() => assertOverlayOutsideStore(path.join(dir, 'link', 'x.overlay'), storeDir), { code: 'RNODE_OUTPUT_IN_STORE' }, 'through a symlink too');
+  t.throws(
+    () => assertOverlayOutsideStore(path.join(dir, 'link', 'x.overlay'), storeDir),
+    { code: 'RNODE_OUTPUT_IN_STORE' },
+    'through a symlink too',
+  );
   t.doesNotThrow(() => assertOverlayOutsideStore(path.join(dir, 'x.overlay'), storeDir));
   t.doesNotThrow(() => assertOverlayOutsideStore(path.join(dir, 'x.overlay'), 's3://bucket/prefix'));
 });

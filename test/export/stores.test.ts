@@ -32,7 +32,10 @@ async function scenario(t: Test, store: ObjectStore, name: string): Promise<void
     const r2 = await snap(store, image, disk, { encryption, lease: false });
     t.notOk(r2.full, `${disk}: point 2 is incremental`);
     const exp = await serveExport(t, dir, { store, disk, encryption, tag: disk });
-    for (const [exportName, want] of [[disk, image], [`${disk}@1`, p1]]) {
+    for (const [exportName, want] of [
+      [disk, image],
+      [`${disk}@1`, p1],
+    ]) {
       const r = await compare(want, unixUrl(exp.socket, exportName));
       t.equal(r.code, 0, `${name}: ${exportName}${encryption ? ' (encrypted)' : ''} identical to its image ${r.stderr.trim()}`);
     }
@@ -44,11 +47,17 @@ async function scenario(t: Test, store: ObjectStore, name: string): Promise<void
 t.test('s3 (s3rver)', { skip: !haveTools && 'tools missing' }, async (t) => {
   const server = await startS3rver();
   t.teardown(() => server.stop());
-  const c = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  const c = new S3Client({
+    endpoint: server.endpoint,
+    forcePathStyle: true,
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+  });
   await c.send(new CreateBucketCommand({ Bucket: 'rnode-export' }));
   c.destroy();
-  const store = await openStore(`s3://rnode-export/x?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`,
-    { env: { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' } });
+  const store = await openStore(`s3://rnode-export/x?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off`, {
+    env: { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' },
+  });
   t.teardown(() => store.close());
   await scenario(t, store, 's3');
 });
@@ -66,7 +75,9 @@ t.test('azure (azurite)', { skip: !haveTools && 'tools missing' }, async (t) => 
 t.test('gcs (firebase emulator)', { skip: !haveTools && 'tools missing' }, async (t) => {
   const server = await startGcsEmulator();
   t.teardown(() => server.stop());
-  const store = await openStore('gs://rnode-export/x?conditional=off', { env: { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT } });
+  const store = await openStore('gs://rnode-export/x?conditional=off', {
+    env: { STORAGE_EMULATOR_HOST: server.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT },
+  });
   t.teardown(() => store.close());
   await scenario(t, store, 'gcs');
 });

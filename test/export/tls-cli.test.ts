@@ -58,8 +58,16 @@ t.test('TLS: STARTTLS required, nbdinfo and qemu-img read through it', { skip: (
   t.match(info.stdout, /with TLS/, 'libnbd negotiated TLS');
 
   const out = path.join(dir, 'tls-copy.img');
-  const q = await run('qemu-img', ['convert', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${certs}`, '--image-opts',
-    `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=vm,tls-creds=tls0`, '-O', 'raw', out]);
+  const q = await run('qemu-img', [
+    'convert',
+    '--object',
+    `tls-creds-x509,id=tls0,endpoint=client,dir=${certs}`,
+    '--image-opts',
+    `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=vm,tls-creds=tls0`,
+    '-O',
+    'raw',
+    out,
+  ]);
   t.equal(q.code, 0, `qemu-img convert over TLS ${q.stderr}`);
   t.equal(sha256File(out), sha256File(image), 'byte-exact through TLS');
   const cp = path.join(dir, 'nbdcopy.img');
@@ -68,35 +76,62 @@ t.test('TLS: STARTTLS required, nbdinfo and qemu-img read through it', { skip: (
   t.equal(sha256File(cp), sha256File(image), 'nbdcopy over TLS: byte-exact');
 });
 
-t.test('CLI: refuses 0.0.0.0 without TLS (exit 2); --json prints the URL, serves, stops on SIGTERM', { skip: !haveTools && 'tools missing' }, async (t) => {
-  ensureBuilt();
-  const { dir, storeDir, image } = await storeWithDisk(t);
-  const bad = await runCli(['export', '--store', storeDir, '--disk', 'vm', '--listen', '0.0.0.0:0']);
-  t.equal(bad.code, 2, 'exit 2');
-  t.match(bad.stderr, /RNODE_EXPORT_INSECURE/, bad.stderr.trim());
-  const inside = await runCli(['export', '--store', storeDir, '--disk', 'vm', '--writable', '--overlay', path.join(storeDir, 'o.ovl'), '--socket', path.join(dir, 'x.sock')]);
-  t.equal(inside.code, 2, `an overlay inside the store: exit 2 (${inside.stderr.trim()})`);
+t.test(
+  'CLI: refuses 0.0.0.0 without TLS (exit 2); --json prints the URL, serves, stops on SIGTERM',
+  { skip: !haveTools && 'tools missing' },
+  async (t) => {
+    ensureBuilt();
+    const { dir, storeDir, image } = await storeWithDisk(t);
+    const bad = await runCli(['export', '--store', storeDir, '--disk', 'vm', '--listen', '0.0.0.0:0']);
+    t.equal(bad.code, 2, 'exit 2');
+    t.match(bad.stderr, /RNODE_EXPORT_INSECURE/, bad.stderr.trim());
+    const inside = await runCli([
+      'export',
+      '--store',
+      storeDir,
+      '--disk',
+      'vm',
+      '--writable',
+      '--overlay',
+      path.join(storeDir, 'o.ovl'),
+      '--socket',
+      path.join(dir, 'x.sock'),
+    ]);
+    t.equal(inside.code, 2, `an overlay inside the store: exit 2 (${inside.stderr.trim()})`);
 
-  const socket = path.join(dir, 'cli.sock');
-  const child = spawn(process.execPath, [CLI, 'export', '--store', storeDir, '--disk', 'vm', '--socket', socket, '--cache', '8MiB', '--json'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  let stderr = '';
-  child.stderr.on('data', (d) => { stderr += d; });
-  const line = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d) => { out += d; if (out.includes('\n')) resolve(out.split('\n')[0]); });
-    child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
-  });
-  const ready = JSON.parse(line);
-  t.match(ready, { url: `nbd+unix:///vm?socket=${socket}`, disk: 'vm', point: 1, writable: false, tls: false }, 'JSON with the URL once ready');
-  const r = await compare(image, ready.url);
-  t.equal(r.code, 0, `the printed URL serves the disk ${r.stderr}`);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  child.kill('SIGTERM');
-  t.equal(await exited, 0, 'SIGTERM: clean exit 0');
-  // --json: its log lines are pino's JSON lines, the stop with its counters among them.
-  const stopping = stderr.trim().split('\n').map((l) => JSON.parse(l) as { msg: string }).find((l) => l.msg === 'stopping');
-  t.match(stopping, { level: 'info', connections: Number, bytesServed: Number, cacheHitRatio: Number }, 'logs its counters when stopping');
-  t.notOk(fs.existsSync(socket), 'the socket is removed');
-});
+    const socket = path.join(dir, 'cli.sock');
+    const child = spawn(process.execPath, [CLI, 'export', '--store', storeDir, '--disk', 'vm', '--socket', socket, '--cache', '8MiB', '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    t.teardown(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    const line = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (d) => {
+        out += d;
+        if (out.includes('\n')) resolve(out.split('\n')[0]);
+      });
+      child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+    });
+    const ready = JSON.parse(line);
+    t.match(ready, { url: `nbd+unix:///vm?socket=${socket}`, disk: 'vm', point: 1, writable: false, tls: false }, 'JSON with the URL once ready');
+    const r = await compare(image, ready.url);
+    t.equal(r.code, 0, `the printed URL serves the disk ${r.stderr}`);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    t.equal(await exited, 0, 'SIGTERM: clean exit 0');
+    // --json: its log lines are pino's JSON lines, the stop with its counters among them.
+    const stopping = stderr
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { msg: string })
+      .find((l) => l.msg === 'stopping');
+    t.match(stopping, { level: 'info', connections: Number, bytesServed: Number, cacheHitRatio: Number }, 'logs its counters when stopping');
+    t.notOk(fs.existsSync(socket), 'the socket is removed');
+  },
+);

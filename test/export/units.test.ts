@@ -65,7 +65,10 @@ t.test('the lazy index agrees with the chain view on every chunk of both points'
     const index = new ChunkIndex(store, chain, 1); // one cached segment: every lookup path is exercised
     for (let i = 0; i < index.chunks; i++) {
       const e = await index.lookup(i);
-      if (want.get(i) !== (e ? `${e.writer}/${e.xxh64}` : undefined)) { t.fail(`point ${seq} chunk ${i}`); return; }
+      if (want.get(i) !== (e ? `${e.writer}/${e.xxh64}` : undefined)) {
+        t.fail(`point ${seq} chunk ${i}`);
+        return;
+      }
     }
     t.pass(`point ${seq}: ${want.size} data chunks of ${index.chunks}, the rest zero`);
   }
@@ -81,7 +84,10 @@ t.test('one fetch per chunk for concurrent readers; the cache stays within its b
   const e = (await index.lookup(0))!;
   const got = await Promise.all(Array.from({ length: 20 }, () => cache.get(e, 2)));
   t.equal(store.chunkGets.length, 1, '20 concurrent readers, one store read');
-  t.ok(got.every((b) => b === got[0]), 'all share one verified buffer');
+  t.ok(
+    got.every((b) => b === got[0]),
+    'all share one verified buffer',
+  );
   t.equal(cache.stats.misses, 1);
   t.equal(cache.stats.hits, 19);
 
@@ -124,7 +130,10 @@ t.test('an evicted plaintext buffer is reused only after its readers released it
   for (let i = 0; i + CHUNK <= SIZE; i += CHUNK) {
     const pieces = await img.read(i, CHUNK);
     for (const p of pieces) if (p.data) after.add(p.data.buffer);
-    t.ok(pieces.every((p) => !p.data || p.data.length === p.length), 'pieces cover their ranges');
+    t.ok(
+      pieces.every((p) => !p.data || p.data.length === p.length),
+      'pieces cover their ranges',
+    );
     img.done(pieces);
   }
   t.ok(after.has(heldBuffer.buffer), 'once released (and evicted), its memory serves other chunks');
@@ -212,17 +221,27 @@ t.test('zero 64 KiB blocks inside a data chunk are served as holes, the rest as 
   t.teardown(() => cache.close());
   const img = new PointImage(new ChunkIndex(store, await loadChain(store, 'vm', 1)), cache);
   const pieces = await img.read(0, 2 * MIB);
-  t.same(pieces.map((p) => [p.offset, p.length, !!p.data]), [
-    [0, 64 * 1024, true], [64 * 1024, 128 * 1024, false], [192 * 1024, MIB - 192 * 1024, true],
-    [MIB, 64 * 1024, true], [MIB + 64 * 1024, MIB - 64 * 1024, false],
-  ]);
+  t.same(
+    pieces.map((p) => [p.offset, p.length, !!p.data]),
+    [
+      [0, 64 * 1024, true],
+      [64 * 1024, 128 * 1024, false],
+      [192 * 1024, MIB - 192 * 1024, true],
+      [MIB, 64 * 1024, true],
+      [MIB + 64 * 1024, MIB - 64 * 1024, false],
+    ],
+  );
   const want = fs.readFileSync(image);
   const got = Buffer.alloc(2 * MIB);
   for (const p of pieces) if (p.data) p.data.copy(got, p.offset);
   t.ok(got.equals(want), 'data pieces and zeros make up the disk');
   img.done(pieces);
   const inner = await img.read(80 * 1024, 8192);
-  t.same(inner.map((p) => [p.offset, p.length, !!p.data]), [[80 * 1024, 8192, false]], 'a read inside a zero block is one hole');
+  t.same(
+    inner.map((p) => [p.offset, p.length, !!p.data]),
+    [[80 * 1024, 8192, false]],
+    'a read inside a zero block is one hole',
+  );
   img.done(inner);
 });
 
@@ -238,7 +257,10 @@ t.test('replies queue on the socket up to a bound, arrive whole and in order, an
   });
   const client = net.connect(sockPath);
   const io = new SocketIo(await accepted);
-  t.teardown(() => { io.close(); client.destroy(); });
+  t.teardown(() => {
+    io.close();
+    client.destroy();
+  });
   client.pause(); // reads nothing yet: what the server may queue is what this bound leaves it
 
   const REPLY = 256 * 1024;
@@ -248,7 +270,11 @@ t.test('replies queue on the socket up to a bound, arrive whole and in order, an
     const head = Buffer.alloc(8);
     head.writeUInt32BE(i, 0);
     head.writeUInt32BE(REPLY, 4);
-    return io.write([head, Buffer.alloc(REPLY, i)], () => flushed.push(i)).then(() => { sent[i] = true; });
+    return io
+      .write([head, Buffer.alloc(REPLY, i)], () => flushed.push(i))
+      .then(() => {
+        sent[i] = true;
+      });
   });
   await new Promise((r) => setTimeout(r, 300));
   const early = sent.filter(Boolean).length;
@@ -256,7 +282,9 @@ t.test('replies queue on the socket up to a bound, arrive whole and in order, an
   t.ok(early * REPLY <= 4 * 1024 * 1024 + 2 * REPLY, `no more than about 4 MiB queued for a client that does not read (${early} replies)`);
 
   let got = Buffer.alloc(0);
-  client.on('data', (d: Buffer) => { got = Buffer.concat([got, d]); });
+  client.on('data', (d: Buffer) => {
+    got = Buffer.concat([got, d]);
+  });
   client.resume();
   await Promise.all(writes);
   while (got.length < 64 * (8 + REPLY)) await new Promise((r) => setTimeout(r, 20));

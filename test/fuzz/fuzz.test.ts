@@ -18,8 +18,13 @@ for (const target of targets) {
     let runs = 0;
     const started = Date.now();
     await fc.assert(property(target), {
-      numRuns: 1_000_000, interruptAfterTimeLimit: MS_PER_TARGET, markInterruptAsFailure: false,
-      reporter: (d) => { runs = d.numRuns; if (d.failed) throw new Error(fc.defaultReportMessage(d) ?? 'failed'); },
+      numRuns: 1_000_000,
+      interruptAfterTimeLimit: MS_PER_TARGET,
+      markInterruptAsFailure: false,
+      reporter: (d) => {
+        runs = d.numRuns;
+        if (d.failed) throw new Error(fc.defaultReportMessage(d) ?? 'failed');
+      },
     });
     t.ok(runs > 50, `${target.name}: ${runs} inputs in ${Date.now() - started} ms, contract held`);
   });

@@ -6,7 +6,10 @@ import { decodeChunkHeader } from '../../src/format/chunk.js';
 import { decodeSegment, encodeSegment } from '../../src/format/table.js';
 import { targets } from './targets.js';
 
-const reseal = (b: Buffer) => { b.writeBigUInt64LE(xxh64(b.subarray(0, b.length - 8)), b.length - 8); return b; };
+const reseal = (b: Buffer) => {
+  b.writeBigUInt64LE(xxh64(b.subarray(0, b.length - 8)), b.length - 8);
+  return b;
+};
 const entry = { index: 3, xxh64: 1n, strong: Buffer.alloc(16, 3), writer: 1, plainLength: 65536, storedLength: 4000, flags: 0, codec: 2 };
 
 t.test('bug: a table record index above 2^53 was rounded to a Number, so it could alias another chunk', async (t) => {

@@ -33,12 +33,19 @@ while (Date.now() < deadline) {
     const s = stats.get(target.name)!;
     const t0 = Date.now();
     const seed = (Math.random() * 2 ** 31) | 0;
-    const d = await fc.check(property(target), { seed, numRuns: 10_000_000, interruptAfterTimeLimit: Math.min(slice, deadline - Date.now()), markInterruptAsFailure: false });
+    const d = await fc.check(property(target), {
+      seed,
+      numRuns: 10_000_000,
+      interruptAfterTimeLimit: Math.min(slice, deadline - Date.now()),
+      markInterruptAsFailure: false,
+    });
     s.runs += d.numRuns;
     s.ms += Date.now() - t0;
     if (d.failed) {
       const err = d.errorInstance as Error | undefined;
-      const sig = `${target.name}: ${String(err?.message ?? err).split('\n')[0].replace(/\d+/g, 'N')}`;
+      const sig = `${target.name}: ${String(err?.message ?? err)
+        .split('\n')[0]
+        .replace(/\d+/g, 'N')}`;
       s.findings++;
       const input = d.counterexample?.[0] as Buffer | undefined;
       if (input) fs.writeFileSync(path.join(findingsDir, `${target.name}-${seed}.bin`), input);
@@ -53,7 +60,9 @@ while (Date.now() < deadline) {
 let total = 0;
 for (const [name, s] of stats) {
   total += s.runs;
-  console.log(`${name.padEnd(14)} ${String(s.runs).padStart(10)} executions  ${(s.runs / Math.max(1, s.ms / 1000)).toFixed(0).padStart(7)}/s  ${s.findings} failing run(s)`);
+  console.log(
+    `${name.padEnd(14)} ${String(s.runs).padStart(10)} executions  ${(s.runs / Math.max(1, s.ms / 1000)).toFixed(0).padStart(7)}/s  ${s.findings} failing run(s)`,
+  );
 }
 console.log(`total ${total} executions in ${minutes} min; ${seen.size} distinct finding(s)`);
 process.exitCode = seen.size ? 1 : 0;

@@ -31,7 +31,10 @@ export interface FuzzTarget {
 
 /** A broken contract: what the parser did with which input. */
 export class FuzzFinding extends Error {
-  constructor(message: string, override readonly cause?: unknown) {
+  constructor(
+    message: string,
+    override readonly cause?: unknown,
+  ) {
     super(message);
     this.name = 'FuzzFinding';
   }
@@ -41,7 +44,10 @@ export class FuzzFinding extends Error {
 export function seeds(name: string): Buffer[] {
   const dir = path.join(CORPUS, name);
   if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir).sort().map((f) => fs.readFileSync(path.join(dir, f)));
+  return fs
+    .readdirSync(dir)
+    .sort()
+    .map((f) => fs.readFileSync(path.join(dir, f)));
 }
 
 /** Runs fn; an error is fine only if it is one of the allowed classes (and an RnodeError has a stable code). */
@@ -67,7 +73,8 @@ function checkRefusal(err: unknown, allowed: Array<new (...a: any[]) => Error>):
   if (err instanceof RnodeError && /^RNODE_[A-Z_]+$/.test(err.code)) {
     // A refusal that wraps a programming error (a TypeError caught and re-coded) hides a crash.
     const cause = (err as Error & { cause?: unknown }).cause;
-    if (cause instanceof TypeError || cause instanceof RangeError) throw new FuzzFinding(`${err.code} wraps a ${cause.name}: ${cause.message}`, cause);
+    if (cause instanceof TypeError || cause instanceof RangeError)
+      throw new FuzzFinding(`${err.code} wraps a ${cause.name}: ${cause.message}`, cause);
     return;
   }
   if (allowed.some((c) => err instanceof c)) return;
@@ -88,8 +95,18 @@ const frame: FuzzTarget = {
     const f = contract(() => decodeFrame(input));
     if (!f) return;
     // Meta is re-serialised, so compare frames, not bytes.
-    const again = decodeFrame(encodeFrame({ type: f.type, stream: f.stream, seq: f.seq, meta: f.meta, payload: f.payload,
-      flags: f.flags, diskOffset: f.diskOffset ?? undefined, plainXxh64: f.plainXxh64 }));
+    const again = decodeFrame(
+      encodeFrame({
+        type: f.type,
+        stream: f.stream,
+        seq: f.seq,
+        meta: f.meta,
+        payload: f.payload,
+        flags: f.flags,
+        diskOffset: f.diskOffset ?? undefined,
+        plainXxh64: f.plainXxh64,
+      }),
+    );
     same({ ...again, payload: again.payload.toString('hex') }, { ...f, payload: f.payload.toString('hex') }, 'frame');
   },
 };
@@ -159,7 +176,8 @@ const envelope: FuzzTarget = {
   run(input) {
     for (const kind of Object.values(EnvelopeKind) as EnvelopeKindId[]) {
       const body = contract(() => openEnvelope(input, kind, FUZZ_CONTEXTS.envelope, 'fuzz'));
-      if (body && !sealEnvelope(kind, FUZZ_CONTEXTS.envelope, body).equals(input)) throw new FuzzFinding('envelope does not round-trip byte for byte');
+      if (body && !sealEnvelope(kind, FUZZ_CONTEXTS.envelope, body).equals(input))
+        throw new FuzzFinding('envelope does not round-trip byte for byte');
       contract(() => openEnvelope(input, kind, FUZZ_CONTEXTS.envelope, 'fuzz', FUZZ_KEY));
     }
   },
@@ -184,7 +202,8 @@ const index: FuzzTarget = {
   name: 'index',
   run(input) {
     const locations = contract(() => decodeIndex(input, plainDomain, FUZZ_OBJECT_ID));
-    if (locations && !encodeIndex(plainDomain, FUZZ_OBJECT_ID, locations).equals(input)) throw new FuzzFinding('index does not round-trip byte for byte');
+    if (locations && !encodeIndex(plainDomain, FUZZ_OBJECT_ID, locations).equals(input))
+      throw new FuzzFinding('index does not round-trip byte for byte');
     contract(() => decodeIndex(input, sealedDomain, FUZZ_OBJECT_ID));
   },
 };
@@ -193,7 +212,8 @@ const tableV3: FuzzTarget = {
   name: 'table-v3',
   run(input) {
     const entries = contract(() => decodeTableV3(input, plainDomain, FUZZ_PLACE, 'fuzz'));
-    if (entries && !encodeTableV3(plainDomain, FUZZ_PLACE, entries).equals(input)) throw new FuzzFinding('table v3 segment does not round-trip byte for byte');
+    if (entries && !encodeTableV3(plainDomain, FUZZ_PLACE, entries).equals(input))
+      throw new FuzzFinding('table v3 segment does not round-trip byte for byte');
     contract(() => decodeTableV3(input, sealedDomain, FUZZ_PLACE, 'fuzz'));
   },
 };
@@ -289,4 +309,18 @@ const control: FuzzTarget = {
   },
 };
 
-export const targets: FuzzTarget[] = [frame, chunkHeader, table, manifest, validate, nbdReplies, nbdHandshake, xml, control, envelope, pack, index, tableV3];
+export const targets: FuzzTarget[] = [
+  frame,
+  chunkHeader,
+  table,
+  manifest,
+  validate,
+  nbdReplies,
+  nbdHandshake,
+  xml,
+  control,
+  envelope,
+  pack,
+  index,
+  tableV3,
+];

@@ -44,20 +44,37 @@ export function digestChunk(plain: Buffer): ChunkDigests {
 }
 
 /** Encodes plaintext (already digested) as the object stored for (writer, index). */
-export async function encodeStoredChunk(plain: Buffer, digests: ChunkDigests, index: number, writer: number, codec: CodecId):
-    Promise<{ object: Buffer; entry: ChunkEntry }> {
+export async function encodeStoredChunk(
+  plain: Buffer,
+  digests: ChunkDigests,
+  index: number,
+  writer: number,
+  codec: CodecId,
+): Promise<{ object: Buffer; entry: ChunkEntry }> {
   const enc = await encodeChunk(codec, plain);
   const header = encodeChunkHeader({
-    codec: enc.codec, flags: 0, plainLength: plain.length, payloadLength: enc.payload.length,
+    codec: enc.codec,
+    flags: 0,
+    plainLength: plain.length,
+    payloadLength: enc.payload.length,
     // An uncompressed payload is the plaintext: its digest is already known.
-    plainXxh64: digests.xxh64, payloadXxh64: enc.codec === Codec.NONE ? digests.xxh64 : xxh64(enc.payload), index, writer,
+    plainXxh64: digests.xxh64,
+    payloadXxh64: enc.codec === Codec.NONE ? digests.xxh64 : xxh64(enc.payload),
+    index,
+    writer,
   });
   const object = Buffer.concat([header, enc.payload], CHUNK_HEADER_BYTES + enc.payload.length);
   return {
     object,
     entry: {
-      index, xxh64: digests.xxh64, strong: digests.strong, writer, plainLength: plain.length,
-      storedLength: object.length, flags: 0, codec: enc.codec,
+      index,
+      xxh64: digests.xxh64,
+      strong: digests.strong,
+      writer,
+      plainLength: plain.length,
+      storedLength: object.length,
+      flags: 0,
+      codec: enc.codec,
     },
   };
 }

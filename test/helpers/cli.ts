@@ -13,8 +13,10 @@ export const CLI = path.join(ROOT, 'dist', 'cli.js');
 export const CLI_NODE_FLAGS: string[] =
   /^#!\S+ -S node (.*)$/.exec(fs.readFileSync(path.join(ROOT, 'src', 'cli.ts'), 'utf8').split('\n', 1)[0]!)?.[1]!.split(' ') ?? [];
 // The addon as the loader looks for it (src/native/index.ts): this platform's prebuild, else a source build.
-const ADDONS = [path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node'),
-  path.join(ROOT, 'native', 'build', 'Release', 'rnode_native.node')];
+const ADDONS = [
+  path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node'),
+  path.join(ROOT, 'native', 'build', 'Release', 'rnode_native.node'),
+];
 
 export interface CliResult {
   /** Exit code; null when the process died of a signal. */
@@ -128,7 +130,10 @@ function runNode(argv: string[], opts: RunOptions): Promise<CliResult> {
     child.stdout.on('data', (b: Buffer) => out.push(b));
     child.stderr.on('data', (b: Buffer) => err.push(b));
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
-    child.on('error', (e) => { clearTimeout(timer); reject(e); });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });

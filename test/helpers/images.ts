@@ -105,7 +105,10 @@ export function sha256File(file: string): string {
 }
 
 /** Size and digest of a file as it is now, to compare a restore against later. */
-export interface Fingerprint { size: number; sha256: string }
+export interface Fingerprint {
+  size: number;
+  sha256: string;
+}
 export function fingerprint(file: string): Fingerprint {
   return { size: fs.statSync(file).size, sha256: sha256File(file) };
 }
@@ -145,8 +148,12 @@ export function fsStore(dir: string): FsStore {
 }
 
 /** Replicates an image file as one point through the library. */
-export async function snap(store: ObjectStore, image: string, disk: string,
-    opts: Partial<Omit<ReplicateOptions, 'store' | 'source' | 'disk'>> & { wrapSource?: (s: BlockSource) => BlockSource } = {}): Promise<ReplicateResult> {
+export async function snap(
+  store: ObjectStore,
+  image: string,
+  disk: string,
+  opts: Partial<Omit<ReplicateOptions, 'store' | 'source' | 'disk'>> & { wrapSource?: (s: BlockSource) => BlockSource } = {},
+): Promise<ReplicateResult> {
   const { wrapSource, ...rest } = opts;
   const raw = await openSource(image);
   const source = wrapSource ? wrapSource(raw) : raw;
@@ -158,8 +165,13 @@ export async function snap(store: ObjectStore, image: string, disk: string,
 }
 
 /** Restores a point (number or 'latest') to out through the library (opts: e.g. the encryption key). */
-export function restore(store: ObjectStore, disk: string, point: number | string, out: string,
-    opts: Partial<Pick<RecoverOptions, 'encryption'>> = {}): Promise<RecoverResult> {
+export function restore(
+  store: ObjectStore,
+  disk: string,
+  point: number | string,
+  out: string,
+  opts: Partial<Pick<RecoverOptions, 'encryption'>> = {},
+): Promise<RecoverResult> {
   return recover({ store, disk, point: String(point), out, ...opts });
 }
 
@@ -191,8 +203,16 @@ export function assertSameBytes(t: Asserts, file: string, want: Fingerprint, wha
 }
 
 /** Restores a point into dir and asserts it is byte-exact; returns the restored path. */
-export async function expectRestore(t: Asserts, store: ObjectStore, disk: string, point: number | string, want: Fingerprint,
-    dir: string, what = `point ${point}`, opts: Partial<Pick<RecoverOptions, 'encryption'>> = {}): Promise<string> {
+export async function expectRestore(
+  t: Asserts,
+  store: ObjectStore,
+  disk: string,
+  point: number | string,
+  want: Fingerprint,
+  dir: string,
+  what = `point ${point}`,
+  opts: Partial<Pick<RecoverOptions, 'encryption'>> = {},
+): Promise<string> {
   const out = path.join(dir, `restored-${disk}-${point}-${Math.random().toString(36).slice(2, 8)}.img`);
   await restore(store, disk, point, out, opts);
   assertSameBytes(t, out, want, `${what} restores byte-exact`);
@@ -212,8 +232,13 @@ export function stopCodecWorkersAtEnd(t: Teardown): void {
  * Where chunk `index` of point `point` is stored in a repository v2 fs store: its pack file and the blob's byte range
  * there (found through the point's table and the domain's index objects, as a reader does).
  */
-export async function blobPlace(storeDir: string, disk: string, point: number, index: number, key?: EncryptionKey):
-    Promise<{ file: string; offset: number; length: number; packId: string }> {
+export async function blobPlace(
+  storeDir: string,
+  disk: string,
+  point: number,
+  index: number,
+  key?: EncryptionKey,
+): Promise<{ file: string; offset: number; length: number; packId: string }> {
   const store = fsStore(storeDir);
   const m = await loadPoint(store, disk, point, key);
   let found: ChunkEntry | undefined;
@@ -227,7 +252,9 @@ export async function blobPlace(storeDir: string, disk: string, point: number, i
 
 /** Pack files of an fs store (every domain). */
 export function packFiles(storeDir: string): string[] {
-  return listFiles(path.join(storeDir, 'r2')).filter((f) => f.includes('/packs/')).map((f) => path.join(storeDir, 'r2', f));
+  return listFiles(path.join(storeDir, 'r2'))
+    .filter((f) => f.includes('/packs/'))
+    .map((f) => path.join(storeDir, 'r2', f));
 }
 
 /** v2 point manifests of a plain-domain disk in an fs store, as file names. */

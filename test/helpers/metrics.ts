@@ -23,6 +23,12 @@ export function parseExposition(text: string): Map<string, number> {
 /** The value of the series with exactly these labels, or undefined when it has none. */
 export async function metricValue(metric: Metric, labels: Record<string, string> = {}): Promise<number | undefined> {
   const want = Object.entries(labels).sort().join(';');
-  const got = (await metric.get()).values.find((v) => Object.entries(v.labels).map(([k, x]) => [k, String(x)]).sort().join(';') === want);
+  const got = (await metric.get()).values.find(
+    (v) =>
+      Object.entries(v.labels)
+        .map(([k, x]) => [k, String(x)])
+        .sort()
+        .join(';') === want,
+  );
   return got?.value;
 }

@@ -15,8 +15,15 @@ const COUNT = 32;
 const SIZE = COUNT * CHUNK;
 
 export const FAILPOINTS = [
-  'prune-legacy-retained', 'prune-rebased', 'prune-manifest-deleted', 'prune-pack-deleted', 'prune-marks-written',
-  'prune-repack-marked', 'prune-repack-pack-written', 'prune-repack-indexed', 'prune-index-written',
+  'prune-legacy-retained',
+  'prune-rebased',
+  'prune-manifest-deleted',
+  'prune-pack-deleted',
+  'prune-marks-written',
+  'prune-repack-marked',
+  'prune-repack-pack-written',
+  'prune-repack-indexed',
+  'prune-index-written',
 ];
 
 /** Six points, then two in-process prunes keeping four (grace 0): the packs only points 1-2 used are marked. */
@@ -46,7 +53,10 @@ export async function expectIntact(t: Test, dir: string, images: Map<number, Buf
   t.ok(seqs.includes(5) && seqs.includes(6), `${what}: the kept points are listed (${seqs.join(', ')})`);
   for (const s of seqs) {
     const got = await readPointV2(store, undefined, 'd', s).catch((e: Error) => e);
-    t.ok(Buffer.isBuffer(got) && got.equals(images.get(s)!), `${what}: point ${s} reads back byte-exact${Buffer.isBuffer(got) ? '' : `: ${got.message}`}`);
+    t.ok(
+      Buffer.isBuffer(got) && got.equals(images.get(s)!),
+      `${what}: point ${s} reads back byte-exact${Buffer.isBuffer(got) ? '' : `: ${got.message}`}`,
+    );
   }
   if (cli) {
     const c = await runCli(['check', '--store', dir, '--read-data', '--json']);
@@ -62,34 +72,33 @@ export const pruneArgs = (dir: string) => ['prune', '--store', dir, '--disk', 'd
 
 export function uninterruptedTest(t: Test): void {
   t.test('the run that is never killed', async (t) => {
-  const { dir, images } = await setup(t);
-  const r = await runCli(pruneArgs(dir));
-  t.equal(r.code, 0, r.stderr);
-  const out = json(r);
-  t.same(out.kept, [5, 6]);
-  const d = out.domains[0];
-  t.ok(d.packsDeleted > 0, `packs deleted: ${d.packsDeleted}`);
-  t.ok(d.packsRepacked > 0, `packs repacked: ${d.packsRepacked}`);
-  t.ok(d.indexesWritten > 0, `index objects written: ${d.indexesWritten}`);
-  await expectIntact(t, dir, images, 'uninterrupted');
-});
-
+    const { dir, images } = await setup(t);
+    const r = await runCli(pruneArgs(dir));
+    t.equal(r.code, 0, r.stderr);
+    const out = json(r);
+    t.same(out.kept, [5, 6]);
+    const d = out.domains[0];
+    t.ok(d.packsDeleted > 0, `packs deleted: ${d.packsDeleted}`);
+    t.ok(d.packsRepacked > 0, `packs repacked: ${d.packsRepacked}`);
+    t.ok(d.indexesWritten > 0, `index objects written: ${d.indexesWritten}`);
+    await expectIntact(t, dir, images, 'uninterrupted');
+  });
 }
 
 /** One test per failpoint: killed there, then intact, then finished by the next runs. */
 export function crashTests(t: Test, failpoints: string[]): void {
   for (const fp of failpoints) {
-  t.test(`SIGKILL at ${fp}`, async (t) => {
-    const { dir, images } = await setup(t);
-    const crashed = await runCli(pruneArgs(dir), { env: { RNODE_FAILPOINT: fp } });
-    t.equal(crashed.signal, 'SIGKILL', `prune was killed at ${fp} (${crashed.stderr.trim()})`);
-    await expectIntact(t, dir, images, `after the crash at ${fp}`);
-    // The next runs finish the work: retention, then each grace period's step (the dead run's leases are broken:
-    // its process is gone).
-    for (let i = 0; i < 3; i++) await pruneStore({ store: fsStore(dir), disk: 'd', keep: 2, graceMs: 0, maxUnused: 0.2 });
-    const seqs = await expectIntact(t, dir, images, `after the crash at ${fp} and three more runs`, false);
-    t.same(seqs, [5, 6], 'only the kept points are left');
-    t.equal((await stats({ store: fsStore(dir) })).unusedBytes, 0, 'nothing unused is left');
-  });
-}
+    t.test(`SIGKILL at ${fp}`, async (t) => {
+      const { dir, images } = await setup(t);
+      const crashed = await runCli(pruneArgs(dir), { env: { RNODE_FAILPOINT: fp } });
+      t.equal(crashed.signal, 'SIGKILL', `prune was killed at ${fp} (${crashed.stderr.trim()})`);
+      await expectIntact(t, dir, images, `after the crash at ${fp}`);
+      // The next runs finish the work: retention, then each grace period's step (the dead run's leases are broken:
+      // its process is gone).
+      for (let i = 0; i < 3; i++) await pruneStore({ store: fsStore(dir), disk: 'd', keep: 2, graceMs: 0, maxUnused: 0.2 });
+      const seqs = await expectIntact(t, dir, images, `after the crash at ${fp} and three more runs`, false);
+      t.same(seqs, [5, 6], 'only the kept points are left');
+      t.equal((await stats({ store: fsStore(dir) })).unusedBytes, 0, 'nothing unused is left');
+    });
+  }
 }

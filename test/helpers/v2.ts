@@ -48,8 +48,17 @@ export class PendingPoint {
   private builder: PackBuilder | undefined;
   private locations: ChunkLocation[] = [];
 
-  constructor(readonly store: ObjectStore, readonly domain: Domain, readonly disk: string, readonly seq: number, readonly parent: number | null,
-    readonly diskSize: number, private readonly index: ChunkIndex, private readonly blocked: (p: ObjectId) => boolean, readonly packSize: number) {}
+  constructor(
+    readonly store: ObjectStore,
+    readonly domain: Domain,
+    readonly disk: string,
+    readonly seq: number,
+    readonly parent: number | null,
+    readonly diskSize: number,
+    private readonly index: ChunkIndex,
+    private readonly blocked: (p: ObjectId) => boolean,
+    readonly packSize: number,
+  ) {}
 
   async add(i: number, plain: Buffer | null): Promise<void> {
     if (plain === null) {
@@ -89,8 +98,16 @@ export class PendingPoint {
       this.locations = [];
     }
     const segs = await this.writeSegments(0);
-    await this.store.put(r2.pending(this.domain.name, this.domain.dname(this.disk), this.seq),
-      encodePendingV2(this.domain, this.disk, this.seq, { format: 'rnode-pending', disk: this.disk, point: this.seq, parent: this.parent, segments: segs }));
+    await this.store.put(
+      r2.pending(this.domain.name, this.domain.dname(this.disk), this.seq),
+      encodePendingV2(this.domain, this.disk, this.seq, {
+        format: 'rnode-pending',
+        disk: this.disk,
+        point: this.seq,
+        parent: this.parent,
+        segments: segs,
+      }),
+    );
   }
 
   private async writeSegments(gen: number): Promise<PointManifest['table']['segments']> {
@@ -101,7 +118,13 @@ export class PendingPoint {
       const bytes = encodeTableV3(this.domain, { disk: this.disk, point: this.seq, parent: this.parent, generation: gen, segment: n }, part);
       const key = r2.segment(this.domain.name, this.domain.dname(this.disk), this.seq, gen, n);
       await this.store.put(key, bytes);
-      segs.push({ key, records: part.length, first: part.length ? part[0].index : -1, last: part.length ? part[part.length - 1].index : -1, digest: segmentDigest(bytes) });
+      segs.push({
+        key,
+        records: part.length,
+        first: part.length ? part[0].index : -1,
+        last: part.length ? part[part.length - 1].index : -1,
+        digest: segmentDigest(bytes),
+      });
     }
     return segs;
   }
@@ -115,17 +138,35 @@ export class PendingPoint {
       try {
         await this.store.head(r2.pack(this.domain.name, p));
       } catch (err) {
-        if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw new RnodeError(ErrorCodes.CHUNK_MISSING, `pack ${p} this point uses is gone; not committed`);
+        if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND))
+          throw new RnodeError(ErrorCodes.CHUNK_MISSING, `pack ${p} this point uses is gone; not committed`);
         throw err;
       }
     }
     const segments = await this.writeSegments(0);
     const m: PointManifest = {
-      format: MANIFEST_FORMAT, version: 4, disk: this.disk, point: this.seq, parent: this.parent, full: this.parent === null,
-      createdAt: new Date().toISOString(), diskSize: this.diskSize, chunkSize: CHUNK, source: { kind: 'test', location: 'fixture' },
+      format: MANIFEST_FORMAT,
+      version: 4,
+      disk: this.disk,
+      point: this.seq,
+      parent: this.parent,
+      full: this.parent === null,
+      createdAt: new Date().toISOString(),
+      diskSize: this.diskSize,
+      chunkSize: CHUNK,
+      source: { kind: 'test', location: 'fixture' },
       table: { generation: 0, records: this.entries.length, segments },
-      stats: { chunksTotal: Math.ceil(this.diskSize / CHUNK), chunksChanged: this.entries.length, chunksZero: 0, bytesRead: 0, bytesWritten: 0, seconds: 0,
-        bytesDeduplicated: 0, chunksDeduplicated: this.chunksDeduplicated, packsWritten: this.written.size },
+      stats: {
+        chunksTotal: Math.ceil(this.diskSize / CHUNK),
+        chunksChanged: this.entries.length,
+        chunksZero: 0,
+        bytesRead: 0,
+        bytesWritten: 0,
+        seconds: 0,
+        bytesDeduplicated: 0,
+        chunksDeduplicated: this.chunksDeduplicated,
+        packsWritten: this.written.size,
+      },
       ...(this.domain.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: this.domain.key.keyId } } : {}),
     };
     await this.store.put(r2.point(this.domain.name, this.domain.dname(this.disk), this.seq), encodeManifestV4(this.domain, m), { ifNoneMatch: true });
@@ -135,8 +176,15 @@ export class PendingPoint {
 }
 
 /** Starts a point: loads the index and the marks as a replicate does at its start. */
-export async function beginPoint(store: ObjectStore, key: EncryptionKey | undefined, disk: string, seq: number, parent: number | null, diskSize: number,
-  packSize = 1024 * 1024): Promise<PendingPoint> {
+export async function beginPoint(
+  store: ObjectStore,
+  key: EncryptionKey | undefined,
+  disk: string,
+  seq: number,
+  parent: number | null,
+  diskSize: number,
+  packSize = 1024 * 1024,
+): Promise<PendingPoint> {
   const domain = await Domain.openOrCreate(store, key);
   const index = await ChunkIndex.load(store, domain);
   const marks = await readPruneMarks(store, domain);
@@ -144,8 +192,16 @@ export async function beginPoint(store: ObjectStore, key: EncryptionKey | undefi
 }
 
 /** Writes and commits one point with these changes. */
-export async function writePoint(store: ObjectStore, key: EncryptionKey | undefined, disk: string, seq: number, parent: number | null, diskSize: number,
-  changes: Changes, packSize?: number): Promise<PointManifest> {
+export async function writePoint(
+  store: ObjectStore,
+  key: EncryptionKey | undefined,
+  disk: string,
+  seq: number,
+  parent: number | null,
+  diskSize: number,
+  changes: Changes,
+  packSize?: number,
+): Promise<PointManifest> {
   const p = await beginPoint(store, key, disk, seq, parent, diskSize, packSize);
   for (const [i, b] of [...changes].sort(([a], [b]) => a - b)) await p.add(i, b);
   return p.commit();
@@ -181,7 +237,11 @@ export function chunkData(seed: number, len = CHUNK): Buffer {
   const out = Buffer.alloc(len);
   let x = (seed * 2654435761) >>> 0 || 1;
   for (let i = 0; i < len; i += 4) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     out.writeUInt32LE(x >>> 0, i);
   }
   return out;

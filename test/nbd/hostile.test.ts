@@ -18,7 +18,10 @@ const STALL: NbdSourceOptions = { connectTimeoutMs: 400 };
 /** Awaits a rejection, checks it is an RnodeError with the code (and message), and that it came quickly. */
 async function fails(t: Test, p: Promise<unknown>, code: string, message: RegExp, what: string, maxMs = 3000): Promise<RnodeError | undefined> {
   const started = Date.now();
-  const err = await p.then(() => undefined, (e) => e);
+  const err = await p.then(
+    () => undefined,
+    (e) => e,
+  );
   const ms = Date.now() - started;
   t.ok(err instanceof RnodeError, `${what}: rejects with an RnodeError${err instanceof RnodeError ? '' : ` (got ${err})`}`);
   t.equal(err?.code, code, `${what}: code ${code}`);
@@ -32,16 +35,47 @@ t.test('handshake faults', async (t) => {
   const open = (url: string) => NbdSource.open(url, FAST);
 
   const http = await fakeServer(t, dir, (p) => p.write(Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n')));
-  await fails(t, open(http.url()), ErrorCodes.SOURCE_IO, /broke the protocol during the handshake \(the peer did not greet with NBDMAGIC/, 'an HTTP server');
+  await fails(
+    t,
+    open(http.url()),
+    ErrorCodes.SOURCE_IO,
+    /broke the protocol during the handshake \(the peer did not greet with NBDMAGIC/,
+    'an HTTP server',
+  );
 
   const silent = await fakeServer(t, dir, () => undefined);
-  await fails(t, NbdSource.open(silent.url(), STALL), ErrorCodes.SOURCE_IO, /did not complete the handshake within 0.4 s/, 'a server that never greets');
+  await fails(
+    t,
+    NbdSource.open(silent.url(), STALL),
+    ErrorCodes.SOURCE_IO,
+    /did not complete the handshake within 0.4 s/,
+    'a server that never greets',
+  );
 
-  const slowAfterGreeting = await fakeServer(t, dir, async (p) => { p.greet(); await p.read(4); });
-  await fails(t, NbdSource.open(slowAfterGreeting.url(), STALL), ErrorCodes.SOURCE_IO, /did not complete the handshake/, 'a server that stalls on the first option');
+  const slowAfterGreeting = await fakeServer(t, dir, async (p) => {
+    p.greet();
+    await p.read(4);
+  });
+  await fails(
+    t,
+    NbdSource.open(slowAfterGreeting.url(), STALL),
+    ErrorCodes.SOURCE_IO,
+    /did not complete the handshake/,
+    'a server that stalls on the first option',
+  );
 
-  const hangup = await fakeServer(t, dir, async (p) => { p.greet(); await p.read(4); p.sock.destroy(); });
-  await fails(t, open(hangup.url()), ErrorCodes.SOURCE_IO, /handshake .*failed: the server closed the connection|closed the connection/, 'a server that hangs up');
+  const hangup = await fakeServer(t, dir, async (p) => {
+    p.greet();
+    await p.read(4);
+    p.sock.destroy();
+  });
+  await fails(
+    t,
+    open(hangup.url()),
+    ErrorCodes.SOURCE_IO,
+    /handshake .*failed: the server closed the connection|closed the connection/,
+    'a server that hangs up',
+  );
 
   const oversize = await fakeServer(t, dir, async (p) => {
     p.greet();
@@ -64,7 +98,10 @@ t.test('handshake faults', async (t) => {
     await p.read(4);
     for (;;) {
       const o = await p.option();
-      if (o.option !== P.Opt.GO) { p.optionReply(o.option, P.Rep.ACK); continue; }
+      if (o.option !== P.Opt.GO) {
+        p.optionReply(o.option, P.Rep.ACK);
+        continue;
+      }
       const info = Buffer.from([0, 99]); // an info type the client skips
       p.sock.cork(); // one burst, so the reply cap (not the deadline) is what stops it even on a busy machine
       for (let i = 0; i < 5000 && !p.sock.destroyed; i++) p.optionReply(o.option, P.Rep.INFO, info);
@@ -72,8 +109,13 @@ t.test('handshake faults', async (t) => {
       return;
     }
   });
-  await fails(t, NbdSource.open(endless.url(), { connectTimeoutMs: 5000 }), ErrorCodes.SOURCE_IO, /broke the protocol .*more than 1024 replies/,
-    'an endless stream of option replies');
+  await fails(
+    t,
+    NbdSource.open(endless.url(), { connectTimeoutMs: 5000 }),
+    ErrorCodes.SOURCE_IO,
+    /broke the protocol .*more than 1024 replies/,
+    'an endless stream of option replies',
+  );
 
   const huge = await fakeServer(t, dir, (p) => p.handshake({ size: 2 ** 60 }));
   await fails(t, open(huge.url()), ErrorCodes.SOURCE_IO, /export size 1152921504606846976 is beyond/, 'an export size beyond 2^53');
@@ -98,33 +140,97 @@ t.test('handshake faults', async (t) => {
 
 /** A server with a good handshake whose transmission phase is `serve`. */
 async function transmitting(t: Test, dir: string, serve: (p: Peer) => Promise<void>, e: Parameters<Peer['handshake']>[0] = {}) {
-  return fakeServer(t, dir, async (p) => { await p.handshake({ size: 1 << 20, contexts: ['base:allocation', 'qemu:dirty-bitmap:b0'], ...e }); await serve(p); });
+  return fakeServer(t, dir, async (p) => {
+    await p.handshake({ size: 1 << 20, contexts: ['base:allocation', 'qemu:dirty-bitmap:b0'], ...e });
+    await serve(p);
+  });
 }
 
 t.test('transmission faults: each fails the request (and drops the connection) quickly', async (t) => {
   const dir = tmpDir(t, 'nbd-hostile');
   const buf = sharedAligned(1 << 20);
   const cases: Array<[string, (p: Peer) => Promise<void>, RegExp]> = [
-    ['a chunk claiming 4 GiB of data', async (p) => { const r = await p.request(); p.chunk(r.handle, P.ReplyType.OFFSET_DATA, 1, Buffer.alloc(0), 0xfffffff0); },
-      /OFFSET_DATA chunk of 4294967280 bytes for a 65536-byte read/],
-    ['data outside the request', async (p) => { const r = await p.request(); p.data(r.handle, r.offset + r.length - 10, Buffer.alloc(20)); },
-      /OFFSET_DATA \[65526, \+20\) outside the request \[0, \+65536\)/],
-    ['overlapping chunks', async (p) => { const r = await p.request(); p.data(r.handle, 0, Buffer.alloc(4096), false); p.hole(r.handle, 2048, 4096); },
-      /OFFSET_HOLE at 2048 overlaps/],
-    ['a reply for an unknown handle', async (p) => { const r = await p.request(); p.data(r.handle + 99n, 0, Buffer.alloc(r.length)); },
-      /reply for handle \d+, which has no request in flight/],
-    ['garbage instead of a reply', async (p) => { await p.request(); p.write(Buffer.from('\x00\x01garbage garbage garbage')); },
-      /unexpected reply magic 0x00016761/],
-    ['a simple success reply after structured replies were negotiated', async (p) => { const r = await p.request(); p.simple(r.handle, 0, Buffer.alloc(r.length)); },
-      /simple success reply to a READ after structured replies/],
-    ['an unknown chunk type', async (p) => { const r = await p.request(); p.chunk(r.handle, 77, 1, Buffer.alloc(4)); },
-      /unknown structured reply type 77/],
-    ['a hang-up in the middle of a chunk', async (p) => { const r = await p.request(); p.chunk(r.handle, P.ReplyType.OFFSET_DATA, 1, Buffer.alloc(100), 8 + r.length); p.sock.end(); },
-      /lost the connection to NBD server/],
-    ['a stall', async (p) => { await p.request(); },
-      /did not answer a READ of 65536 bytes at offset 0 within 1.5 s/],
-    ['a stall in the middle of a chunk', async (p) => { const r = await p.request(); p.chunk(r.handle, P.ReplyType.OFFSET_DATA, 1, Buffer.alloc(1000), 8 + r.length); },
-      /did not answer a READ/],
+    [
+      'a chunk claiming 4 GiB of data',
+      async (p) => {
+        const r = await p.request();
+        p.chunk(r.handle, P.ReplyType.OFFSET_DATA, 1, Buffer.alloc(0), 0xfffffff0);
+      },
+      /OFFSET_DATA chunk of 4294967280 bytes for a 65536-byte read/,
+    ],
+    [
+      'data outside the request',
+      async (p) => {
+        const r = await p.request();
+        p.data(r.handle, r.offset + r.length - 10, Buffer.alloc(20));
+      },
+      /OFFSET_DATA \[65526, \+20\) outside the request \[0, \+65536\)/,
+    ],
+    [
+      'overlapping chunks',
+      async (p) => {
+        const r = await p.request();
+        p.data(r.handle, 0, Buffer.alloc(4096), false);
+        p.hole(r.handle, 2048, 4096);
+      },
+      /OFFSET_HOLE at 2048 overlaps/,
+    ],
+    [
+      'a reply for an unknown handle',
+      async (p) => {
+        const r = await p.request();
+        p.data(r.handle + 99n, 0, Buffer.alloc(r.length));
+      },
+      /reply for handle \d+, which has no request in flight/,
+    ],
+    [
+      'garbage instead of a reply',
+      async (p) => {
+        await p.request();
+        p.write(Buffer.from('\x00\x01garbage garbage garbage'));
+      },
+      /unexpected reply magic 0x00016761/,
+    ],
+    [
+      'a simple success reply after structured replies were negotiated',
+      async (p) => {
+        const r = await p.request();
+        p.simple(r.handle, 0, Buffer.alloc(r.length));
+      },
+      /simple success reply to a READ after structured replies/,
+    ],
+    [
+      'an unknown chunk type',
+      async (p) => {
+        const r = await p.request();
+        p.chunk(r.handle, 77, 1, Buffer.alloc(4));
+      },
+      /unknown structured reply type 77/,
+    ],
+    [
+      'a hang-up in the middle of a chunk',
+      async (p) => {
+        const r = await p.request();
+        p.chunk(r.handle, P.ReplyType.OFFSET_DATA, 1, Buffer.alloc(100), 8 + r.length);
+        p.sock.end();
+      },
+      /lost the connection to NBD server/,
+    ],
+    [
+      'a stall',
+      async (p) => {
+        await p.request();
+      },
+      /did not answer a READ of 65536 bytes at offset 0 within 1.5 s/,
+    ],
+    [
+      'a stall in the middle of a chunk',
+      async (p) => {
+        const r = await p.request();
+        p.chunk(r.handle, P.ReplyType.OFFSET_DATA, 1, Buffer.alloc(1000), 8 + r.length);
+      },
+      /did not answer a READ/,
+    ],
   ];
   for (const [what, serve, message] of cases) {
     const srv = await transmitting(t, dir, serve);
@@ -140,11 +246,41 @@ t.test('transmission faults: each fails the request (and drops the connection) q
 t.test('block status faults', async (t) => {
   const dir = tmpDir(t, 'nbd-hostile');
   const cases: Array<[string, (p: Peer) => Promise<void>, RegExp]> = [
-    ['a zero-length descriptor', async (p) => { const r = await p.request(); p.status(r.handle, 1, [[4096, 0], [0, 0]]); }, /descriptor of length 0/],
-    ['an unnegotiated context id', async (p) => { const r = await p.request(); p.status(r.handle, 9, [[4096, 0]]); }, /meta context id 9, which was not negotiated/],
-    ['a chunk claiming 64 MiB of descriptors', async (p) => { const r = await p.request(); p.chunk(r.handle, P.ReplyType.BLOCK_STATUS, 1, Buffer.alloc(0), 4 + 8 * (8 << 20)); },
-      /BLOCK_STATUS chunk of 67108868 bytes/],
-    ['block status chunk in reply to the wrong command', async (p) => { const r = await p.request(); p.data(r.handle, 0, Buffer.alloc(16)); }, /OFFSET_DATA in reply to BLOCK_STATUS/],
+    [
+      'a zero-length descriptor',
+      async (p) => {
+        const r = await p.request();
+        p.status(r.handle, 1, [
+          [4096, 0],
+          [0, 0],
+        ]);
+      },
+      /descriptor of length 0/,
+    ],
+    [
+      'an unnegotiated context id',
+      async (p) => {
+        const r = await p.request();
+        p.status(r.handle, 9, [[4096, 0]]);
+      },
+      /meta context id 9, which was not negotiated/,
+    ],
+    [
+      'a chunk claiming 64 MiB of descriptors',
+      async (p) => {
+        const r = await p.request();
+        p.chunk(r.handle, P.ReplyType.BLOCK_STATUS, 1, Buffer.alloc(0), 4 + 8 * (8 << 20));
+      },
+      /BLOCK_STATUS chunk of 67108868 bytes/,
+    ],
+    [
+      'block status chunk in reply to the wrong command',
+      async (p) => {
+        const r = await p.request();
+        p.data(r.handle, 0, Buffer.alloc(16));
+      },
+      /OFFSET_DATA in reply to BLOCK_STATUS/,
+    ],
   ];
   for (const [what, serve, message] of cases) {
     const srv = await transmitting(t, dir, serve);
@@ -177,37 +313,49 @@ t.test('well-behaved variations and limits', async (t) => {
 
   // Out-of-order chunks, holes, a server error that leaves the connection usable, and the in-flight bound.
   let maxOutstanding = 0;
-  const srv = await transmitting(t, dir, async (p) => {
-    const outstanding: Array<{ handle: bigint; offset: number; length: number; type: number }> = [];
-    const nextRequest = () => { const n = p.request(); n.catch(() => undefined); return n; };
-    let next = nextRequest();
-    for (;;) {
-      // Requests pile up until three are waiting or the client goes quiet, then all are answered newest first.
-      const r = await Promise.race([next, new Promise<undefined>((resolve) => setTimeout(resolve, 20))]);
-      if (r) {
-        next = nextRequest();
-        if (r.type === P.Cmd.DISC) return;
-        outstanding.push(r);
-        maxOutstanding = Math.max(maxOutstanding, outstanding.length);
-        if (outstanding.length < 3) continue;
-      }
-      while (outstanding.length) {
-        const q = outstanding.pop()!;
-        if (q.type === P.Cmd.BLOCK_STATUS) {
-          // Descriptors reach past the asked range; the client must clip.
-          p.status(q.handle, 1, [[q.length / 2, 0], [q.length, 3]]);
-        } else if (q.offset === 4096 * 100) {
-          p.error(q.handle, 5, 'medium error\u0007 on sector 800');
-        } else {
-          const half = q.length / 2;
-          p.data(q.handle, q.offset + half, disk.subarray(q.offset + half, q.offset + q.length), false);
-          if (disk.subarray(q.offset, q.offset + half).every((b) => b === 0)) p.hole(q.handle, q.offset, half, false);
-          else p.data(q.handle, q.offset, disk.subarray(q.offset, q.offset + half), false);
-          p.chunk(q.handle, P.ReplyType.NONE, P.REPLY_FLAG_DONE, Buffer.alloc(0));
+  const srv = await transmitting(
+    t,
+    dir,
+    async (p) => {
+      const outstanding: Array<{ handle: bigint; offset: number; length: number; type: number }> = [];
+      const nextRequest = () => {
+        const n = p.request();
+        n.catch(() => undefined);
+        return n;
+      };
+      let next = nextRequest();
+      for (;;) {
+        // Requests pile up until three are waiting or the client goes quiet, then all are answered newest first.
+        const r = await Promise.race([next, new Promise<undefined>((resolve) => setTimeout(resolve, 20))]);
+        if (r) {
+          next = nextRequest();
+          if (r.type === P.Cmd.DISC) return;
+          outstanding.push(r);
+          maxOutstanding = Math.max(maxOutstanding, outstanding.length);
+          if (outstanding.length < 3) continue;
+        }
+        while (outstanding.length) {
+          const q = outstanding.pop()!;
+          if (q.type === P.Cmd.BLOCK_STATUS) {
+            // Descriptors reach past the asked range; the client must clip.
+            p.status(q.handle, 1, [
+              [q.length / 2, 0],
+              [q.length, 3],
+            ]);
+          } else if (q.offset === 4096 * 100) {
+            p.error(q.handle, 5, 'medium error\u0007 on sector 800');
+          } else {
+            const half = q.length / 2;
+            p.data(q.handle, q.offset + half, disk.subarray(q.offset + half, q.offset + q.length), false);
+            if (disk.subarray(q.offset, q.offset + half).every((b) => b === 0)) p.hole(q.handle, q.offset, half, false);
+            else p.data(q.handle, q.offset, disk.subarray(q.offset, q.offset + half), false);
+            p.chunk(q.handle, P.ReplyType.NONE, P.REPLY_FLAG_DONE, Buffer.alloc(0));
+          }
         }
       }
-    }
-  }, { size: SIZE, blockSize: [4096, 4096, 64 * 1024] });
+    },
+    { size: SIZE, blockSize: [4096, 4096, 64 * 1024] },
+  );
   const src = await NbdSource.open(srv.url(), { ...FAST, requestTimeoutMs: 10_000, maxInFlight: 3 });
   t.equal(src.alignment, 4096, 'alignment from NBD_INFO_BLOCK_SIZE minimum');
   t.equal(src.maxReadBytes, 64 * 1024, 'maxReadBytes from NBD_INFO_BLOCK_SIZE maximum');
@@ -215,7 +363,13 @@ t.test('well-behaved variations and limits', async (t) => {
   t.equal(await src.read(0, buf, SIZE), SIZE, 'a 1 MiB read split into 16 requests');
   t.ok(buf.equals(disk), 'reassembled out-of-order chunks are exact');
   t.ok(maxOutstanding <= 3 && maxOutstanding >= 2, `at most 3 requests in flight (saw ${maxOutstanding})`);
-  await fails(t, src.read(4096 * 100, buf, 4096), ErrorCodes.SOURCE_IO, /failed a READ of 4096 bytes at offset 409600 \(EIO: medium error on sector 800\)/, 'a server-side EIO');
+  await fails(
+    t,
+    src.read(4096 * 100, buf, 4096),
+    ErrorCodes.SOURCE_IO,
+    /failed a READ of 4096 bytes at offset 409600 \(EIO: medium error on sector 800\)/,
+    'a server-side EIO',
+  );
   t.same(await collect(src.allocatedExtents()), [{ offset: 0, length: SIZE / 2 }], 'block status clipped to the window');
   await t.rejects(src.read(100, buf, 4096), { code: ErrorCodes.INTERNAL }, 'unaligned reads are refused before anything is sent');
   await src.close();
@@ -242,28 +396,37 @@ t.test('replies that arrive a few bytes at a time (chunk heads split across read
   const dir = tmpDir(t, 'nbd-hostile');
   const SIZE = 64 * 1024;
   const disk = randomData(SIZE, 77);
-  const srv = await transmitting(t, dir, async (p) => {
-    p.sock.setNoDelay(true);
-    // Each reply's first 40 bytes (20-byte chunk header, the 8-byte offset or 4-byte context id, and on) go out
-    // 3 bytes per write, a few ms apart, so the client sees every fixed head in pieces; the rest follows at once.
-    const write = p.write.bind(p);
-    let queue = Promise.resolve();
-    p.write = (b: Buffer) => {
-      queue = queue.then(async () => {
-        for (let i = 0; i < Math.min(40, b.length); i += 3) {
-          write(b.subarray(i, Math.min(i + 3, 40, b.length)));
-          await new Promise((r) => setTimeout(r, 2));
-        }
-        if (b.length > 40) write(b.subarray(40));
-      });
-    };
-    for (;;) {
-      const r = await p.request();
-      if (r.type === P.Cmd.DISC) return;
-      if (r.type === P.Cmd.BLOCK_STATUS) p.status(r.handle, 1, [[r.length / 2, 0], [r.length / 2, 3]]);
-      else p.data(r.handle, r.offset, disk.subarray(r.offset, r.offset + r.length));
-    }
-  }, { size: SIZE });
+  const srv = await transmitting(
+    t,
+    dir,
+    async (p) => {
+      p.sock.setNoDelay(true);
+      // Each reply's first 40 bytes (20-byte chunk header, the 8-byte offset or 4-byte context id, and on) go out
+      // 3 bytes per write, a few ms apart, so the client sees every fixed head in pieces; the rest follows at once.
+      const write = p.write.bind(p);
+      let queue = Promise.resolve();
+      p.write = (b: Buffer) => {
+        queue = queue.then(async () => {
+          for (let i = 0; i < Math.min(40, b.length); i += 3) {
+            write(b.subarray(i, Math.min(i + 3, 40, b.length)));
+            await new Promise((r) => setTimeout(r, 2));
+          }
+          if (b.length > 40) write(b.subarray(40));
+        });
+      };
+      for (;;) {
+        const r = await p.request();
+        if (r.type === P.Cmd.DISC) return;
+        if (r.type === P.Cmd.BLOCK_STATUS)
+          p.status(r.handle, 1, [
+            [r.length / 2, 0],
+            [r.length / 2, 3],
+          ]);
+        else p.data(r.handle, r.offset, disk.subarray(r.offset, r.offset + r.length));
+      }
+    },
+    { size: SIZE },
+  );
   const src = await NbdSource.open(srv.url(), { ...FAST, requestTimeoutMs: 10_000 });
   const buf = sharedAligned(SIZE);
   t.equal(await src.read(0, buf, SIZE), SIZE);
@@ -276,23 +439,31 @@ t.test('random replies: every read settles quickly with a result or an RnodeErro
   const dir = tmpDir(t, 'nbd-fuzz');
   const types = [0, 1, 2, 5, 0x8001, 0x8002, 0x8003, 3, 0xffff];
   let seed = 0;
-  const srv = await transmitting(t, dir, async (p) => {
-    const rnd = randomData(64, 5000 + seed++);
-    const r = await p.request();
-    const handle = rnd[0] % 4 === 0 ? rnd.readBigUInt64BE(8) : r.handle;
-    const lengths = [0, 6, 8, 12, 14, 20, r.length + 8, r.length + 9, 0xffffffff, rnd.readUInt32BE(16) % 4096];
-    const length = lengths[rnd[1] % lengths.length];
-    const payload = randomData(Math.min(length, 2048), 7000 + seed);
-    if (length >= 8 && rnd[2] % 2 === 0) payload.writeBigUInt64BE(BigInt(r.offset + (rnd[3] % 3) * 512), 0); // a plausible offset
-    p.chunk(handle, types[rnd[4] % types.length], rnd[5] % 2, payload, length);
-    if (rnd[6] % 2) p.sock.end();
-  }, { size: 1 << 20 });
+  const srv = await transmitting(
+    t,
+    dir,
+    async (p) => {
+      const rnd = randomData(64, 5000 + seed++);
+      const r = await p.request();
+      const handle = rnd[0] % 4 === 0 ? rnd.readBigUInt64BE(8) : r.handle;
+      const lengths = [0, 6, 8, 12, 14, 20, r.length + 8, r.length + 9, 0xffffffff, rnd.readUInt32BE(16) % 4096];
+      const length = lengths[rnd[1] % lengths.length];
+      const payload = randomData(Math.min(length, 2048), 7000 + seed);
+      if (length >= 8 && rnd[2] % 2 === 0) payload.writeBigUInt64BE(BigInt(r.offset + (rnd[3] % 3) * 512), 0); // a plausible offset
+      p.chunk(handle, types[rnd[4] % types.length], rnd[5] % 2, payload, length);
+      if (rnd[6] % 2) p.sock.end();
+    },
+    { size: 1 << 20 },
+  );
   const buf = sharedAligned(65536);
   const outcomes = new Map<string, number>();
   for (let i = 0; i < 60; i++) {
     const src = await NbdSource.open(srv.url(), { connectTimeoutMs: 5000, requestTimeoutMs: 500 });
     const started = Date.now();
-    const outcome = await src.read(0, buf, 65536).then(() => 'read', (e) => (e instanceof RnodeError ? e.code : `not an RnodeError: ${e}`));
+    const outcome = await src.read(0, buf, 65536).then(
+      () => 'read',
+      (e) => (e instanceof RnodeError ? e.code : `not an RnodeError: ${e}`),
+    );
     const ms = Date.now() - started;
     if (!t.ok(ms < 3000, `case ${i}: settled in ${ms} ms`)) break;
     if (!t.ok(outcome === 'read' || outcome === ErrorCodes.SOURCE_IO, `case ${i}: ${outcome}`)) break;

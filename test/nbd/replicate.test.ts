@@ -10,7 +10,18 @@ import { recover } from '../../src/jobs/restore.js';
 import { FsStore } from '../../src/store/index.js';
 import { loadPoint } from '../../src/repository/points.js';
 import {
-  addBitmap, collect, createImage, dirtyRanges, KiB, MiB, qemuImg, qemuWrite, rawSnapshot, sha256File, startExport, tmpDir,
+  addBitmap,
+  collect,
+  createImage,
+  dirtyRanges,
+  KiB,
+  MiB,
+  qemuImg,
+  qemuWrite,
+  rawSnapshot,
+  sha256File,
+  startExport,
+  tmpDir,
   type Write,
 } from './fixtures/qemu.js';
 
@@ -42,7 +53,10 @@ t.test('full, incremental by dirty bitmap, rescans on a bad marker, restores byt
     const exp = await startExport(t, dir, img);
     const s = await openSource(exp.url());
     try {
-      return dirtyRanges((await collect(s.allocatedExtents())).map((e) => ({ ...e, seed: 0 })), CHUNK).reduce((n, e) => n + e.length, 0);
+      return dirtyRanges(
+        (await collect(s.allocatedExtents())).map((e) => ({ ...e, seed: 0 })),
+        CHUNK,
+      ).reduce((n, e) => n + e.length, 0);
     } finally {
       await s.close();
       await exp.stop();
@@ -95,7 +109,10 @@ t.test('full, incremental by dirty bitmap, rescans on a bad marker, restores byt
   t.match(p4.rescanReason, /does not offer qemu:dirty-bitmap:c3/, 'unexported bitmap → rescan');
 
   // Point 5: back to an incremental.
-  const w5: Write[] = [{ offset: 25 * MiB + 100, length: 10, seed: 51 }, { offset: 2 * MiB, length: 4 * KiB, seed: 52 }];
+  const w5: Write[] = [
+    { offset: 25 * MiB + 100, length: 10, seed: 51 },
+    { offset: 2 * MiB, length: 4 * KiB, seed: 52 },
+  ];
   qemuWrite(img, w5, dir);
   const p5 = await run(5, { exportBitmaps: ['c4'], query: 'bitmap=c4&checkpoint=c5', checkpoint: 'c5' });
   t.equal(p5.rescanReason, undefined);

@@ -9,8 +9,20 @@ import { sharedAligned } from '../../src/native/index.js';
 import { openSource } from '../../src/source/index.js';
 import { NbdSource } from '../../src/source/nbd/index.js';
 import {
-  addBitmap, collect, createImage, dirtyRanges, GRANULE, KiB, merge, MiB, nbdinfoMap, qemuWrite, rawSnapshot,
-  startExport, tmpDir, type Write,
+  addBitmap,
+  collect,
+  createImage,
+  dirtyRanges,
+  GRANULE,
+  KiB,
+  merge,
+  MiB,
+  nbdinfoMap,
+  qemuWrite,
+  rawSnapshot,
+  startExport,
+  tmpDir,
+  type Write,
 } from './fixtures/qemu.js';
 
 const SIZE = 32 * MiB;
@@ -115,7 +127,11 @@ t.test('reads are byte-exact against qemu-img convert -O raw', async (t) => {
   const all = sharedAligned(SIZE);
   const reads: Promise<number>[] = [];
   for (let off = 0; off < SIZE; off += step) reads.push(src.read(off, all.subarray(off, off + step), step));
-  t.same(await Promise.all(reads), reads.map(() => step), 'every read is whole');
+  t.same(
+    await Promise.all(reads),
+    reads.map(() => step),
+    'every read is whole',
+  );
   t.ok(all.equals(raw), 'concurrent 1 MiB reads equal the raw image');
 
   // One 32 MiB read (sparse: OFFSET_HOLE and OFFSET_DATA chunks), then the same split into 192 KiB requests.
@@ -147,19 +163,27 @@ t.test('dirty bitmaps: changedExtentsSince returns exactly the written 64 KiB gr
   t.teardown(() => since1.close());
   const got1 = await collect(since1.changedExtentsSince('b1'));
   t.same(got1, dirtyRanges(SECOND), 'b1 saw only the writes made after it was added');
-  t.ok(got1.every((e) => e.offset % GRANULE === 0 && e.length % GRANULE === 0), 'granule-aligned');
+  t.ok(
+    got1.every((e) => e.offset % GRANULE === 0 && e.length % GRANULE === 0),
+    'granule-aligned',
+  );
 
   const map = nbdinfoMap(exp.url(), 'qemu:dirty-bitmap:b1');
   if (map) t.same(got1, merge(map.filter((e) => e.type & 1)), 'same dirty extents as nbdinfo --map=qemu:dirty-bitmap:b1');
 
   // Marker rules.
-  await t.rejects(collect(since1.changedExtentsSince('b0')), { code: ErrorCodes.CHANGE_MARKER_INVALID, message: /checkpoint is "b0".*bitmap "b1"/ },
-    'a marker other than bitmap= is refused');
+  await t.rejects(
+    collect(since1.changedExtentsSince('b0')),
+    { code: ErrorCodes.CHANGE_MARKER_INVALID, message: /checkpoint is "b0".*bitmap "b1"/ },
+    'a marker other than bitmap= is refused',
+  );
   const unexported = await openSource(exp.url('bitmap=b7'));
   t.teardown(() => unexported.close());
-  await t.rejects(collect(unexported.changedExtentsSince('b7')),
+  await t.rejects(
+    collect(unexported.changedExtentsSince('b7')),
     { code: ErrorCodes.CHANGE_MARKER_INVALID, message: /does not offer qemu:dirty-bitmap:b7 \(it offers .*qemu:dirty-bitmap:b0/ },
-    'a bitmap the server does not export is refused, naming the ones it does');
+    'a bitmap the server does not export is refused, naming the ones it does',
+  );
   const untracked = await openSource(exp.url());
   t.teardown(() => untracked.close());
   await t.rejects(collect(untracked.changedExtentsSince('b0')), { code: ErrorCodes.CHANGE_MARKER_INVALID }, 'no bitmap= at all');
@@ -174,7 +198,10 @@ t.test('the server going away fails reads with a clear error, no hang', async (t
   const buf = sharedAligned(SIZE);
   t.equal(await src.read(0, buf, 1 * MiB), 1 * MiB);
   await exp.stop();
-  const err = await src.read(0, buf, SIZE).then(() => undefined, (e) => e);
+  const err = await src.read(0, buf, SIZE).then(
+    () => undefined,
+    (e) => e,
+  );
   t.ok(err instanceof RnodeError, 'an RnodeError');
   t.equal(err?.code, ErrorCodes.SOURCE_IO);
   t.match(err?.message, /lost the connection to NBD server .*run again/);

@@ -2,9 +2,7 @@
 // catches overlapping read chunks, the windowed extent merger and the URL parser.
 import t from 'tap';
 import { ErrorCodes } from '../../src/errors.js';
-import {
-  CoveredRanges, nbdProtocol as P, parseNbdUrl, ReplyParser, statusRuns, type ReplySink,
-} from '../../src/source/nbd/index.js';
+import { CoveredRanges, nbdProtocol as P, parseNbdUrl, ReplyParser, statusRuns, type ReplySink } from '../../src/source/nbd/index.js';
 import { collect, randomData } from './fixtures/qemu.js';
 
 /** Records what the parser reports; simple replies for even handles carry `simplePayload` bytes. */
@@ -12,10 +10,20 @@ function recorder(simplePayload = 0) {
   const events: string[] = [];
   let payload: Buffer[] = [];
   const sink: ReplySink = {
-    simpleReply: (handle, error) => { events.push(`simple ${handle} ${error}`); return handle % 2n === 0n ? simplePayload : 0; },
-    chunkHeader: (h) => { events.push(`chunk ${h.handle} ${h.type} ${h.flags} ${h.length}`); },
-    payload: (p) => { payload.push(Buffer.from(p)); },
-    end: () => { events.push(`end ${Buffer.concat(payload).toString('hex')}`); payload = []; },
+    simpleReply: (handle, error) => {
+      events.push(`simple ${handle} ${error}`);
+      return handle % 2n === 0n ? simplePayload : 0;
+    },
+    chunkHeader: (h) => {
+      events.push(`chunk ${h.handle} ${h.type} ${h.flags} ${h.length}`);
+    },
+    payload: (p) => {
+      payload.push(Buffer.from(p));
+    },
+    end: () => {
+      events.push(`end ${Buffer.concat(payload).toString('hex')}`);
+      payload = [];
+    },
   };
   return { sink, events };
 }
@@ -109,7 +117,12 @@ t.test('statusRuns: windows, clipping, merging across windows', async (t) => {
   const calls: Array<[number, number]> = [];
   // A disk of 100 units: data at [10, 35) and [60, 100); the server answers at most 2 descriptors per query
   // and rounds its last descriptor up past the window when it answers the whole window.
-  const runs = [[0, 10, 3], [10, 25, 0], [35, 25, 3], [60, 40, 0]];
+  const runs = [
+    [0, 10, 3],
+    [10, 25, 0],
+    [35, 25, 3],
+    [60, 40, 0],
+  ];
   const query = async (offset: number, length: number) => {
     calls.push([offset, length]);
     const out: Array<[number, number]> = [];
@@ -121,15 +134,38 @@ t.test('statusRuns: windows, clipping, merging across windows', async (t) => {
     const answered = out.slice(0, 2); // stops short when the window holds more
     if (answered.length === out.length) answered[answered.length - 1][0] += 7; // rounds the last one up past the window
     const b = Buffer.alloc(answered.length * 8);
-    answered.forEach(([l, f], i) => { b.writeUInt32BE(l, i * 8); b.writeUInt32BE(f, i * 8 + 4); });
+    answered.forEach(([l, f], i) => {
+      b.writeUInt32BE(l, i * 8);
+      b.writeUInt32BE(f, i * 8 + 4);
+    });
     return b;
   };
   const got = await collect(statusRuns(query, 100, (f) => (f & 2) === 0, 30));
-  t.same(got, [{ offset: 10, length: 25 }, { offset: 60, length: 40 }], 'runs merged across windows, clipped');
+  t.same(
+    got,
+    [
+      { offset: 10, length: 25 },
+      { offset: 60, length: 40 },
+    ],
+    'runs merged across windows, clipped',
+  );
   t.same(calls[0], [0, 30]);
-  t.ok(calls.every(([o, l]) => l <= 30 && o + l <= 100), 'every query within the window and the disk');
+  t.ok(
+    calls.every(([o, l]) => l <= 30 && o + l <= 100),
+    'every query within the window and the disk',
+  );
   t.same(await collect(statusRuns(query, 0, () => true)), [], 'empty disk: no query, no extents');
-  await t.rejects(collect(statusRuns(async () => Buffer.alloc(0), 100, () => true)), { code: ErrorCodes.SOURCE_IO }, 'no progress is an error, not a loop');
+  await t.rejects(
+    collect(
+      statusRuns(
+        async () => Buffer.alloc(0),
+        100,
+        () => true,
+      ),
+    ),
+    { code: ErrorCodes.SOURCE_IO },
+    'no progress is an error, not a loop',
+  );
 });
 
 t.test('parseNbdUrl', async (t) => {
@@ -144,8 +180,17 @@ t.test('parseNbdUrl', async (t) => {
   t.equal(tcp.location, 'nbd://10.0.0.5:10809/vda?bitmap=b');
   t.same(parseNbdUrl('nbd://[::1]:7000/').target, { host: '::1', port: 7000 });
   t.equal(parseNbdUrl('nbd+unix:///?socket=/s').exportName, '', 'default export');
-  for (const bad of ['nbd+unix:///x', 'nbd+unix://host/x?socket=/s', 'nbd:///x', 'nbd://h/x?socket=/s', 'nbd://h/x?tls=1',
-    'nbd://u:p@h/x', 'nbd://h/x?bitmap=', 'nbds://h/x', 'nbd://h/x?checkpoint=a%0Ab']) {
+  for (const bad of [
+    'nbd+unix:///x',
+    'nbd+unix://host/x?socket=/s',
+    'nbd:///x',
+    'nbd://h/x?socket=/s',
+    'nbd://h/x?tls=1',
+    'nbd://u:p@h/x',
+    'nbd://h/x?bitmap=',
+    'nbds://h/x',
+    'nbd://h/x?checkpoint=a%0Ab',
+  ]) {
     t.throws(() => parseNbdUrl(bad), { code: ErrorCodes.BAD_SOURCE }, bad);
   }
 });

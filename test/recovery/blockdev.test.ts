@@ -24,7 +24,9 @@ t.test('restore to a block device writes the zero chunks too', { skip: !canLoop 
   const back = path.join(dir, 'back.img');
   fs.writeFileSync(back, Buffer.alloc(8 * MiB, 0xff));
   const dev = execFileSync(losetup!, ['-f', '--show', back], { encoding: 'utf8' }).trim();
-  t.teardown(() => { execFileSync(losetup!, ['-d', dev]); });
+  t.teardown(() => {
+    execFileSync(losetup!, ['-d', dev]);
+  });
 
   const r = await recover({ store, disk: 'd', out: dev });
   t.equal(r.bytesWritten, size, 'every byte of the disk written, zeros too');
@@ -36,5 +38,8 @@ t.test('restore to a block device writes the zero chunks too', { skip: !canLoop 
     fs.closeSync(fd);
   }
   t.ok(got.subarray(0, size).equals(img), 'the device reads back as the image');
-  t.ok(got.subarray(size).every((b) => b === 0xff), 'nothing past the disk changed');
+  t.ok(
+    got.subarray(size).every((b) => b === 0xff),
+    'nothing past the disk changed',
+  );
 });

@@ -22,9 +22,7 @@ import { listV2PointSeqs, loadV2Chain } from '../../src/repository/points.js';
 import { chainView } from '../../src/repository/view.js';
 import { openSource } from '../../src/source/index.js';
 import { FsStore } from '../../src/store/index.js';
-import {
-  azuriteConnectionString, GCS_PROJECT, startAzurite, startGcsEmulator, startS3rver, type RunningServer,
-} from '../../bench/lib/emulators.js';
+import { azuriteConnectionString, GCS_PROJECT, startAzurite, startGcsEmulator, startS3rver, type RunningServer } from '../../bench/lib/emulators.js';
 import { KiB, MiB, randomData, textData, tmpDir } from '../helpers/images.js';
 
 t.setTimeout(280_000);
@@ -64,9 +62,11 @@ async function point(disk: string, img: Buffer, encryption?: EncryptionKey): Pro
 t.before(async () => {
   [s3, azurite, gcs] = await Promise.all([startS3rver(), startAzurite(), startGcsEmulator()]);
   env = {
-    AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER',
+    AWS_ACCESS_KEY_ID: 'S3RVER',
+    AWS_SECRET_ACCESS_KEY: 'S3RVER',
     AZURE_STORAGE_CONNECTION_STRING: azuriteConnectionString(azurite.endpoint),
-    STORAGE_EMULATOR_HOST: gcs.endpoint, GOOGLE_CLOUD_PROJECT: GCS_PROJECT,
+    STORAGE_EMULATOR_HOST: gcs.endpoint,
+    GOOGLE_CLOUD_PROJECT: GCS_PROJECT,
   };
   const c = s3Client();
   await c.send(new CreateBucketCommand({ Bucket: 'disks' }));
@@ -79,7 +79,10 @@ t.before(async () => {
   v2.fill(0, 0, 300 * KiB); // a chunk that becomes zero, and part of the next
   v2.fill(0x5a, 12 * MiB + 100, 12 * MiB + 200);
   images.push(v1, v2);
-  for (const [disk, encryption] of [['plain', undefined], ['enc', key]] as const) {
+  for (const [disk, encryption] of [
+    ['plain', undefined],
+    ['enc', key],
+  ] as const) {
     await point(disk, v1, encryption);
     await point(disk, v2, encryption);
   }
@@ -90,7 +93,12 @@ t.teardown(async () => {
 });
 
 function s3Client(): S3Client {
-  return new S3Client({ endpoint: s3.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  return new S3Client({
+    endpoint: s3.endpoint,
+    forcePathStyle: true,
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+  });
 }
 
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
@@ -123,7 +131,8 @@ function nonZeroBlocks(buf: Buffer, block = 4 * KiB): Array<[number, number]> {
     if (!buf.subarray(o, Math.min(o + block, buf.length)).some((x) => x !== 0)) continue;
     const end = Math.min(o + block, buf.length);
     const last = out[out.length - 1];
-    if (last && last[1] === o) last[1] = end; else out.push([o, end]);
+    if (last && last[1] === o) last[1] = end;
+    else out.push([o, end]);
   }
   return out;
 }
@@ -145,10 +154,15 @@ t.test('azblob://: a fixed VHD in a page blob, only non-zero pages written', asy
     for (const p of (await blob.getPageRanges()).pageRange ?? []) {
       const end = p.offset + p.count + 1; // the SDK's count is End - Start of the service's inclusive End
       const last = ranges[ranges.length - 1];
-      if (last && last[1] === p.offset) last[1] = end; else ranges.push([p.offset, end]);
+      if (last && last[1] === p.offset) last[1] = end;
+      else ranges.push([p.offset, end]);
     }
     t.same(ranges, expected, `${name}: the written pages are exactly the non-zero 4 KiB blocks and the footer`);
-    t.equal(r.bytesWritten, expected.slice(0, -1).reduce((n, [a, b]) => n + b - a, 0), 'bytesWritten counts the uploaded pages');
+    t.equal(
+      r.bytesWritten,
+      expected.slice(0, -1).reduce((n, [a, b]) => n + b - a, 0),
+      'bytesWritten counts the uploaded pages',
+    );
 
     const file = path.join(dir, name);
     await blob.downloadToFile(file);
@@ -168,7 +182,7 @@ t.test('azblob://: a fixed VHD in a page blob, only non-zero pages written', asy
   }
 });
 
-t.test('gs://: a gzip\'d sparse tar with disk.raw, the size rounded up to a GiB', async (t) => {
+t.test("gs://: a gzip'd sparse tar with disk.raw, the size rounded up to a GiB", async (t) => {
   const bucket = new Storage({ projectId: GCS_PROJECT, apiEndpoint: gcs.endpoint }).bucket('disks');
   for (const k of cases.slice(0, 3)) {
     const name = `${k.disk}-${k.point}.tar.gz`;
@@ -190,7 +204,10 @@ t.test('gs://: a gzip\'d sparse tar with disk.raw, the size rounded up to a GiB'
     fs.readSync(fd, head, 0, head.length, 0);
     fs.closeSync(fd);
     t.ok(head.subarray(0, SIZE).equals(images[Number(k.point) - 1]), `${name}: disk.raw is the image byte-exact`);
-    t.ok(head.subarray(SIZE).every((b) => b === 0), 'then zeros (the rest is a hole)');
+    t.ok(
+      head.subarray(SIZE).every((b) => b === 0),
+      'then zeros (the rest is a hole)',
+    );
     fs.rmSync(x, { recursive: true });
   }
 });
@@ -212,12 +229,19 @@ t.test('a failed restore leaves no object behind in any cloud', async (t) => {
   fs.writeFileSync(victim, b);
   t.teardown(() => fs.writeFileSync(victim, orig));
   for (const out of [`s3://disks/bad/bad.raw?endpoint=${s3.endpoint}&forcePathStyle=true`, 'azblob://disks/bad.vhd', 'gs://disks/bad.tar.gz']) {
-    await t.rejects(recover({ store, disk: 'bad', out, env }), { code: ErrorCodes.CHUNK_CORRUPT }, `${out.replace(/\?.*/, '')}: the corrupt chunk fails the restore`);
+    await t.rejects(
+      recover({ store, disk: 'bad', out, env }),
+      { code: ErrorCodes.CHUNK_CORRUPT },
+      `${out.replace(/\?.*/, '')}: the corrupt chunk fails the restore`,
+    );
   }
   const c = s3Client();
   t.equal((await c.send(new ListObjectsV2Command({ Bucket: 'disks', Prefix: 'bad/' }))).KeyCount ?? 0, 0, 's3: no object');
   c.destroy();
-  t.notOk(await BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING!).getContainerClient('disks').getBlobClient('bad.vhd').exists(), 'azure: the page blob was deleted');
+  t.notOk(
+    await BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING!).getContainerClient('disks').getBlobClient('bad.vhd').exists(),
+    'azure: the page blob was deleted',
+  );
   const [exists] = await new Storage({ projectId: GCS_PROJECT, apiEndpoint: gcs.endpoint }).bucket('disks').file('bad.tar.gz').exists();
   t.notOk(exists, 'gcs: no object');
 });
@@ -231,9 +255,15 @@ t.test('outputs inside the store being read, and malformed outputs, are refused'
   await t.rejects(openOutput('gs://disks/x.tar', opts), { code: ErrorCodes.BAD_OUTPUT }, 'gs needs a .tar.gz name');
   await t.rejects(openOutput('s3://disks/', opts), { code: ErrorCodes.BAD_OUTPUT }, 's3 needs a key');
   const err = await openOutput('s3://user:secret@disks/k', opts).catch((e: Error) => e);
-  t.ok(err instanceof Error && (err as { code?: string }).code === ErrorCodes.BAD_OUTPUT && !err.message.includes('secret'),
-    'credentials in the URL are refused, not echoed');
-  await t.rejects(recover({ store, disk: 'plain', out: 'azblob://disks/plain-2.vhd', env }), { code: ErrorCodes.OUTPUT_IO }, 'an existing blob is never overwritten');
+  t.ok(
+    err instanceof Error && (err as { code?: string }).code === ErrorCodes.BAD_OUTPUT && !err.message.includes('secret'),
+    'credentials in the URL are refused, not echoed',
+  );
+  await t.rejects(
+    recover({ store, disk: 'plain', out: 'azblob://disks/plain-2.vhd', env }),
+    { code: ErrorCodes.OUTPUT_IO },
+    'an existing blob is never overwritten',
+  );
 });
 
 t.test('tar: sparse maps longer than the header, and offsets past 8 GiB (base-256 numbers), extract with GNU tar', async (t) => {
@@ -244,7 +274,9 @@ t.test('tar: sparse maps longer than the header, and offsets past 8 GiB (base-25
   extents.push({ offset: 8 * GiB + 512 * MiB, length: 64 * KiB }, { offset: 9 * GiB, length: 5 * KiB });
   const file = path.join(dir, 'big.tar.gz');
   const sink = new GcsTarGzSink('local', fs.createWriteStream(file), size);
-  await sink.prepare(async function* () { yield* extents.map((e) => ({ ...e })); });
+  await sink.prepare(async function* () {
+    yield* extents.map((e) => ({ ...e }));
+  });
   for (const [i, e] of extents.entries()) await sink.write(e.offset, randomData(e.length, 100 + i));
   await sink.finish();
   const x = path.join(dir, 'big');

@@ -74,10 +74,21 @@ t.test('a writer that lost its lease stops before committing', async (t) => {
     await store.put(layout.lease('z'), Buffer.from(JSON.stringify({ ...cur, holder: 'thief', token: cur.token + 1 })), { ifMatch: info.etag });
   };
   let stole = false;
-  await t.rejects(replicate({
-    store, source, disk: 'z', chunkSize: 64 * 1024,
-    onProgress: (p) => { if (!stole && p.chunksDone > 2) { stole = true; void stolen(); } },
-  }), { code: 'RNODE_LEASE_LOST' });
+  await t.rejects(
+    replicate({
+      store,
+      source,
+      disk: 'z',
+      chunkSize: 64 * 1024,
+      onProgress: (p) => {
+        if (!stole && p.chunksDone > 2) {
+          stole = true;
+          void stolen();
+        }
+      },
+    }),
+    { code: 'RNODE_LEASE_LOST' },
+  );
   t.same(await listPointSeqs(store, 'z'), [], 'no point committed');
 });
 
@@ -87,8 +98,12 @@ t.test('a live-looking lease whose holder process on this host is gone is taken 
   const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
   const store = new MemoryStore();
   const record = {
-    format: 'rnode-lease', disk: 'k', holder: `${os.hostname()}/${dead}/deadbeef`, token: 7,
-    acquiredAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 300_000).toISOString(),
+    format: 'rnode-lease',
+    disk: 'k',
+    holder: `${os.hostname()}/${dead}/deadbeef`,
+    token: 7,
+    acquiredAt: new Date().toISOString(),
+    expiresAt: new Date(Date.now() + 300_000).toISOString(),
   };
   await store.put(layout.lease('k'), Buffer.from(JSON.stringify(record)));
   const lease = await Lease.acquire(store, 'k');

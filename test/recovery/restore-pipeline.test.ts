@@ -33,13 +33,19 @@ class RecordingSink implements OutputSink {
   maxHolding = 0;
   finished = false;
   aborted = false;
-  constructor(readonly ordered: boolean, private readonly failAt = -1) {}
+  constructor(
+    readonly ordered: boolean,
+    private readonly failAt = -1,
+  ) {}
   async write(offset: number, data: Buffer): Promise<number> {
     this.holding++;
     this.maxHolding = Math.max(this.maxHolding, this.holding);
     // Later chunks finish sooner: out-of-order completion is the case an ordered sink must never see.
     await new Promise((r) => setTimeout(r, (SIZE - offset) % 7));
-    if (offset === this.failAt) { this.holding--; throw new Error('sink failed'); }
+    if (offset === this.failAt) {
+      this.holding--;
+      throw new Error('sink failed');
+    }
     data.copy(this.out, offset);
     this.calls.push({ op: 'write', offset, length: data.length });
     this.holding--;
@@ -50,8 +56,12 @@ class RecordingSink implements OutputSink {
     this.calls.push({ op: 'zero', offset, length });
     return length;
   }
-  async finish(): Promise<void> { this.finished = true; }
-  async abort(): Promise<void> { this.aborted = true; }
+  async finish(): Promise<void> {
+    this.finished = true;
+  }
+  async abort(): Promise<void> {
+    this.aborted = true;
+  }
 }
 
 const dir = tmpDir(t, 'pipeline');
@@ -73,7 +83,10 @@ for (const ordered of [true, false]) {
     if (ordered) t.same(spans, sorted, 'calls in disk order');
     let at = 0;
     const gaps: number[] = [];
-    for (const [a, b] of sorted) { if (a !== at) gaps.push(a); at = b; }
+    for (const [a, b] of sorted) {
+      if (a !== at) gaps.push(a);
+      at = b;
+    }
     t.same(gaps, [], 'no gap or overlap');
     t.equal(at, SIZE, 'covers the whole disk');
     t.equal(sink.calls.filter((c) => c.op === 'write').length, 28, 'only the 28 non-zero chunks are fetched and written');
@@ -98,7 +111,10 @@ t.test('the chunk buffer pool makes buffers on first need, at most its count, an
   t.equal(made, 3);
   t.equal(pool.available, 0);
   let waited = true;
-  const fourth = pool.acquire().then((b) => { waited = false; return b; });
+  const fourth = pool.acquire().then((b) => {
+    waited = false;
+    return b;
+  });
   await new Promise((r) => setTimeout(r, 20));
   t.ok(waited, 'a fourth acquire waits');
   pool.release(a);
@@ -114,16 +130,20 @@ t.test('a failing sink fails the restore and is aborted, never finished', async 
   }
 });
 
-t.test('restore into tmpfs (O_DIRECT refused there) and into a directory of the disk', { skip: !fs.existsSync('/dev/shm') && 'no /dev/shm' }, async (t) => {
-  const shm = fs.mkdtempSync('/dev/shm/rnode-pipeline-');
-  t.teardown(() => fs.rmSync(shm, { recursive: true, force: true }));
-  for (const out of [path.join(shm, 'out.img'), path.join(dir, 'out.img')]) {
-    const r = await recover({ store, disk: 'd', out, concurrency: 5 });
-    assertSameBytes(t, out, fingerprint(imgFile), `${out}: byte-exact`);
-    t.ok(r.bytesWritten < SIZE, 'zero chunks were not written');
-    t.notOk(fs.existsSync(path.join(path.dirname(out), '.out.img.rnode-partial')), 'no partial file left');
-  }
-});
+t.test(
+  'restore into tmpfs (O_DIRECT refused there) and into a directory of the disk',
+  { skip: !fs.existsSync('/dev/shm') && 'no /dev/shm' },
+  async (t) => {
+    const shm = fs.mkdtempSync('/dev/shm/rnode-pipeline-');
+    t.teardown(() => fs.rmSync(shm, { recursive: true, force: true }));
+    for (const out of [path.join(shm, 'out.img'), path.join(dir, 'out.img')]) {
+      const r = await recover({ store, disk: 'd', out, concurrency: 5 });
+      assertSameBytes(t, out, fingerprint(imgFile), `${out}: byte-exact`);
+      t.ok(r.bytesWritten < SIZE, 'zero chunks were not written');
+      t.notOk(fs.existsSync(path.join(path.dirname(out), '.out.img.rnode-partial')), 'no partial file left');
+    }
+  },
+);
 
 // Regression: chunk slots start at a page-aligned address but not at byteOffset 0 of their SharedArrayBuffer; the
 // file output took byteOffset for the address, called every chunk unaligned and wrote it all through the page cache
@@ -138,7 +158,7 @@ t.test('a file output writes the chunks O_DIRECT where the filesystem takes it',
   }
   fs.closeSync(fd);
   const out = path.join(dir, 'direct.img');
-  const sink = await openFileOutput(out, SIZE) as OutputSink & { bytes: { direct: number; buffered: number } };
+  const sink = (await openFileOutput(out, SIZE)) as OutputSink & { bytes: { direct: number; buffered: number } };
   const r = await recover({ store, disk: 'd', out, sink, concurrency: 4 });
   assertSameBytes(t, out, fingerprint(imgFile), 'byte-exact');
   t.equal(sink.bytes.buffered, 1000, 'only the unaligned 1000-byte tail went through the page cache');

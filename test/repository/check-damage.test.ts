@@ -12,7 +12,9 @@ import { copyOf, packFiles, setup, type CheckStatsStore } from '../helpers/check
 stopCodecWorkersAtEnd(t);
 // The store is written once; each test damages or prunes its own copy.
 let fixture: CheckStatsStore;
-t.before(async () => { fixture = await setup(t); });
+t.before(async () => {
+  fixture = await setup(t);
+});
 
 t.test('check finds damage: a changed blob (with --read-data), a deleted pack, an edited index', async (t) => {
   const { storeDir, keyFile } = copyOf(t, fixture);
@@ -28,13 +30,19 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
   t.equal(quick.code, 0, 'the structure is intact: without --read-data the damage in a blob is not seen');
   const deep = await runCli([...args, '--read-data']);
   t.equal(deep.code, 1, 'with --read-data it is');
-  t.ok(json(deep).problems.some((p: any) => p.code === 'RNODE_CHUNK_CORRUPT'), 'RNODE_CHUNK_CORRUPT');
+  t.ok(
+    json(deep).problems.some((p: any) => p.code === 'RNODE_CHUNK_CORRUPT'),
+    'RNODE_CHUNK_CORRUPT',
+  );
   fs.writeFileSync(victim, orig);
 
   fs.renameSync(victim, `${victim}.moved`);
   const gone = await runCli(args);
   t.equal(gone.code, 1);
-  t.ok(json(gone).problems.some((p: any) => p.code === 'RNODE_CHUNK_MISSING'), 'a deleted pack: RNODE_CHUNK_MISSING');
+  t.ok(
+    json(gone).problems.some((p: any) => p.code === 'RNODE_CHUNK_MISSING'),
+    'a deleted pack: RNODE_CHUNK_MISSING',
+  );
   fs.renameSync(`${victim}.moved`, victim);
 
   const indexRoot = path.join(storeDir, 'r2', 'plain', 'index');
@@ -46,8 +54,10 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
   fs.writeFileSync(idx, edited);
   const ed = await runCli(args);
   t.equal(ed.code, 1);
-  t.ok(json(ed).problems.some((p: any) => p.code === 'RNODE_MANIFEST_CORRUPT' && p.key === r2.index('plain', path.basename(idx))),
-    'an edited index object is named');
+  t.ok(
+    json(ed).problems.some((p: any) => p.code === 'RNODE_MANIFEST_CORRUPT' && p.key === r2.index('plain', path.basename(idx))),
+    'an edited index object is named',
+  );
   fs.writeFileSync(idx, ib);
   t.equal((await runCli(args)).code, 0, 'restored: ok again');
 });
@@ -57,7 +67,7 @@ t.test('prune through the CLI: retention, the sweep over three runs, restores st
   const store = fsStore(storeDir);
   const images: Buffer[] = [fs.readFileSync(img)];
   for (let p = 2; p <= 4; p++) {
-    writeAt(img, (p * 97 % 30) * 64 * KiB, randomData(256 * KiB, 100 + p));
+    writeAt(img, ((p * 97) % 30) * 64 * KiB, randomData(256 * KiB, 100 + p));
     t.equal((await snap(store, img, 'a', { chunkSize: 64 * KiB })).point, p);
     images.push(fs.readFileSync(img));
   }
@@ -76,7 +86,7 @@ t.test('prune through the CLI: retention, the sweep over three runs, restores st
   }
   const b = path.join(dir, 'b.img');
   t.equal((await runCli(['recover', '--store', storeDir, '--disk', 'b', '--out', b])).code, 0);
-  t.ok(fs.readFileSync(b).equals(images[0]), 'disk b, which shares its chunks with a\'s pruned points, restores byte-exact');
+  t.ok(fs.readFileSync(b).equals(images[0]), "disk b, which shares its chunks with a's pruned points, restores byte-exact");
   const v = await runCli(['verify', '--store', storeDir, '--disk', 'a', '--point', 'all']);
   t.equal(v.code, 0, v.stdout + v.stderr);
 });

@@ -9,7 +9,9 @@ import { SIZE, setup, type CheckStatsStore } from '../helpers/check-stats.js';
 stopCodecWorkersAtEnd(t);
 // Both tests only read the store (a prune without the key stops before it changes anything): it is written once.
 let fixture: CheckStatsStore;
-t.before(async () => { fixture = await setup(t); });
+t.before(async () => {
+  fixture = await setup(t);
+});
 
 t.test('stats, with and without the key', async (t) => {
   const { storeDir, keyFile } = fixture;
@@ -55,4 +57,3 @@ t.test('check and prune need the key of an encrypted repository', async (t) => {
   t.equal(p.code, 2, 'prune of an encrypted disk without its key exits 2');
   t.match(p.stderr, /RNODE_KEY_REQUIRED/);
 });
-

@@ -20,7 +20,12 @@ const SHA = ['f13eab735221a75ff91037bd1452fb0f8b074df051dc3e573cdc60919f442566',
 
 function legacyImage(point: number): Buffer {
   const img = Buffer.alloc(512 * 1024);
-  for (let i = 0; i < img.length; i += 32) crypto.createHash('sha256').update('seed' + i).digest().copy(img, i);
+  for (let i = 0; i < img.length; i += 32)
+    crypto
+      .createHash('sha256')
+      .update('seed' + i)
+      .digest()
+      .copy(img, i);
   img.fill(0, 128 * 1024, 192 * 1024);
   Buffer.from('hello legacy rnode '.repeat(3000)).copy(img, 256 * 1024);
   if (point === 2) img.fill(9, 70000, 71000);
@@ -40,24 +45,47 @@ function copyFixture(t: Parameters<typeof tmpDir>[0]) {
 t.test('a legacy store stays readable: points, recover, verify (plain and encrypted)', async (t) => {
   const { dir, storeDir, keyFile, store, key } = copyFixture(t);
   t.equal(crypto.createHash('sha256').update(legacyImage(1)).digest('hex'), SHA[0], 'the fixture image is rebuilt exactly');
-  for (const [disk, k] of [['plain-disk', undefined], ['enc-disk', key]] as const) {
+  for (const [disk, k] of [
+    ['plain-disk', undefined],
+    ['enc-disk', key],
+  ] as const) {
     const points = await listPoints(store, disk, k);
-    t.same(points.map((m) => [m.point, m.version]), [[1, k ? 3 : 1], [2, k ? 3 : 1]], `${disk}: legacy points listed`);
-    for (const p of [1, 2]) await expectRestore(t, store, disk, p, { size: 512 * 1024, sha256: SHA[p - 1] }, dir, `${disk} point ${p}`, { encryption: k });
+    t.same(
+      points.map((m) => [m.point, m.version]),
+      [
+        [1, k ? 3 : 1],
+        [2, k ? 3 : 1],
+      ],
+      `${disk}: legacy points listed`,
+    );
+    for (const p of [1, 2])
+      await expectRestore(t, store, disk, p, { size: 512 * 1024, sha256: SHA[p - 1] }, dir, `${disk} point ${p}`, { encryption: k });
     const v = await verify({ store, disk, point: 'all', encryption: k });
     t.equal(v.ok, true, `${disk}: verify ok`);
   }
   const cli = await runCli(['points', '--store', storeDir, '--disk', 'enc-disk', '--encryption-key-file', keyFile, '--json']);
   t.equal(cli.code, 0, cli.stderr);
-  t.same(json(cli).points.map((p: { point: number }) => p.point), [1, 2]);
+  t.same(
+    json(cli).points.map((p: { point: number }) => p.point),
+    [1, 2],
+  );
   const rec = await runCli(['recover', '--store', storeDir, '--disk', 'plain-disk', '--point', '2', '--out', path.join(dir, 'cli.img')]);
   t.equal(rec.code, 0, rec.stderr);
-  t.equal(crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, 'cli.img'))).digest('hex'), SHA[1]);
+  t.equal(
+    crypto
+      .createHash('sha256')
+      .update(fs.readFileSync(path.join(dir, 'cli.img')))
+      .digest('hex'),
+    SHA[1],
+  );
 });
 
 t.test('a new replicate onto a legacy disk writes a v2 point; prune then drops the legacy objects', async (t) => {
   const { dir, storeDir, store, key } = copyFixture(t);
-  for (const [disk, k] of [['plain-disk', undefined], ['enc-disk', key]] as const) {
+  for (const [disk, k] of [
+    ['plain-disk', undefined],
+    ['enc-disk', key],
+  ] as const) {
     const img = path.join(dir, `${disk}.img`);
     const data = legacyImage(2);
     data.fill(7, 300000, 300100);
@@ -68,13 +96,21 @@ t.test('a new replicate onto a legacy disk writes a v2 point; prune then drops t
     t.equal(r.full, true);
     t.equal(r.fullReason, 'repository format upgraded');
     const points = await listPoints(store, disk, k);
-    t.same(points.map((m) => m.version), [k ? 3 : 1, k ? 3 : 1, 4], `${disk}: legacy points, then a v2 point`);
+    t.same(
+      points.map((m) => m.version),
+      [k ? 3 : 1, k ? 3 : 1, 4],
+      `${disk}: legacy points, then a v2 point`,
+    );
     await expectRestore(t, store, disk, 3, want, dir, `${disk} v2 point`, { encryption: k });
     await expectRestore(t, store, disk, 1, { size: 512 * 1024, sha256: SHA[0] }, dir, `${disk} legacy point 1 (still)`, { encryption: k });
     const p = await prune({ store, disk, keep: 1, encryption: k });
     t.same(p.deleted, [1, 2]);
     t.ok(p.chunksDeleted > 0, `${disk}: the legacy chunk objects went (${p.chunksDeleted})`);
-    t.same(listFiles(path.join(storeDir, 'disks', disk)).filter((f) => !/^(lease|encryption)\.json$/.test(f)), [], `${disk}: only the lease and marker stay in the legacy area`);
+    t.same(
+      listFiles(path.join(storeDir, 'disks', disk)).filter((f) => !/^(lease|encryption)\.json$/.test(f)),
+      [],
+      `${disk}: only the lease and marker stay in the legacy area`,
+    );
     await expectRestore(t, store, disk, 3, want, dir, `${disk} v2 point after prune`, { encryption: k });
     t.equal((await verify({ store, disk, point: 'all', encryption: k })).ok, true);
   }

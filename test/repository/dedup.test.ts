@@ -9,7 +9,20 @@ import { EncryptionKey } from '../../src/crypto/keys.js';
 import { pruneStore } from '../../src/jobs/prune-v2.js';
 import { verify } from '../../src/jobs/verify.js';
 import { listPoints } from '../../src/repository/points.js';
-import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt } from '../helpers/images.js';
+import {
+  KiB,
+  MiB,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  randomData,
+  snap,
+  stopCodecWorkersAtEnd,
+  textData,
+  tmpDir,
+  writeAt,
+} from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
@@ -45,11 +58,21 @@ t.test('points restore byte-exact, plain and encrypted, and dedup within a disk 
     const v = await verify({ store, disk: 'd', point: 'all', encryption: key });
     t.equal(v.problems.length, 0, 'verify finds nothing wrong');
     const points = await listPoints(store, 'd', key);
-    t.same(points.map((m) => m.version), [4, 4]);
+    t.same(
+      points.map((m) => m.version),
+      [4, 4],
+    );
     t.equal(points[1].stats.chunksDeduplicated, 1);
     const files = listFiles(path.join(dir, 'store'));
-    t.notOk(files.some((f) => f.startsWith('disks/d/chunks')), 'no legacy chunk objects');
-    if (key) t.notOk(files.some((f) => f.includes('/d/') || f.endsWith('/d')), 'an encrypted repository never names the disk');
+    t.notOk(
+      files.some((f) => f.startsWith('disks/d/chunks')),
+      'no legacy chunk objects',
+    );
+    if (key)
+      t.notOk(
+        files.some((f) => f.includes('/d/') || f.endsWith('/d')),
+        'an encrypted repository never names the disk',
+      );
   }
 });
 
@@ -87,8 +110,11 @@ t.test('object counts and directory fan-out', async (t) => {
   const packs = files.filter((f) => f.includes('/packs/'));
   const stored = packs.reduce((n, f) => n + fs.statSync(path.join(dir, 'store', f)).size, 0);
   t.equal(packs.length, r.packsWritten);
-  const few = 1 + r.chunksTotal / 4096 * 3 + 4 + 1; // config, per checkpoint: index + segment (+ pending, deleted), manifest, lease, the disk's claim
-  t.ok(files.length <= Math.ceil(stored / packSize) + few, `${files.length} objects for ${(stored / MiB).toFixed(1)} MiB stored in ${packSize / MiB} MiB packs`);
+  const few = 1 + (r.chunksTotal / 4096) * 3 + 4 + 1; // config, per checkpoint: index + segment (+ pending, deleted), manifest, lease, the disk's claim
+  t.ok(
+    files.length <= Math.ceil(stored / packSize) + few,
+    `${files.length} objects for ${(stored / MiB).toFixed(1)} MiB stored in ${packSize / MiB} MiB packs`,
+  );
   // Fan-out: no directory holds more than a few thousand entries (packs and indexes spread over 256 directories).
   const perDir = new Map<string, number>();
   for (const f of files) perDir.set(path.dirname(f), (perDir.get(path.dirname(f)) ?? 0) + 1);

@@ -15,7 +15,15 @@ import { ChunkIndex, decodeIndex, encodeIndex, type ChunkLocation } from '../../
 import { classify, keyOf, layout, r2, vmLayout } from '../../src/repository/names.js';
 import { BlobFlag, PackBuilder, decodePack, newObjectId, readPackTrailer } from '../../src/repository/pack.js';
 import { blobAad } from '../../src/format/seal.js';
-import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest, decodePendingV2, encodePendingV2 } from '../../src/repository/point-format.js';
+import {
+  decodeManifestV4,
+  decodeTableV3,
+  encodeManifestV4,
+  encodeTableV3,
+  segmentDigest,
+  decodePendingV2,
+  encodePendingV2,
+} from '../../src/repository/point-format.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
 import { addressAligned } from '../../src/native/index.js';
 
@@ -47,10 +55,22 @@ t.test('domains and names', async (t) => {
   t.not(sealed.chunkId(Buffer.from('x')).toString('hex'), plain.chunkId(Buffer.from('x')).toString('hex'), 'ids are keyed per domain');
   const id = newObjectId();
   const keys = [
-    r2.config('plain'), r2.pack('plain', id), r2.index(sealed.name, id), r2.point('plain', 'd1', 3), r2.segment('plain', 'd1', 3, 0, 2),
-    r2.pending(sealed.name, sealed.dname('d1'), 9), r2.prune('plain', 'marks-1'),
-    layout.point('d1', 1), layout.segment('d1', 1, 0, 0), layout.chunk('d1', 1, 5), layout.pending('d1', 2), layout.lease('d1'),
-    layout.encryptionMarker('d1'), vmLayout.point('vm-1', 1), vmLayout.partial('vm-1', 1, 123), vmLayout.access('vm-1'),
+    r2.config('plain'),
+    r2.pack('plain', id),
+    r2.index(sealed.name, id),
+    r2.point('plain', 'd1', 3),
+    r2.segment('plain', 'd1', 3, 0, 2),
+    r2.pending(sealed.name, sealed.dname('d1'), 9),
+    r2.prune('plain', 'marks-1'),
+    layout.point('d1', 1),
+    layout.segment('d1', 1, 0, 0),
+    layout.chunk('d1', 1, 5),
+    layout.pending('d1', 2),
+    layout.lease('d1'),
+    layout.encryptionMarker('d1'),
+    vmLayout.point('vm-1', 1),
+    vmLayout.partial('vm-1', 1, 123),
+    vmLayout.access('vm-1'),
   ];
   for (const k of keys) {
     const h = classify(k);
@@ -58,8 +78,17 @@ t.test('domains and names', async (t) => {
     t.equal(keyOf(h!), k, `${k} round-trips`);
   }
   t.equal(r2.pack('plain', id), `r2/plain/packs/${id.slice(0, 2)}/${id}`, 'packs fan out by the first two hex digits');
-  for (const k of ['r2/plain/packs/00/xyz', 'r2/other/config', 'r2/plain/packs/ab/' + id, 'r2/plain/disks/-x/points/0000000001',
-    'r2/plain/prune/A', 'disks/d/points/1.json', 'r2/plain/config/x', 'junk', 'r2/kzz/config']) {
+  for (const k of [
+    'r2/plain/packs/00/xyz',
+    'r2/other/config',
+    'r2/plain/packs/ab/' + id,
+    'r2/plain/disks/-x/points/0000000001',
+    'r2/plain/prune/A',
+    'disks/d/points/1.json',
+    'r2/plain/config/x',
+    'junk',
+    'r2/kzz/config',
+  ]) {
     t.equal(classify(k), undefined, `${k} is not an object of the format`);
   }
 });
@@ -67,11 +96,19 @@ t.test('domains and names', async (t) => {
 t.test('envelopes: round trips and every tamper named', async (t) => {
   const body = Buffer.from('hello metadata');
   const ctx = envelopeContext.manifest('plain', 'd1', 1);
-  for (const [name, k] of [['unsealed', undefined], ['sealed', key]] as const) {
+  for (const [name, k] of [
+    ['unsealed', undefined],
+    ['sealed', key],
+  ] as const) {
     const b = sealEnvelope(EnvelopeKind.MANIFEST, ctx, body, k);
     t.same(openEnvelope(b, EnvelopeKind.MANIFEST, ctx, 'x', k), body, `${name} round-trips`);
     const bad = k ? ErrorCodes.METADATA_FORGED : ErrorCodes.MANIFEST_CORRUPT;
-    expectCode(t, () => openEnvelope(b, EnvelopeKind.MANIFEST, envelopeContext.manifest('plain', 'd1', 2), 'x', k), bad, `${name}: moved to another point`);
+    expectCode(
+      t,
+      () => openEnvelope(b, EnvelopeKind.MANIFEST, envelopeContext.manifest('plain', 'd1', 2), 'x', k),
+      bad,
+      `${name}: moved to another point`,
+    );
     expectCode(t, () => openEnvelope(b, EnvelopeKind.TABLE, ctx, 'x', k), bad, `${name}: read as another kind`);
     const flipped = Buffer.from(b);
     flipped[12] ^= 1;
@@ -127,7 +164,12 @@ t.test('packs: round trip, ranged trailer read, tampering', async (t) => {
     t.same((await readPackTrailer(store, d.name, pb.id, d.key)).entries, entries, 'trailer read by ranges');
     const bad = d.key ? ErrorCodes.METADATA_FORGED : ErrorCodes.MANIFEST_CORRUPT;
     expectCode(t, () => decodePack(pack, d.name, newObjectId(), d.key), bad, `${d.name}: a pack read under another id`);
-    expectCode(t, () => decodePack(pack.subarray(0, pack.length - 10), d.name, pb.id, d.key), ErrorCodes.MANIFEST_CORRUPT, `${d.name}: truncated pack`);
+    expectCode(
+      t,
+      () => decodePack(pack.subarray(0, pack.length - 10), d.name, pb.id, d.key),
+      ErrorCodes.MANIFEST_CORRUPT,
+      `${d.name}: truncated pack`,
+    );
     const edited = Buffer.from(pack);
     edited[pack.length - 20] ^= 1;
     expectCode(t, () => decodePack(edited, d.name, pb.id, d.key), bad, `${d.name}: edited trailer`);
@@ -147,11 +189,26 @@ t.test('a pack is built in page-aligned memory, so the fs store writes it with O
   t.ok(addressAligned(pb.buffer, 4096), 'grown for a blob larger than the pack');
   const pack = pb.finish();
   t.ok(addressAligned(pack, 4096), 'the finished pack object');
-  t.same(decodePack(pack, plain.name, pb.id, undefined).map((e) => e.length), [1000, 200 * 1024], 'and it decodes');
+  t.same(
+    decodePack(pack, plain.name, pb.id, undefined).map((e) => e.length),
+    [1000, 200 * 1024],
+    'and it decodes',
+  );
 });
 
 function loc(d: Domain, i: number, packId = newObjectId()): ChunkLocation {
-  return { packId, entry: { id: d.chunkId(Buffer.from(`chunk ${i}`)), offset: i * 10, length: 10, plainLength: 4096, codec: 1, flags: d.key ? 1 : 0, payloadXxh64: BigInt(i) } };
+  return {
+    packId,
+    entry: {
+      id: d.chunkId(Buffer.from(`chunk ${i}`)),
+      offset: i * 10,
+      length: 10,
+      plainLength: 4096,
+      codec: 1,
+      flags: d.key ? 1 : 0,
+      payloadXxh64: BigInt(i),
+    },
+  };
 }
 
 t.test('index objects and the ChunkIndex', async (t) => {
@@ -160,7 +217,11 @@ t.test('index objects and the ChunkIndex', async (t) => {
     const locs = Array.from({ length: 20 }, (_, i) => loc(d, i));
     const b = encodeIndex(d, id, locs);
     const back = decodeIndex(b, d, id);
-    t.same(back.map((l) => ({ packId: l.packId, entry: l.entry })), locs, `${d.name}: round trip`);
+    t.same(
+      back.map((l) => ({ packId: l.packId, entry: l.entry })),
+      locs,
+      `${d.name}: round trip`,
+    );
     const bad = d.key ? ErrorCodes.METADATA_FORGED : ErrorCodes.MANIFEST_CORRUPT;
     expectCode(t, () => decodeIndex(b, d, newObjectId()), bad, `${d.name}: an index moved to another id`);
     // Swapping two entries inside a sealed index is an edit of its ciphertext.
@@ -197,33 +258,55 @@ t.test('property: the ChunkIndex sorts ids that share prefixes and finds every l
   // Ids from a two-letter alphabet share long prefixes (the load sorts on the first four bytes, then whole ids),
   // and repeated ids have several locations (a repack, two writers).
   const idOf = (bits: number[]) => Buffer.from(Array.from({ length: 32 }, (_, k) => bits[k % bits.length]));
-  fc.assert(fc.property(fc.array(fc.tuple(fc.array(fc.constantFrom(0, 255), { minLength: 1, maxLength: 40 }), fc.nat(1000)), { maxLength: 60 }), (specs) => {
-    const locs = specs.map(([bits, n]) => ({ packId: newObjectId(), entry: { ...loc(plain, n).entry, id: idOf(bits) } }));
-    const ix = new ChunkIndex(locs);
-    const ids = [...ix.ids()];
-    for (let i = 1; i < ids.length; i++) if (Buffer.compare(ids[i - 1], ids[i]) > 0) return false;
-    for (const l of locs) {
-      const want = locs.filter((x) => x.entry.id.equals(l.entry.id)).map((x) => `${x.packId}:${x.entry.offset}`).sort();
-      const got = ix.lookup(l.entry.id).map((x) => `${x.packId}:${x.entry.offset}`).sort();
-      if (JSON.stringify(got) !== JSON.stringify(want)) return false;
-    }
-    return true;
-  }), { numRuns: 200 });
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.array(fc.constantFrom(0, 255), { minLength: 1, maxLength: 40 }), fc.nat(1000)), { maxLength: 60 }), (specs) => {
+      const locs = specs.map(([bits, n]) => ({ packId: newObjectId(), entry: { ...loc(plain, n).entry, id: idOf(bits) } }));
+      const ix = new ChunkIndex(locs);
+      const ids = [...ix.ids()];
+      for (let i = 1; i < ids.length; i++) if (Buffer.compare(ids[i - 1], ids[i]) > 0) return false;
+      for (const l of locs) {
+        const want = locs
+          .filter((x) => x.entry.id.equals(l.entry.id))
+          .map((x) => `${x.packId}:${x.entry.offset}`)
+          .sort();
+        const got = ix
+          .lookup(l.entry.id)
+          .map((x) => `${x.packId}:${x.entry.offset}`)
+          .sort();
+        if (JSON.stringify(got) !== JSON.stringify(want)) return false;
+      }
+      return true;
+    }),
+    { numRuns: 200 },
+  );
   t.pass('ids in order, every location found');
 });
 
 t.test('property: random packs and indexes round-trip', async (t) => {
-  fc.assert(fc.property(fc.array(fc.uint8Array({ minLength: 1, maxLength: 300 }), { minLength: 0, maxLength: 30 }), fc.boolean(), (blobs, enc) => {
-    const d = enc ? sealed : plain;
-    const pb = new PackBuilder(d.name, 2048, d.key);
-    blobs.forEach((b, i) => pb.add(b, { id: d.chunkId(Buffer.from([i, b.length & 0xff])), plainLength: b.length, codec: 0 }));
-    const pack = pb.finish();
-    const entries = decodePack(pack, d.name, pb.id, d.key);
-    if (entries.length !== blobs.length) return false;
-    const id = newObjectId();
-    const back = decodeIndex(encodeIndex(d, id, entries.map((e) => ({ packId: pb.id, entry: e }))), d, id);
-    return entries.every((e, i) => Buffer.from(pack.subarray(e.offset, e.offset + e.length)).equals(Buffer.from(blobs[i])) && back[i].entry.id.equals(e.id));
-  }), { numRuns: 60 });
+  fc.assert(
+    fc.property(fc.array(fc.uint8Array({ minLength: 1, maxLength: 300 }), { minLength: 0, maxLength: 30 }), fc.boolean(), (blobs, enc) => {
+      const d = enc ? sealed : plain;
+      const pb = new PackBuilder(d.name, 2048, d.key);
+      blobs.forEach((b, i) => pb.add(b, { id: d.chunkId(Buffer.from([i, b.length & 0xff])), plainLength: b.length, codec: 0 }));
+      const pack = pb.finish();
+      const entries = decodePack(pack, d.name, pb.id, d.key);
+      if (entries.length !== blobs.length) return false;
+      const id = newObjectId();
+      const back = decodeIndex(
+        encodeIndex(
+          d,
+          id,
+          entries.map((e) => ({ packId: pb.id, entry: e })),
+        ),
+        d,
+        id,
+      );
+      return entries.every(
+        (e, i) => Buffer.from(pack.subarray(e.offset, e.offset + e.length)).equals(Buffer.from(blobs[i])) && back[i].entry.id.equals(e.id),
+      );
+    }),
+    { numRuns: 60 },
+  );
   t.pass('round trips hold');
 });
 
@@ -231,12 +314,26 @@ t.test('table v3 and manifest v4', async (t) => {
   for (const d of [plain, sealed]) {
     const place = { disk: 'd1', point: 3, parent: 2, generation: 0, segment: 0 };
     const entries: ChunkEntry[] = [
-      { index: 0, xxh64: 0n, strong: Buffer.alloc(16), writer: 3, plainLength: 4096, storedLength: 0, flags: 0, codec: 0, id: d.chunkId(Buffer.from('a')) },
+      {
+        index: 0,
+        xxh64: 0n,
+        strong: Buffer.alloc(16),
+        writer: 3,
+        plainLength: 4096,
+        storedLength: 0,
+        flags: 0,
+        codec: 0,
+        id: d.chunkId(Buffer.from('a')),
+      },
       { index: 5, xxh64: 0n, strong: Buffer.alloc(16), writer: 0, plainLength: 4096, storedLength: 0, flags: TableFlag.ZERO, codec: 0 },
     ];
     const seg = encodeTableV3(d, place, entries);
     const back = decodeTableV3(seg, d, place, 'seg', segmentDigest(seg));
-    t.same(back.map((e) => [e.index, e.id?.toString('hex'), e.flags]), entries.map((e) => [e.index, e.id?.toString('hex'), e.flags]), `${d.name}: table round trip`);
+    t.same(
+      back.map((e) => [e.index, e.id?.toString('hex'), e.flags]),
+      entries.map((e) => [e.index, e.id?.toString('hex'), e.flags]),
+      `${d.name}: table round trip`,
+    );
     const bad = d.key ? ErrorCodes.METADATA_FORGED : ErrorCodes.MANIFEST_CORRUPT;
     expectCode(t, () => decodeTableV3(seg, d, { ...place, segment: 1 }, 'seg'), bad, `${d.name}: segment moved`);
     expectCode(t, () => decodeTableV3(seg, d, { ...place, parent: 1 }, 'seg'), bad, `${d.name}: segment of another parent`);
@@ -244,11 +341,29 @@ t.test('table v3 and manifest v4', async (t) => {
     expectCode(t, () => decodeTableV3(older, d, place, 'seg', segmentDigest(seg)), bad, `${d.name}: a replayed segment of the same place`);
 
     const m: PointManifest = {
-      format: MANIFEST_FORMAT, version: 4, disk: 'd1', point: 3, parent: 2, full: false, createdAt: new Date().toISOString(), diskSize: 1 << 20,
-      chunkSize: 4096, source: { kind: 'raw', location: '/x' },
+      format: MANIFEST_FORMAT,
+      version: 4,
+      disk: 'd1',
+      point: 3,
+      parent: 2,
+      full: false,
+      createdAt: new Date().toISOString(),
+      diskSize: 1 << 20,
+      chunkSize: 4096,
+      source: { kind: 'raw', location: '/x' },
       table: { generation: 0, records: 2, segments: [{ key: 'ignored', records: 2, first: 0, last: 5, digest: segmentDigest(seg) }] },
       ...(d.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: d.key.keyId } } : {}),
-      stats: { chunksTotal: 256, chunksChanged: 2, chunksZero: 1, bytesRead: 0, bytesWritten: 0, seconds: 0, bytesDeduplicated: 0, chunksDeduplicated: 0, packsWritten: 1 },
+      stats: {
+        chunksTotal: 256,
+        chunksChanged: 2,
+        chunksZero: 1,
+        bytesRead: 0,
+        bytesWritten: 0,
+        seconds: 0,
+        bytesDeduplicated: 0,
+        chunksDeduplicated: 0,
+        packsWritten: 1,
+      },
     };
     const mb = encodeManifestV4(d, m);
     const mm = decodeManifestV4(mb, d, 'd1', 3);

@@ -26,7 +26,9 @@ const REPLAYED = 'RNODE_PRUNE_MARKS_REPLAYED';
 
 /** Every object of the store but leases (a failed prune still takes and gives back its lease), with its bytes' length. */
 function objects(storeDir: string): string[] {
-  return listFiles(storeDir).filter((f) => !f.endsWith('lease.json')).map((f) => `${f} ${fs.statSync(path.join(storeDir, f)).size}`);
+  return listFiles(storeDir)
+    .filter((f) => !f.endsWith('lease.json'))
+    .map((f) => `${f} ${fs.statSync(path.join(storeDir, f)).size}`);
 }
 
 for (const encrypted of [false, true]) {
@@ -44,7 +46,8 @@ for (const encrypted of [false, true]) {
     });
     const rep = (img: string) => snap(store, img, 'd', { chunkSize: 64 * 1024, encryption: key });
     let clock = Date.now();
-    const prune = (extra: Partial<PruneStoreOptions> = {}) => pruneStore({ store, encryption: key, graceMs: GRACE, maxUnused: 0, now: () => clock, ...extra });
+    const prune = (extra: Partial<PruneStoreOptions> = {}) =>
+      pruneStore({ store, encryption: key, graceMs: GRACE, maxUnused: 0, now: () => clock, ...extra });
 
     await rep(images[0]);
     await rep(images[1]);
@@ -68,7 +71,10 @@ for (const encrypted of [false, true]) {
     const before = objects(storeDir);
     clock += GRACE;
     for (const extra of [{}, { disk: 'd', keep: 1 }]) {
-      const err = await prune(extra).then(() => undefined, (e: unknown) => e as { code?: string; message?: string });
+      const err = await prune(extra).then(
+        () => undefined,
+        (e: unknown) => e as { code?: string; message?: string },
+      );
       t.equal(err?.code, REPLAYED, `prune ${extra.disk ? 'with retention ' : ''}fails: ${err?.message}`);
       t.match(err?.message ?? '', /generation 1, older than generation 2 recorded by point 3 of disk d/);
     }
@@ -76,7 +82,10 @@ for (const encrypted of [false, true]) {
     t.ok(fs.readFileSync(marksFile).equals(old), 'the replayed marks are left as they are');
     t.same(await listPointSeqs(store, 'd', key), [2, 3], 'retention kept point 2');
 
-    const w = await rep(images[0]).then(() => undefined, (e: unknown) => e as { code?: string; message?: string });
+    const w = await rep(images[0]).then(
+      () => undefined,
+      (e: unknown) => e as { code?: string; message?: string },
+    );
     t.equal(w?.code, REPLAYED, `a replicate fails too: ${w?.message}`);
     t.same(await listPointSeqs(store, 'd', key), [2, 3], 'and commits nothing');
 
@@ -111,15 +120,18 @@ t.test('a checkpoint that saw the newer marks: prune and the next replicate of t
     fs.writeFileSync(f, randomData(SIZE, seed));
     return f;
   });
-  const rep = (img: string, cutAfterReads?: number) => snap(store, img, 'd', {
-    chunkSize: 64 * 1024, checkpointRecords: 4,
-    wrapSource: (s) => {
-      let reads = 0;
-      return delegatingSource(s, {
-        read: (o: number, b: Buffer, l: number) => (cutAfterReads !== undefined && ++reads > cutAfterReads ? Promise.reject(new Error('cut')) : s.read(o, b, l)),
-      });
-    },
-  });
+  const rep = (img: string, cutAfterReads?: number) =>
+    snap(store, img, 'd', {
+      chunkSize: 64 * 1024,
+      checkpointRecords: 4,
+      wrapSource: (s) => {
+        let reads = 0;
+        return delegatingSource(s, {
+          read: (o: number, b: Buffer, l: number) =>
+            cutAfterReads !== undefined && ++reads > cutAfterReads ? Promise.reject(new Error('cut')) : s.read(o, b, l),
+        });
+      },
+    });
   let clock = Date.now();
   const prune = (extra: Partial<PruneStoreOptions> = {}) => pruneStore({ store, graceMs: GRACE, maxUnused: 0, now: () => clock, ...extra });
   await rep(images[0]);
@@ -135,11 +147,17 @@ t.test('a checkpoint that saw the newer marks: prune and the next replicate of t
   fs.writeFileSync(marksFile, old);
   const before = objects(storeDir);
   clock += GRACE;
-  const err = await prune().then(() => undefined, (e: unknown) => e as { code?: string; message?: string });
+  const err = await prune().then(
+    () => undefined,
+    (e: unknown) => e as { code?: string; message?: string },
+  );
   t.equal(err?.code, REPLAYED, `prune fails: ${err?.message}`);
   t.match(err?.message ?? '', /older than generation 2 recorded by the checkpoint of point 3 of disk d/);
   t.same(objects(storeDir), before, 'and deleted and wrote nothing');
-  const w = await rep(images[2]).then(() => undefined, (e: unknown) => e as { code?: string; message?: string });
+  const w = await rep(images[2]).then(
+    () => undefined,
+    (e: unknown) => e as { code?: string; message?: string },
+  );
   t.equal(w?.code, REPLAYED, `the replicate that would resume (or redo) point 3 fails too: ${w?.message}`);
   t.same(objects(storeDir), before, 'leaving the checkpoint that recorded the newer generation');
 });

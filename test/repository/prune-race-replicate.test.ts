@@ -57,7 +57,10 @@ async function scenario(t: t.Test, graceMs: number) {
   store.hook = async () => {
     for (let i = 0; i < 2; i++) await pruneStore({ store, graceMs });
   };
-  const result = await rep(template, 'b').then((x) => x, (err: Error) => err);
+  const result = await rep(template, 'b').then(
+    (x) => x,
+    (err: Error) => err,
+  );
   return { store, result, dir, template };
 }
 

@@ -59,7 +59,8 @@ t.test('every interleaving of a reusing writer with prune runs: the pack stays, 
       outcomes.committed++;
       const got = await readPointV2(store, undefined, 'b', 1).catch((e: Error) => e);
       const want = Buffer.concat(Array.from({ length: COUNT }, (_, i) => template(i)));
-      if (!(Buffer.isBuffer(got) && got.equals(want))) t.fail(`${what}: committed point b/1 does not read back: ${(got as Error).message ?? 'differs'}`);
+      if (!(Buffer.isBuffer(got) && got.equals(want)))
+        t.fail(`${what}: committed point b/1 does not read back: ${(got as Error).message ?? 'differs'}`);
     } else {
       outcomes.refused++;
       t.same(await listV2PointSeqs(store, 'b', domain.key), [], `${what}: a refused point is not committed`);
@@ -71,7 +72,7 @@ t.test('every interleaving of a reusing writer with prune runs: the pack stays, 
   t.ok(outcomes.refused > 0, `some interleavings refuse to commit: ${outcomes.refused}`);
 });
 
-t.test('prune sees a checkpoint\'s reference and unmarks the pack; the writer then commits', async (t) => {
+t.test("prune sees a checkpoint's reference and unmarks the pack; the writer then commits", async (t) => {
   const store = new MemoryStore();
   let clock = 0;
   const now = () => clock;

@@ -27,7 +27,14 @@ async function countPacks(store: ObjectStore, domain: string): Promise<number> {
 }
 
 /** Writes `points` points of disk d: a full one, then each changing `changed` chunks; returns the images. */
-async function history(store: ObjectStore, key: EncryptionKey | undefined, points: number, changed: number, disk = 'd', seed = 0): Promise<Map<number, Buffer>> {
+async function history(
+  store: ObjectStore,
+  key: EncryptionKey | undefined,
+  points: number,
+  changed: number,
+  disk = 'd',
+  seed = 0,
+): Promise<Map<number, Buffer>> {
   const img = Buffer.alloc(SIZE);
   const images = new Map<number, Buffer>();
   for (let p = 1; p <= points; p++) {
@@ -44,7 +51,10 @@ async function history(store: ObjectStore, key: EncryptionKey | undefined, point
 async function expectPoints(t: Test, store: ObjectStore, key: EncryptionKey | undefined, images: Map<number, Buffer>, seqs: number[], what: string) {
   for (const s of seqs) {
     const got = await readPointV2(store, key, 'd', s).catch((err) => err as Error);
-    t.ok(Buffer.isBuffer(got) && got.equals(images.get(s)!), `${what}: point ${s} reads back byte-exact${Buffer.isBuffer(got) ? '' : ` (${(got as Error).message})`}`);
+    t.ok(
+      Buffer.isBuffer(got) && got.equals(images.get(s)!),
+      `${what}: point ${s} reads back byte-exact${Buffer.isBuffer(got) ? '' : ` (${(got as Error).message})`}`,
+    );
   }
 }
 
@@ -79,7 +89,10 @@ for (const encrypted of [false, true]) {
     t.equal(r3.domains[0].packsMarked, d1.packsSeen, 'after the grace period the seen packs are marked');
     t.equal(r3.domains[0].packsDeleted, 0, 'and not deleted yet');
     const marks3 = await readPruneMarks(store, domain);
-    t.ok([...marks3.packs.keys()].every((p) => marks3.blocks(p)), 'marked packs block writers');
+    t.ok(
+      [...marks3.packs.keys()].every((p) => marks3.blocks(p)),
+      'marked packs block writers',
+    );
     await expectPoints(t, store, key, images, [5, 6], 'after marking');
 
     clock += 1000;
@@ -88,7 +101,10 @@ for (const encrypted of [false, true]) {
     t.equal(await countPacks(store, domain.name), packsBefore - d1.packsSeen);
     t.equal(r4.domains[0].missingChunks, 0);
     const marks4 = await readPruneMarks(store, domain);
-    t.ok([...marks4.packs.values()].every((m) => m.state === 'deleted'), 'deleted packs leave tombstones');
+    t.ok(
+      [...marks4.packs.values()].every((m) => m.state === 'deleted'),
+      'deleted packs leave tombstones',
+    );
     await expectPoints(t, store, key, images, [5, 6], 'after the sweep');
   });
 }
@@ -187,7 +203,11 @@ t.test("the agent's retention sweeps with the policy's grace period (retention.g
     const seen = runs[0]!.packsSeen;
     t.ok(seen > 0, `retention left ${seen} packs unused`);
     if (graceMs === undefined) {
-      t.same(runs.slice(1).map((r) => r!.packsMarked + r!.packsDeleted), [0, 0], 'default grace (1 h): nothing marked or deleted yet');
+      t.same(
+        runs.slice(1).map((r) => r!.packsMarked + r!.packsDeleted),
+        [0, 0],
+        'default grace (1 h): nothing marked or deleted yet',
+      );
     } else {
       t.equal(runs[1]!.packsMarked, seen, 'grace 0: marked on the next run');
       t.ok(runs[1]!.packsDeleted + runs[2]!.packsDeleted >= seen, 'and deleted by the one after');

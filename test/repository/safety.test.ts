@@ -19,7 +19,21 @@ import { listIndexIds } from '../../src/repository/index-file.js';
 import { r2 } from '../../src/repository/names.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import {
-  KiB, MiB, blobPlace, expectRestore, fingerprint, fsStore, listFiles, packFiles, randomData, restore, snap, stopCodecWorkersAtEnd, textData, tmpDir, writeAt,
+  KiB,
+  MiB,
+  blobPlace,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  listFiles,
+  packFiles,
+  randomData,
+  restore,
+  snap,
+  stopCodecWorkersAtEnd,
+  textData,
+  tmpDir,
+  writeAt,
 } from '../helpers/images.js';
 import { json, runCli } from '../helpers/cli.js';
 
@@ -97,8 +111,13 @@ t.test('concurrent writers of different disks into one repository', async (t) =>
     return f;
   });
   // Separate stores over one directory: writers share nothing but the files (as separate nodes would).
-  const results = await Promise.all(imgs.map((f, i) => snap(fsStore(path.join(dir, 'store')), f, `disk-${i}`, { chunkSize: CHUNK, packSize: 512 * KiB })));
-  t.same(results.map((r) => r.point), [1, 1, 1, 1]);
+  const results = await Promise.all(
+    imgs.map((f, i) => snap(fsStore(path.join(dir, 'store')), f, `disk-${i}`, { chunkSize: CHUNK, packSize: 512 * KiB })),
+  );
+  t.same(
+    results.map((r) => r.point),
+    [1, 1, 1, 1],
+  );
   const packs = packFiles(path.join(dir, 'store')).map((f) => path.basename(f));
   t.equal(new Set(packs).size, packs.length, 'no two packs collide');
   for (const [i, f] of imgs.entries()) {
@@ -107,7 +126,7 @@ t.test('concurrent writers of different disks into one repository', async (t) =>
   }
   // Once they are done, a fifth disk of the same template finds everything deduplicated.
   const r = await snap(store, imgs[0], 'disk-4', { chunkSize: CHUNK });
-  t.equal(r.chunksDeduplicated, r.chunksTotal, 'a later writer reuses the earlier writers\' chunks');
+  t.equal(r.chunksDeduplicated, r.chunksTotal, "a later writer reuses the earlier writers' chunks");
 });
 
 async function encryptedStore(t: Test) {
@@ -151,7 +170,10 @@ t.test('encrypted: swapped index entries are named forged', async (t) => {
   first.copy(b, o + 80);
   fs.writeFileSync(file, b);
   forgetChunkIndexes(s.store);
-  await t.rejects(restore(s.store, 'd', 2, path.join(s.dir, 'o.img'), { encryption: s.key }), { code: ErrorCodes.METADATA_FORGED, message: new RegExp(`index ${r2.index(s.d.name, id)}`) });
+  await t.rejects(restore(s.store, 'd', 2, path.join(s.dir, 'o.img'), { encryption: s.key }), {
+    code: ErrorCodes.METADATA_FORGED,
+    message: new RegExp(`index ${r2.index(s.d.name, id)}`),
+  });
 });
 
 t.test('encrypted: an index object replayed under another name is named forged', async (t) => {
@@ -161,7 +183,10 @@ t.test('encrypted: an index object replayed under another name is named forged',
   fs.mkdirSync(path.dirname(path.join(s.storeDir, r2.index(s.d.name, other))), { recursive: true });
   fs.copyFileSync(path.join(s.storeDir, r2.index(s.d.name, id)), path.join(s.storeDir, r2.index(s.d.name, other)));
   forgetChunkIndexes(s.store);
-  await t.rejects(restore(s.store, 'd', 1, path.join(s.dir, 'o.img'), { encryption: s.key }), { code: ErrorCodes.METADATA_FORGED, message: new RegExp(other) });
+  await t.rejects(restore(s.store, 'd', 1, path.join(s.dir, 'o.img'), { encryption: s.key }), {
+    code: ErrorCodes.METADATA_FORGED,
+    message: new RegExp(other),
+  });
   // An index object of an earlier run put back after it was deleted opens (it is authentic) but names only real
   // blobs: the data it leads to is still checked against each chunk's id, so point 1 restores byte-exact.
   fs.rmSync(path.join(s.storeDir, r2.index(s.d.name, other)));
@@ -175,18 +200,27 @@ t.test('encrypted: a truncated pack is named, never restored from', async (t) =>
   fs.truncateSync(b.file, b.offset + 10);
   forgetChunkIndexes(s.store);
   const out = path.join(s.dir, 'o.img');
-  await t.rejects(restore(s.store, 'd', 2, out, { encryption: s.key }), { code: ErrorCodes.CHUNK_CORRUPT, message: new RegExp(`pack ${r2.pack(s.d.name, b.packId)}`) });
+  await t.rejects(restore(s.store, 'd', 2, out, { encryption: s.key }), {
+    code: ErrorCodes.CHUNK_CORRUPT,
+    message: new RegExp(`pack ${r2.pack(s.d.name, b.packId)}`),
+  });
   t.notOk(fs.existsSync(out), 'no output left');
   const v = await verify({ store: s.store, disk: 'd', point: '2', encryption: s.key });
   t.equal(v.ok, false);
-  t.ok(v.problems.some((p) => p.code === ErrorCodes.CHUNK_CORRUPT && p.index === 5), 'verify names chunk 5');
-  t.notOk(listFiles(s.storeDir).some((f) => f.includes('/d/') || f.endsWith('/d')), 'no object name holds the disk id');
+  t.ok(
+    v.problems.some((p) => p.code === ErrorCodes.CHUNK_CORRUPT && p.index === 5),
+    'verify names chunk 5',
+  );
+  t.notOk(
+    listFiles(s.storeDir).some((f) => f.includes('/d/') || f.endsWith('/d')),
+    'no object name holds the disk id',
+  );
 });
 
 // The disk readers prune, stats and check share learn an encrypted disk's id from inside its newest manifest (names are
 // keyed, one-way), so they check it twice: the name must be the keyed name of that id, and the manifest must open
 // under it. Each check alone is passed by one of the two moves below.
-t.test('encrypted: a manifest moved under another disk\'s keyed name is named forged by check, stats and prune, which deletes nothing', async (t) => {
+t.test("encrypted: a manifest moved under another disk's keyed name is named forged by check, stats and prune, which deletes nothing", async (t) => {
   const s = await encryptedStore(t);
   await snap(s.store, s.img, 'e', { chunkSize: CHUNK, encryption: s.key, packSize: 256 * KiB });
   const ename = s.d.dname('e');
@@ -201,16 +235,25 @@ t.test('encrypted: a manifest moved under another disk\'s keyed name is named fo
   flipped[8 + 12 + at + '"disk":"'.length] ^= 'd'.charCodeAt(0) ^ 'e'.charCodeAt(0);
   t.match(s.key.peekMetadataUnauthenticated(flipped.subarray(8))!.toString('utf8'), /"disk":"e"/, 'the flipped manifest peeks as disk e');
 
-  const cases: Array<[string, Buffer]> = [['copied as it is (the name is not the keyed name of d)', original], ['with its disk id flipped to e (it does not open)', flipped]];
+  const cases: Array<[string, Buffer]> = [
+    ['copied as it is (the name is not the keyed name of d)', original],
+    ['with its disk id flipped to e (it does not open)', flipped],
+  ];
   for (const [what, bytes] of cases) {
     fs.writeFileSync(moved, bytes);
     const packs = packFiles(s.storeDir).sort();
     const c = await check({ store: s.store, encryption: s.key });
     t.notOk(c.ok, `${what}: check fails`);
-    t.ok(c.problems.some((p) => p.code === ErrorCodes.METADATA_FORGED && p.key === r2.point(s.d.name, ename, 9)),
-      `${what}: check names ${r2.point(s.d.name, ename, 9)} forged: ${JSON.stringify(c.problems.slice(0, 2))}`);
+    t.ok(
+      c.problems.some((p) => p.code === ErrorCodes.METADATA_FORGED && p.key === r2.point(s.d.name, ename, 9)),
+      `${what}: check names ${r2.point(s.d.name, ename, 9)} forged: ${JSON.stringify(c.problems.slice(0, 2))}`,
+    );
     await t.rejects(stats({ store: s.store, encryption: s.key }), { code: ErrorCodes.METADATA_FORGED }, `${what}: stats refuses`);
-    await t.rejects(pruneStore({ store: s.store, encryption: s.key, graceMs: 0, maxUnused: 0 }), { code: ErrorCodes.METADATA_FORGED }, `${what}: prune refuses`);
+    await t.rejects(
+      pruneStore({ store: s.store, encryption: s.key, graceMs: 0, maxUnused: 0 }),
+      { code: ErrorCodes.METADATA_FORGED },
+      `${what}: prune refuses`,
+    );
     t.same(packFiles(s.storeDir).sort(), packs, `${what}: prune deleted no pack`);
   }
   fs.rmSync(moved);

@@ -24,7 +24,18 @@ import { verify } from '../../src/jobs/verify.js';
 import type { BlockSource } from '../../src/source/types.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import {
-  KiB, countingSource, expectRestore, fingerprint, fsStore, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir, writeAt, type Fingerprint,
+  KiB,
+  countingSource,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  randomData,
+  restore,
+  snap,
+  stopCodecWorkersAtEnd,
+  tmpDir,
+  writeAt,
+  type Fingerprint,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -32,7 +43,13 @@ stopCodecWorkersAtEnd(t);
 const CHUNK = 64 * KiB;
 const KEY = EncryptionKey.fromBytes(crypto.createHash('sha256').update('forgery-test-key').digest());
 
-interface Fixture { dir: string; storeDir: string; store: ObjectStore; img: string; fps: Fingerprint[] }
+interface Fixture {
+  dir: string;
+  storeDir: string;
+  store: ObjectStore;
+  img: string;
+  fps: Fingerprint[];
+}
 
 /** An encrypted 1 MiB disk with three points; point 2 changes chunks 6 and 7, point 3 chunks 9 and 10. */
 async function threePoints(t: Test, tag: string): Promise<Fixture> {
@@ -57,7 +74,10 @@ const segmentFile = (f: Fixture, p: number) => path.join(f.storeDir, r2.segment(
 
 /** What an attacker without the key can write at a manifest's place: an unsealed envelope of their own JSON. */
 function writeUnsealedManifest(f: Fixture, p: number, m: Record<string, unknown>): void {
-  fs.writeFileSync(manifestFile(f, p), sealEnvelope(EnvelopeKind.MANIFEST, envelopeContext.manifest(DOMAIN.name, 'd', p), Buffer.from(JSON.stringify(m))));
+  fs.writeFileSync(
+    manifestFile(f, p),
+    sealEnvelope(EnvelopeKind.MANIFEST, envelopeContext.manifest(DOMAIN.name, 'd', p), Buffer.from(JSON.stringify(m))),
+  );
 }
 
 /** An unsealed table segment of the attacker's records, at point p's segment 0. */
@@ -85,10 +105,17 @@ async function expectForged(t: Test, f: Fixture, point: number, objectKey: RegEx
     t.match((err as Error).message, objectKey, 'the error names the forged object');
   }
   t.notOk(fs.existsSync(out), 'no output');
-  t.same(fs.readdirSync(f.dir).filter((n) => n.startsWith(path.basename(out))), [], 'no partial output');
+  t.same(
+    fs.readdirSync(f.dir).filter((n) => n.startsWith(path.basename(out))),
+    [],
+    'no partial output',
+  );
   const v = await verify({ store: f.store, disk: 'd', point: String(point), encryption: KEY });
   t.notOk(v.ok, 'verify fails');
-  t.ok(v.problems.some((p) => p.code === ErrorCodes.METADATA_FORGED), `verify reports METADATA_FORGED (${v.problems[0]?.code})`);
+  t.ok(
+    v.problems.some((p) => p.code === ErrorCodes.METADATA_FORGED),
+    `verify reports METADATA_FORGED (${v.problems[0]?.code})`,
+  );
 }
 
 const POINT3 = new RegExp(`points/0000000003`);
@@ -112,7 +139,10 @@ t.test('a dropped table record is refused', async (t) => {
 
 t.test('a table record turned into a zero chunk is refused', async (t) => {
   const f = await threePoints(t, 'forge-zero');
-  writeUnsealedSegment(f, 3, [{ index: 9, plainLength: CHUNK, flags: TableFlag.ZERO }, { index: 10, plainLength: CHUNK, flags: TableFlag.ZERO }]);
+  writeUnsealedSegment(f, 3, [
+    { index: 9, plainLength: CHUNK, flags: TableFlag.ZERO },
+    { index: 10, plainLength: CHUNK, flags: TableFlag.ZERO },
+  ]);
   await expectForged(t, f, 3, TABLE3);
 });
 
@@ -125,9 +155,16 @@ t.test('a segment replayed from another point is refused', async (t) => {
 t.test('manifests downgraded to unsealed ones: recover with the key is refused; without it the points are not even found', async (t) => {
   const f = await threePoints(t, 'forge-downgrade');
   for (let p = 1; p <= 3; p++) writeUnsealedManifest(f, p, { format: 'rnode-point', version: 4, disk: 'd', point: p, parent: p > 1 ? p - 1 : null });
-  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'keyed.img'), { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED },
-    'recover with the key of an unsealed-looking point refused');
-  await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY }), { code: ErrorCodes.METADATA_FORGED }, 'keyed replicate onto the downgraded chain refused');
+  await t.rejects(
+    restore(f.store, 'd', 3, path.join(f.dir, 'keyed.img'), { encryption: KEY }),
+    { code: ErrorCodes.METADATA_FORGED },
+    'recover with the key of an unsealed-looking point refused',
+  );
+  await t.rejects(
+    snap(f.store, f.img, 'd', { encryption: KEY }),
+    { code: ErrorCodes.METADATA_FORGED },
+    'keyed replicate onto the downgraded chain refused',
+  );
   // The encrypted disk's names are keyed: a node without the key sees no point of it, and is told a key is needed.
   await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'keyless.img')), { code: ErrorCodes.KEY_REQUIRED }, 'key-less recover refused');
   await t.rejects(prune({ store: f.store, disk: 'd', keep: 1 }), { code: ErrorCodes.KEY_REQUIRED }, 'key-less prune refused');
@@ -151,16 +188,29 @@ t.test('a forged checkpoint (nextIndex moved to the end) is not resumed: the poi
   const cutAfter8 = (s: BlockSource) => {
     const c = countingSource(s);
     const read = c.read.bind(c);
-    c.read = async (o: number, b: Buffer, l: number) => { const n = await read(o, b, l); if (c.reads >= 8) ac.abort(); return n; };
+    c.read = async (o: number, b: Buffer, l: number) => {
+      const n = await read(o, b, l);
+      if (c.reads >= 8) ac.abort();
+      return n;
+    };
     return c;
   };
-  await t.rejects(snap(f.store, f.img, 'd', { encryption: KEY, checkpointRecords: 2, concurrency: 2, signal: ac.signal, wrapSource: cutAfter8 }),
-    { code: ErrorCodes.CANCELLED }, 'interrupted mid-point');
+  await t.rejects(
+    snap(f.store, f.img, 'd', { encryption: KEY, checkpointRecords: 2, concurrency: 2, signal: ac.signal, wrapSource: cutAfter8 }),
+    { code: ErrorCodes.CANCELLED },
+    'interrupted mid-point',
+  );
   const pendingFile = path.join(f.storeDir, r2.pending(DOMAIN.name, DNAME, 4));
   t.ok(fs.existsSync(pendingFile), 'a sealed checkpoint exists');
   // The attacker cannot read it; they write their own (unsealed) claiming the whole disk is done.
-  fs.writeFileSync(pendingFile, sealEnvelope(EnvelopeKind.PENDING, envelopeContext.pending(DOMAIN.name, 'd', 4),
-    Buffer.from(JSON.stringify({ format: 'rnode-pending', point: 4, parent: 3, nextIndex: 16, segments: [], records: 0, reused: [] }))));
+  fs.writeFileSync(
+    pendingFile,
+    sealEnvelope(
+      EnvelopeKind.PENDING,
+      envelopeContext.pending(DOMAIN.name, 'd', 4),
+      Buffer.from(JSON.stringify({ format: 'rnode-pending', point: 4, parent: 3, nextIndex: 16, segments: [], records: 0, reused: [] })),
+    ),
+  );
   const r = await snap(f.store, f.img, 'd', { encryption: KEY });
   t.equal(r.resumed, false, 'the forged checkpoint was not resumed');
   await expectRestore(t, f.store, 'd', 4, fingerprint(f.img), f.dir, 'point 4', { encryption: KEY });
@@ -169,6 +219,9 @@ t.test('a forged checkpoint (nextIndex moved to the end) is not resumed: the poi
 t.test('a deleted middle manifest is detected, not skipped over', async (t) => {
   const f = await threePoints(t, 'forge-gap');
   fs.rmSync(manifestFile(f, 2));
-  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'g.img'), { encryption: KEY }), { code: ErrorCodes.MANIFEST_CORRUPT, message: /needs point 2/ });
+  await t.rejects(restore(f.store, 'd', 3, path.join(f.dir, 'g.img'), { encryption: KEY }), {
+    code: ErrorCodes.MANIFEST_CORRUPT,
+    message: /needs point 2/,
+  });
   t.notOk(fs.existsSync(path.join(f.dir, 'g.img')));
 });

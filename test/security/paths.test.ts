@@ -57,7 +57,13 @@ t.test('recover --out inside the store (a manifest, the store folder, through a 
   t.ok(before.equals(fs.readFileSync(manifest)), 'the manifest is untouched');
   await expectRestore(t, fsStore(storeDir), 'd', 1, fingerprint(img), dir, 'the point still restores');
   // A workdir inside an existing store is refused too.
-  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(storeDir, 'disks', 'demo')], 'RNODE_OUTPUT_IN_STORE', 2, 'demo --workdir inside a store');
+  await expectFastFailure(
+    t,
+    ['demo', '--size', '1MiB', '--workdir', path.join(storeDir, 'disks', 'demo')],
+    'RNODE_OUTPUT_IN_STORE',
+    2,
+    'demo --workdir inside a store',
+  );
 });
 
 t.test('unusable targets and work folders fail fast with RNODE_PATH_UNUSABLE: /proc, a file where a folder is needed', async (t) => {
@@ -72,7 +78,13 @@ t.test('unusable targets and work folders fail fast with RNODE_PATH_UNUSABLE: /p
   await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', '/proc/nope'], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir /proc/nope');
   await expectFastFailure(t, rep(file), 'RNODE_PATH_UNUSABLE', 2, 'replicate --target <a file>');
   await expectFastFailure(t, rep(path.join(file, 'sub')), 'RNODE_PATH_UNUSABLE', 2, 'replicate --target <a file>/sub');
-  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(file, 'sub')], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir <a file>/sub');
+  await expectFastFailure(
+    t,
+    ['demo', '--size', '1MiB', '--workdir', path.join(file, 'sub')],
+    'RNODE_PATH_UNUSABLE',
+    2,
+    'demo --workdir <a file>/sub',
+  );
 });
 
 /** Mounts a tmpfs (as root, where mount works); undefined when this machine cannot. */
@@ -84,26 +96,52 @@ function mountTmpfs(t: Test, opts: string): string | undefined {
     fs.rmdirSync(dir);
     return undefined;
   }
-  t.teardown(() => { try { execFileSync('umount', ['-l', dir], { stdio: 'pipe' }); fs.rmdirSync(dir); } catch { /* best effort */ } });
+  t.teardown(() => {
+    try {
+      execFileSync('umount', ['-l', dir], { stdio: 'pipe' });
+      fs.rmdirSync(dir);
+    } catch {
+      /* best effort */
+    }
+  });
   return dir;
 }
 
 const canMount = process.getuid?.() === 0;
 
-t.test('no permission (read-only filesystem) and no space fail fast with RNODE_PATH_UNUSABLE', { skip: !canMount && 'needs root to mount a tmpfs' }, async (t) => {
-  const dir = tmpDir(t, 'sec-nospace');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(2 * MiB, 7));
-  const ro = mountTmpfs(t, 'size=1m,ro');
-  const small = mountTmpfs(t, 'size=256k');
-  if (!ro || !small) { t.skip('mount -t tmpfs is not permitted here'); return; }
-  const rep = (target: string) => ['replicate', '--source', img, '--target', target, '--disk', 'd', '--chunk-size', '64KiB'];
-  await expectFastFailure(t, rep(path.join(ro, 'store')), 'RNODE_PATH_UNUSABLE', 2, 'replicate onto a read-only filesystem');
-  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(ro, 'w')], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir on a read-only filesystem');
-  const r = await expectFastFailure(t, rep(path.join(small, 'store')), 'RNODE_PATH_UNUSABLE', 2, 'replicate into a full filesystem');
-  t.match(r.stderr, /no space left/);
-  await expectFastFailure(t, ['demo', '--size', '1MiB', '--workdir', path.join(small, 'w2')], 'RNODE_PATH_UNUSABLE', 2, 'demo --workdir on a full filesystem');
-});
+t.test(
+  'no permission (read-only filesystem) and no space fail fast with RNODE_PATH_UNUSABLE',
+  { skip: !canMount && 'needs root to mount a tmpfs' },
+  async (t) => {
+    const dir = tmpDir(t, 'sec-nospace');
+    const img = path.join(dir, 'disk.img');
+    fs.writeFileSync(img, randomData(2 * MiB, 7));
+    const ro = mountTmpfs(t, 'size=1m,ro');
+    const small = mountTmpfs(t, 'size=256k');
+    if (!ro || !small) {
+      t.skip('mount -t tmpfs is not permitted here');
+      return;
+    }
+    const rep = (target: string) => ['replicate', '--source', img, '--target', target, '--disk', 'd', '--chunk-size', '64KiB'];
+    await expectFastFailure(t, rep(path.join(ro, 'store')), 'RNODE_PATH_UNUSABLE', 2, 'replicate onto a read-only filesystem');
+    await expectFastFailure(
+      t,
+      ['demo', '--size', '1MiB', '--workdir', path.join(ro, 'w')],
+      'RNODE_PATH_UNUSABLE',
+      2,
+      'demo --workdir on a read-only filesystem',
+    );
+    const r = await expectFastFailure(t, rep(path.join(small, 'store')), 'RNODE_PATH_UNUSABLE', 2, 'replicate into a full filesystem');
+    t.match(r.stderr, /no space left/);
+    await expectFastFailure(
+      t,
+      ['demo', '--size', '1MiB', '--workdir', path.join(small, 'w2')],
+      'RNODE_PATH_UNUSABLE',
+      2,
+      'demo --workdir on a full filesystem',
+    );
+  },
+);
 
 t.test('a temp file left by a SIGKILL has no backslash in its name, and list, verify and cleanup ignore or remove it', async (t) => {
   const dir = tmpDir(t, 'sec-temp');
@@ -114,8 +152,15 @@ t.test('a temp file left by a SIGKILL has no backslash in its name, and list, ve
   t.equal(r.signal, 'SIGKILL', 'killed between writing a temp file and renaming it');
   const left = listFiles(storeDir);
   t.ok(left.length > 0, `left behind: ${left.join(', ')}`);
-  t.same(left.filter((f) => f.includes('\\')), [], 'no name with a backslash');
-  t.ok(left.every((f) => path.basename(f).startsWith('.rnode-tmp.')), 'every leftover is a .rnode-tmp. file');
+  t.same(
+    left.filter((f) => f.includes('\\')),
+    [],
+    'no name with a backslash',
+  );
+  t.ok(
+    left.every((f) => path.basename(f).startsWith('.rnode-tmp.')),
+    'every leftover is a .rnode-tmp. file',
+  );
   const store = new FsStore(storeDir);
   const keys: string[] = [];
   for await (const o of store.list('')) keys.push(o.key);
@@ -125,8 +170,14 @@ t.test('a temp file left by a SIGKILL has no backslash in its name, and list, ve
   const legacy = path.join(path.dirname(path.join(storeDir, left[0])), '.tmp\\old.deadbeef');
   fs.writeFileSync(legacy, 'partial');
   for (const f of [path.join(storeDir, left[0]), legacy]) fs.utimesSync(f, old, old);
-  for await (const _ of store.list('')) { /* walk */ }
-  t.same(listFiles(storeDir).filter((f) => !fs.statSync(path.join(storeDir, f)).isDirectory()), [], 'stale temp files were removed');
+  for await (const _ of store.list('')) {
+    /* walk */
+  }
+  t.same(
+    listFiles(storeDir).filter((f) => !fs.statSync(path.join(storeDir, f)).isDirectory()),
+    [],
+    'stale temp files were removed',
+  );
   const again = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'd', '--json']);
   t.equal(again.code, 0, again.stderr);
 });

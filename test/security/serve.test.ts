@@ -23,7 +23,7 @@ const CHUNK = 64 * KiB;
 const FAR = '2099-01-01T00:00:00.000Z';
 // Read through the module object so this file also runs (and fails) on builds from before the lease rules.
 const { Lease } = leases;
-const MAX_LEASE_TTL_MS: number = (leases as Record<string, unknown>).MAX_LEASE_TTL_MS as number ?? 10 * 60_000;
+const MAX_LEASE_TTL_MS: number = ((leases as Record<string, unknown>).MAX_LEASE_TTL_MS as number) ?? 10 * 60_000;
 
 t.test('a peer cannot write, delete or read a lease object; it leases through the node, with a clamped TTL', async (t) => {
   const dir = tmpDir(t, 'sec-lease-ws');
@@ -31,8 +31,11 @@ t.test('a peer cannot write, delete or read a lease object; it leases through th
   const rs = remote(t, url);
   const key = 'disks/d/lease.json';
   const forged = { format: 'rnode-lease', disk: 'd', holder: 'attacker/1/x', token: 1, acquiredAt: new Date().toISOString(), expiresAt: FAR };
-  await t.rejects(rs.put(key, Buffer.from(JSON.stringify(forged)), { ifNoneMatch: true }), { code: TransportErrorCodes.REJECTED, message: /leases are not written/ },
-    'PUT of lease.json with expiresAt 2099 refused with a client error');
+  await t.rejects(
+    rs.put(key, Buffer.from(JSON.stringify(forged)), { ifNoneMatch: true }),
+    { code: TransportErrorCodes.REJECTED, message: /leases are not written/ },
+    'PUT of lease.json with expiresAt 2099 refused with a client error',
+  );
   t.notOk(fs.existsSync(path.join(storeDir, key)), 'nothing stored');
   await t.rejects(rs.delete(key), { code: TransportErrorCodes.REJECTED }, 'DELETE of lease.json refused');
 
@@ -69,8 +72,18 @@ t.test('a lease written into a store with expiresAt 2099 does not block a later 
   t.match(r, { point: 2 }, 'replicate took the disk: an expiry beyond the maximum TTL counts as expired');
   t.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 100, 'and its lease carries the next fencing token');
   // The same record renewed a minute ago with a 2099 expiry is absurd too; one with a sane TTL still binds.
-  fs.writeFileSync(file, JSON.stringify({ format: 'rnode-lease', disk: 'd', holder: 'elsewhere/1/x', token: 101, acquiredAt: now, renewedAt: now,
-    expiresAt: new Date(Date.now() + 60_000).toISOString() }));
+  fs.writeFileSync(
+    file,
+    JSON.stringify({
+      format: 'rnode-lease',
+      disk: 'd',
+      holder: 'elsewhere/1/x',
+      token: 101,
+      acquiredAt: now,
+      renewedAt: now,
+      expiresAt: new Date(Date.now() + 60_000).toISOString(),
+    }),
+  );
   await t.rejects(snap(store, img, 'd', { lease: { waitMs: 0 } }), { code: ErrorCodes.LEASE_HELD }, 'a live lease within the TTL rules still holds');
   await expectRestore(t, store, 'd', 2, fingerprint(img), dir, 'point 2');
 });
@@ -81,8 +94,14 @@ t.test('GET, HEAD and list with a path-traversal key are refused with a client e
   fs.writeFileSync(path.join(dir, 'secret.txt'), 'outside the store');
   const ws = new WebSocket(url);
   const replies = new Map<number, Record<string, unknown>>();
-  ws.on('message', (b: Buffer) => { const f = decodeFrame(b); replies.set(f.stream, f.meta); });
-  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  ws.on('message', (b: Buffer) => {
+    const f = decodeFrame(b);
+    replies.set(f.stream, f.meta);
+  });
+  await new Promise((r, j) => {
+    ws.once('open', r);
+    ws.once('error', j);
+  });
   let seq = 0;
   const send = (stream: number, meta: Record<string, unknown>) => ws.send(encodeFrame({ type: FrameType.CONTROL, stream, seq: seq++, meta }));
   send(0, { op: 'hello' });
@@ -102,7 +121,10 @@ t.test('GET, HEAD and list with a path-traversal key are refused with a client e
 function closedWithin(sock: net.Socket, ms: number): Promise<number> {
   const t0 = Date.now();
   return new Promise((resolve) => {
-    const done = () => { clearTimeout(timer); resolve(Date.now() - t0); };
+    const done = () => {
+      clearTimeout(timer);
+      resolve(Date.now() - t0);
+    };
     const timer = setTimeout(() => resolve(Infinity), ms);
     sock.once('close', done);
     sock.on('error', () => undefined);
@@ -119,8 +141,16 @@ function connect(port: number): Promise<net.Socket> {
 t.test('rnode serve closes connections that never upgrade and caps connections per address', async (t) => {
   ensureBuilt();
   const dir = tmpDir(t, 'sec-hygiene');
-  const { url } = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(dir, 'store'),
-    '--handshake-timeout', '1', '--max-connections-per-address', '4']);
+  const { url } = await spawnServe(t, CLI, [
+    '--listen',
+    '127.0.0.1:0',
+    '--store',
+    path.join(dir, 'store'),
+    '--handshake-timeout',
+    '1',
+    '--max-connections-per-address',
+    '4',
+  ]);
   const port = Number(new URL(url).port);
 
   // Raw TCP sockets that send nothing, and one that sends half an HTTP request: all closed within the timeout.
@@ -133,7 +163,9 @@ t.test('rnode serve closes connections that never upgrade and caps connections p
   const held = await Promise.all([1, 2, 3, 4].map(() => connect(port)));
   const fifth = await connect(port);
   let answer = '';
-  fifth.on('data', (b: Buffer) => { answer += b.toString(); });
+  fifth.on('data', (b: Buffer) => {
+    answer += b.toString();
+  });
   const refusedMs = await closedWithin(fifth, 3000);
   t.ok(refusedMs < 900, `the fifth connection was closed after ${refusedMs} ms, before the handshake timeout`);
   t.match(answer, /503[\s\S]*RNODE_TRANSPORT_BUSY[\s\S]*--max-connections-per-address/, 'and told why');
@@ -142,7 +174,7 @@ t.test('rnode serve closes connections that never upgrade and caps connections p
 
   // Once they are gone a real peer connects and works.
   const rs = remote(t, url);
-  t.same([...await collectKeys(rs)], [], 'a peer is served again');
+  t.same([...(await collectKeys(rs))], [], 'a peer is served again');
 });
 
 async function collectKeys(rs: ReturnType<typeof remote>): Promise<string[]> {

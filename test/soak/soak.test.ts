@@ -20,15 +20,20 @@ t.test(`fault soak, ${MINUTES} min`, async (t) => {
 // ended the whole run; now it is counted and the node comes back on another port.
 t.test('a serve that cannot take its port back is a counted event, not the end of the soak', async (t) => {
   const thieves: net.Server[] = [];
-  t.teardown(() => { for (const s of thieves) s.close(); });
+  t.teardown(() => {
+    for (const s of thieves) s.close();
+  });
   const c = await runSoak({
-    minutes: 0.25, seed: 7, episodes: ['killServe'],
-    onServeKilled: (port) => new Promise<void>((resolve, reject) => {
-      const s = net.createServer();
-      thieves.push(s);
-      s.once('error', reject);
-      s.listen(port, '127.0.0.1', () => resolve());
-    }),
+    minutes: 0.25,
+    seed: 7,
+    episodes: ['killServe'],
+    onServeKilled: (port) =>
+      new Promise<void>((resolve, reject) => {
+        const s = net.createServer();
+        thieves.push(s);
+        s.once('error', reject);
+        s.listen(port, '127.0.0.1', () => resolve());
+      }),
   });
   t.comment(formatCounts(c));
   t.ok(c.serveKills > 0, `${c.serveKills} serve kills`);

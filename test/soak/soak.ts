@@ -29,20 +29,45 @@ const CHUNK = '64KiB';
 const TOKEN = 'soak-token-0123456789abcdef';
 
 export interface SoakCounts {
-  seconds: number; runs: number; runsFailed: number; faultsInjected: number; writerKills: number; serveKills: number;
-  serveKillsRiddenOut: number; linkCuts: number; serveStartFailures: number; fullDiskRefusals: number; prunes: number; recovers: number; verifies: number; pointsCommitted: number;
-  pointsVerified: number; badRestores: number; badVerifies: number; rssStartMiB: number; rssEndMiB: number; tmpfs: boolean;
+  seconds: number;
+  runs: number;
+  runsFailed: number;
+  faultsInjected: number;
+  writerKills: number;
+  serveKills: number;
+  serveKillsRiddenOut: number;
+  linkCuts: number;
+  serveStartFailures: number;
+  fullDiskRefusals: number;
+  prunes: number;
+  recovers: number;
+  verifies: number;
+  pointsCommitted: number;
+  pointsVerified: number;
+  badRestores: number;
+  badVerifies: number;
+  rssStartMiB: number;
+  rssEndMiB: number;
+  tmpfs: boolean;
   problems: string[];
 }
 
-interface Site { name: string; dir: string; url: () => string; local: boolean }
+interface Site {
+  name: string;
+  dir: string;
+  url: () => string;
+  local: boolean;
+}
 
 const sha = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex');
 const rssMiB = () => Math.round(process.memoryUsage().rss / MiB);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface SoakOptions {
-  minutes: number; seed?: number; log?: (l: string) => void; dir?: string;
+  minutes: number;
+  seed?: number;
+  log?: (l: string) => void;
+  dir?: string;
   /** Only these episodes (names of `episodes` below); all of them by default. */
   episodes?: string[];
   /** Called once a killed `serve` has exited, with the port it held (a test takes the port to force a failed start). */
@@ -56,8 +81,27 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
   const pick = <T>(xs: T[]): T => xs[Math.floor(rnd.next() * xs.length)];
   const root = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-soak-'));
   const c: SoakCounts = {
-    seconds: 0, runs: 0, runsFailed: 0, faultsInjected: 0, writerKills: 0, serveKills: 0, serveKillsRiddenOut: 0, linkCuts: 0, serveStartFailures: 0, fullDiskRefusals: 0, prunes: 0,
-    recovers: 0, verifies: 0, pointsCommitted: 0, pointsVerified: 0, badRestores: 0, badVerifies: 0, rssStartMiB: rssMiB(), rssEndMiB: 0, tmpfs: false, problems: [],
+    seconds: 0,
+    runs: 0,
+    runsFailed: 0,
+    faultsInjected: 0,
+    writerKills: 0,
+    serveKills: 0,
+    serveKillsRiddenOut: 0,
+    linkCuts: 0,
+    serveStartFailures: 0,
+    fullDiskRefusals: 0,
+    prunes: 0,
+    recovers: 0,
+    verifies: 0,
+    pointsCommitted: 0,
+    pointsVerified: 0,
+    badRestores: 0,
+    badVerifies: 0,
+    rssStartMiB: rssMiB(),
+    rssEndMiB: 0,
+    tmpfs: false,
+    problems: [],
   };
   const children = new Set<ChildProcess>();
   const teardown: Array<() => Promise<void> | void> = [];
@@ -93,16 +137,27 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
   let servePort = 0;
   let serve: ChildProcess | undefined;
   const startServeOnce = async (port: number) => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--json', '--listen', `127.0.0.1:${port}`, '--store', nodeDir, '--token-file', tokenFile],
-      { stdio: ['ignore', 'pipe', 'ignore'], env: cleanEnv() });
+    const child = spawn(process.execPath, [CLI, 'serve', '--json', '--listen', `127.0.0.1:${port}`, '--store', nodeDir, '--token-file', tokenFile], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+      env: cleanEnv(),
+    });
     children.add(child);
     child.on('exit', () => children.delete(child));
     try {
       const line = await new Promise<string>((resolve, reject) => {
         let out = '';
         const timer = setTimeout(() => reject(new Error('serve did not listen within 15 s')), 15_000);
-        child.stdout!.on('data', (b) => { out += b; if (out.includes('\n')) { clearTimeout(timer); resolve(out.split('\n')[0]); } });
-        child.on('exit', (code, sig) => { clearTimeout(timer); reject(new Error(`serve exited (${code ?? sig}) before listening`)); });
+        child.stdout!.on('data', (b) => {
+          out += b;
+          if (out.includes('\n')) {
+            clearTimeout(timer);
+            resolve(out.split('\n')[0]);
+          }
+        });
+        child.on('exit', (code, sig) => {
+          clearTimeout(timer);
+          reject(new Error(`serve exited (${code ?? sig}) before listening`));
+        });
       });
       servePort = Number(new URL((JSON.parse(line) as { listening: string }).listening).port);
       serve = child;
@@ -132,13 +187,27 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
   };
   await startServe();
   // Each new connection is cut after a random amount of traffic with probability 0.3.
-  const proxy = await cuttingProxy({ teardown: (fn) => { teardown.push(fn); } }, () => servePort,
-    () => (rnd.next() < 0.3 ? 4 * KiB + Math.floor(rnd.next() * 2 * MiB) : undefined));
+  const proxy = await cuttingProxy(
+    {
+      teardown: (fn) => {
+        teardown.push(fn);
+      },
+    },
+    () => servePort,
+    () => (rnd.next() < 0.3 ? 4 * KiB + Math.floor(rnd.next() * 2 * MiB) : undefined),
+  );
   const remote: Site = { name: 'node', dir: nodeDir, url: () => `ws://127.0.0.1:${proxy.port}`, local: false };
   const tmpfsDir = path.join(root, 'store-tmpfs');
   fs.mkdirSync(tmpfsDir);
   c.tmpfs = tryMount(tmpfsDir, '1m');
-  if (c.tmpfs) teardown.push(() => { try { execFileSync('umount', ['-l', tmpfsDir]); } catch { /* gone */ } });
+  if (c.tmpfs)
+    teardown.push(() => {
+      try {
+        execFileSync('umount', ['-l', tmpfsDir]);
+      } catch {
+        /* gone */
+      }
+    });
   const sites = [local, remote];
 
   /** sha256 of the image each committed point must restore to, by "site/disk/point". */
@@ -149,22 +218,51 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
     const h = sha(imgs.get(d)!);
     for (const m of await listPoints(fsFor(s), d)) {
       const k = `${s.name}/${d}/${m.point}`;
-      if (!expected.has(k)) { expected.set(k, h); c.pointsCommitted++; }
+      if (!expected.has(k)) {
+        expected.set(k, h);
+        c.pointsCommitted++;
+      }
     }
   };
 
-  const cliReplicate = (s: Site, d: string, killAfterMs?: number) => new Promise<{ code: number | null; killed: boolean; err: string }>((resolve) => {
-    const args = [CLI, 'replicate', '--source', imgs.get(d)!, '--target', s.url(), '--disk', d, '--chunk-size', CHUNK, '--json',
-      ...(s.local ? [] : ['--token-file', tokenFile])];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
-    children.add(child);
-    let err = '';
-    child.stderr!.on('data', (b) => { err += b; });
-    let killed = false;
-    const timer = killAfterMs !== undefined ? setTimeout(() => { killed = true; child.kill('SIGKILL'); }, killAfterMs) : undefined;
-    const hard = setTimeout(() => child.kill('SIGKILL'), 120_000);
-    child.on('exit', (code) => { clearTimeout(timer); clearTimeout(hard); children.delete(child); resolve({ code, killed: killed && code === null, err: err.trim().split('\n').pop() ?? '' }); });
-  });
+  const cliReplicate = (s: Site, d: string, killAfterMs?: number) =>
+    new Promise<{ code: number | null; killed: boolean; err: string }>((resolve) => {
+      const args = [
+        CLI,
+        'replicate',
+        '--source',
+        imgs.get(d)!,
+        '--target',
+        s.url(),
+        '--disk',
+        d,
+        '--chunk-size',
+        CHUNK,
+        '--json',
+        ...(s.local ? [] : ['--token-file', tokenFile]),
+      ];
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
+      children.add(child);
+      let err = '';
+      child.stderr!.on('data', (b) => {
+        err += b;
+      });
+      let killed = false;
+      const timer =
+        killAfterMs !== undefined
+          ? setTimeout(() => {
+              killed = true;
+              child.kill('SIGKILL');
+            }, killAfterMs)
+          : undefined;
+      const hard = setTimeout(() => child.kill('SIGKILL'), 120_000);
+      child.on('exit', (code) => {
+        clearTimeout(timer);
+        clearTimeout(hard);
+        children.delete(child);
+        resolve({ code, killed: killed && code === null, err: err.trim().split('\n').pop() ?? '' });
+      });
+    });
 
   /** Replicates until a point is committed (each failed attempt resumes from its checkpoint). */
   const replicateUntilCommitted = async (s: Site, d: string) => {
@@ -186,7 +284,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
     faults: async () => {
       const d = pick(disks);
       const faulty = new FaultyStore(new FsStore(local.dir, { fsync: false }), { seed: Math.floor(rnd.next() * 1e9) });
-      for (const m of ['put', 'get', 'head', 'list'] as const) faulty.addFault(m, { probability: 0.05, error: { code: 'RNODE_STORE_UNAVAILABLE', retryable: true, message: 'soak: injected fault' } });
+      for (const m of ['put', 'get', 'head', 'list'] as const)
+        faulty.addFault(m, { probability: 0.05, error: { code: 'RNODE_STORE_UNAVAILABLE', retryable: true, message: 'soak: injected fault' } });
       const store: ObjectStore = rnd.next() < 0.5 ? faulty : wrapStore(faulty, { retry: { baseDelayMs: 5, maxDelayMs: 50 } });
       for (let attempt = 0; attempt < 10; attempt++) {
         c.runs++;
@@ -222,8 +321,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
       const run = cliReplicate(remote, d);
       await sleep(50 + Math.floor(rnd.next() * 700));
       const killed = serve;
-      const exited = killed && killed.exitCode === null && killed.signalCode === null
-        ? new Promise((r) => killed.once('exit', r)) : Promise.resolve();
+      const exited =
+        killed && killed.exitCode === null && killed.signalCode === null ? new Promise((r) => killed.once('exit', r)) : Promise.resolve();
       killed?.kill('SIGKILL');
       c.serveKills++;
       c.runs++;
@@ -274,8 +373,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
       await recover({ store: fsFor(s), disk: d, point: String(point), out });
       const got = sha(out);
       if (!want) c.problems.push(`${s.name}/${d}/${point}: a point nobody recorded`);
-      else if (got !== want) { c.badRestores++; c.problems.push(`${s.name}/${d}/${point}: restore differs from the image it was taken of`); }
-      else c.pointsVerified++;
+      else if (got !== want) {
+        c.badRestores++;
+        c.problems.push(`${s.name}/${d}/${point}: restore differs from the image it was taken of`);
+      } else c.pointsVerified++;
     } catch (err) {
       c.badRestores++;
       c.problems.push(`${s.name}/${d}/${point}: recover failed: ${(err as Error).message}`);
@@ -317,8 +418,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
       // Any path that stalls (a wait on a budget or a lease, a hang) shows up here rather than as a slow soak.
       if (Date.now() - t0 > 30_000) log(`soak: episode ${name} took ${Math.round((Date.now() - t0) / 1000)} s`);
       // The full-disk episode once, about a third of the way in.
-      if (!fullDone && Date.now() > started + (deadline - started) / 3) { fullDone = true; await fullDisk(); }
-      if (round % 10 === 0) log(`soak: ${Math.round((Date.now() - started) / 1000)} s, ${c.runs} runs, ${c.faultsInjected} faults, ${c.writerKills + c.serveKills} kills, ${c.linkCuts} cuts, ${c.pointsCommitted} points, rss ${rssMiB()} MiB`);
+      if (!fullDone && Date.now() > started + (deadline - started) / 3) {
+        fullDone = true;
+        await fullDisk();
+      }
+      if (round % 10 === 0)
+        log(
+          `soak: ${Math.round((Date.now() - started) / 1000)} s, ${c.runs} runs, ${c.faultsInjected} faults, ${c.writerKills + c.serveKills} kills, ${c.linkCuts} cuts, ${c.pointsCommitted} points, rss ${rssMiB()} MiB`,
+        );
     }
     if (!fullDone) await fullDisk();
     // The end: every kept point of every site restores to its image, and verify finds nothing.
@@ -330,7 +437,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
         if (points.length) {
           c.verifies++;
           const v = await verify({ store, disk: d, point: 'all' });
-          if (!v.ok) { c.badVerifies++; c.problems.push(`verify ${s.name}/${d}: ${v.problems[0]?.message}`); }
+          if (!v.ok) {
+            c.badVerifies++;
+            c.problems.push(`verify ${s.name}/${d}: ${v.problems[0]?.message}`);
+          }
         }
       }
     }

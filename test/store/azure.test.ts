@@ -30,7 +30,7 @@ runConformance(t, 'azure (azurite)', async () => ({
 }));
 
 t.test('azure: large puts are staged as blocks and committed with their condition', async (t) => {
-  const store = await openBackend('azblob://rnode-test/blocks?singleUploadMax=1048576&blockSize=1048576', env) as AzureBlobStore;
+  const store = (await openBackend('azblob://rnode-test/blocks?singleUploadMax=1048576&blockSize=1048576', env)) as AzureBlobStore;
   t.teardown(() => store.close());
   const data = randomBytes(3 * 1024 * 1024 + 5);
   const info = await store.put('big', data, { ifNoneMatch: true });

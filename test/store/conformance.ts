@@ -31,16 +31,16 @@ const PRECONDITION = { code: ErrorCodes.STORE_PRECONDITION };
 /** Runs fn with at most n in flight; keeps parallel setup from opening thousands of sockets at once. */
 async function parallel<T>(items: T[], n: number, fn: (x: T) => Promise<unknown>): Promise<void> {
   let next = 0;
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
-    while (next < items.length) await fn(items[next++]);
-  }));
+  await Promise.all(
+    Array.from({ length: Math.min(n, items.length) }, async () => {
+      while (next < items.length) await fn(items[next++]);
+    }),
+  );
 }
 
 const byteOrder = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
 
-export function runConformance(
-  t: Test, name: string, makeStore: () => Promise<StoreUnderTest>, opts: ConformanceOptions = {},
-): void {
+export function runConformance(t: Test, name: string, makeStore: () => Promise<StoreUnderTest>, opts: ConformanceOptions = {}): void {
   const unordered = opts.listOrder === 'unordered';
   /** Keys a listing yields; sorted here only for emulators that are known to list out of order. */
   const keysOf = async (store: ObjectStore, prefix: string): Promise<string[]> => {
@@ -55,7 +55,10 @@ export function runConformance(
       const backing = Buffer.from('0123456789abcdefghij');
       const view = new Uint8Array(backing.buffer, backing.byteOffset + 5, 10); // '56789abcde'
       const cases: Array<[string, Uint8Array]> = [
-        ['rt/empty', Buffer.alloc(0)], ['rt/one', Buffer.from([0xff])], ['rt/big', big], ['rt/view', view],
+        ['rt/empty', Buffer.alloc(0)],
+        ['rt/one', Buffer.from([0xff])],
+        ['rt/big', big],
+        ['rt/view', view],
       ];
       for (const [key, data] of cases) {
         const info = await store.put(key, data);
@@ -123,8 +126,17 @@ export function runConformance(
     'list: byte order, exact prefixes, nested and mid-segment': async (t, store) => {
       // '-' 0x2d < '.' 0x2e < '/' 0x2f < '0' 0x30: a naive per-directory walk gets this order wrong.
       const keys = [
-        'ls/a/b/c', 'ls/a/b-c', 'ls/a/b.d', 'ls/a/b0', 'ls/a-x', 'ls/a0', 'ls/b',
-        'ls/disks/a/chunks/0001', 'ls/disks/a/chunks/00010', 'ls/disks/a/chunks/0001x', 'ls/disks/a/chunks/0002',
+        'ls/a/b/c',
+        'ls/a/b-c',
+        'ls/a/b.d',
+        'ls/a/b0',
+        'ls/a-x',
+        'ls/a0',
+        'ls/b',
+        'ls/disks/a/chunks/0001',
+        'ls/disks/a/chunks/00010',
+        'ls/disks/a/chunks/0001x',
+        'ls/disks/a/chunks/0002',
         'ls/disks/ab/chunks/0001',
       ];
       const shuffled = [...keys].sort(() => Math.random() - 0.5);
@@ -133,10 +145,17 @@ export function runConformance(
       const sorted = [...keys].sort(byteOrder);
       const all = await collect(store.list('ls/'));
       if (unordered) all.sort((a, b) => byteOrder(a.key, b.key));
-      t.same(all.map((i) => i.key), sorted, 'everything under ls/ in byte order');
-      t.same(all.map((i) => i.size), sorted.map((k) => k.length), 'list gives sizes');
-      const expect = async (prefix: string, want: string[]) =>
-        t.same(await keysOf(store, prefix), want, `list(${JSON.stringify(prefix)})`);
+      t.same(
+        all.map((i) => i.key),
+        sorted,
+        'everything under ls/ in byte order',
+      );
+      t.same(
+        all.map((i) => i.size),
+        sorted.map((k) => k.length),
+        'list gives sizes',
+      );
+      const expect = async (prefix: string, want: string[]) => t.same(await keysOf(store, prefix), want, `list(${JSON.stringify(prefix)})`);
       await expect('ls/a/', ['ls/a/b-c', 'ls/a/b.d', 'ls/a/b/c', 'ls/a/b0']);
       await expect('ls/a', ['ls/a-x', 'ls/a/b-c', 'ls/a/b.d', 'ls/a/b/c', 'ls/a/b0', 'ls/a0']);
       await expect('ls/a/b', ['ls/a/b-c', 'ls/a/b.d', 'ls/a/b/c', 'ls/a/b0']);
@@ -186,14 +205,15 @@ export function runConformance(
       }
       await t.rejects(store.put('inm/k', Buffer.from('second'), { ifNoneMatch: true }), PRECONDITION);
       t.equal((await store.get('inm/k')).toString(), 'first', 'content unchanged after a failed ifNoneMatch');
-      const results = await Promise.allSettled(Array.from({ length: 8 }, (_, i) =>
-        store.put('inm/race', Buffer.from(`writer ${i}`), { ifNoneMatch: true })));
+      const results = await Promise.allSettled(
+        Array.from({ length: 8 }, (_, i) => store.put('inm/race', Buffer.from(`writer ${i}`), { ifNoneMatch: true })),
+      );
       const won = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
       t.equal(won.length, 1, 'exactly one racing writer wins');
       for (const r of results) {
         if (r.status === 'rejected') t.match(r.reason, PRECONDITION, 'losers get STORE_PRECONDITION');
       }
-      t.equal((await store.get('inm/race')).toString(), `writer ${won[0]}`, 'the winner\'s content is stored');
+      t.equal((await store.get('inm/race')).toString(), `writer ${won[0]}`, "the winner's content is stored");
     },
 
     'ifMatch: succeeds on the current etag, fails on a stale one or a missing key': async (t, store) => {
@@ -215,7 +235,10 @@ export function runConformance(
       const keys = Array.from({ length: 50 }, (_, i) => `par/${i}`);
       await Promise.all(keys.map((k) => store.put(k, Buffer.from(`data of ${k}`))));
       const got = await Promise.all(keys.map(async (k) => (await store.get(k)).toString()));
-      t.same(got, keys.map((k) => `data of ${k}`));
+      t.same(
+        got,
+        keys.map((k) => `data of ${k}`),
+      );
       t.equal((await keysOf(store, 'par/')).length, 50);
     },
 

@@ -100,8 +100,12 @@ async function scenario(t: Test, store: ObjectStore, name: string) {
 t.test('s3 (s3rver)', async (t) => {
   const server = await startS3rver();
   t.teardown(() => server.stop());
-  const c = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1',
-    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  const c = new S3Client({
+    endpoint: server.endpoint,
+    forcePathStyle: true,
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+  });
   await c.send(new CreateBucketCommand({ Bucket: 'rnode-e2e' }));
   c.destroy();
   const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };

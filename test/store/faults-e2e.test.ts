@@ -100,7 +100,10 @@ t.test('5% of get/put/head/list fail with a retryable error: full and incrementa
   t.same(v.problems, []);
 
   const errors = store.metrics();
-  t.ok(retries.length > 0, `faults fired and were retried (${retries.length} retries over ${Object.values(faulty.calls).reduce((a, b) => a + b, 0)} calls)`);
+  t.ok(
+    retries.length > 0,
+    `faults fired and were retried (${retries.length} retries over ${Object.values(faulty.calls).reduce((a, b) => a + b, 0)} calls)`,
+  );
   t.ok(JSON.stringify(errors).includes(ErrorCodes.STORE_UNAVAILABLE), 'metrics count the injected errors');
   faulty.assertAllFired();
 });
@@ -116,11 +119,16 @@ t.test('a permanent error on pack puts: replicate fails clearly, no half point, 
   const at2 = await snapshot(image, 'perm-2.img');
   // Point 2's 5th pack put and every later one is denied (packs put from here on are point 2's).
   faulty.addFault('put', {
-    match: isPack, nth: 5, times: Infinity,
+    match: isPack,
+    nth: 5,
+    times: Infinity,
     error: { code: ErrorCodes.STORE_AUTH, retryable: false, message: 'access denied (injected, permanent)' },
   });
   const putsBefore = faulty.calls.put;
-  const err = await rep(store, image).then(() => null, (e: unknown) => e);
+  const err = await rep(store, image).then(
+    () => null,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof RnodeError, 'rejects with an RnodeError');
   t.equal((err as RnodeError).code, ErrorCodes.STORE_AUTH, `clear code: ${(err as Error).message}`);
   t.match((err as Error).message, /access denied/);
@@ -150,7 +158,10 @@ t.test('a pack put times out after it was applied; the retry re-sends it; the po
   const image = await newImage('timeout.img', 8);
   // The 3rd pack put is slow, lands in the store, and is then reported as a timeout (retryable).
   faulty.addFault('put', {
-    match: isPack, nth: 3, delayMs: 50, afterCall: true,
+    match: isPack,
+    nth: 3,
+    delayMs: 50,
+    afterCall: true,
     error: { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true, message: 'put timed out (injected)' },
   });
   // And one more pack put hangs like a dead connection, then times out without reaching the store.
@@ -166,7 +177,10 @@ t.test('a pack put times out after it was applied; the retry re-sends it; the po
 
   await scatterWrites(image, SIZE, 10, 9);
   faulty.addFault('put', {
-    match: isPack, nth: 1, delayMs: 20, afterCall: true,
+    match: isPack,
+    nth: 1,
+    delayMs: 20,
+    afterCall: true,
     error: { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true, message: 'put timed out (injected)' },
   });
   const p2 = await rep(store, image);

@@ -33,9 +33,7 @@ t.test('times, match, afterCall and a given Error', async (t) => {
 });
 
 t.test('delay, and hang until its timeout with a retryable error', async (t) => {
-  const f = new FaultyStore(new MemoryStore())
-    .addFault('head', { delayMs: 50 })
-    .addFault('get', { hang: true, hangMs: 30 });
+  const f = new FaultyStore(new MemoryStore()).addFault('head', { delayMs: 50 }).addFault('get', { hang: true, hangMs: 30 });
   await f.put('k', Buffer.from('v'));
   const t0 = Date.now();
   await f.head('k');
@@ -55,14 +53,23 @@ t.test('list faults act when the listing starts', async (t) => {
   const f = new FaultyStore(new MemoryStore()).addFault('list', { error: UNAVAILABLE });
   await f.put('a', Buffer.from('1'));
   await t.rejects(collect(f.list('')), UNAVAILABLE);
-  t.same((await collect(f.list(''))).map((i) => i.key), ['a']);
+  t.same(
+    (await collect(f.list(''))).map((i) => i.key),
+    ['a'],
+  );
 });
 
 t.test('probabilistic faults are reproducible from the seed and exempt from assertAllFired', async (t) => {
   const run = async (seed: number) => {
     const f = new FaultyStore(new MemoryStore(), { seed }).addFault('put', { probability: 0.3, times: Infinity, error: UNAVAILABLE });
     const out: boolean[] = [];
-    for (let i = 0; i < 100; i++) out.push(await f.put(`k${i}`, Buffer.from('x')).then(() => true, () => false));
+    for (let i = 0; i < 100; i++)
+      out.push(
+        await f.put(`k${i}`, Buffer.from('x')).then(
+          () => true,
+          () => false,
+        ),
+      );
     f.assertAllFired();
     return out;
   };
@@ -74,9 +81,7 @@ t.test('probabilistic faults are reproducible from the seed and exempt from asse
 });
 
 t.test('assertAllFired fails when a scripted fault did not fire', async (t) => {
-  const f = new FaultyStore(new MemoryStore())
-    .addFault('put', { nth: 3, error: UNAVAILABLE })
-    .addFault('get', { times: 2, error: UNAVAILABLE });
+  const f = new FaultyStore(new MemoryStore()).addFault('put', { nth: 3, error: UNAVAILABLE }).addFault('get', { times: 2, error: UNAVAILABLE });
   await f.put('a', Buffer.from('1'));
   await f.get('a').catch(() => {});
   t.throws(() => f.assertAllFired(), /put fault #1 \(call 3\) fired 0\/1, get fault #2 fired 1\/2/);

@@ -26,8 +26,14 @@ t.test('fs: a temp file left by a crash is invisible to list, get and head', asy
   await store.put('disks/a/k1', Buffer.from('one'));
   // What a crash between write and rename leaves: a temp file beside the key.
   await writeFile(path.join(dir, 'disks', 'a', '.tmp\\k2.deadbeef'), 'partial');
-  t.same((await collect(store.list('disks/'))).map((i) => i.key), ['disks/a/k1']);
-  t.same((await collect(store.list(''))).map((i) => i.key), ['disks/a/k1']);
+  t.same(
+    (await collect(store.list('disks/'))).map((i) => i.key),
+    ['disks/a/k1'],
+  );
+  t.same(
+    (await collect(store.list(''))).map((i) => i.key),
+    ['disks/a/k1'],
+  );
   await t.rejects(store.get('disks/a/k2'), { code: ErrorCodes.STORE_NOT_FOUND });
   await store.put('disks/a/k2', Buffer.from('two'));
   t.equal((await store.get('disks/a/k2')).toString(), 'two');

@@ -31,7 +31,11 @@ t.test('gcs: etag is the generation and changes on each put', async (t) => {
   const b = await store.put('k', Buffer.from('x'));
   t.match(a.etag, /^\d+$/);
   t.not(a.etag, b.etag);
-  t.same((await collect(store.list(''))).map((i) => i.etag), [b.etag], 'list gives the generation too');
+  t.same(
+    (await collect(store.list(''))).map((i) => i.etag),
+    [b.etag],
+    'list gives the generation too',
+  );
   await t.rejects(store.put('k', Buffer.from('y'), { ifMatch: 'not-a-generation' }), { code: ErrorCodes.STORE_PRECONDITION });
 });
 
@@ -39,7 +43,10 @@ t.test('gcs: the emulator really does not enforce ifGenerationMatch (keep condit
   const store = await openBackend('gs://rnode-test/cond', env);
   t.equal(store.capabilities.conditionalPut, true, 'default: real GCS enforces conditions');
   await store.put('k', Buffer.from('1'), { ifNoneMatch: true });
-  const second = await store.put('k', Buffer.from('2'), { ifNoneMatch: true }).then(() => 'written', (e) => e.code);
+  const second = await store.put('k', Buffer.from('2'), { ifNoneMatch: true }).then(
+    () => 'written',
+    (e) => e.code,
+  );
   t.equal(second, 'written', 'if this fails, the emulator now enforces conditions: drop conditional=off');
 });
 

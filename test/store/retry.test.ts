@@ -8,10 +8,16 @@ import { FaultyStore, MemoryStore } from '../../src/testing.js';
 import { runConformance } from './conformance.js';
 
 const UNAVAILABLE = { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true };
-const noSleep = (delays: number[] = []): RetryOptions => ({ sleep: async (ms) => { delays.push(ms); }, random: () => 1 });
+const noSleep = (delays: number[] = []): RetryOptions => ({
+  sleep: async (ms) => {
+    delays.push(ms);
+  },
+  random: () => 1,
+});
 
 t.test('retry recovers from retryable errors', async (t) => {
-  const f = new FaultyStore(new MemoryStore()).addFault('put', { times: 2, error: UNAVAILABLE })
+  const f = new FaultyStore(new MemoryStore())
+    .addFault('put', { times: 2, error: UNAVAILABLE })
     .addFault('get', { error: { code: ErrorCodes.STORE_THROTTLED, retryable: true } });
   const delays: number[] = [];
   const s = new RetryingStore(f, { ...noSleep(delays), baseDelayMs: 100 });
@@ -53,7 +59,15 @@ t.test('full jitter stays within [0, cap] and the cap stops at maxDelayMs', asyn
   const delays: number[] = [];
   const f = new FaultyStore(new MemoryStore()).addFault('head', { times: 6, error: UNAVAILABLE });
   const rnd = [0, 0.5, 1, 1, 1, 1];
-  const s = new RetryingStore(f, { attempts: 7, baseDelayMs: 10, maxDelayMs: 50, random: () => rnd.shift()!, sleep: async (ms) => { delays.push(ms); } });
+  const s = new RetryingStore(f, {
+    attempts: 7,
+    baseDelayMs: 10,
+    maxDelayMs: 50,
+    random: () => rnd.shift()!,
+    sleep: async (ms) => {
+      delays.push(ms);
+    },
+  });
   await t.rejects(s.head('k'), { code: ErrorCodes.STORE_NOT_FOUND });
   t.same(delays, [0, 10, 40, 50, 50, 50]);
 });
@@ -65,12 +79,18 @@ t.test('a listing that fails midway resumes after the last key it yielded', asyn
   const flaky = Object.create(mem) as MemoryStore;
   flaky.list = async function* (prefix: string) {
     for await (const i of mem.list(prefix)) {
-      if (i.key === 'c' && failOnce) { failOnce = false; throw new RnodeError(ErrorCodes.STORE_IO, 'reset', { retryable: true }); }
+      if (i.key === 'c' && failOnce) {
+        failOnce = false;
+        throw new RnodeError(ErrorCodes.STORE_IO, 'reset', { retryable: true });
+      }
       yield i;
     }
   };
   const s = new RetryingStore(flaky, noSleep());
-  t.same((await collect(s.list(''))).map((i) => i.key), ['a', 'b', 'c', 'd']);
+  t.same(
+    (await collect(s.list(''))).map((i) => i.key),
+    ['a', 'b', 'c', 'd'],
+  );
 });
 
 t.test('wrapStore: concurrency limit and metrics', async (t) => {
@@ -79,9 +99,14 @@ t.test('wrapStore: concurrency limit and metrics', async (t) => {
   let peak = 0;
   const put = f.put.bind(f);
   f.put = async (k, d, o) => {
-    inFlight++; peak = Math.max(peak, inFlight);
+    inFlight++;
+    peak = Math.max(peak, inFlight);
     await new Promise((r) => setTimeout(r, 5));
-    try { return await put(k, d, o); } finally { inFlight--; }
+    try {
+      return await put(k, d, o);
+    } finally {
+      inFlight--;
+    }
   };
   f.addFault('get', { error: UNAVAILABLE });
   const s = wrapStore(f, { concurrency: 3, retry: noSleep() });

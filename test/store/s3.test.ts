@@ -19,35 +19,49 @@ t.setTimeout(180_000);
 
 t.before(async () => {
   server = await startS3rver();
-  const c = new S3Client({ endpoint: server.endpoint, forcePathStyle: true, region: 'us-east-1',
-    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+  const c = new S3Client({
+    endpoint: server.endpoint,
+    forcePathStyle: true,
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+  });
   await c.send(new CreateBucketCommand({ Bucket: 'rnode-test' }));
   c.destroy();
 });
 t.teardown(() => server?.stop());
 
-const url = (prefix: string, extra = '') =>
-  `s3://rnode-test/${prefix}?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off${extra}`;
+const url = (prefix: string, extra = '') => `s3://rnode-test/${prefix}?endpoint=${server.endpoint}&forcePathStyle=true&conditional=off${extra}`;
 
-runConformance(t, 's3 (s3rver)', async () => ({
-  // A fresh prefix per case: also proves the store confines itself to its prefix.
-  store: await openBackend(url(`run-${++n}`), env),
-  cleanup: async () => {},
-}), { etagChangesOnIdenticalPut: false, listOrder: 'unordered' });
+runConformance(
+  t,
+  's3 (s3rver)',
+  async () => ({
+    // A fresh prefix per case: also proves the store confines itself to its prefix.
+    store: await openBackend(url(`run-${++n}`), env),
+    cleanup: async () => {},
+  }),
+  { etagChangesOnIdenticalPut: false, listOrder: 'unordered' },
+);
 
 t.test('s3: multipart above the threshold round-trips and reads by range', async (t) => {
-  const store = await openBackend(url('mp', '&multipartThreshold=5242880&partSize=5242880'), env) as S3Store;
+  const store = (await openBackend(url('mp', '&multipartThreshold=5242880&partSize=5242880'), env)) as S3Store;
   t.teardown(() => store.close());
   const commands: string[] = [];
-  store.client.middlewareStack.add((next, context) => async (args) => {
-    commands.push(context.commandName ?? '?');
-    return next(args);
-  }, { step: 'initialize' });
+  store.client.middlewareStack.add(
+    (next, context) => async (args) => {
+      commands.push(context.commandName ?? '?');
+      return next(args);
+    },
+    { step: 'initialize' },
+  );
   const data = randomBytes(11 * 1024 * 1024 + 7); // 3 parts
   const info = await store.put('big', data);
   t.equal(info.size, data.length);
-  t.same(commands, ['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'UploadPartCommand',
-    'CompleteMultipartUploadCommand'], 'uploaded in 3 parts');
+  t.same(
+    commands,
+    ['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'UploadPartCommand', 'CompleteMultipartUploadCommand'],
+    'uploaded in 3 parts',
+  );
   const small = await store.put('small', data.subarray(0, 5 * 1024 * 1024));
   t.equal(small.size, 5 * 1024 * 1024);
   t.equal(commands.at(-1), 'PutObjectCommand', 'at the threshold: one PutObject');
@@ -71,6 +85,9 @@ t.test('s3: s3rver really does not enforce If-None-Match (keep conditional=off h
   t.teardown(() => store.close());
   t.equal(store.capabilities.conditionalPut, true, 'default: real S3 enforces conditions');
   await store.put('k', Buffer.from('1'), { ifNoneMatch: true });
-  const second = await store.put('k', Buffer.from('2'), { ifNoneMatch: true }).then(() => 'written', (e) => e.code);
+  const second = await store.put('k', Buffer.from('2'), { ifNoneMatch: true }).then(
+    () => 'written',
+    (e) => e.code,
+  );
   t.equal(second, 'written', 'if this fails, s3rver now enforces conditions: drop conditional=off');
 });

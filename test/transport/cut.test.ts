@@ -74,10 +74,16 @@ t.test('every connection cut: the point still completes, an incremental too', as
   t.equal((await verify({ store: rs, disk: 'd', point: 'all' })).ok, true, 'verify over the (still cutting) link');
 });
 
-async function slowNode(t: Parameters<typeof startNode>[0], dir: string): Promise<{ server: Awaited<ReturnType<typeof startNode>>['server']; fast: ObjectStore }> {
+async function slowNode(
+  t: Parameters<typeof startNode>[0],
+  dir: string,
+): Promise<{ server: Awaited<ReturnType<typeof startNode>>['server']; fast: ObjectStore }> {
   const fast = fsStore(path.join(dir, 'recv'));
   const slow: ObjectStore = Object.assign(Object.create(fast) as ObjectStore, {
-    put: async (...a: Parameters<ObjectStore['put']>) => { await new Promise((r) => setTimeout(r, 250)); return fast.put(...a); },
+    put: async (...a: Parameters<ObjectStore['put']>) => {
+      await new Promise((r) => setTimeout(r, 250));
+      return fast.put(...a);
+    },
   });
   const { server } = await startNode(t, dir, { windowBytes: WINDOW, store: slow });
   return { server, fast };
@@ -98,7 +104,10 @@ t.test('a link cut before any ack comes back, to a slow store: the acks lost com
   t.ok(proxy.cuts >= 3, `cut ${proxy.cuts} times`);
   t.ok(rs.counters.resumedPuts >= 1, `${rs.counters.resumedPuts} PUTs settled by a resumed session's welcome`);
   // At most the object being received when the link went: one pack (and its frame heads) per cut.
-  t.ok(rs.counters.resentBytes <= proxy.cuts * (PACK + 64 * KiB), `re-sent ${rs.counters.resentBytes} bytes over ${proxy.cuts} cuts: at most one pack each`);
+  t.ok(
+    rs.counters.resentBytes <= proxy.cuts * (PACK + 64 * KiB),
+    `re-sent ${rs.counters.resentBytes} bytes over ${proxy.cuts} cuts: at most one pack each`,
+  );
   await expectRestore(t, fast, 'd', 1, fp, dir);
 });
 

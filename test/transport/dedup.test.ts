@@ -48,18 +48,27 @@ t.test('ten clones over ws:// cost < 2.2x one clone on the wire and on the node'
     const frames = rs.counters.framesSent;
     const r = await snap(rs, img, `clone-${i}`, { chunkSize: CHUNK });
     // Clone 1 also sends the base chunks clone 0 replaced; later clones only their own tenth.
-    if (i > 0) t.ok(r.chunksDeduplicated >= CHUNKS * (i === 1 ? 0.75 : 0.85), `clone ${i}: ${r.chunksDeduplicated} of ${CHUNKS} chunks were already on the node`);
+    if (i > 0)
+      t.ok(
+        r.chunksDeduplicated >= CHUNKS * (i === 1 ? 0.75 : 0.85),
+        `clone ${i}: ${r.chunksDeduplicated} of ${CHUNKS} chunks were already on the node`,
+      );
     const sent = rs.counters.framesSent - frames;
     t.ok(sent < CHUNKS / 2, `clone ${i}: ${sent} frames for ${CHUNKS} chunks (no request per chunk)`);
   }
   const wireTen = rs.counters.bytesSent;
   const storedTen = storedBytes(ten.storeDir);
-  t.comment(`wire: one clone ${wireOne} bytes, ten clones ${wireTen} (${(wireTen / wireOne).toFixed(2)}x); ` +
-    `node store: ${storedOne} vs ${storedTen} (${(storedTen / storedOne).toFixed(2)}x)`);
+  t.comment(
+    `wire: one clone ${wireOne} bytes, ten clones ${wireTen} (${(wireTen / wireOne).toFixed(2)}x); ` +
+      `node store: ${storedOne} vs ${storedTen} (${(storedTen / storedOne).toFixed(2)}x)`,
+  );
   t.ok(wireTen < 2.2 * wireOne, `ten clones sent ${(wireTen / wireOne).toFixed(2)}x the bytes of one clone (< 2.2x)`);
   t.ok(storedTen < 2.2 * storedOne, `ten clones stored ${(storedTen / storedOne).toFixed(2)}x one clone on the node (< 2.2x)`);
   t.equal(ten.server.stats.chunkPuts, 0, 'no legacy chunk objects crossed the link');
-  t.ok(ten.server.stats.packPuts > 0 && ten.server.stats.packPuts < 40, `${ten.server.stats.packPuts} packs carried the ~${Math.round((2 * SIZE) / CHUNK)} chunks sent`);
+  t.ok(
+    ten.server.stats.packPuts > 0 && ten.server.stats.packPuts < 40,
+    `${ten.server.stats.packPuts} packs carried the ~${Math.round((2 * SIZE) / CHUNK)} chunks sent`,
+  );
   t.equal(ten.server.stats.rejected, 0);
   t.ok(ten.server.stats.peakSessionBytes <= ten.server.windowBytes, 'the node never held more than the window');
   await expectRestore(t, rs, 'clone-9', 'latest', fingerprint(img), dir, 'the last clone over the link');

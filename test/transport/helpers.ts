@@ -7,10 +7,15 @@ import type { ObjectStore } from '../../src/store/index.js';
 import { RemoteStore, ReplicationServer, type RemoteStoreOptions, type ServeOptions } from '../../src/transport/index.js';
 import { fsStore } from '../helpers/images.js';
 
-interface Teardown { teardown(fn: () => void | Promise<void>): void }
+interface Teardown {
+  teardown(fn: () => void | Promise<void>): void;
+}
 
-export async function startNode(t: Teardown, dir: string, opts: Partial<ServeOptions> & { store?: ObjectStore } = {}):
-    Promise<{ server: ReplicationServer; storeDir: string; store: ObjectStore; url: string }> {
+export async function startNode(
+  t: Teardown,
+  dir: string,
+  opts: Partial<ServeOptions> & { store?: ObjectStore } = {},
+): Promise<{ server: ReplicationServer; storeDir: string; store: ObjectStore; url: string }> {
   const storeDir = path.join(dir, 'recv');
   const store = opts.store ?? fsStore(storeDir);
   const server = await ReplicationServer.start({ host: '127.0.0.1', port: 0, checks: new ObjectValidator(store), ...opts, store });
@@ -28,19 +33,27 @@ export function remote(t: Teardown, url: string, opts: Partial<RemoteStoreOption
  * A TCP proxy to target that cuts each connection (both sides destroyed) once `cutAfter(n)` bytes went from the
  * client to the server on it; n counts connections from 0. Undefined: never cut that connection.
  */
-export async function cuttingProxy(t: Teardown, targetPort: number | (() => number), cutAfter: (n: number) => number | undefined,
-    opts: { halfDead?: boolean } = {}): Promise<{ port: number; cuts: number; connections: number; bytes: number }> {
+export async function cuttingProxy(
+  t: Teardown,
+  targetPort: number | (() => number),
+  cutAfter: (n: number) => number | undefined,
+  opts: { halfDead?: boolean } = {},
+): Promise<{ port: number; cuts: number; connections: number; bytes: number }> {
   const state = { port: 0, cuts: 0, connections: 0, bytes: 0 };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const limit = cutAfter(state.connections++);
     // A getter lets the target move (a restarted server on another port) under connections made later.
     const upstream = net.connect(typeof targetPort === 'number' ? targetPort : targetPort(), '127.0.0.1');
-    sockets.add(client); sockets.add(upstream);
+    sockets.add(client);
+    sockets.add(upstream);
     let seen = 0;
     let done = false;
     // halfDead: the client's side goes, the node's stays open and silent (a link lost where the node does not see it).
-    const cut = () => { client.destroy(); if (!opts.halfDead || !done) upstream.destroy(); };
+    const cut = () => {
+      client.destroy();
+      if (!opts.halfDead || !done) upstream.destroy();
+    };
     client.on('data', (b: Buffer) => {
       if (done) return;
       state.bytes += b.length;
@@ -54,29 +67,58 @@ export async function cuttingProxy(t: Teardown, targetPort: number | (() => numb
         return;
       }
       seen += b.length;
-      if (!upstream.write(b)) { client.pause(); upstream.once('drain', () => client.resume()); }
+      if (!upstream.write(b)) {
+        client.pause();
+        upstream.once('drain', () => client.resume());
+      }
     });
-    upstream.on('data', (b: Buffer) => { if (done && opts.halfDead) return; if (!client.write(b)) { upstream.pause(); client.once('drain', () => upstream.resume()); } });
-    client.on('error', cut); upstream.on('error', cut);
-    client.on('close', cut); upstream.on('close', cut);
-    client.on('close', () => sockets.delete(client)); upstream.on('close', () => sockets.delete(upstream));
+    upstream.on('data', (b: Buffer) => {
+      if (done && opts.halfDead) return;
+      if (!client.write(b)) {
+        upstream.pause();
+        client.once('drain', () => upstream.resume());
+      }
+    });
+    client.on('error', cut);
+    upstream.on('error', cut);
+    client.on('close', cut);
+    upstream.on('close', cut);
+    client.on('close', () => sockets.delete(client));
+    upstream.on('close', () => sockets.delete(upstream));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   state.port = (server.address() as net.AddressInfo).port;
-  t.teardown(() => new Promise<void>((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }));
+  t.teardown(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  );
   return state;
 }
 
 /** `node dist/cli.js serve ... --json` as a child; resolves once it listens. The caller must build dist first. */
-export async function spawnServe(t: Teardown, cli: string, args: string[]): Promise<{ child: import('node:child_process').ChildProcess; url: string; log: () => string }> {
+export async function spawnServe(
+  t: Teardown,
+  cli: string,
+  args: string[],
+): Promise<{ child: import('node:child_process').ChildProcess; url: string; log: () => string }> {
   const { spawn } = await import('node:child_process');
   const child = spawn(process.execPath, [cli, 'serve', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
   let err = '';
-  child.stderr!.on('data', (b) => { err += b; });
+  child.stderr!.on('data', (b) => {
+    err += b;
+  });
   const line = await new Promise<string>((resolve, reject) => {
     let out = '';
-    child.stdout!.on('data', (b) => { out += b; if (out.includes('\n')) resolve(out.split('\n')[0]); });
+    child.stdout!.on('data', (b) => {
+      out += b;
+      if (out.includes('\n')) resolve(out.split('\n')[0]);
+    });
     child.on('exit', (c, s) => reject(new Error(`serve exited (${c ?? s}) before listening: ${err}`)));
   });
   return { child, url: JSON.parse(line).listening, log: () => err };

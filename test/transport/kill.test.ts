@@ -22,7 +22,9 @@ const WINDOW = 2 * MiB;
 /** Bytes of the packs on the node (random data: about a chunk's size per chunk stored). */
 function packBytes(storeDir: string): number {
   const dir = path.join(storeDir, r2.packsPrefix('plain'));
-  return listFiles(dir).filter((f) => !f.includes('\\')).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+  return listFiles(dir)
+    .filter((f) => !f.includes('\\'))
+    .reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
 }
 
 /** The pending checkpoint of point 1 of disk d on the node, if one is there. */
@@ -44,13 +46,37 @@ t.test('SIGKILL of the sender mid-point: the next run resumes on the node and co
   const fp = fingerprint(img);
   const { server, storeDir, url } = await startNode(t, dir, { windowBytes: WINDOW });
   // Throttled so the kill lands mid-point, after a checkpoint (the CLI checkpoints every 64 chunks to ws://).
-  const child = spawn(process.execPath, [CLI, 'replicate', '--source', img, '--target', url, '--disk', 'd', '--chunk-size', '64KiB',
-    '--pack-size', String(PACK), '--bandwidth', '3MiB', '--json'], { stdio: 'ignore' });
-  t.teardown(() => { child.kill('SIGKILL'); });
+  const child = spawn(
+    process.execPath,
+    [
+      CLI,
+      'replicate',
+      '--source',
+      img,
+      '--target',
+      url,
+      '--disk',
+      'd',
+      '--chunk-size',
+      '64KiB',
+      '--pack-size',
+      String(PACK),
+      '--bandwidth',
+      '3MiB',
+      '--json',
+    ],
+    { stdio: 'ignore' },
+  );
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   await until(() => (checkpoint(storeDir)?.nextIndex ?? 0) >= 64, 30_000, 'a checkpoint on the node');
   child.kill('SIGKILL');
   await new Promise((r) => child.on('exit', r));
-  t.notOk(fs.existsSync(path.join(storeDir, r2.point('plain', 'd', 1))), `killed mid-point (${packBytes(storeDir)} of ${SIZE} bytes in packs on the node, no manifest)`);
+  t.notOk(
+    fs.existsSync(path.join(storeDir, r2.point('plain', 'd', 1))),
+    `killed mid-point (${packBytes(storeDir)} of ${SIZE} bytes in packs on the node, no manifest)`,
+  );
   const bytesBefore = server.stats.putBytes;
   const nextIndex = checkpoint(storeDir)!.nextIndex;
 
@@ -58,7 +84,7 @@ t.test('SIGKILL of the sender mid-point: the next run resumes on the node and co
   let r = await runCli(args);
   if (r.code !== 0 && /RNODE_LEASE_HELD/.test(r.stderr)) {
     // The killed writer's lease is live until its TTL (the core crash tests own that behaviour): age it on the node.
-    t.comment('the killed sender\'s lease was still live; aged on the node to go on');
+    t.comment("the killed sender's lease was still live; aged on the node to go on");
     const file = path.join(storeDir, 'disks', 'd', 'lease.json');
     fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), expiresAt: new Date(0).toISOString() }));
     r = await runCli(args);

@@ -22,11 +22,16 @@ function peakRss(child: ChildProcess): () => number {
     try {
       const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${child.pid}/status`, 'utf8'));
       if (m) peak = Math.max(peak, Number(m[1]) * 1024);
-    } catch { /* exited */ }
+    } catch {
+      /* exited */
+    }
   };
   const timer = setInterval(read, 25);
   child.on('exit', () => clearInterval(timer));
-  return () => { read(); return peak; };
+  return () => {
+    read();
+    return peak;
+  };
 }
 
 async function run(t: Parameters<Parameters<typeof t.test>[1]>[0], size: number): Promise<{ sender: number; node: number; seconds: number }> {
@@ -38,20 +43,30 @@ async function run(t: Parameters<Parameters<typeof t.test>[1]>[0], size: number)
   fs.closeSync(fd);
   const storeDir = path.join(dir, 'recv');
   const node = spawn(process.execPath, [...NODE_FLAGS, FIXTURE, storeDir, '30', String(WINDOW)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => { node.kill('SIGKILL'); });
+  t.teardown(() => {
+    node.kill('SIGKILL');
+  });
   const nodePeak = peakRss(node);
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
-    node.stdout!.on('data', (b) => { out += b; if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]).listening); });
+    node.stdout!.on('data', (b) => {
+      out += b;
+      if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]).listening);
+    });
     node.on('exit', (c) => reject(new Error(`slow node exited ${c}`)));
   });
   const started = performance.now();
   // 1 MiB packs: the node's 4 MiB window holds a few (a pack crosses the link whole).
-  const sender = spawn(process.execPath, [...NODE_FLAGS, CLI, 'replicate', '--source', img, '--target', url, '--disk', 'd', '--chunk-size', '64KiB', '--pack-size', '1MiB', '--json'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
+  const sender = spawn(
+    process.execPath,
+    [...NODE_FLAGS, CLI, 'replicate', '--source', img, '--target', url, '--disk', 'd', '--chunk-size', '64KiB', '--pack-size', '1MiB', '--json'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   const senderPeak = peakRss(sender);
   let err = '';
-  sender.stderr!.on('data', (b) => { err += b; });
+  sender.stderr!.on('data', (b) => {
+    err += b;
+  });
   const code = await new Promise((r) => sender.on('exit', (c) => r(c)));
   const seconds = (performance.now() - started) / 1000;
   t.equal(code, 0, `replicate of ${size / MiB} MiB to a slow node: ${err}`);

@@ -22,7 +22,10 @@ t.test('replicate --pack-size 16MiB to a node whose window takes 2 MiB objects c
   t.equal(r.code, 0, `replicate commits: ${r.stderr}`);
   const sizes = packFiles(storeDir).map((f) => fs.statSync(f).size);
   t.ok(sizes.length >= 4, `the 6 MiB of data went in ${sizes.length} packs`);
-  t.ok(sizes.every((s) => s <= server.maxObjectBytes), `every pack is within the node's limit (largest ${Math.max(...sizes)} bytes)`);
+  t.ok(
+    sizes.every((s) => s <= server.maxObjectBytes),
+    `every pack is within the node's limit (largest ${Math.max(...sizes)} bytes)`,
+  );
   t.equal(json(r).packsWritten, sizes.length);
   const out = path.join(dir, 'out.img');
   const rec = await runCli(['recover', '--store', url, '--disk', 'd', '--out', out, '--json']);
@@ -45,6 +48,9 @@ for (const key of [undefined, EncryptionKey.fromBytes(randomData(32, 3))]) {
       b.add(blob, meta);
     }
     t.ok(sizes.length >= 3, `10000 blobs of 40 bytes made ${sizes.length} full packs, far below the 16 MiB target`);
-    t.ok(sizes.every((s) => s <= limit && s > limit - 200), `each within ${limit} bytes and about that size (${sizes.join(', ')})`);
+    t.ok(
+      sizes.every((s) => s <= limit && s > limit - 200),
+      `each within ${limit} bytes and about that size (${sizes.join(', ')})`,
+    );
   });
 }

@@ -5,9 +5,7 @@ import t from 'tap';
 import WebSocket from 'ws';
 import { RnodeError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
-import {
-  decodeFrame, encodeFrame, FrameType, MAX_OBJECT_BYTES, PART_BYTES, TransportErrorCodes,
-} from '../../src/transport/index.js';
+import { decodeFrame, encodeFrame, FrameType, MAX_OBJECT_BYTES, PART_BYTES, TransportErrorCodes } from '../../src/transport/index.js';
 import { MiB, tmpDir } from '../helpers/images.js';
 import { remote, startNode } from './helpers.js';
 
@@ -30,7 +28,8 @@ t.test('an object of several parts is stored whole and byte-exact; the window bo
   const objects = sizes.map((n, i) => bigJson(n, i));
   // In parallel: the sender waits for credit between objects, never exceeding the window.
   await Promise.all(objects.map((o, i) => rs.put(`disks/d${i}/encryption.json`, o)));
-  for (const [i, o] of objects.entries()) t.ok((await store.get(`disks/d${i}/encryption.json`)).equals(o), `object ${i} (${o.length} bytes) stored whole`);
+  for (const [i, o] of objects.entries())
+    t.ok((await store.get(`disks/d${i}/encryption.json`)).equals(o), `object ${i} (${o.length} bytes) stored whole`);
   t.ok(server.stats.peakSessionBytes <= window, `node held at most ${server.stats.peakSessionBytes} bytes (window ${window})`);
   t.ok(rs.counters.maxUnackedBytes <= window, 'the sender kept within its credit');
   t.ok(rs.counters.framesSent >= 2 + 3 + 6, 'large objects went as several frames');
@@ -40,7 +39,8 @@ t.test('an object of several parts is stored whole and byte-exact; the window bo
   const bigKey = 'disks/d2/encryption.json';
   await t.rejects(rs.get(bigKey), { message: /read it in ranges/ }, 'a get above one frame is refused');
   const pieces: Buffer[] = [];
-  for (let at = 0; at < objects[2].length; at += PART_BYTES) pieces.push(await rs.get(bigKey, { offset: at, length: Math.min(PART_BYTES, objects[2].length - at) }));
+  for (let at = 0; at < objects[2].length; at += PART_BYTES)
+    pieces.push(await rs.get(bigKey, { offset: at, length: Math.min(PART_BYTES, objects[2].length - at) }));
   t.ok(Buffer.concat(pieces).equals(objects[2]), 'read in ranges, the object comes back whole on the same session');
   t.equal(rs.counters.connects, 1, 'one session throughout');
 
@@ -56,14 +56,28 @@ t.test('an object of several parts is stored whole and byte-exact; the window bo
 async function rawSession(url: string, frames: Buffer[]): Promise<{ frames: ReturnType<typeof decodeFrame>[]; closeCode: number }> {
   const ws = new WebSocket(url);
   const got: ReturnType<typeof decodeFrame>[] = [];
-  ws.on('message', (b: Buffer) => { try { got.push(decodeFrame(b)); } catch { /* ignore */ } });
-  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  ws.on('message', (b: Buffer) => {
+    try {
+      got.push(decodeFrame(b));
+    } catch {
+      /* ignore */
+    }
+  });
+  await new Promise((r, j) => {
+    ws.once('open', r);
+    ws.once('error', j);
+  });
   ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: 0, meta: { op: 'hello' } }));
   await new Promise((r) => ws.once('message', r));
-  frames.forEach((f, i) => { f.writeUInt32LE(i + 1, 12); ws.send(f); });
+  frames.forEach((f, i) => {
+    f.writeUInt32LE(i + 1, 12);
+    ws.send(f);
+  });
   const closeCode = await new Promise<number>((r) => {
     ws.once('close', (c) => r(c));
-    setTimeout(() => { ws.close(1000); }, 1500).unref();
+    setTimeout(() => {
+      ws.close(1000);
+    }, 1500).unref();
   });
   return { frames: got, closeCode };
 }
@@ -83,8 +97,16 @@ t.test('hostile parts are protocol errors; an abandoned object holds only its cr
     ['a first part not at 0', [part(1, key, 100, 10, Buffer.alloc(10))], /starts at 10/],
     ['a gap between parts', [part(1, key, 100, 0, Buffer.alloc(10)), part(1, key, 100, 20, Buffer.alloc(10))], /expected 10/],
     ['a part overrunning its object', [part(1, key, 100, 0, Buffer.alloc(90)), part(1, key, 100, 90, Buffer.alloc(20))], /overruns/],
-    ['a part of another key', [part(1, key, 100, 0, Buffer.alloc(10)), part(1, 'disks/z/encryption.json', 100, 10, Buffer.alloc(10))], /does not belong/],
-    ['at without total', [encodeFrame({ type: FrameType.PUT, stream: 1, seq: 0, meta: { key, at: 0 }, payload: Buffer.alloc(10) })], /both "total" and "at"/],
+    [
+      'a part of another key',
+      [part(1, key, 100, 0, Buffer.alloc(10)), part(1, 'disks/z/encryption.json', 100, 10, Buffer.alloc(10))],
+      /does not belong/,
+    ],
+    [
+      'at without total',
+      [encodeFrame({ type: FrameType.PUT, stream: 1, seq: 0, meta: { key, at: 0 }, payload: Buffer.alloc(10) })],
+      /both "total" and "at"/,
+    ],
   ];
   for (const [what, frames, why] of cases) {
     const r = await rawSession(url, frames);

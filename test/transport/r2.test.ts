@@ -25,8 +25,14 @@ const key = EncryptionKey.fromBytes(Buffer.alloc(32, 3));
 const sealed = Domain.of(key);
 
 function config(d: Domain): Buffer {
-  const c: RepoConfig = { format: 'rnode-repository', version: 2, domain: d.name, packSize: 16 * MiB, createdAt: new Date(0).toISOString(),
-    ...(d.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: d.key.keyId } } : {}) };
+  const c: RepoConfig = {
+    format: 'rnode-repository',
+    version: 2,
+    domain: d.name,
+    packSize: 16 * MiB,
+    createdAt: new Date(0).toISOString(),
+    ...(d.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: d.key.keyId } } : {}),
+  };
   return encodeConfig(c, d.key);
 }
 
@@ -43,17 +49,51 @@ async function plainPack(chunks: Buffer[], lie?: { at: number; id: Buffer }): Pr
 
 function manifest(d: Domain, disk: string, point: number, seg: Buffer, records: number): PointManifest {
   return {
-    format: MANIFEST_FORMAT, version: 4, disk, point, parent: null, full: true, createdAt: new Date().toISOString(), diskSize: records * 64 * KiB,
-    chunkSize: 64 * KiB, source: { kind: 'raw', location: '/x' },
+    format: MANIFEST_FORMAT,
+    version: 4,
+    disk,
+    point,
+    parent: null,
+    full: true,
+    createdAt: new Date().toISOString(),
+    diskSize: records * 64 * KiB,
+    chunkSize: 64 * KiB,
+    source: { kind: 'raw', location: '/x' },
     table: { generation: 0, records, segments: [{ key: 'from-names', records, first: 0, last: records - 1, digest: segmentDigest(seg) }] },
     ...(d.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: d.key.keyId } } : {}),
-    stats: { chunksTotal: records, chunksChanged: records, chunksZero: 0, bytesRead: 0, bytesWritten: 0, seconds: 0, bytesDeduplicated: 0, chunksDeduplicated: 0, packsWritten: 1 },
+    stats: {
+      chunksTotal: records,
+      chunksChanged: records,
+      chunksZero: 0,
+      bytesRead: 0,
+      bytesWritten: 0,
+      seconds: 0,
+      bytesDeduplicated: 0,
+      chunksDeduplicated: 0,
+      packsWritten: 1,
+    },
   };
 }
 
-async function rejects(t: Test, rs: RemoteStore, store: MemoryStore, k: string, data: Buffer, why: RegExp, what: string, ifNoneMatch = true): Promise<void> {
+async function rejects(
+  t: Test,
+  rs: RemoteStore,
+  store: MemoryStore,
+  k: string,
+  data: Buffer,
+  why: RegExp,
+  what: string,
+  ifNoneMatch = true,
+): Promise<void> {
   await t.rejects(rs.put(k, data, { ifNoneMatch }), { code: TransportErrorCodes.REJECTED, message: why }, what);
-  t.equal(await store.head(k).then(() => true, () => false), false, `${what}: not stored`);
+  t.equal(
+    await store.head(k).then(
+      () => true,
+      () => false,
+    ),
+    false,
+    `${what}: not stored`,
+  );
 }
 
 t.test('plain domain: every object kind accepted whole; forgeries and damage rejected', async (t) => {
@@ -77,11 +117,22 @@ t.test('plain domain: every object kind accepted whole; forgeries and damage rej
   t.equal(server.stats.packPuts, 2);
 
   const liar = await plainPack(chunks, { at: 1, id: plain.chunkId(Buffer.from('something else')) });
-  await rejects(t, rs, store, r2.pack('plain', liar.builder.id), liar.pack, /does not hash to its chunk id/, 'a blob under another chunk\'s id');
+  await rejects(t, rs, store, r2.pack('plain', liar.builder.id), liar.pack, /does not hash to its chunk id/, "a blob under another chunk's id");
   // The node checks a pack's blobs in one trip per codec worker, each a contiguous share: a lie in the last share,
   // and a blob that does not decode in the middle of one, are found as surely as one in the first.
-  const lastLies = await plainPack(Array.from({ length: 12 }, (_, i) => textData(256 * KiB, 40 + i)), { at: 11, id: plain.chunkId(Buffer.from('not this')) });
-  await rejects(t, rs, store, r2.pack('plain', lastLies.builder.id), lastLies.pack, /blob 11 .*does not hash to its chunk id/, 'a lie in the last blob of a pack');
+  const lastLies = await plainPack(
+    Array.from({ length: 12 }, (_, i) => textData(256 * KiB, 40 + i)),
+    { at: 11, id: plain.chunkId(Buffer.from('not this')) },
+  );
+  await rejects(
+    t,
+    rs,
+    store,
+    r2.pack('plain', lastLies.builder.id),
+    lastLies.pack,
+    /blob 11 .*does not hash to its chunk id/,
+    'a lie in the last blob of a pack',
+  );
   const undecodable = new PackBuilder('plain', 64 * MiB);
   for (let i = 0; i < 6; i++) {
     const c = textData(64 * KiB, 60 + i);
@@ -94,15 +145,32 @@ t.test('plain domain: every object kind accepted whole; forgeries and damage rej
   damaged[10] ^= 0x20; // inside blob 0 (stored as is)
   await rejects(t, rs, store, r2.pack('plain', victim.builder.id), damaged, /xxh64 mismatch|does not hash/, 'a flipped byte in a blob');
   await rejects(t, rs, store, r2.pack('plain', liar.builder.id), pack.subarray(0, pack.length - 3), /magic|corrupt/, 'a truncated pack');
-  await rejects(t, rs, store, r2.pack('plain', liar.builder.id), pack, /checksum mismatch/, 'a pack stored under another pack\'s id');
+  await rejects(t, rs, store, r2.pack('plain', liar.builder.id), pack, /checksum mismatch/, "a pack stored under another pack's id");
 
   const locations = builder.entries.map((entry) => ({ packId: builder.id, entry }));
   const indexId = '0123456789abcdef0123456789abcdef';
-  await rejects(t, rs, store, r2.index('plain', indexId),
-    encodeIndex(plain, indexId, [...locations, { packId: 'f'.repeat(32), entry: builder.entries[0] }]), /not on this node/, 'an index naming a missing pack');
+  await rejects(
+    t,
+    rs,
+    store,
+    r2.index('plain', indexId),
+    encodeIndex(plain, indexId, [...locations, { packId: 'f'.repeat(32), entry: builder.entries[0] }]),
+    /not on this node/,
+    'an index naming a missing pack',
+  );
   await rs.put(r2.index('plain', indexId), encodeIndex(plain, indexId, locations));
 
-  const entries: ChunkEntry[] = chunks.map((c, index) => ({ index, xxh64: 0n, strong: Buffer.alloc(16), writer: 1, plainLength: c.length, storedLength: 0, flags: 0, codec: 0, id: plain.chunkId(c) }));
+  const entries: ChunkEntry[] = chunks.map((c, index) => ({
+    index,
+    xxh64: 0n,
+    strong: Buffer.alloc(16),
+    writer: 1,
+    plainLength: c.length,
+    storedLength: 0,
+    flags: 0,
+    codec: 0,
+    id: plain.chunkId(c),
+  }));
   const place = { disk: 'd1', point: 1, parent: null, generation: 0, segment: 0 };
   const seg = encodeTableV3(plain, place, entries);
   const m = manifest(plain, 'd1', 1, seg, entries.length);
@@ -110,7 +178,15 @@ t.test('plain domain: every object kind accepted whole; forgeries and damage rej
   await rejects(t, rs, store, r2.segment('plain', 'd1', 1, 0, 0), seg.subarray(0, seg.length - 48), /record|body/, 'a truncated segment');
   const older = encodeTableV3(plain, place, entries.slice(0, 2));
   await rs.put(r2.segment('plain', 'd1', 1, 0, 0), older);
-  await rejects(t, rs, store, r2.point('plain', 'd1', 1), encodeManifestV4(plain, m), /not the segment its manifest names/, 'a manifest over another segment');
+  await rejects(
+    t,
+    rs,
+    store,
+    r2.point('plain', 'd1', 1),
+    encodeManifestV4(plain, m),
+    /not the segment its manifest names/,
+    'a manifest over another segment',
+  );
   await rs.put(r2.segment('plain', 'd1', 1, 0, 0), seg);
   await rs.put(r2.pending('plain', 'd1', 1), encodePendingV2(plain, 'd1', 1, { point: 1, nextIndex: 4 }));
   await rejects(t, rs, store, r2.point('plain', 'd1', 1), encodeManifestV4(plain, m), /if-none-match/, 'a commit without if-none-match', false);
@@ -120,7 +196,15 @@ t.test('plain domain: every object kind accepted whole; forgeries and damage rej
   await rs.delete(r2.pending('plain', 'd1', 1));
   await t.rejects(rs.delete(packKey), { code: TransportErrorCodes.REJECTED, message: /prune/ }, 'packs are not deleted over the link');
   await rejects(t, rs, store, r2.config(sealed.name), config(plain), /corrupt|not sealed|checksum/, 'an unsealed config in an encrypted domain');
-  await rejects(t, rs, store, r2.pending('plain', 'd2', 1), encodePendingV2(sealed, 'd2', 1, {}), /is encrypted/, 'a sealed object in the plain domain');
+  await rejects(
+    t,
+    rs,
+    store,
+    r2.pending('plain', 'd2', 1),
+    encodePendingV2(sealed, 'd2', 1, {}),
+    /is encrypted/,
+    'a sealed object in the plain domain',
+  );
   t.same(await rs.get(packKey).then((b) => b.equals(pack)), true, 'packs read back over the link');
 });
 
@@ -132,7 +216,8 @@ t.test('encrypted domain: sealed objects are checked for structure only', async 
   await rs.put(r2.config(d), config(sealed), { ifNoneMatch: true });
   // The node cannot open blobs: any bytes of a plausible size pass, as long as the sealed trailer is whole.
   const b = new PackBuilder(d, 16 * MiB, key);
-  for (let i = 0; i < 3; i++) b.add(randomData(4 * KiB + 28, 30 + i), { id: sealed.chunkId(Buffer.from([i])), plainLength: 4 * KiB, codec: Codec.NONE });
+  for (let i = 0; i < 3; i++)
+    b.add(randomData(4 * KiB + 28, 30 + i), { id: sealed.chunkId(Buffer.from([i])), plainLength: 4 * KiB, codec: Codec.NONE });
   const pack = b.finish();
   await rs.put(r2.pack(d, b.id), pack);
   const badLength = Buffer.from(pack);
@@ -142,9 +227,28 @@ t.test('encrypted domain: sealed objects are checked for structure only', async 
   const unsealed = await plainPack([randomData(4 * KiB, 9)]);
   await rejects(t, rs, store, r2.pack(d, 'c'.repeat(32)), unsealed.pack, /not sealed/, 'an unsealed pack in an encrypted domain');
   const indexId = 'fedcba9876543210fedcba9876543210';
-  await rs.put(r2.index(d, indexId), encodeIndex(sealed, indexId, b.entries.map((entry) => ({ packId: b.id, entry }))));
+  await rs.put(
+    r2.index(d, indexId),
+    encodeIndex(
+      sealed,
+      indexId,
+      b.entries.map((entry) => ({ packId: b.id, entry })),
+    ),
+  );
   const dname = sealed.dname('d1');
-  const entries: ChunkEntry[] = [{ index: 0, xxh64: 0n, strong: Buffer.alloc(16), writer: 1, plainLength: 4 * KiB, storedLength: 0, flags: 0, codec: 0, id: sealed.chunkId(Buffer.from([0])) }];
+  const entries: ChunkEntry[] = [
+    {
+      index: 0,
+      xxh64: 0n,
+      strong: Buffer.alloc(16),
+      writer: 1,
+      plainLength: 4 * KiB,
+      storedLength: 0,
+      flags: 0,
+      codec: 0,
+      id: sealed.chunkId(Buffer.from([0])),
+    },
+  ];
   const seg = encodeTableV3(sealed, { disk: 'd1', point: 1, parent: null, generation: 0, segment: 0 }, entries);
   const m = encodeManifestV4(sealed, manifest(sealed, 'd1', 1, seg, 1));
   await rejects(t, rs, store, r2.point(d, dname, 1), m, /no table segment/, 'a sealed manifest with no segment on the node');

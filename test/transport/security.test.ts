@@ -11,45 +11,67 @@ import { xxh64 } from '../../src/format/checksum.js';
 import { encodeChunkHeader } from '../../src/format/chunk.js';
 import { Codec } from '../../src/format/codecs.js';
 import { listPointSeqs } from '../../src/repository/points.js';
-import { FRAME_HEADER_BYTES, PROTOCOL_VERSION, TransportErrorCodes, certificateFingerprint, decodeFrame, encodeFrame, FrameType } from '../../src/transport/index.js';
+import {
+  FRAME_HEADER_BYTES,
+  PROTOCOL_VERSION,
+  TransportErrorCodes,
+  certificateFingerprint,
+  decodeFrame,
+  encodeFrame,
+  FrameType,
+} from '../../src/transport/index.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, tmpDir } from '../helpers/images.js';
 import { haveOpenssl, makeCert } from '../helpers/tls.js';
 import { remote, startNode } from './helpers.js';
 
 const CHUNK = 64 * KiB;
 
-t.test('TLS: --ca and --pin-sha256 connect; no trust or a wrong pin is RNODE_TRANSPORT_TLS', { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' }, async (t) => {
-  const dir = tmpDir(t, 'ws-tls');
-  const { cert, key } = makeCert(dir);
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(MiB, 3));
-  const { url, server, storeDir } = await startNode(t, dir, { tls: { cert, key }, token: 'tls-token' });
-  t.match(url, /^wss:\/\//);
+t.test(
+  'TLS: --ca and --pin-sha256 connect; no trust or a wrong pin is RNODE_TRANSPORT_TLS',
+  { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' },
+  async (t) => {
+    const dir = tmpDir(t, 'ws-tls');
+    const { cert, key } = makeCert(dir);
+    const img = path.join(dir, 'disk.img');
+    fs.writeFileSync(img, randomData(MiB, 3));
+    const { url, server, storeDir } = await startNode(t, dir, { tls: { cert, key }, token: 'tls-token' });
+    t.match(url, /^wss:\/\//);
 
-  const byCa = remote(t, url, { ca: cert, token: 'tls-token' });
-  await snap(byCa, img, 'd', { chunkSize: CHUNK });
-  await expectRestore(t, byCa, 'd', 1, fingerprint(img), dir, 'wss with --ca');
+    const byCa = remote(t, url, { ca: cert, token: 'tls-token' });
+    await snap(byCa, img, 'd', { chunkSize: CHUNK });
+    await expectRestore(t, byCa, 'd', 1, fingerprint(img), dir, 'wss with --ca');
 
-  const pinned = remote(t, url, { pinSha256: certificateFingerprint(cert).replace(/(..)(?!$)/g, '$1:').toUpperCase(), token: 'tls-token' });
-  t.same(await listPointSeqs(pinned, 'd'), [1], 'wss with a pinned fingerprint (colon form)');
+    const pinned = remote(t, url, {
+      pinSha256: certificateFingerprint(cert)
+        .replace(/(..)(?!$)/g, '$1:')
+        .toUpperCase(),
+      token: 'tls-token',
+    });
+    t.same(await listPointSeqs(pinned, 'd'), [1], 'wss with a pinned fingerprint (colon form)');
 
-  const before = server.stats.sessionsTotal;
-  const untrusted = remote(t, url, { token: 'tls-token' });
-  await t.rejects(listPointSeqs(untrusted, 'd'), { code: TransportErrorCodes.TLS, message: /--ca/ }, 'self-signed without --ca');
-  const other = makeCert(dir, 'other');
-  const wrongPin = remote(t, url, { pinSha256: certificateFingerprint(other.cert), token: 'tls-token' });
-  await t.rejects(listPointSeqs(wrongPin, 'd'), { code: TransportErrorCodes.TLS, message: /pinned/ }, 'a wrong pin');
-  t.equal(server.stats.sessionsTotal, before, 'neither reached a session (the token was never sent)');
-  t.equal(server.stats.authFailures, 0);
-  t.ok(listFiles(storeDir).length > 0);
-});
+    const before = server.stats.sessionsTotal;
+    const untrusted = remote(t, url, { token: 'tls-token' });
+    await t.rejects(listPointSeqs(untrusted, 'd'), { code: TransportErrorCodes.TLS, message: /--ca/ }, 'self-signed without --ca');
+    const other = makeCert(dir, 'other');
+    const wrongPin = remote(t, url, { pinSha256: certificateFingerprint(other.cert), token: 'tls-token' });
+    await t.rejects(listPointSeqs(wrongPin, 'd'), { code: TransportErrorCodes.TLS, message: /pinned/ }, 'a wrong pin');
+    t.equal(server.stats.sessionsTotal, before, 'neither reached a session (the token was never sent)');
+    t.equal(server.stats.authFailures, 0);
+    t.ok(listFiles(storeDir).length > 0);
+  },
+);
 
 t.test('a wrong or missing token: RNODE_TRANSPORT_AUTH, connection closed, nothing written', async (t) => {
   const dir = tmpDir(t, 'ws-auth');
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, randomData(256 * KiB, 4));
   const { url, storeDir, server } = await startNode(t, dir, { token: 'right' });
-  for (const [what, token] of [['missing', undefined], ['wrong', 'wrong'], ['prefix', 'righ'], ['longer', 'right-and-more']] as const) {
+  for (const [what, token] of [
+    ['missing', undefined],
+    ['wrong', 'wrong'],
+    ['prefix', 'righ'],
+    ['longer', 'right-and-more'],
+  ] as const) {
     const rs = remote(t, url, token === undefined ? {} : { token });
     const started = Date.now();
     await t.rejects(snap(rs, img, 'd', { chunkSize: CHUNK }), { code: TransportErrorCodes.AUTH }, `${what} token`);
@@ -70,15 +92,39 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   await snap(rs, img, 'd', { chunkSize: CHUNK });
   // A legacy chunk object (what a sender of the previous release puts): chunk 3 written by point 2.
   const plainBytes = randomData(CHUNK, 6);
-  const good = Buffer.concat([encodeChunkHeader({ codec: Codec.NONE, flags: 0, plainLength: CHUNK, payloadLength: CHUNK,
-    plainXxh64: xxh64(plainBytes), payloadXxh64: xxh64(plainBytes), index: 3, writer: 2 }), plainBytes]);
+  const good = Buffer.concat([
+    encodeChunkHeader({
+      codec: Codec.NONE,
+      flags: 0,
+      plainLength: CHUNK,
+      payloadLength: CHUNK,
+      plainXxh64: xxh64(plainBytes),
+      payloadXxh64: xxh64(plainBytes),
+      index: 3,
+      writer: 2,
+    }),
+    plainBytes,
+  ]);
   const key = 'disks/d/chunks/0000000002/000000000003';
   const cases: Array<[string, Buffer, RegExp]> = [];
-  const flipped = Buffer.from(good); flipped[good.length - 5] ^= 0x40;
-  const header = Buffer.from(good); header.writeUInt32LE(9, 40); // writer 9 in a key of point 2
+  const flipped = Buffer.from(good);
+  flipped[good.length - 5] ^= 0x40;
+  const header = Buffer.from(good);
+  header.writeUInt32LE(9, 40); // writer 9 in a key of point 2
   // The node runs the readers' own checks (src/pipeline/chunk-codec.ts): the same object fails with the same reason.
-  const short = Buffer.concat([encodeChunkHeader({ codec: Codec.NONE, flags: 0, plainLength: CHUNK, payloadLength: CHUNK - 16,
-    plainXxh64: xxh64(plainBytes), payloadXxh64: xxh64(plainBytes.subarray(16)), index: 3, writer: 2 }), plainBytes.subarray(16)]);
+  const short = Buffer.concat([
+    encodeChunkHeader({
+      codec: Codec.NONE,
+      flags: 0,
+      plainLength: CHUNK,
+      payloadLength: CHUNK - 16,
+      plainXxh64: xxh64(plainBytes),
+      payloadXxh64: xxh64(plainBytes.subarray(16)),
+      index: 3,
+      writer: 2,
+    }),
+    plainBytes.subarray(16),
+  ]);
   cases.push(['a flipped payload byte', flipped, /payload checksum mismatch/]);
   cases.push(['a header naming another point', header, /holds chunk 3 of point 9/]);
   cases.push(['a truncated object', good.subarray(0, good.length - 100), /header says/]);
@@ -88,14 +134,20 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   t.same((await rs.put(key, good, labels)).key, key, 'the chunk itself is valid');
   await fsStore(storeDir).delete(key);
   await t.rejects(rs.put(key, good), { code: TransportErrorCodes.REJECTED, message: /not marked as a chunk/ }, 'an unlabelled chunk is refused');
-  await t.rejects(rs.put(key, good, { chunk: { ...labels.chunk, compressed: true } }), { code: TransportErrorCodes.REJECTED, message: /compressed flag disagrees/ },
-    'a label that disagrees with the header is refused');
+  await t.rejects(
+    rs.put(key, good, { chunk: { ...labels.chunk, compressed: true } }),
+    { code: TransportErrorCodes.REJECTED, message: /compressed flag disagrees/ },
+    'a label that disagrees with the header is refused',
+  );
   for (const [what, bytes, why] of cases) {
     await t.rejects(rs.put(key, bytes, labels), { code: TransportErrorCodes.REJECTED, message: why, details: { index: 3, offset: 3 * CHUNK } }, what);
   }
   t.notOk(fs.existsSync(path.join(storeDir, key)), 'no rejected chunk was stored');
   await t.rejects(rs.put('notes/readme.txt', Buffer.from('hi')), { code: TransportErrorCodes.REJECTED, message: /not an rnode object/ });
-  await t.rejects(rs.put('disks/d/tables/0000000002/g0000-00000000', Buffer.from('not a table')), { code: TransportErrorCodes.REJECTED, message: /segment/ });
+  await t.rejects(rs.put('disks/d/tables/0000000002/g0000-00000000', Buffer.from('not a table')), {
+    code: TransportErrorCodes.REJECTED,
+    message: /segment/,
+  });
   await t.rejects(rs.put('disks/d/points/0000000009.json', Buffer.from('{}'), { ifNoneMatch: true }), { code: TransportErrorCodes.REJECTED });
   await t.rejects(rs.delete('disks/d/points/0000000001.json'), { code: TransportErrorCodes.REJECTED, message: /prune/ });
   t.equal(server.stats.rejected >= 7, true);
@@ -106,8 +158,17 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
 async function rawPeer(url: string, send: (ws: WebSocket) => void): Promise<{ frames: ReturnType<typeof decodeFrame>[]; closeCode: number }> {
   const ws = new WebSocket(url);
   const frames: ReturnType<typeof decodeFrame>[] = [];
-  ws.on('message', (b: Buffer) => { try { frames.push(decodeFrame(b)); } catch { /* ignore */ } });
-  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  ws.on('message', (b: Buffer) => {
+    try {
+      frames.push(decodeFrame(b));
+    } catch {
+      /* ignore */
+    }
+  });
+  await new Promise((r, j) => {
+    ws.once('open', r);
+    ws.once('error', j);
+  });
   send(ws);
   const closeCode = await new Promise<number>((r) => ws.once('close', (c) => r(c)));
   return { frames, closeCode };
@@ -125,7 +186,7 @@ t.test('garbage, a newer protocol version, silence and --max-sessions are refuse
   const newer = await rawPeer(url, (ws) => ws.send(v2));
   t.equal(newer.frames[0]?.meta.code, TransportErrorCodes.VERSION, 'newer version: refused');
   t.match(String(newer.frames[0]?.meta.message), /version 2, this node speaks version 1/);
-  t.equal(newer.frames[0]?.version, PROTOCOL_VERSION, 'answered in this node\'s version');
+  t.equal(newer.frames[0]?.version, PROTOCOL_VERSION, "answered in this node's version");
 
   const silent = await rawPeer(url, () => undefined);
   t.equal(silent.frames[0]?.meta.code, TransportErrorCodes.TIMEOUT, 'no hello: handshake timeout');
@@ -144,7 +205,9 @@ t.test('garbage, a newer protocol version, silence and --max-sessions are refuse
   t.same(await listPointSeqs(third, 'd'), [], 'a slot frees when a session ends');
 
   // A peer that breaks the credit rule is cut: a PUT frame without a session is a protocol error.
-  const rude = await rawPeer(url, (ws) => ws.send(encodeFrame({ type: FrameType.PUT, stream: 1, seq: 0, meta: { key: 'a' }, payload: Buffer.alloc(FRAME_HEADER_BYTES) })));
+  const rude = await rawPeer(url, (ws) =>
+    ws.send(encodeFrame({ type: FrameType.PUT, stream: 1, seq: 0, meta: { key: 'a' }, payload: Buffer.alloc(FRAME_HEADER_BYTES) })),
+  );
   t.equal(rude.frames[0]?.meta.code, TransportErrorCodes.PROTOCOL);
   t.ok(server.stats.protocolErrors >= 3);
 });
@@ -153,7 +216,10 @@ t.test('a stalled peer (reads nothing, answers no ping) is dropped after the idl
   const dir = tmpDir(t, 'ws-stall');
   const { url, server } = await startNode(t, dir, { idleMs: 300 });
   const ws = new WebSocket(url);
-  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  await new Promise((r, j) => {
+    ws.once('open', r);
+    ws.once('error', j);
+  });
   ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: 0, meta: { op: 'hello' } }));
   await new Promise((r) => ws.once('message', r)); // welcome
   t.equal(server.stats.sessions, 1);

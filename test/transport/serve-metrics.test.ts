@@ -21,11 +21,17 @@ async function get(port: number, p: string): Promise<{ status: number; body: str
 /** The port of /metrics, from the node's "serving /metrics" log line (JSON lines: spawnServe passes --json). */
 async function metricsPort(log: () => string): Promise<number> {
   let port = 0;
-  await until(() => {
-    const line = log().split('\n').find((l) => l.includes('serving /metrics'));
-    if (line) port = Number(String(JSON.parse(line).listen).split(':').pop());
-    return port > 0;
-  }, 10_000, 'the metrics endpoint');
+  await until(
+    () => {
+      const line = log()
+        .split('\n')
+        .find((l) => l.includes('serving /metrics'));
+      if (line) port = Number(String(JSON.parse(line).listen).split(':').pop());
+      return port > 0;
+    },
+    10_000,
+    'the metrics endpoint',
+  );
   return port;
 }
 
@@ -63,13 +69,29 @@ t.test('metrics and health of a real serve process', async (t) => {
   t.equal(before.get('rnode_serve_sessions_open'), 0);
   t.equal(before.get('rnode_serve_window_bytes'), 80 * MiB, 'the default window');
   t.ok(before.get('process_cpu_user_seconds_total')! > 0 && before.has('nodejs_eventloop_lag_seconds'), 'process and event-loop metrics');
-  t.ok([...before.keys()].some((k) => k.startsWith('rnode_node_info{') && k.includes('version="')), 'node info with the version');
+  t.ok(
+    [...before.keys()].some((k) => k.startsWith('rnode_node_info{') && k.includes('version="')),
+    'node info with the version',
+  );
   t.equal((await get(port, '/healthz')).status, 200, '/healthz');
   const ready = await get(port, '/readyz');
   t.equal(ready.status, 200, '/readyz while the listener is up and the store lists');
   t.match(JSON.parse(ready.body), { status: 'ready', checks: { listening: true, store: true } });
 
-  const r = await runCli(['replicate', '--source', img, '--target', serve.url, '--disk', 'm', '--chunk-size', '64KiB', '--json', '--token-file', tok]);
+  const r = await runCli([
+    'replicate',
+    '--source',
+    img,
+    '--target',
+    serve.url,
+    '--disk',
+    'm',
+    '--chunk-size',
+    '64KiB',
+    '--json',
+    '--token-file',
+    tok,
+  ]);
   t.equal(r.code, 0, r.stderr);
   t.equal(json(r).point, 1);
 
@@ -77,14 +99,20 @@ t.test('metrics and health of a real serve process', async (t) => {
   const v = (k: string) => after.get(k) ?? NaN;
   const onDisk = fileBytes(storeDir);
   t.ok(v('rnode_serve_connections_accepted_total') >= 1 && v('rnode_serve_sessions_total') >= 1, 'the replicate connected and said hello');
-  t.ok(v('rnode_serve_puts_total{result="stored"}') >= onDisk.files, `${v('rnode_serve_puts_total{result="stored"}')} puts stored, ${onDisk.files} objects in the store`);
+  t.ok(
+    v('rnode_serve_puts_total{result="stored"}') >= onDisk.files,
+    `${v('rnode_serve_puts_total{result="stored"}')} puts stored, ${onDisk.files} objects in the store`,
+  );
   t.ok(v('rnode_serve_stored_bytes_total') >= onDisk.bytes, `${v('rnode_serve_stored_bytes_total')} bytes stored, ${onDisk.bytes} in the store`);
   t.ok(v('rnode_serve_stored_bytes_total') < 2 * MiB, 'less than the disk: the text compressed, the zeros skipped');
   t.equal(v('rnode_serve_received_objects_total'), v('rnode_serve_puts_total{result="stored"}'), 'every object received was stored');
   t.equal(v('rnode_serve_received_bytes_total'), v('rnode_serve_stored_bytes_total'));
   t.equal(v('rnode_serve_puts_total{result="rejected"}'), 0);
   t.equal(v('rnode_serve_held_bytes'), 0, 'nothing held once the run is done');
-  t.ok(v('rnode_serve_session_held_peak_bytes') > 0 && v('rnode_serve_session_held_peak_bytes') <= 80 * MiB, 'the peak held stayed within the window');
+  t.ok(
+    v('rnode_serve_session_held_peak_bytes') > 0 && v('rnode_serve_session_held_peak_bytes') <= 80 * MiB,
+    'the peak held stayed within the window',
+  );
 
   // A bad pack, a key that is no rnode object, and a wrong token: counted by code, kind and reason.
   const rs = remote(t, serve.url, { token: TOKEN });
@@ -115,7 +143,13 @@ t.test('metrics and health of a real serve process', async (t) => {
 
   t.notOk(serve.log().includes(TOKEN), 'the token is in no log line');
   const lines = serve.log().trim().split('\n');
-  t.ok(lines.every((l) => { const e = JSON.parse(l); return e.time && e.level && e.msg; }), 'with --json every log line is pino JSON');
+  t.ok(
+    lines.every((l) => {
+      const e = JSON.parse(l);
+      return e.time && e.level && e.msg;
+    }),
+    'with --json every log line is pino JSON',
+  );
   serve.child.kill('SIGTERM');
   t.equal(await new Promise((res) => serve.child.on('exit', (c) => res(c))), 0, 'stops cleanly on SIGTERM');
 });
@@ -127,15 +161,32 @@ t.test('log formats: text by default, json on request; the token in neither', as
   fs.writeFileSync(tok, `${TOKEN}\n`);
   for (const format of ['default', 'text', 'json'] as const) {
     const { spawn } = await import('node:child_process');
-    const args = [CLI, 'serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, `recv-${format}`), '--token-file', tok,
-      ...(format === 'default' ? [] : ['--log-format', format])];
+    const args = [
+      CLI,
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--store',
+      path.join(dir, `recv-${format}`),
+      '--token-file',
+      tok,
+      ...(format === 'default' ? [] : ['--log-format', format]),
+    ];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+    t.teardown(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
     let err = '';
-    child.stderr.on('data', (b) => { err += b; });
+    child.stderr.on('data', (b) => {
+      err += b;
+    });
     const url = await new Promise<string>((resolve, reject) => {
       let out = '';
-      child.stdout.on('data', (b) => { out += b; const m = /listening on (ws:\/\/\S+),/.exec(out); if (m) resolve(m[1]); });
+      child.stdout.on('data', (b) => {
+        out += b;
+        const m = /listening on (ws:\/\/\S+),/.exec(out);
+        if (m) resolve(m[1]);
+      });
       child.on('exit', () => reject(new Error(`serve exited: ${err}`)));
     });
     // A wrong token (logged as auth-failed) and a lease taken with the right one (its fencing token is no secret).
@@ -152,15 +203,39 @@ t.test('log formats: text by default, json on request; the token in neither', as
     t.ok(lines.length >= 4, `${format}: ${lines.length} lines`);
     if (format === 'json') {
       const events = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
-      t.ok(events.every((e) => e.level === 'info' && typeof e.time === 'string' && typeof e.msg === 'string'), 'json: pino lines');
-      t.match(events.find((e) => e.msg === 'auth-failed'), { tokenGiven: true });
-      t.match(events.find((e) => e.msg === 'lease'), { action: 'acquire', disk: 'd', fencingToken: 1 });
-      t.match(events.find((e) => e.msg === 'stopping'), { signal: 'SIGTERM' });
+      t.ok(
+        events.every((e) => e.level === 'info' && typeof e.time === 'string' && typeof e.msg === 'string'),
+        'json: pino lines',
+      );
+      t.match(
+        events.find((e) => e.msg === 'auth-failed'),
+        { tokenGiven: true },
+      );
+      t.match(
+        events.find((e) => e.msg === 'lease'),
+        { action: 'acquire', disk: 'd', fencingToken: 1 },
+      );
+      t.match(
+        events.find((e) => e.msg === 'stopping'),
+        { signal: 'SIGTERM' },
+      );
     } else {
-      t.ok(lines.every((l) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z \S/.test(l) && !l.startsWith('{')), `${format}: a text line per event`);
-      t.ok(lines.some((l) => / auth-failed session=\S+ peer=\S+ tokenGiven=true$/.test(l)), `${format}: auth-failed with its fields`);
-      t.ok(lines.some((l) => / lease .*action=acquire disk=d holder=holder-1 fencingToken=1 /.test(l)), `${format}: the lease line`);
-      t.ok(lines.some((l) => / stopping signal=SIGTERM /.test(l)), `${format}: stopping`);
+      t.ok(
+        lines.every((l) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z \S/.test(l) && !l.startsWith('{')),
+        `${format}: a text line per event`,
+      );
+      t.ok(
+        lines.some((l) => / auth-failed session=\S+ peer=\S+ tokenGiven=true$/.test(l)),
+        `${format}: auth-failed with its fields`,
+      );
+      t.ok(
+        lines.some((l) => / lease .*action=acquire disk=d holder=holder-1 fencingToken=1 /.test(l)),
+        `${format}: the lease line`,
+      );
+      t.ok(
+        lines.some((l) => / stopping signal=SIGTERM /.test(l)),
+        `${format}: stopping`,
+      );
     }
   }
 });

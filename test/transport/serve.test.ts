@@ -35,8 +35,8 @@ t.test('full and incremental points over ws:// restore byte-exact, over the link
   await expectRestore(t, rs, 'd', 1, fp1, dir, 'point 1 over ws://');
   await expectRestore(t, rs, 'd', 2, fp2, dir, 'point 2 over ws://');
   const local = fsStore(storeDir);
-  await expectRestore(t, local, 'd', 1, fp1, dir, 'point 1 from the node\'s own directory');
-  await expectRestore(t, local, 'd', 2, fp2, dir, 'point 2 from the node\'s own directory');
+  await expectRestore(t, local, 'd', 1, fp1, dir, "point 1 from the node's own directory");
+  await expectRestore(t, local, 'd', 2, fp2, dir, "point 2 from the node's own directory");
   t.same(await listPointSeqs(rs, 'd'), [1, 2], 'points listed over the link');
   t.equal((await verify({ store: rs, disk: 'd', point: 'all' })).ok, true, 'verify over the link');
   const pending = path.join(storeDir, v2Keys.pendingPrefix('plain', 'd'));
@@ -70,14 +70,22 @@ t.test('CLI: rnode serve, then replicate/points/verify/recover with ws://', asyn
   fs.writeFileSync(img, Buffer.concat([randomData(MiB, 4), textData(MiB, 5)]));
   const tok = path.join(dir, 'token');
   fs.writeFileSync(tok, 'cli-secret\n');
-  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'recv'), '--token-file', tok, '--json'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { child.kill('SIGKILL'); });
+  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'recv'), '--token-file', tok, '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
   let err = '';
-  child.stderr.on('data', (b) => { err += b; });
+  child.stderr.on('data', (b) => {
+    err += b;
+  });
   const first = await new Promise<string>((resolve, reject) => {
     let out = '';
-    child.stdout.on('data', (b) => { out += b; if (out.includes('\n')) resolve(out.split('\n')[0]); });
+    child.stdout.on('data', (b) => {
+      out += b;
+      if (out.includes('\n')) resolve(out.split('\n')[0]);
+    });
     child.on('exit', () => reject(new Error(`serve exited: ${err}`)));
   });
   const { listening } = JSON.parse(first);

@@ -46,14 +46,17 @@ t.test('replicate --bandwidth: a RemoteStore limited to 4 MB/s', async (t) => {
 // bytes came in at full speed, a window ahead of the rate (1.15x of the setting on the wire, one 8 MiB pack at a
 // time). The node now pays for bytes as it reads them and stops reading until they are paid: at no moment does it
 // hold more than the object arriving and the one being checked.
-t.test('serve --bandwidth: the node reads a peer\'s bytes at its rate, not a window ahead', async (t) => {
+t.test("serve --bandwidth: the node reads a peer's bytes at its rate, not a window ahead", async (t) => {
   const dir = tmpDir(t, 'ws-node-throttle');
   const rate = 2_000_000;
   const arrived: Array<{ at: number; bytes: number }> = [];
   const node = await startNode(t, dir, { bandwidth: rate });
   const checks = node.server.checks;
   const checkPut = checks.checkPut.bind(checks);
-  checks.checkPut = async (p) => { arrived.push({ at: performance.now(), bytes: p.data.length }); return checkPut(p); };
+  checks.checkPut = async (p) => {
+    arrived.push({ at: performance.now(), bytes: p.data.length });
+    return checkPut(p);
+  };
   const rs = remote(t, node.url);
   await rs.head('x/none').catch(() => undefined); // connected: the session's setup is not timed
   const objects = 6;

@@ -18,7 +18,16 @@ function randomData(length: number, seed: number): Buffer {
 }
 
 t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point that restores byte-exact while the guest writes', async (t) => {
-  const env = await startEnv(t, [{ moref: 'vm-90', disks: [{ key: 2000, size: 8 * MiB }, { key: 2001, size: 4 * MiB }, { key: 2002, size: 6 * MiB }] }]);
+  const env = await startEnv(t, [
+    {
+      moref: 'vm-90',
+      disks: [
+        { key: 2000, size: 8 * MiB },
+        { key: 2001, size: 4 * MiB },
+        { key: 2002, size: 6 * MiB },
+      ],
+    },
+  ]);
   const { sim } = env;
   for (const [i, k] of [2000, 2001, 2002].entries()) sim.writeToVmDisk('vm-90', k, i * MiB, randomData(2 * MiB, i));
   const cfg = path.join(env.dir, 'vm-90.json');
@@ -31,9 +40,22 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   const store = { url: path.join(env.dir, 'store') };
   // A job that never ends leaves its agent log and the stand-in's last calls in the failure.
-  const done = (id: string, ms_: number, what: string) => ms.waitFor(() => ms.jobs.get(id)?.completed ?? ms.jobs.get(id)?.failed, ms_, what)
-    .catch((err: Error) => { throw new Error(`${err.message}\nagent log:\n${logs.slice(-30).join('\n')}\nVDDK calls:\n${env.calls().slice(-15).map((c) => c.raw).join('\n')}`); });
-  const disks = [2000, 2001, 2002].map((k) => ({ disk: `db-vm-${k}`, source: { location: `vddk://127.0.0.1:${sim.port}/vm-90?disk=${k}`, options: { sourceConfig: cfg } } }));
+  const done = (id: string, ms_: number, what: string) =>
+    ms
+      .waitFor(() => ms.jobs.get(id)?.completed ?? ms.jobs.get(id)?.failed, ms_, what)
+      .catch((err: Error) => {
+        throw new Error(
+          `${err.message}\nagent log:\n${logs.slice(-30).join('\n')}\nVDDK calls:\n${env
+            .calls()
+            .slice(-15)
+            .map((c) => c.raw)
+            .join('\n')}`,
+        );
+      });
+  const disks = [2000, 2001, 2002].map((k) => ({
+    disk: `db-vm-${k}`,
+    source: { location: `vddk://127.0.0.1:${sim.port}/vm-90?disk=${k}`, options: { sourceConfig: cfg } },
+  }));
   const job = { jobId: 'vm90-1', kind: 'replicate' as const, vm: 'vm-90', store, disks, chunkSize: 64 * KiB, diskParallelism: 3 };
 
   // The guest keeps writing while the job reads (reads are slowed down to make the window wide).
@@ -53,14 +75,25 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length, 1, 'exactly one CreateSnapshot_Task for the run');
   const vm = (c1 as any).vm;
   t.match(vm, { vm: 'vm-90', vmPoint: 1, consistency: 'crash' }, 'the report names the VM point');
-  t.same((c1 as any).results.map((r: any) => [r.disk, r.point]), [['db-vm-2000', 1], ['db-vm-2001', 1], ['db-vm-2002', 1]], 'one point per disk, under the job\'s disk ids');
+  t.same(
+    (c1 as any).results.map((r: any) => [r.disk, r.point]),
+    [
+      ['db-vm-2000', 1],
+      ['db-vm-2001', 1],
+      ['db-vm-2002', 1],
+    ],
+    "one point per disk, under the job's disk ids",
+  );
   for (const d of disks) {
     const m = await loadPoint(env.store, d.disk, 1);
     t.ok(m.source.location.endsWith(`@${vm.snapshot}`), `${d.disk} point 1 was read from snapshot ${vm.snapshot}`);
   }
   const p = await loadVmPoint(env.store, 'vm-90', 1);
   t.equal(p.snapshot.moref, vm.snapshot, 'the VM point ties them to the one snapshot');
-  t.same(p.disks.map((d) => d.disk), disks.map((d) => d.disk));
+  t.same(
+    p.disks.map((d) => d.disk),
+    disks.map((d) => d.disk),
+  );
   const out = path.join(env.dir, 'restore');
   const r = await recoverVm({ store: env.store, vm: 'vm-90', outDir: out });
   const want = snapshotFingerprints(env, vm.snapshot);
@@ -76,7 +109,10 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   const c2 = await done('vm90-2', 120_000, 'second VM job');
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length, 2, 'one CreateSnapshot_Task per run');
   t.equal((c2 as any).vm.vmPoint, 2);
-  t.ok((c2 as any).results.every((x: any) => x.full === false), 'incremental');
+  t.ok(
+    (c2 as any).results.every((x: any) => x.full === false),
+    'incremental',
+  );
   const p2 = await loadVmPoint(env.store, 'vm-90', 2);
   const r2 = await recoverVm({ store: env.store, vm: 'vm-90', point: '2', outDir: path.join(env.dir, 'restore2') });
   const want2 = snapshotFingerprints(env, p2.snapshot.moref);
@@ -85,11 +121,14 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   // Quiesce without VMware Tools: fallback puts the reason in the report's warnings; fail fails the job.
   sim.setTools('vm-90', 'absent');
   ms.startJob({ ...job, jobId: 'vm90-3', quiesce: true });
-  const c3 = await done('vm90-3', 120_000, 'quiesce fallback')
+  const c3 = await done('vm90-3', 120_000, 'quiesce fallback');
 
   t.match((c3 as any).vm, { consistency: 'crash', consistencyReason: /VMware Tools are not running/ });
   t.match((c3 as any).warnings, [/crash-consistent/], 'a warning in the report');
-  t.ok(logs.some((l) => l.includes('"level":"warn"') && l.includes('crash-consistent')), 'and in the agent log');
+  t.ok(
+    logs.some((l) => l.includes('"level":"warn"') && l.includes('crash-consistent')),
+    'and in the agent log',
+  );
   ms.startJob({ ...job, jobId: 'vm90-4', quiesce: true, quiesceFallback: 'fail' });
   const f4 = await ms.waitFor(() => ms.jobs.get('vm90-4')?.failed, 120_000, 'quiesce fail');
   t.match(f4, { code: 'RNODE_VM_QUIESCE' }, 'policy fail: job.failed with RNODE_VM_QUIESCE');

@@ -31,7 +31,9 @@ function sharedVddk() {
   return shared;
 }
 
-interface Teardown { teardown(fn: () => void | Promise<void>): void }
+interface Teardown {
+  teardown(fn: () => void | Promise<void>): void;
+}
 
 export interface VmwareEnv {
   dir: string;
@@ -48,8 +50,11 @@ export interface VmwareEnv {
   run(opts?: Partial<Omit<ReplicateVmOptions, 'session'>> & { config?: Partial<VmwareSourceConfig>; log?: string[] }): Promise<ReplicateVmResult>;
 }
 
-export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: SimDiskSpec[]; cbt?: boolean }>,
-    simOpts: Partial<Pick<SimOptions, 'maxExtentsPerAnswer' | 'cbtBlock'>> = {}): Promise<VmwareEnv> {
+export async function startEnv(
+  t: Teardown,
+  vms: Array<{ moref: string; disks: SimDiskSpec[]; cbt?: boolean }>,
+  simOpts: Partial<Pick<SimOptions, 'maxExtentsPerAnswer' | 'cbtBlock'>> = {},
+): Promise<VmwareEnv> {
   const vddk = sharedVddk();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-vmware-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -60,13 +65,24 @@ export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: S
   const passwordFile = path.join(dir, 'password');
   fs.writeFileSync(passwordFile, `${PASSWORD}\n`, { mode: 0o600 });
   const config: VmwareSourceConfig = {
-    host: '127.0.0.1', port: sim.port, user: USER, passwordFile, thumbprint: sim.thumbprint, vm: vms[0].moref,
-    transports: ['nbdssl', 'nbd'], libdir: vddk.libdir, vddkConfig: vddk.dummyConfig,
+    host: '127.0.0.1',
+    port: sim.port,
+    user: USER,
+    passwordFile,
+    thumbprint: sim.thumbprint,
+    vm: vms[0].moref,
+    transports: ['nbdssl', 'nbd'],
+    libdir: vddk.libdir,
+    vddkConfig: vddk.dummyConfig,
   };
   const store = new FsStore(path.join(dir, 'store'), { fsync: false });
   fs.rmSync(vddk.dummyLog, { force: true });
   const env: VmwareEnv = {
-    dir, sim, store, config, dummyLog: vddk.dummyLog,
+    dir,
+    sim,
+    store,
+    config,
+    dummyLog: vddk.dummyLog,
     calls: () => readDummyLog(vddk.dummyLog),
     clearLog: () => fs.rmSync(vddk.dummyLog, { force: true }),
     vddkBytes: () => bytesReadInLog(readDummyLog(vddk.dummyLog)),
@@ -84,7 +100,11 @@ export async function startEnv(t: Teardown, vms: Array<{ moref: string; disks: S
 }
 
 /** Restores every committed point of every disk in `runs` and compares it with the sim's image at snapshot time. */
-export async function expectRestores(t: { equal: (a: unknown, b: unknown, m?: string) => unknown }, env: VmwareEnv, runs: ReplicateVmResult[]): Promise<void> {
+export async function expectRestores(
+  t: { equal: (a: unknown, b: unknown, m?: string) => unknown },
+  env: VmwareEnv,
+  runs: ReplicateVmResult[],
+): Promise<void> {
   for (const run of runs) {
     const record = env.sim.history.find((h) => h.snapshot === run.snapshot);
     if (!record) throw new Error(`no sim record of ${run.snapshot}`);
@@ -92,8 +112,15 @@ export async function expectRestores(t: { equal: (a: unknown, b: unknown, m?: st
       const out = path.join(env.dir, `restore-${d.disk}-${d.point}.img`);
       await recover({ store: env.store, disk: vmDiskId(run.vm, d.deviceKey), point: String(d.point), out });
       const want = record.disks.get(d.deviceKey)!;
-      const got = { size: fs.statSync(out).size, sha256: (await import('node:crypto')).createHash('sha256').update(fs.readFileSync(out)).digest('hex') };
-      t.equal(`${got.size}:${got.sha256}`, `${want.size}:${want.sha256}`, `point ${d.point} of ${d.disk} restores byte-exact to the disk at ${run.snapshot}`);
+      const got = {
+        size: fs.statSync(out).size,
+        sha256: (await import('node:crypto')).createHash('sha256').update(fs.readFileSync(out)).digest('hex'),
+      };
+      t.equal(
+        `${got.size}:${got.sha256}`,
+        `${want.size}:${want.sha256}`,
+        `point ${d.point} of ${d.disk} restores byte-exact to the disk at ${run.snapshot}`,
+      );
       fs.rmSync(out);
     }
   }

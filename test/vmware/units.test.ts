@@ -17,15 +17,26 @@ import { buildDummyVddk, readDummyLog } from './build-dummy.js';
 import { KiB, MiB, PASSWORD, startEnv } from './harness.js';
 
 t.test('xml: parses SOAP shapes, entities, CDATA, namespaces; refuses DTDs and malformed input', async (t) => {
-  const doc = parseXml(`<?xml version="1.0"?><!-- c --><s:Envelope xmlns:s="x" xmlns:xsi="i"><s:Body>` +
-    `<R><returnval xsi:type="ArrayOfX" a='1 &amp; 2'>A &lt;b&gt; &#233;&#x41;<![CDATA[<raw>]]></returnval><e/></R></s:Body></s:Envelope>`);
+  const doc = parseXml(
+    `<?xml version="1.0"?><!-- c --><s:Envelope xmlns:s="x" xmlns:xsi="i"><s:Body>` +
+      `<R><returnval xsi:type="ArrayOfX" a='1 &amp; 2'>A &lt;b&gt; &#233;&#x41;<![CDATA[<raw>]]></returnval><e/></R></s:Body></s:Envelope>`,
+  );
   t.equal(doc.local, 'Envelope');
   const rv = doc.children[0].children[0].children[0];
   t.equal(rv.text, 'A <b> éA<raw>');
   t.equal(rv.attrs.a, '1 & 2');
   t.equal(xsiType(rv), 'ArrayOfX');
   t.equal(textOf(doc, 'Body', 'R', 'e'), '');
-  for (const bad of ['<a>', '<a></b>', '<a x="1" x="2"/>', '<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>', '<a>&unknown;</a>', '<a/><b/>', 'text', '<a b=c/>']) {
+  for (const bad of [
+    '<a>',
+    '<a></b>',
+    '<a x="1" x="2"/>',
+    '<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>',
+    '<a>&unknown;</a>',
+    '<a/><b/>',
+    'text',
+    '<a b=c/>',
+  ]) {
     t.throws(() => parseXml(bad), XmlError, `refuses ${JSON.stringify(bad)}`);
   }
   const tricky = 'p&ss<word>"\'';
@@ -43,23 +54,42 @@ t.test('settings: vddk:// URLs and config files, validated, never with a passwor
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-vmcfg-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const tp = 'aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd';
-  const c = parseVddkUrl(`vddk://backup%40vsphere.local@vc.example.com:8443/vm-42?disk=2000&transports=hotadd:nbdssl&thumbprint=${tp}&passwordFile=pw&libdir=/opt/vddk&quiesce=true`);
-  t.same([c.host, c.port, c.user, c.vm, c.disks, c.transports, c.quiesce], ['vc.example.com', 8443, 'backup@vsphere.local', 'vm-42', [2000], ['hotadd', 'nbdssl'], true]);
+  const c = parseVddkUrl(
+    `vddk://backup%40vsphere.local@vc.example.com:8443/vm-42?disk=2000&transports=hotadd:nbdssl&thumbprint=${tp}&passwordFile=pw&libdir=/opt/vddk&quiesce=true`,
+  );
+  t.same(
+    [c.host, c.port, c.user, c.vm, c.disks, c.transports, c.quiesce],
+    ['vc.example.com', 8443, 'backup@vsphere.local', 'vm-42', [2000], ['hotadd', 'nbdssl'], true],
+  );
   t.equal(c.thumbprint, tp.toUpperCase(), 'thumbprints are normalized');
   t.throws(() => parseVddkUrl('vddk://root:secret@vc/vm-1?thumbprint=' + tp), { code: 'RNODE_BAD_SOURCE', message: /must not contain a password/ });
   t.throws(() => parseVddkUrl('vddk://vc/vm-1?user=u&passwordFile=p&libdir=l'), { message: /thumbprint/ }, 'a thumbprint or CA is required');
-  t.throws(() => parseVddkUrl(`vddk://vc/vm-1?user=u&passwordFile=p&libdir=l&thumbprint=${tp}&transports=warp`), { message: /transport mode "warp"/ });
-  t.throws(() => parseVddkUrl(`vddk://vc/vm-1?user=u&passwordFile=p&libdir=l&thumbprint=${tp}&password=x`), { message: /unknown vddk:\/\/ URL parameter "password"/ });
+  t.throws(() => parseVddkUrl(`vddk://vc/vm-1?user=u&passwordFile=p&libdir=l&thumbprint=${tp}&transports=warp`), {
+    message: /transport mode "warp"/,
+  });
+  t.throws(() => parseVddkUrl(`vddk://vc/vm-1?user=u&passwordFile=p&libdir=l&thumbprint=${tp}&password=x`), {
+    message: /unknown vddk:\/\/ URL parameter "password"/,
+  });
   t.throws(() => parseVddkUrl(`vddk://vc/?user=u`), { message: /VM MoRef/ });
 
   const file = path.join(dir, 'vm.json');
-  fs.writeFileSync(file, JSON.stringify({ host: 'vc', user: 'u', passwordFile: 'secret/pw', thumbprint: tp, vm: 'vm-7', disks: [2000, 2001], libdir: '../vddk' }));
+  fs.writeFileSync(
+    file,
+    JSON.stringify({ host: 'vc', user: 'u', passwordFile: 'secret/pw', thumbprint: tp, vm: 'vm-7', disks: [2000, 2001], libdir: '../vddk' }),
+  );
   const fc = loadVmwareConfig(file);
   t.equal(fc.passwordFile, path.join(dir, 'secret', 'pw'), 'paths in the file are relative to the file');
   t.same(fc.disks, [2000, 2001]);
   fs.writeFileSync(file, JSON.stringify({ host: 'vc', user: 'u', password: 'hunter2', thumbprint: tp, vm: 'vm-7', libdir: 'l' }));
   t.throws(() => loadVmwareConfig(file), { message: /must not contain a password/ });
-  const thrown = (() => { try { loadVmwareConfig(file); } catch (e) { return (e as Error).message; } return ''; })();
+  const thrown = (() => {
+    try {
+      loadVmwareConfig(file);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return '';
+  })();
   t.notOk(thrown.includes('hunter2'), 'and does not echo it');
   fs.writeFileSync(file, '{nope');
   t.throws(() => loadVmwareConfig(file), { code: 'RNODE_BAD_SOURCE', message: /not valid JSON/ });
@@ -85,14 +115,39 @@ t.test('VDDK binding: load failures, split reads, allocated blocks, closed handl
   const snap = await client.createSnapshot('vm-1', 'unit');
   const [disk] = await client.snapshotDisks(snap);
   await initVddk({ libdir: env.config.libdir, configFile: env.config.vddkConfig });
-  await t.rejects(connectVddk({ vmMoref: 'vm-1', server: '127.0.0.1', user: env.config.user, password: Buffer.from('wrong'), thumbprint: env.sim.thumbprint, snapshotMoref: snap }),
-    { code: 'RNODE_VDDK_ERROR', message: /incorrect user name or password/ }, 'VDDK login errors carry VDDK\'s text');
+  await t.rejects(
+    connectVddk({
+      vmMoref: 'vm-1',
+      server: '127.0.0.1',
+      user: env.config.user,
+      password: Buffer.from('wrong'),
+      thumbprint: env.sim.thumbprint,
+      snapshotMoref: snap,
+    }),
+    { code: 'RNODE_VDDK_ERROR', message: /incorrect user name or password/ },
+    "VDDK login errors carry VDDK's text",
+  );
   const pw = Buffer.from(PASSWORD);
-  const conn = await connectVddk({ vmMoref: 'vm-1', server: '127.0.0.1', user: env.config.user, password: pw, thumbprint: env.sim.thumbprint, snapshotMoref: snap, transports: ['nbd'] });
+  const conn = await connectVddk({
+    vmMoref: 'vm-1',
+    server: '127.0.0.1',
+    user: env.config.user,
+    password: pw,
+    thumbprint: env.sim.thumbprint,
+    snapshotMoref: snap,
+    transports: ['nbd'],
+  });
   await t.rejects(conn.open('[datastore1] vm-1/missing.vmdk'), { code: 'RNODE_VDDK_FILE_NOT_FOUND' });
   const d = await conn.open(disk.fileName, { maxReadBytes: 64 * KiB });
   t.equal(d.capacity, 4 * MiB);
-  t.same(await d.queryAllocated(0, d.capacity, 64 * KiB), [{ offset: 1 * MiB, length: 128 * KiB }, { offset: 3 * MiB, length: 64 * KiB }], 'QueryAllocatedBlocks gives chunk-aligned allocated areas');
+  t.same(
+    await d.queryAllocated(0, d.capacity, 64 * KiB),
+    [
+      { offset: 1 * MiB, length: 128 * KiB },
+      { offset: 3 * MiB, length: 64 * KiB },
+    ],
+    'QueryAllocatedBlocks gives chunk-aligned allocated areas',
+  );
   env.clearLog();
   const buf = Buffer.alloc(1 * MiB);
   t.equal(await d.read(buf, 1 * MiB, buf.length), buf.length);
@@ -110,23 +165,43 @@ t.test('VDDK binding: load failures, split reads, allocated blocks, closed handl
   await d.close();
   await t.rejects(d.read(buf, 0, 512), { code: 'RNODE_VDDK_CLOSED' }, 'a closed disk refuses reads');
   await conn.disconnect();
-  t.same([...pw].every((b) => b !== 0), true, 'the caller\'s password buffer is the caller\'s to wipe');
+  t.same(
+    [...pw].every((b) => b !== 0),
+    true,
+    "the caller's password buffer is the caller's to wipe",
+  );
   await t.rejects(conn.open(disk.fileName), { code: 'RNODE_VDDK_CLOSED' });
-  t.ok(readDummyLog(env.dummyLog).some((c) => c.op === 'EndAccess'), 'disconnect ends access');
+  t.ok(
+    readDummyLog(env.dummyLog).some((c) => c.op === 'EndAccess'),
+    'disconnect ends access',
+  );
   t.ok(new VddkError('RNODE_VDDK_ERROR', 'x', { op: 'Read', vddkText: 'x' }) instanceof Error);
   await client.removeSnapshot(snap);
   await client.logout();
 
   const native = (await import('../../src/native/index.js')).loadAddon() as Record<string, (o: unknown) => Promise<unknown>>;
-  await t.rejects(native.vddkRead({ disk: {}, buffer: buf, startSector: 0, sectors: 1, maxSectorsPerCall: 1 }), TypeError, 'native checks handle types');
+  await t.rejects(
+    native.vddkRead({ disk: {}, buffer: buf, startSector: 0, sectors: 1, maxSectorsPerCall: 1 }),
+    TypeError,
+    'native checks handle types',
+  );
   await t.rejects(native.vddkConnect({ vmxSpec: 'moref=vm-1', identity: 'x', password: 'not-bytes', serverName: 'h', userName: 'u' }), TypeError);
 });
 
 t.test('vddk:// through openSource: one disk of a fresh snapshot; close removes the snapshot', async (t) => {
-  const env = await startEnv(t, [{ moref: 'vm-11', disks: [{ key: 2000, size: 2 * MiB }, { key: 2001, size: 1 * MiB }] }]);
+  const env = await startEnv(t, [
+    {
+      moref: 'vm-11',
+      disks: [
+        { key: 2000, size: 2 * MiB },
+        { key: 2001, size: 1 * MiB },
+      ],
+    },
+  ]);
   env.sim.writeToVmDisk('vm-11', 2001, 0, Buffer.alloc(4096, 1));
   const { config } = env;
-  const url = `vddk://${encodeURIComponent(config.user)}@127.0.0.1:${config.port}/vm-11?disk=2001&thumbprint=${config.thumbprint}` +
+  const url =
+    `vddk://${encodeURIComponent(config.user)}@127.0.0.1:${config.port}/vm-11?disk=2001&thumbprint=${config.thumbprint}` +
     `&passwordFile=${encodeURIComponent(config.passwordFile)}&libdir=${encodeURIComponent(config.libdir)}&vddkConfig=${encodeURIComponent(config.vddkConfig!)}`;
   const src = await openSource(url);
   t.equal(src.kind, 'vddk');
@@ -148,7 +223,15 @@ t.test('CLI: replicateVmwareCommand with --source-config and a vddk:// override'
   // Through openStore's wrapped store a codec worker stays referenced after replicate() and keeps the process
   // alive (the raw `rnode replicate` shows it too); close the workers so this file can end.
   t.teardown(() => codecWorkers().close());
-  const env = await startEnv(t, [{ moref: 'vm-21', disks: [{ key: 2000, size: 2 * MiB }, { key: 2001, size: 1 * MiB }] }]);
+  const env = await startEnv(t, [
+    {
+      moref: 'vm-21',
+      disks: [
+        { key: 2000, size: 2 * MiB },
+        { key: 2001, size: 1 * MiB },
+      ],
+    },
+  ]);
   env.sim.writeToVmDisk('vm-21', 2000, 64 * KiB, Buffer.alloc(8192, 3));
   const cfgFile = path.join(env.dir, 'vm-21.json');
   fs.writeFileSync(cfgFile, JSON.stringify({ ...env.config, port: env.sim.port }));
@@ -160,9 +243,19 @@ t.test('CLI: replicateVmwareCommand with --source-config and a vddk:// override'
   t.match(out.join('\n'), /VM point 1 of vm-21 .*crash-consistent: 2 disks from snapshot snapshot-\d+ \(removed\)/);
   t.match(out.join('\n'), /point 1 of disk vm-21-disk-2000: full/);
   out.length = 0;
-  t.equal(await replicateVmwareCommand({ 'source-config': cfgFile, source: `vddk://127.0.0.1:${env.sim.port}/vm-21?disk=2000`, target: storeDir, json: true }, io), 0);
+  t.equal(
+    await replicateVmwareCommand(
+      { 'source-config': cfgFile, source: `vddk://127.0.0.1:${env.sim.port}/vm-21?disk=2000`, target: storeDir, json: true },
+      io,
+    ),
+    0,
+  );
   const r = JSON.parse(out[0]);
-  t.same(r.disks.map((d: { disk: string; point: number }) => [d.disk, d.point]), [['vm-21-disk-2000', 2]], 'the URL narrowed the run to one disk');
+  t.same(
+    r.disks.map((d: { disk: string; point: number }) => [d.disk, d.point]),
+    [['vm-21-disk-2000', 2]],
+    'the URL narrowed the run to one disk',
+  );
   t.notOk([...out, ...err].join('\n').includes(PASSWORD), 'no password in the output');
   await t.rejects(replicateVmwareCommand({ 'source-config': cfgFile, target: storeDir, disk: 'x' }, io), { code: 'RNODE_USAGE' });
   await t.rejects(replicateVmwareCommand({ 'source-config': cfgFile, source: '/dev/sda', target: storeDir }, io), { code: 'RNODE_USAGE' });
@@ -179,7 +272,9 @@ t.test('the stand-in VDDK in strict mode refuses calls off the designated thread
   const conf = path.join(dir, 'vix.conf');
   fs.writeFileSync(conf, `dummy.log=${log}\n`);
   const driver = path.join(dir, 'driver.c');
-  fs.writeFileSync(driver, `#include <dlfcn.h>
+  fs.writeFileSync(
+    driver,
+    `#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -204,24 +299,45 @@ int main(int argc, char **argv) {
   printf("%llu %llu %llu %llu\\n", (unsigned long long)first, (unsigned long long)same, (unsigned long long)off, (unsigned long long)again);
   return 0;
 }
-`);
+`,
+  );
   const exe = path.join(dir, 'driver');
   execFileSync('gcc', ['-O1', '-pthread', '-o', exe, driver, '-ldl']);
-  const run = (strict: string) => execFileSync(exe, [lib, conf], { env: { ...process.env, RNODE_DUMMY_VDDK_STRICT: strict } }).toString().trim().split(' ').map(Number);
+  const run = (strict: string) =>
+    execFileSync(exe, [lib, conf], { env: { ...process.env, RNODE_DUMMY_VDDK_STRICT: strict } })
+      .toString()
+      .trim()
+      .split(' ')
+      .map(Number);
   t.same(run('1'), [0, 0, 1, 1], 'strict: InitEx and ConnectEx on one thread pass; ConnectEx from another thread and a second InitEx fail');
   t.same(run('0'), [0, 0, 0, 0], 'not strict: all pass (the stand-in only logs thread ids)');
   const calls = readDummyLog(log);
-  t.ok(calls.some((c) => c.op === 'ConnectEx' && c.raw.includes('strict-violation')), 'the violation is in the call log');
+  t.ok(
+    calls.some((c) => c.op === 'ConnectEx' && c.raw.includes('strict-violation')),
+    'the violation is in the call log',
+  );
   t.ok(calls.some((c) => c.op === 'InitEx' && /once per process/.test(c.raw)));
 });
 
 t.test('VM helpers: config JSON as vSphere returned it, default disk parallelism, unsupported disks', async (t) => {
-  const cfg = parseXml('<val xmlns:xsi="i" xsi:type="VirtualMachineConfigInfo"><name>db</name><hardware><numCPU>4</numCPU>' +
-    '<device xsi:type="VirtualDisk"><key>2000</key></device><device xsi:type="VirtualDisk"><key>2001</key></device></hardware>' +
-    '<datastoreUrl><name>ds1</name></datastoreUrl><ref type="Datastore">datastore-11</ref><flag xsi:type="xsd:boolean">true</flag></val>');
+  const cfg = parseXml(
+    '<val xmlns:xsi="i" xsi:type="VirtualMachineConfigInfo"><name>db</name><hardware><numCPU>4</numCPU>' +
+      '<device xsi:type="VirtualDisk"><key>2000</key></device><device xsi:type="VirtualDisk"><key>2001</key></device></hardware>' +
+      '<datastoreUrl><name>ds1</name></datastoreUrl><ref type="Datastore">datastore-11</ref><flag xsi:type="xsd:boolean">true</flag></val>',
+  );
   t.same(xmlToJson(cfg), {
-    _type: 'VirtualMachineConfigInfo', name: 'db', hardware: { numCPU: '4', device: [{ _type: 'VirtualDisk', key: '2000' }, { _type: 'VirtualDisk', key: '2001' }] },
-    datastoreUrl: { name: 'ds1' }, ref: { _type: 'Datastore', _value: 'datastore-11' }, flag: 'true',
+    _type: 'VirtualMachineConfigInfo',
+    name: 'db',
+    hardware: {
+      numCPU: '4',
+      device: [
+        { _type: 'VirtualDisk', key: '2000' },
+        { _type: 'VirtualDisk', key: '2001' },
+      ],
+    },
+    datastoreUrl: { name: 'ds1' },
+    ref: { _type: 'Datastore', _value: 'datastore-11' },
+    flag: 'true',
   });
   t.equal(defaultDiskParallelism(1), 1, 'never more than the disks');
   t.ok(defaultDiskParallelism(64) >= 2 && defaultDiskParallelism(64) <= 4, 'bounded by cores and a quarter of the store concurrency');
@@ -229,6 +345,13 @@ t.test('VM helpers: config JSON as vSphere returned it, default disk parallelism
   const d = { key: 2000, label: 'Hard disk 1', capacityBytes: 1, fileName: 'x' };
   t.equal(unsupportedReason(d), undefined);
   t.match(unsupportedReason({ ...d, diskMode: 'independent_nonpersistent' }), /independent/);
-  t.match(unsupportedReason({ ...d, backingType: 'VirtualDiskRawDiskMappingVer1BackingInfo', compatibilityMode: 'physicalMode' }), /physical-mode RDM/);
-  t.equal(unsupportedReason({ ...d, backingType: 'VirtualDiskRawDiskMappingVer1BackingInfo', compatibilityMode: 'virtualMode' }), undefined, 'a virtual RDM is snapshot like a disk');
+  t.match(
+    unsupportedReason({ ...d, backingType: 'VirtualDiskRawDiskMappingVer1BackingInfo', compatibilityMode: 'physicalMode' }),
+    /physical-mode RDM/,
+  );
+  t.equal(
+    unsupportedReason({ ...d, backingType: 'VirtualDiskRawDiskMappingVer1BackingInfo', compatibilityMode: 'virtualMode' }),
+    undefined,
+    'a virtual RDM is snapshot like a disk',
+  );
 });

@@ -24,8 +24,11 @@ t.test('quiesce: application-consistent with tools; without tools or when quiesc
   const r2 = await env.run({ quiesce: true, log });
   t.equal(r2.consistency, 'crash', 'no tools: crash-consistent by default (fallback)');
   t.match(r2.consistencyReason, /VMware Tools are not running/);
-  t.ok(r2.warnings.some((w) => /crash-consistent/.test(w)), 'with a warning');
-  t.match((await loadVmPoint(env.store, 'vm-46', r2.vmPoint)), { consistency: 'crash', consistencyReason: /not running/ });
+  t.ok(
+    r2.warnings.some((w) => /crash-consistent/.test(w)),
+    'with a warning',
+  );
+  t.match(await loadVmPoint(env.store, 'vm-46', r2.vmPoint), { consistency: 'crash', consistencyReason: /not running/ });
 
   sim.setTools('vm-46', 'quiesceFails');
   const before = sim.calls.filter((m) => m === 'CreateSnapshot_Task').length;
@@ -34,12 +37,18 @@ t.test('quiesce: application-consistent with tools; without tools or when quiesc
   t.match(r3.consistencyReason, /FilesystemQuiesceFault/);
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length - before, 2, 'the quiesced attempt, then the crash-consistent snapshot');
 
-  const e = await env.run({ quiesce: true, quiesceFallback: 'fail' }).then(() => undefined, (x: Error & { code: string }) => x);
+  const e = await env.run({ quiesce: true, quiesceFallback: 'fail' }).then(
+    () => undefined,
+    (x: Error & { code: string }) => x,
+  );
   t.equal(e?.code, 'RNODE_VM_QUIESCE', 'policy fail: the run fails');
   t.match(e?.message, /quiescing VM vm-46 failed \(FilesystemQuiesceFault/);
   sim.setTools('vm-46', 'absent');
   env.clearLog();
-  const e2 = await env.run({ config: { quiesce: true, quiesceFallback: 'fail' } }).then(() => undefined, (x: Error & { code: string }) => x);
+  const e2 = await env.run({ config: { quiesce: true, quiesceFallback: 'fail' } }).then(
+    () => undefined,
+    (x: Error & { code: string }) => x,
+  );
   t.equal(e2?.code, 'RNODE_VM_QUIESCE', 'from the VM config too');
   t.equal(sim.vms.get('vm-46')!.snapshots.length, 0, 'no snapshot left');
   t.same(accessAndThreads(env.calls()).prepare, 0, 'nothing was prepared');
@@ -47,18 +56,33 @@ t.test('quiesce: application-consistent with tools; without tools or when quiesc
 });
 
 t.test('the VM changes between runs: disk added, removed, resized; independent and RDM disks; user snapshots', async (t) => {
-  const env = await startEnv(t, [{ moref: 'vm-47', disks: [...THREE.slice(0, 2), { key: 2003, size: 2 * MiB, mode: 'independent_persistent' }, { key: 2004, size: 2 * MiB, rdm: 'physicalMode' }] }]);
+  const env = await startEnv(t, [
+    {
+      moref: 'vm-47',
+      disks: [...THREE.slice(0, 2), { key: 2003, size: 2 * MiB, mode: 'independent_persistent' }, { key: 2004, size: 2 * MiB, rdm: 'physicalMode' }],
+    },
+  ]);
   const { sim } = env;
   sim.writeToVmDisk('vm-47', 2000, 0, randomData(1 * MiB, 51));
   sim.writeToVmDisk('vm-47', 2001, 0, randomData(1 * MiB, 52));
   const log: string[] = [];
   const r1 = await env.run({ log });
-  t.same(r1.disks.map((d) => d.deviceKey), [2000, 2001], 'the independent disk and the physical RDM are not read');
-  t.same(r1.skipped.map((s) => s.key), [2003, 2004]);
+  t.same(
+    r1.disks.map((d) => d.deviceKey),
+    [2000, 2001],
+    'the independent disk and the physical RDM are not read',
+  );
+  t.same(
+    r1.skipped.map((s) => s.key),
+    [2003, 2004],
+  );
   t.match(r1.skipped[0].reason, /independent_persistent: independent disks are not part of snapshots/);
   t.match(r1.skipped[1].reason, /physical-mode RDM/);
   t.ok(log.some((l) => /skipping disk 2003/.test(l)));
-  const e = await env.run({ unsupportedDisks: 'fail' }).then(() => undefined, (x: Error & { code: string }) => x);
+  const e = await env.run({ unsupportedDisks: 'fail' }).then(
+    () => undefined,
+    (x: Error & { code: string }) => x,
+  );
   t.equal(e?.code, 'RNODE_VM_DISK_UNSUPPORTED', 'policy fail');
   sim.removeDisk('vm-47', 2003);
   sim.removeDisk('vm-47', 2004);
@@ -67,9 +91,17 @@ t.test('the VM changes between runs: disk added, removed, resized; independent a
   const user = sim.userSnapshot('vm-47', 'before-upgrade');
   sim.writeToVmDisk('vm-47', 2000, 2 * MiB, randomData(4096, 53));
   const r2 = await env.run();
-  t.same(sim.vms.get('vm-47')!.snapshots.map((s) => s.moref), [user], 'the user snapshot is still there, ours is gone');
+  t.same(
+    sim.vms.get('vm-47')!.snapshots.map((s) => s.moref),
+    [user],
+    'the user snapshot is still there, ours is gone',
+  );
   t.same(r2.staleSnapshotsRemoved, []);
-  t.same(r2.disks.map((d) => d.bytesRead), [64 * KiB, 0], 'incremental beside a user snapshot');
+  t.same(
+    r2.disks.map((d) => d.bytesRead),
+    [64 * KiB, 0],
+    'incremental beside a user snapshot',
+  );
   await expectVmRestore(t, env, 'vm-47', r2.vmPoint);
 
   // Added: read in full. Resized: CBT reset, read in full, with the reason.
@@ -89,10 +121,17 @@ t.test('the VM changes between runs: disk added, removed, resized; independent a
   // Removed: reported, its points kept.
   sim.removeDisk('vm-47', 2000);
   const r4 = await env.run();
-  t.same(r4.removed.map((x) => x.key), [2000]);
+  t.same(
+    r4.removed.map((x) => x.key),
+    [2000],
+  );
   t.match(r4.removed[0].reason, /no longer in the VM; its points are kept/);
   t.same(await listPointSeqs(env.store, 'vm-47-disk-2000'), [1, 2, 3], 'the removed disk keeps its points');
-  t.same((await loadVmPoint(env.store, 'vm-47', r4.vmPoint)).removed.map((x) => x.key), [2000], 'recorded in the VM point');
+  t.same(
+    (await loadVmPoint(env.store, 'vm-47', r4.vmPoint)).removed.map((x) => x.key),
+    [2000],
+    'recorded in the VM point',
+  );
   await expectVmRestore(t, env, 'vm-47', r3.vmPoint);
 });
 
@@ -114,17 +153,37 @@ t.test('retention keeps whole VM points; the CLI lists, restores and prunes VM p
   sim.dummyExtra = [];
   sim.writeDummyConfig();
 
-  const io = { lines: [] as string[], out(l: string) { this.lines.push(l); }, err() {} };
+  const io = {
+    lines: [] as string[],
+    out(l: string) {
+      this.lines.push(l);
+    },
+    err() {},
+  };
   const store = path.join(env.dir, 'store');
   t.equal(await commands.points.run({ store, vm: 'vm-48', json: true }, io), 0);
   const listed = JSON.parse(io.lines.pop()!);
-  t.same(listed.vmPoints.map((p: any) => p.vmPoint), [1, 2, 3, 4], 'rnode points --vm lists the VM points');
-  t.same(listed.vmPoints[3].disks.map((d: any) => d.point), [4, 4]);
+  t.same(
+    listed.vmPoints.map((p: any) => p.vmPoint),
+    [1, 2, 3, 4],
+    'rnode points --vm lists the VM points',
+  );
+  t.same(
+    listed.vmPoints[3].disks.map((d: any) => d.point),
+    [4, 4],
+  );
 
   t.equal(await commands.prune.run({ store, vm: 'vm-48', keep: '2', json: true }, io), 0);
   const pr = JSON.parse(io.lines.pop()!);
-  t.same([pr.kept, pr.deletedVmPoints], [[3, 4], [1, 2]], 'rnode prune --vm keeps whole VM points');
-  t.same(await listPointSeqs(env.store, 'vm-48-disk-2000'), [3, 4, 5], 'disk points from the oldest kept VM point on stay (5 is the partial run\'s)');
+  t.same(
+    [pr.kept, pr.deletedVmPoints],
+    [
+      [3, 4],
+      [1, 2],
+    ],
+    'rnode prune --vm keeps whole VM points',
+  );
+  t.same(await listPointSeqs(env.store, 'vm-48-disk-2000'), [3, 4, 5], "disk points from the oldest kept VM point on stay (5 is the partial run's)");
   t.same(await listPointSeqs(env.store, 'vm-48-disk-2001'), [3, 4]);
   const again = await pruneVm({ store: env.store, vm: 'vm-48', keep: 2 });
   t.same(again.deletedVmPoints, [], 'idempotent');
@@ -136,7 +195,10 @@ t.test('retention keeps whole VM points; the CLI lists, restores and prunes VM p
   const want = snapshotFingerprints(env, runs[2].snapshot);
   for (const d of rec.disks) t.equal(fingerprintOf(d.out), want.get(d.key), `rnode recover --vm: disk ${d.key} of VM point 3 byte-exact after prune`);
   await expectVmRestore(t, env, 'vm-48', 4);
-  const bad = await commands.recover.run({ store, vm: 'vm-48', point: '1', 'out-dir': outDir }, io).then(() => undefined, (e: Error & { code: string }) => e);
+  const bad = await commands.recover.run({ store, vm: 'vm-48', point: '1', 'out-dir': outDir }, io).then(
+    () => undefined,
+    (e: Error & { code: string }) => e,
+  );
   t.equal(bad?.code, 'RNODE_POINT_NOT_FOUND', 'a pruned VM point is gone');
 });
 
@@ -149,11 +211,23 @@ t.test('a VM replicated to a peer node (ws://): the receiving node accepts VM po
   const r = await env.run({ store: remote(t, node.url) });
   t.equal(r.vmPoint, 1, 'the VM point committed over the peer link');
   const p = await loadVmPoint(node.store, 'vm-49', 1);
-  t.same(p.disks.map((d) => d.point), [1, 1]);
+  t.same(
+    p.disks.map((d) => d.point),
+    [1, 1],
+  );
   const out = await recoverVm({ store: node.store, vm: 'vm-49', outDir: path.join(env.dir, 'peer-restore') });
   const want = snapshotFingerprints(env, r.snapshot);
   for (const d of out.disks) t.equal(fingerprintOf(d.out), want.get(d.key), `disk ${d.key} restores byte-exact on the receiving node`);
   const forged = Buffer.from(JSON.stringify({ ...p, seq: 2, disks: [{ ...p.disks[0], point: 9 }] }));
-  await t.rejects(node.server.checks.checkPut({ key: 'vms/vm-49/points/0000000002.json', data: forged, flags: FrameFlag.IF_NONE_MATCH, diskOffset: null, plainXxh64: 0n }),
-    { code: 'RNODE_TRANSPORT_REJECTED', message: /disk point disks\/vm-49-disk-2000\/points\/0000000009\.json is not on this node/ }, 'a VM point naming a missing disk point is refused');
+  await t.rejects(
+    node.server.checks.checkPut({
+      key: 'vms/vm-49/points/0000000002.json',
+      data: forged,
+      flags: FrameFlag.IF_NONE_MATCH,
+      diskOffset: null,
+      plainXxh64: 0n,
+    }),
+    { code: 'RNODE_TRANSPORT_REJECTED', message: /disk point disks\/vm-49-disk-2000\/points\/0000000009\.json is not on this node/ },
+    'a VM point naming a missing disk point is refused',
+  );
 });

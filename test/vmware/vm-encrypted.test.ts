@@ -34,16 +34,31 @@ t.test('an encrypted VM point is authenticated: edits, a stripped MAC and a move
     edit(p);
     await env.store.put(k2, Buffer.from(JSON.stringify(p)));
   };
-  await rewrite((p) => { p.disks[0].point = 1; });
-  await t.rejects(recoverVm({ store: env.store, vm: 'vm-60', point: '2', outDir: out, encryption: key }), { code: 'RNODE_METADATA_FORGED' },
-    'a disk re-pointed to an older point is refused');
+  await rewrite((p) => {
+    p.disks[0].point = 1;
+  });
+  await t.rejects(
+    recoverVm({ store: env.store, vm: 'vm-60', point: '2', outDir: out, encryption: key }),
+    { code: 'RNODE_METADATA_FORGED' },
+    'a disk re-pointed to an older point is refused',
+  );
   t.notOk(fs.existsSync(out), 'nothing was restored');
-  await rewrite((p) => { delete p.mac; });
-  await t.rejects(loadVmPoint(env.store, 'vm-60', 2, key), { code: 'RNODE_METADATA_FORGED', message: /not authenticated/ }, 'a stripped MAC is refused');
+  await rewrite((p) => {
+    delete p.mac;
+  });
+  await t.rejects(
+    loadVmPoint(env.store, 'vm-60', 2, key),
+    { code: 'RNODE_METADATA_FORGED', message: /not authenticated/ },
+    'a stripped MAC is refused',
+  );
   // VM point 1 replayed as point 2: same VM, valid MAC for number 1.
   const p1 = JSON.parse((await env.store.get(vmLayout.point('vm-60', 1))).toString('utf8'));
   await env.store.put(k2, Buffer.from(JSON.stringify({ ...p1, seq: 2 })));
-  await t.rejects(loadVmPoint(env.store, 'vm-60', 2, key), { code: 'RNODE_METADATA_FORGED' }, 'an older VM point replayed under a newer number is refused');
+  await t.rejects(
+    loadVmPoint(env.store, 'vm-60', 2, key),
+    { code: 'RNODE_METADATA_FORGED' },
+    'an older VM point replayed under a newer number is refused',
+  );
   await env.store.put(k2, original);
   t.ok(await loadVmPoint(env.store, 'vm-60', 2, key), 'the original verifies again');
 });

@@ -12,7 +12,11 @@ export function randomData(length: number, seed: number): Buffer {
   return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(length));
 }
 
-export const THREE = [{ key: 2000, size: 8 * MiB }, { key: 2001, size: 4 * MiB }, { key: 2002, size: 6 * MiB + 512 }];
+export const THREE = [
+  { key: 2000, size: 8 * MiB },
+  { key: 2001, size: 4 * MiB },
+  { key: 2002, size: 6 * MiB + 512 },
+];
 
 export function fill(env: VmwareEnv, vm: string, seed: number): void {
   const has = (k: number) => env.sim.vms.get(vm)!.disks.some((d) => d.key === k);
@@ -27,8 +31,8 @@ export async function expectVmRestore(t: Test, env: VmwareEnv, vm: string, seq: 
   const out = path.join(env.dir, `restore-${vm}-${seq}`);
   const r = await recoverVm({ store: env.store, vm, point: String(seq), outDir: out });
   const want = snapshotFingerprints(env, p.snapshot.moref);
-  for (const d of r.disks) t.equal(fingerprintOf(d.out), want.get(d.key), `VM point ${seq}: disk ${d.key} restores byte-exact as snapshot ${p.snapshot.moref} saw it`);
+  for (const d of r.disks)
+    t.equal(fingerprintOf(d.out), want.get(d.key), `VM point ${seq}: disk ${d.key} restores byte-exact as snapshot ${p.snapshot.moref} saw it`);
   t.equal(JSON.parse(fs.readFileSync(r.configFile, 'utf8')).seq, seq, 'the VM point is written beside the disks');
   fs.rmSync(out, { recursive: true });
 }
-

@@ -13,7 +13,12 @@ import { THREE, expectVmRestore, fill } from './vm-helpers.js';
 
 const FORMS = [
   { vm: 'vm-60', what: 'the whole VM (--source-config)', source: () => [] as string[], disks: 3 },
-  { vm: 'vm-61', what: 'one disk (vddk://...?disk=2000)', source: (port: number) => ['--source', `vddk://127.0.0.1:${port}/vm-61?disk=2000`], disks: 1 },
+  {
+    vm: 'vm-61',
+    what: 'one disk (vddk://...?disk=2000)',
+    source: (port: number) => ['--source', `vddk://127.0.0.1:${port}/vm-61?disk=2000`],
+    disks: 1,
+  },
 ];
 
 for (const form of FORMS) {
@@ -43,11 +48,17 @@ for (const form of FORMS) {
     const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
     const deadline = Date.now() + 20_000;
     while (!env.calls().some((c) => c.op === 'Read') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
-    t.ok(env.calls().some((c) => c.op === 'Read'), 'the child is reading the snapshot');
+    t.ok(
+      env.calls().some((c) => c.op === 'Read'),
+      'the child is reading the snapshot',
+    );
     t.equal(sim.vms.get(form.vm)!.snapshots.length, 1, 'its snapshot is on the VM');
     child.kill('SIGTERM');
     t.equal(await exited, 143, `exit 143 (128 + SIGTERM): ${stderr}`);
-    t.match(stderr, /rnode: RNODE_CANCELLED: replicate stopped by SIGTERM; its vSphere snapshot was removed and no VM point was made: run the same command again/);
+    t.match(
+      stderr,
+      /rnode: RNODE_CANCELLED: replicate stopped by SIGTERM; its vSphere snapshot was removed and no VM point was made: run the same command again/,
+    );
     t.notMatch(stderr, /\n\s+at /, 'no stack trace');
     t.equal(sim.vms.get(form.vm)!.snapshots.length, 0, 'no snapshot left on the VM');
     const a = accessAndThreads(env.calls());
@@ -64,7 +75,10 @@ for (const form of FORMS) {
     const reused = r.disks.reduce((n: number, d: { chunksDeduplicated: number }) => n + d.chunksDeduplicated, 0);
     t.ok(reused > 0, `chunks the stopped run stored are not stored again (${reused})`);
     t.same(r.staleSnapshotsRemoved, [], 'it found no snapshot to clean up');
-    t.notOk(r.warnings.some((w: string) => /ended without EndAccess/.test(w)), 'nor a PrepareForAccess left in force');
+    t.notOk(
+      r.warnings.some((w: string) => /ended without EndAccess/.test(w)),
+      'nor a PrepareForAccess left in force',
+    );
     t.equal(sim.vms.get(form.vm)!.snapshots.length, 0);
     await expectVmRestore(t, env, form.vm, 1);
   });

@@ -25,19 +25,37 @@ t.test('a 3-disk VM: one snapshot, disks read in parallel, one VM point; the gue
     diskParallelism: 3,
     // The guest keeps writing to every disk while rnode reads the snapshot.
     onSnapshot: () => {
-      for (const [i, d] of THREE.entries()) { sim.writeToVmDisk('vm-42', d.key, 0, randomData(256 * KiB, 100 + i)); guestWrites++; }
+      for (const [i, d] of THREE.entries()) {
+        sim.writeToVmDisk('vm-42', d.key, 0, randomData(256 * KiB, 100 + i));
+        guestWrites++;
+      }
     },
   });
   t.equal(guestWrites, 3);
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length, 1, 'one CreateSnapshot_Task for three disks');
   t.equal(r1.vmPoint, 1);
   t.equal(r1.diskParallelism, 3);
-  t.same(r1.disks.map((d) => d.disk), ['vm-42-disk-2000', 'vm-42-disk-2001', 'vm-42-disk-2002']);
+  t.same(
+    r1.disks.map((d) => d.disk),
+    ['vm-42-disk-2000', 'vm-42-disk-2001', 'vm-42-disk-2002'],
+  );
   t.equal(r1.consistency, 'crash', 'no quiesce asked: crash-consistent');
   const p1 = await loadVmPoint(env.store, 'vm-42', 1);
   t.equal(p1.snapshot.moref, r1.snapshot, 'the VM point names the snapshot');
-  t.same(p1.disks.map((d) => [d.key, d.point, d.transport]), [[2000, 1, 'nbdssl'], [2001, 1, 'nbdssl'], [2002, 1, 'nbdssl']], 'its disks, their points and the transport used');
-  t.match(p1.config, { _type: 'VirtualMachineConfigInfo', name: 'test-vm-42', hardware: { numCPU: '2', memoryMB: '4096' } }, 'the VM config as vSphere returned it');
+  t.same(
+    p1.disks.map((d) => [d.key, d.point, d.transport]),
+    [
+      [2000, 1, 'nbdssl'],
+      [2001, 1, 'nbdssl'],
+      [2002, 1, 'nbdssl'],
+    ],
+    'its disks, their points and the transport used',
+  );
+  t.match(
+    p1.config,
+    { _type: 'VirtualMachineConfigInfo', name: 'test-vm-42', hardware: { numCPU: '2', memoryMB: '4096' } },
+    'the VM config as vSphere returned it',
+  );
   t.equal((p1.config as any).hardware.device.filter((d: any) => d._type === 'VirtualDisk').length, 3);
 
   const calls = env.calls();
@@ -49,7 +67,10 @@ t.test('a 3-disk VM: one snapshot, disks read in parallel, one VM point; the gue
   const a = accessAndThreads(calls);
   t.same([a.prepare, a.end, a.violations], [1, 1, 0], 'one PrepareForAccess, one EndAccess, no call off the designated thread');
   t.equal(a.designatedThreads.length, 1, `InitEx, ConnectEx, Open, Close, Disconnect ran on one thread (${a.designatedThreads.join(', ')})`);
-  t.ok(calls.some((c) => c.op === 'Cleanup'), 'VixDiskLib_Cleanup ran before the run');
+  t.ok(
+    calls.some((c) => c.op === 'Cleanup'),
+    'VixDiskLib_Cleanup ran before the run',
+  );
   await expectVmRestore(t, env, 'vm-42', 1);
   t.not(fingerprintOf(sim.disk('vm-42', 2000).image), snapshotFingerprints(env, r1.snapshot).get(2000), 'the live disk moved on since the snapshot');
 
@@ -57,7 +78,15 @@ t.test('a 3-disk VM: one snapshot, disks read in parallel, one VM point; the gue
   sim.writeToVmDisk('vm-42', 2001, 3 * MiB, randomData(4096, 7));
   const r2 = await env.run();
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length, 2, 'one more snapshot for the second run');
-  t.same(r2.disks.map((d) => [d.full, d.bytesRead]), [[false, 256 * KiB], [false, 256 * KiB + 64 * KiB], [false, 256 * KiB]], 'the guest writes and the new change, nothing else');
+  t.same(
+    r2.disks.map((d) => [d.full, d.bytesRead]),
+    [
+      [false, 256 * KiB],
+      [false, 256 * KiB + 64 * KiB],
+      [false, 256 * KiB],
+    ],
+    'the guest writes and the new change, nothing else',
+  );
   t.equal(r2.vmPoint, 2);
   await expectVmRestore(t, env, 'vm-42', 2);
   sim.dummyExtra = [];
@@ -74,14 +103,27 @@ t.test('one disk fails: no VM point, the disks that committed are recorded as pa
   sim.dummyExtra = ['dummy.failReadPath=vm-43_1:13'];
   sim.writeDummyConfig();
   env.clearLog();
-  const err = await env.run({ diskParallelism: 3 }).then(() => undefined, (e: Error & { code: string; details: any }) => e);
-  t.equal(err?.code, 'RNODE_VDDK_ERROR', 'the run fails with the disk\'s error');
+  const err = await env.run({ diskParallelism: 3 }).then(
+    () => undefined,
+    (e: Error & { code: string; details: any }) => e,
+  );
+  t.equal(err?.code, 'RNODE_VDDK_ERROR', "the run fails with the disk's error");
   t.match(err?.message, /reading disk 2001 of VM vm-43/);
   t.same(await listVmPointSeqs(env.store, 'vm-43'), [1], 'no VM point for the failed run');
   const partial = await listPartialVmRuns(env.store, 'vm-43');
   t.equal(partial.length, 1, 'the run is recorded as partial');
-  t.same(partial[0].committed.map((c) => [c.key, c.point]).sort(), [[2000, 2], [2002, 2]], 'the disks that committed, in no VM point');
-  t.same(partial[0].failed.map((f) => f.key), [2001]);
+  t.same(
+    partial[0].committed.map((c) => [c.key, c.point]).sort(),
+    [
+      [2000, 2],
+      [2002, 2],
+    ],
+    'the disks that committed, in no VM point',
+  );
+  t.same(
+    partial[0].failed.map((f) => f.key),
+    [2001],
+  );
   const a = accessAndThreads(env.calls());
   t.same([a.prepare, a.end, a.violations], [1, 1, 0], 'PrepareForAccess and EndAccess paired on a read error');
   t.equal(sim.vms.get('vm-43')!.snapshots.length, 0, 'the snapshot was removed');
@@ -90,7 +132,11 @@ t.test('one disk fails: no VM point, the disks that committed are recorded as pa
   sim.writeDummyConfig();
   const r = await env.run();
   t.equal(r.vmPoint, 2, 'the next run makes a whole VM point');
-  t.same(r.disks.map((d) => d.point), [3, 2, 3], 'from each disk\'s latest point');
+  t.same(
+    r.disks.map((d) => d.point),
+    [3, 2, 3],
+    "from each disk's latest point",
+  );
   await expectVmRestore(t, env, 'vm-43', 2);
 });
 
@@ -101,7 +147,10 @@ t.test('PrepareForAccess/EndAccess paired: open error and cancel', async (t) => 
   sim.dummyExtra = ['dummy.failOpenPath=vm-44_2:4'];
   sim.writeDummyConfig();
   env.clearLog();
-  const e1 = await env.run().then(() => undefined, (e: Error & { code: string }) => e);
+  const e1 = await env.run().then(
+    () => undefined,
+    (e: Error & { code: string }) => e,
+  );
   t.equal(e1?.code, 'RNODE_VDDK_FILE_NOT_FOUND', 'an open error fails the run');
   let a = accessAndThreads(env.calls());
   t.same([a.prepare, a.end, a.violations], [1, 1, 0], 'paired on an open error');
@@ -113,8 +162,16 @@ t.test('PrepareForAccess/EndAccess paired: open error and cancel', async (t) => 
   env.clearLog();
   const ac = new AbortController();
   const { cancelled } = await import('../../src/agent/throttle.js');
-  const running = env.run({ signal: ac.signal, onSnapshot: () => { setTimeout(() => ac.abort(cancelled()), 150); } });
-  const e2 = await running.then(() => undefined, (e: Error & { code: string }) => e);
+  const running = env.run({
+    signal: ac.signal,
+    onSnapshot: () => {
+      setTimeout(() => ac.abort(cancelled()), 150);
+    },
+  });
+  const e2 = await running.then(
+    () => undefined,
+    (e: Error & { code: string }) => e,
+  );
   t.equal(e2?.code, 'RNODE_CANCELLED', 'cancelled');
   a = accessAndThreads(env.calls());
   t.same([a.prepare, a.end, a.violations], [1, 1, 0], 'paired on cancel');
@@ -133,13 +190,29 @@ t.test('SIGKILL mid-read, then the next run: EndAccess for the dead run, its sna
   env.clearLog();
   const cfg = path.join(env.dir, 'vm-45.json');
   fs.writeFileSync(cfg, JSON.stringify({ ...env.config, vm: 'vm-45' }));
-  const child = spawn(process.execPath, ['--import', path.join(ROOT, 'node_modules/@tapjs/typescript/dist/esm/import.mjs'), path.join(ROOT, 'src/cli.ts'),
-    'replicate', '--source-config', cfg, '--target', path.join(env.dir, 'store'), '--chunk-size', '64KiB'],
-  { cwd: ROOT, stdio: 'ignore', env: { ...process.env, RNODE_DUMMY_VDDK_STRICT: '1' } });
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      path.join(ROOT, 'node_modules/@tapjs/typescript/dist/esm/import.mjs'),
+      path.join(ROOT, 'src/cli.ts'),
+      'replicate',
+      '--source-config',
+      cfg,
+      '--target',
+      path.join(env.dir, 'store'),
+      '--chunk-size',
+      '64KiB',
+    ],
+    { cwd: ROOT, stdio: 'ignore', env: { ...process.env, RNODE_DUMMY_VDDK_STRICT: '1' } },
+  );
   const exited = new Promise((r) => child.on('exit', r));
   const deadline = Date.now() + 60_000;
   while (!env.calls().some((c) => c.op === 'Read') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  t.ok(env.calls().some((c) => c.op === 'Read'), 'the child is reading');
+  t.ok(
+    env.calls().some((c) => c.op === 'Read'),
+    'the child is reading',
+  );
   child.kill('SIGKILL');
   await exited;
   t.equal(sim.vms.get('vm-45')!.snapshots.length, 1, 'the killed run left its snapshot');
@@ -152,14 +225,25 @@ t.test('SIGKILL mid-read, then the next run: EndAccess for the dead run, its sna
   const log: string[] = [];
   const r = await env.run({ log });
   t.same(r.staleSnapshotsRemoved, [left], 'the next run removed the leftover snapshot');
-  t.ok(r.warnings.some((w) => /ended without EndAccess/.test(w)), 'and reported the missing EndAccess');
-  t.ok(r.warnings.some((w) => w.includes(left)), 'and the snapshot');
-  t.ok(log.some((l) => l.includes(left)), 'in the run log too');
+  t.ok(
+    r.warnings.some((w) => /ended without EndAccess/.test(w)),
+    'and reported the missing EndAccess',
+  );
+  t.ok(
+    r.warnings.some((w) => w.includes(left)),
+    'and the snapshot',
+  );
+  t.ok(
+    log.some((l) => l.includes(left)),
+    'in the run log too',
+  );
   a = accessAndThreads(env.calls());
   t.same([a.prepare, a.end, a.violations], [2, 2, 0], 'every PrepareForAccess has its EndAccess again');
-  t.ok(env.calls().some((c) => c.op === 'Cleanup'), 'VixDiskLib_Cleanup ran');
+  t.ok(
+    env.calls().some((c) => c.op === 'Cleanup'),
+    'VixDiskLib_Cleanup ran',
+  );
   t.equal(sim.vms.get('vm-45')!.snapshots.length, 0);
   t.equal(r.vmPoint, 1);
   await expectVmRestore(t, env, 'vm-45', 1);
 });
-

@@ -27,7 +27,12 @@ t.test('first full sync reads allocated areas only; incrementals read only the c
   const env = await startEnv(t, [{ moref: 'vm-42', disks: [{ key: 2000, size }] }]);
   const { sim } = env;
   // Initial data: a few areas, one straddling a chunk boundary; the rest of the disk is never written.
-  const initial: Array<[number, number]> = [[0, 256 * KiB], [5 * MiB + 4096, 300 * KiB], [17 * MiB - 8192, 16 * KiB], [size - 64 * KiB, 64 * KiB]];
+  const initial: Array<[number, number]> = [
+    [0, 256 * KiB],
+    [5 * MiB + 4096, 300 * KiB],
+    [17 * MiB - 8192, 16 * KiB],
+    [size - 64 * KiB, 64 * KiB],
+  ];
   initial.forEach(([off, len], i) => sim.writeToVmDisk('vm-42', 2000, off, randomData(len, i)));
   const allocated = initial.reduce((n, [, len]) => n + len, 0);
 
@@ -36,14 +41,20 @@ t.test('first full sync reads allocated areas only; incrementals read only the c
   t.equal(d1.disk, 'vm-42-disk-2000');
   t.equal(d1.full, true, 'the first point is full');
   t.equal(d1.rescanReason, undefined);
-  t.ok(d1.bytesRead >= allocated && d1.bytesRead <= chunksTouched(initial) * CHUNK,
-    `first sync read ${d1.bytesRead} bytes for ${allocated} allocated bytes of a ${size} byte disk`);
+  t.ok(
+    d1.bytesRead >= allocated && d1.bytesRead <= chunksTouched(initial) * CHUNK,
+    `first sync read ${d1.bytesRead} bytes for ${allocated} allocated bytes of a ${size} byte disk`,
+  );
   t.equal(env.vddkBytes(), d1.bytesRead, 'VDDK delivered exactly the bytes the pipeline read');
   t.ok(d1.changeId && /\/1$/.test(d1.changeId), `the point carries the snapshot disk's changeId (${d1.changeId})`);
   t.equal((await loadPoint(env.store, d1.disk, d1.point)).source.marker, d1.changeId, 'the manifest saves the changeId as the marker');
   t.equal(sim.vms.get('vm-42')!.snapshots.length, 0, 'the snapshot is removed after the run');
   const ops = env.calls().map((c) => c.op);
-  t.same([ops[0], ops.includes('PrepareForAccess'), ops.includes('EndAccess')], ['InitEx', true, true], 'InitEx, PrepareForAccess, EndAccess were called');
+  t.same(
+    [ops[0], ops.includes('PrepareForAccess'), ops.includes('EndAccess')],
+    ['InitEx', true, true],
+    'InitEx, PrepareForAccess, EndAccess were called',
+  );
   const connect = env.calls().find((c) => c.op === 'ConnectEx')!;
   t.equal(connect.fields.transports, 'nbdssl:nbd');
   t.equal(connect.fields.readOnly, '1', 'connected read-only');
@@ -51,7 +62,7 @@ t.test('first full sync reads allocated areas only; incrementals read only the c
 
   // ~1% scattered writes.
   const writes: Array<[number, number]> = [];
-  for (let i = 0; i < 40; i++) writes.push([(i * 797 + 13) % 500 * CHUNK + (i % 7) * 4096, 4096]);
+  for (let i = 0; i < 40; i++) writes.push([((i * 797 + 13) % 500) * CHUNK + (i % 7) * 4096, 4096]);
   writes.forEach(([off, len], i) => sim.writeToVmDisk('vm-42', 2000, off, randomData(len, 100 + i)));
   env.clearLog();
   const r2 = await env.run();
@@ -112,7 +123,10 @@ t.test('CBT reset or a rejected changeId: a full resync of allocated areas, reco
   t.match(d2.rescanReason, /CBT of disk 2000 was reset/, `the reason is recorded: ${d2.rescanReason}`);
   t.equal(d2.bytesRead, 512 * KiB + 256 * KiB + CHUNK, 'read all allocated areas, not the whole disk');
   t.match((await loadPoint(env.store, d2.disk, d2.point)).source.rescanReason, /reset/, 'and saved in the manifest');
-  t.ok(log.some((l) => /read all allocated areas/.test(l)), 'and logged');
+  t.ok(
+    log.some((l) => /read all allocated areas/.test(l)),
+    'and logged',
+  );
 
   // vSphere itself rejects a changeId (FileFault on the ctk file): the same fallback.
   sim.writeToVmDisk('vm-9', 2000, 3 * MiB, randomData(4096, 4));
@@ -137,10 +151,17 @@ t.test('a VDDK error mid-read: clear error, snapshot removed, no point committed
 
   sim.dummyExtra = ['dummy.failRead=5:13', 'dummy.delayRead=4:50'];
   sim.writeDummyConfig();
-  const err = await env.run().then(() => undefined, (e: unknown) => e as Error & { code: string; vddkText: string; details: Record<string, unknown> });
+  const err = await env.run().then(
+    () => undefined,
+    (e: unknown) => e as Error & { code: string; vddkText: string; details: Record<string, unknown> },
+  );
   t.ok(err, 'the run fails');
   t.equal(err?.code, 'RNODE_VDDK_ERROR', 'with a stable code');
-  t.match(err?.message, /reading disk 2000 of VM vm-5 through VDDK \(nbdssl\) failed at offset \d+: dummy-vddk: injected failure of Read #5/, 'naming the disk, the offset and VDDK\'s own text');
+  t.match(
+    err?.message,
+    /reading disk 2000 of VM vm-5 through VDDK \(nbdssl\) failed at offset \d+: dummy-vddk: injected failure of Read #5/,
+    "naming the disk, the offset and VDDK's own text",
+  );
   t.match(err?.details.snapshot, /^snapshot-/, 'and the snapshot it was reading');
   t.equal(sim.vms.get('vm-5')!.snapshots.length, 0, 'the snapshot was removed anyway');
   t.same(await listPointSeqs(env.store, vmDiskId('vm-5', 2000)), [1], 'no point was committed');
@@ -158,19 +179,28 @@ t.test('wrong thumbprint, wrong password, unknown VM: clear errors, no snapshot,
   const env = await startEnv(t, [{ moref: 'vm-3', disks: [{ key: 2000, size: 4 * MiB }] }]);
   const { sim } = env;
   const wrongTp = sim.thumbprint.replace(/^../, sim.thumbprint.startsWith('00') ? '11' : '00');
-  const e1 = await env.run({ config: { thumbprint: wrongTp } }).then(() => undefined, (e: Error & { code: string }) => e);
+  const e1 = await env.run({ config: { thumbprint: wrongTp } }).then(
+    () => undefined,
+    (e: Error & { code: string }) => e,
+  );
   t.equal(e1?.code, 'RNODE_VSPHERE_TLS', 'a thumbprint mismatch is refused');
   t.match(e1?.message, /has thumbprint .* not the .* configured/);
   t.equal(sim.calls.length, 0, 'nothing was sent to a server with the wrong certificate');
 
   const bad = `${env.dir}/bad-password`;
   fs.writeFileSync(bad, 'not-the-password\n');
-  const e2 = await env.run({ config: { passwordFile: bad } }).then(() => undefined, (e: Error & { code: string }) => e);
+  const e2 = await env.run({ config: { passwordFile: bad } }).then(
+    () => undefined,
+    (e: Error & { code: string }) => e,
+  );
   t.equal(e2?.code, 'RNODE_VSPHERE_LOGIN', 'a wrong password is a login error');
   t.match(e2?.message, /InvalidLogin.*check the user name and the password file/);
   t.notOk(e2?.message.includes('not-the-password'), 'the password is not in the message');
 
-  const e3 = await env.run({ config: { vm: 'vm-404' } }).then(() => undefined, (e: Error & { code: string }) => e);
+  const e3 = await env.run({ config: { vm: 'vm-404' } }).then(
+    () => undefined,
+    (e: Error & { code: string }) => e,
+  );
   t.equal(e3?.code, 'RNODE_VSPHERE_NOT_FOUND');
   t.equal(sim.history.length, 0, 'no snapshot was ever taken');
 
@@ -181,7 +211,17 @@ t.test('wrong thumbprint, wrong password, unknown VM: clear errors, no snapshot,
 });
 
 t.test('a VM with three disks: one snapshot per run, one point per disk, CBT turned on by policy', async (t) => {
-  const env = await startEnv(t, [{ moref: 'vm-77', cbt: false, disks: [{ key: 2000, size: 8 * MiB }, { key: 2001, size: 4 * MiB }, { key: 2016, size: 6 * MiB + 512 }] }]);
+  const env = await startEnv(t, [
+    {
+      moref: 'vm-77',
+      cbt: false,
+      disks: [
+        { key: 2000, size: 8 * MiB },
+        { key: 2001, size: 4 * MiB },
+        { key: 2016, size: 6 * MiB + 512 },
+      ],
+    },
+  ]);
   const { sim } = env;
   sim.writeToVmDisk('vm-77', 2000, 0, randomData(1 * MiB, 1));
   sim.writeToVmDisk('vm-77', 2001, 2 * MiB, randomData(64 * KiB, 2));
@@ -191,20 +231,37 @@ t.test('a VM with three disks: one snapshot per run, one point per disk, CBT tur
   t.equal(r1.cbtEnabledNow, true, 'CBT was off and the run turned it on');
   t.ok(sim.calls.includes('ReconfigVM_Task'));
   t.ok(log.some((l) => /turned it on/.test(l)));
-  t.same(r1.disks.map((d) => d.disk), ['vm-77-disk-2000', 'vm-77-disk-2001', 'vm-77-disk-2016']);
+  t.same(
+    r1.disks.map((d) => d.disk),
+    ['vm-77-disk-2000', 'vm-77-disk-2001', 'vm-77-disk-2016'],
+  );
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length, 1, 'one snapshot for all disks');
-  t.ok(r1.disks.every((d) => d.changeId), 'the snapshot taken after enabling CBT carries change ids');
+  t.ok(
+    r1.disks.every((d) => d.changeId),
+    'the snapshot taken after enabling CBT carries change ids',
+  );
   t.equal(r1.disks[2].diskSize, 6 * MiB + 512, 'a disk whose size is not a multiple of the chunk size');
 
   sim.writeToVmDisk('vm-77', 2001, 100 * KiB, randomData(10, 4));
   sim.writeToVmDisk('vm-77', 2016, 6 * MiB, randomData(512, 5));
   const r2 = await env.run();
   t.equal(sim.calls.filter((m) => m === 'CreateSnapshot_Task').length, 2);
-  t.same(r2.disks.map((d) => [d.deviceKey, d.full, d.bytesRead]), [[2000, false, 0], [2001, false, CHUNK], [2016, false, 512]],
-    'each disk reads only its own changes (the last chunk of 2016 is 512 bytes)');
+  t.same(
+    r2.disks.map((d) => [d.deviceKey, d.full, d.bytesRead]),
+    [
+      [2000, false, 0],
+      [2001, false, CHUNK],
+      [2016, false, 512],
+    ],
+    'each disk reads only its own changes (the last chunk of 2016 is 512 bytes)',
+  );
 
   const only = await env.run({ config: { disks: [2001] } });
-  t.same(only.disks.map((d) => d.deviceKey), [2001], 'a subset of disks can be chosen');
+  t.same(
+    only.disks.map((d) => d.deviceKey),
+    [2001],
+    'a subset of disks can be chosen',
+  );
   await expectRestores(t, env, [r1, r2, only]);
 });
 
@@ -217,7 +274,10 @@ t.test('CBT off and not allowed on: every run reads allocated blocks (QueryAlloc
   t.equal(r1.cbtEnabledNow, false);
   t.notOk(sim.calls.includes('ReconfigVM_Task'), 'the policy forbids turning CBT on');
   t.equal(r1.disks[0].changeId, undefined);
-  t.ok(env.calls().some((c) => c.op === 'QueryAllocatedBlocks'), 'allocation came from VDDK');
+  t.ok(
+    env.calls().some((c) => c.op === 'QueryAllocatedBlocks'),
+    'allocation came from VDDK',
+  );
   t.equal(r1.disks[0].bytesRead, 2 * CHUNK, 'only the two allocated chunks were read');
   sim.writeToVmDisk('vm-8', 2000, 7 * MiB, randomData(4096, 2));
   const r2 = await env.run({ config: { enableCbt: false } });

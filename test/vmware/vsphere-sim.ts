@@ -19,9 +19,16 @@ export interface SimDiskSpec {
   /** A raw device mapping in this compatibility mode (physicalMode cannot be snapshot). */
   rdm?: 'physicalMode' | 'virtualMode';
 }
-export interface Fingerprint { size: number; sha256: string }
+export interface Fingerprint {
+  size: number;
+  sha256: string;
+}
 
-interface Cbt { epoch: string; seq: number; writes: Array<{ afterSeq: number; offset: number; length: number }> }
+interface Cbt {
+  epoch: string;
+  seq: number;
+  writes: Array<{ afterSeq: number; offset: number; length: number }>;
+}
 
 export interface SimDisk {
   key: number;
@@ -36,9 +43,23 @@ export interface SimDisk {
   rdm?: 'physicalMode' | 'virtualMode';
 }
 
-export interface SimSnapshotDisk { key: number; fileName: string; changeId?: string; frozen: string; capacity: number; seq: number; epoch: string }
+export interface SimSnapshotDisk {
+  key: number;
+  fileName: string;
+  changeId?: string;
+  frozen: string;
+  capacity: number;
+  seq: number;
+  epoch: string;
+}
 export interface SimSnapshot {
-  moref: string; vm: string; name: string; description: string; createTime: string; quiesce: boolean; disks: SimSnapshotDisk[];
+  moref: string;
+  vm: string;
+  name: string;
+  description: string;
+  createTime: string;
+  quiesce: boolean;
+  disks: SimSnapshotDisk[];
   /** The VM's disks (key, label, capacity, backing) when it was taken: its config. */
   config: Array<{ d: SimDisk; fileName: string; changeId?: string }>;
 }
@@ -56,7 +77,14 @@ export interface SimVm {
   uuid: string;
 }
 
-interface SimTask { moref: string; name: string; entity: { type: string; value: string }; polls: number; result?: Raw; error?: { fault: string; message: string } }
+interface SimTask {
+  moref: string;
+  name: string;
+  entity: { type: string; value: string };
+  polls: number;
+  result?: Raw;
+  error?: { fault: string; message: string };
+}
 
 export interface SimOptions {
   dir: string;
@@ -71,7 +99,11 @@ export interface SimOptions {
   cbtBlock?: number;
 }
 
-export interface SnapshotRecord { vm: string; snapshot: string; disks: Map<number, Fingerprint & { changeId?: string }> }
+export interface SnapshotRecord {
+  vm: string;
+  snapshot: string;
+  disks: Map<number, Fingerprint & { changeId?: string }>;
+}
 
 const SOAP_ENV = 'http://schemas.xmlsoap.org/soap/envelope/';
 
@@ -88,8 +120,27 @@ function sha256File(file: string): string {
 export function makeCert(dir: string, cn = '127.0.0.1'): { key: string; cert: string; thumbprint: string } {
   const key = path.join(dir, `${cn}-key.pem`);
   const cert = path.join(dir, `${cn}-cert.pem`);
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2',
-    '-subj', `/CN=${cn}`, '-addext', `subjectAltName=IP:127.0.0.1,DNS:localhost`], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${cn}`,
+      '-addext',
+      `subjectAltName=IP:127.0.0.1,DNS:localhost`,
+    ],
+    { stdio: 'ignore' },
+  );
   const pem = fs.readFileSync(cert, 'utf8');
   return { key: fs.readFileSync(key, 'utf8'), cert: pem, thumbprint: new X509Certificate(pem).fingerprint };
 }
@@ -127,7 +178,7 @@ export class VSphereSim {
 
   async stop(): Promise<void> {
     this.#server?.closeAllConnections();
-    await new Promise<void>((resolve) => this.#server ? this.#server.close(() => resolve()) : resolve());
+    await new Promise<void>((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
   }
 
   // ---- test helpers ----
@@ -137,8 +188,13 @@ export class VSphereSim {
     const vmDir = path.join(this.opts.dir, 'datastore1', moref);
     fs.mkdirSync(vmDir, { recursive: true });
     const vm: SimVm = {
-      moref, name: opts.name ?? `test-${moref}`, changeTrackingEnabled: opts.cbt ?? true, snapshots: [], tools: 'running',
-      uuid: randomUUID(), disks: [],
+      moref,
+      name: opts.name ?? `test-${moref}`,
+      changeTrackingEnabled: opts.cbt ?? true,
+      snapshots: [],
+      tools: 'running',
+      uuid: randomUUID(),
+      disks: [],
     };
     this.vms.set(moref, vm);
     for (const d of disks) this.addDisk(moref, d);
@@ -154,10 +210,15 @@ export class VSphereSim {
     fs.truncateSync(image, d.size);
     const i = vm.disks.length;
     const disk: SimDisk = {
-      key: d.key, label: `Hard disk ${i + 1}`, image, capacity: d.size,
+      key: d.key,
+      label: `Hard disk ${i + 1}`,
+      image,
+      capacity: d.size,
       baseFile: `[datastore1] ${moref}/${moref}${i ? `_${i}` : ''}.vmdk`,
       uuid: `6000C29${randomBytes(12).toString('hex')}`.slice(0, 32),
-      cbt: { epoch: newEpoch(), seq: 0, writes: [] }, mode: d.mode ?? 'persistent', ...(d.rdm ? { rdm: d.rdm } : {}),
+      cbt: { epoch: newEpoch(), seq: 0, writes: [] },
+      mode: d.mode ?? 'persistent',
+      ...(d.rdm ? { rdm: d.rdm } : {}),
     };
     vm.disks.push(disk);
     return disk;
@@ -220,8 +281,11 @@ export class VSphereSim {
   /** Writes the dummy VDDK's config: credentials, injected faults, and the frozen image of every snapshot disk. */
   writeDummyConfig(): void {
     const lines = [
-      `dummy.log=${this.opts.dummyLog}`, `dummy.user=${this.opts.user}`, `dummy.password=${this.opts.password}`,
-      `dummy.thumbprint=${this.thumbprint}`, ...this.dummyExtra,
+      `dummy.log=${this.opts.dummyLog}`,
+      `dummy.user=${this.opts.user}`,
+      `dummy.password=${this.opts.password}`,
+      `dummy.thumbprint=${this.thumbprint}`,
+      ...this.dummyExtra,
     ];
     for (const vm of this.vms.values()) {
       for (const s of vm.snapshots) for (const d of s.disks) lines.push(`dummy.disk=${s.moref}|${d.fileName}|${d.frozen}`);
@@ -260,14 +324,17 @@ export class VSphereSim {
         const f = err instanceof SimFault ? err : new SimFault('SystemError', (err as Error).message);
         status = f.status;
         body = el('soapenv:Fault', [
-          el('faultcode', 'ServerFaultCode'), el('faultstring', f.message),
+          el('faultcode', 'ServerFaultCode'),
+          el('faultstring', f.message),
           el('detail', el(`${f.fault}Fault`, f.detail ?? [], { xmlns: 'urn:vim25', 'xsi:type': f.fault })),
         ]).xml;
       }
       res.writeHead(status, headers);
-      res.end(`<?xml version="1.0" encoding="UTF-8"?>\n<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" ` +
-        `xmlns:soapenv="${SOAP_ENV}" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\n` +
-        `<soapenv:Body>${body}</soapenv:Body>\n</soapenv:Envelope>`);
+      res.end(
+        `<?xml version="1.0" encoding="UTF-8"?>\n<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" ` +
+          `xmlns:soapenv="${SOAP_ENV}" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\n` +
+          `<soapenv:Body>${body}</soapenv:Body>\n</soapenv:Envelope>`,
+      );
     });
   }
 
@@ -275,10 +342,18 @@ export class VSphereSim {
     switch (method) {
       case 'RetrieveServiceContent':
         return el('returnval', [
-          el('rootFolder', 'group-d1', { type: 'Folder' }), el('propertyCollector', 'propertyCollector', { type: 'PropertyCollector' }),
-          el('about', [el('name', 'VMware vCenter Server'), el('fullName', 'VMware vCenter Server 7.0.3 build-0 (rnode sim)'),
-            el('vendor', 'VMware, Inc.'), el('version', '7.0.3'), el('build', '0'), el('apiType', 'VirtualCenter'), el('apiVersion', '7.0.3.0'),
-            el('instanceUuid', 'a9b5e4a2-0000-4000-8000-000000000001')]),
+          el('rootFolder', 'group-d1', { type: 'Folder' }),
+          el('propertyCollector', 'propertyCollector', { type: 'PropertyCollector' }),
+          el('about', [
+            el('name', 'VMware vCenter Server'),
+            el('fullName', 'VMware vCenter Server 7.0.3 build-0 (rnode sim)'),
+            el('vendor', 'VMware, Inc.'),
+            el('version', '7.0.3'),
+            el('build', '0'),
+            el('apiType', 'VirtualCenter'),
+            el('apiVersion', '7.0.3.0'),
+            el('instanceUuid', 'a9b5e4a2-0000-4000-8000-000000000001'),
+          ]),
           el('sessionManager', 'SessionManager', { type: 'SessionManager' }),
         ]);
       case 'Login': {
@@ -289,8 +364,15 @@ export class VSphereSim {
         this.#sessions.add(id);
         headers['Set-Cookie'] = `vmware_soap_session="${id}"; Path=/; HttpOnly; Secure;`;
         const now = new Date().toISOString();
-        return el('returnval', [el('key', id), el('userName', this.opts.user), el('fullName', this.opts.user), el('loginTime', now),
-          el('lastActiveTime', now), el('locale', 'en'), el('messageLocale', 'en')]);
+        return el('returnval', [
+          el('key', id),
+          el('userName', this.opts.user),
+          el('fullName', this.opts.user),
+          el('loginTime', now),
+          el('lastActiveTime', now),
+          el('locale', 'en'),
+          el('messageLocale', 'en'),
+        ]);
       }
       case 'Logout':
         if (cookie) this.#sessions.delete(cookie);
@@ -312,7 +394,11 @@ export class VSphereSim {
       case 'RemoveSnapshot_Task': {
         const moref = textOf(call, '_this') ?? '';
         const vm = [...this.vms.values()].find((v) => v.snapshots.some((s) => s.moref === moref));
-        if (!vm) throw new SimFault('ManagedObjectNotFound', `The object 'vim.vm.Snapshot:${moref}' has already been deleted or has not been completely created`);
+        if (!vm)
+          throw new SimFault(
+            'ManagedObjectNotFound',
+            `The object 'vim.vm.Snapshot:${moref}' has already been deleted or has not been completely created`,
+          );
         const snap = vm.snapshots.find((s) => s.moref === moref)!;
         vm.snapshots = vm.snapshots.filter((s) => s !== snap);
         for (const d of snap.disks) fs.rmSync(d.frozen, { force: true });
@@ -328,7 +414,11 @@ export class VSphereSim {
 
   #vm(moref: string | undefined): SimVm {
     const vm = moref ? this.vms.get(moref) : undefined;
-    if (!vm) throw new SimFault('ManagedObjectNotFound', `The object 'vim.VirtualMachine:${moref}' has already been deleted or has not been completely created`);
+    if (!vm)
+      throw new SimFault(
+        'ManagedObjectNotFound',
+        `The object 'vim.VirtualMachine:${moref}' has already been deleted or has not been completely created`,
+      );
     return vm;
   }
 
@@ -344,13 +434,23 @@ export class VSphereSim {
     const quiesce = textOf(call, 'quiesce') === 'true';
     const entity = { type: 'VirtualMachine', value: vm.moref };
     if (quiesce && vm.tools === 'absent') {
-      return this.#newTask('CreateSnapshot_Task', entity, undefined, { fault: 'ToolsUnavailable', message: 'Cannot complete operation because VMware Tools is not running in this virtual machine.' });
+      return this.#newTask('CreateSnapshot_Task', entity, undefined, {
+        fault: 'ToolsUnavailable',
+        message: 'Cannot complete operation because VMware Tools is not running in this virtual machine.',
+      });
     }
     if (quiesce && vm.tools === 'quiesceFails') {
-      return this.#newTask('CreateSnapshot_Task', entity, undefined, { fault: 'FilesystemQuiesceFault', message: 'An error occurred while quiescing the virtual machine.' });
+      return this.#newTask('CreateSnapshot_Task', entity, undefined, {
+        fault: 'FilesystemQuiesceFault',
+        message: 'An error occurred while quiescing the virtual machine.',
+      });
     }
     const moref = this.#takeSnapshot(vm, textOf(call, 'name') ?? '', textOf(call, 'description') ?? '', quiesce);
-    return this.#newTask('CreateSnapshot_Task', entity, el('result', moref, { type: 'VirtualMachineSnapshot', 'xsi:type': 'ManagedObjectReference' }));
+    return this.#newTask(
+      'CreateSnapshot_Task',
+      entity,
+      el('result', moref, { type: 'VirtualMachineSnapshot', 'xsi:type': 'ManagedObjectReference' }),
+    );
   }
 
   #takeSnapshot(vm: SimVm, name: string, description: string, quiesce: boolean): string {
@@ -392,22 +492,66 @@ export class VSphereSim {
   /** The controller and the disks, each element named `name` (VirtualDevice in an array, device in a config). */
   #deviceList(disks: Array<{ d: SimDisk; fileName: string; changeId?: string }>, name: string): Raw[] {
     return [
-      el(name, [el('key', 1000), el('deviceInfo', [el('label', 'SCSI controller 0'), el('summary', 'LSI Logic')]),
-        el('busNumber', 0), ...disks.map(({ d }) => el('device', d.key)),
-        el('sharedBus', 'noSharing')], { 'xsi:type': 'VirtualLsiLogicController' }),
-      ...disks.map(({ d, fileName, changeId }, i) => el(name, [
-        el('key', d.key), el('deviceInfo', [el('label', d.label), el('summary', `${d.capacity / 1024} KB`)]),
-        d.rdm
-          ? el('backing', [el('fileName', fileName), el('datastore', 'datastore-11', { type: 'Datastore' }), el('backingObjectId', ''),
-            el('lunUuid', `0200000000${d.uuid}`), el('deviceName', `vml.0200000000${d.uuid}`), el('compatibilityMode', d.rdm),
-            el('diskMode', d.mode), el('uuid', d.uuid), ...(changeId ? [el('changeId', changeId)] : [])], { 'xsi:type': 'VirtualDiskRawDiskMappingVer1BackingInfo' })
-          : el('backing', [el('fileName', fileName), el('datastore', 'datastore-11', { type: 'Datastore' }), el('backingObjectId', ''),
-            el('diskMode', d.mode), el('split', false), el('writeThrough', false), el('thinProvisioned', true),
-            el('uuid', d.uuid), el('contentId', randomBytes(16).toString('hex')), ...(changeId ? [el('changeId', changeId)] : []),
-            el('digestEnabled', false)], { 'xsi:type': 'VirtualDiskFlatVer2BackingInfo' }),
-        el('controllerKey', 1000), el('unitNumber', i), el('capacityInKB', Math.floor(d.capacity / 1024)), el('capacityInBytes', d.capacity),
-        el('shares', [el('shares', 1000), el('level', 'normal')]), el('storageIOAllocation', el('limit', -1)),
-      ], { 'xsi:type': 'VirtualDisk' })),
+      el(
+        name,
+        [
+          el('key', 1000),
+          el('deviceInfo', [el('label', 'SCSI controller 0'), el('summary', 'LSI Logic')]),
+          el('busNumber', 0),
+          ...disks.map(({ d }) => el('device', d.key)),
+          el('sharedBus', 'noSharing'),
+        ],
+        { 'xsi:type': 'VirtualLsiLogicController' },
+      ),
+      ...disks.map(({ d, fileName, changeId }, i) =>
+        el(
+          name,
+          [
+            el('key', d.key),
+            el('deviceInfo', [el('label', d.label), el('summary', `${d.capacity / 1024} KB`)]),
+            d.rdm
+              ? el(
+                  'backing',
+                  [
+                    el('fileName', fileName),
+                    el('datastore', 'datastore-11', { type: 'Datastore' }),
+                    el('backingObjectId', ''),
+                    el('lunUuid', `0200000000${d.uuid}`),
+                    el('deviceName', `vml.0200000000${d.uuid}`),
+                    el('compatibilityMode', d.rdm),
+                    el('diskMode', d.mode),
+                    el('uuid', d.uuid),
+                    ...(changeId ? [el('changeId', changeId)] : []),
+                  ],
+                  { 'xsi:type': 'VirtualDiskRawDiskMappingVer1BackingInfo' },
+                )
+              : el(
+                  'backing',
+                  [
+                    el('fileName', fileName),
+                    el('datastore', 'datastore-11', { type: 'Datastore' }),
+                    el('backingObjectId', ''),
+                    el('diskMode', d.mode),
+                    el('split', false),
+                    el('writeThrough', false),
+                    el('thinProvisioned', true),
+                    el('uuid', d.uuid),
+                    el('contentId', randomBytes(16).toString('hex')),
+                    ...(changeId ? [el('changeId', changeId)] : []),
+                    el('digestEnabled', false),
+                  ],
+                  { 'xsi:type': 'VirtualDiskFlatVer2BackingInfo' },
+                ),
+            el('controllerKey', 1000),
+            el('unitNumber', i),
+            el('capacityInKB', Math.floor(d.capacity / 1024)),
+            el('capacityInBytes', d.capacity),
+            el('shares', [el('shares', 1000), el('level', 'normal')]),
+            el('storageIOAllocation', el('limit', -1)),
+          ],
+          { 'xsi:type': 'VirtualDisk' },
+        ),
+      ),
     ];
   }
 
@@ -425,7 +569,17 @@ export class VSphereSim {
         if (p === 'name') prop(p, el('val', vm.name, { 'xsi:type': 'xsd:string' }));
         else if (p === 'config.changeTrackingEnabled') prop(p, el('val', vm.changeTrackingEnabled, { 'xsi:type': 'xsd:boolean' }));
         else if (p === 'config.hardware.device') {
-          prop(p, this.#devices(vm, vm.disks.map((d) => ({ d, fileName: this.#currentFile(vm, d), ...(vm.changeTrackingEnabled && d.cbt.seq > 0 ? { changeId: `${d.cbt.epoch}/${d.cbt.seq}` } : {}) }))));
+          prop(
+            p,
+            this.#devices(
+              vm,
+              vm.disks.map((d) => ({
+                d,
+                fileName: this.#currentFile(vm, d),
+                ...(vm.changeTrackingEnabled && d.cbt.seq > 0 ? { changeId: `${d.cbt.epoch}/${d.cbt.seq}` } : {}),
+              })),
+            ),
+          );
         } else if (p === 'guest.toolsRunningStatus') {
           prop(p, el('val', vm.tools === 'absent' ? 'guestToolsNotRunning' : 'guestToolsRunning', { 'xsi:type': 'xsd:string' }));
         } else if (p === 'snapshot') {
@@ -434,43 +588,90 @@ export class VSphereSim {
           const tree = (i: number, name: string): Raw => {
             const sn = vm.snapshots[i];
             return el(name, [
-              el('snapshot', sn.moref, { type: 'VirtualMachineSnapshot' }), el('vm', vm.moref, { type: 'VirtualMachine' }),
-              el('name', sn.name), el('description', sn.description), el('id', i + 1), el('createTime', sn.createTime),
-              el('state', 'poweredOn'), el('quiesced', sn.quiesce), el('backupManifest', ''), el('replaySupported', false),
+              el('snapshot', sn.moref, { type: 'VirtualMachineSnapshot' }),
+              el('vm', vm.moref, { type: 'VirtualMachine' }),
+              el('name', sn.name),
+              el('description', sn.description),
+              el('id', i + 1),
+              el('createTime', sn.createTime),
+              el('state', 'poweredOn'),
+              el('quiesced', sn.quiesce),
+              el('backupManifest', ''),
+              el('replaySupported', false),
               ...(i + 1 < vm.snapshots.length ? [tree(i + 1, 'childSnapshotList')] : []),
             ]);
           };
-          prop(p, el('val', [el('currentSnapshot', vm.snapshots.at(-1)!.moref, { type: 'VirtualMachineSnapshot' }), tree(0, 'rootSnapshotList')], { 'xsi:type': 'VirtualMachineSnapshotInfo' }));
+          prop(
+            p,
+            el('val', [el('currentSnapshot', vm.snapshots.at(-1)!.moref, { type: 'VirtualMachineSnapshot' }), tree(0, 'rootSnapshotList')], {
+              'xsi:type': 'VirtualMachineSnapshotInfo',
+            }),
+          );
         } else throw new SimFault('InvalidProperty', `property ${p} is not simulated`);
       }
     } else if (type === 'VirtualMachineSnapshot') {
       const vm = [...this.vms.values()].find((v) => v.snapshots.some((s) => s.moref === value));
       const snap = vm?.snapshots.find((s) => s.moref === value);
-      if (!vm || !snap) throw new SimFault('ManagedObjectNotFound', `The object 'vim.vm.Snapshot:${value}' has already been deleted or has not been completely created`);
+      if (!vm || !snap)
+        throw new SimFault(
+          'ManagedObjectNotFound',
+          `The object 'vim.vm.Snapshot:${value}' has already been deleted or has not been completely created`,
+        );
       for (const p of paths) {
         if (p === 'config.hardware.device') prop(p, this.#devices(vm, snap.config));
         else if (p === 'config') {
-          prop(p, el('val', [
-            el('changeVersion', snap.createTime), el('modified', snap.createTime), el('name', vm.name), el('guestFullName', 'Debian GNU/Linux 12 (64-bit)'),
-            el('version', 'vmx-19'), el('uuid', vm.uuid), el('instanceUuid', vm.uuid), el('template', false), el('guestId', 'debian12_64Guest'),
-            el('changeTrackingEnabled', vm.changeTrackingEnabled), el('firmware', 'efi'),
-            el('hardware', [el('numCPU', 2), el('numCoresPerSocket', 1), el('memoryMB', 4096), ...this.#deviceList(snap.config, 'device')]),
-          ], { 'xsi:type': 'VirtualMachineConfigInfo' }));
+          prop(
+            p,
+            el(
+              'val',
+              [
+                el('changeVersion', snap.createTime),
+                el('modified', snap.createTime),
+                el('name', vm.name),
+                el('guestFullName', 'Debian GNU/Linux 12 (64-bit)'),
+                el('version', 'vmx-19'),
+                el('uuid', vm.uuid),
+                el('instanceUuid', vm.uuid),
+                el('template', false),
+                el('guestId', 'debian12_64Guest'),
+                el('changeTrackingEnabled', vm.changeTrackingEnabled),
+                el('firmware', 'efi'),
+                el('hardware', [el('numCPU', 2), el('numCoresPerSocket', 1), el('memoryMB', 4096), ...this.#deviceList(snap.config, 'device')]),
+              ],
+              { 'xsi:type': 'VirtualMachineConfigInfo' },
+            ),
+          );
         } else throw new SimFault('InvalidProperty', `property ${p} is not simulated`);
       }
     } else if (type === 'Task') {
       const task = this.#tasks.get(value);
-      if (!task) throw new SimFault('ManagedObjectNotFound', `The object 'vim.Task:${value}' has already been deleted or has not been completely created`);
+      if (!task)
+        throw new SimFault('ManagedObjectNotFound', `The object 'vim.Task:${value}' has already been deleted or has not been completely created`);
       // The first poll sees the task running, so clients have to wait for it.
       const state = task.polls++ === 0 ? 'running' : task.error ? 'error' : 'success';
-      prop('info', el('val', [
-        el('key', task.moref), el('task', task.moref, { type: 'Task' }), el('name', task.name), el('descriptionId', task.name),
-        el('entity', task.entity.value, { type: task.entity.type }), el('state', state), el('cancelled', false), el('cancelable', false),
-        ...(state === 'running' ? [el('progress', 50)] : []),
-        ...(state === 'error' ? [el('error', [el('fault', [], { 'xsi:type': task.error!.fault }), el('localizedMessage', task.error!.message)])] : []),
-        ...(state === 'success' && task.result ? [task.result] : []),
-        el('queueTime', new Date().toISOString()),
-      ], { 'xsi:type': 'TaskInfo' }));
+      prop(
+        'info',
+        el(
+          'val',
+          [
+            el('key', task.moref),
+            el('task', task.moref, { type: 'Task' }),
+            el('name', task.name),
+            el('descriptionId', task.name),
+            el('entity', task.entity.value, { type: task.entity.type }),
+            el('state', state),
+            el('cancelled', false),
+            el('cancelable', false),
+            ...(state === 'running' ? [el('progress', 50)] : []),
+            ...(state === 'error'
+              ? [el('error', [el('fault', [], { 'xsi:type': task.error!.fault }), el('localizedMessage', task.error!.message)])]
+              : []),
+            ...(state === 'success' && task.result ? [task.result] : []),
+            el('queueTime', new Date().toISOString()),
+          ],
+          { 'xsi:type': 'TaskInfo' },
+        ),
+      );
     } else {
       throw new SimFault('ManagedObjectNotFound', `The object '${type}:${value}' has already been deleted or has not been completely created`);
     }
@@ -481,7 +682,11 @@ export class VSphereSim {
     const vm = this.#vm(textOf(call, '_this'));
     const snapRef = textOf(call, 'snapshot') ?? '';
     const snap = vm.snapshots.find((s) => s.moref === snapRef);
-    if (!snap) throw new SimFault('ManagedObjectNotFound', `The object 'vim.vm.Snapshot:${snapRef}' has already been deleted or has not been completely created`);
+    if (!snap)
+      throw new SimFault(
+        'ManagedObjectNotFound',
+        `The object 'vim.vm.Snapshot:${snapRef}' has already been deleted or has not been completely created`,
+      );
     const key = Number(textOf(call, 'deviceKey'));
     const sd = snap.disks.find((d) => d.key === key);
     if (!sd) throw new SimFault('InvalidArgument', 'A specified parameter was not correct: deviceKey', 500, el('invalidProperty', 'deviceKey'));
@@ -490,8 +695,13 @@ export class VSphereSim {
       throw new SimFault('InvalidArgument', 'A specified parameter was not correct: startOffset', 500, el('invalidProperty', 'startOffset'));
     }
     const changeId = textOf(call, 'changeId') ?? '';
-    const ctkFault = () => new SimFault('FileFault', `Error caused by file /vmfs/volumes/datastore1/${vm.moref}/${vm.moref}-ctk.vmdk`, 500,
-      el('file', `/vmfs/volumes/datastore1/${vm.moref}/${vm.moref}-ctk.vmdk`));
+    const ctkFault = () =>
+      new SimFault(
+        'FileFault',
+        `Error caused by file /vmfs/volumes/datastore1/${vm.moref}/${vm.moref}-ctk.vmdk`,
+        500,
+        el('file', `/vmfs/volumes/datastore1/${vm.moref}/${vm.moref}-ctk.vmdk`),
+      );
     if (!sd.changeId) throw ctkFault(); // CBT was off when the snapshot was taken
     let areas: Array<{ offset: number; length: number }>;
     if (changeId === '*') {
@@ -504,30 +714,43 @@ export class VSphereSim {
         throw new SimFault('InvalidArgument', 'A specified parameter was not correct: changeId', 500, el('invalidProperty', 'changeId'));
       }
       if (epoch !== sd.epoch) throw ctkFault();
-      if (seq > sd.seq) throw new SimFault('InvalidArgument', 'A specified parameter was not correct: changeId', 500, el('invalidProperty', 'changeId'));
+      if (seq > sd.seq)
+        throw new SimFault('InvalidArgument', 'A specified parameter was not correct: changeId', 500, el('invalidProperty', 'changeId'));
       const disk = vm.disks.find((d) => d.key === key)!;
       const b = this.opts.cbtBlock;
-      areas = merge(disk.cbt.writes.filter((w) => w.afterSeq >= seq && w.afterSeq < sd.seq).map((w) => {
-        const a = Math.floor(w.offset / b) * b;
-        return { offset: a, length: Math.min(sd.capacity, Math.ceil((w.offset + w.length) / b) * b) - a };
-      }));
+      areas = merge(
+        disk.cbt.writes
+          .filter((w) => w.afterSeq >= seq && w.afterSeq < sd.seq)
+          .map((w) => {
+            const a = Math.floor(w.offset / b) * b;
+            return { offset: a, length: Math.min(sd.capacity, Math.ceil((w.offset + w.length) / b) * b) - a };
+          }),
+      );
     }
     // Clip to [start, capacity) and cap the answer; its length ends where the last extent listed ends.
-    const from = areas.map((a) => ({ offset: Math.max(a.offset, start), length: a.offset + a.length - Math.max(a.offset, start) })).filter((a) => a.length > 0);
+    const from = areas
+      .map((a) => ({ offset: Math.max(a.offset, start), length: a.offset + a.length - Math.max(a.offset, start) }))
+      .filter((a) => a.length > 0);
     const page = from.slice(0, this.opts.maxExtentsPerAnswer);
     const more = from.length > page.length;
     const length = more ? page[page.length - 1].offset + page[page.length - 1].length - start : sd.capacity - start;
-    return el('returnval', [el('startOffset', start), el('length', length), ...page.map((a) => el('changedArea', [el('start', a.offset), el('length', a.length)]))]);
+    return el('returnval', [
+      el('startOffset', start),
+      el('length', length),
+      ...page.map((a) => el('changedArea', [el('start', a.offset), el('length', a.length)])),
+    ]);
   }
 
   async #allocated(file: string, block: number, capacity: number): Promise<Array<{ offset: number; length: number }>> {
     const h = await openRaw(file);
     try {
       const raw = await h.allocatedExtents(0, capacity, 1e9);
-      return merge(raw.map((e) => {
-        const a = Math.floor(e.offset / block) * block;
-        return { offset: a, length: Math.min(capacity, Math.ceil((e.offset + e.length) / block) * block) - a };
-      }));
+      return merge(
+        raw.map((e) => {
+          const a = Math.floor(e.offset / block) * block;
+          return { offset: a, length: Math.min(capacity, Math.ceil((e.offset + e.length) / block) * block) - a };
+        }),
+      );
     } finally {
       await h.close();
     }
@@ -546,7 +769,12 @@ function merge(list: Array<{ offset: number; length: number }>): Array<{ offset:
 }
 
 class SimFault extends Error {
-  constructor(readonly fault: string, message: string, readonly status = 500, readonly detail?: Raw) {
+  constructor(
+    readonly fault: string,
+    message: string,
+    readonly status = 500,
+    readonly detail?: Raw,
+  ) {
     super(message);
   }
 }

@@ -25,7 +25,11 @@ function defaultConcurrency(chunkSize: number, bufferBytes = DEFAULT_BUFFER_BYTE
  * defaultConcurrency); and from both, how far the reader may run ahead of the oldest unfinished chunk (finished ones
  * wait for it to keep the table in order).
  */
-export function pipelineDepths(chunkSize: number, concurrency?: number, bufferBytes?: number): { writeDepth: number; encodeDepth: number; reorderWindow: number } {
+export function pipelineDepths(
+  chunkSize: number,
+  concurrency?: number,
+  bufferBytes?: number,
+): { writeDepth: number; encodeDepth: number; reorderWindow: number } {
   const writeDepth = Math.max(2, concurrency ?? defaultConcurrency(chunkSize, bufferBytes));
   const encodeDepth = 2 * codecWorkers().size + 2;
   return { writeDepth, encodeDepth, reorderWindow: 2 * (encodeDepth + writeDepth) };
@@ -40,7 +44,8 @@ export function packPlan(packSize: number, given: boolean, bufferBytes = DEFAULT
   if (!given) {
     // A multiple of 64 KiB whose buffer (the pack, a blob past it, its trailer) is at most half the budget.
     const step = 64 * 1024;
-    while (packSize > MIN_PACK_SIZE && 2 * packBufferBytes(packSize) > bufferBytes) packSize = Math.max(MIN_PACK_SIZE, (Math.ceil(packSize / step) - 1) * step);
+    while (packSize > MIN_PACK_SIZE && 2 * packBufferBytes(packSize) > bufferBytes)
+      packSize = Math.max(MIN_PACK_SIZE, (Math.ceil(packSize / step) - 1) * step);
   }
   return { packSize, buffers: Math.max(2, Math.min(MAX_PACK_BUFFERS, Math.floor(bufferBytes / packBufferBytes(packSize)))) };
 }

@@ -79,7 +79,12 @@ export class PackWriter {
    * Appends a new chunk's blob to the open pack (opening one when a pack buffer is free), or returns where the chunk
    * already is.
    */
-  async append(chunkIndex: number, id: Buffer, blob: Buffer, meta: { plainLength: number; codec: number; payloadXxh64: bigint }): Promise<ChunkLocation | undefined> {
+  async append(
+    chunkIndex: number,
+    id: Buffer,
+    blob: Buffer,
+    meta: { plainLength: number; codec: number; payloadXxh64: bigint },
+  ): Promise<ChunkLocation | undefined> {
     const turn = await this.turns.acquire(chunkIndex);
     try {
       const stored = this.reusable(id);
@@ -135,7 +140,10 @@ export class PackWriter {
         this.slots.release(slot);
       }
     })();
-    put.catch((err) => { this.failedPuts.set(closing.id, err); run.fail(err); });
+    put.catch((err) => {
+      this.failedPuts.set(closing.id, err);
+      run.fail(err);
+    });
     this.closed.puts.push(put);
   }
 }

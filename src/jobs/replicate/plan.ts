@@ -55,15 +55,21 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   // chain of the same disk id. (Another key's encrypted disk cannot be seen: its names are keyed; it is another
   // repository of the store.)
   if (opts.encryption && !latest && (await listV2PointSeqs(store, disk, undefined)).length > 0) {
-    throw new RnodeError(ErrorCodes.KEY_MISMATCH,
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
       `disk ${disk} is not encrypted and a disk's points never mix encrypted and unencrypted chunks; leave out the key, or replicate to a new --disk id to start an encrypted disk`,
-      { details: { disk } });
+      { details: { disk } },
+    );
   }
   const domain = await Domain.openOrCreate(store, opts.encryption, opts.packSize);
   if (!claim) await ensureClaim(store, disk, opts.encryption);
   // A store with an object limit (a ws node's, learnt in its handshake, which the reads above made) gets packs that fit
   // it, whatever the repository's or --pack-size says.
-  const packs = packPlan(packSizeFor(store, validatePackSize(opts.packSize ?? domain.config.packSize), MIN_PACK_SIZE), opts.packSize !== undefined, opts.bufferBytes);
+  const packs = packPlan(
+    packSizeFor(store, validatePackSize(opts.packSize ?? domain.config.packSize), MIN_PACK_SIZE),
+    opts.packSize !== undefined,
+    opts.bufferBytes,
+  );
   const chunkSize = validateChunkSize(opts.chunkSize ?? latest?.chunkSize ?? DEFAULT_CHUNK_SIZE);
   const grid = new ChunkGrid(source.size, chunkSize);
 
@@ -71,9 +77,16 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   let parent: PointManifest | undefined = latest;
   let fullReason: string | undefined;
   if (!latest) fullReason = 'first point of the disk';
-  else if (latest.diskSize !== source.size) { parent = undefined; fullReason = `disk size changed from ${latest.diskSize} to ${source.size}`; }
-  else if (latest.chunkSize !== chunkSize) { parent = undefined; fullReason = `chunk size changed from ${latest.chunkSize} to ${chunkSize}`; }
-  else if (!isV2Point(latest)) { parent = undefined; fullReason = 'repository format upgraded'; }
+  else if (latest.diskSize !== source.size) {
+    parent = undefined;
+    fullReason = `disk size changed from ${latest.diskSize} to ${source.size}`;
+  } else if (latest.chunkSize !== chunkSize) {
+    parent = undefined;
+    fullReason = `chunk size changed from ${latest.chunkSize} to ${chunkSize}`;
+  } else if (!isV2Point(latest)) {
+    parent = undefined;
+    fullReason = 'repository format upgraded';
+  }
 
   // What to read: changed extents when the source tracks changes and has a usable marker, else allocated areas.
   let changed: AsyncIterable<number> | undefined;
@@ -91,16 +104,24 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   const full = parent === undefined;
   const scan = changed === undefined;
   return {
-    disk, seq: (latest?.point ?? 0) + 1, latest, marker, domain, grid, packSize: packs.packSize, packBuffers: packs.buffers,
-    parent, full, scan,
+    disk,
+    seq: (latest?.point ?? 0) + 1,
+    latest,
+    marker,
+    domain,
+    grid,
+    packSize: packs.packSize,
+    packBuffers: packs.buffers,
+    parent,
+    full,
+    scan,
     fullReason: full ? fullReason : undefined,
     rescanReason: scan && !full ? fullReason : undefined,
     toRead: changed ?? chunksOf(source.allocatedExtents(), grid),
   };
 }
 
-async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid):
-    Promise<{ indexes?: AsyncIterable<number>; error?: RnodeError }> {
+async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid): Promise<{ indexes?: AsyncIterable<number>; error?: RnodeError }> {
   // The first page is where a tracking reset shows up; ask for it before committing to an incremental.
   const it = source.changedExtentsSince(marker)[Symbol.asyncIterator]();
   let first: IteratorResult<{ offset: number; length: number }>;
@@ -173,8 +194,22 @@ export async function openCheckpoint(opts: ReplicateOptions, plan: PointPlan, id
   const { domain, disk, seq, grid } = plan;
   const parent = plan.parent?.point ?? null;
   const fresh = {
-    resumed: false, segments: [] as SegmentRef[], records: 0, nextIndex: 0, reused: [] as string[], marksGeneration: 0,
-    stats: { bytesRead: 0, bytesWritten: 0, chunksChanged: 0, chunksZero: 0, chunksData: 0, chunksDeduplicated: 0, bytesDeduplicated: 0, packsWritten: 0 } as RunStats,
+    resumed: false,
+    segments: [] as SegmentRef[],
+    records: 0,
+    nextIndex: 0,
+    reused: [] as string[],
+    marksGeneration: 0,
+    stats: {
+      bytesRead: 0,
+      bytesWritten: 0,
+      chunksChanged: 0,
+      chunksZero: 0,
+      chunksData: 0,
+      chunksDeduplicated: 0,
+      bytesDeduplicated: 0,
+      packsWritten: 0,
+    } as RunStats,
   };
   let ck: Checkpoint | undefined;
   try {
@@ -188,14 +223,33 @@ export async function openCheckpoint(opts: ReplicateOptions, plan: PointPlan, id
   const g = ck?.marksGeneration;
   const marksGeneration = typeof g === 'number' && Number.isSafeInteger(g) && g > 0 ? g : 0;
   // Only a checkpoint of the very same point (same parent, geometry, source and mode) can be continued.
-  if (opts.resume === false || ck?.format !== 'rnode-pending' || ck.point !== seq || ck.parent !== parent || ck.scan !== plan.scan ||
-      ck.diskSize !== grid.diskSize || ck.chunkSize !== grid.chunkSize ||
-      ck.source?.kind !== source.kind || ck.source?.location !== source.location || !Array.isArray(ck.segments) ||
-      ck.keyId !== opts.encryption?.keyId || !Array.isArray(ck.reused) ||
-      // The data read before the cut must be the data now; a source that cannot tell is never resumed.
-      identity === undefined || ck.source?.identity !== identity) {
+  if (
+    opts.resume === false ||
+    ck?.format !== 'rnode-pending' ||
+    ck.point !== seq ||
+    ck.parent !== parent ||
+    ck.scan !== plan.scan ||
+    ck.diskSize !== grid.diskSize ||
+    ck.chunkSize !== grid.chunkSize ||
+    ck.source?.kind !== source.kind ||
+    ck.source?.location !== source.location ||
+    !Array.isArray(ck.segments) ||
+    ck.keyId !== opts.encryption?.keyId ||
+    !Array.isArray(ck.reused) ||
+    // The data read before the cut must be the data now; a source that cannot tell is never resumed.
+    identity === undefined ||
+    ck.source?.identity !== identity
+  ) {
     return { ...fresh, marksGeneration };
   }
   const segments = ck.segments.map((r, n) => ({ ...r, key: r2.segment(domain.name, domain.dname(disk), seq, 0, n) }));
-  return { resumed: true, segments, records: ck.records, nextIndex: ck.nextIndex, stats: { ...fresh.stats, ...ck.stats }, reused: ck.reused, marksGeneration };
+  return {
+    resumed: true,
+    segments,
+    records: ck.records,
+    nextIndex: ck.nextIndex,
+    stats: { ...fresh.stats, ...ck.stats },
+    reused: ck.reused,
+    marksGeneration,
+  };
 }

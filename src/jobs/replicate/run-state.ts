@@ -15,7 +15,9 @@ export class RunState {
     this.live = { bytesRead: resumed.bytesRead, bytesWritten: resumed.bytesWritten };
   }
 
-  get failed(): boolean { return this.failure !== undefined; }
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
 
   fail(err: unknown): void {
     this.failure ??= err;
@@ -30,7 +32,9 @@ export class RunState {
 
   /** Resolves at the next settled chunk or failure (the reader waits here while its window is full). */
   change(): Promise<void> {
-    return new Promise<void>((r) => { this.waiter = r; });
+    return new Promise<void>((r) => {
+      this.waiter = r;
+    });
   }
 
   wake(): void {

@@ -90,7 +90,10 @@ export class ChunkScan {
         if (!c.read) {
           // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
           const zeroNow = plan.scan && c.parent && !isZeroEntry(c.parent);
-          this.settle(ordinal, zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 } } : { entry: null, delta: {} });
+          this.settle(
+            ordinal,
+            zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 } } : { entry: null, delta: {} },
+          );
           continue;
         }
         // The reader stands still here when the pipeline is full; whoever holds the buffers is the bottleneck.
@@ -99,15 +102,35 @@ export class ChunkScan {
         while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
         const plainSlot = await this.plainPool.acquire();
         this.clock.waited(stalledFor, performance.now() - waitStart);
-        if (run.failed) { this.plainPool.release(plainSlot); break; }
+        if (run.failed) {
+          this.plainPool.release(plainSlot);
+          break;
+        }
         let plainHeld = true;
-        const releasePlain = () => { if (plainHeld) { plainHeld = false; this.plainPool.release(plainSlot); } };
-        const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain).then(
-          (e) => this.settle(ordinal, e),
-          (err) => run.fail(err),
-        ).finally(() => { releasePlain(); inflight.delete(p); });
+        const releasePlain = () => {
+          if (plainHeld) {
+            plainHeld = false;
+            this.plainPool.release(plainSlot);
+          }
+        };
+        const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain)
+          .then(
+            (e) => this.settle(ordinal, e),
+            (err) => run.fail(err),
+          )
+          .finally(() => {
+            releasePlain();
+            inflight.delete(p);
+          });
         inflight.add(p);
-        opts.onProgress?.({ phase: 'scan', bytesRead: run.live.bytesRead, bytesWritten: run.live.bytesWritten, chunksDone: this.settledCount, position, diskSize: grid.diskSize });
+        opts.onProgress?.({
+          phase: 'scan',
+          bytesRead: run.live.bytesRead,
+          bytesWritten: run.live.bytesWritten,
+          chunksDone: this.settledCount,
+          position,
+          diskSize: grid.diskSize,
+        });
       }
     } catch (err) {
       run.fail(err);
@@ -139,19 +162,32 @@ export class ChunkScan {
 
   private async storeWait<T>(p: Promise<T>): Promise<T> {
     this.waitingForStore++;
-    try { return await p; } finally { this.waitingForStore--; }
+    try {
+      return await p;
+    } finally {
+      this.waitingForStore--;
+    }
   }
 
   /** Reads, encodes and stores chunk c; releasePlain gives its plaintext buffer back as soon as the encode is done. */
   private async processChunk(c: Candidate, plainSlot: Buffer, releasePlain: () => void): Promise<Outcome> {
-    const { opts: { source }, plan, packs, run, codec } = this.o;
+    const {
+      opts: { source },
+      plan,
+      packs,
+      run,
+      codec,
+    } = this.o;
     const { grid, domain } = plan;
     const clock = this.clock;
     const offset = grid.offset(c.index);
     const length = grid.length(c.index);
     const n = await clock.time(c.index, 'read', () => source.read(offset, plainSlot, length));
     if (n !== length) {
-      throw new RnodeError(ErrorCodes.SOURCE_CHANGED, `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`);
+      throw new RnodeError(
+        ErrorCodes.SOURCE_CHANGED,
+        `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`,
+      );
     }
     run.live.bytesRead += n;
     const plain = plainSlot.subarray(0, length);
@@ -169,7 +205,12 @@ export class ChunkScan {
     const out = await this.storeWait(this.outPool.acquire(c.index)); // the earliest chunk first: a checkpoint covers chunks in index order
     try {
       const start = performance.now();
-      const r = await this.workers.idEncodeBlob(plain, out, codec, { idName: domain.name, keyId: domain.key?.keyId, parentId, known: this.o.known.words });
+      const r = await this.workers.idEncodeBlob(plain, out, codec, {
+        idName: domain.name,
+        keyId: domain.key?.keyId,
+        parentId,
+        known: this.o.known.words,
+      });
       const { id, hashMs } = r;
       if (parentId?.equals(id)) {
         clock.encoded(c.index, start, { hashMs, packMs: 0 });
@@ -187,8 +228,11 @@ export class ChunkScan {
       releasePlain(); // the next chunks' reads and encodes now overlap this one's append
       const blob = out.subarray(0, encoded.payloadLength);
       // A chunk's write is its append to the open pack, with any wait for a pack buffer (the store's pace).
-      const late = await this.storeWait(clock.time(c.index, 'write', () =>
-        packs.append(c.index, id, blob, { plainLength: length, codec: encoded.codec, payloadXxh64: encoded.payloadXxh64 })));
+      const late = await this.storeWait(
+        clock.time(c.index, 'write', () =>
+          packs.append(c.index, id, blob, { plainLength: length, codec: encoded.codec, payloadXxh64: encoded.payloadXxh64 }),
+        ),
+      );
       // Another chunk with the same content was stored while this one was encoded.
       if (late) return dedupHit(late, entry);
       return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1 } };
@@ -199,5 +243,14 @@ export class ChunkScan {
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
-  return { index, xxh64: 0n, strong: Buffer.alloc(STRONG_DIGEST_BYTES), writer: 0, plainLength: length, storedLength: 0, flags: TableFlag.ZERO, codec: Codec.NONE };
+  return {
+    index,
+    xxh64: 0n,
+    strong: Buffer.alloc(STRONG_DIGEST_BYTES),
+    writer: 0,
+    plainLength: length,
+    storedLength: 0,
+    flags: TableFlag.ZERO,
+    codec: Codec.NONE,
+  };
 }

@@ -51,7 +51,9 @@ export class TableWriter {
     this.recordsDone = o.from.records;
   }
 
-  get waiting(): number { return this.pending.length; }
+  get waiting(): number {
+    return this.pending.length;
+  }
 
   /** Adds the next record (records come in index order). */
   add(e: ChunkEntry): void {
@@ -60,8 +62,9 @@ export class TableWriter {
 
   /** A segment is due: enough records wait, or some have waited checkpointMillis. */
   get due(): boolean {
-    return this.pending.length >= this.o.checkpointRecords ||
-      (this.pending.length > 0 && Date.now() - this.lastCheckpoint >= this.o.checkpointMillis);
+    return (
+      this.pending.length >= this.o.checkpointRecords || (this.pending.length > 0 && Date.now() - this.lastCheckpoint >= this.o.checkpointMillis)
+    );
   }
 
   /** Resolves when every segment begun so far is durable, or its writing failed (checkpointFailure). */
@@ -94,38 +97,51 @@ export class TableWriter {
     // The stats of the chunks settled so far (in index order); bytes and packs written are added once durable.
     const settled = { ...run.stats };
     const snapshot = (): Checkpoint => ({
-      format: 'rnode-pending', point: seq, parent: place.parent, scan: plan.scan, diskSize: plan.grid.diskSize, chunkSize: plan.grid.chunkSize,
+      format: 'rnode-pending',
+      point: seq,
+      parent: place.parent,
+      scan: plan.scan,
+      diskSize: plan.grid.diskSize,
+      chunkSize: plan.grid.chunkSize,
       source: { kind: this.o.source.kind, location: this.o.source.location, ...(this.o.identity ? { identity: this.o.identity } : {}) },
       ...(domain.key ? { keyId: domain.key.keyId } : {}),
-      segments: this.segments.slice(0, place.segment + 1), records: this.recordsDone + entries.length, nextIndex,
-      stats: { ...settled, bytesWritten: run.stats.bytesWritten, packsWritten: run.stats.packsWritten }, reused: [...packs.reused],
+      segments: this.segments.slice(0, place.segment + 1),
+      records: this.recordsDone + entries.length,
+      nextIndex,
+      stats: { ...settled, bytesWritten: run.stats.bytesWritten, packsWritten: run.stats.packsWritten },
+      reused: [...packs.reused],
       marksGeneration: this.o.marks.generation,
     });
     // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
-    this.chain = this.chain.then(async () => {
-      if (this.checkpointFailure) return;
-      // A pack closed since the last checkpoint may hold only chunks encoded ahead of these records: its failed put
-      // is not this checkpoint's (it used to drop it, and a cut run then left no checkpoint at all). The index object
-      // names only the packs stored; a checkpoint is written only if the packs of its own records are.
-      await Promise.allSettled(puts);
-      const stored = locations.filter((l) => !packs.failedPuts.has(l.packId));
-      if (stored.length) {
-        const indexId = newObjectId();
-        const ib = encodeIndex(domain, indexId, stored);
-        await store.put(r2.index(domain.name, indexId), ib);
-        run.stats.bytesWritten += ib.length;
-        failpoint('after-index');
-      }
-      const lost = [...needed].find((id) => packs.failedPuts.has(id));
-      if (lost !== undefined) throw packs.failedPuts.get(lost);
-      await store.put(ref.key, bytes);
-      run.stats.bytesWritten += bytes.length;
-      failpoint('after-segment');
-      await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, snapshot()));
-      this.recordsDone += entries.length;
-      failpoint('after-checkpoint');
-      // Prune may have marked packs since: chunks in them are stored again from now on.
-      await packs.refreshMarks();
-    }).catch((err) => { this.checkpointFailure ??= err; run.fail(err); }); // stops the scan
+    this.chain = this.chain
+      .then(async () => {
+        if (this.checkpointFailure) return;
+        // A pack closed since the last checkpoint may hold only chunks encoded ahead of these records: its failed put
+        // is not this checkpoint's (it used to drop it, and a cut run then left no checkpoint at all). The index object
+        // names only the packs stored; a checkpoint is written only if the packs of its own records are.
+        await Promise.allSettled(puts);
+        const stored = locations.filter((l) => !packs.failedPuts.has(l.packId));
+        if (stored.length) {
+          const indexId = newObjectId();
+          const ib = encodeIndex(domain, indexId, stored);
+          await store.put(r2.index(domain.name, indexId), ib);
+          run.stats.bytesWritten += ib.length;
+          failpoint('after-index');
+        }
+        const lost = [...needed].find((id) => packs.failedPuts.has(id));
+        if (lost !== undefined) throw packs.failedPuts.get(lost);
+        await store.put(ref.key, bytes);
+        run.stats.bytesWritten += bytes.length;
+        failpoint('after-segment');
+        await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, snapshot()));
+        this.recordsDone += entries.length;
+        failpoint('after-checkpoint');
+        // Prune may have marked packs since: chunks in them are stored again from now on.
+        await packs.refreshMarks();
+      })
+      .catch((err) => {
+        this.checkpointFailure ??= err;
+        run.fail(err);
+      }); // stops the scan
   }
 }

@@ -7,8 +7,17 @@ import { ErrorCodes, RnodeError } from '../../errors.js';
 import { Semaphore } from '../../semaphore.js';
 import { negotiate, type HandshakeIo, type HandshakeRequest, type Negotiated } from './handshake.js';
 import {
-  cleanMessage, Cmd, decodeErrorPayload, encodeRequest, errnoName, isReplyError, MAX_STRING, NbdProtocolError,
-  REPLY_FLAG_DONE, ReplyType, type ChunkHeader,
+  cleanMessage,
+  Cmd,
+  decodeErrorPayload,
+  encodeRequest,
+  errnoName,
+  isReplyError,
+  MAX_STRING,
+  NbdProtocolError,
+  REPLY_FLAG_DONE,
+  ReplyType,
+  type ChunkHeader,
 } from './protocol.js';
 import { CoveredRanges } from './ranges.js';
 import { ReplyParser, type ReplySink } from './reply-parser.js';
@@ -45,8 +54,16 @@ interface PendingBase {
   reject: (err: RnodeError) => void;
   error?: RnodeError;
 }
-interface PendingRead extends PendingBase { kind: 'read'; dest: Buffer; covered: CoveredRanges }
-interface PendingStatus extends PendingBase { kind: 'status'; contextId: number; descriptors?: Buffer }
+interface PendingRead extends PendingBase {
+  kind: 'read';
+  dest: Buffer;
+  covered: CoveredRanges;
+}
+interface PendingStatus extends PendingBase {
+  kind: 'status';
+  contextId: number;
+  descriptors?: Buffer;
+}
 type Pending = PendingRead | PendingStatus;
 
 /** What the payload bytes of the message being parsed are for. */
@@ -54,7 +71,17 @@ type Payload =
   | { kind: 'simple-read'; req: PendingRead; at: number }
   | { kind: 'data'; req: PendingRead; head: Buffer; headFill: number; at: number; dataLength: number; done: boolean }
   | { kind: 'buffer'; req: Pending; type: number; buf: Buffer; fill: number; done: boolean }
-  | { kind: 'status'; req: PendingStatus; head: Buffer; headFill: number; bodyLength: number; body?: Buffer; fill: number; skip: boolean; done: boolean }
+  | {
+      kind: 'status';
+      req: PendingStatus;
+      head: Buffer;
+      headFill: number;
+      bodyLength: number;
+      body?: Buffer;
+      fill: number;
+      skip: boolean;
+      done: boolean;
+    }
   | { kind: 'none'; req: Pending; done: boolean };
 
 export class NbdConnection implements ReplySink {
@@ -68,7 +95,12 @@ export class NbdConnection implements ReplySink {
   private readonly requestTimeoutMs: number;
   private readonly slots: Semaphore;
 
-  private constructor(private readonly socket: net.Socket, readonly info: Negotiated, readonly where: string, opts: ConnectionOptions) {
+  private constructor(
+    private readonly socket: net.Socket,
+    readonly info: Negotiated,
+    readonly where: string,
+    opts: ConnectionOptions,
+  ) {
     this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.slots = new Semaphore(Math.max(1, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT));
     socket.on('data', (d: Buffer) => this.receive(d));
@@ -84,9 +116,17 @@ export class NbdConnection implements ReplySink {
     const reader = new HandshakeReader(socket);
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new RnodeError(ErrorCodes.SOURCE_IO,
-        `NBD server ${where} did not complete the handshake within ${timeoutMs / 1000} s; check that it is an NBD server with a free client slot (qemu-nbd serves one client at a time unless started with -e N), then run again`,
-        { retryable: true })), timeoutMs);
+      timer = setTimeout(
+        () =>
+          reject(
+            new RnodeError(
+              ErrorCodes.SOURCE_IO,
+              `NBD server ${where} did not complete the handshake within ${timeoutMs / 1000} s; check that it is an NBD server with a free client slot (qemu-nbd serves one client at a time unless started with -e N), then run again`,
+              { retryable: true },
+            ),
+          ),
+        timeoutMs,
+      );
     });
     try {
       const info = await Promise.race([negotiate(reader, req, where), deadline]);
@@ -143,24 +183,52 @@ export class NbdConnection implements ReplySink {
     if (this.socket.destroyed) return;
     this.socket.end(encodeRequest(Cmd.DISC, 0, this.nextHandle++, 0, 0));
     await new Promise<void>((resolve) => {
-      const t = setTimeout(() => { this.socket.destroy(); resolve(); }, 2000);
-      this.socket.once('close', () => { clearTimeout(t); resolve(); });
+      const t = setTimeout(() => {
+        this.socket.destroy();
+        resolve();
+      }, 2000);
+      this.socket.once('close', () => {
+        clearTimeout(t);
+        resolve();
+      });
     });
   }
 
-  private async submit(cmd: number, flags: number, offset: number, length: number,
-      make: (base: PendingBase) => Pending): Promise<Buffer | undefined> {
+  private async submit(
+    cmd: number,
+    flags: number,
+    offset: number,
+    length: number,
+    make: (base: PendingBase) => Pending,
+  ): Promise<Buffer | undefined> {
     await this.slot();
     const handle = this.nextHandle++;
     return new Promise<Buffer | undefined>((resolve, reject) => {
       const what = `${cmd === Cmd.READ ? 'READ' : 'BLOCK_STATUS'} of ${length} bytes at offset ${offset}`;
-      const timer = setTimeout(() => this.fail(new RnodeError(ErrorCodes.SOURCE_IO,
-        `NBD server ${this.where} did not answer a ${what} within ${this.requestTimeoutMs / 1000} s; check that the server is alive and not overloaded, then run again`,
-        { retryable: true })), this.requestTimeoutMs);
+      const timer = setTimeout(
+        () =>
+          this.fail(
+            new RnodeError(
+              ErrorCodes.SOURCE_IO,
+              `NBD server ${this.where} did not answer a ${what} within ${this.requestTimeoutMs / 1000} s; check that the server is alive and not overloaded, then run again`,
+              { retryable: true },
+            ),
+          ),
+        this.requestTimeoutMs,
+      );
       const req = make({
-        handle, offset, length, timer,
-        resolve: (v) => { this.settle(handle); resolve(v); },
-        reject: (e) => { this.settle(handle); reject(e); },
+        handle,
+        offset,
+        length,
+        timer,
+        resolve: (v) => {
+          this.settle(handle);
+          resolve(v);
+        },
+        reject: (e) => {
+          this.settle(handle);
+          reject(e);
+        },
       });
       this.pending.set(handle, req);
       this.socket.write(encodeRequest(cmd, flags, handle, offset, length));
@@ -197,16 +265,20 @@ export class NbdConnection implements ReplySink {
 
   private connectionLost(cause?: Error): RnodeError {
     if (this.closing) return new RnodeError(ErrorCodes.SOURCE_IO, `the NBD connection to ${this.where} is closed`);
-    return new RnodeError(ErrorCodes.SOURCE_IO,
+    return new RnodeError(
+      ErrorCodes.SOURCE_IO,
       `lost the connection to NBD server ${this.where}${cause ? ` (${cause.message})` : ''}; check that the server is still running, then run again`,
-      { cause, retryable: true });
+      { cause, retryable: true },
+    );
   }
 
   private brokenProtocol(err: unknown): RnodeError {
     if (err instanceof RnodeError) return err;
-    return new RnodeError(ErrorCodes.SOURCE_IO,
+    return new RnodeError(
+      ErrorCodes.SOURCE_IO,
       `NBD server ${this.where} broke the protocol (${(err as Error).message}); the connection was dropped: check the server, then run again`,
-      { cause: err });
+      { cause: err },
+    );
   }
 
   private request(handle: bigint): Pending {
@@ -225,7 +297,9 @@ export class NbdConnection implements ReplySink {
       return 0;
     }
     if (req.kind !== 'read' || this.info.structuredReplies) {
-      throw new NbdProtocolError(`a simple success reply to a ${req.kind === 'read' ? 'READ after structured replies were negotiated' : 'BLOCK_STATUS'}`);
+      throw new NbdProtocolError(
+        `a simple success reply to a ${req.kind === 'read' ? 'READ after structured replies were negotiated' : 'BLOCK_STATUS'}`,
+      );
     }
     this.current = { kind: 'simple-read', req, at: 0 };
     return req.length;
@@ -247,7 +321,8 @@ export class NbdConnection implements ReplySink {
         return;
       case ReplyType.OFFSET_DATA:
         if (req.kind !== 'read') throw new NbdProtocolError('NBD_REPLY_TYPE_OFFSET_DATA in reply to BLOCK_STATUS');
-        if (h.length < 9 || h.length - 8 > req.length) throw new NbdProtocolError(`OFFSET_DATA chunk of ${h.length} bytes for a ${req.length}-byte read`);
+        if (h.length < 9 || h.length - 8 > req.length)
+          throw new NbdProtocolError(`OFFSET_DATA chunk of ${h.length} bytes for a ${req.length}-byte read`);
         this.current = { kind: 'data', req, head: Buffer.alloc(8), headFill: 0, at: 0, dataLength: h.length - 8, done };
         return;
       case ReplyType.OFFSET_HOLE:
@@ -300,7 +375,8 @@ export class NbdConnection implements ReplySink {
           if (!rest) return;
           p = rest;
           const id = c.head.readUInt32BE(0);
-          if (![...this.info.contexts.values()].includes(id)) throw new NbdProtocolError(`BLOCK_STATUS for meta context id ${id}, which was not negotiated`);
+          if (![...this.info.contexts.values()].includes(id))
+            throw new NbdProtocolError(`BLOCK_STATUS for meta context id ${id}, which was not negotiated`);
           c.skip = id !== c.req.contextId;
           if (!c.skip) {
             if (c.req.descriptors) throw new NbdProtocolError(`two BLOCK_STATUS chunks for meta context id ${id}`);
@@ -370,19 +446,30 @@ export class NbdConnection implements ReplySink {
   }
 
   private complete(req: Pending): void {
-    if (req.error) { req.reject(req.error); return; }
+    if (req.error) {
+      req.reject(req.error);
+      return;
+    }
     if (req.kind === 'read') {
       if (req.covered.bytes !== req.length) {
-        req.reject(new RnodeError(ErrorCodes.SOURCE_IO,
-          `NBD server ${this.where} answered a READ of ${req.length} bytes at offset ${req.offset} with only ${req.covered.bytes} bytes; check the server, then run again`));
+        req.reject(
+          new RnodeError(
+            ErrorCodes.SOURCE_IO,
+            `NBD server ${this.where} answered a READ of ${req.length} bytes at offset ${req.offset} with only ${req.covered.bytes} bytes; check the server, then run again`,
+          ),
+        );
         return;
       }
       req.resolve(undefined);
       return;
     }
     if (!req.descriptors) {
-      req.reject(new RnodeError(ErrorCodes.SOURCE_IO,
-        `NBD server ${this.where} answered BLOCK_STATUS at offset ${req.offset} without the requested meta context; check the server, then run again`));
+      req.reject(
+        new RnodeError(
+          ErrorCodes.SOURCE_IO,
+          `NBD server ${this.where} answered BLOCK_STATUS at offset ${req.offset} without the requested meta context; check the server, then run again`,
+        ),
+      );
       return;
     }
     req.resolve(req.descriptors);
@@ -391,9 +478,11 @@ export class NbdConnection implements ReplySink {
   private serverError(req: Pending, errno: number, message: string, offset?: number): RnodeError {
     const what = req.kind === 'read' ? 'READ' : 'BLOCK_STATUS';
     const msg = message ? `: ${cleanMessage(message)}` : '';
-    return new RnodeError(ErrorCodes.SOURCE_IO,
+    return new RnodeError(
+      ErrorCodes.SOURCE_IO,
       `NBD server ${this.where} failed a ${what} of ${req.length} bytes at offset ${offset ?? req.offset} (${errnoName(errno)}${msg}); check the disk behind the export, then run again`,
-      { details: { errno, offset: offset ?? req.offset } });
+      { details: { errno, offset: offset ?? req.offset } },
+    );
   }
 }
 
@@ -469,17 +558,31 @@ function connectError(err: unknown, target: NbdTarget, where: string): RnodeErro
   if (err instanceof RnodeError) return err;
   const code = (err as NodeJS.ErrnoException)?.code;
   if (code === 'ENOENT' && 'path' in target) {
-    return new RnodeError(ErrorCodes.SOURCE_NOT_FOUND, `NBD socket ${target.path} does not exist; start the NBD server (qemu-nbd --socket=...) or fix socket= in the source URL`, { cause: err });
+    return new RnodeError(
+      ErrorCodes.SOURCE_NOT_FOUND,
+      `NBD socket ${target.path} does not exist; start the NBD server (qemu-nbd --socket=...) or fix socket= in the source URL`,
+      { cause: err },
+    );
   }
   if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EACCES' || code === 'EHOSTUNREACH' || code === 'ETIMEDOUT') {
-    return new RnodeError(ErrorCodes.SOURCE_IO, `cannot connect to NBD server ${where} (${code}); check that it is running and reachable, then run again`,
-      { cause: err, retryable: code !== 'EACCES' });
+    return new RnodeError(
+      ErrorCodes.SOURCE_IO,
+      `cannot connect to NBD server ${where} (${code}); check that it is running and reachable, then run again`,
+      { cause: err, retryable: code !== 'EACCES' },
+    );
   }
   if (err instanceof NbdProtocolError) {
-    return new RnodeError(ErrorCodes.SOURCE_IO, `NBD server ${where} broke the protocol during the handshake (${err.message}); check the server, then run again`, { cause: err });
+    return new RnodeError(
+      ErrorCodes.SOURCE_IO,
+      `NBD server ${where} broke the protocol during the handshake (${err.message}); check the server, then run again`,
+      { cause: err },
+    );
   }
-  return new RnodeError(ErrorCodes.SOURCE_IO, `the NBD handshake with ${where} failed: ${(err as Error)?.message ?? String(err)}; check the server, then run again`,
-    { cause: err, retryable: true });
+  return new RnodeError(
+    ErrorCodes.SOURCE_IO,
+    `the NBD handshake with ${where} failed: ${(err as Error)?.message ?? String(err)}; check the server, then run again`,
+    { cause: err, retryable: true },
+  );
 }
 
 /**

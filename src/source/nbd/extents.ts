@@ -14,8 +14,12 @@ export const DEFAULT_STATUS_WINDOW = 1024 * 1024 * 1024;
  * are clipped (servers may round the last one up); a server that stops short is asked again from where it
  * stopped. Every descriptor has a non-zero length (checked by the connection), so each query makes progress.
  */
-export async function* statusRuns(query: StatusQuery, size: number, pick: (flags: number) => boolean,
-    window = DEFAULT_STATUS_WINDOW): AsyncGenerator<Extent> {
+export async function* statusRuns(
+  query: StatusQuery,
+  size: number,
+  pick: (flags: number) => boolean,
+  window = DEFAULT_STATUS_WINDOW,
+): AsyncGenerator<Extent> {
   let run: Extent | undefined;
   let pos = 0;
   while (pos < size) {
@@ -34,7 +38,11 @@ export async function* statusRuns(query: StatusQuery, size: number, pick: (flags
       }
       at += length;
     }
-    if (at === pos) throw new RnodeError(ErrorCodes.SOURCE_IO, `the NBD server's block status at offset ${pos} described nothing; check the server, then run again`);
+    if (at === pos)
+      throw new RnodeError(
+        ErrorCodes.SOURCE_IO,
+        `the NBD server's block status at offset ${pos} described nothing; check the server, then run again`,
+      );
     pos = at;
   }
   if (run) yield run;

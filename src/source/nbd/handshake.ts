@@ -2,10 +2,32 @@
 // with a request for block sizes. Runs over any byte reader/writer, so tests can drive it without a socket.
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import {
-  cleanMessage, decodeInfo, decodeMetaContext, decodeOptionReplyHeader, encodeClientFlags, encodeGo,
-  encodeMetaContextQuery, encodeOption, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
-  IHAVEOPT, Info, isRepError, MAX_STRING, NBDMAGIC, NbdProtocolError, OLDSTYLE_MAGIC, Opt, OPTION_REPLY_HEADER, Rep,
-  RepErr, repName, type BlockSizeInfo, type ExportInfo,
+  cleanMessage,
+  decodeInfo,
+  decodeMetaContext,
+  decodeOptionReplyHeader,
+  encodeClientFlags,
+  encodeGo,
+  encodeMetaContextQuery,
+  encodeOption,
+  FLAG_C_FIXED_NEWSTYLE,
+  FLAG_C_NO_ZEROES,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_NO_ZEROES,
+  IHAVEOPT,
+  Info,
+  isRepError,
+  MAX_STRING,
+  NBDMAGIC,
+  NbdProtocolError,
+  OLDSTYLE_MAGIC,
+  Opt,
+  OPTION_REPLY_HEADER,
+  Rep,
+  RepErr,
+  repName,
+  type BlockSizeInfo,
+  type ExportInfo,
 } from './protocol.js';
 
 export interface HandshakeIo {
@@ -45,7 +67,10 @@ export async function negotiate(io: HandshakeIo, req: HandshakeRequest, where: s
   if (magic !== NBDMAGIC) throw new NbdProtocolError('the peer did not greet with NBDMAGIC; is this an NBD server?');
   const second = greeting.readBigUInt64BE(8);
   if (second === OLDSTYLE_MAGIC) {
-    throw new RnodeError(ErrorCodes.BAD_SOURCE, `NBD server ${where} speaks the oldstyle protocol, which has no export names or block status; run a newstyle server (qemu-nbd, nbdkit)`);
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `NBD server ${where} speaks the oldstyle protocol, which has no export names or block status; run a newstyle server (qemu-nbd, nbdkit)`,
+    );
   }
   if (second !== IHAVEOPT) throw new NbdProtocolError(`unexpected greeting magic 0x${second.toString(16)}`);
   const serverFlags = (await io.read(2)).readUInt16BE(0);
@@ -68,7 +93,10 @@ export async function negotiate(io: HandshakeIo, req: HandshakeRequest, where: s
   const refuse = (opt: string, r: { type: number; data: Buffer }) => {
     const msg = r.data.length ? `: ${cleanMessage(r.data.toString('utf8'))}` : '';
     if (r.type === RepErr.TLS_REQD) {
-      return new RnodeError(ErrorCodes.BAD_SOURCE, `NBD server ${where} requires TLS, which rnode does not speak yet; export without TLS on a trusted socket or network`);
+      return new RnodeError(
+        ErrorCodes.BAD_SOURCE,
+        `NBD server ${where} requires TLS, which rnode does not speak yet; export without TLS on a trusted socket or network`,
+      );
     }
     if (r.type === RepErr.SHUTDOWN) {
       return new RnodeError(ErrorCodes.SOURCE_IO, `NBD server ${where} is shutting down; run again once it is back`, { retryable: true });
@@ -95,12 +123,17 @@ export async function negotiate(io: HandshakeIo, req: HandshakeRequest, where: s
       if (r.type === Rep.ACK) break;
       if (r.type === Rep.META_CONTEXT) {
         const c = decodeMetaContext(r.data);
-        if (!req.contexts.includes(c.name)) throw new NbdProtocolError(`server selected meta context "${cleanMessage(c.name)}" that was not asked for`);
-        if (contexts.has(c.name) || [...contexts.values()].includes(c.id)) throw new NbdProtocolError(`server selected meta context "${c.name}" (id ${c.id}) twice`);
+        if (!req.contexts.includes(c.name))
+          throw new NbdProtocolError(`server selected meta context "${cleanMessage(c.name)}" that was not asked for`);
+        if (contexts.has(c.name) || [...contexts.values()].includes(c.id))
+          throw new NbdProtocolError(`server selected meta context "${c.name}" (id ${c.id}) twice`);
         contexts.set(c.name, c.id);
         continue;
       }
-      if (isRepError(r.type) && r.type !== RepErr.TLS_REQD && r.type !== RepErr.SHUTDOWN) { contexts.clear(); break; } // no metadata: fall back to full reads
+      if (isRepError(r.type) && r.type !== RepErr.TLS_REQD && r.type !== RepErr.SHUTDOWN) {
+        contexts.clear();
+        break;
+      } // no metadata: fall back to full reads
       throw refuse('NBD_OPT_SET_META_CONTEXT', r);
     }
   }
@@ -129,7 +162,10 @@ export async function negotiate(io: HandshakeIo, req: HandshakeRequest, where: s
     }
     if (r.type === Rep.ACK) break;
     if (r.type === RepErr.UNKNOWN) {
-      throw new RnodeError(ErrorCodes.SOURCE_NOT_FOUND, `NBD server ${where} has no export named "${cleanMessage(req.exportName)}"; check the export name in the source URL (qemu-nbd -x NAME, default "")`);
+      throw new RnodeError(
+        ErrorCodes.SOURCE_NOT_FOUND,
+        `NBD server ${where} has no export named "${cleanMessage(req.exportName)}"; check the export name in the source URL (qemu-nbd -x NAME, default "")`,
+      );
     }
     if (r.type === RepErr.UNSUP) {
       throw new RnodeError(ErrorCodes.BAD_SOURCE, `NBD server ${where} does not support NBD_OPT_GO; use qemu-nbd 2.11+ or nbdkit 1.x`);

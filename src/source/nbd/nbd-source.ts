@@ -26,7 +26,11 @@ export class NbdSource implements BlockSource {
   readonly maxReadBytes: number;
   private readonly statusWindow: number;
 
-  private constructor(private readonly url: NbdUrl, private readonly conn: NbdConnection, opts: NbdSourceOptions) {
+  private constructor(
+    private readonly url: NbdUrl,
+    private readonly conn: NbdConnection,
+    opts: NbdSourceOptions,
+  ) {
     const bs = conn.info.blockSize;
     this.alignment = bs?.minimum ?? 1;
     const serverMax = bs && bs.maximum !== 0xffffffff ? bs.maximum : DEFAULT_MAX_READ;
@@ -41,47 +45,74 @@ export class NbdSource implements BlockSource {
     const url = parseNbdUrl(location);
     const contexts = [BASE_ALLOCATION];
     if (url.bitmap !== undefined) contexts.push(DIRTY_BITMAP_PREFIX + url.bitmap);
-    const conn = await NbdConnection.connect(url.target,
+    const conn = await NbdConnection.connect(
+      url.target,
       { exportName: url.exportName, contexts, listPrefix: url.bitmap !== undefined ? DIRTY_BITMAP_PREFIX : undefined },
-      url.location, opts);
+      url.location,
+      opts,
+    );
     return new NbdSource(url, conn, opts);
   }
 
-  get location(): string { return this.url.location; }
-  get size(): number { return this.conn.info.size; }
+  get location(): string {
+    return this.url.location;
+  }
+  get size(): number {
+    return this.conn.info.size;
+  }
   /** Only a named bitmap can say what changed; without one every point is a scan of allocated areas. */
-  get tracksChanges(): boolean { return this.url.bitmap !== undefined; }
+  get tracksChanges(): boolean {
+    return this.url.bitmap !== undefined;
+  }
 
   allocatedExtents(): AsyncIterable<Extent> {
     const id = this.conn.info.contexts.get(BASE_ALLOCATION);
     if (id === undefined) return wholeDisk(this.size);
     // Skip only what is known to read as zeros: HOLE|ZERO (unallocated) and ZERO alone (allocated zeros). A hole
     // without ZERO has undefined contents per the spec, so it is read like data.
-    return statusRuns((o, l) => this.conn.blockStatus(o, l, id), this.size, (flags) => (flags & STATE_ZERO) === 0, this.statusWindow);
+    return statusRuns(
+      (o, l) => this.conn.blockStatus(o, l, id),
+      this.size,
+      (flags) => (flags & STATE_ZERO) === 0,
+      this.statusWindow,
+    );
   }
 
   async *changedExtentsSince(marker: string): AsyncIterable<Extent> {
     const { bitmap } = this.url;
     if (bitmap === undefined) {
-      throw new RnodeError(ErrorCodes.CHANGE_MARKER_INVALID, `NBD source ${this.location} names no dirty bitmap (bitmap=); this run reads the whole disk`);
+      throw new RnodeError(
+        ErrorCodes.CHANGE_MARKER_INVALID,
+        `NBD source ${this.location} names no dirty bitmap (bitmap=); this run reads the whole disk`,
+      );
     }
     if (marker !== bitmap) {
-      throw new RnodeError(ErrorCodes.CHANGE_MARKER_INVALID,
+      throw new RnodeError(
+        ErrorCodes.CHANGE_MARKER_INVALID,
         `the previous point's checkpoint is "${marker}" but the source URL names bitmap "${bitmap}", which does not record changes since that point; ` +
-        `pass bitmap=${marker} (and export it with qemu-nbd -B ${marker}) for an incremental, or accept this full read`,
-        { details: { marker, bitmap } });
+          `pass bitmap=${marker} (and export it with qemu-nbd -B ${marker}) for an incremental, or accept this full read`,
+        { details: { marker, bitmap } },
+      );
     }
     const context = DIRTY_BITMAP_PREFIX + bitmap;
     const id = this.conn.info.contexts.get(context);
     if (id === undefined) {
       const offered = this.conn.info.offered;
-      const what = !this.conn.info.structuredReplies ? 'has no structured replies, so no dirty bitmaps'
+      const what = !this.conn.info.structuredReplies
+        ? 'has no structured replies, so no dirty bitmaps'
         : `does not offer ${context}${offered ? ` (it offers ${offered.length ? offered.join(', ') : 'no dirty bitmap'})` : ''}`;
-      throw new RnodeError(ErrorCodes.CHANGE_MARKER_INVALID,
+      throw new RnodeError(
+        ErrorCodes.CHANGE_MARKER_INVALID,
         `NBD server ${this.location} ${what}; export the bitmap (qemu-nbd -B ${bitmap}) for an incremental, or accept this full read`,
-        { details: { marker, bitmap } });
+        { details: { marker, bitmap } },
+      );
     }
-    yield* statusRuns((o, l) => this.conn.blockStatus(o, l, id), this.size, (flags) => (flags & STATE_DIRTY) !== 0, this.statusWindow);
+    yield* statusRuns(
+      (o, l) => this.conn.blockStatus(o, l, id),
+      this.size,
+      (flags) => (flags & STATE_DIRTY) !== 0,
+      this.statusWindow,
+    );
   }
 
   async changeMarker(): Promise<string | undefined> {
@@ -128,7 +159,10 @@ export async function openNbdSource(location: string, opts: Record<string, unkno
     return v;
   };
   return NbdSource.open(location, {
-    connectTimeoutMs: pick('connectTimeoutMs'), requestTimeoutMs: pick('requestTimeoutMs'), maxInFlight: pick('maxInFlight'),
-    maxReadBytes: pick('maxReadBytes'), statusWindow: pick('statusWindow'),
+    connectTimeoutMs: pick('connectTimeoutMs'),
+    requestTimeoutMs: pick('requestTimeoutMs'),
+    maxInFlight: pick('maxInFlight'),
+    maxReadBytes: pick('maxReadBytes'),
+    statusWindow: pick('statusWindow'),
   });
 }

@@ -115,7 +115,14 @@ export const STRUCTURED_REPLY_HEADER = 20;
 
 /** errno values servers put in error replies, for messages. */
 const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN',
+  1: 'EPERM',
+  5: 'EIO',
+  12: 'ENOMEM',
+  22: 'EINVAL',
+  28: 'ENOSPC',
+  75: 'EOVERFLOW',
+  95: 'ENOTSUP',
+  108: 'ESHUTDOWN',
 };
 
 export function errnoName(code: number): string {
@@ -123,9 +130,14 @@ export function errnoName(code: number): string {
 }
 
 const REP_NAMES: Record<number, string> = {
-  [RepErr.UNSUP]: 'NBD_REP_ERR_UNSUP', [RepErr.POLICY]: 'NBD_REP_ERR_POLICY', [RepErr.INVALID]: 'NBD_REP_ERR_INVALID',
-  [RepErr.PLATFORM]: 'NBD_REP_ERR_PLATFORM', [RepErr.TLS_REQD]: 'NBD_REP_ERR_TLS_REQD', [RepErr.UNKNOWN]: 'NBD_REP_ERR_UNKNOWN',
-  [RepErr.SHUTDOWN]: 'NBD_REP_ERR_SHUTDOWN', [RepErr.BLOCK_SIZE_REQD]: 'NBD_REP_ERR_BLOCK_SIZE_REQD',
+  [RepErr.UNSUP]: 'NBD_REP_ERR_UNSUP',
+  [RepErr.POLICY]: 'NBD_REP_ERR_POLICY',
+  [RepErr.INVALID]: 'NBD_REP_ERR_INVALID',
+  [RepErr.PLATFORM]: 'NBD_REP_ERR_PLATFORM',
+  [RepErr.TLS_REQD]: 'NBD_REP_ERR_TLS_REQD',
+  [RepErr.UNKNOWN]: 'NBD_REP_ERR_UNKNOWN',
+  [RepErr.SHUTDOWN]: 'NBD_REP_ERR_SHUTDOWN',
+  [RepErr.BLOCK_SIZE_REQD]: 'NBD_REP_ERR_BLOCK_SIZE_REQD',
   [RepErr.TOO_BIG]: 'NBD_REP_ERR_TOO_BIG',
 };
 
@@ -218,9 +230,7 @@ export interface BlockSizeInfo {
 }
 
 export type InfoReply =
-  | { type: typeof Info.EXPORT; export: ExportInfo }
-  | { type: typeof Info.BLOCK_SIZE; blockSize: BlockSizeInfo }
-  | { type: number };
+  { type: typeof Info.EXPORT; export: ExportInfo } | { type: typeof Info.BLOCK_SIZE; blockSize: BlockSizeInfo } | { type: number };
 
 const isPowerOfTwo = (n: number) => n > 0 && (n & (n - 1)) === 0;
 
@@ -242,7 +252,8 @@ export function decodeInfo(data: Buffer): InfoReply {
     // proto.md: minimum a power of two up to 64 KiB; preferred a power of two >= minimum; maximum a multiple of
     // minimum (or 0xffffffff for "no limit") and at least the preferred size.
     if (!isPowerOfTwo(minimum) || minimum > 65536) throw new NbdProtocolError(`minimum block size ${minimum} is not a power of two up to 64 KiB`);
-    if (!isPowerOfTwo(preferred) || preferred < minimum) throw new NbdProtocolError(`preferred block size ${preferred} is not a power of two >= the minimum ${minimum}`);
+    if (!isPowerOfTwo(preferred) || preferred < minimum)
+      throw new NbdProtocolError(`preferred block size ${preferred} is not a power of two >= the minimum ${minimum}`);
     if (maximum !== 0xffffffff && (maximum < minimum || maximum % minimum !== 0)) {
       throw new NbdProtocolError(`maximum block size ${maximum} is not a multiple of the minimum ${minimum}`);
     }
@@ -290,6 +301,9 @@ export function decodeErrorPayload(type: number, p: Buffer): ErrorPayload {
 /** Strips control characters and caps a server-provided message before it goes into an error or a log. */
 export function cleanMessage(s: string, max = 200): string {
   // eslint-disable-next-line no-control-regex
-  const t = s.replace(/[\u0000-\u001f\u007f]+/g, ' ').replace(/ {2,}/g, ' ').trim();
+  const t = s
+    .replace(/[\u0000-\u001f\u007f]+/g, ' ')
+    .replace(/ {2,}/g, ' ')
+    .trim();
   return t.length > max ? `${t.slice(0, max)}...` : t;
 }

@@ -7,7 +7,9 @@ export class CoveredRanges {
   private readonly ends: number[] = [];
   private total = 0;
 
-  get bytes(): number { return this.total; }
+  get bytes(): number {
+    return this.total;
+  }
 
   /** Adds [start, end); false (and nothing added) when it overlaps what is already covered. */
   add(start: number, end: number): boolean {
@@ -17,7 +19,8 @@ export class CoveredRanges {
     let hi = this.ends.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (this.ends[mid] < start) lo = mid + 1; else hi = mid;
+      if (this.ends[mid] < start) lo = mid + 1;
+      else hi = mid;
     }
     const i = lo;
     const joinsLeft = i < this.ends.length && this.ends[i] === start;

@@ -2,7 +2,11 @@
 // Pure: bytes in, calls on a ReplySink out; payloads are handed over in pieces as they arrive so a 32 MiB
 // read is never buffered twice. Anything malformed throws NbdProtocolError and the parser is then dead.
 import {
-  NbdProtocolError, SIMPLE_REPLY_HEADER, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_HEADER, STRUCTURED_REPLY_MAGIC,
+  NbdProtocolError,
+  SIMPLE_REPLY_HEADER,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_HEADER,
+  STRUCTURED_REPLY_MAGIC,
   type ChunkHeader,
 } from './protocol.js';
 

@@ -20,8 +20,10 @@ export interface NbdUrl {
 const PARAMS = new Set(['socket', 'bitmap', 'checkpoint']);
 
 function bad(url: string, why: string): RnodeError {
-  return new RnodeError(ErrorCodes.BAD_SOURCE,
-    `NBD source "${url}" is not valid: ${why}; use nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT, with optional bitmap=NAME&checkpoint=NAME`);
+  return new RnodeError(
+    ErrorCodes.BAD_SOURCE,
+    `NBD source "${url}" is not valid: ${why}; use nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT, with optional bitmap=NAME&checkpoint=NAME`,
+  );
 }
 
 function bitmapName(url: string, key: string, value: string | null): string | undefined {
@@ -81,8 +83,6 @@ export function parseNbdUrl(url: string): NbdUrl {
   if (checkpoint !== undefined) q.push(`checkpoint=${enc(checkpoint)}`);
   const query = q.length ? `?${q.join('&')}` : '';
   const exp = encodeURIComponent(exportName);
-  const location = 'path' in target
-    ? `nbd+unix:///${exp}${query}`
-    : `nbd://${u.host}${u.port ? '' : `:${DEFAULT_NBD_PORT}`}/${exp}${query}`;
+  const location = 'path' in target ? `nbd+unix:///${exp}${query}` : `nbd://${u.host}${u.port ? '' : `:${DEFAULT_NBD_PORT}`}/${exp}${query}`;
   return { target, exportName, bitmap, checkpoint, location };
 }

@@ -48,8 +48,25 @@ export function validateVmwareConfig(raw: unknown, baseDir = process.cwd(), wher
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad(`${where} must be a JSON object`);
   const c = raw as Record<string, unknown>;
   if ('password' in c) throw bad(`${where} must not contain a password; put it in a file readable only by rnode and set "passwordFile"`);
-  const known = new Set(['host', 'port', 'user', 'passwordFile', 'thumbprint', 'caFile', 'vm', 'disks', 'transports', 'libdir',
-    'vddkConfig', 'nfcHostPort', 'quiesce', 'enableCbt', 'maxReadBytes', 'quiesceFallback', 'unsupportedDisks']);
+  const known = new Set([
+    'host',
+    'port',
+    'user',
+    'passwordFile',
+    'thumbprint',
+    'caFile',
+    'vm',
+    'disks',
+    'transports',
+    'libdir',
+    'vddkConfig',
+    'nfcHostPort',
+    'quiesce',
+    'enableCbt',
+    'maxReadBytes',
+    'quiesceFallback',
+    'unsupportedDisks',
+  ]);
   for (const k of Object.keys(c)) if (!known.has(k)) throw bad(`${where}: unknown setting "${k}"`);
   const str = (k: string, required: boolean): string | undefined => {
     const v = c[k];
@@ -88,7 +105,8 @@ export function validateVmwareConfig(raw: unknown, baseDir = process.cwd(), wher
   let transports: string[] | undefined;
   if (c.transports !== undefined) {
     const t = c.transports;
-    if (!(typeof t === 'string' || (Array.isArray(t) && t.every((x) => typeof x === 'string')))) throw bad(`${where}: "transports" must be a list like ["nbdssl", "nbd"]`);
+    if (!(typeof t === 'string' || (Array.isArray(t) && t.every((x) => typeof x === 'string'))))
+      throw bad(`${where}: "transports" must be a list like ["nbdssl", "nbd"]`);
     try {
       transports = parseTransports(t as string | string[])?.split(':');
     } catch (err) {
@@ -132,7 +150,11 @@ export function loadVmwareConfig(file: string): VmwareSourceConfig {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new RnodeError(ErrorCodes.SOURCE_NOT_FOUND, `cannot read the source config ${file} (${(err as NodeJS.ErrnoException).code}); check --source-config`, { cause: err });
+    throw new RnodeError(
+      ErrorCodes.SOURCE_NOT_FOUND,
+      `cannot read the source config ${file} (${(err as NodeJS.ErrnoException).code}); check --source-config`,
+      { cause: err },
+    );
   }
   let json: unknown;
   try {
@@ -162,14 +184,27 @@ export function parseVddkUrl(location: string, defaults: Partial<VmwareSourceCon
   const cfg: Record<string, unknown> = { ...defaults, host: decodeURIComponent(u.hostname.replace(/^\[|\]$/g, '')), vm };
   if (u.port) cfg.port = Number(u.port);
   if (u.username) cfg.user = decodeURIComponent(u.username);
-  const disks = q.getAll('disk').flatMap((d) => d.split(',')).filter(Boolean);
+  const disks = q
+    .getAll('disk')
+    .flatMap((d) => d.split(','))
+    .filter(Boolean);
   if (disks.length) {
     cfg.disks = disks.map((d) => {
       if (!/^\d+$/.test(d)) throw bad(`disk=${d} is not a device key (e.g. disk=2000)`);
       return Number(d);
     });
   }
-  for (const k of ['transports', 'thumbprint', 'passwordFile', 'libdir', 'caFile', 'user', 'vddkConfig', 'quiesceFallback', 'unsupportedDisks'] as const) {
+  for (const k of [
+    'transports',
+    'thumbprint',
+    'passwordFile',
+    'libdir',
+    'caFile',
+    'user',
+    'vddkConfig',
+    'quiesceFallback',
+    'unsupportedDisks',
+  ] as const) {
     const v = q.get(k);
     if (v !== null) cfg[k] = v;
   }
@@ -185,8 +220,24 @@ export function parseVddkUrl(location: string, defaults: Partial<VmwareSourceCon
     if (v !== null) cfg[k] = Number(v);
   }
   for (const k of q.keys()) {
-    if (!['disk', 'transports', 'thumbprint', 'passwordFile', 'libdir', 'caFile', 'user', 'vddkConfig', 'quiesce', 'enableCbt', 'nfcHostPort', 'maxReadBytes',
-      'quiesceFallback', 'unsupportedDisks'].includes(k)) {
+    if (
+      ![
+        'disk',
+        'transports',
+        'thumbprint',
+        'passwordFile',
+        'libdir',
+        'caFile',
+        'user',
+        'vddkConfig',
+        'quiesce',
+        'enableCbt',
+        'nfcHostPort',
+        'maxReadBytes',
+        'quiesceFallback',
+        'unsupportedDisks',
+      ].includes(k)
+    ) {
       throw bad(`unknown vddk:// URL parameter "${k}"`);
     }
   }

@@ -7,9 +7,27 @@ import { loadVmwareConfig, parseVddkUrl, type VmwareSourceConfig } from './confi
 import { VmwareSession } from './session.js';
 
 export { loadVmwareConfig, parseVddkUrl, validateVmwareConfig, redactUrl, type VmwareSourceConfig } from './config.js';
-export { VmwareSession, VmSnapshot, VmErrorCodes, SNAPSHOT_DESCRIPTION, type SessionOptions, type SnapshotRequest, type Consistency } from './session.js';
+export {
+  VmwareSession,
+  VmSnapshot,
+  VmErrorCodes,
+  SNAPSHOT_DESCRIPTION,
+  type SessionOptions,
+  type SnapshotRequest,
+  type Consistency,
+} from './session.js';
 export { VddkSource, parseChangeId } from './source.js';
-export { initVddk, exitVddk, connectVddk, cleanupVddk, endAccessVddk, parseTransports, VddkError, VddkErrorCodes, type VddkFeatures } from './vddk.js';
+export {
+  initVddk,
+  exitVddk,
+  connectVddk,
+  cleanupVddk,
+  endAccessVddk,
+  parseTransports,
+  VddkError,
+  VddkErrorCodes,
+  type VddkFeatures,
+} from './vddk.js';
 export { VSphereClient, normalizeThumbprint, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
 export { VSphereFault, VSphereErrorCodes } from './vsphere/errors.js';
 
@@ -32,7 +50,10 @@ export async function openVddkSource(location: string, opts: Record<string, unkn
   const config = vmwareConfigFor(location, opts);
   const { log } = opts as { log?: (l: string) => void };
   if (config.disks && config.disks.length > 1) {
-    throw new RnodeError(ErrorCodes.BAD_SOURCE, 'a vddk:// source opened as one disk takes one disk=<key>; replicate all disks of a VM with --source-config');
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      'a vddk:// source opened as one disk takes one disk=<key>; replicate all disks of a VM with --source-config',
+    );
   }
   const session = await VmwareSession.open(config, { log });
   try {
@@ -41,7 +62,10 @@ export async function openVddkSource(location: string, opts: Record<string, unkn
     const first = snap.disks[0];
     if (snap.disks.length > 1) {
       await snap.remove().catch(() => undefined);
-      throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM ${config.vm} has ${snap.disks.length} disks; name one with ?disk=<key> (${snap.disks.map((d) => d.key).join(', ')})`);
+      throw new RnodeError(
+        ErrorCodes.BAD_SOURCE,
+        `VM ${config.vm} has ${snap.disks.length} disks; name one with ?disk=<key> (${snap.disks.map((d) => d.key).join(', ')})`,
+      );
     }
     const source = snap.source(first.key);
     // The source's close() also ends what it opened: the snapshot and the session.

@@ -19,7 +19,11 @@ function readPassword(file: string): Buffer {
   try {
     raw = fs.readFileSync(file);
   } catch (err) {
-    throw new RnodeError(ErrorCodes.SOURCE_NOT_FOUND, `cannot read the password file ${file} (${(err as NodeJS.ErrnoException).code}); check passwordFile`, { cause: err });
+    throw new RnodeError(
+      ErrorCodes.SOURCE_NOT_FOUND,
+      `cannot read the password file ${file} (${(err as NodeJS.ErrnoException).code}); check passwordFile`,
+      { cause: err },
+    );
   }
   let end = raw.indexOf(0x0a);
   if (end < 0) end = raw.length;
@@ -35,7 +39,13 @@ export const SNAPSHOT_DESCRIPTION = 'taken by rnode for replication; removed whe
 const SNAPSHOT_PREFIX = 'rnode-';
 
 /** Task faults of CreateSnapshot_Task that mean "quiescing failed" (a crash-consistent snapshot may still work). */
-const QUIESCE_FAULTS = new Set(['ApplicationQuiesceFault', 'FilesystemQuiesceFault', 'ToolsUnavailable', 'ToolsUnavailableFault', 'QuiesceDatastoreIOForHAFailed']);
+const QUIESCE_FAULTS = new Set([
+  'ApplicationQuiesceFault',
+  'FilesystemQuiesceFault',
+  'ToolsUnavailable',
+  'ToolsUnavailableFault',
+  'QuiesceDatastoreIOForHAFailed',
+]);
 
 export const VmErrorCodes = {
   /** Quiescing was asked for, could not be done, and the policy says fail. */
@@ -86,7 +96,9 @@ export class VmwareSession {
     return new VmwareSession(config, client, password, opts.log ?? (() => undefined));
   }
 
-  get log(): (line: string) => void { return this.#log; }
+  get log(): (line: string) => void {
+    return this.#log;
+  }
 
   async vmInfo(): Promise<VmInfo> {
     return this.client.vmInfo(this.config.vm);
@@ -97,7 +109,7 @@ export class VmwareSession {
    * just turned on, the snapshot taken next is the first that carries change ids.
    */
   async ensureChangeTracking(vm?: VmInfo): Promise<{ enabled: boolean; enabledNow: boolean }> {
-    const info = vm ?? await this.vmInfo();
+    const info = vm ?? (await this.vmInfo());
     if (info.changeTrackingEnabled) return { enabled: true, enabledNow: false };
     if (this.config.enableCbt === false) {
       this.#log(`CBT is off for VM ${info.moref} and enableCbt is false: every run reads all allocated areas`);
@@ -112,8 +124,15 @@ export class VmwareSession {
   #vddkParams(snapshotMoref?: string): VddkConnectOptions {
     const c = this.config;
     return {
-      vmMoref: c.vm, server: c.host, port: c.port ?? 443, nfcHostPort: c.nfcHostPort, thumbprint: c.thumbprint, user: c.user,
-      password: this.#password, transports: c.transports ?? ['nbdssl', 'nbd'], identity: 'rnode replication',
+      vmMoref: c.vm,
+      server: c.host,
+      port: c.port ?? 443,
+      nfcHostPort: c.nfcHostPort,
+      thumbprint: c.thumbprint,
+      user: c.user,
+      password: this.#password,
+      transports: c.transports ?? ['nbdssl', 'nbd'],
+      identity: 'rnode replication',
       ...(snapshotMoref ? { snapshotMoref } : {}),
     };
   }
@@ -166,8 +185,11 @@ export class VmwareSession {
       }
       if (consistencyReason) {
         if (opts.quiesceFallback === 'fail') {
-          throw new RnodeError(VmErrorCodes.QUIESCE, `${consistencyReason}; no snapshot was taken. Start VMware Tools in the guest, ` +
-            'or allow crash-consistent points with quiesceFallback: "fallback"');
+          throw new RnodeError(
+            VmErrorCodes.QUIESCE,
+            `${consistencyReason}; no snapshot was taken. Start VMware Tools in the guest, ` +
+              'or allow crash-consistent points with quiesceFallback: "fallback"',
+          );
         }
         this.#log(`${consistencyReason}; taking a crash-consistent snapshot instead (quiesceFallback: fallback)`);
       }
@@ -222,14 +244,25 @@ export class VmSnapshot {
     const wanted = keys ?? all.map((d) => d.key);
     for (const k of wanted) {
       if (!all.some((d) => d.key === k)) {
-        throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM ${config.vm} has no virtual disk with device key ${k} (it has ${all.map((d) => d.key).join(', ') || 'none'}); check "disks"`);
+        throw new RnodeError(
+          ErrorCodes.BAD_SOURCE,
+          `VM ${config.vm} has no virtual disk with device key ${k} (it has ${all.map((d) => d.key).join(', ') || 'none'}); check "disks"`,
+        );
       }
     }
     this.disks = all.filter((d) => wanted.includes(d.key));
     if (this.disks.length === 0) throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM ${config.vm} has no virtual disks`);
     this.#connection = await connectVddk({
-      vmMoref: config.vm, server: config.host, port: config.port ?? 443, nfcHostPort: config.nfcHostPort, thumbprint: config.thumbprint,
-      user: config.user, password, snapshotMoref: this.moref, transports: config.transports ?? ['nbdssl', 'nbd'], identity: 'rnode replication',
+      vmMoref: config.vm,
+      server: config.host,
+      port: config.port ?? 443,
+      nfcHostPort: config.nfcHostPort,
+      thumbprint: config.thumbprint,
+      user: config.user,
+      password,
+      snapshotMoref: this.moref,
+      transports: config.transports ?? ['nbdssl', 'nbd'],
+      identity: 'rnode replication',
     });
     for (const d of this.disks) {
       const vddk: VddkDisk = await this.#connection.open(d.fileName, { maxReadBytes: config.maxReadBytes });
@@ -252,8 +285,12 @@ export class VmSnapshot {
       try {
         await this.#session.client.removeSnapshot(this.moref);
       } catch (err) {
-        throw new RnodeError(ErrorCodes.SOURCE_IO, `snapshot ${this.moref} of VM ${this.#session.config.vm} could not be removed: ${(err as Error).message}; ` +
-          'remove it in vCenter, a leftover snapshot grows until it is consolidated', { cause: err });
+        throw new RnodeError(
+          ErrorCodes.SOURCE_IO,
+          `snapshot ${this.moref} of VM ${this.#session.config.vm} could not be removed: ${(err as Error).message}; ` +
+            'remove it in vCenter, a leftover snapshot grows until it is consolidated',
+          { cause: err },
+        );
       }
       if (errors.length) this.#session.log(`closing VDDK for snapshot ${this.moref}: ${errors.map((e) => (e as Error).message).join('; ')}`);
     })();

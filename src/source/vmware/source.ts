@@ -55,9 +55,15 @@ export class VddkSource implements BlockSource {
   }
 
   /** The snapshot disk's CBT change id; absent when CBT is off for the VM. */
-  get changeId(): string | undefined { return this.#ctx.disk.changeId; }
-  get tracksChanges(): boolean { return this.changeId !== undefined; }
-  get transportMode(): string { return this.#ctx.vddk.info.transportMode; }
+  get changeId(): string | undefined {
+    return this.#ctx.disk.changeId;
+  }
+  get tracksChanges(): boolean {
+    return this.changeId !== undefined;
+  }
+  get transportMode(): string {
+    return this.#ctx.vddk.info.transportMode;
+  }
 
   async changeMarker(): Promise<string | undefined> {
     return this.changeId;
@@ -116,13 +122,19 @@ export class VddkSource implements BlockSource {
         info = await client.queryChangedDiskAreas(vm, snapshot, disk.key, pos, changeId);
       } catch (err) {
         if (changeId !== '*' && err instanceof VSphereFault && UNUSABLE_CHANGE_ID_FAULTS.has(err.fault)) {
-          throw invalid(`vSphere rejected change id ${changeId} of disk ${disk.key} (${err.fault}${err.faultString ? `: ${err.faultString}` : ''})`, err);
+          throw invalid(
+            `vSphere rejected change id ${changeId} of disk ${disk.key} (${err.fault}${err.faultString ? `: ${err.faultString}` : ''})`,
+            err,
+          );
         }
         throw err;
       }
       const end = info.startOffset + info.length;
       if (info.startOffset > pos || end <= pos) {
-        throw new RnodeError('RNODE_VSPHERE_PROTOCOL', `QueryChangedDiskAreas answered for [${info.startOffset}, ${end}) when asked from ${pos}; cannot page through the disk`);
+        throw new RnodeError(
+          'RNODE_VSPHERE_PROTOCOL',
+          `QueryChangedDiskAreas answered for [${info.startOffset}, ${end}) when asked from ${pos}; cannot page through the disk`,
+        );
       }
       for (const a of info.changedArea) {
         const start = Math.max(a.start, pos, pending ? pending.offset + pending.length : 0);
@@ -145,8 +157,12 @@ export class VddkSource implements BlockSource {
       return await this.#ctx.vddk.read(buf, offset, length);
     } catch (err) {
       if (err instanceof VddkError) {
-        throw new VddkError(err.code, `reading disk ${this.deviceKey} of VM ${this.#ctx.vm} through VDDK (${this.transportMode || 'unknown transport'}) failed at offset ${offset}: ` +
-          `${err.vddkText}; check the connection to the ESXi host and run again`, { op: err.op, vddkText: err.vddkText, vixError: err.vixError, vixCode: err.vixCode });
+        throw new VddkError(
+          err.code,
+          `reading disk ${this.deviceKey} of VM ${this.#ctx.vm} through VDDK (${this.transportMode || 'unknown transport'}) failed at offset ${offset}: ` +
+            `${err.vddkText}; check the connection to the ESXi host and run again`,
+          { op: err.op, vddkText: err.vddkText, vixError: err.vixError, vixCode: err.vixCode },
+        );
       }
       throw err;
     }
@@ -155,7 +171,15 @@ export class VddkSource implements BlockSource {
   /** Adds work for close() to do after the disk is closed (a vddk:// source ends its snapshot and session). */
   afterClose(fn: () => Promise<void>): void {
     const prev = this.#onClose;
-    this.#onClose = prev ? async () => { try { await prev(); } finally { await fn(); } } : fn;
+    this.#onClose = prev
+      ? async () => {
+          try {
+            await prev();
+          } finally {
+            await fn();
+          }
+        }
+      : fn;
   }
 
   /** Closes the VDDK handle only; what owns the snapshot calls this. Idempotent. */

@@ -59,11 +59,27 @@ interface NativeParams {
 
 interface NativeVddk {
   vddkInit(o: { libraryPath: string; libdir: string; configFile?: string }): Promise<{ queryAllocatedBlocks: boolean; prepareForAccess: boolean }>;
-  vddkConnect(o: NativeParams & { snapshotRef?: string; transports?: string; prepareForAccess: boolean }): Promise<{ connection: NativeConnection; prepared: boolean }>;
+  vddkConnect(
+    o: NativeParams & { snapshotRef?: string; transports?: string; prepareForAccess: boolean },
+  ): Promise<{ connection: NativeConnection; prepared: boolean }>;
   vddkOpen(o: { connection: NativeConnection; path: string }): Promise<NativeDisk>;
-  vddkGetInfo(o: { disk: NativeDisk }): Promise<{ capacitySectors: number; numLinks: number; adapterType: number; uuid: string; transportMode: string }>;
-  vddkRead(o: { disk: NativeDisk; buffer: Uint8Array; bufferOffset: number; startSector: number; sectors: number; maxSectorsPerCall: number }): Promise<void>;
-  vddkQueryAllocatedBlocks(o: { disk: NativeDisk; startSector: number; sectors: number; chunkSectors: number }): Promise<Array<{ offset: number; length: number }>>;
+  vddkGetInfo(o: {
+    disk: NativeDisk;
+  }): Promise<{ capacitySectors: number; numLinks: number; adapterType: number; uuid: string; transportMode: string }>;
+  vddkRead(o: {
+    disk: NativeDisk;
+    buffer: Uint8Array;
+    bufferOffset: number;
+    startSector: number;
+    sectors: number;
+    maxSectorsPerCall: number;
+  }): Promise<void>;
+  vddkQueryAllocatedBlocks(o: {
+    disk: NativeDisk;
+    startSector: number;
+    sectors: number;
+    chunkSectors: number;
+  }): Promise<Array<{ offset: number; length: number }>>;
   vddkClose(o: { disk: NativeDisk }): Promise<void>;
   vddkDisconnect(o: { connection: NativeConnection; endAccess: boolean } & Partial<NativeParams>): Promise<void>;
   vddkExit(): Promise<void>;
@@ -80,8 +96,11 @@ function addon(): NativeVddk {
 }
 
 function isNativeVddkError(err: unknown): err is Error & { code: string; op: string; vddkText: string; vixError?: bigint; vixCode?: number } {
-  return err instanceof Error && typeof (err as { code?: unknown }).code === 'string' &&
-    (err as unknown as { code: string }).code.startsWith('RNODE_VDDK_');
+  return (
+    err instanceof Error &&
+    typeof (err as { code?: unknown }).code === 'string' &&
+    (err as unknown as { code: string }).code.startsWith('RNODE_VDDK_')
+  );
 }
 
 // Re-created after the await so the error carries the caller's stack, not an empty native one.
@@ -116,7 +135,10 @@ export interface VddkInitOptions {
   configFile?: string;
 }
 
-export interface VddkFeatures { queryAllocatedBlocks: boolean; prepareForAccess: boolean }
+export interface VddkFeatures {
+  queryAllocatedBlocks: boolean;
+  prepareForAccess: boolean;
+}
 
 let initialized: { key: string; features: Promise<VddkFeatures> } | undefined;
 
@@ -130,12 +152,19 @@ export function initVddk(opts: VddkInitOptions): Promise<VddkFeatures> {
   const key = JSON.stringify([libdir, libraryPath, opts.configFile ?? null]);
   if (initialized && initialized.key === key) return initialized.features;
   if (initialized) {
-    return Promise.reject(new VddkError(VddkErrorCodes.LOAD, `VDDK is already initialized with other settings in this process; ` +
-      'one process uses one VDDK library and libdir', { op: 'InitEx', vddkText: '' }));
+    return Promise.reject(
+      new VddkError(
+        VddkErrorCodes.LOAD,
+        `VDDK is already initialized with other settings in this process; ` + 'one process uses one VDDK library and libdir',
+        { op: 'InitEx', vddkText: '' },
+      ),
+    );
   }
   const features = call(() => addon().vddkInit({ libraryPath, libdir, ...(opts.configFile ? { configFile: path.resolve(opts.configFile) } : {}) }));
   initialized = { key, features };
-  features.catch(() => { if (initialized?.features === features) initialized = undefined; });
+  features.catch(() => {
+    if (initialized?.features === features) initialized = undefined;
+  });
   return features;
 }
 
@@ -243,10 +272,14 @@ export async function connectVddk(opts: VddkConnectOptions): Promise<VddkConnect
     ...(opts.password ? { password: Buffer.from(opts.password) } : {}),
   };
   try {
-    const { connection, prepared } = await call(() => addon().vddkConnect({
-      ...params, prepareForAccess: opts.prepareForAccess ?? Boolean(opts.server),
-      ...(opts.snapshotMoref ? { snapshotRef: opts.snapshotMoref } : {}), ...(transports ? { transports } : {}),
-    }));
+    const { connection, prepared } = await call(() =>
+      addon().vddkConnect({
+        ...params,
+        prepareForAccess: opts.prepareForAccess ?? Boolean(opts.server),
+        ...(opts.snapshotMoref ? { snapshotRef: opts.snapshotMoref } : {}),
+        ...(transports ? { transports } : {}),
+      }),
+    );
     return new VddkConnection(connection, prepared, params);
   } catch (err) {
     params.password?.fill(0);
@@ -309,7 +342,10 @@ export interface VddkDiskInfo {
   numLinks: number;
 }
 
-export interface SectorExtent { offset: number; length: number }
+export interface SectorExtent {
+  offset: number;
+  length: number;
+}
 
 export class VddkDisk {
   readonly path: string;
@@ -320,16 +356,28 @@ export class VddkDisk {
   #closed: Promise<void> | undefined;
   #onClose: () => void;
 
-  constructor(handle: NativeDisk, diskPath: string, info: { capacitySectors: number; transportMode: string; numLinks: number },
-      maxReadBytes: number, onClose: () => void) {
+  constructor(
+    handle: NativeDisk,
+    diskPath: string,
+    info: { capacitySectors: number; transportMode: string; numLinks: number },
+    maxReadBytes: number,
+    onClose: () => void,
+  ) {
     this.#handle = handle;
     this.path = diskPath;
-    this.info = { capacity: info.capacitySectors * VDDK_SECTOR, capacitySectors: info.capacitySectors, transportMode: info.transportMode, numLinks: info.numLinks };
+    this.info = {
+      capacity: info.capacitySectors * VDDK_SECTOR,
+      capacitySectors: info.capacitySectors,
+      transportMode: info.transportMode,
+      numLinks: info.numLinks,
+    };
     this.maxReadBytes = maxReadBytes;
     this.#onClose = onClose;
   }
 
-  get capacity(): number { return this.info.capacity; }
+  get capacity(): number {
+    return this.info.capacity;
+  }
 
   // One call at a time per handle (VDDK handles are not re-entrant); callers may still issue reads concurrently.
   #serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -351,10 +399,16 @@ export class VddkDisk {
     const n = Math.max(0, Math.min(length, this.capacity - offset));
     if (n === 0) return Promise.resolve(0);
     return this.#serial(async () => {
-      await call(() => addon().vddkRead({
-        disk: this.#handle, buffer: buf, bufferOffset: 0, startSector: offset / VDDK_SECTOR, sectors: n / VDDK_SECTOR,
-        maxSectorsPerCall: this.maxReadBytes / VDDK_SECTOR,
-      }));
+      await call(() =>
+        addon().vddkRead({
+          disk: this.#handle,
+          buffer: buf,
+          bufferOffset: 0,
+          startSector: offset / VDDK_SECTOR,
+          sectors: n / VDDK_SECTOR,
+          maxSectorsPerCall: this.maxReadBytes / VDDK_SECTOR,
+        }),
+      );
       return n;
     });
   }
@@ -377,9 +431,16 @@ export class VddkDisk {
       // Only the last range of the disk may end off the chunk grid.
       const aligned = stop === this.capacity ? stop : Math.floor(stop / chunkBytes) * chunkBytes;
       if (aligned <= pos) break;
-      const blocks = await this.#serial(() => call(() => addon().vddkQueryAllocatedBlocks({
-        disk: this.#handle, startSector: pos / VDDK_SECTOR, sectors: (aligned - pos) / VDDK_SECTOR, chunkSectors,
-      })));
+      const blocks = await this.#serial(() =>
+        call(() =>
+          addon().vddkQueryAllocatedBlocks({
+            disk: this.#handle,
+            startSector: pos / VDDK_SECTOR,
+            sectors: (aligned - pos) / VDDK_SECTOR,
+            chunkSectors,
+          }),
+        ),
+      );
       for (const b of blocks) {
         const e = { offset: b.offset * VDDK_SECTOR, length: Math.min(b.length * VDDK_SECTOR, this.capacity - b.offset * VDDK_SECTOR) };
         const last = out[out.length - 1];

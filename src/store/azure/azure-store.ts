@@ -3,12 +3,23 @@
 
 import { randomBytes } from 'node:crypto';
 import {
-  BlobServiceClient, StorageSharedKeyCredential, type BlobRequestConditions, type ContainerClient,
+  BlobServiceClient,
+  StorageSharedKeyCredential,
+  type BlobRequestConditions,
+  type ContainerClient,
   type StoragePipelineOptions,
 } from '@azure/storage-blob';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import {
-  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, rangedBody, splitPrefix,
+  checkKey,
+  clipRange,
+  cloudError,
+  containerMissing,
+  preconditionFailed,
+  queryFlag,
+  queryInt,
+  rangedBody,
+  splitPrefix,
   urlPrefix,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
@@ -70,12 +81,14 @@ export class AzureBlobStore implements ObjectStore {
           ids.push(Buffer.from(`${run}-${String(i).padStart(6, '0')}`).toString('base64'));
         }
         let next = 0;
-        await Promise.all(Array.from({ length: Math.min(4, ids.length) }, async () => {
-          for (let i = next++; i < ids.length; i = next++) {
-            const part = body.subarray(i * this.blockSize, (i + 1) * this.blockSize);
-            await blob.stageBlock(ids[i], part, part.length);
-          }
-        }));
+        await Promise.all(
+          Array.from({ length: Math.min(4, ids.length) }, async () => {
+            for (let i = next++; i < ids.length; i = next++) {
+              const part = body.subarray(i * this.blockSize, (i + 1) * this.blockSize);
+              await blob.stageBlock(ids[i], part, part.length);
+            }
+          }),
+        );
         etag = (await blob.commitBlockList(ids, { conditions })).etag;
       }
       return { key, size: body.length, etag };
@@ -175,7 +188,8 @@ export async function azureStoreFromUrl(url: URL, ctx: StoreFactoryContext): Pro
 
 /** The service client for an azblob:// URL from env, shared with the azblob:// recovery output (src/output/azure-vhd.ts). */
 export function azureServiceClient(url: URL, env: NodeJS.ProcessEnv): BlobServiceClient {
-  const accountUrl = env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, '') ??
+  const accountUrl =
+    env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, '') ??
     (env.AZURE_STORAGE_ACCOUNT ? `https://${env.AZURE_STORAGE_ACCOUNT}.blob.core.windows.net` : undefined);
   if (env.AZURE_STORAGE_CONNECTION_STRING) {
     return BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING, AZURE_PIPELINE);
@@ -185,9 +199,11 @@ export function azureServiceClient(url: URL, env: NodeJS.ProcessEnv): BlobServic
     const cred = new StorageSharedKeyCredential(env.AZURE_STORAGE_ACCOUNT, env.AZURE_STORAGE_KEY);
     return new BlobServiceClient(accountUrl, cred, AZURE_PIPELINE);
   }
-  throw new RnodeError(ErrorCodes.STORE_AUTH,
+  throw new RnodeError(
+    ErrorCodes.STORE_AUTH,
     `no Azure credentials for ${url.protocol}//${url.hostname}: set AZURE_STORAGE_CONNECTION_STRING, or ` +
-    'AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY');
+      'AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY',
+  );
 }
 
 export { failure as azureFailure };

@@ -25,7 +25,8 @@ export async function makeDirs(dir: string): Promise<string | undefined> {
       break;
     }
     missing.push(d);
-    if (d === path.dirname(d) || missing.length > MAX_DEPTH) throw Object.assign(new Error(`${dir} has no existing ancestor`), { code: 'ENOENT', path: d });
+    if (d === path.dirname(d) || missing.length > MAX_DEPTH)
+      throw Object.assign(new Error(`${dir} has no existing ancestor`), { code: 'ENOENT', path: d });
   }
   let first: string | undefined;
   for (const d of missing.reverse()) {
@@ -56,8 +57,11 @@ export function unusablePath(what: string, err: unknown): RnodeError | undefined
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   const why = code ? WHY[code] : undefined;
   if (!why) return undefined;
-  return new RnodeError(ErrorCodes.PATH_UNUSABLE, `${what} ${why} (${code}); choose another folder${code === 'ENOSPC' || code === 'EDQUOT' ? ' or free space' : ''}`,
-    { cause: err, details: { errno: code } });
+  return new RnodeError(
+    ErrorCodes.PATH_UNUSABLE,
+    `${what} ${why} (${code}); choose another folder${code === 'ENOSPC' || code === 'EDQUOT' ? ' or free space' : ''}`,
+    { cause: err, details: { errno: code } },
+  );
 }
 
 /** True for paths under the kernel's virtual filesystems, where nothing an rnode command writes can live. */

@@ -7,9 +7,7 @@ import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import { failpoint } from '../../failpoint.js';
 import { readFileInto, writeFileExclusive, type ReadInto } from '../../native/index.js';
-import {
-  checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix,
-} from '../common.js';
+import { checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix } from '../common.js';
 import { RESERVED_SEGMENT_PREFIX, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCapabilities } from '../types.js';
 import { isVirtualFsPath, makeDirs, unusablePath } from './dirs.js';
 
@@ -54,7 +52,10 @@ export class FsStore implements ObjectStore {
     this.location = this.root;
     // /proc and /sys take no files; refusing here beats a first put failing deep in a run.
     if (isVirtualFsPath(this.root)) {
-      throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `store folder ${this.root} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder`);
+      throw new RnodeError(
+        ErrorCodes.PATH_UNUSABLE,
+        `store folder ${this.root} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder`,
+      );
     }
     this.fsync = opts.fsync ?? true;
   }
@@ -75,7 +76,7 @@ export class FsStore implements ObjectStore {
           try {
             await fsp.link(tmp, file);
           } catch (err) {
-            if (errno(err) === 'EEXIST' && await this.statFile(file)) {
+            if (errno(err) === 'EEXIST' && (await this.statFile(file))) {
               throw preconditionFailed(this.location, key, 'the key already exists', err);
             }
             throw err;
@@ -176,7 +177,9 @@ export class FsStore implements ObjectStore {
   }
 
   async head(key: string): Promise<ObjectInfo> {
-    const info = await this.statFile(this.pathOf(key)).catch((err) => { throw this.mapError(err, 'head', key); });
+    const info = await this.statFile(this.pathOf(key)).catch((err) => {
+      throw this.mapError(err, 'head', key);
+    });
     if (!info) throw notFound(this.location, key);
     return { ...info, key };
   }
@@ -206,7 +209,9 @@ export class FsStore implements ObjectStore {
       if (e.isDirectory()) {
         yield* this.walk(key, '');
       } else {
-        const info = await this.statFile(path.join(dirPath, e.name)).catch((err) => { throw this.mapError(err, 'list', key); });
+        const info = await this.statFile(path.join(dirPath, e.name)).catch((err) => {
+          throw this.mapError(err, 'list', key);
+        });
         if (info) yield { ...info, key }; // gone meanwhile: a concurrent delete
       }
     }
@@ -220,7 +225,8 @@ export class FsStore implements ObjectStore {
       } catch (err) {
         const code = errno(err);
         if (code === 'ENOENT' || code === 'ENOTDIR') return;
-        if (code === 'EISDIR' || code === 'EPERM') { // a prefix, not an object: nothing to delete
+        if (code === 'EISDIR' || code === 'EPERM') {
+          // a prefix, not an object: nothing to delete
           const st = await fsp.stat(file).catch(() => undefined);
           if (st?.isDirectory()) return;
         }
@@ -279,9 +285,10 @@ export class FsStore implements ObjectStore {
         break;
       case 'EACCES':
       case 'EPERM':
-        return new RnodeError(ErrorCodes.STORE_AUTH,
-          `${op} ${key} in ${this.location} was denied; check the directory's owner and permissions`,
-          { cause: err, details: { key, location: this.location } });
+        return new RnodeError(ErrorCodes.STORE_AUTH, `${op} ${key} in ${this.location} was denied; check the directory's owner and permissions`, {
+          cause: err,
+          details: { key, location: this.location },
+        });
       case 'EAGAIN':
       case 'EBUSY':
       case 'EINTR':
@@ -290,8 +297,7 @@ export class FsStore implements ObjectStore {
         return ioError(this.location, op, key, err, true);
     }
     if (op === 'put' && (errno(err) === 'EISDIR' || errno(err) === 'ENOTDIR' || errno(err) === 'EEXIST')) {
-      return ioError(this.location, op, key, new Error(
-        'a key cannot be both an object and a prefix of other keys in a filesystem store'), false);
+      return ioError(this.location, op, key, new Error('a key cannot be both an object and a prefix of other keys in a filesystem store'), false);
     }
     return ioError(this.location, op, key, err);
   }
@@ -341,7 +347,13 @@ function syncDir(dir: string): Promise<void> {
     return running;
   }
   state.next ??= new Promise<void>((resolve, reject) => {
-    state.running.then(() => undefined, () => undefined).then(() => fsyncDir(dir)).then(resolve, reject);
+    state.running
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .then(() => fsyncDir(dir))
+      .then(resolve, reject);
   });
   return state.next;
 }

@@ -2,10 +2,7 @@
 // prefix, each put a single request; etag = generation, so conditions are ifGenerationMatch.
 
 import { Storage, type Bucket, type StorageOptions } from '@google-cloud/storage';
-import {
-  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, rangedBody, splitPrefix,
-  urlPrefix,
-} from '../common.js';
+import { checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, rangedBody, splitPrefix, urlPrefix } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 import type { RnodeError } from '../../errors.js';
@@ -49,7 +46,9 @@ export class GcsStore implements ObjectStore {
       // resumable:false = one request, so the object appears whole or not at all (and the emulator
       // breaks multi-chunk resumable uploads). Size limit: 5 TiB on GCS, ~130 MB on the emulator.
       await file.save(Buffer.from(data.buffer, data.byteOffset, data.byteLength), {
-        resumable: false, preconditionOpts, contentType: 'application/octet-stream',
+        resumable: false,
+        preconditionOpts,
+        contentType: 'application/octet-stream',
       });
       return { key, size: data.byteLength, etag: String(file.metadata.generation) };
     } catch (err) {
@@ -67,8 +66,11 @@ export class GcsStore implements ObjectStore {
     try {
       const chunks: Buffer[] = [];
       await new Promise<void>((resolve, reject) => {
-        file.createReadStream({ ...opts, validation: ranged ? false : 'crc32c', decompress: false })
-          .on('response', (res: { statusCode?: number }) => { status = res.statusCode; })
+        file
+          .createReadStream({ ...opts, validation: ranged ? false : 'crc32c', decompress: false })
+          .on('response', (res: { statusCode?: number }) => {
+            status = res.statusCode;
+          })
           .on('data', (c: Buffer) => chunks.push(c))
           .on('end', resolve)
           .on('error', reject);

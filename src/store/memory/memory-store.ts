@@ -1,12 +1,13 @@
 // ObjectStore held in process memory, with the same semantics as the real backends (conditions
 // enforced, byte-ordered listings, copies in and out): the reference backend for tests.
 
-import {
-  checkKey, clipRange, compareKeys, notFound, preconditionFailed, splitPrefix,
-} from '../common.js';
+import { checkKey, clipRange, compareKeys, notFound, preconditionFailed, splitPrefix } from '../common.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
-interface Entry { data: Buffer; etag: string }
+interface Entry {
+  data: Buffer;
+  etag: string;
+}
 
 export class MemoryStore implements ObjectStore {
   readonly capabilities: StoreCapabilities = { conditionalPut: true };

@@ -2,12 +2,26 @@
 // under an optional prefix, multipart above a size threshold, conditions as If-None-Match / If-Match.
 
 import {
-  DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client,
-  type PutObjectCommandInput, type S3ClientConfig,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type PutObjectCommandInput,
+  type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import {
-  checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, queryInt, rangedBody, splitPrefix,
+  checkKey,
+  clipRange,
+  cloudError,
+  containerMissing,
+  preconditionFailed,
+  queryFlag,
+  queryInt,
+  rangedBody,
+  splitPrefix,
   urlPrefix,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
@@ -76,8 +90,10 @@ export class S3Store implements ObjectStore {
     } catch (err) {
       const f = failure(err);
       // S3 answers a conditional put on a missing key with 404, and racing conditional puts with 409.
-      if ((opts.ifMatch !== undefined && f.status === 404 && f.code !== 'NoSuchBucket') ||
-          ((opts.ifNoneMatch || opts.ifMatch !== undefined) && f.code === 'ConditionalRequestConflict')) {
+      if (
+        (opts.ifMatch !== undefined && f.status === 404 && f.code !== 'NoSuchBucket') ||
+        ((opts.ifNoneMatch || opts.ifMatch !== undefined) && f.code === 'ConditionalRequestConflict')
+      ) {
         throw preconditionFailed(this.location, key, f.code ?? 'conflict', err);
       }
       throw this.error('put', key, err);
@@ -120,9 +136,13 @@ export class S3Store implements ObjectStore {
     do {
       let page;
       try {
-        page = await this.client.send(new ListObjectsV2Command({
-          Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken,
-        }));
+        page = await this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: this.prefix + prefix,
+            ContinuationToken,
+          }),
+        );
       } catch (err) {
         throw this.error('list', prefix, err);
       }
@@ -185,7 +205,9 @@ export function s3ClientConfig(url: URL, env: NodeJS.ProcessEnv): S3ClientConfig
   if (queryFlag(url, 'forcePathStyle', false)) client.forcePathStyle = true;
   if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
     client.credentials = {
-      accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY, sessionToken: env.AWS_SESSION_TOKEN,
+      accessKeyId: env.AWS_ACCESS_KEY_ID,
+      secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
+      sessionToken: env.AWS_SESSION_TOKEN,
     };
   }
   return client;

@@ -56,7 +56,10 @@ export class FaultyStore implements ObjectStore {
   private readonly random: () => number;
   private readonly hangs = new Set<() => void>();
 
-  constructor(private readonly inner: ObjectStore, opts: { seed?: number } = {}) {
+  constructor(
+    private readonly inner: ObjectStore,
+    opts: { seed?: number } = {},
+  ) {
     this.location = inner.location;
     this.capabilities = inner.capabilities;
     this.random = prng(opts.seed ?? 1);
@@ -76,8 +79,7 @@ export class FaultyStore implements ObjectStore {
 
   /** Throws if a scripted (non-probabilistic) fault fired fewer times than it was scripted for. */
   assertAllFired(): void {
-    const missed = this.faults.filter((f) => f.probability === undefined &&
-      (Number.isFinite(f.times) ? f.fired < f.times! : f.fired === 0));
+    const missed = this.faults.filter((f) => f.probability === undefined && (Number.isFinite(f.times) ? f.fired < f.times! : f.fired === 0));
     if (missed.length > 0) {
       throw new Error(`scripted faults did not fire: ${missed.map((f) => `${f.label} fired ${f.fired}/${f.times}`).join(', ')}`);
     }
@@ -120,11 +122,17 @@ export class FaultyStore implements ObjectStore {
       await new Promise<void>((resolve) => {
         const timer = fault.hangMs === undefined ? undefined : setTimeout(done, fault.hangMs);
         const hangs = this.hangs;
-        function done(): void { clearTimeout(timer); hangs.delete(done); resolve(); }
+        function done(): void {
+          clearTimeout(timer);
+          hangs.delete(done);
+          resolve();
+        }
         this.hangs.add(done);
       });
-      throw new RnodeError(ErrorCodes.STORE_UNAVAILABLE, `${method} ${key} in ${this.location} timed out (injected)`,
-        { retryable: true, details: { key, injected: true } });
+      throw new RnodeError(ErrorCodes.STORE_UNAVAILABLE, `${method} ${key} in ${this.location} timed out (injected)`, {
+        retryable: true,
+        details: { key, injected: true },
+      });
     }
     if (!fault.error) return fn();
     if (fault.afterCall) await fn();
@@ -138,9 +146,7 @@ export class FaultyStore implements ObjectStore {
       if (f.method !== method || (f.match && !f.match(key))) continue;
       f.seen++;
       if (chosen) continue;
-      const fires = f.probability !== undefined
-        ? this.random() < f.probability
-        : f.seen >= (f.nth ?? 1) && f.fired < f.times!;
+      const fires = f.probability !== undefined ? this.random() < f.probability : f.seen >= (f.nth ?? 1) && f.fired < f.times!;
       if (fires) {
         f.fired++;
         chosen = f;
@@ -152,7 +158,9 @@ export class FaultyStore implements ObjectStore {
   private makeError(f: ArmedFault, key: string): Error {
     const e = f.error!;
     if (e instanceof Error) return e;
-    return new RnodeError(e.code, e.message ?? `${f.label} on ${key} in ${this.location} (injected)`,
-      { retryable: e.retryable ?? false, details: { key, injected: true } });
+    return new RnodeError(e.code, e.message ?? `${f.label} on ${key} in ${this.location} (injected)`, {
+      retryable: e.retryable ?? false,
+      details: { key, injected: true },
+    });
   }
 }

@@ -9,7 +9,10 @@ export class LimitedStore implements ObjectStore {
   readonly capabilities: StoreCapabilities;
   private readonly limit: LimitFunction;
 
-  constructor(private readonly inner: ObjectStore, concurrency: number) {
+  constructor(
+    private readonly inner: ObjectStore,
+    concurrency: number,
+  ) {
     this.location = inner.location;
     this.capabilities = inner.capabilities;
     this.limit = pLimit(concurrency);

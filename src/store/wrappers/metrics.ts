@@ -29,7 +29,11 @@ export class MetricsStore implements ObjectStore {
   readonly location: string;
   readonly capabilities: StoreCapabilities;
   private readonly ops: Record<StoreOp, OpMetrics> = {
-    put: emptyOp(), get: emptyOp(), head: emptyOp(), list: emptyOp(), delete: emptyOp(),
+    put: emptyOp(),
+    get: emptyOp(),
+    head: emptyOp(),
+    list: emptyOp(),
+    delete: emptyOp(),
   };
   private readonly errorsByCode: Record<string, number> = {};
 
@@ -39,19 +43,35 @@ export class MetricsStore implements ObjectStore {
   }
 
   put(key: string, data: Uint8Array, opts?: PutOptions): Promise<ObjectInfo> {
-    return this.measure('put', () => this.inner.put(key, data, opts), () => data.length);
+    return this.measure(
+      'put',
+      () => this.inner.put(key, data, opts),
+      () => data.length,
+    );
   }
 
   get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
-    return this.measure('get', () => this.inner.get(key, range, into), (b) => b.length);
+    return this.measure(
+      'get',
+      () => this.inner.get(key, range, into),
+      (b) => b.length,
+    );
   }
 
   head(key: string): Promise<ObjectInfo> {
-    return this.measure('head', () => this.inner.head(key), () => 0);
+    return this.measure(
+      'head',
+      () => this.inner.head(key),
+      () => 0,
+    );
   }
 
   delete(key: string): Promise<void> {
-    return this.measure('delete', () => this.inner.delete(key), () => 0);
+    return this.measure(
+      'delete',
+      () => this.inner.delete(key),
+      () => 0,
+    );
   }
 
   /** Latency of a listing is the time until it is exhausted (or fails). */

@@ -39,7 +39,10 @@ export class RetryingStore implements ObjectStore {
   private readonly random: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
 
-  constructor(private readonly inner: ObjectStore, private readonly opts: RetryOptions = {}) {
+  constructor(
+    private readonly inner: ObjectStore,
+    private readonly opts: RetryOptions = {},
+  ) {
     this.location = inner.location;
     this.capabilities = inner.capabilities;
     this.attempts = Math.max(1, opts.attempts ?? 5);

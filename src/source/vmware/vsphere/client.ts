@@ -9,7 +9,10 @@ import { RnodeError } from '../../../errors.js';
 import { faultError, VSphereErrorCodes, VSphereFault } from './errors.js';
 import { child, children, el, parseXml, Raw, textOf, xmlToJson, xsiType, type Content, type XmlElement } from './xml.js';
 
-export interface MoRef { type: string; value: string }
+export interface MoRef {
+  type: string;
+  value: string;
+}
 
 export interface VSphereConnectOptions {
   host: string;
@@ -98,7 +101,9 @@ export class VSphereClient {
     this.#timeoutMs = opts.timeoutMs ?? 120_000;
   }
 
-  get about() { return this.#content?.about; }
+  get about() {
+    return this.#content?.about;
+  }
 
   // ---- transport ----
 
@@ -106,17 +111,41 @@ export class VSphereClient {
     return new Promise((resolve, reject) => {
       const pinned = this.#thumbprint;
       const sock = tls.connect({
-        host: this.host, port: this.port, servername: isIP(this.host) ? undefined : this.host,
+        host: this.host,
+        port: this.port,
+        servername: isIP(this.host) ? undefined : this.host,
         // With a thumbprint the chain is not checked (vCenter certificates are often self-signed): the pin is.
-        rejectUnauthorized: !pinned, ...(this.#ca ? { ca: this.#ca } : {}),
+        rejectUnauthorized: !pinned,
+        ...(this.#ca ? { ca: this.#ca } : {}),
       });
-      const fail = (err: Error) => { sock.destroy(); reject(err); };
-      sock.setTimeout(this.#timeoutMs, () => fail(new RnodeError(VSphereErrorCodes.TIMEOUT, `no TLS handshake with ${this.host}:${this.port} within ${this.#timeoutMs} ms`, { retryable: true })));
+      const fail = (err: Error) => {
+        sock.destroy();
+        reject(err);
+      };
+      sock.setTimeout(this.#timeoutMs, () =>
+        fail(
+          new RnodeError(VSphereErrorCodes.TIMEOUT, `no TLS handshake with ${this.host}:${this.port} within ${this.#timeoutMs} ms`, {
+            retryable: true,
+          }),
+        ),
+      );
       sock.once('error', (err: NodeJS.ErrnoException) => {
         if (err.code && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(err.code)) {
-          fail(new RnodeError(VSphereErrorCodes.TLS, `the certificate of ${this.host}:${this.port} is not trusted (${err.code}); pass its SHA-1 thumbprint or the CA that signed it`, { cause: err }));
+          fail(
+            new RnodeError(
+              VSphereErrorCodes.TLS,
+              `the certificate of ${this.host}:${this.port} is not trusted (${err.code}); pass its SHA-1 thumbprint or the CA that signed it`,
+              { cause: err },
+            ),
+          );
         } else {
-          fail(new RnodeError(VSphereErrorCodes.CONNECT, `cannot reach vSphere at ${this.host}:${this.port} (${err.code ?? err.message}); check the host, port and network`, { cause: err, retryable: true }));
+          fail(
+            new RnodeError(
+              VSphereErrorCodes.CONNECT,
+              `cannot reach vSphere at ${this.host}:${this.port} (${err.code ?? err.message}); check the host, port and network`,
+              { cause: err, retryable: true },
+            ),
+          );
         }
       });
       sock.once('secureConnect', () => {
@@ -124,8 +153,13 @@ export class VSphereClient {
           const cert = sock.getPeerCertificate();
           const got = cert?.raw ? thumbprintOf(cert.raw) : '';
           if (got !== pinned) {
-            fail(new RnodeError(VSphereErrorCodes.TLS, `the certificate of ${this.host}:${this.port} has thumbprint ${got || '(none)'}, not the ${pinned} configured; ` +
-              'if the certificate was replaced on purpose, update the thumbprint, otherwise do not connect'));
+            fail(
+              new RnodeError(
+                VSphereErrorCodes.TLS,
+                `the certificate of ${this.host}:${this.port} has thumbprint ${got || '(none)'}, not the ${pinned} configured; ` +
+                  'if the certificate was replaced on purpose, update the thumbprint, otherwise do not connect',
+              ),
+            );
             return;
           }
         }
@@ -138,41 +172,70 @@ export class VSphereClient {
 
   /** POSTs one SOAP request and returns the response body's first element (or throws the fault). */
   async #invoke(method: string, body: Raw): Promise<XmlElement> {
-    const envelope = `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="${SOAP_ENV}" xmlns:xsd="${XSD}" xmlns:xsi="${XSI}">` +
+    const envelope =
+      `<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="${SOAP_ENV}" xmlns:xsd="${XSD}" xmlns:xsi="${XSI}">` +
       `<soapenv:Body>${body.xml}</soapenv:Body></soapenv:Envelope>`;
     const sock = await this.#connect();
     const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = http.request({
-        host: this.host, port: this.port, method: 'POST', path: '/sdk', createConnection: () => sock,
-        headers: {
-          'Content-Type': 'text/xml; charset=utf-8', SOAPAction: `"urn:vim25/${this.#apiVersion}"`, Connection: 'close',
-          'Content-Length': Buffer.byteLength(envelope), ...(this.#cookie ? { Cookie: this.#cookie } : {}),
+      const req = http.request(
+        {
+          host: this.host,
+          port: this.port,
+          method: 'POST',
+          path: '/sdk',
+          createConnection: () => sock,
+          headers: {
+            'Content-Type': 'text/xml; charset=utf-8',
+            SOAPAction: `"urn:vim25/${this.#apiVersion}"`,
+            Connection: 'close',
+            'Content-Length': Buffer.byteLength(envelope),
+            ...(this.#cookie ? { Cookie: this.#cookie } : {}),
+          },
         },
-      }, (res) => {
-        const parts: Buffer[] = [];
-        let size = 0;
-        res.on('data', (b: Buffer) => {
-          size += b.length;
-          if (size > MAX_RESPONSE) { req.destroy(new Error(`response larger than ${MAX_RESPONSE} bytes`)); return; }
-          parts.push(b);
-        });
-        res.on('end', () => {
-          const cookie = res.headers['set-cookie']?.find((c) => /^vmware_soap_session=/.test(c));
-          if (cookie) this.#cookie = cookie.split(';')[0];
-          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8') });
-        });
-        res.on('error', reject);
-      });
-      req.setTimeout(this.#timeoutMs, () => req.destroy(new RnodeError(VSphereErrorCodes.TIMEOUT, `vSphere ${method} got no answer within ${this.#timeoutMs} ms`, { retryable: true })));
-      req.on('error', (err) => reject(err instanceof RnodeError ? err
-        : new RnodeError(VSphereErrorCodes.CONNECT, `vSphere ${method} failed on the network (${(err as NodeJS.ErrnoException).code ?? err.message}); retry`, { cause: err, retryable: true })));
+        (res) => {
+          const parts: Buffer[] = [];
+          let size = 0;
+          res.on('data', (b: Buffer) => {
+            size += b.length;
+            if (size > MAX_RESPONSE) {
+              req.destroy(new Error(`response larger than ${MAX_RESPONSE} bytes`));
+              return;
+            }
+            parts.push(b);
+          });
+          res.on('end', () => {
+            const cookie = res.headers['set-cookie']?.find((c) => /^vmware_soap_session=/.test(c));
+            if (cookie) this.#cookie = cookie.split(';')[0];
+            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8') });
+          });
+          res.on('error', reject);
+        },
+      );
+      req.setTimeout(this.#timeoutMs, () =>
+        req.destroy(new RnodeError(VSphereErrorCodes.TIMEOUT, `vSphere ${method} got no answer within ${this.#timeoutMs} ms`, { retryable: true })),
+      );
+      req.on('error', (err) =>
+        reject(
+          err instanceof RnodeError
+            ? err
+            : new RnodeError(
+                VSphereErrorCodes.CONNECT,
+                `vSphere ${method} failed on the network (${(err as NodeJS.ErrnoException).code ?? err.message}); retry`,
+                { cause: err, retryable: true },
+              ),
+        ),
+      );
       req.end(envelope);
     });
     let doc: XmlElement;
     try {
       doc = parseXml(text);
     } catch (err) {
-      throw new RnodeError(VSphereErrorCodes.PROTOCOL, `vSphere ${method} answered HTTP ${status} with something that is not XML; is ${this.host}:${this.port} a vCenter or ESXi host?`, { cause: err });
+      throw new RnodeError(
+        VSphereErrorCodes.PROTOCOL,
+        `vSphere ${method} answered HTTP ${status} with something that is not XML; is ${this.host}:${this.port} a vCenter or ESXi host?`,
+        { cause: err },
+      );
     }
     const bodyEl = child(doc, 'Body');
     const fault = child(bodyEl, 'Fault');
@@ -191,7 +254,10 @@ export class VSphereClient {
   // ---- session ----
 
   async retrieveServiceContent() {
-    const r = await this.#invoke('RetrieveServiceContent', el('RetrieveServiceContent', moref('_this', { type: 'ServiceInstance', value: 'ServiceInstance' }), { xmlns: 'urn:vim25' }));
+    const r = await this.#invoke(
+      'RetrieveServiceContent',
+      el('RetrieveServiceContent', moref('_this', { type: 'ServiceInstance', value: 'ServiceInstance' }), { xmlns: 'urn:vim25' }),
+    );
     const rv = child(r, 'returnval');
     const ref = (n: string): MoRef => {
       const e = child(rv, n);
@@ -211,7 +277,10 @@ export class VSphereClient {
   /** Logs in; the password goes only into the request body, never into an error or a log. */
   async login(user: string, password: string): Promise<void> {
     const sc = await this.#sc();
-    await this.#invoke('Login', el('Login', [moref('_this', sc.sessionManager), el('userName', user), el('password', password)], { xmlns: 'urn:vim25' }));
+    await this.#invoke(
+      'Login',
+      el('Login', [moref('_this', sc.sessionManager), el('userName', user), el('password', password)], { xmlns: 'urn:vim25' }),
+    );
   }
 
   async logout(): Promise<void> {
@@ -233,11 +302,18 @@ export class VSphereClient {
       el('propSet', [el('type', obj.type), ...paths.map((p) => el('pathSet', p))]),
       el('objectSet', [moref('obj', obj), el('skip', false)]),
     ]);
-    const r = await this.#invoke('RetrievePropertiesEx', el('RetrievePropertiesEx', [moref('_this', sc.propertyCollector), spec, el('options')], { xmlns: 'urn:vim25' }));
+    const r = await this.#invoke(
+      'RetrievePropertiesEx',
+      el('RetrievePropertiesEx', [moref('_this', sc.propertyCollector), spec, el('options')], { xmlns: 'urn:vim25' }),
+    );
     const out = new Map<string, XmlElement>();
     const objects = children(child(r, 'returnval'), 'objects');
     if (objects.length === 0) {
-      throw faultError('RetrievePropertiesEx', 'ManagedObjectNotFound', `The object '${obj.type}:${obj.value}' has already been deleted or has not been completely created`);
+      throw faultError(
+        'RetrievePropertiesEx',
+        'ManagedObjectNotFound',
+        `The object '${obj.type}:${obj.value}' has already been deleted or has not been completely created`,
+      );
     }
     for (const o of objects) {
       for (const ps of children(o, 'propSet')) {
@@ -250,7 +326,11 @@ export class VSphereClient {
   }
 
   async vmInfo(vm: string): Promise<VmInfo> {
-    const p = await this.retrieveProperties({ type: 'VirtualMachine', value: vm }, ['name', 'config.changeTrackingEnabled', 'config.hardware.device']);
+    const p = await this.retrieveProperties({ type: 'VirtualMachine', value: vm }, [
+      'name',
+      'config.changeTrackingEnabled',
+      'config.hardware.device',
+    ]);
     return {
       moref: vm,
       name: p.get('name')?.text ?? vm,
@@ -279,8 +359,11 @@ export class VSphereClient {
     const walk = (list: XmlElement[]) => {
       for (const n of list) {
         out.push({
-          moref: textOf(n, 'snapshot') ?? '', name: textOf(n, 'name') ?? '', description: textOf(n, 'description') ?? '',
-          createTime: textOf(n, 'createTime') ?? '', quiesced: textOf(n, 'quiesced') === 'true',
+          moref: textOf(n, 'snapshot') ?? '',
+          name: textOf(n, 'name') ?? '',
+          description: textOf(n, 'description') ?? '',
+          createTime: textOf(n, 'createTime') ?? '',
+          quiesced: textOf(n, 'quiesced') === 'true',
         });
         walk(children(n, 'childSnapshotList'));
       }
@@ -308,9 +391,18 @@ export class VSphereClient {
         const err = child(info, 'error');
         const type = xsiType(child(err, 'fault')) ?? 'SystemError';
         const msg = textOf(err, 'localizedMessage') ?? '';
-        throw new VSphereFault(VSphereErrorCodes.TASK, `vSphere task ${what} (${task.value}) failed with ${type}${msg ? `: ${msg}` : ''}; see the task in vCenter`, type, msg);
+        throw new VSphereFault(
+          VSphereErrorCodes.TASK,
+          `vSphere task ${what} (${task.value}) failed with ${type}${msg ? `: ${msg}` : ''}; see the task in vCenter`,
+          type,
+          msg,
+        );
       }
-      if (Date.now() > deadline) throw new RnodeError(VSphereErrorCodes.TIMEOUT, `vSphere task ${what} (${task.value}) did not finish within ${Math.round(timeoutMs / 1000)} s`);
+      if (Date.now() > deadline)
+        throw new RnodeError(
+          VSphereErrorCodes.TIMEOUT,
+          `vSphere task ${what} (${task.value}) did not finish within ${Math.round(timeoutMs / 1000)} s`,
+        );
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(1000, delay * 2);
     }
@@ -325,31 +417,53 @@ export class VSphereClient {
 
   /** Turns CBT on (or off); it takes effect at the VM's next snapshot or power cycle. */
   async setChangeTracking(vm: string, enabled: boolean): Promise<void> {
-    await this.#task('ReconfigVM_Task', [el('spec', el('changeTrackingEnabled', enabled))], { type: 'VirtualMachine', value: vm }, 'ReconfigVM (changeTrackingEnabled)');
+    await this.#task(
+      'ReconfigVM_Task',
+      [el('spec', el('changeTrackingEnabled', enabled))],
+      { type: 'VirtualMachine', value: vm },
+      'ReconfigVM (changeTrackingEnabled)',
+    );
   }
 
   /** Creates a snapshot without memory and returns its MoRef value. */
   async createSnapshot(vm: string, name: string, opts: { description?: string; quiesce?: boolean } = {}): Promise<string> {
-    const result = await this.#task('CreateSnapshot_Task', [
-      el('name', name), el('description', opts.description ?? ''), el('memory', false), el('quiesce', opts.quiesce ?? false),
-    ], { type: 'VirtualMachine', value: vm }, `CreateSnapshot ${name}`);
+    const result = await this.#task(
+      'CreateSnapshot_Task',
+      [el('name', name), el('description', opts.description ?? ''), el('memory', false), el('quiesce', opts.quiesce ?? false)],
+      { type: 'VirtualMachine', value: vm },
+      `CreateSnapshot ${name}`,
+    );
     if (!result?.text) throw new RnodeError(VSphereErrorCodes.PROTOCOL, 'CreateSnapshot_Task succeeded without a snapshot reference');
     return result.text;
   }
 
   async removeSnapshot(snapshot: string): Promise<void> {
-    await this.#task('RemoveSnapshot_Task', [el('removeChildren', false), el('consolidate', true)],
-      { type: 'VirtualMachineSnapshot', value: snapshot }, `RemoveSnapshot ${snapshot}`);
+    await this.#task(
+      'RemoveSnapshot_Task',
+      [el('removeChildren', false), el('consolidate', true)],
+      { type: 'VirtualMachineSnapshot', value: snapshot },
+      `RemoveSnapshot ${snapshot}`,
+    );
   }
 
   // ---- CBT ----
 
   /** One answer of QueryChangedDiskAreas: the areas changed since changeId ('*' = allocated) from startOffset on. */
   async queryChangedDiskAreas(vm: string, snapshot: string, deviceKey: number, startOffset: number, changeId: string): Promise<DiskChangeInfo> {
-    const r = await this.#invoke('QueryChangedDiskAreas', el('QueryChangedDiskAreas', [
-      moref('_this', { type: 'VirtualMachine', value: vm }), moref('snapshot', { type: 'VirtualMachineSnapshot', value: snapshot }),
-      el('deviceKey', deviceKey), el('startOffset', startOffset), el('changeId', changeId),
-    ], { xmlns: 'urn:vim25' }));
+    const r = await this.#invoke(
+      'QueryChangedDiskAreas',
+      el(
+        'QueryChangedDiskAreas',
+        [
+          moref('_this', { type: 'VirtualMachine', value: vm }),
+          moref('snapshot', { type: 'VirtualMachineSnapshot', value: snapshot }),
+          el('deviceKey', deviceKey),
+          el('startOffset', startOffset),
+          el('changeId', changeId),
+        ],
+        { xmlns: 'urn:vim25' },
+      ),
+    );
     const rv = child(r, 'returnval');
     const num = (e: XmlElement | undefined, n: string) => {
       const v = Number(textOf(e, n));

@@ -37,7 +37,10 @@ export class VSphereFault extends RnodeError {
 const HINTS: Record<string, [code: string, hint: string]> = {
   InvalidLogin: [VSphereErrorCodes.LOGIN, 'check the user name and the password file'],
   NotAuthenticated: [VSphereErrorCodes.LOGIN, 'the vSphere session expired or was never opened; run again'],
-  NoPermission: [VSphereErrorCodes.PERMISSION, 'give the user the backup privileges (VirtualMachine.State.CreateSnapshot, VirtualMachine.Provisioning.DiskRandomRead...)'],
+  NoPermission: [
+    VSphereErrorCodes.PERMISSION,
+    'give the user the backup privileges (VirtualMachine.State.CreateSnapshot, VirtualMachine.Provisioning.DiskRandomRead...)',
+  ],
   ManagedObjectNotFound: [VSphereErrorCodes.NOT_FOUND, 'check the VM MoRef (e.g. vm-42) in the source'],
 };
 

@@ -14,7 +14,10 @@ export interface XmlElement {
 }
 
 export class XmlError extends Error {
-  constructor(message: string, readonly position: number) {
+  constructor(
+    message: string,
+    readonly position: number,
+  ) {
     super(`${message} at offset ${position}`);
     this.name = 'XmlError';
   }
@@ -31,8 +34,16 @@ function localName(q: string): string {
 // changeId must not become numbers); CDATA joins the text; comments and processing instructions are dropped.
 // htmlEntities decodes numeric character references too (vSphere escapes control characters that way).
 const parser = new XMLParser({
-  preserveOrder: true, ignoreAttributes: false, attributeNamePrefix: '', parseTagValue: false, parseAttributeValue: false,
-  trimValues: false, processEntities: true, htmlEntities: true, ignoreDeclaration: true, ignorePiTags: true,
+  preserveOrder: true,
+  ignoreAttributes: false,
+  attributeNamePrefix: '',
+  parseTagValue: false,
+  parseAttributeValue: false,
+  trimValues: false,
+  processEntities: true,
+  htmlEntities: true,
+  ignoreDeclaration: true,
+  ignorePiTags: true,
 });
 
 type Node = Record<string, unknown> & { ':@'?: Record<string, string> };
@@ -114,12 +125,14 @@ export function xsiType(el: XmlElement | undefined): string | undefined {
 // ---- writing ----
 
 export function escapeText(s: string): string {
-  return s.replace(/[&<>]/g, (c) => (c === '&' ? '&amp;' : c === '<' ? '&lt;' : '&gt;'))
-    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, '');
+  return s.replace(/[&<>]/g, (c) => (c === '&' ? '&amp;' : c === '<' ? '&lt;' : '&gt;')).replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, '');
 }
 
 export function escapeAttr(s: string): string {
-  return escapeText(s).replace(/"/g, '&quot;').replace(/'/g, '&apos;').replace(/[\t\n\r]/g, (c) => `&#${c.charCodeAt(0)};`);
+  return escapeText(s)
+    .replace(/"/g, '&quot;')
+    .replace(/'/g, '&apos;')
+    .replace(/[\t\n\r]/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 /** Markup that is already serialized; everything else passed to el() is escaped. */
@@ -139,7 +152,10 @@ function contentToXml(c: Content): string {
 /** One element; attributes and text are escaped. Undefined attributes are left out. */
 export function el(name: string, content?: Content, attrs: Record<string, string | undefined> = {}): Raw {
   if (!/^[A-Za-z_][\w.-]*(:[A-Za-z_][\w.-]*)?$/.test(name)) throw new Error(`bad XML element name ${name}`);
-  const a = Object.entries(attrs).filter(([, v]) => v !== undefined).map(([k, v]) => ` ${k}="${escapeAttr(v!)}"`).join('');
+  const a = Object.entries(attrs)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => ` ${k}="${escapeAttr(v!)}"`)
+    .join('');
   const inner = contentToXml(content);
   return new Raw(inner === '' ? `<${name}${a}/>` : `<${name}${a}>${inner}</${name}>`);
 }
