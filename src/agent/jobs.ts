@@ -314,6 +314,60 @@ export class JobRunner {
     });
   }
 
+  /**
+   * One replicate of a disk under its lease. Another writer (a node that died, whose lease has not expired yet) holds
+   * the disk: wait for it, abortably, up to a few lease lifetimes.
+   */
+  private async replicateLeased(
+    job: ReplicateJob,
+    ds: DiskSource,
+    o: {
+      store: WrappedStore;
+      source: BlockSource;
+      signal: AbortSignal;
+      onProgress: (p: ReplicateProgress) => void;
+      encryption: EncryptionKey | undefined;
+      inVm: VmDiskRun | undefined;
+      ttlMs: number;
+      log: Logger;
+    },
+  ): Promise<ReplicateResult> {
+    const { store, source, signal, onProgress, encryption, inVm, ttlMs, log } = o;
+    const deadline = Date.now() + 3 * ttlMs + 5000;
+    let leaseRetries = 2;
+    for (;;) {
+      try {
+        return await replicate({
+          store,
+          source,
+          disk: ds.disk,
+          chunkSize: job.chunkSize,
+          concurrency: job.concurrency ?? inVm?.concurrency,
+          bufferBytes: this.runBufferBytes,
+          signal,
+          onProgress,
+          codec: job.compression ? codecByName(job.compression) : undefined,
+          encryption,
+          forceFull: job.forceFull || inVm?.forceFull,
+          checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
+          lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },
+        });
+      } catch (err) {
+        // LEASE_LOST: renewals of src/repository/lease.ts can race each other under load and drop a lease
+        // nobody else took. Trying again is safe: the lease is re-acquired through conditional puts (a real
+        // new holder shows up as LEASE_HELD) and the point continues from its checkpoint.
+        if (isRnodeError(err, ErrorCodes.LEASE_LOST) && leaseRetries-- > 0 && !signal.aborted) {
+          log.warn('lost the disk lease mid-run; acquiring it again and continuing from the checkpoint', { err: err.message });
+          continue;
+        }
+        if (!isRnodeError(err, ErrorCodes.LEASE_HELD) || Date.now() > deadline) throw err;
+        this.o.progress({ jobId: job.jobId, disk: ds.disk, phase: 'lease' });
+        log.info('disk is leased by another writer; waiting', { holder: err.details.holder, expiresAt: err.details.expiresAt });
+        await abortableSleep(Math.min(1000, ttlMs / 4), signal);
+      }
+    }
+  }
+
   private async replicateDisk(
     job: ReplicateJob,
     ds: DiskSource,
@@ -364,43 +418,7 @@ export class JobRunner {
             etaSeconds: rate > 0 ? round((p.diskSize - p.position) / rate) : null,
           });
         };
-        // Another writer (a node that died, whose lease has not expired yet) holds the disk: wait for it,
-        // abortably, up to a few lease lifetimes.
-        const deadline = Date.now() + 3 * ttlMs + 5000;
-        let r: ReplicateResult;
-        let leaseRetries = 2;
-        for (;;) {
-          try {
-            r = await replicate({
-              store,
-              source,
-              disk: ds.disk,
-              chunkSize: job.chunkSize,
-              concurrency: job.concurrency ?? inVm?.concurrency,
-              bufferBytes: this.runBufferBytes,
-              signal,
-              onProgress,
-              codec: job.compression ? codecByName(job.compression) : undefined,
-              encryption,
-              forceFull: job.forceFull || inVm?.forceFull,
-              checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
-              lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },
-            });
-            break;
-          } catch (err) {
-            // LEASE_LOST: renewals of src/repository/lease.ts can race each other under load and drop a lease
-            // nobody else took. Trying again is safe: the lease is re-acquired through conditional puts (a real
-            // new holder shows up as LEASE_HELD) and the point continues from its checkpoint.
-            if (isRnodeError(err, ErrorCodes.LEASE_LOST) && leaseRetries-- > 0 && !signal.aborted) {
-              log.warn('lost the disk lease mid-run; acquiring it again and continuing from the checkpoint', { err: err.message });
-              continue;
-            }
-            if (!isRnodeError(err, ErrorCodes.LEASE_HELD) || Date.now() > deadline) throw err;
-            this.o.progress({ jobId: job.jobId, disk: ds.disk, phase: 'lease' });
-            log.info('disk is leased by another writer; waiting', { holder: err.details.holder, expiresAt: err.details.expiresAt });
-            await abortableSleep(Math.min(1000, ttlMs / 4), signal);
-          }
-        }
+        const r = await this.replicateLeased(job, ds, { store, source, signal, onProgress, encryption, inVm, ttlMs, log });
         m.bytesRead.inc({}, Math.max(0, r.bytesRead - last.bytesRead));
         sent();
         m.bytesStored.inc({}, r.bytesWritten);
