@@ -321,7 +321,9 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         const nodeDir = path.join(dir, `throttle-${which}`);
         const { child, url } = await startServe(nodeDir, which === 'node' ? ['--bandwidth', String(bandwidth)] : []);
         try {
-          const store = new L.RemoteStore({ url, ...(which === 'sender' ? { bandwidth } : {}) });
+          const store = new L.RemoteStore({ url });
+          // The sender's limit is the one every target takes (src/store/wrap.ts), as `replicate --bandwidth` applies it.
+          const target = which === 'sender' ? L.wrapStore(store, { bandwidth }) : store;
           const source = await L.openSource(tImage);
           // Samples of bytes sent over time: the rate is the slope between 10% and 90% of the transfer, so the
           // setup round trips (listing, lease, commit) do not count against the throttle. A node-side throttle lets
@@ -330,7 +332,7 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
           const samples: Array<[number, number]> = [];
           const t0 = performance.now();
           const timer = setInterval(() => samples.push([performance.now(), store.counters.bytesSent]), 20);
-          await L.replicate({ store, source, disk: 'throttle', chunkSize, checkpointRecords: 64, checkpointMillis: 2000 });
+          await L.replicate({ store: target, source, disk: 'throttle', chunkSize, checkpointRecords: 64, checkpointMillis: 2000 });
           clearInterval(timer);
           const seconds = (performance.now() - t0) / 1000;
           await source.close();

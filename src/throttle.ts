@@ -1,5 +1,6 @@
-// The one bandwidth limiter: a token bucket every limit uses (the bytes put to a target by replicate --bandwidth
-// and by agent jobs, through src/store/wrappers/throttled.ts; serve --bandwidth; a RemoteStore's own limit).
+// The one bandwidth limiter: a token bucket every limit uses. It is applied in two places, one per direction: the
+// bytes a job puts to its target (replicate --bandwidth and agent jobs alike, for every store kind, through
+// src/store/wrappers/throttled.ts) and the bytes a receiving node reads from its peers (serve --bandwidth).
 import { ErrorCodes, RnodeError } from './errors.js';
 
 export class TokenBucket {

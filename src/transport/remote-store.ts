@@ -24,7 +24,6 @@ import {
   PART_BYTES,
   type Frame,
 } from './frame.js';
-import { TokenBucket } from '../throttle.js';
 
 export interface RemoteStoreOptions {
   /** ws://host:port or wss://host:port (a path is ignored). */
@@ -35,11 +34,6 @@ export interface RemoteStoreOptions {
   ca?: string | Buffer;
   /** SHA-256 fingerprint of the node's certificate (hex, colons optional): trust exactly that certificate. */
   pinSha256?: string;
-  /**
-   * Sender-side limit in bytes/s on every frame this store sends, for code that builds a RemoteStore itself (bench/ws.ts).
-   * A store opened by location (CLI, agent) takes the bandwidth limit of src/store/wrap.ts instead, never this one.
-   */
-  bandwidth?: number;
   /** Pause sending while the socket holds more than this many bytes (default 4 MiB). */
   highWaterMark?: number;
   /** One connection attempt may take this long (default 10 s). */
@@ -87,7 +81,6 @@ interface Req {
   key?: string;
   /** Connection generation it was last sent on (0: never sent). */
   sentOn: number;
-  paid: boolean;
   resolve: (f: Frame) => void;
   reject: (err: unknown) => void;
   /** Rebuilds the frame before it is sent again on a new connection (listings restart after the last key). */
@@ -118,7 +111,6 @@ export class RemoteStore implements ObjectStore {
     window: 0,
   };
   private readonly url: string;
-  private readonly bucket?: TokenBucket;
   private readonly hwm: number;
   private readonly pin?: string;
   private ws?: WebSocket;
@@ -159,7 +151,6 @@ export class RemoteStore implements ObjectStore {
     this.url = `${u.protocol}//${u.host}/rnode`;
     this.location = `${u.protocol}//${u.host}`;
     this.hwm = opts.highWaterMark ?? 4 * 1024 * 1024;
-    if (opts.bandwidth) this.bucket = new TokenBucket(opts.bandwidth);
     this.pin = opts.pinSha256 ? normalizeFingerprint(opts.pinSha256) : undefined;
     if (this.pin && u.protocol !== 'wss:') throw new RnodeError(ErrorCodes.USAGE, 'a pinned certificate needs a wss:// location');
   }
@@ -373,7 +364,6 @@ export class RemoteStore implements ObjectStore {
         isPut,
         ...(key !== undefined ? { key } : {}),
         sentOn: 0,
-        paid: false,
         reject,
         resolve: (f) => {
           if (f.type === FrameType.CONTROL) {
@@ -420,7 +410,7 @@ export class RemoteStore implements ObjectStore {
     );
   }
 
-  /** Sends queued requests while credit, the socket's buffer and the bandwidth limit allow. */
+  /** Sends queued requests while credit and the socket's buffer allow (a bandwidth limit paces the puts above: src/store/wrap.ts). */
   private async pump(): Promise<void> {
     if (this.pumping) return;
     this.pumping = true;
@@ -439,11 +429,6 @@ export class RemoteStore implements ObjectStore {
           await new Promise<void>((res) => this.drainWaiters.push(res));
           continue;
         }
-        if (this.bucket && !r.paid) {
-          await this.bucket.take(r.size);
-          r.paid = true;
-          continue;
-        }
         this.queue.shift();
         if (r.sentOn !== 0) {
           r.frame = r.rebuild ? r.rebuild() : r.frame;
@@ -458,7 +443,6 @@ export class RemoteStore implements ObjectStore {
           if (this.unacked > this.counters.maxUnackedBytes) this.counters.maxUnackedBytes = this.unacked;
         }
         r.sentOn = this.gen;
-        r.paid = false;
         this.sent.set(r.stream, r);
         if (r.parts) for (const p of r.parts) this.sendNow(p.head, p.payload);
         else this.sendNow(r.frame, r.payload);

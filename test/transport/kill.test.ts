@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { wrapStore } from '../../src/store/index.js';
 import { Domain } from '../../src/repository/domain.js';
 import { r2 } from '../../src/repository/names.js';
 import { decodePendingV2 } from '../../src/repository/point-format.js';
@@ -111,8 +112,8 @@ t.test('SIGKILL of the node mid-point: restarted on the same port, the sender re
   const storeDir = path.join(dir, 'recv');
   const first = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', storeDir, '--window', String(WINDOW)]);
   const port = new URL(first.url).port;
-  const rs = remote(t, first.url, { bandwidth: 6 * MiB, reconnectBudgetMs: 30_000, backoffMaxMs: 300 });
-  const running = snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 64, packSize: PACK });
+  const rs = remote(t, first.url, { reconnectBudgetMs: 30_000, backoffMaxMs: 300 });
+  const running = snap(wrapStore(rs, { bandwidth: 6 * MiB }), img, 'd', { chunkSize: CHUNK, checkpointRecords: 64, packSize: PACK });
   running.catch(() => undefined);
   await until(() => packBytes(storeDir) >= 60 * CHUNK, 30_000, '60 chunks on the node');
   first.child.kill('SIGKILL');

@@ -1,8 +1,9 @@
 // The bandwidth throttle: the token bucket holds its rate within 5% whatever the frame sizes (frames larger
-// than the burst included), and a sender-side limit on a RemoteStore paces a real replicate over ws://.
+// than the burst included), and the sender-side limit (src/store/wrap.ts) paces a real replicate over ws://.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { wrapStore } from '../../src/store/index.js';
 import { TokenBucket } from '../../src/transport/index.js';
 import { KiB, MiB, randomData, snap, tmpDir } from '../helpers/images.js';
 import { remote, startNode } from './helpers.js';
@@ -26,14 +27,14 @@ t.test('token bucket: 2 MB/s over mixed frame sizes', async (t) => {
   t.ok(Math.abs(measured - rate) / rate < 0.05, `within 5%: ${(measured / 1e6).toFixed(3)} MB/s`);
 });
 
-t.test('replicate --bandwidth: a RemoteStore limited to 4 MB/s', async (t) => {
+t.test('replicate --bandwidth over ws://: the puts to a RemoteStore paced at 4 MB/s (the limit every target takes)', async (t) => {
   const dir = tmpDir(t, 'ws-throttle');
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, randomData(6 * MiB, 9));
   const { url } = await startNode(t, dir);
-  const rs = remote(t, url, { bandwidth: 4_000_000 });
+  const rs = remote(t, url);
   const t0 = performance.now();
-  await snap(rs, img, 'd', { chunkSize: 64 * KiB });
+  await snap(wrapStore(rs, { bandwidth: 4_000_000 }), img, 'd', { chunkSize: 64 * KiB });
   const seconds = (performance.now() - t0) / 1000;
   const rate = rs.counters.bytesSent / seconds;
   t.comment(`${rs.counters.bytesSent} wire bytes in ${seconds.toFixed(2)} s: ${(rate / 1e6).toFixed(2)} MB/s`);
