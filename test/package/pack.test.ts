@@ -80,6 +80,12 @@ t.test('npm pack, npm install -g offline without scripts, run the installed rnod
   const info = (JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>)[0];
   const files = info.files.map((f) => f.path);
   t.ok(files.includes(`prebuilds/${process.platform}-${process.arch}/rnode_native.node`), "the tarball ships this platform's prebuilt addon");
+  // .ci/run installs the arm64 cross compiler and asks for that prebuild (REQUIRE_ARM64=1): the package ships both.
+  if (process.env.REQUIRE_ARM64 === '1') {
+    t.ok(files.includes('prebuilds/linux-arm64/rnode_native.node'), 'the tarball ships the linux-arm64 prebuild too');
+    const elf = fs.readFileSync(path.join(ROOT, 'prebuilds', 'linux-arm64', 'rnode_native.node'));
+    t.equal(elf.readUInt16LE(18), 0xb7, 'and it is an AArch64 ELF (e_machine EM_AARCH64)');
+  }
   t.ok(
     ['dist/cli.js', 'native/binding.gyp', 'native/install.mjs'].every((f) => files.includes(f)),
     'the CLI, the addon sources and the install script for a source build',
