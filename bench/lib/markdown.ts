@@ -1,7 +1,7 @@
 // The bench's result as Markdown: the tables docs/benchmarks.md carries are this output, pasted as printed, so a
 // figure there is always one a run produced (RNODE_BENCH_MARKDOWN=<file>, or `npm run bench:markdown -- <json>`
 // for the JSON of an earlier run).
-import { fmt, human, type Row, type SectionResult } from './report.js';
+import { fmt, human, verdict, type SectionResult } from './report.js';
 
 /** The JSON line `npm run bench` prints and writes (RNODE_BENCH_JSON); only what the Markdown needs. */
 export interface BenchJson {
@@ -16,11 +16,6 @@ export interface BenchJson {
 }
 
 const cell = (s: string) => s.replace(/\|/g, '\\|').replace(/\n/g, ' ');
-
-function verdict(r: Row): string {
-  if (!r.target) return '';
-  return r.target.pass === undefined ? 'skip' : r.target.pass ? 'pass' : 'miss';
-}
 
 export function renderMarkdown(b: BenchJson): string {
   const load = (l: number[]) => l.map((x) => x.toFixed(2)).join(' ');
@@ -45,7 +40,7 @@ export function renderMarkdown(b: BenchJson): string {
       const mark = r.note ? `[${notes.push(`${cell(r.name)}: ${cell(r.note)}`)}]` : '';
       lines.push(
         `| ${cell(r.name)}${mark ? ` ${mark}` : ''} | ${fmt(r.value, r.unit)} | ${cell(baseline)} | ${r.ratio !== undefined ? `${r.ratio.toFixed(2)}x` : ''} | ` +
-          `${cell(r.target?.text ?? '')} | ${verdict(r)} |`,
+          `${cell(r.target?.text ?? '')} | ${verdict(r.target).toLowerCase()} |`,
       );
     }
     if (notes.length) lines.push('', ...notes.map((n, i) => `${i + 1}. ${n}`));

@@ -48,7 +48,8 @@ export function fmt(v: number | null | undefined, unit = ''): string {
   return `${v.toFixed(digits)}${unit ? ` ${unit}` : ''}`;
 }
 
-function verdict(t?: Target): string {
+/** PASS, MISS or SKIP (a contender did not run); empty without a target. */
+export function verdict(t?: Target): string {
   if (!t) return '';
   return t.pass === undefined ? 'SKIP' : t.pass ? 'PASS' : 'MISS';
 }
