@@ -216,6 +216,8 @@ export class Agent {
     await this.exports.stopAll();
     await this.runner.cancelAll();
     await this.link.stop();
+    // A policy or point recorded while stopping may still be on its way to the state dir; the caller may remove it next.
+    await this.scheduler.flushed();
     await this.http?.close();
     this.log.info('agent stopped');
   }

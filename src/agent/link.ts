@@ -83,7 +83,11 @@ export class ServerLink extends EventEmitter {
       });
     }
     ws?.terminate();
-    await this.saving;
+    let seen: Promise<void>;
+    do {
+      seen = this.saving;
+      await seen;
+    } while (seen !== this.saving);
   }
 
   /** Queues a report (persisted) and sends it now when connected. */

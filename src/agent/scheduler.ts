@@ -55,6 +55,15 @@ export class Scheduler {
     this.timer = undefined;
   }
 
+  /** Resolves once every policy and disk record handed to the state dir so far is on disk. */
+  async flushed(): Promise<void> {
+    let seen: Promise<void>;
+    do {
+      seen = this.saving;
+      await seen;
+    } while (seen !== this.saving);
+  }
+
   list(): Policy[] {
     return [...this.policies.values()];
   }
