@@ -53,6 +53,11 @@ export const DEMO_OPTIONS: Options = { size: { type: 'string' }, workdir: { type
 
 export async function runDemo(argv: string[], io: Io): Promise<number> {
   const v = parse('demo', argv, DEMO_OPTIONS);
+  if (v.help) {
+    io.out('usage: rnode demo [--size <bytes>] [--workdir <dir>] [--keep] [--json]');
+    io.out('  replicate, change, recover and verify a generated sample disk (default 256MiB, in a temp folder removed after)');
+    return 0;
+  }
   return stoppable('the demo', 'its files were removed (or kept with --keep)', (signal) => demo(v, io, signal));
 }
 

@@ -161,6 +161,11 @@ t.test('help and version', async (t) => {
   const rh = await runCli(['replicate', '--help']);
   t.equal(rh.code, 0);
   t.match(rh.stdout, /--source/);
+  // demo is the default command: --help prints its usage, it does not run it.
+  const dh = await runCli(['demo', '--help']);
+  t.equal(dh.code, 0);
+  t.match(dh.stdout, /^usage: rnode demo /);
+  t.notMatch(dh.stdout, /generating/, 'the demo did not run');
   const v = await runCli(['--version']);
   t.equal(v.code, 0);
   t.match(v.stdout.trim(), /^\d+\.\d+\.\d+/);
