@@ -1,14 +1,15 @@
 // Recover against the durable-write floor: the same number of bytes rnode writes, written by `dd oflag=direct
-// conv=fdatasync` from the page-cached image, in the same run, rounds alternating. And against the device's floor
-// for a recover from this store: that write while the store's packs are read (O_DIRECT, as recover finds them: a
-// store written with O_DIRECT is not in page cache) from the same device, at once. With RNODE_BENCH_BEFORE_CLI
+// conv=fdatasync` from the page-cached image, in the same run, rounds alternating; rnode's input, the store, is in
+// page cache too, as dd's is. And a recover from the store as it is after a replicate (written with O_DIRECT, not in
+// page cache, on the same device as the output) against the device's floor for it: that write while the store's
+// packs are read from the same device, at once. With RNODE_BENCH_BEFORE_CLI
 // (another build's dist/cli.js) that build replicates into a store of its own (its format may differ) and recovers
 // it in the same rounds, for before/after figures.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { RecoverResult, ReplicateResult } from 'replication-node';
 import type { RnodeRun, Section, SectionContext } from '../lib/context.js';
-import { firstDifference } from '../lib/images.js';
+import { firstDifference, warm } from '../lib/images.js';
 import { runNode, type RunResult } from '../lib/measure.js';
 import { fmt, human, median, type Row } from '../lib/report.js';
 
@@ -39,6 +40,7 @@ export const recovery: Section = {
     }
 
     const rec: RnodeRun<RecoverResult>[] = [];
+    const cold: RnodeRun<RecoverResult>[] = [];
     const inCli: number[] = [];
     const old: RunResult[] = [];
     const floor: RunResult[] = [];
@@ -49,12 +51,31 @@ export const recovery: Section = {
       const p = path.join(store, f);
       if (f.includes(`${path.sep}packs${path.sep}`) && (await fsp.stat(p)).isFile()) packs.push(p);
     }
+    // Every file of a store into page cache, or out of it (clean pages: settle() synced them first).
+    const storeFiles = async (root: string) =>
+      (await fsp.readdir(root, { recursive: true })).map((f) => path.join(root, f)).filter((p) => p.includes(path.sep));
+    const files = await storeFiles(store);
+    const beforeFiles = before ? await storeFiles(beforeStore) : [];
+    const regular = async (ps: string[]) =>
+      (await Promise.all(ps.map(async (p) => ((await fsp.stat(p)).isFile() ? p : undefined)))).filter((p) => p !== undefined);
+    const [storeRegular, beforeRegular] = [await regular(files), await regular(beforeFiles)];
+    const warmStore = async (ps: string[]) => {
+      await ctx.settle();
+      for (const p of ps) await warm(p);
+    };
+    const coldStore = async (ps: string[]) => {
+      await ctx.settle();
+      for (const p of ps) await ctx.tool('dd', [`if=${p}`, 'iflag=nocache', 'count=0', 'status=none']);
+    };
     let written = 0;
     let exact = true;
     for (let i = 0; i < n; i++) {
       ctx.log(`recovery: round ${i + 1}/${n}`);
       await fsp.rm(restored, { force: true });
-      await ctx.settle();
+      await coldStore(storeRegular);
+      cold.push(await ctx.rnode<RecoverResult>(['recover', '--store', store, '--disk', DISK, '--out', restored]));
+      await fsp.rm(restored, { force: true });
+      await warmStore(storeRegular);
       const r = await ctx.rnode<RecoverResult>(['recover', '--store', store, '--disk', DISK, '--out', restored]);
       rec.push(r);
       inCli.push(r.result.seconds);
@@ -62,7 +83,7 @@ export const recovery: Section = {
       if (i === n - 1) exact = (await firstDifference(img, restored)) < 0;
       await fsp.rm(restored, { force: true });
       if (before) {
-        await ctx.settle();
+        await warmStore(beforeRegular);
         old.push(await runNode(before, ['recover', '--store', beforeStore, '--disk', DISK, '--out', restored, '--json'], { scratch: ctx.dir }));
         await fsp.rm(restored, { force: true });
       }
@@ -82,6 +103,7 @@ export const recovery: Section = {
       );
       await fsp.rm(floorFile, { force: true });
       // The device floor: the same write, with the store's packs read from the device at the same time.
+      await coldStore(packs);
       await ctx.settle(img);
       deviceFloor.push(
         await ctx.tool('sh', [
@@ -102,6 +124,7 @@ export const recovery: Section = {
     const range = (xs: number[]) => `min ${fmt(Math.min(...xs))}, median ${fmt(median(xs))}, max ${fmt(Math.max(...xs))}`;
     ctx.say(`image ${human(ctx.settings.size)} mixed; rnode writes ${human(written)} (non-zero 4 KiB blocks), dd writes as many; ${n} round(s)`);
     ctx.say('ratio = dd seconds / rnode seconds of the same round (>= 1: rnode at disk speed); rnode wall time includes node start');
+    ctx.say("the first row's rnode reads its store from page cache, as dd reads the image; the second's from the device");
     const stages = rec.map((r) => r.result.stages).filter((x) => x !== undefined);
     const stage = (k: keyof RecoverResult['stages']) => fmt(median(stages.map((x) => x[k])));
     if (stages.length) {
@@ -112,7 +135,7 @@ export const recovery: Section = {
     }
     const rows: Row[] = [
       {
-        name: 'recover vs durable-write floor',
+        name: 'recover (store in page cache) vs durable-write floor',
         value: mbps(rec),
         unit: 'MB/s written',
         baseline: { name: 'dd oflag=direct conv=fdatasync', value: mbps(floor) },
@@ -122,14 +145,15 @@ export const recovery: Section = {
         data: { ratios, ratiosCli, stages },
       },
       {
-        name: 'recover vs device floor (store read + output write)',
-        value: mbps(rec),
+        name: 'recover (store uncached, same device) vs device floor (store read + output write)',
+        value: mbps(cold),
         unit: 'MB/s written',
         baseline: { name: 'dd of the packs (iflag=direct) beside the dd above', value: mbps(deviceFloor) },
-        ratio: median(rec.map((r, i) => deviceFloor[i].seconds / r.seconds)),
+        ratio: median(cold.map((r, i) => deviceFloor[i].seconds / r.seconds)),
         note:
           `${packs.length} pack files read while the output is written, one device: what a recover from an uncached local store cannot beat; ` +
-          `its seconds over the dd-only floor's ${range(floor.map((f, i) => deviceFloor[i].seconds / f.seconds))}; inside the CLI ${range(inCli.map((s, i) => deviceFloor[i].seconds / s))}`,
+          `its seconds over the dd-only floor's ${range(floor.map((f, i) => deviceFloor[i].seconds / f.seconds))}; ` +
+          `rnode inside the CLI ${range(cold.map((r, i) => deviceFloor[i].seconds / r.result.seconds))}; this recover vs the dd-only floor ${range(cold.map((r, i) => floor[i].seconds / r.seconds))}`,
       },
     ];
     if (before) {
