@@ -21,7 +21,7 @@ import {
   type Hello,
   type ServerMessage,
 } from './protocol.js';
-import type { StateDir, StoredReport } from './state.js';
+import { drained, type StateDir, type StoredReport } from './state.js';
 
 export interface LinkOptions {
   url: string;
@@ -83,11 +83,7 @@ export class ServerLink extends EventEmitter {
       });
     }
     ws?.terminate();
-    let seen: Promise<void>;
-    do {
-      seen = this.saving;
-      await seen;
-    } while (seen !== this.saving);
+    await drained(() => this.saving);
   }
 
   /** Queues a report (persisted) and sends it now when connected. */

@@ -7,7 +7,7 @@ import { diskKey, type JobRunner } from './jobs.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
 import type { AgentReport, Policy } from './protocol.js';
-import type { DiskRecord, StateDir } from './state.js';
+import { drained, type DiskRecord, type StateDir } from './state.js';
 
 export interface SchedulerOptions {
   state: StateDir;
@@ -57,11 +57,7 @@ export class Scheduler {
 
   /** Resolves once every policy and disk record handed to the state dir so far is on disk. */
   async flushed(): Promise<void> {
-    let seen: Promise<void>;
-    do {
-      seen = this.saving;
-      await seen;
-    } while (seen !== this.saving);
+    await drained(() => this.saving);
   }
 
   list(): Policy[] {

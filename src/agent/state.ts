@@ -23,6 +23,18 @@ export interface StoredReport {
   msg: Record<string, unknown>;
 }
 
+/**
+ * Waits for a chain of state writes (a promise its owner replaces with each write it queues) to settle, including
+ * writes queued while it waits: what the node handed to the state dir is on disk before it stops.
+ */
+export async function drained(chain: () => Promise<void>): Promise<void> {
+  let seen: Promise<void>;
+  do {
+    seen = chain();
+    await seen;
+  } while (seen !== chain());
+}
+
 export class StateDir {
   constructor(readonly dir: string) {}
 
