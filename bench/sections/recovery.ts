@@ -45,37 +45,33 @@ export const recovery: Section = {
     const old: RunResult[] = [];
     const floor: RunResult[] = [];
     const deviceFloor: RunResult[] = [];
-    // Files under a packs/ folder: recursive readdir lists the folders too.
-    const packs: string[] = [];
-    for (const f of await fsp.readdir(store, { recursive: true })) {
-      const p = path.join(store, f);
-      if (f.includes(`${path.sep}packs${path.sep}`) && (await fsp.stat(p)).isFile()) packs.push(p);
-    }
-    // Every file of a store into page cache, or out of it (clean pages: settle() synced them first).
-    const storeFiles = async (root: string) =>
-      (await fsp.readdir(root, { recursive: true })).map((f) => path.join(root, f)).filter((p) => p.includes(path.sep));
-    const files = await storeFiles(store);
-    const beforeFiles = before ? await storeFiles(beforeStore) : [];
-    const regular = async (ps: string[]) =>
-      (await Promise.all(ps.map(async (p) => ((await fsp.stat(p)).isFile() ? p : undefined)))).filter((p) => p !== undefined);
-    const [storeRegular, beforeRegular] = [await regular(files), await regular(beforeFiles)];
-    const warmStore = async (ps: string[]) => {
-      await ctx.settle();
-      for (const p of ps) await warm(p);
+    // The regular files of a store (recursive readdir lists the folders too), and of those its packs.
+    const filesOf = async (root: string) => {
+      const files: string[] = [];
+      for (const f of await fsp.readdir(root, { recursive: true })) if ((await fsp.stat(path.join(root, f))).isFile()) files.push(path.join(root, f));
+      return files;
     };
-    const coldStore = async (ps: string[]) => {
+    const storeFiles = await filesOf(store);
+    const beforeFiles = before ? await filesOf(beforeStore) : [];
+    const packs = storeFiles.filter((p) => p.includes(`${path.sep}packs${path.sep}`));
+    // Files into page cache, or out of it (clean pages: settle() synced them first; one dd per file, in one shell).
+    const warmStore = async (files: string[]) => {
       await ctx.settle();
-      for (const p of ps) await ctx.tool('dd', [`if=${p}`, 'iflag=nocache', 'count=0', 'status=none']);
+      for (const p of files) await warm(p);
+    };
+    const coldStore = async (files: string[]) => {
+      await ctx.settle();
+      await ctx.tool('sh', ['-c', 'for f in "$@"; do dd if="$f" iflag=nocache count=0 status=none; done', 'sh', ...files]);
     };
     let written = 0;
     let exact = true;
     for (let i = 0; i < n; i++) {
       ctx.log(`recovery: round ${i + 1}/${n}`);
       await fsp.rm(restored, { force: true });
-      await coldStore(storeRegular);
+      await coldStore(storeFiles);
       cold.push(await ctx.rnode<RecoverResult>(['recover', '--store', store, '--disk', DISK, '--out', restored]));
       await fsp.rm(restored, { force: true });
-      await warmStore(storeRegular);
+      await warmStore(storeFiles);
       const r = await ctx.rnode<RecoverResult>(['recover', '--store', store, '--disk', DISK, '--out', restored]);
       rec.push(r);
       inCli.push(r.result.seconds);
@@ -83,7 +79,7 @@ export const recovery: Section = {
       if (i === n - 1) exact = (await firstDifference(img, restored)) < 0;
       await fsp.rm(restored, { force: true });
       if (before) {
-        await warmStore(beforeRegular);
+        await warmStore(beforeFiles);
         old.push(await runNode(before, ['recover', '--store', beforeStore, '--disk', DISK, '--out', restored, '--json'], { scratch: ctx.dir }));
         await fsp.rm(restored, { force: true });
       }

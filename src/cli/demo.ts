@@ -51,11 +51,13 @@ async function prepareWorkdir(work: string): Promise<void> {
 /** The demo's flags (also what `rnode completion` offers for it). */
 export const DEMO_OPTIONS: Options = { size: { type: 'string' }, workdir: { type: 'string' }, keep: { type: 'boolean' } };
 
+export const DEMO_SUMMARY = 'replicate, change, recover and verify a generated sample disk (--size, --workdir, --keep)';
+
 export async function runDemo(argv: string[], io: Io): Promise<number> {
   const v = parse('demo', argv, DEMO_OPTIONS);
   if (v.help) {
     io.out('usage: rnode demo [--size <bytes>] [--workdir <dir>] [--keep] [--json]');
-    io.out('  replicate, change, recover and verify a generated sample disk (default 256MiB, in a temp folder removed after)');
+    io.out(`  ${DEMO_SUMMARY}`);
     return 0;
   }
   return stoppable('the demo', 'its files were removed (or kept with --keep)', (signal) => demo(v, io, signal));

@@ -18,13 +18,13 @@ async function completionTable(commands: Record<string, Command>): Promise<Compl
   };
 }
 
-function help(io: Io, commands: Record<string, Command>): void {
+function help(io: Io, commands: Record<string, Command>, demoSummary: string): void {
   io.out(`rnode ${VERSION}: the data-plane node of a disaster-recovery platform`);
   io.out('');
   io.out('usage: rnode <command> [flags]      (no command: run the built-in demo job)');
   io.out('');
   for (const [name, c] of Object.entries(commands)) io.out(`  ${name.padEnd(10)} ${c.summary}`);
-  io.out(`  ${'demo'.padEnd(10)} replicate, change, recover and verify a generated sample disk (--size, --workdir, --keep)`);
+  io.out(`  ${'demo'.padEnd(10)} ${demoSummary}`);
   io.out(`  ${'completion'.padEnd(10)} print a bash or zsh completion script: source <(rnode completion bash)`);
   io.out('');
   io.out('Every command takes --json (machine-readable output), --debug (stack traces) and --help. rnode --version prints the release.');
@@ -44,7 +44,7 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
     // store layer, node:crypto, node:http).
     const { commands, parse } = await import('./commands.js');
     if (name === '--help' || name === '-h' || name === 'help') {
-      help(io, commands);
+      help(io, commands, (await import('./demo.js')).DEMO_SUMMARY);
       return 0;
     }
     if (name === 'completion') {
