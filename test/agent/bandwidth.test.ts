@@ -36,14 +36,15 @@ async function pacedJob(t: Test, dir: string, store: { url: string; env?: Record
   t.comment(`${sent} bytes sent, ${r.sourceBytesRead} read in ${r.seconds} s; ${expected.toFixed(2)} s expected at ${LIMIT} B/s`);
   t.ok(sent >= 3 * MiB && sent < 4 * MiB, 'the random part was sent, the zeros were not');
   // Never faster than the limit allows (less its 100 ms burst), slower only by the slack. Paced on the bytes read, as
-  // before, this run took 16 s.
+  // before, this run took 16 s; the slack stays far below that gap yet leaves room for a loaded 2-core CI machine
+  // (a 0.25 s slack failed there once, beside the rest of the suite).
   t.ok(r.seconds >= expected * 0.95, `took ${r.seconds} s: not faster than bytes sent / limit (${expected.toFixed(2)} s)`);
   t.ok(r.seconds <= expected + slackSeconds, `took ${r.seconds} s: at most ${slackSeconds} s over bytes sent / limit`);
 }
 
 t.test('agent job with bandwidth to a local store: paced on the bytes put, like replicate --bandwidth', async (t) => {
   const dir = tmpDir(t, 'agent-bw-fs');
-  await pacedJob(t, dir, { url: path.join(dir, 'store') }, 0.25);
+  await pacedJob(t, dir, { url: path.join(dir, 'store') }, 2);
 });
 
 t.test('agent job with bandwidth to a ws:// node: the same limit, the token file from store.env as a typed setting', async (t) => {
@@ -52,5 +53,5 @@ t.test('agent job with bandwidth to a ws:// node: the same limit, the token file
   // Its own folder: the agent's Management Server token is <dir>/token.
   const tokenFile = writeToken(fs.mkdtempSync(path.join(dir, 'node-')), 'node-token-0123456789');
   // RNODE_BANDWIDTH is no setting: 1 B/s would stall the run if anything still read it.
-  await pacedJob(t, dir, { url, env: { RNODE_TOKEN_FILE: tokenFile, RNODE_BANDWIDTH: '1' } }, 1);
+  await pacedJob(t, dir, { url, env: { RNODE_TOKEN_FILE: tokenFile, RNODE_BANDWIDTH: '1' } }, 3);
 });
