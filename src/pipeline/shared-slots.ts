@@ -9,7 +9,7 @@ import { IdleBuffers } from '../native/idle-buffers.js';
  */
 export const MAX_IDLE_SHARED_BYTES = 128 * 1024 * 1024;
 
-const slots = new IdleBuffers(sharedAligned, MAX_IDLE_SHARED_BYTES);
+const slots = new IdleBuffers({ alloc: sharedAligned, maxIdleBytes: MAX_IDLE_SHARED_BYTES });
 
 /** A zero-filled, page-aligned SharedArrayBuffer view of size bytes: an idle one when there is one. */
 export function takeShared(size: number): Buffer {

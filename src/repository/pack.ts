@@ -14,7 +14,7 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { xxh64 } from '../format/checksum.js';
 import { isKnownCodec } from '../format/codecs.js';
 import { MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES } from '../format/chunk.js';
-import { allocAlignedUnsafe, copyBytes, FILE_DIRECT_ALIGNMENT } from '../native/index.js';
+import { allocAlignedUnsafe, copyBytes, discardPages, FILE_DIRECT_ALIGNMENT } from '../native/index.js';
 import { IdleBuffers } from '../native/idle-buffers.js';
 import type { ObjectStore } from '../store/types.js';
 import { ENVELOPE_MAX_OVERHEAD_BYTES, EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
@@ -215,12 +215,17 @@ export class PackBuilder {
 
 /**
  * Idle pack buffers kept for later packs and runs: an agent's replicate slots (24 MiB of pack buffers between them)
- * and a repack's one builder (a pack of the repository's size). Left to the GC, every run's buffers stayed mapped
- * until a collection found them, and a busy node's RSS followed GC timing instead of its load.
+ * and a repack's builder and read buffer (packs of the repository's size). Left to the GC, every run's buffers
+ * stayed mapped until a collection found them, and a busy node's RSS followed GC timing instead of its load. An idle
+ * buffer's pages go back to the system (a memset wipe kept all of them resident: +48 MiB in an agent soak).
  */
-export const MAX_IDLE_PACK_BYTES = 48 * 1024 * 1024;
+export const MAX_IDLE_PACK_BYTES = 64 * 1024 * 1024;
 
-const idlePackBuffers = new IdleBuffers((size) => allocAlignedUnsafe(size, FILE_DIRECT_ALIGNMENT), MAX_IDLE_PACK_BYTES);
+const idlePackBuffers = new IdleBuffers({
+  alloc: (size) => allocAlignedUnsafe(size, FILE_DIRECT_ALIGNMENT),
+  maxIdleBytes: MAX_IDLE_PACK_BYTES,
+  wipe: discardPages,
+});
 
 /** A buffer for a pack of `target` bytes (see PackBuilder): an idle one when there is one. */
 export function takePackBuffer(target: number): Buffer {

@@ -6,6 +6,7 @@ import t from 'tap';
 import path from 'node:path';
 import { FsStore } from '../../src/store/index.js';
 import type { PutOptions } from '../../src/store/index.js';
+import { isZero } from '../../src/native/index.js';
 import { takePackBuffer, recyclePackBuffer } from '../../src/repository/pack.js';
 import { MiB, snap, tmpDir, writeRandomImage } from '../helpers/images.js';
 
@@ -45,6 +46,10 @@ t.test("a run's pack buffers serve the next run's packs", async (t) => {
   await snap(store, b, 'b', { chunkSize: 64 * 1024, packSize: 256 * 1024 });
   const reused = [...store.packMemory].filter((m) => first.has(m));
   t.ok(reused.length >= 1, `the second run built its packs in the first run's buffers (${reused.length} of ${store.packMemory.size})`);
+  const idle = takePackBuffer(256 * 1024);
+  t.ok(store.packMemory.has(idle.buffer), 'an idle buffer of the last run is handed out next');
+  t.ok(isZero(idle), 'wiped: none of its packs is left in it');
+  recyclePackBuffer(idle);
 });
 
 t.test("a failed put's buffer is not wiped or handed out again", async (t) => {
