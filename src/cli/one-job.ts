@@ -13,12 +13,7 @@ const ONE_CHUNK_JOB = new Set(['replicate', 'recover', 'verify']);
  */
 export async function prepareForCommand(argv: string[]): Promise<CodecWorkers | undefined> {
   if (!ONE_CHUNK_JOB.has(argv[0]) || argv.includes('--help') || argv.includes('-h')) return undefined;
-  const [{ codecWorkers }, { keepNoIdleShared }, { keepNoIdlePackBuffers }] = await Promise.all([
-    import('../pipeline/codec-workers.js'),
-    import('../pipeline/shared-slots.js'),
-    import('../repository/pack.js'),
-  ]);
+  const [{ codecWorkers }, { keepNoIdleShared }] = await Promise.all([import('../pipeline/codec-workers.js'), import('../pipeline/shared-slots.js')]);
   keepNoIdleShared();
-  keepNoIdlePackBuffers();
   return codecWorkers();
 }

@@ -13,7 +13,7 @@ import { Domain, MIN_PACK_SIZE } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
-import { PackBuilder, newObjectId, packSizeFor, recyclePackBuffer, takePackBuffer, type BlobEntry } from '../repository/pack.js';
+import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
   listLegacyPointSeqs,
@@ -443,16 +443,13 @@ async function repack(
     const b = builder;
     builder = undefined;
     await store.put(r2.pack(domain.name, b.id), b.finish());
-    recyclePackBuffer(b.buffer); // the next builder's, or a later run's (a failed put's buffer is left to the GC)
     r.packsWritten++;
     for (const e of b.entries) written.push({ packId: b.id, entry: e });
     if (r.packsWritten === 1) failpoint('prune-repack-pack-written');
   };
-  // Each source pack is read into one buffer (where the store can), its live blobs copied out before the next.
-  const into = takePackBuffer(packSize);
   for (const id of sources) {
     const p = packs.get(id)!;
-    const bytes = await store.get(r2.pack(domain.name, id), undefined, into);
+    const bytes = await store.get(r2.pack(domain.name, id));
     for (const off of [...p.used].sort((a, b) => a - b)) {
       const e = p.blobs.get(off)!;
       const blob = bytes.subarray(e.offset, e.offset + e.length);
@@ -473,7 +470,6 @@ async function repack(
     }
     r.packsRepacked++;
   }
-  recyclePackBuffer(into);
   await flush();
   for (let i = 0; i < written.length; i += INDEX_TARGET_ENTRIES) {
     const indexId = newObjectId();

@@ -14,8 +14,7 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { xxh64 } from '../format/checksum.js';
 import { isKnownCodec } from '../format/codecs.js';
 import { MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES } from '../format/chunk.js';
-import { allocAlignedUnsafe, copyBytes, discardPages, FILE_DIRECT_ALIGNMENT } from '../native/index.js';
-import { IdleBuffers } from '../native/idle-buffers.js';
+import { allocAlignedUnsafe, copyBytes, FILE_DIRECT_ALIGNMENT } from '../native/index.js';
 import type { ObjectStore } from '../store/types.js';
 import { ENVELOPE_MAX_OVERHEAD_BYTES, EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
 import { OBJECT_ID_BYTES, r2, type ObjectId } from './names.js';
@@ -145,7 +144,7 @@ export class PackBuilder {
     // Room for the trailer too, so finish() writes it in place instead of copying the pack once more. Page-aligned, so
     // the fs store writes the pack with O_DIRECT: from malloc a buffer started 16 bytes past a page, and every pack
     // went through the page cache (that copy was 31% of the CPU samples of a full replicate).
-    this.#buf = buffer && buffer.length >= target ? buffer : takePackBuffer(target);
+    this.#buf = buffer && buffer.length >= target ? buffer : allocAlignedUnsafe(packBufferBytes(target), FILE_DIRECT_ALIGNMENT);
   }
 
   /** The buffer the pack is built in (to be reused for a later pack once this one is stored). */
@@ -211,35 +210,6 @@ export class PackBuilder {
     copyBytes(this.#buf.subarray(0, this.#used), bigger);
     this.#buf = bigger;
   }
-}
-
-/**
- * Idle pack buffers kept for later packs and runs: an agent's replicate slots (24 MiB of pack buffers between them)
- * and a repack's builder and read buffer (packs of the repository's size). Left to the GC, every run's buffers
- * stayed mapped until a collection found them, and a busy node's RSS followed GC timing instead of its load. An idle
- * buffer's pages go back to the system (a memset wipe kept all of them resident: +48 MiB in an agent soak).
- */
-export const MAX_IDLE_PACK_BYTES = 64 * 1024 * 1024;
-
-const idlePackBuffers = new IdleBuffers({
-  alloc: (size) => allocAlignedUnsafe(size, FILE_DIRECT_ALIGNMENT),
-  maxIdleBytes: MAX_IDLE_PACK_BYTES,
-  wipe: discardPages,
-});
-
-/** A buffer for a pack of `target` bytes (see PackBuilder): an idle one when there is one. */
-export function takePackBuffer(target: number): Buffer {
-  return idlePackBuffers.take(packBufferBytes(target));
-}
-
-/** Gives a pack buffer back once nothing uses it (a stored pack's put has resolved); it is wiped. */
-export function recyclePackBuffer(b: Buffer): void {
-  idlePackBuffers.recycle(b);
-}
-
-/** For a process that runs one job and exits: returned pack buffers are dropped, not wiped and kept. */
-export function keepNoIdlePackBuffers(): void {
-  idlePackBuffers.keepNone();
 }
 
 /** Bytes of a pack buffer for a target size: the target, a blob past it, and a trailer (64 bytes per entry). */
