@@ -17,6 +17,7 @@ import xxhash from 'xxhash-wasm';
 import {
   allocAligned,
   allocAlignedUnsafe,
+  discardPages,
   isZero,
   loadAddon,
   NativeIoError,
@@ -263,6 +264,32 @@ t.test('allocAlignedUnsafe: its own mapping, page-aligned, 2 MiB-aligned and adv
     );
   }
 });
+
+t.test(
+  'discardPages: an allocAlignedUnsafe buffer reads as zero and its pages leave RSS',
+  { skip: process.platform !== 'linux' && 'reads /proc' },
+  async (t) => {
+    // The buffer's own mapping, found by its size (34 MiB: 32 MiB and a page rounded up to 2 MiB), and its resident KiB.
+    const residentKiB = () =>
+      fs
+        .readFileSync('/proc/self/smaps', 'utf8')
+        .split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
+        .filter((vma) => /^Size:\s+34816 kB/m.test(vma))
+        .map((vma) => Number(/^Rss:\s+(\d+) kB/m.exec(vma)?.[1]));
+    const b = allocAlignedUnsafe(32 * MiB + 100, 4096);
+    b.fill(0xa5);
+    const filled = residentKiB();
+    discardPages(b);
+    const discarded = residentKiB();
+    t.equal(filled.length, 1, 'one mapping of that size');
+    t.ok(filled[0] >= 32 * 1024, `written, its pages are resident (${filled[0]} KiB)`);
+    t.ok(discarded[0] === 0, `discarded, none are (${discarded[0]} KiB)`);
+    t.ok(isZero(b), 'every byte reads as zero, the last partial page too');
+    b[b.length - 1] = 1;
+    t.equal(b[b.length - 1], 1, 'and the buffer is usable again');
+    t.throws(() => discardPages(Buffer.alloc(64).subarray(1)), /does not start at a page/, 'memory not at a page start is refused');
+  },
+);
 
 t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies where the filesystem allows it', async (t) => {
   // Does this filesystem take O_DIRECT at all? Then aligned data must actually go direct.

@@ -167,6 +167,34 @@ Napi::Value AllocMapped(const Napi::CallbackInfo& info) {
   return buf;
 }
 
+// discardPages(buf): gives a buffer's pages back to the system (MADV_DONTNEED). They read as zero again and cost no
+// RSS until written; the mapping stays until the GC frees the buffer. Only for buffers from allocMapped, whose memory
+// is a private anonymous mapping of their own. Why: an agent's finished pack buffers stayed resident until a
+// collection found them. Reusing them instead cut its major GCs 913 -> 105 in 25 minutes, and the garbage those GCs
+// had freed (the glibc heap: 9 -> 47 MiB) cost more than the buffers.
+Napi::Value DiscardPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* data = nullptr;
+  size_t length = 0;
+  if (!Uint8ArrayBytes(info[0], &data, &length)) {
+    Napi::TypeError::New(env, "discardPages: expected a Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (reinterpret_cast<uintptr_t>(data) % page != 0) {
+    Napi::TypeError::New(env, "discardPages: the buffer does not start at a page").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (length == 0) return env.Undefined();
+  // The whole mapping, as allocMapped sized it: a huge page past the buffer's end, filled in, is resident too.
+  const size_t align = length >= kHugePage ? kHugePage : page;
+  const size_t span = (length + align - 1) / align * align;
+  if (madvise(data, span, MADV_DONTNEED) != 0) {
+    MakeIoError(env, errno, "madvise", "").ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+
 // returnLargeFreesToSystem(): makes every later allocation of 128 KiB or more its own mapping, unmapped when freed.
 // glibc raises that threshold each time such a block is freed (up to 32 MiB), after which 1-8 MiB buffers come from
 // its heaps and what they leave behind is kept: a long-running agent with three busy slots grew to 220+ MiB RSS
@@ -188,6 +216,7 @@ void InitBuffers(Napi::Env env, Napi::Object exports) {
   exports.Set("alignOffset", Napi::Function::New(env, AlignOffset, "alignOffset"));
   exports.Set("copyBytes", Napi::Function::New(env, CopyBytes, "copyBytes"));
   exports.Set("zeroBytes", Napi::Function::New(env, ZeroBytes, "zeroBytes"));
+  exports.Set("discardPages", Napi::Function::New(env, DiscardPages, "discardPages"));
   exports.Set("returnLargeFreesToSystem", Napi::Function::New(env, ReturnLargeFreesToSystem, "returnLargeFreesToSystem"));
 }
 

@@ -8,6 +8,7 @@ import { failpoint } from '../failpoint.js';
 import { xxh64 } from '../format/checksum.js';
 import { isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
+import { discardPages } from '../native/index.js';
 import { forEachBounded } from '../pipeline/bounded.js';
 import { Domain, MIN_PACK_SIZE } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
@@ -443,6 +444,7 @@ async function repack(
     const b = builder;
     builder = undefined;
     await store.put(r2.pack(domain.name, b.id), b.finish());
+    discardPages(b.buffer); // its pages now, the mapping when the GC finds it (a failed put's buffer is left alone)
     r.packsWritten++;
     for (const e of b.entries) written.push({ packId: b.id, entry: e });
     if (r.packsWritten === 1) failpoint('prune-repack-pack-written');

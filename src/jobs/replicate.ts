@@ -75,84 +75,89 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     packBuffers: plan.packBuffers,
     run,
   });
-  await packs.refreshMarks();
-  const table = new TableWriter({
-    store,
-    source,
-    identity,
-    plan,
-    from,
-    packs,
-    marks,
-    run,
-    checkpointRecords: opts.checkpointRecords ?? TABLE_SEGMENT_RECORDS,
-    checkpointMillis: opts.checkpointMillis ?? 15_000,
-  });
-  const changeMarker = await source.changeMarker();
-  const scan = new ChunkScan({ opts, codec: opts.codec ?? DEFAULT_CODEC, plan, from, packs, table, known, run, lease });
+  try {
+    await packs.refreshMarks();
+    const table = new TableWriter({
+      store,
+      source,
+      identity,
+      plan,
+      from,
+      packs,
+      marks,
+      run,
+      checkpointRecords: opts.checkpointRecords ?? TABLE_SEGMENT_RECORDS,
+      checkpointMillis: opts.checkpointMillis ?? 15_000,
+    });
+    const changeMarker = await source.changeMarker();
+    const scan = new ChunkScan({ opts, codec: opts.codec ?? DEFAULT_CODEC, plan, from, packs, table, known, run, lease });
 
-  let parentView: Cursor<ChunkEntry> | undefined;
-  if (parent) {
-    const chain = await loadChain(store, disk, parent.point, opts.encryption);
-    // The parent's records decide what this point stores: a forged parent table must not be built upon.
-    checkChainAuthenticity(chain, opts.encryption, plan.marker, disk);
-    parentView = new Cursor(chainView(store, chain, opts.encryption));
-  }
-  await scan.run(parentView);
-  await table.settled();
-  if (run.failed) {
-    // Keep what was stored in order: the next run resumes after it instead of redoing it.
-    if (table.waiting > 0 && !table.checkpointFailure) {
-      table.flush(scan.nextIndex);
-      await table.settled();
+    let parentView: Cursor<ChunkEntry> | undefined;
+    if (parent) {
+      const chain = await loadChain(store, disk, parent.point, opts.encryption);
+      // The parent's records decide what this point stores: a forged parent table must not be built upon.
+      checkChainAuthenticity(chain, opts.encryption, plan.marker, disk);
+      parentView = new Cursor(chainView(store, chain, opts.encryption));
     }
-    throw run.failure;
-  }
-  if (table.waiting > 0 || table.segments.length === 0) table.flush(grid.count);
-  await table.settled();
-  if (run.failed) throw run.failure;
+    await scan.run(parentView);
+    await table.settled();
+    if (run.failed) {
+      // Keep what was stored in order: the next run resumes after it instead of redoing it.
+      if (table.waiting > 0 && !table.checkpointFailure) {
+        table.flush(scan.nextIndex);
+        await table.settled();
+      }
+      throw run.failure;
+    }
+    if (table.waiting > 0 || table.segments.length === 0) table.flush(grid.count);
+    await table.settled();
+    if (run.failed) throw run.failure;
 
-  // On a scan every chunk not read as data is zero, holes included.
-  const { stats } = run;
-  if (plan.scan) stats.chunksZero = grid.count - stats.chunksData;
-  // Every pack, index and table segment is durable: commit.
-  opts.onProgress?.({
-    phase: 'commit',
-    bytesRead: stats.bytesRead,
-    bytesWritten: stats.bytesWritten,
-    chunksDone: scan.settledCount,
-    position: grid.diskSize,
-    diskSize: grid.diskSize,
-  });
-  await lease?.check();
-  await opts.beforeCommit?.();
-  await checkReused(store, domain, marks, packs.reused);
-  failpoint('before-commit');
-  const seconds = (performance.now() - started) / 1000;
-  const manifest = await commitPoint(store, plan, { source, run, table, marks, lease, changeMarker, seconds });
-  await store.delete(r2.pending(domain.name, domain.dname(disk), seq)).catch(() => undefined);
-  return {
-    disk,
-    point: seq,
-    parent: manifest.parent,
-    full: plan.full,
-    ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
-    ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}),
-    resumed: from.resumed,
-    diskSize: grid.diskSize,
-    chunkSize: grid.chunkSize,
-    bytesRead: stats.bytesRead,
-    bytesWritten: stats.bytesWritten + manifest.bytes,
-    chunksTotal: grid.count,
-    chunksChanged: stats.chunksChanged,
-    chunksZero: stats.chunksZero,
-    chunksDeduplicated: stats.chunksDeduplicated,
-    bytesDeduplicated: stats.bytesDeduplicated,
-    packsWritten: stats.packsWritten,
-    seconds,
-    stages: scan.clock.times,
-    ...(manifest.encryption ? { encryption: manifest.encryption } : {}),
-  };
+    // On a scan every chunk not read as data is zero, holes included.
+    const { stats } = run;
+    if (plan.scan) stats.chunksZero = grid.count - stats.chunksData;
+    // Every pack, index and table segment is durable: commit.
+    opts.onProgress?.({
+      phase: 'commit',
+      bytesRead: stats.bytesRead,
+      bytesWritten: stats.bytesWritten,
+      chunksDone: scan.settledCount,
+      position: grid.diskSize,
+      diskSize: grid.diskSize,
+    });
+    await lease?.check();
+    await opts.beforeCommit?.();
+    await checkReused(store, domain, marks, packs.reused);
+    failpoint('before-commit');
+    const seconds = (performance.now() - started) / 1000;
+    const manifest = await commitPoint(store, plan, { source, run, table, marks, lease, changeMarker, seconds });
+    await store.delete(r2.pending(domain.name, domain.dname(disk), seq)).catch(() => undefined);
+    return {
+      disk,
+      point: seq,
+      parent: manifest.parent,
+      full: plan.full,
+      ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
+      ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}),
+      resumed: from.resumed,
+      diskSize: grid.diskSize,
+      chunkSize: grid.chunkSize,
+      bytesRead: stats.bytesRead,
+      bytesWritten: stats.bytesWritten + manifest.bytes,
+      chunksTotal: grid.count,
+      chunksChanged: stats.chunksChanged,
+      chunksZero: stats.chunksZero,
+      chunksDeduplicated: stats.chunksDeduplicated,
+      bytesDeduplicated: stats.bytesDeduplicated,
+      packsWritten: stats.packsWritten,
+      seconds,
+      stages: scan.clock.times,
+      ...(manifest.encryption ? { encryption: manifest.encryption } : {}),
+    };
+  } finally {
+    // Puts still running keep their buffers; the idle ones serve the next run.
+    packs.releaseBuffers();
+  }
 }
 
 /** Puts the point's manifest, the commit: created once, never over another writer's point of the same number. */

@@ -76,6 +76,7 @@ interface NativeBinding {
   alignOffset(buf: Uint8Array, alignment: number): number;
   copyBytes(src: Uint8Array, dst: Uint8Array): void;
   zeroBytes(dst: Uint8Array): void;
+  discardPages(buf: Uint8Array): void;
   returnLargeFreesToSystem(): boolean;
   writeFile(path: string, data: Uint8Array, sync: boolean, direct: boolean, mode: number): Promise<NativeWritten>;
   readFileInto(path: string, into: Uint8Array, offset: number, length: number): Promise<ReadInto>;
@@ -396,6 +397,18 @@ export const lz4Block: Lz4Block | undefined = binding.lz4Info().version
  */
 export const copyBytes: (src: Uint8Array, dst: Uint8Array) => void = binding.copyBytes;
 export const zeroBytes: (dst: Uint8Array) => void = binding.zeroBytes;
+
+/**
+ * Gives the pages of a buffer from allocAlignedUnsafe back to the system: they read as zero and cost no RSS until
+ * written again. Never for other memory (it would zero whatever shares its pages).
+ */
+export function discardPages(buf: Uint8Array): void {
+  try {
+    binding.discardPages(buf);
+  } catch (err) {
+    throw wrapError(err);
+  }
+}
 
 /**
  * For the agent, which runs jobs for months: buffers of 128 KiB and more are mapped and unmapped on their own, so

@@ -11,6 +11,7 @@ import type { ChunkEntry } from '../../format/table.js';
 import type { Domain } from '../../repository/domain.js';
 import type { ChunkIndex, ChunkLocation } from '../../repository/index-file.js';
 import { r2 } from '../../repository/names.js';
+import { discardPages } from '../../native/index.js';
 import { PackBuilder } from '../../repository/pack.js';
 import type { WriterMarks } from '../../repository/prune-marks.js';
 import type { RunState } from './run-state.js';
@@ -58,6 +59,15 @@ export class PackWriter {
   constructor(private readonly o: PackWriterOptions) {
     this.reused = new Set(o.reused);
     this.slots = new BufferPool<{ buffer?: Buffer }>(o.packBuffers, () => ({}));
+  }
+
+  /**
+   * The run is over: its idle pack buffers' pages go back to the system now rather than when a GC finds the buffers
+   * (a long-running agent's RSS followed GC timing). A put still running keeps its buffer, and so does the open pack
+   * of a failed run: the GC frees those.
+   */
+  releaseBuffers(): void {
+    this.slots.close((slot) => slot.buffer && discardPages(slot.buffer));
   }
 
   /** Reads prune's marks again: chunks in packs marked since are stored anew from now on. */
@@ -129,14 +139,16 @@ export class PackWriter {
     for (const entry of closing.entries) this.closed.locations.push({ packId: closing.id, entry });
     const { run } = this.o;
     const put = (async () => {
+      // A failed put's buffer is neither reused nor discarded: a store may still hold it (a ws send queued past a timeout).
+      slot.buffer = undefined;
       try {
         const bytes = closing.finish();
         await this.o.store.put(r2.pack(this.o.domain.name, closing.id), bytes);
+        slot.buffer = closing.buffer;
         run.stored(bytes.length);
         run.stats.packsWritten++;
         failpoint('after-pack');
       } finally {
-        slot.buffer = closing.buffer;
         this.slots.release(slot);
       }
     })();
