@@ -27,6 +27,12 @@ const MiB = 1024 * 1024;
 const DISK = 4 * MiB;
 const CHUNK = '64KiB';
 const TOKEN = 'soak-token-0123456789abcdef';
+/**
+ * Prune's grace in the soak. The default (1 h) guards packs against writers running beside prune; here episodes
+ * run one at a time, so a short grace is safe, and it makes prune really delete packs within minutes. With the
+ * default nothing was ever deleted, and a 20-minute soak filled its 64 MiB tmpfs store (ENOSPC).
+ */
+const SOAK_GRACE_MS = 20_000;
 
 export interface SoakCounts {
   seconds: number;
@@ -40,6 +46,7 @@ export interface SoakCounts {
   serveStartFailures: number;
   fullDiskRefusals: number;
   prunes: number;
+  packsDeleted: number;
   recovers: number;
   verifies: number;
   pointsCommitted: number;
@@ -92,6 +99,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
     serveStartFailures: 0,
     fullDiskRefusals: 0,
     prunes: 0,
+    packsDeleted: 0,
     recovers: 0,
     verifies: 0,
     pointsCommitted: 0,
@@ -352,8 +360,15 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
       const d = pick(disks);
       const store = fsFor(s);
       if (!(await listPoints(store, d)).length) return;
-      const r = await prune({ store, disk: d, keep: 2 + Math.floor(rnd.next() * 3), lease: { holder: 'soak', ttlMs: 5000, waitMs: 10_000 } });
+      const r = await prune({
+        store,
+        disk: d,
+        keep: 2 + Math.floor(rnd.next() * 3),
+        lease: { holder: 'soak', ttlMs: 5000, waitMs: 10_000 },
+        graceMs: SOAK_GRACE_MS,
+      });
       c.prunes++;
+      for (const m of r.domains) c.packsDeleted += m.packsDeleted;
       for (const p of r.deleted) expected.delete(`${s.name}/${d}/${p}`);
     },
     recover: async () => {
@@ -484,7 +499,7 @@ function cleanEnv(): NodeJS.ProcessEnv {
 export function formatCounts(c: SoakCounts): string {
   return [
     `soak finished after ${c.seconds} s`,
-    `  runs ${c.runs} (failed and resumed/retried: ${c.runsFailed}), prunes ${c.prunes}, recovers ${c.recovers}, verifies ${c.verifies}`,
+    `  runs ${c.runs} (failed and resumed/retried: ${c.runsFailed}), prunes ${c.prunes} (packs deleted: ${c.packsDeleted}), recovers ${c.recovers}, verifies ${c.verifies}`,
     `  faults injected ${c.faultsInjected}, writer kills ${c.writerKills}, serve kills ${c.serveKills} (writer rode it out: ${c.serveKillsRiddenOut}), link cuts ${c.linkCuts}, serve start failures ${c.serveStartFailures}, full-disk refusals ${c.fullDiskRefusals}${c.tmpfs ? '' : ' (tmpfs unavailable: skipped)'}`,
     `  points committed ${c.pointsCommitted}, points verified byte-exact ${c.pointsVerified}, bad restores ${c.badRestores}, bad verifies ${c.badVerifies}`,
     `  RSS start ${c.rssStartMiB} MiB, end ${c.rssEndMiB} MiB`,
