@@ -274,16 +274,21 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
 
   /** Replicates until a point is committed (each failed attempt resumes from its checkpoint). */
   const replicateUntilCommitted = async (s: Site, d: string) => {
+    const errors: string[] = [];
     for (let attempt = 0; attempt < 8; attempt++) {
       c.runs++;
       const r = await cliReplicate(s, d);
       if (r.code === 0) return;
+      errors.push(r.killed ? 'killed' : r.err);
+      // Held by a live holder: this soak's own in-process run, whose lease release an injected fault refused. The
+      // CLI does not wait for a lease, and 8 quick attempts fit in its 5 s TTL; wait that out instead of failing.
+      if (r.err.includes('RNODE_LEASE_HELD')) await sleep(1000);
       c.runsFailed++;
       if (r.code !== 1 && r.code !== null) c.problems.push(`replicate ${s.name}/${d} exit ${r.code}: ${r.err}`);
       // exitCode stays null for a process killed by a signal: look at both.
       if (!s.local && (!serve || serve.exitCode !== null || serve.signalCode !== null)) await startServe();
     }
-    c.problems.push(`replicate ${s.name}/${d} never committed in 8 attempts`);
+    c.problems.push(`replicate ${s.name}/${d} never committed in 8 attempts: ${[...new Set(errors)].join(' | ')}`);
   };
 
   const episodes: Record<string, () => Promise<void>> = {
