@@ -8,7 +8,7 @@ import { failpoint } from '../failpoint.js';
 import { xxh64 } from '../format/checksum.js';
 import { isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
-import { discardPages } from '../native/index.js';
+import { allocAlignedUnsafe, discardPages } from '../native/index.js';
 import { forEachBounded } from '../pipeline/bounded.js';
 import { Domain, MIN_PACK_SIZE } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
@@ -449,9 +449,18 @@ async function repack(
     for (const e of b.entries) written.push({ packId: b.id, entry: e });
     if (r.packsWritten === 1) failpoint('prune-repack-pack-written');
   };
-  for (const id of sources) {
+  // The source packs are read one after another into one buffer (where the store can: the fs store), whose pages go
+  // back at the end. Read as fresh buffers, a sweep's source packs (up to 16 MiB each) waited for a GC beside the
+  // agent's running jobs: one sample of an hour-long agent run showed 78 MiB of external memory and 217 MiB RSS.
+  const readBuffer = allocAlignedUnsafe(Math.max(...sources.map((id) => packs.get(id)!.size)), 1);
+  try {
+    for (const id of sources) await copyLiveBlobs(id);
+  } finally {
+    discardPages(readBuffer);
+  }
+  async function copyLiveBlobs(id: ObjectId): Promise<void> {
     const p = packs.get(id)!;
-    const bytes = await store.get(r2.pack(domain.name, id));
+    const bytes = await store.get(r2.pack(domain.name, id), undefined, readBuffer);
     for (const off of [...p.used].sort((a, b) => a - b)) {
       const e = p.blobs.get(off)!;
       const blob = bytes.subarray(e.offset, e.offset + e.length);
