@@ -450,8 +450,8 @@ async function repack(
     if (r.packsWritten === 1) failpoint('prune-repack-pack-written');
   };
   // The source packs are read one after another into one buffer (where the store can: the fs store), whose pages go
-  // back at the end. Read as fresh buffers, a sweep's source packs (up to 16 MiB each) waited for a GC beside the
-  // agent's running jobs: one sample of an hour-long agent run showed 78 MiB of external memory and 217 MiB RSS.
+  // back at the end. Read as fresh buffers, each (up to 16 MiB) stayed resident until a GC, beside the agent's
+  // running jobs and their own buffers.
   const readBuffer = allocAlignedUnsafe(Math.max(...sources.map((id) => packs.get(id)!.size)), 1);
   try {
     for (const id of sources) await copyLiveBlobs(id);
