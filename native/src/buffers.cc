@@ -207,6 +207,18 @@ Napi::Value ReturnLargeFreesToSystem(const Napi::CallbackInfo& info) {
 #endif
 }
 
+// trimNativeHeap(): hands the free pages inside glibc's heaps (every thread's arena) back to the system. Freed small
+// blocks leave holes between live ones that glibc never returns by itself: an agent's heaps grew 5 -> 21 MiB in 40
+// minutes, and one malloc_trim(0) gave back 11-17 MiB of its RSS. Returns whether anything was released (false off
+// glibc).
+Napi::Value TrimNativeHeap(const Napi::CallbackInfo& info) {
+#if defined(__GLIBC__)
+  return Napi::Boolean::New(info.Env(), malloc_trim(0) == 1);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
+
 }  // namespace
 
 void InitBuffers(Napi::Env env, Napi::Object exports) {
@@ -218,6 +230,7 @@ void InitBuffers(Napi::Env env, Napi::Object exports) {
   exports.Set("zeroBytes", Napi::Function::New(env, ZeroBytes, "zeroBytes"));
   exports.Set("discardPages", Napi::Function::New(env, DiscardPages, "discardPages"));
   exports.Set("returnLargeFreesToSystem", Napi::Function::New(env, ReturnLargeFreesToSystem, "returnLargeFreesToSystem"));
+  exports.Set("trimNativeHeap", Napi::Function::New(env, TrimNativeHeap, "trimNativeHeap"));
 }
 
 }  // namespace rnode

@@ -10,6 +10,9 @@ import { required, str } from './args.js';
 import type { Command } from './command.js';
 import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
 
+/** How often the agent gives the C heaps' free pages back (trimNativeHeap: about a millisecond each). */
+const TRIM_EVERY_MS = 30_000;
+
 function defaultStateDir(): string {
   const base = process.env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state');
   return path.join(base, 'rnode-agent');
@@ -53,8 +56,11 @@ export const agentCommand: Command = {
     // Loaded here, not at the top: the agent's libraries (prom-client, ajv, TypeBox, pino) cost every other
     // command ~0.1-0.3 s of start-up otherwise.
     const { Agent } = await import('../agent/agent.js');
-    // A process that runs for months: freed buffers go back to the system, not to a slowly growing heap.
-    (await import('../native/index.js')).returnLargeFreesToSystem();
+    // A process that runs for months: freed buffers go back to the system, not to a slowly growing heap; and every
+    // half minute, the free pages between live small blocks too (without it RSS crept ~20 MiB in 40 minutes).
+    const native = await import('../native/index.js');
+    native.returnLargeFreesToSystem();
+    setInterval(native.trimNativeHeap, TRIM_EVERY_MS).unref();
     const agent = await Agent.start({
       server,
       tokenFile,
