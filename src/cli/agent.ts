@@ -10,7 +10,7 @@ import { required, str } from './args.js';
 import type { Command } from './command.js';
 import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
 
-/** How often the agent gives the C heaps' free pages back (trimNativeHeap: about a millisecond each). */
+/** How often the agent gives the C heaps' free pages back (trimNativeHeap: a few ms when little is free). */
 const TRIM_EVERY_MS = 30_000;
 
 function defaultStateDir(): string {

@@ -422,8 +422,8 @@ export const returnLargeFreesToSystem: () => boolean = binding.returnLargeFreesT
 /**
  * Gives the free pages inside the C heaps (every thread's) back to the system: malloc_trim(0). glibc keeps the holes
  * that freed small blocks leave between live ones, so a long-running process's RSS creeps up with them (an agent: heap
- * 5 -> 21 MiB in 40 minutes; one trim gave back 11-17 MiB). Takes about a millisecond; the agent calls it between jobs.
- * Returns whether anything was released; false where the allocator is not glibc's.
+ * 5 -> 21 MiB in 40 minutes; one trim gave back 11-17 MiB). A few ms when little is free (70 MiB to give back: ~0.2 s);
+ * the agent calls it every 30 s. Returns whether anything was released; false where the allocator is not glibc's.
  */
 export const trimNativeHeap: () => boolean = binding.trimNativeHeap;
 
