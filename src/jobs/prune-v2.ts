@@ -454,32 +454,31 @@ async function repack(
   // running jobs and their own buffers.
   const readBuffer = allocAlignedUnsafe(Math.max(...sources.map((id) => packs.get(id)!.size)), 1);
   try {
-    for (const id of sources) await copyLiveBlobs(id);
+    for (const id of sources) {
+      const p = packs.get(id)!;
+      const bytes = await store.get(r2.pack(domain.name, id), undefined, readBuffer);
+      for (const off of [...p.used].sort((a, b) => a - b)) {
+        const e = p.blobs.get(off)!;
+        const blob = bytes.subarray(e.offset, e.offset + e.length);
+        if (blob.length !== e.length || xxh64(blob) !== e.payloadXxh64) {
+          throw new RnodeError(
+            ErrorCodes.CHUNK_CORRUPT,
+            `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
+            { details: { key: r2.pack(domain.name, id) } },
+          );
+        }
+        builder ??= new PackBuilder(domain.name, packSize, domain.key);
+        if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
+          await flush();
+          builder = new PackBuilder(domain.name, packSize, domain.key);
+        }
+        builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
+        r.bytesRewritten += e.length;
+      }
+      r.packsRepacked++;
+    }
   } finally {
     discardPages(readBuffer);
-  }
-  async function copyLiveBlobs(id: ObjectId): Promise<void> {
-    const p = packs.get(id)!;
-    const bytes = await store.get(r2.pack(domain.name, id), undefined, readBuffer);
-    for (const off of [...p.used].sort((a, b) => a - b)) {
-      const e = p.blobs.get(off)!;
-      const blob = bytes.subarray(e.offset, e.offset + e.length);
-      if (blob.length !== e.length || xxh64(blob) !== e.payloadXxh64) {
-        throw new RnodeError(
-          ErrorCodes.CHUNK_CORRUPT,
-          `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
-          { details: { key: r2.pack(domain.name, id) } },
-        );
-      }
-      builder ??= new PackBuilder(domain.name, packSize, domain.key);
-      if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
-        await flush();
-        builder = new PackBuilder(domain.name, packSize, domain.key);
-      }
-      builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
-      r.bytesRewritten += e.length;
-    }
-    r.packsRepacked++;
   }
   await flush();
   for (let i = 0; i < written.length; i += INDEX_TARGET_ENTRIES) {
