@@ -4,6 +4,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Domain } from '../../src/repository/domain.js';
 import { listPoints } from '../../src/repository/points.js';
 import { layout } from '../../src/repository/names.js';
 import { blobPlace, expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
@@ -61,6 +62,36 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   ms.cancelJob('j-again'); // no longer running
   const err = await ms.waitFor(() => ms.errors.find((e) => e.msg.code === 'RNODE_AGENT_UNKNOWN_JOB'), 5000, 'error reply');
   t.ok(err, 'cancelling a finished job is answered with an error');
+});
+
+// A small disk is read whole into the pipeline at once; its progress must then follow the writes, not stop at the
+// first read until the commit (the server saw one report at 0 bytes, then the end).
+t.test('progress follows the bytes stored, after the reader has run ahead', async (t) => {
+  const dir = tmpDir(t, 'agent-progress');
+  const img = await makeDisk(dir, 'd0', 1 * MiB, 12);
+  const storeUrl = path.join(dir, 'store');
+  // Packs of 64 KiB: the ~0.5 MiB of data is stored (and settles) in ~8 steps, one every ~0.25 s at 256 KiB/s.
+  await Domain.openOrCreate(fsStore(storeUrl), undefined, 64 * KiB);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  ms.startJob({
+    jobId: 'j-progress',
+    kind: 'replicate',
+    store: { url: storeUrl },
+    disks: [{ disk: 'd0', source: { location: img } }],
+    chunkSize: 64 * KiB,
+    bandwidth: 256 * KiB,
+  });
+  await ms.waitFor(() => ms.jobs.get('j-progress')?.completed, 20_000, 'the run');
+  const scan = ms.progress.filter((x) => x.msg.jobId === 'j-progress' && x.msg.phase === 'scan').map((x) => Number(x.msg.bytesWritten));
+  const steps = new Set(scan.filter((b) => b > 0));
+  t.ok(steps.size >= 3, `reports while the data was stored: bytes written ${scan.join(', ')}`);
+  t.same(
+    scan,
+    [...scan].sort((a, b) => a - b),
+    'and they only go up',
+  );
 });
 
 t.test('VM job, recover, verify, prune; an encryption key missing on the node refused', async (t) => {

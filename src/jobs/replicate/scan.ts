@@ -48,6 +48,8 @@ export class ChunkScan {
   /** The index after the last settled chunk: a checkpoint written now covers every chunk before it. */
   nextIndex: number;
   private started = 0;
+  /** Disk offset of the last chunk handed to the pipeline. */
+  private position = 0;
   /** Settled out of order, waiting for the chunks before them (bounded by the window). */
   private readonly done = new Map<number, Outcome>();
   private readonly indexOf = new Map<number, number>();
@@ -115,7 +117,12 @@ export class ChunkScan {
         };
         const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain)
           .then(
-            (e) => this.settle(ordinal, e),
+            (e) => {
+              this.settle(ordinal, e);
+              // Also as chunks are stored, not only as they are read: the reader runs ahead by the pipeline's depth,
+              // and a small or throttled disk is read whole long before its writes end.
+              this.progress();
+            },
             (err) => run.fail(err),
           )
           .finally(() => {
@@ -123,14 +130,8 @@ export class ChunkScan {
             inflight.delete(p);
           });
         inflight.add(p);
-        opts.onProgress?.({
-          phase: 'scan',
-          bytesRead: run.live.bytesRead,
-          bytesWritten: run.live.bytesWritten,
-          chunksDone: this.settledCount,
-          position,
-          diskSize: grid.diskSize,
-        });
+        this.position = position;
+        this.progress();
       }
     } catch (err) {
       run.fail(err);
@@ -158,6 +159,18 @@ export class ChunkScan {
       if (table.due) table.flush(this.nextIndex);
     }
     run.wake();
+  }
+
+  private progress(): void {
+    const { opts, run, plan } = this.o;
+    opts.onProgress?.({
+      phase: 'scan',
+      bytesRead: run.live.bytesRead,
+      bytesWritten: run.live.bytesWritten,
+      chunksDone: this.settledCount,
+      position: this.position,
+      diskSize: plan.grid.diskSize,
+    });
   }
 
   private async storeWait<T>(p: Promise<T>): Promise<T> {
