@@ -403,6 +403,36 @@ t.test('close is idempotent, waits for reads in flight, then reads reject EBADF'
   await t.rejects(h.allocatedExtents(0, 10, 1), { code: 'EBADF' });
 });
 
+t.test('a lent fd reads the same bytes on another thread, and close waits until it is given back', async (t) => {
+  const data = randomBytes(MiB);
+  const p = writeFile('lend.bin', data);
+  const h = await openRaw(p);
+  const lent = h.lendFd()!;
+  t.ok(lent.fd >= 0, `lent fd ${lent.fd}`);
+  const { Worker } = await import('node:worker_threads');
+  const got = await new Promise<Buffer>((resolve, reject) => {
+    const w = new Worker(
+      `const fs = require('node:fs'); const { parentPort, workerData } = require('node:worker_threads');
+       const b = Buffer.alloc(4096); fs.readSync(workerData, b, 0, b.length, 12345); parentPort.postMessage(b);`,
+      { eval: true, workerData: lent.fd },
+    );
+    w.once('message', (m: Uint8Array) => resolve(Buffer.from(m)));
+    w.once('error', reject);
+  });
+  t.ok(got.equals(data.subarray(12345, 12345 + 4096)), 'a worker thread pread the file through it');
+
+  let closed = false;
+  const closing = h.close().then(() => (closed = true));
+  await new Promise((r) => setTimeout(r, 50));
+  t.notOk(closed, 'close waits while the fd is lent');
+  t.equal(openFds(p), 1, 'the fd stays open');
+  t.equal(h.lendFd(), undefined, 'a closing handle lends nothing');
+  lent.release();
+  lent.release(); // a second release gives back nothing more
+  await closing;
+  t.equal(openFds(p), 0, 'given back, the fd is closed');
+});
+
 t.test('a leaked handle has its fd closed by the GC finalizer', async (t) => {
   v8.setFlagsFromString('--expose-gc');
   const gc = vm.runInNewContext('gc') as () => void;

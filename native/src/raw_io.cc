@@ -214,6 +214,8 @@ Napi::Function RawFile::DefineClass(Napi::Env env) {
                                               InstanceMethod("read", &RawFile::Read),
                                               InstanceMethod("allocatedExtents", &RawFile::AllocatedExtents),
                                               InstanceMethod("close", &RawFile::Close),
+                                              InstanceMethod("lendFd", &RawFile::LendFd),
+                                              InstanceMethod("giveBackFd", &RawFile::GiveBackFd),
                                           });
 }
 
@@ -300,6 +302,23 @@ Napi::Value RawFile::Close(const Napi::CallbackInfo& info) {
     if (inflight_ == 0) StartClose(env);
   }
   return deferred.Promise();
+}
+
+// lendFd(): number; the fd, for positional reads on another thread of this process, or -1 once closing. A lent fd
+// counts as a read in flight: close() waits for giveBackFd(), so the number is never reused under the borrower.
+Napi::Value RawFile::LendFd(const Napi::CallbackInfo& info) {
+  if (!Usable()) return Napi::Number::New(info.Env(), -1);
+  inflight_++;
+  lent_++;
+  return Napi::Number::New(info.Env(), fd_);
+}
+
+// giveBackFd(): ends one lendFd(); calls beyond the loans are ignored.
+Napi::Value RawFile::GiveBackFd(const Napi::CallbackInfo& info) {
+  if (lent_ == 0) return info.Env().Undefined();
+  lent_--;
+  OpFinished(info.Env());
+  return info.Env().Undefined();
 }
 
 void RawFile::StartClose(Napi::Env env) {

@@ -27,6 +27,8 @@ class RawFile : public Napi::ObjectWrap<RawFile> {
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value AllocatedExtents(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value LendFd(const Napi::CallbackInfo& info);
+  Napi::Value GiveBackFd(const Napi::CallbackInfo& info);
 
   bool Usable() const { return fd_ >= 0 && !closing_; }
   Napi::Value RejectClosed(Napi::Env env, const char* syscall);
@@ -36,6 +38,7 @@ class RawFile : public Napi::ObjectWrap<RawFile> {
   std::string path_;
   bool blockDevice_ = false;
   int inflight_ = 0;
+  int lent_ = 0;  // lendFd() calls not yet given back (each also counts in inflight_)
   bool closing_ = false;
   std::vector<Napi::Promise::Deferred> closeWaiters_;
 };

@@ -26,6 +26,10 @@ export function countedSource(inner: BlockSource, signal?: AbortSignal): BlockSo
       counted.bytesRead += n;
       return n;
     },
+    readElsewhere(bytes: number) {
+      counted.bytesRead += bytes;
+      inner.readElsewhere?.(bytes);
+    },
   });
   return counted;
 }

@@ -5,8 +5,9 @@
 // id; a chunk already in the domain (any point of any disk) is not stored again; new ones are appended to packs,
 // and every checkpoint puts the closed packs, then one index object for them, then the table segment and the
 // checkpoint itself. Legacy points stay readable; the first point after them is a full v2 point.
-// The parts, in src/jobs/replicate/: plan.ts (which point, which chunks), scan.ts (the chunk pipeline), packs.ts
-// (packs and dedup), table.ts (table segments and checkpoints), budget.ts (the run's memory).
+// The parts, in src/jobs/replicate/: plan.ts (which point, which chunks), scan.ts (the chunk pipeline), prescan.ts
+// (an incremental's unchanged chunks found on the codec workers), packs.ts (packs and dedup), table.ts (table segments
+// and checkpoints), budget.ts (the run's memory).
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { DEFAULT_CODEC } from '../format/codecs.js';

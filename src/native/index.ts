@@ -32,7 +32,12 @@ export interface RawHandle {
   read(buf: Buffer, offset: number, length?: number): Promise<number>;
   /** Allocated (data) extents within [start, end), at most maxCount, sorted; end is clamped to size. */
   allocatedExtents(start: number, end: number, maxCount: number): Promise<Extent[]>;
-  /** Idempotent; waits for reads in flight, then releases the fd. */
+  /**
+   * The fd, for positional reads on another thread of this process (fs.readSync in a worker), or undefined once
+   * closing; close() waits until release() is called, so the fd is never reused under the borrower.
+   */
+  lendFd(): { fd: number; release: () => void } | undefined;
+  /** Idempotent; waits for reads in flight and lent fds, then releases the fd. */
   close(): Promise<void>;
 }
 
@@ -59,6 +64,8 @@ interface NativeFile {
   read(buf: Uint8Array, position: number, length: number, alignment: number): Promise<number>;
   allocatedExtents(start: number, end: number, maxCount: number): Promise<Extent[]>;
   close(): Promise<void>;
+  lendFd(): number;
+  giveBackFd(): void;
 }
 
 interface NativeOpenResult {
@@ -207,6 +214,19 @@ class RawFile implements RawHandle {
     } catch (err) {
       throw wrapError(err);
     }
+  }
+
+  lendFd(): { fd: number; release: () => void } | undefined {
+    const fd = this.#file.lendFd();
+    if (fd < 0) return undefined;
+    let lent = true;
+    return {
+      fd,
+      release: () => {
+        if (lent) this.#file.giveBackFd();
+        lent = false;
+      },
+    };
   }
 
   async close(): Promise<void> {

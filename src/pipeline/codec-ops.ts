@@ -36,6 +36,10 @@ export interface OpMessage {
   idName: string;
   parentId?: Uint8Array;
   known?: Int32Array;
+  // blob:scan.
+  fd: number;
+  chunks: Float64Array;
+  parentIds: Uint8Array;
   blobs: Array<{ offset: number; length: number; codec: number; plainLength: number }>;
   // Key messages.
   name: string;
@@ -56,7 +60,15 @@ export interface CodecOpsDeps {
   cpu: () => number;
   /** Chunk-id keys by domain name, known from the start (the plain domain's is public). */
   idKeys: Array<[string, Buffer]>;
+  /** blob:scan's reads (fs.readSync: one pread) and zero test (the addon's). */
+  readSync?: (fd: number, buf: Uint8Array, offset: number, length: number, position: number) => number;
+  isZero?: (buf: Uint8Array) => boolean;
 }
+
+/** A scanned chunk's parent (blob:scan's input), three numbers per chunk with its offset and length. */
+export const ScanParent = { NONE: 0, ZERO: 1, ID: 2, DATA: 3 } as const;
+/** What blob:scan found of a chunk. */
+export const ScanState = { UNCHANGED: 0, ZERO: 1, CHANGED: 2 } as const;
 
 const view = (sab: SharedArrayBuffer, off: number, len: number): Buffer => Buffer.from(sab, off, len);
 
@@ -251,6 +263,50 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     return { chunkIds: ids, payloadXxh64s };
   }
 
+  // One read buffer per worker for blob:scan, kept across runs (a chunk's size).
+  let scanBuf = Buffer.alloc(0);
+
+  /**
+   * A run of chunks read from a lent source fd and compared with the parent point on this thread, so a scan of an
+   * unchanged disk costs the main thread one trip per run instead of a read and a trip per chunk. m.chunks holds
+   * (offset, length, ScanParent) per chunk, m.parentIds the parent's id at 32 x its position (ScanParent.ID). A chunk
+   * is UNCHANGED (same id), ZERO (reads as zeros, the parent had no data) or CHANGED (the main thread reads it again
+   * and stores it). A short read stops the run: `short` is that chunk's position, `got` its bytes.
+   */
+  function blobScan(m: OpMessage): OpReply {
+    const { readSync, isZero } = deps;
+    if (!readSync || !isZero) throw new Error('blob:scan needs readSync and isZero');
+    const count = m.chunks.length / 3;
+    const states = new Uint8Array(count);
+    let readMs = 0;
+    let hashMs = 0;
+    let bytes = 0;
+    for (let i = 0; i < count; i++) {
+      const [offset, length, parent] = m.chunks.subarray(3 * i, 3 * i + 3);
+      if (scanBuf.length < length) scanBuf = Buffer.allocUnsafeSlow(length);
+      const t0 = cpu();
+      let got = 0;
+      while (got < length) {
+        const n = readSync(m.fd, scanBuf, got, length - got, offset + got);
+        if (n === 0) break;
+        got += n;
+      }
+      const t1 = cpu();
+      readMs += t1 - t0;
+      bytes += got;
+      if (got !== length) return { states: states.subarray(0, i), short: i, got, bytes, readMs, hashMs };
+      const plain = scanBuf.subarray(0, length);
+      if (isZero(plain)) states[i] = parent === ScanParent.NONE || parent === ScanParent.ZERO ? ScanState.ZERO : ScanState.CHANGED;
+      else if (parent !== ScanParent.ID) states[i] = ScanState.CHANGED;
+      else {
+        const same = chunkId(m.idName, plain).equals(m.parentIds.subarray(32 * i, 32 * i + 32));
+        states[i] = same ? ScanState.UNCHANGED : ScanState.CHANGED;
+        hashMs += cpu() - t1;
+      }
+    }
+    return { states, bytes, readMs, hashMs };
+  }
+
   /** Handles one message; returns the reply (undefined for the key messages, which have none). */
   function handle(m: OpMessage): OpReply | undefined {
     switch (m.op) {
@@ -272,6 +328,8 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
         return blobDecode(m);
       case 'blob:decode-many':
         return blobDecodeMany(m);
+      case 'blob:scan':
+        return blobScan(m);
       case 'seal:key':
         keys.set(m.key!, { cipherKey: Buffer.from(m.cipherKey), digestKey: Buffer.from(m.digestKey), domain: m.domain });
         // The key's v2 domain: its chunk-id key lives exactly as long as the cipher key.

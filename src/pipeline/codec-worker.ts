@@ -1,5 +1,6 @@
 // A codec worker thread (started by codec-workers.ts): loads the hash and LZ4 implementations once, then handles the
 // main thread's messages (codec-ops.ts) one per event-loop turn, replying to each with its id.
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { parentPort, workerData } from 'node:worker_threads';
 import { makeKernel, type KernelDeps } from '../format/codec-kernel.js';
@@ -22,6 +23,7 @@ export interface CodecWorkerData {
 interface WorkerAddon {
   copyBytes(src: Uint8Array, dst: Uint8Array): void;
   zeroBytes(dst: Uint8Array): void;
+  isZero(buf: Uint8Array): boolean;
   lz4Info(): { version?: string };
   lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
   lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
@@ -70,6 +72,8 @@ const ops = makeCodecOps({
   // Stage times in thread CPU time where the addon can read it: a preempted worker's wall time is not its cost.
   cpu: addon.threadCpuMs ?? (() => performance.now()),
   idKeys: [['plain', Buffer.from(data.plainIdKey)]],
+  readSync: (fd, buf, offset, length, position) => fs.readSync(fd, buf, offset, length, position),
+  isZero: addon.isZero,
 });
 
 // Each message leaves a few hundred bytes of garbage in old space, and a busy worker that never fills its old

@@ -44,6 +44,17 @@ export interface EncodedBlob {
   sealMs: number;
 }
 
+/** What a worker found of a run of chunks (ScanState per chunk), and what reading and hashing them cost (CPU ms). */
+export interface ScanReply {
+  states: Uint8Array;
+  bytes: number;
+  readMs: number;
+  hashMs: number;
+  /** Set when a read came back short: the position of that chunk in the run, and the bytes it got. */
+  short?: number;
+  got?: number;
+}
+
 /** What the 'seal:*' ops need beyond a plain encode/decode: the key id and the chunk's AAD fields (format/seal.ts). */
 export type SealedFields = Record<string, string | number | bigint>;
 
@@ -262,6 +273,14 @@ export class CodecWorkers {
       results: r.payloadXxh64s.map((payloadXxh64, i) => ({ id: Buffer.from(r.chunkIds.subarray(32 * i, 32 * i + 32)), payloadXxh64 })),
       ...(r.failed !== undefined ? { failed: r.failed, error: r.reason } : {}),
     }));
+  }
+
+  /**
+   * blob:scan (codec-ops.ts): chunks read from fd (lent by the source, valid until this settles) on a worker and
+   * compared there with their parents; chunks holds (offset, length, ScanParent) per chunk.
+   */
+  scanChunks(fd: number, idName: string, chunks: Float64Array, parentIds: Uint8Array): Promise<ScanReply> {
+    return this.send({ op: 'blob:scan', fd, idName, chunks, parentIds });
   }
 
   /** Gives msg to every worker (now and respawned) until as many release(id) calls as retain(id) calls. */

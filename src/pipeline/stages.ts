@@ -55,6 +55,12 @@ export class StageClock {
     this.onEvent?.({ index, stage: 'encode', start, end });
   }
 
+  /** A run of chunks a worker read and compared on its own (an incremental's scan): its CPU time, read and hash. */
+  scanned(readMs: number, hashMs: number): void {
+    this.ms.read += readMs;
+    this.ms.hash += hashMs;
+  }
+
   waited(on: 'encode' | 'write', ms: number): void {
     if (on === 'encode') this.ms.waitEncode += ms;
     else this.ms.waitWrite += ms;

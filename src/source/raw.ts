@@ -77,6 +77,11 @@ export class RawSource implements BlockSource {
     }
   }
 
+  /** Direct handles read around the page cache; a worker's buffered pread would read through it: not lent. */
+  lendFd(): { fd: number; release: () => void } | undefined {
+    return this.handle.direct ? undefined : this.handle.lendFd();
+  }
+
   async close(): Promise<void> {
     await this.handle.close();
   }

@@ -38,6 +38,14 @@ export interface BlockSource {
   identity?(): Promise<string | undefined>;
   /** Fill buf[0..length) from disk offset; returns the bytes read (short only at the end of the disk). */
   read(offset: number, buf: Buffer, length: number): Promise<number>;
+  /**
+   * A file descriptor the codec workers may pread the same bytes from (a raw image or device read through the page
+   * cache), or undefined: reads must go through read(). A scan hands them whole runs of chunks to read and compare
+   * there, and reports what they read with readElsewhere(). close() waits until release().
+   */
+  lendFd?(): { fd: number; release: () => void } | undefined;
+  /** Bytes read through a lent fd, for wrappers that count what read() returns. */
+  readElsewhere?(bytes: number): void;
   close(): Promise<void>;
 }
 
@@ -70,6 +78,8 @@ export function delegatingSource<T extends object>(inner: BlockSource, over: T &
     changeMarker: () => inner.changeMarker(),
     identity: () => inner.identity?.() ?? Promise.resolve(undefined),
     read: (offset, buf, length) => inner.read(offset, buf, length),
+    lendFd: () => inner.lendFd?.(),
+    readElsewhere: (bytes) => inner.readElsewhere?.(bytes),
     close: () => inner.close(),
   };
   return Object.defineProperties(base, Object.getOwnPropertyDescriptors(over)) as BlockSource & T;

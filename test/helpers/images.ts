@@ -175,16 +175,25 @@ export function restore(
   return recover({ store, disk, point: String(point), out, ...opts });
 }
 
-/** A BlockSource wrapper that counts the bytes actually read from the underlying source. */
-export function countingSource(inner: BlockSource): BlockSource & { bytes: number; reads: number } {
+/**
+ * A BlockSource wrapper that counts the bytes actually read from the underlying source: through read() (`reads`
+ * calls), and by the codec workers through its lent fd (`elsewhere` bytes, an incremental's scan).
+ */
+export function countingSource(inner: BlockSource): BlockSource & { bytes: number; reads: number; elsewhere: number } {
   const c = delegatingSource(inner, {
     bytes: 0,
     reads: 0,
+    elsewhere: 0,
     async read(offset: number, buf: Buffer, length: number) {
       const n = await inner.read(offset, buf, length);
       c.bytes += n;
       c.reads++;
       return n;
+    },
+    readElsewhere(bytes: number) {
+      c.bytes += bytes;
+      c.elsewhere += bytes;
+      inner.readElsewhere?.(bytes);
     },
   });
   return c;

@@ -20,6 +20,7 @@ import { pipelineDepths } from './budget.js';
 import type { Delta, ReplicateOptions } from './options.js';
 import type { PackWriter } from './packs.js';
 import { candidates, type Candidate, type PointPlan, type ResumeFrom } from './plan.js';
+import { prescanned, type Decided } from './prescan.js';
 import type { RunState } from './run-state.js';
 import type { TableWriter } from './table.js';
 
@@ -80,8 +81,10 @@ export class ChunkScan {
     const { grid } = plan;
     const inflight = new Set<Promise<void>>();
     await this.workers.ready(); // no chunk waits on a worker still starting while the chunks after it run ahead
+    // An incremental scan compares most chunks on the workers, reading them there (prescan.ts).
+    const lent = plan.scan && parentView ? opts.source.lendFd?.() : undefined;
     try {
-      for await (const c of candidates(plan.toRead, parentView)) {
+      for await (const c of this.stream(parentView, lent?.fd)) {
         if (run.failed) break;
         if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed');
         if (lease?.signal.aborted) throw lease.signal.reason;
@@ -89,6 +92,15 @@ export class ChunkScan {
         const position = grid.offset(c.index);
         const ordinal = this.started++;
         this.indexOf.set(ordinal, c.index);
+        if ('delta' in c) {
+          // Found unchanged on a worker. The window also holds these: a chunk in a slow put must not let them pile up.
+          while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
+          if (run.failed) break;
+          run.live.bytesRead += c.delta.bytesRead ?? 0;
+          this.settle(ordinal, { entry: null, delta: c.delta });
+          this.position = position;
+          continue;
+        }
         if (!c.read) {
           // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
           const zeroNow = plan.scan && c.parent && !isZeroEntry(c.parent);
@@ -141,7 +153,27 @@ export class ChunkScan {
       this.plainPool.close(recycleShared);
       this.outPool.close(recycleShared);
       await parentView?.close();
+      lent?.release();
     }
+  }
+
+  /** The candidates in order; with a lent fd, those the workers found unchanged come as Decided. */
+  private stream(parentView: Cursor<ChunkEntry> | undefined, fd: number | undefined): AsyncIterable<Candidate | Decided> {
+    const { opts, plan, from } = this.o;
+    const all = candidates(plan.toRead, parentView);
+    if (fd === undefined) return all;
+    return prescanned(fromIndex(all, from.nextIndex), {
+      fd,
+      grid: plan.grid,
+      idName: plan.domain.name,
+      workers: this.workers,
+      location: opts.source.location,
+      onScanned: (r) => {
+        this.clock.scanned(r.readMs, r.hashMs);
+        opts.source.readElsewhere?.(r.bytes);
+        this.progress();
+      },
+    });
   }
 
   /** Takes a chunk's outcome; the outcomes of every chunk up to the first missing one go into the table, in order. */
@@ -253,6 +285,11 @@ export class ChunkScan {
       this.outPool.release(out);
     }
   }
+}
+
+/** The candidates from index `first` on: a resumed run's workers read nothing its checkpoint covers. */
+async function* fromIndex(all: AsyncIterable<Candidate>, first: number): AsyncIterable<Candidate> {
+  for await (const c of all) if (c.index >= first) yield c;
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
