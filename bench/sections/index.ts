@@ -7,6 +7,7 @@ import { dedup } from './dedup.js';
 import { agent, encryption, vmware, ws } from './extras.js';
 import { instantRecovery } from './instant.js';
 import { memory } from './memory.js';
+import { nbd } from './nbd.js';
 import { prune } from './prune.js';
 import { repack } from './repack.js';
 import { recovery } from './recovery.js';
@@ -16,6 +17,7 @@ export const sections: Section[] = [
   throughput,
   codec,
   memory,
+  nbd,
   recovery,
   instantRecovery,
   encryption,
