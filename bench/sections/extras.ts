@@ -152,6 +152,11 @@ export const ws: Section = {
         baseline: { name: 'local store, same run', value: r.local.mbPerSec, unit: 'MB/s' },
         ratio: r.ratio,
         target: { text: '>= 0.8x local', pass: r.ratio >= 0.8 },
+        // Both ends on this machine's cores: the CPU both spend per byte bounds the rate whatever the link does.
+        note:
+          `CPU-bound ceiling: sender ${(r.cpu.sender.user + r.cpu.sender.sys).toFixed(2)} s + node ${(r.cpu.node.user + r.cpu.node.sys).toFixed(2)} s of CPU over ` +
+          `${r.cpu.cores} cores -> ${r.cpu.ceilingMbPerSec.toFixed(0)} MB/s, ${(r.cpu.ceilingMbPerSec / r.local.mbPerSec).toFixed(2)}x of local at most; ` +
+          `the run reached ${(r.cpu.ofCeiling * 100).toFixed(0)}% of it`,
       },
     ];
     if (r.throttle) {
