@@ -263,7 +263,9 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     return { chunkIds: ids, payloadXxh64s };
   }
 
-  // One read buffer per worker for blob:scan, kept across runs (a chunk's size).
+  // blob:scan's read buffer: one chunk, kept across runs up to the default chunk size (an agent's workers live for
+  // months; a run of 16 MiB chunks would otherwise leave 16 MiB resident in each).
+  const KEEP_SCAN_BUFFER = 1024 * 1024;
   let scanBuf = Buffer.alloc(0);
 
   /**
@@ -281,13 +283,16 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     let readMs = 0;
     let hashMs = 0;
     let bytes = 0;
+    let longest = 0;
+    for (let i = 0; i < count; i++) longest = Math.max(longest, m.chunks[3 * i + 1]);
+    const buf = longest <= scanBuf.length ? scanBuf : Buffer.allocUnsafeSlow(longest);
+    if (longest <= KEEP_SCAN_BUFFER) scanBuf = buf;
     for (let i = 0; i < count; i++) {
       const [offset, length, parent] = m.chunks.subarray(3 * i, 3 * i + 3);
-      if (scanBuf.length < length) scanBuf = Buffer.allocUnsafeSlow(length);
       const t0 = cpu();
       let got = 0;
       while (got < length) {
-        const n = readSync(m.fd, scanBuf, got, length - got, offset + got);
+        const n = readSync(m.fd, buf, got, length - got, offset + got);
         if (n === 0) break;
         got += n;
       }
@@ -295,7 +300,7 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
       readMs += t1 - t0;
       bytes += got;
       if (got !== length) return { states: states.subarray(0, i), short: i, got, bytes, readMs, hashMs };
-      const plain = scanBuf.subarray(0, length);
+      const plain = buf.subarray(0, length);
       if (isZero(plain)) states[i] = parent === ScanParent.NONE || parent === ScanParent.ZERO ? ScanState.ZERO : ScanState.CHANGED;
       else if (parent !== ScanParent.ID) states[i] = ScanState.CHANGED;
       else {
