@@ -44,7 +44,10 @@ export interface BlockSource {
    * there, and reports what they read with readElsewhere(). close() waits until release().
    */
   lendFd?(): { fd: number; release: () => void } | undefined;
-  /** Bytes read through a lent fd, for wrappers that count what read() returns. */
+  /**
+   * Bytes read through a lent fd, for wrappers that count what read() returns: those of the chunks found unchanged
+   * there (a changed chunk is read again through read(), and counted then), so each byte of the disk counts once.
+   */
   readElsewhere?(bytes: number): void;
   close(): Promise<void>;
 }

@@ -152,9 +152,7 @@ t.test('an incremental point cut by a store failure resumes and restores byte-ex
   t.equal(r.resumed, true);
   t.equal(r.point, 2);
   t.equal(r.parent, 1);
-  // The codec workers read and compare the rest of the disk; the changed chunks in it go through read() again.
-  t.equal(counted.c!.elsewhere, SIZE - nextIndex * CHUNK, 'only the rest of the disk is read');
-  t.equal(counted.c!.reads, changed.filter((i) => i >= nextIndex).length, 'and the changed chunks in it through the pipeline');
+  t.equal(counted.c!.bytes, SIZE - nextIndex * CHUNK, 'only the rest of the disk is read');
   await expectRestore(t, store, 'd', 1, fp1, dir);
   await expectRestore(t, store, 'd', 2, fp2, dir);
 });

@@ -25,8 +25,11 @@ export interface PrescanOptions {
   workers: CodecWorkers;
   /** The source, for messages. */
   location: string;
-  /** Each run's reply, as it arrives (the stage clock, the bytes read). */
-  onScanned: (r: ScanReply) => void;
+  /**
+   * Each run's reply, as it arrives (the stage clock), with the bytes of its chunks found unchanged: what the source
+   * gave only through the fd. A changed chunk's bytes count once, when the pipeline reads it again (from page cache).
+   */
+  onScanned: (r: ScanReply, unchangedBytes: number) => void;
 }
 
 /** Bytes of chunks per trip (a few milliseconds of a worker, so an abort or a failure is heard soon), and chunks. */
@@ -72,7 +75,9 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
     }
     running--;
     const r = await q.reply;
-    o.onScanned(r);
+    let unchangedBytes = 0;
+    for (let i = 0; i < r.states.length; i++) if (r.states[i] !== ScanState.CHANGED) unchangedBytes += o.grid.length(q.run[i].index);
+    o.onScanned(r, unchangedBytes);
     if (r.short !== undefined) {
       const c = q.run[r.short];
       const offset = o.grid.offset(c.index);

@@ -168,9 +168,9 @@ export class ChunkScan {
       idName: plan.domain.name,
       workers: this.workers,
       location: opts.source.location,
-      onScanned: (r) => {
+      onScanned: (r, unchangedBytes) => {
         this.clock.scanned(r.readMs, r.hashMs);
-        opts.source.readElsewhere?.(r.bytes);
+        opts.source.readElsewhere?.(unchangedBytes);
         this.progress();
       },
     });
