@@ -9,6 +9,7 @@ import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { openSource } from '../../src/source/index.js';
+import { delegatingSource } from '../../src/source/types.js';
 import { replicate } from '../../src/jobs/replicate.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import {
@@ -134,4 +135,20 @@ t.test('a source cut short while the workers read it fails the run with SOURCE_C
   }
   t.ok(cut, 'the source was cut during the run');
   t.same(await listPointSeqs(store, 'd', undefined), [1], 'only the first point is committed');
+});
+
+t.test('a read that fails on a worker fails the run with SOURCE_IO, not as a bug', async (t) => {
+  const dir = tmpDir(t, 'prescan');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  fs.writeFileSync(img, randomData(4 * MiB, 10));
+  await snap(store, img, 'd', { chunkSize: CHUNK });
+  // A directory's fd: every pread on it fails (EISDIR), as a dying device's would (EIO).
+  const bad = fs.openSync(dir, 'r');
+  t.teardown(() => fs.closeSync(bad));
+  await t.rejects(snap(store, img, 'd', { wrapSource: (s) => delegatingSource(s, { lendFd: () => ({ fd: bad, release: () => {} }) }) }), {
+    code: ErrorCodes.SOURCE_IO,
+    message: /reading source .* on a codec worker failed: EISDIR/,
+  });
+  t.same(await listPointSeqs(store, 'd', undefined), [1], 'nothing committed');
 });

@@ -74,7 +74,14 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
       return;
     }
     running--;
-    const r = await q.reply;
+    const r = await q.reply.catch((err: unknown) => {
+      // A failed pread there (EIO, a device gone) is the source's failure, as it is through read().
+      throw new RnodeError(
+        ErrorCodes.SOURCE_IO,
+        `reading source ${o.location} on a codec worker failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
+        { cause: err },
+      );
+    });
     let unchangedBytes = 0;
     for (let i = 0; i < r.states.length; i++) if (r.states[i] !== ScanState.CHANGED) unchangedBytes += o.grid.length(q.run[i].index);
     o.onScanned(r, unchangedBytes);
