@@ -282,7 +282,6 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     const states = new Uint8Array(count);
     let readMs = 0;
     let hashMs = 0;
-    let bytes = 0;
     let longest = 0;
     for (let i = 0; i < count; i++) longest = Math.max(longest, m.chunks[3 * i + 1]);
     const buf = longest <= scanBuf.length ? scanBuf : Buffer.allocUnsafeSlow(longest);
@@ -298,8 +297,7 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
       }
       const t1 = cpu();
       readMs += t1 - t0;
-      bytes += got;
-      if (got !== length) return { states: states.subarray(0, i), short: i, got, bytes, readMs, hashMs };
+      if (got !== length) return { states: states.subarray(0, i), short: i, got, readMs, hashMs };
       const plain = buf.subarray(0, length);
       if (isZero(plain)) states[i] = parent === ScanParent.NONE || parent === ScanParent.ZERO ? ScanState.ZERO : ScanState.CHANGED;
       else if (parent !== ScanParent.ID) states[i] = ScanState.CHANGED;
@@ -309,7 +307,7 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
         hashMs += cpu() - t1;
       }
     }
-    return { states, bytes, readMs, hashMs };
+    return { states, readMs, hashMs };
   }
 
   /** Handles one message; returns the reply (undefined for the key messages, which have none). */

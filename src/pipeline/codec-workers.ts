@@ -47,7 +47,6 @@ export interface EncodedBlob {
 /** What a worker found of a run of chunks (ScanState per chunk), and what reading and hashing them cost (CPU ms). */
 export interface ScanReply {
   states: Uint8Array;
-  bytes: number;
   readMs: number;
   hashMs: number;
   /** Set when a read came back short: the position of that chunk in the run, and the bytes it got. */
