@@ -26,6 +26,9 @@ export function countedSource(inner: BlockSource, signal?: AbortSignal): BlockSo
       counted.bytesRead += n;
       return n;
     },
+    // Chunks the codec workers read through the fd are counted here; a cancelled run stops at the pipeline's own check
+    // of the signal.
+    lendFd: () => inner.lendFd?.(),
     readElsewhere(bytes: number) {
       counted.bytesRead += bytes;
       inner.readElsewhere?.(bytes);

@@ -36,8 +36,9 @@ export interface OpMessage {
   idName: string;
   parentId?: Uint8Array;
   known?: Int32Array;
-  // blob:scan.
+  // blob:scan and blob:read-id-encode.
   fd: number;
+  position: number;
   chunks: Float64Array;
   parentIds: Uint8Array;
   blobs: Array<{ offset: number; length: number; codec: number; plainLength: number }>;
@@ -222,6 +223,36 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     return { ...reply, ...blobEncode({ ...m, chunkId: id }) };
   }
 
+  /**
+   * m.len bytes read from fd at m.position into m.in (it reads until it has them or the file ends), and the time it
+   * took; `got` short of m.len when the file ended first.
+   */
+  function readInto(m: OpMessage): { plain: Buffer; got: number; readMs: number } {
+    const { readSync } = deps;
+    if (!readSync) throw new Error('reading a lent fd needs readSync');
+    const plain = view(m.in, m.inOff, m.len);
+    const t0 = cpu();
+    let got = 0;
+    while (got < m.len) {
+      const n = readSync(m.fd, plain, got, m.len - got, m.position + got);
+      if (n === 0) break;
+      got += n;
+    }
+    return { plain, got, readMs: cpu() - t0 };
+  }
+
+  /**
+   * A chunk of a full point's one trip: read from the source's lent fd into m.in on this thread (no pool thread and
+   * no wake-ups of the main thread for the read), then blob:id-encode unless it reads as zeros (`zero`: nothing to
+   * store). `got` is what the read returned; short of m.len, nothing else is done.
+   */
+  function blobReadIdEncode(m: OpMessage): OpReply {
+    const { plain, got, readMs } = readInto(m);
+    if (got !== m.len) return { got, readMs };
+    if (deps.isZero!(plain)) return { got, readMs, zero: true };
+    return { got, readMs, ...blobIdEncode(m) };
+  }
+
   /** Checks, opens and decodes a blob into out; returns the id of what it decoded to (the caller compares). */
   function blobDecode(m: OpMessage): { chunkId: Uint8Array; payloadXxh64: bigint } {
     const payload = view(m.in, m.inOff, m.len);
@@ -327,6 +358,8 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
         return blobEncode(m);
       case 'blob:id-encode':
         return blobIdEncode(m);
+      case 'blob:read-id-encode':
+        return blobReadIdEncode(m);
       case 'blob:decode':
         return blobDecode(m);
       case 'blob:decode-many':

@@ -210,6 +210,42 @@ export class CodecWorkers {
     }).then((r) => ({ ...r, id: Buffer.from(r.chunkId) }));
   }
 
+  /**
+   * idEncodeBlob of a chunk the worker first reads into plain itself: length bytes of fd (lent by the source, valid
+   * until this settles) at position. `got` is what the read returned: short of length, nothing else was done; `zero`
+   * when the chunk reads as zeros (nothing was encoded).
+   */
+  readIdEncodeBlob(
+    fd: number,
+    position: number,
+    plain: Uint8Array,
+    out: Uint8Array,
+    codec: number,
+    f: { idName: string; keyId?: string; parentId?: Uint8Array; known?: Int32Array },
+  ): Promise<
+    { got: number; readMs: number } & (
+      | { id?: undefined; zero?: true }
+      | ({ id: Buffer; hashMs: number; zero?: undefined } & ({ skipped: true } | ({ skipped?: undefined } & EncodedBlob)))
+    )
+  > {
+    return this.send({
+      op: 'blob:read-id-encode',
+      fd,
+      position,
+      in: shared(plain),
+      inOff: plain.byteOffset,
+      len: plain.byteLength,
+      out: shared(out),
+      outOff: out.byteOffset,
+      outCap: out.byteLength,
+      codec,
+      idName: f.idName,
+      ...(f.keyId ? { key: f.keyId } : {}),
+      ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}),
+      ...(f.known ? { known: f.known } : {}),
+    }).then((r) => (r.chunkId ? { ...r, id: Buffer.from(r.chunkId) } : { got: r.got, readMs: r.readMs, ...(r.zero ? { zero: true } : {}) }));
+  }
+
   /** Repository v2: encodes (and with keyId seals) plain as the blob of chunkId into out at 0. */
   encodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, chunkId: Uint8Array, keyId?: string): Promise<EncodedBlob> {
     return this.send({

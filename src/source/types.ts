@@ -41,12 +41,13 @@ export interface BlockSource {
   /**
    * A file descriptor the codec workers may pread the same bytes from (a raw image or device read through the page
    * cache), or undefined: reads must go through read(). A scan hands them whole runs of chunks to read and compare
-   * there, and reports what they read with readElsewhere(). close() waits until release().
+   * there, a full point each chunk to read and encode there, and both report what was read with readElsewhere().
+   * close() waits until release().
    */
   lendFd?(): { fd: number; release: () => void } | undefined;
   /**
-   * Bytes read through a lent fd, for wrappers that count what read() returns: those of the chunks found unchanged
-   * there (a changed chunk is read again through read(), and counted then), so each byte of the disk counts once.
+   * Bytes read through a lent fd, for wrappers that count what read() returns: a full point's chunks, and a scan's
+   * chunks found unchanged (a changed one is read again through read(), and counted then): each byte counts once.
    */
   readElsewhere?(bytes: number): void;
   close(): Promise<void>;
@@ -57,6 +58,9 @@ export interface BlockSource {
  * counting) built on it stay complete as the interface grows; hand-written ones silently dropped identity().
  */
 export function delegatingSource<T extends object>(inner: BlockSource, over: T & Partial<BlockSource>): BlockSource & T {
+  // A wrapper that replaces read() sees every read only if no worker reads past it: it lends the inner fd only when it
+  // says so (a lendFd of its own, with readElsewhere to hear what the workers read).
+  const lends = !('read' in over);
   const base: BlockSource = {
     get kind() {
       return inner.kind;
@@ -81,7 +85,7 @@ export function delegatingSource<T extends object>(inner: BlockSource, over: T &
     changeMarker: () => inner.changeMarker(),
     identity: () => inner.identity?.() ?? Promise.resolve(undefined),
     read: (offset, buf, length) => inner.read(offset, buf, length),
-    lendFd: () => inner.lendFd?.(),
+    lendFd: () => (lends ? inner.lendFd?.() : undefined),
     readElsewhere: (bytes) => inner.readElsewhere?.(bytes),
     close: () => inner.close(),
   };

@@ -177,7 +177,7 @@ export function restore(
 
 /**
  * A BlockSource wrapper that counts the bytes actually read from the underlying source: through read() (`reads`
- * calls), and by the codec workers through its lent fd (`elsewhere` bytes, an incremental's scan).
+ * calls), and by the codec workers through its lent fd (`elsewhere` bytes: an incremental's scan, a full point).
  */
 export function countingSource(inner: BlockSource): BlockSource & { bytes: number; reads: number; elsewhere: number } {
   const c = delegatingSource(inner, {
@@ -190,6 +190,7 @@ export function countingSource(inner: BlockSource): BlockSource & { bytes: numbe
       c.reads++;
       return n;
     },
+    lendFd: () => inner.lendFd?.(),
     readElsewhere(bytes: number) {
       c.bytes += bytes;
       c.elsewhere += bytes;

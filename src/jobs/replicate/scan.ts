@@ -60,6 +60,8 @@ export class ChunkScan {
   private readonly plainPool: BufferPool<Buffer>;
   private readonly outPool: BufferPool<Buffer>;
   private readonly reorderWindow: number;
+  /** The source's fd lent for a full point: its chunks are read on the codec workers, not through source.read(). */
+  private readFd: number | undefined;
 
   constructor(private readonly o: ChunkScanOptions) {
     this.clock = new StageClock(o.opts.onStage);
@@ -81,10 +83,12 @@ export class ChunkScan {
     const { grid } = plan;
     const inflight = new Set<Promise<void>>();
     await this.workers.ready(); // no chunk waits on a worker still starting while the chunks after it run ahead
-    // An incremental scan compares most chunks on the workers, reading them there (prescan.ts).
-    const lent = plan.scan && parentView ? opts.source.lendFd?.() : undefined;
+    // An incremental scan compares most chunks on the workers, reading them there (prescan.ts); a full point's workers
+    // read each chunk themselves (processChunk).
+    const lent = (plan.scan && parentView) || plan.full ? opts.source.lendFd?.() : undefined;
+    this.readFd = plan.full ? lent?.fd : undefined;
     try {
-      for await (const c of this.stream(parentView, lent?.fd)) {
+      for await (const c of this.stream(parentView, plan.full ? undefined : lent?.fd)) {
         if (run.failed) break;
         if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed');
         if (lease?.signal.aborted) throw lease.signal.reason;
@@ -227,39 +231,56 @@ export class ChunkScan {
     const clock = this.clock;
     const offset = grid.offset(c.index);
     const length = grid.length(c.index);
-    const n = await clock.time(c.index, 'read', () => source.read(offset, plainSlot, length));
-    if (n !== length) {
-      throw new RnodeError(
+    const plain = plainSlot.subarray(0, length);
+    const shortRead = (n: number) =>
+      new RnodeError(
         ErrorCodes.SOURCE_CHANGED,
         `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`,
       );
-    }
-    run.live.bytesRead += n;
-    const plain = plainSlot.subarray(0, length);
-    if (isZero(plain)) {
+    const zeroChunk = (n: number): Outcome => {
       const delta: Delta = { bytesRead: n, chunksZero: plan.scan ? 0 : 1 };
       if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
       return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
+    };
+    const fd = this.readFd;
+    if (fd === undefined) {
+      const n = await clock.time(c.index, 'read', () => source.read(offset, plainSlot, length));
+      if (n !== length) throw shortRead(n);
+      run.live.bytesRead += n;
+      if (isZero(plain)) return zeroChunk(n);
     }
     const dedupHit = (l: ChunkLocation, entry: ChunkEntry): Outcome => {
       packs.reuse(l);
-      return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1, chunksDeduplicated: 1, bytesDeduplicated: length } };
+      return { entry, delta: { bytesRead: length, chunksData: 1, chunksChanged: 1, chunksDeduplicated: 1, bytesDeduplicated: length } };
     };
     // Unchanged when the 32-byte ids agree (never a shorter digest): nothing to record or store.
     const parentId = c.parent?.id && c.parent.plainLength === length ? c.parent.id : undefined;
     const out = await this.storeWait(this.outPool.acquire(c.index)); // the earliest chunk first: a checkpoint covers chunks in index order
     try {
       const start = performance.now();
-      const r = await this.workers.idEncodeBlob(plain, out, codec, {
-        idName: domain.name,
-        keyId: domain.key?.keyId,
-        parentId,
-        known: this.o.known.words,
-      });
+      const f = { idName: domain.name, keyId: domain.key?.keyId, parentId, known: this.o.known.words };
+      let r: Awaited<ReturnType<typeof this.workers.idEncodeBlob>>;
+      if (fd === undefined) r = await this.workers.idEncodeBlob(plain, out, codec, f);
+      else {
+        const read = await this.workers.readIdEncodeBlob(fd, offset, plain, out, codec, f).catch((err: unknown) => {
+          // A failed pread there (EIO, a device gone) is the source's failure, as it is through read().
+          throw new RnodeError(
+            ErrorCodes.SOURCE_IO,
+            `reading source ${source.location} on a codec worker failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
+            { cause: err },
+          );
+        });
+        clock.scanned(read.readMs, 0);
+        source.readElsewhere?.(read.got);
+        if (read.got !== length) throw shortRead(read.got);
+        run.live.bytesRead += length;
+        if (read.id === undefined) return zeroChunk(length);
+        r = read;
+      }
       const { id, hashMs } = r;
       if (parentId?.equals(id)) {
         clock.encoded(c.index, start, { hashMs, packMs: 0 });
-        return { entry: null, delta: { bytesRead: n, chunksData: 1 } };
+        return { entry: null, delta: { bytesRead: length, chunksData: 1 } };
       }
       const entry = v2Entry(c.index, id, length, plan.seq);
       const hit = packs.reusable(id);
@@ -280,7 +301,7 @@ export class ChunkScan {
       );
       // Another chunk with the same content was stored while this one was encoded.
       if (late) return dedupHit(late, entry);
-      return { entry, delta: { bytesRead: n, chunksData: 1, chunksChanged: 1 } };
+      return { entry, delta: { bytesRead: length, chunksData: 1, chunksChanged: 1 } };
     } finally {
       this.outPool.release(out);
     }
