@@ -188,26 +188,8 @@ export class CodecWorkers {
    * encoded (with keyId, sealed) into out at 0 in the same trip, unless the id is parentId or `known` (an IdFilter's
    * words) may hold it: then `skipped`, and encodeBlob does it if the caller stores the chunk after all.
    */
-  idEncodeBlob(
-    plain: Uint8Array,
-    out: Uint8Array,
-    codec: number,
-    f: { idName: string; keyId?: string; parentId?: Uint8Array; known?: Int32Array },
-  ): Promise<{ id: Buffer; hashMs: number } & ({ skipped: true } | ({ skipped?: undefined } & EncodedBlob))> {
-    return this.send({
-      op: 'blob:id-encode',
-      in: shared(plain),
-      inOff: plain.byteOffset,
-      len: plain.byteLength,
-      out: shared(out),
-      outOff: out.byteOffset,
-      outCap: out.byteLength,
-      codec,
-      idName: f.idName,
-      ...(f.keyId ? { key: f.keyId } : {}),
-      ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}),
-      ...(f.known ? { known: f.known } : {}),
-    }).then((r) => ({ ...r, id: Buffer.from(r.chunkId) }));
+  idEncodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, f: IdEncodeFields): Promise<IdEncoded> {
+    return this.send({ op: 'blob:id-encode', ...idEncodeMessage(plain, out, codec, f) }).then((r) => ({ ...r, id: Buffer.from(r.chunkId) }));
   }
 
   /**
@@ -221,29 +203,11 @@ export class CodecWorkers {
     plain: Uint8Array,
     out: Uint8Array,
     codec: number,
-    f: { idName: string; keyId?: string; parentId?: Uint8Array; known?: Int32Array },
-  ): Promise<
-    { got: number; readMs: number } & (
-      | { id?: undefined; zero?: true }
-      | ({ id: Buffer; hashMs: number; zero?: undefined } & ({ skipped: true } | ({ skipped?: undefined } & EncodedBlob)))
-    )
-  > {
-    return this.send({
-      op: 'blob:read-id-encode',
-      fd,
-      position,
-      in: shared(plain),
-      inOff: plain.byteOffset,
-      len: plain.byteLength,
-      out: shared(out),
-      outOff: out.byteOffset,
-      outCap: out.byteLength,
-      codec,
-      idName: f.idName,
-      ...(f.keyId ? { key: f.keyId } : {}),
-      ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}),
-      ...(f.known ? { known: f.known } : {}),
-    }).then((r) => (r.chunkId ? { ...r, id: Buffer.from(r.chunkId) } : { got: r.got, readMs: r.readMs, ...(r.zero ? { zero: true } : {}) }));
+    f: IdEncodeFields,
+  ): Promise<{ got: number; readMs: number } & ({ id?: undefined; zero?: true } | (IdEncoded & { zero?: undefined }))> {
+    return this.send({ op: 'blob:read-id-encode', fd, position, ...idEncodeMessage(plain, out, codec, f) }).then((r) =>
+      r.chunkId ? { ...r, id: Buffer.from(r.chunkId) } : { got: r.got, readMs: r.readMs, ...(r.zero ? { zero: true } : {}) },
+    );
   }
 
   /** Repository v2: encodes (and with keyId seals) plain as the blob of chunkId into out at 0. */
@@ -389,6 +353,34 @@ export class CodecWorkers {
     await Promise.all(this.workers.map((w) => w.terminate()));
     if (instance === this) instance = undefined;
   }
+}
+
+/** What blob:id-encode needs beside the buffers: the domain's id key, the seal's key, and what makes encoding moot. */
+export interface IdEncodeFields {
+  idName: string;
+  keyId?: string;
+  parentId?: Uint8Array;
+  known?: Int32Array;
+}
+
+/** A chunk's id, and its blob unless the chunk is its parent's or the filter says the domain may hold it (`skipped`). */
+export type IdEncoded = { id: Buffer; hashMs: number } & ({ skipped: true } | ({ skipped?: undefined } & EncodedBlob));
+
+/** The message fields of blob:id-encode (blob:read-id-encode adds the read). */
+function idEncodeMessage(plain: Uint8Array, out: Uint8Array, codec: number, f: IdEncodeFields): Record<string, unknown> {
+  return {
+    in: shared(plain),
+    inOff: plain.byteOffset,
+    len: plain.byteLength,
+    out: shared(out),
+    outOff: out.byteOffset,
+    outCap: out.byteLength,
+    codec,
+    idName: f.idName,
+    ...(f.keyId ? { key: f.keyId } : {}),
+    ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}),
+    ...(f.known ? { known: f.known } : {}),
+  };
 }
 
 function shared(v: Uint8Array): SharedArrayBuffer {

@@ -19,29 +19,18 @@ import {
   expectRestore,
   fingerprint,
   fsStore,
+  mixedChunkImage,
   randomData,
   snap,
   stopCodecWorkersAtEnd,
   textData,
   tmpDir,
   writeAt,
-  writeHoleImage,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
 const CHUNK = 64 * KiB;
-
-/** 129 chunks: random, text, written zeros, a hole, random again, and a short last chunk. */
-function mixedImage(file: string): number {
-  const size = 128 * CHUNK + 1234;
-  writeHoleImage(file, size);
-  writeAt(file, 0, randomData(40 * CHUNK, 1));
-  writeAt(file, 40 * CHUNK, textData(20 * CHUNK, 2));
-  writeAt(file, 60 * CHUNK, Buffer.alloc(20 * CHUNK));
-  writeAt(file, 100 * CHUNK, randomData(28 * CHUNK + 1234, 3));
-  return size;
-}
 
 for (const encrypted of [false, true]) {
   t.test(
@@ -51,7 +40,7 @@ for (const encrypted of [false, true]) {
       const img = path.join(dir, 'disk.img');
       const store = fsStore(path.join(dir, 'store'));
       const encryption = encrypted ? EncryptionKey.fromBytes(crypto.createHash('sha256').update('prescan-test').digest()) : undefined;
-      const size = mixedImage(img);
+      const size = mixedChunkImage(img, CHUNK);
       const p1 = await snap(store, img, 'd', { chunkSize: CHUNK, encryption });
       const fp1 = fingerprint(img);
 

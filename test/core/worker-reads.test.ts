@@ -19,27 +19,16 @@ import {
   expectRestore,
   fingerprint,
   fsStore,
+  mixedChunkImage,
   randomData,
   snap,
   stopCodecWorkersAtEnd,
-  textData,
   tmpDir,
-  writeAt,
-  writeHoleImage,
 } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
 const CHUNK = 64 * KiB;
-
-/** 129 chunks: random, text, written zeros, a hole, random again, and a short last chunk. */
-function mixedImage(file: string): void {
-  writeHoleImage(file, 128 * CHUNK + 1234);
-  writeAt(file, 0, randomData(40 * CHUNK, 1));
-  writeAt(file, 40 * CHUNK, textData(20 * CHUNK, 2));
-  writeAt(file, 60 * CHUNK, Buffer.alloc(20 * CHUNK));
-  writeAt(file, 100 * CHUNK, randomData(28 * CHUNK + 1234, 3));
-}
 
 for (const encrypted of [false, true]) {
   t.test(`${encrypted ? 'encrypted' : 'plain'} full point: the codec workers read every chunk, read() sees none`, async (t) => {
@@ -47,7 +36,7 @@ for (const encrypted of [false, true]) {
     const img = path.join(dir, 'disk.img');
     const store = fsStore(path.join(dir, 'store'));
     const encryption = encrypted ? EncryptionKey.fromBytes(crypto.createHash('sha256').update('worker-reads').digest()) : undefined;
-    mixedImage(img);
+    mixedChunkImage(img, CHUNK);
     const fp = fingerprint(img);
     const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
     const p = await snap(store, img, 'd', { chunkSize: CHUNK, encryption, wrapSource: (s) => (counted.c = countingSource(s)) });

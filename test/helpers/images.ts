@@ -176,6 +176,20 @@ export function restore(
 }
 
 /**
+ * 128 chunks of `chunk` bytes and a short last one (1234 bytes): 40 random, 20 text, 20 written zeros, a 20-chunk hole,
+ * then random to the end. Returns the image's size.
+ */
+export function mixedChunkImage(file: string, chunk: number): number {
+  const size = 128 * chunk + 1234;
+  writeHoleImage(file, size);
+  writeAt(file, 0, randomData(40 * chunk, 1));
+  writeAt(file, 40 * chunk, textData(20 * chunk, 2));
+  writeAt(file, 60 * chunk, Buffer.alloc(20 * chunk));
+  writeAt(file, 100 * chunk, randomData(28 * chunk + 1234, 3));
+  return size;
+}
+
+/**
  * A BlockSource wrapper that counts the bytes actually read from the underlying source: through read() (`reads`
  * calls), and by the codec workers through its lent fd (`elsewhere` bytes: an incremental's scan, a full point).
  */

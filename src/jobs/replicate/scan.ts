@@ -8,7 +8,7 @@ import { Codec, type CodecId } from '../../format/codecs.js';
 import { isZeroEntry, TableFlag, type ChunkEntry } from '../../format/table.js';
 import { isZero } from '../../native/index.js';
 import { BufferPool } from '../../pipeline/buffer-pool.js';
-import { codecWorkers, maxObjectBytes } from '../../pipeline/codec-workers.js';
+import { codecWorkers, maxObjectBytes, type IdEncoded } from '../../pipeline/codec-workers.js';
 import type { IdFilter } from '../../pipeline/id-filter.js';
 import { recycleShared, takeShared } from '../../pipeline/shared-slots.js';
 import { StageClock } from '../../pipeline/stages.js';
@@ -259,7 +259,7 @@ export class ChunkScan {
     try {
       const start = performance.now();
       const f = { idName: domain.name, keyId: domain.key?.keyId, parentId, known: this.o.known.words };
-      let r: Awaited<ReturnType<typeof this.workers.idEncodeBlob>>;
+      let r: IdEncoded;
       if (fd === undefined) r = await this.workers.idEncodeBlob(plain, out, codec, f);
       else {
         const read = await this.workers.readIdEncodeBlob(fd, offset, plain, out, codec, f).catch((err: unknown) => {
