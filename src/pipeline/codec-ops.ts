@@ -223,22 +223,22 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     return { ...reply, ...blobEncode({ ...m, chunkId: id }) };
   }
 
-  /**
-   * m.len bytes read from fd at m.position into m.in (it reads until it has them or the file ends), and the time it
-   * took; `got` short of m.len when the file ended first.
-   */
-  function readInto(m: OpMessage): { plain: Buffer; got: number; readMs: number } {
-    const { readSync } = deps;
-    if (!readSync) throw new Error('reading a lent fd needs readSync');
-    const plain = view(m.in, m.inOff, m.len);
-    const t0 = cpu();
+  /** The reads of blob:scan and blob:read-id-encode: one pread and the zero test, both from the worker's deps. */
+  function sourceReads(op: string): { readSync: NonNullable<CodecOpsDeps['readSync']>; isZero: NonNullable<CodecOpsDeps['isZero']> } {
+    const { readSync, isZero } = deps;
+    if (!readSync || !isZero) throw new Error(`${op} needs readSync and isZero`);
+    return { readSync, isZero };
+  }
+
+  /** Reads length bytes of fd at position into buf until it has them or the file ends; returns the bytes read. */
+  function readFully(readSync: NonNullable<CodecOpsDeps['readSync']>, fd: number, buf: Buffer, length: number, position: number): number {
     let got = 0;
-    while (got < m.len) {
-      const n = readSync(m.fd, plain, got, m.len - got, m.position + got);
+    while (got < length) {
+      const n = readSync(fd, buf, got, length - got, position + got);
       if (n === 0) break;
       got += n;
     }
-    return { plain, got, readMs: cpu() - t0 };
+    return got;
   }
 
   /**
@@ -247,9 +247,13 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
    * store). `got` is what the read returned; short of m.len, nothing else is done.
    */
   function blobReadIdEncode(m: OpMessage): OpReply {
-    const { plain, got, readMs } = readInto(m);
+    const { readSync, isZero } = sourceReads(m.op);
+    const plain = view(m.in, m.inOff, m.len);
+    const t0 = cpu();
+    const got = readFully(readSync, m.fd, plain, m.len, m.position);
+    const readMs = cpu() - t0;
     if (got !== m.len) return { got, readMs };
-    if (deps.isZero!(plain)) return { got, readMs, zero: true };
+    if (isZero(plain)) return { got, readMs, zero: true };
     return { got, readMs, ...blobIdEncode(m) };
   }
 
@@ -307,8 +311,7 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
    * and stores it). A short read stops the run: `short` is that chunk's position, `got` its bytes.
    */
   function blobScan(m: OpMessage): OpReply {
-    const { readSync, isZero } = deps;
-    if (!readSync || !isZero) throw new Error('blob:scan needs readSync and isZero');
+    const { readSync, isZero } = sourceReads(m.op);
     const count = m.chunks.length / 3;
     const states = new Uint8Array(count);
     let readMs = 0;
@@ -320,12 +323,7 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
     for (let i = 0; i < count; i++) {
       const [offset, length, parent] = m.chunks.subarray(3 * i, 3 * i + 3);
       const t0 = cpu();
-      let got = 0;
-      while (got < length) {
-        const n = readSync(m.fd, buf, got, length - got, offset + got);
-        if (n === 0) break;
-        got += n;
-      }
+      const got = readFully(readSync, m.fd, buf, length, offset);
       const t1 = cpu();
       readMs += t1 - t0;
       if (got !== length) return { states: states.subarray(0, i), short: i, got, readMs, hashMs };

@@ -150,12 +150,7 @@ export class CodecWorkers {
   ): Promise<EncodeResult> {
     return this.send({
       op: sealed ? 'seal:encode' : 'encode',
-      in: shared(plain),
-      inOff: plain.byteOffset,
-      len: plain.byteLength,
-      out: shared(out),
-      outOff: out.byteOffset,
-      outCap: out.byteLength,
+      ...buffers(plain, out),
       codec,
       ...(unchangedIf ? { unchangedIf: { xxh64: unchangedIf.xxh64, strong: new Uint8Array(unchangedIf.strong) } } : {}),
       ...sealed,
@@ -166,14 +161,9 @@ export class CodecWorkers {
   decode(payload: Uint8Array, codec: number, plainLength: number, out: Uint8Array, sealed?: SealedFields): Promise<DecodeCheck> {
     return this.send({
       op: sealed ? 'seal:decode' : 'decode',
-      in: shared(payload),
-      inOff: payload.byteOffset,
-      len: payload.byteLength,
+      ...buffers(payload, out),
       codec,
       plainLength,
-      out: shared(out),
-      outOff: out.byteOffset,
-      outCap: out.byteLength,
       ...sealed,
     }).then((r) => ({ ...r, strong: Buffer.from(r.strong) }));
   }
@@ -214,12 +204,7 @@ export class CodecWorkers {
   encodeBlob(plain: Uint8Array, out: Uint8Array, codec: number, chunkId: Uint8Array, keyId?: string): Promise<EncodedBlob> {
     return this.send({
       op: 'blob:encode',
-      in: shared(plain),
-      inOff: plain.byteOffset,
-      len: plain.byteLength,
-      out: shared(out),
-      outOff: out.byteOffset,
-      outCap: out.byteLength,
+      ...buffers(plain, out),
       codec,
       chunkId: new Uint8Array(chunkId),
       ...(keyId ? { key: keyId } : {}),
@@ -234,12 +219,7 @@ export class CodecWorkers {
   ): Promise<{ id: Buffer; payloadXxh64: bigint }> {
     return this.send({
       op: 'blob:decode',
-      in: shared(blob),
-      inOff: blob.byteOffset,
-      len: blob.byteLength,
-      out: shared(out),
-      outOff: out.byteOffset,
-      outCap: out.byteLength,
+      ...buffers(blob, out),
       codec: f.codec,
       plainLength: f.plainLength,
       chunkId: new Uint8Array(f.chunkId),
@@ -369,17 +349,24 @@ export type IdEncoded = { id: Buffer; hashMs: number } & ({ skipped: true } | ({
 /** The message fields of blob:id-encode (blob:read-id-encode adds the read). */
 function idEncodeMessage(plain: Uint8Array, out: Uint8Array, codec: number, f: IdEncodeFields): Record<string, unknown> {
   return {
-    in: shared(plain),
-    inOff: plain.byteOffset,
-    len: plain.byteLength,
-    out: shared(out),
-    outOff: out.byteOffset,
-    outCap: out.byteLength,
+    ...buffers(plain, out),
     codec,
     idName: f.idName,
     ...(f.keyId ? { key: f.keyId } : {}),
     ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}),
     ...(f.known ? { known: f.known } : {}),
+  };
+}
+
+/** An op's buffer fields: the bytes it reads (in) and the room it writes (out), as shared memory, offset and length. */
+function buffers(input: Uint8Array, out: Uint8Array): Record<string, unknown> {
+  return {
+    in: shared(input),
+    inOff: input.byteOffset,
+    len: input.byteLength,
+    out: shared(out),
+    outOff: out.byteOffset,
+    outCap: out.byteLength,
   };
 }
 

@@ -55,8 +55,8 @@ export class StageClock {
     this.onEvent?.({ index, stage: 'encode', start, end });
   }
 
-  /** A run of chunks a worker read and compared on its own (an incremental's scan): its CPU time, read and hash. */
-  scanned(readMs: number, hashMs: number): void {
+  /** Chunks a codec worker read itself (a full point's, or an incremental's scan, which also hashes): its CPU time. */
+  readOnWorker(readMs: number, hashMs: number): void {
     this.ms.read += readMs;
     this.ms.hash += hashMs;
   }

@@ -65,7 +65,9 @@ t.test('a wrapper that replaces read() sees every read: the fd is lent past it o
         return s.read(o, b, l);
       },
     });
-  t.equal(watching(await openSource(img)).lendFd?.(), undefined, 'such a wrapper lends nothing');
+  const raw = await openSource(img);
+  t.teardown(() => raw.close());
+  t.equal(watching(raw).lendFd?.(), undefined, 'such a wrapper lends nothing');
   await snap(store, img, 'd', { chunkSize: CHUNK, wrapSource: watching });
   t.equal(reads, 16, 'all 16 chunks went through its read()');
   await expectRestore(t, store, 'd', 1, fp, dir);

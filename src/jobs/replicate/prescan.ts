@@ -3,13 +3,13 @@
 // unchanged 1.5 GiB image took several times what hashing it costs (issue 13). Here runs of chunks go to the codec
 // workers with the source's fd: they read and hash them there, and only the chunks that changed come back to the
 // pipeline, which reads them again and stores them.
-import { ErrorCodes, RnodeError } from '../../errors.js';
 import { isZeroEntry } from '../../format/table.js';
 import type { CodecWorkers, ScanReply } from '../../pipeline/codec-workers.js';
 import { ScanParent, ScanState } from '../../pipeline/codec-ops.js';
 import type { ChunkGrid } from '../../pipeline/grid.js';
 import type { Delta } from './options.js';
 import type { Candidate } from './plan.js';
+import { sourceEnded, workerReadFailed } from './source-errors.js';
 
 /** A chunk the workers found unchanged (or still zero): nothing to record, only what reading it cost. */
 export interface Decided {
@@ -75,24 +75,12 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
     }
     running--;
     const r = await q.reply.catch((err: unknown) => {
-      // A failed pread there (EIO, a device gone) is the source's failure, as it is through read().
-      throw new RnodeError(
-        ErrorCodes.SOURCE_IO,
-        `reading source ${o.location} on a codec worker failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
-        { cause: err },
-      );
+      throw workerReadFailed(o.location, err);
     });
     let unchangedBytes = 0;
     for (let i = 0; i < r.states.length; i++) if (r.states[i] !== ScanState.CHANGED) unchangedBytes += o.grid.length(q.run[i].index);
     o.onScanned(r, unchangedBytes);
-    if (r.short !== undefined) {
-      const c = q.run[r.short];
-      const offset = o.grid.offset(c.index);
-      throw new RnodeError(
-        ErrorCodes.SOURCE_CHANGED,
-        `source ${o.location} ended at ${offset + r.got!}, expected ${o.grid.diskSize} bytes; was it truncated while replicating?`,
-      );
-    }
+    if (r.short !== undefined) throw sourceEnded(o.location, o.grid.offset(q.run[r.short].index) + r.got!, o.grid.diskSize);
     scanned += q.run.length;
     for (let i = 0; i < q.run.length; i++) {
       const c = q.run[i];

@@ -22,6 +22,7 @@ import type { PackWriter } from './packs.js';
 import { candidates, type Candidate, type PointPlan, type ResumeFrom } from './plan.js';
 import { prescanned, type Decided } from './prescan.js';
 import type { RunState } from './run-state.js';
+import { sourceEnded, workerReadFailed } from './source-errors.js';
 import type { TableWriter } from './table.js';
 
 export interface ChunkScanOptions {
@@ -60,8 +61,6 @@ export class ChunkScan {
   private readonly plainPool: BufferPool<Buffer>;
   private readonly outPool: BufferPool<Buffer>;
   private readonly reorderWindow: number;
-  /** The source's fd lent for a full point: its chunks are read on the codec workers, not through source.read(). */
-  private readFd: number | undefined;
 
   constructor(private readonly o: ChunkScanOptions) {
     this.clock = new StageClock(o.opts.onStage);
@@ -86,7 +85,8 @@ export class ChunkScan {
     // An incremental scan compares most chunks on the workers, reading them there (prescan.ts); a full point's workers
     // read each chunk themselves (processChunk).
     const lent = (plan.scan && parentView) || plan.full ? opts.source.lendFd?.() : undefined;
-    this.readFd = plan.full ? lent?.fd : undefined;
+    // A full point's chunks are read on the codec workers through this fd, not through source.read().
+    const readFd = plan.full ? lent?.fd : undefined;
     try {
       for await (const c of this.stream(parentView, plan.full ? undefined : lent?.fd)) {
         if (run.failed) break;
@@ -131,7 +131,7 @@ export class ChunkScan {
             this.plainPool.release(plainSlot);
           }
         };
-        const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain)
+        const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain, readFd)
           .then(
             (e) => {
               this.settle(ordinal, e);
@@ -173,7 +173,7 @@ export class ChunkScan {
       workers: this.workers,
       location: opts.source.location,
       onScanned: (r, unchangedBytes) => {
-        this.clock.scanned(r.readMs, r.hashMs);
+        this.clock.readOnWorker(r.readMs, r.hashMs);
         opts.source.readElsewhere?.(unchangedBytes);
         this.progress();
       },
@@ -218,8 +218,11 @@ export class ChunkScan {
     }
   }
 
-  /** Reads, encodes and stores chunk c; releasePlain gives its plaintext buffer back as soon as the encode is done. */
-  private async processChunk(c: Candidate, plainSlot: Buffer, releasePlain: () => void): Promise<Outcome> {
+  /**
+   * Reads, encodes and stores chunk c; releasePlain gives its plaintext buffer back as soon as the encode is done. With
+   * fd (a full point's lent source fd) the codec worker reads the chunk in the same trip.
+   */
+  private async processChunk(c: Candidate, plainSlot: Buffer, releasePlain: () => void, fd: number | undefined): Promise<Outcome> {
     const {
       opts: { source },
       plan,
@@ -232,17 +235,12 @@ export class ChunkScan {
     const offset = grid.offset(c.index);
     const length = grid.length(c.index);
     const plain = plainSlot.subarray(0, length);
-    const shortRead = (n: number) =>
-      new RnodeError(
-        ErrorCodes.SOURCE_CHANGED,
-        `source ${source.location} ended at ${offset + n}, expected ${grid.diskSize} bytes; was it truncated while replicating?`,
-      );
+    const shortRead = (n: number) => sourceEnded(source.location, offset + n, grid.diskSize);
     const zeroChunk = (n: number): Outcome => {
       const delta: Delta = { bytesRead: n, chunksZero: plan.scan ? 0 : 1 };
       if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
       return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
     };
-    const fd = this.readFd;
     if (fd === undefined) {
       const n = await clock.time(c.index, 'read', () => source.read(offset, plainSlot, length));
       if (n !== length) throw shortRead(n);
@@ -263,14 +261,9 @@ export class ChunkScan {
       if (fd === undefined) r = await this.workers.idEncodeBlob(plain, out, codec, f);
       else {
         const read = await this.workers.readIdEncodeBlob(fd, offset, plain, out, codec, f).catch((err: unknown) => {
-          // A failed pread there (EIO, a device gone) is the source's failure, as it is through read().
-          throw new RnodeError(
-            ErrorCodes.SOURCE_IO,
-            `reading source ${source.location} on a codec worker failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
-            { cause: err },
-          );
+          throw workerReadFailed(source.location, err);
         });
-        clock.scanned(read.readMs, 0);
+        clock.readOnWorker(read.readMs, 0);
         source.readElsewhere?.(read.got);
         if (read.got !== length) throw shortRead(read.got);
         run.live.bytesRead += length;

@@ -1,0 +1,20 @@
+// The two ways reading the source fails a replicate run, worded the same whether the chunk was read through
+// source.read() on the main thread or by a codec worker through the source's lent fd.
+import { ErrorCodes, RnodeError } from '../../errors.js';
+
+/** The source was shorter than the disk the run began with: it was truncated or replaced meanwhile. */
+export function sourceEnded(location: string, at: number, diskSize: number): RnodeError {
+  return new RnodeError(
+    ErrorCodes.SOURCE_CHANGED,
+    `source ${location} ended at ${at}, expected ${diskSize} bytes; was it truncated while replicating?`,
+  );
+}
+
+/** A pread on a codec worker failed (EIO, a device gone): the source's failure, as it is through read(). */
+export function workerReadFailed(location: string, err: unknown): RnodeError {
+  return new RnodeError(
+    ErrorCodes.SOURCE_IO,
+    `reading source ${location} on a codec worker failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
+    { cause: err },
+  );
+}
