@@ -10,6 +10,9 @@ import { required, str } from './args.js';
 import type { Command } from './command.js';
 import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
 
+/** Freed heap a receiving node keeps for reuse: a few messages' worth (parts are 8 MiB). */
+const KEEP_FREED_HEAP_BYTES = 32 * 1024 * 1024;
+
 function parseListen(text: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
@@ -72,6 +75,9 @@ export const serveCmd: Command = {
     const logger = Logger.create({ format, level, sink: { write: (line) => io.err(line.replace(/\n$/, '')) } });
     logger.addSecret(token);
     const log = (event: string, fields: Record<string, unknown> = {}) => logger.info(event, fields);
+    // A receiving node takes and frees a buffer for every socket read and message: its heap keeps what it freed for the
+    // next ones instead of handing it back and faulting it in again (native keepFreedHeap has the figures).
+    (await import('../native/index.js')).keepFreedHeap(KEEP_FREED_HEAP_BYTES);
     const store = await openStore(str(v, 'store')!);
     let server: ReplicationServer;
     try {

@@ -86,6 +86,7 @@ interface NativeBinding {
   discardPages(buf: Uint8Array): void;
   returnLargeFreesToSystem(): boolean;
   trimNativeHeap(): boolean;
+  keepFreedHeap(bytes: number): boolean;
   writeFile(path: string, data: Uint8Array, sync: boolean, direct: boolean, mode: number): Promise<NativeWritten>;
   readFileInto(path: string, into: Uint8Array, offset: number, length: number): Promise<ReadInto>;
   writeNonZero(fd: number, data: Uint8Array, position: number, block: number): Promise<number>;
@@ -446,6 +447,14 @@ export const returnLargeFreesToSystem: () => boolean = binding.returnLargeFreesT
  * the agent calls it every 30 s. Returns whether anything was released; false where the allocator is not glibc's.
  */
 export const trimNativeHeap: () => boolean = binding.trimNativeHeap;
+
+/**
+ * For serve: freed memory at the top of the C heaps is kept for reuse up to `bytes` instead of being handed back to the
+ * system at once. A receiving node frees and takes again a buffer for every socket read and message; handed back,
+ * each was faulted in anew (45,000 faults and 0.4-0.7 s more CPU on its main thread for a 1.5 GiB ws:// replicate,
+ * native/src/buffers.cc). False where the allocator is not glibc's.
+ */
+export const keepFreedHeap: (bytes: number) => boolean = binding.keepFreedHeap;
 
 /** What compresses chunks here, for logs and the agent's hello. */
 export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;
