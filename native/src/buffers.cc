@@ -209,8 +209,8 @@ Napi::Value ReturnLargeFreesToSystem(const Napi::CallbackInfo& info) {
 
 // keepFreedHeap(bytes): freed memory at the top of glibc's heaps stays for reuse up to `bytes`, instead of going back
 // to the system once 128 KiB of it is free (glibc's default, raised only as large blocks are freed). A receiving node
-// frees and takes again every socket read and message buffer: returned and refaulted, that churn was 45,000 page
-// faults and 0.4-0.7 s of its main thread's CPU in a 1.5 GiB ws:// replicate (20,000 faults with 32 MiB kept).
+// frees and takes again every socket read and message buffer: returned and refaulted, that churn was 42,000-68,000 page
+// faults and 0.4-1.1 s of its main thread's CPU in a 1.5 GiB ws:// replicate (20,000-21,000 faults with 32 MiB kept).
 // Fixes glibc's large-block threshold where it stands (128 KiB at start). Returns whether the allocator took it
 // (false off glibc).
 Napi::Value KeepFreedHeap(const Napi::CallbackInfo& info) {

@@ -451,8 +451,8 @@ export const trimNativeHeap: () => boolean = binding.trimNativeHeap;
 /**
  * For serve: freed memory at the top of the C heaps is kept for reuse up to `bytes` instead of being handed back to the
  * system at once. A receiving node frees and takes again a buffer for every socket read and message; handed back,
- * each was faulted in anew (45,000 faults and 0.4-0.7 s more CPU on its main thread for a 1.5 GiB ws:// replicate,
- * native/src/buffers.cc). False where the allocator is not glibc's.
+ * each was faulted in anew (twice the page faults and 0.4-1.1 s more CPU on its main thread for a 1.5 GiB ws://
+ * replicate, native/src/buffers.cc). False where the allocator is not glibc's.
  */
 export const keepFreedHeap: (bytes: number) => boolean = binding.keepFreedHeap;
 
