@@ -84,6 +84,8 @@ export interface WsBenchResult {
   ws: { seconds: number[]; mbPerSec: number; wireBytes: number; reconnects: number };
   /** ws MB/s over local MB/s (issue 13's target: >= 0.8, both ends sharing the machine's cores). */
   ratio: number;
+  /** The same over wss:// (a self-signed certificate the sender trusts as its CA); absent without the openssl CLI. */
+  wss?: { seconds: number[]; mbPerSec: number; ratio: number };
   cpu: WsCpuFigures;
   /** Sender-side and node-side throttle: measured wire rate vs the setting (target within 5%). */
   throttle?: {
@@ -100,7 +102,13 @@ async function lib() {
   const transport = (await import(new URL('transport/index.js', DIST).href)) as typeof import('../dist/transport/index.js');
   const flags = (await import(new URL('cli/store-flags.js', DIST).href)) as typeof import('../dist/cli/store-flags.js');
   const testing = (await import(new URL('testing.js', DIST).href)) as typeof import('replication-node/testing');
-  return { ...core, ...transport, remoteReplicateOptions: flags.remoteReplicateOptions, generateSampleDisk: testing.generateSampleDisk };
+  return {
+    ...core,
+    ...transport,
+    remoteReplicateOptions: flags.remoteReplicateOptions,
+    generateSampleDisk: testing.generateSampleDisk,
+    selfSignedCert: testing.selfSignedCert,
+  };
 }
 
 function median(xs: number[]): number {
@@ -241,8 +249,29 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         await source.close();
       }
     };
+    /** A full replicate over wss:// to a fresh node with TLS; its seconds. */
+    const wssOnce = async (nodeDir: string, cert: { certFile: string; keyFile: string }): Promise<number> => {
+      const { child, url } = await startServe(nodeDir, ['--tls-cert', cert.certFile, '--tls-key', cert.keyFile]);
+      try {
+        const rs = await L.openStore(url, { remote: { caFile: cert.certFile } });
+        const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize), child.pid);
+        await rs.close();
+        return run.seconds;
+      } finally {
+        await stopServe(child);
+        await fsp.rm(nodeDir, { recursive: true, force: true });
+      }
+    };
     const local: number[] = [];
     const wsSecs: number[] = [];
+    const wssSecs: number[] = [];
+    // wss:// needs a certificate: made by the openssl CLI (.ci/run installs it), else that contender is left out.
+    let tls: { certFile: string; keyFile: string } | undefined;
+    try {
+      tls = L.selfSignedCert(dir);
+    } catch (err) {
+      log(`wss:// left out: no certificate (${(err as Error).message.split('\n')[0]})`);
+    }
     const localCpu: CpuSeconds[] = [];
     const senderCpu: CpuSeconds[] = [];
     const nodeCpu: CpuSeconds[] = [];
@@ -279,19 +308,23 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         await stopServe(child);
         await fsp.rm(nodeDir, { recursive: true, force: true });
       }
+      if (tls) wssSecs.push(await wssOnce(path.join(dir, `tls-node-${i}`), tls));
       log(
-        `run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s; ` +
+        `run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s` +
+          (tls ? `, wss:// ${(imageBytes / MB / wssSecs[i]).toFixed(0)} MB/s; ` : '; ') +
           `ws CPU: sender ${fmtCpu(senderCpu[i])}, node ${fmtCpu(nodeCpu[i])}; local sender ${fmtCpu(localCpu[i])}; load ${os.loadavg()[0].toFixed(1)}`,
       );
     }
     const localRate = imageBytes / MB / median(local);
     const wsRate = imageBytes / MB / median(wsSecs);
+    const wssRate = wssSecs.length ? imageBytes / MB / median(wssSecs) : undefined;
     const result: WsBenchResult = {
       imageBytes,
       chunkSize,
       local: { seconds: local, mbPerSec: localRate },
       ws: { seconds: wsSecs, mbPerSec: wsRate, wireBytes, reconnects },
       ratio: wsRate / localRate,
+      ...(wssRate !== undefined ? { wss: { seconds: wssSecs, mbPerSec: wssRate, ratio: wssRate / localRate } } : {}),
       cpu: {
         ...cpuFigures(imageBytes, wsRate, medianCpu(senderCpu), medianCpu(nodeCpu), medianCpu(localCpu)),
         senderMain: medianMain(senderMain),

@@ -1,5 +1,8 @@
 // replication-node/testing: the fakes and generators tests, benchmarks and examples use; not the node's API.
 // Importing it registers the mem:// store scheme (an in-process MemoryStore per name: the same name, the same store).
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { MemoryStore } from './store/memory/memory-store.js';
 import { registerStoreScheme } from './store/schemes.js';
 
@@ -14,3 +17,36 @@ registerStoreScheme('mem', async (url) => {
   if (!store) memoryStores.set(name, (store = new MemoryStore(`mem://${name}`)));
   return store;
 });
+
+/**
+ * A self-signed certificate and key for `cn`, valid two days for 127.0.0.1 and localhost, made by the openssl CLI in
+ * dir: what the TLS tests and the wss:// benchmark give `rnode serve` (--tls-cert, --tls-key) and trust (--ca certFile).
+ */
+export function selfSignedCert(dir: string, cn = '127.0.0.1'): { cert: string; key: string; certFile: string; keyFile: string } {
+  const certFile = path.join(dir, `${cn}.crt`);
+  const keyFile = path.join(dir, `${cn}.key`);
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${cn}`,
+      '-addext',
+      `subjectAltName=IP:127.0.0.1,DNS:localhost`,
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+    ],
+    { stdio: 'pipe' },
+  );
+  return { cert: fs.readFileSync(certFile, 'utf8'), key: fs.readFileSync(keyFile, 'utf8'), certFile, keyFile };
+}

@@ -133,7 +133,7 @@ export const agent: Section = {
 
 export const ws: Section = {
   name: 'ws',
-  title: 'peer streaming: full replicate over ws:// on 127.0.0.1 to a receiving node with a local store, and the throttle',
+  title: 'peer streaming: full replicate over ws:// and wss:// on 127.0.0.1 to a receiving node with a local store, and the throttle',
   spaceNeeded: () => 2 * 1024 * 1024 * 1024,
   async run(ctx) {
     const { benchWs } = await import(pathToFileURL(path.join(root, 'dist/bench/ws.js')).href);
@@ -159,6 +159,17 @@ export const ws: Section = {
           `the run reached ${(r.cpu.ofCeiling * 100).toFixed(0)}% of it`,
       },
     ];
+    rows.push({
+      name: 'full replicate over wss://',
+      value: r.wss?.mbPerSec ?? null,
+      unit: 'MB/s',
+      baseline: { name: 'local store, same run', value: r.local.mbPerSec, unit: 'MB/s' },
+      ratio: r.wss?.ratio,
+      target: { text: '>= 0.7x local', pass: r.wss ? r.wss.ratio >= 0.7 : undefined },
+      note: r.wss
+        ? 'TLS on both ends: the node serves a self-signed certificate, the sender trusts it as its CA'
+        : 'wss:// left out: no openssl CLI to make a certificate',
+    });
     if (r.throttle) {
       for (const [name, f] of Object.entries(r.throttle) as Array<[string, { setting: number; measured: number; errorPct: number }]>) {
         rows.push({
