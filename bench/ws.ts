@@ -249,14 +249,18 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
         await source.close();
       }
     };
-    /** A full replicate over wss:// to a fresh node with TLS; its seconds. */
-    const wssOnce = async (nodeDir: string, cert: { certFile: string; keyFile: string }): Promise<number> => {
-      const { child, url } = await startServe(nodeDir, ['--tls-cert', cert.certFile, '--tls-key', cert.keyFile]);
+    /**
+     * A full replicate to a fresh node (`rnode serve` with serveArgs, on its own store): the run's figures and what the
+     * link counted. The sender uses what the CLI uses for ws(s):// targets (checkpoints, chunks in flight, pack size).
+     */
+    const overLink = async (nodeDir: string, serveArgs: string[] = [], remote?: { caFile: string }) => {
+      const { child, url } = await startServe(nodeDir, serveArgs);
       try {
-        const rs = await L.openStore(url, { remote: { caFile: cert.certFile } });
+        const rs = await L.openStore(url, remote ? { remote } : {});
         const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize), child.pid);
+        const { counters } = rs.backend as RemoteStore;
         await rs.close();
-        return run.seconds;
+        return { run, counters };
       } finally {
         await stopServe(child);
         await fsp.rm(nodeDir, { recursive: true, force: true });
@@ -289,26 +293,18 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       await ls.close();
       await fsp.rm(localDir, { recursive: true, force: true });
 
-      const nodeDir = path.join(dir, `node-${i}`);
-      const { child, url } = await startServe(nodeDir);
-      try {
-        const rs = await L.openStore(url);
-        // What the CLI uses for ws(s):// targets (checkpoints, chunks in flight, pack size).
-        const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize), child.pid);
-        wsSecs.push(run.seconds);
-        senderCpu.push(run.cpu);
-        nodeCpu.push(run.nodeCpu);
-        senderMain.push(run.senderMain);
-        nodeMain.push(run.nodeMain);
-        const counters = (rs.backend as RemoteStore).counters;
-        wireBytes = counters.bytesSent;
-        reconnects += counters.connects - 1;
-        await rs.close();
-      } finally {
-        await stopServe(child);
-        await fsp.rm(nodeDir, { recursive: true, force: true });
+      const { run, counters } = await overLink(path.join(dir, `node-${i}`));
+      wsSecs.push(run.seconds);
+      senderCpu.push(run.cpu);
+      nodeCpu.push(run.nodeCpu);
+      senderMain.push(run.senderMain);
+      nodeMain.push(run.nodeMain);
+      wireBytes = counters.bytesSent;
+      reconnects += counters.connects - 1;
+      if (tls) {
+        const tlsArgs = ['--tls-cert', tls.certFile, '--tls-key', tls.keyFile];
+        wssSecs.push((await overLink(path.join(dir, `tls-node-${i}`), tlsArgs, { caFile: tls.certFile })).run.seconds);
       }
-      if (tls) wssSecs.push(await wssOnce(path.join(dir, `tls-node-${i}`), tls));
       log(
         `run ${i + 1}/${repeat}: local ${(imageBytes / MB / local[i]).toFixed(0)} MB/s, ws:// ${(imageBytes / MB / wsSecs[i]).toFixed(0)} MB/s` +
           (tls ? `, wss:// ${(imageBytes / MB / wssSecs[i]).toFixed(0)} MB/s; ` : '; ') +
