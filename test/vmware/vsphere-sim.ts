@@ -9,6 +9,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { openRaw } from '../../src/native/index.js';
+import { selfSignedCert } from '../../src/testing.js';
 import { child, children, el, parseXml, Raw, textOf, type XmlElement } from '../../src/source/vmware/vsphere/xml.js';
 
 export interface SimDiskSpec {
@@ -118,31 +119,8 @@ function sha256File(file: string): string {
 }
 
 export function makeCert(dir: string, cn = '127.0.0.1'): { key: string; cert: string; thumbprint: string } {
-  const key = path.join(dir, `${cn}-key.pem`);
-  const cert = path.join(dir, `${cn}-cert.pem`);
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '2',
-      '-subj',
-      `/CN=${cn}`,
-      '-addext',
-      `subjectAltName=IP:127.0.0.1,DNS:localhost`,
-    ],
-    { stdio: 'ignore' },
-  );
-  const pem = fs.readFileSync(cert, 'utf8');
-  return { key: fs.readFileSync(key, 'utf8'), cert: pem, thumbprint: new X509Certificate(pem).fingerprint };
+  const { key, cert } = selfSignedCert(dir, cn);
+  return { key, cert, thumbprint: new X509Certificate(cert).fingerprint };
 }
 
 export class VSphereSim {
