@@ -20,7 +20,8 @@ registerStoreScheme('mem', async (url) => {
 
 /**
  * A self-signed certificate and key for `cn`, valid two days for 127.0.0.1 and localhost, made by the openssl CLI in
- * dir: what the TLS tests and the wss:// benchmark give `rnode serve` (--tls-cert, --tls-key) and trust (--ca certFile).
+ * dir: what the TLS tests, the vSphere simulator and the wss:// benchmark serve with (`rnode serve --tls-cert --tls-key`)
+ * and trust (--ca certFile).
  */
 export function selfSignedCert(dir: string, cn = '127.0.0.1'): { cert: string; key: string; certFile: string; keyFile: string } {
   const certFile = path.join(dir, `${cn}.crt`);
