@@ -485,6 +485,11 @@ t.test('xxh64: codec workers give the same digests with the addon and with xxhas
   }
 });
 
+/** Runs an ES module script in a child (with gc() exposed: heap settings are process-wide) and parses what it prints. */
+function inChild<T>(script: string, arg: string): T {
+  return JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, arg], { encoding: 'utf8' })) as T;
+}
+
 t.test(
   'returnLargeFreesToSystem: freed large buffers leave the process instead of staying in the heap',
   { skip: process.platform !== 'linux' && 'glibc' },
@@ -504,11 +509,7 @@ t.test(
     for (let i = 0; i < 64; i++) { big.push(allocAligned(2 << 20, 4096)); small.push(allocAligned(64, 64)); }
     big = null; gc(); await sleep(10); gc(); await sleep(10);
     console.log(JSON.stringify({ taken, retainedMiB: rss() - before, small: small.length }));`;
-    const run = (mode: string) =>
-      JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, mode], { encoding: 'utf8' })) as {
-        taken: boolean;
-        retainedMiB: number;
-      };
+    const run = (mode: string) => inChild<{ taken: boolean; retainedMiB: number }>(script, mode);
     const off = run('off');
     const on = run('on');
     t.equal(on.taken, true, 'glibc took the setting');
@@ -531,11 +532,7 @@ t.test('trimNativeHeap: the free pages between live small blocks leave the proce
     const trim = process.argv[1] === 'trim';
     const released = trim ? trimNativeHeap() : false;
     console.log(JSON.stringify({ released, freedMiB: before - rss(), kept: kept.length }));`;
-  const run = (mode: string) =>
-    JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, mode], { encoding: 'utf8' })) as {
-      released: boolean;
-      freedMiB: number;
-    };
+  const run = (mode: string) => inChild<{ released: boolean; freedMiB: number }>(script, mode);
   const without = run('none');
   const trimmed = run('trim');
   t.ok(without.freedMiB < 8, `without a trim, ${without.freedMiB.toFixed(0)} MiB of ~74 MiB freed leave`);
@@ -560,11 +557,7 @@ t.test(
     const before = process.resourceUsage().minorPageFault;
     blocks = round();
     console.log(JSON.stringify({ taken, faults: process.resourceUsage().minorPageFault - before, blocks: blocks.length }));`;
-    const run = (mode: string) =>
-      JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, mode], { encoding: 'utf8' })) as {
-        taken: boolean;
-        faults: number;
-      };
+    const run = (mode: string) => inChild<{ taken: boolean; faults: number }>(script, mode);
     const given = run('default');
     const kept = run('keep');
     t.equal(kept.taken, true, 'glibc took the setting');

@@ -132,6 +132,7 @@ t.test('a resume of a session the node still holds open: the node cuts it and ha
   // more than the window; a PUT the node had received whole is in the welcome, so no pack is stored twice. (Bounded by
   // one pack when packs closed at every checkpoint; a client that encodes further ahead fills its packs past them.)
   t.ok(rs.counters.resentBytes <= WINDOW, `re-sent ${rs.counters.resentBytes} bytes: at most what was in flight`);
+  t.ok(packPuts.size > 0, `the node stored ${packPuts.size} packs`);
   t.same(
     [...packPuts].filter(([, n]) => n > 1),
     [],
