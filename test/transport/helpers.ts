@@ -32,7 +32,13 @@ export function remote(t: Teardown, url: string, opts: Partial<RemoteStoreOption
 /**
  * A TCP proxy to target that cuts each connection (both sides destroyed) once `cutAfter(n)` bytes went from the
  * client to the server on it; n counts connections from 0. Undefined: never cut that connection.
+ * halfDead: the cut takes the client's side only, and on a connection that will be cut nothing the node sends
+ * reaches the client once the client has sent more than its hello (so no ack of a PUT gets back, however slowly
+ * the client sends: every PUT the node stores there is one whose ack was lost).
  */
+/** More than a client's upgrade request and hello take; PUTs follow only once the welcome came back. */
+const HELLO_BYTES = 4096;
+
 export async function cuttingProxy(
   t: Teardown,
   targetPort: number | (() => number),
@@ -73,7 +79,7 @@ export async function cuttingProxy(
       }
     });
     upstream.on('data', (b: Buffer) => {
-      if (done && opts.halfDead) return;
+      if (opts.halfDead && limit !== undefined && (done || seen > HELLO_BYTES)) return;
       if (!client.write(b)) {
         upstream.pause();
         client.once('drain', () => upstream.resume());
