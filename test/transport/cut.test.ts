@@ -116,14 +116,15 @@ t.test('a link cut before any ack comes back, to a slow store: the acks lost com
 });
 
 t.test('a resume of a session the node still holds open: the node cuts it and hands over what it stored', async (t) => {
-  // The link goes on the client's side only: the node sees its old session alive (no FIN, no RST) when the client
-  // comes back. The resume names it; the node closes it and answers with its acks.
+  // The link goes on the client's side only, as the node's first ack is on its way (so the node has stored a PUT
+  // the client did not hear of): the node sees its old session alive (no FIN, no RST) when the client comes back.
+  // The resume names it; the node closes it and answers with its acks.
   const dir = tmpDir(t, 'ws-cut-halfdead');
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, randomData(3 * MiB, 22));
   const fp = fingerprint(img);
   const { server, fast, packPuts } = await slowNode(t, dir);
-  const proxy = await cuttingProxy(t, server.port, (c) => (c === 0 ? 1_500_000 : undefined), { halfDead: true });
+  const proxy = await cuttingProxy(t, server.port, () => undefined, { halfDead: true, cutAtAck: (c) => c === 0 });
   const rs = remote(t, `ws://127.0.0.1:${proxy.port}`);
   await snap(rs, img, 'd', { chunkSize: CHUNK, checkpointRecords: 8, packSize: PACK });
   t.equal(proxy.cuts, 1);

@@ -29,25 +29,27 @@ export function remote(t: Teardown, url: string, opts: Partial<RemoteStoreOption
   return r;
 }
 
+/** Client bytes past which a connection carries PUTs: more than the upgrade, hello and first requests take. */
+const PUTS_BEGUN_BYTES = 64 * 1024;
+
 /**
  * A TCP proxy to target that cuts each connection (both sides destroyed) once `cutAfter(n)` bytes went from the
  * client to the server on it; n counts connections from 0. Undefined: never cut that connection.
- * halfDead: the cut takes the client's side only, and on a connection that will be cut nothing the node sends
- * reaches the client once the client has sent more than its hello (so no ack of a PUT gets back, however slowly
- * the client sends: every PUT the node stores there is one whose ack was lost).
+ * halfDead: a cut takes the client's side only; the node's stays open and silent.
+ * cutAtAck(n): connection n is cut instead at the node's first answer once the client's PUTs began (it has sent
+ * more than PUTS_BEGUN_BYTES): that answer never arrives, and the node has stored the PUT it answers, however slowly
+ * the client sends.
  */
-/** More than a client's upgrade request and hello take; PUTs follow only once the welcome came back. */
-const HELLO_BYTES = 4096;
-
 export async function cuttingProxy(
   t: Teardown,
   targetPort: number | (() => number),
   cutAfter: (n: number) => number | undefined,
-  opts: { halfDead?: boolean } = {},
+  opts: { halfDead?: boolean; cutAtAck?: (n: number) => boolean } = {},
 ): Promise<{ port: number; cuts: number; connections: number; bytes: number }> {
   const state = { port: 0, cuts: 0, connections: 0, bytes: 0 };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
+    const atAck = opts.cutAtAck?.(state.connections) ?? false;
     const limit = cutAfter(state.connections++);
     // A getter lets the target move (a restarted server on another port) under connections made later.
     const upstream = net.connect(typeof targetPort === 'number' ? targetPort : targetPort(), '127.0.0.1');
@@ -79,7 +81,13 @@ export async function cuttingProxy(
       }
     });
     upstream.on('data', (b: Buffer) => {
-      if (opts.halfDead && limit !== undefined && (done || seen > HELLO_BYTES)) return;
+      if (done && opts.halfDead) return;
+      if (atAck && !done && seen > PUTS_BEGUN_BYTES) {
+        done = true;
+        state.cuts++;
+        setImmediate(cut);
+        return;
+      }
       if (!client.write(b)) {
         upstream.pause();
         client.once('drain', () => upstream.resume());
