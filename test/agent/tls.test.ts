@@ -6,7 +6,8 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { haveOpenssl, makeCert } from '../helpers/tls.js';
+import { selfSignedCert } from '../../src/testing.js';
+import { haveOpenssl } from '../helpers/tls.js';
 import { parsedLogs, spawnAgent, startMs, tmpDir, TOKEN, waitUntil } from './helpers.js';
 
 t.test(
@@ -14,8 +15,8 @@ t.test(
   { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' },
   async (t) => {
     const dir = tmpDir(t, 'agent-tls');
-    const { cert, key, certFile } = makeCert(dir);
-    const other = makeCert(dir, 'other');
+    const { cert, key, certFile } = selfSignedCert(dir);
+    const other = selfSignedCert(dir, 'other');
     const ms = await startMs(t, { tls: { cert, key } });
     t.match(ms.url, /^wss:\/\/127\.0\.0\.1:\d+$/);
 

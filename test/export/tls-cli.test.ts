@@ -10,7 +10,8 @@ import { startExport } from '../../src/export/index.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { CLI, ensureBuilt, runCli } from '../helpers/cli.js';
 import { fsStore, sha256File, snap, tmpDir } from '../helpers/images.js';
-import { haveOpenssl, makeCert } from '../helpers/tls.js';
+import { selfSignedCert } from '../../src/testing.js';
+import { haveOpenssl } from '../helpers/tls.js';
 import { CHUNK, compare, haveTools, makeDisk, run } from './helpers.js';
 
 t.setTimeout(180_000);
@@ -40,7 +41,7 @@ t.test('TLS: STARTTLS required, nbdinfo and qemu-img read through it', { skip: (
   const { dir, store, image } = await storeWithDisk(t);
   const certs = path.join(dir, 'pki');
   fs.mkdirSync(certs);
-  const c = makeCert(certs);
+  const c = selfSignedCert(certs);
   // libnbd and qemu read a CA from <dir>/ca-cert.pem: the self-signed certificate is its own CA.
   fs.copyFileSync(c.certFile, path.join(certs, 'ca-cert.pem'));
   const exp = await startExport({ store, disk: 'vm', host: '0.0.0.0', port: 0, tls: { cert: c.cert, key: c.key } });

@@ -1,8 +1,6 @@
-// Self-signed certificates for the TLS tests (peer link and agent): replication-node/testing makes them with the
-// openssl CLI. haveOpenssl says whether the CLI is here (.ci/run installs it).
+// Whether the openssl CLI is here (.ci/run installs it): the TLS tests' certificates come from it
+// (selfSignedCert in replication-node/testing).
 import { execFileSync } from 'node:child_process';
-
-export { selfSignedCert as makeCert } from '../../src/testing.js';
 
 export const haveOpenssl = (() => {
   try {

@@ -21,7 +21,8 @@ import {
   FrameType,
 } from '../../src/transport/index.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, tmpDir } from '../helpers/images.js';
-import { haveOpenssl, makeCert } from '../helpers/tls.js';
+import { selfSignedCert } from '../../src/testing.js';
+import { haveOpenssl } from '../helpers/tls.js';
 import { remote, startNode } from './helpers.js';
 
 const CHUNK = 64 * KiB;
@@ -31,7 +32,7 @@ t.test(
   { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' },
   async (t) => {
     const dir = tmpDir(t, 'ws-tls');
-    const { cert, key } = makeCert(dir);
+    const { cert, key } = selfSignedCert(dir);
     const img = path.join(dir, 'disk.img');
     fs.writeFileSync(img, randomData(MiB, 3));
     const { url, server, storeDir } = await startNode(t, dir, { tls: { cert, key }, token: 'tls-token' });
@@ -52,7 +53,7 @@ t.test(
     const before = server.stats.sessionsTotal;
     const untrusted = remote(t, url, { token: 'tls-token' });
     await t.rejects(listPointSeqs(untrusted, 'd'), { code: TransportErrorCodes.TLS, message: /--ca/ }, 'self-signed without --ca');
-    const other = makeCert(dir, 'other');
+    const other = selfSignedCert(dir, 'other');
     const wrongPin = remote(t, url, { pinSha256: certificateFingerprint(other.cert), token: 'tls-token' });
     await t.rejects(listPointSeqs(wrongPin, 'd'), { code: TransportErrorCodes.TLS, message: /pinned/ }, 'a wrong pin');
     t.equal(server.stats.sessionsTotal, before, 'neither reached a session (the token was never sent)');
