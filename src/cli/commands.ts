@@ -97,7 +97,8 @@ const replicateCmd: Command = {
         ),
       ).finally(() => bar.done());
       print(io, v.json === true, r, () => [
-        `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
+        `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.rebasedFrom ?? r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
+          (r.rebasedFrom !== undefined ? ' (its table stands alone: the chain of deltas was at its length limit)' : '') +
           (r.fullReason ? ` (${r.fullReason})` : '') +
           (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
         `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,

@@ -108,7 +108,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   for (const s of r.removed) io.out(`  removed disk ${s.key}: ${s.reason}`);
   for (const d of r.disks) {
     io.out(
-      `  point ${d.point} of disk ${d.disk}: ${d.full ? 'full' : `incremental on point ${d.parent}`}` +
+      `  point ${d.point} of disk ${d.disk}: ${d.full ? 'full' : `incremental on point ${d.rebasedFrom ?? d.parent}`}` +
         (d.fullReason ? ` (${d.fullReason})` : '') +
         (d.rescanReason ? ` (read all allocated areas: ${d.rescanReason})` : '') +
         ` via ${d.transportMode || 'VDDK'}`,

@@ -18,13 +18,11 @@ import { codecWorkers } from '../pipeline/codec-workers.js';
 import { IdFilter } from '../pipeline/id-filter.js';
 import type { BlockSource } from '../source/types.js';
 import type { ObjectStore } from '../store/types.js';
-import { checkChainAuthenticity } from '../repository/encryption.js';
 import { Domain, leaseName } from '../repository/domain.js';
 import { ChunkIndex } from '../repository/index-file.js';
 import { r2, validateDiskId } from '../repository/names.js';
 import { encodeManifestV4, isV2Point, MANIFEST_VERSION_V2, type V4ManifestFields } from '../repository/point-format.js';
 import { WriterMarks } from '../repository/prune-marks.js';
-import { loadChain } from '../repository/points.js';
 import { chainView, Cursor } from '../repository/view.js';
 import { Lease } from '../repository/lease.js';
 import type { ReplicateOptions, ReplicateResult } from './replicate/options.js';
@@ -94,11 +92,10 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     const scan = new ChunkScan({ opts, codec: opts.codec ?? DEFAULT_CODEC, plan, from, packs, table, known, run, lease });
 
     let parentView: Cursor<ChunkEntry> | undefined;
-    if (parent) {
-      const chain = await loadChain(store, disk, parent.point, opts.encryption);
-      // The parent's records decide what this point stores: a forged parent table must not be built upon.
-      checkChainAuthenticity(chain, opts.encryption, plan.marker, disk);
-      parentView = new Cursor(chainView(store, chain, opts.encryption));
+    if (plan.chain) {
+      const view = chainView(store, plan.chain, opts.encryption);
+      // A table that stands alone carries the parent's entries for the chunks this run does not store.
+      parentView = new Cursor(plan.tableParent === null ? teed(view, (e) => table.carry(e)) : view);
     }
     await scan.run(parentView);
     await table.settled();
@@ -138,6 +135,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       point: seq,
       parent: manifest.parent,
       full: plan.full,
+      ...(parent && manifest.parent === null ? { rebasedFrom: parent.point } : {}),
       ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
       ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}),
       resumed: from.resumed,
@@ -184,7 +182,7 @@ async function commitPoint(
     ...(domain.key ? { encryption: { alg: 'aes-256-gcm' as const, keyId: domain.key.keyId } } : {}),
     disk,
     point: seq,
-    parent: plan.parent?.point ?? null,
+    parent: plan.tableParent,
     full: plan.full,
     createdAt: new Date().toISOString(),
     diskSize: grid.diskSize,
@@ -261,4 +259,12 @@ async function checkReused(store: ObjectStore, domain: Domain, marks: WriterMark
     }
   };
   await Promise.all(Array.from({ length: Math.min(8, ids.length) }, check));
+}
+
+/** The entries of src, each also handed to f as it is read. */
+async function* teed<T>(src: AsyncIterable<T>, f: (e: T) => void): AsyncIterable<T> {
+  for await (const e of src) {
+    f(e);
+    yield e;
+  }
 }

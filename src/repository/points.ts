@@ -114,16 +114,33 @@ export async function loadV2Chain(store: ObjectStore, disk: string, seq: number,
   return chain;
 }
 
+/** Manifests fetched ahead while a chain is walked. */
+const CHAIN_LOOKAHEAD = 8;
+
 async function chainFrom(store: ObjectStore, first: PointManifest, key: EncryptionKey | undefined): Promise<PointManifest[]> {
   const chain: PointManifest[] = [];
   const disk = first.disk;
+  // A parent is nearly always the point just before (a gap only where prune deleted points): the manifests below it
+  // are fetched ahead, so a chain costs a few round trips on a cloud store rather than one per point.
+  const ahead = new Map<number, Promise<PointManifest>>();
+  const fetch = (seq: number): Promise<PointManifest> => {
+    let p = ahead.get(seq);
+    if (!p) {
+      p = loadPoint(store, disk, seq, key);
+      p.catch(() => {}); // one fetched ahead in vain (below the chain's first point) is not an unhandled failure
+      ahead.set(seq, p);
+    }
+    return p;
+  };
   let m: PointManifest | undefined = first;
   while (m) {
     chain.push(m);
     if (m.parent === null) break;
     if (m.parent >= m.point)
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} names a later parent ${m.parent}; the store is damaged`);
-    const parent: PointManifest = await loadPoint(store, disk, m.parent, key).catch((err) => {
+    for (let s = m.parent; s > Math.max(0, m.parent - CHAIN_LOOKAHEAD); s--) void fetch(s);
+    for (const s of ahead.keys()) if (s > m.parent) ahead.delete(s);
+    const parent: PointManifest = await fetch(m.parent).catch((err) => {
       if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) {
         throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m!.point} needs point ${m!.parent}, which is missing; the store is damaged`);
       }

@@ -133,3 +133,58 @@ t.test('full, incremental by dirty bitmap, rescans on a bad marker, restores byt
     t.equal(sha256File(out), sha256File(raw), `point ${point} restores byte-exact to its qemu-img convert snapshot`);
   }
 });
+
+t.test('a chain at its length limit: the closing point reads only the dirty chunks, carries the rest, restores exact', async (t) => {
+  const dir = tmpDir(t, 'nbd-chain');
+  const img = path.join(dir, 'vm.qcow2');
+  const store = new FsStore(path.join(dir, 'store'), { fsync: false });
+  createImage(img, SIZE);
+  const results: ReplicateResult[] = [];
+  const snapshots: string[] = [];
+  const writes: Write[][] = [
+    [
+      { offset: 0, length: 2 * MiB, seed: 71 },
+      { offset: 20 * MiB, length: 1 * MiB, seed: 72 },
+    ],
+    [{ offset: 1 * MiB, length: 64 * KiB, seed: 73 }],
+    [
+      { offset: 5 * MiB, length: 128 * KiB, seed: 74 },
+      { offset: 20 * MiB + 64 * KiB, length: 4 * KiB, seed: 75 },
+    ],
+    [{ offset: 30 * MiB, length: 64 * KiB, seed: 76 }],
+  ];
+  for (const [i, w] of writes.entries()) {
+    const point = i + 1;
+    qemuWrite(img, w, dir);
+    addBitmap(img, `c${point}`);
+    snapshots.push(rawSnapshot(img, path.join(dir, `p${point}.raw`)));
+    const exp = await startExport(t, dir, img, point > 1 ? [`c${point - 1}`] : []);
+    const source = await openSource(exp.url(point > 1 ? `bitmap=c${point - 1}&checkpoint=c${point}` : `checkpoint=c${point}`));
+    try {
+      results.push(await replicate({ store, source, disk: 'vm', chunkSize: CHUNK, lease: false, maxChain: 2 }));
+    } finally {
+      await source.close();
+      await exp.stop();
+    }
+  }
+  t.same(
+    results.map((r) => [r.parent, r.rebasedFrom]),
+    [
+      [null, undefined],
+      [1, undefined],
+      [null, 2],
+      [3, undefined],
+    ],
+    'point 3 closes the chain of 2; point 4 is a delta on it',
+  );
+  const dirtyBytes = dirtyRanges(writes[2], CHUNK).reduce((n, e) => n + e.length, 0);
+  t.equal(results[2].bytesRead, dirtyBytes, `the closing point reads only its ${dirtyBytes / CHUNK} dirty chunks`);
+  t.equal(results[2].rescanReason, undefined);
+  const written = dirtyRanges([...writes[0], ...writes[1], ...writes[2]], CHUNK).reduce((n, e) => n + e.length, 0);
+  t.equal((await loadPoint(store, 'vm', 3)).table.records, written / CHUNK, 'its table lists every chunk written so far');
+  for (const [i, raw] of snapshots.entries()) {
+    const out = path.join(dir, `restore-${i + 1}.raw`);
+    await recover({ store, disk: 'vm', point: String(i + 1), out });
+    t.equal(sha256File(out), sha256File(raw), `point ${i + 1} restores byte-exact`);
+  }
+});

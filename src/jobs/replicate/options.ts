@@ -38,6 +38,11 @@ export interface ReplicateOptions {
   checkpointRecords?: number;
   /** Also checkpoint at least this often while records are buffered. */
   checkpointMillis?: number;
+  /**
+   * Points in a chain of delta tables (default MAX_CHAIN_POINTS): when the parent's chain is this long, the new point's
+   * table stands alone, so no read of a point (an incremental's comparison, a restore) walks more tables than this.
+   */
+  maxChain?: number;
   signal?: AbortSignal;
   onProgress?: (p: ReplicateProgress) => void;
   /** Hears each chunk's read, encode and write as it ends (the timeline behind ReplicateResult.stages). */
@@ -61,8 +66,14 @@ export interface ReplicateProgress {
 export interface ReplicateResult {
   disk: string;
   point: number;
+  /** The point this one's table is a delta against; null when it stands alone (see rebasedFrom). */
   parent: number | null;
   full: boolean;
+  /**
+   * Set on an incremental point whose table stands alone: it was compared with point rebasedFrom, whose chain had
+   * reached maxChain points, and its table carries that chain's entries.
+   */
+  rebasedFrom?: number;
   fullReason?: string;
   /** Why a change-tracking source was read in full (tracking reset, no marker...). */
   rescanReason?: string;

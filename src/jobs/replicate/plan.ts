@@ -9,14 +9,22 @@ import type { BlockSource } from '../../source/types.js';
 import type { ChunkEntry } from '../../format/table.js';
 import { checkClaim, ensureClaim, readClaim } from '../../repository/claims.js';
 import { Domain, MIN_PACK_SIZE, validatePackSize } from '../../repository/domain.js';
-import { checkWriteKey, readDiskMarker } from '../../repository/encryption.js';
+import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../../repository/encryption.js';
 import { r2, validateDiskId } from '../../repository/names.js';
 import { packSizeFor } from '../../repository/pack.js';
 import { isV2Point } from '../../repository/point-format.js';
-import { listPointSeqs, listV2PointSeqs, loadPoint, loadV2Checkpoint } from '../../repository/points.js';
+import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint, loadV2Checkpoint } from '../../repository/points.js';
 import { Cursor } from '../../repository/view.js';
 import { packPlan } from './budget.js';
 import type { Checkpoint, ReplicateOptions, RunStats } from './options.js';
+
+/**
+ * Points in a chain of delta tables before a point's table stands alone again. Every read of a point (an incremental's
+ * comparison, a restore, an export) merges its chain's tables and walks its manifests one by one: on a cloud store
+ * each is a round trip, and a chain that grew with every hourly point would make each job slower than the last. A
+ * closing point rewrites only the table (48 bytes a chunk), never the data.
+ */
+export const MAX_CHAIN_POINTS = 32;
 
 export interface PointPlan {
   disk: string;
@@ -29,8 +37,15 @@ export interface PointPlan {
   grid: ChunkGrid;
   packSize: number;
   packBuffers: number;
-  /** The point this one's table is a delta against; undefined for a full point. */
+  /** The point this run compares the disk with (its chunks already stored); undefined for a full point. */
   parent?: PointManifest;
+  /** The parent and its ancestors, newest first: the chain whose merged view the scan compares with. */
+  chain?: PointManifest[];
+  /**
+   * The point this point's table is a delta against: the parent, or null when the table stands alone (a full point,
+   * or the parent's chain has maxChain points and this table carries its entries).
+   */
+  tableParent: number | null;
   full: boolean;
   /** Every allocated chunk is read (no usable change tracking), compared with the parent by content. */
   scan: boolean;
@@ -43,6 +58,10 @@ export interface PointPlan {
 export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   const { store, source } = opts;
   const disk = validateDiskId(opts.disk);
+  const maxChain = opts.maxChain ?? MAX_CHAIN_POINTS;
+  if (!Number.isSafeInteger(maxChain) || maxChain < 1) {
+    throw new RnodeError(ErrorCodes.USAGE, `maxChain must be a whole number of points, at least 1 (got ${maxChain})`);
+  }
   const seqs = await listPointSeqs(store, disk, opts.encryption);
   const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1], opts.encryption) : undefined;
   const marker = await readDiskMarker(store, disk, opts.encryption);
@@ -100,9 +119,15 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     }
   } else if (parent && opts.forceFull) fullReason = 'full sync requested';
   else if (parent && !source.tracksChanges) fullReason = undefined; // raw: every point is a scan, compared by content
-  // A point is full when its table stands alone; it is a scan when every allocated chunk is read.
+  // A point is full when nothing is compared; it is a scan when every allocated chunk is read.
   const full = parent === undefined;
   const scan = changed === undefined;
+  let chain: PointManifest[] | undefined;
+  if (parent) {
+    chain = await loadChain(store, disk, parent.point, opts.encryption);
+    // The parent's records decide what this point stores: a forged parent table must not be built upon.
+    checkChainAuthenticity(chain, opts.encryption, marker, disk);
+  }
   return {
     disk,
     seq: (latest?.point ?? 0) + 1,
@@ -113,6 +138,8 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     packSize: packs.packSize,
     packBuffers: packs.buffers,
     parent,
+    chain,
+    tableParent: parent && chain!.length < maxChain ? parent.point : null,
     full,
     scan,
     fullReason: full ? fullReason : undefined,
@@ -192,7 +219,7 @@ export interface ResumeFrom {
 export async function openCheckpoint(opts: ReplicateOptions, plan: PointPlan, identity: string | undefined): Promise<ResumeFrom> {
   const { store, source } = opts;
   const { domain, disk, seq, grid } = plan;
-  const parent = plan.parent?.point ?? null;
+  const parent = plan.tableParent;
   const fresh = {
     resumed: false,
     segments: [] as SegmentRef[],

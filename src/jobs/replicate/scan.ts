@@ -188,10 +188,11 @@ export class ChunkScan {
       const { entry: e, delta } = this.done.get(this.settledCount)!;
       this.done.delete(this.settledCount);
       for (const k of Object.keys(delta) as Array<keyof Delta>) run.stats[k] += delta[k] ?? 0;
-      this.nextIndex = this.indexOf.get(this.settledCount)! + 1;
+      const index = this.indexOf.get(this.settledCount)!;
+      this.nextIndex = index + 1;
       this.indexOf.delete(this.settledCount);
       this.settledCount++;
-      if (e) table.add(e);
+      table.settle(index, e);
       if (table.due) table.flush(this.nextIndex);
     }
     run.wake();

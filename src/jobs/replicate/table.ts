@@ -6,7 +6,7 @@ import type { BlockSource } from '../../source/types.js';
 import type { ObjectStore } from '../../store/types.js';
 import { failpoint } from '../../failpoint.js';
 import type { SegmentRef } from '../../format/manifest.js';
-import type { ChunkEntry } from '../../format/table.js';
+import { isZeroEntry, type ChunkEntry } from '../../format/table.js';
 import { encodeIndex } from '../../repository/index-file.js';
 import { r2 } from '../../repository/names.js';
 import { newObjectId } from '../../repository/pack.js';
@@ -39,6 +39,12 @@ export class TableWriter {
   /** Set when a checkpoint could not be written: no later one is tried. */
   checkpointFailure: unknown = undefined;
   private pending: ChunkEntry[] = [];
+  /**
+   * A table that stands alone though the run compares with a parent (a closed chain) carries the parent's entries:
+   * they arrive here as the scan's merge reads them (carry), a little ahead of the chunks settling.
+   */
+  private carried: ChunkEntry[] = [];
+  private carriedHead = 0;
   private lastCheckpoint = Date.now();
   /** Records covered by a durable checkpoint. */
   private recordsDone: number;
@@ -51,13 +57,44 @@ export class TableWriter {
     this.recordsDone = o.from.records;
   }
 
+  /** Records not yet in a segment (carried ones included). */
   get waiting(): number {
-    return this.pending.length;
+    return this.pending.length + this.carried.length - this.carriedHead;
   }
 
-  /** Adds the next record (records come in index order). */
-  add(e: ChunkEntry): void {
-    this.pending.push(e);
+  /** The parent's next entry, in index order (only for a table that stands alone: plan.tableParent null). */
+  carry(e: ChunkEntry): void {
+    this.carried.push(e);
+  }
+
+  /**
+   * Chunk `index` is decided, in index order: e is its new record, or null when the run stores nothing for it
+   * (unchanged, or zero as before). A delta table records e; a table standing alone records the chunk's content
+   * whatever it is (e, else the parent's entry), and no zero records.
+   */
+  settle(index: number, e: ChunkEntry | null): void {
+    if (this.o.plan.tableParent !== null) {
+      if (e) this.pending.push(e);
+      return;
+    }
+    this.carryBefore(index);
+    const parentEntry = this.carried[this.carriedHead]?.index === index ? this.carried[this.carriedHead++] : undefined;
+    const kept = e ?? parentEntry;
+    if (kept && !isZeroEntry(kept)) this.pending.push(kept);
+  }
+
+  /** Records the carried entries before `index`: chunks the run never decided, so unchanged. */
+  private carryBefore(index: number): void {
+    const q = this.carried;
+    while (this.carriedHead < q.length && q[this.carriedHead].index < index) {
+      const c = q[this.carriedHead++];
+      // Below the resumed checkpoint's end the segments already hold them.
+      if (c.index >= this.o.from.nextIndex && !isZeroEntry(c)) this.pending.push(c);
+    }
+    if (this.carriedHead > 1024 && this.carriedHead * 2 > q.length) {
+      this.carried = q.slice(this.carriedHead);
+      this.carriedHead = 0;
+    }
   }
 
   /** A segment is due: enough records wait, or some have waited checkpointMillis. */
@@ -76,8 +113,9 @@ export class TableWriter {
   flush(nextIndex: number): void {
     const { store, plan, packs, run } = this.o;
     const { domain, disk, seq } = plan;
+    if (plan.tableParent === null) this.carryBefore(nextIndex);
     const entries = this.pending;
-    const place = { disk, point: seq, parent: plan.parent?.point ?? null, generation: 0, segment: this.segments.length };
+    const place = { disk, point: seq, parent: plan.tableParent, generation: 0, segment: this.segments.length };
     const bytes = encodeTableV3(domain, place, entries);
     this.pending = [];
     this.lastCheckpoint = Date.now();
