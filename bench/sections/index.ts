@@ -1,6 +1,7 @@
 // The benchmark's sections, in run order. A new one (peer streaming over ws://, cloud emulators, the VMware
 // path...) is a module exporting a Section, added to this list; RNODE_BENCH_ONLY selects by name.
 import type { Section } from '../lib/context.js';
+import { chain } from './chain.js';
 import { clouds } from './clouds.js';
 import { codec } from './codec.js';
 import { dedup } from './dedup.js';
@@ -26,6 +27,7 @@ export const sections: Section[] = [
   dedup,
   prune,
   repack,
+  chain,
   vmware,
   agent,
 ];

@@ -442,6 +442,7 @@ export class JobRunner {
           point: r.point,
           parent: r.parent,
           full: r.full,
+          ...(r.rebasedFrom !== undefined ? { rebasedFrom: r.rebasedFrom } : {}),
           resumed: r.resumed,
           marker: point,
           diskSize: r.diskSize,

@@ -271,6 +271,12 @@ const DiskResultRef = shared(
       point: Opt(posInt()),
       parent: Opt(Type.Union([Type.Integer(), Type.Null()])),
       full: Opt(Type.Boolean()),
+      rebasedFrom: Opt(
+        posInt({
+          description:
+            'an incremental point whose table stands alone (parent null): the point it was compared with, whose chain had reached the length limit',
+        }),
+      ),
       resumed: Opt(Type.Boolean()),
       marker: Opt(Type.Union([Type.String(), Type.Null()], { description: 'source change marker saved with the point' })),
       diskSize: Opt(uint()),
