@@ -304,7 +304,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
         c.runs++;
         const src = await openSource(imgs.get(d)!);
         try {
-          await replicate({ store, source: src, disk: d, chunkSize: 64 * KiB, lease: { holder: 'soak', ttlMs: 5000, waitMs: 10_000 } });
+          // Short chains, so points whose tables stand alone (and their resumes) are written under faults too.
+          const maxChain = 2 + Math.floor(rnd.next() * 3);
+          await replicate({ store, source: src, disk: d, chunkSize: 64 * KiB, maxChain, lease: { holder: 'soak', ttlMs: 5000, waitMs: 10_000 } });
           break;
         } catch (err) {
           c.runsFailed++;
