@@ -114,14 +114,16 @@ export async function loadV2Chain(store: ObjectStore, disk: string, seq: number,
   return chain;
 }
 
-/** Manifests fetched ahead while a chain is walked. */
+/** Manifests fetched ahead while a chain is walked, at most. */
 const CHAIN_LOOKAHEAD = 8;
 
-async function chainFrom(store: ObjectStore, first: PointManifest, key: EncryptionKey | undefined): Promise<PointManifest[]> {
+/** A point already loaded and its ancestors, newest first (see loadChain). */
+export async function chainFrom(store: ObjectStore, first: PointManifest, key: EncryptionKey | undefined): Promise<PointManifest[]> {
   const chain: PointManifest[] = [];
   const disk = first.disk;
   // A parent is nearly always the point just before (a gap only where prune deleted points): the manifests below it
-  // are fetched ahead, so a chain costs a few round trips on a cloud store rather than one per point.
+  // are fetched ahead, so a chain costs a few round trips on a cloud store rather than one per point. The window
+  // doubles from one as the chain goes on: a short chain fetches few manifests in vain below its first point.
   const ahead = new Map<number, Promise<PointManifest>>();
   const fetch = (seq: number): Promise<PointManifest> => {
     let p = ahead.get(seq);
@@ -138,7 +140,8 @@ async function chainFrom(store: ObjectStore, first: PointManifest, key: Encrypti
     if (m.parent === null) break;
     if (m.parent >= m.point)
       throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m.point} names a later parent ${m.parent}; the store is damaged`);
-    for (let s = m.parent; s > Math.max(0, m.parent - CHAIN_LOOKAHEAD); s--) void fetch(s);
+    const window = Math.min(CHAIN_LOOKAHEAD, 2 ** (chain.length - 1));
+    for (let s = m.parent; s > Math.max(0, m.parent - window); s--) void fetch(s);
     for (const s of ahead.keys()) if (s > m.parent) ahead.delete(s);
     const parent: PointManifest = await fetch(m.parent).catch((err) => {
       if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) {

@@ -13,7 +13,7 @@ import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../../rep
 import { r2, validateDiskId } from '../../repository/names.js';
 import { packSizeFor } from '../../repository/pack.js';
 import { isV2Point } from '../../repository/point-format.js';
-import { listPointSeqs, listV2PointSeqs, loadChain, loadPoint, loadV2Checkpoint } from '../../repository/points.js';
+import { chainFrom, listPointSeqs, listV2PointSeqs, loadPoint, loadV2Checkpoint } from '../../repository/points.js';
 import { Cursor } from '../../repository/view.js';
 import { packPlan } from './budget.js';
 import type { Checkpoint, ReplicateOptions, RunStats } from './options.js';
@@ -124,7 +124,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   const scan = changed === undefined;
   let chain: PointManifest[] | undefined;
   if (parent) {
-    chain = await loadChain(store, disk, parent.point, opts.encryption);
+    chain = await chainFrom(store, parent, opts.encryption); // the parent is the latest point, loaded above
     // The parent's records decide what this point stores: a forged parent table must not be built upon.
     checkChainAuthenticity(chain, opts.encryption, marker, disk);
   }
