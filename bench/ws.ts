@@ -175,7 +175,7 @@ const total = (c: CpuSeconds) => c.user + c.sys;
 const fmtCpu = (c: CpuSeconds) => `${total(c).toFixed(2)} s (user ${c.user.toFixed(2)}, sys ${c.sys.toFixed(2)})`;
 
 /** `node dist/cli.js serve` on 127.0.0.1:0 with a local fs store; resolves with its ws:// URL. */
-export async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string }> {
+export async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string; metrics?: string }> {
   const cli = fileURLToPath(new URL('cli.js', DIST));
   // RNODE_BENCH_WS_SERVE_NODE_ARGS: more node flags for the receiving node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
   const nodeArgs = (process.env.RNODE_BENCH_WS_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean);
@@ -184,15 +184,15 @@ export async function startServe(storeDir: string, extra: string[] = []): Promis
     [...shebangFlags(cli), ...nodeArgs, cli, 'serve', '--listen', '127.0.0.1:0', '--store', storeDir, '--json', ...extra],
     { stdio: ['ignore', 'pipe', 'ignore'] },
   );
-  const url = await new Promise<string>((resolve, reject) => {
+  const info = await new Promise<{ listening: string; metrics?: string }>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (b) => {
       out += b;
-      if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]).listening);
+      if (out.includes('\n')) resolve(JSON.parse(out.split('\n')[0]));
     });
     child.on('exit', (c) => reject(new Error(`rnode serve exited with ${c} before listening`)));
   });
-  return { child, url };
+  return { child, url: info.listening, ...(info.metrics ? { metrics: info.metrics } : {}) };
 }
 
 export async function stopServe(child: ChildProcess): Promise<void> {
@@ -348,28 +348,48 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       await fh.close();
       const measure = async (which: 'sender' | 'node') => {
         const nodeDir = path.join(dir, `throttle-${which}`);
-        const { child, url } = await startServe(nodeDir, which === 'node' ? ['--bandwidth', String(bandwidth)] : []);
+        const serveArgs = which === 'node' ? ['--bandwidth', String(bandwidth), '--metrics', '127.0.0.1:0'] : [];
+        const { child, url, metrics } = await startServe(nodeDir, serveArgs);
         try {
           const store = new L.RemoteStore({ url });
           // The sender's limit is the one every target takes (src/store/wrap.ts), as `replicate --bandwidth` applies it.
           const target = which === 'sender' ? L.wrapStore(store, { bandwidth }) : store;
           const source = await L.openSource(tImage);
-          // Samples of bytes sent over time: the rate is the slope between 10% and 90% of the transfer, so the
-          // setup round trips (listing, lease, commit) do not count against the throttle. A node-side throttle lets
-          // the sender run ahead of it by what its socket buffers hold (a credit window, before the node paced its
-          // reading): that slope starts later, or those bytes would count as sent at the node's rate.
+          // Each throttle is measured where it acts: the sender's by the bytes it sends, the node's by the bytes it
+          // has taken in (its /metrics). Counted at the sender, the node's rate read up to 1.11x: what the socket
+          // buffers and the ws queue hold between the two grows and shrinks during the transfer.
+          const counted =
+            which === 'sender'
+              ? async () => store.counters.bytesSent
+              : async () => {
+                  const body = await (await fetch(`http://${metrics}/metrics`)).text();
+                  return Number(/^rnode_serve_received_bytes_total (\d+)$/m.exec(body)?.[1] ?? NaN);
+                };
+          // Samples of the bytes counted over time: the rate is the slope between 10% and 90% of the transfer, so the
+          // setup round trips (listing, lease, commit) do not count against the throttle. The node counts a pack
+          // once it has all of it: both ends of the slope are then pack completions, so whole packs are measured.
           const samples: Array<[number, number]> = [];
+          let sampling = true;
+          const sampler = (async () => {
+            while (sampling) {
+              const t = performance.now();
+              samples.push([t, await counted()]);
+              await new Promise((r) => setTimeout(r, 20));
+            }
+          })();
           const t0 = performance.now();
-          const timer = setInterval(() => samples.push([performance.now(), store.counters.bytesSent]), 20);
           await L.replicate({ store: target, source, disk: 'throttle', chunkSize, checkpointRecords: 64, checkpointMillis: 2000 });
-          clearInterval(timer);
           const seconds = (performance.now() - t0) / 1000;
+          sampling = false;
+          await sampler;
+          samples.push([performance.now(), await counted()]);
           await source.close();
           const bytes = store.counters.bytesSent;
           await store.close();
-          const at = (f: number) => samples.find(([, b]) => b >= f * bytes) ?? samples[samples.length - 1];
-          const from = which === 'node' ? Math.min(0.6, 0.1 + L.DEFAULT_WINDOW_BYTES / bytes) : 0.1;
-          const [ta, ba] = at(from);
+          const total = samples[samples.length - 1][1];
+          if (!(total > 0)) throw new Error(`the ${which} throttle measured no bytes`);
+          const at = (f: number) => samples.find(([, b]) => b >= f * total)!;
+          const [ta, ba] = at(0.1);
           const [tb, bb] = at(0.9);
           const measured = (bb - ba) / ((tb - ta) / 1000);
           return { setting: bandwidth, measured, errorPct: ((measured - bandwidth) / bandwidth) * 100, bytes, seconds, endToEnd: bytes / seconds };

@@ -120,10 +120,13 @@ export const serveCmd: Command = {
       tls: !!tls,
       auth: token !== undefined,
       ...(tls ? { fingerprint: certificateFingerprint(tls.cert) } : {}),
+      // The address actually bound (--metrics 127.0.0.1:0 picks a free port): scrapers need it.
+      ...(http ? { metrics: `${http.host.includes(':') ? `[${http.host}]` : http.host}:${http.port}` } : {}),
     };
     if (json) io.out(JSON.stringify(info));
     else {
       io.out(`listening on ${info.listening}, storing into ${info.store}${token ? ', token required' : ', NO token required'}`);
+      if (info.metrics) io.out(`  metrics on http://${info.metrics}/metrics`);
       if (info.fingerprint) io.out(`  certificate SHA-256 ${info.fingerprint} (clients: --pin-sha256 ${info.fingerprint})`);
     }
     // SIGTERM/SIGINT: stop accepting, let the puts in flight land, close the store, exit 0 (a requested stop of

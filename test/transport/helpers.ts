@@ -117,7 +117,7 @@ export async function spawnServe(
   t: Teardown,
   cli: string,
   args: string[],
-): Promise<{ child: import('node:child_process').ChildProcess; url: string; log: () => string }> {
+): Promise<{ child: import('node:child_process').ChildProcess; url: string; info: Record<string, unknown>; log: () => string }> {
   const { spawn } = await import('node:child_process');
   const child = spawn(process.execPath, [cli, 'serve', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
@@ -135,7 +135,8 @@ export async function spawnServe(
     });
     child.on('exit', (c, s) => reject(new Error(`serve exited (${c ?? s}) before listening: ${err}`)));
   });
-  return { child, url: JSON.parse(line).listening, log: () => err };
+  const info = JSON.parse(line) as Record<string, unknown>;
+  return { child, url: info.listening as string, info, log: () => err };
 }
 
 /** Polls until fn() is true (or throws after ms). */

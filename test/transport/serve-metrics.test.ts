@@ -57,6 +57,7 @@ t.test('metrics and health of a real serve process', async (t) => {
   const storeDir = path.join(dir, 'recv');
   const serve = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', storeDir, '--token-file', tok, '--metrics', '127.0.0.1:0']);
   const port = await metricsPort(serve.log);
+  t.equal(serve.info.metrics, `127.0.0.1:${port}`, 'the startup line names the port --metrics 127.0.0.1:0 bound');
   const scrape = async () => {
     const r = await get(port, '/metrics');
     t.equal(r.status, 200);
