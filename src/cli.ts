@@ -1,15 +1,8 @@
-#!/usr/bin/env -S node --max-semi-space-size=2 --interrupt-budget=1048576
+#!/usr/bin/env node
 // The `rnode` executable. A failure while loading (no native addon for this platform) is one line and exit 1,
 // like every other error, not a stack trace.
-// The flags above (only a process start can set them; tests and the bench read them from here):
-// --max-semi-space-size: V8's young generation grows to 3 x 16 MiB under a replicate's allocation rate and keeps it;
-// an agent with three busy slots held 52 MiB of heap for 20 MiB of live objects. 2 MiB semispaces: 24 MiB, with no
-// measurable change in replicate or recover speed.
-// --interrupt-budget (16x V8's default): a function is optimized by TurboFan after 16 times as much of its bytecode
-// has run. Our JS only moves chunks between native code, and a job's three isolates (main and two codec workers)
-// optimized it over and over: TurboFan was 8% of the CPU samples of a 1.5 GiB full replicate (perf). With it, 8
-// alternating runs each: full replicate 1.59 s against 1.65 s (CPU 2.72 s against 2.89 s), an unchanged incremental
-// 0.62 s against 0.69 s; a long-running node still optimizes its hot paths, a few seconds later.
+// No V8 flags on the line above: any flag there makes V8 refuse node's code cache for its built-in modules in every
+// isolate of the process. The flags rnode wants are set at run time (src/v8-tuning.ts, from cli/one-job.ts).
 import { isRnodeError } from './errors.js';
 
 // The libuv pool keeps node's default 4 threads (UV_THREADPOOL_SIZE is read only at process start, before this

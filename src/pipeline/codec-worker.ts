@@ -40,8 +40,9 @@ const addon = require(data.addonPath) as WorkerAddon;
 // without the package's libc probe (blake.ts).
 const { blake3, Blake3Hasher } = loadBlake(addon.glibc === true);
 
-// LZ4 results live outside the JS heap, invisible to the GC's accounting: collect every few dozen MiB so native
-// memory stays bounded instead of growing until the heap happens to fill (codec-workers.ts exposes gc()).
+// lz4-napi's results (where the system has no liblz4) live outside the JS heap, invisible to the GC's accounting:
+// collect every few MiB so native memory stays bounded instead of growing until the heap happens to fill
+// (codec-workers.ts exposes gc() then; liblz4 writes into the chunk slots and leaves nothing to collect).
 const collect = (globalThis as { gc?: () => void }).gc ?? (() => {});
 let produced = 0;
 const track = (n: number) => {

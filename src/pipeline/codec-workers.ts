@@ -8,7 +8,8 @@ import { Worker } from 'node:worker_threads';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { payloadOverhead } from '../format/codecs.js';
 import { SEAL_OVERHEAD } from '../format/seal.js';
-import { ADDON_PATH } from '../native/index.js';
+import { ADDON_PATH, lz4Block } from '../native/index.js';
+import { retuneAfterNewIsolate } from '../v8-tuning.js';
 import { PLAIN_ID_KEY } from '../repository/domain.js';
 import type { CodecWorkerData } from './codec-worker.js';
 
@@ -92,8 +93,9 @@ export class CodecWorkers {
       plainIdKey: new Uint8Array(PLAIN_ID_KEY),
       addonPath: ADDON_PATH,
     };
-    // Isolates created after this flag expose gc(); the workers use it (codec-worker.ts).
-    v8.setFlagsFromString('--expose-gc');
+    // Isolates created after this flag expose gc(), which workers decoding through lz4-napi need (codec-worker.ts).
+    // Not otherwise: a flag set before the workers start makes them compile node's built-ins without its code cache.
+    if (!lz4Block) v8.setFlagsFromString('--expose-gc');
     for (let i = 0; i < size; i++) {
       this.workers.push(this.spawn(i));
       this.load.push(0);
@@ -108,6 +110,9 @@ export class CodecWorkers {
       ...(WORKER_URL.pathname.endsWith('.js') ? { execArgv: [], env: workerEnv() } : {}),
     });
     for (const s of this.setup.values()) w.postMessage(s.msg); // keys of running jobs, before any chunk
+    // Its isolate, as it starts, sets back a V8 flag the process tuned (src/v8-tuning.ts).
+    w.once('online', retuneAfterNewIsolate);
+    w.once('exit', retuneAfterNewIsolate);
     let started!: () => void;
     this.started[i] = new Promise<void>((r) => {
       started = r;
