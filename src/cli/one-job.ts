@@ -1,14 +1,17 @@
 // What the `rnode` process sets up before a command loads. A chunk command runs that one job and exits, so its codec
 // worker threads start first thing, and the chunk buffers it returns are dropped rather than kept for a later job.
-// V8's flags are set once those workers have started (src/v8-tuning.ts says why not earlier), or at once for a
-// command that runs as long as the node does.
+// V8's flags are set once those workers have started (src/v8-tuning.ts says why not earlier), at once for a command
+// that runs until stopped or long, and not at all for a quick one (a listing, --version).
 import type { CodecWorkers } from '../pipeline/codec-workers.js';
 import { tuneV8 } from '../v8-tuning.js';
 
 /** The commands that run one chunk job (encoding or decoding chunks on the codec workers) and exit. */
 const ONE_CHUNK_JOB = new Set(['replicate', 'recover', 'verify']);
-/** The commands that run until they are stopped. */
-const SERVICE = new Set(['agent', 'serve', 'export']);
+/**
+ * The other commands whose V8 settings matter: they run until stopped, or long (a repack, a check reading every byte,
+ * the demo's jobs). Set first thing: codec workers they start later are new isolates either way.
+ */
+const TUNED_AT_ONCE = new Set(['agent', 'serve', 'export', 'prune', 'check', 'demo']);
 
 /**
  * Called by the executable (src/cli.ts) with its arguments, before it loads the command. A codec worker thread takes
@@ -18,7 +21,7 @@ const SERVICE = new Set(['agent', 'serve', 'export']);
  */
 export async function prepareForCommand(argv: string[]): Promise<CodecWorkers | undefined> {
   if (argv.includes('--help') || argv.includes('-h')) return undefined;
-  if (SERVICE.has(argv[0])) tuneV8();
+  if (TUNED_AT_ONCE.has(argv[0])) tuneV8();
   if (!ONE_CHUNK_JOB.has(argv[0])) return undefined;
   const [{ codecWorkers }, { keepNoIdleShared }] = await Promise.all([import('../pipeline/codec-workers.js'), import('../pipeline/shared-slots.js')]);
   keepNoIdleShared();
