@@ -2,10 +2,12 @@
 // differs from node's defaults when an isolate compiles node's built-in modules makes V8 refuse the code cache node
 // ships for them (the cache is keyed on a hash of the flags): every isolate of the process (the main thread and each
 // codec worker) then compiles them from source. Given in the executable's shebang, these flags cost a replicate of a
-// 1 MiB disk 7% of its wall time (0.358 against 0.329 s, 20 alternating pairs) and an unchanged incremental of
-// 1.5 GiB 4%. So src/cli.ts sets them once the codec workers have started, or at once for a long-running command.
+// 1 MiB disk 8% of its wall time (0.377 against 0.350 s, 20 alternating pairs) and an unchanged incremental of
+// 1.5 GiB 4% (0.619 against 0.596 s). So src/cli/one-job.ts sets them once a chunk job's codec workers have started,
+// or at once for a command that runs long.
 import v8 from 'node:v8';
 
+const YOUNG_GENERATION = '--semi-space-growth-factor=1';
 let tuned = false;
 
 /**
@@ -32,5 +34,3 @@ export function tuneV8(): void {
 export function retuneAfterNewIsolate(): void {
   if (tuned) v8.setFlagsFromString(YOUNG_GENERATION);
 }
-
-const YOUNG_GENERATION = '--semi-space-growth-factor=1';

@@ -26,6 +26,6 @@ export async function prepareForCommand(argv: string[]): Promise<CodecWorkers | 
   const [{ codecWorkers }, { keepNoIdleShared }] = await Promise.all([import('../pipeline/codec-workers.js'), import('../pipeline/shared-slots.js')]);
   keepNoIdleShared();
   const workers = codecWorkers();
-  void workers.ready().then(tuneV8);
+  void workers.ready().then(tuneV8, () => undefined);
   return workers;
 }
