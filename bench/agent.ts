@@ -20,6 +20,8 @@ export interface AgentBenchRow {
   mbPerSecond: number;
   ratioToBaseline: number;
   jobs: number;
+  /** The largest peak RSS (VmHWM) of the row's node processes, read just before they are stopped. */
+  peakRssBytes?: number;
 }
 export interface AgentBenchResult {
   diskBytes: number;
@@ -120,7 +122,9 @@ export async function benchAgent(
         const failed = [...ms.jobs.values()].filter((j) => j.state === 'failed');
         if (failed.length) throw new Error(`agent bench: ${failed.length} job(s) failed: ${String(failed[0].failed?.message)}`);
         const mb = total / 1e6 / seconds;
-        rows.push({ nodes: n, seconds, mbPerSecond: mb, ratioToBaseline: mb / baseline, jobs: disks });
+        const peaks = children.map((c) => peakRss(c.pid)).filter((x): x is number => x !== undefined);
+        const peakRssBytes = peaks.length === children.length ? Math.max(...peaks) : undefined;
+        rows.push({ nodes: n, seconds, mbPerSecond: mb, ratioToBaseline: mb / baseline, jobs: disks, peakRssBytes });
         log(`  ${n} node${n > 1 ? 's' : ' '}   aggregate ${mb.toFixed(0)} MB/s (${seconds.toFixed(2)} s), ${(mb / baseline).toFixed(2)}x baseline`);
       } finally {
         for (const c of children) c.kill('SIGTERM');
@@ -135,6 +139,17 @@ export async function benchAgent(
     return { diskBytes: size, disks, baselineMbPerSecond: baseline, rows, note };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A live process's peak resident set (VmHWM), from /proc; undefined where there is none (not Linux, gone). */
+function peakRss(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { Section } from '../lib/context.js';
-import { median, type Row } from '../lib/report.js';
+import { fmt, median, type Row } from '../lib/report.js';
 
 const execFileP = promisify(execFile);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -121,13 +121,27 @@ export const agent: Section = {
     const { benchAgent } = await import(pathToFileURL(path.join(root, 'dist/bench/agent.js')).href);
     const r = await benchAgent({ log: (l: string) => ctx.log(l) });
     ctx.say(r.note);
-    return r.rows.map((row: { nodes: number; mbPerSecond: number; ratioToBaseline: number; jobs: number }) => ({
+    type AgentRow = { nodes: number; mbPerSecond: number; ratioToBaseline: number; jobs: number; peakRssBytes?: number };
+    const rows: Row[] = r.rows.map((row: AgentRow) => ({
       name: `${row.nodes} node${row.nodes > 1 ? 's' : ''}, ${row.jobs} jobs`,
       value: row.mbPerSecond,
       unit: 'MB/s',
       baseline: { name: 'library, disks one after another', value: r.baselineMbPerSecond, unit: 'MB/s' },
       ratio: row.ratioToBaseline,
     }));
+    // An agent node's memory with its job slots busy: every row's nodes ran 2 slots through the 6 jobs.
+    const peaks = r.rows.map((row: AgentRow) => row.peakRssBytes).filter((x: number | undefined): x is number => x !== undefined);
+    if (peaks.length) {
+      const peak = Math.max(...peaks) / 1e6;
+      rows.push({
+        name: 'peak RSS of an agent node, 2 job slots busy',
+        value: peak,
+        unit: 'MB',
+        target: { text: '< 200 MB', pass: peak < 200 },
+        note: `the largest VmHWM of any node process in the rows above (per row: ${r.rows.map((row: AgentRow) => fmt((row.peakRssBytes ?? NaN) / 1e6, 'MB')).join(', ')}), read just before it was stopped`,
+      });
+    }
+    return rows;
   },
 };
 
