@@ -55,17 +55,24 @@ async function exportChild(
 async function qemuNbdCopy(ctx: SectionContext, qemuNbd: string, nbdcopy: string, img: string, socket: string, out: string): Promise<number> {
   await fsp.rm(socket, { force: true });
   const child = spawn(qemuNbd, ['--read-only', '--format=raw', '--persistent', '--shared=4', '--socket', socket, img], { stdio: 'ignore' });
+  let spawnError: Error | undefined;
+  child.once('error', (err) => (spawnError = err));
   try {
     for (let waited = 0; !(await fsp.stat(socket).catch(() => undefined)); waited += 20) {
-      if (child.exitCode !== null || waited > 10_000) throw new Error(`qemu-nbd did not start serving ${img} (exit ${child.exitCode})`);
+      if (spawnError || child.exitCode !== null || waited > 10_000) {
+        throw new Error(`qemu-nbd did not start serving ${img} (${spawnError?.message ?? `exit ${child.exitCode}`})`);
+      }
       await new Promise((r) => setTimeout(r, 20));
     }
     await ctx.settle(img);
     return (await ctx.tool(nbdcopy, ['--flush', `nbd+unix:///?socket=${socket}`, out])).seconds;
   } finally {
-    const exited = new Promise((r) => child.once('exit', r));
-    if (child.exitCode === null) child.kill('SIGTERM');
-    await exited;
+    // One that has exited already, or never started, is not waited for: its 'exit' was emitted or never will be.
+    if (!spawnError && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
     await fsp.rm(out, { force: true });
   }
 }
