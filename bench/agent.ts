@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { shebangFlags } from './lib/measure.js';
+import { rssProbe, shebangFlags } from './lib/measure.js';
 // Types come from the built library (bench/ compiles apart from src/); the code is loaded from dist/ at run time.
 import type * as Lib from '../dist/index.js';
 import type * as Testing from '../dist/testing.js';
@@ -20,7 +20,7 @@ export interface AgentBenchRow {
   mbPerSecond: number;
   ratioToBaseline: number;
   jobs: number;
-  /** The largest peak RSS (VmHWM) of the row's node processes, read just before they are stopped. */
+  /** The largest peak RSS of the row's node processes over their whole run (the bench's RSS probe). */
   peakRssBytes?: number;
 }
 export interface AgentBenchResult {
@@ -80,6 +80,9 @@ export async function benchAgent(
     for (const n of nodeCounts) {
       const ms = await ReferenceMs.start({ token, heartbeatMs: 500 });
       const children: ChildProcess[] = [];
+      // Each node's peak RSS over its whole run, written by the probe as it exits (after the SIGTERM below).
+      const probes = Array.from({ length: n }, () => rssProbe(dir));
+      let row: AgentBenchRow | undefined;
       try {
         for (let k = 0; k < n; k++) {
           children.push(
@@ -87,6 +90,7 @@ export async function benchAgent(
               process.execPath,
               [
                 ...shebangFlags(CLI),
+                ...probes[k].args,
                 CLI,
                 'agent',
                 '--server',
@@ -102,7 +106,7 @@ export async function benchAgent(
                 '--log-level',
                 'warn',
               ],
-              { stdio: 'ignore' },
+              { stdio: 'ignore', env: { ...process.env, ...probes[k].env } },
             ),
           );
         }
@@ -122,15 +126,16 @@ export async function benchAgent(
         const failed = [...ms.jobs.values()].filter((j) => j.state === 'failed');
         if (failed.length) throw new Error(`agent bench: ${failed.length} job(s) failed: ${String(failed[0].failed?.message)}`);
         const mb = total / 1e6 / seconds;
-        const peaks = children.map((c) => peakRss(c.pid)).filter((x): x is number => x !== undefined);
-        const peakRssBytes = peaks.length === children.length ? Math.max(...peaks) : undefined;
-        rows.push({ nodes: n, seconds, mbPerSecond: mb, ratioToBaseline: mb / baseline, jobs: disks, peakRssBytes });
+        row = { nodes: n, seconds, mbPerSecond: mb, ratioToBaseline: mb / baseline, jobs: disks };
         log(`  ${n} node${n > 1 ? 's' : ' '}   aggregate ${mb.toFixed(0)} MB/s (${seconds.toFixed(2)} s), ${(mb / baseline).toFixed(2)}x baseline`);
       } finally {
         for (const c of children) c.kill('SIGTERM');
         await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))));
         await ms.close();
       }
+      const peaks = (await Promise.all(probes.map((p) => p.peak()))).filter((x): x is number => x !== undefined);
+      await Promise.all(probes.map((p) => p.done()));
+      rows.push({ ...row, peakRssBytes: peaks.length === n ? Math.max(...peaks) : undefined });
     }
     const note =
       `${os.cpus().length} cores: every node process shares them, so more nodes here measure the agent's ` +
@@ -139,17 +144,6 @@ export async function benchAgent(
     return { diskBytes: size, disks, baselineMbPerSecond: baseline, rows, note };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** A live process's peak resident set (VmHWM), from /proc; undefined where there is none (not Linux, gone). */
-function peakRss(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const m = /^VmHWM:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
   }
 }
 

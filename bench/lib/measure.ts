@@ -73,19 +73,38 @@ export function shebangFlags(script: string): string[] {
   }
 }
 
+/**
+ * The RSS probe for one node child: the arguments and environment that preload it, and the child's peak RSS in bytes
+ * once it has exited (undefined when it wrote none). done() removes the probe's file.
+ */
+export function rssProbe(scratch: string): {
+  args: string[];
+  env: Record<string, string>;
+  peak: () => Promise<number | undefined>;
+  done: () => Promise<void>;
+} {
+  const file = path.join(scratch, `.rss-${process.pid}-${++seq}`);
+  return {
+    args: ['--import', PROBE],
+    env: { RNODE_BENCH_RSS_OUT: file },
+    peak: () => readNumber(file, 1),
+    done: () => fsp.rm(file, { force: true }),
+  };
+}
+
 /** Runs `node <script> ...args` (with the flags of its shebang line) with the RSS probe preloaded. */
 export async function runNode(script: string, args: string[], opts: RunOptions): Promise<RunResult> {
-  const rssFile = path.join(opts.scratch, `.rss-${process.pid}-${++seq}`);
+  const probe = rssProbe(opts.scratch);
   try {
     const r = await run(
       process.execPath,
-      [...shebangFlags(script), '--import', PROBE, script, ...args],
-      { ...opts, env: { ...(opts.env ?? process.env), RNODE_BENCH_RSS_OUT: rssFile } },
+      [...shebangFlags(script), ...probe.args, script, ...args],
+      { ...opts, env: { ...(opts.env ?? process.env), ...probe.env } },
       `node ${path.basename(script)} ${args[0] ?? ''}`,
     );
-    return { ...r, peakRss: await readNumber(rssFile, 1) };
+    return { ...r, peakRss: await probe.peak() };
   } finally {
-    await fsp.rm(rssFile, { force: true });
+    await probe.done();
   }
 }
 

@@ -55,15 +55,15 @@ export const codec: Section = {
     const lzCpu: number[] = [];
     /** none's wall time over lz4-blocks' in the same pair, one per pair. */
     const pairRatios: number[] = [];
+    const pair = [
+      ['none', none, wall.none],
+      ['lz4-blocks', lz4, wall.lz4],
+    ] as const;
     for (let i = 0; i < n; i++) {
       // The two write the same bytes at the device's pace and differ by the ~0.05 s of CPU none saves: three runs
       // each were too few (medians 0.93-1.12x from run to run while 8 alternating pairs read 0.97x), so each round
       // runs PAIRS pairs, who goes first alternating from pair to pair, and the ratio is the median of the pairs'.
       for (let k = 0; k < PAIRS; k++) {
-        const pair = [
-          ['none', none, wall.none],
-          ['lz4-blocks', lz4, wall.lz4],
-        ] as const;
         const seconds: Record<string, number> = {};
         for (const [codecName, into, w] of (i * PAIRS + k) % 2 === 0 ? pair : [...pair].reverse()) {
           ctx.log(`round ${i + 1}/${n}, pair ${k + 1}/${PAIRS}: replicate random.img --compression ${codecName}`);

@@ -7,6 +7,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
+import type { AgentBenchResult } from '../agent.js';
 import type { Section } from '../lib/context.js';
 import { fmt, median, type Row } from '../lib/report.js';
 
@@ -119,10 +120,9 @@ export const agent: Section = {
   spaceNeeded: () => 2 * 1024 * 1024 * 1024,
   async run(ctx) {
     const { benchAgent } = await import(pathToFileURL(path.join(root, 'dist/bench/agent.js')).href);
-    const r = await benchAgent({ log: (l: string) => ctx.log(l) });
+    const r: AgentBenchResult = await benchAgent({ log: (l: string) => ctx.log(l) });
     ctx.say(r.note);
-    type AgentRow = { nodes: number; mbPerSecond: number; ratioToBaseline: number; jobs: number; peakRssBytes?: number };
-    const rows: Row[] = r.rows.map((row: AgentRow) => ({
+    const rows: Row[] = r.rows.map((row) => ({
       name: `${row.nodes} node${row.nodes > 1 ? 's' : ''}, ${row.jobs} jobs`,
       value: row.mbPerSecond,
       unit: 'MB/s',
@@ -130,7 +130,7 @@ export const agent: Section = {
       ratio: row.ratioToBaseline,
     }));
     // An agent node's memory with its job slots busy: every row's nodes ran 2 slots through the 6 jobs.
-    const peaks = r.rows.map((row: AgentRow) => row.peakRssBytes).filter((x: number | undefined): x is number => x !== undefined);
+    const peaks = r.rows.map((row) => row.peakRssBytes).filter((x): x is number => x !== undefined);
     if (peaks.length) {
       const peak = Math.max(...peaks) / 1e6;
       rows.push({
@@ -138,7 +138,7 @@ export const agent: Section = {
         value: peak,
         unit: 'MB',
         target: { text: '< 200 MB', pass: peak < 200 },
-        note: `the largest VmHWM of any node process in the rows above (per row: ${r.rows.map((row: AgentRow) => fmt((row.peakRssBytes ?? NaN) / 1e6, 'MB')).join(', ')}), read just before it was stopped`,
+        note: `the largest peak RSS of any node process in the rows above, over its whole run (per row: ${r.rows.map((row) => fmt((row.peakRssBytes ?? NaN) / 1e6, 'MB')).join(', ')})`,
       });
     }
     return rows;

@@ -5,6 +5,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { openSource, openStore, startExport } from 'replication-node';
 import { cliPath, findOnPath, type Section, type SectionContext } from '../lib/context.js';
+import { startQemuNbd } from '../lib/qemu-nbd.js';
 import { fmt, median, type Row } from '../lib/report.js';
 
 const MB = 1e6;
@@ -52,27 +53,13 @@ async function exportChild(
  * The NBD path's own cost: nbdcopy --flush from qemu-nbd serving the raw image (page cache, nothing to decode or
  * verify), the same copy nbdcopy makes of the export. Seconds of nbdcopy, from its start.
  */
-async function qemuNbdCopy(ctx: SectionContext, qemuNbd: string, nbdcopy: string, img: string, socket: string, out: string): Promise<number> {
-  await fsp.rm(socket, { force: true });
-  const child = spawn(qemuNbd, ['--read-only', '--format=raw', '--persistent', '--shared=4', '--socket', socket, img], { stdio: 'ignore' });
-  let spawnError: Error | undefined;
-  child.once('error', (err) => (spawnError = err));
+async function qemuNbdCopy(ctx: SectionContext, nbdcopy: string, img: string, out: string): Promise<number> {
+  const server = await startQemuNbd(ctx.dir, img, { format: 'raw' });
   try {
-    for (let waited = 0; !(await fsp.stat(socket).catch(() => undefined)); waited += 20) {
-      if (spawnError || child.exitCode !== null || waited > 10_000) {
-        throw new Error(`qemu-nbd did not start serving ${img} (${spawnError?.message ?? `exit ${child.exitCode}`})`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
     await ctx.settle(img);
-    return (await ctx.tool(nbdcopy, ['--flush', `nbd+unix:///?socket=${socket}`, out])).seconds;
+    return (await ctx.tool(nbdcopy, ['--flush', server.url(), out])).seconds;
   } finally {
-    // One that has exited already, or never started, is not waited for: its 'exit' was emitted or never will be.
-    if (!spawnError && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    }
+    await server.stop();
     await fsp.rm(out, { force: true });
   }
 }
@@ -139,7 +126,7 @@ export const instantRecovery: Section = {
       // ratio is taken within the round (the machine is shared: rounds differ more than contenders within one).
       const copySeconds: number[] = [];
       const recoverSeconds: number[] = [];
-      const qemuNbd = findOnPath('qemu-nbd');
+      const qemuNbd = findOnPath('qemu-nbd') !== null;
       const transportSeconds: number[] = [];
       for (let i = 0; i < ctx.settings.repeat; i++) {
         const out = path.join(ctx.dir, 'out.img');
@@ -159,7 +146,7 @@ export const instantRecovery: Section = {
         await fsp.rm(out, { force: true });
         if (qemuNbd) {
           ctx.log(`round ${i + 1}: nbdcopy of the raw image from qemu-nbd (the NBD path alone)`);
-          transportSeconds.push(await qemuNbdCopy(ctx, qemuNbd, nbdcopy, img, path.join(ctx.dir, `qemu-${i}.sock`), out));
+          transportSeconds.push(await qemuNbdCopy(ctx, nbdcopy, img, out));
         }
       }
       const transport = transportSeconds.length ? median(transportSeconds) : undefined;

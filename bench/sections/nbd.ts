@@ -2,15 +2,15 @@
 // not the disk: a 16 GiB qcow2 with 1% of its chunks written since its bitmap, replicated through `qemu-nbd -B`,
 // against the full replicate (through qemu-nbd the same way) of a qcow2 that holds just those chunks (issue 13:
 // within 2x). Both are wall times of the real CLI, process start included, rounds interleaved.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { findOnPath, type Section, type SectionContext } from '../lib/context.js';
 import type { RunResult } from '../lib/measure.js';
+import { startQemuNbd } from '../lib/qemu-nbd.js';
 import { fmt, human, median, spread, type Row } from '../lib/report.js';
 
 const execFileP = promisify(execFile);
@@ -46,43 +46,6 @@ async function qemuWrite(img: string, offsets: number[], length: number, scratch
   }
 }
 
-async function canConnect(socket: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.connect(socket);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
-
-/** qemu-nbd -r on a unix socket, exporting the given bitmaps; resolves once it listens. */
-async function startExport(dir: string, img: string, bitmaps: string[]): Promise<{ url: (q?: string) => string; stop: () => Promise<void> }> {
-  const socket = path.join(dir, `nbd-${crypto.randomBytes(4).toString('hex')}.sock`);
-  const args = ['-r', '-t', '-e', '4', '-f', 'qcow2', `--socket=${socket}`, ...bitmaps.flatMap((b) => ['-B', b]), img];
-  // Its stderr is kept for a failure only: the readiness probe below connects and leaves, which it reports.
-  const child: ChildProcess = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => {
-    stderr = (stderr + d.toString()).slice(-2000);
-  });
-  const deadline = Date.now() + 10_000;
-  while (!(await canConnect(socket))) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`qemu-nbd ${args.join(' ')} did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return {
-    url: (q) => `nbd+unix:///?socket=${socket}${q ? `&${q}` : ''}`,
-    stop: async () => {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
 export const nbd: Section = {
   name: 'nbd',
   title: 'incremental from a QEMU dirty bitmap over NBD against replicating just its changed chunks',
@@ -104,7 +67,7 @@ export const nbd: Section = {
     await qemuWrite(img, baseOffsets, CHUNK, ctx.dir);
     await execFileP('qemu-img', ['bitmap', '--add', img, 'c0']);
     ctx.log('nbd: full point of the 16 GiB disk (untimed)');
-    let exp = await startExport(ctx.dir, img, []);
+    let exp = await startQemuNbd(ctx.dir, img, { format: 'qcow2' });
     await ctx.rnode(['replicate', '--source', exp.url('checkpoint=c0'), '--target', store, '--disk', 'vm']);
     await exp.stop();
     ctx.say(
@@ -142,7 +105,7 @@ export const nbd: Section = {
       await execFileP('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, justImg]);
 
       ctx.log(`nbd round ${i}/${n}: incremental through the dirty bitmap (${picked.length} chunks changed)`);
-      exp = await startExport(ctx.dir, img, [`c${i - 1}`]);
+      exp = await startQemuNbd(ctx.dir, img, { format: 'qcow2', bitmaps: [`c${i - 1}`] });
       await ctx.settle();
       const r = await ctx.rnode<ReplicateJson>([
         'replicate',
@@ -160,7 +123,7 @@ export const nbd: Section = {
       notes.push(`${r.result.chunksChanged}/${picked.length} chunks, ${human(r.result.bytesRead)} read`);
 
       ctx.log(`nbd round ${i}/${n}: full replicate of just those chunks`);
-      exp = await startExport(ctx.dir, justImg, []);
+      exp = await startQemuNbd(ctx.dir, justImg, { format: 'qcow2' });
       await ctx.settle();
       const justStore = path.join(ctx.dir, `just-store-${i}`);
       just.push(await ctx.rnode(['replicate', '--source', exp.url(), '--target', justStore, '--disk', 'just']));
