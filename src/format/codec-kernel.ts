@@ -96,7 +96,7 @@ export function makeKernel(deps: KernelDeps, onGarbage: (bytes: number) => void 
 
   function encodeInto(plain: Buffer, codec: number, out: Buffer, offset: number): { codec: CodecId; length: number } {
     if (codec === LZ4) {
-      const n = packInto(plain, out, offset, out.length);
+      const n = looksIncompressible(plain) ? -1 : packInto(plain, out, offset, out.length);
       if (n > 0) return { codec: LZ4, length: n };
     } else if (codec === LZ4_BLOCKS) {
       const n = Math.ceil(plain.length / SUB_BLOCK);

@@ -17,8 +17,13 @@ export type CodecId = (typeof Codec)[keyof typeof Codec];
 
 export const CODEC_NAMES: Record<number, string> = { [Codec.NONE]: 'none', [Codec.LZ4]: 'lz4', [Codec.LZ4_BLOCKS]: 'lz4-blocks' };
 
-/** What new chunks are written with unless a policy says otherwise. */
-export const DEFAULT_CODEC: CodecId = Codec.LZ4_BLOCKS;
+/**
+ * What new chunks are written with unless a policy says otherwise. One LZ4 block per chunk: on the bench image's text
+ * liblz4 compresses a whole MiB 10% faster than sixteen 64 KiB sub-blocks, stores 15% fewer bytes (a match may reach
+ * back past 64 KiB), and decodes 28% faster; it crosses noise and zero runs at several GB/s by itself, so skipping
+ * them (lz4-blocks) no longer pays. A full replicate of the bench image: 0.95x the wall time of lz4-blocks, 10 pairs.
+ */
+export const DEFAULT_CODEC: CodecId = Codec.LZ4;
 
 /** Every codec name a user or a Management Server may ask for, the default first (the control protocol's enum). */
 export const CODEC_NAME_LIST: readonly string[] = [

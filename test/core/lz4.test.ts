@@ -58,6 +58,11 @@ t.test('liblz4 compresses like lz4-napi: zeros and text shrink, random stays raw
   t.ok(a.length < text.length * 0.6, `text: ${a.length} bytes from ${text.length}`);
   t.ok(Math.abs(a.length - b.length) < text.length * 0.05, `sizes within 5% of lz4-napi's (${a.length} vs ${b.length})`);
   t.equal(viaLiblz4.encodeInto(random, Codec.LZ4, out, 0).codec, Codec.NONE, 'random data is stored raw');
+  t.equal(viaNapi.encodeInto(random, Codec.LZ4, out, 0).codec, Codec.NONE, 'random data is stored raw by lz4-napi too (sampled first)');
+  // Why whole-chunk LZ4 is the default: a match may reach back past a sub-block's start.
+  const whole = viaLiblz4.encodeInto(text, Codec.LZ4, out, 0);
+  t.equal(whole.codec, Codec.LZ4);
+  t.ok(whole.length < a.length, `text as one block: ${whole.length} bytes, as 64 KiB sub-blocks ${a.length}`);
   t.equal(viaLiblz4.encodeInto(Buffer.alloc(1024 * KiB), Codec.LZ4_BLOCKS, out, 0).length, 4 + 16 * 4, 'zeros: only the tags');
 });
 
