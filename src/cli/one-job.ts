@@ -17,7 +17,9 @@ const TUNED_AT_ONCE = new Set(['agent', 'serve', 'export', 'prune', 'check', 'de
  * Called by the executable (src/cli.ts) with its arguments, before it loads the command. A codec worker thread takes
  * a node start of its own (~150 ms on a busy 2-core machine): started by the job, the workers held back a 16 MiB
  * recover's first chunk by 0.2-0.5 s; started here, they start while the command, the job and the store's indexes
- * load. No workers for any other command, and nothing at all for a --help. Resolves to the workers it started.
+ * load; and the job's main thread is one of the codec lanes, so it has one worker fewer to start and can start on its
+ * first chunk before any worker is up. No workers for any other command, and nothing at all for a --help. Resolves
+ * to the workers it started.
  */
 export async function prepareForCommand(argv: string[]): Promise<CodecWorkers | undefined> {
   if (argv.includes('--help') || argv.includes('-h')) return undefined;
@@ -25,7 +27,8 @@ export async function prepareForCommand(argv: string[]): Promise<CodecWorkers | 
   if (!ONE_CHUNK_JOB.has(argv[0])) return undefined;
   const [{ codecWorkers }, { keepNoIdleShared }] = await Promise.all([import('../pipeline/codec-workers.js'), import('../pipeline/shared-slots.js')]);
   keepNoIdleShared();
-  const workers = codecWorkers();
+  // One of the lanes is this thread: the job is all this process does (src/pipeline/inline-lane.ts).
+  const workers = codecWorkers({ inline: true });
   void workers.ready().then(tuneV8, () => undefined);
   return workers;
 }

@@ -77,6 +77,7 @@ interface NativeOpenResult {
 
 interface NativeBinding {
   open(path: string, direct: boolean): Promise<NativeOpenResult>;
+  threadCpuMs?: () => number;
   isZero(buf: Uint8Array): boolean;
   allocAligned(size: number, alignment: number): Buffer;
   allocMapped(size: number): Buffer;
@@ -457,6 +458,9 @@ export const trimNativeHeap: () => boolean = binding.trimNativeHeap;
 export const keepFreedHeap: (bytes: number) => boolean = binding.keepFreedHeap;
 
 /** What compresses chunks here, for logs and the agent's hello. */
+/** CPU time of the calling thread in ms, where the addon reads it (the codec ops' stage clock). */
+export const threadCpuMs: (() => number) | undefined = binding.threadCpuMs;
+
 export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;
 
 /** XXH64 of data in place (no copy, shared memory included); the same digests as xxhash-wasm's h64Raw. */

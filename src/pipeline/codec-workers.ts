@@ -1,5 +1,6 @@
-// The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check) on a few worker threads, so the
-// main thread only moves data. Chunk buffers are SharedArrayBuffers: workers read and write them in place.
+// The CPU work of a chunk (xxh64, BLAKE3, LZ4 encode or decode-and-check) on a few lanes: worker threads, and in a
+// process that runs one job also its main thread (inline-lane.ts). Chunk buffers are SharedArrayBuffers: lanes read
+// and write them in place.
 // What the workers do with each message is codec-ops.ts; the thread itself is codec-worker.ts.
 // Workers also bound native memory: the LZ4 library keeps per-thread heaps, so few threads means few heaps.
 import os from 'node:os';
@@ -12,6 +13,7 @@ import { ADDON_PATH, lz4Block } from '../native/index.js';
 import { retuneAfterNewIsolate } from '../v8-tuning.js';
 import { PLAIN_ID_KEY } from '../repository/domain.js';
 import type { CodecWorkerData } from './codec-worker.js';
+import { InlineLane, type LaneReply } from './inline-lane.js';
 
 export interface EncodeResult {
   /** True when the digests matched `unchangedIf`: nothing was encoded. */
@@ -62,6 +64,13 @@ export type SealedFields = Record<string, string | number | bigint>;
 // TypeScript sources (worker threads inherit its loader).
 const WORKER_URL = new URL(`./codec-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
 
+/**
+ * How many more ops in flight the main thread's lane counts as having: it also runs the job, so with an equal share
+ * it fell behind the worker and held up the run (a full replicate of the bench image: 0.95x the wall time of two
+ * workers with this handicap, no faster with none; CPU 0.88-0.91x either way).
+ */
+const INLINE_HANDICAP = 2;
+
 interface Pending {
   resolve: (v: any) => void;
   reject: (e: Error) => void;
@@ -69,7 +78,10 @@ interface Pending {
 }
 
 export class CodecWorkers {
-  private readonly workers: Worker[] = [];
+  /** The lanes: worker threads, and with `inline` the main thread's lane first. */
+  private readonly workers: Array<Worker | InlineLane> = [];
+  /** Lanes that can take work now: a worker thread once it has loaded its modules. */
+  private readonly live: boolean[] = [];
   private readonly load: number[] = [];
   /** One per worker: resolves once it has loaded its modules (or died). */
   private readonly started: Promise<void>[] = [];
@@ -81,10 +93,14 @@ export class CodecWorkers {
   private readonly workerData: CodecWorkerData;
   private closed = false;
 
-  /** portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same digests). */
+  /**
+   * size lanes. portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same
+   * digests). inline: one of the lanes is this thread (inline-lane.ts), where liblz4 is loaded: for a process that
+   * runs one job, not for one that serves others while it runs.
+   */
   constructor(
     readonly size = defaultWorkers(),
-    opts: { portableHash?: boolean } = {},
+    opts: { portableHash?: boolean; inline?: boolean } = {},
   ) {
     this.workerData = {
       portableHash: opts.portableHash === true,
@@ -96,10 +112,24 @@ export class CodecWorkers {
     // Isolates created after this flag expose gc(), which workers decoding through lz4-napi need (codec-worker.ts).
     // Not otherwise: a flag set before the workers start makes them compile node's built-ins without its code cache.
     if (!lz4Block) v8.setFlagsFromString('--expose-gc');
+    const inline = opts.inline === true && !opts.portableHash && InlineLane.available;
     for (let i = 0; i < size; i++) {
-      this.workers.push(this.spawn(i));
       this.load.push(0);
+      if (i === 0 && inline) {
+        this.workers.push(new InlineLane((m) => this.onMessage(m)));
+        this.started.push(Promise.resolve());
+        this.live.push(true);
+      } else {
+        this.live.push(false);
+        this.workers.push(this.spawn(i));
+      }
     }
+  }
+
+  /** Ops the main thread's lane has handled (0 without one). */
+  get inlineOps(): number {
+    const lane = this.workers[0];
+    return lane instanceof InlineLane ? lane.handled : 0;
   }
 
   private spawn(i: number): Worker {
@@ -117,8 +147,10 @@ export class CodecWorkers {
     this.started[i] = new Promise<void>((r) => {
       started = r;
     });
+    this.live[i] = false;
     w.on('message', (m) => {
       if (!m?.ready) return this.onMessage(m);
+      this.live[i] = true;
       started();
       if (!this.load[i]) w.unref();
     });
@@ -140,6 +172,14 @@ export class CodecWorkers {
    */
   async ready(): Promise<void> {
     await Promise.all(this.started);
+  }
+
+  /**
+   * Resolves once some lane can take work (or a worker died trying). Work goes only to lanes that can take it (see
+   * send), so a run may start then: no chunk waits behind a worker still starting.
+   */
+  async anyReady(): Promise<void> {
+    await Promise.race(this.started);
   }
 
   /**
@@ -288,8 +328,11 @@ export class CodecWorkers {
 
   private send(msg: Record<string, unknown>): Promise<any> {
     const id = this.nextId++;
-    let i = 0;
-    for (let j = 1; j < this.workers.length; j++) if (this.load[j] < this.load[i]) i = j;
+    // The least loaded lane that can take work now (while none can, the least loaded of all).
+    const anyLive = this.live.includes(true);
+    const weight = (j: number) => this.load[j] + (this.workers[j] instanceof InlineLane ? INLINE_HANDICAP : 0);
+    let i = -1;
+    for (let j = 0; j < this.workers.length; j++) if ((this.live[j] || !anyLive) && (i < 0 || weight(j) < weight(i))) i = j;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, worker: i });
       if (this.load[i]++ === 0) this.workers[i].ref();
@@ -297,7 +340,7 @@ export class CodecWorkers {
     });
   }
 
-  private onMessage(m: { id: number; error?: string }): void {
+  private onMessage(m: LaneReply): void {
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
@@ -309,6 +352,7 @@ export class CodecWorkers {
   /** A dead worker fails what it held and is replaced, so later chunks never wait on it forever. */
   private fail(worker: number, w: Worker, err: Error): void {
     if (this.workers[worker] !== w) return; // already replaced
+    this.live[worker] = false;
     for (const [id, p] of this.pending) {
       if (p.worker === worker) {
         this.pending.delete(id);
@@ -392,9 +436,9 @@ function defaultWorkers(): number {
 
 let instance: CodecWorkers | undefined;
 
-/** The process-wide workers, started on first use. */
-export function codecWorkers(): CodecWorkers {
-  instance ??= new CodecWorkers();
+/** The process-wide workers, started on first use (opts apply then: see the constructor). */
+export function codecWorkers(opts: { inline?: boolean } = {}): CodecWorkers {
+  instance ??= new CodecWorkers(defaultWorkers(), opts);
   return instance;
 }
 

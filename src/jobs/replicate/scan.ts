@@ -81,7 +81,7 @@ export class ChunkScan {
     const { opts, plan, from, run, lease } = this.o;
     const { grid } = plan;
     const inflight = new Set<Promise<void>>();
-    await this.workers.ready(); // no chunk waits on a worker still starting while the chunks after it run ahead
+    await this.workers.anyReady(); // chunks go only to lanes that have started: none waits behind a worker starting
     // An incremental scan compares most chunks on the workers, reading them there (prescan.ts); a full point's workers
     // read each chunk themselves (processChunk).
     const lent = (plan.scan && parentView) || plan.full ? opts.source.lendFd?.() : undefined;
