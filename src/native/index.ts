@@ -457,10 +457,10 @@ export const trimNativeHeap: () => boolean = binding.trimNativeHeap;
  */
 export const keepFreedHeap: (bytes: number) => boolean = binding.keepFreedHeap;
 
-/** What compresses chunks here, for logs and the agent's hello. */
 /** CPU time of the calling thread in ms, where the addon reads it (the codec ops' stage clock). */
 export const threadCpuMs: (() => number) | undefined = binding.threadCpuMs;
 
+/** What compresses chunks here, for logs and the agent's hello. */
 export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;
 
 /** XXH64 of data in place (no copy, shared memory included); the same digests as xxhash-wasm's h64Raw. */

@@ -83,7 +83,7 @@ export class CodecWorkers {
   /** Lanes that can take work now: a worker thread once it has loaded its modules. */
   private readonly live: boolean[] = [];
   private readonly load: number[] = [];
-  /** One per worker: resolves once it has loaded its modules (or died). */
+  /** One per lane: resolves once it can take work (a worker thread once it has loaded its modules, or died). */
   private readonly started: Promise<void>[] = [];
   private readonly pending = new Map<number, Pending>();
   /** What every worker must hold (encryption keys, see chunk-codec.ts), replayed to replacement workers. */
