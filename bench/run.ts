@@ -111,7 +111,7 @@ async function main(): Promise<number> {
     out(`work dir: ${workdir} (${fsType}, ${human(free)} free)`);
     out(`baselines: lz4 ${versions.lz4}; restic ${versions.restic}; xxhsum ${versions.xxhsum}`);
     out(
-      `peak RSS: rnode children via a preloaded process.resourceUsage().maxRSS; tools via ${tools.gnuTime ? 'GNU time (%M)' : '(GNU time missing: not measured)'}`,
+      `peak RSS: rnode children via a preloaded probe (VmHWM at exit); tools via ${tools.gnuTime ? 'GNU time (%M)' : '(GNU time missing: not measured)'}`,
     );
     out();
 
