@@ -12,6 +12,7 @@
       "src/file_write.cc",
       "src/chunk_io.cc",
       "src/xxh64.cc",
+      "src/xxh3.cc",
       "src/cpu_clock.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -9,6 +9,13 @@ import { isRnodeError } from './errors.js';
 // module runs): with packs there are at most 3 durable writes in flight, and 32 threads measured no faster (512 MiB
 // replicate 1.85 s vs 1.79 s, recover 1.59 s vs 1.54 s, 3 alternating pairs each).
 const argv = process.argv.slice(2);
+// A reader that went away (`rnode points ... | head -3`) is not the command's failure: the rest of its output is
+// dropped and the command finishes (a replicate still commits), instead of dying on the pipe's EPIPE with a stack.
+for (const s of [process.stdout, process.stderr]) {
+  s.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
+}
 // First, while the command loads: a chunk command's codec worker threads start (cli/one-job.ts). A failure there
 // (no addon) is the command's own, reported below when it loads the same modules.
 const workers = import('./cli/one-job.js').then((m) => m.prepareForCommand(argv)).catch(() => undefined);

@@ -17,6 +17,7 @@ import xxhash from 'xxhash-wasm';
 import {
   allocAligned,
   allocAlignedUnsafe,
+  changeHashes,
   discardPages,
   isZero,
   keepFreedHeap,
@@ -28,6 +29,7 @@ import {
   sharedAligned,
   writeFileExclusive,
   writeNonZero,
+  xxh3,
   type Extent,
 } from '../src/native/index.js';
 import { Codec } from '../src/format/codecs.js';
@@ -468,6 +470,44 @@ t.test('xxh64: the addon and xxhash-wasm agree on every length, seed and kind of
   t.equal(nativeXxh64(odd), h64Raw(Buffer.from(odd)), 'an unaligned view of a SharedArrayBuffer hashes in place');
   t.equal(nativeXxh64(Buffer.alloc(0)), 0xef46db3751d8e999n, 'the reference digest of the empty input');
   t.throws(() => nativeXxh64(Buffer.alloc(1), -1n), RangeError, 'a negative seed is refused');
+});
+
+t.test('xxh3: the addon gives xxhsum -H2’s XXH3-128, and changeHashes the same per chunk of a file', async (t) => {
+  t.ok(xxh3, 'libxxhash 0.8+ is loaded (apt: xxhash)');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-xxh3-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'f');
+  const data = randomBytes(3 * MiB + 12345);
+  fs.writeFileSync(file, data);
+  const cli = execFileSync('xxhsum', ['-H2', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split(/\s+/)[0];
+  const h = Buffer.alloc(16);
+  xxh3!(data, 0n, h);
+  t.equal(h.toString('hex'), cli, 'the whole file, seed 0, as xxhsum prints it');
+  const seeded = Buffer.alloc(16);
+  xxh3!(data, 7n, seeded);
+  t.not(seeded.toString('hex'), cli, 'another seed, another hash');
+
+  const fd = fs.openSync(file, 'r');
+  t.teardown(() => fs.closeSync(fd));
+  const chunks = new Float64Array([0, MiB, MiB, MiB, 3 * MiB, 12345]);
+  const out = new Uint8Array(48);
+  const r = await changeHashes(fd, chunks, 7n, out);
+  t.same(r, { bytes: data.length - 2 * MiB + MiB }, 'every byte asked for was read');
+  for (const [i, [at, n]] of [
+    [0, MiB],
+    [MiB, MiB],
+    [3 * MiB, 12345],
+  ].entries()) {
+    const expect = Buffer.alloc(16);
+    xxh3!(data.subarray(at, at + n), 7n, expect);
+    t.same(Buffer.from(out.subarray(16 * i, 16 * i + 16)), expect, `chunk ${i}`);
+  }
+  const short = await changeHashes(fd, new Float64Array([0, MiB, 3 * MiB, MiB]), 7n, new Uint8Array(32));
+  t.same(short, { bytes: MiB + 12345, short: 1, got: 12345 }, 'a read past the end stops the run and says where');
+  await t.rejects(changeHashes(-1, new Float64Array([0, 1]), 0n, new Uint8Array(16)), { code: 'EBADF' }, 'a bad fd rejects');
+  t.throws(() => changeHashes(fd, new Float64Array([0, 1]), 0n, new Uint8Array(8)), RangeError, 'out too small');
+  t.throws(() => changeHashes(fd, new Float64Array([0.5, 1]), 0n, new Uint8Array(16)), RangeError, 'a fractional offset');
+  t.throws(() => changeHashes(fd, new Float64Array([0, 1]), -1n, new Uint8Array(16)), TypeError, 'a negative seed');
 });
 
 t.test('xxh64: codec workers give the same digests with the addon and with xxhash-wasm', async (t) => {

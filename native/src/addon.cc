@@ -10,6 +10,7 @@
 #include "lz4.h"
 #include "raw_io.h"
 #include "vddk.h"
+#include "xxh3.h"
 #include "xxh64.h"
 
 namespace {
@@ -23,6 +24,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rnode::InitFileWrite(env, exports);
   rnode::InitChunkIo(env, exports);
   rnode::InitXxh64(env, exports);
+  rnode::InitXxh3(env, exports);
   rnode::InitCpuClock(env, exports);
   // The C library this addon was built against (and so runs with): spares the platform packages of other native
   // dependencies their own libc probe (src/native/blake.ts).

@@ -351,6 +351,7 @@ export class JobRunner {
           forceFull: job.forceFull || inVm?.forceFull,
           checkpointMillis: job.checkpointSeconds !== undefined ? job.checkpointSeconds * 1000 : undefined,
           lease: { holder: this.o.nodeName, ttlMs, waitMs: 0 },
+          changeHashDir: this.o.state.cacheDir,
         });
       } catch (err) {
         // LEASE_LOST: renewals of src/repository/lease.ts can race each other under load and drop a lease

@@ -47,6 +47,11 @@ export class StateDir {
     return path.join(this.dir, name);
   }
 
+  /** Where replicate runs keep this node's change hashes (src/jobs/replicate/change-hashes.ts). */
+  get cacheDir(): string {
+    return this.file('cache');
+  }
+
   async readJson<T>(name: string, fallback: T): Promise<T> {
     try {
       return JSON.parse(await fsp.readFile(this.file(name), 'utf8')) as T;

@@ -22,6 +22,7 @@ import {
   VM_RECOVER_USAGE,
   VMWARE_REPLICATE_USAGE,
 } from './vmware-flags.js';
+import os from 'node:os';
 import path from 'node:path';
 
 export type { Command, Io } from './command.js';
@@ -40,7 +41,7 @@ const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
-  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4|lz4-blocks|none] [--pack-size <bytes|64KiB..256MiB>] [--full] [--bandwidth <bytes/s>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
+  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4|lz4-blocks|none] [--pack-size <bytes|64KiB..256MiB>] [--full] [--bandwidth <bytes/s>] [--cache-dir <dir>|none] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
   options: {
     source: { type: 'string' },
     target: { type: 'string' },
@@ -51,6 +52,7 @@ const replicateCmd: Command = {
     full: { type: 'boolean' },
     concurrency: { type: 'string' },
     bandwidth: { type: 'string' },
+    'cache-dir': { type: 'string' },
     ...ENCRYPTION_OPTIONS,
     ...REMOTE_OPTIONS,
     ...vmwareReplicateOptions,
@@ -89,6 +91,7 @@ const replicateCmd: Command = {
               forceFull: v.full === true,
               signal,
               onProgress: (p) => bar.update(p.position, p.diskSize),
+              changeHashDir: changeHashDir(str(v, 'cache-dir')),
               ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}),
               ...(packSize !== undefined ? { packSize } : {}),
             }),
@@ -115,6 +118,17 @@ const replicateCmd: Command = {
 };
 
 /** Where a replicate's time went; stage sums of concurrent chunks may exceed the wall time. */
+/**
+ * Where replicate keeps this node's change hashes (src/jobs/replicate/change-hashes.ts): --cache-dir, else
+ * $RNODE_CACHE_DIR, else $XDG_CACHE_HOME/rnode or ~/.cache/rnode; "none" keeps none.
+ */
+function changeHashDir(flag: string | undefined): string | undefined {
+  const dir = flag ?? process.env.RNODE_CACHE_DIR;
+  if (dir === 'none') return undefined;
+  if (dir) return path.resolve(dir);
+  return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'rnode');
+}
+
 function stagesLine(s: StageTimes): string {
   const f = (x: number) => `${x.toFixed(2)} s`;
   return (

@@ -6,8 +6,9 @@
 // and every checkpoint puts the closed packs, then one index object for them, then the table segment and the
 // checkpoint itself. Legacy points stay readable; the first point after them is a full v2 point.
 // The parts, in src/jobs/replicate/: plan.ts (which point, which chunks), scan.ts (the chunk pipeline), prescan.ts
-// (an incremental's unchanged chunks found on the codec workers), packs.ts (packs and dedup), table.ts (table segments
-// and checkpoints), budget.ts (the run's memory).
+// (an incremental's unchanged chunks found before the pipeline), change-hashes.ts (this node's cache of each point's
+// chunk hashes, which that finding compares first), packs.ts (packs and dedup), table.ts (table segments and
+// checkpoints), budget.ts (the run's memory).
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { DEFAULT_CODEC } from '../format/codecs.js';
@@ -26,6 +27,7 @@ import { WriterMarks } from '../repository/prune-marks.js';
 import { chainView, Cursor } from '../repository/view.js';
 import { Lease } from '../repository/lease.js';
 import type { ReplicateOptions, ReplicateResult } from './replicate/options.js';
+import { ChangeHashReader, ChangeHashWriter, changeHashesAvailable, changeHashPlace } from './replicate/change-hashes.js';
 import { PackWriter } from './replicate/packs.js';
 import { openCheckpoint, planPoint, type PointPlan } from './replicate/plan.js';
 import { RunState } from './replicate/run-state.js';
@@ -63,6 +65,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       ? new WriterMarks(store, domain, from.marksGeneration, `recorded by the checkpoint of point ${seq} of disk ${disk}`)
       : new WriterMarks(store, domain, latestGeneration, `recorded by point ${latest?.point} of disk ${disk}`);
   const run = new RunState(from.stats);
+  const changes = await openChangeHashes(opts, plan, from.nextIndex);
   const packs = new PackWriter({
     store,
     domain,
@@ -89,7 +92,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       checkpointMillis: opts.checkpointMillis ?? 15_000,
     });
     const changeMarker = await source.changeMarker();
-    const scan = new ChunkScan({ opts, codec: opts.codec ?? DEFAULT_CODEC, plan, from, packs, table, known, run, lease });
+    const scan = new ChunkScan({ opts, codec: opts.codec ?? DEFAULT_CODEC, plan, from, packs, table, known, run, lease, changes });
 
     let parentView: Cursor<ChunkEntry> | undefined;
     if (plan.chain) {
@@ -130,6 +133,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     const seconds = (performance.now() - started) / 1000;
     const manifest = await commitPoint(store, plan, { source, run, table, marks, lease, changeMarker, seconds });
     await store.delete(r2.pending(domain.name, domain.dname(disk), seq)).catch(() => undefined);
+    await changes?.writer.finish(manifest);
     return {
       disk,
       point: seq,
@@ -139,6 +143,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       ...(plan.fullReason ? { fullReason: plan.fullReason } : {}),
       ...(plan.rescanReason ? { rescanReason: plan.rescanReason } : {}),
       resumed: from.resumed,
+      ...(scan.comparedBy ? { comparedBy: scan.comparedBy } : {}),
       diskSize: grid.diskSize,
       chunkSize: grid.chunkSize,
       bytesRead: stats.bytesRead,
@@ -156,7 +161,32 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   } finally {
     // Puts still running keep their buffers; the idle ones serve the next run.
     packs.releaseBuffers();
+    await changes?.close();
   }
+}
+
+/**
+ * The change hashes of this run (change-hashes.ts), where it keeps them (opts.changeHashDir) and libxxhash is here,
+ * with the parent's when this node holds them. None for a resumed run: the chunks its checkpoint covers were stored
+ * by a run whose hashes are gone.
+ */
+async function openChangeHashes(opts: ReplicateOptions, plan: PointPlan, resumeAt: number) {
+  if (opts.changeHashDir === undefined || !changeHashesAvailable() || resumeAt > 0) return undefined;
+  const place = changeHashPlace(opts.changeHashDir, opts.store.location, plan.domain, plan.disk, plan.grid);
+  // The scan's own reader, and one the writer copies the parent's entries from as it goes (both in index order).
+  const parent = plan.parent && plan.scan ? await ChangeHashReader.open(place, plan.parent) : undefined;
+  const carry = plan.parent && !plan.scan && !plan.full ? await ChangeHashReader.open(place, plan.parent) : undefined;
+  const writer = new ChangeHashWriter(place, plan.scan || plan.full ? 'zero' : carry);
+  return {
+    seed: place.seed,
+    parent,
+    writer,
+    async close() {
+      await writer.abort(); // after finish(), only its temp file's removal, which is gone
+      await parent?.close();
+      await carry?.close();
+    },
+  };
 }
 
 /** Puts the point's manifest, the commit: created once, never over another writer's point of the same number. */

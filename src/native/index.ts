@@ -96,6 +96,18 @@ interface NativeBinding {
   lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
   lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
   xxh64(data: Uint8Array, seed?: bigint): bigint;
+  xxh3Info(): { version?: string; error?: string };
+  xxh3(data: Uint8Array, seed: bigint, out: Uint8Array): void;
+  changeHashes(fd: number, chunks: Float64Array, seed: bigint, out: Uint8Array): Promise<ChangeHashRun>;
+}
+
+/** What one changeHashes run read: its bytes, and where a read came up short (the source ended). */
+export interface ChangeHashRun {
+  bytes: number;
+  /** The position in the run of the chunk whose read came up short; nothing after it was read. */
+  short?: number;
+  /** That chunk's bytes. */
+  got?: number;
 }
 
 // Two levels below the package root both as src/native (tap runs .ts) and as dist/native (tsc rootDir 'src').
@@ -469,4 +481,23 @@ export function nativeXxh64(data: Uint8Array, seed?: bigint): bigint {
   if (seed !== undefined && (typeof seed !== 'bigint' || seed < 0n || seed >= 1n << 64n))
     throw new RangeError('xxh64: seed must be a bigint in [0, 2^64)');
   return binding.xxh64(data, seed);
+}
+
+/**
+ * XXH3-128 (libxxhash 0.8+, the system's) of one buffer with a seed, written to out[0..16) in xxhsum's byte order:
+ * the change hash of a chunk (src/jobs/replicate/change-hashes.ts). Undefined where libxxhash is missing.
+ */
+export const xxh3: ((data: Uint8Array, seed: bigint, out: Uint8Array) => void) | undefined = binding.xxh3Info().version ? binding.xxh3 : undefined;
+
+/** libxxhash's version, or why it is not used. */
+export const xxh3Implementation: string = binding.xxh3Info().version
+  ? `libxxhash ${binding.xxh3Info().version}`
+  : `none (libxxhash: ${binding.xxh3Info().error})`;
+
+/**
+ * Reads chunks of fd, (offset, length) pairs in `chunks`, and writes each one's xxh3 to out at 16 x its position: one
+ * job on the libuv pool, so runs in flight at once hash on as many cores. Needs xxh3 (check it first).
+ */
+export function changeHashes(fd: number, chunks: Float64Array, seed: bigint, out: Uint8Array): Promise<ChangeHashRun> {
+  return binding.changeHashes(fd, chunks, seed, out);
 }

@@ -41,6 +41,8 @@ export interface OpMessage {
   position: number;
   chunks: Float64Array;
   parentIds: Uint8Array;
+  /** Also take each chunk's change hash (xxh3 under this seed): blob:id-encode, blob:read-id-encode, blob:scan. */
+  changeSeed?: bigint;
   blobs: Array<{ offset: number; length: number; codec: number; plainLength: number }>;
   // Key messages.
   name: string;
@@ -64,6 +66,8 @@ export interface CodecOpsDeps {
   /** blob:scan's reads (fs.readSync: one pread) and zero test (the addon's). */
   readSync?: (fd: number, buf: Uint8Array, offset: number, length: number, position: number) => number;
   isZero?: (buf: Uint8Array) => boolean;
+  /** The addon's xxh3, where libxxhash is loaded: change hashes (src/jobs/replicate/change-hashes.ts). */
+  xxh3?: (data: Uint8Array, seed: bigint, out: Uint8Array) => void;
 }
 
 /** A scanned chunk's parent (blob:scan's input), three numbers per chunk with its offset and length. */
@@ -216,11 +220,21 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
    */
   function blobIdEncode(m: OpMessage): OpReply {
     const t0 = cpu();
-    const id = chunkId(m.idName, view(m.in, m.inOff, m.len));
+    const plain = view(m.in, m.inOff, m.len);
+    const id = chunkId(m.idName, plain);
+    const change = changeHash(m, plain);
     const hashMs = cpu() - t0;
-    const reply = { chunkId: new Uint8Array(id), hashMs };
+    const reply = { chunkId: new Uint8Array(id), hashMs, ...(change ? { change } : {}) };
     if ((m.parentId && id.equals(m.parentId)) || (m.known && idFilterHas(m.known, id))) return { ...reply, skipped: true };
     return { ...reply, ...blobEncode({ ...m, chunkId: id }) };
+  }
+
+  /** The change hash of plain when m asks for one and this thread has xxh3. */
+  function changeHash(m: OpMessage, plain: Uint8Array): Uint8Array | undefined {
+    if (m.changeSeed === undefined || !deps.xxh3) return undefined;
+    const h = new Uint8Array(16);
+    deps.xxh3(plain, m.changeSeed, h);
+    return h;
   }
 
   /** The reads of blob:scan and blob:read-id-encode: one pread and the zero test, both from the worker's deps. */
@@ -308,12 +322,14 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
    * unchanged disk costs the main thread one trip per run instead of a read and a trip per chunk. m.chunks holds
    * (offset, length, ScanParent) per chunk, m.parentIds the parent's id at 32 x its position (ScanParent.ID). A chunk
    * is UNCHANGED (same id), ZERO (reads as zeros, the parent had no data) or CHANGED (the main thread reads it again
-   * and stores it). A short read stops the run: `short` is that chunk's position, `got` its bytes.
+   * and stores it). A short read stops the run: `short` is that chunk's position, `got` its bytes. With
+   * m.changeSeed, `changes` holds each chunk's change hash at 16 x its position.
    */
   function blobScan(m: OpMessage): OpReply {
     const { readSync, isZero } = sourceReads(m.op);
     const count = m.chunks.length / 3;
     const states = new Uint8Array(count);
+    const changes = m.changeSeed !== undefined && deps.xxh3 ? new Uint8Array(16 * count) : undefined;
     let readMs = 0;
     let hashMs = 0;
     let longest = 0;
@@ -328,6 +344,7 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
       readMs += t1 - t0;
       if (got !== length) return { states: states.subarray(0, i), short: i, got, readMs, hashMs };
       const plain = buf.subarray(0, length);
+      if (changes) deps.xxh3!(plain, m.changeSeed!, changes.subarray(16 * i, 16 * i + 16));
       if (isZero(plain)) states[i] = parent === ScanParent.NONE || parent === ScanParent.ZERO ? ScanState.ZERO : ScanState.CHANGED;
       else if (parent !== ScanParent.ID) states[i] = ScanState.CHANGED;
       else {
@@ -336,7 +353,7 @@ export function makeCodecOps(deps: CodecOpsDeps): { handle(m: OpMessage): OpRepl
         hashMs += cpu() - t1;
       }
     }
-    return { states, readMs, hashMs };
+    return { states, readMs, hashMs, ...(changes ? { changes } : {}) };
   }
 
   /** Handles one message; returns the reply (undefined for the key messages, which have none). */

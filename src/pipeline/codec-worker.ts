@@ -28,6 +28,8 @@ interface WorkerAddon {
   lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
   lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
   xxh64?: (data: Uint8Array) => bigint;
+  xxh3Info?: () => { version?: string };
+  xxh3?: (data: Uint8Array, seed: bigint, out: Uint8Array) => void;
   threadCpuMs?: () => number;
   glibc?: boolean;
 }
@@ -75,6 +77,7 @@ const ops = makeCodecOps({
   idKeys: [['plain', Buffer.from(data.plainIdKey)]],
   readSync: (fd, buf, offset, length, position) => fs.readSync(fd, buf, offset, length, position),
   isZero: addon.isZero,
+  xxh3: addon.xxh3Info?.().version ? addon.xxh3 : undefined,
 });
 
 // Each message leaves a few hundred bytes of garbage in old space, and a busy worker that never fills its old

@@ -55,6 +55,8 @@ export interface ScanReply {
   /** Set when a read came back short: the position of that chunk in the run, and the bytes it got. */
   short?: number;
   got?: number;
+  /** Each chunk's change hash at 16 x its position, when the run asked for them. */
+  changes?: Uint8Array;
 }
 
 /** What the 'seal:*' ops need beyond a plain encode/decode: the key id and the chunk's AAD fields (format/seal.ts). */
@@ -303,8 +305,8 @@ export class CodecWorkers {
    * blob:scan (codec-ops.ts): chunks read from fd (lent by the source, valid until this settles) on a worker and
    * compared there with their parents; chunks holds (offset, length, ScanParent) per chunk.
    */
-  scanChunks(fd: number, idName: string, chunks: Float64Array, parentIds: Uint8Array): Promise<ScanReply> {
-    return this.send({ op: 'blob:scan', fd, idName, chunks, parentIds });
+  scanChunks(fd: number, idName: string, chunks: Float64Array, parentIds: Uint8Array, changeSeed?: bigint): Promise<ScanReply> {
+    return this.send({ op: 'blob:scan', fd, idName, chunks, parentIds, ...(changeSeed !== undefined ? { changeSeed } : {}) });
   }
 
   /** Gives msg to every worker (now and respawned) until as many release(id) calls as retain(id) calls. */
@@ -390,10 +392,12 @@ export interface IdEncodeFields {
   keyId?: string;
   parentId?: Uint8Array;
   known?: Int32Array;
+  /** Also the chunk's change hash, xxh3 under this seed (where the thread has libxxhash). */
+  changeSeed?: bigint;
 }
 
-/** A chunk's id, and its blob unless the chunk is its parent's or the filter says the domain may hold it (`skipped`). */
-export type IdEncoded = { id: Buffer; hashMs: number } & ({ skipped: true } | ({ skipped?: undefined } & EncodedBlob));
+/** A chunk's id (and change hash, when asked), and its blob unless the chunk is its parent's or the filter says the domain may hold it (`skipped`). */
+export type IdEncoded = { id: Buffer; hashMs: number; change?: Uint8Array } & ({ skipped: true } | ({ skipped?: undefined } & EncodedBlob));
 
 /** The message fields of blob:id-encode (blob:read-id-encode adds the read). */
 function idEncodeMessage(plain: Uint8Array, out: Uint8Array, codec: number, f: IdEncodeFields): Record<string, unknown> {
@@ -404,6 +408,7 @@ function idEncodeMessage(plain: Uint8Array, out: Uint8Array, codec: number, f: I
     ...(f.keyId ? { key: f.keyId } : {}),
     ...(f.parentId ? { parentId: new Uint8Array(f.parentId) } : {}),
     ...(f.known ? { known: f.known } : {}),
+    ...(f.changeSeed !== undefined ? { changeSeed: f.changeSeed } : {}),
   };
 }
 

@@ -5,7 +5,7 @@
 // waited. Only with liblz4: lz4-napi's garbage needs the gc() a worker isolate exposes.
 import fs from 'node:fs';
 import { makeKernel } from '../format/codec-kernel.js';
-import { blake3, Blake3Hasher, copyBytes, isZero, lz4Block, nativeXxh64, threadCpuMs, zeroBytes } from '../native/index.js';
+import { blake3, Blake3Hasher, copyBytes, isZero, lz4Block, nativeXxh64, threadCpuMs, xxh3, zeroBytes } from '../native/index.js';
 import { PLAIN_ID_KEY } from '../repository/domain.js';
 import { errorText, makeCodecOps, type OpMessage } from './codec-ops.js';
 
@@ -26,6 +26,7 @@ export class InlineLane {
     idKeys: [['plain', Buffer.from(PLAIN_ID_KEY)]],
     readSync: (fd, buf, offset, length, position) => fs.readSync(fd, buf, offset, length, position),
     isZero,
+    xxh3,
   });
 
   /** True where this process can run codec ops on its main thread (liblz4 loaded). */

@@ -19,7 +19,7 @@ import {
   writeAt,
   writeHoleImage,
 } from '../helpers/images.js';
-import { DIST_INDEX, json, lines, runCli, runScript } from '../helpers/cli.js';
+import { CLI, DIST_INDEX, json, lines, runCli, runScript } from '../helpers/cli.js';
 
 stopCodecWorkersAtEnd(t);
 
@@ -169,6 +169,30 @@ t.test('help and version', async (t) => {
   const v = await runCli(['--version']);
   t.equal(v.code, 0);
   t.match(v.stdout.trim(), /^\d+\.\d+\.\d+/);
+});
+
+t.test('a reader that closes the pipe early: the replicate still commits, no stack trace, exit 0', async (t) => {
+  const dir = tmpDir(t, 'cli-epipe');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(MiB, 41));
+  // The shell's `| head -1`: stdout's reader exits after one line, before the replicate's last lines are written.
+  const r = await runScript(
+    `const { spawn } = await import('node:child_process');
+     const c = spawn(process.execPath, [${JSON.stringify(CLI)}, 'replicate', '--source', ${JSON.stringify(img)}, '--target', ${JSON.stringify(path.join(dir, 'store'))}, '--cache-dir', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+     let err = '';
+     c.stderr.on('data', (d) => (err += d));
+     c.stdout.once('data', () => c.stdout.destroy());
+     const code = await new Promise((resolve) => c.on('exit', resolve));
+     console.log(JSON.stringify({ code, err }));`,
+  );
+  const { code, err } = JSON.parse(r.stdout);
+  t.equal(code, 0, 'exit 0');
+  t.notMatch(err, /EPIPE|at /, 'nothing on stderr about the pipe');
+  t.equal(
+    json(await runCli(['points', '--store', path.join(dir, 'store'), '--disk', 'disk.img', '--json'])).points.length,
+    1,
+    'the point was committed',
+  );
 });
 
 t.test('the built-in demo on a small disk restores both points byte-exact', async (t) => {

@@ -51,6 +51,11 @@ export interface ReplicateOptions {
   beforeCommit?: () => Promise<void>;
   /** The one-writer-per-disk lease: options, or false to skip it (the caller holds it). */
   lease?: LeaseOptions | false;
+  /**
+   * A directory of this node's where each committed point's change hashes are kept (change-hashes.ts): the next
+   * incremental from a raw source compares chunks by them at memory speed before taking any chunk id. Absent: none.
+   */
+  changeHashDir?: string;
 }
 
 export interface ReplicateProgress {
@@ -78,6 +83,11 @@ export interface ReplicateResult {
   /** Why a change-tracking source was read in full (tracking reset, no marker...). */
   rescanReason?: string;
   resumed: boolean;
+  /**
+   * How an incremental that read the whole disk found its unchanged chunks: by this node's change hashes of the
+   * parent (memory speed), or by chunk ids (keyed BLAKE3) where it holds none. Absent when it read only changes.
+   */
+  comparedBy?: 'change-hashes' | 'chunk-ids';
   diskSize: number;
   chunkSize: number;
   bytesRead: number;

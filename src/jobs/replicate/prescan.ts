@@ -3,11 +3,14 @@
 // unchanged 1.5 GiB image took several times what hashing it costs (issue 13). Here runs of chunks go to the codec
 // workers with the source's fd: they read and hash them there, and only the chunks that changed come back to the
 // pipeline, which reads them again and stores them.
+import { availableParallelism } from 'node:os';
 import { isZeroEntry } from '../../format/table.js';
+import { changeHashes, type ChangeHashRun } from '../../native/index.js';
 import type { CodecWorkers, ScanReply } from '../../pipeline/codec-workers.js';
 import { ScanParent, ScanState } from '../../pipeline/codec-ops.js';
 import type { ChunkGrid } from '../../pipeline/grid.js';
 import type { Delta } from './options.js';
+import { CHANGE_HASH_BYTES, zeroChunkHash, type ChangeHashReader } from './change-hashes.js';
 import type { Candidate } from './plan.js';
 import { sourceEnded, workerReadFailed } from './source-errors.js';
 
@@ -15,6 +18,8 @@ import { sourceEnded, workerReadFailed } from './source-errors.js';
 export interface Decided {
   index: number;
   delta: Delta;
+  /** Its change hash, when the scan took one. */
+  change?: Uint8Array;
 }
 
 export interface PrescanOptions {
@@ -25,6 +30,8 @@ export interface PrescanOptions {
   workers: CodecWorkers;
   /** The source, for messages. */
   location: string;
+  /** Also take each chunk's change hash under this seed (for the cache the run writes: change-hashes.ts). */
+  changeSeed?: bigint;
   /**
    * Each run's reply, as it arrives (the stage clock), with the bytes of its chunks found unchanged: what the source
    * gave only through the fd. A changed chunk's bytes count once, when the pipeline reads it again (from page cache).
@@ -59,7 +66,7 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
 
   const send = () => {
     if (!run.length) return;
-    const reply = o.workers.scanChunks(o.fd, o.idName, describe(run, o.grid), parentIds(run));
+    const reply = o.workers.scanChunks(o.fd, o.idName, describe(run, o.grid), parentIds(run), o.changeSeed);
     reply.catch(() => {}); // awaited in order below; one that fails after the run has ended is not unhandled
     queue.push({ run, reply });
     running++;
@@ -85,8 +92,9 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
     for (let i = 0; i < q.run.length; i++) {
       const c = q.run[i];
       const bytesRead = o.grid.length(c.index);
-      if (r.states[i] === ScanState.UNCHANGED) yield { index: c.index, delta: { bytesRead, chunksData: 1 } };
-      else if (r.states[i] === ScanState.ZERO) yield { index: c.index, delta: { bytesRead } };
+      const change = r.changes?.subarray(16 * i, 16 * i + 16);
+      if (r.states[i] === ScanState.UNCHANGED) yield { index: c.index, delta: { bytesRead, chunksData: 1 }, change };
+      else if (r.states[i] === ScanState.ZERO) yield { index: c.index, delta: { bytesRead }, change };
       else {
         changed++;
         yield c;
@@ -131,4 +139,114 @@ function parentIds(run: Candidate[]): Uint8Array {
     if (c.parent?.id) ids.set(c.parent.id, 32 * i);
   });
   return ids;
+}
+
+export interface HashPrescanOptions {
+  fd: number;
+  grid: ChunkGrid;
+  /** The parent point's change hashes (this node's cache of them) and the seed they were taken with. */
+  parent: ChangeHashReader;
+  seed: bigint;
+  location: string;
+  /** Each run as it is compared: its wall time on the pool, and the bytes of its chunks found unchanged. */
+  onScanned: (ms: number, unchangedBytes: number) => void;
+}
+
+/** Bytes and chunks per change-hash run: ~10 ms of a core, so an abort or a failure is heard soon. */
+const HASH_RUN_BYTES = 64 * 1024 * 1024;
+const HASH_RUN_CHUNKS = 64;
+
+/**
+ * prescanned() for a parent whose change hashes this node holds (change-hashes.ts): runs of chunks are read and
+ * hashed with XXH3-128 on the libuv pool (native, as many runs at once as there are cores, plus one queued), and a
+ * chunk whose hash equals the parent's is unchanged, or still zero. Every other chunk (changed, or its parent hash not
+ * known) goes on to the pipeline, which takes its id and compares that with the parent's.
+ */
+export async function* hashPrescanned(cands: AsyncIterable<Candidate>, o: HashPrescanOptions): AsyncIterable<Candidate | Decided> {
+  const perRun = Math.max(1, Math.min(HASH_RUN_CHUNKS, Math.floor(HASH_RUN_BYTES / o.grid.chunkSize)));
+  const maxRuns = Math.min(4, availableParallelism() + 1);
+  const zeroHashes = new Map<number, Buffer>();
+  const zeroHash = (length: number) => {
+    let h = zeroHashes.get(length);
+    if (!h) zeroHashes.set(length, (h = zeroChunkHash(o.seed, length)));
+    return h;
+  };
+  type Run = { run: Candidate[]; hashes: Uint8Array; reply: Promise<{ r: ChangeHashRun; ms: number }> };
+  const queue: Array<Run | { single: Candidate }> = [];
+  let run: Candidate[] = [];
+  let running = 0;
+  let scanned = 0;
+  let changed = 0;
+  let givenUp = false;
+
+  const send = () => {
+    if (!run.length) return;
+    const chunks = new Float64Array(2 * run.length);
+    run.forEach((c, i) => {
+      chunks[2 * i] = o.grid.offset(c.index);
+      chunks[2 * i + 1] = o.grid.length(c.index);
+    });
+    const hashes = new Uint8Array(CHANGE_HASH_BYTES * run.length);
+    const start = performance.now();
+    const reply = changeHashes(o.fd, chunks, o.seed, hashes).then((r) => ({ r, ms: performance.now() - start }));
+    reply.catch(() => {}); // awaited in order below
+    queue.push({ run, hashes, reply });
+    running++;
+    run = [];
+  };
+
+  async function* next(): AsyncIterable<Candidate | Decided> {
+    const q = queue.shift()!;
+    if ('single' in q) {
+      yield q.single;
+      return;
+    }
+    running--;
+    const { r, ms } = await q.reply.catch((err: unknown) => {
+      throw workerReadFailed(o.location, err);
+    });
+    if (r.short !== undefined) throw sourceEnded(o.location, o.grid.offset(q.run[r.short].index) + r.got!, o.grid.diskSize);
+    const decided: Array<Candidate | Decided> = [];
+    let unchangedBytes = 0;
+    for (let i = 0; i < q.run.length; i++) {
+      const c = q.run[i];
+      const length = o.grid.length(c.index);
+      const h = q.hashes.subarray(CHANGE_HASH_BYTES * i, CHANGE_HASH_BYTES * (i + 1));
+      const was = await o.parent.get(c.index);
+      const same = was !== undefined && Buffer.compare(h, was) === 0;
+      // The parent's hash says what the parent held; its table must agree (zero there and zero now, or data).
+      const parentZero = !c.parent || isZeroEntry(c.parent);
+      const zeroNow = same && Buffer.compare(h, zeroHash(length)) === 0;
+      if (same && parentZero && zeroNow) decided.push({ index: c.index, delta: { bytesRead: length }, change: h });
+      else if (same && !parentZero && !zeroNow && c.parent!.plainLength === length)
+        decided.push({ index: c.index, delta: { bytesRead: length, chunksData: 1 }, change: h });
+      else {
+        changed++;
+        decided.push(c);
+        continue;
+      }
+      unchangedBytes += length;
+    }
+    o.onScanned(ms, unchangedBytes);
+    scanned += q.run.length;
+    yield* decided;
+    if (scanned >= GIVE_UP_AFTER_CHUNKS && changed > GIVE_UP_CHANGED * scanned) givenUp = true;
+  }
+
+  try {
+    for await (const c of cands) {
+      if (c.read && !givenUp) {
+        run.push(c);
+        if (run.length >= perRun) send();
+      } else {
+        send();
+        queue.push({ single: c });
+      }
+      while (queue.length && ('single' in queue[0] || running >= maxRuns)) yield* next();
+    }
+    send();
+    while (queue.length) yield* next();
+  } finally {
+    await Promise.allSettled(queue.flatMap((q) => ('reply' in q ? [q.reply] : [])));
+  }
 }

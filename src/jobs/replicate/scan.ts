@@ -20,7 +20,8 @@ import { pipelineDepths } from './budget.js';
 import type { Delta, ReplicateOptions } from './options.js';
 import type { PackWriter } from './packs.js';
 import { candidates, type Candidate, type PointPlan, type ResumeFrom } from './plan.js';
-import { prescanned, type Decided } from './prescan.js';
+import { zeroChunkHash, type ChangeHashReader, type ChangeHashWriter } from './change-hashes.js';
+import { hashPrescanned, prescanned, type Decided } from './prescan.js';
 import type { RunState } from './run-state.js';
 import { sourceEnded, workerReadFailed } from './source-errors.js';
 import type { TableWriter } from './table.js';
@@ -35,12 +36,19 @@ export interface ChunkScanOptions {
   known: IdFilter;
   run: RunState;
   lease: Lease | undefined;
+  /**
+   * The change hashes this run takes for the next (writer, with their seed), and the parent's when this node holds
+   * them (an incremental scan then compares chunks by those first: prescan.ts hashPrescanned).
+   */
+  changes?: { seed: bigint; writer: ChangeHashWriter; parent?: ChangeHashReader };
 }
 
-/** What one candidate chunk became: its table record (null: nothing to record) and what it cost. */
+/** What one candidate chunk became: its table record (null: nothing to record), what it cost, its change hash. */
 interface Outcome {
   entry: ChunkEntry | null;
   delta: Delta;
+  /** Undefined: not known (or not taken). */
+  change?: Uint8Array;
 }
 
 export class ChunkScan {
@@ -49,6 +57,8 @@ export class ChunkScan {
   settledCount = 0;
   /** The index after the last settled chunk: a checkpoint written now covers every chunk before it. */
   nextIndex: number;
+  /** How an incremental scan found its unchanged chunks, when it did (ReplicateResult.comparedBy). */
+  comparedBy: 'change-hashes' | 'chunk-ids' | undefined;
   private started = 0;
   /** Disk offset of the last chunk handed to the pipeline. */
   private position = 0;
@@ -61,6 +71,7 @@ export class ChunkScan {
   private readonly plainPool: BufferPool<Buffer>;
   private readonly outPool: BufferPool<Buffer>;
   private readonly reorderWindow: number;
+  private readonly zeroHashes = new Map<number, Buffer>();
 
   constructor(private readonly o: ChunkScanOptions) {
     this.clock = new StageClock(o.opts.onStage);
@@ -101,16 +112,18 @@ export class ChunkScan {
           while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
           if (run.failed) break;
           run.live.bytesRead += c.delta.bytesRead ?? 0;
-          this.settle(ordinal, { entry: null, delta: c.delta });
+          this.settle(ordinal, { entry: null, delta: c.delta, change: c.change });
           this.position = position;
           continue;
         }
         if (!c.read) {
           // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
           const zeroNow = plan.scan && c.parent && !isZeroEntry(c.parent);
+          // A scan's unread chunk reads as zeros; a tracked source's is unchanged: the writer keeps the parent's hash.
+          const change = plan.scan ? this.zeroHash(grid.length(c.index)) : undefined;
           this.settle(
             ordinal,
-            zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 } } : { entry: null, delta: {} },
+            zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 }, change } : { entry: null, delta: {}, change },
           );
           continue;
         }
@@ -166,12 +179,30 @@ export class ChunkScan {
     const { opts, plan, from } = this.o;
     const all = candidates(plan.toRead, parentView);
     if (fd === undefined) return all;
+    const changes = this.o.changes;
+    if (changes?.parent && plan.scan) {
+      this.comparedBy = 'change-hashes';
+      return hashPrescanned(fromIndex(all, from.nextIndex), {
+        fd,
+        grid: plan.grid,
+        parent: changes.parent,
+        seed: changes.seed,
+        location: opts.source.location,
+        onScanned: (ms, unchangedBytes) => {
+          this.clock.readOnWorker(0, ms);
+          opts.source.readElsewhere?.(unchangedBytes);
+          this.progress();
+        },
+      });
+    }
+    this.comparedBy = 'chunk-ids';
     return prescanned(fromIndex(all, from.nextIndex), {
       fd,
       grid: plan.grid,
       idName: plan.domain.name,
       workers: this.workers,
       location: opts.source.location,
+      changeSeed: changes?.seed,
       onScanned: (r, unchangedBytes) => {
         this.clock.readOnWorker(r.readMs, r.hashMs);
         opts.source.readElsewhere?.(unchangedBytes);
@@ -182,20 +213,30 @@ export class ChunkScan {
 
   /** Takes a chunk's outcome; the outcomes of every chunk up to the first missing one go into the table, in order. */
   private settle(ordinal: number, outcome: Outcome): void {
-    const { run, table } = this.o;
+    const { run, table, changes } = this.o;
     this.done.set(ordinal, outcome);
     while (this.done.has(this.settledCount)) {
-      const { entry: e, delta } = this.done.get(this.settledCount)!;
+      const { entry: e, delta, change } = this.done.get(this.settledCount)!;
       this.done.delete(this.settledCount);
       for (const k of Object.keys(delta) as Array<keyof Delta>) run.stats[k] += delta[k] ?? 0;
       const index = this.indexOf.get(this.settledCount)!;
       this.nextIndex = index + 1;
       this.indexOf.delete(this.settledCount);
       this.settledCount++;
+      changes?.writer.put(index, change);
       table.settle(index, e);
       if (table.due) table.flush(this.nextIndex);
     }
     run.wake();
+  }
+
+  /** The change hash of a zero chunk of this length. */
+  private zeroHash(length: number): Buffer | undefined {
+    const seed = this.o.changes?.seed;
+    if (seed === undefined) return undefined;
+    let h = this.zeroHashes.get(length);
+    if (!h) this.zeroHashes.set(length, (h = zeroChunkHash(seed, length)));
+    return h;
   }
 
   private progress(): void {
@@ -239,8 +280,9 @@ export class ChunkScan {
     const shortRead = (n: number) => sourceEnded(source.location, offset + n, grid.diskSize);
     const zeroChunk = (n: number): Outcome => {
       const delta: Delta = { bytesRead: n, chunksZero: plan.scan ? 0 : 1 };
-      if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta };
-      return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 } };
+      const change = this.zeroHash(length);
+      if (!c.parent || isZeroEntry(c.parent)) return { entry: null, delta, change };
+      return { entry: zeroEntry(c.index, length), delta: { ...delta, chunksChanged: 1 }, change };
     };
     if (fd === undefined) {
       const n = await clock.time(c.index, 'read', () => source.read(offset, plainSlot, length));
@@ -248,16 +290,21 @@ export class ChunkScan {
       run.live.bytesRead += n;
       if (isZero(plain)) return zeroChunk(n);
     }
+    let change: Uint8Array | undefined;
     const dedupHit = (l: ChunkLocation, entry: ChunkEntry): Outcome => {
       packs.reuse(l);
-      return { entry, delta: { bytesRead: length, chunksData: 1, chunksChanged: 1, chunksDeduplicated: 1, bytesDeduplicated: length } };
+      return {
+        entry,
+        delta: { bytesRead: length, chunksData: 1, chunksChanged: 1, chunksDeduplicated: 1, bytesDeduplicated: length },
+        change,
+      };
     };
     // Unchanged when the 32-byte ids agree (never a shorter digest): nothing to record or store.
     const parentId = c.parent?.id && c.parent.plainLength === length ? c.parent.id : undefined;
     const out = await this.storeWait(this.outPool.acquire(c.index)); // the earliest chunk first: a checkpoint covers chunks in index order
     try {
       const start = performance.now();
-      const f = { idName: domain.name, keyId: domain.key?.keyId, parentId, known: this.o.known.words };
+      const f = { idName: domain.name, keyId: domain.key?.keyId, parentId, known: this.o.known.words, changeSeed: this.o.changes?.seed };
       let r: IdEncoded;
       if (fd === undefined) r = await this.workers.idEncodeBlob(plain, out, codec, f);
       else {
@@ -272,9 +319,10 @@ export class ChunkScan {
         r = read;
       }
       const { id, hashMs } = r;
+      change = r.change;
       if (parentId?.equals(id)) {
         clock.encoded(c.index, start, { hashMs, packMs: 0 });
-        return { entry: null, delta: { bytesRead: length, chunksData: 1 } };
+        return { entry: null, delta: { bytesRead: length, chunksData: 1 }, change };
       }
       const entry = v2Entry(c.index, id, length, plan.seq);
       const hit = packs.reusable(id);
@@ -295,7 +343,7 @@ export class ChunkScan {
       );
       // Another chunk with the same content was stored while this one was encoded.
       if (late) return dedupHit(late, entry);
-      return { entry, delta: { bytesRead: length, chunksData: 1, chunksChanged: 1 } };
+      return { entry, delta: { bytesRead: length, chunksData: 1, chunksChanged: 1 }, change };
     } finally {
       this.outPool.release(out);
     }

@@ -1,0 +1,162 @@
+// Issue 13: an incremental from a raw source compares every chunk with its parent, and by keyed BLAKE3 ids that scan
+// cannot come near `xxhsum -H2`. A node keeps each committed point's XXH3-128 change hashes in a local cache
+// (src/jobs/replicate/change-hashes.ts) and the next incremental compares by those first. The cache is only ever a
+// hint: these tests check that the points stay exact when it is used, stale, damaged or absent, and that the chunks
+// it finds changed are exactly the ones written.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { changeHashesAvailable, changeHashPlace, ChangeHashReader, ChangeHashWriter } from '../../src/jobs/replicate/change-hashes.js';
+import { ChunkGrid } from '../../src/pipeline/grid.js';
+import { Domain } from '../../src/repository/domain.js';
+import {
+  KiB,
+  countingSource,
+  expectRestore,
+  fingerprint,
+  fsStore,
+  mixedChunkImage,
+  randomData,
+  snap,
+  stopCodecWorkersAtEnd,
+  textData,
+  tmpDir,
+  writeAt,
+} from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
+
+const CHUNK = 64 * KiB;
+
+t.test('libxxhash is loaded here (CI installs it with xxhash)', async (t) => {
+  t.ok(changeHashesAvailable(), 'change hashes can be taken');
+});
+
+t.test('an incremental compares by the parent point’s change hashes and records exactly the chunks written', async (t) => {
+  const dir = tmpDir(t, 'change-hashes');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  const changeHashDir = path.join(dir, 'cache');
+  const size = mixedChunkImage(img, CHUNK);
+  const p1 = await snap(store, img, 'd', { chunkSize: CHUNK, changeHashDir });
+  t.equal(p1.comparedBy, undefined, 'a full point compares nothing');
+  const files = fs.readdirSync(path.join(changeHashDir, 'change-hashes'));
+  t.equal(files.length, 1, 'the full point left its change hashes');
+
+  // One changed byte, text turned to zeros, zeros and a hole turned to data, the short last chunk.
+  writeAt(img, 3 * CHUNK + 17, Buffer.from([fs.readFileSync(img).readUInt8(3 * CHUNK + 17) ^ 0xff]));
+  writeAt(img, 45 * CHUNK, Buffer.alloc(CHUNK));
+  writeAt(img, 65 * CHUNK + 100, randomData(1000, 4));
+  writeAt(img, 85 * CHUNK, textData(CHUNK, 5));
+  writeAt(img, size - 10, randomData(10, 6));
+  const fp2 = fingerprint(img);
+  const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
+  const p2 = await snap(store, img, 'd', { changeHashDir, wrapSource: (s) => (counted.c = countingSource(s)) });
+  t.equal(p2.comparedBy, 'change-hashes', 'compared by change hashes');
+  t.equal(p2.chunksChanged, 5, 'exactly the five chunks written are recorded');
+  t.equal(counted.c!.reads, 5, 'only they went through the pipeline');
+  t.equal(counted.c!.bytes, p2.bytesRead, 'each byte read counts once');
+  await expectRestore(t, store, 'd', 2, fp2, dir, 'the incremental');
+
+  // The point it wrote left hashes of its own: the next run compares by them too.
+  writeAt(img, 7 * CHUNK, randomData(CHUNK, 7));
+  const fp3 = fingerprint(img);
+  const p3 = await snap(store, img, 'd', { changeHashDir });
+  t.equal(p3.comparedBy, 'change-hashes');
+  t.equal(p3.chunksChanged, 1);
+  await expectRestore(t, store, 'd', 3, fp3, dir, 'the next incremental');
+});
+
+t.test('hashes of another point, or damaged ones, are not trusted: the run compares by ids and stays exact', async (t) => {
+  const dir = tmpDir(t, 'change-hashes');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  const changeHashDir = path.join(dir, 'cache');
+  mixedChunkImage(img, CHUNK);
+  await snap(store, img, 'd', { chunkSize: CHUNK, changeHashDir });
+  const [file] = fs.readdirSync(path.join(changeHashDir, 'change-hashes')).map((f) => path.join(changeHashDir, 'change-hashes', f));
+  const ofPoint1 = fs.readFileSync(file);
+
+  // A point committed without the cache: the file still holds point 1's hashes, which say nothing of point 2.
+  writeAt(img, 5 * CHUNK, randomData(CHUNK, 8));
+  await snap(store, img, 'd', { changeHashDir: undefined });
+  writeAt(img, 9 * CHUNK, randomData(CHUNK, 9));
+  const fp3 = fingerprint(img);
+  const p3 = await snap(store, img, 'd', { changeHashDir });
+  t.equal(p3.comparedBy, 'chunk-ids', 'hashes bound to an older point are not used');
+  t.equal(p3.chunksChanged, 1);
+  await expectRestore(t, store, 'd', 3, fp3, dir, 'the point after a stale cache');
+
+  // Point 3 wrote its own hashes (taken on the workers while they compared ids): flip a bit in an entry.
+  const ofPoint3 = fs.readFileSync(file);
+  t.not(ofPoint3.compare(ofPoint1), 0, 'the run replaced the stale hashes');
+  ofPoint3[96 + 16 * 9 + 3] ^= 0x10;
+  fs.writeFileSync(file, ofPoint3);
+  writeAt(img, 12 * CHUNK, randomData(CHUNK, 10));
+  const fp4 = fingerprint(img);
+  const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
+  const p4 = await snap(store, img, 'd', { changeHashDir, wrapSource: (s) => (counted.c = countingSource(s)) });
+  t.equal(p4.comparedBy, 'change-hashes', 'the header still binds the file to point 3');
+  t.equal(p4.chunksChanged, 1, 'the damaged block’s chunks were compared by id: none of them recorded as changed');
+  t.ok(counted.c!.reads > 1, `the damaged block's chunks went through the pipeline (${counted.c!.reads} reads)`);
+  await expectRestore(t, store, 'd', 4, fp4, dir, 'the point after a damaged cache');
+
+  // A truncated file is not used at all.
+  fs.truncateSync(file, 50);
+  const p5 = await snap(store, img, 'd', { changeHashDir });
+  t.equal(p5.comparedBy, 'chunk-ids');
+  t.equal(p5.chunksChanged, 0);
+});
+
+t.test('a chunk a run does not settle keeps the parent’s hash, or a zero chunk’s', async (t) => {
+  const dir = tmpDir(t, 'change-hashes');
+  const grid = new ChunkGrid(10 * CHUNK + 100, CHUNK);
+  const place = changeHashPlace(dir, '/store', Domain.of(undefined), 'd', grid);
+  const parentPoint = manifestFor(1);
+  const first = new ChangeHashWriter(place, 'zero');
+  for (let i = 0; i < grid.count; i += 2) first.put(i, Buffer.alloc(16, i + 1));
+  t.ok(await first.finish(parentPoint));
+
+  const parent = await ChangeHashReader.open(place, parentPoint);
+  t.ok(parent, 'bound to its point');
+  t.equal(await ChangeHashReader.open(place, manifestFor(2)), undefined, 'not to another');
+  t.same(await parent!.get(4), Buffer.alloc(16, 5));
+  const zero = await parent!.get(3);
+  t.ok(zero && !zero.equals(Buffer.alloc(16)), 'an unsettled chunk of a scan holds the zero chunk hash');
+  const shortZero = await parent!.get(10);
+  t.ok(shortZero && !shortZero.equals(zero!), 'the short last chunk holds the hash of its own length of zeros');
+
+  const carry = await ChangeHashReader.open(place, parentPoint);
+  const next = new ChangeHashWriter(place, carry);
+  next.put(4, Buffer.alloc(16, 0xaa));
+  next.put(6, undefined);
+  t.ok(await next.finish(manifestFor(2)));
+  const child = (await ChangeHashReader.open(place, manifestFor(2)))!;
+  t.same(await child.get(2), Buffer.alloc(16, 3), 'carried from the parent');
+  t.same(await child.get(4), Buffer.alloc(16, 0xaa), 'taken by the run');
+  t.equal(await child.get(6), undefined, 'not known');
+  t.same(await child.get(3), zero, 'the parent’s zero chunk hash, carried');
+  await Promise.all([parent!.close(), carry!.close(), child.close()]);
+  const w = new ChangeHashWriter(place, 'zero');
+  w.put(3, undefined);
+  t.throws(() => w.put(3, undefined), /after chunk 3/, 'in index order only');
+  await w.abort();
+  t.same(fs.readdirSync(path.dirname(place.file)).sort(), [path.basename(place.file)], 'an aborted writer leaves no temp file');
+});
+
+function manifestFor(point: number) {
+  return {
+    format: 'rnode-point',
+    version: 4,
+    disk: 'd',
+    point,
+    parent: null,
+    full: true,
+    createdAt: `2026-12-0${point}T00:00:00.000Z`,
+    diskSize: 10 * CHUNK + 100,
+    chunkSize: CHUNK,
+    source: { kind: 'raw', location: '/img' },
+    table: { generation: 0, records: 0, segments: [{ records: 0, first: 0, last: 0, digest: `d${point}`, key: '' }] },
+    stats: { chunksTotal: 11, chunksChanged: 0, chunksZero: 0, bytesRead: 0, bytesWritten: 0, seconds: 0 },
+  } as unknown as Parameters<typeof ChangeHashReader.open>[1];
+}
