@@ -63,6 +63,9 @@ async function main(): Promise<number> {
   }
 
   const workdir = await fsp.mkdtemp(path.join(settings.parentDir, 'rnode-bench-'));
+  // Every rnode run keeps its change hashes (src/jobs/replicate/change-hashes.ts) here, not in the user's cache:
+  // each run of the bench starts without them, and they go with the work directory.
+  process.env.RNODE_CACHE_DIR = path.join(workdir, 'rnode-cache');
   const cleanup = () => {
     if (settings.keep) log(`kept ${workdir} (RNODE_BENCH_KEEP=1)`);
     else fs.rmSync(workdir, { recursive: true, force: true });

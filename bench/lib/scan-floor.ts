@@ -1,28 +1,33 @@
-// The floor of an incremental scan with cryptographic chunk ids, in Node on this machine: a process that only starts
-// worker threads, which pread the image in 1 MiB chunks and take each chunk's keyed BLAKE3, as rnode's codec workers
-// do, with no repository, no pipeline and nothing written. An incremental from a raw source cannot be faster; how it
-// compares with `xxhsum -H2` (a non-cryptographic hash in one C process) is the most the incremental can reach.
-// With "read", the workers only read (no hash at all): what a Node process pays to start and read the image, the
-// floor under any chunk id, cryptographic or not.
-// usage: node scan-floor.js IMAGE THREADS [read]
+// The floors of an incremental scan in Node on this machine: a process that only reads the image in 1 MiB chunks and
+// hashes each, with no repository, no pipeline and nothing written. An incremental from a raw source cannot be faster;
+// how these compare with `xxhsum -H2` (one C process, no start-up to speak of) is the most an incremental can reach.
+// - "xxh3" (the default): the main thread loads the addon and hands runs of 64 chunks to its changeHashes (pread and
+//   XXH3-128 on the libuv pool, cores + 1 runs at once), as an incremental with this node's change hashes does.
+// - "blake3": worker threads pread the chunks and take each one's keyed BLAKE3, as rnode's codec workers compare chunk
+//   ids when the node holds no change hashes of the parent.
+// usage: node scan-floor.js IMAGE THREADS [xxh3|blake3]
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 
 const CHUNK = 1024 * 1024;
+const RUN = 64;
 
 interface Share {
   file: string;
   from: number;
   to: number;
-  hash: boolean;
 }
 
 type Hasher = { newKeyed(key: Buffer): { update(b: Buffer): { digestBuffer(): Buffer } } };
+type Addon = { changeHashes(fd: number, chunks: Float64Array, seed: bigint, out: Uint8Array): Promise<unknown> };
+
+const require = createRequire(import.meta.url);
 
 /** The same binding rnode loads (src/native/blake.ts), without the package's libc probe. */
 function blake(): Hasher {
-  const require = createRequire(import.meta.url);
   try {
     return (require(`@napi-rs/blake-hash-linux-${process.arch}-gnu`) as { Blake3Hasher: Hasher }).Blake3Hasher;
   } catch {
@@ -30,35 +35,57 @@ function blake(): Hasher {
   }
 }
 
+/** The addon's shipped prebuild (dist/bench/lib -> the package root), as src/native loads it first. */
+function addon(): Addon {
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+  return require(path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node')) as Addon;
+}
+
+async function xxh3Floor(file: string, threads: number): Promise<void> {
+  const { changeHashes } = addon();
+  const fd = fs.openSync(file, 'r');
+  const chunks = Math.ceil(fs.fstatSync(fd).size / CHUNK);
+  let next = 0;
+  const lane = async () => {
+    while (next < chunks) {
+      const first = next;
+      const n = Math.min(RUN, chunks - first);
+      next += n;
+      const run = new Float64Array(2 * n);
+      for (let i = 0; i < n; i++) run.set([(first + i) * CHUNK, CHUNK], 2 * i);
+      await changeHashes(fd, run, 7n, new Uint8Array(16 * n));
+    }
+  };
+  await Promise.all(Array.from({ length: threads + 1 }, lane));
+  fs.closeSync(fd);
+}
+
 if (isMainThread) {
   const [file, threadsArg, mode] = process.argv.slice(2);
   const threads = Number(threadsArg);
-  const chunks = Math.ceil(fs.statSync(file).size / CHUNK);
-  await Promise.all(
-    Array.from({ length: threads }, (_, k) => {
-      const share: Share = {
-        file,
-        from: Math.floor((k * chunks) / threads),
-        to: Math.floor(((k + 1) * chunks) / threads),
-        hash: mode !== 'read',
-      };
-      const w = new Worker(new URL(import.meta.url), { workerData: share });
-      return new Promise<void>((resolve, reject) => {
-        w.once('message', () => resolve());
-        w.once('error', reject);
-      });
-    }),
-  );
+  if (mode !== 'blake3') await xxh3Floor(file, threads);
+  else {
+    const chunks = Math.ceil(fs.statSync(file).size / CHUNK);
+    await Promise.all(
+      Array.from({ length: threads }, (_, k) => {
+        const share: Share = { file, from: Math.floor((k * chunks) / threads), to: Math.floor(((k + 1) * chunks) / threads) };
+        const w = new Worker(new URL(import.meta.url), { workerData: share });
+        return new Promise<void>((resolve, reject) => {
+          w.once('message', () => resolve());
+          w.once('error', reject);
+        });
+      }),
+    );
+  }
 } else {
-  const { file, from, to, hash } = workerData as Share;
-  // The read-only floor loads no hasher: its start is part of what it measures.
-  const Blake3Hasher = hash ? blake() : undefined;
+  const { file, from, to } = workerData as Share;
+  const Blake3Hasher = blake();
   const key = Buffer.alloc(32, 7);
   const buf = Buffer.allocUnsafeSlow(CHUNK);
   const fd = fs.openSync(file, 'r');
   for (let i = from; i < to; i++) {
     const got = fs.readSync(fd, buf, 0, CHUNK, i * CHUNK);
-    if (Blake3Hasher) Blake3Hasher.newKeyed(key).update(buf.subarray(0, got)).digestBuffer();
+    Blake3Hasher.newKeyed(key).update(buf.subarray(0, got)).digestBuffer();
   }
   fs.closeSync(fd);
   parentPort!.postMessage('done');

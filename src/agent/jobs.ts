@@ -445,6 +445,7 @@ export class JobRunner {
           full: r.full,
           ...(r.rebasedFrom !== undefined ? { rebasedFrom: r.rebasedFrom } : {}),
           resumed: r.resumed,
+          ...(r.comparedBy ? { comparedBy: r.comparedBy } : {}),
           marker: point,
           diskSize: r.diskSize,
           bytesRead: r.bytesRead,

@@ -278,6 +278,12 @@ const DiskResultRef = shared(
         }),
       ),
       resumed: Opt(Type.Boolean()),
+      comparedBy: Opt(
+        oneOfStrings(['change-hashes', 'chunk-ids'], {
+          description:
+            "an incremental that read the whole disk: how it found the unchanged chunks (by the node's change hashes of the parent point, or by chunk ids where it held none)",
+        }),
+      ),
       marker: Opt(Type.Union([Type.String(), Type.Null()], { description: 'source change marker saved with the point' })),
       diskSize: Opt(uint()),
       bytesRead: Opt(uint({ description: 'source bytes read for the whole point (a resumed point counts the earlier runs too)' })),

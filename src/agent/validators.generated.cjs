@@ -1560,7 +1560,7 @@ validate65.evaluated = {"props":{"v":true,"type":true,"id":true,"jobId":true,"di
 
 exports["rnode-control/v1/job.completed"] = validate69;
 const schema26 = {"description":"the job finished; for replicate every disk has a committed point","type":"object","required":["v","type","id","seq","at","jobId","kind","results"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.completed","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"jobId":{"$ref":"#/$defs/id"},"kind":{"type":"string","enum":["replicate","recover","verify","prune"]},"attempt":{"minimum":1,"type":"integer"},"scheduled":{"type":"boolean"},"group":{"$ref":"#/$defs/id"},"seconds":{"minimum":0,"type":"number"},"results":{"type":"array","items":{"$ref":"#/$defs/diskResult"}},"vm":{"description":"a VMware VM job: the VM point it committed (further members: see VmJobResult in src/agent/protocol.ts)","type":"object","required":["vm","vmPoint","snapshot","consistency","disks"],"properties":{"vm":{"type":"string"},"vmPoint":{"minimum":1,"type":"integer"},"snapshot":{"type":"string"},"consistency":{"type":"string","enum":["application","crash"]},"disks":{"type":"array","items":{"type":"object","properties":{}}}}},"warnings":{"description":"what did not stop the job but needs attention (e.g. a crash-consistent fallback)","type":"array","items":{"minLength":1,"maxLength":4096,"type":"string"}}}};
-const schema27 = {"description":"per-disk outcome; replicate fills point..seconds and keyId, verify fills ok/problems/checked, prune kept/deleted, recover out","type":"object","required":["disk"],"properties":{"disk":{"$ref":"#/$defs/diskId"},"point":{"minimum":1,"type":"integer"},"parent":{"anyOf":[{"type":"integer"},{"type":"null"}]},"full":{"type":"boolean"},"rebasedFrom":{"minimum":1,"description":"an incremental point whose table stands alone (parent null): the point it was compared with, whose chain had reached the length limit","type":"integer"},"resumed":{"type":"boolean"},"marker":{"description":"source change marker saved with the point","anyOf":[{"type":"string"},{"type":"null"}]},"diskSize":{"minimum":0,"type":"integer"},"bytesRead":{"minimum":0,"description":"source bytes read for the whole point (a resumed point counts the earlier runs too)","type":"integer"},"sourceBytesRead":{"minimum":0,"description":"source bytes this run read (less than bytesRead when resumed)","type":"integer"},"bytesWritten":{"minimum":0,"type":"integer"},"chunksChanged":{"minimum":0,"type":"integer"},"chunksZero":{"minimum":0,"type":"integer"},"seconds":{"minimum":0,"type":"number"},"keyId":{"pattern":"^[0-9a-f]{32}$","description":"an encrypted point: the key id (a fingerprint, never the key)","type":"string"},"ok":{"type":"boolean"},"problems":{"minimum":0,"type":"integer"},"checked":{"type":"string","enum":["contents","stored-bytes"],"description":"verify: stored-bytes when an encrypted disk was verified without its key"},"kept":{"type":"array","items":{"minimum":0,"type":"integer"}},"deleted":{"type":"array","items":{"minimum":0,"type":"integer"}},"out":{"type":"string"}}};
+const schema27 = {"description":"per-disk outcome; replicate fills point..seconds and keyId, verify fills ok/problems/checked, prune kept/deleted, recover out","type":"object","required":["disk"],"properties":{"disk":{"$ref":"#/$defs/diskId"},"point":{"minimum":1,"type":"integer"},"parent":{"anyOf":[{"type":"integer"},{"type":"null"}]},"full":{"type":"boolean"},"rebasedFrom":{"minimum":1,"description":"an incremental point whose table stands alone (parent null): the point it was compared with, whose chain had reached the length limit","type":"integer"},"resumed":{"type":"boolean"},"comparedBy":{"type":"string","enum":["change-hashes","chunk-ids"],"description":"an incremental that read the whole disk: how it found the unchanged chunks (by the node's change hashes of the parent point, or by chunk ids where it held none)"},"marker":{"description":"source change marker saved with the point","anyOf":[{"type":"string"},{"type":"null"}]},"diskSize":{"minimum":0,"type":"integer"},"bytesRead":{"minimum":0,"description":"source bytes read for the whole point (a resumed point counts the earlier runs too)","type":"integer"},"sourceBytesRead":{"minimum":0,"description":"source bytes this run read (less than bytesRead when resumed)","type":"integer"},"bytesWritten":{"minimum":0,"type":"integer"},"chunksChanged":{"minimum":0,"type":"integer"},"chunksZero":{"minimum":0,"type":"integer"},"seconds":{"minimum":0,"type":"number"},"keyId":{"pattern":"^[0-9a-f]{32}$","description":"an encrypted point: the key id (a fingerprint, never the key)","type":"string"},"ok":{"type":"boolean"},"problems":{"minimum":0,"type":"integer"},"checked":{"type":"string","enum":["contents","stored-bytes"],"description":"verify: stored-bytes when an encrypted disk was verified without its key"},"kept":{"type":"array","items":{"minimum":0,"type":"integer"}},"deleted":{"type":"array","items":{"minimum":0,"type":"integer"}},"out":{"type":"string"}}};
 const pattern7 = new RegExp("^[0-9a-f]{32}$", "u");
 
 function validate73(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -1719,13 +1719,30 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.marker !== undefined){
-let data6 = data.marker;
+if(data.comparedBy !== undefined){
+let data6 = data.comparedBy;
 const _errs16 = errors;
-const _errs17 = errors;
-let valid2 = false;
-const _errs18 = errors;
 if(typeof data6 !== "string"){
+validate73.errors = [{instancePath:instancePath+"/comparedBy",schemaPath:"#/properties/comparedBy/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+if(!((data6 === "change-hashes") || (data6 === "chunk-ids"))){
+validate73.errors = [{instancePath:instancePath+"/comparedBy",schemaPath:"#/properties/comparedBy/enum",keyword:"enum",params:{allowedValues: schema27.properties.comparedBy.enum},message:"must be equal to one of the allowed values"}];
+return false;
+}
+var valid0 = _errs16 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.marker !== undefined){
+let data7 = data.marker;
+const _errs18 = errors;
+const _errs19 = errors;
+let valid2 = false;
+const _errs20 = errors;
+if(typeof data7 !== "string"){
 const err3 = {instancePath:instancePath+"/marker",schemaPath:"#/properties/marker/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err3];
@@ -1735,10 +1752,10 @@ vErrors.push(err3);
 }
 errors++;
 }
-var _valid1 = _errs18 === errors;
+var _valid1 = _errs20 === errors;
 valid2 = valid2 || _valid1;
-const _errs20 = errors;
-if(data6 !== null){
+const _errs22 = errors;
+if(data7 !== null){
 const err4 = {instancePath:instancePath+"/marker",schemaPath:"#/properties/marker/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err4];
@@ -1748,7 +1765,7 @@ vErrors.push(err4);
 }
 errors++;
 }
-var _valid1 = _errs20 === errors;
+var _valid1 = _errs22 === errors;
 valid2 = valid2 || _valid1;
 if(!valid2){
 const err5 = {instancePath:instancePath+"/marker",schemaPath:"#/properties/marker/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
@@ -1763,54 +1780,33 @@ validate73.errors = vErrors;
 return false;
 }
 else {
-errors = _errs17;
+errors = _errs19;
 if(vErrors !== null){
-if(_errs17){
-vErrors.length = _errs17;
+if(_errs19){
+vErrors.length = _errs19;
 }
 else {
 vErrors = null;
 }
 }
 }
-var valid0 = _errs16 === errors;
+var valid0 = _errs18 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
 if(data.diskSize !== undefined){
-let data7 = data.diskSize;
-const _errs22 = errors;
-if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
-validate73.errors = [{instancePath:instancePath+"/diskSize",schemaPath:"#/properties/diskSize/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs22){
-if((typeof data7 == "number") && (isFinite(data7))){
-if(data7 < 0 || isNaN(data7)){
-validate73.errors = [{instancePath:instancePath+"/diskSize",schemaPath:"#/properties/diskSize/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
-}
-var valid0 = _errs22 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.bytesRead !== undefined){
-let data8 = data.bytesRead;
+let data8 = data.diskSize;
 const _errs24 = errors;
 if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
-validate73.errors = [{instancePath:instancePath+"/bytesRead",schemaPath:"#/properties/bytesRead/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate73.errors = [{instancePath:instancePath+"/diskSize",schemaPath:"#/properties/diskSize/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs24){
 if((typeof data8 == "number") && (isFinite(data8))){
 if(data8 < 0 || isNaN(data8)){
-validate73.errors = [{instancePath:instancePath+"/bytesRead",schemaPath:"#/properties/bytesRead/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate73.errors = [{instancePath:instancePath+"/diskSize",schemaPath:"#/properties/diskSize/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -1821,17 +1817,17 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.sourceBytesRead !== undefined){
-let data9 = data.sourceBytesRead;
+if(data.bytesRead !== undefined){
+let data9 = data.bytesRead;
 const _errs26 = errors;
 if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
-validate73.errors = [{instancePath:instancePath+"/sourceBytesRead",schemaPath:"#/properties/sourceBytesRead/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate73.errors = [{instancePath:instancePath+"/bytesRead",schemaPath:"#/properties/bytesRead/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs26){
 if((typeof data9 == "number") && (isFinite(data9))){
 if(data9 < 0 || isNaN(data9)){
-validate73.errors = [{instancePath:instancePath+"/sourceBytesRead",schemaPath:"#/properties/sourceBytesRead/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate73.errors = [{instancePath:instancePath+"/bytesRead",schemaPath:"#/properties/bytesRead/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -1842,17 +1838,17 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.bytesWritten !== undefined){
-let data10 = data.bytesWritten;
+if(data.sourceBytesRead !== undefined){
+let data10 = data.sourceBytesRead;
 const _errs28 = errors;
 if(!(((typeof data10 == "number") && (!(data10 % 1) && !isNaN(data10))) && (isFinite(data10)))){
-validate73.errors = [{instancePath:instancePath+"/bytesWritten",schemaPath:"#/properties/bytesWritten/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate73.errors = [{instancePath:instancePath+"/sourceBytesRead",schemaPath:"#/properties/sourceBytesRead/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs28){
 if((typeof data10 == "number") && (isFinite(data10))){
 if(data10 < 0 || isNaN(data10)){
-validate73.errors = [{instancePath:instancePath+"/bytesWritten",schemaPath:"#/properties/bytesWritten/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate73.errors = [{instancePath:instancePath+"/sourceBytesRead",schemaPath:"#/properties/sourceBytesRead/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -1863,17 +1859,17 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.chunksChanged !== undefined){
-let data11 = data.chunksChanged;
+if(data.bytesWritten !== undefined){
+let data11 = data.bytesWritten;
 const _errs30 = errors;
 if(!(((typeof data11 == "number") && (!(data11 % 1) && !isNaN(data11))) && (isFinite(data11)))){
-validate73.errors = [{instancePath:instancePath+"/chunksChanged",schemaPath:"#/properties/chunksChanged/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate73.errors = [{instancePath:instancePath+"/bytesWritten",schemaPath:"#/properties/bytesWritten/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs30){
 if((typeof data11 == "number") && (isFinite(data11))){
 if(data11 < 0 || isNaN(data11)){
-validate73.errors = [{instancePath:instancePath+"/chunksChanged",schemaPath:"#/properties/chunksChanged/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate73.errors = [{instancePath:instancePath+"/bytesWritten",schemaPath:"#/properties/bytesWritten/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -1884,17 +1880,17 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.chunksZero !== undefined){
-let data12 = data.chunksZero;
+if(data.chunksChanged !== undefined){
+let data12 = data.chunksChanged;
 const _errs32 = errors;
 if(!(((typeof data12 == "number") && (!(data12 % 1) && !isNaN(data12))) && (isFinite(data12)))){
-validate73.errors = [{instancePath:instancePath+"/chunksZero",schemaPath:"#/properties/chunksZero/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate73.errors = [{instancePath:instancePath+"/chunksChanged",schemaPath:"#/properties/chunksChanged/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs32){
 if((typeof data12 == "number") && (isFinite(data12))){
 if(data12 < 0 || isNaN(data12)){
-validate73.errors = [{instancePath:instancePath+"/chunksZero",schemaPath:"#/properties/chunksZero/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate73.errors = [{instancePath:instancePath+"/chunksChanged",schemaPath:"#/properties/chunksChanged/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -1905,12 +1901,33 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.seconds !== undefined){
-let data13 = data.seconds;
+if(data.chunksZero !== undefined){
+let data13 = data.chunksZero;
 const _errs34 = errors;
+if(!(((typeof data13 == "number") && (!(data13 % 1) && !isNaN(data13))) && (isFinite(data13)))){
+validate73.errors = [{instancePath:instancePath+"/chunksZero",schemaPath:"#/properties/chunksZero/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
 if(errors === _errs34){
 if((typeof data13 == "number") && (isFinite(data13))){
 if(data13 < 0 || isNaN(data13)){
+validate73.errors = [{instancePath:instancePath+"/chunksZero",schemaPath:"#/properties/chunksZero/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+return false;
+}
+}
+}
+var valid0 = _errs34 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.seconds !== undefined){
+let data14 = data.seconds;
+const _errs36 = errors;
+if(errors === _errs36){
+if((typeof data14 == "number") && (isFinite(data14))){
+if(data14 < 0 || isNaN(data14)){
 validate73.errors = [{instancePath:instancePath+"/seconds",schemaPath:"#/properties/seconds/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
@@ -1920,18 +1937,18 @@ validate73.errors = [{instancePath:instancePath+"/seconds",schemaPath:"#/propert
 return false;
 }
 }
-var valid0 = _errs34 === errors;
+var valid0 = _errs36 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
 if(data.keyId !== undefined){
-let data14 = data.keyId;
-const _errs36 = errors;
-if(errors === _errs36){
-if(typeof data14 === "string"){
-if(!pattern7.test(data14)){
+let data15 = data.keyId;
+const _errs38 = errors;
+if(errors === _errs38){
+if(typeof data15 === "string"){
+if(!pattern7.test(data15)){
 validate73.errors = [{instancePath:instancePath+"/keyId",schemaPath:"#/properties/keyId/pattern",keyword:"pattern",params:{pattern: "^[0-9a-f]{32}$"},message:"must match pattern \""+"^[0-9a-f]{32}$"+"\""}];
 return false;
 }
@@ -1941,38 +1958,17 @@ validate73.errors = [{instancePath:instancePath+"/keyId",schemaPath:"#/propertie
 return false;
 }
 }
-var valid0 = _errs36 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.ok !== undefined){
-const _errs38 = errors;
-if(typeof data.ok !== "boolean"){
-validate73.errors = [{instancePath:instancePath+"/ok",schemaPath:"#/properties/ok/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
-return false;
-}
 var valid0 = _errs38 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
-if(data.problems !== undefined){
-let data16 = data.problems;
+if(data.ok !== undefined){
 const _errs40 = errors;
-if(!(((typeof data16 == "number") && (!(data16 % 1) && !isNaN(data16))) && (isFinite(data16)))){
-validate73.errors = [{instancePath:instancePath+"/problems",schemaPath:"#/properties/problems/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+if(typeof data.ok !== "boolean"){
+validate73.errors = [{instancePath:instancePath+"/ok",schemaPath:"#/properties/ok/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
-}
-if(errors === _errs40){
-if((typeof data16 == "number") && (isFinite(data16))){
-if(data16 < 0 || isNaN(data16)){
-validate73.errors = [{instancePath:instancePath+"/problems",schemaPath:"#/properties/problems/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
 }
 var valid0 = _errs40 === errors;
 }
@@ -1980,16 +1976,20 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.checked !== undefined){
-let data17 = data.checked;
+if(data.problems !== undefined){
+let data17 = data.problems;
 const _errs42 = errors;
-if(typeof data17 !== "string"){
-validate73.errors = [{instancePath:instancePath+"/checked",schemaPath:"#/properties/checked/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+if(!(((typeof data17 == "number") && (!(data17 % 1) && !isNaN(data17))) && (isFinite(data17)))){
+validate73.errors = [{instancePath:instancePath+"/problems",schemaPath:"#/properties/problems/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(!((data17 === "contents") || (data17 === "stored-bytes"))){
-validate73.errors = [{instancePath:instancePath+"/checked",schemaPath:"#/properties/checked/enum",keyword:"enum",params:{allowedValues: schema27.properties.checked.enum},message:"must be equal to one of the allowed values"}];
+if(errors === _errs42){
+if((typeof data17 == "number") && (isFinite(data17))){
+if(data17 < 0 || isNaN(data17)){
+validate73.errors = [{instancePath:instancePath+"/problems",schemaPath:"#/properties/problems/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
+}
+}
 }
 var valid0 = _errs42 === errors;
 }
@@ -1997,29 +1997,46 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.kept !== undefined){
-let data18 = data.kept;
+if(data.checked !== undefined){
+let data18 = data.checked;
 const _errs44 = errors;
-if(errors === _errs44){
-if(Array.isArray(data18)){
-var valid3 = true;
-const len0 = data18.length;
-for(let i0=0; i0<len0; i0++){
-let data19 = data18[i0];
+if(typeof data18 !== "string"){
+validate73.errors = [{instancePath:instancePath+"/checked",schemaPath:"#/properties/checked/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+if(!((data18 === "contents") || (data18 === "stored-bytes"))){
+validate73.errors = [{instancePath:instancePath+"/checked",schemaPath:"#/properties/checked/enum",keyword:"enum",params:{allowedValues: schema27.properties.checked.enum},message:"must be equal to one of the allowed values"}];
+return false;
+}
+var valid0 = _errs44 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.kept !== undefined){
+let data19 = data.kept;
 const _errs46 = errors;
-if(!(((typeof data19 == "number") && (!(data19 % 1) && !isNaN(data19))) && (isFinite(data19)))){
+if(errors === _errs46){
+if(Array.isArray(data19)){
+var valid3 = true;
+const len0 = data19.length;
+for(let i0=0; i0<len0; i0++){
+let data20 = data19[i0];
+const _errs48 = errors;
+if(!(((typeof data20 == "number") && (!(data20 % 1) && !isNaN(data20))) && (isFinite(data20)))){
 validate73.errors = [{instancePath:instancePath+"/kept/" + i0,schemaPath:"#/properties/kept/items/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(errors === _errs46){
-if((typeof data19 == "number") && (isFinite(data19))){
-if(data19 < 0 || isNaN(data19)){
+if(errors === _errs48){
+if((typeof data20 == "number") && (isFinite(data20))){
+if(data20 < 0 || isNaN(data20)){
 validate73.errors = [{instancePath:instancePath+"/kept/" + i0,schemaPath:"#/properties/kept/items/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
 }
-var valid3 = _errs46 === errors;
+var valid3 = _errs48 === errors;
 if(!valid3){
 break;
 }
@@ -2030,35 +2047,35 @@ validate73.errors = [{instancePath:instancePath+"/kept",schemaPath:"#/properties
 return false;
 }
 }
-var valid0 = _errs44 === errors;
+var valid0 = _errs46 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
 if(data.deleted !== undefined){
-let data20 = data.deleted;
-const _errs48 = errors;
-if(errors === _errs48){
-if(Array.isArray(data20)){
-var valid4 = true;
-const len1 = data20.length;
-for(let i1=0; i1<len1; i1++){
-let data21 = data20[i1];
+let data21 = data.deleted;
 const _errs50 = errors;
-if(!(((typeof data21 == "number") && (!(data21 % 1) && !isNaN(data21))) && (isFinite(data21)))){
+if(errors === _errs50){
+if(Array.isArray(data21)){
+var valid4 = true;
+const len1 = data21.length;
+for(let i1=0; i1<len1; i1++){
+let data22 = data21[i1];
+const _errs52 = errors;
+if(!(((typeof data22 == "number") && (!(data22 % 1) && !isNaN(data22))) && (isFinite(data22)))){
 validate73.errors = [{instancePath:instancePath+"/deleted/" + i1,schemaPath:"#/properties/deleted/items/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(errors === _errs50){
-if((typeof data21 == "number") && (isFinite(data21))){
-if(data21 < 0 || isNaN(data21)){
+if(errors === _errs52){
+if((typeof data22 == "number") && (isFinite(data22))){
+if(data22 < 0 || isNaN(data22)){
 validate73.errors = [{instancePath:instancePath+"/deleted/" + i1,schemaPath:"#/properties/deleted/items/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
 }
-var valid4 = _errs50 === errors;
+var valid4 = _errs52 === errors;
 if(!valid4){
 break;
 }
@@ -2069,22 +2086,23 @@ validate73.errors = [{instancePath:instancePath+"/deleted",schemaPath:"#/propert
 return false;
 }
 }
-var valid0 = _errs48 === errors;
+var valid0 = _errs50 === errors;
 }
 else {
 var valid0 = true;
 }
 if(valid0){
 if(data.out !== undefined){
-const _errs52 = errors;
+const _errs54 = errors;
 if(typeof data.out !== "string"){
 validate73.errors = [{instancePath:instancePath+"/out",schemaPath:"#/properties/out/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
-var valid0 = _errs52 === errors;
+var valid0 = _errs54 === errors;
 }
 else {
 var valid0 = true;
+}
 }
 }
 }
@@ -2116,7 +2134,7 @@ return false;
 validate73.errors = vErrors;
 return errors === 0;
 }
-validate73.evaluated = {"props":{"disk":true,"point":true,"parent":true,"full":true,"rebasedFrom":true,"resumed":true,"marker":true,"diskSize":true,"bytesRead":true,"sourceBytesRead":true,"bytesWritten":true,"chunksChanged":true,"chunksZero":true,"seconds":true,"keyId":true,"ok":true,"problems":true,"checked":true,"kept":true,"deleted":true,"out":true},"dynamicProps":false,"dynamicItems":false};
+validate73.evaluated = {"props":{"disk":true,"point":true,"parent":true,"full":true,"rebasedFrom":true,"resumed":true,"comparedBy":true,"marker":true,"diskSize":true,"bytesRead":true,"sourceBytesRead":true,"bytesWritten":true,"chunksChanged":true,"chunksZero":true,"seconds":true,"keyId":true,"ok":true,"problems":true,"checked":true,"kept":true,"deleted":true,"out":true},"dynamicProps":false,"dynamicItems":false};
 
 
 function validate69(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){

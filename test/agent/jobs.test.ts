@@ -18,7 +18,7 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   const ms = await startMs(t);
   // The bandwidth limit paces the bytes put, and a checkpoint follows the packs it covers: 32 slots give each run a
   // budget of 768 KiB, so packs of ~320 KiB, stored and checkpointed one by one at 512 KiB/s.
-  const { agent } = await startAgent(t, ms, dir, { slots: 32 });
+  const { agent, stateDir } = await startAgent(t, ms, dir, { slots: 32 });
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   const storeUrl = path.join(dir, 'store');
   const job = {
@@ -58,6 +58,18 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   t.match(r, { point: 1, resumed: true }, 'continued from the checkpoint the cancelled run left');
   t.ok(r.sourceBytesRead < 8 * MiB && r.sourceBytesRead > 0, `read less than the disk (${r.sourceBytesRead} of ${8 * MiB})`);
   await expectRestore(t, store, 'd0', 1, fingerprint(img), dir);
+
+  // A resumed run keeps no change hashes; the next one compares by ids and keeps them in the node's state dir, and
+  // the one after compares by them.
+  const compared: unknown[] = [];
+  for (const jobId of ['j-third', 'j-fourth']) {
+    fs.writeFileSync(img, Buffer.alloc(64 * KiB, jobId), { flag: 'r+' });
+    ms.startJob({ ...job, jobId, bandwidth: undefined });
+    compared.push(((await ms.waitFor(() => ms.jobs.get(jobId)?.completed, 10_000, jobId)).results as any[])[0].comparedBy);
+  }
+  t.same(compared, ['chunk-ids', 'change-hashes'], 'the agent keeps change hashes and compares by them');
+  t.equal(fs.readdirSync(path.join(stateDir, 'cache', 'change-hashes')).length, 1, 'in <state-dir>/cache');
+  await expectRestore(t, store, 'd0', 3, fingerprint(img), dir, 'the point compared by change hashes');
 
   ms.cancelJob('j-again'); // no longer running
   const err = await ms.waitFor(() => ms.errors.find((e) => e.msg.code === 'RNODE_AGENT_UNKNOWN_JOB'), 5000, 'error reply');
