@@ -18,6 +18,7 @@ import { withWorkerDomain } from '../pipeline/chunk-codec.js';
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { IdFilter } from '../pipeline/id-filter.js';
 import type { BlockSource } from '../source/types.js';
+import { assertOutsideStore } from '../store/containment.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain, leaseName } from '../repository/domain.js';
 import { ChunkIndex } from '../repository/index-file.js';
@@ -38,6 +39,7 @@ export type { ReplicateOptions, ReplicateProgress, ReplicateResult } from './rep
 
 export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
   const disk = validateDiskId(opts.disk);
+  if (opts.changeHashDir !== undefined) assertOutsideStore(opts.store.location, opts.changeHashDir, '--cache-dir');
   // Start the codec workers now: they load their modules while the lease and the previous point are read, instead
   // of holding up the first chunks (~0.3 s of an otherwise idle pipeline at the start of each run).
   codecWorkers();

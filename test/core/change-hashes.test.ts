@@ -4,8 +4,10 @@
 // hint: these tests check that the points stay exact when it is used, stale, damaged or absent, and that the chunks
 // it finds changed are exactly the ones written.
 import t from 'tap';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { EncryptionKey } from '../../src/crypto/keys.js';
 import { changeHashesAvailable, changeHashPlace, ChangeHashReader, ChangeHashWriter } from '../../src/jobs/replicate/change-hashes.js';
 import { ChunkGrid } from '../../src/pipeline/grid.js';
 import { Domain } from '../../src/repository/domain.js';
@@ -32,40 +34,50 @@ t.test('libxxhash is loaded here (CI installs it with xxhash)', async (t) => {
   t.ok(changeHashesAvailable(), 'change hashes can be taken');
 });
 
-t.test('an incremental compares by the parent point’s change hashes and records exactly the chunks written', async (t) => {
-  const dir = tmpDir(t, 'change-hashes');
-  const img = path.join(dir, 'disk.img');
-  const store = fsStore(path.join(dir, 'store'));
-  const changeHashDir = path.join(dir, 'cache');
-  const size = mixedChunkImage(img, CHUNK);
-  const p1 = await snap(store, img, 'd', { chunkSize: CHUNK, changeHashDir });
-  t.equal(p1.comparedBy, undefined, 'a full point compares nothing');
-  const files = fs.readdirSync(path.join(changeHashDir, 'change-hashes'));
-  t.equal(files.length, 1, 'the full point left its change hashes');
+for (const encrypted of [false, true]) {
+  t.test(
+    `${encrypted ? 'encrypted' : 'plain'}: an incremental compares by the parent point’s change hashes and records exactly the chunks written`,
+    async (t) => {
+      const encryption = encrypted ? EncryptionKey.fromBytes(crypto.createHash('sha256').update('change-hashes-test').digest()) : undefined;
+      const dir = tmpDir(t, 'change-hashes');
+      const img = path.join(dir, 'disk.img');
+      const store = fsStore(path.join(dir, 'store'));
+      const changeHashDir = path.join(dir, 'cache');
+      const size = mixedChunkImage(img, CHUNK);
+      const p1 = await snap(store, img, 'd', { chunkSize: CHUNK, changeHashDir, encryption });
+      t.equal(p1.comparedBy, undefined, 'a full point compares nothing');
+      const files = fs.readdirSync(path.join(changeHashDir, 'change-hashes'));
+      t.equal(files.length, 1, 'the full point left its change hashes');
 
-  // One changed byte, text turned to zeros, zeros and a hole turned to data, the short last chunk.
-  writeAt(img, 3 * CHUNK + 17, Buffer.from([fs.readFileSync(img).readUInt8(3 * CHUNK + 17) ^ 0xff]));
-  writeAt(img, 45 * CHUNK, Buffer.alloc(CHUNK));
-  writeAt(img, 65 * CHUNK + 100, randomData(1000, 4));
-  writeAt(img, 85 * CHUNK, textData(CHUNK, 5));
-  writeAt(img, size - 10, randomData(10, 6));
-  const fp2 = fingerprint(img);
-  const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
-  const p2 = await snap(store, img, 'd', { changeHashDir, wrapSource: (s) => (counted.c = countingSource(s)) });
-  t.equal(p2.comparedBy, 'change-hashes', 'compared by change hashes');
-  t.equal(p2.chunksChanged, 5, 'exactly the five chunks written are recorded');
-  t.equal(counted.c!.reads, 5, 'only they went through the pipeline');
-  t.equal(counted.c!.bytes, p2.bytesRead, 'each byte read counts once');
-  await expectRestore(t, store, 'd', 2, fp2, dir, 'the incremental');
+      // One changed byte, text turned to zeros, zeros and a hole turned to data, the short last chunk.
+      writeAt(img, 3 * CHUNK + 17, Buffer.from([fs.readFileSync(img).readUInt8(3 * CHUNK + 17) ^ 0xff]));
+      writeAt(img, 45 * CHUNK, Buffer.alloc(CHUNK));
+      writeAt(img, 65 * CHUNK + 100, randomData(1000, 4));
+      writeAt(img, 85 * CHUNK, textData(CHUNK, 5));
+      writeAt(img, size - 10, randomData(10, 6));
+      const fp2 = fingerprint(img);
+      const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
+      const p2 = await snap(store, img, 'd', { changeHashDir, encryption, wrapSource: (s) => (counted.c = countingSource(s)) });
+      t.equal(p2.comparedBy, 'change-hashes', 'compared by change hashes');
+      t.equal(p2.chunksChanged, 5, 'exactly the five chunks written are recorded');
+      t.equal(counted.c!.reads, 5, 'only they went through the pipeline');
+      t.equal(counted.c!.bytes, p2.bytesRead, 'each byte read counts once');
+      await expectRestore(t, store, 'd', 2, fp2, dir, 'the incremental', { encryption });
 
-  // The point it wrote left hashes of its own: the next run compares by them too.
-  writeAt(img, 7 * CHUNK, randomData(CHUNK, 7));
-  const fp3 = fingerprint(img);
-  const p3 = await snap(store, img, 'd', { changeHashDir });
-  t.equal(p3.comparedBy, 'change-hashes');
-  t.equal(p3.chunksChanged, 1);
-  await expectRestore(t, store, 'd', 3, fp3, dir, 'the next incremental');
-});
+      // The point it wrote left hashes of its own: the next run compares by them too.
+      writeAt(img, 7 * CHUNK, randomData(CHUNK, 7));
+      const fp3 = fingerprint(img);
+      const p3 = await snap(store, img, 'd', { changeHashDir, encryption });
+      t.equal(p3.comparedBy, 'change-hashes');
+      t.equal(p3.chunksChanged, 1);
+      await expectRestore(t, store, 'd', 3, fp3, dir, 'the next incremental', { encryption });
+
+      // A cache folder inside the store folder is refused before anything is written.
+      await t.rejects(snap(store, img, 'd', { changeHashDir: path.join(dir, 'store', 'cache') }), { code: 'RNODE_OUTPUT_IN_STORE' });
+      t.notOk(fs.existsSync(path.join(dir, 'store', 'cache')), 'nothing was written there');
+    },
+  );
+}
 
 t.test('hashes of another point, or damaged ones, are not trusted: the run compares by ids and stays exact', async (t) => {
   const dir = tmpDir(t, 'change-hashes');

@@ -3,12 +3,17 @@
 // that each fall back to a full rescan (with the reason recorded), and an incremental again afterwards.
 // Every point restores byte-exact to the `qemu-img convert -O raw` snapshot taken when it was replicated.
 import t from 'tap';
+import fs from 'node:fs';
 import path from 'node:path';
 import { openSource } from '../../src/source/index.js';
 import { replicate, type ReplicateResult } from '../../src/jobs/replicate.js';
 import { recover } from '../../src/jobs/restore.js';
 import { FsStore } from '../../src/store/index.js';
 import { loadPoint } from '../../src/repository/points.js';
+import { changeHashPlace, ChangeHashReader } from '../../src/jobs/replicate/change-hashes.js';
+import { xxh3 } from '../../src/native/index.js';
+import { ChunkGrid } from '../../src/pipeline/grid.js';
+import { Domain } from '../../src/repository/domain.js';
 import {
   addBitmap,
   collect,
@@ -42,7 +47,8 @@ t.test('full, incremental by dirty bitmap, rescans on a bad marker, restores byt
     const exp = await startExport(t, dir, img, opts.exportBitmaps);
     const source = await openSource(exp.url(opts.query));
     try {
-      return await replicate({ store, source, disk: 'vm', chunkSize: CHUNK, lease: false });
+      // With change hashes kept: a tracked point carries the parent's for the chunks it does not read.
+      return await replicate({ store, source, disk: 'vm', chunkSize: CHUNK, lease: false, changeHashDir: path.join(dir, 'cache') });
     } finally {
       await source.close();
       await exp.stop();
@@ -117,6 +123,22 @@ t.test('full, incremental by dirty bitmap, rescans on a bad marker, restores byt
   const p5 = await run(5, { exportBitmaps: ['c4'], query: 'bitmap=c4&checkpoint=c5', checkpoint: 'c5' });
   t.equal(p5.rescanReason, undefined);
   t.equal(p5.bytesRead, chunkBytes(w5), 'incremental again after the rescans');
+
+  // The change hashes point 5 left (carried through the tracked points 2 and 5, taken anew by the rescans 3 and 4)
+  // are the XXH3-128 of every chunk of its snapshot.
+  const grid = new ChunkGrid(SIZE, CHUNK);
+  const place = changeHashPlace(path.join(dir, 'cache'), store.location, Domain.of(undefined), 'vm', grid);
+  const hashes = await ChangeHashReader.open(place, await loadPoint(store, 'vm', 5));
+  t.ok(hashes, 'point 5 left change hashes');
+  const raw5 = fs.readFileSync(snapshots.get(5)!);
+  let wrong = 0;
+  for (let i = 0; i < grid.count; i++) {
+    const want = Buffer.alloc(16);
+    xxh3!(raw5.subarray(grid.offset(i), grid.offset(i) + grid.length(i)), place.seed, want);
+    if (!(await hashes!.get(i))?.equals(want)) wrong++;
+  }
+  await hashes!.close();
+  t.equal(wrong, 0, `all ${grid.count} change hashes are those of the snapshot's chunks`);
 
   // Point 6: the disk grew. qemu resizes the bitmap but does not mark the new area dirty, so the bitmap cannot
   // be trusted: the pipeline sees the size change and writes a standalone full point.

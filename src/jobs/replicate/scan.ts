@@ -47,8 +47,8 @@ export interface ChunkScanOptions {
 interface Outcome {
   entry: ChunkEntry | null;
   delta: Delta;
-  /** Undefined: not known (or not taken). */
-  change?: Uint8Array;
+  /** Undefined: not known (or not taken); 'parent': as the parent's (a tracked source's chunk it did not read). */
+  change?: Uint8Array | 'parent';
 }
 
 export class ChunkScan {
@@ -120,7 +120,7 @@ export class ChunkScan {
           // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
           const zeroNow = plan.scan && c.parent && !isZeroEntry(c.parent);
           // A scan's unread chunk reads as zeros; a tracked source's is unchanged: the writer keeps the parent's hash.
-          const change = plan.scan ? this.zeroHash(grid.length(c.index)) : undefined;
+          const change = plan.scan ? this.zeroHash(grid.length(c.index)) : 'parent';
           this.settle(
             ordinal,
             zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 }, change } : { entry: null, delta: {}, change },
@@ -223,7 +223,7 @@ export class ChunkScan {
       this.nextIndex = index + 1;
       this.indexOf.delete(this.settledCount);
       this.settledCount++;
-      changes?.writer.put(index, change);
+      if (change !== 'parent') changes?.writer.put(index, change);
       table.settle(index, e);
       if (table.due) table.flush(this.nextIndex);
     }
