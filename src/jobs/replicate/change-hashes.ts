@@ -64,10 +64,18 @@ export function pointFingerprint(m: PointManifest): Buffer {
 
 /** The hash a chunk of `length` zero bytes has (zero chunks are often not read at all). */
 export function zeroChunkHash(seed: bigint, length: number): Buffer {
-  const h = Buffer.alloc(CHANGE_HASH_BYTES);
-  xxh3!(Buffer.alloc(length), seed, h);
+  const key = `${seed}:${length}`;
+  let h = zeroHashes.get(key);
+  if (!h) {
+    h = Buffer.alloc(CHANGE_HASH_BYTES);
+    xxh3!(Buffer.alloc(length), seed, h);
+    // A run asks for two lengths (its chunks and its last one); a node runs few domains.
+    if (zeroHashes.size > 64) zeroHashes.clear();
+    zeroHashes.set(key, h);
+  }
   return h;
 }
+const zeroHashes = new Map<string, Buffer>();
 
 function seedCheck(seed: bigint): Buffer {
   const h = Buffer.alloc(CHANGE_HASH_BYTES);
@@ -215,15 +223,10 @@ export class ChangeHashWriter {
       if (setMask.some((s) => s === 0) && this.unset) {
         const from = this.unset === 'zero' ? undefined : await this.unset.block(b);
         const { grid, seed } = this.place;
-        const zero = new Map<number, Buffer>();
         for (let i = 0; i < setMask.length; i++) {
           if (setMask[i] !== 0) continue;
           if (from) from.copy(entries, i * CHANGE_HASH_BYTES, i * CHANGE_HASH_BYTES, (i + 1) * CHANGE_HASH_BYTES);
-          else if (this.unset === 'zero') {
-            const length = grid.length(b * BLOCK_ENTRIES + i);
-            if (!zero.has(length)) zero.set(length, zeroChunkHash(seed, length));
-            zero.get(length)!.copy(entries, i * CHANGE_HASH_BYTES);
-          }
+          else if (this.unset === 'zero') zeroChunkHash(seed, grid.length(b * BLOCK_ENTRIES + i)).copy(entries, i * CHANGE_HASH_BYTES);
         }
       }
       const sum = Buffer.alloc(8);

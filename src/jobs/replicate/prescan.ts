@@ -165,12 +165,7 @@ const HASH_RUN_CHUNKS = 64;
 export async function* hashPrescanned(cands: AsyncIterable<Candidate>, o: HashPrescanOptions): AsyncIterable<Candidate | Decided> {
   const perRun = Math.max(1, Math.min(HASH_RUN_CHUNKS, Math.floor(HASH_RUN_BYTES / o.grid.chunkSize)));
   const maxRuns = Math.min(4, availableParallelism() + 1);
-  const zeroHashes = new Map<number, Buffer>();
-  const zeroHash = (length: number) => {
-    let h = zeroHashes.get(length);
-    if (!h) zeroHashes.set(length, (h = zeroChunkHash(o.seed, length)));
-    return h;
-  };
+  const zeroHash = (length: number) => zeroChunkHash(o.seed, length);
   type Run = { run: Candidate[]; hashes: Uint8Array; reply: Promise<{ r: ChangeHashRun; ms: number }> };
   const queue: Array<Run | { single: Candidate }> = [];
   let run: Candidate[] = [];

@@ -71,7 +71,6 @@ export class ChunkScan {
   private readonly plainPool: BufferPool<Buffer>;
   private readonly outPool: BufferPool<Buffer>;
   private readonly reorderWindow: number;
-  private readonly zeroHashes = new Map<number, Buffer>();
 
   constructor(private readonly o: ChunkScanOptions) {
     this.clock = new StageClock(o.opts.onStage);
@@ -233,10 +232,7 @@ export class ChunkScan {
   /** The change hash of a zero chunk of this length. */
   private zeroHash(length: number): Buffer | undefined {
     const seed = this.o.changes?.seed;
-    if (seed === undefined) return undefined;
-    let h = this.zeroHashes.get(length);
-    if (!h) this.zeroHashes.set(length, (h = zeroChunkHash(seed, length)));
-    return h;
+    return seed === undefined ? undefined : zeroChunkHash(seed, length);
   }
 
   private progress(): void {
