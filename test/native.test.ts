@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { setImmediate as tick } from 'node:timers/promises';
 import v8 from 'node:v8';
@@ -15,6 +15,7 @@ import vm from 'node:vm';
 
 import xxhash from 'xxhash-wasm';
 import {
+  ADDON_PATH,
   allocAligned,
   allocAlignedUnsafe,
   changeHashes,
@@ -508,6 +509,34 @@ t.test('xxh3: the addon gives xxhsum -H2’s XXH3-128, and changeHashes the same
   t.throws(() => changeHashes(fd, new Float64Array([0, 1]), 0n, new Uint8Array(8)), RangeError, 'out too small');
   t.throws(() => changeHashes(fd, new Float64Array([0.5, 1]), 0n, new Uint8Array(16)), RangeError, 'a fractional offset');
   t.throws(() => changeHashes(fd, new Float64Array([0, 1]), -1n, new Uint8Array(16)), TypeError, 'a negative seed');
+});
+
+t.test('a worker thread stopped with native file work in flight ends cleanly (no fatal error, no abort)', async (t) => {
+  // The work completes during the worker's teardown, when no JS can run: settling its promise then fails, which
+  // node-addon-api turned into "FATAL ERROR: Error::ThrowAsJavaScriptException napi_throw" and an abort of the whole
+  // process (a receiving node's serve, stopped with a codec worker mid-read).
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-teardown-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'f');
+  fs.writeFileSync(file, randomBytes(32 * MiB));
+  const worker = `
+    const a = require(${JSON.stringify(ADDON_PATH)});
+    const buf = Buffer.alloc(32 * 1024 * 1024);
+    for (let i = 0; i < 4; i++) a.readFileInto(${JSON.stringify(file)}, buf, 0, buf.length).catch(() => {});
+    a.open(${JSON.stringify(file)}, false).then((r) => r.file.read(buf, 0, buf.length, 1)).catch(() => {});
+    require('node:worker_threads').parentPort.postMessage('started');`;
+  const script = `
+    import { Worker } from 'node:worker_threads';
+    for (let i = 0; i < 12; i++) {
+      const w = new Worker(${JSON.stringify(worker)}, { eval: true, execArgv: [] });
+      await new Promise((r) => w.once('message', r));
+      await w.terminate();
+    }
+    console.log('ok');`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  t.equal(r.status, 0, `the process exits 0 (${r.stderr.slice(0, 300)})`);
+  t.notMatch(r.stderr, /FATAL/, 'no fatal error');
+  t.equal(r.stdout.trim(), 'ok');
 });
 
 t.test('xxh64: codec workers give the same digests with the addon and with xxhash-wasm', async (t) => {

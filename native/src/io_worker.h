@@ -14,7 +14,27 @@
 
 namespace rnode {
 
-class PromiseWorker : public Napi::AsyncWorker {
+// True while JS can run in env. Not during its teardown: a worker thread stopped (or a process exiting) with pool
+// work in flight still has that work's completion called, and every N-API call that may run JS then fails, a failure
+// node-addon-api turns into "FATAL ERROR: Error::ThrowAsJavaScriptException napi_throw" and an abort of the process.
+inline bool JsCanRun(napi_env env) {
+  napi_value global = nullptr;
+  napi_value value = nullptr;
+  return napi_get_global(env, &global) == napi_ok && napi_get_named_property(env, global, "undefined", &value) == napi_ok;
+}
+
+// The base of every AsyncWorker of the addon: work completed during its environment's teardown, when nobody is left
+// to take its result, is dropped as if cancelled (its references released, no callback run).
+class TeardownSafeWorker : public Napi::AsyncWorker {
+ protected:
+  using Napi::AsyncWorker::AsyncWorker;
+
+  void OnWorkComplete(Napi::Env env, napi_status status) override {
+    Napi::AsyncWorker::OnWorkComplete(env, JsCanRun(env) ? status : napi_cancelled);
+  }
+};
+
+class PromiseWorker : public TeardownSafeWorker {
  public:
   Napi::Promise Promise() { return deferred_.Promise(); }
 
@@ -33,7 +53,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   }
 
  protected:
-  PromiseWorker(Napi::Env env, const char* name) : Napi::AsyncWorker(env, name), deferred_(env) {}
+  PromiseWorker(Napi::Env env, const char* name) : TeardownSafeWorker(env, name), deferred_(env) {}
 
   // The value the promise resolves to, when nothing failed. A JS exception left pending rejects it instead.
   virtual Napi::Value Result(Napi::Env env) = 0;

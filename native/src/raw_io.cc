@@ -188,10 +188,10 @@ class ExtentsWorker : public FileWorker {
   std::vector<std::pair<int64_t, int64_t>> extents_;
 };
 
-class CloseWorker : public Napi::AsyncWorker {
+class CloseWorker : public TeardownSafeWorker {
  public:
   CloseWorker(Napi::Env env, RawFile* file, int fd)
-      : Napi::AsyncWorker(env, "rnode:close"), self_(Napi::Persistent(file->Value())), file_(file), fd_(fd) {}
+      : TeardownSafeWorker(env, "rnode:close"), self_(Napi::Persistent(file->Value())), file_(file), fd_(fd) {}
 
   // No EINTR retry: Linux releases the fd even when close() reports EINTR.
   void Execute() override { err_ = close(fd_) == 0 ? 0 : errno; }

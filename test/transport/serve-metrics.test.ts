@@ -203,7 +203,9 @@ t.test('log formats: text by default, json on request; the token in neither', as
     t.notOk(err.includes(TOKEN), `${format}: the token is in no log line`);
     t.ok(lines.length >= 4, `${format}: ${lines.length} lines`);
     if (format === 'json') {
-      const events = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+      t.notMatch(err, /FATAL/, 'json: no fatal error on stopping');
+      const events = lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+      t.equal(events.length, lines.length, `json: every line is JSON (${lines.find((l) => !l.startsWith('{')) ?? ''})`);
       t.ok(
         events.every((e) => e.level === 'info' && typeof e.time === 'string' && typeof e.msg === 'string'),
         'json: pino lines',
