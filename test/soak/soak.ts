@@ -87,6 +87,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
   const rnd = { next: mulberry32(opts.seed ?? Date.now() % 100000) };
   const pick = <T>(xs: T[]): T => xs[Math.floor(rnd.next() * xs.length)];
   const root = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-soak-'));
+  cacheDir = path.join(root, 'cache');
   const c: SoakCounts = {
     seconds: 0,
     runs: 0,
@@ -306,7 +307,18 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
         try {
           // Short chains, so points whose tables stand alone (and their resumes) are written under faults too.
           const maxChain = 2 + Math.floor(rnd.next() * 3);
-          await replicate({ store, source: src, disk: d, chunkSize: 64 * KiB, maxChain, lease: { holder: 'soak', ttlMs: 5000, waitMs: 10_000 } });
+          // Half the runs keep change hashes where the CLI writers keep theirs: hashes of points written through
+          // faults and resumes (or none at all) must never make a later incremental miss a change.
+          const changeHashDir = rnd.next() < 0.5 ? path.join(root, 'cache') : undefined;
+          await replicate({
+            store,
+            source: src,
+            disk: d,
+            chunkSize: 64 * KiB,
+            maxChain,
+            changeHashDir,
+            lease: { holder: 'soak', ttlMs: 5000, waitMs: 10_000 },
+          });
           break;
         } catch (err) {
           c.runsFailed++;
@@ -495,8 +507,11 @@ function tryMount(dir: string, size: string): boolean {
   }
 }
 
+/** The change-hash folder of the soak's writers (in its root), set when the soak starts. */
+let cacheDir: string | undefined;
+
 function cleanEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
+  const env = { ...process.env, ...(cacheDir ? { RNODE_CACHE_DIR: cacheDir } : {}) };
   delete env.NODE_OPTIONS;
   delete env.NODE_V8_COVERAGE;
   delete env.RNODE_FAILPOINT;
