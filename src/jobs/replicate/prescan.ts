@@ -1,8 +1,10 @@
 // The scan of an incremental point from a source without change tracking reads the whole disk to find the few chunks
 // that changed. Chunk by chunk through the pipeline (a read, a trip to a worker, a settle on the main thread), an
-// unchanged 1.5 GiB image took several times what hashing it costs (issue 13). Here runs of chunks go to the codec
-// workers with the source's fd: they read and hash them there, and only the chunks that changed come back to the
-// pipeline, which reads them again and stores them.
+// unchanged 1.5 GiB image took several times what hashing it costs (issue 13). Here runs of chunks are read through
+// the source's fd off the main thread and compared with the parent point, and only the chunks that changed come back
+// to the pipeline, which reads them again and stores them. Two ways: prescanned() by chunk ids on the codec workers
+// (keyed BLAKE3), and hashPrescanned() by this node's change hashes of the parent on the libuv pool (XXH3-128, at
+// memory speed: change-hashes.ts), taken when the node holds them.
 import { availableParallelism } from 'node:os';
 import { isZeroEntry } from '../../format/table.js';
 import { changeHashes, type ChangeHashRun } from '../../native/index.js';
@@ -198,7 +200,7 @@ export async function* hashPrescanned(cands: AsyncIterable<Candidate>, o: HashPr
     }
     running--;
     const { r, ms } = await q.reply.catch((err: unknown) => {
-      throw workerReadFailed(o.location, err);
+      throw workerReadFailed(o.location, err, 'the thread pool');
     });
     if (r.short !== undefined) throw sourceEnded(o.location, o.grid.offset(q.run[r.short].index) + r.got!, o.grid.diskSize);
     const decided: Array<Candidate | Decided> = [];

@@ -10,11 +10,14 @@ export function sourceEnded(location: string, at: number, diskSize: number): Rno
   );
 }
 
-/** A pread on a codec worker failed (EIO, a device gone): the source's failure, as it is through read(). */
-export function workerReadFailed(location: string, err: unknown): RnodeError {
+/**
+ * A pread off the main thread failed (EIO, a device gone): the source's failure, as it is through read(). `where`:
+ * a codec worker, or the thread pool of a change-hash run.
+ */
+export function workerReadFailed(location: string, err: unknown, where = 'a codec worker'): RnodeError {
   return new RnodeError(
     ErrorCodes.SOURCE_IO,
-    `reading source ${location} on a codec worker failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
+    `reading source ${location} on ${where} failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
     { cause: err },
   );
 }
