@@ -156,7 +156,49 @@ t.test('a chunk a run does not settle keeps the parent’s hash, or a zero chunk
   t.same(fs.readdirSync(path.dirname(place.file)).sort(), [path.basename(place.file)], 'an aborted writer leaves no temp file');
 });
 
-function manifestFor(point: number) {
+t.test('over several blocks: untouched blocks are carried or zero, a damaged block is not known', async (t) => {
+  const dir = tmpDir(t, 'change-hashes');
+  const grid = new ChunkGrid(9000 * CHUNK, CHUNK); // three blocks of entries: 4096, 4096, 808
+  const place = changeHashPlace(dir, '/store', Domain.of(undefined), 'd', grid);
+  const zeroHash = (await (async () => {
+    const w = new ChangeHashWriter(place, 'zero');
+    t.ok(await w.finish(manifestFor(1, grid)));
+    const r = (await ChangeHashReader.open(place, manifestFor(1, grid)))!;
+    const h = await r.get(8999);
+    await r.close();
+    return h;
+  })())!;
+  t.ok(zeroHash, 'a run that settled nothing on a scan leaves every chunk as zeros');
+
+  const first = new ChangeHashWriter(place, 'zero');
+  first.put(5000, Buffer.alloc(16, 1));
+  first.put(8999, Buffer.alloc(16, 2));
+  t.ok(await first.finish(manifestFor(2, grid)));
+  const carry = await ChangeHashReader.open(place, manifestFor(2, grid));
+  const next = new ChangeHashWriter(place, carry);
+  next.put(100, Buffer.alloc(16, 3));
+  t.ok(await next.finish(manifestFor(3, grid)));
+  await carry!.close();
+  const r = (await ChangeHashReader.open(place, manifestFor(3, grid)))!;
+  t.same(await r.get(100), Buffer.alloc(16, 3), 'block 0: taken');
+  t.same(await r.get(4095), zeroHash, 'block 0: carried');
+  t.same(await r.get(5000), Buffer.alloc(16, 1), 'block 1, untouched by the run: carried');
+  t.same(await r.get(8999), Buffer.alloc(16, 2), 'block 2, the short last one: carried');
+  await r.close();
+
+  // A flipped bit in block 1's entries: that block is not known, the others are.
+  const bytes = fs.readFileSync(place.file);
+  bytes[96 + (4096 * 16 + 8) + 5000 - 4096] ^= 1;
+  fs.writeFileSync(place.file, bytes);
+  const damaged = (await ChangeHashReader.open(place, manifestFor(3, grid)))!;
+  t.equal(await damaged.get(5000), undefined, 'the damaged block: not known');
+  t.equal(await damaged.get(4096), undefined);
+  t.same(await damaged.get(8999), Buffer.alloc(16, 2), 'the block after it still is');
+  t.same(await damaged.get(100), Buffer.alloc(16, 3), 'and the one before');
+  await damaged.close();
+});
+
+function manifestFor(point: number, grid = new ChunkGrid(10 * CHUNK + 100, CHUNK)) {
   return {
     format: 'rnode-point',
     version: 4,
@@ -165,8 +207,8 @@ function manifestFor(point: number) {
     parent: null,
     full: true,
     createdAt: `2026-12-0${point}T00:00:00.000Z`,
-    diskSize: 10 * CHUNK + 100,
-    chunkSize: CHUNK,
+    diskSize: grid.diskSize,
+    chunkSize: grid.chunkSize,
     source: { kind: 'raw', location: '/img' },
     table: { generation: 0, records: 0, segments: [{ records: 0, first: 0, last: 0, digest: `d${point}`, key: '' }] },
     stats: { chunksTotal: 11, chunksChanged: 0, chunksZero: 0, bytesRead: 0, bytesWritten: 0, seconds: 0 },

@@ -178,8 +178,9 @@ export class ChangeHashReader {
  */
 export class ChangeHashWriter {
   private blockNo = 0;
-  private entries: Buffer;
-  private setMask: Uint8Array;
+  /** The current block's entries and which of them the run set; undefined until a chunk of the block settles. */
+  private entries: Buffer | undefined;
+  private setMask: Uint8Array | undefined;
   private lastIndex = -1;
   private failed = false;
   private chain: Promise<void>;
@@ -192,8 +193,6 @@ export class ChangeHashWriter {
     private readonly unset: 'zero' | ChangeHashReader | undefined,
   ) {
     this.tmp = `${place.file}.${randomBytes(6).toString('hex')}.tmp`;
-    this.entries = Buffer.alloc(entriesIn(place.grid.count, 0) * CHANGE_HASH_BYTES);
-    this.setMask = new Uint8Array(entriesIn(place.grid.count, 0));
     const tmp = this.tmp;
     this.chain = (async () => {
       await fsp.mkdir(path.dirname(place.file), { recursive: true, mode: 0o700 });
@@ -211,15 +210,25 @@ export class ChangeHashWriter {
     const b = Math.floor(index / BLOCK_ENTRIES);
     while (this.blockNo < b) this.flush();
     const i = index - b * BLOCK_ENTRIES;
+    const n = entriesIn(this.place.grid.count, b);
+    this.entries ??= Buffer.alloc(n * CHANGE_HASH_BYTES);
+    this.setMask ??= new Uint8Array(n);
     this.setMask[i] = 1;
     if (hash) this.entries.set(hash.subarray(0, CHANGE_HASH_BYTES), i * CHANGE_HASH_BYTES);
   }
 
-  /** Writes the current block (unset entries from the parent's) and starts the next. */
+  /**
+   * Writes the current block (unset entries from the parent's, or a zero chunk's) and starts the next. A block no
+   * chunk of the run settled in gets its memory only when its turn to be written comes: a tracked run that skips most
+   * of a large disk queues no buffers for it.
+   */
   private flush(): void {
-    const { blockNo: b, entries, setMask } = this;
+    const b = this.blockNo;
+    const held = this.entries && this.setMask ? { entries: this.entries, setMask: this.setMask } : undefined;
     this.chain = this.chain.then(async () => {
       if (this.failed || !this.fh) return;
+      const n = entriesIn(this.place.grid.count, b);
+      const { entries, setMask } = held ?? { entries: Buffer.alloc(n * CHANGE_HASH_BYTES), setMask: new Uint8Array(n) };
       if (setMask.some((s) => s === 0) && this.unset) {
         const from = this.unset === 'zero' ? undefined : await this.unset.block(b);
         const { grid, seed } = this.place;
@@ -237,16 +246,17 @@ export class ChangeHashWriter {
       this.failed = true;
     });
     this.blockNo++;
-    const n = Math.max(0, entriesIn(this.place.grid.count, this.blockNo));
-    this.entries = Buffer.alloc(n * CHANGE_HASH_BYTES);
-    this.setMask = new Uint8Array(n);
+    this.entries = undefined;
+    this.setMask = undefined;
   }
 
   /** After the commit of `manifest`: the rest of the blocks, the header, then the rename. Never throws. */
   async finish(manifest: PointManifest): Promise<boolean> {
     try {
-      while (this.blockNo < blockCount(this.place.grid.count)) this.flush();
-      await this.chain;
+      while (this.blockNo < blockCount(this.place.grid.count)) {
+        this.flush();
+        await this.chain;
+      }
       if (this.failed || !this.fh) throw new Error('not written');
       await this.fh.write(header(this.place, pointFingerprint(manifest)), 0, HEADER_BYTES, 0);
       await this.fh.close();
