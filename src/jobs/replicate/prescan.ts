@@ -7,7 +7,7 @@
 // memory speed: change-hashes.ts), taken when the node holds them.
 import { availableParallelism } from 'node:os';
 import { isZeroEntry } from '../../format/table.js';
-import { changeHashes, type ChangeHashRun } from '../../native/index.js';
+import { changeHashes } from '../../native/index.js';
 import type { CodecWorkers, ScanReply } from '../../pipeline/codec-workers.js';
 import { ScanParent, ScanState } from '../../pipeline/codec-ops.js';
 import type { ChunkGrid } from '../../pipeline/grid.js';
@@ -50,16 +50,51 @@ const RUNS_PER_WORKER = 2;
 const GIVE_UP_CHANGED = 0.25;
 const GIVE_UP_AFTER_CHUNKS = 256;
 
-type Queued = { run: Candidate[]; reply: Promise<ScanReply> } | { single: Candidate };
-
 /**
  * Candidates in order, as candidates() gives them, with the read ones that the workers found unchanged turned into
  * Decided. The fd must stay open until this generator ends (its finally waits for every run in flight).
  */
-export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOptions): AsyncIterable<Candidate | Decided> {
-  const perRun = Math.max(1, Math.min(RUN_CHUNKS, Math.floor(RUN_BYTES / o.grid.chunkSize)));
-  const maxRuns = RUNS_PER_WORKER * o.workers.size;
-  const queue: Queued[] = [];
+export function prescanned(cands: AsyncIterable<Candidate>, o: PrescanOptions): AsyncIterable<Candidate | Decided> {
+  return inRuns(cands, {
+    perRun: Math.max(1, Math.min(RUN_CHUNKS, Math.floor(RUN_BYTES / o.grid.chunkSize))),
+    maxRuns: RUNS_PER_WORKER * o.workers.size,
+    start: (run) => o.workers.scanChunks(o.fd, o.idName, describe(run, o.grid), parentIds(run), o.changeSeed),
+    async decide(run, reply) {
+      const r = await reply.catch((err: unknown) => {
+        throw workerReadFailed(o.location, err);
+      });
+      let unchangedBytes = 0;
+      for (let i = 0; i < r.states.length; i++) if (r.states[i] !== ScanState.CHANGED) unchangedBytes += o.grid.length(run[i].index);
+      o.onScanned(r, unchangedBytes);
+      if (r.short !== undefined) throw sourceEnded(o.location, o.grid.offset(run[r.short].index) + r.got!, o.grid.diskSize);
+      return run.map((c, i) => {
+        const bytesRead = o.grid.length(c.index);
+        const change = r.changes?.subarray(16 * i, 16 * i + 16);
+        if (r.states[i] === ScanState.UNCHANGED) return { index: c.index, delta: { bytesRead, chunksData: 1 }, change };
+        if (r.states[i] === ScanState.ZERO) return { index: c.index, delta: { bytesRead }, change };
+        return c;
+      });
+    },
+  });
+}
+
+/** How one way of prescanning reads a run of chunks off the main thread, and what it makes of each. */
+interface RunScan<R> {
+  /** Chunks per run, and runs in flight at once. */
+  perRun: number;
+  maxRuns: number;
+  start(run: Candidate[]): Promise<R>;
+  /** The run's chunks in order: Decided, or the candidate itself (changed: the pipeline takes it). Throws its failure. */
+  decide(run: Candidate[], reply: Promise<R>): Promise<Array<Candidate | Decided>>;
+}
+
+/**
+ * The candidates in order: the read ones in runs started as they fill (up to maxRuns at once), each run decided in
+ * order, the others passed on as they are. Once more than GIVE_UP_CHANGED of the chunks scanned changed, every
+ * candidate passes on (the pipeline reads it once, not twice). Waits for every run in flight before it ends.
+ */
+async function* inRuns<R>(cands: AsyncIterable<Candidate>, s: RunScan<R>): AsyncIterable<Candidate | Decided> {
+  const queue: Array<{ run: Candidate[]; reply: Promise<R> } | { single: Candidate }> = [];
   let run: Candidate[] = [];
   let running = 0;
   let scanned = 0;
@@ -68,14 +103,14 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
 
   const send = () => {
     if (!run.length) return;
-    const reply = o.workers.scanChunks(o.fd, o.idName, describe(run, o.grid), parentIds(run), o.changeSeed);
+    const reply = s.start(run);
     reply.catch(() => {}); // awaited in order below; one that fails after the run has ended is not unhandled
     queue.push({ run, reply });
     running++;
     run = [];
   };
 
-  // The head of the queue, in order: a run's chunks as its reply says, or a candidate that was never sent.
+  // The head of the queue, in order: a run's chunks as decided, or a candidate that was never sent.
   async function* next(): AsyncIterable<Candidate | Decided> {
     const q = queue.shift()!;
     if ('single' in q) {
@@ -83,25 +118,10 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
       return;
     }
     running--;
-    const r = await q.reply.catch((err: unknown) => {
-      throw workerReadFailed(o.location, err);
-    });
-    let unchangedBytes = 0;
-    for (let i = 0; i < r.states.length; i++) if (r.states[i] !== ScanState.CHANGED) unchangedBytes += o.grid.length(q.run[i].index);
-    o.onScanned(r, unchangedBytes);
-    if (r.short !== undefined) throw sourceEnded(o.location, o.grid.offset(q.run[r.short].index) + r.got!, o.grid.diskSize);
+    const decided = await s.decide(q.run, q.reply);
     scanned += q.run.length;
-    for (let i = 0; i < q.run.length; i++) {
-      const c = q.run[i];
-      const bytesRead = o.grid.length(c.index);
-      const change = r.changes?.subarray(16 * i, 16 * i + 16);
-      if (r.states[i] === ScanState.UNCHANGED) yield { index: c.index, delta: { bytesRead, chunksData: 1 }, change };
-      else if (r.states[i] === ScanState.ZERO) yield { index: c.index, delta: { bytesRead }, change };
-      else {
-        changed++;
-        yield c;
-      }
-    }
+    for (const d of decided) if (!('delta' in d)) changed++;
+    yield* decided;
     if (scanned >= GIVE_UP_AFTER_CHUNKS && changed > GIVE_UP_CHANGED * scanned) givenUp = true;
   }
 
@@ -109,12 +129,12 @@ export async function* prescanned(cands: AsyncIterable<Candidate>, o: PrescanOpt
     for await (const c of cands) {
       if (c.read && !givenUp) {
         run.push(c);
-        if (run.length >= perRun) send();
+        if (run.length >= s.perRun) send();
       } else {
         send();
         queue.push({ single: c });
       }
-      while (queue.length && ('single' in queue[0] || running >= maxRuns)) yield* next();
+      while (queue.length && ('single' in queue[0] || running >= s.maxRuns)) yield* next();
     }
     send();
     while (queue.length) yield* next();
@@ -164,86 +184,47 @@ const HASH_RUN_CHUNKS = 64;
  * chunk whose hash equals the parent's is unchanged, or still zero. Every other chunk (changed, or its parent hash not
  * known) goes on to the pipeline, which takes its id and compares that with the parent's.
  */
-export async function* hashPrescanned(cands: AsyncIterable<Candidate>, o: HashPrescanOptions): AsyncIterable<Candidate | Decided> {
-  const perRun = Math.max(1, Math.min(HASH_RUN_CHUNKS, Math.floor(HASH_RUN_BYTES / o.grid.chunkSize)));
-  const maxRuns = Math.min(4, availableParallelism() + 1);
-  const zeroHash = (length: number) => zeroChunkHash(o.seed, length);
-  type Run = { run: Candidate[]; hashes: Uint8Array; reply: Promise<{ r: ChangeHashRun; ms: number }> };
-  const queue: Array<Run | { single: Candidate }> = [];
-  let run: Candidate[] = [];
-  let running = 0;
-  let scanned = 0;
-  let changed = 0;
-  let givenUp = false;
-
-  const send = () => {
-    if (!run.length) return;
-    const chunks = new Float64Array(2 * run.length);
-    run.forEach((c, i) => {
-      chunks[2 * i] = o.grid.offset(c.index);
-      chunks[2 * i + 1] = o.grid.length(c.index);
-    });
-    const hashes = new Uint8Array(CHANGE_HASH_BYTES * run.length);
-    const start = performance.now();
-    const reply = changeHashes(o.fd, chunks, o.seed, hashes).then((r) => ({ r, ms: performance.now() - start }));
-    reply.catch(() => {}); // awaited in order below
-    queue.push({ run, hashes, reply });
-    running++;
-    run = [];
-  };
-
-  async function* next(): AsyncIterable<Candidate | Decided> {
-    const q = queue.shift()!;
-    if ('single' in q) {
-      yield q.single;
-      return;
-    }
-    running--;
-    const { r, ms } = await q.reply.catch((err: unknown) => {
-      throw workerReadFailed(o.location, err, 'the thread pool');
-    });
-    if (r.short !== undefined) throw sourceEnded(o.location, o.grid.offset(q.run[r.short].index) + r.got!, o.grid.diskSize);
-    const decided: Array<Candidate | Decided> = [];
-    let unchangedBytes = 0;
-    for (let i = 0; i < q.run.length; i++) {
-      const c = q.run[i];
-      const length = o.grid.length(c.index);
-      const h = q.hashes.subarray(CHANGE_HASH_BYTES * i, CHANGE_HASH_BYTES * (i + 1));
-      const was = await o.parent.get(c.index);
-      const same = was !== undefined && Buffer.compare(h, was) === 0;
-      // The parent's hash says what the parent held; its table must agree (zero there and zero now, or data).
-      const parentZero = !c.parent || isZeroEntry(c.parent);
-      const zeroNow = same && Buffer.compare(h, zeroHash(length)) === 0;
-      if (same && parentZero && zeroNow) decided.push({ index: c.index, delta: { bytesRead: length }, change: h });
-      else if (same && !parentZero && !zeroNow && c.parent!.plainLength === length)
-        decided.push({ index: c.index, delta: { bytesRead: length, chunksData: 1 }, change: h });
-      else {
-        changed++;
-        decided.push(c);
-        continue;
+export function hashPrescanned(cands: AsyncIterable<Candidate>, o: HashPrescanOptions): AsyncIterable<Candidate | Decided> {
+  return inRuns(cands, {
+    perRun: Math.max(1, Math.min(HASH_RUN_CHUNKS, Math.floor(HASH_RUN_BYTES / o.grid.chunkSize))),
+    maxRuns: Math.min(4, availableParallelism() + 1),
+    start(run) {
+      const chunks = new Float64Array(2 * run.length);
+      run.forEach((c, i) => {
+        chunks[2 * i] = o.grid.offset(c.index);
+        chunks[2 * i + 1] = o.grid.length(c.index);
+      });
+      const hashes = new Uint8Array(CHANGE_HASH_BYTES * run.length);
+      const started = performance.now();
+      return changeHashes(o.fd, chunks, o.seed, hashes).then((r) => ({ r, hashes, ms: performance.now() - started }));
+    },
+    async decide(run, reply) {
+      const { r, hashes, ms } = await reply.catch((err: unknown) => {
+        throw workerReadFailed(o.location, err, 'the thread pool');
+      });
+      if (r.short !== undefined) throw sourceEnded(o.location, o.grid.offset(run[r.short].index) + r.got!, o.grid.diskSize);
+      const decided: Array<Candidate | Decided> = [];
+      let unchangedBytes = 0;
+      for (let i = 0; i < run.length; i++) {
+        const c = run[i];
+        const length = o.grid.length(c.index);
+        const h = hashes.subarray(CHANGE_HASH_BYTES * i, CHANGE_HASH_BYTES * (i + 1));
+        const was = await o.parent.get(c.index);
+        const same = was !== undefined && Buffer.compare(h, was) === 0;
+        // The parent's hash says what the parent held; its table must agree (zero there and zero now, or data).
+        const parentZero = !c.parent || isZeroEntry(c.parent);
+        const zeroNow = same && Buffer.compare(h, zeroChunkHash(o.seed, length)) === 0;
+        if (same && parentZero && zeroNow) decided.push({ index: c.index, delta: { bytesRead: length }, change: h });
+        else if (same && !parentZero && !zeroNow && c.parent!.plainLength === length)
+          decided.push({ index: c.index, delta: { bytesRead: length, chunksData: 1 }, change: h });
+        else {
+          decided.push(c);
+          continue;
+        }
+        unchangedBytes += length;
       }
-      unchangedBytes += length;
-    }
-    o.onScanned(ms, unchangedBytes);
-    scanned += q.run.length;
-    yield* decided;
-    if (scanned >= GIVE_UP_AFTER_CHUNKS && changed > GIVE_UP_CHANGED * scanned) givenUp = true;
-  }
-
-  try {
-    for await (const c of cands) {
-      if (c.read && !givenUp) {
-        run.push(c);
-        if (run.length >= perRun) send();
-      } else {
-        send();
-        queue.push({ single: c });
-      }
-      while (queue.length && ('single' in queue[0] || running >= maxRuns)) yield* next();
-    }
-    send();
-    while (queue.length) yield* next();
-  } finally {
-    await Promise.allSettled(queue.flatMap((q) => ('reply' in q ? [q.reply] : [])));
-  }
+      o.onScanned(ms, unchangedBytes);
+      return decided;
+    },
+  });
 }
