@@ -12,6 +12,7 @@ import { changeHashesAvailable, changeHashPlace, ChangeHashReader, ChangeHashWri
 import { ChunkGrid } from '../../src/pipeline/grid.js';
 import { Domain } from '../../src/repository/domain.js';
 import {
+  changeFiveChunks,
   KiB,
   countingSource,
   expectRestore,
@@ -21,7 +22,6 @@ import {
   randomData,
   snap,
   stopCodecWorkersAtEnd,
-  textData,
   tmpDir,
   writeAt,
 } from '../helpers/images.js';
@@ -50,11 +50,7 @@ for (const encrypted of [false, true]) {
       t.equal(files.length, 1, 'the full point left its change hashes');
 
       // One changed byte, text turned to zeros, zeros and a hole turned to data, the short last chunk.
-      writeAt(img, 3 * CHUNK + 17, Buffer.from([fs.readFileSync(img).readUInt8(3 * CHUNK + 17) ^ 0xff]));
-      writeAt(img, 45 * CHUNK, Buffer.alloc(CHUNK));
-      writeAt(img, 65 * CHUNK + 100, randomData(1000, 4));
-      writeAt(img, 85 * CHUNK, textData(CHUNK, 5));
-      writeAt(img, size - 10, randomData(10, 6));
+      changeFiveChunks(img, CHUNK, size);
       const fp2 = fingerprint(img);
       const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };
       const p2 = await snap(store, img, 'd', { changeHashDir, encryption, wrapSource: (s) => (counted.c = countingSource(s)) });

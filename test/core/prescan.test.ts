@@ -13,6 +13,7 @@ import { delegatingSource } from '../../src/source/types.js';
 import { replicate } from '../../src/jobs/replicate.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import {
+  changeFiveChunks,
   KiB,
   MiB,
   countingSource,
@@ -23,7 +24,6 @@ import {
   randomData,
   snap,
   stopCodecWorkersAtEnd,
-  textData,
   tmpDir,
   writeAt,
 } from '../helpers/images.js';
@@ -45,11 +45,7 @@ for (const encrypted of [false, true]) {
       const fp1 = fingerprint(img);
 
       // One changed byte, text turned to zeros, zeros and a hole turned to data, the short last chunk.
-      writeAt(img, 3 * CHUNK + 17, Buffer.from([fs.readFileSync(img).readUInt8(3 * CHUNK + 17) ^ 0xff]));
-      writeAt(img, 45 * CHUNK, Buffer.alloc(CHUNK));
-      writeAt(img, 65 * CHUNK + 100, randomData(1000, 4));
-      writeAt(img, 85 * CHUNK, textData(CHUNK, 5));
-      writeAt(img, size - 10, randomData(10, 6));
+      changeFiveChunks(img, CHUNK, size);
       const fp2 = fingerprint(img);
 
       const counted = { c: undefined as ReturnType<typeof countingSource> | undefined };

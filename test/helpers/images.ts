@@ -190,6 +190,19 @@ export function mixedChunkImage(file: string, chunk: number): number {
 }
 
 /**
+ * Five chunks of a mixedChunkImage changed, one of each kind: one byte flipped (random), text turned to zeros, zeros
+ * and the hole turned to data, and the short last chunk. Returns how many chunks changed.
+ */
+export function changeFiveChunks(file: string, chunk: number, size: number): number {
+  writeAt(file, 3 * chunk + 17, Buffer.from([fs.readFileSync(file).readUInt8(3 * chunk + 17) ^ 0xff]));
+  writeAt(file, 45 * chunk, Buffer.alloc(chunk));
+  writeAt(file, 65 * chunk + 100, randomData(1000, 4));
+  writeAt(file, 85 * chunk, textData(chunk, 5));
+  writeAt(file, size - 10, randomData(10, 6));
+  return 5;
+}
+
+/**
  * A BlockSource wrapper that counts the bytes actually read from the underlying source: through read() (`reads`
  * calls), and by the codec workers through its lent fd (`elsewhere` bytes: an incremental's scan, a full point).
  */
