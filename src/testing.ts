@@ -9,6 +9,8 @@ import { registerStoreScheme } from './store/schemes.js';
 export { MemoryStore };
 export { FaultyStore, type Fault } from './store/wrappers/faulty.js';
 export { generateSampleDisk, scatterWrites, fillMixed, Prng } from './sample/sample-disk.js';
+/** The addon's change-hash runs, as an incremental reads with them: the bench's floor of that scan. */
+export { changeHashes } from './native/index.js';
 
 const memoryStores = new Map<string, MemoryStore>();
 registerStoreScheme('mem', async (url) => {

@@ -1,15 +1,13 @@
 // The floors of an incremental scan in Node on this machine: a process that only reads the image in 1 MiB chunks and
 // hashes each, with no repository, no pipeline and nothing written. An incremental from a raw source cannot be faster;
 // how these compare with `xxhsum -H2` (one C process, no start-up to speak of) is the most an incremental can reach.
-// - "xxh3" (the default): the main thread loads the addon and hands runs of 64 chunks to its changeHashes (pread and
-//   XXH3-128 on the libuv pool, cores + 1 runs at once), as an incremental with this node's change hashes does.
+// - "xxh3" (the default): the main thread loads rnode's native module and hands runs of 64 chunks to its changeHashes
+//   (pread and XXH3-128 on the libuv pool, cores + 1 runs at once), as an incremental with change hashes does.
 // - "blake3": worker threads pread the chunks and take each one's keyed BLAKE3, as rnode's codec workers compare chunk
 //   ids when the node holds no change hashes of the parent.
 // usage: node scan-floor.js IMAGE THREADS [xxh3|blake3]
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 
 const CHUNK = 1024 * 1024;
@@ -22,7 +20,6 @@ interface Share {
 }
 
 type Hasher = { newKeyed(key: Buffer): { update(b: Buffer): { digestBuffer(): Buffer } } };
-type Addon = { changeHashes(fd: number, chunks: Float64Array, seed: bigint, out: Uint8Array): Promise<unknown> };
 
 const require = createRequire(import.meta.url);
 
@@ -35,14 +32,8 @@ function blake(): Hasher {
   }
 }
 
-/** The addon's shipped prebuild (dist/bench/lib -> the package root), as src/native loads it first. */
-function addon(): Addon {
-  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-  return require(path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node')) as Addon;
-}
-
 async function xxh3Floor(file: string, threads: number): Promise<void> {
-  const { changeHashes } = addon();
+  const { changeHashes } = await import('replication-node/testing');
   const fd = fs.openSync(file, 'r');
   const chunks = Math.ceil(fs.fstatSync(fd).size / CHUNK);
   let next = 0;

@@ -121,9 +121,20 @@ class ChangeHashWorker : public IoWorker {
         out_(out) {}
 
   void Execute() override {
-    // One buffer per pool thread, kept: runs come back to back during a scan.
+    // One buffer per pool thread, kept up to the default chunk size (runs come back to back during a scan; the pool
+    // lives as long as the process, and an agent's would otherwise keep a 16 MiB chunk's buffer in each thread).
     thread_local uint8_t* buf = nullptr;
     thread_local size_t bufLength = 0;
+    constexpr size_t kKeepBytes = 1 << 20;
+    struct Trim {
+      ~Trim() {
+        if (bufLength > kKeepBytes) {
+          free(buf);
+          buf = nullptr;
+          bufLength = 0;
+        }
+      }
+    } trim;
     const auto hash = Library().hash;
     for (size_t i = 0; i < count_; i++) {
       const uint64_t offset = static_cast<uint64_t>(chunks_[2 * i]);

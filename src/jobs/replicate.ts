@@ -175,18 +175,16 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 async function openChangeHashes(opts: ReplicateOptions, plan: PointPlan, resumeAt: number) {
   if (opts.changeHashDir === undefined || !changeHashesAvailable() || resumeAt > 0) return undefined;
   const place = changeHashPlace(opts.changeHashDir, opts.store.location, plan.domain, plan.disk, plan.grid);
-  // The scan's own reader, and one the writer copies the parent's entries from as it goes (both in index order).
-  const parent = plan.parent && plan.scan ? await ChangeHashReader.open(place, plan.parent) : undefined;
-  const carry = plan.parent && !plan.scan && !plan.full ? await ChangeHashReader.open(place, plan.parent) : undefined;
-  const writer = new ChangeHashWriter(place, plan.scan || plan.full ? 'zero' : carry);
+  // The parent's hashes, read in index order: by the scan's prescan, or by the writer for a tracked point's unread chunks.
+  const parent = plan.parent && !plan.full ? await ChangeHashReader.open(place, plan.parent) : undefined;
+  const writer = new ChangeHashWriter(place, plan.scan || plan.full ? 'zero' : parent);
   return {
     seed: place.seed,
-    parent,
+    parent: plan.scan ? parent : undefined,
     writer,
     async close() {
       await writer.abort(); // after finish(), only its temp file's removal, which is gone
       await parent?.close();
-      await carry?.close();
     },
   };
 }
