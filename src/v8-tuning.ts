@@ -4,7 +4,7 @@
 // codec worker) then compiles them from source. Given in the executable's shebang, these flags cost a replicate of a
 // 1 MiB disk 8% of its wall time (0.377 against 0.350 s, 20 alternating pairs) and an unchanged incremental of
 // 1.5 GiB 4% (0.619 against 0.596 s). So src/cli/one-job.ts sets them once a chunk job's codec workers have started,
-// or at once for a command that runs long.
+// or at once for a command that runs long, and for a replicate (whose workers start late, if at all).
 import v8 from 'node:v8';
 
 const YOUNG_GENERATION = '--semi-space-growth-factor=1';

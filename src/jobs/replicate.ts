@@ -54,6 +54,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const { store, source } = opts;
   const plan = await planPoint(opts);
   const { disk, seq, domain, grid, latest, parent } = plan;
+  if (plan.full) codecWorkers().start(); // every chunk is encoded: the lanes the process deferred start now
   const identity = await source.identity?.();
   const from = await openCheckpoint(opts, plan, identity);
   // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused), never older than

@@ -73,6 +73,12 @@ const WORKER_URL = new URL(`./codec-worker${import.meta.url.endsWith('.ts') ? '.
  */
 const INLINE_HANDICAP = 2;
 
+/**
+ * Deferred worker threads start once the main thread's lane has this many ops waiting: a job whose chunks turned
+ * out to need encoding after all (an incremental that changed more than its job expected).
+ */
+const START_DEFERRED_AT_LOAD = 4;
+
 interface Pending {
   resolve: (v: any) => void;
   reject: (e: Error) => void;
@@ -94,15 +100,19 @@ export class CodecWorkers {
 
   private readonly workerData: CodecWorkerData;
   private closed = false;
+  /** With `deferWorkers`, resolves when start() has spawned the worker threads. */
+  private spawned: Promise<void> = Promise.resolve();
+  private spawnDeferred?: () => void;
 
   /**
    * size lanes. portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same
    * digests). inline: one of the lanes is this thread (inline-lane.ts), where liblz4 is loaded: for a process that
-   * runs one job, not for one that serves others while it runs.
+   * runs one job, not for one that serves others while it runs. deferWorkers (with inline): the worker threads start
+   * only at start(), or once the main thread's lane falls behind; until then that lane takes every op.
    */
   constructor(
     readonly size = defaultWorkers(),
-    opts: { portableHash?: boolean; inline?: boolean } = {},
+    opts: { portableHash?: boolean; inline?: boolean; deferWorkers?: boolean } = {},
   ) {
     this.workerData = {
       portableHash: opts.portableHash === true,
@@ -115,17 +125,44 @@ export class CodecWorkers {
     // Not otherwise: a flag set before the workers start makes them compile node's built-ins without its code cache.
     if (!lz4Block) v8.setFlagsFromString('--expose-gc');
     const inline = opts.inline === true && !opts.portableHash && InlineLane.available;
-    for (let i = 0; i < size; i++) {
+    if (inline) {
       this.load.push(0);
-      if (i === 0 && inline) {
-        this.workers.push(new InlineLane((m) => this.onMessage(m)));
-        this.started.push(Promise.resolve());
-        this.live.push(true);
-      } else {
-        this.live.push(false);
-        this.workers.push(this.spawn(i));
-      }
+      this.workers.push(new InlineLane((m) => this.onMessage(m)));
+      this.started.push(Promise.resolve());
+      this.live.push(true);
     }
+    if (inline && opts.deferWorkers === true && size > 1) {
+      this.spawned = new Promise<void>((r) => {
+        this.spawnDeferred = r;
+      });
+    } else {
+      this.spawnWorkers();
+    }
+  }
+
+  /**
+   * Starts worker threads deferred by the constructor (a no-op otherwise, and once closed). A worker thread costs a
+   * node start of its own (~90 ms of CPU): a job that finds it has few chunks to encode (an incremental compared by
+   * change hashes) never starts one; a job that has many starts them as soon as it knows.
+   */
+  start(): void {
+    if (!this.spawnDeferred || this.closed) return;
+    this.spawnDeferred();
+    this.spawnDeferred = undefined;
+    this.spawnWorkers();
+  }
+
+  private spawnWorkers(): void {
+    for (let i = this.workers.length; i < this.size; i++) {
+      this.load.push(0);
+      this.live.push(false);
+      this.workers.push(this.spawn(i));
+    }
+  }
+
+  /** Worker threads started (deferred ones count once start() or the main thread's load has started them). */
+  get threads(): number {
+    return this.workers.filter((w) => !(w instanceof InlineLane)).length;
   }
 
   /** Ops the main thread's lane has handled (0 without one). */
@@ -169,10 +206,12 @@ export class CodecWorkers {
   }
 
   /**
-   * Resolves once every worker has loaded its modules. A chunk sent before waits on a worker still starting while
-   * the others run ahead: a run's first chunk got its id 300-500 ms after it was read, behind ten later chunks.
+   * Resolves once every worker has loaded its modules (deferred ones: once started and loaded). A chunk sent before
+   * waits on a worker still starting while the others run ahead: a run's first chunk got its id 300-500 ms after it
+   * was read, behind ten later chunks.
    */
   async ready(): Promise<void> {
+    await this.spawned;
     await Promise.all(this.started);
   }
 
@@ -329,6 +368,7 @@ export class CodecWorkers {
   }
 
   private send(msg: Record<string, unknown>): Promise<any> {
+    if (this.spawnDeferred && this.load[0] >= START_DEFERRED_AT_LOAD) this.start();
     const id = this.nextId++;
     // The least loaded lane that can take work now (while none can, the least loaded of all).
     const anyLive = this.live.includes(true);
@@ -374,7 +414,7 @@ export class CodecWorkers {
     this.closed = true;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      this.ready(),
+      Promise.all(this.started), // the workers spawned: deferred ones never started have nothing to wait for
       new Promise<void>((r) => {
         timer = setTimeout(r, 10_000);
         timer.unref();
@@ -442,7 +482,7 @@ function defaultWorkers(): number {
 let instance: CodecWorkers | undefined;
 
 /** The process-wide workers, started on first use (opts apply then: see the constructor). */
-export function codecWorkers(opts: { inline?: boolean } = {}): CodecWorkers {
+export function codecWorkers(opts: { inline?: boolean; deferWorkers?: boolean } = {}): CodecWorkers {
   instance ??= new CodecWorkers(defaultWorkers(), opts);
   return instance;
 }

@@ -99,3 +99,44 @@ t.test('with a worker beside it, the main thread takes a share of the work, not 
   const ops = lanes.inlineOps;
   t.ok(ops > 0 && ops < 48, `${ops} of 48 ops ran on the main thread`);
 });
+
+t.test('deferred worker threads start when asked, or once the main thread falls behind; never started, none is waited for', async (t) => {
+  const idle = new CodecWorkers(2, { inline: true, deferWorkers: true });
+  for (const c of [chunk(40), chunk(41)]) t.ok((await roundTrips(idle, [c]))[0].exact, 'one op at a time: the main thread keeps up');
+  t.equal(idle.threads, 0, 'no worker thread started');
+  t.equal(idle.inlineOps, 4, 'the main thread ran every op');
+  let timer: NodeJS.Timeout | undefined;
+  const closed = await Promise.race([
+    idle.close().then(() => 'closed'),
+    new Promise((r) => {
+      timer = setTimeout(() => r('waiting'), 5000);
+    }),
+  ]);
+  clearTimeout(timer);
+  t.equal(closed, 'closed', 'close() does not wait for workers that never started');
+
+  const busy = new CodecWorkers(2, { inline: true, deferWorkers: true });
+  t.teardown(() => busy.close());
+  const results = await roundTrips(
+    busy,
+    Array.from({ length: 12 }, (_, i) => chunk(50 + i)),
+  );
+  t.ok(
+    results.every((r) => r.exact),
+    'every chunk round-trips',
+  );
+  t.equal(busy.threads, 1, 'twelve ops at once: the deferred worker started');
+  await busy.ready();
+
+  const asked = new CodecWorkers(3, { inline: true, deferWorkers: true });
+  t.teardown(() => asked.close());
+  let ready = false;
+  const readiness = asked.ready().then(() => (ready = true));
+  await new Promise((r) => setTimeout(r, 50));
+  t.notOk(ready, 'ready() waits for workers not yet started');
+  asked.start();
+  asked.start();
+  t.equal(asked.threads, 2, 'start() starts the other lanes, once');
+  await readiness;
+  t.ok(ready, 'ready() once they have loaded');
+});

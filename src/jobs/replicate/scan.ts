@@ -177,8 +177,11 @@ export class ChunkScan {
   private stream(parentView: Cursor<ChunkEntry> | undefined, fd: number | undefined): AsyncIterable<Candidate | Decided> {
     const { opts, plan, from } = this.o;
     const all = candidates(plan.toRead, parentView);
-    if (fd === undefined) return all;
     const changes = this.o.changes;
+    // Compared by change hashes, only the chunks that changed reach the codec lanes: the main thread's lane takes them
+    // unless it falls behind (CodecWorkers starts its deferred workers then). Any other way, every chunk read does.
+    if (fd === undefined || !(changes?.parent && plan.scan)) this.workers.start();
+    if (fd === undefined) return all;
     if (changes?.parent && plan.scan) {
       this.comparedBy = 'change-hashes';
       return hashPrescanned(fromIndex(all, from.nextIndex), {
