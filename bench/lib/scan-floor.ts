@@ -2,10 +2,10 @@
 // hashes each, with no repository, no pipeline and nothing written. An incremental from a raw source cannot be faster;
 // how these compare with `xxhsum -H2` (one C process, no start-up to speak of) is the most an incremental can reach.
 // - "xxh3" (the default): the main thread loads rnode's native module and hands runs of 64 chunks to its changeHashes
-//   (pread and XXH3-128 on the libuv pool, cores + 1 runs at once), as an incremental with change hashes does.
+//   (pread and XXH3-128 on the libuv pool, N runs at once), as an incremental with change hashes does.
 // - "blake3": worker threads pread the chunks and take each one's keyed BLAKE3, as rnode's codec workers compare chunk
 //   ids when the node holds no change hashes of the parent.
-// usage: node scan-floor.js IMAGE THREADS [xxh3|blake3]
+// usage: node scan-floor.js IMAGE N [xxh3|blake3]   (N: runs in flight for xxh3, worker threads for blake3)
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
@@ -32,7 +32,7 @@ function blake(): Hasher {
   }
 }
 
-async function xxh3Floor(file: string, threads: number): Promise<void> {
+async function xxh3Floor(file: string, runs: number): Promise<void> {
   const { changeHashes } = await import('replication-node/testing');
   const fd = fs.openSync(file, 'r');
   const chunks = Math.ceil(fs.fstatSync(fd).size / CHUNK);
@@ -47,13 +47,13 @@ async function xxh3Floor(file: string, threads: number): Promise<void> {
       await changeHashes(fd, run, 7n, new Uint8Array(16 * n));
     }
   };
-  await Promise.all(Array.from({ length: threads + 1 }, lane));
+  await Promise.all(Array.from({ length: runs }, lane));
   fs.closeSync(fd);
 }
 
 if (isMainThread) {
-  const [file, threadsArg, mode] = process.argv.slice(2);
-  const threads = Number(threadsArg);
+  const [file, nArg, mode] = process.argv.slice(2);
+  const threads = Number(nArg);
   if (mode !== 'blake3') await xxh3Floor(file, threads);
   else {
     const chunks = Math.ceil(fs.statSync(file).size / CHUNK);

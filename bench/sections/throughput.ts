@@ -18,6 +18,8 @@ const CHANGE_FRACTION = 0.01;
 /** Node reading the image and taking keyed BLAKE3 of each chunk on as many threads as rnode's codec workers. */
 const SCAN_FLOOR = fileURLToPath(new URL('../lib/scan-floor.js', import.meta.url));
 const SCAN_THREADS = Math.max(1, Math.min(4, os.availableParallelism()));
+/** Change-hash runs in flight, as rnode's scan keeps them (src/jobs/replicate/prescan.ts). */
+const SCAN_RUNS = 8;
 
 /** Throughput in MB/s of disk size for each run, and its median. */
 function rates(size: number, runs: { seconds: number }[]): { all: number[]; median: number | null } {
@@ -217,7 +219,7 @@ export const throughput: Section = {
         xxh.push(await ctx.tool(tools.xxhsum, ['-H2', img], { stdout: 'discard' }));
       }
       await ctx.settle(img);
-      scanFloor.push(await ctx.tool(process.execPath, [SCAN_FLOOR, img, String(SCAN_THREADS), 'xxh3']));
+      scanFloor.push(await ctx.tool(process.execPath, [SCAN_FLOOR, img, String(SCAN_RUNS), 'xxh3']));
       await ctx.settle(img);
       idFloor.push(await ctx.tool(process.execPath, [SCAN_FLOOR, img, String(SCAN_THREADS), 'blake3']));
       if (before) {
@@ -418,7 +420,7 @@ export const throughput: Section = {
       baseline: { name: 'scan floor: Node reading the image with XXH3-128 per chunk', value: scanFloorR.median! },
       ratio: ratioOf(incrR.median, scanFloorR.median),
       note: [
-        `the addon's change-hash runs (pread + XXH3-128 of 64 chunks each, ${SCAN_THREADS + 1} at once on the libuv pool), as rnode's scan ` +
+        `the addon's change-hash runs (pread + XXH3-128 of 64 chunks each, ${SCAN_RUNS} at once on the libuv pool), as rnode's scan ` +
           'reads them; process start included',
         spread(scanFloorR.all, 'MB/s') && `floor ${spread(scanFloorR.all, 'MB/s')}`,
         idFloorR.median && `with keyed BLAKE3 chunk ids on worker threads instead: ${spread(idFloorR.all, 'MB/s')}`,
