@@ -19,6 +19,7 @@
     "defines": [
       "NAPI_VERSION=8",
       "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS",
+      "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
       "_FILE_OFFSET_BITS=64"
     ],
     "cflags_cc": ["-O2", "-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"],

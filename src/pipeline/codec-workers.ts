@@ -103,6 +103,8 @@ export class CodecWorkers {
   /** With `deferWorkers`, resolves when start() has spawned the worker threads. */
   private spawned: Promise<void> = Promise.resolve();
   private spawnDeferred?: () => void;
+  /** close() waiting for the ops in flight to settle. */
+  private onIdle?: () => void;
 
   /**
    * size lanes. portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same
@@ -389,6 +391,7 @@ export class CodecWorkers {
     if (--this.load[p.worker] === 0) this.workers[p.worker].unref();
     if (m.error !== undefined) p.reject(new Error(m.error));
     else p.resolve(m);
+    if (this.pending.size === 0) this.onIdle?.();
   }
 
   /** A dead worker fails what it held and is replaced, so later chunks never wait on it forever. */
@@ -402,19 +405,23 @@ export class CodecWorkers {
       }
     }
     this.load[worker] = 0;
+    if (this.pending.size === 0) this.onIdle?.();
     if (!this.closed) this.workers[worker] = this.spawn(worker);
   }
 
   /**
-   * Stops the workers once each has started: a worker terminated while it loads the addon makes the addon's module
-   * init fail inside a dying isolate, which aborts the whole process (seen: a recover that failed on its key file while
-   * its workers started exited by SIGABRT with a native stack instead of its one line).
+   * Stops the workers once each has started and the ops in flight have settled (at most 10 s): a worker terminated
+   * while it loads the addon makes the addon's module init fail inside a dying isolate, which aborts the whole process
+   * (seen: a recover that failed on its key file while its workers started exited by SIGABRT with a native stack
+   * instead of its one line); one terminated with a native read in flight can abort it as the read completes.
    */
   async close(): Promise<void> {
     this.closed = true;
     let timer: NodeJS.Timeout | undefined;
+    const idle = this.pending.size === 0 ? undefined : new Promise<void>((r) => (this.onIdle = r));
     await Promise.race([
-      Promise.all(this.started), // the workers spawned: deferred ones never started have nothing to wait for
+      // The workers spawned (deferred ones never started have nothing to wait for), and what they run.
+      Promise.all([...this.started, idle]),
       new Promise<void>((r) => {
         timer = setTimeout(r, 10_000);
         timer.unref();

@@ -140,3 +140,18 @@ t.test('deferred worker threads start when asked, or once the main thread falls 
   await readiness;
   t.ok(ready, 'ready() once they have loaded');
 });
+
+t.test('close() lets the ops in flight finish before it stops the workers', async (t) => {
+  const lanes = new CodecWorkers(2);
+  await lanes.ready();
+  const results = roundTrips(
+    lanes,
+    Array.from({ length: 8 }, (_, i) => chunk(70 + i)),
+  );
+  await lanes.close();
+  const r = await results.then(
+    (all) => all,
+    (err: Error) => err,
+  );
+  t.ok(Array.isArray(r) && r.every((x) => x.exact), `every op sent before close() completed (${r instanceof Error ? r.message : 'exact'})`);
+});
