@@ -103,8 +103,9 @@ export class CodecWorkers {
   /** With `deferWorkers`, resolves when start() has spawned the worker threads. */
   private spawned: Promise<void> = Promise.resolve();
   private spawnDeferred?: () => void;
-  /** close() waiting for the ops in flight to settle. */
+  /** close() waiting for the ops in flight to settle: called once none is left. */
   private onIdle?: () => void;
+  private idle?: Promise<void>;
 
   /**
    * size lanes. portableHash: xxh64 from xxhash-wasm even where the addon has it (the tests check both give the same
@@ -418,10 +419,10 @@ export class CodecWorkers {
   async close(): Promise<void> {
     this.closed = true;
     let timer: NodeJS.Timeout | undefined;
-    const idle = this.pending.size === 0 ? undefined : new Promise<void>((r) => (this.onIdle = r));
+    if (this.pending.size > 0) this.idle ??= new Promise<void>((r) => (this.onIdle = r));
     await Promise.race([
       // The workers spawned (deferred ones never started have nothing to wait for), and what they run.
-      Promise.all([...this.started, idle]),
+      Promise.all([...this.started, this.idle]),
       new Promise<void>((r) => {
         timer = setTimeout(r, 10_000);
         timer.unref();
