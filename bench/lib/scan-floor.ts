@@ -52,8 +52,8 @@ async function xxh3Floor(file: string, runs: number): Promise<void> {
 }
 
 if (isMainThread) {
-  const [file, nArg, mode] = process.argv.slice(2);
-  const threads = Number(nArg);
+  const [file, n, mode] = process.argv.slice(2);
+  const threads = Number(n); // worker threads for blake3, runs in flight for xxh3
   if (mode !== 'blake3') await xxh3Floor(file, threads);
   else {
     const chunks = Math.ceil(fs.statSync(file).size / CHUNK);

@@ -178,11 +178,9 @@ export class ChunkScan {
     const { opts, plan, from } = this.o;
     const all = candidates(plan.toRead, parentView);
     const changes = this.o.changes;
-    // Compared by change hashes, only the chunks that changed reach the codec lanes: the main thread's lane takes them
-    // unless it falls behind (CodecWorkers starts its deferred workers then). Any other way, every chunk read does.
-    if (fd === undefined || !(changes?.parent && plan.scan)) this.workers.start();
-    if (fd === undefined) return all;
-    if (changes?.parent && plan.scan) {
+    if (fd !== undefined && changes?.parent && plan.scan) {
+      // Only the chunks that changed reach the codec lanes: the main thread's lane takes them unless it falls behind
+      // (CodecWorkers starts its deferred workers then).
       this.comparedBy = 'change-hashes';
       return hashPrescanned(fromIndex(all, from.nextIndex), {
         fd,
@@ -197,6 +195,9 @@ export class ChunkScan {
         },
       });
     }
+    // Any other way, every chunk read reaches the codec lanes: the workers the process deferred start now.
+    this.workers.start();
+    if (fd === undefined) return all;
     this.comparedBy = 'chunk-ids';
     return prescanned(fromIndex(all, from.nextIndex), {
       fd,
