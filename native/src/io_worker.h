@@ -11,6 +11,7 @@
 #include <string>
 
 #include "io_error.h"
+#include "promise.h"
 
 namespace rnode {
 
@@ -36,24 +37,26 @@ class TeardownSafeWorker : public Napi::AsyncWorker {
 
 class PromiseWorker : public TeardownSafeWorker {
  public:
-  Napi::Promise Promise() { return deferred_.Promise(); }
+  Napi::Value Promise() const { return promise_.Promise(); }
 
   void OnOK() override {
     Napi::Env env = Env();
     if (Failed()) {
-      deferred_.Reject(FailureError(env).Value());
+      promise_.Reject(FailureError(env).Value());
       return;
     }
     Napi::Value result = Result(env);
     if (env.IsExceptionPending()) {
-      deferred_.Reject(env.GetAndClearPendingException().Value());
+      promise_.Reject(env.GetAndClearPendingException().Value());
       return;
     }
-    deferred_.Resolve(result);
+    // An empty result with nothing pending: the environment began to stop after OnWorkComplete's check, and no JS
+    // is left to take it (Resolve drops it).
+    promise_.Resolve(result);
   }
 
  protected:
-  PromiseWorker(Napi::Env env, const char* name) : TeardownSafeWorker(env, name), deferred_(env) {}
+  PromiseWorker(Napi::Env env, const char* name) : TeardownSafeWorker(env, name), promise_(env) {}
 
   // The value the promise resolves to, when nothing failed. A JS exception left pending rejects it instead.
   virtual Napi::Value Result(Napi::Env env) = 0;
@@ -63,7 +66,7 @@ class PromiseWorker : public TeardownSafeWorker {
   virtual Napi::Error FailureError(Napi::Env env) const = 0;
 
  private:
-  Napi::Promise::Deferred deferred_;
+  PendingPromise promise_;
 };
 
 // A worker of file and block I/O: a failure is the errno of a syscall.
@@ -96,8 +99,8 @@ class IoWorker : public PromiseWorker {
 };
 
 // Queues the worker (libuv owns and deletes it once settled) and returns the promise it settles.
-inline Napi::Promise QueueWorker(PromiseWorker* worker) {
-  Napi::Promise promise = worker->Promise();
+inline Napi::Value QueueWorker(PromiseWorker* worker) {
+  Napi::Value promise = worker->Promise();
   worker->Queue();
   return promise;
 }

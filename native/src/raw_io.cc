@@ -54,9 +54,9 @@ class OpenWorker : public IoWorker {
   Napi::Value Result(Napi::Env env) override {
     // From here the JS object owns the fd; its finalizer closes it if the caller leaks it.
     Napi::Object file = RawFile::NewInstance(env, fd_, path_, type_[0] == 'b');
-    if (env.IsExceptionPending()) {
-      close(fd_);  // the pending exception rejects the promise
-      return env.Undefined();
+    if (file.IsEmpty() || env.IsExceptionPending()) {
+      close(fd_);  // no JS object owns it; a pending exception rejects the promise
+      return Napi::Value();
     }
     Napi::Object result = Napi::Object::New(env);
     result.Set("file", file);
@@ -220,13 +220,22 @@ Napi::Function RawFile::DefineClass(Napi::Env env) {
 }
 
 Napi::Object RawFile::NewInstance(Napi::Env env, int fd, const std::string& path, bool blockDevice) {
-  Napi::Object obj = GetAddonData(env)->rawFileCtor.New({});
-  if (env.IsExceptionPending()) return obj;
-  RawFile* file = RawFile::Unwrap(obj);
+  // Raw Node-API calls, each checked: this runs in a completion, and when the environment stops under it (a worker
+  // thread terminated meanwhile) the construction fails with nothing pending, or yields an object that was never
+  // wrapped. node-addon-api's wrappers would then abort the process or hand back a null RawFile.
+  napi_value ctor = nullptr;
+  napi_value obj = nullptr;
+  void* wrapped = nullptr;
+  if (napi_get_reference_value(env, GetAddonData(env)->rawFileCtor, &ctor) != napi_ok || ctor == nullptr ||
+      napi_new_instance(env, ctor, 0, nullptr, &obj) != napi_ok || napi_unwrap(env, obj, &wrapped) != napi_ok ||
+      wrapped == nullptr) {
+    return Napi::Object();
+  }
+  RawFile* file = static_cast<RawFile*>(wrapped);  // ObjectWrap wraps the T* itself
   file->fd_ = fd;
   file->path_ = path;
   file->blockDevice_ = blockDevice;
-  return obj;
+  return Napi::Object(env, obj);
 }
 
 // Constructed from JS directly, a RawFile has no fd and every call rejects with EBADF.
@@ -237,9 +246,7 @@ RawFile::~RawFile() {
 }
 
 Napi::Value RawFile::RejectClosed(Napi::Env env, const char* syscall) {
-  auto deferred = Napi::Promise::Deferred::New(env);
-  deferred.Reject(MakeIoError(env, EBADF, syscall, path_).Value());
-  return deferred.Promise();
+  return RejectedPromise(env, MakeIoError(env, EBADF, syscall, path_).Value());
 }
 
 // read(buf: Uint8Array, position: number, length: number, alignment: number): Promise<number>
@@ -291,17 +298,18 @@ Napi::Value RawFile::AllocatedExtents(const Napi::CallbackInfo& info) {
 // close(): Promise<void>; idempotent, and waits for reads in flight before releasing the fd.
 Napi::Value RawFile::Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto deferred = Napi::Promise::Deferred::New(env);
+  PendingPromise closed(env);
+  Napi::Value promise = closed.Promise();
   if (fd_ < 0 && !closing_) {
-    deferred.Resolve(env.Undefined());
-    return deferred.Promise();
+    closed.Resolve(env.Undefined());
+    return promise;
   }
-  closeWaiters_.push_back(deferred);
+  closeWaiters_.push_back(std::move(closed));
   if (!closing_) {
     closing_ = true;
     if (inflight_ == 0) StartClose(env);
   }
-  return deferred.Promise();
+  return promise;
 }
 
 // lendFd(): number; the fd, for positional reads on another thread of this process, or -1 once closing. A lent fd
@@ -334,13 +342,13 @@ void RawFile::OpFinished(Napi::Env env) {
 
 void RawFile::CloseFinished(Napi::Env env, int err) {
   closing_ = false;
-  std::vector<Napi::Promise::Deferred> waiters;
+  std::vector<PendingPromise> waiters;
   waiters.swap(closeWaiters_);
-  for (auto& d : waiters) {
+  for (auto& waiter : waiters) {
     if (err == 0) {
-      d.Resolve(env.Undefined());
+      waiter.Resolve(env.Undefined());
     } else {
-      d.Reject(MakeIoError(env, err, "close", path_).Value());
+      waiter.Reject(MakeIoError(env, err, "close", path_).Value());
     }
   }
 }

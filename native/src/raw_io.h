@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "promise.h"
+
 namespace rnode {
 
 void InitRawIo(Napi::Env env, Napi::Object exports);
@@ -40,7 +42,7 @@ class RawFile : public Napi::ObjectWrap<RawFile> {
   int inflight_ = 0;
   int lent_ = 0;  // lendFd() calls not yet given back (each also counts in inflight_)
   bool closing_ = false;
-  std::vector<Napi::Promise::Deferred> closeWaiters_;
+  std::vector<PendingPromise> closeWaiters_;
 };
 
 }  // namespace rnode

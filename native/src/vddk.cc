@@ -266,9 +266,7 @@ bool GetNumber(Napi::Object o, const char* name, double* out, bool required) {
 }
 
 Napi::Value Reject(Napi::Env env, Napi::Error err) {
-  auto d = Napi::Promise::Deferred::New(env);
-  d.Reject(err.Value());
-  return d.Promise();
+  return RejectedPromise(env, err.Value());
 }
 
 Napi::Value TypeFail(Napi::Env env, const std::string& what) {
