@@ -5,6 +5,7 @@
 // and only the requests not yet answered are sent again, so re-sent bytes never exceed one credit window.
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
@@ -94,6 +95,9 @@ interface Req {
  * most of them are views, and the node copies each byte once, into the buffer it checks and writes from.
  */
 const FRAGMENT_BYTES = 16 * 1024;
+
+/** Each connection's socket (TCP or TLS), as its upgrade handed it over: corked around a PUT's fragments. */
+const socketOf = new WeakMap<WebSocket, Duplex>();
 
 const FATAL_CONNECT = new Set<string>([TransportErrorCodes.AUTH, TransportErrorCodes.VERSION, TransportErrorCodes.TLS, TransportErrorCodes.PROTOCOL]);
 
@@ -461,11 +465,19 @@ export class RemoteStore implements ObjectStore {
     if (payload && payload.length > 0) {
       // Fragments of one WebSocket message, queued back to back (ws.send never interleaves them): the head, then
       // the payload in pieces the node's parser can hand out as views of its socket reads (see FRAGMENT_BYTES).
-      ws.send(frame, { binary: true, fin: false });
-      for (let at = 0; at < payload.length; at += FRAGMENT_BYTES) {
-        const end = Math.min(payload.length, at + FRAGMENT_BYTES);
-        if (end < payload.length) ws.send(payload.subarray(at, end), { binary: true, fin: false });
-        else ws.send(payload.subarray(at, end), { binary: true, fin: true }, () => this.onWritten());
+      // The socket is corked meanwhile, so node writes them in one go: uncorked, every fragment was a write call (and a
+      // TCP segment) of its own, about 30,000 for a 1 GiB disk's 500 MiB.
+      const socket = socketOf.get(ws);
+      socket?.cork();
+      try {
+        ws.send(frame, { binary: true, fin: false });
+        for (let at = 0; at < payload.length; at += FRAGMENT_BYTES) {
+          const end = Math.min(payload.length, at + FRAGMENT_BYTES);
+          if (end < payload.length) ws.send(payload.subarray(at, end), { binary: true, fin: false });
+          else ws.send(payload.subarray(at, end), { binary: true, fin: true }, () => this.onWritten());
+        }
+      } finally {
+        socket?.uncork();
       }
     } else {
       ws.send(frame, { binary: true }, () => this.onWritten());
@@ -549,6 +561,7 @@ export class RemoteStore implements ObjectStore {
         (this.opts.connectTimeoutMs ?? 10_000) + 1000,
       );
       ws.on('upgrade', (res: IncomingMessage) => {
+        socketOf.set(ws, res.socket);
         if (!pin) return;
         const cert = (res.socket as TLSSocket).getPeerCertificate?.();
         const got = cert?.fingerprint256 ? normalizeFingerprint(cert.fingerprint256) : '';
