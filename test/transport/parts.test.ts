@@ -2,6 +2,7 @@
 // charges the whole object to the session's credit at its first part, so a peer that declares huge objects, sends
 // parts out of order, or never finishes one cannot make the node hold more than its window.
 import t from 'tap';
+import net from 'node:net';
 import WebSocket from 'ws';
 import { RnodeError } from '../../src/errors.js';
 import { MemoryStore } from '../../src/store/memory/memory-store.js';
@@ -50,6 +51,31 @@ t.test('an object of several parts is stored whole and byte-exact; the window bo
   await t.rejects(rs2.put('disks/x/encryption.json', bigJson(20 * MiB, 9)), { message: /serve --window/ });
   t.equal(small.server.stats.protocolErrors, 0, 'the sender did not break the credit rule');
   await t.rejects(rs.put('disks/y/encryption.json', Buffer.alloc(MAX_OBJECT_BYTES + 1)), { message: /exceeds what the receiving node takes/ });
+});
+
+t.test("a PUT's fragments reach the socket in one write, not a write each", async (t) => {
+  // The sender sends a payload in 16 KiB WebSocket fragments (views on the node, see RemoteStore). Written one by
+  // one, each was a writev and a TCP segment of its own (about 30,000 for a 1 GiB disk): the socket stays corked
+  // until the last fragment is queued, and node hands them to the kernel in one call.
+  const { url } = await startNode(t, tmpDir(t, 'ws-cork'), { store: new MemoryStore() });
+  const rs = remote(t, url);
+  await rs.put('disks/w/encryption.json', bigJson(1024, 0)); // the session is up
+  type Writev = (chunks: unknown[], cb: (err?: Error | null) => void) => void;
+  const proto = net.Socket.prototype as unknown as { _writev: Writev };
+  const writev = proto._writev;
+  const batches: number[] = [];
+  proto._writev = function (this: net.Socket, chunks, cb) {
+    batches.push(chunks.length);
+    return writev.call(this, chunks, cb);
+  };
+  t.teardown(() => {
+    proto._writev = writev;
+  });
+  const object = bigJson(4 * MiB, 1);
+  await rs.put('disks/x/encryption.json', object);
+  proto._writev = writev;
+  const fragments = (4 * MiB) / (16 * 1024);
+  t.ok(Math.max(0, ...batches) > fragments, `one write took all ${fragments} fragments (the largest took ${Math.max(0, ...batches)} buffers)`);
 });
 
 /** A raw authenticated peer: hello, then the given frames; resolves with the node's frames and the close code. */
