@@ -161,9 +161,28 @@ function columnsOf(parts: readonly IndexPart[]): Columns {
   return c;
 }
 
-/** The positions of keys in ascending order (two passes of a 16-bit LSD radix sort: stable, linear). */
+/**
+ * Below this many keys a native sort beats the radix sort, whose passes over 65,536 buckets each cost the same at
+ * any size: 7 ms against 0.4 ms for 1,000 keys at a job's start (its loops still interpreted), even at 100,000.
+ */
+const FEW_KEYS = 32_768;
+/** A position fits below this in a double beside a 32-bit key (2^32 * 2^21 = 2^53). */
+const POSITIONS = 2 ** 21;
+
+/**
+ * The positions of keys in ascending order, stable: two passes of a 16-bit LSD radix sort (linear), or for few
+ * keys a native sort of each key with its position packed into one double.
+ */
 function radixOrder(keys: Uint32Array): Uint32Array {
   const n = keys.length;
+  if (n < FEW_KEYS) {
+    const packed = new Float64Array(n);
+    for (let i = 0; i < n; i++) packed[i] = keys[i] * POSITIONS + i;
+    packed.sort();
+    const order = new Uint32Array(n);
+    for (let i = 0; i < n; i++) order[i] = packed[i] % POSITIONS;
+    return order;
+  }
   let order = new Uint32Array(n);
   let next = new Uint32Array(n);
   for (let i = 0; i < n; i++) order[i] = i;

@@ -3,6 +3,7 @@
 // table v3 segments and manifests v4 round-trip and reject tampering; the ChunkIndex finds every id by its full 32
 // bytes (ids sharing their first 8 bytes stay apart); a property test round-trips random packs and indexes.
 import fc from 'fast-check';
+import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import type { Test } from 'tap';
 import { EncryptionKey } from '../../src/crypto/keys.js';
@@ -252,6 +253,25 @@ t.test('index objects and the ChunkIndex', async (t) => {
   t.equal(ix.lookup(a).length, 1);
   t.equal(ix.lookup(b).length, 1, 'added during a run');
   t.equal([...ix.locations()].length, 2);
+});
+
+t.test('a ChunkIndex of many ids (sorted by the radix passes, not the small-index sort) is in order and finds each', async (t) => {
+  // 40,000 ids whose first four bytes take only 1,000 values: the order within a prefix comes from the whole ids.
+  const n = 40_000;
+  const locs = Array.from({ length: n }, (_, i) => {
+    const id = randomBytes(32);
+    id.writeUInt32BE(((i % 1000) * 2654435761) >>> 0, 0);
+    return { packId: newObjectId(), entry: { ...loc(plain, i).entry, id } };
+  });
+  const ix = new ChunkIndex(locs);
+  const ids = [...ix.ids()];
+  t.equal(ids.length, n);
+  let ordered = true;
+  for (let i = 1; i < ids.length; i++) if (Buffer.compare(ids[i - 1], ids[i]) >= 0) ordered = false;
+  t.ok(ordered, 'ids in strictly ascending order');
+  let found = 0;
+  for (const l of locs) if (ix.lookup(l.entry.id).some((x) => x.packId === l.packId && x.entry.offset === l.entry.offset)) found++;
+  t.equal(found, n, 'every location found');
 });
 
 t.test('property: the ChunkIndex sorts ids that share prefixes and finds every location of each', async (t) => {
