@@ -121,7 +121,7 @@ function columnsOf(parts: readonly IndexPart[]): Columns {
       prefix[i] = ((b[d] << 24) | (b[d + 1] << 16) | (b[d + 2] << 8) | b[d + 3]) >>> 0;
     }
   });
-  const order = radixOrder(prefix);
+  const order = keyOrder(prefix);
   const idAt = (x: number) => at[x] + OBJECT_ID_BYTES;
   for (let s = 0; s < n;) {
     let e = s + 1;
@@ -162,8 +162,8 @@ function columnsOf(parts: readonly IndexPart[]): Columns {
 }
 
 /**
- * Below this many keys a native sort beats the radix sort, whose passes over 65,536 buckets each cost the same at
- * any size: 7 ms against 0.4 ms for 1,000 keys at a job's start (its loops still interpreted), even at 100,000.
+ * Below this many keys a native sort beats the radix sort, whose passes over 65,536 buckets cost the same at any
+ * size: 7 ms against 0.4 ms for 1,000 keys at a job's start (its loops still interpreted); the two are even at 100,000.
  */
 const FEW_KEYS = 32_768;
 /** A position fits below this in a double beside a 32-bit key (2^32 * 2^21 = 2^53). */
@@ -173,7 +173,7 @@ const POSITIONS = 2 ** 21;
  * The positions of keys in ascending order, stable: two passes of a 16-bit LSD radix sort (linear), or for few
  * keys a native sort of each key with its position packed into one double.
  */
-function radixOrder(keys: Uint32Array): Uint32Array {
+function keyOrder(keys: Uint32Array): Uint32Array {
   const n = keys.length;
   if (n < FEW_KEYS) {
     const packed = new Float64Array(n);
