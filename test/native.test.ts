@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { setImmediate as tick } from 'node:timers/promises';
 import v8 from 'node:v8';
@@ -34,7 +34,7 @@ import {
   type Extent,
 } from '../src/native/index.js';
 import { Codec } from '../src/format/codecs.js';
-import { ensureBuilt, ROOT } from './helpers/cli.js';
+import { ensureBuilt, ROOT, runScript } from './helpers/cli.js';
 import { CodecWorkers, maxObjectBytes } from '../src/pipeline/codec-workers.js';
 
 const MiB = 1024 * 1024;
@@ -539,19 +539,10 @@ t.test('worker threads stopped with native work completing all the time end clea
       await w.terminate();
     }
     console.log('ok');`;
-  const run = () =>
-    new Promise<{ code: number | null; signal: string | null; out: string; err: string }>((resolve) => {
-      const child = spawn(process.execPath, ['--input-type=module', '-e', script], { timeout: 60_000 });
-      let out = '';
-      let err = '';
-      child.stdout.on('data', (d) => (out += d));
-      child.stderr.on('data', (d) => (err += d));
-      child.on('close', (code, signal) => resolve({ code, signal, out, err }));
-    });
-  for (const [i, r] of (await Promise.all([run(), run()])).entries()) {
-    t.same({ code: r.code, signal: r.signal }, { code: 0, signal: null }, `process ${i} exits 0 (${r.err.slice(0, 300)})`);
-    t.notMatch(r.err, /FATAL/, 'no fatal error');
-    t.equal(r.out.trim(), 'ok');
+  for (const [i, r] of (await Promise.all([runScript(script), runScript(script)])).entries()) {
+    t.same({ code: r.code, signal: r.signal }, { code: 0, signal: null }, `process ${i} exits 0 (${r.stderr.slice(0, 300)})`);
+    t.notMatch(r.stderr, /FATAL/, 'no fatal error');
+    t.equal(r.stdout.trim(), 'ok');
   }
 });
 
