@@ -103,7 +103,7 @@ export class CodecWorkers {
   /** With `deferWorkers`, resolves when start() has spawned the worker threads. */
   private spawned: Promise<void> = Promise.resolve();
   private spawnDeferred?: () => void;
-  /** close() waiting for the ops in flight to settle: called once none is left. */
+  /** close() waiting for the ops in flight to settle: called (once) when none is left. */
   private onIdle?: () => void;
   private idle?: Promise<void>;
 
@@ -419,10 +419,9 @@ export class CodecWorkers {
   async close(): Promise<void> {
     this.closed = true;
     let timer: NodeJS.Timeout | undefined;
-    if (this.pending.size > 0) this.idle ??= new Promise<void>((r) => (this.onIdle = r));
     await Promise.race([
       // The workers spawned (deferred ones never started have nothing to wait for), and what they run.
-      Promise.all([...this.started, this.idle]),
+      Promise.all([...this.started, this.settled()]),
       new Promise<void>((r) => {
         timer = setTimeout(r, 10_000);
         timer.unref();
@@ -431,6 +430,22 @@ export class CodecWorkers {
     clearTimeout(timer);
     await Promise.all(this.workers.map((w) => w.terminate()));
     if (instance === this) instance = undefined;
+  }
+
+  /**
+   * Resolves once no op is in flight, nor sent by what the last ones' settling ran: a caller's next step (an encode's
+   * decode) is an op sent after close() that it still waits for. Calls at once share each wait.
+   */
+  private async settled(): Promise<void> {
+    while (this.pending.size > 0) {
+      await (this.idle ??= new Promise<void>((resolve) => {
+        this.onIdle = () => {
+          this.idle = this.onIdle = undefined;
+          resolve();
+        };
+      }));
+      await new Promise<void>((r) => setImmediate(r)); // the settled ops' continuations run first
+    }
   }
 }
 

@@ -155,3 +155,16 @@ t.test('close() lets the ops in flight finish before it stops the workers', asyn
   );
   t.ok(Array.isArray(r) && r.every((x) => x.exact), `every op sent before close() completed (${r instanceof Error ? r.message : 'exact'})`);
 });
+
+t.test("close() also waits for an op that a settled op's continuation sends (an encode's decode)", async (t) => {
+  const lanes = new CodecWorkers(2);
+  await lanes.ready();
+  // One chunk: its encode is the only op in flight when close() is called; its decode is sent as the encode settles.
+  const result = roundTrips(lanes, [chunk(90)]);
+  await lanes.close();
+  const r = await result.then(
+    (all) => all,
+    (err: Error) => err,
+  );
+  t.ok(Array.isArray(r) && r[0].exact, `the decode sent after close() completed (${r instanceof Error ? r.message : 'exact'})`);
+});
