@@ -30,8 +30,17 @@ class TeardownSafeWorker : public Napi::AsyncWorker {
  protected:
   using Napi::AsyncWorker::AsyncWorker;
 
+  // Called instead of any callback when the result will reach no JS (the environment is stopping, or the work was
+  // cancelled): a worker whose Execute acquired something for JS to own, such as an fd, releases it here. Without
+  // this, each worker thread stopped while an open completed kept that file open for the life of the process.
+  virtual void Dropped() {}
+
   void OnWorkComplete(Napi::Env env, napi_status status) override {
-    Napi::AsyncWorker::OnWorkComplete(env, JsCanRun(env) ? status : napi_cancelled);
+    if (status == napi_cancelled || !JsCanRun(env)) {
+      Dropped();
+      status = napi_cancelled;
+    }
+    Napi::AsyncWorker::OnWorkComplete(env, status);
   }
 };
 

@@ -56,6 +56,7 @@ class OpenWorker : public IoWorker {
     Napi::Object file = RawFile::NewInstance(env, fd_, path_, type_[0] == 'b');
     if (file.IsEmpty() || env.IsExceptionPending()) {
       close(fd_);  // no JS object owns it; a pending exception rejects the promise
+      fd_ = -1;
       return Napi::Value();
     }
     Napi::Object result = Napi::Object::New(env);
@@ -64,6 +65,12 @@ class OpenWorker : public IoWorker {
     result.Set("size", Napi::Number::New(env, size_));
     result.Set("logicalBlockSize", Napi::Number::New(env, logicalBlockSize_));
     return result;
+  }
+
+  // No RawFile was made to own the fd (Execute may not have run: then it is -1).
+  void Dropped() override {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
   }
 
  private:
