@@ -93,5 +93,8 @@ t.test('the executable has no V8 flags on its command line, and its young genera
   serve.child.kill('SIGTERM');
   t.equal(await exited(serve.child), 0, 'serve stops with exit 0');
   const s = serve.report();
-  t.ok(s.after <= 4 * MiB, `a service's young generation stays at ${s.after / MiB} MiB`);
+  // Its codec workers start with the first point, while the main thread receives it: each new isolate sets the growth
+  // factor back to 2 until the main thread hears the worker is online, and a scavenge in between may grow the young
+  // generation a step (4 to 8 MiB, seen once with four test files running at once). Left alone it grows to 32 MiB.
+  t.ok(s.after <= 8 * MiB, `a service's young generation stays small (${s.after / MiB} MiB)`);
 });
