@@ -4,13 +4,13 @@ import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
-  S3Client,
   UploadPartCommand,
+  type S3Client,
 } from '@aws-sdk/client-s3';
 import { copyBytes, zeroBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { queryInt } from '../store/common.js';
-import { s3ClientConfig, s3Failure } from '../store/s3/s3-store.js';
+import { newS3Client, s3ClientConfig, s3Failure } from '../store/s3/s3-store.js';
 import { retried } from './cloud.js';
 import { roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { badOut, displayUrl, objectName } from './url.js';
@@ -27,7 +27,7 @@ export function s3PartSize(diskSize: number, wanted?: number): number {
 export async function openS3Output(url: URL, opts: OpenOutputOptions): Promise<OutputSink> {
   const wanted = queryInt(url, 'partSize');
   if (wanted !== undefined && wanted < MIN_PART) throw badOut(displayUrl(url), `asks for partSize=${wanted}; S3 parts are at least 5 MiB (5242880)`);
-  const client = new S3Client({
+  const client = newS3Client({
     maxAttempts: 1, // one retry policy: retried()
     requestHandler: { connectionTimeout: 10_000, requestTimeout: 300_000 },
     ...s3ClientConfig(url, opts.env),

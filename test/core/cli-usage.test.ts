@@ -177,3 +177,13 @@ t.test('a non-numeric --point is a bad value: exit 2', async (t) => {
   checkUsage(t, r, { name: '--point abc', args: [] });
   t.notOk(fs.existsSync(out));
 });
+
+t.test("an S3 store that cannot be reached: exit 1 and one line, without the SDK's notice about node versions", async (t) => {
+  const r = await runCli(['replicate', '--source', img, '--target', 's3://b/p?endpoint=http://127.0.0.1:1&forcePathStyle=true'], {
+    env: { AWS_ACCESS_KEY_ID: 'id', AWS_SECRET_ACCESS_KEY: 'secret', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: undefined },
+  });
+  t.equal(r.code, 1, r.stderr);
+  t.same(lines(r.stderr).length, 1, `one line on stderr: ${r.stderr}`);
+  t.match(r.stderr, /RNODE_STORE_UNAVAILABLE/);
+  t.notMatch(r.stderr, /Warning/);
+});

@@ -60,7 +60,7 @@ export class S3Store implements ObjectStore {
     this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
     this.multipartThreshold = opts.multipartThreshold ?? 32 * MiB;
     this.partSize = Math.max(5 * MiB, opts.partSize ?? 8 * MiB);
-    this.client = new S3Client({
+    this.client = newS3Client({
       maxAttempts: 1, // one retry policy, in the retry wrapper
       requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
       ...opts.client,
@@ -193,6 +193,17 @@ export async function s3StoreFromUrl(url: URL, ctx: StoreFactoryContext): Promis
     multipartThreshold: queryInt(url, 'multipartThreshold'),
     partSize: queryInt(url, 'partSize'),
   });
+}
+
+/**
+ * Every S3 client rnode makes. Under node 20 the SDK prints, once per process, that its releases from January 2027
+ * will need node 22: eight raw lines on stderr in every S3 job's output, and in a node's JSON log. rnode runs on node
+ * 20 with the SDK its lockfile pins, so the notice is for whoever upgrades that SDK (README, "Runtime"), not for an
+ * operator. An environment that sets the SDK's variable itself keeps its value.
+ */
+export function newS3Client(config: S3ClientConfig): S3Client {
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  return new S3Client(config);
 }
 
 /** Client settings of an s3:// URL and env, shared with the s3:// recovery output (src/output/s3-raw.ts). */
