@@ -55,3 +55,17 @@ t.test('gcs: errors map to STORE_* codes', async (t) => {
   await t.rejects(dead.head('k'), { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true }, 'connection refused is retryable');
   await t.rejects(openBackend('gs:///x', env), { code: ErrorCodes.BAD_STORE_URL });
 });
+
+t.test('gcs: STORAGE_EMULATOR_HOST as host:port in the process environment, as a shell sets it', async (t) => {
+  // The SDK reads that variable itself too: without a scheme, every request failed with a TypeError.
+  const saved = process.env.STORAGE_EMULATOR_HOST;
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.STORAGE_EMULATOR_HOST;
+    else process.env.STORAGE_EMULATOR_HOST = saved;
+  });
+  const hostPort = server.endpoint.replace(/^https?:\/\//, '');
+  process.env.STORAGE_EMULATOR_HOST = hostPort;
+  const store = await openBackend('gs://rnode-test/host-port?conditional=off', { ...env, STORAGE_EMULATOR_HOST: hostPort });
+  await store.put('k', Buffer.from('through host:port'));
+  t.equal(String(await store.get('k')), 'through host:port');
+});

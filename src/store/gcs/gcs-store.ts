@@ -160,8 +160,17 @@ export function gcsStorage(url: URL, env: NodeJS.ProcessEnv): Storage {
   const projectId = url.searchParams.get('project') ?? env.GOOGLE_CLOUD_PROJECT ?? env.GCLOUD_PROJECT;
   if (projectId) opts.projectId = projectId;
   const emulator = env.STORAGE_EMULATOR_HOST;
-  if (emulator) opts.apiEndpoint = /^https?:\/\//.test(emulator) ? emulator : `http://${emulator}`;
+  if (emulator) opts.apiEndpoint = withScheme(emulator);
+  // The SDK also reads the variable from the process's environment itself and takes it, as it is, for the base URL
+  // of every request: given as host:port, every request failed ("Only HTTP(S) protocols are supported").
+  const own = process.env.STORAGE_EMULATOR_HOST;
+  if (own) process.env.STORAGE_EMULATOR_HOST = withScheme(own);
   return new Storage(opts);
+}
+
+/** An emulator's address as a URL: host:port is taken as http (emulators serve plain HTTP). */
+function withScheme(hostOrUrl: string): string {
+  return /^https?:\/\//.test(hostOrUrl) ? hostOrUrl : `http://${hostOrUrl}`;
 }
 
 export { failure as gcsFailure };
