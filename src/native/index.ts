@@ -269,7 +269,7 @@ export async function openRaw(path: string, opts: RawOpenOptions = {}): Promise<
     await opened.file.close();
     throw opened.type === 'directory'
       ? errnoError('EISDIR', 'open', path, 'is a directory')
-      : errnoError('EINVAL', 'open', path, 'not a regular file or block device');
+      : errnoError('EINVAL', 'fstat', path, 'not a regular file or block device'); // what fstat said it is
   }
   return new RawFile(path, opened, direct);
 }

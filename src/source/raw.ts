@@ -100,6 +100,12 @@ function sourceError(err: unknown, path: string): RnodeError {
     if (err.code === 'EISDIR') {
       return new RnodeError(ErrorCodes.BAD_SOURCE, `source ${path} is a directory; pass a disk image file or a block device`, { cause: err });
     }
+    if (err.code === 'EINVAL' && err.syscall === 'fstat') {
+      // openRaw's refusal, after fstat, of a character device (/dev/zero), a FIFO or a socket: no size to replicate.
+      return new RnodeError(ErrorCodes.BAD_SOURCE, `source ${path} is not a regular file or block device; pass a disk image file or a block device`, {
+        cause: err,
+      });
+    }
     return new RnodeError(ErrorCodes.SOURCE_IO, `reading source ${path} failed: ${err.code} (${err.syscall}); check the device and retry`, {
       cause: err,
       details: { errno: err.errno },

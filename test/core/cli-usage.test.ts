@@ -70,6 +70,11 @@ const cases: Case[] = [
   { name: '--compression zstd', args: ['replicate', '--source', img, '--target', store, '--compression', 'zstd'], code: /RNODE_USAGE/ },
   { name: '--concurrency 0', args: ['replicate', '--source', img, '--target', store, '--concurrency', '0'], code: /RNODE_USAGE/ },
   { name: 'a directory as --source', args: ['replicate', '--source', dir, '--target', store], code: /RNODE_BAD_SOURCE/ },
+  {
+    name: 'a character device as --source',
+    args: ['replicate', '--source', '/dev/zero', '--target', store],
+    code: /RNODE_BAD_SOURCE.*not a regular file or block device/,
+  },
   { name: 'an unknown source scheme', args: ['replicate', '--source', 'ftp://host/disk', '--target', store], code: /RNODE_BAD_SOURCE/ },
   { name: 'an unknown store scheme', args: ['replicate', '--source', img, '--target', 'bogus://x'], code: /RNODE_BAD_STORE_URL/ },
   { name: '--out is a directory', args: ['recover', '--store', store, '--disk', 'd', '--out', dir], code: /RNODE_USAGE/ },
