@@ -144,12 +144,12 @@ const pointsCmd: Command = {
   options: { store: { type: 'string' }, disk: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
     if (v.vm !== undefined) return (await import('./vmware.js')).vmPointsCommand(v, io);
-    const { listPoints } = await import('../repository/points.js');
+    const { listPointsOf } = await import('../repository/points.js');
     required(v, 'points', 'store', 'disk');
     const disk = validateDiskId(str(v, 'disk')!);
     // An encrypted disk's v2 points have keyed names: they are listed with its key only.
     const key = encryptionKeyFrom(v);
-    const points = await withStore(str(v, 'store')!, (store) => listPoints(store, disk, key), v);
+    const points = await withStore(str(v, 'store')!, (store) => listPointsOf(store, disk, key), v);
     const rows = points.map((m) => ({
       point: m.point,
       parent: m.parent,

@@ -84,6 +84,17 @@ export async function listPoints(store: ObjectStore, disk: string, key?: Encrypt
   return out;
 }
 
+/**
+ * The points a person asked to see (rnode points): none found, for a disk whose claim names another repository than
+ * the key's (an encrypted disk listed without its key, or with another one), is that error (KEY_REQUIRED or
+ * KEY_MISMATCH), not an empty list: "no points" for a disk with points is the last thing to tell an operator.
+ */
+export async function listPointsOf(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<PointManifest[]> {
+  const points = await listPoints(store, disk, key);
+  if (points.length === 0) checkClaim(await readClaim(store, disk), key, disk);
+  return points;
+}
+
 /** "latest", undefined or a point number → an existing point's number. */
 export async function resolvePoint(store: ObjectStore, disk: string, which: string | undefined, key?: EncryptionKey): Promise<number> {
   const seqs = await listPointSeqs(store, disk, key);

@@ -404,6 +404,16 @@ t.test('the CLI: --encryption-key-file on replicate, points, recover, verify; th
     { point: 1, encryption: { keyId: KEY.keyId } },
     { point: 2, encryption: { keyId: KEY.keyId } },
   ]);
+  // Without the key, or with another one, "no points" would be false: the listing says which key it needs.
+  const ptsNoKey = await cli(['points', '--store', store, '--disk', 'd']);
+  t.equal(ptsNoKey.code, 2, 'points without the key: exit 2');
+  t.match(ptsNoKey.stderr, new RegExp(`RNODE_KEY_REQUIRED: disk d is encrypted \\(key id ${KEY.keyId}\\)`));
+  t.notMatch(ptsNoKey.stdout, /no points/);
+  const otherKeyFile = path.join(dir, 'other.key');
+  fs.writeFileSync(otherKeyFile, `${crypto.randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
+  const ptsOtherKey = await cli(['points', '--store', store, '--disk', 'd', '--encryption-key-file', otherKeyFile, '--json']);
+  t.equal(ptsOtherKey.code, 2, 'points with another key: exit 2');
+  t.match(json(ptsOtherKey), { error: { code: ErrorCodes.KEY_MISMATCH, keyId: KEY.keyId } });
 
   const out = path.join(dir, 'restored.img');
   const noKey = await cli(['recover', '--store', store, '--disk', 'd', '--out', out]);
