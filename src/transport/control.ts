@@ -70,6 +70,8 @@ export interface DataMeta {
 
 const MAX_KEY = 1024;
 const MAX_TEXT = 4096;
+/** The longest bearer token a hello carries (a node refuses a longer one as a protocol error). */
+export const MAX_TOKEN_CHARS = MAX_TEXT;
 /** The most acks a welcome replays: a node's in-flight limit is far below it. */
 const MAX_STORED_ACKS = 65_536;
 
@@ -107,7 +109,7 @@ function info(v: unknown): ObjectInfoWire {
 export function parseClientMessage(meta: Record<string, unknown>): ClientMessage {
   switch (meta.op) {
     case 'hello': {
-      const token = optStr(meta, 'token', MAX_TEXT);
+      const token = optStr(meta, 'token', MAX_TOKEN_CHARS);
       const client = optStr(meta, 'client', 256);
       const resumeOf = optStr(meta, 'resumeOf', 256);
       return {

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
 import { registerStoreScheme, type RemoteAccess, type StoreFactoryContext } from '../store/schemes.js';
+import { MAX_TOKEN_CHARS } from './control.js';
 import { RemoteStore, type RemoteStoreOptions } from './remote-store.js';
 
 export * from './errors.js';
@@ -27,6 +28,19 @@ export function readTokenFile(file: string): string {
   }
   const token = text.trim();
   if (token === '') throw new RnodeError(ErrorCodes.USAGE, `the token file ${file} is empty; write the shared token into it`);
+  // Checked here, where the file is named: a hello the node must refuse (or cannot even encode) says less.
+  if (token.length > MAX_TOKEN_CHARS) {
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `the token in ${file} is ${token.length} characters long, more than the ${MAX_TOKEN_CHARS} a token may have; write the shared token alone into the file`,
+    );
+  }
+  if (/[\u0000-\u001f\u007f\ufffd]/.test(token)) {
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `the token file ${file} holds control characters or bytes that are not UTF-8 text; write the shared token alone into the file`,
+    );
+  }
   return token;
 }
 

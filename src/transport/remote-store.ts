@@ -11,7 +11,7 @@ import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
-import { parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
+import { MAX_TOKEN_CHARS, parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
 import { isTlsFailure, TransportErrorCodes, transportError } from './errors.js';
 import {
   decodeFrame,
@@ -150,6 +150,9 @@ export class RemoteStore implements ObjectStore {
     }
     if (u.username || u.password) {
       throw new RnodeError(ErrorCodes.BAD_STORE_URL, 'a ws:// store location must not carry credentials; pass the token with --token-file');
+    }
+    if (opts.token !== undefined && opts.token.length > MAX_TOKEN_CHARS) {
+      throw new RnodeError(ErrorCodes.USAGE, `the bearer token is ${opts.token.length} characters long; a node takes at most ${MAX_TOKEN_CHARS}`);
     }
     if (!u.port) throw new RnodeError(ErrorCodes.BAD_STORE_URL, `store location ${opts.url} needs a port, e.g. ws://host:7070`);
     this.url = `${u.protocol}//${u.host}/rnode`;
@@ -603,9 +606,14 @@ export class RemoteStore implements ObjectStore {
           client: this.opts.clientName ?? `rnode-${process.pid}`,
           ...(this.session ? { resumeOf: this.session } : {}),
         };
-        ws.send(encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: hello as unknown as Record<string, unknown> }), {
-          binary: true,
-        });
+        // A throw in this handler would be uncaught: the process would end with a stack trace.
+        let frame: Buffer;
+        try {
+          frame = encodeFrame({ type: FrameType.CONTROL, stream: 0, seq: this.sendSeq++, meta: hello as unknown as Record<string, unknown> });
+        } catch (err) {
+          return fail(err);
+        }
+        ws.send(frame, { binary: true });
       });
       ws.on('message', (data: Buffer) => {
         if (settled) return;

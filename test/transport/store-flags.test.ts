@@ -5,7 +5,8 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { DIST_INDEX, ensureBuilt, json, runCli, type CliResult } from '../helpers/cli.js';
+import { DIST_INDEX, ensureBuilt, json, lines, runCli, type CliResult } from '../helpers/cli.js';
+import { MAX_TOKEN_CHARS, RemoteStore } from '../../src/transport/index.js';
 import { randomData, tmpDir } from '../helpers/images.js';
 import { startNode } from './helpers.js';
 
@@ -89,3 +90,24 @@ function runNode(script: string): Promise<CliResult> {
     child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
   });
 }
+
+t.test('a token file that holds no usable token is refused up front, in one line (a 3 MB one crashed the sender)', async (t) => {
+  const dir = tmpDir(t, 'badtoken');
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, randomData(64 * 1024, 5));
+  const long = path.join(dir, 'long');
+  fs.writeFileSync(long, 'x'.repeat(MAX_TOKEN_CHARS + 1));
+  const binary = path.join(dir, 'binary');
+  fs.writeFileSync(binary, Buffer.from([0x61, 0x00, 0xff, 0x62]));
+  for (const [file, why] of [
+    [long, /characters long, more than the 4096 a token may have/],
+    [binary, /holds control characters or bytes that are not UTF-8 text/],
+    [image, /RNODE_USAGE/],
+  ] as const) {
+    const r = await runCli(['replicate', '--source', image, '--target', 'ws://127.0.0.1:1', '--token-file', file]);
+    t.equal(r.code, 2, `${path.basename(file)}: exit 2`);
+    t.equal(lines(r.stderr).length, 1, `one line: ${r.stderr.slice(0, 300)}`);
+    t.match(r.stderr, why);
+  }
+  t.throws(() => new RemoteStore({ url: 'ws://127.0.0.1:1', token: 'x'.repeat(MAX_TOKEN_CHARS + 1) }), { code: 'RNODE_USAGE' }, 'the library too');
+});
