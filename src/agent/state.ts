@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Policy } from './protocol.js';
+import { makeDirs, unusablePath } from '../store/fs/dirs.js';
 
 export interface NodeIdentity {
   nodeId: string;
@@ -39,7 +40,11 @@ export class StateDir {
   constructor(readonly dir: string) {}
 
   static async open(dir: string): Promise<StateDir> {
-    await fsp.mkdir(path.join(dir, 'secrets'), { recursive: true, mode: 0o700 });
+    try {
+      await makeDirs(path.join(dir, 'secrets'), 0o700); // not Node's recursive mkdir: it spins forever under /proc
+    } catch (err) {
+      throw unusablePath(`state folder ${dir}`, err) ?? err;
+    }
     return new StateDir(dir);
   }
 

@@ -2,6 +2,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId } from '../repository/names.js';
+import { isVirtualFsPath } from '../store/fs/dirs.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import type { StageTimes } from '../pipeline/stages.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str } from './args.js';
@@ -125,6 +126,12 @@ const replicateCmd: Command = {
 function changeHashDir(flag: string | undefined): string | undefined {
   const dir = flag ?? process.env.RNODE_CACHE_DIR;
   if (dir === 'none') return undefined;
+  if (dir && isVirtualFsPath(dir)) {
+    throw new RnodeError(
+      ErrorCodes.PATH_UNUSABLE,
+      `cache folder ${dir} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder, or --cache-dir none`,
+    );
+  }
   if (dir) return path.resolve(dir);
   return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'rnode');
 }

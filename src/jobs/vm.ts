@@ -9,6 +9,7 @@ import { prune, type SweepPacer } from './prune-v2.js';
 import { recover, type RecoverResult } from './restore.js';
 import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../repository/vm-points.js';
 import type { ObjectStore } from '../store/types.js';
+import { makeDirs, unusablePath } from '../store/fs/dirs.js';
 
 export interface RecoverVmOptions {
   store: ObjectStore;
@@ -36,7 +37,11 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   const started = performance.now();
   const seq = await resolveVmPoint(opts.store, opts.vm, opts.point);
   const p = await loadVmPoint(opts.store, opts.vm, seq, opts.encryption);
-  fs.mkdirSync(opts.outDir, { recursive: true });
+  try {
+    await makeDirs(opts.outDir); // not Node's recursive mkdir: it spins forever under /proc
+  } catch (err) {
+    throw unusablePath(`output folder ${opts.outDir}`, err) ?? err;
+  }
   const disks: RecoverVmResult['disks'] = [];
   for (const d of p.disks) {
     opts.signal?.throwIfAborted();

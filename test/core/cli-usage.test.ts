@@ -75,6 +75,11 @@ const cases: Case[] = [
     args: ['replicate', '--source', '/dev/zero', '--target', store],
     code: /RNODE_BAD_SOURCE.*not a regular file or block device/,
   },
+  {
+    name: '--cache-dir under /proc',
+    args: ['replicate', '--source', img, '--target', store, '--cache-dir', '/proc/rnode-cache'],
+    code: /RNODE_PATH_UNUSABLE: cache folder \/proc\/rnode-cache is on a kernel virtual filesystem/,
+  },
   { name: 'an unknown source scheme', args: ['replicate', '--source', 'ftp://host/disk', '--target', store], code: /RNODE_BAD_SOURCE/ },
   { name: 'an unknown store scheme', args: ['replicate', '--source', img, '--target', 'bogus://x'], code: /RNODE_BAD_STORE_URL/ },
   { name: '--out is a directory', args: ['recover', '--store', store, '--disk', 'd', '--out', dir], code: /RNODE_USAGE/ },

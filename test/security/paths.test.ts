@@ -87,6 +87,25 @@ t.test('unusable targets and work folders fail fast with RNODE_PATH_UNUSABLE: /p
   );
 });
 
+t.test('a cache, state or VM output folder under /proc fails fast too (or, for the cache, is done without)', async (t) => {
+  const dir = tmpDir(t, 'sec-proc-dirs');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 7));
+  // A symlink into /proc passes a check of the path's text: only the folder creation itself can tell.
+  const procLink = path.join(dir, 'proc-link');
+  fs.symlinkSync('/proc', procLink);
+  const token = path.join(dir, 'token');
+  fs.writeFileSync(token, 'tok\n', { mode: 0o600 });
+  const rep = (cache: string) => ['replicate', '--source', img, '--target', path.join(dir, 'store'), '--disk', 'd', '--cache-dir', cache];
+  await expectFastFailure(t, rep('/proc/nope/cache'), 'RNODE_PATH_UNUSABLE: cache folder /proc/nope/cache', 2, 'replicate --cache-dir /proc/...');
+  const t0 = Date.now();
+  const cached = await runCli(rep(path.join(procLink, 'nope', 'cache')), { timeoutMs: FAST_MS });
+  t.equal(cached.signal, null, `replicate --cache-dir <link to /proc>/...: exited by itself (${Date.now() - t0} ms)`);
+  t.equal(cached.code, 0, `the point is made without the cache: ${cached.stderr.slice(0, 300)}`);
+  const agent = ['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--state-dir'];
+  await expectFastFailure(t, [...agent, path.join(procLink, 'nope', 'state')], 'RNODE_PATH_UNUSABLE: state folder', 2, 'agent --state-dir');
+});
+
 /** Mounts a tmpfs (as root, where mount works); undefined when this machine cannot. */
 function mountTmpfs(t: Test, opts: string): string | undefined {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-mnt-'));

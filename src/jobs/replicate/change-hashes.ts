@@ -22,6 +22,7 @@ import type { PointManifest } from '../../format/manifest.js';
 import { Blake3Hasher, blake3, nativeXxh64 as xxh64, xxh3 } from '../../native/index.js';
 import type { ChunkGrid } from '../../pipeline/grid.js';
 import type { Domain } from '../../repository/domain.js';
+import { makeDirs } from '../../store/fs/dirs.js';
 
 export const CHANGE_HASH_BYTES = 16;
 const MAGIC = Buffer.from('RNCH', 'latin1');
@@ -195,7 +196,7 @@ export class ChangeHashWriter {
     this.tmp = `${place.file}.${randomBytes(6).toString('hex')}.tmp`;
     const tmp = this.tmp;
     this.chain = (async () => {
-      await fsp.mkdir(path.dirname(place.file), { recursive: true, mode: 0o700 });
+      await makeDirs(path.dirname(place.file), 0o700); // not Node's recursive mkdir: it spins forever under /proc
       this.fh = await fsp.open(tmp, 'w', 0o600);
     })().catch(() => {
       this.failed = true;

@@ -11,8 +11,9 @@ const MAX_DEPTH = 256;
 /**
  * mkdir -p that always ends: each missing ancestor is created once, top-down; a folder its parent exists for but that
  * still cannot be created fails with that errno. Returns the topmost folder it created (like mkdir recursive), if any.
+ * mode: of the folders it creates (umask applies), as mkdir's.
  */
-export async function makeDirs(dir: string): Promise<string | undefined> {
+export async function makeDirs(dir: string, mode?: number): Promise<string | undefined> {
   const missing: string[] = [];
   for (let d = path.resolve(dir); ; d = path.dirname(d)) {
     // ENOTDIR: a file somewhere above; going up finds it and names it.
@@ -31,7 +32,7 @@ export async function makeDirs(dir: string): Promise<string | undefined> {
   let first: string | undefined;
   for (const d of missing.reverse()) {
     try {
-      await fsp.mkdir(d);
+      await fsp.mkdir(d, mode);
       first ??= d;
     } catch (err) {
       // Made meanwhile by a concurrent put: fine, if it is a folder.
