@@ -53,6 +53,19 @@ export default tseslint.config(
     },
   },
   {
+    files: ['src/**/*.ts'],
+    rules: {
+      'no-restricted-syntax': [
+        'error',
+        {
+          // Under /proc, where mkdir(2) answers ENOENT below an existing parent, Node's recursive mkdir never returns.
+          selector: "CallExpression[callee.property.name=/^mkdir(Sync)?$/] Property[key.name='recursive']",
+          message: "Node's recursive mkdir spins forever under /proc: use makeDirs (src/store/fs/dirs.ts).",
+        },
+      ],
+    },
+  },
+  {
     files: ['test/**/*.ts'],
     extends: [tseslint.configs.recommended],
     rules: {
