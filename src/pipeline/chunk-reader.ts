@@ -15,7 +15,7 @@ import {
 } from './chunk-codec.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
-import { forgetChunkIndexes, locateChunk } from '../repository/index-cache.js';
+import { damagedIndexes, forgetChunkIndexes, locateChunk } from '../repository/index-cache.js';
 import type { ChunkLocation } from '../repository/index-file.js';
 import { layout, r2 } from '../repository/names.js';
 
@@ -124,6 +124,17 @@ async function fetchBlob<T>(
         throw err;
       }
     }
+  }
+  // Found in no intact index: where an index object was left out as damaged or forged, that is the likely cause.
+  const damaged = await damagedIndexes(store, domain);
+  if (damaged.length) {
+    const first = damaged[0];
+    throw new RnodeError(
+      first.code,
+      `chunk ${e.index} (disk offset ${offset}, id ${idHex().slice(0, 16)}…) of point ${point} is in no intact index of repository ${domain.name}, ` +
+        `and ${damaged.length === 1 ? 'one index object is' : `${damaged.length} index objects are`} left out: ${first.message}`,
+      { details: { index: e.index, offset, point, ...first.details } },
+    );
   }
   throw new RnodeError(
     ErrorCodes.CHUNK_MISSING,

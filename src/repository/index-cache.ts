@@ -1,5 +1,6 @@
 // The ChunkIndex of each domain of a store, loaded once per process and shared by every reader (restore, verify,
 // the NBD export). A lookup that finds nothing reloads it once: another writer may have added index objects since.
+import type { RnodeError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import type { Domain } from './domain.js';
 import { ChunkIndex, type ChunkLocation } from './index-file.js';
@@ -11,7 +12,7 @@ function entry(store: ObjectStore, domain: Domain, fresh: boolean): Promise<Chun
   if (!perStore) cache.set(store, (perStore = new Map()));
   const have = perStore.get(domain.name);
   if (have && !fresh) return have.index;
-  const index = ChunkIndex.load(store, domain);
+  const index = ChunkIndex.load(store, domain, undefined, { skipDamaged: true });
   perStore.set(domain.name, { index, loadedAt: Date.now() });
   index.catch(() => {
     if (perStore.get(domain.name)?.index === index) perStore.delete(domain.name);
@@ -24,6 +25,14 @@ export async function locateChunk(store: ObjectStore, domain: Domain, id: Uint8A
   const found = (await entry(store, domain, false)).lookup(id);
   if (found.length) return found;
   return (await entry(store, domain, true)).lookup(id);
+}
+
+/**
+ * The errors of the domain's index objects that were left out as damaged or forged (see ChunkIndex.load): what a
+ * chunk found in no index may have been lost with.
+ */
+export async function damagedIndexes(store: ObjectStore, domain: Domain): Promise<readonly RnodeError[]> {
+  return (await entry(store, domain, false)).damaged;
 }
 
 /** Forgets the store's loaded indexes (after prune deleted or compacted some). */

@@ -6,7 +6,7 @@
 // plus a Map for entries added during a run. An id may have several locations (after a repack, or two writers that
 // stored one chunk at once): readers try the next on CHUNK_MISSING.
 import { CHUNK_ID_BYTES } from '../crypto/keys.js';
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ObjectStore } from '../store/types.js';
 import type { Domain } from './domain.js';
 import { EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
@@ -217,6 +217,8 @@ export class ChunkIndex {
   readonly #c: Columns;
   readonly indexIds: ObjectId[];
   readonly #added = new Map<string, ChunkLocation[]>();
+  /** Index objects load() left out because they failed their checks (skipDamaged): their errors, damaged or forged. */
+  readonly damaged: RnodeError[] = [];
 
   constructor(locations: readonly ChunkLocation[] = [], indexIds: ObjectId[] = [], parts?: readonly IndexPart[]) {
     this.indexIds = indexIds;
@@ -227,8 +229,11 @@ export class ChunkIndex {
    * Reads every index object of the domain (a few in flight at once). Their bodies are checked and kept as they come
    * (80 bytes an entry), then sorted into the columns with no object per entry: a domain of a million chunks loads in
    * about a second, without a transient heap of hundreds of MiB.
+   * skipDamaged: an index object that fails its checks is left out (and listed in damaged) instead of failing the
+   * load. For readers and writers: one damaged index then costs the chunks only it locates (a writer stores them
+   * again), not every point of every disk of the repository. Prune keeps the default: it must know every reference.
    */
-  static async load(store: ObjectStore, domain: Domain, concurrency = 8): Promise<ChunkIndex> {
+  static async load(store: ObjectStore, domain: Domain, concurrency = 8, opts: { skipDamaged?: boolean } = {}): Promise<ChunkIndex> {
     const ids = await listIndexIds(store, domain.name);
     const parts: IndexPart[] = [];
     let next = 0;
@@ -244,11 +249,19 @@ export class ChunkIndex {
           if (err instanceof RnodeError && err.code === ErrorCodes.STORE_NOT_FOUND) continue;
           throw err;
         }
-        parts.push({ body: openIndex(bytes, domain, id), source });
+        try {
+          parts.push({ body: openIndex(bytes, domain, id), source });
+        } catch (err) {
+          if (!opts.skipDamaged || !(isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.METADATA_FORGED))) throw err;
+          damaged.push(err);
+        }
       }
     };
+    const damaged: RnodeError[] = [];
     await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker));
-    return new ChunkIndex([], ids, parts);
+    const index = new ChunkIndex([], ids, parts);
+    index.damaged.push(...damaged);
+    return index;
   }
 
   /** Entries loaded from the store (not counting those added since). */
