@@ -9,6 +9,7 @@ import { prune, type SweepPacer } from './prune-v2.js';
 import { recover, type RecoverResult } from './restore.js';
 import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../repository/vm-points.js';
 import type { ObjectStore } from '../store/types.js';
+import { assertOutsideStore } from '../store/containment.js';
 import { makeDirs, unusablePath } from '../store/fs/dirs.js';
 
 export interface RecoverVmOptions {
@@ -37,11 +38,16 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   const started = performance.now();
   const seq = await resolveVmPoint(opts.store, opts.vm, opts.point);
   const p = await loadVmPoint(opts.store, opts.vm, seq, opts.encryption);
+  assertOutsideStore(opts.store.location, opts.outDir, '--out-dir'); // before the folder is made there
   try {
     await makeDirs(opts.outDir); // not Node's recursive mkdir: it spins forever under /proc
   } catch (err) {
     throw unusablePath(`output folder ${opts.outDir}`, err) ?? err;
   }
+  // vm-point.json says the folder holds a finished restore: an earlier one's goes first, so a run that fails midway
+  // leaves disks of two points without it, never beside it.
+  const configFile = path.join(opts.outDir, 'vm-point.json');
+  fs.rmSync(configFile, { force: true });
   const disks: RecoverVmResult['disks'] = [];
   for (const d of p.disks) {
     opts.signal?.throwIfAborted();
@@ -55,8 +61,9 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
     });
     disks.push({ ...r, key: d.key });
   }
-  const configFile = path.join(opts.outDir, 'vm-point.json');
-  fs.writeFileSync(configFile, JSON.stringify(p, null, 2));
+  const tmp = `${configFile}.partial`;
+  fs.writeFileSync(tmp, JSON.stringify(p, null, 2));
+  fs.renameSync(tmp, configFile); // whole or absent
   return {
     vm: p.vm,
     vmPoint: p.seq,
