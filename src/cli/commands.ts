@@ -97,7 +97,7 @@ const replicateCmd: Command = {
               ...(packSize !== undefined ? { packSize } : {}),
             }),
           v,
-          { bandwidth },
+          { bandwidth, creates: true },
         ),
       ).finally(() => bar.done());
       print(io, v.json === true, r, () => [

@@ -9,6 +9,7 @@ import { VERSION } from '../version.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
 import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
+import { assertStoreFolder } from './store-flags.js';
 
 /** Freed heap a receiving node keeps for reuse: a few messages' worth (parts are 8 MiB). */
 const KEEP_FREED_HEAP_BYTES = 32 * 1024 * 1024;
@@ -78,6 +79,7 @@ export const serveCmd: Command = {
     // A receiving node takes and frees a buffer for every socket read and message: its heap keeps what it freed for the
     // next ones instead of handing it back and faulting it in again (native keepFreedHeap has the figures).
     (await import('../native/index.js')).keepFreedHeap(KEEP_FREED_HEAP_BYTES);
+    assertStoreFolder(str(v, 'store')!, true); // a file there: refused now, not blamed on each sender later
     const store = await openStore(str(v, 'store')!);
     let server: ReplicationServer;
     try {

@@ -1,5 +1,6 @@
 // The flags every command that takes a store shares (--token-file, --ca, --pin-sha256 for ws:// and wss://
 // stores), and the one function those commands open their store with, so no command can miss one.
+import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { openStore, type RemoteAccess, type WrappedStore } from '../store/index.js';
 import { str, type Options } from './args.js';
@@ -34,9 +35,14 @@ function remoteAccess(location: string, v: Values): RemoteAccess | undefined {
   return access;
 }
 
-/** Opens the store a command names, with its ws flags and (replicate) bandwidth limit. */
-export async function openStoreFromFlags(location: string, v: Values, opts: { bandwidth?: number } = {}): Promise<WrappedStore> {
+/**
+ * Opens the store a command names, with its ws flags and (replicate) bandwidth limit. A local store folder must exist
+ * unless creates is set (replicate): a typo in --store of a check or a points listing found an empty store there and
+ * reported "ok" or "no points".
+ */
+export async function openStoreFromFlags(location: string, v: Values, opts: { bandwidth?: number; creates?: boolean } = {}): Promise<WrappedStore> {
   const remote = remoteAccess(location, v);
+  if (!location.includes('://')) assertStoreFolder(location, opts.creates === true);
   // ws:// and wss:// stores come with the peer transport, which registers them; it is loaded only for such a store.
   if (isRemoteLocation(location)) await import('../transport/index.js');
   return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth } } : {}) });
@@ -47,13 +53,28 @@ export async function withStore<T>(
   location: string,
   fn: (store: WrappedStore) => Promise<T>,
   v: Values = {},
-  opts: { bandwidth?: number } = {},
+  opts: { bandwidth?: number; creates?: boolean } = {},
 ): Promise<T> {
   const store = await openStoreFromFlags(location, v, opts);
   try {
     return await fn(store);
   } finally {
     await store.close();
+  }
+}
+
+/** A local store folder must be a folder, and exist unless the command creates it (replicate, serve). */
+export function assertStoreFolder(location: string, creates: boolean): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(location);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (creates || (code !== 'ENOENT' && code !== 'ENOTDIR')) return; // the store's own open says what else is wrong
+    throw new RnodeError(ErrorCodes.STORE_NOT_FOUND, `store folder ${location} does not exist; check --store (replicate creates a store)`);
+  }
+  if (!st.isDirectory()) {
+    throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `store folder ${location} is a file, not a folder; check --store`);
   }
 }
 

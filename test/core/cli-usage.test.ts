@@ -197,3 +197,24 @@ t.test("an S3 store that cannot be reached: exit 1 and one line, without the SDK
   t.match(r.stderr, /RNODE_STORE_UNAVAILABLE/);
   t.notMatch(r.stderr, /Warning/);
 });
+
+t.test('a --store folder that does not exist, or is a file, is said so (check of a typo reported "ok")', async (t) => {
+  const nowhere = path.join(dir, 'no-such-store');
+  for (const args of [
+    ['check', '--store', nowhere],
+    ['stats', '--store', nowhere],
+    ['points', '--store', nowhere, '--disk', 'd'],
+    ['verify', '--store', nowhere, '--disk', 'd'],
+  ]) {
+    const r = await inProcess(args);
+    t.equal(r.code, 1, `${args[0]}: exit 1`);
+    t.match(r.stderr, /RNODE_STORE_NOT_FOUND: store folder .*no-such-store does not exist; check --store/, args[0]);
+  }
+  const r = await inProcess(['stats', '--store', img]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /RNODE_PATH_UNUSABLE: store folder .* is a file, not a folder/);
+  const serve = await runCli(['serve', '--listen', '127.0.0.1:0', '--store', img], { timeoutMs: 30_000 });
+  t.equal(serve.code, 2, 'serve refuses a file as its store at start');
+  t.match(serve.stderr, /RNODE_PATH_UNUSABLE/);
+  t.notOk(fs.existsSync(nowhere), 'nothing was created');
+});
