@@ -28,6 +28,7 @@ import {
   openRaw,
   readFileInto,
   sharedAligned,
+  tryLockExclusive,
   writeFileExclusive,
   writeNonZero,
   xxh3,
@@ -329,6 +330,27 @@ t.test('writeFileExclusive: whole files byte-exact, direct for aligned bodies wh
     path: p,
   });
   await t.rejects(writeFileExclusive(path.join(dir, 'no/such/dir'), Buffer.alloc(1), { sync: false, direct: false }), { code: 'ENOENT' });
+});
+
+// An export's overlay is held with this lock: two exports writing one overlay lost each other's flushed writes.
+t.test('tryLockExclusive: one open file holds the lock, against other opens and other processes, until it closes', async (t) => {
+  const p = writeFile('lock', Buffer.alloc(1));
+  const a = fs.openSync(p, 'r+');
+  const b = fs.openSync(p, 'r+');
+  t.teardown(() => fs.closeSync(b));
+  t.equal(tryLockExclusive(a), true, 'taken');
+  t.equal(tryLockExclusive(a), true, 'taken again through the same open file');
+  t.equal(tryLockExclusive(b), false, 'another open of the file is refused, without waiting');
+  const other = `const a = require(${JSON.stringify(ADDON_PATH)}); process.stdout.write(String(a.lockExclusive(require('fs').openSync(${JSON.stringify(p)}, 'r'))));`;
+  t.equal(execFileSync(process.execPath, ['-e', other], { encoding: 'utf8' }), 'false', 'another process is refused');
+  const c = fs.openSync(p, 'r');
+  t.equal(tryLockExclusive(c), false, 'a read-only open too');
+  fs.closeSync(c);
+  t.equal(tryLockExclusive(b), false, 'closing another fd of the file does not drop it');
+  fs.closeSync(a);
+  t.equal(tryLockExclusive(b), true, 'closing the holder drops it');
+  t.throws(() => tryLockExclusive(1_000_000), { name: 'NativeIoError', code: 'EBADF', syscall: 'flock' }, 'a descriptor that is not open');
+  t.throws(() => tryLockExclusive(-1), RangeError);
 });
 
 t.test('writeNonZero skips zero blocks (or writes all with block 0), readFileInto reads ranges into a buffer', async (t) => {

@@ -1,5 +1,5 @@
 // Module init for rnode_native: raw block I/O (raw_io), buffer helpers (buffers), the VDDK binding (vddk)
-// the LZ4 block codec (lz4), whole-file writes for the filesystem store (file_write), XXH64 (xxh64) and thread CPU time (cpu_clock).
+// the LZ4 block codec (lz4), whole-file writes and the overlay lock (file_write), XXH64 (xxh64) and thread CPU time (cpu_clock).
 #include <napi.h>
 
 #include "addon.h"

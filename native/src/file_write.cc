@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 
 #include "addon.h"
 #include "blocking_io.h"
+#include "io_error.h"
 #include "io_worker.h"
 
 namespace rnode {
@@ -104,10 +106,29 @@ Napi::Value WriteFile(const Napi::CallbackInfo& info) {
                                          info[4].As<Napi::Number>().Int32Value()));
 }
 
+// lockExclusive(fd: number): boolean; flock(LOCK_EX|LOCK_NB): true when taken, false when another open file holds
+// it. It never waits, so it runs on the calling thread. The kernel drops the lock when the last fd of that open file
+// closes, also when the process dies: no stale lock is ever left behind.
+Napi::Value LockExclusive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) {
+    Napi::TypeError::New(env, "lockExclusive: expected (fd)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  int rc;
+  do rc = flock(fd, LOCK_EX | LOCK_NB); while (rc != 0 && errno == EINTR);
+  if (rc == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  MakeIoError(env, errno, "flock", "").ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitFileWrite(Napi::Env env, Napi::Object exports) {
   exports.Set("writeFile", Napi::Function::New(env, WriteFile, "writeFile"));
+  exports.Set("lockExclusive", Napi::Function::New(env, LockExclusive, "lockExclusive"));
 }
 
 }  // namespace rnode

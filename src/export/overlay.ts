@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { assertOutsideStore } from '../store/containment.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { xxh64 } from '../format/checksum.js';
+import { tryLockExclusive } from '../native/index.js';
 import { checkRange, pushExtent, type ExportImage, type Piece } from './image.js';
 import type { StatusExtent } from './wire.js';
 
@@ -50,7 +51,11 @@ export class OverlayImage implements ExportImage {
     this.dataStart = dataStartFor(this.blocks);
   }
 
-  /** Opens an overlay of base, creating it when missing; an existing one must belong to the same disk and point. */
+  /**
+   * Opens an overlay of base, creating it when missing; an existing one must belong to the same disk and point. The
+   * overlay stays locked to this export until close: two exports writing one overlay each keep their own bitmap, so
+   * each one's flushed writes are lost to the other's.
+   */
   static async open(file: string, base: ExportImage, id: OverlayIdentity): Promise<OverlayImage> {
     const blocks = Math.ceil(id.size / OVERLAY_BLOCK);
     const bitmapBytes = roundUp(Math.ceil(blocks / 8), PAGE);
@@ -61,6 +66,12 @@ export class OverlayImage implements ExportImage {
       throw overlayIo(file, err);
     }
     try {
+      if (!tryLockExclusive(fh.fd)) {
+        throw new RnodeError(
+          ErrorCodes.USAGE,
+          `overlay ${file} is in use by another running export; stop that export first, or pass another --overlay file`,
+        );
+      }
       const st = await fh.stat();
       const header = encodeHeader(id);
       const bitmap = Buffer.alloc(bitmapBytes);

@@ -89,6 +89,7 @@ interface NativeBinding {
   trimNativeHeap(): boolean;
   keepFreedHeap(bytes: number): boolean;
   writeFile(path: string, data: Uint8Array, sync: boolean, direct: boolean, mode: number): Promise<NativeWritten>;
+  lockExclusive(fd: number): boolean;
   readFileInto(path: string, into: Uint8Array, offset: number, length: number): Promise<ReadInto>;
   writeNonZero(fd: number, data: Uint8Array, position: number, block: number): Promise<number>;
   lz4Info(): { version?: string; error?: string };
@@ -390,6 +391,20 @@ export async function writeFileExclusive(
   try {
     const r = await binding.writeFile(path, data, opts.sync, opts.direct, opts.mode ?? 0o644);
     return { size: r.size, ino: BigInt(r.ino), mtimeNs: BigInt(r.mtimeNs), direct: r.direct };
+  } catch (err) {
+    throw wrapError(err);
+  }
+}
+
+/**
+ * flock(LOCK_EX|LOCK_NB) on the open file fd: true when taken, false when another open file holds it (another
+ * process's, or another open of the same file in this one). Never waits. The lock goes with the last fd of that open
+ * file, or with the process if it dies.
+ */
+export function tryLockExclusive(fd: number): boolean {
+  if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`tryLockExclusive: fd must be a descriptor, got ${fd}`);
+  try {
+    return binding.lockExclusive(fd);
   } catch (err) {
     throw wrapError(err);
   }
