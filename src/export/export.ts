@@ -12,7 +12,7 @@ import { ChunkIndex } from './chunk-index.js';
 import type { ExportCatalog } from './handshake.js';
 import { PointImage, type ExportImage } from './image.js';
 import { OverlayImage } from './overlay.js';
-import { checkListen } from './policy.js';
+import { checkListen, listenRefused } from './policy.js';
 import { ExportServer } from './server.js';
 
 export interface ExportOptions {
@@ -194,7 +194,7 @@ function listenError(err: unknown, o: ExportOptions): unknown {
   const e = err as NodeJS.ErrnoException;
   const where = o.socket ?? `${o.host}:${o.port}`;
   if (e?.code === 'EADDRINUSE' || e?.code === 'EACCES' || e?.code === 'EADDRNOTAVAIL' || e?.code === 'ENOENT') {
-    return new RnodeError(ErrorCodes.USAGE, `cannot listen on ${where} (${e.code}); pick another --listen address, port or --socket path`);
+    return listenRefused(where, e.code);
   }
   if (o.tls && /key|cert|pem|asn1/i.test(e?.message ?? '')) {
     return new RnodeError(ErrorCodes.USAGE, `cannot use the TLS certificate/key: ${e.message}; pass a PEM certificate and its private key`);

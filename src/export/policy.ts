@@ -22,3 +22,8 @@ export function checkListen(o: { socket?: string; host?: string; port?: number; 
     );
   }
 }
+
+/** Why an export cannot listen where it was asked: code is an errno, optionally with what it means here. */
+export function listenRefused(where: string, code: string, advice = 'pick another --listen address, port or --socket path'): RnodeError {
+  return new RnodeError(ErrorCodes.USAGE, `cannot listen on ${where} (${code}); ${advice}`);
+}

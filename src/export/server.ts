@@ -1,11 +1,11 @@
 // The NBD server: listens on a unix socket or TCP, runs one session per connection (handshake with a deadline,
 // then transmission) and keeps the counters an operator sees. Policy on where it may listen lives in policy.ts.
-import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { negotiate, type ExportCatalog } from './handshake.js';
 import { SocketIo } from './io.js';
 import { transmit } from './transmission.js';
+import { listenUnix } from './unix-socket.js';
 
 export interface ExportServerOptions {
   catalog: ExportCatalog;
@@ -44,6 +44,7 @@ export class ExportServer {
   private readonly sessions = new Set<SocketIo>();
   private readonly done = new Set<Promise<void>>();
   private readonly tlsContext?: tls.SecureContext;
+  private removeSocket?: () => void;
 
   private constructor(
     private readonly server: net.Server,
@@ -57,23 +58,16 @@ export class ExportServer {
     const server = net.createServer({ pauseOnConnect: true });
     const self = new ExportServer(server, opts);
     if (opts.socket) {
-      // A stale socket file from an earlier run would make listen fail; only a socket is ever removed.
-      try {
-        if (fs.statSync(opts.socket).isSocket()) fs.unlinkSync(opts.socket);
-      } catch {
-        /* absent */
-      }
+      self.removeSocket = await listenUnix(server, opts.socket);
+      return self;
     }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      const ok = () => {
+      server.listen(opts.port ?? 10809, opts.host ?? '127.0.0.1', () => {
         server.off('error', reject);
         resolve();
-      };
-      if (opts.socket) server.listen(opts.socket, ok);
-      else server.listen(opts.port ?? 10809, opts.host ?? '127.0.0.1', ok);
+      });
     });
-    if (opts.socket) fs.chmodSync(opts.socket, 0o600);
     return self;
   }
 
@@ -150,6 +144,8 @@ export class ExportServer {
   }
 
   async close(): Promise<void> {
+    // First, while the path still names this server's socket (unless someone replaced it: then it is left alone).
+    this.removeSocket?.();
     // net.Server.close waits for open connections: end the sessions first.
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sessions) s.close();
