@@ -10,7 +10,7 @@ import { agentCommand } from './agent.js';
 import type { Command, Io } from './command.js';
 import { exportCmd } from './export.js';
 import { serveCmd } from './serve.js';
-import { isRemoteLocation, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
+import { isRemoteLocation, remotePruneSweeps, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
 import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
 import { stoppable } from './signals.js';
@@ -285,6 +285,7 @@ const pruneCmd: Command = {
     const graceMs = v.grace !== undefined ? parseDuration(str(v, 'grace')!, 'grace') : DEFAULT_GRACE_MS;
     const maxUnused = v['max-unused'] !== undefined ? parsePercent(str(v, 'max-unused')!, 'max-unused') : DEFAULT_MAX_UNUSED;
     const encryption = encryptionKeyFrom(v);
+    const sweep = remotePruneSweeps(str(v, 'store')!, disk !== undefined);
     const r = await stoppable(
       'prune',
       'the repository is consistent (prune stops only between two steps) and what it deleted stays ' +
@@ -292,7 +293,7 @@ const pruneCmd: Command = {
       (signal) =>
         withStore(
           str(v, 'store')!,
-          (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused, resetMarks: v['reset-marks'] === true, signal }),
+          (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused, resetMarks: v['reset-marks'] === true, sweep, signal }),
           v,
         ),
     );

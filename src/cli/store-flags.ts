@@ -2,6 +2,7 @@
 // stores), and the one function those commands open their store with, so no command can miss one.
 import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { TransportErrorCodes } from '../transport/errors.js';
 import { openStore, type RemoteAccess, type WrappedStore } from '../store/index.js';
 import { str, type Options } from './args.js';
 import type { Values } from './command.js';
@@ -61,6 +62,20 @@ export async function withStore<T>(
   } finally {
     await store.close();
   }
+}
+
+/**
+ * A prune of a store behind a receiving node sweeps nothing: the sweep deletes packs and merges indexes, which a node
+ * does not take over the peer link (each try left one more merged index behind before its first delete was refused).
+ * Retention still runs (a node refuses its deletes too); maintenance alone is refused before it starts.
+ */
+export function remotePruneSweeps(location: string, retention: boolean): boolean {
+  if (!isRemoteLocation(location)) return true;
+  if (retention) return false;
+  throw new RnodeError(
+    TransportErrorCodes.REJECTED,
+    `${location} is a receiving node: its packs and indexes are maintained where they are stored; run "rnode prune" on the receiving node, with its --store folder`,
+  );
 }
 
 /** A local store folder must be a folder, and exist unless the command creates it (replicate, serve). */

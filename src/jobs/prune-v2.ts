@@ -674,6 +674,11 @@ export interface PruneStoreOptions extends SweepSettings {
   sweepIfFree?: boolean;
   /** Sweeps a domain only when the pacer says it is due (retention after each replicate of an agent). */
   pacer?: SweepPacer;
+  /**
+   * false: retention only, no domain sweep. For a store behind a receiving node, which takes neither the sweep's
+   * deletes nor its merged indexes over the peer link: each try left one more merged index behind.
+   */
+  sweep?: boolean;
   /** Stops at the next step where the repository is consistent (between deletes, between phases); prune run again continues. */
   signal?: AbortSignal;
 }
@@ -702,9 +707,9 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
     if (domain && !opts.resetMarks) await checkMarksNotReplayed(store, domain);
     Object.assign(out, await retainDisk(store, domain, validateDiskId(opts.disk), opts.keep, key, opts), { disk: opts.disk });
   }
-  const domains = [domain ?? undefined];
+  const domains = opts.sweep === false ? [] : [domain ?? undefined];
   // Without a key, the plain domain; with one, the key's domain and the plain one (a store may hold both).
-  if (key) domains.push(await Domain.open(store, undefined));
+  if (key && opts.sweep !== false) domains.push(await Domain.open(store, undefined));
   for (const d of domains) {
     if (!d) continue;
     const lease = opts.lease === false ? undefined : opts.lease;
@@ -735,7 +740,7 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
       out.domains.push({ ...emptyMaintainResult(d), deferred: `another prune is sweeping domain ${d.name} (${err.message})` });
     }
   }
-  if (out.domains.length === 0 && opts.disk === undefined && !key && (await hasSealedDomain(store))) {
+  if (out.domains.length === 0 && opts.disk === undefined && !key && opts.sweep !== false && (await hasSealedDomain(store))) {
     throw new RnodeError(
       ErrorCodes.KEY_REQUIRED,
       `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`,

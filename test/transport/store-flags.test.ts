@@ -12,7 +12,7 @@ import { startNode } from './helpers.js';
 
 t.test('replicate, points, verify, recover and prune all take --token-file for a ws:// store', async (t) => {
   const dir = tmpDir(t, 'wsflags');
-  const { url } = await startNode(t, dir, { token: 'flag-token' });
+  const { url, storeDir } = await startNode(t, dir, { token: 'flag-token' });
   const tok = path.join(dir, 'token');
   fs.writeFileSync(tok, 'flag-token\n');
   const auth = ['--token-file', tok];
@@ -38,6 +38,14 @@ t.test('replicate, points, verify, recover and prune all take --token-file for a
   const rebase = await runCli(['prune', '--store', url, '--disk', 'w', '--keep', '1', ...auth]);
   t.equal(rebase.code, 1);
   t.match(rebase.stderr, /RNODE_TRANSPORT_REJECTED: .*run "rnode prune" on the receiving node/);
+  // No sweep over the link: each try merged the node's indexes into one more index object before a delete was refused.
+  const indexes = () => fs.readdirSync(path.join(storeDir, 'r2', 'plain', 'index'), { recursive: true }).length;
+  const before = indexes();
+  for (let i = 0; i < 2; i++) await runCli(['prune', '--store', url, '--disk', 'w', '--keep', '1', ...auth]);
+  const maintenance = await runCli(['prune', '--store', url, ...auth]);
+  t.equal(maintenance.code, 1, 'maintenance alone over the link is refused');
+  t.match(maintenance.stderr, /RNODE_TRANSPORT_REJECTED: .*run "rnode prune" on the receiving node/);
+  t.equal(indexes(), before, 'and nothing was put on the node');
   const noToken = await runCli(['prune', '--store', url, '--disk', 'w', '--keep', '1']);
   t.equal(noToken.code, 1, 'without the token the node refuses');
   t.match(noToken.stderr, /RNODE_TRANSPORT_AUTH/);
