@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { ENCRYPTION_MODES } from '../crypto/keys.js';
-import { isRnodeError } from '../errors.js';
+import { isRnodeError, usageError } from '../errors.js';
 import { CODEC_NAMES } from '../format/codecs.js';
 import { registeredSchemes } from '../store/index.js';
 import { serveHttp, type HttpEndpoint } from '../metrics/http.js';
@@ -14,7 +14,7 @@ import { ServerLink } from './link.js';
 import { Logger, type Level, type LogFormat } from '../log.js';
 import { AgentMetrics } from './metrics.js';
 import type { AgentReport, Health, JobProgress, ServerMessage } from './protocol.js';
-import { ProtoErrors } from './protocol.js';
+import { nodeNameProblem, ProtoErrors } from './protocol.js';
 import { VERSION } from '../version.js';
 import { Scheduler } from './scheduler.js';
 import { StateDir } from './state.js';
@@ -67,6 +67,9 @@ export class Agent {
 
   static async start(opts: AgentOptions): Promise<Agent> {
     if (!/^wss?:\/\//i.test(opts.server)) throw new Error(`--server must be a ws:// or wss:// URL (got ${opts.server})`);
+    // Checked here, not when the hello is built: that happens only once the server answers.
+    const nameProblem = opts.nodeName !== undefined ? nodeNameProblem(opts.nodeName) : undefined;
+    if (nameProblem) throw usageError(`--node-name ${nameProblem}; leave it out to use the host name`);
     const state = await StateDir.open(opts.stateDir);
     const { nodeId } = await state.identity();
     // The codec workers start before the node registers, so its first job does not wait for them (~50 ms from dist/,

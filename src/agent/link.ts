@@ -160,7 +160,11 @@ export class ServerLink extends EventEmitter {
         lastSeq: this.outbox.nextSeq - 1,
         ...this.o.hello(),
       };
-      checkOutgoing(hello, agentMessages);
+      // Throwing here would be an uncaught exception in ws's handler: a hello that does not conform fails this attempt.
+      if (!this.conforms(hello)) {
+        ws.terminate();
+        return;
+      }
       ws.send(JSON.stringify(hello));
       welcomeTimer = setTimeout(() => {
         this.o.log.warn('no welcome from the server within 10 s; reconnecting');

@@ -634,6 +634,15 @@ export function checkOutgoing(msg: Record<string, unknown>, table: MessageTable)
     throw new Error(`outgoing ${String(msg.type)} does not match its schema: ${errors.map((e) => `${e.path}: ${e.message}`).join('; ')}`);
 }
 
+/** Why `name` cannot be a node's name in its hello, undefined when it can; the limits are the hello schema's. */
+export function nodeNameProblem(name: string): string | undefined {
+  const { minLength, maxLength } = hello.properties.node.properties.name;
+  // JSON Schema counts characters (code points), not UTF-16 units.
+  const length = [...name].length;
+  if (length >= minLength! && length <= maxLength!) return undefined;
+  return `must be ${minLength} to ${maxLength} characters long (got ${length})`;
+}
+
 let counter = 0;
 /** A message id unique within this process. */
 export function messageId(prefix = 'm'): string {

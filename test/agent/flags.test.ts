@@ -1,0 +1,82 @@
+// `rnode agent` flags checked at start, not once the Management Server answers: an empty or too long --node-name
+// crashed the agent with a stack trace ("outgoing hello does not match its schema") only when the server was
+// reachable (a crash loop under systemd).
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Agent, type AgentOptions } from '../../src/agent/agent.js';
+import { ServerLink } from '../../src/agent/link.js';
+import { AgentMetrics } from '../../src/agent/metrics.js';
+import { StateDir } from '../../src/agent/state.js';
+import { Logger } from '../../src/log.js';
+import { lines, runCli } from '../helpers/cli.js';
+import { startMs, tmpDir, waitUntil, writeToken } from './helpers.js';
+
+function capture(): { log: Logger; logs: string[] } {
+  const logs: string[] = [];
+  const log = Logger.create({
+    sink: {
+      write: (l) => {
+        logs.push(l);
+      },
+    },
+    level: 'debug',
+  });
+  return { log, logs };
+}
+
+/** Why Agent.start refused `opts`; an agent that started all the same is stopped (and the test fails). */
+async function refusal(t: Test, opts: AgentOptions): Promise<(Error & { code?: string }) | undefined> {
+  try {
+    const agent = await Agent.start(opts);
+    t.teardown(() => agent.stop());
+    return undefined;
+  } catch (err) {
+    return err as Error;
+  }
+}
+
+t.test('--node-name "" with the server up: one usage line and exit 2, not a stack trace', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const ms = await startMs(t);
+  const r = await runCli(['agent', '--server', ms.url, '--token-file', writeToken(dir), '--node-name', '', '--state-dir', path.join(dir, 'state')], {
+    timeoutMs: 20_000,
+  });
+  t.equal(r.code, 2, r.stderr);
+  t.same(lines(r.stderr), ['rnode: RNODE_USAGE: --node-name must be 1 to 256 characters long (got 0); leave it out to use the host name']);
+  t.equal(ms.nodes.size, 0, 'never registered');
+});
+
+t.test('a node name longer than the hello takes is refused before the agent starts', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const ms = await startMs(t);
+  const { log } = capture();
+  const err = await refusal(t, { server: ms.url, tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), nodeName: 'n'.repeat(257), log });
+  t.match(err, { code: 'RNODE_USAGE', message: /--node-name must be 1 to 256 characters long \(got 257\)/ });
+  t.notOk(fs.existsSync(path.join(dir, 'state')), 'nothing was started');
+});
+
+t.test('a hello that does not match its schema fails the attempt (logged), never an uncaught exception', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const ms = await startMs(t);
+  const { log, logs } = capture();
+  const link = new ServerLink({
+    url: ms.url,
+    tokenFile: writeToken(dir),
+    state: await StateDir.open(path.join(dir, 'state')),
+    log,
+    metrics: new AgentMetrics(),
+    backoff: { initialMs: 20, maxMs: 50 },
+    hello: () => ({
+      node: { id: 'node-x', name: '', version: '1' },
+      capabilities: { sources: [], stores: [], codecs: [], jobs: [] },
+      capacity: { slots: 1 },
+    }),
+  });
+  t.teardown(() => link.stop());
+  await link.start();
+  const refused = () => logs.filter((l) => l.includes('does not match the protocol') && l.includes('"type":"hello"'));
+  await waitUntil(() => refused().length >= 2, 10_000, 'two attempts');
+  t.match(refused()[0], /\/node\/name/, 'the log names the field');
+  t.equal(ms.nodes.size, 0, 'no hello was sent');
+});
