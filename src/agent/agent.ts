@@ -66,7 +66,7 @@ export class Agent {
   }
 
   static async start(opts: AgentOptions): Promise<Agent> {
-    if (!/^wss?:\/\//i.test(opts.server)) throw new Error(`--server must be a ws:// or wss:// URL (got ${opts.server})`);
+    checkServerUrl(opts.server);
     // Checked here, not when the hello is built: that happens only once the server answers.
     const nameProblem = opts.nodeName !== undefined ? nodeNameProblem(opts.nodeName) : undefined;
     if (nameProblem) throw usageError(`--node-name ${nameProblem}; leave it out to use the host name`);
@@ -224,4 +224,22 @@ export class Agent {
     await this.http?.close();
     this.log.info('agent stopped');
   }
+}
+
+/**
+ * The server URL is logged and carries nothing secret: a password or a query (?token=...) is refused, like the
+ * credentials of a ws:// store location. Errors never echo it, since it may hold one.
+ */
+function checkServerUrl(text: string): void {
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'ws:' && url.protocol !== 'wss:') || !url.hostname) {
+    throw usageError(`--server must be a ws:// or wss:// URL such as wss://ms.example.com:5000${url ? `, not ${url.protocol}//` : ''}`);
+  }
+  if (url.username || url.password) throw usageError("--server must not carry credentials; put the node's token in --token-file");
+  if (url.search || url.hash) throw usageError("--server must not carry a query or fragment; put the node's token in --token-file");
 }

@@ -40,8 +40,7 @@ export const agentCommand: Command = {
   },
   async run(v) {
     required(v, 'agent', 'server', 'token-file');
-    const server = str(v, 'server')!;
-    if (!/^wss?:\/\/[^/]+/i.test(server)) throw usage(`--server must be ws://host:port or wss://host:port (got "${server}")`);
+    const server = str(v, 'server')!; // checked by Agent.start, which never echoes it (it may hold a password)
     const tokenFile = str(v, 'token-file')!;
     if (!fs.existsSync(tokenFile)) throw usage(`--token-file ${tokenFile} does not exist; put the node's token in it (one line)`);
     const ca = str(v, 'ca');

@@ -1,6 +1,6 @@
 // `rnode agent` flags checked at start, not once the Management Server answers: an empty or too long --node-name
 // crashed the agent with a stack trace ("outgoing hello does not match its schema") only when the server was
-// reachable (a crash loop under systemd).
+// reachable (a crash loop under systemd), and a password or ?token= in --server was printed in "agent starting".
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,7 +12,9 @@ import { Logger } from '../../src/log.js';
 import { lines, runCli } from '../helpers/cli.js';
 import { startMs, tmpDir, waitUntil, writeToken } from './helpers.js';
 
-function capture(): { log: Logger; logs: string[] } {
+const SECRET = 'Sup3rSecretPW';
+
+function capture(format: 'json' | 'text' = 'json'): { log: Logger; logs: string[] } {
   const logs: string[] = [];
   const log = Logger.create({
     sink: {
@@ -21,6 +23,7 @@ function capture(): { log: Logger; logs: string[] } {
       },
     },
     level: 'debug',
+    format,
   });
   return { log, logs };
 }
@@ -54,6 +57,40 @@ t.test('a node name longer than the hello takes is refused before the agent star
   const err = await refusal(t, { server: ms.url, tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), nodeName: 'n'.repeat(257), log });
   t.match(err, { code: 'RNODE_USAGE', message: /--node-name must be 1 to 256 characters long \(got 257\)/ });
   t.notOk(fs.existsSync(path.join(dir, 'state')), 'nothing was started');
+});
+
+t.test('a password in --server is refused and never printed', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const ms = await startMs(t);
+  const server = ms.url.replace('ws://', `ws://admin:${SECRET}@`);
+  const r = await runCli(['agent', '--server', server, '--token-file', writeToken(dir), '--state-dir', path.join(dir, 'state')], {
+    timeoutMs: 15_000,
+  });
+  t.equal(r.code, 2, r.stderr);
+  t.same(lines(r.stderr), ["rnode: RNODE_USAGE: --server must not carry credentials; put the node's token in --token-file"]);
+  t.notOk(r.stdout.includes(SECRET) || r.stderr.includes(SECRET), 'the password is printed nowhere');
+  // Whatever the log format, and also when the URL is not ws:// at all (the refusal does not echo it).
+  for (const [url, message] of [
+    [server, /must not carry credentials/],
+    [`http://admin:${SECRET}@127.0.0.1:1`, /^--server must be a ws:\/\/ or wss:\/\/ URL/],
+  ] as const) {
+    const { log, logs } = capture('text');
+    const err = await refusal(t, { server: url, tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), log });
+    t.match(err, { code: 'RNODE_USAGE', message });
+    t.notOk(err?.message.includes(SECRET), 'not echoed');
+    t.same(logs, [], 'no log line');
+  }
+});
+
+t.test('a query in --server (?token=) is refused before anything is logged', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const ms = await startMs(t);
+  for (const server of [`${ms.url}/?token=${SECRET}`, `${ms.url}/#${SECRET}`]) {
+    const { log, logs } = capture();
+    const err = await refusal(t, { server, tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), nodeName: 'a', log });
+    t.match(err, { code: 'RNODE_USAGE', message: "--server must not carry a query or fragment; put the node's token in --token-file" });
+    t.same(logs, [], 'no log line');
+  }
 });
 
 t.test('a hello that does not match its schema fails the attempt (logged), never an uncaught exception', async (t) => {
