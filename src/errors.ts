@@ -47,6 +47,8 @@ export const ErrorCodes = {
   PATH_UNUSABLE: 'RNODE_PATH_UNUSABLE',
   /** An output URL or path that cannot take a disk image (exit 2). */
   BAD_OUTPUT: 'RNODE_BAD_OUTPUT',
+  /** A file of the agent's state folder that the node cannot do without is damaged (exit 2: the operator restores it). */
+  STATE_CORRUPT: 'RNODE_STATE_CORRUPT',
   // concurrency
   LEASE_HELD: 'RNODE_LEASE_HELD',
   LEASE_LOST: 'RNODE_LEASE_LOST',
@@ -74,6 +76,7 @@ const USAGE_CODES: ReadonlySet<string> = new Set([
   ErrorCodes.BAD_OUTPUT,
   ErrorCodes.OUTPUT_IN_STORE,
   ErrorCodes.PATH_UNUSABLE,
+  ErrorCodes.STATE_CORRUPT,
 ]);
 
 export class RnodeError extends Error {

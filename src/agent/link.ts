@@ -21,7 +21,7 @@ import {
   type Hello,
   type ServerMessage,
 } from './protocol.js';
-import { drained, type StateDir, type StoredReport } from './state.js';
+import { drained, type Outbox, type StateDir } from './state.js';
 
 export interface LinkOptions {
   url: string;
@@ -45,7 +45,7 @@ export class ServerLink extends EventEmitter {
   private attempt = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
-  private outbox: { nextSeq: number; reports: StoredReport[] } = { nextSeq: 1, reports: [] };
+  private outbox: Outbox = { nextSeq: 1, reports: [] };
   private saving: Promise<void> = Promise.resolve();
   private missedPongs = 0;
   heartbeat: () => object = () => ({});
@@ -65,7 +65,7 @@ export class ServerLink extends EventEmitter {
   }
 
   async start(): Promise<void> {
-    this.outbox = await this.o.state.loadOutbox();
+    this.outbox = await this.o.state.loadOutbox(this.o.log);
     this.o.metrics.reportsQueued.set({}, this.outbox.reports.length);
     this.connect();
   }
@@ -126,7 +126,7 @@ export class ServerLink extends EventEmitter {
   }
 
   private persist(): void {
-    const snapshot = { nextSeq: this.outbox.nextSeq, reports: [...this.outbox.reports] };
+    const snapshot = { ...this.outbox, reports: [...this.outbox.reports] };
     this.o.metrics.reportsQueued.set({}, snapshot.reports.length);
     this.saving = this.saving
       .then(() => this.o.state.saveOutbox(snapshot))
@@ -157,7 +157,8 @@ export class ServerLink extends EventEmitter {
         id: messageId('h'),
         token,
         protocols: [PROTOCOL_VERSION],
-        lastSeq: this.outbox.nextSeq - 1,
+        // Not claimed while the numbering waits for the server's.
+        lastSeq: this.outbox.awaitingServerSeq ? undefined : this.outbox.nextSeq - 1,
         ...this.o.hello(),
       };
       // Throwing here would be an uncaught exception in ws's handler: a hello that does not conform fails this attempt.
@@ -246,6 +247,7 @@ export class ServerLink extends EventEmitter {
     this.attempt = 0;
     this.o.metrics.connected.set({}, 1);
     this.o.log.info('registered with the server', { heartbeatMs: w.heartbeatMs, ackedSeq: w.ackedSeq, queued: this.outbox.reports.length });
+    if (this.outbox.awaitingServerSeq) this.numberAfter(w.ackedSeq);
     this.onAck(w.ackedSeq);
     // What the server does not have yet, in order; it acks as it stores them.
     for (const r of this.outbox.reports) this.sendRaw(r.msg);
@@ -265,6 +267,18 @@ export class ServerLink extends EventEmitter {
     }
     ws.ping();
     this.send({ type: 'heartbeat', health: this.heartbeat() });
+  }
+
+  /**
+   * Numbers the reports queued while the server's last seq was unknown (none of them was sent) after that seq: with
+   * lower numbers the server would drop them as duplicates of reports it holds.
+   */
+  private numberAfter(ackedSeq: number): void {
+    // New objects: a snapshot still waiting to be written keeps the numbers it had.
+    const reports = this.outbox.reports.map((r, i) => ({ seq: ackedSeq + 1 + i, msg: { ...r.msg, seq: ackedSeq + 1 + i } }));
+    this.outbox = { nextSeq: ackedSeq + 1 + reports.length, reports };
+    this.o.log.info('report numbering continues after the last report the server holds', { ackedSeq, queued: reports.length });
+    this.persist();
   }
 
   private onAck(seq: number): void {

@@ -47,7 +47,10 @@ function shared<T extends TSchema>(name: string, schema: T): TUnsafe<Static<T>> 
   return Type.Unsafe<Static<T>>({ $ref: `#/$defs/${name}` });
 }
 
-const Id = shared('id', Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$', description: 'message, job, node or group id' }));
+const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$';
+const Id = shared('id', Type.String({ pattern: ID_PATTERN, description: 'message, job, node or group id' }));
+/** True for a string the protocol takes as an id (a node id read back from the state dir must be one). */
+export const isId = (text: string): boolean => new RegExp(ID_PATTERN).test(text);
 const DiskId = shared('diskId', Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' }));
 const SecretRef = shared(
   'secretRef',
@@ -641,6 +644,13 @@ export function nodeNameProblem(name: string): string | undefined {
   const length = [...name].length;
   if (length >= minLength! && length <= maxLength!) return undefined;
   return `must be ${minLength} to ${maxLength} characters long (got ${length})`;
+}
+
+/** Why a policy (one read back from the state dir) is not one a server could have sent; undefined when it is one. */
+export function policyProblem(policy: unknown): string | undefined {
+  // Checked as the policy.update carrying it: that validator is generated, a policy's alone would be compiled now.
+  const errors = validate(policyUpdate, { v: PROTOCOL_VERSION, type: 'policy.update', id: 'state', policy }, defs);
+  return errors.length ? errors.map((e) => `${e.path.replace(/^\/policy/, '') || '/'}: ${e.message}`).join('; ') : undefined;
 }
 
 let counter = 0;

@@ -40,8 +40,8 @@ export class Scheduler {
   }
 
   async load(): Promise<void> {
-    for (const p of await this.o.state.loadPolicies()) this.policies.set(p.group, p);
-    this.disks = await this.o.state.loadDisks();
+    for (const p of await this.o.state.loadPolicies(this.o.log)) this.policies.set(p.group, p);
+    this.disks = await this.o.state.loadDisks(this.o.log);
   }
 
   start(): void {

@@ -1,11 +1,14 @@
 // The node's state directory: its persisted identity, the policies it runs, the last point of every scheduled
 // disk and the reports not yet acknowledged by the server. Every file is replaced atomically (temp + rename),
-// so a node killed at any moment restarts with a consistent view.
+// so a node killed at any moment restarts with a consistent view. Every file read back is checked: a damaged
+// identity stops the node (a new one would orphan it at the server), a damaged cache is set aside and rebuilt.
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { Policy } from './protocol.js';
+import { ErrorCodes, RnodeError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { agentMessages, checkOutgoing, isId, policyProblem, type Policy } from './protocol.js';
 import { makeDirs, unusablePath } from '../store/fs/dirs.js';
 
 export interface NodeIdentity {
@@ -23,6 +26,22 @@ export interface StoredReport {
   seq: number;
   msg: Record<string, unknown>;
 }
+export interface Outbox {
+  nextSeq: number;
+  reports: StoredReport[];
+  /**
+   * The file was missing or damaged, so the last seq the server stored is unknown: these numbers are provisional
+   * until the next welcome says it (ackedSeq), and none of these reports was sent yet.
+   */
+  awaitingServerSeq?: true;
+}
+
+/** A state file as read: its JSON, or why it is not JSON. */
+type Read = { value: unknown; damaged?: undefined } | { value?: undefined; damaged: string };
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isTime = (v: unknown) => typeof v === 'string' && Number.isFinite(Date.parse(v));
+const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 1;
 
 /**
  * Waits for a chain of state writes (a promise its owner replaces with each write it queues) to settle, including
@@ -57,14 +76,31 @@ export class StateDir {
     return this.file('cache');
   }
 
-  async readJson<T>(name: string, fallback: T): Promise<T> {
+  /** undefined when the file does not exist. */
+  private async read(name: string): Promise<Read | undefined> {
+    let text: string;
     try {
-      return JSON.parse(await fsp.readFile(this.file(name), 'utf8')) as T;
+      text = await fsp.readFile(this.file(name), 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return fallback;
-      if (err instanceof SyntaxError) return fallback; // a torn file cannot happen with rename, but never wedge the node on it
-      throw err;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw unusablePath(`state file ${this.file(name)}`, err) ?? err;
     }
+    try {
+      return { value: JSON.parse(text) };
+    } catch (err) {
+      return { damaged: `not JSON: ${(err as Error).message}` };
+    }
+  }
+
+  /** Moves a damaged file out of the way, kept for a look, and says what the node does without it. */
+  private async setAside(name: string, problem: string, log: Logger, without: string): Promise<void> {
+    const file = this.file(name);
+    try {
+      await fsp.rename(file, `${file}.damaged`);
+    } catch (err) {
+      throw unusablePath(`state file ${file}`, err) ?? err;
+    }
+    log.warn(`state file ${name} is damaged; kept it as ${name}.damaged and ${without}`, { file, problem });
   }
 
   async writeJson(name: string, value: unknown): Promise<void> {
@@ -82,31 +118,89 @@ export class StateDir {
 
   /** The node id, created on first start and kept across restarts. */
   async identity(): Promise<NodeIdentity> {
-    const cur = await this.readJson<NodeIdentity | null>('node.json', null);
-    if (cur?.nodeId) return cur;
+    const file = this.file('node.json');
+    const read = await this.read('node.json');
+    if (read) {
+      const problem = read.damaged ?? identityProblem(read.value);
+      if (problem === undefined) return read.value as NodeIdentity;
+      throw new RnodeError(
+        ErrorCodes.STATE_CORRUPT,
+        `state file ${file} is damaged (${problem}); it holds the id the Management Server knows this node by: ` +
+          'restore it from a backup, or remove it to register as a new node',
+      );
+    }
     const id: NodeIdentity = { nodeId: `node-${randomUUID()}`, createdAt: new Date().toISOString() };
     await this.writeJson('node.json', id);
     return id;
   }
 
-  loadPolicies(): Promise<Policy[]> {
-    return this.readJson<Policy[]>('policies.json', []);
+  /** The policies last received; damaged ones are dropped (the server sends every policy again at registration). */
+  async loadPolicies(log: Logger): Promise<Policy[]> {
+    const read = await this.read('policies.json');
+    if (!read) return [];
+    if (read.damaged !== undefined || !Array.isArray(read.value)) {
+      await this.setAside('policies.json', read.damaged ?? 'not a JSON array', log, 'runs no policy until the server sends them at registration');
+      return [];
+    }
+    return read.value.filter((p: unknown, index) => {
+      const why = policyProblem(p);
+      if (why !== undefined)
+        log.warn('dropped a damaged policy of policies.json; the server sends it again at registration', { index, problem: why });
+      return why === undefined;
+    }) as Policy[];
   }
   savePolicies(p: Policy[]): Promise<void> {
     return this.writeJson('policies.json', p);
   }
 
-  loadDisks(): Promise<Record<string, DiskRecord>> {
-    return this.readJson<Record<string, DiskRecord>>('disks.json', {});
+  /** Each disk's last point; a damaged record only makes its disk run at once (and restarts its RPO clock). */
+  async loadDisks(log: Logger): Promise<Record<string, DiskRecord>> {
+    const without = 'runs its disks at once, their RPO clocks started anew';
+    const read = await this.read('disks.json');
+    if (!read) return {};
+    if (read.damaged !== undefined || !isObject(read.value)) {
+      await this.setAside('disks.json', read.damaged ?? 'not a JSON object', log, without);
+      return {};
+    }
+    const entries = Object.entries(read.value).filter(([disk, rec]) => {
+      const why = diskRecordProblem(rec);
+      if (why !== undefined) log.warn(`dropped a damaged record of disks.json; the node ${without}`, { disk, problem: why });
+      return why === undefined;
+    });
+    // fromEntries: a key such as "__proto__" stays a key.
+    return Object.fromEntries(entries) as Record<string, DiskRecord>;
   }
   saveDisks(d: Record<string, DiskRecord>): Promise<void> {
     return this.writeJson('disks.json', d);
   }
 
-  loadOutbox(): Promise<{ nextSeq: number; reports: StoredReport[] }> {
-    return this.readJson('outbox.json', { nextSeq: 1, reports: [] as StoredReport[] });
+  /**
+   * The reports not yet acknowledged. Without a sound file the next seq is unknown, and starting again at 1 would make
+   * the server drop every later report as a duplicate: the numbers wait for the server's (Outbox.awaitingServerSeq).
+   */
+  async loadOutbox(log: Logger): Promise<Outbox> {
+    const fresh: Outbox = { nextSeq: 1, reports: [], awaitingServerSeq: true };
+    const read = await this.read('outbox.json');
+    if (!read) return fresh;
+    const problem = read.damaged ?? outboxProblem(read.value);
+    if (problem !== undefined) {
+      await this.setAside('outbox.json', problem, log, 'lost the reports it held; new reports are numbered after the last one the server holds');
+      // Written now: a restart before the next welcome must still know that the numbers are provisional.
+      await this.saveOutbox(fresh);
+      return fresh;
+    }
+    const held = read.value as Outbox;
+    const reports: StoredReport[] = [];
+    for (const r of held.reports) {
+      const why = reportProblem(r, reports.at(-1)?.seq ?? 0);
+      if (why !== undefined) log.warn('dropped a damaged report of outbox.json', { seq: isObject(r) ? r.seq : undefined, problem: why });
+      else reports.push(r as StoredReport);
+    }
+    // A report numbered at or above nextSeq: never hand out its number again.
+    const nextSeq = Math.max(held.nextSeq, (reports.at(-1)?.seq ?? 0) + 1);
+    return { nextSeq, reports, ...(held.awaitingServerSeq ? { awaitingServerSeq: true } : {}) };
   }
-  saveOutbox(o: { nextSeq: number; reports: StoredReport[] }): Promise<void> {
+  saveOutbox(o: Outbox): Promise<void> {
     return this.writeJson('outbox.json', o);
   }
 
@@ -125,4 +219,39 @@ export class StateDir {
   secretPath(name: string): string {
     return path.join(this.dir, 'secrets', name);
   }
+}
+
+function identityProblem(v: unknown): string | undefined {
+  if (!isObject(v)) return 'not a JSON object';
+  if (typeof v.nodeId !== 'string' || !isId(v.nodeId)) return 'nodeId is not a node id';
+  return undefined;
+}
+
+function diskRecordProblem(rec: unknown): string | undefined {
+  if (!isObject(rec)) return 'not a JSON object';
+  if (rec.lastPointAt !== undefined && !isTime(rec.lastPointAt)) return 'lastPointAt is not a time';
+  if (rec.missedReportedAt !== undefined && !isTime(rec.missedReportedAt)) return 'missedReportedAt is not a time';
+  if (rec.lastPoint !== undefined && !isSeq(rec.lastPoint)) return 'lastPoint is not a point number';
+  return undefined;
+}
+
+/** What makes the whole outbox unusable: without a sound nextSeq the numbering is lost. */
+function outboxProblem(v: unknown): string | undefined {
+  if (!isObject(v)) return 'not a JSON object';
+  if (!isSeq(v.nextSeq)) return 'nextSeq is not a report number';
+  if (!Array.isArray(v.reports)) return 'reports is not a list';
+  if (v.awaitingServerSeq !== undefined && v.awaitingServerSeq !== true) return 'awaitingServerSeq is not true';
+  return undefined;
+}
+
+/** A report that could not be sent as it is; it must also come after the one before it. */
+function reportProblem(r: unknown, previousSeq: number): string | undefined {
+  if (!isObject(r) || !isSeq(r.seq) || !isObject(r.msg) || r.msg.seq !== r.seq) return 'not a numbered report';
+  if (r.seq <= previousSeq) return `seq ${r.seq} does not follow ${previousSeq}`;
+  try {
+    checkOutgoing(r.msg, agentMessages);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return undefined;
 }

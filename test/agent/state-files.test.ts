@@ -1,0 +1,133 @@
+// The agent's state files read back with their shape checked. A truncated outbox.json reset the report seq to 1, so
+// the server dropped every later report as a duplicate while the node thought them delivered; {} / [] / null in
+// outbox.json, policies.json or disks.json crashed the agent at start (RNODE_INTERNAL); a damaged node.json silently
+// made a new node identity; an unparsable policies.json was dropped without a word.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Agent } from '../../src/agent/agent.js';
+import type { AgentReport } from '../../src/agent/protocol.js';
+import { lines, runCli } from '../helpers/cli.js';
+import { parsedLogs, startAgent, startMs, tmpDir, writeToken } from './helpers.js';
+
+const missed = (disk: string): AgentReport => ({ type: 'rpo.missed', group: 'g', disk, rpoSeconds: 60, lagSeconds: 61, lastPointAt: null });
+
+t.test('a truncated outbox.json: later reports are numbered after the last one the server holds, also across a restart', async (t) => {
+  const dir = tmpDir(t, 'agent-state');
+  const ms = await startMs(t);
+  const first = await startAgent(t, ms, dir);
+  const node = await ms.waitFor(() => ms.nodes.get(first.agent.nodeId)?.connected && ms.nodes.get(first.agent.nodeId), 10_000, 'registration');
+  first.agent.link.report(missed('d1'));
+  first.agent.link.report(missed('d2'));
+  await ms.waitFor(() => node.lastSeq === 2 && first.agent.link.queuedReports === 0, 10_000, 'two reports stored and acked');
+  await first.agent.stop();
+  const outbox = path.join(first.stateDir, 'outbox.json');
+  fs.writeFileSync(outbox, '{"nextSeq":');
+
+  // Restarted while the server is away: the report made meanwhile cannot know its number yet.
+  await ms.stopListening();
+  const offline = await startAgent(t, ms, dir);
+  t.equal(offline.agent.nodeId, first.agent.nodeId, 'same node');
+  const warning = parsedLogs(offline.logs).find((e) => e.msg.startsWith('state file outbox.json is damaged'));
+  t.match(warning, { level: 'warn', file: outbox, problem: /^not JSON/ }, 'the damage is logged');
+  t.equal(fs.existsSync(`${outbox}.damaged`) && fs.readFileSync(`${outbox}.damaged`, 'utf8'), '{"nextSeq":', 'the damaged file is kept for a look');
+  offline.agent.link.report(missed('d3'));
+  await offline.agent.stop();
+
+  await ms.listen();
+  const again = await startAgent(t, ms, dir);
+  await ms.waitFor(() => again.agent.link.isRegistered, 10_000, 'registration');
+  again.agent.link.report(missed('d4'));
+  await ms.waitFor(() => again.agent.link.queuedReports === 0, 10_000, 'every report acked');
+  t.same(
+    ms.reports.map((r) => [r.msg.seq, r.msg.disk]),
+    [
+      [1, 'd1'],
+      [2, 'd2'],
+      [3, 'd3'],
+      [4, 'd4'],
+    ],
+    'no report dropped as a duplicate',
+  );
+});
+
+const POLICY = { group: 'g1', revision: 1, rpoSeconds: 3600, paused: true, store: { url: '/nowhere' }, disks: [] };
+
+// Each case: the files written, the warnings expected (by message start), what the agent then holds.
+const cases: { name: string; files: Record<string, string>; warns: RegExp[]; groups?: string[] }[] = [
+  { name: 'outbox.json {}', files: { 'outbox.json': '{}' }, warns: [/^state file outbox\.json is damaged/] },
+  { name: 'outbox.json []', files: { 'outbox.json': '[]' }, warns: [/^state file outbox\.json is damaged/] },
+  { name: 'outbox.json null', files: { 'outbox.json': 'null' }, warns: [/^state file outbox\.json is damaged/] },
+  {
+    name: 'outbox.json with a report that is not one',
+    files: { 'outbox.json': JSON.stringify({ nextSeq: 3, reports: [{ seq: 2, msg: { type: 'rpo.missed' } }] }) },
+    warns: [/^dropped a damaged report of outbox\.json/],
+  },
+  { name: 'policies.json null', files: { 'policies.json': 'null' }, warns: [/^state file policies\.json is damaged/] },
+  { name: 'policies.json {"a":1}', files: { 'policies.json': '{"a":1}' }, warns: [/^state file policies\.json is damaged/] },
+  { name: 'policies.json not JSON', files: { 'policies.json': '[{"group":' }, warns: [/^state file policies\.json is damaged/] },
+  {
+    name: 'policies.json with one damaged policy',
+    files: { 'policies.json': JSON.stringify([POLICY, { group: 'g2' }]) },
+    warns: [/^dropped a damaged policy of policies\.json/],
+    groups: ['g1'],
+  },
+  { name: 'disks.json null', files: { 'disks.json': 'null' }, warns: [/^state file disks\.json is damaged/] },
+  {
+    name: 'disks.json with a record that is not one',
+    files: { 'disks.json': JSON.stringify({ a: { lastPointAt: 'yesterday' }, b: { lastPoint: 3 } }) },
+    warns: [/^dropped a damaged record of disks\.json/],
+  },
+];
+
+t.test('state files of the wrong shape: a warning naming the file, and the agent starts', async (t) => {
+  const ms = await startMs(t);
+  await ms.stopListening(); // no policy.sync: what the agent holds is what it read
+  for (const c of cases) {
+    const dir = tmpDir(t, 'agent-state');
+    const stateDir = path.join(dir, 'state-a');
+    fs.mkdirSync(stateDir);
+    for (const [name, text] of Object.entries(c.files)) fs.writeFileSync(path.join(stateDir, name), text);
+    const { agent, logs } = await startAgent(t, ms, dir);
+    const warnings = parsedLogs(logs).filter((e) => e.level === 'warn');
+    for (const w of c.warns)
+      t.ok(
+        warnings.some((e) => w.test(e.msg)),
+        `${c.name}: warned ${w}`,
+      );
+    t.same(
+      agent.scheduler.list().map((p) => p.group),
+      c.groups ?? [],
+      `${c.name}: policies held`,
+    );
+    await agent.stop();
+  }
+});
+
+t.test('a damaged node.json stops the agent; it never makes a new identity', async (t) => {
+  const dir = tmpDir(t, 'agent-state');
+  const stateDir = path.join(dir, 'state');
+  fs.mkdirSync(stateDir);
+  for (const text of ['', '{"nodeId":', 'null', '{}', '{"nodeId":"not an id"}']) {
+    fs.writeFileSync(path.join(stateDir, 'node.json'), text);
+    await t.rejects(
+      Agent.start({ server: 'ws://127.0.0.1:1', tokenFile: writeToken(dir), stateDir, nodeName: 'a' }),
+      { code: 'RNODE_STATE_CORRUPT', message: /node\.json is damaged .*restore it from a backup, or remove it to register as a new node/ },
+      JSON.stringify(text),
+    );
+    t.equal(fs.readFileSync(path.join(stateDir, 'node.json'), 'utf8'), text, 'left as it was');
+  }
+});
+
+t.test('a damaged node.json: one line naming the file, exit 2', async (t) => {
+  const dir = tmpDir(t, 'agent-state');
+  const state = path.join(dir, 'state');
+  fs.mkdirSync(state);
+  fs.writeFileSync(path.join(state, 'node.json'), '{"nodeId":');
+  const r = await runCli(['agent', '--server', 'ws://127.0.0.1:1', '--token-file', writeToken(dir), '--state-dir', state], { timeoutMs: 15_000 });
+  t.equal(r.code, 2, r.stderr);
+  const out = lines(r.stderr);
+  t.equal(out.length, 1, r.stderr);
+  t.match(out[0], /^rnode: RNODE_STATE_CORRUPT: state file \S+node\.json is damaged \(not JSON: .*\); .*restore it from a backup, or remove it/);
+  t.equal(fs.readFileSync(path.join(state, 'node.json'), 'utf8'), '{"nodeId":', 'left as it was');
+});
