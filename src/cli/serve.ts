@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import type { HttpEndpoint } from '../metrics/http.js';
 import type { ReplicationServer } from '../transport/index.js';
 import { VERSION } from '../version.js';
+import { parseSize } from '../pipeline/grid.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
 import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
@@ -61,7 +62,7 @@ export const serveCmd: Command = {
     const token = v['token-file'] !== undefined ? readTokenFile(str(v, 'token-file')!) : undefined;
     const bandwidth = v.bandwidth !== undefined ? parseBandwidth(str(v, 'bandwidth')!) : undefined;
     const windowText = str(v, 'window');
-    const windowBytes = windowText !== undefined ? parseBandwidth(windowText, '--window') : undefined;
+    const windowBytes = windowText !== undefined ? parseWindow(windowText) : undefined;
     const maxSessions = positive(str(v, 'max-sessions'), 'max-sessions');
     const maxConnectionsPerAddress = positive(str(v, 'max-connections-per-address'), 'max-connections-per-address');
     const handshakeSeconds = positive(str(v, 'handshake-timeout'), 'handshake-timeout');
@@ -168,4 +169,13 @@ async function serveMetrics(listen: { host: string; port: number }, server: Repl
   }
   log.info('serving /metrics, /healthz, /readyz', { listen: `${http.host}:${http.port}` });
   return http;
+}
+
+/** --window: bytes a session may have in flight, at least 64 KiB (the node's smallest frame window). */
+function parseWindow(text: string): number {
+  const n = parseSize(text);
+  if (n === undefined || n < 64 * 1024) {
+    throw new RnodeError(ErrorCodes.USAGE, `--window must be a size of at least 64KiB, e.g. 64MiB (got "${text}")`);
+  }
+  return n;
 }

@@ -90,6 +90,11 @@ const cases: Case[] = [
     code: /RNODE_USAGE.*--metrics must be host:port/,
   },
   {
+    name: 'serve --window below 64 KiB',
+    args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--window', '60000'],
+    code: /RNODE_USAGE.*--window must be a size of at least 64KiB/,
+  },
+  {
     name: 'serve --log-format xml',
     args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--log-format', 'xml'],
     code: /RNODE_USAGE.*--log-format must be json or pretty/,
