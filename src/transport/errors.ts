@@ -30,6 +30,21 @@ export function isTlsFailure(err: Error & { code?: string }): boolean {
   return TLS_ERRNO.test(err.code ?? '') || /certificate|ssl|tls/i.test(err.message);
 }
 
+/**
+ * What a TLS handshake with a server that answers in plain text looks like to OpenSSL (a ws:// node, or an HTTP
+ * server, behind a wss:// URL): no --ca or pin can help there.
+ */
+export function isPlainTextPeer(err: Error): boolean {
+  return /wrong version number|packet length too long|http request/i.test(err.message);
+}
+
+/** An OpenSSL error as one line: its reason, without the source file and line it appends after a newline. */
+export function oneLineTlsError(err: Error): string {
+  const first = err.message.split('\n')[0];
+  const reason = /:SSL routines:[^:]*:([^:]+)/.exec(first)?.[1];
+  return reason ?? first.replace(/\s+$/, '');
+}
+
 export function transportError(
   code: string,
   message: string,

@@ -12,7 +12,7 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
 import { MAX_TOKEN_CHARS, parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
-import { isTlsFailure, TransportErrorCodes, transportError } from './errors.js';
+import { isPlainTextPeer, isTlsFailure, oneLineTlsError, TransportErrorCodes, transportError } from './errors.js';
 import {
   decodeFrame,
   encodeFrame,
@@ -582,7 +582,9 @@ export class RemoteStore implements ObjectStore {
           fail(
             transportError(
               TransportErrorCodes.TLS,
-              `TLS to ${this.location} failed: ${err.message}; pass --ca <file> with the CA that signed the node's certificate, or --pin-sha256 <fingerprint>`,
+              isPlainTextPeer(err)
+                ? `TLS to ${this.location} failed: the node answers without TLS (${oneLineTlsError(err)}); use ws:// for a node started without --tls-cert, or check the port`
+                : `TLS to ${this.location} failed: ${oneLineTlsError(err)}; pass --ca <file> with the CA that signed the node's certificate, or --pin-sha256 <fingerprint>`,
               { cause: err },
             ),
           );

@@ -119,3 +119,12 @@ t.test('a token file that holds no usable token is refused up front, in one line
   }
   t.throws(() => new RemoteStore({ url: 'ws://127.0.0.1:1', token: 'x'.repeat(MAX_TOKEN_CHARS + 1) }), { code: 'RNODE_USAGE' }, 'the library too');
 });
+
+t.test("wss:// to a node without TLS says so in one line (it printed OpenSSL's two-line error and advised --ca)", async (t) => {
+  const dir = tmpDir(t, 'plain-tls');
+  const { url } = await startNode(t, dir);
+  const r = await runCli(['points', '--store', url.replace(/^ws:/, 'wss:'), '--disk', 'd']);
+  t.equal(r.code, 1);
+  t.equal(lines(r.stderr).length, 1, r.stderr);
+  t.match(r.stderr, /RNODE_TRANSPORT_TLS: .* the node answers without TLS .*use ws:\/\//);
+});
