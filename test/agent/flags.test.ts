@@ -8,25 +8,10 @@ import { Agent, type AgentOptions } from '../../src/agent/agent.js';
 import { ServerLink } from '../../src/agent/link.js';
 import { AgentMetrics } from '../../src/agent/metrics.js';
 import { StateDir } from '../../src/agent/state.js';
-import { Logger } from '../../src/log.js';
 import { lines, runCli } from '../helpers/cli.js';
-import { startMs, tmpDir, waitUntil, writeToken } from './helpers.js';
+import { captureLogs, startMs, tmpDir, waitUntil, writeToken } from './helpers.js';
 
 const SECRET = 'Sup3rSecretPW';
-
-function capture(format: 'json' | 'text' = 'json'): { log: Logger; logs: string[] } {
-  const logs: string[] = [];
-  const log = Logger.create({
-    sink: {
-      write: (l) => {
-        logs.push(l);
-      },
-    },
-    level: 'debug',
-    format,
-  });
-  return { log, logs };
-}
 
 /** Why Agent.start refused `opts`; an agent that started all the same is stopped (and the test fails). */
 async function refusal(t: Test, opts: AgentOptions): Promise<(Error & { code?: string }) | undefined> {
@@ -53,7 +38,7 @@ t.test('--node-name "" with the server up: one usage line and exit 2, not a stac
 t.test('a node name longer than the hello takes is refused before the agent starts', async (t) => {
   const dir = tmpDir(t, 'agent-flags');
   const ms = await startMs(t);
-  const { log } = capture();
+  const { log } = captureLogs();
   const err = await refusal(t, { server: ms.url, tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), nodeName: 'n'.repeat(257), log });
   t.match(err, { code: 'RNODE_USAGE', message: /--node-name must be 1 to 256 characters long \(got 257\)/ });
   t.notOk(fs.existsSync(path.join(dir, 'state')), 'nothing was started');
@@ -74,7 +59,7 @@ t.test('a password in --server is refused and never printed', async (t) => {
     [server, /must not carry credentials/],
     [`http://admin:${SECRET}@127.0.0.1:1`, /^--server must be a ws:\/\/ or wss:\/\/ URL/],
   ] as const) {
-    const { log, logs } = capture('text');
+    const { log, logs } = captureLogs('text');
     const err = await refusal(t, { server: url, tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), log });
     t.match(err, { code: 'RNODE_USAGE', message });
     t.notOk(err?.message.includes(SECRET), 'not echoed');
@@ -86,7 +71,7 @@ t.test('a query in --server (?token=) is refused before anything is logged', asy
   const dir = tmpDir(t, 'agent-flags');
   const ms = await startMs(t);
   for (const server of [`${ms.url}/?token=${SECRET}`, `${ms.url}/#${SECRET}`]) {
-    const { log, logs } = capture();
+    const { log, logs } = captureLogs();
     const err = await refusal(t, { server, tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), nodeName: 'a', log });
     t.match(err, { code: 'RNODE_USAGE', message: "--server must not carry a query or fragment; put the node's token in --token-file" });
     t.same(logs, [], 'no log line');
@@ -96,7 +81,7 @@ t.test('a query in --server (?token=) is refused before anything is logged', asy
 t.test('a hello that does not match its schema fails the attempt (logged), never an uncaught exception', async (t) => {
   const dir = tmpDir(t, 'agent-flags');
   const ms = await startMs(t);
-  const { log, logs } = capture();
+  const { log, logs } = captureLogs();
   const link = new ServerLink({
     url: ms.url,
     tokenFile: writeToken(dir),

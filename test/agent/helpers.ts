@@ -174,6 +174,13 @@ export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, ext
 }
 
 /** The parsed JSON log lines of an agent. */
+/** A logger at debug level whose lines are kept in logs (json or text format). */
+export function captureLogs(format: 'json' | 'text' = 'json'): { log: Logger; logs: string[] } {
+  const logs: string[] = [];
+  const log = Logger.create({ sink: { write: (l) => logs.push(l) }, level: 'debug', format });
+  return { log, logs };
+}
+
 export function parsedLogs(lines: string[]): Record<string, any>[] {
   return lines.filter((l) => l.trim().startsWith('{')).map((l) => JSON.parse(l));
 }

@@ -4,8 +4,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Logger } from '../../src/log.js';
-import { get, parsedLogs, startAgent, startMs, tmpDir, TOKEN, waitUntil, writeToken } from './helpers.js';
+import { captureLogs, get, parsedLogs, startAgent, startMs, tmpDir, TOKEN, waitUntil, writeToken } from './helpers.js';
 import { metricValue } from '../helpers/metrics.js';
 
 t.test('a node registers, heartbeats, and is ready', async (t) => {
@@ -83,16 +82,7 @@ t.test('text log lines (--log-format text) never carry the token either', async 
   const ms = await startMs(t);
   const bad = 'wrong-token-secret-value-43';
   const tokenFile = writeToken(path.join(dir), bad);
-  const logs: string[] = [];
-  const log = Logger.create({
-    sink: {
-      write: (l) => {
-        logs.push(l);
-      },
-    },
-    level: 'debug',
-    format: 'text',
-  });
+  const { log, logs } = captureLogs('text');
   const { agent } = await startAgent(t, ms, dir, { tokenFile, log });
   await waitUntil(() => logs.some((l) => l.includes('refused the token')), 5000, 'the refusal');
   t.notOk(
