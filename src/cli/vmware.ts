@@ -5,7 +5,7 @@ import { codecByName } from '../format/codecs.js';
 import { validateChunkSize } from '../pipeline/grid.js';
 import { replicateVm, type ReplicateVmResult } from '../jobs/replicate-vm.js';
 import { pruneVm, recoverVm } from '../jobs/vm.js';
-import { listVmPoints } from '../repository/vm-points.js';
+import { listVmPoints, resolveVmPoint } from '../repository/vm-points.js';
 import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { parseBandwidth } from '../transport/index.js';
 import { encryptionKeyFrom } from './args.js';
@@ -186,6 +186,8 @@ export async function vmPruneCommand(v: Values, io: Io): Promise<number> {
   const keep = positive(v.keep, 'keep');
   const store = await openStoreFromFlags(storeArg, v);
   try {
+    // A VM with no points is a wrong --vm or --store (it reported "kept none; deleted none" and exit 0).
+    await resolveVmPoint(store, vm, undefined);
     const r = await stoppable('prune', 'nothing was deleted: run the same command again', (signal) =>
       pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v), signal }),
     );

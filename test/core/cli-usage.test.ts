@@ -223,3 +223,9 @@ t.test('a --store folder that does not exist, or is a file, is said so (check of
   t.match(serve.stderr, /RNODE_PATH_UNUSABLE/);
   t.notOk(fs.existsSync(nowhere), 'nothing was created');
 });
+
+t.test('prune --vm of a VM with no points says so (it reported "kept none; deleted none" and exit 0)', async (t) => {
+  const r = await inProcess(['prune', '--store', store, '--vm', 'vm-nope', '--keep', '1']);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /RNODE_DISK_NOT_FOUND: VM vm-nope has no VM points in .*; check --vm and --store/);
+});
