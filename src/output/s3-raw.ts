@@ -7,6 +7,7 @@ import {
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { copyBytes, zeroBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { queryInt } from '../store/common.js';
@@ -78,7 +79,11 @@ class S3RawSink implements OutputSink {
           ContentType: 'application/octet-stream',
         }),
       ),
-    );
+    ).catch((err: unknown) => {
+      // Nothing exists yet to be found but the bucket: "not found" here is about --out, not the backup being read.
+      if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
+      throw new RnodeError(ErrorCodes.OUTPUT_IO, `the bucket of --out ${this.location} does not exist; create it first`, { cause: err });
+    });
     this.uploadId = r.UploadId;
   }
 

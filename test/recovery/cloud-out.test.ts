@@ -124,6 +124,14 @@ t.test('s3://: the raw image as a multipart upload, byte-exact', async (t) => {
   }
 });
 
+t.test("s3://: a bucket that does not exist is named as --out's (it read as the backup not being found)", async (t) => {
+  const out = `s3://no-such-bucket/restored.raw?endpoint=${s3.endpoint}&forcePathStyle=true`;
+  await t.rejects(recover({ store, disk: 'plain', point: '1', out, env }), {
+    code: ErrorCodes.OUTPUT_IO,
+    message: /the bucket of --out s3:\/\/no-such-bucket\/restored.raw does not exist; create it first/,
+  });
+});
+
 /** Merged [start, end) ranges of the 4 KiB blocks of buf holding a non-zero byte. */
 function nonZeroBlocks(buf: Buffer, block = 4 * KiB): Array<[number, number]> {
   const out: Array<[number, number]> = [];
