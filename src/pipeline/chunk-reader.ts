@@ -125,7 +125,7 @@ async function fetchBlob<T>(
       }
     }
   }
-  // Found in no intact index: where an index object was left out as damaged or forged, that is the likely cause.
+  // Found in no intact index: where an index object was left out as damaged, that is the likely cause.
   const damaged = await damagedIndexes(store, domain);
   if (damaged.length) {
     const first = damaged[0];

@@ -28,8 +28,8 @@ export async function locateChunk(store: ObjectStore, domain: Domain, id: Uint8A
 }
 
 /**
- * The errors of the domain's index objects that were left out as damaged or forged (see ChunkIndex.load): what a
- * chunk found in no index may have been lost with.
+ * The errors of the domain's index objects that were left out as damaged (see ChunkIndex.load): what a chunk found in
+ * no index may have been lost with.
  */
 export async function damagedIndexes(store: ObjectStore, domain: Domain): Promise<readonly RnodeError[]> {
   return (await entry(store, domain, false)).damaged;

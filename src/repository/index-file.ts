@@ -217,7 +217,7 @@ export class ChunkIndex {
   readonly #c: Columns;
   readonly indexIds: ObjectId[];
   readonly #added = new Map<string, ChunkLocation[]>();
-  /** Index objects load() left out because they failed their checks (skipDamaged): their errors, damaged or forged. */
+  /** Index objects load() left out because they failed their checksum (skipDamaged): their errors. */
   readonly damaged: RnodeError[] = [];
 
   constructor(locations: readonly ChunkLocation[] = [], indexIds: ObjectId[] = [], parts?: readonly IndexPart[]) {
@@ -229,9 +229,11 @@ export class ChunkIndex {
    * Reads every index object of the domain (a few in flight at once). Their bodies are checked and kept as they come
    * (80 bytes an entry), then sorted into the columns with no object per entry: a domain of a million chunks loads in
    * about a second, without a transient heap of hundreds of MiB.
-   * skipDamaged: an index object that fails its checks is left out (and listed in damaged) instead of failing the
-   * load. For readers and writers: one damaged index then costs the chunks only it locates (a writer stores them
-   * again), not every point of every disk of the repository. Prune keeps the default: it must know every reference.
+   * skipDamaged: an index object that fails its checksum (MANIFEST_CORRUPT: an unencrypted domain) is left out, and
+   * listed in damaged, instead of failing the load. For readers: one damaged index then costs the chunks only it
+   * locates, not every point of every disk of the repository. One that fails authentication (METADATA_FORGED: an
+   * encrypted domain, where damage and tampering look alike) still fails the load: a forged or replayed index is
+   * named on every read, never passed over. Replicate and prune keep the default: they must see every reference.
    */
   static async load(store: ObjectStore, domain: Domain, concurrency = 8, opts: { skipDamaged?: boolean } = {}): Promise<ChunkIndex> {
     const ids = await listIndexIds(store, domain.name);
@@ -252,7 +254,7 @@ export class ChunkIndex {
         try {
           parts.push({ body: openIndex(bytes, domain, id), source });
         } catch (err) {
-          if (!opts.skipDamaged || !(isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.METADATA_FORGED))) throw err;
+          if (!opts.skipDamaged || !isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT)) throw err;
           damaged.push(err);
         }
       }

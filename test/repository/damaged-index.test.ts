@@ -1,4 +1,4 @@
-// One damaged index object costs the chunks only it locates, not the repository: recover, verify and export of every
+// One damaged index object (unencrypted: a checksum mismatch) costs the chunks only it locates, not the repository: recover, verify and export of every
 // other disk still read byte-exact (they loaded every index object or none: one flipped byte in disk b's index made
 // every disk unrecoverable). The disk whose chunks it located fails loudly, naming the index. Prune stays strict.
 import t from 'tap';
