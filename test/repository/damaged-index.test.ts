@@ -1,6 +1,8 @@
-// One damaged index object (unencrypted: a checksum mismatch) costs the chunks only it locates, not the repository: recover, verify and export of every
-// other disk still read byte-exact (they loaded every index object or none: one flipped byte in disk b's index made
-// every disk unrecoverable). The disk whose chunks it located fails loudly, naming the index. Prune stays strict.
+// One damaged index object of an unencrypted domain (a checksum mismatch) costs the chunks only it locates, not the
+// repository: recover, verify and export of every other disk still read byte-exact (they loaded every index object or
+// none: one flipped byte in disk b's index made every disk unrecoverable). The disk whose chunks it located fails
+// loudly, naming the index. Prune stays strict. (In an encrypted domain a failed authentication still fails every
+// read: test/repository/safety.test.ts.)
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
