@@ -20,10 +20,12 @@ export function parse(command: string, argv: string[], options: Options): Record
   for (let i = 0; i + 1 < argv.length; i++) {
     const name = /^--([a-z-]+)$/.exec(argv[i])?.[1];
     if (name && options[name]?.type === 'string' && /^-\d/.test(argv[i + 1])) {
+      // No promise of what else it takes: 0 is refused by some flags (--keep) and not by others.
+      const hint = NEGATIVE_HINT[name];
       throw new RnodeError(
         ErrorCodes.USAGE,
-        `--${name} ${argv[i + 1]} is not a valid value: negative numbers are not accepted; ` +
-          `pass ${NEGATIVE_HINT[name] ?? 'a value of 0 or more'} (see "rnode ${command} --help")`,
+        `--${name} ${argv[i + 1]} is not a valid value: negative numbers are not accepted` +
+          `${hint ? `; pass ${hint}` : ''} (see "rnode ${command} --help")`,
       );
     }
   }

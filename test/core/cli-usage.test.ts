@@ -68,6 +68,11 @@ const cases: Case[] = [
     code: /RNODE_USAGE/,
   })),
   { name: '--compression zstd', args: ['replicate', '--source', img, '--target', store, '--compression', 'zstd'], code: /RNODE_USAGE/ },
+  {
+    name: '--keep -1 (no promise that 0 is taken: prune refuses it)',
+    args: ['prune', '--store', store, '--disk', 'd', '--keep', '-1'],
+    code: /RNODE_USAGE: --keep -1 is not a valid value: negative numbers are not accepted \(see "rnode prune --help"\)/,
+  },
   { name: '--concurrency 0', args: ['replicate', '--source', img, '--target', store, '--concurrency', '0'], code: /RNODE_USAGE/ },
   { name: 'a directory as --source', args: ['replicate', '--source', dir, '--target', store], code: /RNODE_BAD_SOURCE/ },
   {
