@@ -49,8 +49,9 @@ function shared<T extends TSchema>(name: string, schema: T): TUnsafe<Static<T>> 
 
 const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$';
 const Id = shared('id', Type.String({ pattern: ID_PATTERN, description: 'message, job, node or group id' }));
+const ID_RE = new RegExp(ID_PATTERN);
 /** True for a string the protocol takes as an id (a node id read back from the state dir must be one). */
-export const isId = (text: string): boolean => new RegExp(ID_PATTERN).test(text);
+export const isId = (text: string): boolean => ID_RE.test(text);
 const DiskId = shared('diskId', Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' }));
 const SecretRef = shared(
   'secretRef',
