@@ -2,6 +2,13 @@
 // messages show a URL without its query, which may name endpoints and options.
 import { ErrorCodes, RnodeError } from '../errors.js';
 
+/** The query parameters each output reads (s3: its own part size, and the client settings of s3ClientConfig). */
+const OUT_PARAMS: Record<string, readonly string[]> = {
+  's3:': ['partSize', 'region', 'endpoint', 'forcePathStyle'],
+  'azblob:': [],
+  'gs:': ['project'],
+};
+
 export function parseOutUrl(out: string): URL {
   let url: URL;
   try {
@@ -10,6 +17,12 @@ export function parseOutUrl(out: string): URL {
     throw badOut(out.replace(/\?.*$/, ''), 'is not a valid URL');
   }
   if (url.username || url.password) throw badOut(displayUrl(url), 'carries credentials; give them in the environment as for store URLs');
+  const known = OUT_PARAMS[url.protocol] ?? [];
+  for (const name of url.searchParams.keys()) {
+    if (known.includes(name)) continue;
+    const takes = known.length ? `it takes ${known.join(', ')} (names are case-sensitive)` : 'it takes none';
+    throw badOut(displayUrl(url), `has the parameter "${name}", which a ${url.protocol}// output does not take: ${takes}`);
+  }
   if (!url.hostname || url.pathname.replace(/^\/+/, '') === '' || url.pathname.endsWith('/')) {
     throw badOut(
       displayUrl(url),

@@ -4,7 +4,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FsStore } from './fs/fs-store.js';
-import { badStoreUrl, registerStoreScheme, storeFactory, type RemoteAccess } from './schemes.js';
+import { badStoreUrl, checkStoreParams, registerStoreScheme, storeFactory, type RemoteAccess } from './schemes.js';
 import type { ObjectStore } from './types.js';
 import { wrapStore, type WrapOptions, type WrappedStore } from './wrap.js';
 
@@ -36,14 +36,31 @@ export async function openBackend(location: string, env: NodeJS.ProcessEnv = pro
   }
   const factory = storeFactory(m[1]);
   if (!factory) throw badStoreUrl(location, `has an unknown scheme ${m[1]}:`);
+  checkStoreParams(m[1], url, location);
   return factory(url, { location, env, ...(remote ? { remote } : {}) });
 }
 
-registerStoreScheme('file', async (url, { location }) => {
-  if (url.host !== '' && url.host !== 'localhost') throw badStoreUrl(location, 'names a remote host; use file:///absolute/dir');
-  return new FsStore(fileURLToPath(url), { fsync: url.searchParams.get('fsync') !== 'off' });
-});
+registerStoreScheme(
+  'file',
+  async (url, { location }) => {
+    if (url.host !== '' && url.host !== 'localhost') throw badStoreUrl(location, 'names a remote host; use file:///absolute/dir');
+    return new FsStore(fileURLToPath(url), { fsync: url.searchParams.get('fsync') !== 'off' });
+  },
+  ['fsync'],
+);
 
-registerStoreScheme('s3', async (url, ctx) => (await import('./s3/s3-store.js')).s3StoreFromUrl(url, ctx));
-registerStoreScheme('azblob', async (url, ctx) => (await import('./azure/azure-store.js')).azureStoreFromUrl(url, ctx));
-registerStoreScheme('gs', async (url, ctx) => (await import('./gcs/gcs-store.js')).gcsStoreFromUrl(url, ctx));
+// The parameter lists name what each backend's *FromUrl reads (and s3ClientConfig for s3).
+registerStoreScheme('s3', async (url, ctx) => (await import('./s3/s3-store.js')).s3StoreFromUrl(url, ctx), [
+  'region',
+  'endpoint',
+  'forcePathStyle',
+  'conditional',
+  'multipartThreshold',
+  'partSize',
+]);
+registerStoreScheme('azblob', async (url, ctx) => (await import('./azure/azure-store.js')).azureStoreFromUrl(url, ctx), [
+  'conditional',
+  'singleUploadMax',
+  'blockSize',
+]);
+registerStoreScheme('gs', async (url, ctx) => (await import('./gcs/gcs-store.js')).gcsStoreFromUrl(url, ctx), ['project', 'conditional']);

@@ -27,10 +27,18 @@ export interface StoreFactoryContext {
 export type StoreFactory = (url: URL, ctx: StoreFactoryContext) => Promise<ObjectStore>;
 
 const factories = new Map<string, StoreFactory>();
+/** The query parameters each scheme takes, where it says: a misspelt option must not be ignored silently. */
+const parameters = new Map<string, readonly string[]>();
 
-/** Adds a backend (e.g. the remote ws:// store); the scheme is given without ':' and is case-insensitive. */
-export function registerStoreScheme(scheme: string, factory: StoreFactory): void {
-  factories.set(scheme.toLowerCase().replace(/:$/, ''), factory);
+/**
+ * Adds a backend (e.g. the remote ws:// store); the scheme is given without ':' and is case-insensitive. With
+ * `params`, a URL of the scheme carrying any other query parameter is refused before the factory runs.
+ */
+export function registerStoreScheme(scheme: string, factory: StoreFactory, params?: readonly string[]): void {
+  const key = scheme.toLowerCase().replace(/:$/, '');
+  factories.set(key, factory);
+  if (params) parameters.set(key, params);
+  else parameters.delete(key);
 }
 
 export function registeredSchemes(): string[] {
@@ -40,6 +48,17 @@ export function registeredSchemes(): string[] {
 /** The factory for a scheme (without ':'), or undefined when none is registered. */
 export function storeFactory(scheme: string): StoreFactory | undefined {
   return factories.get(scheme.toLowerCase());
+}
+
+/** Refuses a query parameter the scheme does not take (a typo such as ?forcepathstyle would otherwise change nothing). */
+export function checkStoreParams(scheme: string, url: URL, location: string): void {
+  const known = parameters.get(scheme.toLowerCase());
+  if (!known) return;
+  for (const name of url.searchParams.keys()) {
+    if (known.includes(name)) continue;
+    const takes = known.length ? `they take ${known.join(', ')} (names are case-sensitive)` : 'they take none';
+    throw badStoreUrl(location, `has the parameter "${name}", which ${scheme}:// stores do not take: ${takes}`);
+  }
 }
 
 export function badStoreUrl(location: string, why: string): RnodeError {

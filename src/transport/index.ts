@@ -84,5 +84,6 @@ async function factory(url: URL, ctx: StoreFactoryContext): Promise<RemoteStore>
   return new RemoteStore(remoteOptionsFrom(url, ctx.remote));
 }
 
-registerStoreScheme('ws', factory);
-registerStoreScheme('wss', factory);
+// Everything a ws(s):// target needs comes from flags (--token-file, --ca, --pin-sha256), never from the query.
+registerStoreScheme('ws', factory, []);
+registerStoreScheme('wss', factory, []);

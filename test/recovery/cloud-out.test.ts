@@ -262,6 +262,9 @@ t.test('outputs inside the store being read, and malformed outputs, are refused'
   await t.rejects(openOutput('azblob://disks/x.raw', opts), { code: ErrorCodes.BAD_OUTPUT }, 'azblob needs a .vhd name');
   await t.rejects(openOutput('gs://disks/x.tar', opts), { code: ErrorCodes.BAD_OUTPUT }, 'gs needs a .tar.gz name');
   await t.rejects(openOutput('s3://disks/', opts), { code: ErrorCodes.BAD_OUTPUT }, 's3 needs a key');
+  await t.rejects(openOutput('s3://disks/k.raw?partsize=8388608', opts), { code: ErrorCodes.BAD_OUTPUT, message: /"partsize".*partSize/ });
+  await t.rejects(openOutput('azblob://disks/x.vhd?blockSize=1', opts), { code: ErrorCodes.BAD_OUTPUT, message: /takes none/ });
+  await t.rejects(openOutput('gs://disks/x.tar.gz?region=eu', opts), { code: ErrorCodes.BAD_OUTPUT, message: /takes project/ });
   const err = await openOutput('s3://user:secret@disks/k', opts).catch((e: Error) => e);
   t.ok(
     err instanceof Error && (err as { code?: string }).code === ErrorCodes.BAD_OUTPUT && !err.message.includes('secret'),

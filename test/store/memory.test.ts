@@ -25,6 +25,14 @@ t.test('registry', async (t) => {
   await t.rejects(openStore('ftp://host/x'), { code: ErrorCodes.BAD_STORE_URL, message: /s3:\/\/bucket/ });
   await t.rejects(openStore(''), { code: ErrorCodes.BAD_STORE_URL });
   await t.rejects(openStore('file://remote-host/x'), { code: ErrorCodes.BAD_STORE_URL });
+  // A misspelt option is refused, naming it and what the scheme takes, before any client is made.
+  await t.rejects(openStore('s3://b/p?forcepathstyle=true'), {
+    code: ErrorCodes.BAD_STORE_URL,
+    message: /"forcepathstyle".*forcePathStyle/,
+  });
+  await t.rejects(openStore('azblob://c/p?blocksize=5'), { code: ErrorCodes.BAD_STORE_URL, message: /"blocksize".*blockSize/ });
+  await t.rejects(openStore('gs://b/p?projectId=x'), { code: ErrorCodes.BAD_STORE_URL, message: /"projectId".*project/ });
+  await t.rejects(openStore('file:///tmp/x?fsnyc=off'), { code: ErrorCodes.BAD_STORE_URL, message: /"fsnyc"/ });
 
   registerStoreScheme('test-remote', async (url) => new MemoryStore(`test-remote://${url.host}`));
   const r = await openStore('test-remote://h1/p');
