@@ -105,7 +105,10 @@ const replicateCmd: Command = {
           (r.rebasedFrom !== undefined ? ' (its table stands alone: the chain of deltas was at its length limit)' : '') +
           (r.fullReason ? ` (${r.fullReason})` : '') +
           (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
-        `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
+        // A resumed run's figures are the whole point's (its checkpoints carry them); its seconds are its own.
+        r.resumed
+          ? `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk for the whole point, with the interrupted run's; this run took ${secs(r.seconds)}`
+          : `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
         `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
         `  dedup    ${r.chunksDeduplicated} chunks (${bytes(r.bytesDeduplicated)}) already in the repository; ${r.packsWritten} packs written`,
         `  stored   ${bytes(r.bytesWritten)}${r.encryption ? ` (encrypted, ${r.encryption.alg}, key id ${r.encryption.keyId})` : ''}`,
