@@ -4,6 +4,7 @@ import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { checkKeyFileMode } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
 import { required, str } from './args.js';
@@ -43,6 +44,8 @@ export const agentCommand: Command = {
     const server = str(v, 'server')!; // checked by Agent.start, which never echoes it (it may hold a password)
     const tokenFile = str(v, 'token-file')!;
     if (!fs.existsSync(tokenFile)) throw usage(`--token-file ${tokenFile} does not exist; put the node's token in it (one line)`);
+    // As for serve's token and key files: a token others can read lets them register as this node.
+    checkKeyFileMode(fs.statSync(tokenFile).mode, (why) => usage(`--token-file ${tokenFile} ${why}`), tokenFile);
     const ca = str(v, 'ca');
     if (ca !== undefined) checkCaFile(ca);
     const metrics = metricsListen(v);

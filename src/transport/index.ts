@@ -1,6 +1,7 @@
 // The peer transport: wire frames, the RemoteStore client (registered for ws:// and wss://) and the
 // receiving node's server. Importing this module registers the schemes with the store registry.
 import fs from 'node:fs';
+import { checkKeyFileMode } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
 import { registerStoreScheme, type RemoteAccess, type StoreFactoryContext } from '../store/schemes.js';
@@ -15,16 +16,25 @@ export { DEFAULT_WINDOW_BYTES, ReplicationServer, type ServeOptions, type Server
 export type { ObjectChecks, PutCheck } from './object-checks.js';
 export { TokenBucket } from '../throttle.js';
 
-/** Reads a bearer token file: the whole file, surrounding whitespace trimmed; empty is an error. */
+/**
+ * Reads a bearer token file: the whole file, surrounding whitespace trimmed; empty is an error. Like a key file, it
+ * must not be readable or writable by group or others: whoever reads the token may write and delete points.
+ */
 export function readTokenFile(file: string): string {
   let text: string;
+  let fd: number | undefined;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    fd = fs.openSync(file, 'r');
+    checkKeyFileMode(fs.fstatSync(fd).mode, (why) => new RnodeError(ErrorCodes.USAGE, `the token file ${file} ${why}`), file);
+    text = fs.readFileSync(fd, 'utf8');
   } catch (err) {
+    if (err instanceof RnodeError) throw err;
     throw new RnodeError(
       ErrorCodes.USAGE,
       `cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file <file holding the token>`,
     );
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
   const token = text.trim();
   if (token === '') throw new RnodeError(ErrorCodes.USAGE, `the token file ${file} is empty; write the shared token into it`);

@@ -35,6 +35,18 @@ t.test('--node-name "" with the server up: one usage line and exit 2, not a stac
   t.equal(ms.nodes.size, 0, 'never registered');
 });
 
+t.test('a --token-file the group or others may read is refused at start, like a key file', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const token = writeToken(dir);
+  fs.chmodSync(token, 0o644);
+  const r = await runCli(['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--state-dir', path.join(dir, 'state')], { timeoutMs: 15_000 });
+  t.equal(r.code, 2, r.stderr);
+  t.same(lines(r.stderr), [
+    `rnode: RNODE_USAGE: --token-file ${token} is readable or writable by group or others (mode 0644); restrict it with "chmod 600 ${token}"`,
+  ]);
+  t.notOk(fs.existsSync(path.join(dir, 'state')), 'nothing was started');
+});
+
 t.test('a node name longer than the hello takes is refused before the agent starts', async (t) => {
   const dir = tmpDir(t, 'agent-flags');
   const ms = await startMs(t);

@@ -168,7 +168,7 @@ for (let i = 0; i < SPAWNED.length; i += BATCH) {
 
 t.test('agent and serve refuse a bad --metrics with the same line', async (t) => {
   const token = path.join(dir, 'agent-token');
-  fs.writeFileSync(token, 'x'.repeat(32));
+  fs.writeFileSync(token, 'x'.repeat(32), { mode: 0o600 });
   const agent = await inProcess(['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--metrics', '9464']);
   const serve = await inProcess(['serve', '--listen', '127.0.0.1:0', '--store', store, '--metrics', '9464']);
   checkUsage(t, agent, { name: 'agent --metrics 9464', args: [] });

@@ -112,7 +112,7 @@ t.test('CLI: rnode serve, then replicate/verify/recover --encryption-key-file wi
   const img = path.join(dir, 'disk.img');
   disk(img);
   const tok = path.join(dir, 'token');
-  fs.writeFileSync(tok, 'enc-cli-token\n');
+  fs.writeFileSync(tok, 'enc-cli-token\n', { mode: 0o600 });
   const keyFile = path.join(dir, 'key');
   fs.writeFileSync(keyFile, MASTER.toString('hex'), { mode: 0o600 });
   const serve = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(dir, 'recv'), '--token-file', tok]);

@@ -53,7 +53,7 @@ t.test('metrics and health of a real serve process', async (t) => {
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, Buffer.concat([randomData(MiB, 21), textData(MiB, 22), Buffer.alloc(256 * KiB)]));
   const tok = path.join(dir, 'token');
-  fs.writeFileSync(tok, `${TOKEN}\n`);
+  fs.writeFileSync(tok, `${TOKEN}\n`, { mode: 0o600 });
   const storeDir = path.join(dir, 'recv');
   const serve = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', storeDir, '--token-file', tok, '--metrics', '127.0.0.1:0']);
   const port = await metricsPort(serve.log);
@@ -159,7 +159,7 @@ t.test('log formats: text by default, json on request; the token in neither', as
   ensureBuilt();
   const dir = tmpDir(t, 'serve-logs');
   const tok = path.join(dir, 'token');
-  fs.writeFileSync(tok, `${TOKEN}\n`);
+  fs.writeFileSync(tok, `${TOKEN}\n`, { mode: 0o600 });
   for (const format of ['default', 'text', 'json'] as const) {
     const { spawn } = await import('node:child_process');
     const args = [

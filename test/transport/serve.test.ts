@@ -69,7 +69,7 @@ t.test('CLI: rnode serve, then replicate/points/verify/recover with ws://', asyn
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, Buffer.concat([randomData(MiB, 4), textData(MiB, 5)]));
   const tok = path.join(dir, 'token');
-  fs.writeFileSync(tok, 'cli-secret\n');
+  fs.writeFileSync(tok, 'cli-secret\n', { mode: 0o600 });
   const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'recv'), '--token-file', tok, '--json'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });

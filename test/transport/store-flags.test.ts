@@ -14,7 +14,7 @@ t.test('replicate, points, verify, recover and prune all take --token-file for a
   const dir = tmpDir(t, 'wsflags');
   const { url, storeDir } = await startNode(t, dir, { token: 'flag-token' });
   const tok = path.join(dir, 'token');
-  fs.writeFileSync(tok, 'flag-token\n');
+  fs.writeFileSync(tok, 'flag-token\n', { mode: 0o600 });
   const auth = ['--token-file', tok];
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(1 << 20, 9));
@@ -58,7 +58,7 @@ t.test('the library entry opens ws:// stores, with the token from a file', async
   const dir = tmpDir(t, 'wslib');
   const { url } = await startNode(t, dir, { token: 'lib-token' });
   const tok = path.join(dir, 'token');
-  fs.writeFileSync(tok, 'lib-token');
+  fs.writeFileSync(tok, 'lib-token', { mode: 0o600 });
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(512 * 1024, 4));
   // A fresh process that imports only the package entry: nothing else registers the ws:// scheme. A script file,
@@ -104,19 +104,27 @@ t.test('a token file that holds no usable token is refused up front, in one line
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(64 * 1024, 5));
   const long = path.join(dir, 'long');
-  fs.writeFileSync(long, 'x'.repeat(MAX_TOKEN_CHARS + 1));
+  fs.writeFileSync(long, 'x'.repeat(MAX_TOKEN_CHARS + 1), { mode: 0o600 });
   const binary = path.join(dir, 'binary');
-  fs.writeFileSync(binary, Buffer.from([0x61, 0x00, 0xff, 0x62]));
+  fs.writeFileSync(binary, Buffer.from([0x61, 0x00, 0xff, 0x62]), { mode: 0o600 });
+  // Readable by the group: whoever reads the token may write and delete points, so it is refused like a key file.
+  const loose = path.join(dir, 'loose');
+  fs.writeFileSync(loose, 'a-good-token\n');
+  fs.chmodSync(loose, 0o640);
   for (const [file, why] of [
     [long, /characters long, more than the 4096 a token may have/],
     [binary, /holds control characters or bytes that are not UTF-8 text/],
     [image, /RNODE_USAGE/],
+    [loose, /RNODE_USAGE: the token file \S+ is readable or writable by group or others \(mode 0640\); restrict it with "chmod 600 /],
   ] as const) {
     const r = await runCli(['replicate', '--source', image, '--target', 'ws://127.0.0.1:1', '--token-file', file]);
     t.equal(r.code, 2, `${path.basename(file)}: exit 2`);
     t.equal(lines(r.stderr).length, 1, `one line: ${r.stderr.slice(0, 300)}`);
     t.match(r.stderr, why);
   }
+  const serve = await runCli(['serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'store'), '--token-file', loose]);
+  t.equal(serve.code, 2, 'serve refuses it before it listens');
+  t.match(serve.stderr, /RNODE_USAGE: the token file .* is readable or writable by group or others/);
   t.throws(() => new RemoteStore({ url: 'ws://127.0.0.1:1', token: 'x'.repeat(MAX_TOKEN_CHARS + 1) }), { code: 'RNODE_USAGE' }, 'the library too');
 });
 
