@@ -70,6 +70,8 @@ export interface DataMeta {
 
 const MAX_KEY = 1024;
 const MAX_TEXT = 4096;
+/** The HTTP path of the WebSocket upgrade: the node upgrades there only (docs/wire-protocol.md). */
+export const RNODE_PATH = '/rnode';
 /** The longest bearer token a hello carries (a node refuses a longer one as a protocol error). */
 export const MAX_TOKEN_CHARS = MAX_TEXT;
 /** The most acks a welcome replays: a node's in-flight limit is far below it. */

@@ -11,7 +11,7 @@ import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
-import { MAX_TOKEN_CHARS, parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
+import { MAX_TOKEN_CHARS, RNODE_PATH, parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
 import { isPlainTextPeer, isTlsFailure, oneLineTlsError, TransportErrorCodes, transportError } from './errors.js';
 import {
   decodeFrame,
@@ -155,7 +155,14 @@ export class RemoteStore implements ObjectStore {
       throw new RnodeError(ErrorCodes.USAGE, `the bearer token is ${opts.token.length} characters long; a node takes at most ${MAX_TOKEN_CHARS}`);
     }
     if (!u.port) throw new RnodeError(ErrorCodes.BAD_STORE_URL, `store location ${opts.url} needs a port, e.g. ws://host:7070`);
-    this.url = `${u.protocol}//${u.host}/rnode`;
+    // A node serves the one store it was started with: a path or query would look like a choice that nothing makes.
+    if ((u.pathname !== '' && u.pathname !== '/') || u.search || u.hash) {
+      throw new RnodeError(
+        ErrorCodes.BAD_STORE_URL,
+        `store location ${u.protocol}//${u.host}${u.pathname} names a path, query or fragment; a node serves the one store given to rnode serve --store: use ${u.protocol}//${u.host}`,
+      );
+    }
+    this.url = `${u.protocol}//${u.host}${RNODE_PATH}`;
     this.location = `${u.protocol}//${u.host}`;
     this.hwm = opts.highWaterMark ?? 4 * 1024 * 1024;
     this.pin = opts.pinSha256 ? normalizeFingerprint(opts.pinSha256) : undefined;

@@ -12,7 +12,7 @@ import { copyBytes } from '../native/index.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
 import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
-import { parseClientMessage, parsePutMeta, type PutMeta } from './control.js';
+import { parseClientMessage, parsePutMeta, RNODE_PATH, type PutMeta } from './control.js';
 import { AssemblyBuffers } from './assembly-buffers.js';
 import type { ObjectChecks } from './object-checks.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
@@ -242,7 +242,18 @@ export class ReplicationServer {
     });
     this.http.on('tlsClientError', (err) => this.log('tls-error', { message: err.message }));
     this.http.on('connection', (sock: Socket) => this.onConnection(sock));
-    this.wss = new WebSocketServer({ server: this.http, maxPayload: this.maxFrameBytes, perMessageDeflate: false });
+    // Upgrades only at /rnode, where RemoteStore connects, and at / (the printed URL): another path is answered
+    // 404, not given a session.
+    this.wss = new WebSocketServer({
+      server: this.http,
+      maxPayload: this.maxFrameBytes,
+      perMessageDeflate: false,
+      verifyClient: (info, done) => {
+        const p = (info.req.url ?? '/').replace(/\?.*$/, '');
+        if (p === RNODE_PATH || p === '/') done(true);
+        else done(false, 404, 'Not Found');
+      },
+    });
     this.wss.on('connection', (ws, req) => {
       try {
         const s = new Session(this, ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`, req.socket);

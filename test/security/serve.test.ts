@@ -182,3 +182,29 @@ async function collectKeys(rs: ReturnType<typeof remote>): Promise<string[]> {
   for await (const o of rs.list('disks/')) out.push(o.key);
   return out;
 }
+
+t.test('the node upgrades only at /rnode (and /), and a client refuses a store URL with a path (it chose nothing)', async (t) => {
+  const dir = tmpDir(t, 'sec-path');
+  const { url } = await startNode(t, dir);
+  const status = (p: string) =>
+    new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(`${url}${p}`);
+      ws.on('unexpected-response', (_req, res) => {
+        resolve(res.statusCode ?? 0);
+        ws.terminate();
+      });
+      ws.on('open', () => {
+        resolve(101);
+        ws.terminate();
+      });
+      ws.on('error', reject);
+    });
+  t.equal(await status('/rnode'), 101, 'the protocol path upgrades');
+  t.equal(await status('/'), 101, 'and so does the root, the URL serve prints');
+  t.equal(await status('/other'), 404, 'another path is refused');
+  t.equal(await status('/rnode/x?y'), 404, 'so is one below it');
+  for (const extra of ['/store-b', '/?prefix=x', '/#frag']) {
+    t.throws(() => remote(t, `${url}${extra}`), { code: ErrorCodes.BAD_STORE_URL, message: /names a path, query or fragment/ }, extra);
+  }
+  t.doesNotThrow(() => remote(t, `${url}/`), 'a bare trailing slash is the same location');
+});
