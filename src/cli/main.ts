@@ -69,7 +69,7 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
 function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
   if (err instanceof RnodeError) {
     if (json) io.out(JSON.stringify({ error: { code: err.code, message: err.message, ...err.details } }));
-    io.err(`rnode: ${err.code}: ${err.message}`);
+    io.err(`rnode: ${err.code}: ${err.message.trim().replace(/\s*[\r\n]+\s*/g, '; ')}`); // one line, whatever a library said
     if (debug && err.stack) io.err(err.stack);
     // A job stopped by SIGTERM/SIGINT (signals.ts) exits like the shell reports a signal: 128 + its number.
     if (typeof err.details.signal === 'string') return signalExitCode(err.details.signal);

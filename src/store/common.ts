@@ -72,8 +72,16 @@ export function preconditionFailed(location: string, key: string, what: string, 
 }
 
 export function ioError(location: string, op: string, key: string, cause: unknown, retryable = false): RnodeError {
-  const why = cause instanceof Error ? cause.message : String(cause);
+  const why = oneLine(cause instanceof Error ? cause.message : String(cause));
   return new RnodeError(ErrorCodes.STORE_IO, `${op} ${key} in ${location} failed: ${why}`, { cause, retryable, details: { key, location, op } });
+}
+
+/**
+ * An SDK message as one line: Azure's carry "RequestId:..." and "Time:..." on lines of their own, which broke the
+ * one-line error a CLI prints and a log line holds. The ids stay, after '; ', for a support request.
+ */
+export function oneLine(message: string): string {
+  return message.trim().replace(/\s*[\r\n]+\s*/g, '; ');
 }
 
 /** Reads a whole async iterable; for tests and small listings only. */
@@ -135,7 +143,7 @@ const AUTH_CODES = new Set([
  */
 export function cloudError(location: string, op: string, key: string, cause: unknown, f: CloudFailure): RnodeError {
   if (cause instanceof RnodeError) return cause;
-  const why = `${f.code ?? ''}${f.status ? ` (HTTP ${f.status})` : ''} ${cause instanceof Error ? cause.message : String(cause)}`.trim();
+  const why = oneLine(`${f.code ?? ''}${f.status ? ` (HTTP ${f.status})` : ''} ${cause instanceof Error ? cause.message : String(cause)}`);
   const details = { key, location, op, status: f.status, serviceCode: f.code };
   const mk = (code: string, msg: string, retryable = false) => new RnodeError(code, msg, { cause, retryable, details });
   if (f.status === 404) return notFound(location, key, cause);

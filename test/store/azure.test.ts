@@ -50,4 +50,11 @@ t.test('azure: errors map to STORE_* codes', async (t) => {
   await t.rejects(openBackend('azblob://c/x', {}), { code: ErrorCodes.STORE_AUTH, message: /AZURE_STORAGE_CONNECTION_STRING/ });
   const dead = await openBackend('azblob://c/x', { AZURE_STORAGE_CONNECTION_STRING: azuriteConnectionString('http://127.0.0.1:1') });
   await t.rejects(dead.head('k'), { code: ErrorCodes.STORE_UNAVAILABLE, retryable: true }, 'connection refused is retryable');
+  // Azure's messages put RequestId and Time on lines of their own: the error stays one line, the ids kept.
+  const wrongKey = env.AZURE_STORAGE_CONNECTION_STRING!.replace(/AccountKey=[^;]+/, `AccountKey=${randomBytes(64).toString('base64')}`);
+  const denied = await openBackend('azblob://rnode-test/x', { AZURE_STORAGE_CONNECTION_STRING: wrongKey });
+  const err = (await denied.get('k').catch((e: Error) => e)) as Error & { code?: string };
+  t.equal(err.code, ErrorCodes.STORE_AUTH, err.message);
+  t.notMatch(err.message, /[\r\n]/, 'one line');
+  t.match(err.message, /; RequestId:\S+; Time:/, 'the request id is still there');
 });
