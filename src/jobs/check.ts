@@ -80,6 +80,11 @@ export async function listLegacyDisks(store: ObjectStore): Promise<string[]> {
   return [...found].sort();
 }
 
+/** Readers' errors advise running check; inside check's own report that advice is noise. */
+export function withoutCheckAdvice(message: string): string {
+  return message.replace(/; run "rnode check[^"]*"( and )?/, (_m, and: string | undefined) => (and ? '; ' : ''));
+}
+
 export async function check(opts: CheckOptions): Promise<CheckResult> {
   const started = performance.now();
   const { store } = opts;
@@ -88,7 +93,7 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
   const report = (err: unknown) => {
     if (!(err instanceof RnodeError)) throw err;
     if (problems.length < MAX_PROBLEMS)
-      problems.push({ code: err.code, message: err.message, ...(typeof err.details.key === 'string' ? { key: err.details.key } : {}) });
+      problems.push({ code: err.code, message: withoutCheckAdvice(err.message), ...(typeof err.details.key === 'string' ? { key: err.details.key } : {}) });
   };
   const domains = await listDomains(store);
   const skipped = domains.filter((d) => d !== PLAIN_DOMAIN && d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
@@ -124,7 +129,7 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
     }
     out.legacy.points += r.points.length;
     out.legacy.chunksChecked += r.chunksChecked;
-    for (const p of r.problems) if (problems.length < MAX_PROBLEMS) problems.push({ code: p.code, message: `legacy disk ${disk}: ${p.message}` });
+    for (const p of r.problems) if (problems.length < MAX_PROBLEMS) problems.push({ code: p.code, message: `legacy disk ${disk}: ${withoutCheckAdvice(p.message)}` });
   }
   out.ok = problems.length === 0;
   out.seconds = (performance.now() - started) / 1000;

@@ -45,6 +45,14 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
   );
   fs.renameSync(`${victim}.moved`, victim);
 
+  // A truncated pack: named once, without the advice to run the check that is running.
+  fs.truncateSync(victim, 1000);
+  const cut = await runCli(args.filter((a) => a !== '--json'));
+  t.equal(cut.code, 1);
+  t.match(cut.stdout, /RNODE_MANIFEST_CORRUPT: pack \S+ is corrupt \(no pack magic at its end\); it was truncated or damaged\n/);
+  t.notMatch(cut.stdout + cut.stderr, /run "rnode check/, 'check does not advise running check');
+  fs.writeFileSync(victim, orig);
+
   const indexRoot = path.join(storeDir, 'r2', 'plain', 'index');
   const xx = fs.readdirSync(indexRoot)[0];
   const idx = path.join(indexRoot, xx, fs.readdirSync(path.join(indexRoot, xx))[0]);
