@@ -149,6 +149,8 @@ export class ServerLink extends EventEmitter {
     const ws = new WebSocket(this.o.url, SUBPROTOCOL, { ca: this.o.ca, handshakeTimeout: 10_000, maxPayload: 16 * 1024 * 1024 });
     this.ws = ws;
     let welcomeTimer: NodeJS.Timeout | undefined;
+    /** Why the connection failed, for the close line: alone, code 1006 says nothing an operator can act on. */
+    let failure: string | undefined;
     ws.on('open', () => {
       this.missedPongs = 0;
       const hello = {
@@ -219,7 +221,8 @@ export class ServerLink extends EventEmitter {
       const why = reason.toString();
       if (code === CloseCodes.AUTH) this.o.log.error('the server refused the token; fix the token file (it is re-read on every attempt)', { code });
       else if (code === CloseCodes.VERSION) this.o.log.error("the server does not speak this node's protocol version", { code, reason: why });
-      else this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', { code, reason: why });
+      else if (!was && failure) this.o.log.warn('could not reach the server; will retry', { code, err: failure, server: this.o.url });
+      else this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', { code, reason: why, ...(failure ? { err: failure } : {}) });
       if (was) this.emit('disconnected');
       this.scheduleReconnect();
     });
@@ -236,6 +239,7 @@ export class ServerLink extends EventEmitter {
           ca: this.o.ca ? 'given' : 'none',
         });
       } else {
+        failure = err.message;
         this.o.log.debug('connection error', { err: err.message });
       }
     });

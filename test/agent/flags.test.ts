@@ -114,3 +114,13 @@ t.test('a hello that does not match its schema fails the attempt (logged), never
   t.match(refused()[0], /\/node\/name/, 'the log names the field');
   t.equal(ms.nodes.size, 0, 'no hello was sent');
 });
+
+t.test('a Management Server that cannot be reached is logged with why (it logged only code 1006)', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const { log, logs } = captureLogs();
+  const agent = await Agent.start({ server: 'ws://127.0.0.1:1', tokenFile: writeToken(dir), stateDir: path.join(dir, 'state'), nodeName: 'a', log });
+  t.teardown(() => agent.stop());
+  await waitUntil(() => logs.some((l) => l.includes('could not reach the server')), 10_000, 'the warning');
+  const line = JSON.parse(logs.find((l) => l.includes('could not reach the server'))!);
+  t.match(line, { level: 'warn', msg: 'could not reach the server; will retry', err: /ECONNREFUSED 127\.0\.0\.1:1/, server: 'ws://127.0.0.1:1' });
+});
