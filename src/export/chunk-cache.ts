@@ -226,11 +226,13 @@ export class ChunkCache {
     } catch (err) {
       read.catch(() => undefined);
       this.stats.errors++;
-      const key = layout.chunk(disk, e.writer, e.index);
+      // The object the reader named (a pack of repository v2); a legacy point's chunk object when it named none.
+      const named = isRnodeError(err) && typeof err.details.key === 'string' ? err.details.key : undefined;
+      const key = named ?? (e.id ? undefined : layout.chunk(disk, e.writer, e.index));
       this.opts.log?.('chunk-read-failed', {
         chunk: e.index,
         offset: e.index * chunkSize,
-        key,
+        ...(key !== undefined ? { key } : {}),
         point,
         code: isRnodeError(err) ? err.code : 'RNODE_INTERNAL',
         message: (err as Error).message,

@@ -61,6 +61,8 @@ t.test('a corrupted chunk: EIO on exactly its range, logged; the rest reads fine
   const failed = logs.find((l) => l.event === 'chunk-read-failed');
   t.ok(failed, 'the failure is logged');
   t.match(failed?.fields, { chunk: bad, offset: bad * CHUNK, code: ErrorCodes.CHUNK_CORRUPT });
+  // The object named is the pack that holds the blob (it named a legacy chunk object that does not exist).
+  t.equal(failed?.fields.key, path.relative(storeDir, place.file), 'the key is the pack read');
   t.match(String((failed?.fields as { message?: string })?.message), place.packId, 'the message names the pack');
   t.ok(exp.stats().chunkErrors >= 1, 'counted');
 });
