@@ -47,6 +47,11 @@ export class ServerLink extends EventEmitter {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private outbox: Outbox = { nextSeq: 1, reports: [] };
   private saving: Promise<void> = Promise.resolve();
+  /**
+   * Set while renumbered reports wait for their new numbers to be on disk: sent before, a crash would leave the old
+   * numbering on disk, and the next start would number a report the server holds again (a duplicate).
+   */
+  private holdReports = false;
   private missedPongs = 0;
   heartbeat: () => object = () => ({});
 
@@ -97,7 +102,7 @@ export class ServerLink extends EventEmitter {
       this.o.log.warn('report queue full; dropped the oldest reports', { dropped: dropped.length });
     }
     this.persist();
-    if (this.registered) this.sendRaw(msg);
+    if (this.registered && !this.holdReports) this.sendRaw(msg);
   }
 
   /** Sends a best-effort message (progress, heartbeat, error) if registered; dropped otherwise. */
@@ -251,10 +256,20 @@ export class ServerLink extends EventEmitter {
     this.attempt = 0;
     this.o.metrics.connected.set({}, 1);
     this.o.log.info('registered with the server', { heartbeatMs: w.heartbeatMs, ackedSeq: w.ackedSeq, queued: this.outbox.reports.length });
-    if (this.outbox.awaitingServerSeq) this.numberAfter(w.ackedSeq);
+    const renumbered = this.outbox.awaitingServerSeq === true;
+    if (renumbered) this.numberAfter(w.ackedSeq);
     this.onAck(w.ackedSeq);
-    // What the server does not have yet, in order; it acks as it stores them.
-    for (const r of this.outbox.reports) this.sendRaw(r.msg);
+    // What the server does not have yet, in order; it acks as it stores them. Renumbered ones once their numbers
+    // are saved (persist queues the save; `saving` settles when it is written, or logged as failed).
+    const ws = this.ws;
+    const sendQueued = () => {
+      this.holdReports = false;
+      if (this.ws === ws && this.registered) for (const r of this.outbox.reports) this.sendRaw(r.msg);
+    };
+    if (renumbered) {
+      this.holdReports = true;
+      void this.saving.then(sendQueued);
+    } else sendQueued();
     this.heartbeatTimer = setInterval(() => this.beat(), w.heartbeatMs);
     this.beat();
     this.emit('registered');

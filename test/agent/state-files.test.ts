@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Agent } from '../../src/agent/agent.js';
 import type { AgentReport } from '../../src/agent/protocol.js';
+import { StateDir, type Outbox } from '../../src/agent/state.js';
 import { lines, runCli } from '../helpers/cli.js';
 import { parsedLogs, startAgent, startMs, tmpDir, writeToken } from './helpers.js';
 
@@ -48,6 +49,46 @@ t.test('a truncated outbox.json: later reports are numbered after the last one t
       [4, 'd4'],
     ],
     'no report dropped as a duplicate',
+  );
+});
+
+t.test('renumbered reports are sent only once their new numbers are saved (a crash between would duplicate one)', async (t) => {
+  const dir = tmpDir(t, 'agent-state');
+  const ms = await startMs(t);
+  const first = await startAgent(t, ms, dir);
+  await ms.waitFor(() => first.agent.link.isRegistered, 10_000, 'registration');
+  first.agent.link.report(missed('d1'));
+  await ms.waitFor(() => first.agent.link.queuedReports === 0, 10_000, 'acked');
+  await first.agent.stop();
+  fs.writeFileSync(path.join(first.stateDir, 'outbox.json'), '{"nextSeq":');
+  await ms.stopListening();
+  const offline = await startAgent(t, ms, dir);
+  offline.agent.link.report(missed('d2'));
+  await offline.agent.stop();
+
+  // The save of the renumbered queue takes 400 ms: what the server holds when it ends says whether d2 went first.
+  const save = StateDir.prototype.saveOutbox;
+  const atSaveEnd: number[] = [];
+  StateDir.prototype.saveOutbox = async function (this: StateDir, o: Outbox) {
+    if (o.awaitingServerSeq || !o.reports.some((r) => r.msg.disk === 'd2')) return save.call(this, o);
+    await new Promise((r) => setTimeout(r, 400));
+    await save.call(this, o);
+    atSaveEnd.push(ms.reports.length);
+  };
+  t.teardown(() => {
+    StateDir.prototype.saveOutbox = save;
+  });
+  await ms.listen();
+  const again = await startAgent(t, ms, dir);
+  await ms.waitFor(() => again.agent.link.isRegistered && again.agent.link.queuedReports === 0, 10_000, 'd2 acked');
+  t.equal(atSaveEnd[0], 1, 'the server had only d1 when the renumbered queue was saved');
+  t.same(
+    ms.reports.map((r) => [r.msg.seq, r.msg.disk]),
+    [
+      [1, 'd1'],
+      [2, 'd2'],
+    ],
+    'then d2, numbered after d1',
   );
 });
 
