@@ -125,6 +125,13 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
     say(v.keep ? `kept ${work}` : 'done; removing the demo files (pass --keep to keep them)');
     return 0;
   } finally {
-    if (!v.keep && typeof v.workdir !== 'string') await fsp.rm(work, { recursive: true, force: true });
+    if (!v.keep) {
+      // A folder of our own goes whole; in the user's --workdir, only what the demo wrote there.
+      if (typeof v.workdir !== 'string') await fsp.rm(work, { recursive: true, force: true });
+      else {
+        const restored = [1, 2].map((n) => path.join(work, `restored-point-${n}.img`));
+        for (const f of [image, storeDir, ...restored]) await fsp.rm(f, { recursive: true, force: true });
+      }
+    }
   }
 }

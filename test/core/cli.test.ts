@@ -208,6 +208,15 @@ t.test('the built-in demo on a small disk restores both points byte-exact', asyn
   t.notOk(fs.existsSync(j.workdir), 'the demo removes its files');
 });
 
+t.test("demo --workdir: it removes what it wrote there, as it says, and leaves the folder and the user's files", async (t) => {
+  const dir = tmpDir(t, 'demo-workdir');
+  fs.writeFileSync(path.join(dir, 'mine.txt'), 'keep me');
+  const r = await runCli(['demo', '--size', '2MiB', '--workdir', dir], { timeoutMs: 120_000 });
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /removing the demo files/);
+  t.same(fs.readdirSync(dir), ['mine.txt'], 'only the user file is left');
+});
+
 t.test('every command exits on its own for a one-chunk disk (no process left running)', async (t) => {
   const dir = tmpDir(t, 'cli');
   const img = path.join(dir, 'tiny.img');
