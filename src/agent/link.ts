@@ -227,7 +227,12 @@ export class ServerLink extends EventEmitter {
       if (code === CloseCodes.AUTH) this.o.log.error('the server refused the token; fix the token file (it is re-read on every attempt)', { code });
       else if (code === CloseCodes.VERSION) this.o.log.error("the server does not speak this node's protocol version", { code, reason: why });
       else if (!was && failure) this.o.log.warn('could not reach the server; will retry', { code, err: failure, server: this.o.url });
-      else this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', { code, reason: why, ...(failure ? { err: failure } : {}) });
+      else
+        this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', {
+          code,
+          reason: why,
+          ...(failure ? { err: failure } : {}),
+        });
       if (was) this.emit('disconnected');
       this.scheduleReconnect();
     });

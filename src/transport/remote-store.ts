@@ -11,7 +11,15 @@ import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
-import { MAX_TOKEN_CHARS, RNODE_PATH, parseDataMeta, parseNodeMessage, type ClientMessage, type NodeMessage, type ObjectInfoWire } from './control.js';
+import {
+  MAX_TOKEN_CHARS,
+  RNODE_PATH,
+  parseDataMeta,
+  parseNodeMessage,
+  type ClientMessage,
+  type NodeMessage,
+  type ObjectInfoWire,
+} from './control.js';
 import { isPlainTextPeer, isTlsFailure, oneLineTlsError, TransportErrorCodes, transportError } from './errors.js';
 import {
   decodeFrame,

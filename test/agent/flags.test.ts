@@ -39,7 +39,9 @@ t.test('a --token-file the group or others may read is refused at start, like a 
   const dir = tmpDir(t, 'agent-flags');
   const token = writeToken(dir);
   fs.chmodSync(token, 0o644);
-  const r = await runCli(['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--state-dir', path.join(dir, 'state')], { timeoutMs: 15_000 });
+  const r = await runCli(['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--state-dir', path.join(dir, 'state')], {
+    timeoutMs: 15_000,
+  });
   t.equal(r.code, 2, r.stderr);
   t.same(lines(r.stderr), [
     `rnode: RNODE_USAGE: --token-file ${token} is readable or writable by group or others (mode 0644); restrict it with "chmod 600 ${token}"`,
