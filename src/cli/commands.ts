@@ -188,6 +188,42 @@ const pointsCmd: Command = {
   },
 };
 
+/** The disks of a store, each with its points: what an operator who holds only the store needs first. */
+const disksCmd: Command = {
+  summary: 'list the disks of a store, each with its number of points and its latest one',
+  usage: `rnode disks --store <store> [--encryption-key-file <path>] ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
+  async run(v, io) {
+    required(v, 'disks', 'store');
+    return disksOfStore(v, io);
+  },
+};
+
+async function disksOfStore(v: Record<string, string | boolean | undefined>, io: Io): Promise<number> {
+  const { listDisks } = await import('../jobs/disks.js');
+  const key = encryptionKeyFrom(v);
+  const r = await withStore(str(v, 'store')!, (store) => listDisks(store, key), v);
+  print(io, v.json === true, r, () => [
+    ...(r.disks.length === 0
+      ? [r.unlisted.length ? 'no disk can be listed without a key' : 'the store holds no disks']
+      : [
+          'disk                              points  latest  created                   disk size   encryption key id',
+          ...r.disks.map(
+            (d) =>
+              `${d.disk.padEnd(33)} ${String(d.points).padEnd(7)} ${String(d.latest).padEnd(7)} ${d.createdAt.padEnd(25)} ` +
+              `${bytes(d.diskSize).padEnd(11)} ${d.encryption?.keyId ?? '-'}`,
+          ),
+        ]),
+    ...r.unlisted.map(
+      (u) =>
+        `not listed: ${u.disks} disk${u.disks === 1 ? '' : 's'} of ${u.domain === 'legacy' ? 'the legacy format' : `repository ${u.domain}`}, ` +
+        `encrypted with ${key ? 'another key' : 'a key'}; pass it with --encryption-key-file`,
+    ),
+    ...(r.disks.length ? ['points of one disk: rnode points --store <store> --disk <id>'] : []),
+  ]);
+  return 0;
+}
+
 const recoverCmd: Command = {
   summary: 'write a disk as it was at a point, verified and byte-exact',
   usage: `rnode recover --store <store> --disk <id> [--point <n>|latest] --out <path|s3://bucket/key|azblob://container/name.vhd|gs://bucket/name.tar.gz> ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VM_RECOVER_USAGE}`,
@@ -379,6 +415,7 @@ const checkCmd: Command = {
 
 export const commands: Record<string, Command> = {
   replicate: replicateCmd,
+  disks: disksCmd,
   points: pointsCmd,
   recover: recoverCmd,
   verify: verifyCmd,

@@ -10,9 +10,9 @@ import { decodeBlobInto, newReadSlot, recycleReadSlot, withWorkerDomain, type Re
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
-import { PLAIN_DOMAIN, classify, layout, r2, type ObjectId } from '../repository/names.js';
+import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.js';
 import { decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
-import { listV2Disks, loadV2Point, v2DiskId } from '../repository/points.js';
+import { listDomains, listLegacyDisks, listV2Disks, loadV2Point, v2DiskId } from '../repository/points.js';
 import { referencesChunk, tableEntries } from '../repository/view.js';
 import { verify } from './verify.js';
 
@@ -60,26 +60,6 @@ export interface CheckOptions {
   signal?: AbortSignal;
 }
 
-/** The domains a store holds (one listing of r2/). */
-export async function listDomains(store: ObjectStore): Promise<string[]> {
-  const found = new Set<string>();
-  for await (const o of store.list(r2.prefix)) {
-    const h = classify(o.key);
-    if (h && 'domain' in h) found.add(h.domain);
-  }
-  return [...found].sort();
-}
-
-/** Disk ids with legacy points (one listing of disks/). */
-export async function listLegacyDisks(store: ObjectStore): Promise<string[]> {
-  const found = new Set<string>();
-  for await (const o of store.list(layout.disksPrefix)) {
-    const h = classify(o.key);
-    if (h?.kind === 'legacy-manifest') found.add(h.disk);
-  }
-  return [...found].sort();
-}
-
 /** Readers' errors advise running check; inside check's own report that advice is noise. */
 export function withoutCheckAdvice(message: string): string {
   return message.replace(/; run "rnode check[^"]*"( and )?/, (_m, and: string | undefined) => (and ? '; ' : ''));
@@ -93,7 +73,11 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
   const report = (err: unknown) => {
     if (!(err instanceof RnodeError)) throw err;
     if (problems.length < MAX_PROBLEMS)
-      problems.push({ code: err.code, message: withoutCheckAdvice(err.message), ...(typeof err.details.key === 'string' ? { key: err.details.key } : {}) });
+      problems.push({
+        code: err.code,
+        message: withoutCheckAdvice(err.message),
+        ...(typeof err.details.key === 'string' ? { key: err.details.key } : {}),
+      });
   };
   const domains = await listDomains(store);
   const skipped = domains.filter((d) => d !== PLAIN_DOMAIN && d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
@@ -129,7 +113,8 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
     }
     out.legacy.points += r.points.length;
     out.legacy.chunksChecked += r.chunksChecked;
-    for (const p of r.problems) if (problems.length < MAX_PROBLEMS) problems.push({ code: p.code, message: `legacy disk ${disk}: ${withoutCheckAdvice(p.message)}` });
+    for (const p of r.problems)
+      if (problems.length < MAX_PROBLEMS) problems.push({ code: p.code, message: `legacy disk ${disk}: ${withoutCheckAdvice(p.message)}` });
   }
   out.ok = problems.length === 0;
   out.seconds = (performance.now() - started) / 1000;

@@ -233,6 +233,26 @@ export interface V2DiskObjects {
   segments: V2SegmentObject[];
 }
 
+/** The domains a store holds (one listing of r2/). */
+export async function listDomains(store: ObjectStore): Promise<string[]> {
+  const found = new Set<string>();
+  for await (const o of store.list(r2.prefix)) {
+    const h = classify(o.key);
+    if (h && 'domain' in h) found.add(h.domain);
+  }
+  return [...found].sort();
+}
+
+/** Disk ids with legacy points (one listing of disks/). */
+export async function listLegacyDisks(store: ObjectStore): Promise<string[]> {
+  const found = new Set<string>();
+  for await (const o of store.list(layout.disksPrefix)) {
+    const h = classify(o.key);
+    if (h?.kind === 'legacy-manifest') found.add(h.disk);
+  }
+  return [...found].sort();
+}
+
 /** Every disk of a domain with its objects, from one listing of r2/<domain>/disks/. */
 export async function listV2Disks(store: ObjectStore, domain: string): Promise<Map<string, V2DiskObjects>> {
   return collectV2Disks(store, r2.disksPrefix(domain), domain);

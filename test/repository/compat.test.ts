@@ -115,3 +115,59 @@ t.test('a new replicate onto a legacy disk writes a v2 point; prune then drops t
     t.equal((await verify({ store, disk, point: 'all', encryption: k })).ok, true);
   }
 });
+
+t.test('disks lists the disks of a store: legacy and v2 points together, keyed v2 names with their key only', async (t) => {
+  const { dir, storeDir, keyFile } = copyFixture(t);
+  const list = async (...extra: string[]) => {
+    const r = await runCli(['disks', '--store', storeDir, ...extra, '--json']);
+    t.equal(r.code, 0, r.stderr);
+    return json(r) as { disks: { disk: string; points: number; latest: number; diskSize: number; encryption?: object }[]; unlisted: object[] };
+  };
+  // Legacy names are plain paths (disks/<id>/), encrypted or not: both are listed.
+  const bare = await list();
+  t.same(
+    bare.disks.map((d) => [d.disk, d.points, d.latest, d.diskSize, d.encryption !== undefined]),
+    [
+      ['enc-disk', 2, 2, 512 * 1024, true],
+      ['plain-disk', 2, 2, 512 * 1024, false],
+    ],
+  );
+  t.same(bare.unlisted, []);
+
+  // A v2 point continues plain-disk's numbering; a new encrypted disk lives in its key's repository, under a keyed name.
+  const img = path.join(dir, 'img');
+  fs.writeFileSync(img, legacyImage(2));
+  for (const args of [
+    ['--disk', 'plain-disk'],
+    ['--disk', 'new-enc', '--encryption-key-file', keyFile],
+  ]) {
+    const r = await runCli(['replicate', '--source', img, '--target', storeDir, ...args]);
+    t.equal(r.code, 0, r.stderr);
+  }
+  const after = await list();
+  t.same(
+    after.disks.map((d) => [d.disk, d.points, d.latest]),
+    [
+      ['enc-disk', 2, 2],
+      ['plain-disk', 3, 3],
+    ],
+  );
+  t.match(after.unlisted, [{ domain: /^k/, disks: 1 }], 'the keyed one is counted, not named');
+  const keyed = await list('--encryption-key-file', keyFile);
+  t.same(
+    keyed.disks.map((d) => [d.disk, d.points, d.latest]),
+    [
+      ['enc-disk', 2, 2],
+      ['new-enc', 1, 1],
+      ['plain-disk', 3, 3],
+    ],
+    'with its key it is named',
+  );
+  t.same(keyed.unlisted, []);
+  const text = await runCli(['disks', '--store', storeDir]);
+  t.match(text.stdout, /^plain-disk +3 +3 /m);
+  t.match(text.stdout, /not listed: 1 disk of repository k\S+, encrypted with a key; pass it with --encryption-key-file/);
+  const empty = path.join(dir, 'empty');
+  fs.mkdirSync(empty);
+  t.match((await runCli(['disks', '--store', empty])).stdout, /^the store holds no disks$/m);
+});
