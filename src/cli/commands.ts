@@ -205,7 +205,7 @@ async function disksOfStore(v: Record<string, string | boolean | undefined>, io:
   const r = await withStore(str(v, 'store')!, (store) => listDisks(store, key), v);
   print(io, v.json === true, r, () => [
     ...(r.disks.length === 0
-      ? [r.unlisted.length ? 'no disk can be listed without a key' : 'the store holds no disks']
+      ? [r.unlisted.length ? 'no disk can be listed without a key' : r.problems.length ? 'no disk could be read' : 'the store holds no disks']
       : [
           'disk                              points  latest  created                   disk size   encryption key id',
           ...r.disks.map(
@@ -219,9 +219,12 @@ async function disksOfStore(v: Record<string, string | boolean | undefined>, io:
         `not listed: ${u.disks} disk${u.disks === 1 ? '' : 's'} of ${u.domain === 'legacy' ? 'the legacy format' : `repository ${u.domain}`}, ` +
         `encrypted with ${key ? 'another key' : 'a key'}; pass it with --encryption-key-file`,
     ),
+    ...r.problems.map((p) => `${p.disk}: ${p.code}: ${p.message}`),
     ...(r.disks.length ? ['points of one disk: rnode points --store <store> --disk <id>'] : []),
   ]);
-  return 0;
+  if (r.problems.length && v.json !== true)
+    io.err(`${r.problems[0].code}: ${r.problems.length} disk(s) could not be read; first: ${r.problems[0].message}`);
+  return r.problems.length ? 1 : 0;
 }
 
 const recoverCmd: Command = {

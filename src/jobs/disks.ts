@@ -2,7 +2,7 @@
 // site reads first, holding only the store. An encrypted repository's disk names are keyed (one-way), so its disks
 // are listed with its key only; without it they are counted, never guessed.
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, isRnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { PointEncryption } from '../format/manifest.js';
 import { PLAIN_DOMAIN } from '../repository/names.js';
 import { listDomains, listLegacyDisks, listLegacyPointSeqs, listV2Disks, loadPoint, v2DiskId } from '../repository/points.js';
@@ -22,11 +22,14 @@ export interface DiskList {
   disks: DiskSummary[];
   /** Encrypted repositories whose disks need another key (or one): how many disks each holds. */
   unlisted: { domain: string; disks: number }[];
+  /** Disks whose latest point could not be read (damaged, forged): named, so one does not hide the others. */
+  problems: { disk: string; code: string; message: string }[];
 }
 
 export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promise<DiskList> {
   const found = new Map<string, { seqs: Set<number>; key?: EncryptionKey }>();
   const unlisted: DiskList['unlisted'] = [];
+  const problems: DiskList['problems'] = [];
   for (const domain of await listDomains(store)) {
     const disks = [...(await listV2Disks(store, domain)).values()].filter((d) => d.points.length > 0);
     if (disks.length === 0) continue;
@@ -36,7 +39,14 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
       continue;
     }
     for (const d of disks) {
-      const id = await v2DiskId(store, d, k);
+      let id: string | undefined;
+      try {
+        id = await v2DiskId(store, d, k);
+      } catch (err) {
+        if (!(err instanceof RnodeError)) throw err;
+        problems.push({ disk: `${domain}/${d.dname}`, code: err.code, message: err.message });
+        continue;
+      }
       if (id !== undefined) found.set(id, { seqs: new Set(d.points), key: k });
     }
   }
@@ -61,7 +71,9 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
         else unlisted.push({ domain: 'legacy', disks: 1 });
         continue;
       }
-      throw err;
+      if (!(err instanceof RnodeError)) throw err;
+      problems.push({ disk, code: err.code, message: err.message });
+      continue;
     }
     disks.push({
       disk,
@@ -72,5 +84,5 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
       ...(m.encryption ? { encryption: m.encryption } : {}),
     });
   }
-  return { disks, unlisted };
+  return { disks, unlisted, problems };
 }

@@ -167,6 +167,20 @@ t.test('disks lists the disks of a store: legacy and v2 points together, keyed v
   const text = await runCli(['disks', '--store', storeDir]);
   t.match(text.stdout, /^plain-disk +3 +3 /m);
   t.match(text.stdout, /not listed: 1 disk of repository k\S+, encrypted with a key; pass it with --encryption-key-file/);
+  // A damaged latest manifest names its disk and fails the listing, but hides no other disk.
+  const manifests = path.join(storeDir, 'r2', 'plain', 'disks', 'plain-disk', 'points');
+  const newest = path.join(manifests, fs.readdirSync(manifests).sort().pop()!);
+  const b = fs.readFileSync(newest);
+  b[b.length - 5] ^= 0xff;
+  fs.writeFileSync(newest, b);
+  const damaged = await runCli(['disks', '--store', storeDir, '--json']);
+  t.equal(damaged.code, 1, 'exit 1');
+  t.same(
+    json(damaged).disks.map((d: { disk: string }) => d.disk),
+    ['enc-disk'],
+    'the others are listed',
+  );
+  t.match(json(damaged).problems, [{ disk: 'plain-disk', code: 'RNODE_MANIFEST_CORRUPT' }]);
   const empty = path.join(dir, 'empty');
   fs.mkdirSync(empty);
   t.match((await runCli(['disks', '--store', empty])).stdout, /^the store holds no disks$/m);
