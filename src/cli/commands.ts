@@ -376,7 +376,7 @@ const statsCmd: Command = {
           ? `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.disks} disks, ${d.points} points, logical ${bytes(d.logicalBytes!)}, ` +
             `data ${bytes(d.dataBytes!)}, unique ${bytes(d.uniqueBytes!)}, dedup ratio ${d.dedupRatio!.toFixed(2)}, stored ${bytes(d.storedBytes)} ` +
             `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}`
-          : `  repository ${d.domain} (encrypted, no key given): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass --encryption-key-file for the rest`,
+          : `  repository ${d.domain} (encrypted, ${encryption ? 'with another key' : 'no key given'}): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass its key with --encryption-key-file for the rest`,
       ),
       ...(r.legacy.objects > 0
         ? [

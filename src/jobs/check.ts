@@ -88,6 +88,14 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
       `the store holds encrypted repositories (${skipped.map((s) => s.domain).join(', ')}); pass the key with --encryption-key-file to check them`,
     );
   }
+  // A key that opens none of them would check only what needs no key, and call the store ok.
+  if (key && skipped.length > 0 && !domains.includes(key.domain)) {
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
+      `no repository in ${store.location} is encrypted with the key given (key id ${key.keyId}); its encrypted repositories (${skipped.map((s) => s.domain).join(', ')}) need the key their points were written with`,
+      { details: { keyId: key.keyId } },
+    );
+  }
   const out: CheckResult = {
     ok: false,
     readData: opts.readData === true,

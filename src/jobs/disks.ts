@@ -30,7 +30,8 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
   const found = new Map<string, { seqs: Set<number>; key?: EncryptionKey }>();
   const unlisted: DiskList['unlisted'] = [];
   const problems: DiskList['problems'] = [];
-  for (const domain of await listDomains(store)) {
+  const domains = await listDomains(store);
+  for (const domain of domains) {
     const disks = [...(await listV2Disks(store, domain)).values()].filter((d) => d.points.length > 0);
     if (disks.length === 0) continue;
     const k = domain === PLAIN_DOMAIN ? undefined : domain === key?.domain ? key : null;
@@ -49,6 +50,14 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
       }
       if (id !== undefined) found.set(id, { seqs: new Set(d.points), key: k });
     }
+  }
+  // A key that opens none of the store's encrypted repositories: listing only plain disks would hide the mistake.
+  if (key && unlisted.length > 0 && !domains.includes(key.domain)) {
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
+      `no repository in ${store.location} is encrypted with the key given (key id ${key.keyId}); its encrypted repositories (${unlisted.map((u) => u.domain).join(', ')}) need the key their points were written with`,
+      { details: { keyId: key.keyId } },
+    );
   }
   // Legacy points share the disk's numbering; an encrypted legacy point is read with the key given (if any).
   for (const id of await listLegacyDisks(store)) {

@@ -17,6 +17,7 @@ import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../re
 import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
+  explainNoPoints,
   listLegacyPointSeqs,
   listV2Disk,
   listV2Disks,
@@ -707,6 +708,15 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
     if (domain && !opts.resetMarks) await checkMarksNotReplayed(store, domain);
     Object.assign(out, await retainDisk(store, domain, validateDiskId(opts.disk), opts.keep, key, opts), { disk: opts.disk });
   }
+  // A key that opens no repository of a store holding encrypted ones: maintaining only `plain` would report success
+  // for the repository the operator meant.
+  if (key && !domain && opts.disk === undefined && opts.sweep !== false && (await hasSealedDomain(store))) {
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
+      `no repository in ${store.location} is encrypted with the key given (key id ${key.keyId}); pass the key its points were written with`,
+      { details: { keyId: key.keyId } },
+    );
+  }
   const domains = opts.sweep === false ? [] : [domain ?? undefined];
   // Without a key, the plain domain; with one, the key's domain and the plain one (a store may hold both).
   if (key && opts.sweep !== false) domains.push(await Domain.open(store, undefined));
@@ -770,15 +780,8 @@ async function retainDisk(
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${keep})`);
   const legacy = await listLegacyPointSeqs(store, disk);
   const v2 = domain ? await listV2PointSeqs(store, disk, domain.key) : [];
-  if (legacy.length === 0 && v2.length === 0) {
-    if (!key && (await hasSealedDomain(store))) {
-      throw new RnodeError(
-        ErrorCodes.KEY_REQUIRED,
-        `disk ${disk} has no unencrypted points in ${store.location}; if it is encrypted, pass its key with --encryption-key-file`,
-      );
-    }
-    throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `disk ${disk} has no committed points in ${store.location}; check --disk and --store`);
-  }
+  // Why there is nothing, as the readers say it: a wrong key or one given to a plain disk is not a missing disk.
+  if (legacy.length === 0 && v2.length === 0) await explainNoPoints(store, disk, key);
   const all = [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
   const keepSet = new Set(all.slice(-keep));
   const out = { kept: all.filter((s) => keepSet.has(s)), deleted: all.filter((s) => !keepSet.has(s)), chunksDeleted: 0, objectsDeleted: 0 };
