@@ -9,7 +9,15 @@ import { vmLayout } from '../repository/names.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { listPointSeqs } from '../repository/points.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from './replicate.js';
-import { commitVmPoint, latestVmPoint, recordPartialVmRun, type Consistency, type VmPoint, type VmPointDisk } from '../repository/vm-points.js';
+import {
+  checkVmKey,
+  commitVmPoint,
+  latestVmPoint,
+  recordPartialVmRun,
+  type Consistency,
+  type VmPoint,
+  type VmPointDisk,
+} from '../repository/vm-points.js';
 import type { BlockSource } from '../source/types.js';
 import { VmErrorCodes, vmDiskId, type VirtualDiskInfo, type VmSnapshot, type VmwareSession } from '../source/vmware/index.js';
 import { DEFAULT_CONCURRENCY } from '../store/wrap.js';
@@ -231,9 +239,11 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   const warnings: string[] = [];
   const staleSnapshotsRemoved = await cleanUpLeftovers(session, store, warnings);
   const vm = await session.vmInfo();
-  const cbt = await session.ensureChangeTracking(vm);
   const prev = await latestVmPoint(store, vm.moref, opts.encryption);
   const plan = await planDisks(opts, vm.disks, prev, diskId);
+  // A missing or wrong key fails here, before the VM is reconfigured or a snapshot taken, not in the disks' reads.
+  await checkVmKey(store, vm.moref, plan.keys.map(diskId), opts.encryption);
+  const cbt = await session.ensureChangeTracking(vm);
   if (opts.signal?.aborted) throw opts.signal.reason;
 
   const snap = await snapshotVm(opts, vm.moref, plan.keys);

@@ -2,7 +2,9 @@
 // selected disk committed its point, so a VM point never names a point that is not there; disk points of a
 // run that did not finish are recorded as partial (they belong to no VM point). Keys come from vmLayout.
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { classify, seqFromKey, validateDiskId, vmLayout } from './names.js';
+import { readClaim } from './claims.js';
+import { domainName } from './domain.js';
+import { PLAIN_DOMAIN, classify, seqFromKey, validateDiskId, vmLayout } from './names.js';
 import type { EncryptionKey } from '../crypto/keys.js';
 import type { ObjectStore } from '../store/types.js';
 
@@ -106,6 +108,13 @@ export async function loadVmPoint(store: ObjectStore, vm: string, seq: number, e
   }
   if (p.version !== 1) throw new RnodeError(ErrorCodes.FORMAT_VERSION, `VM point ${key} has version ${p.version}; this rnode reads version 1`);
   if (encryption && (typeof p.mac !== 'string' || p.mac !== vmPointMac(p, encryption))) {
+    // Sealed with another key (or none) is a wrong key, as for a disk; forged only if its disks are the key's.
+    await checkVmKey(
+      store,
+      vm,
+      p.disks.map((d) => d.disk),
+      encryption,
+    );
     throw new RnodeError(
       ErrorCodes.METADATA_FORGED,
       `VM point ${key} ${p.mac === undefined ? 'is not authenticated although its disks are encrypted' : 'fails its MAC'}: it was modified, moved or forged; restore another VM point or from another store`,
@@ -113,6 +122,35 @@ export async function loadVmPoint(store: ObjectStore, vm: string, seq: number, e
     );
   }
   return p;
+}
+
+/**
+ * Throws KEY_REQUIRED or KEY_MISMATCH when the VM's disks are not in the key's repository (encrypted and no key,
+ * another key, or a key for unencrypted disks): their claims say which key they are encrypted with. VM point
+ * records carry no key id, and a record sealed with another key would otherwise look forged.
+ */
+export async function checkVmKey(store: ObjectStore, vm: string, disks: string[], key: EncryptionKey | undefined): Promise<void> {
+  for (const disk of new Set(disks)) {
+    const claim = await readClaim(store, disk);
+    if (!claim || claim.domain === domainName(key)) continue;
+    if (!key) {
+      throw new RnodeError(
+        ErrorCodes.KEY_REQUIRED,
+        `the disks of VM ${vm} are encrypted (key id ${claim.keyId}); pass their key with --encryption-key-file (agent jobs: encryption.key)`,
+        { details: { vm, disk, keyId: claim.keyId } },
+      );
+    }
+    if (claim.domain === PLAIN_DOMAIN) {
+      throw new RnodeError(ErrorCodes.KEY_MISMATCH, `the disks of VM ${vm} are not encrypted; leave out the encryption key`, {
+        details: { vm, disk },
+      });
+    }
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
+      `the key given (key id ${key.keyId}) is not the key the disks of VM ${vm} are encrypted with (key id ${claim.keyId}); pass that key`,
+      { details: { vm, disk, keyId: claim.keyId } },
+    );
+  }
 }
 
 export async function listVmPoints(store: ObjectStore, vm: string): Promise<VmPoint[]> {
