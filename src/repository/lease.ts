@@ -18,6 +18,12 @@ export type { LeaseAuthority, LeaseRecord };
 export const MAX_LEASE_TTL_MS = 10 * 60_000;
 /** Shortest TTL a receiving node grants (a peer asking for less gets this). */
 export const MIN_LEASE_TTL_MS = 1000;
+/**
+ * How long a writer on a store without conditional puts waits before it reads its lease record back: longer than
+ * another writer's put can take (four times our own, at least 250 ms, at most 5 s), short enough to add little to a run.
+ */
+const UNCONDITIONAL_SETTLE_MS = 250;
+const UNCONDITIONAL_SETTLE_MAX_MS = 5000;
 /** Clock skew tolerated between a lease's writer and its reader. */
 const SKEW_MS = 60_000;
 
@@ -90,8 +96,20 @@ export class StoreLeases implements LeaseAuthority {
         expiresAt: new Date(t + ttlMs).toISOString(),
       };
       try {
+        const putAt = performance.now();
         await this.store.put(key, encode(record), cur ? { ifMatch: cur.etag, control: true } : { ifNoneMatch: true, control: true });
-        return record;
+        if (this.store.capabilities.conditionalPut) return record;
+        const settleMs = Math.min(UNCONDITIONAL_SETTLE_MAX_MS, Math.max(UNCONDITIONAL_SETTLE_MS, 4 * (performance.now() - putAt)));
+        // A store that does not enforce the condition (?conditional=off) lets two writers that read "free" at once
+        // both write a record; the last one stays. Each reads back after a settle time: the one whose record is there
+        // holds the lease, the other backs off before it writes anything (a loser that wrote tables overwrote the
+        // winner's, and the winner committed a corrupt point).
+        await new Promise((r) => setTimeout(r, settleMs));
+        const back = await readLease(this.store, key);
+        if (back && back.record.holder === holder && back.record.token === record.token) return record;
+        if (back && leaseIsLive(back.record, this.now())) throw leaseHeld(disk, back.record);
+        if (attempt < 20) continue;
+        throw leaseHeld(disk, back?.record ?? record);
       } catch (err) {
         // Someone else took it between our read and our write: read again.
         if (isRnodeError(err, ErrorCodes.STORE_PRECONDITION) && attempt < 20) continue;

@@ -10,6 +10,8 @@ import { listPointSeqs } from '../../src/repository/points.js';
 import { openSource } from '../../src/source/index.js';
 import { FsStore } from '../../src/store/index.js';
 import { MemoryStore } from '../../src/testing.js';
+import { verify } from '../../src/jobs/verify.js';
+import type { PutOptions } from '../../src/store/types.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { layout } from '../../src/repository/names.js';
 
@@ -49,6 +51,29 @@ for (const [name, make] of [
     t.equal(next.point, 2);
   });
 }
+
+/**
+ * A store that ignores put conditions, as a server that does not enforce them does (?conditional=off); its lease
+ * writes take 30 ms, as a cloud's do, so two writers both read "free" before either record lands.
+ */
+class UnconditionalStore extends MemoryStore {
+  override readonly capabilities = { conditionalPut: false };
+  override async put(key: string, data: Uint8Array, opts: PutOptions = {}) {
+    if (key.endsWith('lease.json')) await new Promise((r) => setTimeout(r, 30));
+    return super.put(key, data, { ...opts, ifMatch: undefined, ifNoneMatch: undefined });
+  }
+}
+
+t.test('a store without conditional puts: two writers at once, one commits, the point verifies', async (t) => {
+  const store = new UnconditionalStore();
+  const results = await Promise.allSettled([run(store, 'd'), run(store, 'd')]);
+  const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+  t.equal(failed.length, 1, 'the other fails before it writes');
+  t.equal(failed[0]?.reason.code, 'RNODE_LEASE_HELD', String(failed[0]?.reason));
+  t.same(await listPointSeqs(store, 'd'), [1]);
+  const v = await verify({ store, disk: 'd', point: 'all' });
+  t.equal(v.ok, true, `the committed point is intact: ${JSON.stringify(v.problems)}`);
+});
 
 t.test('an expired lease is taken over with a higher token; the old holder cannot renew', async (t) => {
   const store = new MemoryStore();
