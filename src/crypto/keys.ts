@@ -207,16 +207,24 @@ export function parseKeyMaterial(material: Uint8Array): Buffer | undefined {
  */
 export function readKeyFile(file: string, flag = '--encryption-key-file'): EncryptionKey {
   const fail = (why: string) => new RnodeError(ErrorCodes.KEY_FILE, `${flag} ${file}: ${why}`);
+  // The key itself given where its file's path goes: say so without printing it back (logs keep stderr).
+  if (/^(?:[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=)$/.test(file.trim()) && !fs.existsSync(file)) {
+    throw new RnodeError(
+      ErrorCodes.KEY_FILE,
+      `${flag} takes the path of a file holding the key, and was given what looks like the key itself (not shown); write it into a file (chmod 600) and pass that file`,
+    );
+  }
   let fd: number;
   try {
-    fd = fs.openSync(file, 'r');
+    // O_NONBLOCK: a FIFO opens at once (to be refused below as no regular file) instead of waiting for a writer.
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (err) {
     throw fail(`cannot open it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); pass a file holding the key`);
   }
   let data: Buffer | undefined;
   try {
     const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw fail('is not a regular file');
+    if (!st.isFile()) throw fail(`is not a regular file; pass the file that holds the key (${KEY_FORMATS})`);
     checkKeyFileMode(st.mode, (why) => fail(why), file);
     if (st.size > MAX_KEY_FILE_BYTES) throw fail(`is ${st.size} bytes; a key file holds ${KEY_FORMATS}`);
     data = Buffer.alloc(st.size);

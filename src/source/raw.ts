@@ -3,6 +3,7 @@
 import fsp from 'node:fs/promises';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { openRaw, type RawHandle, NativeIoError } from '../native/index.js';
+import { isVirtualFsPath } from '../store/fs/dirs.js';
 import type { BlockSource, Extent } from './types.js';
 
 const EXTENT_BATCH = 1024;
@@ -16,6 +17,7 @@ export class RawSource implements BlockSource {
 
   static async open(path: string, opts: { direct?: boolean } = {}): Promise<RawSource> {
     try {
+      await refuseWhatIsNoDisk(path);
       return new RawSource(await openRaw(path, { direct: opts.direct ?? false }));
     } catch (err) {
       throw sourceError(err, path);
@@ -87,6 +89,28 @@ export class RawSource implements BlockSource {
   }
 }
 
+/**
+ * Refuses, before open, what has no disk in it: a FIFO or socket (opening a FIFO blocks until a writer comes: the
+ * job hung without a word) and the files of /proc and /sys (they read as 0 bytes: a 0-byte point of /proc/self/mem
+ * was committed). A path that cannot be stat'ed is left to open, which says why.
+ */
+async function refuseWhatIsNoDisk(path: string): Promise<void> {
+  const st = await fsp.stat(path).catch(() => undefined);
+  if (!st) return;
+  if (st.isFIFO() || st.isSocket()) {
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `source ${path} is a ${st.isFIFO() ? 'FIFO' : 'socket'}, not a disk; pass a disk image file or a block device`,
+    );
+  }
+  if (st.isFile() && isVirtualFsPath(path)) {
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `source ${path} is a kernel virtual file (/proc, /sys), not a disk; pass a disk image file or a block device`,
+    );
+  }
+}
+
 function sourceError(err: unknown, path: string): RnodeError {
   if (err instanceof NativeIoError) {
     if (err.code === 'ENOENT') {
@@ -96,6 +120,15 @@ function sourceError(err: unknown, path: string): RnodeError {
       return new RnodeError(ErrorCodes.SOURCE_IO, `source ${path} cannot be opened (${err.code}); run rnode as a user that can read it`, {
         cause: err,
       });
+    }
+    if (err.code === 'ELOOP' || err.code === 'ENOTDIR' || err.code === 'ENAMETOOLONG') {
+      const why =
+        err.code === 'ELOOP'
+          ? 'goes through a loop of symbolic links'
+          : err.code === 'ENOTDIR'
+            ? 'has a file where a folder should be'
+            : 'is too long';
+      return new RnodeError(ErrorCodes.BAD_SOURCE, `source ${path} ${why} (${err.code}); check the --source path`, { cause: err });
     }
     if (err.code === 'EISDIR') {
       return new RnodeError(ErrorCodes.BAD_SOURCE, `source ${path} is a directory; pass a disk image file or a block device`, { cause: err });

@@ -6,6 +6,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { KiB, fsStore, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 import { main } from '../../src/cli/main.js';
 import { lines, runCli, type CliResult } from '../helpers/cli.js';
@@ -18,6 +19,13 @@ fs.writeFileSync(img, randomData(256 * KiB, 1));
 const store = path.join(dir, 'store');
 const out = path.join(dir, 'out.img');
 const missing = path.join(dir, 'no-such-disk.img');
+// No disk in these: a FIFO (opening one waits for a writer: the job hung), a symbolic link loop.
+const fifo = path.join(dir, 'fifo');
+execFileSync('mkfifo', [fifo]);
+fs.chmodSync(fifo, 0o600);
+fs.symlinkSync(path.join(dir, 'loop-b'), path.join(dir, 'loop-a'));
+fs.symlinkSync(path.join(dir, 'loop-a'), path.join(dir, 'loop-b'));
+const KEY_AS_PATH = 'ab'.repeat(32);
 
 interface Case {
   name: string;
@@ -81,6 +89,31 @@ const cases: Case[] = [
     code: /RNODE_BAD_SOURCE.*not a regular file or block device/,
   },
   {
+    name: 'a FIFO as --source',
+    args: ['replicate', '--source', fifo, '--target', store],
+    code: /RNODE_BAD_SOURCE: source \S+ is a FIFO, not a disk/,
+  },
+  {
+    name: 'a /proc file as --source',
+    args: ['replicate', '--source', '/proc/self/mem', '--target', store],
+    code: /RNODE_BAD_SOURCE: source \/proc\/self\/mem is a kernel virtual file/,
+  },
+  {
+    name: 'a symbolic link loop as --source',
+    args: ['replicate', '--source', path.join(dir, 'loop-a'), '--target', store],
+    code: /RNODE_BAD_SOURCE: source \S+ goes through a loop of symbolic links/,
+  },
+  {
+    name: 'a FIFO as --encryption-key-file',
+    args: ['replicate', '--source', img, '--target', store, '--encryption-key-file', fifo],
+    code: /RNODE_KEY_FILE: --encryption-key-file \S+: is not a regular file; pass the file that holds the key/,
+  },
+  {
+    name: 'the key itself as --encryption-key-file',
+    args: ['replicate', '--source', img, '--target', store, '--encryption-key-file', KEY_AS_PATH],
+    code: /^rnode: RNODE_KEY_FILE: --encryption-key-file takes the path of a file holding the key, and was given what looks like the key itself \(not shown\)/,
+  },
+  {
     name: '--cache-dir under /proc',
     args: ['replicate', '--source', img, '--target', store, '--cache-dir', '/proc/rnode-cache'],
     code: /RNODE_PATH_UNUSABLE: cache folder \/proc\/rnode-cache is on a kernel virtual filesystem/,
@@ -113,6 +146,7 @@ function checkUsage(t: Test, r: CliResult, c: Case): void {
   t.match(r.stderr, c.code ?? /RNODE_[A-Z_]+/, 'stderr carries the stable code');
   t.notMatch(r.stderr, /^\s+at /m, 'no stack trace');
   t.notMatch(r.stderr, /RNODE_INTERNAL/, 'not an internal error');
+  t.notOk(r.stderr.includes(KEY_AS_PATH), 'a key given as a path is not printed back');
   t.equal(r.stdout, '', 'nothing on stdout');
 }
 
