@@ -7,7 +7,15 @@ import type { LeaseOptions } from '../repository/lease.js';
 import { listPointSeqs } from '../repository/points.js';
 import { prune, type SweepPacer } from './prune-v2.js';
 import { recover, type RecoverResult } from './restore.js';
-import { deletePartialRunsBefore, deleteVmPoints, listVmPointSeqs, loadVmPoint, resolveVmPoint, type VmPoint } from '../repository/vm-points.js';
+import {
+  checkVmPointKey,
+  deletePartialRunsBefore,
+  deleteVmPoints,
+  listVmPointSeqs,
+  loadVmPoint,
+  resolveVmPoint,
+  type VmPoint,
+} from '../repository/vm-points.js';
 import type { ObjectStore } from '../store/types.js';
 import { assertOutsideStore } from '../store/containment.js';
 import { makeDirs, unusablePath } from '../store/fs/dirs.js';
@@ -111,15 +119,17 @@ export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
   if (doomed.length === 0) return { vm, kept, deletedVmPoints: [], disks: [] };
   const oldestUsed = new Map<string, number>();
   for (const s of kept) {
-    for (const d of (await loadVmPoint(store, vm, s, opts.encryption)).disks)
-      oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
+    const p = await loadVmPoint(store, vm, s, opts.encryption);
+    // Without their key, encrypted disks list no points: the VM points would go and the disks keep all theirs.
+    await checkVmPointKey(store, p, opts.encryption);
+    for (const d of p.disks) oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));
   }
   // A run stopped after this line would leave disk points that no rerun prunes (it finds no VM point to delete).
   opts.signal?.throwIfAborted();
   await deleteVmPoints(store, vm, doomed);
   const disks: PruneVmResult['disks'] = [];
   for (const [disk, oldest] of oldestUsed) {
-    const points = await listPointSeqs(store, disk);
+    const points = await listPointSeqs(store, disk, opts.encryption);
     const keepN = points.filter((s) => s >= oldest).length;
     if (keepN > 0 && keepN < points.length) {
       const r = await prune({

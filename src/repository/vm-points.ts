@@ -153,6 +153,23 @@ export async function checkVmKey(store: ObjectStore, vm: string, disks: string[]
   }
 }
 
+/** checkVmKey for a VM point's disks; without a key, a VM point with a MAC (of encrypted disks) is KEY_REQUIRED too. */
+export async function checkVmPointKey(store: ObjectStore, p: VmPoint, key: EncryptionKey | undefined): Promise<void> {
+  await checkVmKey(
+    store,
+    p.vm,
+    p.disks.map((d) => d.disk),
+    key,
+  );
+  if (!key && p.mac !== undefined) {
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `VM point ${p.seq} of ${p.vm} is of encrypted disks; pass their key with --encryption-key-file (agent jobs: encryption.key)`,
+      { details: { vm: p.vm } },
+    );
+  }
+}
+
 export async function listVmPoints(store: ObjectStore, vm: string): Promise<VmPoint[]> {
   const out: VmPoint[] = [];
   for (const s of await listVmPointSeqs(store, vm)) out.push(await loadVmPoint(store, vm, s));

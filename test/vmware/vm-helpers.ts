@@ -3,6 +3,7 @@ import type { Test } from 'tap';
 import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { EncryptionKey } from '../../src/crypto/keys.js';
 import { recoverVm } from '../../src/jobs/vm.js';
 import { loadVmPoint } from '../../src/repository/vm-points.js';
 import { KiB, MiB, fingerprintOf, snapshotFingerprints, type VmwareEnv } from './harness.js';
@@ -26,10 +27,10 @@ export function fill(env: VmwareEnv, vm: string, seed: number): void {
 }
 
 /** Restores a VM point with recoverVm and compares every disk with the snapshot the sim froze. */
-export async function expectVmRestore(t: Test, env: VmwareEnv, vm: string, seq: number): Promise<void> {
-  const p = await loadVmPoint(env.store, vm, seq);
+export async function expectVmRestore(t: Test, env: VmwareEnv, vm: string, seq: number, encryption?: EncryptionKey): Promise<void> {
+  const p = await loadVmPoint(env.store, vm, seq, encryption);
   const out = path.join(env.dir, `restore-${vm}-${seq}`);
-  const r = await recoverVm({ store: env.store, vm, point: String(seq), outDir: out });
+  const r = await recoverVm({ store: env.store, vm, point: String(seq), outDir: out, encryption });
   const want = snapshotFingerprints(env, p.snapshot.moref);
   for (const d of r.disks)
     t.equal(fingerprintOf(d.out), want.get(d.key), `VM point ${seq}: disk ${d.key} restores byte-exact as snapshot ${p.snapshot.moref} saw it`);
