@@ -193,4 +193,8 @@ t.test('parseNbdUrl', async (t) => {
   ]) {
     t.throws(() => parseNbdUrl(bad), { code: ErrorCodes.BAD_SOURCE }, bad);
   }
+  // The first of two would win silently (a bitmap other than the one meant); a port past 65535 is not "not a URL".
+  t.throws(() => parseNbdUrl('nbd+unix:///?socket=/s&bitmap=c5&bitmap=zzz'), { message: /parameter "bitmap" is given more than once/ });
+  t.throws(() => parseNbdUrl('nbd+unix:///?socket=/a&socket=/b'), { message: /parameter "socket" is given more than once/ });
+  t.throws(() => parseNbdUrl('nbd://127.0.0.1:99999/x'), { code: ErrorCodes.BAD_SOURCE, message: /port 99999 is out of range \(1 to 65535\)/ });
 });

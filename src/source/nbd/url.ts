@@ -41,7 +41,8 @@ export function parseNbdUrl(url: string): NbdUrl {
   try {
     u = new URL(url);
   } catch {
-    throw bad(url, 'it is not a URL');
+    const port = /^[a-z+]+:\/\/[^/?#]*:(\d+)(?:[/?#]|$)/i.exec(url)?.[1];
+    throw bad(url, port !== undefined && Number(port) > 65535 ? `port ${port} is out of range (1 to 65535)` : 'it is not a URL');
   }
   const scheme = u.protocol.replace(/:$/, '').toLowerCase();
   if (scheme !== 'nbd' && scheme !== 'nbd+unix') {
@@ -49,6 +50,8 @@ export function parseNbdUrl(url: string): NbdUrl {
   }
   for (const key of u.searchParams.keys()) {
     if (!PARAMS.has(key)) throw bad(url, `parameter "${key}" is not supported`);
+    // Given twice, the first would win silently: the bitmap read may not be the one meant.
+    if (u.searchParams.getAll(key).length > 1) throw bad(url, `parameter "${key}" is given more than once`);
   }
   if (u.username || u.password) throw bad(url, 'NBD URLs carry no credentials');
   if (u.hash) throw bad(url, 'a #fragment has no meaning here');
