@@ -100,7 +100,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   }
   io.out(
     `VM point ${r.vmPoint} of ${r.vm} (${r.vmName}), ${r.consistency}-consistent: ${r.disks.length} disk${r.disks.length === 1 ? '' : 's'} ` +
-      `from snapshot ${r.snapshot} (removed), ${r.diskParallelism} at a time, in ${secs(r.seconds)}` +
+      `from snapshot ${r.snapshot} (${r.snapshotRemoved ? 'removed' : 'left on the VM: see the warning'}), ${r.diskParallelism} at a time, in ${secs(r.seconds)}` +
       (r.cbtEnabledNow ? '; CBT was turned on by this run' : ''),
   );
   for (const w of r.warnings) io.out(`  warning: ${w}`);

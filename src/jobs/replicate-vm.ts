@@ -87,6 +87,8 @@ export interface ReplicateVmResult {
   vm: string;
   vmName: string;
   snapshot: string;
+  /** False when the snapshot could not be removed (a warning says so; the next run removes it). */
+  snapshotRemoved: boolean;
   /** The VM point this run committed. */
   vmPoint: number;
   consistency: Consistency;
@@ -271,6 +273,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   let failure: unknown;
   let results: ReplicateVmDiskResult[] = [];
   let point: VmPoint | undefined;
+  let snapshotRemoved = false;
   try {
     const config = await session.client.snapshotConfig(snap.moref);
     await opts.onSnapshot?.({ moref: snap.moref, disks: snap.disks.map((d) => ({ key: d.key, changeId: d.changeId, fileName: d.fileName })) });
@@ -306,6 +309,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   } finally {
     try {
       await snap.remove();
+      snapshotRemoved = true;
       await store.delete(vmLayout.access(vm.moref)).catch(() => undefined);
     } catch (err) {
       // The next run removes a leftover snapshot; a committed VM point stays good.
@@ -340,6 +344,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
     vm: vm.moref,
     vmName: vm.name,
     snapshot: snap.moref,
+    snapshotRemoved,
     vmPoint: point.seq,
     consistency: point.consistency,
     ...(point.consistencyReason ? { consistencyReason: point.consistencyReason } : {}),
