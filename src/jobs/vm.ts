@@ -46,6 +46,8 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   const started = performance.now();
   const seq = await resolveVmPoint(opts.store, opts.vm, opts.point);
   const p = await loadVmPoint(opts.store, opts.vm, seq, opts.encryption);
+  // A missing or wrong key fails before the output folder exists (the first disk's recover found it after).
+  await checkVmPointKey(opts.store, p, opts.encryption);
   assertOutsideStore(opts.store.location, opts.outDir, '--out-dir'); // before the folder is made there
   try {
     await makeDirs(opts.outDir); // not Node's recursive mkdir: it spins forever under /proc
