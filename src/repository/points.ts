@@ -185,7 +185,17 @@ export async function chainFrom(store: ObjectStore, first: PointManifest, key: E
  * DISK_NOT_FOUND.
  */
 export async function explainNoPoints(store: ObjectStore, disk: string, key: EncryptionKey | undefined): Promise<never> {
-  checkClaim(await readClaim(store, disk), key, disk);
+  const claim = await readClaim(store, disk);
+  checkClaim(claim, key, disk);
+  // Every disk with v2 points has a claim (written before its first commit): without one, the id is not in the store
+  // (a typo), whatever key was given or its repositories need.
+  if (!claim) {
+    throw new RnodeError(
+      ErrorCodes.DISK_NOT_FOUND,
+      `disk ${disk} has no committed points in ${store.location}; check --disk and --store ("rnode disks --store ${store.location}" lists its disks)`,
+      { details: { disk } },
+    );
+  }
   const own = Domain.of(key).name;
   let otherEncrypted = false;
   for await (const o of store.list(r2.prefix)) {

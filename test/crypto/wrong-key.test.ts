@@ -1,6 +1,7 @@
 // A key that opens none of a store's encrypted repositories is a mistake to say, not a store to call fine: check,
 // stats, disks and prune (maintenance) reported success over only what needs no key (check: "ok", exit 0), and
-// prune --disk called a disk encrypted with another key, or an unencrypted one given a key, missing.
+// prune --disk called a disk encrypted with another key, or an unencrypted one given a key, missing; and a mistyped
+// --disk in a store holding an encrypted repository was answered "pass its key".
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,6 +33,15 @@ t.test('the wrong key: RNODE_KEY_MISMATCH (exit 2) from check, stats, disks, pru
     t.match(r.stderr, /^rnode: RNODE_KEY_MISMATCH: no repository in \S+ is encrypted with the key given \(key id [0-9a-f]+\)/, cmd.join(' '));
     const ok = await runCli([...cmd, '--store', store, '--encryption-key-file', right]);
     t.equal(ok.code, 0, `${cmd.join(' ')} with the right key: ${ok.stderr}`);
+  }
+  // A mistyped disk id is a missing disk, not a missing key, though the store holds an encrypted repository.
+  for (const cmd of [['recover', '--out', path.join(dir, 'out.img')], ['verify'], ['prune', '--keep', '1']]) {
+    const r = await runCli([cmd[0], '--store', store, '--disk', 'sealedd', ...cmd.slice(1)]);
+    t.equal(r.code, 1, `${cmd[0]} --disk <typo>: exit 1`);
+    t.match(
+      r.stderr,
+      /RNODE_DISK_NOT_FOUND: disk sealedd has no committed points in \S+; check --disk and --store \("rnode disks --store \S+" lists its disks\)/,
+    );
   }
   for (const [disk, k, why] of [
     ['sealed', wrong, /is not the key disk sealed is encrypted with/],
