@@ -134,9 +134,11 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   const legacy = { disks: 0, points: 0, logicalBytes: 0, storedBytes: 0, objects: 0 };
   const legacyDisks = new Set<string>();
   for await (const o of store.list(layout.disksPrefix)) {
+    const h = classify(o.key);
+    // Leases live under disks/ whatever the format: a disk's lock, not data of the legacy format.
+    if (h?.kind === 'lease') continue;
     legacy.objects++;
     legacy.storedBytes += o.size;
-    const h = classify(o.key);
     if (h?.kind === 'legacy-manifest') legacyDisks.add(h.disk);
   }
   for (const disk of legacyDisks) {

@@ -29,6 +29,7 @@ t.test('stats, with and without the key', async (t) => {
   t.ok(sealed.objects > 0 && sealed.storedBytes > 0 && sealed.packs > 0, 'but its objects and bytes are counted');
   t.same(st.sealedWithoutKey, [sealed.domain]);
   t.equal(st.points, 2);
+  t.same(st.legacy, { disks: 0, points: 0, logicalBytes: 0, storedBytes: 0, objects: 0 }, 'leases are not counted as legacy-format data');
 
   const k = await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile, '--json']);
   t.equal(k.code, 0, k.stderr);
