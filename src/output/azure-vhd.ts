@@ -2,7 +2,8 @@
 // (`az disk create --source <blob url>`). Page blobs are sparse: only non-zero 4 KiB blocks are uploaded.
 import type { PageBlobClient } from '@azure/storage-blob';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { azureFailure, azureServiceClient } from '../store/azure/azure-store.js';
+import { azureFailure, azureServiceClient, requestSignal } from '../store/azure/azure-store.js';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from '../store/common.js';
 import { retried } from './cloud.js';
 import { eachLimited, nonZeroRuns, roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { badOut, displayUrl, objectName } from './url.js';
@@ -50,7 +51,7 @@ class AzureVhdSink implements OutputSink {
     // Never over an existing blob: it may be a disk someone uses. A failed restore deletes what it created.
     await this.call('create page blob', async () => {
       try {
-        await this.blob.create(this.virtualSize + VHD_FOOTER_BYTES, { conditions: { ifNoneMatch: '*' } });
+        await this.blob.create(this.virtualSize + VHD_FOOTER_BYTES, { conditions: { ifNoneMatch: '*' }, abortSignal: signal() });
       } catch (err) {
         // Answers, not failures: thrown as RnodeErrors, which retried() passes through without retrying.
         const code = azureFailure(err).code;
@@ -78,7 +79,7 @@ class AzureVhdSink implements OutputSink {
     }
     let sent = 0;
     await eachLimited(pieces, PER_CHUNK, async (p) => {
-      await this.call('upload pages', () => this.blob.uploadPages(p.body, p.offset, p.body.length));
+      await this.call('upload pages', () => this.blob.uploadPages(p.body, p.offset, p.body.length, { abortSignal: signal() }));
       sent += p.body.length;
     });
     return sent;
@@ -92,10 +93,15 @@ class AzureVhdSink implements OutputSink {
   /** The footer goes last: until it is there the blob is no valid VHD, so a cut upload cannot pass for a disk. */
   async finish(): Promise<void> {
     const footer = vhdFooter({ size: this.virtualSize });
-    await this.call('upload footer', () => this.blob.uploadPages(footer, this.virtualSize, footer.length));
+    await this.call('upload footer', () => this.blob.uploadPages(footer, this.virtualSize, footer.length, { abortSignal: signal() }));
   }
 
   async abort(): Promise<void> {
-    if (this.created) await this.blob.deleteIfExists().catch(() => undefined);
+    if (this.created) await this.blob.deleteIfExists({ abortSignal: signal() }).catch(() => undefined);
   }
+}
+
+/** Each request's timeout: the SDK has none of its own (src/store/azure/azure-store.ts, AZURE_PIPELINE). */
+function signal(): AbortSignal {
+  return requestSignal(DEFAULT_REQUEST_TIMEOUT_MS);
 }

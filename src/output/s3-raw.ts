@@ -11,7 +11,7 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { copyBytes, zeroBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { queryInt } from '../store/common.js';
-import { newS3Client, s3ClientConfig, s3Failure } from '../store/s3/s3-store.js';
+import { newS3Client, s3ClientConfig, s3Failure, s3RequestHandler } from '../store/s3/s3-store.js';
 import { retried } from './cloud.js';
 import { roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { badOut, displayUrl, objectName } from './url.js';
@@ -30,7 +30,7 @@ export async function openS3Output(url: URL, opts: OpenOutputOptions): Promise<O
   if (wanted !== undefined && wanted < MIN_PART) throw badOut(displayUrl(url), `asks for partSize=${wanted}; S3 parts are at least 5 MiB (5242880)`);
   const client = newS3Client({
     maxAttempts: 1, // one retry policy: retried()
-    requestHandler: { connectionTimeout: 10_000, requestTimeout: 300_000 },
+    requestHandler: s3RequestHandler(300_000), // parts are larger than store objects
     ...s3ClientConfig(url, opts.env),
   });
   const sink = new S3RawSink(displayUrl(url), client, url.hostname, objectName(url), s3PartSize(opts.diskSize, wanted));

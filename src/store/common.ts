@@ -96,6 +96,18 @@ export interface CloudFailure {
   status?: number;
   /** Service error code ('NoSuchKey', 'BlobNotFound', ...) or errno ('ECONNRESET'). */
   code?: string;
+  /** The request got no answer within its timeout (each SDK says so in its own way). */
+  timedOut?: boolean;
+  /** That timeout, for the message. */
+  timeoutMs?: number;
+}
+
+/** How long one request may wait for its answer (or an idle body) before it fails as retryable; ?requestTimeoutMs= sets it. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
+
+/** The ?requestTimeoutMs= of a cloud URL, else the default. */
+export function requestTimeoutMs(url: URL): number {
+  return queryInt(url, 'requestTimeoutMs') ?? DEFAULT_REQUEST_TIMEOUT_MS;
 }
 
 const NETWORK_CODES = new Set([
@@ -116,6 +128,9 @@ const NETWORK_CODES = new Set([
   'UND_ERR_SOCKET',
   'UND_ERR_CONNECT_TIMEOUT',
   'REQUEST_SEND_ERROR',
+  // node-fetch (GCS): FetchError types of a request or body that timed out
+  'request-timeout',
+  'body-timeout',
 ]);
 const THROTTLE_CODES = new Set([
   'SlowDown',
@@ -151,11 +166,24 @@ export function cloudError(location: string, op: string, key: string, cause: unk
   if (f.status === 401 || f.status === 403 || (f.code && AUTH_CODES.has(f.code))) {
     return mk(ErrorCodes.STORE_AUTH, `${op} ${key} in ${location} was denied: ${why}; check the credentials and their permissions`);
   }
+  if (f.timedOut) {
+    // The SDK's own words (kept in the cause) say no more than this.
+    const within = f.timeoutMs ? ` within ${f.timeoutMs} ms` : '';
+    return mk(
+      ErrorCodes.STORE_UNAVAILABLE,
+      `${op} ${key} in ${location} got no answer${within}; check the endpoint and the network (a slow link may need a larger ?requestTimeoutMs=)`,
+      true,
+    );
+  }
   if (f.status === 429 || f.status === 503 || (f.code && THROTTLE_CODES.has(f.code))) {
     return mk(ErrorCodes.STORE_THROTTLED, `${op} ${key} in ${location} was throttled: ${why}`, true);
   }
   if ((f.status !== undefined && f.status >= 500) || f.status === 408 || (f.code && NETWORK_CODES.has(f.code))) {
-    return mk(ErrorCodes.STORE_UNAVAILABLE, `${op} ${key} in ${location} failed: ${why}; the service or network is unavailable`, true);
+    return mk(
+      ErrorCodes.STORE_UNAVAILABLE,
+      `${op} ${key} in ${location} failed: ${why}; the service or network is unavailable: check the endpoint and the network`,
+      true,
+    );
   }
   return ioError(location, op, key, new Error(why), false);
 }

@@ -57,10 +57,16 @@ registerStoreScheme('s3', async (url, ctx) => (await import('./s3/s3-store.js'))
   'conditional',
   'multipartThreshold',
   'partSize',
+  'requestTimeoutMs',
 ]);
 registerStoreScheme('azblob', async (url, ctx) => (await import('./azure/azure-store.js')).azureStoreFromUrl(url, ctx), [
   'conditional',
   'singleUploadMax',
   'blockSize',
+  'requestTimeoutMs',
 ]);
-registerStoreScheme('gs', async (url, ctx) => (await import('./gcs/gcs-store.js')).gcsStoreFromUrl(url, ctx), ['project', 'conditional']);
+registerStoreScheme('gs', async (url, ctx) => (await import('./gcs/gcs-store.js')).gcsStoreFromUrl(url, ctx), [
+  'project',
+  'conditional',
+  'requestTimeoutMs',
+]);

@@ -15,12 +15,15 @@ import {
   clipRange,
   cloudError,
   containerMissing,
+  DEFAULT_REQUEST_TIMEOUT_MS,
   preconditionFailed,
   queryFlag,
   queryInt,
   rangedBody,
+  requestTimeoutMs,
   splitPrefix,
   urlPrefix,
+  type CloudFailure,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
@@ -35,11 +38,21 @@ export interface AzureBlobStoreOptions {
   blockSize?: number;
   /** Azure and Azurite both enforce conditions; an override exists for other emulators. */
   conditionalPut?: boolean;
+  /** A request with no answer (or body) for this long fails as retryable (default 120 s). */
+  requestTimeoutMs?: number;
 }
 
 const MiB = 1024 * 1024;
-/** One retry policy, in the retry wrapper; the per-try timeout turns a dead connection into a retryable error. */
-export const AZURE_PIPELINE: StoragePipelineOptions = { retryOptions: { maxTries: 1, tryTimeoutInMs: 120_000 } };
+/**
+ * One retry policy, in the retry wrapper. tryTimeoutInMs is only the server-side ?timeout= of each request: the SDK
+ * never times a request out itself, so every call also carries an abort signal (requestSignal).
+ */
+export const AZURE_PIPELINE: StoragePipelineOptions = { retryOptions: { maxTries: 1, tryTimeoutInMs: DEFAULT_REQUEST_TIMEOUT_MS } };
+
+/** The abort signal of one request: a server that accepts the connection and never answers held a job forever. */
+export function requestSignal(timeoutMs: number): AbortSignal {
+  return AbortSignal.timeout(timeoutMs);
+}
 
 export class AzureBlobStore implements ObjectStore {
   readonly location: string;
@@ -48,6 +61,7 @@ export class AzureBlobStore implements ObjectStore {
   private readonly prefix: string;
   private readonly singleUploadMax: number;
   private readonly blockSize: number;
+  private readonly timeoutMs: number;
 
   constructor(opts: AzureBlobStoreOptions) {
     this.container = opts.container;
@@ -56,6 +70,11 @@ export class AzureBlobStore implements ObjectStore {
     this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
     this.singleUploadMax = opts.singleUploadMax ?? 32 * MiB;
     this.blockSize = opts.blockSize ?? 8 * MiB;
+    this.timeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  }
+
+  private signal(): AbortSignal {
+    return requestSignal(this.timeoutMs);
   }
 
   private blob(key: string) {
@@ -72,7 +91,7 @@ export class AzureBlobStore implements ObjectStore {
     try {
       let etag: string | undefined;
       if (body.length <= this.singleUploadMax) {
-        etag = (await blob.upload(body, body.length, { conditions })).etag;
+        etag = (await blob.upload(body, body.length, { conditions, abortSignal: this.signal() })).etag;
       } else {
         // Staged blocks are invisible until the commit; the condition is checked at the commit.
         const run = randomBytes(8).toString('hex');
@@ -85,11 +104,11 @@ export class AzureBlobStore implements ObjectStore {
           Array.from({ length: Math.min(4, ids.length) }, async () => {
             for (let i = next++; i < ids.length; i = next++) {
               const part = body.subarray(i * this.blockSize, (i + 1) * this.blockSize);
-              await blob.stageBlock(ids[i], part, part.length);
+              await blob.stageBlock(ids[i], part, part.length, { abortSignal: this.signal() });
             }
           }),
         );
-        etag = (await blob.commitBlockList(ids, { conditions })).etag;
+        etag = (await blob.commitBlockList(ids, { conditions, abortSignal: this.signal() })).etag;
       }
       return { key, size: body.length, etag };
     } catch (err) {
@@ -107,7 +126,8 @@ export class AzureBlobStore implements ObjectStore {
     // count 0 means "to the end" to the SDK: a zero-length range asks for one byte (it still proves the key exists).
     const count = range?.length === undefined ? undefined : Math.max(1, end - start);
     try {
-      const res = await blob.download(start, count);
+      // The signal covers the body too: the SDK keeps it on the response stream until that ends.
+      const res = await blob.download(start, count, { abortSignal: this.signal() });
       return rangedBody(await readAll(res.readableStreamBody!), start, end, false);
     } catch (err) {
       if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
@@ -117,7 +137,7 @@ export class AzureBlobStore implements ObjectStore {
 
   async head(key: string): Promise<ObjectInfo> {
     try {
-      const p = await this.blob(key).getProperties();
+      const p = await this.blob(key).getProperties({ abortSignal: this.signal() });
       return { key, size: p.contentLength ?? 0, etag: p.etag };
     } catch (err) {
       throw this.error('head', key, err);
@@ -126,11 +146,15 @@ export class AzureBlobStore implements ObjectStore {
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     splitPrefix(prefix);
-    const pages = this.container.listBlobsFlat({ prefix: this.prefix + prefix }).byPage({ maxPageSize: 5000 });
-    while (true) {
+    // A page iterator per page: each request gets its own timeout (one signal would bound the whole listing).
+    let continuationToken: string | undefined;
+    do {
       let page;
       try {
-        page = await pages.next();
+        page = await this.container
+          .listBlobsFlat({ prefix: this.prefix + prefix, abortSignal: this.signal() })
+          .byPage({ maxPageSize: 5000, continuationToken })
+          .next();
       } catch (err) {
         throw this.error('list', prefix, err);
       }
@@ -138,12 +162,13 @@ export class AzureBlobStore implements ObjectStore {
       for (const b of page.value.segment.blobItems) {
         yield { key: b.name.slice(this.prefix.length), size: b.properties.contentLength ?? 0, etag: b.properties.etag };
       }
-    }
+      continuationToken = page.value.continuationToken || undefined;
+    } while (continuationToken);
   }
 
   async delete(key: string): Promise<void> {
     try {
-      await this.blob(key).delete();
+      await this.blob(key).delete({ abortSignal: this.signal() });
     } catch (err) {
       if (failure(err).code === 'BlobNotFound') return;
       throw this.error('delete', key, err);
@@ -155,13 +180,14 @@ export class AzureBlobStore implements ObjectStore {
   private error(op: string, key: string, err: unknown): RnodeError {
     const f = failure(err);
     if (f.code === 'ContainerNotFound') return containerMissing(this.location, `container ${this.container.containerName}`, err);
-    return cloudError(this.location, op, key, err, f);
+    return cloudError(this.location, op, key, err, { ...f, timeoutMs: this.timeoutMs });
   }
 }
 
-function failure(err: unknown): { status?: number; code?: string } {
+/** An AbortError is a request timeout: the only signals rnode gives the SDK are requestSignal's. */
+function failure(err: unknown): CloudFailure {
   const e = err as { statusCode?: number; code?: string; name?: string; details?: { errorCode?: string } };
-  return { status: e?.statusCode, code: e?.details?.errorCode ?? e?.code ?? e?.name };
+  return { status: e?.statusCode, code: e?.details?.errorCode ?? e?.code ?? e?.name, timedOut: e?.name === 'AbortError' };
 }
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
@@ -171,7 +197,7 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
 }
 
 /**
- * azblob://container/prefix?conditional=off&singleUploadMax=..&blockSize=..
+ * azblob://container/prefix?conditional=off&singleUploadMax=..&blockSize=..&requestTimeoutMs=..
  * Credentials from env, first match wins: AZURE_STORAGE_CONNECTION_STRING; AZURE_STORAGE_ACCOUNT_URL (or
  * https://$AZURE_STORAGE_ACCOUNT.blob.core.windows.net) with AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_KEY.
  */
@@ -183,6 +209,7 @@ export async function azureStoreFromUrl(url: URL, ctx: StoreFactoryContext): Pro
     conditionalPut: queryFlag(url, 'conditional', true),
     singleUploadMax: queryInt(url, 'singleUploadMax'),
     blockSize: queryInt(url, 'blockSize'),
+    requestTimeoutMs: requestTimeoutMs(url),
   });
 }
 

@@ -2,7 +2,19 @@
 // prefix, each put a single request; etag = generation, so conditions are ifGenerationMatch.
 
 import { Storage, type Bucket, type StorageOptions } from '@google-cloud/storage';
-import { checkKey, clipRange, cloudError, containerMissing, preconditionFailed, queryFlag, rangedBody, splitPrefix, urlPrefix } from '../common.js';
+import {
+  checkKey,
+  clipRange,
+  cloudError,
+  containerMissing,
+  preconditionFailed,
+  queryFlag,
+  rangedBody,
+  requestTimeoutMs,
+  splitPrefix,
+  urlPrefix,
+  type CloudFailure,
+} from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 import type { RnodeError } from '../../errors.js';
@@ -13,6 +25,8 @@ export interface GcsStoreOptions {
   prefix?: string;
   /** False when the server ignores ifGenerationMatch (the firebase emulator); real GCS enforces it. */
   conditionalPut?: boolean;
+  /** The client's request timeout (gcsStorage sets it), for messages. */
+  requestTimeoutMs?: number;
 }
 
 export class GcsStore implements ObjectStore {
@@ -20,12 +34,14 @@ export class GcsStore implements ObjectStore {
   readonly capabilities: StoreCapabilities;
   readonly bucket: Bucket;
   private readonly prefix: string;
+  private readonly timeoutMs?: number;
 
   constructor(opts: GcsStoreOptions) {
     this.bucket = opts.bucket;
     this.prefix = opts.prefix ?? '';
     this.location = `gs://${this.bucket.name}/${this.prefix}`;
     this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
+    this.timeoutMs = opts.requestTimeoutMs;
   }
 
   private file(key: string) {
@@ -126,19 +142,27 @@ export class GcsStore implements ObjectStore {
     if (f.status === 404 && /bucket/i.test((err as Error)?.message ?? '')) {
       return containerMissing(this.location, `bucket ${this.bucket.name}`, err);
     }
-    return cloudError(this.location, op, key, err, f);
+    return cloudError(this.location, op, key, err, { ...f, timeoutMs: this.timeoutMs });
   }
 }
 
-/** GCS errors carry the HTTP status in `code` (a number); network errors carry an errno string. */
-function failure(err: unknown): { status?: number; code?: string } {
-  const e = err as { code?: number | string; name?: string; response?: { status?: number } };
+/**
+ * GCS errors carry the HTTP status in `code` (a number); network errors carry an errno string. A timed-out request
+ * comes as a plain Error whose message holds node-fetch's ("FetchError network timeout at: <url>"), or as the
+ * FetchError itself (type 'request-timeout' or 'body-timeout').
+ */
+function failure(err: unknown): CloudFailure {
+  const e = err as { code?: number | string; name?: string; type?: string; message?: string; response?: { status?: number } };
   if (typeof e?.code === 'number') return { status: e.code };
-  return { status: e?.response?.status, code: e?.code ?? e?.name };
+  const timedOut =
+    e?.type === 'request-timeout' ||
+    e?.type === 'body-timeout' ||
+    /network timeout at:|Response timeout while trying to fetch/.test(e?.message ?? '');
+  return { status: e?.response?.status, code: e?.code ?? e?.type ?? e?.name, timedOut };
 }
 
 /**
- * gs://bucket/prefix?project=..&conditional=off
+ * gs://bucket/prefix?project=..&conditional=off&requestTimeoutMs=..
  * STORAGE_EMULATOR_HOST (host:port or URL) points the client at an emulator; the project comes from
  * the URL or GOOGLE_CLOUD_PROJECT; credentials from Application Default Credentials.
  */
@@ -148,6 +172,7 @@ export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promi
     bucket: gcsStorage(url, ctx.env).bucket(url.hostname),
     prefix: urlPrefix(url.pathname),
     conditionalPut: queryFlag(url, 'conditional', true),
+    requestTimeoutMs: requestTimeoutMs(url),
   });
 }
 
@@ -155,7 +180,7 @@ export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promi
 export function gcsStorage(url: URL, env: NodeJS.ProcessEnv): Storage {
   const opts: StorageOptions = {
     retryOptions: { autoRetry: false }, // one retry policy, in the retry wrapper
-    timeout: 120_000,
+    timeout: requestTimeoutMs(url),
   };
   const projectId = url.searchParams.get('project') ?? env.GOOGLE_CLOUD_PROJECT ?? env.GCLOUD_PROJECT;
   if (projectId) opts.projectId = projectId;

@@ -17,12 +17,15 @@ import {
   clipRange,
   cloudError,
   containerMissing,
+  DEFAULT_REQUEST_TIMEOUT_MS,
   preconditionFailed,
   queryFlag,
   queryInt,
   rangedBody,
+  requestTimeoutMs,
   splitPrefix,
   urlPrefix,
+  type CloudFailure,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
@@ -39,6 +42,8 @@ export interface S3StoreOptions {
   partSize?: number;
   /** False when the server ignores If-None-Match / If-Match (s3rver); real S3 enforces them. */
   conditionalPut?: boolean;
+  /** A request with no answer (or an idle body) for this long fails as retryable (default 120 s). */
+  requestTimeoutMs?: number;
 }
 
 const MiB = 1024 * 1024;
@@ -52,6 +57,7 @@ export class S3Store implements ObjectStore {
   private readonly prefix: string;
   private readonly multipartThreshold: number;
   private readonly partSize: number;
+  private readonly requestTimeoutMs: number;
 
   constructor(opts: S3StoreOptions) {
     this.bucket = opts.bucket;
@@ -60,9 +66,10 @@ export class S3Store implements ObjectStore {
     this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
     this.multipartThreshold = opts.multipartThreshold ?? 32 * MiB;
     this.partSize = Math.max(5 * MiB, opts.partSize ?? 8 * MiB);
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.client = newS3Client({
       maxAttempts: 1, // one retry policy, in the retry wrapper
-      requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
+      requestHandler: s3RequestHandler(this.requestTimeoutMs),
       ...opts.client,
     });
   }
@@ -169,17 +176,26 @@ export class S3Store implements ObjectStore {
   private error(op: string, key: string, err: unknown) {
     const f = failure(err);
     if (f.code === 'NoSuchBucket') return containerMissing(this.location, `bucket ${this.bucket}`, err);
-    return cloudError(this.location, op, key, err, f);
+    return cloudError(this.location, op, key, err, { ...f, timeoutMs: this.requestTimeoutMs });
   }
 }
 
-function failure(err: unknown): { status?: number; code?: string } {
+/**
+ * Timeouts of the SDK's HTTP handler. Without throwOnRequestTimeout the request timeout only prints a warning: a
+ * server that accepts the connection and never answers held a job forever. The socket timeout fails a body that
+ * stops arriving.
+ */
+export function s3RequestHandler(timeoutMs: number) {
+  return { connectionTimeout: Math.min(10_000, timeoutMs), requestTimeout: timeoutMs, socketTimeout: timeoutMs, throwOnRequestTimeout: true };
+}
+
+function failure(err: unknown): CloudFailure {
   const e = err as { name?: string; code?: string; Code?: string; $metadata?: { httpStatusCode?: number } };
-  return { status: e?.$metadata?.httpStatusCode, code: e?.Code ?? e?.code ?? e?.name };
+  return { status: e?.$metadata?.httpStatusCode, code: e?.Code ?? e?.code ?? e?.name, timedOut: e?.name === 'TimeoutError' };
 }
 
 /**
- * s3://bucket/prefix?region=..&endpoint=..&forcePathStyle=true&conditional=off&multipartThreshold=..&partSize=..
+ * s3://bucket/prefix?region=..&endpoint=..&forcePathStyle=true&conditional=off&multipartThreshold=..&partSize=..&requestTimeoutMs=..
  * Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY(/AWS_SESSION_TOKEN) from the given env, else the
  * SDK's default provider chain (profiles, SSO, instance roles...).
  */
@@ -192,6 +208,7 @@ export async function s3StoreFromUrl(url: URL, ctx: StoreFactoryContext): Promis
     conditionalPut: queryFlag(url, 'conditional', true),
     multipartThreshold: queryInt(url, 'multipartThreshold'),
     partSize: queryInt(url, 'partSize'),
+    requestTimeoutMs: requestTimeoutMs(url),
   });
 }
 

@@ -1,0 +1,91 @@
+// A cloud endpoint that accepts connections and never answers: every backend's requests time out (?requestTimeoutMs=),
+// the retry wrapper retries them as STORE_UNAVAILABLE, and a job ends in bounded time. S3 only warned at its
+// timeout and Azure had none, so both hung forever; GCS failed once as STORE_IO.
+import net from 'node:net';
+import t from 'tap';
+import { ErrorCodes, RnodeError } from '../../src/errors.js';
+import { openStore } from '../../src/store/index.js';
+import { runCli } from '../helpers/cli.js';
+
+t.setTimeout(60_000);
+
+const KEY = 'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==';
+let server: net.Server;
+let endpoint: string;
+let connections = 0;
+
+t.before(async () => {
+  server = net.createServer((s) => {
+    connections++;
+    s.on('data', () => {});
+    s.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  endpoint = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+});
+t.teardown(() => {
+  server.closeAllConnections?.();
+  server.close();
+});
+
+const clouds = () => [
+  {
+    name: 's3',
+    location: `s3://b/p?endpoint=${endpoint}&forcePathStyle=true&requestTimeoutMs=300`,
+    env: { AWS_ACCESS_KEY_ID: 'x', AWS_SECRET_ACCESS_KEY: 'y' },
+  },
+  {
+    name: 'azblob',
+    location: 'azblob://c/p?requestTimeoutMs=300',
+    env: {
+      AZURE_STORAGE_CONNECTION_STRING: `DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=${KEY};BlobEndpoint=${endpoint}/devstoreaccount1;`,
+    },
+  },
+  { name: 'gs', location: 'gs://b/p?requestTimeoutMs=300', env: { STORAGE_EMULATOR_HOST: endpoint, GOOGLE_CLOUD_PROJECT: 'demo-test' } },
+];
+
+t.test('every call of every cloud backend times out as retryable STORE_UNAVAILABLE and is retried', async (t) => {
+  const before = connections;
+  const calls = clouds().flatMap((c) =>
+    (['head', 'get', 'put', 'list', 'delete'] as const).map(async (op) => {
+      let retries = 0;
+      const store = await openStore(c.location, { env: c.env, wrap: { retry: { attempts: 2, baseDelayMs: 1, onRetry: () => retries++ } } });
+      const started = Date.now();
+      const call =
+        op === 'list'
+          ? (async () => {
+              for await (const _ of store.list('x/')) void _;
+            })()
+          : op === 'put'
+            ? store.put('k', Buffer.from('data'))
+            : store[op]('k');
+      const err = (await call.then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as RnodeError | undefined;
+      await store.close();
+      return { what: `${c.name} ${op}`, name: c.name, err, retries, ms: Date.now() - started };
+    }),
+  );
+  for (const { what, name, err, retries, ms } of await Promise.all(calls)) {
+    t.equal(err?.code, ErrorCodes.STORE_UNAVAILABLE, `${what}: ${err?.message}`);
+    t.equal(err?.retryable, true, `${what}: retryable`);
+    t.match(err?.message, /got no answer within 300 ms; check the endpoint and the network/, `${what}: says what to check`);
+    t.match(err?.message, `${name}://`, `${what}: names the store`);
+    t.equal(retries, 1, `${what}: retried by the wrapper`);
+    t.ok(ms < 10_000, `${what}: ended in bounded time (${ms} ms)`);
+  }
+  t.ok(connections - before >= 2 * calls.length, 'every attempt reached the server');
+});
+
+t.test('rnode points on an endpoint that never answers ends with RNODE_STORE_UNAVAILABLE on all three clouds', async (t) => {
+  const results = await Promise.all(
+    clouds().map((c) => runCli(['points', '--store', c.location, '--disk', 'd1'], { env: c.env, timeoutMs: 40_000 }).then((r) => ({ c, r }))),
+  );
+  for (const { c, r } of results) {
+    t.equal(r.signal, null, `${c.name}: ended by itself`);
+    t.equal(r.code, 1, `${c.name}: exit 1`);
+    t.match(r.stderr, /RNODE_STORE_UNAVAILABLE: .* got no answer within 300 ms; check the endpoint and the network/, `${c.name}: ${r.stderr}`);
+    t.notMatch(r.stderr, /requestTimeout\. Init client/, `${c.name}: no SDK warning instead of an error`);
+  }
+});
