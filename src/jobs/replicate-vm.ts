@@ -246,6 +246,11 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   // A missing or wrong key fails here, before the VM is reconfigured or a snapshot taken, not in the disks' reads.
   await checkVmKey(store, vm.moref, plan.keys.map(diskId), opts.encryption);
   const cbt = await session.ensureChangeTracking(vm);
+  if (!cbt.enabled) {
+    warnings.push(
+      `CBT is off for VM ${vm.moref} and enableCbt is false: every run reads all allocated areas and compares them with the previous point (disks[].rescanReason)`,
+    );
+  }
   if (opts.signal?.aborted) throw opts.signal.reason;
 
   const snap = await snapshotVm(opts, vm.moref, plan.keys);

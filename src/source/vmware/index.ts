@@ -57,7 +57,8 @@ export async function openVddkSource(location: string, opts: Record<string, unkn
   }
   const session = await VmwareSession.open(config, { log });
   try {
-    await session.ensureChangeTracking();
+    if (!(await session.ensureChangeTracking()).enabled)
+      session.log(`CBT is off for VM ${config.vm} and enableCbt is false: every run reads all allocated areas`);
     const snap = await session.createSnapshot({ disks: config.disks });
     const first = snap.disks[0];
     if (snap.disks.length > 1) {

@@ -111,10 +111,8 @@ export class VmwareSession {
   async ensureChangeTracking(vm?: VmInfo): Promise<{ enabled: boolean; enabledNow: boolean }> {
     const info = vm ?? (await this.vmInfo());
     if (info.changeTrackingEnabled) return { enabled: true, enabledNow: false };
-    if (this.config.enableCbt === false) {
-      this.#log(`CBT is off for VM ${info.moref} and enableCbt is false: every run reads all allocated areas`);
-      return { enabled: false, enabledNow: false };
-    }
+    // The caller reports it (a VM run's warnings): every point reads all allocated areas.
+    if (this.config.enableCbt === false) return { enabled: false, enabledNow: false };
     await this.client.setChangeTracking(info.moref, true);
     this.#log(`CBT was off for VM ${info.moref}; turned it on (ReconfigVM), effective from this run's snapshot`);
     return { enabled: true, enabledNow: true };

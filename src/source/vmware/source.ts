@@ -58,8 +58,12 @@ export class VddkSource implements BlockSource {
   get changeId(): string | undefined {
     return this.#ctx.disk.changeId;
   }
+  /**
+   * Always: a disk without CBT (off, and enableCbt false) is then scanned as a changed-extents source whose marker is
+   * unusable, so the point records why (rescanReason) instead of scanning silently as a raw source does.
+   */
   get tracksChanges(): boolean {
-    return this.changeId !== undefined;
+    return true;
   }
   get transportMode(): string {
     return this.#ctx.vddk.info.transportMode;
