@@ -2,6 +2,7 @@
 // constructors of the STORE_* errors so that each backend reports the same codes and sentences.
 
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { badStoreUrl } from './schemes.js';
 import { assertValidKey, type ByteRange } from './types.js';
 
 /** Throws RnodeError (INTERNAL: a bad key is a bug in the caller) instead of assertValidKey's plain Error. */
@@ -196,8 +197,16 @@ export function containerMissing(location: string, what: string, cause: unknown)
   });
 }
 
-/** Normalizes the path part of a store URL into a key prefix: '' or 'a/b/'. */
-export function urlPrefix(pathname: string): string {
+/**
+ * Normalizes the path part of a store URL into a key prefix: '' or 'a/b/'. `location` is the URL as given: the
+ * WHATWG parser has already resolved '.' and '..' in the pathname (s3://b/a/../c is s3://b/c), so they are looked
+ * for there, and refused: the store would silently be somewhere else than the URL says.
+ */
+export function urlPrefix(pathname: string, location: string): string {
+  const raw = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*([^?#]*)/i.exec(location)?.[1] ?? '';
+  if (raw.split('/').some((seg) => /^(\.|%2e){1,2}$/i.test(seg))) {
+    throw badStoreUrl(location, "has a '.' or '..' segment in its path; write the prefix out in full");
+  }
   const p = decodeURIComponent(pathname).replace(/^\/+|\/+$/g, '');
   if (p !== '') checkKey(p);
   return p === '' ? '' : `${p}/`;

@@ -203,9 +203,10 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
  */
 export async function azureStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<AzureBlobStore> {
   if (!url.hostname) throw badStoreUrl(ctx.location, 'has no container (azblob://container/prefix)');
+  const prefix = urlPrefix(url.pathname, ctx.location);
   return new AzureBlobStore({
     container: azureServiceClient(url, ctx.env).getContainerClient(url.hostname),
-    prefix: urlPrefix(url.pathname),
+    prefix,
     conditionalPut: queryFlag(url, 'conditional', true),
     singleUploadMax: queryInt(url, 'singleUploadMax'),
     blockSize: queryInt(url, 'blockSize'),

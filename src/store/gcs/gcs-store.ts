@@ -168,9 +168,10 @@ function failure(err: unknown): CloudFailure {
  */
 export async function gcsStoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<GcsStore> {
   if (!url.hostname) throw badStoreUrl(ctx.location, 'has no bucket (gs://bucket/prefix)');
+  const prefix = urlPrefix(url.pathname, ctx.location);
   return new GcsStore({
     bucket: gcsStorage(url, ctx.env).bucket(url.hostname),
-    prefix: urlPrefix(url.pathname),
+    prefix,
     conditionalPut: queryFlag(url, 'conditional', true),
     requestTimeoutMs: requestTimeoutMs(url),
   });

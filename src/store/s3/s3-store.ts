@@ -201,9 +201,10 @@ function failure(err: unknown): CloudFailure {
  */
 export async function s3StoreFromUrl(url: URL, ctx: StoreFactoryContext): Promise<S3Store> {
   if (!url.hostname) throw badStoreUrl(ctx.location, 'has no bucket (s3://bucket/prefix)');
+  const prefix = urlPrefix(url.pathname, ctx.location);
   return new S3Store({
     bucket: url.hostname,
-    prefix: urlPrefix(url.pathname),
+    prefix,
     client: s3ClientConfig(url, ctx.env),
     conditionalPut: queryFlag(url, 'conditional', true),
     multipartThreshold: queryInt(url, 'multipartThreshold'),
