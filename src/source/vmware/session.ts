@@ -1,6 +1,7 @@
 // One logged-in vSphere session for one VM, and the snapshots taken through it: a snapshot opens every
 // selected disk through one VDDK connection, and removing it closes them and deletes the snapshot.
 import fs from 'node:fs';
+import { checkKeyFileMode } from '../../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import { cleanupVddk, connectVddk, endAccessVddk, initVddk, type VddkConnectOptions, type VddkConnection, type VddkDisk } from './vddk.js';
 import { VSphereClient, type SnapshotTreeEntry, type VirtualDiskInfo, type VmInfo } from './vsphere/client.js';
@@ -13,17 +14,35 @@ export interface SessionOptions {
   log?: (line: string) => void;
 }
 
-/** Reads the password file: the first line, without its newline. The Buffer is wiped when the session closes. */
+/**
+ * Reads the password file: the first line, without its newline. The Buffer is wiped when the session closes. A file
+ * group or others may read or write is refused, as key files are: a password anyone on the machine can read is out.
+ */
 function readPassword(file: string): Buffer {
-  let raw: Buffer;
-  try {
-    raw = fs.readFileSync(file);
-  } catch (err) {
-    throw new RnodeError(
+  const unreadable = (err: unknown) =>
+    new RnodeError(
       ErrorCodes.SOURCE_NOT_FOUND,
       `cannot read the password file ${file} (${(err as NodeJS.ErrnoException).code}); check passwordFile`,
-      { cause: err },
+      {
+        cause: err,
+      },
     );
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (err) {
+    throw unreadable(err);
+  }
+  let raw: Buffer;
+  try {
+    checkKeyFileMode(fs.fstatSync(fd).mode, (why) => new RnodeError(ErrorCodes.BAD_SOURCE, `the password file ${file} (passwordFile) ${why}`), file);
+    try {
+      raw = fs.readFileSync(fd);
+    } catch (err) {
+      throw unreadable(err);
+    }
+  } finally {
+    fs.closeSync(fd);
   }
   let end = raw.indexOf(0x0a);
   if (end < 0) end = raw.length;
