@@ -5,6 +5,15 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { badStoreUrl } from './schemes.js';
 import { assertValidKey, type ByteRange } from './types.js';
 
+function isValidKey(key: string): boolean {
+  try {
+    assertValidKey(key);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Throws RnodeError (INTERNAL: a bad key is a bug in the caller) instead of assertValidKey's plain Error. */
 export function checkKey(key: string): void {
   try {
@@ -207,8 +216,16 @@ export function urlPrefix(pathname: string, location: string): string {
   if (raw.split('/').some((seg) => /^(\.|%2e){1,2}$/i.test(seg))) {
     throw badStoreUrl(location, "has a '.' or '..' segment in its path; write the prefix out in full");
   }
-  const p = decodeURIComponent(pathname).replace(/^\/+|\/+$/g, '');
-  if (p !== '') checkKey(p);
+  let p: string;
+  try {
+    p = decodeURIComponent(pathname).replace(/^\/+|\/+$/g, '');
+  } catch {
+    throw badStoreUrl(location, 'has a malformed %-escape in its path; write % as %25');
+  }
+  // A prefix is a key's leading segments: a mistake in the URL, not a bug (checkKey's RNODE_INTERNAL).
+  if (p !== '' && !isValidKey(p)) {
+    throw badStoreUrl(location, `has the prefix ${JSON.stringify(p)}, which cannot be used: write it without empty segments (//), NUL or backslash`);
+  }
   return p === '' ? '' : `${p}/`;
 }
 

@@ -40,3 +40,32 @@ t.test("'.' and '..' path segments are refused, not resolved (the store would be
     }
   }
 });
+
+t.test('a prefix no key can start with is a mistake in the URL (RNODE_BAD_STORE_URL), not a bug (RNODE_INTERNAL)', async (t) => {
+  for (const scheme of ['s3', 'azblob', 'gs']) {
+    for (const path of ['a//b', 'a%00b', 'a\\b', 'a%2F%2Fb', 'a%ZZ']) {
+      const location = `${scheme}://rnb/${path}`;
+      const err = await refused(location);
+      t.equal(err?.code, ErrorCodes.BAD_STORE_URL, `${location}: ${err?.message}`);
+      t.match(err?.message, /cannot be used: write it without|malformed %-escape/, `${location}: says what to fix`);
+    }
+  }
+});
+
+t.test('an Azure connection string the SDK cannot read is RNODE_STORE_AUTH, naming neither key nor signature', async (t) => {
+  for (const cs of [
+    'AccountName=devstoreaccount1;AccountKey=SECRETKEY123==;garbage',
+    'DefaultEndpointsProtocol=ftp;AccountName=a;AccountKey=SECRETKEY123==',
+    'BlobEndpoint=http://127.0.0.1:1/a;SharedAccessSignature=',
+    'garbage',
+  ]) {
+    const err = await refused('azblob://c/p', { AZURE_STORAGE_CONNECTION_STRING: cs });
+    t.equal(err?.code, ErrorCodes.STORE_AUTH, `${cs}: ${err?.message}`);
+    t.match(err?.message, /AZURE_STORAGE_CONNECTION_STRING cannot be used for azblob:\/\/c .*; set it to the connection string/, 'says what to set');
+    t.notMatch(`${err?.message} ${String((err?.cause as Error)?.message)}`, /SECRETKEY123/, 'the key is not in the message');
+  }
+  const err = await refused('azblob://c/p', { AZURE_STORAGE_ACCOUNT_URL: 'not a url', AZURE_STORAGE_SAS_TOKEN: 'sv=1&sig=SECRETSIG' });
+  t.equal(err?.code, ErrorCodes.STORE_AUTH, `a bad account URL: ${err?.message}`);
+  t.match(err?.message, /set AZURE_STORAGE_ACCOUNT_URL to https:/, 'says what to set');
+  t.notMatch(err?.message, /SECRETSIG/, 'the signature is not in the message');
+});

@@ -216,6 +216,32 @@ export async function azureStoreFromUrl(url: URL, ctx: StoreFactoryContext): Pro
 
 /** The service client for an azblob:// URL from env, shared with the azblob:// recovery output (src/output/azure-vhd.ts). */
 export function azureServiceClient(url: URL, env: NodeJS.ProcessEnv): BlobServiceClient {
+  try {
+    return serviceClient(url, env);
+  } catch (err) {
+    if (err instanceof RnodeError) throw err;
+    // The SDK's sentence names the part it could not read ("Invalid BlobEndpoint in the provided ..."); the
+    // variables' values stay out of the message, as they hold keys.
+    const why = redactSecrets((err as Error)?.message ?? String(err));
+    const fix = env.AZURE_STORAGE_CONNECTION_STRING
+      ? 'AZURE_STORAGE_CONNECTION_STRING cannot be used' +
+        `${where(url)} (${why}); set it to the connection string the storage account shows under "Access keys" ` +
+        '(DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...;EndpointSuffix=core.windows.net)'
+      : `the Azure account settings cannot be used${where(url)} (${why}); set AZURE_STORAGE_ACCOUNT_URL to ` +
+        'https://<account>.blob.core.windows.net (or AZURE_STORAGE_ACCOUNT to the account name) and check the SAS token or key';
+    throw new RnodeError(ErrorCodes.STORE_AUTH, fix, { cause: new Error(why) });
+  }
+}
+
+function where(url: URL): string {
+  return ` for ${url.protocol}//${url.hostname}`;
+}
+
+function redactSecrets(message: string): string {
+  return message.replace(/((?:AccountKey|SharedAccessSignature|sig)=)[^;&\s]*/gi, '$1***');
+}
+
+function serviceClient(url: URL, env: NodeJS.ProcessEnv): BlobServiceClient {
   const accountUrl =
     env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, '') ??
     (env.AZURE_STORAGE_ACCOUNT ? `https://${env.AZURE_STORAGE_ACCOUNT}.blob.core.windows.net` : undefined);
