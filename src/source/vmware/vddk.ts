@@ -1,5 +1,6 @@
 // The TypeScript side of the VDDK binding: validates arguments, owns handle lifetimes and read ordering, and
 // turns the addon's errors into VddkError (an RnodeError with a stable RNODE_VDDK_* code and VDDK's own text).
+import fs from 'node:fs';
 import path from 'node:path';
 import { RnodeError } from '../../errors.js';
 import { loadAddon } from '../../native/index.js';
@@ -160,12 +161,27 @@ export function initVddk(opts: VddkInitOptions): Promise<VddkFeatures> {
       ),
     );
   }
-  const features = call(() => addon().vddkInit({ libraryPath, libdir, ...(opts.configFile ? { configFile: path.resolve(opts.configFile) } : {}) }));
+  const features = call(() =>
+    addon().vddkInit({ libraryPath, libdir, ...(opts.configFile ? { configFile: path.resolve(opts.configFile) } : {}) }),
+  ).catch((err) => {
+    throw withLoadHint(err, libdir, libraryPath);
+  });
   initialized = { key, features };
   features.catch(() => {
     if (initialized?.features === features) initialized = undefined;
   });
   return features;
+}
+
+/** dlopen's own text says what failed, not what to do: a wrong libdir, or VDDK's libraries not on the search path. */
+function withLoadHint(err: unknown, libdir: string, libraryPath: string): unknown {
+  if (!(err instanceof VddkError) || err.code !== VddkErrorCodes.LOAD || err.op !== 'dlopen' || err.message.includes('already loaded')) return err;
+  const hint = !fs.existsSync(libraryPath)
+    ? 'there is no VDDK library there: set "libdir" in the VMware config (or libdir= in the vddk:// URL) to the VDDK install directory, the one that holds lib64/libvixDiskLib.so'
+    : /cannot open shared object file/.test(err.message)
+      ? `a library it needs was not found: start rnode with LD_LIBRARY_PATH=${path.join(libdir, 'lib64')} (VDDK loads its own libraries from there)`
+      : `check that it is VDDK's libvixDiskLib.so for this platform, and that "libdir" in the VMware config is the VDDK install directory`;
+  return new VddkError(err.code, `${err.message}; ${hint}`, { op: err.op, vddkText: err.vddkText, vixError: err.vixError, vixCode: err.vixCode });
 }
 
 /** VixDiskLib_Exit. Open handles must be closed first; initVddk may be called again afterwards. */
