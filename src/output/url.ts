@@ -1,6 +1,7 @@
 // Parsing and naming of cloud output URLs (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz);
 // messages show a URL without its query, which may name endpoints and options.
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { redact } from '../store/schemes.js';
 
 /** The query parameters each output reads (s3: its own part size, and the client settings of s3ClientConfig). */
 const OUT_PARAMS: Record<string, readonly string[]> = {
@@ -14,7 +15,7 @@ export function parseOutUrl(out: string): URL {
   try {
     url = new URL(out);
   } catch {
-    throw badOut(out.replace(/\?.*$/, ''), 'is not a valid URL');
+    throw badOut(redact(out.replace(/\?.*$/, '')), 'is not a valid URL');
   }
   if (url.username || url.password) throw badOut(displayUrl(url), 'carries credentials; give them in the environment as for store URLs');
   const known = OUT_PARAMS[url.protocol] ?? [];

@@ -36,9 +36,15 @@ export async function openBackend(location: string, env: NodeJS.ProcessEnv = pro
   }
   const factory = storeFactory(m[1]);
   if (!factory) throw badStoreUrl(location, `has an unknown scheme ${m[1]}:`);
+  // The cloud backends take credentials from the environment only: user:password@ in the URL was silently ignored.
+  if ((url.username || url.password) && CLOUD_SCHEMES.has(m[1].toLowerCase())) {
+    throw badStoreUrl(location, 'carries credentials (user:password@); remove them and give them in the environment (docs/stores.md, "Credentials")');
+  }
   checkStoreParams(m[1], url, location);
   return factory(url, { location, env, ...(remote ? { remote } : {}) });
 }
+
+const CLOUD_SCHEMES = new Set(['s3', 'azblob', 'gs']);
 
 registerStoreScheme(
   'file',

@@ -78,7 +78,10 @@ function extraSchemes(): string[] {
     .map((s) => `${s}://`);
 }
 
-/** Drops user:password and query values that look like secrets, for messages. */
+/**
+ * Drops user:password and query values that look like secrets, for messages. The user part runs to the last '@'
+ * before the query: a secret may hold a '/' (AWS secret keys do), which also makes the URL unparseable.
+ */
 export function redact(location: string): string {
-  return location.replace(/\/\/[^/@]*@/, '//***@').replace(/([?&](?:sig|sas|key|secret|token|password)[^=&]*=)[^&]*/gi, '$1***');
+  return location.replace(/\/\/[^?#]*@/, '//***@').replace(/([?&](?:sig|sas|key|secret|token|password)[^=&]*=)[^&]*/gi, '$1***');
 }

@@ -69,3 +69,22 @@ t.test('an Azure connection string the SDK cannot read is RNODE_STORE_AUTH, nami
   t.match(err?.message, /set AZURE_STORAGE_ACCOUNT_URL to https:/, 'says what to set');
   t.notMatch(err?.message, /SECRETSIG/, 'the signature is not in the message');
 });
+
+t.test("credentials in a cloud store URL are refused (they were ignored for the environment's), and not echoed", async (t) => {
+  for (const location of [
+    's3://AK:SECRETPW@rnb/p?forcePathStyle=true',
+    's3://AK@rnb/p',
+    'azblob://u:SECRETPW@c/p',
+    'gs://u:SECRETPW@b/p',
+    's3://AK:SECRET/PW@rnb/p', // a '/' in the secret makes the URL unparseable: still not echoed
+  ]) {
+    const err = await refused(location);
+    t.equal(err?.code, ErrorCodes.BAD_STORE_URL, `${location.replace(/SECRET\/?PW/, '...')}: ${err?.message}`);
+    t.notMatch(err?.message, /SECRET|PW@|AK:/, 'the secret is not in the message');
+    t.notMatch(JSON.stringify(err?.details), /SECRET|AK:/, 'nor in the details');
+  }
+  t.match((await refused('s3://AK:SECRETPW@rnb/p'))?.message, /carries credentials .*give them in the environment/, 'says what to do');
+  const { openOutput } = await import('../../src/output/index.js');
+  const out = await openOutput('s3://AK:SECRET/PW@rnb/k.raw', { diskSize: 1, env }).catch((e: Error) => e);
+  t.notMatch((out as Error).message, /SECRET/, '--out: an unparseable URL with credentials is not echoed either');
+});
