@@ -229,11 +229,15 @@ export function urlPrefix(pathname: string, location: string): string {
   return p === '' ? '' : `${p}/`;
 }
 
-/** `?name=on|off|true|false` query flags. */
+/** `?name=on|off|true|false|1|0|yes|no` query flags; any other value is refused (?conditional=of read as on). */
 export function queryFlag(url: URL, name: string, dflt: boolean): boolean {
   const v = url.searchParams.get(name);
   if (v === null) return dflt;
-  return !/^(off|false|0|no)$/i.test(v);
+  if (/^(on|true|1|yes)$/i.test(v)) return true;
+  if (/^(off|false|0|no)$/i.test(v)) return false;
+  throw new RnodeError(ErrorCodes.BAD_STORE_URL, `store URL parameter ${name}=${v} must be on or off (also true/false, 1/0, yes/no)`, {
+    details: { parameter: name },
+  });
 }
 
 export function queryInt(url: URL, name: string): number | undefined {

@@ -3,6 +3,7 @@
 
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { queryFlag } from './common.js';
 import { FsStore } from './fs/fs-store.js';
 import { badStoreUrl, checkStoreParams, registerStoreScheme, storeFactory, type RemoteAccess } from './schemes.js';
 import type { ObjectStore } from './types.js';
@@ -50,7 +51,7 @@ registerStoreScheme(
   'file',
   async (url, { location }) => {
     if (url.host !== '' && url.host !== 'localhost') throw badStoreUrl(location, 'names a remote host; use file:///absolute/dir');
-    return new FsStore(fileURLToPath(url), { fsync: url.searchParams.get('fsync') !== 'off' });
+    return new FsStore(fileURLToPath(url), { fsync: queryFlag(url, 'fsync', true) });
   },
   ['fsync'],
 );

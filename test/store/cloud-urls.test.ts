@@ -3,6 +3,7 @@
 import t from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { openBackend } from '../../src/store/index.js';
+import type { S3Store } from '../../src/store/s3/s3-store.js';
 
 const env: NodeJS.ProcessEnv = {
   AWS_ACCESS_KEY_ID: 'x',
@@ -87,4 +88,45 @@ t.test("credentials in a cloud store URL are refused (they were ignored for the 
   const { openOutput } = await import('../../src/output/index.js');
   const out = await openOutput('s3://AK:SECRET/PW@rnb/k.raw', { diskSize: 1, env }).catch((e: Error) => e);
   t.notMatch((out as Error).message, /SECRET/, '--out: an unparseable URL with credentials is not echoed either');
+});
+
+t.test('flag parameters take on|off|true|false|1|0|yes|no and refuse anything else, naming the parameter', async (t) => {
+  for (const location of [
+    's3://rnb/p?conditional=of',
+    'azblob://c/p?conditional=maybe',
+    'gs://b/p?conditional=',
+    's3://rnb/p?forcePathStyle=ja',
+    'file:///tmp/x?fsync=of',
+  ]) {
+    const err = await refused(location);
+    t.equal(err?.code, ErrorCodes.BAD_STORE_URL, `${location}: ${err?.message}`);
+    t.match(err?.message, /parameter (conditional|forcePathStyle|fsync)=\S* must be on or off/, 'names the parameter');
+  }
+  for (const [v, want] of [
+    ['yes', true],
+    ['ON', true],
+    ['1', true],
+    ['true', true],
+    ['no', false],
+    ['0', false],
+    ['Off', false],
+  ] as const) {
+    const store = await openBackend(`s3://rnb/p?conditional=${v}&forcePathStyle=${v}`, env);
+    t.equal(store.capabilities.conditionalPut, want, `conditional=${v}`);
+    t.equal(await (store as S3Store).client.config.forcePathStyle, want ? true : false, `forcePathStyle=${v}`);
+    await store.close();
+  }
+});
+
+t.test('an S3 endpoint without its scheme is refused up front (it failed at the first request as ERR_INVALID_URL)', async (t) => {
+  for (const [location, env_] of [
+    ['s3://rnb/p?endpoint=127.0.0.1:19001', env],
+    ['s3://rnb/p?endpoint=localhost:9000', env],
+    ['s3://rnb/p', { ...env, AWS_ENDPOINT_URL: 's3.example.com' }],
+  ] as const) {
+    const err = await refused(location, env_);
+    t.equal(err?.code, ErrorCodes.BAD_STORE_URL, `${location}: ${err?.message}`);
+    t.match(err?.message, /is not an http\(s\) URL; write it with its scheme/, 'says what to write');
+  }
+  t.equal(await refused('s3://rnb/p?endpoint=http://127.0.0.1:19001'), undefined, 'with its scheme: taken');
 });

@@ -27,6 +27,7 @@ import {
   urlPrefix,
   type CloudFailure,
 } from '../common.js';
+import { ErrorCodes, RnodeError } from '../../errors.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
@@ -230,7 +231,7 @@ export function s3ClientConfig(url: URL, env: NodeJS.ProcessEnv): S3ClientConfig
     region: url.searchParams.get('region') ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1',
   };
   const endpoint = url.searchParams.get('endpoint') ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
-  if (endpoint) client.endpoint = endpoint;
+  if (endpoint) client.endpoint = checkEndpoint(endpoint, url.searchParams.has('endpoint'));
   if (queryFlag(url, 'forcePathStyle', false)) client.forcePathStyle = true;
   if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
     client.credentials = {
@@ -240,6 +241,20 @@ export function s3ClientConfig(url: URL, env: NodeJS.ProcessEnv): S3ClientConfig
     };
   }
   return client;
+}
+
+/**
+ * An endpoint must be an http(s) URL. Without its scheme (?endpoint=127.0.0.1:9000) the SDK failed at the first
+ * request with STORE_IO ERR_INVALID_URL; no scheme is guessed, since an emulator speaks http and a real service https.
+ */
+function checkEndpoint(endpoint: string, fromUrl: boolean): string {
+  if (URL.canParse(endpoint) && ['http:', 'https:'].includes(new URL(endpoint).protocol)) return endpoint;
+  const from = fromUrl ? 'the store URL parameter endpoint' : 'AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL';
+  throw new RnodeError(
+    ErrorCodes.BAD_STORE_URL,
+    `${from}=${endpoint} is not an http(s) URL; write it with its scheme, e.g. http://127.0.0.1:9000 or https://s3.example.com`,
+    { details: { endpoint } },
+  );
 }
 
 export { failure as s3Failure };
