@@ -43,8 +43,14 @@ class AzureVhdSink implements OutputSink {
     this.virtualSize = roundUp(diskSize, VHD_ALIGN);
   }
 
+  /** The last error this sink threw: abort() adds to it when the blob could not be removed. */
+  private thrown?: RnodeError;
+
   private call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    return retried(this.location, op, this.blob.name, azureFailure, fn);
+    return retried(this.location, op, this.blob.name, azureFailure, fn).catch((err: unknown) => {
+      if (err instanceof RnodeError) this.thrown = err;
+      throw err;
+    });
   }
 
   async create(): Promise<void> {
@@ -97,7 +103,15 @@ class AzureVhdSink implements OutputSink {
   }
 
   async abort(): Promise<void> {
-    if (this.created) await this.blob.deleteIfExists({ abortSignal: signal() }).catch(() => undefined);
+    if (!this.created) return;
+    try {
+      await this.blob.deleteIfExists({ abortSignal: signal() });
+    } catch {
+      // The server that failed the restore often fails the delete too: the operator must know what is left.
+      if (this.thrown && !this.thrown.message.includes('partial blob')) {
+        this.thrown.message += `; a partial blob may remain at ${this.location}: delete it before a rerun`;
+      }
+    }
   }
 }
 

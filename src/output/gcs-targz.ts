@@ -6,6 +6,7 @@ import zlib from 'node:zlib';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { gcsFailure, gcsStorage } from '../store/gcs/gcs-store.js';
 import { cloudError } from '../store/common.js';
+import { outputError } from './cloud.js';
 import { roundUp, type Extent, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { SPARSE_EXTENSION_ENTRIES, SPARSE_HEADER_ENTRIES, TAR_BLOCK, TAR_RECORD, sparseEntryCount, sparseExtension, sparseHeader } from './tar.js';
 import { badOut, displayUrl, objectName } from './url.js';
@@ -171,6 +172,6 @@ export class GcsTarGzSink implements OutputSink {
   }
 
   private mapped(err: unknown): RnodeError {
-    return cloudError(this.location, 'upload', this.location, err, gcsFailure(err));
+    return outputError(cloudError(this.location, 'upload', this.location, err, gcsFailure(err)));
   }
 }

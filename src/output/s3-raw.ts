@@ -7,12 +7,12 @@ import {
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError } from '../errors.js';
 import { copyBytes, zeroBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { queryInt } from '../store/common.js';
 import { newS3Client, s3ClientConfig, s3Failure, s3RequestHandler } from '../store/s3/s3-store.js';
-import { retried } from './cloud.js';
+import { retried, wasStoreCode } from './cloud.js';
 import { roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { badOut, displayUrl, objectName } from './url.js';
 
@@ -81,7 +81,7 @@ class S3RawSink implements OutputSink {
       ),
     ).catch((err: unknown) => {
       // Nothing exists yet to be found but the bucket: "not found" here is about --out, not the backup being read.
-      if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
+      if (!wasStoreCode(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
       throw new RnodeError(ErrorCodes.OUTPUT_IO, `the bucket of --out ${this.location} does not exist; create it first`, { cause: err });
     });
     this.uploadId = r.UploadId;

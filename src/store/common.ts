@@ -177,11 +177,12 @@ export function cloudError(location: string, op: string, key: string, cause: unk
     return mk(ErrorCodes.STORE_AUTH, `${op} ${key} in ${location} was denied: ${why}; check the credentials and their permissions`);
   }
   if (f.timedOut) {
-    // The SDK's own words (kept in the cause) say no more than this.
+    // The SDK's own words (kept in the cause) say no more than this. Only stores take ?requestTimeoutMs=.
     const within = f.timeoutMs ? ` within ${f.timeoutMs} ms` : '';
     return mk(
       ErrorCodes.STORE_UNAVAILABLE,
-      `${op} ${key} in ${location} got no answer${within}; check the endpoint and the network (a slow link may need a larger ?requestTimeoutMs=)`,
+      `${op} ${key} in ${location} got no answer${within}; check the endpoint and the network` +
+        (f.timeoutMs ? ' (a slow link may need a larger ?requestTimeoutMs=)' : ''),
       true,
     );
   }

@@ -7,10 +7,11 @@ import { Storage } from '@google-cloud/storage';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { EncryptionKey } from '../../src/crypto/keys.js';
-import { ErrorCodes } from '../../src/errors.js';
+import { ErrorCodes, type RnodeError } from '../../src/errors.js';
 import { openOutput } from '../../src/output/index.js';
 import { vhdChecksum, vhdGeometry } from '../../src/output/vhd.js';
 import { recover } from '../../src/jobs/restore.js';
@@ -307,4 +308,52 @@ t.test('tar: sparse maps longer than the header, and offsets past 8 GiB (base-25
     }
   }
   t.pass('every extent in place, zeros after each');
+});
+
+/** A TCP relay to `target` that can be cut at once (every connection dropped, new ones refused), as a server dying. */
+async function relay(target: number): Promise<{ endpoint: string; cut(): void }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((c) => {
+    const up = net.connect(target, '127.0.0.1');
+    for (const s of [c, up]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => sockets.delete(s));
+    }
+    c.pipe(up).pipe(c);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    cut() {
+      server.close();
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
+t.test('azblob://: a restore cut by the server dying is OUTPUT_IO, and says the partial blob it could not delete remains', async (t) => {
+  const r = await relay(azurite.port);
+  const cutEnv = { ...env, AZURE_STORAGE_CONNECTION_STRING: azuriteConnectionString(r.endpoint) };
+  let cut = false;
+  const err = (await recover({
+    store,
+    disk: 'plain',
+    point: '1',
+    out: 'azblob://disks/cut.vhd',
+    env: cutEnv,
+    concurrency: 1,
+    onProgress: () => {
+      if (!cut) r.cut();
+      cut = true;
+    },
+  }).catch((e: unknown) => e)) as RnodeError;
+  t.ok(cut, 'the server went away mid-restore');
+  t.equal(err?.code, ErrorCodes.OUTPUT_IO, err?.message);
+  t.equal(err?.retryable, true, 'a dropped server is still a retryable failure');
+  t.equal(err?.details.storeCode, ErrorCodes.STORE_UNAVAILABLE, 'what the mapping made of it stays in the details');
+  t.match(err?.message, /a partial blob may remain at azblob:\/\/disks\/cut\.vhd: delete it before a rerun/);
+  const blob = BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING!).getContainerClient('disks').getBlobClient('cut.vhd');
+  t.ok(await blob.exists(), 'the partial blob is indeed there');
+  await blob.delete();
 });
