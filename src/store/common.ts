@@ -196,7 +196,22 @@ export function cloudError(location: string, op: string, key: string, cause: unk
       true,
     );
   }
-  return ioError(location, op, key, new Error(why), false);
+  return ioError(location, op, key, new Error(`${why}${ioHint(why)}`), false);
+}
+
+/** What to do about the failures a misconfigured endpoint gives, which no retry helps (what is left is STORE_IO). */
+function ioHint(why: string): string {
+  if (/EPROTO|wrong version number|ERR_SSL_|SSL routines/i.test(why)) {
+    return '; the endpoint does not speak TLS as its scheme says: use http:// for a plain-HTTP server (an emulator), https:// for TLS';
+  }
+  if (/CERT|self[- ]signed|unable to (get|verify)|altname/i.test(why)) {
+    return "; the server's TLS certificate is not trusted: check the endpoint's host name, or give its CA in NODE_EXTRA_CA_CERTS";
+  }
+  if (/Invalid URL|ERR_INVALID_URL|Only HTTP\(S\) protocols/i.test(why)) {
+    return '; the endpoint is not a valid URL: write it as http(s)://host[:port]';
+  }
+  if (/time(d)? ?out/i.test(why)) return '; check the endpoint and the network';
+  return '';
 }
 
 /** Bucket/container missing: a setup problem, never to be read as "this object is missing". */
