@@ -188,7 +188,7 @@ t.test('wrong thumbprint, wrong password, unknown VM: clear errors, no snapshot,
   t.equal(sim.calls.length, 0, 'nothing was sent to a server with the wrong certificate');
 
   const bad = `${env.dir}/bad-password`;
-  fs.writeFileSync(bad, 'not-the-password\n');
+  fs.writeFileSync(bad, 'not-the-password\n', { mode: 0o600 });
   const e2 = await env.run({ config: { passwordFile: bad } }).then(
     () => undefined,
     (e: Error & { code: string }) => e,
