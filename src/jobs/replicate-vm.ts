@@ -173,7 +173,8 @@ async function planDisks(
     if (prev && !before) {
       plan.added.push(d.key);
       // A key that had points before (removed, then added again) must not be compared with the old disk's CBT.
-      if ((await listPointSeqs(store, diskId(d.key))).length) plan.fullReasons.set(d.key, `disk ${d.key} was added since VM point ${prev.seq}`);
+      if ((await listPointSeqs(store, diskId(d.key), opts.encryption)).length)
+        plan.fullReasons.set(d.key, `disk ${d.key} was added since VM point ${prev.seq}`);
     } else if (before && before.capacityBytes !== d.capacityBytes) {
       plan.fullReasons.set(d.key, `disk ${d.key} was resized from ${before.capacityBytes} to ${d.capacityBytes} bytes (resizing resets CBT)`);
     }
