@@ -85,7 +85,7 @@ class AzureVhdSink implements OutputSink {
     }
     let sent = 0;
     await eachLimited(pieces, PER_CHUNK, async (p) => {
-      await this.call('upload pages', () => this.blob.uploadPages(p.body, p.offset, p.body.length, { abortSignal: signal() }));
+      await this.call('upload pages', () => this.blob.uploadPages(p.body, p.offset, p.body.length, { abortSignal: signal(p.body.length) }));
       sent += p.body.length;
     });
     return sent;
@@ -116,6 +116,6 @@ class AzureVhdSink implements OutputSink {
 }
 
 /** Each request's timeout: the SDK has none of its own (src/store/azure/azure-store.ts, AZURE_PIPELINE). */
-function signal(): AbortSignal {
-  return requestSignal(DEFAULT_REQUEST_TIMEOUT_MS);
+function signal(bytes = 0): AbortSignal {
+  return requestSignal(DEFAULT_REQUEST_TIMEOUT_MS, bytes);
 }

@@ -5,6 +5,7 @@ import net from 'node:net';
 import t from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { openStore } from '../../src/store/index.js';
+import { requestSignal } from '../../src/store/azure/azure-store.js';
 import { runCli } from '../helpers/cli.js';
 
 t.setTimeout(60_000);
@@ -88,4 +89,12 @@ t.test('rnode points on an endpoint that never answers ends with RNODE_STORE_UNA
     t.match(r.stderr, /RNODE_STORE_UNAVAILABLE: .* got no answer within 300 ms; check the endpoint and the network/, `${c.name}: ${r.stderr}`);
     t.notMatch(r.stderr, /requestTimeout\. Init client/, `${c.name}: no SDK warning instead of an error`);
   }
+});
+
+t.test('an Azure request that moves a body gets time for it on a slow link (a deadline, not an idle timer)', async (t) => {
+  const plain = requestSignal(100);
+  const upload = requestSignal(100, 64 * 2000); // 128 KiB at the 64 KiB/s floor: 2 s more
+  await new Promise((r) => setTimeout(r, 400));
+  t.equal(plain.aborted, true, 'no body: the plain timeout');
+  t.equal(upload.aborted, false, 'a 128 KiB body: still running after 0.4 s');
 });

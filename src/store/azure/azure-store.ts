@@ -49,9 +49,15 @@ const MiB = 1024 * 1024;
  */
 export const AZURE_PIPELINE: StoragePipelineOptions = { retryOptions: { maxTries: 1, tryTimeoutInMs: DEFAULT_REQUEST_TIMEOUT_MS } };
 
-/** The abort signal of one request: a server that accepts the connection and never answers held a job forever. */
-export function requestSignal(timeoutMs: number): AbortSignal {
-  return AbortSignal.timeout(timeoutMs);
+/** The slowest transfer a request is given time for, on top of its timeout: 64 KiB/s (a shared, slow DR link). */
+const MIN_BYTES_PER_MS = 64;
+
+/**
+ * The abort signal of one request that moves `bytes`: a server that accepts the connection and never answers held a
+ * job forever. It is a deadline, not an idle timer, so a large body on a slow link gets time in proportion.
+ */
+export function requestSignal(timeoutMs: number, bytes = 0): AbortSignal {
+  return AbortSignal.timeout(timeoutMs + Math.ceil(bytes / MIN_BYTES_PER_MS));
 }
 
 export class AzureBlobStore implements ObjectStore {
@@ -73,8 +79,8 @@ export class AzureBlobStore implements ObjectStore {
     this.timeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   }
 
-  private signal(): AbortSignal {
-    return requestSignal(this.timeoutMs);
+  private signal(bytes = 0): AbortSignal {
+    return requestSignal(this.timeoutMs, bytes);
   }
 
   private blob(key: string) {
@@ -91,7 +97,7 @@ export class AzureBlobStore implements ObjectStore {
     try {
       let etag: string | undefined;
       if (body.length <= this.singleUploadMax) {
-        etag = (await blob.upload(body, body.length, { conditions, abortSignal: this.signal() })).etag;
+        etag = (await blob.upload(body, body.length, { conditions, abortSignal: this.signal(body.length) })).etag;
       } else {
         // Staged blocks are invisible until the commit; the condition is checked at the commit.
         const run = randomBytes(8).toString('hex');
@@ -104,7 +110,7 @@ export class AzureBlobStore implements ObjectStore {
           Array.from({ length: Math.min(4, ids.length) }, async () => {
             for (let i = next++; i < ids.length; i = next++) {
               const part = body.subarray(i * this.blockSize, (i + 1) * this.blockSize);
-              await blob.stageBlock(ids[i], part, part.length, { abortSignal: this.signal() });
+              await blob.stageBlock(ids[i], part, part.length, { abortSignal: this.signal(part.length) });
             }
           }),
         );
@@ -127,7 +133,8 @@ export class AzureBlobStore implements ObjectStore {
     const count = range?.length === undefined ? undefined : Math.max(1, end - start);
     try {
       // The signal covers the body too: the SDK keeps it on the response stream until that ends.
-      const res = await blob.download(start, count, { abortSignal: this.signal() });
+      // A whole-object read (metadata: manifests, tables, indexes) gets the plain timeout; a ranged one its length's time.
+      const res = await blob.download(start, count, { abortSignal: this.signal(count ?? 0) });
       return rangedBody(await readAll(res.readableStreamBody!), start, end, false);
     } catch (err) {
       if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
