@@ -2,6 +2,9 @@
 // not enforce ifGenerationMatch, so the store is opened with conditional=off (real GCS enforces it).
 
 import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
 import { collect, openBackend } from '../../src/store/index.js';
 import { runConformance } from './conformance.js';
@@ -68,4 +71,20 @@ t.test('gcs: STORAGE_EMULATOR_HOST as host:port in the process environment, as a
   const store = await openBackend('gs://rnode-test/host-port?conditional=off', { ...env, STORAGE_EMULATOR_HOST: hostPort });
   await store.put('k', Buffer.from('through host:port'));
   t.equal(String(await store.get('k')), 'through host:port');
+});
+
+t.test('gcs emulator: its blobs stay in its own folder, removed on stop (they piled up in the shared /tmp)', async (t) => {
+  const own = await startGcsEmulator();
+  const shared = path.join(os.tmpdir(), 'firebase', 'storage', 'blobs');
+  const before = fs.existsSync(shared) ? fs.readdirSync(shared).length : 0;
+  const store = await openBackend('gs://rnode-test/blobs?conditional=off', {
+    STORAGE_EMULATOR_HOST: own.endpoint,
+    GOOGLE_CLOUD_PROJECT: GCS_PROJECT,
+  });
+  for (let i = 0; i < 5; i++) await store.put(`k${i}`, Buffer.alloc(1024, i));
+  const kept = path.join(own.dir, 'firebase', 'storage', 'blobs');
+  t.ok(fs.existsSync(kept) && fs.readdirSync(kept).length >= 5, 'the blobs are under the server folder');
+  await own.stop();
+  t.notOk(fs.existsSync(own.dir), 'and go with it');
+  t.equal(fs.existsSync(shared) ? fs.readdirSync(shared).length : 0, before, 'none in the shared temp folder');
 });
