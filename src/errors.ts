@@ -106,3 +106,11 @@ export function usageError(message: string, code: string = ErrorCodes.USAGE): Rn
 export function isRnodeError(err: unknown, code?: string): err is RnodeError {
   return err instanceof RnodeError && (code === undefined || err.code === code);
 }
+
+/**
+ * A message as one line (the CLI prints one per error, a log line holds one): Azure SDK messages carry
+ * "RequestId:..." and "Time:..." on lines of their own. The ids stay, after '; ', for a support request.
+ */
+export function oneLine(message: string): string {
+  return message.trim().replace(/\s*[\r\n]+\s*/g, '; ');
+}

@@ -1,6 +1,6 @@
 // rnode's entry: pick the command, run it, map errors to one line and an exit code
 // (0 success, 1 operational failure, 2 usage error, 130/143 stopped by SIGINT/SIGTERM). Stacks only with --debug.
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, oneLine } from '../errors.js';
 import { VERSION } from '../version.js';
 import type { Command, Io } from './command.js';
 import type { CompletionTable } from './completion.js';
@@ -69,7 +69,7 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
 function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
   if (err instanceof RnodeError) {
     if (json) io.out(JSON.stringify({ error: { code: err.code, message: err.message, ...err.details } }));
-    io.err(`rnode: ${err.code}: ${err.message.trim().replace(/\s*[\r\n]+\s*/g, '; ')}`); // one line, whatever a library said
+    io.err(`rnode: ${err.code}: ${oneLine(err.message)}`); // one line, whatever a library said
     if (debug && err.stack) io.err(err.stack);
     // A job stopped by SIGTERM/SIGINT (signals.ts) exits like the shell reports a signal: 128 + its number.
     if (typeof err.details.signal === 'string') return signalExitCode(err.details.signal);

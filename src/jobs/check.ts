@@ -12,7 +12,7 @@ import { Domain } from '../repository/domain.js';
 import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.js';
 import { decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
-import { listDomains, listLegacyDisks, listV2Disks, loadV2Point, v2DiskId } from '../repository/points.js';
+import { checkKeyOpensOne, listDomains, listLegacyDisks, listV2Disks, loadV2Point, v2DiskId } from '../repository/points.js';
 import { referencesChunk, tableEntries } from '../repository/view.js';
 import { verify } from './verify.js';
 
@@ -88,14 +88,7 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
       `the store holds encrypted repositories (${skipped.map((s) => s.domain).join(', ')}); pass the key with --encryption-key-file to check them`,
     );
   }
-  // A key that opens none of them would check only what needs no key, and call the store ok.
-  if (key && skipped.length > 0 && !domains.includes(key.domain)) {
-    throw new RnodeError(
-      ErrorCodes.KEY_MISMATCH,
-      `no repository in ${store.location} is encrypted with the key given (key id ${key.keyId}); its encrypted repositories (${skipped.map((s) => s.domain).join(', ')}) need the key their points were written with`,
-      { details: { keyId: key.keyId } },
-    );
-  }
+  checkKeyOpensOne(store.location, domains, key);
   const out: CheckResult = {
     ok: false,
     readData: opts.readData === true,

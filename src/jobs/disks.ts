@@ -5,7 +5,7 @@ import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { PointEncryption } from '../format/manifest.js';
 import { PLAIN_DOMAIN } from '../repository/names.js';
-import { listDomains, listLegacyDisks, listLegacyPointSeqs, listV2Disks, loadPoint, v2DiskId } from '../repository/points.js';
+import { checkKeyOpensOne, listDomains, listLegacyDisks, listLegacyPointSeqs, listV2Disks, loadPoint, v2DiskId } from '../repository/points.js';
 import type { ObjectStore } from '../store/types.js';
 
 export interface DiskSummary {
@@ -31,6 +31,7 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
   const unlisted: DiskList['unlisted'] = [];
   const problems: DiskList['problems'] = [];
   const domains = await listDomains(store);
+  checkKeyOpensOne(store.location, domains, key);
   for (const domain of domains) {
     const disks = [...(await listV2Disks(store, domain)).values()].filter((d) => d.points.length > 0);
     if (disks.length === 0) continue;
@@ -50,14 +51,6 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
       }
       if (id !== undefined) found.set(id, { seqs: new Set(d.points), key: k });
     }
-  }
-  // A key that opens none of the store's encrypted repositories: listing only plain disks would hide the mistake.
-  if (key && unlisted.length > 0 && !domains.includes(key.domain)) {
-    throw new RnodeError(
-      ErrorCodes.KEY_MISMATCH,
-      `no repository in ${store.location} is encrypted with the key given (key id ${key.keyId}); its encrypted repositories (${unlisted.map((u) => u.domain).join(', ')}) need the key their points were written with`,
-      { details: { keyId: key.keyId } },
-    );
   }
   // Legacy points share the disk's numbering; an encrypted legacy point is read with the key given (if any).
   for (const id of await listLegacyDisks(store)) {

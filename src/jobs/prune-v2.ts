@@ -17,7 +17,9 @@ import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../re
 import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
+  checkKeyOpensOne,
   explainNoPoints,
+  listDomains,
   listLegacyPointSeqs,
   listV2Disk,
   listV2Disks,
@@ -708,15 +710,7 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
     if (domain && !opts.resetMarks) await checkMarksNotReplayed(store, domain);
     Object.assign(out, await retainDisk(store, domain, validateDiskId(opts.disk), opts.keep, key, opts), { disk: opts.disk });
   }
-  // A key that opens no repository of a store holding encrypted ones: maintaining only `plain` would report success
-  // for the repository the operator meant.
-  if (key && !domain && opts.disk === undefined && opts.sweep !== false && (await hasSealedDomain(store))) {
-    throw new RnodeError(
-      ErrorCodes.KEY_MISMATCH,
-      `no repository in ${store.location} is encrypted with the key given (key id ${key.keyId}); pass the key its points were written with`,
-      { details: { keyId: key.keyId } },
-    );
-  }
+  if (key && !domain && opts.disk === undefined && opts.sweep !== false) checkKeyOpensOne(store.location, await listDomains(store), key);
   const domains = opts.sweep === false ? [] : [domain ?? undefined];
   // Without a key, the plain domain; with one, the key's domain and the plain one (a store may hold both).
   if (key && opts.sweep !== false) domains.push(await Domain.open(store, undefined));

@@ -3,12 +3,11 @@
 // bytes, the dedup ratio (data / unique data), packs and the bytes prune could reclaim (unused). An encrypted domain
 // without its key shows object counts and sizes only. Legacy disks are counted as they are stored (no dedup).
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, RnodeError } from '../errors.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { PLAIN_DOMAIN, classify, layout, r2 } from '../repository/names.js';
-import { listPoints, loadV2Chain } from '../repository/points.js';
+import { checkKeyOpensOne, listPoints, loadV2Chain } from '../repository/points.js';
 import { chainView } from '../repository/view.js';
 import { scanDomain } from './prune-v2.js';
 
@@ -86,15 +85,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
       d.indexBytes += o.size;
     }
   }
-  // A key that opens none of the store's encrypted repositories would show them as if no key had been given.
-  const sealed = [...byDomain.keys()].filter((d) => d !== PLAIN_DOMAIN);
-  if (key && sealed.length > 0 && !byDomain.has(key.domain)) {
-    throw new RnodeError(
-      ErrorCodes.KEY_MISMATCH,
-      `no repository in ${store.location} is encrypted with the key given (key id ${key.keyId}); its encrypted repositories (${sealed.join(', ')}) need the key their points were written with`,
-      { details: { keyId: key.keyId } },
-    );
-  }
+  checkKeyOpensOne(store.location, [...byDomain.keys()], key);
   const diskNames = new Set<string>();
   for (const d of byDomain.values()) {
     const k = d.domain === PLAIN_DOMAIN ? undefined : key?.domain === d.domain ? key : null;

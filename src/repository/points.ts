@@ -253,6 +253,20 @@ export async function listDomains(store: ObjectStore): Promise<string[]> {
   return [...found].sort();
 }
 
+/**
+ * Refuses a key that opens none of a store's encrypted repositories (`domains`: those the store holds): check,
+ * stats, disks and prune would otherwise report success over only what needs no key.
+ */
+export function checkKeyOpensOne(location: string, domains: string[], key: EncryptionKey | undefined): void {
+  const sealed = domains.filter((d) => d !== PLAIN_DOMAIN);
+  if (!key || sealed.length === 0 || sealed.includes(key.domain)) return;
+  throw new RnodeError(
+    ErrorCodes.KEY_MISMATCH,
+    `no repository in ${location} is encrypted with the key given (key id ${key.keyId}); its encrypted repositories (${sealed.join(', ')}) need the key their points were written with`,
+    { details: { keyId: key.keyId } },
+  );
+}
+
 /** Disk ids with legacy points (one listing of disks/). */
 export async function listLegacyDisks(store: ObjectStore): Promise<string[]> {
   const found = new Set<string>();

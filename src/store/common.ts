@@ -1,7 +1,7 @@
 // Helpers every backend shares: key checks, byte-order comparison, range clipping, and the
 // constructors of the STORE_* errors so that each backend reports the same codes and sentences.
 
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, oneLine } from '../errors.js';
 import { badStoreUrl } from './schemes.js';
 import { assertValidKey, type ByteRange } from './types.js';
 
@@ -84,14 +84,6 @@ export function preconditionFailed(location: string, key: string, what: string, 
 export function ioError(location: string, op: string, key: string, cause: unknown, retryable = false): RnodeError {
   const why = oneLine(cause instanceof Error ? cause.message : String(cause));
   return new RnodeError(ErrorCodes.STORE_IO, `${op} ${key} in ${location} failed: ${why}`, { cause, retryable, details: { key, location, op } });
-}
-
-/**
- * An SDK message as one line: Azure's carry "RequestId:..." and "Time:..." on lines of their own, which broke the
- * one-line error a CLI prints and a log line holds. The ids stay, after '; ', for a support request.
- */
-export function oneLine(message: string): string {
-  return message.trim().replace(/\s*[\r\n]+\s*/g, '; ');
 }
 
 /** Reads a whole async iterable; for tests and small listings only. */
