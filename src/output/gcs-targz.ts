@@ -4,8 +4,8 @@ import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { gcsFailure, gcsStorage } from '../store/gcs/gcs-store.js';
-import { cloudError } from '../store/common.js';
+import { deadlineFor, gcsFailure, gcsStorage } from '../store/gcs/gcs-store.js';
+import { cloudError, requestDeadlineMs, requestTimeoutMs } from '../store/common.js';
 import { outputError } from './cloud.js';
 import { roundUp, type Extent, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { SPARSE_EXTENSION_ENTRIES, SPARSE_HEADER_ENTRIES, TAR_BLOCK, TAR_RECORD, sparseEntryCount, sparseExtension, sparseHeader } from './tar.js';
@@ -22,6 +22,8 @@ export async function openGcsTarGzOutput(url: URL, opts: OpenOutputOptions): Pro
   const file = gcsStorage(url, opts.env).bucket(url.hostname).file(name);
   // One single-request upload: the object appears whole or not at all, and a failed restore leaves nothing. (The
   // emulator breaks multi-chunk resumable uploads and bodies over ~130 MB; real GCS takes up to 5 TiB this way.)
+  // Its deadline grows with the disk: the client's fixed one cut every restore of more than ~2 minutes of upload.
+  deadlineFor(file, requestDeadlineMs(requestTimeoutMs(url), opts.diskSize));
   const upload = file.createWriteStream({ resumable: false, contentType: 'application/gzip', validation: false });
   return new GcsTarGzSink(displayUrl(url), upload, opts.diskSize);
 }

@@ -107,6 +107,17 @@ export interface CloudFailure {
 /** How long one request may wait for its answer (or an idle body) before it fails as retryable; ?requestTimeoutMs= sets it. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
 
+/** The slowest transfer a request is given time for, on top of its timeout: 64 KiB/s (a shared, slow DR link). */
+const MIN_BYTES_PER_MS = 64;
+
+/**
+ * How long one request that moves `bytes` may take in all: its timeout, plus the time the body needs at the slowest
+ * link rnode is meant to work over. A fixed deadline would fail, and retry forever, a 64 MiB pack on a slow link.
+ */
+export function requestDeadlineMs(timeoutMs: number, bytes = 0): number {
+  return timeoutMs + Math.ceil(bytes / MIN_BYTES_PER_MS);
+}
+
 /** The ?requestTimeoutMs= of a cloud URL, else the default. */
 export function requestTimeoutMs(url: URL): number {
   return queryInt(url, 'requestTimeoutMs') ?? DEFAULT_REQUEST_TIMEOUT_MS;

@@ -3,6 +3,7 @@
 
 import t from 'tap';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ErrorCodes } from '../../src/errors.js';
@@ -87,4 +88,29 @@ t.test('gcs emulator: its blobs stay in its own folder, removed on stop (they pi
   await own.stop();
   t.notOk(fs.existsSync(own.dir), 'and go with it');
   t.equal(fs.existsSync(shared) ? fs.readdirSync(shared).length : 0, before, 'none in the shared temp folder');
+});
+
+t.test('gcs: an upload on a slow link gets time in proportion to its body (the timeout alone cut it, forever)', async (t) => {
+  // A link that carries the client's bytes at ~256 KiB/s, in front of the emulator.
+  const emulator = new URL(server.endpoint);
+  const proxy = net.createServer((client) => {
+    const upstream = net.connect(Number(emulator.port), emulator.hostname);
+    client.on('data', (b: Buffer) => {
+      client.pause();
+      upstream.write(b, () => setTimeout(() => client.resume(), Math.ceil(b.length / 256)));
+    });
+    upstream.pipe(client);
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => proxy.close(() => r())));
+  const slowEnv = { ...env, STORAGE_EMULATOR_HOST: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}` };
+  const store = await openBackend('gs://rnode-test/slow-link?conditional=off&requestTimeoutMs=400', slowEnv);
+  const data = Buffer.alloc(512 * 1024, 7);
+  const started = Date.now();
+  await store.put('pack', data);
+  t.ok(Date.now() - started > 1000, `the upload took longer than its 400 ms timeout (${Date.now() - started} ms)`);
+  t.ok((await store.get('pack')).equals(data), 'stored whole');
 });

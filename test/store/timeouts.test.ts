@@ -98,3 +98,39 @@ t.test('an Azure request that moves a body gets time for it on a slow link (a de
   t.equal(plain.aborted, true, 'no body: the plain timeout');
   t.equal(upload.aborted, false, 'a 128 KiB body: still running after 0.4 s');
 });
+
+t.test('a download whose body stops coming fails as retryable STORE_UNAVAILABLE on every cloud (GCS waited forever)', async (t) => {
+  // Headers and the first bytes of a 100,000-byte answer, then nothing.
+  const stalling = net.createServer((s) => {
+    s.on('error', () => {});
+    s.once('data', () =>
+      s.write(
+        'HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\nETag: "1"\r\n' +
+          'x-goog-generation: 1\r\nLast-Modified: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n0123456789',
+      ),
+    );
+  });
+  await new Promise<void>((r) => stalling.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => {
+    stalling.closeAllConnections?.();
+    stalling.close();
+  });
+  const at = `http://127.0.0.1:${(stalling.address() as net.AddressInfo).port}`;
+  for (const c of clouds()) {
+    const location = c.location.replaceAll(endpoint, at);
+    const env = Object.fromEntries(Object.entries(c.env).map(([k, v]) => [k, v.replaceAll(endpoint, at)]));
+    const store = await openStore(location, { env, wrap: { retry: { attempts: 1, baseDelayMs: 1 } } });
+    const started = Date.now();
+    const outcome = await Promise.race([
+      store.get('k').then(
+        () => 'resolved',
+        (e: RnodeError) => e,
+      ),
+      new Promise<string>((r) => setTimeout(() => r('still waiting after 8 s'), 8000).unref()),
+    ]);
+    await store.close();
+    t.equal((outcome as RnodeError).code, ErrorCodes.STORE_UNAVAILABLE, `${c.name}: ${String((outcome as Error).message ?? outcome)}`);
+    t.equal((outcome as RnodeError).retryable, true, `${c.name}: retryable`);
+    t.ok(Date.now() - started < 5000, `${c.name}: within the timeout, not at the end of the test (${Date.now() - started} ms)`);
+  }
+});

@@ -20,6 +20,7 @@ import {
   queryFlag,
   queryInt,
   rangedBody,
+  requestDeadlineMs,
   requestTimeoutMs,
   splitPrefix,
   urlPrefix,
@@ -49,15 +50,12 @@ const MiB = 1024 * 1024;
  */
 export const AZURE_PIPELINE: StoragePipelineOptions = { retryOptions: { maxTries: 1, tryTimeoutInMs: DEFAULT_REQUEST_TIMEOUT_MS } };
 
-/** The slowest transfer a request is given time for, on top of its timeout: 64 KiB/s (a shared, slow DR link). */
-const MIN_BYTES_PER_MS = 64;
-
 /**
  * The abort signal of one request that moves `bytes`: a server that accepts the connection and never answers held a
- * job forever. It is a deadline, not an idle timer, so a large body on a slow link gets time in proportion.
+ * job forever. It is a deadline (requestDeadlineMs), not an idle timer: the SDK gives no progress to reset one on.
  */
 export function requestSignal(timeoutMs: number, bytes = 0): AbortSignal {
-  return AbortSignal.timeout(timeoutMs + Math.ceil(bytes / MIN_BYTES_PER_MS));
+  return AbortSignal.timeout(requestDeadlineMs(timeoutMs, bytes));
 }
 
 export class AzureBlobStore implements ObjectStore {

@@ -1,7 +1,7 @@
 // ObjectStore on Google Cloud Storage with @google-cloud/storage: one object per key under an optional
 // prefix, each put a single request; etag = generation, so conditions are ifGenerationMatch.
 
-import { Storage, type Bucket, type StorageOptions } from '@google-cloud/storage';
+import { Storage, type Bucket, type File, type StorageOptions } from '@google-cloud/storage';
 import {
   checkKey,
   clipRange,
@@ -9,7 +9,9 @@ import {
   containerMissing,
   preconditionFailed,
   queryFlag,
+  DEFAULT_REQUEST_TIMEOUT_MS,
   rangedBody,
+  requestDeadlineMs,
   requestTimeoutMs,
   splitPrefix,
   urlPrefix,
@@ -25,7 +27,10 @@ export interface GcsStoreOptions {
   prefix?: string;
   /** False when the server ignores ifGenerationMatch (the firebase emulator); real GCS enforces it. */
   conditionalPut?: boolean;
-  /** The client's request timeout (gcsStorage sets it), for messages. */
+  /**
+   * The client's request timeout (gcsStorage sets it): uploads get a deadline that grows with their body
+   * (requestDeadlineMs), downloads fail when no byte came for this long.
+   */
   requestTimeoutMs?: number;
 }
 
@@ -34,14 +39,14 @@ export class GcsStore implements ObjectStore {
   readonly capabilities: StoreCapabilities;
   readonly bucket: Bucket;
   private readonly prefix: string;
-  private readonly timeoutMs?: number;
+  private readonly timeoutMs: number;
 
   constructor(opts: GcsStoreOptions) {
     this.bucket = opts.bucket;
     this.prefix = opts.prefix ?? '';
     this.location = `gs://${this.bucket.name}/${this.prefix}`;
     this.capabilities = { conditionalPut: opts.conditionalPut ?? true };
-    this.timeoutMs = opts.requestTimeoutMs;
+    this.timeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   }
 
   private file(key: string) {
@@ -51,6 +56,7 @@ export class GcsStore implements ObjectStore {
 
   async put(key: string, data: Uint8Array, opts: PutOptions = {}): Promise<ObjectInfo> {
     const file = this.file(key);
+    deadlineFor(file, requestDeadlineMs(this.timeoutMs, data.byteLength));
     const preconditionOpts: { ifGenerationMatch?: number } = {};
     if (opts.ifNoneMatch) preconditionOpts.ifGenerationMatch = 0; // generation 0: "does not exist"
     if (opts.ifMatch !== undefined) {
@@ -82,14 +88,21 @@ export class GcsStore implements ObjectStore {
     try {
       const chunks: Buffer[] = [];
       await new Promise<void>((resolve, reject) => {
-        file
-          .createReadStream({ ...opts, validation: ranged ? false : 'crc32c', decompress: false })
+        const body = file.createReadStream({ ...opts, validation: ranged ? false : 'crc32c', decompress: false });
+        // The client times out only the wait for the answer's headers: a body that stops coming held a job forever.
+        const idle = idleTimer(this.timeoutMs, () => body.destroy(bodyTimeout(this.timeoutMs)));
+        body
           .on('response', (res: { statusCode?: number }) => {
             status = res.statusCode;
+            idle.reset();
           })
-          .on('data', (c: Buffer) => chunks.push(c))
+          .on('data', (c: Buffer) => {
+            chunks.push(c);
+            idle.reset();
+          })
           .on('end', resolve)
-          .on('error', reject);
+          .on('error', reject)
+          .on('close', idle.stop);
       });
       const buf = Buffer.concat(chunks);
       // The emulator ignores a range starting past the end and answers 200 with the whole object.
@@ -159,6 +172,38 @@ function failure(err: unknown): CloudFailure {
     e?.type === 'body-timeout' ||
     /network timeout at:|Response timeout while trying to fetch/.test(e?.message ?? '');
   return { status: e?.response?.status, code: e?.code ?? e?.type ?? e?.name, timedOut };
+}
+
+type RequestInterceptor = NonNullable<File['interceptors'][number]['request']>;
+
+/**
+ * Gives the requests of one file object `ms` in all. The client's timeout is a deadline for the whole request, upload
+ * included, and it overrides a call's own: fixed, a pack on a slow link failed at it every time, and was retried
+ * forever. A file's request interceptors run after that override.
+ */
+export function deadlineFor(file: File, ms: number): void {
+  // The SDK types the hook as taking its transport's options; what it passes is the request's own, kept as they are.
+  const request = ((reqOpts: object) => ({ ...reqOpts, timeout: ms })) as unknown as RequestInterceptor;
+  file.interceptors.push({ request });
+}
+
+/** A timer that fires `ms` after its last reset, until stopped. */
+function idleTimer(ms: number, fire: () => void): { reset(): void; stop(): void } {
+  let timer = setTimeout(fire, ms);
+  return {
+    reset() {
+      clearTimeout(timer);
+      timer = setTimeout(fire, ms);
+    },
+    stop() {
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** The error of a download whose body stopped: a body-timeout, as node-fetch names its own (see failure). */
+function bodyTimeout(ms: number): Error {
+  return Object.assign(new Error(`no byte of the answer for ${ms} ms`), { type: 'body-timeout' });
 }
 
 /**
