@@ -118,6 +118,20 @@ export function requestDeadlineMs(timeoutMs: number, bytes = 0): number {
   return timeoutMs + Math.ceil(bytes / MIN_BYTES_PER_MS);
 }
 
+/** A timer that fires `ms` after its last reset, until stopped. */
+export function idleTimer(ms: number, fire: () => void): { reset(): void; stop(): void } {
+  let timer = setTimeout(fire, ms);
+  return {
+    reset() {
+      clearTimeout(timer);
+      timer = setTimeout(fire, ms);
+    },
+    stop() {
+      clearTimeout(timer);
+    },
+  };
+}
+
 /** The ?requestTimeoutMs= of a cloud URL, else the default. */
 export function requestTimeoutMs(url: URL): number {
   return queryInt(url, 'requestTimeoutMs') ?? DEFAULT_REQUEST_TIMEOUT_MS;

@@ -16,6 +16,7 @@ import {
   cloudError,
   containerMissing,
   DEFAULT_REQUEST_TIMEOUT_MS,
+  idleTimer,
   preconditionFailed,
   queryFlag,
   queryInt,
@@ -129,14 +130,19 @@ export class AzureBlobStore implements ObjectStore {
     const { start, end } = clipRange(Number.MAX_SAFE_INTEGER, range);
     // count 0 means "to the end" to the SDK: a zero-length range asks for one byte (it still proves the key exists).
     const count = range?.length === undefined ? undefined : Math.max(1, end - start);
+    // The signal covers the body too (the SDK keeps it on the response stream until that ends). It fires when no
+    // byte came for the timeout, not at a deadline: a whole pack on a slow link takes as long as it takes.
+    const ctl = new AbortController();
+    const idle = idleTimer(this.timeoutMs, () => ctl.abort());
     try {
-      // The signal covers the body too: the SDK keeps it on the response stream until that ends.
-      // A whole-object read (metadata: manifests, tables, indexes) gets the plain timeout; a ranged one its length's time.
-      const res = await blob.download(start, count, { abortSignal: this.signal(count ?? 0) });
-      return rangedBody(await readAll(res.readableStreamBody!), start, end, false);
+      const res = await blob.download(start, count, { abortSignal: ctl.signal });
+      idle.reset();
+      return rangedBody(await readAll(res.readableStreamBody!, idle.reset), start, end, false);
     } catch (err) {
       if (failure(err).status === 416) return Buffer.alloc(0); // range starts at or past the end
       throw this.error('get', key, err);
+    } finally {
+      idle.stop();
     }
   }
 
@@ -189,15 +195,18 @@ export class AzureBlobStore implements ObjectStore {
   }
 }
 
-/** An AbortError is a request timeout: the only signals rnode gives the SDK are requestSignal's. */
+/** An AbortError is a request timeout: the only signals rnode gives the SDK are its request timers. */
 function failure(err: unknown): CloudFailure {
   const e = err as { statusCode?: number; code?: string; name?: string; details?: { errorCode?: string } };
   return { status: e?.statusCode, code: e?.details?.errorCode ?? e?.code ?? e?.name, timedOut: e?.name === 'AbortError' };
 }
 
-async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+async function readAll(stream: NodeJS.ReadableStream, onData: () => void): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
+  for await (const c of stream) {
+    chunks.push(c as Buffer);
+    onData();
+  }
   return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
 }
 

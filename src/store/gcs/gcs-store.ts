@@ -10,6 +10,7 @@ import {
   preconditionFailed,
   queryFlag,
   DEFAULT_REQUEST_TIMEOUT_MS,
+  idleTimer,
   rangedBody,
   requestDeadlineMs,
   requestTimeoutMs,
@@ -185,20 +186,6 @@ export function deadlineFor(file: File, ms: number): void {
   // The SDK types the hook as taking its transport's options; what it passes is the request's own, kept as they are.
   const request = ((reqOpts: object) => ({ ...reqOpts, timeout: ms })) as unknown as RequestInterceptor;
   file.interceptors.push({ request });
-}
-
-/** A timer that fires `ms` after its last reset, until stopped. */
-function idleTimer(ms: number, fire: () => void): { reset(): void; stop(): void } {
-  let timer = setTimeout(fire, ms);
-  return {
-    reset() {
-      clearTimeout(timer);
-      timer = setTimeout(fire, ms);
-    },
-    stop() {
-      clearTimeout(timer);
-    },
-  };
 }
 
 /** The error of a download whose body stopped: a body-timeout, as node-fetch names its own (see failure). */
