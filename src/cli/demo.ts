@@ -27,6 +27,8 @@ async function fileDigest(p: string): Promise<string> {
   return h.digest('hex');
 }
 
+const MIN_SIZE = 1024 * 1024;
+
 /** The work folder must be a writable folder outside any store; checked (and created) before anything is written. */
 async function prepareWorkdir(work: string): Promise<void> {
   const what = `--workdir ${work}`;
@@ -65,13 +67,24 @@ export async function runDemo(argv: string[], io: Io): Promise<number> {
 
 async function demo(v: Record<string, string | boolean | undefined>, io: Io, signal: AbortSignal): Promise<number> {
   const size = parseSize(typeof v.size === 'string' ? v.size : '256MiB');
-  if (!size || size < 1) throw new RnodeError(ErrorCodes.USAGE, '--size must be a size such as 256MiB');
+  // One chunk at least: the demo changes scattered 4 KiB blocks of the disk between its two points.
+  if (!size || size < MIN_SIZE) throw new RnodeError(ErrorCodes.USAGE, '--size must be a size of at least 1MiB, such as 256MiB');
   const json = v.json === true;
   const say = (l: string) => {
     if (!json) io.out(l);
   };
-  const work = typeof v.workdir === 'string' ? path.resolve(v.workdir) : await fsp.mkdtemp(path.join(os.tmpdir(), 'rnode-demo-'));
-  await prepareWorkdir(work);
+  // A folder of its own, in --workdir or the system's temp folder: the demo removes it whole afterwards, and never
+  // touches what was there before (a store or a disk image the user keeps in --workdir under the same names).
+  let work: string;
+  if (typeof v.workdir === 'string') {
+    const parent = path.resolve(v.workdir);
+    await prepareWorkdir(parent);
+    work = await fsp.mkdtemp(path.join(parent, 'rnode-demo-')).catch((err) => {
+      throw unusablePath(`--workdir ${parent}`, err) ?? err;
+    });
+  } else {
+    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'rnode-demo-'));
+  }
   const image = path.join(work, 'sample-disk.img');
   const storeDir = path.join(work, 'store');
   say(`rnode demo in ${work}`);
@@ -125,13 +138,6 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
     say(v.keep ? `kept ${work}` : 'done; removing the demo files (pass --keep to keep them)');
     return 0;
   } finally {
-    if (!v.keep) {
-      // A folder of our own goes whole; in the user's --workdir, only what the demo wrote there.
-      if (typeof v.workdir !== 'string') await fsp.rm(work, { recursive: true, force: true });
-      else {
-        const restored = [1, 2].map((n) => path.join(work, `restored-point-${n}.img`));
-        for (const f of [image, storeDir, ...restored]) await fsp.rm(f, { recursive: true, force: true });
-      }
-    }
+    if (!v.keep) await fsp.rm(work, { recursive: true, force: true });
   }
 }

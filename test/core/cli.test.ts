@@ -20,6 +20,7 @@ import {
   writeHoleImage,
 } from '../helpers/images.js';
 import { CLI, DIST_INDEX, json, lines, runCli, runScript } from '../helpers/cli.js';
+import { listPoints } from '../../src/repository/points.js';
 
 stopCodecWorkersAtEnd(t);
 
@@ -215,6 +216,27 @@ t.test("demo --workdir: it removes what it wrote there, as it says, and leaves t
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /removing the demo files/);
   t.same(fs.readdirSync(dir), ['mine.txt'], 'only the user file is left');
+});
+
+t.test('demo --workdir never touches what was there: a store and a sample-disk.img of the user survive it', async (t) => {
+  const dir = tmpDir(t, 'demo-workdir-mine');
+  const img = path.join(dir, 'sample-disk.img');
+  fs.writeFileSync(img, 'precious');
+  await snap(fsStore(path.join(dir, 'store')), img, 'prod-vm1');
+  const r = await runCli(['demo', '--size', '2MiB', '--workdir', dir, '--json'], { timeoutMs: 120_000 });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(fs.readFileSync(img, 'utf8'), 'precious', "the user's sample-disk.img is untouched");
+  const points = await listPoints(fsStore(path.join(dir, 'store')), 'prod-vm1');
+  t.equal(points.length, 1, "the user's store still holds its point");
+  t.same(await listPoints(fsStore(path.join(dir, 'store')), 'sample'), [], 'and no demo disk was written into it');
+  t.same(fs.readdirSync(dir).sort(), ['sample-disk.img', 'store'], 'the demo removed its own folder');
+});
+
+t.test('demo --size below one chunk is a usage error, not a crash', async (t) => {
+  const r = await runCli(['demo', '--size', '1000', '--json']);
+  t.equal(r.code, 2, r.stderr);
+  t.equal(json(r).error.code, 'RNODE_USAGE');
+  t.match(json(r).error.message, /at least 1MiB/);
 });
 
 t.test('every command exits on its own for a one-chunk disk (no process left running)', async (t) => {
