@@ -2,7 +2,8 @@
 // fencing token that grows with every new holder. A writer that cannot renew stops before it commits.
 // The guarantee is as strong as the backend's conditional put (store.capabilities.conditionalPut). Through a ws peer
 // the receiving node writes the record (LeaseAuthority); every reader treats a lease past MAX_LEASE_TTL_MS as expired.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import fs from 'node:fs';
 import os from 'node:os';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from './names.js';
@@ -189,7 +190,7 @@ export class Lease {
   static async acquire(store: ObjectStore, disk: string, opts: LeaseOptions = {}): Promise<Lease> {
     const ttlMs = clampLeaseTtl(opts.ttlMs ?? 60_000);
     const now = opts.now ?? Date.now;
-    const holder = `${opts.holder ?? os.hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`;
+    const holder = `${opts.holder ?? os.hostname()}/${process.pid}/${randomUUID().slice(0, 8)}/${pidSpace()}`;
     const authority = leaseAuthority(store, now);
     const deadline = now() + (opts.waitMs ?? 0);
     let breakDead: string | undefined;
@@ -278,13 +279,37 @@ export class Lease {
 }
 
 /**
- * A holder on this host whose process is gone (a crash, SIGKILL) cannot renew: its lease is stale now, not at
- * expiry, as restic treats a stale lock. A reused pid only makes us wait for the expiry, the safe direction.
+ * Where a pid means one process: this boot of this machine, and this pid namespace. The host name does not tell:
+ * cloned VMs share it, and so do containers on the host's network; a pid from one of those is a different process
+ * (or none) here, and a live writer's lease was broken. 'unknown' where /proc does not say: never compared equal.
+ */
+let ownPidSpace: string | undefined;
+export function pidSpace(): string {
+  if (ownPidSpace === undefined) {
+    try {
+      const boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+      const ns = fs.readlinkSync('/proc/self/ns/pid');
+      ownPidSpace = createHash('sha256').update(`${boot} ${ns}`).digest('hex').slice(0, 12);
+    } catch {
+      ownPidSpace = 'unknown';
+    }
+  }
+  return ownPidSpace;
+}
+
+/**
+ * A holder in this pid space whose process is gone (a crash, SIGKILL) cannot renew: its lease is stale now, not at
+ * expiry, as restic treats a stale lock. A reused pid only makes us wait for the expiry, the safe direction; so does a
+ * holder from elsewhere, or named the way rnode did before it recorded the pid space.
  */
 export function holderIsDead(holder: string): boolean {
-  const [host, pidText] = holder.split('/');
-  const pid = Number(pidText);
-  if (host !== os.hostname() || !Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  // name/pid/random/space, counted from the end: a node name may hold a slash.
+  const parts = holder.split('/');
+  if (parts.length < 4) return false;
+  const space = parts[parts.length - 1];
+  const pid = Number(parts[parts.length - 3]);
+  if (space === 'unknown' || space !== pidSpace()) return false;
+  if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) return false;
   try {
     process.kill(pid, 0);
     return false;

@@ -4,7 +4,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { Lease } from '../../src/repository/lease.js';
+import { spawnSync } from 'node:child_process';
+import { holderIsDead, Lease, pidSpace } from '../../src/repository/lease.js';
+import { CLI, CLI_NODE_FLAGS, ensureBuilt } from '../helpers/cli.js';
 import { replicate } from '../../src/jobs/replicate.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { openSource } from '../../src/source/index.js';
@@ -119,13 +121,12 @@ t.test('a writer that lost its lease stops before committing', async (t) => {
 
 // Regression: after a writer was SIGKILLed, the next run failed with RNODE_LEASE_HELD until the lease expired.
 t.test('a live-looking lease whose holder process on this host is gone is taken over at once', async (t) => {
-  const { spawnSync } = await import('node:child_process');
   const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
   const store = new MemoryStore();
   const record = {
     format: 'rnode-lease',
     disk: 'k',
-    holder: `${os.hostname()}/${dead}/deadbeef`,
+    holder: `${os.hostname()}/${dead}/deadbeef/${pidSpace()}`,
     token: 7,
     acquiredAt: new Date().toISOString(),
     expiresAt: new Date(Date.now() + 300_000).toISOString(),
@@ -134,7 +135,59 @@ t.test('a live-looking lease whose holder process on this host is gone is taken 
   const lease = await Lease.acquire(store, 'k');
   t.equal(lease.token, 8, 'taken over with the next fencing token');
   await lease.release();
-  // A holder on another host is never presumed dead: its lease holds until it expires.
-  await store.put(layout.lease('k'), Buffer.from(JSON.stringify({ ...record, holder: `elsewhere/${dead}/x`, token: 9 })));
+  // A holder from another pid space is never presumed dead: its lease holds until it expires.
+  await store.put(layout.lease('k'), Buffer.from(JSON.stringify({ ...record, holder: `elsewhere/${dead}/x/0123456789ab`, token: 9 })));
   await t.rejects(Lease.acquire(store, 'k'), { code: 'RNODE_LEASE_HELD' });
+});
+
+t.test('a dead pid counts only in the pid space that wrote it; holders without one (older rnode) wait for expiry', async (t) => {
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  t.equal(holderIsDead(`${os.hostname()}/${dead}/deadbeef/${pidSpace()}`), true, 'this boot, this pid namespace, no such process');
+  t.equal(holderIsDead(`node/with/slash/${dead}/deadbeef/${pidSpace()}`), true, 'a node name with a slash in it');
+  t.equal(holderIsDead(`${os.hostname()}/${dead}/deadbeef`), false, 'the same host name alone proves nothing (cloned VMs, containers)');
+  t.equal(holderIsDead(`${os.hostname()}/${dead}/deadbeef/0123456789ab`), false, 'another pid space');
+  t.equal(holderIsDead(`${os.hostname()}/${process.pid}/deadbeef/${pidSpace()}`), false, 'a live process');
+  t.equal(holderIsDead(`${os.hostname()}/${dead}/deadbeef/unknown`), false, 'a writer that could not tell its pid space');
+});
+
+// Regression: a replicate in another pid namespace on a host of the same name (a container on the host network, a
+// cloned VM) judged a live writer's lease dead from kill(pid, 0), took the disk, and the two overwrote each other's
+// point (a committed point then failed verify).
+t.test('a writer in another pid namespace never breaks a live lease held here', async (t) => {
+  const unshare = spawnSync('unshare', ['--pid', '--fork', '--mount-proc', 'true']);
+  if (unshare.status !== 0) {
+    t.fail(`unshare --pid needs root and util-linux (CI runs as root): ${String(unshare.stderr)}`);
+    return;
+  }
+  ensureBuilt();
+  const storeDir = path.join(dir, 'ns-store');
+  const store = new FsStore(storeDir);
+  const held = await Lease.acquire(store, 'ns', { ttlMs: 60_000 });
+  t.teardown(() => held.release());
+  const r = spawnSync(
+    'unshare',
+    [
+      '--pid',
+      '--fork',
+      '--mount-proc',
+      process.execPath,
+      ...CLI_NODE_FLAGS,
+      CLI,
+      'replicate',
+      '--source',
+      image,
+      '--target',
+      storeDir,
+      '--disk',
+      'ns',
+    ],
+    {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, NODE_OPTIONS: '' },
+    },
+  );
+  t.equal(r.status, 1, `the other writer fails (${r.stderr.trim()})`);
+  t.match(r.stderr, /RNODE_LEASE_HELD/, 'because the disk is leased');
+  t.same(await listPointSeqs(store, 'ns'), [], 'and commits nothing');
 });
