@@ -24,6 +24,8 @@ try {
   process.exitCode = await main(argv);
 } catch (err) {
   if (!isRnodeError(err)) throw err;
+  // Loading failed before main could read the flags: --json still gets its one document.
+  if (argv.includes('--json')) console.log(JSON.stringify({ error: { code: err.code, message: err.message } }));
   console.error(`rnode: ${err.code}: ${err.message}`);
   process.exitCode = 1;
 }

@@ -76,7 +76,10 @@ function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
     return err.isUsage ? 2 : 1;
   }
   const e = err as Error;
-  io.err(`rnode: ${ErrorCodes.INTERNAL}: ${e?.message ?? String(err)}; this is a bug, please report it with --debug output`);
+  const message = `${oneLine(e?.message ?? String(err))}; this is a bug, please report it with --debug output`;
+  // A caller parsing --json gets its one document for a bug too, not an empty stdout.
+  if (json) io.out(JSON.stringify({ error: { code: ErrorCodes.INTERNAL, message } }));
+  io.err(`rnode: ${ErrorCodes.INTERNAL}: ${message}`);
   if (debug && e?.stack) io.err(e.stack);
   return 1;
 }

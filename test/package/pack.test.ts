@@ -171,6 +171,8 @@ t.test('npm pack, npm install -g offline without scripts, run the installed rnod
   const lines = missing.stderr.split('\n').filter((l) => l.trim() !== '');
   t.equal(lines.length, 1, `one line: ${missing.stderr}`);
   t.match(lines[0], /^rnode: RNODE_NATIVE_MISSING: no rnode_native addon for .*"cd \S+ && npm run install"/);
+  const missingJson = run(rnode, ['points', '--store', store, '--disk', 'd0', '--json'], dir);
+  t.equal(JSON.parse(missingJson.stdout).error?.code, 'RNODE_NATIVE_MISSING', `--json: one document on stdout too (${missingJson.stdout})`);
 
   // The source build that line asks for: npm's node-gyp and the node headers on this machine, no download.
   const compileStarted = Date.now();
