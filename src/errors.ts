@@ -56,6 +56,8 @@ export const ErrorCodes = {
   INTERNAL: 'RNODE_INTERNAL',
   // installation (exit 1): no addon binary for this platform and no source build
   NATIVE_MISSING: 'RNODE_NATIVE_MISSING',
+  /** Another running agent holds the agent's state folder (exit 1: stop it, or give this one its own --state-dir). */
+  STATE_IN_USE: 'RNODE_STATE_IN_USE',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

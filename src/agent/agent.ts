@@ -71,6 +71,15 @@ export class Agent {
     const nameProblem = opts.nodeName !== undefined ? nodeNameProblem(opts.nodeName) : undefined;
     if (nameProblem) throw usageError(`--node-name ${nameProblem}; leave it out to use the host name`);
     const state = await StateDir.open(opts.stateDir);
+    try {
+      return await Agent.startOn(state, opts);
+    } catch (err) {
+      state.close(); // an agent that did not start holds no state folder
+      throw err;
+    }
+  }
+
+  private static async startOn(state: StateDir, opts: AgentOptions): Promise<Agent> {
     const { nodeId } = await state.identity();
     // The codec workers start before the node registers, so its first job does not wait for them (~50 ms from dist/,
     // seconds where a test runner compiles their TypeScript: the first scheduled run then missed a 4 s RPO).
@@ -222,6 +231,7 @@ export class Agent {
     // A policy or point recorded while stopping may still be on its way to the state dir; the caller may remove it next.
     await this.scheduler.flushed();
     await this.http?.close();
+    this.state.close();
     this.log.info('agent stopped');
   }
 }

@@ -226,6 +226,14 @@ export class ServerLink extends EventEmitter {
       const why = reason.toString();
       if (code === CloseCodes.AUTH) this.o.log.error('the server refused the token; fix the token file (it is re-read on every attempt)', { code });
       else if (code === CloseCodes.VERSION) this.o.log.error("the server does not speak this node's protocol version", { code, reason: why });
+      else if (code === CloseCodes.REPLACED)
+        // Two nodes with one id (a copied state folder) replace each other at every reconnect, and the server drops
+        // one's reports as duplicates of the other's.
+        this.o.log.error(
+          'another process registered with this node id, and the server dropped this connection; ' +
+            'give every node a state folder of its own (a copy of one is the same node to the server)',
+          { code, reason: why },
+        );
       else if (!was && failure) this.o.log.warn('could not reach the server; will retry', { code, err: failure, server: this.o.url });
       else
         this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', {

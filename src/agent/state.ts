@@ -10,6 +10,7 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { agentMessages, checkOutgoing, isId, policyProblem, type Policy } from './protocol.js';
 import { makeDirs, unusablePath } from '../store/fs/dirs.js';
+import { tryLockExclusive } from '../native/index.js';
 
 export interface NodeIdentity {
   nodeId: string;
@@ -39,6 +40,9 @@ export interface Outbox {
 /** A state file as read: its JSON, or why it is not JSON. */
 type Read = { value: unknown; damaged?: undefined } | { value?: undefined; damaged: string };
 
+/** Held (flock) by the agent that uses the folder; holds its pid. */
+const LOCK_FILE = 'agent.lock';
+
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isTime = (v: unknown) => typeof v === 'string' && Number.isFinite(Date.parse(v));
 const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 1;
@@ -56,15 +60,55 @@ export async function drained(chain: () => Promise<void>): Promise<void> {
 }
 
 export class StateDir {
+  /** The open lock file: its flock is this agent's claim on the folder, dropped by the kernel when the process dies. */
+  private lockFd: number | undefined;
+
   constructor(readonly dir: string) {}
 
+  /**
+   * Opens the folder for one agent: a second agent on it would share the node id (the server replaces one connection
+   * with the other) and the report numbers (the server drops one's reports as duplicates of the other's).
+   */
   static async open(dir: string): Promise<StateDir> {
     try {
       await makeDirs(path.join(dir, 'secrets'), 0o700); // not Node's recursive mkdir: it spins forever under /proc
     } catch (err) {
       throw unusablePath(`state folder ${dir}`, err) ?? err;
     }
-    return new StateDir(dir);
+    const state = new StateDir(dir);
+    state.lock();
+    return state;
+  }
+
+  private lock(): void {
+    const file = this.file(LOCK_FILE);
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    } catch (err) {
+      throw unusablePath(`state file ${file}`, err) ?? err;
+    }
+    if (!tryLockExclusive(fd)) {
+      const pid = /^\d+/.exec(fs.readFileSync(fd, 'utf8'))?.[0];
+      fs.closeSync(fd);
+      throw new RnodeError(
+        ErrorCodes.STATE_IN_USE,
+        `another agent${pid ? ` (pid ${pid})` : ''} uses the state folder ${this.dir}; ` +
+          'stop that agent first, or give this one a --state-dir of its own',
+        { details: { stateDir: this.dir, ...(pid ? { pid: Number(pid) } : {}) } },
+      );
+    }
+    // The pid is only for the message above: the flock, not the file's contents, says whether the folder is held.
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, `${process.pid}\n`, 0);
+    this.lockFd = fd;
+  }
+
+  /** Gives the folder up (the agent stopped); another agent may open it next. */
+  close(): void {
+    if (this.lockFd === undefined) return;
+    fs.closeSync(this.lockFd);
+    this.lockFd = undefined;
   }
 
   private file(name: string): string {
