@@ -15,6 +15,7 @@ import { assertOutsideStore } from '../store/containment.js';
 import { loadChain, resolvePoint } from '../repository/points.js';
 import { chainView } from '../repository/view.js';
 import { isCloudOutput, openOutput } from '../output/index.js';
+import { resolveFileOutput } from '../output/file.js';
 import type { Extent, OutputSink } from '../output/sink.js';
 
 export interface RecoverOptions {
@@ -77,7 +78,11 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   // The codec workers load their modules while the points and indexes load: started by the first chunk, they held
   // it (and every write) back a quarter of a second.
   codecWorkers();
-  if (!opts.sink && !isCloudOutput(opts.out)) assertOutsideStore(store.location, opts.out, '--out');
+  if (!opts.sink && !isCloudOutput(opts.out)) {
+    assertOutsideStore(store.location, opts.out, '--out');
+    // A mistaken --out (stdout, /dev/null, a missing folder) fails before the store is read; opening checks again.
+    await resolveFileOutput(opts.out);
+  }
   const seq = await resolvePoint(store, disk, opts.point, opts.encryption);
   const chain = await loadChain(store, disk, seq, opts.encryption);
   const { diskSize, chunkSize } = chain[0];

@@ -14,28 +14,140 @@ export const SPARSE_BLOCK = 4096;
 const FLUSH_EVERY = 64 * 1024 * 1024;
 const ZEROS_BYTES = 1024 * 1024;
 
-export async function openFileOutput(out: string, diskSize: number): Promise<OutputSink> {
-  let st: fs.Stats | undefined;
+const GIVE_INSTEAD = 'give a file path or a block device';
+
+/** What a local --out names once symlinks are followed: the path written, and what is there now. */
+export interface FileOutputTarget {
+  /** The path written: --out itself, or the file or device a symlink at --out resolves to. */
+  target: string;
+  /** Undefined when nothing is there yet (a new file). */
+  stats?: fs.Stats;
+}
+
+/**
+ * Resolves --out and refuses what cannot take a disk image, before anything is created: stdout, a directory, a
+ * character device, FIFO or socket (replacing /dev/null with a file, or blocking on a FIFO, is never what was meant),
+ * a dangling symlink, a folder that does not exist. A symlink is followed: replacing the link would leave the image
+ * it points at (a VM's disk) with its old bytes.
+ */
+export async function resolveFileOutput(out: string): Promise<FileOutputTarget> {
+  if (out === '-') throw new RnodeError(ErrorCodes.USAGE, '--out - (stdout) is not supported; give a file path or a block device');
+  let link: fs.Stats;
   try {
-    st = await fsp.stat(out);
+    link = await fsp.lstat(out);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw outputError(err, out);
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw outputError(err, out);
+    await requireFolder(out);
+    return { target: out };
   }
-  if (st?.isDirectory()) {
-    throw new RnodeError(ErrorCodes.USAGE, `--out ${out} is a directory; give a file or block device path`);
+  if (!link.isSymbolicLink()) {
+    refuseKind(out, link, '');
+    return { target: out, stats: link };
   }
+  let target: string;
   try {
-    if (st?.isBlockDevice()) {
-      // A device cannot be renamed into place, and its old bytes are not zeros: every byte is written.
-      // O_DIRECT needs whole blocks: a disk size that is not a multiple of 4 KiB writes its tail buffered.
-      return new FileSink(out, await openDirect(out, fs.constants.O_WRONLY), out, undefined);
+    target = await fsp.realpath(out);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') {
+      const to = await fsp.readlink(out).catch(() => '?');
+      const why = code === 'ELOOP' ? 'a loop of links' : 'a path that does not exist';
+      throw new RnodeError(ErrorCodes.USAGE, `--out ${out} is a symlink to ${to}, ${why}; give the image's real path, or fix the link`);
     }
-    const tmp = path.join(path.dirname(out), `.${path.basename(out)}.rnode-partial`);
-    const opened = await openDirect(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC);
-    await opened.fh.truncate(diskSize);
-    return new FileSink(out, opened, tmp, tmp);
+    throw outputError(err, out);
+  }
+  let stats: fs.Stats;
+  try {
+    stats = await fsp.stat(target);
   } catch (err) {
     throw outputError(err, out);
+  }
+  refuseKind(out, stats, ` (a symlink to ${target})`);
+  return { target, stats };
+}
+
+/** Throws USAGE for what --out must not replace or write: only a regular file or a block device can. */
+function refuseKind(out: string, st: fs.Stats, via: string): void {
+  const kind = st.isDirectory()
+    ? 'a directory'
+    : st.isCharacterDevice()
+      ? 'a character device'
+      : st.isFIFO()
+        ? 'a FIFO (named pipe)'
+        : st.isSocket()
+          ? 'a socket'
+          : undefined;
+  if (kind) throw new RnodeError(ErrorCodes.USAGE, `--out ${out}${via} is ${kind}; ${GIVE_INSTEAD}`);
+}
+
+/** A new file's folder must exist: the partial file is made there. */
+async function requireFolder(out: string): Promise<void> {
+  const dir = path.dirname(out);
+  let st: fs.Stats;
+  try {
+    st = await fsp.stat(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT')
+      throw new RnodeError(ErrorCodes.USAGE, `--out ${out}: the folder ${dir} does not exist; create it or give a path in an existing folder`);
+    if (code === 'ENOTDIR')
+      throw new RnodeError(ErrorCodes.USAGE, `--out ${out}: a part of ${dir} is not a folder; give a path in an existing folder`);
+    throw outputError(err, out);
+  }
+  if (!st.isDirectory()) throw new RnodeError(ErrorCodes.USAGE, `--out ${out}: ${dir} is not a folder; give a path in an existing folder`);
+}
+
+export async function openFileOutput(out: string, diskSize: number): Promise<OutputSink> {
+  const { target, stats } = await resolveFileOutput(out);
+  try {
+    if (stats?.isBlockDevice()) {
+      // Checked before any byte is written: a device too small was overwritten whole and then failed with ENOSPC.
+      await refuseSmallDevice(target === out ? out : `${out} (a symlink to ${target})`, target, diskSize);
+      // A device cannot be renamed into place, and its old bytes are not zeros: every byte is written.
+      // O_DIRECT needs whole blocks: a disk size that is not a multiple of 4 KiB writes its tail buffered.
+      return new FileSink(out, await openDirect(target, fs.constants.O_WRONLY), target, undefined);
+    }
+    // Beside the target, so the rename stays on one filesystem and replaces the file a symlink points at.
+    const tmp = path.join(path.dirname(target), `.${path.basename(target)}.rnode-partial`);
+    const opened = await openDirect(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC);
+    await opened.fh.truncate(diskSize);
+    return new FileSink(out, opened, tmp, { partial: tmp, final: target });
+  } catch (err) {
+    throw outputError(err, out);
+  }
+}
+
+/**
+ * A block device's size is not in fstat (0): a 1-byte read at the disk's last offset tells whether the device
+ * reaches it (0 bytes read: it ends before), and on refusal a binary search of such reads finds its size for the
+ * message. A device that cannot be opened for reading is not checked here: a short write still fails (ENOSPC).
+ */
+async function refuseSmallDevice(shown: string, device: string, diskSize: number): Promise<void> {
+  if (diskSize <= 0) return;
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(device, 'r');
+  } catch {
+    return;
+  }
+  try {
+    const byte = Buffer.alloc(1);
+    const reaches = async (offset: number) => (await fh.read(byte, 0, 1, offset)).bytesRead === 1;
+    if (await reaches(diskSize - 1)) return;
+    let lo = 0; // the device's size is in [lo, hi]
+    let hi = diskSize - 1;
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi + 1) / 2);
+      if (await reaches(mid - 1)) lo = mid;
+      else hi = mid - 1;
+    }
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `--out ${shown} is a block device of ${lo} bytes, smaller than the disk (${diskSize} bytes); nothing was written: give a device of at least ${diskSize} bytes`,
+      { details: { device, deviceSize: lo, diskSize } },
+    );
+  } finally {
+    await fh.close();
   }
 }
 
@@ -71,12 +183,15 @@ class FileSink implements OutputSink {
   /** Bytes written with O_DIRECT and through the page cache (the tests check which path the writes took). */
   readonly bytes = { direct: 0, buffered: 0 };
 
-  /** file: the path being written (the device, or the partial file renamed to location at the end). */
+  /**
+   * location: --out as given (for messages); file: the path being written (the device, or the partial file);
+   * tmp: for a new file, the partial file and the path it is renamed to at the end (a symlink's target).
+   */
   constructor(
     readonly location: string,
     opened: Opened,
     private readonly file: string,
-    private readonly tmp: string | undefined,
+    private readonly tmp: { partial: string; final: string } | undefined,
   ) {
     this.fh = opened.fh;
     this.direct = opened.direct;
@@ -155,7 +270,7 @@ class FileSink implements OutputSink {
       await this.fh.datasync();
       await this.fh.close();
       this.closed = true;
-      if (this.tmp) await fsp.rename(this.tmp, this.location);
+      if (this.tmp) await fsp.rename(this.tmp.partial, this.tmp.final);
     } catch (err) {
       throw outputError(err, this.location);
     }
@@ -170,7 +285,7 @@ class FileSink implements OutputSink {
       await this.fh.close().catch(() => undefined);
     }
     // A partial file must never look like a finished restore.
-    if (this.tmp) await fsp.rm(this.tmp, { force: true }).catch(() => undefined);
+    if (this.tmp) await fsp.rm(this.tmp.partial, { force: true }).catch(() => undefined);
   }
 }
 
