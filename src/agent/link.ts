@@ -269,7 +269,19 @@ export class ServerLink extends EventEmitter {
     this.attempt = 0;
     this.o.metrics.connected.set({}, 1);
     this.o.log.info('registered with the server', { heartbeatMs: w.heartbeatMs, ackedSeq: w.ackedSeq, queued: this.outbox.reports.length });
-    const renumbered = this.outbox.awaitingServerSeq === true;
+    // The server holds reports this node does not remember numbering (a state folder restored from an older backup):
+    // numbered on from its own last seq, every new report would be dropped as a duplicate of one the server holds.
+    const behindServer = !this.outbox.awaitingServerSeq && w.ackedSeq >= this.outbox.nextSeq;
+    if (behindServer) {
+      this.o.log.warn(
+        "the server holds reports numbered past this node's last one (was the state folder restored from a backup?); numbering continues after them",
+        {
+          ackedSeq: w.ackedSeq,
+          lastSeq: this.outbox.nextSeq - 1,
+        },
+      );
+    }
+    const renumbered = this.outbox.awaitingServerSeq === true || behindServer;
     if (renumbered) this.numberAfter(w.ackedSeq);
     this.onAck(w.ackedSeq);
     // What the server does not have yet, in order; it acks as it stores them. Renumbered ones once their numbers
@@ -302,8 +314,8 @@ export class ServerLink extends EventEmitter {
   }
 
   /**
-   * Numbers the reports queued while the server's last seq was unknown (none of them was sent) after that seq: with
-   * lower numbers the server would drop them as duplicates of reports it holds.
+   * Numbers the queued reports after the server's last seq (unknown while they were queued, or past this node's own):
+   * with lower numbers the server would drop them as duplicates of reports it holds.
    */
   private numberAfter(ackedSeq: number): void {
     // New objects: a snapshot still waiting to be written keeps the numbers it had.

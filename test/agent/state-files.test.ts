@@ -172,3 +172,49 @@ t.test('a damaged node.json: one line naming the file, exit 2', async (t) => {
   t.match(out[0], /^rnode: RNODE_STATE_CORRUPT: state file \S+node\.json is damaged \(not JSON: .*\); .*restore it from a backup, or remove it/);
   t.equal(fs.readFileSync(path.join(state, 'node.json'), 'utf8'), '{"nodeId":', 'left as it was');
 });
+
+// A state folder restored from an older backup: the server's welcome said ackedSeq 3 while the node's last seq was 1,
+// so the node numbered its next reports 2, 3 and the server dropped them as duplicates, without a word.
+t.test('a state folder restored from an older backup: new reports are numbered after the last one the server holds', async (t) => {
+  const dir = tmpDir(t, 'agent-state');
+  const ms = await startMs(t);
+  const first = await startAgent(t, ms, dir);
+  await ms.waitFor(() => first.agent.link.isRegistered, 10_000, 'registration');
+  first.agent.link.report(missed('d1'));
+  await ms.waitFor(() => first.agent.link.queuedReports === 0, 10_000, 'd1 acked');
+  await first.agent.stop();
+  const backup = path.join(dir, 'backup');
+  fs.cpSync(first.stateDir, backup, { recursive: true });
+
+  const second = await startAgent(t, ms, dir);
+  await ms.waitFor(() => second.agent.link.isRegistered, 10_000, 'registration');
+  second.agent.link.report(missed('d2'));
+  second.agent.link.report(missed('d3'));
+  await ms.waitFor(() => second.agent.link.queuedReports === 0, 10_000, 'd2, d3 acked');
+  await second.agent.stop();
+
+  fs.rmSync(first.stateDir, { recursive: true });
+  fs.cpSync(backup, first.stateDir, { recursive: true });
+  const restored = await startAgent(t, ms, dir);
+  await ms.waitFor(() => restored.agent.link.isRegistered, 10_000, 'registration');
+  restored.agent.link.report(missed('d4'));
+  await ms.waitFor(() => ms.reports.length === 4, 10_000, 'd4 stored');
+  t.same(
+    ms.reports.map((r) => [r.msg.seq, r.msg.disk]),
+    [
+      [1, 'd1'],
+      [2, 'd2'],
+      [3, 'd3'],
+      [4, 'd4'],
+    ],
+    'd4 numbered after d3, not dropped as a duplicate of d2',
+  );
+  t.match(
+    parsedLogs(restored.logs).find((e) => e.level === 'warn' && /numbering continues after them/.test(e.msg)),
+    { ackedSeq: 3, lastSeq: 1 },
+    'a warning says what happened',
+  );
+  restored.agent.link.report(missed('d5'));
+  await ms.waitFor(() => ms.reports.length === 5, 10_000, 'd5 stored');
+  t.equal(ms.reports[4].msg.seq, 5);
+});
