@@ -346,12 +346,13 @@ const pruneCmd: Command = {
             `  ${r.chunksDeleted} chunks and ${r.objectsDeleted} other objects deleted in ${secs(r.seconds)}`,
           ]
         : []),
-      ...r.domains.map(
-        (d) =>
-          `  repository ${d.domain}: ${d.packs} packs; ${d.packsSeen} newly unused, ${d.packsMarked} marked, ${d.packsUnmarked} in use again, ` +
-          `${d.packsDeleted} deleted (${bytes(d.bytesDeleted)}); ${d.packsRepacked} repacked (${bytes(d.bytesRewritten)} rewritten); ` +
-          `${d.indexesDeleted} index objects merged into ${d.indexesWritten}${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
-          (d.deferred ? `; nothing deleted: ${d.deferred}` : ''),
+      ...r.domains.map((d) =>
+        d.sweptBy !== undefined
+          ? `  repository ${d.domain}: not swept: ${d.deferred}`
+          : `  repository ${d.domain}: ${d.packs} packs; ${d.packsSeen} newly unused, ${d.packsMarked} marked, ${d.packsUnmarked} in use again, ` +
+            `${d.packsDeleted} deleted (${bytes(d.bytesDeleted)}); ${d.packsRepacked} repacked (${bytes(d.bytesRewritten)} rewritten); ` +
+            `${d.indexesDeleted} index objects merged into ${d.indexesWritten}${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
+            (d.deferred ? `; nothing deleted: ${d.deferred}` : ''),
       ),
     ]);
     return 0;

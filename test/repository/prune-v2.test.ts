@@ -153,7 +153,7 @@ t.test('retention after a replicate leaves a domain another prune is sweeping to
   const sweeping = await Lease.acquire(store, pruneLeaseName('plain'), { holder: 'other-node', ttlMs: 60_000 });
   const r = await prune({ store, disk: 'd', keep: 2 });
   t.same(r.deleted, [1, 2], 'retention deleted the old points');
-  t.match(r.domains[0]?.deferred, /another prune is sweeping domain plain/, 'the sweep is left to the holder, and said');
+  t.match(r.domains[0]?.deferred, /another prune is sweeping this repository/, 'the sweep is left to the holder, and said');
   await expectPoints(t, store, undefined, images, [3, 4], 'kept');
   await t.rejects(pruneStore({ store, lease: { waitMs: 0 } }), { code: 'RNODE_LEASE_HELD' }, 'maintenance the caller asked for is not skipped');
   await sweeping.release();
