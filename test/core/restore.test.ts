@@ -1,6 +1,6 @@
 // recover's result and output handling: bytesWritten, chunksRestored and bytesFetched count what the restore
 // did (with several chunks in flight, so concurrent updates must not be lost); a point restores over an
-// existing file; an output in a missing directory is RNODE_OUTPUT_IO and leaves nothing behind; unknown disks
+// existing file; an output in a missing directory is RNODE_USAGE (exit 2) and leaves nothing behind; unknown disks
 // and points are RNODE_DISK_NOT_FOUND / RNODE_POINT_NOT_FOUND, a point that is not a number RNODE_USAGE.
 import t from 'tap';
 import fs from 'node:fs';
@@ -71,7 +71,7 @@ t.test('a point restores over an existing file, and a restore into a missing dir
   t.equal(fingerprint(out).sha256, fp1.sha256, 'the existing file now holds point 1 exactly (and its size)');
 
   const missing = path.join(dir, 'no', 'such', 'dir', 'out.img');
-  await t.rejects(restore(store, 'd', 1, missing), { code: ErrorCodes.OUTPUT_IO });
+  await t.rejects(restore(store, 'd', 1, missing), { code: ErrorCodes.USAGE, message: /the folder \S+ does not exist/ });
   t.notOk(fs.existsSync(path.join(dir, 'no')), 'nothing was created');
 
   await t.rejects(restore(store, 'nope', 1, path.join(dir, 'x.img')), { code: ErrorCodes.DISK_NOT_FOUND });
