@@ -16,6 +16,7 @@ import { decodeIndex, encodeIndex, listIndexIds } from '../../src/repository/ind
 import { r2 } from '../../src/repository/names.js';
 import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest } from '../../src/repository/point-format.js';
 import { verify } from '../../src/jobs/verify.js';
+import { listPointSeqs } from '../../src/repository/points.js';
 import {
   KiB,
   MiB,
@@ -289,4 +290,28 @@ t.test('a damaged manifest or table segment is reported by verify with its code'
   t.equal(r1.code, 1, 'an edited manifest fails verify');
   t.match(r1.stderr, ErrorCodes.MANIFEST_CORRUPT);
   t.equal(lines(r1.stderr).length, 1);
+});
+
+// Regression: one damaged manifest of an old point stopped the disk's protection for good: replicate (even --full)
+// and prune failed with MANIFEST_CORRUPT, and only a new disk id got a point again.
+t.test('a damaged point in the chain: the next replicate starts a new chain that restores, and prune can drop the damage', async (t) => {
+  const f = await twoPoints(t);
+  flipByte(path.join(f.storeDir, 'r2', 'plain', 'disks', 'd', 'points', '0000000001'), 30);
+  writeAt(f.img, 2 * CHUNK, randomData(100, 3));
+  const fp3 = fingerprint(f.img);
+  const r = await runCli(['replicate', '--source', f.img, '--target', f.storeDir, '--disk', 'd', '--cache-dir', 'none', '--json']);
+  t.equal(r.code, 0, r.stderr);
+  const p3 = json(r);
+  t.equal(p3.point, 3, 'numbered after the damaged points');
+  t.equal(p3.full, true, 'a chain of its own');
+  t.match(p3.fullReason, /the chain of point 2 is damaged \(manifest \S+0000000001 is corrupt.*a new chain starts here/);
+  await expectRestore(t, fsStore(f.storeDir), 'd', 3, fp3, f.dir);
+  t.equal((await verify({ store: fsStore(f.storeDir), disk: 'd', point: '3' })).ok, true, 'the new point verifies');
+
+  const kept = await runCli(['prune', '--store', f.storeDir, '--disk', 'd', '--keep', '1']);
+  t.equal(kept.code, 0, `prune keeps the new chain and deletes the damaged points: ${kept.stderr}`);
+  t.same(await listPointSeqs(fsStore(f.storeDir), 'd'), [3]);
+  const check = await runCli(['check', '--store', f.storeDir, '--read-data']);
+  t.equal(check.code, 0, `the repository is whole again: ${check.stderr}`);
+  await expectRestore(t, fsStore(f.storeDir), 'd', 3, fp3, f.dir);
 });

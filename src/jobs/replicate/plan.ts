@@ -63,7 +63,17 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     throw new RnodeError(ErrorCodes.USAGE, `maxChain must be a whole number of points, at least 1 (got ${maxChain})`);
   }
   const seqs = await listPointSeqs(store, disk, opts.encryption);
-  const latest = seqs.length ? await loadPoint(store, disk, seqs[seqs.length - 1], opts.encryption) : undefined;
+  const lastSeq = seqs.length ? seqs[seqs.length - 1] : 0;
+  // A damaged latest point (or, below, a damaged point in its chain) cannot be built upon, and must not stop the
+  // disk's protection for good: the new point starts a chain of its own, and says why.
+  let damage: string | undefined;
+  const latest = lastSeq
+    ? await loadPoint(store, disk, lastSeq, opts.encryption).catch((err: unknown) => {
+        if (!isChainDamage(err)) throw err;
+        damage = `point ${lastSeq} is damaged (${err.message})`;
+        return undefined;
+      })
+    : undefined;
   const marker = await readDiskMarker(store, disk, opts.encryption);
   checkWriteKey(latest, opts.encryption, disk, marker);
   // The disk's claim names the repository its v2 points are in: a writer with no key or another key is refused here,
@@ -95,7 +105,8 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   // The table is a delta against the latest point whenever the geometry matches; otherwise it stands alone.
   let parent: PointManifest | undefined = latest;
   let fullReason: string | undefined;
-  if (!latest) fullReason = 'first point of the disk';
+  if (damage) fullReason = `${damage}; a new chain starts here, and the damaged points stay as they are (rnode check, prune)`;
+  else if (!latest) fullReason = 'first point of the disk';
   else if (latest.diskSize !== source.size) {
     parent = undefined;
     fullReason = `disk size changed from ${latest.diskSize} to ${source.size}`;
@@ -107,6 +118,17 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     fullReason = 'repository format upgraded';
   }
 
+  let chain: PointManifest[] | undefined;
+  if (parent) {
+    chain = await chainFrom(store, parent, opts.encryption).catch((err: unknown) => {
+      if (!isChainDamage(err)) throw err;
+      fullReason = `the chain of point ${parent!.point} is damaged (${err.message}); a new chain starts here, and the damaged points stay as they are (rnode check, prune)`;
+      return undefined;
+    });
+    if (!chain) parent = undefined;
+    // The parent's records decide what this point stores: a forged parent table must not be built upon.
+    else checkChainAuthenticity(chain, opts.encryption, marker, disk);
+  }
   // What to read: changed extents when the source tracks changes and has a usable marker, else allocated areas.
   let changed: AsyncIterable<number> | undefined;
   if (parent && !opts.forceFull && source.tracksChanges) {
@@ -122,15 +144,9 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   // A point is full when nothing is compared; it is a scan when every allocated chunk is read.
   const full = parent === undefined;
   const scan = changed === undefined;
-  let chain: PointManifest[] | undefined;
-  if (parent) {
-    chain = await chainFrom(store, parent, opts.encryption); // the parent is the latest point, loaded above
-    // The parent's records decide what this point stores: a forged parent table must not be built upon.
-    checkChainAuthenticity(chain, opts.encryption, marker, disk);
-  }
   return {
     disk,
-    seq: (latest?.point ?? 0) + 1,
+    seq: lastSeq + 1,
     latest,
     marker,
     domain,
@@ -146,6 +162,11 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     rescanReason: scan && !full ? fullReason : undefined,
     toRead: changed ?? chunksOf(source.allocatedExtents(), grid),
   };
+}
+
+/** Damage found reading a point's manifest or its chain (not a forgery, not the store failing): start afresh. */
+function isChainDamage(err: unknown): err is RnodeError {
+  return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CORRUPT);
 }
 
 async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid): Promise<{ indexes?: AsyncIterable<number>; error?: RnodeError }> {
