@@ -92,7 +92,13 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
     fetchTimeoutMs: o.fetchTimeoutMs,
     log: o.log,
   });
-  let main: ExportImage = new PointImage(new ChunkIndex(store, chain, undefined, seal?.key), cache);
+  // Retention rebases a kept point under a running export: its chain as the store holds it then, the key checked again.
+  const reload = (n: number) => async () => {
+    const c = await loadChain(store, disk, n, o.encryption);
+    requireChainSeal(c, o.encryption, disk, marker);
+    return c;
+  };
+  let main: ExportImage = new PointImage(new ChunkIndex(store, chain, undefined, seal?.key, reload(seq)), cache);
   let server: ExportServer | undefined;
   try {
     if (o.writable) main = await OverlayImage.open(o.overlay!, main, { disk, point: seq, size: main.size });
@@ -115,7 +121,7 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
             if (c[0].chunkSize !== chain[0].chunkSize)
               throw new RnodeError(ErrorCodes.USAGE, `point ${n} has another chunk size; export it on its own`);
             const s = requireChainSeal(c, o.encryption, disk, marker);
-            return new PointImage(new ChunkIndex(store, c, undefined, s?.key), cache) as ExportImage;
+            return new PointImage(new ChunkIndex(store, c, undefined, s?.key, reload(n)), cache) as ExportImage;
           });
           others.set(n, p);
           p.catch(() => others.delete(n));

@@ -141,8 +141,14 @@ async function serve(io: SessionIo, c: Chosen, req: Request, payload: Buffer | u
         return fail(Errno.EINVAL, `command ${req.type} is not supported`);
     }
   } catch (err) {
-    // The chunk cache has logged the chunk, offset and object; the client gets EIO for this request only.
-    opts.log?.('request-failed', { command: req.type, offset, length: req.length, code: isRnodeError(err) ? err.code : 'RNODE_INTERNAL' });
+    // The chunk cache has logged a failed fetch (chunk, offset, object); this says why the request failed. EIO for it only.
+    opts.log?.('request-failed', {
+      command: req.type,
+      offset,
+      length: req.length,
+      code: isRnodeError(err) ? err.code : 'RNODE_INTERNAL',
+      message: (err as Error)?.message ?? String(err),
+    });
     return fail(Errno.EIO, isRnodeError(err) ? `${err.code}: ${err.message}` : 'internal error');
   }
 }
