@@ -126,6 +126,8 @@ export class Agent {
       progress,
       progressMs: opts.progressMs,
       onPoint: (group, storeUrl, r, at) => scheduler?.recordPoint(group, storeUrl, r, at),
+      hasEnd: (jobId, attempt) =>
+        link.holdsReport((m) => (m.type === 'job.completed' || m.type === 'job.failed') && m.jobId === jobId && m.attempt === attempt),
     });
     scheduler = new Scheduler({ state, runner, log, metrics, report, tickMs: opts.tickMs });
     await scheduler.load();
@@ -151,8 +153,10 @@ export class Agent {
       log.info('serving /metrics, /healthz, /readyz', { listen: `${agent.http.host}:${agent.http.port}` });
     }
     log.info('agent starting', { server: opts.server, stateDir: opts.stateDir, slots, policies: scheduler.list().length, version: AGENT_VERSION });
-    scheduler.start();
+    // Reports wait for the queue to be loaded (link.start): one queued before would be lost with the empty queue.
     await link.start();
+    await runner.endInterrupted();
+    scheduler.start();
     return agent;
   }
 
@@ -227,6 +231,7 @@ export class Agent {
     this.scheduler.stop();
     await this.exports.stopAll();
     await this.runner.cancelAll();
+    await this.runner.flushed();
     await this.link.stop();
     // A policy or point recorded while stopping may still be on its way to the state dir; the caller may remove it next.
     await this.scheduler.flushed();

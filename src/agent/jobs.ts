@@ -31,7 +31,7 @@ import {
 } from './protocol.js';
 import { resolveEncryptionKey, storeEnv } from './secrets.js';
 import { openStoreOf } from './stores.js';
-import type { StateDir } from './state.js';
+import { drained, type AcceptedJob, type StateDir } from './state.js';
 import { abortableSleep, cancelled, countedSource } from './throttle.js';
 
 export interface JobContext {
@@ -54,6 +54,8 @@ export interface RunnerOptions {
   report: (r: AgentReport) => void;
   progress: (p: JobProgress) => void;
   progressMs?: number;
+  /** Whether the report queue holds the end (job.completed or job.failed) of this attempt of the job. */
+  hasEnd?: (jobId: string, attempt: number | undefined) => boolean;
   /** Called after every committed point (the scheduler records it). */
   onPoint?: (group: string | undefined, storeUrl: string, result: ReplicateResult, startedAt: Date) => void;
 }
@@ -108,6 +110,7 @@ export class JobRunner {
   private readonly nodeBucket: TokenBucket | undefined;
   /** Retention runs after every replicate; the domain sweeps it would start are paced (see SweepPacer). */
   private readonly sweeps = new SweepPacer();
+  private savingAccepted: Promise<void> = Promise.resolve();
 
   /**
    * Pack buffers of one run: the node's budget split over its slots, so memory stays bounded by the node, not by how
@@ -164,10 +167,56 @@ export class JobRunner {
     this.updateGauges();
     const disks = job.kind === 'replicate' ? job.disks.map((d) => d.disk) : [job.disk];
     this.o.report({ type: 'job.accepted', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), disks });
+    this.persistAccepted();
     return this.execute(job, ctx, controller.signal).finally(() => {
       this.running.delete(job.jobId);
       this.updateGauges();
+      this.persistAccepted();
     });
+  }
+
+  /**
+   * Ends, with job.failed, the jobs a previous run of the node accepted and never ended (it was killed): without it the
+   * server would wait for them forever. Call once at start, after the report queue is loaded and before any job starts.
+   */
+  async endInterrupted(): Promise<void> {
+    for (const j of await this.o.state.loadAcceptedJobs(this.o.log)) {
+      const attempt = j.attempt ?? 1;
+      // Its end may be queued already: the node died after queueing it and before jobs.json said so.
+      if (this.o.hasEnd?.(j.jobId, j.attempt)) continue;
+      this.o.log.warn('a job was still running when the node last stopped; reporting it failed', { jobId: j.jobId, attempt });
+      this.o.metrics.jobs.inc({ kind: j.kind, result: 'failed' });
+      this.o.metrics.errors.inc({ code: ProtoErrors.RESTARTED });
+      this.o.report({
+        type: 'job.failed',
+        jobId: j.jobId,
+        kind: j.kind,
+        ...(j.attempt ? { attempt: j.attempt } : {}),
+        ...ctxFields(j),
+        code: ProtoErrors.RESTARTED,
+        message: `the node restarted while attempt ${attempt} of job ${j.jobId} ran, and did not finish it; the server may dispatch the job again`,
+        cancelled: false,
+        retryable: true,
+      });
+    }
+    this.persistAccepted();
+  }
+
+  /** Resolves once the running jobs handed to the state dir so far are on disk. */
+  async flushed(): Promise<void> {
+    await drained(() => this.savingAccepted);
+  }
+
+  private persistAccepted(): void {
+    const snapshot: AcceptedJob[] = [...this.running.values()].map(({ job, ctx }) => ({
+      jobId: job.jobId,
+      kind: job.kind,
+      ...attemptOf(job),
+      ...ctxFields(ctx),
+    }));
+    this.savingAccepted = this.savingAccepted
+      .then(() => this.o.state.saveAcceptedJobs(snapshot))
+      .catch((err) => this.o.log.error('could not persist the running jobs', { err }));
   }
 
   cancel(jobId: string): boolean {
@@ -652,7 +701,7 @@ interface VmDiskRun {
 }
 
 const attemptOf = (job: Job) => (job.attempt ? { attempt: job.attempt } : {});
-const ctxFields = (ctx: JobContext) => ({
+const ctxFields = (ctx: Pick<JobContext, 'scheduled' | 'group'>) => ({
   ...(ctx.scheduled !== undefined ? { scheduled: ctx.scheduled } : {}),
   ...(ctx.group ? { group: ctx.group } : {}),
 });

@@ -91,6 +91,11 @@ export class ServerLink extends EventEmitter {
     await drained(() => this.saving);
   }
 
+  /** Whether a report matching `test` waits in the queue (not yet acknowledged). */
+  holdsReport(test: (msg: Record<string, unknown>) => boolean): boolean {
+    return this.outbox.reports.some((r) => test(r.msg));
+  }
+
   /** Queues a report (persisted) and sends it now when connected. */
   report(r: AgentReport): void {
     const msg = { v: PROTOCOL_VERSION, id: messageId('r'), seq: this.outbox.nextSeq++, at: new Date().toISOString(), ...r };

@@ -22,6 +22,8 @@ export const ProtoErrors = {
   /** The server's certificate is not trusted (logged and counted by the node; nothing is sent). */
   TLS: 'RNODE_AGENT_TLS',
   NODE_LOST: 'RNODE_NODE_LOST',
+  /** job.failed of a job the node was running when it stopped without ending it (killed); the server may run it again. */
+  RESTARTED: 'RNODE_AGENT_RESTARTED',
 } as const;
 
 /** WebSocket close codes (4000-4999 are the application's). */
@@ -166,7 +168,7 @@ const PolicyRef = shared(
   ),
 );
 
-const jobKinds = ['replicate', 'recover', 'verify', 'prune'] as const;
+export const jobKinds = ['replicate', 'recover', 'verify', 'prune'] as const;
 const jobCommon = { jobId: Id, attempt: Opt(posInt()), store: Store };
 const ReplicateJobSchema = Type.Object(
   {

@@ -1,14 +1,15 @@
 // The node's state directory: its persisted identity, the policies it runs, the last point of every scheduled
-// disk and the reports not yet acknowledged by the server. Every file is replaced atomically (temp + rename),
-// so a node killed at any moment restarts with a consistent view. Every file read back is checked: a damaged
-// identity stops the node (a new one would orphan it at the server), a damaged cache is set aside and rebuilt.
+// disk, the jobs it runs and the reports not yet acknowledged by the server. Every file is replaced atomically
+// (temp + rename), so a node killed at any moment restarts with a consistent view. Every file read back is
+// checked: a damaged identity stops the node (a new one would orphan it at the server), a damaged cache is set
+// aside and rebuilt.
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { agentMessages, checkOutgoing, isId, policyProblem, type Policy } from './protocol.js';
+import { agentMessages, checkOutgoing, isId, jobKinds, policyProblem, type JobKind, type Policy } from './protocol.js';
 import { makeDirs, unusablePath } from '../store/fs/dirs.js';
 import { tryLockExclusive } from '../native/index.js';
 
@@ -35,6 +36,15 @@ export interface Outbox {
    * until the next welcome says it (ackedSeq), and none of these reports was sent yet.
    */
   awaitingServerSeq?: true;
+}
+
+/** A job accepted and not yet ended, as jobs.json keeps it: enough to report how it ended if the node dies first. */
+export interface AcceptedJob {
+  jobId: string;
+  kind: JobKind;
+  attempt?: number;
+  scheduled?: boolean;
+  group?: string;
 }
 
 /** A state file as read: its JSON, or why it is not JSON. */
@@ -248,6 +258,27 @@ export class StateDir {
     return this.writeJson('outbox.json', o);
   }
 
+  /**
+   * The jobs accepted and not ended when the node last stopped: a node killed mid-job never sent their end, and the
+   * server would wait for it forever. Damaged entries are dropped (logged): their jobs are the server's to time out.
+   */
+  async loadAcceptedJobs(log: Logger): Promise<AcceptedJob[]> {
+    const read = await this.read('jobs.json');
+    if (!read) return [];
+    if (read.damaged !== undefined || !Array.isArray(read.value)) {
+      await this.setAside('jobs.json', read.damaged ?? 'not a JSON array', log, 'cannot report the jobs a restart interrupted');
+      return [];
+    }
+    return read.value.filter((j: unknown, index) => {
+      const why = acceptedJobProblem(j);
+      if (why !== undefined) log.warn('dropped a damaged job of jobs.json', { index, problem: why });
+      return why === undefined;
+    }) as AcceptedJob[];
+  }
+  saveAcceptedJobs(jobs: AcceptedJob[]): Promise<void> {
+    return this.writeJson('jobs.json', jobs);
+  }
+
   /** Readiness: can we still persist? (a full or read-only disk makes the node unready) */
   writable(): boolean {
     const probe = this.file(`.probe-${process.pid}`);
@@ -276,6 +307,16 @@ function diskRecordProblem(rec: unknown): string | undefined {
   if (rec.lastPointAt !== undefined && !isTime(rec.lastPointAt)) return 'lastPointAt is not a time';
   if (rec.missedReportedAt !== undefined && !isTime(rec.missedReportedAt)) return 'missedReportedAt is not a time';
   if (rec.lastPoint !== undefined && !isSeq(rec.lastPoint)) return 'lastPoint is not a point number';
+  return undefined;
+}
+
+function acceptedJobProblem(j: unknown): string | undefined {
+  if (!isObject(j)) return 'not a JSON object';
+  if (typeof j.jobId !== 'string' || !isId(j.jobId)) return 'jobId is not a job id';
+  if (!(jobKinds as readonly unknown[]).includes(j.kind)) return 'kind is not a job kind';
+  if (j.attempt !== undefined && !isSeq(j.attempt)) return 'attempt is not an attempt number';
+  if (j.scheduled !== undefined && typeof j.scheduled !== 'boolean') return 'scheduled is not a boolean';
+  if (j.group !== undefined && (typeof j.group !== 'string' || !isId(j.group))) return 'group is not a group id';
   return undefined;
 }
 
