@@ -3,9 +3,10 @@
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../repository/names.js';
+import { forEachBounded } from '../pipeline/bounded.js';
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { readDiskMarker, requireChainSeal } from '../repository/encryption.js';
-import { listPointSeqs, loadChain, resolvePoint } from '../repository/points.js';
+import { listPointSeqs, loadChain, loadPoint, resolvePoint } from '../repository/points.js';
 import type { ObjectStore } from '../store/types.js';
 import { ChunkCache, DEFAULT_CACHE_BYTES } from './chunk-cache.js';
 import { ChunkIndex } from './chunk-index.js';
@@ -66,6 +67,8 @@ export interface RunningExport {
 
 /** Other points of the disk (<disk>@<n>) opened at once; more are opened again on demand. */
 const MAX_OTHER_POINTS = 8;
+/** Manifests read at once to learn the points' chunk sizes for NBD_OPT_LIST (once per point). */
+const LIST_LOADS = 8;
 
 export async function startExport(o: ExportOptions): Promise<RunningExport> {
   const disk = validateDiskId(o.disk);
@@ -103,10 +106,44 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   try {
     if (o.writable) main = await OverlayImage.open(o.overlay!, main, { disk, point: seq, size: main.size });
     const others = new Map<number, Promise<ExportImage>>();
+    // The cache and the index serve one chunk size: a point of another (the disk replicated with another
+    // --chunk-size) is left out of the list and refused by name, with one warning per point.
+    const sizes = new Map<number, number>();
+    const warned = new Set<number>();
+    const otherSize = (n: number, size: number): RnodeError => {
+      const err = new RnodeError(
+        ErrorCodes.USAGE,
+        `point ${n} of disk ${disk} has chunks of ${size} bytes, this export's ${chain[0].chunkSize}: export it on its own (--point ${n})`,
+      );
+      if (!warned.has(n)) {
+        warned.add(n);
+        o.log?.('request-failed', { export: `${disk}@${n}`, code: err.code, message: err.message });
+      }
+      return err;
+    };
     const catalog: ExportCatalog = {
       async list() {
         if (o.writable) return [disk];
-        return [disk, ...(await listPointSeqs(store, disk, o.encryption)).map((n) => `${disk}@${n}`)];
+        const seqs = await listPointSeqs(store, disk, o.encryption);
+        const unknown = seqs.filter((n) => !sizes.has(n));
+        await forEachBounded(
+          (async function* () {
+            yield* unknown;
+          })(),
+          LIST_LOADS,
+          async (n) => {
+            // A point that cannot be read now is listed: opening it says why.
+            const m = await loadPoint(store, disk, n, o.encryption).catch(() => undefined);
+            if (m) sizes.set(n, m.chunkSize);
+          },
+        );
+        const served = seqs.filter((n) => {
+          const size = sizes.get(n);
+          if (size === undefined || size === chain[0].chunkSize) return true;
+          otherSize(n, size);
+          return false;
+        });
+        return [disk, ...served.map((n) => `${disk}@${n}`)];
       },
       async resolve(name) {
         if (name === '' || name === disk || name === `${disk}@${seq}`) return main;
@@ -118,8 +155,8 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
         if (!p) {
           if (others.size >= MAX_OTHER_POINTS) others.delete(others.keys().next().value!);
           p = loadChain(store, disk, n, o.encryption).then((c) => {
-            if (c[0].chunkSize !== chain[0].chunkSize)
-              throw new RnodeError(ErrorCodes.USAGE, `point ${n} has another chunk size; export it on its own`);
+            sizes.set(n, c[0].chunkSize);
+            if (c[0].chunkSize !== chain[0].chunkSize) throw otherSize(n, c[0].chunkSize);
             const s = requireChainSeal(c, o.encryption, disk, marker);
             return new PointImage(new ChunkIndex(store, c, undefined, s?.key, reload(n)), cache) as ExportImage;
           });

@@ -1,5 +1,6 @@
 // The server side of the fixed-newstyle handshake: greeting, then option haggling until NBD_OPT_GO (or
 // EXPORT_NAME) picks an export. Runs over a SessionIo, so tests can drive it without a socket.
+import { ErrorCodes, isRnodeError } from '../errors.js';
 import type { SessionIo } from './io.js';
 import type { ExportImage } from './image.js';
 import {
@@ -145,10 +146,7 @@ export async function negotiate(
             break;
           }
           const q = decodeMetaPayload(data);
-          if (!(await catalog.resolve(q.name))) {
-            await refuse(RepErr.UNKNOWN, `no export named "${printable(q.name)}"`);
-            break;
-          }
+          if (!(await openOrRefuse(catalog, q.name, refuse))) break;
           const wanted = q.queries.length === 0 && !set ? true : q.queries.some((s) => s === BASE_ALLOCATION || (!set && s === 'base:'));
           if (wanted) await reply(Rep.META_CONTEXT, encodeMetaContextReply(ALLOCATION_ID, BASE_ALLOCATION));
           if (set) meta = { name: q.name, selected: wanted };
@@ -173,8 +171,10 @@ export async function negotiate(
         case Opt.EXPORT_NAME: {
           if (h.length > MAX_STRING) throw new ClientProtocolError(`export name of ${h.length} bytes`);
           const name = data.toString('utf8');
-          const image = await catalog.resolve(name).catch(() => undefined);
-          // This option has no error reply: the spec's answer to an unknown name is to close.
+          // This option has no error reply: the spec's answer to an unknown name is to close, saying why in the log.
+          const image = await catalog.resolve(name).catch((err: Error) => {
+            throw new ClientProtocolError(`NBD_OPT_EXPORT_NAME for export "${printable(name)}", which cannot be opened: ${err.message}`);
+          });
           if (!image) throw new ClientProtocolError(`NBD_OPT_EXPORT_NAME for unknown export "${printable(name)}"`);
           await io.write([encodeExportNameReply(image.size, transmissionFlags(image, structured), noZeroes)]);
           return chosen(name, image, structured, meta);
@@ -198,7 +198,9 @@ async function openOrRefuse(
   try {
     image = await catalog.resolve(name);
   } catch (err) {
-    await refuse(RepErr.UNKNOWN, `export "${printable(name)}" cannot be opened: ${(err as Error).message}`);
+    // One the server will not serve as configured (a point of another chunk size): policy, not an unknown name.
+    const type = isRnodeError(err, ErrorCodes.USAGE) ? RepErr.POLICY : RepErr.UNKNOWN;
+    await refuse(type, `export "${printable(name)}" cannot be opened: ${(err as Error).message}`);
     return undefined;
   }
   if (!image) await refuse(RepErr.UNKNOWN, `no export named "${printable(name)}"`);
