@@ -89,7 +89,9 @@ async function fetchBlob<T>(
 ): Promise<T> {
   const offset = e.index * chunkSize;
   const idHex = () => e.id!.toString('hex');
-  for (let attempt = 0; attempt < 2; attempt++) {
+  // A chunk stored more than once (a pack rewritten, two writers) is read from the next copy when one is damaged.
+  let corrupt: RnodeError | undefined;
+  for (let attempt = 0; attempt < 2 && !corrupt; attempt++) {
     if (attempt) forgetChunkIndexes(store);
     const locations = await locateChunk(store, domain, e.id!);
     for (const l of locations) {
@@ -118,13 +120,18 @@ async function fetchBlob<T>(
       try {
         return await check(where, object.length, l);
       } catch (err) {
-        if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) {
-          throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `${err.message}; restore another point or re-replicate`, { details });
-        }
-        throw err;
+        if (!isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) throw err;
+        // Every point that holds this chunk reads the same copy, and a replicate reuses it rather than store it again:
+        // another point helps only where it holds other data here.
+        corrupt ??= new RnodeError(
+          ErrorCodes.CHUNK_CORRUPT,
+          `${err.message}; restore another point, and run "rnode check --read-data" to list every damaged chunk`,
+          { details },
+        );
       }
     }
   }
+  if (corrupt) throw corrupt;
   // Found in no intact index: where an index object was left out as damaged, that is the likely cause.
   const damaged = await damagedIndexes(store, domain);
   if (damaged.length) {

@@ -315,3 +315,19 @@ t.test('a damaged point in the chain: the next replicate starts a new chain that
   t.equal(check.code, 0, `the repository is whole again: ${check.stderr}`);
   await expectRestore(t, fsStore(f.storeDir), 'd', 3, fp3, f.dir);
 });
+
+t.test('a chunk stored twice is read from its other copy when the first is damaged', async (t) => {
+  const f = await twoPoints(t);
+  // A second copy of every chunk but one: the same disk replicated into another store (plain chunk ids do not
+  // depend on the store), its packs and indexes copied in beside the first's.
+  const other = path.join(f.dir, 'other');
+  await snap(fsStore(other), f.img, 'e', { chunkSize: CHUNK, packSize: CHUNK });
+  for (const kind of ['packs', 'index'])
+    fs.cpSync(path.join(other, 'r2', 'plain', kind), path.join(f.storeDir, 'r2', 'plain', kind), { recursive: true });
+  const first = await blobPlace(f.storeDir, 'd', 1, 5);
+  flipByte(first.file, first.offset + 1000);
+  await expectRestore(t, fsStore(f.storeDir), 'd', 1, f.fps[0], f.dir);
+  await expectRestore(t, fsStore(f.storeDir), 'd', 2, f.fps[1], f.dir);
+  const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point: '2' });
+  t.equal(v.ok, true, 'verify reads the intact copy too');
+});
