@@ -294,7 +294,10 @@ export class ReferenceMs extends EventEmitter {
     });
     this.log('node registered', { node: node.name, id: node.id, returning: !!prev });
     // A node declared dead that comes back may still be running attempts that were handed to others: stop them,
-    // or two nodes write the disk in turn and the later one re-reads it all for a second point.
+    // or two nodes write the disk in turn and the later one re-reads it all for a second point. A job still pending
+    // (no live node took it) is stopped too, though the dispatch below may send its next attempt back here: the node
+    // runs that attempt once the cancelled one has stopped, from its checkpoint; left running, the old attempt would
+    // make the node refuse the new one as a duplicate, and its own end would be ignored as not the current attempt.
     if (prev && !prev.alive) {
       for (const j of this.jobs.values()) {
         if (j.nodeId !== node.id && j.attempts.some((a) => a.nodeId === node.id) && j.state !== 'completed' && j.state !== 'failed') {

@@ -64,6 +64,8 @@ interface Running {
   job: Job;
   controller: AbortController;
   ctx: JobContext;
+  /** Settles when the run has ended (its last report made), never rejects. */
+  ended: Promise<void>;
 }
 
 /** One run per disk on this node: a per-key chain of holders. */
@@ -157,22 +159,30 @@ export class JobRunner {
 
   /** Starts a job in the background; job.accepted now, job.completed/failed at the end. */
   start(job: Job, ctx: JobContext = {}): Promise<void> {
-    if (this.running.has(job.jobId)) {
+    const previous = this.running.get(job.jobId);
+    // A server that cancels an attempt and sends the next one to this node at once (as after a network blip) finds the
+    // cancelled one still stopping: the new attempt waits for it instead of being refused and never run.
+    const supersedes = previous !== undefined && previous.controller.signal.aborted && attemptNumber(job) > attemptNumber(previous.job);
+    if (previous && !supersedes) {
       throw new RnodeError(ProtoErrors.DUPLICATE_JOB, `job ${job.jobId} is already running on this node`);
     }
     const controller = new AbortController();
     // Every put in flight (packs, tables, checkpoints) waits on this signal while a bandwidth limit paces it.
     setMaxListeners(256, controller.signal);
-    this.running.set(job.jobId, { job, controller, ctx });
+    const entry: Running = { job, controller, ctx, ended: Promise.resolve() };
+    this.running.set(job.jobId, entry);
     this.updateGauges();
     const disks = job.kind === 'replicate' ? job.disks.map((d) => d.disk) : [job.disk];
     this.o.report({ type: 'job.accepted', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), disks });
     this.persistAccepted();
-    return this.execute(job, ctx, controller.signal).finally(() => {
-      this.running.delete(job.jobId);
+    const execute = () => this.execute(job, ctx, controller.signal);
+    const run = (previous ? previous.ended.then(execute) : execute()).finally(() => {
+      if (this.running.get(job.jobId) === entry) this.running.delete(job.jobId);
       this.updateGauges();
       this.persistAccepted();
     });
+    entry.ended = run.catch(() => undefined);
+    return run;
   }
 
   /**
@@ -700,6 +710,7 @@ interface VmDiskRun {
   onResult: (r: ReplicateResult) => void;
 }
 
+const attemptNumber = (job: Job) => job.attempt ?? 1;
 const attemptOf = (job: Job) => (job.attempt ? { attempt: job.attempt } : {});
 const ctxFields = (ctx: Pick<JobContext, 'scheduled' | 'group'>) => ({
   ...(ctx.scheduled !== undefined ? { scheduled: ctx.scheduled } : {}),

@@ -184,3 +184,46 @@ t.test('store credentials by reference: resolved on the node, never reported or 
   );
   t.notOk(JSON.stringify(ms.reports).includes(secret), 'nor in any report');
 });
+
+// job.cancel and at once job.start of the same job with attempt 2 (what a server does after a network blip): attempt 2
+// was refused with RNODE_AGENT_DUPLICATE_JOB while attempt 1 stopped, so attempt 1 ended cancelled and 2 never ran.
+t.test('a newer attempt of a job being cancelled runs once the cancelled one has stopped; a same attempt stays a duplicate', async (t) => {
+  const dir = tmpDir(t, 'agent-reattempt');
+  const img = await makeDisk(dir, 'd0', 8 * MiB, 12);
+  const ms = await startMs(t, { nodeTimeoutMs: 60_000 });
+  const { agent } = await startAgent(t, ms, dir, { slots: 32 });
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const storeUrl = path.join(dir, 'store');
+  const job = {
+    jobId: 'j1',
+    kind: 'replicate' as const,
+    store: { url: storeUrl },
+    disks: [{ disk: 'd0', source: { location: img } }],
+    chunkSize: 64 * KiB,
+    bandwidth: 1024 * KiB,
+    checkpointSeconds: 0.2,
+  };
+  ms.startJob(job, agent.nodeId);
+  await ms.waitFor(() => pendingCheckpoints(storeUrl, 'd0').some((ck) => ck.nextIndex > 0), 10_000, 'a checkpoint');
+
+  ms.send(agent.nodeId, { type: 'job.start', job: { ...job, attempt: 1 } });
+  await ms.waitFor(() => ms.errors.length === 1, 5000, 'the refusal');
+  t.match(ms.errors[0].msg, { code: 'RNODE_AGENT_DUPLICATE_JOB' }, 'the same attempt of a running job is a duplicate');
+
+  ms.send(agent.nodeId, { type: 'job.cancel', jobId: 'j1' });
+  const rec = ms.startJob({ ...job, attempt: 2, bandwidth: undefined }, agent.nodeId);
+  const done = await ms.waitFor(() => rec.completed, 15_000, 'attempt 2 completed');
+  t.equal(ms.errors.length, 1, 'attempt 2 was not refused');
+  t.same(
+    ms.reports.filter((r) => r.msg.jobId === 'j1').map((r) => [r.msg.type, r.msg.attempt, r.msg.code]),
+    [
+      ['job.accepted', 1, undefined],
+      ['job.accepted', 2, undefined],
+      ['job.failed', 1, 'RNODE_CANCELLED'],
+      ['job.completed', 2, undefined],
+    ],
+    'attempt 1 ended cancelled before attempt 2 ran',
+  );
+  t.match((done.results as any[])[0], { point: 1, resumed: true }, 'attempt 2 continued the checkpoint of attempt 1');
+  t.equal(rec.state, 'completed');
+});
