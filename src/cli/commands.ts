@@ -15,6 +15,7 @@ import { bytes, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
 import { stoppable } from './signals.js';
 import {
+  checkVmForm,
   isVmwareSource,
   vmPointOptions,
   vmwareReplicateOptions,
@@ -60,6 +61,9 @@ const replicateCmd: Command = {
   },
   async run(v, io) {
     if (isVmwareSource(v)) return (await import('./vmware.js')).replicateVmwareCommand(v, io);
+    if (v['disk-parallelism'] !== undefined) {
+      throw new RnodeError(ErrorCodes.USAGE, '--disk-parallelism is for a VMware source (its disks at once); a disk or image source has one disk');
+    }
     required(v, 'replicate', 'source', 'target');
     const sourceArg = str(v, 'source')!;
     const disk = validateDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
@@ -153,6 +157,7 @@ const pointsCmd: Command = {
   usage: `rnode points --store <store> --disk <id> [--encryption-key-file <path>] ${REMOTE_USAGE} [--json]\n       ${VM_POINTS_USAGE}`,
   options: { store: { type: 'string' }, disk: { type: 'string' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS, ...vmPointOptions },
   async run(v, io) {
+    checkVmForm('points', v, ['disk']);
     if (v.vm !== undefined) return (await import('./vmware.js')).vmPointsCommand(v, io);
     const { listPointsOf } = await import('../repository/points.js');
     required(v, 'points', 'store', 'disk');
@@ -238,8 +243,10 @@ const recoverCmd: Command = {
     ...ENCRYPTION_OPTIONS,
     ...REMOTE_OPTIONS,
     ...vmPointOptions,
+    'out-dir': { type: 'string' },
   },
   async run(v, io) {
+    checkVmForm('recover', v, ['disk', 'out']);
     if (v.vm !== undefined) return (await import('./vmware.js')).vmRecoverCommand(v, io);
     const { recover } = await import('../jobs/restore.js');
     required(v, 'recover', 'store', 'disk', 'out');
@@ -291,6 +298,11 @@ const verifyCmd: Command = {
         : r.encrypted
           ? ['  encrypted: every chunk decrypted (AES-256-GCM tag) and its keyed digests checked']
           : []),
+      ...(r.removed.length
+        ? [
+            `  point${r.removed.length > 1 ? 's' : ''} ${r.removed.join(', ')} skipped: deleted by a concurrent prune after being listed (not a problem)`,
+          ]
+        : []),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
     ]);
     if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
@@ -313,6 +325,7 @@ const pruneCmd: Command = {
     ...vmPointOptions,
   },
   async run(v, io) {
+    checkVmForm('prune', v, ['disk']);
     if (v.vm !== undefined) return (await import('./vmware.js')).vmPruneCommand(v, io);
     const { DEFAULT_GRACE_MS, DEFAULT_MAX_UNUSED, pruneStore } = await import('../jobs/prune-v2.js');
     required(v, 'prune', 'store');
@@ -389,6 +402,16 @@ const statsCmd: Command = {
   },
 };
 
+/** What a prune running beside check or verify deleted after it was listed: said, not counted as a problem. */
+function removedNote(r: { packs: number; indexObjects: number; points: number }): string {
+  const what = [
+    ...(r.packs ? [`${r.packs} pack${r.packs === 1 ? '' : 's'}`] : []),
+    ...(r.indexObjects ? [`${r.indexObjects} index object${r.indexObjects === 1 ? '' : 's'}`] : []),
+    ...(r.points ? [`${r.points} point${r.points === 1 ? '' : 's'}`] : []),
+  ];
+  return what.length ? `; ${what.join(', ')} deleted by a concurrent prune after being listed (not a problem)` : '';
+}
+
 const checkCmd: Command = {
   summary: "check the whole repository's structure (and with --read-data every byte)",
   usage: `rnode check --store <store> [--read-data] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
@@ -407,7 +430,8 @@ const checkCmd: Command = {
         (d) =>
           `  repository ${d.domain}: ${d.disks} disks, ${d.points} points, ${d.chunksReferenced} chunk references, ${d.packs} packs, ` +
           `${d.indexObjects} index objects (${d.indexEntries} entries${d.danglingIndexEntries ? `, ${d.danglingIndexEntries} of deleted packs` : ''})` +
-          (r.readData ? `, ${d.blobsRead} blobs (${bytes(d.bytesRead)}) read` : ''),
+          (r.readData ? `, ${d.blobsRead} blobs (${bytes(d.bytesRead)}) read` : '') +
+          removedNote(d.removedDuringCheck),
       ),
       ...r.skipped.map((s) => `  repository ${s.domain}: not checked (${s.code}: encrypted with another key)`),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),

@@ -1,5 +1,6 @@
 // The flags and usage lines of the VMware forms of replicate, points, recover and prune: what the command table
 // needs at start, apart from cli/vmware.ts, which loads the vSphere and VDDK code only when a VMware command runs.
+import { ErrorCodes, RnodeError } from '../errors.js';
 import { ENCRYPTION_USAGE, type Options } from './args.js';
 
 type Values = Record<string, string | boolean | undefined>;
@@ -10,11 +11,24 @@ export const vmwareReplicateOptions: Options = {
   'disk-parallelism': { type: 'string' },
 };
 
-/** Flags points, recover and prune take to act on VM points instead of one disk. */
+/** The flag points, recover and prune take to act on VM points instead of one disk (recover adds --out-dir). */
 export const vmPointOptions: Options = {
   vm: { type: 'string' },
-  'out-dir': { type: 'string' },
 };
+
+/**
+ * Refuses flags of the other form of points, recover or prune: given with --vm, a --disk (or --out) was silently
+ * ignored, and an --out-dir without --vm too; the user believed the one they named was acted on.
+ */
+export function checkVmForm(command: string, v: Values, diskFlags: readonly string[]): void {
+  const usage = (msg: string) => new RnodeError(ErrorCodes.USAGE, `${msg}; see "rnode ${command} --help"`);
+  if (v.vm !== undefined) {
+    const extra = diskFlags.find((f) => v[f] !== undefined);
+    if (extra) throw usage(`--${extra} is for one disk and does not go with --vm (which acts on every disk of the VM)`);
+  } else if (v['out-dir'] !== undefined) {
+    throw usage('--out-dir goes with --vm (one image per disk of the VM); for one disk, give --out');
+  }
+}
 
 export const VM_POINTS_USAGE = 'rnode points --store <store> --vm <vm-moref> [--json]';
 export const VM_RECOVER_USAGE = `rnode recover --store <store> --vm <vm-moref> [--point <n>|latest] --out-dir <dir> ${ENCRYPTION_USAGE} [--json]`;

@@ -34,6 +34,32 @@ interface Case {
 }
 
 const cases: Case[] = [
+  // flags of the other form (one disk / a VM's disks) were silently ignored: the user's --disk or --out was not acted on
+  {
+    name: 'points with --disk and --vm',
+    args: ['points', '--store', store, '--disk', 'd', '--vm', 'vm-1'],
+    code: /RNODE_USAGE: --disk is for one disk/,
+  },
+  {
+    name: 'recover with --out and --vm',
+    args: ['recover', '--store', store, '--vm', 'vm-1', '--out-dir', dir, '--out', out],
+    code: /RNODE_USAGE: --out is for one disk/,
+  },
+  {
+    name: 'recover with --out-dir and no --vm',
+    args: ['recover', '--store', store, '--disk', 'd', '--out', out, '--out-dir', dir],
+    code: /RNODE_USAGE: --out-dir goes with --vm/,
+  },
+  {
+    name: 'prune with --out-dir',
+    args: ['prune', '--store', store, '--vm', 'vm-1', '--keep', '1', '--out-dir', dir],
+    code: /RNODE_USAGE: Unknown option '--out-dir'/,
+  },
+  {
+    name: 'replicate of a file with --disk-parallelism',
+    args: ['replicate', '--source', img, '--target', store, '--disk-parallelism', '2'],
+    code: /RNODE_USAGE: --disk-parallelism is for a VMware source/,
+  },
   // missing flags
   { name: 'replicate with no flags', args: ['replicate'], code: /RNODE_USAGE/ },
   { name: 'replicate without --target', args: ['replicate', '--source', img], code: /RNODE_USAGE/ },
