@@ -12,7 +12,7 @@ import { Domain } from '../repository/domain.js';
 import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.js';
 import { decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
-import { checkKeyOpensOne, listDomains, listLegacyDisks, listV2Disks, loadV2Point, v2DiskId } from '../repository/points.js';
+import { checkKeyOpensOne, listDomains, listLegacyDisks, listV2Disks, listV2PointSeqs, loadV2Point, v2DiskId } from '../repository/points.js';
 import { referencesChunk, tableEntries } from '../repository/view.js';
 import { verify } from './verify.js';
 
@@ -39,6 +39,11 @@ export interface DomainCheck {
   unindexedBlobs: number;
   blobsRead: number;
   bytesRead: number;
+  /**
+   * Listed, then gone before they were read: a prune running beside the check deleted them. Not problems: the check
+   * goes on without them, and a chunk a point still needs from such a pack is reported missing.
+   */
+  removedDuringCheck: { packs: number; indexObjects: number; points: number };
 }
 
 export interface CheckResult {
@@ -139,7 +144,16 @@ interface DomainScope {
   c: DomainCheck;
   report: (err: unknown) => void;
   signal?: AbortSignal;
+  /** Index objects read so far (their ids, and their entries in order). */
+  indexIds: ObjectId[];
+  locations: ChunkLocation[];
+  /** Packs and index objects listed but gone when read (a concurrent prune deleted them). */
+  vanishedPacks: Set<ObjectId>;
+  vanishedIndexes: Set<ObjectId>;
 }
+
+/** A listed object whose read found it gone: deleted since the listing (the store is read-after-write consistent). */
+const isGone = (err: unknown) => isRnodeError(err, ErrorCodes.STORE_NOT_FOUND);
 
 /** Pack id -> its trailer's entries by offset; undefined for a pack whose trailer was reported unreadable. */
 type Trailers = Map<ObjectId, Map<number, BlobEntry> | undefined>;
@@ -164,6 +178,7 @@ async function checkDomain(
     unindexedBlobs: 0,
     blobsRead: 0,
     bytesRead: 0,
+    removedDuringCheck: { packs: 0, indexObjects: 0, points: 0 },
   };
   let domain: Domain | undefined;
   try {
@@ -179,47 +194,83 @@ async function checkDomain(
     );
     return c;
   }
-  const scope: DomainScope = { store, name, domain, c, report, signal };
-  const index = await readIndexes(scope);
-  const trailers = await readTrailers(scope);
+  const scope: DomainScope = {
+    store,
+    name,
+    domain,
+    c,
+    report,
+    signal,
+    indexIds: [],
+    locations: [],
+    vanishedPacks: new Set(),
+    vanishedIndexes: new Set(),
+  };
+  // Packs are read before the references are checked: one a concurrent prune deletes before it is read then counts
+  // as absent, and a point listed after that still needing one of its chunks is reported (CHUNK_MISSING).
+  await readIndexes(scope);
+  const trailers: Trailers = new Map();
+  const listed = await readTrailers(scope, trailers);
+  if (readData) await readBlobs(scope, trailers, listed);
+  if (scope.vanishedPacks.size > 0 || scope.vanishedIndexes.size > 0) {
+    // A prune deleted some of what was listed; what it wrote before deleting (merged index objects, repacked packs)
+    // is read too, so a chunk it moved is found where it is now. Indexes first, as writers put packs before indexes.
+    await readIndexes(scope);
+    const fresh = await readTrailers(scope, trailers);
+    if (readData) await readBlobs(scope, trailers, fresh);
+  }
+  const index = new ChunkIndex(scope.locations, scope.indexIds);
+  c.indexObjects = scope.indexIds.length;
+  c.indexEntries = scope.locations.length;
+  c.packs = trailers.size;
+  c.removedDuringCheck.packs = scope.vanishedPacks.size;
+  c.removedDuringCheck.indexObjects = scope.vanishedIndexes.size;
   const good = matchIndexToTrailers(scope, index, trailers);
   await checkPointReferences(scope, index, good);
-  if (readData) await readBlobs(scope, trailers);
   return c;
 }
 
-/** Every index object, each on its own so one bad object does not hide the others. */
-async function readIndexes({ store, name, domain, c, report }: DomainScope): Promise<ChunkIndex> {
-  const locations: ChunkLocation[] = [];
-  const ids = await listIndexIds(store, name);
-  c.indexObjects = ids.length;
-  for (const id of ids) {
+/** Every index object not read yet, each on its own so one bad object does not hide the others. */
+async function readIndexes({ store, name, domain, report, indexIds, locations, vanishedIndexes }: DomainScope): Promise<void> {
+  const known = new Set(indexIds);
+  for (const id of await listIndexIds(store, name)) {
+    if (known.has(id) || vanishedIndexes.has(id)) continue;
     try {
-      for (const l of decodeIndex(await store.get(r2.index(name, id)), domain, id)) locations.push(l);
+      const entries = decodeIndex(await store.get(r2.index(name, id)), domain, id);
+      indexIds.push(id);
+      for (const l of entries) locations.push(l);
     } catch (err) {
-      report(err);
+      if (isGone(err))
+        vanishedIndexes.add(id); // merged by a prune's index compaction since the listing
+      else {
+        indexIds.push(id);
+        report(err);
+      }
     }
   }
-  c.indexEntries = locations.length;
-  return new ChunkIndex(locations, ids);
 }
 
-async function readTrailers({ store, name, domain, c, report, signal }: DomainScope): Promise<Trailers> {
-  const trailers: Trailers = new Map();
+/** The trailer of every pack not read yet; returns the ids of those read now. */
+async function readTrailers({ store, name, domain, report, signal, vanishedPacks }: DomainScope, trailers: Trailers): Promise<ObjectId[]> {
+  const read: ObjectId[] = [];
   for await (const o of store.list(r2.packsPrefix(name))) {
     signal?.throwIfAborted();
     const h = classify(o.key);
-    if (h?.kind !== 'pack' || h.domain !== name) continue;
+    if (h?.kind !== 'pack' || h.domain !== name || trailers.has(h.id) || vanishedPacks.has(h.id)) continue;
     try {
       const { entries } = await readPackTrailer(store, name, h.id, domain.key);
       trailers.set(h.id, new Map(entries.map((e) => [e.offset, e])));
+      read.push(h.id);
     } catch (err) {
+      if (isGone(err)) {
+        vanishedPacks.add(h.id);
+        continue;
+      }
       trailers.set(h.id, undefined);
       report(err);
     }
   }
-  c.packs = trailers.size;
-  return trailers;
+  return read;
 }
 
 /** Index entries against pack trailers: a location is good when its pack's trailer has the same entry. Returns the good `pack:offset`s. */
@@ -253,8 +304,15 @@ function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkInde
   return good;
 }
 
-/** Every chunk a committed point references has a good copy, and every point's parent exists. */
-async function checkPointReferences({ store, name, domain, c, report, signal }: DomainScope, index: ChunkIndex, good: Set<string>): Promise<void> {
+/**
+ * Every chunk a committed point references has a good copy, and every point's parent exists. A point that cannot be
+ * read is checked again against a new listing: one a concurrent prune deleted since is not a problem.
+ */
+async function checkPointReferences(
+  { store, name, domain, c, report, signal, vanishedPacks }: DomainScope,
+  index: ChunkIndex,
+  good: Set<string>,
+): Promise<void> {
   for (const d of (await listV2Disks(store, name)).values()) {
     c.disks++;
     let disk: string | undefined;
@@ -281,33 +339,50 @@ async function checkPointReferences({ store, name, domain, c, report, signal }: 
         for await (const e of tableEntries(store, m, domain.key)) {
           if (!referencesChunk(e)) continue;
           c.chunksReferenced++;
-          if (!index.lookup(e.id!).some((l) => good.has(`${l.packId}:${l.entry.offset}`))) {
+          const copies = index.lookup(e.id!);
+          if (!copies.some((l) => good.has(`${l.packId}:${l.entry.offset}`))) {
+            const gone = copies.find((l) => vanishedPacks.has(l.packId));
             report(
               new RnodeError(
                 ErrorCodes.CHUNK_MISSING,
-                `chunk ${e.index} of point ${seq} of disk ${disk} (id ${e.id!.toString('hex').slice(0, 16)}…) is in no intact pack`,
+                `chunk ${e.index} of point ${seq} of disk ${disk} (id ${e.id!.toString('hex').slice(0, 16)}…) is in no intact pack` +
+                  (gone ? ` (pack ${gone.packId} was deleted during the check while this point still uses it)` : ''),
                 { details: { key: r2.point(name, d.dname, seq) } },
               ),
             );
           }
         }
       } catch (err) {
+        if (isRnodeError(err) && !(await stillListed(store, disk, seq, domain.key))) {
+          c.points--;
+          c.removedDuringCheck.points++;
+          continue;
+        }
         report(err);
       }
     }
   }
 }
 
+/** Whether a point is still listed; a listing that fails says yes, so the point's own error is reported. */
+async function stillListed(store: ObjectStore, disk: string, seq: number, key: EncryptionKey | undefined): Promise<boolean> {
+  return listV2PointSeqs(store, disk, key).then(
+    (seqs) => seqs.includes(seq),
+    () => true,
+  );
+}
+
 /**
  * --read-data: every blob of every readable pack goes through the checker restore, verify and export use
  * (decodeBlobInto: stored xxh64, decrypted, decoded on the codec workers, chunk id recomputed).
  */
-async function readBlobs({ store, name, domain, c, report, signal }: DomainScope, trailers: Trailers): Promise<void> {
+async function readBlobs({ store, name, domain, c, report, signal, vanishedPacks }: DomainScope, trailers: Trailers, ids: ObjectId[]): Promise<void> {
   let slot: ReadSlot | undefined;
   let slotPlain = 0;
   await withWorkerDomain(domain, async () => {
-    for (const [id, t] of trailers) {
+    for (const id of ids) {
       signal?.throwIfAborted();
+      const t = trailers.get(id);
       if (!t) continue;
       const what = r2.pack(name, id);
       let pack: Buffer;
@@ -315,7 +390,11 @@ async function readBlobs({ store, name, domain, c, report, signal }: DomainScope
         pack = await store.get(what);
         decodePack(pack, name, id, domain.key);
       } catch (err) {
-        report(err);
+        if (isGone(err)) {
+          // Deleted since its trailer was read: absent from here on, so the references are checked without it.
+          trailers.delete(id);
+          vanishedPacks.add(id);
+        } else report(err);
         continue;
       }
       for (const e of t.values()) {

@@ -39,6 +39,11 @@ export interface VerifyResult {
    */
   checked: 'contents' | 'stored-bytes';
   problems: VerifyProblem[];
+  /**
+   * --point all: points listed at the start and deleted since (a prune running beside verify), whose reads then
+   * failed; skipped, not problems. `points` does not list them.
+   */
+  removed: number[];
   ok: boolean;
   seconds: number;
 }
@@ -100,14 +105,46 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
   let slotSize = 0;
   let chunksChecked = 0;
   let bytesChecked = 0;
+  const removed: number[] = [];
   for (const seq of seqs) {
     opts.signal?.throwIfAborted();
+    const problemsBefore = problems.length;
+    await verifyOne(seq);
+    // A point of the listing that failed and is listed no longer was deleted meanwhile: nothing to restore, no damage.
+    if (all && problems.length > problemsBefore && !(await stillListed(seq))) {
+      problems.splice(problemsBefore);
+      removed.push(seq);
+    }
+  }
+  slots?.close(recycleReadSlot);
+  return {
+    disk,
+    points: seqs.filter((s) => !removed.includes(s)),
+    chunksChecked,
+    bytesChecked,
+    encrypted,
+    checked: storedOnly ? 'stored-bytes' : 'contents',
+    problems,
+    removed,
+    ok: problems.length === 0,
+    seconds: (performance.now() - started) / 1000,
+  };
+
+  /** Whether a point is still listed; a listing that fails says yes, so the point's own problems are reported. */
+  async function stillListed(seq: number): Promise<boolean> {
+    return listPointSeqs(store, disk, opts.encryption).then(
+      (now) => now.includes(seq),
+      () => true,
+    );
+  }
+
+  async function verifyOne(seq: number): Promise<void> {
     let chain: PointManifest[];
     try {
       chain = await loadChain(store, disk, seq, opts.encryption);
     } catch (err) {
       report(err, seq);
-      continue;
+      return;
     }
     const m = chain[0];
     let key;
@@ -117,7 +154,7 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
       checkChainAuthenticity(chain, key.seal ? opts.encryption : undefined, marker, disk);
     } catch (err) {
       report(err, seq);
-      continue;
+      return;
     }
     encrypted ||= key.encrypted;
     const stored = key.encrypted && !key.seal;
@@ -159,16 +196,4 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
       opts.signal,
     );
   }
-  slots?.close(recycleReadSlot);
-  return {
-    disk,
-    points: seqs,
-    chunksChecked,
-    bytesChecked,
-    encrypted,
-    checked: storedOnly ? 'stored-bytes' : 'contents',
-    problems,
-    ok: problems.length === 0,
-    seconds: (performance.now() - started) / 1000,
-  };
 }
