@@ -52,6 +52,8 @@ type Read = { value: unknown; damaged?: undefined } | { value?: undefined; damag
 
 /** Held (flock) by the agent that uses the folder; holds its pid. */
 const LOCK_FILE = 'agent.lock';
+/** What writeJson names its temp files: <file>.<pid>.<8 hex>.tmp */
+const TEMP_FILE = /^[^/]+\.\d+\.[0-9a-f]{8}\.tmp$/;
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isTime = (v: unknown) => typeof v === 'string' && Number.isFinite(Date.parse(v));
@@ -87,6 +89,7 @@ export class StateDir {
     }
     const state = new StateDir(dir);
     state.lock();
+    await state.removeStaleTemps(); // only now: another agent's writes in flight are not ours to remove
     return state;
   }
 
@@ -119,6 +122,13 @@ export class StateDir {
     if (this.lockFd === undefined) return;
     fs.closeSync(this.lockFd);
     this.lockFd = undefined;
+  }
+
+  /** Temp files a write left behind when it failed or the process died mid-write (they never become state). */
+  private async removeStaleTemps(): Promise<void> {
+    for (const name of await fsp.readdir(this.dir)) {
+      if (TEMP_FILE.test(name)) await fsp.rm(this.file(name), { force: true });
+    }
   }
 
   private file(name: string): string {
@@ -160,14 +170,20 @@ export class StateDir {
   async writeJson(name: string, value: unknown): Promise<void> {
     const target = this.file(name);
     const tmp = `${target}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
-    const fh = await fsp.open(tmp, 'w', 0o600);
     try {
-      await fh.writeFile(JSON.stringify(value));
-      await fh.sync();
-    } finally {
-      await fh.close();
+      const fh = await fsp.open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(JSON.stringify(value));
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fsp.rename(tmp, target);
+    } catch (err) {
+      // A full disk fails every write: without this each one would leave its temp file behind.
+      await fsp.rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
     }
-    await fsp.rename(tmp, target);
   }
 
   /** The node id, created on first start and kept across restarts. */

@@ -3,13 +3,14 @@
 // outbox.json, policies.json or disks.json crashed the agent at start (RNODE_INTERNAL); a damaged node.json silently
 // made a new node identity; an unparsable policies.json was dropped without a word.
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Agent } from '../../src/agent/agent.js';
 import type { AgentReport } from '../../src/agent/protocol.js';
 import { StateDir, type Outbox } from '../../src/agent/state.js';
 import { lines, runCli } from '../helpers/cli.js';
-import { parsedLogs, startAgent, startMs, tmpDir, writeToken } from './helpers.js';
+import { parsedLogs, startAgent, startMs, tmpDir, waitUntil, writeToken } from './helpers.js';
 
 const missed = (disk: string): AgentReport => ({ type: 'rpo.missed', group: 'g', disk, rpoSeconds: 60, lagSeconds: 61, lastPointAt: null });
 
@@ -218,3 +219,51 @@ t.test('a state folder restored from an older backup: new reports are numbered a
   await ms.waitFor(() => ms.reports.length === 5, 10_000, 'd5 stored');
   t.equal(ms.reports[4].msg.seq, 5);
 });
+
+// A full state folder: every failed state write left its <file>.<pid>.<id>.tmp behind, and nothing removed them.
+t.test(
+  'a state write that fails leaves no temp file; stale ones are removed at start',
+  { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' },
+  async (t) => {
+    const dir = tmpDir(t, 'agent-state');
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512k', 'tmpfs', mnt]);
+    t.teardown(() => execFileSync('umount', ['-l', mnt]));
+    const ms = await startMs(t);
+    const a = await startAgent(t, ms, dir, { stateDir: path.join(mnt, 'state') });
+    await ms.waitFor(() => a.agent.link.isRegistered, 10_000, 'registration');
+    await ms.stopListening(); // the reports stay queued, so each one rewrites the outbox
+    const fill = path.join(mnt, 'fill');
+    try {
+      fs.writeFileSync(fill, Buffer.alloc(1024 * 1024));
+    } catch (err) {
+      t.equal((err as NodeJS.ErrnoException).code, 'ENOSPC', 'the filesystem is full');
+    }
+    for (const d of ['d1', 'd2', 'd3']) a.agent.link.report(missed(d));
+    await waitUntil(
+      () => parsedLogs(a.logs).filter((e) => e.msg === 'could not persist the report queue').length === 3,
+      10_000,
+      'three failed writes',
+    );
+    t.same(
+      fs.readdirSync(a.stateDir).filter((f) => f.endsWith('.tmp')),
+      [],
+      'no temp file left',
+    );
+    await a.agent.stop();
+    fs.rmSync(fill);
+
+    const stale = ['outbox.json.4242.0a1b2c3d.tmp', 'policies.json.17.deadbeef.tmp'];
+    for (const f of stale) fs.writeFileSync(path.join(a.stateDir, f), '{');
+    fs.writeFileSync(path.join(a.stateDir, 'notes.tmp'), 'not ours');
+    const b = await startAgent(t, ms, dir, { stateDir: a.stateDir });
+    t.same(
+      stale.filter((f) => fs.existsSync(path.join(a.stateDir, f))),
+      [],
+      'the stale temp files of state writes are removed at start',
+    );
+    t.ok(fs.existsSync(path.join(a.stateDir, 'notes.tmp')), 'nothing else');
+    await b.agent.stop();
+  },
+);
