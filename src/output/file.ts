@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { isVirtualFsPath } from '../store/fs/dirs.js';
 import { addressAligned, sharedAligned, writeNonZero } from '../native/index.js';
 import type { OutputSink } from './sink.js';
 
@@ -32,6 +33,12 @@ export interface FileOutputTarget {
  */
 export async function resolveFileOutput(out: string): Promise<FileOutputTarget> {
   if (out === '-') throw new RnodeError(ErrorCodes.USAGE, '--out - (stdout) is not supported; give a file path or a block device');
+  if (isVirtualFsPath(out)) {
+    throw new RnodeError(
+      ErrorCodes.PATH_UNUSABLE,
+      `--out ${out} is on a kernel virtual filesystem (/proc, /sys), which holds no disk images; give another path`,
+    );
+  }
   let link: fs.Stats;
   try {
     link = await fsp.lstat(out);

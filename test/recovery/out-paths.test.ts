@@ -116,6 +116,14 @@ t.test('recover --out paths', async (t) => {
     refused(t, await recover('-', d), /stdout.*not supported/, { [d]: [] });
   });
 
+  t.test('a path under /proc or /sys is RNODE_PATH_UNUSABLE, exit 2, as every other unusable path (was OUTPUT_IO, exit 1)', async (t) => {
+    for (const out of ['/proc/rnode-x.img', '/sys/rnode-x.img']) {
+      const r = await recover(out);
+      t.equal(r.code, 2, `${out}: exit 2 (${r.stderr})`);
+      t.match(r.stderr, /RNODE_PATH_UNUSABLE: --out \S+ is on a kernel virtual filesystem/);
+    }
+  });
+
   t.test('a folder that does not exist is a usage error', async (t) => {
     const d = caseDir();
     refused(t, await recover(path.join(d, 'no-such-folder', 'disk.img')), /folder .*no-such-folder does not exist/, { [d]: [] });
