@@ -73,25 +73,46 @@ export class Scheduler {
       this.o.log.warn('ignored an older policy revision', { group: p.group, held: old.revision, got: p.revision });
       return;
     }
+    const before = this.list();
     this.policies.set(p.group, p);
+    this.dropSeriesOf(before);
     this.o.log.info('policy applied', { group: p.group, revision: p.revision, rpoSeconds: p.rpoSeconds, disks: p.disks.map((d) => d.disk) });
     await this.persistPolicies();
     this.tick();
   }
 
   async remove(group: string): Promise<void> {
+    const before = this.list();
     if (!this.policies.delete(group)) return;
+    this.dropSeriesOf(before);
     this.o.log.info('policy removed', { group });
     await this.persistPolicies();
   }
 
   async sync(list: Policy[]): Promise<void> {
     const keep = new Set(list.map((p) => p.group));
+    const before = this.list();
     for (const g of [...this.policies.keys()]) if (!keep.has(g)) this.policies.delete(g);
     for (const p of list) this.policies.set(p.group, p);
+    this.dropSeriesOf(before);
     this.o.log.info('policies synchronised', { groups: [...keep] });
     await this.persistPolicies();
     this.tick();
+  }
+
+  private holds(group: string, disk: string): boolean {
+    return this.policies.get(group)?.disks.some((d) => d.disk === disk) ?? false;
+  }
+
+  /** The series of disks this node no longer schedules: /metrics kept a removed group's RPO and last point for ever. */
+  private dropSeriesOf(before: Policy[]): void {
+    for (const p of before) {
+      for (const d of p.disks) {
+        if (this.holds(p.group, d.disk)) continue;
+        this.o.metrics.rpoTarget.remove({ group: p.group, disk: d.disk });
+        this.o.metrics.lastPoint.remove({ group: p.group, disk: d.disk });
+      }
+    }
   }
 
   private persistPolicies(): Promise<void> {
@@ -115,7 +136,9 @@ export class Scheduler {
     rec.lastPointAt = startedAt.toISOString();
     rec.lastPoint = r.point;
     delete rec.missedReportedAt;
-    this.o.metrics.lastPoint.set({ group: group ?? '', disk: r.disk }, startedAt.getTime() / 1000);
+    // A run of a group removed while it ran records its point, but its series stays gone.
+    if (group === undefined || this.holds(group, r.disk))
+      this.o.metrics.lastPoint.set({ group: group ?? '', disk: r.disk }, startedAt.getTime() / 1000);
     this.persistDisks();
   }
 

@@ -77,3 +77,37 @@ t.test('metrics scraped and checked', async (t) => {
     }
   }
 });
+
+// After policy.remove, /metrics kept rnode_rpo_seconds and rnode_last_point_timestamp_seconds of the removed group for
+// ever (also set again by a run of the group that ended after the removal).
+t.test('a removed policy takes its series with it, also when its run ends after the removal', async (t) => {
+  const dir = tmpDir(t, 'agent-metrics');
+  const fast = await makeDisk(dir, 'd0', 1 * MiB, 5);
+  const slow = await makeDisk(dir, 'd1', 4 * MiB, 6);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir, { slots: 16 });
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const store = { url: path.join(dir, 'store') };
+  const policy = (group: string, disk: string, location: string, bandwidth?: number) => ({
+    group,
+    revision: 1,
+    rpoSeconds: 3600,
+    store,
+    chunkSize: 64 * KiB,
+    disks: [{ disk, source: { location } }],
+    ...(bandwidth ? { bandwidth } : {}),
+  });
+  ms.setPolicy(policy('ga', 'd0', fast));
+  ms.setPolicy(policy('gb', 'd1', slow, 512 * KiB));
+  await ms.waitFor(() => ms.reportsOf('job.completed', (m) => m.group === 'ga').length === 1, 10_000, 'a point of ga');
+  await ms.waitFor(() => ms.progress.some((p) => p.msg.disk === 'd1' && Number(p.msg.bytesWritten) > 0), 10_000, 'gb mid-run');
+  const series = async () =>
+    [...parseExposition((await get(agent.metricsPort!, '/metrics')).body).keys()].filter((k) =>
+      /^rnode_(rpo_seconds|last_point_timestamp_seconds)\{/.test(k),
+    );
+  t.same((await series()).length, 3, 'both RPOs and the last point of ga');
+  ms.removePolicy('ga');
+  ms.removePolicy('gb');
+  await ms.waitFor(() => ms.reportsOf('job.completed', (m) => m.group === 'gb').length === 1, 20_000, 'the run of gb ended');
+  t.same(await series(), [], 'no series of a removed group');
+});
