@@ -91,7 +91,9 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   const seal = requireChainSeal(chain, opts.encryption, disk, await readDiskMarker(store, disk, opts.encryption));
   if (seal) await authenticateTables(store, chain, seal.key);
 
-  const sink = opts.sink ?? (await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location }));
+  const sink =
+    opts.sink ??
+    (await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location, ownerOnly: opts.encryption !== undefined }));
   let stats: PumpStats;
   const clock = new RestoreClock();
   try {

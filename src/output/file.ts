@@ -104,7 +104,15 @@ async function requireFolder(out: string): Promise<void> {
   if (!st.isDirectory()) throw new RnodeError(ErrorCodes.USAGE, `--out ${out}: ${dir} is not a folder; give a path in an existing folder`);
 }
 
-export async function openFileOutput(out: string, diskSize: number): Promise<OutputSink> {
+/**
+ * A new image file's permissions: an encrypted disk's plaintext is readable by its owner only (0600), as a key file
+ * must be; others 0644, as before. A file replaced keeps its own permissions (a restore must not widen them).
+ */
+export interface FileOutputOptions {
+  ownerOnly?: boolean;
+}
+
+export async function openFileOutput(out: string, diskSize: number, opts: FileOutputOptions = {}): Promise<OutputSink> {
   const { target, stats } = await resolveFileOutput(out);
   try {
     if (stats?.isBlockDevice()) {
@@ -116,7 +124,9 @@ export async function openFileOutput(out: string, diskSize: number): Promise<Out
     }
     // Beside the target, so the rename stays on one filesystem and replaces the file a symlink points at.
     const tmp = path.join(path.dirname(target), `.${path.basename(target)}.rnode-partial`);
-    const opened = await openDirect(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC);
+    const opened = await openDirect(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, opts.ownerOnly ? 0o600 : 0o644);
+    if (stats?.isFile()) await opened.fh.chmod(stats.mode & 0o7777);
+    else if (opts.ownerOnly) await opened.fh.chmod(0o600); // a partial file left by an older run kept its mode
     await opened.fh.truncate(diskSize);
     return new FileSink(out, opened, tmp, { partial: tmp, final: target });
   } catch (err) {
@@ -164,16 +174,16 @@ interface Opened {
 }
 
 /** O_DIRECT when the filesystem supports it (tmpfs does not: EINVAL), buffered otherwise. */
-async function openDirect(file: string, flags: number): Promise<Opened> {
+async function openDirect(file: string, flags: number, mode = 0o644): Promise<Opened> {
   const direct = fs.constants.O_DIRECT;
   if (direct !== undefined) {
     try {
-      return { fh: await fsp.open(file, flags | direct, 0o644), direct: true };
+      return { fh: await fsp.open(file, flags | direct, mode), direct: true };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
     }
   }
-  return { fh: await fsp.open(file, flags, 0o644), direct: false };
+  return { fh: await fsp.open(file, flags, mode), direct: false };
 }
 
 class FileSink implements OutputSink {

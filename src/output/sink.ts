@@ -14,6 +14,8 @@ export interface OpenOutputOptions {
   env: NodeJS.ProcessEnv;
   /** The store being read (its location, never secret): an output inside it is refused. */
   storeLocation?: string;
+  /** The disk is encrypted at rest: a local image file is created readable by its owner only. */
+  ownerOnly?: boolean;
 }
 
 export interface OutputSink {
