@@ -48,6 +48,11 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
       return 0;
     }
     if (name === 'completion') {
+      if (rest[0] === '--help' || rest[0] === '-h') {
+        io.out('usage: rnode completion bash|zsh');
+        io.out('  print a bash or zsh completion script: source <(rnode completion bash)');
+        return 0;
+      }
       const { completionScript } = await import('./completion.js');
       io.out(completionScript(rest[0], await completionTable(commands)));
       return 0;

@@ -38,3 +38,9 @@ t.test('completion without a known shell is a usage error', async (t) => {
   t.equal(r.code, 2);
   t.match(r.stderr, /^rnode: RNODE_USAGE: "rnode completion" needs the shell: bash or zsh/);
 });
+
+t.test('completion --help prints its usage like every command (it was a usage error)', async (t) => {
+  const r = await runCli(['completion', '--help']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /^usage: rnode completion bash\|zsh/);
+});
