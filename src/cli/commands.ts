@@ -414,14 +414,17 @@ function removedNote(r: { packs: number; indexObjects: number; points: number })
 
 const checkCmd: Command = {
   summary: "check the whole repository's structure (and with --read-data every byte)",
-  usage: `rnode check --store <store> [--read-data] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
-  options: { store: { type: 'string' }, 'read-data': { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
+  usage: `rnode check --store <store> [--read-data [--repair]] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]`,
+  options: { store: { type: 'string' }, 'read-data': { type: 'boolean' }, repair: { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'check', 'store');
+    if (v.repair === true && v['read-data'] !== true) {
+      throw new RnodeError(ErrorCodes.USAGE, '--repair needs --read-data: only reading every blob finds the damaged ones');
+    }
     const { check } = await import('../jobs/check.js');
     const encryption = encryptionKeyFrom(v);
     const r = await stoppable('check', READ_ONLY_STOP, (signal) =>
-      withStore(str(v, 'store')!, (store) => check({ store, encryption, readData: v['read-data'] === true, signal }), v),
+      withStore(str(v, 'store')!, (store) => check({ store, encryption, readData: v['read-data'] === true, repair: v.repair === true, signal }), v),
     );
     print(io, v.json === true, r, () => [
       `${r.ok ? 'ok' : 'FAILED'}: ${r.domains.length} repositor${r.domains.length === 1 ? 'y' : 'ies'}, ${r.legacy.disks} legacy disks checked` +
@@ -435,6 +438,15 @@ const checkCmd: Command = {
       ),
       ...r.skipped.map((s) => `  repository ${s.domain}: not checked (${s.code}: encrypted with another key)`),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
+      ...r.domains.flatMap((d) =>
+        d.repair
+          ? [
+              `  repaired repository ${d.domain}: ${d.repair.packsRepaired} pack(s) rewritten without their ${d.repair.dropped.length} damaged chunk(s) ` +
+                `(${d.repair.blobsCopied} intact chunks copied); replicate the disks that held them again: every point that uses them restores once ` +
+                'a replicate has stored them anew (--full where the source has not changed there)',
+            ]
+          : [],
+      ),
     ]);
     if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
     return r.ok ? 0 : 1;

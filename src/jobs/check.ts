@@ -14,6 +14,7 @@ import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.j
 import { decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
 import { checkKeyOpensOne, listDomains, listLegacyDisks, listV2Disks, listV2PointSeqs, loadV2Point, v2DiskId } from '../repository/points.js';
 import { referencesChunk, tableEntries } from '../repository/view.js';
+import { repairDomain, type RepairResult } from './repair.js';
 import { verify } from './verify.js';
 
 const MAX_PROBLEMS = 1000;
@@ -44,6 +45,8 @@ export interface DomainCheck {
    * goes on without them, and a chunk a point still needs from such a pack is reported missing.
    */
   removedDuringCheck: { packs: number; indexObjects: number; points: number };
+  /** With repair: what repairDomain did with the damaged blobs readData found. */
+  repair?: RepairResult;
 }
 
 export interface CheckResult {
@@ -61,7 +64,12 @@ export interface CheckOptions {
   store: ObjectStore;
   encryption?: EncryptionKey;
   readData?: boolean;
-  /** Stops between objects (check only reads). */
+  /**
+   * With readData: rewrite each pack holding a damaged blob without it (repairDomain), so that the next replicate of
+   * that data stores it anew instead of reusing the damaged copy. The only thing check writes.
+   */
+  repair?: boolean;
+  /** Stops between objects (check only reads, unless repair). */
   signal?: AbortSignal;
 }
 
@@ -93,6 +101,8 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
       `the store holds encrypted repositories (${skipped.map((s) => s.domain).join(', ')}); pass the key with --encryption-key-file to check them`,
     );
   }
+  if (opts.repair && !opts.readData)
+    throw new RnodeError(ErrorCodes.USAGE, 'repair needs --read-data: only reading every blob finds the damaged ones');
   checkKeyOpensOne(store.location, domains, key);
   const out: CheckResult = {
     ok: false,
@@ -104,7 +114,9 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
     seconds: 0,
   };
   for (const name of domains.filter((d) => d === PLAIN_DOMAIN || d === key?.domain)) {
-    out.domains.push(await checkDomain(store, name === PLAIN_DOMAIN ? undefined : key, name, opts.readData === true, report, opts.signal));
+    out.domains.push(
+      await checkDomain(store, name === PLAIN_DOMAIN ? undefined : key, name, opts.readData === true, report, opts.signal, opts.repair === true),
+    );
   }
   for (const disk of legacyDisks) {
     opts.signal?.throwIfAborted();
@@ -150,6 +162,8 @@ interface DomainScope {
   /** Packs and index objects listed but gone when read (a concurrent prune deleted them). */
   vanishedPacks: Set<ObjectId>;
   vanishedIndexes: Set<ObjectId>;
+  /** Blobs found damaged by readData (offsets by pack): what repair leaves out. */
+  damaged: Map<ObjectId, Set<number>>;
 }
 
 /** A listed object whose read found it gone: deleted since the listing (the store is read-after-write consistent). */
@@ -165,6 +179,7 @@ async function checkDomain(
   readData: boolean,
   report: (err: unknown) => void,
   signal: AbortSignal | undefined,
+  repair = false,
 ): Promise<DomainCheck> {
   const c: DomainCheck = {
     domain: name,
@@ -205,6 +220,7 @@ async function checkDomain(
     locations: [],
     vanishedPacks: new Set(),
     vanishedIndexes: new Set(),
+    damaged: new Map(),
   };
   // Packs are read before the references are checked: one a concurrent prune deletes before it is read then counts
   // as absent, and a point listed after that still needing one of its chunks is reported (CHUNK_MISSING).
@@ -227,6 +243,7 @@ async function checkDomain(
   c.removedDuringCheck.indexObjects = scope.vanishedIndexes.size;
   const good = matchIndexToTrailers(scope, index, trailers);
   await checkPointReferences(scope, index, good);
+  if (repair && scope.damaged.size > 0) c.repair = await repairDomain({ store, domain, damaged: scope.damaged });
   return c;
 }
 
@@ -376,7 +393,16 @@ async function stillListed(store: ObjectStore, disk: string, seq: number, key: E
  * --read-data: every blob of every readable pack goes through the checker restore, verify and export use
  * (decodeBlobInto: stored xxh64, decrypted, decoded on the codec workers, chunk id recomputed).
  */
-async function readBlobs({ store, name, domain, c, report, signal, vanishedPacks }: DomainScope, trailers: Trailers, ids: ObjectId[]): Promise<void> {
+async function readBlobs(
+  { store, name, domain, c, report, signal, vanishedPacks, damaged }: DomainScope,
+  trailers: Trailers,
+  ids: ObjectId[],
+): Promise<void> {
+  const isDamaged = (id: ObjectId, offset: number) => {
+    let set = damaged.get(id);
+    if (!set) damaged.set(id, (set = new Set()));
+    set.add(offset);
+  };
   let slot: ReadSlot | undefined;
   let slotPlain = 0;
   await withWorkerDomain(domain, async () => {
@@ -407,6 +433,7 @@ async function readBlobs({ store, name, domain, c, report, signal, vanishedPacks
         }
         const where = `at offset ${e.offset} of pack ${what} (id ${e.id.toString('hex').slice(0, 16)}…)`;
         if (e.length > slot.object.length) {
+          isDamaged(id, e.offset);
           report(
             new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: its trailer says ${e.length} bytes, more than a chunk can take`, {
               details: { key: what },
@@ -429,6 +456,9 @@ async function readBlobs({ store, name, domain, c, report, signal, vanishedPacks
         try {
           await decodeBlobInto(slot, e.length, expect, e, domain, where);
         } catch (err) {
+          // Only a blob that fails its checksums or its id is damaged: one of a codec or format this build does not
+          // know is another rnode's, and repair must not drop it.
+          if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) isDamaged(id, e.offset);
           report(
             isRnodeError(err)
               ? new RnodeError(err.code, `${err.message}; points using this chunk cannot be restored from this copy`, { details: { key: what } })

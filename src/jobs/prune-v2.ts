@@ -126,7 +126,7 @@ export interface PackInfo {
   used: Set<number>;
 }
 
-function emptyMaintainResult(domain: Domain): MaintainResult {
+export function emptyMaintainResult(domain: Domain): MaintainResult {
   return {
     domain: domain.name,
     packs: 0,
@@ -357,7 +357,7 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
   return { marks, index, packs, disks: named, missingChunks: r.missingChunks, marksRecorded, ...(r.deferred ? { deferred: r.deferred } : {}) };
 }
 
-async function* listPacks(store: ObjectStore, domain: Domain): AsyncIterable<{ id: ObjectId; size: number }> {
+export async function* listPacks(store: ObjectStore, domain: Domain): AsyncIterable<{ id: ObjectId; size: number }> {
   for await (const o of store.list(r2.packsPrefix(domain.name))) {
     const h = classify(o.key);
     if (h?.kind === 'pack' && h.domain === domain.name) yield { id: h.id, size: o.size };
@@ -521,7 +521,7 @@ async function repack(
  * Rewrites index objects that are small or name deleted packs into full ones holding only entries of existing packs,
  * then deletes those it replaced. Index objects written after the listing (by writers, or by repack above) stay.
  */
-async function compactIndexes(
+export async function compactIndexes(
   store: ObjectStore,
   domain: Domain,
   index: ChunkIndex,

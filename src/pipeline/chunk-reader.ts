@@ -125,7 +125,7 @@ async function fetchBlob<T>(
         // another point helps only where it holds other data here.
         corrupt ??= new RnodeError(
           ErrorCodes.CHUNK_CORRUPT,
-          `${err.message}; restore another point, and run "rnode check --read-data" to list every damaged chunk`,
+          `${err.message}; restore another point, and run "rnode check --read-data --repair", then "rnode replicate --full" of the disk, to store it anew`,
           { details },
         );
       }

@@ -16,7 +16,8 @@ import { decodeIndex, encodeIndex, listIndexIds } from '../../src/repository/ind
 import { r2 } from '../../src/repository/names.js';
 import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest } from '../../src/repository/point-format.js';
 import { verify } from '../../src/jobs/verify.js';
-import { listPointSeqs } from '../../src/repository/points.js';
+import { listPointSeqs, loadPoint } from '../../src/repository/points.js';
+import { tableEntries } from '../../src/repository/view.js';
 import {
   KiB,
   MiB,
@@ -331,3 +332,42 @@ t.test('a chunk stored twice is read from its other copy when the first is damag
   const v = await verify({ store: fsStore(f.storeDir), disk: 'd', point: '2' });
   t.equal(v.ok, true, 'verify reads the intact copy too');
 });
+
+// Regression: a damaged chunk was reused by every later replicate (dedup found it in the index), so re-replicating,
+// as the error advised, made points as broken as the old ones. Repair drops it; a full point stores it anew.
+t.test('a damaged chunk: check --read-data --repair, then replicate --full, and every point restores again', async (t) => {
+  const f = await twoPoints(t);
+  const b = await blobPlace(f.storeDir, 'd', 1, 5);
+  flipByte(b.file, b.offset + 1000);
+  await expectRecoverFails(t, f, '2', ErrorCodes.CHUNK_CORRUPT, 5);
+  const again = await runCli(['replicate', '--source', f.img, '--target', f.storeDir, '--disk', 'd', '--cache-dir', 'none']);
+  t.equal(again.code, 0, again.stderr);
+  await expectRecoverFails(t, f, '3', ErrorCodes.CHUNK_CORRUPT, 5); // what re-replicating used to give
+
+  const usage = await runCli(['check', '--store', f.storeDir, '--repair']);
+  t.equal(usage.code, 2, '--repair alone is a usage error');
+  const r = await runCli(['check', '--store', f.storeDir, '--read-data', '--repair', '--json']);
+  t.equal(r.code, 1, 'check still reports the damage it found');
+  const repair = json(r).domains[0].repair;
+  t.equal(repair.packsRepaired, 1);
+  t.equal(repair.dropped.length, 1, 'the damaged chunk is left out');
+  t.equal(repair.dropped[0], (await chunkId(f, 1, 5)).toString('hex'));
+  t.notOk(fs.existsSync(b.file), 'the damaged pack is gone');
+
+  const full = await runCli(['replicate', '--source', f.img, '--target', f.storeDir, '--disk', 'd', '--cache-dir', 'none', '--full', '--json']);
+  t.equal(full.code, 0, full.stderr);
+  t.equal(json(full).full, true);
+  const store = fsStore(f.storeDir);
+  await expectRestore(t, store, 'd', 1, f.fps[0], f.dir);
+  await expectRestore(t, store, 'd', 2, f.fps[1], f.dir);
+  await expectRestore(t, store, 'd', 3, f.fps[1], f.dir);
+  await expectRestore(t, store, 'd', 4, f.fps[1], f.dir);
+  const ok = await runCli(['check', '--store', f.storeDir, '--read-data']);
+  t.equal(ok.code, 0, `the repository is whole again: ${ok.stdout}${ok.stderr}`);
+});
+
+async function chunkId(f: Fixture, point: number, index: number): Promise<Buffer> {
+  const store = fsStore(f.storeDir);
+  for await (const e of tableEntries(store, await loadPoint(store, 'd', point), undefined)) if (e.index === index) return e.id!;
+  throw new Error(`no chunk ${index}`);
+}

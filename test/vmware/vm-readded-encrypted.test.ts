@@ -23,9 +23,10 @@ for (const encrypted of [false, true]) {
     env.sim.writeToVmDisk('vm-61', 2001, 0, randomData(256 * 1024, 8));
     const r3 = await env.run({ encryption });
     t.same(r3.added, [2001]);
-    const back = r3.disks.find((d) => d.deviceKey === 2001)! as { rescanReason?: string };
-    // Planned as a full read, not compared with the old disk's CBT (an encrypted VM found no old points).
-    t.equal(back.rescanReason, 'full sync requested', 'read in full as planned');
+    const back = r3.disks.find((d) => d.deviceKey === 2001)! as { full?: boolean; fullReason?: string };
+    // Planned as a full point, not compared with the old disk's CBT (an encrypted VM found no old points).
+    t.equal(back.full, true, 'a full point as planned');
+    t.match(back.fullReason, /disk 2001 was added since VM point/, "with the plan's reason");
     await expectVmRestore(t, env, 'vm-61', r3.vmPoint, encryption);
   });
 }

@@ -116,6 +116,12 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   } else if (!isV2Point(latest)) {
     parent = undefined;
     fullReason = 'repository format upgraded';
+  } else if (opts.forceFull) {
+    // Nothing is taken from the parent: every chunk is looked up in the repository's index and stored where it is in
+    // no pack. After check --repair dropped a damaged chunk, this is what stores it anew (an incremental would keep
+    // the parent's record of it, unchanged).
+    parent = undefined;
+    fullReason = 'full point requested';
   }
 
   let chain: PointManifest[] | undefined;
@@ -139,8 +145,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
       if (peeked.error) fullReason = `change tracking unusable: ${peeked.error.message}`;
       else changed = peeked.indexes;
     }
-  } else if (parent && opts.forceFull) fullReason = 'full sync requested';
-  else if (parent && !source.tracksChanges) fullReason = undefined; // raw: every point is a scan, compared by content
+  } else if (parent && !source.tracksChanges) fullReason = undefined; // raw: every point is a scan, compared by content
   // A point is full when nothing is compared; it is a scan when every allocated chunk is read.
   const full = parent === undefined;
   const scan = changed === undefined;

@@ -1,0 +1,104 @@
+// Repair of damaged packs (check --read-data --repair): every intact blob of a pack holding a damaged one is copied
+// into new packs and indexed, then the damaged pack is deleted. The damaged chunk is then in no pack: a replicate
+// that reads its data stores it anew (dedup no longer finds the bad copy), and every point that uses it restores
+// again, the old ones too (points name chunks by id, not by where they are). Without repair, dedup kept reusing the
+// bad copy: a new point of the same data was as broken as the old one.
+import { ErrorCodes, isRnodeError } from '../errors.js';
+import { xxh64 } from '../format/checksum.js';
+import type { ObjectStore } from '../store/types.js';
+import type { Domain } from '../repository/domain.js';
+import { MIN_PACK_SIZE } from '../repository/domain.js';
+import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
+import { Lease, type LeaseOptions } from '../repository/lease.js';
+import { r2, type ObjectId } from '../repository/names.js';
+import { PackBuilder, decodePack, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
+import { forgetChunkIndexes } from '../repository/index-cache.js';
+import { INDEX_TARGET_ENTRIES, compactIndexes, emptyMaintainResult, listPacks, pruneLeaseName } from './prune-v2.js';
+
+export interface RepairResult {
+  domain: string;
+  packsRepaired: number;
+  blobsCopied: number;
+  bytesRewritten: number;
+  /** Chunk ids (hex) of the damaged blobs left out: their data must be replicated again. */
+  dropped: string[];
+  packsWritten: number;
+}
+
+export interface RepairOptions {
+  store: ObjectStore;
+  domain: Domain;
+  /** Damaged blobs by pack, as check --read-data found them (offsets in the pack). */
+  damaged: ReadonlyMap<ObjectId, ReadonlySet<number>>;
+  lease?: LeaseOptions;
+}
+
+/** Holds the domain's prune lease: no sweep runs beside it, and a writer's reused packs are checked at its commit. */
+export async function repairDomain(opts: RepairOptions): Promise<RepairResult> {
+  const { store, domain } = opts;
+  return Lease.holding(store, pruneLeaseName(domain.name), { ...opts.lease, waitMs: opts.lease?.waitMs ?? 0 }, async () => {
+    const r: RepairResult = { domain: domain.name, packsRepaired: 0, blobsCopied: 0, bytesRewritten: 0, dropped: [], packsWritten: 0 };
+    const index = await ChunkIndex.load(store, domain);
+    const written: ChunkLocation[] = [];
+    const packSize = packSizeFor(store, domain.config.packSize, MIN_PACK_SIZE);
+    let builder: PackBuilder | undefined;
+    const flush = async () => {
+      if (!builder || builder.count === 0) return;
+      const b = builder;
+      builder = undefined;
+      await store.put(r2.pack(domain.name, b.id), b.finish());
+      r.packsWritten++;
+      for (const e of b.entries) written.push({ packId: b.id, entry: e });
+    };
+    const repaired: ObjectId[] = [];
+    for (const [packId, bad] of opts.damaged) {
+      let pack: Buffer;
+      try {
+        pack = await store.get(r2.pack(domain.name, packId));
+      } catch (err) {
+        if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) continue; // gone already (a prune deleted it)
+        throw err;
+      }
+      // The pack's own trailer says what it holds; a damaged trailer leaves the index's entries of it.
+      let entries: BlobEntry[];
+      try {
+        entries = decodePack(pack, domain.name, packId, domain.key);
+      } catch {
+        entries = [...index.locations()].flatMap((l) => (l.packId === packId ? [l.entry] : []));
+      }
+      for (const e of entries) {
+        const blob = pack.subarray(e.offset, e.offset + e.length);
+        // What check found damaged, and anything that does not match its checksum now, stays behind.
+        if (bad.has(e.offset) || blob.length !== e.length || xxh64(blob) !== e.payloadXxh64) {
+          r.dropped.push(e.id.toString('hex'));
+          continue;
+        }
+        builder ??= new PackBuilder(domain.name, packSize, domain.key);
+        if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
+          await flush();
+          builder = new PackBuilder(domain.name, packSize, domain.key);
+        }
+        builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
+        r.blobsCopied++;
+        r.bytesRewritten += e.length;
+      }
+      repaired.push(packId);
+    }
+    await flush();
+    // The copies are indexed before the damaged packs go: a reader or a writer finds every intact chunk throughout.
+    for (let i = 0; i < written.length; i += INDEX_TARGET_ENTRIES) {
+      const indexId = newObjectId();
+      await store.put(r2.index(domain.name, indexId), encodeIndex(domain, indexId, written.slice(i, i + INDEX_TARGET_ENTRIES)));
+    }
+    for (const l of written) index.add(l);
+    for (const packId of repaired) {
+      await store.delete(r2.pack(domain.name, packId));
+      r.packsRepaired++;
+    }
+    const existing = new Set<ObjectId>();
+    for await (const p of listPacks(store, domain)) existing.add(p.id);
+    await compactIndexes(store, domain, index, existing, emptyMaintainResult(domain), 8);
+    forgetChunkIndexes(store);
+    return r;
+  });
+}
