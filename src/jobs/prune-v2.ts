@@ -10,11 +10,12 @@ import { isZeroEntry, TABLE_SEGMENT_RECORDS, type ChunkEntry } from '../format/t
 import type { ObjectStore } from '../store/types.js';
 import { allocAlignedUnsafe, discardPages } from '../native/index.js';
 import { forEachBounded } from '../pipeline/bounded.js';
-import { Domain, MIN_PACK_SIZE } from '../repository/domain.js';
+import { BlobCopier, INDEX_TARGET_ENTRIES } from './blob-copier.js';
+import { Domain } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
-import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
+import { newObjectId, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
   checkKeyOpensOne,
@@ -41,7 +42,6 @@ export const DEFAULT_MAX_UNUSED = 0.5;
 /** Tombstones of deleted packs are kept at least this long (and as long as an index lists the pack). */
 const TOMBSTONE_MS = 24 * 60 * 60_000;
 /** Entries per index object written by compaction and repack (80 B each: 5 MiB). */
-export const INDEX_TARGET_ENTRIES = 65536;
 /** How often a SweepPacer lets retention sweep a domain: well inside the grace period, so deletion is barely delayed. */
 export const DEFAULT_SWEEP_INTERVAL_MS = 10 * 60_000;
 /** Index objects a domain may gather between paced sweeps before retention compacts them (every replicate loads them all). */
@@ -463,19 +463,10 @@ async function repack(
   await writePruneMarks(store, domain, marks);
   failpoint('prune-repack-marked');
 
-  const written: ChunkLocation[] = [];
-  const packSize = packSizeFor(store, domain.config.packSize, MIN_PACK_SIZE);
-  let builder: PackBuilder | undefined;
-  const flush = async () => {
-    if (!builder || builder.count === 0) return;
-    const b = builder;
-    builder = undefined;
-    await store.put(r2.pack(domain.name, b.id), b.finish());
-    discardPages(b.buffer); // its pages now, the mapping when the GC finds it (a failed put's buffer is left alone)
+  const copier = new BlobCopier(store, domain, () => {
     r.packsWritten++;
-    for (const e of b.entries) written.push({ packId: b.id, entry: e });
     if (r.packsWritten === 1) failpoint('prune-repack-pack-written');
-  };
+  });
   // The source packs are read one after another into one buffer (where the store can: the fs store), whose pages go
   // back at the end. Read as fresh buffers, each (up to 16 MiB) stayed resident until a GC, beside the agent's
   // running jobs and their own buffers.
@@ -494,12 +485,7 @@ async function repack(
             { details: { key: r2.pack(domain.name, id) } },
           );
         }
-        builder ??= new PackBuilder(domain.name, packSize, domain.key);
-        if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
-          await flush();
-          builder = new PackBuilder(domain.name, packSize, domain.key);
-        }
-        builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
+        await copier.add(blob, e);
         r.bytesRewritten += e.length;
       }
       r.packsRepacked++;
@@ -507,13 +493,8 @@ async function repack(
   } finally {
     discardPages(readBuffer);
   }
-  await flush();
-  for (let i = 0; i < written.length; i += INDEX_TARGET_ENTRIES) {
-    const indexId = newObjectId();
-    await store.put(r2.index(domain.name, indexId), encodeIndex(domain, indexId, written.slice(i, i + INDEX_TARGET_ENTRIES)));
-    r.indexesWritten++;
-  }
-  for (const l of written) index.add(l);
+  await copier.finish(index);
+  r.indexesWritten += copier.indexesWritten;
   failpoint('prune-repack-indexed');
 }
 

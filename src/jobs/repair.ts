@@ -7,13 +7,13 @@ import { ErrorCodes, isRnodeError } from '../errors.js';
 import { xxh64 } from '../format/checksum.js';
 import type { ObjectStore } from '../store/types.js';
 import type { Domain } from '../repository/domain.js';
-import { MIN_PACK_SIZE } from '../repository/domain.js';
-import { ChunkIndex, encodeIndex, type ChunkLocation } from '../repository/index-file.js';
+import { ChunkIndex } from '../repository/index-file.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
 import { r2, type ObjectId } from '../repository/names.js';
-import { PackBuilder, decodePack, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
+import { decodePack, type BlobEntry } from '../repository/pack.js';
 import { forgetChunkIndexes } from '../repository/index-cache.js';
-import { INDEX_TARGET_ENTRIES, compactIndexes, emptyMaintainResult, listPacks, pruneLeaseName } from './prune-v2.js';
+import { BlobCopier } from './blob-copier.js';
+import { compactIndexes, emptyMaintainResult, listPacks, pruneLeaseName } from './prune-v2.js';
 
 export interface RepairResult {
   domain: string;
@@ -39,17 +39,7 @@ export async function repairDomain(opts: RepairOptions): Promise<RepairResult> {
   return Lease.holding(store, pruneLeaseName(domain.name), { ...opts.lease, waitMs: opts.lease?.waitMs ?? 0 }, async () => {
     const r: RepairResult = { domain: domain.name, packsRepaired: 0, blobsCopied: 0, bytesRewritten: 0, dropped: [], packsWritten: 0 };
     const index = await ChunkIndex.load(store, domain);
-    const written: ChunkLocation[] = [];
-    const packSize = packSizeFor(store, domain.config.packSize, MIN_PACK_SIZE);
-    let builder: PackBuilder | undefined;
-    const flush = async () => {
-      if (!builder || builder.count === 0) return;
-      const b = builder;
-      builder = undefined;
-      await store.put(r2.pack(domain.name, b.id), b.finish());
-      r.packsWritten++;
-      for (const e of b.entries) written.push({ packId: b.id, entry: e });
-    };
+    const copier = new BlobCopier(store, domain, () => r.packsWritten++);
     const repaired: ObjectId[] = [];
     for (const [packId, bad] of opts.damaged) {
       let pack: Buffer;
@@ -73,24 +63,14 @@ export async function repairDomain(opts: RepairOptions): Promise<RepairResult> {
           r.dropped.push(e.id.toString('hex'));
           continue;
         }
-        builder ??= new PackBuilder(domain.name, packSize, domain.key);
-        if (builder.wouldOverflow(blob.length, store.maxPutBytes)) {
-          await flush();
-          builder = new PackBuilder(domain.name, packSize, domain.key);
-        }
-        builder.add(blob, { id: e.id, plainLength: e.plainLength, codec: e.codec, payloadXxh64: e.payloadXxh64 });
+        await copier.add(blob, e);
         r.blobsCopied++;
         r.bytesRewritten += e.length;
       }
       repaired.push(packId);
     }
-    await flush();
     // The copies are indexed before the damaged packs go: a reader or a writer finds every intact chunk throughout.
-    for (let i = 0; i < written.length; i += INDEX_TARGET_ENTRIES) {
-      const indexId = newObjectId();
-      await store.put(r2.index(domain.name, indexId), encodeIndex(domain, indexId, written.slice(i, i + INDEX_TARGET_ENTRIES)));
-    }
-    for (const l of written) index.add(l);
+    await copier.finish(index);
     for (const packId of repaired) {
       await store.delete(r2.pack(domain.name, packId));
       r.packsRepaired++;
