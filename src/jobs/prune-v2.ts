@@ -481,7 +481,7 @@ async function repack(
         if (blob.length !== e.length || xxh64(blob) !== e.payloadXxh64) {
           throw new RnodeError(
             ErrorCodes.CHUNK_CORRUPT,
-            `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data"`,
+            `pack ${r2.pack(domain.name, id)} holds a damaged blob at offset ${e.offset}; nothing was deleted; run "rnode check --read-data --repair" to rewrite it without that blob, then "rnode replicate --full" of the disks that hold its data`,
             { details: { key: r2.pack(domain.name, id) } },
           );
         }
