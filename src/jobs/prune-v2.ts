@@ -126,7 +126,7 @@ export interface PackInfo {
   used: Set<number>;
 }
 
-export function emptyMaintainResult(domain: Domain): MaintainResult {
+function emptyMaintainResult(domain: Domain): MaintainResult {
   return {
     domain: domain.name,
     packs: 0,
@@ -507,7 +507,7 @@ export async function compactIndexes(
   domain: Domain,
   index: ChunkIndex,
   existing: Set<ObjectId>,
-  r: MaintainResult,
+  r: Pick<MaintainResult, 'indexesWritten' | 'indexesDeleted'>,
   concurrency: number,
 ): Promise<void> {
   const perIndex = new Map<ObjectId, ChunkLocation[]>();

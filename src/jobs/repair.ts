@@ -13,7 +13,7 @@ import { r2, type ObjectId } from '../repository/names.js';
 import { decodePack, type BlobEntry } from '../repository/pack.js';
 import { forgetChunkIndexes } from '../repository/index-cache.js';
 import { BlobCopier } from './blob-copier.js';
-import { compactIndexes, emptyMaintainResult, listPacks, pruneLeaseName } from './prune-v2.js';
+import { compactIndexes, listPacks, pruneLeaseName } from './prune-v2.js';
 
 export interface RepairResult {
   domain: string;
@@ -23,6 +23,8 @@ export interface RepairResult {
   /** Chunk ids (hex) of the damaged blobs left out: their data must be replicated again. */
   dropped: string[];
   packsWritten: number;
+  indexesWritten: number;
+  indexesDeleted: number;
 }
 
 export interface RepairOptions {
@@ -37,7 +39,16 @@ export interface RepairOptions {
 export async function repairDomain(opts: RepairOptions): Promise<RepairResult> {
   const { store, domain } = opts;
   return Lease.holding(store, pruneLeaseName(domain.name), { ...opts.lease, waitMs: opts.lease?.waitMs ?? 0 }, async () => {
-    const r: RepairResult = { domain: domain.name, packsRepaired: 0, blobsCopied: 0, bytesRewritten: 0, dropped: [], packsWritten: 0 };
+    const r: RepairResult = {
+      domain: domain.name,
+      packsRepaired: 0,
+      blobsCopied: 0,
+      bytesRewritten: 0,
+      dropped: [],
+      packsWritten: 0,
+      indexesWritten: 0,
+      indexesDeleted: 0,
+    };
     const index = await ChunkIndex.load(store, domain);
     const copier = new BlobCopier(store, domain, () => r.packsWritten++);
     const repaired: ObjectId[] = [];
@@ -71,13 +82,14 @@ export async function repairDomain(opts: RepairOptions): Promise<RepairResult> {
     }
     // The copies are indexed before the damaged packs go: a reader or a writer finds every intact chunk throughout.
     await copier.finish(index);
+    r.indexesWritten += copier.indexesWritten;
     for (const packId of repaired) {
       await store.delete(r2.pack(domain.name, packId));
       r.packsRepaired++;
     }
     const existing = new Set<ObjectId>();
     for await (const p of listPacks(store, domain)) existing.add(p.id);
-    await compactIndexes(store, domain, index, existing, emptyMaintainResult(domain), 8);
+    await compactIndexes(store, domain, index, existing, r, 8);
     forgetChunkIndexes(store);
     return r;
   });
