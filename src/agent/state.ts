@@ -206,18 +206,10 @@ export class StateDir {
 
   /** The policies last received; damaged ones are dropped (the server sends every policy again at registration). */
   async loadPolicies(log: Logger): Promise<Policy[]> {
-    const read = await this.read('policies.json');
-    if (!read) return [];
-    if (read.damaged !== undefined || !Array.isArray(read.value)) {
-      await this.setAside('policies.json', read.damaged ?? 'not a JSON array', log, 'runs no policy until the server sends them at registration');
-      return [];
-    }
-    return read.value.filter((p: unknown, index) => {
-      const why = policyProblem(p);
-      if (why !== undefined)
-        log.warn('dropped a damaged policy of policies.json; the server sends it again at registration', { index, problem: why });
-      return why === undefined;
-    }) as Policy[];
+    return this.loadList<Policy>('policies.json', policyProblem, log, {
+      without: 'runs no policy until the server sends them at registration',
+      dropped: 'dropped a damaged policy of policies.json; the server sends it again at registration',
+    });
   }
   savePolicies(p: Policy[]): Promise<void> {
     return this.writeJson('policies.json', p);
@@ -279,20 +271,36 @@ export class StateDir {
    * server would wait for it forever. Damaged entries are dropped (logged): their jobs are the server's to time out.
    */
   async loadAcceptedJobs(log: Logger): Promise<AcceptedJob[]> {
-    const read = await this.read('jobs.json');
-    if (!read) return [];
-    if (read.damaged !== undefined || !Array.isArray(read.value)) {
-      await this.setAside('jobs.json', read.damaged ?? 'not a JSON array', log, 'cannot report the jobs a restart interrupted');
-      return [];
-    }
-    return read.value.filter((j: unknown, index) => {
-      const why = acceptedJobProblem(j);
-      if (why !== undefined) log.warn('dropped a damaged job of jobs.json', { index, problem: why });
-      return why === undefined;
-    }) as AcceptedJob[];
+    return this.loadList<AcceptedJob>('jobs.json', acceptedJobProblem, log, {
+      without: 'cannot report the jobs a restart interrupted',
+      dropped: 'dropped a damaged job of jobs.json',
+    });
   }
   saveAcceptedJobs(jobs: AcceptedJob[]): Promise<void> {
     return this.writeJson('jobs.json', jobs);
+  }
+
+  /**
+   * A state file holding a JSON array: a damaged file is set aside (the node goes on `without` it) and a damaged entry
+   * is dropped with a warning; `problem` says what is wrong with an entry, undefined when nothing is.
+   */
+  private async loadList<T>(
+    name: string,
+    problem: (entry: unknown) => string | undefined,
+    log: Logger,
+    say: { without: string; dropped: string },
+  ): Promise<T[]> {
+    const read = await this.read(name);
+    if (!read) return [];
+    if (read.damaged !== undefined || !Array.isArray(read.value)) {
+      await this.setAside(name, read.damaged ?? 'not a JSON array', log, say.without);
+      return [];
+    }
+    return read.value.filter((entry: unknown, index) => {
+      const why = problem(entry);
+      if (why !== undefined) log.warn(say.dropped, { index, problem: why });
+      return why === undefined;
+    }) as T[];
   }
 
   /** Readiness: can we still persist? (a full or read-only disk makes the node unready) */
