@@ -120,13 +120,15 @@ export function requestDeadlineMs(timeoutMs: number, bytes = 0): number {
 
 /** A timer that fires `ms` after its last reset, until stopped. */
 export function idleTimer(ms: number, fire: () => void): { reset(): void; stop(): void } {
-  let timer = setTimeout(fire, ms);
+  const timer = setTimeout(fire, ms);
+  let stopped = false;
   return {
+    // Called per chunk of a body: refresh() moves the one timer instead of making a new one each time.
     reset() {
-      clearTimeout(timer);
-      timer = setTimeout(fire, ms);
+      if (!stopped) timer.refresh();
     },
     stop() {
+      stopped = true;
       clearTimeout(timer);
     },
   };
