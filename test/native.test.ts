@@ -35,7 +35,7 @@ import {
   type Extent,
 } from '../src/native/index.js';
 import { Codec } from '../src/format/codecs.js';
-import { ensureBuilt, ROOT, runScript } from './helpers/cli.js';
+import { ensureBuilt, plainNode, ROOT, runScript } from './helpers/cli.js';
 import { CodecWorkers, maxObjectBytes } from '../src/pipeline/codec-workers.js';
 
 const MiB = 1024 * 1024;
@@ -595,7 +595,7 @@ t.test('xxh64: codec workers give the same digests with the addon and with xxhas
 
 /** Runs an ES module script in a child (with gc() exposed: heap settings are process-wide) and parses what it prints. */
 function inChild<T>(script: string, arg: string): T {
-  return JSON.parse(execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, arg], { encoding: 'utf8' })) as T;
+  return JSON.parse(execFileSync(...plainNode(['--expose-gc', '--input-type=module', '-e', script, arg]), { encoding: 'utf8' })) as T;
 }
 
 t.test(

@@ -5,7 +5,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { CLI, ensureBuilt, ROOT } from '../helpers/cli.js';
+import { CLI, ensureBuilt, ROOT, plainNode } from '../helpers/cli.js';
 import { fsStore, tmpDir } from '../helpers/images.js';
 import { listPoints } from '../../src/repository/points.js';
 
@@ -17,7 +17,7 @@ const EXAMPLE = path.join(ROOT, 'dist', 'examples', 'ms.js');
 function start(args: string[]): { child: ChildProcess; out: string[]; err: string[]; exited: Promise<number | null> } {
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
-  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...plainNode(args), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const out: string[] = [];
   const err: string[] = [];
   for (const [stream, lines] of [

@@ -7,7 +7,7 @@ import { Agent, type AgentOptions } from '../../src/agent/agent.js';
 import { Logger } from '../../src/log.js';
 import type { ReferenceMs as ReferenceMsType, ReferenceMsOptions } from '../../examples/reference-ms.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
-import { CLI, CLI_NODE_FLAGS, ensureBuilt } from '../helpers/cli.js';
+import { CLI, CLI_NODE_FLAGS, ensureBuilt, plainNode } from '../helpers/cli.js';
 import { tmpDir } from '../helpers/images.js';
 import { Domain } from '../../src/repository/domain.js';
 import { r2 } from '../../src/repository/names.js';
@@ -121,19 +121,14 @@ export interface AgentProcess {
 }
 
 /**
- * Runs `node dist/cli.js agent ...` (building dist first when needed). uninstrumented: without the test runner's
- * hooks, as in production; it puts its coverage and process tracking (source maps of every module: ~60 MiB) back
- * into any child's NODE_OPTIONS, so `env -u` takes them out after it.
+ * Runs `node dist/cli.js agent ...` (building dist first when needed), without the test runner's hooks, as in
+ * production (plainNode says why).
  */
-export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = [], uninstrumented = false): AgentProcess {
+export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = []): AgentProcess {
   ensureBuilt();
   const env = { ...process.env };
-  delete env.NODE_OPTIONS;
-  const [cmd, ...pre] = uninstrumented ? ['env', '-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath] : [process.execPath];
   const child = spawn(
-    cmd!,
-    [
-      ...pre,
+    ...plainNode([
       ...CLI_NODE_FLAGS,
       CLI,
       'agent',
@@ -148,7 +143,7 @@ export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, ext
       '--reconnect-max-ms',
       '300',
       ...extra,
-    ],
+    ]),
     { env, stdio: ['ignore', 'ignore', 'pipe'] },
   );
   const stderr: string[] = [];

@@ -27,7 +27,7 @@ t.test('agent RSS stays flat over ~40 scheduled jobs', { skip: process.platform 
   );
   const ms = await startMs(t, { heartbeatMs: 500, nodeTimeoutMs: 10_000 });
   // Measured as it runs in production: without the test runner's coverage and process tracking.
-  const p = spawnAgent(t, ms, dir, 'mem', ['--slots', '3', '--log-level', 'warn'], true);
+  const p = spawnAgent(t, ms, dir, 'mem', ['--slots', '3', '--log-level', 'warn']);
   await ms.waitFor(() => ms.liveNodes().length === 1, 30_000, 'registration');
   // Default chunk size and concurrency: each run takes the 16 x (1 MiB + 1 MiB) slots a production run takes.
   ms.setPolicy({

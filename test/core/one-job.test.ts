@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { prepareForCommand } from '../../src/cli/one-job.js';
-import { CLI, ensureBuilt, runCli } from '../helpers/cli.js';
+import { CLI, ensureBuilt, plainNode, runCli } from '../helpers/cli.js';
 import { MiB, randomData, tmpDir } from '../helpers/images.js';
 import { recycleShared, takeShared } from '../../src/pipeline/shared-slots.js';
 
@@ -58,7 +58,7 @@ function spawnProbed(dir: string, args: string[]): { child: ChildProcess; report
   const report = path.join(dir, 'young.json');
   fs.writeFileSync(probe, PROBE);
   const { NODE_OPTIONS: _, ...env } = process.env;
-  const child = spawn(process.execPath, ['--import', probe, CLI, ...args], {
+  const child = spawn(...plainNode(['--import', probe, CLI, ...args]), {
     env: { ...env, PROBE_REPORT: report },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -5,7 +5,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
 import { MiB, randomData, tmpDir } from '../helpers/images.js';
 import { expectIntact, pruneArgs, setup } from '../helpers/prune-crash.js';
 
@@ -24,7 +24,7 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   const store = path.join(dir, 'store');
   const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', '512KiB'];
   // 4 MiB/s: the 128 chunks take ~8 s, so the signal lands mid-way.
-  const child = spawn(process.execPath, [CLI, ...args, '--bandwidth', '4MiB'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...plainNode([CLI, ...args, '--bandwidth', '4MiB']), { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });

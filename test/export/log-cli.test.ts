@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { ErrorCodes } from '../../src/errors.js';
-import { CLI, ensureBuilt } from '../helpers/cli.js';
+import { CLI, ensureBuilt, plainNode } from '../helpers/cli.js';
 import { blobPlace, fsStore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 import { CHUNK, haveTools, makeDisk, run, unixUrl } from './helpers.js';
 
@@ -22,7 +22,7 @@ interface LogLine {
 
 /** Runs `rnode export` on a socket until its stdout line, reads [offset, +length) with qemu-io, stops it. */
 async function exportAndRead(args: string[], socket: string, offset: number, length: number) {
-  const child = spawn(process.execPath, [CLI, 'export', ...args, '--socket', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...plainNode([CLI, 'export', ...args, '--socket', socket]), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => {
     stderr += d;

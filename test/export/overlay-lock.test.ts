@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { CLI, CLI_NODE_FLAGS, ensureBuilt, runCli } from '../helpers/cli.js';
+import { CLI, CLI_NODE_FLAGS, ensureBuilt, runCli, plainNode } from '../helpers/cli.js';
 import { fsStore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 import { CHUNK, haveTools, makeDisk, run, serveExport, unixUrl } from './helpers.js';
 
@@ -62,7 +62,7 @@ t.test('rnode export: one line and exit 2 for a held overlay; a killed export ho
     '--socket',
     path.join(dir, `${tag}.sock`),
   ];
-  const child = spawn(process.execPath, [...CLI_NODE_FLAGS, CLI, ...args('p1')], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(...plainNode([...CLI_NODE_FLAGS, CLI, ...args('p1')]), { stdio: ['ignore', 'pipe', 'ignore'] });
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import t from 'tap';
 import { startExport } from '../../src/export/index.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
-import { CLI, ensureBuilt, runCli } from '../helpers/cli.js';
+import { CLI, ensureBuilt, runCli, plainNode } from '../helpers/cli.js';
 import { fsStore, sha256File, snap, tmpDir } from '../helpers/images.js';
 import { selfSignedCert } from '../../src/testing.js';
 import { haveOpenssl } from '../helpers/tls.js';
@@ -101,7 +101,7 @@ t.test(
     t.equal(inside.code, 2, `an overlay inside the store: exit 2 (${inside.stderr.trim()})`);
 
     const socket = path.join(dir, 'cli.sock');
-    const child = spawn(process.execPath, [CLI, 'export', '--store', storeDir, '--disk', 'vm', '--socket', socket, '--cache', '8MiB', '--json'], {
+    const child = spawn(...plainNode([CLI, 'export', '--store', storeDir, '--disk', 'vm', '--socket', socket, '--cache', '8MiB', '--json']), {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     t.teardown(() => {

@@ -118,13 +118,23 @@ export function runScript(source: string, opts: RunOptions = {}): Promise<CliRes
 
 export const DIST_INDEX = path.join(ROOT, 'dist', 'index.js');
 
+/**
+ * The command and arguments that run node with argv outside the test runner's hooks, as users run it. tap's process
+ * tracking wraps child_process and puts its --import back into the NODE_OPTIONS of every child (deleting it from the
+ * env does not help); that import alone adds ~0.3 s to each child's start, and V8 coverage slows it further. `env -u`
+ * takes both out after the wrapper ran. The pid is node's: env execs it.
+ */
+export function plainNode(argv: string[]): [string, string[]] {
+  return ['env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, ...argv]];
+}
+
 function runNode(argv: string[], opts: RunOptions): Promise<CliResult> {
   const env = { ...process.env, ...opts.env };
   // Failpoints and coverage hooks of the test runner must not leak into children unless asked for.
   if (!opts.env || !('RNODE_FAILPOINT' in opts.env)) delete env.RNODE_FAILPOINT;
-  delete env.NODE_OPTIONS;
+  const [cmd, args] = plainNode(argv);
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, argv, { cwd: opts.cwd ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));

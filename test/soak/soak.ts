@@ -20,7 +20,7 @@ import type { ObjectStore } from '../../src/store/types.js';
 import { FaultyStore } from '../../src/store/wrappers/faulty.js';
 import { wrapStore } from '../../src/store/wrap.js';
 import { cuttingProxy } from '../transport/helpers.js';
-import { CLI, ensureBuilt } from '../helpers/cli.js';
+import { CLI, ensureBuilt, plainNode } from '../helpers/cli.js';
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -146,7 +146,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
   let servePort = 0;
   let serve: ChildProcess | undefined;
   const startServeOnce = async (port: number) => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--json', '--listen', `127.0.0.1:${port}`, '--store', nodeDir, '--token-file', tokenFile], {
+    const child = spawn(...plainNode([CLI, 'serve', '--json', '--listen', `127.0.0.1:${port}`, '--store', nodeDir, '--token-file', tokenFile]), {
       stdio: ['ignore', 'pipe', 'ignore'],
       env: cleanEnv(),
     });
@@ -250,7 +250,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
         '--json',
         ...(s.local ? [] : ['--token-file', tokenFile]),
       ];
-      const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
+      const child = spawn(...plainNode(args), { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
       children.add(child);
       let err = '';
       child.stderr!.on('data', (b) => {

@@ -6,6 +6,7 @@ import { ObjectValidator } from '../../src/serve/index.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { RemoteStore, ReplicationServer, type RemoteStoreOptions, type ServeOptions } from '../../src/transport/index.js';
 import { fsStore } from '../helpers/images.js';
+import { plainNode } from '../helpers/cli.js';
 
 interface Teardown {
   teardown(fn: () => void | Promise<void>): void;
@@ -119,7 +120,7 @@ export async function spawnServe(
   args: string[],
 ): Promise<{ child: import('node:child_process').ChildProcess; url: string; info: Record<string, unknown>; log: () => string }> {
   const { spawn } = await import('node:child_process');
-  const child = spawn(process.execPath, [cli, 'serve', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...plainNode([cli, 'serve', '--json', ...args]), { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });

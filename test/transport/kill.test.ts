@@ -6,7 +6,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
 import { wrapStore } from '../../src/store/index.js';
 import { Domain } from '../../src/repository/domain.js';
 import { r2 } from '../../src/repository/names.js';
@@ -48,8 +48,7 @@ t.test('SIGKILL of the sender mid-point: the next run resumes on the node and co
   const { server, storeDir, url } = await startNode(t, dir, { windowBytes: WINDOW });
   // Throttled so the kill lands mid-point, after a checkpoint (the CLI checkpoints every 64 chunks to ws://).
   const child = spawn(
-    process.execPath,
-    [
+    ...plainNode([
       CLI,
       'replicate',
       '--source',
@@ -65,7 +64,7 @@ t.test('SIGKILL of the sender mid-point: the next run resumes on the node and co
       '--bandwidth',
       '3MiB',
       '--json',
-    ],
+    ]),
     { stdio: 'ignore' },
   );
   t.teardown(() => {

@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CLI, ensureBuilt } from '../helpers/cli.js';
+import { CLI, ensureBuilt, plainNode } from '../helpers/cli.js';
 import { MiB, expectRestore, fingerprint, fsStore, randomData, tmpDir } from '../helpers/images.js';
 
 const WINDOW = 4 * 1024 * 1024; // smaller than both images, so both runs fill it
@@ -43,7 +43,7 @@ async function run(t: Parameters<Parameters<typeof t.test>[1]>[0], size: number)
   for (let i = 0; i < size / MiB; i++) fs.writeSync(fd, randomData(MiB, 1000 + i));
   fs.closeSync(fd);
   const storeDir = path.join(dir, 'recv');
-  const node = spawn(process.execPath, [...NODE_FLAGS, FIXTURE, storeDir, '30', String(WINDOW)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const node = spawn(...plainNode([...NODE_FLAGS, FIXTURE, storeDir, '30', String(WINDOW)]), { stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => {
     node.kill('SIGKILL');
   });
@@ -59,8 +59,7 @@ async function run(t: Parameters<Parameters<typeof t.test>[1]>[0], size: number)
   const started = performance.now();
   // 1 MiB packs: the node's 4 MiB window holds a few (a pack crosses the link whole).
   const sender = spawn(
-    process.execPath,
-    [CLI, 'replicate', '--source', img, '--target', url, '--disk', 'd', '--chunk-size', '64KiB', '--pack-size', '1MiB', '--json'],
+    ...plainNode([CLI, 'replicate', '--source', img, '--target', url, '--disk', 'd', '--chunk-size', '64KiB', '--pack-size', '1MiB', '--json']),
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const senderPeak = peakRss(sender);

@@ -6,7 +6,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
 import { KiB, MiB, randomData, textData, tmpDir } from '../helpers/images.js';
 import { parseExposition } from '../helpers/metrics.js';
 import { remote, spawnServe, until } from './helpers.js';
@@ -173,7 +173,7 @@ t.test('log formats: text by default, json on request; the token in neither', as
       tok,
       ...(format === 'default' ? [] : ['--log-format', format]),
     ];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(...plainNode(args), { stdio: ['ignore', 'pipe', 'pipe'] });
     t.teardown(() => {
       if (child.exitCode === null) child.kill('SIGKILL');
     });

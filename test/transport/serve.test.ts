@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { r2 as v2Keys } from '../../src/repository/names.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/jobs/verify.js';
-import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt } from '../helpers/images.js';
 import { remote, startNode } from './helpers.js';
 
@@ -70,7 +70,7 @@ t.test('CLI: rnode serve, then replicate/points/verify/recover with ws://', asyn
   fs.writeFileSync(img, Buffer.concat([randomData(MiB, 4), textData(MiB, 5)]));
   const tok = path.join(dir, 'token');
   fs.writeFileSync(tok, 'cli-secret\n', { mode: 0o600 });
-  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'recv'), '--token-file', tok, '--json'], {
+  const child = spawn(...plainNode([CLI, 'serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'recv'), '--token-file', tok, '--json']), {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   t.teardown(() => {

@@ -5,7 +5,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { DIST_INDEX, ensureBuilt, json, lines, runCli, type CliResult } from '../helpers/cli.js';
+import { DIST_INDEX, ensureBuilt, json, lines, runCli, type CliResult, plainNode } from '../helpers/cli.js';
 import { MAX_TOKEN_CHARS, RemoteStore } from '../../src/transport/index.js';
 import { randomData, tmpDir } from '../helpers/images.js';
 import { startNode } from './helpers.js';
@@ -85,7 +85,7 @@ t.test('the library entry opens ws:// stores, with the token from a file', async
 function runNode(script: string): Promise<CliResult> {
   ensureBuilt();
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(...plainNode([script]), { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => {

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listVmPointSeqs } from '../../src/repository/vm-points.js';
-import { CLI, CLI_NODE_FLAGS, ROOT, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { CLI, CLI_NODE_FLAGS, ROOT, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
 import { accessAndThreads, startEnv } from './harness.js';
 import { THREE, expectVmRestore, fill } from './vm-helpers.js';
 
@@ -37,7 +37,7 @@ for (const form of FORMS) {
     const args = ['replicate', '--source-config', cfg, ...form.source(sim.port), '--target', store, '--chunk-size', '64KiB'];
     const childEnv: NodeJS.ProcessEnv = { ...process.env, RNODE_DUMMY_VDDK_STRICT: '1' };
     delete childEnv.NODE_OPTIONS;
-    const child = spawn(process.execPath, [...CLI_NODE_FLAGS, CLI, ...args], { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(...plainNode([...CLI_NODE_FLAGS, CLI, ...args]), { cwd: ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
     t.teardown(() => {
       if (child.exitCode === null) child.kill('SIGKILL');
     });
