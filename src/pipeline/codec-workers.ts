@@ -63,8 +63,19 @@ export interface ScanReply {
 export type SealedFields = Record<string, string | number | bigint>;
 
 // The worker entry beside this module: codec-worker.js in dist/, codec-worker.ts where the test runner loads the
-// TypeScript sources (worker threads inherit its loader).
-const WORKER_URL = new URL(`./codec-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
+// TypeScript sources through tsx.
+const FROM_SOURCES = new URL(import.meta.url).pathname.endsWith('.ts');
+const WORKER_URL = new URL(`./codec-worker${FROM_SOURCES ? '.ts' : '.js'}`, import.meta.url);
+
+/**
+ * What a worker runs: the entry itself, or under the test runner a bootstrap that registers tsx's module hooks before
+ * it loads the entry. On Node 20, tsx registers its hooks on the main thread only, and a worker does not inherit them.
+ */
+function workerEntry(): { entry: URL | string; eval: boolean } {
+  if (!FROM_SOURCES) return { entry: WORKER_URL, eval: false };
+  const api = JSON.stringify(import.meta.resolve('tsx/esm/api'));
+  return { entry: `import(${api}).then((m) => m.register()).then(() => import(${JSON.stringify(WORKER_URL.href)}))`, eval: true };
+}
 
 /**
  * How many more ops in flight the main thread's lane counts as having: it also runs the job, so with an equal share
@@ -177,9 +188,11 @@ export class CodecWorkers {
   private spawn(i: number): Worker {
     // From dist/ a worker needs no module hooks: a test runner's (inherited through NODE_OPTIONS) cost each
     // worker ~0.9 s of start-up, and an agent's first run under test that much. From src/ they compile it.
-    const w = new Worker(WORKER_URL, {
+    const { entry, eval: evaluated } = workerEntry();
+    const w = new Worker(entry, {
+      eval: evaluated,
       workerData: this.workerData,
-      ...(WORKER_URL.pathname.endsWith('.js') ? { execArgv: [], env: workerEnv() } : {}),
+      ...(FROM_SOURCES ? {} : { execArgv: [], env: workerEnv() }),
     });
     for (const s of this.setup.values()) w.postMessage(s.msg); // keys of running jobs, before any chunk
     // Its isolate, as it starts, sets back a V8 flag the process tuned (src/v8-tuning.ts).
