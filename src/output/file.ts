@@ -6,7 +6,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { isVirtualFsPath } from '../store/fs/dirs.js';
-import { addressAligned, sharedAligned, writeNonZero } from '../native/index.js';
+import { addressAligned, sharedAligned, tryLockExclusive, writeNonZero } from '../native/index.js';
 import type { OutputSink } from './sink.js';
 
 /** Holes are kept at this granularity, and O_DIRECT writes are aligned to it. */
@@ -124,11 +124,11 @@ export async function openFileOutput(out: string, diskSize: number, opts: FileOu
     }
     // Beside the target, so the rename stays on one filesystem and replaces the file a symlink points at.
     const tmp = path.join(path.dirname(target), `.${path.basename(target)}.rnode-partial`);
-    const opened = await openDirect(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, opts.ownerOnly ? 0o600 : 0o644);
+    const opened = await createPartial(tmp, out, opts.ownerOnly ? 0o600 : 0o644);
     if (stats?.isFile()) await opened.fh.chmod(stats.mode & 0o7777);
-    else if (opts.ownerOnly) await opened.fh.chmod(0o600); // a partial file left by an older run kept its mode
     await opened.fh.truncate(diskSize);
-    return new FileSink(out, opened, tmp, { partial: tmp, final: target });
+    const { ino, dev } = await opened.fh.stat();
+    return new FileSink(out, opened, tmp, { partial: tmp, final: target, ino, dev });
   } catch (err) {
     throw outputError(err, out);
   }
@@ -173,6 +173,49 @@ interface Opened {
   direct: boolean;
 }
 
+/**
+ * The partial file, made anew and locked (flock) while it is written: whatever else is under its name (an earlier
+ * run's partial file, or anything another user of the folder put there) is removed, never opened for writing, and the
+ * file is created with O_EXCL and O_NOFOLLOW. Opening the name wrote the image through a symlink planted there over
+ * the file it points at (the symlink was then renamed into place), and a FIFO there hung the restore. A partial file
+ * whose lock is held is another recover writing the same output: refused. One that reappears between the removal and
+ * the create is a race with another process: tried again twice, then an error.
+ */
+async function createPartial(file: string, out: string, mode: number): Promise<Opened> {
+  const flags = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+  for (let attempt = 1; ; attempt++) {
+    await refuseIfLocked(file, out);
+    await fsp.unlink(file).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+    let opened: Opened;
+    try {
+      opened = await openDirect(file, flags, mode);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt === 3) throw err;
+      continue;
+    }
+    if (tryLockExclusive(opened.fh.fd)) return opened;
+    await opened.fh.close(); // another recover locked it between our create and our lock: it is theirs
+    throw busyOutput(out);
+  }
+}
+
+async function refuseIfLocked(file: string, out: string): Promise<void> {
+  // Read-only and non-blocking: a FIFO does not wait for a writer, a symlink is not followed (ELOOP).
+  const fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK).catch(() => undefined);
+  if (!fh) return;
+  try {
+    if ((await fh.stat()).isFile() && !tryLockExclusive(fh.fd)) throw busyOutput(out);
+  } finally {
+    await fh.close(); // drops the lock this took
+  }
+}
+
+function busyOutput(out: string): RnodeError {
+  return new RnodeError(ErrorCodes.USAGE, `--out ${out} is being written by another recover; wait for it to end, or give another --out`);
+}
+
 /** O_DIRECT when the filesystem supports it (tmpfs does not: EINVAL), buffered otherwise. */
 async function openDirect(file: string, flags: number, mode = 0o644): Promise<Opened> {
   const direct = fs.constants.O_DIRECT;
@@ -184,6 +227,20 @@ async function openDirect(file: string, flags: number, mode = 0o644): Promise<Op
     }
   }
   return { fh: await fsp.open(file, flags, mode), direct: false };
+}
+
+/** A new file's partial file: its name, the name it gets when complete, and which file it is (inode, device). */
+interface PartialFile {
+  partial: string;
+  final: string;
+  ino: number;
+  dev: number;
+}
+
+/** Whether the partial file's name still names the file this sink wrote. */
+async function stillNamed(tmp: PartialFile): Promise<boolean> {
+  const named = await fsp.lstat(tmp.partial).catch(() => undefined);
+  return named?.ino === tmp.ino && named.dev === tmp.dev;
 }
 
 class FileSink implements OutputSink {
@@ -208,7 +265,7 @@ class FileSink implements OutputSink {
     readonly location: string,
     opened: Opened,
     private readonly file: string,
-    private readonly tmp: { partial: string; final: string } | undefined,
+    private readonly tmp: PartialFile | undefined,
   ) {
     this.fh = opened.fh;
     this.direct = opened.direct;
@@ -255,7 +312,8 @@ class FileSink implements OutputSink {
         this.direct = false;
       }
     }
-    this.buffered ??= this.direct ? fsp.open(this.file, 'r+') : Promise.resolve(this.fh);
+    // The same open file again, without O_DIRECT (not the path, whose entry another process could have replaced).
+    this.buffered ??= this.direct ? fsp.open(`/proc/self/fd/${this.fh.fd}`, 'r+') : Promise.resolve(this.fh);
     const n = await writeNonZero((await this.buffered).fd, buf, position, skipZeros);
     this.bytes.buffered += n;
     this.dirty += n;
@@ -285,6 +343,14 @@ class FileSink implements OutputSink {
         await buffered.close();
       }
       await this.fh.datasync();
+      // Only the file this wrote is renamed into place: a partial file removed or replaced meanwhile (by hand, or by a
+      // process that ignores its lock) fails the restore instead of passing another file off as the image.
+      if (this.tmp && !(await stillNamed(this.tmp))) {
+        throw new RnodeError(
+          ErrorCodes.OUTPUT_IO,
+          `writing ${this.location} failed: its partial file ${this.tmp.partial} was removed or replaced while this recover wrote it, and nothing was renamed into place; run recover again`,
+        );
+      }
       await this.fh.close();
       this.closed = true;
       if (this.tmp) await fsp.rename(this.tmp.partial, this.tmp.final);
@@ -301,8 +367,8 @@ class FileSink implements OutputSink {
       if (buffered && buffered !== this.fh) await buffered.close().catch(() => undefined);
       await this.fh.close().catch(() => undefined);
     }
-    // A partial file must never look like a finished restore.
-    if (this.tmp) await fsp.rm(this.tmp.partial, { force: true }).catch(() => undefined);
+    // A partial file must never look like a finished restore. Only this sink's own: another's is not touched.
+    if (this.tmp && (await stillNamed(this.tmp))) await fsp.rm(this.tmp.partial, { force: true }).catch(() => undefined);
   }
 }
 
