@@ -1,7 +1,7 @@
 // The exports a Management Server asks this node to serve (export.start / export.stop): each is the same
 // startExport `rnode export` runs, with its store and secrets resolved like a job's, a lease, and counters.
 import { isRnodeError, ErrorCodes, RnodeError } from '../errors.js';
-import { assertOverlayOutsideStore, startExport, type ExportStats, type RunningExport } from '../export/index.js';
+import { assertOverlayOutsideStore, EXPORT_WARN_EVENTS, startExport, type ExportStats, type RunningExport } from '../export/index.js';
 import type { WrappedStore } from '../store/index.js';
 import type { Logger } from '../log.js';
 import { ProtoErrors, type AgentReport, type ExportCounters, type ExportSpec } from './protocol.js';
@@ -95,7 +95,7 @@ export class ExportManager {
         overlay: spec.overlay,
         cacheBytes: spec.cacheBytes,
         tls,
-        log: (event, fields) => (event === 'chunk-read-failed' || event === 'client-dropped' ? log.warn(event, fields) : log.info(event, fields)),
+        log: (event, fields) => (EXPORT_WARN_EVENTS.has(event) ? log.warn(event, fields) : log.info(event, fields)),
       });
     } catch (err) {
       await e.store.close();

@@ -7,8 +7,6 @@ import type { Command } from './command.js';
 import { LOG_OPTIONS, LOG_USAGE, logFormat, logLevel } from './service-flags.js';
 import { isRemoteLocation, openStoreFromFlags, REMOTE_OPTIONS, REMOTE_USAGE } from './store-flags.js';
 
-// The export's events that say a client or a read went wrong; the others (client, serving, stopping) are info.
-const WARN_EVENTS = new Set(['chunk-read-failed', 'request-failed', 'client-dropped', 'handshake-timeout', 'connection-refused']);
 
 export const exportCmd: Command = {
   summary: 'serve a point as an NBD export at once (instant recovery), nothing copied first',
@@ -31,7 +29,7 @@ export const exportCmd: Command = {
   async run(v, io) {
     required(v, 'export', 'store', 'disk');
     // Loaded when export runs, not when any command starts (see commands.ts).
-    const [{ assertOverlayOutsideStore, startExport }, { readPemFile, readTokenFile }] = await Promise.all([
+    const [{ assertOverlayOutsideStore, EXPORT_WARN_EVENTS, startExport }, { readPemFile, readTokenFile }] = await Promise.all([
       import('../export/index.js'),
       import('../transport/index.js'),
     ]);
@@ -57,7 +55,7 @@ export const exportCmd: Command = {
     // The ws store reads its token itself; the logger learns it too, so no line can carry it.
     const tokenFile = str(v, 'token-file');
     if (tokenFile !== undefined && isRemoteLocation(location)) logger.addSecret(readTokenFile(tokenFile));
-    const log = (event: string, fields: Record<string, unknown>) => logger.log(WARN_EVENTS.has(event) ? 'warn' : 'info', event, fields);
+    const log = (event: string, fields: Record<string, unknown>) => logger.log(EXPORT_WARN_EVENTS.has(event) ? 'warn' : 'info', event, fields);
     const store = await openStoreFromFlags(location, v);
     let exp;
     try {

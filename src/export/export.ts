@@ -37,6 +37,15 @@ export interface ExportOptions {
   log?: (event: string, fields: Record<string, unknown>) => void;
 }
 
+/** The events of ExportOptions.log that say a client or a read went wrong (warnings); the others are info. */
+export const EXPORT_WARN_EVENTS: ReadonlySet<string> = new Set([
+  'chunk-read-failed',
+  'request-failed',
+  'client-dropped',
+  'handshake-timeout',
+  'connection-refused',
+]);
+
 export interface ExportStats {
   url: string;
   disk: string;

@@ -2,6 +2,7 @@
 // the URL, which serves the disk; export.status carries bytes served and the cache hit ratio; a repeated start
 // renews the lease; export.stop ends it with export.stopped and its counters; an unrenewed lease stops it; an
 // export that cannot start reports export.stopped with reason failed and the error's code.
+import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
@@ -19,7 +20,7 @@ t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, as
   makeDisk(image);
   await snap(fsStore(storeDir), image, 'vm', { chunkSize: CHUNK, lease: false });
   const ms = await startMs(t);
-  const { agent } = await startAgent(t, ms, dir);
+  const { agent, logs } = await startAgent(t, ms, dir);
   const nodeId = await ms.waitFor(() => [...ms.nodes.keys()][0], 10_000, 'registration');
   const socket = path.join(dir, 'x1.sock');
   const exportStart = (spec: Record<string, unknown>) =>
@@ -57,6 +58,20 @@ t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, as
   exportStart({ exportId: 'x4', listen: '0.0.0.0:0' });
   const insecure = await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x4')[0], 10_000, 'refusal');
   t.match(insecure.msg, { reason: 'failed', code: 'RNODE_EXPORT_INSECURE' }, 'off loopback without TLS: refused');
+
+  // A read that fails (its packs deleted under the export) is a warning in the node's log, as `rnode export` logs it:
+  // the agent logged request-failed as info, so an operator watching warnings never saw why a VM's reads failed.
+  for (const f of fs.readdirSync(storeDir, { recursive: true, withFileTypes: true }))
+    if (f.isFile() && f.parentPath.includes(`${path.sep}packs`)) fs.rmSync(path.join(f.parentPath, f.name));
+  const x5 = path.join(dir, 'x5.sock');
+  exportStart({ exportId: 'x5', socket: x5, leaseSeconds: 30 });
+  await ms.waitFor(() => ms.reportsOf('export.started', (m) => m.exportId === 'x5')[0], 10_000, 'export.started x5');
+  t.not((await compare(image, `nbd+unix:///vm?socket=${x5}`)).code, 0, 'reads of the deleted packs fail');
+  const failedReads = logs.map((l) => JSON.parse(l)).filter((e) => e.msg === 'request-failed');
+  t.ok(failedReads.length > 0, 'request-failed is logged');
+  t.ok(failedReads.every((e) => e.level === 'warn'), `as a warning: ${[...new Set(failedReads.map((e) => e.level))].join(', ')}`);
+  ms.send(nodeId, { type: 'export.stop', exportId: 'x5' });
+  await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x5')[0], 10_000, 'export.stopped x5');
 
   ms.send(nodeId, { type: 'export.stop', exportId: 'nope' });
   await ms.waitFor(() => ms.errors.find((e) => e.msg.code === 'RNODE_AGENT_UNKNOWN_JOB'), 10_000, 'refusal of an unknown export');
