@@ -7,7 +7,6 @@ import type { Command } from './command.js';
 import { LOG_OPTIONS, LOG_USAGE, logFormat, logLevel } from './service-flags.js';
 import { isRemoteLocation, openStoreFromFlags, REMOTE_OPTIONS, REMOTE_USAGE } from './store-flags.js';
 
-
 export const exportCmd: Command = {
   summary: 'serve a point as an NBD export at once (instant recovery), nothing copied first',
   usage: `rnode export --store <store> --disk <id> [--point <n>|latest] [--listen <host:port> | --socket <path>] [--writable --overlay <file>] [--cache <bytes>] [--tls-cert <f> --tls-key <f>] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} ${LOG_USAGE} [--json]`,

@@ -69,7 +69,10 @@ t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, as
   t.not((await compare(image, `nbd+unix:///vm?socket=${x5}`)).code, 0, 'reads of the deleted packs fail');
   const failedReads = logs.map((l) => JSON.parse(l)).filter((e) => e.msg === 'request-failed');
   t.ok(failedReads.length > 0, 'request-failed is logged');
-  t.ok(failedReads.every((e) => e.level === 'warn'), `as a warning: ${[...new Set(failedReads.map((e) => e.level))].join(', ')}`);
+  t.ok(
+    failedReads.every((e) => e.level === 'warn'),
+    `as a warning: ${[...new Set(failedReads.map((e) => e.level))].join(', ')}`,
+  );
   ms.send(nodeId, { type: 'export.stop', exportId: 'x5' });
   await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x5')[0], 10_000, 'export.stopped x5');
 
