@@ -131,7 +131,14 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     });
     await lease?.check();
     await opts.beforeCommit?.();
-    await checkReused(store, domain, marks, packs.reused);
+    try {
+      await checkPacks(store, domain, marks, packs.reused, packs.ownPacks);
+    } catch (err) {
+      // The checkpoint names chunks in those packs: the next run must store them anew, not continue it (it committed
+      // a point over a deleted pack, or refused again, run after run).
+      if (isRnodeError(err, ErrorCodes.CHUNK_MISSING)) await store.delete(r2.pending(domain.name, domain.dname(disk), seq)).catch(() => undefined);
+      throw err;
+    }
     failpoint('before-commit');
     const seconds = (performance.now() - started) / 1000;
     const manifest = await commitPoint(store, plan, { source, run, table, marks, lease, changeMarker, seconds });
@@ -258,12 +265,25 @@ async function commitPoint(
 
 /**
  * Before a commit: every pack this point reuses chunks from (written by other runs) must still be there and not
- * marked by prune; otherwise a prune running beside this replicate may delete it after the commit. Fails (never
- * commits) so the next run stores those chunks again. The marks are read even when nothing was reused: the manifest
- * records their generation.
+ * marked by prune; otherwise a prune running beside this replicate may delete it after the commit. So must the packs
+ * this run wrote: one put longer than a grace period before a checkpoint named it looks unused to prune (a short
+ * --grace), and prunes marked and then deleted such packs under a point that committed (exit 0) and never restored.
+ * Fails (never commits) so the next run stores those chunks again. The marks are read even when nothing was reused:
+ * the manifest records their generation.
  */
-async function checkReused(store: ObjectStore, domain: Domain, marks: WriterMarks, reused: Set<string>): Promise<void> {
+async function checkPacks(store: ObjectStore, domain: Domain, marks: WriterMarks, reused: Set<string>, own: ReadonlySet<string>): Promise<void> {
   const marked = await marks.blockedPacks();
+  for (const id of own) {
+    if (marked.has(id)) {
+      throw new RnodeError(
+        ErrorCodes.CHUNK_MISSING,
+        `pack ${r2.pack(domain.name, id)}, which this replicate wrote, was marked for deletion by a prune running meanwhile ` +
+          '(its grace period, --grace, is shorter than this run took to name the pack in a checkpoint); the point was not committed: ' +
+          'run replicate again (it stores those chunks anew), and give prune a longer --grace',
+        { retryable: true, details: { key: r2.pack(domain.name, id) } },
+      );
+    }
+  }
   if (reused.size === 0) return;
   const ids = [...reused];
   let next = 0;

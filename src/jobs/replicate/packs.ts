@@ -70,6 +70,11 @@ export class PackWriter {
     this.slots.close((slot) => slot.buffer && discardPages(slot.buffer));
   }
 
+  /** The packs this run wrote (re-checked against prune's marks at commit, like the reused ones). */
+  get ownPacks(): ReadonlySet<string> {
+    return this.written;
+  }
+
   /** Reads prune's marks again: chunks in packs marked since are stored anew from now on. */
   async refreshMarks(): Promise<void> {
     this.marked = await this.o.marks.blockedPacks();

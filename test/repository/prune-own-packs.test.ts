@@ -1,0 +1,58 @@
+// Regression: a replicate checked before its commit that prune had not marked the packs it *reused*, not the packs it
+// wrote itself. A pack put longer than a grace period before a checkpoint named it looks unused to prune; with a short
+// --grace, prunes running beside the replicate marked and deleted the packs of a point that then committed, exit 0,
+// and never restored (RNODE_CHUNK_MISSING). Now the commit refuses (RNODE_CHUNK_MISSING, retryable), and the next run
+// stores those chunks anew.
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { ErrorCodes, isRnodeError } from '../../src/errors.js';
+import { pruneStore } from '../../src/jobs/prune-v2.js';
+import { listPoints } from '../../src/repository/points.js';
+import { codecWorkers } from '../../src/pipeline/codec-workers.js';
+import { expectRestore, fingerprint, fsStore, randomData, snap, tmpDir } from '../helpers/images.js';
+
+t.teardown(() => codecWorkers().close());
+
+t.test("prunes with a short grace mark a running replicate's own packs: the commit refuses, the next run stores them", async (t) => {
+  const dir = tmpDir(t, 'prune-own-packs');
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, randomData(4 * 1024 * 1024, 77));
+  const store = fsStore(path.join(dir, 'store'));
+  let clock = Date.now();
+  const prune = async () => {
+    clock += 60_000;
+    return pruneStore({ store, graceMs: 1000, maxUnused: 0, now: () => clock });
+  };
+  // Right after the run's first pack is put (before any checkpoint names it), three prunes a grace period apart: the
+  // pack is seen, marked, then deleted.
+  let fired = false;
+  const hooked = new Proxy(store, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target);
+      if (typeof v !== 'function') return v;
+      if (prop !== 'put') return v.bind(target);
+      return async (key: string, ...rest: unknown[]) => {
+        const r = await v.call(target, key, ...rest);
+        if (!fired && key.includes('/packs/')) {
+          fired = true;
+          for (let i = 0; i < 3; i++) await prune();
+        }
+        return r;
+      };
+    },
+  });
+  const err = await snap(hooked, image, 'd', { chunkSize: 64 * 1024, packSize: 256 * 1024 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.ok(fired, 'the prunes ran mid-run');
+  t.ok(isRnodeError(err, ErrorCodes.CHUNK_MISSING), `the commit is refused: ${String((err as Error)?.message)}`);
+  t.match((err as Error).message, /which this replicate wrote, was marked for deletion.*--grace/);
+  t.same(await listPoints(store, 'd'), [], 'no point committed');
+
+  const again = await snap(store, image, 'd', { chunkSize: 64 * 1024, packSize: 256 * 1024 });
+  t.equal(again.point, 1, 'the next run commits');
+  for (let i = 0; i < 3; i++) await prune();
+  await expectRestore(t, store, 'd', 'latest', fingerprint(image), dir, 'and its point restores byte-exact after more prunes');
+});
