@@ -56,3 +56,58 @@ t.test("prunes with a short grace mark a running replicate's own packs: the comm
   for (let i = 0; i < 3; i++) await prune();
   await expectRestore(t, store, 'd', 'latest', fingerprint(image), dir, 'and its point restores byte-exact after more prunes');
 });
+
+t.test(
+  'the same deletion, then the run is cut after its last checkpoint: the run that continues it does not commit over the deleted pack',
+  async (t) => {
+    const dir = tmpDir(t, 'prune-own-packs-cut');
+    const image = path.join(dir, 'disk.img');
+    fs.writeFileSync(image, randomData(4 * 1024 * 1024, 78));
+    const store = fsStore(path.join(dir, 'store'));
+    let clock = Date.now();
+    const prune = async () => {
+      clock += 60_000;
+      return pruneStore({ store, graceMs: 1000, maxUnused: 0, now: () => clock });
+    };
+    let fired = false;
+    const hooked = new Proxy(store, {
+      get(target, prop) {
+        const v = Reflect.get(target, prop, target);
+        if (typeof v !== 'function') return v;
+        if (prop !== 'put') return v.bind(target);
+        return async (key: string, ...rest: unknown[]) => {
+          const r = await v.call(target, key, ...rest);
+          if (!fired && key.includes('/packs/')) {
+            fired = true;
+            for (let i = 0; i < 3; i++) await prune();
+          }
+          return r;
+        };
+      },
+    });
+    const opts = { chunkSize: 64 * 1024, packSize: 256 * 1024 };
+    const cut = await snap(hooked, image, 'd', {
+      ...opts,
+      // The cut: after the last checkpoint, before the commit's checks.
+      beforeCommit: async () => {
+        throw new Error('cut');
+      },
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    t.equal((cut as Error)?.message, 'cut', 'the first run is cut before its commit');
+    const resumed = await snap(store, image, 'd', opts).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    t.ok(
+      isRnodeError(resumed, ErrorCodes.CHUNK_MISSING),
+      `the run continuing its checkpoint refuses to commit: ${String((resumed as Error)?.message)}`,
+    );
+    t.same(await listPoints(store, 'd'), [], 'no point committed');
+    const fresh = await snap(store, image, 'd', opts);
+    t.equal(fresh.resumed, false, 'the next run starts afresh');
+    await expectRestore(t, store, 'd', 'latest', fingerprint(image), dir, 'and its point restores byte-exact');
+  },
+);

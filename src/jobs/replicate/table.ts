@@ -50,6 +50,12 @@ export class TableWriter {
   private recordsDone: number;
   /** Segments become durable one after the other, in order. */
   private chain: Promise<void> = Promise.resolve();
+  /**
+   * The packs this run wrote that its checkpoints' records name. A checkpoint lists them with the reused ones: to a
+   * run that continues it they are another run's packs, checked before its commit (prune may have deleted one before
+   * the checkpoint named it, and the run was then cut).
+   */
+  private readonly ownNamed = new Set<string>();
 
   constructor(private readonly o: TableWriterOptions) {
     this.segments = [...o.from.segments];
@@ -132,6 +138,8 @@ export class TableWriter {
     const { puts, locations } = packs.takeClosed();
     // The packs of this run its records' chunks are in: the checkpoint needs those stored, and only those.
     const needed = packs.packsOf(entries);
+    for (const id of needed) this.ownNamed.add(id);
+    const ownNamed = [...this.ownNamed];
     // The stats of the chunks settled so far (in index order); bytes and packs written are added once durable.
     const settled = { ...run.stats };
     const snapshot = (): Checkpoint => ({
@@ -147,7 +155,7 @@ export class TableWriter {
       records: this.recordsDone + entries.length,
       nextIndex,
       stats: { ...settled, bytesWritten: run.stats.bytesWritten, packsWritten: run.stats.packsWritten },
-      reused: [...packs.reused],
+      reused: [...new Set([...packs.reused, ...ownNamed])],
       marksGeneration: this.o.marks.generation,
     });
     // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
