@@ -5,7 +5,7 @@
 // stores those chunks anew.
 import fs from 'node:fs';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { ErrorCodes, isRnodeError } from '../../src/errors.js';
 import { pruneStore } from '../../src/jobs/prune-v2.js';
 import { listPoints } from '../../src/repository/points.js';
@@ -14,19 +14,22 @@ import { expectRestore, fingerprint, fsStore, randomData, snap, tmpDir } from '.
 
 t.teardown(() => codecWorkers().close());
 
-t.test("prunes with a short grace mark a running replicate's own packs: the commit refuses, the next run stores them", async (t) => {
-  const dir = tmpDir(t, 'prune-own-packs');
+/**
+ * A disk image, its store, a prune run a grace period after the last (a fake clock), and the store as a replicate
+ * sees it: right after the run's first pack is put (before any checkpoint names it), three prunes run, and the pack
+ * is seen, marked, then deleted.
+ */
+function setup(t: Test, name: string, seed: number) {
+  const dir = tmpDir(t, name);
   const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(4 * 1024 * 1024, 77));
+  fs.writeFileSync(image, randomData(4 * 1024 * 1024, seed));
   const store = fsStore(path.join(dir, 'store'));
   let clock = Date.now();
   const prune = async () => {
     clock += 60_000;
     return pruneStore({ store, graceMs: 1000, maxUnused: 0, now: () => clock });
   };
-  // Right after the run's first pack is put (before any checkpoint names it), three prunes a grace period apart: the
-  // pack is seen, marked, then deleted.
-  let fired = false;
+  const state = { fired: false };
   const hooked = new Proxy(store, {
     get(target, prop) {
       const v = Reflect.get(target, prop, target);
@@ -34,19 +37,24 @@ t.test("prunes with a short grace mark a running replicate's own packs: the comm
       if (prop !== 'put') return v.bind(target);
       return async (key: string, ...rest: unknown[]) => {
         const r = await v.call(target, key, ...rest);
-        if (!fired && key.includes('/packs/')) {
-          fired = true;
+        if (!state.fired && key.includes('/packs/')) {
+          state.fired = true;
           for (let i = 0; i < 3; i++) await prune();
         }
         return r;
       };
     },
   });
+  return { dir, image, store, prune, hooked, state };
+}
+
+t.test("prunes with a short grace mark a running replicate's own packs: the commit refuses, the next run stores them", async (t) => {
+  const { dir, image, store, prune, hooked, state } = setup(t, 'prune-own-packs', 77);
   const err = await snap(hooked, image, 'd', { chunkSize: 64 * 1024, packSize: 256 * 1024 }).then(
     () => undefined,
     (e: unknown) => e,
   );
-  t.ok(fired, 'the prunes ran mid-run');
+  t.ok(state.fired, 'the prunes ran mid-run');
   t.ok(isRnodeError(err, ErrorCodes.CHUNK_MISSING), `the commit is refused: ${String((err as Error)?.message)}`);
   t.match((err as Error).message, /which this replicate wrote, was marked for deletion.*--grace/);
   t.same(await listPoints(store, 'd'), [], 'no point committed');
@@ -60,31 +68,7 @@ t.test("prunes with a short grace mark a running replicate's own packs: the comm
 t.test(
   'the same deletion, then the run is cut after its last checkpoint: the run that continues it does not commit over the deleted pack',
   async (t) => {
-    const dir = tmpDir(t, 'prune-own-packs-cut');
-    const image = path.join(dir, 'disk.img');
-    fs.writeFileSync(image, randomData(4 * 1024 * 1024, 78));
-    const store = fsStore(path.join(dir, 'store'));
-    let clock = Date.now();
-    const prune = async () => {
-      clock += 60_000;
-      return pruneStore({ store, graceMs: 1000, maxUnused: 0, now: () => clock });
-    };
-    let fired = false;
-    const hooked = new Proxy(store, {
-      get(target, prop) {
-        const v = Reflect.get(target, prop, target);
-        if (typeof v !== 'function') return v;
-        if (prop !== 'put') return v.bind(target);
-        return async (key: string, ...rest: unknown[]) => {
-          const r = await v.call(target, key, ...rest);
-          if (!fired && key.includes('/packs/')) {
-            fired = true;
-            for (let i = 0; i < 3; i++) await prune();
-          }
-          return r;
-        };
-      },
-    });
+    const { dir, image, store, hooked } = setup(t, 'prune-own-packs-cut', 78);
     const opts = { chunkSize: 64 * 1024, packSize: 256 * 1024 };
     const cut = await snap(hooked, image, 'd', {
       ...opts,
