@@ -8,6 +8,7 @@ import { codecByName } from '../format/codecs.js';
 import { prune, SweepPacer } from '../jobs/prune-v2.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from '../jobs/replicate.js';
 import { recover } from '../jobs/restore.js';
+import { leaseBindsForMs } from '../repository/lease.js';
 import { verify } from '../jobs/verify.js';
 import { replicateVm } from '../jobs/replicate-vm.js';
 import { openSource } from '../source/index.js';
@@ -523,7 +524,7 @@ export class JobRunner {
             keep: ctx.retentionKeep,
             graceMs: ctx.retentionGraceMs,
             encryption,
-            lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
+            lease: { holder: this.o.nodeName, ttlMs, waitMs: leaseBindsForMs(ttlMs) },
             pacer: this.sweeps,
           });
           if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
@@ -570,7 +571,7 @@ export class JobRunner {
           retentionKeep: ctx.retentionKeep,
           retentionGraceMs: ctx.retentionGraceMs,
           pacer: this.sweeps,
-          lease: { holder: this.o.nodeName, ttlMs, waitMs: ttlMs },
+          lease: { holder: this.o.nodeName, ttlMs, waitMs: leaseBindsForMs(ttlMs) },
           replicateDisk: async (a) => {
             let r: ReplicateResult | undefined;
             const ds = job.disks.find((d) => d.disk === a.disk) ?? {

@@ -91,6 +91,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
       packs,
       marks,
       run,
+      lease,
       checkpointRecords: opts.checkpointRecords ?? TABLE_SEGMENT_RECORDS,
       checkpointMillis: opts.checkpointMillis ?? 15_000,
     });

@@ -28,17 +28,32 @@ const UNCONDITIONAL_SETTLE_MAX_MS = 5000;
 /** Clock skew tolerated between a lease's writer and its reader. */
 const SKEW_MS = 60_000;
 
+/**
+ * How long a lease of this TTL can bind others after its holder's last renewal (its TTL plus the readers' skew
+ * margin, see leaseIsLive): how long a writer taking over a crashed holder's disk must be ready to wait.
+ */
+export function leaseBindsForMs(ttlMs: number): number {
+  const ttl = clampLeaseTtl(ttlMs);
+  return ttl + Math.min(SKEW_MS, ttl);
+}
+
 /** Clamps a requested TTL into [MIN_LEASE_TTL_MS, MAX_LEASE_TTL_MS]. */
 export function clampLeaseTtl(ttlMs: number): number {
   return Math.min(MAX_LEASE_TTL_MS, Math.max(MIN_LEASE_TTL_MS, Number.isFinite(ttlMs) ? ttlMs : MAX_LEASE_TTL_MS));
 }
 
-/** Whether a lease binds others at time t: not expired, and not absurd (see MAX_LEASE_TTL_MS). */
+/**
+ * Whether a lease binds others at time t: not expired, and not absurd (see MAX_LEASE_TTL_MS). Its expiry is the
+ * writer's clock, t the reader's: the reader waits past it by the smaller of SKEW_MS and the lease's TTL, so a writer
+ * whose clock is behind (by less than that) is not taken over while it still counts its lease as held. The writer
+ * itself stops at its own expiry (Lease.renew).
+ */
 export function leaseIsLive(r: LeaseRecord, t: number): boolean {
   const expires = Date.parse(r.expiresAt);
   const renewed = Date.parse(r.renewedAt ?? r.acquiredAt);
   if (!Number.isFinite(expires) || !Number.isFinite(renewed)) return false;
-  return expires > t && expires - renewed <= MAX_LEASE_TTL_MS + SKEW_MS && renewed <= t + SKEW_MS;
+  const margin = Math.min(SKEW_MS, Math.max(0, expires - renewed));
+  return expires + margin > t && expires - renewed <= MAX_LEASE_TTL_MS + SKEW_MS && renewed <= t + SKEW_MS;
 }
 
 export interface LeaseOptions {
@@ -267,6 +282,16 @@ export class Lease {
   /** Called right before a commit: renews, so a writer whose lease lapsed never commits. */
   async check(): Promise<void> {
     await this.renew();
+  }
+
+  /**
+   * Called right before a write to a key another holder of the lease would write too (a point's table segments and
+   * checkpoint): throws if the lease is lost, and renews first if it has run out by our clock (the process was paused,
+   * or its renewals failed). A writer that lost its lease wrote its checkpoint over the new holder's committed point.
+   */
+  async held(): Promise<void> {
+    if (this.lostError) throw this.lostError;
+    if (Date.parse(this.record.expiresAt) <= this.now()) await this.renew();
   }
 
   async release(): Promise<void> {

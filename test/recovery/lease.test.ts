@@ -119,6 +119,65 @@ t.test('a writer that lost its lease stops before committing', async (t) => {
   t.same(await listPointSeqs(store, 'z'), [], 'no point committed');
 });
 
+t.test('a reader waits past a lease expiry by its skew margin (the TTL, at most 60 s)', async (t) => {
+  const store = new MemoryStore();
+  let now = 1_000_000;
+  const a = await Lease.acquire(store, 'skew', { ttlMs: 1000, now: () => now });
+  now += 1500; // past a's expiry by its own clock, within the margin: a writer whose clock is behind still holds it
+  await t.rejects(Lease.acquire(store, 'skew', { ttlMs: 1000, now: () => now }), { code: 'RNODE_LEASE_HELD' });
+  now += 600; // past expiry plus margin
+  const b = await Lease.acquire(store, 'skew', { ttlMs: 1000, now: () => now });
+  t.ok(b.token > a.token, 'taken over once the margin has passed');
+  await b.release();
+  await a.release();
+});
+
+// Regression: a writer that lost its lease (paused past it: SIGSTOP, a VM freeze) still wrote its checkpoint (the
+// table segment and pending record of its point) when it stopped, over the committed point of the writer that had
+// taken the disk over with the same point number: that point then failed verify and recover (MANIFEST_CORRUPT).
+t.test("a writer that lost its lease writes nothing over the new holder's point", async (t) => {
+  const store = new MemoryStore();
+  const other = path.join(dir, 'other.img');
+  await generateSampleDisk(other, { size: 4 * 1024 * 1024 + 123, seed: 4 });
+  // Writer a's first pack put waits until writer b has committed: a is "paused" mid-run.
+  let release!: () => void;
+  const paused = new Promise<void>((r) => (release = r));
+  let held = false;
+  const slow = new Proxy(store, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target);
+      if (typeof v !== 'function') return v;
+      if (prop !== 'put') return v.bind(target);
+      return async (key: string, ...rest: unknown[]) => {
+        if (!held && key.includes('/packs/')) {
+          held = true;
+          await paused;
+        }
+        return v.call(target, key, ...rest);
+      };
+    },
+  });
+  const srcA = await openSource(image);
+  const srcB = await openSource(other);
+  t.teardown(async () => {
+    await srcA.close();
+    await srcB.close();
+  });
+  const a = replicate({ store: slow, source: srcA, disk: 'p', chunkSize: 64 * 1024, packSize: 256 * 1024, lease: { ttlMs: 1000 } }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  while (!held) await new Promise((r) => setTimeout(r, 10));
+  // b's clock is far ahead: a's lease looks expired to it, and b takes the disk over (point 1 too) and commits.
+  const b = await replicate({ store, source: srcB, disk: 'p', chunkSize: 64 * 1024, lease: { ttlMs: 1000, now: () => Date.now() + 60_000 } });
+  t.equal(b.point, 1, 'b commits point 1');
+  await new Promise((r) => setTimeout(r, 600)); // a's renewal finds the lease gone
+  release();
+  t.match(await a, { code: 'RNODE_LEASE_LOST' }, 'a stops with LEASE_LOST');
+  const v = await verify({ store, disk: 'p', point: '1' });
+  t.equal(v.ok, true, `b's point 1 verifies: ${JSON.stringify(v).slice(0, 300)}`);
+});
+
 // Regression: after a writer was SIGKILLed, the next run failed with RNODE_LEASE_HELD until the lease expired.
 t.test('a live-looking lease whose holder process on this host is gone is taken over at once', async (t) => {
   const dead = spawnSync(process.execPath, ['-e', '0']).pid!;

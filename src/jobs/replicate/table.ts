@@ -11,6 +11,7 @@ import { encodeIndex } from '../../repository/index-file.js';
 import { r2 } from '../../repository/names.js';
 import { newObjectId } from '../../repository/pack.js';
 import { encodePendingV2, encodeTableV3, segmentDigest } from '../../repository/point-format.js';
+import type { Lease } from '../../repository/lease.js';
 import type { WriterMarks } from '../../repository/prune-marks.js';
 import type { Checkpoint } from './options.js';
 import type { PackWriter } from './packs.js';
@@ -27,6 +28,8 @@ export interface TableWriterOptions {
   packs: PackWriter;
   marks: WriterMarks;
   run: RunState;
+  /** The disk's lease: checked before every segment and checkpoint, whose keys a new holder writes too. */
+  lease: Lease | undefined;
   /** Records per segment and checkpoint, and at most this long between checkpoints while records wait. */
   checkpointRecords: number;
   checkpointMillis: number;
@@ -176,9 +179,11 @@ export class TableWriter {
         }
         const lost = [...needed].find((id) => packs.failedPuts.has(id));
         if (lost !== undefined) throw packs.failedPuts.get(lost);
+        await this.o.lease?.held();
         await store.put(ref.key, bytes);
         run.stats.bytesWritten += bytes.length;
         failpoint('after-segment');
+        await this.o.lease?.held();
         await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, snapshot()));
         this.recordsDone += entries.length;
         failpoint('after-checkpoint');
