@@ -9,6 +9,9 @@ import type { AgentMetrics } from './metrics.js';
 import type { AgentReport, Policy } from './protocol.js';
 import { drained, type DiskRecord, type StateDir } from './state.js';
 
+/** How far ahead of the clock a recorded time may be before it counts as written under a wrong clock. */
+const CLOCK_SKEW_MS = 60_000;
+
 export interface SchedulerOptions {
   state: StateDir;
   runner: JobRunner;
@@ -166,6 +169,7 @@ export class Scheduler {
         const key = diskKey(p.store, d.disk);
         if (!this.since.has(key)) this.since.set(key, now);
         const rec = (this.disks[key] ??= {});
+        this.dropFutureTime(p, d.disk, rec, now);
         this.o.metrics.rpoTarget.set({ group: p.group, disk: d.disk }, p.rpoSeconds);
         this.checkRpo(p, d.disk, key, rec, now);
         if (p.paused || vmLaunched) continue;
@@ -238,6 +242,23 @@ export class Scheduler {
         for (const k of keys) this.active.delete(k);
       })
       .catch(() => undefined);
+  }
+
+  /**
+   * A last point time ahead of the clock was recorded while the clock was ahead (since set back): it would hold off
+   * every run until that time, and hide the lag (negative, shown as 0). It is dropped: the disk runs now and its RPO
+   * counts from when this node started watching it.
+   */
+  private dropFutureTime(p: Policy, disk: string, rec: DiskRecord, now: number): void {
+    if (!rec.lastPointAt || Date.parse(rec.lastPointAt) <= now + CLOCK_SKEW_MS) return;
+    this.o.log.warn('the last point time of a disk is in the future (was the clock set back?): it is ignored, the disk runs now', {
+      group: p.group,
+      disk,
+      lastPointAt: rec.lastPointAt,
+    });
+    delete rec.lastPointAt;
+    delete rec.missedReportedAt;
+    this.persistDisks();
   }
 
   private checkRpo(p: Policy, disk: string, key: string, rec: DiskRecord, now: number): void {

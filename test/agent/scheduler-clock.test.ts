@@ -1,0 +1,55 @@
+// Regression: an agent whose clock was ahead (a day, say) recorded its points' start times in the future. Once the
+// clock was set right, the disk's next run waited for that time (no point for a day), the RPO lag was negative and
+// showed as 0, no RPO miss was reported, and /healthz said ok. Now a recorded time ahead of the clock is dropped
+// with a warning: the disk runs at once, and its RPO counts from when the node started watching it.
+import t from 'tap';
+import { Scheduler } from '../../src/agent/scheduler.js';
+import type { JobRunner } from '../../src/agent/jobs.js';
+import type { AgentMetrics } from '../../src/agent/metrics.js';
+import type { StateDir } from '../../src/agent/state.js';
+import type { Policy } from '../../src/agent/protocol.js';
+import { Logger } from '../../src/log.js';
+
+t.test('a last point time ahead of the clock does not hold off runs or hide the RPO lag', async (t) => {
+  let now = Date.parse('2026-12-05T10:00:00Z');
+  const policy = {
+    group: 'g',
+    revision: 1,
+    rpoSeconds: 10,
+    intervalSeconds: 5,
+    store: { url: '/store' },
+    disks: [{ disk: 'd' }],
+  } as unknown as Policy;
+  const state = {
+    loadPolicies: async () => [policy],
+    // Written while the clock was a day ahead.
+    loadDisks: async () => ({ '/store#d': { lastPointAt: '2026-12-06T10:00:00.000Z', lastPoint: 3 } }),
+    saveDisks: async () => undefined,
+    savePolicies: async () => undefined,
+  } as unknown as StateDir;
+  const started: string[] = [];
+  const runner = {
+    holdsDisk: () => false,
+    start: async (job: { disks: { disk: string }[] }) => {
+      started.push(job.disks[0]!.disk);
+    },
+  } as unknown as JobRunner;
+  const gauge = { set: () => undefined, inc: () => undefined, remove: () => undefined };
+  const metrics = { lastPoint: gauge, rpoTarget: gauge, rpoMissed: gauge, overlapSkipped: gauge } as unknown as AgentMetrics;
+  const reports: { type: string }[] = [];
+  const logs: string[] = [];
+  const log = Logger.create({ sink: { write: (l) => void logs.push(l) }, level: 'warn' });
+  const scheduler = new Scheduler({ state, runner, log, metrics, report: (r) => reports.push(r as { type: string }), now: () => now });
+  await scheduler.load();
+  scheduler.tick();
+  t.same(started, ['d'], 'the disk runs at once');
+  t.match(logs.join('\n'), /last point time of a disk is in the future/, 'with a warning');
+  now += 11_000; // the run did not commit: past the RPO
+  scheduler.tick();
+  t.ok(
+    reports.some((r) => r.type === 'rpo.missed'),
+    'an RPO miss is reported',
+  );
+  t.ok(scheduler.lags()[0]!.lag >= 11, `the lag shows (${scheduler.lags()[0]!.lag} s)`);
+  await scheduler.flushed();
+});
