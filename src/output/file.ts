@@ -125,10 +125,24 @@ export async function openFileOutput(out: string, diskSize: number, opts: FileOu
     // Beside the target, so the rename stays on one filesystem and replaces the file a symlink points at.
     const tmp = path.join(path.dirname(target), `.${path.basename(target)}.rnode-partial`);
     const opened = await createPartial(tmp, out, opts.ownerOnly ? 0o600 : 0o644);
-    if (stats?.isFile()) await opened.fh.chmod(stats.mode & 0o7777);
-    await opened.fh.truncate(diskSize);
-    const { ino, dev } = await opened.fh.stat();
-    return new FileSink(out, opened, tmp, { partial: tmp, final: target, ino, dev });
+    try {
+      if (stats?.isFile()) await opened.fh.chmod(stats.mode & 0o7777);
+      await opened.fh.truncate(diskSize);
+      const { ino, dev } = await opened.fh.stat();
+      return new FileSink(out, opened, tmp, { partial: tmp, final: target, ino, dev });
+    } catch (err) {
+      // Nothing of it may stay behind: the partial file was left when the filesystem could not hold the disk (EFBIG).
+      await opened.fh.close().catch(() => undefined);
+      await fsp.unlink(tmp).catch(() => undefined);
+      if ((err as NodeJS.ErrnoException).code === 'EFBIG') {
+        throw new RnodeError(
+          ErrorCodes.OUTPUT_IO,
+          `--out ${out}: its filesystem cannot hold a file of ${diskSize} bytes (EFBIG: the disk is larger than the filesystem's largest file); nothing was written: give a path on a filesystem that can, or a block device`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
   } catch (err) {
     throw outputError(err, out);
   }

@@ -102,7 +102,13 @@ export function ensureBuilt(): void {
   built = true;
 }
 
-type RunOptions = { env?: Record<string, string | undefined>; cwd?: string; timeoutMs?: number };
+type RunOptions = {
+  env?: Record<string, string | undefined>;
+  cwd?: string;
+  timeoutMs?: number;
+  /** A command the node command line is appended to (e.g. a shell that sets a ulimit, then execs it). */
+  wrap?: string[];
+};
 
 /** Runs `node dist/cli.js ...args`; never rejects for a non-zero exit. */
 export function runCli(args: string[], opts: RunOptions = {}): Promise<CliResult> {
@@ -132,7 +138,8 @@ function runNode(argv: string[], opts: RunOptions): Promise<CliResult> {
   const env = { ...process.env, ...opts.env };
   // Failpoints and coverage hooks of the test runner must not leak into children unless asked for.
   if (!opts.env || !('RNODE_FAILPOINT' in opts.env)) delete env.RNODE_FAILPOINT;
-  const [cmd, args] = plainNode(argv);
+  const [node, nodeArgs] = plainNode(argv);
+  const [cmd, args] = opts.wrap?.length ? [opts.wrap[0]!, [...opts.wrap.slice(1), node, ...nodeArgs]] : [node, nodeArgs];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     const out: Buffer[] = [];

@@ -68,4 +68,20 @@ t.test('recover --out with something already under the partial file name', async
     t.equal(fs.readFileSync(partial, 'utf8'), 'being written', "the other recover's file is untouched");
     t.notOk(fs.existsSync(out), 'no --out made');
   });
+
+  t.test('a filesystem that cannot hold the disk (EFBIG): a clear message, no partial file left', async (t) => {
+    const out = path.join(dir, 'e.img');
+    // RLIMIT_FSIZE below the disk's size: the partial file's truncate to the disk size fails with EFBIG, as on a
+    // filesystem whose largest file is smaller than the disk.
+    const r = await runCli(['recover', '--store', store, '--disk', 'd', '--out', out], {
+      wrap: ['bash', '-c', 'ulimit -f 100 && exec "$@"', 'bash'],
+    });
+    t.equal(r.code, 1, `exit 1 (stderr: ${r.stderr})`);
+    t.match(r.stderr, /RNODE_OUTPUT_IO.*cannot hold a file of 300000 bytes.*nothing was written/);
+    t.same(
+      fs.readdirSync(dir).filter((f) => f.startsWith('.e.img') || f === 'e.img'),
+      [],
+      'neither --out nor its partial file is left',
+    );
+  });
 });
