@@ -8,6 +8,7 @@ import { ProtoErrors, type AgentReport, type ExportCounters, type ExportSpec } f
 import { resolveEncryptionKey, resolveSecret } from './secrets.js';
 import { openStoreOf } from './stores.js';
 import type { StateDir } from './state.js';
+import { timerDelay } from '../timer-delay.js';
 
 export interface ExportManagerOptions {
   state: StateDir;
@@ -112,7 +113,8 @@ export class ExportManager {
 
   private started(e: Entry): void {
     const s = e.exp!.stats();
-    const leaseUntil = e.spec.leaseSeconds ? new Date(Date.now() + e.spec.leaseSeconds * 1000).toISOString() : undefined;
+    // Never past the longest timer (a lease of 1e306 s made an invalid date: RNODE_INTERNAL).
+    const leaseUntil = e.spec.leaseSeconds ? new Date(Date.now() + timerDelay(e.spec.leaseSeconds * 1000)).toISOString() : undefined;
     this.o.report({
       type: 'export.started',
       exportId: e.spec.exportId,
@@ -130,7 +132,7 @@ export class ExportManager {
     if (!e.spec.leaseSeconds) return;
     e.lease = setTimeout(() => {
       this.stop(e.spec.exportId, 'lease-expired').catch(() => undefined);
-    }, e.spec.leaseSeconds * 1000);
+    }, timerDelay(e.spec.leaseSeconds * 1000));
     e.lease.unref();
   }
 

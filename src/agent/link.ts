@@ -22,6 +22,7 @@ import {
   type ServerMessage,
 } from './protocol.js';
 import { drained, type Outbox, type StateDir } from './state.js';
+import { timerDelay } from '../timer-delay.js';
 
 export interface LinkOptions {
   url: string;
@@ -300,7 +301,7 @@ export class ServerLink extends EventEmitter {
       this.holdReports = true;
       void this.saving.then(sendQueued);
     } else sendQueued();
-    this.heartbeatTimer = setInterval(() => this.beat(), w.heartbeatMs);
+    this.heartbeatTimer = setInterval(() => this.beat(), timerDelay(w.heartbeatMs));
     this.beat();
     this.emit('registered');
   }

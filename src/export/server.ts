@@ -6,6 +6,7 @@ import { negotiate, type ExportCatalog } from './handshake.js';
 import { SocketIo } from './io.js';
 import { transmit } from './transmission.js';
 import { listenUnix } from './unix-socket.js';
+import { timerDelay } from '../timer-delay.js';
 
 export interface ExportServerOptions {
   catalog: ExportCatalog;
@@ -108,7 +109,7 @@ export class ExportServer {
     const timer = setTimeout(() => {
       o.log?.('handshake-timeout', {});
       io.close();
-    }, o.handshakeTimeoutMs ?? 10_000);
+    }, timerDelay(o.handshakeTimeoutMs ?? 10_000));
     let chosen;
     try {
       chosen = await negotiate(io, o.catalog, { tls: o.tls ? 'require' : 'off', tlsAvailable: !!o.tls, maxBlock });

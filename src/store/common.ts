@@ -4,6 +4,7 @@
 import { ErrorCodes, RnodeError, oneLine } from '../errors.js';
 import { badStoreUrl } from './schemes.js';
 import { assertValidKey, type ByteRange } from './types.js';
+import { timerDelay } from '../timer-delay.js';
 
 function isValidKey(key: string): boolean {
   try {
@@ -136,7 +137,7 @@ export function idleTimer(ms: number, fire: () => void): { reset(): void; stop()
 
 /** The ?requestTimeoutMs= of a cloud URL, else the default. */
 export function requestTimeoutMs(url: URL): number {
-  return queryInt(url, 'requestTimeoutMs') ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  return timerDelay(queryInt(url, 'requestTimeoutMs') ?? DEFAULT_REQUEST_TIMEOUT_MS);
 }
 
 const NETWORK_CODES = new Set([

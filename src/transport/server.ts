@@ -29,6 +29,7 @@ import {
   type FrameInPieces,
 } from './frame.js';
 import { TokenBucket } from '../throttle.js';
+import { MAX_TIMER_MS, timerDelay } from '../timer-delay.js';
 
 /**
  * PUT bytes a session may hold unacknowledged unless serve is told otherwise: one 64 MiB pack with its trailer in
@@ -318,7 +319,8 @@ export class ReplicationServer {
   }
 
   get handshakeMs(): number {
-    return this.opts.handshakeMs ?? DEFAULT_HANDSHAKE_MS;
+    // Less than the longest timer by the 500 ms the socket's own deadline adds (src/timer-delay.ts).
+    return Math.min(timerDelay(this.opts.handshakeMs ?? DEFAULT_HANDSHAKE_MS), MAX_TIMER_MS - 500);
   }
 
   /** A hello was accepted on sock: it is a session now, watched by its idle timer. */

@@ -76,6 +76,26 @@ t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, as
   ms.send(nodeId, { type: 'export.stop', exportId: 'x5' });
   await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'x5')[0], 10_000, 'export.stopped x5');
 
+  // A lease longer than the longest timer (2^31 - 1 ms) ended as the export started (Node fires such a timer after
+  // 1 ms), and 1e306 s failed with RNODE_INTERNAL (an invalid date).
+  for (const [id, leaseSeconds] of [
+    ['x6', 3_000_000],
+    ['x7', 1e306],
+  ] as const) {
+    exportStart({ exportId: id, socket: path.join(dir, `${id}.sock`), leaseSeconds });
+    const up = await ms.waitFor(() => ms.reportsOf('export.started', (m) => m.exportId === id)[0], 10_000, `export.started ${id}`);
+    t.ok(Number.isFinite(Date.parse(String(up.msg.leaseUntil))), `${id}: leaseUntil is a date: ${String(up.msg.leaseUntil)}`);
+    await new Promise((r) => setTimeout(r, 300));
+    t.same(
+      ms.reportsOf('export.stopped', (m) => m.exportId === id),
+      [],
+      `${id}: a lease of ${leaseSeconds} s is still running`,
+    );
+    ms.send(nodeId, { type: 'export.stop', exportId: id });
+    const end = await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === id)[0], 10_000, `export.stopped ${id}`);
+    t.equal(end.msg.reason, 'requested', `${id}: stopped when asked`);
+  }
+
   ms.send(nodeId, { type: 'export.stop', exportId: 'nope' });
   await ms.waitFor(() => ms.errors.find((e) => e.msg.code === 'RNODE_AGENT_UNKNOWN_JOB'), 10_000, 'refusal of an unknown export');
   t.pass('export.stop of an unknown export is refused');

@@ -21,6 +21,7 @@ import {
 } from './protocol.js';
 import { CoveredRanges } from './ranges.js';
 import { ReplyParser, type ReplySink } from './reply-parser.js';
+import { timerDelay } from '../../timer-delay.js';
 
 export type NbdTarget = { path: string } | { host: string; port: number };
 
@@ -101,7 +102,7 @@ export class NbdConnection implements ReplySink {
     readonly where: string,
     opts: ConnectionOptions,
   ) {
-    this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.requestTimeoutMs = timerDelay(opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS);
     this.slots = new Semaphore(Math.max(1, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT));
     socket.on('data', (d: Buffer) => this.receive(d));
     socket.on('error', (err) => this.fail(this.connectionLost(err)));
@@ -110,7 +111,7 @@ export class NbdConnection implements ReplySink {
 
   /** Connects and negotiates; rejects with an RnodeError (never hangs past connectTimeoutMs). */
   static async connect(target: NbdTarget, req: HandshakeRequest, where: string, opts: ConnectionOptions = {}): Promise<NbdConnection> {
-    const timeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const timeoutMs = timerDelay(opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS);
     const socket = 'path' in target ? net.createConnection({ path: target.path }) : net.createConnection({ host: target.host, port: target.port });
     socket.setNoDelay(true);
     const reader = new HandshakeReader(socket);
