@@ -130,9 +130,12 @@ export class ExportManager {
   private arm(e: Entry): void {
     clearTimeout(e.lease);
     if (!e.spec.leaseSeconds) return;
-    e.lease = setTimeout(() => {
-      this.stop(e.spec.exportId, 'lease-expired').catch(() => undefined);
-    }, timerDelay(e.spec.leaseSeconds * 1000));
+    e.lease = setTimeout(
+      () => {
+        this.stop(e.spec.exportId, 'lease-expired').catch(() => undefined);
+      },
+      timerDelay(e.spec.leaseSeconds * 1000),
+    );
     e.lease.unref();
   }
 

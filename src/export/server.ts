@@ -106,10 +106,13 @@ export class ExportServer {
     const o = this.opts;
     const maxBlock = o.maxBlock ?? MAX_BLOCK;
     // A client that connects and then stalls (half-open, slowloris) is dropped once the handshake deadline passes.
-    const timer = setTimeout(() => {
-      o.log?.('handshake-timeout', {});
-      io.close();
-    }, timerDelay(o.handshakeTimeoutMs ?? 10_000));
+    const timer = setTimeout(
+      () => {
+        o.log?.('handshake-timeout', {});
+        io.close();
+      },
+      timerDelay(o.handshakeTimeoutMs ?? 10_000),
+    );
     let chosen;
     try {
       chosen = await negotiate(io, o.catalog, { tls: o.tls ? 'require' : 'off', tlsAvailable: !!o.tls, maxBlock });
