@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
-import { changeHashesAvailable, changeHashPlace, ChangeHashReader, ChangeHashWriter } from '../../src/jobs/replicate/change-hashes.js';
+import { changeHashesAvailable, changeHashPlace, ChangeHashReader, ChangeHashWriter, zeroChunkHash } from '../../src/jobs/replicate/change-hashes.js';
 import { ChunkGrid } from '../../src/pipeline/grid.js';
 import { Domain } from '../../src/repository/domain.js';
 import {
@@ -192,6 +192,24 @@ t.test('over several blocks: untouched blocks are carried or zero, a damaged blo
   t.same(await damaged.get(8999), Buffer.alloc(16, 2), 'the block after it still is');
   t.same(await damaged.get(100), Buffer.alloc(16, 3), 'and the one before');
   await damaged.close();
+});
+
+// Blocks no chunk of a run settled are written in one fill (a 16 TiB sparse disk's cache took over a minute entry by
+// entry): each entry is a zero chunk's hash, the short last chunk's of its own length.
+t.test('an untouched block holds zero chunk hashes, the short last chunk its own', async (t) => {
+  const dir = tmpDir(t, 'change-hashes');
+  const grid = new ChunkGrid(2 * 4096 * CHUNK + 5 * CHUNK + 100, CHUNK);
+  const place = changeHashPlace(dir, '/store', Domain.of(undefined), 'd', grid);
+  const w = new ChangeHashWriter(place, 'zero');
+  w.put(10, Buffer.alloc(16, 7)); // block 0 settled in part; blocks 1 and 2 untouched
+  t.ok(await w.finish(manifestFor(1, grid)));
+  const r = (await ChangeHashReader.open(place, manifestFor(1, grid)))!;
+  const full = zeroChunkHash(place.seed, CHUNK);
+  t.same(await r.get(10), Buffer.alloc(16, 7));
+  for (const i of [0, 4095, 4096, 6000, 8191, 8192, 8196]) t.same(await r.get(i), full, `chunk ${i}: a zero chunk's hash`);
+  t.same(await r.get(8197), zeroChunkHash(place.seed, 100), 'the short last chunk: 100 zero bytes');
+  t.not(zeroChunkHash(place.seed, 100).toString('hex'), full.toString('hex'));
+  await r.close();
 });
 
 function manifestFor(point: number, grid = new ChunkGrid(10 * CHUNK + 100, CHUNK)) {
