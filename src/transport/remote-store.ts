@@ -412,7 +412,7 @@ export class RemoteStore implements ObjectStore {
   private tooLarge(key: string, bytes: number): RnodeError {
     return new RnodeError(
       ErrorCodes.STORE_IO,
-      `put ${key} in ${this.location}: an object of ${bytes} bytes exceeds what the receiving node takes in one session (${Math.min(this.maxObject, this.counters.window || this.maxObject)} bytes); raise "rnode serve --window" there or lower --pack-size`,
+      `put ${key} in ${this.location}: an object of ${bytes} bytes exceeds what the receiving node takes in one session (${Math.min(this.maxObject, this.counters.window || this.maxObject)} bytes); raise "rnode serve --window" there, or lower --pack-size, or --chunk-size when one chunk is that large (a pack holds at least one whole chunk)`,
       { details: { key, bytes, remote: this.location } },
     );
   }
