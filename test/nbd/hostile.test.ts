@@ -118,7 +118,14 @@ t.test('handshake faults', async (t) => {
   );
 
   const huge = await fakeServer(t, dir, (p) => p.handshake({ size: 2 ** 60 }));
-  await fails(t, open(huge.url()), ErrorCodes.SOURCE_IO, /export size 1152921504606846976 is beyond/, 'an export size beyond 2^53');
+  // Not a protocol fault and not worth a retry: a disk larger than rnode addresses is a bad source (exit 2).
+  await fails(
+    t,
+    open(huge.url()),
+    ErrorCodes.BAD_SOURCE,
+    /is 1152921504606846976 bytes, larger than rnode can address \(9007199254740991 bytes, 8 PiB\); it cannot be replicated/,
+    'an export size beyond 2^53',
+  );
 
   const badBlock = await fakeServer(t, dir, (p) => p.handshake({ blockSize: [3, 4096, 1 << 20] }));
   await fails(t, open(badBlock.url()), ErrorCodes.SOURCE_IO, /minimum block size 3/, 'a minimum block size that is not a power of two');

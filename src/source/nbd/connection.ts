@@ -14,6 +14,7 @@ import {
   errnoName,
   isReplyError,
   MAX_STRING,
+  NbdExportTooLarge,
   NbdProtocolError,
   REPLY_FLAG_DONE,
   ReplyType,
@@ -570,6 +571,13 @@ function connectError(err: unknown, target: NbdTarget, where: string): RnodeErro
       ErrorCodes.SOURCE_IO,
       `cannot connect to NBD server ${where} (${code}); check that it is running and reachable, then run again`,
       { cause: err, retryable: code !== 'EACCES' },
+    );
+  }
+  if (err instanceof NbdExportTooLarge) {
+    return new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `the NBD export at ${where} is ${err.size} bytes, larger than rnode can address (${Number.MAX_SAFE_INTEGER} bytes, 8 PiB); it cannot be replicated`,
+      { cause: err, details: { size: String(err.size) } },
     );
   }
   if (err instanceof NbdProtocolError) {

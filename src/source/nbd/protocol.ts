@@ -153,6 +153,14 @@ export class NbdProtocolError extends Error {
   }
 }
 
+/** An export larger than 2^53 - 1 bytes: the server is right, the disk is beyond what rnode addresses. */
+export class NbdExportTooLarge extends NbdProtocolError {
+  constructor(readonly size: bigint) {
+    super(`export size ${size} is beyond what this client can address`);
+    this.name = 'NbdExportTooLarge';
+  }
+}
+
 // ---- client -> server ----
 
 export function encodeClientFlags(flags: number): Buffer {
@@ -241,7 +249,7 @@ export function decodeInfo(data: Buffer): InfoReply {
   if (type === Info.EXPORT) {
     if (data.length !== 12) throw new NbdProtocolError(`NBD_INFO_EXPORT of ${data.length} bytes (expected 12)`);
     const size = data.readBigUInt64BE(2);
-    if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new NbdProtocolError(`export size ${size} is beyond what this client can address`);
+    if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new NbdExportTooLarge(size);
     return { type, export: { size: Number(size), transmissionFlags: data.readUInt16BE(10) } };
   }
   if (type === Info.BLOCK_SIZE) {
