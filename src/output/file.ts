@@ -202,14 +202,22 @@ async function createPartial(file: string, out: string, mode: number): Promise<O
     await fsp.unlink(file).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
-    let opened: Opened;
+    let created: fsp.FileHandle;
     try {
-      opened = await openDirect(file, flags, mode);
+      // Created without O_DIRECT: a filesystem that refuses O_DIRECT (tmpfs before Linux 6.6) creates the file and
+      // then fails the open, and the O_EXCL retry would find it there.
+      created = await fsp.open(file, flags, mode);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt === 3) throw err;
       continue;
     }
-    if (tryLockExclusive(opened.fh.fd)) return opened;
+    // The same file again with O_DIRECT where the filesystem takes it (through the open file, not the name).
+    const direct = await openDirect(`/proc/self/fd/${created.fd}`, fs.constants.O_WRONLY).catch(() => undefined);
+    const opened: Opened = direct?.direct ? direct : { fh: created, direct: false };
+    if (direct && !direct.direct) await direct.fh.close();
+    const locked = tryLockExclusive(opened.fh.fd);
+    if (opened.fh !== created) await created.close();
+    if (locked) return opened;
     await opened.fh.close(); // another recover locked it between our create and our lock: it is theirs
     throw busyOutput(out);
   }
