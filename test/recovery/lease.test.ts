@@ -16,6 +16,7 @@ import { verify } from '../../src/jobs/verify.js';
 import type { PutOptions } from '../../src/store/types.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { layout } from '../../src/repository/names.js';
+import { aroundPuts } from '../helpers/around-puts.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-lease-'));
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -143,19 +144,12 @@ t.test("a writer that lost its lease writes nothing over the new holder's point"
   let release!: () => void;
   const paused = new Promise<void>((r) => (release = r));
   let held = false;
-  const slow = new Proxy(store, {
-    get(target, prop) {
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== 'function') return v;
-      if (prop !== 'put') return v.bind(target);
-      return async (key: string, ...rest: unknown[]) => {
-        if (!held && key.includes('/packs/')) {
-          held = true;
-          await paused;
-        }
-        return v.call(target, key, ...rest);
-      };
-    },
+  const slow = aroundPuts(store, async (key, put) => {
+    if (!held && key.includes('/packs/')) {
+      held = true;
+      await paused;
+    }
+    return put();
   });
   const srcA = await openSource(image);
   const srcB = await openSource(other);

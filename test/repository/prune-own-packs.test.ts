@@ -10,6 +10,7 @@ import { ErrorCodes, isRnodeError } from '../../src/errors.js';
 import { pruneStore } from '../../src/jobs/prune-v2.js';
 import { listPoints } from '../../src/repository/points.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
+import { aroundPuts } from '../helpers/around-puts.js';
 import { expectRestore, fingerprint, fsStore, randomData, snap, tmpDir } from '../helpers/images.js';
 
 t.teardown(() => codecWorkers().close());
@@ -30,20 +31,13 @@ function setup(t: Test, name: string, seed: number) {
     return pruneStore({ store, graceMs: 1000, maxUnused: 0, now: () => clock });
   };
   const state = { fired: false };
-  const hooked = new Proxy(store, {
-    get(target, prop) {
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== 'function') return v;
-      if (prop !== 'put') return v.bind(target);
-      return async (key: string, ...rest: unknown[]) => {
-        const r = await v.call(target, key, ...rest);
-        if (!state.fired && key.includes('/packs/')) {
-          state.fired = true;
-          for (let i = 0; i < 3; i++) await prune();
-        }
-        return r;
-      };
-    },
+  const hooked = aroundPuts(store, async (key, put) => {
+    const r = await put();
+    if (!state.fired && key.includes('/packs/')) {
+      state.fired = true;
+      for (let i = 0; i < 3; i++) await prune();
+    }
+    return r;
   });
   return { dir, image, store, prune, hooked, state };
 }
