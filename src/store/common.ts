@@ -114,9 +114,11 @@ const MIN_BYTES_PER_MS = 64;
 /**
  * How long one request that moves `bytes` may take in all: its timeout, plus the time the body needs at the slowest
  * link rnode is meant to work over. A fixed deadline would fail, and retry forever, a 64 MiB pack on a slow link.
+ * At most the longest timer: a whole disk's upload (a gs:// restore output past ~137 GB) went over it, and a timer
+ * that long fires at once.
  */
 export function requestDeadlineMs(timeoutMs: number, bytes = 0): number {
-  return timeoutMs + Math.ceil(bytes / MIN_BYTES_PER_MS);
+  return timerDelay(timeoutMs + Math.ceil(bytes / MIN_BYTES_PER_MS));
 }
 
 /** A timer that fires `ms` after its last reset, until stopped. */

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { requestTimeoutMs } from '../../src/store/common.js';
+import { requestDeadlineMs, requestTimeoutMs } from '../../src/store/common.js';
 import { MAX_TIMER_MS, timerDelay } from '../../src/timer-delay.js';
 import { CLI, ensureBuilt, runCli } from '../helpers/cli.js';
 import { randomData, tmpDir } from '../helpers/images.js';
@@ -37,6 +37,8 @@ t.test('a serve with a handshake timeout past the longest timer takes a replicat
 t.test("a store URL's requestTimeoutMs past the longest timer is the longest timer", async (t) => {
   t.equal(requestTimeoutMs(new URL('s3://b/p?requestTimeoutMs=3000000000')), MAX_TIMER_MS);
   t.equal(requestTimeoutMs(new URL('s3://b/p?requestTimeoutMs=5000')), 5000, 'a usual value as given');
+  t.equal(requestDeadlineMs(120_000, 2e12), MAX_TIMER_MS, "a 2 TB disk's upload deadline (a gs:// restore output) is the longest timer");
+  t.equal(requestDeadlineMs(120_000, 64 * 1000), 121_000, 'a pack at 64 KiB/s on top of the timeout');
   t.equal(timerDelay(1e306), MAX_TIMER_MS);
   t.equal(timerDelay(Infinity), MAX_TIMER_MS);
   t.equal(timerDelay(-5), 0);
