@@ -418,9 +418,6 @@ const checkCmd: Command = {
   options: { store: { type: 'string' }, 'read-data': { type: 'boolean' }, repair: { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'check', 'store');
-    if (v.repair === true && v['read-data'] !== true) {
-      throw new RnodeError(ErrorCodes.USAGE, '--repair needs --read-data: only reading every blob finds the damaged ones');
-    }
     const { check } = await import('../jobs/check.js');
     const encryption = encryptionKeyFrom(v);
     const r = await stoppable('check', READ_ONLY_STOP, (signal) =>

@@ -7,7 +7,7 @@ import { encodeIndex, type ChunkIndex, type ChunkLocation } from '../repository/
 import { r2 } from '../repository/names.js';
 import { PackBuilder, newObjectId, packSizeFor, type BlobEntry } from '../repository/pack.js';
 
-/** Entries per index object written (prune compacts to the same size). */
+/** Entries per index object written (80 B each: 5 MiB); prune's compaction writes the same size. */
 export const INDEX_TARGET_ENTRIES = 65536;
 
 export class BlobCopier {

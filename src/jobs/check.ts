@@ -102,7 +102,7 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
     );
   }
   if (opts.repair && !opts.readData)
-    throw new RnodeError(ErrorCodes.USAGE, 'repair needs --read-data: only reading every blob finds the damaged ones');
+    throw new RnodeError(ErrorCodes.USAGE, '--repair needs --read-data: only reading every blob finds the damaged ones');
   checkKeyOpensOne(store.location, domains, key);
   const out: CheckResult = {
     ok: false,
@@ -398,7 +398,7 @@ async function readBlobs(
   trailers: Trailers,
   ids: ObjectId[],
 ): Promise<void> {
-  const isDamaged = (id: ObjectId, offset: number) => {
+  const markDamaged = (id: ObjectId, offset: number) => {
     let set = damaged.get(id);
     if (!set) damaged.set(id, (set = new Set()));
     set.add(offset);
@@ -433,7 +433,7 @@ async function readBlobs(
         }
         const where = `at offset ${e.offset} of pack ${what} (id ${e.id.toString('hex').slice(0, 16)}…)`;
         if (e.length > slot.object.length) {
-          isDamaged(id, e.offset);
+          markDamaged(id, e.offset);
           report(
             new RnodeError(ErrorCodes.CHUNK_CORRUPT, `chunk ${where} is corrupt: its trailer says ${e.length} bytes, more than a chunk can take`, {
               details: { key: what },
@@ -458,7 +458,7 @@ async function readBlobs(
         } catch (err) {
           // Only a blob that fails its checksums or its id is damaged: one of a codec or format this build does not
           // know is another rnode's, and repair must not drop it.
-          if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) isDamaged(id, e.offset);
+          if (isRnodeError(err, ErrorCodes.CHUNK_CORRUPT)) markDamaged(id, e.offset);
           report(
             isRnodeError(err)
               ? new RnodeError(err.code, `${err.message}; points using this chunk cannot be restored from this copy`, { details: { key: what } })

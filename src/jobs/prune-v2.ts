@@ -41,7 +41,6 @@ export const DEFAULT_GRACE_MS = 60 * 60_000;
 export const DEFAULT_MAX_UNUSED = 0.5;
 /** Tombstones of deleted packs are kept at least this long (and as long as an index lists the pack). */
 const TOMBSTONE_MS = 24 * 60 * 60_000;
-/** Entries per index object written by compaction and repack (80 B each: 5 MiB). */
 /** How often a SweepPacer lets retention sweep a domain: well inside the grace period, so deletion is barely delayed. */
 export const DEFAULT_SWEEP_INTERVAL_MS = 10 * 60_000;
 /** Index objects a domain may gather between paced sweeps before retention compacts them (every replicate loads them all). */

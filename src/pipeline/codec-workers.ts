@@ -71,11 +71,12 @@ const WORKER_URL = new URL(`./codec-worker${FROM_SOURCES ? '.ts' : '.js'}`, impo
  * What a worker runs: the entry itself, or under the test runner a bootstrap that registers tsx's module hooks before
  * it loads the entry. On Node 20, tsx registers its hooks on the main thread only, and a worker does not inherit them.
  */
-function workerEntry(): { entry: URL | string; eval: boolean } {
-  if (!FROM_SOURCES) return { entry: WORKER_URL, eval: false };
-  const api = JSON.stringify(import.meta.resolve('tsx/esm/api'));
-  return { entry: `import(${api}).then((m) => m.register()).then(() => import(${JSON.stringify(WORKER_URL.href)}))`, eval: true };
-}
+const WORKER_ENTRY: { entry: URL | string; eval: boolean } = FROM_SOURCES
+  ? {
+      entry: `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((m) => m.register()).then(() => import(${JSON.stringify(WORKER_URL.href)}))`,
+      eval: true,
+    }
+  : { entry: WORKER_URL, eval: false };
 
 /**
  * How many more ops in flight the main thread's lane counts as having: it also runs the job, so with an equal share
@@ -188,9 +189,8 @@ export class CodecWorkers {
   private spawn(i: number): Worker {
     // From dist/ a worker needs no module hooks: a test runner's (inherited through NODE_OPTIONS) cost each
     // worker ~0.9 s of start-up, and an agent's first run under test that much. From src/ they compile it.
-    const { entry, eval: evaluated } = workerEntry();
-    const w = new Worker(entry, {
-      eval: evaluated,
+    const w = new Worker(WORKER_ENTRY.entry, {
+      eval: WORKER_ENTRY.eval,
       workerData: this.workerData,
       ...(FROM_SOURCES ? {} : { execArgv: [], env: workerEnv() }),
     });
