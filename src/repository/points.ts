@@ -87,11 +87,17 @@ export async function listPoints(store: ObjectStore, disk: string, key?: Encrypt
 /**
  * The points a person asked to see (rnode points): none found, for a disk whose claim names another repository than
  * the key's (an encrypted disk listed without its key, or with another one), is that error (KEY_REQUIRED or
- * KEY_MISMATCH), not an empty list: "no points" for a disk with points is the last thing to tell an operator.
+ * KEY_MISMATCH), not an empty list: "no points" for a disk with points is the last thing to tell an operator. A
+ * disk the store does not hold at all is DISK_NOT_FOUND.
  */
 export async function listPointsOf(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<PointManifest[]> {
   const points = await listPoints(store, disk, key);
-  if (points.length === 0) checkClaim(await readClaim(store, disk), key, disk);
+  if (points.length > 0) return points;
+  // A claimed disk without points is one whose first replicate has not committed yet; an unclaimed one is not in the
+  // store (a typo, or the wrong store): an empty list would tell a caller the disk is there with nothing to recover.
+  const claim = await readClaim(store, disk);
+  if (!claim) await explainNoPoints(store, disk, key);
+  checkClaim(claim, key, disk);
   return points;
 }
 

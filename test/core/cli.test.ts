@@ -100,6 +100,14 @@ t.test('replicate --json, points, recover, verify, prune through the CLI', async
   const ptsHuman = await runCli(['points', '--store', store, '--disk', 'vm-01.img']);
   t.equal(ptsHuman.code, 0, `points exits 0 (${ptsHuman.stderr.trim()})`);
   t.equal(lines(ptsHuman.stdout).length, 4, 'a header and three rows');
+  // A disk the store does not hold (a typo) is an error, not an empty list: a caller would take it for a disk with
+  // nothing to recover yet.
+  const typo = await runCli(['points', '--store', store, '--disk', 'vm-10.img']);
+  t.equal(typo.code, 1, `points of an unknown disk exits 1 (${typo.stdout.trim()})`);
+  t.match(typo.stderr, /^rnode: RNODE_DISK_NOT_FOUND: disk vm-10\.img has no committed points in .*rnode disks --store/);
+  const typoJson = await runCli(['points', '--store', store, '--disk', 'vm-10.img', '--json']);
+  t.equal(typoJson.code, 1);
+  t.equal(json(typoJson).error?.code, 'RNODE_DISK_NOT_FOUND', '--json: the error document');
 
   const outLatest = path.join(dir, 'latest.img');
   const rl = await runCli(['recover', '--store', store, '--disk', 'vm-01.img', '--point', 'latest', '--out', outLatest, '--json']);
