@@ -49,8 +49,11 @@ export const serveCmd: Command = {
   async run(v, io) {
     required(v, 'serve', 'listen', 'store');
     // Loaded when serve runs, not when any command starts (see commands.ts).
-    const [{ certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer }, { openStore }, { ObjectValidator }] =
-      await Promise.all([import('../transport/index.js'), import('../store/index.js'), import('../serve/index.js')]);
+    const [
+      { certificateFingerprint, parseBandwidth, readPemFile, readTokenFile, ReplicationServer, SERVE_WARN_EVENTS },
+      { openStore },
+      { ObjectValidator },
+    ] = await Promise.all([import('../transport/index.js'), import('../store/index.js'), import('../serve/index.js')]);
     const { host, port } = parseListen(str(v, 'listen')!);
     if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined)) {
       throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
@@ -76,7 +79,7 @@ export const serveCmd: Command = {
     const { Logger } = await import('../log.js');
     const logger = Logger.create({ format, level, sink: { write: (line) => io.err(line.replace(/\n$/, '')) } });
     logger.addSecret(token);
-    const log = (event: string, fields: Record<string, unknown> = {}) => logger.info(event, fields);
+    const log = (event: string, fields: Record<string, unknown> = {}) => logger.log(SERVE_WARN_EVENTS.has(event) ? 'warn' : 'info', event, fields);
     // A receiving node takes and frees a buffer for every socket read and message: its heap keeps what it freed for the
     // next ones instead of handing it back and faulting it in again (native keepFreedHeap has the figures).
     (await import('../native/index.js')).keepFreedHeap(KEEP_FREED_HEAP_BYTES);

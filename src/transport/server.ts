@@ -727,6 +727,14 @@ class Session {
         this.node.log('rejected', { session: this.id, ...err.details, message: err.message });
       } else {
         this.node.stats.putFailures++;
+        // The node's operator is the one who can fix a store that fails (full, read-only): the sender only learns
+        // that it failed.
+        this.node.log('put-failed', {
+          session: this.id,
+          kind: this.node.checks.kindOf(meta.key) ?? 'unknown',
+          code: err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL,
+          message: (err as Error)?.message ?? String(err),
+        });
       }
       this.node.countPutError(err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL, this.node.checks.kindOf(meta.key) ?? 'unknown');
       this.held -= charged;
@@ -970,11 +978,45 @@ function requestKey(key: string, reading?: ObjectChecks): void {
   }
 }
 
+/** The events of ServeOptions.log that say something went wrong (warnings); the others are info. */
+export const SERVE_WARN_EVENTS: ReadonlySet<string> = new Set([
+  'put-failed',
+  'internal-error',
+  'server-error',
+  'session-error',
+  'session-failed',
+  'session-stalled',
+  'rejected',
+  'auth-failed',
+  'tls-error',
+  'handshake-timeout',
+  'refused',
+  'busy',
+]);
+
 function wireInfo(i: { key: string; size: number; etag?: string }): ObjectInfoWire {
   return { key: i.key, size: i.size, ...(i.etag !== undefined ? { etag: i.etag } : {}) };
 }
 
+/**
+ * What a sender is told of a failed request. The node's own store folder failing (full, read-only, no permission:
+ * PATH_UNUSABLE, a usage error where the folder is the user's own) is for the node's operator to fix, not a mistake
+ * on the sender's command line, and that folder's path is the node's business: the sender gets STORE_IO (exit 1).
+ */
 function errorMessage(err: unknown): Extract<NodeMessage, { op: 'error' }> {
+  if (isRnodeError(err, ErrorCodes.PATH_UNUSABLE)) {
+    const errno = typeof err.details.errno === 'string' ? err.details.errno : undefined;
+    const full = errno === 'ENOSPC' || errno === 'EDQUOT';
+    return {
+      op: 'error',
+      code: ErrorCodes.STORE_IO,
+      message: full
+        ? `the receiving node's store has no space left (${errno}); free space there (or prune its points), then run the same command again: it resumes`
+        : `the receiving node cannot write to its store${errno ? ` (${errno})` : ''}; its operator must fix the store folder (its log says why), then run the same command again: it resumes`,
+      retryable: false,
+      details: errno ? { errno } : {},
+    };
+  }
   if (err instanceof RnodeError) {
     return { op: 'error', code: err.code, message: err.message.slice(0, 4000), retryable: err.retryable, details: safeDetails(err.details) };
   }

@@ -207,12 +207,17 @@ t.test('log formats: text by default, json on request; the token in neither', as
       const events = lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
       t.equal(events.length, lines.length, `json: every line is JSON (${lines.find((l) => !l.startsWith('{')) ?? ''})`);
       t.ok(
-        events.every((e) => e.level === 'info' && typeof e.time === 'string' && typeof e.msg === 'string'),
+        events.every((e) => (e.level === 'info' || e.level === 'warn') && typeof e.time === 'string' && typeof e.msg === 'string'),
         'json: pino lines',
       );
       t.match(
         events.find((e) => e.msg === 'auth-failed'),
-        { tokenGiven: true },
+        { tokenGiven: true, level: 'warn' },
+        'a wrong token is a warning',
+      );
+      t.match(
+        events.find((e) => e.msg === 'lease'),
+        { level: 'info' },
       );
       t.match(
         events.find((e) => e.msg === 'lease'),

@@ -1,0 +1,64 @@
+// A receiving node whose store fills up while a sender streams to it. Bugs: the sender was told RNODE_PATH_UNUSABLE
+// (exit 2, a usage error) with the node's own folder path and "choose another folder", which no sender can do, and
+// the node logged nothing, so its operator never learnt the store was full. Now the sender gets RNODE_STORE_IO
+// (exit 1) saying the node's store is full, the node logs each failed put as a warning, and once the node has room
+// the same command resumes into a point that restores byte-exact.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CLI, ensureBuilt, json, runCli } from '../helpers/cli.js';
+import { randomData, tmpDir } from '../helpers/images.js';
+import { spawnServe } from './helpers.js';
+
+t.test(
+  'a node whose store is full: the sender gets RNODE_STORE_IO, the node logs a warning, and the next run resumes',
+  { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' },
+  async (t) => {
+    ensureBuilt();
+    const dir = tmpDir(t, 'store-full');
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
+    t.teardown(() => execFileSync('umount', ['-l', mnt]));
+    const tok = path.join(dir, 'token');
+    fs.writeFileSync(tok, 'full-token\n', { mode: 0o600 });
+    const node = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(mnt, 'store'), '--token-file', tok]);
+    const image = path.join(dir, 'disk.img');
+    fs.writeFileSync(image, randomData(8 << 20, 31)); // incompressible: 8 MiB cannot fit in 6
+    const args = [
+      'replicate',
+      '--source',
+      image,
+      '--target',
+      node.url,
+      '--disk',
+      'd',
+      '--chunk-size',
+      '64KiB',
+      '--pack-size',
+      '1MiB',
+      '--token-file',
+      tok,
+    ];
+
+    const full = await runCli(args);
+    t.equal(full.code, 1, `exit 1, not a usage error: ${full.stderr}`);
+    t.match(full.stderr, /^rnode: RNODE_STORE_IO: the receiving node's store has no space left \(ENOSPC\); free space there/);
+    t.notMatch(full.stderr, mnt, "the node's folder is not the sender's business");
+    t.match(
+      node.log(),
+      /"level":"warn"[^\n]*"kind":"pack","code":"RNODE_PATH_UNUSABLE"[^\n]*ENOSPC[^\n]*"msg":"put-failed"/,
+      "the node's log: a warning that says why",
+    );
+
+    execFileSync('mount', ['-o', 'remount,size=32m', mnt]);
+    const again = await runCli([...args, '--json']);
+    t.equal(again.code, 0, `the same command once the node has room: ${again.stderr}`);
+    t.equal(json(again).resumed, true, 'it resumed');
+    const out = path.join(dir, 'out.img');
+    const rec = await runCli(['recover', '--store', node.url, '--disk', 'd', '--out', out, '--token-file', tok]);
+    t.equal(rec.code, 0, `recover: ${rec.stderr}`);
+    t.ok(fs.readFileSync(out).equals(fs.readFileSync(image)), 'byte-exact');
+  },
+);
