@@ -53,6 +53,8 @@ export const ErrorCodes = {
   LEASE_HELD: 'RNODE_LEASE_HELD',
   LEASE_LOST: 'RNODE_LEASE_LOST',
   CANCELLED: 'RNODE_CANCELLED',
+  /** The process hit a system limit (open files): not a bug; raise the limit (exit 1). */
+  RESOURCE_LIMIT: 'RNODE_RESOURCE_LIMIT',
   INTERNAL: 'RNODE_INTERNAL',
   // installation (exit 1): no addon binary for this platform and no source build
   NATIVE_MISSING: 'RNODE_NATIVE_MISSING',

@@ -80,6 +80,15 @@ function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
     if (typeof err.details.signal === 'string') return signalExitCode(err.details.signal);
     return err.isUsage ? 2 : 1;
   }
+  const errno = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (errno === 'EMFILE' || errno === 'ENFILE') {
+    const limit = new RnodeError(
+      ErrorCodes.RESOURCE_LIMIT,
+      `too many open files (${errno}): ${errno === 'EMFILE' ? "raise this process's limit (ulimit -n; LimitNOFILE= for a systemd service)" : "the system's file table is full (fs.file-max)"}, then run the same command again`,
+      { cause: err, details: { errno } },
+    );
+    return report(limit, io, debug, json);
+  }
   const e = err as Error;
   const message = `${oneLine(e?.message ?? String(err))}; this is a bug, please report it with --debug output`;
   // A caller parsing --json gets its one document for a bug too, not an empty stdout.

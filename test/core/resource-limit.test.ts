@@ -1,0 +1,25 @@
+// A command that runs out of file descriptors (a low `ulimit -n`, a service's LimitNOFILE) is told so, with what to
+// raise. Bug: it ended RNODE_INTERNAL "this is a bug, please report it", naming one of rnode's own module files.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { json, runCli } from '../helpers/cli.js';
+import { randomData, tmpDir } from '../helpers/images.js';
+
+const LOW_LIMIT = ['bash', '-c', 'ulimit -n 24 && exec "$@"', 'bash'];
+
+t.test('too few file descriptors: RNODE_RESOURCE_LIMIT saying to raise ulimit -n, exit 1, one line', async (t) => {
+  const dir = tmpDir(t, 'nofile');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(1 << 20, 5));
+  const args = ['replicate', '--source', img, '--target', path.join(dir, 'store'), '--disk', 'd'];
+  const r = await runCli(args, { wrap: LOW_LIMIT });
+  t.equal(r.code, 1, 'exit 1');
+  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  t.match(r.stderr, /^rnode: RNODE_RESOURCE_LIMIT: too many open files \(EMFILE\): raise this process's limit \(ulimit -n/);
+  t.notMatch(r.stderr, /bug/);
+  const j = await runCli([...args, '--json'], { wrap: LOW_LIMIT });
+  t.match(json(j).error, { code: 'RNODE_RESOURCE_LIMIT', errno: 'EMFILE' }, '--json: the error document');
+  const ok = await runCli(args);
+  t.equal(ok.code, 0, `with the usual limit the same command works: ${ok.stderr}`);
+});
