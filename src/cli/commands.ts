@@ -76,7 +76,9 @@ const replicateCmd: Command = {
     // One limit for every kind of target (directory, cloud, ws://): the store's puts are paced, lease writes exempt.
     const bandwidth = v.bandwidth !== undefined ? (await import('../transport/index.js')).parseBandwidth(str(v, 'bandwidth')!) : undefined;
     const { replicate } = await import('../jobs/replicate.js');
-    const source = await (await import('../source/index.js')).openSource(sourceArg);
+    // A file's absolute path goes into the point: what a later run without --disk compares against (plan.ts).
+    const isUrl = /^[a-z][a-z0-9+.-]*:\/\//i.test(sourceArg);
+    const source = await (await import('../source/index.js')).openSource(isUrl ? sourceArg : path.resolve(sourceArg));
     try {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
@@ -97,6 +99,7 @@ const replicateCmd: Command = {
               signal,
               onProgress: (p) => bar.update(p.position, p.diskSize),
               changeHashDir: changeHashDir(str(v, 'cache-dir')),
+              diskNamedAfterSource: v.disk === undefined,
               ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}),
               ...(packSize !== undefined ? { packSize } : {}),
             }),

@@ -20,6 +20,11 @@ export interface ReplicateOptions {
   /** Encrypt the point's chunks with this key (the disk's earlier points must have been written with it). */
   encryption?: EncryptionKey;
   /**
+   * The disk id was taken from the source file's name (no --disk): a disk whose latest point was made from another
+   * file is refused (RNODE_USAGE) rather than continued.
+   */
+  diskNamedAfterSource?: boolean;
+  /**
    * Chunks that may wait for the store (default from bufferBytes): with the depth of reading and encoding, set from
    * the number of codec workers, it bounds how far the reader runs ahead of the oldest unfinished chunk.
    */

@@ -1,0 +1,54 @@
+// replicate without --disk names the disk after the source file. Bug: two files of one name in different folders
+// (/vms/a/disk.img, /vms/b/disk.img), or two names that differ only in characters an id cannot hold (диск.img and
+// файл.img both become "img"), silently became one disk: each run an "incremental" of the other file, recover
+// returned whichever ran last, and prune --keep 1 deleted the other file's only point. Now such a run is refused
+// (RNODE_USAGE) and names both files; --disk settles it either way.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { json, runCli } from '../helpers/cli.js';
+import { MiB, randomData, tmpDir } from '../helpers/images.js';
+
+t.test('a default disk id never continues the disk of another file', async (t) => {
+  const dir = tmpDir(t, 'default-id');
+  const store = path.join(dir, 'store');
+  for (const d of ['a', 'b']) fs.mkdirSync(path.join(dir, d));
+  const a = path.join(dir, 'a', 'disk.img');
+  const b = path.join(dir, 'b', 'disk.img');
+  fs.writeFileSync(a, randomData(MiB, 1));
+  fs.writeFileSync(b, randomData(MiB, 2));
+  const rep = (src: string, ...more: string[]) => runCli(['replicate', '--source', src, '--target', store, '--json', ...more], { cwd: dir });
+
+  const first = await rep('a/disk.img');
+  t.equal(first.code, 0, first.stderr);
+  t.match(json(first), { disk: 'disk.img', point: 1 });
+  const again = await rep(a);
+  t.equal(again.code, 0, `the same file by another path spelling continues its disk: ${again.stderr}`);
+  t.match(json(again), { disk: 'disk.img', point: 2, full: false });
+
+  const other = await rep('b/disk.img');
+  t.equal(other.code, 2, 'another file of the same name is refused');
+  t.match(other.stderr, `RNODE_USAGE: disk disk.img (its id taken from the file's name) holds the points of ${a}, not of ${b}; pass --disk`);
+  const pts = json(await runCli(['points', '--store', store, '--disk', 'disk.img', '--json']));
+  t.equal(pts.points.length, 2, 'no point was added');
+
+  const own = await rep('b/disk.img', '--disk', 'disk-b');
+  t.equal(own.code, 0, `--disk gives it a disk of its own: ${own.stderr}`);
+  const moved = await rep('b/disk.img', '--disk', 'disk.img');
+  t.equal(moved.code, 0, `--disk with the same id continues the disk from this file: ${moved.stderr}`);
+  t.match(json(moved), { disk: 'disk.img', point: 3 });
+
+  // Names an id cannot hold: both are "img".
+  const u1 = path.join(dir, 'диск.img');
+  const u2 = path.join(dir, 'файл.img');
+  fs.writeFileSync(u1, randomData(MiB, 3));
+  fs.writeFileSync(u2, randomData(MiB, 4));
+  t.match(json(await rep(u1)), { disk: 'img', point: 1 });
+  const clash = await rep(u2);
+  t.equal(clash.code, 2);
+  t.match(clash.stderr, `disk img (its id taken from the file's name) holds the points of ${u1}, not of ${u2}`);
+
+  const out = path.join(dir, 'out.img');
+  t.equal((await runCli(['recover', '--store', store, '--disk', 'img', '--out', out])).code, 0);
+  t.ok(fs.readFileSync(out).equals(fs.readFileSync(u1)), 'disk img is still the first file');
+});
