@@ -5,6 +5,7 @@
 // it finds changed are exactly the ones written.
 import t from 'tap';
 import crypto from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
@@ -228,3 +229,47 @@ function manifestFor(point: number, grid = new ChunkGrid(10 * CHUNK + 100, CHUNK
     stats: { chunksTotal: 11, chunksChanged: 0, chunksZero: 0, bytesRead: 0, bytesWritten: 0, seconds: 0 },
   } as unknown as Parameters<typeof ChangeHashReader.open>[1];
 }
+
+// The cache decides which chunks a run skips, so only this user's own regular file is read. Bugs: a FIFO put in the
+// file's place hung the replicate in open() for good, SIGTERM included; a file anyone could write (or another
+// user's, in a shared cache folder) was trusted.
+t.test('a cache file that is not this user’s own private regular file is not read, and never hangs the run', { timeout: 60_000 }, async (t) => {
+  const dir = tmpDir(t, 'change-hashes');
+  const img = path.join(dir, 'disk.img');
+  const store = fsStore(path.join(dir, 'store'));
+  const changeHashDir = path.join(dir, 'cache');
+  mixedChunkImage(img, CHUNK);
+  await snap(store, img, 'd', { chunkSize: CHUNK, changeHashDir });
+  const [file] = fs.readdirSync(path.join(changeHashDir, 'change-hashes')).map((f) => path.join(changeHashDir, 'change-hashes', f));
+  const aside = `${file}.aside`;
+  let n = 1;
+  const next = async (what: string, expected: 'change-hashes' | 'chunk-ids') => {
+    writeAt(img, (n % 12) * CHUNK, randomData(CHUNK, 40 + n));
+    const fp = fingerprint(img);
+    const p = await snap(store, img, 'd', { changeHashDir });
+    n++;
+    t.equal(p.comparedBy, expected, `${what}: compared by ${expected}`);
+    t.equal(p.chunksChanged, 1, `${what}: the one chunk written`);
+    await expectRestore(t, store, 'd', n, fp, dir, what);
+  };
+  await next('its own file', 'change-hashes');
+
+  fs.renameSync(file, aside);
+  execFileSync('mkfifo', ['-m', '600', file]);
+  await next('a FIFO in its place', 'chunk-ids');
+  t.ok(fs.statSync(file).isFile(), 'the run put its own file back');
+
+  fs.chmodSync(file, 0o666);
+  await next('a file others may write', 'chunk-ids');
+  fs.chmodSync(file, 0o600);
+  await next('the same file, private again', 'change-hashes');
+
+  fs.renameSync(file, aside);
+  fs.symlinkSync(aside, file);
+  await next('a symlink to a cache file', 'chunk-ids');
+
+  if (process.getuid?.() === 0) {
+    fs.chownSync(file, 65534, 65534);
+    await next('another user’s file', 'chunk-ids');
+  }
+});

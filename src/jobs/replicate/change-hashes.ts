@@ -16,6 +16,7 @@
 //   "RNCH" | u8 version | 3 reserved | u32 chunk size | u32 reserved | u64 disk size | u64 chunk count
 //   | seed check (16: xxh3 of SEED_CHECK under the seed) | point fingerprint (32) | u64 xxh64 of the header before it
 import { randomBytes } from 'node:crypto';
+import { constants as fsConstants, type Stats } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { PointManifest } from '../../format/manifest.js';
@@ -55,6 +56,11 @@ export function changeHashPlace(dir: string, storeLocation: string, domain: Doma
     .slice(0, 32);
   const seed = Blake3Hasher.newKeyed(domain.idKey).update(Buffer.from('rnode change-hash seed')).digestBuffer().readBigUInt64LE(0);
   return { file: path.join(dir, 'change-hashes', `${name}.rnch`), seed, grid };
+}
+
+/** A regular file owned by this process's user that neither its group nor others may write. */
+function isOwnPrivateFile(st: Stats): boolean {
+  return st.isFile() && st.uid === process.geteuid?.() && (st.mode & 0o022) === 0;
 }
 
 /** What binds a cache file to one committed point: its manifest's place, time and table. */
@@ -115,11 +121,17 @@ export class ChangeHashReader {
     private readonly count: number,
   ) {}
 
-  /** The file of `place` when it holds the hashes of the point `parent` on this grid; undefined otherwise. */
+  /**
+   * The file of `place` when it holds the hashes of the point `parent` on this grid; undefined otherwise. Only a
+   * regular file of this user's that no one else may write is read: the cache decides which chunks a run skips, so
+   * a file someone else wrote (a shared or world-writable cache folder) could have a changed chunk recorded as
+   * unchanged; a FIFO put there hung the run in open(), past SIGTERM (a libuv thread stuck in open is joined at exit).
+   */
   static async open(place: ChangeHashPlace, parent: PointManifest): Promise<ChangeHashReader | undefined> {
     let fh: fsp.FileHandle | undefined;
     try {
-      fh = await fsp.open(place.file, 'r');
+      fh = await fsp.open(place.file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW);
+      if (!isOwnPrivateFile(await fh.stat())) return undefined;
       const h = Buffer.alloc(HEADER_BYTES);
       const { bytesRead } = await fh.read(h, 0, HEADER_BYTES, 0);
       const expected = header(place, pointFingerprint(parent));
@@ -197,7 +209,7 @@ export class ChangeHashWriter {
     const tmp = this.tmp;
     this.chain = (async () => {
       await makeDirs(path.dirname(place.file), 0o700); // not Node's recursive mkdir: it spins forever under /proc
-      this.fh = await fsp.open(tmp, 'w', 0o600);
+      this.fh = await fsp.open(tmp, 'wx', 0o600);
     })().catch(() => {
       this.failed = true;
     });
