@@ -103,6 +103,18 @@ export class RnodeError extends Error {
   }
 }
 
+/**
+ * The process's current folder was removed: node starts no worker thread then (uv_cwd fails), and relative paths
+ * mean nothing. RNODE_PATH_UNUSABLE (exit 2).
+ */
+export function cwdGoneError(cause?: unknown): RnodeError {
+  return new RnodeError(
+    ErrorCodes.PATH_UNUSABLE,
+    "this process's current folder was removed (ENOENT); start rnode from a folder that exists (a service: set WorkingDirectory=)",
+    { cause, details: { errno: 'ENOENT' } },
+  );
+}
+
 export function usageError(message: string, code: string = ErrorCodes.USAGE): RnodeError {
   return new RnodeError(code, message);
 }

@@ -1,6 +1,6 @@
 // rnode's entry: pick the command, run it, map errors to one line and an exit code
 // (0 success, 1 operational failure, 2 usage error, 130/143 stopped by SIGINT/SIGTERM). Stacks only with --debug.
-import { ErrorCodes, RnodeError, oneLine } from '../errors.js';
+import { cwdGoneError, ErrorCodes, RnodeError, oneLine } from '../errors.js';
 import { VERSION } from '../version.js';
 import type { Command, Io } from './command.js';
 import type { CompletionTable } from './completion.js';
@@ -35,11 +35,12 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
   const json = argv.includes('--json');
   try {
     const [name, ...rest] = argv;
-    if (name === undefined || name === 'demo') return await (await import('./demo.js')).runDemo(rest, io);
     if (name === '--version' || name === '-v' || name === 'version') {
       io.out(VERSION);
       return 0;
     }
+    if (!cwdExists()) throw cwdGoneError();
+    if (name === undefined || name === 'demo') return await (await import('./demo.js')).runDemo(rest, io);
     // The command table loads only here: `rnode --version` reads no command module, nor what they import (the
     // store layer, node:crypto, node:http).
     const { commands, parse } = await import('./commands.js');
@@ -68,6 +69,15 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
     return await cmd.run(values, io);
   } catch (err) {
     return report(err, io, debug, json);
+  }
+}
+
+function cwdExists(): boolean {
+  try {
+    process.cwd();
+    return true;
+  } catch {
+    return false;
   }
 }
 

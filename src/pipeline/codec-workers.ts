@@ -6,6 +6,7 @@
 import os from 'node:os';
 import v8 from 'node:v8';
 import { Worker } from 'node:worker_threads';
+import { cwdGoneError, ErrorCodes, isRnodeError } from '../errors.js';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { payloadOverhead } from '../format/codecs.js';
 import { SEAL_OVERHEAD } from '../format/seal.js';
@@ -106,6 +107,10 @@ export class CodecWorkers {
   /** One per lane: resolves once it can take work (a worker thread once it has loaded its modules, or died). */
   private readonly started: Promise<void>[] = [];
   private readonly pending = new Map<number, Pending>();
+  /** Workers whose death fail() has handled (an error and then an exit both report it). */
+  private readonly failed = new WeakSet<Worker>();
+  /** Set once a worker could not start because the current folder is gone (see fail()). */
+  private cannotStart: Error | undefined;
   /** What every worker must hold (encryption keys, see chunk-codec.ts), replayed to replacement workers. */
   private readonly setup = new Map<string, { msg: Record<string, unknown>; users: number }>();
   private nextId = 0;
@@ -211,7 +216,7 @@ export class CodecWorkers {
     });
     w.on('error', (err) => {
       started();
-      this.fail(i, w, err);
+      this.fail(i, w, cwdGone(err) ? cwdGoneError(err) : err);
     });
     w.on('exit', (code) => {
       started();
@@ -384,6 +389,7 @@ export class CodecWorkers {
   }
 
   private send(msg: Record<string, unknown>): Promise<any> {
+    if (this.cannotStart) return Promise.reject(this.cannotStart);
     if (this.spawnDeferred && this.load[0] >= START_DEFERRED_AT_LOAD) this.start();
     const id = this.nextId++;
     // The least loaded lane that can take work now (while none can, the least loaded of all).
@@ -408,9 +414,14 @@ export class CodecWorkers {
     if (this.pending.size === 0) this.onIdle?.();
   }
 
-  /** A dead worker fails what it held and is replaced, so later chunks never wait on it forever. */
+  /**
+   * A dead worker fails what it held and is replaced, so later chunks never wait on it forever. One that could not
+   * start because the process's current folder was removed is not: no worker can start in this process again, and
+   * replacing it at once failed in a loop that kept a core busy for good (an agent's); every op fails with why.
+   */
   private fail(worker: number, w: Worker, err: Error): void {
-    if (this.workers[worker] !== w) return; // already replaced
+    if (this.workers[worker] !== w || this.failed.has(w)) return; // already replaced, or being replaced
+    this.failed.add(w);
     this.live[worker] = false;
     for (const [id, p] of this.pending) {
       if (p.worker === worker) {
@@ -420,7 +431,8 @@ export class CodecWorkers {
     }
     this.load[worker] = 0;
     if (this.pending.size === 0) this.onIdle?.();
-    if (!this.closed) this.workers[worker] = this.spawn(worker);
+    if (isRnodeError(err, ErrorCodes.PATH_UNUSABLE)) this.cannotStart = err;
+    else if (!this.closed) this.workers[worker] = this.spawn(worker);
   }
 
   /**
@@ -516,6 +528,11 @@ function defaultWorkers(): number {
 }
 
 let instance: CodecWorkers | undefined;
+
+/** Node starts no worker thread once the process's current folder was removed: it fails with uv_cwd's ENOENT. */
+function cwdGone(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException)?.syscall === 'uv_cwd';
+}
 
 /** The process-wide workers, started on first use (opts apply then: see the constructor). */
 export function codecWorkers(opts: { inline?: boolean; deferWorkers?: boolean } = {}): CodecWorkers {

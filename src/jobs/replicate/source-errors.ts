@@ -15,6 +15,7 @@ export function sourceEnded(location: string, at: number, diskSize: number): Rno
  * a codec worker, or the thread pool of a change-hash run.
  */
 export function workerReadFailed(location: string, err: unknown, where = 'a codec worker'): RnodeError {
+  if (err instanceof RnodeError) return err; // not the read's: the worker could not run (codec-workers.ts)
   return new RnodeError(
     ErrorCodes.SOURCE_IO,
     `reading source ${location} on ${where} failed: ${(err as Error)?.message ?? String(err)}; check the device and retry`,
