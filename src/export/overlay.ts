@@ -5,6 +5,7 @@
 // 4096.. the bitmap; dataStart (1 MiB aligned) + disk offset: the block's bytes. Durability: on FLUSH, DISC and
 // close the data is fdatasync'd *before* the dirty bitmap pages are written and synced, so a bit is never set for
 // a block whose bytes may not be there. Bits are only ever set, so a torn bitmap page still holds every older bit.
+// A bitmap page stays dirty until it is written and synced, and after a failed fdatasync no flush succeeds again.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -37,6 +38,8 @@ export class OverlayImage implements ExportImage {
   private readonly dataStart: number;
   private readonly dirtyPages = new Set<number>();
   private dataDirty = false;
+  /** Set by a failed fdatasync: every later flush fails with it (see sync). */
+  private syncFailed: RnodeError | undefined;
   private lock: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -203,9 +206,13 @@ export class OverlayImage implements ExportImage {
 
   private async writeFile(buf: Buffer, diskOffset: number): Promise<void> {
     this.dataDirty = true;
+    await this.writeFully(buf, this.dataStart + diskOffset);
+  }
+
+  private async writeFully(buf: Buffer, position: number): Promise<void> {
     let done = 0;
     while (done < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, this.dataStart + diskOffset + done);
+      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, position + done);
       done += bytesWritten;
     }
   }
@@ -221,14 +228,38 @@ export class OverlayImage implements ExportImage {
 
   flush(): Promise<void> {
     return this.serialized(async () => {
+      if (this.syncFailed) throw this.syncFailed;
       if (!this.dataDirty && this.dirtyPages.size === 0) return;
-      await this.fh.datasync();
+      await this.sync();
       this.dataDirty = false;
+      // Pages leave the dirty set only once written and synced: a flush that fails to write them (a full filesystem)
+      // leaves them to the next flush, which must not succeed without them.
       const pages = [...this.dirtyPages].sort((a, b) => a - b);
-      this.dirtyPages.clear();
-      for (const p of pages) await this.fh.write(this.bitmap, p * PAGE, PAGE, HEADER_BYTES + p * PAGE);
-      await this.fh.datasync();
+      for (const p of pages) await this.writeFully(this.bitmap.subarray(p * PAGE, (p + 1) * PAGE), HEADER_BYTES + p * PAGE);
+      await this.sync();
+      for (const p of pages) this.dirtyPages.delete(p);
     });
+  }
+
+  /**
+   * fdatasync, failing for good once it failed: the kernel may have dropped the pages it could not write and marked
+   * them clean, so a later fdatasync succeeds without them (PostgreSQL's "fsyncgate"). Which writes were lost cannot
+   * be known, so this export stops promising any: its flushes fail until it is restarted, and the overlay then holds
+   * what a power loss at the failure would have left.
+   */
+  private async sync(): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException)?.code ?? 'error';
+      this.syncFailed = new RnodeError(
+        ErrorCodes.OUTPUT_IO,
+        `overlay ${this.file} could not be synced (${code}): writes since the last flush may be lost, and this export ` +
+          'cannot flush again; stop the VM and the export, fix the filesystem, and start the export again with the same overlay',
+        { cause: err },
+      );
+      throw this.syncFailed;
+    }
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,94 @@
+// A writable export's overlay on a filesystem that fails: full, or losing writes under an fdatasync. Each test opens
+// with the bug it guards against. They need root, for a small tmpfs (a real ENOSPC) and a loop-mounted ext4 on it.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import type { ExportImage } from '../../src/export/image.js';
+import { OverlayImage } from '../../src/export/overlay.js';
+import { tmpDir } from '../helpers/images.js';
+import { MiB } from './helpers.js';
+
+t.setTimeout(60_000);
+const notRoot = process.getuid?.() !== 0 && 'needs root to mount a small tmpfs';
+
+const SIZE = 8 * MiB;
+const id = { disk: 'vm', point: 1, size: SIZE };
+
+/** A point of zeros (every read a hole): what the overlay sits on. */
+const zeros: ExportImage = {
+  size: SIZE,
+  point: 1,
+  writable: false,
+  read: async (offset, length) => [{ offset, length }],
+  extents: async (_offset, length) => [{ length, flags: 3 }],
+};
+
+function mount(t: Test, dir: string, ...args: string[]): string {
+  fs.mkdirSync(dir);
+  execFileSync('mount', [...args, dir]);
+  t.teardown(() => execFileSync('umount', [dir]));
+  return dir;
+}
+
+function tmpfs(t: Test, dir: string, size: string): string {
+  return mount(t, dir, '-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs');
+}
+
+/** Fills the filesystem of dir with one file, until ENOSPC; returns that file (remove it to free the space). */
+function fill(dir: string): string {
+  const file = path.join(dir, 'fill');
+  const fd = fs.openSync(file, 'w');
+  try {
+    for (;;) fs.writeSync(fd, Buffer.alloc(MiB));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  } finally {
+    fs.closeSync(fd);
+  }
+  return file;
+}
+
+// A flush that failed to write the bitmap (its filesystem full) forgot the dirty pages: the next flush, once space was
+// freed, succeeded without writing them, and after a restart the guest's acknowledged write was gone.
+t.test('a flush that failed on a full filesystem leaves its pages for the next one', { skip: notRoot }, async (t) => {
+  const mnt = tmpfs(t, path.join(tmpDir(t, 'overlay-full'), 'mnt'), '2m');
+  const file = path.join(mnt, 'vm.overlay');
+  let ov = await OverlayImage.open(file, zeros, id);
+  const data = Buffer.alloc(MiB, 0x5a);
+  await ov.write(0, data);
+  const spare = fill(mnt);
+  await t.rejects(ov.flush(), 'the flush fails: no room for the bitmap page');
+  fs.rmSync(spare);
+  await ov.flush();
+  await ov.close();
+
+  ov = await OverlayImage.open(file, zeros, id);
+  t.equal(ov.allocatedBlocks, 16, 'after a restart the bitmap holds the flushed write');
+  const [piece] = await ov.read(0, MiB);
+  t.ok(piece.data?.equals(data), 'and the write reads back');
+  await ov.close();
+});
+
+// After a failed fdatasync the kernel marks the pages it could not write clean: the next fdatasync succeeds. A flush
+// after that one reported success for writes that were never on disk.
+t.test('after a failed fdatasync no flush succeeds again', { skip: notRoot }, async (t) => {
+  const dir = tmpDir(t, 'overlay-sync');
+  // ext4 on a loop device whose backing file sits on a small tmpfs: ext4 takes writes into its page cache, and their
+  // writeback fails (the fdatasync with it) once the tmpfs is full. No journal: an aborted one fails every later sync.
+  const backing = tmpfs(t, path.join(dir, 'backing'), '8m');
+  const image = path.join(backing, 'ext4.img');
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, 64 * MiB);
+  execFileSync('mkfs.ext4', ['-q', '-O', '^has_journal', '-E', 'nodiscard', image]);
+  const mnt = mount(t, path.join(dir, 'mnt'), '-o', 'loop,errors=continue', image);
+  const ov = await OverlayImage.open(path.join(mnt, 'vm.overlay'), zeros, id);
+  const spare = fill(backing);
+  await ov.write(0, Buffer.alloc(MiB, 0x5a));
+  await t.rejects(ov.flush(), { code: 'RNODE_OUTPUT_IO', message: /could not be synced/ }, 'the fdatasync fails');
+  fs.rmSync(spare);
+  await t.rejects(ov.flush(), { code: 'RNODE_OUTPUT_IO', message: /could not be synced/ }, 'space freed: the next flush fails too');
+  await ov.write(4 * MiB, Buffer.alloc(MiB, 0x6b));
+  await t.rejects(ov.flush(), { code: 'RNODE_OUTPUT_IO' }, 'and one after new writes');
+  await t.rejects(ov.close(), { code: 'RNODE_OUTPUT_IO' }, 'close says so too');
+});
