@@ -211,9 +211,13 @@ export class OverlayImage implements ExportImage {
 
   private async writeFully(buf: Buffer, position: number): Promise<void> {
     let done = 0;
-    while (done < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, position + done);
-      done += bytesWritten;
+    try {
+      while (done < buf.length) {
+        const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, position + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw writeError(this.file, err);
     }
   }
 
@@ -245,7 +249,8 @@ export class OverlayImage implements ExportImage {
    * fdatasync, failing for good once it failed: the kernel may have dropped the pages it could not write and marked
    * them clean, so a later fdatasync succeeds without them (PostgreSQL's "fsyncgate"). Which writes were lost cannot
    * be known, so this export stops promising any: its flushes fail until it is restarted, and the overlay then holds
-   * what a power loss at the failure would have left.
+   * what a power loss at the failure would have left. Never noSpace (EIO to the client, even for an ENOSPC): freeing
+   * space does not bring those writes back.
    */
   private async sync(): Promise<void> {
     try {
@@ -313,6 +318,21 @@ function checkHeader(b: Buffer, id: OverlayIdentity, file: string): void {
         `export that point with it (--disk ${disk} --point ${point}) or pass a new overlay file`,
     );
   }
+}
+
+// Out of space, whatever the filesystem calls it: marked noSpace, which the NBD server replies as ENOSPC.
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+function writeError(file: string, err: unknown): RnodeError {
+  const code = (err as NodeJS.ErrnoException)?.code ?? 'error';
+  if (NO_SPACE.has(code)) {
+    return new RnodeError(
+      ErrorCodes.OUTPUT_IO,
+      `the filesystem of overlay ${file} has no room for the guest's writes (${code}); free space on it (or raise the quota), then resume the VM`,
+      { cause: err, details: { noSpace: true } },
+    );
+  }
+  return new RnodeError(ErrorCodes.OUTPUT_IO, `writing overlay ${file} failed (${code}); check the disk it is on`, { cause: err });
 }
 
 function overlayIo(file: string, err: unknown): RnodeError {

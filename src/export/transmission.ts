@@ -149,7 +149,9 @@ async function serve(io: SessionIo, c: Chosen, req: Request, payload: Buffer | u
       code: isRnodeError(err) ? err.code : 'RNODE_INTERNAL',
       message: (err as Error)?.message ?? String(err),
     });
-    return fail(Errno.EIO, isRnodeError(err) ? `${err.code}: ${err.message}` : 'internal error');
+    // A full overlay is ENOSPC: qemu pauses the VM until space is freed, where EIO goes on to the guest's filesystem.
+    const noSpace = writes && isRnodeError(err) && err.details.noSpace === true;
+    return fail(noSpace ? Errno.ENOSPC : Errno.EIO, isRnodeError(err) ? `${err.code}: ${err.message}` : 'internal error');
   }
 }
 

@@ -3,8 +3,10 @@
 // run asynchronously, since the server they talk to shares this event loop.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { startExport, type ExportOptions, type RunningExport } from '../../src/export/index.js';
+import { encodeClientFlags, encodeGo, encodeOption, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, Opt, Rep } from '../../src/source/nbd/protocol.js';
 import { randomData, textData, writeAt, writeHoleImage } from '../helpers/images.js';
 
 export const KiB = 1024;
@@ -110,3 +112,79 @@ export const haveTools = ['qemu-img', 'qemu-io', 'nbdinfo', 'nbdcopy'].every((c)
     return false;
   }
 });
+
+/** A scriptable client: raw bytes out, exact reads in (with a deadline), and whether the server closed. */
+export class Raw {
+  private buf = Buffer.alloc(0);
+  private wake?: () => void;
+  closed = false;
+  readonly socket: net.Socket;
+  constructor(path: string) {
+    this.socket = net.connect(path);
+    this.socket.on('data', (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.wake?.();
+    });
+    this.socket.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+    this.socket.on('error', () => undefined);
+  }
+  send(b: Buffer): void {
+    this.socket.write(b);
+  }
+  async read(n: number, ms = 5000): Promise<Buffer> {
+    const deadline = Date.now() + ms;
+    while (this.buf.length < n) {
+      if (this.closed) throw new Error('closed');
+      if (Date.now() > deadline) throw new Error('timeout');
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 50);
+      });
+    }
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+  /** Resolves true when the server closes within ms. */
+  async closedWithin(ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (!this.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return this.closed;
+  }
+  async optionReply(): Promise<{ option: number; type: number; data: Buffer }> {
+    const h = await this.read(20);
+    const length = h.readUInt32BE(16);
+    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.read(length) };
+  }
+  async greet(): Promise<void> {
+    await this.read(18);
+    this.send(encodeClientFlags(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES));
+  }
+  /** Greeting, GO on name (optionally structured replies first); the socket is then in transmission. */
+  async open(name = 'vm', structured = false): Promise<void> {
+    await this.greet();
+    if (structured) {
+      this.send(encodeOption(Opt.STRUCTURED_REPLY));
+      if ((await this.optionReply()).type !== Rep.ACK) throw new Error('no structured replies');
+    }
+    this.send(encodeOption(Opt.GO, encodeGo(name, [])));
+    for (;;) {
+      const r = await this.optionReply();
+      if (r.type === Rep.ACK) return;
+      if (r.type !== Rep.INFO) throw new Error(`GO refused: 0x${r.type.toString(16)}`);
+    }
+  }
+  /** A simple reply's error field (no structured replies negotiated), skipping `dataLength` bytes of read data. */
+  async simpleReply(dataLength = 0): Promise<number> {
+    const h = await this.read(16);
+    const err = h.readUInt32BE(4);
+    if (err === 0 && dataLength) await this.read(dataLength, 15_000);
+    return err;
+  }
+  close(): void {
+    this.socket.destroy();
+  }
+}

@@ -2,104 +2,15 @@
 // requests, out-of-range offsets, writes to a read-only export, malformed option payloads, a request flood that
 // never reads its replies, half-open and stalled connections, too many connections. Each gets an error reply or a
 // close; the server keeps serving the disk correctly with bounded memory.
-import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
-import {
-  Cmd,
-  encodeClientFlags,
-  encodeGo,
-  encodeMetaContextQuery,
-  encodeOption,
-  encodeRequest,
-  FLAG_C_FIXED_NEWSTYLE,
-  FLAG_C_NO_ZEROES,
-  Opt,
-  Rep,
-  RepErr,
-} from '../../src/source/nbd/protocol.js';
+import { Cmd, encodeGo, encodeMetaContextQuery, encodeOption, encodeRequest, Opt, Rep, RepErr } from '../../src/source/nbd/protocol.js';
 import { fsStore, snap, tmpDir } from '../helpers/images.js';
-import { CHUNK, compare, haveTools, makeDisk, MiB, serveExport, SIZE, unixUrl } from './helpers.js';
+import { CHUNK, compare, haveTools, makeDisk, MiB, Raw, serveExport, SIZE, unixUrl } from './helpers.js';
 
 t.setTimeout(180_000);
 t.teardown(() => codecWorkers().close());
-
-/** A scriptable client: raw bytes out, exact reads in (with a deadline), and whether the server closed. */
-class Raw {
-  private buf = Buffer.alloc(0);
-  private wake?: () => void;
-  closed = false;
-  readonly socket: net.Socket;
-  constructor(path: string) {
-    this.socket = net.connect(path);
-    this.socket.on('data', (d) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.wake?.();
-    });
-    this.socket.on('close', () => {
-      this.closed = true;
-      this.wake?.();
-    });
-    this.socket.on('error', () => undefined);
-  }
-  send(b: Buffer): void {
-    this.socket.write(b);
-  }
-  async read(n: number, ms = 5000): Promise<Buffer> {
-    const deadline = Date.now() + ms;
-    while (this.buf.length < n) {
-      if (this.closed) throw new Error('closed');
-      if (Date.now() > deadline) throw new Error('timeout');
-      await new Promise<void>((r) => {
-        this.wake = r;
-        setTimeout(r, 50);
-      });
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-  /** Resolves true when the server closes within ms. */
-  async closedWithin(ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    while (!this.closed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    return this.closed;
-  }
-  async optionReply(): Promise<{ option: number; type: number; data: Buffer }> {
-    const h = await this.read(20);
-    const length = h.readUInt32BE(16);
-    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.read(length) };
-  }
-  async greet(): Promise<void> {
-    await this.read(18);
-    this.send(encodeClientFlags(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES));
-  }
-  /** Greeting, GO on name (optionally structured replies first); the socket is then in transmission. */
-  async open(name = 'vm', structured = false): Promise<void> {
-    await this.greet();
-    if (structured) {
-      this.send(encodeOption(Opt.STRUCTURED_REPLY));
-      if ((await this.optionReply()).type !== Rep.ACK) throw new Error('no structured replies');
-    }
-    this.send(encodeOption(Opt.GO, encodeGo(name, [])));
-    for (;;) {
-      const r = await this.optionReply();
-      if (r.type === Rep.ACK) return;
-      if (r.type !== Rep.INFO) throw new Error(`GO refused: 0x${r.type.toString(16)}`);
-    }
-  }
-  /** A simple reply's error field (no structured replies negotiated), skipping `dataLength` bytes of read data. */
-  async simpleReply(dataLength = 0): Promise<number> {
-    const h = await this.read(16);
-    const err = h.readUInt32BE(4);
-    if (err === 0 && dataLength) await this.read(dataLength, 15_000);
-    return err;
-  }
-  close(): void {
-    this.socket.destroy();
-  }
-}
 
 t.test('hostile clients get an error or a close; the server stays up and correct', { skip: !haveTools && 'tools missing' }, async (t) => {
   const dir = tmpDir(t, 'export-hostile');

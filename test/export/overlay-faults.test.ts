@@ -6,10 +6,13 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import type { ExportImage } from '../../src/export/image.js';
 import { OverlayImage } from '../../src/export/overlay.js';
-import { tmpDir } from '../helpers/images.js';
-import { MiB } from './helpers.js';
+import { Errno } from '../../src/export/wire.js';
+import { Cmd, encodeRequest } from '../../src/source/nbd/protocol.js';
+import { fsStore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { CHUNK, haveTools, KiB, makeDisk, MiB, Raw, run, serveExport, unixUrl } from './helpers.js';
 
 t.setTimeout(60_000);
+stopCodecWorkersAtEnd(t);
 const notRoot = process.getuid?.() !== 0 && 'needs root to mount a small tmpfs';
 
 const SIZE = 8 * MiB;
@@ -92,3 +95,56 @@ t.test('after a failed fdatasync no flush succeeds again', { skip: notRoot }, as
   await t.rejects(ov.flush(), { code: 'RNODE_OUTPUT_IO' }, 'and one after new writes');
   await t.rejects(ov.close(), { code: 'RNODE_OUTPUT_IO' }, 'close says so too');
 });
+
+// A full overlay filesystem answered the NBD client EIO, logged as RNODE_INTERNAL: qemu (werror=enospc) pauses a VM
+// on ENOSPC until space is freed, but passes EIO on to the guest's filesystem.
+t.test(
+  'a full overlay filesystem is ENOSPC to the client, and logged with a code',
+  { skip: notRoot || (!haveTools && 'tools missing') },
+  async (t) => {
+    const dir = tmpDir(t, 'overlay-enospc');
+    const store = fsStore(path.join(dir, 'store'));
+    const image = path.join(dir, 'disk.img');
+    makeDisk(image);
+    await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+    const mnt = tmpfs(t, path.join(dir, 'mnt'), '2m');
+    const overlay = path.join(mnt, 'vm.overlay');
+    const logs: Array<Record<string, unknown>> = [];
+    let exp = await serveExport(t, dir, {
+      store,
+      disk: 'vm',
+      writable: true,
+      overlay,
+      log: (event, fields) => event === 'request-failed' && logs.push(fields),
+    });
+    const c = new Raw(exp.socket);
+    t.teardown(() => c.close());
+    await c.open('vm');
+    let handle = 0n;
+    const request = (type: number, offset: number, length: number, payload = Buffer.alloc(0)) => {
+      c.send(Buffer.concat([encodeRequest(type, 0, ++handle, offset, length), payload]));
+      return c.simpleReply();
+    };
+    t.equal(await request(Cmd.WRITE, 0, MiB, Buffer.alloc(MiB, 0x11)), 0, 'a write before the filesystem fills');
+    const spare = fill(mnt);
+    t.equal(await request(Cmd.WRITE, 2 * MiB, 64 * KiB, Buffer.alloc(64 * KiB, 0x22)), Errno.ENOSPC, 'a write: ENOSPC');
+    t.equal(await request(Cmd.WRITE_ZEROES, 3 * MiB, 64 * KiB), Errno.ENOSPC, 'write zeroes: ENOSPC');
+    t.equal(await request(Cmd.FLUSH, 0, 0), Errno.ENOSPC, 'a flush (its bitmap page): ENOSPC');
+    t.equal(logs.length, 3, 'each failed request is logged');
+    for (const l of logs)
+      t.match(
+        l,
+        { code: 'RNODE_OUTPUT_IO', message: /overlay .*vm\.overlay has no room for the guest's writes \(ENOSPC\); free space/ },
+        'logged as RNODE_OUTPUT_IO: the overlay has no room',
+      );
+
+    fs.rmSync(spare);
+    t.equal(await request(Cmd.FLUSH, 0, 0), 0, 'space freed: the flush succeeds');
+    c.close();
+    await exp.close();
+    exp = await serveExport(t, dir, { store, disk: 'vm', writable: true, overlay, tag: 'again' });
+    const r = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0x11 0 ${MiB}`, unixUrl(exp.socket, 'vm')]);
+    t.ok(r.code === 0 && !/fail/i.test(r.stdout + r.stderr), 'after a restart the flushed write is there');
+    await exp.close();
+  },
+);
