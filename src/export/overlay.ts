@@ -6,12 +6,14 @@
 // close the data is fdatasync'd *before* the dirty bitmap pages are written and synced, so a bit is never set for
 // a block whose bytes may not be there. Bits are only ever set, so a torn bitmap page still holds every older bit.
 // A bitmap page stays dirty until it is written and synced, and after a failed fdatasync no flush succeeds again.
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { assertOutsideStore } from '../store/containment.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import { xxh64 } from '../format/checksum.js';
 import { tryLockExclusive } from '../native/index.js';
 import { checkRange, pushExtent, type ExportImage, type Piece } from './image.js';
@@ -60,14 +62,10 @@ export class OverlayImage implements ExportImage {
    * each one's flushed writes are lost to the other's.
    */
   static async open(file: string, base: ExportImage, id: OverlayIdentity): Promise<OverlayImage> {
-    const blocks = Math.ceil(id.size / OVERLAY_BLOCK);
-    const bitmapBytes = roundUp(Math.ceil(blocks / 8), PAGE);
-    let fh: fsp.FileHandle;
-    try {
-      fh = await fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-    } catch (err) {
-      throw overlayIo(file, err);
-    }
+    const bitmapBytes = roundUp(Math.ceil(Math.ceil(id.size / OVERLAY_BLOCK) / 8), PAGE);
+    let fh = await openExisting(file);
+    // create() gives way to an overlay another export created meanwhile: that one is opened, and checked as any.
+    while (!fh) fh = (await create(file, id)) ?? (await openExisting(file));
     try {
       if (!tryLockExclusive(fh.fd)) {
         throw new RnodeError(
@@ -75,19 +73,14 @@ export class OverlayImage implements ExportImage {
           `overlay ${file} is in use by another running export; stop that export first, or pass another --overlay file`,
         );
       }
-      const st = await fh.stat();
-      const header = encodeHeader(id);
+      // An empty file: the operator's, or left by an rnode that created overlays in place. Header first, so that a
+      // crash leaves it empty or an overlay, never a file of zeros.
+      if ((await fh.stat()).size === 0) await initialize(fh, id);
+      const header = Buffer.alloc(HEADER_BYTES);
+      await fh.read(header, 0, HEADER_BYTES, 0);
+      checkHeader(header, id, file);
       const bitmap = Buffer.alloc(bitmapBytes);
-      if (st.size === 0) {
-        await fh.truncate(dataStartFor(blocks) + id.size);
-        await fh.write(header, 0, header.length, 0);
-        await fh.datasync();
-      } else {
-        const have = Buffer.alloc(HEADER_BYTES);
-        await fh.read(have, 0, HEADER_BYTES, 0);
-        checkHeader(have, id, file);
-        await fh.read(bitmap, 0, bitmapBytes, HEADER_BYTES);
-      }
+      await fh.read(bitmap, 0, bitmapBytes, HEADER_BYTES);
       return new OverlayImage(fh, bitmap, base, file);
     } catch (err) {
       await fh.close().catch(() => undefined);
@@ -273,6 +266,70 @@ export class OverlayImage implements ExportImage {
     } finally {
       await this.fh.close();
     }
+  }
+}
+
+async function openExisting(file: string): Promise<fsp.FileHandle | undefined> {
+  try {
+    return await fsp.open(file, fs.constants.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException)?.code === 'ENOENT') return undefined;
+    throw overlayIo(file, err);
+  }
+}
+
+/**
+ * A new overlay, built under a temporary name beside file and linked into place once its header is durable: a
+ * creation that fails (a full filesystem) or is cut short leaves no headerless file under the overlay's name, which
+ * the next start refused. link() never replaces a file: undefined when one appeared meanwhile (the caller opens it).
+ */
+async function create(file: string, id: OverlayIdentity): Promise<fsp.FileHandle | undefined> {
+  const tmp = path.join(path.dirname(file), `.rnode-tmp.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(tmp, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  } catch (err) {
+    throw overlayIo(file, err);
+  }
+  let linked = false;
+  try {
+    tryLockExclusive(fh.fd); // held from before the name appears: no other export can take the new overlay
+    await initialize(fh, id);
+    failpoint('overlay-header-written'); // a crash here leaves the temp file, not a headerless overlay (test/export)
+    try {
+      await fsp.link(tmp, file);
+      linked = true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException)?.code !== 'EEXIST') throw err;
+    }
+    await fsp.unlink(tmp);
+    if (linked) await syncFolder(path.dirname(file));
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    await fsp.rm(tmp, { force: true }).catch(() => undefined);
+    if (linked) await fsp.rm(file, { force: true }).catch(() => undefined); // ours: locked since it was linked
+    throw overlayIo(file, err);
+  }
+  if (linked) return fh;
+  await fh.close();
+  return undefined;
+}
+
+/** Writes the header, synced, and only then sizes the file: no crash leaves a full-size file without a header. */
+async function initialize(fh: fsp.FileHandle, id: OverlayIdentity): Promise<void> {
+  const header = encodeHeader(id);
+  await fh.write(header, 0, header.length, 0);
+  await fh.datasync();
+  await fh.truncate(dataStartFor(Math.ceil(id.size / OVERLAY_BLOCK)) + id.size);
+  await fh.datasync();
+}
+
+async function syncFolder(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 

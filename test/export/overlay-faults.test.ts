@@ -8,6 +8,7 @@ import type { ExportImage } from '../../src/export/image.js';
 import { OverlayImage } from '../../src/export/overlay.js';
 import { Errno } from '../../src/export/wire.js';
 import { Cmd, encodeRequest } from '../../src/source/nbd/protocol.js';
+import { runCli } from '../helpers/cli.js';
 import { fsStore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 import { CHUNK, haveTools, KiB, makeDisk, MiB, Raw, run, serveExport, unixUrl } from './helpers.js';
 
@@ -148,3 +149,34 @@ t.test(
     await exp.close();
   },
 );
+
+// A failed overlay creation (a full filesystem) left a headerless file of zeros under the overlay's name, and every
+// later start refused it as "not an rnode overlay" (RNODE_USAGE) until the operator deleted it; a crash between the
+// truncate and the header write left the same.
+t.test('a failed overlay creation leaves nothing behind, and the next start creates it', { skip: notRoot }, async (t) => {
+  const mnt = tmpfs(t, path.join(tmpDir(t, 'overlay-create'), 'mnt'), '1m');
+  const file = path.join(mnt, 'vm.overlay');
+  const spare = fill(mnt);
+  await t.rejects(OverlayImage.open(file, zeros, id), { code: 'RNODE_OUTPUT_IO', message: /ENOSPC/ }, 'no room for the header');
+  t.same(fs.readdirSync(mnt), ['fill'], 'nothing left behind');
+  fs.rmSync(spare);
+  const ov = await OverlayImage.open(file, zeros, id);
+  t.equal(ov.allocatedBlocks, 0, 'space freed: the next start creates it');
+  await ov.close();
+});
+
+t.test('a crash while creating an overlay leaves no file under its name', { skip: !haveTools && 'tools missing' }, async (t) => {
+  const dir = tmpDir(t, 'overlay-crash');
+  const storeDir = path.join(dir, 'store');
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  await snap(fsStore(storeDir), image, 'vm', { chunkSize: CHUNK, lease: false });
+  const overlay = path.join(dir, 'vm.overlay');
+  const args = ['export', '--store', storeDir, '--disk', 'vm', '--writable', '--overlay', overlay, '--socket', path.join(dir, 'c.sock')];
+  const r = await runCli(args, { env: { RNODE_FAILPOINT: 'overlay-header-written' }, timeoutMs: 20_000 });
+  t.equal(r.signal, 'SIGKILL', 'killed after the header was written, before the overlay was in place');
+  t.notOk(fs.existsSync(overlay), 'no file under the overlay name');
+  const exp = await serveExport(t, dir, { store: fsStore(storeDir), disk: 'vm', writable: true, overlay });
+  const w = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 65536', unixUrl(exp.socket, 'vm')]);
+  t.equal(w.code, 0, 'the next start creates the overlay and takes writes');
+});
