@@ -80,6 +80,9 @@ t.test('settings: vddk:// URLs and config files, validated, never with a passwor
   const fc = loadVmwareConfig(file);
   t.equal(fc.passwordFile, path.join(dir, 'secret', 'pw'), 'paths in the file are relative to the file');
   t.same(fc.disks, [2000, 2001]);
+  // Saved with a byte order mark (Windows editors): read alike. It was "not valid JSON".
+  fs.writeFileSync(file, '\uFEFF' + fs.readFileSync(file, 'utf8'));
+  t.same(loadVmwareConfig(file), fc, 'a UTF-8 byte order mark is skipped');
   fs.writeFileSync(file, JSON.stringify({ host: 'vc', user: 'u', password: 'hunter2', thumbprint: tp, vm: 'vm-7', libdir: 'l' }));
   t.throws(() => loadVmwareConfig(file), { message: /must not contain a password/ });
   const thrown = (() => {

@@ -158,7 +158,8 @@ export function loadVmwareConfig(file: string): VmwareSourceConfig {
   }
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    // Windows editors save UTF-8 with a byte order mark, which JSON.parse refuses.
+    json = JSON.parse(text.replace(/^\uFEFF/, ''));
   } catch (err) {
     throw bad(`the source config ${file} is not valid JSON: ${(err as Error).message}`);
   }
