@@ -367,7 +367,9 @@ const pruneCmd: Command = {
           ? `  repository ${d.domain}: not swept: ${d.deferred}`
           : `  repository ${d.domain}: ${d.packs} packs; ${d.packsSeen} newly unused, ${d.packsMarked} marked, ${d.packsUnmarked} in use again, ` +
             `${d.packsDeleted} deleted (${bytes(d.bytesDeleted)}); ${d.packsRepacked} repacked (${bytes(d.bytesRewritten)} rewritten); ` +
-            `${d.indexesDeleted} index objects merged into ${d.indexesWritten}${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
+            `${d.indexesDeleted} index objects merged into ${d.indexesWritten}` +
+            (d.tableObjectsDeleted ? `; ${d.tableObjectsDeleted} tables and checkpoints no point needs deleted` : '') +
+            `${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
             (d.deferred ? `; nothing deleted: ${d.deferred}` : ''),
       ),
     ]);
@@ -433,6 +435,7 @@ const checkCmd: Command = {
         (d) =>
           `  repository ${d.domain}: ${d.disks} disks, ${d.points} points, ${d.chunksReferenced} chunk references, ${d.packs} packs, ` +
           `${d.indexObjects} index objects (${d.indexEntries} entries${d.danglingIndexEntries ? `, ${d.danglingIndexEntries} of deleted packs` : ''})` +
+          (d.unreferencedTableSegments ? `, ${d.unreferencedTableSegments} table segments no point uses (the next prune deletes them)` : '') +
           (r.readData ? `, ${d.blobsRead} blobs (${bytes(d.bytesRead)}) read` : '') +
           removedNote(d.removedDuringCheck),
       ),

@@ -12,7 +12,16 @@ import { Domain } from '../repository/domain.js';
 import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.js';
 import { decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
-import { checkKeyOpensOne, listDomains, listLegacyDisks, listV2Disks, listV2PointSeqs, loadV2Point, v2DiskId } from '../repository/points.js';
+import {
+  checkKeyOpensOne,
+  listDomains,
+  listLegacyDisks,
+  listV2Disks,
+  listV2PointSeqs,
+  loadV2Point,
+  staleDiskObjects,
+  v2DiskId,
+} from '../repository/points.js';
 import { referencesChunk, tableEntries } from '../repository/view.js';
 import { repairDomain, type RepairResult } from './repair.js';
 import { verify } from './verify.js';
@@ -38,6 +47,11 @@ export interface DomainCheck {
   danglingIndexEntries: number;
   /** Blobs in packs that no index lists (a writer's pack before its checkpoint, or a repack's before its index). */
   unindexedBlobs: number;
+  /**
+   * Table segments no committed point names (left by a prune that stopped between a disk's manifests and its tables;
+   * the next prune deletes them). Not a problem: no point reads them.
+   */
+  unreferencedTableSegments: number;
   blobsRead: number;
   bytesRead: number;
   /**
@@ -191,6 +205,7 @@ async function checkDomain(
     chunksReferenced: 0,
     danglingIndexEntries: 0,
     unindexedBlobs: 0,
+    unreferencedTableSegments: 0,
     blobsRead: 0,
     bytesRead: 0,
     removedDuringCheck: { packs: 0, indexObjects: 0, points: 0 },
@@ -341,11 +356,14 @@ async function checkPointReferences(
     }
     if (disk === undefined) continue;
     const seqs = new Set(d.points);
+    // Only counted when every point's manifest was read: an unread one's segments are not known to be unreferenced.
+    let named: Set<string> | undefined = new Set<string>();
     for (const seq of d.points) {
       signal?.throwIfAborted();
       c.points++;
       try {
         const m = await loadV2Point(store, disk, seq, domain.key);
+        for (const ref of m.table.segments) named?.add(ref.key);
         if (m.parent !== null && !seqs.has(m.parent)) {
           report(
             new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${seq} of disk ${disk} needs point ${m.parent}, which is missing`, {
@@ -370,6 +388,7 @@ async function checkPointReferences(
           }
         }
       } catch (err) {
+        named = undefined;
         if (isRnodeError(err) && !(await stillListed(store, disk, seq, domain.key))) {
           c.points--;
           c.removedDuringCheck.points++;
@@ -378,6 +397,7 @@ async function checkPointReferences(
         report(err);
       }
     }
+    if (named) c.unreferencedTableSegments += staleDiskObjects(name, d, named).segments.length;
   }
 }
 

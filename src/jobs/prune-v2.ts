@@ -28,6 +28,7 @@ import {
   loadV2Chain,
   loadV2Checkpoint,
   loadV2Point,
+  staleDiskObjects,
   v2DiskId,
   type V2DiskObjects,
 } from '../repository/points.js';
@@ -108,6 +109,8 @@ export interface MaintainResult {
   packsWritten: number;
   indexesWritten: number;
   indexesDeleted: number;
+  /** Table segments and checkpoints no point needs, of disks whose retention stopped before deleting them. */
+  tableObjectsDeleted: number;
   /** Referenced chunk ids no existing pack holds: damage, reported, never "repaired" by deleting more. */
   missingChunks: number;
   /** Why nothing was deleted in this run, when something could not be proven unused or another prune is sweeping. */
@@ -139,6 +142,7 @@ function emptyMaintainResult(domain: Domain): MaintainResult {
     packsWritten: 0,
     indexesWritten: 0,
     indexesDeleted: 0,
+    tableObjectsDeleted: 0,
     missingChunks: 0,
     seconds: 0,
   };
@@ -180,7 +184,7 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
   const r = emptyMaintainResult(domain);
 
   if (opts.resetMarks) await resetMarks(store, domain);
-  const { marks, index, packs, missingChunks, deferred, marksRecorded } = await scanDomain(store, domain, concurrency);
+  const { marks, index, packs, disks, missingChunks, deferred, marksRecorded } = await scanDomain(store, domain, concurrency);
   opts.signal?.throwIfAborted();
   // A point or checkpoint that saw newer marks than these: they were put back, and their ages cannot be trusted.
   checkMarksGeneration(domain, marks, marksRecorded.generation, `recorded by ${marksRecorded.by}`, 'nothing was deleted');
@@ -238,6 +242,8 @@ async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
   failpoint('prune-marks-written');
   opts.signal?.throwIfAborted();
 
+  await deleteStaleTablesOfDisks(store, domain, disks, opts.lease, concurrency, r, opts.signal);
+
   // Repack: mark the sources first (writers stop reusing them), copy their live blobs, index the copies.
   if (maxUnused > 0 && !r.deferred) await repack(store, domain, packs, marks, maxUnused, t, r, index);
 
@@ -254,8 +260,8 @@ export interface DomainScan {
   index: ChunkIndex;
   /** Every pack listed, with its blobs (from the index) and those in use. */
   packs: Map<ObjectId, PackInfo>;
-  /** Disks by name, with their id when it could be learnt. */
-  disks: Map<string, { disk?: string; objects: V2DiskObjects }>;
+  /** Disks by name, with their id when it could be learnt, and how many of their objects looked stale (staleDiskObjects). */
+  disks: Map<string, { disk?: string; objects: V2DiskObjects; stale: number }>;
   missingChunks: number;
   /** Set when some references could not be read: nothing may be deleted. */
   deferred?: string;
@@ -313,6 +319,7 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
   };
   const disks = await listV2Disks(store, domain.name);
   const diskIds = new Map<string, string>();
+  const stale = new Map<string, number>();
   for (const d of disks.values()) {
     const disk = await v2DiskId(store, d, domain.key);
     if (disk !== undefined) diskIds.set(d.dname, disk);
@@ -324,6 +331,7 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
       if (d.pending.length > 0) r.deferred = `the checkpoint of a point being written to disk name ${d.dname} cannot be read without its disk id`;
       continue;
     }
+    const named = new Set<string>();
     for (const seq of d.points) {
       const m = await loadV2Point(store, disk, seq, domain.key).catch((err) => {
         if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined; // deleted by retention since the listing
@@ -331,8 +339,11 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
       });
       if (!m) continue;
       noteGeneration(marksRecorded, m.marksGeneration, `point ${seq} of disk ${disk}`);
+      for (const ref of m.table.segments) named.add(ref.key);
       for await (const e of tableEntries(store, m, domain.key)) use(e);
     }
+    const { segments, checkpoints } = staleDiskObjects(domain.name, d, named);
+    stale.set(d.dname, segments.length + checkpoints.length);
     for (const seq of d.pending.filter((p) => p > latest)) {
       const ck = await loadCheckpoint(store, domain, disk, seq);
       if (ck === undefined) continue;
@@ -351,9 +362,9 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
     }
   }
 
-  const named = new Map<string, { disk?: string; objects: V2DiskObjects }>();
-  for (const d of disks.values()) named.set(d.dname, { disk: diskIds.get(d.dname), objects: d });
-  return { marks, index, packs, disks: named, missingChunks: r.missingChunks, marksRecorded, ...(r.deferred ? { deferred: r.deferred } : {}) };
+  const byName = new Map<string, { disk?: string; objects: V2DiskObjects; stale: number }>();
+  for (const d of disks.values()) byName.set(d.dname, { disk: diskIds.get(d.dname), objects: d, stale: stale.get(d.dname) ?? 0 });
+  return { marks, index, packs, disks: byName, missingChunks: r.missingChunks, marksRecorded, ...(r.deferred ? { deferred: r.deferred } : {}) };
 }
 
 export async function* listPacks(store: ObjectStore, domain: Domain): AsyncIterable<{ id: ObjectId; size: number }> {
@@ -597,36 +608,71 @@ export async function retainV2Points(
   const kept = seqs.filter((s) => keep.has(s));
   const deleted = seqs.filter((s) => !keep.has(s));
   if (kept.length === 0 && deleted.length > 0) throw new RnodeError(ErrorCodes.INTERNAL, 'v2 retention would delete every point of a disk');
-  let objectsDeleted = 0;
-  if (deleted.length === 0) return { kept, deleted, objectsDeleted };
-  const latest = seqs[seqs.length - 1];
-  const oldest = kept[0];
-  const chain = await loadV2Chain(store, disk, oldest, domain.key);
-  if (chain[0].parent !== null) await rebaseV2(store, domain, chain);
-  failpoint('prune-rebased');
-  // Not later: a rerun that finds no point to delete would not sweep the tables of those already deleted.
-  signal?.throwIfAborted();
-  let first = true;
-  for (const s of [...deleted].reverse()) {
-    await store.delete(r2.point(domain.name, domain.dname(disk), s));
-    if (first) {
-      first = false;
-      failpoint('prune-manifest-deleted');
+  if (deleted.length > 0) {
+    const oldest = kept[0];
+    const chain = await loadV2Chain(store, disk, oldest, domain.key);
+    if (chain[0].parent !== null) await rebaseV2(store, domain, chain);
+    failpoint('prune-rebased');
+    signal?.throwIfAborted();
+    let first = true;
+    for (const s of [...deleted].reverse()) {
+      await store.delete(r2.point(domain.name, domain.dname(disk), s));
+      if (first) {
+        first = false;
+        failpoint('prune-manifest-deleted');
+      }
     }
   }
-  // Tables: only each kept point's current generation lives, plus anything of a point not committed yet.
-  const live = new Set<string>();
-  for (const s of kept) for (const ref of (await loadV2Point(store, disk, s, domain.key)).table.segments) live.add(ref.key);
-  const left = await listV2Disk(store, disk, domain.key);
-  const stale = [
-    ...left.pending.filter((p) => p <= latest).map((p) => r2.pending(domain.name, left.dname, p)),
-    ...left.segments.filter((t) => t.point <= latest && !live.has(t.key)).map((t) => t.key),
-  ];
-  await forEachBounded(iter(stale), concurrency, async (key) => {
-    await store.delete(key);
-    objectsDeleted++;
-  });
+  // Also when no point goes: a run that stopped between the manifests and the tables (killed, or a delete refused)
+  // left their tables to this one.
+  const objectsDeleted = await deleteStaleTables(store, domain, disk, concurrency);
   return { kept, deleted, objectsDeleted };
+}
+
+/**
+ * Deletes the table segments and checkpoints of a disk that no point needs (staleDiskObjects). The caller holds the
+ * disk's lease: no replicate commits and no retention rebases meanwhile, so the manifests read here name every
+ * segment a point needs, and a running writer's point is above the latest.
+ */
+async function deleteStaleTables(store: ObjectStore, domain: Domain, disk: string, concurrency: number): Promise<number> {
+  const listed = await listV2Disk(store, disk, domain.key);
+  const named = new Set<string>();
+  for (const s of listed.points) for (const ref of (await loadV2Point(store, disk, s, domain.key)).table.segments) named.add(ref.key);
+  const { segments, checkpoints } = staleDiskObjects(domain.name, listed, named);
+  let deleted = 0;
+  await forEachBounded(iter([...checkpoints, ...segments]), concurrency, async (key) => {
+    await store.delete(key);
+    deleted++;
+    if (deleted === 1) failpoint('prune-table-deleted');
+  });
+  return deleted;
+}
+
+/**
+ * The stale tables of every disk the scan found some in (retention stopped between its manifests and its tables, and
+ * the disk has had no retention since), each under the disk's lease. A disk whose lease is held is being written or
+ * retained: left to its holder's retention or a later prune.
+ */
+async function deleteStaleTablesOfDisks(
+  store: ObjectStore,
+  domain: Domain,
+  disks: DomainScan['disks'],
+  lease: LeaseOptions | false | undefined,
+  concurrency: number,
+  r: MaintainResult,
+  signal?: AbortSignal,
+): Promise<void> {
+  for (const { disk, stale } of disks.values()) {
+    if (disk === undefined || stale === 0) continue;
+    signal?.throwIfAborted();
+    try {
+      await Lease.holding(store, domain.dname(disk), { ...(lease || {}), waitMs: 0 }, async () => {
+        r.tableObjectsDeleted += await deleteStaleTables(store, domain, disk, concurrency);
+      });
+    } catch (err) {
+      if (!isRnodeError(err, ErrorCodes.LEASE_HELD)) throw err;
+    }
+  }
 }
 
 async function rebaseV2(store: ObjectStore, domain: Domain, chain: V2PointManifest[]): Promise<void> {
@@ -808,7 +854,8 @@ async function retainDisk(
     }
     failpoint('prune-legacy-retained');
     opts.signal?.throwIfAborted();
-    if (domain && v2.some((s) => !keepSet.has(s))) {
+    // Even when every v2 point stays: its stale tables go (retainV2Points).
+    if (domain && v2.length > 0) {
       out.objectsDeleted += (await retainV2Points(store, domain, disk, keepSet, opts.concurrency, opts.signal)).objectsDeleted;
     }
   } finally {

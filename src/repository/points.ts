@@ -249,6 +249,26 @@ export interface V2DiskObjects {
   segments: V2SegmentObject[];
 }
 
+/** A disk's table segments and checkpoints that no point needs any more (staleDiskObjects). */
+export interface StaleDiskObjects {
+  segments: string[];
+  checkpoints: string[];
+}
+
+/**
+ * What of a disk no point needs, given the segment keys its committed manifests name: segments of point numbers up to
+ * the latest committed one that no manifest names (a deleted point's, a rebased point's old generation, a dead
+ * attempt's), and checkpoints of committed points. Objects of a later point are a writer's (running, or crashed and
+ * resumable): never stale.
+ */
+export function staleDiskObjects(domain: string, d: V2DiskObjects, named: Set<string>): StaleDiskObjects {
+  const latest = d.points.length ? d.points[d.points.length - 1] : -1;
+  return {
+    segments: d.segments.filter((s) => s.point <= latest && !named.has(s.key)).map((s) => s.key),
+    checkpoints: d.pending.filter((p) => p <= latest).map((p) => r2.pending(domain, d.dname, p)),
+  };
+}
+
 /** The domains a store holds (one listing of r2/). */
 export async function listDomains(store: ObjectStore): Promise<string[]> {
   const found = new Set<string>();
