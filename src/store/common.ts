@@ -267,6 +267,15 @@ export function urlPrefix(pathname: string, location: string): string {
   return p === '' ? '' : `${p}/`;
 }
 
+/**
+ * The first value of a fallback chain (URL parameter, then variables) that is set. An empty one (AWS_REGION=, ?region=)
+ * counts as unset, as docs/stores.md says: with `??` it hid the next one, and the SDK failed on the empty value.
+ */
+export function firstSet(...values: (string | null | undefined)[]): string | undefined {
+  for (const v of values) if (v) return v;
+  return undefined;
+}
+
 /** `?name=on|off|true|false|1|0|yes|no` query flags; any other value is refused (?conditional=of read as on). */
 export function queryFlag(url: URL, name: string, dflt: boolean): boolean {
   const v = url.searchParams.get(name);

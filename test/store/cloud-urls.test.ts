@@ -130,3 +130,25 @@ t.test('an S3 endpoint without its scheme is refused up front (it failed at the 
   }
   t.equal(await refused('s3://rnb/p?endpoint=http://127.0.0.1:19001'), undefined, 'with its scheme: taken');
 });
+
+// AWS_REGION= (or ?region=) with AWS_DEFAULT_REGION set failed every s3:// store and --out with RNODE_INTERNAL "Region
+// is missing": `??` took the empty value instead of going on down the documented order (docs/stores.md).
+t.test('an empty URL parameter or variable counts as unset: the next in the fallback order is used', async (t) => {
+  const { s3ClientConfig } = await import('../../src/store/s3/s3-store.js');
+  const { gcsStorage } = await import('../../src/store/gcs/gcs-store.js');
+  const regionEnv = { ...env, AWS_REGION: '', AWS_DEFAULT_REGION: 'eu-west-1' };
+  for (const location of ['s3://rnb/p?forcePathStyle=true', 's3://rnb/p?region=&forcePathStyle=true']) {
+    const store = (await openBackend(location, regionEnv)) as S3Store;
+    t.equal(await store.client.config.region(), 'eu-west-1', `${location}: the store takes AWS_DEFAULT_REGION`);
+    await store.close();
+    t.equal(s3ClientConfig(new URL(location), regionEnv).region, 'eu-west-1', `${location}: so does --out`);
+  }
+  t.equal(s3ClientConfig(new URL('s3://rnb/p?region='), { AWS_REGION: 'eu-west-2' }).region, 'eu-west-2', '?region= then AWS_REGION');
+  t.equal(s3ClientConfig(new URL('s3://rnb/p'), { AWS_REGION: '', AWS_DEFAULT_REGION: '' }).region, 'us-east-1', 'all empty: us-east-1');
+  const endpointEnv = { AWS_ENDPOINT_URL_S3: '', AWS_ENDPOINT_URL: 'http://127.0.0.1:19001' };
+  t.equal(s3ClientConfig(new URL('s3://rnb/p?endpoint='), endpointEnv).endpoint, 'http://127.0.0.1:19001', 'endpoint: AWS_ENDPOINT_URL');
+  const credentials = s3ClientConfig(new URL('s3://rnb/p'), { ...env, AWS_SESSION_TOKEN: '' }).credentials as { sessionToken?: string };
+  t.equal(credentials.sessionToken, undefined, 'AWS_SESSION_TOKEN=: no session token');
+  const gcs = gcsStorage(new URL('gs://b/p?project='), { GOOGLE_CLOUD_PROJECT: '', GCLOUD_PROJECT: 'demo-fallback' });
+  t.equal(gcs.projectId, 'demo-fallback', 'gs://: GCLOUD_PROJECT');
+});

@@ -17,6 +17,7 @@ import {
   splitPrefix,
   urlPrefix,
   type CloudFailure,
+  firstSet,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
@@ -215,7 +216,7 @@ export function gcsStorage(url: URL, env: NodeJS.ProcessEnv): Storage {
     retryOptions: { autoRetry: false }, // one retry policy, in the retry wrapper
     timeout: requestTimeoutMs(url),
   };
-  const projectId = url.searchParams.get('project') ?? env.GOOGLE_CLOUD_PROJECT ?? env.GCLOUD_PROJECT;
+  const projectId = firstSet(url.searchParams.get('project'), env.GOOGLE_CLOUD_PROJECT, env.GCLOUD_PROJECT);
   if (projectId) opts.projectId = projectId;
   const emulator = env.STORAGE_EMULATOR_HOST;
   if (emulator) opts.apiEndpoint = withScheme(emulator);

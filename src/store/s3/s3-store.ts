@@ -26,6 +26,7 @@ import {
   splitPrefix,
   urlPrefix,
   type CloudFailure,
+  firstSet,
 } from '../common.js';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
@@ -228,16 +229,17 @@ export function newS3Client(config: S3ClientConfig): S3Client {
 /** Client settings of an s3:// URL and env, shared with the s3:// recovery output (src/output/s3-raw.ts). */
 export function s3ClientConfig(url: URL, env: NodeJS.ProcessEnv): S3ClientConfig {
   const client: S3ClientConfig = {
-    region: url.searchParams.get('region') ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1',
+    region: firstSet(url.searchParams.get('region'), env.AWS_REGION, env.AWS_DEFAULT_REGION) ?? 'us-east-1',
   };
-  const endpoint = url.searchParams.get('endpoint') ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
-  if (endpoint) client.endpoint = checkEndpoint(endpoint, url.searchParams.has('endpoint'));
+  const endpointParam = url.searchParams.get('endpoint');
+  const endpoint = firstSet(endpointParam, env.AWS_ENDPOINT_URL_S3, env.AWS_ENDPOINT_URL);
+  if (endpoint) client.endpoint = checkEndpoint(endpoint, endpoint === endpointParam);
   if (queryFlag(url, 'forcePathStyle', false)) client.forcePathStyle = true;
   if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
     client.credentials = {
       accessKeyId: env.AWS_ACCESS_KEY_ID,
       secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
-      sessionToken: env.AWS_SESSION_TOKEN,
+      sessionToken: firstSet(env.AWS_SESSION_TOKEN),
     };
   }
   return client;
