@@ -152,3 +152,19 @@ t.test('an empty URL parameter or variable counts as unset: the next in the fall
   const gcs = gcsStorage(new URL('gs://b/p?project='), { GOOGLE_CLOUD_PROJECT: '', GCLOUD_PROJECT: 'demo-fallback' });
   t.equal(gcs.projectId, 'demo-fallback', 'gs://: GCLOUD_PROJECT');
 });
+
+// AZURE_STORAGE_ACCOUNT_URL= (empty) hid AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY: "no Azure credentials ... set
+// AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY", though both were set.
+t.test('an empty AZURE_STORAGE_ACCOUNT_URL counts as unset: the account name and key are used', async (t) => {
+  const { azureServiceClient } = await import('../../src/store/azure/azure-store.js');
+  const azureEnv = { AZURE_STORAGE_ACCOUNT_URL: '', AZURE_STORAGE_ACCOUNT: 'acct', AZURE_STORAGE_KEY: Buffer.from('k').toString('base64') };
+  const client = azureServiceClient(new URL('azblob://c/p'), azureEnv);
+  t.equal(client.url.replace(/\/$/, ''), 'https://acct.blob.core.windows.net', 'the URL of AZURE_STORAGE_ACCOUNT');
+  t.equal(await refused('azblob://c/p', azureEnv), undefined, 'the store opens');
+  const sas = azureServiceClient(new URL('azblob://c/p'), {
+    AZURE_STORAGE_ACCOUNT_URL: '',
+    AZURE_STORAGE_ACCOUNT: 'acct',
+    AZURE_STORAGE_SAS_TOKEN: 'sv=1&sig=x',
+  });
+  t.match(sas.url, /^https:\/\/acct\.blob\.core\.windows\.net\/?\?sv=1/, 'with a SAS token too');
+});

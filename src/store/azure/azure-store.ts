@@ -26,6 +26,7 @@ import {
   splitPrefix,
   urlPrefix,
   type CloudFailure,
+  firstSet,
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
@@ -256,9 +257,11 @@ function redactSecrets(message: string): string {
 }
 
 function serviceClient(url: URL, env: NodeJS.ProcessEnv): BlobServiceClient {
-  const accountUrl =
-    env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, '') ??
-    (env.AZURE_STORAGE_ACCOUNT ? `https://${env.AZURE_STORAGE_ACCOUNT}.blob.core.windows.net` : undefined);
+  // An empty AZURE_STORAGE_ACCOUNT_URL= is unset: it hid AZURE_STORAGE_ACCOUNT's URL, and so account + key.
+  const accountUrl = firstSet(
+    env.AZURE_STORAGE_ACCOUNT_URL?.replace(/\/+$/, ''),
+    env.AZURE_STORAGE_ACCOUNT ? `https://${env.AZURE_STORAGE_ACCOUNT}.blob.core.windows.net` : undefined,
+  );
   if (env.AZURE_STORAGE_CONNECTION_STRING) {
     return BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING, AZURE_PIPELINE);
   } else if (accountUrl && env.AZURE_STORAGE_SAS_TOKEN) {
