@@ -198,3 +198,27 @@ t.test('parseNbdUrl', async (t) => {
   t.throws(() => parseNbdUrl('nbd+unix:///?socket=/a&socket=/b'), { message: /parameter "socket" is given more than once/ });
   t.throws(() => parseNbdUrl('nbd://127.0.0.1:99999/x'), { code: ErrorCodes.BAD_SOURCE, message: /port 99999 is out of range \(1 to 65535\)/ });
 });
+
+// `--source 'nbd://u:S3CRET@127.0.0.1:9/exp'` (or ?password=S3CRET) was refused with the whole URL in the message,
+// the secret included; store URLs, --out and vddk:// leave it out.
+t.test('parseNbdUrl: a refused URL is shown without its credentials', async (t) => {
+  for (const url of [
+    'nbd://u:S3CRET@127.0.0.1:9/exp',
+    'nbd://:S3CRET@127.0.0.1:9/exp',
+    'nbd://u:S3CRET@127.0.0.1:99999/exp',
+    'nbd://u:S3/CRET@h/exp',
+    'nbd://127.0.0.1:9/exp?password=S3CRET',
+    'nbd+unix:///exp?socket=/s&bitmap=b&password=S3CRET',
+  ]) {
+    const err = (() => {
+      try {
+        parseNbdUrl(url);
+      } catch (e) {
+        return e as Error & { code?: string };
+      }
+    })();
+    t.equal(err?.code, ErrorCodes.BAD_SOURCE, `${url.replace(/S3\/?CRET/, '...')}: ${err?.message}`);
+    t.notMatch(err?.message, /S3\/?CRET/, 'the secret is not in the message');
+    t.match(err?.message, /^NBD source "nbd(\+unix)?:\/\/.* is not valid: /, 'the rest of the URL is');
+  }
+});

@@ -2,6 +2,7 @@
 //   nbd+unix:///<export>?socket=<path>[&bitmap=<since>][&checkpoint=<new>]
 //   nbd://<host>[:<port>]/<export>[?bitmap=<since>][&checkpoint=<new>]
 import { ErrorCodes, RnodeError } from '../../errors.js';
+import { redact } from '../../store/schemes.js';
 import type { NbdTarget } from './connection.js';
 
 export const DEFAULT_NBD_PORT = 10809;
@@ -19,10 +20,11 @@ export interface NbdUrl {
 
 const PARAMS = new Set(['socket', 'bitmap', 'checkpoint']);
 
+/** The URL is shown as store URLs are: without user:password@ or a secret-looking parameter's value. */
 function bad(url: string, why: string): RnodeError {
   return new RnodeError(
     ErrorCodes.BAD_SOURCE,
-    `NBD source "${url}" is not valid: ${why}; use nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT, with optional bitmap=NAME&checkpoint=NAME`,
+    `NBD source "${redact(url)}" is not valid: ${why}; use nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT, with optional bitmap=NAME&checkpoint=NAME`,
   );
 }
 
