@@ -98,7 +98,7 @@ const replicateCmd: Command = {
               forceFull: v.full === true,
               signal,
               onProgress: (p) => bar.update(p.position, p.diskSize),
-              changeHashDir: changeHashDir(str(v, 'cache-dir')),
+              ...changeHashDir(str(v, 'cache-dir')),
               diskNamedAfterSource: v.disk === undefined,
               ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}),
               ...(packSize !== undefined ? { packSize } : {}),
@@ -131,19 +131,25 @@ const replicateCmd: Command = {
 /** Where a replicate's time went; stage sums of concurrent chunks may exceed the wall time. */
 /**
  * Where replicate keeps this node's change hashes (src/jobs/replicate/change-hashes.ts): --cache-dir, else
- * $RNODE_CACHE_DIR, else $XDG_CACHE_HOME/rnode or ~/.cache/rnode; "none" keeps none.
+ * $RNODE_CACHE_DIR, else $XDG_CACHE_HOME/rnode or ~/.cache/rnode; "none" keeps none. `from` names which, for messages.
  */
-function changeHashDir(flag: string | undefined): string | undefined {
-  const dir = flag ?? process.env.RNODE_CACHE_DIR;
-  if (dir === 'none') return undefined;
+function changeHashDir(flag: string | undefined): { changeHashDir?: string; changeHashDirFrom?: string } {
+  const from = flag !== undefined ? '--cache-dir' : process.env.RNODE_CACHE_DIR ? 'RNODE_CACHE_DIR' : undefined;
+  const dir = flag ?? (process.env.RNODE_CACHE_DIR || undefined);
+  if (dir === 'none') return {};
   if (dir && isVirtualFsPath(dir)) {
     throw new RnodeError(
       ErrorCodes.PATH_UNUSABLE,
-      `cache folder ${dir} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder, or --cache-dir none`,
+      `cache folder ${dir}${from === 'RNODE_CACHE_DIR' ? ' (from RNODE_CACHE_DIR)' : ''} is on a kernel virtual filesystem (/proc, /sys), which holds no files; ` +
+        `choose another folder, or ${from === '--cache-dir' ? '--cache-dir none' : 'RNODE_CACHE_DIR=none'}`,
     );
   }
-  if (dir) return path.resolve(dir);
-  return path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'rnode');
+  if (dir) return { changeHashDir: path.resolve(dir), changeHashDirFrom: from };
+  const xdg = process.env.XDG_CACHE_HOME;
+  return {
+    changeHashDir: path.join(xdg || path.join(os.homedir(), '.cache'), 'rnode'),
+    changeHashDirFrom: xdg ? 'XDG_CACHE_HOME' : 'cache folder',
+  };
 }
 
 function stagesLine(s: StageTimes): string {

@@ -29,24 +29,50 @@ async function fileDigest(p: string): Promise<string> {
 
 const MIN_SIZE = 1024 * 1024;
 
+/** The folder the demo makes its own folder in, and how messages name it. */
+interface DemoParent {
+  dir: string;
+  /** Where the folder came from, for messages: --workdir, TMPDIR (TMP, TEMP), or "temp folder" for /tmp. */
+  from: string;
+  fix: string;
+  create: boolean;
+}
+
+/**
+ * --workdir (created if missing), else the system's temp folder, which os.tmpdir() takes from TMPDIR, TMP or TEMP:
+ * messages name where the folder came from and what to change (they said --workdir for a bad TMPDIR).
+ */
+function demoParent(workdir: string | undefined): DemoParent {
+  if (workdir !== undefined) return { dir: path.resolve(workdir), from: '--workdir', fix: 'choose another folder', create: true };
+  const variable = ['TMPDIR', 'TMP', 'TEMP'].find((name) => process.env[name]);
+  return {
+    dir: os.tmpdir(),
+    from: variable ?? 'temp folder',
+    fix: `set ${variable ?? 'TMPDIR'} to another folder, or give --workdir`,
+    // The system's temp folder is not the demo's to create.
+    create: false,
+  };
+}
+
 /** The work folder must be a writable folder outside any store; checked (and created) before anything is written. */
-async function prepareWorkdir(work: string): Promise<void> {
-  const what = `--workdir ${work}`;
-  if (isVirtualFsPath(work)) {
-    throw new RnodeError(
-      ErrorCodes.PATH_UNUSABLE,
-      `${what} is on a kernel virtual filesystem (/proc, /sys), which holds no files; choose another folder`,
-    );
+async function prepareWorkdir({ dir, from, fix, create }: DemoParent): Promise<void> {
+  const what = `${from} ${dir}`;
+  if (isVirtualFsPath(dir)) {
+    throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `${what} is on a kernel virtual filesystem (/proc, /sys), which holds no files; ${fix}`);
   }
-  assertNotInsideAnyStore(work, '--workdir');
+  assertNotInsideAnyStore(dir, from);
   try {
-    await makeDirs(work);
+    if (create) await makeDirs(dir);
+    else if (!(await fsp.stat(dir)).isDirectory()) throw Object.assign(new Error(`${dir} is not a folder`), { code: 'ENOTDIR' });
     // Writable, with room for at least a small file: fail now rather than minutes into the sample disk.
-    const probe = path.join(work, `.rnode-probe-${process.pid}`);
+    const probe = path.join(dir, `.rnode-probe-${process.pid}`);
     await fsp.writeFile(probe, Buffer.alloc(64 * 1024));
     await fsp.rm(probe, { force: true });
   } catch (err) {
-    throw unusablePath(what, err) ?? err;
+    if (!create && (err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `${what} does not exist; ${fix}`, { cause: err, details: { errno: 'ENOENT' } });
+    }
+    throw unusablePath(what, err, fix) ?? err;
   }
 }
 
@@ -75,23 +101,18 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
   };
   // A folder of its own, in --workdir or the system's temp folder: the demo removes it whole afterwards, and never
   // touches what was there before (a store or a disk image the user keeps in --workdir under the same names).
-  let work: string;
-  if (typeof v.workdir === 'string') {
-    const parent = path.resolve(v.workdir);
-    await prepareWorkdir(parent);
-    work = await fsp.mkdtemp(path.join(parent, 'rnode-demo-')).catch((err) => {
-      throw unusablePath(`--workdir ${parent}`, err) ?? err;
-    });
-  } else {
-    work = await fsp.mkdtemp(path.join(os.tmpdir(), 'rnode-demo-'));
-  }
+  const parent = demoParent(typeof v.workdir === 'string' ? v.workdir : undefined);
+  await prepareWorkdir(parent);
+  const work = await fsp.mkdtemp(path.join(parent.dir, 'rnode-demo-')).catch((err) => {
+    throw unusablePath(`${parent.from} ${parent.dir}`, err, parent.fix) ?? err;
+  });
   const image = path.join(work, 'sample-disk.img');
   const storeDir = path.join(work, 'store');
   say(`rnode demo in ${work}`);
   try {
     say(`1. generating a ${bytes(size)} sample disk (per MiB: 1/3 random, 1/3 text, 1/3 zero; every 8th MiB a hole)`);
     await generateSampleDisk(image, { size, seed: 7, holeEvery: 8 }).catch((err) => {
-      throw unusablePath(`--workdir ${work}`, err) ?? err;
+      throw unusablePath(`${parent.from} ${work}`, err, parent.fix) ?? err;
     });
     const digests = [await fileDigest(image)];
     const store = await openStore(storeDir);

@@ -39,7 +39,9 @@ export type { ReplicateOptions, ReplicateProgress, ReplicateResult } from './rep
 
 export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
   const disk = validateDiskId(opts.disk);
-  if (opts.changeHashDir !== undefined) assertOutsideStore(opts.store.location, opts.changeHashDir, '--cache-dir');
+  if (opts.changeHashDir !== undefined) {
+    assertOutsideStore(opts.store.location, opts.changeHashDir, opts.changeHashDirFrom ?? 'cache folder');
+  }
   // Start the codec workers now: they load their modules while the lease and the previous point are read, instead
   // of holding up the first chunks (~0.3 s of an otherwise idle pipeline at the start of each run).
   codecWorkers();

@@ -20,9 +20,16 @@ stopCodecWorkersAtEnd(t);
 const FAST_MS = 30_000;
 
 /** Runs the CLI, asserting it exits (not killed) within FAST_MS with exit code `exit` and `code` on stderr, in one line. */
-async function expectFastFailure(t: Test, args: string[], code: string, exit: number, what: string): Promise<CliResult> {
+async function expectFastFailure(
+  t: Test,
+  args: string[],
+  code: string,
+  exit: number,
+  what: string,
+  env?: Record<string, string | undefined>,
+): Promise<CliResult> {
   const t0 = Date.now();
-  const r = await runCli(args, { timeoutMs: FAST_MS });
+  const r = await runCli(args, { timeoutMs: FAST_MS, env });
   const ms = Date.now() - t0;
   t.equal(r.signal, null, `${what}: exited by itself (${ms} ms${r.signal ? `, killed by the test after ${FAST_MS} ms: it hung` : ''})`);
   t.equal(r.code, exit, `${what}: exit ${exit}`);
@@ -104,6 +111,32 @@ t.test('a cache, state or VM output folder under /proc fails fast too (or, for t
   t.equal(cached.code, 0, `the point is made without the cache: ${cached.stderr.slice(0, 300)}`);
   const agent = ['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--state-dir'];
   await expectFastFailure(t, [...agent, path.join(procLink, 'nope', 'state')], 'RNODE_PATH_UNUSABLE: state folder', 2, 'agent --state-dir');
+});
+
+// `TMPDIR=/nonexistent rnode demo` (or TMPDIR=/proc) printed RNODE_INTERNAL "ENOENT ... mkdtemp ...; this is a bug"
+// (exit 1); a cache folder from RNODE_CACHE_DIR was called --cache-dir. Messages name where the folder came from.
+t.test('a temp or cache folder from the environment that cannot be used is RNODE_PATH_UNUSABLE, naming the variable', async (t) => {
+  const dir = tmpDir(t, 'sec-env-dirs');
+  const file = path.join(dir, 'a-file');
+  fs.writeFileSync(file, 'x');
+  const demo = ['demo', '--size', '1MiB'];
+  for (const tmp of ['/nonexistent', '/proc', file]) {
+    const r = await expectFastFailure(t, demo, 'RNODE_PATH_UNUSABLE', 2, `TMPDIR=${tmp} demo`, { TMPDIR: tmp });
+    t.match(r.stderr, `TMPDIR ${tmp} `, 'names TMPDIR and its value');
+    t.match(r.stderr, /set TMPDIR to another folder, or give --workdir/, 'says what to do');
+    t.notMatch(r.stderr, /--workdir \//, 'does not call it --workdir');
+  }
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 8));
+  const store = path.join(dir, 'store');
+  const rep = ['replicate', '--source', img, '--target', store, '--disk', 'd'];
+  const proc = await expectFastFailure(t, rep, 'RNODE_PATH_UNUSABLE', 2, 'RNODE_CACHE_DIR=/proc/x', { RNODE_CACHE_DIR: '/proc/x' });
+  t.match(proc.stderr, /cache folder \/proc\/x \(from RNODE_CACHE_DIR\) .*or RNODE_CACHE_DIR=none/, 'names RNODE_CACHE_DIR');
+  fs.mkdirSync(store);
+  const inStore = await expectFastFailure(t, rep, 'RNODE_OUTPUT_IN_STORE', 2, 'RNODE_CACHE_DIR in the store', {
+    RNODE_CACHE_DIR: path.join(store, 'cache'),
+  });
+  t.match(inStore.stderr, `RNODE_CACHE_DIR ${path.join(store, 'cache')} is inside the store`, 'names RNODE_CACHE_DIR, not --cache-dir');
 });
 
 /** Mounts a tmpfs (as root, where mount works); undefined when this machine cannot. */

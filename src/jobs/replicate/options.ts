@@ -61,6 +61,8 @@ export interface ReplicateOptions {
    * incremental from a raw source compares chunks by them at memory speed before taking any chunk id. Absent: none.
    */
   changeHashDir?: string;
+  /** Where changeHashDir came from, as messages name it: --cache-dir, RNODE_CACHE_DIR; default "cache folder". */
+  changeHashDirFrom?: string;
 }
 
 export interface ReplicateProgress {

@@ -53,14 +53,17 @@ const WHY: Record<string, string> = {
   EDQUOT: 'is over its disk quota',
 };
 
-/** A coded one-line error for a folder (`what`, e.g. "store folder /x") that cannot be used; undefined for other errors. */
-export function unusablePath(what: string, err: unknown): RnodeError | undefined {
+/**
+ * A coded one-line error for a folder (`what`, e.g. "store folder /x") that cannot be used; undefined for other errors.
+ * `fix`: what to do, for a folder that came from somewhere other than a flag (an environment variable).
+ */
+export function unusablePath(what: string, err: unknown, fix = 'choose another folder'): RnodeError | undefined {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   const why = code ? WHY[code] : undefined;
   if (!why) return undefined;
   return new RnodeError(
     ErrorCodes.PATH_UNUSABLE,
-    `${what} ${why} (${code}); choose another folder${code === 'ENOSPC' || code === 'EDQUOT' ? ' or free space' : ''}`,
+    `${what} ${why} (${code}); ${fix}${code === 'ENOSPC' || code === 'EDQUOT' ? ' or free space' : ''}`,
     { cause: err, details: { errno: code } },
   );
 }
