@@ -204,6 +204,54 @@ t.test('a reader that closes the pipe early: the replicate still commits, no sta
   );
 });
 
+// `replicate --json > /dev/full` printed an uncaught "Error: ENOSPC ... at writeSync" stack and exited 1 with nothing
+// saying the point was committed; --version, --help and recover the same.
+t.test(
+  "a stdout that cannot be written (ENOSPC): one RNODE_OUTPUT_IO line with the outcome, no stack; exit 1, or the failure's",
+  {
+    skip: !fs.existsSync('/dev/full') && 'no /dev/full here',
+  },
+  async (t) => {
+    const dir = tmpDir(t, 'cli-enospc');
+    const img = path.join(dir, 'disk.img');
+    fs.writeFileSync(img, randomData(MiB, 42));
+    const store = path.join(dir, 'store');
+    const toFull = async (args: string[]) =>
+      JSON.parse(
+        (
+          await runScript(
+            `const { spawn } = await import('node:child_process');
+           const fs = await import('node:fs');
+           const c = spawn(process.execPath, [${JSON.stringify(CLI)}, ...${JSON.stringify(args)}], { stdio: ['ignore', fs.openSync('/dev/full', 'w'), 'pipe'] });
+           let err = '';
+           c.stderr.on('data', (d) => (err += d));
+           const code = await new Promise((resolve) => c.on('exit', resolve));
+           console.log(JSON.stringify({ code, err }));`,
+          )
+        ).stdout,
+      ) as { code: number; err: string };
+    const said = /^rnode: RNODE_OUTPUT_IO: stdout could not be written \(ENOSPC\).*the command itself succeeded/;
+    for (const args of [['replicate', '--source', img, '--target', store, '--cache-dir', 'none', '--json'], ['--version'], ['--help']]) {
+      const { code, err } = await toFull(args);
+      t.equal(code, 1, `${args[0]}: exit 1 for the lost output`);
+      t.match(err, said, `${args[0]}: says stdout failed and the command succeeded: ${err.trim()}`);
+      t.equal(err.trim().split('\n').length, 1, `${args[0]}: one line, no stack trace`);
+    }
+    t.equal(json(await runCli(['points', '--store', store, '--disk', 'disk.img', '--json'])).points.length, 1, 'the point was committed');
+    const recovered = path.join(dir, 'recovered.img');
+    const rec = await toFull(['recover', '--store', store, '--disk', 'disk.img', '--out', recovered]);
+    t.match(rec.err, said, `recover: ${rec.err.trim()}`);
+    t.ok(fs.readFileSync(recovered).equals(fs.readFileSync(img)), 'recover: the disk is written whole');
+    const failed = await toFull(['replicate', '--source', path.join(dir, 'nope.img'), '--target', store, '--json']);
+    t.equal(failed.code, 2, 'a failed command keeps its exit code');
+    t.match(
+      failed.err,
+      /RNODE_SOURCE_NOT_FOUND[^\n]*\nrnode: RNODE_OUTPUT_IO: [^\n]*the command itself failed \(exit 2/,
+      `and says both: ${failed.err.trim()}`,
+    );
+  },
+);
+
 t.test('the built-in demo on a small disk restores both points byte-exact', async (t) => {
   const r = await runCli(['demo', '--size', '6MiB', '--json'], { timeoutMs: 120_000 });
   t.equal(r.code, 0, `demo exits 0 (${r.stderr.trim()})`);
