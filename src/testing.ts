@@ -51,5 +51,7 @@ export function selfSignedCert(dir: string, cn = '127.0.0.1'): { cert: string; k
     ],
     { stdio: 'pipe' },
   );
+  // Private, as rnode requires of --tls-key (older openssl releases wrote the key with the umask's mode).
+  fs.chmodSync(keyFile, 0o600);
   return { cert: fs.readFileSync(certFile, 'utf8'), key: fs.readFileSync(keyFile, 'utf8'), certFile, keyFile };
 }

@@ -82,7 +82,10 @@ export class ExportManager {
     if (spec.overlay) assertOverlayOutsideStore(spec.overlay, spec.store.url);
     const encryption = await resolveEncryptionKey(spec.encryption, this.o.state, log);
     const tls = spec.tls
-      ? { cert: await resolveSecret(spec.tls.cert, this.o.state, log), key: await resolveSecret(spec.tls.key, this.o.state, log) }
+      ? {
+          cert: await resolveSecret(spec.tls.cert, this.o.state, log),
+          key: await resolveSecret(spec.tls.key, this.o.state, log, { privateKey: true }),
+        }
       : undefined;
     e.store = await openStoreOf(spec.store, this.o.state, log);
     try {

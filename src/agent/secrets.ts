@@ -25,8 +25,13 @@ async function secretBytes(ref: SecretRef, state: StateDir): Promise<{ bytes: Bu
   return { bytes, ...(file ? { file } : {}) };
 }
 
-export async function resolveSecret(ref: SecretRef, state: StateDir, log: Logger): Promise<string> {
-  const value = (await secretBytes(ref, state)).bytes.toString('utf8').replace(/\r?\n$/, '');
+/** privateKey: a file secret must be private to the node's user (an export's TLS key), as --tls-key must. */
+export async function resolveSecret(ref: SecretRef, state: StateDir, log: Logger, opts: { privateKey?: boolean } = {}): Promise<string> {
+  const { bytes, file } = await secretBytes(ref, state);
+  if (file && opts.privateKey) {
+    checkKeyFileMode((await fsp.stat(file)).mode, (why) => new RnodeError(ProtoErrors.SECRET, `secret ${ref.secretRef}: ${file} ${why}`), file);
+  }
+  const value = bytes.toString('utf8').replace(/\r?\n$/, '');
   if (value === '') throw new RnodeError(ProtoErrors.SECRET, `secret ${ref.secretRef} is empty on this node`);
   log.addSecret(value);
   return value;

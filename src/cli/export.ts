@@ -37,7 +37,7 @@ export const exportCmd: Command = {
       throw new RnodeError(ErrorCodes.USAGE, 'TLS needs both --tls-cert and --tls-key');
     const tls =
       v['tls-cert'] !== undefined
-        ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') }
+        ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key', { privateKey: true }) }
         : undefined;
     const cacheBytes = v.cache !== undefined ? parseBytes(str(v, 'cache')!) : undefined;
     const overlay = str(v, 'overlay');

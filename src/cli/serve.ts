@@ -60,7 +60,7 @@ export const serveCmd: Command = {
     }
     const tls =
       v['tls-cert'] !== undefined
-        ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key') }
+        ? { cert: readPemFile(str(v, 'tls-cert')!, 'TLS certificate'), key: readPemFile(str(v, 'tls-key')!, 'TLS key', { privateKey: true }) }
         : undefined;
     const token = v['token-file'] !== undefined ? readTokenFile(str(v, 'token-file')!) : undefined;
     const bandwidth = v.bandwidth !== undefined ? parseBandwidth(str(v, 'bandwidth')!) : undefined;

@@ -54,11 +54,23 @@ export function readTokenFile(file: string): string {
   return token;
 }
 
-export function readPemFile(file: string, what: string): string {
+/**
+ * Reads a PEM file (--tls-cert, --tls-key, --ca). A private key (privateKey) must not be readable or writable by group
+ * or others, as a key or token file must not: whoever reads it can pose as this node.
+ */
+export function readPemFile(file: string, what: string, opts: { privateKey?: boolean } = {}): string {
+  let fd: number | undefined;
   try {
-    return fs.readFileSync(file, 'utf8');
+    fd = fs.openSync(file, 'r');
+    if (opts.privateKey) {
+      checkKeyFileMode(fs.fstatSync(fd).mode, (why) => new RnodeError(ErrorCodes.USAGE, `the ${what} file ${file} ${why}`), file);
+    }
+    return fs.readFileSync(fd, 'utf8');
   } catch (err) {
+    if (err instanceof RnodeError) throw err;
     throw new RnodeError(ErrorCodes.USAGE, `cannot read the ${what} file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
 }
 

@@ -101,3 +101,24 @@ t.test('export.start / export.stop', { skip: !haveTools && 'tools missing' }, as
   t.pass('export.stop of an unknown export is refused');
   t.equal(agent.exports.count, 0, 'nothing left running');
 });
+
+// An export's TLS key from a file: secret the group or others may read was used, while `rnode export --tls-key` with
+// that mode is refused (as key and token files are): whoever reads it can pose as the node.
+t.test('export.start with a TLS key secret the group or others may read fails with RNODE_AGENT_SECRET', async (t) => {
+  const dir = tmpDir(t, 'export-agent-tls-key');
+  const ms = await startMs(t);
+  const { stateDir } = await startAgent(t, ms, dir);
+  const nodeId = await ms.waitFor(() => [...ms.nodes.keys()][0], 10_000, 'registration');
+  fs.writeFileSync(path.join(stateDir, 'secrets', 'tls-cert'), '-----BEGIN CERTIFICATE-----\n');
+  const key = path.join(stateDir, 'secrets', 'tls-key');
+  fs.writeFileSync(key, '-----BEGIN PRIVATE KEY-----\n');
+  fs.chmodSync(key, 0o644);
+  const tls = { cert: { secretRef: 'file:tls-cert' }, key: { secretRef: 'file:tls-key' } };
+  ms.send(nodeId, {
+    type: 'export.start',
+    export: { exportId: 'k1', store: { url: path.join(dir, 'store') }, disk: 'vm', listen: '127.0.0.1:0', tls },
+  });
+  const failed = await ms.waitFor(() => ms.reportsOf('export.stopped', (m) => m.exportId === 'k1')[0], 10_000, 'export.stopped k1');
+  t.match(failed.msg, { reason: 'failed', code: 'RNODE_AGENT_SECRET' });
+  t.match(JSON.stringify(failed.msg), /readable or writable by group or others \(mode 0644\).*chmod 600/, 'says what to do');
+});

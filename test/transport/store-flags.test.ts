@@ -128,6 +128,30 @@ t.test('a token file that holds no usable token is refused up front, in one line
   t.throws(() => new RemoteStore({ url: 'ws://127.0.0.1:1', token: 'x'.repeat(MAX_TOKEN_CHARS + 1) }), { code: 'RNODE_USAGE' }, 'the library too');
 });
 
+// `chmod 644 tls.key; rnode serve --tls-key tls.key` (and `rnode export --tls-key`) started without a word, while a key,
+// token or vSphere password file with that mode was refused: whoever reads the TLS key can pose as the node.
+t.test('a --tls-key the group or others may read is refused before listening, like a key or token file', async (t) => {
+  const dir = tmpDir(t, 'loose-tls-key');
+  const cert = path.join(dir, 'tls.crt');
+  fs.writeFileSync(cert, '-----BEGIN CERTIFICATE-----\n');
+  const key = path.join(dir, 'tls.key');
+  fs.writeFileSync(key, '-----BEGIN PRIVATE KEY-----\n');
+  const tlsFlags = ['--tls-cert', cert, '--tls-key', key];
+  for (const mode of [0o644, 0o640, 0o602]) {
+    fs.chmodSync(key, mode);
+    for (const args of [
+      ['serve', '--listen', '127.0.0.1:0', '--store', path.join(dir, 'store'), ...tlsFlags],
+      ['export', '--store', path.join(dir, 'store'), '--disk', 'vm', '--listen', '127.0.0.1:0', ...tlsFlags],
+    ]) {
+      const r = await runCli(args, { timeoutMs: 30_000 });
+      t.equal(r.code, 2, `${args[0]}, mode 0${mode.toString(8)}: exit 2`);
+      t.equal(lines(r.stderr).length, 1, `one line: ${r.stderr.slice(0, 300)}`);
+      const want = `rnode: RNODE_USAGE: the TLS key file ${key} is readable or writable by group or others (mode 0${mode.toString(8)}); restrict it with "chmod 600 ${key}"`;
+      t.equal(r.stderr.trim(), want, 'says what to do');
+    }
+  }
+});
+
 t.test("wss:// to a node without TLS says so in one line (it printed OpenSSL's two-line error and advised --ca)", async (t) => {
   const dir = tmpDir(t, 'plain-tls');
   const { url } = await startNode(t, dir);
