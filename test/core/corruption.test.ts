@@ -366,6 +366,35 @@ t.test('a damaged chunk: check --read-data --repair, then replicate --full, and 
   t.equal(ok.code, 0, `the repository is whole again: ${ok.stdout}${ok.stderr}`);
 });
 
+// Regression: after --repair dropped a damaged chunk, a plain incremental inherited the parent's entry for it (an
+// unchanged chunk is not looked up) and committed a point that failed to restore like its parent; only --full healed.
+// Now an incremental from a raw source reads and stores that chunk again, whether it compares by chunk ids or by the
+// change hashes this node kept, and the older points restore again too.
+for (const cache of ['none', 'kept'] as const) {
+  t.test(`a chunk --repair dropped is stored again by the next incremental (change hashes: ${cache})`, async (t) => {
+    const f = await twoPoints(t);
+    const cacheDir = cache === 'none' ? 'none' : path.join(f.dir, 'cache');
+    const replicate = () => runCli(['replicate', '--source', f.img, '--target', f.storeDir, '--disk', 'd', '--cache-dir', cacheDir, '--json']);
+    if (cache === 'kept') t.equal((await replicate()).code, 0, 'point 3 keeps this node’s change hashes');
+    const b = await blobPlace(f.storeDir, 'd', 1, 5);
+    flipByte(b.file, b.offset + 1000);
+    const r = await runCli(['check', '--store', f.storeDir, '--read-data', '--repair', '--json']);
+    t.equal(json(r).domains[0].repair.dropped.length, 1, 'the damaged chunk is dropped');
+
+    const next = await replicate();
+    t.equal(next.code, 0, next.stderr);
+    const p = json(next);
+    t.equal(p.full, false, 'an incremental');
+    t.equal(p.comparedBy, cache === 'none' ? 'chunk-ids' : 'change-hashes');
+    t.equal(p.chunksChanged, 1, 'the dropped chunk was stored again, nothing else');
+    const store = fsStore(f.storeDir);
+    await expectRestore(t, store, 'd', p.point, f.fps[1], f.dir, 'the new point');
+    await expectRestore(t, store, 'd', 1, f.fps[0], f.dir, 'point 1, whose chunk it was');
+    const ok = await runCli(['check', '--store', f.storeDir, '--read-data']);
+    t.equal(ok.code, 0, `the repository is whole again: ${ok.stdout}${ok.stderr}`);
+  });
+}
+
 async function chunkId(f: Fixture, point: number, index: number): Promise<Buffer> {
   const store = fsStore(f.storeDir);
   for await (const e of tableEntries(store, await loadPoint(store, 'd', point), undefined)) if (e.index === index) return e.id!;

@@ -80,6 +80,11 @@ export class PackWriter {
     this.marked = await this.o.marks.blockedPacks();
   }
 
+  /** True when the repository's index has the chunk id somewhere (a dropped one it has not). */
+  holds(id: Buffer): boolean {
+    return this.o.index.lookup(id).length > 0;
+  }
+
   /** A place to reuse chunk id from: any location whose pack prune has not marked. */
   reusable(id: Buffer): ChunkLocation | undefined {
     return this.o.index.lookup(id).find((l) => !this.marked.has(l.packId));

@@ -176,7 +176,7 @@ export class ChunkScan {
   /** The candidates in order; with a lent fd, those the workers found unchanged come as Decided. */
   private stream(parentView: Cursor<ChunkEntry> | undefined, fd: number | undefined): AsyncIterable<Candidate | Decided> {
     const { opts, plan, from } = this.o;
-    const all = candidates(plan.toRead, parentView);
+    const all = storeMissingAgain(candidates(plan.toRead, parentView), (id) => this.o.packs.holds(id));
     const changes = this.o.changes;
     if (fd !== undefined && changes?.parent && plan.scan) {
       // Only the chunks that changed reach the codec lanes: the main thread's lane takes them unless it falls behind
@@ -351,6 +351,15 @@ export class ChunkScan {
 }
 
 /** The candidates from index `first` on: a resumed run's workers read nothing its checkpoint covers. */
+/**
+ * A parent's chunk the repository no longer holds (check --repair dropped it as damaged) is read and stored again,
+ * not inherited: an incremental that named it was as broken as its parent (CHUNK_MISSING on restore), and only a
+ * --full run healed the disk. Stored again, it is found by its id for the older points too.
+ */
+async function* storeMissingAgain(all: AsyncIterable<Candidate>, holds: (id: Buffer) => boolean): AsyncIterable<Candidate> {
+  for await (const c of all) yield c.parent?.id && !holds(c.parent.id) ? { index: c.index, read: true } : c;
+}
+
 async function* fromIndex(all: AsyncIterable<Candidate>, first: number): AsyncIterable<Candidate> {
   for await (const c of all) if (c.index >= first) yield c;
 }
