@@ -145,7 +145,9 @@ function changeHashDir(flag: string | undefined): { changeHashDir?: string; chan
     );
   }
   if (dir) return { changeHashDir: path.resolve(dir), changeHashDirFrom: from };
-  const xdg = process.env.XDG_CACHE_HOME;
+  // The XDG spec: a relative path in XDG_CACHE_HOME is invalid and ignored (it would name a folder under whatever
+  // folder the command happens to run in).
+  const xdg = path.isAbsolute(process.env.XDG_CACHE_HOME ?? '') ? process.env.XDG_CACHE_HOME : undefined;
   return {
     changeHashDir: path.join(xdg || path.join(os.homedir(), '.cache'), 'rnode'),
     changeHashDirFrom: xdg ? 'XDG_CACHE_HOME' : 'cache folder',
