@@ -3,7 +3,7 @@
 // (src/jobs/replicate/change-hashes.ts) and the next incremental compares by those first. The cache is only ever a
 // hint: these tests check that the points stay exact when it is used, stale, damaged or absent, and that the chunks
 // it finds changed are exactly the ones written.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -76,7 +76,8 @@ for (const encrypted of [false, true]) {
   );
 }
 
-t.test('hashes of another point, or damaged ones, are not trusted: the run compares by ids and stays exact', async (t) => {
+/** Point 1 of disk d of a mixed image, with this node's change hashes of it: the one cache file. */
+async function firstPointCached(t: Test) {
   const dir = tmpDir(t, 'change-hashes');
   const img = path.join(dir, 'disk.img');
   const store = fsStore(path.join(dir, 'store'));
@@ -84,6 +85,11 @@ t.test('hashes of another point, or damaged ones, are not trusted: the run compa
   mixedChunkImage(img, CHUNK);
   await snap(store, img, 'd', { chunkSize: CHUNK, changeHashDir });
   const [file] = fs.readdirSync(path.join(changeHashDir, 'change-hashes')).map((f) => path.join(changeHashDir, 'change-hashes', f));
+  return { dir, img, store, changeHashDir, file };
+}
+
+t.test('hashes of another point, or damaged ones, are not trusted: the run compares by ids and stays exact', async (t) => {
+  const { dir, img, store, changeHashDir, file } = await firstPointCached(t);
   const ofPoint1 = fs.readFileSync(file);
 
   // A point committed without the cache: the file still holds point 1's hashes, which say nothing of point 2.
@@ -234,13 +240,7 @@ function manifestFor(point: number, grid = new ChunkGrid(10 * CHUNK + 100, CHUNK
 // file's place hung the replicate in open() for good, SIGTERM included; a file anyone could write (or another
 // user's, in a shared cache folder) was trusted.
 t.test('a cache file that is not this user’s own private regular file is not read, and never hangs the run', { timeout: 60_000 }, async (t) => {
-  const dir = tmpDir(t, 'change-hashes');
-  const img = path.join(dir, 'disk.img');
-  const store = fsStore(path.join(dir, 'store'));
-  const changeHashDir = path.join(dir, 'cache');
-  mixedChunkImage(img, CHUNK);
-  await snap(store, img, 'd', { chunkSize: CHUNK, changeHashDir });
-  const [file] = fs.readdirSync(path.join(changeHashDir, 'change-hashes')).map((f) => path.join(changeHashDir, 'change-hashes', f));
+  const { dir, img, store, changeHashDir, file } = await firstPointCached(t);
   const aside = `${file}.aside`;
   let n = 1;
   const next = async (what: string, expected: 'change-hashes' | 'chunk-ids') => {
