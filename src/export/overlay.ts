@@ -12,6 +12,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { assertOutsideStore } from '../store/containment.js';
+import { fsyncDir } from '../store/fs/dirs.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
 import { xxh64 } from '../format/checksum.js';
@@ -303,7 +304,7 @@ async function create(file: string, id: OverlayIdentity): Promise<fsp.FileHandle
       if ((err as NodeJS.ErrnoException)?.code !== 'EEXIST') throw err;
     }
     await fsp.unlink(tmp);
-    if (linked) await syncFolder(path.dirname(file));
+    if (linked) await fsyncDir(path.dirname(file));
   } catch (err) {
     await fh.close().catch(() => undefined);
     await fsp.rm(tmp, { force: true }).catch(() => undefined);
@@ -322,15 +323,6 @@ async function initialize(fh: fsp.FileHandle, id: OverlayIdentity): Promise<void
   await fh.datasync();
   await fh.truncate(dataStartFor(Math.ceil(id.size / OVERLAY_BLOCK)) + id.size);
   await fh.datasync();
-}
-
-async function syncFolder(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 function dataStartFor(blocks: number): number {

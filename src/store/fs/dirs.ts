@@ -72,3 +72,13 @@ export function unusablePath(what: string, err: unknown, fix = 'choose another f
 export function isVirtualFsPath(p: string): boolean {
   return /^\/(proc|sys)(\/|$)/.test(path.resolve(p));
 }
+
+/** fsync of a folder: makes the names created, renamed or removed in it durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

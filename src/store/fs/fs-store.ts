@@ -9,7 +9,7 @@ import { failpoint } from '../../failpoint.js';
 import { readFileInto, writeFileExclusive, type ReadInto } from '../../native/index.js';
 import { checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix } from '../common.js';
 import { RESERVED_SEGMENT_PREFIX, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCapabilities } from '../types.js';
-import { isVirtualFsPath, makeDirs, unusablePath } from './dirs.js';
+import { fsyncDir, isVirtualFsPath, makeDirs, unusablePath } from './dirs.js';
 
 /**
  * Temp files start with the segment prefix assertValidKey forbids in keys, so no key can ever collide with a temp
@@ -323,15 +323,6 @@ async function removeIfStale(file: string): Promise<void> {
 
 function errno(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 // Group commit for directory fsyncs: many puts into one directory (a point's chunks) share one fsync.
