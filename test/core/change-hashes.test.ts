@@ -273,3 +273,18 @@ t.test('a cache file that is not this user’s own private regular file is not r
     await next('another user’s file', 'chunk-ids');
   }
 });
+
+// A run killed before its finish() left its temp file beside the cache file, and nothing removed it: one more file
+// per kill, for good (the finder counted 15 after 15 agent kills).
+t.test('temp files killed runs left beside the cache file are removed by the next run', async (t) => {
+  const { img, store, changeHashDir, file } = await firstPointCached(t);
+  const left = [`${file}.0123456789ab.tmp`, `${file}.ba9876543210.tmp`];
+  for (const f of left) fs.writeFileSync(f, '');
+  const other = `${file}.notours`;
+  fs.writeFileSync(other, '');
+  writeAt(img, 3 * CHUNK, randomData(CHUNK, 77));
+  t.equal((await snap(store, img, 'd', { changeHashDir })).comparedBy, 'change-hashes');
+  for (const f of left) t.notOk(fs.existsSync(f), `${path.basename(f)} removed`);
+  t.ok(fs.existsSync(other), 'a file of another name is left alone');
+  t.same(fs.readdirSync(path.dirname(file)).sort(), [path.basename(file), path.basename(other)].sort(), 'the cache file and the other file only');
+});

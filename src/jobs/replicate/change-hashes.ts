@@ -58,6 +58,16 @@ export function changeHashPlace(dir: string, storeLocation: string, domain: Doma
   return { file: path.join(dir, 'change-hashes', `${name}.rnch`), seed, grid };
 }
 
+/**
+ * The temp files of this cache file that runs killed before their finish() left (one per kill, for good). A run
+ * holds its disk's lease, so no other run of this node writes one of these meanwhile.
+ */
+async function removeStaleTemps(file: string): Promise<void> {
+  const dir = path.dirname(file);
+  const stale = new RegExp(`^${path.basename(file).replace(/\./g, '\\.')}\\.[0-9a-f]{12}\\.tmp$`);
+  for (const name of await fsp.readdir(dir)) if (stale.test(name)) await fsp.rm(path.join(dir, name), { force: true });
+}
+
 /** A regular file owned by this process's user that neither its group nor others may write. */
 function isOwnPrivateFile(st: Stats): boolean {
   return st.isFile() && st.uid === process.geteuid?.() && (st.mode & 0o022) === 0;
@@ -209,6 +219,7 @@ export class ChangeHashWriter {
     const tmp = this.tmp;
     this.chain = (async () => {
       await makeDirs(path.dirname(place.file), 0o700); // not Node's recursive mkdir: it spins forever under /proc
+      await removeStaleTemps(place.file);
       this.fh = await fsp.open(tmp, 'wx', 0o600);
     })().catch(() => {
       this.failed = true;
