@@ -19,6 +19,9 @@ export interface SessionIo {
   close(): void;
 }
 
+/** A reply could not be sent: the client went away. Not the request's failure, and nothing for the log. */
+export class ConnectionClosed extends Error {}
+
 /** Buffered input beyond this pauses the socket, unless a read waits for more. */
 const HIGH_WATER = 1024 * 1024;
 /**
@@ -149,7 +152,7 @@ export class SocketIo implements SessionIo {
   private put(parts: Buffer[], flushed?: () => void): Promise<void> {
     if (this.socket.destroyed || !this.socket.writable) {
       flushed?.();
-      return Promise.reject(new Error('the connection is closed'));
+      return Promise.reject(new ConnectionClosed('the connection is closed'));
     }
     let ok = true;
     let lastPart = parts.length - 1;
@@ -171,7 +174,7 @@ export class SocketIo implements SessionIo {
         else resolve();
       };
       const onDrain = () => done();
-      const onClose = () => done(new Error('the connection closed while a reply was being sent'));
+      const onClose = () => done(new ConnectionClosed('the connection closed while a reply was being sent'));
       this.socket.once('drain', onDrain);
       this.socket.once('close', onClose);
     });

@@ -3,7 +3,7 @@
 import { isRnodeError } from '../errors.js';
 import type { Chosen } from './handshake.js';
 import type { Piece } from './image.js';
-import type { SessionIo } from './io.js';
+import { ConnectionClosed, type SessionIo } from './io.js';
 import {
   Cmd,
   CmdFlag,
@@ -141,6 +141,8 @@ async function serve(io: SessionIo, c: Chosen, req: Request, payload: Buffer | u
         return fail(Errno.EINVAL, `command ${req.type} is not supported`);
     }
   } catch (err) {
+    // A client that went away with requests in flight: the session ends (quietly, server.ts); no request failed.
+    if (err instanceof ConnectionClosed) throw err;
     // The chunk cache has logged a failed fetch (chunk, offset, object); this says why the request failed. EIO for it only.
     opts.log?.('request-failed', {
       command: req.type,
