@@ -350,7 +350,6 @@ export class ChunkScan {
   }
 }
 
-/** The candidates from index `first` on: a resumed run's workers read nothing its checkpoint covers. */
 /**
  * A parent's chunk the repository no longer holds (check --repair dropped it as damaged) is read and stored again,
  * not inherited: an incremental that named it was as broken as its parent (CHUNK_MISSING on restore), and only a
@@ -360,6 +359,7 @@ async function* storeMissingAgain(all: AsyncIterable<Candidate>, holds: (id: Buf
   for await (const c of all) yield c.parent?.id && !holds(c.parent.id) ? { index: c.index, read: true } : c;
 }
 
+/** The candidates from index `first` on: a resumed run's workers read nothing its checkpoint covers. */
 async function* fromIndex(all: AsyncIterable<Candidate>, first: number): AsyncIterable<Candidate> {
   for await (const c of all) if (c.index >= first) yield c;
 }
