@@ -6,7 +6,7 @@
 import os from 'node:os';
 import v8 from 'node:v8';
 import { Worker } from 'node:worker_threads';
-import { cwdGoneError, ErrorCodes, isRnodeError } from '../errors.js';
+import { cwdGoneError } from '../errors.js';
 import { CHUNK_HEADER_BYTES } from '../format/chunk.js';
 import { payloadOverhead } from '../format/codecs.js';
 import { SEAL_OVERHEAD } from '../format/seal.js';
@@ -216,7 +216,8 @@ export class CodecWorkers {
     });
     w.on('error', (err) => {
       started();
-      this.fail(i, w, cwdGone(err) ? cwdGoneError(err) : err);
+      if (cwdGone(err)) this.cannotStart ??= cwdGoneError(err);
+      this.fail(i, w, this.cannotStart ?? err);
     });
     w.on('exit', (code) => {
       started();
@@ -431,8 +432,7 @@ export class CodecWorkers {
     }
     this.load[worker] = 0;
     if (this.pending.size === 0) this.onIdle?.();
-    if (isRnodeError(err, ErrorCodes.PATH_UNUSABLE)) this.cannotStart = err;
-    else if (!this.closed) this.workers[worker] = this.spawn(worker);
+    if (!this.closed && !this.cannotStart) this.workers[worker] = this.spawn(worker);
   }
 
   /**
