@@ -1011,8 +1011,8 @@ function errorMessage(err: unknown): Extract<NodeMessage, { op: 'error' }> {
       op: 'error',
       code: ErrorCodes.STORE_IO,
       message: full
-        ? `the receiving node's store has no space left (${errno}); free space there (or prune its points), then run the same command again: it resumes`
-        : `the receiving node cannot write to its store${errno ? ` (${errno})` : ''}; its operator must fix the store folder (its log says why), then run the same command again: it resumes`,
+        ? `the receiving node's store has no space left (${errno}); free space there (or prune its points), then run the same command again`
+        : `the receiving node cannot write to its store${errno ? ` (${errno})` : ''}; its operator must fix the store folder (its log says why), then run the same command again`,
       retryable: false,
       details: errno ? { errno } : {},
     };
