@@ -13,6 +13,8 @@ import { loadPoint } from '../../src/repository/points.js';
 import { changeHashPlace, ChangeHashReader } from '../../src/jobs/replicate/change-hashes.js';
 import { xxh3 } from '../../src/native/index.js';
 import { ChunkGrid } from '../../src/pipeline/grid.js';
+import { blobPlace, flipByte } from '../helpers/images.js';
+import { json, runCli } from '../helpers/cli.js';
 import { Domain } from '../../src/repository/domain.js';
 import {
   addBitmap,
@@ -209,4 +211,49 @@ t.test('a chain at its length limit: the closing point reads only the dirty chun
     await recover({ store, disk: 'vm', point: String(i + 1), out });
     t.equal(sha256File(out), sha256File(raw), `point ${i + 1} restores byte-exact`);
   }
+});
+
+// A chunk that check --repair dropped (damaged) is read again by the next bitmap incremental even though the bitmap
+// does not name it: the point would otherwise inherit it from its parent and fail to restore (CHUNK_MISSING).
+t.test('a dropped chunk outside the dirty bitmap is read and stored again by the incremental', async (t) => {
+  const dir = tmpDir(t, 'nbd-dropped');
+  const img = path.join(dir, 'vm.qcow2');
+  const storeDir = path.join(dir, 'store');
+  const store = new FsStore(storeDir, { fsync: false });
+  createImage(img, SIZE);
+  qemuWrite(img, [{ offset: 0, length: 4 * MiB, seed: 31 }], dir);
+  const point = async (n: number, query: string, bitmaps: string[]) => {
+    addBitmap(img, `c${n}`);
+    const snapshot = rawSnapshot(img, path.join(dir, `p${n}.raw`));
+    const exp = await startExport(t, dir, img, bitmaps);
+    const source = await openSource(exp.url(query));
+    try {
+      return { snapshot, r: await replicate({ store, source, disk: 'vm', chunkSize: CHUNK, lease: false }) };
+    } finally {
+      await source.close();
+      await exp.stop();
+    }
+  };
+  const p1 = await point(1, 'checkpoint=c1', []);
+  t.equal(p1.r.full, true);
+  const b = await blobPlace(storeDir, 'vm', 1, 5);
+  flipByte(b.file, b.offset + 100);
+  const repair = await runCli(['check', '--store', storeDir, '--read-data', '--repair', '--json']);
+  t.equal(json(repair).domains[0].repair.dropped.length, 1, 'check --repair dropped the damaged chunk');
+
+  qemuWrite(img, [{ offset: 40 * CHUNK, length: 4 * KiB, seed: 32 }], dir);
+  const p2 = await point(2, 'bitmap=c1&checkpoint=c2', ['c1']);
+  t.equal(p2.r.full, false, 'an incremental by the bitmap');
+  t.equal(p2.r.chunksChanged, 2, 'the written chunk and the dropped one');
+  t.equal(p2.r.bytesRead, 2 * CHUNK, 'it read just those two');
+  for (const [n, snapshot] of [
+    [2, p2.snapshot],
+    [1, p1.snapshot],
+  ] as const) {
+    const out = path.join(dir, `restored-${n}.raw`);
+    await recover({ store, disk: 'vm', point: String(n), out });
+    t.equal(sha256File(out), sha256File(snapshot), `point ${n} restores byte-exact`);
+  }
+  const ok = await runCli(['check', '--store', storeDir, '--read-data']);
+  t.equal(ok.code, 0, `the repository is whole again: ${ok.stdout}${ok.stderr}`);
 });
