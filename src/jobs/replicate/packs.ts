@@ -82,7 +82,7 @@ export class PackWriter {
 
   /** True when the repository's index has the chunk id somewhere (a dropped one it has not). */
   holds(id: Buffer): boolean {
-    return this.o.index.lookup(id).length > 0;
+    return this.o.index.has(id);
   }
 
   /** A place to reuse chunk id from: any location whose pack prune has not marked. */
