@@ -104,6 +104,20 @@ export class RnodeError extends Error {
 }
 
 /**
+ * An error that is not rnode's own as the user should see it: a process out of file descriptors is RESOURCE_LIMIT
+ * (raise the limit), not a bug; anything else is returned as it is (the CLI calls it INTERNAL, a bug).
+ */
+export function coded(err: unknown): unknown {
+  const errno = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (err instanceof RnodeError || (errno !== 'EMFILE' && errno !== 'ENFILE')) return err;
+  return new RnodeError(
+    ErrorCodes.RESOURCE_LIMIT,
+    `too many open files (${errno}): ${errno === 'EMFILE' ? "raise this process's limit (ulimit -n; LimitNOFILE= for a systemd service)" : "the system's file table is full (fs.file-max)"}, then run the same command again`,
+    { cause: err, details: { errno } },
+  );
+}
+
+/**
  * The process's current folder was removed: node starts no worker thread then (uv_cwd fails), and relative paths
  * mean nothing. RNODE_PATH_UNUSABLE (exit 2).
  */

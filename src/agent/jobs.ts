@@ -3,7 +3,7 @@
 // reports that say how each job ended.
 import { setMaxListeners } from 'node:events';
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
+import { coded, ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { prune, SweepPacer } from '../jobs/prune-v2.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from '../jobs/replicate.js';
@@ -307,7 +307,7 @@ export class JobRunner {
       });
       return;
     }
-    const err = failure.err;
+    const err = coded(failure.err);
     const code = isRnodeError(err) ? err.code : ErrorCodes.INTERNAL;
     const isCancel = code === ErrorCodes.CANCELLED;
     const message = err instanceof Error ? err.message : String(err);

@@ -1,6 +1,6 @@
 // rnode's entry: pick the command, run it, map errors to one line and an exit code
 // (0 success, 1 operational failure, 2 usage error, 130/143 stopped by SIGINT/SIGTERM). Stacks only with --debug.
-import { cwdGoneError, ErrorCodes, RnodeError, oneLine } from '../errors.js';
+import { coded, cwdGoneError, ErrorCodes, RnodeError, oneLine } from '../errors.js';
 import { VERSION } from '../version.js';
 import type { Command, Io } from './command.js';
 import type { CompletionTable } from './completion.js';
@@ -81,7 +81,8 @@ function cwdExists(): boolean {
   }
 }
 
-function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
+function report(failure: unknown, io: Io, debug: boolean, json: boolean): number {
+  const err = coded(failure);
   if (err instanceof RnodeError) {
     if (json) io.out(JSON.stringify({ error: { code: err.code, message: err.message, ...err.details } }));
     io.err(`rnode: ${err.code}: ${oneLine(err.message)}`); // one line, whatever a library said
@@ -89,15 +90,6 @@ function report(err: unknown, io: Io, debug: boolean, json: boolean): number {
     // A job stopped by SIGTERM/SIGINT (signals.ts) exits like the shell reports a signal: 128 + its number.
     if (typeof err.details.signal === 'string') return signalExitCode(err.details.signal);
     return err.isUsage ? 2 : 1;
-  }
-  const errno = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (errno === 'EMFILE' || errno === 'ENFILE') {
-    const limit = new RnodeError(
-      ErrorCodes.RESOURCE_LIMIT,
-      `too many open files (${errno}): ${errno === 'EMFILE' ? "raise this process's limit (ulimit -n; LimitNOFILE= for a systemd service)" : "the system's file table is full (fs.file-max)"}, then run the same command again`,
-      { cause: err, details: { errno } },
-    );
-    return report(limit, io, debug, json);
   }
   const e = err as Error;
   const message = `${oneLine(e?.message ?? String(err))}; this is a bug, please report it with --debug output`;

@@ -3,6 +3,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { coded, RnodeError } from '../../src/errors.js';
 import { json, runCli } from '../helpers/cli.js';
 import { randomData, tmpDir } from '../helpers/images.js';
 
@@ -22,4 +23,17 @@ t.test('too few file descriptors: RNODE_RESOURCE_LIMIT saying to raise ulimit -n
   t.match(json(j).error, { code: 'RNODE_RESOURCE_LIMIT', errno: 'EMFILE' }, '--json: the error document');
   const ok = await runCli(args);
   t.equal(ok.code, 0, `with the usual limit the same command works: ${ok.stderr}`);
+});
+
+// One mapping for the CLI and the agent's job reports (a job failing on EMFILE was reported to the Management Server
+// as RNODE_INTERNAL): coded() names the limit, and leaves every other error as it is.
+t.test('coded(): EMFILE and ENFILE are RNODE_RESOURCE_LIMIT; other errors pass unchanged', async (t) => {
+  for (const errno of ['EMFILE', 'ENFILE']) {
+    const err = coded(Object.assign(new Error(`${errno}: too many open files, open 'x'`), { code: errno }));
+    t.match(err, { code: 'RNODE_RESOURCE_LIMIT', details: { errno }, message: /^too many open files/ }, errno);
+  }
+  const other = Object.assign(new Error('boom'), { code: 'EIO' });
+  t.equal(coded(other), other, 'an EIO is not a resource limit');
+  const own = new RnodeError('RNODE_STORE_IO', 'x');
+  t.equal(coded(own), own, "rnode's own errors keep their code");
 });
