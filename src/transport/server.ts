@@ -721,22 +721,18 @@ class Session {
       if (this.storedAcks.size > Math.min(this.node.opts.maxInflight ?? 256, 65_536)) this.storedAcks.delete(this.storedAcks.keys().next().value!);
       this.reply(stream, { op: 'ack', info: wireInfo(info), credit: charged });
     } catch (err) {
-      const rejected = isRnodeError(err, TransportErrorCodes.REJECTED);
-      if (rejected) {
+      const code = err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL;
+      const kind = this.node.checks.kindOf(meta.key) ?? 'unknown';
+      if (isRnodeError(err, TransportErrorCodes.REJECTED)) {
         this.node.stats.rejected++;
         this.node.log('rejected', { session: this.id, ...err.details, message: err.message });
       } else {
         this.node.stats.putFailures++;
         // The node's operator is the one who can fix a store that fails (full, read-only): the sender only learns
         // that it failed.
-        this.node.log('put-failed', {
-          session: this.id,
-          kind: this.node.checks.kindOf(meta.key) ?? 'unknown',
-          code: err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL,
-          message: (err as Error)?.message ?? String(err),
-        });
+        this.node.log('put-failed', { session: this.id, kind, code, message: (err as Error)?.message ?? String(err) });
       }
-      this.node.countPutError(err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL, this.node.checks.kindOf(meta.key) ?? 'unknown');
+      this.node.countPutError(code, kind);
       this.held -= charged;
       this.reply(stream, { ...errorMessage(err), credit: charged });
     }
