@@ -7,7 +7,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { startExport, type ExportOptions, type RunningExport } from '../../src/export/index.js';
 import { encodeClientFlags, encodeGo, encodeOption, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, Opt, Rep } from '../../src/source/nbd/protocol.js';
-import { randomData, textData, writeAt, writeHoleImage } from '../helpers/images.js';
+import type { FsStore } from '../../src/store/index.js';
+import { fsStore, randomData, snap, textData, tmpDir, writeAt, writeHoleImage } from '../helpers/images.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -31,6 +32,17 @@ export function makeDisk(file: string, seed = 1): void {
   writeAt(file, 2 * MiB, Buffer.alloc(MiB));
   writeAt(file, 5 * MiB + 4 * KiB, randomData(300 * KiB, seed + 1));
   writeAt(file, SIZE - 64 * KiB, randomData(64 * KiB, seed + 2));
+}
+
+/** A fresh folder with makeDisk's image (dir/disk.img) replicated as point 1 of disk "vm" into dir/store. */
+export async function storedDisk(t: Teardown, tag: string): Promise<{ dir: string; storeDir: string; store: FsStore; image: string }> {
+  const dir = tmpDir(t, tag);
+  const storeDir = path.join(dir, 'store');
+  const store = fsStore(storeDir);
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+  return { dir, storeDir, store, image };
 }
 
 /** The change between two points: new data in some chunks, a data chunk zeroed, data written into the hole. */

@@ -7,7 +7,7 @@ import t from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { Cmd, encodeGo, encodeMetaContextQuery, encodeOption, encodeRequest, Opt, Rep, RepErr } from '../../src/source/nbd/protocol.js';
 import { fsStore, snap, tmpDir } from '../helpers/images.js';
-import { CHUNK, compare, haveTools, makeDisk, MiB, Raw, serveExport, SIZE, unixUrl } from './helpers.js';
+import { CHUNK, compare, haveTools, makeDisk, MiB, Raw, serveExport, SIZE, storedDisk, unixUrl } from './helpers.js';
 
 t.setTimeout(180_000);
 t.teardown(() => codecWorkers().close());
@@ -144,11 +144,7 @@ t.test(
   'a client gone with reads in flight: no failed request is logged, and the export serves on',
   { skip: !haveTools && 'tools missing' },
   async (t) => {
-    const dir = tmpDir(t, 'export-vanish');
-    const store = fsStore(path.join(dir, 'store'));
-    const image = path.join(dir, 'disk.img');
-    makeDisk(image);
-    await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+    const { dir, store, image } = await storedDisk(t, 'export-vanish');
     const events: Array<{ event: string; fields: Record<string, unknown> }> = [];
     const exp = await serveExport(t, dir, { store, disk: 'vm', log: (event, fields) => events.push({ event, fields }) });
     for (let i = 0; i < 5; i++) {

@@ -9,8 +9,8 @@ import { OverlayImage } from '../../src/export/overlay.js';
 import { Errno } from '../../src/export/wire.js';
 import { Cmd, encodeRequest } from '../../src/source/nbd/protocol.js';
 import { runCli } from '../helpers/cli.js';
-import { fsStore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
-import { CHUNK, haveTools, KiB, makeDisk, MiB, Raw, run, serveExport, unixUrl } from './helpers.js';
+import { fsStore, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { haveTools, KiB, MiB, Raw, run, serveExport, storedDisk, unixUrl } from './helpers.js';
 
 t.setTimeout(60_000);
 stopCodecWorkersAtEnd(t);
@@ -103,11 +103,7 @@ t.test(
   'a full overlay filesystem is ENOSPC to the client, and logged with a code',
   { skip: notRoot || (!haveTools && 'tools missing') },
   async (t) => {
-    const dir = tmpDir(t, 'overlay-enospc');
-    const store = fsStore(path.join(dir, 'store'));
-    const image = path.join(dir, 'disk.img');
-    makeDisk(image);
-    await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+    const { dir, store } = await storedDisk(t, 'overlay-enospc');
     const mnt = tmpfs(t, path.join(dir, 'mnt'), '2m');
     const overlay = path.join(mnt, 'vm.overlay');
     const logs: Array<Record<string, unknown>> = [];
@@ -166,11 +162,7 @@ t.test('a failed overlay creation leaves nothing behind, and the next start crea
 });
 
 t.test('a crash while creating an overlay leaves no file under its name', { skip: !haveTools && 'tools missing' }, async (t) => {
-  const dir = tmpDir(t, 'overlay-crash');
-  const storeDir = path.join(dir, 'store');
-  const image = path.join(dir, 'disk.img');
-  makeDisk(image);
-  await snap(fsStore(storeDir), image, 'vm', { chunkSize: CHUNK, lease: false });
+  const { dir, storeDir } = await storedDisk(t, 'overlay-crash');
   const overlay = path.join(dir, 'vm.overlay');
   const args = ['export', '--store', storeDir, '--disk', 'vm', '--writable', '--overlay', overlay, '--socket', path.join(dir, 'c.sock')];
   const r = await runCli(args, { env: { RNODE_FAILPOINT: 'overlay-header-written' }, timeoutMs: 20_000 });
