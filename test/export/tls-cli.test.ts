@@ -9,26 +9,16 @@ import t from 'tap';
 import { startExport } from '../../src/export/index.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { CLI, ensureBuilt, runCli, plainNode } from '../helpers/cli.js';
-import { fsStore, sha256File, snap, tmpDir } from '../helpers/images.js';
+import { sha256File } from '../helpers/images.js';
 import { selfSignedCert } from '../../src/testing.js';
 import { haveOpenssl } from '../helpers/tls.js';
-import { CHUNK, compare, haveTools, makeDisk, run } from './helpers.js';
+import { compare, haveTools, run, storedDisk } from './helpers.js';
 
 t.setTimeout(180_000);
 t.teardown(() => codecWorkers().close());
 
-async function storeWithDisk(t: Parameters<typeof tmpDir>[0]) {
-  const dir = tmpDir(t, 'export-tls');
-  const storeDir = path.join(dir, 'store');
-  const store = fsStore(storeDir);
-  const image = path.join(dir, 'disk.img');
-  makeDisk(image);
-  await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
-  return { dir, storeDir, store, image };
-}
-
 t.test('listening off loopback without TLS is refused', async (t) => {
-  const { store } = await storeWithDisk(t);
+  const { store } = await storedDisk(t, 'export-tls');
   for (const host of ['0.0.0.0', '::', '192.0.2.10']) {
     await t.rejects(startExport({ store, disk: 'vm', host, port: 0 }), { code: 'RNODE_EXPORT_INSECURE' }, `${host} without TLS`);
   }
@@ -38,7 +28,7 @@ t.test('listening off loopback without TLS is refused', async (t) => {
 });
 
 t.test('TLS: STARTTLS required, nbdinfo and qemu-img read through it', { skip: (!haveTools || !haveOpenssl) && 'tools missing' }, async (t) => {
-  const { dir, store, image } = await storeWithDisk(t);
+  const { dir, store, image } = await storedDisk(t, 'export-tls');
   const certs = path.join(dir, 'pki');
   fs.mkdirSync(certs);
   const c = selfSignedCert(certs);
@@ -82,7 +72,7 @@ t.test(
   { skip: !haveTools && 'tools missing' },
   async (t) => {
     ensureBuilt();
-    const { dir, storeDir, image } = await storeWithDisk(t);
+    const { dir, storeDir, image } = await storedDisk(t, 'export-tls');
     const bad = await runCli(['export', '--store', storeDir, '--disk', 'vm', '--listen', '0.0.0.0:0']);
     t.equal(bad.code, 2, 'exit 2');
     t.match(bad.stderr, /RNODE_EXPORT_INSECURE/, bad.stderr.trim());
