@@ -669,7 +669,15 @@ t.test(
     const given = run('default');
     const kept = run('keep');
     t.equal(kept.taken, true, 'glibc took the setting');
-    t.ok(kept.faults * 2 < given.faults, `reused with it: ${kept.faults} faults, without: ${given.faults} (8,192 pages in all)`);
+    t.ok(kept.faults < 8192 / 4, `reused with it: ${kept.faults} faults for 8,192 pages`);
+    // Whether glibc's default hands the blocks back depends on the heap's layout at the child's start (its path, its
+    // environment): a small live or cached block above them stops the trim, and then the default reuses them too (CI saw
+    // 170 faults without the setting). The comparison says something only when the default did give them back.
+    if (given.faults >= 8192 / 4) {
+      t.ok(kept.faults * 2 < given.faults, `with it ${kept.faults} faults, without ${given.faults}`);
+    } else {
+      t.comment(`this layout kept the blocks without the setting too (${given.faults} faults): no comparison`);
+    }
     t.throws(() => keepFreedHeap(-1), RangeError, 'a negative byte count is refused');
   },
 );
