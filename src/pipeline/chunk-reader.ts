@@ -15,7 +15,7 @@ import {
 } from './chunk-codec.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
-import { damagedIndexes, forgetChunkIndexes, locateChunk } from '../repository/index-cache.js';
+import { damagedIndexes, locateChunk } from '../repository/index-cache.js';
 import type { ChunkLocation } from '../repository/index-file.js';
 import { layout, r2 } from '../repository/names.js';
 
@@ -92,8 +92,7 @@ async function fetchBlob<T>(
   // A chunk stored more than once (a pack rewritten, two writers) is read from the next copy when one is damaged.
   let corrupt: RnodeError | undefined;
   for (let attempt = 0; attempt < 2 && !corrupt; attempt++) {
-    if (attempt) forgetChunkIndexes(store);
-    const locations = await locateChunk(store, domain, e.id!);
+    const locations = await locateChunk(store, domain, e.id!, { reload: attempt > 0 });
     for (const l of locations) {
       const key = r2.pack(domain.name, l.packId);
       // Built only for an error message: the hex of every chunk's id cost more main-thread time than its fetch.
