@@ -604,18 +604,21 @@ t.test(
   async (t) => {
     // In children: the setting is process-wide. A first 4 MiB block freed raises glibc's own threshold; then 64 x 2 MiB
     // buffers with small blocks between them are freed, which without the setting stay in the heap (they cannot be
-    // trimmed past the small ones).
+    // trimmed past the small ones). Each free is waited for by RSS, not by a sleep: a buffer's free runs after the GC,
+    // when V8's sweeper gets to it, and a 4 MiB block freed late left the threshold low (CI-like load: -4 MiB kept).
     ensureBuilt();
     const script = `
     import { allocAligned, returnLargeFreesToSystem } from ${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist', 'native', 'index.js')).href)};
     import { setTimeout as sleep } from 'node:timers/promises';
     const rss = () => process.memoryUsage().rss / 1048576;
     const taken = process.argv[1] === 'on' ? returnLargeFreesToSystem() : false;
-    let first = allocAligned(4 << 20, 4096); first = null; gc(); await sleep(10);
+    let first = allocAligned(4 << 20, 4096); const held = rss(); first = null;
+    for (let i = 0; i < 100 && rss() > held - 3; i++) { gc(); await sleep(10); }
     const before = rss();
     let big = []; const small = [];
     for (let i = 0; i < 64; i++) { big.push(allocAligned(2 << 20, 4096)); small.push(allocAligned(64, 64)); }
-    big = null; gc(); await sleep(10); gc(); await sleep(10);
+    big = null;
+    for (let i = 0; i < 100 && rss() > before + 16; i++) { gc(); await sleep(10); }
     console.log(JSON.stringify({ taken, retainedMiB: rss() - before, small: small.length }));`;
     const run = (mode: string) => inChild<{ taken: boolean; retainedMiB: number }>(script, mode);
     const off = run('off');

@@ -3,7 +3,7 @@
 // test/store and by bench/sections/clouds.ts (the tests import it as TypeScript; the bench compiles it).
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -137,5 +137,14 @@ export async function startGcsEmulator(parent = tmpdir()): Promise<RunningServer
     });`;
   // TMPDIR too: the emulator keeps every blob under os.tmpdir()/firebase/storage and never removes them (a shared
   // /tmp gathered 2.9 GB over test runs); under dir, stop() removes them with the rest.
-  return startChild('gcs emulator', ['-e', script], /GCS_PORT=(\d+)/, { ...process.env, HOME: dir, TMPDIR: dir }, dir);
+  const env = { ...process.env, HOME: dir, TMPDIR: dir };
+  // The port is free when picked, but another server started meanwhile (tests run in parallel) may take it first.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startChild('gcs emulator', ['-e', script], /GCS_PORT=(\d+)/, env, dir);
+    } catch (err) {
+      if (attempt === 3 || !/EADDRINUSE/.test((err as Error).message)) throw err;
+      await mkdir(dir, { recursive: true }); // startChild's stop() removed it
+    }
+  }
 }

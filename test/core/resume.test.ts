@@ -251,7 +251,7 @@ t.test('a resumed point counts each chunk once (the checkpoint holds only the st
   const fp = fingerprint(img);
   // Chunk 3's put is slow, so chunks after it are read and stored before the first checkpoint (nextIndex 4)
   // is taken; the second checkpoint write fails, which ends the run with that first checkpoint in place.
-  const faulty = new FaultyStore(store).addFault('put', { match: isChunk, nth: 4, delayMs: 300 }).addFault('put', {
+  const faulty = new FaultyStore(store).addFault('put', { match: isChunk, nth: 4, delayMs: 1000 }).addFault('put', {
     match: (k) => k.includes('/pending/'),
     nth: 2,
     times: Infinity,
