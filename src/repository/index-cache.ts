@@ -50,6 +50,8 @@ export async function locateChunk(store: ObjectStore, domain: Domain, id: Uint8A
     const found = index.lookup(id);
     if (found.length) return found;
   }
+  // An index that replaced the one looked in was begun after this lookup began, so after the point being read was
+  // committed: it is fresh enough (test/repository/missing-pack.test.ts holds this).
   const now = domainsOf(store).get(domain.name);
   return (await (now && now !== looked ? now : load(store, domain, index))).lookup(id);
 }

@@ -6,6 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { verify } from '../../src/jobs/verify.js';
 import { isRnodeError } from '../../src/errors.js';
+import { Domain } from '../../src/repository/domain.js';
+import { locateChunk } from '../../src/repository/index-cache.js';
 import type { ObjectStore } from '../../src/store/types.js';
 import { fingerprint, fsStore, KiB, listFiles, packFiles, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 
@@ -87,4 +89,47 @@ t.test('a chunk written after the index was loaded is still found: the index obj
   await restore(reader, 'd', 'latest', out);
   t.same(fingerprint(out), fingerprint(image), 'point 2 restores through the same store object');
   t.equal(reader.indexGets, gets + 2, 'one reload, shared by the chunks that missed (two index objects)');
+});
+
+t.test('a lookup never settles for a reload that began before it: the point it reads may be newer', async (t) => {
+  const dir = tmpDir(t, 'missing-pack');
+  const storeDir = path.join(dir, 'store');
+  const image = path.join(dir, 'disk.img');
+  const out = path.join(dir, 'out.img');
+  fs.writeFileSync(image, randomData(256 * KiB, 21));
+  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  // The reader's store holds back gets of index objects while `held` is set.
+  let held: Promise<void> | undefined;
+  const inner = fsStore(storeDir);
+  const reader = new Proxy(inner, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target);
+      if (typeof v !== 'function') return v;
+      if (prop !== 'get') return v.bind(target);
+      return async (key: string, ...rest: unknown[]) => {
+        if (key.includes('/index/') && held) await held;
+        return v.call(target, key, ...rest);
+      };
+    },
+  });
+  await restore(reader, 'd', 'latest', out); // loads the index: one index object
+
+  // Another disk's point adds an index object; a miss then starts a reload, held in its gets after its listing.
+  fs.writeFileSync(image, randomData(256 * KiB, 22));
+  await snap(fsStore(storeDir), image, 'e', { chunkSize: 64 * KiB });
+  let release!: () => void;
+  held = new Promise((r) => (release = r));
+  const early = locateChunk(reader, Domain.of(undefined), Buffer.alloc(32, 7));
+  await new Promise((r) => setTimeout(r, 100));
+
+  // Point 2 of d is committed after that listing; a restore of it begins while the reload is in flight.
+  fs.writeFileSync(image, randomData(256 * KiB, 23));
+  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  const late = restore(reader, 'd', 'latest', out);
+  await new Promise((r) => setTimeout(r, 100));
+  held = undefined;
+  release();
+  t.same(await early, [], 'the made-up chunk is nowhere');
+  await late;
+  t.same(fingerprint(out), fingerprint(image), 'point 2 restores byte-exact: its chunks were looked up in a newer listing');
 });
