@@ -101,29 +101,63 @@ function copyInto(src: Uint8Array, from: number, dst: Uint8Array, to: number, n:
   for (let k = 0; k < n; k++) dst[to + k] = src[from + k];
 }
 
+/** Entries handled between two looks at the clock while the columns are sorted in slices. */
+const SLICE_ENTRIES = 16_384;
+/**
+ * How long one slice of a load may hold the event loop: an agent's heartbeats, a serve node's acks and the other jobs
+ * of the process wait on it (a million entries sorted at once held it 1.3-1.9 s, and the Management Server gave the
+ * agent's jobs to another node).
+ */
+const SLICE_MS = 10;
+
+/** Runs the sort to its end at once: for a ChunkIndex made of locations already in memory. */
+function columnsOf(parts: readonly IndexPart[]): Columns {
+  const steps = sortColumns(parts);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/** Runs the sort in slices of at most SLICE_MS, with the event loop let in between. */
+async function columnsInSlices(parts: readonly IndexPart[]): Promise<Columns> {
+  const steps = sortColumns(parts);
+  let sliceStart = performance.now();
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    if (performance.now() - sliceStart >= SLICE_MS) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      sliceStart = performance.now();
+    }
+  }
+}
+
 /**
  * Sorts the entries of checked index bodies by id into columns, with no object per entry. The order is found first:
- * a radix sort on the ids' first four bytes, then whole ids within the rare runs that share them.
+ * a radix sort on the ids' first four bytes, then whole ids within the rare runs that share them. Yields after every
+ * SLICE_ENTRIES entries of each pass, so that a caller can let the event loop in.
  */
-function columnsOf(parts: readonly IndexPart[]): Columns {
+function* sortColumns(parts: readonly IndexPart[]): Generator<void, Columns, void> {
   let n = 0;
   for (const p of parts) n += p.body.readUInt32LE(0);
   const part = new Uint32Array(n);
   const at = new Uint32Array(n);
   const prefix = new Uint32Array(n);
   let i = 0;
-  parts.forEach((p, k) => {
-    for (let o = 4; o < p.body.length; o += INDEX_ENTRY_BYTES, i++) {
+  for (let k = 0; k < parts.length; k++) {
+    const b = parts[k].body; // an index object: at most a few 10,000 entries
+    for (let o = 4; o < b.length; o += INDEX_ENTRY_BYTES, i++) {
       part[i] = k;
       at[i] = o;
-      const b = p.body;
       const d = o + OBJECT_ID_BYTES;
       prefix[i] = ((b[d] << 24) | (b[d + 1] << 16) | (b[d + 2] << 8) | b[d + 3]) >>> 0;
     }
-  });
-  const order = keyOrder(prefix);
+    yield;
+  }
+  const order = yield* keyOrder(prefix);
   const idAt = (x: number) => at[x] + OBJECT_ID_BYTES;
-  for (let s = 0; s < n;) {
+  for (let s = 0, sinceYield = 0; s < n;) {
     let e = s + 1;
     while (e < n && prefix[order[e]] === prefix[order[s]]) e++;
     if (e - s > 1) {
@@ -131,7 +165,12 @@ function columnsOf(parts: readonly IndexPart[]): Columns {
         .subarray(s, e)
         .sort((x, y) => parts[part[x]].body.compare(parts[part[y]].body, idAt(y), idAt(y) + CHUNK_ID_BYTES, idAt(x), idAt(x) + CHUNK_ID_BYTES));
     }
+    sinceYield += e - s;
     s = e;
+    if (sinceYield >= SLICE_ENTRIES) {
+      sinceYield = 0;
+      yield;
+    }
   }
   const c: Columns = {
     count: n,
@@ -144,19 +183,22 @@ function columnsOf(parts: readonly IndexPart[]): Columns {
     xxh: new BigUint64Array(n),
     source: new Uint32Array(n),
   };
-  for (let j = 0; j < n; j++) {
-    const x = order[j];
-    const { body: b, source } = parts[part[x]];
-    const o = at[x];
-    const e = o + OBJECT_ID_BYTES;
-    copyInto(b, o, c.packs, j * OBJECT_ID_BYTES, OBJECT_ID_BYTES);
-    copyInto(b, e, c.ids, j * CHUNK_ID_BYTES, CHUNK_ID_BYTES);
-    c.offset[j] = b.readUInt32LE(e + 32);
-    c.length[j] = b.readUInt32LE(e + 36);
-    c.plain[j] = b.readUInt32LE(e + 40);
-    c.codecFlags[j] = b[e + 44] | (b[e + 45] << 8);
-    c.xxh[j] = b.readBigUInt64LE(e + 48);
-    c.source[j] = source;
+  for (let s = 0; s < n; s += SLICE_ENTRIES) {
+    for (let j = s; j < Math.min(n, s + SLICE_ENTRIES); j++) {
+      const x = order[j];
+      const { body: b, source } = parts[part[x]];
+      const o = at[x];
+      const e = o + OBJECT_ID_BYTES;
+      copyInto(b, o, c.packs, j * OBJECT_ID_BYTES, OBJECT_ID_BYTES);
+      copyInto(b, e, c.ids, j * CHUNK_ID_BYTES, CHUNK_ID_BYTES);
+      c.offset[j] = b.readUInt32LE(e + 32);
+      c.length[j] = b.readUInt32LE(e + 36);
+      c.plain[j] = b.readUInt32LE(e + 40);
+      c.codecFlags[j] = b[e + 44] | (b[e + 45] << 8);
+      c.xxh[j] = b.readBigUInt64LE(e + 48);
+      c.source[j] = source;
+    }
+    yield;
   }
   return c;
 }
@@ -171,9 +213,9 @@ const POSITIONS = 2 ** 21;
 
 /**
  * The positions of keys in ascending order, stable: two passes of a 16-bit LSD radix sort (linear), or for few
- * keys a native sort of each key with its position packed into one double.
+ * keys a native sort of each key with its position packed into one double (a few ms: no slices).
  */
-function keyOrder(keys: Uint32Array): Uint32Array {
+function* keyOrder(keys: Uint32Array): Generator<void, Uint32Array, void> {
   const n = keys.length;
   if (n < FEW_KEYS) {
     const packed = new Float64Array(n);
@@ -188,11 +230,17 @@ function keyOrder(keys: Uint32Array): Uint32Array {
   for (let i = 0; i < n; i++) order[i] = i;
   for (const shift of [0, 16]) {
     const start = new Uint32Array(65537);
-    for (let i = 0; i < n; i++) start[((keys[i] >>> shift) & 0xffff) + 1]++;
+    for (let s = 0; s < n; s += SLICE_ENTRIES) {
+      for (let i = s; i < Math.min(n, s + SLICE_ENTRIES); i++) start[((keys[i] >>> shift) & 0xffff) + 1]++;
+      yield;
+    }
     for (let k = 0; k < 65536; k++) start[k + 1] += start[k];
-    for (let i = 0; i < n; i++) {
-      const x = order[i];
-      next[start[(keys[x] >>> shift) & 0xffff]++] = x;
+    for (let s = 0; s < n; s += SLICE_ENTRIES) {
+      for (let i = s; i < Math.min(n, s + SLICE_ENTRIES); i++) {
+        const x = order[i];
+        next[start[(keys[x] >>> shift) & 0xffff]++] = x;
+      }
+      yield;
     }
     [order, next] = [next, order];
   }
@@ -220,15 +268,16 @@ export class ChunkIndex {
   /** Index objects load() left out because they failed their checksum (skipDamaged): their errors. */
   readonly damaged: RnodeError[] = [];
 
-  constructor(locations: readonly ChunkLocation[] = [], indexIds: ObjectId[] = [], parts?: readonly IndexPart[]) {
+  constructor(locations: readonly ChunkLocation[] = [], indexIds: ObjectId[] = [], columns?: Columns) {
     this.indexIds = indexIds;
-    this.#c = columnsOf(parts ?? partsOf(locations, indexIds));
+    this.#c = columns ?? columnsOf(partsOf(locations, indexIds));
   }
 
   /**
    * Reads every index object of the domain (a few in flight at once). Their bodies are checked and kept as they come
    * (80 bytes an entry), then sorted into the columns with no object per entry: a domain of a million chunks loads in
-   * about a second, without a transient heap of hundreds of MiB.
+   * about a second, without a transient heap of hundreds of MiB, in slices of at most SLICE_MS with the event loop let
+   * in between.
    * skipDamaged: an index object that fails its checksum (MANIFEST_CORRUPT: an unencrypted domain) is left out, and
    * listed in damaged, instead of failing the load. For readers: one damaged index then costs the chunks only it
    * locates, not every point of every disk of the repository. One that fails authentication (METADATA_FORGED: an
@@ -261,7 +310,7 @@ export class ChunkIndex {
     };
     const damaged: RnodeError[] = [];
     await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker));
-    const index = new ChunkIndex([], ids, parts);
+    const index = new ChunkIndex([], ids, await columnsInSlices(parts));
     index.damaged.push(...damaged);
     return index;
   }
