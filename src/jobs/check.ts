@@ -9,9 +9,9 @@ import { copyBytes } from '../native/index.js';
 import { decodeBlobInto, newReadSlot, recycleReadSlot, withWorkerDomain, type ReadSlot } from '../pipeline/chunk-codec.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
-import { ChunkIndex, decodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
+import { ChunkIndex, listIndexIds, openIndex, type ChunkLocation, type IndexPart } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.js';
-import { decodePack, readPackTrailer, type BlobEntry } from '../repository/pack.js';
+import { BLOB_ENTRY_BYTES, blobEntryAt, decodePack, encodeTrailerBody, readPackTrailer, type BlobEntry } from '../repository/pack.js';
 import {
   checkKeyOpensOne,
   listDomains,
@@ -170,9 +170,12 @@ interface DomainScope {
   c: DomainCheck;
   report: (err: unknown) => void;
   signal?: AbortSignal;
-  /** Index objects read so far (their ids, and their entries in order). */
+  /**
+   * Index objects read so far: their ids, and the bodies of those that opened (80 bytes an entry, no object each: a
+   * million chunks were 555 MB as one ChunkLocation each), until the ChunkIndex is made of them.
+   */
   indexIds: ObjectId[];
-  locations: ChunkLocation[];
+  parts: IndexPart[];
   /** Packs and index objects listed but gone when read (a concurrent prune deleted them). */
   vanishedPacks: Set<ObjectId>;
   vanishedIndexes: Set<ObjectId>;
@@ -183,8 +186,55 @@ interface DomainScope {
 /** A listed object whose read found it gone: deleted since the listing (the store is read-after-write consistent). */
 const isGone = (err: unknown) => isRnodeError(err, ErrorCodes.STORE_NOT_FOUND);
 
-/** Pack id -> its trailer's entries by offset; undefined for a pack whose trailer was reported unreadable. */
-type Trailers = Map<ObjectId, Map<number, BlobEntry> | undefined>;
+/** What the index says of a trailer's entry: an index entry names it (INDEXED), and one also matches it (GOOD). */
+const INDEXED = 1;
+const GOOD = 3;
+
+/**
+ * A pack's trailer entries kept compact: their 64-byte records in offset order, with no object each (a store of a
+ * million chunks has a million), and one mark per entry for what the index says of it.
+ */
+class PackTrailer {
+  readonly count: number;
+  readonly #records: Buffer;
+  readonly marks: Uint8Array;
+
+  constructor(entries: readonly BlobEntry[]) {
+    this.count = entries.length;
+    this.#records = encodeTrailerBody(entries);
+    this.marks = new Uint8Array(entries.length);
+  }
+
+  #offset(i: number): number {
+    return this.#records.readUInt32LE(4 + i * BLOB_ENTRY_BYTES + 32);
+  }
+
+  /** The position of the entry at offset, or -1 (offsets ascend: decodeTrailerBody checks it). */
+  find(offset: number): number {
+    let lo = 0;
+    let hi = this.count;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.#offset(mid) < offset) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < this.count && this.#offset(lo) === offset ? lo : -1;
+  }
+
+  entry(i: number): BlobEntry {
+    return blobEntryAt(this.#records, 4 + i * BLOB_ENTRY_BYTES);
+  }
+}
+
+/** Pack id -> its trailer; undefined for a pack whose trailer was reported unreadable. */
+type Trailers = Map<ObjectId, PackTrailer | undefined>;
+
+/** Whether a location is one its pack's trailer confirms (matchIndexToTrailers marked it). */
+function isGood(trailers: Trailers, l: ChunkLocation): boolean {
+  const t = trailers.get(l.packId);
+  const i = t ? t.find(l.entry.offset) : -1;
+  return i >= 0 && t!.marks[i] === GOOD;
+}
 
 async function checkDomain(
   store: ObjectStore,
@@ -232,7 +282,7 @@ async function checkDomain(
     report,
     signal,
     indexIds: [],
-    locations: [],
+    parts: [],
     vanishedPacks: new Set(),
     vanishedIndexes: new Set(),
     damaged: new Map(),
@@ -250,27 +300,28 @@ async function checkDomain(
     const fresh = await readTrailers(scope, trailers);
     if (readData) await readBlobs(scope, trailers, fresh);
   }
-  const index = new ChunkIndex(scope.locations, scope.indexIds);
+  const index = await ChunkIndex.fromParts(scope.indexIds, scope.parts);
+  scope.parts = []; // the index holds its own copy: the bodies are not kept while the points are read
   c.indexObjects = scope.indexIds.length;
-  c.indexEntries = scope.locations.length;
+  c.indexEntries = index.size;
   c.packs = trailers.size;
   c.removedDuringCheck.packs = scope.vanishedPacks.size;
   c.removedDuringCheck.indexObjects = scope.vanishedIndexes.size;
-  const good = matchIndexToTrailers(scope, index, trailers);
-  await checkPointReferences(scope, index, good);
+  matchIndexToTrailers(scope, index, trailers);
+  await checkPointReferences(scope, index, trailers);
   if (repair && scope.damaged.size > 0) c.repair = await repairDomain({ store, domain, damaged: scope.damaged });
   return c;
 }
 
 /** Every index object not read yet, each on its own so one bad object does not hide the others. */
-async function readIndexes({ store, name, domain, report, indexIds, locations, vanishedIndexes }: DomainScope): Promise<void> {
+async function readIndexes({ store, name, domain, report, indexIds, parts, vanishedIndexes }: DomainScope): Promise<void> {
   const known = new Set(indexIds);
   for (const id of await listIndexIds(store, name)) {
     if (known.has(id) || vanishedIndexes.has(id)) continue;
     try {
-      const entries = decodeIndex(await store.get(r2.index(name, id)), domain, id);
+      const body = openIndex(await store.get(r2.index(name, id)), domain, id);
       indexIds.push(id);
-      for (const l of entries) locations.push(l);
+      parts.push({ body, source: indexIds.length });
     } catch (err) {
       if (isGone(err))
         vanishedIndexes.add(id); // merged by a prune's index compaction since the listing
@@ -291,7 +342,7 @@ async function readTrailers({ store, name, domain, report, signal, vanishedPacks
     if (h?.kind !== 'pack' || h.domain !== name || trailers.has(h.id) || vanishedPacks.has(h.id)) continue;
     try {
       const { entries } = await readPackTrailer(store, name, h.id, domain.key);
-      trailers.set(h.id, new Map(entries.map((e) => [e.offset, e])));
+      trailers.set(h.id, new PackTrailer(entries));
       read.push(h.id);
     } catch (err) {
       if (isGone(err)) {
@@ -305,10 +356,8 @@ async function readTrailers({ store, name, domain, report, signal, vanishedPacks
   return read;
 }
 
-/** Index entries against pack trailers: a location is good when its pack's trailer has the same entry. Returns the good `pack:offset`s. */
-function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkIndex, trailers: Trailers): Set<string> {
-  const good = new Set<string>();
-  const indexed = new Set<string>();
+/** Index entries against pack trailers: a location is good when its pack's trailer has the same entry (marked GOOD there). */
+function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkIndex, trailers: Trailers): void {
   for (const l of index.locations()) {
     if (!trailers.has(l.packId)) {
       c.danglingIndexEntries++;
@@ -316,10 +365,10 @@ function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkInde
     }
     const t = trailers.get(l.packId);
     if (!t) continue; // its trailer was reported
-    const e = t.get(l.entry.offset);
+    const i = t.find(l.entry.offset);
     const where = r2.index(name, l.indexId ?? '0'.repeat(32));
-    indexed.add(`${l.packId}:${l.entry.offset}`);
-    if (!e || !sameEntry(e, l.entry)) {
+    if (i >= 0) t.marks[i] |= INDEXED;
+    if (i < 0 || !sameEntry(t.entry(i), l.entry)) {
       report(
         new RnodeError(
           ErrorCodes.MANIFEST_CORRUPT,
@@ -330,10 +379,9 @@ function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkInde
       );
       continue;
     }
-    good.add(`${l.packId}:${l.entry.offset}`);
+    t.marks[i] = GOOD;
   }
-  for (const [id, t] of trailers) for (const off of t?.keys() ?? []) if (!indexed.has(`${id}:${off}`)) c.unindexedBlobs++;
-  return good;
+  for (const t of trailers.values()) for (const mark of t?.marks ?? []) if (mark === 0) c.unindexedBlobs++;
 }
 
 /**
@@ -343,7 +391,7 @@ function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkInde
 async function checkPointReferences(
   { store, name, domain, c, report, signal, vanishedPacks }: DomainScope,
   index: ChunkIndex,
-  good: Set<string>,
+  trailers: Trailers,
 ): Promise<void> {
   for (const d of (await listV2Disks(store, name)).values()) {
     c.disks++;
@@ -375,7 +423,7 @@ async function checkPointReferences(
           if (!referencesChunk(e)) continue;
           c.chunksReferenced++;
           const copies = index.lookup(e.id!);
-          if (!copies.some((l) => good.has(`${l.packId}:${l.entry.offset}`))) {
+          if (!copies.some((l) => isGood(trailers, l))) {
             const gone = copies.find((l) => vanishedPacks.has(l.packId));
             report(
               new RnodeError(
@@ -443,7 +491,8 @@ async function readBlobs(
         } else report(err);
         continue;
       }
-      for (const e of t.values()) {
+      for (let i = 0; i < t.count; i++) {
+        const e = t.entry(i);
         c.blobsRead++;
         c.bytesRead += e.length;
         if (!slot || e.plainLength > slotPlain || e.length > slot.object.length) {

@@ -54,7 +54,7 @@ function badIndex(domain: Domain, indexId: ObjectId): (why: string) => RnodeErro
 }
 
 /** Opens an index object and checks every entry; returns its body (u32 count, then the entries). */
-function openIndex(b: Buffer, domain: Domain, indexId: ObjectId): Buffer {
+export function openIndex(b: Buffer, domain: Domain, indexId: ObjectId): Buffer {
   const body = openEnvelope(b, EnvelopeKind.INDEX, envelopeContext.index(domain.name, indexId), r2.index(domain.name, indexId), domain.key);
   const bad = badIndex(domain, indexId);
   if (body.length < 4) throw bad('truncated');
@@ -78,7 +78,7 @@ export async function listIndexIds(store: ObjectStore, domain: string): Promise<
 }
 
 /** Index bodies (u32 count, then entries) with the source of their entries: 1 + the index of their index id, or 0. */
-interface IndexPart {
+export interface IndexPart {
   body: Buffer;
   source: number;
 }
@@ -310,9 +310,14 @@ export class ChunkIndex {
     };
     const damaged: RnodeError[] = [];
     await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker));
-    const index = new ChunkIndex([], ids, await columnsInSlices(parts));
+    const index = await ChunkIndex.fromParts(ids, parts);
     index.damaged.push(...damaged);
     return index;
+  }
+
+  /** A ChunkIndex of opened index bodies (openIndex), sorted in slices; a part's source names its id in indexIds. */
+  static async fromParts(indexIds: ObjectId[], parts: readonly IndexPart[]): Promise<ChunkIndex> {
+    return new ChunkIndex([], indexIds, await columnsInSlices(parts));
   }
 
   /** Entries loaded from the store (not counting those added since). */
