@@ -31,6 +31,11 @@ export const ErrorCodes = {
   METADATA_FORGED: 'RNODE_METADATA_FORGED',
   /** Prune's marks are older than a generation a checkpoint or manifest recorded: an older marks object was put back. */
   PRUNE_MARKS_REPLAYED: 'RNODE_PRUNE_MARKS_REPLAYED',
+  /**
+   * A legacy point written after its disk was upgraded to repository v2 (by an rnode from before v2, which sees only
+   * the legacy points): its number may be a v2 point's, and no reader can tell which one a caller means.
+   */
+  LEGACY_AFTER_UPGRADE: 'RNODE_LEGACY_AFTER_UPGRADE',
   POINT_NOT_FOUND: 'RNODE_POINT_NOT_FOUND',
   DISK_NOT_FOUND: 'RNODE_DISK_NOT_FOUND',
   // encryption (exit 2: each is fixed by passing the right --encryption-key-file)

@@ -22,6 +22,7 @@ import {
   explainNoPoints,
   listDomains,
   listLegacyPointSeqs,
+  refuseLegacyAfterUpgrade,
   listV2Disk,
   listV2Disks,
   listV2PointSeqs,
@@ -834,6 +835,8 @@ async function retainDisk(
   const v2 = domain ? await listV2PointSeqs(store, disk, domain.key) : [];
   // Why there is nothing, as the readers say it: a wrong key or one given to a plain disk is not a missing disk.
   if (legacy.length === 0 && v2.length === 0) await explainNoPoints(store, disk, key);
+  // Before anything is deleted: a legacy point an old rnode wrote after the upgrade would be counted with, or as, a v2 point.
+  refuseLegacyAfterUpgrade(disk, legacy, v2);
   const all = [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
   const keepSet = new Set(all.slice(-keep));
   const out = { kept: all.filter((s) => keepSet.has(s)), deleted: all.filter((s) => !keepSet.has(s)), chunksDeleted: 0, objectsDeleted: 0 };
@@ -847,7 +850,16 @@ async function retainDisk(
     if (legacy.length > 0) {
       const r =
         legacyKeep > 0
-          ? await pruneLegacy({ store, disk, keep: legacyKeep, encryption: key, concurrency: opts.concurrency, lease: false, signal: opts.signal })
+          ? await pruneLegacy({
+              store,
+              disk,
+              keep: legacyKeep,
+              encryption: key,
+              concurrency: opts.concurrency,
+              lease: false,
+              signal: opts.signal,
+              newestOfDisk: all[all.length - 1],
+            })
           : await dropLegacyPoints(store, disk, key, opts.concurrency);
       out.chunksDeleted += r.chunksDeleted;
       out.objectsDeleted += r.objectsDeleted;

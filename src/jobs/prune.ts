@@ -1,7 +1,7 @@
 // Retention: keep the newest N points, delete the rest and every chunk no kept point references.
 // Order makes every crash safe to re-run: (1) the oldest kept point K is rebased onto a standalone table,
 // (2) older manifests are deleted newest first, (3) chunk objects older than K that K's view does not use are
-// swept, (4) stale tables and checkpoints go. Kept points never need a pruned point's data.
+// swept, (4) stale tables and checkpoints go (up to the disk's newest point, v2 included). Kept points never need a pruned point's data.
 // An encrypted disk is pruned only with its key: the rebase writes authenticated tables and a manifest (MACs need
 // the key), and the sweep trusts K's table only once its MACs check, so a forged table cannot make prune delete
 // live chunks. The encryption marker is never deleted.
@@ -37,6 +37,11 @@ export interface PruneOptions {
   lease?: LeaseOptions | false;
   /** Stops between steps and between deletes, where a crash is safe too: the next prune continues. */
   signal?: AbortSignal;
+  /**
+   * The disk's newest point of either format (retainDisk), when it has v2 points. A legacy checkpoint or dead
+   * attempt at or below it is an old rnode's run that never committed: stale, though above the newest legacy point.
+   */
+  newestOfDisk?: number;
 }
 
 /** Retention of a disk's legacy points only (prune-v2.ts `prune` is the entry that handles both formats). */
@@ -60,6 +65,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const deleted = seqs.slice(0, seqs.length - kept.length);
   const oldest = kept[0];
   const latest = seqs[seqs.length - 1];
+  const newest = Math.max(latest, opts.newestOfDisk ?? latest);
 
   const key = opts.encryption;
   const marker = await readDiskMarker(store, disk, key);
@@ -94,7 +100,7 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
       const c = parseChunkKey(o.key);
       if (!c) continue;
       if (c.writer >= oldest) {
-        if (!committed.has(c.writer) && c.writer <= latest) yield o.key; // a dead attempt
+        if (!committed.has(c.writer) && c.writer <= newest) yield o.key; // a dead attempt
         continue;
       }
       const e = await lookup.find(c.index);
@@ -116,10 +122,10 @@ async function pruneLeased(opts: PruneOptions): Promise<PruneResult> {
   const liveSegments = new Set<string>();
   for (const s of kept) for (const ref of (await loadPoint(store, disk, s)).table.segments) liveSegments.add(ref.key);
   const staleTables = async function* () {
-    for await (const o of store.list(layout.allTablesPrefix(disk))) if (!liveSegments.has(o.key) && isStaleTable(o.key, latest)) yield o.key;
+    for await (const o of store.list(layout.allTablesPrefix(disk))) if (!liveSegments.has(o.key) && isStaleTable(o.key, newest)) yield o.key;
     for await (const o of store.list(layout.pendingPrefix(disk))) {
       const h = classify(o.key);
-      if (h?.kind === 'legacy-pending' && h.point <= latest) yield o.key;
+      if (h?.kind === 'legacy-pending' && h.point <= newest) yield o.key;
     }
   };
   await forEachBounded(

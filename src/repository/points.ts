@@ -35,9 +35,32 @@ export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Pro
   return seqs.sort((a, b) => a - b);
 }
 
+/** Both formats' points of the disk in one sequence (refuseLegacyAfterUpgrade first: no number means two points). */
 export async function listPointSeqs(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<number[]> {
   const [legacy, v2] = await Promise.all([listLegacyPointSeqs(store, disk), listV2PointSeqs(store, disk, key)]);
+  refuseLegacyAfterUpgrade(disk, legacy, v2);
   return [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
+}
+
+/**
+ * Refuses a disk with a legacy point at or above its first v2 point. rnode never writes a legacy point once a disk
+ * has v2 points, but an rnode from before v2 lists only the legacy ones and numbers its next point after them: that
+ * point may take a v2 point's number, and a reader would silently show one of the two. Every reader and prune fail
+ * on it, deleting nothing, until the old node is upgraded and its point is dealt with.
+ */
+export function refuseLegacyAfterUpgrade(disk: string, legacy: number[], v2: number[]): void {
+  if (v2.length === 0) return;
+  const upgradedAt = v2[0];
+  const late = legacy.filter((s) => s >= upgradedAt);
+  if (late.length === 0) return;
+  throw new RnodeError(
+    ErrorCodes.LEGACY_AFTER_UPGRADE,
+    `disk ${disk} has legacy point${late.length > 1 ? 's' : ''} ${late.join(', ')} (${late.map((s) => layout.point(disk, s)).join(', ')}), ` +
+      `written by an rnode older than repository v2 after the disk was upgraded to v2 at point ${upgradedAt}: ` +
+      `upgrade rnode on every node that replicates this disk; restore ${late.length > 1 ? 'those points' : 'that point'} with the older rnode if needed, ` +
+      `then delete ${late.length > 1 ? 'their manifests' : 'its manifest'} so the disk can be read and pruned again`,
+    { details: { disk, legacyPoints: late, firstV2Point: upgradedAt } },
+  );
 }
 
 /** A v2 point of the disk in the key's domain; POINT_NOT_FOUND when it has no such manifest. */

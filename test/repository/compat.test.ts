@@ -185,3 +185,67 @@ t.test('disks lists the disks of a store: legacy and v2 points together, keyed v
   fs.mkdirSync(empty);
   t.match((await runCli(['disks', '--store', empty])).stdout, /^the store holds no disks$/m);
 });
+
+// Bug: an rnode from before v2 sees only a disk's legacy points, so after today's build upgraded the disk (v2 point 2)
+// it wrote its own "point 2". points hid it, recover returned the v2 point's bytes with exit 0, check said ok, and
+// prune --keep 1 deleted legacy point 1's manifest, then failed on every run decoding a v2 table as a legacy one.
+t.test('a legacy point an older rnode writes after the upgrade is refused by readers and prune, which deletes nothing', async (t) => {
+  const { dir, storeDir } = copyFixture(t);
+  const legacyArea = path.join(storeDir, 'disks', 'plain-disk');
+  const oldPoint2 = path.join(legacyArea, 'points', '0000000002.json');
+  const oldBytes = fs.readFileSync(oldPoint2);
+  fs.rmSync(oldPoint2); // the store as the old node left it after its point 1
+  const img = path.join(dir, 'img');
+  const data = legacyImage(1);
+  data.fill(7, 300000, 300100);
+  fs.writeFileSync(img, data);
+  const upgraded = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'plain-disk', '--json']);
+  t.equal(upgraded.code, 0, upgraded.stderr);
+  t.match(json(upgraded), { point: 2, fullReason: 'repository format upgraded' });
+  fs.writeFileSync(oldPoint2, oldBytes); // the old node's next run: legacy "point 2" on top of its point 1
+
+  const before = listFiles(storeDir).filter((f) => !f.endsWith('lease.json'));
+  const out = path.join(dir, 'out.img');
+  for (const args of [
+    ['points', '--store', storeDir, '--disk', 'plain-disk'],
+    ['recover', '--store', storeDir, '--disk', 'plain-disk', '--point', '2', '--out', out],
+    ['recover', '--store', storeDir, '--disk', 'plain-disk', '--out', out],
+    ['verify', '--store', storeDir, '--disk', 'plain-disk', '--point', 'all'],
+    ['prune', '--store', storeDir, '--disk', 'plain-disk', '--keep', '1'],
+    ['prune', '--store', storeDir, '--disk', 'plain-disk', '--keep', '1'],
+    ['replicate', '--source', img, '--target', storeDir, '--disk', 'plain-disk'],
+  ]) {
+    const r = await runCli(args);
+    t.equal(r.code, 1, `${args[0]}: exit 1`);
+    t.match(r.stderr, /RNODE_LEGACY_AFTER_UPGRADE.*legacy point 2 .*upgrade rnode/, `${args[0]}: says why and what to do`);
+  }
+  t.notOk(fs.existsSync(out), 'recover wrote no image');
+  const c = await runCli(['check', '--store', storeDir, '--json']);
+  t.equal(c.code, 1, 'check fails');
+  t.equal(json(c).ok, false);
+  t.match(json(c).problems, [{ code: 'RNODE_LEGACY_AFTER_UPGRADE' }]);
+  t.same(
+    listFiles(storeDir).filter((f) => !f.endsWith('lease.json')),
+    before,
+    'nothing was deleted or written',
+  );
+
+  // Done as the sentence says (the old point restored with the old build if needed): its manifest goes. Its tables,
+  // chunk objects and a checkpoint the old node left (a run killed before its commit) are then a dead attempt below
+  // the disk's newest point, and prune removes them while keeping legacy point 1 and v2 point 2.
+  fs.rmSync(oldPoint2);
+  fs.mkdirSync(path.join(legacyArea, 'pending'), { recursive: true });
+  fs.writeFileSync(path.join(legacyArea, 'pending', '0000000002.json'), '{}');
+  const p = await runCli(['prune', '--store', storeDir, '--disk', 'plain-disk', '--keep', '2', '--json']);
+  t.equal(p.code, 0, p.stderr);
+  t.same(json(p).kept, [1, 2]);
+  t.same(
+    listFiles(legacyArea).filter((f) => /\/0000000002/.test(f)),
+    [],
+    "the old run's checkpoint, tables and chunk objects are gone",
+  );
+  const store = fsStore(storeDir);
+  await expectRestore(t, store, 'plain-disk', 1, { size: 512 * 1024, sha256: SHA[0] }, dir, 'legacy point 1');
+  const want = { size: data.length, sha256: crypto.createHash('sha256').update(data).digest('hex') };
+  await expectRestore(t, store, 'plain-disk', 2, want, dir, 'v2 point 2');
+});
