@@ -14,7 +14,7 @@ import { checkArrivingChunkInto, checkStoredChunkInto, newReadSlot, type ReadSlo
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { MIN_CHUNK_SIZE } from '../pipeline/grid.js';
 import { classify, layout, PLAIN_DOMAIN, r2, type KeyHandle } from '../repository/names.js';
-import { decodeClaim } from '../repository/claims.js';
+import { decodeClaim, readClaim } from '../repository/claims.js';
 import type { BlobEntry } from '../repository/pack.js';
 import type { ObjectStore } from '../store/types.js';
 import { TransportErrorCodes } from '../transport/errors.js';
@@ -106,9 +106,11 @@ export class ObjectValidator implements ObjectChecks {
           decodeSegment(p.data, p.key, 'any');
           break;
         case 'legacy-manifest':
+          await this.refuseLegacyPointOfV2Disk(p.key, k.disk);
           await this.checkManifest(p, k);
           break;
         case 'legacy-pending':
+          await this.refuseLegacyPointOfV2Disk(p.key, k.disk);
           checkPending(p.data, p.key, k);
           break;
         case 'lease':
@@ -197,6 +199,21 @@ export class ObjectValidator implements ObjectChecks {
     } finally {
       pool.release(slot);
     }
+  }
+
+  /**
+   * A legacy point or checkpoint for a disk that has v2 points (or a v2 run under way) comes from an rnode older than
+   * repository v2, which sees only the legacy points: stored, it would number a point after them (maybe a v2 point's
+   * number), or start a second disk of the same id beside an encrypted one. Every disk with v2 points has a claim,
+   * written before its first commit, whatever its key; its name needs no key.
+   */
+  private async refuseLegacyPointOfV2Disk(key: string, disk: string): Promise<void> {
+    if (!(await readClaim(this.store, disk))) return;
+    throw rejected(
+      `${key} is a legacy point object from an rnode older than repository v2, but disk ${disk} is in the v2 format on ` +
+        `this node: upgrade rnode on the sending node and replicate again; it was not stored`,
+      { key, kind: 'legacy-point', disk },
+    );
   }
 
   private async checkManifest(p: PutCheck, k: Extract<KeyInfo, { kind: 'legacy-manifest' }>): Promise<void> {

@@ -7,6 +7,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import WebSocket from 'ws';
+import { EncryptionKey } from '../../src/crypto/keys.js';
 import { xxh64 } from '../../src/format/checksum.js';
 import { encodeChunkHeader } from '../../src/format/chunk.js';
 import { Codec } from '../../src/format/codecs.js';
@@ -229,4 +230,50 @@ t.test('a stalled peer (reads nothing, answers no ping) is dropped after the idl
   while (server.stats.sessions > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
   t.equal(server.stats.sessions, 0, `the stalled session was dropped after ${Date.now() - t0} ms`);
   ws.terminate();
+});
+
+// Bug: a sender of the release before repository v2 sees only a disk's legacy points. The node stored its legacy
+// checkpoint and point 1 for a disk that already had v2 points, an encrypted one included (acked, exit 0): one disk
+// id then held two different disks. Now both are refused, telling the sender to upgrade, and nothing is stored.
+t.test('a legacy point or checkpoint for a disk in the v2 format is refused: upgrade the sender; nothing stored', async (t) => {
+  const dir = tmpDir(t, 'ws-legacy-v2');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 7));
+  const { url, storeDir } = await startNode(t, dir);
+  const rs = remote(t, url);
+  const fixture = path.join(import.meta.dirname ?? path.dirname(new URL(import.meta.url).pathname), '..', 'fixtures', 'legacy-store');
+  const key = EncryptionKey.fromBytes(randomData(32, 8));
+  await snap(rs, img, 'plain-disk', { chunkSize: CHUNK });
+  await snap(rs, img, 'enc-disk', { chunkSize: CHUNK, encryption: key });
+  const pending = (disk: string) =>
+    Buffer.from(
+      JSON.stringify({
+        format: 'rnode-pending',
+        disk,
+        point: 1,
+        parent: null,
+        diskSize: 512 * KiB,
+        chunkSize: CHUNK,
+        records: 0,
+        nextIndex: 0,
+        segments: [],
+      }),
+    );
+  for (const disk of ['plain-disk', 'enc-disk']) {
+    const table = `disks/${disk}/tables/0000000001/g0000-00000000`;
+    await rs.put(table, fs.readFileSync(path.join(fixture, table))); // a table alone commits nothing
+    const why = { code: TransportErrorCodes.REJECTED, message: /older than repository v2.*upgrade rnode on the sending node/ };
+    await t.rejects(rs.put(`disks/${disk}/pending/0000000001.json`, pending(disk)), why, `${disk}: legacy checkpoint refused`);
+    const manifest = `disks/${disk}/points/0000000001.json`;
+    await t.rejects(rs.put(manifest, fs.readFileSync(path.join(fixture, manifest)), { ifNoneMatch: true }), why, `${disk}: legacy point refused`);
+    t.same(
+      listFiles(path.join(storeDir, 'disks', disk)).filter((f) => /^(points|pending)\//.test(f)),
+      [],
+      `${disk}: neither was stored`,
+    );
+  }
+  t.same(await listPointSeqs(fsStore(storeDir), 'plain-disk'), [1], 'the disk holds its v2 point only');
+  // A disk with legacy points only (no claim) still takes an old sender's objects.
+  await rs.put('disks/old-disk/pending/0000000001.json', pending('old-disk'));
+  t.ok(fs.existsSync(path.join(storeDir, 'disks', 'old-disk', 'pending', '0000000001.json')), 'a legacy-only disk takes its checkpoint');
 });
