@@ -11,6 +11,7 @@ import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
+import { r2 } from '../repository/names.js';
 import {
   MAX_TOKEN_CHARS,
   RNODE_PATH,
@@ -257,8 +258,25 @@ export class RemoteStore implements ObjectStore {
         const stored = await this.get(key).catch(() => undefined);
         if (stored && stored.equals(buf)) return this.head(key);
       }
-      throw err;
+      throw this.olderNode(key, err);
     }
+  }
+
+  /**
+   * An r2/ key the node does not know (its refusal says so, naming the key): a node from before repository v2. Both
+   * speak protocol version 1, so the refusal is all there is to tell by; its raw sentence ("not an rnode object")
+   * sent operators looking for damage. This rnode builds r2/ keys with names.ts only, so a node that knows them
+   * never refuses one that way.
+   */
+  private olderNode(key: string, err: unknown): unknown {
+    if (!key.startsWith(r2.prefix) || !isRnodeError(err, TransportErrorCodes.REJECTED)) return err;
+    if (err.details.key !== key || !/is not an rnode object/.test(err.message)) return err;
+    return transportError(
+      TransportErrorCodes.VERSION,
+      `the receiving node ${this.location} runs an older rnode that predates repository v2 (the format this rnode writes): ` +
+        `upgrade rnode on that node (it refused ${JSON.stringify(key)}; nothing was stored)`,
+      { cause: err, details: { ...err.details, remote: this.location } },
+    );
   }
 
   async get(key: string, range?: ByteRange): Promise<Buffer> {

@@ -8,6 +8,10 @@ import { spawn } from 'node:child_process';
 import { r2 as v2Keys } from '../../src/repository/names.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import { verify } from '../../src/jobs/verify.js';
+import { RnodeError } from '../../src/errors.js';
+import { ObjectValidator } from '../../src/serve/index.js';
+import { TransportErrorCodes } from '../../src/transport/index.js';
+import type { ObjectChecks } from '../../src/transport/object-checks.js';
 import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
 import { KiB, MiB, expectRestore, fingerprint, fsStore, randomData, snap, textData, tmpDir, writeAt } from '../helpers/images.js';
 import { remote, startNode } from './helpers.js';
@@ -110,4 +114,43 @@ t.test('CLI: rnode serve, then replicate/points/verify/recover with ws://', asyn
   child.kill('SIGTERM');
   const code = await new Promise((r) => child.on('exit', (c) => r(c)));
   t.equal(code, 0, 'serve stops cleanly on SIGTERM');
+});
+
+// Bug: a sender replicating to a node of the release before repository v2 (both speak protocol version 1) failed
+// with that node's raw refusal, RNODE_TRANSPORT_REJECTED 'key "r2/plain/config" is not an rnode object ...', which
+// reads like damage. The node here refuses v2 keys with that release's exact sentence.
+t.test('a node that predates repository v2: the sender says so and to upgrade that node; its lease is released', async (t) => {
+  const dir = tmpDir(t, 'ws-old-node');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 9));
+  const storeDir = path.join(dir, 'recv');
+  const checks = new ObjectValidator(fsStore(storeDir));
+  const olderNode: ObjectChecks = {
+    checkPut: (p) =>
+      p.key.startsWith(v2Keys.prefix)
+        ? Promise.reject(
+            new RnodeError(
+              TransportErrorCodes.REJECTED,
+              `key ${JSON.stringify(p.key)} is not an rnode object (points, tables, chunks, pending or lease of a disk); it was not stored`,
+              { details: { key: p.key } },
+            ),
+          )
+        : checks.checkPut(p),
+    checkDelete: (key) => checks.checkDelete(key),
+    kindOf: (key) => (key.startsWith(v2Keys.prefix) ? undefined : checks.kindOf(key)),
+  };
+  const { url } = await startNode(t, dir, { checks: olderNode });
+  for (const run of [1, 2]) {
+    const r = await runCli(['replicate', '--source', img, '--target', url, '--disk', 'd']);
+    t.equal(r.code, 1, `run ${run}: exit 1`);
+    t.match(
+      r.stderr,
+      /RNODE_TRANSPORT_VERSION: the receiving node ws:\S+ runs an older rnode that predates repository v2 .*: upgrade rnode on that node/,
+      `run ${run}: says why`,
+    );
+    t.notMatch(r.stderr, /LEASE_HELD/, `run ${run}: the previous run's lease was released`);
+    const lease = JSON.parse(fs.readFileSync(path.join(storeDir, 'disks', 'd', 'lease.json'), 'utf8'));
+    t.equal(Date.parse(lease.expiresAt), 0, `run ${run}: lease.json records the release (it keeps the fencing token)`);
+  }
+  t.same(await listPointSeqs(fsStore(storeDir), 'd'), [], 'no point was stored');
 });
