@@ -166,10 +166,10 @@ export async function maintainDomain(opts: MaintainOptions): Promise<MaintainRes
 
 /** The lease's own message speaks of a disk being written; the prune lease of a domain is another prune's sweep. */
 function anotherPruneSweeps(store: ObjectStore, domain: string, held: RnodeError): RnodeError {
-  const { holder, expiresAt } = held.details;
+  const { holder, bindsUntil } = held.details;
   return new RnodeError(
     ErrorCodes.LEASE_HELD,
-    `another prune is sweeping this repository (${domain} in ${store.location}; holder ${String(holder)}, lease until ${String(expiresAt)}); ` +
+    `another prune is sweeping this repository (${domain} in ${store.location}; holder ${String(holder)}, lease until ${String(bindsUntil)}); ` +
       'wait for it to finish: it frees the space no kept point uses',
     { cause: held, details: { ...held.details, domain } },
   );

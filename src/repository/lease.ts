@@ -52,8 +52,14 @@ export function leaseIsLive(r: LeaseRecord, t: number): boolean {
   const expires = Date.parse(r.expiresAt);
   const renewed = Date.parse(r.renewedAt ?? r.acquiredAt);
   if (!Number.isFinite(expires) || !Number.isFinite(renewed)) return false;
-  const margin = Math.min(SKEW_MS, Math.max(0, expires - renewed));
-  return expires + margin > t && expires - renewed <= MAX_LEASE_TTL_MS + SKEW_MS && renewed <= t + SKEW_MS;
+  return leaseBindsUntil(r) > t && expires - renewed <= MAX_LEASE_TTL_MS + SKEW_MS && renewed <= t + SKEW_MS;
+}
+
+/** When a lease stops binding others (reader's clock): its expiry plus the skew margin leaseIsLive waits; NaN if unreadable. */
+function leaseBindsUntil(r: LeaseRecord): number {
+  const expires = Date.parse(r.expiresAt);
+  const renewed = Date.parse(r.renewedAt ?? r.acquiredAt);
+  return expires + Math.min(SKEW_MS, Math.max(0, expires - renewed));
 }
 
 export interface LeaseOptions {
@@ -66,11 +72,16 @@ export interface LeaseOptions {
   now?: () => number;
 }
 
+/**
+ * The time shown is when the lease stops binding (expiresAt is the holder's own clock; readers wait the skew margin
+ * past it): expiresAt alone read as a time already past while the lease still held.
+ */
 function leaseHeld(disk: string, cur: LeaseRecord): RnodeError {
+  const bindsUntil = new Date(leaseBindsUntil(cur)).toISOString();
   return new RnodeError(
     ErrorCodes.LEASE_HELD,
-    `disk ${disk} is being written by ${cur.holder} (lease until ${cur.expiresAt}); wait for it to finish, only one node may write a disk at a time`,
-    { details: { holder: cur.holder, expiresAt: cur.expiresAt } },
+    `disk ${disk} is being written by ${cur.holder} (lease until ${bindsUntil}); wait for it to finish, only one node may write a disk at a time`,
+    { details: { holder: cur.holder, expiresAt: cur.expiresAt, bindsUntil } },
   );
 }
 

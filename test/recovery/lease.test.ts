@@ -16,6 +16,7 @@ import { verify } from '../../src/jobs/verify.js';
 import type { PutOptions } from '../../src/store/types.js';
 import { generateSampleDisk } from '../../src/sample/sample-disk.js';
 import { layout } from '../../src/repository/names.js';
+import type { RnodeError } from '../../src/errors.js';
 import { aroundPuts } from '../helpers/around-puts.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-lease-'));
@@ -131,6 +132,20 @@ t.test('a reader waits past a lease expiry by its skew margin (the TTL, at most 
   t.ok(b.token > a.token, 'taken over once the margin has passed');
   await b.release();
   await a.release();
+});
+
+// Bug: RNODE_LEASE_HELD said "(lease until T)" with T the holder's expiresAt, already past while the skew margin still
+// held the lease: an operator told to wait until a time that had gone by. It now shows when the lease stops binding.
+t.test('LEASE_HELD names the time the lease stops binding: its expiry plus the skew margin', async (t) => {
+  const store = new MemoryStore();
+  let now = Date.parse('2026-01-01T00:00:00.000Z');
+  await Lease.acquire(store, 'until', { ttlMs: 1000, now: () => now });
+  now += 1500; // past the holder's expiry (now + 1 s), within its margin (1 s more)
+  const err = await Lease.acquire(store, 'until', { ttlMs: 1000, now: () => now }).catch((e: unknown) => e as RnodeError);
+  t.equal(err.code, 'RNODE_LEASE_HELD');
+  t.match(err.message, /\(lease until 2026-01-01T00:00:02\.000Z\)/, 'expiry 00:00:01 plus the 1 s margin');
+  t.ok(Date.parse(String(err.details.bindsUntil)) > now, 'a time still to come');
+  t.equal(err.details.expiresAt, '2026-01-01T00:00:01.000Z', "details keep the holder's own expiry");
 });
 
 // Regression: a writer that lost its lease (paused past it: SIGSTOP, a VM freeze) still wrote its checkpoint (the
