@@ -58,6 +58,10 @@ const KIND_WORDS: Record<ObjectKind, string> = {
   'vm-access': 'VM access marker',
 };
 
+/** How long an unclaimed disk's legacy chunks are taken without looking for its claim again. */
+const UNCLAIMED_RECHECK_MS = 5000;
+const MAX_REMEMBERED_DISKS = 10_000;
+
 function rejected(message: string, details: Record<string, unknown>, cause?: unknown): RnodeError {
   return new RnodeError(TransportErrorCodes.REJECTED, message, { details, cause });
 }
@@ -65,6 +69,9 @@ function rejected(message: string, details: Record<string, unknown>, cause?: unk
 /** Checks objects against their kind; one per receiving node (its decode slots are shared by all sessions). */
 export class ObjectValidator implements ObjectChecks {
   private readonly pools = new Map<number, BufferPool<ReadSlot>>();
+  /** Disks with a claim, and when an unclaimed disk's claim was last looked up (hasClaim). */
+  private readonly claimed = new Set<string>();
+  private readonly unclaimedAt = new Map<string, number>();
 
   constructor(
     private readonly store: ObjectStore,
@@ -100,9 +107,11 @@ export class ObjectValidator implements ObjectChecks {
           decodeClaim(p.data);
           break;
         case 'legacy-chunk':
+          await this.refuseLegacyPointOfV2Disk(p.key, k.disk, { fresh: false });
           await this.checkChunk(p, k);
           break;
         case 'legacy-table':
+          await this.refuseLegacyPointOfV2Disk(p.key, k.disk);
           decodeSegment(p.data, p.key, 'any');
           break;
         case 'legacy-manifest':
@@ -207,13 +216,30 @@ export class ObjectValidator implements ObjectChecks {
    * number), or start a second disk of the same id beside an encrypted one. Every disk with v2 points has a claim,
    * written before its first commit, whatever its key; its name needs no key.
    */
-  private async refuseLegacyPointOfV2Disk(key: string, disk: string): Promise<void> {
-    if (!(await readClaim(this.store, disk))) return;
+  private async refuseLegacyPointOfV2Disk(key: string, disk: string, opts = { fresh: true }): Promise<void> {
+    if (!(await this.hasClaim(disk, opts.fresh))) return;
     throw rejected(
       `${key} is a legacy point object from an rnode older than repository v2, but disk ${disk} is in the v2 format on ` +
         `this node: upgrade rnode on the sending node and replicate again; it was not stored`,
       { key, kind: 'legacy-point', disk },
     );
+  }
+
+  /**
+   * Whether the disk has a claim. Claims are never deleted, so a claimed disk is remembered; an unclaimed one is
+   * looked up again after UNCLAIMED_RECHECK_MS, or at once when `fresh` (checkpoints and manifests, which commit):
+   * an old sender's chunks cost no extra read each, and none of its points commits past a claim.
+   */
+  private async hasClaim(disk: string, fresh: boolean): Promise<boolean> {
+    if (this.claimed.has(disk)) return true;
+    const lookedUp = this.unclaimedAt.get(disk);
+    if (!fresh && lookedUp !== undefined && performance.now() - lookedUp < UNCLAIMED_RECHECK_MS) return false;
+    const claimed = (await readClaim(this.store, disk)) !== undefined;
+    // Both are bounded: forgetting only costs a lookup.
+    for (const m of [this.claimed, this.unclaimedAt]) if (m.size >= MAX_REMEMBERED_DISKS) m.clear();
+    if (claimed) this.claimed.add(disk);
+    else this.unclaimedAt.set(disk, performance.now());
+    return claimed;
   }
 
   private async checkManifest(p: PutCheck, k: Extract<KeyInfo, { kind: 'legacy-manifest' }>): Promise<void> {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import WebSocket from 'ws';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { xxh64 } from '../../src/format/checksum.js';
-import { encodeChunkHeader } from '../../src/format/chunk.js';
+import { ChunkFlag, decodeChunkHeader, encodeChunkHeader } from '../../src/format/chunk.js';
 import { Codec } from '../../src/format/codecs.js';
 import { listPointSeqs } from '../../src/repository/points.js';
 import {
@@ -92,7 +92,8 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   const { url, storeDir, server } = await startNode(t, dir);
   const rs = remote(t, url);
   await snap(rs, img, 'd', { chunkSize: CHUNK });
-  // A legacy chunk object (what a sender of the previous release puts): chunk 3 written by point 2.
+  // A legacy chunk object (what a sender of the previous release puts): chunk 3 written by point 2, of a disk with
+  // legacy points only (one with v2 points, as d has, takes no legacy object).
   const plainBytes = randomData(CHUNK, 6);
   const good = Buffer.concat([
     encodeChunkHeader({
@@ -107,7 +108,7 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
     }),
     plainBytes,
   ]);
-  const key = 'disks/d/chunks/0000000002/000000000003';
+  const key = 'disks/old/chunks/0000000002/000000000003';
   const cases: Array<[string, Buffer, RegExp]> = [];
   const flipped = Buffer.from(good);
   flipped[good.length - 5] ^= 0x40;
@@ -146,11 +147,11 @@ t.test('a corrupted chunk is rejected with its disk offset and not stored; keys 
   }
   t.notOk(fs.existsSync(path.join(storeDir, key)), 'no rejected chunk was stored');
   await t.rejects(rs.put('notes/readme.txt', Buffer.from('hi')), { code: TransportErrorCodes.REJECTED, message: /not an rnode object/ });
-  await t.rejects(rs.put('disks/d/tables/0000000002/g0000-00000000', Buffer.from('not a table')), {
+  await t.rejects(rs.put('disks/old/tables/0000000002/g0000-00000000', Buffer.from('not a table')), {
     code: TransportErrorCodes.REJECTED,
     message: /segment/,
   });
-  await t.rejects(rs.put('disks/d/points/0000000009.json', Buffer.from('{}'), { ifNoneMatch: true }), { code: TransportErrorCodes.REJECTED });
+  await t.rejects(rs.put('disks/old/points/0000000009.json', Buffer.from('{}'), { ifNoneMatch: true }), { code: TransportErrorCodes.REJECTED });
   await t.rejects(rs.delete('disks/d/points/0000000001.json'), { code: TransportErrorCodes.REJECTED, message: /prune/ });
   t.equal(server.stats.rejected >= 7, true);
   t.same(await listPointSeqs(rs, 'd'), [1], 'the node still serves this session');
@@ -233,9 +234,9 @@ t.test('a stalled peer (reads nothing, answers no ping) is dropped after the idl
 });
 
 // Bug: a sender of the release before repository v2 sees only a disk's legacy points. The node stored its legacy
-// checkpoint and point 1 for a disk that already had v2 points, an encrypted one included (acked, exit 0): one disk
-// id then held two different disks. Now both are refused, telling the sender to upgrade, and nothing is stored.
-t.test('a legacy point or checkpoint for a disk in the v2 format is refused: upgrade the sender; nothing stored', async (t) => {
+// chunks, table, checkpoint and point 1 for a disk that already had v2 points, an encrypted one included (acked, exit
+// 0): one disk id then held two different disks. Now each is refused, telling the sender to upgrade: nothing is stored.
+t.test('legacy objects for a disk in the v2 format are refused: upgrade the sender; nothing stored', async (t) => {
   const dir = tmpDir(t, 'ws-legacy-v2');
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, randomData(256 * KiB, 7));
@@ -260,20 +261,34 @@ t.test('a legacy point or checkpoint for a disk in the v2 format is refused: upg
       }),
     );
   for (const disk of ['plain-disk', 'enc-disk']) {
-    const table = `disks/${disk}/tables/0000000001/g0000-00000000`;
-    await rs.put(table, fs.readFileSync(path.join(fixture, table))); // a table alone commits nothing
+    // What an old sender puts, in its order: chunks, the table and checkpoint, then the manifest.
     const why = { code: TransportErrorCodes.REJECTED, message: /older than repository v2.*upgrade rnode on the sending node/ };
+    const chunk = `disks/${disk}/chunks/0000000001/000000000000`;
+    const chunkBytes = fs.readFileSync(path.join(fixture, chunk));
+    const h = decodeChunkHeader(chunkBytes);
+    const labels = { compressed: h.codec !== Codec.NONE, encrypted: (h.flags & ChunkFlag.ENCRYPTED) !== 0, plainXxh64: h.plainXxh64, diskOffset: 0 };
+    await t.rejects(rs.put(chunk, chunkBytes, { chunk: labels }), why, `${disk}: legacy chunk refused`);
+    const table = `disks/${disk}/tables/0000000001/g0000-00000000`;
+    await t.rejects(rs.put(table, fs.readFileSync(path.join(fixture, table))), why, `${disk}: legacy table refused`);
     await t.rejects(rs.put(`disks/${disk}/pending/0000000001.json`, pending(disk)), why, `${disk}: legacy checkpoint refused`);
     const manifest = `disks/${disk}/points/0000000001.json`;
     await t.rejects(rs.put(manifest, fs.readFileSync(path.join(fixture, manifest)), { ifNoneMatch: true }), why, `${disk}: legacy point refused`);
     t.same(
-      listFiles(path.join(storeDir, 'disks', disk)).filter((f) => /^(points|pending)\//.test(f)),
+      listFiles(path.join(storeDir, 'disks', disk)).filter((f) => !f.endsWith('lease.json')),
       [],
-      `${disk}: neither was stored`,
+      `${disk}: none was stored`,
     );
   }
   t.same(await listPointSeqs(fsStore(storeDir), 'plain-disk'), [1], 'the disk holds its v2 point only');
   // A disk with legacy points only (no claim) still takes an old sender's objects.
   await rs.put('disks/old-disk/pending/0000000001.json', pending('old-disk'));
-  t.ok(fs.existsSync(path.join(storeDir, 'disks', 'old-disk', 'pending', '0000000001.json')), 'a legacy-only disk takes its checkpoint');
+  await rs.put(
+    'disks/old-disk/tables/0000000001/g0000-00000000',
+    fs.readFileSync(path.join(fixture, 'disks/plain-disk/tables/0000000001/g0000-00000000')),
+  );
+  t.same(
+    listFiles(path.join(storeDir, 'disks', 'old-disk')),
+    ['pending/0000000001.json', 'tables/0000000001/g0000-00000000'],
+    'a legacy-only disk takes its checkpoint and table',
+  );
 });
