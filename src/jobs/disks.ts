@@ -6,7 +6,16 @@ import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import type { PointEncryption } from '../format/manifest.js';
 import { PLAIN_DOMAIN } from '../repository/names.js';
-import { checkKeyOpensOne, listDomains, listLegacyDisks, listLegacyPointSeqs, listV2Disks, loadPoint, v2DiskId } from '../repository/points.js';
+import {
+  checkKeyOpensOne,
+  listDomains,
+  listLegacyDisks,
+  listLegacyPointSeqs,
+  listV2Disks,
+  loadPoint,
+  refuseLegacyAfterUpgrade,
+  v2DiskId,
+} from '../repository/points.js';
 import type { ObjectStore } from '../store/types.js';
 
 export interface DiskSummary {
@@ -68,6 +77,18 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
   for (const [i, id] of legacyDisks.entries()) {
     const seqs = legacySeqs[i];
     const f = found.get(id) ?? { seqs: new Set<number>(), key };
+    try {
+      refuseLegacyAfterUpgrade(
+        id,
+        seqs,
+        [...f.seqs].sort((a, b) => a - b),
+      );
+    } catch (err) {
+      if (!(err instanceof RnodeError)) throw err;
+      problems.push({ disk: id, code: err.code, message: err.message });
+      found.delete(id);
+      continue;
+    }
     for (const s of seqs) f.seqs.add(s);
     if (f.seqs.size > 0) found.set(id, f);
   }

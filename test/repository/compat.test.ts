@@ -220,6 +220,12 @@ t.test('a legacy point an older rnode writes after the upgrade is refused by rea
     t.match(r.stderr, /RNODE_LEGACY_AFTER_UPGRADE.*legacy point 2 .*upgrade rnode/, `${args[0]}: says why and what to do`);
   }
   t.notOk(fs.existsSync(out), 'recover wrote no image');
+  const d = await runCli(['disks', '--store', storeDir, '--json']);
+  t.notOk(
+    json(d).disks.some((x: { disk: string }) => x.disk === 'plain-disk'),
+    'disks does not show the v2 point 2 as the disk latest',
+  );
+  t.match(json(d).problems, [{ disk: 'plain-disk', code: 'RNODE_LEGACY_AFTER_UPGRADE' }], 'disks names the problem');
   const c = await runCli(['check', '--store', storeDir, '--json']);
   t.equal(c.code, 1, 'check fails');
   t.equal(json(c).ok, false);
