@@ -61,7 +61,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
   const from = await openCheckpoint(opts, plan, identity);
   // Every chunk already in the domain, and prune's marks (a marked pack's chunks are never reused), never older than
   // the marks this disk's latest point or this point's checkpoint saw (an older marks object put back is a replay).
-  const index = await ChunkIndex.load(store, domain);
+  const index = await ChunkIndex.loadShared(store, domain);
   const known = new IdFilter(index.size + grid.count);
   for (const id of index.ids()) known.add(id);
   const latestGeneration = latest && isV2Point(latest) ? (latest.marksGeneration ?? 0) : 0;
