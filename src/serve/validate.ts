@@ -19,7 +19,7 @@ import type { BlobEntry } from '../repository/pack.js';
 import type { ObjectStore } from '../store/types.js';
 import { TransportErrorCodes } from '../transport/errors.js';
 import { FrameFlag } from '../transport/frame.js';
-import type { ObjectChecks, PutCheck } from '../transport/object-checks.js';
+import type { ObjectChecks, PutCheck, PutVerdict } from '../transport/object-checks.js';
 import { checkR2Put, type DecodedBlob } from './validate-r2.js';
 
 export type KeyInfo = KeyHandle;
@@ -58,6 +58,12 @@ const KIND_WORDS: Record<ObjectKind, string> = {
   'vm-access': 'VM access marker',
 };
 
+/**
+ * The kinds their writers rewrite in place: checkpoints, prune's marks, a VM run's access marker. Every other object
+ * is written once, and a peer never replaces it (the node stores it create-only).
+ */
+const REWRITTEN_KINDS: ReadonlySet<ObjectKind> = new Set<ObjectKind>(['pending', 'legacy-pending', 'prune', 'vm-access']);
+
 /** How long an unclaimed disk's legacy chunks are taken without looking for its claim again. */
 const UNCLAIMED_RECHECK_MS = 5000;
 const MAX_REMEMBERED_DISKS = 10_000;
@@ -82,8 +88,37 @@ export class ObjectValidator implements ObjectChecks {
     codecWorkers();
   }
 
-  /** Throws RNODE_TRANSPORT_REJECTED (details name the key, and for chunks the index and disk offset). */
-  async checkPut(p: PutCheck): Promise<KeyInfo> {
+  /**
+   * How the object may be stored (PutVerdict: written once, or rewritten); throws RNODE_TRANSPORT_REJECTED (details
+   * name the key, and for chunks the index and disk offset).
+   */
+  async checkPut(p: PutCheck): Promise<KeyInfo & PutVerdict> {
+    const k = await this.checkObject(p);
+    const replaceable = this.replaceable(k);
+    return { ...k, createOnly: !REWRITTEN_KINDS.has(k.kind), ...(replaceable ? { replaceable } : {}) };
+  }
+
+  /**
+   * For a point's own object (a table segment, a legacy chunk): it may be replaced only while no point from its number
+   * on is committed. A run cut after writing it and before its checkpoint writes it again when it resumes (sealed
+   * ones with new nonces); once a point is committed, what it and the points after it use never changes.
+   */
+  private replaceable(k: KeyInfo): (() => Promise<boolean>) | undefined {
+    if (k.kind === 'table') return () => this.noPointFrom(r2.pointsPrefix(k.domain, k.dname), k.point);
+    if (k.kind === 'legacy-table') return () => this.noPointFrom(layout.pointsPrefix(k.disk), k.point);
+    if (k.kind === 'legacy-chunk') return () => this.noPointFrom(layout.pointsPrefix(k.disk), k.writer);
+    return undefined;
+  }
+
+  private async noPointFrom(pointsPrefix: string, point: number): Promise<boolean> {
+    for await (const o of this.store.list(pointsPrefix)) {
+      const h = classifyKey(o.key);
+      if ((h?.kind === 'manifest' || h?.kind === 'legacy-manifest') && h.point >= point) return false;
+    }
+    return true;
+  }
+
+  private async checkObject(p: PutCheck): Promise<KeyInfo> {
     const k = classifyKey(p.key);
     if (!k) {
       throw rejected(

@@ -13,7 +13,7 @@ export * from './frame.js';
 export * from './control.js';
 export { RemoteStore, normalizeFingerprint, certificateFingerprint, type RemoteStoreOptions, type RemoteCounters } from './remote-store.js';
 export { DEFAULT_WINDOW_BYTES, ReplicationServer, SERVE_WARN_EVENTS, type ServeOptions, type ServerStats } from './server.js';
-export type { ObjectChecks, PutCheck } from './object-checks.js';
+export type { ObjectChecks, PutCheck, PutVerdict } from './object-checks.js';
 export { TokenBucket } from '../throttle.js';
 
 /**

@@ -13,9 +13,25 @@ export interface PutCheck {
   plainXxh64: bigint;
 }
 
+/** How the node may store an object that passed its checks. */
+export interface PutVerdict {
+  /** The kind of object ('pack', 'table', ...). */
+  kind: string;
+  /**
+   * Written once and never replaced (packs, indexes, manifests...): the node stores it only where its key is free,
+   * whatever the peer asked, and takes the same bytes again as a retry. False for what writers rewrite (checkpoints).
+   */
+  createOnly: boolean;
+  /**
+   * For a create-only object held with other bytes: whether it may still be replaced (a point's own object while
+   * that point is not committed, which a resumed run writes again). Absent: never.
+   */
+  replaceable?: () => Promise<boolean>;
+}
+
 export interface ObjectChecks {
-  /** Resolves to the object's kind when it may be stored; throws RNODE_TRANSPORT_REJECTED when not. */
-  checkPut(p: PutCheck): Promise<{ kind: string }>;
+  /** Resolves to how the object may be stored; throws RNODE_TRANSPORT_REJECTED when it may not be. */
+  checkPut(p: PutCheck): Promise<PutVerdict>;
   /** Throws RNODE_TRANSPORT_REJECTED unless a peer may delete the object. */
   checkDelete(key: string): void;
   /** The kind of object a key names ('lease', 'pack', ...), or undefined when it names none. */

@@ -10,11 +10,11 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../repository/names.js';
 import { copyBytes } from '../native/index.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
-import { assertValidKey, type LeaseRecord, type ObjectStore } from '../store/types.js';
+import { assertValidKey, type LeaseRecord, type ObjectInfo, type ObjectStore, type PutOptions } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta, RNODE_PATH, type PutMeta } from './control.js';
 import { AssemblyBuffers } from './assembly-buffers.js';
-import type { ObjectChecks } from './object-checks.js';
+import type { ObjectChecks, PutVerdict } from './object-checks.js';
 import { TransportErrorCodes, protocolError } from './errors.js';
 import {
   decodeFragments,
@@ -710,7 +710,8 @@ class Session {
         ...(f.flags & FrameFlag.IF_NONE_MATCH ? { ifNoneMatch: true } : {}),
         ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}),
       };
-      const info = await this.node.opts.store.put(meta.key, data, opts);
+      const store = this.node.opts.store;
+      const info = kind.createOnly ? await putCreateOnly(store, meta.key, data, opts, kind) : await store.put(meta.key, data, opts);
       this.node.stats.puts++;
       if (kind.kind === 'legacy-chunk') this.node.stats.chunkPuts++;
       if (kind.kind === 'pack') this.node.stats.packPuts++;
@@ -935,6 +936,56 @@ class Session {
       }
     }, 2000).unref();
   }
+}
+
+/** Bytes of a stored object compared with a put's at once: a peer's retries never make the node read a pack whole. */
+const COMPARE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Stores an object that is written once (a pack, an index, a manifest...) only where its key is free, whatever the
+ * peer asked: a peer with the token overwrote committed points' packs and tables, and every restore of them failed.
+ * The same bytes again are a retry (an ack lost with a cut) and succeed. Other bytes are refused, unless the checks
+ * say the object may still be replaced; a put the sender made conditional itself fails as the store says, as before.
+ */
+async function putCreateOnly(store: ObjectStore, key: string, data: Buffer, asked: PutOptions, verdict: PutVerdict): Promise<ObjectInfo> {
+  try {
+    // A backend that does not enforce if-none-match (capabilities) is asked first.
+    if (!store.capabilities.conditionalPut && (await exists(store, key))) {
+      throw new RnodeError(ErrorCodes.STORE_PRECONDITION, `put ${key}: the key already exists`, { details: { key } });
+    }
+    return await store.put(key, data, { ifNoneMatch: true });
+  } catch (err) {
+    if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || asked.ifNoneMatch) throw err;
+    if (await holdsBytes(store, key, data)) return store.head(key);
+    if (verdict.replaceable && (await verdict.replaceable())) return store.put(key, data, asked);
+    throw new RnodeError(
+      TransportErrorCodes.REJECTED,
+      `${key} is already on this node with other bytes; objects of its kind (${verdict.kind}) are written once and never ` +
+        `replaced over the peer link (committed points use them); it was not stored. rnode never sends other bytes under ` +
+        `a name it wrote: if an rnode run sent this, report it as a bug`,
+      { details: { key, kind: verdict.kind } },
+    );
+  }
+}
+
+async function exists(store: ObjectStore, key: string): Promise<boolean> {
+  try {
+    await store.head(key);
+    return true;
+  } catch (err) {
+    if (isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) return false;
+    throw err;
+  }
+}
+
+/** Whether the store holds exactly these bytes under key (read in ranges of COMPARE_BYTES). */
+async function holdsBytes(store: ObjectStore, key: string, data: Buffer): Promise<boolean> {
+  if ((await store.head(key)).size !== data.length) return false;
+  for (let at = 0; at < data.length; at += COMPARE_BYTES) {
+    const length = Math.min(COMPARE_BYTES, data.length - at);
+    if (!(await store.get(key, { offset: at, length })).equals(data.subarray(at, at + length))) return false;
+  }
+  return true;
 }
 
 /** Copies a payload's pieces, in order, into dst from `at` (dst has room: the callers checked the lengths). */
