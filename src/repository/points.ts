@@ -75,7 +75,31 @@ export async function loadV2Point(store: ObjectStore, disk: string, seq: number,
     }
     throw err;
   }
-  return decodeManifestV4(bytes, domain, disk, seq);
+  try {
+    return decodeManifestV4(bytes, domain, disk, seq);
+  } catch (err) {
+    if (!isRnodeError(err, ErrorCodes.METADATA_FORGED)) throw err;
+    throw await forgedNewest(store, disk, seq, key, err);
+  }
+}
+
+/**
+ * A newest manifest that does not open under the key: anyone who can write the store, or a peer with a receiving node's
+ * token, can put one there, and every command on the disk stopped at it for good without saying what to do. The points
+ * before it are intact: deleting it (when no rnode run wrote it) gives the disk back. Other points: the error as is.
+ */
+async function forgedNewest(store: ObjectStore, disk: string, seq: number, key: EncryptionKey | undefined, err: RnodeError): Promise<RnodeError> {
+  const seqs = await listV2PointSeqs(store, disk, key).catch(() => []);
+  if (seqs[seqs.length - 1] !== seq) return err;
+  const where = String(err.details.key ?? r2.point(Domain.of(key).name, Domain.of(key).dname(disk), seq));
+  return new RnodeError(
+    ErrorCodes.METADATA_FORGED,
+    `manifest ${where}, the newest point (${seq}) of disk ${disk}, does not open under the key (forged, replayed or ` +
+      `damaged). If no rnode run of yours committed point ${seq}, it was planted (a peer with the receiving node's token, ` +
+      `or anyone who can write the store, can put one there): delete it from the store (on the receiving node, for a ` +
+      `ws:// store) and run the command again; the points before it are intact. Otherwise restore from another point or store`,
+    { details: { ...err.details, key: where, point: seq, newest: true }, cause: err },
+  );
 }
 
 export async function loadPoint(store: ObjectStore, disk: string, seq: number, key?: EncryptionKey): Promise<PointManifest> {
