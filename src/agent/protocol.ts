@@ -19,6 +19,8 @@ export const ProtoErrors = {
   DUPLICATE_JOB: 'RNODE_AGENT_DUPLICATE_JOB',
   UNKNOWN_JOB: 'RNODE_AGENT_UNKNOWN_JOB',
   SECRET: 'RNODE_AGENT_SECRET',
+  /** A store credential names (or holds) a secret the node uses as an encryption key: it is never sent to a store. */
+  KEY_AS_CREDENTIAL: 'RNODE_AGENT_KEY_AS_CREDENTIAL',
   /** The server's certificate is not trusted (logged and counted by the node; nothing is sent). */
   TLS: 'RNODE_AGENT_TLS',
   NODE_LOST: 'RNODE_NODE_LOST',

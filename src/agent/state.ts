@@ -47,6 +47,15 @@ export interface AcceptedJob {
   group?: string;
 }
 
+/**
+ * The secrets this node has used as encryption keys: their references and key ids (one-way fingerprints, as reports
+ * carry them), never their values. A secret recorded here is never sent as a store credential (secrets.ts).
+ */
+export interface KeySecrets {
+  refs: string[];
+  keyIds: string[];
+}
+
 /** A state file as read: its JSON, or why it is not JSON. */
 type Read = { value: unknown; damaged?: undefined } | { value?: undefined; damaged: string };
 
@@ -74,6 +83,10 @@ export async function drained(chain: () => Promise<void>): Promise<void> {
 export class StateDir {
   /** The open lock file: its flock is this agent's claim on the folder, dropped by the kernel when the process dies. */
   private lockFd: number | undefined;
+
+  /** key-secrets.json as loaded once, then kept current in memory: jobs record into it concurrently. */
+  private keySecretsLoad: Promise<KeySecrets> | undefined;
+  private keySecretsSaving: Promise<void> = Promise.resolve();
 
   constructor(readonly dir: string) {}
 
@@ -303,6 +316,34 @@ export class StateDir {
     }) as T[];
   }
 
+  /**
+   * The secrets used as encryption keys so far. A damaged file is set aside (logged): the node records each key
+   * again at its next use, and until then cannot tell it from a credential.
+   */
+  keySecrets(log: Logger): Promise<KeySecrets> {
+    this.keySecretsLoad ??= (async () => {
+      const read = await this.read('key-secrets.json');
+      if (!read) return { refs: [], keyIds: [] };
+      const problem = read.damaged ?? keySecretsProblem(read.value);
+      // An operator may list a key's reference ahead of its first use, without key ids.
+      if (problem === undefined) return { refs: [], keyIds: [], ...(read.value as Partial<KeySecrets>) };
+      await this.setAside('key-secrets.json', problem, log, 'records its encryption keys again as jobs use them');
+      return { refs: [], keyIds: [] };
+    })();
+    return this.keySecretsLoad;
+  }
+
+  /** Records a secret used as an encryption key; on disk before it returns (a restart must not forget it). */
+  async recordKeySecret(ref: string, keyId: string, log: Logger): Promise<void> {
+    const known = await this.keySecrets(log);
+    if (known.refs.includes(ref) && known.keyIds.includes(keyId)) return;
+    if (!known.refs.includes(ref)) known.refs.push(ref);
+    if (!known.keyIds.includes(keyId)) known.keyIds.push(keyId);
+    // Chained, each write taking the record as it is then: a later write never puts back an older record.
+    this.keySecretsSaving = this.keySecretsSaving.catch(() => undefined).then(() => this.writeJson('key-secrets.json', known));
+    await this.keySecretsSaving;
+  }
+
   /** Readiness: can we still persist? (a full or read-only disk makes the node unready) */
   writable(): boolean {
     const probe = this.file(`.probe-${process.pid}`);
@@ -341,6 +382,14 @@ function acceptedJobProblem(j: unknown): string | undefined {
   if (j.attempt !== undefined && !isSeq(j.attempt)) return 'attempt is not an attempt number';
   if (j.scheduled !== undefined && typeof j.scheduled !== 'boolean') return 'scheduled is not a boolean';
   if (j.group !== undefined && (typeof j.group !== 'string' || !isId(j.group))) return 'group is not a group id';
+  return undefined;
+}
+
+function keySecretsProblem(v: unknown): string | undefined {
+  if (!isObject(v)) return 'not a JSON object';
+  const strings = (l: unknown) => Array.isArray(l) && l.every((x) => typeof x === 'string');
+  if (v.refs !== undefined && !strings(v.refs)) return 'refs is not a list of secret references';
+  if (v.keyIds !== undefined && !strings(v.keyIds)) return 'keyIds is not a list of key ids';
   return undefined;
 }
 

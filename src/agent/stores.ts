@@ -3,7 +3,7 @@
 import type { Logger } from '../log.js';
 import { openStore, type RemoteAccess, type WrapOptions, type WrappedStore } from '../store/index.js';
 import type { StoreDef } from './protocol.js';
-import { storeEnv } from './secrets.js';
+import { refuseKeyAsCredential, storeEnv } from './secrets.js';
 import type { StateDir } from './state.js';
 
 /**
@@ -21,6 +21,13 @@ export async function openStoreOf(def: StoreDef, state: StateDir, log: Logger, w
     if (def.env?.[name] !== undefined && env[name]) remote[field] = env[name];
   }
   // ws:// and wss:// stores come with the peer transport, which registers them; it is loaded only for such a store.
-  if (/^wss?:\/\//i.test(def.url)) await import('../transport/index.js');
+  if (/^wss?:\/\//i.test(def.url)) {
+    const { readTokenFile } = await import('../transport/index.js');
+    // The token goes to the peer the URL names: a file holding one of the node's keys must not be read for it.
+    if (remote.tokenFile) {
+      remote.token = readTokenFile(remote.tokenFile);
+      await refuseKeyAsCredential(Buffer.from(remote.token), `store.env.${REMOTE_STORE_ENV.tokenFile} (${remote.tokenFile})`, state, log);
+    }
+  }
   return openStore(def.url, { env, ...(Object.keys(remote).length > 0 ? { remote } : {}), ...(wrap ? { wrap } : {}) });
 }

@@ -6,6 +6,7 @@
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
 import { listPoints } from '../../src/repository/points.js';
@@ -116,4 +117,96 @@ t.test('key secrets that are not private or not a key are refused; nothing is wr
     'no secret in the logs',
   );
   t.notOk(JSON.stringify(ms.reports).includes('hunter2'), 'nor in the reports');
+});
+
+// Regression: a server could name the node's key as a store credential (verify of s3://...?endpoint=<its own server>
+// with AWS_SESSION_TOKEN: {secretRef: "file:disk-key"}) and read the key off the wire in x-amz-security-token.
+t.test('a secret used as an encryption key is refused as a store credential, under any name and after a restart', async (t) => {
+  const dir = tmpDir(t, 'agent-enc-cred');
+  const img = await makeDisk(dir, 'd0', 256 * KiB, 43);
+  const ms = await startMs(t);
+  const first = await startAgent(t, ms, dir);
+  const { stateDir } = first;
+  await ms.waitFor(() => ms.nodes.get(first.agent.nodeId)?.connected, 10_000, 'registration');
+  const secret = (name: string, text: string) => fs.writeFileSync(path.join(stateDir, 'secrets', name), text, { mode: 0o600 });
+  secret('disk-key', `${MASTER.toString('base64')}\n`);
+  secret('key-copy', MASTER.toString('hex')); // the same key under another name, in another form
+  // A real credential may have a key's shape (an R2 secret access key is 64 hex characters): it still works.
+  const r2Secret = crypto.createHash('sha256').update('an r2 secret access key').digest('hex');
+  secret('r2-secret', r2Secret);
+  // The attacker's "S3 endpoint" and "peer node": records every request that reaches it.
+  const seen: http.IncomingHttpHeaders[] = [];
+  const attacker = http.createServer((req, res) => {
+    seen.push(req.headers);
+    res.writeHead(403, { 'content-type': 'application/xml' }).end('<Error><Code>AccessDenied</Code></Error>');
+  });
+  await new Promise<void>((r) => attacker.listen(0, '127.0.0.1', r));
+  t.teardown(() => attacker.close());
+  const port = (attacker.address() as { port: number }).port;
+
+  // The key is used as one (the policy's own use): the node records it.
+  const storeUrl = path.join(dir, 'store');
+  const encryption = { mode: 'aes-256-gcm' as const, key: { secretRef: 'file:disk-key' } };
+  ms.startJob({ jobId: 'rep', kind: 'replicate', store: { url: storeUrl }, disks: [{ disk: 'd0', source: { location: img } }], encryption });
+  await ms.waitFor(() => ms.jobs.get('rep')?.completed, 15_000, 'replicate with the key');
+
+  const s3 = `s3://bucket?endpoint=http://127.0.0.1:${port}&region=us-east-1`;
+  const verifyWith = async (jobId: string, env: Record<string, unknown>, url = s3) => {
+    ms.startJob({ jobId, kind: 'verify', disk: 'd0', point: 'all', store: { url, env } as any });
+    return ms.waitFor(() => ms.jobs.get(jobId)?.failed, 30_000, jobId);
+  };
+  const asSessionToken = (secretRef: string) => ({ AWS_ACCESS_KEY_ID: 'AKIDEXAMPLE', AWS_SECRET_ACCESS_KEY: 'x', AWS_SESSION_TOKEN: { secretRef } });
+  process.env.RNODE_TEST_KEY_B64URL = MASTER.toString('base64url');
+  t.teardown(() => {
+    delete process.env.RNODE_TEST_KEY_B64URL;
+  });
+  const refusals = async (agentName: string) => {
+    t.match(
+      await verifyWith(`${agentName}-ref`, asSessionToken('file:disk-key')),
+      { code: 'RNODE_AGENT_KEY_AS_CREDENTIAL', message: /store\.env\.AWS_SESSION_TOKEN \(secret file:disk-key\) is an encryption key of this node/ },
+      `${agentName}: the key's own reference is refused`,
+    );
+    t.match(
+      await verifyWith(`${agentName}-copy`, asSessionToken('file:key-copy')),
+      { code: 'RNODE_AGENT_KEY_AS_CREDENTIAL', message: /file:key-copy/ },
+      `${agentName}: a copy of the key under another name is refused`,
+    );
+    t.match(
+      await verifyWith(`${agentName}-env`, asSessionToken('env:RNODE_TEST_KEY_B64URL')),
+      { code: 'RNODE_AGENT_KEY_AS_CREDENTIAL' },
+      `${agentName}: the key in the environment, base64url, is refused`,
+    );
+    t.match(
+      await verifyWith(`${agentName}-token`, { RNODE_TOKEN_FILE: path.join(stateDir, 'secrets', 'disk-key') }, `ws://127.0.0.1:${port}`),
+      { code: 'RNODE_AGENT_KEY_AS_CREDENTIAL', message: /RNODE_TOKEN_FILE/ },
+      `${agentName}: the key file as a peer's token file is refused`,
+    );
+    t.equal(seen.length, 0, `${agentName}: no request reached the attacker's endpoint`);
+  };
+  await refusals('agent');
+  // The record is in the state folder (references and key ids only): a restarted node still refuses.
+  const record = fs.readFileSync(path.join(stateDir, 'key-secrets.json'), 'utf8');
+  t.same(JSON.parse(record), { refs: ['file:disk-key'], keyIds: [KEY.keyId] }, 'the state folder records the reference and the key id');
+  await first.agent.stop();
+  // An operator lists a key not used yet (the limit of the record: docs/threat-model.md) while the agent is stopped.
+  secret('new-key', crypto.randomBytes(32).toString('hex'));
+  fs.writeFileSync(path.join(stateDir, 'key-secrets.json'), JSON.stringify({ refs: ['file:disk-key', 'file:new-key'], keyIds: [KEY.keyId] }));
+  const second = await startAgent(t, ms, dir, { stateDir });
+  await ms.waitFor(() => ms.nodes.get(second.agent.nodeId)?.connected, 10_000, 'registration again');
+  await refusals('restarted');
+  t.match(
+    await verifyWith('new-key', asSessionToken('file:new-key')),
+    { code: 'RNODE_AGENT_KEY_AS_CREDENTIAL' },
+    'a key the operator listed before its first use is refused',
+  );
+
+  const failed = await verifyWith('r2', asSessionToken('file:r2-secret'));
+  t.not(failed.code, 'RNODE_AGENT_KEY_AS_CREDENTIAL', 'a credential shaped like a key is sent');
+  t.equal(seen[0]?.['x-amz-security-token'], r2Secret, 'the store got it');
+  const forms = [MASTER.toString('hex'), MASTER.toString('base64'), MASTER.toString('base64url')];
+  const everything = JSON.stringify([seen, ms.reports, ms.errors, record, first.logs, second.logs]);
+  t.notOk(
+    forms.some((f) => everything.includes(f)),
+    'no form of the key in any request, report, state record or log line',
+  );
 });
