@@ -67,8 +67,27 @@ export async function listDisks(store: ObjectStore, key?: EncryptionKey): Promis
     const ids = await Promise.all(disks.map((d) => limit(() => settled(v2DiskId(store, d, k)))));
     disks.forEach((d, i) => {
       const id = ids[i];
-      if (id instanceof RnodeError) problems.push({ disk: `${domain}/${d.dname}`, code: id.code, message: id.message });
-      else if (id !== undefined) found.set(id, { seqs: new Set(d.points), key: k });
+      if (id instanceof RnodeError) {
+        problems.push({ disk: `${domain}/${d.dname}`, code: id.code, message: id.message });
+        return;
+      }
+      if (id === undefined) return;
+      // One id in the plain and the key's repository: a claim deleted or replaced, then a key-less writer. The
+      // encrypted disk is the one its claim was written for: it is listed, and the conflict named, hiding neither.
+      const other = found.get(id);
+      if (other) {
+        const plainSeqs = [...(k ? other.seqs : d.points)].sort((a, b) => a - b);
+        problems.push({
+          disk: id,
+          code: ErrorCodes.METADATA_FORGED,
+          message:
+            `disk ${id} has unencrypted points (${plainSeqs.join(', ')}) beside its points encrypted with the key given ` +
+            `(key id ${key!.keyId}): its claim was deleted or replaced and a writer without the key wrote them; the encrypted ` +
+            'points are listed. Check who can write the store before trusting the unencrypted ones',
+        });
+        if (!k) return;
+      }
+      found.set(id, { seqs: new Set(d.points), key: k });
     });
   }
   // Legacy points share the disk's numbering; an encrypted legacy point is read with the key given (if any).

@@ -66,8 +66,24 @@ export async function readClaim(store: ObjectStore, disk: string): Promise<DiskC
   }
 }
 
-/** Throws KEY_REQUIRED or KEY_MISMATCH when the disk's claim names another repository than the key's. */
-export function checkClaim(claim: DiskClaim | undefined, key: EncryptionKey | undefined, disk: string): void {
+/**
+ * Throws KEY_REQUIRED or KEY_MISMATCH when the disk's claim names another repository than the key's. keyHoldsPoints:
+ * the key's repository holds v2 points of the disk; a claim that then names another repository, or none, was replaced
+ * or deleted (it is written before the first v2 commit and never changes): METADATA_FORGED, never advice to leave out
+ * the key, which would start a second, unencrypted disk of the same id.
+ */
+export function checkClaim(claim: DiskClaim | undefined, key: EncryptionKey | undefined, disk: string, keyHoldsPoints = false): void {
+  if (key && keyHoldsPoints && claim?.domain !== domainName(key)) {
+    const says = !claim ? 'is missing' : claim.keyId ? `names another key (key id ${claim.keyId})` : 'says the disk is not encrypted';
+    const own: DiskClaim = { format: CLAIM_FORMAT, version: 1, domain: domainName(key), keyId: key.keyId };
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
+      `the claim disagrees with the disk's points: ${claimKey(disk)} of disk ${disk} ${says}, while its points are ` +
+        `encrypted with the key given (key id ${key.keyId}); someone with write access to the store deleted or replaced ` +
+        `it, and nothing was written. Check who can write the store, then put the claim back as ${JSON.stringify(own)}`,
+      { details: { disk, key: claimKey(disk), keyId: key.keyId, ...(claim ? { claimed: claim.domain } : {}) } },
+    );
+  }
   if (!claim || claim.domain === domainName(key)) return;
   if (!key) {
     throw new RnodeError(

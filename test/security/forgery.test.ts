@@ -13,6 +13,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { EncryptionKey } from '../../src/crypto/keys.js';
+import { claimKey } from '../../src/repository/claims.js';
 import { ErrorCodes, type RnodeError } from '../../src/errors.js';
 import { TableFlag, type ChunkEntry } from '../../src/format/table.js';
 import { Domain } from '../../src/repository/domain.js';
@@ -37,6 +38,7 @@ import {
   writeAt,
   type Fingerprint,
 } from '../helpers/images.js';
+import { runCli } from '../helpers/cli.js';
 
 stopCodecWorkersAtEnd(t);
 
@@ -225,3 +227,45 @@ t.test('a deleted middle manifest is detected, not skipped over', async (t) => {
   });
   t.notOk(fs.existsSync(path.join(f.dir, 'g.img')));
 });
+
+// Bug: the disk claim is not authenticated. With an encrypted disk's claim replaced by a plain one (or deleted), a
+// keyed replicate failed with RNODE_KEY_MISMATCH "disk vm1 is not encrypted ...; leave out the key": advice that,
+// followed, wrote unencrypted points of vm1 (exit 0), after which `disks` with the key listed only the plain vm1.
+t.test(
+  'a claim replaced or deleted under an encrypted disk: a keyed replicate reports it forged; disks lists the encrypted disk and the conflict',
+  async (t) => {
+    const dir = tmpDir(t, 'forge-claim');
+    const store = path.join(dir, 'store');
+    const img = path.join(dir, 'vm1.img');
+    fs.writeFileSync(img, randomData(4 * CHUNK, 7));
+    const keyFile = path.join(dir, 'key');
+    fs.writeFileSync(keyFile, crypto.createHash('sha256').update('forge-claim-key').digest('hex'), { mode: 0o600 });
+    const keyId = EncryptionKey.parse(fs.readFileSync(keyFile), 'key').keyId;
+    const withKey = ['--encryption-key-file', keyFile];
+    const replicate = (...extra: string[]) => runCli(['replicate', '--source', img, '--target', store, '--disk', 'vm1', ...extra]);
+    t.equal((await replicate(...withKey)).code, 0, 'encrypted point 1');
+    const claimFile = path.join(store, claimKey('vm1'));
+    const forgedPlain = JSON.stringify({ format: 'rnode-disk-claim', version: 1, domain: 'plain' });
+    const expectForgedClaim = async (what: string) => {
+      const r = await replicate(...withKey);
+      t.equal(r.code, 1, `${what}: the keyed replicate fails`);
+      t.match(r.stderr, /RNODE_METADATA_FORGED: the claim disagrees with the disk's points: claims\/[0-9a-f]+ of disk vm1 /, what);
+      t.notMatch(r.stderr, /leave out the key/, `${what}: no advice to drop the key`);
+    };
+    fs.writeFileSync(claimFile, forgedPlain);
+    await expectForgedClaim('a claim replaced by a plain one');
+    fs.rmSync(claimFile);
+    await expectForgedClaim('a deleted claim');
+    t.notOk(fs.existsSync(claimFile), 'the keyed writer did not claim the disk anew over the forgery');
+    // The documented limit (docs/threat-model.md): with the claim deleted, a key-less writer starts an unencrypted vm1.
+    t.equal((await replicate()).code, 0, 'a key-less replicate writes an unencrypted vm1');
+    await expectForgedClaim("the key-less writer's claim");
+    const disks = await runCli(['disks', '--store', store, ...withKey, '--json']);
+    t.equal(disks.code, 1, 'disks with the key exits 1: the conflict is a problem');
+    const listed = JSON.parse(disks.stdout);
+    t.match(listed.disks, [{ disk: 'vm1', points: 1, encryption: { keyId } }], 'the encrypted vm1 is listed, not hidden by the plain one');
+    t.match(listed.problems, [{ disk: 'vm1', code: 'RNODE_METADATA_FORGED', message: /unencrypted points \(1\) beside its points encrypted/ }]);
+    const points = await runCli(['points', '--store', store, '--disk', 'vm1', ...withKey, '--json']);
+    t.equal(points.code, 0, 'points with the key still reads the encrypted points');
+  },
+);

@@ -9,7 +9,7 @@ import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../.
 import type { BlockSource } from '../../source/types.js';
 import type { ChunkEntry } from '../../format/table.js';
 import { checkClaim, ensureClaim, readClaim } from '../../repository/claims.js';
-import { Domain, MIN_PACK_SIZE, validatePackSize } from '../../repository/domain.js';
+import { Domain, domainName, MIN_PACK_SIZE, validatePackSize } from '../../repository/domain.js';
 import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../../repository/encryption.js';
 import { r2, validateDiskId } from '../../repository/names.js';
 import { packSizeFor } from '../../repository/pack.js';
@@ -97,7 +97,12 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   // The disk's claim names the repository its v2 points are in: a writer with no key or another key is refused here,
   // where it could not otherwise see an encrypted disk's keyed names. Claimed now, before any object is written.
   const claim = await readClaim(store, disk);
-  checkClaim(claim, opts.encryption, disk);
+  // A claim that disagrees with the key: forged when the key's repository holds points of the disk (listed only then).
+  const keyHoldsPoints =
+    opts.encryption !== undefined &&
+    claim?.domain !== domainName(opts.encryption) &&
+    (await listV2PointSeqs(store, disk, opts.encryption)).length > 0;
+  checkClaim(claim, opts.encryption, disk, keyHoldsPoints);
   // An unencrypted disk's v2 points are listed without a key: a key given for it would start a second, encrypted
   // chain of the same disk id. (Another key's encrypted disk cannot be seen: its names are keyed; it is another
   // repository of the store.)
