@@ -68,13 +68,15 @@ export async function readClaim(store: ObjectStore, disk: string): Promise<DiskC
 
 /**
  * Throws KEY_REQUIRED or KEY_MISMATCH when the disk's claim names another repository than the key's. keyHoldsPoints:
- * the key's repository holds v2 points of the disk; a claim that then names another repository, or none, was replaced
- * or deleted (it is written before the first v2 commit and never changes): METADATA_FORGED, never advice to leave out
- * the key, which would start a second, unencrypted disk of the same id.
+ * the key's repository holds v2 points of the disk; a claim that then names another repository was replaced (it is
+ * written before the first v2 commit and never changes): METADATA_FORGED, never advice to leave out the key, which
+ * would start a second, unencrypted disk of the same id. A missing claim is written again by the caller (ensureClaim):
+ * builds between repository v2 and claims wrote encrypted points without one, and a deleted claim is a forged one
+ * only once another writer claimed the disk in its place.
  */
 export function checkClaim(claim: DiskClaim | undefined, key: EncryptionKey | undefined, disk: string, keyHoldsPoints = false): void {
-  if (key && keyHoldsPoints && claim?.domain !== domainName(key)) {
-    const says = !claim ? 'is missing' : claim.keyId ? `names another key (key id ${claim.keyId})` : 'says the disk is not encrypted';
+  if (key && keyHoldsPoints && claim && claim.domain !== domainName(key)) {
+    const says = claim.keyId ? `names another key (key id ${claim.keyId})` : 'says the disk is not encrypted';
     const own: DiskClaim = { format: CLAIM_FORMAT, version: 1, domain: domainName(key), keyId: key.keyId };
     throw new RnodeError(
       ErrorCodes.METADATA_FORGED,

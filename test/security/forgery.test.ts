@@ -232,7 +232,7 @@ t.test('a deleted middle manifest is detected, not skipped over', async (t) => {
 // keyed replicate failed with RNODE_KEY_MISMATCH "disk vm1 is not encrypted ...; leave out the key": advice that,
 // followed, wrote unencrypted points of vm1 (exit 0), after which `disks` with the key listed only the plain vm1.
 t.test(
-  'a claim replaced or deleted under an encrypted disk: a keyed replicate reports it forged; disks lists the encrypted disk and the conflict',
+  'a claim replaced under an encrypted disk: a keyed replicate reports it forged (a deleted one it writes back); disks lists the encrypted disk and the conflict',
   async (t) => {
     const dir = tmpDir(t, 'forge-claim');
     const store = path.join(dir, 'store');
@@ -254,16 +254,19 @@ t.test(
     };
     fs.writeFileSync(claimFile, forgedPlain);
     await expectForgedClaim('a claim replaced by a plain one');
+    // A missing claim is written back by the keyed writer: builds between repository v2 and claims (2026-12-01) wrote
+    // encrypted points without one.
     fs.rmSync(claimFile);
-    await expectForgedClaim('a deleted claim');
-    t.notOk(fs.existsSync(claimFile), 'the keyed writer did not claim the disk anew over the forgery');
+    t.equal((await replicate(...withKey)).code, 0, 'a deleted claim: the keyed replicate commits point 2');
+    t.match(JSON.parse(fs.readFileSync(claimFile, 'utf8')), { domain: /^k[0-9a-f]{16}$/, keyId }, 'and claims the disk again');
     // The documented limit (docs/threat-model.md): with the claim deleted, a key-less writer starts an unencrypted vm1.
+    fs.rmSync(claimFile);
     t.equal((await replicate()).code, 0, 'a key-less replicate writes an unencrypted vm1');
     await expectForgedClaim("the key-less writer's claim");
     const disks = await runCli(['disks', '--store', store, ...withKey, '--json']);
     t.equal(disks.code, 1, 'disks with the key exits 1: the conflict is a problem');
     const listed = JSON.parse(disks.stdout);
-    t.match(listed.disks, [{ disk: 'vm1', points: 1, encryption: { keyId } }], 'the encrypted vm1 is listed, not hidden by the plain one');
+    t.match(listed.disks, [{ disk: 'vm1', points: 2, encryption: { keyId } }], 'the encrypted vm1 is listed, not hidden by the plain one');
     t.match(listed.problems, [{ disk: 'vm1', code: 'RNODE_METADATA_FORGED', message: /unencrypted points \(1\) beside its points encrypted/ }]);
     const points = await runCli(['points', '--store', store, '--disk', 'vm1', ...withKey, '--json']);
     t.equal(points.code, 0, 'points with the key still reads the encrypted points');

@@ -100,7 +100,8 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   // A claim that disagrees with the key: forged when the key's repository holds points of the disk (listed only then).
   const keyHoldsPoints =
     opts.encryption !== undefined &&
-    claim?.domain !== domainName(opts.encryption) &&
+    claim !== undefined &&
+    claim.domain !== domainName(opts.encryption) &&
     (await listV2PointSeqs(store, disk, opts.encryption)).length > 0;
   checkClaim(claim, opts.encryption, disk, keyHoldsPoints);
   // An unencrypted disk's v2 points are listed without a key: a key given for it would start a second, encrypted
