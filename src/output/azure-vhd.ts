@@ -1,6 +1,7 @@
 // azblob://<container>/<name>.vhd: the disk as a page blob holding a fixed VHD, which Azure turns into a managed disk
 // (`az disk create --source <blob url>`). Page blobs are sparse: only non-zero 4 KiB blocks are uploaded.
 import type { PageBlobClient } from '@azure/storage-blob';
+import { randomUUID } from 'node:crypto';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { azureFailure, azureServiceClient, requestSignal } from '../store/azure/azure-store.js';
 import { DEFAULT_REQUEST_TIMEOUT_MS } from '../store/common.js';
@@ -19,13 +20,20 @@ const PAGE = 512;
 const BLOCK = 4096;
 /** Put Page calls in flight per chunk (the restore has several chunks in flight too). */
 const PER_CHUNK = 4;
+/** The metadata name under which a blob carries the id of the restore that created it (Azure lowercases names). */
+const RUN_METADATA = 'rnoderun';
 
 export async function openAzureVhdOutput(url: URL, opts: OpenOutputOptions): Promise<OutputSink> {
   const name = objectName(url);
   if (!/\.vhd$/i.test(name)) throw badOut(displayUrl(url), 'must name a .vhd page blob (azblob://container/name.vhd)');
   const blob = azureServiceClient(url, opts.env).getContainerClient(url.hostname).getPageBlobClient(name);
   const sink = new AzureVhdSink(displayUrl(url), blob, opts.diskSize);
-  await sink.create();
+  try {
+    await sink.create();
+  } catch (err) {
+    await sink.abort(); // a create that failed after all may have left this run's blob
+    throw err;
+  }
   return sink;
 }
 
@@ -34,6 +42,8 @@ class AzureVhdSink implements OutputSink {
   /** The virtual size: the disk rounded up to 1 MiB; the padding reads as zeros. */
   readonly virtualSize: number;
   private created = false;
+  /** Written into the blob's metadata at create: how this run knows the blob as its own after a lost answer. */
+  private readonly runId = randomUUID();
 
   constructor(
     readonly location: string,
@@ -57,11 +67,17 @@ class AzureVhdSink implements OutputSink {
     // Never over an existing blob: it may be a disk someone uses. A failed restore deletes what it created.
     await this.call('create page blob', async () => {
       try {
-        await this.blob.create(this.virtualSize + VHD_FOOTER_BYTES, { conditions: { ifNoneMatch: '*' }, abortSignal: signal() });
+        await this.blob.create(this.virtualSize + VHD_FOOTER_BYTES, {
+          conditions: { ifNoneMatch: '*' },
+          metadata: { [RUN_METADATA]: this.runId },
+          abortSignal: signal(),
+        });
       } catch (err) {
         // Answers, not failures: thrown as RnodeErrors, which retried() passes through without retrying.
         const code = azureFailure(err).code;
         if (code === 'BlobAlreadyExists' || code === 'ConditionNotMet') {
+          // A retry whose first attempt did create the blob (its answer was lost) finds this run's own blob.
+          if (await this.isOwnBlob()) return;
           throw new RnodeError(ErrorCodes.OUTPUT_IO, `--out ${this.location} already exists; delete it or choose another name`, { cause: err });
         }
         if (code === 'ContainerNotFound') {
@@ -71,6 +87,17 @@ class AzureVhdSink implements OutputSink {
       }
     });
     this.created = true;
+  }
+
+  /** True when the blob at the name is the one this run created (its metadata holds this run's id). */
+  private async isOwnBlob(): Promise<boolean> {
+    try {
+      const props = await this.blob.getProperties({ abortSignal: signal() });
+      return props.metadata?.[RUN_METADATA] === this.runId;
+    } catch (err) {
+      if (azureFailure(err).status === 404) return false;
+      throw err;
+    }
   }
 
   async write(offset: number, data: Buffer): Promise<number> {
@@ -103,8 +130,9 @@ class AzureVhdSink implements OutputSink {
   }
 
   async abort(): Promise<void> {
-    if (!this.created) return;
     try {
+      // A create whose answer never came may still have made the blob: it is deleted only when it is this run's.
+      if (!this.created && !(await this.isOwnBlob())) return;
       await this.blob.deleteIfExists({ abortSignal: signal() });
     } catch {
       // The server that failed the restore often fails the delete too: the operator must know what is left.

@@ -7,6 +7,7 @@ import { Storage } from '@google-cloud/storage';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import t from 'tap';
@@ -356,4 +357,79 @@ t.test('azblob://: a restore cut by the server dying is OUTPUT_IO, and says the 
   const blob = BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING!).getContainerClient('disks').getBlobClient('cut.vhd');
   t.ok(await blob.exists(), 'the partial blob is indeed there');
   await blob.delete();
+});
+
+/**
+ * An HTTP proxy to `target` that drops the answer to the first request `match` picks, after the server has handled it
+ * (the connection is cut instead): a request that did happen, but whose client saw only a reset.
+ */
+async function dropOneAnswer(
+  target: number,
+  match: (req: http.IncomingMessage) => boolean,
+): Promise<{ endpoint: string; dropped: number; close(): Promise<void> }> {
+  const state = { dropped: 0 };
+  const server = http.createServer((req, res) => {
+    const up = http.request({ host: '127.0.0.1', port: target, method: req.method, path: req.url, headers: req.headers }, (answer) => {
+      const body: Buffer[] = [];
+      answer.on('data', (c: Buffer) => body.push(c));
+      answer.on('end', () => {
+        if (state.dropped === 0 && match(req)) {
+          state.dropped++;
+          req.socket.destroy();
+          return;
+        }
+        res.writeHead(answer.statusCode!, answer.headers);
+        res.end(Buffer.concat(body));
+      });
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return Object.assign(state, {
+    endpoint: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  });
+}
+
+t.test('azblob://: a create whose answer was lost carries on into the blob it made; a foreign blob is still refused', async (t) => {
+  // Regression: the retried create found the blob its own first attempt had made, failed the restore as "already
+  // exists" and left a footer-less blob behind that refused every rerun.
+  const isCreate = (req: http.IncomingMessage) => req.method === 'PUT' && req.headers['x-ms-blob-type'] === 'PageBlob';
+  const container = BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING!).getContainerClient('disks');
+  const lost = await dropOneAnswer(azurite.port, isCreate);
+  t.teardown(() => lost.close());
+  const lostEnv = { ...env, AZURE_STORAGE_CONNECTION_STRING: azuriteConnectionString(lost.endpoint) };
+  const r = await recover({ store, disk: 'plain', point: '2', out: 'azblob://disks/lost-answer.vhd', env: lostEnv }).catch((e: Error) => e);
+  t.equal(lost.dropped, 1, 'the answer to the create was dropped');
+  t.notOk(r instanceof Error, `the restore succeeds (${r instanceof Error ? r.message : 'ok'})`);
+  const file = path.join(dir, 'lost-answer.vhd');
+  const raw = `${file}.raw`;
+  t.teardown(() => fs.rmSync(file, { force: true }) || fs.rmSync(raw, { force: true }));
+  await container.getPageBlobClient('lost-answer.vhd').downloadToFile(file);
+  execFileSync('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', file, raw]);
+  t.ok(fs.readFileSync(raw).equals(padded(images[1], MiB)), 'qemu-img convert -f vpc gives the image byte-exact');
+
+  // A blob that was there before is someone else's: refused and left as it was, the lost answer or not.
+  const foreign = container.getPageBlobClient('foreign.vhd');
+  await foreign.create(MiB);
+  await foreign.uploadPages(randomData(4 * KiB, 9), 0, 4 * KiB);
+  const before = await foreign.getProperties();
+  const again = await dropOneAnswer(azurite.port, isCreate);
+  t.teardown(() => again.close());
+  await t.rejects(
+    recover({
+      store,
+      disk: 'plain',
+      point: '2',
+      out: 'azblob://disks/foreign.vhd',
+      env: { ...env, AZURE_STORAGE_CONNECTION_STRING: azuriteConnectionString(again.endpoint) },
+    }),
+    { code: ErrorCodes.OUTPUT_IO, message: /--out azblob:\/\/disks\/foreign\.vhd already exists; delete it or choose another name/ },
+  );
+  t.equal(again.dropped, 1, 'the answer to that create was dropped too');
+  const after = await foreign.getProperties();
+  t.same([after.etag, after.contentLength], [before.etag, before.contentLength], 'the foreign blob is untouched');
+  const head = await foreign.downloadToBuffer(0, 4 * KiB);
+  t.ok(head.equals(randomData(4 * KiB, 9)), 'its data too');
 });
