@@ -10,7 +10,6 @@ import {
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { copyBytes, zeroBytes } from '../native/index.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
-import { queryInt } from '../store/common.js';
 import { newS3Client, s3ClientConfig, s3Failure, s3RequestHandler } from '../store/s3/s3-store.js';
 import { retried, wasStoreCode } from './cloud.js';
 import { roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
@@ -19,15 +18,38 @@ import { badOut, displayUrl, objectName } from './url.js';
 const MiB = 1024 * 1024;
 const MAX_PARTS = 10_000;
 const MIN_PART = 5 * MiB;
+/**
+ * The largest part ?partSize= may ask for. S3 takes up to 5 GiB, but parts are whole buffers in memory, two of them
+ * beyond 64 MiB: 2 GiB at this size. The part size a disk needs is at most 525 MiB (5 TiB in 10,000 parts).
+ */
+const MAX_PART = 1024 * MiB;
+/** S3's largest object. */
+const MAX_OBJECT = 5 * 1024 * 1024 * MiB;
 
 /** Part size: 16 MiB, or larger so that the disk fits in S3's 10,000 parts (a 2 TiB disk: 210 MiB parts). */
 export function s3PartSize(diskSize: number, wanted?: number): number {
   return Math.max(wanted ?? 16 * MiB, MIN_PART, roundUp(Math.ceil(diskSize / MAX_PARTS), MiB));
 }
 
+/** ?partSize=<bytes>, checked against both bounds (a value past the largest buffer failed as an internal error). */
+function wantedPartSize(url: URL): number | undefined {
+  const v = url.searchParams.get('partSize');
+  if (v === null) return undefined;
+  const n = /^\d+$/.test(v) ? Number(v) : NaN;
+  if (!(n >= MIN_PART && n <= MAX_PART)) {
+    throw badOut(displayUrl(url), `asks for partSize=${v}; a part is a number of bytes from 5 MiB (5242880) to 1 GiB (1073741824)`);
+  }
+  return n;
+}
+
 export async function openS3Output(url: URL, opts: OpenOutputOptions): Promise<OutputSink> {
-  const wanted = queryInt(url, 'partSize');
-  if (wanted !== undefined && wanted < MIN_PART) throw badOut(displayUrl(url), `asks for partSize=${wanted}; S3 parts are at least 5 MiB (5242880)`);
+  const wanted = wantedPartSize(url);
+  if (opts.diskSize > MAX_OBJECT) {
+    throw badOut(
+      displayUrl(url),
+      `cannot hold a disk of ${opts.diskSize} bytes: an S3 object is at most 5 TiB; restore it to azblob:// or a local file`,
+    );
+  }
   const client = newS3Client({
     maxAttempts: 1, // one retry policy: retried()
     requestHandler: s3RequestHandler(300_000), // parts are larger than store objects

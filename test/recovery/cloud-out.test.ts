@@ -134,6 +134,33 @@ t.test("s3://: a bucket that does not exist is named as --out's (it read as the 
   });
 });
 
+t.test('s3://: a part size or a disk S3 cannot take is BAD_OUTPUT, before anything is uploaded', async (t) => {
+  // Regression: partSize=10000000000 passed the check of its lower bound only, and the restore failed allocating the
+  // part's buffer as RNODE_INTERNAL "The value of "size" is out of range ... this is a bug".
+  const base = `s3://disks/parts/big.raw?endpoint=${s3.endpoint}&forcePathStyle=true`;
+  for (const partSize of ['10000000000', '1073741825', '5242879', '5MiB', '-1', '']) {
+    await t.rejects(
+      recover({ store, disk: 'plain', point: '1', out: `${base}&partSize=${partSize}`, env }),
+      {
+        code: ErrorCodes.BAD_OUTPUT,
+        message: `--out s3://disks/parts/big.raw asks for partSize=${partSize}; a part is a number of bytes from 5 MiB (5242880) to 1 GiB (1073741824)`,
+      },
+      `partSize=${partSize}`,
+    );
+  }
+  const sink = await openOutput(`${base}&partSize=1073741824`, { diskSize: MiB, env });
+  t.pass('partSize=1073741824 (1 GiB) is taken');
+  await sink.abort();
+  await t.rejects(
+    openOutput(base, { diskSize: 5 * 1024 * GiB + 1, env }),
+    { code: ErrorCodes.BAD_OUTPUT, message: /an S3 object is at most 5 TiB/ },
+    'a disk over 5 TiB',
+  );
+  const c = s3Client();
+  t.equal((await c.send(new ListObjectsV2Command({ Bucket: 'disks', Prefix: 'parts/' }))).KeyCount ?? 0, 0, 'no object');
+  c.destroy();
+});
+
 /** Merged [start, end) ranges of the 4 KiB blocks of buf holding a non-zero byte. */
 function nonZeroBlocks(buf: Buffer, block = 4 * KiB): Array<[number, number]> {
   const out: Array<[number, number]> = [];
