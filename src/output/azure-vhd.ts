@@ -26,6 +26,8 @@ const RUN_METADATA = 'rnoderun';
 export async function openAzureVhdOutput(url: URL, opts: OpenOutputOptions): Promise<OutputSink> {
   const name = objectName(url);
   if (!/\.vhd$/i.test(name)) throw badOut(displayUrl(url), 'must name a .vhd page blob (azblob://container/name.vhd)');
+  // A fixed VHD of no sectors is a lone footer, which qemu-img cannot open (and Azure takes no disk under 20 MiB).
+  if (opts.diskSize === 0) throw badOut(displayUrl(url), 'cannot hold a 0-byte disk: a VHD needs at least one sector of data');
   const blob = azureServiceClient(url, opts.env).getContainerClient(url.hostname).getPageBlobClient(name);
   const sink = new AzureVhdSink(displayUrl(url), blob, opts.diskSize);
   try {

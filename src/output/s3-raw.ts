@@ -4,6 +4,7 @@ import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
+  PutObjectCommand,
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
@@ -174,6 +175,7 @@ class S3RawSink implements OutputSink {
     if (this.current && this.fill > 0) this.ship();
     await Promise.all(this.uploads);
     if (this.failure) throw this.failure;
+    if (this.partNumber === 0) return this.finishEmpty();
     this.parts.sort((a, b) => a.PartNumber - b.PartNumber);
     await this.call('complete multipart upload', () =>
       this.client.send(
@@ -188,12 +190,24 @@ class S3RawSink implements OutputSink {
     this.client.destroy();
   }
 
+  /** A 0-byte disk: S3 completes no upload without parts (MalformedXML), so the empty object is put whole instead. */
+  private async finishEmpty(): Promise<void> {
+    await this.call('put empty object', () =>
+      this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key, Body: Buffer.alloc(0), ContentType: 'application/octet-stream' })),
+    );
+    await this.abortUpload();
+    this.client.destroy();
+  }
+
   async abort(): Promise<void> {
     await Promise.all(this.uploads);
-    if (this.uploadId) {
-      // Uploaded parts cost storage until aborted (s3rver answers 405 here; real S3 frees them).
-      await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: this.uploadId })).catch(() => undefined);
-    }
+    await this.abortUpload();
     this.client.destroy();
+  }
+
+  private async abortUpload(): Promise<void> {
+    if (!this.uploadId) return;
+    // Uploaded parts cost storage until aborted (s3rver answers 405 here; real S3 frees them).
+    await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.key, UploadId: this.uploadId })).catch(() => undefined);
   }
 }

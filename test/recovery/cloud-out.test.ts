@@ -161,6 +161,27 @@ t.test('s3://: a part size or a disk S3 cannot take is BAD_OUTPUT, before anythi
   c.destroy();
 });
 
+t.test('a 0-byte disk: an empty S3 object, and refused as a VHD', async (t) => {
+  // Regression: S3 completed a multipart upload of no parts with "MalformedXML (HTTP 400)"; Azure made a 512-byte
+  // blob, a footer alone, that qemu-img cannot open.
+  await point('empty', Buffer.alloc(0));
+  const r = await recover({ store, disk: 'empty', out: `s3://disks/empty/e.raw?endpoint=${s3.endpoint}&forcePathStyle=true`, env }).catch(
+    (e: Error) => e,
+  );
+  t.notOk(r instanceof Error, `s3: the restore succeeds (${r instanceof Error ? r.message : 'ok'})`);
+  const c = s3Client();
+  t.teardown(() => c.destroy());
+  const got = await c.send(new GetObjectCommand({ Bucket: 'disks', Key: 'empty/e.raw' })).catch((e: Error) => e);
+  t.equal(got instanceof Error ? got.message : got.ContentLength, 0, 's3: an empty object');
+  await t.rejects(
+    recover({ store, disk: 'empty', out: 'azblob://disks/empty.vhd', env }),
+    { code: ErrorCodes.BAD_OUTPUT, message: '--out azblob://disks/empty.vhd cannot hold a 0-byte disk: a VHD needs at least one sector of data' },
+    'azure: refused',
+  );
+  const blob = BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING!).getContainerClient('disks').getBlobClient('empty.vhd');
+  t.notOk(await blob.exists(), 'azure: no blob');
+});
+
 /** Merged [start, end) ranges of the 4 KiB blocks of buf holding a non-zero byte. */
 function nonZeroBlocks(buf: Buffer, block = 4 * KiB): Array<[number, number]> {
   const out: Array<[number, number]> = [];
