@@ -7,7 +7,7 @@ import { azureFailure, azureServiceClient, requestSignal } from '../store/azure/
 import { DEFAULT_REQUEST_TIMEOUT_MS } from '../store/common.js';
 import { retried } from './cloud.js';
 import { eachLimited, nonZeroRuns, roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
-import { badOut, displayUrl, objectName } from './url.js';
+import { badOut, containerUrl, displayUrl, objectName } from './url.js';
 import { VHD_FOOTER_BYTES, vhdFooter } from './vhd.js';
 
 const MiB = 1024 * 1024;
@@ -29,7 +29,7 @@ export async function openAzureVhdOutput(url: URL, opts: OpenOutputOptions): Pro
   // A fixed VHD of no sectors is a lone footer, which qemu-img cannot open (and Azure takes no disk under 20 MiB).
   if (opts.diskSize === 0) throw badOut(displayUrl(url), 'cannot hold a 0-byte disk: a VHD needs at least one sector of data');
   const blob = azureServiceClient(url, opts.env).getContainerClient(url.hostname).getPageBlobClient(name);
-  const sink = new AzureVhdSink(displayUrl(url), blob, opts.diskSize);
+  const sink = new AzureVhdSink(displayUrl(url), containerUrl(url), blob, opts.diskSize);
   try {
     await sink.create();
   } catch (err) {
@@ -49,6 +49,8 @@ class AzureVhdSink implements OutputSink {
 
   constructor(
     readonly location: string,
+    /** Failure messages name the blob in its container: "upload pages <name> in azblob://<container>". */
+    private readonly container: string,
     private readonly blob: PageBlobClient,
     private readonly diskSize: number,
   ) {
@@ -59,7 +61,7 @@ class AzureVhdSink implements OutputSink {
   private thrown?: RnodeError;
 
   private call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    return retried(this.location, op, this.blob.name, azureFailure, fn).catch((err: unknown) => {
+    return retried(this.container, op, this.blob.name, azureFailure, fn).catch((err: unknown) => {
       if (err instanceof RnodeError) this.thrown = err;
       throw err;
     });

@@ -9,7 +9,7 @@ import { cloudError, requestDeadlineMs, requestTimeoutMs } from '../store/common
 import { outputError } from './cloud.js';
 import { roundUp, type Extent, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { SPARSE_EXTENSION_ENTRIES, SPARSE_HEADER_ENTRIES, TAR_BLOCK, TAR_RECORD, sparseEntryCount, sparseExtension, sparseHeader } from './tar.js';
-import { badOut, displayUrl, objectName } from './url.js';
+import { badOut, containerUrl, displayUrl, objectName } from './url.js';
 
 /** GCE imports disks whose size is a whole number of GiB. */
 export const GCE_ALIGN = 1024 ** 3;
@@ -25,7 +25,7 @@ export async function openGcsTarGzOutput(url: URL, opts: OpenOutputOptions): Pro
   // Its deadline grows with the disk: the client's fixed one cut every restore of more than ~2 minutes of upload.
   deadlineFor(file, requestDeadlineMs(requestTimeoutMs(url), opts.diskSize));
   const upload = file.createWriteStream({ resumable: false, contentType: 'application/gzip', validation: false });
-  return new GcsTarGzSink(displayUrl(url), upload, opts.diskSize);
+  return new GcsTarGzSink(displayUrl(url), upload, opts.diskSize, { container: containerUrl(url), name });
 }
 
 /** Exported for tests, which stream it into a local file. */
@@ -48,6 +48,8 @@ export class GcsTarGzSink implements OutputSink {
     readonly location: string,
     upload: Writable,
     diskSize: number,
+    /** What failure messages name: "upload <name> in gs://<bucket>". */
+    private readonly object = { container: location, name: 'the archive' },
   ) {
     this.realSize = roundUp(diskSize, GCE_ALIGN);
     this.done = pipeline(this.tar, upload).catch((err) => {
@@ -174,6 +176,6 @@ export class GcsTarGzSink implements OutputSink {
   }
 
   private mapped(err: unknown): RnodeError {
-    return outputError(cloudError(this.location, 'upload', this.location, err, gcsFailure(err)));
+    return outputError(cloudError(this.object.container, 'upload', this.object.name, err, gcsFailure(err)));
   }
 }

@@ -14,7 +14,7 @@ import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newS3Client, s3ClientConfig, s3Failure, s3RequestHandler } from '../store/s3/s3-store.js';
 import { retried, wasStoreCode } from './cloud.js';
 import { roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
-import { badOut, displayUrl, objectName } from './url.js';
+import { badOut, containerUrl, displayUrl, objectName, outClientOptions } from './url.js';
 
 const MiB = 1024 * 1024;
 const MAX_PARTS = 10_000;
@@ -54,9 +54,9 @@ export async function openS3Output(url: URL, opts: OpenOutputOptions): Promise<O
   const client = newS3Client({
     maxAttempts: 1, // one retry policy: retried()
     requestHandler: s3RequestHandler(300_000), // parts are larger than store objects
-    ...s3ClientConfig(url, opts.env),
+    ...outClientOptions(url, () => s3ClientConfig(url, opts.env)),
   });
-  const sink = new S3RawSink(displayUrl(url), client, url.hostname, objectName(url), s3PartSize(opts.diskSize, wanted));
+  const sink = new S3RawSink(displayUrl(url), containerUrl(url), client, url.hostname, objectName(url), s3PartSize(opts.diskSize, wanted));
   try {
     await sink.start();
   } catch (err) {
@@ -80,6 +80,8 @@ class S3RawSink implements OutputSink {
 
   constructor(
     readonly location: string,
+    /** Failure messages name the key in its bucket: "upload part 3 <key> in s3://<bucket>". */
+    private readonly container: string,
     private readonly client: S3Client,
     private readonly bucket: string,
     private readonly key: string,
@@ -90,7 +92,7 @@ class S3RawSink implements OutputSink {
   }
 
   private call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    return retried(this.location, op, this.key, s3Failure, fn);
+    return retried(this.container, op, this.key, s3Failure, fn);
   }
 
   async start(): Promise<void> {

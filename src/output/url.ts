@@ -1,6 +1,6 @@
 // Parsing and naming of cloud output URLs (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz);
 // messages show a URL without its query, which may name endpoints and options.
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { redact } from '../store/schemes.js';
 
 /** The query parameters each output reads (s3: its own part size, and the client settings of s3ClientConfig). */
@@ -37,6 +37,11 @@ export function displayUrl(url: URL): string {
   return `${url.protocol}//${url.hostname}${url.pathname}`;
 }
 
+/** The bucket or container of an output: failure messages name the object in it ("upload part 3 k.raw in s3://b"). */
+export function containerUrl(url: URL): string {
+  return `${url.protocol}//${url.hostname}`;
+}
+
 /** The object's name inside its bucket or container. */
 export function objectName(url: URL): string {
   return decodeURIComponent(url.pathname.replace(/^\/+/, ''));
@@ -44,4 +49,29 @@ export function objectName(url: URL): string {
 
 export function badOut(out: string, why: string): RnodeError {
   return new RnodeError(ErrorCodes.BAD_OUTPUT, `--out ${out} ${why}`, { details: { out } });
+}
+
+/**
+ * Reads an output URL's client options with the store's reader of the same scheme (s3ClientConfig): what that refuses
+ * is a mistake in --out, so RNODE_BAD_OUTPUT, not the RNODE_BAD_STORE_URL it means for a store URL.
+ */
+export function outClientOptions<T>(url: URL, read: () => T): T {
+  // Credentials in --out are refused (parseOutUrl); in its endpoint they were taken, and sent as given.
+  const endpoint = url.searchParams.get('endpoint');
+  if (endpoint && URL.canParse(endpoint) && (new URL(endpoint).username || new URL(endpoint).password)) {
+    throw badOut(displayUrl(url), 'has an endpoint with credentials in it; give them in the environment as for store URLs');
+  }
+  try {
+    return read();
+  } catch (err) {
+    if (!isRnodeError(err) || err.code !== ErrorCodes.BAD_STORE_URL) throw err;
+    throw new RnodeError(
+      ErrorCodes.BAD_OUTPUT,
+      `--out ${displayUrl(url)} cannot be used: ${err.message.replace(/^(the )?store URL parameter /, '')}`,
+      {
+        cause: err,
+        details: { out: displayUrl(url) },
+      },
+    );
+  }
 }

@@ -327,6 +327,49 @@ t.test('outputs inside the store being read, and malformed outputs, are refused'
   );
 });
 
+t.test("s3://: values --out's client options cannot take are BAD_OUTPUT, and an endpoint with credentials is refused", async (t) => {
+  // Regression: these came back as RNODE_BAD_STORE_URL "store URL parameter ..." (a code about the store being
+  // read), and an endpoint with user:password in it was taken.
+  const opts = { diskSize: MiB, env };
+  for (const [param, why] of [
+    ['endpoint=not a url', 'endpoint=not a url is not an http(s) URL; write it with its scheme'],
+    ['endpoint=127.0.0.1:9000', 'endpoint=127.0.0.1:9000 is not an http(s) URL'],
+    ['forcePathStyle=maybe', 'forcePathStyle=maybe must be on or off'],
+  ]) {
+    await t.rejects(
+      openOutput(`s3://disks/k.raw?${param}`, opts),
+      { code: ErrorCodes.BAD_OUTPUT, message: `--out s3://disks/k.raw cannot be used: ${why}` },
+      param,
+    );
+  }
+  const err = (await openOutput(`s3://disks/k.raw?endpoint=${s3.endpoint.replace('//', '//user:secret@')}`, opts).catch(
+    (e: unknown) => e,
+  )) as RnodeError;
+  t.equal(err.code, ErrorCodes.BAD_OUTPUT, err.message);
+  t.equal(err.message, '--out s3://disks/k.raw has an endpoint with credentials in it; give them in the environment as for store URLs');
+});
+
+t.test('gs://: a cut upload names the object once, in its bucket', async (t) => {
+  // Regression: the message said "upload gs://disks/cut.tar.gz in gs://disks/cut.tar.gz failed".
+  const r = await relay(gcs.port);
+  let cut = false;
+  const err = (await recover({
+    store,
+    disk: 'plain',
+    point: '1',
+    out: 'gs://disks/cut.tar.gz',
+    env: { ...env, STORAGE_EMULATOR_HOST: r.endpoint },
+    concurrency: 1,
+    onProgress: () => {
+      if (!cut) r.cut();
+      cut = true;
+    },
+  }).catch((e: unknown) => e)) as RnodeError;
+  t.ok(cut, 'the server went away mid-restore');
+  t.equal(err?.code, ErrorCodes.OUTPUT_IO, err?.message);
+  t.match(err?.message, /^upload cut\.tar\.gz in gs:\/\/disks failed: /, 'the object, then its bucket');
+});
+
 t.test('tar: sparse maps longer than the header, and offsets past 8 GiB (base-256 numbers), extract with GNU tar', async (t) => {
   // Regression guard for the two header forms only a big or fragmented disk reaches: extension blocks, base-256.
   const { GcsTarGzSink } = await import('../../src/output/gcs-targz.js');
