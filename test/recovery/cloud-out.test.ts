@@ -352,19 +352,7 @@ t.test("s3://: values --out's client options cannot take are BAD_OUTPUT, and an 
 t.test('gs://: a cut upload names the object once, in its bucket', async (t) => {
   // Regression: the message said "upload gs://disks/cut.tar.gz in gs://disks/cut.tar.gz failed".
   const r = await relay(gcs.port);
-  let cut = false;
-  const err = (await recover({
-    store,
-    disk: 'plain',
-    point: '1',
-    out: 'gs://disks/cut.tar.gz',
-    env: { ...env, STORAGE_EMULATOR_HOST: r.endpoint },
-    concurrency: 1,
-    onProgress: () => {
-      if (!cut) r.cut();
-      cut = true;
-    },
-  }).catch((e: unknown) => e)) as RnodeError;
+  const { cut, err } = await restoreCutMidway(r, 'gs://disks/cut.tar.gz', { ...env, STORAGE_EMULATOR_HOST: r.endpoint });
   t.ok(cut, 'the server went away mid-restore');
   t.equal(err?.code, ErrorCodes.OUTPUT_IO, err?.message);
   t.match(err?.message, /^upload cut\.tar\.gz in gs:\/\/disks failed: /, 'the object, then its bucket');
@@ -402,6 +390,24 @@ t.test('tar: sparse maps longer than the header, and offsets past 8 GiB (base-25
   t.pass('every extent in place, zeros after each');
 });
 
+/** Restores point 1 of disk plain to out, one chunk at a time, the relay cut at the first progress report. */
+async function restoreCutMidway(r: { cut(): void }, out: string, outEnv: NodeJS.ProcessEnv): Promise<{ cut: boolean; err: RnodeError }> {
+  let cut = false;
+  const err = (await recover({
+    store,
+    disk: 'plain',
+    point: '1',
+    out,
+    env: outEnv,
+    concurrency: 1,
+    onProgress: () => {
+      if (!cut) r.cut();
+      cut = true;
+    },
+  }).catch((e: unknown) => e)) as RnodeError;
+  return { cut, err };
+}
+
 /** A TCP relay to `target` that can be cut at once (every connection dropped, new ones refused), as a server dying. */
 async function relay(target: number): Promise<{ endpoint: string; cut(): void }> {
   const sockets = new Set<net.Socket>();
@@ -427,19 +433,7 @@ async function relay(target: number): Promise<{ endpoint: string; cut(): void }>
 t.test('azblob://: a restore cut by the server dying is OUTPUT_IO, and says the partial blob it could not delete remains', async (t) => {
   const r = await relay(azurite.port);
   const cutEnv = { ...env, AZURE_STORAGE_CONNECTION_STRING: azuriteConnectionString(r.endpoint) };
-  let cut = false;
-  const err = (await recover({
-    store,
-    disk: 'plain',
-    point: '1',
-    out: 'azblob://disks/cut.vhd',
-    env: cutEnv,
-    concurrency: 1,
-    onProgress: () => {
-      if (!cut) r.cut();
-      cut = true;
-    },
-  }).catch((e: unknown) => e)) as RnodeError;
+  const { cut, err } = await restoreCutMidway(r, 'azblob://disks/cut.vhd', cutEnv);
   t.ok(cut, 'the server went away mid-restore');
   t.equal(err?.code, ErrorCodes.OUTPUT_IO, err?.message);
   t.equal(err?.retryable, true, 'a dropped server is still a retryable failure');

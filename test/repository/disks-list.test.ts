@@ -6,6 +6,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { listDisks } from '../../src/jobs/disks.js';
 import type { ObjectStore } from '../../src/store/types.js';
+import { aroundCalls } from '../helpers/around-puts.js';
 import { fsStore, KiB, randomData, snap, stopCodecWorkersAtEnd, tmpDir, v2PointFiles } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
@@ -13,24 +14,17 @@ stopCodecWorkersAtEnd(t);
 /** The store with 5 ms added to every get, counting how many were in flight at once. */
 function slowGets(store: ObjectStore): ObjectStore & { mostInFlight: number } {
   let inFlight = 0;
-  let most = 0;
-  return new Proxy(store, {
-    get(target, prop) {
-      if (prop === 'mostInFlight') return most;
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== 'function') return v;
-      if (prop !== 'get') return v.bind(target);
-      return async (...args: unknown[]) => {
-        most = Math.max(most, ++inFlight);
-        try {
-          await sleep(5);
-          return await v.apply(target, args);
-        } finally {
-          inFlight--;
-        }
-      };
-    },
-  }) as ObjectStore & { mostInFlight: number };
+  const slow = aroundCalls(store, 'get', async (_args, get) => {
+    out.mostInFlight = Math.max(out.mostInFlight, ++inFlight);
+    try {
+      await sleep(5);
+      return await get();
+    } finally {
+      inFlight--;
+    }
+  });
+  const out = Object.assign(slow, { mostInFlight: 0 });
+  return out;
 }
 
 t.test('disks: a store of 24 disks is read several disks at once, in order, with a damaged one named', async (t) => {

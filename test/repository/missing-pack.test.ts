@@ -11,33 +11,23 @@ import { locateChunk } from '../../src/repository/index-cache.js';
 import { loadPoint } from '../../src/repository/points.js';
 import { tableEntries } from '../../src/repository/view.js';
 import type { ObjectStore } from '../../src/store/types.js';
+import { aroundCalls } from '../helpers/around-puts.js';
 import { fsStore, KiB, listFiles, packFiles, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
 /** The store, counting its gets of index objects and its listings of the index folder. */
 function countingIndexReads(store: ObjectStore): ObjectStore & { indexGets: number; indexLists: number } {
-  const counts = { indexGets: 0, indexLists: 0 };
-  return new Proxy(store, {
-    get(target, prop) {
-      if (prop === 'indexGets' || prop === 'indexLists') return counts[prop];
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== 'function') return v;
-      if (prop === 'get') {
-        return (key: string, ...rest: unknown[]) => {
-          if (key.includes('/index/')) counts.indexGets++;
-          return v.call(target, key, ...rest);
-        };
-      }
-      if (prop === 'list') {
-        return (prefix: string, ...rest: unknown[]) => {
-          if (prefix.includes('/index')) counts.indexLists++;
-          return v.call(target, prefix, ...rest);
-        };
-      }
-      return v.bind(target);
-    },
-  }) as ObjectStore & { indexGets: number; indexLists: number };
+  const gets = aroundCalls(store, 'get', ([key], get) => {
+    if (key.includes('/index/')) out.indexGets++;
+    return get();
+  });
+  const lists = aroundCalls(gets, 'list', ([prefix], list) => {
+    if (prefix.includes('/index')) out.indexLists++;
+    return list();
+  });
+  const out = Object.assign(lists, { indexGets: 0, indexLists: 0 });
+  return out;
 }
 
 t.test('a lost pack: recover and verify fail with CHUNK_MISSING after one load of the index', async (t) => {
@@ -117,17 +107,9 @@ t.test('a lookup never settles for a reload that began before it: the point it r
   await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
   // The reader's store holds back gets of index objects while `held` is set.
   let held: Promise<void> | undefined;
-  const inner = fsStore(storeDir);
-  const reader = new Proxy(inner, {
-    get(target, prop) {
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== 'function') return v;
-      if (prop !== 'get') return v.bind(target);
-      return async (key: string, ...rest: unknown[]) => {
-        if (key.includes('/index/') && held) await held;
-        return v.call(target, key, ...rest);
-      };
-    },
+  const reader = aroundCalls(fsStore(storeDir), 'get', async ([key], get) => {
+    if (key.includes('/index/') && held) await held;
+    return get();
   });
   const [first] = await chunkIds(storeDir, 'd', 1);
   t.equal((await locateChunk(reader, plain, first)).length, 1, 'the index is loaded');

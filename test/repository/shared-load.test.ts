@@ -7,25 +7,19 @@ import path from 'node:path';
 import { Domain } from '../../src/repository/domain.js';
 import { ChunkIndex } from '../../src/repository/index-file.js';
 import type { ObjectStore } from '../../src/store/types.js';
+import { aroundCalls } from '../helpers/around-puts.js';
 import { fsStore, KiB, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
 /** The store, counting its gets of index objects. */
 function countingIndexGets(store: ObjectStore): ObjectStore & { indexGets: number } {
-  let indexGets = 0;
-  return new Proxy(store, {
-    get(target, prop) {
-      if (prop === 'indexGets') return indexGets;
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== 'function') return v;
-      if (prop !== 'get') return v.bind(target);
-      return (key: string, ...rest: unknown[]) => {
-        if (key.includes('/index/')) indexGets++;
-        return v.call(target, key, ...rest);
-      };
-    },
-  }) as ObjectStore & { indexGets: number };
+  const counted = aroundCalls(store, 'get', ([key], get) => {
+    if (key.includes('/index/')) out.indexGets++;
+    return get();
+  });
+  const out = Object.assign(counted, { indexGets: 0 });
+  return out;
 }
 
 t.test('writers listing the same index objects share one load; what each adds stays its own', async (t) => {
