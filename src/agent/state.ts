@@ -321,7 +321,8 @@ export class StateDir {
    * again at its next use, and until then cannot tell it from a credential.
    */
   keySecrets(log: Logger): Promise<KeySecrets> {
-    this.keySecretsLoad ??= (async () => {
+    if (this.keySecretsLoad) return this.keySecretsLoad;
+    const load = (this.keySecretsLoad = (async () => {
       const read = await this.read('key-secrets.json');
       if (!read) return { refs: [], keyIds: [] };
       const problem = read.damaged ?? keySecretsProblem(read.value);
@@ -329,19 +330,45 @@ export class StateDir {
       if (problem === undefined) return { refs: [], keyIds: [], ...(read.value as Partial<KeySecrets>) };
       await this.setAside('key-secrets.json', problem, log, 'records its encryption keys again as jobs use them');
       return { refs: [], keyIds: [] };
-    })();
-    return this.keySecretsLoad;
+    })());
+    // A read that failed (EACCES, EIO, a folder in its place) is tried again by the next job, not kept until a restart.
+    load.catch(() => {
+      if (this.keySecretsLoad === load) this.keySecretsLoad = undefined;
+    });
+    return load;
   }
 
-  /** Records a secret used as an encryption key; on disk before it returns (a restart must not forget it). */
+  /**
+   * Records a secret used as an encryption key; on disk before it returns (a restart must not forget it). In memory at
+   * once, so that a credential check of another job sees it while it is written; taken back when the write fails, so
+   * that the next job using the key writes it again instead of taking it for recorded.
+   */
   async recordKeySecret(ref: string, keyId: string, log: Logger): Promise<void> {
-    const known = await this.keySecrets(log);
-    if (known.refs.includes(ref) && known.keyIds.includes(keyId)) return;
-    if (!known.refs.includes(ref)) known.refs.push(ref);
-    if (!known.keyIds.includes(keyId)) known.keyIds.push(keyId);
-    // Chained, each write taking the record as it is then: a later write never puts back an older record.
-    this.keySecretsSaving = this.keySecretsSaving.catch(() => undefined).then(() => this.writeJson('key-secrets.json', known));
-    await this.keySecretsSaving;
+    for (;;) {
+      const known = await this.keySecrets(log);
+      const recorded = () => known.refs.includes(ref) && known.keyIds.includes(keyId);
+      if (recorded()) {
+        // Perhaps another job's write, still under way: recorded only once it is done (and not taken back).
+        await this.keySecretsSaving.catch(() => undefined);
+        if (recorded()) return;
+        continue;
+      }
+      const addRef = !known.refs.includes(ref);
+      const addKeyId = !known.keyIds.includes(keyId);
+      if (addRef) known.refs.push(ref);
+      if (addKeyId) known.keyIds.push(keyId);
+      // Chained, each write taking the record as it is then: a later write never puts back an older record.
+      const save = this.keySecretsSaving.catch(() => undefined).then(() => this.writeJson('key-secrets.json', known));
+      this.keySecretsSaving = save;
+      try {
+        await save;
+        return;
+      } catch (err) {
+        if (addRef) known.refs.splice(known.refs.indexOf(ref), 1);
+        if (addKeyId) known.keyIds.splice(known.keyIds.indexOf(keyId), 1);
+        throw err;
+      }
+    }
   }
 
   /** Readiness: can we still persist? (a full or read-only disk makes the node unready) */

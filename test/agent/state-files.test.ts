@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Agent } from '../../src/agent/agent.js';
 import type { AgentReport } from '../../src/agent/protocol.js';
 import { StateDir, type Outbox } from '../../src/agent/state.js';
+import { silentLogger } from '../../src/log.js';
 import { lines, runCli } from '../helpers/cli.js';
 import { parsedLogs, startAgent, startMs, tmpDir, waitUntil, writeToken } from './helpers.js';
 
@@ -267,3 +268,37 @@ t.test(
     await b.agent.stop();
   },
 );
+
+// The record of the secrets used as encryption keys (key-secrets.json): a write that failed left the key in memory
+// only, so the next job with that key took it for recorded and nothing reached the disk (after a restart a Management
+// Server could name the key as a store credential again); and a read that failed once was kept until a restart.
+t.test('key-secrets.json: a failed write is taken back and done again, a failed read is tried again', async (t) => {
+  const dir = tmpDir(t, 'key-secrets');
+  const log = silentLogger();
+  const state = new StateDir(dir);
+  const write = state.writeJson.bind(state);
+  let failNext = true;
+  state.writeJson = async (name: string, value: unknown) => {
+    if (name === 'key-secrets.json' && failNext) {
+      failNext = false;
+      throw Object.assign(new Error('injected: no space left on device'), { code: 'ENOSPC' });
+    }
+    return write(name, value);
+  };
+  await t.rejects(state.recordKeySecret('file:disk-key', 'k1', log), /no space/, 'the first job fails: its key is not recorded');
+  t.same(await state.keySecrets(log), { refs: [], keyIds: [] }, 'and is not taken for recorded');
+  await state.recordKeySecret('file:disk-key', 'k1', log);
+  t.same(
+    JSON.parse(fs.readFileSync(path.join(dir, 'key-secrets.json'), 'utf8')),
+    { refs: ['file:disk-key'], keyIds: ['k1'] },
+    'the next job writes it',
+  );
+  t.same(await new StateDir(dir).keySecrets(log), { refs: ['file:disk-key'], keyIds: ['k1'] }, 'a restart reads it');
+
+  const other = tmpDir(t, 'key-secrets');
+  fs.mkdirSync(path.join(other, 'key-secrets.json'));
+  const blocked = new StateDir(other);
+  await t.rejects(blocked.keySecrets(log), 'a folder in its place: the read fails');
+  fs.rmdirSync(path.join(other, 'key-secrets.json'));
+  t.same(await blocked.keySecrets(log), { refs: [], keyIds: [] }, 'once it is gone, the next read succeeds');
+});
