@@ -940,6 +940,8 @@ class Session {
 
 /** Bytes of a stored object compared with a put's at once: a peer's retries never make the node read a pack whole. */
 const COMPARE_BYTES = 4 * 1024 * 1024;
+/** How many times a put refused for a key that is not there yet waits for the other put of it (about 40 s in all). */
+const CONCURRENT_PUT_WAITS = 45;
 
 /**
  * Stores an object that is written once (a pack, an index, a manifest...) only where its key is free, whatever the
@@ -948,15 +950,23 @@ const COMPARE_BYTES = 4 * 1024 * 1024;
  * say the object may still be replaced; a put the sender made conditional itself fails as the store says, as before.
  */
 async function putCreateOnly(store: ObjectStore, key: string, data: Buffer, asked: PutOptions, verdict: PutVerdict): Promise<ObjectInfo> {
-  try {
-    // A backend that does not enforce if-none-match (capabilities) is asked first.
-    if (!store.capabilities.conditionalPut && (await exists(store, key))) {
-      throw new RnodeError(ErrorCodes.STORE_PRECONDITION, `put ${key}: the key already exists`, { details: { key } });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await putIfAbsent(store, key, data);
+    } catch (err) {
+      if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || asked.ifNoneMatch) throw err;
     }
-    return await store.put(key, data, { ifNoneMatch: true });
-  } catch (err) {
-    if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || asked.ifNoneMatch) throw err;
-    if (await holdsBytes(store, key, data)) return store.head(key);
+    let same: boolean;
+    try {
+      same = await holdsBytes(store, key, data);
+    } catch (err) {
+      // Refused, yet not there: another put of the key is under way (a sender's retry while the node still stores what
+      // its cut session sent; S3 answers 409 ConditionalRequestConflict to the second). Once it lands, compare.
+      if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND) || attempt === CONCURRENT_PUT_WAITS) throw err;
+      await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1000)));
+      continue;
+    }
+    if (same) return store.head(key);
     if (verdict.replaceable && (await verdict.replaceable())) return store.put(key, data, asked);
     throw new RnodeError(
       TransportErrorCodes.REJECTED,
@@ -966,6 +976,14 @@ async function putCreateOnly(store: ObjectStore, key: string, data: Buffer, aske
       { details: { key, kind: verdict.kind } },
     );
   }
+}
+
+/** A conditional put (create-only); a backend that does not enforce if-none-match (capabilities) is asked first. */
+async function putIfAbsent(store: ObjectStore, key: string, data: Buffer): Promise<ObjectInfo> {
+  if (!store.capabilities.conditionalPut && (await exists(store, key))) {
+    throw new RnodeError(ErrorCodes.STORE_PRECONDITION, `put ${key}: the key already exists`, { details: { key } });
+  }
+  return store.put(key, data, { ifNoneMatch: true });
 }
 
 async function exists(store: ObjectStore, key: string): Promise<boolean> {

@@ -12,7 +12,9 @@ import { EncryptionKey } from '../../src/crypto/keys.js';
 import { verify } from '../../src/jobs/verify.js';
 import { classify } from '../../src/repository/names.js';
 import { TransportErrorCodes } from '../../src/transport/index.js';
-import { KiB, expectRestore, fingerprint, listFiles, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { ErrorCodes, RnodeError } from '../../src/errors.js';
+import { aroundCalls } from '../helpers/around-puts.js';
+import { KiB, expectRestore, fingerprint, fsStore, listFiles, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 import { remote, startNode } from '../transport/helpers.js';
 
 stopCodecWorkersAtEnd(t);
@@ -87,4 +89,25 @@ t.test('an encryption marker is written once; a VM access marker is rewritten', 
   t.ok(await rs.put(marker, first), 'the same marker again succeeds');
   await rs.put('vms/v/access.json', Buffer.from('{"at":1}'));
   t.ok(await rs.put('vms/v/access.json', Buffer.from('{"at":2}')), 'an access marker is rewritten');
+});
+
+// A store that answers a create-only put "precondition failed" while another put of the key is still under way (S3's
+// 409 ConditionalRequestConflict: a sender's retry while the node still stores what its cut session sent). The node
+// compared bytes at once, found no object yet (STORE_NOT_FOUND) and failed the sender's run; it waits for it now.
+t.test('a create-only put refused while another put of the key is under way waits for it, then compares', async (t) => {
+  const dir = tmpDir(t, 'sec-immutable');
+  let conflicts = 0;
+  const racing = aroundCalls(fsStore(path.join(dir, 'recv')), 'put', ([key, , opts], put) => {
+    if (conflicts > 0 || !key.includes('/packs/') || !opts?.ifNoneMatch) return put();
+    conflicts++;
+    // The other put lands 300 ms later; this one is refused meanwhile, the object not there yet.
+    setTimeout(() => void put().catch(() => undefined), 300);
+    return Promise.reject(new RnodeError(ErrorCodes.STORE_PRECONDITION, `put ${key}: conflicting conditional operation`, { details: { key } }));
+  });
+  const { url, storeDir } = await startNode(t, dir, { store: racing });
+  const img = path.join(dir, 'd.img');
+  fs.writeFileSync(img, randomData(12 * CHUNK, 61));
+  t.match(await snap(remote(t, url), img, 'd', { chunkSize: CHUNK }), { point: 1 }, 'the replicate commits');
+  t.equal(conflicts, 1, 'one put met the conflict');
+  await expectRestore(t, fsStore(storeDir), 'd', 1, fingerprint(img), dir, 'the point');
 });
