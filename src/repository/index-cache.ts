@@ -20,7 +20,8 @@ function domainsOf(store: ObjectStore): Map<string, Promise<ChunkIndex>> {
 function load(store: ObjectStore, domain: Domain, previous?: ChunkIndex): Promise<ChunkIndex> {
   const perStore = domainsOf(store);
   const index = (async () => {
-    if (previous && sameIds(await listIndexIds(store, domain.name), previous.indexIds)) return previous;
+    // One that left an index object out as damaged reads it again: a bad read may not be lasting damage.
+    if (previous && previous.damaged.length === 0 && sameIds(await listIndexIds(store, domain.name), previous.indexIds)) return previous;
     return ChunkIndex.load(store, domain, undefined, { skipDamaged: true });
   })();
   perStore.set(domain.name, index);

@@ -133,3 +133,22 @@ t.test('a lookup never settles for a reload that began before it: the point it r
   t.same(await early, [], 'the made-up chunk is nowhere');
   t.equal((await late).length, 1, 'the chunk of point 2 is found: it was looked up in a listing begun after it');
 });
+
+t.test('an index object left out as damaged is read again by the next miss: a bad read may not be lasting', async (t) => {
+  const dir = tmpDir(t, 'missing-pack');
+  const storeDir = path.join(dir, 'store');
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, randomData(256 * KiB, 31));
+  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  const [file] = listFiles(path.join(storeDir, 'r2', 'plain', 'index'));
+  const indexFile = path.join(storeDir, 'r2', 'plain', 'index', file);
+  const good = fs.readFileSync(indexFile);
+  const bad = Buffer.from(good);
+  bad[40] ^= 0x5a;
+  fs.writeFileSync(indexFile, bad);
+  const reader = fsStore(storeDir);
+  const [first] = await chunkIds(storeDir, 'd', 1);
+  t.same(await locateChunk(reader, plain, first), [], 'while its index object reads damaged, the chunk is found nowhere');
+  fs.writeFileSync(indexFile, good);
+  t.equal((await locateChunk(reader, plain, first)).length, 1, 'once it reads whole, the next miss finds it');
+});
