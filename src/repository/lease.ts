@@ -77,7 +77,8 @@ export interface LeaseOptions {
  * past it): expiresAt alone read as a time already past while the lease still held.
  */
 function leaseHeld(disk: string, cur: LeaseRecord): RnodeError {
-  const bindsUntil = new Date(leaseBindsUntil(cur)).toISOString();
+  const until = leaseBindsUntil(cur);
+  const bindsUntil = Number.isFinite(until) ? new Date(until).toISOString() : cur.expiresAt; // unreadable dates: as written
   return new RnodeError(
     ErrorCodes.LEASE_HELD,
     `disk ${disk} is being written by ${cur.holder} (lease until ${bindsUntil}); wait for it to finish, only one node may write a disk at a time`,
