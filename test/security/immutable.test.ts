@@ -97,11 +97,12 @@ t.test('an encryption marker is written once; a VM access marker is rewritten', 
 t.test('a create-only put refused while another put of the key is under way waits for it, then compares', async (t) => {
   const dir = tmpDir(t, 'sec-immutable');
   let conflicts = 0;
+  let other: Promise<unknown> = Promise.resolve();
   const racing = aroundCalls(fsStore(path.join(dir, 'recv')), 'put', ([key, , opts], put) => {
     if (conflicts > 0 || !key.includes('/packs/') || !opts?.ifNoneMatch) return put();
     conflicts++;
     // The other put lands 300 ms later; this one is refused meanwhile, the object not there yet.
-    setTimeout(() => void put().catch(() => undefined), 300);
+    other = new Promise((r) => setTimeout(r, 300)).then(put).catch(() => undefined);
     return Promise.reject(new RnodeError(ErrorCodes.STORE_PRECONDITION, `put ${key}: conflicting conditional operation`, { details: { key } }));
   });
   const { url, storeDir } = await startNode(t, dir, { store: racing });
@@ -109,5 +110,6 @@ t.test('a create-only put refused while another put of the key is under way wait
   fs.writeFileSync(img, randomData(12 * CHUNK, 61));
   t.match(await snap(remote(t, url), img, 'd', { chunkSize: CHUNK }), { point: 1 }, 'the replicate commits');
   t.equal(conflicts, 1, 'one put met the conflict');
+  await other; // before the folder goes
   await expectRestore(t, fsStore(storeDir), 'd', 1, fingerprint(img), dir, 'the point');
 });
