@@ -22,3 +22,17 @@ export function aroundCalls<S extends ObjectStore, M extends 'get' | 'put' | 'li
 export function aroundPuts<S extends ObjectStore>(store: S, around: (key: string, put: () => Promise<unknown>) => Promise<unknown>): S {
   return aroundCalls(store, 'put', ([key], put) => around(key, put) as ReturnType<ObjectStore['put']>);
 }
+
+/** The store, counting its gets of index objects and its listings of the index folder (as the counts change). */
+export function countingIndexReads(store: ObjectStore): ObjectStore & { indexGets: number; indexLists: number } {
+  const gets = aroundCalls(store, 'get', ([key], get) => {
+    if (key.includes('/index/')) counted.indexGets++;
+    return get();
+  });
+  const lists = aroundCalls(gets, 'list', ([prefix], list) => {
+    if (prefix.includes('/index')) counted.indexLists++;
+    return list();
+  });
+  const counted = Object.assign(lists, { indexGets: 0, indexLists: 0 });
+  return counted;
+}

@@ -164,6 +164,24 @@ export async function snap(
   }
 }
 
+/**
+ * A store folder (under a fresh tmpDir) and point(disk, seed, size): replicates `size` random bytes of `seed` (256 KiB
+ * by default) as the disk's next point, in 64 KiB chunks, through the library.
+ */
+export function randomPoints(
+  t: Teardown,
+  tag: string,
+): { dir: string; storeDir: string; image: string; point(disk: string, seed: number, size?: number): Promise<ReplicateResult> } {
+  const dir = tmpDir(t, tag);
+  const storeDir = path.join(dir, 'store');
+  const image = path.join(dir, 'disk.img');
+  const point = (disk: string, seed: number, size = 256 * KiB) => {
+    fs.writeFileSync(image, randomData(size, seed));
+    return snap(fsStore(storeDir), image, disk, { chunkSize: 64 * KiB });
+  };
+  return { dir, storeDir, image, point };
+}
+
 /** Restores a point (number or 'latest') to out through the library (opts: e.g. the encryption key). */
 export function restore(
   store: ObjectStore,

@@ -10,41 +10,22 @@ import { Domain } from '../../src/repository/domain.js';
 import { locateChunk } from '../../src/repository/index-cache.js';
 import { loadPoint } from '../../src/repository/points.js';
 import { tableEntries } from '../../src/repository/view.js';
-import type { ObjectStore } from '../../src/store/types.js';
-import { aroundCalls } from '../helpers/around-puts.js';
-import { fsStore, KiB, listFiles, packFiles, randomData, restore, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { aroundCalls, countingIndexReads } from '../helpers/around-puts.js';
+import { fsStore, KiB, listFiles, packFiles, randomPoints, restore, stopCodecWorkersAtEnd } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
-/** The store, counting its gets of index objects and its listings of the index folder. */
-function countingIndexReads(store: ObjectStore): ObjectStore & { indexGets: number; indexLists: number } {
-  const gets = aroundCalls(store, 'get', ([key], get) => {
-    if (key.includes('/index/')) out.indexGets++;
-    return get();
-  });
-  const lists = aroundCalls(gets, 'list', ([prefix], list) => {
-    if (prefix.includes('/index')) out.indexLists++;
-    return list();
-  });
-  const out = Object.assign(lists, { indexGets: 0, indexLists: 0 });
-  return out;
-}
-
 t.test('a lost pack: recover and verify fail with CHUNK_MISSING after one load of the index', async (t) => {
-  const dir = tmpDir(t, 'missing-pack');
-  const storeDir = path.join(dir, 'store');
-  const image = path.join(dir, 'disk.img');
+  const { dir, storeDir, point } = randomPoints(t, 'missing-pack');
   // Three index objects (three disks), so that every reload would show as three gets.
   for (const [disk, seed] of [
     ['a', 1],
     ['b', 2],
   ] as const) {
-    fs.writeFileSync(image, randomData(256 * KiB, seed));
-    await snap(fsStore(storeDir), image, disk, { chunkSize: 64 * KiB });
+    await point(disk, seed);
   }
   const before = new Set(packFiles(storeDir));
-  fs.writeFileSync(image, randomData(2048 * KiB, 3));
-  await snap(fsStore(storeDir), image, 'lost', { chunkSize: 64 * KiB });
+  await point('lost', 3, 2048 * KiB);
   const lost = packFiles(storeDir).filter((f) => !before.has(f));
   t.equal(lost.length, 1, "the disk's 32 chunks are in one pack");
   fs.rmSync(lost[0]);
@@ -76,19 +57,15 @@ async function chunkIds(storeDir: string, disk: string, point: number): Promise<
 const plain = Domain.of(undefined);
 
 t.test('chunks written after the index was loaded are found: the index objects changed, and one reload serves them all', async (t) => {
-  const dir = tmpDir(t, 'missing-pack');
-  const storeDir = path.join(dir, 'store');
-  const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(256 * KiB, 11));
-  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  const { storeDir, point } = randomPoints(t, 'missing-pack');
+  await point('d', 11);
   const reader = countingIndexReads(fsStore(storeDir));
   const [first] = await chunkIds(storeDir, 'd', 1);
   t.equal((await locateChunk(reader, plain, first)).length, 1, 'a chunk of point 1 is found');
   t.equal(reader.indexGets, 1, 'one index object read');
 
   // Another writer adds point 2, with new chunks in a new index object, while the reader keeps its loaded index.
-  fs.writeFileSync(image, randomData(256 * KiB, 12));
-  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  await point('d', 12);
   const later = await chunkIds(storeDir, 'd', 2);
   const found = await Promise.all(later.map((id) => locateChunk(reader, plain, id)));
   t.same(
@@ -100,11 +77,8 @@ t.test('chunks written after the index was loaded are found: the index objects c
 });
 
 t.test('a lookup never settles for a reload that began before it: the point it reads may be newer', async (t) => {
-  const dir = tmpDir(t, 'missing-pack');
-  const storeDir = path.join(dir, 'store');
-  const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(256 * KiB, 21));
-  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  const { storeDir, point } = randomPoints(t, 'missing-pack');
+  await point('d', 21);
   // The reader's store holds back gets of index objects while `held` is set.
   let held: Promise<void> | undefined;
   const reader = aroundCalls(fsStore(storeDir), 'get', async ([key], get) => {
@@ -115,16 +89,14 @@ t.test('a lookup never settles for a reload that began before it: the point it r
   t.equal((await locateChunk(reader, plain, first)).length, 1, 'the index is loaded');
 
   // Another disk's point adds an index object; a miss then starts a reload, held in its gets after its listing.
-  fs.writeFileSync(image, randomData(256 * KiB, 22));
-  await snap(fsStore(storeDir), image, 'e', { chunkSize: 64 * KiB });
+  await point('e', 22);
   let release!: () => void;
   held = new Promise((r) => (release = r));
   const early = locateChunk(reader, plain, Buffer.alloc(32, 7));
   await new Promise((r) => setTimeout(r, 100));
 
   // Point 2 of d is committed after that listing; a lookup of one of its chunks begins while the reload is in flight.
-  fs.writeFileSync(image, randomData(256 * KiB, 23));
-  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  await point('d', 23);
   const [newer] = await chunkIds(storeDir, 'd', 2);
   const late = locateChunk(reader, plain, newer);
   await new Promise((r) => setTimeout(r, 100));
@@ -135,11 +107,8 @@ t.test('a lookup never settles for a reload that began before it: the point it r
 });
 
 t.test('an index object left out as damaged is read again by the next miss: a bad read may not be lasting', async (t) => {
-  const dir = tmpDir(t, 'missing-pack');
-  const storeDir = path.join(dir, 'store');
-  const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(256 * KiB, 31));
-  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  const { storeDir, point } = randomPoints(t, 'missing-pack');
+  await point('d', 31);
   const [file] = listFiles(path.join(storeDir, 'r2', 'plain', 'index'));
   const indexFile = path.join(storeDir, 'r2', 'plain', 'index', file);
   const good = fs.readFileSync(indexFile);

@@ -2,40 +2,24 @@
 // the domain's index: each loaded its own copy, four of them ~740 MB on a store of a million chunks. Each writer still
 // has its own ChunkIndex: what one adds, the others do not see.
 import t from 'tap';
-import fs from 'node:fs';
-import path from 'node:path';
 import { Domain } from '../../src/repository/domain.js';
 import { ChunkIndex } from '../../src/repository/index-file.js';
-import type { ObjectStore } from '../../src/store/types.js';
-import { aroundCalls } from '../helpers/around-puts.js';
-import { fsStore, KiB, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { countingIndexReads } from '../helpers/around-puts.js';
+import { fsStore, randomPoints, stopCodecWorkersAtEnd } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
-/** The store, counting its gets of index objects. */
-function countingIndexGets(store: ObjectStore): ObjectStore & { indexGets: number } {
-  const counted = aroundCalls(store, 'get', ([key], get) => {
-    if (key.includes('/index/')) out.indexGets++;
-    return get();
-  });
-  const out = Object.assign(counted, { indexGets: 0 });
-  return out;
-}
-
 t.test('writers listing the same index objects share one load; what each adds stays its own', async (t) => {
-  const dir = tmpDir(t, 'shared-load');
-  const storeDir = path.join(dir, 'store');
-  const image = path.join(dir, 'disk.img');
+  const { storeDir, point } = randomPoints(t, 'shared-load');
   for (const [disk, seed] of [
     ['a', 1],
     ['b', 2],
     ['c', 3],
   ] as const) {
-    fs.writeFileSync(image, randomData(256 * KiB, seed));
-    await snap(fsStore(storeDir), image, disk, { chunkSize: 64 * KiB });
+    await point(disk, seed);
   }
   const plain = Domain.of(undefined);
-  const store = countingIndexGets(fsStore(storeDir));
+  const store = countingIndexReads(fsStore(storeDir));
   const [one, two] = await Promise.all([ChunkIndex.loadShared(store, plain), ChunkIndex.loadShared(store, plain)]);
   t.equal(store.indexGets, 3, 'two writers starting together read the three index objects once');
   t.equal(one.size, 12, 'each sees the 12 chunks');
@@ -57,8 +41,7 @@ t.test('writers listing the same index objects share one load; what each adds st
   t.equal(store.indexGets, 3, 'a writer starting while those live shares their load too');
   t.equal(three.size, one.size, 'the same entries'); // one and two still in use: their load is alive to share
 
-  fs.writeFileSync(image, randomData(256 * KiB, 4));
-  await snap(fsStore(storeDir), image, 'd', { chunkSize: 64 * KiB });
+  await point('d', 4);
   const four = await ChunkIndex.loadShared(store, plain);
   t.equal(store.indexGets, 3 + 4, 'once another index object is listed, a writer loads afresh');
   t.equal(four.size, 16);
