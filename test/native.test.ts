@@ -28,6 +28,7 @@ import {
   openRaw,
   readFileInto,
   sharedAligned,
+  sharedSlice,
   tryLockExclusive,
   writeFileExclusive,
   writeNonZero,
@@ -268,6 +269,54 @@ t.test('allocAlignedUnsafe: its own mapping, page-aligned, 2 MiB-aligned and adv
       `a 10 MiB mapping advised for huge pages (advised: ${advised.join(', ')} KiB)`,
     );
   }
+});
+
+/** Sizes in KiB of this process's mappings advised for huge pages (VmFlags "hg" in smaps), whatever THP's mode. */
+function hugeAdvisedKiB(): number[] {
+  return fs
+    .readFileSync('/proc/self/smaps', 'utf8')
+    .split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
+    .filter((vma) => /^VmFlags:.*\bhg\b/m.test(vma))
+    .map((vma) => Number(/^Size:\s+(\d+) kB/m.exec(vma)?.[1]));
+}
+
+t.test('sharedAligned and sharedSlice: shared, zeroed, page-aligned; on advised huge pages from 2 MiB and in arenas below', async (t) => {
+  const probe = loadAddon() as { alignOffset(b: Uint8Array, a: number): number };
+  for (const size of [0, 1, 4096, 2 * MiB - 1, 2 * MiB, 8 * MiB + 1]) {
+    for (const [name, b] of [
+      ['sharedAligned', sharedAligned(size)],
+      ['sharedSlice', sharedSlice(size)],
+    ] as const) {
+      t.ok(b.buffer instanceof SharedArrayBuffer, `${name}(${size}): shared memory`);
+      t.equal(b.length, size);
+      t.equal(probe.alignOffset(b, size >= 2 * MiB ? 2 * MiB : 4096), 0, `${name}(${size}): aligned`);
+      t.ok(isZero(b), `${name}(${size}): zero-filled`);
+    }
+  }
+  // Slices of one arena: each on its own pages, none overlapping another, each written without touching the others.
+  const slices = Array.from({ length: 20 }, (_, i) => sharedSlice(MiB + 64 * i));
+  slices.forEach((b, i) => b.fill(i + 1));
+  slices.forEach((b, i) => {
+    t.equal(probe.alignOffset(b, 4096), 0);
+    t.ok(
+      b.every((x) => x === i + 1),
+      `slice ${i} holds only its own bytes`,
+    );
+  });
+  t.ok(
+    slices.some((b, i) => i > 0 && b.buffer === slices[i - 1].buffer),
+    'slices below a huge page share arenas',
+  );
+  if (fs.existsSync('/sys/kernel/mm/transparent_hugepage/enabled')) {
+    const sum = (kib: number[]) => kib.reduce((a, b) => a + b, 0);
+    const before = sum(hugeAdvisedKiB());
+    const big = sharedAligned(8 * MiB + 1);
+    big[0] = 1;
+    const added = sum(hugeAdvisedKiB()) - before;
+    t.ok(added >= 10 * 1024, `an 8 MiB + 1 buffer: its 10 MiB advised for huge pages (${added} KiB more advised)`);
+  }
+  t.throws(() => sharedSlice(-1), RangeError);
+  t.throws(() => sharedAligned(1.5), RangeError);
 });
 
 t.test(

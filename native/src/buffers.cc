@@ -243,6 +243,29 @@ Napi::Value TrimNativeHeap(const Napi::CallbackInfo& info) {
 #endif
 }
 
+// adviseHugePages(u8): advises the whole 2 MiB pages inside a view for transparent huge pages (MADV_HUGEPAGE), for
+// shared buffers, which V8 allocates (allocMapped maps its own). As there, a first write per 4 KiB page costs ~19 us
+// of CPU here: a 1.5 GiB recover faulted 18,000 times (9,800 with its slots on huge pages, 2.0 s -> 1.6 s) and a cold
+// export 30,000 (5,000). Advice only: without THP the pages stay 4 KiB. Returns the bytes advised (0: none fit).
+Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* data = nullptr;
+  size_t length = 0;
+  if (!Uint8ArrayBytes(info[0], &data, &length)) {
+    Napi::TypeError::New(env, "adviseHugePages: expected a Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const uintptr_t from = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(uintptr_t)(kHugePage - 1);
+  const uintptr_t to = (reinterpret_cast<uintptr_t>(data) + length) & ~(uintptr_t)(kHugePage - 1);
+  if (to <= from) return Napi::Number::New(env, 0);
+#if defined(MADV_HUGEPAGE)
+  if (madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE) != 0) return Napi::Number::New(env, 0);
+  return Napi::Number::New(env, static_cast<double>(to - from));
+#else
+  return Napi::Number::New(env, 0);
+#endif
+}
+
 }  // namespace
 
 void InitBuffers(Napi::Env env, Napi::Object exports) {
@@ -256,6 +279,7 @@ void InitBuffers(Napi::Env env, Napi::Object exports) {
   exports.Set("returnLargeFreesToSystem", Napi::Function::New(env, ReturnLargeFreesToSystem, "returnLargeFreesToSystem"));
   exports.Set("trimNativeHeap", Napi::Function::New(env, TrimNativeHeap, "trimNativeHeap"));
   exports.Set("keepFreedHeap", Napi::Function::New(env, KeepFreedHeap, "keepFreedHeap"));
+  exports.Set("adviseHugePages", Napi::Function::New(env, AdviseHugePages, "adviseHugePages"));
 }
 
 }  // namespace rnode

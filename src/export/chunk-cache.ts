@@ -3,7 +3,7 @@
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { layout } from '../repository/names.js';
-import { sharedAligned } from '../native/index.js';
+import { sharedSlice } from '../native/index.js';
 import type { ChunkEntry } from '../format/table.js';
 import { BufferPool } from '../pipeline/buffer-pool.js';
 import { withWorkerKey, type ChunkSeal, type ReadSlot } from '../pipeline/chunk-codec.js';
@@ -80,7 +80,7 @@ export class ChunkCache {
       (b, k) => this.evicted(b, k),
     );
     const concurrency = opts.concurrency ?? 8;
-    this.slots = new BufferPool(concurrency, () => sharedAligned(maxObjectBytes(opts.chunkSize)));
+    this.slots = new BufferPool(concurrency, () => sharedSlice(maxObjectBytes(opts.chunkSize)));
     this.timeoutMs = opts.fetchTimeoutMs ?? 120_000;
     if (opts.seal) this.keyHeld = holdWorkerKey(opts.seal.key);
   }
@@ -192,7 +192,7 @@ export class ChunkCache {
 
   private allocate(): Buffer {
     this.stats.buffersAllocated++;
-    return sharedAligned(this.opts.chunkSize);
+    return sharedSlice(this.opts.chunkSize);
   }
 
   private async fetchOnce(e: ChunkEntry, point: number): Promise<Buffer> {

@@ -1,6 +1,6 @@
 // Chunk buffers shared with the codec workers, recycled from one run to the next. A run that allocated its own
 // (32 MiB per replicate) leaked them: each stays alive until every worker isolate that saw it collects garbage.
-import { sharedAligned, zeroBytes } from '../native/index.js';
+import { sharedSlice, zeroBytes } from '../native/index.js';
 
 /**
  * Idle bytes kept for later runs. Above it a returned buffer is dropped (left to the GC): three agent slots of
@@ -21,7 +21,7 @@ export function takeShared(size: number): Buffer {
     if (list!.length === 0) idle.delete(size);
     return b;
   }
-  return sharedAligned(size);
+  return sharedSlice(size);
 }
 
 /** Gives a buffer from takeShared() back once nothing uses it any more (it is wiped: no plaintext lingers). */
