@@ -40,9 +40,6 @@ export interface CacheStats {
   buffersAllocated: number;
 }
 
-/** Plaintext buffers of evicted chunks kept for the next fetches, at most this many bytes. */
-const FREE_BYTES = 32 * 1024 * 1024;
-
 interface Fetching {
   promise: Promise<Buffer>;
   waiters: number;
@@ -65,7 +62,13 @@ export class ChunkCache {
   private readonly inflight = new Map<string, Fetching>();
   private readonly pins = new WeakMap<Buffer, number>();
   private readonly evictedPinned = new WeakSet<Buffer>();
+  /**
+   * Plaintext buffers no chunk holds, for the next fetches: every one is kept (see recycle()), and one is allocated
+   * only when none is free.
+   */
   private readonly free: Buffer[] = [];
+  /** The whole buffer behind a short last chunk's plaintext (a view of it), so that it is recycled too. */
+  private readonly wholeOf = new WeakMap<Buffer, Buffer>();
   /** Bytes served of each cached chunk since it was fetched (see served()). */
   private readonly servedBytes = new Map<string, number>();
   private readonly slots: BufferPool<Buffer>;
@@ -185,9 +188,16 @@ export class ChunkCache {
     else this.recycle(b);
   }
 
+  /**
+   * Every buffer a chunk left goes back to the free list, none to the GC: a buffer is allocated only when none is
+   * free, so the cache's buffers (cached, pinned by readers, being filled, or free) never outnumber what the cache,
+   * its readers and its fetches hold at once. Kept up to a fixed 32 MiB before, a streaming copy after random reads
+   * dropped most of them and allocated as many afresh: an export with the default 256 MiB cache held 0.8-1.3 GiB
+   * until collections found them (shared memory, seen by the codec workers too), and more with arena slices.
+   */
   private recycle(b: Buffer): void {
-    // Only whole-chunk buffers (a disk's short last chunk is a view of a shorter length), and a bounded number.
-    if (b.length === this.opts.chunkSize && (this.free.length + 1) * b.length <= FREE_BYTES) this.free.push(b);
+    const whole = this.wholeOf.get(b) ?? b;
+    if (whole.length === this.opts.chunkSize) this.free.push(whole);
   }
 
   private allocate(): Buffer {
@@ -222,6 +232,9 @@ export class ChunkCache {
       ]);
       this.stats.fetches++;
       this.stats.bytesFetched += e.storedLength;
+      // A view of slot.plain (readChunk's contract); a short one is recycled as the whole buffer.
+      if (plain !== slot.plain && plain.buffer === slot.plain.buffer && plain.byteOffset === slot.plain.byteOffset)
+        this.wholeOf.set(plain, slot.plain);
       return plain;
     } catch (err) {
       read.catch(() => undefined);

@@ -20,7 +20,7 @@ import { chainView } from '../../src/repository/view.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { encodeGo, encodeMetaContextQuery } from '../../src/source/nbd/protocol.js';
 import { fsStore, randomData, snap, tmpDir, writeAt, writeHoleImage } from '../helpers/images.js';
-import { changeDisk, CHUNK, makeDisk, SIZE } from './helpers.js';
+import { changeDisk, CHUNK, makeDisk, MiB, SIZE } from './helpers.js';
 
 t.teardown(() => codecWorkers().close());
 
@@ -178,6 +178,38 @@ t.test('a chunk served whole leaves the cache and its buffer is reused; a chunk 
   const again = await img.read(4096, 4096);
   img.done(again);
   t.equal(cache.stats.misses, misses, 'a chunk read in part is still cached');
+});
+
+// Random reads that fill the cache, then a streaming copy that retires what it reads, again and again (an export in
+// use): the cache's buffers must stay within what it holds at once. The free list used to keep at most 32 MiB, so each
+// streaming pass dropped the rest to the GC and the next random reads allocated as many afresh (0.8-1.3 GiB of RSS
+// for a 256 MiB cache).
+t.test('random reads and streaming copies in turn reuse the cache buffers: none allocated beyond what it holds at once', async (t) => {
+  const dir = tmpDir(t, 'export-cycles');
+  const store = fsStore(path.join(dir, 'store'));
+  const image = path.join(dir, 'disk.img');
+  const size = 48 * MiB;
+  fs.writeFileSync(image, randomData(size, 11));
+  await snap(store, image, 'cyc', { chunkSize: CHUNK, lease: false });
+  const chain = await loadChain(store, 'cyc', 1);
+  const cacheBytes = 40 * MiB;
+  const concurrency = 8;
+  const cache = new ChunkCache({ store, disk: 'cyc', chunkSize: CHUNK, cacheBytes, concurrency });
+  t.teardown(() => cache.close());
+  const img = new PointImage(new ChunkIndex(store, chain), cache);
+  const chunks = size / CHUNK;
+  for (let cycle = 0; cycle < 3; cycle++) {
+    // Random: 4 KiB of every chunk the cache can hold, last first (never sequential: no read-ahead), all kept.
+    for (let i = cacheBytes / CHUNK - 1; i >= 0; i--) img.done(await img.read(i * CHUNK + 8192, 4096));
+    // Streaming: every chunk read whole, in order.
+    for (let i = 0; i < chunks; i++) img.done(await img.read(i * CHUNK, CHUNK));
+  }
+  const holds = cacheBytes / CHUNK + concurrency;
+  t.ok(cache.stats.fetches > 3 * chunks, `${cache.stats.fetches} fetches in 3 cycles`);
+  t.ok(
+    cache.stats.buffersAllocated <= holds + 2,
+    `${cache.stats.buffersAllocated} plaintext buffers allocated; the cache holds ${cacheBytes / CHUNK} chunks and fetches ${concurrency} at once`,
+  );
 });
 
 // An nbdcopy of the export fetched 6% of its chunks twice and left some cached, unread: read-ahead on behalf of a
