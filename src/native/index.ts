@@ -424,19 +424,19 @@ const HUGE_PAGE = 2 * 1024 * 1024;
  * first writes fault once per 2 MiB instead of once per 4 KiB (native adviseHugePages has the figures).
  */
 export function sharedAligned(size: number): Buffer {
-  if (!Number.isSafeInteger(size) || size < 0 || size > bufferConstants.MAX_LENGTH - 2 * HUGE_PAGE) {
-    throw new RangeError(`sharedAligned: size must be an integer in [0, ${bufferConstants.MAX_LENGTH - 2 * HUGE_PAGE}], got ${size}`);
+  if (!Number.isSafeInteger(size) || size < 0 || size > bufferConstants.MAX_LENGTH - HUGE_PAGE) {
+    throw new RangeError(`sharedAligned: size must be an integer in [0, ${bufferConstants.MAX_LENGTH - HUGE_PAGE}], got ${size}`);
   }
   if (size < HUGE_PAGE) {
     const whole = Buffer.from(new SharedArrayBuffer(size + PAGE));
     const skip = binding.alignOffset(whole, PAGE);
     return whole.subarray(skip, skip + size);
   }
-  // Whole huge pages, so the buffer's last one is advised too; pages never written are never resident.
-  const span = Math.ceil(size / HUGE_PAGE) * HUGE_PAGE;
-  const whole = Buffer.from(new SharedArrayBuffer(span + HUGE_PAGE));
+  // Only the huge pages the buffer fills are advised: its tail (a chunk slot's header room past 4 MiB) stays in 4 KiB
+  // pages, so writing it does not make a whole 2 MiB page resident.
+  const whole = Buffer.from(new SharedArrayBuffer(size + HUGE_PAGE));
   const skip = binding.alignOffset(whole, HUGE_PAGE);
-  binding.adviseHugePages(whole.subarray(skip, skip + span));
+  binding.adviseHugePages(whole.subarray(skip, skip + Math.floor(size / HUGE_PAGE) * HUGE_PAGE));
   return whole.subarray(skip, skip + size);
 }
 
