@@ -50,7 +50,10 @@ export interface RemoteStoreOptions {
   connectTimeoutMs?: number;
   /** Before the first session: keep trying to connect this long (default 5 s). */
   initialBudgetMs?: number;
-  /** After a session was cut: keep trying to reconnect this long (default 60 s). */
+  /**
+   * After a session was cut: keep trying to reconnect this long (default 60 s). One budget per outage: once it is
+   * spent, later requests fail at once (or after a single attempt, see connectLoop) until a connection succeeds.
+   */
   reconnectBudgetMs?: number;
   /** Backoff: full jitter over base * 2^attempt, capped (defaults 100 ms, 5 s). */
   backoffBaseMs?: number;
@@ -64,6 +67,10 @@ export interface RemoteStoreOptions {
 export interface RemoteCounters {
   /** Sessions opened; reconnects = connects - 1. */
   connects: number;
+  /** Connection attempts, failed ones included. */
+  connectAttempts: number;
+  /** Connect (or reconnect) budgets spent without reaching the node: one per outage. */
+  budgetsSpent: number;
   framesSent: number;
   bytesSent: number;
   /** PUT frames (and their bytes) sent again after a reconnect. */
@@ -115,6 +122,8 @@ export class RemoteStore implements ObjectStore {
   readonly capabilities: StoreCapabilities = { conditionalPut: true };
   readonly counters: RemoteCounters = {
     connects: 0,
+    connectAttempts: 0,
+    budgetsSpent: 0,
     framesSent: 0,
     bytesSent: 0,
     resentFrames: 0,
@@ -146,6 +155,11 @@ export class RemoteStore implements ObjectStore {
   private maxObject = MAX_OBJECT_BYTES;
   /** A connection-level refusal (auth, version) the node sent before closing: fails everything pending. */
   private fatal?: RnodeError;
+  /**
+   * Set when a connect budget was spent without reaching the node (cleared by the next session): the error it ended
+   * with, and when the last attempt failed. Requests made after it get no budget of their own (see connectLoop).
+   */
+  private gaveUp?: { err: unknown; at: number };
 
   constructor(private readonly opts: RemoteStoreOptions) {
     let u: URL;
@@ -529,19 +543,31 @@ export class RemoteStore implements ObjectStore {
   private async connectLoop(): Promise<void> {
     if (this.state !== 'idle') return;
     this.state = 'connecting';
-    const started = Date.now();
-    const budget = this.everConnected ? (this.opts.reconnectBudgetMs ?? 60_000) : (this.opts.initialBudgetMs ?? 5_000);
     const base = this.opts.backoffBaseMs ?? 100;
     const cap = this.opts.backoffMaxMs ?? 5_000;
+    // One budget per outage. A run that fails on an unreachable node still makes requests (its checkpoint, its lease's
+    // release), and each used to spend a whole budget of its own: 60 s became 2-3 minutes. After the budget is spent,
+    // requests fail at once while the last attempt is recent (no sooner than the backoff would have tried again), then
+    // after a single attempt: a store kept open (an agent's) reconnects to a node that is back.
+    const spent = this.gaveUp;
+    if (spent && Date.now() - spent.at < cap) {
+      this.state = 'idle';
+      this.failAll(spent.err);
+      return;
+    }
+    const started = Date.now();
+    const budget = spent ? 0 : this.everConnected ? (this.opts.reconnectBudgetMs ?? 60_000) : (this.opts.initialBudgetMs ?? 5_000);
     let lastErr: unknown;
     for (let attempt = 0; ; attempt++) {
       if (this.state !== 'connecting') return;
       try {
+        this.counters.connectAttempts++;
         await this.connectOnce();
         return;
       } catch (err) {
         lastErr = err;
         if (isRnodeError(err) && FATAL_CONNECT.has(err.code)) break;
+        if (spent) break;
         if (isRnodeError(err, TransportErrorCodes.BUSY) && Date.now() - started > budget) break;
       }
       const delay = Math.round(Math.random() * Math.min(cap, base * 2 ** attempt));
@@ -558,6 +584,11 @@ export class RemoteStore implements ObjectStore {
             `cannot reach the receiving node at ${this.location} (${(lastErr as Error)?.message ?? 'no answer'}); check that "rnode serve" runs there and the address and port are right`,
             { cause: lastErr, details: { remote: this.location } },
           );
+    // A refusal (auth, version, TLS) is answered at once: only an outage is remembered.
+    if (!(isRnodeError(lastErr) && FATAL_CONNECT.has(lastErr.code))) {
+      if (!spent) this.counters.budgetsSpent++;
+      this.gaveUp = { err, at: Date.now() };
+    }
     this.failAll(err);
   }
 
@@ -690,6 +721,7 @@ export class RemoteStore implements ObjectStore {
     this.counters.window = w.window;
     this.counters.connects++;
     this.everConnected = true;
+    this.gaveUp = undefined; // a later outage gets a budget of its own
     this.state = 'ready';
     this.lastHeard = Date.now();
     ws.on('message', (data: Buffer) => this.onMessage(ws, data));

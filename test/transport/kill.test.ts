@@ -135,3 +135,39 @@ t.test('SIGKILL of the node mid-point: restarted on the same port, the sender re
   t.ok(rs.counters.resentBytes <= WINDOW, `re-sent ${rs.counters.resentBytes} bytes <= one window (${WINDOW})`);
   await expectRestore(t, fsStore(storeDir), 'd', 1, fp, dir, 'point after a killed node');
 });
+
+// A node killed for good mid-point: one reconnect budget for the outage. Every request the failing run made after
+// the store gave up (the checkpoint of what was stored, the lease's release) used to spend a budget of its own, so
+// a run to a dead node failed after 116-176 s where the docs say 60. Once the node is back, the same store reconnects.
+t.test('SIGKILL of the node for good: the run fails after one reconnect budget, and the store reconnects to a node that is back', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'ws-kill-node-for-good');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(SIZE, 23));
+  const storeDir = path.join(dir, 'recv');
+  const first = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', storeDir, '--window', String(WINDOW)]);
+  const port = new URL(first.url).port;
+  const BACKOFF_MAX = 200;
+  const rs = remote(t, first.url, { reconnectBudgetMs: 1500, backoffMaxMs: BACKOFF_MAX });
+  const running = snap(wrapStore(rs, { bandwidth: 6 * MiB }), img, 'd', { chunkSize: CHUNK, checkpointRecords: 64, packSize: PACK });
+  running.catch(() => undefined);
+  await until(() => packBytes(storeDir) >= 60 * CHUNK, 30_000, '60 chunks on the node');
+  first.child.kill('SIGKILL');
+  await new Promise((r) => first.child.on('exit', r));
+  const err = await running.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.equal((err as { code?: string } | undefined)?.code, 'RNODE_TRANSPORT_UNREACHABLE', `the run failed: ${String(err)}`);
+  t.equal(rs.counters.budgetsSpent, 1, 'one budget for the outage: the requests after it failed at once');
+  t.equal(rs.counters.connects, 1, 'never reconnected');
+
+  await spawnServe(t, CLI, ['--listen', `127.0.0.1:${port}`, '--store', storeDir, '--window', String(WINDOW)]);
+  // Within the backoff cap of its last attempt the store fails at once; after it, a request tries the node again.
+  await new Promise((r) => setTimeout(r, 2 * BACKOFF_MAX));
+  let packs = 0;
+  for await (const o of rs.list(r2.packsPrefix('plain'))) if (o.size > 0) packs++;
+  t.ok(packs > 0, `the same store lists the node's ${packs} packs`);
+  t.equal(rs.counters.connects, 2, 'it reconnected once the node was back');
+  t.equal(rs.counters.budgetsSpent, 1);
+});
