@@ -5,6 +5,7 @@ import { validateDiskId } from '../repository/names.js';
 import { isVirtualFsPath } from '../store/fs/dirs.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import type { StageTimes } from '../pipeline/stages.js';
+import type { CheckpointState } from '../jobs/replicate.js';
 import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str } from './args.js';
 import { agentCommand } from './agent.js';
 import type { Command, Io } from './command.js';
@@ -35,6 +36,20 @@ export type { Command, Io } from './command.js';
 
 /** What verify, check and stats say when a signal stopped them: they only read. */
 const READ_ONLY_STOP = 'nothing was changed: run it again';
+
+/** What a stopped replicate kept, as the job found it (details.checkpoint): only a checkpoint written is claimed. */
+function replicateStopNote(err: RnodeError): string {
+  switch (err.details.checkpoint as CheckpointState | undefined) {
+    case 'all':
+      return 'the chunks stored so far are checkpointed: run the same command again to resume';
+    case 'earlier':
+      return 'its last checkpoint is kept (the chunks stored after it are not in it): run the same command again to resume from there';
+    case 'none':
+      return 'no checkpoint was written: the same command run again starts the point over';
+    default:
+      return 'run the same command again: it resumes from the last checkpoint, if one was written';
+  }
+}
 
 const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
   if (json) io.out(JSON.stringify(obj));
@@ -82,7 +97,7 @@ const replicateCmd: Command = {
     try {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
-      const r = await stoppable('replicate', 'the chunks stored so far are checkpointed: run the same command again to resume', (signal) =>
+      const r = await stoppable('replicate', replicateStopNote, (signal) =>
         withStore(
           target,
           (store) =>

@@ -2,10 +2,11 @@
 // and the --vm forms): the first SIGTERM or SIGINT aborts the job's signal, and the job stops at its next safe step
 // (replicate checkpoints the chunks in flight, a VM run removes its snapshot, prune stops between deletes or phases,
 // the read-only jobs between chunks or objects); a second one exits at once. Exit codes follow the shell: 128 + the
-// signal's number (130 SIGINT, 143 SIGTERM). serve, export and the agent handle their own signals and exit 0: a
-// requested stop of a service is a success.
+// signal's number (130 SIGINT, 143 SIGTERM). A run that fails on its own meanwhile (its store gone) ends with that
+// error and its exit code. serve, export and the agent handle their own signals and exit 0: a requested stop of a
+// service is a success.
 import { constants } from 'node:os';
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 
 type StopSignal = 'SIGINT' | 'SIGTERM';
 
@@ -15,11 +16,15 @@ export function signalExitCode(signal: string): number {
 }
 
 /**
- * Runs fn with an AbortSignal that the first SIGTERM/SIGINT aborts. When a signal stopped it, the job's error
- * becomes RNODE_CANCELLED with `afterStop` (what was kept and how to go on) and details.signal, which the CLI
- * turns into exit code 128 + signal.
+ * Runs fn with an AbortSignal that the first SIGTERM/SIGINT aborts. When the job stopped for it (RNODE_CANCELLED),
+ * its error is said again with `afterStop` (what was kept and how to go on; a function of the job's error when that
+ * depends on how far it got) and details.signal, which the CLI turns into exit code 128 + signal.
  */
-export async function stoppable<T>(job: string, afterStop: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function stoppable<T>(
+  job: string,
+  afterStop: string | ((err: RnodeError) => string),
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
   const controller = new AbortController();
   let received: StopSignal | undefined;
   const onSignal = (sig: StopSignal) => {
@@ -39,8 +44,15 @@ export async function stoppable<T>(job: string, afterStop: string, fn: (signal: 
   try {
     return await fn(controller.signal);
   } catch (err) {
-    if (received)
-      throw new RnodeError(ErrorCodes.CANCELLED, `${job} stopped by ${received}; ${afterStop}`, { cause: err, details: { signal: received } });
+    // Only the stop itself: a run that failed on its own before it got there (the node it writes to died, then the
+    // operator pressed ^C) keeps its error, which says what is wrong, and its exit code.
+    if (received && isRnodeError(err, ErrorCodes.CANCELLED)) {
+      const kept = typeof afterStop === 'string' ? afterStop : afterStop(err);
+      throw new RnodeError(ErrorCodes.CANCELLED, `${job} stopped by ${received}; ${kept}`, {
+        cause: err,
+        details: { ...err.details, signal: received },
+      });
+    }
     throw err;
   } finally {
     process.off('SIGTERM', onTerm);

@@ -51,6 +51,31 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   );
 }
 
+/** What a cancelled run kept of its point, in RNODE_CANCELLED's details.checkpoint. */
+export type CheckpointState = 'all' | 'earlier' | 'none';
+
+/**
+ * A cancelled run's error says what it kept, as the next run will find it: 'all', the checkpoint written as it
+ * stopped covers the chunks stored; 'earlier', only an earlier checkpoint (this run's, or the one it resumed) is
+ * there, the chunks stored after it are stored again; 'none', the next run starts the point over. The checkpoint
+ * written as a run stops can fail too (a store that is gone is why a run is often stopped): only what was written
+ * is claimed. Any other failure is returned as it is.
+ */
+function withCheckpointState(err: unknown, table: TableWriter, resumed: boolean): unknown {
+  if (!isRnodeError(err, ErrorCodes.CANCELLED)) return err;
+  const written = table.checkpointsWritten > 0;
+  const checkpoint: CheckpointState = written && table.checkpointFailure === undefined ? 'all' : written || resumed ? 'earlier' : 'none';
+  const kept = {
+    all: 'the chunks stored so far are checkpointed: the next run resumes',
+    earlier: 'its last checkpoint is kept (the chunks stored after it are not in it): the next run resumes from there',
+    none: 'no checkpoint was written: the next run starts the point over',
+  }[checkpoint];
+  return new RnodeError(ErrorCodes.CANCELLED, `replication was cancelled and the point was not committed; ${kept}`, {
+    cause: err,
+    details: { ...err.details, checkpoint },
+  });
+}
+
 async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined): Promise<ReplicateResult> {
   const started = performance.now();
   const { store, source } = opts;
@@ -114,7 +139,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
         table.flush(scan.nextIndex);
         await table.settled();
       }
-      throw run.failure;
+      throw withCheckpointState(run.failure, table, from.resumed);
     }
     if (table.waiting > 0 || table.segments.length === 0) table.flush(grid.count);
     await table.settled();

@@ -4,9 +4,11 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
+import { ErrorCodes, RnodeError, isRnodeError } from '../../src/errors.js';
 import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
-import { MiB, randomData, tmpDir } from '../helpers/images.js';
+import { MiB, fsStore, randomData, snap, tmpDir } from '../helpers/images.js';
 import { expectIntact, pruneArgs, setup } from '../helpers/prune-crash.js';
 
 // v2: chunks land in packs (r2/plain/packs/<2 hex>/<id>); with --pack-size 512KiB each 256 KiB chunk closes its own
@@ -84,3 +86,65 @@ for (const step of ['prune-rebased', 'prune-pack-deleted']) {
     t.same(await expectIntact(t, dir, images, `the next prune after the stop at ${step}`), [5, 6], 'only the kept points are left');
   });
 }
+
+// A signal during a run that is failing on its own: a replicate to a ws:// node that drops every connection, SIGINT
+// once it is trying. It used to end as RNODE_CANCELLED, exit 130, "the chunks stored so far are checkpointed":
+// the operator (or a Management Server) read "cancelled" for "target unreachable", and nothing was checkpointed.
+t.test('SIGINT to a replicate whose ws:// node is dead: the transport error and its exit code, no checkpoint claimed', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'sigint-dead-node');
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, randomData(MiB, 22));
+  // A dead node behind a live port: every connection is closed before the handshake.
+  let connections = 0;
+  let sigint = () => undefined as unknown;
+  const dead = net.createServer((s) => {
+    // The first connection comes from inside the stoppable run (the store is opened there): the handler is in place.
+    if (connections++ === 0) sigint();
+    s.destroy();
+  });
+  await new Promise<void>((r) => dead.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => dead.close(() => r())));
+  const port = (dead.address() as net.AddressInfo).port;
+  const child = spawn(...plainNode([CLI, 'replicate', '--source', image, '--target', `ws://127.0.0.1:${port}`, '--disk', 'd', '--json']), {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  sigint = () => child.kill('SIGINT');
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b: Buffer) => {
+    stdout += b;
+  });
+  child.stderr.on('data', (b: Buffer) => {
+    stderr += b;
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  t.ok(connections > 0, `the run tried the node (${connections} connections)`);
+  t.match(stderr, /rnode: SIGINT: stopping replicate/, 'the signal reached the run');
+  t.equal(code, 1, `exit 1, the transport failure's (not 130): ${stderr}`);
+  t.equal(JSON.parse(stdout).error.code, 'RNODE_TRANSPORT_UNREACHABLE', 'the run says what went wrong');
+  t.notMatch(stdout + stderr, /checkpointed/, 'no checkpoint claimed');
+});
+
+// A replicate cancelled before it checkpointed anything says so: the next run starts the point over. The CLI used
+// to say "the chunks stored so far are checkpointed" whatever the run had written.
+t.test('a replicate cancelled before any checkpoint says it wrote none', async (t) => {
+  const dir = tmpDir(t, 'cancel-no-checkpoint');
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, randomData(4 * MiB, 23));
+  const store = path.join(dir, 'store');
+  const signal = AbortSignal.abort(new RnodeError(ErrorCodes.CANCELLED, 'replicate stopped by SIGINT'));
+  const err = await snap(fsStore(store), image, 'd', { chunkSize: 256 * 1024, signal }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.ok(isRnodeError(err, ErrorCodes.CANCELLED), `cancelled: ${String(err)}`);
+  const e = err as RnodeError;
+  t.equal(e.details.checkpoint, 'none', 'details.checkpoint says nothing was kept');
+  t.match(e.message, /no checkpoint was written: the next run starts the point over/);
+  t.notMatch(e.message, /checkpointed/);
+  t.notOk(fs.existsSync(path.join(store, 'r2', 'plain', 'disks', 'd', 'pending', '0000000001')), 'indeed no checkpoint');
+});

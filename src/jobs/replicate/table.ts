@@ -41,6 +41,8 @@ export class TableWriter {
   records: number;
   /** Set when a checkpoint could not be written: no later one is tried. */
   checkpointFailure: unknown = undefined;
+  /** Checkpoints this run made durable. */
+  checkpointsWritten = 0;
   private pending: ChunkEntry[] = [];
   /**
    * A table that stands alone though the run compares with a parent (a closed chain) carries the parent's entries:
@@ -186,6 +188,7 @@ export class TableWriter {
         await this.o.lease?.held();
         await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, snapshot()));
         this.recordsDone += entries.length;
+        this.checkpointsWritten++;
         failpoint('after-checkpoint');
         // Prune may have marked packs since: chunks in them are stored again from now on.
         await packs.refreshMarks();
