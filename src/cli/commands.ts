@@ -1,7 +1,7 @@
 // The rnode commands: parse, validate, call the library, print. No policy lives here.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
-import { validateDiskId } from '../repository/names.js';
+import { validateDiskId, validateNewDiskId } from '../repository/names.js';
 import { isVirtualFsPath } from '../store/fs/dirs.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import type { StageTimes } from '../pipeline/stages.js';
@@ -81,7 +81,7 @@ const replicateCmd: Command = {
     }
     required(v, 'replicate', 'source', 'target');
     const sourceArg = str(v, 'source')!;
-    const disk = validateDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
+    const disk = validateNewDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
     const chunkSize = v['chunk-size'] !== undefined ? validateChunkSize(str(v, 'chunk-size')!) : undefined;
     const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;
     const { validatePackSize } = await import('../repository/domain.js');

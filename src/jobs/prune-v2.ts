@@ -14,7 +14,7 @@ import { BlobCopier, INDEX_TARGET_ENTRIES } from './blob-copier.js';
 import { Domain } from '../repository/domain.js';
 import { ChunkIndex, encodeIndex, listIndexIds, type ChunkLocation } from '../repository/index-file.js';
 import { Lease, type LeaseOptions } from '../repository/lease.js';
-import { PLAIN_DOMAIN, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
+import { PLAIN_DOMAIN, PRUNE_LEASE_PREFIX, classify, r2, validateDiskId, type ObjectId } from '../repository/names.js';
 import { newObjectId, type BlobEntry } from '../repository/pack.js';
 import { encodeManifestV4, encodeTableV3, segmentDigest, type V2PointManifest } from '../repository/point-format.js';
 import {
@@ -48,8 +48,8 @@ export const DEFAULT_SWEEP_INTERVAL_MS = 10 * 60_000;
 /** Index objects a domain may gather between paced sweeps before retention compacts them (every replicate loads them all). */
 const PILED_INDEXES = 64;
 
-/** The lease one prune of a domain holds (a disk-lease name no disk of a store uses: docs/prune.md). */
-export const pruneLeaseName = (domain: string): string => `prune.${domain}`;
+/** The lease one prune of a domain holds (a disk-lease name no new disk may take: validateNewDiskId, docs/prune.md). */
+export const pruneLeaseName = (domain: string): string => `${PRUNE_LEASE_PREFIX}${domain}`;
 
 /**
  * When this process last swept each domain of a store. Retention runs after every replicate of an agent, and a sweep

@@ -5,7 +5,7 @@ import os from 'node:os';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { CodecId } from '../format/codecs.js';
-import { vmLayout } from '../repository/names.js';
+import { validateNewDiskId, vmLayout } from '../repository/names.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { listPointSeqs } from '../repository/points.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from './replicate.js';
@@ -244,6 +244,8 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   const vm = await session.vmInfo();
   const prev = await latestVmPoint(store, vm.moref, opts.encryption);
   const plan = await planDisks(opts, vm.disks, prev, diskId);
+  // A disk id no new point may take fails here, before the snapshot, not in that disk's replicate.
+  for (const k of plan.keys) validateNewDiskId(diskId(k));
   // A missing or wrong key fails here, before the VM is reconfigured or a snapshot taken, not in the disks' reads.
   await checkVmKey(store, vm.moref, plan.keys.map(diskId), opts.encryption);
   const cbt = await session.ensureChangeTracking(vm);

@@ -22,7 +22,7 @@ import { assertOutsideStore } from '../store/containment.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain, leaseName } from '../repository/domain.js';
 import { ChunkIndex } from '../repository/index-file.js';
-import { r2, validateDiskId } from '../repository/names.js';
+import { r2, validateNewDiskId } from '../repository/names.js';
 import { encodeManifestV4, isV2Point, MANIFEST_VERSION_V2, type V4ManifestFields } from '../repository/point-format.js';
 import { WriterMarks } from '../repository/prune-marks.js';
 import { chainView, Cursor } from '../repository/view.js';
@@ -38,7 +38,7 @@ import { TableWriter } from './replicate/table.js';
 export type { ReplicateOptions, ReplicateProgress, ReplicateResult } from './replicate/options.js';
 
 export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
-  const disk = validateDiskId(opts.disk);
+  const disk = validateNewDiskId(opts.disk);
   if (opts.changeHashDir !== undefined) {
     assertOutsideStore(opts.store.location, opts.changeHashDir, opts.changeHashDirFrom ?? 'cache folder');
   }

@@ -28,6 +28,25 @@ export function validateDiskId(disk: string): string {
   return disk;
 }
 
+/** Prune's lease of a domain is the disk lease `prune.<domain>` (src/jobs/prune-v2.ts): no new disk may take such an id. */
+export const PRUNE_LEASE_PREFIX = 'prune.';
+
+/**
+ * A disk id a new point may be written under. A disk `prune.plain` would share the lease of the plain repository's
+ * prune (disks/prune.plain/lease.json): each would block the other and be reported as it. Points such a disk already
+ * has (an older rnode took the id) stay readable: reading commands check ids with validateDiskId only.
+ */
+export function validateNewDiskId(disk: string): string {
+  validateDiskId(disk);
+  if (disk.startsWith(PRUNE_LEASE_PREFIX)) {
+    throw new RnodeError(
+      ErrorCodes.BAD_DISK_ID,
+      `disk id "${disk}" cannot take new points: ids that start with "${PRUNE_LEASE_PREFIX}" are reserved for prune's lease (disks/${PRUNE_LEASE_PREFIX}<repository>/lease.json); choose another --disk (the points the disk already has stay readable)`,
+    );
+  }
+  return disk;
+}
+
 const pad = (n: number, w: number) => String(n).padStart(w, '0');
 
 // Where everything of the legacy format lives. One disk's objects share the prefix disks/<disk>/:
