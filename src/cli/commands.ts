@@ -92,8 +92,7 @@ const replicateCmd: Command = {
     const bandwidth = v.bandwidth !== undefined ? (await import('../transport/index.js')).parseBandwidth(str(v, 'bandwidth')!) : undefined;
     const { replicate } = await import('../jobs/replicate.js');
     // A file's absolute path goes into the point: what a later run without --disk compares against (plan.ts).
-    const isUrl = /^[a-z][a-z0-9+.-]*:\/\//i.test(sourceArg);
-    const source = await (await import('../source/index.js')).openSource(isUrl ? sourceArg : path.resolve(sourceArg));
+    const source = await (await import('../source/index.js')).openSource(isUrlSource(sourceArg) ? sourceArg : path.resolve(sourceArg));
     try {
       const target = str(v, 'target')!;
       const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
@@ -519,10 +518,17 @@ export function parsePercent(text: string, flag: string): number {
   return n / 100;
 }
 
+/** An nbd://, vddk://, http:// ... source, not a file path. */
+function isUrlSource(source: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(source);
+}
+
 /** The source file's base name, made into a valid disk id. */
 export function defaultDiskId(source: string): string {
+  // A URL's query and fragment are not its name (nbd://host/export?tls=...); a file's name may hold '?' and '#'.
+  const name = isUrlSource(source) ? source.replace(/[?#].*$/, '') : source;
   const base = path
-    .basename(source.replace(/[?#].*$/, '').replace(/\/+$/, ''))
+    .basename(name.replace(/\/+$/, ''))
     .replace(/[^A-Za-z0-9._-]/g, '_')
     .replace(/^[._-]+/, '');
   return base.slice(0, 128) || 'disk';

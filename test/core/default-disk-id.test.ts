@@ -6,6 +6,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
+import { defaultDiskId } from '../../src/cli/commands.js';
 import { json, runCli } from '../helpers/cli.js';
 import { MiB, randomData, tmpDir } from '../helpers/images.js';
 
@@ -51,4 +52,26 @@ t.test('a default disk id never continues the disk of another file', async (t) =
   const out = path.join(dir, 'out.img');
   t.equal((await runCli(['recover', '--store', store, '--disk', 'img', '--out', out])).code, 0);
   t.ok(fs.readFileSync(out).equals(fs.readFileSync(u1)), 'disk img is still the first file');
+});
+
+// Bug: the default id was cut at the first '#' or '?' (meant for a URL's query and fragment) for file paths too:
+// "vm#2.img" became disk "vm", and "vm?3.img" was then refused as another file of disk "vm".
+t.test("a file's default disk id keeps the whole base name, '#' and '?' too", async (t) => {
+  const dir = tmpDir(t, 'default-id-hash');
+  const store = path.join(dir, 'store');
+  const cases: Array<[string, string]> = [
+    ['we ird#name.img', 'we_ird_name.img'],
+    ['vm#2.img', 'vm_2.img'],
+    ['vm?3.img', 'vm_3.img'],
+  ];
+  for (const [i, [file, disk]] of cases.entries()) {
+    fs.writeFileSync(path.join(dir, file), randomData(MiB, 10 + i));
+    const r = await runCli(['replicate', '--source', file, '--target', store, '--json'], { cwd: dir });
+    t.equal(r.code, 0, `${file}: ${r.stderr}`);
+    t.match(json(r), { disk, point: 1, full: true }, `${file} is disk ${disk}`);
+  }
+  // A URL source's query and fragment are options, not part of its name.
+  t.equal(defaultDiskId('nbd://127.0.0.1:10809/export1?tls=require'), 'export1');
+  t.equal(defaultDiskId('http://host/images/a.img#frag'), 'a.img');
+  t.equal(defaultDiskId('/images/a#b?c.img'), 'a_b_c.img');
 });
