@@ -75,3 +75,52 @@ t.test("a file's default disk id keeps the whole base name, '#' and '?' too", as
   t.equal(defaultDiskId('http://host/images/a.img#frag'), 'a.img');
   t.equal(defaultDiskId('/images/a#b?c.img'), 'a_b_c.img');
 });
+
+// Bug: the same file reached through a symlink (dlink.img -> d.img, or a linked image folder) was refused as
+// "another file": the paths were compared as strings. They are compared with links resolved now, as written only when
+// one no longer resolves; a different file is still refused.
+t.test('the same file through a symlink continues its disk; another file does not', async (t) => {
+  const dir = tmpDir(t, 'default-id-link');
+  const store = path.join(dir, 'store');
+  fs.mkdirSync(path.join(dir, 'images'));
+  const img = path.join(dir, 'images', 'd.img');
+  fs.writeFileSync(img, randomData(MiB, 20));
+  fs.symlinkSync('d.img', path.join(dir, 'images', 'dlink.img'));
+  fs.symlinkSync('images', path.join(dir, 'linked'));
+  const rep = (src: string, ...more: string[]) => runCli(['replicate', '--source', src, '--target', store, '--json', ...more], { cwd: dir });
+
+  const first = await rep('images/dlink.img', '--disk', 'd.img');
+  t.equal(first.code, 0, first.stderr);
+  const direct = await rep('images/d.img');
+  t.equal(direct.code, 0, `the file the link points at is the same file: ${direct.stderr}`);
+  t.match(json(direct), { disk: 'd.img', point: 2, full: false });
+  const viaFolder = await rep('linked/d.img');
+  t.equal(viaFolder.code, 0, `so is the file through a linked folder: ${viaFolder.stderr}`);
+  t.match(json(viaFolder), { disk: 'd.img', point: 3, full: false });
+
+  // Another file of the same name, reached through a link or not, is refused.
+  fs.mkdirSync(path.join(dir, 'other'));
+  const other = path.join(dir, 'other', 'd.img');
+  fs.writeFileSync(other, randomData(MiB, 21));
+  const refused = await rep('other/d.img');
+  t.equal(refused.code, 2);
+  t.match(
+    refused.stderr,
+    `RNODE_USAGE: disk d.img (its id taken from the file's name) holds the points of ${path.join(dir, 'linked', 'd.img')}, not of ${other}`,
+  );
+  fs.mkdirSync(path.join(dir, 'l2'));
+  fs.symlinkSync(other, path.join(dir, 'l2', 'd.img'));
+  t.equal((await rep('l2/d.img')).code, 2, 'a link to another file is refused');
+
+  // The path the latest point recorded no longer resolves: compared as written, so refused.
+  t.equal((await rep('images/d.img')).code, 0);
+  fs.renameSync(img, path.join(dir, 'images', 'moved.img'));
+  fs.symlinkSync('moved.img', path.join(dir, 'images', 'd2.img'));
+  t.equal((await rep('images/d2.img', '--disk', 'd.img')).code, 0, '--disk settles it');
+  fs.rmSync(path.join(dir, 'images', 'd2.img'));
+  fs.symlinkSync('moved.img', path.join(dir, 'images', 'd.img'));
+  const gone = await rep('images/d.img');
+  t.equal(gone.code, 2, `the recorded link is gone: ${gone.stderr}`);
+  const pts = json(await runCli(['points', '--store', store, '--disk', 'd.img', '--json']));
+  t.equal(pts.points.length, 5);
+});

@@ -2,6 +2,7 @@
 // geometry matches), whether it reads every allocated chunk or only the changed ones, and where an interrupted run
 // of the same point stopped. Every check that refuses a writer (wrong key, another repository's disk) is made here,
 // before any object is written.
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError, isRnodeError } from '../../errors.js';
 import type { PointManifest, SegmentRef } from '../../format/manifest.js';
@@ -60,11 +61,15 @@ export interface PointPlan {
  * A disk id taken from the source file's name (the CLI without --disk) must not continue another file's disk:
  * /vms/a/disk.img and /vms/b/disk.img (or two names that differ only in characters an id cannot hold) would become
  * one disk, each point replacing the other's disk in recover and prune deleting the other's points. Points recorded
- * a relative path before the CLI recorded absolute ones: those cannot be told apart, and pass.
+ * a relative path before the CLI recorded absolute ones: those cannot be told apart, and pass. Paths are compared
+ * with symlinks resolved, so the same file reached through a link (/dev/disk/by-id/..., a linked image folder) is the
+ * same; a path that no longer resolves is compared as written.
  */
-function checkSameFile(latest: PointManifest, source: BlockSource, disk: string): void {
+async function checkSameFile(latest: PointManifest, source: BlockSource, disk: string): Promise<void> {
   const was = latest.source;
   if (was.kind !== 'raw' || source.kind !== 'raw' || !path.isAbsolute(was.location) || was.location === source.location) return;
+  const resolved = await Promise.all([was.location, source.location].map((p) => fs.realpath(p).catch(() => undefined)));
+  if (resolved[0] !== undefined && resolved[0] === resolved[1]) return;
   throw new RnodeError(
     ErrorCodes.USAGE,
     `disk ${disk} (its id taken from the file's name) holds the points of ${was.location}, not of ${source.location}; pass --disk to give this source a disk of its own, or --disk ${disk} if it is the same disk, moved`,
@@ -93,7 +98,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     : undefined;
   const marker = await readDiskMarker(store, disk, opts.encryption);
   checkWriteKey(latest, opts.encryption, disk, marker);
-  if (opts.diskNamedAfterSource && latest) checkSameFile(latest, source, disk);
+  if (opts.diskNamedAfterSource && latest) await checkSameFile(latest, source, disk);
   // The disk's claim names the repository its v2 points are in: a writer with no key or another key is refused here,
   // where it could not otherwise see an encrypted disk's keyed names. Claimed now, before any object is written.
   const claim = await readClaim(store, disk);
