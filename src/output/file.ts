@@ -116,11 +116,18 @@ export async function openFileOutput(out: string, diskSize: number, opts: FileOu
   const { target, stats } = await resolveFileOutput(out);
   try {
     if (stats?.isBlockDevice()) {
-      // Checked before any byte is written: a device too small was overwritten whole and then failed with ENOSPC.
-      await refuseSmallDevice(target === out ? out : `${out} (a symlink to ${target})`, target, diskSize);
+      const shown = target === out ? out : `${out} (a symlink to ${target})`;
+      const opened = await openDevice(shown, target);
+      try {
+        // Checked before any byte is written: a device too small was overwritten whole and then failed with ENOSPC.
+        await refuseSmallDevice(shown, target, diskSize);
+      } catch (err) {
+        await opened.fh.close();
+        throw err;
+      }
       // A device cannot be renamed into place, and its old bytes are not zeros: every byte is written.
       // O_DIRECT needs whole blocks: a disk size that is not a multiple of 4 KiB writes its tail buffered.
-      return new FileSink(out, await openDirect(target, fs.constants.O_WRONLY), target, undefined);
+      return new FileSink(out, opened, target, undefined);
     }
     // Beside the target, so the rename stays on one filesystem and replaces the file a symlink points at.
     const tmp = path.join(path.dirname(target), `.${path.basename(target)}.rnode-partial`);
@@ -145,6 +152,25 @@ export async function openFileOutput(out: string, diskSize: number, opts: FileOu
     }
   } catch (err) {
     throw outputError(err, out);
+  }
+}
+
+/**
+ * A block device, held exclusively (O_EXCL) while it is written: Linux refuses that open (EBUSY) while a filesystem on
+ * it is mounted, device-mapper, md or swap use it, or another process holds it so (mkfs, another recover), and while
+ * this holds it, refuses those. Opened plainly, a recover wrote over a mounted filesystem, and two recovers to one
+ * device both ran.
+ */
+async function openDevice(shown: string, device: string): Promise<Opened> {
+  try {
+    return await openDirect(device, fs.constants.O_WRONLY | fs.constants.O_EXCL);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EBUSY') throw err;
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `--out ${shown} is a block device in use: a filesystem on it is mounted, or another program or recover holds it; nothing was written: check that --out names the right device, and unmount it or stop what holds it first`,
+      { cause: err, details: { device } },
+    );
   }
 }
 
