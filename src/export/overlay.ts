@@ -70,6 +70,15 @@ export class OverlayImage implements ExportImage {
     // create() gives way to an overlay another export created meanwhile: that one is opened, and checked as any.
     while (!fh) fh = (await create(file, id)) ?? (await openExisting(file));
     try {
+      const st = await fh.stat();
+      // Before any write: a block device reads as size 0 below, so its first 4 KiB (a mounted filesystem's superblock)
+      // were overwritten with a header before the resize failed. An overlay is a sparse file; nothing else can be one.
+      if (!st.isFile()) {
+        throw new RnodeError(
+          ErrorCodes.USAGE,
+          `overlay ${file} is ${specialKind(st)}, and an overlay is a regular file; nothing was written to it: give the path of a new file, or of the overlay this export wrote`,
+        );
+      }
       if (!tryLockExclusive(fh.fd)) {
         throw new RnodeError(
           ErrorCodes.USAGE,
@@ -404,6 +413,14 @@ function writeError(file: string, err: unknown): RnodeError {
     );
   }
   return new RnodeError(ErrorCodes.OUTPUT_IO, `writing overlay ${file} failed (${code}); check the disk it is on`, { cause: err });
+}
+
+function specialKind(st: fs.Stats): string {
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isSocket()) return 'a socket';
+  return st.isDirectory() ? 'a directory' : 'a special file';
 }
 
 function overlayIo(file: string, err: unknown): RnodeError {
