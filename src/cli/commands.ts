@@ -373,7 +373,19 @@ const pruneCmd: Command = {
       (signal) =>
         withStore(
           str(v, 'store')!,
-          (store) => pruneStore({ store, disk, keep, encryption, graceMs, maxUnused, resetMarks: v['reset-marks'] === true, sweep, signal }),
+          (store) =>
+            pruneStore({
+              store,
+              disk,
+              keep,
+              encryption,
+              graceMs,
+              maxUnused,
+              resetMarks: v['reset-marks'] === true,
+              sweep,
+              reportSkipped: true,
+              signal,
+            }),
           v,
         ),
     );
@@ -393,6 +405,11 @@ const pruneCmd: Command = {
             (d.tableObjectsDeleted ? `; ${d.tableObjectsDeleted} tables and checkpoints no point needs deleted` : '') +
             `${d.missingChunks ? `; ${d.missingChunks} referenced chunks MISSING (run "rnode check")` : ''}` +
             (d.deferred ? `; nothing deleted: ${d.deferred}` : ''),
+      ),
+      ...r.skipped.map(
+        (s) =>
+          `  repository ${s.domain}: not swept (${s.code}: encrypted, ${encryption ? 'with another key' : 'no key given'}); ` +
+          'pass its key with --encryption-key-file to sweep it',
       ),
     ]);
     return 0;

@@ -733,6 +733,12 @@ export interface PruneStoreOptions extends SweepSettings {
    * deletes nor its merged indexes over the peer link: each try left one more merged index behind.
    */
   sweep?: boolean;
+  /**
+   * List the encrypted repositories the sweep leaves out for want of their key (`skipped`). It costs one listing of
+   * every encrypted repository's objects: for a person running prune, who would otherwise take exit 0 for "all swept";
+   * the agent's paced prunes do without.
+   */
+  reportSkipped?: boolean;
   /** Stops at the next step where the repository is consistent (between deletes, between phases); prune run again continues. */
   signal?: AbortSignal;
 }
@@ -745,6 +751,8 @@ export interface PruneStoreResult {
   chunksDeleted: number;
   objectsDeleted: number;
   domains: MaintainResult[];
+  /** Encrypted repositories not swept because their key was not given (as check reports them); with reportSkipped. */
+  skipped: Array<{ domain: string; code: string }>;
   seconds: number;
 }
 
@@ -753,7 +761,7 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   const { store } = opts;
   const key = opts.encryption;
   const domain = await Domain.open(store, key);
-  const out: PruneStoreResult = { kept: [], deleted: [], chunksDeleted: 0, objectsDeleted: 0, domains: [], seconds: 0 };
+  const out: PruneStoreResult = { kept: [], deleted: [], chunksDeleted: 0, objectsDeleted: 0, domains: [], skipped: [], seconds: 0 };
   if (opts.disk !== undefined || opts.keep !== undefined) {
     if (opts.disk === undefined || opts.keep === undefined)
       throw new RnodeError(ErrorCodes.USAGE, 'pass --disk and --keep together (or neither, for maintenance only)');
@@ -809,8 +817,21 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
       `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`,
     );
   }
+  if (opts.reportSkipped && opts.sweep !== false) {
+    out.skipped = (await listSealedDomains(store)).filter((d) => d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
+  }
   out.seconds = (performance.now() - started) / 1000;
   return out;
+}
+
+/** The encrypted domains a store holds (one listing of their objects). */
+async function listSealedDomains(store: ObjectStore): Promise<string[]> {
+  const found = new Set<string>();
+  for await (const o of store.list(r2.sealedDomainsPrefix)) {
+    const h = classify(o.key);
+    if (h && 'domain' in h && h.domain !== PLAIN_DOMAIN) found.add(h.domain);
+  }
+  return [...found].sort();
 }
 
 /** True when the store holds objects of an encrypted domain (one listed key is enough). */
@@ -829,7 +850,7 @@ async function retainDisk(
   keep: number,
   key: EncryptionKey | undefined,
   opts: PruneStoreOptions,
-): Promise<Omit<PruneStoreResult, 'domains' | 'seconds' | 'disk'>> {
+): Promise<Omit<PruneStoreResult, 'domains' | 'skipped' | 'seconds' | 'disk'>> {
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${keep})`);
   const legacy = await listLegacyPointSeqs(store, disk);
   const v2 = domain ? await listV2PointSeqs(store, disk, domain.key) : [];

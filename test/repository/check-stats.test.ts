@@ -1,10 +1,11 @@
 // rnode stats and rnode check on a store written by replicate (two clones of one image in the plain repository, one
 // encrypted disk): figures and dedup ratio; without the key the encrypted repository is counted (objects, bytes) but
-// check and prune need the key (RNODE_KEY_REQUIRED, exit 2).
+// check and prune need the key (RNODE_KEY_REQUIRED, exit 2); a maintenance prune without it sweeps the plain
+// repository and names the encrypted one it left out.
 import t from 'tap';
 import { stopCodecWorkersAtEnd } from '../helpers/images.js';
 import { json, runCli } from '../helpers/cli.js';
-import { SIZE, setup, type CheckStatsStore } from '../helpers/check-stats.js';
+import { SIZE, copyOf, setup, type CheckStatsStore } from '../helpers/check-stats.js';
 
 stopCodecWorkersAtEnd(t);
 // Both tests only read the store (a prune without the key stops before it changes anything): it is written once.
@@ -57,4 +58,27 @@ t.test('check and prune need the key of an encrypted repository', async (t) => {
   const p = await runCli(['prune', '--store', storeDir, '--disk', 'e', '--keep', '1']);
   t.equal(p.code, 2, 'prune of an encrypted disk without its key exits 2');
   t.match(p.stderr, /RNODE_KEY_REQUIRED/);
+});
+
+// A maintenance prune without the key swept the plain repository, exited 0 and said nothing of the encrypted one, whose
+// unused packs were then never freed while the operator read "done".
+t.test('prune without the key sweeps the plain repository and names the encrypted one it skipped', async (t) => {
+  const { storeDir, keyFile } = copyOf(t, fixture);
+  const text = await runCli(['prune', '--store', storeDir]);
+  t.equal(text.code, 0, text.stderr);
+  t.match(text.stdout, /repository plain: \d+ packs/);
+  t.match(
+    text.stdout,
+    /repository k[0-9a-f]{16}: not swept \(RNODE_KEY_REQUIRED: encrypted, no key given\); pass its key with --encryption-key-file/,
+  );
+  const r = json(await runCli(['prune', '--store', storeDir, '--json']));
+  t.same(
+    r.domains.map((d: any) => d.domain),
+    ['plain'],
+  );
+  t.equal(r.skipped.length, 1);
+  t.match(r.skipped[0], { domain: /^k[0-9a-f]{16}$/, code: 'RNODE_KEY_REQUIRED' }, 'the same shape as check reports');
+  const k = json(await runCli(['prune', '--store', storeDir, '--encryption-key-file', keyFile, '--json']));
+  t.same(k.domains.map((d: any) => d.domain).sort(), [r.skipped[0].domain, 'plain'].sort(), 'with the key both are swept');
+  t.same(k.skipped, [], 'and none is skipped');
 });
