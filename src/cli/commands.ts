@@ -189,7 +189,7 @@ const pointsCmd: Command = {
     const disk = validateDiskId(str(v, 'disk')!);
     // An encrypted disk's v2 points have keyed names: they are listed with its key only.
     const key = encryptionKeyFrom(v);
-    const points = await withStore(str(v, 'store')!, (store) => listPointsOf(store, disk, key), v);
+    const { points, problems } = await withStore(str(v, 'store')!, (store) => listPointsOf(store, disk, key), v);
     const rows = points.map((m) => ({
       point: m.point,
       parent: m.parent,
@@ -202,9 +202,9 @@ const pointsCmd: Command = {
       source: m.source,
       ...(m.encryption ? { encryption: m.encryption } : {}),
     }));
-    print(io, v.json === true, { disk, points: rows }, () =>
-      rows.length === 0
-        ? [`disk ${disk} has no points`]
+    print(io, v.json === true, { disk, points: rows, problems }, () => [
+      ...(rows.length === 0
+        ? [problems.length ? `disk ${disk} has no readable points` : `disk ${disk} has no points`]
         : [
             'point  parent  kind         created                   disk size   changed  stored      encryption key id',
             ...rows.map(
@@ -212,9 +212,14 @@ const pointsCmd: Command = {
                 `${String(r.point).padEnd(6)} ${String(r.parent ?? '-').padEnd(7)} ${(r.full ? 'full' : 'incremental').padEnd(12)} ` +
                 `${r.createdAt.padEnd(25)} ${bytes(r.diskSize).padEnd(11)} ${String(r.chunksChanged).padEnd(8)} ${bytes(r.bytesWritten).padEnd(11)} ${r.encryption?.keyId ?? '-'}`,
             ),
-          ],
-    );
-    return 0;
+          ]),
+      ...problems.map((p) => `point ${p.point} cannot be read: ${p.code}: ${p.message}`),
+    ]);
+    // Exit 1 with every readable point listed, as `disks` does: a caller that only reads the exit code learns of the damage.
+    if (problems.length && v.json !== true) {
+      io.err(`${problems[0].code}: ${problems.length} point(s) of disk ${disk} cannot be read, named above; the others are listed`);
+    }
+    return problems.length ? 1 : 0;
   },
 };
 

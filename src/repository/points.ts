@@ -131,21 +131,45 @@ export async function listPoints(store: ObjectStore, disk: string, key?: Encrypt
   return out;
 }
 
+/** A point whose manifest could not be read (damaged, or forged): named in a listing, in place of its row. */
+export interface UnreadablePoint {
+  point: number;
+  code: string;
+  message: string;
+}
+
 /**
  * The points a person asked to see (rnode points): none found, for a disk whose claim names another repository than
  * the key's (an encrypted disk listed without its key, or with another one), is that error (KEY_REQUIRED or
  * KEY_MISMATCH), not an empty list: "no points" for a disk with points is the last thing to tell an operator. A
- * disk the store does not hold at all is DISK_NOT_FOUND.
+ * disk the store does not hold at all is DISK_NOT_FOUND. A manifest that is damaged or forged is named under
+ * `problems` and hides no other point: the intact ones are what the operator restores from. (listPoints and the
+ * readers that choose a point to restore from or write on still fail on it.)
  */
-export async function listPointsOf(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<PointManifest[]> {
-  const points = await listPoints(store, disk, key);
-  if (points.length > 0) return points;
+export async function listPointsOf(
+  store: ObjectStore,
+  disk: string,
+  key?: EncryptionKey,
+): Promise<{ points: PointManifest[]; problems: UnreadablePoint[] }> {
+  const seqs = await listPointSeqs(store, disk, key);
+  const points: PointManifest[] = [];
+  const problems: UnreadablePoint[] = [];
+  for (const s of seqs) {
+    try {
+      points.push(await loadPoint(store, disk, s, key));
+    } catch (err) {
+      if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) continue; // deleted by a prune since it was listed
+      if (!isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && !isRnodeError(err, ErrorCodes.METADATA_FORGED)) throw err;
+      problems.push({ point: s, code: err.code, message: err.message });
+    }
+  }
+  if (seqs.length > 0) return { points, problems };
   // A claimed disk without points is one whose first replicate has not committed yet; an unclaimed one is not in the
   // store (a typo, or the wrong store): an empty list would tell a caller the disk is there with nothing to recover.
   const claim = await readClaim(store, disk);
   if (!claim) await explainNoPoints(store, disk, key);
   checkClaim(claim, key, disk);
-  return points;
+  return { points, problems };
 }
 
 /** "latest", undefined or a point number → an existing point's number. */

@@ -16,7 +16,7 @@ import { decodeIndex, encodeIndex, listIndexIds } from '../../src/repository/ind
 import { r2 } from '../../src/repository/names.js';
 import { decodeManifestV4, decodeTableV3, encodeManifestV4, encodeTableV3, segmentDigest } from '../../src/repository/point-format.js';
 import { verify } from '../../src/jobs/verify.js';
-import { listPointSeqs, loadPoint } from '../../src/repository/points.js';
+import { listPointSeqs, listPoints, loadPoint } from '../../src/repository/points.js';
 import { tableEntries } from '../../src/repository/view.js';
 import {
   KiB,
@@ -315,6 +315,39 @@ t.test('a damaged point in the chain: the next replicate starts a new chain that
   const check = await runCli(['check', '--store', f.storeDir, '--read-data']);
   t.equal(check.code, 0, `the repository is whole again: ${check.stderr}`);
   await expectRestore(t, fsStore(f.storeDir), 'd', 3, fp3, f.dir);
+});
+
+// Regression: `points` failed as a whole (RNODE_MANIFEST_CORRUPT, exit 1) on the first damaged manifest, hiding the
+// intact points that recover still restores: the list the error messages send the operator to was the one missing.
+t.test('points lists every readable point and names the damaged one; restoring still refuses it', async (t) => {
+  const f = await twoPoints(t);
+  flipByte(path.join(f.storeDir, 'r2', 'plain', 'disks', 'd', 'points', '0000000002'), 30);
+  const r = await runCli(['points', '--store', f.storeDir, '--disk', 'd', '--json']);
+  t.equal(r.code, 1, 'exit 1, as disks with a problem');
+  const listed = json(r);
+  t.same(
+    listed.points.map((p: any) => p.point),
+    [1],
+    'the intact point is listed',
+  );
+  t.match(listed.problems, [{ point: 2, code: ErrorCodes.MANIFEST_CORRUPT, message: /0000000002/ }], 'the damaged one is named');
+  t.equal(listed.problems.length, 1);
+  const human = await runCli(['points', '--store', f.storeDir, '--disk', 'd']);
+  t.equal(human.code, 1, human.stderr);
+  t.match(human.stdout, /^1 +- +full /m, 'the row of point 1');
+  t.match(human.stdout, /^point 2 cannot be read: RNODE_MANIFEST_CORRUPT: /m);
+  t.equal(lines(human.stderr).length, 1);
+  t.match(human.stderr, /^RNODE_MANIFEST_CORRUPT: 1 point\(s\) of disk d cannot be read, named above/);
+
+  // What chooses a point to restore from still never passes over the damage.
+  await t.rejects(listPoints(fsStore(f.storeDir), 'd'), { code: ErrorCodes.MANIFEST_CORRUPT });
+  const latest = await runCli(['recover', '--store', f.storeDir, '--disk', 'd', '--out', path.join(f.dir, 'latest.img')]);
+  t.equal(latest.code, 1, 'recover of the latest (damaged) point fails');
+  t.match(latest.stderr, ErrorCodes.MANIFEST_CORRUPT);
+  const out = path.join(f.dir, 'one.img');
+  const one = await runCli(['recover', '--store', f.storeDir, '--disk', 'd', '--point', '1', '--out', out]);
+  t.equal(one.code, 0, `the listed point restores: ${one.stderr}`);
+  t.same(fingerprint(out), f.fps[0]);
 });
 
 t.test('a chunk stored twice is read from its other copy when the first is damaged', async (t) => {
