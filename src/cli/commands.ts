@@ -2,7 +2,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId, validateNewDiskId } from '../repository/names.js';
-import { isVirtualFsPath } from '../store/fs/dirs.js';
+import { isVirtualFsPath, unusablePath } from '../store/fs/dirs.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import type { StageTimes } from '../pipeline/stages.js';
 import type { CheckpointState } from '../jobs/replicate.js';
@@ -92,6 +92,7 @@ const replicateCmd: Command = {
     const bandwidth = v.bandwidth !== undefined ? (await import('../transport/index.js')).parseBandwidth(str(v, 'bandwidth')!) : undefined;
     const { replicate } = await import('../jobs/replicate.js');
     // A file's absolute path goes into the point: what a later run without --disk compares against (plan.ts).
+    const cache = changeHashDir(str(v, 'cache-dir'));
     const source = await (await import('../source/index.js')).openSource(isUrlSource(sourceArg) ? sourceArg : path.resolve(sourceArg));
     try {
       const target = str(v, 'target')!;
@@ -112,7 +113,9 @@ const replicateCmd: Command = {
               forceFull: v.full === true,
               signal,
               onProgress: (p) => bar.update(p.position, p.diskSize),
-              ...changeHashDir(str(v, 'cache-dir')),
+              ...cache,
+              // On stderr, with --json too: the point is made, but every later incremental is slower, and only this says why.
+              onChangeHashesNotKept: (err) => io.err(`rnode: warning: ${cacheNotKept(cache, err)}`),
               diskNamedAfterSource: v.disk === undefined,
               ...(isRemoteLocation(target) ? remoteReplicateOptions(concurrency, chunkSize) : {}),
               ...(packSize !== undefined ? { packSize } : {}),
@@ -166,6 +169,20 @@ function changeHashDir(flag: string | undefined): { changeHashDir?: string; chan
     changeHashDir: path.join(xdg || path.join(os.homedir(), '.cache'), 'rnode'),
     changeHashDirFrom: xdg ? 'XDG_CACHE_HOME' : 'cache folder',
   };
+}
+
+/** Why a replicate kept no change hashes, and what to do: one line naming the folder. */
+function cacheNotKept(cache: { changeHashDir?: string; changeHashDirFrom?: string }, err: unknown): string {
+  const from = cache.changeHashDirFrom;
+  const what = `cache folder ${cache.changeHashDir}${from === 'RNODE_CACHE_DIR' ? ' (from RNODE_CACHE_DIR)' : ''}`;
+  const fix =
+    from === 'RNODE_CACHE_DIR'
+      ? 'choose another folder, or RNODE_CACHE_DIR=none'
+      : `choose another folder${from === '--cache-dir' ? '' : ' with --cache-dir'}, or --cache-dir none`;
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const why =
+    unusablePath(what, err, fix)?.message ?? `${what} could not be written (${code ?? (err instanceof Error ? err.message : String(err))}); ${fix}`;
+  return `no change hashes of this point were kept, so the next incremental compares its chunks by id (slower): ${why}`;
 }
 
 function stagesLine(s: StageTimes): string {

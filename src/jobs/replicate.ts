@@ -171,7 +171,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     const seconds = (performance.now() - started) / 1000;
     const manifest = await commitPoint(store, plan, { source, run, table, marks, lease, changeMarker, seconds });
     await store.delete(r2.pending(domain.name, domain.dname(disk), seq)).catch(() => undefined);
-    await changes?.writer.finish(manifest);
+    if (changes && !(await changes.writer.finish(manifest))) opts.onChangeHashesNotKept?.(changes.writer.failure);
     return {
       disk,
       point: seq,

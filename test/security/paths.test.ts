@@ -113,6 +113,39 @@ t.test('a cache, state or VM output folder under /proc fails fast too (or, for t
   await expectFastFailure(t, [...agent, path.join(procLink, 'nope', 'state')], 'RNODE_PATH_UNUSABLE: state folder', 2, 'agent --state-dir');
 });
 
+// An unusable cache folder is done without (above), but it was done without a word: every later incremental compared
+// its chunks by id, slower, and nothing said why. One warning line on stderr (never on --json's stdout) names the
+// folder, the reason and what to do.
+t.test('a cache folder that cannot be used: the point is made, and one stderr line says why no cache is kept', async (t) => {
+  const dir = tmpDir(t, 'sec-cache-file');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 8));
+  const notAFolder = path.join(dir, 'cache-is-a-file');
+  fs.writeFileSync(notAFolder, 'x');
+  const rep = ['replicate', '--source', img, '--target', path.join(dir, 'store'), '--disk', 'd', '--chunk-size', '64KiB'];
+  const first = await runCli([...rep, '--cache-dir', notAFolder]);
+  t.equal(first.code, 0, first.stderr);
+  t.equal(first.stderr.trim().split('\n').length, 1, 'one line');
+  t.match(first.stderr, /^rnode: warning: no change hashes of this point were kept, so the next incremental compares its chunks by id \(slower\): /);
+  t.match(
+    first.stderr,
+    `cache folder ${notAFolder} is, or lies under, a file where a folder is needed (ENOTDIR); choose another folder, or --cache-dir none`,
+  );
+  const second = await runCli([...rep, '--cache-dir', notAFolder, '--json']);
+  t.equal(second.code, 0, second.stderr);
+  t.match(JSON.parse(second.stdout), { point: 2, comparedBy: 'chunk-ids' }, 'stdout holds the one JSON document');
+  t.equal(second.stderr.trim().split('\n').length, 1, '--json: the warning on stderr, once');
+  t.match(second.stderr, `cache folder ${notAFolder} is`);
+  t.equal(fs.readFileSync(notAFolder, 'utf8'), 'x', 'the file is left alone');
+  const fromEnv = await runCli(rep, { env: { RNODE_CACHE_DIR: notAFolder } });
+  t.equal(fromEnv.code, 0, fromEnv.stderr);
+  t.match(fromEnv.stderr, `cache folder ${notAFolder} (from RNODE_CACHE_DIR) is`, 'names the variable');
+  t.match(fromEnv.stderr, 'or RNODE_CACHE_DIR=none');
+  const usable = await runCli([...rep, '--cache-dir', path.join(dir, 'cache')]);
+  t.equal(usable.code, 0, usable.stderr);
+  t.equal(usable.stderr, '', 'a usable folder: no warning');
+});
+
 // `TMPDIR=/nonexistent rnode demo` (or TMPDIR=/proc) printed RNODE_INTERNAL "ENOENT ... mkdtemp ...; this is a bug"
 // (exit 1); a cache folder from RNODE_CACHE_DIR was called --cache-dir. Messages name where the folder came from.
 t.test('a temp or cache folder from the environment that cannot be used is RNODE_PATH_UNUSABLE, naming the variable', async (t) => {

@@ -206,6 +206,8 @@ export class ChangeHashWriter {
   private setMask: Uint8Array | undefined;
   private lastIndex = -1;
   private failed = false;
+  /** Why no cache file will come of this run: the first error of the folder, a write or the rename. */
+  private error: unknown;
   private chain: Promise<void>;
   private readonly tmp: string;
   private fh: fsp.FileHandle | undefined;
@@ -221,9 +223,7 @@ export class ChangeHashWriter {
       await makeDirs(path.dirname(place.file), 0o700); // not Node's recursive mkdir: it spins forever under /proc
       await removeStaleTemps(place.file);
       this.fh = await fsp.open(tmp, 'wx', 0o600);
-    })().catch(() => {
-      this.failed = true;
-    });
+    })().catch((err: unknown) => this.fail(err));
   }
 
   /** Chunk `index` settled with this hash (undefined: not known). In ascending index order. */
@@ -272,9 +272,7 @@ export class ChangeHashWriter {
       sum.writeBigUInt64LE(xxh64(entries, BigInt(b)));
       await this.fh.writev([entries, sum], blockOffset(b));
     });
-    this.chain.catch(() => {
-      this.failed = true;
-    });
+    this.chain.catch((err: unknown) => this.fail(err));
     this.blockNo++;
     this.entries = undefined;
     this.setMask = undefined;
@@ -304,10 +302,21 @@ export class ChangeHashWriter {
       this.fh = undefined;
       await fsp.rename(this.tmp, this.place.file);
       return true;
-    } catch {
+    } catch (err) {
+      this.error ??= err;
       await this.abort();
       return false;
     }
+  }
+
+  /** After finish() returned false: why (the caller says so; nothing here does). */
+  get failure(): unknown {
+    return this.error;
+  }
+
+  private fail(err: unknown): void {
+    this.failed = true;
+    this.error ??= err;
   }
 
   /** The run did not commit: no cache from it (the parent's, if any, stays). Never throws. */

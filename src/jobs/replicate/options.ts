@@ -63,6 +63,12 @@ export interface ReplicateOptions {
   changeHashDir?: string;
   /** Where changeHashDir came from, as messages name it: --cache-dir, RNODE_CACHE_DIR; default "cache folder". */
   changeHashDirFrom?: string;
+  /**
+   * Hears, once, after the commit, why this run's change hashes could not be kept under changeHashDir (the folder cannot
+   * be used, a write failed): the point is made all the same, and the next incremental compares its chunks by id. The
+   * library says nothing itself; its caller decides whether and where to warn.
+   */
+  onChangeHashesNotKept?: (err: unknown) => void;
 }
 
 export interface ReplicateProgress {
