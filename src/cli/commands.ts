@@ -58,7 +58,7 @@ const print = (io: Io, json: boolean, obj: unknown, human: () => string[]) => {
 
 const replicateCmd: Command = {
   summary: 'create one recovery point of a disk',
-  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4|lz4-blocks|none] [--pack-size <bytes|64KiB..256MiB>] [--full] [--bandwidth <bytes/s>] [--cache-dir <dir>|none] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
+  usage: `rnode replicate --source <path> --target <store> [--disk <id>] [--chunk-size <bytes|64KiB..16MiB>] [--compression lz4|lz4-blocks|none] [--pack-size <bytes|64KiB..256MiB>] [--full] [--concurrency <n>] [--bandwidth <bytes/s>] [--cache-dir <dir>|none] ${ENCRYPTION_USAGE} ${REMOTE_USAGE} [--json]\n       ${VMWARE_REPLICATE_USAGE}`,
   options: {
     source: { type: 'string' },
     target: { type: 'string' },
