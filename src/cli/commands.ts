@@ -2,6 +2,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId, validateNewDiskId } from '../repository/names.js';
+import { isStoreFull } from '../store/common.js';
 import { isVirtualFsPath, unusablePath } from '../store/fs/dirs.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import type { StageTimes } from '../pipeline/stages.js';
@@ -410,7 +411,19 @@ const pruneCmd: Command = {
             }),
           v,
         ),
-    );
+    ).catch((err: unknown) => {
+      // Repack writes new packs before it deletes the old: on a full store the way out is a prune without it.
+      if (!isStoreFull(err) || maxUnused === 0) throw err;
+      throw new RnodeError(
+        err.code,
+        `${err.message}; or add --max-unused 0 to free what needs no repack (a repack writes new packs before it deletes old ones)`,
+        {
+          cause: err,
+          retryable: err.retryable,
+          details: err.details,
+        },
+      );
+    });
     print(io, v.json === true, r, () => [
       ...(r.disk !== undefined
         ? [

@@ -12,7 +12,7 @@ import { recover } from '../jobs/restore.js';
 import { verify } from '../jobs/verify.js';
 import { generateSampleDisk, scatterWrites } from '../sample/sample-disk.js';
 import { openSource } from '../source/index.js';
-import { openStore } from '../store/index.js';
+import { isStoreFull, openStore } from '../store/index.js';
 import { assertNotInsideAnyStore } from '../store/containment.js';
 import { isVirtualFsPath, makeDirs, unusablePath } from '../store/fs/dirs.js';
 import type { Options } from './args.js';
@@ -122,6 +122,9 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
         const source = await openSource(image);
         try {
           return await replicate({ store, source, disk: 'sample', signal });
+        } catch (err) {
+          // The demo's store is a folder of its work folder: a full one is that folder's, said with its fix.
+          throw isStoreFull(err) ? unusablePath(`${parent.from} ${work}`, err.cause, parent.fix)! : err;
         } finally {
           await source.close();
         }

@@ -176,13 +176,27 @@ function anotherPruneSweeps(store: ObjectStore, domain: string, held: RnodeError
 }
 
 async function maintainLeased(opts: MaintainOptions): Promise<MaintainResult> {
+  const r = emptyMaintainResult(opts.domain);
+  try {
+    return await sweepDomain(opts, r);
+  } catch (err) {
+    // The packs deleted before a later step failed (repack out of space) stay deleted: said, not hidden (afterDeleting).
+    if (r.packsDeleted === 0 || !(err instanceof RnodeError) || err.code === ErrorCodes.CANCELLED) throw err;
+    throw new RnodeError(err.code, err.message, {
+      cause: err,
+      retryable: err.retryable,
+      details: { ...err.details, packsDeleted: r.packsDeleted, bytesDeleted: r.bytesDeleted },
+    });
+  }
+}
+
+async function sweepDomain(opts: MaintainOptions, r: MaintainResult): Promise<MaintainResult> {
   const started = performance.now();
   const { store, domain } = opts;
   const now = opts.now ?? Date.now;
   const graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
   const maxUnused = opts.maxUnused ?? DEFAULT_MAX_UNUSED;
   const concurrency = opts.concurrency ?? 8;
-  const r = emptyMaintainResult(domain);
 
   if (opts.resetMarks) await resetMarks(store, domain);
   const { marks, index, packs, disks, missingChunks, deferred, marksRecorded } = await scanDomain(store, domain, concurrency);
@@ -773,6 +787,44 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   const domains = opts.sweep === false ? [] : [domain ?? undefined];
   // Without a key, the plain domain; with one, the key's domain and the plain one (a store may hold both).
   if (key && opts.sweep !== false) domains.push(await Domain.open(store, undefined));
+  try {
+    await sweepDomains(store, domains, opts, out);
+  } catch (err) {
+    throw afterDeleting(err, out);
+  }
+  if (out.domains.length === 0 && opts.disk === undefined && !key && opts.sweep !== false && (await hasSealedDomain(store))) {
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`,
+    );
+  }
+  if (opts.reportSkipped && opts.sweep !== false) {
+    out.skipped = (await listSealedDomains(store)).filter((d) => d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
+  }
+  out.seconds = (performance.now() - started) / 1000;
+  return out;
+}
+
+/**
+ * A sweep's failure (a repack out of space) after retention deleted points, or the sweep deleted packs: its message
+ * says so. Those stay deleted, and a message silent about them read as if the failed prune had changed nothing.
+ */
+function afterDeleting(err: unknown, out: PruneStoreResult): unknown {
+  if (!(err instanceof RnodeError) || err.code === ErrorCodes.CANCELLED) return err;
+  const packs = out.domains.reduce((n, d) => n + d.packsDeleted, 0) + (typeof err.details.packsDeleted === 'number' ? err.details.packsDeleted : 0);
+  const done = [
+    ...(out.deleted.length ? [`point${out.deleted.length > 1 ? 's' : ''} ${out.deleted.join(', ')} of disk ${out.disk}`] : []),
+    ...(packs ? [`${packs} unused pack${packs > 1 ? 's' : ''}`] : []),
+  ];
+  if (!done.length) return err;
+  return new RnodeError(err.code, `${err.message} (before it failed, this prune deleted ${done.join(' and ')}: they stay deleted)`, {
+    cause: err,
+    retryable: err.retryable,
+    details: { ...err.details, pointsDeleted: out.deleted },
+  });
+}
+
+async function sweepDomains(store: ObjectStore, domains: (Domain | undefined)[], opts: PruneStoreOptions, out: PruneStoreResult): Promise<void> {
   for (const d of domains) {
     if (!d) continue;
     const lease = opts.lease === false ? undefined : opts.lease;
@@ -811,17 +863,6 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
       });
     }
   }
-  if (out.domains.length === 0 && opts.disk === undefined && !key && opts.sweep !== false && (await hasSealedDomain(store))) {
-    throw new RnodeError(
-      ErrorCodes.KEY_REQUIRED,
-      `the repository in ${store.location} is encrypted; pass its key with --encryption-key-file to prune it`,
-    );
-  }
-  if (opts.reportSkipped && opts.sweep !== false) {
-    out.skipped = (await listSealedDomains(store)).filter((d) => d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
-  }
-  out.seconds = (performance.now() - started) / 1000;
-  return out;
 }
 
 /** The encrypted domains a store holds (one listing of their objects). */

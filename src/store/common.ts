@@ -82,6 +82,24 @@ export function preconditionFailed(location: string, key: string, what: string, 
   );
 }
 
+/**
+ * A put that found no space (ENOSPC) or no quota (EDQUOT) left: the store's state, not the command's, so STORE_IO
+ * (exit 1), and the same command succeeds once space is freed. details.errno says which; isStoreFull tells it apart.
+ */
+export function storeFull(location: string, key: string, errno: 'ENOSPC' | 'EDQUOT', cause: unknown): RnodeError {
+  return new RnodeError(
+    ErrorCodes.STORE_IO,
+    `store folder ${location} ${errno === 'EDQUOT' ? 'is over its disk quota' : 'has no space left'} (${errno}); ` +
+      'free space (or prune its points), then run the same command again',
+    { cause, details: { key, location, op: 'put', errno } },
+  );
+}
+
+/** True for a storeFull error. */
+export function isStoreFull(err: unknown): err is RnodeError {
+  return err instanceof RnodeError && err.code === ErrorCodes.STORE_IO && (err.details.errno === 'ENOSPC' || err.details.errno === 'EDQUOT');
+}
+
 export function ioError(location: string, op: string, key: string, cause: unknown, retryable = false): RnodeError {
   const why = oneLine(cause instanceof Error ? cause.message : String(cause));
   return new RnodeError(ErrorCodes.STORE_IO, `${op} ${key} in ${location} failed: ${why}`, { cause, retryable, details: { key, location, op } });

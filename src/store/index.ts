@@ -2,7 +2,7 @@
 // and the backends that tests and other modules construct directly.
 
 export * from './types.js';
-export { collect, compareKeys } from './common.js';
+export { collect, compareKeys, isStoreFull } from './common.js';
 export { openStore, openBackend, type OpenStoreOptions } from './registry.js';
 export { registerStoreScheme, registeredSchemes, badStoreUrl, type RemoteAccess, type StoreFactory, type StoreFactoryContext } from './schemes.js';
 export { wrapStore, DEFAULT_CONCURRENCY, type WrapOptions, type WrappedStore } from './wrap.js';

@@ -10,6 +10,7 @@ import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { validateDiskId } from '../repository/names.js';
 import { copyBytes } from '../native/index.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
+import { isStoreFull } from '../store/common.js';
 import { assertValidKey, type LeaseRecord, type ObjectInfo, type ObjectStore, type PutOptions } from '../store/types.js';
 import type { ClientMessage, NodeMessage, ObjectInfoWire } from './control.js';
 import { parseClientMessage, parsePutMeta, RNODE_PATH, type PutMeta } from './control.js';
@@ -1064,14 +1065,15 @@ function wireInfo(i: { key: string; size: number; etag?: string }): ObjectInfoWi
 }
 
 /**
- * What a sender is told of a failed request. The node's own store folder failing (full, read-only, no permission:
- * PATH_UNUSABLE, a usage error where the folder is the user's own) is for the node's operator to fix, not a mistake
- * on the sender's command line, and that folder's path is the node's business: the sender gets STORE_IO (exit 1).
+ * What a sender is told of a failed request. The node's own store folder failing (read-only, not a folder:
+ * PATH_UNUSABLE, a usage error where the folder is the user's own; full: STORE_IO) is for the node's operator to fix,
+ * not a mistake on the sender's command line, and that folder's path is the node's business: the sender gets
+ * STORE_IO (exit 1) without it.
  */
 function errorMessage(err: unknown): Extract<NodeMessage, { op: 'error' }> {
-  if (isRnodeError(err, ErrorCodes.PATH_UNUSABLE)) {
+  const full = isStoreFull(err);
+  if (full || isRnodeError(err, ErrorCodes.PATH_UNUSABLE)) {
     const errno = typeof err.details.errno === 'string' ? err.details.errno : undefined;
-    const full = errno === 'ENOSPC' || errno === 'EDQUOT';
     return {
       op: 'error',
       code: ErrorCodes.STORE_IO,

@@ -195,7 +195,7 @@ function mountTmpfs(t: Test, opts: string): string | undefined {
 const canMount = process.getuid?.() === 0;
 
 t.test(
-  'no permission (read-only filesystem) and no space fail fast with RNODE_PATH_UNUSABLE',
+  'a read-only filesystem fails fast with RNODE_PATH_UNUSABLE; a full store with RNODE_STORE_IO (exit 1: freeing space fixes it)',
   { skip: !canMount && 'needs root to mount a tmpfs' },
   async (t) => {
     const dir = tmpDir(t, 'sec-nospace');
@@ -216,7 +216,7 @@ t.test(
       2,
       'demo --workdir on a read-only filesystem',
     );
-    const r = await expectFastFailure(t, rep(path.join(small, 'store')), 'RNODE_PATH_UNUSABLE', 2, 'replicate into a full filesystem');
+    const r = await expectFastFailure(t, rep(path.join(small, 'store')), 'RNODE_STORE_IO', 1, 'replicate into a full filesystem');
     t.match(r.stderr, /no space left/);
     await expectFastFailure(
       t,

@@ -48,7 +48,7 @@ t.test(
     t.notMatch(full.stderr, mnt, "the node's folder is not the sender's business");
     t.match(
       node.log(),
-      /"level":"warn"[^\n]*"kind":"pack","code":"RNODE_PATH_UNUSABLE"[^\n]*ENOSPC[^\n]*"msg":"put-failed"/,
+      /"level":"warn"[^\n]*"kind":"pack","code":"RNODE_STORE_IO"[^\n]*ENOSPC[^\n]*"msg":"put-failed"/,
       "the node's log: a warning that says why",
     );
 

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import { failpoint } from '../../failpoint.js';
 import { readFileInto, writeFileExclusive, type ReadInto } from '../../native/index.js';
-import { checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix } from '../common.js';
+import { checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix, storeFull } from '../common.js';
 import { RESERVED_SEGMENT_PREFIX, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCapabilities } from '../types.js';
 import { fsyncDir, isVirtualFsPath, makeDirs, unusablePath } from './dirs.js';
 
@@ -268,12 +268,14 @@ export class FsStore implements ObjectStore {
   private mapError(err: unknown, op: string, key: string): RnodeError {
     if (err instanceof RnodeError) return err;
     if (op === 'put') {
-      // The store folder itself cannot take files (no space, read-only, a file or nothing where it should be): a
-      // coded line about the folder, not a retryable I/O error about one key.
+      const code = errno(err);
+      // A full store is the world's state, not a wrong command line: freeing space makes the same command work.
+      if (code === 'ENOSPC' || code === 'EDQUOT') return storeFull(this.location, key, code, err);
+      // The store folder itself cannot take files (read-only, a file or nothing where it should be): a coded line
+      // about the folder, not an I/O error about one key.
       const at = (err as { path?: string }).path;
       const outside = at !== undefined && !path.resolve(at).startsWith(this.root + path.sep);
-      const code = errno(err);
-      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS' || ((code === 'ENOENT' || code === 'ENOTDIR') && outside)) {
+      if (code === 'EROFS' || ((code === 'ENOENT' || code === 'ENOTDIR') && outside)) {
         return unusablePath(`store folder ${this.location}`, err)!;
       }
     }
