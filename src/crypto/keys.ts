@@ -203,7 +203,9 @@ export function parseKeyMaterial(material: Uint8Array): Buffer | undefined {
 
 /**
  * Reads a key file. Refuses a file group or others may read or write (like ssh does for private keys): a key
- * anyone on the machine can read protects nothing. Errors name the file and the rule, never the content.
+ * anyone on the machine can read protects nothing. Errors name the file and the rule, never the content. What the
+ * file holds is checked before its mode: a file that is no key (a mistyped path, /etc/passwd) is named as such, and
+ * nobody is told to chmod 600 a file that is not theirs to restrict.
  */
 export function readKeyFile(file: string, flag = '--encryption-key-file'): EncryptionKey {
   const fail = (why: string) => new RnodeError(ErrorCodes.KEY_FILE, `${flag} ${file}: ${why}`);
@@ -225,7 +227,6 @@ export function readKeyFile(file: string, flag = '--encryption-key-file'): Encry
   try {
     const st = fs.fstatSync(fd);
     if (!st.isFile()) throw fail(`is not a regular file; pass the file that holds the key (${KEY_FORMATS})`);
-    checkKeyFileMode(st.mode, (why) => fail(why), file);
     if (st.size > MAX_KEY_FILE_BYTES) throw fail(`is ${st.size} bytes; a key file holds ${KEY_FORMATS}`);
     data = Buffer.alloc(st.size);
     let n = 0;
@@ -234,7 +235,9 @@ export function readKeyFile(file: string, flag = '--encryption-key-file'): Encry
       if (r === 0) break;
       n += r;
     }
-    return EncryptionKey.parse(data.subarray(0, n), `${flag} ${file}`);
+    const key = EncryptionKey.parse(data.subarray(0, n), `${flag} ${file}`);
+    checkKeyFileMode(st.mode, (why) => fail(why), file);
+    return key;
   } finally {
     data?.fill(0);
     fs.closeSync(fd);

@@ -86,6 +86,24 @@ t.test('what is not a key is refused with one clear line naming the file, never 
     );
   }
   t.equal(readKeyFile(writeKey(dir, 'owner-only', MASTER.toString('hex'), 0o400)).keyId, EncryptionKey.fromBytes(MASTER).keyId, 'mode 0400 is fine');
+  // Bug: a world-readable file that is no key (`--encryption-key-file /etc/passwd`) was told to "chmod 600" it, which
+  // breaks a system file and hides the real mistake. What the file holds is checked first.
+  for (const [name, content] of [
+    ['passwd-like', 'root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n'],
+    ['too big', Buffer.alloc(10_000, 0x41)],
+  ] as const) {
+    const f = writeKey(dir, `loose-${name}`, content, 0o644);
+    const e = (() => {
+      try {
+        readKeyFile(f);
+      } catch (e) {
+        return e as RnodeError;
+      }
+    })();
+    t.equal(e?.code, ErrorCodes.KEY_FILE, `${name}, mode 0644: RNODE_KEY_FILE`);
+    t.match(e?.message, name === 'too big' ? /10000 bytes; a key file holds/ : /does not hold a 256-bit key/, `${name}: named as no key`);
+    t.notMatch(e?.message, /chmod/, `${name}: no advice to chmod a file that is no key`);
+  }
   const err = (() => {
     try {
       readKeyFile(writeKey(dir, 'x', 'not a key'));
@@ -111,6 +129,7 @@ t.test('the CLI: --encryption-key-file mistakes exit 2 with one line, and nothin
     for (const [what, file, re] of [
       ['readable by others', loose, /RNODE_KEY_FILE: --encryption-key-file .*loose\.key: is readable .*chmod 600/],
       ['not a key', short, /RNODE_KEY_FILE: .*short\.key does not hold a 256-bit key/],
+      ['not a key, readable by others', '/etc/passwd', /RNODE_KEY_FILE: --encryption-key-file \/etc\/passwd does not hold a 256-bit key/],
       ['empty path', '', /RNODE_KEY_FILE/],
     ] as const) {
       const r = await runCli([cmd, ...args, '--encryption-key-file', file]);
