@@ -122,7 +122,7 @@ const replicateCmd: Command = {
               ...(packSize !== undefined ? { packSize } : {}),
             }),
           v,
-          { bandwidth, creates: true },
+          { bandwidth, creates: true, flag: '--target' },
         ),
       ).finally(() => bar.done());
       print(io, v.json === true, r, () => [

@@ -36,14 +36,22 @@ function remoteAccess(location: string, v: Values): RemoteAccess | undefined {
   return access;
 }
 
+export interface StoreFlagOptions {
+  bandwidth?: number;
+  /** The command creates the store (replicate): a missing folder is fine. */
+  creates?: boolean;
+  /** The flag that named the store, for messages (default --store; replicate's is --target). */
+  flag?: string;
+}
+
 /**
  * Opens the store a command names, with its ws flags and (replicate) bandwidth limit. A local store folder must exist
  * unless creates is set (replicate): a typo in --store of a check or a points listing found an empty store there and
  * reported "ok" or "no points".
  */
-export async function openStoreFromFlags(location: string, v: Values, opts: { bandwidth?: number; creates?: boolean } = {}): Promise<WrappedStore> {
+export async function openStoreFromFlags(location: string, v: Values, opts: StoreFlagOptions = {}): Promise<WrappedStore> {
   const remote = remoteAccess(location, v);
-  if (!location.includes('://')) assertStoreFolder(location, opts.creates === true);
+  if (!location.includes('://')) assertStoreFolder(location, opts.creates === true, opts.flag);
   // ws:// and wss:// stores come with the peer transport, which registers them; it is loaded only for such a store.
   if (isRemoteLocation(location)) await import('../transport/index.js');
   return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth } } : {}) });
@@ -54,7 +62,7 @@ export async function withStore<T>(
   location: string,
   fn: (store: WrappedStore) => Promise<T>,
   v: Values = {},
-  opts: { bandwidth?: number; creates?: boolean } = {},
+  opts: StoreFlagOptions = {},
 ): Promise<T> {
   const store = await openStoreFromFlags(location, v, opts);
   try {
@@ -78,18 +86,22 @@ export function remotePruneSweeps(location: string, retention: boolean): boolean
   );
 }
 
-/** A local store folder must be a folder, and exist unless the command creates it (replicate, serve). */
-export function assertStoreFolder(location: string, creates: boolean): void {
+/**
+ * A local store folder must be a folder, and exist unless the command creates it (replicate, serve). flag: the one
+ * that named it, for messages.
+ */
+export function assertStoreFolder(location: string, creates: boolean, flag = '--store'): void {
   let st: fs.Stats;
   try {
     st = fs.statSync(location);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (creates || (code !== 'ENOENT' && code !== 'ENOTDIR')) return; // the store's own open says what else is wrong
-    throw new RnodeError(ErrorCodes.STORE_NOT_FOUND, `store folder ${location} does not exist; check --store (replicate creates a store)`);
+    throw new RnodeError(ErrorCodes.STORE_NOT_FOUND, `store folder ${location} does not exist; check ${flag} (replicate creates a store)`);
   }
   if (!st.isDirectory()) {
-    throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `store folder ${location} is a file, not a folder; check --store`);
+    const what = st.isFile() ? 'a file' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : 'a FIFO or socket';
+    throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `store folder ${location} is ${what}, not a folder; check ${flag}`);
   }
 }
 

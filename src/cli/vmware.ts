@@ -64,7 +64,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   };
 
   const bandwidth = typeof v.bandwidth === 'string' ? parseBandwidth(v.bandwidth) : undefined;
-  const store = await openStoreFromFlags(v.target, v, { bandwidth, creates: true });
+  const store = await openStoreFromFlags(v.target, v, { bandwidth, creates: true, flag: '--target' });
   let r: ReplicateVmResult;
   try {
     // A stopped run still goes through replicateVm's finally: the snapshot it took is removed before the exit.

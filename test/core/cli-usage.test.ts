@@ -282,7 +282,14 @@ t.test('a --store folder that does not exist, or is a file, is said so (check of
   }
   const r = await inProcess(['stats', '--store', img]);
   t.equal(r.code, 2);
-  t.match(r.stderr, /RNODE_PATH_UNUSABLE: store folder .* is a file, not a folder/);
+  t.match(r.stderr, /RNODE_PATH_UNUSABLE: store folder .* is a file, not a folder; check --store/);
+  // Bug: replicate's store flag is --target, but a file given there was answered "check --store"; and /dev/null "is a
+  // file".
+  const onFile = await inProcess(['replicate', '--source', img, '--target', img, '--disk', 'd']);
+  t.equal(onFile.code, 2, 'replicate --target <a file>: exit 2');
+  t.match(onFile.stderr, /RNODE_PATH_UNUSABLE: store folder .* is a file, not a folder; check --target\n?$/, 'names the flag given');
+  const onDevice = await inProcess(['replicate', '--source', img, '--target', '/dev/null', '--disk', 'd']);
+  t.match(onDevice.stderr, /RNODE_PATH_UNUSABLE: store folder \/dev\/null is a device, not a folder; check --target/, '/dev/null is a device');
   const serve = await runCli(['serve', '--listen', '127.0.0.1:0', '--store', img], { timeoutMs: 30_000 });
   t.equal(serve.code, 2, 'serve refuses a file as its store at start');
   t.match(serve.stderr, /RNODE_PATH_UNUSABLE/);
