@@ -264,7 +264,9 @@ async function checkDomain(
   try {
     domain = await Domain.open(store, key);
   } catch (err) {
+    // A config that is there but damaged: its own error says so, and "no config" would be wrong.
     report(err);
+    return c;
   }
   if (!domain) {
     report(

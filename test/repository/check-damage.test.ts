@@ -68,6 +68,21 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
   );
   fs.writeFileSync(idx, ib);
   t.equal((await runCli(args)).code, 0, 'restored: ok again');
+
+  // Bug: an emptied config was reported twice, as corrupt and as missing ("has objects but no config").
+  const config = path.join(storeDir, ...r2.config('plain').split('/'));
+  const cb = fs.readFileSync(config);
+  fs.writeFileSync(config, '');
+  const empty = await runCli(args.filter((a) => a !== '--json'));
+  t.equal(empty.code, 1, 'an empty config: a problem');
+  t.match(empty.stdout, /RNODE_MANIFEST_CORRUPT: .*config.* is corrupt/, 'named as corrupt');
+  t.notMatch(empty.stdout, /no config/, 'not as missing: it is there');
+  fs.writeFileSync(config, cb);
+  fs.rmSync(config);
+  const missing = await runCli(args.filter((a) => a !== '--json'));
+  t.match(missing.stdout, /repository plain has objects but no config/, 'a config that is gone is still named missing');
+  fs.writeFileSync(config, cb);
+  t.equal((await runCli(args)).code, 0, 'restored: ok again');
 });
 
 t.test('prune through the CLI: retention, the sweep over three runs, restores stay byte-exact', async (t) => {
