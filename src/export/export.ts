@@ -7,12 +7,13 @@ import { forEachBounded } from '../pipeline/bounded.js';
 import { codecWorkers } from '../pipeline/codec-workers.js';
 import { readDiskMarker, requireChainSeal } from '../repository/encryption.js';
 import { listPointSeqs, loadChain, loadPoint, resolvePoint } from '../repository/points.js';
+import { resolveFileOutput } from '../output/file.js';
 import type { ObjectStore } from '../store/types.js';
 import { ChunkCache, DEFAULT_CACHE_BYTES } from './chunk-cache.js';
 import { ChunkIndex } from './chunk-index.js';
 import type { ExportCatalog } from './handshake.js';
 import { PointImage, type ExportImage } from './image.js';
-import { OverlayImage } from './overlay.js';
+import { OVERLAY_FLAG, OverlayImage } from './overlay.js';
 import { checkListen, listenRefused } from './policy.js';
 import { ExportServer } from './server.js';
 
@@ -85,6 +86,8 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   if (o.writable && !o.overlay)
     throw new RnodeError(ErrorCodes.USAGE, '--writable needs --overlay <file>: guest writes go there, never to the store');
   if (o.overlay && !o.writable) throw new RnodeError(ErrorCodes.USAGE, '--overlay is only used with --writable; add --writable or drop --overlay');
+  // A mistaken --overlay (a directory, a missing folder, /proc) fails before the store is read, as recover's --out.
+  if (o.overlay) await resolveFileOutput(o.overlay, OVERLAY_FLAG);
   const { store } = o;
   // The codec workers load their modules while the point loads and the client connects: started by the first read,
   // they did it inside a copy's first second (as recover does, see restore.ts).

@@ -12,6 +12,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { assertOutsideStore } from '../store/containment.js';
+import { unwritablePath, type OutputFlag } from '../output/file.js';
 import { fsyncDir } from '../store/fs/dirs.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { failpoint } from '../failpoint.js';
@@ -25,6 +26,8 @@ const VERSION = 1;
 const HEADER_BYTES = 4096;
 const PAGE = 4096;
 export const OVERLAY_BLOCK = 64 * 1024;
+/** How resolveFileOutput names --overlay: a path checked as recover's --out is (src/output/file.ts). */
+export const OVERLAY_FLAG: OutputFlag = { flag: '--overlay', instead: 'give the path of a file (new, empty, or an overlay)' };
 const ZEROES = Buffer.alloc(1024 * 1024);
 
 export interface OverlayIdentity {
@@ -424,6 +427,8 @@ function specialKind(st: fs.Stats): string {
 }
 
 function overlayIo(file: string, err: unknown): RnodeError {
+  const unwritable = unwritablePath(err, OVERLAY_FLAG.flag, file);
+  if (unwritable) return unwritable;
   const code = (err as NodeJS.ErrnoException)?.code ?? 'error';
   return new RnodeError(ErrorCodes.OUTPUT_IO, `cannot use overlay ${file} (${code}); check the path, its permissions and free space`, { cause: err });
 }

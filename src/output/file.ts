@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { isVirtualFsPath } from '../store/fs/dirs.js';
+import { isVirtualFsPath, unusablePath } from '../store/fs/dirs.js';
 import { addressAligned, sharedAligned, tryLockExclusive, writeNonZero } from '../native/index.js';
 import type { OutputSink } from './sink.js';
 
@@ -15,7 +15,13 @@ export const SPARSE_BLOCK = 4096;
 const FLUSH_EVERY = 64 * 1024 * 1024;
 const ZEROS_BYTES = 1024 * 1024;
 
-const GIVE_INSTEAD = 'give a file path or a block device';
+/** Which flag names the path, for the messages, and what to give instead of a path that cannot be one. */
+export interface OutputFlag {
+  flag: string;
+  instead: string;
+}
+
+const OUT: OutputFlag = { flag: '--out', instead: 'give a file path or a block device' };
 
 /** What a local --out names once symlinks are followed: the path written, and what is there now. */
 export interface FileOutputTarget {
@@ -29,14 +35,15 @@ export interface FileOutputTarget {
  * Resolves --out and refuses what cannot take a disk image, before anything is created: stdout, a directory, a
  * character device, FIFO or socket (replacing /dev/null with a file, or blocking on a FIFO, is never what was meant),
  * a dangling symlink, a folder that does not exist. A symlink is followed: replacing the link would leave the image
- * it points at (a VM's disk) with its old bytes.
+ * it points at (a VM's disk) with its old bytes. A writable export's --overlay is checked the same way (as: its flag).
  */
-export async function resolveFileOutput(out: string): Promise<FileOutputTarget> {
-  if (out === '-') throw new RnodeError(ErrorCodes.USAGE, '--out - (stdout) is not supported; give a file path or a block device');
+export async function resolveFileOutput(out: string, as: OutputFlag = OUT): Promise<FileOutputTarget> {
+  const { flag } = as;
+  if (out === '-') throw new RnodeError(ErrorCodes.USAGE, `${flag} - (stdout) is not supported; ${as.instead}`);
   if (isVirtualFsPath(out)) {
     throw new RnodeError(
       ErrorCodes.PATH_UNUSABLE,
-      `--out ${out} is on a kernel virtual filesystem (/proc, /sys), which holds no disk images; give another path`,
+      `${flag} ${out} is on a kernel virtual filesystem (/proc, /sys), which holds no disk images; give another path`,
     );
   }
   let link: fs.Stats;
@@ -44,11 +51,11 @@ export async function resolveFileOutput(out: string): Promise<FileOutputTarget> 
     link = await fsp.lstat(out);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw outputError(err, out);
-    await requireFolder(out);
+    await requireFolder(out, flag);
     return { target: out };
   }
   if (!link.isSymbolicLink()) {
-    refuseKind(out, link, '');
+    refuseKind(out, link, '', as);
     return { target: out, stats: link };
   }
   let target: string;
@@ -59,7 +66,7 @@ export async function resolveFileOutput(out: string): Promise<FileOutputTarget> 
     if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') {
       const to = await fsp.readlink(out).catch(() => '?');
       const why = code === 'ELOOP' ? 'a loop of links' : 'a path that does not exist';
-      throw new RnodeError(ErrorCodes.USAGE, `--out ${out} is a symlink to ${to}, ${why}; give the image's real path, or fix the link`);
+      throw new RnodeError(ErrorCodes.USAGE, `${flag} ${out} is a symlink to ${to}, ${why}; give the image's real path, or fix the link`);
     }
     throw outputError(err, out);
   }
@@ -69,12 +76,12 @@ export async function resolveFileOutput(out: string): Promise<FileOutputTarget> 
   } catch (err) {
     throw outputError(err, out);
   }
-  refuseKind(out, stats, ` (a symlink to ${target})`);
+  refuseKind(out, stats, ` (a symlink to ${target})`, as);
   return { target, stats };
 }
 
 /** Throws USAGE for what --out must not replace or write: only a regular file or a block device can. */
-function refuseKind(out: string, st: fs.Stats, via: string): void {
+function refuseKind(out: string, st: fs.Stats, via: string, as: OutputFlag): void {
   const kind = st.isDirectory()
     ? 'a directory'
     : st.isCharacterDevice()
@@ -84,11 +91,11 @@ function refuseKind(out: string, st: fs.Stats, via: string): void {
         : st.isSocket()
           ? 'a socket'
           : undefined;
-  if (kind) throw new RnodeError(ErrorCodes.USAGE, `--out ${out}${via} is ${kind}; ${GIVE_INSTEAD}`);
+  if (kind) throw new RnodeError(ErrorCodes.USAGE, `${as.flag} ${out}${via} is ${kind}; ${as.instead}`);
 }
 
 /** A new file's folder must exist: the partial file is made there. */
-async function requireFolder(out: string): Promise<void> {
+async function requireFolder(out: string, flag: string): Promise<void> {
   const dir = path.dirname(out);
   let st: fs.Stats;
   try {
@@ -96,12 +103,12 @@ async function requireFolder(out: string): Promise<void> {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT')
-      throw new RnodeError(ErrorCodes.USAGE, `--out ${out}: the folder ${dir} does not exist; create it or give a path in an existing folder`);
+      throw new RnodeError(ErrorCodes.USAGE, `${flag} ${out}: the folder ${dir} does not exist; create it or give a path in an existing folder`);
     if (code === 'ENOTDIR')
-      throw new RnodeError(ErrorCodes.USAGE, `--out ${out}: a part of ${dir} is not a folder; give a path in an existing folder`);
+      throw new RnodeError(ErrorCodes.USAGE, `${flag} ${out}: a part of ${dir} is not a folder; give a path in an existing folder`);
     throw outputError(err, out);
   }
-  if (!st.isDirectory()) throw new RnodeError(ErrorCodes.USAGE, `--out ${out}: ${dir} is not a folder; give a path in an existing folder`);
+  if (!st.isDirectory()) throw new RnodeError(ErrorCodes.USAGE, `${flag} ${out}: ${dir} is not a folder; give a path in an existing folder`);
 }
 
 /**
@@ -151,7 +158,7 @@ export async function openFileOutput(out: string, diskSize: number, opts: FileOu
       throw err;
     }
   } catch (err) {
-    throw outputError(err, out);
+    throw unwritablePath(err, OUT.flag, out) ?? outputError(err, out);
   }
 }
 
@@ -418,6 +425,16 @@ class FileSink implements OutputSink {
     // A partial file must never look like a finished restore. Only this sink's own: another's is not touched.
     if (this.tmp && (await stillNamed(this.tmp))) await fsp.rm(this.tmp.partial, { force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * A path the user may not write (permissions, a read-only filesystem): the same command fails again until that
+ * changes, so RNODE_PATH_UNUSABLE (exit 2) as for a store folder, not OUTPUT_IO; undefined for other errors.
+ */
+export function unwritablePath(err: unknown, flag: string, out: string): RnodeError | undefined {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS') return undefined;
+  return unusablePath(`${flag} ${out}`, err, 'give a path you can write, or change its permissions');
 }
 
 export function outputError(err: unknown, out: string): unknown {
