@@ -1,11 +1,11 @@
 // azblob://<container>/<name>.vhd: the disk as a page blob holding a fixed VHD, which Azure turns into a managed disk
 // (`az disk create --source <blob url>`). Page blobs are sparse: only non-zero 4 KiB blocks are uploaded.
-import type { PageBlobClient } from '@azure/storage-blob';
+import type { BlobServiceClient, PageBlobClient } from '@azure/storage-blob';
 import { randomUUID } from 'node:crypto';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { azureFailure, azureServiceClient, requestSignal } from '../store/azure/azure-store.js';
 import { DEFAULT_REQUEST_TIMEOUT_MS } from '../store/common.js';
-import { retried } from './cloud.js';
+import { outputError, retried } from './cloud.js';
 import { eachLimited, nonZeroRuns, roundUp, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { badOut, containerUrl, displayUrl, objectName } from './url.js';
 import { VHD_FOOTER_BYTES, vhdFooter } from './vhd.js';
@@ -28,7 +28,14 @@ export async function openAzureVhdOutput(url: URL, opts: OpenOutputOptions): Pro
   if (!/\.vhd$/i.test(name)) throw badOut(displayUrl(url), 'must name a .vhd page blob (azblob://container/name.vhd)');
   // A fixed VHD of no sectors is a lone footer, which qemu-img cannot open (and Azure takes no disk under 20 MiB).
   if (opts.diskSize === 0) throw badOut(displayUrl(url), 'cannot hold a 0-byte disk: a VHD needs at least one sector of data');
-  const blob = azureServiceClient(url, opts.env).getContainerClient(url.hostname).getPageBlobClient(name);
+  let service: BlobServiceClient;
+  try {
+    service = azureServiceClient(url, opts.env);
+  } catch (err) {
+    // Missing or unreadable credentials are the store's STORE_AUTH: for --out they are OUTPUT_IO, as its requests' are.
+    throw err instanceof RnodeError ? outputError(err) : err;
+  }
+  const blob = service.getContainerClient(url.hostname).getPageBlobClient(name);
   const sink = new AzureVhdSink(displayUrl(url), containerUrl(url), blob, opts.diskSize);
   try {
     await sink.create();
