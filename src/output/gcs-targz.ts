@@ -4,8 +4,8 @@ import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { deadlineFor, gcsFailure, gcsStorage } from '../store/gcs/gcs-store.js';
-import { cloudError, requestDeadlineMs, requestTimeoutMs } from '../store/common.js';
+import { deadlineFor, gcsError, gcsFailure, gcsStorage } from '../store/gcs/gcs-store.js';
+import { requestDeadlineMs, requestTimeoutMs } from '../store/common.js';
 import { outputError } from './cloud.js';
 import { roundUp, type Extent, type OpenOutputOptions, type OutputSink } from './sink.js';
 import { SPARSE_EXTENSION_ENTRIES, SPARSE_HEADER_ENTRIES, TAR_BLOCK, TAR_RECORD, sparseEntryCount, sparseExtension, sparseHeader } from './tar.js';
@@ -176,6 +176,6 @@ export class GcsTarGzSink implements OutputSink {
   }
 
   private mapped(err: unknown): RnodeError {
-    return outputError(cloudError(this.object.container, 'upload', this.object.name, err, gcsFailure(err)));
+    return outputError(gcsError(this.object.container, 'upload', this.object.name, err, gcsFailure(err)));
   }
 }

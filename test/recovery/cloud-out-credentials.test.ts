@@ -28,18 +28,29 @@ t.test('azblob:// --out: missing or unreadable credentials are OUTPUT_IO, naming
   }
 });
 
-t.test('rnode recover from a local store to azblob:// with a garbage connection string: OUTPUT_IO, exit 1', async (t) => {
+t.test('rnode recover from a local store to a cloud --out whose credentials cannot be used: OUTPUT_IO, exit 1', async (t) => {
   const dir = tmpDir(t, 'cloud-out-creds');
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(128 * 1024, 9));
   const store = path.join(dir, 'store');
   const rep = await runCli(['replicate', '--source', image, '--target', store, '--disk', 'vm']);
   t.equal(rep.code, 0, `replicate (stderr: ${rep.stderr})`);
-  const r = await runCli(['recover', '--store', store, '--disk', 'vm', '--out', 'azblob://disks/vm.vhd', '--json'], {
-    env: { AZURE_STORAGE_CONNECTION_STRING: `garbage;AccountKey=${SECRET}` },
+  const recoverTo = async (out: string, env: Record<string, string | undefined>) => {
+    const r = await runCli(['recover', '--store', store, '--disk', 'vm', '--out', out, '--json'], { env, timeoutMs: 60_000 });
+    t.equal(r.code, 1, `${out}: exit 1 (stderr: ${r.stderr})`);
+    t.notMatch(r.stdout + r.stderr, SECRET, `${out}: no secret printed`);
+    return (JSON.parse(r.stdout) as { error: { code: string; message: string; storeCode?: string } }).error;
+  };
+
+  const azure = await recoverTo('azblob://disks/vm.vhd', { AZURE_STORAGE_CONNECTION_STRING: `garbage;AccountKey=${SECRET}` });
+  t.equal(azure.code, 'RNODE_OUTPUT_IO', azure.message);
+
+  // The credential file is read when the upload starts: the same OUTPUT_IO, which the store mapping made STORE_AUTH.
+  const gcs = await recoverTo('gs://b/vm.tar.gz', {
+    GOOGLE_APPLICATION_CREDENTIALS: path.join(dir, 'missing.json'),
+    STORAGE_EMULATOR_HOST: undefined,
   });
-  t.equal(r.code, 1, `exit 1 (stderr: ${r.stderr})`);
-  const { error } = JSON.parse(r.stdout) as { error: { code: string; message: string } };
-  t.equal(error.code, 'RNODE_OUTPUT_IO', error.message);
-  t.notMatch(r.stdout + r.stderr, SECRET, 'the key is not printed');
+  t.equal(gcs.code, 'RNODE_OUTPUT_IO', gcs.message);
+  t.equal(gcs.storeCode, 'RNODE_STORE_AUTH', 'a credentials problem, not another failure');
+  t.match(gcs.message, /the Google credentials for gs:\/\/b cannot be used: the file \S+missing\.json does not exist/);
 });

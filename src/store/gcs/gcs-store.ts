@@ -21,7 +21,7 @@ import {
 } from '../common.js';
 import { badStoreUrl, type StoreFactoryContext } from '../schemes.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
-import type { RnodeError } from '../../errors.js';
+import { ErrorCodes, RnodeError, oneLine } from '../../errors.js';
 
 export interface GcsStoreOptions {
   bucket: Bucket;
@@ -157,8 +157,48 @@ export class GcsStore implements ObjectStore {
     if (f.status === 404 && /bucket/i.test((err as Error)?.message ?? '')) {
       return containerMissing(this.location, `bucket ${this.bucket.name}`, err);
     }
-    return cloudError(this.location, op, key, err, { ...f, timeoutMs: this.timeoutMs });
+    return gcsError(this.location, op, key, err, { ...f, timeoutMs: this.timeoutMs });
   }
+}
+
+/**
+ * cloudError for the GCS client, and the one thing it cannot tell from other failures: credentials google-auth could
+ * not find or use, which come as plain errors, not as answers. Those are STORE_AUTH (the store's and the gs:// output's).
+ */
+export function gcsError(location: string, op: string, key: string, err: unknown, f: CloudFailure): RnodeError {
+  const problem = credentialsProblem(err);
+  if (problem === undefined) return cloudError(location, op, key, err, f);
+  return new RnodeError(
+    ErrorCodes.STORE_AUTH,
+    `the Google credentials for ${location} cannot be used: ${problem}; set GOOGLE_APPLICATION_CREDENTIALS to a ` +
+      'service account key file (JSON) this user can read, or run "gcloud auth application-default login"',
+    // Not the SDK's error: a JSON.parse message quotes the file, which may hold a private key.
+    { cause: new Error(problem), details: { key, location, op } },
+  );
+}
+
+/**
+ * What google-auth-library (Application Default Credentials: the file GOOGLE_APPLICATION_CREDENTIALS names, else
+ * gcloud's application_default_credentials.json) throws when the credentials are missing or cannot be used, as a
+ * phrase with no secret in it; undefined for any other error. Its messages may come prefixed ("Unable to read the
+ * credential file specified by ...: "), so they are matched anywhere.
+ */
+function credentialsProblem(err: unknown): string | undefined {
+  const e = err as (NodeJS.ErrnoException & { name?: unknown }) | undefined;
+  const message = typeof e?.message === 'string' ? e.message : '';
+  const missing = /The file at (.+?) does not exist, or it is not a file\./.exec(message);
+  if (missing) return `the file ${missing[1]} does not exist or is not a file`;
+  // Reading the file: the client opens no other local file, so an error naming a path is the credentials'.
+  if (typeof e?.syscall === 'string' && typeof e.path === 'string') return `the file ${e.path} cannot be read (${e.code})`;
+  // JSON.parse of the file: its message, which quotes the text, is left out.
+  if (e?.name === 'SyntaxError') return 'the credential file is not JSON';
+  // fromJSON: JSON without the fields of a credential ("... does not contain a client_email field").
+  if (/The incoming JSON object|Must pass in a JSON object/.test(message)) return `the credential file is not a credential (${oneLine(message)})`;
+  // Signing the token request: a private_key OpenSSL cannot read.
+  if (typeof e?.code === 'string' && e.code.startsWith('ERR_OSSL_')) return `its private key cannot be used (${e.code})`;
+  // None anywhere, and the request made without them was refused.
+  if (message.includes('Could not load the default credentials')) return 'none were found';
+  return undefined;
 }
 
 /**
