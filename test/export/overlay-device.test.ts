@@ -51,5 +51,5 @@ t.test('a character device as the overlay is refused, exit 2', async (t) => {
   const { dir, storeDir } = await storeWithDisk(t);
   const r = await exportWith(dir, storeDir, '/dev/null');
   t.equal(r.code, 2, 'exit 2');
-  t.match(json(r).error, { code: 'RNODE_USAGE', message: /^overlay \/dev\/null is a character device, and an overlay is a regular file/ });
+  t.match(json(r).error, { code: 'RNODE_USAGE', message: /\/dev\/null is a character device/ });
 });
