@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { runCli, type CliResult } from '../helpers/cli.js';
-import { randomData, tmpDir } from '../helpers/images.js';
+import { randomPoints } from '../helpers/images.js';
 
 t.setTimeout(120_000);
 
@@ -29,12 +29,9 @@ function unwritableFolder(t: Test, dir: string): string | undefined {
 }
 
 t.test('--overlay paths that cannot be used: the codes and exit 2 of recover --out', async (t) => {
-  const dir = tmpDir(t, 'overlay-paths');
-  const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(256 * 1024, 5));
-  const store = path.join(dir, 'store');
-  const rep = await runCli(['replicate', '--source', image, '--target', store, '--disk', 'vm']);
-  t.equal(rep.code, 0, `replicate (stderr: ${rep.stderr})`);
+  const f = randomPoints(t, 'overlay-paths');
+  await f.point('vm', 5, 256 * 1024);
+  const { dir, storeDir: store, image } = f;
   const socket = path.join(dir, 'x.sock');
   const exportTo = (overlay: string) =>
     runCli(['export', '--store', store, '--disk', 'vm', '--writable', '--overlay', overlay, '--socket', socket], { timeoutMs: 30_000 });

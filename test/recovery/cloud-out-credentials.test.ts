@@ -3,13 +3,12 @@
 // store was a local folder. The output's client was made outside the mapping its requests go through; now its
 // credential errors are RNODE_OUTPUT_IO as every other failure of an output is (docs/cloud-disks.md), the store's
 // code kept in details.storeCode. Nothing here needs an emulator: the client refuses before any request.
-import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { ErrorCodes, type RnodeError } from '../../src/errors.js';
 import { openOutput } from '../../src/output/index.js';
 import { runCli } from '../helpers/cli.js';
-import { randomData, tmpDir } from '../helpers/images.js';
+import { randomPoints } from '../helpers/images.js';
 
 const SECRET = 'SECRETKEY123==';
 
@@ -29,12 +28,9 @@ t.test('azblob:// --out: missing or unreadable credentials are OUTPUT_IO, naming
 });
 
 t.test('rnode recover from a local store to a cloud --out whose credentials cannot be used: OUTPUT_IO, exit 1', async (t) => {
-  const dir = tmpDir(t, 'cloud-out-creds');
-  const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(128 * 1024, 9));
-  const store = path.join(dir, 'store');
-  const rep = await runCli(['replicate', '--source', image, '--target', store, '--disk', 'vm']);
-  t.equal(rep.code, 0, `replicate (stderr: ${rep.stderr})`);
+  const f = randomPoints(t, 'cloud-out-creds');
+  await f.point('vm', 9, 128 * 1024);
+  const { dir, storeDir: store } = f;
   const recoverTo = async (out: string, env: Record<string, string | undefined>) => {
     const r = await runCli(['recover', '--store', store, '--disk', 'vm', '--out', out, '--json'], { env, timeoutMs: 60_000 });
     t.equal(r.code, 1, `${out}: exit 1 (stderr: ${r.stderr})`);
