@@ -14,16 +14,23 @@ import { canLoop, canMountExt4, fsckClean, loopDevice, mountedExt4, readHead } f
 // Regression: a restore to a block device skipped zero chunks, so the device kept its old bytes there and the
 // "restored" disk was not the point. A loop device over a file of 0xff bytes must read back as the image, zeros
 // included, and nothing past the disk's end may change.
+/** A folder with `data` as src.img replicated into its store as point 1 of disk "d" (1 MiB chunks). */
+async function storedImage(t: Parameters<typeof tmpDir>[0], tag: string, data: Buffer) {
+  const dir = tmpDir(t, tag);
+  const imgFile = path.join(dir, 'src.img');
+  fs.writeFileSync(imgFile, data);
+  const storeDir = path.join(dir, 'store');
+  const store = fsStore(storeDir);
+  await snap(store, imgFile, 'd', { chunkSize: MiB });
+  return { dir, storeDir, store };
+}
+
 t.test('restore to a block device writes the zero chunks too', { skip: !canLoop && 'needs root and losetup' }, async (t) => {
-  const dir = tmpDir(t, 'blockdev');
   const size = 6 * MiB + 12 * KiB;
   const img = Buffer.alloc(size);
   randomData(MiB, 1).copy(img, 0);
   randomData(12345, 2).copy(img, 3 * MiB);
-  const imgFile = path.join(dir, 'src.img');
-  fs.writeFileSync(imgFile, img);
-  const store = fsStore(path.join(dir, 'store'));
-  await snap(store, imgFile, 'd', { chunkSize: MiB });
+  const { dir, store } = await storedImage(t, 'blockdev', img);
   const { dev } = loopDevice(t, dir, 8 * MiB);
 
   const r = await recover({ store, disk: 'd', out: dev });
@@ -39,12 +46,8 @@ t.test('restore to a block device writes the zero chunks too', { skip: !canLoop 
 // Regression: a device smaller than the disk was overwritten whole before the restore failed with ENOSPC
 // ("check the path, its permissions and free space"). Its size is checked before any byte is written.
 t.test('a block device smaller than the disk is refused before any write', { skip: !canLoop && 'needs root and losetup' }, async (t) => {
-  const dir = tmpDir(t, 'blockdev-small');
   const size = 6 * MiB;
-  const imgFile = path.join(dir, 'src.img');
-  fs.writeFileSync(imgFile, randomData(size, 3));
-  const store = fsStore(path.join(dir, 'store'));
-  await snap(store, imgFile, 'd', { chunkSize: MiB });
+  const { dir, store } = await storedImage(t, 'blockdev-small', randomData(size, 3));
   const small = 4 * MiB;
   const { dev, back } = loopDevice(t, dir, small);
 
@@ -70,13 +73,9 @@ t.test('a block device smaller than the disk is refused before any write', { ski
 
 // A symlink to a device (a VM's disk path) is followed: the device is written in place, the link stays a link.
 t.test('a symlink to a block device writes the device', { skip: !canLoop && 'needs root and losetup' }, async (t) => {
-  const dir = tmpDir(t, 'blockdev-link');
   const size = 2 * MiB;
   const img = randomData(size, 4);
-  const imgFile = path.join(dir, 'src.img');
-  fs.writeFileSync(imgFile, img);
-  const store = fsStore(path.join(dir, 'store'));
-  await snap(store, imgFile, 'd', { chunkSize: MiB });
+  const { dir, store } = await storedImage(t, 'blockdev-link', img);
   const { dev } = loopDevice(t, dir, size);
   const link = path.join(dir, 'vm-disk');
   fs.symlinkSync(dev, link);
@@ -94,11 +93,7 @@ t.test(
   'rnode recover: a device with a mounted filesystem is refused, exit 2, untouched',
   { skip: !canMountExt4 && 'needs root, losetup and mkfs.ext4' },
   async (t) => {
-    const dir = tmpDir(t, 'blockdev-mounted');
-    const imgFile = path.join(dir, 'src.img');
-    fs.writeFileSync(imgFile, randomData(6 * MiB, 5));
-    const storeDir = path.join(dir, 'store');
-    await snap(fsStore(storeDir), imgFile, 'd', { chunkSize: MiB });
+    const { dir, storeDir } = await storedImage(t, 'blockdev-mounted', randomData(6 * MiB, 5));
     const { dev, file, unmount } = mountedExt4(t, dir, 16 * MiB);
     const before = readHead(dev, 16 * MiB);
 
@@ -136,13 +131,9 @@ t.test(
   'a device another process holds exclusively is refused untouched; once released, it is written',
   { skip: !canLoop && 'needs root and losetup' },
   async (t) => {
-    const dir = tmpDir(t, 'blockdev-held');
     const size = 4 * MiB;
     const img = randomData(size, 6);
-    const imgFile = path.join(dir, 'src.img');
-    fs.writeFileSync(imgFile, img);
-    const store = fsStore(path.join(dir, 'store'));
-    await snap(store, imgFile, 'd', { chunkSize: MiB });
+    const { dir, store } = await storedImage(t, 'blockdev-held', img);
     const { dev, back } = loopDevice(t, dir, size);
     const release = await holdExclusive(t, dev);
 
