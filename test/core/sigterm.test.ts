@@ -106,22 +106,12 @@ t.test('SIGINT to a replicate whose ws:// node is dead: the transport error and 
   await new Promise<void>((r) => dead.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => new Promise<void>((r) => dead.close(() => r())));
   const port = (dead.address() as net.AddressInfo).port;
-  const child = spawn(...plainNode([CLI, 'replicate', '--source', image, '--target', `ws://127.0.0.1:${port}`, '--disk', 'd', '--json']), {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const r = await runCli(['replicate', '--source', image, '--target', `ws://127.0.0.1:${port}`, '--disk', 'd', '--json'], {
+    onSpawn: (child) => {
+      sigint = () => child.kill('SIGINT');
+    },
   });
-  sigint = () => child.kill('SIGINT');
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b: Buffer) => {
-    stdout += b;
-  });
-  child.stderr.on('data', (b: Buffer) => {
-    stderr += b;
-  });
-  const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  const { code, stdout, stderr } = r;
   t.ok(connections > 0, `the run tried the node (${connections} connections)`);
   t.match(stderr, /rnode: SIGINT: stopping replicate/, 'the signal reached the run');
   t.equal(code, 1, `exit 1, the transport failure's (not 130): ${stderr}`);

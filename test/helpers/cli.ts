@@ -1,7 +1,7 @@
 // Runs the compiled CLI (node dist/cli.js) as a child process and returns its exit code, signal and output.
 // Builds dist/ with tsc first when it is missing or older than src/ (once per test run, under a lock shared by
 // parallel test processes), and the native addon when it is missing; RNODE_TEST_NO_BUILD=1 skips the rebuild.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -108,6 +108,8 @@ type RunOptions = {
   timeoutMs?: number;
   /** A command the node command line is appended to (e.g. a shell that sets a ulimit, then execs it). */
   wrap?: string[];
+  /** Given the child once it is spawned (e.g. to signal it when the test's moment comes). */
+  onSpawn?: (child: ChildProcess) => void;
 };
 
 /** Runs `node dist/cli.js ...args`; never rejects for a non-zero exit. */
@@ -134,7 +136,8 @@ export function plainNode(argv: string[]): [string, string[]] {
   return ['env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, ...argv]];
 }
 
-function runNode(argv: string[], opts: RunOptions): Promise<CliResult> {
+/** Runs node with argv (a script file, flags) outside the runner's hooks; never rejects for a non-zero exit. */
+export function runNode(argv: string[], opts: RunOptions = {}): Promise<CliResult> {
   const env = { ...process.env, ...opts.env };
   // Failpoints and coverage hooks of the test runner must not leak into children unless asked for.
   if (!opts.env || !('RNODE_FAILPOINT' in opts.env)) delete env.RNODE_FAILPOINT;
@@ -142,6 +145,7 @@ function runNode(argv: string[], opts: RunOptions): Promise<CliResult> {
   const [cmd, args] = opts.wrap?.length ? [opts.wrap[0]!, [...opts.wrap.slice(1), node, ...nodeArgs]] : [node, nodeArgs];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    opts.onSpawn?.(child);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));

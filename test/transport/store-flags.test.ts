@@ -4,8 +4,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
-import { DIST_INDEX, ensureBuilt, json, lines, runCli, type CliResult, plainNode } from '../helpers/cli.js';
+import { DIST_INDEX, ensureBuilt, json, lines, runCli, runNode } from '../helpers/cli.js';
 import { MAX_TOKEN_CHARS, RemoteStore } from '../../src/transport/index.js';
 import { randomData, tmpDir } from '../helpers/images.js';
 import { startNode } from './helpers.js';
@@ -77,27 +76,11 @@ t.test('the library entry opens ws:// stores, with the token from a file', async
     console.log(JSON.stringify({ point: r.point, points: points.length }));
   `,
   );
-  const r = await runNode(script);
+  ensureBuilt();
+  const r = await runNode([script]);
   t.equal(r.code, 0, r.stderr);
   t.same(json(r), { point: 1, points: 1 });
 });
-
-function runNode(script: string): Promise<CliResult> {
-  ensureBuilt();
-  return new Promise((resolve, reject) => {
-    const child = spawn(...plainNode([script]), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => {
-      stdout += b;
-    });
-    child.stderr.on('data', (b: Buffer) => {
-      stderr += b;
-    });
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
 
 t.test('a token file that holds no usable token is refused up front, in one line (a 3 MB one crashed the sender)', async (t) => {
   const dir = tmpDir(t, 'badtoken');
