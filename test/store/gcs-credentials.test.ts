@@ -78,6 +78,9 @@ t.test('no credentials found, and the request without them refused: STORE_AUTH; 
   const reset = Object.assign(new Error('socket hang up'), { code: 'ECONNRESET', syscall: 'read' });
   t.equal(gcsError('gs://b/', 'get', 'k', reset, { code: 'ECONNRESET' }).code, ErrorCodes.STORE_UNAVAILABLE, 'a reset stays retryable');
   t.equal(gcsError('gs://b/', 'get', 'k', new Error('odd'), { code: 'Odd' }).code, ErrorCodes.STORE_IO);
+  // A socket's error may name a path too (an endpoint over a unix socket): a store failure, not the credential file.
+  const socket = Object.assign(new Error('connect ECONNREFUSED /run/gcs.sock'), { syscall: 'connect', path: '/run/gcs.sock', code: 'ECONNREFUSED' });
+  t.not(gcsError('gs://b/', 'get', 'k', socket, { code: 'ECONNREFUSED' }).code, ErrorCodes.STORE_AUTH, 'a socket error naming a path');
 });
 
 t.test('rnode points on a gs:// store with GOOGLE_APPLICATION_CREDENTIALS naming a missing file: STORE_AUTH, exit 1', async (t) => {

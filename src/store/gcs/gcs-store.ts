@@ -177,6 +177,9 @@ export function gcsError(location: string, op: string, key: string, err: unknown
   );
 }
 
+/** The calls google-auth makes on the credential file: their errors name it. */
+const FILE_SYSCALLS = new Set(['open', 'read', 'stat', 'lstat', 'access', 'scandir']);
+
 /**
  * What google-auth-library (Application Default Credentials: the file GOOGLE_APPLICATION_CREDENTIALS names, else
  * gcloud's application_default_credentials.json) throws when the credentials are missing or cannot be used, as a
@@ -188,8 +191,9 @@ function credentialsProblem(err: unknown): string | undefined {
   const message = typeof e?.message === 'string' ? e.message : '';
   const missing = /The file at (.+?) does not exist, or it is not a file\./.exec(message);
   if (missing) return `the file ${missing[1]} does not exist or is not a file`;
-  // Reading the file: the client opens no other local file, so an error naming a path is the credentials'.
-  if (typeof e?.syscall === 'string' && typeof e.path === 'string') return `the file ${e.path} cannot be read (${e.code})`;
+  // Reading the file: the client opens no other local file, so a file system call's error naming a path is the
+  // credentials' (a socket's connect error may name a path too: that one stays a store failure).
+  if (FILE_SYSCALLS.has(String(e?.syscall)) && typeof e?.path === 'string') return `the file ${e.path} cannot be read (${e.code})`;
   // JSON.parse of the file: its message, which quotes the text, is left out.
   if (e?.name === 'SyntaxError') return 'the credential file is not JSON';
   // fromJSON: JSON without the fields of a credential ("... does not contain a client_email field").
