@@ -15,7 +15,7 @@ export { openSource, registerSourceScheme, RawSource, type BlockSource, type Ext
 export { delegatingSource } from './source/types.js';
 export * from './store/index.js';
 export { Codec, type CodecId } from './format/codecs.js';
-export { lz4Implementation } from './native/index.js';
+export { lz4Implementation, xxh3Implementation } from './native/index.js';
 export type { PointManifest, PointEncryption } from './format/manifest.js';
 export { EncryptionKey, readKeyFile, ENCRYPTION_ALG } from './crypto/keys.js';
 export type { StageTimes, StageEvent } from './pipeline/stages.js';

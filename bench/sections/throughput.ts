@@ -6,7 +6,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { lz4Implementation, type ReplicateResult, type RecoverResult, type StageTimes } from 'replication-node';
+import { lz4Implementation, xxh3Implementation, type ReplicateResult, type RecoverResult, type StageTimes } from 'replication-node';
 import { cachedFraction, type RnodeRun, type Section, type SectionContext } from '../lib/context.js';
 import { changeChunks, firstDifference } from '../lib/images.js';
 import { syncAll, type RunResult } from '../lib/measure.js';
@@ -117,7 +117,7 @@ export const throughput: Section = {
     ctx.say(`each figure: median of ${n} run(s), contenders interleaved; wall time from spawn to exit (process start included);`);
     ctx.say('MB/s = 10^6 bytes of disk size per second; `sync` (untimed) and a page-cache read of the image before every run');
     ctx.say('rnode fsyncs every stored object and the restored file; lz4 does not fsync (see the "+ sync" rows)');
-    ctx.say(`rnode compresses with ${lz4Implementation}`);
+    ctx.say(`rnode compresses with ${lz4Implementation} and takes change hashes (XXH3-128) with ${xxh3Implementation}`);
     if (!tools.lz4) ctx.say('lz4 is not installed: its baselines are skipped (apt-get install lz4)');
     if (!tools.restic) ctx.say('restic is not installed: its baseline is skipped (apt-get install restic)');
 

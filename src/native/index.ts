@@ -98,7 +98,7 @@ interface NativeBinding {
   lz4CompressBlock(src: Uint8Array, dst: Uint8Array): number;
   lz4DecompressBlock(src: Uint8Array, dst: Uint8Array): number;
   xxh64(data: Uint8Array, seed?: bigint): bigint;
-  xxh3Info(): { version?: string; error?: string };
+  xxh3Info(): { version?: string; dispatch?: boolean; error?: string };
   xxh3(data: Uint8Array, seed: bigint, out: Uint8Array): void;
   changeHashes(fd: number, chunks: Float64Array, seed: bigint, out: Uint8Array): Promise<ChangeHashRun>;
 }
@@ -544,7 +544,7 @@ export const xxh3: ((data: Uint8Array, seed: bigint, out: Uint8Array) => void) |
 
 /** libxxhash's version, or why it is not used. */
 export const xxh3Implementation: string = binding.xxh3Info().version
-  ? `libxxhash ${binding.xxh3Info().version}`
+  ? `libxxhash ${binding.xxh3Info().version}${binding.xxh3Info().dispatch ? ' (CPU dispatch)' : ' (baseline ISA: no _dispatch entry)'}`
   : `none (libxxhash: ${binding.xxh3Info().error})`;
 
 /**
