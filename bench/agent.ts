@@ -32,7 +32,7 @@ export interface AgentBenchResult {
 }
 
 const DIST = fileURLToPath(new URL('../', import.meta.url)); // dist/
-const CLI = path.join(DIST, 'cli.js');
+const CLI = path.join(DIST, 'bin', 'rnode.js'); // the bundled CLI, as installed
 
 export async function benchAgent(
   opts: { disks?: number; diskMiB?: number; nodes?: number[]; log?: (line: string) => void } = {},

@@ -176,9 +176,9 @@ function medianCpu(xs: CpuSeconds[]): CpuSeconds {
 const total = (c: CpuSeconds) => c.user + c.sys;
 const fmtCpu = (c: CpuSeconds) => `${total(c).toFixed(2)} s (user ${c.user.toFixed(2)}, sys ${c.sys.toFixed(2)})`;
 
-/** `node dist/cli.js serve` on 127.0.0.1:0 with a local fs store; resolves with its ws:// URL. */
+/** `node dist/bin/rnode.js serve` on 127.0.0.1:0 with a local fs store; resolves with its ws:// URL. */
 export async function startServe(storeDir: string, extra: string[] = []): Promise<{ child: ChildProcess; url: string; metrics?: string }> {
-  const cli = fileURLToPath(new URL('cli.js', DIST));
+  const cli = fileURLToPath(new URL('bin/rnode.js', DIST));
   // RNODE_BENCH_WS_SERVE_NODE_ARGS: more node flags for the receiving node, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
   const nodeArgs = (process.env.RNODE_BENCH_WS_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const child = spawn(

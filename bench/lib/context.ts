@@ -38,7 +38,7 @@ export interface BenchContext {
   /** The RNODE_BENCH_SIZE mixed image: made, synced and read into page cache on first use. */
   mixedImage(): Promise<string>;
   /**
-   * Runs `node dist/cli.js <args> --json` in a child; wall time and peak RSS measured. `cli` runs another build's
+   * Runs `node dist/bin/rnode.js <args> --json` in a child; wall time and peak RSS measured. `cli` runs another build's
    * CLI instead (RNODE_BENCH_BEFORE_CLI), for before/after rows in one run.
    */
   rnode<T = Record<string, unknown>>(args: string[], cli?: string): Promise<RnodeRun<T>>;
@@ -81,10 +81,10 @@ export function findOnPath(name: string): string | null {
   return null;
 }
 
-/** The package's own CLI, as users run it (`node dist/cli.js`). */
+/** The package's own CLI, as users run it (`node dist/bin/rnode.js`, the bundle). */
 export function cliPath(): string {
   const pkg = createRequire(import.meta.url).resolve('replication-node/package.json');
-  const cli = path.join(path.dirname(pkg), 'dist', 'cli.js');
+  const cli = path.join(path.dirname(pkg), 'dist', 'bin', 'rnode.js');
   if (!fs.existsSync(cli)) throw new Error(`${cli} is missing: build first with "npm run build"`);
   return cli;
 }

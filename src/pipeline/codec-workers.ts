@@ -64,9 +64,14 @@ export interface ScanReply {
 export type SealedFields = Record<string, string | number | bigint>;
 
 // The worker entry beside this module: codec-worker.js in dist/, codec-worker.ts where the test runner loads the
-// TypeScript sources through tsx.
+// TypeScript sources through tsx. In the bundled CLI (scripts/bundle.mjs), the bundled worker: the bundle defines
+// RNODE_BUNDLED_WORKER as its path from dist/pipeline/, where this module's import.meta.url points there too.
+declare const RNODE_BUNDLED_WORKER: string | undefined;
 const FROM_SOURCES = new URL(import.meta.url).pathname.endsWith('.ts');
-const WORKER_URL = new URL(`./codec-worker${FROM_SOURCES ? '.ts' : '.js'}`, import.meta.url);
+const WORKER_URL = new URL(
+  typeof RNODE_BUNDLED_WORKER === 'string' ? RNODE_BUNDLED_WORKER : `./codec-worker${FROM_SOURCES ? '.ts' : '.js'}`,
+  import.meta.url,
+);
 
 /**
  * What a worker runs: the entry itself, or under the test runner a bootstrap that registers tsx's module hooks before

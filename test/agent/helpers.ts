@@ -1,5 +1,5 @@
 // Helpers for the agent tests: the reference Management Server (examples/reference-ms.ts) on 127.0.0.1, in-process agents with captured JSON
-// logs, agent child processes (node dist/cli.js agent), sample disks, and HTTP scrapes.
+// logs, agent child processes (node dist/bin/rnode.js agent), sample disks, and HTTP scrapes.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -121,7 +121,7 @@ export interface AgentProcess {
 }
 
 /**
- * Runs `node dist/cli.js agent ...` (building dist first when needed), without the test runner's hooks, as in
+ * Runs `node dist/bin/rnode.js agent ...` (building dist first when needed), without the test runner's hooks, as in
  * production (plainNode says why).
  */
 export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = []): AgentProcess {

@@ -1,6 +1,7 @@
-// Runs the compiled CLI (node dist/cli.js) as a child process and returns its exit code, signal and output.
-// Builds dist/ with tsc first when it is missing or older than src/ (once per test run, under a lock shared by
-// parallel test processes), and the native addon when it is missing; RNODE_TEST_NO_BUILD=1 skips the rebuild.
+// Runs the CLI as users run it (node dist/bin/rnode.js, the bundle of the compiled modules) as a child process and
+// returns its exit code, signal and output. Builds dist/ with tsc and the bundle (scripts/bundle.mjs) first when the
+// bundle is missing or older than src/ (once per test run, under a lock shared by parallel test processes), and the
+// native addon when it is missing; RNODE_TEST_NO_BUILD=1 skips the rebuild.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -8,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-export const CLI = path.join(ROOT, 'dist', 'cli.js');
+export const CLI = path.join(ROOT, 'dist', 'bin', 'rnode.js');
 /** The Node flags the installed `rnode` runs with (its shebang line), so tests run the CLI as users do. */
 export const CLI_NODE_FLAGS: string[] =
   /^#!\S+ -S node (.*)$/.exec(fs.readFileSync(path.join(ROOT, 'src', 'cli.ts'), 'utf8').split('\n', 1)[0]!)?.[1]!.split(' ') ?? [];
@@ -90,10 +91,11 @@ export function ensureBuilt(): void {
         execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'pipe' });
       } catch (err) {
         // tsc still emits on type errors (src may be mid-edit); only a missing output is fatal.
-        if (!fs.existsSync(CLI)) throw err;
+        if (!fs.existsSync(path.join(ROOT, 'dist', 'cli.js'))) throw err;
         const out = String((err as { stdout?: Buffer }).stdout ?? '');
         process.stderr.write(`# tsc reported errors while building dist/ for the CLI tests:\n${out.replace(/^/gm, '#   ')}\n`);
       }
+      execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'bundle.mjs')], { cwd: ROOT, stdio: 'pipe' });
     }
     fs.writeFileSync(RUN_MARK, String(process.ppid));
   } finally {
@@ -112,7 +114,7 @@ type RunOptions = {
   onSpawn?: (child: ChildProcess) => void;
 };
 
-/** Runs `node dist/cli.js ...args`; never rejects for a non-zero exit. */
+/** Runs `node dist/bin/rnode.js ...args`; never rejects for a non-zero exit. */
 export function runCli(args: string[], opts: RunOptions = {}): Promise<CliResult> {
   ensureBuilt();
   return runNode([...CLI_NODE_FLAGS, CLI, ...args], opts);

@@ -69,8 +69,8 @@ async function lockfileRegistry(t: Test): Promise<string> {
 
 t.test('npm pack, npm install -g offline without scripts, run the installed rnode', { timeout: 280_000 }, async (t) => {
   const prebuild = path.join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'rnode_native.node');
-  if (!fs.existsSync(prebuild) || !fs.existsSync(path.join(ROOT, 'dist', 'cli.js'))) {
-    t.fail(`no ${path.relative(ROOT, prebuild)} or dist/cli.js: run "npm run build" first (npm ci does)`);
+  if (!fs.existsSync(prebuild) || !fs.existsSync(path.join(ROOT, 'dist', 'bin', 'rnode.js'))) {
+    t.fail(`no ${path.relative(ROOT, prebuild)} or dist/bin/rnode.js: run "npm run build" first (npm ci does)`);
     return;
   }
   const dir = tmpDir(t, 'pack');
@@ -87,8 +87,8 @@ t.test('npm pack, npm install -g offline without scripts, run the installed rnod
     t.equal(elf.readUInt16LE(18), 0xb7, 'and it is an AArch64 ELF (e_machine EM_AARCH64)');
   }
   t.ok(
-    ['dist/cli.js', 'native/binding.gyp', 'native/install.mjs'].every((f) => files.includes(f)),
-    'the CLI, the addon sources and the install script for a source build',
+    ['dist/bin/rnode.js', 'dist/bin/codec-worker.js', 'native/binding.gyp', 'native/install.mjs'].every((f) => files.includes(f)),
+    'the bundled CLI and its codec worker, the addon sources and the install script for a source build',
   );
   t.notOk(
     files.some((f) => f.startsWith('src/') || f.startsWith('test/') || f.startsWith('build/') || f.startsWith('native/build/')),

@@ -113,7 +113,7 @@ export async function cuttingProxy(
   return state;
 }
 
-/** `node dist/cli.js serve ... --json` as a child; resolves once it listens. The caller must build dist first. */
+/** `node dist/bin/rnode.js serve ... --json` as a child; resolves once it listens. The caller must build dist first. */
 export async function spawnServe(
   t: Teardown,
   cli: string,
