@@ -5,7 +5,7 @@
 // (dist/index.js) and for the bundle's import.meta.url paths below.
 //
 // - Packages stay outside (node_modules, as the library loads them), except the ESM-only p-limit and yocto-queue,
-//   which are bundled: nothing else changes how a package is loaded.
+//   which are bundled: nothing else changes how a package is loaded (a bundled CommonJS module's require included).
 // - Code split at the CLI's dynamic imports, so a command loads only its own part (a flat folder of chunks).
 // - import.meta.url in a bundled module becomes the URL of that module's own file in dist/: the paths the modules
 //   take from it (the package root, package.json, the addon) resolve as they do unbundled.
@@ -46,6 +46,9 @@ await esbuild.build({
   target: 'node20',
   chunkNames: '[name]-[hash]',
   define: { RNODE_BUNDLED_WORKER: JSON.stringify('../bin/codec-worker.js') },
+  // The compiled validators (src/agent/validators.generated.cjs) require ajv's runtime: a CommonJS module bundled into
+  // ES modules calls the require this gives each output file (node's, from the file's own place).
+  banner: { js: "import { createRequire as __rnodeCreateRequire } from 'node:module'; const require = __rnodeCreateRequire(import.meta.url);" },
   sourcemap: 'linked',
   sourcesContent: false, // the maps point into dist/, which ships beside them
   plugins: [ownUrls],
