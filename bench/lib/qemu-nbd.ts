@@ -21,9 +21,16 @@ async function canConnect(socket: string): Promise<boolean> {
   });
 }
 
-/** qemu-nbd -r -t -e 4 on a new unix socket in dir, exporting the given bitmaps; resolves once it listens. */
-export async function startQemuNbd(dir: string, img: string, opts: { format: 'raw' | 'qcow2'; bitmaps?: string[] }): Promise<QemuNbd> {
-  const socket = path.join(dir, `nbd-${crypto.randomBytes(4).toString('hex')}.sock`);
+/**
+ * qemu-nbd -r -t -e 4 on a unix socket in dir (a new one unless named: a disk's runs need the same one, or rnode
+ * rescans, another server to it), exporting the given bitmaps; resolves once it listens.
+ */
+export async function startQemuNbd(
+  dir: string,
+  img: string,
+  opts: { format: 'raw' | 'qcow2'; bitmaps?: string[]; socket?: string },
+): Promise<QemuNbd> {
+  const socket = path.join(dir, opts.socket ?? `nbd-${crypto.randomBytes(4).toString('hex')}.sock`);
   const args = ['-r', '-t', '-e', '4', '-f', opts.format, `--socket=${socket}`, ...(opts.bitmaps ?? []).flatMap((b) => ['-B', b]), img];
   // Its stderr is kept for a failure only: the readiness probe below connects and leaves, which it reports.
   const child: ChildProcess = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });

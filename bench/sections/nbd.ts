@@ -67,7 +67,7 @@ export const nbd: Section = {
     await qemuWrite(img, baseOffsets, CHUNK, ctx.dir);
     await execFileP('qemu-img', ['bitmap', '--add', img, 'c0']);
     ctx.log('nbd: full point of the 16 GiB disk (untimed)');
-    let exp = await startQemuNbd(ctx.dir, img, { format: 'qcow2' });
+    let exp = await startQemuNbd(ctx.dir, img, { format: 'qcow2', socket: 'vm.sock' });
     await ctx.rnode(['replicate', '--source', exp.url('checkpoint=c0'), '--target', store, '--disk', 'vm']);
     await exp.stop();
     ctx.say(
@@ -105,7 +105,7 @@ export const nbd: Section = {
       await execFileP('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, justImg]);
 
       ctx.log(`nbd round ${i}/${n}: incremental through the dirty bitmap (${picked.length} chunks changed)`);
-      exp = await startQemuNbd(ctx.dir, img, { format: 'qcow2', bitmaps: [`c${i - 1}`] });
+      exp = await startQemuNbd(ctx.dir, img, { format: 'qcow2', bitmaps: [`c${i - 1}`], socket: 'vm.sock' });
       await ctx.settle();
       const r = await ctx.rnode<ReplicateJson>([
         'replicate',

@@ -82,6 +82,13 @@ const replicateCmd: Command = {
     }
     required(v, 'replicate', 'source', 'target');
     const sourceArg = str(v, 'source')!;
+    // An NBD URL has no file name to take an id from: every qemu-nbd socket's default export would be one disk.
+    if (v.disk === undefined && /^nbd(\+unix)?:\/\//i.test(sourceArg)) {
+      throw new RnodeError(
+        ErrorCodes.USAGE,
+        `an NBD source needs --disk: its URL names no file to take a disk id from, and two exports given one id would be stored as one disk; pass --disk <id>, the same id on every run of this disk`,
+      );
+    }
     const disk = validateNewDiskId(str(v, 'disk') ?? defaultDiskId(sourceArg));
     const chunkSize = v['chunk-size'] !== undefined ? validateChunkSize(str(v, 'chunk-size')!) : undefined;
     const codec = v.compression !== undefined ? codecByName(str(v, 'compression')!) : undefined;

@@ -32,6 +32,12 @@ export interface BlockSource {
   /** The marker to save with the point being written, or undefined if the source has none. */
   changeMarker(): Promise<string | undefined>;
   /**
+   * Whether a point read from `location` (its manifest's source.location) was read from the disk whose changes this
+   * source tracks, so that its marker may be asked about here. A marker is only a name (a bitmap's, a change id) that
+   * another disk can hold too; a source that tracks changes and leaves this out is never trusted with a marker.
+   */
+  tracksSameDiskAs?(location: string): boolean;
+  /**
    * A token that changes whenever the data may have changed (a snapshot id; a file's mtime, size and inode).
    * An interrupted point is resumed only if the token is the same; undefined means "cannot tell": never resume.
    */
@@ -83,6 +89,7 @@ export function delegatingSource<T extends object>(inner: BlockSource, over: T &
     allocatedExtents: () => inner.allocatedExtents(),
     changedExtentsSince: (marker) => inner.changedExtentsSince(marker),
     changeMarker: () => inner.changeMarker(),
+    tracksSameDiskAs: (location) => inner.tracksSameDiskAs?.(location) ?? false,
     identity: () => inner.identity?.() ?? Promise.resolve(undefined),
     read: (offset, buf, length) => inner.read(offset, buf, length),
     lendFd: () => (lends ? inner.lendFd?.() : undefined),

@@ -46,7 +46,7 @@ t.test('full, incremental by dirty bitmap, rescans on a bad marker, restores byt
   const run = async (point: number, opts: { exportBitmaps: string[]; query: string; checkpoint: string }): Promise<ReplicateResult> => {
     addBitmap(img, opts.checkpoint);
     snapshots.set(point, rawSnapshot(img, path.join(dir, `p${point}.raw`)));
-    const exp = await startExport(t, dir, img, opts.exportBitmaps);
+    const exp = await startExport(t, dir, img, opts.exportBitmaps, 'vm.sock');
     const source = await openSource(exp.url(opts.query));
     try {
       // With change hashes kept: a tracked point carries the parent's for the chunks it does not read.
@@ -182,7 +182,7 @@ t.test('a chain at its length limit: the closing point reads only the dirty chun
     qemuWrite(img, w, dir);
     addBitmap(img, `c${point}`);
     snapshots.push(rawSnapshot(img, path.join(dir, `p${point}.raw`)));
-    const exp = await startExport(t, dir, img, point > 1 ? [`c${point - 1}`] : []);
+    const exp = await startExport(t, dir, img, point > 1 ? [`c${point - 1}`] : [], 'vm.sock');
     const source = await openSource(exp.url(point > 1 ? `bitmap=c${point - 1}&checkpoint=c${point}` : `checkpoint=c${point}`));
     try {
       results.push(await replicate({ store, source, disk: 'vm', chunkSize: CHUNK, lease: false, maxChain: 2 }));
@@ -225,7 +225,7 @@ t.test('a dropped chunk outside the dirty bitmap is read and stored again by the
   const point = async (n: number, query: string, bitmaps: string[]) => {
     addBitmap(img, `c${n}`);
     const snapshot = rawSnapshot(img, path.join(dir, `p${n}.raw`));
-    const exp = await startExport(t, dir, img, bitmaps);
+    const exp = await startExport(t, dir, img, bitmaps, 'vm.sock');
     const source = await openSource(exp.url(query));
     try {
       return { snapshot, r: await replicate({ store, source, disk: 'vm', chunkSize: CHUNK, lease: false }) };
@@ -256,4 +256,70 @@ t.test('a dropped chunk outside the dirty bitmap is read and stored again by the
   }
   const ok = await runCli(['check', '--store', storeDir, '--read-data']);
   t.equal(ok.code, 0, `the repository is whole again: ${ok.stdout}${ok.stderr}`);
+});
+
+// Every VM's bitmaps may be called c1, c2...: a bitmap of the same name on another socket is another disk's. Building
+// on the first export's point with the second's bitmap gave the first disk's data with the second's few changes.
+t.test("another export's bitmap of the same name is never trusted with a disk's marker: a rescan, exact", async (t) => {
+  const dir = tmpDir(t, 'nbd-two');
+  const store = new FsStore(path.join(dir, 'store'), { fsync: false });
+  const SMALL = 8 * MiB;
+  const a = path.join(dir, 'a.qcow2');
+  const b = path.join(dir, 'b.qcow2');
+  createImage(a, SMALL, ['c1']);
+  createImage(b, SMALL, ['c1']);
+  qemuWrite(a, [{ offset: 0, length: SMALL, seed: 81 }], dir);
+  qemuWrite(b, [{ offset: 1 * MiB, length: 64 * KiB, seed: 82 }], dir);
+  const snapshots: string[] = [];
+  const point = async (img: string, socket: string, bitmaps: string[], query: string) => {
+    snapshots.push(rawSnapshot(img, path.join(dir, `p${snapshots.length + 1}.raw`)));
+    const exp = await startExport(t, dir, img, bitmaps, socket);
+    const source = await openSource(exp.url(query));
+    try {
+      return await replicate({ store, source, disk: 'vm', chunkSize: CHUNK, lease: false });
+    } finally {
+      await source.close();
+      await exp.stop();
+    }
+  };
+  const p1 = await point(a, 'a.sock', [], 'checkpoint=c1');
+  t.equal(p1.full, true);
+  addBitmap(b, 'c2');
+  const p2 = await point(b, 'b.sock', ['c1'], 'bitmap=c1&checkpoint=c2');
+  t.match(
+    p2.rescanReason,
+    /previous point was read from nbd\+unix:\/\/\/\?socket=\S*a\.sock.* may be another disk's/,
+    `a rescan, and why: ${p2.rescanReason}`,
+  );
+  t.equal(p2.bytesRead, 64 * KiB, "it read every allocated chunk of b's disk (one)");
+  t.equal((await loadPoint(store, 'vm', 2)).source.marker, 'c2', 'and saved its own checkpoint');
+
+  // The next run from the same socket and export trusts that marker again.
+  qemuWrite(b, [{ offset: 5 * MiB, length: 4 * KiB, seed: 83 }], dir);
+  addBitmap(b, 'c3');
+  const p3 = await point(b, 'b.sock', ['c2'], 'bitmap=c2&checkpoint=c3');
+  t.equal(p3.rescanReason, undefined, 'an incremental by the bitmap');
+  t.equal(p3.bytesRead, CHUNK, 'reading the one chunk written');
+
+  for (const [i, raw] of snapshots.entries()) {
+    const out = path.join(dir, `restore-${i + 1}.raw`);
+    await recover({ store, disk: 'vm', point: String(i + 1), out });
+    t.equal(sha256File(out), sha256File(raw), `point ${i + 1} restores byte-exact to its export's disk`);
+  }
+});
+
+t.test('the CLI refuses an NBD source without --disk: its URL has no file name to take an id from', async (t) => {
+  const dir = tmpDir(t, 'nbd-no-disk');
+  const img = path.join(dir, 'vm.qcow2');
+  createImage(img, 1 * MiB);
+  const exp = await startExport(t, dir, img);
+  const store = path.join(dir, 'store');
+  for (const source of [exp.url('checkpoint=c1'), 'nbd://127.0.0.1:1/export1']) {
+    const r = await runCli(['replicate', '--source', source, '--target', store, '--cache-dir', 'none']);
+    t.equal(r.code, 2, `${source}: exit 2`);
+    t.match(r.stderr, /RNODE_USAGE.*an NBD source needs --disk/, 'naming the flag to pass');
+  }
+  t.notOk(fs.existsSync(store), 'nothing was written');
+  const ok = await runCli(['replicate', '--source', exp.url('checkpoint=c1'), '--target', store, '--disk', 'vm', '--cache-dir', 'none']);
+  t.equal(ok.code, 0, `with --disk it replicates: ${ok.stderr}`);
 });

@@ -75,6 +75,16 @@ t.test('handshake: size, alignment, read cap, location and marker semantics', as
   t.teardown(() => accumulating.close());
   t.equal(await accumulating.changeMarker(), 'b0', 'without a checkpoint the same bitmap stays the marker');
 
+  // A bitmap name says nothing of whose disk it tracks: a marker is trusted only from the same server and export.
+  const sock = exp.socket;
+  t.ok(tracked.tracksSameDiskAs!(`nbd+unix:///?socket=${sock}&bitmap=a1&checkpoint=a2`), 'same socket and export, other bitmaps');
+  t.ok(tracked.tracksSameDiskAs!(plain.location), 'same socket and export, no bitmap');
+  t.notOk(tracked.tracksSameDiskAs!(`nbd+unix:///?socket=${sock}x&checkpoint=b0`), 'another socket');
+  t.notOk(tracked.tracksSameDiskAs!(`nbd+unix:///disk2?socket=${sock}&checkpoint=b0`), 'another export on the same socket');
+  t.notOk(tracked.tracksSameDiskAs!('nbd://localhost/?checkpoint=b0'), 'a TCP server');
+  t.notOk(tracked.tracksSameDiskAs!(img), 'a file');
+  t.notOk(tracked.tracksSameDiskAs!('not a url'), 'a location that does not parse');
+
   const capped = await NbdSource.open(exp.url(), { maxReadBytes: 1 * MiB + 123 });
   t.teardown(() => capped.close());
   t.equal(capped.maxReadBytes, 1 * MiB + 123, 'a caller cap below the server maximum is honoured');

@@ -5,6 +5,7 @@ import t from 'tap';
 import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { listPointSeqs, loadPoint } from '../../src/repository/points.js';
+import { recover } from '../../src/jobs/restore.js';
 import { vmDiskId } from '../../src/source/vmware/index.js';
 import { KiB, MiB, PASSWORD, expectRestores, startEnv } from './harness.js';
 
@@ -140,6 +141,41 @@ t.test('CBT reset or a rejected changeId: a full resync of allocated areas, reco
   t.equal(r4.disks[0].rescanReason, undefined);
   t.equal(r4.disks[0].bytesRead, CHUNK, 'incremental after the resync');
   await expectRestores(t, env, [r1, r2, r3, r4]);
+});
+
+// A clone can carry its original's CBT history (the same changeId epoch): the epoch alone does not say whose disk a
+// changeId is. Two VMs fed into one disk id (a job's disk ids mixed up) gave the first VM's data with the second's
+// changes since the changeId's sequence number, which here are none.
+t.test("another VM's changeId of the same CBT epoch is never trusted: a rescan, exact", async (t) => {
+  const size = 8 * MiB;
+  const env = await startEnv(t, [
+    { moref: 'vm-42', disks: [{ key: 2000, size }] },
+    { moref: 'vm-43', disks: [{ key: 2000, size }] },
+  ]);
+  const { sim } = env;
+  sim.disk('vm-43', 2000).cbt = structuredClone(sim.disk('vm-42', 2000).cbt);
+  sim.writeToVmDisk('vm-42', 2000, 0, randomData(size, 1));
+  sim.writeToVmDisk('vm-43', 2000, 1 * MiB, randomData(64 * KiB, 2));
+  const shared = { diskId: () => 'shared' };
+  const r1 = await env.run(shared);
+  const r2 = await env.run({ ...shared, config: { vm: 'vm-43' } });
+  const d2 = r2.disks[0];
+  t.equal(d2.changeId?.split('/')[0], r1.disks[0].changeId?.split('/')[0], 'both disks report the same CBT epoch');
+  t.match(d2.rescanReason, /previous point was read from vddk:\/\/127\.0\.0\.1\/vm-42\/disk-2000@/, `a rescan, and why: ${d2.rescanReason}`);
+  t.equal(d2.bytesRead, 64 * KiB, "every allocated chunk of vm-43's disk was read");
+  for (const [r, vm] of [
+    [r1, 'vm-42'],
+    [r2, 'vm-43'],
+  ] as const) {
+    const want = sim.history.find((h) => h.snapshot === r.snapshot)!.disks.get(2000)!;
+    const out = `${env.dir}/restore-${r.disks[0].point}.img`;
+    await recover({ store: env.store, disk: 'shared', point: String(r.disks[0].point), out });
+    t.equal(
+      createHash('sha256').update(fs.readFileSync(out)).digest('hex'),
+      want.sha256,
+      `point ${r.disks[0].point} restores ${vm}'s disk byte-exact`,
+    );
+  }
 });
 
 t.test('a VDDK error mid-read: clear error, snapshot removed, no point committed, the next run succeeds', async (t) => {

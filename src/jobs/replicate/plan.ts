@@ -169,6 +169,10 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   if (parent && !opts.forceFull && source.tracksChanges) {
     if (!parent.source.marker || parent.source.kind !== source.kind) {
       fullReason = 'previous point has no change marker from this source';
+    } else if (!source.tracksSameDiskAs?.(parent.source.location)) {
+      // Another server, socket, export or VM disk can hold a bitmap or change id of the same name: trusting it would
+      // keep the previous disk's data wherever this one's tracking says nothing changed.
+      fullReason = `previous point was read from ${parent.source.location}, which is not ${source.location} as far as rnode can tell, so its change marker "${parent.source.marker}" may be another disk's`;
     } else {
       const peeked = await peekChanged(source, parent.source.marker, grid);
       if (peeked.error) fullReason = `change tracking unusable: ${peeked.error.message}`;

@@ -115,6 +115,25 @@ export class NbdSource implements BlockSource {
     );
   }
 
+  /**
+   * The same server (socket path, or host and port) and the same export: every VM's bitmaps may be named c1, c2...,
+   * so a name alone does not say whose disk it tracks. A socket path that changed between runs (libvirt may name them
+   * per run) only costs a rescan.
+   */
+  tracksSameDiskAs(location: string): boolean {
+    let was: NbdUrl;
+    try {
+      was = parseNbdUrl(location);
+    } catch {
+      return false;
+    }
+    const a = was.target;
+    const b = this.url.target;
+    const sameTarget =
+      'path' in a ? 'path' in b && a.path === b.path : 'host' in b && a.host.toLowerCase() === b.host.toLowerCase() && a.port === b.port;
+    return sameTarget && was.exportName === this.url.exportName;
+  }
+
   async changeMarker(): Promise<string | undefined> {
     // Without a new checkpoint the same bitmap keeps accumulating: still a valid (if growing) "since" for next time.
     return this.url.checkpoint ?? this.url.bitmap;

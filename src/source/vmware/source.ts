@@ -73,6 +73,15 @@ export class VddkSource implements BlockSource {
     return this.changeId;
   }
 
+  /**
+   * The same vCenter, VM and device key (any snapshot). A changeId's epoch alone does not name a disk: a clone can carry
+   * its original's CBT history, and QueryChangedDiskAreas would answer for the clone's writes only.
+   */
+  tracksSameDiskAs(location: string): boolean {
+    const { host, vm, disk } = this.#ctx;
+    return location.startsWith(`vddk://${host}/${vm}/disk-${disk.key}@`);
+  }
+
   /** Allocated areas: CBT's '*' query when CBT is on, else VDDK's QueryAllocatedBlocks, else the whole disk. */
   async *allocatedExtents(): AsyncIterable<Extent> {
     if (this.changeId) {
