@@ -74,6 +74,9 @@ t.test('handshake: size, alignment, read cap, location and marker semantics', as
   const accumulating = await openSource(exp.url('bitmap=b0'));
   t.teardown(() => accumulating.close());
   t.equal(await accumulating.changeMarker(), 'b0', 'without a checkpoint the same bitmap stays the marker');
+  const unexported = await openSource(exp.url('bitmap=zz'));
+  t.teardown(() => unexported.close());
+  t.equal(await unexported.changeMarker(), undefined, 'but not a bitmap the server does not offer');
 
   // A bitmap name says nothing of whose disk it tracks: a marker is trusted only from the same server and export.
   const sock = exp.socket;

@@ -135,8 +135,11 @@ export class NbdSource implements BlockSource {
   }
 
   async changeMarker(): Promise<string | undefined> {
-    // Without a new checkpoint the same bitmap keeps accumulating: still a valid (if growing) "since" for next time.
-    return this.url.checkpoint ?? this.url.bitmap;
+    if (this.url.checkpoint !== undefined) return this.url.checkpoint;
+    // Without a new checkpoint the same bitmap keeps accumulating: still a valid (if growing) "since" for next time,
+    // if the server has it. One it does not offer may be created later, and would miss every write made before that.
+    const { bitmap } = this.url;
+    return bitmap !== undefined && this.conn.info.contexts.has(DIRTY_BITMAP_PREFIX + bitmap) ? bitmap : undefined;
   }
 
   async read(offset: number, buf: Buffer, length: number): Promise<number> {
