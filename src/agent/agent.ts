@@ -49,6 +49,8 @@ export class Agent {
   readonly metrics: AgentMetrics;
   private http: HttpEndpoint | undefined;
   private readonly startedAt = Date.now();
+  /** The last RSS read: reading it opens /proc/self/stat, which fails while the process is out of descriptors. */
+  private rssBytes: number | undefined;
 
   private constructor(
     readonly opts: AgentOptions,
@@ -176,12 +178,22 @@ export class Agent {
       queued: this.runner.queued,
       slots: this.runner.capacity,
       load1: os.loadavg()[0],
-      rssBytes: process.memoryUsage().rss,
+      rssBytes: this.rss(),
       uptimeSeconds: (Date.now() - this.startedAt) / 1000,
       reportsQueued: this.link.queuedReports,
       policies: this.scheduler.list().length,
       disks: this.scheduler.diskCount,
     };
+  }
+
+  /** The RSS now, else the last one read (left out if none was); a heartbeat must not throw from its timer. */
+  private rss(): number | undefined {
+    try {
+      this.rssBytes = process.memoryUsage.rss();
+    } catch {
+      // EMFILE: the node degrades (not ready, as its state cannot be written) and goes on; it does not die.
+    }
+    return this.rssBytes;
   }
 
   private async onMessage(m: ServerMessage): Promise<void> {

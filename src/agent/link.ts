@@ -316,7 +316,15 @@ export class ServerLink extends EventEmitter {
       return;
     }
     ws.ping();
-    this.send({ type: 'heartbeat', health: this.heartbeat() });
+    // A throw here would be uncaught (a timer's) and end the node: a node that cannot tell its health still beats.
+    let health: object;
+    try {
+      health = this.heartbeat();
+    } catch (err) {
+      this.o.log.error('could not gather the health for a heartbeat; sent the ping alone', { err });
+      return;
+    }
+    this.send({ type: 'heartbeat', health });
   }
 
   /**

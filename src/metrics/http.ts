@@ -23,8 +23,21 @@ export interface HttpEndpoint {
   close(): Promise<void>;
 }
 
+/**
+ * Connections served at once. A scraper uses one; past this, a connection is closed as soon as it is accepted, so that
+ * anyone who can reach the port cannot use up the process's file descriptors with idle connections.
+ */
+export const MAX_CONNECTIONS = 64;
+
+/**
+ * A scraper sends its request as soon as it connects, and Prometheus gives up after its scrape_timeout (10 s by
+ * default): a connection without a whole request by then is idle or slow on purpose, and is closed (408). Node's
+ * defaults (60 s for the headers, checked every 30 s) let such a connection hold its descriptor for up to 90 s.
+ */
+const TIMEOUTS = { headersTimeout: 10_000, requestTimeout: 30_000, keepAliveTimeout: 5_000, connectionsCheckingInterval: 1_000 };
+
 export async function serveHttp(listen: { host: string; port: number }, h: HttpHandlers): Promise<HttpEndpoint> {
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(TIMEOUTS, (req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -66,6 +79,7 @@ export async function serveHttp(listen: { host: string; port: number }, h: HttpH
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /healthz or /readyz\n');
     }
   });
+  server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => {

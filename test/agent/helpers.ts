@@ -122,30 +122,30 @@ export interface AgentProcess {
 
 /**
  * Runs `node dist/bin/rnode.js agent ...` (building dist first when needed), without the test runner's hooks, as in
- * production (plainNode says why).
+ * production (plainNode says why). `wrap`: a command the node command line is appended to (a shell that sets a ulimit,
+ * then execs it; the pid stays the agent's).
  */
-export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = []): AgentProcess {
+export function spawnAgent(t: T, ms: ReferenceMs, dir: string, name: string, extra: string[] = [], o: { wrap?: string[] } = {}): AgentProcess {
   ensureBuilt();
   const env = { ...process.env };
-  const child = spawn(
-    ...plainNode([
-      ...CLI_NODE_FLAGS,
-      CLI,
-      'agent',
-      '--server',
-      ms.url,
-      '--token-file',
-      writeToken(dir),
-      '--node-name',
-      name,
-      '--state-dir',
-      path.join(dir, `state-${name}`),
-      '--reconnect-max-ms',
-      '300',
-      ...extra,
-    ]),
-    { env, stdio: ['ignore', 'ignore', 'pipe'] },
-  );
+  const [node, nodeArgs] = plainNode([
+    ...CLI_NODE_FLAGS,
+    CLI,
+    'agent',
+    '--server',
+    ms.url,
+    '--token-file',
+    writeToken(dir),
+    '--node-name',
+    name,
+    '--state-dir',
+    path.join(dir, `state-${name}`),
+    '--reconnect-max-ms',
+    '300',
+    ...extra,
+  ]);
+  const [cmd, args] = o.wrap?.length ? [o.wrap[0]!, [...o.wrap.slice(1), node, ...nodeArgs]] : [node, nodeArgs];
+  const child = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
   const stderr: string[] = [];
   let buf = '';
   child.stderr!.on('data', (b: Buffer) => {
