@@ -9,6 +9,7 @@ import { resolveEncryptionKey, resolveSecret } from './secrets.js';
 import { openStoreOf } from './stores.js';
 import type { StateDir } from './state.js';
 import { timerDelay } from '../timer-delay.js';
+import { parseListen } from '../metrics/listen.js';
 
 export interface ExportManagerOptions {
   state: StateDir;
@@ -188,6 +189,5 @@ function listenOf(spec: ExportSpec): { socket?: string; host?: string; port?: nu
   if (spec.socket !== undefined && spec.listen !== undefined) throw new RnodeError(ErrorCodes.USAGE, 'an export takes socket or listen, not both');
   if (spec.socket !== undefined) return { socket: spec.socket };
   if (spec.listen === undefined) throw new RnodeError(ErrorCodes.USAGE, 'an export needs socket (a unix socket path) or listen (host:port)');
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(spec.listen)!;
-  return { host: m[1] ?? (m[2] || '127.0.0.1'), port: Number(m[3]) };
+  return parseListen(spec.listen); // the schema's pattern admits only what this takes
 }

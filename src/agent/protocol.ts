@@ -243,7 +243,13 @@ const ExportSpecRef = shared(
       disk: DiskId,
       point: Opt(str(32)),
       socket: Opt(str(4096)),
-      listen: Opt(Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):[0-9]{1,5}$' })),
+      // The port alternatives: up to 5 digits, at most 65535 (99999 failed in node's listen: RNODE_INTERNAL).
+      listen: Opt(
+        Type.String({
+          pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$',
+          description: 'host:port, [v6]:port or :port (127.0.0.1); port 0 (any free one) to 65535',
+        }),
+      ),
       writable: Opt(Type.Boolean()),
       overlay: Opt(str(4096, { description: 'local copy-on-write file; required with writable' })),
       cacheBytes: Opt(Type.Integer({ minimum: 1048576 })),

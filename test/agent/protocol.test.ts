@@ -37,6 +37,11 @@ t.test('invalid messages get an error reply; the agent keeps running', async (t)
   );
   t.match(await reply((m) => m.replyTo === 'x4', 'x4'), { code: 'RNODE_PROTO_INVALID', message: /rpoSeconds/ }, 'bad policy refused');
 
+  // A port past 65535 fitted the pattern, and the export then failed in node's listen with RNODE_INTERNAL.
+  const exportSpec = { exportId: 'e1', store: { url: path.join(dir, 'store') }, disk: 'd0', listen: '127.0.0.1:99999' };
+  ms.sendRaw(node.id, JSON.stringify({ v: 1, type: 'export.start', id: 'x7', export: exportSpec }));
+  t.match(await reply((m) => m.replyTo === 'x7', 'x7'), { code: 'RNODE_PROTO_INVALID', message: /\/export\/listen/ }, 'a port past 65535 is refused');
+
   ms.sendRaw(node.id, JSON.stringify([1, 2, 3]));
   await reply((m) => m.code === 'RNODE_PROTO_INVALID' && !m.replyTo && String(m.message).includes('object'), 'array');
   node.ws!.send(Buffer.from([1, 2, 3]), { binary: true });
@@ -149,6 +154,10 @@ t.test('refusals name the field and keep the stable codes', async (t) => {
     ),
     { errors: [{ path: '/at', message: /must match pattern/ }] },
   );
+  const listen = (l: string) => refuse({ ...env, type: 'export.start', export: { exportId: 'e', store: { url: 'x' }, disk: 'd', listen: l } });
+  for (const l of ['127.0.0.1:0', ':80', '[::1]:00080', 'localhost:59999', 'h:64999', 'h:65535']) t.equal(listen(l), undefined, `listen ${l}`);
+  for (const l of ['127.0.0.1:65536', 'h:65540', 'h:65600', 'h:66000', 'h:70000', 'h:99999', 'h:100000', 'h:-1'])
+    t.match(listen(l), { code: 'RNODE_PROTO_INVALID', errors: [{ path: '/export/listen' }] }, `listen ${l} is refused`);
   t.match(refuse({ ...env, type: 'toString' }), { code: 'RNODE_PROTO_UNKNOWN_TYPE' }, "only a table's own types");
   t.match(decode('{"v":1,"type":"ack","id":"a","seq":3,"future":"field"}', serverMessages), { ok: true }, 'unknown fields are ignored');
   t.throws(() => checkOutgoing({ ...env, type: 'ack', seq: 1.5 }, serverMessages), /outgoing ack does not match its schema: \/seq: must be integer/);
