@@ -604,6 +604,25 @@ export type Decoded<T> = { ok: true; msg: T } | { ok: false; code: string; messa
  * Parses and validates one text frame against a side's message table. Order of checks (as documented): JSON,
  * envelope (v/type/id), version, known type, schema. The replyTo of a refusal is the message's id when it had one.
  */
+/**
+ * How deep a message may nest objects and arrays. The deepest a schema allows is about 8 levels; the rest is left for
+ * free-form members (a source's options). A policy nested 200,000 levels deep parsed, then overflowed the stack of
+ * every JSON.stringify of it: no policy could be persisted again.
+ */
+export const MAX_DEPTH = 64;
+
+/** The keys down to the first object or array nested deeper than `levels` in `v`; undefined when there is none. */
+function deeperThan(v: unknown, levels: number): string[] | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  if (levels === 0) return [];
+  // Recursion at most `levels` deep: a walk of any depth cannot overflow the stack itself.
+  for (const [k, child] of Array.isArray(v) ? v.entries() : Object.entries(v)) {
+    const below = deeperThan(child, levels - 1);
+    if (below) return [String(k), ...below];
+  }
+  return undefined;
+}
+
 export function decode<T>(text: string, table: MessageTable): Decoded<T> {
   let value: unknown;
   try {
@@ -627,6 +646,17 @@ export function decode<T>(text: string, table: MessageTable): Decoded<T> {
   if (typeof m.type !== 'string') return { ok: false, code: ProtoErrors.INVALID, replyTo, message: '/type: must be a string' };
   const schema = Object.hasOwn(table, m.type) ? table[m.type] : undefined;
   if (!schema) return { ok: false, code: ProtoErrors.UNKNOWN_TYPE, replyTo, message: `unknown message type ${JSON.stringify(m.type.slice(0, 64))}` };
+  const tooDeep = deeperThan(m, MAX_DEPTH);
+  if (tooDeep) {
+    const where = tooDeep.length > 12 ? [...tooDeep.slice(0, 12), '…'] : tooDeep;
+    const path = where.map((k) => `/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`).join('');
+    return {
+      ok: false,
+      code: ProtoErrors.INVALID,
+      replyTo,
+      message: `invalid ${m.type} message: ${path}: nested more than ${MAX_DEPTH} levels deep`,
+    };
+  }
   const errors = validate(schema, m, defs);
   if (errors.length) {
     const shown = errors

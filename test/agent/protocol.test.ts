@@ -5,7 +5,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { agentMessages, checkOutgoing, decode, defs, serverMessages } from '../../src/agent/protocol.js';
+import { agentMessages, checkOutgoing, decode, defs, MAX_DEPTH, serverMessages } from '../../src/agent/protocol.js';
 import { DOC, MARKER, renderDoc } from '../../scripts/control-protocol-doc.js';
 import { KiB, MiB, makeDisk, startAgent, startMs, tmpDir } from './helpers.js';
 import { metricValue } from '../helpers/metrics.js';
@@ -69,6 +69,82 @@ t.test('invalid messages get an error reply; the agent keeps running', async (t)
   t.ok(ms.nodes.get(agent.nodeId)!.connected && node.health !== beats, 'still connected and heartbeating');
   t.ok((await metricValue(agent.metrics.protocolErrors, { direction: 'in', code: 'RNODE_PROTO_INVALID' }))! >= 4, 'refusals counted');
   t.equal(ms.nodes.size, 1, 'never reconnected as a new node');
+});
+
+// A policy whose source.options nested 200,000 arrays deep (far under the 16 MiB frame limit) was applied and run;
+// then every JSON.stringify of the policies overflowed the stack, and no policy of any group was persisted again,
+// without a word to the server.
+t.test('a message nested absurdly deep is refused, and policies are still persisted', async (t) => {
+  const dir = tmpDir(t, 'agent-proto-deep');
+  const img = await makeDisk(dir, 'd0', 1 * MiB, 5);
+  const ms = await startMs(t);
+  const { agent, stateDir, logs } = await startAgent(t, ms, dir);
+  const node = await ms.waitFor(() => ms.nodes.get(agent.nodeId), 10_000, 'registration');
+  const reply = (id: string) => ms.waitFor(() => ms.errors.find((e) => e.msg.replyTo === id)?.msg, 5000, `the reply to ${id}`);
+  const store = { url: path.join(dir, 'store') };
+  const deep = (levels: number) => '['.repeat(levels) + ']'.repeat(levels);
+  // Each message as text: the deep value cannot go through JSON.stringify.
+  const withOptions = (envelope: Record<string, unknown>, options: string) => JSON.stringify(envelope).replace('"OPTIONS"', `{"nested":${options}}`);
+  const policy = (group: string) => ({
+    group,
+    revision: 1,
+    rpoSeconds: 3600,
+    store,
+    chunkSize: 64 * KiB,
+    disks: [{ disk: 'd0', source: { location: img, options: 'OPTIONS' } }],
+  });
+
+  ms.sendRaw(node.id, withOptions({ v: 1, type: 'policy.update', id: 'p1', policy: policy('deep') }, deep(200_000)));
+  t.match(
+    await reply('p1'),
+    {
+      code: 'RNODE_PROTO_INVALID',
+      message: /^invalid policy\.update message: \/policy\/disks\/0\/source\/options\/nested\/0\/.*nested more than 64 levels/,
+    },
+    'the policy is refused, naming where',
+  );
+  ms.sendRaw(node.id, withOptions({ v: 1, type: 'policy.sync', id: 'p2', policies: [policy('deep')] }, deep(100)));
+  t.match(await reply('p2'), { code: 'RNODE_PROTO_INVALID' }, 'in a policy.sync too');
+  const job = { jobId: 'jd', kind: 'replicate', store, disks: [{ disk: 'd0', source: { location: img, options: 'OPTIONS' } }] };
+  ms.sendRaw(node.id, withOptions({ v: 1, type: 'job.start', id: 'j1', job }, deep(200_000)));
+  t.match(await reply('j1'), { code: 'RNODE_PROTO_INVALID', message: /nested more than 64 levels/ }, 'a job too');
+  t.same(
+    agent.scheduler.list().map((p) => p.group),
+    [],
+    'nothing applied',
+  );
+
+  // Options nested a little (as deep as a source could want) are taken, and every policy is persisted.
+  ms.sendRaw(node.id, withOptions({ v: 1, type: 'policy.update', id: 'p3', policy: policy('fine') }, deep(40)));
+  // policy.update, not the reference server's setPolicy: its policy.sync would drop the group it does not know.
+  const good = { ...policy('good'), disks: [{ disk: 'd0', source: { location: img } }] };
+  ms.sendRaw(node.id, JSON.stringify({ v: 1, type: 'policy.update', id: 'p4', policy: good }));
+  const saved = () => {
+    try {
+      return JSON.parse(fs.readFileSync(path.join(stateDir, 'policies.json'), 'utf8')) as { group: string }[];
+    } catch {
+      return [];
+    }
+  };
+  await ms.waitFor(() => saved().length === 2, 10_000, 'both policies persisted');
+  t.same(
+    saved()
+      .map((p) => p.group)
+      .sort(),
+    ['fine', 'good'],
+    'policies.json holds both',
+  );
+  t.same(
+    ms.reportsOf('job.accepted', (m) => m.jobId === 'jd'),
+    [],
+    'the deep job was never accepted',
+  );
+  t.same(
+    logs.filter((l) => l.includes('could not persist')),
+    [],
+    'no persistence failure logged',
+  );
+  t.ok(ms.nodes.get(agent.nodeId)!.connected, 'still connected');
 });
 
 t.test('the server side refuses a bad hello', async (t) => {
@@ -160,5 +236,18 @@ t.test('refusals name the field and keep the stable codes', async (t) => {
     t.match(listen(l), { code: 'RNODE_PROTO_INVALID', errors: [{ path: '/export/listen' }] }, `listen ${l} is refused`);
   t.match(refuse({ ...env, type: 'toString' }), { code: 'RNODE_PROTO_UNKNOWN_TYPE' }, "only a table's own types");
   t.match(decode('{"v":1,"type":"ack","id":"a","seq":3,"future":"field"}', serverMessages), { ok: true }, 'unknown fields are ignored');
+  // The message and 63 arrays in it: 64 levels, taken; one more is refused, naming where.
+  const nested = (levels: number) => `{"v":1,"type":"ack","id":"a","seq":3,"future":${'['.repeat(levels)}${']'.repeat(levels)}}`;
+  t.match(decode(nested(MAX_DEPTH - 1), serverMessages), { ok: true }, `${MAX_DEPTH} levels`);
+  t.match(
+    decode(nested(MAX_DEPTH), serverMessages),
+    {
+      ok: false,
+      code: 'RNODE_PROTO_INVALID',
+      replyTo: 'a',
+      message: /^invalid ack message: \/future\/0\/0\/0\/0\/0\/0\/0\/0\/0\/0\/0\/…: nested more than 64 levels deep$/,
+    },
+    `${MAX_DEPTH + 1} levels`,
+  );
   t.throws(() => checkOutgoing({ ...env, type: 'ack', seq: 1.5 }, serverMessages), /outgoing ack does not match its schema: \/seq: must be integer/);
 });
