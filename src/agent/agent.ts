@@ -72,6 +72,9 @@ export class Agent {
     // Checked here, not when the hello is built: that happens only once the server answers.
     const nameProblem = opts.nodeName !== undefined ? nodeNameProblem(opts.nodeName) : undefined;
     if (nameProblem) throw usageError(`--node-name ${nameProblem}; leave it out to use the host name`);
+    // An unset variable in a unit file: '' made ./secrets in the working folder, then failed with RNODE_INTERNAL.
+    if (opts.stateDir === '')
+      throw usageError('--state-dir is empty; name the folder the node keeps its state in, or leave the flag out for the default');
     const state = await StateDir.open(opts.stateDir);
     try {
       return await Agent.startOn(state, opts);

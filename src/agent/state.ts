@@ -63,6 +63,8 @@ type Read = { value: unknown; damaged?: undefined } | { value?: undefined; damag
 const LOCK_FILE = 'agent.lock';
 /** What writeJson names its temp files: <file>.<pid>.<8 hex>.tmp */
 const TEMP_FILE = /^[^/]+\.\d+\.[0-9a-f]{8}\.tmp$/;
+/** The readiness probe's file: .probe-<pid> */
+const PROBE_FILE = /^\.probe-\d+$/;
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isTime = (v: unknown) => typeof v === 'string' && Number.isFinite(Date.parse(v));
@@ -137,10 +139,13 @@ export class StateDir {
     this.lockFd = undefined;
   }
 
-  /** Temp files a write left behind when it failed or the process died mid-write (they never become state). */
+  /**
+   * Temp files a write left behind when it failed or the process died mid-write (they never become state), and the
+   * probe file of an agent that died while probing.
+   */
   private async removeStaleTemps(): Promise<void> {
     for (const name of await fsp.readdir(this.dir)) {
-      if (TEMP_FILE.test(name)) await fsp.rm(this.file(name), { force: true });
+      if (TEMP_FILE.test(name) || PROBE_FILE.test(name)) await fsp.rm(this.file(name), { force: true });
     }
   }
 
@@ -379,6 +384,12 @@ export class StateDir {
       fs.unlinkSync(probe);
       return true;
     } catch {
+      // On a full disk the file is made and its write fails: without this, one file per probe's pid stays behind.
+      try {
+        fs.rmSync(probe, { force: true });
+      } catch {
+        // Not removable now (EMFILE, EIO); the next start removes it.
+      }
       return false;
     }
   }

@@ -35,6 +35,21 @@ t.test('--node-name "" with the server up: one usage line and exit 2, not a stac
   t.equal(ms.nodes.size, 0, 'never registered');
 });
 
+// An empty --state-dir (an unset variable in a unit file) made ./secrets in the working folder, then failed with
+// RNODE_INTERNAL "ENOENT: scandir ''; this is a bug", exit 1: a restart loop that would never succeed.
+t.test('--state-dir "": one usage line and exit 2, and nothing made in the working folder', async (t) => {
+  const dir = tmpDir(t, 'agent-flags');
+  const token = writeToken(dir);
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const r = await runCli(['agent', '--server', 'ws://127.0.0.1:1', '--token-file', token, '--state-dir', ''], { cwd, timeoutMs: 15_000 });
+  t.equal(r.code, 2, r.stderr);
+  t.same(lines(r.stderr), [
+    'rnode: RNODE_USAGE: --state-dir is empty; name the folder the node keeps its state in, or leave the flag out for the default',
+  ]);
+  t.same(fs.readdirSync(cwd), [], 'nothing made in the working folder');
+});
+
 t.test('a --token-file the group or others may read is refused at start, like a key file', async (t) => {
   const dir = tmpDir(t, 'agent-flags');
   const token = writeToken(dir);

@@ -221,9 +221,10 @@ t.test('a state folder restored from an older backup: new reports are numbered a
   t.equal(ms.reports[4].msg.seq, 5);
 });
 
-// A full state folder: every failed state write left its <file>.<pid>.<id>.tmp behind, and nothing removed them.
+// A full state folder: every failed state write left its <file>.<pid>.<id>.tmp behind, and nothing removed them; the
+// readiness probe left its .probe-<pid> too.
 t.test(
-  'a state write that fails leaves no temp file; stale ones are removed at start',
+  'a state write or probe that fails leaves no file; stale ones are removed at start',
   { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' },
   async (t) => {
     const dir = tmpDir(t, 'agent-state');
@@ -252,10 +253,17 @@ t.test(
       [],
       'no temp file left',
     );
+    // The readiness probe made its file, failed to write it, and left it behind.
+    t.equal(a.agent.state.writable(), false, 'the state folder is not writable');
+    t.same(
+      fs.readdirSync(a.stateDir).filter((f) => f.startsWith('.probe-')),
+      [],
+      'no probe file left',
+    );
     await a.agent.stop();
     fs.rmSync(fill);
 
-    const stale = ['outbox.json.4242.0a1b2c3d.tmp', 'policies.json.17.deadbeef.tmp'];
+    const stale = ['outbox.json.4242.0a1b2c3d.tmp', 'policies.json.17.deadbeef.tmp', '.probe-4242'];
     for (const f of stale) fs.writeFileSync(path.join(a.stateDir, f), '{');
     fs.writeFileSync(path.join(a.stateDir, 'notes.tmp'), 'not ours');
     const b = await startAgent(t, ms, dir, { stateDir: a.stateDir });
