@@ -161,6 +161,11 @@ export class StoreLeases implements LeaseAuthority {
     }
   }
 
+  async confirm(r: LeaseRecord): Promise<void> {
+    const cur = await readLease(this.store, layout.lease(r.disk));
+    if (!cur || cur.record.holder !== r.holder || cur.record.token !== r.token) throw leaseLost(r);
+  }
+
   async release(r: LeaseRecord): Promise<void> {
     const cur = await readLease(this.store, layout.lease(r.disk));
     if (!cur || cur.record.holder !== r.holder || cur.record.token !== r.token) return;
@@ -300,10 +305,19 @@ export class Lease {
    * Called right before a write to a key another holder of the lease would write too (a point's table segments and
    * checkpoint): throws if the lease is lost, and renews first if it has run out by our clock (the process was paused,
    * or its renewals failed). A writer that lost its lease wrote its checkpoint over the new holder's committed point.
+   * Where the lease record can be read (not through a ws peer), it is read too: one small read per segment, and a
+   * writer that another took the lease from (a store whose conditional put let both win) stops before its write.
    */
   async held(): Promise<void> {
     if (this.lostError) throw this.lostError;
-    if (Date.parse(this.record.expiresAt) <= this.now()) await this.renew();
+    if (Date.parse(this.record.expiresAt) <= this.now()) return this.renew();
+    if (!this.authority.confirm) return;
+    try {
+      await this.authority.confirm(this.record);
+    } catch (err) {
+      if (isRnodeError(err, ErrorCodes.LEASE_LOST)) this.markLost();
+      throw this.lostError ?? err;
+    }
   }
 
   async release(): Promise<void> {

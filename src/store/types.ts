@@ -108,6 +108,11 @@ export interface LeaseAuthority {
   renew(record: LeaseRecord, ttlMs: number): Promise<LeaseRecord>;
   /** Expires it (kept, not deleted, so the fencing token keeps growing). */
   release(record: LeaseRecord): Promise<void>;
+  /**
+   * Throws LEASE_LOST unless the stored lease is still this record's (holder and token). Without it (a node's peers
+   * do not read lease records), a holder knows only what its own renewals told it.
+   */
+  confirm?(record: LeaseRecord): Promise<void>;
 }
 
 /** A key segment never starts with this: the fs store names its temp files so, and they can never be keys. */

@@ -121,6 +121,21 @@ t.test('a writer that lost its lease stops before committing', async (t) => {
   t.same(await listPointSeqs(store, 'z'), [], 'no point committed');
 });
 
+// Regression: held() (before a table segment or checkpoint put) trusted local state until the lease's expiry, so a
+// writer whose lease another had taken (two processes that both won the lease on a store folder) kept writing the
+// point's table keys the other writes too, and broke its committed point.
+t.test('held() reads the stored lease: a writer whose lease another holder took stops before its next write', async (t) => {
+  const store = new MemoryStore();
+  const lease = await Lease.acquire(store, 'h', { ttlMs: 60_000 });
+  await lease.held();
+  const cur = JSON.parse((await store.get(layout.lease('h'))).toString());
+  await store.put(layout.lease('h'), Buffer.from(JSON.stringify({ ...cur, holder: 'other/1/x/y' })));
+  await t.rejects(lease.held(), { code: 'RNODE_LEASE_LOST' }, 'same token, other holder: lost, long before the expiry');
+  t.ok(lease.signal.aborted, 'and the run is told to stop');
+  await lease.release();
+  t.equal(JSON.parse((await store.get(layout.lease('h'))).toString()).holder, 'other/1/x/y', "release leaves the other's record");
+});
+
 t.test('a reader waits past a lease expiry by its skew margin (the TTL, at most 60 s)', async (t) => {
   const store = new MemoryStore();
   let now = 1_000_000;

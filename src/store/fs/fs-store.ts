@@ -1,12 +1,13 @@
 // ObjectStore on a local or mounted directory: one file per key, '/' in keys = subdirectories.
-// Atomic puts by temp file + fsync + rename; ifNoneMatch by link(2), which fails if the key exists.
+// Atomic puts by temp file + fsync + rename; ifNoneMatch by link(2), which fails if the key exists; ifMatch by
+// compare-then-rename under a per-key flock, so two processes on one host never both win.
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
 import { failpoint } from '../../failpoint.js';
-import { readFileInto, writeFileExclusive, type ReadInto } from '../../native/index.js';
+import { readFileInto, tryLockExclusive, writeFileExclusive, type ReadInto } from '../../native/index.js';
 import { checkKey, clipRange, compareKeys, ioError, notFound, preconditionFailed, splitPrefix, storeFull } from '../common.js';
 import { RESERVED_SEGMENT_PREFIX, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions, type StoreCapabilities } from '../types.js';
 import { fsyncDir, isVirtualFsPath, makeDirs, unusablePath } from './dirs.js';
@@ -20,6 +21,14 @@ const TEMP_MARK = RESERVED_SEGMENT_PREFIX;
 const isTempName = (name: string) => name.startsWith(TEMP_MARK) || name.includes('\\');
 /** A temp file this old was left by a crashed put (no put takes an hour); listing its folder removes it. */
 const STALE_TEMP_MS = 3600_000;
+/**
+ * The folder of ifMatch's lock files, one per key ever put with ifMatch (the leases): its name is reserved like a temp
+ * file's, so no key names it and list never walks it. The files stay (empty, a few per disk); they are never deleted,
+ * because a lock file removed while held would let the next writer lock a new file beside the holder.
+ */
+const LOCKS_DIR = `${TEMP_MARK}locks`;
+/** The compare-and-rename a lock covers takes microseconds: a lock held this long belongs to a stopped process. */
+const LOCK_WAIT_MS = 30_000;
 
 export interface FsStoreOptions {
   /** fsync file and directory on put (default true). Off only for throwaway test data. */
@@ -28,8 +37,8 @@ export interface FsStoreOptions {
 
 /**
  * Limits (documented in docs/stores.md):
- *  - ifNoneMatch is atomic across processes (link(2)); ifMatch is checked under an in-process per-key
- *    lock, so two *processes* doing ifMatch on the same key can both succeed.
+ *  - ifNoneMatch is atomic across processes (link(2)); ifMatch is checked and applied under a per-key flock
+ *    (LOCKS_DIR), atomic across the processes of one host (across hosts only where the filesystem's flock is).
  *  - a key cannot be both an object and a prefix of other keys ('a' and 'a/b'): a file cannot be a
  *    directory. Such a put fails with STORE_IO.
  */
@@ -84,11 +93,17 @@ export class FsStore implements ObjectStore {
           await fsp.unlink(tmp);
         } else {
           if (opts.ifMatch !== undefined) {
-            const cur = await this.statFile(file);
-            if (!cur) throw preconditionFailed(this.location, key, 'the key does not exist');
-            if (cur.etag !== opts.ifMatch) throw preconditionFailed(this.location, key, `etag is ${cur.etag}, not ${opts.ifMatch}`);
+            const etag = opts.ifMatch;
+            // Another process may compare the same etag at the same moment: only one may rename after it.
+            await this.withKeyFileLock(key, async () => {
+              const cur = await this.statFile(file);
+              if (!cur) throw preconditionFailed(this.location, key, 'the key does not exist');
+              if (cur.etag !== etag) throw preconditionFailed(this.location, key, `etag is ${cur.etag}, not ${etag}`);
+              await fsp.rename(tmp, file);
+            });
+          } else {
+            await fsp.rename(tmp, file);
           }
-          await fsp.rename(tmp, file);
         }
       } catch (err) {
         await fsp.rm(tmp, { force: true }).catch(() => {});
@@ -304,6 +319,36 @@ export class FsStore implements ObjectStore {
     return ioError(this.location, op, key, err);
   }
 
+  /**
+   * Runs fn holding the flock of key's lock file, which other processes' ifMatch puts of the key take too. flock has
+   * no timed wait, so this polls; the kernel drops the lock with the file's last fd, also when its process dies.
+   */
+  private async withKeyFileLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const dir = path.join(this.root, LOCKS_DIR);
+    const file = path.join(dir, createHash('sha256').update(key).digest('hex').slice(0, 32));
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(file, 'a');
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') throw err;
+      await makeDirs(dir);
+      fh = await fsp.open(file, 'a');
+    }
+    try {
+      const deadline = Date.now() + LOCK_WAIT_MS;
+      for (let waitMs = 1; !lockOrNoLocks(fh.fd); waitMs = Math.min(2 * waitMs, 50)) {
+        if (Date.now() >= deadline) {
+          const why = new Error(`another process held its lock file ${file} for ${LOCK_WAIT_MS / 1000} s; try again, or stop the process holding it`);
+          throw ioError(this.location, 'put', key, why, true);
+        }
+        await new Promise((r) => setTimeout(r, waitMs));
+      }
+      return await fn();
+    } finally {
+      await fh.close();
+    }
+  }
+
   private async withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.locks.get(key) ?? Promise.resolve();
     const run = prev.then(fn, fn);
@@ -314,6 +359,19 @@ export class FsStore implements ObjectStore {
     } finally {
       if (this.locks.get(key) === tail) this.locks.delete(key);
     }
+  }
+}
+
+/**
+ * Takes the flock (true), or finds it held (false). A filesystem that has no locks (some FUSE and network mounts) counts
+ * as taken: ifMatch there is atomic within this process only, as it was before the lock files.
+ */
+function lockOrNoLocks(fd: number): boolean {
+  try {
+    return tryLockExclusive(fd);
+  } catch (err) {
+    if (['ENOLCK', 'EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL'].includes(errno(err) ?? '')) return true;
+    throw err;
   }
 }
 
