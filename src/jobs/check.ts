@@ -21,6 +21,7 @@ import {
   loadV2Point,
   staleDiskObjects,
   v2DiskId,
+  type V2DiskObjects,
 } from '../repository/points.js';
 import { referencesChunk, tableEntries } from '../repository/view.js';
 import { repairDomain, type RepairResult } from './repair.js';
@@ -289,8 +290,12 @@ async function checkDomain(
     vanishedIndexes: new Set(),
     damaged: new Map(),
   };
+  // The points to check are listed first: a writer stores a point's packs and index objects before its manifest, so
+  // the listings below hold every chunk of these points. A point committed later (a replicate beside the check) is
+  // not checked: its chunks may be in index objects written after they were read, and were reported missing.
+  const disks = await listV2Disks(store, name);
   // Packs are read before the references are checked: one a concurrent prune deletes before it is read then counts
-  // as absent, and a point listed after that still needing one of its chunks is reported (CHUNK_MISSING).
+  // as absent, and a point still needing one of its chunks is reported (CHUNK_MISSING).
   await readIndexes(scope);
   const trailers: Trailers = new Map();
   const listed = await readTrailers(scope, trailers);
@@ -310,7 +315,7 @@ async function checkDomain(
   c.removedDuringCheck.packs = scope.vanishedPacks.size;
   c.removedDuringCheck.indexObjects = scope.vanishedIndexes.size;
   matchIndexToTrailers(scope, index, trailers);
-  await checkPointReferences(scope, index, trailers);
+  await checkPointReferences(scope, disks, index, trailers);
   if (repair && scope.damaged.size > 0) c.repair = await repairDomain({ store, domain, damaged: scope.damaged });
   return c;
 }
@@ -387,15 +392,17 @@ function matchIndexToTrailers({ name, c, report }: DomainScope, index: ChunkInde
 }
 
 /**
- * Every chunk a committed point references has a good copy, and every point's parent exists. A point that cannot be
- * read is checked again against a new listing: one a concurrent prune deleted since is not a problem.
+ * Every chunk a point of `disks` (listed before the indexes) references has a good copy, and every point's parent
+ * exists. A point that cannot be read is checked again against a new listing: one a concurrent prune deleted since is
+ * not a problem.
  */
 async function checkPointReferences(
   { store, name, domain, c, report, signal, vanishedPacks }: DomainScope,
+  disks: Map<string, V2DiskObjects>,
   index: ChunkIndex,
   trailers: Trailers,
 ): Promise<void> {
-  for (const d of (await listV2Disks(store, name)).values()) {
+  for (const d of disks.values()) {
     c.disks++;
     let disk: string | undefined;
     try {
