@@ -159,8 +159,9 @@ export class Agent {
     }
     log.info('agent starting', { server: opts.server, stateDir: opts.stateDir, slots, policies: scheduler.list().length, version: AGENT_VERSION });
     // Reports wait for the queue to be loaded (link.start): one queued before would be lost with the empty queue.
-    await link.start();
-    await runner.endInterrupted();
+    // The jobs a kill interrupted end before the node connects: a job.start the server sends at registration (the
+    // same job again) is then taken after their job.failed, never reported failed while it runs.
+    await link.start(() => runner.endInterrupted());
     scheduler.start();
     return agent;
   }

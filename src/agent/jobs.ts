@@ -188,13 +188,18 @@ export class JobRunner {
 
   /**
    * Ends, with job.failed, the jobs a previous run of the node accepted and never ended (it was killed): without it the
-   * server would wait for them forever. Call once at start, after the report queue is loaded and before any job starts.
+   * server would wait for them forever. Call once at start, after the report queue is loaded and before the node
+   * connects (a job the server sends again at registration is then accepted after this attempt's end). An attempt
+   * running again on this node is skipped: it ends on its own.
    */
   async endInterrupted(): Promise<void> {
     for (const j of await this.o.state.loadAcceptedJobs(this.o.log)) {
       const attempt = j.attempt ?? 1;
       // Its end may be queued already: the node died after queueing it and before jobs.json said so.
       if (this.o.hasEnd?.(j.jobId, j.attempt)) continue;
+      // That attempt runs again here (started since): it will end on its own, and must not be reported failed.
+      const running = this.running.get(j.jobId);
+      if (running && attemptNumber(running.job) === attempt) continue;
       this.o.log.warn('a job was still running when the node last stopped; reporting it failed', { jobId: j.jobId, attempt });
       this.o.metrics.jobs.inc({ kind: j.kind, result: 'failed' });
       this.o.metrics.errors.inc({ code: ProtoErrors.RESTARTED });

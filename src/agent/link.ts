@@ -70,9 +70,14 @@ export class ServerLink extends EventEmitter {
     return this.outbox.reports.length;
   }
 
-  async start(): Promise<void> {
+  /**
+   * Loads the report queue, runs `beforeConnect` (the reports it makes are queued first, and no server message is
+   * handled before it is done), then dials the server.
+   */
+  async start(beforeConnect?: () => Promise<void>): Promise<void> {
     this.outbox = await this.o.state.loadOutbox(this.o.log);
     this.o.metrics.reportsQueued.set({}, this.outbox.reports.length);
+    await beforeConnect?.();
     this.connect();
   }
 

@@ -43,3 +43,59 @@ t.test('a job the node was running when it was killed ends with job.failed RNODE
   await ms.waitFor(() => fs.readFileSync(jobsFile, 'utf8') === '[]', 5_000, 'jobs.json emptied');
   t.equal(ms.reportsOf('job.failed').length, 1, 'reported once');
 });
+
+// The server sent the interrupted jobs again as soon as the restarted node registered (one with the same attempt,
+// one with attempt + 1): the node accepted them before it ended the interrupted attempts, so it reported the running
+// attempt 1 failed (RNODE_AGENT_RESTARTED) and then completed, and the failed attempt 1 of the other after its
+// attempt 2 was accepted.
+t.test('after a kill, the interrupted attempts end before the jobs the server sends again at registration', async (t) => {
+  const dir = tmpDir(t, 'agent-restart');
+  const ms = await startMs(t, { nodeTimeoutMs: 60_000 });
+  const first = spawnAgent(t, ms, dir, 'n1');
+  const node = await ms.waitFor(() => ms.liveNodes()[0], 20_000, 'registration');
+  const recs = [];
+  for (const [i, jobId] of ['same', 'next'].entries()) {
+    const img = await makeDisk(dir, jobId, 8 * MiB, 20 + i);
+    const job = {
+      jobId,
+      kind: 'replicate' as const,
+      store: { url: path.join(dir, `store-${jobId}`) },
+      disks: [{ disk: 'd', source: { location: img } }],
+      bandwidth: 512 * KiB,
+    };
+    recs.push(ms.startJob(job, node.id));
+  }
+  const [same, next] = recs;
+  await ms.waitFor(
+    () => recs.every((r) => r.state === 'accepted' && ms.progress.some((p) => p.msg.jobId === r.job.jobId)),
+    20_000,
+    'both jobs running',
+  );
+  first.child.kill('SIGKILL');
+  await first.exited;
+
+  // Sent in the same breath as the welcome: attempt 1 of "same" again, attempt 2 of "next".
+  ms.once('registered', (n: { id: string }) => {
+    ms.send(n.id, { type: 'job.start', job: same.job });
+    next.attempt = 2;
+    next.job = { ...next.job, attempt: 2 };
+    ms.send(n.id, { type: 'job.start', job: next.job });
+  });
+  spawnAgent(t, ms, dir, 'n1');
+  await ms.waitFor(() => same.state === 'completed' && next.state === 'completed', 60_000, 'both jobs completed');
+  const trail = (jobId: string) =>
+    ms
+      .reportsOf('job.accepted', (m) => m.jobId === jobId)
+      .concat(
+        ms.reportsOf('job.completed', (m) => m.jobId === jobId),
+        ms.reportsOf('job.failed', (m) => m.jobId === jobId),
+      )
+      .sort((a, b) => Number(a.msg.seq) - Number(b.msg.seq))
+      .map((r) => `${String(r.msg.type)} ${String(r.msg.attempt)}${r.msg.code ? ` ${String(r.msg.code)}` : ''}`);
+  t.same(
+    trail('same'),
+    ['job.accepted 1', 'job.failed 1 RNODE_AGENT_RESTARTED', 'job.accepted 1', 'job.completed 1'],
+    'the interrupted run ends before the run sent again is accepted, which is never reported failed',
+  );
+  t.same(trail('next'), ['job.accepted 1', 'job.failed 1 RNODE_AGENT_RESTARTED', 'job.accepted 2', 'job.completed 2'], 'in order');
+});
