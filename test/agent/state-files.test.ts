@@ -235,6 +235,13 @@ t.test(
     const ms = await startMs(t);
     const a = await startAgent(t, ms, dir, { stateDir: path.join(mnt, 'state') });
     await ms.waitFor(() => a.agent.link.isRegistered, 10_000, 'registration');
+    // The registration renumbers the fresh queue: that write must not land on the full disk too (a fourth failure).
+    const outbox = path.join(a.stateDir, 'outbox.json');
+    await waitUntil(
+      () => fs.existsSync(outbox) && !JSON.parse(fs.readFileSync(outbox, 'utf8')).awaitingServerSeq,
+      5000,
+      'the renumbered queue saved',
+    );
     await ms.stopListening(); // the reports stay queued, so each one rewrites the outbox
     const fill = path.join(mnt, 'fill');
     try {
