@@ -11,6 +11,7 @@ import {
   agentMessages,
   checkOutgoing,
   decode,
+  MAX_SEQ,
   messageId,
   PROTOCOL_VERSION,
   ProtoErrors,
@@ -53,6 +54,11 @@ export class ServerLink extends EventEmitter {
    * numbering on disk, and the next start would number a report the server holds again (a duplicate).
    */
   private holdReports = false;
+  /**
+   * The highest seq this node may have sent (by an earlier run too): the server cannot hold a report numbered past it,
+   * and an ack of one would drop reports it never got.
+   */
+  private sentThrough = 0;
   private missedPongs = 0;
   heartbeat: () => object = () => ({});
 
@@ -76,6 +82,7 @@ export class ServerLink extends EventEmitter {
    */
   async start(beforeConnect?: () => Promise<void>): Promise<void> {
     this.outbox = await this.o.state.loadOutbox(this.o.log);
+    this.sentThrough = this.outbox.nextSeq - 1;
     this.o.metrics.reportsQueued.set({}, this.outbox.reports.length);
     await beforeConnect?.();
     this.connect();
@@ -138,6 +145,7 @@ export class ServerLink extends EventEmitter {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(JSON.stringify(msg));
+    if (typeof msg.seq === 'number' && msg.seq > this.sentThrough) this.sentThrough = msg.seq;
     return true;
   }
 
@@ -167,6 +175,14 @@ export class ServerLink extends EventEmitter {
     let welcomeTimer: NodeJS.Timeout | undefined;
     /** Why the connection failed, for the close line: alone, code 1006 says nothing an operator can act on. */
     let failure: string | undefined;
+    /** Why this node refused the server's welcome (or what came instead of it). */
+    let refusedWelcome: string | undefined;
+    // Not registered, nothing else can follow: try again after the backoff (the next welcome may be sound).
+    const refuseWelcome = (replyTo: string | undefined, code: string, message: string) => {
+      this.refuse(replyTo, code, message);
+      refusedWelcome = message;
+      ws.close(1002, 'invalid welcome');
+    };
     ws.on('open', () => {
       this.missedPongs = 0;
       const hello = {
@@ -200,7 +216,8 @@ export class ServerLink extends EventEmitter {
       }
       const d = decode<ServerMessage>(data.toString(), serverMessages);
       if (!d.ok) {
-        this.refuse(d.replyTo, d.code, d.message);
+        if (this.registered) this.refuse(d.replyTo, d.code, d.message);
+        else refuseWelcome(d.replyTo, d.code, d.message);
         return;
       }
       const msg = d.msg;
@@ -213,11 +230,25 @@ export class ServerLink extends EventEmitter {
           this.refuse(msg.id, ProtoErrors.INVALID, `expected welcome before ${msg.type}`);
           return;
         }
+        const welcome = msg as Extract<ServerMessage, { type: 'welcome' }>;
+        const problem = this.welcomeProblem(welcome);
+        if (problem) {
+          refuseWelcome(msg.id, ProtoErrors.INVALID, problem);
+          return;
+        }
         clearTimeout(welcomeTimer);
-        this.onWelcome(msg as Extract<ServerMessage, { type: 'welcome' }>);
+        this.onWelcome(welcome);
         return;
       }
       if (msg.type === 'ack') {
+        if (msg.seq > this.sentThrough) {
+          this.refuse(
+            msg.id,
+            ProtoErrors.INVALID,
+            `ack of seq ${msg.seq}, past the last report this node sent (seq ${this.sentThrough}); its queued reports are kept`,
+          );
+          return;
+        }
         this.onAck(msg.seq);
         return;
       }
@@ -245,6 +276,8 @@ export class ServerLink extends EventEmitter {
             'give every node a state folder of its own (a copy of one is the same node to the server)',
           { code, reason: why },
         );
+      else if (refusedWelcome !== undefined)
+        this.o.log.error("could not register: this node refused the server's welcome; will retry", { code, err: refusedWelcome, server: this.o.url });
       else if (!was && failure) this.o.log.warn('could not reach the server; will retry', { code, err: failure, server: this.o.url });
       else
         this.o.log.warn(was ? 'disconnected from the server' : 'could not register with the server', {
@@ -282,7 +315,8 @@ export class ServerLink extends EventEmitter {
     this.o.log.info('registered with the server', { heartbeatMs: w.heartbeatMs, ackedSeq: w.ackedSeq, queued: this.outbox.reports.length });
     // The server holds reports this node does not remember numbering (a state folder restored from an older backup):
     // numbered on from its own last seq, every new report would be dropped as a duplicate of one the server holds.
-    const behindServer = !this.outbox.awaitingServerSeq && w.ackedSeq >= this.outbox.nextSeq;
+    // Numbered past what this node sent: its queued reports never got there, and an ack of them would drop them.
+    const behindServer = !this.outbox.awaitingServerSeq && w.ackedSeq > this.sentThrough;
     if (behindServer) {
       this.o.log.warn(
         "the server holds reports numbered past this node's last one (was the state folder restored from a backup?); numbering continues after them",
@@ -294,6 +328,7 @@ export class ServerLink extends EventEmitter {
     }
     const renumbered = this.outbox.awaitingServerSeq === true || behindServer;
     if (renumbered) this.numberAfter(w.ackedSeq);
+    if (w.ackedSeq > this.sentThrough) this.sentThrough = w.ackedSeq;
     this.onAck(w.ackedSeq);
     // What the server does not have yet, in order; it acks as it stores them. Renumbered ones once their numbers
     // are saved (persist queues the save; `saving` settles when it is written, or logged as failed).
@@ -309,6 +344,16 @@ export class ServerLink extends EventEmitter {
     this.heartbeatTimer = setInterval(() => this.beat(), timerDelay(w.heartbeatMs));
     this.beat();
     this.emit('registered');
+  }
+
+  /** Why this node cannot take a welcome (its report numbers would run out past ackedSeq); undefined when it can. */
+  private welcomeProblem(w: Extract<ServerMessage, { type: 'welcome' }>): string | undefined {
+    const renumbers = this.outbox.awaitingServerSeq === true || w.ackedSeq > this.sentThrough;
+    // Room for 2^32 more reports: no node makes that many, so a server holding numbers this high is broken.
+    if (renumbers && w.ackedSeq > MAX_SEQ - 2 ** 32) {
+      return `welcome.ackedSeq ${w.ackedSeq} leaves this node too few report numbers (seqs end at ${MAX_SEQ}); its queued reports are kept`;
+    }
+    return undefined;
   }
 
   private beat(): void {

@@ -28,6 +28,12 @@ export const ProtoErrors = {
   RESTARTED: 'RNODE_AGENT_RESTARTED',
 } as const;
 
+/**
+ * The highest report number: seqs stay exact JSON numbers (2^53 - 1). Past it seq + 1 === seq, and a server drops every
+ * later report as a duplicate of the one before.
+ */
+export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
+
 /** WebSocket close codes (4000-4999 are the application's). */
 export const CloseCodes = { AUTH: 4401, VERSION: 4406, REPLACED: 4409, SHUTDOWN: 4503 } as const;
 
@@ -35,7 +41,7 @@ export const CloseCodes = { AUTH: 4401, VERSION: 4406, REPLACED: 4409, SHUTDOWN:
 
 type Opts = { description?: string };
 const str = (maxLength = 1024, o: Opts = {}) => Type.String({ minLength: 1, maxLength, ...o });
-const uint = (o: Opts = {}) => Type.Integer({ minimum: 0, ...o });
+const uint = (o: Opts & { maximum?: number } = {}) => Type.Integer({ minimum: 0, ...o });
 const posInt = (o: Opts & { maximum?: number } = {}) => Type.Integer({ minimum: 1, ...o });
 const positive = (o: Opts = {}) => Type.Number({ exclusiveMinimum: 0, ...o });
 /** A closed set of strings, written as JSON Schema "enum" (TypeBox would write anyOf of consts). */
@@ -343,7 +349,7 @@ function envelope<T extends string, P extends TProperties>(type: T, props: P, de
 }
 
 const reliable = {
-  seq: posInt({ description: 'per-node report number, acked by the server' }),
+  seq: posInt({ maximum: MAX_SEQ, description: 'per-node report number, acked by the server' }),
   at: ISO_TIME(),
 };
 const reportOf = { jobId: Id, kind: oneOfStrings(jobKinds), attempt: Opt(posInt()), scheduled: Opt(Type.Boolean()), group: Opt(Id) };
@@ -377,7 +383,7 @@ const hello = envelope(
         }),
       ),
     }),
-    lastSeq: Opt(uint({ description: 'highest report seq the node has created (the server may have fewer)' })),
+    lastSeq: Opt(uint({ maximum: MAX_SEQ, description: 'highest report seq the node has created (the server may have fewer)' })),
   },
   'first message on every connection; nothing else is accepted before welcome',
 );
@@ -522,12 +528,16 @@ const welcome = envelope(
     nodeId: Id,
     protocol: Type.Literal(PROTOCOL_VERSION),
     heartbeatMs: Type.Integer({ minimum: 100 }),
-    ackedSeq: uint(),
+    ackedSeq: uint({ maximum: MAX_SEQ }),
     serverTime: Opt(ISO_TIME()),
   },
   'registration accepted; ackedSeq is the last report the server holds',
 );
-const ack = envelope('ack', { seq: uint() }, 'every report up to seq is stored by the server (cumulative)');
+const ack = envelope(
+  'ack',
+  { seq: uint({ maximum: MAX_SEQ, description: 'at most the highest seq the node sent' }) },
+  'every report up to seq is stored by the server (cumulative)',
+);
 const policyUpdate = envelope('policy.update', { policy: PolicyRef }, 'add or replace one protection group (the disks of it this node runs)');
 const policyRemove = envelope('policy.remove', { group: Id }, 'stop running a group');
 const policySync = envelope(

@@ -2,7 +2,7 @@
 // (scripts/control-protocol-validators.ts): ajv's standalone validators, one export per message $id. Do not edit.
 "use strict";
 exports["rnode-control/v1/hello"] = validate53;
-const schema20 = {"description":"first message on every connection; nothing else is accepted before welcome","type":"object","required":["v","type","id","token","protocols","node","capabilities","capacity"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"hello","type":"string"},"id":{"$ref":"#/$defs/id"},"token":{"minLength":1,"maxLength":4096,"type":"string"},"protocols":{"minItems":1,"type":"array","items":{"minimum":1,"type":"integer"}},"node":{"type":"object","required":["id","name","version"],"properties":{"id":{"$ref":"#/$defs/id"},"name":{"minLength":1,"maxLength":256,"type":"string"},"version":{"minLength":1,"maxLength":64,"type":"string"},"hostname":{"minLength":1,"maxLength":256,"type":"string"},"pid":{"minimum":0,"type":"integer"}}},"capabilities":{"type":"object","required":["sources","stores","codecs","jobs"],"properties":{"sources":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"stores":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"codecs":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"jobs":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"encryption":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}}}},"capacity":{"type":"object","required":["slots"],"properties":{"slots":{"minimum":1,"type":"integer"},"bandwidth":{"minimum":0,"description":"bytes/s put to targets by all runs of the node together (rnode agent --bandwidth), lease traffic exempt; 0: unlimited","type":"integer"}}},"lastSeq":{"minimum":0,"description":"highest report seq the node has created (the server may have fewer)","type":"integer"}}};
+const schema20 = {"description":"first message on every connection; nothing else is accepted before welcome","type":"object","required":["v","type","id","token","protocols","node","capabilities","capacity"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"hello","type":"string"},"id":{"$ref":"#/$defs/id"},"token":{"minLength":1,"maxLength":4096,"type":"string"},"protocols":{"minItems":1,"type":"array","items":{"minimum":1,"type":"integer"}},"node":{"type":"object","required":["id","name","version"],"properties":{"id":{"$ref":"#/$defs/id"},"name":{"minLength":1,"maxLength":256,"type":"string"},"version":{"minLength":1,"maxLength":64,"type":"string"},"hostname":{"minLength":1,"maxLength":256,"type":"string"},"pid":{"minimum":0,"type":"integer"}}},"capabilities":{"type":"object","required":["sources","stores","codecs","jobs"],"properties":{"sources":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"stores":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"codecs":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"jobs":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}},"encryption":{"type":"array","items":{"minLength":1,"maxLength":32,"type":"string"}}}},"capacity":{"type":"object","required":["slots"],"properties":{"slots":{"minimum":1,"type":"integer"},"bandwidth":{"minimum":0,"description":"bytes/s put to targets by all runs of the node together (rnode agent --bandwidth), lease traffic exempt; 0: unlimited","type":"integer"}}},"lastSeq":{"minimum":0,"maximum":9007199254740991,"description":"highest report seq the node has created (the server may have fewer)","type":"integer"}}};
 const schema21 = {"pattern":"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$","description":"message, job, node or group id","type":"string"};
 const pattern3 = new RegExp("^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", "u");
 
@@ -639,9 +639,15 @@ return false;
 }
 if(errors === _errs51){
 if((typeof data26 == "number") && (isFinite(data26))){
+if(data26 > 9007199254740991 || isNaN(data26)){
+validate53.errors = [{instancePath:instancePath+"/lastSeq",schemaPath:"#/properties/lastSeq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data26 < 0 || isNaN(data26)){
 validate53.errors = [{instancePath:instancePath+"/lastSeq",schemaPath:"#/properties/lastSeq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
+}
 }
 }
 }
@@ -985,7 +991,7 @@ return errors === 0;
 validate57.evaluated = {"props":{"v":true,"type":true,"id":true,"health":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/job.accepted"] = validate59;
-const schema23 = {"description":"a job was taken (queued for a slot or started)","type":"object","required":["v","type","id","seq","at","jobId","kind","disks"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.accepted","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"jobId":{"$ref":"#/$defs/id"},"kind":{"type":"string","enum":["replicate","recover","verify","prune"]},"attempt":{"minimum":1,"type":"integer"},"scheduled":{"type":"boolean"},"group":{"$ref":"#/$defs/id"},"disks":{"type":"array","items":{"$ref":"#/$defs/diskId"}}}};
+const schema23 = {"description":"a job was taken (queued for a slot or started)","type":"object","required":["v","type","id","seq","at","jobId","kind","disks"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.accepted","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"maximum":9007199254740991,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"jobId":{"$ref":"#/$defs/id"},"kind":{"type":"string","enum":["replicate","recover","verify","prune"]},"attempt":{"minimum":1,"type":"integer"},"scheduled":{"type":"boolean"},"group":{"$ref":"#/$defs/id"},"disks":{"type":"array","items":{"$ref":"#/$defs/diskId"}}}};
 const schema24 = {"pattern":"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$","type":"string"};
 const pattern5 = new RegExp("^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", "u");
 
@@ -1091,9 +1097,15 @@ return false;
 }
 if(errors === _errs6){
 if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate59.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data3 < 1 || isNaN(data3)){
 validate59.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -1559,7 +1571,7 @@ return errors === 0;
 validate65.evaluated = {"props":{"v":true,"type":true,"id":true,"jobId":true,"disk":true,"phase":true,"bytesRead":true,"bytesWritten":true,"diskSize":true,"position":true,"rate":true,"etaSeconds":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/job.completed"] = validate69;
-const schema26 = {"description":"the job finished; for replicate every disk has a committed point","type":"object","required":["v","type","id","seq","at","jobId","kind","results"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.completed","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"jobId":{"$ref":"#/$defs/id"},"kind":{"type":"string","enum":["replicate","recover","verify","prune"]},"attempt":{"minimum":1,"type":"integer"},"scheduled":{"type":"boolean"},"group":{"$ref":"#/$defs/id"},"seconds":{"minimum":0,"type":"number"},"results":{"type":"array","items":{"$ref":"#/$defs/diskResult"}},"vm":{"description":"a VMware VM job: the VM point it committed (further members: see VmJobResult in src/agent/protocol.ts)","type":"object","required":["vm","vmPoint","snapshot","consistency","disks"],"properties":{"vm":{"type":"string"},"vmPoint":{"minimum":1,"type":"integer"},"snapshot":{"type":"string"},"consistency":{"type":"string","enum":["application","crash"]},"disks":{"type":"array","items":{"type":"object","properties":{}}}}},"warnings":{"description":"what did not stop the job but needs attention (e.g. a crash-consistent fallback)","type":"array","items":{"minLength":1,"maxLength":4096,"type":"string"}}}};
+const schema26 = {"description":"the job finished; for replicate every disk has a committed point","type":"object","required":["v","type","id","seq","at","jobId","kind","results"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.completed","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"maximum":9007199254740991,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"jobId":{"$ref":"#/$defs/id"},"kind":{"type":"string","enum":["replicate","recover","verify","prune"]},"attempt":{"minimum":1,"type":"integer"},"scheduled":{"type":"boolean"},"group":{"$ref":"#/$defs/id"},"seconds":{"minimum":0,"type":"number"},"results":{"type":"array","items":{"$ref":"#/$defs/diskResult"}},"vm":{"description":"a VMware VM job: the VM point it committed (further members: see VmJobResult in src/agent/protocol.ts)","type":"object","required":["vm","vmPoint","snapshot","consistency","disks"],"properties":{"vm":{"type":"string"},"vmPoint":{"minimum":1,"type":"integer"},"snapshot":{"type":"string"},"consistency":{"type":"string","enum":["application","crash"]},"disks":{"type":"array","items":{"type":"object","properties":{}}}}},"warnings":{"description":"what did not stop the job but needs attention (e.g. a crash-consistent fallback)","type":"array","items":{"minLength":1,"maxLength":4096,"type":"string"}}}};
 const schema27 = {"description":"per-disk outcome; replicate fills point..seconds and keyId, verify fills ok/problems/checked, prune kept/deleted, recover out","type":"object","required":["disk"],"properties":{"disk":{"$ref":"#/$defs/diskId"},"point":{"minimum":1,"type":"integer"},"parent":{"anyOf":[{"type":"integer"},{"type":"null"}]},"full":{"type":"boolean"},"rebasedFrom":{"minimum":1,"description":"an incremental point whose table stands alone (parent null): the point it was compared with, whose chain had reached the length limit","type":"integer"},"resumed":{"type":"boolean"},"comparedBy":{"type":"string","enum":["change-hashes","chunk-ids"],"description":"an incremental that read the whole disk: how it found the unchanged chunks (by the node's change hashes of the parent point, or by chunk ids where it held none)"},"marker":{"description":"source change marker saved with the point","anyOf":[{"type":"string"},{"type":"null"}]},"diskSize":{"minimum":0,"type":"integer"},"bytesRead":{"minimum":0,"description":"source bytes read for the whole point (a resumed point counts the earlier runs too)","type":"integer"},"sourceBytesRead":{"minimum":0,"description":"source bytes this run read (less than bytesRead when resumed)","type":"integer"},"bytesWritten":{"minimum":0,"type":"integer"},"chunksChanged":{"minimum":0,"type":"integer"},"chunksZero":{"minimum":0,"type":"integer"},"seconds":{"minimum":0,"type":"number"},"keyId":{"pattern":"^[0-9a-f]{32}$","description":"an encrypted point: the key id (a fingerprint, never the key)","type":"string"},"ok":{"type":"boolean"},"problems":{"minimum":0,"type":"integer"},"checked":{"type":"string","enum":["contents","stored-bytes"],"description":"verify: stored-bytes when an encrypted disk was verified without its key"},"kept":{"type":"array","items":{"minimum":0,"type":"integer"}},"deleted":{"type":"array","items":{"minimum":0,"type":"integer"}},"out":{"type":"string"}}};
 const pattern7 = new RegExp("^[0-9a-f]{32}$", "u");
 
@@ -2210,9 +2222,15 @@ return false;
 }
 if(errors === _errs6){
 if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate69.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data3 < 1 || isNaN(data3)){
 validate69.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -2560,7 +2578,7 @@ return errors === 0;
 validate69.evaluated = {"props":{"v":true,"type":true,"id":true,"seq":true,"at":true,"jobId":true,"kind":true,"attempt":true,"scheduled":true,"group":true,"seconds":true,"results":true,"vm":true,"warnings":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/job.failed"] = validate76;
-const schema28 = {"description":"the job stopped without completing; no half point is ever visible","type":"object","required":["v","type","id","seq","at","jobId","kind","code","message"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.failed","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"jobId":{"$ref":"#/$defs/id"},"kind":{"type":"string","enum":["replicate","recover","verify","prune"]},"attempt":{"minimum":1,"type":"integer"},"scheduled":{"type":"boolean"},"group":{"$ref":"#/$defs/id"},"disk":{"$ref":"#/$defs/diskId"},"code":{"minLength":1,"maxLength":64,"type":"string"},"message":{"minLength":1,"maxLength":4096,"type":"string"},"cancelled":{"type":"boolean"},"retryable":{"type":"boolean"},"results":{"description":"disks of the job that did complete","type":"array","items":{"$ref":"#/$defs/diskResult"}}}};
+const schema28 = {"description":"the job stopped without completing; no half point is ever visible","type":"object","required":["v","type","id","seq","at","jobId","kind","code","message"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.failed","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"maximum":9007199254740991,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"jobId":{"$ref":"#/$defs/id"},"kind":{"type":"string","enum":["replicate","recover","verify","prune"]},"attempt":{"minimum":1,"type":"integer"},"scheduled":{"type":"boolean"},"group":{"$ref":"#/$defs/id"},"disk":{"$ref":"#/$defs/diskId"},"code":{"minLength":1,"maxLength":64,"type":"string"},"message":{"minLength":1,"maxLength":4096,"type":"string"},"cancelled":{"type":"boolean"},"retryable":{"type":"boolean"},"results":{"description":"disks of the job that did complete","type":"array","items":{"$ref":"#/$defs/diskResult"}}}};
 
 function validate76(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -2635,9 +2653,15 @@ return false;
 }
 if(errors === _errs6){
 if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate76.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data3 < 1 || isNaN(data3)){
 validate76.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -2889,7 +2913,7 @@ return errors === 0;
 validate76.evaluated = {"props":{"v":true,"type":true,"id":true,"seq":true,"at":true,"jobId":true,"kind":true,"attempt":true,"scheduled":true,"group":true,"disk":true,"code":true,"message":true,"cancelled":true,"retryable":true,"results":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/rpo.missed"] = validate82;
-const schema29 = {"description":"a disk's newest point is older than its RPO (once per episode)","type":"object","required":["v","type","id","seq","at","group","disk","rpoSeconds","lagSeconds","lastPointAt"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"rpo.missed","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"group":{"$ref":"#/$defs/id"},"disk":{"$ref":"#/$defs/diskId"},"rpoSeconds":{"minimum":0,"type":"number"},"lagSeconds":{"minimum":0,"type":"number"},"lastPointAt":{"anyOf":[{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},{"type":"null"}]},"reason":{"minLength":1,"maxLength":1024,"type":"string"}}};
+const schema29 = {"description":"a disk's newest point is older than its RPO (once per episode)","type":"object","required":["v","type","id","seq","at","group","disk","rpoSeconds","lagSeconds","lastPointAt"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"rpo.missed","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"maximum":9007199254740991,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"group":{"$ref":"#/$defs/id"},"disk":{"$ref":"#/$defs/diskId"},"rpoSeconds":{"minimum":0,"type":"number"},"lagSeconds":{"minimum":0,"type":"number"},"lastPointAt":{"anyOf":[{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},{"type":"null"}]},"reason":{"minLength":1,"maxLength":1024,"type":"string"}}};
 
 function validate82(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -2964,9 +2988,15 @@ return false;
 }
 if(errors === _errs6){
 if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate82.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data3 < 1 || isNaN(data3)){
 validate82.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -3186,7 +3216,7 @@ return errors === 0;
 validate82.evaluated = {"props":{"v":true,"type":true,"id":true,"seq":true,"at":true,"group":true,"disk":true,"rpoSeconds":true,"lagSeconds":true,"lastPointAt":true,"reason":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/export.started"] = validate86;
-const schema30 = {"description":"an export is serving at url (also sent when a repeated export.start renews its lease)","type":"object","required":["v","type","id","seq","at","exportId","url","disk","point"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"export.started","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"exportId":{"$ref":"#/$defs/id"},"url":{"minLength":1,"maxLength":4096,"type":"string"},"disk":{"$ref":"#/$defs/diskId"},"point":{"minimum":1,"type":"integer"},"writable":{"type":"boolean"},"leaseUntil":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"}}};
+const schema30 = {"description":"an export is serving at url (also sent when a repeated export.start renews its lease)","type":"object","required":["v","type","id","seq","at","exportId","url","disk","point"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"export.started","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"maximum":9007199254740991,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"exportId":{"$ref":"#/$defs/id"},"url":{"minLength":1,"maxLength":4096,"type":"string"},"disk":{"$ref":"#/$defs/diskId"},"point":{"minimum":1,"type":"integer"},"writable":{"type":"boolean"},"leaseUntil":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"}}};
 
 function validate86(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3261,9 +3291,15 @@ return false;
 }
 if(errors === _errs6){
 if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate86.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data3 < 1 || isNaN(data3)){
 validate86.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -3717,7 +3753,7 @@ return errors === 0;
 validate90.evaluated = {"props":{"v":true,"type":true,"id":true,"exportId":true,"counters":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/export.stopped"] = validate95;
-const schema33 = {"description":"an export ended (or could not start: reason failed, with code and message)","type":"object","required":["v","type","id","seq","at","exportId","reason"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"export.stopped","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"exportId":{"$ref":"#/$defs/id"},"reason":{"type":"string","enum":["requested","lease-expired","failed","shutdown"]},"code":{"minLength":1,"maxLength":64,"type":"string"},"message":{"minLength":1,"maxLength":4096,"type":"string"},"counters":{"$ref":"#/$defs/exportCounters"}}};
+const schema33 = {"description":"an export ended (or could not start: reason failed, with code and message)","type":"object","required":["v","type","id","seq","at","exportId","reason"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"export.stopped","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":1,"maximum":9007199254740991,"description":"per-node report number, acked by the server","type":"integer"},"at":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"},"exportId":{"$ref":"#/$defs/id"},"reason":{"type":"string","enum":["requested","lease-expired","failed","shutdown"]},"code":{"minLength":1,"maxLength":64,"type":"string"},"message":{"minLength":1,"maxLength":4096,"type":"string"},"counters":{"$ref":"#/$defs/exportCounters"}}};
 
 function validate95(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3792,9 +3828,15 @@ return false;
 }
 if(errors === _errs6){
 if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate95.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data3 < 1 || isNaN(data3)){
 validate95.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -4099,7 +4141,7 @@ return errors === 0;
 validate99.evaluated = {"props":{"v":true,"type":true,"id":true,"replyTo":true,"code":true,"message":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/welcome"] = validate101;
-const schema35 = {"description":"registration accepted; ackedSeq is the last report the server holds","type":"object","required":["v","type","id","nodeId","protocol","heartbeatMs","ackedSeq"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"welcome","type":"string"},"id":{"$ref":"#/$defs/id"},"nodeId":{"$ref":"#/$defs/id"},"protocol":{"const":1,"type":"number"},"heartbeatMs":{"minimum":100,"type":"integer"},"ackedSeq":{"minimum":0,"type":"integer"},"serverTime":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"}}};
+const schema35 = {"description":"registration accepted; ackedSeq is the last report the server holds","type":"object","required":["v","type","id","nodeId","protocol","heartbeatMs","ackedSeq"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"welcome","type":"string"},"id":{"$ref":"#/$defs/id"},"nodeId":{"$ref":"#/$defs/id"},"protocol":{"const":1,"type":"number"},"heartbeatMs":{"minimum":100,"type":"integer"},"ackedSeq":{"minimum":0,"maximum":9007199254740991,"type":"integer"},"serverTime":{"pattern":"^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$","type":"string"}}};
 
 function validate101(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4224,9 +4266,15 @@ return false;
 }
 if(errors === _errs11){
 if((typeof data6 == "number") && (isFinite(data6))){
+if(data6 > 9007199254740991 || isNaN(data6)){
+validate101.errors = [{instancePath:instancePath+"/ackedSeq",schemaPath:"#/properties/ackedSeq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data6 < 0 || isNaN(data6)){
 validate101.errors = [{instancePath:instancePath+"/ackedSeq",schemaPath:"#/properties/ackedSeq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
+}
 }
 }
 }
@@ -4276,7 +4324,7 @@ return errors === 0;
 validate101.evaluated = {"props":{"v":true,"type":true,"id":true,"nodeId":true,"protocol":true,"heartbeatMs":true,"ackedSeq":true,"serverTime":true},"dynamicProps":false,"dynamicItems":false};
 
 exports["rnode-control/v1/ack"] = validate104;
-const schema36 = {"description":"every report up to seq is stored by the server (cumulative)","type":"object","required":["v","type","id","seq"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"ack","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":0,"type":"integer"}}};
+const schema36 = {"description":"every report up to seq is stored by the server (cumulative)","type":"object","required":["v","type","id","seq"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"ack","type":"string"},"id":{"$ref":"#/$defs/id"},"seq":{"minimum":0,"maximum":9007199254740991,"description":"at most the highest seq the node sent","type":"integer"}}};
 
 function validate104(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4351,9 +4399,15 @@ return false;
 }
 if(errors === _errs6){
 if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate104.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data3 < 0 || isNaN(data3)){
 validate104.errors = [{instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
+}
 }
 }
 }

@@ -317,3 +317,54 @@ t.test('key-secrets.json: a failed write is taken back and done again, a failed 
   fs.rmdirSync(path.join(other, 'key-secrets.json'));
   t.same(await blocked.keySecrets(log), { refs: [], keyIds: [] }, 'once it is gone, the next read succeeds');
 });
+
+// A welcome or ack with a seq of 2^53 or more was taken: seq + 1 === seq from then on, so the server dropped every later
+// report as a duplicate (also after restarts, the outbox then holding no valid nextSeq); and an ack of a seq the node
+// never sent dropped reports it had not sent.
+t.test('a welcome or ack with a seq the node never sent, or past 2^53 - 1, is refused; the queue is kept', async (t) => {
+  const dir = tmpDir(t, 'agent-state');
+  const ms = await startMs(t);
+  let holdAcks = true;
+  let hugeWelcome = false;
+  const send = ms.send.bind(ms);
+  ms.send = (nodeId, msg) => {
+    if (holdAcks && msg.type === 'ack') return true;
+    if (hugeWelcome && msg.type === 'welcome') return ms.sendRaw(nodeId, JSON.stringify({ v: 1, id: 'w-huge', ...msg, ackedSeq: 2 ** 53 + 10 }));
+    return send(nodeId, msg);
+  };
+  const a = await startAgent(t, ms, dir);
+  const node = await ms.waitFor(() => ms.nodes.get(a.agent.nodeId)?.connected && ms.nodes.get(a.agent.nodeId), 10_000, 'registration');
+  a.agent.link.report(missed('d1'));
+  await ms.waitFor(() => ms.reports.length === 1, 10_000, 'd1 stored');
+  const sent = Number(ms.reports[0].msg.seq);
+  const reply = (id: string) => ms.waitFor(() => ms.errors.find((e) => e.msg.replyTo === id)?.msg, 5000, `the refusal of ${id}`);
+  for (const [id, seq, why] of [
+    ['a1', 1e300, /\/seq: must be <= 9007199254740991/],
+    ['a2', 2 ** 53 + 10, /\/seq: must be <= 9007199254740991/],
+    ['a3', sent + 1, new RegExp(`ack of seq ${sent + 1}, past the last report this node sent \\(seq ${sent}\\)`)],
+  ] as const) {
+    ms.sendRaw(node.id, JSON.stringify({ v: 1, type: 'ack', id, seq }));
+    t.match(await reply(id), { code: 'RNODE_PROTO_INVALID', message: why }, `ack ${seq} refused`);
+  }
+  t.equal(a.agent.link.queuedReports, 1, 'the report is still queued');
+  ms.sendRaw(node.id, JSON.stringify({ v: 1, type: 'ack', id: 'a4', seq: sent }));
+  await waitUntil(() => a.agent.link.queuedReports === 0, 5000, 'the true ack taken');
+
+  hugeWelcome = true;
+  holdAcks = false;
+  node.ws!.terminate();
+  t.match(await reply('w-huge'), { code: 'RNODE_PROTO_INVALID', message: /\/ackedSeq: must be <= 9007199254740991/ }, 'the welcome refused');
+  await waitUntil(() => parsedLogs(a.logs).some((e) => e.level === 'error' && /refused the server's welcome/.test(e.msg)), 5000, 'logged');
+  t.notOk(a.agent.link.isRegistered, 'not registered on it');
+  a.agent.link.report(missed('d2'));
+  hugeWelcome = false;
+  await ms.waitFor(() => ms.reports.length === 2 && a.agent.link.queuedReports === 0, 10_000, 'd2 stored once a sound welcome came');
+  t.same(
+    ms.reports.map((r) => [r.msg.seq, r.msg.disk]),
+    [
+      [sent, 'd1'],
+      [sent + 1, 'd2'],
+    ],
+    'numbering goes on',
+  );
+});
