@@ -337,9 +337,13 @@ export class JobRunner {
   /** Disk lock, then a slot: a job waiting for its disk does not hold a slot others could use. */
   private async locked<T>(job: Job, disk: string, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
     const key = diskKey(job.store, disk);
-    if (this.locks.isBusy(key) || this.slots.inUse >= this.slots.size) this.o.progress({ jobId: job.jobId, disk, phase: 'queued' });
+    // Checked right before each wait: jobs that arrive together take their slots only after their keys resolve.
+    const waitsForDisk = this.locks.isBusy(key);
+    if (waitsForDisk) this.o.progress({ jobId: job.jobId, disk, phase: 'queued' });
     const unlock = await this.locks.acquire(key, signal);
     try {
+      // acquire() takes a free slot at once: full now, this job waits.
+      if (!waitsForDisk && this.slots.inUse >= this.slots.size) this.o.progress({ jobId: job.jobId, disk, phase: 'queued' });
       await this.slots.acquire(signal).catch(() => {
         throw cancelled();
       }); // only an abort rejects it

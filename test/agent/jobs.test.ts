@@ -227,3 +227,32 @@ t.test('a newer attempt of a job being cancelled runs once the cancelled one has
   t.match((done.results as any[])[0], { point: 1, resumed: true }, 'attempt 2 continued the checkpoint of attempt 1');
   t.equal(rec.state, 'completed');
 });
+
+// Jobs that arrived together on a node with two slots: the third waited for a slot without a word (no progress phase
+// "queued", which the docs promise), because the check ran before the first two had taken their slots.
+t.test('a job that waits for a slot says so with progress phase queued', async (t) => {
+  const dir = tmpDir(t, 'agent-queued');
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir, { slots: 2 });
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const ids = ['q1', 'q2', 'q3'];
+  const imgs = await Promise.all(ids.map((id, i) => makeDisk(dir, id, 1 * MiB, 30 + i)));
+  // Sent together, as a server dispatches a batch.
+  for (const [i, jobId] of ids.entries()) {
+    const img = imgs[i];
+    ms.startJob(
+      {
+        jobId,
+        kind: 'replicate',
+        store: { url: path.join(dir, `store-${jobId}`) },
+        disks: [{ disk: 'd0', source: { location: img } }],
+        chunkSize: 64 * KiB,
+        bandwidth: 256 * KiB,
+      },
+      agent.nodeId,
+    );
+  }
+  await ms.waitFor(() => ids.every((id) => ms.jobs.get(id)?.completed), 30_000, 'all three completed');
+  const queued = ids.filter((id) => ms.progress.some((p) => p.msg.jobId === id && p.msg.phase === 'queued'));
+  t.equal(queued.length, 1, `one job waited for a slot and said so (${queued.join(', ')})`);
+});
