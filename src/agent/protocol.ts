@@ -96,7 +96,13 @@ const Source = shared(
   Type.Object(
     {
       location: str(2048),
-      options: Opt(Type.Unsafe<Record<string, unknown>>({ type: 'object' })),
+      options: Opt(
+        Type.Unsafe<Record<string, unknown>>({
+          type: 'object',
+          description:
+            'settings of the source kind the location names (a path or file://: direct; nbd://: connectTimeoutMs, requestTimeoutMs, maxInFlight, maxReadBytes, statusWindow; vddk://: sourceConfig or the VMware settings); one the kind does not take, or a value it cannot use, fails the run with RNODE_BAD_SOURCE',
+        }),
+      ),
     },
     { additionalProperties: false },
   ),

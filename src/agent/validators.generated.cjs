@@ -4719,7 +4719,7 @@ return errors === 0;
 validate114.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 const schema42 = {"additionalProperties":false,"type":"object","required":["disk","source"],"properties":{"disk":{"$ref":"#/$defs/diskId"},"source":{"$ref":"#/$defs/source"}}};
-const schema43 = {"additionalProperties":false,"type":"object","required":["location"],"properties":{"location":{"minLength":1,"maxLength":2048,"type":"string"},"options":{"type":"object"}}};
+const schema43 = {"additionalProperties":false,"type":"object","required":["location"],"properties":{"location":{"minLength":1,"maxLength":2048,"type":"string"},"options":{"type":"object","description":"settings of the source kind the location names (a path or file://: direct; nbd://: connectTimeoutMs, requestTimeoutMs, maxInFlight, maxReadBytes, statusWindow; vddk://: sourceConfig or the VMware settings); one the kind does not take, or a value it cannot use, fails the run with RNODE_BAD_SOURCE"}}};
 
 function validate119(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;

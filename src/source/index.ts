@@ -19,9 +19,9 @@ for (const scheme of ['nbd', 'nbd+unix'])
 
 export async function openSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
   const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(location);
-  if (!m) return RawSource.open(location, opts as { direct?: boolean });
+  if (!m) return RawSource.open(location, rawOptions(opts));
   const scheme = m[1].toLowerCase();
-  if (scheme === 'file') return RawSource.open(decodeURIComponent(new URL(location).pathname), opts as { direct?: boolean });
+  if (scheme === 'file') return RawSource.open(decodeURIComponent(new URL(location).pathname), rawOptions(opts));
   const factory = schemes.get(scheme);
   if (!factory) {
     throw new RnodeError(
@@ -31,4 +31,20 @@ export async function openSource(location: string, opts: Record<string, unknown>
   }
   return factory(location, opts);
 }
+/**
+ * The options of a file or device source. One it does not take, or a value it cannot use, is refused: a job's source
+ * options come from a Management Server, and a setting silently ignored is a run that is not what was asked.
+ */
+function rawOptions(opts: Record<string, unknown>): { direct?: boolean } {
+  for (const [key, value] of Object.entries(opts)) {
+    if (key !== 'direct') {
+      throw new RnodeError(ErrorCodes.BAD_SOURCE, `source option "${key}" is not one a file or device source takes (it takes: direct); remove it`);
+    }
+    if (value !== undefined && typeof value !== 'boolean') {
+      throw new RnodeError(ErrorCodes.BAD_SOURCE, `source option direct must be true or false, got ${JSON.stringify(value)?.slice(0, 64)}`);
+    }
+  }
+  return opts as { direct?: boolean };
+}
+
 registerSourceScheme('vddk', async (location, opts) => (await import('./vmware/index.js')).openVddkSource(location, opts));

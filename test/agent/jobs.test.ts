@@ -10,6 +10,8 @@ import { layout } from '../../src/repository/names.js';
 import { blobPlace, expectRestore, fingerprint, fsStore, sha256File } from '../helpers/images.js';
 import { KiB, MiB, makeDisk, pendingCheckpoints, startAgent, startMs, tmpDir } from './helpers.js';
 import { metricValue } from '../helpers/metrics.js';
+import { openSource } from '../../src/source/index.js';
+import { vmwareConfigFor } from '../../src/source/vmware/index.js';
 
 t.test('cancel mid-job: clean stop, no half point, the next run completes', async (t) => {
   const dir = tmpDir(t, 'agent-cancel');
@@ -255,4 +257,42 @@ t.test('a job that waits for a slot says so with progress phase queued', async (
   await ms.waitFor(() => ids.every((id) => ms.jobs.get(id)?.completed), 30_000, 'all three completed');
   const queued = ids.filter((id) => ms.progress.some((p) => p.msg.jobId === id && p.msg.phase === 'queued'));
   t.equal(queued.length, 1, `one job waited for a slot and said so (${queued.join(', ')})`);
+});
+
+// source.options of a job were passed through unchecked: a raw source read only `direct`, so {"blockSize": -1} or a
+// "__proto__" member completed as if nothing had been asked, and options beside a VMware sourceConfig were dropped.
+t.test('source options a source does not take, or cannot use, fail the run with RNODE_BAD_SOURCE', async (t) => {
+  const dir = tmpDir(t, 'agent-options');
+  const img = await makeDisk(dir, 'd0', 1 * MiB, 13);
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const run = async (jobId: string, options: string) => {
+    const job = `{"jobId":"${jobId}","kind":"replicate","store":{"url":${JSON.stringify(path.join(dir, 'store'))}},"disks":[{"disk":"d0","source":{"location":${JSON.stringify(img)},"options":${options}}}]}`;
+    ms.jobs.set(jobId, { job: JSON.parse(job), nodeId: agent.nodeId, state: 'dispatched', attempt: 1, attempts: [] });
+    ms.sendRaw(agent.nodeId, `{"v":1,"type":"job.start","id":"s-${jobId}","job":${job}}`);
+    const rec = await ms.waitFor(
+      () => (ms.jobs.get(jobId)!.state !== 'dispatched' && ms.jobs.get(jobId)!.state !== 'accepted' ? ms.jobs.get(jobId) : undefined),
+      10_000,
+      jobId,
+    );
+    return rec.failed ?? rec.completed;
+  };
+  t.match(await run('o1', '{"blockSize":-1}'), {
+    type: 'job.failed',
+    code: 'RNODE_BAD_SOURCE',
+    message: /source option "blockSize" is not one a file or device source takes/,
+  });
+  t.match(await run('o2', '{"__proto__":{"direct":true}}'), { type: 'job.failed', code: 'RNODE_BAD_SOURCE', message: /"__proto__"/ });
+  t.match(await run('o3', '{"direct":"yes"}'), { type: 'job.failed', code: 'RNODE_BAD_SOURCE', message: /direct must be true or false/ });
+  t.match(await run('o4', '{"direct":false}'), { type: 'job.completed' }, 'an option the source takes');
+
+  await t.rejects(openSource('nbd+unix:///?socket=/nowhere.sock', { timeoutMs: 5 }), {
+    code: 'RNODE_BAD_SOURCE',
+    message: /"timeoutMs" is not one it takes/,
+  });
+  t.throws(() => vmwareConfigFor('vddk://h/vm-1?disk=2000', { sourceConfig: path.join(dir, 'vc.json'), quiesce: true }), {
+    code: 'RNODE_BAD_SOURCE',
+    message: /either sourceConfig or the settings, not both \("quiesce"/,
+  });
 });

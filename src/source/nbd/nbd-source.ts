@@ -172,6 +172,12 @@ async function* wholeDisk(size: number): AsyncIterable<Extent> {
 
 /** The source factory registered for nbd:// and nbd+unix:// (options: timeouts, in-flight bound, read cap). */
 export async function openNbdSource(location: string, opts: Record<string, unknown> = {}): Promise<BlockSource> {
+  const known = ['connectTimeoutMs', 'requestTimeoutMs', 'maxInFlight', 'maxReadBytes', 'statusWindow'];
+  // Never silently ignored: a job's options come from a Management Server that expects them honoured.
+  for (const key of Object.keys(opts)) {
+    if (!known.includes(key))
+      throw new RnodeError(ErrorCodes.BAD_SOURCE, `NBD source option "${key}" is not one it takes (it takes: ${known.join(', ')}); remove it`);
+  }
   const pick = (key: keyof NbdSourceOptions): number | undefined => {
     const v = opts[key];
     if (v === undefined) return undefined;

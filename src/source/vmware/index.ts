@@ -38,7 +38,20 @@ export function vmDiskId(vm: string, key: number): string {
 
 /** The config of a vddk:// location and its source options ({ sourceConfig?: file, ...settings }; the URL wins). */
 export function vmwareConfigFor(location: string, opts: Record<string, unknown> = {}): VmwareSourceConfig {
-  const { sourceConfig, log: _log, ...rest } = opts as { sourceConfig?: string; log?: unknown } & Partial<VmwareSourceConfig>;
+  const { sourceConfig, log, ...rest } = opts as { sourceConfig?: string; log?: unknown } & Partial<VmwareSourceConfig>;
+  if (log !== undefined && typeof log !== 'function')
+    throw new RnodeError(ErrorCodes.BAD_SOURCE, 'VMware source option "log" is not a setting; remove it');
+  if (sourceConfig !== undefined && (typeof sourceConfig !== 'string' || sourceConfig === '')) {
+    throw new RnodeError(ErrorCodes.BAD_SOURCE, 'VMware source option "sourceConfig" must be the path of a config file');
+  }
+  // Settings beside a config file would be ignored, not merged: refused rather than dropped without a word.
+  const beside = Object.keys(rest);
+  if (sourceConfig !== undefined && beside.length) {
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `VMware source options take either sourceConfig or the settings, not both (${beside.map((k) => `"${k}"`).join(', ')} beside sourceConfig); put them in the file`,
+    );
+  }
   return parseVddkUrl(location, sourceConfig ? loadVmwareConfig(sourceConfig) : rest);
 }
 
