@@ -11,6 +11,8 @@ import { recover } from '../jobs/restore.js';
 import { leaseBindsForMs } from '../repository/lease.js';
 import { verify } from '../jobs/verify.js';
 import { replicateVm } from '../jobs/replicate-vm.js';
+import { isCloudOutput } from '../output/index.js';
+import { parseOutUrl } from '../output/url.js';
 import { openSource } from '../source/index.js';
 import type { BlockSource } from '../source/types.js';
 import { VmwareSession, vmDiskId, vmwareConfigFor, type VmwareSourceConfig } from '../source/vmware/index.js';
@@ -160,6 +162,7 @@ export class JobRunner {
 
   /** Starts a job in the background; job.accepted now, job.completed/failed at the end. */
   start(job: Job, ctx: JobContext = {}): Promise<void> {
+    checkJobFields(job);
     const previous = this.running.get(job.jobId);
     // A server that cancels an attempt and sends the next one to this node at once (as after a network blip) finds the
     // cancelled one still stopping: the new attempt waits for it instead of being refused and never run.
@@ -673,6 +676,20 @@ export class JobRunner {
     } finally {
       await store.close();
     }
+  }
+}
+
+/**
+ * What the schema cannot check of a job, refused before it is accepted (RNODE_PROTO_INVALID), naming the message's
+ * field: the library's own checks would name the CLI's flags (--out).
+ */
+function checkJobFields(job: Job): void {
+  if (job.kind !== 'recover' || !isCloudOutput(job.out)) return;
+  try {
+    parseOutUrl(job.out.replace(/^[a-z0-9]+:/i, (s) => s.toLowerCase()));
+  } catch (err) {
+    if (!isRnodeError(err, ErrorCodes.BAD_OUTPUT)) throw err;
+    throw new RnodeError(ProtoErrors.INVALID, `job.out ${String(err.details.out)} ${String(err.details.why)}`);
   }
 }
 

@@ -124,6 +124,15 @@ const Encryption = shared(
   ),
 );
 
+/** A point of a disk as a job names it; a verify also takes "all". */
+const pointRef = (all = false) =>
+  Type.String({
+    pattern: all ? '^(latest|all|[0-9]{1,16})$' : '^(latest|[0-9]{1,16})$',
+    description: all ? 'a point number, "latest" (the default) or "all"' : 'a point number or "latest" (the default)',
+  });
+/** A count of points to keep: an exact JSON number (1e300 is an integer to JSON Schema). */
+const keepCount = () => posInt({ maximum: Number.MAX_SAFE_INTEGER });
+
 const compression = () => oneOfStrings(CODEC_NAME_LIST, { description: `chunk codec (default: the library default, ${CODEC_NAMES[DEFAULT_CODEC]})` });
 /** How a replicate run reads and writes; a policy and a replicate job both carry them. */
 const tuning = {
@@ -158,7 +167,7 @@ const PolicyRef = shared(
       retention: Opt(
         Type.Object(
           {
-            keep: posInt(),
+            keep: keepCount(),
             graceSeconds: Opt(
               Type.Integer({
                 minimum: 600,
@@ -203,7 +212,7 @@ const RecoverJobSchema = Type.Object(
     ...jobCommon,
     kind: Type.Literal('recover'),
     disk: DiskId,
-    point: Opt(str(32)),
+    point: Opt(pointRef()),
     out: str(4096),
     outEnv: Opt(envOf('environment the client of a cloud out sees, as store.env (credentials by reference)')),
     encryption: Opt(Encryption),
@@ -219,7 +228,7 @@ const VerifyJobSchema = Type.Object(
     ...jobCommon,
     kind: Type.Literal('verify'),
     disk: DiskId,
-    point: Opt(str(32)),
+    point: Opt(pointRef(true)),
     encryption: Opt(Encryption),
   },
   { additionalProperties: false, description: 'check a point (or "all") and every chunk it references' },
@@ -229,7 +238,7 @@ const PruneJobSchema = Type.Object(
     ...jobCommon,
     kind: Type.Literal('prune'),
     disk: DiskId,
-    keep: posInt(),
+    keep: keepCount(),
     encryption: Opt(Encryption),
   },
   { additionalProperties: false, description: 'keep the newest points, delete the rest' },
@@ -253,7 +262,7 @@ const ExportSpecRef = shared(
       exportId: Id,
       store: Store,
       disk: DiskId,
-      point: Opt(str(32)),
+      point: Opt(pointRef()),
       socket: Opt(str(4096)),
       // The port alternatives: up to 5 digits, at most 65535 (99999 failed in node's listen: RNODE_INTERNAL).
       listen: Opt(

@@ -4433,7 +4433,7 @@ validate104.evaluated = {"props":{"v":true,"type":true,"id":true,"seq":true},"dy
 
 exports["rnode-control/v1/policy.update"] = validate106;
 const schema37 = {"description":"add or replace one protection group (the disks of it this node runs)","type":"object","required":["v","type","id","policy"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"policy.update","type":"string"},"id":{"$ref":"#/$defs/id"},"policy":{"$ref":"#/$defs/policy"}}};
-const schema38 = {"additionalProperties":false,"type":"object","required":["group","revision","rpoSeconds","store","disks"],"properties":{"group":{"$ref":"#/$defs/id"},"revision":{"minimum":0,"type":"integer"},"rpoSeconds":{"exclusiveMinimum":0,"description":"recovery point objective","type":"number"},"intervalSeconds":{"exclusiveMinimum":0,"description":"run every so often (default: rpoSeconds / 2)","type":"number"},"paused":{"type":"boolean"},"retention":{"additionalProperties":false,"type":"object","required":["keep"],"properties":{"keep":{"minimum":1,"type":"integer"},"graceSeconds":{"minimum":600,"maximum":2592000,"description":"how long an unused pack waits before it is marked, and again before it is deleted (default 3600; at least a lease's 10 min: docs/prune.md)","type":"integer"}}},"bandwidth":{"minimum":0,"description":"bytes/s sent to the target per job: the objects put to the store (packs, tables, checkpoints), whatever the store kind; lease traffic is exempt and never waits; 0 or absent: unlimited","type":"integer"},"concurrency":{"minimum":1,"maximum":64,"type":"integer"},"compression":{"type":"string","enum":["lz4","lz4-blocks","none"],"description":"chunk codec (default: the library default, lz4)"},"encryption":{"$ref":"#/$defs/encryption"},"chunkSize":{"minimum":65536,"maximum":16777216,"type":"integer"},"checkpointSeconds":{"exclusiveMinimum":0,"type":"number"},"leaseTtlSeconds":{"minimum":1,"type":"number"},"store":{"$ref":"#/$defs/store"},"disks":{"maxItems":4096,"description":"the disks of this group assigned to this node","type":"array","items":{"$ref":"#/$defs/diskSource"}},"vm":{"minLength":1,"maxLength":256,"description":"the disks are one VMware VM (vddk:// sources): scheduled runs take one snapshot and make VM points","type":"string"},"quiesce":{"description":"ask VMware Tools for an application-consistent snapshot","type":"boolean"},"quiesceFallback":{"type":"string","enum":["fallback","fail"],"description":"quiesce impossible: crash-consistent point with a warning (default) or fail"},"unsupportedDisks":{"type":"string","enum":["skip","fail"],"description":"independent and physical RDM disks: skipped with a reason (default) or fail"},"diskParallelism":{"minimum":1,"maximum":64,"description":"disks of the VM read at once (default from cores and store concurrency)","type":"integer"}}};
+const schema38 = {"additionalProperties":false,"type":"object","required":["group","revision","rpoSeconds","store","disks"],"properties":{"group":{"$ref":"#/$defs/id"},"revision":{"minimum":0,"type":"integer"},"rpoSeconds":{"exclusiveMinimum":0,"description":"recovery point objective","type":"number"},"intervalSeconds":{"exclusiveMinimum":0,"description":"run every so often (default: rpoSeconds / 2)","type":"number"},"paused":{"type":"boolean"},"retention":{"additionalProperties":false,"type":"object","required":["keep"],"properties":{"keep":{"minimum":1,"maximum":9007199254740991,"type":"integer"},"graceSeconds":{"minimum":600,"maximum":2592000,"description":"how long an unused pack waits before it is marked, and again before it is deleted (default 3600; at least a lease's 10 min: docs/prune.md)","type":"integer"}}},"bandwidth":{"minimum":0,"description":"bytes/s sent to the target per job: the objects put to the store (packs, tables, checkpoints), whatever the store kind; lease traffic is exempt and never waits; 0 or absent: unlimited","type":"integer"},"concurrency":{"minimum":1,"maximum":64,"type":"integer"},"compression":{"type":"string","enum":["lz4","lz4-blocks","none"],"description":"chunk codec (default: the library default, lz4)"},"encryption":{"$ref":"#/$defs/encryption"},"chunkSize":{"minimum":65536,"maximum":16777216,"type":"integer"},"checkpointSeconds":{"exclusiveMinimum":0,"type":"number"},"leaseTtlSeconds":{"minimum":1,"type":"number"},"store":{"$ref":"#/$defs/store"},"disks":{"maxItems":4096,"description":"the disks of this group assigned to this node","type":"array","items":{"$ref":"#/$defs/diskSource"}},"vm":{"minLength":1,"maxLength":256,"description":"the disks are one VMware VM (vddk:// sources): scheduled runs take one snapshot and make VM points","type":"string"},"quiesce":{"description":"ask VMware Tools for an application-consistent snapshot","type":"boolean"},"quiesceFallback":{"type":"string","enum":["fallback","fail"],"description":"quiesce impossible: crash-consistent point with a warning (default) or fail"},"unsupportedDisks":{"type":"string","enum":["skip","fail"],"description":"independent and physical RDM disks: skipped with a reason (default) or fail"},"diskParallelism":{"minimum":1,"maximum":64,"description":"disks of the VM read at once (default from cores and store concurrency)","type":"integer"}}};
 const func38 = Object.prototype.hasOwnProperty;
 const schema39 = {"additionalProperties":false,"description":"chunk encryption of a disk: aes-256-gcm needs key, a secret holding the 256-bit key (32 raw bytes, 64 hex characters or base64); replicate writes with it, recover and verify of an encrypted disk read with it","type":"object","required":["mode"],"properties":{"mode":{"type":"string","enum":["none","aes-256-gcm"]},"key":{"$ref":"#/$defs/secretRef"}}};
 const schema40 = {"additionalProperties":false,"description":"a secret named, never sent: env:NAME (the node's environment) or file:NAME (<state-dir>/secrets/NAME)","type":"object","required":["secretRef"],"properties":{"secretRef":{"pattern":"^(env|file):[A-Za-z0-9._-]{1,128}$","type":"string"}}};
@@ -5010,9 +5010,15 @@ return false;
 }
 if(errors === _errs14){
 if((typeof data6 == "number") && (isFinite(data6))){
+if(data6 > 9007199254740991 || isNaN(data6)){
+validate108.errors = [{instancePath:instancePath+"/retention/keep",schemaPath:"#/properties/retention/properties/keep/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data6 < 1 || isNaN(data6)){
 validate108.errors = [{instancePath:instancePath+"/retention/keep",schemaPath:"#/properties/retention/properties/keep/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -5685,7 +5691,9 @@ validate126.evaluated = {"props":{"v":true,"type":true,"id":true,"policies":true
 
 exports["rnode-control/v1/job.start"] = validate129;
 const schema46 = {"description":"run a job now (or when a slot frees)","type":"object","required":["v","type","id","job"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"job.start","type":"string"},"id":{"$ref":"#/$defs/id"},"job":{"$ref":"#/$defs/job"}}};
-const schema47 = {"type":"object","required":["kind"],"properties":{"kind":{"type":"string","enum":["replicate","recover","verify","prune"]}},"discriminator":{"propertyName":"kind"},"oneOf":[{"additionalProperties":false,"description":"replicate one disk, or all disks of a VM (one point per disk)","type":"object","required":["jobId","store","kind","disks"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"replicate","type":"string"},"group":{"$ref":"#/$defs/id"},"vm":{"minLength":1,"maxLength":256,"type":"string"},"disks":{"minItems":1,"maxItems":256,"type":"array","items":{"$ref":"#/$defs/diskSource"}},"forceFull":{"type":"boolean"},"bandwidth":{"minimum":0,"description":"bytes/s sent to the target per job: the objects put to the store (packs, tables, checkpoints), whatever the store kind; lease traffic is exempt and never waits; 0 or absent: unlimited","type":"integer"},"concurrency":{"minimum":1,"maximum":64,"type":"integer"},"compression":{"type":"string","enum":["lz4","lz4-blocks","none"],"description":"chunk codec (default: the library default, lz4)"},"encryption":{"$ref":"#/$defs/encryption"},"chunkSize":{"minimum":65536,"maximum":16777216,"type":"integer"},"checkpointSeconds":{"exclusiveMinimum":0,"type":"number"},"leaseTtlSeconds":{"minimum":1,"type":"number"},"quiesce":{"description":"ask VMware Tools for an application-consistent snapshot","type":"boolean"},"quiesceFallback":{"type":"string","enum":["fallback","fail"],"description":"quiesce impossible: crash-consistent point with a warning (default) or fail"},"unsupportedDisks":{"type":"string","enum":["skip","fail"],"description":"independent and physical RDM disks: skipped with a reason (default) or fail"},"diskParallelism":{"minimum":1,"maximum":64,"description":"disks of the VM read at once (default from cores and store concurrency)","type":"integer"}}},{"additionalProperties":false,"description":"write a point of a disk to a path or device on this node, or stream it into a cloud disk object (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz), verified","type":"object","required":["jobId","store","kind","disk","out"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"recover","type":"string"},"disk":{"$ref":"#/$defs/diskId"},"point":{"minLength":1,"maxLength":32,"type":"string"},"out":{"minLength":1,"maxLength":4096,"type":"string"},"outEnv":{"description":"environment the client of a cloud out sees, as store.env (credentials by reference)","type":"object","patternProperties":{"^(.*)$":{"anyOf":[{"maxLength":4096,"type":"string"},{"$ref":"#/$defs/secretRef"}]}}},"encryption":{"$ref":"#/$defs/encryption"}}},{"additionalProperties":false,"description":"check a point (or \"all\") and every chunk it references","type":"object","required":["jobId","store","kind","disk"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"verify","type":"string"},"disk":{"$ref":"#/$defs/diskId"},"point":{"minLength":1,"maxLength":32,"type":"string"},"encryption":{"$ref":"#/$defs/encryption"}}},{"additionalProperties":false,"description":"keep the newest points, delete the rest","type":"object","required":["jobId","store","kind","disk","keep"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"prune","type":"string"},"disk":{"$ref":"#/$defs/diskId"},"keep":{"minimum":1,"type":"integer"},"encryption":{"$ref":"#/$defs/encryption"}}}]};
+const schema47 = {"type":"object","required":["kind"],"properties":{"kind":{"type":"string","enum":["replicate","recover","verify","prune"]}},"discriminator":{"propertyName":"kind"},"oneOf":[{"additionalProperties":false,"description":"replicate one disk, or all disks of a VM (one point per disk)","type":"object","required":["jobId","store","kind","disks"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"replicate","type":"string"},"group":{"$ref":"#/$defs/id"},"vm":{"minLength":1,"maxLength":256,"type":"string"},"disks":{"minItems":1,"maxItems":256,"type":"array","items":{"$ref":"#/$defs/diskSource"}},"forceFull":{"type":"boolean"},"bandwidth":{"minimum":0,"description":"bytes/s sent to the target per job: the objects put to the store (packs, tables, checkpoints), whatever the store kind; lease traffic is exempt and never waits; 0 or absent: unlimited","type":"integer"},"concurrency":{"minimum":1,"maximum":64,"type":"integer"},"compression":{"type":"string","enum":["lz4","lz4-blocks","none"],"description":"chunk codec (default: the library default, lz4)"},"encryption":{"$ref":"#/$defs/encryption"},"chunkSize":{"minimum":65536,"maximum":16777216,"type":"integer"},"checkpointSeconds":{"exclusiveMinimum":0,"type":"number"},"leaseTtlSeconds":{"minimum":1,"type":"number"},"quiesce":{"description":"ask VMware Tools for an application-consistent snapshot","type":"boolean"},"quiesceFallback":{"type":"string","enum":["fallback","fail"],"description":"quiesce impossible: crash-consistent point with a warning (default) or fail"},"unsupportedDisks":{"type":"string","enum":["skip","fail"],"description":"independent and physical RDM disks: skipped with a reason (default) or fail"},"diskParallelism":{"minimum":1,"maximum":64,"description":"disks of the VM read at once (default from cores and store concurrency)","type":"integer"}}},{"additionalProperties":false,"description":"write a point of a disk to a path or device on this node, or stream it into a cloud disk object (s3://bucket/key, azblob://container/name.vhd, gs://bucket/name.tar.gz), verified","type":"object","required":["jobId","store","kind","disk","out"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"recover","type":"string"},"disk":{"$ref":"#/$defs/diskId"},"point":{"pattern":"^(latest|[0-9]{1,16})$","description":"a point number or \"latest\" (the default)","type":"string"},"out":{"minLength":1,"maxLength":4096,"type":"string"},"outEnv":{"description":"environment the client of a cloud out sees, as store.env (credentials by reference)","type":"object","patternProperties":{"^(.*)$":{"anyOf":[{"maxLength":4096,"type":"string"},{"$ref":"#/$defs/secretRef"}]}}},"encryption":{"$ref":"#/$defs/encryption"}}},{"additionalProperties":false,"description":"check a point (or \"all\") and every chunk it references","type":"object","required":["jobId","store","kind","disk"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"verify","type":"string"},"disk":{"$ref":"#/$defs/diskId"},"point":{"pattern":"^(latest|all|[0-9]{1,16})$","description":"a point number, \"latest\" (the default) or \"all\"","type":"string"},"encryption":{"$ref":"#/$defs/encryption"}}},{"additionalProperties":false,"description":"keep the newest points, delete the rest","type":"object","required":["jobId","store","kind","disk","keep"],"properties":{"jobId":{"$ref":"#/$defs/id"},"attempt":{"minimum":1,"type":"integer"},"store":{"$ref":"#/$defs/store"},"kind":{"const":"prune","type":"string"},"disk":{"$ref":"#/$defs/diskId"},"keep":{"minimum":1,"maximum":9007199254740991,"type":"integer"},"encryption":{"$ref":"#/$defs/encryption"}}}]};
+const pattern17 = new RegExp("^(latest|[0-9]{1,16})$", "u");
+const pattern19 = new RegExp("^(latest|all|[0-9]{1,16})$", "u");
 
 function validate131(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -6242,15 +6250,9 @@ let data26 = data.point;
 const _errs52 = errors;
 if(errors === _errs52){
 if(typeof data26 === "string"){
-if(func1(data26) > 32){
-validate131.errors = [{instancePath:instancePath+"/point",schemaPath:"#/oneOf/1/properties/point/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"}];
+if(!pattern17.test(data26)){
+validate131.errors = [{instancePath:instancePath+"/point",schemaPath:"#/oneOf/1/properties/point/pattern",keyword:"pattern",params:{pattern: "^(latest|[0-9]{1,16})$"},message:"must match pattern \""+"^(latest|[0-9]{1,16})$"+"\""}];
 return false;
-}
-else {
-if(func1(data26) < 1){
-validate131.errors = [{instancePath:instancePath+"/point",schemaPath:"#/oneOf/1/properties/point/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
-return false;
-}
 }
 }
 else {
@@ -6503,15 +6505,9 @@ let data36 = data.point;
 const _errs74 = errors;
 if(errors === _errs74){
 if(typeof data36 === "string"){
-if(func1(data36) > 32){
-validate131.errors = [{instancePath:instancePath+"/point",schemaPath:"#/oneOf/2/properties/point/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"}];
+if(!pattern19.test(data36)){
+validate131.errors = [{instancePath:instancePath+"/point",schemaPath:"#/oneOf/2/properties/point/pattern",keyword:"pattern",params:{pattern: "^(latest|all|[0-9]{1,16})$"},message:"must match pattern \""+"^(latest|all|[0-9]{1,16})$"+"\""}];
 return false;
-}
-else {
-if(func1(data36) < 1){
-validate131.errors = [{instancePath:instancePath+"/point",schemaPath:"#/oneOf/2/properties/point/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
-return false;
-}
 }
 }
 else {
@@ -6656,9 +6652,15 @@ return false;
 }
 if(errors === _errs87){
 if((typeof data43 == "number") && (isFinite(data43))){
+if(data43 > 9007199254740991 || isNaN(data43)){
+validate131.errors = [{instancePath:instancePath+"/keep",schemaPath:"#/oneOf/3/properties/keep/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
 if(data43 < 1 || isNaN(data43)){
 validate131.errors = [{instancePath:instancePath+"/keep",schemaPath:"#/oneOf/3/properties/keep/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
 }
 }
 }
@@ -6906,8 +6908,8 @@ validate151.evaluated = {"props":{"v":true,"type":true,"id":true,"jobId":true},"
 
 exports["rnode-control/v1/export.start"] = validate154;
 const schema49 = {"description":"start serving a point over NBD; repeating it for a running exportId only renews its lease","type":"object","required":["v","type","id","export"],"properties":{"v":{"const":1,"type":"number"},"type":{"const":"export.start","type":"string"},"id":{"$ref":"#/$defs/id"},"export":{"$ref":"#/$defs/exportSpec"}}};
-const schema50 = {"additionalProperties":false,"description":"serve a point as an NBD export (instant recovery): a unix socket, or host:port (off loopback only with tls)","type":"object","required":["exportId","store","disk"],"properties":{"exportId":{"$ref":"#/$defs/id"},"store":{"$ref":"#/$defs/store"},"disk":{"$ref":"#/$defs/diskId"},"point":{"minLength":1,"maxLength":32,"type":"string"},"socket":{"minLength":1,"maxLength":4096,"type":"string"},"listen":{"pattern":"^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$","description":"host:port, [v6]:port or :port (127.0.0.1); port 0 (any free one) to 65535","type":"string"},"writable":{"type":"boolean"},"overlay":{"minLength":1,"maxLength":4096,"description":"local copy-on-write file; required with writable","type":"string"},"cacheBytes":{"minimum":1048576,"type":"integer"},"encryption":{"$ref":"#/$defs/encryption"},"tls":{"additionalProperties":false,"type":"object","required":["cert","key"],"properties":{"cert":{"$ref":"#/$defs/secretRef"},"key":{"$ref":"#/$defs/secretRef"}}},"leaseSeconds":{"exclusiveMinimum":0,"description":"stop this long after the last export.start for this exportId (a repeat renews it); absent: until export.stop","type":"number"}}};
-const pattern18 = new RegExp("^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$", "u");
+const schema50 = {"additionalProperties":false,"description":"serve a point as an NBD export (instant recovery): a unix socket, or host:port (off loopback only with tls)","type":"object","required":["exportId","store","disk"],"properties":{"exportId":{"$ref":"#/$defs/id"},"store":{"$ref":"#/$defs/store"},"disk":{"$ref":"#/$defs/diskId"},"point":{"pattern":"^(latest|[0-9]{1,16})$","description":"a point number or \"latest\" (the default)","type":"string"},"socket":{"minLength":1,"maxLength":4096,"type":"string"},"listen":{"pattern":"^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$","description":"host:port, [v6]:port or :port (127.0.0.1); port 0 (any free one) to 65535","type":"string"},"writable":{"type":"boolean"},"overlay":{"minLength":1,"maxLength":4096,"description":"local copy-on-write file; required with writable","type":"string"},"cacheBytes":{"minimum":1048576,"type":"integer"},"encryption":{"$ref":"#/$defs/encryption"},"tls":{"additionalProperties":false,"type":"object","required":["cert","key"],"properties":{"cert":{"$ref":"#/$defs/secretRef"},"key":{"$ref":"#/$defs/secretRef"}}},"leaseSeconds":{"exclusiveMinimum":0,"description":"stop this long after the last export.start for this exportId (a repeat renews it); absent: until export.stop","type":"number"}}};
+const pattern21 = new RegExp("^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$", "u");
 
 function validate156(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -6977,15 +6979,9 @@ let data3 = data.point;
 const _errs5 = errors;
 if(errors === _errs5){
 if(typeof data3 === "string"){
-if(func1(data3) > 32){
-validate156.errors = [{instancePath:instancePath+"/point",schemaPath:"#/properties/point/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"}];
+if(!pattern17.test(data3)){
+validate156.errors = [{instancePath:instancePath+"/point",schemaPath:"#/properties/point/pattern",keyword:"pattern",params:{pattern: "^(latest|[0-9]{1,16})$"},message:"must match pattern \""+"^(latest|[0-9]{1,16})$"+"\""}];
 return false;
-}
-else {
-if(func1(data3) < 1){
-validate156.errors = [{instancePath:instancePath+"/point",schemaPath:"#/properties/point/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
-return false;
-}
 }
 }
 else {
@@ -7031,7 +7027,7 @@ let data5 = data.listen;
 const _errs9 = errors;
 if(errors === _errs9){
 if(typeof data5 === "string"){
-if(!pattern18.test(data5)){
+if(!pattern21.test(data5)){
 validate156.errors = [{instancePath:instancePath+"/listen",schemaPath:"#/properties/listen/pattern",keyword:"pattern",params:{pattern: "^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"},message:"must match pattern \""+"^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]*):([0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"+"\""}];
 return false;
 }

@@ -19,7 +19,7 @@ export async function listenUnix(server: net.Server, file: string): Promise<() =
   const spare = path.join(dir, `.rnode-${crypto.randomBytes(4).toString('hex')}`);
   if (Buffer.byteLength(file) > MAX_SOCKET_PATH || Buffer.byteLength(spare) > MAX_SOCKET_PATH) {
     const why = `ENAMETOOLONG: a unix socket path has at most ${MAX_SOCKET_PATH} bytes, its folder at most ${MAX_SOCKET_PATH - 15}`;
-    throw listenRefused(file, why, 'pick a shorter --socket path');
+    throw listenRefused(file, why, 'pick a shorter socket path');
   }
   await removeStale(file, dir);
   await new Promise<void>((resolve, reject) => {
@@ -60,11 +60,11 @@ async function removeStale(file: string, dir: string): Promise<void> {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'ENOTDIR') throw err;
     // libuv reports a missing folder as EACCES, which sends the user after permissions.
-    if (!fs.existsSync(dir)) throw listenRefused(file, `ENOENT: there is no folder ${dir}`, 'create the folder or pick another --socket path');
-    if (!fs.statSync(dir).isDirectory()) throw listenRefused(file, `ENOTDIR: ${dir} is not a folder`, 'pick another --socket path');
+    if (!fs.existsSync(dir)) throw listenRefused(file, `ENOENT: there is no folder ${dir}`, 'create the folder or pick another socket path');
+    if (!fs.statSync(dir).isDirectory()) throw listenRefused(file, `ENOTDIR: ${dir} is not a folder`, 'pick another socket path');
     return;
   }
-  if (!st.isSocket()) throw listenRefused(file, 'EEXIST: it is not a socket, and is never replaced', 'pick another --socket path');
+  if (!st.isSocket()) throw listenRefused(file, 'EEXIST: it is not a socket, and is never replaced', 'pick another socket path');
   const answer = await connectCode(file);
   if (answer === 'ENOENT') return;
   if (answer !== 'ECONNREFUSED') {

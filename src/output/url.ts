@@ -48,7 +48,8 @@ export function objectName(url: URL): string {
 }
 
 export function badOut(out: string, why: string): RnodeError {
-  return new RnodeError(ErrorCodes.BAD_OUTPUT, `--out ${out} ${why}`, { details: { out } });
+  // out and why apart too: the agent names the job's field (job.out) where the CLI names its flag.
+  return new RnodeError(ErrorCodes.BAD_OUTPUT, `--out ${out} ${why}`, { details: { out, why } });
 }
 
 /**

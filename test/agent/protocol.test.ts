@@ -234,6 +234,22 @@ t.test('refusals name the field and keep the stable codes', async (t) => {
   for (const l of ['127.0.0.1:0', ':80', '[::1]:00080', 'localhost:59999', 'h:64999', 'h:65535']) t.equal(listen(l), undefined, `listen ${l}`);
   for (const l of ['127.0.0.1:65536', 'h:65540', 'h:65600', 'h:66000', 'h:70000', 'h:99999', 'h:100000', 'h:-1'])
     t.match(listen(l), { code: 'RNODE_PROTO_INVALID', errors: [{ path: '/export/listen' }] }, `listen ${l} is refused`);
+  // The library's own checks named the CLI's flags (--point, --keep) with RNODE_USAGE; the schema names the field.
+  const job = (fields: Record<string, unknown>) => ({ ...env, type: 'job.start', job: { jobId: 'j', store: { url: 'x' }, disk: 'd', ...fields } });
+  for (const point of ['../../x', '1e3', '-1', '']) {
+    t.match(
+      refuse(job({ kind: 'verify', point })),
+      { code: 'RNODE_PROTO_INVALID', errors: [{ path: '/job/point', message: /must match pattern/ }] },
+      `verify point ${JSON.stringify(point)}`,
+    );
+  }
+  t.equal(refuse(job({ kind: 'verify', point: 'all' })), undefined, 'verify takes "all"');
+  t.equal(refuse(job({ kind: 'recover', point: '12', out: '/dev/null' })), undefined, 'a point number');
+  t.match(refuse(job({ kind: 'recover', point: 'all', out: '/dev/null' })), { errors: [{ path: '/job/point' }] }, 'recover takes no "all"');
+  t.match(refuse(job({ kind: 'prune', keep: 1e300 })), {
+    code: 'RNODE_PROTO_INVALID',
+    errors: [{ path: '/job/keep', message: /must be <= 9007199254740991/ }],
+  });
   t.match(refuse({ ...env, type: 'toString' }), { code: 'RNODE_PROTO_UNKNOWN_TYPE' }, "only a table's own types");
   t.match(decode('{"v":1,"type":"ack","id":"a","seq":3,"future":"field"}', serverMessages), { ok: true }, 'unknown fields are ignored');
   // The message and 63 arrays in it: 64 levels, taken; one more is refused, naming where.
@@ -250,4 +266,23 @@ t.test('refusals name the field and keep the stable codes', async (t) => {
     `${MAX_DEPTH + 1} levels`,
   );
   t.throws(() => checkOutgoing({ ...env, type: 'ack', seq: 1.5 }, serverMessages), /outgoing ack does not match its schema: \/seq: must be integer/);
+});
+
+// A recover job whose cloud out carried credentials failed with "RNODE_USAGE: --out s3://... carries credentials":
+// a flag the server does not have, and a code outside the protocol's error table.
+t.test('a job.start whose out the node cannot take is refused naming job.out, before it is accepted', async (t) => {
+  const dir = tmpDir(t, 'agent-proto');
+  const ms = await startMs(t);
+  const { agent, logs } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const job = { jobId: 'r1', kind: 'recover', store: { url: path.join(dir, 'store') }, disk: 'd0', out: 's3://AK:SECRETPW@bucket/key' };
+  ms.sendRaw(agent.nodeId, JSON.stringify({ v: 1, type: 'job.start', id: 'x-out', job }));
+  const refusal = await ms.waitFor(() => ms.errors.find((e) => e.msg.replyTo === 'x-out')?.msg, 5000, 'the refusal');
+  t.match(refusal, { code: 'RNODE_PROTO_INVALID', message: /^job\.out s3:\/\/bucket\/key carries credentials; give them in the environment/ });
+  t.notMatch(String(refusal.message), /SECRETPW|--out/, 'no credential, no CLI flag');
+  t.equal(ms.reportsOf('job.accepted', (m) => m.jobId === 'r1').length, 0, 'never accepted');
+  t.notOk(
+    logs.some((l) => l.includes('SECRETPW')),
+    'nor logged',
+  );
 });

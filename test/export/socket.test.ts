@@ -96,7 +96,7 @@ t.test('export --socket never takes a path over', { skip: !haveTools && 'tools m
   t.test('a missing folder is named as the cause', async (t) => {
     await t.rejects(serve(path.join(dir, 'no', 'such', 's.sock')), {
       code: 'RNODE_USAGE',
-      message: `cannot listen on ${path.join(dir, 'no', 'such', 's.sock')} (ENOENT: there is no folder ${path.join(dir, 'no', 'such')}); create the folder or pick another --socket path`,
+      message: `cannot listen on ${path.join(dir, 'no', 'such', 's.sock')} (ENOENT: there is no folder ${path.join(dir, 'no', 'such')}); create the folder or pick another socket path`,
     });
     await t.rejects(serve(path.join(dir, 'notes.txt', 's.sock')), { code: 'RNODE_USAGE', message: /ENOTDIR: \S+notes\.txt is not a folder/ });
     await t.rejects(serve(path.join(dir, 'x'.repeat(110))), { code: 'RNODE_USAGE', message: /ENAMETOOLONG/ }, 'a path libuv would cut short');
