@@ -127,13 +127,17 @@ export function allocatedBytes(file: string): number {
   return fs.statSync(file).blocks * 512;
 }
 
-/** Every file under dir, as '/'-joined paths relative to it, sorted. Missing dir: []. */
+/**
+ * Every file under dir, as '/'-joined paths relative to it, sorted. Missing dir: []. An fs store's lock folder
+ * (.rnode-tmp.locks: the empty files ifMatch puts lock, never objects) is left out; temp files are listed.
+ */
 export function listFiles(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
   const out: string[] = [];
   const walk = (d: string, rel: string) => {
     for (const e of fs.readdirSync(d, { withFileTypes: true })) {
       const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory() && e.name === '.rnode-tmp.locks') continue;
       if (e.isDirectory()) walk(path.join(d, e.name), r);
       else out.push(r);
     }
