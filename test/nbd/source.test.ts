@@ -2,6 +2,7 @@
 // reads against `qemu-img convert -O raw`, dirty bitmap extents against the writes that made them, the
 // marker rules, and a server that goes away mid-run.
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
@@ -19,6 +20,7 @@ import {
   MiB,
   nbdinfoMap,
   qemuWrite,
+  randomData,
   rawSnapshot,
   startExport,
   tmpDir,
@@ -241,4 +243,43 @@ t.test('default 1 GiB status windows on a 3 GiB sparse qcow2 (a few MiB on disk)
   t.same(await collect(src.changedExtentsSince('b0')), expected, 'dirty bitmap: the same');
   const map = nbdinfoMap(exp.url());
   if (map) t.same(await collect(src.allocatedExtents()), merge(map.filter((e) => (e.type & 2) === 0)), 'matches nbdinfo --map');
+});
+
+t.test('an export whose size is not a whole number of its minimum blocks is refused at open (BAD_SOURCE), not failed on every read', async (t) => {
+  // nbdkit's blocksize-policy filter advertises a 4 KiB minimum block and refuses unaligned requests, as a strict
+  // server may: the last 4 KiB block of a 3,150,049-byte file ends past the export's end, so its tail can never be read.
+  const dir = tmpDir(t);
+  const serve = async (file: string) => {
+    const socket = path.join(dir, `${path.basename(file)}.sock`);
+    const child = spawn(
+      'nbdkit',
+      ['-f', '-r', '-U', socket, '--filter=blocksize-policy', 'file', file, 'blocksize-minimum=4096', 'blocksize-error-policy=error'],
+      { stdio: 'ignore' },
+    );
+    t.teardown(() => {
+      child.kill('SIGKILL');
+    });
+    for (const deadline = Date.now() + 10_000; !fs.existsSync(socket);) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error('nbdkit did not start');
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return `nbd+unix:///?socket=${socket}`;
+  };
+  const odd = path.join(dir, 'odd.raw');
+  fs.writeFileSync(odd, randomData(3_150_049, 7));
+  const err = await NbdSource.open(await serve(odd)).then(
+    () => undefined,
+    (e) => e,
+  );
+  t.equal(err?.code, ErrorCodes.BAD_SOURCE, 'refused at open, a usage error (exit 2): waiting does not help');
+  t.match(err?.message, /3150049 bytes, not a whole number of its 4096-byte minimum blocks.*serve it with a size that is a multiple of 4096/);
+
+  const even = path.join(dir, 'even.raw');
+  fs.writeFileSync(even, randomData(3_149_824, 8)); // 769 blocks of 4 KiB
+  const src = await NbdSource.open(await serve(even));
+  t.teardown(() => src.close());
+  t.equal(src.alignment, 4096, 'the filter does advertise a 4 KiB minimum');
+  const buf = sharedAligned(3_149_824);
+  t.equal(await src.read(0, buf, 3_149_824), 3_149_824);
+  t.ok(buf.subarray(0, 3_149_824).equals(fs.readFileSync(even)), 'an aligned size reads byte-exact');
 });

@@ -51,6 +51,18 @@ export class NbdSource implements BlockSource {
       url.location,
       opts,
     );
+    // Every request must be whole blocks, and the last block of such an export ends past its end: its tail can never be
+    // read (qemu's client drops it, which would be a shorter disk). The server's setup has to change, not the timing.
+    const minimum = conn.info.blockSize?.minimum;
+    if (minimum !== undefined && conn.info.size % minimum !== 0) {
+      await conn.close().catch(() => undefined);
+      throw new RnodeError(
+        ErrorCodes.BAD_SOURCE,
+        `NBD export ${url.location} is ${conn.info.size} bytes, not a whole number of its ${minimum}-byte minimum blocks, so its last ` +
+          `${conn.info.size % minimum} bytes cannot be read with the aligned requests it asks for; serve it with a size that is a multiple ` +
+          `of ${minimum} bytes, or without a minimum block size`,
+      );
+    }
     return new NbdSource(url, conn, opts);
   }
 
