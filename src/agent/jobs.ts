@@ -686,7 +686,7 @@ export class JobRunner {
 function checkJobFields(job: Job): void {
   if (job.kind !== 'recover' || !isCloudOutput(job.out)) return;
   try {
-    parseOutUrl(job.out.replace(/^[a-z0-9]+:/i, (s) => s.toLowerCase()));
+    parseOutUrl(job.out);
   } catch (err) {
     if (!isRnodeError(err, ErrorCodes.BAD_OUTPUT)) throw err;
     throw new RnodeError(ProtoErrors.INVALID, `job.out ${String(err.details.out)} ${String(err.details.why)}`);

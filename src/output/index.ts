@@ -16,7 +16,7 @@ export function isCloudOutput(out: string): boolean {
 
 export async function openOutput(out: string, opts: OpenOutputOptions): Promise<OutputSink> {
   if (!isCloudOutput(out)) return openFileOutput(out, opts.diskSize, { ownerOnly: opts.ownerOnly });
-  const url = parseOutUrl(out.replace(/^[a-z0-9]+:/i, (s) => s.toLowerCase()));
+  const url = parseOutUrl(out);
   if (opts.storeLocation) refuseInsideStore(url, opts.storeLocation);
   switch (url.protocol) {
     case 's3:':

@@ -10,10 +10,11 @@ const OUT_PARAMS: Record<string, readonly string[]> = {
   'gs:': ['project'],
 };
 
+/** A cloud output URL, its scheme in lower case (S3://... as s3://...), checked; BAD_OUTPUT says what is wrong. */
 export function parseOutUrl(out: string): URL {
   let url: URL;
   try {
-    url = new URL(out);
+    url = new URL(out.replace(/^[a-z0-9]+:/i, (s) => s.toLowerCase()));
   } catch {
     throw badOut(redact(out.replace(/\?.*$/, '')), 'is not a valid URL');
   }
