@@ -47,6 +47,13 @@ async function diskAndStore(t: Test, tag: string): Promise<{ dir: string; img: s
   return { dir, img, storeDir };
 }
 
+/** A fresh folder (removed after the test) holding disk.img, 256 KiB of random data from seed. */
+function folderWithImage(t: Parameters<typeof tmpDir>[0], tag: string, seed: number): { dir: string; img: string } {
+  const dir = tmpDir(t, tag);
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(256 * KiB, seed));
+  return { dir, img };
+}
 t.test('recover --out inside the store (a manifest, the store folder, through a symlink) is refused; the store is intact', async (t) => {
   const { dir, img, storeDir } = await diskAndStore(t, 'sec-out');
   const manifest = path.join(storeDir, r2.point('plain', 'd', 1));
@@ -74,9 +81,7 @@ t.test('recover --out inside the store (a manifest, the store folder, through a 
 });
 
 t.test('unusable targets and work folders fail fast with RNODE_PATH_UNUSABLE: /proc, a file where a folder is needed', async (t) => {
-  const dir = tmpDir(t, 'sec-proc');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(256 * KiB, 6));
+  const { dir, img } = folderWithImage(t, 'sec-proc', 6);
   const file = path.join(dir, 'a-file');
   fs.writeFileSync(file, 'x');
   const rep = (target: string) => ['replicate', '--source', img, '--target', target, '--disk', 'd'];
@@ -95,9 +100,7 @@ t.test('unusable targets and work folders fail fast with RNODE_PATH_UNUSABLE: /p
 });
 
 t.test('a cache, state or VM output folder under /proc fails fast too (or, for the cache, is done without)', async (t) => {
-  const dir = tmpDir(t, 'sec-proc-dirs');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(256 * KiB, 7));
+  const { dir, img } = folderWithImage(t, 'sec-proc-dirs', 7);
   // A symlink into /proc passes a check of the path's text: only the folder creation itself can tell.
   const procLink = path.join(dir, 'proc-link');
   fs.symlinkSync('/proc', procLink);
@@ -117,9 +120,7 @@ t.test('a cache, state or VM output folder under /proc fails fast too (or, for t
 // its chunks by id, slower, and nothing said why. One warning line on stderr (never on --json's stdout) names the
 // folder, the reason and what to do.
 t.test('a cache folder that cannot be used: the point is made, and one stderr line says why no cache is kept', async (t) => {
-  const dir = tmpDir(t, 'sec-cache-file');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(256 * KiB, 8));
+  const { dir, img } = folderWithImage(t, 'sec-cache-file', 8);
   const notAFolder = path.join(dir, 'cache-is-a-file');
   fs.writeFileSync(notAFolder, 'x');
   const rep = ['replicate', '--source', img, '--target', path.join(dir, 'store'), '--disk', 'd', '--chunk-size', '64KiB'];
@@ -229,9 +230,7 @@ t.test(
 );
 
 t.test('a temp file left by a SIGKILL has no backslash in its name, and list, verify and cleanup ignore or remove it', async (t) => {
-  const dir = tmpDir(t, 'sec-temp');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(256 * KiB, 8));
+  const { dir, img } = folderWithImage(t, 'sec-temp', 8);
   const storeDir = path.join(dir, 'store');
   const r = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'd'], { env: { RNODE_FAILPOINT: 'fs-temp-written' } });
   t.equal(r.signal, 'SIGKILL', 'killed between writing a temp file and renaming it');
