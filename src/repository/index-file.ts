@@ -397,14 +397,14 @@ export class ChunkIndex {
     let hi = this.size;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (ids.compare(id, 0, CHUNK_ID_BYTES, mid * CHUNK_ID_BYTES, (mid + 1) * CHUNK_ID_BYTES) < 0) lo = mid + 1;
+      if (compareIdAt(ids, mid * CHUNK_ID_BYTES, id) < 0) lo = mid + 1;
       else hi = mid;
     }
     return lo;
   }
 
   #isAt(i: number, id: Uint8Array): boolean {
-    return i < this.size && this.#c.ids.compare(id, 0, CHUNK_ID_BYTES, i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES) === 0;
+    return i < this.size && compareIdAt(this.#c.ids, i * CHUNK_ID_BYTES, id) === 0;
   }
 
   /** Every known location of a chunk id (the full 32 bytes decide; nothing shorter is ever compared). */
@@ -439,4 +439,16 @@ export class ChunkIndex {
     for (let i = 0; i < this.size; i++) yield this.#at(i);
     for (const list of this.#added.values()) yield* list;
   }
+}
+
+/**
+ * The id at `at` in `ids` against `id`, bytewise (negative: below). A plain loop: ids differ within their first bytes,
+ * and Buffer#compare's range checks cost more than the comparison (a 1.5 GiB incremental asks once per chunk).
+ */
+function compareIdAt(ids: Uint8Array, at: number, id: Uint8Array): number {
+  for (let k = 0; k < CHUNK_ID_BYTES; k++) {
+    const d = ids[at + k] - id[k];
+    if (d !== 0) return d;
+  }
+  return 0;
 }

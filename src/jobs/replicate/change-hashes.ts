@@ -81,6 +81,8 @@ export function pointFingerprint(m: PointManifest): Buffer {
 
 /** The hash a chunk of `length` zero bytes has (zero chunks are often not read at all). */
 export function zeroChunkHash(seed: bigint, length: number): Buffer {
+  // A scan asks once per chunk, nearly always for the same seed and length: no key string for that.
+  if (seed === last.seed && length === last.length) return last.hash;
   const key = `${seed}:${length}`;
   let h = zeroHashes.get(key);
   if (!h) {
@@ -90,9 +92,11 @@ export function zeroChunkHash(seed: bigint, length: number): Buffer {
     if (zeroHashes.size > 64) zeroHashes.clear();
     zeroHashes.set(key, h);
   }
+  last = { seed, length, hash: h };
   return h;
 }
 const zeroHashes = new Map<string, Buffer>();
+let last: { seed: bigint; length: number; hash: Buffer } = { seed: -1n, length: -1, hash: Buffer.alloc(0) };
 
 function seedCheck(seed: bigint): Buffer {
   const h = Buffer.alloc(CHANGE_HASH_BYTES);
@@ -124,6 +128,8 @@ const isUnknown = (e: Uint8Array) => e.every((x) => x === 0);
  */
 export class ChangeHashReader {
   private blockNo = -1;
+  /** A block is being read: peek() cannot answer yet. */
+  private reading = false;
   private entries: Buffer | undefined;
 
   private constructor(
@@ -168,6 +174,19 @@ export class ChangeHashReader {
     return isUnknown(e) ? undefined : e;
   }
 
+  /**
+   * get() without a trip through the event loop when entry `index` is in the block already read: the entry, or
+   * undefined when not known; null when its block is not the one read (then get() reads it).
+   */
+  peek(index: number): Buffer | undefined | null {
+    if (index < 0 || index >= this.count) return undefined;
+    if (Math.floor(index / BLOCK_ENTRIES) !== this.blockNo || this.reading) return null;
+    if (!this.entries) return undefined;
+    const at = (index % BLOCK_ENTRIES) * CHANGE_HASH_BYTES;
+    const e = this.entries.subarray(at, at + CHANGE_HASH_BYTES);
+    return isUnknown(e) ? undefined : e;
+  }
+
   /** The entries of block b when its checksum holds. */
   async block(b: number): Promise<Buffer | undefined> {
     if (b !== this.blockNo) {
@@ -176,12 +195,15 @@ export class ChangeHashReader {
       const n = entriesIn(this.count, b) * CHANGE_HASH_BYTES;
       if (n <= 0) return undefined;
       const buf = Buffer.alloc(n + 8);
+      this.reading = true;
       try {
         const { bytesRead } = await this.fh.read(buf, 0, buf.length, blockOffset(b));
         const entries = buf.subarray(0, n);
         if (bytesRead === buf.length && xxh64(entries, BigInt(b)) === buf.readBigUInt64LE(n)) this.entries = entries;
       } catch {
         // unreadable: not known
+      } finally {
+        this.reading = false;
       }
     }
     return this.entries;

@@ -215,7 +215,8 @@ export function hashPrescanned(cands: AsyncIterable<Candidate>, o: HashPrescanOp
         const c = run[i];
         const length = o.grid.length(c.index);
         const h = hashes.subarray(CHANGE_HASH_BYTES * i, CHANGE_HASH_BYTES * (i + 1));
-        const was = await o.parent.get(c.index);
+        const peeked = o.parent.peek(c.index);
+        const was = peeked === null ? await o.parent.get(c.index) : peeked;
         const same = was !== undefined && Buffer.compare(h, was) === 0;
         // The parent's hash says what the parent held; its table must agree (zero there and zero now, or data).
         const parentZero = !c.parent || isZeroEntry(c.parent);
