@@ -25,7 +25,7 @@ import { ChunkIndex } from '../repository/index-file.js';
 import { r2, validateNewDiskId } from '../repository/names.js';
 import { encodeManifestV4, isV2Point, MANIFEST_VERSION_V2, type V4ManifestFields } from '../repository/point-format.js';
 import { WriterMarks } from '../repository/prune-marks.js';
-import { chainView, Cursor } from '../repository/view.js';
+import { BatchCursor, chainBatches } from '../repository/view.js';
 import { Lease } from '../repository/lease.js';
 import type { ReplicateOptions, ReplicateResult } from './replicate/options.js';
 import { ChangeHashReader, ChangeHashWriter, changeHashesAvailable, changeHashPlace } from './replicate/change-hashes.js';
@@ -125,11 +125,11 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
     const changeMarker = await source.changeMarker();
     const scan = new ChunkScan({ opts, codec: opts.codec ?? DEFAULT_CODEC, plan, from, packs, table, known, run, lease, changes });
 
-    let parentView: Cursor<ChunkEntry> | undefined;
+    let parentView: BatchCursor<ChunkEntry> | undefined;
     if (plan.chain) {
-      const view = chainView(store, plan.chain, opts.encryption);
+      const view = chainBatches(store, plan.chain, opts.encryption);
       // A table that stands alone carries the parent's entries for the chunks this run does not store.
-      parentView = new Cursor(plan.tableParent === null ? teed(view, (e) => table.carry(e)) : view);
+      parentView = new BatchCursor(plan.tableParent === null ? teed(view, (e) => table.carry(e)) : view);
     }
     await scan.run(parentView);
     await table.settled();
@@ -340,10 +340,10 @@ async function checkPacks(store: ObjectStore, domain: Domain, marks: WriterMarks
   await Promise.all(Array.from({ length: Math.min(8, ids.length) }, check));
 }
 
-/** The entries of src, each also handed to f as it is read. */
-async function* teed<T>(src: AsyncIterable<T>, f: (e: T) => void): AsyncIterable<T> {
-  for await (const e of src) {
-    f(e);
-    yield e;
+/** The batches of src, each entry also handed to f as its batch is read. */
+async function* teed<T>(src: AsyncIterable<T[]>, f: (e: T) => void): AsyncIterable<T[]> {
+  for await (const batch of src) {
+    for (const e of batch) f(e);
+    yield batch;
   }
 }

@@ -63,16 +63,37 @@ export class ChunkGrid {
 
 /** Chunk indexes touched by sorted extents, ascending and without repeats. */
 export async function* chunksOf(extents: AsyncIterable<Extent>, grid: ChunkGrid): AsyncIterable<number> {
+  for await (const batch of chunkBatchesOf(extents, grid)) yield* batch;
+}
+
+/**
+ * chunksOf() in batches of at most `max` indexes (a replicate steps through them without a trip through the event loop
+ * per chunk). A batch is handed on once it holds `min` indexes, so a slow source of extents does not hold up the
+ * chunks it has named while it fetches more.
+ */
+export async function* chunkBatchesOf(extents: AsyncIterable<Extent>, grid: ChunkGrid, min = 64, max = 1024): AsyncIterable<number[]> {
   let next = 0; // lowest index not yet yielded
+  let batch: number[] = [];
   for await (const e of extents) {
     if (e.length <= 0) continue;
     const end = Math.min(e.offset + e.length, grid.diskSize);
     if (end <= e.offset) continue;
     const first = Math.max(Math.floor(e.offset / grid.chunkSize), next);
     const last = Math.floor((end - 1) / grid.chunkSize);
-    for (let i = first; i <= last; i++) yield i;
+    for (let i = first; i <= last; i++) {
+      batch.push(i);
+      if (batch.length >= max) {
+        yield batch;
+        batch = [];
+      }
+    }
     if (last + 1 > next) next = last + 1;
+    if (batch.length >= min) {
+      yield batch;
+      batch = [];
+    }
   }
+  if (batch.length) yield batch;
 }
 
 /** Every index of the grid, for sources that cannot say what is allocated. */

@@ -1,8 +1,9 @@
 // The chunk grid: sizes parse with units, only powers of two from 64KiB to 16MiB are chunk sizes (with a usage
-// error that says what to pass), the last chunk is partial, and extents coalesce onto whole grid cells in order.
+// error that says what to pass), the last chunk is partial, and extents coalesce onto whole grid cells in order, in
+// batches that never wait for extents not yet known.
 import t from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
-import { ChunkGrid, allChunks, chunksOf, parseSize, validateChunkSize } from '../../src/pipeline/grid.js';
+import { ChunkGrid, allChunks, chunkBatchesOf, chunksOf, parseSize, validateChunkSize } from '../../src/pipeline/grid.js';
 import type { Extent } from '../../src/source/types.js';
 
 t.test('parseSize understands bytes and units', async (t) => {
@@ -100,4 +101,41 @@ t.test('extents coalesce onto whole chunks, ascending and without repeats', asyn
     ),
     [3, 4, 5],
   );
+});
+
+t.test('chunk batches: bounded, in order, and handed on before the next extent is waited for', async (t) => {
+  const C = 65536;
+  const g = new ChunkGrid(5000 * C, C);
+  const extents = [
+    { offset: 0, length: 3000 * C }, // more than one batch
+    { offset: 3100 * C + 7, length: 10 }, // a single chunk: waits for more
+    { offset: 3200 * C, length: 70 * C },
+  ];
+  const batches = await collect(chunkBatchesOf(from(extents), g, 64, 1024));
+  t.ok(
+    batches.every((b) => b.length > 0 && b.length <= 1024),
+    'every batch holds 1 to 1024 indexes',
+  );
+  t.same(batches.flat(), await collect(chunksOf(from(extents), g)), 'the batches are chunksOf() cut up');
+  t.same(
+    batches.map((b) => b.length),
+    [1024, 1024, 952, 71],
+    'a batch below 64 indexes waits for the next extent',
+  );
+
+  // The first batch comes out while the source is still fetching its next extent.
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  async function* slow(): AsyncIterable<Extent> {
+    yield { offset: 0, length: 100 * C };
+    await held;
+    yield { offset: 200 * C, length: C };
+  }
+  const it = chunkBatchesOf(slow(), g)[Symbol.asyncIterator]();
+  const first = await Promise.race([it.next(), new Promise<'waited'>((r) => setTimeout(() => r('waited'), 2000))]);
+  t.not(first, 'waited', 'the first batch did not wait for the second extent');
+  if (first !== 'waited') t.equal((first.value as number[]).length, 100);
+  release();
+  t.same((await it.next()).value, [200]);
+  t.ok((await it.next()).done);
 });

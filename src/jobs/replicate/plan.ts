@@ -6,7 +6,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError, isRnodeError } from '../../errors.js';
 import type { PointManifest, SegmentRef } from '../../format/manifest.js';
-import { ChunkGrid, chunksOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../../pipeline/grid.js';
+import { ChunkGrid, chunkBatchesOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../../pipeline/grid.js';
 import type { BlockSource } from '../../source/types.js';
 import type { ChunkEntry } from '../../format/table.js';
 import { checkClaim, ensureClaim, readClaim } from '../../repository/claims.js';
@@ -16,7 +16,7 @@ import { r2, validateDiskId } from '../../repository/names.js';
 import { packSizeFor } from '../../repository/pack.js';
 import { isV2Point } from '../../repository/point-format.js';
 import { chainFrom, listPointSeqs, listV2PointSeqs, loadPoint, loadV2Checkpoint } from '../../repository/points.js';
-import { Cursor } from '../../repository/view.js';
+import { BatchCursor } from '../../repository/view.js';
 import { packPlan } from './budget.js';
 import type { Checkpoint, ReplicateOptions, RunStats } from './options.js';
 
@@ -53,8 +53,8 @@ export interface PointPlan {
   scan: boolean;
   fullReason?: string;
   rescanReason?: string;
-  /** Indexes of the chunks to read, ascending. */
-  toRead: AsyncIterable<number>;
+  /** Indexes of the chunks to read, ascending, in batches. */
+  toRead: AsyncIterable<number[]>;
 }
 
 /**
@@ -165,7 +165,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     else checkChainAuthenticity(chain, opts.encryption, marker, disk);
   }
   // What to read: changed extents when the source tracks changes and has a usable marker, else allocated areas.
-  let changed: AsyncIterable<number> | undefined;
+  let changed: AsyncIterable<number[]> | undefined;
   if (parent && !opts.forceFull && source.tracksChanges) {
     if (!parent.source.marker || parent.source.kind !== source.kind) {
       fullReason = 'previous point has no change marker from this source';
@@ -198,7 +198,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
     scan,
     fullReason: full ? fullReason : undefined,
     rescanReason: scan && !full ? fullReason : undefined,
-    toRead: changed ?? chunksOf(source.allocatedExtents(), grid),
+    toRead: changed ?? chunkBatchesOf(source.allocatedExtents(), grid),
   };
 }
 
@@ -207,7 +207,7 @@ function isChainDamage(err: unknown): err is RnodeError {
   return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CORRUPT);
 }
 
-async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid): Promise<{ indexes?: AsyncIterable<number>; error?: RnodeError }> {
+async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid): Promise<{ indexes?: AsyncIterable<number[]>; error?: RnodeError }> {
   // The first page is where a tracking reset shows up; ask for it before committing to an incremental.
   const it = source.changedExtentsSince(marker)[Symbol.asyncIterator]();
   let first: IteratorResult<{ offset: number; length: number }>;
@@ -226,7 +226,7 @@ async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid)
       yield r.value;
     }
   }
-  return { indexes: chunksOf(rest(), grid) };
+  return { indexes: chunkBatchesOf(rest(), grid) };
 }
 
 /** A candidate chunk: read it, or (when only the parent knows it) decide without reading. */
@@ -236,28 +236,47 @@ export interface Candidate {
   parent?: ChunkEntry;
 }
 
-/** Merges the ascending indexes to read with the parent's view, so each index is decided once, in order. */
-export async function* candidates(toRead: AsyncIterable<number>, parentView: Cursor<ChunkEntry> | undefined): AsyncIterable<Candidate> {
-  const reads = new Cursor(toRead);
+/** Candidates per batch (the batches of the indexes and of the parent's view are cut anew). */
+const CANDIDATE_BATCH = 512;
+
+/**
+ * Merges the ascending indexes to read with the parent's view, so each index is decided once, in order; in batches.
+ * A batch is handed on before either input is waited for, so what is known goes on while the next is fetched.
+ */
+export async function* candidates(toRead: AsyncIterable<number[]>, parentView: BatchCursor<ChunkEntry> | undefined): AsyncIterable<Candidate[]> {
+  const reads = new BatchCursor(toRead);
   await reads.next();
   if (parentView) await parentView.next();
+  let out: Candidate[] = [];
   try {
     for (;;) {
       const r = reads.current;
       const p = parentView?.current;
-      if (r === undefined && p === undefined) return;
+      if (r === undefined && p === undefined) break;
+      let readsNext: Promise<void> | undefined;
+      let parentNext: Promise<void> | undefined;
       if (p === undefined || (r !== undefined && r < p.index)) {
-        yield { index: r!, read: true };
-        await reads.next();
+        out.push({ index: r!, read: true });
+        readsNext = reads.next();
       } else if (r === undefined || p.index < r) {
-        yield { index: p.index, read: false, parent: p };
-        await parentView!.next();
+        out.push({ index: p.index, read: false, parent: p });
+        parentNext = parentView!.next();
       } else {
-        yield { index: r, read: true, parent: p };
-        await reads.next();
-        await parentView!.next();
+        out.push({ index: r, read: true, parent: p });
+        readsNext = reads.next();
+        parentNext = parentView!.next();
+      }
+      if (readsNext || parentNext || out.length >= CANDIDATE_BATCH) {
+        // Awaited below; a consumer that stops at this yield never comes back for them.
+        readsNext?.catch(() => undefined);
+        parentNext?.catch(() => undefined);
+        yield out;
+        out = [];
+        await readsNext;
+        await parentNext;
       }
     }
+    if (out.length) yield out;
   } finally {
     await reads.close();
   }

@@ -53,7 +53,7 @@ const GIVE_UP_AFTER_CHUNKS = 256;
  * Candidates in order, as candidates() gives them, with the read ones that the workers found unchanged turned into
  * Decided. The fd must stay open until this generator ends (its finally waits for every run in flight).
  */
-export function prescanned(cands: AsyncIterable<Candidate>, o: PrescanOptions): AsyncIterable<Candidate | Decided> {
+export function prescanned(cands: AsyncIterable<Candidate[]>, o: PrescanOptions): AsyncIterable<Array<Candidate | Decided>> {
   return inRuns(cands, {
     perRun: Math.max(1, Math.min(RUN_CHUNKS, Math.floor(RUN_BYTES / o.grid.chunkSize))),
     maxRuns: RUNS_PER_WORKER * o.workers.size,
@@ -88,17 +88,19 @@ interface RunScan<R> {
 }
 
 /**
- * The candidates in order: the read ones in runs started as they fill (up to maxRuns at once), each run decided in
- * order, the others passed on as they are. Once more than GIVE_UP_CHANGED of the chunks scanned changed, every
- * candidate passes on (the pipeline reads it once, not twice). Waits for every run in flight before it ends.
+ * The candidates in order, in batches: the read ones in runs started as they fill (up to maxRuns at once), each run
+ * decided in order, the others passed on as they are. Once more than GIVE_UP_CHANGED of the chunks scanned changed,
+ * every candidate passes on (the pipeline reads it once, not twice). Waits for every run in flight before it ends.
  */
-async function* inRuns<R>(cands: AsyncIterable<Candidate>, s: RunScan<R>): AsyncIterable<Candidate | Decided> {
+async function* inRuns<R>(cands: AsyncIterable<Candidate[]>, s: RunScan<R>): AsyncIterable<Array<Candidate | Decided>> {
   const queue: Array<{ run: Candidate[]; reply: Promise<R> } | { single: Candidate }> = [];
   let run: Candidate[] = [];
   let running = 0;
   let scanned = 0;
   let changed = 0;
   let givenUp = false;
+  /** Decided in order, not yet handed on: handed on before any wait for a run, so the pipeline never idles on it. */
+  let out: Array<Candidate | Decided> = [];
 
   const send = () => {
     if (!run.length) return;
@@ -109,34 +111,51 @@ async function* inRuns<R>(cands: AsyncIterable<Candidate>, s: RunScan<R>): Async
     run = [];
   };
 
-  // The head of the queue, in order: a run's chunks as decided, or a candidate that was never sent.
-  async function* next(): AsyncIterable<Candidate | Decided> {
+  // The head of the queue, in order, into out: a run's chunks as decided, or a candidate that was never sent.
+  const takeHead = async (): Promise<void> => {
     const q = queue.shift()!;
     if ('single' in q) {
-      yield q.single;
+      out.push(q.single);
       return;
     }
     running--;
     const decided = await s.decide(q.run, q.reply);
     scanned += q.run.length;
-    for (const d of decided) if (!('delta' in d)) changed++;
-    yield* decided;
+    for (const d of decided) {
+      if (!('delta' in d)) changed++;
+      out.push(d);
+    }
     if (scanned >= GIVE_UP_AFTER_CHUNKS && changed > GIVE_UP_CHANGED * scanned) givenUp = true;
-  }
+  };
+  const handOn = () => {
+    const batch = out;
+    out = [];
+    return batch;
+  };
 
   try {
-    for await (const c of cands) {
-      if (c.read && !givenUp) {
-        run.push(c);
-        if (run.length >= s.perRun) send();
-      } else {
-        send();
-        queue.push({ single: c });
+    for await (const batch of cands) {
+      for (const c of batch) {
+        if (c.read && !givenUp) {
+          run.push(c);
+          if (run.length >= s.perRun) send();
+        } else {
+          send();
+          queue.push({ single: c });
+        }
+        while (queue.length && ('single' in queue[0] || running >= s.maxRuns)) {
+          if (!('single' in queue[0]) && out.length) yield handOn();
+          await takeHead();
+        }
       }
-      while (queue.length && ('single' in queue[0] || running >= s.maxRuns)) yield* next();
+      if (out.length) yield handOn();
     }
     send();
-    while (queue.length) yield* next();
+    while (queue.length) {
+      if (!('single' in queue[0]) && out.length) yield handOn();
+      await takeHead();
+    }
+    if (out.length) yield handOn();
   } finally {
     await Promise.allSettled(queue.flatMap((q) => ('reply' in q ? [q.reply] : [])));
   }
@@ -190,7 +209,7 @@ const HASH_RUNS_IN_FLIGHT = 8;
  * the parent's is unchanged, or still zero. Every other chunk (changed, or its parent hash not known) goes on to the
  * pipeline, which takes its id and compares that with the parent's.
  */
-export function hashPrescanned(cands: AsyncIterable<Candidate>, o: HashPrescanOptions): AsyncIterable<Candidate | Decided> {
+export function hashPrescanned(cands: AsyncIterable<Candidate[]>, o: HashPrescanOptions): AsyncIterable<Array<Candidate | Decided>> {
   return inRuns(cands, {
     perRun: Math.max(1, Math.min(HASH_RUN_CHUNKS, Math.floor(HASH_RUN_BYTES / o.grid.chunkSize))),
     maxRuns: HASH_RUNS_IN_FLIGHT,

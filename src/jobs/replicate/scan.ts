@@ -15,7 +15,7 @@ import { StageClock } from '../../pipeline/stages.js';
 import type { ChunkLocation } from '../../repository/index-file.js';
 import type { Lease } from '../../repository/lease.js';
 import { v2Entry } from '../../repository/point-format.js';
-import type { Cursor } from '../../repository/view.js';
+import type { BatchCursor } from '../../repository/view.js';
 import { pipelineDepths } from './budget.js';
 import type { Delta, ReplicateOptions } from './options.js';
 import type { PackWriter } from './packs.js';
@@ -87,7 +87,7 @@ export class ChunkScan {
   }
 
   /** Runs every candidate through the pipeline; ends when all are settled, or at the run's first failure. */
-  async run(parentView: Cursor<ChunkEntry> | undefined): Promise<void> {
+  async run(parentView: BatchCursor<ChunkEntry> | undefined): Promise<void> {
     const { opts, plan, from, run, lease } = this.o;
     const { grid } = plan;
     const inflight = new Set<Promise<void>>();
@@ -98,69 +98,70 @@ export class ChunkScan {
     // A full point's chunks are read on the codec workers through this fd, not through source.read().
     const readFd = plan.full ? lent?.fd : undefined;
     try {
-      for await (const c of this.stream(parentView, plan.full ? undefined : lent?.fd)) {
-        if (run.failed) break;
-        if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed');
-        if (lease?.signal.aborted) throw lease.signal.reason;
-        if (c.index < from.nextIndex) continue; // already in the checkpoint
-        const position = grid.offset(c.index);
-        const ordinal = this.started++;
-        this.indexOf.set(ordinal, c.index);
-        if ('delta' in c) {
-          // Found unchanged on a worker. The window also holds these: a chunk in a slow put must not let them pile up.
-          while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
-          if (run.failed) break;
-          run.live.bytesRead += c.delta.bytesRead ?? 0;
-          this.settle(ordinal, { entry: null, delta: c.delta, change: c.change });
-          this.position = position;
-          continue;
-        }
-        if (!c.read) {
-          // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
-          const zeroNow = plan.scan && c.parent && !isZeroEntry(c.parent);
-          // A scan's unread chunk reads as zeros; a tracked source's is unchanged: the writer keeps the parent's hash.
-          const change = plan.scan ? this.zeroHash(grid.length(c.index)) : 'parent';
-          this.settle(
-            ordinal,
-            zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 }, change } : { entry: null, delta: {}, change },
-          );
-          continue;
-        }
-        // The reader stands still here when the pipeline is full; whoever holds the buffers is the bottleneck.
-        const stalledFor = this.waitingForStore > 0 ? 'write' : 'encode';
-        const waitStart = performance.now();
-        while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
-        const plainSlot = await this.plainPool.acquire();
-        this.clock.waited(stalledFor, performance.now() - waitStart);
-        if (run.failed) {
-          this.plainPool.release(plainSlot);
-          break;
-        }
-        let plainHeld = true;
-        const releasePlain = () => {
-          if (plainHeld) {
-            plainHeld = false;
-            this.plainPool.release(plainSlot);
+      stream: for await (const batch of this.stream(parentView, plan.full ? undefined : lent?.fd))
+        for (const c of batch) {
+          if (run.failed) break stream;
+          if (opts.signal?.aborted) throw new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed');
+          if (lease?.signal.aborted) throw lease.signal.reason;
+          if (c.index < from.nextIndex) continue; // already in the checkpoint
+          const position = grid.offset(c.index);
+          const ordinal = this.started++;
+          this.indexOf.set(ordinal, c.index);
+          if ('delta' in c) {
+            // Found unchanged on a worker. The window also holds these: a chunk in a slow put must not let them pile up.
+            while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
+            if (run.failed) break stream;
+            run.live.bytesRead += c.delta.bytesRead ?? 0;
+            this.settle(ordinal, { entry: null, delta: c.delta, change: c.change });
+            this.position = position;
+            continue;
           }
-        };
-        const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain, readFd)
-          .then(
-            (e) => {
-              this.settle(ordinal, e);
-              // Also as chunks are stored, not only as they are read: the reader runs ahead by the pipeline's depth,
-              // and a small or throttled disk is read whole long before its writes end.
-              this.progress();
-            },
-            (err) => run.fail(err),
-          )
-          .finally(() => {
-            releasePlain();
-            inflight.delete(p);
-          });
-        inflight.add(p);
-        this.position = position;
-        this.progress();
-      }
+          if (!c.read) {
+            // Unread chunks the parent has data for: zero now on a scan (unallocated), unchanged on a tracked read.
+            const zeroNow = plan.scan && c.parent && !isZeroEntry(c.parent);
+            // A scan's unread chunk reads as zeros; a tracked source's is unchanged: the writer keeps the parent's hash.
+            const change = plan.scan ? this.zeroHash(grid.length(c.index)) : 'parent';
+            this.settle(
+              ordinal,
+              zeroNow ? { entry: zeroEntry(c.index, grid.length(c.index)), delta: { chunksChanged: 1 }, change } : { entry: null, delta: {}, change },
+            );
+            continue;
+          }
+          // The reader stands still here when the pipeline is full; whoever holds the buffers is the bottleneck.
+          const stalledFor = this.waitingForStore > 0 ? 'write' : 'encode';
+          const waitStart = performance.now();
+          while (this.started - this.settledCount > this.reorderWindow && !run.failed) await run.change();
+          const plainSlot = await this.plainPool.acquire();
+          this.clock.waited(stalledFor, performance.now() - waitStart);
+          if (run.failed) {
+            this.plainPool.release(plainSlot);
+            break stream;
+          }
+          let plainHeld = true;
+          const releasePlain = () => {
+            if (plainHeld) {
+              plainHeld = false;
+              this.plainPool.release(plainSlot);
+            }
+          };
+          const p: Promise<void> = this.processChunk(c, plainSlot, releasePlain, readFd)
+            .then(
+              (e) => {
+                this.settle(ordinal, e);
+                // Also as chunks are stored, not only as they are read: the reader runs ahead by the pipeline's depth,
+                // and a small or throttled disk is read whole long before its writes end.
+                this.progress();
+              },
+              (err) => run.fail(err),
+            )
+            .finally(() => {
+              releasePlain();
+              inflight.delete(p);
+            });
+          inflight.add(p);
+          this.position = position;
+          this.progress();
+        }
     } catch (err) {
       run.fail(err);
     } finally {
@@ -173,8 +174,8 @@ export class ChunkScan {
     }
   }
 
-  /** The candidates in order; with a lent fd, those the workers found unchanged come as Decided. */
-  private stream(parentView: Cursor<ChunkEntry> | undefined, fd: number | undefined): AsyncIterable<Candidate | Decided> {
+  /** The candidates in order, in batches; with a lent fd, those the workers found unchanged come as Decided. */
+  private stream(parentView: BatchCursor<ChunkEntry> | undefined, fd: number | undefined): AsyncIterable<Array<Candidate | Decided>> {
     const { opts, plan, from } = this.o;
     const all = storeMissingAgain(candidates(plan.toRead, parentView), (id) => this.o.packs.holds(id));
     const changes = this.o.changes;
@@ -355,13 +356,16 @@ export class ChunkScan {
  * not inherited: an incremental that named it was as broken as its parent (CHUNK_MISSING on restore), and only a
  * --full run healed the disk. Stored again, it is found by its id for the older points too.
  */
-async function* storeMissingAgain(all: AsyncIterable<Candidate>, holds: (id: Buffer) => boolean): AsyncIterable<Candidate> {
-  for await (const c of all) yield c.parent?.id && !holds(c.parent.id) ? { index: c.index, read: true } : c;
+async function* storeMissingAgain(all: AsyncIterable<Candidate[]>, holds: (id: Buffer) => boolean): AsyncIterable<Candidate[]> {
+  for await (const batch of all) yield batch.map((c) => (c.parent?.id && !holds(c.parent.id) ? { index: c.index, read: true } : c));
 }
 
 /** The candidates from index `first` on: a resumed run's workers read nothing its checkpoint covers. */
-async function* fromIndex(all: AsyncIterable<Candidate>, first: number): AsyncIterable<Candidate> {
-  for await (const c of all) if (c.index >= first) yield c;
+async function* fromIndex(all: AsyncIterable<Candidate[]>, first: number): AsyncIterable<Candidate[]> {
+  for await (const batch of all) {
+    const from = batch[0].index >= first ? batch : batch.filter((c) => c.index >= first);
+    if (from.length) yield from;
+  }
 }
 
 function zeroEntry(index: number, length: number): ChunkEntry {
