@@ -30,7 +30,7 @@ import { Lease } from '../repository/lease.js';
 import type { ReplicateOptions, ReplicateResult } from './replicate/options.js';
 import { ChangeHashReader, ChangeHashWriter, changeHashesAvailable, changeHashPlace } from './replicate/change-hashes.js';
 import { PackWriter } from './replicate/packs.js';
-import { openCheckpoint, planPoint, type PointPlan } from './replicate/plan.js';
+import { isChainDamage, openCheckpoint, planPoint, type PointPlan } from './replicate/plan.js';
 import { RunState } from './replicate/run-state.js';
 import { ChunkScan } from './replicate/scan.js';
 import { TableWriter } from './replicate/table.js';
@@ -47,8 +47,30 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   codecWorkers();
   const domain = Domain.of(opts.encryption);
   return Lease.holding(opts.store, leaseName(disk, opts.encryption), opts.lease, (lease) =>
-    withWorkerDomain(domain, () => replicateLeased(opts, lease)),
+    withWorkerDomain(domain, async () => {
+      try {
+        return await replicateLeased(opts, lease);
+      } catch (err) {
+        // A table of the parent's chain found damaged as the run read it: built upon, it would keep the disk from
+        // being protected at all (every later run read it again). The point starts a chain of its own instead, once.
+        const parent = parentChainDamage.get(err as object);
+        if (parent === undefined) throw err;
+        return replicateLeased(opts, lease, `the chain of point ${parent} is damaged (${(err as RnodeError).message})`);
+      }
+    }),
   );
+}
+
+/** Errors of reading the parent's chain of tables that say it is damaged (replicateLeased's parent view), with the parent. */
+const parentChainDamage = new WeakMap<object, number>();
+
+async function* markingChainDamage<T>(view: AsyncIterable<T>, parent: number): AsyncIterable<T> {
+  try {
+    yield* view;
+  } catch (err) {
+    if (isChainDamage(err)) parentChainDamage.set(err, parent);
+    throw err;
+  }
 }
 
 /** What a cancelled run kept of its point, in RNODE_CANCELLED's details.checkpoint. */
@@ -76,10 +98,10 @@ function withCheckpointState(err: unknown, table: TableWriter, resumed: boolean)
   });
 }
 
-async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined): Promise<ReplicateResult> {
+async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined, damagedChain?: string): Promise<ReplicateResult> {
   const started = performance.now();
   const { store, source } = opts;
-  const plan = await planPoint(opts);
+  const plan = await planPoint(opts, damagedChain);
   const { disk, seq, domain, grid, latest, parent } = plan;
   if (plan.full) codecWorkers().start(); // every chunk is encoded: the lanes the process deferred start now
   const identity = await source.identity?.();
@@ -127,7 +149,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined)
 
     let parentView: BatchCursor<ChunkEntry> | undefined;
     if (plan.chain) {
-      const view = chainBatches(store, plan.chain, opts.encryption);
+      const view = markingChainDamage(chainBatches(store, plan.chain, opts.encryption), plan.parent!.point);
       // A table that stands alone carries the parent's entries for the chunks this run does not store.
       parentView = new BatchCursor(plan.tableParent === null ? teed(view, (e) => table.carry(e)) : view);
     }

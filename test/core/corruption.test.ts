@@ -317,6 +317,35 @@ t.test('a damaged point in the chain: the next replicate starts a new chain that
   await expectRestore(t, fsStore(f.storeDir), 'd', 3, fp3, f.dir);
 });
 
+// Regression: a damaged table (its manifest intact) of a point in the chain failed every later replicate with
+// RNODE_MANIFEST_CORRUPT as the scan read it, and prune with it: the disk was not protected any more, while the
+// docs said the next replicate starts a new chain.
+t.test('a damaged table in the chain: the next replicate starts a new chain that restores, and prune can drop the damage', async (t) => {
+  const f = await twoPoints(t);
+  writeAt(f.img, 5 * CHUNK, randomData(100, 4));
+  const r3 = await runCli(['replicate', '--source', f.img, '--target', f.storeDir, '--disk', 'd', '--cache-dir', 'none', '--json']);
+  t.equal(r3.code, 0, r3.stderr);
+  const segment = path.join(f.storeDir, 'r2', 'plain', 'disks', 'd', 'tables', '0000000002', 'g0000-00000000');
+  t.ok(fs.existsSync(segment), 'point 2 has its own table');
+  flipByte(segment, 40);
+  writeAt(f.img, 2 * CHUNK, randomData(100, 5));
+  const fp4 = fingerprint(f.img);
+  const r = await runCli(['replicate', '--source', f.img, '--target', f.storeDir, '--disk', 'd', '--cache-dir', 'none', '--json']);
+  t.equal(r.code, 0, r.stderr);
+  const p4 = json(r);
+  t.equal(p4.point, 4, 'numbered after the damaged chain');
+  t.equal(p4.full, true, 'a chain of its own');
+  t.match(p4.fullReason, /the chain of point 3 is damaged \(chunk table \S+0000000002\S* is not the segment.*a new chain starts here/);
+  await expectRestore(t, fsStore(f.storeDir), 'd', 4, fp4, f.dir);
+
+  const kept = await runCli(['prune', '--store', f.storeDir, '--disk', 'd', '--keep', '1']);
+  t.equal(kept.code, 0, `prune keeps the new chain and deletes the damaged points: ${kept.stderr}`);
+  t.same(await listPointSeqs(fsStore(f.storeDir), 'd'), [4]);
+  const check = await runCli(['check', '--store', f.storeDir, '--read-data']);
+  t.equal(check.code, 0, `the repository is whole again: ${check.stderr}`);
+  await expectRestore(t, fsStore(f.storeDir), 'd', 4, fp4, f.dir);
+});
+
 // Regression: `points` failed as a whole (RNODE_MANIFEST_CORRUPT, exit 1) on the first damaged manifest, hiding the
 // intact points that recover still restores: the list the error messages send the operator to was the one missing.
 t.test('points lists every readable point and names the damaged one; restoring still refuses it', async (t) => {

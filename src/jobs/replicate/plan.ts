@@ -77,7 +77,11 @@ async function checkSameFile(latest: PointManifest, source: BlockSource, disk: s
   );
 }
 
-export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
+/**
+ * damagedChain: why the chain of the latest point cannot be built upon though its manifests read (a table of it
+ * turned out damaged while a run of this point read it): the point then starts a chain of its own.
+ */
+export async function planPoint(opts: ReplicateOptions, damagedChain?: string): Promise<PointPlan> {
   const { store, source } = opts;
   const disk = validateDiskId(opts.disk);
   const maxChain = opts.maxChain ?? MAX_CHAIN_POINTS;
@@ -88,7 +92,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   const lastSeq = seqs.length ? seqs[seqs.length - 1] : 0;
   // A damaged latest point (or, below, a damaged point in its chain) cannot be built upon, and must not stop the
   // disk's protection for good: the new point starts a chain of its own, and says why.
-  let damage: string | undefined;
+  let damage: string | undefined = damagedChain;
   const latest = lastSeq
     ? await loadPoint(store, disk, lastSeq, opts.encryption).catch((err: unknown) => {
         if (!isChainDamage(err)) throw err;
@@ -132,7 +136,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
   const grid = new ChunkGrid(source.size, chunkSize);
 
   // The table is a delta against the latest point whenever the geometry matches; otherwise it stands alone.
-  let parent: PointManifest | undefined = latest;
+  let parent: PointManifest | undefined = damage ? undefined : latest;
   let fullReason: string | undefined;
   if (damage) fullReason = `${damage}; a new chain starts here, and the damaged points stay as they are (rnode check, prune)`;
   else if (!latest) fullReason = 'first point of the disk';
@@ -203,7 +207,7 @@ export async function planPoint(opts: ReplicateOptions): Promise<PointPlan> {
 }
 
 /** Damage found reading a point's manifest or its chain (not a forgery, not the store failing): start afresh. */
-function isChainDamage(err: unknown): err is RnodeError {
+export function isChainDamage(err: unknown): err is RnodeError {
   return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CORRUPT);
 }
 
