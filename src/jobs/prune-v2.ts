@@ -348,14 +348,18 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
     }
     const named = new Set<string>();
     for (const seq of d.points) {
-      const m = await loadV2Point(store, disk, seq, domain.key).catch((err) => {
-        if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined; // deleted by retention since the listing
-        throw err;
-      });
-      if (!m) continue;
-      noteGeneration(marksRecorded, m.marksGeneration, `point ${seq} of disk ${disk}`);
-      for (const ref of m.table.segments) named.add(ref.key);
-      for await (const e of tableEntries(store, m, domain.key)) use(e);
+      try {
+        const m = await loadV2Point(store, disk, seq, domain.key).catch((err) => {
+          if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) return undefined; // deleted by retention since the listing
+          throw err;
+        });
+        if (!m) continue;
+        noteGeneration(marksRecorded, m.marksGeneration, `point ${seq} of disk ${disk}`);
+        for (const ref of m.table.segments) named.add(ref.key);
+        for await (const e of tableEntries(store, m, domain.key)) use(e);
+      } catch (err) {
+        throw damagedPointBlocksSweep(err, disk, seq);
+      }
     }
     const { segments, checkpoints } = staleDiskObjects(domain.name, d, named);
     stale.set(d.dname, segments.length + checkpoints.length);
@@ -688,6 +692,19 @@ async function deleteStaleTablesOfDisks(
       if (!isRnodeError(err, ErrorCodes.LEASE_HELD)) throw err;
     }
   }
+}
+
+/**
+ * What a damaged point (its manifest or a table) does to a sweep: what it references is not known, so nothing may be
+ * deleted, in any disk of the repository, until the point is gone. The error keeps its code and says how to get there.
+ */
+function damagedPointBlocksSweep(err: unknown, disk: string, seq: number): unknown {
+  if (!isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && !isRnodeError(err, ErrorCodes.FORMAT_CORRUPT)) return err;
+  return new RnodeError(
+    err.code,
+    `${err.message}. Prune deletes nothing while a point's references cannot be read: replicate disk ${disk} again (its next point starts a new chain), then drop point ${seq} with prune --disk ${disk} --keep <n> (rnode points --disk ${disk} lists its points; rnode check lists every damaged one)`,
+    { cause: err, details: { ...err.details, disk, point: seq } },
+  );
 }
 
 async function rebaseV2(store: ObjectStore, domain: Domain, chain: V2PointManifest[]): Promise<void> {

@@ -346,6 +346,36 @@ t.test('a damaged table in the chain: the next replicate starts a new chain that
   await expectRestore(t, fsStore(f.storeDir), 'd', 4, fp4, f.dir);
 });
 
+// A damaged table of one disk stops every prune's sweep of the repository (what it references is not known): the
+// error said "restore from another point or store", which no operator could act on. It now says what to run.
+t.test('a damaged table stops the sweep of every disk, with an error that says how to get past it', async (t) => {
+  const f = await twoPoints(t);
+  const other = path.join(f.dir, 'other.img');
+  fs.writeFileSync(other, randomData(SIZE, 9));
+  for (let i = 0; i < 2; i++) {
+    writeAt(other, i * CHUNK, randomData(100, 10 + i));
+    const r = await runCli(['replicate', '--source', other, '--target', f.storeDir, '--disk', 'e', '--cache-dir', 'none']);
+    t.equal(r.code, 0, r.stderr);
+  }
+  flipByte(path.join(f.storeDir, 'r2', 'plain', 'disks', 'd', 'tables', '0000000002', 'g0000-00000000'), 40);
+  const blocked = await runCli(['prune', '--store', f.storeDir, '--disk', 'e', '--keep', '1']);
+  t.equal(blocked.code, 1, 'prune of another disk fails: nothing may be deleted');
+  t.match(blocked.stderr, ErrorCodes.MANIFEST_CORRUPT);
+  t.match(blocked.stderr, /replicate disk d again .*prune --disk d --keep <n>/, 'the error says what to run');
+  t.ok(noStack(blocked.stderr), 'no stack trace');
+
+  writeAt(f.img, 3 * CHUNK, randomData(100, 12));
+  const fp = fingerprint(f.img);
+  const r = await runCli(['replicate', '--source', f.img, '--target', f.storeDir, '--disk', 'd', '--cache-dir', 'none', '--json']);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(json(r).full, true, 'the damaged chain is not built upon');
+  const dropped = await runCli(['prune', '--store', f.storeDir, '--disk', 'd', '--keep', '1']);
+  t.equal(dropped.code, 0, dropped.stderr);
+  const again = await runCli(['prune', '--store', f.storeDir, '--disk', 'e', '--keep', '1']);
+  t.equal(again.code, 0, `the other disk prunes again: ${again.stderr}`);
+  await expectRestore(t, fsStore(f.storeDir), 'd', 3, fp, f.dir);
+});
+
 // Regression: `points` failed as a whole (RNODE_MANIFEST_CORRUPT, exit 1) on the first damaged manifest, hiding the
 // intact points that recover still restores: the list the error messages send the operator to was the one missing.
 t.test('points lists every readable point and names the damaged one; restoring still refuses it', async (t) => {
