@@ -695,14 +695,15 @@ async function deleteStaleTablesOfDisks(
 }
 
 /**
- * What a damaged point (its manifest or a table) does to a sweep: what it references is not known, so nothing may be
- * deleted, in any disk of the repository, until the point is gone. The error keeps its code and says how to get there.
+ * What a damaged point (its manifest or a table) does to a reference scan (a sweep, stats): what it references is not
+ * known, so nothing may be deleted, in any disk of the repository, until the point is gone. The error keeps its code
+ * and says how to get there.
  */
 function damagedPointBlocksSweep(err: unknown, disk: string, seq: number): unknown {
   if (!isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && !isRnodeError(err, ErrorCodes.FORMAT_CORRUPT)) return err;
   return new RnodeError(
     err.code,
-    `${err.message}. Prune deletes nothing while a point's references cannot be read: replicate disk ${disk} again (its next point starts a new chain), then drop point ${seq} with prune --disk ${disk} --keep <n> (rnode points --disk ${disk} lists its points; rnode check lists every damaged one)`,
+    `${err.message}. What the repository's points use is not known while one cannot be read, and prune deletes nothing meanwhile: replicate disk ${disk} again (its next point starts a new chain), then drop point ${seq} with prune --disk ${disk} --keep <n> (rnode points --disk ${disk} lists its points; rnode check lists every damaged one)`,
     { cause: err, details: { ...err.details, disk, point: seq } },
   );
 }
