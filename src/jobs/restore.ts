@@ -13,7 +13,7 @@ import { newReadSlot, recycleReadSlot, withWorkerKey, type ChunkSeal } from '../
 import { authenticateTables, readDiskMarker, requireChainSeal } from '../repository/encryption.js';
 import { assertOutsideStore } from '../store/containment.js';
 import { loadChain, resolvePoint } from '../repository/points.js';
-import { chainView } from '../repository/view.js';
+import { chainViewAcrossRebase, isMissingTable, type ChainReload } from '../repository/view.js';
 import { isCloudOutput, openOutput } from '../output/index.js';
 import { resolveFileOutput } from '../output/file.js';
 import type { Extent, OutputSink } from '../output/sink.js';
@@ -84,12 +84,26 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     await resolveFileOutput(opts.out);
   }
   const seq = await resolvePoint(store, disk, opts.point, opts.encryption);
-  const chain = await loadChain(store, disk, seq, opts.encryption);
+  let chain = await loadChain(store, disk, seq, opts.encryption);
   const { diskSize, chunkSize } = chain[0];
   // Before the output exists: a missing or wrong key leaves nothing behind.
   // Forged metadata too: manifests and every table segment are authenticated before the output is opened.
-  const seal = requireChainSeal(chain, opts.encryption, disk, await readDiskMarker(store, disk, opts.encryption));
-  if (seal) await authenticateTables(store, chain, seal.key);
+  const marker = await readDiskMarker(store, disk, opts.encryption);
+  const seal = requireChainSeal(chain, opts.encryption, disk, marker);
+  // Retention may rebase the point while it is read (its ancestors' tables deleted): the point as the store holds it
+  // then, held to the same rules.
+  const reload = async () => {
+    const now = await loadChain(store, disk, seq, opts.encryption);
+    requireChainSeal(now, opts.encryption, disk, marker);
+    return now;
+  };
+  if (seal) {
+    await authenticateTables(store, chain, seal.key).catch(async (err: unknown) => {
+      if (!isMissingTable(err)) throw err;
+      chain = await reload();
+      await authenticateTables(store, chain, seal.key);
+    });
+  }
 
   const sink =
     opts.sink ??
@@ -97,13 +111,14 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   let stats: PumpStats;
   const clock = new RestoreClock();
   try {
-    if (sink.prepare) await sink.prepare(() => dataExtents(store, chain, seal?.key));
+    if (sink.prepare) await sink.prepare(() => dataExtents(store, chain, seal?.key, reload));
     clock.ms.open = performance.now() - started;
     stats = await withWorkerKey(opts.encryption, () =>
       pump({
         store,
         disk,
         chain,
+        reload,
         seq,
         seal,
         sink,
@@ -205,6 +220,8 @@ interface PumpOptions {
   store: ObjectStore;
   disk: string;
   chain: PointManifest[];
+  /** The chain again, after retention rebased the point while it was read. */
+  reload: ChainReload;
   seq: number;
   seal?: ChunkSeal;
   sink: OutputSink;
@@ -258,7 +275,7 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
   };
 
   try {
-    for await (const e of chainView(o.store, o.chain, seal?.key)) {
+    for await (const e of chainViewAcrossRebase(o.store, o.chain, seal?.key, o.reload)) {
       if (failure) break;
       if (o.signal?.aborted) {
         failure = new RnodeError(
@@ -300,10 +317,10 @@ async function pump(o: PumpOptions): Promise<PumpStats> {
 }
 
 /** The ranges of a point that hold data (non-zero chunks), adjacent chunks merged, ascending. */
-async function* dataExtents(store: ObjectStore, chain: PointManifest[], key?: EncryptionKey): AsyncIterable<Extent> {
+async function* dataExtents(store: ObjectStore, chain: PointManifest[], key: EncryptionKey | undefined, reload: ChainReload): AsyncIterable<Extent> {
   const { chunkSize } = chain[0];
   let run: Extent | undefined;
-  for await (const e of chainView(store, chain, key)) {
+  for await (const e of chainViewAcrossRebase(store, chain, key, reload)) {
     if (isZeroEntry(e)) continue;
     const offset = e.index * chunkSize;
     if (run && run.offset + run.length === offset) {

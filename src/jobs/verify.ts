@@ -14,7 +14,7 @@ import { BufferPool } from '../pipeline/buffer-pool.js';
 import { newReadSlot, recycleReadSlot, withWorkerKey } from '../pipeline/chunk-codec.js';
 import { chainKey, checkChainAuthenticity, readDiskMarker, type DiskMarker } from '../repository/encryption.js';
 import { explainNoPoints, listPointSeqs, loadChain, loadPoint, resolvePoint } from '../repository/points.js';
-import { chainView, tableEntries } from '../repository/view.js';
+import { chainViewAcrossRebase, tableEntries } from '../repository/view.js';
 
 export interface VerifyProblem {
   code: string;
@@ -162,7 +162,15 @@ async function verifyPoints(opts: VerifyOptions): Promise<VerifyResult> {
     // One point: everything it restores from. All points: each point's own table once, which together covers
     // every chunk any of them references (a rebased table carries the entries of pruned ancestors).
     const metaKey = key.seal ? opts.encryption : undefined;
-    const entries: AsyncIterable<ChunkEntry> = all ? tableEntries(store, m, metaKey) : chainView(store, chain, metaKey);
+    // Retention may rebase a point while it is verified (its ancestors' tables deleted): the point as the store holds
+    // it then, held to the same rules.
+    const reload = async () => {
+      const now = await loadChain(store, disk, seq, opts.encryption);
+      if (marker) checkChainAuthenticity(now, undefined, marker, disk);
+      checkChainAuthenticity(now, key.seal ? opts.encryption : undefined, marker, disk);
+      return now;
+    };
+    const entries: AsyncIterable<ChunkEntry> = all ? tableEntries(store, m, metaKey) : chainViewAcrossRebase(store, chain, metaKey, reload);
     const nonZero = async function* () {
       try {
         for await (const e of entries) if (!isZeroEntry(e)) yield e;

@@ -204,6 +204,8 @@ export async function loadV2Chain(store: ObjectStore, disk: string, seq: number,
 
 /** Manifests fetched ahead while a chain is walked, at most. */
 const CHAIN_LOOKAHEAD = 8;
+/** Points of a chain found rebased while it is walked, at most (each a retention that ran meanwhile). */
+const MAX_REBASES_SEEN = 4;
 
 /** A point already loaded and its ancestors, newest first (see loadChain). */
 export async function chainFrom(store: ObjectStore, first: PointManifest, key: EncryptionKey | undefined): Promise<PointManifest[]> {
@@ -223,6 +225,7 @@ export async function chainFrom(store: ObjectStore, first: PointManifest, key: E
     return p;
   };
   let m: PointManifest | undefined = first;
+  let rebases = 0;
   while (m) {
     chain.push(m);
     if (m.parent === null) break;
@@ -231,12 +234,22 @@ export async function chainFrom(store: ObjectStore, first: PointManifest, key: E
     const window = Math.min(CHAIN_LOOKAHEAD, 2 ** (chain.length - 1));
     for (let s = m.parent; s > Math.max(0, m.parent - window); s--) void fetch(s);
     for (const s of ahead.keys()) if (s > m.parent) ahead.delete(s);
-    const parent: PointManifest = await fetch(m.parent).catch((err) => {
-      if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) {
-        throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${m!.point} needs point ${m!.parent}, which is missing; the store is damaged`);
+    const child: PointManifest = m;
+    const parent: PointManifest | undefined = await fetch(m.parent).catch(async (err: unknown) => {
+      if (!isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) throw err;
+      // Retention deletes a kept point's ancestors once it has rebased it (a table of its own, no parent): the point
+      // read before that names a parent that is gone by now. Read again, it is whole; only a point that still names
+      // the missing parent is damage.
+      const again = rebases < MAX_REBASES_SEEN ? await loadPoint(store, disk, child.point, key).catch(() => undefined) : undefined;
+      if (again && again.createdAt === child.createdAt && again.parent !== child.parent) {
+        rebases++;
+        chain.pop();
+        m = again;
+        return undefined;
       }
-      throw err;
+      throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${child.point} needs point ${child.parent}, which is missing; the store is damaged`);
     });
+    if (!parent) continue;
     if (parent.diskSize !== m.diskSize || parent.chunkSize !== m.chunkSize) {
       throw new RnodeError(
         ErrorCodes.MANIFEST_CORRUPT,

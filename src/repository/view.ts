@@ -38,7 +38,7 @@ export async function* tableSegments(store: ObjectStore, m: PointManifest, key?:
         throw new RnodeError(
           ErrorCodes.MANIFEST_CORRUPT,
           `chunk table ${ref.key} of point ${m.point} of disk ${m.disk} is missing; restore from another point`,
-          { details: { key: ref.key } },
+          { details: { key: ref.key, missing: true } },
         );
       }
       throw err;
@@ -225,4 +225,65 @@ export async function* chainBatches(store: ObjectStore, chain: PointManifest[], 
   } finally {
     await Promise.all(cursors.map((c) => c.close()));
   }
+}
+
+/** The point's chain as the store holds it now (loadChain), for a view that outlives a retention's rebase. */
+export type ChainReload = () => Promise<PointManifest[]>;
+
+/** Reloads a view survives, at most (each a retention that rebased the point meanwhile). */
+const MAX_RELOADS = 4;
+
+/**
+ * chainBatches() of a point that retention may rebase while it is read (a table of its own, its ancestors and their
+ * tables deleted): a table found missing reloads the chain, and the view goes on along the new one after the last
+ * index it gave. A rebase keeps what the point holds (the new table carries its ancestors' entries; only its zero
+ * records are left out, which read as zeros all the same). A point deleted or replaced, or a table missing from the
+ * chain as the store holds it now, fails as before.
+ */
+export async function* chainBatchesAcrossRebase(
+  store: ObjectStore,
+  chain: PointManifest[],
+  key: EncryptionKey | undefined,
+  reload: ChainReload,
+): AsyncIterable<ChunkEntry[]> {
+  let current = chain;
+  let after = -1;
+  for (let reloads = 0; ; reloads++) {
+    try {
+      for await (const batch of chainBatches(store, current, key)) {
+        const fresh = batch[0].index > after ? batch : batch.filter((e) => e.index > after);
+        if (fresh.length === 0) continue;
+        after = fresh[fresh.length - 1].index;
+        yield fresh;
+      }
+      return;
+    } catch (err) {
+      if (!isMissingTable(err) || reloads >= MAX_RELOADS) throw err;
+      const now = await reload();
+      const [was, is] = [current[0], now[0]];
+      if (is.point !== was.point || is.createdAt !== was.createdAt || is.diskSize !== was.diskSize || is.chunkSize !== was.chunkSize) throw err;
+      if (sameTables(now, current)) throw err; // the same tables: that one is really gone
+      current = now;
+    }
+  }
+}
+
+/** A chain's table found missing as it was read (a rebase since the chain was loaded, or damage). */
+export function isMissingTable(err: unknown): err is RnodeError {
+  return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && err.details.missing === true;
+}
+
+/** chainBatchesAcrossRebase() entry by entry. */
+export async function* chainViewAcrossRebase(
+  store: ObjectStore,
+  chain: PointManifest[],
+  key: EncryptionKey | undefined,
+  reload: ChainReload,
+): AsyncIterable<ChunkEntry> {
+  for await (const batch of chainBatchesAcrossRebase(store, chain, key, reload)) yield* batch;
+}
+
+function sameTables(a: PointManifest[], b: PointManifest[]): boolean {
+  const keys = (c: PointManifest[]) => c.map((m) => `${m.point}:${m.table.segments.map((s) => s.key).join(',')}`).join(';');
+  return keys(a) === keys(b);
 }
