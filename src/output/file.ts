@@ -140,7 +140,8 @@ export async function openFileOutput(out: string, diskSize: number, opts: FileOu
     const tmp = path.join(path.dirname(target), `.${path.basename(target)}.rnode-partial`);
     const opened = await createPartial(tmp, out, opts.ownerOnly ? 0o600 : 0o644);
     try {
-      if (stats?.isFile()) await opened.fh.chmod(stats.mode & 0o7777);
+      // Its permissions, never its setuid, setgid or sticky bit: a root-owned disk image must not become set-user-ID.
+      if (stats?.isFile()) await opened.fh.chmod(stats.mode & 0o777);
       await opened.fh.truncate(diskSize);
       const { ino, dev } = await opened.fh.stat();
       return new FileSink(out, opened, tmp, { partial: tmp, final: target, ino, dev });

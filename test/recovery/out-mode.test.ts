@@ -38,3 +38,17 @@ t.test("a restored image's mode: owner-only for an encrypted disk, kept when it 
   await recover({ store, disk: 'sealed', out: sealed, encryption: key });
   t.equal(mode(sealed), 0o604, 'even where the owner chose a wider one for an encrypted disk');
 });
+
+t.test('a file replaced keeps its permissions, not its setuid, setgid or sticky bit', async (t) => {
+  const dir = tmpDir(t, 'out-suid');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(64 * 1024, 2));
+  const store = fsStore(path.join(dir, 'store'));
+  await snap(store, img, 'plain');
+  const out = path.join(dir, 'plain.img');
+  fs.writeFileSync(out, 'old');
+  fs.chmodSync(out, 0o7755);
+  await recover({ store, disk: 'plain', out });
+  t.equal(fs.statSync(out).mode & 0o7777, 0o755, 'rwxr-xr-x kept, the special bits dropped');
+  t.ok(fs.readFileSync(out).equals(fs.readFileSync(img)), 'byte-exact');
+});
