@@ -454,7 +454,8 @@ const pruneCmd: Command = {
           'pass its key with --encryption-key-file to sweep it',
       ),
     ]);
-    return 0;
+    // Chunks the points use that no index object locates: the repository is damaged (the sweep deleted nothing).
+    return r.domains.some((d) => d.missingChunks > 0) ? 1 : 0;
   },
 };
 
@@ -522,15 +523,21 @@ const checkCmd: Command = {
       ),
       ...r.skipped.map((s) => `  repository ${s.domain}: not checked (${s.code}: encrypted with another key)`),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
-      ...r.domains.flatMap((d) =>
-        d.repair
+      ...r.domains.flatMap((d) => [
+        ...(d.repair && (d.repair.packsRepaired > 0 || d.repair.dropped.length > 0)
           ? [
               `  repaired repository ${d.domain}: ${d.repair.packsRepaired} pack(s) rewritten without their ${d.repair.dropped.length} damaged chunk(s) ` +
                 `(${d.repair.blobsCopied} intact chunks copied); replicate the disks that held them again: every point that uses them restores once ` +
                 'a replicate has stored them anew (--full where the source has not changed there)',
             ]
-          : [],
-      ),
+          : []),
+        ...(d.repair && (d.repair.blobsIndexed > 0 || d.repair.damagedIndexesDeleted > 0)
+          ? [
+              `  repaired repository ${d.domain}: ${d.repair.blobsIndexed} intact chunk(s) that no index object named indexed again from their packs, ` +
+                `${d.repair.damagedIndexesDeleted} damaged index object(s) deleted; run check again to confirm`,
+            ]
+          : []),
+      ]),
     ]);
     if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
     return r.ok ? 0 : 1;

@@ -182,6 +182,8 @@ interface DomainScope {
   vanishedIndexes: Set<ObjectId>;
   /** Blobs found damaged by readData (offsets by pack): what repair leaves out. */
   damaged: Map<ObjectId, Set<number>>;
+  /** Index objects that could not be read (damaged): what repair deletes once their blobs are indexed again. */
+  damagedIndexes: ObjectId[];
 }
 
 /** A listed object whose read found it gone: deleted since the listing (the store is read-after-write consistent). */
@@ -289,6 +291,7 @@ async function checkDomain(
     vanishedPacks: new Set(),
     vanishedIndexes: new Set(),
     damaged: new Map(),
+    damagedIndexes: [],
   };
   // The points to check are listed first: a writer stores a point's packs and index objects before its manifest, so
   // the listings below hold every chunk of these points. A point committed later (a replicate beside the check) is
@@ -316,12 +319,19 @@ async function checkDomain(
   c.removedDuringCheck.indexObjects = scope.vanishedIndexes.size;
   matchIndexToTrailers(scope, index, trailers);
   await checkPointReferences(scope, disks, index, trailers);
-  if (repair && scope.damaged.size > 0) c.repair = await repairDomain({ store, domain, damaged: scope.damaged });
+  if (repair) {
+    // Blobs of intact trailers no readable index object names: indexed again (those found damaged are left out).
+    const unindexed: ChunkLocation[] = [];
+    for (const [packId, t] of trailers) for (let i = 0; t && i < t.count; i++) if (t.marks[i] === 0) unindexed.push({ packId, entry: t.entry(i) });
+    if (scope.damaged.size > 0 || unindexed.length > 0 || scope.damagedIndexes.length > 0) {
+      c.repair = await repairDomain({ store, domain, damaged: scope.damaged, unindexed, damagedIndexes: scope.damagedIndexes });
+    }
+  }
   return c;
 }
 
 /** Every index object not read yet, each on its own so one bad object does not hide the others. */
-async function readIndexes({ store, name, domain, report, indexIds, parts, vanishedIndexes }: DomainScope): Promise<void> {
+async function readIndexes({ store, name, domain, report, indexIds, parts, vanishedIndexes, damagedIndexes }: DomainScope): Promise<void> {
   const known = new Set(indexIds);
   for (const id of await listIndexIds(store, name)) {
     if (known.has(id) || vanishedIndexes.has(id)) continue;
@@ -334,6 +344,7 @@ async function readIndexes({ store, name, domain, report, indexIds, parts, vanis
         vanishedIndexes.add(id); // merged by a prune's index compaction since the listing
       else {
         indexIds.push(id);
+        if (isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CORRUPT)) damagedIndexes.push(id);
         report(err);
       }
     }

@@ -206,6 +206,11 @@ async function sweepDomain(opts: MaintainOptions, r: MaintainResult): Promise<Ma
   r.packs = packs.size;
   r.missingChunks = missingChunks;
   if (deferred) r.deferred = deferred;
+  // A chunk a point uses that no index object locates (one lost or damaged): the pack holding it looks unused, and a
+  // sweep deleted such intact packs two runs later, every point of the repository lost (exit 0 each time).
+  else if (missingChunks > 0) {
+    r.deferred = `${missingChunks} chunks the points use are in no index object (one is lost or damaged), so which packs hold them is not known; run "rnode check --read-data --repair", which indexes the intact blobs again`;
+  }
 
   // Sweep, one state per run and a grace period between: unused packs are seen, then marked (writers stop using
   // them), then deleted; a pack in use again loses its mark.

@@ -34,6 +34,13 @@ export type EnvelopeKindId = (typeof EnvelopeKind)[keyof typeof EnvelopeKind];
 
 const KIND_NAMES: Record<number, string> = Object.fromEntries(Object.entries(EnvelopeKind).map(([k, v]) => [v, k.toLowerCase().replace('_', ' ')]));
 
+/** What an operator can do about a damaged object of a kind (what restores it, when something does). */
+const DAMAGE_REMEDIES: Record<number, string> = {
+  [EnvelopeKind.INDEX]: 'run "rnode check --read-data --repair": it indexes the intact chunks again from their packs and deletes it',
+  [EnvelopeKind.PRUNE_MARKS]: 'run "rnode prune --reset-marks" (the next prunes start their grace periods afresh)',
+};
+const DEFAULT_REMEDY = 'run "rnode check" and restore from another point or store';
+
 // Contexts: every field written, joined by NUL; a field never holds a NUL (ids, numbers, hex).
 const ctx = (...parts: Array<string | number | null>) => parts.map((p) => (p === null ? 'null' : String(p))).join('\0');
 export const envelopeContext = {
@@ -71,7 +78,7 @@ export function sealEnvelope(kind: EnvelopeKindId, context: string, body: Uint8A
 export function openEnvelope(b: Buffer, kind: EnvelopeKindId, context: string, what: string, key?: EncryptionKey): Buffer {
   const name = KIND_NAMES[kind];
   const corrupt = (why: string) =>
-    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `${name} ${what} is corrupt (${why}); run "rnode check" and restore from another point or store`, {
+    new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `${name} ${what} is corrupt (${why}); ${DAMAGE_REMEDIES[kind] ?? DEFAULT_REMEDY}`, {
       details: { key: what },
     });
   const forged = (why: string) =>

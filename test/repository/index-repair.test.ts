@@ -1,0 +1,89 @@
+// Lost and damaged index objects. An index object names where each chunk is; the chunks themselves, and a trailer
+// naming them, are in the packs. A lost index object made prune take the packs of its chunks for unused ones and
+// delete them two runs later, exit 0 each time: every point lost. A damaged one stopped every replicate of the
+// repository, and nothing repaired it. Now prune deletes nothing (exit 1) while chunks the points use are in no index
+// object, and check --read-data --repair indexes the intact blobs again from the trailers and deletes the damaged index.
+import t from 'tap';
+import type { Test } from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { json, runCli } from '../helpers/cli.js';
+import { fingerprint, KiB, listFiles, randomData, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+
+stopCodecWorkersAtEnd(t);
+
+async function replicate(t: Test, img: string, storeDir: string, disk: string) {
+  const r = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', disk, '--chunk-size', '64KiB', '--cache-dir', 'none']);
+  t.equal(r.code, 0, `replicate ${disk}: ${r.stderr}`);
+}
+
+t.test('a lost index object: prune deletes nothing and says what to run; repair indexes the chunks again', async (t) => {
+  const dir = tmpDir(t, 'index-lost');
+  const storeDir = path.join(dir, 'store');
+  const img = path.join(dir, 'd.img');
+  fs.writeFileSync(img, randomData(1024 * KiB, 51));
+  await replicate(t, img, storeDir, 'd');
+  const want = fingerprint(img);
+  const indexRoot = path.join(storeDir, 'r2', 'plain', 'index');
+  const packRoot = path.join(storeDir, 'r2', 'plain', 'packs');
+  for (const f of listFiles(indexRoot)) fs.rmSync(path.join(indexRoot, f));
+  const packs = listFiles(packRoot);
+  t.ok(packs.length > 0);
+
+  for (let i = 0; i < 3; i++) {
+    const p = await runCli(['prune', '--store', storeDir, '--grace', '0', '--json']);
+    t.equal(p.code, 1, `prune ${i + 1} exits 1: the repository is damaged`);
+    const d = json(p).domains[0];
+    t.equal(d.missingChunks, 16, 'the 16 chunks of the point are in no index object');
+    t.equal(d.packsDeleted, 0, 'nothing deleted');
+    t.match(d.deferred, /check --read-data --repair/, 'it names the repair');
+  }
+  t.same(listFiles(packRoot), packs, 'every pack is still there');
+
+  const repair = await runCli(['check', '--store', storeDir, '--read-data', '--repair', '--json']);
+  t.equal(repair.code, 1, 'the check that repairs still reports what it found');
+  t.match(json(repair).domains[0].repair, { blobsIndexed: 16, damagedIndexesDeleted: 0 });
+  const check = await runCli(['check', '--store', storeDir, '--read-data']);
+  t.equal(check.code, 0, `whole again: ${check.stderr}`);
+  for (let i = 0; i < 3; i++) t.equal((await runCli(['prune', '--store', storeDir, '--grace', '0'])).code, 0, 'prune runs again');
+  const out = path.join(dir, 'out.img');
+  const r = await runCli(['recover', '--store', storeDir, '--disk', 'd', '--out', out]);
+  t.equal(r.code, 0, r.stderr);
+  t.same(fingerprint(out), want, 'the point restores byte-exact after three prunes');
+});
+
+t.test('a damaged index object: replicate says how to repair it; repair deletes it and every disk replicates again', async (t) => {
+  const dir = tmpDir(t, 'index-damaged');
+  const storeDir = path.join(dir, 'store');
+  const a = path.join(dir, 'a.img');
+  const b = path.join(dir, 'b.img');
+  fs.writeFileSync(a, randomData(512 * KiB, 52));
+  fs.writeFileSync(b, randomData(512 * KiB, 53));
+  await replicate(t, a, storeDir, 'a');
+  await replicate(t, b, storeDir, 'b');
+  const indexRoot = path.join(storeDir, 'r2', 'plain', 'index');
+  const victim = path.join(indexRoot, listFiles(indexRoot)[0]);
+  const bytes = fs.readFileSync(victim);
+  bytes[60] ^= 0x5a;
+  fs.writeFileSync(victim, bytes);
+
+  const blocked = await runCli(['replicate', '--source', b, '--target', storeDir, '--disk', 'c', '--cache-dir', 'none']);
+  t.equal(blocked.code, 1, 'a new disk is refused while the index is damaged');
+  t.match(blocked.stderr, /RNODE_MANIFEST_CORRUPT: index .* is corrupt .*rnode check --read-data --repair/);
+
+  const repair = await runCli(['check', '--store', storeDir, '--read-data', '--repair', '--json']);
+  t.match(json(repair).domains[0].repair, { blobsIndexed: 8, damagedIndexesDeleted: 1 });
+  t.notOk(fs.existsSync(victim), 'the damaged index object is gone');
+  t.equal((await runCli(['check', '--store', storeDir, '--read-data'])).code, 0, 'whole again');
+  await replicate(t, b, storeDir, 'c');
+  for (const [disk, img] of [
+    ['a', a],
+    ['b', b],
+    ['c', b],
+  ]) {
+    const out = path.join(dir, `${disk}.out`);
+    const r = await runCli(['recover', '--store', storeDir, '--disk', disk, '--out', out]);
+    t.equal(r.code, 0, r.stderr);
+    t.same(fingerprint(out), fingerprint(img), `disk ${disk} restores byte-exact`);
+  }
+});
