@@ -87,3 +87,51 @@ t.test('a damaged index object: replicate says how to repair it; repair deletes 
     t.same(fingerprint(out), fingerprint(img), `disk ${disk} restores byte-exact`);
   }
 });
+
+// A first point of an encrypted disk, stopped after its checkpoint and never run again: its disk id was in no object a
+// prune can read (the repository names disks by keyed hashes, and the checkpoint did not say), and every sweep of the
+// repository deferred for good. The checkpoint now names its disk.
+t.test('an encrypted disk whose first replicate stopped after a checkpoint does not hold up the sweep', async (t) => {
+  const dir = tmpDir(t, 'enc-first-stopped');
+  const storeDir = path.join(dir, 'store');
+  const keyFile = path.join(dir, 'key');
+  fs.writeFileSync(keyFile, randomData(32, 54).toString('hex'), { mode: 0o600 });
+  const x = path.join(dir, 'x.img');
+  const y = path.join(dir, 'y.img');
+  fs.writeFileSync(x, randomData(512 * KiB, 55));
+  fs.writeFileSync(y, randomData(512 * KiB, 56));
+  const args = (img: string, disk: string) => [
+    'replicate',
+    '--source',
+    img,
+    '--target',
+    storeDir,
+    '--disk',
+    disk,
+    '--chunk-size',
+    '64KiB',
+    '--cache-dir',
+    'none',
+    '--encryption-key-file',
+    keyFile,
+  ];
+  t.equal((await runCli(args(x, 'x'))).code, 0);
+  fs.writeFileSync(x, randomData(512 * KiB, 57));
+  t.equal((await runCli(args(x, 'x'))).code, 0);
+  const stopped = await runCli(args(y, 'y'), { env: { RNODE_FAILPOINT: 'after-checkpoint' } });
+  t.not(stopped.code, 0, 'the first replicate of y stopped after its checkpoint');
+  const kept = await runCli(['prune', '--store', storeDir, '--disk', 'x', '--keep', '1', '--grace', '0', '--encryption-key-file', keyFile, '--json']);
+  t.equal(kept.code, 0, kept.stderr);
+  let deleted = 0;
+  for (let i = 0; i < 3; i++) {
+    const p = await runCli(['prune', '--store', storeDir, '--grace', '0', '--encryption-key-file', keyFile, '--json']);
+    t.equal(p.code, 0, p.stderr);
+    const d = json(p).domains.find((d: { domain: string }) => d.domain !== 'plain');
+    t.equal(d.deferred, undefined, `sweep ${i + 1} is not deferred`);
+    deleted += d.packsDeleted;
+  }
+  t.ok(deleted > 0, 'the packs only point 1 of x used are deleted');
+  const out = path.join(dir, 'x.out');
+  t.equal((await runCli(['recover', '--store', storeDir, '--disk', 'x', '--out', out, '--encryption-key-file', keyFile])).code, 0);
+  t.same(fingerprint(out), fingerprint(x), 'the kept point restores byte-exact');
+});

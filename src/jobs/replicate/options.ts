@@ -123,6 +123,11 @@ export interface ReplicateResult {
 /** What an interrupted run leaves (sealed, as the pending object of its point) for the next run to continue from. */
 export interface Checkpoint {
   format: 'rnode-pending';
+  /**
+   * The disk's id. An encrypted repository names a disk by a keyed hash: a prune learns the disk of a first point that
+   * has no manifest yet only from here (without it, one stopped first replicate held up every sweep of the repository).
+   */
+  disk?: string;
   point: number;
   parent: number | null;
   scan: boolean;

@@ -149,6 +149,7 @@ export class TableWriter {
     const settled = { ...run.stats };
     const snapshot = (): Checkpoint => ({
       format: 'rnode-pending',
+      disk,
       point: seq,
       parent: place.parent,
       scan: plan.scan,
