@@ -11,6 +11,7 @@ import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { ChunkIndex, listIndexIds, openIndex, type ChunkLocation, type IndexPart } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.js';
+import { readPruneMarks } from '../repository/prune-marks.js';
 import { BLOB_ENTRY_BYTES, blobEntryAt, decodePack, encodeTrailerBody, readPackTrailer, type BlobEntry } from '../repository/pack.js';
 import {
   checkKeyOpensOne,
@@ -293,6 +294,8 @@ async function checkDomain(
     damaged: new Map(),
     damagedIndexes: [],
   };
+  // Prune's marks: every replicate and prune of the repository reads them, and damaged ones stop both.
+  await readPruneMarks(store, domain).catch((err: unknown) => report(err));
   // The points to check are listed first: a writer stores a point's packs and index objects before its manifest, so
   // the listings below hold every chunk of these points. A point committed later (a replicate beside the check) is
   // not checked: its chunks may be in index objects written after they were read, and were reported missing.

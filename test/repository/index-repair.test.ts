@@ -135,3 +135,27 @@ t.test('an encrypted disk whose first replicate stopped after a checkpoint does 
   t.equal((await runCli(['recover', '--store', storeDir, '--disk', 'x', '--out', out, '--encryption-key-file', keyFile])).code, 0);
   t.same(fingerprint(out), fingerprint(x), 'the kept point restores byte-exact');
 });
+
+// Damaged prune marks stop every replicate and prune of the repository; check said ok and the error sent the operator
+// to check. check now reports them, and the error names the way out.
+t.test('damaged prune marks: check reports them, the error names prune --reset-marks, which clears them', async (t) => {
+  const dir = tmpDir(t, 'marks-damaged');
+  const storeDir = path.join(dir, 'store');
+  const img = path.join(dir, 'm.img');
+  fs.writeFileSync(img, randomData(256 * KiB, 58));
+  await replicate(t, img, storeDir, 'm');
+  t.equal((await runCli(['prune', '--store', storeDir])).code, 0);
+  const marks = path.join(storeDir, 'r2', 'plain', 'prune', 'marks');
+  const bytes = fs.readFileSync(marks);
+  bytes[30] ^= 0x55;
+  fs.writeFileSync(marks, bytes);
+  const check = await runCli(['check', '--store', storeDir, '--json']);
+  t.equal(check.code, 1, 'check finds the damaged marks');
+  t.match(json(check).problems[0], { code: 'RNODE_MANIFEST_CORRUPT', message: /prune marks .* prune --reset-marks/ });
+  const blocked = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'm', '--cache-dir', 'none']);
+  t.equal(blocked.code, 1);
+  t.match(blocked.stderr, /prune --reset-marks/, 'the replicate error names the way out');
+  t.equal((await runCli(['prune', '--store', storeDir, '--reset-marks'])).code, 0);
+  t.equal((await runCli(['check', '--store', storeDir])).code, 0, 'check is clean again');
+  await replicate(t, img, storeDir, 'm');
+});
