@@ -122,23 +122,6 @@ export function segmentExpectation(m: PointManifest, n: number, key: EncryptionK
   return { mac: m.table.segments[n].mac!, ...(key ? { auth: { key, place } } : {}) };
 }
 
-/** Pull-based cursor over an async iterable, so merges can peek. */
-export class Cursor<T> {
-  private readonly it: AsyncIterator<T>;
-  current: T | undefined;
-  constructor(src: AsyncIterable<T>) {
-    this.it = src[Symbol.asyncIterator]();
-  }
-  async next(): Promise<T | undefined> {
-    const r = await this.it.next();
-    this.current = r.done ? undefined : r.value;
-    return this.current;
-  }
-  async close(): Promise<void> {
-    await this.it.return?.();
-  }
-}
-
 /**
  * Pull-based cursor over an async iterable of batches, stepping one item at a time: a step within the batch at hand
  * answers at once, without a trip through the event loop (a 1.5 GiB incremental steps its merges once per chunk).
