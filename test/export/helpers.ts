@@ -52,6 +52,21 @@ export function changeDisk(file: string, seed = 7): void {
   writeAt(file, 4 * MiB + 8 * KiB, randomData(100 * KiB, seed + 1));
 }
 
+/** `count` points of disk vm in dir/store, each a copy of the image in dir/p<n>.img (prune tests: what to compare). */
+export async function pointsWithCopies(dir: string, count: number): Promise<{ store: FsStore; copies: string[] }> {
+  const store = fsStore(path.join(dir, 'store'));
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  const copies: string[] = [];
+  for (let n = 1; n <= count; n++) {
+    if (n > 1) changeDisk(image, 7 * n);
+    await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+    copies.push(path.join(dir, `p${n}.img`));
+    fs.copyFileSync(image, copies[n - 1]);
+  }
+  return { store, copies };
+}
+
 export interface Run {
   code: number;
   stdout: string;

@@ -9,28 +9,13 @@ import { ChunkIndex } from '../../src/export/chunk-index.js';
 import { pruneStore } from '../../src/jobs/prune-v2.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { loadChain } from '../../src/repository/points.js';
-import { fsStore, sha256File, snap, tmpDir, writeAt } from '../helpers/images.js';
-import { CHUNK, changeDisk, compare, haveTools, makeDisk, nbdMap, run, serveExport, unixUrl } from './helpers.js';
+import { fsStore, sha256File, tmpDir, writeAt } from '../helpers/images.js';
+import { CHUNK, compare, haveTools, nbdMap, pointsWithCopies, run, serveExport, unixUrl } from './helpers.js';
 
 t.setTimeout(180_000);
 t.teardown(() => codecWorkers().close());
 
 type Log = Array<{ event: string; fields: Record<string, unknown> }>;
-
-/** `count` points of disk vm, each a copy in dir/p<n>.img. */
-async function points(dir: string, count: number) {
-  const store = fsStore(path.join(dir, 'store'));
-  const image = path.join(dir, 'disk.img');
-  makeDisk(image);
-  const copies: string[] = [];
-  for (let n = 1; n <= count; n++) {
-    if (n > 1) changeDisk(image, 7 * n);
-    await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
-    copies.push(path.join(dir, `p${n}.img`));
-    fs.copyFileSync(image, copies[n - 1]);
-  }
-  return { store, copies };
-}
 
 const prune = (store: ReturnType<typeof fsStore>, keep: number) => pruneStore({ store, disk: 'vm', keep, graceMs: 0, maxUnused: 0 });
 
@@ -39,7 +24,7 @@ t.test(
   { skip: !haveTools && 'tools missing' },
   async (t) => {
     const dir = tmpDir(t, 'export-prune');
-    const { store, copies } = await points(dir, 2);
+    const { store, copies } = await pointsWithCopies(dir, 2);
     const logs: Log = [];
     const exp = await serveExport(t, dir, { store, disk: 'vm', point: '2', log: (event, fields) => logs.push({ event, fields }) });
     const r = await prune(store, 1);
@@ -64,7 +49,7 @@ t.test(
   { skip: !haveTools && 'tools missing' },
   async (t) => {
     const dir = tmpDir(t, 'export-prune4');
-    const { store, copies } = await points(dir, 4);
+    const { store, copies } = await pointsWithCopies(dir, 4);
     const exp = await serveExport(t, dir, { store, disk: 'vm' });
     t.equal(exp.point, 4);
     const r = await prune(store, 2);
@@ -91,7 +76,7 @@ t.test(
   { skip: !haveTools && 'tools missing' },
   async (t) => {
     const dir = tmpDir(t, 'export-prune-rw');
-    const { store, copies } = await points(dir, 2);
+    const { store, copies } = await pointsWithCopies(dir, 2);
     const overlay = path.join(dir, 'ov');
     const exp = await serveExport(t, dir, { store, disk: 'vm', point: '2', writable: true, overlay });
     await prune(store, 1);
@@ -109,7 +94,7 @@ t.test(
 
 t.test('a point prune deleted: reads fail with EIO and a log line that says it was deleted', { skip: !haveTools && 'tools missing' }, async (t) => {
   const dir = tmpDir(t, 'export-prune-gone');
-  const { store } = await points(dir, 2);
+  const { store } = await pointsWithCopies(dir, 2);
   const logs: Log = [];
   const exp = await serveExport(t, dir, { store, disk: 'vm', point: '1', log: (event, fields) => logs.push({ event, fields }) });
   await prune(store, 1);
@@ -126,7 +111,7 @@ t.test('a point prune deleted: reads fail with EIO and a log line that says it w
 
 t.test('lookups in flight while the chain reloads: one reload, entries as a fresh index of the rebased point', async (t) => {
   const dir = tmpDir(t, 'export-prune-index');
-  const { store } = await points(dir, 2);
+  const { store } = await pointsWithCopies(dir, 2);
   let reloads = 0;
   const index = new ChunkIndex(store, await loadChain(store, 'vm', 2), undefined, undefined, () => {
     reloads++;
@@ -145,7 +130,7 @@ t.test('lookups in flight while the chain reloads: one reload, entries as a fres
 
 t.test('a new table that disagrees with what the export read of the old one is refused, not mixed in', async (t) => {
   const dir = tmpDir(t, 'export-prune-differ');
-  const { store } = await points(dir, 2);
+  const { store } = await pointsWithCopies(dir, 2);
   const index = new ChunkIndex(store, await loadChain(store, 'vm', 2), undefined, undefined, () => loadChain(store, 'vm', 2));
   // Chunk 2 changed in point 2; what the export read of it is made to differ from what the store says.
   const read = await index.lookup(2);

@@ -10,26 +10,11 @@ import { recover } from '../../src/jobs/restore.js';
 import { verify } from '../../src/jobs/verify.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import type { ObjectStore } from '../../src/store/types.js';
-import { fsStore, sha256File, snap, tmpDir } from '../helpers/images.js';
-import { CHUNK, changeDisk, makeDisk } from '../export/helpers.js';
+import { sha256File, tmpDir } from '../helpers/images.js';
+import { pointsWithCopies } from '../export/helpers.js';
 
 t.setTimeout(120_000);
 t.teardown(() => codecWorkers().close());
-
-/** `count` points of disk vm, each a copy in dir/p<n>.img. */
-async function points(dir: string, count: number) {
-  const store = fsStore(path.join(dir, 'store'));
-  const image = path.join(dir, 'disk.img');
-  makeDisk(image);
-  const copies: string[] = [];
-  for (let n = 1; n <= count; n++) {
-    if (n > 1) changeDisk(image, 7 * n);
-    await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
-    copies.push(path.join(dir, `p${n}.img`));
-    fs.copyFileSync(image, copies[n - 1]);
-  }
-  return { store, copies };
-}
 
 /** The store, with the first read of a key that matches held until release(); reached resolves when it is held. */
 function gated(store: ObjectStore, matches: (key: string) => boolean) {
@@ -61,7 +46,7 @@ const prune = (store: ObjectStore, keep: number) => pruneStore({ store, disk: 'v
 
 t.test('recover of a kept point whose older tables prune deletes as it reads them: byte-exact', async (t) => {
   const dir = tmpDir(t, 'prune-recover');
-  const { store, copies } = await points(dir, 4);
+  const { store, copies } = await pointsWithCopies(dir, 4);
   // The first table read of point 1: the recover has its chain (4, 3, 2, 1) and starts reading its tables.
   const g = gated(store, (key) => key.includes('/tables/0000000001/'));
   const out = path.join(dir, 'out.img');
@@ -85,7 +70,7 @@ t.test('recover of a kept point whose older tables prune deletes as it reads the
 
 t.test('recover of a kept point whose chain is being loaded as prune deletes its ancestors: byte-exact', async (t) => {
   const dir = tmpDir(t, 'prune-chain');
-  const { store, copies } = await points(dir, 4);
+  const { store, copies } = await pointsWithCopies(dir, 4);
   // The manifest of point 2, read while the chain of point 4 is walked: prune deletes it meanwhile.
   const g = gated(store, (key) => /\/points\/0000000002$/.test(key));
   const out = path.join(dir, 'out.img');
@@ -101,7 +86,7 @@ t.test('recover of a kept point whose chain is being loaded as prune deletes its
 
 t.test('verify of a kept point while prune rebases it: no problem reported', async (t) => {
   const dir = tmpDir(t, 'prune-verify');
-  const { store } = await points(dir, 4);
+  const { store } = await pointsWithCopies(dir, 4);
   const g = gated(store, (key) => key.includes('/tables/0000000001/'));
   const running = verify({ store: g.store, disk: 'vm', point: '4' });
   running.catch(() => undefined);
@@ -115,7 +100,7 @@ t.test('verify of a kept point while prune rebases it: no problem reported', asy
 
 t.test('a table really missing (not a rebase) still fails the recover, and leaves no output', async (t) => {
   const dir = tmpDir(t, 'prune-missing');
-  const { store } = await points(dir, 3);
+  const { store } = await pointsWithCopies(dir, 3);
   const table = path.join(dir, 'store', 'r2', 'plain', 'disks', 'vm', 'tables', '0000000002', 'g0000-00000000');
   t.ok(fs.existsSync(table));
   fs.rmSync(table);
