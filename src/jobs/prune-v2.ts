@@ -37,6 +37,12 @@ import { PruneMarks, checkMarksGeneration, readPruneMarks, writePruneMarks } fro
 import { chainView, pendingTableEntries, referencesChunk, tableEntries } from '../repository/view.js';
 import { dropLegacyPoints, pruneLegacy, type PruneOptions, type PruneResult } from './prune.js';
 
+/**
+ * Missing chunk ids a reference scan looks up again in the index as it is at its end, at most: what a point committed
+ * during the scan can add (a 64 GiB full point of 1 MiB chunks). More than that are taken as missing (nothing deleted).
+ */
+const MAX_RECHECKED = 65536;
+
 /** Default grace period: far longer than a lease (10 min at most) and a checkpoint interval (15 s). */
 export const DEFAULT_GRACE_MS = 60 * 60_000;
 /** Default --max-unused, as a fraction: the knee of bytes rewritten against waste saved (docs/prune.md, bench/sections/repack.ts). */
@@ -331,11 +337,13 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
     }
     return best;
   };
+  // Chunks no index object read above locates, looked up again at the end (up to a bound).
+  const missing: Buffer[] = [];
   const use = (e: ChunkEntry) => {
     if (!referencesChunk(e)) return;
     const l = canonical(e.id!);
-    if (!l) r.missingChunks++;
-    else packs.get(l.packId)!.used.add(l.entry.offset);
+    if (l) packs.get(l.packId)!.used.add(l.entry.offset);
+    else if (r.missingChunks++ < MAX_RECHECKED) missing.push(Buffer.from(e.id!)); // a copy: the table's buffer may go
   };
   const disks = await listV2Disks(store, domain.name);
   const diskIds = new Map<string, string>();
@@ -383,6 +391,18 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
           r.deferred = `table ${s.key} of a point being written could not be read (${err.code})`;
         }
       }
+    }
+  }
+
+  // A point or checkpoint written while this scan ran names chunks in index objects written after the index was read:
+  // those are found in the index as it is now. What stays missing is in no index object (one lost or damaged).
+  if (r.missingChunks > 0 && r.missingChunks <= MAX_RECHECKED) {
+    const now = await ChunkIndex.load(store, domain, concurrency, { skipDamaged: true });
+    for (const id of missing) {
+      const l = now.lookup(id)[0];
+      if (!l) continue;
+      r.missingChunks--;
+      packs.get(l.packId)?.used.add(l.entry.offset); // a pack listed above (else it is newer than this run's sweep)
     }
   }
 

@@ -10,37 +10,12 @@ import { recover } from '../../src/jobs/restore.js';
 import { verify } from '../../src/jobs/verify.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import type { ObjectStore } from '../../src/store/types.js';
+import { gated } from '../helpers/gate.js';
 import { sha256File, tmpDir } from '../helpers/images.js';
 import { pointsWithCopies } from '../export/helpers.js';
 
 t.setTimeout(120_000);
 t.teardown(() => codecWorkers().close());
-
-/** The store, with the first read of a key that matches held until release(); reached resolves when it is held. */
-function gated(store: ObjectStore, matches: (key: string) => boolean) {
-  let release!: () => void;
-  const open = new Promise<void>((r) => (release = r));
-  let reached!: () => void;
-  const held = new Promise<void>((r) => (reached = r));
-  let armed = true;
-  const wrapped = new Proxy(store, {
-    get(target, prop, receiver) {
-      if (prop === 'get') {
-        return async (key: string, o?: unknown) => {
-          if (armed && matches(key)) {
-            armed = false;
-            reached();
-            await open;
-          }
-          return (target.get as (k: string, o?: unknown) => Promise<Buffer>).call(target, key, o);
-        };
-      }
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-  return { store: wrapped, held, release };
-}
 
 const prune = (store: ObjectStore, keep: number) => pruneStore({ store, disk: 'vm', keep, graceMs: 0, maxUnused: 0, lease: false });
 
