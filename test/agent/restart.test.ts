@@ -18,11 +18,12 @@ t.test('a job the node was running when it was killed ends with job.failed RNODE
       kind: 'replicate',
       store: { url: path.join(dir, 'store') },
       disks: [{ disk: 'd', source: { location: img } }],
-      bandwidth: 512 * KiB,
+      bandwidth: 256 * KiB,
     },
     node.id,
   );
-  // Generous: 20 s ran out under the whole suite's load on 2 cores (alone, the whole test takes 3-4 s).
+  // Generous: 20 s ran out under the whole suite's load on 2 cores (alone, the whole test takes 3-4 s); the run is
+  // paced slowly enough (8 MiB at 256 KiB/s) to be still running when that wait ends.
   await ms.waitFor(() => rec.state === 'accepted' && ms.progress.some((p) => p.msg.jobId === 'j1'), 60_000, 'the job running');
   first.child.kill('SIGKILL');
   await first.exited;
@@ -54,22 +55,26 @@ t.test('after a kill, the interrupted attempts end before the jobs the server se
   const ms = await startMs(t, { nodeTimeoutMs: 60_000 });
   const first = spawnAgent(t, ms, dir, 'n1');
   const node = await ms.waitFor(() => ms.liveNodes()[0], 20_000, 'registration');
-  const recs = [];
-  for (const [i, jobId] of ['same', 'next'].entries()) {
-    const img = await makeDisk(dir, jobId, 8 * MiB, 20 + i);
-    const job = {
-      jobId,
-      kind: 'replicate' as const,
-      store: { url: path.join(dir, `store-${jobId}`) },
-      disks: [{ disk: 'd', source: { location: img } }],
-      bandwidth: 512 * KiB,
-    };
-    recs.push(ms.startJob(job, node.id));
-  }
+  // Both disks first, then both jobs at once: the two runs must overlap, and the kill land in both. With the second
+  // disk made after the first job started, a loaded machine (the whole suite on 2 cores) let the first run end first:
+  // "both jobs running" then never held, 20 s or 60 s.
+  const imgs = [await makeDisk(dir, 'same', 8 * MiB, 20), await makeDisk(dir, 'next', 8 * MiB, 21)];
+  const recs = ['same', 'next'].map((jobId, i) =>
+    ms.startJob(
+      {
+        jobId,
+        kind: 'replicate' as const,
+        store: { url: path.join(dir, `store-${jobId}`) },
+        disks: [{ disk: 'd', source: { location: imgs[i] } }],
+        bandwidth: 256 * KiB,
+      },
+      node.id,
+    ),
+  );
   const [same, next] = recs;
   await ms.waitFor(
     () => recs.every((r) => r.state === 'accepted' && ms.progress.some((p) => p.msg.jobId === r.job.jobId)),
-    60_000, // as above
+    60_000,
     'both jobs running',
   );
   first.child.kill('SIGKILL');
@@ -83,7 +88,7 @@ t.test('after a kill, the interrupted attempts end before the jobs the server se
     ms.send(n.id, { type: 'job.start', job: next.job });
   });
   spawnAgent(t, ms, dir, 'n1');
-  await ms.waitFor(() => same.state === 'completed' && next.state === 'completed', 60_000, 'both jobs completed');
+  await ms.waitFor(() => same.state === 'completed' && next.state === 'completed', 120_000, 'both jobs completed');
   const trail = (jobId: string) =>
     ms
       .reportsOf('job.accepted', (m) => m.jobId === jobId)
