@@ -72,11 +72,15 @@ t.test('after a kill, the interrupted attempts end before the jobs the server se
     ),
   );
   const [same, next] = recs;
-  await ms.waitFor(
-    () => recs.every((r) => r.state === 'accepted' && ms.progress.some((p) => p.msg.jobId === r.job.jobId)),
-    60_000,
-    'both jobs running',
-  );
+  await ms
+    .waitFor(() => recs.every((r) => r.state === 'accepted' && ms.progress.some((p) => p.msg.jobId === r.job.jobId)), 60_000, 'both jobs running')
+    .catch((err: unknown) => {
+      // What the server saw, and the node's last log lines: a timeout alone says nothing of why.
+      t.comment(`jobs: ${JSON.stringify(recs.map((r) => ({ jobId: r.job.jobId, state: r.state })))}`);
+      t.comment(`progress: ${JSON.stringify(ms.progress.slice(0, 10).map((p) => [p.msg.jobId, p.msg.phase]))}`);
+      t.comment(`node log: ${first.stderr.slice(-20).join('\n')}`);
+      throw err;
+    });
   first.child.kill('SIGKILL');
   await first.exited;
 
