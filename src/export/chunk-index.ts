@@ -8,7 +8,7 @@ import type { PointManifest, SegmentRef } from '../format/manifest.js';
 import { isZeroEntry, type ChunkEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import type { EncryptionKey } from '../crypto/keys.js';
-import { decodePointSegment } from '../repository/view.js';
+import { decodePointSegment, isMissingTable, sameTables } from '../repository/view.js';
 import { Lru } from './lru.js';
 
 /** Decoded segments kept (each up to 4096 entries, a few hundred KiB as objects). */
@@ -53,7 +53,7 @@ export class ChunkIndex {
     try {
       return await this.lookupIn(chain, i);
     } catch (err) {
-      if (!isMissingSegment(err) || !this.reload) throw err;
+      if (!isMissingTable(err) || !this.reload) throw err;
       await this.reloaded(chain);
       // The store holds the same tables: the segment is really gone.
       if (this.chain === chain) throw err;
@@ -85,7 +85,7 @@ export class ChunkIndex {
     if (this.reloading?.from === from) return this.reloading.done;
     const done: Promise<void> = this.loadAgain(from).catch((err: unknown) => {
       // A store that failed to answer, or a new table already gone again (another rebase): the next lookup tries again.
-      const again = !isRnodeError(err) || err.retryable || isMissingSegment(err);
+      const again = !isRnodeError(err) || err.retryable || isMissingTable(err);
       if (again && this.reloading?.done === done) this.reloading = undefined;
       throw err;
     });
@@ -208,19 +208,10 @@ export class ChunkIndex {
   }
 }
 
-function isMissingSegment(err: unknown): err is RnodeError {
-  return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && err.details.missing === true;
-}
-
 function sameContent(a: ChunkEntry | null, b: ChunkEntry | null): boolean {
   if (!a || !b) return a === b;
   if (a.plainLength !== b.plainLength) return false;
   return a.id && b.id ? a.id.equals(b.id) : a.xxh64 === b.xxh64 && a.strong.equals(b.strong);
-}
-
-function sameTables(a: PointManifest[], b: PointManifest[]): boolean {
-  const keys = (c: PointManifest[]) => c.map((m) => `${m.point}:${m.table.segments.map((s) => s.key).join(',')}`).join(';');
-  return keys(a) === keys(b);
 }
 
 function findSegment(segments: SegmentRef[], i: number): SegmentRef | undefined {

@@ -24,7 +24,7 @@ import {
   v2DiskId,
   type V2DiskObjects,
 } from '../repository/points.js';
-import { referencesChunk, tableEntries } from '../repository/view.js';
+import { isDamage, referencesChunk, tableEntries } from '../repository/view.js';
 import { repairDomain, type RepairResult } from './repair.js';
 import { verify } from './verify.js';
 
@@ -347,7 +347,7 @@ async function readIndexes({ store, name, domain, report, indexIds, parts, vanis
         vanishedIndexes.add(id); // merged by a prune's index compaction since the listing
       else {
         indexIds.push(id);
-        if (isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CORRUPT)) damagedIndexes.push(id);
+        if (isDamage(err)) damagedIndexes.push(id);
         report(err);
       }
     }

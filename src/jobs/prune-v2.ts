@@ -34,7 +34,7 @@ import {
   type V2DiskObjects,
 } from '../repository/points.js';
 import { PruneMarks, checkMarksGeneration, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
-import { chainView, pendingTableEntries, referencesChunk, tableEntries } from '../repository/view.js';
+import { chainView, isDamage, pendingTableEntries, referencesChunk, tableEntries } from '../repository/view.js';
 import { dropLegacyPoints, pruneLegacy, type PruneOptions, type PruneResult } from './prune.js';
 
 /**
@@ -725,7 +725,7 @@ async function deleteStaleTablesOfDisks(
  * and says how to get there.
  */
 function damagedPointBlocksSweep(err: unknown, disk: string, seq: number): unknown {
-  if (!isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && !isRnodeError(err, ErrorCodes.FORMAT_CORRUPT)) return err;
+  if (!isDamage(err)) return err;
   return new RnodeError(
     err.code,
     `${err.message}. What the repository's points use is not known while one cannot be read, and prune deletes nothing meanwhile: replicate disk ${disk} again (its next point starts a new chain), then drop point ${seq} with prune --disk ${disk} --keep <n> (rnode points --disk ${disk} lists its points; rnode check lists every damaged one)`,

@@ -25,12 +25,12 @@ import { ChunkIndex } from '../repository/index-file.js';
 import { r2, validateNewDiskId } from '../repository/names.js';
 import { encodeManifestV4, isV2Point, MANIFEST_VERSION_V2, type V4ManifestFields } from '../repository/point-format.js';
 import { WriterMarks } from '../repository/prune-marks.js';
-import { BatchCursor, chainBatches } from '../repository/view.js';
+import { BatchCursor, chainBatches, isDamage } from '../repository/view.js';
 import { Lease } from '../repository/lease.js';
 import type { ReplicateOptions, ReplicateResult } from './replicate/options.js';
 import { ChangeHashReader, ChangeHashWriter, changeHashesAvailable, changeHashPlace } from './replicate/change-hashes.js';
 import { PackWriter } from './replicate/packs.js';
-import { isChainDamage, openCheckpoint, planPoint, type PointPlan } from './replicate/plan.js';
+import { openCheckpoint, planPoint, type PointPlan } from './replicate/plan.js';
 import { RunState } from './replicate/run-state.js';
 import { ChunkScan } from './replicate/scan.js';
 import { TableWriter } from './replicate/table.js';
@@ -68,7 +68,7 @@ async function* markingChainDamage<T>(view: AsyncIterable<T>, parent: number): A
   try {
     yield* view;
   } catch (err) {
-    if (isChainDamage(err)) parentChainDamage.set(err, parent);
+    if (isDamage(err)) parentChainDamage.set(err, parent);
     throw err;
   }
 }

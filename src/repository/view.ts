@@ -251,6 +251,11 @@ export async function* chainBatchesAcrossRebase(
   }
 }
 
+/** Damage a point, table or index object read as (not a forgery, not the store failing): its remedies start afresh. */
+export function isDamage(err: unknown): err is RnodeError {
+  return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CORRUPT);
+}
+
 /** A chain's table found missing as it was read (a rebase since the chain was loaded, or damage). */
 export function isMissingTable(err: unknown): err is RnodeError {
   return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && err.details.missing === true;
@@ -266,7 +271,8 @@ export async function* chainViewAcrossRebase(
   for await (const batch of chainBatchesAcrossRebase(store, chain, key, reload)) yield* batch;
 }
 
-function sameTables(a: PointManifest[], b: PointManifest[]): boolean {
+/** Whether two chains name the same table segments, point by point (a reload that found no rebase). */
+export function sameTables(a: PointManifest[], b: PointManifest[]): boolean {
   const keys = (c: PointManifest[]) => c.map((m) => `${m.point}:${m.table.segments.map((s) => s.key).join(',')}`).join(';');
   return keys(a) === keys(b);
 }

@@ -16,7 +16,7 @@ import { r2, validateDiskId } from '../../repository/names.js';
 import { packSizeFor } from '../../repository/pack.js';
 import { isV2Point } from '../../repository/point-format.js';
 import { chainFrom, listPointSeqs, listV2PointSeqs, loadPoint, loadV2Checkpoint } from '../../repository/points.js';
-import { BatchCursor } from '../../repository/view.js';
+import { BatchCursor, isDamage } from '../../repository/view.js';
 import { packPlan } from './budget.js';
 import type { Checkpoint, ReplicateOptions, RunStats } from './options.js';
 
@@ -95,7 +95,7 @@ export async function planPoint(opts: ReplicateOptions, damagedChain?: string): 
   let damage: string | undefined = damagedChain;
   const latest = lastSeq
     ? await loadPoint(store, disk, lastSeq, opts.encryption).catch((err: unknown) => {
-        if (!isChainDamage(err)) throw err;
+        if (!isDamage(err)) throw err;
         damage = `point ${lastSeq} is damaged (${err.message})`;
         return undefined;
       })
@@ -160,7 +160,7 @@ export async function planPoint(opts: ReplicateOptions, damagedChain?: string): 
   let chain: PointManifest[] | undefined;
   if (parent) {
     chain = await chainFrom(store, parent, opts.encryption).catch((err: unknown) => {
-      if (!isChainDamage(err)) throw err;
+      if (!isDamage(err)) throw err;
       fullReason = `the chain of point ${parent!.point} is damaged (${err.message}); a new chain starts here, and the damaged points stay as they are (rnode check, prune)`;
       return undefined;
     });
@@ -204,11 +204,6 @@ export async function planPoint(opts: ReplicateOptions, damagedChain?: string): 
     rescanReason: scan && !full ? fullReason : undefined,
     toRead: changed ?? chunkBatchesOf(source.allocatedExtents(), grid),
   };
-}
-
-/** Damage found reading a point's manifest or its chain (not a forgery, not the store failing): start afresh. */
-export function isChainDamage(err: unknown): err is RnodeError {
-  return isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) || isRnodeError(err, ErrorCodes.FORMAT_CORRUPT);
 }
 
 async function peekChanged(source: BlockSource, marker: string, grid: ChunkGrid): Promise<{ indexes?: AsyncIterable<number[]>; error?: RnodeError }> {
