@@ -1,18 +1,24 @@
 // The reporter of `npm test`: tap's raw TAP output unchanged, then each test file's duration, slowest first, so
-// slow files stand out in CI logs, and last the failed assertions by file, so a log cut to its tail still says what
-// failed. tap loads it with --reporter (a stream class as the default export).
+// slow files stand out in CI logs, and last the failed assertions by file with the file's last comments, so a log
+// cut to its tail still says what failed and what the test saw. tap loads it with --reporter (a stream class as the
+// default export).
 import { Transform } from 'node:stream';
 
 // A top-level result line of the runner: one per test file, with tap's own timing.
 const FILE_RESULT = /^(not ok|ok) \d+ - (\S+).*# time=([\d.]+)ms/;
 // A failed assertion or subtest inside a file (indented: the file's own result line comes after them).
 const NESTED_FAILURE = /^(\s+)not ok \d+ - (.*?)(?: # time=[\d.]+ms)?$/;
+// What a test said with t.comment (diagnostics a failing test prints before it throws), not tap's own subtest headers.
+const NESTED_COMMENT = /^\s+# (?!Subtest: |time=)(.*)$/;
+// The last comments of a failed file are printed with its failures.
+const COMMENTS_KEPT = 20;
 
 export default class DurationsReporter extends Transform {
   #rest = '';
   #files = [];
-  /** Failures seen since the last file result line: they belong to the next one. */
+  /** Failures and comments seen since the last file result line: they belong to the next one. */
   #pending = [];
+  #comments = [];
 
   _transform(chunk, _encoding, done) {
     const text = this.#rest + chunk.toString('utf8');
@@ -34,6 +40,7 @@ export default class DurationsReporter extends Transform {
       for (const r of failed) {
         out.push(`# ✗ ${r.file}`);
         for (const f of r.failures.slice(0, 20)) out.push(`#   ${f}`);
+        for (const c of r.comments) out.push(`#     | ${c}`);
       }
     }
     done(null, `${out.join('\n')}\n`);
@@ -45,10 +52,17 @@ export default class DurationsReporter extends Transform {
       this.#pending.push(`${' '.repeat(Math.max(0, nested[1].length - 4))}not ok - ${nested[2]}`);
       return;
     }
+    const comment = NESTED_COMMENT.exec(line);
+    if (comment) {
+      this.#comments.push(comment[1]);
+      if (this.#comments.length > COMMENTS_KEPT) this.#comments.shift();
+      return;
+    }
     const m = FILE_RESULT.exec(line);
     if (m) {
-      this.#files.push({ ok: m[1] === 'ok', file: m[2], ms: Number(m[3]), failures: this.#pending });
+      this.#files.push({ ok: m[1] === 'ok', file: m[2], ms: Number(m[3]), failures: this.#pending, comments: this.#comments });
       this.#pending = [];
+      this.#comments = [];
     }
   }
 }

@@ -177,14 +177,19 @@ export class JobRunner {
     this.running.set(job.jobId, entry);
     this.updateGauges();
     const disks = job.kind === 'replicate' ? job.disks.map((d) => d.disk) : [job.disk];
-    this.o.report({ type: 'job.accepted', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), disks });
-    this.persistAccepted();
+    // In jobs.json before the server hears of it: a node killed in between would restart without the job the server
+    // holds as accepted, and nothing would ever end it.
+    const accepted = this.persistAccepted().then(() =>
+      this.o.report({ type: 'job.accepted', jobId: job.jobId, kind: job.kind, ...attemptOf(job), ...ctxFields(ctx), disks }),
+    );
     const execute = () => this.execute(job, ctx, controller.signal);
-    const run = (previous ? previous.ended.then(execute) : execute()).finally(() => {
-      if (this.running.get(job.jobId) === entry) this.running.delete(job.jobId);
-      this.updateGauges();
-      this.persistAccepted();
-    });
+    const run = accepted
+      .then(() => (previous ? previous.ended.then(execute) : execute()))
+      .finally(() => {
+        if (this.running.get(job.jobId) === entry) this.running.delete(job.jobId);
+        this.updateGauges();
+        void this.persistAccepted();
+      });
     entry.ended = run.catch(() => undefined);
     return run;
   }
@@ -218,7 +223,7 @@ export class JobRunner {
         retryable: true,
       });
     }
-    this.persistAccepted();
+    void this.persistAccepted();
   }
 
   /** Resolves once the running jobs handed to the state dir so far are on disk. */
@@ -226,7 +231,8 @@ export class JobRunner {
     await drained(() => this.savingAccepted);
   }
 
-  private persistAccepted(): void {
+  /** Hands the running jobs to jobs.json; resolves once written (or its failure logged). */
+  private persistAccepted(): Promise<void> {
     const snapshot: AcceptedJob[] = [...this.running.values()].map(({ job, ctx }) => ({
       jobId: job.jobId,
       kind: job.kind,
@@ -236,6 +242,7 @@ export class JobRunner {
     this.savingAccepted = this.savingAccepted
       .then(() => this.o.state.saveAcceptedJobs(snapshot))
       .catch((err) => this.o.log.error('could not persist the running jobs', { err }));
+    return this.savingAccepted;
   }
 
   cancel(jobId: string): boolean {

@@ -55,6 +55,16 @@ t.test('after a kill, the interrupted attempts end before the jobs the server se
   const ms = await startMs(t, { nodeTimeoutMs: 60_000 });
   const first = spawnAgent(t, ms, dir, 'n1');
   const node = await ms.waitFor(() => ms.liveNodes()[0], 20_000, 'registration');
+  // A node killed between sending job.accepted and writing jobs.json would restart without the job the server holds as
+  // accepted: read jobs.json as each first job.accepted arrives.
+  const acceptedSeenInJobsJson: string[] = [];
+  const jobsFile = path.join(dir, 'state-n1', 'jobs.json');
+  const onReport = (_n: unknown, msg: { type: string; jobId?: string; attempt?: number }) => {
+    if (msg.type !== 'job.accepted' || (msg.attempt ?? 1) !== 1 || acceptedSeenInJobsJson.length >= 2) return;
+    const held = fs.existsSync(jobsFile) ? (JSON.parse(fs.readFileSync(jobsFile, 'utf8')) as { jobId: string }[]) : [];
+    if (held.some((j) => j.jobId === msg.jobId)) acceptedSeenInJobsJson.push(String(msg.jobId));
+  };
+  ms.on('report', onReport);
   // Both disks first, then both jobs at once: the two runs must overlap, and the kill land in both. With the second
   // disk made after the first job started, a loaded machine (the whole suite on 2 cores) let the first run end first:
   // "both jobs running" then never held, 20 s or 60 s.
@@ -72,15 +82,11 @@ t.test('after a kill, the interrupted attempts end before the jobs the server se
     ),
   );
   const [same, next] = recs;
-  await ms
-    .waitFor(() => recs.every((r) => r.state === 'accepted' && ms.progress.some((p) => p.msg.jobId === r.job.jobId)), 60_000, 'both jobs running')
-    .catch((err: unknown) => {
-      // What the server saw, and the node's last log lines: a timeout alone says nothing of why.
-      t.comment(`jobs: ${JSON.stringify(recs.map((r) => ({ jobId: r.job.jobId, state: r.state })))}`);
-      t.comment(`progress: ${JSON.stringify(ms.progress.slice(0, 10).map((p) => [p.msg.jobId, p.msg.phase]))}`);
-      t.comment(`node log: ${first.stderr.slice(-20).join('\n')}`);
-      throw err;
-    });
+  // The kill needs both attempts in the node's jobs.json, and neither ended: that much the node guarantees once the
+  // server has their job.accepted. (Waiting for progress as well, which is best effort, timed out under the whole
+  // suite's load now and then, in CI too.) Each run puts ~4 MiB at 256 KiB/s: about 15 s of runs still going.
+  await ms.waitFor(() => recs.every((r) => r.state === 'accepted'), 60_000, 'both jobs accepted');
+  t.same(acceptedSeenInJobsJson, ['same', 'next'], 'each job was in jobs.json when its job.accepted reached the server');
   first.child.kill('SIGKILL');
   await first.exited;
 

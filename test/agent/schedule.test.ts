@@ -117,10 +117,11 @@ t.test('a run longer than the RPO: no overlap, the miss is reported', async (t) 
   await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
   // 1 MiB at 512 KiB/s: each run takes ~2 s against a 1 s RPO.
   ms.setPolicy(policy(dir, img, { rpoSeconds: 1, bandwidth: 512 * KiB }));
-  const missed = await ms.waitFor(() => ms.reportsOf('rpo.missed')[0], 10_000, 'rpo.missed');
+  // Generous: 10 s ran out once under the whole suite's load on 2 cores (the first run starts workers and a store).
+  const missed = await ms.waitFor(() => ms.reportsOf('rpo.missed')[0], 30_000, 'rpo.missed');
   t.match(missed.msg, { group: 'g1', disk: 'd0', rpoSeconds: 1 });
   t.ok(Number(missed.msg.lagSeconds) > 1, 'lag above the RPO');
-  await ms.waitFor(() => ms.reportsOf('job.completed').length >= 2, 15_000, 'two runs');
+  await ms.waitFor(() => ms.reportsOf('job.completed').length >= 2, 30_000, 'two runs');
   const runs = new Map<string, { start?: number; end?: number }>();
   for (const r of ms.reports) {
     const id = String(r.msg.jobId ?? '');
