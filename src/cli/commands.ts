@@ -471,12 +471,14 @@ const statsCmd: Command = {
     print(io, v.json === true, r, () => [
       `${r.disks} disks, ${r.points} points, logical size ${bytes(r.logicalBytes)}, stored ${bytes(r.storedBytes)}` +
         (r.dedupRatio !== null ? `, dedup ratio ${r.dedupRatio.toFixed(2)}` : '') +
-        `, ${r.packs} packs, ${bytes(r.unusedBytes)} unused`,
+        `, ${r.packs} packs, ${bytes(r.unusedBytes)} unused` +
+        (r.pendingBytes > 0 ? `, ${bytes(r.pendingBytes)} in points being written` : ''),
       ...r.domains.map((d) =>
         d.readable
           ? `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.disks} disks, ${d.points} points, logical ${bytes(d.logicalBytes!)}, ` +
             `data ${bytes(d.dataBytes!)}, unique ${bytes(d.uniqueBytes!)}, dedup ratio ${d.dedupRatio!.toFixed(2)}, stored ${bytes(d.storedBytes)} ` +
-            `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}`
+            `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}` +
+            (d.pendingBytes! > 0 ? `, in points being written ${bytes(d.pendingBytes!)}` : '')
           : `  repository ${d.domain} (encrypted, ${encryption ? 'with another key' : 'no key given'}): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass its key with --encryption-key-file for the rest`,
       ),
       ...(r.legacy.objects > 0

@@ -417,7 +417,8 @@ async function checkPointReferences(
   trailers: Trailers,
 ): Promise<void> {
   for (const d of disks.values()) {
-    c.disks++;
+    // As stats and `rnode disks` count them: a disk whose first point is still being written is not one yet.
+    if (d.points.length > 0) c.disks++;
     let disk: string | undefined;
     try {
       disk = await v2DiskId(store, d, domain.key);

@@ -133,6 +133,8 @@ export interface PackInfo {
   blobs: Map<number, BlobEntry>;
   /** Offsets of blobs holding a canonical location of a referenced chunk. */
   used: Set<number>;
+  /** Of those, the ones only points being written (checkpoints) reference so far; made on the first. */
+  pendingOnly?: Set<number>;
 }
 
 function emptyMaintainResult(domain: Domain): MaintainResult {
@@ -339,11 +341,16 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
   };
   // Chunks no index object read above locates, looked up again at the end (up to a bound).
   const missing: Buffer[] = [];
-  const use = (e: ChunkEntry) => {
+  const use = (e: ChunkEntry, pending = false) => {
     if (!referencesChunk(e)) return;
     const l = canonical(e.id!);
-    if (l) packs.get(l.packId)!.used.add(l.entry.offset);
-    else if (r.missingChunks++ < MAX_RECHECKED) missing.push(Buffer.from(e.id!)); // a copy: the table's buffer may go
+    if (l) {
+      const p = packs.get(l.packId)!;
+      const off = l.entry.offset;
+      if (!pending) p.pendingOnly?.delete(off);
+      else if (!p.used.has(off)) (p.pendingOnly ??= new Set()).add(off);
+      p.used.add(off);
+    } else if (r.missingChunks++ < MAX_RECHECKED) missing.push(Buffer.from(e.id!)); // a copy: the table's buffer may go
   };
   const disks = await listV2Disks(store, domain.name);
   const diskIds = new Map<string, string>();
@@ -383,7 +390,7 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
       const { parent } = ck;
       for (const s of d.segments.filter((x) => x.point === seq)) {
         try {
-          for (const e of (await pendingTableEntries(store, disk, s, parent, domain.key)) ?? []) use(e);
+          for (const e of (await pendingTableEntries(store, disk, s, parent, domain.key)) ?? []) use(e, true);
         } catch (err) {
           // A segment of the next checkpoint, written before its checkpoint (and so bound to a newer state), or damage:
           // either way its references are not known, so nothing may be deleted on this run.

@@ -1,7 +1,8 @@
 // `rnode stats`: what a store holds and what it costs. Per v2 domain: disks, points, logical size (the disks' sizes
-// summed over points), data (the non-zero bytes those points describe), unique data (distinct chunks in use), stored
-// bytes, the dedup ratio (data / unique data), packs and the bytes prune could reclaim (unused). An encrypted domain
-// without its key shows object counts and sizes only. Legacy disks are counted as they are stored (no dedup).
+// summed over points), data (the non-zero bytes those points describe), unique data (distinct chunks they use), stored
+// bytes, the dedup ratio (data / unique data), packs, the bytes prune could reclaim (unused) and those only points
+// being written use (pending). An encrypted domain without its key shows object counts and sizes only. Legacy disks
+// are counted as they are stored (no dedup).
 import type { EncryptionKey } from '../crypto/keys.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
@@ -28,6 +29,11 @@ export interface DomainStats {
   dataBytes?: number;
   uniqueBytes?: number;
   dedupRatio?: number;
+  /**
+   * Stored bytes of chunks that only points being written (checkpoints) use: neither data of a committed point nor
+   * reclaimable while that point may still commit.
+   */
+  pendingBytes?: number;
   /** Bytes of pack blobs no point uses, plus packs no index lists: what prune and repack can reclaim. */
   unusedBytes?: number;
 }
@@ -41,6 +47,8 @@ export interface StatsResult {
   dedupRatio: number | null;
   packs: number;
   unusedBytes: number;
+  /** Over readable v2 domains: chunks only points being written use (DomainStats.pendingBytes). */
+  pendingBytes: number;
   domains: DomainStats[];
   legacy: { disks: number; points: number; logicalBytes: number; storedBytes: number; objects: number };
   /** Domains counted without their key (objects and bytes only). */
@@ -95,21 +103,26 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     d.readable = true;
     const scan = await scanDomain(store, domain);
     opts.signal?.throwIfAborted();
-    d.disks = scan.disks.size;
+    d.disks = 0;
     d.points = 0;
     d.logicalBytes = 0;
     d.dataBytes = 0;
     d.uniqueBytes = 0;
+    d.pendingBytes = 0;
     d.unusedBytes = 0;
     for (const p of scan.packs.values()) {
       if (p.blobs.size === 0) d.unusedBytes += p.size;
       for (const [off, b] of p.blobs) {
-        if (p.used.has(off)) d.uniqueBytes += b.plainLength;
+        // Unique data is what committed points use, as their data is: a checkpoint's chunks would lower the ratio.
+        if (p.pendingOnly?.has(off)) d.pendingBytes += b.length;
+        else if (p.used.has(off)) d.uniqueBytes += b.plainLength;
         else d.unusedBytes += b.length;
       }
     }
     for (const { disk, objects } of scan.disks.values()) {
-      if (disk === undefined) continue;
+      // A disk is one with a committed point (as `rnode disks` lists them), not a first point still being written.
+      if (disk === undefined || objects.points.length === 0) continue;
+      d.disks++;
       diskNames.add(disk);
       for (const seq of objects.points) {
         opts.signal?.throwIfAborted();
@@ -153,6 +166,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     dedupRatio: unique > 0 ? data / unique : null,
     packs: domains.reduce((s, d) => s + d.packs, 0),
     unusedBytes: readable.reduce((s, d) => s + (d.unusedBytes ?? 0), 0),
+    pendingBytes: readable.reduce((s, d) => s + (d.pendingBytes ?? 0), 0),
     domains,
     legacy,
     sealedWithoutKey: domains.filter((d) => !d.readable && d.encrypted).map((d) => d.domain),

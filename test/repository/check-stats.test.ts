@@ -3,7 +3,9 @@
 // check and prune need the key (RNODE_KEY_REQUIRED, exit 2); a maintenance prune without it sweeps the plain
 // repository and names the encrypted one it left out.
 import t from 'tap';
-import { stopCodecWorkersAtEnd } from '../helpers/images.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomData, stopCodecWorkersAtEnd } from '../helpers/images.js';
 import { json, runCli } from '../helpers/cli.js';
 import { SIZE, copyOf, setup, type CheckStatsStore } from '../helpers/check-stats.js';
 
@@ -81,4 +83,47 @@ t.test('prune without the key sweeps the plain repository and names the encrypte
   const k = json(await runCli(['prune', '--store', storeDir, '--encryption-key-file', keyFile, '--json']));
   t.same(k.domains.map((d: any) => d.domain).sort(), [r.skipped[0].domain, 'plain'].sort(), 'with the key both are swept');
   t.same(k.skipped, [], 'and none is skipped');
+});
+
+// A first replicate stopped after its checkpoint: stats counted its disk, and its chunks as unique data of the
+// committed points, so the two clones' dedup ratio fell from 2 to about 1.
+t.test('stats counts committed points only: a point being written is pending, not a disk or unique data', async (t) => {
+  const { dir, storeDir, keyFile } = copyOf(t, fixture);
+  const before = json(await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile, '--json']));
+  const other = path.join(dir, 'other.img');
+  fs.writeFileSync(other, randomData(SIZE, 77));
+  for (const enc of [[], ['--encryption-key-file', keyFile]]) {
+    const disk = enc.length ? 'f' : 'c';
+    const args = ['replicate', '--source', other, '--target', storeDir, '--disk', disk, '--chunk-size', '64KiB', '--cache-dir', 'none', ...enc];
+    const stopped = await runCli(args, { env: { RNODE_FAILPOINT: 'after-checkpoint' } });
+    t.not(stopped.code, 0, `the first replicate of ${disk} stopped after its checkpoint`);
+  }
+  const r = await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile, '--json']);
+  t.equal(r.code, 0, r.stderr);
+  const st = json(r);
+  t.equal(st.disks, before.disks, 'disks as before (a, b, e)');
+  t.equal(st.points, before.points);
+  for (const d of st.domains) {
+    const was = before.domains.find((b: any) => b.domain === d.domain);
+    t.match(
+      d,
+      { disks: was.disks, points: was.points, dataBytes: was.dataBytes, uniqueBytes: was.uniqueBytes, dedupRatio: was.dedupRatio, unusedBytes: 0 },
+      d.domain,
+    );
+    t.ok(d.pendingBytes > SIZE / 2, `${d.domain}: the stopped point's chunks are pending (${d.pendingBytes} bytes)`);
+  }
+  t.equal(st.pendingBytes, st.domains[0].pendingBytes + st.domains[1].pendingBytes);
+  t.match((await runCli(['stats', '--store', storeDir])).stdout, /in points being written/);
+  const c = await runCli(['check', '--store', storeDir, '--encryption-key-file', keyFile, '--json']);
+  t.equal(c.code, 0, c.stdout + c.stderr);
+  t.same(
+    json(c)
+      .domains.map((d: any) => [d.domain === 'plain', d.disks])
+      .sort(),
+    [
+      [false, 1],
+      [true, 2],
+    ],
+    'check counts the same disks',
+  );
 });
