@@ -13,7 +13,7 @@ import type { Command, Io } from './command.js';
 import { exportCmd } from './export.js';
 import { serveCmd } from './serve.js';
 import { isRemoteLocation, remotePruneSweeps, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
-import { bytes, rate, secs } from './format.js';
+import { bytes, failureLine, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
 import { stoppable } from './signals.js';
 import {
@@ -242,7 +242,7 @@ const pointsCmd: Command = {
     ]);
     // Exit 1 with every readable point listed, as `disks` does: a caller that only reads the exit code learns of the damage.
     if (problems.length && v.json !== true) {
-      io.err(`${problems[0].code}: ${problems.length} point(s) of disk ${disk} cannot be read, named above; the others are listed`);
+      io.err(failureLine(problems[0].code, `${problems.length} point(s) of disk ${disk} cannot be read, named above; the others are listed`));
     }
     return problems.length ? 1 : 0;
   },
@@ -360,7 +360,7 @@ const verifyCmd: Command = {
         : []),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
     ]);
-    if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
+    if (!r.ok && v.json !== true) io.err(failureLine(r.problems[0].code, `${r.problems.length} problem(s) found; first: ${r.problems[0].message}`));
     return r.ok ? 0 : 1;
   },
 };
@@ -541,7 +541,7 @@ const checkCmd: Command = {
           : []),
       ]),
     ]);
-    if (!r.ok && v.json !== true) io.err(`${r.problems[0].code}: ${r.problems.length} problem(s) found; first: ${r.problems[0].message}`);
+    if (!r.ok && v.json !== true) io.err(failureLine(r.problems[0].code, `${r.problems.length} problem(s) found; first: ${r.problems[0].message}`));
     return r.ok ? 0 : 1;
   },
 };

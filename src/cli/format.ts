@@ -1,4 +1,10 @@
-// Human-readable figures for CLI output.
+// Human-readable figures and lines for CLI output.
+import { oneLine } from '../errors.js';
+
+/** A failure as the CLI prints it on stderr, whoever reports it: `rnode: CODE: one line`. */
+export function failureLine(code: string, message: string): string {
+  return `rnode: ${code}: ${oneLine(message)}`;
+}
 
 export function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

@@ -5,6 +5,7 @@ import { VERSION } from '../version.js';
 import type { Command, Io } from './command.js';
 import type { CompletionTable } from './completion.js';
 import { signalExitCode } from './signals.js';
+import { failureLine } from './format.js';
 
 /** What `rnode completion` completes: the command table plus the commands main handles itself. */
 async function completionTable(commands: Record<string, Command>): Promise<CompletionTable> {
@@ -85,7 +86,7 @@ function report(failure: unknown, io: Io, debug: boolean, json: boolean): number
   const err = coded(failure);
   if (err instanceof RnodeError) {
     if (json) io.out(JSON.stringify({ error: { code: err.code, message: err.message, ...err.details } }));
-    io.err(`rnode: ${err.code}: ${oneLine(err.message)}`); // one line, whatever a library said
+    io.err(failureLine(err.code, err.message)); // one line, whatever a library said
     if (debug && err.stack) io.err(err.stack);
     // A job stopped by SIGTERM/SIGINT (signals.ts) exits like the shell reports a signal: 128 + its number.
     if (typeof err.details.signal === 'string') return signalExitCode(err.details.signal);
@@ -95,7 +96,7 @@ function report(failure: unknown, io: Io, debug: boolean, json: boolean): number
   const message = `${oneLine(e?.message ?? String(err))}; this is a bug, please report it with --debug output`;
   // A caller parsing --json gets its one document for a bug too, not an empty stdout.
   if (json) io.out(JSON.stringify({ error: { code: ErrorCodes.INTERNAL, message } }));
-  io.err(`rnode: ${ErrorCodes.INTERNAL}: ${message}`);
+  io.err(failureLine(ErrorCodes.INTERNAL, message));
   if (debug && e?.stack) io.err(e.stack);
   return 1;
 }

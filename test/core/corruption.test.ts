@@ -83,7 +83,7 @@ async function expectVerifyFails(t: Test, f: Fixture, point: string, code: strin
     return;
   }
   t.equal(lines(r.stderr).length, 1, 'one line on stderr');
-  t.match(r.stderr, code, `stderr names the code ${code}`);
+  t.match(r.stderr, new RegExp(`^rnode: ${code}: `), `stderr names the code ${code}, as every failure line does`);
   t.match(r.stderr, new RegExp(`chunk ${index}\\b`), `stderr names chunk ${index}`);
   t.match(r.stderr, String(offset), `stderr names the disk offset ${offset}`);
   t.ok(noStack(r.stderr), 'no stack trace');
@@ -107,7 +107,7 @@ async function expectRecoverFails(t: Test, f: Fixture, point: string, code: stri
   const r = await runCli(['recover', '--store', f.storeDir, '--disk', 'd', '--point', point, '--out', out]);
   t.equal(r.code, 1, `recover --point ${point} exits 1`);
   t.equal(lines(r.stderr).length, 1, 'one line on stderr');
-  t.match(r.stderr, code, `stderr names the code ${code}`);
+  t.match(r.stderr, new RegExp(`^rnode: ${code}: `), `stderr names the code ${code}, as every failure line does`);
   t.match(r.stderr, new RegExp(`chunk ${index}\\b`), `stderr names chunk ${index}`);
   t.match(r.stderr, String(index * CHUNK), 'stderr names the disk offset');
   t.ok(noStack(r.stderr), 'no stack trace');
@@ -396,7 +396,7 @@ t.test('points lists every readable point and names the damaged one; restoring s
   t.match(human.stdout, /^1 +- +full /m, 'the row of point 1');
   t.match(human.stdout, /^point 2 cannot be read: RNODE_MANIFEST_CORRUPT: /m);
   t.equal(lines(human.stderr).length, 1);
-  t.match(human.stderr, /^RNODE_MANIFEST_CORRUPT: 1 point\(s\) of disk d cannot be read, named above/);
+  t.match(human.stderr, /^rnode: RNODE_MANIFEST_CORRUPT: 1 point\(s\) of disk d cannot be read, named above/);
 
   // What chooses a point to restore from still never passes over the damage.
   await t.rejects(listPoints(fsStore(f.storeDir), 'd'), { code: ErrorCodes.MANIFEST_CORRUPT });

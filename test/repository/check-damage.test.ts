@@ -51,6 +51,7 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
   t.equal(cut.code, 1);
   t.match(cut.stdout, /RNODE_MANIFEST_CORRUPT: pack \S+ is corrupt \(no pack magic at its end\); it was truncated or damaged\n/);
   t.notMatch(cut.stdout + cut.stderr, /run "rnode check/, 'check does not advise running check');
+  t.match(cut.stderr, /^rnode: RNODE_MANIFEST_CORRUPT: \d+ problem\(s\) found; first: /, 'the failure line, like every other one');
   fs.writeFileSync(victim, orig);
 
   const indexRoot = path.join(storeDir, 'r2', 'plain', 'index');
