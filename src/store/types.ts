@@ -33,6 +33,11 @@ export interface PutOptions {
   control?: boolean;
   /** Set by a writer that puts a legacy chunk object; stores that do not label what they carry ignore it. */
   chunk?: ChunkRecord;
+  /**
+   * Once aborted, the object is not made visible (the put fails with the signal's reason), where the store can still
+   * tell: a fs store checks it last, before the rename. A receiving node's session that closed (store/transport).
+   */
+  signal?: AbortSignal;
 }
 
 /**

@@ -391,7 +391,16 @@ interface Assembly {
 
 class Session {
   ready = false;
-  private closed = false;
+  /**
+   * Aborted as the session closes: a request it still has queued is dropped, and a PUT in the store is not made
+   * visible. A writer that died (or lost its link) may have left PUTs queued behind slow ones; stored seconds later,
+   * one replaced a table segment that the next writer had rewritten and committed. A client that resumes the session
+   * re-sends what was not stored.
+   */
+  private readonly ending = new AbortController();
+  private get closed(): boolean {
+    return this.ending.signal.aborted;
+  }
   private recvSeq = 0;
   private sendSeq = 0;
   private held = 0;
@@ -487,7 +496,7 @@ class Session {
   }
 
   terminate(): void {
-    this.closed = true;
+    this.end();
     try {
       this.ws.terminate();
     } catch {
@@ -495,8 +504,12 @@ class Session {
     }
   }
 
+  private end(): void {
+    if (!this.closed) this.ending.abort(new RnodeError(ErrorCodes.CANCELLED, 'the session closed before this request was carried out'));
+  }
+
   private onClose(code: number): void {
-    this.closed = true;
+    this.end();
     for (const t of this.timers) clearTimeout(t);
     clearTimeout(this.resumeTimer);
     for (const { it } of this.lists.values()) it.return?.().catch(() => undefined);
@@ -703,6 +716,7 @@ class Session {
     f: { flags: number; diskOffset: number | null; plainXxh64: bigint },
     charged: number,
   ): Promise<void> {
+    if (this.closed) return;
     this.node.stats.receivedObjects++;
     this.node.stats.receivedBytes += data.length;
     try {
@@ -710,6 +724,7 @@ class Session {
       const opts = {
         ...(f.flags & FrameFlag.IF_NONE_MATCH ? { ifNoneMatch: true } : {}),
         ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}),
+        signal: this.ending.signal,
       };
       const store = this.node.opts.store;
       const info = kind.createOnly ? await putCreateOnly(store, meta.key, data, opts, kind) : await store.put(meta.key, data, opts);
@@ -723,6 +738,7 @@ class Session {
       if (this.storedAcks.size > Math.min(this.node.opts.maxInflight ?? 256, 65_536)) this.storedAcks.delete(this.storedAcks.keys().next().value!);
       this.reply(stream, { op: 'ack', info: wireInfo(info), credit: charged });
     } catch (err) {
+      if (this.closed) return; // dropped with its session, not failed
       const code = err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL;
       const kind = this.node.checks.kindOf(meta.key) ?? 'unknown';
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) {
@@ -767,6 +783,7 @@ class Session {
   }
 
   private async onRequest(stream: number, m: ClientMessage): Promise<void> {
+    if (this.closed) return; // nobody to answer, and a delete must not land after the session
     const store = this.node.opts.store;
     try {
       switch (m.op) {
@@ -927,7 +944,7 @@ class Session {
     } catch {
       this.ws.terminate();
     }
-    this.closed = true;
+    this.end();
     // A peer that does not finish the close handshake is cut.
     setTimeout(() => {
       try {
@@ -953,7 +970,7 @@ const CONCURRENT_PUT_WAITS = 45;
 async function putCreateOnly(store: ObjectStore, key: string, data: Buffer, asked: PutOptions, verdict: PutVerdict): Promise<ObjectInfo> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await putIfAbsent(store, key, data);
+      return await putIfAbsent(store, key, data, asked.signal);
     } catch (err) {
       if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || asked.ifNoneMatch) throw err;
     }
@@ -980,11 +997,11 @@ async function putCreateOnly(store: ObjectStore, key: string, data: Buffer, aske
 }
 
 /** A conditional put (create-only); a backend that does not enforce if-none-match (capabilities) is asked first. */
-async function putIfAbsent(store: ObjectStore, key: string, data: Buffer): Promise<ObjectInfo> {
+async function putIfAbsent(store: ObjectStore, key: string, data: Buffer, signal?: AbortSignal): Promise<ObjectInfo> {
   if (!store.capabilities.conditionalPut && (await exists(store, key))) {
     throw new RnodeError(ErrorCodes.STORE_PRECONDITION, `put ${key}: the key already exists`, { details: { key } });
   }
-  return store.put(key, data, { ifNoneMatch: true });
+  return store.put(key, data, { ifNoneMatch: true, ...(signal ? { signal } : {}) });
 }
 
 async function exists(store: ObjectStore, key: string): Promise<boolean> {

@@ -57,6 +57,8 @@ export interface SoakCounts {
   rssEndMiB: number;
   tmpfs: boolean;
   problems: string[];
+  /** With problems: the last episodes, oldest first. */
+  trail?: string[];
 }
 
 interface Site {
@@ -85,7 +87,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
   ensureBuilt();
   const log = opts.log ?? (() => undefined);
   const rnd = { next: mulberry32(opts.seed ?? Date.now() % 100000) };
-  const pick = <T>(xs: T[]): T => xs[Math.floor(rnd.next() * xs.length)];
+  // What the last episodes did (their picks, the writers' exits): printed with the problems, to retrace one.
+  const trail: string[] = [];
+  let picked: string[] = [];
+  const pick = <T>(xs: T[]): T => {
+    const x = xs[Math.floor(rnd.next() * xs.length)];
+    picked.push(typeof x === 'object' && x !== null && 'name' in x ? String(x.name) : String(x));
+    return x;
+  };
   const root = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rnode-soak-'));
   cacheDir = path.join(root, 'cache');
   const c: SoakCounts = {
@@ -250,8 +259,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
         '--json',
         ...(s.local ? [] : ['--token-file', tokenFile]),
       ];
-      const child = spawn(...plainNode(args), { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
+      const child = spawn(...plainNode(args), { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv() });
       children.add(child);
+      let out = '';
+      child.stdout!.on('data', (b) => {
+        out += b;
+      });
       let err = '';
       child.stderr!.on('data', (b) => {
         err += b;
@@ -269,7 +282,11 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
         clearTimeout(timer);
         clearTimeout(hard);
         children.delete(child);
-        resolve({ code, killed: killed && code === null, err: err.trim().split('\n').pop() ?? '' });
+        const last = err.trim().split('\n').pop() ?? '';
+        const point = /"point":(\d+)/.exec(out)?.[1];
+        const outcome = killed && code === null ? 'killed' : code === 0 ? `point ${point}` : `exit ${code} ${/RNODE_[A-Z_]+/.exec(last)?.[0] ?? ''}`;
+        picked.push(`cli ${s.name}/${d} ${outcome}`);
+        resolve({ code, killed: killed && code === null, err: last });
       });
     });
 
@@ -310,7 +327,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
           // Half the runs keep change hashes where the CLI writers keep theirs: hashes of points written through
           // faults and resumes (or none at all) must never make a later incremental miss a change.
           const changeHashDir = rnd.next() < 0.5 ? path.join(root, 'cache') : undefined;
-          await replicate({
+          const done = await replicate({
             store,
             source: src,
             disk: d,
@@ -319,8 +336,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
             changeHashDir,
             lease: { holder: 'soak', ttlMs: 5000, waitMs: 10_000 },
           });
+          picked.push(`in-process point ${done.point}`);
           break;
         } catch (err) {
+          picked.push(`in-process ${(err as { code?: string }).code ?? 'failed'}`);
           c.runsFailed++;
           if (!isRnodeError(err)) c.problems.push(`faults ${d}: uncoded error ${(err as Error).message}`);
         } finally {
@@ -447,8 +466,17 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
       round++;
       for (const d of disks) if (rnd.next() < 0.5) mutate(d);
       const name = pick(names);
+      picked = [];
       const t0 = Date.now();
-      await episodes[name]();
+      try {
+        await episodes[name]();
+      } catch (err) {
+        // An episode's own step failing (a prune, a listing) is a problem to report with what led to it, not the end
+        // of the soak: the end's restore of every kept point still runs.
+        c.problems.push(`episode ${name} (${picked.join(', ')}) failed: ${(err as Error).message}`);
+      }
+      trail.push(`${round} ${name}(${picked.join(', ')}) ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+      if (trail.length > 40) trail.shift();
       // Any path that stalls (a wait on a budget or a lease, a hang) shows up here rather than as a slow soak.
       if (Date.now() - t0 > 30_000) log(`soak: episode ${name} took ${Math.round((Date.now() - t0) / 1000)} s`);
       // The full-disk episode once, about a third of the way in.
@@ -479,6 +507,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
       }
     }
   } finally {
+    if (c.problems.length) c.trail = trail;
     for (const ch of children) ch.kill('SIGKILL');
     for (const fn of teardown.reverse()) await fn();
     c.seconds = Math.round((Date.now() - started) / 1000);
@@ -526,5 +555,6 @@ export function formatCounts(c: SoakCounts): string {
     `  points committed ${c.pointsCommitted}, points verified byte-exact ${c.pointsVerified}, bad restores ${c.badRestores}, bad verifies ${c.badVerifies}`,
     `  RSS start ${c.rssStartMiB} MiB, end ${c.rssEndMiB} MiB`,
     ...c.problems.slice(0, 20).map((p) => `  problem: ${p}`),
+    ...(c.trail ? ['  last episodes:', ...c.trail.map((l) => `    ${l}`)] : []),
   ].join('\n');
 }

@@ -81,6 +81,7 @@ export class FsStore implements ObjectStore {
       const { tmp, newDir, info } = await this.writeTemp(file, data);
       failpoint('fs-temp-written'); // a crash here leaves the temp file behind (test/security/paths)
       try {
+        opts.signal?.throwIfAborted();
         if (opts.ifNoneMatch) {
           try {
             await fsp.link(tmp, file);

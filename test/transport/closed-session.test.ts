@@ -1,0 +1,110 @@
+// A PUT the node still had in its store when the session that sent it closed was stored all the same, after the
+// close: a writer that died left its PUTs queued behind slow ones, the next writer rewrote the same table segment and
+// committed its point, and the dead writer's segment then replaced it (the fault soak found the committed point's
+// table "replaced, replayed or damaged"). What a closed session sent is now dropped, or not made visible.
+import t, { type Test } from 'tap';
+import net from 'node:net';
+import { fsStore, tmpDir } from '../helpers/images.js';
+import type { ObjectChecks } from '../../src/transport/object-checks.js';
+import type { ObjectStore, PutOptions } from '../../src/store/types.js';
+import { remote, startNode } from './helpers.js';
+
+const KEY = 'objects/victim';
+
+/** Takes every object, written once or rewritten: this test is about the session, not about what the node accepts. */
+const anyObject = (createOnly: boolean): ObjectChecks => ({
+  checkPut: () => Promise.resolve({ kind: 'test', createOnly, replaceable: () => Promise.resolve(true) }),
+  checkDelete: () => undefined,
+  kindOf: () => 'test',
+});
+
+/** The store, with the first put of KEY held until release(); `settled` resolves once that put has ended. */
+function heldFirstPut(store: ObjectStore) {
+  let release!: () => void;
+  const open = new Promise<void>((r) => (release = r));
+  let reached!: () => void;
+  const held = new Promise<void>((r) => (reached = r));
+  let ended!: () => void;
+  const settled = new Promise<void>((r) => (ended = r));
+  let armed = true;
+  const put = async (key: string, data: Uint8Array, opts?: PutOptions) => {
+    if (!armed || key !== KEY) return store.put(key, data, opts);
+    armed = false;
+    reached();
+    await open;
+    try {
+      return await store.put(key, data, opts);
+    } finally {
+      ended();
+    }
+  };
+  const wrapped = new Proxy(store, {
+    get(target, prop) {
+      if (prop === 'put') return put;
+      const v = Reflect.get(target, prop) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  return { store: wrapped, held, release, settled };
+}
+
+/** A TCP proxy to the node whose connections the test drops at once, and which takes no more after that. */
+async function droppableLink(t: Test, port: number) {
+  const sockets = new Set<net.Socket>();
+  let open = true;
+  const server = net.createServer((client) => {
+    if (!open) return void client.destroy();
+    const upstream = net.connect(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => sockets.delete(s));
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    drop() {
+      open = false;
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
+/** A writer whose first PUT of KEY is in the node's store when its link goes for good; resolves to that PUT's fate. */
+async function writerDiesMidPut(t: Test, createOnly: boolean) {
+  const dir = tmpDir(t, 'ws-closed-session');
+  const inner = fsStore(`${dir}/recv`);
+  const gate = heldFirstPut(inner);
+  const { server } = await startNode(t, dir, { store: gate.store, checks: anyObject(createOnly) });
+  const link = await droppableLink(t, server.port);
+  const dead = remote(t, `ws://127.0.0.1:${link.port}`, { reconnectBudgetMs: 300 });
+  const stale = dead.put(KEY, Buffer.from('stale bytes of a writer that died')).then(
+    () => 'stored',
+    () => 'failed',
+  );
+  await gate.held; // the node has the whole PUT, and its store has begun it
+  link.drop(); // the writer is gone: its session closes, and it never resumes
+  return { inner, server, gate, stale };
+}
+
+t.test('a PUT still in the store when its session closes does not replace what the next writer stored', async (t) => {
+  const { inner, server, gate, stale } = await writerDiesMidPut(t, false);
+  await remote(t, server.url).put(KEY, Buffer.from('what the next writer stored'));
+  gate.release();
+  await gate.settled;
+  t.equal(await stale, 'failed', 'the writer that died never heard its PUT stored');
+  t.equal((await inner.get(KEY)).toString(), 'what the next writer stored', "the closed session's PUT did not replace it");
+});
+
+// A manifest the dead writer sent would otherwise commit its point after the next writer had rewritten the tables it
+// names.
+t.test('an object written once, still in the store when its session closes, is not created after the close', async (t) => {
+  const { inner, gate, stale } = await writerDiesMidPut(t, true);
+  gate.release();
+  await gate.settled;
+  t.equal(await stale, 'failed');
+  await t.rejects(inner.head(KEY), { code: 'RNODE_STORE_NOT_FOUND' }, 'not stored');
+});
