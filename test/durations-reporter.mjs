@@ -11,7 +11,7 @@ const NESTED_FAILURE = /^(\s+)not ok \d+ - (.*?)(?: # time=[\d.]+ms)?$/;
 // What a test said with t.comment (diagnostics a failing test prints before it throws), not tap's own subtest headers.
 const NESTED_COMMENT = /^\s+# (?!Subtest: |time=)(.*)$/;
 // The last comments of a failed file are printed with its failures.
-const COMMENTS_KEPT = 20;
+const COMMENTS_KEPT = 60;
 
 export default class DurationsReporter extends Transform {
   #rest = '';

@@ -479,15 +479,26 @@ const statsCmd: Command = {
             `data ${bytes(d.dataBytes!)}, unique ${bytes(d.uniqueBytes!)}, dedup ratio ${d.dedupRatio!.toFixed(2)}, stored ${bytes(d.storedBytes)} ` +
             `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}` +
             (d.pendingBytes! > 0 ? `, in points being written ${bytes(d.pendingBytes!)}` : '')
-          : `  repository ${d.domain} (encrypted, ${encryption ? 'with another key' : 'no key given'}): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass its key with --encryption-key-file for the rest`,
+          : r.problems.some((p) => p.domain === d.domain)
+            ? `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); the rest cannot be read, named below`
+            : `  repository ${d.domain} (encrypted, ${encryption ? 'with another key' : 'no key given'}): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass its key with --encryption-key-file for the rest`,
       ),
       ...(r.legacy.objects > 0
         ? [
             `  legacy format: ${r.legacy.disks} disks, ${r.legacy.points} points, logical ${bytes(r.legacy.logicalBytes)}, stored ${bytes(r.legacy.storedBytes)} in ${r.legacy.objects} objects`,
           ]
         : []),
+      ...r.problems.map(
+        (p) => `${p.domain !== undefined ? `repository ${p.domain}` : `legacy disk ${p.disk}`} cannot be read: ${p.code}: ${p.message}`,
+      ),
     ]);
-    return 0;
+    // Exit 1 with every readable figure printed, as `points` does: a caller that only reads the exit code learns of the damage.
+    if (r.problems.length && v.json !== true) {
+      io.err(
+        failureLine(r.problems[0].code, `${r.problems.length} repository(ies) or legacy disk(s) cannot be read, named above; the others are counted`),
+      );
+    }
+    return r.problems.length ? 1 : 0;
   },
 };
 

@@ -4,6 +4,7 @@
 // being written use (pending). An encrypted domain without its key shows object counts and sizes only. Legacy disks
 // are counted as they are stored (no dedup).
 import type { EncryptionKey } from '../crypto/keys.js';
+import { ErrorCodes, isRnodeError } from '../errors.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
@@ -15,7 +16,7 @@ import { scanDomain } from './prune-v2.js';
 export interface DomainStats {
   domain: string;
   encrypted: boolean;
-  /** False for an encrypted domain whose key was not given: only objects and bytes are known. */
+  /** False for an encrypted domain whose key was not given, or one with damage (StatsResult.problems): only objects and bytes are known. */
   readable: boolean;
   objects: number;
   storedBytes: number;
@@ -38,6 +39,13 @@ export interface DomainStats {
   unusedBytes?: number;
 }
 
+export interface StatsProblem {
+  domain?: string;
+  disk?: string;
+  code: string;
+  message: string;
+}
+
 export interface StatsResult {
   disks: number;
   points: number;
@@ -53,6 +61,11 @@ export interface StatsResult {
   legacy: { disks: number; points: number; logicalBytes: number; storedBytes: number; objects: number };
   /** Domains counted without their key (objects and bytes only). */
   sealedWithoutKey: string[];
+  /**
+   * Repositories (domain) and legacy disks (disk) whose figures could not be read, with the first damage found: their
+   * objects and bytes are counted, the rest is not. The others' figures are whole.
+   */
+  problems: StatsProblem[];
   seconds: number;
 }
 
@@ -95,44 +108,20 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   }
   checkKeyOpensOne(store.location, [...byDomain.keys()], key);
   const diskNames = new Set<string>();
+  const problems: StatsProblem[] = [];
   for (const d of byDomain.values()) {
     const k = d.domain === PLAIN_DOMAIN ? undefined : key?.domain === d.domain ? key : null;
     if (k === null) continue;
-    const domain = await Domain.open(store, k);
-    if (!domain) continue;
-    d.readable = true;
-    const scan = await scanDomain(store, domain);
-    opts.signal?.throwIfAborted();
-    d.disks = 0;
-    d.points = 0;
-    d.logicalBytes = 0;
-    d.dataBytes = 0;
-    d.uniqueBytes = 0;
-    d.pendingBytes = 0;
-    d.unusedBytes = 0;
-    for (const p of scan.packs.values()) {
-      if (p.blobs.size === 0) d.unusedBytes += p.size;
-      for (const [off, b] of p.blobs) {
-        // Unique data is what committed points use, as their data is: a checkpoint's chunks would lower the ratio.
-        if (p.pendingOnly?.has(off)) d.pendingBytes += b.length;
-        else if (p.used.has(off)) d.uniqueBytes += b.plainLength;
-        else d.unusedBytes += b.length;
-      }
+    // One damaged object (a manifest, a table, the config) leaves its repository's figures unknown, not the others'.
+    try {
+      const domain = await Domain.open(store, k);
+      if (!domain) continue;
+      for (const disk of await countDomain(store, domain, d, opts.signal)) diskNames.add(disk);
+      d.readable = true;
+    } catch (err) {
+      if (!isRnodeError(err) || err.code === ErrorCodes.CANCELLED) throw err;
+      problems.push({ domain: d.domain, code: err.code, message: err.message });
     }
-    for (const { disk, objects } of scan.disks.values()) {
-      // A disk is one with a committed point (as `rnode disks` lists them), not a first point still being written.
-      if (disk === undefined || objects.points.length === 0) continue;
-      d.disks++;
-      diskNames.add(disk);
-      for (const seq of objects.points) {
-        opts.signal?.throwIfAborted();
-        const chain = await loadV2Chain(store, disk, seq, domain.key);
-        d.points++;
-        d.logicalBytes += chain[0].diskSize;
-        for await (const e of chainView(store, chain, domain.key)) if (!isZeroEntry(e)) d.dataBytes += e.plainLength;
-      }
-    }
-    d.dedupRatio = d.uniqueBytes > 0 ? d.dataBytes / d.uniqueBytes : 1;
   }
 
   const legacy = { disks: 0, points: 0, logicalBytes: 0, storedBytes: 0, objects: 0 };
@@ -147,7 +136,11 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   }
   for (const disk of legacyDisks) {
     opts.signal?.throwIfAborted();
-    const points = await listPoints(store, disk);
+    const points = await listPoints(store, disk).catch((err: unknown) => {
+      if (!isRnodeError(err) || err.code === ErrorCodes.CANCELLED) throw err;
+      problems.push({ disk, code: err.code, message: err.message });
+      return [];
+    });
     legacy.points += points.length;
     for (const m of points) legacy.logicalBytes += m.diskSize;
     diskNames.add(disk);
@@ -169,7 +162,43 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     pendingBytes: readable.reduce((s, d) => s + (d.pendingBytes ?? 0), 0),
     domains,
     legacy,
-    sealedWithoutKey: domains.filter((d) => !d.readable && d.encrypted).map((d) => d.domain),
+    sealedWithoutKey: domains.filter((d) => !d.readable && d.encrypted && !problems.some((p) => p.domain === d.domain)).map((d) => d.domain),
+    problems,
     seconds: (performance.now() - started) / 1000,
   };
+}
+
+/**
+ * A readable domain's figures, into d; returns the disks it counted. Throws at the first damaged object: its packs'
+ * use is not known then (scanDomain), nor its points' data.
+ */
+async function countDomain(store: ObjectStore, domain: Domain, d: DomainStats, signal?: AbortSignal): Promise<string[]> {
+  const scan = await scanDomain(store, domain);
+  signal?.throwIfAborted();
+  const f = { disks: 0, points: 0, logicalBytes: 0, dataBytes: 0, uniqueBytes: 0, pendingBytes: 0, unusedBytes: 0 };
+  for (const p of scan.packs.values()) {
+    if (p.blobs.size === 0) f.unusedBytes += p.size;
+    for (const [off, b] of p.blobs) {
+      // Unique data is what committed points use, as their data is: a checkpoint's chunks would lower the ratio.
+      if (p.pendingOnly?.has(off)) f.pendingBytes += b.length;
+      else if (p.used.has(off)) f.uniqueBytes += b.plainLength;
+      else f.unusedBytes += b.length;
+    }
+  }
+  const disks: string[] = [];
+  for (const { disk, objects } of scan.disks.values()) {
+    // A disk is one with a committed point (as `rnode disks` lists them), not a first point still being written.
+    if (disk === undefined || objects.points.length === 0) continue;
+    f.disks++;
+    disks.push(disk);
+    for (const seq of objects.points) {
+      signal?.throwIfAborted();
+      const chain = await loadV2Chain(store, disk, seq, domain.key);
+      f.points++;
+      f.logicalBytes += chain[0].diskSize;
+      for await (const e of chainView(store, chain, domain.key)) if (!isZeroEntry(e)) f.dataBytes += e.plainLength;
+    }
+  }
+  Object.assign(d, f, { dedupRatio: f.uniqueBytes > 0 ? f.dataBytes / f.uniqueBytes : 1 });
+  return disks;
 }

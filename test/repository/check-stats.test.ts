@@ -127,3 +127,35 @@ t.test('stats counts committed points only: a point being written is pending, no
     'check counts the same disks',
   );
 });
+
+// One damaged manifest made stats print only an error: a Management Server charting it lost every figure.
+t.test('stats counts every repository it can read, names the one it cannot, and exits 1', async (t) => {
+  const { storeDir, keyFile } = copyOf(t, fixture);
+  const before = json(await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile, '--json']));
+  const manifest = path.join(storeDir, 'r2', 'plain', 'disks', 'b', 'points', '0000000001');
+  const bytes = fs.readFileSync(manifest);
+  bytes[bytes.length >> 1] ^= 0x55;
+  fs.writeFileSync(manifest, bytes);
+  const r = await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile, '--json']);
+  t.equal(r.code, 1, 'exit 1');
+  const st = json(r);
+  t.match(st.problems, [{ domain: 'plain', code: 'RNODE_MANIFEST_CORRUPT' }], 'the damaged repository is named');
+  const sealed = st.domains.find((d: any) => d.encrypted);
+  const was = before.domains.find((d: any) => d.encrypted);
+  t.match(
+    sealed,
+    { readable: true, points: was.points, dataBytes: was.dataBytes, dedupRatio: was.dedupRatio },
+    'the other repository is counted whole',
+  );
+  t.match(
+    st.domains.find((d: any) => d.domain === 'plain'),
+    { readable: false, objects: Number, storedBytes: Number },
+    'and the damaged one by its objects',
+  );
+  t.same(st.sealedWithoutKey, [], 'not taken for one sealed without its key');
+  const human = await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile]);
+  t.equal(human.code, 1);
+  t.match(human.stdout, /repository plain: \d+ objects, .*; the rest cannot be read, named below/);
+  t.match(human.stdout, /^repository plain cannot be read: RNODE_MANIFEST_CORRUPT: /m);
+  t.match(human.stderr, /^rnode: RNODE_MANIFEST_CORRUPT: 1 repository\(ies\) or legacy disk\(s\) cannot be read/);
+});
