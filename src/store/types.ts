@@ -35,7 +35,8 @@ export interface PutOptions {
   chunk?: ChunkRecord;
   /**
    * Once aborted, the object is not made visible (the put fails with the signal's reason), where the store can still
-   * tell: a fs store checks it last, before the rename. A receiving node's session that closed (store/transport).
+   * tell: a fs store checks it last, before the rename. A receiving node's session whose writer lost its lease
+   * (transport/server.ts).
    */
   signal?: AbortSignal;
 }

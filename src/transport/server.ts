@@ -199,6 +199,20 @@ export class ReplicationServer {
     }
   }
 
+  /** Sessions that took or renewed a disk's lease, open or with requests still running (see fenceOthers). */
+  readonly leaseTakers = new Set<Session>();
+
+  /**
+   * A disk's lease was just taken by `holder` through `by`: every other session that held it under another holder
+   * is fenced. A writer that died (or lost its link for good) can have PUTs still queued or in the store, behind
+   * slower ones; stored after the next writer rewrote the same table segment and committed its point, one replaced
+   * that segment, and the point's table no longer matched its manifest. A client resuming its own session keeps its
+   * lease (it renews), so what its old session still stores is not fenced.
+   */
+  fenceOthers(by: Session, disk: string, holder: string): void {
+    for (const s of this.leaseTakers) if (s !== by) s.fenceIfHeld(disk, holder);
+  }
+
   /** A closed session stays findable for RESUME_KEEP_MS (at most MAX_RETIRED of them), then only its log remains. */
   retire(s: Session): void {
     if (this.retired.size >= MAX_RETIRED) this.dropRetired(this.retired.keys().next().value!);
@@ -391,16 +405,7 @@ interface Assembly {
 
 class Session {
   ready = false;
-  /**
-   * Aborted as the session closes: a request it still has queued is dropped, and a PUT in the store is not made
-   * visible. A writer that died (or lost its link) may have left PUTs queued behind slow ones; stored seconds later,
-   * one replaced a table segment that the next writer had rewritten and committed. A client that resumes the session
-   * re-sends what was not stored.
-   */
-  private readonly ending = new AbortController();
-  private get closed(): boolean {
-    return this.ending.signal.aborted;
-  }
+  private closed = false;
   private recvSeq = 0;
   private sendSeq = 0;
   private held = 0;
@@ -423,6 +428,10 @@ class Session {
   private readonly storedAcks = new Map<number, ObjectInfoWire>();
   /** PUTs received and not yet answered, with who waits for them to settle (a resume). */
   private putsOpen = 0;
+  /** The holder each disk's lease was taken or renewed under through this session. */
+  private readonly leased = new Map<string, string>();
+  /** Aborted once another writer took a lease this session held: what it still sends or stores is refused. */
+  private readonly fence = new AbortController();
   private readonly settleWaiters: Array<() => void> = [];
   /** Control bytes parsed and not yet deducted from what the socket read: they pass the node's throttle free. */
   private exemptBytes = 0;
@@ -496,7 +505,7 @@ class Session {
   }
 
   terminate(): void {
-    this.end();
+    this.closed = true;
     try {
       this.ws.terminate();
     } catch {
@@ -504,12 +513,8 @@ class Session {
     }
   }
 
-  private end(): void {
-    if (!this.closed) this.ending.abort(new RnodeError(ErrorCodes.CANCELLED, 'the session closed before this request was carried out'));
-  }
-
   private onClose(code: number): void {
-    this.end();
+    this.closed = true;
     for (const t of this.timers) clearTimeout(t);
     clearTimeout(this.resumeTimer);
     for (const { it } of this.lists.values()) it.return?.().catch(() => undefined);
@@ -522,6 +527,7 @@ class Session {
       // A client that closed its session (1000) will not resume it: only a session lost with its link is kept.
       if (!this.claimed && code !== 1000) this.node.retire(this);
     }
+    this.forgetIfDone();
   }
 
   private onMessage(data: Buffer[] | Buffer, isBinary: boolean): void {
@@ -599,6 +605,23 @@ class Session {
     });
   }
 
+  fenceIfHeld(disk: string, holder: string): void {
+    const mine = this.leased.get(disk);
+    if (mine === undefined || mine === holder || this.fence.signal.aborted) return;
+    this.node.log('session-fenced', { session: this.id, disk, putsOpen: this.putsOpen });
+    this.fence.abort(
+      new RnodeError(
+        ErrorCodes.LEASE_LOST,
+        `the lease of disk ${disk} was taken by another writer: what this session still sends or had not stored is refused`,
+      ),
+    );
+  }
+
+  /** Leaves the node's lease takers once closed with nothing left running. */
+  private forgetIfDone(): void {
+    if (this.closed && this.putsOpen === 0) this.node.leaseTakers.delete(this);
+  }
+
   /** Resolves once every PUT this session received is answered (stored or refused), or after ms. */
   settled(ms: number): Promise<void> {
     if (this.putsOpen === 0) return Promise.resolve();
@@ -616,7 +639,10 @@ class Session {
     this.putsOpen++;
     this.schedule(() =>
       fn().finally(() => {
-        if (--this.putsOpen === 0) for (const w of this.settleWaiters.splice(0)) w();
+        if (--this.putsOpen === 0) {
+          for (const w of this.settleWaiters.splice(0)) w();
+          this.forgetIfDone();
+        }
       }),
     );
   }
@@ -716,15 +742,15 @@ class Session {
     f: { flags: number; diskOffset: number | null; plainXxh64: bigint },
     charged: number,
   ): Promise<void> {
-    if (this.closed) return;
     this.node.stats.receivedObjects++;
     this.node.stats.receivedBytes += data.length;
     try {
+      this.fence.signal.throwIfAborted();
       const kind = await this.node.checks.checkPut({ key: meta.key, data, flags: f.flags, diskOffset: f.diskOffset, plainXxh64: f.plainXxh64 });
       const opts = {
         ...(f.flags & FrameFlag.IF_NONE_MATCH ? { ifNoneMatch: true } : {}),
         ...(meta.ifMatch !== undefined ? { ifMatch: meta.ifMatch } : {}),
-        signal: this.ending.signal,
+        signal: this.fence.signal,
       };
       const store = this.node.opts.store;
       const info = kind.createOnly ? await putCreateOnly(store, meta.key, data, opts, kind) : await store.put(meta.key, data, opts);
@@ -738,7 +764,6 @@ class Session {
       if (this.storedAcks.size > Math.min(this.node.opts.maxInflight ?? 256, 65_536)) this.storedAcks.delete(this.storedAcks.keys().next().value!);
       this.reply(stream, { op: 'ack', info: wireInfo(info), credit: charged });
     } catch (err) {
-      if (this.closed) return; // dropped with its session, not failed
       const code = err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL;
       const kind = this.node.checks.kindOf(meta.key) ?? 'unknown';
       if (isRnodeError(err, TransportErrorCodes.REJECTED)) {
@@ -783,7 +808,6 @@ class Session {
   }
 
   private async onRequest(stream: number, m: ClientMessage): Promise<void> {
-    if (this.closed) return; // nobody to answer, and a delete must not land after the session
     const store = this.node.opts.store;
     try {
       switch (m.op) {
@@ -813,6 +837,7 @@ class Session {
           return;
         case 'delete':
           this.node.checks.checkDelete(m.key);
+          this.fence.signal.throwIfAborted();
           await store.delete(m.key);
           this.reply(stream, { op: 'ack' });
           return;
@@ -833,6 +858,11 @@ class Session {
           if (m.action === 'acquire') rec = await this.node.leases.acquire(m.disk, m.holder, ttl, m.breakDead);
           else if (m.action === 'renew') rec = await this.node.leases.renew(ref, ttl);
           else await this.node.leases.release(ref);
+          if (m.action !== 'release') {
+            this.leased.set(m.disk, m.holder);
+            this.node.leaseTakers.add(this);
+          }
+          if (m.action === 'acquire') this.node.fenceOthers(this, m.disk, m.holder);
           this.node.log('lease', {
             session: this.id,
             peer: this.peer,
@@ -944,7 +974,7 @@ class Session {
     } catch {
       this.ws.terminate();
     }
-    this.end();
+    this.closed = true;
     // A peer that does not finish the close handshake is cut.
     setTimeout(() => {
       try {
