@@ -4,9 +4,9 @@
 // another writer takes a lease a session held, what that session still sends or has not stored is refused.
 import t, { type Test } from 'tap';
 import net from 'node:net';
+import { gated } from '../helpers/gate.js';
 import { fsStore, tmpDir } from '../helpers/images.js';
 import type { ObjectChecks } from '../../src/transport/object-checks.js';
-import type { ObjectStore, PutOptions } from '../../src/store/types.js';
 import { remote, startNode } from './helpers.js';
 
 const KEY = 'objects/victim';
@@ -19,36 +19,6 @@ const anyObject = (createOnly: boolean): ObjectChecks => ({
   checkDelete: () => undefined,
   kindOf: () => 'test',
 });
-
-/** The store, with the first put of KEY held until release(); `settled` resolves once that put has ended. */
-function heldFirstPut(store: ObjectStore) {
-  let release!: () => void;
-  const open = new Promise<void>((r) => (release = r));
-  let reached!: () => void;
-  const held = new Promise<void>((r) => (reached = r));
-  let ended!: () => void;
-  const settled = new Promise<void>((r) => (ended = r));
-  let armed = true;
-  const put = async (key: string, data: Uint8Array, opts?: PutOptions) => {
-    if (!armed || key !== KEY) return store.put(key, data, opts);
-    armed = false;
-    reached();
-    await open;
-    try {
-      return await store.put(key, data, opts);
-    } finally {
-      ended();
-    }
-  };
-  const wrapped = new Proxy(store, {
-    get(target, prop) {
-      if (prop === 'put') return put;
-      const v = Reflect.get(target, prop) as unknown;
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-  return { store: wrapped, held, release, settled };
-}
 
 /** A TCP proxy to the node whose connections the test drops at once, and which takes no more after that. */
 async function droppableLink(t: Test, port: number) {
@@ -82,7 +52,7 @@ async function droppableLink(t: Test, port: number) {
 async function writerDiesMidPut(t: Test, createOnly: boolean) {
   const dir = tmpDir(t, 'ws-fenced');
   const inner = fsStore(`${dir}/recv`);
-  const gate = heldFirstPut(inner);
+  const gate = gated(inner, (key) => key === KEY, 'put');
   const { server } = await startNode(t, dir, { store: gate.store, checks: anyObject(createOnly) });
   const link = await droppableLink(t, server.port);
   const dead = remote(t, `ws://127.0.0.1:${link.port}`, { reconnectBudgetMs: 300 });
