@@ -4,13 +4,13 @@
 // being written use (pending). An encrypted domain without its key shows object counts and sizes only. Legacy disks
 // are counted as they are stored (no dedup).
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, isRnodeError } from '../errors.js';
+import { ErrorCodes, isRnodeError, type RnodeError } from '../errors.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { PLAIN_DOMAIN, classify, layout, r2 } from '../repository/names.js';
 import { checkKeyOpensOne, listPoints, loadV2Chain } from '../repository/points.js';
-import { chainView } from '../repository/view.js';
+import { chainView, isDamage } from '../repository/view.js';
 import { scanDomain } from './prune-v2.js';
 
 export interface DomainStats {
@@ -119,7 +119,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
       for (const disk of await countDomain(store, domain, d, opts.signal)) diskNames.add(disk);
       d.readable = true;
     } catch (err) {
-      if (!isRnodeError(err) || err.code === ErrorCodes.CANCELLED) throw err;
+      if (!isDamaged(err)) throw err;
       problems.push({ domain: d.domain, code: err.code, message: err.message });
     }
   }
@@ -137,7 +137,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   for (const disk of legacyDisks) {
     opts.signal?.throwIfAborted();
     const points = await listPoints(store, disk).catch((err: unknown) => {
-      if (!isRnodeError(err) || err.code === ErrorCodes.CANCELLED) throw err;
+      if (!isDamaged(err)) throw err;
       problems.push({ disk, code: err.code, message: err.message });
       return [];
     });
@@ -166,6 +166,11 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     problems,
     seconds: (performance.now() - started) / 1000,
   };
+}
+
+/** Damage found in an object, counted as a problem of its repository; a store that fails (unreachable, denied) fails stats. */
+function isDamaged(err: unknown): err is RnodeError {
+  return isDamage(err) || isRnodeError(err, ErrorCodes.METADATA_FORGED);
 }
 
 /**
