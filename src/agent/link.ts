@@ -326,6 +326,9 @@ export class ServerLink extends EventEmitter {
         },
       );
     }
+    // Reports it sent that the server holds go first: a node killed after sending two reports, with only the first
+    // one's save on disk, came back with that one queued, renumbered it after the second, and sent it again.
+    if (behindServer) this.onAck(this.sentThrough);
     const renumbered = this.outbox.awaitingServerSeq === true || behindServer;
     if (renumbered) this.numberAfter(w.ackedSeq);
     if (w.ackedSeq > this.sentThrough) this.sentThrough = w.ackedSeq;

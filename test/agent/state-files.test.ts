@@ -221,6 +221,39 @@ t.test('a state folder restored from an older backup: new reports are numbered a
   t.equal(ms.reports[4].msg.seq, 5);
 });
 
+// A node killed after sending two reports, with only the first one's save of the queue on disk (the ack of it not
+// yet saved either): it came back with that report queued, numbered it after the second (which the server held), and
+// sent it again. Seen as a second job.accepted of a job in agent/restart.
+t.test('a report the server holds, still queued after a kill that lost a later one, is not sent again', async (t) => {
+  const dir = tmpDir(t, 'agent-state');
+  const ms = await startMs(t);
+  const first = await startAgent(t, ms, dir);
+  await ms.waitFor(() => first.agent.link.isRegistered, 10_000, 'registration');
+  for (const d of ['d1', 'd2', 'd3']) first.agent.link.report(missed(d));
+  await ms.waitFor(() => first.agent.link.queuedReports === 0, 10_000, 'd1-d3 acked');
+  await first.agent.stop();
+  // The queue as the kill left it: d2 saved and not known acked, d3 (sent, held by the server) never saved.
+  const outbox = path.join(first.stateDir, 'outbox.json');
+  const d2 = ms.reports[1].msg;
+  fs.writeFileSync(outbox, JSON.stringify({ nextSeq: 3, reports: [{ seq: 2, msg: d2 }] }));
+
+  const again = await startAgent(t, ms, dir);
+  await ms.waitFor(() => again.agent.link.isRegistered, 10_000, 'registration');
+  again.agent.link.report(missed('d4'));
+  await ms.waitFor(() => ms.reports.length >= 4, 10_000, 'd4 stored');
+  await new Promise((r) => setTimeout(r, 200)); // a duplicate would come with or right after d4
+  t.same(
+    ms.reports.map((r) => [r.msg.seq, r.msg.disk]),
+    [
+      [1, 'd1'],
+      [2, 'd2'],
+      [3, 'd3'],
+      [4, 'd4'],
+    ],
+    'd2 is not sent again, and d4 is numbered after d3',
+  );
+});
+
 // A full state folder: every failed state write left its <file>.<pid>.<id>.tmp behind, and nothing removed them; the
 // readiness probe left its .probe-<pid> too.
 t.test(
