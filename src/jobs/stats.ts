@@ -4,7 +4,6 @@
 // being written use (pending). An encrypted domain without its key shows object counts and sizes only. Legacy disks
 // are counted as they are stored (no dedup).
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, isRnodeError, type RnodeError } from '../errors.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
@@ -113,13 +112,15 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     const k = d.domain === PLAIN_DOMAIN ? undefined : key?.domain === d.domain ? key : null;
     if (k === null) continue;
     // One damaged object (a manifest, a table, the config) leaves its repository's figures unknown, not the others'.
+    // Forged metadata still refuses the whole command, as check and prune do; a store that fails (unreachable,
+    // denied) fails it too, to be retried rather than charted as partial.
     try {
       const domain = await Domain.open(store, k);
       if (!domain) continue;
       for (const disk of await countDomain(store, domain, d, opts.signal)) diskNames.add(disk);
       d.readable = true;
     } catch (err) {
-      if (!isDamaged(err)) throw err;
+      if (!isDamage(err)) throw err;
       problems.push({ domain: d.domain, code: err.code, message: err.message });
     }
   }
@@ -137,7 +138,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   for (const disk of legacyDisks) {
     opts.signal?.throwIfAborted();
     const points = await listPoints(store, disk).catch((err: unknown) => {
-      if (!isDamaged(err)) throw err;
+      if (!isDamage(err)) throw err;
       problems.push({ disk, code: err.code, message: err.message });
       return [];
     });
@@ -166,11 +167,6 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     problems,
     seconds: (performance.now() - started) / 1000,
   };
-}
-
-/** Damage found in an object, counted as a problem of its repository; a store that fails (unreachable, denied) fails stats. */
-function isDamaged(err: unknown): err is RnodeError {
-  return isDamage(err) || isRnodeError(err, ErrorCodes.METADATA_FORGED);
 }
 
 /**
