@@ -479,9 +479,9 @@ const statsCmd: Command = {
             `data ${bytes(d.dataBytes!)}, unique ${bytes(d.uniqueBytes!)}, dedup ratio ${d.dedupRatio!.toFixed(2)}, stored ${bytes(d.storedBytes)} ` +
             `in ${d.objects} objects (${d.packs} packs, ${d.indexObjects} index objects), unused ${bytes(d.unusedBytes!)}` +
             (d.pendingBytes! > 0 ? `, in points being written ${bytes(d.pendingBytes!)}` : '')
-          : r.problems.some((p) => p.domain === d.domain)
-            ? `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); the rest cannot be read, named below`
-            : `  repository ${d.domain} (encrypted, ${encryption ? 'with another key' : 'no key given'}): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass its key with --encryption-key-file for the rest`,
+          : r.sealedWithoutKey.includes(d.domain)
+            ? `  repository ${d.domain} (encrypted, ${encryption ? 'with another key' : 'no key given'}): ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); pass its key with --encryption-key-file for the rest`
+            : `  repository ${d.domain}${d.encrypted ? ' (encrypted)' : ''}: ${d.objects} objects, ${bytes(d.storedBytes)} (${d.packs} packs); the rest cannot be read, named below`,
       ),
       ...(r.legacy.objects > 0
         ? [

@@ -108,9 +108,13 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   checkKeyOpensOne(store.location, [...byDomain.keys()], key);
   const diskNames = new Set<string>();
   const problems: StatsProblem[] = [];
+  const sealedWithoutKey: string[] = [];
   for (const d of byDomain.values()) {
     const k = d.domain === PLAIN_DOMAIN ? undefined : key?.domain === d.domain ? key : null;
-    if (k === null) continue;
+    if (k === null) {
+      sealedWithoutKey.push(d.domain);
+      continue;
+    }
     // One damaged object (a manifest, a table, the config) leaves its repository's figures unknown, not the others'.
     // Forged metadata still refuses the whole command, as check and prune do; a store that fails (unreachable,
     // denied) fails it too, to be retried rather than charted as partial.
@@ -163,7 +167,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     pendingBytes: readable.reduce((s, d) => s + (d.pendingBytes ?? 0), 0),
     domains,
     legacy,
-    sealedWithoutKey: domains.filter((d) => !d.readable && d.encrypted && !problems.some((p) => p.domain === d.domain)).map((d) => d.domain),
+    sealedWithoutKey,
     problems,
     seconds: (performance.now() - started) / 1000,
   };
