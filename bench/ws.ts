@@ -68,6 +68,19 @@ export interface WsCpuFigures {
    */
   senderMain: MainThreadSeconds;
   nodeMain: MainThreadSeconds;
+  /**
+   * The least a receiving node built on Node's sockets spends: a bare TCP transfer of the run's wire bytes between
+   * two processes (bench/lib/tcp-floor.ts), medians, read by socket stream (as `ws` reads) and into one reused
+   * buffer; each with the ceiling the run would have if the node spent only that (the sender as measured).
+   */
+  tcpFloor?: { stream: TcpFloorFigure; reused: TcpFloorFigure };
+}
+
+export interface TcpFloorFigure {
+  receiver: CpuSeconds;
+  /** Minor page faults of the receiving process over the transfer. */
+  faults: number;
+  ceilingMbPerSec: number;
 }
 
 export interface MainThreadSeconds {
@@ -95,6 +108,7 @@ export interface WsBenchResult {
 }
 
 const DIST = new URL('../', import.meta.url); // dist/ when compiled to dist/bench/ws.js
+const TCP_FLOOR = fileURLToPath(new URL('./lib/tcp-floor.js', import.meta.url));
 const MB = 1e6;
 /** What each receiving node takes before the measured run (other data: nothing of it is deduplicated). */
 export const WARM_UP_BYTES = 128 * 1024 * 1024;
@@ -260,10 +274,12 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       try {
         const rs = await L.openStore(url, remote ? { remote } : {});
         await warmUp(rs);
-        const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize), child.pid);
         const { counters } = rs.backend as RemoteStore;
+        const warmUpBytes = counters.bytesSent;
+        const run = await once(rs, L.remoteReplicateOptions(Number(process.env.RNODE_BENCH_WS_CONCURRENCY ?? 0) || undefined, chunkSize), child.pid);
         await rs.close();
-        return { run, counters };
+        // The measured run's own: the warm-up went over the same link before it.
+        return { run, sentBytes: counters.bytesSent - warmUpBytes, connects: counters.connects };
       } finally {
         await stopServe(child);
         await fsp.rm(nodeDir, { recursive: true, force: true });
@@ -298,6 +314,7 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
     const nodeCpu: CpuSeconds[] = [];
     const senderMain: MainThreadSeconds[] = [];
     const nodeMain: MainThreadSeconds[] = [];
+    const floors: Record<'stream' | 'reused', Array<{ receiver: CpuSeconds; faults: number }>> = { stream: [], reused: [] };
     let wireBytes = 0;
     let reconnects = 0;
     for (let i = 0; i < repeat; i++) {
@@ -310,14 +327,15 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       await ls.close();
       await fsp.rm(localDir, { recursive: true, force: true });
 
-      const { run, counters } = await overLink(path.join(dir, `node-${i}`));
+      const { run, sentBytes, connects } = await overLink(path.join(dir, `node-${i}`));
       wsSecs.push(run.seconds);
       senderCpu.push(run.cpu);
       nodeCpu.push(run.nodeCpu);
       senderMain.push(run.senderMain);
       nodeMain.push(run.nodeMain);
-      wireBytes = counters.bytesSent;
-      reconnects += counters.connects - 1;
+      wireBytes = sentBytes;
+      reconnects += connects - 1;
+      for (const mode of ['stream', 'reused'] as const) floors[mode].push(tcpFloor(wireBytes, mode));
       if (tls) {
         const tlsArgs = ['--tls-cert', tls.certFile, '--tls-key', tls.keyFile];
         wssSecs.push((await overLink(path.join(dir, `tls-node-${i}`), tlsArgs, { caFile: tls.certFile })).run.seconds);
@@ -345,11 +363,27 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
       },
     };
     const c = result.cpu;
+    const floorFigure = (xs: Array<{ receiver: CpuSeconds; faults: number }>): TcpFloorFigure => {
+      const receiver = medianCpu(xs.map((x) => x.receiver));
+      return {
+        receiver,
+        faults: median(xs.map((x) => x.faults)),
+        ceilingMbPerSec: imageBytes / MB / ((total(c.sender) + total(receiver)) / c.cores),
+      };
+    };
+    c.tcpFloor = { stream: floorFigure(floors.stream), reused: floorFigure(floors.reused) };
     log(
       `ws:// CPU-bound ceiling: sender ${fmtCpu(c.sender)} + node ${fmtCpu(c.node)} over ${c.cores} cores -> ` +
         `${c.ceilingMbPerSec.toFixed(0)} MB/s; the run reached ${wsRate.toFixed(0)} MB/s = ${(c.ofCeiling * 100).toFixed(0)}% of it (${verdict(c)}); ` +
         `main threads over ${median(wsSecs).toFixed(2)} s: sender ${fmtMain(c.senderMain)}, node ${fmtMain(c.nodeMain)}; local sender ${fmtCpu(c.localSender)}`,
     );
+    for (const [mode, f] of Object.entries(c.tcpFloor)) {
+      log(
+        `bare TCP of the ${(wireBytes / 2 ** 20).toFixed(0)} MiB sent, read by ${mode === 'stream' ? "Node's socket stream" : 'one reused buffer'}: ` +
+          `receiver ${fmtCpu(f.receiver)}, ${f.faults} page faults; a node spending only that: ${f.ceilingMbPerSec.toFixed(0)} MB/s, ` +
+          `${(f.ceilingMbPerSec / localRate).toFixed(2)}x of local`,
+      );
+    }
 
     const bandwidth = opts.bandwidth ?? 40 * MB;
     if (bandwidth > 0) {
@@ -424,6 +458,16 @@ export async function benchWs(opts: WsBenchOptions): Promise<WsBenchResult> {
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * One bare TCP transfer of `bytes` on 127.0.0.1 between two new processes (bench/lib/tcp-floor.ts): the receiving one's
+ * CPU and page faults. Synchronous: nothing else of this bench runs meanwhile.
+ */
+function tcpFloor(bytes: number, mode: 'stream' | 'reused'): { receiver: CpuSeconds; faults: number } {
+  const out = execFileSync(process.execPath, [TCP_FLOOR, String(bytes), mode], { encoding: 'utf8' });
+  const r = JSON.parse(out.trim().split('\n').pop()!) as { receiver: { user: number; sys: number; faults: number } };
+  return { receiver: { user: r.receiver.user, sys: r.receiver.sys }, faults: r.receiver.faults };
 }
 
 /** The ceiling: the run's CPU seconds (sender + node, medians) spread over the cores, as a disk rate. */

@@ -8,10 +8,21 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { AgentBenchResult } from '../agent.js';
+import type { WsBenchResult } from '../ws.js';
 import type { Section } from '../lib/context.js';
 import { fmt, median, type Row } from '../lib/report.js';
 
 const execFileP = promisify(execFile);
+
+/**
+ * What the node's own share of the ws:// CPU would be at the least any node on Node's sockets spends (a bare TCP
+ * transfer of the same bytes), read as `ws` reads and into one reused buffer: the ceilings the run would then have.
+ */
+function tcpFloorNote(f: NonNullable<WsBenchResult['cpu']['tcpFloor']>, localMbPerSec: number): string {
+  const one = (x: typeof f.stream) =>
+    `${(x.receiver.user + x.receiver.sys).toFixed(2)} s, ${x.faults.toFixed(0)} page faults, ceiling ${(x.ceilingMbPerSec / localMbPerSec).toFixed(2)}x of local`;
+  return `a node that only took in the bytes sent over bare TCP: read by Node's socket stream (as ws reads) ${one(f.stream)}; into one reused buffer ${one(f.reused)}`;
+}
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 export const vmware: Section = {
@@ -174,7 +185,8 @@ export const ws: Section = {
         note:
           `CPU-bound ceiling: sender ${(r.cpu.sender.user + r.cpu.sender.sys).toFixed(2)} s + node ${(r.cpu.node.user + r.cpu.node.sys).toFixed(2)} s of CPU over ` +
           `${r.cpu.cores} cores -> ${r.cpu.ceilingMbPerSec.toFixed(0)} MB/s, ${(r.cpu.ceilingMbPerSec / r.local.mbPerSec).toFixed(2)}x of local at most; ` +
-          `the run reached ${(r.cpu.ofCeiling * 100).toFixed(0)}% of it`,
+          `the run reached ${(r.cpu.ofCeiling * 100).toFixed(0)}% of it` +
+          (r.cpu.tcpFloor ? `; ${tcpFloorNote(r.cpu.tcpFloor, r.local.mbPerSec)}` : ''),
       },
     ];
     rows.push({
