@@ -15,6 +15,8 @@ export const ErrorCodes = {
   CHANGE_MARKER_INVALID: 'RNODE_CHANGE_MARKER_INVALID',
   // store (exit 1)
   STORE_NOT_FOUND: 'RNODE_STORE_NOT_FOUND',
+  /** A store that holds no rnode data at all, where a command needs some (check): the wrong folder, or nothing mounted. */
+  STORE_EMPTY: 'RNODE_STORE_EMPTY',
   STORE_PRECONDITION: 'RNODE_STORE_PRECONDITION',
   STORE_IO: 'RNODE_STORE_IO',
   STORE_AUTH: 'RNODE_STORE_AUTH',

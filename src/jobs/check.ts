@@ -111,6 +111,15 @@ export async function check(opts: CheckOptions): Promise<CheckResult> {
   const domains = await listDomains(store);
   const skipped = domains.filter((d) => d !== PLAIN_DOMAIN && d !== key?.domain).map((domain) => ({ domain, code: ErrorCodes.KEY_REQUIRED }));
   const legacyDisks = await listLegacyDisks(store);
+  // "ok" for a store with nothing in it would pass a check of the wrong folder, or of a mount point whose volume is
+  // not mounted: there is nothing to vouch for.
+  if (domains.length === 0 && legacyDisks.length === 0) {
+    throw new RnodeError(
+      ErrorCodes.STORE_EMPTY,
+      `${store.location} holds no rnode data: no repository and no legacy disk to check; check --store (the folder, bucket or prefix ` +
+        'that holds the points, and that its volume is mounted)',
+    );
+  }
   if (!key && skipped.length > 0) {
     throw new RnodeError(
       ErrorCodes.KEY_REQUIRED,

@@ -159,3 +159,24 @@ t.test('stats counts every repository it can read, names the one it cannot, and 
   t.match(human.stdout, /^repository plain cannot be read: RNODE_MANIFEST_CORRUPT: /m);
   t.match(human.stderr, /^rnode: RNODE_MANIFEST_CORRUPT: 1 repository\(ies\) or legacy disk\(s\) cannot be read/);
 });
+
+// Bug: check of an empty folder, or of a folder of other files (a mistyped --store, a mount point whose volume is not
+// mounted), said "ok: 0 repositories, 0 legacy disks checked" and exited 0: a health check of the wrong place passed.
+t.test('check of a store that holds no rnode data is not ok', async (t) => {
+  const dir = t.testdir({ empty: {}, other: { 'notes.txt': 'not a store\n', sub: { 'a.bin': 'x' } } });
+  for (const name of ['empty', 'other']) {
+    const store = path.join(dir, name);
+    const c = await runCli(['check', '--store', store]);
+    t.equal(c.code, 1, `${name}: exit 1`);
+    t.match(c.stderr, /^rnode: RNODE_STORE_EMPTY: .* holds no rnode data/, `${name}: says so`);
+    t.notMatch(c.stderr, /\n\s+at /, 'no stack trace');
+    const j = await runCli(['check', '--store', store, '--json']);
+    t.equal(j.code, 1);
+    t.equal(json(j).error.code, 'RNODE_STORE_EMPTY', `${name}: --json names the code`);
+  }
+  t.equal(
+    (await runCli(['check', '--store', fixture.storeDir, '--encryption-key-file', fixture.keyFile])).code,
+    0,
+    'a store with data still checks ok',
+  );
+});
