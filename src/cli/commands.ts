@@ -537,12 +537,16 @@ const checkCmd: Command = {
       ...r.skipped.map((s) => `  repository ${s.domain}: not checked (${s.code}: encrypted with another key)`),
       ...r.problems.map((p) => `  ${p.code}: ${p.message}`),
       ...r.domains.flatMap((d) => [
-        ...(d.repair && (d.repair.packsRepaired > 0 || d.repair.dropped.length > 0)
+        ...(d.repair && d.repair.dropped.length > 0
           ? [
               `  repaired repository ${d.domain}: ${d.repair.packsRepaired} pack(s) rewritten without their ${d.repair.dropped.length} damaged chunk(s) ` +
                 `(${d.repair.blobsCopied} intact chunks copied); replicate the disks that held them again: every point that uses them restores once ` +
                 'a replicate has stored them anew (--full where the source has not changed there)',
             ]
+          : []),
+        // Packs whose only damage was their trailer: every chunk was copied, nothing is left to replicate again.
+        ...(d.repair && d.repair.packsRepaired > 0 && d.repair.dropped.length === 0
+          ? [`  repaired repository ${d.domain}: ${d.repair.packsRepaired} pack(s) rewritten whole (${d.repair.blobsCopied} intact chunks copied)`]
           : []),
         ...(d.repair && (d.repair.blobsIndexed > 0 || d.repair.damagedIndexesDeleted > 0)
           ? [

@@ -12,7 +12,15 @@ import { Domain } from '../repository/domain.js';
 import { ChunkIndex, listIndexIds, openIndex, type ChunkLocation, type IndexPart } from '../repository/index-file.js';
 import { PLAIN_DOMAIN, classify, r2, type ObjectId } from '../repository/names.js';
 import { readPruneMarks } from '../repository/prune-marks.js';
-import { BLOB_ENTRY_BYTES, blobEntryAt, decodePack, encodeTrailerBody, readPackTrailer, type BlobEntry } from '../repository/pack.js';
+import {
+  BLOB_ENTRY_BYTES,
+  PACK_TAIL_BYTES,
+  blobEntryAt,
+  decodePack,
+  encodeTrailerBody,
+  readPackTrailer,
+  type BlobEntry,
+} from '../repository/pack.js';
 import {
   checkKeyOpensOne,
   listDomains,
@@ -194,6 +202,8 @@ interface DomainScope {
   damaged: Map<ObjectId, Set<number>>;
   /** Index objects that could not be read (damaged): what repair deletes once their blobs are indexed again. */
   damagedIndexes: ObjectId[];
+  /** Packs whose trailer could not be read (damaged), with the error and their size: see standInTrailers. */
+  damagedTrailers: Map<ObjectId, { err: RnodeError; size: number }>;
 }
 
 /** A listed object whose read found it gone: deleted since the listing (the store is read-after-write consistent). */
@@ -302,6 +312,7 @@ async function checkDomain(
     vanishedIndexes: new Set(),
     damaged: new Map(),
     damagedIndexes: [],
+    damagedTrailers: new Map(),
   };
   // Prune's marks: every replicate and prune of the repository reads them, and damaged ones stop both.
   await readPruneMarks(store, domain).catch((err: unknown) => report(err));
@@ -329,6 +340,8 @@ async function checkDomain(
   c.packs = trailers.size;
   c.removedDuringCheck.packs = scope.vanishedPacks.size;
   c.removedDuringCheck.indexObjects = scope.vanishedIndexes.size;
+  const standIns = standInTrailers(scope, index, trailers);
+  if (readData && standIns.length > 0) await readBlobs(scope, trailers, standIns, true);
   matchIndexToTrailers(scope, index, trailers);
   await checkPointReferences(scope, disks, index, trailers);
   if (repair) {
@@ -364,7 +377,10 @@ async function readIndexes({ store, name, domain, report, indexIds, parts, vanis
 }
 
 /** The trailer of every pack not read yet; returns the ids of those read now. */
-async function readTrailers({ store, name, domain, report, signal, vanishedPacks }: DomainScope, trailers: Trailers): Promise<ObjectId[]> {
+async function readTrailers(
+  { store, name, domain, report, signal, vanishedPacks, damagedTrailers }: DomainScope,
+  trailers: Trailers,
+): Promise<ObjectId[]> {
   const read: ObjectId[] = [];
   for await (const o of store.list(r2.packsPrefix(name))) {
     signal?.throwIfAborted();
@@ -380,10 +396,52 @@ async function readTrailers({ store, name, domain, report, signal, vanishedPacks
         continue;
       }
       trailers.set(h.id, undefined);
-      report(err);
+      if (isDamage(err)) damagedTrailers.set(h.id, { err: err as RnodeError, size: o.size });
+      else report(err);
     }
   }
   return read;
+}
+
+/**
+ * A pack whose trailer is damaged but whose length still holds every blob the index objects place in it: readers
+ * (recover, verify) find its blobs there, so its chunks are not missing. The index's entries of it stand in for its
+ * trailer, and the pack is one for --repair to rewrite (no damaged blob known yet: --read-data finds any). A pack
+ * cut short keeps its trailer error alone: the chunks past its end are missing. Reports each damaged trailer; returns
+ * the packs given a stand-in.
+ */
+function standInTrailers({ name, damagedTrailers, damaged, report }: DomainScope, index: ChunkIndex, trailers: Trailers): ObjectId[] {
+  const byPack = new Map<ObjectId, Map<number, BlobEntry>>();
+  for (const l of index.locations()) {
+    if (!damagedTrailers.has(l.packId)) continue;
+    let entries = byPack.get(l.packId);
+    if (!entries) byPack.set(l.packId, (entries = new Map()));
+    entries.set(l.entry.offset, l.entry); // two index objects may name one blob
+  }
+  const standIns: ObjectId[] = [];
+  for (const [packId, { err, size }] of damagedTrailers) {
+    const entries = [...(byPack.get(packId)?.values() ?? [])].sort((a, b) => a.offset - b.offset);
+    const fits = entries.length > 0 && entries.every((e) => e.offset + e.length <= size - PACK_TAIL_BYTES);
+    if (!fits || trailers.get(packId) !== undefined) {
+      report(err);
+      continue;
+    }
+    trailers.set(packId, new PackTrailer(entries));
+    if (!damaged.has(packId)) damaged.set(packId, new Set());
+    standIns.push(packId);
+    // Its advice (restore elsewhere) does not hold: the chunks are not lost with the trailer.
+    const message = withoutCheckAdvice(err.message).replace(/; restore from another point or store$/, '');
+    report(
+      new RnodeError(
+        err.code,
+        `${message}; its chunks are still read where the index places them: check --read-data verifies each, and --repair ` +
+          'rewrites the pack with a trailer of its own',
+        { details: { key: r2.pack(name, packId) } },
+      ),
+    );
+  }
+  damagedTrailers.clear();
+  return standIns;
 }
 
 /** Index entries against pack trailers: a location is good when its pack's trailer has the same entry (marked GOOD there). */
@@ -498,6 +556,7 @@ async function readBlobs(
   { store, name, domain, c, report, signal, vanishedPacks, damaged }: DomainScope,
   trailers: Trailers,
   ids: ObjectId[],
+  standIns = false,
 ): Promise<void> {
   const markDamaged = (id: ObjectId, offset: number) => {
     let set = damaged.get(id);
@@ -515,7 +574,8 @@ async function readBlobs(
       let pack: Buffer;
       try {
         pack = await store.get(what);
-        decodePack(pack, name, id, domain.key);
+        // A stand-in trailer (standInTrailers) is the index's: the pack's own was reported damaged.
+        if (!standIns) decodePack(pack, name, id, domain.key);
       } catch (err) {
         if (isGone(err)) {
           // Deleted since its trailer was read: absent from here on, so the references are checked without it.

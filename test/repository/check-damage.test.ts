@@ -86,6 +86,59 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
   t.equal((await runCli(args)).code, 0, 'restored: ok again');
 });
 
+// Bug (finder F): a pack whose trailer alone was damaged made check report every chunk in it RNODE_CHUNK_MISSING,
+// though recover and verify read them fine through the index; --read-data skipped the pack (0 blobs read) and
+// --repair left it as it was, so check failed the same way for good.
+t.test('a damaged pack trailer: its chunks are not missing, --read-data reads them, --repair rewrites the pack', async (t) => {
+  const { storeDir, keyFile, dir } = copyOf(t, fixture);
+  const args = ['check', '--store', storeDir, '--encryption-key-file', keyFile, '--json'];
+  const victim = packFiles(storeDir, 'plain')[0];
+  const packKey = r2.pack('plain', path.basename(victim));
+  const orig = fs.readFileSync(victim);
+  const bad = Buffer.from(orig);
+  bad[bad.length - 100] ^= 0xff; // inside the trailer, before the 8-byte tail
+  fs.writeFileSync(victim, bad);
+
+  const quick = json(await runCli(args));
+  t.same(
+    quick.problems.map((p: any) => [p.code, p.key]),
+    [['RNODE_MANIFEST_CORRUPT', packKey]],
+    'the trailer is the one problem: no chunk is reported missing',
+  );
+  t.match(quick.problems[0].message, /its chunks are still read where the index places them/);
+
+  const deep = json(await runCli([...args, '--read-data']));
+  const plain = deep.domains.find((d: any) => d.domain === 'plain');
+  t.ok(plain.blobsRead > 0, `--read-data reads the pack's blobs (${plain.blobsRead})`);
+  t.equal(deep.problems.length, 1, 'and finds none of them damaged');
+
+  const repaired = await runCli([...args, '--read-data', '--repair']);
+  t.equal(repaired.code, 1, 'the run that repairs still reports what it found');
+  t.match(json(repaired).domains.find((d: any) => d.domain === 'plain').repair, { packsRepaired: 1, dropped: [] });
+  t.notOk(fs.existsSync(victim), 'the damaged pack is gone');
+  const after = await runCli([...args, '--read-data']);
+  t.equal(after.code, 0, `ok after the repair: ${after.stdout.slice(0, 400)}`);
+  for (const disk of ['a', 'b']) {
+    const out = path.join(dir, `${disk}.out`);
+    t.equal((await runCli(['recover', '--store', storeDir, '--disk', disk, '--out', out])).code, 0);
+    t.ok(fs.readFileSync(out).equals(fs.readFileSync(path.join(dir, 'disk.img'))), `disk ${disk} restores byte-exact`);
+  }
+
+  // A pack cut short keeps its own error: the chunks past its end are missing, and said so.
+  const other = copyOf(t, fixture);
+  const cut = packFiles(other.storeDir, 'plain')[0];
+  fs.truncateSync(cut, Math.floor(fs.statSync(cut).size / 2));
+  const short = json(await runCli(['check', '--store', other.storeDir, '--encryption-key-file', other.keyFile, '--json']));
+  t.ok(
+    short.problems.some((p: any) => p.code === 'RNODE_CHUNK_MISSING'),
+    'a truncated pack: its chunks are missing',
+  );
+  t.notOk(
+    short.problems.some((p: any) => /still read where the index/.test(p.message)),
+    'and no stand-in is claimed',
+  );
+});
+
 t.test('prune through the CLI: retention, the sweep over three runs, restores stay byte-exact', async (t) => {
   const { dir, storeDir, img } = copyOf(t, fixture);
   const store = fsStore(storeDir);
