@@ -47,7 +47,7 @@ async function filesUnder(dir: string): Promise<string[]> {
  * The durable-write floor: the shell script that writes file's bytes as 4 parallel `dd oflag=direct
  * conv=fdatasync` streams of a quarter each into outPrefix.N (what the disk can take, durably, with no CPU work).
  */
-function floorScript(file: string, size: number, outPrefix: string): string {
+export function floorScript(file: string, size: number, outPrefix: string): string {
   const MiBs = Math.ceil(size / 2 ** 20);
   const quarter = Math.ceil(MiBs / 4);
   const streams = [0, 1, 2, 3].map(
