@@ -422,7 +422,7 @@ function standInTrailers({ name, damagedTrailers, damaged, report }: DomainScope
   for (const [packId, { err, size }] of damagedTrailers) {
     const entries = [...(byPack.get(packId)?.values() ?? [])].sort((a, b) => a.offset - b.offset);
     const fits = entries.length > 0 && entries.every((e) => e.offset + e.length <= size - PACK_TAIL_BYTES);
-    if (!fits || trailers.get(packId) !== undefined) {
+    if (!fits) {
       report(err);
       continue;
     }

@@ -1,4 +1,5 @@
-// rnode check finds a damaged blob only with --read-data, a deleted pack and an edited index entry without it; prune
+// rnode check finds a damaged blob only with --read-data, a deleted pack and an edited index entry without it; a
+// damaged pack trailer is one problem, not every chunk in the pack missing, and --repair rewrites that pack; prune
 // end to end through the CLI (retention, then the sweep over three runs with grace 0) keeps restores byte-exact,
 // including those of a disk that shares its chunks with the pruned points.
 import t from 'tap';

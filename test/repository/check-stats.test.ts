@@ -1,7 +1,8 @@
 // rnode stats and rnode check on a store written by replicate (two clones of one image in the plain repository, one
 // encrypted disk): figures and dedup ratio; without the key the encrypted repository is counted (objects, bytes) but
 // check and prune need the key (RNODE_KEY_REQUIRED, exit 2); a maintenance prune without it sweeps the plain
-// repository and names the encrypted one it left out.
+// repository and names the encrypted one it left out. check of a store that holds no rnode data is RNODE_STORE_EMPTY,
+// not "ok".
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
