@@ -202,7 +202,7 @@ interface DomainScope {
   damaged: Map<ObjectId, Set<number>>;
   /** Index objects that could not be read (damaged): what repair deletes once their blobs are indexed again. */
   damagedIndexes: ObjectId[];
-  /** Packs whose trailer could not be read (damaged), with the error and their size: see standInTrailers. */
+  /** Packs whose trailer could not be read (damaged, or forged), with the error and their size: see standInTrailers. */
   damagedTrailers: Map<ObjectId, { err: RnodeError; size: number }>;
 }
 
@@ -396,7 +396,9 @@ async function readTrailers(
         continue;
       }
       trailers.set(h.id, undefined);
-      if (isDamage(err)) damagedTrailers.set(h.id, { err: err as RnodeError, size: o.size });
+      // A sealed trailer that fails authentication: its pack's blobs are sealed one by one and its index entries are
+      // too, so they stand in for it as safely as for a damaged plain trailer (readers trust nothing more).
+      if (isDamage(err) || isRnodeError(err, ErrorCodes.METADATA_FORGED)) damagedTrailers.set(h.id, { err, size: o.size });
       else report(err);
     }
   }

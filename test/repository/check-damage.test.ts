@@ -93,35 +93,40 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
 t.test('a damaged pack trailer: its chunks are not missing, --read-data reads them, --repair rewrites the pack', async (t) => {
   const { storeDir, keyFile, dir } = copyOf(t, fixture);
   const args = ['check', '--store', storeDir, '--encryption-key-file', keyFile, '--json'];
-  const victim = packFiles(storeDir, 'plain')[0];
-  const packKey = r2.pack('plain', path.basename(victim));
-  const orig = fs.readFileSync(victim);
-  const bad = Buffer.from(orig);
-  bad[bad.length - 100] ^= 0xff; // inside the trailer, before the 8-byte tail
-  fs.writeFileSync(victim, bad);
+  // One pack of each repository: the plain one's trailer is then damaged, the encrypted one's fails authentication.
+  const sealed = fs.readdirSync(path.join(storeDir, 'r2')).find((d) => d !== 'plain')!;
+  const victims = [packFiles(storeDir, 'plain')[0], packFiles(storeDir, sealed)[0]];
+  for (const victim of victims) {
+    const bad = fs.readFileSync(victim);
+    bad[bad.length - 100] ^= 0xff; // inside the trailer, before the 8-byte tail
+    fs.writeFileSync(victim, bad);
+  }
 
   const quick = json(await runCli(args));
   t.same(
-    quick.problems.map((p: any) => [p.code, p.key]),
-    [['RNODE_MANIFEST_CORRUPT', packKey]],
-    'the trailer is the one problem: no chunk is reported missing',
+    quick.problems.map((p: any) => [p.code, p.key]).sort(),
+    [
+      ['RNODE_MANIFEST_CORRUPT', r2.pack('plain', path.basename(victims[0]))],
+      ['RNODE_METADATA_FORGED', r2.pack(sealed, path.basename(victims[1]))],
+    ].sort(),
+    'each trailer is one problem: no chunk is reported missing',
   );
-  t.match(quick.problems[0].message, /its chunks are still read where the index places them/);
+  for (const p of quick.problems) t.match(p.message, /its chunks are still read where the index places them/);
 
   const deep = json(await runCli([...args, '--read-data']));
-  const plain = deep.domains.find((d: any) => d.domain === 'plain');
-  t.ok(plain.blobsRead > 0, `--read-data reads the pack's blobs (${plain.blobsRead})`);
-  t.equal(deep.problems.length, 1, 'and finds none of them damaged');
+  for (const d of deep.domains) t.ok(d.blobsRead > 0, `--read-data reads the blobs of ${d.domain} (${d.blobsRead})`);
+  t.equal(deep.problems.length, 2, 'and finds none of them damaged');
 
   const repaired = await runCli([...args, '--read-data', '--repair']);
   t.equal(repaired.code, 1, 'the run that repairs still reports what it found');
-  t.match(json(repaired).domains.find((d: any) => d.domain === 'plain').repair, { packsRepaired: 1, dropped: [] });
-  t.notOk(fs.existsSync(victim), 'the damaged pack is gone');
+  for (const d of json(repaired).domains) t.match(d.repair, { packsRepaired: 1, dropped: [] }, `${d.domain}: the pack is rewritten whole`);
+  for (const victim of victims) t.notOk(fs.existsSync(victim), 'the damaged pack is gone');
   const after = await runCli([...args, '--read-data']);
   t.equal(after.code, 0, `ok after the repair: ${after.stdout.slice(0, 400)}`);
-  for (const disk of ['a', 'b']) {
+  for (const disk of ['a', 'b', 'e']) {
     const out = path.join(dir, `${disk}.out`);
-    t.equal((await runCli(['recover', '--store', storeDir, '--disk', disk, '--out', out])).code, 0);
+    const key = disk === 'e' ? ['--encryption-key-file', keyFile] : [];
+    t.equal((await runCli(['recover', '--store', storeDir, '--disk', disk, '--out', out, ...key])).code, 0);
     t.ok(fs.readFileSync(out).equals(fs.readFileSync(path.join(dir, 'disk.img'))), `disk ${disk} restores byte-exact`);
   }
 
