@@ -69,8 +69,8 @@ export interface WsCpuFigures {
   senderMain: MainThreadSeconds;
   nodeMain: MainThreadSeconds;
   /**
-   * The least a receiving node built on Node's sockets spends: a bare TCP transfer of the run's wire bytes between
-   * two processes (bench/lib/tcp-floor.ts), medians, read by socket stream (as `ws` reads) and into one reused
+   * The least a warm receiving node built on Node's sockets spends: a bare TCP transfer of the run's wire bytes
+   * between two processes (bench/lib/tcp-floor.ts), medians, read by socket stream (as `ws` reads) and into one reused
    * buffer; each with the ceiling the run would have if the node spent only that (the sender as measured).
    */
   tcpFloor?: { stream: TcpFloorFigure; reused: TcpFloorFigure };

@@ -13,17 +13,17 @@ import type { Section } from '../lib/context.js';
 import { fmt, median, type Row } from '../lib/report.js';
 
 const execFileP = promisify(execFile);
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 /**
- * What the node's own share of the ws:// CPU would be at the least any node on Node's sockets spends (a bare TCP
- * transfer of the same bytes), read as `ws` reads and into one reused buffer: the ceilings the run would then have.
+ * The ws row's ceilings if the node spent only what a warm Node process spends taking in the same bytes over bare TCP
+ * (bench/lib/tcp-floor.ts), read as `ws` reads and into one reused buffer.
  */
 function tcpFloorNote(f: NonNullable<WsBenchResult['cpu']['tcpFloor']>, localMbPerSec: number): string {
   const one = (x: typeof f.stream) =>
     `${(x.receiver.user + x.receiver.sys).toFixed(2)} s, ${x.faults.toFixed(0)} page faults, ceiling ${(x.ceilingMbPerSec / localMbPerSec).toFixed(2)}x of local`;
-  return `a node that only took in the bytes sent over bare TCP: read by Node's socket stream (as ws reads) ${one(f.stream)}; into one reused buffer ${one(f.reused)}`;
+  return `a warm node that only took in the bytes sent over bare TCP: read by Node's socket stream (as ws reads) ${one(f.stream)}; into one reused buffer ${one(f.reused)}`;
 }
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 export const vmware: Section = {
   name: 'vmware',
