@@ -283,20 +283,12 @@ async function checkDomain(
     bytesRead: 0,
     removedDuringCheck: { packs: 0, indexObjects: 0, points: 0 },
   };
-  let domain: Domain | undefined;
+  let domain: Domain;
   try {
-    domain = await Domain.open(store, key);
+    domain = await Domain.openListed(store, key);
   } catch (err) {
-    // A config that is there but damaged: its own error says so, and "no config" would be wrong.
+    // A config that is damaged or missing: its own error says which.
     report(err);
-    return c;
-  }
-  if (!domain) {
-    report(
-      new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `repository ${name} has objects but no config ${r2.config(name)}; the store is damaged`, {
-        details: { key: r2.config(name) },
-      }),
-    );
     return c;
   }
   const scope: DomainScope = {

@@ -119,8 +119,7 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     // Forged metadata still refuses the whole command, as check and prune do; a store that fails (unreachable,
     // denied) fails it too, to be retried rather than charted as partial.
     try {
-      const domain = await Domain.open(store, k);
-      if (!domain) continue;
+      const domain = await Domain.openListed(store, k);
       for (const disk of await countDomain(store, domain, d, opts.signal)) diskNames.add(disk);
       d.readable = true;
     } catch (err) {

@@ -94,6 +94,19 @@ export class Domain {
     }
   }
 
+  /**
+   * A domain whose objects a listing found (check, stats): without its config it is damaged, not new, and its objects
+   * cannot be read (MANIFEST_CORRUPT, naming the config).
+   */
+  static async openListed(store: ObjectStore, key: EncryptionKey | undefined): Promise<Domain> {
+    const domain = await Domain.open(store, key);
+    if (domain) return domain;
+    const name = domainName(key);
+    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `repository ${name} has objects but no config ${r2.config(name)}; the store is damaged`, {
+      details: { key: r2.config(name) },
+    });
+  }
+
   /** Opens the domain, writing its config first when it has none (writers only). */
   static async openOrCreate(store: ObjectStore, key: EncryptionKey | undefined, packSize = DEFAULT_PACK_SIZE): Promise<Domain> {
     const existing = await Domain.open(store, key);

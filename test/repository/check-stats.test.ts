@@ -159,6 +159,18 @@ t.test('stats counts every repository it can read, names the one it cannot, and 
   t.match(human.stdout, /repository plain: \d+ objects, .*; the rest cannot be read, named below/);
   t.match(human.stdout, /^repository plain cannot be read: RNODE_MANIFEST_CORRUPT: /m);
   t.match(human.stderr, /^rnode: RNODE_MANIFEST_CORRUPT: 1 repository\(ies\) or legacy disk\(s\) cannot be read/);
+
+  // Bug: a repository whose config was gone was skipped without a word: stats said "named below", named nothing, and
+  // exited 0 with its disks uncounted.
+  fs.writeFileSync(manifest, Buffer.from(bytes.map((b, i) => (i === bytes.length >> 1 ? b ^ 0x55 : b))));
+  fs.rmSync(path.join(storeDir, 'r2', 'plain', 'config'));
+  const noConfig = await runCli(['stats', '--store', storeDir, '--encryption-key-file', keyFile, '--json']);
+  t.equal(noConfig.code, 1, 'no config: exit 1');
+  t.match(
+    json(noConfig).problems,
+    [{ domain: 'plain', code: 'RNODE_MANIFEST_CORRUPT', message: /has objects but no config/ }],
+    'no config: the repository is named',
+  );
 });
 
 // Bug: check of an empty folder, or of a folder of other files (a mistyped --store, a mount point whose volume is not
