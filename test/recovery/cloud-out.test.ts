@@ -26,6 +26,7 @@ import { openSource } from '../../src/source/index.js';
 import { FsStore } from '../../src/store/index.js';
 import { azuriteConnectionString, GCS_PROJECT, startAzurite, startGcsEmulator, startS3rver, type RunningServer } from '../../bench/lib/emulators.js';
 import { KiB, MiB, randomData, textData, tmpDir } from '../helpers/images.js';
+import { relay } from '../helpers/relay.js';
 
 t.setTimeout(280_000);
 
@@ -351,7 +352,7 @@ t.test("s3://: values --out's client options cannot take are BAD_OUTPUT, and an 
 
 t.test('gs://: a cut upload names the object once, in its bucket', async (t) => {
   // Regression: the message said "upload gs://disks/cut.tar.gz in gs://disks/cut.tar.gz failed".
-  const r = await relay(gcs.port);
+  const r = await relay(t, gcs.port);
   const { cut, err } = await restoreCutMidway(r, 'gs://disks/cut.tar.gz', { ...env, STORAGE_EMULATOR_HOST: r.endpoint });
   t.ok(cut, 'the server went away mid-restore');
   t.equal(err?.code, ErrorCodes.OUTPUT_IO, err?.message);
@@ -408,30 +409,8 @@ async function restoreCutMidway(r: { cut(): void }, out: string, outEnv: NodeJS.
   return { cut, err };
 }
 
-/** A TCP relay to `target` that can be cut at once (every connection dropped, new ones refused), as a server dying. */
-async function relay(target: number): Promise<{ endpoint: string; cut(): void }> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((c) => {
-    const up = net.connect(target, '127.0.0.1');
-    for (const s of [c, up]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => sockets.delete(s));
-    }
-    c.pipe(up).pipe(c);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
-    cut() {
-      server.close();
-      for (const s of sockets) s.destroy();
-    },
-  };
-}
-
 t.test('azblob://: a restore cut by the server dying is OUTPUT_IO, and says the partial blob it could not delete remains', async (t) => {
-  const r = await relay(azurite.port);
+  const r = await relay(t, azurite.port);
   const cutEnv = { ...env, AZURE_STORAGE_CONNECTION_STRING: azuriteConnectionString(r.endpoint) };
   const { cut, err } = await restoreCutMidway(r, 'azblob://disks/cut.vhd', cutEnv);
   t.ok(cut, 'the server went away mid-restore');

@@ -3,9 +3,9 @@
 // replaced that segment (the fault soak found the committed point's table "replaced, replayed or damaged"). Once
 // another writer takes a lease a session held, what that session still sends or has not stored is refused.
 import t, { type Test } from 'tap';
-import net from 'node:net';
 import { gated } from '../helpers/gate.js';
 import { fsStore, tmpDir } from '../helpers/images.js';
+import { relay } from '../helpers/relay.js';
 import type { ObjectChecks } from '../../src/transport/object-checks.js';
 import { remote, startNode } from './helpers.js';
 
@@ -20,31 +20,6 @@ const anyObject = (createOnly: boolean): ObjectChecks => ({
   kindOf: () => 'test',
 });
 
-/** A TCP proxy to the node whose connections the test drops at once, and which takes no more after that. */
-async function droppableLink(t: Test, port: number) {
-  const sockets = new Set<net.Socket>();
-  let open = true;
-  const server = net.createServer((client) => {
-    if (!open) return void client.destroy();
-    const upstream = net.connect(port, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => sockets.delete(s));
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    drop() {
-      open = false;
-      for (const s of sockets) s.destroy();
-    },
-  };
-}
-
 /**
  * A writer that holds the disk's lease, and whose first PUT of KEY is in the node's store when its link goes for good;
  * then the next writer takes the lease (the first one's holder is dead: broken).
@@ -54,7 +29,7 @@ async function writerDiesMidPut(t: Test, createOnly: boolean) {
   const inner = fsStore(`${dir}/recv`);
   const gate = gated(inner, (key) => key === KEY, 'put');
   const { server } = await startNode(t, dir, { store: gate.store, checks: anyObject(createOnly) });
-  const link = await droppableLink(t, server.port);
+  const link = await relay(t, server.port);
   const dead = remote(t, `ws://127.0.0.1:${link.port}`, { reconnectBudgetMs: 300 });
   await dead.leases.acquire(DISK, 'writer-1', TTL);
   const stale = dead.put(KEY, Buffer.from('stale bytes of a writer that died')).then(
@@ -62,7 +37,7 @@ async function writerDiesMidPut(t: Test, createOnly: boolean) {
     () => 'failed',
   );
   await gate.held; // the node has the whole PUT, and its store has begun it
-  link.drop(); // the writer is gone
+  link.cut(); // the writer is gone
   const next = remote(t, server.url);
   await next.leases.acquire(DISK, 'writer-2', TTL, 'writer-1');
   return { inner, next, gate, stale };
