@@ -1,11 +1,11 @@
 // The control agent: a node under a Management Server. It registers, runs the jobs the server sends, runs the
 // policies it holds on their schedule (also while the server is away), reports what happened, and serves
 // /metrics, /healthz and /readyz. `rnode agent` is a thin wrapper around Agent.start().
-import fs from 'node:fs';
 import os from 'node:os';
 import { ENCRYPTION_MODES } from '../crypto/keys.js';
 import { isRnodeError, usageError } from '../errors.js';
 import { CODEC_NAMES } from '../format/codecs.js';
+import { readRegularFile } from '../regular-file.js';
 import { registeredSchemes } from '../store/index.js';
 import { serveHttp, type HttpEndpoint } from '../metrics/http.js';
 import { ExportManager } from './exports.js';
@@ -98,7 +98,7 @@ export class Agent {
     const link = new ServerLink({
       url: opts.server,
       tokenFile: opts.tokenFile,
-      ca: opts.caFile ? fs.readFileSync(opts.caFile) : undefined,
+      ca: opts.caFile ? readCaFile(opts.caFile) : undefined,
       state,
       log,
       metrics,
@@ -273,4 +273,14 @@ function checkServerUrl(text: string): void {
   }
   if (url.username || url.password) throw usageError("--server must not carry credentials; put the node's token in --token-file");
   if (url.search || url.hash) throw usageError("--server must not carry a query or fragment; put the node's token in --token-file");
+}
+
+/** The CA certificate(s) caFile names, read once at start: a path that is no regular file is refused, not waited on. */
+function readCaFile(file: string): Buffer {
+  try {
+    return readRegularFile(file).data;
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw usageError(`cannot read the CA file ${file} (${why}); pass the PEM file of the CA that signed the server's certificate`);
+  }
 }

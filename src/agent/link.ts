@@ -1,9 +1,9 @@
 // The node's one connection to its Management Server: dialled outbound (works through NAT), hello with the
 // token, heartbeats, reconnect with capped exponential backoff and jitter. Reports go through a persisted
 // outbox with sequence numbers: they survive disconnects and restarts, and are dropped only once acknowledged.
-import fs from 'node:fs';
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
+import { readRegularFile } from '../regular-file.js';
 import { isTlsFailure } from '../transport/errors.js';
 import type { Logger } from '../log.js';
 import type { AgentMetrics } from './metrics.js';
@@ -161,7 +161,7 @@ export class ServerLink extends EventEmitter {
     if (this.stopped) return;
     let token: string;
     try {
-      token = fs.readFileSync(this.o.tokenFile, 'utf8').trim();
+      token = readRegularFile(this.o.tokenFile).data.toString('utf8').trim();
       if (!token) throw new Error('the file is empty');
     } catch (err) {
       // Re-read on every attempt: an operator may fix the file without restarting the node.

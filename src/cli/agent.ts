@@ -7,6 +7,7 @@ import path from 'node:path';
 import { checkKeyFileMode } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
+import { readRegularFile } from '../regular-file.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
 import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
@@ -44,8 +45,11 @@ export const agentCommand: Command = {
     const server = str(v, 'server')!; // checked by Agent.start, which never echoes it (it may hold a password)
     const tokenFile = str(v, 'token-file')!;
     if (!fs.existsSync(tokenFile)) throw usage(`--token-file ${tokenFile} does not exist; put the node's token in it (one line)`);
+    const tokenStat = fs.statSync(tokenFile);
+    // The node reads it at every connect: a FIFO there would hang the whole node in that read.
+    if (!tokenStat.isFile()) throw usage(`--token-file ${tokenFile} is not a regular file; put the node's token in a file (one line)`);
     // As for serve's token and key files: a token others can read lets them register as this node.
-    checkKeyFileMode(fs.statSync(tokenFile).mode, (why) => usage(`--token-file ${tokenFile} ${why}`), tokenFile);
+    checkKeyFileMode(tokenStat.mode, (why) => usage(`--token-file ${tokenFile} ${why}`), tokenFile);
     const ca = str(v, 'ca');
     if (ca !== undefined) checkCaFile(ca);
     const metrics = metricsListen(v);
@@ -96,8 +100,14 @@ export const agentCommand: Command = {
 function checkCaFile(file: string): void {
   const what = "pass the PEM file of the CA that signed the server's certificate";
   if (!fs.existsSync(file)) throw usage(`--ca ${file} does not exist; ${what}`);
+  let pem: Buffer;
   try {
-    new X509Certificate(fs.readFileSync(file));
+    pem = readRegularFile(file).data;
+  } catch (err) {
+    throw usage(`--ca ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); ${what}`);
+  }
+  try {
+    new X509Certificate(pem);
   } catch {
     throw usage(`--ca ${file} holds no PEM certificate; ${what}`);
   }

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { TransportErrorCodes } from '../transport/errors.js';
-import { openStore, type RemoteAccess, type WrappedStore } from '../store/index.js';
+import { localStoreFolder, openStore, type RemoteAccess, type WrappedStore } from '../store/index.js';
 import { str, type Options } from './args.js';
 import type { Values } from './command.js';
 
@@ -51,7 +51,7 @@ export interface StoreFlagOptions {
  */
 export async function openStoreFromFlags(location: string, v: Values, opts: StoreFlagOptions = {}): Promise<WrappedStore> {
   const remote = remoteAccess(location, v);
-  if (!location.includes('://')) assertStoreFolder(location, opts.creates === true, opts.flag);
+  assertStoreFolder(location, opts.creates === true, opts.flag);
   // ws:// and wss:// stores come with the peer transport, which registers them; it is loaded only for such a store.
   if (isRemoteLocation(location)) await import('../transport/index.js');
   return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth } } : {}) });
@@ -91,9 +91,12 @@ export function remotePruneSweeps(location: string, retention: boolean): boolean
  * that named it, for messages.
  */
 export function assertStoreFolder(location: string, creates: boolean, flag = '--store'): void {
+  // A folder named by a file:// URL is checked as its path is: a mistyped one is no store, not an empty one.
+  const folder = localStoreFolder(location);
+  if (folder === undefined) return;
   let st: fs.Stats;
   try {
-    st = fs.statSync(location);
+    st = fs.statSync(folder);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (creates || (code !== 'ENOENT' && code !== 'ENOTDIR')) return; // the store's own open says what else is wrong

@@ -1,5 +1,6 @@
 // Opens the source named on the command line or in a job: a path (raw image or block device) for now;
 // nbd:// and vddk:// sources register here as they land.
+import { fileURLToPath } from 'node:url';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { RawSource } from './raw.js';
 import type { BlockSource } from './types.js';
@@ -21,7 +22,7 @@ export async function openSource(location: string, opts: Record<string, unknown>
   const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(location);
   if (!m) return RawSource.open(location, rawOptions(opts));
   const scheme = m[1].toLowerCase();
-  if (scheme === 'file') return RawSource.open(decodeURIComponent(new URL(location).pathname), rawOptions(opts));
+  if (scheme === 'file') return RawSource.open(fileSourcePath(location), rawOptions(opts));
   const factory = schemes.get(scheme);
   if (!factory) {
     throw new RnodeError(
@@ -31,6 +32,24 @@ export async function openSource(location: string, opts: Record<string, unknown>
   }
   return factory(location, opts);
 }
+/** The path a file:// source names: file:///absolute/path (or file://localhost/...), its %-escapes decoded. */
+function fileSourcePath(location: string): string {
+  const bad = (why: string) => new RnodeError(ErrorCodes.BAD_SOURCE, `source ${location} ${why}; pass file:///absolute/path, or the path itself`);
+  let url: URL;
+  try {
+    url = new URL(location);
+  } catch {
+    throw bad('is not a valid URL');
+  }
+  // file://disk.img names a host "disk.img" and the path "/": it was opened as the directory /.
+  if (url.host !== '' && url.host !== 'localhost') throw bad(`names a host (${url.host}), not a file on this machine`);
+  try {
+    return fileURLToPath(url);
+  } catch (err) {
+    throw bad(`has a path that does not decode (${(err as Error).message}): write a % in a name as %25`);
+  }
+}
+
 /**
  * The options of a file or device source. One it does not take, or a value it cannot use, is refused: a job's source
  * options come from a Management Server, and a setting silently ignored is a run that is not what was asked.

@@ -3,7 +3,7 @@
 
 export * from './types.js';
 export { collect, compareKeys, isStoreFull } from './common.js';
-export { openStore, openBackend, type OpenStoreOptions } from './registry.js';
+export { localStoreFolder, openStore, openBackend, type OpenStoreOptions } from './registry.js';
 export { registerStoreScheme, registeredSchemes, badStoreUrl, type RemoteAccess, type StoreFactory, type StoreFactoryContext } from './schemes.js';
 export { wrapStore, DEFAULT_CONCURRENCY, type WrapOptions, type WrappedStore } from './wrap.js';
 export { FsStore, type FsStoreOptions } from './fs/fs-store.js';

@@ -47,11 +47,35 @@ export async function openBackend(location: string, env: NodeJS.ProcessEnv = pro
 
 const CLOUD_SCHEMES = new Set(['s3', 'azblob', 'gs']);
 
+/**
+ * The local folder a store location names: the location itself when it has no scheme, a file:// URL's path; undefined
+ * for a store of any other scheme. A file:// URL that names a host or whose path does not decode is a BAD_STORE_URL.
+ */
+export function localStoreFolder(location: string): string | undefined {
+  if (!location.includes('://')) return location;
+  if (!/^file:\/\//i.test(location)) return undefined;
+  let url: URL;
+  try {
+    url = new URL(location);
+  } catch {
+    throw badStoreUrl(location, 'is not a valid URL');
+  }
+  return fileStoreFolder(url, location);
+}
+
+function fileStoreFolder(url: URL, location: string): string {
+  if (url.host !== '' && url.host !== 'localhost') throw badStoreUrl(location, 'names a remote host; use file:///absolute/dir');
+  try {
+    return fileURLToPath(url);
+  } catch (err) {
+    throw badStoreUrl(location, `has a path that does not decode (${(err as Error).message}): write a % in a name as %25`);
+  }
+}
+
 registerStoreScheme(
   'file',
   async (url, { location }) => {
-    if (url.host !== '' && url.host !== 'localhost') throw badStoreUrl(location, 'names a remote host; use file:///absolute/dir');
-    return new FsStore(fileURLToPath(url), { fsync: queryFlag(url, 'fsync', true) });
+    return new FsStore(fileStoreFolder(url, location), { fsync: queryFlag(url, 'fsync', true) });
   },
   ['fsync'],
 );

@@ -1,9 +1,9 @@
 // The peer transport: wire frames, the RemoteStore client (registered for ws:// and wss://) and the
 // receiving node's server. Importing this module registers the schemes with the store registry.
-import fs from 'node:fs';
 import { checkKeyFileMode } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
+import { readRegularFile } from '../regular-file.js';
 import { registerStoreScheme, type RemoteAccess, type StoreFactoryContext } from '../store/schemes.js';
 import { MAX_TOKEN_CHARS } from './control.js';
 import { RemoteStore, type RemoteStoreOptions } from './remote-store.js';
@@ -22,19 +22,16 @@ export { TokenBucket } from '../throttle.js';
  */
 export function readTokenFile(file: string): string {
   let text: string;
-  let fd: number | undefined;
   try {
-    fd = fs.openSync(file, 'r');
-    checkKeyFileMode(fs.fstatSync(fd).mode, (why) => new RnodeError(ErrorCodes.USAGE, `the token file ${file} ${why}`), file);
-    text = fs.readFileSync(fd, 'utf8');
+    const { data, stat } = readRegularFile(file);
+    checkKeyFileMode(stat.mode, (why) => new RnodeError(ErrorCodes.USAGE, `the token file ${file} ${why}`), file);
+    text = data.toString('utf8');
   } catch (err) {
     if (err instanceof RnodeError) throw err;
     throw new RnodeError(
       ErrorCodes.USAGE,
       `cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file <file holding the token>`,
     );
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
   }
   const token = text.trim();
   if (token === '') throw new RnodeError(ErrorCodes.USAGE, `the token file ${file} is empty; write the shared token into it`);
@@ -59,18 +56,15 @@ export function readTokenFile(file: string): string {
  * or others, as a key or token file must not: whoever reads it can pose as this node.
  */
 export function readPemFile(file: string, what: string, opts: { privateKey?: boolean } = {}): string {
-  let fd: number | undefined;
   try {
-    fd = fs.openSync(file, 'r');
+    const { data, stat } = readRegularFile(file);
     if (opts.privateKey) {
-      checkKeyFileMode(fs.fstatSync(fd).mode, (why) => new RnodeError(ErrorCodes.USAGE, `the ${what} file ${file} ${why}`), file);
+      checkKeyFileMode(stat.mode, (why) => new RnodeError(ErrorCodes.USAGE, `the ${what} file ${file} ${why}`), file);
     }
-    return fs.readFileSync(fd, 'utf8');
+    return data.toString('utf8');
   } catch (err) {
     if (err instanceof RnodeError) throw err;
     throw new RnodeError(ErrorCodes.USAGE, `cannot read the ${what} file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
   }
 }
 

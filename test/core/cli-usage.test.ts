@@ -26,6 +26,8 @@ fs.chmodSync(fifo, 0o600);
 fs.symlinkSync(path.join(dir, 'loop-b'), path.join(dir, 'loop-a'));
 fs.symlinkSync(path.join(dir, 'loop-a'), path.join(dir, 'loop-b'));
 const KEY_AS_PATH = 'ab'.repeat(32);
+const tokenFile = path.join(dir, 'token');
+fs.writeFileSync(tokenFile, 'a-token\n', { mode: 0o600 });
 
 interface Case {
   name: string;
@@ -133,6 +135,49 @@ const cases: Case[] = [
     name: 'a FIFO as --encryption-key-file',
     args: ['replicate', '--source', img, '--target', store, '--encryption-key-file', fifo],
     code: /RNODE_KEY_FILE: --encryption-key-file \S+: is not a regular file; pass the file that holds the key/,
+  },
+  // A FIFO where a token, a certificate or a CA goes: the open waited for a writer, and the command hung without a word.
+  {
+    name: 'a FIFO as --token-file of a ws:// store',
+    args: ['points', '--store', 'ws://127.0.0.1:1', '--disk', 'd', '--token-file', fifo],
+    code: /RNODE_USAGE: cannot read the token file \S+: not a regular file \(a FIFO\); pass --token-file/,
+  },
+  {
+    name: 'a FIFO as serve --token-file',
+    args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--token-file', fifo],
+    code: /RNODE_USAGE: cannot read the token file \S+: not a regular file \(a FIFO\)/,
+  },
+  {
+    name: 'a FIFO as serve --tls-cert',
+    args: ['serve', '--listen', '127.0.0.1:0', '--store', store, '--tls-cert', fifo, '--tls-key', fifo],
+    code: /RNODE_USAGE: cannot read the TLS certificate file \S+: not a regular file \(a FIFO\)/,
+  },
+  {
+    name: 'a FIFO as agent --ca',
+    args: ['agent', '--server', 'ws://127.0.0.1:1', '--token-file', tokenFile, '--ca', fifo, '--state-dir', path.join(dir, 'agent')],
+    code: /RNODE_USAGE: --ca \S+ cannot be read \(not a regular file \(a FIFO\)\)/,
+  },
+  {
+    name: 'a FIFO as agent --token-file',
+    args: ['agent', '--server', 'ws://127.0.0.1:1', '--token-file', fifo, '--state-dir', path.join(dir, 'agent')],
+    code: /RNODE_USAGE: --token-file \S+ is not a regular file/,
+  },
+  // file:// URLs whose path does not decode were RNODE_INTERNAL ("URI malformed ... this is a bug"); file://disk.img
+  // opened "/" (its host was dropped) and said the source is a directory.
+  {
+    name: 'a file:// source with a bad %-escape',
+    args: ['replicate', '--source', `file://${dir}/a%zz.img`, '--target', store],
+    code: /RNODE_BAD_SOURCE: source \S+ has a path that does not decode \(URI malformed\): write a % in a name as %25/,
+  },
+  {
+    name: 'a file:// source naming a host',
+    args: ['replicate', '--source', 'file://disk.img', '--target', store],
+    code: /RNODE_BAD_SOURCE: source file:\/\/disk.img names a host \(disk.img\), not a file on this machine/,
+  },
+  {
+    name: 'a file:// store with a bad %-escape',
+    args: ['disks', '--store', `file://${dir}/a%zz`],
+    code: /RNODE_BAD_STORE_URL: store location \S+ has a path that does not decode/,
   },
   {
     name: 'the key itself as --encryption-key-file',
@@ -280,6 +325,15 @@ t.test('a --store folder that does not exist, or is a file, is said so (check of
     t.equal(r.code, 1, `${args[0]}: exit 1`);
     t.match(r.stderr, /RNODE_STORE_NOT_FOUND: store folder .*no-such-store does not exist; check --store/, args[0]);
   }
+  // The same folder as a file:// URL: disks, stats and prune listed "no disks" and exited 0.
+  for (const args of [['disks'], ['stats'], ['prune']]) {
+    const r = await inProcess([args[0], '--store', `file://${nowhere}`, ...args.slice(1), '--json']);
+    t.equal(r.code, 1, `${args[0]} file://: exit 1`);
+    t.match(JSON.parse(r.stdout), { error: { code: 'RNODE_STORE_NOT_FOUND' } }, `${args[0]} file://: store not found`);
+  }
+  const asUrl = await inProcess(['disks', '--store', `file://${img}`]);
+  t.equal(asUrl.code, 2, 'a file as a file:// store: exit 2');
+  t.match(asUrl.stderr, /RNODE_PATH_UNUSABLE: store folder file:\/\/\S+ is a file, not a folder; check --store/);
   const r = await inProcess(['stats', '--store', img]);
   t.equal(r.code, 2);
   t.match(r.stderr, /RNODE_PATH_UNUSABLE: store folder .* is a file, not a folder; check --store/);

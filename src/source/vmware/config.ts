@@ -1,8 +1,8 @@
 // What a VMware source needs to know, from `vddk://host/vm-moref?disk=..` or a --source-config JSON file.
 // Passwords are only ever read from a file: never from a URL, a flag or the environment (process listings).
-import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
+import { readRegularFile } from '../../regular-file.js';
 import { parseTransports } from './vddk.js';
 import { normalizeThumbprint } from './vsphere/client.js';
 
@@ -148,11 +148,11 @@ export function validateVmwareConfig(raw: unknown, baseDir = process.cwd(), wher
 export function loadVmwareConfig(file: string): VmwareSourceConfig {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readRegularFile(file).data.toString('utf8');
   } catch (err) {
     throw new RnodeError(
       ErrorCodes.SOURCE_NOT_FOUND,
-      `cannot read the source config ${file} (${(err as NodeJS.ErrnoException).code}); check --source-config`,
+      `cannot read the source config ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); check --source-config`,
       { cause: err },
     );
   }

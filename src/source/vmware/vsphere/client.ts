@@ -1,11 +1,11 @@
 // A minimal vim25 SOAP client over HTTPS: log in, read VM and snapshot properties, run snapshot and
 // reconfigure tasks, and page through QueryChangedDiskAreas. The server certificate is checked before a byte is sent.
 import { createHash } from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
 import { isIP } from 'node:net';
 import tls from 'node:tls';
 import { RnodeError } from '../../../errors.js';
+import { readRegularFile } from '../../../regular-file.js';
 import { faultError, VSphereErrorCodes, VSphereFault } from './errors.js';
 import { child, children, el, parseXml, Raw, textOf, xmlToJson, xsiType, type Content, type XmlElement } from './xml.js';
 
@@ -82,6 +82,16 @@ export function thumbprintOf(der: Buffer): string {
 
 const moref = (name: string, r: MoRef) => el(name, r.value, { type: r.type });
 
+/** The CA certificate(s) caFile names: a path that is no regular file is refused, not waited on. */
+function readCa(file: string): Buffer {
+  try {
+    return readRegularFile(file).data;
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new RnodeError('RNODE_BAD_SOURCE', `cannot read the vSphere CA file ${file} (${why}); check "caFile" in the source config`);
+  }
+}
+
 export class VSphereClient {
   readonly host: string;
   readonly port: number;
@@ -97,7 +107,7 @@ export class VSphereClient {
     this.host = opts.host;
     this.port = opts.port ?? 443;
     this.#thumbprint = opts.thumbprint ? normalizeThumbprint(opts.thumbprint) : undefined;
-    this.#ca = opts.caFile ? fs.readFileSync(opts.caFile) : undefined;
+    this.#ca = opts.caFile ? readCa(opts.caFile) : undefined;
     this.#timeoutMs = opts.timeoutMs ?? 120_000;
   }
 
