@@ -14,7 +14,7 @@ import { authenticateTables, readDiskMarker, requireChainSeal } from '../reposit
 import { assertOutsideStore } from '../store/containment.js';
 import { loadChain, resolvePoint } from '../repository/points.js';
 import { chainViewAcrossRebase, isMissingTable, type ChainReload } from '../repository/view.js';
-import { isCloudOutput, openOutput } from '../output/index.js';
+import { isCloudOutput, openOutput, outputPath } from '../output/index.js';
 import { resolveFileOutput } from '../output/file.js';
 import type { Extent, OutputSink } from '../output/sink.js';
 
@@ -78,10 +78,11 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
   // The codec workers load their modules while the points and indexes load: started by the first chunk, they held
   // it (and every write) back a quarter of a second.
   codecWorkers();
-  if (!opts.sink && !isCloudOutput(opts.out)) {
-    assertOutsideStore(store.location, opts.out, '--out');
+  const out = opts.sink ? opts.out : outputPath(opts.out);
+  if (!opts.sink && !isCloudOutput(out)) {
+    assertOutsideStore(store.location, out, '--out');
     // A mistaken --out (stdout, /dev/null, a missing folder) fails before the store is read; opening checks again.
-    await resolveFileOutput(opts.out);
+    await resolveFileOutput(out);
   }
   const seq = await resolvePoint(store, disk, opts.point, opts.encryption);
   let chain = await loadChain(store, disk, seq, opts.encryption);
@@ -107,7 +108,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
 
   const sink =
     opts.sink ??
-    (await openOutput(opts.out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location, ownerOnly: opts.encryption !== undefined }));
+    (await openOutput(out, { diskSize, env: opts.env ?? process.env, storeLocation: store.location, ownerOnly: opts.encryption !== undefined }));
   let stats: PumpStats;
   const clock = new RestoreClock();
   try {

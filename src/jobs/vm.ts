@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { EncryptionKey } from '../crypto/keys.js';
 import type { LeaseOptions } from '../repository/lease.js';
+import { outputPath } from '../output/index.js';
 import { listPointSeqs } from '../repository/points.js';
 import { prune, type SweepPacer } from './prune-v2.js';
 import { recover, type RecoverResult } from './restore.js';
@@ -44,19 +45,20 @@ export interface RecoverVmResult {
 
 export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult> {
   const started = performance.now();
+  const outDir = outputPath(opts.outDir, '--out-dir');
   const seq = await resolveVmPoint(opts.store, opts.vm, opts.point);
   const p = await loadVmPoint(opts.store, opts.vm, seq, opts.encryption);
   // A missing or wrong key fails before the output folder exists (the first disk's recover found it after).
   await checkVmPointKey(opts.store, p, opts.encryption);
-  assertOutsideStore(opts.store.location, opts.outDir, '--out-dir'); // before the folder is made there
+  assertOutsideStore(opts.store.location, outDir, '--out-dir'); // before the folder is made there
   try {
-    await makeDirs(opts.outDir); // not Node's recursive mkdir: it spins forever under /proc
+    await makeDirs(outDir); // not Node's recursive mkdir: it spins forever under /proc
   } catch (err) {
-    throw unusablePath(`output folder ${opts.outDir}`, err) ?? err;
+    throw unusablePath(`output folder ${outDir}`, err) ?? err;
   }
   // vm-point.json says the folder holds a finished restore: an earlier one's goes first, so a run that fails midway
   // leaves disks of two points without it, never beside it.
-  const configFile = path.join(opts.outDir, 'vm-point.json');
+  const configFile = path.join(outDir, 'vm-point.json');
   fs.rmSync(configFile, { force: true });
   const disks: RecoverVmResult['disks'] = [];
   for (const d of p.disks) {
@@ -65,7 +67,7 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
       store: opts.store,
       disk: d.disk,
       point: String(d.point),
-      out: path.join(opts.outDir, `${d.disk}.img`),
+      out: path.join(outDir, `${d.disk}.img`),
       encryption: opts.encryption,
       signal: opts.signal,
     });

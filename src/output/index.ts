@@ -1,5 +1,6 @@
 // Opens the output of a restore by its form: a cloud URL (s3://, azblob://, gs://) or a local path. Cloud outputs take
 // their credentials exactly as the store URLs of the same scheme do (src/store/{s3,azure,gcs}), and load lazily.
+import { fileURLToPath } from 'node:url';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { openFileOutput } from './file.js';
 import type { OpenOutputOptions, OutputSink } from './sink.js';
@@ -12,6 +13,31 @@ const CLOUD = /^(s3|azblob|gs):\/\//i;
 /** True for outputs that are cloud objects rather than local paths. */
 export function isCloudOutput(out: string): boolean {
   return CLOUD.test(out);
+}
+
+/**
+ * An output as recover writes it: a path as it is, a file:// URL as its path, a cloud URL as it is (where `flag` takes
+ * one). Any other URL is refused: file:///srv/disk.img (or http://...) was taken for a relative path, and the image
+ * went under ./file:/srv/ once "the folder does not exist" had sent its user to create that.
+ */
+export function outputPath(out: string, flag: '--out' | '--out-dir' = '--out'): string {
+  const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(out);
+  if (!m || (flag === '--out' && isCloudOutput(out))) return out;
+  const bad = (why: string) => new RnodeError(ErrorCodes.BAD_OUTPUT, `${flag} ${out} ${why}`, { details: { out, why } });
+  const takes = flag === '--out' ? 'a file or device path, file:///path, s3://, azblob:// or gs://' : 'a folder path or file:///path';
+  if (m[1].toLowerCase() !== 'file') throw bad(`is a URL (${m[1]}://) that recover cannot write a disk image to; give ${takes}`);
+  let url: URL;
+  try {
+    url = new URL(out);
+  } catch {
+    throw bad(`is not a valid URL; give ${takes}`);
+  }
+  if (url.host !== '' && url.host !== 'localhost') throw bad(`names a host (${url.host}), not a path on this machine; give file:///absolute/path`);
+  try {
+    return fileURLToPath(url);
+  } catch (err) {
+    throw bad(`has a path that does not decode (${(err as Error).message}): write a % in a name as %25`);
+  }
 }
 
 export async function openOutput(out: string, opts: OpenOutputOptions): Promise<OutputSink> {

@@ -128,6 +128,22 @@ t.test('recover --out paths', async (t) => {
     const d = caseDir();
     refused(t, await recover(path.join(d, 'no-such-folder', 'disk.img')), /folder .*no-such-folder does not exist/, { [d]: [] });
   });
+
+  // file:///abs/disk.img was taken for a relative path: "the folder file:///abs does not exist" (it did), and once the
+  // user made that folder, exit 0 with the image under ./file:/abs/. http:// and the like went the same way.
+  t.test('--out file:///path writes that path; any other URL kind is RNODE_BAD_OUTPUT', async (t) => {
+    const d = caseDir();
+    const target = path.join(d, 'as url.img');
+    const r = await recover(`file://${encodeURI(target)}`, d);
+    t.equal(r.code, 0, `exit 0 (${r.stderr})`);
+    t.same(fs.readFileSync(target), image, 'the image is at the path the URL names, byte-exact');
+    for (const out of ['http://host/disk.img', `file://host${target}`, `file://${d}/a%zz.img`]) {
+      const bad = await recover(out, d);
+      t.equal(bad.code, 2, `${out}: exit 2`);
+      t.match(bad.stderr, /^rnode: RNODE_BAD_OUTPUT: --out .+? (is a URL \(http:\/\/\)|names a host|has a path that does not decode)/, out);
+    }
+    t.same(fs.readdirSync(d).sort(), ['as url.img'], 'nothing else was made: no ./file: or ./http: folders');
+  });
 });
 
 // recover --vm writes <out-dir>/<disk>.img through the same output: the same rules hold for each disk's path.
