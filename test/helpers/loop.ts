@@ -13,10 +13,13 @@ const mkfsExt4 = sbin('mkfs.ext4');
 export const canLoop = process.getuid?.() === 0 && losetup !== undefined && fs.existsSync('/dev/loop-control');
 export const canMountExt4 = canLoop && mkfsExt4 !== undefined && fs.existsSync('/usr/bin/mount');
 
-/** A loop device over a new file of `size` bytes of `fill`, detached when the test ends. */
-export function loopDevice(t: Pick<Test, 'teardown'>, dir: string, size: number, fill = 0xff): { dev: string; back: string } {
+/** A loop device over a new file of `size` bytes of `fill` (or a hole: 'sparse'), detached when the test ends. */
+export function loopDevice(t: Pick<Test, 'teardown'>, dir: string, size: number, fill: number | 'sparse' = 0xff): { dev: string; back: string } {
   const back = path.join(dir, `back-${size}.img`);
-  fs.writeFileSync(back, Buffer.alloc(size, fill));
+  if (fill === 'sparse') {
+    fs.writeFileSync(back, '');
+    fs.truncateSync(back, size);
+  } else fs.writeFileSync(back, Buffer.alloc(size, fill));
   const dev = execFileSync(losetup!, ['-f', '--show', back], { encoding: 'utf8' }).trim();
   t.teardown(() => {
     execFileSync(losetup!, ['-d', dev]);

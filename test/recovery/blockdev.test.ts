@@ -43,6 +43,24 @@ t.test('restore to a block device writes the zero chunks too', { skip: !canLoop 
   );
 });
 
+// Regression: the stop signal was heard only before a data chunk. A mostly empty disk's last gap went to the device
+// as one zero range, written whole: a SIGTERM during it was acknowledged, then ignored until every zero byte was on
+// the device (tens of minutes for terabytes), and the recover ended "recovered", exit 0.
+t.test('a stop during a long zero range is heard within one step', { skip: !canLoop && 'needs root and losetup' }, async (t) => {
+  const size = 256 * MiB;
+  const dir = tmpDir(t, 'blockdev-stop');
+  const store = fsStore(path.join(dir, 'store'));
+  const sparse = path.join(dir, 'sparse.img');
+  fs.writeFileSync(sparse, randomData(MiB, 5));
+  fs.truncateSync(sparse, size);
+  await snap(store, sparse, 'z', { chunkSize: MiB });
+  const { dev } = loopDevice(t, dir, size, 'sparse');
+  const stop = new AbortController();
+  // Stopped once the one data chunk is written: what is left is the 255 MiB gap to the disk's end.
+  const run = recover({ store, disk: 'z', out: dev, signal: stop.signal, onProgress: () => stop.abort() });
+  await t.rejects(run, { code: 'RNODE_CANCELLED' }, 'the recover stops, and says it was cancelled');
+});
+
 // Regression: a device smaller than the disk was overwritten whole before the restore failed with ENOSPC
 // ("check the path, its permissions and free space"). Its size is checked before any byte is written.
 t.test('a block device smaller than the disk is refused before any write', { skip: !canLoop && 'needs root and losetup' }, async (t) => {
