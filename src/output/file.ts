@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
-import { isVirtualFsPath, unusablePath } from '../store/fs/dirs.js';
+import { fsyncDir, isVirtualFsPath, unusablePath } from '../store/fs/dirs.js';
 import { addressAligned, sharedAligned, tryLockExclusive, writeNonZero } from '../native/index.js';
 import type { OutputSink } from './sink.js';
 
@@ -409,7 +409,12 @@ class FileSink implements OutputSink {
       }
       await this.fh.close();
       this.closed = true;
-      if (this.tmp) await fsp.rename(this.tmp.partial, this.tmp.final);
+      if (this.tmp) {
+        await fsp.rename(this.tmp.partial, this.tmp.final);
+        // The rename is durable only once its folder is synced: without it, a power loss after "recovered" (exit 0)
+        // could leave the old image, or none, under --out.
+        await fsyncDir(path.dirname(this.tmp.final));
+      }
     } catch (err) {
       throw outputError(err, this.location);
     }

@@ -4,12 +4,14 @@
 // under the name is removed first and the partial file is created anew (O_EXCL, O_NOFOLLOW), and locked while it is
 // written: a second recover to the same --out is refused instead of writing into the first one's file.
 import fs from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
 import { tryLockExclusive } from '../../src/native/index.js';
 import { runCli } from '../helpers/cli.js';
 import { randomData, tmpDir } from '../helpers/images.js';
+
+const hasStrace = spawnSync('strace', ['-V']).status === 0;
 
 // Not a multiple of 4 KiB: the tail goes through the buffered handle, reopened from the open file.
 const image = randomData(300_000, 5);
@@ -82,6 +84,26 @@ t.test('recover --out with something already under the partial file name', async
       fs.readdirSync(dir).filter((f) => f.startsWith('.e.img') || f === 'e.img'),
       [],
       'neither --out nor its partial file is left',
+    );
+  });
+
+  // Regression: the partial file was synced and renamed into place, but the folder was not synced after the rename:
+  // after "recovered" (exit 0) a power loss could leave the old image, or none, under --out. strace shows the order.
+  t.test('the rename into place is made durable: its folder is synced after it', { skip: !hasStrace && 'needs strace' }, async (t) => {
+    const out = path.join(dir, 'f.img');
+    const log = path.join(dir, 'strace.log');
+    const r = await runCli(['recover', '--store', store, '--disk', 'd', '--out', out], {
+      wrap: ['strace', '-f', '-y', '-qq', '-e', 'trace=rename,renameat,renameat2,fsync', '-o', log],
+    });
+    t.equal(r.code, 0, `exit 0 (stderr: ${r.stderr})`);
+    t.same(fs.readFileSync(out), image, 'byte-exact');
+    const calls = fs.readFileSync(log, 'utf8').split('\n');
+    const renamed = calls.findIndex((l) => l.includes('rename') && l.includes('.f.img.rnode-partial') && / = 0$/.test(l));
+    t.ok(renamed >= 0, 'the partial file was renamed into place');
+    const folder = `<${fs.realpathSync(dir)}>`;
+    t.ok(
+      calls.slice(renamed + 1).some((l) => l.includes('fsync(') && l.includes(folder) && / = 0$/.test(l)),
+      'then its folder was synced',
     );
   });
 });
