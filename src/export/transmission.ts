@@ -96,6 +96,9 @@ async function serve(io: SessionIo, c: Chosen, req: Request, payload: Buffer | u
   const ok = () => io.write([c.structured ? encodeNoneChunk(req.handle) : encodeSimpleReply(req.handle, 0)]);
 
   if (req.flags & ~KNOWN_FLAGS) return fail(Errno.EINVAL, `unknown command flags 0x${req.flags.toString(16)}`);
+  // Read-only before the range: a write past the end of a read-only export is EPERM (ENOSPC makes qemu pause the VM).
+  const writes = req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES || req.type === Cmd.TRIM || req.type === Cmd.FLUSH;
+  if (writes && !image.writable) return fail(Errno.EPERM, 'the export is read-only (start it with --writable --overlay <file>)');
   const end = req.offset + BigInt(req.length);
   if (end > BigInt(image.size)) {
     return fail(
@@ -104,8 +107,6 @@ async function serve(io: SessionIo, c: Chosen, req: Request, payload: Buffer | u
     );
   }
   const offset = Number(req.offset);
-  const writes = req.type === Cmd.WRITE || req.type === Cmd.WRITE_ZEROES || req.type === Cmd.TRIM || req.type === Cmd.FLUSH;
-  if (writes && !image.writable) return fail(Errno.EPERM, 'the export is read-only (start it with --writable --overlay <file>)');
   try {
     switch (req.type) {
       case Cmd.READ: {

@@ -91,6 +91,8 @@ t.test('hostile clients get an error or a close; the server stays up and correct
     t.equal(await c.simpleReply(), 22, 'an offset near 2^64 (no overflow): EINVAL');
     c.send(Buffer.concat([encodeRequest(Cmd.WRITE, 0, 4n, 0, 4096), Buffer.alloc(4096, 1)]));
     t.equal(await c.simpleReply(), 1, 'a write to the read-only export: EPERM (payload consumed)');
+    c.send(Buffer.concat([encodeRequest(Cmd.WRITE, 0, 40n, SIZE, 4096), Buffer.alloc(4096, 1)]));
+    t.equal(await c.simpleReply(), 1, 'a write past the end of the read-only export: EPERM too, not ENOSPC (qemu pauses on it)');
     c.send(encodeRequest(Cmd.BLOCK_STATUS, 0, 5n, 0, 4096));
     t.equal(await c.simpleReply(), 22, 'block status without a meta context: EINVAL');
     c.send(encodeRequest(Cmd.READ, 0x8000, 6n, 0, 512));
