@@ -4,7 +4,7 @@ import { coded, cwdGoneError, ErrorCodes, RnodeError, oneLine } from '../errors.
 import { VERSION } from '../version.js';
 import type { Command, Io } from './command.js';
 import type { CompletionTable } from './completion.js';
-import { signalExitCode } from './signals.js';
+import { reportStopsAsJson, signalExitCode } from './signals.js';
 import { failureLine } from './format.js';
 
 /** What `rnode completion` completes: the command table plus the commands main handles itself. */
@@ -34,6 +34,7 @@ function help(io: Io, commands: Record<string, Command>, demoSummary: string): v
 export async function main(argv: string[], io: Io = { out: (l) => console.log(l), err: (l) => console.error(l) }): Promise<number> {
   const debug = argv.includes('--debug');
   const json = argv.includes('--json');
+  reportStopsAsJson(json);
   try {
     const [name, ...rest] = argv;
     if (name === '--version' || name === '-v' || name === 'version') {

@@ -5,10 +5,17 @@
 // signal's number (130 SIGINT, 143 SIGTERM). A run that fails on its own meanwhile (its store gone) ends with that
 // error and its exit code. serve, export and the agent handle their own signals and exit 0: a requested stop of a
 // service is a success.
+import fs from 'node:fs';
 import { constants } from 'node:os';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 
 type StopSignal = 'SIGINT' | 'SIGTERM';
+
+/** With --json, the exit on a second signal also prints its error as the command's one JSON document (main sets it). */
+let stopsAsJson = false;
+export function reportStopsAsJson(on: boolean): void {
+  stopsAsJson = on;
+}
 
 /** The exit code of a run stopped by this signal. */
 export function signalExitCode(signal: string): number {
@@ -30,7 +37,10 @@ export async function stoppable<T>(
   const onSignal = (sig: StopSignal) => {
     if (received) {
       // The second signal: the user does not want to wait for the batch in flight.
-      process.stderr.write(`rnode: ${ErrorCodes.CANCELLED}: ${job} stopped at once by a second ${sig}\n`);
+      const message = `${job} stopped at once by a second ${sig}`;
+      // Written synchronously: process.exit() does not wait for a pipe to take stdout's stream.
+      if (stopsAsJson) fs.writeSync(1, `${JSON.stringify({ error: { code: ErrorCodes.CANCELLED, message } })}\n`);
+      process.stderr.write(`rnode: ${ErrorCodes.CANCELLED}: ${message}\n`);
       process.exit(signalExitCode(sig));
     }
     received = sig;

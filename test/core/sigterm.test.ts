@@ -62,6 +62,34 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   t.ok(fs.readFileSync(out).equals(fs.readFileSync(image)), 'byte-exact');
 });
 
+// A second signal exits at once; with --json its error was on stderr only, and stdout was empty: a caller reading the
+// one JSON document the command promises got nothing to parse.
+t.test('a second SIGINT exits at once, and with --json says so as the one JSON document on stdout', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'second-signal');
+  const image = path.join(dir, 'disk.img');
+  fs.writeFileSync(image, randomData(16 * MiB, 22));
+  const store = path.join(dir, 'store');
+  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', '512KiB', '--json'];
+  const child = spawn(...plainNode([CLI, ...args, '--bandwidth', '4MiB']), { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stdout = '';
+  child.stdout.on('data', (b: Buffer) => {
+    stdout += b;
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  const deadline = Date.now() + 30_000;
+  while (chunkFiles(store) < 4 && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+  t.ok(chunkFiles(store) >= 4, 'chunks were being stored when the signals came');
+  child.kill('SIGINT');
+  await new Promise((r) => setTimeout(r, 50));
+  child.kill('SIGINT');
+  t.equal(await exited, 130, 'exit 130 (128 + SIGINT)');
+  t.match(JSON.parse(stdout), { error: { code: 'RNODE_CANCELLED', message: /replicate stopped at once by a second SIGINT/ } }, 'one JSON document');
+});
+
 // Graceful SIGTERM of prune: it stops only where the repository is consistent (between deletes, between phases), exits
 // 143 with RNODE_CANCELLED, `rnode check --read-data` finds nothing wrong and the next prune finishes the work. The
 // signal is sent at an exact step (RNODE_FAILPOINT=<step>:SIGTERM). Before, prune had no graceful stop:
