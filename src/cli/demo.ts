@@ -7,6 +7,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { failpoint } from '../failpoint.js';
 import { replicate, type ReplicateResult } from '../jobs/replicate.js';
 import { recover } from '../jobs/restore.js';
 import { verify } from '../jobs/verify.js';
@@ -152,7 +153,8 @@ async function demo(v: Record<string, string | boolean | undefined>, io: Io, sig
         say(`4. recovered point ${p.point} in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)}): ${same ? 'byte-exact' : 'MISMATCH'}`);
         if (!same) throw new RnodeError(ErrorCodes.CHUNK_CORRUPT, `restored point ${p.point} differs from the disk it was taken from`);
       }
-      const ver = await verify({ store, disk: 'sample', point: 'all' });
+      failpoint('demo-verify');
+      const ver = await verify({ store, disk: 'sample', point: 'all', signal });
       say(`5. verify all points: ${ver.ok ? 'ok' : 'FAILED'}, ${ver.chunksChecked} chunks checked in ${secs(ver.seconds)}`);
       if (json) io.out(JSON.stringify({ workdir: work, points, restores, verify: { ok: ver.ok, chunksChecked: ver.chunksChecked } }));
       if (!ver.ok) return 1;

@@ -288,6 +288,17 @@ t.test('demo --workdir never touches what was there: a store and a sample-disk.i
   t.same(fs.readdirSync(dir).sort(), ['sample-disk.img', 'store'], 'the demo removed its own folder');
 });
 
+// Regression: the demo's verify was not given the stop signal: a SIGINT there was acknowledged ("stopping the demo"),
+// then verify ran to its end and the demo said "done", exit 0. The signal is sent at that step (a failpoint).
+t.test('demo stopped during its verify: exit 143 and RNODE_CANCELLED, not "done"', async (t) => {
+  const dir = tmpDir(t, 'demo-stop');
+  const r = await runCli(['demo', '--size', '2MiB', '--workdir', dir], { timeoutMs: 120_000, env: { RNODE_FAILPOINT: 'demo-verify:SIGTERM' } });
+  t.equal(r.code, 143, `exit 143 (stderr: ${r.stderr})`);
+  t.match(r.stderr, /rnode: RNODE_CANCELLED: the demo stopped by SIGTERM/);
+  t.notMatch(r.stdout, /5\. verify|done/, 'verify did not run on, and the demo did not say done');
+  t.same(fs.readdirSync(dir), [], 'its files were removed');
+});
+
 t.test('demo --size below one chunk is a usage error, not a crash', async (t) => {
   const r = await runCli(['demo', '--size', '1000', '--json']);
   t.equal(r.code, 2, r.stderr);
