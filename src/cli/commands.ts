@@ -283,7 +283,7 @@ async function disksOfStore(v: Record<string, string | boolean | undefined>, io:
     ...(r.disks.length ? ['points of one disk: rnode points --store <store> --disk <id>'] : []),
   ]);
   if (r.problems.length && v.json !== true)
-    io.err(`${r.problems[0].code}: ${r.problems.length} disk(s) could not be read; first: ${r.problems[0].message}`);
+    io.err(failureLine(r.problems[0].code, `${r.problems.length} disk(s) could not be read; first: ${r.problems[0].message}`));
   return r.problems.length ? 1 : 0;
 }
 

@@ -181,6 +181,9 @@ t.test('disks lists the disks of a store: legacy and v2 points together, keyed v
     'the others are listed',
   );
   t.match(json(damaged).problems, [{ disk: 'plain-disk', code: 'RNODE_MANIFEST_CORRUPT' }]);
+  // Without --json, the failure line is the CLI's one form (it lacked the "rnode: " every other failure line has).
+  const damagedText = await runCli(['disks', '--store', storeDir]);
+  t.match(damagedText.stderr, /^rnode: RNODE_MANIFEST_CORRUPT: 1 disk\(s\) could not be read; first: /m);
   const empty = path.join(dir, 'empty');
   fs.mkdirSync(empty);
   t.match((await runCli(['disks', '--store', empty])).stdout, /^the store holds no disks$/m);
