@@ -16,6 +16,7 @@ import { PointImage, type ExportImage } from './image.js';
 import { OVERLAY_FLAG, OverlayImage } from './overlay.js';
 import { checkListen, listenRefused } from './policy.js';
 import { ExportServer } from './server.js';
+import { StoppableReads } from './stoppable-reads.js';
 
 export interface ExportOptions {
   store: ObjectStore;
@@ -88,7 +89,8 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   if (o.overlay && !o.writable) throw new RnodeError(ErrorCodes.USAGE, '--overlay is only used with --writable; add --writable or drop --overlay');
   // A mistaken --overlay (a directory, a missing folder, /proc) fails before the store is read, as recover's --out.
   if (o.overlay) await resolveFileOutput(o.overlay, OVERLAY_FLAG);
-  const { store } = o;
+  // Its reads end at once when the export stops (stoppable-reads.ts).
+  const store = new StoppableReads(o.store);
   // The codec workers load their modules while the point loads and the client connects: started by the first read,
   // they did it inside a copy's first second (as recover does, see restore.ts).
   codecWorkers();
@@ -228,7 +230,9 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
     },
     close() {
       closing ??= (async () => {
-        await srv.close();
+        const sessionsEnd = srv.close(); // closes every client connection at once, then waits for the sessions
+        store.stop(); // whose requests still waiting on the store would otherwise hold them (and the overlay's flush)
+        await sessionsEnd;
         await main.close?.();
         await cache.close();
       })();

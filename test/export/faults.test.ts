@@ -9,8 +9,11 @@ import { ErrorCodes, RnodeError } from '../../src/errors.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import type { ObjectStore } from '../../src/store/index.js';
 import { wrapStore } from '../../src/store/wrap.js';
+import { FaultyStore } from '../../src/store/wrappers/faulty.js';
+import { startExport } from '../../src/export/export.js';
+import { Cmd, encodeRequest } from '../../src/source/nbd/protocol.js';
 import { blobPlace, fsStore, snap, tmpDir } from '../helpers/images.js';
-import { CHUNK, compare, haveTools, KiB, makeDisk, MiB, run, serveExport, unixUrl } from './helpers.js';
+import { CHUNK, compare, haveTools, KiB, makeDisk, MiB, Raw, run, serveExport, unixUrl } from './helpers.js';
 
 t.setTimeout(180_000);
 t.teardown(() => codecWorkers().close());
@@ -130,3 +133,27 @@ t.test(
     );
   },
 );
+
+// Regression: the stop waited for every request still waiting on the store. A store that stopped answering held a
+// SIGTERM'd export for as long as its reads took to give up (chunk fetches 120 s, table segments the store's whole
+// retry schedule: minutes), and a writable export's overlay flush waited behind a write reading its block.
+t.test('a stop while a read waits on a store that does not answer: the export stops at once', async (t) => {
+  const dir = tmpDir(t, 'export-stop-hung');
+  const image = path.join(dir, 'disk.img');
+  makeDisk(image);
+  const raw = fsStore(path.join(dir, 'store'));
+  await snap(raw, image, 'vm', { chunkSize: CHUNK, lease: false });
+  const store = new FaultyStore(raw).addFault('get', { hang: true, times: Infinity, match: (k) => k.includes('/packs/') });
+  t.teardown(() => store.close()); // releases the hung reads, after the test
+  const socket = path.join(dir, 'e.sock');
+  const exp = await startExport({ store, disk: 'vm', socket, writable: true, overlay: path.join(dir, 'vm.overlay') });
+  const c = new Raw(socket);
+  t.teardown(() => c.close());
+  await c.open('vm');
+  // A read, and a partial-block write that must read its block from the store first: both wait on it.
+  c.send(encodeRequest(Cmd.READ, 0, 1n, 0, 4096));
+  c.send(Buffer.concat([encodeRequest(Cmd.WRITE, 0, 2n, MiB + 512, 512), Buffer.alloc(512, 7)]));
+  while (store.firedCount < 2) await new Promise((r) => setTimeout(r, 20));
+  const stopped = await Promise.race([exp.close().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 20_000).unref())]);
+  t.ok(stopped, 'close() returned while the store still did not answer');
+});
