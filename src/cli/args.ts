@@ -30,9 +30,24 @@ export function parse(command: string, argv: string[], options: Options): Record
     }
   }
   try {
-    const { values, positionals } = parseArgs({ args: argv, options: { ...COMMON, ...options }, strict: true, allowPositionals: true });
+    const { values, positionals, tokens } = parseArgs({
+      args: argv,
+      options: { ...COMMON, ...options },
+      strict: true,
+      allowPositionals: true,
+      tokens: true,
+    });
     if (positionals.length > 0) {
       throw new RnodeError(ErrorCodes.USAGE, `unexpected argument "${positionals[0]}" for "rnode ${command}"; see "rnode ${command} --help"`);
+    }
+    // A flag that takes a value, given twice, kept the last one without a word: "verify --point all --point 1" checked
+    // point 1 only, and a script's second --out wrote somewhere its author did not read.
+    // Values are not echoed: one may hold a password (the agent's --server URL).
+    const given = new Set<string>();
+    for (const tok of tokens) {
+      if (tok.kind !== 'option' || tok.value === undefined) continue;
+      if (given.has(tok.name)) throw new RnodeError(ErrorCodes.USAGE, `--${tok.name} is given twice; pass it once (see "rnode ${command} --help")`);
+      given.add(tok.name);
     }
     return values as Record<string, string | boolean | undefined>;
   } catch (err) {

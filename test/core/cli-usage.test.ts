@@ -179,6 +179,12 @@ const cases: Case[] = [
     args: ['disks', '--store', `file://${dir}/a%zz`],
     code: /RNODE_BAD_STORE_URL: store location \S+ has a path that does not decode/,
   },
+  // A flag given twice kept its last value without a word: verify checked one point where the user asked for all.
+  {
+    name: 'a flag given twice',
+    args: ['verify', '--store', store, '--disk', 'd', '--point', 'all', '--point', '1'],
+    code: /RNODE_USAGE: --point is given twice; pass it once/,
+  },
   {
     name: 'the key itself as --encryption-key-file',
     args: ['replicate', '--source', img, '--target', store, '--encryption-key-file', KEY_AS_PATH],
