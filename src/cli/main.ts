@@ -38,7 +38,7 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
   try {
     const [name, ...rest] = argv;
     if (name === '--version' || name === '-v' || name === 'version') {
-      io.out(VERSION);
+      io.out(json ? JSON.stringify({ version: VERSION }) : VERSION);
       return 0;
     }
     if (!cwdExists()) throw cwdGoneError();

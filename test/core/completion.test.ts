@@ -15,6 +15,9 @@ t.test('--version and -v print the package version', async (t) => {
     t.equal(r.code, 0);
     t.equal(r.stdout.trim(), version, flag);
   }
+  // With --json too, stdout is one JSON document (it was the bare version string).
+  const asJson = await runCli(['--version', '--json']);
+  t.same(JSON.parse(asJson.stdout), { version }, '--version --json');
   const help = await runCli(['--help']);
   t.match(help.stdout, new RegExp(`^rnode ${version.replace(/\./g, '\\.')}:`), 'the help names the same version');
 });
