@@ -1,7 +1,7 @@
 // Opens the output of a restore by its form: a cloud URL (s3://, azblob://, gs://) or a local path. Cloud outputs take
 // their credentials exactly as the store URLs of the same scheme do (src/store/{s3,azure,gcs}), and load lazily.
-import { fileURLToPath } from 'node:url';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { fileUrlPath } from '../file-url.js';
 import { openFileOutput } from './file.js';
 import type { OpenOutputOptions, OutputSink } from './sink.js';
 import { displayUrl, objectName, parseOutUrl } from './url.js';
@@ -26,17 +26,10 @@ export function outputPath(out: string, flag: '--out' | '--out-dir' = '--out'): 
   const bad = (why: string) => new RnodeError(ErrorCodes.BAD_OUTPUT, `${flag} ${out} ${why}`, { details: { out, why } });
   const takes = flag === '--out' ? 'a file or device path, file:///path, s3://, azblob:// or gs://' : 'a folder path or file:///path';
   if (m[1].toLowerCase() !== 'file') throw bad(`is a URL (${m[1]}://) that recover cannot write a disk image to; give ${takes}`);
-  let url: URL;
   try {
-    url = new URL(out);
-  } catch {
-    throw bad(`is not a valid URL; give ${takes}`);
-  }
-  if (url.host !== '' && url.host !== 'localhost') throw bad(`names a host (${url.host}), not a path on this machine; give file:///absolute/path`);
-  try {
-    return fileURLToPath(url);
+    return fileUrlPath(out);
   } catch (err) {
-    throw bad(`has a path that does not decode (${(err as Error).message}): write a % in a name as %25`);
+    throw bad(`${(err as Error).message}; give ${takes}`);
   }
 }
 

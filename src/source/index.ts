@@ -1,7 +1,7 @@
 // Opens the source named on the command line or in a job: a path (raw image or block device) for now;
 // nbd:// and vddk:// sources register here as they land.
-import { fileURLToPath } from 'node:url';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { fileUrlPath } from '../file-url.js';
 import { RawSource } from './raw.js';
 import type { BlockSource } from './types.js';
 
@@ -32,21 +32,12 @@ export async function openSource(location: string, opts: Record<string, unknown>
   }
   return factory(location, opts);
 }
-/** The path a file:// source names: file:///absolute/path (or file://localhost/...), its %-escapes decoded. */
+/** The path a file:// source names (file-url.ts). */
 function fileSourcePath(location: string): string {
-  const bad = (why: string) => new RnodeError(ErrorCodes.BAD_SOURCE, `source ${location} ${why}; pass file:///absolute/path, or the path itself`);
-  let url: URL;
   try {
-    url = new URL(location);
-  } catch {
-    throw bad('is not a valid URL');
-  }
-  // file://disk.img names a host "disk.img" and the path "/": it was opened as the directory /.
-  if (url.host !== '' && url.host !== 'localhost') throw bad(`names a host (${url.host}), not a file on this machine`);
-  try {
-    return fileURLToPath(url);
+    return fileUrlPath(location);
   } catch (err) {
-    throw bad(`has a path that does not decode (${(err as Error).message}): write a % in a name as %25`);
+    throw new RnodeError(ErrorCodes.BAD_SOURCE, `source ${location} ${(err as Error).message}; pass file:///absolute/path, or the path itself`);
   }
 }
 

@@ -2,7 +2,7 @@
 // (retry, concurrency, metrics). Cloud backends load lazily so fs users never load their SDKs.
 
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileUrlPath } from '../file-url.js';
 import { queryFlag } from './common.js';
 import { FsStore } from './fs/fs-store.js';
 import { badStoreUrl, checkStoreParams, registerStoreScheme, storeFactory, type RemoteAccess } from './schemes.js';
@@ -53,32 +53,20 @@ const CLOUD_SCHEMES = new Set(['s3', 'azblob', 'gs']);
  */
 export function localStoreFolder(location: string): string | undefined {
   if (!location.includes('://')) return location;
-  if (!/^file:\/\//i.test(location)) return undefined;
-  let url: URL;
-  try {
-    url = new URL(location);
-  } catch {
-    throw badStoreUrl(location, 'is not a valid URL');
-  }
-  return fileStoreFolder(url, location);
+  return /^file:\/\//i.test(location) ? fileStoreFolder(location, location) : undefined;
 }
 
-function fileStoreFolder(url: URL, location: string): string {
-  if (url.host !== '' && url.host !== 'localhost') throw badStoreUrl(location, 'names a remote host; use file:///absolute/dir');
+function fileStoreFolder(url: URL | string, location: string): string {
   try {
-    return fileURLToPath(url);
+    return fileUrlPath(url);
   } catch (err) {
-    throw badStoreUrl(location, `has a path that does not decode (${(err as Error).message}): write a % in a name as %25`);
+    throw badStoreUrl(location, (err as Error).message);
   }
 }
 
-registerStoreScheme(
-  'file',
-  async (url, { location }) => {
-    return new FsStore(fileStoreFolder(url, location), { fsync: queryFlag(url, 'fsync', true) });
-  },
-  ['fsync'],
-);
+registerStoreScheme('file', async (url, { location }) => new FsStore(fileStoreFolder(url, location), { fsync: queryFlag(url, 'fsync', true) }), [
+  'fsync',
+]);
 
 // The parameter lists name what each backend's *FromUrl reads (and s3ClientConfig for s3).
 registerStoreScheme('s3', async (url, ctx) => (await import('./s3/s3-store.js')).s3StoreFromUrl(url, ctx), [

@@ -172,7 +172,7 @@ const cases: Case[] = [
   {
     name: 'a file:// source naming a host',
     args: ['replicate', '--source', 'file://disk.img', '--target', store],
-    code: /RNODE_BAD_SOURCE: source file:\/\/disk.img names a host \(disk.img\), not a file on this machine/,
+    code: /RNODE_BAD_SOURCE: source file:\/\/disk.img names a host \(disk.img\), not a path on this machine; pass file:\/\/\/absolute\/path/,
   },
   {
     name: 'a file:// store with a bad %-escape',
