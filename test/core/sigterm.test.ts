@@ -1,7 +1,7 @@
 // Graceful SIGTERM: a replicate stopped by SIGTERM lets the chunks in flight land, checkpoints them, says so in one
 // line and exits 143; the same command run again resumes from the checkpoint and the point recovers byte-exact.
 // Before, SIGTERM killed the process wherever it was (no checkpoint of the last batch, no message).
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -18,33 +18,44 @@ function chunkFiles(store: string): number {
   return fs.existsSync(dir) ? fs.readdirSync(dir).reduce((n, d) => n + fs.readdirSync(path.join(dir, d)).length, 0) : 0;
 }
 
-t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run resumes', async (t) => {
+/**
+ * A replicate of a new image (256 KiB chunks, each closing its own pack) throttled to 4 MiB/s, so a signal lands
+ * mid-way: the child, its output so far, its exit code, and a wait until `packs` packs are stored.
+ */
+function throttledReplicate(t: Test, tag: string, size: number, extra: string[] = []) {
   ensureBuilt();
-  const dir = tmpDir(t, 'sigterm');
+  const dir = tmpDir(t, tag);
   const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(32 * MiB, 21));
+  fs.writeFileSync(image, randomData(size, 21));
   const store = path.join(dir, 'store');
-  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', '512KiB'];
-  // 4 MiB/s: the 128 chunks take ~8 s, so the signal lands mid-way.
+  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', '512KiB', ...extra];
   const child = spawn(...plainNode([CLI, ...args, '--bandwidth', '4MiB']), { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });
-  let stderr = '';
-  child.stderr.on('data', (b: Buffer) => {
-    stderr += b;
-  });
+  const out = { stdout: '', stderr: '' };
+  child.stdout.on('data', (b: Buffer) => (out.stdout += b));
+  child.stderr.on('data', (b: Buffer) => (out.stderr += b));
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  const deadline = Date.now() + 30_000;
-  while (chunkFiles(store) < 8 && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
-  t.ok(chunkFiles(store) >= 8, 'chunks were being stored when the signal came');
+  const storing = async (packs: number) => {
+    const deadline = Date.now() + 30_000;
+    while (chunkFiles(store) < packs && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+    t.ok(chunkFiles(store) >= packs, 'chunks were being stored when the signal came');
+  };
+  return { dir, image, store, args, child, out, exited, storing };
+}
+
+t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run resumes', async (t) => {
+  // 32 MiB: the 128 chunks take ~8 s.
+  const { dir, image, store, args, child, out, exited, storing } = throttledReplicate(t, 'sigterm', 32 * MiB);
+  await storing(8);
   child.kill('SIGTERM');
   t.equal(await exited, 143, 'exit 143 (128 + SIGTERM)');
   t.match(
-    stderr,
+    out.stderr,
     /rnode: RNODE_CANCELLED: replicate stopped by SIGTERM; the chunks stored so far are checkpointed: run the same command again to resume/,
   );
-  t.notMatch(stderr, /\n\s+at /, 'no stack trace');
+  t.notMatch(out.stderr, /\n\s+at /, 'no stack trace');
   const diskDir = path.join(store, 'r2', 'plain', 'disks', 'd');
   t.ok(fs.existsSync(path.join(diskDir, 'pending', '0000000001')), 'a checkpoint was left');
   t.notOk(fs.existsSync(path.join(diskDir, 'points')) && fs.readdirSync(path.join(diskDir, 'points')).length > 0, 'nothing committed');
@@ -56,38 +67,26 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   // Its figures are the whole point's: no throughput of the whole disk over this run's seconds.
   t.match(again.stdout, /read {5}32\.0 MiB of a 32\.0 MiB disk for the whole point, with the interrupted run's; this run took /);
   t.notMatch(again.stdout, /MB\/s of disk/);
-  const out = path.join(dir, 'out.img');
-  const rec = await runCli(['recover', '--store', store, '--disk', 'd', '--out', out, '--json']);
+  const restored = path.join(dir, 'out.img');
+  const rec = await runCli(['recover', '--store', store, '--disk', 'd', '--out', restored, '--json']);
   t.equal(rec.code, 0, rec.stderr);
-  t.ok(fs.readFileSync(out).equals(fs.readFileSync(image)), 'byte-exact');
+  t.ok(fs.readFileSync(restored).equals(fs.readFileSync(image)), 'byte-exact');
 });
 
 // A second signal exits at once; with --json its error was on stderr only, and stdout was empty: a caller reading the
 // one JSON document the command promises got nothing to parse.
 t.test('a second SIGINT exits at once, and with --json says so as the one JSON document on stdout', async (t) => {
-  ensureBuilt();
-  const dir = tmpDir(t, 'second-signal');
-  const image = path.join(dir, 'disk.img');
-  fs.writeFileSync(image, randomData(16 * MiB, 22));
-  const store = path.join(dir, 'store');
-  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', '512KiB', '--json'];
-  const child = spawn(...plainNode([CLI, ...args, '--bandwidth', '4MiB']), { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  let stdout = '';
-  child.stdout.on('data', (b: Buffer) => {
-    stdout += b;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  const deadline = Date.now() + 30_000;
-  while (chunkFiles(store) < 4 && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
-  t.ok(chunkFiles(store) >= 4, 'chunks were being stored when the signals came');
+  const { child, out, exited, storing } = throttledReplicate(t, 'second-signal', 16 * MiB, ['--json']);
+  await storing(4);
   child.kill('SIGINT');
   await new Promise((r) => setTimeout(r, 50));
   child.kill('SIGINT');
   t.equal(await exited, 130, 'exit 130 (128 + SIGINT)');
-  t.match(JSON.parse(stdout), { error: { code: 'RNODE_CANCELLED', message: /replicate stopped at once by a second SIGINT/ } }, 'one JSON document');
+  t.match(
+    JSON.parse(out.stdout),
+    { error: { code: 'RNODE_CANCELLED', message: /replicate stopped at once by a second SIGINT/ } },
+    'one JSON document',
+  );
 });
 
 // Graceful SIGTERM of prune: it stops only where the repository is consistent (between deletes, between phases), exits
