@@ -19,6 +19,6 @@ export function fileUrlPath(location: string | URL): string {
   try {
     return fileURLToPath(url);
   } catch (err) {
-    throw new Error(`has a path that does not decode (${(err as Error).message}): write a % in a name as %25`);
+    throw new Error(`has a path that does not decode (${(err as Error).message}): write a % in a name as %25`, { cause: err });
   }
 }
