@@ -10,7 +10,7 @@ import { parseSize } from '../pipeline/grid.js';
 import { required, str } from './args.js';
 import type { Command } from './command.js';
 import { logFormat, logLevel, metricsListen, SERVICE_OPTIONS, SERVICE_USAGE } from './service-flags.js';
-import { assertStoreFolder } from './store-flags.js';
+import { assertStoreFolder, assertWritableFolder } from './store-flags.js';
 
 /** Freed heap a receiving node keeps for reuse: a few messages' worth (parts are 8 MiB). */
 const KEEP_FREED_HEAP_BYTES = 32 * 1024 * 1024;
@@ -84,6 +84,7 @@ export const serveCmd: Command = {
     // next ones instead of handing it back and faulting it in again (native keepFreedHeap has the figures).
     (await import('../native/index.js')).keepFreedHeap(KEEP_FREED_HEAP_BYTES);
     assertStoreFolder(str(v, 'store')!, true); // a file there: refused now, not blamed on each sender later
+    assertWritableFolder(str(v, 'store')!); // and so is a read-only one: the node came up "storing into" it
     const store = await openStore(str(v, 'store')!);
     let server: ReplicationServer;
     try {

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { TransportErrorCodes } from '../transport/errors.js';
 import { localStoreFolder, openStore, type RemoteAccess, type WrappedStore } from '../store/index.js';
+import { unusablePath } from '../store/fs/dirs.js';
 import { str, type Options } from './args.js';
 import type { Values } from './command.js';
 
@@ -105,6 +106,20 @@ export function assertStoreFolder(location: string, creates: boolean, flag = '--
   if (!st.isDirectory()) {
     const what = st.isFile() ? 'a file' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : 'a FIFO or socket';
     throw new RnodeError(ErrorCodes.PATH_UNUSABLE, `store folder ${location} is ${what}, not a folder; check ${flag}`);
+  }
+}
+
+/**
+ * A local store folder that exists must take files: on a read-only filesystem (or without write permission) a
+ * receiving node came up "storing into" it and then failed every sender's put. A missing one is made by its store.
+ */
+export function assertWritableFolder(location: string, flag = '--store'): void {
+  const folder = localStoreFolder(location);
+  if (folder === undefined || !fs.existsSync(folder)) return;
+  try {
+    fs.accessSync(folder, fs.constants.W_OK);
+  } catch (err) {
+    throw unusablePath(`store folder ${location}`, err, `check ${flag}, or make the folder writable`) ?? err;
   }
 }
 

@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { KiB, fsStore, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 import { main } from '../../src/cli/main.js';
 import { lines, runCli, type CliResult } from '../helpers/cli.js';
+import { unwritableFolder } from '../helpers/loop.js';
 
 stopCodecWorkersAtEnd(t);
 
@@ -353,6 +354,13 @@ t.test('a --store folder that does not exist, or is a file, is said so (check of
   const serve = await runCli(['serve', '--listen', '127.0.0.1:0', '--store', img], { timeoutMs: 30_000 });
   t.equal(serve.code, 2, 'serve refuses a file as its store at start');
   t.match(serve.stderr, /RNODE_PATH_UNUSABLE/);
+  // A read-only store folder: serve came up "storing into" it, and then failed every sender's put.
+  const readOnly = unwritableFolder(t, dir);
+  if (readOnly) {
+    const ro = await runCli(['serve', '--listen', '127.0.0.1:0', '--store', readOnly], { timeoutMs: 30_000 });
+    t.equal(ro.code, 2, 'serve refuses a store folder it cannot write, at start');
+    t.match(ro.stderr, /RNODE_PATH_UNUSABLE: store folder \S+ (is on a read-only filesystem|is not writable)/);
+  }
   t.notOk(fs.existsSync(nowhere), 'nothing was created');
 });
 

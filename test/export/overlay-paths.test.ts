@@ -2,31 +2,14 @@
 // /proc path, a read-only or unwritable folder) failed with RNODE_OUTPUT_IO, exit 1, which says a later try may
 // succeed: a harness that retries exit 1 retried it forever. The overlay is now checked as recover's --out is, with
 // the same codes and exit 2, before the store is read; a folder it may not write is RNODE_PATH_UNUSABLE for both.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { randomPoints } from '../helpers/images.js';
+import { unwritableFolder } from '../helpers/loop.js';
 
 t.setTimeout(120_000);
-
-/** A read-only tmpfs (as root, where mount works), else a folder without write permission; both refuse a new file. */
-function unwritableFolder(t: Test, dir: string): string | undefined {
-  const folder = path.join(dir, 'no-write');
-  fs.mkdirSync(folder);
-  if (process.getuid?.() !== 0) {
-    fs.chmodSync(folder, 0o555);
-    return folder;
-  }
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,ro', 'tmpfs', folder], { stdio: 'pipe' });
-  } catch {
-    return undefined;
-  }
-  t.teardown(() => execFileSync('umount', ['-l', folder], { stdio: 'pipe' }));
-  return folder;
-}
 
 t.test('--overlay paths that cannot be used: the codes and exit 2 of recover --out', async (t) => {
   const f = randomPoints(t, 'overlay-paths');

@@ -71,3 +71,20 @@ export function fsckClean(dev: string): boolean {
     return false;
   }
 }
+
+/** A read-only tmpfs (as root, where mount works), else a folder without write permission; both refuse a new file. */
+export function unwritableFolder(t: Test, dir: string): string | undefined {
+  const folder = path.join(dir, 'no-write');
+  fs.mkdirSync(folder);
+  if (process.getuid?.() !== 0) {
+    fs.chmodSync(folder, 0o555);
+    return folder;
+  }
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,ro', 'tmpfs', folder], { stdio: 'pipe' });
+  } catch {
+    return undefined;
+  }
+  t.teardown(() => execFileSync('umount', ['-l', folder], { stdio: 'pipe' }));
+  return folder;
+}
