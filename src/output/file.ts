@@ -40,6 +40,12 @@ export interface FileOutputTarget {
 export async function resolveFileOutput(out: string, as: OutputFlag = OUT): Promise<FileOutputTarget> {
   const { flag } = as;
   if (out === '-') throw new RnodeError(ErrorCodes.USAGE, `${flag} - (stdout) is not supported; ${as.instead}`);
+  // The process's own streams by name: a pipe's /dev/stdout was "a symlink to /proc/self/fd/1, a path that does not exist".
+  const stream = /^\/(?:dev\/(std(?:in|out|err))|dev\/fd\/([0-2])|proc\/self\/fd\/([0-2]))$/.exec(out);
+  if (stream) {
+    const name = stream[1] ?? ['stdin', 'stdout', 'stderr'][Number(stream[2] ?? stream[3])];
+    throw new RnodeError(ErrorCodes.USAGE, `${flag} ${out} (${name}) is not supported; ${as.instead}`);
+  }
   if (isVirtualFsPath(out)) {
     throw new RnodeError(
       ErrorCodes.PATH_UNUSABLE,

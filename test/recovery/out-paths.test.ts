@@ -114,6 +114,9 @@ t.test('recover --out paths', async (t) => {
   t.test('--out - is refused: no file named "-"', async (t) => {
     const d = caseDir();
     refused(t, await recover('-', d), /stdout.*not supported/, { [d]: [] });
+    // Named: a pipe's /dev/stdout was "a symlink to /proc/self/fd/1, a path that does not exist".
+    for (const out of ['/dev/stdout', '/proc/self/fd/1', '/dev/stderr'])
+      refused(t, await recover(out, d), /\((stdout|stderr)\) is not supported/, { [d]: [] });
   });
 
   t.test('a path under /proc or /sys is RNODE_PATH_UNUSABLE, exit 2, as every other unusable path (was OUTPUT_IO, exit 1)', async (t) => {
