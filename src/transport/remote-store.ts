@@ -150,6 +150,12 @@ export class RemoteStore implements ObjectStore {
   private drainWaiters: Array<() => void> = [];
   private heartbeat?: NodeJS.Timeout;
   private lastHeard = 0;
+  /**
+   * When a request was last answered, or the oldest one still waiting was made: a link cut again and again before
+   * any answer (a proxy that drops every connection after a few MB) reconnected at once every time, each session a
+   * new outage with a budget of its own, and re-sent the same request forever (onDisconnect).
+   */
+  private answeredAt = 0;
   private everConnected = false;
   private maxFrame = MAX_FRAME_BYTES;
   private maxObject = MAX_OBJECT_BYTES;
@@ -435,6 +441,7 @@ export class RemoteStore implements ObjectStore {
           return rebuild ? rebuild() : Buffer.from(req.frame);
         },
       };
+      if (this.queue.length === 0 && this.sent.size === 0) this.answeredAt = Date.now();
       this.queue.push(req);
       if (this.state === 'idle') void this.connectLoop();
       else void this.pump();
@@ -812,6 +819,7 @@ export class RemoteStore implements ObjectStore {
         if ((m.op === 'ack' || m.op === 'error') && m.credit !== undefined) this.grant(m.credit);
       }
       this.sent.delete(f.stream);
+      this.answeredAt = Date.now();
       req.resolve(f);
     } catch (err) {
       const req = this.sent.get(f.stream);
@@ -844,7 +852,21 @@ export class RemoteStore implements ObjectStore {
       this.failAll(fatal);
       return;
     }
-    if (this.queue.length > 0) void this.connectLoop();
+    if (this.queue.length === 0) return;
+    const waited = Date.now() - this.answeredAt;
+    if (waited > (this.opts.reconnectBudgetMs ?? 60_000)) {
+      const err = transportError(
+        TransportErrorCodes.UNREACHABLE,
+        `the connection to the receiving node at ${this.location} was cut again and again before it answered a request (${this.counters.connects} sessions, none answered in the last ${Math.round(waited / 1000)} s); check the network path between the nodes (a proxy or firewall that cuts long transfers?) and the node's log`,
+        { details: { remote: this.location } },
+      );
+      // As a spent budget: requests fail at once for a while, then a single attempt (connectLoop).
+      this.gaveUp = { err, at: Date.now() };
+      this.counters.budgetsSpent++;
+      this.failAll(err);
+      return;
+    }
+    void this.connectLoop();
   }
 
   private failAll(err: unknown): void {

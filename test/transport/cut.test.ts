@@ -144,3 +144,19 @@ t.test('a resume of a session the node still holds open: the node cuts it and ha
   t.equal(server.stats.sessions, 1, 'the half-dead session was closed by the resume');
   await expectRestore(t, fast, 'd', 1, fp, dir);
 });
+
+// Regression: a link cut before any request is answered, every time (a proxy that drops each connection after less
+// than a pack), reconnected at once after every cut: each session counted as the end of an outage, with a new budget,
+// and the same pack was re-sent for ever (42,000 reconnects in 10 minutes; SIGTERM waited on that pack too). Once no
+// request has been answered for the reconnect budget, the requests fail.
+t.test('every connection cut before an answer: the requests fail after the reconnect budget, not for ever', async (t) => {
+  const dir = tmpDir(t, 'ws-cut-never-answered');
+  const { server } = await startNode(t, dir, { windowBytes: WINDOW });
+  const proxy = await cuttingProxy(t, server.port, () => 200_000);
+  const rs = remote(t, `ws://127.0.0.1:${proxy.port}`, { reconnectBudgetMs: 1500 });
+  await t.rejects(rs.put('disks/d/encryption.json', Buffer.alloc(MiB, 0x20)), {
+    code: 'RNODE_TRANSPORT_UNREACHABLE',
+    message: /was cut again and again before it answered a request .*check the network path/,
+  });
+  t.ok(proxy.cuts >= 2, `cut ${proxy.cuts} times before the sender gave up`);
+});
