@@ -367,6 +367,7 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
       continue;
     }
     const named = new Set<string>();
+    const listed = new Set(d.points);
     for (const seq of d.points) {
       try {
         const m = await loadV2Point(store, disk, seq, domain.key).catch((err) => {
@@ -374,6 +375,15 @@ export async function scanDomain(store: ObjectStore, domain: Domain, concurrency
           throw err;
         });
         if (!m) continue;
+        // A point reads the chunks it did not change through its parent's table: with the parent's manifest missing,
+        // that table looked stale and was deleted, with the packs only it named (exit 0), and the point could not be
+        // restored once the manifest was put back. Retention rebases a point before it deletes its ancestors, so a
+        // point listed with them never names a parent missing from the same listing.
+        if (m.parent !== null && !listed.has(m.parent)) {
+          throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `point ${seq} of disk ${disk} needs point ${m.parent}, which is missing`, {
+            details: { key: r2.point(domain.name, d.dname, seq) },
+          });
+        }
         noteGeneration(marksRecorded, m.marksGeneration, `point ${seq} of disk ${disk}`);
         for (const ref of m.table.segments) named.add(ref.key);
         for await (const e of tableEntries(store, m, domain.key)) use(e);

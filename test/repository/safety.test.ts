@@ -260,3 +260,35 @@ t.test("encrypted: a manifest moved under another disk's keyed name is named for
   t.ok((await check({ store: s.store, encryption: s.key })).ok, 'with the moved manifest gone, check is ok');
   await expectRestore(t, s.store, 'e', 1, s.fps[1], s.dir, 'disk e', { encryption: s.key });
 });
+
+// Regression: with a point's manifest missing, its table looked stale to prune (no listed manifest named it): prune
+// deleted it, and the packs only it named three runs later, each exit 0, though check named the broken chain. Its
+// child then could not be restored, nor could the point itself once its manifest was put back from a backup.
+t.test('a missing manifest in the middle of a chain: prune refuses and deletes nothing; put back, every point restores', async (t) => {
+  const dir = tmpDir(t, 'missing-parent');
+  const storeDir = path.join(dir, 'store');
+  const store = fsStore(storeDir);
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(MiB, 61));
+  const fps: string[] = [];
+  for (let p = 1; p <= 3; p++) {
+    if (p > 1) writeAt(img, p * 3 * 64 * KiB, randomData(64 * KiB, 61 + p));
+    await snap(store, img, 'd', { chunkSize: 64 * KiB, packSize: 256 * KiB });
+    fps[p] = fingerprint(img);
+  }
+  const manifest = path.join(storeDir, r2.point('plain', 'd', 2));
+  const aside = path.join(dir, 'point-2.manifest');
+  fs.renameSync(manifest, aside);
+  const objects = () => listFiles(storeDir).filter((f) => f.startsWith('r2/'));
+  const before = objects();
+  for (let run = 0; run < 3; run++) {
+    await t.rejects(
+      pruneStore({ store, graceMs: 0, maxUnused: 0 }),
+      { code: ErrorCodes.MANIFEST_CORRUPT, message: /point 3 of disk d needs point 2, which is missing.*prune deletes nothing/ },
+      `prune ${run + 1} refuses`,
+    );
+  }
+  t.same(objects(), before, 'nothing was deleted: no table, no pack, no index');
+  fs.renameSync(aside, manifest);
+  for (const p of [1, 2, 3]) await expectRestore(t, store, 'd', p, fps[p], dir, `point ${p}`);
+});
