@@ -361,7 +361,9 @@ async function readIndexes({ store, name, domain, report, indexIds, parts, vanis
         vanishedIndexes.add(id); // merged by a prune's index compaction since the listing
       else {
         indexIds.push(id);
-        if (isDamage(err)) damagedIndexes.push(id);
+        // Damaged, or (encrypted) failing authentication: either way --repair indexes its intact blobs again and
+        // deletes it; a forged one left in place blocked every disk of the repository for good.
+        if (isDamage(err) || isRnodeError(err, ErrorCodes.METADATA_FORGED)) damagedIndexes.push(id);
         report(err);
       }
     }

@@ -84,7 +84,7 @@ export function openEnvelope(b: Buffer, kind: EnvelopeKindId, context: string, w
   const forged = (why: string) =>
     new RnodeError(
       ErrorCodes.METADATA_FORGED,
-      `${name} ${what} ${why}: it was modified, moved from another place, replayed or forged; restore from another point or store`,
+      `${name} ${what} ${why}: it was modified, moved from another place, replayed or forged; ${DAMAGE_REMEDIES[kind] ?? 'restore from another point or store'}`,
       { details: { key: what } },
     );
   if (b.length < ENVELOPE_HEADER_BYTES || !b.subarray(0, 4).equals(ENVELOPE_MAGIC)) {

@@ -14,8 +14,21 @@ import { fingerprint, fsStore, KiB, listFiles, randomData, snap, stopCodecWorker
 
 stopCodecWorkersAtEnd(t);
 
-async function replicate(t: Test, img: string, storeDir: string, disk: string) {
-  const r = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', disk, '--chunk-size', '64KiB', '--cache-dir', 'none']);
+async function replicate(t: Test, img: string, storeDir: string, disk: string, extra: string[] = []) {
+  const r = await runCli([
+    'replicate',
+    '--source',
+    img,
+    '--target',
+    storeDir,
+    '--disk',
+    disk,
+    '--chunk-size',
+    '64KiB',
+    '--cache-dir',
+    'none',
+    ...extra,
+  ]);
   t.equal(r.code, 0, `replicate ${disk}: ${r.stderr}`);
 }
 
@@ -54,41 +67,64 @@ t.test('a lost index object: prune deletes nothing and says what to run; repair 
   t.same(fingerprint(out), want, 'the point restores byte-exact after three prunes');
 });
 
-t.test('a damaged index object: replicate says how to repair it; repair deletes it and every disk replicates again', async (t) => {
-  const dir = tmpDir(t, 'index-damaged');
-  const storeDir = path.join(dir, 'store');
-  const a = path.join(dir, 'a.img');
-  const b = path.join(dir, 'b.img');
-  fs.writeFileSync(a, randomData(512 * KiB, 52));
-  fs.writeFileSync(b, randomData(512 * KiB, 53));
-  await replicate(t, a, storeDir, 'a');
-  await replicate(t, b, storeDir, 'b');
-  const indexRoot = path.join(storeDir, 'r2', 'plain', 'index');
-  const victim = path.join(indexRoot, listFiles(indexRoot)[0]);
-  const bytes = fs.readFileSync(victim);
-  bytes[60] ^= 0x5a;
-  fs.writeFileSync(victim, bytes);
+// Encrypted, a damaged index object fails authentication (METADATA_FORGED): check did not count it as damaged, so
+// --repair wrote its re-index and then failed on it, run after run, and every disk of the repository stayed blocked.
+for (const encrypted of [false, true]) {
+  t.test(
+    `a damaged index object${encrypted ? ' (encrypted)' : ''}: replicate says how to repair it; repair deletes it and every disk replicates again`,
+    async (t) => {
+      const dir = tmpDir(t, 'index-damaged');
+      const storeDir = path.join(dir, 'store');
+      const keyFile = path.join(dir, 'key');
+      fs.writeFileSync(keyFile, randomData(32, 58).toString('hex'), { mode: 0o600 });
+      const key = encrypted ? ['--encryption-key-file', keyFile] : [];
+      const a = path.join(dir, 'a.img');
+      const b = path.join(dir, 'b.img');
+      fs.writeFileSync(a, randomData(512 * KiB, 52));
+      fs.writeFileSync(b, randomData(512 * KiB, 53));
+      await replicate(t, a, storeDir, 'a', key);
+      await replicate(t, b, storeDir, 'b', key);
+      const r2 = path.join(storeDir, 'r2');
+      const indexRoot = path.join(
+        r2,
+        fs.readdirSync(r2).find((d) => (d === 'plain') !== encrypted)!,
+        'index',
+      );
+      const victim = path.join(indexRoot, listFiles(indexRoot)[0]);
+      const bytes = fs.readFileSync(victim);
+      bytes[60] ^= 0x5a;
+      fs.writeFileSync(victim, bytes);
 
-  const blocked = await runCli(['replicate', '--source', b, '--target', storeDir, '--disk', 'c', '--cache-dir', 'none']);
-  t.equal(blocked.code, 1, 'a new disk is refused while the index is damaged');
-  t.match(blocked.stderr, /RNODE_MANIFEST_CORRUPT: index .* is corrupt .*rnode check --read-data --repair/);
+      const blocked = await runCli(['replicate', '--source', b, '--target', storeDir, '--disk', 'c', '--cache-dir', 'none', ...key]);
+      t.equal(blocked.code, 1, 'a new disk is refused while the index is damaged');
+      t.match(
+        blocked.stderr,
+        encrypted
+          ? /RNODE_METADATA_FORGED: index .* fails authentication.*rnode check --read-data --repair/
+          : /RNODE_MANIFEST_CORRUPT: index .* is corrupt .*rnode check --read-data --repair/,
+      );
 
-  const repair = await runCli(['check', '--store', storeDir, '--read-data', '--repair', '--json']);
-  t.match(json(repair).domains[0].repair, { blobsIndexed: 8, damagedIndexesDeleted: 1 });
-  t.notOk(fs.existsSync(victim), 'the damaged index object is gone');
-  t.equal((await runCli(['check', '--store', storeDir, '--read-data'])).code, 0, 'whole again');
-  await replicate(t, b, storeDir, 'c');
-  for (const [disk, img] of [
-    ['a', a],
-    ['b', b],
-    ['c', b],
-  ]) {
-    const out = path.join(dir, `${disk}.out`);
-    const r = await runCli(['recover', '--store', storeDir, '--disk', disk, '--out', out]);
-    t.equal(r.code, 0, r.stderr);
-    t.same(fingerprint(out), fingerprint(img), `disk ${disk} restores byte-exact`);
-  }
-});
+      const repair = await runCli(['check', '--store', storeDir, '--read-data', '--repair', '--json', ...key]);
+      t.match(json(repair).domains.find((d: { domain: string }) => (d.domain === 'plain') !== encrypted).repair, {
+        blobsIndexed: 8,
+        damagedIndexesDeleted: 1,
+      });
+      t.notOk(fs.existsSync(victim), 'the damaged index object is gone');
+      t.equal((await runCli(['check', '--store', storeDir, '--read-data', ...key])).code, 0, 'whole again');
+      await replicate(t, b, storeDir, 'c', key);
+      for (const [disk, img] of [
+        ['a', a],
+        ['b', b],
+        ['c', b],
+      ]) {
+        const out = path.join(dir, `${disk}.out`);
+        const r = await runCli(['recover', '--store', storeDir, '--disk', disk, '--out', out, ...key]);
+        t.equal(r.code, 0, r.stderr);
+        t.same(fingerprint(out), fingerprint(img), `disk ${disk} restores byte-exact`);
+      }
+    },
+  );
+}
 
 // A first point of an encrypted disk, stopped after its checkpoint and never run again: its disk id was in no object a
 // prune can read (the repository names disks by keyed hashes, and the checkpoint did not say), and every sweep of the
