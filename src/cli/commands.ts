@@ -12,7 +12,15 @@ import { agentCommand } from './agent.js';
 import type { Command, Io } from './command.js';
 import { exportCmd } from './export.js';
 import { serveCmd } from './serve.js';
-import { isRemoteLocation, remotePruneSweeps, REMOTE_OPTIONS, REMOTE_USAGE, remoteReplicateOptions, withStore } from './store-flags.js';
+import {
+  isRemoteLocation,
+  maintainedWhereStored,
+  remotePruneSweeps,
+  REMOTE_OPTIONS,
+  REMOTE_USAGE,
+  remoteReplicateOptions,
+  withStore,
+} from './store-flags.js';
 import { bytes, failureLine, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
 import { stoppable } from './signals.js';
@@ -518,6 +526,9 @@ const checkCmd: Command = {
   options: { store: { type: 'string' }, 'read-data': { type: 'boolean' }, repair: { type: 'boolean' }, ...ENCRYPTION_OPTIONS, ...REMOTE_OPTIONS },
   async run(v, io) {
     required(v, 'check', 'store');
+    // --repair rewrites packs and merges indexes, deleting what they replace, which a receiving node refuses over the
+    // link: the repair failed half done, every index entry left doubled. Refused before anything is written.
+    if (v.repair === true && isRemoteLocation(str(v, 'store')!)) throw maintainedWhereStored(str(v, 'store')!, 'check --read-data --repair');
     const { check } = await import('../jobs/check.js');
     const encryption = encryptionKeyFrom(v);
     const r = await stoppable('check', READ_ONLY_STOP, (signal) =>

@@ -81,9 +81,14 @@ export async function withStore<T>(
 export function remotePruneSweeps(location: string, retention: boolean): boolean {
   if (!isRemoteLocation(location)) return true;
   if (retention) return false;
-  throw new RnodeError(
+  throw maintainedWhereStored(location, 'prune');
+}
+
+/** The refusal of maintenance that deletes what it replaces (a sweep, a repair) through a receiving node. */
+export function maintainedWhereStored(location: string, command: string): RnodeError {
+  return new RnodeError(
     TransportErrorCodes.REJECTED,
-    `${location} is a receiving node: its packs and indexes are maintained where they are stored; run "rnode prune" on the receiving node, with its --store folder`,
+    `${location} is a receiving node: its packs and indexes are maintained where they are stored; run "rnode ${command}" on the receiving node, with its --store folder`,
   );
 }
 

@@ -45,6 +45,13 @@ t.test('replicate, points, verify, recover and prune all take --token-file for a
   t.equal(maintenance.code, 1, 'maintenance alone over the link is refused');
   t.match(maintenance.stderr, /RNODE_TRANSPORT_REJECTED: .*run "rnode prune" on the receiving node/);
   t.equal(indexes(), before, 'and nothing was put on the node');
+  // The same for check --repair: it re-indexed and merged indexes on the node, then failed on the delete, leaving
+  // every index entry doubled. Refused before it writes.
+  const repair = await runCli(['check', '--store', url, '--read-data', '--repair', ...auth]);
+  t.equal(repair.code, 1, 'check --repair over the link is refused');
+  t.match(repair.stderr, /RNODE_TRANSPORT_REJECTED: .*run "rnode check --read-data --repair" on the receiving node/);
+  t.equal(indexes(), before, 'and nothing was put on the node');
+  t.equal((await runCli(['check', '--store', url, '--read-data', ...auth])).code, 0, 'check --read-data over the link reads it all, as before');
   const noToken = await runCli(['prune', '--store', url, '--disk', 'w', '--keep', '1']);
   t.equal(noToken.code, 1, 'without the token the node refuses');
   t.match(noToken.stderr, /RNODE_TRANSPORT_AUTH/);
