@@ -890,6 +890,16 @@ class Session {
         this.lists.delete(stream);
         l.it.return?.().catch(() => undefined);
       }
+      // As for a put: what the node's own store cannot do (read-only, full, no permission) is for its operator, who saw
+      // nothing while the sender was told "its log says why" (a lease acquire on a read-only store fails first).
+      if (!(err instanceof RnodeError) || STORE_TROUBLE.has(err.code)) {
+        this.node.log('request-failed', {
+          session: this.id,
+          op: m.op,
+          code: err instanceof RnodeError ? err.code : ErrorCodes.INTERNAL,
+          message: (err as Error)?.message ?? String(err),
+        });
+      }
       this.reply(stream, errorMessage(err));
     }
   }
@@ -1092,9 +1102,19 @@ function requestKey(key: string, reading?: ObjectChecks): void {
   }
 }
 
+/** Failures of a request that are the node's store's, not the request's (a missing object or a lost race is an answer). */
+const STORE_TROUBLE: ReadonlySet<string> = new Set([
+  ErrorCodes.STORE_IO,
+  ErrorCodes.STORE_AUTH,
+  ErrorCodes.STORE_UNAVAILABLE,
+  ErrorCodes.PATH_UNUSABLE,
+  ErrorCodes.INTERNAL,
+]);
+
 /** The events of ServeOptions.log that say something went wrong (warnings); the others are info. */
 export const SERVE_WARN_EVENTS: ReadonlySet<string> = new Set([
   'put-failed',
+  'request-failed',
   'internal-error',
   'server-error',
   'session-error',

@@ -61,3 +61,26 @@ t.test(
     t.ok(fs.readFileSync(out).equals(fs.readFileSync(image)), 'byte-exact');
   },
 );
+
+// A store that turned read-only under a running node: the sender's lease write fails first, and the sender is told
+// "its log says why", but the node logged nothing (only puts were logged when they failed).
+t.test(
+  'a node whose store turned read-only: the failed lease write is a warning in its log',
+  { skip: process.getuid?.() !== 0 && 'needs root to mount a tmpfs' },
+  async (t) => {
+    ensureBuilt();
+    const dir = tmpDir(t, 'store-ro');
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
+    t.teardown(() => execFileSync('umount', ['-l', mnt]));
+    const node = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(mnt, 'store')]);
+    execFileSync('mount', ['-o', 'remount,ro', mnt]);
+    const image = path.join(dir, 'disk.img');
+    fs.writeFileSync(image, randomData(1 << 20, 32));
+    const r = await runCli(['replicate', '--source', image, '--target', node.url, '--disk', 'd']);
+    t.equal(r.code, 1, `the sender fails: ${r.stderr}`);
+    t.match(r.stderr, /RNODE_STORE_IO: .*its log says why/);
+    t.match(node.log(), /"level":"warn"[^\n]*"op":"lease"[^\n]*EROFS[^\n]*"msg":"request-failed"/, "the node's log says why");
+  },
+);
