@@ -88,3 +88,12 @@ export function unwritableFolder(t: Test, dir: string): string | undefined {
   t.teardown(() => execFileSync('umount', ['-l', folder], { stdio: 'pipe' }));
   return folder;
 }
+
+/** A tmpfs of `size` mounted at <dir>/mnt (needs root), unmounted when the test ends. */
+export function mountTmpfs(t: Test, dir: string, size: string): string {
+  const mnt = path.join(dir, 'mnt');
+  fs.mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
+  t.teardown(() => execFileSync('umount', ['-l', mnt]));
+  return mnt;
+}

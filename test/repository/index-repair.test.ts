@@ -14,21 +14,23 @@ import { fingerprint, fsStore, KiB, listFiles, randomData, snap, stopCodecWorker
 
 stopCodecWorkersAtEnd(t);
 
+const replicateArgs = (img: string, storeDir: string, disk: string, extra: string[] = []) => [
+  'replicate',
+  '--source',
+  img,
+  '--target',
+  storeDir,
+  '--disk',
+  disk,
+  '--chunk-size',
+  '64KiB',
+  '--cache-dir',
+  'none',
+  ...extra,
+];
+
 async function replicate(t: Test, img: string, storeDir: string, disk: string, extra: string[] = []) {
-  const r = await runCli([
-    'replicate',
-    '--source',
-    img,
-    '--target',
-    storeDir,
-    '--disk',
-    disk,
-    '--chunk-size',
-    '64KiB',
-    '--cache-dir',
-    'none',
-    ...extra,
-  ]);
+  const r = await runCli(replicateArgs(img, storeDir, disk, extra));
   t.equal(r.code, 0, `replicate ${disk}: ${r.stderr}`);
 }
 
@@ -138,21 +140,7 @@ t.test('an encrypted disk whose first replicate stopped after a checkpoint does 
   const y = path.join(dir, 'y.img');
   fs.writeFileSync(x, randomData(512 * KiB, 55));
   fs.writeFileSync(y, randomData(512 * KiB, 56));
-  const args = (img: string, disk: string) => [
-    'replicate',
-    '--source',
-    img,
-    '--target',
-    storeDir,
-    '--disk',
-    disk,
-    '--chunk-size',
-    '64KiB',
-    '--cache-dir',
-    'none',
-    '--encryption-key-file',
-    keyFile,
-  ];
+  const args = (img: string, disk: string) => replicateArgs(img, storeDir, disk, ['--encryption-key-file', keyFile]);
   t.equal((await runCli(args(x, 'x'))).code, 0);
   fs.writeFileSync(x, randomData(512 * KiB, 57));
   t.equal((await runCli(args(x, 'x'))).code, 0);

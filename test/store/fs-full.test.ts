@@ -4,24 +4,16 @@
 // failed so after deleting points did not say it had deleted them, nor that --max-unused 0 (no repack, which needs new
 // space) frees what it can on a full store. Now: RNODE_STORE_IO, exit 1, "free space"; prune names what it deleted.
 import t from 'tap';
-import type { Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runCli } from '../helpers/cli.js';
 import { MiB, randomData, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
+import { mountTmpfs } from '../helpers/loop.js';
 
 stopCodecWorkersAtEnd(t);
 
 const skip = process.getuid?.() !== 0 && 'needs root to mount a small tmpfs';
-
-function mountTmpfs(t: Test, dir: string, size: string): string {
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
-  t.teardown(() => execFileSync('umount', ['-l', mnt]));
-  return mnt;
-}
 
 /** Takes all but `leave` bytes of the filesystem's free space, in a file that freeSpace removes. */
 function fill(mnt: string, leave: number): void {

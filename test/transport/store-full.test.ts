@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CLI, ensureBuilt, runCli } from '../helpers/cli.js';
 import { randomData, tmpDir } from '../helpers/images.js';
+import { mountTmpfs } from '../helpers/loop.js';
 import { spawnServe } from './helpers.js';
 
 t.test(
@@ -17,10 +18,7 @@ t.test(
   async (t) => {
     ensureBuilt();
     const dir = tmpDir(t, 'store-full');
-    const mnt = path.join(dir, 'mnt');
-    fs.mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', mnt]);
-    t.teardown(() => execFileSync('umount', ['-l', mnt]));
+    const mnt = mountTmpfs(t, dir, '6m');
     const tok = path.join(dir, 'token');
     fs.writeFileSync(tok, 'full-token\n', { mode: 0o600 });
     const node = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(mnt, 'store'), '--token-file', tok]);
@@ -70,10 +68,7 @@ t.test(
   async (t) => {
     ensureBuilt();
     const dir = tmpDir(t, 'store-ro');
-    const mnt = path.join(dir, 'mnt');
-    fs.mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
-    t.teardown(() => execFileSync('umount', ['-l', mnt]));
+    const mnt = mountTmpfs(t, dir, '8m');
     const node = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(mnt, 'store')]);
     execFileSync('mount', ['-o', 'remount,ro', mnt]);
     const image = path.join(dir, 'disk.img');
