@@ -1,5 +1,6 @@
 // The peer transport: wire frames, the RemoteStore client (registered for ws:// and wss://) and the
 // receiving node's server. Importing this module registers the schemes with the store registry.
+import { X509Certificate } from 'node:crypto';
 import { checkKeyFileMode } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
@@ -68,6 +69,20 @@ export function readPemFile(file: string, what: string, opts: { privateKey?: boo
   }
 }
 
+/**
+ * The CA certificate(s) --ca names. A file that holds none (the token file given by mistake) was passed to TLS, which
+ * ignored it and then said the node's certificate is self-signed: the flag, not the node, was wrong.
+ */
+function readCaFile(file: string): string {
+  const pem = readPemFile(file, 'CA');
+  try {
+    new X509Certificate(pem);
+  } catch {
+    throw new RnodeError(ErrorCodes.USAGE, `--ca ${file} holds no PEM certificate; pass the PEM file of the CA that signed the node's certificate`);
+  }
+  return pem;
+}
+
 export function parseBandwidth(text: string, flag = '--bandwidth'): number {
   const n = parseSize(text);
   if (n === undefined || n < 1) {
@@ -91,7 +106,7 @@ export function remoteOptionsFrom(url: URL, remote: RemoteAccess = {}): RemoteSt
   return {
     url: url.href,
     ...(token !== undefined ? { token } : {}),
-    ...(caFile ? { ca: readPemFile(caFile, 'CA') } : {}),
+    ...(caFile ? { ca: readCaFile(caFile) } : {}),
     ...(pin ? { pinSha256: pin } : {}),
   };
 }

@@ -163,6 +163,13 @@ const cases: Case[] = [
     args: ['agent', '--server', 'ws://127.0.0.1:1', '--token-file', fifo, '--state-dir', path.join(dir, 'agent')],
     code: /RNODE_USAGE: --token-file \S+ is not a regular file/,
   },
+  // A --ca that holds no certificate (the token file, by mistake) went to TLS, which ignored it and then called the
+  // node's certificate self-signed.
+  {
+    name: 'a --ca file that holds no certificate',
+    args: ['points', '--store', 'wss://127.0.0.1:1', '--disk', 'd', '--ca', tokenFile],
+    code: /RNODE_USAGE: --ca \S+ holds no PEM certificate; pass the PEM file of the CA/,
+  },
   // file:// URLs whose path does not decode were RNODE_INTERNAL ("URI malformed ... this is a bug"); file://disk.img
   // opened "/" (its host was dropped) and said the source is a directory.
   {
