@@ -421,6 +421,7 @@ const pruneCmd: Command = {
               maxUnused,
               resetMarks: v['reset-marks'] === true,
               sweep,
+              retentionRefused: sweep ? undefined : () => maintainedWhereStored(str(v, 'store')!, 'prune'),
               reportSkipped: true,
               signal,
             }),

@@ -76,7 +76,8 @@ export async function withStore<T>(
 /**
  * A prune of a store behind a receiving node sweeps nothing: the sweep deletes packs and merges indexes, which a node
  * does not take over the peer link (each try left one more merged index behind before its first delete was refused).
- * Retention still runs (a node refuses its deletes too); maintenance alone is refused before it starts.
+ * Retention still lists the points it would keep, and is refused before it writes anything when it would delete one
+ * (pruneStore's retentionRefused); maintenance alone is refused before it starts.
  */
 export function remotePruneSweeps(location: string, retention: boolean): boolean {
   if (!isRemoteLocation(location)) return true;
@@ -88,7 +89,7 @@ export function remotePruneSweeps(location: string, retention: boolean): boolean
 export function maintainedWhereStored(location: string, command: string): RnodeError {
   return new RnodeError(
     TransportErrorCodes.REJECTED,
-    `${location} is a receiving node: its packs and indexes are maintained where they are stored; run "rnode ${command}" on the receiving node, with its --store folder`,
+    `${location} is a receiving node: its points, packs and indexes are maintained where they are stored; run "rnode ${command}" on the receiving node, with its --store folder`,
   );
 }
 

@@ -808,6 +808,12 @@ export interface PruneStoreOptions extends SweepSettings {
    */
   sweep?: boolean;
   /**
+   * Set for a store behind a receiving node, which takes no deletes of points or tables over the peer link: retention
+   * that would delete a point fails with this error before it writes anything (it used to rebase the kept point
+   * first, which left a table segment on the node), and retention that keeps every point changes nothing.
+   */
+  retentionRefused?: () => Error;
+  /**
    * List the encrypted repositories the sweep leaves out for want of their key (`skipped`). It costs one listing of
    * every encrypted repository's objects: for a person running prune, who would otherwise take exit 0 for "all swept";
    * the agent's paced prunes do without.
@@ -962,6 +968,10 @@ async function retainDisk(
   const all = [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
   const keepSet = new Set(all.slice(-keep));
   const out = { kept: all.filter((s) => keepSet.has(s)), deleted: all.filter((s) => !keepSet.has(s)), chunksDeleted: 0, objectsDeleted: 0 };
+  if (opts.retentionRefused) {
+    if (out.deleted.length > 0) throw opts.retentionRefused();
+    return out;
+  }
   const names = [...new Set([disk, ...(domain && v2.length ? [domain.dname(disk)] : [])])];
   const leases: Lease[] = [];
   try {

@@ -34,9 +34,13 @@ t.test('replicate, points, verify, recover and prune all take --token-file for a
   t.same(json(prune).kept, [1, 2], 'prune reached the node and read both points');
   // Deleting a point rewrites the kept point's manifest, which the node refuses over the peer link by design:
   // that refusal (not a flag error) is what the user sees, and it says where to prune.
+  // Refused before it writes: it used to rebase point 2 first, leaving a table segment of its own on the node.
+  const nodeFiles = () => fs.readdirSync(path.join(storeDir, 'r2'), { recursive: true }).map(String).sort();
+  const filesBefore = nodeFiles();
   const rebase = await runCli(['prune', '--store', url, '--disk', 'w', '--keep', '1', ...auth]);
   t.equal(rebase.code, 1);
   t.match(rebase.stderr, /RNODE_TRANSPORT_REJECTED: .*run "rnode prune" on the receiving node/);
+  t.same(nodeFiles(), filesBefore, 'the refused retention put nothing on the node');
   // No sweep over the link: each try merged the node's indexes into one more index object before a delete was refused.
   const indexes = () => fs.readdirSync(path.join(storeDir, 'r2', 'plain', 'index'), { recursive: true }).length;
   const before = indexes();
