@@ -22,6 +22,7 @@ import {
   type ObjectInfoWire,
 } from './control.js';
 import { isPlainTextPeer, isTlsFailure, oneLineTlsError, TransportErrorCodes, transportError } from './errors.js';
+import { speaksTls } from './tls-probe.js';
 import {
   decodeFrame,
   encodeFrame,
@@ -604,6 +605,7 @@ export class RemoteStore implements ObjectStore {
     const pin = this.pin;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
+      let probing = false;
       const ws = new WebSocket(this.url, {
         perMessageDeflate: false,
         maxPayload: MAX_FRAME_BYTES,
@@ -659,11 +661,26 @@ export class RemoteStore implements ObjectStore {
               { cause: err },
             ),
           );
+        } else if (this.url.startsWith('ws:') && (err.code === 'ECONNRESET' || err.message === 'socket hang up')) {
+          // Dropped before any answer: a node that speaks TLS drops a plain request so (tls-probe.ts).
+          probing = true;
+          void speaksTls(this.url).then((tls) =>
+            fail(
+              tls
+                ? transportError(
+                    TransportErrorCodes.TLS,
+                    `the node at ${this.location} speaks TLS (it was started with --tls-cert): use wss://${this.location.slice('ws://'.length)}, with --ca <file> or --pin-sha256 <fingerprint> unless a public CA signed its certificate`,
+                    { cause: err },
+                  )
+                : transportError(TransportErrorCodes.UNREACHABLE, `${err.message}`, { cause: err, retryable: true }),
+            ),
+          );
         } else {
           fail(transportError(TransportErrorCodes.UNREACHABLE, `${err.message}`, { cause: err, retryable: true }));
         }
       });
       ws.on('close', (code: number, reason: Buffer) => {
+        if (probing) return;
         fail(
           transportError(TransportErrorCodes.UNREACHABLE, `the node closed the connection during the handshake (${code} ${reason.toString()})`, {
             retryable: true,

@@ -8,6 +8,8 @@ import { DIST_INDEX, ensureBuilt, json, lines, runCli, runNode } from '../helper
 import { MAX_TOKEN_CHARS, RemoteStore } from '../../src/transport/index.js';
 import { randomData, tmpDir } from '../helpers/images.js';
 import { startNode } from './helpers.js';
+import { haveOpenssl } from '../helpers/tls.js';
+import { selfSignedCert } from '../../src/testing.js';
 
 t.test('replicate, points, verify, recover and prune all take --token-file for a ws:// store', async (t) => {
   const dir = tmpDir(t, 'wsflags');
@@ -154,3 +156,21 @@ t.test("wss:// to a node without TLS says so in one line (it printed OpenSSL's t
   t.equal(lines(r.stderr).length, 1, r.stderr);
   t.match(r.stderr, /RNODE_TRANSPORT_TLS: .* the node answers without TLS .*use ws:\/\//);
 });
+
+t.test(
+  'ws:// to a node that speaks TLS says to use wss:// (it said "socket hang up" after 5 s of retries)',
+  { skip: !haveOpenssl && 'openssl CLI not installed' },
+  async (t) => {
+    const dir = tmpDir(t, 'tls-plain');
+    const { url } = await startNode(t, dir, { tls: selfSignedCert(dir) });
+    const plain = url.replace(/^wss:/, 'ws:');
+    const r = await runCli(['points', '--store', plain, '--disk', 'd']);
+    t.equal(r.code, 1);
+    t.equal(lines(r.stderr).length, 1, r.stderr);
+    const port = new URL(url).port;
+    t.match(r.stderr, new RegExp(`RNODE_TRANSPORT_TLS: the node at ws://127\\.0\\.0\\.1:${port} speaks TLS .*use wss://127\\.0\\.0\\.1:${port}`));
+    // A node that is gone is still unreachable, not TLS (the probe finds nothing there).
+    const gone = await runCli(['points', '--store', 'ws://127.0.0.1:9', '--disk', 'd']);
+    t.match(gone.stderr, /RNODE_TRANSPORT_UNREACHABLE/);
+  },
+);
