@@ -4,7 +4,7 @@
 // arrive once the node's store has the object. A cut connection is re-opened (backoff with jitter, bounded)
 // and only the requests not yet answered are sent again, so re-sent bytes never exceed one credit window.
 import { createHash } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import WebSocket from 'ws';
@@ -636,6 +636,20 @@ export class RemoteStore implements ObjectStore {
           ),
         (this.opts.connectTimeoutMs ?? 10_000) + 1000,
       );
+      // An HTTP answer instead of the upgrade: the node's per-address cap says why in its body (server.ts onConnection).
+      ws.on('unexpected-response', (req: ClientRequest, res: IncomingMessage) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => {
+          if (body.length < 4096) body += d;
+        });
+        const answer = () => {
+          req.destroy();
+          fail(refusedUpgrade(this.location, res.statusCode ?? 0, body));
+        };
+        res.once('end', answer);
+        res.once('error', answer);
+      });
       ws.on('upgrade', (res: IncomingMessage) => {
         socketOf.set(ws, res.socket);
         if (!pin) return;
@@ -944,4 +958,24 @@ export function certificateFingerprint(pem: string | Buffer): string {
     .replace(/-----(BEGIN|END) CERTIFICATE-----/g, '')
     .replace(/\s+/g, '');
   return createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');
+}
+
+/**
+ * The error for an HTTP answer to the upgrade: the node at its per-address cap is busy (retried within the connect
+ * budget, as at --max-sessions), anything else is no receiving node there.
+ */
+function refusedUpgrade(location: string, status: number, body: string): RnodeError {
+  const line = body.split('\n')[0].trim().slice(0, 300);
+  if (line.startsWith(`${TransportErrorCodes.BUSY}: `)) {
+    return transportError(
+      TransportErrorCodes.BUSY,
+      `the node at ${location} refused the connection: ${line.slice(TransportErrorCodes.BUSY.length + 2)}; wait for those connections to end, or raise --max-connections-per-address where the node runs`,
+      { retryable: true, details: { remote: location } },
+    );
+  }
+  // Said inside connectLoop's "cannot reach the receiving node" line, which says what to check.
+  return transportError(TransportErrorCodes.UNREACHABLE, `HTTP ${status} instead of the upgrade${line ? `: ${line}` : ''}`, {
+    retryable: true,
+    details: { remote: location },
+  });
 }

@@ -177,6 +177,23 @@ t.test('rnode serve closes connections that never upgrade and caps connections p
   t.same([...(await collectKeys(rs))], [], 'a peer is served again');
 });
 
+t.test('a client refused by the per-address cap says the node is busy and names the flag (it said unreachable)', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'sec-cap-client');
+  const { url } = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(dir, 'store'), '--max-connections-per-address', '1']);
+  const held = await connect(Number(new URL(url).port));
+  t.teardown(() => held.destroy());
+  const rs = remote(t, url, { initialBudgetMs: 300 });
+  await t.rejects(
+    collectKeys(rs),
+    {
+      code: TransportErrorCodes.BUSY,
+      message: /refused the connection: 1 connections from 127\.0\.0\.1 already open .*--max-connections-per-address where the node runs/,
+    },
+    'busy, retried within the connect budget, then named',
+  );
+});
+
 async function collectKeys(rs: ReturnType<typeof remote>): Promise<string[]> {
   const out: string[] = [];
   for await (const o of rs.list('disks/')) out.push(o.key);
