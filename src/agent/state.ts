@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { jsonSyntaxProblem } from '../json-text.js';
 import type { Logger } from '../log.js';
 import { agentMessages, checkOutgoing, isId, jobKinds, policyProblem, type JobKind, type Policy } from './protocol.js';
 import { makeDirs, unusablePath } from '../store/fs/dirs.js';
@@ -170,7 +171,7 @@ export class StateDir {
     try {
       return { value: JSON.parse(text) };
     } catch (err) {
-      return { damaged: `not JSON: ${(err as Error).message}` };
+      return { damaged: jsonSyntaxProblem(err, text) };
     }
   }
 

@@ -35,7 +35,7 @@ t.test('a truncated outbox.json: later reports are numbered after the last one t
   const offline = await startAgent(t, ms, dir);
   t.equal(offline.agent.nodeId, first.agent.nodeId, 'same node');
   const warning = parsedLogs(offline.logs).find((e) => e.msg.startsWith('state file outbox.json is damaged'));
-  t.match(warning, { level: 'warn', file: outbox, problem: /^not JSON/ }, 'the damage is logged');
+  t.match(warning, { level: 'warn', file: outbox, problem: /^not valid JSON/ }, 'the damage is logged');
   t.equal(fs.existsSync(`${outbox}.damaged`) && fs.readFileSync(`${outbox}.damaged`, 'utf8'), '{"nextSeq":', 'the damaged file is kept for a look');
   offline.agent.link.report(missed('d3'));
   await offline.agent.stop();
@@ -165,7 +165,7 @@ t.test('a damaged node.json: one line naming the file, exit 2', async (t) => {
   t.equal(r.code, 2, r.stderr);
   const out = lines(r.stderr);
   t.equal(out.length, 1, r.stderr);
-  t.match(out[0], /^rnode: RNODE_STATE_CORRUPT: state file \S+node\.json is damaged \(not JSON: .*\); .*restore it from a backup, or remove it/);
+  t.match(out[0], /^rnode: RNODE_STATE_CORRUPT: state file \S+node\.json is damaged \(not valid JSON.*\); .*restore it from a backup, or remove it/);
   t.equal(fs.readFileSync(path.join(state, 'node.json'), 'utf8'), '{"nodeId":', 'left as it was');
 });
 

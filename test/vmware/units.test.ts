@@ -95,7 +95,22 @@ t.test('settings: vddk:// URLs and config files, validated, never with a passwor
   })();
   t.notOk(thrown.includes('hunter2'), 'and does not echo it');
   fs.writeFileSync(file, '{nope');
-  t.throws(() => loadVmwareConfig(file), { code: 'RNODE_BAD_SOURCE', message: /not valid JSON/ });
+  t.throws(() => loadVmwareConfig(file), { code: 'RNODE_BAD_SOURCE', message: /not valid JSON \(line 1, column 2\)/ });
+  // A password or key file named where the config goes: JSON.parse's own message quoted its first characters, and
+  // the error went to stderr, the agent's log and the Management Server.
+  for (const secret of ['Hunter2-vc-pass\n', 'Qeo3wpLnrgQeo3wpLnrgQeo3wpLnrgQeo3wpLnrg123=\n', '{"user": "u",\n "password": Hunter2}']) {
+    fs.writeFileSync(file, secret);
+    const message = (() => {
+      try {
+        loadVmwareConfig(file);
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return '';
+    })();
+    t.match(message, /is not valid JSON.*; check --source-config$/, 'refused as no JSON');
+    t.notOk(/Hunter|Qeo3/.test(message), `and quotes none of it: ${message}`);
+  }
   t.ok(isVmwareSource({ source: 'vddk://vc/vm-1' }) && isVmwareSource({ 'source-config': 'x.json' }) && !isVmwareSource({ source: '/dev/sda' }));
 });
 

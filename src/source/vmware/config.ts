@@ -2,6 +2,7 @@
 // Passwords are only ever read from a file: never from a URL, a flag or the environment (process listings).
 import path from 'node:path';
 import { ErrorCodes, RnodeError } from '../../errors.js';
+import { jsonSyntaxProblem } from '../../json-text.js';
 import { readRegularFile } from '../../regular-file.js';
 import { parseTransports } from './vddk.js';
 import { normalizeThumbprint } from './vsphere/client.js';
@@ -161,7 +162,7 @@ export function loadVmwareConfig(file: string): VmwareSourceConfig {
     // Windows editors save UTF-8 with a byte order mark, which JSON.parse refuses.
     json = JSON.parse(text.replace(/^\uFEFF/, ''));
   } catch (err) {
-    throw bad(`the source config ${file} is not valid JSON: ${(err as Error).message}`);
+    throw bad(`the source config ${file} is ${jsonSyntaxProblem(err, text)}; check --source-config`);
   }
   return validateVmwareConfig(json, path.dirname(path.resolve(file)), `the source config ${file}`);
 }
