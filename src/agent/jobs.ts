@@ -17,6 +17,7 @@ import { openSource } from '../source/index.js';
 import type { BlockSource } from '../source/types.js';
 import { VmwareSession, vmDiskId, vmwareConfigFor, type VmwareSourceConfig } from '../source/vmware/index.js';
 import type { WrappedStore } from '../store/index.js';
+import { readRegularFile } from '../regular-file.js';
 import { Semaphore } from '../semaphore.js';
 import { TokenBucket } from '../throttle.js';
 import type { Logger } from '../log.js';
@@ -32,7 +33,7 @@ import {
   type StoreDef,
   type VmJobResult,
 } from './protocol.js';
-import { resolveEncryptionKey, storeEnv } from './secrets.js';
+import { refuseKeyAsCredential, resolveEncryptionKey, storeEnv } from './secrets.js';
 import { openStoreOf } from './stores.js';
 import { drained, type AcceptedJob, type StateDir } from './state.js';
 import { abortableSleep, cancelled, countedSource } from './throttle.js';
@@ -468,6 +469,9 @@ export class JobRunner {
       sentBase = b;
     };
     try {
+      if (!inVm && /^vddk:\/\//i.test(ds.source.location)) {
+        await this.refuseKeyAsVcenterPassword(vmwareConfigFor(ds.source.location, ds.source.options ?? {}), log);
+      }
       const raw = inVm?.source ?? (await openSource(ds.source.location, ds.source.options ?? {}));
       try {
         const source = countedSource(raw, signal);
@@ -559,6 +563,25 @@ export class JobRunner {
   }
 
   /**
+   * The vCenter password goes to the host the job names: a job naming one of this node's key files as its passwordFile
+   * (and a host of the server's choosing) had the node send that key there. Refused as a store credential is
+   * (secrets.ts); a file that cannot be read is left to the session's own error.
+   */
+  private async refuseKeyAsVcenterPassword(config: VmwareSourceConfig, log: Logger): Promise<void> {
+    let data: Buffer;
+    try {
+      data = readRegularFile(config.passwordFile).data;
+    } catch {
+      return;
+    }
+    try {
+      await refuseKeyAsCredential(data, `the vCenter password file ${config.passwordFile} (passwordFile)`, this.o.state, log);
+    } finally {
+      data.fill(0);
+    }
+  }
+
+  /**
    * A VM job over vddk:// sources: one snapshot for all its disks, read in parallel, and a VM point (src/jobs/
    * replicate-vm.ts). Every disk of the VM is locked and the job takes one slot.
    */
@@ -570,6 +593,7 @@ export class JobRunner {
     encryption: EncryptionKey | undefined,
   ): Promise<{ results: DiskResult[]; vm: VmJobResult; warnings: string[] }> {
     const { config, diskIds, keys } = vmJobConfig(job);
+    await this.refuseKeyAsVcenterPassword(config, log);
     const store = await this.openTarget(job, signal, log);
     try {
       const session = await VmwareSession.open(config, { log: (line) => log.info(line) });

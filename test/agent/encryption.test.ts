@@ -140,6 +140,8 @@ t.test('a secret used as an encryption key is refused as a store credential, und
     seen.push(req.headers);
     res.writeHead(403, { 'content-type': 'application/xml' }).end('<Error><Code>AccessDenied</Code></Error>');
   });
+  let connections = 0;
+  attacker.on('connection', () => connections++);
   await new Promise<void>((r) => attacker.listen(0, '127.0.0.1', r));
   t.teardown(() => attacker.close());
   const port = (attacker.address() as { port: number }).port;
@@ -182,6 +184,21 @@ t.test('a secret used as an encryption key is refused as a store credential, und
       `${agentName}: the key file as a peer's token file is refused`,
     );
     t.equal(seen.length, 0, `${agentName}: no request reached the attacker's endpoint`);
+    // The key file as the vCenter password of a job whose host is the attacker's: the node logged in there with it.
+    const thumbprint = Array.from({ length: 20 }, () => 'AB').join(':');
+    const passwordFile = encodeURIComponent(path.join(stateDir, 'secrets', 'key-copy'));
+    const vddk = `vddk://root@127.0.0.1:${port}/vm-1?disk=2000&thumbprint=${thumbprint}&passwordFile=${passwordFile}&libdir=/nonexistent`;
+    const before = connections;
+    for (const vm of [undefined, 'vm-1']) {
+      const jobId = `${agentName}-vcenter-${vm ?? 'disk'}`;
+      ms.startJob({ jobId, kind: 'replicate', ...(vm ? { vm } : {}), store: { url: storeUrl }, disks: [{ disk: 'v0', source: { location: vddk } }] });
+      t.match(
+        await ms.waitFor(() => ms.jobs.get(jobId)?.failed, 30_000, jobId),
+        { code: 'RNODE_AGENT_KEY_AS_CREDENTIAL', message: /the vCenter password file .*key-copy \(passwordFile\) is an encryption key of this node/ },
+        `${agentName}: a key file as the vCenter password is refused (${vm ? 'VM job' : 'disk job'})`,
+      );
+    }
+    t.equal(connections, before, `${agentName}: and nothing connected to the job's vCenter`);
   };
   await refusals('agent');
   // The record is in the state folder (references and key ids only): a restarted node still refuses.
