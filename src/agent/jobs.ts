@@ -715,6 +715,7 @@ export class JobRunner {
  * field: the library's own checks would name the CLI's flags (--out).
  */
 function checkJobFields(job: Job): void {
+  if (job.kind === 'replicate') checkReplicateDisks(job);
   if (job.kind !== 'recover' || !isCloudOutput(job.out)) return;
   try {
     parseOutUrl(job.out);
@@ -724,6 +725,31 @@ function checkJobFields(job: Job): void {
   }
 }
 
+/**
+ * A disk id names one disk of a job: two sources under one id made points of one disk from both (a VM point of one
+ * VMware VM listed it twice, and its restore wrote one device over the other). A job with `vm` and a vddk:// disk is
+ * one VMware VM: a disk of another kind beside them made the job run disk by disk, each vddk:// disk from a snapshot
+ * of its own, and report success without a VM point.
+ */
+function checkReplicateDisks(job: ReplicateJob): void {
+  const sources = new Map<string, string>();
+  for (const d of job.disks) {
+    if (sources.has(d.disk)) {
+      throw new RnodeError(ProtoErrors.INVALID, `job ${job.jobId} names disk ${d.disk} twice: each source of a job is a disk of its own id`);
+    }
+    sources.set(d.disk, d.source.location);
+  }
+  const other = job.vm !== undefined && job.disks.some((d) => isVddk(d.source.location)) && job.disks.find((d) => !isVddk(d.source.location));
+  if (other) {
+    throw new RnodeError(
+      ProtoErrors.INVALID,
+      `job ${job.jobId} replicates VMware VM ${job.vm}, and its disk ${other.disk} is not a vddk:// source: a VM job's disks are all disks of that VM (vddk://<host>/<vm>?disk=<key>); send the other disks in a job of their own`,
+    );
+  }
+}
+
+const isVddk = (location: string) => /^vddk:\/\//i.test(location);
+
 async function pointMarker(store: WrappedStore, disk: string, point: number): Promise<string | null> {
   const { loadPoint } = await import('../repository/points.js');
   const m = await loadPoint(store, disk, point).catch(() => undefined);
@@ -732,13 +758,19 @@ async function pointMarker(store: WrappedStore, disk: string, point: number): Pr
 
 /** A replicate job naming a VM whose disks are all vddk:// sources: it runs as one VM (one snapshot, a VM point). */
 export function isVmwareVmJob(job: ReplicateJob): boolean {
-  return job.vm !== undefined && job.disks.length > 0 && job.disks.every((d) => /^vddk:\/\//i.test(d.source.location));
+  return job.vm !== undefined && job.disks.length > 0 && job.disks.every((d) => isVddk(d.source.location));
 }
 
 /** The VM's config from the job's disk sources: one VM, one host; each disk names its device key (or one names none: all). */
 function vmJobConfig(job: ReplicateJob): { config: VmwareSourceConfig; diskIds: Map<number, string>; keys?: number[] } {
   const configs = job.disks.map((d) => ({ d, c: vmwareConfigFor(d.source.location, d.source.options ?? {}) }));
   const first = configs[0].c;
+  if (job.vm !== first.vm) {
+    throw new RnodeError(
+      ErrorCodes.BAD_SOURCE,
+      `VM job ${job.jobId} names VM ${job.vm}, and its vddk:// disks are of ${first.vm}; name the VM the disks belong to`,
+    );
+  }
   const diskIds = new Map<number, string>();
   let all = false;
   for (const { d, c } of configs) {
@@ -754,6 +786,14 @@ function vmJobConfig(job: ReplicateJob): { config: VmwareSourceConfig; diskIds: 
     }
     if (c.disks.length !== 1)
       throw new RnodeError(ErrorCodes.BAD_SOURCE, `VM job ${job.jobId}: disk ${d.disk} must name one device key (?disk=<key>)`);
+    // A second disk of the same device replaced the first: the first was never read, and the job said it completed.
+    const earlier = diskIds.get(c.disks[0]);
+    if (earlier !== undefined) {
+      throw new RnodeError(
+        ErrorCodes.BAD_SOURCE,
+        `VM job ${job.jobId}: disks ${earlier} and ${d.disk} both name device key ${c.disks[0]} of ${first.vm}; each disk of the job names a device of its own`,
+      );
+    }
     diskIds.set(c.disks[0], d.disk);
   }
   return { config: first, diskIds, ...(all ? {} : { keys: [...diskIds.keys()] }) };

@@ -61,13 +61,16 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   const configFile = path.join(outDir, 'vm-point.json');
   fs.rmSync(configFile, { force: true });
   const disks: RecoverVmResult['disks'] = [];
+  // A VM point whose job named one disk id for two device keys (an agent before it refused such jobs): each device
+  // gets a file of its own, named by its key too. One name for both wrote one disk over the other, exit 0.
+  const shared = new Set(p.disks.filter((d, i) => p.disks.findIndex((e) => e.disk === d.disk) !== i).map((d) => d.disk));
   for (const d of p.disks) {
     opts.signal?.throwIfAborted();
     const r = await recover({
       store: opts.store,
       disk: d.disk,
       point: String(d.point),
-      out: path.join(outDir, `${d.disk}.img`),
+      out: path.join(outDir, shared.has(d.disk) ? `${d.disk}.key-${d.key}.img` : `${d.disk}.img`),
       encryption: opts.encryption,
       signal: opts.signal,
     });
