@@ -118,7 +118,7 @@ export async function startExport(o: ExportOptions): Promise<RunningExport> {
   let main: ExportImage = new PointImage(new ChunkIndex(store, chain, undefined, seal?.key, reload(seq)), cache);
   let server: ExportServer | undefined;
   try {
-    if (o.writable) main = await OverlayImage.open(o.overlay!, main, { disk, point: seq, size: main.size });
+    if (o.writable) main = await OverlayImage.open(o.overlay!, main, { disk, point: seq, size: main.size, createdAt: chain[0].createdAt });
     const others = new Map<number, Promise<ExportImage>>();
     // The cache and the index serve one chunk size: a point of another (the disk replicated with another
     // --chunk-size) is left out of the list and refused by name, with one warning per point.

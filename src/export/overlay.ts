@@ -1,7 +1,8 @@
 // Copy-on-write for a writable export: guest writes go to a local sparse file, never to the store. The file has a
 // small header, an allocation bitmap (one bit per block) and the blocks at their disk offsets, past a 1 MiB base.
 //
-// Layout: 0..4095 header (magic "RNOVRLY1", version, block size, disk size, point, disk id, xxh64 of the header);
+// Layout: 0..4095 header (magic "RNOVRLY1", version, block size, disk size, point, disk id, xxh64 of those; from
+// version 2 also when the point was taken, and an xxh64 of it all);
 // 4096.. the bitmap; dataStart (1 MiB aligned) + disk offset: the block's bytes. Durability: on FLUSH, DISC and
 // close the data is fdatasync'd *before* the dirty bitmap pages are written and synced, so a bit is never set for
 // a block whose bytes may not be there. Bits are only ever set, so a torn bitmap page still holds every older bit.
@@ -22,7 +23,8 @@ import { checkRange, pushExtent, type ExportImage, type Piece } from './image.js
 import type { StatusExtent } from './wire.js';
 
 const MAGIC = 'RNOVRLY1';
-const VERSION = 1;
+/** 2: the header also holds when the point was taken (OverlayIdentity.createdAt); a version-1 overlay still opens. */
+const VERSION = 2;
 const HEADER_BYTES = 4096;
 const PAGE = 4096;
 export const OVERLAY_BLOCK = 64 * 1024;
@@ -34,6 +36,12 @@ export interface OverlayIdentity {
   disk: string;
   point: number;
   size: number;
+  /**
+   * When the point was taken (its manifest's createdAt, kept when retention rebases it): point 1 of a disk of the same
+   * id and size in another store (a primary and its DR copy made apart, two sites) is another disk, and an overlay
+   * of it was taken for this one, its blocks shown over the wrong point.
+   */
+  createdAt: string;
 }
 
 export class OverlayImage implements ExportImage {
@@ -378,6 +386,10 @@ function encodeHeader(id: OverlayIdentity): Buffer {
   b.writeUInt32LE(disk.length, 28);
   disk.copy(b, 32);
   b.writeBigUInt64LE(xxh64(b.subarray(0, 160)), 160);
+  const taken = Buffer.from(id.createdAt, 'utf8').subarray(0, 64);
+  b.writeUInt32LE(taken.length, 168);
+  taken.copy(b, 172);
+  b.writeBigUInt64LE(xxh64(b.subarray(0, 240)), 240);
   return b;
 }
 
@@ -388,8 +400,15 @@ function checkHeader(b: Buffer, id: OverlayIdentity, file: string): void {
       `${file} is not an rnode overlay (or its header is damaged); pass a new file or the overlay this export wrote`,
     );
   }
-  if (b.readUInt32LE(8) !== VERSION || b.readUInt32LE(12) !== OVERLAY_BLOCK) {
-    throw new RnodeError(ErrorCodes.FORMAT_VERSION, `overlay ${file} has version ${b.readUInt32LE(8)}; use the rnode that wrote it`);
+  const version = b.readUInt32LE(8);
+  if ((version !== 1 && version !== VERSION) || b.readUInt32LE(12) !== OVERLAY_BLOCK) {
+    throw new RnodeError(ErrorCodes.FORMAT_VERSION, `overlay ${file} has version ${version}; use the rnode that wrote it`);
+  }
+  if (version === VERSION && b.readBigUInt64LE(240) !== xxh64(b.subarray(0, 240))) {
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `${file} is not an rnode overlay (or its header is damaged); pass a new file or the overlay this export wrote`,
+    );
   }
   const disk = b.toString('utf8', 32, 32 + Math.min(128, b.readUInt32LE(28)));
   const point = b.readUInt32LE(24);
@@ -399,6 +418,15 @@ function checkHeader(b: Buffer, id: OverlayIdentity, file: string): void {
       ErrorCodes.USAGE,
       `overlay ${file} holds writes over point ${point} of disk ${disk} (${size} bytes), not point ${id.point} of disk ${id.disk}; ` +
         `export that point with it (--disk ${disk} --point ${point}) or pass a new overlay file`,
+    );
+  }
+  // A version-1 overlay does not say when its point was taken: it opens as before.
+  const taken = version === VERSION ? b.toString('utf8', 172, 172 + Math.min(64, b.readUInt32LE(168))) : id.createdAt;
+  if (taken !== id.createdAt) {
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `overlay ${file} holds writes over point ${point} of disk ${disk} taken at ${taken}, and the point ${point} of disk ${disk} here was taken ` +
+        `at ${id.createdAt}: another store's point of that disk id, or one made anew; export the store it was written for, or pass a new overlay file`,
     );
   }
 }

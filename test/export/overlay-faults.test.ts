@@ -17,7 +17,7 @@ stopCodecWorkersAtEnd(t);
 const notRoot = process.getuid?.() !== 0 && 'needs root to mount a small tmpfs';
 
 const SIZE = 8 * MiB;
-const id = { disk: 'vm', point: 1, size: SIZE };
+const id = { disk: 'vm', point: 1, size: SIZE, createdAt: '2026-01-01T00:00:00.000Z' };
 
 /** A point of zeros (every read a hole): what the overlay sits on. */
 const zeros: ExportImage = {

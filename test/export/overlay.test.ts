@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
+import { xxh64 } from '../../src/format/checksum.js';
 import { assertOverlayOutsideStore } from '../../src/export/index.js';
 import { replicate } from '../../src/jobs/replicate.js';
 import { recover } from '../../src/jobs/restore.js';
@@ -98,6 +99,39 @@ t.test('writes go to the overlay, survive a restart, and never touch the store',
     'the overlay of point 2 is refused for point 1',
   );
   await t.rejects(serveExport(t, dir, { store, disk: 'vm', writable: true, tag: 'w4' }), { code: 'RNODE_USAGE' }, '--writable needs --overlay');
+});
+
+t.test("an overlay is refused for another store's point of the same disk id, number and size", async (t) => {
+  // It was taken: the guest saw the blocks it wrote over store A's point beside store B's data, a mix of two disks.
+  const dir = tmpDir(t, 'export-overlay-other-store');
+  const stores = ['a', 'b'].map((name, i) => {
+    const image = path.join(dir, `${name}.img`);
+    fs.writeFileSync(image, randomData(4 * CHUNK, 60 + i));
+    return { store: fsStore(path.join(dir, `store-${name}`)), image };
+  });
+  for (const { store, image } of stores) await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+  const overlay = path.join(dir, 'vm.overlay');
+  await (await serveExport(t, dir, { store: stores[0].store, disk: 'vm', writable: true, overlay, tag: 'a1' })).close();
+  await t.rejects(
+    serveExport(t, dir, { store: stores[1].store, disk: 'vm', writable: true, overlay, tag: 'b1' }),
+    {
+      code: 'RNODE_USAGE',
+      message: /holds writes over point 1 of disk vm taken at \S+, and the point 1 of disk vm here was taken at \S+: another store's point/,
+    },
+    "store B's point 1 refuses store A's overlay",
+  );
+  await (await serveExport(t, dir, { store: stores[0].store, disk: 'vm', writable: true, overlay, tag: 'a2' })).close();
+  t.pass("store A's export opens it again");
+  // An overlay an rnode before this check wrote (header version 1) does not say when its point was taken: it opens.
+  const header = fs.readFileSync(overlay).subarray(0, 4096);
+  header.writeUInt32LE(1, 8);
+  header.fill(0, 168, 248);
+  header.writeBigUInt64LE(xxh64(header.subarray(0, 160)), 160);
+  const fd = fs.openSync(overlay, 'r+');
+  fs.writeSync(fd, header, 0, 4096, 0);
+  fs.closeSync(fd);
+  await (await serveExport(t, dir, { store: stores[0].store, disk: 'vm', writable: true, overlay, tag: 'a3' })).close();
+  t.pass('a version-1 overlay still opens');
 });
 
 t.test('an overlay inside the store directory is refused', async (t) => {
