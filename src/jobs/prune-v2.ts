@@ -35,6 +35,7 @@ import {
 } from '../repository/points.js';
 import { PruneMarks, checkMarksGeneration, readPruneMarks, writePruneMarks } from '../repository/prune-marks.js';
 import { chainView, isDamage, pendingTableEntries, referencesChunk, tableEntries } from '../repository/view.js';
+import { vmPointsUsing } from '../repository/vm-points.js';
 import { dropLegacyPoints, pruneLegacy, type PruneOptions, type PruneResult } from './prune.js';
 
 /**
@@ -971,6 +972,17 @@ async function retainDisk(
   if (opts.retentionRefused) {
     if (out.deleted.length > 0) throw opts.retentionRefused();
     return out;
+  }
+  // docs/vmware.md: a VM point is never left with one of its disk points gone (it listed, and restored some disks
+  // before it failed). Its own retention (prune --vm) deletes the VM points first, then their disks' points.
+  const used = await vmPointsUsing(store, disk, out.deleted);
+  if (used.length > 0) {
+    const vms = [...new Set(used.map((u) => u.vm))];
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `keeping ${keep} point${keep > 1 ? 's' : ''} of disk ${disk} would delete ${used.map((u) => `point ${u.point}, which VM point ${u.seq} of ${u.vm} uses`).join('; ')}; ` +
+        `nothing was deleted: prune the VM's points instead (${vms.map((vm) => `"rnode prune --vm ${vm} --keep <n>"`).join(', ')}), which deletes its disks' points with them`,
+    );
   }
   const names = [...new Set([disk, ...(domain && v2.length ? [domain.dname(disk)] : [])])];
   const leases: Lease[] = [];

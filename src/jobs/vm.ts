@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { EncryptionKey } from '../crypto/keys.js';
+import { ErrorCodes, RnodeError } from '../errors.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { outputPath } from '../output/index.js';
 import { listPointSeqs } from '../repository/points.js';
@@ -50,6 +51,16 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   const p = await loadVmPoint(opts.store, opts.vm, seq, opts.encryption);
   // A missing or wrong key fails before the output folder exists (the first disk's recover found it after).
   await checkVmPointKey(opts.store, p, opts.encryption);
+  // Every disk point before any disk is written: a gone one (deleted by an rnode that let prune --disk do it) failed
+  // the restore after the disks before it were written.
+  for (const d of p.disks) {
+    if (!(await listPointSeqs(opts.store, d.disk, opts.encryption)).includes(d.point)) {
+      throw new RnodeError(
+        ErrorCodes.POINT_NOT_FOUND,
+        `VM point ${p.seq} of ${p.vm} uses point ${d.point} of disk ${d.disk}, which the store no longer holds; nothing was written: restore another VM point`,
+      );
+    }
+  }
   assertOutsideStore(opts.store.location, outDir, '--out-dir'); // before the folder is made there
   try {
     await makeDirs(outDir); // not Node's recursive mkdir: it spins forever under /proc

@@ -176,6 +176,23 @@ export async function listVmPoints(store: ObjectStore, vm: string): Promise<VmPo
   return out;
 }
 
+/**
+ * The VM points (of every VM in the store) that use one of `points` of `disk`: what a retention of that disk alone
+ * would leave without a disk. A VM point that cannot be read is left out (it restores nothing either way).
+ */
+export async function vmPointsUsing(store: ObjectStore, disk: string, points: number[]): Promise<Array<{ vm: string; seq: number; point: number }>> {
+  const wanted = new Set(points);
+  const uses: Array<{ vm: string; seq: number; point: number }> = [];
+  if (wanted.size === 0) return uses;
+  for await (const o of store.list(vmLayout.vmsPrefix)) {
+    const m = /^vms\/([^/]+)\/points\/(\d+)\.json$/.exec(o.key);
+    if (!m) continue;
+    const p = await loadVmPoint(store, m[1], Number(m[2])).catch(() => undefined);
+    for (const d of p?.disks ?? []) if (d.disk === disk && wanted.has(d.point)) uses.push({ vm: p!.vm, seq: p!.seq, point: d.point });
+  }
+  return uses;
+}
+
 export async function latestVmPoint(store: ObjectStore, vm: string, encryption?: EncryptionKey): Promise<VmPoint | undefined> {
   const seqs = await listVmPointSeqs(store, vm);
   return seqs.length ? loadVmPoint(store, vm, seqs[seqs.length - 1], encryption) : undefined;
@@ -186,7 +203,11 @@ export async function resolveVmPoint(store: ObjectStore, vm: string, which: stri
   const seqs = await listVmPointSeqs(store, vm);
   if (seqs.length === 0) throw new RnodeError(ErrorCodes.DISK_NOT_FOUND, `VM ${vm} has no VM points in ${store.location}; check --vm and --store`);
   if (which === undefined || which === 'latest') return seqs[seqs.length - 1];
-  if (!/^\d+$/.test(which) || !seqs.includes(Number(which))) {
+  // As for a disk's --point (resolvePoint): a word is the command line's mistake (exit 2), a number the store's answer.
+  if (!/^\d+$/.test(which)) {
+    throw new RnodeError(ErrorCodes.USAGE, `--point "${which}" is not a VM point number; pass a number from "rnode points --vm ${vm}" or "latest"`);
+  }
+  if (!seqs.includes(Number(which))) {
     throw new RnodeError(ErrorCodes.POINT_NOT_FOUND, `VM point ${which} of ${vm} does not exist; existing: ${seqs.join(', ')} (or "latest")`);
   }
   return Number(which);
