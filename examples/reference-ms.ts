@@ -154,7 +154,7 @@ export class ReferenceMs extends EventEmitter {
 
   // ---- what a Management Server does ----
 
-  /** Adds or replaces a protection group; its disks are spread over the live nodes. */
+  /** Adds or replaces a protection group; its disks are spread over the live nodes (a VM's all on one). */
   setPolicy(p: Policy): void {
     this.policies.set(p.group, p);
     for (const key of [...this.assignment.keys()]) {
@@ -401,14 +401,18 @@ export class ReferenceMs extends EventEmitter {
     const live = this.liveNodes();
     if (live.length === 0) return;
     const count = (id: string) => [...this.assignment.values()].filter((v) => v === id).length;
+    const alive = (id: string | undefined) => id !== undefined && this.nodes.get(id)?.alive === true;
+    const leastAssigned = () => live.sort((a, b) => count(a.id) - count(b.id))[0].id;
     for (const p of this.policies.values()) {
-      for (const d of p.disks) {
-        const key = `${p.group}/${d.disk}`;
-        const owner = this.assignment.get(key);
-        if (owner && this.nodes.get(owner)?.alive) continue;
-        const target = live.sort((a, b) => count(a.id) - count(b.id))[0];
-        this.assignment.set(key, target.id);
+      const keys = p.disks.map((d) => `${p.group}/${d.disk}`);
+      // A VM's disks run on one node together: its runs take one snapshot of the whole VM (docs/vmware.md). Spread
+      // over nodes, each node's VM points held its own disks only, and one run removed the other's live snapshot.
+      if (p.vm !== undefined) {
+        const target = keys.map((k) => this.assignment.get(k)).find(alive) ?? leastAssigned();
+        for (const key of keys) this.assignment.set(key, target);
+        continue;
       }
+      for (const key of keys) if (!alive(this.assignment.get(key))) this.assignment.set(key, leastAssigned());
     }
   }
 
