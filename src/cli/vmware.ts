@@ -126,7 +126,7 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
   const { storeArg, vm } = vmArgs(v, 'points');
   const store = await openStoreFromFlags(storeArg, v);
   try {
-    const points = await listVmPoints(store, vm);
+    const points = await listVmPoints(store, vm, encryptionKeyFrom(v));
     const rows = points.map((p) => ({
       vmPoint: p.seq,
       snapshot: p.snapshot.moref,

@@ -975,7 +975,7 @@ async function retainDisk(
   }
   // docs/vmware.md: a VM point is never left with one of its disk points gone (it listed, and restored some disks
   // before it failed). Its own retention (prune --vm) deletes the VM points first, then their disks' points.
-  const used = await vmPointsUsing(store, disk, out.deleted);
+  const used = await vmPointsUsing(store, disk, out.deleted, key);
   if (used.length > 0) {
     const vms = [...new Set(used.map((u) => u.vm))];
     throw new RnodeError(

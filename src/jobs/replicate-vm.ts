@@ -404,17 +404,21 @@ async function recordFailedRun(
 ): Promise<unknown> {
   const { session } = opts;
   if (results.length) {
-    const key = await recordPartialVmRun(opts.store, {
-      vm,
-      snapshot: snap.moref,
-      committed: results.map((r) => ({ key: r.deviceKey, disk: r.disk, point: r.point })),
-      failed: failed.map((f) => ({
-        key: f.key,
-        disk: f.disk,
-        code: isRnodeError(f.err) ? f.err.code : ErrorCodes.INTERNAL,
-        message: (f.err as Error).message ?? String(f.err),
-      })),
-    }).catch((err) => {
+    const key = await recordPartialVmRun(
+      opts.store,
+      {
+        vm,
+        snapshot: snap.moref,
+        committed: results.map((r) => ({ key: r.deviceKey, disk: r.disk, point: r.point })),
+        failed: failed.map((f) => ({
+          key: f.key,
+          disk: f.disk,
+          code: isRnodeError(f.err) ? f.err.code : ErrorCodes.INTERNAL,
+          message: (f.err as Error).message ?? String(f.err),
+        })),
+      },
+      opts.encryption,
+    ).catch((err) => {
       session.log(`could not record the partial run: ${(err as Error).message}`);
       return undefined;
     });

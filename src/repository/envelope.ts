@@ -52,6 +52,8 @@ export const envelopeContext = {
   index: (domain: string, indexId: string) => ctx('index', domain, indexId),
   pack: (domain: string, packId: string) => ctx('pack', domain, packId),
   prune: (domain: string, name: string) => ctx('prune', domain, name),
+  vmPoint: (domain: string, vm: string, seq: number) => ctx('vm-point', domain, vm, seq),
+  vmPartial: (domain: string, objectKey: string) => ctx('vm-partial', domain, objectKey),
 };
 
 function header(kind: EnvelopeKindId, sealed: boolean): Buffer {

@@ -4,11 +4,27 @@
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { readClaim } from './claims.js';
 import { domainName } from './domain.js';
+import { EnvelopeKind, envelopeContext, openEnvelope, sealEnvelope } from './envelope.js';
 import { PLAIN_DOMAIN, classify, seqFromKey, validateDiskId, vmLayout } from './names.js';
 import type { EncryptionKey } from '../crypto/keys.js';
 import type { ObjectStore } from '../store/types.js';
 
 export type Consistency = 'application' | 'crash';
+
+/**
+ * A VM point of encrypted disks as stored: the VM point (disk ids, VMDK paths, the VM's config) sealed under the
+ * disks' key, bound to the VM and the point's number; only the key id shows. VM points of encrypted disks were plain
+ * JSON with a MAC, which kept them from being edited but left what they name readable in the bucket.
+ */
+interface SealedVmPoint {
+  format: 'rnode-vm-point-sealed';
+  version: 1;
+  vm: string;
+  seq: number;
+  keyId: string;
+  /** The VmPoint's JSON in a metadata envelope (envelope.ts), base64. */
+  sealed: string;
+}
 
 export interface VmPointDisk {
   /** The device key in the VM (2000, 2001...). */
@@ -103,11 +119,14 @@ export async function loadVmPoint(store: ObjectStore, vm: string, seq: number, e
   } catch (err) {
     throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `VM point ${key} is not valid JSON; the store is damaged`, { cause: err });
   }
+  // Sealed: authentic once opened. Else plain JSON, with a MAC where its disks are encrypted (an rnode before sealing).
+  const sealed = (p as unknown as SealedVmPoint).format === 'rnode-vm-point-sealed';
+  if (sealed) p = openSealedVmPoint(p as unknown as SealedVmPoint, key, vm, seq, encryption);
   if (p.format !== 'rnode-vm-point' || p.vm !== vm || p.seq !== seq || !Array.isArray(p.disks)) {
     throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `VM point ${key} does not describe point ${seq} of ${vm}; the store is damaged`);
   }
   if (p.version !== 1) throw new RnodeError(ErrorCodes.FORMAT_VERSION, `VM point ${key} has version ${p.version}; this rnode reads version 1`);
-  if (encryption && (typeof p.mac !== 'string' || p.mac !== vmPointMac(p, encryption))) {
+  if (encryption && !sealed && (typeof p.mac !== 'string' || p.mac !== vmPointMac(p, encryption))) {
     // Sealed with another key (or none) is a wrong key, as for a disk; forged only if its disks are the key's.
     await checkVmKey(
       store,
@@ -120,6 +139,42 @@ export async function loadVmPoint(store: ObjectStore, vm: string, seq: number, e
       `VM point ${key} ${p.mac === undefined ? 'is not authenticated although its disks are encrypted' : 'fails its MAC'}: it was modified, moved or forged; restore another VM point or from another store`,
       { details: { key } },
     );
+  }
+  return p;
+}
+
+function openSealedVmPoint(s: SealedVmPoint, key: string, vm: string, seq: number, encryption: EncryptionKey | undefined): VmPoint {
+  if (s.vm !== vm || s.seq !== seq || typeof s.sealed !== 'string' || typeof s.keyId !== 'string') {
+    throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `VM point ${key} does not describe point ${seq} of ${vm}; the store is damaged`);
+  }
+  if (!encryption) {
+    throw new RnodeError(
+      ErrorCodes.KEY_REQUIRED,
+      `the disks of VM ${vm} are encrypted (key id ${s.keyId}); pass their key with --encryption-key-file (agent jobs: encryption.key)`,
+      { details: { vm, keyId: s.keyId } },
+    );
+  }
+  if (s.keyId !== encryption.keyId) {
+    throw new RnodeError(
+      ErrorCodes.KEY_MISMATCH,
+      `the key given (key id ${encryption.keyId}) is not the key the disks of VM ${vm} are encrypted with (key id ${s.keyId}); pass that key`,
+      { details: { vm, keyId: s.keyId } },
+    );
+  }
+  const body = openEnvelope(
+    Buffer.from(s.sealed, 'base64'),
+    EnvelopeKind.VM_POINT,
+    envelopeContext.vmPoint(encryption.domain, vm, seq),
+    key,
+    encryption,
+  );
+  let p: VmPoint;
+  try {
+    p = JSON.parse(body.toString('utf8')) as VmPoint;
+  } catch (err) {
+    throw new RnodeError(ErrorCodes.METADATA_FORGED, `VM point ${key} holds no VM point; restore another VM point or from another store`, {
+      cause: err,
+    });
   }
   return p;
 }
@@ -170,24 +225,30 @@ export async function checkVmPointKey(store: ObjectStore, p: VmPoint, key: Encry
   }
 }
 
-export async function listVmPoints(store: ObjectStore, vm: string): Promise<VmPoint[]> {
+export async function listVmPoints(store: ObjectStore, vm: string, encryption?: EncryptionKey): Promise<VmPoint[]> {
   const out: VmPoint[] = [];
-  for (const s of await listVmPointSeqs(store, vm)) out.push(await loadVmPoint(store, vm, s));
+  for (const s of await listVmPointSeqs(store, vm)) out.push(await loadVmPoint(store, vm, s, encryption));
   return out;
 }
 
 /**
  * The VM points (of every VM in the store) that use one of `points` of `disk`: what a retention of that disk alone
- * would leave without a disk. A VM point that cannot be read is left out (it restores nothing either way).
+ * would leave without a disk. A VM point that cannot be read (damaged, or sealed under another key than the disk's)
+ * is left out: it restores nothing of this disk either way.
  */
-export async function vmPointsUsing(store: ObjectStore, disk: string, points: number[]): Promise<Array<{ vm: string; seq: number; point: number }>> {
+export async function vmPointsUsing(
+  store: ObjectStore,
+  disk: string,
+  points: number[],
+  encryption?: EncryptionKey,
+): Promise<Array<{ vm: string; seq: number; point: number }>> {
   const wanted = new Set(points);
   const uses: Array<{ vm: string; seq: number; point: number }> = [];
   if (wanted.size === 0) return uses;
   for await (const o of store.list(vmLayout.vmsPrefix)) {
     const m = /^vms\/([^/]+)\/points\/(\d+)\.json$/.exec(o.key);
     if (!m) continue;
-    const p = await loadVmPoint(store, m[1], Number(m[2])).catch(() => undefined);
+    const p = await loadVmPoint(store, m[1], Number(m[2]), encryption).catch(() => undefined);
     for (const d of p?.disks ?? []) if (d.disk === disk && wanted.has(d.point)) uses.push({ vm: p!.vm, seq: p!.seq, point: d.point });
   }
   return uses;
@@ -227,9 +288,23 @@ export async function commitVmPoint(
     const seqs = await listVmPointSeqs(store, vm);
     const seq = (seqs.at(-1) ?? 0) + 1;
     const full: VmPoint = { format: 'rnode-vm-point', version: 1, ...point, seq, committedAt: new Date().toISOString() };
-    if (encryption) full.mac = vmPointMac(full, encryption);
+    const stored: VmPoint | SealedVmPoint = encryption
+      ? {
+          format: 'rnode-vm-point-sealed',
+          version: 1,
+          vm,
+          seq,
+          keyId: encryption.keyId,
+          sealed: sealEnvelope(
+            EnvelopeKind.VM_POINT,
+            envelopeContext.vmPoint(encryption.domain, vm, seq),
+            Buffer.from(JSON.stringify(full)),
+            encryption,
+          ).toString('base64'),
+        }
+      : full;
     try {
-      await store.put(vmLayout.point(vm, seq), Buffer.from(JSON.stringify(full)), { ifNoneMatch: true });
+      await store.put(vmLayout.point(vm, seq), Buffer.from(JSON.stringify(stored)), { ifNoneMatch: true });
       return full;
     } catch (err) {
       if (!isRnodeError(err, ErrorCodes.STORE_PRECONDITION) || attempt >= 3) throw err;
@@ -237,19 +312,46 @@ export async function commitVmPoint(
   }
 }
 
-/** Records disk points of a run that failed for another disk: they are in no VM point (the next run repairs that). */
-export async function recordPartialVmRun(store: ObjectStore, run: Omit<PartialVmRun, 'format' | 'at'>): Promise<string> {
+/**
+ * Records disk points of a run that failed for another disk: they are in no VM point (the next run repairs that).
+ * Of encrypted disks, sealed as a VM point is (it names disk ids and holds the disks' errors).
+ */
+export async function recordPartialVmRun(store: ObjectStore, run: Omit<PartialVmRun, 'format' | 'at'>, encryption?: EncryptionKey): Promise<string> {
   const vm = validateVm(run.vm);
   const after = (await listVmPointSeqs(store, vm)).at(-1) ?? 0;
   const key = vmLayout.partial(vm, after, Date.now());
-  await store.put(key, Buffer.from(JSON.stringify({ format: 'rnode-vm-partial', ...run, at: new Date().toISOString() } satisfies PartialVmRun)));
+  const record = Buffer.from(JSON.stringify({ format: 'rnode-vm-partial', ...run, at: new Date().toISOString() } satisfies PartialVmRun));
+  const stored = encryption
+    ? Buffer.from(
+        JSON.stringify({
+          format: 'rnode-vm-partial-sealed',
+          keyId: encryption.keyId,
+          sealed: sealEnvelope(EnvelopeKind.VM_POINT, envelopeContext.vmPartial(encryption.domain, key), record, encryption).toString('base64'),
+        }),
+      )
+    : record;
+  await store.put(key, stored);
   return key;
 }
 
-export async function listPartialVmRuns(store: ObjectStore, vm: string): Promise<PartialVmRun[]> {
+/** The partial runs of a VM; the sealed ones need their key (they are skipped without it, or with another). */
+export async function listPartialVmRuns(store: ObjectStore, vm: string, encryption?: EncryptionKey): Promise<PartialVmRun[]> {
   const out: PartialVmRun[] = [];
-  for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm))))
-    out.push(JSON.parse((await store.get(o.key)).toString('utf8')) as PartialVmRun);
+  for await (const o of store.list(vmLayout.partialPrefix(validateVm(vm)))) {
+    const r = JSON.parse((await store.get(o.key)).toString('utf8')) as
+      PartialVmRun | { format: 'rnode-vm-partial-sealed'; keyId: string; sealed: string };
+    if (r.format !== 'rnode-vm-partial-sealed') out.push(r);
+    else if (encryption && r.keyId === encryption.keyId) {
+      const body = openEnvelope(
+        Buffer.from(r.sealed, 'base64'),
+        EnvelopeKind.VM_POINT,
+        envelopeContext.vmPartial(encryption.domain, o.key),
+        o.key,
+        encryption,
+      );
+      out.push(JSON.parse(body.toString('utf8')) as PartialVmRun);
+    }
+  }
   return out;
 }
 
