@@ -357,7 +357,12 @@ t.test('an overlay hands the base pieces of its replies back: reading the disk a
   const cache = new ChunkCache({ store, disk: 'vm', chunkSize: CHUNK, cacheBytes: 2 * CHUNK });
   const index = new ChunkIndex(store, chain);
   const base = new PointImage(index, cache);
-  const overlay = await OverlayImage.open(path.join(tmpDir(t, 'export-units'), 'vm.overlay'), base, { disk: 'vm', point: 2, size: base.size, createdAt: '2026-01-01T00:00:00.000Z' });
+  const overlay = await OverlayImage.open(path.join(tmpDir(t, 'export-units'), 'vm.overlay'), base, {
+    disk: 'vm',
+    point: 2,
+    size: base.size,
+    createdAt: '2026-01-01T00:00:00.000Z',
+  });
   await overlay.write(0, Buffer.alloc(4096, 0x5a)); // the first block is the overlay's own, the rest the base's
   const chunks = Math.ceil(SIZE / CHUNK);
   let dataChunks = 0;
