@@ -183,3 +183,36 @@ t.test('a download that keeps coming on a slow link is not cut at the timeout on
     t.ok(Date.now() - started > 1200, `${c.name}: it took longer than the timeout (${Date.now() - started} ms)`);
   }
 });
+
+t.test('a listing whose body is cut or stops coming fails as retryable STORE_UNAVAILABLE on every cloud (Azure: STORE_IO at once)', async (t) => {
+  for (const mode of ['cut', 'stall'] as const) {
+    // Headers and the first bytes of a listing's answer, then the connection goes (cut) or nothing more comes (stall).
+    const partial = net.createServer((s) => {
+      s.on('error', () => {});
+      s.once('data', () => {
+        s.write(
+          'HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: 100000\r\nx-ms-version: 2021-12-02\r\n\r\n' +
+            '<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs><Blob><Name>x/',
+        );
+        if (mode === 'cut') setTimeout(() => s.destroy(), 50);
+      });
+    });
+    t.teardown(closing(partial));
+    await new Promise<void>((r) => partial.listen(0, '127.0.0.1', () => r()));
+    const at = `http://127.0.0.1:${(partial.address() as net.AddressInfo).port}`;
+    for (const c of clouds()) {
+      const location = c.location.replaceAll(endpoint, at).replace('requestTimeoutMs=300', 'requestTimeoutMs=1000');
+      const env = Object.fromEntries(Object.entries(c.env).map(([k, v]) => [k, v.replaceAll(endpoint, at)]));
+      const store = await openStore(location, { env, wrap: { retry: { attempts: 1, baseDelayMs: 1 } } });
+      const outcome = await (async () => {
+        for await (const _ of store.list('x/')) void _;
+      })().then(
+        () => 'resolved',
+        (e: RnodeError) => e,
+      );
+      await store.close();
+      t.equal((outcome as RnodeError).code, ErrorCodes.STORE_UNAVAILABLE, `${c.name}, ${mode}: ${String((outcome as Error).message ?? outcome)}`);
+      t.equal((outcome as RnodeError).retryable, true, `${c.name}, ${mode}: retryable`);
+    }
+  }
+});

@@ -198,7 +198,13 @@ export class AzureBlobStore implements ObjectStore {
 
 /** An AbortError is a request timeout: the only signals rnode gives the SDK are its request timers. */
 function failure(err: unknown): CloudFailure {
-  const e = err as { statusCode?: number; code?: string; name?: string; details?: { errorCode?: string } };
+  const e = err as { statusCode?: number; code?: string; name?: string; message?: string; details?: { errorCode?: string } };
+  // An answer whose body was cut, or stopped past the timeout, while the SDK read it whole (a listing): it says the
+  // parse failed ("Error reading response as text: aborted"). That is the network, retried as a reset before the
+  // answer is; it failed the whole command at once as STORE_IO.
+  if (e?.code === 'PARSE_ERROR' && /aborted|ECONNRESET|socket hang up|terminated/i.test(e.message ?? '')) {
+    return { status: e.statusCode, code: 'ECONNRESET' };
+  }
   return { status: e?.statusCode, code: e?.details?.errorCode ?? e?.code ?? e?.name, timedOut: e?.name === 'AbortError' };
 }
 
