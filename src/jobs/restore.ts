@@ -134,7 +134,7 @@ export async function recover(opts: RecoverOptions): Promise<RecoverResult> {
     clock.ms.finish = performance.now() - finishing;
   } catch (err) {
     // A partial output must never look like a finished restore.
-    await sink.abort();
+    await sink.abort(err);
     throw err;
   }
   return {

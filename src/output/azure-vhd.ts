@@ -40,7 +40,7 @@ export async function openAzureVhdOutput(url: URL, opts: OpenOutputOptions): Pro
   try {
     await sink.create();
   } catch (err) {
-    await sink.abort(); // a create that failed after all may have left this run's blob
+    await sink.abort(err); // a create that failed after all may have left this run's blob
     throw err;
   }
   return sink;
@@ -64,14 +64,8 @@ class AzureVhdSink implements OutputSink {
     this.virtualSize = roundUp(diskSize, VHD_ALIGN);
   }
 
-  /** The last error this sink threw: abort() adds to it when the blob could not be removed. */
-  private thrown?: RnodeError;
-
   private call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    return retried(this.container, op, this.blob.name, azureFailure, fn).catch((err: unknown) => {
-      if (err instanceof RnodeError) this.thrown = err;
-      throw err;
-    });
+    return retried(this.container, op, this.blob.name, azureFailure, fn);
   }
 
   async create(): Promise<void> {
@@ -140,15 +134,15 @@ class AzureVhdSink implements OutputSink {
     await this.call('upload footer', () => this.blob.uploadPages(footer, this.virtualSize, footer.length, { abortSignal: signal() }));
   }
 
-  async abort(): Promise<void> {
+  async abort(cause?: unknown): Promise<void> {
     try {
       // A create whose answer never came may still have made the blob: it is deleted only when it is this run's.
       if (!this.created && !(await this.isOwnBlob())) return;
       await this.blob.deleteIfExists({ abortSignal: signal() });
     } catch {
       // The server that failed the restore often fails the delete too: the operator must know what is left.
-      if (this.thrown && !this.thrown.message.includes('partial blob')) {
-        this.thrown.message += `; a partial blob may remain at ${this.location}: delete it before a rerun`;
+      if (cause instanceof Error && !cause.message.includes('partial blob')) {
+        cause.message += `; a partial blob may remain at ${this.location}: delete it before a rerun`;
       }
     }
   }

@@ -37,8 +37,12 @@ export interface OutputSink {
   zero(offset: number, length: number): Promise<number>;
   /** Every byte was given: make the output durable and visible. */
   finish(): Promise<void>;
-  /** The restore failed: remove every partial trace (idempotent; never throws). */
-  abort(): Promise<void>;
+  /**
+   * The restore failed with `cause`: remove every partial trace (idempotent; never throws). A sink that cannot says
+   * what is left in cause's message: the error the command ends with (with several writes in flight, not the one the
+   * sink itself threw last).
+   */
+  abort(cause?: unknown): Promise<void>;
 }
 
 /**
