@@ -85,6 +85,16 @@ t.test("credentials in a cloud store URL are refused (they were ignored for the 
     t.notMatch(JSON.stringify(err?.details), /SECRET|AK:/, 'nor in the details');
   }
   t.match((await refused('s3://AK:SECRETPW@rnb/p'))?.message, /carries credentials .*give them in the environment/, 'says what to do');
+  // In the S3 endpoint (URL parameter or variable) they were taken, and the URL's stood in process listings.
+  for (const [location, env_] of [
+    ['s3://rnb/p?endpoint=http://AK:SECRETPW@127.0.0.1:19001&forcePathStyle=true', env],
+    ['s3://rnb/p', { ...env, AWS_ENDPOINT_URL: 'http://AK:SECRETPW@127.0.0.1:19001' }],
+  ] as const) {
+    const err = await refused(location, env_);
+    t.equal(err?.code, ErrorCodes.BAD_STORE_URL, `endpoint with credentials: ${err?.message}`);
+    t.match(err?.message, /carries credentials \(user:password@\); remove them and give them in the environment/);
+    t.notMatch(`${err?.message} ${JSON.stringify(err?.details)}`, /SECRET|AK:/, 'not echoed');
+  }
   const { openOutput } = await import('../../src/output/index.js');
   const out = await openOutput('s3://AK:SECRET/PW@rnb/k.raw', { diskSize: 1, env }).catch((e: Error) => e);
   t.notMatch((out as Error).message, /SECRET/, '--out: an unparseable URL with credentials is not echoed either');

@@ -250,8 +250,16 @@ export function s3ClientConfig(url: URL, env: NodeJS.ProcessEnv): S3ClientConfig
  * request with STORE_IO ERR_INVALID_URL; no scheme is guessed, since an emulator speaks http and a real service https.
  */
 function checkEndpoint(endpoint: string, fromUrl: boolean): string {
-  if (URL.canParse(endpoint) && ['http:', 'https:'].includes(new URL(endpoint).protocol)) return endpoint;
   const from = fromUrl ? 'the store URL parameter endpoint' : 'AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL';
+  // user:password@ there was taken, and stood in process listings as part of the store URL (the same in --out, and in
+  // the store URL itself, is refused): credentials come from the variables meant for them. Not echoed.
+  if (URL.canParse(endpoint) && (new URL(endpoint).username || new URL(endpoint).password)) {
+    throw new RnodeError(
+      ErrorCodes.BAD_STORE_URL,
+      `${from} carries credentials (user:password@); remove them and give them in the environment (docs/stores.md, "Credentials")`,
+    );
+  }
+  if (URL.canParse(endpoint) && ['http:', 'https:'].includes(new URL(endpoint).protocol)) return endpoint;
   throw new RnodeError(
     ErrorCodes.BAD_STORE_URL,
     `${from}=${endpoint} is not an http(s) URL; write it with its scheme, e.g. http://127.0.0.1:9000 or https://s3.example.com`,
