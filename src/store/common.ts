@@ -214,7 +214,12 @@ export function cloudError(location: string, op: string, key: string, cause: unk
   if (f.status === 404) return notFound(location, key, cause);
   if (f.status === 412) return preconditionFailed(location, key, why, cause);
   if (f.status === 401 || f.status === 403 || (f.code && AUTH_CODES.has(f.code))) {
-    return mk(ErrorCodes.STORE_AUTH, `${op} ${key} in ${location} was denied: ${why}; check the credentials and their permissions`);
+    // None found at all (S3's provider chain): say where they go, as Azure's message does for its variables.
+    const fix =
+      f.code === 'CredentialsProviderError'
+        ? 'no credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) where rnode runs (docs/stores.md, "Credentials")'
+        : 'check the credentials and their permissions';
+    return mk(ErrorCodes.STORE_AUTH, `${op} ${key} in ${location} was denied: ${why}; ${fix}`);
   }
   if (f.timedOut) {
     // The SDK's own words (kept in the cause) say no more than this. Only stores take ?requestTimeoutMs=.

@@ -42,3 +42,13 @@ t.test('an invalid URL, an untrusted certificate and a timeout in the SDK’s wo
   t.match(io('socket hang up: operation timed out', 'Whatever'), /; check the endpoint and the network$/);
   t.notMatch(io('The specified key does not exist.', 'Odd'), /; (check|the endpoint)/, 'no hint where none applies');
 });
+
+t.test('S3 with no credentials at all names the variables to set (it said "check the credentials")', async (t) => {
+  const err = cloudError('s3://b/p/', 'list', 'r2/', new Error('Could not load credentials from any providers'), {
+    code: 'CredentialsProviderError',
+  });
+  t.equal(err.code, 'RNODE_STORE_AUTH');
+  t.match(err.message, /no credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \(or AWS_PROFILE\)/);
+  const denied = cloudError('s3://b/p/', 'list', 'r2/', new Error('Access Denied'), { status: 403, code: 'AccessDenied' });
+  t.match(denied.message, /check the credentials and their permissions$/, 'credentials that were refused: as before');
+});
