@@ -2,9 +2,9 @@
 // the retry wrapper retries them as STORE_UNAVAILABLE, and a job ends in bounded time. S3 only warned at its
 // timeout and Azure had none, so both hung forever; GCS failed once as STORE_IO.
 import net from 'node:net';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { ErrorCodes, RnodeError } from '../../src/errors.js';
-import { openStore } from '../../src/store/index.js';
+import { openStore, type ObjectStore } from '../../src/store/index.js';
 import { requestSignal } from '../../src/store/azure/azure-store.js';
 import { runCli } from '../helpers/cli.js';
 
@@ -112,6 +112,20 @@ t.test('an Azure request that moves a body gets time for it on a slow link (a de
   t.equal(upload.aborted, false, 'a 128 KiB body: still running after 0.4 s');
 });
 
+/** Listens `server` (closed at the end of t) and opens each cloud's store on it: a 1 s request timeout, one attempt. */
+async function storesOn(t: Test, server: net.Server): Promise<Array<{ name: string; store: ObjectStore }>> {
+  t.teardown(closing(server));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const at = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  return Promise.all(
+    clouds().map(async (c) => {
+      const location = c.location.replaceAll(endpoint, at).replace('requestTimeoutMs=300', 'requestTimeoutMs=1000');
+      const env = Object.fromEntries(Object.entries(c.env).map(([k, v]) => [k, v.replaceAll(endpoint, at)]));
+      return { name: c.name, store: await openStore(location, { env, wrap: { retry: { attempts: 1, baseDelayMs: 1 } } }) };
+    }),
+  );
+}
+
 t.test('a download whose body stops coming fails as retryable STORE_UNAVAILABLE on every cloud (GCS waited forever)', async (t) => {
   // Headers and the first bytes of a 100,000-byte answer, then nothing.
   const stalling = net.createServer((s) => {
@@ -123,13 +137,8 @@ t.test('a download whose body stops coming fails as retryable STORE_UNAVAILABLE 
       ),
     );
   });
-  t.teardown(closing(stalling));
-  await new Promise<void>((r) => stalling.listen(0, '127.0.0.1', () => r()));
-  const at = `http://127.0.0.1:${(stalling.address() as net.AddressInfo).port}`;
-  for (const c of clouds()) {
-    const location = c.location.replaceAll(endpoint, at).replace('requestTimeoutMs=300', 'requestTimeoutMs=1000');
-    const env = Object.fromEntries(Object.entries(c.env).map(([k, v]) => [k, v.replaceAll(endpoint, at)]));
-    const store = await openStore(location, { env, wrap: { retry: { attempts: 1, baseDelayMs: 1 } } });
+  for (const c of await storesOn(t, stalling)) {
+    const { store } = c;
     const started = Date.now();
     const outcome = await Promise.race([
       store.get('k').then(
@@ -166,13 +175,8 @@ t.test('a download that keeps coming on a slow link is not cut at the timeout on
       next();
     });
   });
-  t.teardown(closing(dribbling));
-  await new Promise<void>((r) => dribbling.listen(0, '127.0.0.1', () => r()));
-  const at = `http://127.0.0.1:${(dribbling.address() as net.AddressInfo).port}`;
-  for (const c of clouds()) {
-    const location = c.location.replaceAll(endpoint, at).replace('requestTimeoutMs=300', 'requestTimeoutMs=1000');
-    const env = Object.fromEntries(Object.entries(c.env).map(([k, v]) => [k, v.replaceAll(endpoint, at)]));
-    const store = await openStore(location, { env, wrap: { retry: { attempts: 1, baseDelayMs: 1 } } });
+  for (const c of await storesOn(t, dribbling)) {
+    const { store } = c;
     const started = Date.now();
     const got = await store.get('k').then(
       (b) => b,
@@ -197,13 +201,8 @@ t.test('a listing whose body is cut or stops coming fails as retryable STORE_UNA
         if (mode === 'cut') setTimeout(() => s.destroy(), 50);
       });
     });
-    t.teardown(closing(partial));
-    await new Promise<void>((r) => partial.listen(0, '127.0.0.1', () => r()));
-    const at = `http://127.0.0.1:${(partial.address() as net.AddressInfo).port}`;
-    for (const c of clouds()) {
-      const location = c.location.replaceAll(endpoint, at).replace('requestTimeoutMs=300', 'requestTimeoutMs=1000');
-      const env = Object.fromEntries(Object.entries(c.env).map(([k, v]) => [k, v.replaceAll(endpoint, at)]));
-      const store = await openStore(location, { env, wrap: { retry: { attempts: 1, baseDelayMs: 1 } } });
+    for (const c of await storesOn(t, partial)) {
+      const { store } = c;
       const outcome = await (async () => {
         for await (const _ of store.list('x/')) void _;
       })().then(

@@ -85,29 +85,14 @@ t.test('settings: vddk:// URLs and config files, validated, never with a passwor
   t.same(loadVmwareConfig(file), fc, 'a UTF-8 byte order mark is skipped');
   fs.writeFileSync(file, JSON.stringify({ host: 'vc', user: 'u', password: 'hunter2', thumbprint: tp, vm: 'vm-7', libdir: 'l' }));
   t.throws(() => loadVmwareConfig(file), { message: /must not contain a password/ });
-  const thrown = (() => {
-    try {
-      loadVmwareConfig(file);
-    } catch (e) {
-      return (e as Error).message;
-    }
-    return '';
-  })();
-  t.notOk(thrown.includes('hunter2'), 'and does not echo it');
+  t.notOk(messageOf(() => loadVmwareConfig(file)).includes('hunter2'), 'and does not echo it');
   fs.writeFileSync(file, '{nope');
   t.throws(() => loadVmwareConfig(file), { code: 'RNODE_BAD_SOURCE', message: /not valid JSON \(line 1, column 2\)/ });
   // A password or key file named where the config goes: JSON.parse's own message quoted its first characters, and
   // the error went to stderr, the agent's log and the Management Server.
   for (const secret of ['Hunter2-vc-pass\n', 'Qeo3wpLnrgQeo3wpLnrgQeo3wpLnrgQeo3wpLnrg123=\n', '{"user": "u",\n "password": Hunter2}']) {
     fs.writeFileSync(file, secret);
-    const message = (() => {
-      try {
-        loadVmwareConfig(file);
-      } catch (e) {
-        return (e as Error).message;
-      }
-      return '';
-    })();
+    const message = messageOf(() => loadVmwareConfig(file));
     t.match(message, /is not valid JSON.*; check --source-config$/, 'refused as no JSON');
     t.notOk(/Hunter|Qeo3/.test(message), `and quotes none of it: ${message}`);
   }
@@ -373,3 +358,13 @@ t.test('VM helpers: config JSON as vSphere returned it, default disk parallelism
     'a virtual RDM is snapshot like a disk',
   );
 });
+
+/** The message fn throws ('' when it does not). */
+function messageOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return '';
+}
