@@ -732,12 +732,12 @@ function checkJobFields(job: Job): void {
  * of its own, and report success without a VM point.
  */
 function checkReplicateDisks(job: ReplicateJob): void {
-  const sources = new Map<string, string>();
+  const ids = new Set<string>();
   for (const d of job.disks) {
-    if (sources.has(d.disk)) {
+    if (ids.has(d.disk)) {
       throw new RnodeError(ProtoErrors.INVALID, `job ${job.jobId} names disk ${d.disk} twice: each source of a job is a disk of its own id`);
     }
-    sources.set(d.disk, d.source.location);
+    ids.add(d.disk);
   }
   const other = job.vm !== undefined && job.disks.some((d) => isVddk(d.source.location)) && job.disks.find((d) => !isVddk(d.source.location));
   if (other) {
