@@ -4,12 +4,12 @@ import { ErrorCodes, RnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { validateChunkSize } from '../pipeline/grid.js';
 import { replicateVm, type ReplicateVmResult } from '../jobs/replicate-vm.js';
-import { pruneVm, recoverVm } from '../jobs/vm.js';
+import { goneDiskPoint, goneDiskPoints, pruneVm, recoverVm } from '../jobs/vm.js';
 import { listVmPoints, resolveVmPoint } from '../repository/vm-points.js';
 import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { parseBandwidth } from '../transport/index.js';
 import { encryptionKeyFrom } from './args.js';
-import { bytes, rate, secs } from './format.js';
+import { bytes, failureLine, rate, secs } from './format.js';
 import { stoppable } from './signals.js';
 import { openStoreFromFlags } from './store-flags.js';
 
@@ -126,7 +126,16 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
   const { storeArg, vm } = vmArgs(v, 'points');
   const store = await openStoreFromFlags(storeArg, v);
   try {
-    const points = await listVmPoints(store, vm, encryptionKeyFrom(v));
+    const key = encryptionKeyFrom(v);
+    const points = await listVmPoints(store, vm, key);
+    // A VM point one of whose disk points is gone (deleted by an rnode that let prune --disk do it) restores nothing:
+    // named, as `points` names a damaged point, and the command exits 1.
+    const problems: Array<{ vmPoint: number; code: string; message: string }> = [];
+    for (const p of points) {
+      for (const d of await goneDiskPoints(store, p, key)) {
+        problems.push({ vmPoint: p.seq, code: ErrorCodes.POINT_NOT_FOUND, message: `${goneDiskPoint(p, d)}: it cannot be restored` });
+      }
+    }
     const rows = points.map((p) => ({
       vmPoint: p.seq,
       snapshot: p.snapshot.moref,
@@ -137,7 +146,7 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
       skipped: p.skipped,
       removed: p.removed,
     }));
-    if (v.json === true) io.out(JSON.stringify({ vm, vmPoints: rows }));
+    if (v.json === true) io.out(JSON.stringify({ vm, vmPoints: rows, problems }));
     else if (rows.length === 0) io.out(`VM ${vm} has no VM points`);
     else {
       io.out('vm point  snapshot        taken                     consistency  disks (disk id#point)');
@@ -146,11 +155,13 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
           `${String(r.vmPoint).padEnd(9)} ${r.snapshot.padEnd(15)} ${r.snapshotTime.padEnd(25)} ${r.consistency.padEnd(12)} ${r.disks.map((d) => `${d.disk}#${d.point}`).join(' ')}`,
         );
       }
+      for (const p of problems) io.out(`${p.code}: ${p.message}`);
+      if (problems.length) io.err(failureLine(problems[0].code, `${problems.length} disk point(s) of VM ${vm}'s VM points are gone, named above`));
     }
+    return problems.length ? 1 : 0;
   } finally {
     await store.close();
   }
-  return 0;
 }
 
 /** `rnode recover --vm --point --out-dir`: every disk of one VM point, and the VM point (with the VM config) beside them. */

@@ -17,6 +17,7 @@ import {
   loadVmPoint,
   resolveVmPoint,
   type VmPoint,
+  type VmPointDisk,
 } from '../repository/vm-points.js';
 import type { ObjectStore } from '../store/types.js';
 import { assertOutsideStore } from '../store/containment.js';
@@ -53,14 +54,8 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
   await checkVmPointKey(opts.store, p, opts.encryption);
   // Every disk point before any disk is written: a gone one (deleted by an rnode that let prune --disk do it) failed
   // the restore after the disks before it were written.
-  for (const d of p.disks) {
-    if (!(await listPointSeqs(opts.store, d.disk, opts.encryption)).includes(d.point)) {
-      throw new RnodeError(
-        ErrorCodes.POINT_NOT_FOUND,
-        `VM point ${p.seq} of ${p.vm} uses point ${d.point} of disk ${d.disk}, which the store no longer holds; nothing was written: restore another VM point`,
-      );
-    }
-  }
+  const gone = (await goneDiskPoints(opts.store, p, opts.encryption))[0];
+  if (gone) throw new RnodeError(ErrorCodes.POINT_NOT_FOUND, `${goneDiskPoint(p, gone)}; nothing was written: restore another VM point`);
   assertOutsideStore(opts.store.location, outDir, '--out-dir'); // before the folder is made there
   try {
     await makeDirs(outDir); // not Node's recursive mkdir: it spins forever under /proc
@@ -100,6 +95,16 @@ export async function recoverVm(opts: RecoverVmOptions): Promise<RecoverVmResult
     seconds: (performance.now() - started) / 1000,
   };
 }
+
+/** The disk points a VM point names that the store does not hold (none, as docs/vmware.md promises). */
+export async function goneDiskPoints(store: ObjectStore, p: VmPoint, encryption?: EncryptionKey): Promise<VmPointDisk[]> {
+  const gone: VmPointDisk[] = [];
+  for (const d of p.disks) if (!(await listPointSeqs(store, d.disk, encryption)).includes(d.point)) gone.push(d);
+  return gone;
+}
+
+export const goneDiskPoint = (p: VmPoint, d: VmPointDisk) =>
+  `VM point ${p.seq} of ${p.vm} uses point ${d.point} of disk ${d.disk}, which the store no longer holds`;
 
 export interface PruneVmOptions {
   store: ObjectStore;

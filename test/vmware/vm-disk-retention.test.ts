@@ -1,7 +1,8 @@
 // A VM point is never left with one of its disk points gone (docs/vmware.md). `prune --disk` of a VM's disk deleted
 // the points VM points use: `points --vm` still listed them, and `recover --vm` wrote the disks before the gone one,
 // then failed. Now prune --disk refuses (nothing deleted) and names prune --vm; recover --vm checks every disk point
-// before it writes; and a --point that is no number is the command line's mistake (exit 2), as for a disk.
+// before it writes; points --vm names a VM point whose disk point is gone (exit 1); and a --point that is no number is
+// the command line's mistake (exit 2), as for a disk.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -72,12 +73,26 @@ t.test('prune --disk keeps the points VM points use; recover --vm checks them al
     /RNODE_POINT_NOT_FOUND: VM point 1 of vm-1 uses point 1 of disk vm-1-disk-2001, which the store no longer holds; nothing was written/,
   );
   t.notOk(fs.existsSync(out), 'no disk was restored before the failure');
+  const listed = await runCli(['points', '--store', storeDir, '--vm', 'vm-1', '--json']);
+  t.equal(listed.code, 1, 'points --vm exits 1: a VM point cannot be restored');
+  t.same(
+    JSON.parse(listed.stdout).problems,
+    [
+      {
+        vmPoint: 1,
+        code: 'RNODE_POINT_NOT_FOUND',
+        message: 'VM point 1 of vm-1 uses point 1 of disk vm-1-disk-2001, which the store no longer holds: it cannot be restored',
+      },
+    ],
+    'and names it; it listed the VM point as any other',
+  );
 
   const vmPrune = await runCli(['prune', '--store', storeDir, '--vm', 'vm-1', '--keep', '1']);
   t.equal(vmPrune.code, 0, `prune --vm deletes the VM point and its disks' points: ${vmPrune.stderr}`);
   t.same(await listPointSeqs(store, disks[0]), [2], 'the disk points only VM point 1 used are gone');
   const again = await runCli(['prune', '--store', storeDir, '--disk', disks[0], '--keep', '1']);
   t.equal(again.code, 0, 'prune --disk that deletes nothing a VM point uses runs');
+  t.equal((await runCli(['points', '--store', storeDir, '--vm', 'vm-1'])).code, 0, 'points --vm: every disk point there again');
   const ok = await runCli(['recover', '--store', storeDir, '--vm', 'vm-1', '--out-dir', out]);
   t.equal(ok.code, 0, `the kept VM point restores: ${ok.stderr}`);
   t.ok(fs.readFileSync(path.join(out, `${disks[1]}.img`)).equals(fs.readFileSync(images[1])), 'byte-exact');
