@@ -85,8 +85,12 @@ export const DEMO_SUMMARY = 'replicate, change, recover and verify a generated s
 export async function runDemo(argv: string[], io: Io): Promise<number> {
   const v = parse('demo', argv, DEMO_OPTIONS);
   if (v.help) {
-    io.out('usage: rnode demo [--size <bytes>] [--workdir <dir>] [--keep] [--json]');
-    io.out(`  ${DEMO_SUMMARY}`);
+    const usage = 'rnode demo [--size <bytes>] [--workdir <dir>] [--keep] [--json]';
+    if (v.json === true) io.out(JSON.stringify({ command: 'demo', usage: [usage], summary: DEMO_SUMMARY }));
+    else {
+      io.out(`usage: ${usage}`);
+      io.out(`  ${DEMO_SUMMARY}`);
+    }
     return 0;
   }
   return stoppable('the demo', 'its files were removed (or kept with --keep)', (signal) => demo(v, io, signal));

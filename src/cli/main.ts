@@ -19,7 +19,13 @@ async function completionTable(commands: Record<string, Command>): Promise<Compl
   };
 }
 
-function help(io: Io, commands: Record<string, Command>, demoSummary: string): void {
+function help(io: Io, commands: Record<string, Command>, demoSummary: string, json: boolean): void {
+  // With --json, as every command's output: one JSON document (a caller that adds --json to all it runs got text).
+  if (json) {
+    const list = Object.fromEntries(Object.entries(commands).map(([name, c]) => [name, c.summary]));
+    io.out(JSON.stringify({ version: VERSION, commands: { ...list, demo: demoSummary, completion: 'print a bash or zsh completion script' } }));
+    return;
+  }
   io.out(`rnode ${VERSION}: the data-plane node of a disaster-recovery platform`);
   io.out('');
   io.out('usage: rnode <command> [flags]      (no command: run the built-in demo job)');
@@ -47,7 +53,7 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
     // store layer, node:crypto, node:http).
     const { commands, parse } = await import('./commands.js');
     if (name === '--help' || name === '-h' || name === 'help') {
-      help(io, commands, (await import('./demo.js')).DEMO_SUMMARY);
+      help(io, commands, (await import('./demo.js')).DEMO_SUMMARY, json);
       return 0;
     }
     if (name === 'completion') {
@@ -64,8 +70,11 @@ export async function main(argv: string[], io: Io = { out: (l) => console.log(l)
     if (!cmd) throw new RnodeError(ErrorCodes.USAGE, `unknown command "${name}"; run "rnode --help" for the list`);
     const values = parse(name, rest, cmd.options);
     if (values.help) {
-      io.out(`usage: ${cmd.usage}`);
-      io.out(`  ${cmd.summary}`);
+      if (json) io.out(JSON.stringify({ command: name, usage: cmd.usage.split('\n').map((l) => l.trim()), summary: cmd.summary }));
+      else {
+        io.out(`usage: ${cmd.usage}`);
+        io.out(`  ${cmd.summary}`);
+      }
       return 0;
     }
     return await cmd.run(values, io);

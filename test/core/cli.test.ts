@@ -178,6 +178,14 @@ t.test('help and version', async (t) => {
   const v = await runCli(['--version']);
   t.equal(v.code, 0);
   t.match(v.stdout.trim(), /^\d+\.\d+\.\d+/);
+  // With --json, help is one JSON document too (it printed text to a caller that adds --json to all it runs).
+  const hj = await runCli(['--help', '--json']);
+  t.match(JSON.parse(hj.stdout), { version: v.stdout.trim(), commands: { replicate: /recovery point/, demo: /sample disk/ } }, 'rnode --help --json');
+  for (const cmd of ['replicate', 'demo']) {
+    const cj = await runCli([cmd, '--help', '--json']);
+    t.equal(cj.code, 0);
+    t.match(JSON.parse(cj.stdout), { command: cmd, usage: [new RegExp(`^rnode ${cmd} `)], summary: /\w/ }, `rnode ${cmd} --help --json`);
+  }
 });
 
 t.test('a reader that closes the pipe early: the replicate still commits, no stack trace, exit 0', async (t) => {
