@@ -24,7 +24,7 @@ import {
   tmpDir,
   writeAt,
 } from '../helpers/images.js';
-import { json, runCli } from '../helpers/cli.js';
+import { json, replicateArgs, runCli } from '../helpers/cli.js';
 
 stopCodecWorkersAtEnd(t);
 
@@ -37,18 +37,7 @@ function setup(t: Test) {
   return { dir, img, storeDir: path.join(dir, 'store') };
 }
 
-const replicateArgs = (img: string, storeDir: string) => [
-  'replicate',
-  '--source',
-  img,
-  '--target',
-  storeDir,
-  '--disk',
-  'd',
-  '--chunk-size',
-  '64KiB',
-  '--json',
-];
+const replicateD = (img: string, storeDir: string) => replicateArgs(img, storeDir, 'd', ['--json']);
 
 /**
  * The run after a crash. The crashed writer's lease is still live in the store (SIGKILL skipped its release);
@@ -56,13 +45,13 @@ const replicateArgs = (img: string, storeDir: string) => [
  * lease is aged as if its TTL had passed so the rest of the test can still check the data path.
  */
 async function nextRun(t: Test, img: string, storeDir: string) {
-  let r = await runCli(replicateArgs(img, storeDir));
+  let r = await runCli(replicateD(img, storeDir));
   t.equal(r.code, 0, `the next run right after the crash succeeds: ${r.stderr.trim()}`);
   if (r.code !== 0 && /RNODE_LEASE_HELD/.test(r.stderr)) {
     const file = path.join(storeDir, 'disks', 'd', 'lease.json');
     const lease = JSON.parse(fs.readFileSync(file, 'utf8'));
     fs.writeFileSync(file, JSON.stringify({ ...lease, expiresAt: new Date(0).toISOString() }));
-    r = await runCli(replicateArgs(img, storeDir));
+    r = await runCli(replicateD(img, storeDir));
     t.equal(r.code, 0, `the run once the dead writer's lease expired succeeds: ${r.stderr.trim()}`);
   }
   return r;
@@ -75,14 +64,14 @@ async function recoverCli(storeDir: string, point: string, out: string) {
 
 t.test('crash before commit of an incremental: no half point; verify ok; the next run succeeds', async (t) => {
   const { dir, img, storeDir } = setup(t);
-  const first = await runCli(replicateArgs(img, storeDir));
+  const first = await runCli(replicateD(img, storeDir));
   t.equal(first.code, 0, `first point: ${first.stderr}`);
   const fp1 = fingerprint(img);
   const packsBefore = packFiles(storeDir).length;
 
   writeAt(img, 100 * KiB, randomData(200 * KiB, 2));
   const fp2 = fingerprint(img);
-  const crashed = await runCli(replicateArgs(img, storeDir), { env: { RNODE_FAILPOINT: 'before-commit' } });
+  const crashed = await runCli(replicateD(img, storeDir), { env: { RNODE_FAILPOINT: 'before-commit' } });
   t.equal(crashed.signal, 'SIGKILL', 'the child killed itself at the failpoint');
   t.equal(crashed.code, null);
   t.ok(packFiles(storeDir).length > packsBefore, 'packs of point 2 were written before the crash');
@@ -122,7 +111,7 @@ t.test('crash before commit of an incremental: no half point; verify ok; the nex
 t.test('crash before commit of the first point: no point at all; the next run makes point 1', async (t) => {
   const { dir, img, storeDir } = setup(t);
   const fp = fingerprint(img);
-  const crashed = await runCli(replicateArgs(img, storeDir), { env: { RNODE_FAILPOINT: 'before-commit' } });
+  const crashed = await runCli(replicateD(img, storeDir), { env: { RNODE_FAILPOINT: 'before-commit' } });
   t.equal(crashed.signal, 'SIGKILL');
   t.ok(packFiles(storeDir).length > 0, 'packs were written before the crash');
   t.same(v2PointFiles(storeDir, 'd'), [], 'no manifest');
@@ -146,7 +135,7 @@ t.test('crash before commit of the first point: no point at all; the next run ma
 t.test('crash right after commit: the point is visible and whole; the next run is fine', async (t) => {
   const { dir, img, storeDir } = setup(t);
   const fp1 = fingerprint(img);
-  const crashed = await runCli(replicateArgs(img, storeDir), { env: { RNODE_FAILPOINT: 'after-commit' } });
+  const crashed = await runCli(replicateD(img, storeDir), { env: { RNODE_FAILPOINT: 'after-commit' } });
   t.equal(crashed.signal, 'SIGKILL');
   t.same(await listPointSeqs(fsStore(storeDir), 'd'), [1], 'point 1 is committed');
   const pts = await runCli(['points', '--store', storeDir, '--disk', 'd', '--json']);

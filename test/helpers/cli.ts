@@ -175,3 +175,8 @@ export function json(r: CliResult): any {
   if (ls.length !== 1) throw new Error(`expected one JSON line on stdout, got ${ls.length}: ${r.stdout.slice(0, 500)}\nstderr: ${r.stderr}`);
   return JSON.parse(ls[0]);
 }
+
+/** The arguments of `rnode replicate` of img into storeDir as disk, in 64 KiB chunks (a small image makes many), then extra. */
+export function replicateArgs(img: string, storeDir: string, disk: string, extra: string[] = []): string[] {
+  return ['replicate', '--source', img, '--target', storeDir, '--disk', disk, '--chunk-size', '64KiB', ...extra];
+}

@@ -7,30 +7,18 @@ import t from 'tap';
 import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { json, runCli } from '../helpers/cli.js';
+import { json, replicateArgs, runCli } from '../helpers/cli.js';
 import { pruneStore } from '../../src/jobs/prune-v2.js';
 import { gated } from '../helpers/gate.js';
 import { fingerprint, fsStore, KiB, listFiles, randomData, snap, stopCodecWorkersAtEnd, tmpDir } from '../helpers/images.js';
 
 stopCodecWorkersAtEnd(t);
 
-const replicateArgs = (img: string, storeDir: string, disk: string, extra: string[] = []) => [
-  'replicate',
-  '--source',
-  img,
-  '--target',
-  storeDir,
-  '--disk',
-  disk,
-  '--chunk-size',
-  '64KiB',
-  '--cache-dir',
-  'none',
-  ...extra,
-];
+const replicateWithoutCache = (img: string, storeDir: string, disk: string, extra: string[] = []) =>
+  replicateArgs(img, storeDir, disk, ['--cache-dir', 'none', ...extra]);
 
 async function replicate(t: Test, img: string, storeDir: string, disk: string, extra: string[] = []) {
-  const r = await runCli(replicateArgs(img, storeDir, disk, extra));
+  const r = await runCli(replicateWithoutCache(img, storeDir, disk, extra));
   t.equal(r.code, 0, `replicate ${disk}: ${r.stderr}`);
 }
 
@@ -140,7 +128,7 @@ t.test('an encrypted disk whose first replicate stopped after a checkpoint does 
   const y = path.join(dir, 'y.img');
   fs.writeFileSync(x, randomData(512 * KiB, 55));
   fs.writeFileSync(y, randomData(512 * KiB, 56));
-  const args = (img: string, disk: string) => replicateArgs(img, storeDir, disk, ['--encryption-key-file', keyFile]);
+  const args = (img: string, disk: string) => replicateWithoutCache(img, storeDir, disk, ['--encryption-key-file', keyFile]);
   t.equal((await runCli(args(x, 'x'))).code, 0);
   fs.writeFileSync(x, randomData(512 * KiB, 57));
   t.equal((await runCli(args(x, 'x'))).code, 0);

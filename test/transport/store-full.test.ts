@@ -3,7 +3,7 @@
 // the node logged nothing, so its operator never learnt the store was full. Now the sender gets RNODE_STORE_IO
 // (exit 1) saying the node's store is full, the node logs each failed put as a warning, and once the node has room
 // the same command makes a point that restores byte-exact.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,16 +12,22 @@ import { randomData, tmpDir } from '../helpers/images.js';
 import { mountTmpfs } from '../helpers/loop.js';
 import { spawnServe } from './helpers.js';
 
+/** A node serving a store on a tmpfs of `size` (under a fresh folder, unmounted at the end); with a token, its file. */
+async function nodeOnTmpfs(t: Test, tag: string, size: string, token?: string) {
+  ensureBuilt();
+  const dir = tmpDir(t, tag);
+  const mnt = mountTmpfs(t, dir, size);
+  const tok = path.join(dir, 'token');
+  if (token) fs.writeFileSync(tok, `${token}\n`, { mode: 0o600 });
+  const node = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(mnt, 'store'), ...(token ? ['--token-file', tok] : [])]);
+  return { dir, mnt, node, tok };
+}
+
 t.test(
   'a node whose store is full: the sender gets RNODE_STORE_IO, the node logs a warning, and the next run succeeds',
   { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' },
   async (t) => {
-    ensureBuilt();
-    const dir = tmpDir(t, 'store-full');
-    const mnt = mountTmpfs(t, dir, '6m');
-    const tok = path.join(dir, 'token');
-    fs.writeFileSync(tok, 'full-token\n', { mode: 0o600 });
-    const node = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(mnt, 'store'), '--token-file', tok]);
+    const { dir, mnt, node, tok } = await nodeOnTmpfs(t, 'store-full', '6m', 'full-token');
     const image = path.join(dir, 'disk.img');
     fs.writeFileSync(image, randomData(8 << 20, 31)); // incompressible: 8 MiB cannot fit in 6
     const args = [
@@ -66,10 +72,7 @@ t.test(
   'a node whose store turned read-only: the failed lease write is a warning in its log',
   { skip: process.getuid?.() !== 0 && 'needs root to mount a tmpfs' },
   async (t) => {
-    ensureBuilt();
-    const dir = tmpDir(t, 'store-ro');
-    const mnt = mountTmpfs(t, dir, '8m');
-    const node = await spawnServe(t, CLI, ['--listen', '127.0.0.1:0', '--store', path.join(mnt, 'store')]);
+    const { dir, mnt, node } = await nodeOnTmpfs(t, 'store-ro', '8m');
     execFileSync('mount', ['-o', 'remount,ro', mnt]);
     const image = path.join(dir, 'disk.img');
     fs.writeFileSync(image, randomData(1 << 20, 32));
