@@ -25,7 +25,8 @@ function packBytes(storeDir: string): number {
   const dir = path.join(storeDir, r2.packsPrefix('plain'));
   return listFiles(dir)
     .filter((f) => !f.includes('\\'))
-    .reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+    // A temporary file may be renamed between the listing and its stat: it counts as 0 then.
+    .reduce((n, f) => n + (fs.statSync(path.join(dir, f), { throwIfNoEntry: false })?.size ?? 0), 0);
 }
 
 /** The pending checkpoint of point 1 of disk d on the node, if one is there. */
