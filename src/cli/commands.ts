@@ -137,7 +137,7 @@ const replicateCmd: Command = {
               ...(packSize !== undefined ? { packSize } : {}),
             }),
           v,
-          { bandwidth, creates: true, flag: '--target' },
+          { bandwidth, creates: true, flag: '--target', signal },
         ),
       ).finally(() => bar.done());
       print(io, v.json === true, r, () => [

@@ -43,6 +43,8 @@ export interface StoreFlagOptions {
   creates?: boolean;
   /** The flag that named the store, for messages (default --store; replicate's is --target). */
   flag?: string;
+  /** The job's stop signal: it ends the puts' waits for bandwidth (a stopped run does not send its queued packs). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -55,7 +57,7 @@ export async function openStoreFromFlags(location: string, v: Values, opts: Stor
   assertStoreFolder(location, opts.creates === true, opts.flag);
   // ws:// and wss:// stores come with the peer transport, which registers them; it is loaded only for such a store.
   if (isRemoteLocation(location)) await import('../transport/index.js');
-  return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth } } : {}) });
+  return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth, signal: opts.signal } } : {}) });
 }
 
 /** openStoreFromFlags, then fn, then close. */

@@ -12,6 +12,7 @@ import { encryptionKeyFrom } from './args.js';
 import { bytes, failureLine, rate, secs } from './format.js';
 import { stoppable } from './signals.js';
 import { openStoreFromFlags } from './store-flags.js';
+import type { WrappedStore } from '../store/wrap.js';
 
 import { VM_PRUNE_USAGE, VM_RECOVER_USAGE } from './vmware-flags.js';
 
@@ -64,7 +65,8 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
   };
 
   const bandwidth = typeof v.bandwidth === 'string' ? parseBandwidth(v.bandwidth) : undefined;
-  const store = await openStoreFromFlags(v.target, v, { bandwidth, creates: true, flag: '--target' });
+  const target = v.target;
+  let store: WrappedStore | undefined;
   let r: ReplicateVmResult;
   try {
     // A stopped run still goes through replicateVm's finally: the snapshot it took is removed before the exit.
@@ -72,6 +74,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
       'replicate',
       'its vSphere snapshot was removed and no VM point was made: run the same command again ' + '(chunks already stored are not stored again)',
       async (signal) => {
+        store = await openStoreFromFlags(target, v, { bandwidth, creates: true, flag: '--target', signal });
         const session = await VmwareSession.open(config, { log });
         try {
           return await replicateVm({
@@ -91,7 +94,7 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
       },
     );
   } finally {
-    await store.close();
+    await store?.close();
     await exitVddk().catch(() => undefined);
   }
   if (json) {

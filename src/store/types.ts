@@ -29,7 +29,7 @@ export interface PutOptions {
   ifNoneMatch?: boolean;
   /** Fail with STORE_PRECONDITION unless the current object has this etag. */
   ifMatch?: string;
-  /** A lease or other coordination write: small and urgent, so it never waits behind the bandwidth limit. */
+  /** A lease write, a checkpoint or another coordination write: small and urgent, so it never waits for bandwidth. */
   control?: boolean;
   /** Set by a writer that puts a legacy chunk object; stores that do not label what they carry ignore it. */
   chunk?: ChunkRecord;

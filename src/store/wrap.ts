@@ -16,7 +16,7 @@ export interface WrapOptions {
   concurrency?: number | false;
   /**
    * The bandwidth limit: bytes/s put into the store (object data sent to the target), for every backend alike;
-   * lease writes are exempt. Absent or 0: unlimited.
+   * puts marked `control` (lease writes, a run's checkpoints) are exempt. Absent or 0: unlimited.
    */
   bandwidth?: number;
   /** A limit this store shares with others (an agent's node-wide --bandwidth), passed after its own. */

@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { ErrorCodes, RnodeError, isRnodeError } from '../../src/errors.js';
+import { Domain } from '../../src/repository/domain.js';
+import { decodePendingV2 } from '../../src/repository/point-format.js';
 import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
 import { MiB, fsStore, randomData, snap, tmpDir } from '../helpers/images.js';
 import { expectIntact, pruneArgs, setup } from '../helpers/prune-crash.js';
@@ -22,14 +24,14 @@ function chunkFiles(store: string): number {
  * A replicate of a new image (256 KiB chunks, each closing its own pack) throttled to 4 MiB/s, so a signal lands
  * mid-way: the child, its output so far, its exit code, and a wait until `packs` packs are stored.
  */
-function throttledReplicate(t: Test, tag: string, size: number, extra: string[] = []) {
+function throttledReplicate(t: Test, tag: string, size: number, extra: string[] = [], pace = { bandwidth: '4MiB', packSize: '512KiB' }) {
   ensureBuilt();
   const dir = tmpDir(t, tag);
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(size, 21));
   const store = path.join(dir, 'store');
-  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', '512KiB', ...extra];
-  const child = spawn(...plainNode([CLI, ...args, '--bandwidth', '4MiB']), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', pace.packSize, ...extra];
+  const child = spawn(...plainNode([CLI, ...args, '--bandwidth', pace.bandwidth]), { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });
@@ -71,6 +73,34 @@ t.test('replicate stopped by SIGTERM checkpoints, exits 143, and the next run re
   const rec = await runCli(['recover', '--store', store, '--disk', 'd', '--out', restored, '--json']);
   t.equal(rec.code, 0, rec.stderr);
   t.ok(fs.readFileSync(restored).equals(fs.readFileSync(image)), 'byte-exact');
+});
+
+// A stop under a bandwidth limit: the packs still waiting for bandwidth (three of 4 MiB at 2 MiB/s: 6 s) were sent
+// before the run stopped, so a slow link kept a stopped run going for minutes (past systemd's stop timeout, then
+// SIGKILL). Now they are dropped, and the checkpoint covers the chunks stored before the first of them.
+t.test('SIGTERM under --bandwidth drops the packs waiting for bandwidth and checkpoints the chunks already stored', async (t) => {
+  const { dir, image, store, args, child, out, exited, storing } = throttledReplicate(t, 'sigterm-bandwidth', 48 * MiB, [], {
+    bandwidth: '2MiB',
+    packSize: '4MiB',
+  });
+  await storing(2);
+  const atSignal = chunkFiles(store);
+  child.kill('SIGTERM');
+  t.equal(await exited, 143, out.stderr);
+  t.match(out.stderr, /RNODE_CANCELLED: replicate stopped by SIGTERM; the chunks stored so far are checkpointed/);
+  const atExit = chunkFiles(store);
+  t.ok(atExit <= atSignal + 1, `${atExit} packs stored at the exit, ${atSignal} at the signal: at most the one being written went on`);
+  // 16 chunks a pack: the checkpoint covers the stored packs' chunks (a few of a pack may be in the next one).
+  const pending = decodePendingV2(fs.readFileSync(path.join(store, 'r2', 'plain', 'disks', 'd', 'pending', '0000000001')), Domain.of(undefined), 'd', 1);
+  t.ok(pending.nextIndex >= 16 * (atSignal - 1), `the checkpoint goes on to chunk ${pending.nextIndex} (${atExit} packs of 16 stored)`);
+  t.ok(pending.nextIndex <= 16 * atExit, 'and not past the chunks stored');
+
+  const again = await runCli([...args, '--bandwidth', '64MiB']);
+  t.equal(again.code, 0, again.stderr);
+  t.match(again.stdout, /^point 1 of disk d: full \(resumed\)/m);
+  const rec = await runCli(['recover', '--store', store, '--disk', 'd', '--out', path.join(dir, 'out.img')]);
+  t.equal(rec.code, 0, rec.stderr);
+  t.ok(fs.readFileSync(path.join(dir, 'out.img')).equals(fs.readFileSync(image)), 'byte-exact');
 });
 
 // A second signal exits at once; with --json its error was on stderr only, and stdout was empty: a caller reading the

@@ -133,6 +133,11 @@ export class PackWriter {
     return needed;
   }
 
+  /** True when the chunk of e is in a pack of this run whose put failed: it is not stored. */
+  lost(e: ChunkEntry): boolean {
+    return e.id !== undefined && this.o.index.lookup(e.id).some((l) => this.failedPuts.has(l.packId));
+  }
+
   /** Closes the open pack and hands over every pack closed since the last call: the next index object names them. */
   takeClosed(): ClosedPacks {
     this.close();

@@ -222,13 +222,14 @@ export class ChunkScan {
     while (this.done.has(this.settledCount)) {
       const { entry: e, delta, change } = this.done.get(this.settledCount)!;
       this.done.delete(this.settledCount);
-      for (const k of Object.keys(delta) as Array<keyof Delta>) run.stats[k] += delta[k] ?? 0;
       const index = this.indexOf.get(this.settledCount)!;
+      // Before the chunk's figures count: a checkpoint cut at its record holds the figures of the chunks before it.
+      table.settle(index, e);
+      for (const k of Object.keys(delta) as Array<keyof Delta>) run.stats[k] += delta[k] ?? 0;
       this.nextIndex = index + 1;
       this.indexOf.delete(this.settledCount);
       this.settledCount++;
       if (change !== 'parent') changes?.writer.put(index, change);
-      table.settle(index, e);
       if (table.due) table.flush(this.nextIndex);
     }
     run.wake();

@@ -1,7 +1,9 @@
 // The table of the point a replicate run writes, and its checkpoints. Records arrive in chunk index order; every
 // few thousand (or every checkpointMillis) they become a table segment, and each segment is made durable in the order
 // a crash needs: the packs its chunks are in, one index object for the packs closed since the last one, the segment,
-// then the checkpoint that lets the next run continue after it.
+// then the checkpoint that lets the next run continue after it. A pack whose put failed (a stopped run's pack waiting
+// for bandwidth, a store that failed) cuts the records there: the checkpoint covers the records before the first chunk
+// in it, and no later checkpoint is written.
 import type { BlockSource } from '../../source/types.js';
 import type { ObjectStore } from '../../store/types.js';
 import { failpoint } from '../../failpoint.js';
@@ -13,8 +15,8 @@ import { newObjectId } from '../../repository/pack.js';
 import { encodePendingV2, encodeTableV3, segmentDigest } from '../../repository/point-format.js';
 import type { Lease } from '../../repository/lease.js';
 import type { WriterMarks } from '../../repository/prune-marks.js';
-import type { Checkpoint } from './options.js';
-import type { PackWriter } from './packs.js';
+import type { Checkpoint, RunStats } from './options.js';
+import type { ClosedPacks, PackWriter } from './packs.js';
 import type { PointPlan, ResumeFrom } from './plan.js';
 import type { RunState } from './run-state.js';
 
@@ -44,6 +46,10 @@ export class TableWriter {
   /** Checkpoints this run made durable. */
   checkpointsWritten = 0;
   private pending: ChunkEntry[] = [];
+  /** The run's figures as each pending record's chunk was settled, before it counted: a cut there keeps these. */
+  private pendingFigures: RunStats[] = [];
+  /** Set when a checkpoint was cut at a pack whose put failed: the records after it are not stored. */
+  private cut = false;
   /**
    * A table that stands alone though the run compares with a parent (a closed chain) carries the parent's entries:
    * they arrive here as the scan's merge reads them (carry), a little ahead of the chunks settling.
@@ -85,13 +91,18 @@ export class TableWriter {
    */
   settle(index: number, e: ChunkEntry | null): void {
     if (this.o.plan.tableParent !== null) {
-      if (e) this.pending.push(e);
+      if (e) this.record(e);
       return;
     }
     this.carryBefore(index);
     const parentEntry = this.carried[this.carriedHead]?.index === index ? this.carried[this.carriedHead++] : undefined;
     const kept = e ?? parentEntry;
-    if (kept && !isZeroEntry(kept)) this.pending.push(kept);
+    if (kept && !isZeroEntry(kept)) this.record(kept);
+  }
+
+  private record(e: ChunkEntry): void {
+    this.pending.push(e);
+    this.pendingFigures.push({ ...this.o.run.stats });
   }
 
   /** Records the carried entries before `index`: chunks the run never decided, so unchanged. */
@@ -100,7 +111,7 @@ export class TableWriter {
     while (this.carriedHead < q.length && q[this.carriedHead].index < index) {
       const c = q[this.carriedHead++];
       // Below the resumed checkpoint's end the segments already hold them.
-      if (c.index >= this.o.from.nextIndex && !isZeroEntry(c)) this.pending.push(c);
+      if (c.index >= this.o.from.nextIndex && !isZeroEntry(c)) this.record(c);
     }
     if (this.carriedHead > 1024 && this.carriedHead * 2 > q.length) {
       this.carried = q.slice(this.carriedHead);
@@ -122,16 +133,56 @@ export class TableWriter {
 
   /** Turns the waiting records into a segment, and writes it with its checkpoint (chunks before nextIndex covered). */
   flush(nextIndex: number): void {
+    if (this.o.plan.tableParent === null) this.carryBefore(nextIndex);
+    const batch: Batch = {
+      entries: this.pending,
+      figures: this.pendingFigures,
+      nextIndex,
+      settled: { ...this.o.run.stats },
+      // Every chunk these records name is in a pack closed now or before: the index object written next covers them.
+      closed: this.o.packs.takeClosed(),
+    };
+    this.pending = [];
+    this.pendingFigures = [];
+    this.lastCheckpoint = Date.now();
+    // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
+    this.chain = this.chain
+      .then(() => this.write(batch))
+      .catch((err) => {
+        this.checkpointFailure ??= err;
+        this.o.run.fail(err);
+      }); // stops the scan
+  }
+
+  /**
+   * Makes a batch durable: its packs' index object, its segment, then the checkpoint. The puts are small and go at
+   * once past a bandwidth limit (control): a stopped run's last checkpoint does not wait behind the packs it dropped.
+   */
+  private async write(batch: Batch): Promise<void> {
+    if (this.checkpointFailure || this.cut) return;
     const { store, plan, packs, run } = this.o;
     const { domain, disk, seq } = plan;
-    if (plan.tableParent === null) this.carryBefore(nextIndex);
-    const entries = this.pending;
+    await Promise.allSettled(batch.closed.puts);
+    // The index object names only the packs stored.
+    const stored = batch.closed.locations.filter((l) => !packs.failedPuts.has(l.packId));
+    if (stored.length) {
+      const indexId = newObjectId();
+      const ib = encodeIndex(domain, indexId, stored);
+      await store.put(r2.index(domain.name, indexId), ib, { control: true });
+      run.stats.bytesWritten += ib.length;
+      failpoint('after-index');
+    }
+    // A pack closed since the last checkpoint may hold only chunks encoded ahead of these records: its failed put is
+    // not this checkpoint's. One that holds a chunk of these records cuts them before that chunk.
+    const lost = packs.failedPuts.size ? batch.entries.findIndex((e) => packs.lost(e)) : -1;
+    const entries = lost < 0 ? batch.entries : batch.entries.slice(0, lost);
+    const nextIndex = lost < 0 ? batch.nextIndex : batch.entries[lost].index;
+    const figures = lost < 0 ? batch.settled : batch.figures[lost];
+    if (lost >= 0) this.cut = true;
     const place = { disk, point: seq, parent: plan.tableParent, generation: 0, segment: this.segments.length };
     const bytes = encodeTableV3(domain, place, entries);
-    this.pending = [];
-    this.lastCheckpoint = Date.now();
     const ref: SegmentRef = {
-      key: r2.segment(domain.name, domain.dname(disk), seq, 0, this.segments.length),
+      key: r2.segment(domain.name, domain.dname(disk), seq, 0, place.segment),
       records: entries.length,
       first: entries.length ? entries[0].index : -1,
       last: entries.length ? entries[entries.length - 1].index : -1,
@@ -139,15 +190,14 @@ export class TableWriter {
     };
     this.segments.push(ref);
     this.records += entries.length;
-    // Every chunk these records name is in a pack closed now or before: the index object below covers them.
-    const { puts, locations } = packs.takeClosed();
     // The packs of this run its records' chunks are in: the checkpoint needs those stored, and only those.
-    const needed = packs.packsOf(entries);
-    for (const id of needed) this.ownNamed.add(id);
-    const ownNamed = [...this.ownNamed];
-    // The stats of the chunks settled so far (in index order); bytes and packs written are added once durable.
-    const settled = { ...run.stats };
-    const snapshot = (): Checkpoint => ({
+    for (const id of packs.packsOf(entries)) this.ownNamed.add(id);
+    await this.o.lease?.held();
+    await store.put(ref.key, bytes, { control: true });
+    run.stats.bytesWritten += bytes.length;
+    failpoint('after-segment');
+    await this.o.lease?.held();
+    const checkpoint: Checkpoint = {
       format: 'rnode-pending',
       disk,
       point: seq,
@@ -157,46 +207,31 @@ export class TableWriter {
       chunkSize: plan.grid.chunkSize,
       source: { kind: this.o.source.kind, location: this.o.source.location, ...(this.o.identity ? { identity: this.o.identity } : {}) },
       ...(domain.key ? { keyId: domain.key.keyId } : {}),
-      segments: this.segments.slice(0, place.segment + 1),
+      segments: [...this.segments],
       records: this.recordsDone + entries.length,
       nextIndex,
-      stats: { ...settled, bytesWritten: run.stats.bytesWritten, packsWritten: run.stats.packsWritten },
-      reused: [...new Set([...packs.reused, ...ownNamed])],
+      // The figures of the chunks it covers (settled in index order); bytes and packs written are the durable ones.
+      stats: { ...figures, bytesWritten: run.stats.bytesWritten, packsWritten: run.stats.packsWritten },
+      reused: [...new Set([...packs.reused, ...this.ownNamed])],
       marksGeneration: this.o.marks.generation,
-    });
-    // Checkpoints go on after a chunk failed (they cover chunks already stored); only their own failure stops them.
-    this.chain = this.chain
-      .then(async () => {
-        if (this.checkpointFailure) return;
-        // A pack closed since the last checkpoint may hold only chunks encoded ahead of these records: its failed put
-        // is not this checkpoint's (it used to drop it, and a cut run then left no checkpoint at all). The index object
-        // names only the packs stored; a checkpoint is written only if the packs of its own records are.
-        await Promise.allSettled(puts);
-        const stored = locations.filter((l) => !packs.failedPuts.has(l.packId));
-        if (stored.length) {
-          const indexId = newObjectId();
-          const ib = encodeIndex(domain, indexId, stored);
-          await store.put(r2.index(domain.name, indexId), ib);
-          run.stats.bytesWritten += ib.length;
-          failpoint('after-index');
-        }
-        const lost = [...needed].find((id) => packs.failedPuts.has(id));
-        if (lost !== undefined) throw packs.failedPuts.get(lost);
-        await this.o.lease?.held();
-        await store.put(ref.key, bytes);
-        run.stats.bytesWritten += bytes.length;
-        failpoint('after-segment');
-        await this.o.lease?.held();
-        await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, snapshot()));
-        this.recordsDone += entries.length;
-        this.checkpointsWritten++;
-        failpoint('after-checkpoint');
-        // Prune may have marked packs since: chunks in them are stored again from now on.
-        await packs.refreshMarks();
-      })
-      .catch((err) => {
-        this.checkpointFailure ??= err;
-        run.fail(err);
-      }); // stops the scan
+    };
+    await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, checkpoint), { control: true });
+    this.recordsDone += entries.length;
+    this.checkpointsWritten++;
+    failpoint('after-checkpoint');
+    // Prune may have marked packs since: chunks in them are stored again from now on.
+    await packs.refreshMarks();
   }
+}
+
+/** The records of one flush, with what their checkpoint needs. */
+interface Batch {
+  entries: ChunkEntry[];
+  /** figures[i]: the run's figures before entries[i]'s chunk. */
+  figures: RunStats[];
+  /** The first chunk after these records' chunks. */
+  nextIndex: number;
+  /** The run's figures of every chunk before nextIndex. */
+  settled: RunStats;
+  closed: ClosedPacks;
 }

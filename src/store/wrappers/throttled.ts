@@ -1,6 +1,7 @@
 // Holds the bytes put into a store to a bandwidth, whatever the backend: fs, clouds and ws:// alike, for the CLI
 // (replicate --bandwidth) and the agent (policy/job bandwidth, the node's --bandwidth) the same way. Puts marked
-// `control` (lease writes) pass at once, so a slow link never costs the lease.
+// `control` (lease writes, a run's checkpoints) pass at once, so a slow link never costs the lease, and a stopped run's
+// last checkpoint does not wait behind the packs it drops.
 import type { TokenBucket } from '../../throttle.js';
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../types.js';
 
