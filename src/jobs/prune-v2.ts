@@ -984,7 +984,9 @@ async function retainDisk(
         `nothing was deleted: prune the VM's points instead (${vms.map((vm) => `"rnode prune --vm ${vm} --keep <n>"`).join(', ')}), which deletes its disks' points with them`,
     );
   }
-  const names = [...new Set([disk, ...(domain && v2.length ? [domain.dname(disk)] : [])])];
+  // The leases replicate takes: the v2 points' (a keyed name for an encrypted disk), and the plain name for legacy points
+  // only, which an encrypted disk's v2 retention must not write into the store (it named the disk in clear).
+  const names = [...new Set([...(legacy.length > 0 ? [disk] : []), ...(domain && v2.length ? [domain.dname(disk)] : [])])];
   const leases: Lease[] = [];
   try {
     if (opts.lease !== false) for (const n of names) leases.push(await Lease.acquire(store, n, opts.lease));

@@ -27,6 +27,7 @@ import { encodeManifestV4, isV2Point, MANIFEST_VERSION_V2, type V4ManifestFields
 import { WriterMarks } from '../repository/prune-marks.js';
 import { BatchCursor, chainBatches, isDamage } from '../repository/view.js';
 import { Lease } from '../repository/lease.js';
+import { checkClaim, readClaim } from '../repository/claims.js';
 import type { ReplicateOptions, ReplicateResult } from './replicate/options.js';
 import { ChangeHashReader, ChangeHashWriter, changeHashesAvailable, changeHashPlace } from './replicate/change-hashes.js';
 import { PackWriter } from './replicate/packs.js';
@@ -46,6 +47,10 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   // of holding up the first chunks (~0.3 s of an otherwise idle pipeline at the start of each run).
   codecWorkers();
   const domain = Domain.of(opts.encryption);
+  // A claim that refuses this key (none given, another one, one for a plain disk) refuses it before the lease is taken:
+  // the lease object is the first thing a run writes, and a key-less one is named after the disk in clear. The plan
+  // checks the claim again under the lease.
+  checkClaim(await readClaim(opts.store, disk), opts.encryption, disk);
   return Lease.holding(opts.store, leaseName(disk, opts.encryption), opts.lease, (lease) =>
     withWorkerDomain(domain, async () => {
       try {

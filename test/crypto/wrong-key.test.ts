@@ -53,3 +53,45 @@ t.test('the wrong key: RNODE_KEY_MISMATCH (exit 2) from check, stats, disks, pru
     t.match(r.stderr, why);
   }
 });
+
+// What a key-less or wrong-key writer, and an encrypted disk's retention, leave in the store: nothing that names the
+// disk in clear. A refused replicate took the disk's lease before it read the claim (a key-less one under the plain
+// disk id), and prune --keep with the key took a lease under the plain disk id too, on every retention run.
+t.test('refused writers and an encrypted disk retention leave nothing naming the disk in the store', async (t) => {
+  const dir = tmpDir(t, 'no-clear-name');
+  const store = path.join(dir, 'store');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(1024 * 1024, 4));
+  const key = (name: string, byte: number) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, Buffer.alloc(32, byte).toString('hex'), { mode: 0o600 });
+    return f;
+  };
+  const right = key('right', 1);
+  const wrong = key('wrong', 2);
+  for (const [args, code] of [
+    [['--disk', 'secret-vm-disk', '--encryption-key-file', right], 0],
+    [['--disk', 'secret-vm-disk', '--encryption-key-file', right], 0],
+    [['--disk', 'secret-vm-disk'], 2],
+    [['--disk', 'secret-vm-disk', '--encryption-key-file', wrong], 2],
+    [['--disk', 'open'], 0],
+  ] as const) {
+    const r = await runCli(['replicate', '--source', img, '--target', store, ...args]);
+    t.equal(r.code, code, `replicate ${args.join(' ')}: ${r.stderr}`);
+  }
+  const before = listTree(store);
+  const open = await runCli(['replicate', '--source', img, '--target', store, '--disk', 'open', '--encryption-key-file', right]);
+  t.equal(open.code, 2, 'a key for a plain disk is refused');
+  t.same(listTree(store), before, 'and it wrote nothing (no lease under the keyed name)');
+  const prune = await runCli(['prune', '--store', store, '--disk', 'secret-vm-disk', '--keep', '1', '--encryption-key-file', right]);
+  t.equal(prune.code, 0, prune.stderr);
+  const named = listTree(store).filter((f) => f.includes('secret-vm') || fs.readFileSync(path.join(store, f)).includes('secret-vm'));
+  t.same(named, [], 'no object name or content holds the disk id');
+});
+
+function listTree(dir: string): string[] {
+  return (fs.readdirSync(dir, { recursive: true, withFileTypes: true }) as fs.Dirent[])
+    .filter((e) => e.isFile())
+    .map((e) => path.relative(dir, path.join(e.parentPath, e.name)))
+    .sort();
+}
