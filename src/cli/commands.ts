@@ -23,7 +23,7 @@ import {
 } from './store-flags.js';
 import { bytes, failureLine, rate, secs } from './format.js';
 import { ProgressBar } from './progress.js';
-import { stoppable } from './signals.js';
+import { stoppable, untilStopped } from './signals.js';
 import {
   checkVmForm,
   isVmwareSource,
@@ -54,6 +54,7 @@ function replicateStopNote(err: RnodeError): string {
     case 'earlier':
       return 'its last checkpoint is kept (the chunks stored after it are not in it): run the same command again to resume from there';
     case 'none':
+      if (typeof err.details.startsOver === 'string') return `${err.details.startsOver}: run the same command again`;
       return 'no checkpoint was written: the same command run again starts the point over';
     default:
       return 'run the same command again: it resumes from the last checkpoint, if one was written';
@@ -109,12 +110,15 @@ const replicateCmd: Command = {
     const { replicate } = await import('../jobs/replicate.js');
     // A file's absolute path goes into the point: what a later run without --disk compares against (plan.ts).
     const cache = changeHashDir(str(v, 'cache-dir'));
-    const source = await (await import('../source/index.js')).openSource(isUrlSource(sourceArg) ? sourceArg : path.resolve(sourceArg));
-    try {
-      const target = str(v, 'target')!;
-      const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
-      const r = await stoppable('replicate', replicateStopNote, (signal) =>
-        withStore(
+    const { openSource } = await import('../source/index.js');
+    const target = str(v, 'target')!;
+    const bar = new ProgressBar({ label: `replicate ${disk}`, enabled: v.json !== true });
+    // The source opens under the stop signal too: an NBD handshake waits up to 30 s for a busy server.
+    const r = await stoppable('replicate', replicateStopNote, async (signal) => {
+      const opening = openSource(isUrlSource(sourceArg) ? sourceArg : path.resolve(sourceArg));
+      const source = await untilStopped(opening, signal, 'opening the source', (s) => s.close());
+      try {
+        return await withStore(
           target,
           (store) =>
             replicate({
@@ -138,25 +142,25 @@ const replicateCmd: Command = {
             }),
           v,
           { bandwidth, creates: true, flag: '--target', signal },
-        ),
-      ).finally(() => bar.done());
-      print(io, v.json === true, r, () => [
-        `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.rebasedFrom ?? r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
-          (r.rebasedFrom !== undefined ? ' (its table stands alone: the chain of deltas was at its length limit)' : '') +
-          (r.fullReason ? ` (${r.fullReason})` : '') +
-          (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
-        // A resumed run's figures are the whole point's (its checkpoints carry them); its seconds are its own.
-        r.resumed
-          ? `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk for the whole point, with the interrupted run's; this run took ${secs(r.seconds)}`
-          : `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
-        `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
-        `  dedup    ${r.chunksDeduplicated} chunks (${bytes(r.bytesDeduplicated)}) already in the repository; ${r.packsWritten} packs written`,
-        `  stored   ${bytes(r.bytesWritten)}${r.encryption ? ` (encrypted, ${r.encryption.alg}, key id ${r.encryption.keyId})` : ''}`,
-        ...(r.stages ? [stagesLine(r.stages)] : []),
-      ]);
-    } finally {
-      await source.close();
-    }
+        );
+      } finally {
+        await source.close();
+      }
+    }).finally(() => bar.done());
+    print(io, v.json === true, r, () => [
+      `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.rebasedFrom ?? r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
+        (r.rebasedFrom !== undefined ? ' (its table stands alone: the chain of deltas was at its length limit)' : '') +
+        (r.fullReason ? ` (${r.fullReason})` : '') +
+        (r.rescanReason ? ` (read in full: ${r.rescanReason})` : ''),
+      // A resumed run's figures are the whole point's (its checkpoints carry them); its seconds are its own.
+      r.resumed
+        ? `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk for the whole point, with the interrupted run's; this run took ${secs(r.seconds)}`
+        : `  read     ${bytes(r.bytesRead)} of a ${bytes(r.diskSize)} disk in ${secs(r.seconds)} (${rate(r.diskSize, r.seconds)} of disk)`,
+      `  chunks   ${r.chunksChanged} changed, ${r.chunksZero} zero, ${r.chunksTotal} in all (${bytes(r.chunkSize)} each)`,
+      `  dedup    ${r.chunksDeduplicated} chunks (${bytes(r.bytesDeduplicated)}) already in the repository; ${r.packsWritten} packs written`,
+      `  stored   ${bytes(r.bytesWritten)}${r.encryption ? ` (encrypted, ${r.encryption.alg}, key id ${r.encryption.keyId})` : ''}`,
+      ...(r.stages ? [stagesLine(r.stages)] : []),
+    ]);
     return 0;
   },
 };

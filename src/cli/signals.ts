@@ -69,3 +69,27 @@ export async function stoppable<T>(
     process.off('SIGINT', onInt);
   }
 }
+
+/**
+ * p, or RNODE_CANCELLED as soon as the stop signal comes (a step that cannot be stopped itself, such as opening a
+ * source, must not keep the stop waiting); what p yields after that is disposed of. Nothing was written yet:
+ * details.checkpoint is none.
+ */
+export async function untilStopped<T>(p: Promise<T>, signal: AbortSignal, step: string, dispose: (v: T) => unknown): Promise<T> {
+  if (!signal.aborted) {
+    let onAbort = () => undefined as void;
+    const stopped = new Promise<never>((_, reject) => {
+      onAbort = () => reject(new RnodeError(ErrorCodes.CANCELLED, `stopped while ${step}`));
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      return await Promise.race([p, stopped]);
+    } catch (err) {
+      if (!signal.aborted) throw err;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+  p.then(dispose, () => undefined);
+  throw new RnodeError(ErrorCodes.CANCELLED, `stopped while ${step}`, { details: { checkpoint: 'none' } });
+}

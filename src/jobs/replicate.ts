@@ -88,19 +88,29 @@ export type CheckpointState = 'all' | 'earlier' | 'none';
  * written as a run stops can fail too (a store that is gone is why a run is often stopped): only what was written
  * is claimed. Any other failure is returned as it is.
  */
-function withCheckpointState(err: unknown, table: TableWriter, resumed: boolean): unknown {
+function withCheckpointState(err: unknown, table: TableWriter, resumed: boolean, source: BlockSource, identity: string | undefined): unknown {
   if (!isRnodeError(err, ErrorCodes.CANCELLED)) return err;
   const written = table.checkpointsWritten > 0;
-  const checkpoint: CheckpointState = written && table.checkpointFailure === undefined ? 'all' : written || resumed ? 'earlier' : 'none';
-  const kept = {
-    all: 'the chunks stored so far are checkpointed: the next run resumes',
-    earlier: 'its last checkpoint is kept (the chunks stored after it are not in it): the next run resumes from there',
-    none: 'no checkpoint was written: the next run starts the point over',
-  }[checkpoint];
+  // A source that cannot say its data is still the data read (an NBD export, a VDDK disk) is never resumed
+  // (openCheckpoint): its checkpoint only keeps the stored chunks known, so they are not sent again.
+  const unresumable = identity === undefined;
+  const checkpoint: CheckpointState = unresumable ? 'none' : written && table.checkpointFailure === undefined ? 'all' : written || resumed ? 'earlier' : 'none';
+  const kept = unresumable
+    ? sourceStartsOver(source)
+    : {
+        all: 'the chunks stored so far are checkpointed: the next run resumes',
+        earlier: 'its last checkpoint is kept (the chunks stored after it are not in it): the next run resumes from there',
+        none: 'no checkpoint was written: the next run starts the point over',
+      }[checkpoint];
   return new RnodeError(ErrorCodes.CANCELLED, `replication was cancelled and the point was not committed; ${kept}`, {
     cause: err,
-    details: { ...err.details, checkpoint },
+    details: { ...err.details, checkpoint, ...(unresumable ? { startsOver: sourceStartsOver(source) } : {}) },
   });
+}
+
+/** Why the next run of a source that cannot be resumed reads the point again, and what it is spared. */
+function sourceStartsOver(source: BlockSource): string {
+  return `the source (${source.kind}) cannot show that its data is still the data read, so the next run reads the point again (the chunks stored are not sent again)`;
 }
 
 async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined, damagedChain?: string): Promise<ReplicateResult> {
@@ -166,7 +176,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined,
         table.flush(scan.nextIndex);
         await table.settled();
       }
-      throw withCheckpointState(run.failure, table, from.resumed);
+      throw withCheckpointState(run.failure, table, from.resumed, source, identity);
     }
     if (table.waiting > 0 || table.segments.length === 0) table.flush(grid.count);
     await table.settled();

@@ -91,7 +91,12 @@ t.test('SIGTERM under --bandwidth drops the packs waiting for bandwidth and chec
   const atExit = chunkFiles(store);
   t.ok(atExit <= atSignal + 1, `${atExit} packs stored at the exit, ${atSignal} at the signal: at most the one being written went on`);
   // 16 chunks a pack: the checkpoint covers the stored packs' chunks (a few of a pack may be in the next one).
-  const pending = decodePendingV2(fs.readFileSync(path.join(store, 'r2', 'plain', 'disks', 'd', 'pending', '0000000001')), Domain.of(undefined), 'd', 1);
+  const pending = decodePendingV2(
+    fs.readFileSync(path.join(store, 'r2', 'plain', 'disks', 'd', 'pending', '0000000001')),
+    Domain.of(undefined),
+    'd',
+    1,
+  );
   t.ok(pending.nextIndex >= 16 * (atSignal - 1), `the checkpoint goes on to chunk ${pending.nextIndex} (${atExit} packs of 16 stored)`);
   t.ok(pending.nextIndex <= 16 * atExit, 'and not past the chunks stored');
 
@@ -103,21 +108,7 @@ t.test('SIGTERM under --bandwidth drops the packs waiting for bandwidth and chec
   t.ok(fs.readFileSync(path.join(dir, 'out.img')).equals(fs.readFileSync(image)), 'byte-exact');
 });
 
-// A second signal exits at once; with --json its error was on stderr only, and stdout was empty: a caller reading the
-// one JSON document the command promises got nothing to parse.
-t.test('a second SIGINT exits at once, and with --json says so as the one JSON document on stdout', async (t) => {
-  const { child, out, exited, storing } = throttledReplicate(t, 'second-signal', 16 * MiB, ['--json']);
-  await storing(4);
-  child.kill('SIGINT');
-  await new Promise((r) => setTimeout(r, 50));
-  child.kill('SIGINT');
-  t.equal(await exited, 130, 'exit 130 (128 + SIGINT)');
-  t.match(
-    JSON.parse(out.stdout),
-    { error: { code: 'RNODE_CANCELLED', message: /replicate stopped at once by a second SIGINT/ } },
-    'one JSON document',
-  );
-});
+// The second signal's exit at once: test/nbd/stop.test.ts (a stop there waits for reads a slow server holds).
 
 // Graceful SIGTERM of prune: it stops only where the repository is consistent (between deletes, between phases), exits
 // 143 with RNODE_CANCELLED, `rnode check --read-data` finds nothing wrong and the next prune finishes the work. The

@@ -97,6 +97,10 @@ export class ChunkScan {
     const lent = (plan.scan && parentView) || plan.full ? opts.source.lendFd?.() : undefined;
     // A full point's chunks are read on the codec workers through this fd, not through source.read().
     const readFd = plan.full ? lent?.fd : undefined;
+    // A stop is heard at once, also by a reader waiting for a buffer: it read one more chunk when the buffer came
+    // back (a slow NBD server's read after SIGTERM doubled the stop).
+    const stop = () => run.fail(new RnodeError(ErrorCodes.CANCELLED, 'replication was cancelled; the point was not committed'));
+    opts.signal?.addEventListener('abort', stop, { once: true });
     try {
       stream: for await (const batch of this.stream(parentView, plan.full ? undefined : lent?.fd))
         for (const c of batch) {
@@ -165,6 +169,7 @@ export class ChunkScan {
     } catch (err) {
       run.fail(err);
     } finally {
+      opts.signal?.removeEventListener('abort', stop);
       await Promise.all(inflight);
       // Every chunk is settled and stored: the buffers go back for the next run.
       this.plainPool.close(recycleShared);

@@ -1,0 +1,111 @@
+// SIGTERM to a replicate of an NBD source. Three ways it went wrong: a signal while the NBD handshake waited (a busy
+// server) killed the process with no RNODE_CANCELLED line and no JSON error; the reader, waiting for a buffer when the
+// signal came, sent one more READ when the buffer came back (a slow server's stop took twice as long); and the stop
+// said "the chunks stored so far are checkpointed: run the same command again to resume", though an NBD source is
+// never resumed (it cannot show its data is still the data read), so the next run read the whole point again. A slow
+// server also holds a first stop long enough to test the second signal's exit at once.
+import t, { type Test } from 'tap';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { CLI, ensureBuilt, plainNode } from '../helpers/cli.js';
+import { MiB, randomData, tmpDir } from '../helpers/images.js';
+
+function spawnReplicate(t: Test, source: string, store: string) {
+  const child = spawn(...plainNode([CLI, 'replicate', '--source', source, '--target', store, '--disk', 'd', '--json']), {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  const out = { stdout: '', stderr: '' };
+  child.stdout.on('data', (b: Buffer) => (out.stdout += b));
+  child.stderr.on('data', (b: Buffer) => (out.stderr += b));
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  return { child, out, exited };
+}
+
+async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
+  for (const deadline = Date.now() + ms; !ok();) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+t.test('SIGTERM while the NBD handshake waits: exit 143 with RNODE_CANCELLED, at once', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'nbd-stop-handshake');
+  const socket = path.join(dir, 'mute.sock');
+  // A server that accepts and never says a word: the handshake waits (up to 30 s) for its greeting.
+  const held: net.Socket[] = [];
+  const mute = net.createServer((s) => void held.push(s));
+  await new Promise<void>((r) => mute.listen(socket, () => r()));
+  t.teardown(() => {
+    for (const s of held) s.destroy();
+    mute.close();
+  });
+  const { child, out, exited } = spawnReplicate(t, `nbd+unix:///?socket=${socket}`, path.join(dir, 'store'));
+  await until('the connection', () => held.length > 0);
+  const signalled = Date.now();
+  child.kill('SIGTERM');
+  t.equal(await exited, 143, out.stderr);
+  t.ok(Date.now() - signalled < 10_000, 'it did not wait for the handshake timeout');
+  t.match(JSON.parse(out.stdout), { error: { code: 'RNODE_CANCELLED', message: /replicate stopped by SIGTERM/ } });
+  t.match(out.stderr, /RNODE_CANCELLED: replicate stopped by SIGTERM/);
+});
+
+/** nbdkit serving image on a socket in dir, every READ answered after delay; the log counts the READs sent. */
+async function slowServer(t: Test, dir: string, image: string, delay: string) {
+  const socket = path.join(dir, 'k.sock');
+  const log = path.join(dir, 'nbd.log');
+  const server = spawn('nbdkit', ['-f', '-r', '-U', socket, '--filter=log', '--filter=delay', 'file', image, `rdelay=${delay}`, `logfile=${log}`], {
+    stdio: 'ignore',
+  });
+  t.teardown(() => {
+    server.kill('SIGKILL');
+  });
+  await until('nbdkit', () => fs.existsSync(socket));
+  const reads = () => (fs.existsSync(log) ? (fs.readFileSync(log, 'utf8').match(/ Read id=\d+ /g)?.length ?? 0) : 0);
+  return { url: `nbd+unix:///?socket=${socket}`, reads };
+}
+
+t.test('SIGTERM to an NBD replicate: no read after it, and the message says the next run reads the point again', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'nbd-stop-reads');
+  const image = path.join(dir, 'disk.raw');
+  fs.writeFileSync(image, randomData(64 * MiB, 9));
+  // Every READ answered after 1.5 s: the run's buffers are all waiting on the server most of the time.
+  const { url, reads } = await slowServer(t, dir, image, '1500ms');
+  const { child, out, exited } = spawnReplicate(t, url, path.join(dir, 'store'));
+  await until('reads', () => reads() >= 4);
+  const atSignal = reads();
+  child.kill('SIGTERM');
+  t.equal(await exited, 143, out.stderr);
+  t.equal(reads(), atSignal, `no READ was sent after the signal (${atSignal} before it)`);
+  const err = JSON.parse(out.stdout).error;
+  t.equal(err.code, 'RNODE_CANCELLED');
+  t.match(err.message, /the source \(nbd\) cannot show that its data is still the data read, so the next run reads the point again/);
+  t.notMatch(err.message, /resume/);
+});
+
+// A second signal exits at once; with --json its error was on stderr only, and stdout was empty: a caller reading the
+// one JSON document the command promises got nothing to parse. (The first stop waits here for the READs in flight.)
+t.test('a second SIGINT exits at once, and with --json says so as the one JSON document on stdout', async (t) => {
+  ensureBuilt();
+  const dir = tmpDir(t, 'nbd-second-signal');
+  const image = path.join(dir, 'disk.raw');
+  fs.writeFileSync(image, randomData(16 * MiB, 10));
+  const { url, reads } = await slowServer(t, dir, image, '5');
+  const { child, out, exited } = spawnReplicate(t, url, path.join(dir, 'store'));
+  await until('reads', () => reads() >= 2);
+  child.kill('SIGINT');
+  await new Promise((r) => setTimeout(r, 50));
+  child.kill('SIGINT');
+  t.equal(await exited, 130, 'exit 130 (128 + SIGINT)');
+  t.match(
+    JSON.parse(out.stdout),
+    { error: { code: 'RNODE_CANCELLED', message: /replicate stopped at once by a second SIGINT/ } },
+    'one JSON document',
+  );
+});
