@@ -197,6 +197,14 @@ t.test('parseNbdUrl', async (t) => {
   t.throws(() => parseNbdUrl('nbd+unix:///?socket=/s&bitmap=c5&bitmap=zzz'), { message: /parameter "bitmap" is given more than once/ });
   t.throws(() => parseNbdUrl('nbd+unix:///?socket=/a&socket=/b'), { message: /parameter "socket" is given more than once/ });
   t.throws(() => parseNbdUrl('nbd://127.0.0.1:99999/x'), { code: ErrorCodes.BAD_SOURCE, message: /port 99999 is out of range \(1 to 65535\)/ });
+  t.throws(() => parseNbdUrl('nbd://127.0.0.1:0/x'), { code: ErrorCodes.BAD_SOURCE, message: /port 0 is out of range/ });
+  t.throws(() => parseNbdUrl('nbd+unix:///?socket=/s&bitmap=%ZZ'), { code: ErrorCodes.BAD_SOURCE, message: /not valid percent-encoding/ });
+  // A URI's query, as qemu and libnbd read it: '+' is a plus (form encoding made it a space: socket "p q.sock").
+  const plus = parseNbdUrl('nbd+unix:///?socket=/run/p+q.sock&bitmap=c+1&checkpoint=c%2B2');
+  t.same(plus.target, { path: '/run/p+q.sock' });
+  t.equal(plus.bitmap, 'c+1');
+  t.equal(plus.checkpoint, 'c+2');
+  t.equal(parseNbdUrl(plus.location).bitmap, 'c+1', 'the location kept in points reads back the same');
 });
 
 // `--source 'nbd://u:S3CRET@127.0.0.1:9/exp'` (or ?password=S3CRET) was refused with the whole URL in the message,

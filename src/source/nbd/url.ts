@@ -38,6 +38,31 @@ function bitmapName(url: string, key: string, value: string | null): string | un
   return value;
 }
 
+/**
+ * The query's parameters, percent-decoded as a URI's are (qemu and libnbd read them so): a '+' is a plus, not the
+ * space of form encoding (a bitmap named c+1 was looked up as "c 1", and the socket p+q.sock as "p q.sock").
+ */
+function queryParams(url: string, search: string): Map<string, string> {
+  const params = new Map<string, string>();
+  for (const part of search.replace(/^\?/, '').split('&')) {
+    if (part === '') continue;
+    const eq = part.indexOf('=');
+    let key: string;
+    let value: string;
+    try {
+      key = decodeURIComponent(eq < 0 ? part : part.slice(0, eq));
+      value = eq < 0 ? '' : decodeURIComponent(part.slice(eq + 1));
+    } catch {
+      throw bad(url, 'a parameter is not valid percent-encoding');
+    }
+    if (!PARAMS.has(key)) throw bad(url, `parameter "${key}" is not supported`);
+    // Given twice, the first would win silently: the bitmap read may not be the one meant.
+    if (params.has(key)) throw bad(url, `parameter "${key}" is given more than once`);
+    params.set(key, value);
+  }
+  return params;
+}
+
 export function parseNbdUrl(url: string): NbdUrl {
   let u: URL;
   try {
@@ -50,11 +75,7 @@ export function parseNbdUrl(url: string): NbdUrl {
   if (scheme !== 'nbd' && scheme !== 'nbd+unix') {
     throw bad(url, scheme === 'nbds' || scheme === 'nbds+unix' ? 'TLS (nbds) is not supported yet' : `scheme ${scheme}: is not an NBD scheme`);
   }
-  for (const key of u.searchParams.keys()) {
-    if (!PARAMS.has(key)) throw bad(url, `parameter "${key}" is not supported`);
-    // Given twice, the first would win silently: the bitmap read may not be the one meant.
-    if (u.searchParams.getAll(key).length > 1) throw bad(url, `parameter "${key}" is given more than once`);
-  }
+  const params = queryParams(url, u.search);
   if (u.username || u.password) throw bad(url, 'NBD URLs carry no credentials');
   if (u.hash) throw bad(url, 'a #fragment has no meaning here');
   let exportName: string;
@@ -64,9 +85,9 @@ export function parseNbdUrl(url: string): NbdUrl {
     throw bad(url, 'the export name is not valid percent-encoding');
   }
   if (Buffer.byteLength(exportName) > 4096) throw bad(url, 'the export name is longer than 4096 bytes');
-  const bitmap = bitmapName(url, 'bitmap', u.searchParams.get('bitmap'));
-  const checkpoint = bitmapName(url, 'checkpoint', u.searchParams.get('checkpoint'));
-  const socket = u.searchParams.get('socket');
+  const bitmap = bitmapName(url, 'bitmap', params.get('bitmap') ?? null);
+  const checkpoint = bitmapName(url, 'checkpoint', params.get('checkpoint') ?? null);
+  const socket = params.get('socket') ?? null;
 
   let target: NbdTarget;
   if (scheme === 'nbd+unix') {
@@ -77,6 +98,7 @@ export function parseNbdUrl(url: string): NbdUrl {
     if (socket !== null) throw bad(url, 'socket= belongs to nbd+unix URLs');
     if (!u.hostname) throw bad(url, 'a host is required');
     const port = u.port ? Number(u.port) : DEFAULT_NBD_PORT;
+    if (port === 0) throw bad(url, 'port 0 is out of range (1 to 65535)');
     target = { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port };
   }
 
