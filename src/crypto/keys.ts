@@ -202,6 +202,18 @@ export function parseKeyMaterial(material: Uint8Array): Buffer | undefined {
 }
 
 /**
+ * True for a value given where a secret's file path goes that is no existing file and reads like a secret, not a path:
+ * key material in any form a key file takes, or a token-like word (20+ characters of the hex/base64 alphabets, no '.'
+ * and no '/' unless it ends in base64 padding). Errors then say so without printing it back (logs keep stderr).
+ */
+export function looksLikeSecret(value: string): boolean {
+  const t = value.trim();
+  if (fs.existsSync(value)) return false;
+  if (parseKeyMaterial(Buffer.from(t, 'latin1')) && t.length >= 43) return true;
+  return t.length >= 20 && /^[A-Za-z0-9+/_-]+={0,2}$/.test(t) && (!t.includes('/') || t.endsWith('='));
+}
+
+/**
  * Reads a key file. Refuses a file group or others may read or write (like ssh does for private keys): a key
  * anyone on the machine can read protects nothing. Errors name the file and the rule, never the content. What the
  * file holds is checked before its mode: a file that is no key (a mistyped path, /etc/passwd) is named as such, and
@@ -210,7 +222,7 @@ export function parseKeyMaterial(material: Uint8Array): Buffer | undefined {
 export function readKeyFile(file: string, flag = '--encryption-key-file'): EncryptionKey {
   const fail = (why: string) => new RnodeError(ErrorCodes.KEY_FILE, `${flag} ${file}: ${why}`);
   // The key itself given where its file's path goes: say so without printing it back (logs keep stderr).
-  if (/^(?:[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=)$/.test(file.trim()) && !fs.existsSync(file)) {
+  if (looksLikeSecret(file)) {
     throw new RnodeError(
       ErrorCodes.KEY_FILE,
       `${flag} takes the path of a file holding the key, and was given what looks like the key itself (not shown); write it into a file (chmod 600) and pass that file`,

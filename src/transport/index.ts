@@ -1,7 +1,7 @@
 // The peer transport: wire frames, the RemoteStore client (registered for ws:// and wss://) and the
 // receiving node's server. Importing this module registers the schemes with the store registry.
 import { X509Certificate } from 'node:crypto';
-import { checkKeyFileMode } from '../crypto/keys.js';
+import { checkKeyFileMode, looksLikeSecret } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { parseSize } from '../pipeline/grid.js';
 import { readRegularFile } from '../regular-file.js';
@@ -29,9 +29,11 @@ export function readTokenFile(file: string): string {
     text = data.toString('utf8');
   } catch (err) {
     if (err instanceof RnodeError) throw err;
+    // The token itself given where its file's path goes: say so without printing it back.
+    const named = looksLikeSecret(file) ? '(the value given looks like the token itself, not shown)' : file;
     throw new RnodeError(
       ErrorCodes.USAGE,
-      `cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file <file holding the token>`,
+      `cannot read the token file ${named}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file <file holding the token>`,
     );
   }
   const token = text.trim();

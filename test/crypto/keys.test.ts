@@ -141,3 +141,38 @@ t.test('the CLI: --encryption-key-file mistakes exit 2 with one line, and nothin
   }
   t.notOk(fs.existsSync(store), 'nothing was written');
 });
+
+// A secret typed where its file's path goes ("$(cat key)") was printed back in the error when it was in a form the
+// check did not know: unpadded base64 and base64url keys (which key files accept), and tokens of any form.
+t.test('a key or token given as the path of its file is not printed back, in any form a secret takes', async (t) => {
+  const dir = tmpDir(t, 'secret-as-path');
+  const img = path.join(dir, 'd.img');
+  fs.writeFileSync(img, Buffer.alloc(64 * 1024, 1));
+  const store = path.join(dir, 'store');
+  const b64 = MASTER.toString('base64');
+  for (const key of [MASTER.toString('hex'), b64, b64.replace(/=+$/, ''), MASTER.toString('base64url')]) {
+    const r = await runCli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--encryption-key-file', key]);
+    t.equal(r.code, 2, r.stderr);
+    t.match(r.stderr, /RNODE_KEY_FILE: --encryption-key-file takes the path of a file holding the key, and was given what looks like the key itself \(not shown\)/);
+    t.notOk(r.stderr.includes(key.slice(4, 30)), `${key.length} characters: not in the message`);
+  }
+  const token = crypto.randomBytes(24).toString('hex');
+  const slashy = `${crypto.randomBytes(30).toString('base64').replace(/=*$/, '')}/x=`; // standard base64 has '/'
+  for (const tok of [token, slashy]) {
+    for (const args of [
+      ['replicate', '--source', img, '--target', 'ws://127.0.0.1:1', '--disk', 'd', '--token-file', tok],
+      ['serve', '--listen', '127.0.0.1:0', '--store', store, '--token-file', tok],
+      ['agent', '--server', 'ws://127.0.0.1:1', '--token-file', tok],
+    ]) {
+      const r = await runCli(args);
+      t.equal(r.code, 2, `${args[0]}: ${r.stderr}`);
+      t.match(r.stderr, /RNODE_USAGE: .*looks like the token itself.*not shown/, args[0]);
+      t.notOk(r.stderr.includes(tok.slice(4, 30)), `${args[0]}: the token is not in the message`);
+    }
+  }
+  // A path stays named: it is what to fix.
+  const missing = path.join(dir, 'node.token');
+  const r = await runCli(['serve', '--listen', '127.0.0.1:0', '--store', store, '--token-file', missing]);
+  t.equal(r.code, 2);
+  t.ok(r.stderr.includes(missing), r.stderr);
+});
