@@ -94,6 +94,16 @@ t.test('npm pack, npm install -g offline without scripts, run the installed rnod
     files.some((f) => f.startsWith('src/') || f.startsWith('test/') || f.startsWith('build/') || f.startsWith('native/build/')),
     'no sources, tests or node-gyp leftovers',
   );
+  t.notOk(
+    files.some((f) => f.startsWith('dist/bench/')),
+    'no benchmark harness (it needs the repository)',
+  );
+  // Errors send users to docs/*.md and the README to deploy/README.md: an installed package holds them.
+  const named = new Set<string>();
+  for (const f of listSources(path.join(ROOT, 'src'))) for (const m of fs.readFileSync(f, 'utf8').matchAll(/docs\/[a-z0-9-]+\.md/g)) named.add(m[0]);
+  for (const m of fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8').matchAll(/\((docs\/[a-z0-9-]+\.md|deploy\/README\.md)\)/g)) named.add(m[1]);
+  const unshipped = [...named].filter((f) => !files.includes(f));
+  t.same(unshipped, [], `every page the errors and README name is in the tarball (${named.size})`);
 
   const registry = await lockfileRegistry(t);
   const prefix = path.join(dir, 'prefix');
@@ -187,3 +197,9 @@ t.test('the generated node-gyp config is not part of the repository', async (t) 
   const tracked = execFileSync('git', ['ls-files', 'build', 'prebuilds'], { cwd: ROOT, encoding: 'utf8' });
   t.equal(tracked.trim(), '', 'build/ and prebuilds/ are build outputs');
 });
+
+function listSources(dir: string): string[] {
+  return fs
+    .readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? listSources(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+}
