@@ -274,26 +274,31 @@ export async function chainFrom(store: ObjectStore, first: PointManifest, key: E
  * holds other encrypted repositories; KEY_REQUIRED when no key was given and it holds encrypted ones; else
  * DISK_NOT_FOUND.
  */
+/** True when the store holds an encrypted repository other than the key's own (one listed object is enough). */
+async function holdsOtherEncrypted(store: ObjectStore, key: EncryptionKey | undefined): Promise<boolean> {
+  const own = Domain.of(key).name;
+  for await (const o of store.list(r2.sealedDomainsPrefix)) {
+    const h = classify(o.key);
+    if (h && 'domain' in h && h.domain !== own && h.domain !== PLAIN_DOMAIN) return true;
+  }
+  return false;
+}
+
 export async function explainNoPoints(store: ObjectStore, disk: string, key: EncryptionKey | undefined): Promise<never> {
   const claim = await readClaim(store, disk);
   checkClaim(claim, key, disk);
-  // Every disk with v2 points has a claim (written before its first commit): without one, the id is not in the store
-  // (a typo), whatever key was given or its repositories need.
+  const otherEncrypted = await holdsOtherEncrypted(store, key);
+  // A disk with v2 points has a claim (written before its first commit): without one, the id is mostly not in the
+  // store (a typo). Builds between repository v2 and claims wrote encrypted disks without one: only their key finds them.
   if (!claim) {
     throw new RnodeError(
       ErrorCodes.DISK_NOT_FOUND,
-      `disk ${disk} has no committed points in ${store.location}; check --disk and --store ("rnode disks --store ${store.location}" lists its disks)`,
+      `disk ${disk} has no committed points in ${store.location}; check --disk and --store ("rnode disks --store ${store.location}" lists its disks)` +
+        (otherEncrypted
+          ? `; the store also holds encrypted disks ${key ? 'of other keys ' : ''}that are named only with their key (one written before disk claims has no claim): pass its key with --encryption-key-file`
+          : ''),
       { details: { disk } },
     );
-  }
-  const own = Domain.of(key).name;
-  let otherEncrypted = false;
-  for await (const o of store.list(r2.prefix)) {
-    const h = classify(o.key);
-    if (h && 'domain' in h && h.domain !== own && h.domain !== PLAIN_DOMAIN) {
-      otherEncrypted = true;
-      break;
-    }
   }
   if (key && (await listV2PointSeqs(store, disk, undefined)).length > 0) {
     throw new RnodeError(ErrorCodes.KEY_MISMATCH, `disk ${disk} is not encrypted; leave out the encryption key`, { details: { disk } });

@@ -95,3 +95,23 @@ function listTree(dir: string): string[] {
     .map((e) => path.relative(dir, path.join(e.parentPath, e.name)))
     .sort();
 }
+
+// A disk an rnode wrote before disk claims has none: without its key it was "not found, check --disk", with no word of
+// the encrypted disks the store holds, where it is.
+t.test('an encrypted disk without a claim: the not-found error says the store holds disks found only with their key', async (t) => {
+  const dir = tmpDir(t, 'no-claim');
+  const store = path.join(dir, 'store');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(1024 * 1024, 5));
+  const keyFile = path.join(dir, 'k');
+  fs.writeFileSync(keyFile, Buffer.alloc(32, 7).toString('hex'), { mode: 0o600 });
+  t.equal((await runCli(['replicate', '--source', img, '--target', store, '--disk', 'old', '--encryption-key-file', keyFile])).code, 0);
+  fs.rmSync(path.join(store, 'claims'), { recursive: true });
+  for (const cmd of [['points'], ['recover', '--out', path.join(dir, 'o.img')]]) {
+    const r = await runCli([cmd[0], '--store', store, '--disk', 'old', ...cmd.slice(1)]);
+    t.equal(r.code, 1, r.stderr);
+    t.match(r.stderr, /RNODE_DISK_NOT_FOUND: .*the store also holds encrypted disks that are named only with their key .*pass its key with --encryption-key-file/);
+  }
+  const r = await runCli(['points', '--store', store, '--disk', 'old', '--encryption-key-file', keyFile]);
+  t.equal(r.code, 0, r.stderr);
+});
