@@ -44,7 +44,10 @@ export const agentCommand: Command = {
     required(v, 'agent', 'server', 'token-file');
     const server = str(v, 'server')!; // checked by Agent.start, which never echoes it (it may hold a password)
     const tokenFile = str(v, 'token-file')!;
-    if (looksLikeSecret(tokenFile)) throw usage(`--token-file takes the path of a file holding the token, and was given what looks like the token itself (not shown); write it into a file (chmod 600) and pass that file`);
+    if (looksLikeSecret(tokenFile))
+      throw usage(
+        `--token-file takes the path of a file holding the token, and was given what looks like the token itself (not shown); write it into a file (chmod 600) and pass that file`,
+      );
     if (!fs.existsSync(tokenFile)) throw usage(`--token-file ${tokenFile} does not exist; put the node's token in it (one line)`);
     const tokenStat = fs.statSync(tokenFile);
     // The node reads it at every connect: a FIFO there would hang the whole node in that read.

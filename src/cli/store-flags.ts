@@ -57,7 +57,10 @@ export async function openStoreFromFlags(location: string, v: Values, opts: Stor
   assertStoreFolder(location, opts.creates === true, opts.flag);
   // ws:// and wss:// stores come with the peer transport, which registers them; it is loaded only for such a store.
   if (isRemoteLocation(location)) await import('../transport/index.js');
-  return openStore(location, { ...(remote ? { remote } : {}), ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth, signal: opts.signal } } : {}) });
+  return openStore(location, {
+    ...(remote ? { remote } : {}),
+    ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth, signal: opts.signal } } : {}),
+  });
 }
 
 /** openStoreFromFlags, then fn, then close. */

@@ -94,7 +94,13 @@ function withCheckpointState(err: unknown, table: TableWriter, resumed: boolean,
   // A source that cannot say its data is still the data read (an NBD export, a VDDK disk) is never resumed
   // (openCheckpoint): its checkpoint only keeps the stored chunks known, so they are not sent again.
   const unresumable = identity === undefined;
-  const checkpoint: CheckpointState = unresumable ? 'none' : written && table.checkpointFailure === undefined ? 'all' : written || resumed ? 'earlier' : 'none';
+  const checkpoint: CheckpointState = unresumable
+    ? 'none'
+    : written && table.checkpointFailure === undefined
+      ? 'all'
+      : written || resumed
+        ? 'earlier'
+        : 'none';
   const kept = unresumable
     ? sourceStartsOver(source)
     : {

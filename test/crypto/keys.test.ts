@@ -153,7 +153,10 @@ t.test('a key or token given as the path of its file is not printed back, in any
   for (const key of [MASTER.toString('hex'), b64, b64.replace(/=+$/, ''), MASTER.toString('base64url')]) {
     const r = await runCli(['replicate', '--source', img, '--target', store, '--disk', 'd', '--encryption-key-file', key]);
     t.equal(r.code, 2, r.stderr);
-    t.match(r.stderr, /RNODE_KEY_FILE: --encryption-key-file takes the path of a file holding the key, and was given what looks like the key itself \(not shown\)/);
+    t.match(
+      r.stderr,
+      /RNODE_KEY_FILE: --encryption-key-file takes the path of a file holding the key, and was given what looks like the key itself \(not shown\)/,
+    );
     t.notOk(r.stderr.includes(key.slice(4, 30)), `${key.length} characters: not in the message`);
   }
   const token = crypto.randomBytes(24).toString('hex');

@@ -110,7 +110,10 @@ t.test('an encrypted disk without a claim: the not-found error says the store ho
   for (const cmd of [['points'], ['recover', '--out', path.join(dir, 'o.img')]]) {
     const r = await runCli([cmd[0], '--store', store, '--disk', 'old', ...cmd.slice(1)]);
     t.equal(r.code, 1, r.stderr);
-    t.match(r.stderr, /RNODE_DISK_NOT_FOUND: .*the store also holds encrypted disks that are named only with their key .*pass its key with --encryption-key-file/);
+    t.match(
+      r.stderr,
+      /RNODE_DISK_NOT_FOUND: .*the store also holds encrypted disks that are named only with their key .*pass its key with --encryption-key-file/,
+    );
   }
   const r = await runCli(['points', '--store', store, '--disk', 'old', '--encryption-key-file', keyFile]);
   t.equal(r.code, 0, r.stderr);

@@ -23,10 +23,12 @@ const WINDOW = 2 * MiB;
 /** Bytes of the packs on the node (random data: about a chunk's size per chunk stored). */
 function packBytes(storeDir: string): number {
   const dir = path.join(storeDir, r2.packsPrefix('plain'));
-  return listFiles(dir)
-    .filter((f) => !f.includes('\\'))
-    // A temporary file may be renamed between the listing and its stat: it counts as 0 then.
-    .reduce((n, f) => n + (fs.statSync(path.join(dir, f), { throwIfNoEntry: false })?.size ?? 0), 0);
+  return (
+    listFiles(dir)
+      .filter((f) => !f.includes('\\'))
+      // A temporary file may be renamed between the listing and its stat: it counts as 0 then.
+      .reduce((n, f) => n + (fs.statSync(path.join(dir, f), { throwIfNoEntry: false })?.size ?? 0), 0)
+  );
 }
 
 /** The pending checkpoint of point 1 of disk d on the node, if one is there. */
