@@ -13,7 +13,8 @@
       "src/chunk_io.cc",
       "src/xxh64.cc",
       "src/xxh3.cc",
-      "src/cpu_clock.cc"
+      "src/cpu_clock.cc",
+      "src/socket_queue.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": [

@@ -78,6 +78,7 @@ interface NativeOpenResult {
 interface NativeBinding {
   open(path: string, direct: boolean): Promise<NativeOpenResult>;
   threadCpuMs?: () => number;
+  socketSendQueue?: (fd: number) => number;
   isZero(buf: Uint8Array): boolean;
   allocAligned(size: number, alignment: number): Buffer;
   allocMapped(size: number): Buffer;
@@ -524,6 +525,11 @@ export const keepFreedHeap: (bytes: number) => boolean = binding.keepFreedHeap;
 
 /** CPU time of the calling thread in ms, where the addon reads it (the codec ops' stage clock). */
 export const threadCpuMs: (() => number) | undefined = binding.threadCpuMs;
+
+/** Bytes in a TCP socket's kernel send queue (not yet acknowledged by the peer), or -1 where it cannot be read. */
+export function socketSendQueue(fd: number): number {
+  return binding.socketSendQueue?.(fd) ?? -1;
+}
 
 /** What compresses chunks here, for logs and the agent's hello. */
 export const lz4Implementation: string = lz4Block ? `liblz4 ${binding.lz4Info().version}` : `lz4-napi (liblz4: ${binding.lz4Info().error})`;

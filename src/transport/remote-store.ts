@@ -23,6 +23,7 @@ import {
 } from './control.js';
 import { isPlainTextPeer, isTlsFailure, oneLineTlsError, TransportErrorCodes, transportError } from './errors.js';
 import { speaksTls } from './tls-probe.js';
+import { LinkProgress } from './link-progress.js';
 import {
   decodeFrame,
   encodeFrame,
@@ -770,13 +771,11 @@ export class RemoteStore implements ObjectStore {
     ws.on('close', () => this.onDisconnect(ws));
     const beat = this.opts.heartbeatMs ?? 10_000;
     clearInterval(this.heartbeat);
-    let written = this.counters.bytesSent;
+    // A node that paces its reading, or a slow link, answers a ping only after the bytes queued before it: bytes
+    // moving toward the node say it is there all the same (link-progress.ts).
+    const progress = new LinkProgress(ws, socketOf.get(ws), this.counters.bytesSent);
     this.heartbeat = setInterval(() => {
-      // A node that paces its reading (serve --bandwidth) answers a ping only once it has read the bytes queued before
-      // it: bytes leaving our buffer say the node is there all the same.
-      const nowWritten = this.counters.bytesSent - ws.bufferedAmount;
-      if (nowWritten > written) this.lastHeard = Date.now();
-      written = nowWritten;
+      if (progress.moved(this.counters.bytesSent)) this.lastHeard = Date.now();
       if (Date.now() - this.lastHeard > 2 * beat) {
         ws.terminate();
         return;

@@ -89,3 +89,26 @@ t.test('serve --bandwidth: control requests pass free, so a slow node still answ
   t.comment(`40 heads in ${seconds.toFixed(2)} s`);
   t.ok(seconds < 2, `not paced by the 1000 B/s limit (${seconds.toFixed(2)} s)`);
 });
+
+// A slow link (here a node paced to 500 kB/s) answers a ping only after the megabytes queued before it. The sender
+// judged the link dead when its own buffer had not shrunk for two beats, but a PUT's fragments are one corked write
+// that ends only once all of it is in the kernel: it dropped a working connection every 20 s and sent the same pack
+// again, for ever (below ~100 kB/s with the default beat), then failed blaming a proxy. Bytes handed to the kernel,
+// and acknowledged by the peer, count as the link being there.
+t.test('a link slower than two heartbeats per PUT is kept: bytes moving toward the node count as heard', async (t) => {
+  const dir = tmpDir(t, 'ws-slow-link');
+  const { url } = await startNode(t, dir, { bandwidth: 500_000 });
+  const rs = remote(t, url, { heartbeatMs: 1000, reconnectBudgetMs: 5000 });
+  await rs.head('x/none').catch(() => undefined);
+  const t0 = performance.now();
+  const err = await rs.put('x/slow', randomData(4 * MiB, 31)).then(
+    () => undefined,
+    (e: unknown) => e as { code?: string },
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  t.comment(`4 MiB over a 500 kB/s node in ${seconds.toFixed(1)} s, heartbeat 1 s`);
+  // The node refuses it (no rnode object): an answer, after the whole object crossed.
+  t.equal(err?.code, 'RNODE_TRANSPORT_REJECTED', 'the put was answered');
+  t.equal(rs.counters.connects, 1, 'on the one connection it was sent on');
+  t.equal(rs.counters.resentFrames, 0, 'nothing was sent twice');
+});
