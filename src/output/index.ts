@@ -2,6 +2,7 @@
 // their credentials exactly as the store URLs of the same scheme do (src/store/{s3,azure,gcs}), and load lazily.
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { fileUrlPath } from '../file-url.js';
+import { redact } from '../store/schemes.js';
 import { openFileOutput } from './file.js';
 import type { OpenOutputOptions, OutputSink } from './sink.js';
 import { displayUrl, objectName, parseOutUrl } from './url.js';
@@ -23,7 +24,9 @@ export function isCloudOutput(out: string): boolean {
 export function outputPath(out: string, flag: '--out' | '--out-dir' = '--out'): string {
   const m = /^([a-z][a-z0-9+.-]*):\/\//i.exec(out);
   if (!m || (flag === '--out' && isCloudOutput(out))) return out;
-  const bad = (why: string) => new RnodeError(ErrorCodes.BAD_OUTPUT, `${flag} ${out} ${why}`, { details: { out, why } });
+  // Shown without user:password or a signature (an https:// URL pasted from a browser carries them).
+  const shown = redact(out);
+  const bad = (why: string) => new RnodeError(ErrorCodes.BAD_OUTPUT, `${flag} ${shown} ${why}`, { details: { out: shown, why } });
   const takes = flag === '--out' ? 'a file or device path, file:///path, s3://, azblob:// or gs://' : 'a folder path or file:///path';
   if (m[1].toLowerCase() !== 'file') throw bad(`is a URL (${m[1]}://) that recover cannot write a disk image to; give ${takes}`);
   try {

@@ -79,9 +79,13 @@ function extraSchemes(): string[] {
 }
 
 /**
- * Drops user:password and query values that look like secrets, for messages. The user part runs to the last '@'
- * before the query: a secret may hold a '/' (AWS secret keys do), which also makes the URL unparseable.
+ * Drops user:password and query values that look like secrets, for messages: a parameter whose name holds sig, sas,
+ * key, secret, token, password, credential or auth anywhere (X-Amz-Signature, X-Goog-Credential, accountKey...). The
+ * user part runs to the last '@' before the query: a secret may hold a '/' (AWS secret keys do), which also makes the
+ * URL unparseable.
  */
 export function redact(location: string): string {
-  return location.replace(/\/\/[^?#]*@/, '//***@').replace(/([?&](?:sig|sas|key|secret|token|password)[^=&]*=)[^&]*/gi, '$1***');
+  return location
+    .replace(/\/\/[^?#]*@/, '//***@')
+    .replace(/([?&][^=&#]*(?:sig|sas|key|secret|token|passw|credential|auth)[^=&#]*=)[^&#]*/gi, '$1***');
 }

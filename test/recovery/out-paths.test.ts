@@ -146,6 +146,16 @@ t.test('recover --out paths', async (t) => {
       t.match(bad.stderr, /^rnode: RNODE_BAD_OUTPUT: --out .+? (is a URL \(http:\/\/\)|names a host|has a path that does not decode)/, out);
     }
     t.same(fs.readdirSync(d).sort(), ['as url.img'], 'nothing else was made: no ./file: or ./http: folders');
+    // A URL pasted with its credentials: the refusal does not print them back.
+    for (const out of [
+      'https://backup:hunter2pw@images.example.com/a.img?sig=SIGNATUREabc',
+      'ftp://u:hunter2pw@h/x.img',
+      `file://u:hunter2pw@h${target}`,
+    ]) {
+      const bad = await recover(out, d);
+      t.equal(bad.code, 2, `${out}: exit 2`);
+      t.notMatch(bad.stderr, /hunter2pw|SIGNATUREabc/, 'no credentials in the message');
+    }
   });
 });
 

@@ -95,6 +95,12 @@ t.test("credentials in a cloud store URL are refused (they were ignored for the 
     t.match(err?.message, /carries credentials \(user:password@\); remove them and give them in the environment/);
     t.notMatch(`${err?.message} ${JSON.stringify(err?.details)}`, /SECRET|AK:/, 'not echoed');
   }
+  // Signed-URL parameters by any name: X-Amz-Signature, X-Goog-Credential, X-Amz-Security-Token (only sig=, token=...
+  // and names starting so were masked).
+  for (const location of ['s3://b/p?X-Amz-Signature=SECRETSIG', 'gs://b/p?X-Goog-Credential=SECRETCRED', 's3://b/p?X-Amz-Security-Token=SECRETTOK']) {
+    const err = await refused(location, env);
+    t.notMatch(`${err?.message} ${JSON.stringify(err?.details)}`, /SECRET/, `${location.replace(/=SECRET.*/, '=...')}: not echoed`);
+  }
   const { openOutput } = await import('../../src/output/index.js');
   const out = await openOutput('s3://AK:SECRET/PW@rnb/k.raw', { diskSize: 1, env }).catch((e: Error) => e);
   t.notMatch((out as Error).message, /SECRET/, '--out: an unparseable URL with credentials is not echoed either');
