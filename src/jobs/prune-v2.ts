@@ -960,36 +960,53 @@ async function retainDisk(
   opts: PruneStoreOptions,
 ): Promise<Omit<PruneStoreResult, 'domains' | 'skipped' | 'seconds' | 'disk'>> {
   if (!Number.isSafeInteger(keep) || keep < 1) throw new RnodeError(ErrorCodes.USAGE, `--keep must be a whole number of at least 1 (got ${keep})`);
-  const legacy = await listLegacyPointSeqs(store, disk);
-  const v2 = domain ? await listV2PointSeqs(store, disk, domain.key) : [];
-  // Why there is nothing, as the readers say it: a wrong key or one given to a plain disk is not a missing disk.
-  if (legacy.length === 0 && v2.length === 0) await explainNoPoints(store, disk, key);
-  // Before anything is deleted: a legacy point an old rnode wrote after the upgrade would be counted with, or as, a v2 point.
-  refuseLegacyAfterUpgrade(disk, legacy, v2);
-  const all = [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
-  const keepSet = new Set(all.slice(-keep));
-  const out = { kept: all.filter((s) => keepSet.has(s)), deleted: all.filter((s) => !keepSet.has(s)), chunksDeleted: 0, objectsDeleted: 0 };
+  // The points kept and deleted, from a listing of the disk's points.
+  const decide = async () => {
+    const legacy = await listLegacyPointSeqs(store, disk);
+    const v2 = domain ? await listV2PointSeqs(store, disk, domain.key) : [];
+    // Why there is nothing, as the readers say it: a wrong key or one given to a plain disk is not a missing disk.
+    if (legacy.length === 0 && v2.length === 0) await explainNoPoints(store, disk, key);
+    // Before anything is deleted: a legacy point an old rnode wrote after the upgrade would be counted with, or as, a v2 point.
+    refuseLegacyAfterUpgrade(disk, legacy, v2);
+    const all = [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
+    const keepSet = new Set(all.slice(-keep));
+    const out = { kept: all.filter((s) => keepSet.has(s)), deleted: all.filter((s) => !keepSet.has(s)), chunksDeleted: 0, objectsDeleted: 0 };
+    // docs/vmware.md: a VM point is never left with one of its disk points gone (it listed, and restored some disks
+    // before it failed). Its own retention (prune --vm) deletes the VM points first, then their disks' points.
+    const used = opts.retentionRefused ? [] : await vmPointsUsing(store, disk, out.deleted, key);
+    if (used.length > 0) {
+      const vms = [...new Set(used.map((u) => u.vm))];
+      throw new RnodeError(
+        ErrorCodes.USAGE,
+        `keeping ${keep} point${keep > 1 ? 's' : ''} of disk ${disk} would delete ${used.map((u) => `point ${u.point}, which VM point ${u.seq} of ${u.vm} uses`).join('; ')}; ` +
+          `nothing was deleted: prune the VM's points instead (${vms.map((vm) => `"rnode prune --vm ${vm} --keep <n>"`).join(', ')}), which deletes its disks' points with them`,
+      );
+    }
+    // The leases replicate takes: the v2 points' (a keyed name for an encrypted disk), and the plain name for legacy
+    // points only, which an encrypted disk's v2 retention must not write into the store (it named the disk in clear).
+    const names = [...new Set([...(legacy.length > 0 ? [disk] : []), ...(domain && v2.length ? [domain.dname(disk)] : [])])];
+    return { legacy, v2, all, keepSet, out, names };
+  };
+  let d = await decide();
   if (opts.retentionRefused) {
-    if (out.deleted.length > 0) throw opts.retentionRefused();
-    return out;
+    if (d.out.deleted.length > 0) throw opts.retentionRefused();
+    return d.out;
   }
-  // docs/vmware.md: a VM point is never left with one of its disk points gone (it listed, and restored some disks
-  // before it failed). Its own retention (prune --vm) deletes the VM points first, then their disks' points.
-  const used = await vmPointsUsing(store, disk, out.deleted, key);
-  if (used.length > 0) {
-    const vms = [...new Set(used.map((u) => u.vm))];
-    throw new RnodeError(
-      ErrorCodes.USAGE,
-      `keeping ${keep} point${keep > 1 ? 's' : ''} of disk ${disk} would delete ${used.map((u) => `point ${u.point}, which VM point ${u.seq} of ${u.vm} uses`).join('; ')}; ` +
-        `nothing was deleted: prune the VM's points instead (${vms.map((vm) => `"rnode prune --vm ${vm} --keep <n>"`).join(', ')}), which deletes its disks' points with them`,
-    );
-  }
-  // The leases replicate takes: the v2 points' (a keyed name for an encrypted disk), and the plain name for legacy points
-  // only, which an encrypted disk's v2 retention must not write into the store (it named the disk in clear).
-  const names = [...new Set([...(legacy.length > 0 ? [disk] : []), ...(domain && v2.length ? [domain.dname(disk)] : [])])];
   const leases: Lease[] = [];
   try {
-    if (opts.lease !== false) for (const n of names) leases.push(await Lease.acquire(store, n, opts.lease));
+    if (opts.lease !== false) {
+      // Listed again once the leases are held: a point another writer committed while prune waited for them is one of
+      // the newest, and the first listing's choice deleted it (reported nowhere).
+      const held = new Set<string>();
+      for (let missing = d.names; missing.length > 0; missing = d.names.filter((n) => !held.has(n))) {
+        for (const n of missing) {
+          leases.push(await Lease.acquire(store, n, opts.lease));
+          held.add(n);
+        }
+        d = await decide();
+      }
+    }
+    const { legacy, v2, all, keepSet, out } = d;
     opts.signal?.throwIfAborted();
     const legacyKeep = legacy.filter((s) => keepSet.has(s)).length;
     // Legacy prune also sweeps what dead attempts left, so it runs even when no legacy point goes.
@@ -1016,10 +1033,10 @@ async function retainDisk(
     if (domain && v2.length > 0) {
       out.objectsDeleted += (await retainV2Points(store, domain, disk, keepSet, opts.concurrency, opts.signal)).objectsDeleted;
     }
+    return out;
   } finally {
     for (const l of leases.reverse()) await l.release();
   }
-  return out;
 }
 
 /**

@@ -87,3 +87,32 @@ t.test('the default grace period: nothing is deleted, the replicate commits, lat
   await recover({ store, disk: 'b', out });
   t.ok(fs.readFileSync(out).equals(fs.readFileSync(template)), 'b restores byte-exact');
 });
+
+// Retention that waits for the disk's lease (an agent's, after its own run or as a prune job) chose the points to keep
+// from a listing made before the wait: a point another writer committed meanwhile was not among them, and was deleted
+// once prune held the lease, reported nowhere (the job said deleted: []). Keep 10 of [1, 2] deleted point 2.
+t.test('a point committed while retention waits for the lease is kept: the points are listed again under the lease', async (t) => {
+  const dir = tmpDir(t, 'race-retention');
+  const store = new HookedStore();
+  const rep = async (seed: number) => {
+    const img = path.join(dir, `v${seed}.img`);
+    fs.writeFileSync(img, randomData(SIZE, seed));
+    const source = await openSource(img);
+    try {
+      return await replicate({ store, source, disk: 'b', chunkSize: 64 * 1024, checkpointMillis: 10 * 60_000 });
+    } finally {
+      await source.close();
+    }
+  };
+  await rep(11);
+  let pruning: Promise<Awaited<ReturnType<typeof pruneStore>>> | undefined;
+  store.hook = async () => {
+    // Point 2 holds the lease: prune lists [1] and waits for it.
+    pruning = pruneStore({ store, disk: 'b', keep: 10, lease: { holder: 'retention', ttlMs: 60_000, waitMs: 30_000 } });
+    await new Promise((r) => setTimeout(r, 300));
+  };
+  t.equal((await rep(12)).point, 2, 'point 2 is committed');
+  const r = await pruning!;
+  t.same(r.deleted, [], 'retention deleted nothing');
+  t.same(await listPointSeqs(store, 'b'), [1, 2], 'both points are there');
+});
