@@ -5,7 +5,7 @@ import { setMaxListeners } from 'node:events';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { coded, ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
-import { prune, SweepPacer } from '../jobs/prune-v2.js';
+import { prune, retentionWarning, SweepPacer } from '../jobs/prune-v2.js';
 import { replicate, type ReplicateProgress, type ReplicateResult } from '../jobs/replicate.js';
 import { recover } from '../jobs/restore.js';
 import { leaseBindsForMs } from '../repository/lease.js';
@@ -268,7 +268,8 @@ export class JobRunner {
     const log = this.o.log.child({ jobId: job.jobId, kind: job.kind, ...(ctx.group ? { group: ctx.group } : {}) });
     const started = performance.now();
     const results: DiskResult[] = [];
-    let vmDone: { vm: VmJobResult; warnings: string[] } | undefined;
+    let vmDone: { vm: VmJobResult } | undefined;
+    const warnings: string[] = [];
     let failure: { err: unknown; disk?: string } | undefined;
     try {
       // Resolved once per job, on this node; prune of an encrypted disk needs it too (it rewrites authenticated tables).
@@ -278,7 +279,8 @@ export class JobRunner {
         try {
           const out = await this.lockedAll(job, disks, signal, () => this.replicateVmJob(job, ctx, signal, log, key));
           results.push(...out.results);
-          vmDone = { vm: out.vm, warnings: out.warnings };
+          vmDone = { vm: out.vm };
+          warnings.push(...out.warnings);
         } catch (err) {
           if (isRnodeError(err) && Array.isArray(err.details.results)) results.push(...(err.details.results as DiskResult[]));
           throw err;
@@ -287,7 +289,10 @@ export class JobRunner {
       const units: { disk: string; run: () => Promise<DiskResult> }[] = vmDone
         ? []
         : job.kind === 'replicate'
-          ? job.disks.map((ds) => ({ disk: ds.disk, run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk }), key) }))
+          ? job.disks.map((ds) => ({
+              disk: ds.disk,
+              run: () => this.replicateDisk(job, ds, ctx, signal, log.child({ disk: ds.disk }), key, (w) => warnings.push(w)),
+            }))
           : [{ disk: job.disk, run: () => this.otherJob(job, signal, log.child({ disk: job.disk }), key) }];
       // The disks of a VM run one after another, each under its disk lock and in a slot of its own.
       for (const u of units) {
@@ -319,7 +324,8 @@ export class JobRunner {
         ...ctxFields(ctx),
         seconds,
         results,
-        ...(vmDone ? { vm: vmDone.vm, ...(vmDone.warnings.length ? { warnings: vmDone.warnings } : {}) } : {}),
+        ...(vmDone ? { vm: vmDone.vm } : {}),
+        ...(warnings.length ? { warnings } : {}),
       });
       return;
     }
@@ -456,6 +462,7 @@ export class JobRunner {
     signal: AbortSignal,
     log: Logger,
     encryption: EncryptionKey | undefined,
+    warn: (warning: string) => void,
     inVm?: VmDiskRun,
   ): Promise<DiskResult> {
     const startedAt = new Date();
@@ -540,18 +547,25 @@ export class JobRunner {
           ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
         };
         if (ctx.retentionKeep && !inVm) {
-          // a VM keeps whole VM points (replicateVm)
-          const pr = await prune({
-            store,
-            disk: ds.disk,
-            keep: ctx.retentionKeep,
-            graceMs: ctx.retentionGraceMs,
-            encryption,
-            lease: { holder: this.o.nodeName, ttlMs, waitMs: leaseBindsForMs(ttlMs) },
-            pacer: this.sweeps,
-          });
-          if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
-          result.deleted = pr.deleted;
+          // a VM keeps whole VM points (replicateVm). The point is committed: a retention that fails after it is a
+          // warning of the job (the next run's retention tries again), not its failure, which hid the point from the MS.
+          try {
+            const pr = await prune({
+              store,
+              disk: ds.disk,
+              keep: ctx.retentionKeep,
+              graceMs: ctx.retentionGraceMs,
+              encryption,
+              lease: { holder: this.o.nodeName, ttlMs, waitMs: leaseBindsForMs(ttlMs) },
+              pacer: this.sweeps,
+            });
+            if (pr.deleted.length) log.info('retention pruned points', { deleted: pr.deleted, kept: pr.kept.length });
+            result.deleted = pr.deleted;
+          } catch (err) {
+            const warning = retentionWarning(`point ${r.point} of disk ${ds.disk}`, err);
+            log.warn(warning, { code: isRnodeError(err) ? err.code : ErrorCodes.INTERNAL });
+            warn(warning);
+          }
         }
         return result;
       } finally {
@@ -622,7 +636,7 @@ export class JobRunner {
               source: { location: `vddk://${config.host}/${config.vm}?disk=${a.key}` },
             };
             results.push(
-              await this.replicateDisk(job, ds, ctx, signal, log.child({ disk: a.disk }), encryption, {
+              await this.replicateDisk(job, ds, ctx, signal, log.child({ disk: a.disk }), encryption, () => undefined, {
                 source: a.source,
                 store,
                 forceFull: a.forceFull,

@@ -1066,3 +1066,9 @@ export async function prune(opts: PruneOptions & { pacer?: SweepPacer; graceMs?:
     domains: r.domains,
   };
 }
+
+/** A retention that failed after its point was committed, as a warning of the run. */
+export function retentionWarning(what: string, err: unknown): string {
+  const code = isRnodeError(err) ? `${err.code}: ` : '';
+  return `${what} is committed, but the retention after it failed (${code}${(err as Error).message}); the next run's retention tries again`;
+}

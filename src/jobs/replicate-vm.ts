@@ -22,7 +22,7 @@ import type { BlockSource } from '../source/types.js';
 import { VmErrorCodes, vmDiskId, type VirtualDiskInfo, type VmSnapshot, type VmwareSession } from '../source/vmware/index.js';
 import { DEFAULT_CONCURRENCY } from '../store/wrap.js';
 import type { ObjectStore } from '../store/types.js';
-import type { SweepPacer } from './prune-v2.js';
+import { retentionWarning, type SweepPacer } from './prune-v2.js';
 import { pruneVm } from './vm.js';
 
 /** Chunks in flight for one VM run, shared by the disks read at the same time (replicate's own default per disk). */
@@ -335,18 +335,25 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
     throw err;
   }
   let prunedVmPoints: number[] | undefined;
-  if (opts.retentionKeep)
-    prunedVmPoints = (
-      await pruneVm({
-        store,
-        vm: vm.moref,
-        keep: opts.retentionKeep,
-        graceMs: opts.retentionGraceMs,
-        lease: opts.lease,
-        encryption: opts.encryption,
-        pacer: opts.pacer,
-      })
-    ).deletedVmPoints;
+  // The VM point is committed: retention failing after it is a warning (the next run's retention tries again), never
+  // the run's failure, which told its caller there was no point.
+  if (opts.retentionKeep) {
+    try {
+      prunedVmPoints = (
+        await pruneVm({
+          store,
+          vm: vm.moref,
+          keep: opts.retentionKeep,
+          graceMs: opts.retentionGraceMs,
+          lease: opts.lease,
+          encryption: opts.encryption,
+          pacer: opts.pacer,
+        })
+      ).deletedVmPoints;
+    } catch (err) {
+      warnings.push(retentionWarning(`VM point ${point.seq} of ${vm.moref}`, err));
+    }
+  }
   for (const w of warnings) session.log(w);
   return {
     vm: vm.moref,

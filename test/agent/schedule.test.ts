@@ -154,3 +154,32 @@ t.test('a run longer than the RPO: no overlap, the miss is reported', async (t) 
   t.ok((await metricValue(agent.metrics.overlapSkipped, { group: 'g1', disk: 'd0', reason: 'busy' }))! >= 1, 'skipped runs counted');
   t.ok((await metricValue(agent.metrics.rpoMissed, { group: 'g1', disk: 'd0' }))! >= 1, 'miss counted');
 });
+
+// A run whose point is committed and whose retention then fails (a damaged old point here) was reported job.failed
+// without results: the MS never learnt of the point, and the RPO looked missed. It is job.completed with the point,
+// and the retention's failure is a warning.
+t.test('a committed point is reported completed when the retention after it fails, with the failure as a warning', async (t) => {
+  const dir = tmpDir(t, 'agent-retention-fails');
+  const img = await makeDisk(dir, 'd0', 256 * KiB, 8);
+  const { replicate } = await import('../../src/jobs/replicate.js');
+  const { openSource } = await import('../../src/source/index.js');
+  const fs = await import('node:fs');
+  const store = fsStore(path.join(dir, 'store'));
+  for (let i = 0; i < 2; i++) {
+    const source = await openSource(img);
+    await replicate({ store, source, disk: 'd0', chunkSize: 64 * KiB }).finally(() => source.close());
+  }
+  fs.writeFileSync(path.join(dir, 'store', 'r2', 'plain', 'disks', 'd0', 'points', '0000000001'), 'garbage');
+  const ms = await startMs(t);
+  const { agent } = await startAgent(t, ms, dir);
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  ms.setPolicy(policy(dir, img, { retention: { keep: 5 }, rpoSeconds: 60, intervalSeconds: 30 }));
+  const done = await ms.waitFor(
+    () => ms.reportsOf('job.completed', (m) => m.scheduled === true)[0] ?? ms.reportsOf('job.failed')[0],
+    20_000,
+    'the run',
+  );
+  t.equal(done.msg.type, 'job.completed', `reported completed (${String(done.msg.message ?? '')})`);
+  t.equal((done.msg.results as Array<{ point: number }>)[0].point, 3, 'with its point');
+  t.match((done.msg.warnings as string[])[0], /point 3 of disk d0 is committed, but the retention after it failed \(RNODE_MANIFEST_CORRUPT: /);
+});
