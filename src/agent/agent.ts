@@ -246,7 +246,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.scheduler.stop();
     await this.exports.stopAll();
-    await this.runner.cancelAll();
+    await this.runner.cancelAll(true);
     await this.runner.flushed();
     await this.link.stop();
     // A policy or point recorded while stopping may still be on its way to the state dir; the caller may remove it next.

@@ -113,6 +113,8 @@ export class JobRunner {
   private readonly slots: Semaphore;
   readonly locks = new DiskLocks();
   private readonly running = new Map<string, Running>();
+  /** The node is stopping (cancelAll(true)): the jobs it ends are the node's doing, not the server's. */
+  private stopping = false;
   private readonly nodeBucket: TokenBucket | undefined;
   /** Retention runs after every replicate; the domain sweeps it would start are paced (see SweepPacer). */
   private readonly sweeps = new SweepPacer();
@@ -254,7 +256,13 @@ export class JobRunner {
   }
 
   /** Cancels everything and waits for the runs to stop (shutdown). */
-  async cancelAll(): Promise<void> {
+  /**
+   * Ends every running job. stopping: the node itself is stopping (SIGTERM), not the server cancelling: the jobs end as
+   * RNODE_AGENT_RESTARTED, retryable, as a killed node's do, so the server may run them again (they ended "cancelled",
+   * not retryable, and a server never sent them again after an upgrade's restart).
+   */
+  async cancelAll(stopping = false): Promise<void> {
+    if (stopping) this.stopping = true;
     for (const r of this.running.values()) r.controller.abort(cancelled());
     while (this.running.size > 0) await new Promise((r) => setTimeout(r, 20));
   }
@@ -330,7 +338,8 @@ export class JobRunner {
       return;
     }
     const err = coded(failure.err);
-    const code = isRnodeError(err) ? err.code : ErrorCodes.INTERNAL;
+    const stoppedByNode = this.stopping && isRnodeError(err, ErrorCodes.CANCELLED);
+    const code = stoppedByNode ? ProtoErrors.RESTARTED : isRnodeError(err) ? err.code : ErrorCodes.INTERNAL;
     const isCancel = code === ErrorCodes.CANCELLED;
     const message = err instanceof Error ? err.message : String(err);
     this.o.metrics.jobs.inc({ kind: job.kind, result: isCancel ? 'cancelled' : 'failed' });
@@ -344,9 +353,10 @@ export class JobRunner {
       ...ctxFields(ctx),
       ...(failure.disk ? { disk: failure.disk } : {}),
       code,
-      message: message.slice(0, 4000) || code,
+      message:
+        (stoppedByNode ? `the node stopped while the job ran (${message}); the server may dispatch the job again` : message).slice(0, 4000) || code,
       cancelled: isCancel,
-      retryable: isRnodeError(err) ? err.retryable : false,
+      retryable: stoppedByNode || (isRnodeError(err) ? err.retryable : false),
       ...(results.length ? { results } : {}),
     });
   }

@@ -296,3 +296,26 @@ t.test('source options a source does not take, or cannot use, fail the run with 
     message: /either sourceConfig or the settings, not both \("quiesce"/,
   });
 });
+
+// A node stopping (SIGTERM: an upgrade, a reboot) ended its running jobs as the server's own cancel does: cancelled,
+// not retryable, so a server never sent them again. They end as a killed node's do: RNODE_AGENT_RESTARTED, retryable.
+t.test('a job the node stops for its own shutdown is reported retryable (RNODE_AGENT_RESTARTED), not cancelled', async (t) => {
+  const dir = tmpDir(t, 'agent-stop-job');
+  const img = await makeDisk(dir, 'd0', 8 * MiB, 5);
+  const ms = await startMs(t);
+  // 32 slots: small packs, checkpointed one by one at 512 KiB/s (as in the cancel test above).
+  const { agent, stateDir } = await startAgent(t, ms, dir, { slots: 32 });
+  await ms.waitFor(() => ms.nodes.get(agent.nodeId)?.connected, 10_000, 'registration');
+  const storeUrl = path.join(dir, 'store');
+  const job = { jobId: 'j-stop', kind: 'replicate' as const, store: { url: storeUrl }, disks: [{ disk: 'd0', source: { location: img } }] };
+  ms.startJob({ ...job, chunkSize: 64 * KiB, bandwidth: 512 * KiB, checkpointSeconds: 0.2 });
+  await ms.waitFor(() => pendingCheckpoints(storeUrl, 'd0').some((ck) => ck.nextIndex > 0), 10_000, 'a checkpoint');
+  await agent.stop();
+  // Its report went out before the link closed, or is delivered by the next start on the same state dir.
+  const again = await startAgent(t, ms, dir, { stateDir, slots: 32 });
+  const failed = await ms.waitFor(() => ms.jobs.get('j-stop')?.failed, 10_000, 'job.failed');
+  t.match(failed, { code: 'RNODE_AGENT_RESTARTED', cancelled: false, retryable: true });
+  t.match(String(failed.message), /the node stopped while the job ran .*the server may dispatch the job again/);
+  t.equal(ms.reports.filter((r) => r.msg.jobId === 'j-stop' && r.msg.type === 'job.failed').length, 1, 'reported once');
+  await again.agent.stop();
+});
