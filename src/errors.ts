@@ -140,6 +140,15 @@ export function usageError(message: string, code: string = ErrorCodes.USAGE): Rn
   return new RnodeError(code, message);
 }
 
+/**
+ * The code of a listen that failed for its address, the user's to fix (taken, not this machine's, not resolvable), or
+ * undefined for any other failure.
+ */
+export function listenAddressProblem(err: unknown): string | undefined {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code && ['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'EAI_NONAME'].includes(code) ? code : undefined;
+}
+
 export function isRnodeError(err: unknown, code?: string): err is RnodeError {
   return err instanceof RnodeError && (code === undefined || err.code === code);
 }

@@ -7,7 +7,7 @@ import { isRnodeError, usageError } from '../errors.js';
 import { CODEC_NAMES } from '../format/codecs.js';
 import { readRegularFile } from '../regular-file.js';
 import { registeredSchemes } from '../store/index.js';
-import { serveHttp, type HttpEndpoint } from '../metrics/http.js';
+import { metricsListenError, serveHttp, type HttpEndpoint } from '../metrics/http.js';
 import { ExportManager } from './exports.js';
 import { JobRunner } from './jobs.js';
 import { ServerLink } from './link.js';
@@ -154,6 +154,9 @@ export class Agent {
       agent.http = await serveHttp(opts.metrics, {
         metrics: () => metrics.render(),
         readiness: () => agent.readiness(),
+      }).catch((err: unknown) => {
+        state.close();
+        throw metricsListenError(err, opts.metrics!);
       });
       log.info('serving /metrics, /healthz, /readyz', { listen: `${agent.http.host}:${agent.http.port}` });
     }

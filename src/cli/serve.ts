@@ -1,7 +1,7 @@
 // `rnode serve`: the receiving node. Accepts points from peers into its store and serves recovery reads
 // until SIGINT/SIGTERM, then closes the sessions and the store. With --metrics it also serves /metrics, /healthz
 // and /readyz, like the agent.
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, listenAddressProblem, RnodeError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HttpEndpoint } from '../metrics/http.js';
 import type { ReplicationServer } from '../transport/index.js';
@@ -105,9 +105,8 @@ export const serveCmd: Command = {
     } catch (err) {
       await store.close();
       const e = err as NodeJS.ErrnoException;
-      if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
-        throw new RnodeError(ErrorCodes.USAGE, `cannot listen on ${host}:${port} (${e.code}); pick another --listen address or port`);
-      }
+      const problem = listenAddressProblem(err);
+      if (problem) throw new RnodeError(ErrorCodes.USAGE, `cannot listen on ${host}:${port} (${problem}); pick another --listen address or port`);
       if (tls && /key|cert|pem|asn1/i.test(e.message ?? '')) {
         throw new RnodeError('RNODE_TRANSPORT_TLS', `cannot use the TLS certificate/key: ${e.message}; pass a PEM certificate and its private key`);
       }
@@ -159,17 +158,16 @@ export const serveCmd: Command = {
 
 /** /metrics, /healthz and /readyz of the receiving node on `listen`. */
 async function serveMetrics(listen: { host: string; port: number }, server: ReplicationServer, log: Logger): Promise<HttpEndpoint> {
-  const [{ serveHttp }, { ServeMetrics, serveReadiness }] = await Promise.all([import('../metrics/http.js'), import('../transport/metrics.js')]);
+  const [{ metricsListenError, serveHttp }, { ServeMetrics, serveReadiness }] = await Promise.all([
+    import('../metrics/http.js'),
+    import('../transport/metrics.js'),
+  ]);
   const metrics = new ServeMetrics(server, VERSION);
   let http: HttpEndpoint;
   try {
     http = await serveHttp(listen, { metrics: () => metrics.render(), readiness: () => serveReadiness(server) });
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'EADDRNOTAVAIL') {
-      throw new RnodeError(ErrorCodes.USAGE, `cannot serve --metrics on ${listen.host}:${listen.port} (${e.code}); pick another address or port`);
-    }
-    throw err;
+    throw metricsListenError(err, listen);
   }
   log.info('serving /metrics, /healthz, /readyz', { listen: `${http.host}:${http.port}` });
   return http;

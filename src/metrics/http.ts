@@ -2,6 +2,7 @@
 // (the process answers) and /readyz (the command's own checks; 503 with a short reason while one fails).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { ErrorCodes, listenAddressProblem, RnodeError } from '../errors.js';
 
 export interface HttpHandlers {
   /** The exposition and its content type (the Prometheus text format). */
@@ -98,4 +99,12 @@ export async function serveHttp(listen: { host: string; port: number }, h: HttpH
         server.close(() => r());
       }),
   };
+}
+
+/** A --metrics address that cannot be served (taken, not this machine's, not resolvable) as a usage error. */
+export function metricsListenError(err: unknown, listen: { host: string; port: number }): unknown {
+  const problem = listenAddressProblem(err);
+  return problem
+    ? new RnodeError(ErrorCodes.USAGE, `cannot serve --metrics on ${listen.host}:${listen.port} (${problem}); pick another address or port`)
+    : err;
 }

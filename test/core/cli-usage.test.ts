@@ -376,3 +376,40 @@ t.test('prune --vm of a VM with no points says so (it reported "kept none; delet
   t.equal(r.code, 1);
   t.match(r.stderr, /RNODE_DISK_NOT_FOUND: VM vm-nope has no VM points in .*; check --vm and --store/);
 });
+
+// An address serve or the agent cannot listen on is the user's to fix: the agent's --metrics on a taken port, and any
+// --metrics or --listen host that does not resolve, were RNODE_INTERNAL "this is a bug", exit 1.
+t.test('a --metrics or --listen address that cannot be served is RNODE_USAGE, exit 2, for serve and the agent', async (t) => {
+  const net = await import('node:net');
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => taken.close());
+  const busy = `127.0.0.1:${(taken.address() as import('node:net').AddressInfo).port}`;
+  const agent = (metrics: string) => [
+    'agent',
+    '--server',
+    'ws://127.0.0.1:1',
+    '--token-file',
+    tokenFile,
+    '--state-dir',
+    path.join(dir, 'agent-state'),
+    '--metrics',
+    metrics,
+  ];
+  for (const [args, re] of [
+    [agent(busy), /RNODE_USAGE: cannot serve --metrics on 127\.0\.0\.1:\d+ \(EADDRINUSE\); pick another address or port/],
+    [agent('nosuchhost.invalid:9464'), /RNODE_USAGE: cannot serve --metrics on nosuchhost\.invalid:9464 \((ENOTFOUND|EAI_AGAIN)\)/],
+    [
+      ['serve', '--listen', '127.0.0.1:0', '--store', store, '--metrics', 'nosuchhost.invalid:9464'],
+      /RNODE_USAGE: cannot serve --metrics on nosuchhost\.invalid/,
+    ],
+    [
+      ['serve', '--listen', 'nosuchhost.invalid:0', '--store', store],
+      /RNODE_USAGE: cannot listen on nosuchhost\.invalid:0 \((ENOTFOUND|EAI_AGAIN)\)/,
+    ],
+  ] as const) {
+    const r = await runCli([...args], { timeoutMs: 30_000 });
+    t.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.match(r.stderr, re);
+  }
+});
