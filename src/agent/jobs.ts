@@ -109,6 +109,9 @@ const NODE_CHUNK_BUFFER_BYTES = 24 * 1024 * 1024;
 
 export const diskKey = (store: StoreDef, disk: string) => `${store.url}#${disk}`;
 
+/** The bytes put into each job store already counted in rnode_bytes_sent_total. */
+const bytesCounted = new WeakMap<object, number>();
+
 export class JobRunner {
   private readonly slots: Semaphore;
   readonly locks = new DiskLocks();
@@ -479,11 +482,12 @@ export class JobRunner {
     const store = inVm?.store ?? (await this.openTarget(job, signal, log));
     const m = this.o.metrics;
     const labels = { disk: ds.disk };
-    let sentBase = 0;
+    // Counted once per store: a VM job's disks share one, and each counted all of its bytes (3 disks: 3x).
     const sent = () => {
       const b = store.metrics().ops.put.bytes;
-      m.bytesSent.inc({}, b - sentBase);
-      sentBase = b;
+      const before = bytesCounted.get(store) ?? 0;
+      if (b > before) m.bytesSent.inc({}, b - before);
+      bytesCounted.set(store, Math.max(b, before));
     };
     try {
       if (!inVm && /^vddk:\/\//i.test(ds.source.location)) {
@@ -494,12 +498,16 @@ export class JobRunner {
         const source = countedSource(raw, signal);
         const ttlMs = (job.leaseTtlSeconds ?? 60) * 1000;
         const t0 = performance.now();
-        let last = { bytesRead: 0, bytesWritten: 0 };
+        // Bytes this run read from its source (a resumed point's figures count the earlier runs' too).
+        let readCounted = 0;
+        const countRead = () => {
+          m.bytesRead.inc({}, Math.max(0, source.bytesRead - readCounted));
+          readCounted = Math.max(readCounted, source.bytesRead);
+        };
         let lastSent = 0;
         let firstPosition: number | undefined;
         const onProgress = (p: ReplicateProgress) => {
-          m.bytesRead.inc({}, Math.max(0, p.bytesRead - last.bytesRead));
-          last = { bytesRead: p.bytesRead, bytesWritten: p.bytesWritten };
+          countRead();
           firstPosition ??= p.position;
           const now = performance.now();
           if (now - lastSent < (this.o.progressMs ?? 1000) && p.phase === 'scan') return;
@@ -520,7 +528,7 @@ export class JobRunner {
           });
         };
         const r = await this.replicateLeased(job, ds, { store, source, signal, onProgress, encryption, inVm, ttlMs, log });
-        m.bytesRead.inc({}, Math.max(0, r.bytesRead - last.bytesRead));
+        countRead();
         sent();
         m.bytesStored.inc({}, r.bytesWritten);
         m.chunksStored.inc({}, r.chunksChanged);

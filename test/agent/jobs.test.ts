@@ -54,9 +54,12 @@ t.test('cancel mid-job: clean stop, no half point, the next run completes', asyn
   t.ok(Date.parse(lease.expiresAt) <= Date.now(), 'the lease was released');
   t.equal(await metricValue(agent.metrics.errors, { code: 'RNODE_CANCELLED' }), 1, 'counted by code');
 
+  const readBefore = await metricValue(agent.metrics.bytesRead, {});
   ms.startJob({ ...job, jobId: 'j-again', bandwidth: undefined });
   const done = await ms.waitFor(() => ms.jobs.get('j-again')?.completed, 10_000, 'the second run');
   const r = (done.results as any[])[0];
+  // The bytes this run read, not the whole point's (the cancelled run's were counted once already).
+  t.equal((await metricValue(agent.metrics.bytesRead, {})) - readBefore, r.sourceBytesRead, 'rnode_bytes_read_total grows by what it read');
   t.match(r, { point: 1, resumed: true }, 'continued from the checkpoint the cancelled run left');
   t.ok(r.sourceBytesRead < 8 * MiB && r.sourceBytesRead > 0, `read less than the disk (${r.sourceBytesRead} of ${8 * MiB})`);
   await expectRestore(t, store, 'd0', 1, fingerprint(img), dir);

@@ -10,6 +10,7 @@ import { recoverVm } from '../../src/jobs/vm.js';
 import { loadPoint } from '../../src/repository/points.js';
 import { listVmPointSeqs, loadVmPoint } from '../../src/repository/vm-points.js';
 import { startAgent, startMs } from '../agent/helpers.js';
+import { metricValue } from '../helpers/metrics.js';
 import { KiB, MiB, accessAndThreads, fingerprintOf, snapshotFingerprints, startEnv } from './harness.js';
 
 function randomData(length: number, seed: number): Buffer {
@@ -101,6 +102,10 @@ t.test('a 3-disk VM job: one snapshot per run, three points of it, a VM point th
   t.not(fingerprintOf(sim.disk('vm-90', 2000).image), want.get(2000), 'while the live disk has moved on');
   const a = accessAndThreads(env.calls());
   t.same([a.prepare, a.end, a.violations], [1, 1, 0], 'PrepareForAccess/EndAccess once, nothing off the designated thread');
+  // The disks share the VM's store: each counted all of its bytes, so the VM's were counted three times.
+  const sent = await metricValue(agent.metrics.bytesSent, {});
+  const stored = (c1 as any).results.reduce((n: number, x: any) => n + x.bytesWritten, 0);
+  t.ok(sent < stored * 1.5, `rnode_bytes_sent_total ${sent} counts the bytes once (${stored} stored by the three points)`);
 
   // The second run: one more snapshot, not three.
   sim.dummyExtra = [];
