@@ -169,7 +169,7 @@ export class Scheduler {
         const key = diskKey(p.store, d.disk);
         if (!this.since.has(key)) this.since.set(key, now);
         const rec = (this.disks[key] ??= {});
-        this.dropFutureTime(p, d.disk, rec, now);
+        this.dropFutureTime(p, d.disk, key, rec, now);
         this.o.metrics.rpoTarget.set({ group: p.group, disk: d.disk }, p.rpoSeconds);
         this.checkRpo(p, d.disk, key, rec, now);
         if (p.paused || vmLaunched) continue;
@@ -249,7 +249,11 @@ export class Scheduler {
    * every run until that time, and hide the lag (negative, shown as 0). It is dropped: the disk runs now and its RPO
    * counts from when this node started watching it.
    */
-  private dropFutureTime(p: Policy, disk: string, rec: DiskRecord, now: number): void {
+  private dropFutureTime(p: Policy, disk: string, key: string, rec: DiskRecord, now: number): void {
+    // The same for this process's own times: the clock set back while it runs left its last start and the time it
+    // began watching the disk ahead, and the disk had no run, and no RPO miss, until the clock came round again.
+    if ((this.lastStart.get(key) ?? -Infinity) > now + CLOCK_SKEW_MS) this.lastStart.delete(key);
+    if ((this.since.get(key) ?? -Infinity) > now + CLOCK_SKEW_MS) this.since.set(key, now);
     if (!rec.lastPointAt || Date.parse(rec.lastPointAt) <= now + CLOCK_SKEW_MS) return;
     this.o.log.warn('the last point time of a disk is in the future (was the clock set back?): it is ignored, the disk runs now', {
       group: p.group,

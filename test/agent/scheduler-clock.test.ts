@@ -53,3 +53,54 @@ t.test('a last point time ahead of the clock does not hold off runs or hide the 
   t.ok(scheduler.lags()[0]!.lag >= 11, `the lag shows (${scheduler.lags()[0]!.lag} s)`);
   await scheduler.flushed();
 });
+
+// The clock set back while the agent runs: its own last start and the time it began watching the disk were ahead of
+// the clock too, so there was no run and no RPO miss until the clock came round again (a day without points).
+t.test('the clock set back while the agent runs: the next run is not held off, and the RPO lag counts', async (t) => {
+  let now = Date.parse('2026-12-05T10:00:00Z');
+  const policy = {
+    group: 'g',
+    revision: 1,
+    rpoSeconds: 10,
+    intervalSeconds: 5,
+    store: { url: '/store' },
+    disks: [{ disk: 'd' }],
+  } as unknown as Policy;
+  const state = {
+    loadPolicies: async () => [policy],
+    loadDisks: async () => ({}),
+    saveDisks: async () => undefined,
+    savePolicies: async () => undefined,
+  } as unknown as StateDir;
+  const started: number[] = [];
+  const runner = {
+    holdsDisk: () => false,
+    start: async () => {
+      started.push(now);
+    },
+  } as unknown as JobRunner;
+  const gauge = { set: () => undefined, inc: () => undefined, remove: () => undefined };
+  const metrics = { lastPoint: gauge, rpoTarget: gauge, rpoMissed: gauge, overlapSkipped: gauge } as unknown as AgentMetrics;
+  const reports: { type: string }[] = [];
+  const log = Logger.create({ sink: { write: () => undefined }, level: 'warn' });
+  const scheduler = new Scheduler({ state, runner, log, metrics, report: (r) => reports.push(r as { type: string }), now: () => now });
+  await scheduler.load();
+  scheduler.tick();
+  t.equal(started.length, 1, 'the first run');
+  await new Promise((r) => setImmediate(r)); // it ended (without a point)
+  now -= 24 * 3600_000; // set back a day
+  scheduler.tick();
+  t.equal(started.length, 2, 'the disk runs again at once, not a day later');
+  await new Promise((r) => setImmediate(r));
+  t.notOk(
+    reports.some((r) => r.type === 'rpo.missed'),
+    'no RPO miss yet',
+  );
+  now += 11_000;
+  scheduler.tick();
+  t.ok(
+    reports.some((r) => r.type === 'rpo.missed'),
+    'an RPO miss is reported once the RPO passes',
+  );
+  await scheduler.flushed();
+});
