@@ -59,7 +59,7 @@ export async function openStoreFromFlags(location: string, v: Values, opts: Stor
   if (isRemoteLocation(location)) await import('../transport/index.js');
   return openStore(location, {
     ...(remote ? { remote } : {}),
-    ...(opts.bandwidth ? { wrap: { bandwidth: opts.bandwidth, signal: opts.signal } } : {}),
+    wrap: { ...(opts.bandwidth ? { bandwidth: opts.bandwidth } : {}), ...(opts.signal ? { signal: opts.signal } : {}) },
   });
 }
 

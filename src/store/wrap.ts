@@ -21,7 +21,7 @@ export interface WrapOptions {
   bandwidth?: number;
   /** A limit this store shares with others (an agent's node-wide --bandwidth), passed after its own. */
   sharedBandwidth?: TokenBucket;
-  /** Ends a put's wait for bandwidth with the signal's reason (the job was cancelled). */
+  /** The job's stop signal: ends a put's wait for bandwidth, and retries (the control lane's lease calls keep theirs). */
   signal?: AbortSignal;
 }
 
@@ -39,7 +39,7 @@ export function wrapStore(backend: ObjectStore, opts: WrapOptions = {}): Wrapped
   let outer: ObjectStore = measured;
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
   if (concurrency !== false) outer = new LimitedStore(outer, concurrency);
-  if (opts.retry !== false) outer = new RetryingStore(outer, opts.retry ?? {});
+  if (opts.retry !== false) outer = new RetryingStore(outer, { ...opts.retry, ...(opts.signal ? { signal: opts.signal } : {}) });
   const buckets = [...(opts.bandwidth ? [new TokenBucket(opts.bandwidth)] : []), ...(opts.sharedBandwidth ? [opts.sharedBandwidth] : [])];
   if (buckets.length > 0) outer = new ThrottledStore(outer, buckets, opts.signal);
   const top = outer;

@@ -145,3 +145,19 @@ runConformance(t, 'memory behind 20% retryable faults, through wrapStore', async
     },
   };
 });
+
+// A cancelled job on a store that does not answer waited out every attempt (five request timeouts: ten minutes for an
+// agent's job.cancel or SIGTERM): once its stop signal aborts, a failed call is not tried again and a backoff ends.
+t.test('the stop signal ends retries: no attempt after it, a backoff in progress ends at once', async (t) => {
+  const f = new FaultyStore(new MemoryStore()).addFault('put', { times: 10, error: UNAVAILABLE });
+  const stop = new AbortController();
+  const s = wrapStore(f, { retry: { baseDelayMs: 60_000, maxDelayMs: 60_000, random: () => 1 }, signal: stop.signal });
+  const started = Date.now();
+  const put = s.put('k', Buffer.from('v'));
+  setTimeout(() => stop.abort(), 50);
+  await t.rejects(put, { code: ErrorCodes.STORE_UNAVAILABLE }, 'the call fails with its own error');
+  t.ok(Date.now() - started < 5000, `at once, not after a minute's backoff (${Date.now() - started} ms)`);
+  t.equal(f.calls.put, 1, 'no attempt after the stop');
+  await t.rejects(s.put('k2', Buffer.from('v')), { code: ErrorCodes.STORE_UNAVAILABLE });
+  t.equal(f.calls.put, 2, 'a call after the stop is tried once');
+});

@@ -17,6 +17,11 @@ export interface RetryOptions {
   sleep?: (ms: number) => Promise<void>;
   /** Called before each backoff, e.g. to log. */
   onRetry?: (info: { op: string; key: string; attempt: number; delayMs: number; error: unknown }) => void;
+  /**
+   * The job's stop signal: once it aborts, a failed call is not tried again and a backoff ends at once (a cancelled
+   * job on a store that does not answer waited out every attempt: five request timeouts, ten minutes).
+   */
+  signal?: AbortSignal;
 }
 
 const NEVER_RETRY: ReadonlySet<string> = new Set([ErrorCodes.STORE_NOT_FOUND, ErrorCodes.STORE_PRECONDITION]);
@@ -80,7 +85,7 @@ export class RetryingStore implements ObjectStore {
         }
         return;
       } catch (err) {
-        if (!isRetryable(err) || attempt >= this.attempts) throw err;
+        if (!isRetryable(err) || attempt >= this.attempts || this.opts.signal?.aborted) throw err;
         await this.backoff('list', prefix, attempt, err);
       }
     }
@@ -95,7 +100,7 @@ export class RetryingStore implements ObjectStore {
       try {
         return await fn();
       } catch (err) {
-        if (!isRetryable(err) || attempt >= this.attempts) throw err;
+        if (!isRetryable(err) || attempt >= this.attempts || this.opts.signal?.aborted) throw err;
         await this.backoff(op, key, attempt, err);
       }
     }
@@ -106,6 +111,18 @@ export class RetryingStore implements ObjectStore {
     const cap = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (attempt - 1));
     const delayMs = Math.round(this.random() * cap);
     this.opts.onRetry?.({ op, key, attempt, delayMs, error });
-    await this.sleep(delayMs);
+    const signal = this.opts.signal;
+    if (!signal) return this.sleep(delayMs);
+    let onAbort = () => undefined as void;
+    const stopped = new Promise<void>((r) => {
+      onAbort = r;
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      await Promise.race([this.sleep(delayMs), stopped]);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+    if (signal.aborted) throw error;
   }
 }
