@@ -108,6 +108,23 @@ t.test('SIGTERM under --bandwidth drops the packs waiting for bandwidth and chec
   t.ok(fs.readFileSync(path.join(dir, 'out.img')).equals(fs.readFileSync(image)), 'byte-exact');
 });
 
+// Stopped before its first pack was stored: it checkpointed no progress (the chunks before the first pack's), and the
+// next run said "(resumed)" while it read and sent the whole point again.
+t.test('SIGTERM before the first pack is stored: no checkpoint claimed, and the next run does not say it resumed', async (t) => {
+  const { store, args, child, out, exited } = throttledReplicate(t, 'sigterm-first-pack', 16 * MiB, [], {
+    bandwidth: '1MiB',
+    packSize: '4MiB',
+  });
+  await new Promise((r) => setTimeout(r, 1500)); // the first 4 MiB pack takes 4 s at 1 MiB/s
+  child.kill('SIGTERM');
+  t.equal(await exited, 143, out.stderr);
+  t.equal(chunkFiles(store), 0, 'no pack was stored');
+  t.match(out.stderr, /RNODE_CANCELLED: replicate stopped by SIGTERM; no checkpoint was written/);
+  const again = await runCli([...args, '--bandwidth', '64MiB']);
+  t.equal(again.code, 0, again.stderr);
+  t.match(again.stdout, /^point 1 of disk d: full \(first point of the disk\)$/m, 'not "(resumed)"');
+});
+
 // The second signal's exit at once: test/nbd/stop.test.ts (a stop there waits for reads a slow server holds).
 
 // Graceful SIGTERM of prune: it stops only where the repository is consistent (between deletes, between phases), exits

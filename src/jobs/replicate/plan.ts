@@ -338,6 +338,8 @@ export async function openCheckpoint(opts: ReplicateOptions, plan: PointPlan, id
     ck.source?.kind !== source.kind ||
     ck.source?.location !== source.location ||
     !Array.isArray(ck.segments) ||
+    // One that covers no chunk: nothing to continue (the run would say it resumed while it read the whole point).
+    !(ck.nextIndex > 0) ||
     ck.keyId !== opts.encryption?.keyId ||
     !Array.isArray(ck.reused) ||
     // The data read before the cut must be the data now; a source that cannot tell is never resumed.

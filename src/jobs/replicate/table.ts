@@ -59,6 +59,8 @@ export class TableWriter {
   private lastCheckpoint = Date.now();
   /** Records covered by a durable checkpoint. */
   private recordsDone: number;
+  /** The first chunk after the last durable checkpoint's (the resumed one's at first). */
+  private checkpointedTo: number;
   /** Segments become durable one after the other, in order. */
   private chain: Promise<void> = Promise.resolve();
   /**
@@ -72,6 +74,7 @@ export class TableWriter {
     this.segments = [...o.from.segments];
     this.records = o.from.records;
     this.recordsDone = o.from.records;
+    this.checkpointedTo = o.from.nextIndex;
   }
 
   /** Records not yet in a segment (carried ones included). */
@@ -178,7 +181,12 @@ export class TableWriter {
     const entries = lost < 0 ? batch.entries : batch.entries.slice(0, lost);
     const nextIndex = lost < 0 ? batch.nextIndex : batch.entries[lost].index;
     const figures = lost < 0 ? batch.settled : batch.figures[lost];
-    if (lost >= 0) this.cut = true;
+    if (lost >= 0) {
+      this.cut = true;
+      // Cut where the last checkpoint ends: nothing to add (a checkpoint of no progress made the next run say it
+      // resumed while it read the point again).
+      if (nextIndex <= this.checkpointedTo) return;
+    }
     const place = { disk, point: seq, parent: plan.tableParent, generation: 0, segment: this.segments.length };
     const bytes = encodeTableV3(domain, place, entries);
     const ref: SegmentRef = {
@@ -217,6 +225,7 @@ export class TableWriter {
     };
     await store.put(r2.pending(domain.name, domain.dname(disk), seq), encodePendingV2(domain, disk, seq, checkpoint), { control: true });
     this.recordsDone += entries.length;
+    this.checkpointedTo = nextIndex;
     this.checkpointsWritten++;
     failpoint('after-checkpoint');
     // Prune may have marked packs since: chunks in them are stored again from now on.
