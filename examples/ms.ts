@@ -61,7 +61,9 @@ async function main(): Promise<void> {
   });
   ms.on('report', (node: MsNode, msg: AgentMessage) => {
     if (msg.type === 'job.completed' || msg.type === 'job.failed') {
-      console.log(`ms: ${msg.type} ${JSON.stringify({ node: node.name, jobId: msg.jobId, results: msg.results, error: msg.error })}`);
+      console.log(
+        `ms: ${msg.type} ${JSON.stringify({ node: node.name, jobId: msg.jobId, results: msg.results, code: msg.code, message: msg.message })}`,
+      );
     }
   });
 

@@ -316,7 +316,7 @@ export class JobRunner {
         } catch (err) {
           failure ??= { err, disk: u.disk };
           if (isRnodeError(err, ErrorCodes.CANCELLED)) break;
-          log.warn('disk failed; continuing with the other disks of the job', { disk: u.disk, err });
+          if (units.length > 1) log.warn('disk failed; continuing with the other disks of the job', { disk: u.disk, err });
         }
       }
     } catch (err) {
@@ -504,7 +504,9 @@ export class JobRunner {
           m.bytesRead.inc({}, Math.max(0, source.bytesRead - readCounted));
           readCounted = Math.max(readCounted, source.bytesRead);
         };
-        let lastSent = 0;
+        // The first progress goes at once: performance.now() starts at 0 with the process, and a job begun in the
+        // node's first second had its first report dropped.
+        let lastSent = -Infinity;
         let firstPosition: number | undefined;
         const onProgress = (p: ReplicateProgress) => {
           countRead();
