@@ -10,8 +10,8 @@ import type { StateDir } from '../../src/agent/state.js';
 import type { Policy } from '../../src/agent/protocol.js';
 import { Logger } from '../../src/log.js';
 
-t.test('a last point time ahead of the clock does not hold off runs or hide the RPO lag', async (t) => {
-  let now = Date.parse('2026-12-05T10:00:00Z');
+/** A scheduler of one policy (disk d, RPO 10 s, every 5 s) on a fake clock, its state holding `disks`. */
+async function scheduler(clock: () => number, disks: Record<string, unknown> = {}) {
   const policy = {
     group: 'g',
     revision: 1,
@@ -22,53 +22,7 @@ t.test('a last point time ahead of the clock does not hold off runs or hide the 
   } as unknown as Policy;
   const state = {
     loadPolicies: async () => [policy],
-    // Written while the clock was a day ahead.
-    loadDisks: async () => ({ '/store#d': { lastPointAt: '2026-12-06T10:00:00.000Z', lastPoint: 3 } }),
-    saveDisks: async () => undefined,
-    savePolicies: async () => undefined,
-  } as unknown as StateDir;
-  const started: string[] = [];
-  const runner = {
-    holdsDisk: () => false,
-    start: async (job: { disks: { disk: string }[] }) => {
-      started.push(job.disks[0]!.disk);
-    },
-  } as unknown as JobRunner;
-  const gauge = { set: () => undefined, inc: () => undefined, remove: () => undefined };
-  const metrics = { lastPoint: gauge, rpoTarget: gauge, rpoMissed: gauge, overlapSkipped: gauge } as unknown as AgentMetrics;
-  const reports: { type: string }[] = [];
-  const logs: string[] = [];
-  const log = Logger.create({ sink: { write: (l) => void logs.push(l) }, level: 'warn' });
-  const scheduler = new Scheduler({ state, runner, log, metrics, report: (r) => reports.push(r as { type: string }), now: () => now });
-  await scheduler.load();
-  scheduler.tick();
-  t.same(started, ['d'], 'the disk runs at once');
-  t.match(logs.join('\n'), /last point time of a disk is in the future/, 'with a warning');
-  now += 11_000; // the run did not commit: past the RPO
-  scheduler.tick();
-  t.ok(
-    reports.some((r) => r.type === 'rpo.missed'),
-    'an RPO miss is reported',
-  );
-  t.ok(scheduler.lags()[0]!.lag >= 11, `the lag shows (${scheduler.lags()[0]!.lag} s)`);
-  await scheduler.flushed();
-});
-
-// The clock set back while the agent runs: its own last start and the time it began watching the disk were ahead of
-// the clock too, so there was no run and no RPO miss until the clock came round again (a day without points).
-t.test('the clock set back while the agent runs: the next run is not held off, and the RPO lag counts', async (t) => {
-  let now = Date.parse('2026-12-05T10:00:00Z');
-  const policy = {
-    group: 'g',
-    revision: 1,
-    rpoSeconds: 10,
-    intervalSeconds: 5,
-    store: { url: '/store' },
-    disks: [{ disk: 'd' }],
-  } as unknown as Policy;
-  const state = {
-    loadPolicies: async () => [policy],
-    loadDisks: async () => ({}),
+    loadDisks: async () => disks,
     saveDisks: async () => undefined,
     savePolicies: async () => undefined,
   } as unknown as StateDir;
@@ -76,20 +30,51 @@ t.test('the clock set back while the agent runs: the next run is not held off, a
   const runner = {
     holdsDisk: () => false,
     start: async () => {
-      started.push(now);
+      started.push(clock());
     },
   } as unknown as JobRunner;
   const gauge = { set: () => undefined, inc: () => undefined, remove: () => undefined };
   const metrics = { lastPoint: gauge, rpoTarget: gauge, rpoMissed: gauge, overlapSkipped: gauge } as unknown as AgentMetrics;
   const reports: { type: string }[] = [];
-  const log = Logger.create({ sink: { write: () => undefined }, level: 'warn' });
-  const scheduler = new Scheduler({ state, runner, log, metrics, report: (r) => reports.push(r as { type: string }), now: () => now });
-  await scheduler.load();
-  scheduler.tick();
+  const logs: string[] = [];
+  const log = Logger.create({ sink: { write: (l) => void logs.push(l) }, level: 'warn' });
+  const s = new Scheduler({ state, runner, log, metrics, report: (r) => reports.push(r as { type: string }), now: clock });
+  await s.load();
+  return { scheduler: s, started, reports, logs };
+}
+
+t.test('a last point time ahead of the clock does not hold off runs or hide the RPO lag', async (t) => {
+  let now = Date.parse('2026-12-05T10:00:00Z');
+  // Written while the clock was a day ahead.
+  const {
+    scheduler: sched,
+    started,
+    reports,
+    logs,
+  } = await scheduler(() => now, { '/store#d': { lastPointAt: '2026-12-06T10:00:00.000Z', lastPoint: 3 } });
+  sched.tick();
+  t.equal(started.length, 1, 'the disk runs at once');
+  t.match(logs.join('\n'), /last point time of a disk is in the future/, 'with a warning');
+  now += 11_000; // the run did not commit: past the RPO
+  sched.tick();
+  t.ok(
+    reports.some((r) => r.type === 'rpo.missed'),
+    'an RPO miss is reported',
+  );
+  t.ok(sched.lags()[0]!.lag >= 11, `the lag shows (${sched.lags()[0]!.lag} s)`);
+  await sched.flushed();
+});
+
+// The clock set back while the agent runs: its own last start and the time it began watching the disk were ahead of
+// the clock too, so there was no run and no RPO miss until the clock came round again (a day without points).
+t.test('the clock set back while the agent runs: the next run is not held off, and the RPO lag counts', async (t) => {
+  let now = Date.parse('2026-12-05T10:00:00Z');
+  const { scheduler: sched, started, reports } = await scheduler(() => now);
+  sched.tick();
   t.equal(started.length, 1, 'the first run');
   await new Promise((r) => setImmediate(r)); // it ended (without a point)
   now -= 24 * 3600_000; // set back a day
-  scheduler.tick();
+  sched.tick();
   t.equal(started.length, 2, 'the disk runs again at once, not a day later');
   await new Promise((r) => setImmediate(r));
   t.notOk(
@@ -97,10 +82,10 @@ t.test('the clock set back while the agent runs: the next run is not held off, a
     'no RPO miss yet',
   );
   now += 11_000;
-  scheduler.tick();
+  sched.tick();
   t.ok(
     reports.some((r) => r.type === 'rpo.missed'),
     'an RPO miss is reported once the RPO passes',
   );
-  await scheduler.flushed();
+  await sched.flushed();
 });

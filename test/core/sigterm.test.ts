@@ -2,14 +2,13 @@
 // line and exits 143; the same command run again resumes from the checkpoint and the point recovers byte-exact.
 // Before, SIGTERM killed the process wherever it was (no checkpoint of the last batch, no message).
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { ErrorCodes, RnodeError, isRnodeError } from '../../src/errors.js';
 import { Domain } from '../../src/repository/domain.js';
 import { decodePendingV2 } from '../../src/repository/point-format.js';
-import { CLI, ensureBuilt, json, runCli, plainNode } from '../helpers/cli.js';
+import { ensureBuilt, json, runCli, spawnCli } from '../helpers/cli.js';
 import { MiB, fsStore, randomData, snap, tmpDir } from '../helpers/images.js';
 import { expectIntact, pruneArgs, setup } from '../helpers/prune-crash.js';
 
@@ -25,20 +24,12 @@ function chunkFiles(store: string): number {
  * mid-way: the child, its output so far, its exit code, and a wait until `packs` packs are stored.
  */
 function throttledReplicate(t: Test, tag: string, size: number, extra: string[] = [], pace = { bandwidth: '4MiB', packSize: '512KiB' }) {
-  ensureBuilt();
   const dir = tmpDir(t, tag);
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, randomData(size, 21));
   const store = path.join(dir, 'store');
   const args = ['replicate', '--source', image, '--target', store, '--disk', 'd', '--chunk-size', '256KiB', '--pack-size', pace.packSize, ...extra];
-  const child = spawn(...plainNode([CLI, ...args, '--bandwidth', pace.bandwidth]), { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  const out = { stdout: '', stderr: '' };
-  child.stdout.on('data', (b: Buffer) => (out.stdout += b));
-  child.stderr.on('data', (b: Buffer) => (out.stderr += b));
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  const { child, out, exited } = spawnCli(t, [...args, '--bandwidth', pace.bandwidth]);
   const storing = async (packs: number) => {
     const deadline = Date.now() + 30_000;
     while (chunkFiles(store) < packs && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50));

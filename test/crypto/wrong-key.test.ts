@@ -8,18 +8,21 @@ import path from 'node:path';
 import { runCli } from '../helpers/cli.js';
 import { randomData, tmpDir } from '../helpers/images.js';
 
-t.test('the wrong key: RNODE_KEY_MISMATCH (exit 2) from check, stats, disks, prune; the right one still works', async (t) => {
-  const dir = tmpDir(t, 'wrong-key');
-  const store = path.join(dir, 'store');
+/** A store folder, a 1 MiB image and two key files (right, wrong) in a fresh folder. */
+function setup(t: Parameters<typeof tmpDir>[0], tag: string, seed: number) {
+  const dir = tmpDir(t, tag);
   const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(1024 * 1024, 3));
+  fs.writeFileSync(img, randomData(1024 * 1024, seed));
   const key = (name: string, byte: number) => {
     const f = path.join(dir, name);
     fs.writeFileSync(f, Buffer.alloc(32, byte).toString('hex'), { mode: 0o600 });
     return f;
   };
-  const right = key('right', 1);
-  const wrong = key('wrong', 2);
+  return { dir, store: path.join(dir, 'store'), img, right: key('right', 1), wrong: key('wrong', 2) };
+}
+
+t.test('the wrong key: RNODE_KEY_MISMATCH (exit 2) from check, stats, disks, prune; the right one still works', async (t) => {
+  const { dir, store, img, right, wrong } = setup(t, 'wrong-key', 3);
   for (const args of [
     ['--disk', 'sealed', '--encryption-key-file', right],
     ['--disk', 'open'],
@@ -58,17 +61,7 @@ t.test('the wrong key: RNODE_KEY_MISMATCH (exit 2) from check, stats, disks, pru
 // disk in clear. A refused replicate took the disk's lease before it read the claim (a key-less one under the plain
 // disk id), and prune --keep with the key took a lease under the plain disk id too, on every retention run.
 t.test('refused writers and an encrypted disk retention leave nothing naming the disk in the store', async (t) => {
-  const dir = tmpDir(t, 'no-clear-name');
-  const store = path.join(dir, 'store');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(1024 * 1024, 4));
-  const key = (name: string, byte: number) => {
-    const f = path.join(dir, name);
-    fs.writeFileSync(f, Buffer.alloc(32, byte).toString('hex'), { mode: 0o600 });
-    return f;
-  };
-  const right = key('right', 1);
-  const wrong = key('wrong', 2);
+  const { store, img, right, wrong } = setup(t, 'no-clear-name', 4);
   for (const [args, code] of [
     [['--disk', 'secret-vm-disk', '--encryption-key-file', right], 0],
     [['--disk', 'secret-vm-disk', '--encryption-key-file', right], 0],
@@ -99,12 +92,7 @@ function listTree(dir: string): string[] {
 // A disk an rnode wrote before disk claims has none: without its key it was "not found, check --disk", with no word of
 // the encrypted disks the store holds, where it is.
 t.test('an encrypted disk without a claim: the not-found error says the store holds disks found only with their key', async (t) => {
-  const dir = tmpDir(t, 'no-claim');
-  const store = path.join(dir, 'store');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(1024 * 1024, 5));
-  const keyFile = path.join(dir, 'k');
-  fs.writeFileSync(keyFile, Buffer.alloc(32, 7).toString('hex'), { mode: 0o600 });
+  const { dir, store, img, right: keyFile } = setup(t, 'no-claim', 5);
   t.equal((await runCli(['replicate', '--source', img, '--target', store, '--disk', 'old', '--encryption-key-file', keyFile])).code, 0);
   fs.rmSync(path.join(store, 'claims'), { recursive: true });
   for (const cmd of [['points'], ['recover', '--out', path.join(dir, 'o.img')]]) {

@@ -138,6 +138,26 @@ export function plainNode(argv: string[]): [string, string[]] {
   return ['env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, ...argv]];
 }
 
+/**
+ * Starts the CLI with args and leaves it running, for tests that signal it mid-run: the child, its output so far and
+ * its exit code to come. Killed at the test's end if it is still running.
+ */
+export function spawnCli(
+  t: { teardown(fn: () => void): void },
+  args: string[],
+): { child: ChildProcess; out: { stdout: string; stderr: string }; exited: Promise<number | null> } {
+  ensureBuilt();
+  const child = spawn(...plainNode([CLI, ...args]), { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  const out = { stdout: '', stderr: '' };
+  child.stdout!.on('data', (b: Buffer) => (out.stdout += b));
+  child.stderr!.on('data', (b: Buffer) => (out.stderr += b));
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  return { child, out, exited };
+}
+
 /** Runs node with argv (a script file, flags) outside the runner's hooks; never rejects for a non-zero exit. */
 export function runNode(argv: string[], opts: RunOptions = {}): Promise<CliResult> {
   const env = { ...process.env, ...opts.env };

@@ -9,21 +9,11 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { CLI, ensureBuilt, plainNode } from '../helpers/cli.js';
+import { spawnCli } from '../helpers/cli.js';
 import { MiB, randomData, tmpDir } from '../helpers/images.js';
 
 function spawnReplicate(t: Test, source: string, store: string) {
-  const child = spawn(...plainNode([CLI, 'replicate', '--source', source, '--target', store, '--disk', 'd', '--json']), {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
-  const out = { stdout: '', stderr: '' };
-  child.stdout.on('data', (b: Buffer) => (out.stdout += b));
-  child.stderr.on('data', (b: Buffer) => (out.stderr += b));
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  return { child, out, exited };
+  return spawnCli(t, ['replicate', '--source', source, '--target', store, '--disk', 'd', '--json']);
 }
 
 async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
@@ -34,7 +24,6 @@ async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void
 }
 
 t.test('SIGTERM while the NBD handshake waits: exit 143 with RNODE_CANCELLED, at once', async (t) => {
-  ensureBuilt();
   const dir = tmpDir(t, 'nbd-stop-handshake');
   const socket = path.join(dir, 'mute.sock');
   // A server that accepts and never says a word: the handshake waits (up to 30 s) for its greeting.
@@ -71,7 +60,6 @@ async function slowServer(t: Test, dir: string, image: string, delay: string) {
 }
 
 t.test('SIGTERM to an NBD replicate: no read after it, and the message says the next run reads the point again', async (t) => {
-  ensureBuilt();
   const dir = tmpDir(t, 'nbd-stop-reads');
   const image = path.join(dir, 'disk.raw');
   fs.writeFileSync(image, randomData(64 * MiB, 9));
@@ -92,7 +80,6 @@ t.test('SIGTERM to an NBD replicate: no read after it, and the message says the 
 // A second signal exits at once; with --json its error was on stderr only, and stdout was empty: a caller reading the
 // one JSON document the command promises got nothing to parse. (The first stop waits here for the READs in flight.)
 t.test('a second SIGINT exits at once, and with --json says so as the one JSON document on stdout', async (t) => {
-  ensureBuilt();
   const dir = tmpDir(t, 'nbd-second-signal');
   const image = path.join(dir, 'disk.raw');
   fs.writeFileSync(image, randomData(16 * MiB, 10));
