@@ -27,11 +27,10 @@ import { encodeManifestV4, isV2Point, MANIFEST_VERSION_V2, type V4ManifestFields
 import { WriterMarks } from '../repository/prune-marks.js';
 import { BatchCursor, chainBatches, isDamage } from '../repository/view.js';
 import { Lease } from '../repository/lease.js';
-import { checkClaim, readClaim } from '../repository/claims.js';
 import type { ReplicateOptions, ReplicateResult } from './replicate/options.js';
 import { ChangeHashReader, ChangeHashWriter, changeHashesAvailable, changeHashPlace } from './replicate/change-hashes.js';
 import { PackWriter } from './replicate/packs.js';
-import { openCheckpoint, planPoint, type PointPlan } from './replicate/plan.js';
+import { checkedClaim, openCheckpoint, planPoint, type PointPlan } from './replicate/plan.js';
 import { RunState } from './replicate/run-state.js';
 import { ChunkScan } from './replicate/scan.js';
 import { TableWriter } from './replicate/table.js';
@@ -50,7 +49,7 @@ export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult
   // A claim that refuses this key (none given, another one, one for a plain disk) refuses it before the lease is taken:
   // the lease object is the first thing a run writes, and a key-less one is named after the disk in clear. The plan
   // checks the claim again under the lease.
-  checkClaim(await readClaim(opts.store, disk), opts.encryption, disk);
+  await checkedClaim(opts.store, disk, opts.encryption);
   return Lease.holding(opts.store, leaseName(disk, opts.encryption), opts.lease, (lease) =>
     withWorkerDomain(domain, async () => {
       try {

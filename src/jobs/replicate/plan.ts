@@ -9,7 +9,9 @@ import type { PointManifest, SegmentRef } from '../../format/manifest.js';
 import { ChunkGrid, chunkBatchesOf, DEFAULT_CHUNK_SIZE, validateChunkSize } from '../../pipeline/grid.js';
 import type { BlockSource } from '../../source/types.js';
 import type { ChunkEntry } from '../../format/table.js';
-import { checkClaim, ensureClaim, readClaim } from '../../repository/claims.js';
+import { checkClaim, ensureClaim, readClaim, type DiskClaim } from '../../repository/claims.js';
+import type { EncryptionKey } from '../../crypto/keys.js';
+import type { ObjectStore } from '../../store/types.js';
 import { Domain, domainName, MIN_PACK_SIZE, validatePackSize } from '../../repository/domain.js';
 import { checkChainAuthenticity, checkWriteKey, readDiskMarker } from '../../repository/encryption.js';
 import { r2, validateDiskId } from '../../repository/names.js';
@@ -105,14 +107,7 @@ export async function planPoint(opts: ReplicateOptions, damagedChain?: string): 
   if (opts.diskNamedAfterSource && latest) await checkSameFile(latest, source, disk);
   // The disk's claim names the repository its v2 points are in: a writer with no key or another key is refused here,
   // where it could not otherwise see an encrypted disk's keyed names. Claimed now, before any object is written.
-  const claim = await readClaim(store, disk);
-  // A claim that disagrees with the key: forged when the key's repository holds points of the disk (listed only then).
-  const keyHoldsPoints =
-    opts.encryption !== undefined &&
-    claim !== undefined &&
-    claim.domain !== domainName(opts.encryption) &&
-    (await listV2PointSeqs(store, disk, opts.encryption)).length > 0;
-  checkClaim(claim, opts.encryption, disk, keyHoldsPoints);
+  const claim = await checkedClaim(store, disk, opts.encryption);
   // An unencrypted disk's v2 points are listed without a key: a key given for it would start a second, encrypted
   // chain of the same disk id. (Another key's encrypted disk cannot be seen: its names are keyed; it is another
   // repository of the store.)
@@ -291,6 +286,19 @@ export interface ResumeFrom {
   reused: string[];
   /** The generation of prune's marks any checkpoint that opened had seen (resumed or not), else 0. */
   marksGeneration: number;
+}
+
+/**
+ * The disk's claim, checked against the key: refused (KEY_REQUIRED, KEY_MISMATCH) when it names another repository,
+ * and METADATA_FORGED when the key's repository holds points of the disk all the same (listed only then: a replaced
+ * claim must not advise leaving out the key).
+ */
+export async function checkedClaim(store: ObjectStore, disk: string, key: EncryptionKey | undefined): Promise<DiskClaim | undefined> {
+  const claim = await readClaim(store, disk);
+  const keyHoldsPoints =
+    key !== undefined && claim !== undefined && claim.domain !== domainName(key) && (await listV2PointSeqs(store, disk, key)).length > 0;
+  checkClaim(claim, key, disk, keyHoldsPoints);
+  return claim;
 }
 
 export async function openCheckpoint(opts: ReplicateOptions, plan: PointPlan, identity: string | undefined): Promise<ResumeFrom> {
