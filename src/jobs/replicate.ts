@@ -92,24 +92,24 @@ function withCheckpointState(err: unknown, table: TableWriter, resumed: boolean,
   const written = table.checkpointsWritten > 0;
   // A source that cannot say its data is still the data read (an NBD export, a VDDK disk) is never resumed
   // (openCheckpoint): its checkpoint only keeps the stored chunks known, so they are not sent again.
-  const unresumable = identity === undefined;
-  const checkpoint: CheckpointState = unresumable
+  const startsOver = identity === undefined ? sourceStartsOver(source) : undefined;
+  const checkpoint: CheckpointState = startsOver
     ? 'none'
     : written && table.checkpointFailure === undefined
       ? 'all'
       : written || resumed
         ? 'earlier'
         : 'none';
-  const kept = unresumable
-    ? sourceStartsOver(source)
-    : {
-        all: 'the chunks stored so far are checkpointed: the next run resumes',
-        earlier: 'its last checkpoint is kept (the chunks stored after it are not in it): the next run resumes from there',
-        none: 'no checkpoint was written: the next run starts the point over',
-      }[checkpoint];
+  const kept =
+    startsOver ??
+    {
+      all: 'the chunks stored so far are checkpointed: the next run resumes',
+      earlier: 'its last checkpoint is kept (the chunks stored after it are not in it): the next run resumes from there',
+      none: 'no checkpoint was written: the next run starts the point over',
+    }[checkpoint];
   return new RnodeError(ErrorCodes.CANCELLED, `replication was cancelled and the point was not committed; ${kept}`, {
     cause: err,
-    details: { ...err.details, checkpoint, ...(unresumable ? { startsOver: sourceStartsOver(source) } : {}) },
+    details: { ...err.details, checkpoint, ...(startsOver ? { startsOver } : {}) },
   });
 }
 

@@ -44,8 +44,14 @@ t.test('SIGTERM while the NBD handshake waits: exit 143 with RNODE_CANCELLED, at
   t.match(out.stderr, /RNODE_CANCELLED: replicate stopped by SIGTERM/);
 });
 
-/** nbdkit serving image on a socket in dir, every READ answered after delay; the log counts the READs sent. */
-async function slowServer(t: Test, dir: string, image: string, delay: string) {
+/**
+ * A replicate of a random image of `size` from nbdkit, every READ answered after `delay`, running once `readsFirst`
+ * READs were sent; reads() counts the READs nbdkit logged.
+ */
+async function slowReplicate(t: Test, tag: string, size: number, delay: string, readsFirst: number) {
+  const dir = tmpDir(t, tag);
+  const image = path.join(dir, 'disk.raw');
+  fs.writeFileSync(image, randomData(size, 9));
   const socket = path.join(dir, 'k.sock');
   const log = path.join(dir, 'nbd.log');
   const server = spawn('nbdkit', ['-f', '-r', '-U', socket, '--filter=log', '--filter=delay', 'file', image, `rdelay=${delay}`, `logfile=${log}`], {
@@ -56,17 +62,14 @@ async function slowServer(t: Test, dir: string, image: string, delay: string) {
   });
   await until('nbdkit', () => fs.existsSync(socket));
   const reads = () => (fs.existsSync(log) ? (fs.readFileSync(log, 'utf8').match(/ Read id=\d+ /g)?.length ?? 0) : 0);
-  return { url: `nbd+unix:///?socket=${socket}`, reads };
+  const run = spawnReplicate(t, `nbd+unix:///?socket=${socket}`, path.join(dir, 'store'));
+  await until('reads', () => reads() >= readsFirst);
+  return { ...run, reads };
 }
 
 t.test('SIGTERM to an NBD replicate: no read after it, and the message says the next run reads the point again', async (t) => {
-  const dir = tmpDir(t, 'nbd-stop-reads');
-  const image = path.join(dir, 'disk.raw');
-  fs.writeFileSync(image, randomData(64 * MiB, 9));
   // Every READ answered after 1.5 s: the run's buffers are all waiting on the server most of the time.
-  const { url, reads } = await slowServer(t, dir, image, '1500ms');
-  const { child, out, exited } = spawnReplicate(t, url, path.join(dir, 'store'));
-  await until('reads', () => reads() >= 4);
+  const { child, out, exited, reads } = await slowReplicate(t, 'nbd-stop-reads', 64 * MiB, '1500ms', 4);
   child.kill('SIGTERM');
   // A READ sent as the signal arrives is logged a moment later; the one this test is about was sent once a read in
   // flight came back (a buffer freed), up to 1.5 s after the signal.
@@ -83,12 +86,7 @@ t.test('SIGTERM to an NBD replicate: no read after it, and the message says the 
 // A second signal exits at once; with --json its error was on stderr only, and stdout was empty: a caller reading the
 // one JSON document the command promises got nothing to parse. (The first stop waits here for the READs in flight.)
 t.test('a second SIGINT exits at once, and with --json says so as the one JSON document on stdout', async (t) => {
-  const dir = tmpDir(t, 'nbd-second-signal');
-  const image = path.join(dir, 'disk.raw');
-  fs.writeFileSync(image, randomData(16 * MiB, 10));
-  const { url, reads } = await slowServer(t, dir, image, '5');
-  const { child, out, exited } = spawnReplicate(t, url, path.join(dir, 'store'));
-  await until('reads', () => reads() >= 2);
+  const { child, out, exited } = await slowReplicate(t, 'nbd-second-signal', 16 * MiB, '5', 2);
   child.kill('SIGINT');
   await new Promise((r) => setTimeout(r, 50));
   child.kill('SIGINT');
