@@ -2,7 +2,7 @@
 // kept point must restore byte-exact after random store faults, link cuts, writer and serve kills and a full disk.
 import net from 'node:net';
 import t from 'tap';
-import { formatCounts, runSoak } from './soak.js';
+import { formatCounts, leaseWaitMs, runSoak } from './soak.js';
 
 const MINUTES = Number(process.env.RNODE_SOAK_MINUTES ?? 2);
 
@@ -41,4 +41,14 @@ t.test('a serve that cannot take its port back is a counted event, not the end o
   t.same(c.problems, [], 'nothing else went wrong');
   t.equal(c.badRestores, 0, 'no bad restore');
   t.ok(c.pointsVerified > 0, `${c.pointsVerified} points verified`);
+});
+
+// The soak's retry waited a fixed second per attempt: 8 attempts fell short of a 5 s lease's 10 s binding time on
+// a slow CI machine, and the soak reported a held disk as a failure.
+t.test('a held lease is waited out until the time its message names', async (t) => {
+  const now = Date.parse('2026-12-06T17:04:20.000Z');
+  const msg = 'rnode: RNODE_LEASE_HELD: disk d0 is being written by soak/1/a (lease until 2026-12-06T17:04:27.185Z); wait';
+  t.equal(leaseWaitMs(msg, now), 7285);
+  t.equal(leaseWaitMs(msg, now + 60_000), 100, 'a time already past: a short pause');
+  t.equal(leaseWaitMs('rnode: RNODE_LEASE_HELD: something else', now), 1000);
 });

@@ -72,6 +72,12 @@ const sha = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)
 const rssMiB = () => Math.round(process.memoryUsage().rss / MiB);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** How long until the lease an RNODE_LEASE_HELD message names stops binding (1 s if it names no time, 15 s at most). */
+export function leaseWaitMs(message: string, now = Date.now()): number {
+  const until = Date.parse(/lease until (\S+?)\)/.exec(message)?.[1] ?? '');
+  return Number.isFinite(until) ? Math.min(15_000, Math.max(0, until - now) + 100) : 1000;
+}
+
 export interface SoakOptions {
   minutes: number;
   seed?: number;
@@ -299,8 +305,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakCounts> {
       if (r.code === 0) return;
       errors.push(r.killed ? 'killed' : r.err);
       // Held by a live holder: this soak's own in-process run, whose lease release an injected fault refused. The
-      // CLI does not wait for a lease, and 8 quick attempts fit in its 5 s TTL; wait that out instead of failing.
-      if (r.err.includes('RNODE_LEASE_HELD')) await sleep(1000);
+      // CLI does not wait for a lease; wait until the time its message names (the 5 s TTL plus the readers' skew
+      // margin, 10 s in all: more than 8 quick attempts spaced by a fixed pause took on a slow CI machine).
+      if (r.err.includes('RNODE_LEASE_HELD')) await sleep(leaseWaitMs(r.err));
       c.runsFailed++;
       if (r.code !== 1 && r.code !== null) c.problems.push(`replicate ${s.name}/${d} exit ${r.code}: ${r.err}`);
       // exitCode stays null for a process killed by a signal: look at both.
