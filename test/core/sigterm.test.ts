@@ -106,7 +106,11 @@ t.test('SIGTERM before the first pack is stored: no checkpoint claimed, and the 
     bandwidth: '1MiB',
     packSize: '4MiB',
   });
-  await new Promise((r) => setTimeout(r, 1500)); // the first 4 MiB pack takes 4 s at 1 MiB/s
+  // Signalled once the run holds the disk's lease (its stop handler is in by then: a fixed 1.5 s after the spawn came
+  // before it on a loaded machine, and the signal killed the process), well before its first 4 MiB pack (4 s at 1 MiB/s).
+  const lease = path.join(store, 'disks', 'd', 'lease.json');
+  for (const deadline = Date.now() + 30_000; !fs.existsSync(lease) && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 300));
   child.kill('SIGTERM');
   t.equal(await exited, 143, out.stderr);
   t.equal(chunkFiles(store), 0, 'no pack was stored');

@@ -88,7 +88,8 @@ t.test('SIGTERM to an NBD replicate: no read after it, and the message says the 
 t.test('a second SIGINT exits at once, and with --json says so as the one JSON document on stdout', async (t) => {
   const { child, out, exited } = await slowReplicate(t, 'nbd-second-signal', 16 * MiB, '5', 2);
   child.kill('SIGINT');
-  await new Promise((r) => setTimeout(r, 50));
+  // The second once the first is in: two sent before a loaded machine ran the process were one pending signal.
+  await until('the first stop', () => out.stderr.includes('send it again to stop at once'));
   child.kill('SIGINT');
   t.equal(await exited, 130, 'exit 130 (128 + SIGINT)');
   t.match(
