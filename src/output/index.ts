@@ -3,6 +3,7 @@
 import { ErrorCodes, RnodeError } from '../errors.js';
 import { fileUrlPath } from '../file-url.js';
 import { redact } from '../store/schemes.js';
+import { urlPrefix } from '../store/common.js';
 import { openFileOutput } from './file.js';
 import type { OpenOutputOptions, OutputSink } from './sink.js';
 import { displayUrl, objectName, parseOutUrl } from './url.js';
@@ -62,8 +63,9 @@ function refuseInsideStore(url: URL, storeLocation: string): void {
     return; // a local store: a cloud output cannot be inside it
   }
   if (store.protocol.toLowerCase() !== url.protocol || store.hostname !== url.hostname) return;
-  const prefix = store.pathname.replace(/^\/+/, '');
-  if (objectName(url).startsWith(prefix)) {
+  // The store's own reading of its prefix: decoded (s3://b/dr%20site keeps its objects under "dr site/"), as the
+  // output's object name is; the encoded form let a recover write over the store's r2/plain/config.
+  if (objectName(url).startsWith(urlPrefix(store.pathname, storeLocation))) {
     throw new RnodeError(
       ErrorCodes.OUTPUT_IN_STORE,
       `--out ${displayUrl(url)} is inside the store ${storeLocation} being read; write the disk to another bucket, container or prefix`,

@@ -310,6 +310,13 @@ t.test('outputs inside the store being read, and malformed outputs, are refused'
   await t.rejects(openOutput('s3://disks/repo/restored.raw', opts), { code: ErrorCodes.OUTPUT_IN_STORE });
   await t.rejects(openOutput('azblob://c/p/x.vhd', { ...opts, storeLocation: 'azblob://c/' }), { code: ErrorCodes.OUTPUT_IN_STORE });
   await t.rejects(openOutput('gs://b/p/x.tar.gz', { ...opts, storeLocation: 'gs://b/p/' }), { code: ErrorCodes.OUTPUT_IN_STORE });
+  // The store keeps its objects under the decoded prefix ("dr site/"): an encoded one let a recover overwrite r2/plain/config.
+  await t.rejects(openOutput('s3://disks/dr%20site/r2/plain/config', { ...opts, storeLocation: 's3://disks/dr%20site' }), {
+    code: ErrorCodes.OUTPUT_IN_STORE,
+  });
+  await t.rejects(openOutput('azblob://c/my%20store/in.vhd', { ...opts, storeLocation: 'azblob://c/my%20store' }), {
+    code: ErrorCodes.OUTPUT_IN_STORE,
+  });
   await t.rejects(openOutput('azblob://disks/x.raw', opts), { code: ErrorCodes.BAD_OUTPUT }, 'azblob needs a .vhd name');
   await t.rejects(openOutput('gs://disks/x.tar', opts), { code: ErrorCodes.BAD_OUTPUT }, 'gs needs a .tar.gz name');
   await t.rejects(openOutput('s3://disks/', opts), { code: ErrorCodes.BAD_OUTPUT }, 's3 needs a key');
@@ -389,6 +396,36 @@ t.test('tar: sparse maps longer than the header, and offsets past 8 GiB (base-25
     }
   }
   t.pass('every extent in place, zeros after each');
+});
+
+// The upload failed (GCS credentials whose token could not be fetched) while gzip still held a write: that write
+// never called back, no drain came, and the recover hung with nothing left to run (exit 13, no message).
+t.test('gs:// output: an upload that fails while a write is under way fails the restore, never hangs it', async (t) => {
+  const { GcsTarGzSink } = await import('../../src/output/gcs-targz.js');
+  const { Writable } = await import('node:stream');
+  // Takes the first bytes and never answers (waiting for a token), then fails.
+  const upload = new Writable({ highWaterMark: 1, write: () => undefined });
+  setTimeout(() => upload.destroy(new Error('request to https://oauth2.googleapis.com/token failed')), 100);
+  const size = 8 * MiB;
+  const sink = new GcsTarGzSink('gs://disks/x.tar.gz', upload, size);
+  const restore = (async () => {
+    await sink.prepare(async function* () {
+      yield { offset: 0, length: size };
+    });
+    for (let at = 0; at < size; at += MiB) await sink.write(at, randomData(MiB, 300 + at / MiB));
+    await sink.finish();
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<string>((r) => (timer = setTimeout(() => r('hung'), 20_000)));
+  const outcome = await Promise.race([
+    restore.then(
+      () => 'finished',
+      (e: RnodeError) => e.code,
+    ),
+    hung,
+  ]);
+  clearTimeout(timer);
+  t.equal(outcome, ErrorCodes.OUTPUT_IO, 'the restore failed with the upload');
 });
 
 /** Restores point 1 of disk plain to out, one chunk at a time (or `concurrency`), the relay cut at the first progress report. */
