@@ -38,6 +38,8 @@ export class GcsTarGzSink implements OutputSink {
   private readonly tar = zlib.createGzip({ level: GZIP_LEVEL });
   private readonly done: Promise<void>;
   private failure: unknown;
+  /** The writes and drains waiting now: a failed upload rejects them (see settled()). */
+  private readonly waiting = new Set<(err: unknown) => void>();
   private readonly realSize: number;
   /** Data bytes written to the member so far, and the disk offset the next write must start at. */
   private stored = 0;
@@ -54,6 +56,8 @@ export class GcsTarGzSink implements OutputSink {
     this.realSize = roundUp(diskSize, GCE_ALIGN);
     this.done = pipeline(this.tar, upload).catch((err) => {
       this.failure ??= err;
+      for (const fail of this.waiting) fail(err);
+      this.waiting.clear();
       throw err;
     });
     this.done.catch(() => undefined); // observed in finish(); abort() may never look
@@ -131,25 +135,32 @@ export class GcsTarGzSink implements OutputSink {
 
   /** Resolves once the tar stream has taken buf (and gzip has consumed it), so the caller may reuse it. */
   private emit(buf: Buffer): Promise<void> {
-    if (this.failure) return Promise.reject(this.mapped(this.failure));
     this.tarBytes += buf.length;
-    return new Promise<void>((resolve, reject) => {
-      this.tar.write(buf, (err) => (err ? reject(this.mapped(err)) : resolve()));
-    }).then(() => this.drained());
+    return this.settled((ok, fail) => this.tar.write(buf, (err) => (err ? fail(err) : ok()))).then(() => this.drained());
   }
 
   private drained(): Promise<void> {
     if (!this.tar.writableNeedDrain) return Promise.resolve();
+    return this.settled((ok) => this.tar.once('drain', ok));
+  }
+
+  /**
+   * Runs start, settled by its callbacks or by the upload failing first: a write gzip was still taking when the failed
+   * upload tore the pipeline down never calls back, nor does a drain come (a recover then hung with nothing left to
+   * run: exit 13, no message, when GCS credentials could not get a token).
+   */
+  private settled(start: (ok: () => void, fail: (err: unknown) => void) => void): Promise<void> {
+    if (this.failure) return Promise.reject(this.mapped(this.failure));
     return new Promise<void>((resolve, reject) => {
-      const onDrain = () => {
-        this.done.catch(() => undefined);
-        resolve();
-      };
-      this.tar.once('drain', onDrain);
-      this.done.catch((err) => {
-        this.tar.off('drain', onDrain);
+      const fail = (err: unknown) => {
+        this.waiting.delete(fail);
         reject(this.mapped(err));
-      });
+      };
+      this.waiting.add(fail);
+      start(() => {
+        this.waiting.delete(fail);
+        resolve();
+      }, fail);
     });
   }
 
