@@ -51,6 +51,8 @@ class AzureVhdSink implements OutputSink {
   /** The virtual size: the disk rounded up to 1 MiB; the padding reads as zeros. */
   readonly virtualSize: number;
   private created = false;
+  /** A create got no answer (the network, a timeout): it may have made the blob all the same. */
+  private createUnanswered = false;
   /** Written into the blob's metadata at create: how this run knows the blob as its own after a lost answer. */
   private readonly runId = randomUUID();
 
@@ -79,10 +81,13 @@ class AzureVhdSink implements OutputSink {
         });
       } catch (err) {
         // Answers, not failures: thrown as RnodeErrors, which retried() passes through without retrying.
-        const code = azureFailure(err).code;
+        const { code, status } = azureFailure(err);
+        if (status === undefined) this.createUnanswered = true;
         if (code === 'BlobAlreadyExists' || code === 'ConditionNotMet') {
-          // A retry whose first attempt did create the blob (its answer was lost) finds this run's own blob.
-          if (await this.isOwnBlob()) return;
+          // A retry whose first attempt did create the blob (its answer was lost) finds this run's own blob. Credentials
+          // that may create but not read (a write-only SAS) cannot tell: the blob is someone's, as far as this run knows.
+          const own = await this.isOwnBlob().catch(() => false);
+          if (own) return;
           throw new RnodeError(ErrorCodes.OUTPUT_IO, `--out ${this.location} already exists; delete it or choose another name`, { cause: err });
         }
         if (code === 'ContainerNotFound') {
@@ -136,8 +141,10 @@ class AzureVhdSink implements OutputSink {
 
   async abort(cause?: unknown): Promise<void> {
     try {
-      // A create whose answer never came may still have made the blob: it is deleted only when it is this run's.
-      if (!this.created && !(await this.isOwnBlob())) return;
+      // A create whose answer never came may still have made the blob: it is deleted only when it is this run's. One
+      // refused (the blob was there, the credentials were wrong) made nothing: no note sends the operator to delete a
+      // blob this run never wrote.
+      if (!this.created && (!this.createUnanswered || !(await this.isOwnBlob()))) return;
       await this.blob.deleteIfExists({ abortSignal: signal() });
     } catch {
       // The server that failed the restore often fails the delete too: the operator must know what is left.

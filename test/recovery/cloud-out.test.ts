@@ -428,6 +428,43 @@ t.test('gs:// output: an upload that fails while a write is under way fails the 
   t.equal(outcome, ErrorCodes.OUTPUT_IO, 'the restore failed with the upload');
 });
 
+// Refused credentials on an existing blob said "a partial blob may remain at <it>: delete it before a rerun": this
+// run wrote nothing there (the blob was someone's disk), and with a write-only SAS the real answer, "already exists",
+// was lost behind the denied read of the blob's properties.
+t.test('azblob:// onto an existing blob with refused credentials: no partial-blob note, and a write-only SAS hears it exists', async (t) => {
+  const { StorageSharedKeyCredential, generateBlobSASQueryParameters, BlobSASPermissions } = await import('@azure/storage-blob');
+  const taken = BlobServiceClient.fromConnectionString(env.AZURE_STORAGE_CONNECTION_STRING!)
+    .getContainerClient('disks')
+    .getPageBlobClient('taken.vhd');
+  await taken.create(MiB);
+  const wrongKey = env.AZURE_STORAGE_CONNECTION_STRING!.replace(/AccountKey=[^;]+/, `AccountKey=${Buffer.from('wrong key').toString('base64')}`);
+  const denied = await recover({
+    store,
+    disk: 'plain',
+    out: 'azblob://disks/taken.vhd',
+    env: { ...env, AZURE_STORAGE_CONNECTION_STRING: wrongKey },
+  }).catch((e: RnodeError) => e);
+  t.equal((denied as RnodeError).code, ErrorCodes.OUTPUT_IO, (denied as Error).message);
+  t.notMatch((denied as Error).message, /partial blob/, 'no partial blob to delete: the create was refused');
+  const account = 'devstoreaccount1';
+  const accountKey = /AccountKey=([^;]+)/.exec(env.AZURE_STORAGE_CONNECTION_STRING!)![1];
+  const sas = generateBlobSASQueryParameters(
+    { containerName: 'disks', permissions: BlobSASPermissions.parse('cw'), expiresOn: new Date(Date.now() + 3600_000) },
+    new StorageSharedKeyCredential(account, accountKey),
+  ).toString();
+  const writeOnly = {
+    ...env,
+    AZURE_STORAGE_CONNECTION_STRING: undefined,
+    AZURE_STORAGE_ACCOUNT_URL: `${azurite.endpoint}/${account}`,
+    AZURE_STORAGE_SAS_TOKEN: sas,
+  };
+  await t.rejects(recover({ store, disk: 'plain', out: 'azblob://disks/taken.vhd', env: writeOnly }), {
+    code: ErrorCodes.OUTPUT_IO,
+    message: /^--out azblob:\/\/disks\/taken\.vhd already exists; delete it or choose another name$/,
+  });
+  t.equal((await taken.getProperties()).contentLength, MiB, 'the blob is as it was');
+});
+
 /** Restores point 1 of disk plain to out, one chunk at a time (or `concurrency`), the relay cut at the first progress report. */
 async function restoreCutMidway(
   r: { cut(): void },
