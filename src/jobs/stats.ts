@@ -4,11 +4,13 @@
 // being written use (pending). An encrypted domain without its key shows object counts and sizes only. Legacy disks
 // are counted as they are stored (no dedup).
 import type { EncryptionKey } from '../crypto/keys.js';
+import { ErrorCodes, isRnodeError } from '../errors.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { PLAIN_DOMAIN, classify, layout, r2 } from '../repository/names.js';
 import { checkKeyOpensOne, listPoints, loadV2Chain } from '../repository/points.js';
+import { isV2Point } from '../repository/point-format.js';
 import { chainView, isDamage } from '../repository/view.js';
 import { scanDomain } from './prune-v2.js';
 
@@ -140,11 +142,14 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   }
   for (const disk of legacyDisks) {
     opts.signal?.throwIfAborted();
-    const points = await listPoints(store, disk).catch((err: unknown) => {
-      if (!isDamage(err)) throw err;
+    // A legacy point written after the upgrade is that disk's problem, as in `disks`: it failed the whole store's figures.
+    const all = await listPoints(store, disk).catch((err: unknown) => {
+      if (!isDamage(err) && !isRnodeError(err, ErrorCodes.LEGACY_AFTER_UPGRADE)) throw err;
       problems.push({ disk, code: err.code, message: err.message });
       return [];
     });
+    // Its plain v2 points (a disk upgraded to v2) are counted with their repository, not here too.
+    const points = all.filter((m) => !isV2Point(m));
     legacy.points += points.length;
     for (const m of points) legacy.logicalBytes += m.diskSize;
     diskNames.add(disk);

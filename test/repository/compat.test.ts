@@ -233,6 +233,11 @@ t.test('a legacy point an older rnode writes after the upgrade is refused by rea
   t.equal(c.code, 1, 'check fails');
   t.equal(json(c).ok, false);
   t.match(json(c).problems, [{ code: 'RNODE_LEGACY_AFTER_UPGRADE' }]);
+  // The disk's problem, not the store's: stats gave no figure at all.
+  const s = await runCli(['stats', '--store', storeDir, '--json']);
+  t.equal(s.code, 1, 'stats exits 1');
+  t.match(json(s).problems, [{ disk: 'plain-disk', code: 'RNODE_LEGACY_AFTER_UPGRADE' }], 'stats names the problem');
+  t.ok(json(s).points > 0, 'and counts the rest');
   t.same(
     listFiles(storeDir).filter((f) => !f.endsWith('lease.json')),
     before,
@@ -248,6 +253,9 @@ t.test('a legacy point an older rnode writes after the upgrade is refused by rea
   const p = await runCli(['prune', '--store', storeDir, '--disk', 'plain-disk', '--keep', '2', '--json']);
   t.equal(p.code, 0, p.stderr);
   t.same(json(p).kept, [1, 2]);
+  const after = json(await runCli(['stats', '--store', storeDir, '--json']));
+  const listed = json(await runCli(['disks', '--store', storeDir, '--json'])).disks.reduce((n: number, d: { points: number }) => n + d.points, 0);
+  t.equal(after.points, listed, `stats counts ${listed} points, as disks lists them: the upgraded disk's v2 point once, not as legacy too`);
   t.same(
     listFiles(legacyArea).filter((f) => /\/0000000002/.test(f)),
     [],
