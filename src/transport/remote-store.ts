@@ -23,7 +23,7 @@ import {
 } from './control.js';
 import { isPlainTextPeer, isTlsFailure, oneLineTlsError, TransportErrorCodes, transportError } from './errors.js';
 import { speaksTls } from './tls-probe.js';
-import { LinkProgress } from './link-progress.js';
+import { LinkProgress, SendPace } from './link-progress.js';
 import {
   decodeFrame,
   encodeFrame,
@@ -93,6 +93,8 @@ interface Req {
   payload?: Buffer;
   /** An object sent in parts: every part's head and payload (a slice of the caller's buffer), in order. */
   parts?: Array<{ head: Buffer; payload: Buffer }>;
+  /** The next part to send, while the parts go out one at a time (other requests may pass between them). */
+  nextPart?: number;
   /** Bytes on the wire (frame + payload): what the credit counts. */
   size: number;
   isPut: boolean;
@@ -113,6 +115,8 @@ interface Req {
  * most of them are views, and the node copies each byte once, into the buffer it checks and writes from.
  */
 const FRAGMENT_BYTES = 16 * 1024;
+/** The smallest part of a PUT sent in parts (on a slow link), and the step of part sizes. */
+const PART_MIN_BYTES = 256 * 1024;
 
 /** Each connection's socket (TCP or TLS), as its upgrade handed it over: corked around a PUT's fragments. */
 const socketOf = new WeakMap<WebSocket, Duplex>();
@@ -146,7 +150,16 @@ export class RemoteStore implements ObjectStore {
   private sendSeq = 0;
   private recvSeq = 0;
   private nextStream = 1;
+  /** PUTs waiting for credit and for the link. */
   private readonly queue: Req[] = [];
+  /**
+   * Every other request (lease renewals, heads, gets): small, they pass every PUT byte not yet handed to the socket,
+   * so a renewal never waits behind packs (and a PUT's parts go one at a time to let them through).
+   */
+  private readonly controls: Req[] = [];
+  /** The parted PUT whose parts are going out. */
+  private streaming?: Req;
+  private pace?: SendPace;
   private readonly sent = new Map<number, Req>();
   private pumping = false;
   private drainWaiters: Array<() => void> = [];
@@ -161,6 +174,7 @@ export class RemoteStore implements ObjectStore {
   private everConnected = false;
   private maxFrame = MAX_FRAME_BYTES;
   private maxObject = MAX_OBJECT_BYTES;
+  private nodeTakesParts = false;
   /** A connection-level refusal (auth, version) the node sent before closing: fails everything pending. */
   private fatal?: RnodeError;
   /**
@@ -234,7 +248,8 @@ export class RemoteStore implements ObjectStore {
     const meta = { key, ...(opts.ifMatch !== undefined ? { ifMatch: opts.ifMatch } : {}) };
     let head: Buffer;
     let parts: Array<{ head: Buffer; payload: Buffer }> | undefined;
-    if (buf.length <= PART_BYTES) {
+    const partBytes = this.partBytes();
+    if (buf.length <= partBytes) {
       head = encodeFrameHead({ type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64, meta }, buf.length);
       if (head.length + buf.length > this.maxFrame) {
         throw new RnodeError(
@@ -246,8 +261,8 @@ export class RemoteStore implements ObjectStore {
       // Larger objects (packs) go in parts: no WebSocket message above the frame limit, the node assembles them.
       if (buf.length > this.maxObject) throw this.tooLarge(key, buf.length);
       parts = [];
-      for (let at = 0; at < buf.length; at += PART_BYTES) {
-        const payload = buf.subarray(at, Math.min(buf.length, at + PART_BYTES));
+      for (let at = 0; at < buf.length; at += partBytes) {
+        const payload = buf.subarray(at, Math.min(buf.length, at + partBytes));
         parts.push({
           head: encodeFrameHead(
             { type: FrameType.PUT, stream, seq: 0, flags, diskOffset, plainXxh64, meta: { ...meta, total: buf.length, at } },
@@ -443,8 +458,12 @@ export class RemoteStore implements ObjectStore {
           return rebuild ? rebuild() : Buffer.from(req.frame);
         },
       };
-      if (this.queue.length === 0 && this.sent.size === 0) this.answeredAt = Date.now();
-      this.queue.push(req);
+      if (this.queue.length === 0 && this.controls.length === 0 && this.sent.size === 0) this.answeredAt = Date.now();
+      if (isPut) this.queue.push(req);
+      else {
+        this.controls.push(req);
+        this.wake(); // a pump waiting for the link sends it now
+      }
       if (this.state === 'idle') void this.connectLoop();
       else void this.pump();
     });
@@ -473,46 +492,90 @@ export class RemoteStore implements ObjectStore {
     );
   }
 
-  /** Sends queued requests while credit and the socket's buffer allow (a bandwidth limit paces the puts above: src/store/wrap.ts). */
+  /**
+   * Sends queued requests: the small ones first, whenever they come; PUTs while credit allows and the link's queue is
+   * under its pace (SendPace), a parted one a part at a time. A bandwidth limit paces the puts above: src/store/wrap.ts.
+   */
   private async pump(): Promise<void> {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      while (this.state === 'ready' && this.queue.length > 0) {
-        const ws = this.ws!;
-        const r = this.queue[0];
-        if (r.isPut && r.size > this.counters.window) {
-          // It would wait for credit forever: this node's window cannot hold it.
-          this.queue.shift();
-          r.reject(this.tooLarge(String(parsePutMetaKey(r.frame)), r.size));
+      while (this.state === 'ready') {
+        const control = this.controls.shift();
+        if (control) {
+          this.dispatch(control);
           continue;
         }
-        if (r.isPut && this.credit < r.size) break; // an ack's credit grant calls pump again
-        if (ws.bufferedAmount >= this.hwm) {
-          await new Promise<void>((res) => this.drainWaiters.push(res));
-          continue;
-        }
-        this.queue.shift();
-        if (r.sentOn !== 0) {
-          r.frame = r.rebuild ? r.rebuild() : r.frame;
-          if (r.isPut) {
-            this.counters.resentFrames++;
-            this.counters.resentBytes += r.size;
+        const r = this.streaming ?? this.queue[0];
+        if (!r) break;
+        if (r !== this.streaming) {
+          if (r.size > this.counters.window) {
+            // It would wait for credit forever: this node's window cannot hold it.
+            this.queue.shift();
+            r.reject(this.tooLarge(String(parsePutMetaKey(r.frame)), r.size));
+            continue;
           }
+          if (this.credit < r.size) break; // an ack's credit grant calls pump again
         }
-        if (r.isPut) {
-          this.credit -= r.size;
-          this.unacked += r.size;
-          if (this.unacked > this.counters.maxUnackedBytes) this.counters.maxUnackedBytes = this.unacked;
+        if (this.pace?.full(this.counters.bytesSent)) {
+          await this.drained();
+          continue;
         }
-        r.sentOn = this.gen;
-        this.sent.set(r.stream, r);
-        if (r.parts) for (const p of r.parts) this.sendNow(p.head, p.payload);
-        else this.sendNow(r.frame, r.payload);
+        if (r === this.streaming) this.sendPart(r);
+        else this.dispatch(this.queue.shift()!);
       }
     } finally {
       this.pumping = false;
     }
+  }
+
+  /** Sends a request (a PUT's first part only, when it goes in parts): it now waits for its answer. */
+  private dispatch(r: Req): void {
+    if (r.sentOn !== 0) {
+      r.frame = r.rebuild ? r.rebuild() : r.frame;
+      if (r.isPut) {
+        this.counters.resentFrames++;
+        this.counters.resentBytes += r.size;
+      }
+    }
+    if (r.isPut) {
+      this.credit -= r.size;
+      this.unacked += r.size;
+      if (this.unacked > this.counters.maxUnackedBytes) this.counters.maxUnackedBytes = this.unacked;
+    }
+    r.sentOn = this.gen;
+    this.sent.set(r.stream, r);
+    if (!r.parts) return this.sendNow(r.frame, r.payload);
+    r.nextPart = 0;
+    this.streaming = r;
+    this.sendPart(r);
+  }
+
+  private sendPart(r: Req): void {
+    const p = r.parts![r.nextPart!++];
+    if (r.nextPart === r.parts!.length) this.streaming = undefined;
+    this.sendNow(p.head, p.payload);
+  }
+
+  /** Until a write ends, a request comes, or a moment passes (the kernel's queue shrinks without an event). */
+  private drained(): Promise<void> {
+    return new Promise<void>((res) => {
+      const t = setTimeout(() => this.wake(), 20);
+      this.drainWaiters.push(() => {
+        clearTimeout(t);
+        res();
+      });
+    });
+  }
+
+  private wake(): void {
+    for (const w of this.drainWaiters.splice(0)) w();
+  }
+
+  /** Bytes per part of a PUT sent in parts: what the link's pace lets wait (a node from before parts takes whole frames). */
+  private partBytes(): number {
+    if (!this.pace || !this.nodeTakesParts) return PART_BYTES;
+    return Math.min(PART_BYTES, Math.max(PART_MIN_BYTES, this.pace.limit - (this.pace.limit % PART_MIN_BYTES)));
   }
 
   private sendNow(frame: Buffer, payload?: Buffer): void {
@@ -544,7 +607,7 @@ export class RemoteStore implements ObjectStore {
   }
 
   private onWritten(): void {
-    if (!this.ws || this.ws.bufferedAmount < this.hwm) for (const w of this.drainWaiters.splice(0)) w();
+    this.wake();
   }
 
   // ---- connection ----
@@ -757,6 +820,8 @@ export class RemoteStore implements ObjectStore {
     this.maxFrame = Math.min(MAX_FRAME_BYTES, w.maxFrame);
     // A node without parted PUTs takes nothing above one frame.
     this.maxObject = Math.min(MAX_OBJECT_BYTES, w.maxObject ?? PART_BYTES);
+    this.nodeTakesParts = w.maxObject !== undefined;
+    this.pace = new SendPace(ws, socketOf.get(ws), this.hwm);
     this.counters.window = w.window;
     this.counters.connects++;
     this.everConnected = true;
@@ -868,13 +933,16 @@ export class RemoteStore implements ObjectStore {
   private onDisconnect(ws: WebSocket): void {
     if (ws !== this.ws) return;
     this.ws = undefined;
+    this.pace = undefined;
+    this.streaming = undefined; // its parts go again from the first
     clearInterval(this.heartbeat);
-    for (const w of this.drainWaiters.splice(0)) w();
+    this.wake();
     if (this.state === 'closed') return;
     // Unanswered requests go first again, in the order they were sent.
     const again = [...this.sent.values()].sort((a, b) => a.stream - b.stream);
     this.sent.clear();
-    this.queue.unshift(...again);
+    this.queue.unshift(...again.filter((r) => r.isPut));
+    this.controls.unshift(...again.filter((r) => !r.isPut));
     this.state = 'idle';
     const fatal = this.fatal;
     this.fatal = undefined;
@@ -882,7 +950,7 @@ export class RemoteStore implements ObjectStore {
       this.failAll(fatal);
       return;
     }
-    if (this.queue.length === 0) return;
+    if (this.queue.length === 0 && this.controls.length === 0) return;
     const waited = Date.now() - this.answeredAt;
     if (waited > (this.opts.reconnectBudgetMs ?? 60_000)) {
       const err = transportError(
@@ -900,9 +968,11 @@ export class RemoteStore implements ObjectStore {
   }
 
   private failAll(err: unknown): void {
-    const reqs = [...this.sent.values(), ...this.queue];
+    const reqs = [...this.sent.values(), ...this.controls, ...this.queue];
     this.sent.clear();
+    this.controls.length = 0;
     this.queue.length = 0;
+    this.streaming = undefined;
     for (const r of reqs) r.reject(err);
   }
 }

@@ -112,3 +112,36 @@ t.test('a link slower than two heartbeats per PUT is kept: bytes moving toward t
   t.equal(rs.counters.connects, 1, 'on the one connection it was sent on');
   t.equal(rs.counters.resentFrames, 0, 'nothing was sent twice');
 });
+
+// A lease renewal went out behind every PUT byte queued before it: a whole pack handed to the socket at once (its
+// parts back to back) and 4 MiB more, minutes on a slow link while the lease ran out (TTL 60 s; measured at 100 kB/s:
+// the renewal left 2 min after the lease was taken). Requests other than PUTs now pass the PUTs' bytes not yet handed
+// to the socket, a parted PUT goes a part at a time, and what waits toward the node follows the link's rate.
+t.test('a lease renewal passes the PUT bytes queued before it on a slow link', async (t) => {
+  const dir = tmpDir(t, 'ws-slow-renew');
+  const rate = 4_000_000;
+  const node = await startNode(t, dir, { bandwidth: rate });
+  let arrived = 0;
+  const checks = node.server.checks;
+  const checkPut = checks.checkPut.bind(checks);
+  checks.checkPut = async (p) => {
+    arrived = performance.now();
+    return checkPut(p);
+  };
+  const rs = remote(t, node.url);
+  const lease = await rs.leases.acquire('d', 'writer', 60_000);
+  const size = 16 * MiB;
+  const data = randomData(size, 41);
+  const t0 = performance.now();
+  // Refused once it has arrived (no rnode key): the node reads all of it at its rate first.
+  const put = rs.put('x/pack', data).catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 500));
+  await rs.leases.renew(lease, 60_000);
+  const renewed = performance.now();
+  await put;
+  t.comment(
+    `renewed after ${((renewed - t0) / 1000).toFixed(2)} s; the ${size / MiB} MiB object arrived after ${((arrived - t0) / 1000).toFixed(2)} s`,
+  );
+  t.ok(arrived > 0, 'the object reached the node');
+  t.ok(renewed < arrived, 'the renewal was answered before the object queued ahead of it had arrived');
+});
