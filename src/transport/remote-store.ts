@@ -11,7 +11,7 @@ import WebSocket from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { ByteRange, LeaseAuthority, LeaseRecord, ObjectInfo, ObjectStore, PutOptions, StoreCapabilities } from '../store/types.js';
 import { checkKey } from '../store/common.js';
-import { r2 } from '../repository/names.js';
+import { claims, r2 } from '../repository/names.js';
 import {
   MAX_TOKEN_CHARS,
   RNODE_PATH,
@@ -232,7 +232,15 @@ export class RemoteStore implements ObjectStore {
   };
 
   private async leaseCall(m: Extract<ClientMessage, { op: 'lease' }>): Promise<LeaseRecord> {
-    const f = await this.control(m);
+    const f = await this.control(m).catch((err: unknown) => {
+      // A node from before lease messages closes the session on the first one as a protocol error.
+      if (!isRnodeError(err, TransportErrorCodes.PROTOCOL) || !/unknown control message "lease"/.test(err.message)) throw err;
+      throw transportError(
+        TransportErrorCodes.VERSION,
+        `the receiving node ${this.location} runs an older rnode that does not take lease messages: upgrade rnode on that node (nothing was stored)`,
+        { cause: err, details: { remote: this.location } },
+      );
+    });
     const reply = this.nodeMessage(f);
     if (reply.op !== 'leaseGrant') throw this.unexpected('lease', f);
     return { format: 'rnode-lease', ...reply.lease };
@@ -300,17 +308,22 @@ export class RemoteStore implements ObjectStore {
   }
 
   /**
-   * An r2/ key the node does not know (its refusal says so, naming the key): a node from before repository v2. Both
-   * speak protocol version 1, so the refusal is all there is to tell by; its raw sentence ("not an rnode object")
-   * sent operators looking for damage. This rnode builds r2/ keys with names.ts only, so a node that knows them
-   * never refuses one that way.
+   * An r2/ or claims/ key the node does not know (its refusal says so, naming the key): a node from before repository
+   * v2, or before disk claims. Both speak protocol version 1, so the refusal is all there is to tell by; its raw
+   * sentence ("not an rnode object") sent operators looking for damage. This rnode builds those keys with names.ts
+   * only, so a node that knows them never refuses one that way.
    */
   private olderNode(key: string, err: unknown): unknown {
-    if (!key.startsWith(r2.prefix) || !isRnodeError(err, TransportErrorCodes.REJECTED)) return err;
+    const what = key.startsWith(r2.prefix)
+      ? 'repository v2 (the format this rnode writes)'
+      : key.startsWith(claims.prefix)
+        ? 'disk claims'
+        : undefined;
+    if (!what || !isRnodeError(err, TransportErrorCodes.REJECTED)) return err;
     if (err.details.key !== key || !/is not an rnode object/.test(err.message)) return err;
     return transportError(
       TransportErrorCodes.VERSION,
-      `the receiving node ${this.location} runs an older rnode that predates repository v2 (the format this rnode writes): ` +
+      `the receiving node ${this.location} runs an older rnode that predates ${what}: ` +
         `upgrade rnode on that node (it refused ${JSON.stringify(key)}; nothing was stored)`,
       { cause: err, details: { ...err.details, remote: this.location } },
     );

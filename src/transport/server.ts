@@ -1096,7 +1096,7 @@ function requestKey(key: string, reading?: ObjectChecks): void {
   if (reading?.kindOf(key) === 'lease') {
     throw new RnodeError(
       TransportErrorCodes.REJECTED,
-      `${key} is kept by the receiving node; take a lease with a lease message instead of reading it`,
+      `${key} is kept by the receiving node, which a sender takes with a lease message: the sending rnode is older than this node (it reads and writes lease.json itself), upgrade it`,
       { details: { key } },
     );
   }

@@ -119,38 +119,45 @@ t.test('CLI: rnode serve, then replicate/points/verify/recover with ws://', asyn
 // Bug: a sender replicating to a node of the release before repository v2 (both speak protocol version 1) failed
 // with that node's raw refusal, RNODE_TRANSPORT_REJECTED 'key "r2/plain/config" is not an rnode object ...', which
 // reads like damage. The node here refuses v2 keys with that release's exact sentence.
-t.test('a node that predates repository v2: the sender says so and to upgrade that node; its lease is released', async (t) => {
-  const dir = tmpDir(t, 'ws-old-node');
-  const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(256 * KiB, 9));
-  const storeDir = path.join(dir, 'recv');
-  const checks = new ObjectValidator(fsStore(storeDir));
-  const olderNode: ObjectChecks = {
-    checkPut: (p) =>
-      p.key.startsWith(v2Keys.prefix)
-        ? Promise.reject(
-            new RnodeError(
-              TransportErrorCodes.REJECTED,
-              `key ${JSON.stringify(p.key)} is not an rnode object (points, tables, chunks, pending or lease of a disk); it was not stored`,
-              { details: { key: p.key } },
-            ),
-          )
-        : checks.checkPut(p),
-    checkDelete: (key) => checks.checkDelete(key),
-    kindOf: (key) => (key.startsWith(v2Keys.prefix) ? undefined : checks.kindOf(key)),
-  };
-  const { url } = await startNode(t, dir, { checks: olderNode });
-  for (const run of [1, 2]) {
-    const r = await runCli(['replicate', '--source', img, '--target', url, '--disk', 'd']);
-    t.equal(r.code, 1, `run ${run}: exit 1`);
-    t.match(
-      r.stderr,
-      /RNODE_TRANSPORT_VERSION: the receiving node ws:\S+ runs an older rnode that predates repository v2 .*: upgrade rnode on that node/,
-      `run ${run}: says why`,
-    );
-    t.notMatch(r.stderr, /LEASE_HELD/, `run ${run}: the previous run's lease was released`);
-    const lease = JSON.parse(fs.readFileSync(path.join(storeDir, 'disks', 'd', 'lease.json'), 'utf8'));
-    t.equal(Date.parse(lease.expiresAt), 0, `run ${run}: lease.json records the release (it keeps the fencing token)`);
-  }
-  t.same(await listPointSeqs(fsStore(storeDir), 'd'), [], 'no point was stored');
-});
+// The same for a node of a v2 release from before disk claims: it refused the claims/ key the same way (an upgrade
+// found it), and the sender passed the refusal on as is.
+for (const [prefix, what] of [
+  [v2Keys.prefix, 'repository v2'],
+  ['claims/', 'disk claims'],
+] as const) {
+  t.test(`a node that predates ${what}: the sender says so and to upgrade that node; its lease is released`, async (t) => {
+    const dir = tmpDir(t, 'ws-old-node');
+    const img = path.join(dir, 'disk.img');
+    fs.writeFileSync(img, randomData(256 * KiB, 9));
+    const storeDir = path.join(dir, 'recv');
+    const checks = new ObjectValidator(fsStore(storeDir));
+    const olderNode: ObjectChecks = {
+      checkPut: (p) =>
+        p.key.startsWith(prefix)
+          ? Promise.reject(
+              new RnodeError(
+                TransportErrorCodes.REJECTED,
+                `key ${JSON.stringify(p.key)} is not an rnode object (points, tables, chunks, pending or lease of a disk); it was not stored`,
+                { details: { key: p.key } },
+              ),
+            )
+          : checks.checkPut(p),
+      checkDelete: (key) => checks.checkDelete(key),
+      kindOf: (key) => (key.startsWith(prefix) ? undefined : checks.kindOf(key)),
+    };
+    const { url } = await startNode(t, dir, { checks: olderNode });
+    for (const run of [1, 2]) {
+      const r = await runCli(['replicate', '--source', img, '--target', url, '--disk', 'd']);
+      t.equal(r.code, 1, `run ${run}: exit 1`);
+      t.match(
+        r.stderr,
+        new RegExp(`RNODE_TRANSPORT_VERSION: the receiving node ws:\\S+ runs an older rnode that predates ${what}.*: upgrade rnode on that node`),
+        `run ${run}: says why`,
+      );
+      t.notMatch(r.stderr, /LEASE_HELD/, `run ${run}: the previous run's lease was released`);
+      const lease = JSON.parse(fs.readFileSync(path.join(storeDir, 'disks', 'd', 'lease.json'), 'utf8'));
+      t.equal(Date.parse(lease.expiresAt), 0, `run ${run}: lease.json records the release (it keeps the fencing token)`);
+    }
+    t.same(await listPointSeqs(fsStore(storeDir), 'd'), [], 'no point was stored');
+  });
+}
