@@ -62,6 +62,20 @@ export class ChunkIndex {
     }
   }
 
+  /**
+   * A chunk found in no pack: when the point itself is gone (prune deleted it and swept its packs after this export had
+   * read its tables), that is what happened; the chunk's error sent operators looking for damage. Else err as it is.
+   */
+  async explainMissing(err: unknown): Promise<unknown> {
+    if (!isRnodeError(err, ErrorCodes.CHUNK_MISSING) || !this.reload) return err;
+    try {
+      await this.reload();
+    } catch (e) {
+      if (isRnodeError(e, ErrorCodes.POINT_NOT_FOUND)) return deletedWhileExported(this.chain[0], e);
+    }
+    return err;
+  }
+
   /** One chain walked for one chunk: an entry never comes from a mix of an old table and a new one. */
   private async lookupIn(chain: PointManifest[], i: number): Promise<ChunkEntry | undefined> {
     for (const m of chain) {
@@ -99,14 +113,7 @@ export class ChunkIndex {
     try {
       chain = await this.reload!();
     } catch (err) {
-      if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) {
-        throw new RnodeError(
-          ErrorCodes.POINT_NOT_FOUND,
-          `point ${head.point} of disk ${head.disk} was deleted while it was exported (its chunk tables are gone); export a point that exists`,
-          { cause: err },
-        );
-      }
-      throw err;
+      throw isRnodeError(err, ErrorCodes.POINT_NOT_FOUND) ? deletedWhileExported(head, err) : err;
     }
     const now = chain[0];
     if (now.point !== head.point || now.createdAt !== head.createdAt || now.diskSize !== head.diskSize || now.chunkSize !== head.chunkSize) {
@@ -239,4 +246,12 @@ function findEntry(entries: ChunkEntry[], i: number): ChunkEntry | undefined {
     else return entries[mid];
   }
   return undefined;
+}
+
+function deletedWhileExported(head: PointManifest, cause: unknown): RnodeError {
+  return new RnodeError(
+    ErrorCodes.POINT_NOT_FOUND,
+    `point ${head.point} of disk ${head.disk} was deleted while it was exported (its chunk tables are gone); export a point that exists`,
+    { cause },
+  );
 }

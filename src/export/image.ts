@@ -103,7 +103,7 @@ export class PointImage implements ExportImage {
       const failed = settled.find((s) => s.status === 'rejected');
       if (failed) {
         for (const b of held) this.cache.release(b);
-        throw (failed as PromiseRejectedResult).reason;
+        throw await this.index.explainMissing((failed as PromiseRejectedResult).reason);
       }
       whole = settled.flatMap((s) => (s as PromiseFulfilledResult<Piece[]>).value);
     } else {

@@ -9,8 +9,8 @@ import { ChunkIndex } from '../../src/export/chunk-index.js';
 import { pruneStore } from '../../src/jobs/prune-v2.js';
 import { codecWorkers } from '../../src/pipeline/codec-workers.js';
 import { loadChain } from '../../src/repository/points.js';
-import { fsStore, sha256File, tmpDir, writeAt } from '../helpers/images.js';
-import { CHUNK, compare, haveTools, nbdMap, pointsWithCopies, run, serveExport, unixUrl } from './helpers.js';
+import { fsStore, sha256File, snap, tmpDir, writeAt } from '../helpers/images.js';
+import { CHUNK, compare, haveTools, makeDisk, nbdMap, pointsWithCopies, run, serveExport, unixUrl } from './helpers.js';
 
 t.setTimeout(180_000);
 t.teardown(() => codecWorkers().close());
@@ -108,6 +108,39 @@ t.test('a point prune deleted: reads fail with EIO and a log line that says it w
     'with the real message',
   );
 });
+
+// The export had read the point's tables before prune deleted it and swept its packs: its next read found the chunk
+// in no pack, and said so (RNODE_CHUNK_MISSING: "restore another point or re-replicate"), as if the store were damaged.
+t.test(
+  'a point prune deleted after the export read its tables: the log says it was deleted, not that a chunk is missing',
+  { skip: !haveTools && 'tools missing' },
+  async (t) => {
+    const dir = tmpDir(t, 'export-prune-gone-loaded');
+    // Two points without a chunk in common: point 1's packs are all swept once it is deleted.
+    const store = fsStore(path.join(dir, 'store'));
+    const image = path.join(dir, 'disk.img');
+    for (const seed of [1, 50]) {
+      makeDisk(image, seed);
+      await snap(store, image, 'vm', { chunkSize: CHUNK, lease: false });
+    }
+    const logs: Log = [];
+    const exp = await serveExport(t, dir, { store, disk: 'vm', point: '1', log: (event, fields) => logs.push({ event, fields }) });
+    const url = unixUrl(exp.socket, 'vm');
+    const first = await run('qemu-io', ['-r', '-f', 'raw', '-c', `read 0 ${CHUNK}`, url]);
+    t.equal(first.code, 0, `the first read is served: the point's table is loaded ${first.stderr}`);
+    // Deleted, then its packs swept by the repository's prunes (a pack's chunks are marked by one, deleted by the next).
+    await prune(store, 1);
+    for (let i = 0; i < 2; i++) await pruneStore({ store, graceMs: 0, maxUnused: 0 });
+    const r = await run('qemu-io', ['-r', '-f', 'raw', '-c', `read ${2 * CHUNK} ${CHUNK}`, url]);
+    t.match(r.stdout + r.stderr, /Input\/output error|failed/i, 'the read fails');
+    const failed = logs.find((l) => l.event === 'request-failed');
+    t.match(
+      failed?.fields,
+      { code: 'RNODE_POINT_NOT_FOUND', message: /point 1 of disk vm was deleted while it was exported/ },
+      'with the real message',
+    );
+  },
+);
 
 t.test('lookups in flight while the chain reloads: one reload, entries as a fresh index of the rebased point', async (t) => {
   const dir = tmpDir(t, 'export-prune-index');
