@@ -81,3 +81,13 @@ export function encryptionKeyFrom(values: Record<string, unknown>): EncryptionKe
   if (file === '') throw new RnodeError(ErrorCodes.KEY_FILE, '--encryption-key-file needs the path of a file holding the key');
   return readKeyFile(file);
 }
+
+/** "90s", "30m", "1h", "2d" or milliseconds as a bare number ("0": no grace, for tests) -> milliseconds. */
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(text.trim());
+  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  if (!m || !Number.isSafeInteger(Number(m[1]) * unit[m[2] ?? 'ms'])) {
+    throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a duration such as 90s, 30m, 1h or 2d (got "${text}")`);
+  }
+  return Number(m[1]) * unit[m[2] ?? 'ms'];
+}

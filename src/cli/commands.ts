@@ -7,7 +7,7 @@ import { isVirtualFsPath, unusablePath } from '../store/fs/dirs.js';
 import { parseSize, validateChunkSize } from '../pipeline/grid.js';
 import type { StageTimes } from '../pipeline/stages.js';
 import type { CheckpointState } from '../jobs/replicate.js';
-import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, required, str } from './args.js';
+import { ENCRYPTION_OPTIONS, ENCRYPTION_USAGE, encryptionKeyFrom, parse, parseDuration, required, str } from './args.js';
 import { agentCommand } from './agent.js';
 import type { Command, Io } from './command.js';
 import { exportCmd } from './export.js';
@@ -597,16 +597,6 @@ export function positiveInt(text: string, flag: string): number {
     throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a whole number of at least 1 (got "${text}")`);
   }
   return n;
-}
-
-/** "90s", "30m", "1h", "2d" or milliseconds as a bare number ("0": no grace, for tests) -> milliseconds. */
-export function parseDuration(text: string, flag: string): number {
-  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(text.trim());
-  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-  if (!m || !Number.isSafeInteger(Number(m[1]) * unit[m[2] ?? 'ms'])) {
-    throw new RnodeError(ErrorCodes.USAGE, `--${flag} must be a duration such as 90s, 30m, 1h or 2d (got "${text}")`);
-  }
-  return Number(m[1]) * unit[m[2] ?? 'ms'];
 }
 
 /** "25", "25%" -> 0.25; 0 allowed (never). */

@@ -32,7 +32,7 @@ export function checkVmForm(command: string, v: Values, diskFlags: readonly stri
 
 export const VM_POINTS_USAGE = `rnode points --store <store> --vm <vm-moref> ${ENCRYPTION_USAGE} [--json]`;
 export const VM_RECOVER_USAGE = `rnode recover --store <store> --vm <vm-moref> [--point <n>|latest] --out-dir <dir> ${ENCRYPTION_USAGE} [--json]`;
-export const VM_PRUNE_USAGE = `rnode prune --store <store> --vm <vm-moref> --keep <n> ${ENCRYPTION_USAGE} [--json]`;
+export const VM_PRUNE_USAGE = `rnode prune --store <store> --vm <vm-moref> --keep <n> [--grace <duration>] ${ENCRYPTION_USAGE} [--json]`;
 
 export const VMWARE_REPLICATE_USAGE =
   'rnode replicate (--source vddk://<host>/<vm-moref>[?disk=<key>&transports=nbdssl:nbd] | --source-config <vm.json>) --target <store> ' +

@@ -5,10 +5,10 @@ import { codecByName } from '../format/codecs.js';
 import { validateChunkSize } from '../pipeline/grid.js';
 import { replicateVm, type ReplicateVmResult } from '../jobs/replicate-vm.js';
 import { goneDiskPoint, goneDiskPoints, pruneVm, recoverVm } from '../jobs/vm.js';
-import { listVmPoints, resolveVmPoint } from '../repository/vm-points.js';
+import { listVmPointsOf, resolveVmPoint } from '../repository/vm-points.js';
 import { exitVddk, loadVmwareConfig, parseVddkUrl, VmwareSession, type VmwareSourceConfig } from '../source/vmware/index.js';
 import { parseBandwidth } from '../transport/index.js';
-import { encryptionKeyFrom } from './args.js';
+import { encryptionKeyFrom, parseDuration } from './args.js';
 import { bytes, failureLine, rate, secs } from './format.js';
 import { stoppable } from './signals.js';
 import { openStoreFromFlags } from './store-flags.js';
@@ -53,6 +53,13 @@ export async function replicateVmwareCommand(v: Values, io: Io): Promise<number>
       'VMware disks are stored as "<vm-moref>-disk-<device key>"; choose disks with ?disk=<key> or "disks" in the source config, not --disk',
     );
   }
+  // Taken by a file source's replicate and not (yet) by a VM's: given here they were accepted and ignored.
+  const ignored = ['pack-size', 'cache-dir'].find((f) => v[f] !== undefined);
+  if (ignored)
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `--${ignored} is not taken by a VMware replicate (its disks use the repository's defaults); see "rnode replicate --help"`,
+    );
   const config = vmwareConfigFrom(v);
   const chunkSize = typeof v['chunk-size'] === 'string' ? validateChunkSize(v['chunk-size']) : undefined;
   const codec = typeof v.compression === 'string' ? codecByName(v.compression) : undefined;
@@ -130,10 +137,13 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
   const store = await openStoreFromFlags(storeArg, v);
   try {
     const key = encryptionKeyFrom(v);
-    const points = await listVmPoints(store, vm, key);
+    // A VM with no VM point record at all is a wrong --vm or --store, as for recover and prune (it printed "no VM
+    // points" and exit 0).
+    await resolveVmPoint(store, vm, undefined);
+    // A record that cannot be read is named in place of its row and hides no other (it hid them all, exit 1).
+    const { points, problems } = await listVmPointsOf(store, vm, key);
     // A VM point one of whose disk points is gone (deleted by an rnode that let prune --disk do it) restores nothing:
     // named, as `points` names a damaged point, and the command exits 1.
-    const problems: Array<{ vmPoint: number; code: string; message: string }> = [];
     for (const p of points) {
       for (const d of await goneDiskPoints(store, p, key)) {
         problems.push({ vmPoint: p.seq, code: ErrorCodes.POINT_NOT_FOUND, message: `${goneDiskPoint(p, d)}: it cannot be restored` });
@@ -159,7 +169,7 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
         );
       }
       for (const p of problems) io.out(`${p.code}: ${p.message}`);
-      if (problems.length) io.err(failureLine(problems[0].code, `${problems.length} disk point(s) of VM ${vm}'s VM points are gone, named above`));
+      if (problems.length) io.err(failureLine(problems[0].code, `${problems.length} problem(s) with VM ${vm}'s VM points, named above`));
     }
     return problems.length ? 1 : 0;
   } finally {
@@ -198,12 +208,20 @@ export async function vmPruneCommand(v: Values, io: Io): Promise<number> {
   const { storeArg, vm } = vmArgs(v, 'prune');
   if (typeof v.keep !== 'string') throw new RnodeError(ErrorCodes.USAGE, `"rnode prune --vm" needs --keep; ${VM_PRUNE_USAGE}`);
   const keep = positive(v.keep, 'keep');
+  // The repository's maintenance flags: a VM's retention deletes points, its disks' sweeps run with --grace.
+  const other = ['max-unused', 'reset-marks'].find((f) => v[f] !== undefined);
+  if (other)
+    throw new RnodeError(
+      ErrorCodes.USAGE,
+      `--${other} does not go with --vm: run "rnode prune --store <store> --${other} ..." for the repository; ${VM_PRUNE_USAGE}`,
+    );
+  const graceMs = typeof v.grace === 'string' ? parseDuration(v.grace, 'grace') : undefined;
   const store = await openStoreFromFlags(storeArg, v);
   try {
     // A VM with no points is a wrong --vm or --store (it reported "kept none; deleted none" and exit 0).
     await resolveVmPoint(store, vm, undefined);
     const r = await stoppable('prune', 'nothing was deleted: run the same command again', (signal) =>
-      pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v), signal }),
+      pruneVm({ store, vm, keep, encryption: encryptionKeyFrom(v), signal, ...(graceMs !== undefined ? { graceMs } : {}) }),
     );
     if (v.json === true) io.out(JSON.stringify(r));
     else {

@@ -12,7 +12,7 @@ import { replicate, type ReplicateProgress, type ReplicateResult } from './repli
 import {
   checkVmKey,
   commitVmPoint,
-  latestVmPoint,
+  latestReadableVmPoint,
   recordPartialVmRun,
   type Consistency,
   type VmPoint,
@@ -242,7 +242,7 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
   const warnings: string[] = [];
   const staleSnapshotsRemoved = await cleanUpLeftovers(session, store, warnings);
   const vm = await session.vmInfo();
-  const prev = await latestVmPoint(store, vm.moref, opts.encryption);
+  const prev = await latestReadableVmPoint(store, vm.moref, opts.encryption, warnings);
   const plan = await planDisks(opts, vm.disks, prev, diskId);
   // A disk id no new point may take fails here, before the snapshot, not in that disk's replicate.
   for (const k of plan.keys) validateNewDiskId(diskId(k));

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { EncryptionKey } from '../crypto/keys.js';
-import { ErrorCodes, RnodeError } from '../errors.js';
+import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import type { LeaseOptions } from '../repository/lease.js';
 import { outputPath } from '../output/index.js';
 import { listPointSeqs } from '../repository/points.js';
@@ -137,12 +137,21 @@ export interface PruneVmResult {
 export async function pruneVm(opts: PruneVmOptions): Promise<PruneVmResult> {
   const { store, vm, keep } = opts;
   const seqs = await listVmPointSeqs(store, vm);
-  const kept = seqs.slice(-keep);
-  const doomed = seqs.slice(0, seqs.length - kept.length);
+  // The newest `keep` VM points that can be read: a damaged record restores nothing, so it neither counts as kept (it
+  // stopped every prune of the VM, and kept no disk point) nor is deleted while it is newer than the oldest kept.
+  const keptPoints: VmPoint[] = [];
+  for (let i = seqs.length - 1; i >= 0 && keptPoints.length < keep; i--) {
+    const p = await loadVmPoint(store, vm, seqs[i], opts.encryption).catch((err: unknown) => {
+      if (isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT)) return undefined;
+      throw err;
+    });
+    if (p) keptPoints.unshift(p);
+  }
+  const kept = keptPoints.map((p) => p.seq);
+  const doomed = keptPoints.length < keep ? [] : seqs.filter((s) => s < kept[0]);
   if (doomed.length === 0) return { vm, kept, deletedVmPoints: [], disks: [] };
   const oldestUsed = new Map<string, number>();
-  for (const s of kept) {
-    const p = await loadVmPoint(store, vm, s, opts.encryption);
+  for (const p of keptPoints) {
     // Without their key, encrypted disks list no points: the VM points would go and the disks keep all theirs.
     await checkVmPointKey(store, p, opts.encryption);
     for (const d of p.disks) oldestUsed.set(d.disk, Math.min(oldestUsed.get(d.disk) ?? Infinity, d.point));

@@ -225,12 +225,6 @@ export async function checkVmPointKey(store: ObjectStore, p: VmPoint, key: Encry
   }
 }
 
-export async function listVmPoints(store: ObjectStore, vm: string, encryption?: EncryptionKey): Promise<VmPoint[]> {
-  const out: VmPoint[] = [];
-  for (const s of await listVmPointSeqs(store, vm)) out.push(await loadVmPoint(store, vm, s, encryption));
-  return out;
-}
-
 /**
  * The VM points (of every VM in the store) that use one of `points` of `disk`: what a retention of that disk alone
  * would leave without a disk. A VM point that cannot be read (damaged, or sealed under another key than the disk's)
@@ -254,9 +248,48 @@ export async function vmPointsUsing(
   return uses;
 }
 
-export async function latestVmPoint(store: ObjectStore, vm: string, encryption?: EncryptionKey): Promise<VmPoint | undefined> {
+/**
+ * The newest VM point whose record can be read, what a VM run plans from; a damaged record newer than it is named in
+ * warnings. A damaged latest record stopped every later run of the VM for good (RNODE_MANIFEST_CORRUPT).
+ */
+export async function latestReadableVmPoint(
+  store: ObjectStore,
+  vm: string,
+  encryption: EncryptionKey | undefined,
+  warnings: string[],
+): Promise<VmPoint | undefined> {
   const seqs = await listVmPointSeqs(store, vm);
-  return seqs.length ? loadVmPoint(store, vm, seqs[seqs.length - 1], encryption) : undefined;
+  for (let i = seqs.length - 1; i >= 0; i--) {
+    try {
+      return await loadVmPoint(store, vm, seqs[i], encryption);
+    } catch (err) {
+      if (!isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT)) throw err;
+      warnings.push(
+        `${err.message}: this run plans from the VM point before it; the next prune --vm deletes it once it is older than the VM points kept`,
+      );
+    }
+  }
+  return undefined;
+}
+
+/** A VM's VM points, with the records that cannot be read (damaged, forged) named apart: they hide no other point. */
+export async function listVmPointsOf(
+  store: ObjectStore,
+  vm: string,
+  encryption?: EncryptionKey,
+): Promise<{ points: VmPoint[]; problems: Array<{ vmPoint: number; code: string; message: string }> }> {
+  const points: VmPoint[] = [];
+  const problems: Array<{ vmPoint: number; code: string; message: string }> = [];
+  for (const s of await listVmPointSeqs(store, vm)) {
+    try {
+      points.push(await loadVmPoint(store, vm, s, encryption));
+    } catch (err) {
+      if (isRnodeError(err, ErrorCodes.POINT_NOT_FOUND)) continue; // deleted by a prune since it was listed
+      if (!isRnodeError(err, ErrorCodes.MANIFEST_CORRUPT) && !isRnodeError(err, ErrorCodes.METADATA_FORGED)) throw err;
+      problems.push({ vmPoint: s, code: err.code, message: err.message });
+    }
+  }
+  return { points, problems };
 }
 
 /** "latest", undefined or a number → an existing VM point's number. */

@@ -371,6 +371,29 @@ t.test('a --store folder that does not exist, or is a file, is said so (check of
   t.notOk(fs.existsSync(nowhere), 'nothing was created');
 });
 
+// A mistyped --vm listed "no VM points" with exit 0 (recover and prune said RNODE_DISK_NOT_FOUND); prune --vm took
+// the repository's --max-unused and --reset-marks, and a VMware replicate --pack-size and --cache-dir, and ignored them.
+t.test('VM forms: an unknown --vm is not found, and flags they do not take are refused', async (t) => {
+  const unknown = await inProcess(['points', '--store', store, '--vm', 'vm-nope']);
+  t.equal(unknown.code, 1, unknown.stderr);
+  t.match(unknown.stderr, /RNODE_DISK_NOT_FOUND: VM vm-nope has no VM points in .*; check --vm and --store/);
+  for (const extra of [['--max-unused', '10'], ['--reset-marks']]) {
+    const r = await inProcess(['prune', '--store', store, '--vm', 'vm-nope', '--keep', '1', ...extra]);
+    t.equal(r.code, 2, `prune --vm ${extra[0]}: usage`);
+    t.match(r.stderr, new RegExp(`RNODE_USAGE: ${extra[0]} does not go with --vm`));
+  }
+  const grace = await inProcess(['prune', '--store', store, '--vm', 'vm-nope', '--keep', '1', '--grace', 'banana']);
+  t.equal(grace.code, 2, 'prune --vm --grace is read (and checked)');
+  for (const extra of [
+    ['--pack-size', '1MiB'],
+    ['--cache-dir', '/tmp'],
+  ]) {
+    const r = await inProcess(['replicate', '--source', 'vddk://vc.example/vm-1', '--target', store, ...extra]);
+    t.equal(r.code, 2, `VMware replicate ${extra[0]}: usage`);
+    t.match(r.stderr, new RegExp(`RNODE_USAGE: ${extra[0]} is not taken by a VMware replicate`));
+  }
+});
+
 t.test('prune --vm of a VM with no points says so (it reported "kept none; deleted none" and exit 0)', async (t) => {
   const r = await inProcess(['prune', '--store', store, '--vm', 'vm-nope', '--keep', '1']);
   t.equal(r.code, 1);
