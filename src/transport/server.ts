@@ -338,10 +338,16 @@ export class ReplicationServer {
     return Math.min(timerDelay(this.opts.handshakeMs ?? DEFAULT_HANDSHAKE_MS), MAX_TIMER_MS - 500);
   }
 
-  /** A hello was accepted on sock: it is a session now, watched by its idle timer. */
+  /**
+   * A hello was accepted on sock: it is a session now, watched by its idle timer. Under TLS the session's socket is
+   * the TLSSocket over the TCP one the deadline was set on (its _parent): looked up by the TLSSocket, the deadline was
+   * never cleared, and every wss:// session was cut as a handshake timeout 10.5 s after it began.
+   */
   handshakeDone(sock: Socket): void {
-    clearTimeout(this.handshaking.get(sock));
-    this.handshaking.delete(sock);
+    const tcp = this.handshaking.has(sock) ? sock : (sock as Socket & { _parent?: Socket })._parent;
+    if (!tcp) return;
+    clearTimeout(this.handshaking.get(tcp));
+    this.handshaking.delete(tcp);
   }
 
   authenticated(): number {

@@ -28,6 +28,25 @@ import { remote, startNode } from './helpers.js';
 
 const CHUNK = 64 * KiB;
 
+// The handshake deadline is set on the TCP socket and was cleared by the TLS socket over it, which it never found: every
+// wss:// session was cut as a handshake timeout (10.5 s by default) however well it went, and under serve --bandwidth
+// a replicate went round that cut for ever.
+t.test(
+  'wss://: a session that said hello outlives the handshake deadline',
+  { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' },
+  async (t) => {
+    const dir = tmpDir(t, 'ws-tls-deadline');
+    const { cert, key } = selfSignedCert(dir);
+    const { url, server } = await startNode(t, dir, { tls: { cert, key }, token: 'tls-token', handshakeMs: 300 });
+    const rs = remote(t, url, { ca: cert, token: 'tls-token' });
+    await rs.head('x/none').catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 1500));
+    await rs.head('x/none').catch(() => undefined);
+    t.equal(server.stats.handshakeTimeouts, 0, 'no handshake timeout');
+    t.equal(rs.counters.connects, 1, 'one session throughout');
+  },
+);
+
 t.test(
   'TLS: --ca and --pin-sha256 connect; no trust or a wrong pin is RNODE_TRANSPORT_TLS',
   { skip: !haveOpenssl && 'openssl CLI missing (.ci/run installs it)' },
