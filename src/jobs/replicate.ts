@@ -148,6 +148,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined,
     packSize: plan.packSize,
     packBuffers: plan.packBuffers,
     run,
+    ...(opts.signal ? { stop: opts.signal } : {}),
   });
   try {
     await packs.refreshMarks();

@@ -39,6 +39,12 @@ export interface PutOptions {
    * (transport/server.ts).
    */
   signal?: AbortSignal;
+  /**
+   * The writer is stopping: once aborted, a put that has not started yet (queued for a ws link's credit or pace) fails
+   * with RNODE_CANCELLED instead of being sent; one under way completes. A stop on a slow link waited for every queued
+   * pack to cross it.
+   */
+  stop?: AbortSignal;
 }
 
 /**

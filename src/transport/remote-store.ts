@@ -294,6 +294,7 @@ export class RemoteStore implements ObjectStore {
         parts ? undefined : buf,
         parts,
         key,
+        opts.stop,
       );
       return infoOf(key, f);
     } catch (err) {
@@ -441,9 +442,12 @@ export class RemoteStore implements ObjectStore {
     payload?: Buffer,
     parts?: Array<{ head: Buffer; payload: Buffer }>,
     key?: string,
+    stop?: AbortSignal,
   ): Promise<Frame> {
     if (this.state === 'closed') return Promise.reject(transportError(TransportErrorCodes.CLOSED, `the store ${this.location} is closed`));
-    return new Promise<Frame>((resolve, reject) => {
+    if (stop?.aborted) return Promise.reject(stoppedPut(key));
+    let unlisten: (() => void) | undefined;
+    const settled = new Promise<Frame>((resolve, reject) => {
       const size = parts ? parts.reduce((n, p) => n + p.head.length + p.payload.length, 0) : frame.length + (payload?.length ?? 0);
       const req: Req = {
         stream,
@@ -477,9 +481,21 @@ export class RemoteStore implements ObjectStore {
         this.controls.push(req);
         this.wake(); // a pump waiting for the link sends it now
       }
+      if (stop) {
+        // Still queued when the writer stops: dropped, not sent (one already going out completes).
+        const drop = () => {
+          const at = this.queue.indexOf(req);
+          if (at < 0) return;
+          this.queue.splice(at, 1);
+          reject(stoppedPut(key));
+        };
+        stop.addEventListener('abort', drop, { once: true });
+        unlisten = () => stop.removeEventListener('abort', drop);
+      }
       if (this.state === 'idle') void this.connectLoop();
       else void this.pump();
     });
+    return unlisten ? settled.finally(unlisten) : settled;
   }
 
   private tooLarge(key: string, bytes: number): RnodeError {
@@ -988,6 +1004,11 @@ export class RemoteStore implements ObjectStore {
     this.streaming = undefined;
     for (const r of reqs) r.reject(err);
   }
+}
+
+/** A PUT dropped from the queue because its writer is stopping (PutOptions.stop). */
+function stoppedPut(key: string | undefined): RnodeError {
+  return new RnodeError(ErrorCodes.CANCELLED, `put ${key ?? ''} was not sent: the run is stopping`);
 }
 
 /**

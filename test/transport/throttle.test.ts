@@ -145,3 +145,24 @@ t.test('a lease renewal passes the PUT bytes queued before it on a slow link', a
   t.ok(arrived > 0, 'the object reached the node');
   t.ok(renewed < arrived, 'the renewal was answered before the object queued ahead of it had arrived');
 });
+
+// A stop on a slow link waited for every pack already read to cross it: the source fit in the write budget, so nothing
+// listened for the signal once it was read, and the packs queued in the transport were sent anyway; the run then
+// committed and exited 0 (33 s at 1 MB/s, minutes slower). Now the packs still queued are dropped and the run stops.
+t.test('a stop on a slow link drops the packs still queued for it and stops the run', async (t) => {
+  const dir = tmpDir(t, 'ws-slow-stop');
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, randomData(24 * MiB, 51));
+  const { url } = await startNode(t, dir, { bandwidth: 1_000_000 });
+  const rs = remote(t, url);
+  const stop = new AbortController();
+  const run = snap(rs, img, 'd', { packSize: 4 * MiB, signal: stop.signal, lease: false }).then(
+    () => 'committed',
+    (e: { code?: string }) => e.code,
+  );
+  // Once the first pack is on its way: the source (24 MiB) is read within the write budget, its packs wait for the link.
+  while (rs.counters.bytesSent < 2 * MiB) await new Promise((r) => setTimeout(r, 20));
+  stop.abort();
+  t.equal(await run, 'RNODE_CANCELLED', 'the run stopped');
+  t.ok(rs.counters.bytesSent < 12 * MiB, `the packs still queued were not sent (${rs.counters.bytesSent} bytes sent of 24 MiB)`);
+});

@@ -30,6 +30,8 @@ export interface PackWriterOptions {
   packSize: number;
   packBuffers: number;
   run: RunState;
+  /** The run's stop signal: packs still waiting to be sent are dropped (PutOptions.stop). */
+  stop?: AbortSignal;
 }
 
 /** What the packs closed since the last index object hold, and their puts. */
@@ -158,7 +160,7 @@ export class PackWriter {
       slot.buffer = undefined;
       try {
         const bytes = closing.finish();
-        await this.o.store.put(r2.pack(this.o.domain.name, closing.id), bytes);
+        await this.o.store.put(r2.pack(this.o.domain.name, closing.id), bytes, this.o.stop ? { stop: this.o.stop } : undefined);
         slot.buffer = closing.buffer;
         run.stored(bytes.length);
         run.stats.packsWritten++;

@@ -169,8 +169,10 @@ export class ChunkScan {
     } catch (err) {
       run.fail(err);
     } finally {
-      opts.signal?.removeEventListener('abort', stop);
+      // Heard until the chunks in flight settle too: a source read whole within the write budget left nothing listening,
+      // and a stop on a slow link waited for every queued pack, then committed.
       await Promise.all(inflight);
+      opts.signal?.removeEventListener('abort', stop);
       // Every chunk is settled and stored: the buffers go back for the next run.
       this.plainPool.close(recycleShared);
       this.outPool.close(recycleShared);
