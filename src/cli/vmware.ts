@@ -137,11 +137,11 @@ export async function vmPointsCommand(v: Values, io: Io): Promise<number> {
   const store = await openStoreFromFlags(storeArg, v);
   try {
     const key = encryptionKeyFrom(v);
-    // A VM with no VM point record at all is a wrong --vm or --store, as for recover and prune (it printed "no VM
-    // points" and exit 0).
-    await resolveVmPoint(store, vm, undefined);
     // A record that cannot be read is named in place of its row and hides no other (it hid them all, exit 1).
     const { points, problems } = await listVmPointsOf(store, vm, key);
+    // A VM with no VM point record at all is a wrong --vm or --store, as for recover and prune (it printed "no VM
+    // points" and exit 0): resolveVmPoint says so.
+    if (points.length === 0 && problems.length === 0) await resolveVmPoint(store, vm, undefined);
     // A VM point one of whose disk points is gone (deleted by an rnode that let prune --disk do it) restores nothing:
     // named, as `points` names a damaged point, and the command exits 1.
     for (const p of points) {

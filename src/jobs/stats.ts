@@ -4,13 +4,13 @@
 // being written use (pending). An encrypted domain without its key shows object counts and sizes only. Legacy disks
 // are counted as they are stored (no dedup).
 import type { EncryptionKey } from '../crypto/keys.js';
+import type { PointManifest } from '../format/manifest.js';
 import { ErrorCodes, isRnodeError } from '../errors.js';
 import { isZeroEntry } from '../format/table.js';
 import type { ObjectStore } from '../store/types.js';
 import { Domain } from '../repository/domain.js';
 import { PLAIN_DOMAIN, classify, layout, r2 } from '../repository/names.js';
-import { checkKeyOpensOne, listPoints, loadV2Chain } from '../repository/points.js';
-import { isV2Point } from '../repository/point-format.js';
+import { checkKeyOpensOne, listLegacyPointSeqs, listV2PointSeqs, loadPoint, loadV2Chain, refuseLegacyAfterUpgrade } from '../repository/points.js';
 import { chainView, isDamage } from '../repository/view.js';
 import { scanDomain } from './prune-v2.js';
 
@@ -142,14 +142,13 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
   }
   for (const disk of legacyDisks) {
     opts.signal?.throwIfAborted();
-    // A legacy point written after the upgrade is that disk's problem, as in `disks`: it failed the whole store's figures.
-    const all = await listPoints(store, disk).catch((err: unknown) => {
+    // Its legacy points only: an upgraded disk's v2 points are counted with their repository (they were counted here
+    // too). A legacy point written after the upgrade is that disk's problem, as in `disks`: it failed the whole store.
+    const points = await legacyPoints(store, disk).catch((err: unknown) => {
       if (!isDamage(err) && !isRnodeError(err, ErrorCodes.LEGACY_AFTER_UPGRADE)) throw err;
       problems.push({ disk, code: err.code, message: err.message });
       return [];
     });
-    // Its plain v2 points (a disk upgraded to v2) are counted with their repository, not here too.
-    const points = all.filter((m) => !isV2Point(m));
     legacy.points += points.length;
     for (const m of points) legacy.logicalBytes += m.diskSize;
     diskNames.add(disk);
@@ -175,6 +174,15 @@ export async function stats(opts: { store: ObjectStore; encryption?: EncryptionK
     problems,
     seconds: (performance.now() - started) / 1000,
   };
+}
+
+/** A legacy disk's own points (refused as every reader does when one was written after the disk's upgrade to v2). */
+async function legacyPoints(store: ObjectStore, disk: string): Promise<PointManifest[]> {
+  const [legacy, v2] = await Promise.all([listLegacyPointSeqs(store, disk), listV2PointSeqs(store, disk)]);
+  refuseLegacyAfterUpgrade(disk, legacy, v2);
+  const out: PointManifest[] = [];
+  for (const s of legacy) out.push(await loadPoint(store, disk, s));
+  return out;
 }
 
 /**
