@@ -1,8 +1,6 @@
-#!/usr/bin/env node
-// The `rnode` executable. A failure while loading (no native addon for this platform) is one line and exit 1,
-// like every other error, not a stack trace.
-// No V8 flags on the line above: any flag there makes V8 refuse node's code cache for its built-in modules in every
-// isolate of the process. The flags rnode wants are set at run time (src/v8-tuning.ts, from cli/one-job.ts).
+// The `rnode` command. The executable (scripts/rnode-bin.cjs, dist/bin/rnode.js) runs this module's bundle. A
+// failure while loading (no native addon for this platform) is one line and exit 1, like every other error, not a
+// stack trace.
 import { ErrorCodes, isRnodeError } from './errors.js';
 
 // The libuv pool keeps node's default 4 threads (UV_THREADPOOL_SIZE is read only at process start, before this
@@ -36,30 +34,37 @@ function reportLostStdout(err: NodeJS.ErrnoException, exitCode: number): number 
   );
   return exitCode === 0 ? 1 : exitCode;
 }
-// First, while the command loads: a chunk command's codec worker threads start (cli/one-job.ts). A failure there
-// (no addon) is the command's own, reported below when it loads the same modules.
-const workers = import('./cli/one-job.js').then((m) => m.prepareForCommand(argv)).catch(() => undefined);
-try {
-  const { main } = await import('./cli/main.js');
-  process.exitCode = await main(argv);
-} catch (err) {
-  if (!isRnodeError(err)) throw err;
-  // Loading failed before main could read the flags: --json still gets its one document.
-  if (argv.includes('--json')) console.log(JSON.stringify({ error: { code: err.code, message: err.message } }));
-  console.error(`rnode: ${err.code}: ${err.message}`);
-  process.exitCode = 1;
+
+/** The command's whole run, from its arguments to the process's exit. */
+async function run(): Promise<void> {
+  // First, while the command loads: a chunk command's codec worker threads start (cli/one-job.ts). A failure there
+  // (no addon) is the command's own, reported below when it loads the same modules.
+  const workers = import('./cli/one-job.js').then((m) => m.prepareForCommand(argv)).catch(() => undefined);
+  try {
+    const { main } = await import('./cli/main.js');
+    process.exitCode = await main(argv);
+  } catch (err) {
+    if (!isRnodeError(err)) throw err;
+    // Loading failed before main could read the flags: --json still gets its one document.
+    if (argv.includes('--json')) console.log(JSON.stringify({ error: { code: err.code, message: err.message } }));
+    console.error(`rnode: ${err.code}: ${err.message}`);
+    process.exitCode = 1;
+  }
+  // The command is over: its output synced, its result written. The idle codec workers are told to stop together
+  // (process.exit() alone stops and joins them one after the other, 20-80 ms each after a 1 GiB recover), and the
+  // process exits once stdout and stderr have taken every byte (a pipe may hold some back), without node's teardown
+  // of the main isolate (30-50 ms).
+  // Awaited, and close() lets a worker still starting finish its start first (CodecWorkers.close says why).
+  await (await workers)?.close().catch(() => undefined);
+  const flushed = (s: NodeJS.WriteStream) => new Promise((resolve) => s.write('', resolve));
+  await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+  // After the flush: a write that failed has reported its error by then (`--version > /dev/full` reports it after main).
+  if (stdoutFailure) {
+    process.exitCode = reportLostStdout(stdoutFailure, Number(process.exitCode ?? 0));
+    await flushed(process.stderr);
+  }
+  process.exit();
 }
-// The command is over: its output synced, its result written. The idle codec workers are told to stop together
-// (process.exit() alone stops and joins them one after the other, 20-80 ms each after a 1 GiB recover), and the
-// process exits once stdout and stderr have taken every byte (a pipe may hold some back), without node's teardown
-// of the main isolate (30-50 ms).
-// Awaited, and close() lets a worker still starting finish its start first (CodecWorkers.close says why).
-await (await workers)?.close().catch(() => undefined);
-const flushed = (s: NodeJS.WriteStream) => new Promise((resolve) => s.write('', resolve));
-await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
-// After the flush: a write that failed has reported its error by then (`--version > /dev/full` reports it after main).
-if (stdoutFailure) {
-  process.exitCode = reportLostStdout(stdoutFailure, Number(process.exitCode ?? 0));
-  await flushed(process.stderr);
-}
-process.exit();
+
+// Not a top-level await: the executable runs this module as one CommonJS bundle (scripts/bundle.mjs).
+void run();

@@ -1,7 +1,7 @@
 // Helpers every backend shares: key checks, byte-order comparison, range clipping, and the
 // constructors of the STORE_* errors so that each backend reports the same codes and sentences.
 
-import { ErrorCodes, RnodeError, oneLine } from '../errors.js';
+import { ErrorCodes, RnodeError, coded, oneLine } from '../errors.js';
 import { badStoreUrl } from './schemes.js';
 import { assertValidKey, type ByteRange } from './types.js';
 import { timerDelay } from '../timer-delay.js';
@@ -100,7 +100,10 @@ export function isStoreFull(err: unknown): err is RnodeError {
   return err instanceof RnodeError && err.code === ErrorCodes.STORE_IO && (err.details.errno === 'ENOSPC' || err.details.errno === 'EDQUOT');
 }
 
+/** A store operation that failed; one that ran out of file descriptors is RESOURCE_LIMIT (raise the limit), as anywhere. */
 export function ioError(location: string, op: string, key: string, cause: unknown, retryable = false): RnodeError {
+  const limit = coded(cause);
+  if (limit !== cause) return limit as RnodeError;
   const why = oneLine(cause instanceof Error ? cause.message : String(cause));
   return new RnodeError(ErrorCodes.STORE_IO, `${op} ${key} in ${location} failed: ${why}`, { cause, retryable, details: { key, location, op } });
 }

@@ -87,8 +87,16 @@ t.test('npm pack, npm install -g offline without scripts, run the installed rnod
     t.equal(elf.readUInt16LE(18), 0xb7, 'and it is an AArch64 ELF (e_machine EM_AARCH64)');
   }
   t.ok(
-    ['dist/bin/rnode.js', 'dist/bin/codec-worker.js', 'native/binding.gyp', 'native/install.mjs'].every((f) => files.includes(f)),
-    'the bundled CLI and its codec worker, the addon sources and the install script for a source build',
+    [
+      'dist/bin/rnode.js',
+      'dist/bin/package.json',
+      'dist/bin/rnode-main.cjs',
+      'dist/bin/rnode-main.cjs.cache',
+      'dist/bin/codec-worker.mjs',
+      'native/binding.gyp',
+      'native/install.mjs',
+    ].every((f) => files.includes(f)),
+    'the bundled CLI with its code cache (the build checked that V8 takes it), its codec worker, the addon sources and the install script for a source build',
   );
   t.notOk(
     files.some((f) => f.startsWith('src/') || f.startsWith('test/') || f.startsWith('build/') || f.startsWith('native/build/')),
