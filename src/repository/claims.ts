@@ -86,6 +86,17 @@ export function checkClaim(claim: DiskClaim | undefined, key: EncryptionKey | un
       { details: { disk, key: claimKey(disk), keyId: key.keyId, ...(claim ? { claimed: claim.domain } : {}) } },
     );
   }
+  // The domain and the key id both follow from the key: a claim that names one of the key's and not the other was
+  // edited (an error naming the same key id twice as two keys; a writer kept the edited claim).
+  if (key && claim && claim.domain !== PLAIN_DOMAIN && (claim.domain === domainName(key)) !== (claim.keyId === key.keyId)) {
+    const own: DiskClaim = { format: CLAIM_FORMAT, version: 1, domain: domainName(key), keyId: key.keyId };
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
+      `the claim ${claimKey(disk)} of disk ${disk} was edited: it names ${claim.keyId === key.keyId ? 'the key id of the key given with another repository' : "the key given's repository with another key id"}, ` +
+        `which no key gives; nothing was read or written. Check who can write the store; if the disk is encrypted with the key given, put the claim back as ${JSON.stringify(own)}`,
+      { details: { disk, key: claimKey(disk), keyId: key.keyId, claimed: claim.domain } },
+    );
+  }
   if (!claim || claim.domain === domainName(key)) return;
   if (!key) {
     throw new RnodeError(

@@ -4,12 +4,12 @@
 // (disks/<disk>/points/) and its repository v2 points (r2/<domain>/disks/<dname>/points/) in one sequence: v2 points
 // continue the numbering. The domain is the key's (or `plain` without one), so an encrypted disk's v2 points are found
 // with its key only (their names are keyed).
-import { checkClaim, readClaim } from './claims.js';
+import { checkClaim, claimKey, readClaim, type DiskClaim } from './claims.js';
 import type { EncryptionKey } from '../crypto/keys.js';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { decodeManifest, type PointManifest } from '../format/manifest.js';
 import type { ObjectStore } from '../store/types.js';
-import { Domain } from './domain.js';
+import { Domain, domainName } from './domain.js';
 import { ENVELOPE_HEADER_BYTES } from './envelope.js';
 import { PLAIN_DOMAIN, classify, layout, r2 } from './names.js';
 import { decodeManifestV4, decodePendingV2, isV2Point, type V2PointManifest } from './point-format.js';
@@ -35,11 +35,55 @@ export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Pro
   return seqs.sort((a, b) => a - b);
 }
 
-/** Both formats' points of the disk in one sequence (refuseLegacyAfterUpgrade first: no number means two points). */
+/**
+ * Both formats' points of the disk in one sequence (refuseLegacyAfterUpgrade first: no number means two points), read
+ * as the disk's claim allows (checkAgainstClaim).
+ */
 export async function listPointSeqs(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<number[]> {
-  const [legacy, v2] = await Promise.all([listLegacyPointSeqs(store, disk), listV2PointSeqs(store, disk, key)]);
+  const [legacy, v2, claim] = await Promise.all([listLegacyPointSeqs(store, disk), listV2PointSeqs(store, disk, key), readClaim(store, disk)]);
   refuseLegacyAfterUpgrade(disk, legacy, v2);
+  checkAgainstClaim(store, disk, key, claim, v2);
   return [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
+}
+
+/**
+ * The disk's claim says whether it is encrypted, and a reader without the key may not take the store's word against
+ * it: rnode's writers honour the claim, so unencrypted points of a disk claimed encrypted were put there by someone who
+ * can write the store (or a peer with a receiving node's token), and a reader without the key restored them (exit 0).
+ * Without the key, a disk claimed encrypted is KEY_REQUIRED, or METADATA_FORGED when unencrypted v2 points of its id
+ * are there. A reader with the key reads the points its key authenticates, whatever the claim says (a replaced claim
+ * is the writers' and `disks`' to name); legacy points, one namespace for every key, are checked as each is loaded
+ * (refusePlainUnderClaim).
+ */
+function checkAgainstClaim(store: ObjectStore, disk: string, key: EncryptionKey | undefined, claim: DiskClaim | undefined, v2: number[]): void {
+  if (!claim || key) return;
+  if (claim.domain !== PLAIN_DOMAIN && v2.length > 0) {
+    throw new RnodeError(
+      ErrorCodes.METADATA_FORGED,
+      `disk ${disk} is encrypted (its claim ${claimKey(disk)} names key id ${claim.keyId}), but unencrypted point${v2.length > 1 ? 's' : ''} ` +
+        `${v2.join(', ')} of its id ${v2.length > 1 ? 'are' : 'is'} in ${store.location} (${r2.pointsPrefix(PLAIN_DOMAIN, Domain.of(undefined).dname(disk))}): ` +
+        `no rnode writer puts them there, so someone who can write the store (or a peer with the receiving node's token) did, ` +
+        `and nothing was read. Delete them, check who can write the store, and read the disk with its key (--encryption-key-file)`,
+      { details: { disk, keyId: claim.keyId, unencryptedPoints: v2 } },
+    );
+  }
+  checkClaim(claim, undefined, disk);
+}
+
+/**
+ * A legacy point that is not encrypted, loaded with a key: when the disk's claim names that key's repository, the point
+ * was planted (see checkAgainstClaim), and its chain would otherwise be refused with advice to leave out the key.
+ */
+async function refusePlainUnderClaim(store: ObjectStore, disk: string, key: EncryptionKey, where: string, seq: number): Promise<void> {
+  const claim = await readClaim(store, disk);
+  if (claim?.domain !== domainName(key)) return;
+  throw new RnodeError(
+    ErrorCodes.METADATA_FORGED,
+    `point ${seq} of disk ${disk} (${where}) is not encrypted, but the disk is (its claim ${claimKey(disk)} names the key given, ` +
+      `key id ${key.keyId}): no rnode writer puts it there, so someone who can write the store did. Delete it and check who ` +
+      `can write the store; keep the key: the disk's encrypted points are intact`,
+    { details: { disk, point: seq, key: where, keyId: key.keyId } },
+  );
 }
 
 /**
@@ -122,6 +166,7 @@ export async function loadPoint(store: ObjectStore, disk: string, seq: number, k
   if (m.point !== seq || m.disk !== disk) {
     throw new RnodeError(ErrorCodes.MANIFEST_CORRUPT, `manifest ${where} names point ${m.point} of disk ${m.disk}; the store is damaged`);
   }
+  if (key && !m.encryption) await refusePlainUnderClaim(store, disk, key, where, seq);
   return m;
 }
 
