@@ -101,6 +101,17 @@ t.test("credentials in a cloud store URL are refused (they were ignored for the 
     const err = await refused(location, env);
     t.notMatch(`${err?.message} ${JSON.stringify(err?.details)}`, /SECRET/, `${location.replace(/=SECRET.*/, '=...')}: not echoed`);
   }
+  // The GCS emulator's address heads every request's URL, which the SDK's errors quote (every error, log and report).
+  for (const host of [
+    'http://u:SECRETPW@127.0.0.1:1',
+    'u:SECRETPW@127.0.0.1:1',
+    'http://127.0.0.1:1/?sig=SECRETSIG',
+    'http://127.0.0.1:1/#SECRETFRAG',
+  ]) {
+    const err = await refused('gs://b/p', { ...env, STORAGE_EMULATOR_HOST: host });
+    t.equal(err?.code, ErrorCodes.BAD_STORE_URL, `STORAGE_EMULATOR_HOST ${host.replace(/SECRET[A-Z]*/, '...')}: ${err?.message}`);
+    t.notMatch(`${err?.message} ${JSON.stringify(err?.details)}`, /SECRET/, 'not echoed');
+  }
   const { openOutput } = await import('../../src/output/index.js');
   const out = await openOutput('s3://AK:SECRET/PW@rnb/k.raw', { diskSize: 1, env }).catch((e: Error) => e);
   t.notMatch((out as Error).message, /SECRET/, '--out: an unparseable URL with credentials is not echoed either');

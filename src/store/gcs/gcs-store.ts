@@ -263,17 +263,30 @@ export function gcsStorage(url: URL, env: NodeJS.ProcessEnv): Storage {
   const projectId = firstSet(url.searchParams.get('project'), env.GOOGLE_CLOUD_PROJECT, env.GCLOUD_PROJECT);
   if (projectId) opts.projectId = projectId;
   const emulator = env.STORAGE_EMULATOR_HOST;
-  if (emulator) opts.apiEndpoint = withScheme(emulator);
+  if (emulator) opts.apiEndpoint = emulatorUrl(emulator);
   // The SDK also reads the variable from the process's environment itself and takes it, as it is, for the base URL
   // of every request: given as host:port, every request failed ("Only HTTP(S) protocols are supported").
   const own = process.env.STORAGE_EMULATOR_HOST;
-  if (own) process.env.STORAGE_EMULATOR_HOST = withScheme(own);
+  if (own) process.env.STORAGE_EMULATOR_HOST = emulatorUrl(own);
   return new Storage(opts);
 }
 
-/** An emulator's address as a URL: host:port is taken as http (emulators serve plain HTTP). */
-function withScheme(hostOrUrl: string): string {
-  return /^https?:\/\//.test(hostOrUrl) ? hostOrUrl : `http://${hostOrUrl}`;
+/**
+ * An emulator's address as a URL: host:port is taken as http (emulators serve plain HTTP). The SDK puts it at the head
+ * of every request's URL, which its errors quote: credentials (user:password@), a query or a fragment there stood in
+ * every error, log line and job report. Refused, and not echoed.
+ */
+function emulatorUrl(hostOrUrl: string): string {
+  const url = /^https?:\/\//.test(hostOrUrl) ? hostOrUrl : `http://${hostOrUrl}`;
+  const u = URL.canParse(url) ? new URL(url) : undefined;
+  if (!u || u.username || u.password || u.search || u.hash) {
+    throw new RnodeError(
+      ErrorCodes.BAD_STORE_URL,
+      "STORAGE_EMULATOR_HOST must be the GCS emulator's host:port or http(s) URL, without credentials (user:password@), " +
+        'a query or a fragment (not shown here: it may hold a secret); fix the variable',
+    );
+  }
+  return url;
 }
 
 export { failure as gcsFailure };
