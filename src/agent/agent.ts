@@ -164,7 +164,10 @@ export class Agent {
     // Reports wait for the queue to be loaded (link.start): one queued before would be lost with the empty queue.
     // The jobs a kill interrupted end before the node connects: a job.start the server sends at registration (the
     // same job again) is then taken after their job.failed, never reported failed while it runs.
-    await link.start(() => runner.endInterrupted());
+    await link.start(async () => {
+      await runner.endInterrupted();
+      await exports.endInterrupted();
+    });
     scheduler.start();
     return agent;
   }
@@ -249,6 +252,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.scheduler.stop();
     await this.exports.stopAll();
+    await this.exports.flushed();
     await this.runner.cancelAll(true);
     await this.runner.flushed();
     await this.link.stop();

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { ProtoErrors, type AgentReport, type ExportCounters, type ExportSpec } from './protocol.js';
 import { resolveEncryptionKey, resolveSecret } from './secrets.js';
 import { openStoreOf } from './stores.js';
-import type { StateDir } from './state.js';
+import { drained, type StateDir } from './state.js';
 import { timerDelay } from '../timer-delay.js';
 import { parseListen } from '../metrics/listen.js';
 
@@ -32,6 +32,8 @@ interface Entry {
 export class ExportManager {
   private readonly running = new Map<string, Entry>();
   private readonly timer: NodeJS.Timeout;
+  private closed = false;
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: ExportManagerOptions) {
     this.timer = setInterval(() => this.tick(), o.statusMs ?? 5000);
@@ -44,6 +46,9 @@ export class ExportManager {
 
   /** Starts an export, or renews the lease of the running one with that id. Refusals throw (the agent answers error). */
   start(spec: ExportSpec): void {
+    // The node is stopping (stopAll): an export started now would be served past the shutdown, and never ended.
+    if (this.closed)
+      throw new RnodeError(ProtoErrors.RESTARTED, `the node is stopping; export ${spec.exportId} was not started: start it on another node`);
     const have = this.running.get(spec.exportId);
     if (have) {
       if (have.spec.disk !== spec.disk || have.spec.store.url !== spec.store.url) {
@@ -62,8 +67,10 @@ export class ExportManager {
     }
     const e: Entry = { spec: { ...spec } };
     this.running.set(spec.exportId, e);
+    this.persist();
     e.starting = this.open(e).catch((err) => {
       this.running.delete(spec.exportId);
+      this.persist();
       clearTimeout(e.lease);
       this.o.log.error('export failed to start', { exportId: spec.exportId, code: isRnodeError(err) ? err.code : undefined, err });
       this.o.report({
@@ -148,6 +155,7 @@ export class ExportManager {
     const e = this.running.get(exportId);
     if (!e) return false;
     this.running.delete(exportId);
+    this.persist();
     clearTimeout(e.lease);
     await e.starting;
     if (!e.exp) return true; // it failed to start and has reported so
@@ -167,7 +175,40 @@ export class ExportManager {
     for (const e of this.running.values()) if (e.exp) this.o.status({ exportId: e.spec.exportId, counters: countersOf(e.exp.stats()) });
   }
 
+  /**
+   * Ends, with export.stopped, the exports a previous run of the node served and never ended (it was killed): the
+   * server held them as served for ever. Called once at start, as JobRunner.endInterrupted.
+   */
+  async endInterrupted(): Promise<void> {
+    for (const { exportId } of await this.o.state.loadServedExports(this.o.log)) {
+      if (this.running.has(exportId)) continue; // started again since: it ends on its own
+      this.o.log.warn('an export was served when the node last stopped; reporting it stopped', { exportId });
+      this.o.report({
+        type: 'export.stopped',
+        exportId,
+        reason: 'failed',
+        code: ProtoErrors.RESTARTED,
+        message: `the node restarted while it served export ${exportId}, which is no longer served; start it again (on this node or another)`,
+      });
+    }
+    this.persist();
+  }
+
+  /** Resolves once the exports handed to the state dir so far are on disk. */
+  async flushed(): Promise<void> {
+    await drained(() => this.saving);
+  }
+
+  /** Hands the exports served (or starting) to exports.json. */
+  private persist(): void {
+    const snapshot = [...this.running.keys()].map((exportId) => ({ exportId }));
+    this.saving = this.saving
+      .then(() => this.o.state.saveServedExports(snapshot))
+      .catch((err) => this.o.log.error('could not persist the exports served', { err }));
+  }
+
   async stopAll(): Promise<void> {
+    this.closed = true;
     clearInterval(this.timer);
     await Promise.all([...this.running.keys()].map((id) => this.stop(id, 'shutdown')));
   }

@@ -6,7 +6,7 @@ import type { EncryptionKey } from '../crypto/keys.js';
 import { coded, ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
 import { codecByName } from '../format/codecs.js';
 import { prune, retentionWarning, SweepPacer } from '../jobs/prune-v2.js';
-import { replicate, type ReplicateProgress, type ReplicateResult } from '../jobs/replicate.js';
+import { replicate, SOURCE_CHANGED_WARNING, type ReplicateProgress, type ReplicateResult } from '../jobs/replicate.js';
 import { recover } from '../jobs/restore.js';
 import { leaseBindsForMs } from '../repository/lease.js';
 import { verify } from '../jobs/verify.js';
@@ -177,6 +177,9 @@ export class JobRunner {
       throw new RnodeError(ProtoErrors.DUPLICATE_JOB, `job ${job.jobId} is already running on this node`);
     }
     const controller = new AbortController();
+    // A job that arrives while the node stops is not run: it ends at once as the running ones do (RNODE_AGENT_RESTARTED,
+    // retryable), for the server to run elsewhere. Run, it held the node's shutdown until it finished.
+    if (this.stopping) controller.abort(cancelled());
     // Every put in flight (packs, tables, checkpoints) waits on this signal while a bandwidth limit paces it.
     setMaxListeners(256, controller.signal);
     const entry: Running = { job, controller, ctx, ended: Promise.resolve() };
@@ -283,6 +286,7 @@ export class JobRunner {
     const warnings: string[] = [];
     let failure: { err: unknown; disk?: string } | undefined;
     try {
+      signal.throwIfAborted();
       // Resolved once per job, on this node; prune of an encrypted disk needs it too (it rewrites authenticated tables).
       const key = await resolveEncryptionKey(job.encryption, this.o.state, log);
       if (job.kind === 'replicate' && isVmwareVmJob(job)) {
@@ -566,6 +570,11 @@ export class JobRunner {
           seconds: round(r.seconds),
           ...(r.encryption ? { keyId: r.encryption.keyId } : {}),
         };
+        if (r.sourceChangedWhileRead) {
+          const warning = `point ${r.point} of disk ${ds.disk}: ${SOURCE_CHANGED_WARNING}`;
+          log.warn(warning);
+          warn(warning);
+        }
         if (ctx.retentionKeep && !inVm) {
           // a VM keeps whole VM points (replicateVm). The point is committed: a retention that fails after it is a
           // warning of the job (the next run's retention tries again), not its failure, which hid the point from the MS.
@@ -715,7 +724,7 @@ export class JobRunner {
       switch (job.kind) {
         case 'recover': {
           // A cloud out takes its credentials from outEnv, resolved like store.env (secrets by reference).
-          const env = await storeEnv({ url: job.out, env: job.outEnv }, this.o.state, log);
+          const env = await storeEnv({ url: job.out, env: job.outEnv }, this.o.state, log, 'outEnv');
           const r = await recover({ store, disk: job.disk, point: job.point, out: job.out, encryption, env });
           return { disk: job.disk, point: r.point, diskSize: r.diskSize, bytesWritten: r.bytesWritten, seconds: round(r.seconds), out: r.out };
         }

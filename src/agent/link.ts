@@ -12,6 +12,7 @@ import {
   checkOutgoing,
   decode,
   MAX_SEQ,
+  MAX_TOKEN_CHARS,
   messageId,
   PROTOCOL_VERSION,
   ProtoErrors,
@@ -163,6 +164,9 @@ export class ServerLink extends EventEmitter {
     try {
       token = readRegularFile(this.o.tokenFile).data.toString('utf8').trim();
       if (!token) throw new Error('the file is empty');
+      // The protocol's limit (hello.token): sent, it was refused on this side as a bug of the node's, on every attempt.
+      if (token.length > MAX_TOKEN_CHARS)
+        throw new Error(`the token is ${token.length} characters long, more than the ${MAX_TOKEN_CHARS} the protocol allows`);
     } catch (err) {
       // Re-read on every attempt: an operator may fix the file without restarting the node.
       this.o.log.error('cannot read the token file; will retry', { tokenFile: this.o.tokenFile, err: (err as Error).message });

@@ -33,6 +33,8 @@ export const ProtoErrors = {
  * later report as a duplicate of the one before.
  */
 export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
+/** The longest token a hello carries. */
+export const MAX_TOKEN_CHARS = 4096;
 
 /** WebSocket close codes (4000-4999 are the application's). */
 export const CloseCodes = { AUTH: 4401, VERSION: 4406, REPLACED: 4409, SHUTDOWN: 4503 } as const;
@@ -386,7 +388,7 @@ const HealthSchema = Type.Object({
 const hello = envelope(
   'hello',
   {
-    token: Type.String({ minLength: 1, maxLength: 4096 }),
+    token: Type.String({ minLength: 1, maxLength: MAX_TOKEN_CHARS }),
     protocols: Type.Array(posInt(), { minItems: 1 }),
     node: Type.Object({ id: Id, name: str(256), version: str(64), hostname: Opt(str(256)), pid: Opt(uint()) }),
     capabilities: Type.Object({ sources: strings(), stores: strings(), codecs: strings(), jobs: strings(), encryption: Opt(strings()) }),

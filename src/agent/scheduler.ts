@@ -35,6 +35,7 @@ export class Scheduler {
   /** Disks whose overlap skip was already counted for the current due time. */
   private readonly skipNoted = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
   private saving: Promise<void> = Promise.resolve();
   private readonly now: () => number;
 
@@ -53,7 +54,9 @@ export class Scheduler {
     this.tick();
   }
 
+  /** No run starts after this: a policy that arrives while the node stops is kept (state dir), not run. */
   stop(): void {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
   }
@@ -161,6 +164,7 @@ export class Scheduler {
   }
 
   tick(): void {
+    if (this.stopped) return;
     const now = this.now();
     for (const p of this.policies.values()) {
       const interval = (p.intervalSeconds ?? p.rpoSeconds / 2) * 1000;

@@ -50,12 +50,13 @@ export async function resolveSecret(
 
 /**
  * The environment a store client sees: the node's, plus the store definition's (secrets resolved). A secret this node
- * uses as an encryption key is refused here, by its reference or by its value under any other name.
+ * uses as an encryption key is refused here, by its reference or by its value under any other name. field: the job's
+ * field that names them, for messages (a recover's outEnv).
  */
-export async function storeEnv(def: StoreDef, state: StateDir, log: Logger): Promise<NodeJS.ProcessEnv> {
+export async function storeEnv(def: StoreDef, state: StateDir, log: Logger, field = 'store.env'): Promise<NodeJS.ProcessEnv> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const [k, v] of Object.entries(def.env ?? {})) {
-    env[k] = typeof v === 'string' ? v : await resolveSecret(v, state, log, { credential: `store.env.${k}` });
+    env[k] = typeof v === 'string' ? v : await resolveSecret(v, state, log, { credential: `${field}.${k}` });
   }
   return env;
 }

@@ -48,6 +48,11 @@ export interface AcceptedJob {
   group?: string;
 }
 
+/** An export being served, as exports.json keeps it: a node killed while it served one says so at its restart. */
+export interface ServedExport {
+  exportId: string;
+}
+
 /**
  * The secrets this node has used as encryption keys: their references and key ids (one-way fingerprints, as reports
  * carry them), never their values. A secret recorded here is never sent as a store credential (secrets.ts).
@@ -299,6 +304,17 @@ export class StateDir {
     return this.writeJson('jobs.json', jobs);
   }
 
+  /** The exports served when the node last stopped (as loadAcceptedJobs, for export.stopped). */
+  async loadServedExports(log: Logger): Promise<ServedExport[]> {
+    return this.loadList<ServedExport>('exports.json', servedExportProblem, log, {
+      without: 'cannot report the exports a restart ended',
+      dropped: 'dropped a damaged export of exports.json',
+    });
+  }
+  saveServedExports(exports: ServedExport[]): Promise<void> {
+    return this.writeJson('exports.json', exports);
+  }
+
   /**
    * A state file holding a JSON array: a damaged file is set aside (the node goes on `without` it) and a damaged entry
    * is dropped with a warning; `problem` says what is wrong with an entry, undefined when nothing is.
@@ -421,6 +437,12 @@ function acceptedJobProblem(j: unknown): string | undefined {
   if (j.attempt !== undefined && !isSeq(j.attempt)) return 'attempt is not an attempt number';
   if (j.scheduled !== undefined && typeof j.scheduled !== 'boolean') return 'scheduled is not a boolean';
   if (j.group !== undefined && (typeof j.group !== 'string' || !isId(j.group))) return 'group is not a group id';
+  return undefined;
+}
+
+function servedExportProblem(e: unknown): string | undefined {
+  if (!isObject(e)) return 'not a JSON object';
+  if (typeof e.exportId !== 'string' || !isId(e.exportId)) return 'exportId is not an export id';
   return undefined;
 }
 

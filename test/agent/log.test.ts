@@ -85,4 +85,13 @@ t.test('text lines: one per event, fields as key=value, secrets masked as in JSO
   t.notOk(masked.includes('tok-123456') || masked.includes('pw-abcdef'));
   t.notOk(registered.includes('hunter2'), 'a registered value is masked in text too');
   t.match(registered, /the server said: wrong token \*\*\* detail=was \*\*\*/);
+
+  // A peer's text (a server's error message) with terminal escapes: they recoloured the operator's terminal.
+  log.warn('the server refused a message of this node', { message: 'hi\r\n \u001b[31mRED\u001b[0m \u009b2J\u0007', code: 'RNODE_X\tY' });
+  const peer = lines[4];
+  t.notOk(
+    [...peer.slice(0, -1)].some((c) => c.charCodeAt(0) < 0x20 || (c.charCodeAt(0) >= 0x7f && c.charCodeAt(0) <= 0x9f)),
+    'no control character is written raw',
+  );
+  t.match(peer, / message=hi\\n \\u001b\[31mRED\\u001b\[0m \\u009b2J\\u0007 code=RNODE_X\\u0009Y\n$/, 'each is written as its \\u escape');
 });

@@ -77,6 +77,21 @@ t.test('a wrong token is refused and never logged', async (t) => {
   t.pass('registered after the token file was fixed');
 });
 
+// A token over the protocol's 4096 characters was sent and refused on the node's own side, logged as a bug of the node.
+t.test('a token longer than the protocol allows: the token file is named, not a bug', async (t) => {
+  const dir = tmpDir(t, 'agent-long-token');
+  const ms = await startMs(t);
+  const tokenFile = writeToken(path.join(dir), 'x'.repeat(5000));
+  const { logs } = await startAgent(t, ms, dir, { tokenFile });
+  const line = await waitUntil(() => parsedLogs(logs).find((e) => e.msg === 'cannot read the token file; will retry'), 5000, 'the refusal');
+  t.match(line, { level: 'error', err: /the token is 5000 characters long, more than the 4096 the protocol allows/ });
+  t.notOk(
+    logs.some((l) => /\bbug\b/.test(l)),
+    'no "bug" line',
+  );
+  t.equal(ms.nodes.size, 0, 'not registered');
+});
+
 t.test('text log lines (--log-format text) never carry the token either', async (t) => {
   const dir = tmpDir(t, 'agent-auth-text');
   const ms = await startMs(t);
