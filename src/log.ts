@@ -43,9 +43,15 @@ function errorFields(e: unknown): unknown {
 /** The JSON form of a string, without its quotes: how a value appears inside a serialized line. */
 const inJson = (s: string) => JSON.stringify(s).slice(1, -1);
 
+// Control characters a peer's text may carry (a server's error message): an escape sequence written raw recolours or
+// rewrites the operator's terminal. Written as \u escapes, as JSON writes them.
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+const escapeControl = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+
 /**
  * A pino JSON line as text: `<time> [LEVEL ]<msg> key=value ...`, the level named when it is not info. Strings
- * are written as they are (newlines escaped: one event, one line), other values as JSON.
+ * are written as they are (newlines and other control characters escaped: one event, one line), other values as JSON.
  */
 export function textLine(jsonLine: string): string {
   let e: Record<string, unknown>;
@@ -55,7 +61,7 @@ export function textLine(jsonLine: string): string {
     return jsonLine; // not ours to reshape; it is already masked
   }
   const { time, level, msg, ...fields } = e;
-  const value = (x: unknown) => (typeof x === 'string' ? x : JSON.stringify(x)).replace(/\r?\n/g, '\\n');
+  const value = (x: unknown) => (typeof x === 'string' ? x : JSON.stringify(x)).replace(/\r?\n/g, '\\n').replace(CONTROL, escapeControl);
   const head = `${String(time)} ${level !== 'info' ? `${String(level).toUpperCase()} ` : ''}${value(msg ?? '')}`;
   return `${head}${Object.entries(fields)
     .filter(([, x]) => x !== undefined)

@@ -1,5 +1,6 @@
 // The rnode commands: parse, validate, call the library, print. No policy lives here.
 import { ErrorCodes, RnodeError } from '../errors.js';
+import { fileUrlPath } from '../file-url.js';
 import { codecByName } from '../format/codecs.js';
 import { validateDiskId, validateNewDiskId } from '../repository/names.js';
 import { isStoreFull } from '../store/common.js';
@@ -107,7 +108,7 @@ const replicateCmd: Command = {
     const encryption = encryptionKeyFrom(v);
     // One limit for every kind of target (directory, cloud, ws://): the store's puts are paced, lease writes exempt.
     const bandwidth = v.bandwidth !== undefined ? (await import('../transport/index.js')).parseBandwidth(str(v, 'bandwidth')!) : undefined;
-    const { replicate } = await import('../jobs/replicate.js');
+    const { replicate, SOURCE_CHANGED_WARNING } = await import('../jobs/replicate.js');
     // A file's absolute path goes into the point: what a later run without --disk compares against (plan.ts).
     const cache = changeHashDir(str(v, 'cache-dir'));
     const { openSource } = await import('../source/index.js');
@@ -147,6 +148,8 @@ const replicateCmd: Command = {
         await source.close();
       }
     }).finally(() => bar.done());
+    // On stderr, with --json too (which carries sourceChangedWhileRead): the point is made, and may not be consistent.
+    if (r.sourceChangedWhileRead) io.err(`rnode: warning: point ${r.point} of disk ${r.disk}: ${SOURCE_CHANGED_WARNING}`);
     print(io, v.json === true, r, () => [
       `point ${r.point} of disk ${r.disk}: ${r.full ? 'full' : `incremental on point ${r.rebasedFrom ?? r.parent}`}${r.resumed ? ' (resumed)' : ''}` +
         (r.rebasedFrom !== undefined ? ' (its table stands alone: the chain of deltas was at its length limit)' : '') +
@@ -614,13 +617,23 @@ function isUrlSource(source: string): boolean {
 
 /** The source file's base name, made into a valid disk id. */
 export function defaultDiskId(source: string): string {
-  // A URL's query and fragment are not its name (nbd://host/export?tls=...); a file's name may hold '?' and '#'.
-  const name = isUrlSource(source) ? source.replace(/[?#].*$/, '') : source;
+  // A URL's query and fragment are not its name (nbd://host/export?tls=...); a file's name may hold '?' and '#'. A
+  // file:// URL names the file its decoded path names (file:///vm/my%20vm.img is my vm.img), as its path does.
+  const name = /^file:/i.test(source) ? fileUrlName(source) : isUrlSource(source) ? source.replace(/[?#].*$/, '') : source;
   const base = path
     .basename(name.replace(/\/+$/, ''))
     .replace(/[^A-Za-z0-9._-]/g, '_')
     .replace(/^[._-]+/, '');
   return base.slice(0, 128) || 'disk';
+}
+
+/** The path of a file:// source, or the URL as written when it has none (opening it then says why). */
+function fileUrlName(source: string): string {
+  try {
+    return fileUrlPath(source);
+  } catch {
+    return source.replace(/[?#].*$/, '');
+  }
 }
 
 export { parse };

@@ -841,7 +841,7 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   const started = performance.now();
   const { store } = opts;
   const key = opts.encryption;
-  const domain = await Domain.open(store, key);
+  const domain = await Domain.openIfAny(store, key);
   const out: PruneStoreResult = { kept: [], deleted: [], chunksDeleted: 0, objectsDeleted: 0, domains: [], skipped: [], seconds: 0 };
   if (opts.disk !== undefined || opts.keep !== undefined) {
     if (opts.disk === undefined || opts.keep === undefined)
@@ -853,7 +853,7 @@ export async function pruneStore(opts: PruneStoreOptions): Promise<PruneStoreRes
   if (key && !domain && opts.disk === undefined && opts.sweep !== false) checkKeyOpensOne(store.location, await listDomains(store), key);
   const domains = opts.sweep === false ? [] : [domain ?? undefined];
   // Without a key, the plain domain; with one, the key's domain and the plain one (a store may hold both).
-  if (key && opts.sweep !== false) domains.push(await Domain.open(store, undefined));
+  if (key && opts.sweep !== false) domains.push(await Domain.openIfAny(store, undefined));
   try {
     await sweepDomains(store, domains, opts, out);
   } catch (err) {

@@ -36,6 +36,7 @@ import { ChunkScan } from './replicate/scan.js';
 import { TableWriter } from './replicate/table.js';
 
 export type { ReplicateOptions, ReplicateProgress, ReplicateResult } from './replicate/options.js';
+export { SOURCE_CHANGED_WARNING } from './replicate/options.js';
 
 export async function replicate(opts: ReplicateOptions): Promise<ReplicateResult> {
   const disk = validateNewDiskId(opts.disk);
@@ -175,6 +176,8 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined,
       parentView = new BatchCursor(plan.tableParent === null ? teed(view, (e) => table.carry(e)) : view);
     }
     await scan.run(parentView);
+    // A raw file written while it was read: the point is still made (a live file is often all there is), and says so.
+    const changedWhileRead = identity !== undefined && (await source.identity?.()) !== identity;
     await table.settled();
     if (run.failed) {
       // Keep what was stored in order: the next run resumes after it instead of redoing it.
@@ -238,6 +241,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined,
       seconds,
       stages: scan.clock.times,
       ...(manifest.encryption ? { encryption: manifest.encryption } : {}),
+      ...(changedWhileRead ? { sourceChangedWhileRead: true } : {}),
     };
   } finally {
     // Puts still running keep their buffers; the idle ones serve the next run.

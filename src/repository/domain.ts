@@ -107,6 +107,17 @@ export class Domain {
     });
   }
 
+  /**
+   * The domain for a command that does not create it (prune): undefined when the store holds nothing of it; objects of
+   * it without a config are openListed's MANIFEST_CORRUPT (prune swept nothing, said nothing and exited 0).
+   */
+  static async openIfAny(store: ObjectStore, key: EncryptionKey | undefined): Promise<Domain | undefined> {
+    const domain = await Domain.open(store, key);
+    if (domain) return domain;
+    for await (const _ of store.list(r2.domainPrefix(domainName(key)))) return Domain.openListed(store, key);
+    return undefined;
+  }
+
   /** Opens the domain, writing its config first when it has none (writers only). */
   static async openOrCreate(store: ObjectStore, key: EncryptionKey | undefined, packSize = DEFAULT_PACK_SIZE): Promise<Domain> {
     const existing = await Domain.open(store, key);

@@ -74,6 +74,9 @@ t.test("a file's default disk id keeps the whole base name, '#' and '?' too", as
   t.equal(defaultDiskId('nbd://127.0.0.1:10809/export1?tls=require'), 'export1');
   t.equal(defaultDiskId('http://host/images/a.img#frag'), 'a.img');
   t.equal(defaultDiskId('/images/a#b?c.img'), 'a_b_c.img');
+  // A file:// URL is its decoded path's file: the same disk as the path (it was my_20vm.img, a second disk).
+  t.equal(defaultDiskId('file:///images/my%20vm.img'), defaultDiskId('/images/my vm.img'));
+  t.equal(defaultDiskId('file:///images/x%20y%231%3F.img'), defaultDiskId('/images/x y#1?.img'));
 });
 
 // Bug: the same file reached through a symlink (dlink.img -> d.img, or a linked image folder) was refused as

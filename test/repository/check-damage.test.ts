@@ -83,6 +83,12 @@ t.test('check finds damage: a changed blob (with --read-data), a deleted pack, a
   fs.rmSync(config);
   const missing = await runCli(args.filter((a) => a !== '--json'));
   t.match(missing.stdout, /repository plain has objects but no config/, 'a config that is gone is still named missing');
+  // Bug: prune swept nothing, said nothing and exited 0 (prune --disk --keep: "the disk has no committed points").
+  for (const key of [[], ['--encryption-key-file', keyFile]]) {
+    const pruned = await runCli(['prune', '--store', storeDir, ...key]);
+    t.equal(pruned.code, 1, `prune ${key.length ? 'with' : 'without'} a key fails`);
+    t.match(pruned.stderr, /RNODE_MANIFEST_CORRUPT: repository plain has objects but no config r2\/plain\/config/, 'naming the config');
+  }
   fs.writeFileSync(config, cb);
   t.equal((await runCli(args)).code, 0, 'restored: ok again');
 });

@@ -118,6 +118,11 @@ export interface ReplicateResult {
   stages: StageTimes;
   /** Set when the point is encrypted: the algorithm and the key id (never the key). */
   encryption?: PointEncryption;
+  /**
+   * Set when the source (a raw file) was written while this run read it (its identity, mtime included, changed): the
+   * point holds each chunk as it was read, not the file as it was at one moment (SOURCE_CHANGED_WARNING).
+   */
+  sourceChangedWhileRead?: true;
 }
 
 /** What an interrupted run leaves (sealed, as the pending object of its point) for the next run to continue from. */
@@ -160,3 +165,8 @@ export interface RunStats {
 
 /** What one chunk adds to a run's RunStats. */
 export type Delta = Partial<RunStats>;
+
+/** What a replicate whose source was written while it was read (sourceChangedWhileRead) says, after the point. */
+export const SOURCE_CHANGED_WARNING =
+  'the source was written while it was read: the point holds each chunk as it was read, which may be no state the disk ' +
+  'was ever in; for a consistent point, replicate a snapshot or a disk nothing writes (a stopped VM, an NBD export of a snapshot)';
