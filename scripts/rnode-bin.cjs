@@ -6,6 +6,7 @@
 // No V8 flags on the line above: any flag there makes V8 refuse node's code cache for its built-in modules in every
 // isolate of the process. The flags rnode wants are set at run time (src/v8-tuning.ts, from cli/one-job.ts).
 'use strict';
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
@@ -14,11 +15,18 @@ const { pathToFileURL } = require('node:url');
 
 const bundle = path.join(__dirname, 'rnode-main.cjs');
 const cacheFile = `${bundle}.cache`;
+// The cache file is the SHA-256 of the cache, then the cache. V8 takes a damaged cache as it is and dies on it (a fatal
+// error, on every run): a cache whose digest does not match is not used (nor is a missing one: a build that could not
+// write it). node:crypto is loaded by the commands anyway.
+const DIGEST = 32;
+const sha256 = (data) => crypto.createHash('sha256').update(data).digest();
 let cachedData;
 try {
-  cachedData = fs.readFileSync(cacheFile);
+  const file = fs.readFileSync(cacheFile);
+  const data = file.subarray(DIGEST);
+  if (file.length > DIGEST && sha256(data).equals(file.subarray(0, DIGEST))) cachedData = data;
 } catch {
-  // No cache (a build that could not write one): V8 compiles from source.
+  // No cache: V8 compiles from source.
 }
 // Node's own CommonJS wrapper, plus the bundle's own URL: the bundled modules resolve their import.meta.url from it.
 const wrapped = `(function (exports, require, module, __filename, __dirname, __rnodeBundleUrl) {${fs.readFileSync(bundle, 'utf8')}\n})`;
@@ -29,10 +37,11 @@ const script = new vm.Script(wrapped, { filename: bundle, cachedData });
 // runs keep V8's default flags (tuneV8 would change them).
 if (process.env.RNODE_WRITE_CODE_CACHE === '1') {
   // Each run after the first is given the cache the one before wrote: one V8 refuses here would be refused every time.
-  if (cachedData && script.cachedDataRejected) throw new Error(`V8 refused the code cache ${cacheFile} it was given`);
+  if (fs.existsSync(cacheFile) && (!cachedData || script.cachedDataRejected)) throw new Error(`the code cache ${cacheFile} was not taken`);
   require('node:v8').setFlagsFromString = () => undefined;
   process.on('exit', () => {
-    fs.writeFileSync(`${cacheFile}.tmp`, script.createCachedData());
+    const data = script.createCachedData();
+    fs.writeFileSync(`${cacheFile}.tmp`, Buffer.concat([sha256(data), data]));
     fs.renameSync(`${cacheFile}.tmp`, cacheFile);
   });
 }
