@@ -36,13 +36,17 @@ export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Pro
 }
 
 /**
- * Both formats' points of the disk in one sequence (refuseLegacyAfterUpgrade first: no number means two points), read
- * as the disk's claim allows (checkAgainstClaim).
+ * Both formats' points of the disk in one sequence (refuseLegacyAfterUpgrade first: no number means two points); without
+ * a key, as the disk's claim allows (refuseKeylessAgainstClaim).
  */
 export async function listPointSeqs(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<number[]> {
-  const [legacy, v2, claim] = await Promise.all([listLegacyPointSeqs(store, disk), listV2PointSeqs(store, disk, key), readClaim(store, disk)]);
+  const [legacy, v2, claim] = await Promise.all([
+    listLegacyPointSeqs(store, disk),
+    listV2PointSeqs(store, disk, key),
+    key ? undefined : readClaim(store, disk),
+  ]);
   refuseLegacyAfterUpgrade(disk, legacy, v2);
-  checkAgainstClaim(store, disk, key, claim, v2);
+  if (!key) refuseKeylessAgainstClaim(store, disk, claim, v2);
   return [...new Set([...legacy, ...v2])].sort((a, b) => a - b);
 }
 
@@ -55,8 +59,8 @@ export async function listPointSeqs(store: ObjectStore, disk: string, key?: Encr
  * is the writers' and `disks`' to name); legacy points, one namespace for every key, are checked as each is loaded
  * (refusePlainUnderClaim).
  */
-function checkAgainstClaim(store: ObjectStore, disk: string, key: EncryptionKey | undefined, claim: DiskClaim | undefined, v2: number[]): void {
-  if (!claim || key) return;
+function refuseKeylessAgainstClaim(store: ObjectStore, disk: string, claim: DiskClaim | undefined, v2: number[]): void {
+  if (!claim) return;
   if (claim.domain !== PLAIN_DOMAIN && v2.length > 0) {
     throw new RnodeError(
       ErrorCodes.METADATA_FORGED,
@@ -72,7 +76,7 @@ function checkAgainstClaim(store: ObjectStore, disk: string, key: EncryptionKey 
 
 /**
  * A legacy point that is not encrypted, loaded with a key: when the disk's claim names that key's repository, the point
- * was planted (see checkAgainstClaim), and its chain would otherwise be refused with advice to leave out the key.
+ * was planted (see refuseKeylessAgainstClaim), and its chain would otherwise be refused with advice to leave out the key.
  */
 async function refusePlainUnderClaim(store: ObjectStore, disk: string, key: EncryptionKey, where: string, seq: number): Promise<void> {
   const claim = await readClaim(store, disk);
