@@ -9,7 +9,8 @@
 //   which are bundled. In the CommonJS bundle a module reached by a dynamic import only (a command's job, a store's
 //   SDK) is still loaded and run when the import runs, so a command loads only its own packages.
 // - import.meta.url in a bundled module becomes the URL of that module's own file in dist/: the paths the modules
-//   take from it (the package root, package.json, the addon) resolve as they do unbundled.
+//   take from it (the package root, package.json, the addon) resolve as they do unbundled. The bundle's own URL comes
+//   from its __filename, so it also runs as node loads any module (the executable does so for --debug: source maps).
 // - The codec worker is an ES module bundle of its own (dist/bin/codec-worker.mjs); RNODE_BUNDLED_WORKER tells the
 //   bundled codec-workers.ts to start it (the path is taken from dist/pipeline/, where that module's import.meta.url
 //   points).
@@ -30,7 +31,7 @@ const BUNDLED_PACKAGES = /^(p-limit|yocto-queue)(\/|$)/;
 
 /**
  * Rewrites import.meta.url in each module of dist/ to its own file's URL, relative to the bundle's folder: from the
- * bundle's own URL, which the executable passes the CommonJS bundle as __rnodeBundleUrl, or the ES bundle's
+ * bundle's own URL (__rnodeBundleUrl, set first thing in the CommonJS bundle), or the ES bundle's
  * import.meta.url. import.meta.resolve is used only when the modules run from their TypeScript sources
  * (codec-workers.ts): in the CommonJS bundle it becomes require.resolve, which esbuild does not warn about.
  */
@@ -71,7 +72,9 @@ await Promise.all([
     // Dynamic imports of bundled modules become calls; those of packages become require (vm.Script, which runs the
     // bundle, has no loader for import()).
     supported: { 'dynamic-import': false },
-    minifyWhitespace: true,
+    // The bundle's own URL, from node's __filename or the executable's (scripts/rnode-bin.cjs): the bundled modules
+    // resolve their import.meta.url from it. "use strict" first: the modules are ES modules, strict throughout.
+    banner: { js: '"use strict"; var __rnodeBundleUrl = require("node:url").pathToFileURL(__filename).href;' },
     plugins: [ownUrls('__rnodeBundleUrl')],
   }),
   esbuild.build({
@@ -85,10 +88,23 @@ await Promise.all([
     plugins: [ownUrls('import.meta.url')],
   }),
 ]);
+await asciiOnly(path.join(out, 'rnode-main.cjs'));
 await fs.writeFile(path.join(out, 'package.json'), '{ "type": "commonjs" }\n');
 await fs.copyFile(path.join(root, 'scripts', 'rnode-bin.cjs'), path.join(out, 'rnode.js'));
 await fs.chmod(path.join(out, 'rnode.js'), 0o755);
 await warmCodeCache();
+
+/**
+ * esbuild writes strings and regular expressions in ASCII, but keeps some comments as they are: one non-ASCII character
+ * makes node decode the whole bundle into a two-byte string, several times slower to read in. Those are written as
+ * \u escapes (in a comment, only text).
+ */
+async function asciiOnly(file) {
+  const text = await fs.readFile(file, 'utf8');
+  // eslint-disable-next-line no-control-regex
+  const ascii = text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  if (ascii !== text) await fs.writeFile(file, ascii);
+}
 
 /**
  * Writes dist/bin/rnode-main.cjs.cache: runs the commands whose start matters most (a full and an incremental

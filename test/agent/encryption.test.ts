@@ -43,7 +43,7 @@ t.test('a policy with encryption makes encrypted points; recover and verify jobs
   // Repository v2: an encrypted disk's points are named with its key, so they are listed with it only.
   const points = await listPoints(store, 'd0', KEY);
   t.ok(points.length >= 1 && points.every((m) => m.encryption?.keyId === KEY.keyId), "every point is encrypted with the policy's key");
-  t.same(await listPoints(store, 'd0'), [], 'and none is found without the key');
+  await t.rejects(listPoints(store, 'd0'), { code: 'RNODE_KEY_REQUIRED' }, 'and without the key: the disk is encrypted (its claim)');
   await expectRestore(t, store, 'd0', 1, fingerprint(img), dir, 'the scheduled point, restored with the key', { encryption: KEY });
 
   const out = path.join(dir, 'restored.img');
