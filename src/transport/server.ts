@@ -7,7 +7,7 @@ import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ErrorCodes, RnodeError, isRnodeError } from '../errors.js';
-import { validateDiskId } from '../repository/names.js';
+import { PRUNE_LEASE_PREFIX, validateDiskId } from '../repository/names.js';
 import { copyBytes } from '../native/index.js';
 import { clampLeaseTtl, StoreLeases } from '../repository/lease.js';
 import { isStoreFull } from '../store/common.js';
@@ -818,8 +818,12 @@ class Session {
     try {
       switch (m.op) {
         case 'get': {
+          // Reads of a session that closed have no reader: they were read, and paced by --bandwidth, all the same (a
+          // peer that queued 256 gets of a pack and hung up held up every other session for minutes).
+          if (this.closed) return;
           requestKey(m.key, this.node.checks);
           await this.writable();
+          if (this.closed) return;
           const range = m.offset !== undefined ? { offset: m.offset, ...(m.length !== undefined ? { length: m.length } : {}) } : undefined;
           // One DATA frame carries one get: a larger object (a whole pack) is read in ranges, as every reader does. Its
           // size is known before it is read: read first and refused after, 16 gets of a 256 MiB pack per session took
@@ -831,6 +835,7 @@ class Session {
             });
           }
           const data = await store.get(m.key, range);
+          if (this.closed) return;
           await this.node.bucket?.take(data.length);
           this.node.stats.gets++;
           this.node.stats.getBytes += data.length;
@@ -839,6 +844,7 @@ class Session {
           return;
         }
         case 'head':
+          if (this.closed) return;
           requestKey(m.key, this.node.checks);
           this.reply(stream, { op: 'ack', info: wireInfo(await store.head(m.key)) });
           return;
@@ -859,6 +865,14 @@ class Session {
         }
         case 'lease': {
           validateDiskId(m.disk);
+          // Prune's lease of a repository (prune.<domain>) is the node's own: a peer holding it blocked every sweep
+          // of the node's store, reported as "another prune is sweeping". Prune runs on the node, never over ws://.
+          if (m.disk.startsWith(PRUNE_LEASE_PREFIX)) {
+            throw new RnodeError(
+              TransportErrorCodes.REJECTED,
+              `lease of ${m.disk} refused: ids that start with "${PRUNE_LEASE_PREFIX}" are prune's lease, taken on the node only`,
+            );
+          }
           const ttl = clampLeaseTtl(m.ttlMs ?? 60_000);
           const ref: LeaseRecord = { format: 'rnode-lease', disk: m.disk, holder: m.holder, token: m.token ?? 0, acquiredAt: '', expiresAt: '' };
           let rec: LeaseRecord = ref;
