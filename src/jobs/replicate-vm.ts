@@ -170,7 +170,10 @@ async function planDisks(
     }
     plan.keys.push(d.key);
     const before = prev?.disks.find((p) => p.key === d.key);
-    if (prev && !before) {
+    // A disk the previous run left out (not selected, or unsupported then) was in the VM all along: its own latest
+    // point is its base, and its CBT says what changed since (a reset is seen there). It was reported added, read in full.
+    const leftOut = prev?.skipped.some((s) => s.key === d.key) ?? false;
+    if (prev && !before && !leftOut) {
       plan.added.push(d.key);
       // A key that had points before (removed, then added again) must not be compared with the old disk's CBT.
       if ((await listPointSeqs(store, diskId(d.key), opts.encryption)).length)
@@ -318,13 +321,15 @@ export async function replicateVm(opts: ReplicateVmOptions): Promise<ReplicateVm
     try {
       await snap.remove();
       snapshotRemoved = true;
-      await store.delete(vmLayout.access(vm.moref)).catch(() => undefined);
     } catch (err) {
       // The next run removes a leftover snapshot; a committed VM point stays good.
       if (failure === undefined && point) warnings.push(`${(err as Error).message}; the next run removes it`);
       else if (failure === undefined) failure = err;
       else session.log((err as Error).message);
     }
+    // EndAccess ran even when the snapshot could not be removed: with the marker left, the next run called it again
+    // and warned of a run that "ended without EndAccess".
+    if (snap.accessEnded) await store.delete(vmLayout.access(vm.moref)).catch(() => undefined);
   }
   if (failure !== undefined || !point) {
     const err = failure ?? new RnodeError(ErrorCodes.INTERNAL, 'the VM run ended without a VM point and without an error');

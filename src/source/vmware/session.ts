@@ -145,7 +145,7 @@ export class VmwareSession {
       server: c.host,
       port: c.port ?? 443,
       nfcHostPort: c.nfcHostPort,
-      thumbprint: c.thumbprint,
+      thumbprint: this.client.serverThumbprint,
       user: c.user,
       password: this.#password,
       transports: c.transports ?? ['nbdssl', 'nbd'],
@@ -245,6 +245,7 @@ export class VmSnapshot {
   #session: VmwareSession;
   #connection?: VddkConnection;
   #removed?: Promise<void>;
+  #accessEnded = false;
 
   constructor(session: VmwareSession, moref: string, about: { name?: string; consistency?: Consistency; consistencyReason?: string } = {}) {
     this.#session = session;
@@ -274,7 +275,8 @@ export class VmSnapshot {
       server: config.host,
       port: config.port ?? 443,
       nfcHostPort: config.nfcHostPort,
-      thumbprint: config.thumbprint,
+      // With caFile, the thumbprint of the certificate the CA verified: VDDK takes no CA (it failed ConnectEx).
+      thumbprint: client.serverThumbprint,
       user: config.user,
       password,
       snapshotMoref: this.moref,
@@ -293,12 +295,20 @@ export class VmSnapshot {
     return s;
   }
 
+  /** True once remove() has closed the disks and the VDDK connection (EndAccess), whether or not the snapshot went. */
+  get accessEnded(): boolean {
+    return this.#accessEnded;
+  }
+
   /** Closes the disks and the VDDK connection, then deletes the snapshot. Always tries all three; idempotent. */
   remove(): Promise<void> {
     this.#removed ??= (async () => {
       const errors: unknown[] = [];
       for (const s of this.sources.values()) await s.release().catch((e) => errors.push(e));
       if (this.#connection) await this.#connection.disconnect().catch((e) => errors.push(e));
+      // Disconnect calls EndAccess (and a snapshot never connected had no PrepareForAccess): done, even if the
+      // snapshot itself cannot be removed below.
+      this.#accessEnded = errors.length === 0;
       try {
         await this.#session.client.removeSnapshot(this.moref);
       } catch (err) {

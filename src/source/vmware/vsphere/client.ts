@@ -96,6 +96,7 @@ export class VSphereClient {
   readonly host: string;
   readonly port: number;
   #thumbprint?: string;
+  #verifiedThumbprint?: string;
   #ca?: Buffer;
   #timeoutMs: number;
   #cookie?: string;
@@ -113,6 +114,14 @@ export class VSphereClient {
 
   get about() {
     return this.#content?.about;
+  }
+
+  /**
+   * The SHA-1 thumbprint of the server's certificate: the one pinned, or, with caFile, the one the CA's chain verified
+   * (once a request was made). VDDK checks its connection against it: it takes no CA.
+   */
+  get serverThumbprint(): string | undefined {
+    return this.#thumbprint ?? this.#verifiedThumbprint;
   }
 
   // ---- transport ----
@@ -172,6 +181,11 @@ export class VSphereClient {
             );
             return;
           }
+        }
+        // Without a pin the chain was verified (rejectUnauthorized): this certificate is the host's.
+        if (!pinned) {
+          const cert = sock.getPeerCertificate();
+          if (cert?.raw) this.#verifiedThumbprint = thumbprintOf(cert.raw);
         }
         sock.setTimeout(0);
         sock.removeAllListeners('error');
