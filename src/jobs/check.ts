@@ -97,9 +97,12 @@ export interface CheckOptions {
   signal?: AbortSignal;
 }
 
-/** Readers' errors advise running check; inside check's own report that advice is noise. */
+/**
+ * Readers' errors advise running check; inside check's own report that advice is noise. Advice to run it with --repair
+ * is what to do next, and stays (cut, it left "...: it indexes the intact chunks again" with no command).
+ */
 export function withoutCheckAdvice(message: string): string {
-  return message.replace(/; run "rnode check[^"]*"( and )?/, (_m, and: string | undefined) => (and ? '; ' : ''));
+  return message.replace(/; run "rnode check(?![^"]*--repair)[^"]*"( and )?/, (_m, and: string | undefined) => (and ? '; ' : ''));
 }
 
 export async function check(opts: CheckOptions): Promise<CheckResult> {
@@ -403,8 +406,8 @@ async function readTrailers(
  * A pack whose trailer is damaged but whose length still holds every blob the index objects place in it: readers
  * (recover, verify) find its blobs there, so its chunks are not missing. The index's entries of it stand in for its
  * trailer, and the pack is one for --repair to rewrite (no damaged blob known yet: --read-data finds any). A pack
- * cut short keeps its trailer error alone: the chunks past its end are missing. Reports each damaged trailer; returns
- * the packs given a stand-in.
+ * cut short keeps its trailer error alone: the chunks past its end are missing, and --repair rewrites it with the
+ * blobs before its end. Reports each damaged trailer; returns the packs given a stand-in.
  */
 function standInTrailers({ name, damagedTrailers, damaged, report }: DomainScope, index: ChunkIndex, trailers: Trailers): ObjectId[] {
   const byPack = new Map<ObjectId, Map<number, BlobEntry>>();
@@ -420,6 +423,11 @@ function standInTrailers({ name, damagedTrailers, damaged, report }: DomainScope
     const fits = entries.length > 0 && entries.every((e) => e.offset + e.length <= size - PACK_TAIL_BYTES);
     if (!fits) {
       report(err);
+      // A pack cut short: --repair copies the blobs its length still holds (each checked against its index entry),
+      // leaves out those past its end, and deletes it. Left as it was, dedup went on finding its lost chunks, and a
+      // replicate --full committed points over them that never restored.
+      if (entries.length > 0 && !damaged.has(packId))
+        damaged.set(packId, new Set(entries.filter((e) => e.offset + e.length > size).map((e) => e.offset)));
       continue;
     }
     trailers.set(packId, new PackTrailer(entries));

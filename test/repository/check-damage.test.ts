@@ -151,6 +151,44 @@ t.test('a damaged pack trailer: its chunks are not missing, --read-data reads th
   );
 });
 
+// Bug (finder C): --repair left a pack cut short as it was, and its index entries with it: every later replicate, --full
+// too, found its lost chunks there (dedup), stored nothing and committed points that never restored, exit 0; the
+// chunk error's advice (repair, then --full) was the very thing that had not worked.
+t.test('a pack cut short: --repair keeps the blobs before the cut, and replicate --full stores the rest anew', async (t) => {
+  const { storeDir, dir, img, keyFile } = copyOf(t, fixture);
+  const key = ['--encryption-key-file', keyFile];
+  const cut = packFiles(storeDir, 'plain')[0];
+  fs.truncateSync(cut, Math.floor(fs.statSync(cut).size / 2));
+  const repaired = await runCli(['check', '--store', storeDir, '--read-data', '--repair', '--json', ...key]);
+  t.equal(repaired.code, 1, 'the run that repairs reports what it found');
+  const plain = json(repaired).domains.find((d: any) => d.domain === 'plain');
+  t.match(plain?.repair, { packsRepaired: 1 }, 'the cut pack is rewritten');
+  t.ok(
+    plain.repair.dropped.length > 0 && plain.repair.blobsCopied > 0,
+    `blobs before the cut kept (${plain.repair.blobsCopied}), those past it dropped (${plain.repair.dropped.length})`,
+  );
+  t.notOk(fs.existsSync(cut), 'and deleted');
+  const full = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'a', '--full', '--cache-dir', 'none', '--json']);
+  t.equal(full.code, 0, full.stderr);
+  t.ok(json(full).packsWritten > 0, 'replicate --full stores the dropped chunks anew');
+  const out = path.join(dir, 'a.out');
+  t.equal((await runCli(['recover', '--store', storeDir, '--disk', 'a', '--out', out])).code, 0);
+  t.ok(fs.readFileSync(out).equals(fs.readFileSync(img)), 'the new point restores byte-exact');
+  const after = await runCli(['check', '--store', storeDir, '--read-data', ...key]);
+  t.equal(after.code, 0, `every point restores again, the old ones too: ${after.stdout.slice(0, 300)}`);
+});
+
+// Bug (finder C): check cut the advice out of a damaged index object's message, leaving "...: it indexes the intact
+// chunks again from their packs and deletes it" with no command to run.
+t.test("a damaged index object: check's message keeps the command that repairs it", async (t) => {
+  const { storeDir, keyFile } = copyOf(t, fixture);
+  const indexRoot = path.join(storeDir, 'r2', 'plain', 'index');
+  const xx = fs.readdirSync(indexRoot)[0];
+  fs.writeFileSync(path.join(indexRoot, xx, fs.readdirSync(path.join(indexRoot, xx))[0]), randomData(300, 9));
+  const r = await runCli(['check', '--store', storeDir, '--encryption-key-file', keyFile]);
+  t.match(r.stdout, /is corrupt \(not a metadata envelope\); run "rnode check --read-data --repair": it indexes the intact chunks again/);
+});
+
 t.test('prune through the CLI: retention, the sweep over three runs, restores stay byte-exact', async (t) => {
   const { dir, storeDir, img } = copyOf(t, fixture);
   const store = fsStore(storeDir);
