@@ -206,7 +206,7 @@ async function replicateLeased(opts: ReplicateOptions, lease: Lease | undefined,
     await lease?.check();
     await opts.beforeCommit?.();
     try {
-      await checkPacks(store, domain, marks, packs.reused, packs.ownPacks);
+      await checkPacks(store, domain, marks, packs.reused, packs.ownPacks, packs.reusedEnds);
     } catch (err) {
       // The checkpoint names chunks in those packs: the next run must store them anew, not continue it (it committed
       // a point over a deleted pack, or refused again, run after run).
@@ -339,14 +339,21 @@ async function commitPoint(
 }
 
 /**
- * Before a commit: every pack this point reuses chunks from (written by other runs) must still be there and not
- * marked by prune; otherwise a prune running beside this replicate may delete it after the commit. So must the packs
+ * Before a commit: every pack this point reuses chunks from (written by other runs) must still be there, as long as
+ * the chunks reused from it reach, and not marked by prune; otherwise a prune running beside this replicate may delete it after the commit. So must the packs
  * this run wrote: one put longer than a grace period before a checkpoint named it looks unused to prune (a short
  * --grace), and prunes marked and then deleted such packs under a point that committed (exit 0) and never restored.
  * Fails (never commits) so the next run stores those chunks again. The marks are read even when nothing was reused:
  * the manifest records their generation.
  */
-async function checkPacks(store: ObjectStore, domain: Domain, marks: WriterMarks, reused: Set<string>, own: ReadonlySet<string>): Promise<void> {
+async function checkPacks(
+  store: ObjectStore,
+  domain: Domain,
+  marks: WriterMarks,
+  reused: Set<string>,
+  own: ReadonlySet<string>,
+  ends: ReadonlyMap<string, number>,
+): Promise<void> {
   const marked = await marks.blockedPacks();
   for (const id of own) {
     if (marked.has(id)) {
@@ -367,11 +374,23 @@ async function checkPacks(store: ObjectStore, domain: Domain, marks: WriterMarks
       const id = ids[next++];
       let gone = marked.has(id);
       if (!gone) {
+        let size: number;
         try {
-          await store.head(r2.pack(domain.name, id));
+          size = (await store.head(r2.pack(domain.name, id))).size;
         } catch (err) {
           if (!isRnodeError(err, ErrorCodes.STORE_NOT_FOUND)) throw err;
           gone = true;
+          size = 0;
+        }
+        // A pack cut short (its index still places chunks past its end): a point over it never restored.
+        const end = ends.get(id) ?? 0;
+        if (!gone && size < end) {
+          throw new RnodeError(
+            ErrorCodes.CHUNK_MISSING,
+            `pack ${r2.pack(domain.name, id)}, which this point reuses chunks from, is cut short (${size} bytes; its chunks reach ${end}); ` +
+              'the point was not committed: run "rnode check --read-data --repair" (it keeps the intact chunks and drops the lost ones), then replicate again',
+            { details: { key: r2.pack(domain.name, id), size, end } },
+          );
         }
       }
       if (gone) {

@@ -12,8 +12,10 @@ const LOW_LIMIT = ['bash', '-c', 'ulimit -n 24 && exec "$@"', 'bash'];
 t.test('too few file descriptors: RNODE_RESOURCE_LIMIT saying to raise ulimit -n, exit 1, one line', async (t) => {
   const dir = tmpDir(t, 'nofile');
   const img = path.join(dir, 'disk.img');
-  fs.writeFileSync(img, randomData(1 << 20, 5));
-  const args = ['replicate', '--source', img, '--target', path.join(dir, 'store'), '--disk', 'd'];
+  // 32 chunks in small packs: the run keeps reads and pack writes open at once. A 1 MiB disk (one chunk) now and then
+  // got through within 24 descriptors once the CLI started from one file.
+  fs.writeFileSync(img, randomData(32 << 20, 5));
+  const args = ['replicate', '--source', img, '--target', path.join(dir, 'store'), '--disk', 'd', '--pack-size', '1MiB'];
   const r = await runCli(args, { wrap: LOW_LIMIT });
   t.equal(r.code, 1, 'exit 1');
   t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);

@@ -159,6 +159,10 @@ t.test('a pack cut short: --repair keeps the blobs before the cut, and replicate
   const key = ['--encryption-key-file', keyFile];
   const cut = packFiles(storeDir, 'plain')[0];
   fs.truncateSync(cut, Math.floor(fs.statSync(cut).size / 2));
+  // Before the repair, a replicate of that data finds its chunks there (dedup): it must not commit over the cut.
+  const before = await runCli(['replicate', '--source', img, '--target', storeDir, '--disk', 'a', '--full', '--cache-dir', 'none']);
+  t.equal(before.code, 1, 'a replicate over the cut pack fails');
+  t.match(before.stderr, /RNODE_CHUNK_MISSING: pack \S+, which this point reuses chunks from, is cut short .*run "rnode check --read-data --repair"/);
   const repaired = await runCli(['check', '--store', storeDir, '--read-data', '--repair', '--json', ...key]);
   t.equal(repaired.code, 1, 'the run that repairs reports what it found');
   const plain = json(repaired).domains.find((d: any) => d.domain === 'plain');

@@ -43,6 +43,8 @@ export interface ClosedPacks {
 export class PackWriter {
   /** Packs written by other runs that this point's chunks are in (re-checked against prune's marks at commit). */
   readonly reused: Set<string>;
+  /** Where the blobs this run reuses from each pack end, at the furthest: the pack must be at least that long. */
+  readonly reusedEnds = new Map<string, number>();
   /** Packs whose put failed, with the error: their chunks are not stored and no index object names them. */
   readonly failedPuts = new Map<string, unknown>();
   private readonly written = new Set<string>();
@@ -94,7 +96,9 @@ export class PackWriter {
 
   /** Records that this point's chunk is at l (a pack of another run is then re-checked before the commit). */
   reuse(l: ChunkLocation): void {
-    if (!this.written.has(l.packId)) this.reused.add(l.packId);
+    if (this.written.has(l.packId)) return;
+    this.reused.add(l.packId);
+    this.reusedEnds.set(l.packId, Math.max(this.reusedEnds.get(l.packId) ?? 0, l.entry.offset + l.entry.length));
   }
 
   /**
