@@ -37,13 +37,19 @@ export async function listLegacyPointSeqs(store: ObjectStore, disk: string): Pro
 
 /**
  * Both formats' points of the disk in one sequence (refuseLegacyAfterUpgrade first: no number means two points); without
- * a key, as the disk's claim allows (refuseKeylessAgainstClaim).
+ * a key, as the disk's claim allows (refuseKeylessAgainstClaim). claimRead: the claim as a caller that needs it too
+ * reads it (one read of it per run).
  */
-export async function listPointSeqs(store: ObjectStore, disk: string, key?: EncryptionKey): Promise<number[]> {
+export async function listPointSeqs(
+  store: ObjectStore,
+  disk: string,
+  key?: EncryptionKey,
+  claimRead?: Promise<DiskClaim | undefined>,
+): Promise<number[]> {
   const [legacy, v2, claim] = await Promise.all([
     listLegacyPointSeqs(store, disk),
     listV2PointSeqs(store, disk, key),
-    key ? undefined : readClaim(store, disk),
+    key ? undefined : (claimRead ?? readClaim(store, disk)),
   ]);
   refuseLegacyAfterUpgrade(disk, legacy, v2);
   if (!key) refuseKeylessAgainstClaim(store, disk, claim, v2);

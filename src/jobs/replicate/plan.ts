@@ -90,7 +90,10 @@ export async function planPoint(opts: ReplicateOptions, damagedChain?: string): 
   if (!Number.isSafeInteger(maxChain) || maxChain < 1) {
     throw new RnodeError(ErrorCodes.USAGE, `maxChain must be a whole number of points, at least 1 (got ${maxChain})`);
   }
-  const seqs = await listPointSeqs(store, disk, opts.encryption);
+  // The disk's claim, read once for the listing (a key-less one is checked against it) and the check below.
+  const claimRead = readClaim(store, disk);
+  claimRead.catch(() => undefined); // its failure is the listing's or the check's, whichever awaits it first
+  const seqs = await listPointSeqs(store, disk, opts.encryption, claimRead);
   const lastSeq = seqs.length ? seqs[seqs.length - 1] : 0;
   // A damaged latest point (or, below, a damaged point in its chain) cannot be built upon, and must not stop the
   // disk's protection for good: the new point starts a chain of its own, and says why.
@@ -107,7 +110,7 @@ export async function planPoint(opts: ReplicateOptions, damagedChain?: string): 
   if (opts.diskNamedAfterSource && latest) await checkSameFile(latest, source, disk);
   // The disk's claim names the repository its v2 points are in: a writer with no key or another key is refused here,
   // where it could not otherwise see an encrypted disk's keyed names. Claimed now, before any object is written.
-  const claim = await checkedClaim(store, disk, opts.encryption);
+  const claim = await checkedClaim(store, disk, opts.encryption, claimRead);
   // An unencrypted disk's v2 points are listed without a key: a key given for it would start a second, encrypted
   // chain of the same disk id. (Another key's encrypted disk cannot be seen: its names are keyed; it is another
   // repository of the store.)
@@ -293,8 +296,13 @@ export interface ResumeFrom {
  * and METADATA_FORGED when the key's repository holds points of the disk all the same (listed only then: a replaced
  * claim must not advise leaving out the key).
  */
-export async function checkedClaim(store: ObjectStore, disk: string, key: EncryptionKey | undefined): Promise<DiskClaim | undefined> {
-  const claim = await readClaim(store, disk);
+export async function checkedClaim(
+  store: ObjectStore,
+  disk: string,
+  key: EncryptionKey | undefined,
+  claimRead: Promise<DiskClaim | undefined> = readClaim(store, disk),
+): Promise<DiskClaim | undefined> {
+  const claim = await claimRead;
   const keyHoldsPoints =
     key !== undefined && claim !== undefined && claim.domain !== domainName(key) && (await listV2PointSeqs(store, disk, key)).length > 0;
   checkClaim(claim, key, disk, keyHoldsPoints);
